@@ -1,0 +1,9 @@
+//! letterlock: secure application messages between a client and a server.
+//!
+//! # Layout
+//! - [`keys`]: RSA key pairs, PEM files, fingerprints, and the private-key trait.
+//! - [`envelope`]: the sealed-message format (asymmetric and hybrid), streaming seal and open.
+//! - [`store`]: the server's durable mailbox (SQLite).
+#![forbid(unsafe_code)]
+
+pub mod store;

@@ -1,0 +1,1 @@
+//! The server's durable mailbox. (Being written.)
