@@ -6,4 +6,7 @@
 //! - [`store`]: the server's durable mailbox (SQLite).
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod envelope;
+pub mod keys;
 pub mod store;

@@ -1,0 +1,478 @@
+//! Opening: sealed message in, plaintext out, verified before anyone may trust it.
+//!
+//! Order (issue #2, rule 8): parse the header → the recipient is us → the sender is a key we
+//! trust → decrypt → verify the signature. Every cryptographic failure is the one opaque
+//! [`OpenError::Verification`]; the cause goes to debug logs only.
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use aws_lc_rs::digest;
+use tracing::debug;
+use zeroize::Zeroizing;
+
+use super::seal::IO_BUF;
+use super::stream::{self, Stream, TAG_LEN};
+use super::{
+    DEFAULT_ASYMMETRIC_LIMIT, HEADER_LEN, Header, HeaderError, Mode, OpenError, ack_tag,
+    chunk_label, header_hash, transcript,
+};
+use crate::keys::{Identity, KeyId, PublicKey};
+
+/// Limits the receiver sets.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Largest plaintext accepted, any mode.
+    pub max_plaintext: u64,
+    /// Largest plaintext accepted in asymmetric mode (the receiver buffers the whole body).
+    pub asymmetric_limit: u64,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            max_plaintext: u64::MAX,
+            asymmetric_limit: DEFAULT_ASYMMETRIC_LIMIT,
+        }
+    }
+}
+
+/// A message that opened and verified.
+#[derive(Clone, Debug)]
+pub struct Opened {
+    pub header: Header,
+    pub header_bytes: [u8; HEADER_LEN],
+    pub plaintext_len: u64,
+    /// Proof of delivery to send back to the sender.
+    pub ack_tag: [u8; 32],
+}
+
+/// A message being opened. Sans-IO: feed the bytes after the header to [`Opener::update`];
+/// the plaintext it appends to `out` is **unverified** until [`Opener::finish`] returns `Ok`,
+/// and must be discarded if it does not.
+pub struct Opener {
+    header: Header,
+    header_bytes: [u8; HEADER_LEN],
+    /// The trusted sender's key, for the final verification.
+    sender: PublicKey,
+    /// SHA-256 of the plaintext released so far.
+    hasher: digest::Context,
+    released: u64,
+    max_plaintext: u64,
+    body: Body,
+}
+
+enum Body {
+    /// Hybrid, before the content key is complete.
+    WrappedKey {
+        identity: Arc<dyn Identity>,
+        buf: Vec<u8>,
+    },
+    /// Hybrid, decrypting chunks.
+    Stream {
+        stream: Stream,
+        /// The sealed chunk being assembled (at most chunk + tag bytes).
+        buf: Vec<u8>,
+        chunk: usize,
+        /// Decrypted bytes held back: the last signature-length bytes of the data block.
+        tail: Zeroizing<Vec<u8>>,
+    },
+    /// Asymmetric: the whole body, bounded, since the chunk count is only known at the end.
+    Asymmetric {
+        identity: Arc<dyn Identity>,
+        buf: Vec<u8>,
+        max_len: usize,
+    },
+    /// A failure happened; every later call fails the same way.
+    Failed,
+}
+
+impl Opener {
+    /// Starts opening the message whose header is `header_bytes`, for `identity`, accepting
+    /// only senders that `trusted` maps to a key.
+    pub fn new(
+        header_bytes: &[u8],
+        identity: Arc<dyn Identity>,
+        trusted: impl FnOnce(&KeyId) -> Option<PublicKey>,
+        opts: &OpenOptions,
+    ) -> Result<Opener, OpenError> {
+        let header = Header::parse(header_bytes)?;
+        let header_bytes = header.encode();
+        let ours = identity.public().id();
+        if header.recipient != ours {
+            return Err(OpenError::NotForUs {
+                recipient: header.recipient,
+                ours,
+            });
+        }
+        let sender = trusted(&header.sender).ok_or(OpenError::UntrustedSender {
+            sender: header.sender,
+        })?;
+        if sender.id() != header.sender {
+            return Err(OpenError::UntrustedSender {
+                sender: header.sender,
+            });
+        }
+        let (body, max_plaintext) = match header.mode {
+            Mode::Hybrid => (
+                Body::WrappedKey {
+                    identity,
+                    buf: Vec::new(),
+                },
+                opts.max_plaintext,
+            ),
+            Mode::Asymmetric => {
+                let limit = opts.asymmetric_limit.min(opts.max_plaintext);
+                let k = identity.public().modulus_len() as u64;
+                let per_chunk = identity.public().max_oaep_plaintext() as u64;
+                let chunks = limit
+                    .saturating_add(sender.modulus_len() as u64)
+                    .div_ceil(per_chunk);
+                let max_len = usize::try_from(chunks.saturating_mul(k)).unwrap_or(usize::MAX);
+                (
+                    Body::Asymmetric {
+                        identity,
+                        buf: Vec::new(),
+                        max_len,
+                    },
+                    limit,
+                )
+            }
+        };
+        Ok(Opener {
+            header,
+            header_bytes,
+            sender,
+            hasher: digest::Context::new(&digest::SHA256),
+            released: 0,
+            max_plaintext,
+            body,
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Feeds sealed bytes (after the header); appends unverified plaintext to `out`.
+    pub fn update(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), OpenError> {
+        let result = self.update_inner(input, out);
+        if result.is_err() {
+            self.body = Body::Failed;
+        }
+        result
+    }
+
+    fn update_inner(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), OpenError> {
+        while !input.is_empty() {
+            match &mut self.body {
+                Body::WrappedKey { identity, buf } => {
+                    let k = identity.public().modulus_len();
+                    let take = (k - buf.len()).min(input.len());
+                    buf.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    if buf.len() == k {
+                        self.body = self.unwrap_key()?;
+                    }
+                }
+                Body::Stream {
+                    stream,
+                    buf,
+                    chunk,
+                    tail,
+                } => {
+                    let sealed_chunk = *chunk + TAG_LEN;
+                    if buf.len() == sealed_chunk {
+                        // More bytes follow, so this chunk is not the final one.
+                        let plain = stream.open_chunk(buf, false).map_err(|_| {
+                            debug!("a hybrid chunk failed authentication");
+                            OpenError::Verification
+                        })?;
+                        tail.extend_from_slice(plain);
+                        buf.clear();
+                        self.release(out)?;
+                        continue;
+                    }
+                    let take = (sealed_chunk - buf.len()).min(input.len());
+                    buf.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                }
+                Body::Asymmetric { buf, max_len, .. } => {
+                    if buf.len().saturating_add(input.len()) > *max_len {
+                        return Err(OpenError::TooLarge {
+                            limit: self.max_plaintext,
+                        });
+                    }
+                    buf.extend_from_slice(input);
+                    input = &[];
+                }
+                Body::Failed => return Err(OpenError::Verification),
+            }
+        }
+        Ok(())
+    }
+
+    /// Decrypts the wrapped content key and derives the payload key.
+    fn unwrap_key(&self) -> Result<Body, OpenError> {
+        let Body::WrappedKey { identity, buf } = &self.body else {
+            return Err(OpenError::Verification);
+        };
+        let hh = header_hash(&self.header_bytes);
+        let key = identity.decrypt_oaep(buf, &hh).map_err(|_| {
+            debug!("the wrapped content key did not decrypt");
+            OpenError::Verification
+        })?;
+        let content_key: &[u8; stream::KEY_LEN] = key.as_slice().try_into().map_err(|_| {
+            debug!(
+                len = key.len(),
+                "the wrapped content key has the wrong length"
+            );
+            OpenError::Verification
+        })?;
+        let payload = stream::payload_key(content_key, &self.header.message_id.0)
+            .map_err(|_| OpenError::Verification)?;
+        let chunk = self.header.chunk_size as usize;
+        Ok(Body::Stream {
+            stream: Stream::new(&payload, hh).map_err(|_| OpenError::Verification)?,
+            buf: Vec::with_capacity(chunk + TAG_LEN),
+            chunk,
+            tail: Zeroizing::new(Vec::with_capacity(chunk + self.sender.modulus_len())),
+        })
+    }
+
+    /// Moves decrypted bytes beyond the held-back signature into `out` and the hash.
+    fn release(&mut self, out: &mut Vec<u8>) -> Result<(), OpenError> {
+        let sig_len = self.sender.modulus_len();
+        let Body::Stream { tail, .. } = &mut self.body else {
+            return Ok(());
+        };
+        if tail.len() <= sig_len {
+            return Ok(());
+        }
+        let n = tail.len() - sig_len;
+        self.released += n as u64;
+        if self.released > self.max_plaintext {
+            return Err(OpenError::TooLarge {
+                limit: self.max_plaintext,
+            });
+        }
+        self.hasher.update(&tail[..n]);
+        out.extend_from_slice(&tail[..n]);
+        tail.drain(..n);
+        Ok(())
+    }
+
+    /// Ends the message: decrypts what remains, verifies the signature. Only when this returns
+    /// `Ok` is the plaintext authentic.
+    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<Opened, OpenError> {
+        let body = std::mem::replace(&mut self.body, Body::Failed);
+        let signature: Zeroizing<Vec<u8>> = match body {
+            Body::WrappedKey { .. } | Body::Failed => {
+                debug!("the message ended before its body");
+                return Err(OpenError::Verification);
+            }
+            Body::Stream {
+                mut stream,
+                mut buf,
+                chunk,
+                mut tail,
+            } => {
+                if buf.len() <= TAG_LEN {
+                    debug!("the stream ended without a final chunk");
+                    return Err(OpenError::Verification);
+                }
+                let plain = stream.open_chunk(&mut buf, true).map_err(|_| {
+                    debug!("the final hybrid chunk failed authentication");
+                    OpenError::Verification
+                })?;
+                tail.extend_from_slice(plain);
+                self.body = Body::Stream {
+                    stream,
+                    buf: Vec::new(),
+                    chunk,
+                    tail,
+                };
+                self.release(out)?;
+                match std::mem::replace(&mut self.body, Body::Failed) {
+                    Body::Stream { tail, .. } => tail,
+                    _ => return Err(OpenError::Verification),
+                }
+            }
+            Body::Asymmetric { identity, buf, .. } => {
+                let mut data = self.open_asymmetric(identity.as_ref(), &buf)?;
+                let sig_len = self.sender.modulus_len();
+                let n = data.len().saturating_sub(sig_len);
+                if (n as u64) > self.max_plaintext {
+                    return Err(OpenError::TooLarge {
+                        limit: self.max_plaintext,
+                    });
+                }
+                self.hasher.update(&data[..n]);
+                self.released = n as u64;
+                let signature = Zeroizing::new(data.split_off(n));
+                // Released only after the signature verifies, below.
+                let t = transcript(
+                    &self.header_bytes,
+                    self.released,
+                    self.hasher.clone().finish().as_ref(),
+                );
+                if signature.len() != sig_len || !self.sender.verify_pss(&t, &signature) {
+                    debug!("the signature did not verify");
+                    return Err(OpenError::Verification);
+                }
+                out.extend_from_slice(&data);
+                return Ok(self.opened(&signature));
+            }
+        };
+        let t = transcript(
+            &self.header_bytes,
+            self.released,
+            self.hasher.clone().finish().as_ref(),
+        );
+        if signature.len() != self.sender.modulus_len() || !self.sender.verify_pss(&t, &signature) {
+            debug!("the signature did not verify");
+            return Err(OpenError::Verification);
+        }
+        Ok(self.opened(&signature))
+    }
+
+    fn opened(&self, signature: &[u8]) -> Opened {
+        Opened {
+            header: self.header,
+            header_bytes: self.header_bytes,
+            plaintext_len: self.released,
+            ack_tag: ack_tag(signature, &self.header_bytes),
+        }
+    }
+
+    /// Decrypts every RSA-OAEP chunk and checks that the chunking is the one a sealer makes:
+    /// every chunk full but the last, which holds 1 to k − 66 bytes.
+    fn open_asymmetric(
+        &self,
+        identity: &dyn Identity,
+        body: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+        let k = identity.public().modulus_len();
+        let max = identity.public().max_oaep_plaintext();
+        if body.is_empty() || !body.len().is_multiple_of(k) {
+            debug!(len = body.len(), "asymmetric body is not whole RSA blocks");
+            return Err(OpenError::Verification);
+        }
+        let count = u32::try_from(body.len() / k).map_err(|_| OpenError::Verification)?;
+        let hh = header_hash(&self.header_bytes);
+        let mut data = Zeroizing::new(Vec::with_capacity(count as usize * max));
+        for (index, block) in (0u32..).zip(body.chunks_exact(k)) {
+            let plain = identity
+                .decrypt_oaep(block, &chunk_label(&hh, index, count))
+                .map_err(|_| {
+                    debug!(index, "an asymmetric chunk did not decrypt");
+                    OpenError::Verification
+                })?;
+            let last = index + 1 == count;
+            let well_formed = if last {
+                (1..=max).contains(&plain.len())
+            } else {
+                plain.len() == max
+            };
+            if !well_formed {
+                debug!(
+                    index,
+                    len = plain.len(),
+                    "an asymmetric chunk has the wrong length"
+                );
+                return Err(OpenError::Verification);
+            }
+            data.extend_from_slice(&plain);
+        }
+        Ok(data)
+    }
+}
+
+/// Reads the header from `input`, then streams the rest through an [`Opener`] into `output`.
+///
+/// `output` receives **unverified** plaintext as it is decrypted: use it only with a sink you
+/// discard when this returns an error, or use [`open_to_file`] / [`open_to_vec`].
+pub fn open<R: Read, W: Write>(
+    identity: Arc<dyn Identity>,
+    trusted: impl FnOnce(&KeyId) -> Option<PublicKey>,
+    opts: &OpenOptions,
+    mut input: R,
+    mut output: W,
+) -> Result<Opened, OpenError> {
+    let mut header = [0u8; HEADER_LEN];
+    let got = read_full(&mut input, &mut header)?;
+    if got < HEADER_LEN {
+        return Err(HeaderError::Truncated(got).into());
+    }
+    let mut opener = Opener::new(&header, identity, trusted, opts)?;
+    let mut buf = vec![0u8; IO_BUF];
+    let mut out = Zeroizing::new(Vec::with_capacity(IO_BUF + 128 * 1024));
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        opener.update(&buf[..n], &mut out)?;
+        output.write_all(&out)?;
+        out.clear();
+    }
+    let opened = opener.finish(&mut out)?;
+    output.write_all(&out)?;
+    output.flush()?;
+    Ok(opened)
+}
+
+/// Opens into `target` so that it appears only if the message verified: a temporary file beside
+/// it, fsync, then rename; on any failure the temporary file is removed.
+pub fn open_to_file<R: Read>(
+    identity: Arc<dyn Identity>,
+    trusted: impl FnOnce(&KeyId) -> Option<PublicKey>,
+    opts: &OpenOptions,
+    input: R,
+    target: &Path,
+) -> Result<Opened, OpenError> {
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".letterlock-open")
+        .tempfile_in(dir)?;
+    let mut writer = io::BufWriter::new(tmp);
+    let opened = open(identity, trusted, opts, input, &mut writer)?;
+    let tmp = writer.into_inner().map_err(|e| e.into_error())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(target).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(opened)
+}
+
+/// Opens into memory, refusing plaintext over `opts.max_plaintext`. The bytes are handed out
+/// only after verification.
+pub fn open_to_vec<R: Read>(
+    identity: Arc<dyn Identity>,
+    trusted: impl FnOnce(&KeyId) -> Option<PublicKey>,
+    opts: &OpenOptions,
+    input: R,
+) -> Result<(Zeroizing<Vec<u8>>, Opened), OpenError> {
+    let mut plain = Zeroizing::new(Vec::new());
+    let opened = open(identity, trusted, opts, input, &mut *plain)?;
+    Ok((plain, opened))
+}
+
+/// Reads until `buf` is full or the input ends; returns how many bytes were read.
+pub(crate) fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}

@@ -1,0 +1,304 @@
+//! Sealing: plaintext in, sealed message out, in one pass and constant memory (hybrid) or
+//! bounded memory (asymmetric, whose chunk count must be known before the first chunk).
+
+use std::io::{self, Read, Write};
+
+use aws_lc_rs::digest;
+use zeroize::Zeroizing;
+
+use super::stream::{self, Stream, TAG_LEN};
+use super::{
+    DEFAULT_ASYMMETRIC_LIMIT, DEFAULT_CHUNK_SIZE, HEADER_LEN, Header, MessageId, Mode, SealError,
+    ack_tag, chunk_label, header_hash, transcript, unix_now, valid_chunk_size,
+};
+use crate::keys::{Identity, PublicKey};
+
+/// How much plaintext the streaming helpers read at a time.
+pub(crate) const IO_BUF: usize = 256 * 1024;
+
+/// Choices the sender makes.
+#[derive(Clone, Debug)]
+pub struct SealOptions {
+    pub mode: Mode,
+    /// Hybrid plaintext bytes per chunk (a power of two, 1 KiB to 1 MiB).
+    pub chunk_size: u32,
+    /// Largest plaintext accepted in asymmetric mode.
+    pub asymmetric_limit: u64,
+}
+
+impl Default for SealOptions {
+    fn default() -> Self {
+        SealOptions {
+            mode: Mode::Hybrid,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            asymmetric_limit: DEFAULT_ASYMMETRIC_LIMIT,
+        }
+    }
+}
+
+impl SealOptions {
+    pub fn mode(mode: Mode) -> Self {
+        SealOptions {
+            mode,
+            ..SealOptions::default()
+        }
+    }
+}
+
+/// What the sender keeps after sealing: enough to check the recipient's proof of delivery.
+#[derive(Clone, Debug)]
+pub struct Sealed {
+    pub header: Header,
+    pub header_bytes: [u8; HEADER_LEN],
+    /// The ack tag the true recipient will compute ([`super::ack_tag`]).
+    pub ack_tag: [u8; 32],
+    pub plaintext_len: u64,
+}
+
+/// A message being sealed. Sans-IO: feed plaintext with [`Sealer::update`], collect the sealed
+/// bytes it appends to `out`, then [`Sealer::finish`] signs and writes the rest.
+pub struct Sealer {
+    header: Header,
+    header_bytes: [u8; HEADER_LEN],
+    /// SHA-256 of the plaintext so far, for the signature transcript.
+    hasher: digest::Context,
+    plaintext_len: u64,
+    body: Body,
+}
+
+enum Body {
+    Hybrid {
+        stream: Stream,
+        /// The chunk being filled; it is sealed only once we know whether it is the last.
+        pending: Zeroizing<Vec<u8>>,
+        chunk: usize,
+    },
+    Asymmetric {
+        recipient: PublicKey,
+        /// The whole data block: the chunk count goes into every label, so nothing can be
+        /// encrypted before the end. Bounded by `limit`.
+        data: Zeroizing<Vec<u8>>,
+        limit: u64,
+    },
+}
+
+/// Randomness fixed in advance, for the published test vectors only. Real sealing always draws
+/// fresh values ([`Sealer::new`]).
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub struct FixedRandomness {
+    pub message_id: [u8; 16],
+    pub created: u64,
+    pub content_key: [u8; 32],
+}
+
+impl Sealer {
+    /// Starts a message from `sender` to `recipient`. Returns the sealer and the bytes that
+    /// begin the sealed message (the header, and in hybrid mode the wrapped content key).
+    pub fn new(
+        sender: &PublicKey,
+        recipient: &PublicKey,
+        opts: &SealOptions,
+    ) -> Result<(Sealer, Vec<u8>), SealError> {
+        let mut content_key = Zeroizing::new([0u8; 32]);
+        aws_lc_rs::rand::fill(&mut content_key[..]).map_err(|_| SealError::Crypto)?;
+        let fixed = FixedRandomness {
+            message_id: MessageId::random().map_err(|_| SealError::Crypto)?.0,
+            created: unix_now(),
+            content_key: *content_key,
+        };
+        let started = Self::with_randomness(sender, recipient, opts, &fixed);
+        // `fixed` holds a copy of the content key: wipe it.
+        let mut fixed = fixed;
+        zeroize::Zeroize::zeroize(&mut fixed.content_key);
+        started
+    }
+
+    /// [`Sealer::new`] with the message id, time and content key given: for test vectors.
+    #[doc(hidden)]
+    pub fn with_randomness(
+        sender: &PublicKey,
+        recipient: &PublicKey,
+        opts: &SealOptions,
+        fixed: &FixedRandomness,
+    ) -> Result<(Sealer, Vec<u8>), SealError> {
+        let chunk_size = match opts.mode {
+            Mode::Hybrid if !valid_chunk_size(opts.chunk_size) => {
+                return Err(SealError::ChunkSize(opts.chunk_size));
+            }
+            Mode::Hybrid => opts.chunk_size,
+            Mode::Asymmetric => 0,
+        };
+        let header = Header {
+            mode: opts.mode,
+            sender: sender.id(),
+            recipient: recipient.id(),
+            message_id: MessageId(fixed.message_id),
+            created: fixed.created,
+            chunk_size,
+        };
+        let header_bytes = header.encode();
+        let hh = header_hash(&header_bytes);
+        let mut prefix = header_bytes.to_vec();
+        let body = match opts.mode {
+            Mode::Hybrid => {
+                prefix.extend_from_slice(&recipient.encrypt_oaep(&fixed.content_key, &hh)?);
+                let key = stream::payload_key(&fixed.content_key, &fixed.message_id)
+                    .map_err(|_| SealError::Crypto)?;
+                Body::Hybrid {
+                    stream: Stream::new(&key, hh).map_err(|_| SealError::Crypto)?,
+                    pending: Zeroizing::new(Vec::with_capacity(chunk_size as usize)),
+                    chunk: chunk_size as usize,
+                }
+            }
+            Mode::Asymmetric => Body::Asymmetric {
+                recipient: recipient.clone(),
+                data: Zeroizing::new(Vec::new()),
+                limit: opts.asymmetric_limit,
+            },
+        };
+        let sealer = Sealer {
+            header,
+            header_bytes,
+            hasher: digest::Context::new(&digest::SHA256),
+            plaintext_len: 0,
+            body,
+        };
+        Ok((sealer, prefix))
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Adds plaintext; appends whatever sealed bytes are ready to `out`.
+    pub fn update(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
+        self.hasher.update(plaintext);
+        self.plaintext_len += plaintext.len() as u64;
+        self.push_data(plaintext, out)
+    }
+
+    /// Signs the transcript, appends the signature to the data block and seals what remains.
+    pub fn finish(mut self, sender: &dyn Identity, out: &mut Vec<u8>) -> Result<Sealed, SealError> {
+        if sender.public().id() != self.header.sender {
+            return Err(SealError::Key(crate::keys::KeyError::Invalid {
+                what: "the signing key is not the sender named in the header".into(),
+                detail: "seal with the same key pair throughout".into(),
+            }));
+        }
+        let hash = self.hasher.clone().finish();
+        let signature = sender.sign(&transcript(
+            &self.header_bytes,
+            self.plaintext_len,
+            hash.as_ref(),
+        ))?;
+        self.push_data(&signature, out)?;
+        match &mut self.body {
+            Body::Hybrid {
+                stream, pending, ..
+            } => {
+                // Never empty: the signature is in it.
+                let tag = stream
+                    .seal_chunk(pending, true)
+                    .map_err(|_| SealError::Crypto)?;
+                out.extend_from_slice(pending);
+                out.extend_from_slice(tag.as_ref());
+            }
+            Body::Asymmetric {
+                recipient, data, ..
+            } => seal_asymmetric(recipient, &self.header_bytes, data, out)?,
+        }
+        Ok(Sealed {
+            header: self.header,
+            header_bytes: self.header_bytes,
+            ack_tag: ack_tag(&signature, &self.header_bytes),
+            plaintext_len: self.plaintext_len,
+        })
+    }
+
+    /// Adds bytes of the data block (plaintext, then the signature).
+    fn push_data(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
+        match &mut self.body {
+            Body::Hybrid {
+                stream,
+                pending,
+                chunk,
+            } => {
+                while !data.is_empty() {
+                    if pending.len() == *chunk {
+                        // More data follows, so this full chunk is not the last one.
+                        let start = out.len();
+                        out.reserve(*chunk + TAG_LEN);
+                        out.extend_from_slice(pending);
+                        let tag = stream
+                            .seal_chunk(&mut out[start..], false)
+                            .map_err(|_| SealError::Crypto)?;
+                        out.extend_from_slice(tag.as_ref());
+                        pending.clear();
+                    }
+                    let take = (*chunk - pending.len()).min(data.len());
+                    let (now, rest) = data.split_at(take);
+                    pending.extend_from_slice(now);
+                    data = rest;
+                }
+                Ok(())
+            }
+            Body::Asymmetric {
+                data: block, limit, ..
+            } => {
+                // The limit is on the plaintext; the signature comes on top of it.
+                if self.plaintext_len > *limit {
+                    return Err(SealError::TooLargeForAsymmetric { limit: *limit });
+                }
+                block.extend_from_slice(data);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Cuts the data block into chunks of at most k − 66 bytes and encrypts each with RSA-OAEP,
+/// labelled with the header hash, its index and the count.
+fn seal_asymmetric(
+    recipient: &PublicKey,
+    header_bytes: &[u8; HEADER_LEN],
+    data: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), SealError> {
+    let hh = header_hash(header_bytes);
+    let max = recipient.max_oaep_plaintext();
+    let count = u32::try_from(data.len().div_ceil(max)).map_err(|_| SealError::Crypto)?;
+    for (index, chunk) in (0u32..).zip(data.chunks(max)) {
+        out.extend_from_slice(&recipient.encrypt_oaep(chunk, &chunk_label(&hh, index, count))?);
+    }
+    Ok(())
+}
+
+/// Seals everything `input` yields to `output` in one pass.
+pub fn seal<R: Read, W: Write>(
+    sender: &dyn Identity,
+    recipient: &PublicKey,
+    opts: &SealOptions,
+    mut input: R,
+    mut output: W,
+) -> Result<Sealed, SealError> {
+    let (mut sealer, prefix) = Sealer::new(sender.public(), recipient, opts)?;
+    output.write_all(&prefix)?;
+    let mut buf = Zeroizing::new(vec![0u8; IO_BUF]);
+    let mut out = Vec::with_capacity(IO_BUF + IO_BUF / 1024 * TAG_LEN + 64 * 1024);
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        sealer.update(&buf[..n], &mut out)?;
+        output.write_all(&out)?;
+        out.clear();
+    }
+    let sealed = sealer.finish(sender, &mut out)?;
+    output.write_all(&out)?;
+    output.flush()?;
+    Ok(sealed)
+}

@@ -1,0 +1,507 @@
+//! RSA key pairs: generation, PEM files, fingerprints, and the private-key trait.
+//!
+//! Invariants:
+//! - Every key in memory is an RSA key of [`MIN_BITS`]..=[`MAX_BITS`] bits; smaller keys are refused
+//!   when loaded, whatever the file says.
+//! - A key's identity is [`KeyId`]: SHA-256 of its SubjectPublicKeyInfo DER, shown the way
+//!   OpenSSH shows fingerprints (`SHA256:` + unpadded base64), so users can compare it with
+//!   `ssh-keygen -l`-style output and with `openssl pkey -pubin -outform DER | sha256sum`.
+//! - Private-key bytes we hold (file text, DER) live in [`Zeroizing`] buffers; the parsed key lives
+//!   inside aws-lc, which clears RSA private components when it frees them.
+//! - Private operations sit behind [`Identity`], so an agent or a hardware key can stand in later.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
+use aws_lc_rs::rsa::{
+    KeyPair, KeySize, OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey, OaepPublicEncryptingKey,
+    PrivateDecryptingKey, PublicEncryptingKey,
+};
+use aws_lc_rs::signature::{
+    KeyPair as _, RSA_PSS_2048_8192_SHA256, RSA_PSS_SHA256, UnparsedPublicKey,
+};
+use aws_lc_rs::{digest, rand};
+use base64::Engine as _;
+use zeroize::Zeroizing;
+
+/// Smallest modulus we accept: below 2048 bits RSA no longer meets NIST's 112-bit security level.
+pub const MIN_BITS: usize = 2048;
+/// Largest modulus we accept: aws-lc's RSA verification tops out at 8192 bits, and larger keys
+/// would let a peer make us do very slow public-key work.
+pub const MAX_BITS: usize = 8192;
+/// Key size `keygen` uses unless told otherwise (128-bit security level per NIST SP 800-57).
+pub const DEFAULT_BITS: usize = 3072;
+/// The largest key file we read: a PEM 8192-bit private key is under 7 KiB.
+const MAX_KEY_FILE: u64 = 64 * 1024;
+/// Bytes of OAEP-SHA-256 overhead: two hash lengths plus two bytes (RFC 8017, 7.1.1).
+pub const OAEP_OVERHEAD: usize = 2 * 32 + 2;
+
+/// What can go wrong with keys; every message says what the user can do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    #[error("cannot read key file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write key file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} already exists; pass --force to replace it")]
+    Exists { path: PathBuf },
+    #[error(
+        "private key {path} is readable by group or others (mode {mode:04o}); \
+         run `chmod 600 {path}` and try again"
+    )]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("{what}: {detail}")]
+    Invalid { what: String, detail: String },
+    #[error("RSA key of {bits} bits refused: letterlock accepts {MIN_BITS} to {MAX_BITS} bits")]
+    Size { bits: usize },
+    #[error("the RSA operation failed")]
+    Crypto,
+}
+
+fn invalid(what: impl Into<String>, detail: impl Into<String>) -> KeyError {
+    KeyError::Invalid {
+        what: what.into(),
+        detail: detail.into(),
+    }
+}
+
+/// The identity of a public key: SHA-256 of its SubjectPublicKeyInfo DER.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(pub [u8; 32]);
+
+impl KeyId {
+    /// The key id of a SubjectPublicKeyInfo DER encoding.
+    pub fn of_spki(spki_der: &[u8]) -> Self {
+        let mut id = [0u8; 32];
+        id.copy_from_slice(digest::digest(&digest::SHA256, spki_der).as_ref());
+        KeyId(id)
+    }
+
+    /// A short form for file names and log fields: the first 8 bytes in hex.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..8])
+    }
+}
+
+impl fmt::Display for KeyId {
+    /// `SHA256:` + unpadded standard base64, as OpenSSH prints fingerprints.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(self.0)
+        )
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// An RSA public key, ready to encrypt to (OAEP) and to verify signatures of (PSS).
+#[derive(Clone)]
+pub struct PublicKey {
+    /// The SubjectPublicKeyInfo DER: what we hash for the key id and hand to the verifier.
+    spki: Vec<u8>,
+    /// The parsed key for OAEP encryption.
+    oaep: std::sync::Arc<OaepPublicEncryptingKey>,
+    /// Cached key id, compared on every message.
+    id: KeyId,
+}
+
+impl PublicKey {
+    /// Parses a SubjectPublicKeyInfo or PKCS#1 `RSAPublicKey` DER encoding.
+    pub fn from_der(der: &[u8]) -> Result<Self, KeyError> {
+        // aws-lc's rsa::PublicKey accepts both encodings; re-encode as SPKI so the id is canonical.
+        let parsed = aws_lc_rs::rsa::PublicKey::from_der(der)
+            .map_err(|e| invalid("not an RSA public key", e.to_string()))?;
+        let spki: PublicKeyX509Der = parsed.as_der().map_err(|_| KeyError::Crypto)?;
+        Self::from_spki(spki.as_ref())
+    }
+
+    fn from_spki(spki: &[u8]) -> Result<Self, KeyError> {
+        let enc = PublicEncryptingKey::from_der(spki)
+            .map_err(|e| invalid("not an RSA public key", e.to_string()))?;
+        check_bits(enc.key_size_bits())?;
+        let oaep = OaepPublicEncryptingKey::new(enc).map_err(|_| KeyError::Crypto)?;
+        Ok(PublicKey {
+            oaep: std::sync::Arc::new(oaep),
+            id: KeyId::of_spki(spki),
+            spki: spki.to_vec(),
+        })
+    }
+
+    /// Parses a PEM public key (`BEGIN PUBLIC KEY` or `BEGIN RSA PUBLIC KEY`).
+    pub fn from_pem(text: &str) -> Result<Self, KeyError> {
+        let block = pem::parse(text).map_err(|e| invalid("not a PEM file", e.to_string()))?;
+        match block.tag() {
+            "PUBLIC KEY" | "RSA PUBLIC KEY" => Self::from_der(block.contents()),
+            other => Err(invalid(
+                format!("expected a public key, found a `{other}` PEM block"),
+                "use the *_public.pem file",
+            )),
+        }
+    }
+
+    /// The key as `BEGIN PUBLIC KEY` PEM, which OpenSSL reads with `openssl pkey -pubin`.
+    pub fn to_pem(&self) -> String {
+        encode_pem("PUBLIC KEY", &self.spki)
+    }
+
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki
+    }
+
+    /// The modulus length in bytes: the size of every ciphertext and signature.
+    pub fn modulus_len(&self) -> usize {
+        self.oaep.key_size_bytes()
+    }
+
+    pub fn bits(&self) -> usize {
+        self.oaep.key_size_bits()
+    }
+
+    /// The largest plaintext one RSA-OAEP-SHA-256 block can carry under this key.
+    pub fn max_oaep_plaintext(&self) -> usize {
+        self.modulus_len() - OAEP_OVERHEAD
+    }
+
+    /// RSA-OAEP (SHA-256, MGF1-SHA-256) encryption with a label.
+    pub fn encrypt_oaep(&self, plaintext: &[u8], label: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let mut out = vec![0u8; self.oaep.ciphertext_size()];
+        let n = self
+            .oaep
+            .encrypt(&OAEP_SHA256_MGF1SHA256, plaintext, &mut out, Some(label))
+            .map_err(|_| KeyError::Crypto)?
+            .len();
+        out.truncate(n);
+        Ok(out)
+    }
+
+    /// Verifies an RSA-PSS (SHA-256, MGF1-SHA-256, salt 32) signature over `message`.
+    pub fn verify_pss(&self, message: &[u8], signature: &[u8]) -> bool {
+        UnparsedPublicKey::new(&RSA_PSS_2048_8192_SHA256, &self.spki)
+            .verify(message, signature)
+            .is_ok()
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({} bits, {})", self.bits(), self.id)
+    }
+}
+
+/// The private-key operations letterlock needs. A key file implements it ([`PrivateKey`]); an
+/// agent or a hardware token could too.
+pub trait Identity: Send + Sync {
+    /// The matching public key (its id is who we are).
+    fn public(&self) -> &PublicKey;
+    /// RSA-PSS (SHA-256, MGF1-SHA-256, salt 32) signature over `message`.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError>;
+    /// RSA-OAEP (SHA-256, MGF1-SHA-256) decryption with a label.
+    fn decrypt_oaep(&self, ciphertext: &[u8], label: &[u8])
+    -> Result<Zeroizing<Vec<u8>>, KeyError>;
+}
+
+/// An RSA private key held in memory.
+pub struct PrivateKey {
+    /// For PSS signatures.
+    signer: KeyPair,
+    /// For OAEP decryption (aws-lc keeps the two APIs on separate types).
+    decrypter: OaepPrivateDecryptingKey,
+    public: PublicKey,
+}
+
+impl PrivateKey {
+    /// A fresh key pair from aws-lc's generator.
+    pub fn generate(bits: usize) -> Result<Self, KeyError> {
+        let size = match bits {
+            2048 => KeySize::Rsa2048,
+            3072 => KeySize::Rsa3072,
+            4096 => KeySize::Rsa4096,
+            8192 => KeySize::Rsa8192,
+            _ => {
+                return Err(invalid(
+                    format!("cannot generate a {bits}-bit key"),
+                    "choose --bits 2048, 3072 or 4096",
+                ));
+            }
+        };
+        let pair = KeyPair::generate(size).map_err(|_| KeyError::Crypto)?;
+        let pkcs8 = pkcs8_of(&pair)?;
+        Self::from_pkcs8(&pkcs8)
+    }
+
+    /// Parses an unencrypted PKCS#8 `PrivateKeyInfo` DER.
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, KeyError> {
+        let signer = KeyPair::from_pkcs8(der)
+            .map_err(|e| invalid("not an RSA private key", e.to_string()))?;
+        let dec = PrivateDecryptingKey::from_pkcs8(der)
+            .map_err(|e| invalid("not an RSA private key", e.to_string()))?;
+        check_bits(dec.key_size_bits())?;
+        let public = PublicKey::from_der(signer.public_key().as_ref())?;
+        let decrypter = OaepPrivateDecryptingKey::new(dec).map_err(|_| KeyError::Crypto)?;
+        Ok(PrivateKey {
+            signer,
+            decrypter,
+            public,
+        })
+    }
+
+    /// Parses a PEM private key: PKCS#8 (`BEGIN PRIVATE KEY`, what we and `openssl genpkey`
+    /// write) or PKCS#1 (`BEGIN RSA PRIVATE KEY`, what the Python `rsa` package writes).
+    pub fn from_pem(text: &str) -> Result<Self, KeyError> {
+        let block = pem::parse(text).map_err(|e| invalid("not a PEM file", e.to_string()))?;
+        let tag = block.tag().to_owned();
+        let der = Zeroizing::new(block.into_contents());
+        match tag.as_str() {
+            "PRIVATE KEY" => Self::from_pkcs8(&der),
+            "RSA PRIVATE KEY" => {
+                let pair = KeyPair::from_der(&der)
+                    .map_err(|e| invalid("not an RSA private key", e.to_string()))?;
+                Self::from_pkcs8(&pkcs8_of(&pair)?)
+            }
+            "ENCRYPTED PRIVATE KEY" => Err(invalid(
+                "the private key is passphrase-protected",
+                "letterlock reads unencrypted keys; write one with \
+                 `openssl pkey -in KEY -out KEY.plain` and keep it mode 0600",
+            )),
+            other => Err(invalid(
+                format!("expected a private key, found a `{other}` PEM block"),
+                "use the *_private.pem file",
+            )),
+        }
+    }
+
+    /// The key as PKCS#8 `BEGIN PRIVATE KEY` PEM, in a buffer that is wiped when dropped.
+    pub fn to_pem(&self) -> Result<Zeroizing<String>, KeyError> {
+        let der = pkcs8_of(&self.signer)?;
+        Ok(Zeroizing::new(encode_pem("PRIVATE KEY", &der)))
+    }
+}
+
+impl Identity for PrivateKey {
+    fn public(&self) -> &PublicKey {
+        &self.public
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let mut sig = vec![0u8; self.signer.public_modulus_len()];
+        self.signer
+            .sign(
+                &RSA_PSS_SHA256,
+                &rand::SystemRandom::new(),
+                message,
+                &mut sig,
+            )
+            .map_err(|_| KeyError::Crypto)?;
+        Ok(sig)
+    }
+
+    fn decrypt_oaep(
+        &self,
+        ciphertext: &[u8],
+        label: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let mut out = Zeroizing::new(vec![0u8; self.decrypter.min_output_size()]);
+        let n = self
+            .decrypter
+            .decrypt(&OAEP_SHA256_MGF1SHA256, ciphertext, &mut out, Some(label))
+            .map_err(|_| KeyError::Crypto)?
+            .len();
+        out.truncate(n);
+        Ok(out)
+    }
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material: only which public key this is.
+        write!(f, "PrivateKey({:?})", self.public)
+    }
+}
+
+fn pkcs8_of(pair: &KeyPair) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let der: Pkcs8V1Der = pair.as_der().map_err(|_| KeyError::Crypto)?;
+    Ok(Zeroizing::new(der.as_ref().to_vec()))
+}
+
+fn check_bits(bits: usize) -> Result<(), KeyError> {
+    if (MIN_BITS..=MAX_BITS).contains(&bits) {
+        Ok(())
+    } else {
+        Err(KeyError::Size { bits })
+    }
+}
+
+fn encode_pem(tag: &str, der: &[u8]) -> String {
+    let block = pem::Pem::new(tag, der);
+    pem::encode_config(
+        &block,
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+/// Reads a key file, refusing anything too large to be a key before reading it.
+fn read_key_file(path: &Path) -> Result<Zeroizing<String>, KeyError> {
+    let read_err = |source| KeyError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = fs::metadata(path).map_err(read_err)?;
+    if meta.len() > MAX_KEY_FILE {
+        return Err(invalid(
+            format!("{} is not a key file", path.display()),
+            format!("it is {} bytes; key files are under 64 KiB", meta.len()),
+        ));
+    }
+    let bytes = Zeroizing::new(fs::read(path).map_err(read_err)?);
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| invalid(format!("{} is not a PEM file", path.display()), "not text"))?;
+    Ok(Zeroizing::new(text.to_owned()))
+}
+
+/// Loads a private key file, refusing it if group or others can read it (as OpenSSH does):
+/// a key others can read may already be someone else's.
+pub fn load_private(path: &Path) -> Result<PrivateKey, KeyError> {
+    check_private_permissions(path)?;
+    let text = read_key_file(path)?;
+    PrivateKey::from_pem(&text).map_err(|e| in_file(path, e))
+}
+
+/// Loads a public key file (`BEGIN PUBLIC KEY` or `BEGIN RSA PUBLIC KEY`).
+pub fn load_public(path: &Path) -> Result<PublicKey, KeyError> {
+    let text = read_key_file(path)?;
+    PublicKey::from_pem(&text).map_err(|e| in_file(path, e))
+}
+
+/// The public key of a file holding either a public or a private key, for `fingerprint`.
+/// Reading a private key's public half needs no permission check: nothing secret leaves.
+pub fn load_any_public(path: &Path) -> Result<PublicKey, KeyError> {
+    let text = read_key_file(path)?;
+    if text.contains("PRIVATE KEY-----") {
+        Ok(PrivateKey::from_pem(&text)
+            .map_err(|e| in_file(path, e))?
+            .public
+            .clone())
+    } else {
+        PublicKey::from_pem(&text).map_err(|e| in_file(path, e))
+    }
+}
+
+fn in_file(path: &Path, e: KeyError) -> KeyError {
+    match e {
+        KeyError::Invalid { what, detail } => KeyError::Invalid {
+            what: format!("{}: {what}", path.display()),
+            detail,
+        },
+        other => other,
+    }
+}
+
+fn check_private_permissions(path: &Path) -> Result<(), KeyError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::metadata(path).map_err(|source| KeyError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Permissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Writes `contents` to `path` atomically: a temporary file beside it (mode `mode`), fsync,
+/// then a rename, so a crash never leaves half a key. Refuses to replace a file unless `force`.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32, force: bool) -> Result<(), KeyError> {
+    let write_err = |source| KeyError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    if !force && path.exists() {
+        return Err(KeyError::Exists {
+            path: path.to_owned(),
+        });
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(dir).map_err(write_err)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".letterlock-key")
+        .permissions(file_mode(mode))
+        .tempfile_in(dir)
+        .map_err(write_err)?;
+    tmp.write_all(contents).map_err(write_err)?;
+    tmp.as_file().sync_all().map_err(write_err)?;
+    if force {
+        tmp.persist(path).map_err(|e| write_err(e.error))?;
+    } else {
+        // Refuses if someone created the file since we looked: never a silent overwrite.
+        tmp.persist_noclobber(path)
+            .map_err(|e| write_err(e.error))?;
+    }
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(write_err)?;
+    Ok(())
+}
+
+fn file_mode(mode: u32) -> fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    fs::Permissions::from_mode(mode)
+}
+
+/// The two files of a key pair named `name` in `dir`.
+pub fn pair_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{name}_private.pem")),
+        dir.join(format!("{name}_public.pem")),
+    )
+}
+
+/// Generates a key pair and writes `DIR/NAME_private.pem` (0600) and `DIR/NAME_public.pem`.
+pub fn generate_pair_files(
+    dir: &Path,
+    name: &str,
+    bits: usize,
+    force: bool,
+) -> Result<PrivateKey, KeyError> {
+    let (private_path, public_path) = pair_paths(dir, name);
+    if !force {
+        for p in [&private_path, &public_path] {
+            if p.exists() {
+                return Err(KeyError::Exists { path: p.clone() });
+            }
+        }
+    }
+    let key = PrivateKey::generate(bits)?;
+    write_atomic(&private_path, key.to_pem()?.as_bytes(), 0o600, force)?;
+    write_atomic(&public_path, key.public().to_pem().as_bytes(), 0o644, force)?;
+    Ok(key)
+}
