@@ -1,0 +1,76 @@
+//! Round trips of the sealed-message format in both modes, every key size.
+
+mod common;
+
+use common::{data, open, private, public, seal};
+use letterlock::envelope::{Mode, SealOptions};
+use letterlock::keys::Identity;
+
+fn round_trip(mode: Mode, sender: &str, recipient: &str, len: usize) {
+    let s = private(sender);
+    let r = private(recipient);
+    let plain = data(len);
+    let sealed = seal(s.as_ref(), r.public(), &SealOptions::mode(mode), &plain);
+    let back = open(r, s.public(), &sealed).unwrap_or_else(|e| {
+        panic!("{mode} {sender}->{recipient} len {len}: {e}");
+    });
+    assert_eq!(back, plain, "{mode} {sender}->{recipient} len {len}");
+}
+
+#[test]
+fn hybrid_sizes_around_chunk_boundaries() {
+    for len in [0, 1, 318, 64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1, 1024 * 1024 + 17] {
+        round_trip(Mode::Hybrid, "alice3072", "bob3072", len);
+    }
+}
+
+#[test]
+fn asymmetric_sizes_around_oaep_limit() {
+    // k - 66 for a 3072-bit key is 318; the data block adds a 384-byte signature.
+    let k_minus_66 = public("bob3072").max_oaep_plaintext();
+    assert_eq!(k_minus_66, 318);
+    for len in [0, 1, k_minus_66 - 1, k_minus_66, k_minus_66 + 1, 2 * k_minus_66 - 384, 5000] {
+        round_trip(Mode::Asymmetric, "alice3072", "bob3072", len);
+    }
+}
+
+#[test]
+fn asymmetric_large_message() {
+    round_trip(Mode::Asymmetric, "alice2048", "bob2048", 64 * 1024 + 1);
+}
+
+#[test]
+fn every_key_size_and_mixed_sizes() {
+    for (s, r) in [
+        ("alice2048", "bob2048"),
+        ("alice4096", "bob4096"),
+        ("alice2048", "bob4096"),
+        ("alice4096", "bob2048"),
+        ("alice3072", "bob2048"),
+    ] {
+        for mode in [Mode::Hybrid, Mode::Asymmetric] {
+            for len in [0, 1, 100, 3000] {
+                round_trip(mode, s, r, len);
+            }
+        }
+    }
+}
+
+#[test]
+fn asymmetric_limit_points_to_hybrid() {
+    let s = private("alice2048");
+    let opts = SealOptions {
+        asymmetric_limit: 1000,
+        ..SealOptions::mode(Mode::Asymmetric)
+    };
+    let mut out = Vec::new();
+    let err = letterlock::envelope::seal(
+        s.as_ref(),
+        &public("bob2048"),
+        &opts,
+        &data(1001)[..],
+        &mut out,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("--mode hybrid"), "{err}");
+}
