@@ -496,3 +496,57 @@ async fn newer_schema_is_refused() {
         other => panic!("expected a schema version error, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn abandoned_and_foreign_bodies_leave_no_files() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = SqliteStore::open(db_path(&dir)).expect("open");
+    let all_files = |path: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(path)
+            .expect("read blob dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".lock")
+            .collect();
+        names.sort();
+        names
+    };
+
+    // A writer dropped mid-stream (say the sender disconnected) deletes its
+    // temporary file.
+    let mut writer = store.blob_writer();
+    writer
+        .write_all(&pattern(LARGE_LEN, 7))
+        .expect("write body");
+    assert_eq!(
+        all_files(store.blob_dir()).len(),
+        1,
+        "spilled to a temp file"
+    );
+    drop(writer);
+    assert!(all_files(store.blob_dir()).is_empty());
+
+    // A body staged in another store's folder is refused and deleted.
+    let other_dir = TempDir::new().expect("temp dir");
+    let other = SqliteStore::open(db_path(&other_dir)).expect("open other");
+    let body = stage(&other, &pattern(LARGE_LEN, 8));
+    assert_eq!(blob_files(other.blob_dir()).len(), 1);
+    assert!(matches!(
+        store.insert_inbox(inbox_record(1, id(1), body)).await,
+        Err(StoreError::ForeignBlob { .. })
+    ));
+    assert!(blob_files(other.blob_dir()).is_empty());
+    assert!(store.list_inbox().await.expect("list").is_empty());
+
+    // Opening through another spelling of the same path is not "foreign".
+    let dotted = dir.path().join(".").join("mail.db");
+    let same = SqliteStore::open(&dotted).expect("open via other path");
+    let body = stage(&same, &pattern(LARGE_LEN, 9));
+    assert_eq!(
+        store
+            .insert_inbox(inbox_record(1, id(2), body))
+            .await
+            .expect("insert"),
+        InsertOutcome::Inserted
+    );
+    assert!(store.integrity_check().await.expect("check"));
+}

@@ -60,11 +60,11 @@ pub(crate) fn is_blob_name(name: &str) -> bool {
 }
 
 /// A fresh random blob file name.
-fn random_blob_name() -> Result<String, StoreError> {
+fn random_blob_name(dir: &Path) -> Result<String, StoreError> {
     let mut bytes = [0u8; BLOB_NAME_RANDOM_BYTES];
     aws_lc_rs::rand::fill(&mut bytes).map_err(|_| StoreError::Io {
         action: "draw a random name for a body file in",
-        path: PathBuf::new(),
+        path: dir.to_path_buf(),
         source: io::Error::other("the system random generator failed"),
     })?;
     Ok(format!("{}{BLOB_SUFFIX}", hex::encode(bytes)))
@@ -82,14 +82,25 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 ///
 /// Dropping a file-backed `Body` that was never committed deletes its file,
 /// so a refused insert (duplicate, conflict, error) cleans up after itself.
-#[derive(Debug)]
 pub struct Body {
     kind: BodyKind,
     len: u64,
     sha256: [u8; 32],
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for Body {
+    // Not derived: an inline body is up to 64 KiB of ciphertext, useless
+    // (and noisy) in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = f.debug_struct("Body");
+        out.field("len", &self.len);
+        if let BodyKind::File(blob) = &self.kind {
+            out.field("file", &blob.name);
+        }
+        out.field("sha256", &hex::encode(self.sha256)).finish()
+    }
+}
+
 enum BodyKind {
     Inline(Vec<u8>),
     File(Blob),
@@ -269,7 +280,7 @@ impl BlobWriter {
             .map_err(StoreError::io("fsync body file", temp.path()))?;
         let mut attempt = 0;
         let name = loop {
-            let name = random_blob_name()?;
+            let name = random_blob_name(&self.dir)?;
             match temp.persist_noclobber(self.dir.join(&name)) {
                 Ok(_file) => break name,
                 Err(err)

@@ -52,6 +52,10 @@ const MESSAGE_ID_HEX_LEN: usize = 32;
 const WRITER_THREAD_NAME: &str = "letterlock-store-writer";
 
 /// The schema, created in one transaction on first open.
+///
+/// Both tables are ordinary rowid tables (not `WITHOUT ROWID`): rows carry
+/// inline bodies of up to 64 KiB, which SQLite stores far better as overflow
+/// pages of a rowid table than inside a clustered index.
 const SCHEMA: &str = "
 CREATE TABLE inbox (
     sender_key_id  BLOB    NOT NULL CHECK (length(sender_key_id) = 32),
@@ -67,8 +71,8 @@ CREATE TABLE inbox (
     body_inline    BLOB,
     body_file      TEXT UNIQUE,
     CHECK ((body_inline IS NULL) <> (body_file IS NULL)),
-    PRIMARY KEY (sender_key_id, message_id)
-) WITHOUT ROWID;
+    UNIQUE (sender_key_id, message_id)
+);
 CREATE INDEX inbox_by_message_id ON inbox (message_id);
 CREATE INDEX inbox_by_received ON inbox (received);
 
@@ -131,6 +135,10 @@ impl SqliteStore {
         blob_dir.push(BLOB_DIR_SUFFIX);
         let blob_dir = PathBuf::from(blob_dir);
         fs::create_dir_all(&blob_dir).map_err(StoreError::io("create blob folder", &blob_dir))?;
+        // Canonical, so two handles opened through different spellings of
+        // the path agree on where bodies live (see the foreign-body check).
+        let blob_dir = fs::canonicalize(&blob_dir)
+            .map_err(StoreError::io("resolve blob folder", &blob_dir))?;
 
         let lock_path = blob_dir.join(LOCK_FILE_NAME);
         let folder_lock = OpenOptions::new()
