@@ -1,1 +1,0 @@
-//! The server's durable mailbox. (Being written.)

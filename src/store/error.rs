@@ -1,0 +1,146 @@
+//! The one error type of the store.
+//!
+//! Every variant says what failed and, where the user can do something about
+//! it, what to do: these messages end up in server logs and on the command
+//! line of `letterlock server ...`.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the mailbox store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be opened or configured.
+    #[error(
+        "could not open the mailbox database {path}: {source}; check that the folder exists, is writable, and that the file is a letterlock database"
+    )]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// The database was written by a letterlock with a different schema.
+    #[error(
+        "the mailbox database {path} has schema version {found}, but this letterlock understands version {expected}; use the letterlock release that created it"
+    )]
+    SchemaVersion {
+        path: PathBuf,
+        found: i64,
+        expected: i64,
+    },
+
+    /// The database could not be switched to write-ahead logging, which the
+    /// store needs for concurrent readers and a second writing process.
+    #[error(
+        "the mailbox database {path} could not use write-ahead logging (journal mode is {mode}); put it on a local file system, not a network share or in memory"
+    )]
+    WalUnavailable { path: PathBuf, mode: String },
+
+    /// A database statement failed.
+    #[error(
+        "mailbox database error while {action}: {source}; if this persists, check disk space and run an integrity check"
+    )]
+    Database {
+        action: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// A file operation (blob file, blob folder, lock file) failed.
+    #[error("could not {action} {path}: {source}; check permissions and free disk space")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The whole group-commit batch this request was part of failed to commit.
+    #[error(
+        "the mailbox could not commit a batch of writes ({reason}); nothing from it was saved, retry the request"
+    )]
+    BatchFailed { reason: String },
+
+    /// The writer thread is gone (store closed, or it stopped after a failure).
+    #[error(
+        "the mailbox writer has stopped, so nothing can be saved; restart the server (earlier log lines say why it stopped)"
+    )]
+    WriterStopped,
+
+    /// A blocking database task panicked or was cancelled.
+    #[error("a mailbox background task failed: {0}; retry, and report a bug if it repeats")]
+    Task(String),
+
+    /// A value does not fit the database's signed 64-bit integers.
+    #[error("{field} value {value} is too large to store (limit {limit})", limit = i64::MAX)]
+    OutOfRange { field: &'static str, value: u64 },
+
+    /// A stored row is malformed (wrong lengths, bad blob name...).
+    #[error(
+        "the mailbox database holds a malformed {what}; run an integrity check, the database may have been edited or damaged"
+    )]
+    Corrupt { what: &'static str },
+
+    /// A row names a body file that is not there.
+    #[error(
+        "the body file {path} of a stored message is missing; the blob folder may have been edited, restore it from a backup"
+    )]
+    BlobMissing { path: PathBuf },
+
+    /// A body staged for another store was handed to this one.
+    #[error(
+        "the message body was staged in {staged_in}, not in this store's blob folder {expected}; create the body with this store's blob_writer()"
+    )]
+    ForeignBlob {
+        staged_in: PathBuf,
+        expected: PathBuf,
+    },
+
+    /// The message id prefix given by the user is not hexadecimal.
+    #[error(
+        "{prefix:?} is not a message id prefix: give 1 to 32 hexadecimal digits as shown by `letterlock server inbox`"
+    )]
+    BadIdPrefix { prefix: String },
+
+    /// No inbox message matches the given id prefix.
+    #[error(
+        "no inbox message id starts with {prefix}; run `letterlock server inbox` to list message ids"
+    )]
+    NotFound { prefix: String },
+
+    /// More than one inbox message matches the given id prefix.
+    #[error("more than one inbox message id starts with {prefix}; give more hexadecimal digits")]
+    Ambiguous { prefix: String },
+
+    /// The outbox already holds this message id for this recipient.
+    #[error(
+        "the outbox already holds message {message_id} for this recipient; seal the message again so it gets a fresh id"
+    )]
+    OutboxDuplicate { message_id: String },
+
+    /// An outbox entry asked for by (recipient, message id) does not exist.
+    #[error(
+        "no outbox message {message_id} is waiting for this recipient; it may already have been delivered"
+    )]
+    OutboxNotFound { message_id: String },
+}
+
+impl StoreError {
+    /// Shorthand for [`StoreError::Database`], used with `map_err`.
+    pub(crate) fn db(action: &'static str) -> impl FnOnce(rusqlite::Error) -> Self {
+        move |source| Self::Database { action, source }
+    }
+
+    /// Shorthand for [`StoreError::Io`], used with `map_err`.
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The server's durable mailbox.
+//!
+//! Two queues live here:
+//! - the **inbox**: messages clients sent to the server, kept sealed
+//!   (encrypted) at rest, deduplicated by (sender key id, message id) so a
+//!   client retrying after a lost acknowledgement gets the same ack back;
+//! - the **outbox**: messages the server sealed for a client, waiting for
+//!   that client's next fetch and removed only when the client proves receipt
+//!   with the expected ack tag.
+//!
+//! The server is generic over the [`Store`] trait; [`SqliteStore`] is the one
+//! implementation today. The trait uses only plain Rust types so a shared
+//! PostgreSQL backend (several servers, one store) can be added later.
+//!
+//! Durability contract: every write method returns only after its change is
+//! committed and fsynced. Large bodies are streamed to files (see
+//! [`BlobWriter`]) before the row naming them commits.
+
+mod body;
+mod error;
+mod sqlite;
+mod writer;
+
+use std::future::Future;
+use std::io::Read;
+
+pub use body::{BlobWriter, Body, INLINE_MAX};
+pub use error::StoreError;
+pub use sqlite::{SqliteStore, StoreStats};
+
+/// A key id: SHA-256 fingerprint of an RSA public key.
+pub type KeyId = [u8; 32];
+/// A message id, chosen by the sealer.
+pub type MessageId = [u8; 16];
+/// A SHA-256 digest or an acknowledgement tag.
+pub type Tag = [u8; 32];
+
+/// Mode byte of an asymmetric (RSA only) message.
+pub const MODE_ASYMMETRIC: u8 = 1;
+/// Mode byte of a hybrid (RSA-wrapped AES-GCM key) message.
+pub const MODE_HYBRID: u8 = 2;
+
+/// A message a client sent to the server, as the server accepted it.
+#[derive(Debug)]
+pub struct InboxRecord {
+    /// Key id of the sender's public key.
+    pub sender_key_id: KeyId,
+    /// Display name the sender is known by.
+    pub sender_name: String,
+    /// Message id from the header; unique per sender.
+    pub message_id: MessageId,
+    /// Creation time from the message header (unix seconds).
+    pub created: u64,
+    /// Time the server received it (unix seconds).
+    pub received: u64,
+    /// [`MODE_ASYMMETRIC`] or [`MODE_HYBRID`].
+    pub mode: u8,
+    /// Length of the plaintext inside.
+    pub plaintext_len: u64,
+    /// SHA-256 of the sealed bytes as received: tells a retry from a clash.
+    pub content_hash: Tag,
+    /// The ack tag the server sent (and re-sends for a retry).
+    pub ack_tag: Tag,
+    /// The sealed message, still encrypted.
+    pub body: Body,
+}
+
+/// What happened to an inbox insert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// Stored now.
+    Inserted,
+    /// Already stored with the same content (a retry after a lost ack): the
+    /// server must re-send this, the originally stored, ack tag.
+    Duplicate { ack_tag: Tag },
+    /// This sender already used this message id for different content:
+    /// refused, nothing stored.
+    Conflict,
+}
+
+/// One inbox message's metadata, for listings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxSummary {
+    pub message_id: MessageId,
+    pub sender_name: String,
+    pub sender_key_id: KeyId,
+    pub created: u64,
+    pub received: u64,
+    pub mode: u8,
+    pub plaintext_len: u64,
+    /// Size of the sealed body as stored.
+    pub body_size: u64,
+    pub content_hash: Tag,
+}
+
+/// One inbox message with a streaming reader over its sealed body.
+pub struct InboxMessage {
+    pub summary: InboxSummary,
+    /// The sealed body; a large one streams from its file.
+    pub body: Box<dyn Read + Send>,
+}
+
+impl std::fmt::Debug for InboxMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboxMessage")
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A message the server sealed for a client, to be delivered on its next fetch.
+#[derive(Debug)]
+pub struct OutboxRecord {
+    pub recipient_key_id: KeyId,
+    pub recipient_name: String,
+    pub message_id: MessageId,
+    /// Creation time from the message header (unix seconds).
+    pub created: u64,
+    pub mode: u8,
+    /// Length of the plaintext inside.
+    pub plaintext_len: u64,
+    /// The ack tag the recipient must send back to prove receipt.
+    pub expected_ack_tag: Tag,
+    /// The sealed message.
+    pub body: Body,
+}
+
+/// A pending outbox entry's metadata (the ack tag is not exposed: it is the
+/// recipient's proof of receipt and only ever compared inside the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub recipient_key_id: KeyId,
+    pub recipient_name: String,
+    pub message_id: MessageId,
+    pub created: u64,
+    pub mode: u8,
+    pub plaintext_len: u64,
+    /// Size of the sealed body as stored.
+    pub body_size: u64,
+}
+
+/// The mailbox as the server sees it.
+///
+/// Methods return `impl Future + Send` (callers may `tokio::spawn` them);
+/// implementations can simply write `async fn`. No backend types appear in
+/// the signatures.
+pub trait Store: Send + Sync + 'static {
+    /// Start streaming a message body into this store.
+    fn blob_writer(&self) -> BlobWriter;
+
+    /// Store a received message; returns once durable (or refused).
+    fn insert_inbox(
+        &self,
+        record: InboxRecord,
+    ) -> impl Future<Output = Result<InsertOutcome, StoreError>> + Send;
+
+    /// All inbox messages, oldest received first.
+    fn list_inbox(&self) -> impl Future<Output = Result<Vec<InboxSummary>, StoreError>> + Send;
+
+    /// The one inbox message whose id starts with `id_prefix` (hex digits).
+    fn find_inbox(
+        &self,
+        id_prefix: &str,
+    ) -> impl Future<Output = Result<InboxMessage, StoreError>> + Send;
+
+    /// Queue a sealed message for a recipient; returns once durable.
+    fn enqueue_outbox(
+        &self,
+        record: OutboxRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Messages waiting for `recipient`, oldest first.
+    fn pending_outbox(
+        &self,
+        recipient: &KeyId,
+    ) -> impl Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send;
+
+    /// Open the sealed body of a pending outbox message.
+    fn open_outbox_body(
+        &self,
+        recipient: &KeyId,
+        message_id: &MessageId,
+    ) -> impl Future<Output = Result<Box<dyn Read + Send>, StoreError>> + Send;
+
+    /// Remove a delivered outbox message if `ack_tag` matches the expected
+    /// tag (constant-time comparison). Returns whether it matched; `false`
+    /// also when no such entry is pending.
+    fn complete_outbox(
+        &self,
+        recipient: &KeyId,
+        message_id: &MessageId,
+        ack_tag: &Tag,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Check the store's internal consistency (for crash tests and `doctor`-
+    /// style commands).
+    fn integrity_check(&self) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}

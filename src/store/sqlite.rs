@@ -1,0 +1,592 @@
+//! [`SqliteStore`]: the mailbox in one SQLite file plus a blob folder.
+//!
+//! Layout on disk, for a database at `mail.db`:
+//! - `mail.db` (+ `-wal`, `-shm`): the rows, in WAL mode;
+//! - `mail.db.blobs/`: bodies over [`INLINE_MAX`](super::INLINE_MAX) bytes,
+//!   one file each, plus `.lock`, which tells openers whether another store
+//!   handle (this process or another) is using the folder.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::body::{BlobWriter, StoredBody, TEMP_PREFIX, is_blob_name, sync_dir};
+use super::error::StoreError;
+use super::writer::{Counters, QUEUE_CAPACITY, WriteOp, Writer};
+use super::{
+    InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyId, MessageId, OutboxEntry,
+    OutboxRecord, Store, Tag,
+};
+
+/// Schema version kept in `PRAGMA user_version`; bump with every schema
+/// change so an old binary refuses a newer database instead of misreading it.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How long a connection waits for another writer's lock before failing.
+/// `letterlock server send_msg` writes from a second process while the
+/// server runs; a batch commit takes milliseconds, so 5 s is generous.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Suffix of the blob folder created next to the database file.
+const BLOB_DIR_SUFFIX: &str = ".blobs";
+
+/// Lock file inside the blob folder: every open store holds a shared lock on
+/// it; only an opener that gets it exclusively (nobody else has the store
+/// open) may sweep unreferenced files, which might otherwise be another
+/// process's bodies that are staged but not committed yet.
+const LOCK_FILE_NAME: &str = ".lock";
+
+/// Hex digits in a full message id.
+const MESSAGE_ID_HEX_LEN: usize = 32;
+
+/// Name of the writer thread, as seen in debuggers and `top -H`.
+const WRITER_THREAD_NAME: &str = "letterlock-store-writer";
+
+/// The schema, created in one transaction on first open.
+///
+/// Both tables are ordinary rowid tables (not `WITHOUT ROWID`): rows carry
+/// inline bodies of up to 64 KiB, which SQLite stores far better as overflow
+/// pages of a rowid table than inside a clustered index.
+const SCHEMA: &str = "
+CREATE TABLE inbox (
+    sender_key_id  BLOB    NOT NULL CHECK (length(sender_key_id) = 32),
+    message_id     BLOB    NOT NULL CHECK (length(message_id) = 16),
+    sender_name    TEXT    NOT NULL,
+    created        INTEGER NOT NULL,
+    received       INTEGER NOT NULL,
+    mode           INTEGER NOT NULL,
+    plaintext_len  INTEGER NOT NULL CHECK (plaintext_len >= 0),
+    content_hash   BLOB    NOT NULL CHECK (length(content_hash) = 32),
+    ack_tag        BLOB    NOT NULL CHECK (length(ack_tag) = 32),
+    body_size      INTEGER NOT NULL CHECK (body_size >= 0),
+    body_inline    BLOB,
+    body_file      TEXT UNIQUE,
+    CHECK ((body_inline IS NULL) <> (body_file IS NULL)),
+    UNIQUE (sender_key_id, message_id)
+);
+CREATE INDEX inbox_by_message_id ON inbox (message_id);
+CREATE INDEX inbox_by_received ON inbox (received);
+
+CREATE TABLE outbox (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    recipient_key_id BLOB    NOT NULL CHECK (length(recipient_key_id) = 32),
+    message_id       BLOB    NOT NULL CHECK (length(message_id) = 16),
+    recipient_name   TEXT    NOT NULL,
+    created          INTEGER NOT NULL,
+    mode             INTEGER NOT NULL,
+    plaintext_len    INTEGER NOT NULL CHECK (plaintext_len >= 0),
+    ack_tag          BLOB    NOT NULL CHECK (length(ack_tag) = 32),
+    body_size        INTEGER NOT NULL CHECK (body_size >= 0),
+    body_inline      BLOB,
+    body_file        TEXT UNIQUE,
+    CHECK ((body_inline IS NULL) <> (body_file IS NULL)),
+    UNIQUE (recipient_key_id, message_id)
+);
+";
+
+/// Columns of an inbox summary, in the order [`inbox_summary`] reads them.
+const INBOX_COLUMNS: &str = "message_id, sender_name, sender_key_id, created, received, mode,
+     plaintext_len, body_size, content_hash";
+
+/// Counters of the writer thread, for tests and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Transactions committed by this handle's writer.
+    pub batches_committed: u64,
+    /// Write requests (answered, whatever their outcome) in those transactions.
+    pub writes_committed: u64,
+}
+
+/// The SQLite mailbox. Cheap to share behind an `Arc`; all methods take `&self`.
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    blob_dir: PathBuf,
+    requests: Option<mpsc::Sender<WriteOp>>,
+    writer: Option<JoinHandle<()>>,
+    /// Reads go through their own connection so they never queue behind a
+    /// batch commit (WAL lets them read the last committed state meanwhile).
+    reader: Arc<Mutex<Connection>>,
+    counters: Arc<Counters>,
+    /// Shared lock on the blob folder's lock file, held while open.
+    _folder_lock: File,
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the mailbox at `path` and its blob folder
+    /// `<path>.blobs/`, and start the writer thread.
+    ///
+    /// Blocking: call it at startup or from `spawn_blocking`. If no other
+    /// handle has the store open, leftover temporary files and body files no
+    /// row names (a crash between staging a body and committing its row) are
+    /// deleted.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let mut blob_dir = path.clone().into_os_string();
+        blob_dir.push(BLOB_DIR_SUFFIX);
+        let blob_dir = PathBuf::from(blob_dir);
+        fs::create_dir_all(&blob_dir).map_err(StoreError::io("create blob folder", &blob_dir))?;
+        // Canonical, so two handles opened through different spellings of
+        // the path agree on where bodies live (see the foreign-body check).
+        let blob_dir = fs::canonicalize(&blob_dir)
+            .map_err(StoreError::io("resolve blob folder", &blob_dir))?;
+
+        let lock_path = blob_dir.join(LOCK_FILE_NAME);
+        let folder_lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(StoreError::io("open lock file", &lock_path))?;
+        let alone = match folder_lock.try_lock() {
+            Ok(()) => true,
+            Err(TryLockError::WouldBlock) => false,
+            Err(TryLockError::Error(err)) => {
+                return Err(StoreError::io("lock", &lock_path)(err));
+            }
+        };
+
+        let mut conn = open_connection(&path)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(open_error(&path))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::WalUnavailable { path, mode });
+        }
+        // FULL: a commit is on disk (WAL fsynced) before it returns; NORMAL
+        // could lose the last commits on power loss, i.e. acked messages.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_error(&path))?;
+        migrate(&mut conn, &path)?;
+
+        if alone {
+            let swept = sweep_orphans(&conn, &blob_dir);
+            // Downgrade to shared; nothing of ours is staged yet, so another
+            // opener sweeping in the gap cannot hurt us.
+            let unlocked = folder_lock.unlock();
+            swept?;
+            unlocked.map_err(StoreError::io("unlock", &lock_path))?;
+        } else {
+            debug!(path = %path.display(), "store already open elsewhere; skipping the orphan sweep");
+        }
+        folder_lock
+            .lock_shared()
+            .map_err(StoreError::io("lock", &lock_path))?;
+
+        let reader = open_connection(&path)?;
+        reader
+            .pragma_update(None, "query_only", true)
+            .map_err(open_error(&path))?;
+
+        let counters = Arc::new(Counters::default());
+        let (requests, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let writer = Writer {
+            conn,
+            blob_dir: blob_dir.clone(),
+            counters: Arc::clone(&counters),
+            requests: receiver,
+        };
+        let writer = std::thread::Builder::new()
+            .name(WRITER_THREAD_NAME.to_owned())
+            .spawn(move || writer.run())
+            .map_err(StoreError::io("start the writer thread for", &path))?;
+        info!(path = %path.display(), "mailbox store opened");
+        Ok(Self {
+            path,
+            blob_dir,
+            requests: Some(requests),
+            writer: Some(writer),
+            reader: Arc::new(Mutex::new(reader)),
+            counters,
+            _folder_lock: folder_lock,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The folder holding large bodies.
+    pub fn blob_dir(&self) -> &Path {
+        &self.blob_dir
+    }
+
+    /// Writer counters: how many transactions committed how many requests.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            batches_committed: self.counters.batches.load(Ordering::Relaxed),
+            writes_committed: self.counters.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stop accepting writes, let the writer commit everything already
+    /// queued, and wait for it. Dropping the store does the same, blocking.
+    pub async fn close(mut self) -> Result<(), StoreError> {
+        self.requests = None;
+        if let Some(writer) = self.writer.take() {
+            tokio::task::spawn_blocking(move || writer.join())
+                .await
+                .map_err(|err| StoreError::Task(err.to_string()))?
+                .map_err(|_| StoreError::Task("the mailbox writer thread panicked".to_owned()))?;
+        }
+        Ok(())
+    }
+
+    /// Hand a request to the writer and wait for its answer (sent after
+    /// the commit).
+    async fn submit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp,
+    ) -> Result<T, StoreError> {
+        let requests = self.requests.as_ref().ok_or(StoreError::WriterStopped)?;
+        let (reply, answer) = oneshot::channel();
+        // On failure the request (and any staged body file) is dropped.
+        requests
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Run a read on the read connection without blocking the async runtime.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &Path) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = Arc::clone(&self.reader);
+        let blob_dir = self.blob_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock leaves the connection itself
+            // usable (SQLite rolls back any open statement), so carry on.
+            let conn = reader.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&conn, &blob_dir)
+        })
+        .await
+        .map_err(|err| StoreError::Task(err.to_string()))?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer once the queue is drained.
+        self.requests = None;
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            warn!("the mailbox writer thread panicked");
+        }
+    }
+}
+
+fn open_error(path: &Path) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Open one connection with the settings every connection needs.
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(open_error(path))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_error(path))?;
+    Ok(conn)
+}
+
+/// Create the schema on a new database; refuse one of another version.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    // IMMEDIATE: two processes opening a new file at once must not both
+    // create the schema.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(open_error(path))?;
+    let found: i64 = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(open_error(path))?;
+    match found {
+        0 => {
+            tx.execute_batch(SCHEMA).map_err(open_error(path))?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(open_error(path))?;
+            tx.commit().map_err(open_error(path))?;
+            info!(path = %path.display(), version = SCHEMA_VERSION, "created mailbox schema");
+            Ok(())
+        }
+        SCHEMA_VERSION => Ok(()),
+        found => Err(StoreError::SchemaVersion {
+            path: path.to_path_buf(),
+            found,
+            expected: SCHEMA_VERSION,
+        }),
+    }
+}
+
+/// Every body file name the database refers to.
+fn named_blobs(conn: &Connection) -> Result<HashSet<String>, StoreError> {
+    let mut names = HashSet::new();
+    for sql in [
+        "SELECT body_file FROM inbox WHERE body_file IS NOT NULL",
+        "SELECT body_file FROM outbox WHERE body_file IS NOT NULL",
+    ] {
+        let mut stmt = conn
+            .prepare(sql)
+            .map_err(StoreError::db("listing body files"))?;
+        let rows = stmt
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(StoreError::db("listing body files"))?;
+        for name in rows {
+            names.insert(name.map_err(StoreError::db("listing body files"))?);
+        }
+    }
+    Ok(names)
+}
+
+/// Delete temporary files and body files that no row names. Only safe while
+/// holding the folder lock exclusively.
+fn sweep_orphans(conn: &Connection, blob_dir: &Path) -> Result<(), StoreError> {
+    let named = named_blobs(conn)?;
+    let entries = fs::read_dir(blob_dir).map_err(StoreError::io("list blob folder", blob_dir))?;
+    let mut removed = 0usize;
+    for entry in entries {
+        let entry = entry.map_err(StoreError::io("list blob folder", blob_dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let orphan = name.starts_with(TEMP_PREFIX) || (is_blob_name(name) && !named.contains(name));
+        if !orphan {
+            continue;
+        }
+        let path = entry.path();
+        fs::remove_file(&path).map_err(StoreError::io("remove orphan body file", &path))?;
+        debug!(path = %path.display(), "removed orphan body file");
+        removed += 1;
+    }
+    if removed > 0 {
+        sync_dir(blob_dir)?;
+        info!(removed, "removed body files left by an interrupted write");
+    }
+    Ok(())
+}
+
+/// Read a column stored from a `u64` (SQLite integers are signed; a
+/// negative value means the row was not written by this store).
+fn get_u64(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<u64> {
+    let value: i64 = row.get(idx)?;
+    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, value))
+}
+
+/// Read an inbox summary from a row selected with [`INBOX_COLUMNS`].
+fn inbox_summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<InboxSummary> {
+    Ok(InboxSummary {
+        message_id: row.get(0)?,
+        sender_name: row.get(1)?,
+        sender_key_id: row.get(2)?,
+        created: get_u64(row, 3)?,
+        received: get_u64(row, 4)?,
+        mode: row.get(5)?,
+        plaintext_len: get_u64(row, 6)?,
+        body_size: get_u64(row, 7)?,
+        content_hash: row.get(8)?,
+    })
+}
+
+/// Turn a hex prefix into the inclusive range of message ids it covers, so
+/// the lookup can use the message id index.
+fn prefix_range(prefix: &str) -> Result<(MessageId, MessageId), StoreError> {
+    let bad = || StoreError::BadIdPrefix {
+        prefix: prefix.to_owned(),
+    };
+    if prefix.is_empty()
+        || prefix.len() > MESSAGE_ID_HEX_LEN
+        || !prefix.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Err(bad());
+    }
+    let pad = |fill: char| {
+        let mut full = prefix.to_ascii_lowercase();
+        full.extend(std::iter::repeat_n(fill, MESSAGE_ID_HEX_LEN - prefix.len()));
+        let mut id = [0u8; 16];
+        hex::decode_to_slice(&full, &mut id).map_err(|_| bad())?;
+        Ok::<_, StoreError>(id)
+    };
+    Ok((pad('0')?, pad('f')?))
+}
+
+impl Store for SqliteStore {
+    fn blob_writer(&self) -> BlobWriter {
+        BlobWriter::new(self.blob_dir.clone())
+    }
+
+    async fn insert_inbox(&self, record: InboxRecord) -> Result<InsertOutcome, StoreError> {
+        self.submit(|reply| WriteOp::InsertInbox { record, reply })
+            .await
+    }
+
+    async fn list_inbox(&self) -> Result<Vec<InboxSummary>, StoreError> {
+        self.read(|conn, _| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {INBOX_COLUMNS} FROM inbox ORDER BY received, created"
+                ))
+                .map_err(StoreError::db("listing the inbox"))?;
+            let rows = stmt
+                .query_map([], inbox_summary)
+                .map_err(StoreError::db("listing the inbox"))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(StoreError::db("reading the inbox listing"))
+        })
+        .await
+    }
+
+    async fn find_inbox(&self, id_prefix: &str) -> Result<InboxMessage, StoreError> {
+        let (low, high) = prefix_range(id_prefix)?;
+        let prefix = id_prefix.to_ascii_lowercase();
+        self.read(move |conn, blob_dir| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {INBOX_COLUMNS}, body_inline, body_file FROM inbox
+                     WHERE message_id BETWEEN ?1 AND ?2 LIMIT 2"
+                ))
+                .map_err(StoreError::db("looking up an inbox message"))?;
+            let mut rows = stmt
+                .query_map(params![low, high], |row| {
+                    Ok((
+                        inbox_summary(row)?,
+                        row.get::<_, Option<Vec<u8>>>(9)?,
+                        row.get::<_, Option<String>>(10)?,
+                    ))
+                })
+                .map_err(StoreError::db("looking up an inbox message"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(StoreError::db("reading an inbox message"))?;
+            if rows.len() > 1 {
+                return Err(StoreError::Ambiguous { prefix });
+            }
+            let Some((summary, inline, file)) = rows.pop() else {
+                return Err(StoreError::NotFound { prefix });
+            };
+            let body = StoredBody::from_columns(inline, file)?.open(blob_dir)?;
+            Ok(InboxMessage { summary, body })
+        })
+        .await
+    }
+
+    async fn enqueue_outbox(&self, record: OutboxRecord) -> Result<(), StoreError> {
+        self.submit(|reply| WriteOp::EnqueueOutbox { record, reply })
+            .await
+    }
+
+    async fn pending_outbox(&self, recipient: &KeyId) -> Result<Vec<OutboxEntry>, StoreError> {
+        let recipient = *recipient;
+        self.read(move |conn, _| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT recipient_key_id, recipient_name, message_id, created, mode,
+                            plaintext_len, body_size
+                     FROM outbox WHERE recipient_key_id = ?1 ORDER BY seq",
+                )
+                .map_err(StoreError::db("listing the outbox"))?;
+            let rows = stmt
+                .query_map(params![recipient], |row| {
+                    Ok(OutboxEntry {
+                        recipient_key_id: row.get(0)?,
+                        recipient_name: row.get(1)?,
+                        message_id: row.get(2)?,
+                        created: get_u64(row, 3)?,
+                        mode: row.get(4)?,
+                        plaintext_len: get_u64(row, 5)?,
+                        body_size: get_u64(row, 6)?,
+                    })
+                })
+                .map_err(StoreError::db("listing the outbox"))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(StoreError::db("reading the outbox listing"))
+        })
+        .await
+    }
+
+    async fn open_outbox_body(
+        &self,
+        recipient: &KeyId,
+        message_id: &MessageId,
+    ) -> Result<Box<dyn Read + Send>, StoreError> {
+        let (recipient, message_id) = (*recipient, *message_id);
+        self.read(move |conn, blob_dir| {
+            let columns: Option<(Option<Vec<u8>>, Option<String>)> = conn
+                .prepare_cached(
+                    "SELECT body_inline, body_file FROM outbox
+                     WHERE recipient_key_id = ?1 AND message_id = ?2",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![recipient, message_id], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })
+                    .optional()
+                })
+                .map_err(StoreError::db("looking up an outbox message"))?;
+            let (inline, file) = columns.ok_or_else(|| StoreError::OutboxNotFound {
+                message_id: hex::encode(message_id),
+            })?;
+            StoredBody::from_columns(inline, file)?.open(blob_dir)
+        })
+        .await
+    }
+
+    async fn complete_outbox(
+        &self,
+        recipient: &KeyId,
+        message_id: &MessageId,
+        ack_tag: &Tag,
+    ) -> Result<bool, StoreError> {
+        let (recipient, message_id, ack_tag) = (*recipient, *message_id, *ack_tag);
+        self.submit(|reply| WriteOp::CompleteOutbox {
+            recipient,
+            message_id,
+            ack_tag,
+            reply,
+        })
+        .await
+    }
+
+    /// `PRAGMA integrity_check`, plus: every body file a row names exists.
+    /// Meant for a quiescent store (crash tests): a concurrent
+    /// `complete_outbox` can remove a file between the two checks.
+    async fn integrity_check(&self) -> Result<bool, StoreError> {
+        self.read(|conn, blob_dir| {
+            let mut stmt = conn
+                .prepare("PRAGMA integrity_check")
+                .map_err(StoreError::db("checking database integrity"))?;
+            let problems = stmt
+                .query_map([], |row| row.get::<_, String>(0))
+                .map_err(StoreError::db("checking database integrity"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(StoreError::db("checking database integrity"))?;
+            let mut ok = problems.len() == 1 && problems[0] == "ok";
+            if !ok {
+                warn!(?problems, "database integrity check failed");
+            }
+            for name in named_blobs(conn)? {
+                if !is_blob_name(&name) || !blob_dir.join(&name).is_file() {
+                    warn!(%name, "a row names a missing or malformed body file");
+                    ok = false;
+                }
+            }
+            Ok(ok)
+        })
+        .await
+    }
+}

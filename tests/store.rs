@@ -1,0 +1,552 @@
+//! Tests of the durable mailbox (`letterlock::store`).
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use letterlock::store::{
+    Body, INLINE_MAX, InboxRecord, InsertOutcome, MODE_HYBRID, OutboxRecord, SqliteStore, Store,
+    StoreError,
+};
+use tempfile::TempDir;
+
+/// A body comfortably over the inline threshold, so it lands in a file.
+const LARGE_LEN: usize = 3 * INLINE_MAX + 123;
+
+fn db_path(dir: &TempDir) -> std::path::PathBuf {
+    dir.path().join("mail.db")
+}
+
+/// Deterministic, non-repeating-looking test bytes.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+/// Stream `bytes` through the store's blob writer in uneven chunks.
+fn stage(store: &impl Store, bytes: &[u8]) -> Body {
+    let mut writer = store.blob_writer();
+    for chunk in bytes.chunks(10_007) {
+        writer.write_all(chunk).expect("write body chunk");
+    }
+    writer.finish().expect("finish body")
+}
+
+fn inbox_record(sender: u8, id: [u8; 16], body: Body) -> InboxRecord {
+    InboxRecord {
+        sender_key_id: [sender; 32],
+        sender_name: format!("sender-{sender}"),
+        message_id: id,
+        created: 1_700_000_000,
+        received: 1_700_000_100,
+        mode: MODE_HYBRID,
+        plaintext_len: body.len().saturating_sub(100),
+        content_hash: body.sha256(),
+        ack_tag: [id[0] ^ 0xA5; 32],
+        body,
+    }
+}
+
+fn outbox_record(recipient: u8, id: [u8; 16], body: Body, tag: [u8; 32]) -> OutboxRecord {
+    OutboxRecord {
+        recipient_key_id: [recipient; 32],
+        recipient_name: format!("client-{recipient}"),
+        message_id: id,
+        created: 1_700_000_200,
+        mode: MODE_HYBRID,
+        plaintext_len: body.len(),
+        expected_ack_tag: tag,
+        body,
+    }
+}
+
+fn id(n: u8) -> [u8; 16] {
+    let mut id = [0x11; 16];
+    id[0] = n;
+    id
+}
+
+/// Finished body files (not temp files, not the lock file) in the blob folder.
+fn blob_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read blob dir")
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|n| n.ends_with(".blob"))
+        .collect();
+    names.sort();
+    names
+}
+
+fn read_all(mut reader: Box<dyn Read + Send>) -> Vec<u8> {
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out).expect("read body");
+    out
+}
+
+#[tokio::test]
+async fn insert_duplicate_and_conflict() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = SqliteStore::open(db_path(&dir)).expect("open");
+
+    let first = inbox_record(1, id(1), Body::from_bytes(b"sealed one".to_vec()));
+    let ack = first.ack_tag;
+    assert_eq!(
+        store.insert_inbox(first).await.expect("insert"),
+        InsertOutcome::Inserted
+    );
+
+    // A retry with the same bytes gets the stored ack tag back, even if the
+    // retrying request computed a different one.
+    let mut retry = inbox_record(1, id(1), Body::from_bytes(b"sealed one".to_vec()));
+    retry.ack_tag = [0; 32];
+    assert_eq!(
+        store.insert_inbox(retry).await.expect("retry"),
+        InsertOutcome::Duplicate { ack_tag: ack }
+    );
+
+    let clash = inbox_record(1, id(1), Body::from_bytes(b"other bytes".to_vec()));
+    assert_eq!(
+        store.insert_inbox(clash).await.expect("clash"),
+        InsertOutcome::Conflict
+    );
+
+    // Same message id from another sender is a different message.
+    let other_sender = inbox_record(2, id(1), Body::from_bytes(b"other bytes".to_vec()));
+    assert_eq!(
+        store.insert_inbox(other_sender).await.expect("insert"),
+        InsertOutcome::Inserted
+    );
+
+    let listed = store.list_inbox().await.expect("list");
+    assert_eq!(listed.len(), 2);
+    assert!(store.integrity_check().await.expect("check"));
+    store.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn inline_and_file_bodies_round_trip() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = SqliteStore::open(db_path(&dir)).expect("open");
+
+    let small = pattern(INLINE_MAX, 1); // exactly the threshold: still inline
+    let body = stage(&store, &small);
+    assert!(!body.is_file());
+    store
+        .insert_inbox(inbox_record(1, id(0xA0), body))
+        .await
+        .expect("insert small");
+    assert!(blob_files(store.blob_dir()).is_empty());
+
+    let large = pattern(LARGE_LEN, 2);
+    let body = stage(&store, &large);
+    assert!(body.is_file());
+    assert_eq!(body.len(), LARGE_LEN as u64);
+    assert_eq!(
+        store
+            .insert_inbox(inbox_record(1, id(0xB0), body))
+            .await
+            .expect("insert large"),
+        InsertOutcome::Inserted
+    );
+    let files = blob_files(store.blob_dir());
+    assert_eq!(files.len(), 1);
+
+    let msg = store.find_inbox("a0").await.expect("find small");
+    assert_eq!(msg.summary.body_size, INLINE_MAX as u64);
+    assert_eq!(read_all(msg.body), small);
+    let msg = store
+        .find_inbox(&hex::encode(id(0xB0)))
+        .await
+        .expect("find large by full id");
+    assert_eq!(msg.summary.body_size, LARGE_LEN as u64);
+    assert_eq!(read_all(msg.body), large);
+
+    // A duplicate's freshly staged file is removed again.
+    let again = stage(&store, &large);
+    assert_eq!(blob_files(store.blob_dir()).len(), 2);
+    assert!(matches!(
+        store
+            .insert_inbox(inbox_record(1, id(0xB0), again))
+            .await
+            .expect("duplicate"),
+        InsertOutcome::Duplicate { .. }
+    ));
+    assert_eq!(blob_files(store.blob_dir()), files);
+
+    // So is a conflict's.
+    let different = stage(&store, &pattern(LARGE_LEN, 3));
+    assert_eq!(
+        store
+            .insert_inbox(inbox_record(1, id(0xB0), different))
+            .await
+            .expect("conflict"),
+        InsertOutcome::Conflict
+    );
+    assert_eq!(blob_files(store.blob_dir()), files);
+
+    // A staged body that is never inserted removes its own file.
+    drop(stage(&store, &large));
+    assert_eq!(blob_files(store.blob_dir()), files);
+    assert!(store.integrity_check().await.expect("check"));
+}
+
+#[tokio::test]
+async fn find_inbox_by_prefix() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = SqliteStore::open(db_path(&dir)).expect("open");
+    for n in [0xC1, 0xC2, 0xD0] {
+        store
+            .insert_inbox(inbox_record(1, id(n), Body::from_bytes(vec![n; 10])))
+            .await
+            .expect("insert");
+    }
+    let found = store.find_inbox("D").await.expect("find");
+    assert_eq!(found.summary.message_id, id(0xD0));
+    assert_eq!(read_all(found.body), vec![0xD0; 10]);
+    assert!(matches!(
+        store.find_inbox("c").await,
+        Err(StoreError::Ambiguous { .. })
+    ));
+    assert!(matches!(
+        store.find_inbox("c2").await,
+        Ok(msg) if msg.summary.message_id == id(0xC2)
+    ));
+    assert!(matches!(
+        store.find_inbox("e").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    for bad in ["", "xyz", &"0".repeat(33)] {
+        assert!(matches!(
+            store.find_inbox(bad).await,
+            Err(StoreError::BadIdPrefix { .. })
+        ));
+    }
+}
+
+#[tokio::test]
+async fn everything_survives_reopen() {
+    let dir = TempDir::new().expect("temp dir");
+    let path = db_path(&dir);
+    let large = pattern(LARGE_LEN, 4);
+    {
+        let store = SqliteStore::open(&path).expect("open");
+        store
+            .insert_inbox(inbox_record(1, id(1), Body::from_bytes(b"small".to_vec())))
+            .await
+            .expect("insert small");
+        let body = stage(&store, &large);
+        store
+            .insert_inbox(inbox_record(1, id(2), body))
+            .await
+            .expect("insert large");
+        let body = stage(&store, &large);
+        store
+            .enqueue_outbox(outbox_record(7, id(3), body, [3; 32]))
+            .await
+            .expect("enqueue");
+        // Dropped without close(): drop also drains the writer.
+    }
+    let store = SqliteStore::open(&path).expect("reopen");
+    let listed = store.list_inbox().await.expect("list");
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].sender_name, "sender-1");
+    assert_eq!(
+        read_all(store.find_inbox("01").await.expect("find").body),
+        b"small"
+    );
+    assert_eq!(
+        read_all(store.find_inbox("02").await.expect("find").body),
+        large
+    );
+    let pending = store.pending_outbox(&[7; 32]).await.expect("pending");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].body_size, LARGE_LEN as u64);
+    let body = store
+        .open_outbox_body(&[7; 32], &id(3))
+        .await
+        .expect("open body");
+    assert_eq!(read_all(body), large);
+    assert_eq!(blob_files(store.blob_dir()).len(), 2);
+    assert!(store.integrity_check().await.expect("check"));
+}
+
+#[tokio::test]
+async fn orphan_blobs_are_swept_on_open() {
+    let dir = TempDir::new().expect("temp dir");
+    let path = db_path(&dir);
+    let store = SqliteStore::open(&path).expect("open");
+    let body = stage(&store, &pattern(LARGE_LEN, 5));
+    store
+        .insert_inbox(inbox_record(1, id(1), body))
+        .await
+        .expect("insert");
+    let kept = blob_files(store.blob_dir());
+    assert_eq!(kept.len(), 1);
+
+    // What a crash leaves behind: a finished file no row names (crash between
+    // rename and commit) and a half-written temp file.
+    let blob_dir = store.blob_dir().to_path_buf();
+    let orphan = blob_dir.join(format!("{}.blob", "ab".repeat(16)));
+    let temp = blob_dir.join(".tmp-interrupted");
+    std::fs::write(&orphan, b"orphan").expect("write orphan");
+    std::fs::write(&temp, b"partial").expect("write temp");
+    let unrelated = blob_dir.join("README");
+    std::fs::write(&unrelated, b"not ours").expect("write unrelated");
+
+    // While another handle has the store open the files may be that
+    // handle's staged bodies: no sweep.
+    let second = SqliteStore::open(&path).expect("open second");
+    assert!(orphan.exists() && temp.exists());
+    drop(second);
+    store.close().await.expect("close");
+
+    let store = SqliteStore::open(&path).expect("reopen");
+    assert!(!orphan.exists(), "orphan blob swept");
+    assert!(!temp.exists(), "temp file swept");
+    assert!(
+        unrelated.exists(),
+        "files the store did not write are left alone"
+    );
+    assert_eq!(blob_files(store.blob_dir()), kept);
+    assert!(store.integrity_check().await.expect("check"));
+}
+
+#[tokio::test]
+async fn outbox_from_second_handle_and_completion() {
+    let dir = TempDir::new().expect("temp dir");
+    let path = db_path(&dir);
+    let server = SqliteStore::open(&path).expect("open server");
+    // `letterlock server send_msg` opens the same file while the server runs.
+    let sender = SqliteStore::open(&path).expect("open second handle");
+
+    let large = pattern(LARGE_LEN, 6);
+    let tag_small = [0x51; 32];
+    let tag_large = [0x52; 32];
+    sender
+        .enqueue_outbox(outbox_record(
+            9,
+            id(1),
+            Body::from_bytes(b"for you".to_vec()),
+            tag_small,
+        ))
+        .await
+        .expect("enqueue small");
+    let body = stage(&sender, &large);
+    sender
+        .enqueue_outbox(outbox_record(9, id(2), body, tag_large))
+        .await
+        .expect("enqueue large");
+    // Same id again for the same recipient is refused, and its file removed.
+    let body = stage(&sender, &large);
+    assert!(matches!(
+        sender
+            .enqueue_outbox(outbox_record(9, id(2), body, tag_large))
+            .await,
+        Err(StoreError::OutboxDuplicate { .. })
+    ));
+    sender.close().await.expect("close second handle");
+    assert_eq!(blob_files(server.blob_dir()).len(), 1);
+
+    let pending = server.pending_outbox(&[9; 32]).await.expect("pending");
+    let ids: Vec<_> = pending.iter().map(|e| e.message_id).collect();
+    assert_eq!(ids, vec![id(1), id(2)], "oldest first");
+    assert_eq!(pending[0].recipient_name, "client-9");
+    assert!(
+        server
+            .pending_outbox(&[8; 32])
+            .await
+            .expect("pending")
+            .is_empty()
+    );
+    assert_eq!(
+        read_all(
+            server
+                .open_outbox_body(&[9; 32], &id(2))
+                .await
+                .expect("body")
+        ),
+        large
+    );
+
+    // Wrong tag: kept.
+    assert!(
+        !server
+            .complete_outbox(&[9; 32], &id(2), &[0x53; 32])
+            .await
+            .expect("complete")
+    );
+    assert_eq!(
+        server
+            .pending_outbox(&[9; 32])
+            .await
+            .expect("pending")
+            .len(),
+        2
+    );
+    assert_eq!(blob_files(server.blob_dir()).len(), 1);
+
+    // Right tag: removed, with its file.
+    assert!(
+        server
+            .complete_outbox(&[9; 32], &id(2), &tag_large)
+            .await
+            .expect("complete")
+    );
+    assert!(blob_files(server.blob_dir()).is_empty());
+    assert!(
+        server
+            .complete_outbox(&[9; 32], &id(1), &tag_small)
+            .await
+            .expect("complete")
+    );
+    assert!(
+        server
+            .pending_outbox(&[9; 32])
+            .await
+            .expect("pending")
+            .is_empty()
+    );
+    // Completing again (a repeated ack) is a harmless no.
+    assert!(
+        !server
+            .complete_outbox(&[9; 32], &id(1), &tag_small)
+            .await
+            .expect("complete")
+    );
+    assert!(matches!(
+        server.open_outbox_body(&[9; 32], &id(1)).await,
+        Err(StoreError::OutboxNotFound { .. })
+    ));
+    assert!(server.integrity_check().await.expect("check"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_inserts_are_group_committed() {
+    const TASKS: u8 = 64;
+    let dir = TempDir::new().expect("temp dir");
+    let store = Arc::new(SqliteStore::open(db_path(&dir)).expect("open"));
+    let before = store.stats();
+
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let record = inbox_record(3, id(n), Body::from_bytes(vec![n; 100]));
+                store.insert_inbox(record).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(
+            task.await.expect("task").expect("insert"),
+            InsertOutcome::Inserted
+        );
+    }
+
+    let listed = store.list_inbox().await.expect("list");
+    assert_eq!(listed.len(), usize::from(TASKS));
+    let mut ids: Vec<_> = listed.iter().map(|s| s.message_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        usize::from(TASKS),
+        "each insert landed exactly once"
+    );
+
+    let stats = store.stats();
+    let batches = stats.batches_committed - before.batches_committed;
+    assert_eq!(
+        stats.writes_committed - before.writes_committed,
+        u64::from(TASKS)
+    );
+    assert!(
+        batches < u64::from(TASKS),
+        "expected group commit, got {batches} transactions for {TASKS} inserts"
+    );
+    assert!(store.integrity_check().await.expect("check"));
+}
+
+#[tokio::test]
+async fn newer_schema_is_refused() {
+    let dir = TempDir::new().expect("temp dir");
+    let path = db_path(&dir);
+    SqliteStore::open(&path)
+        .expect("create")
+        .close()
+        .await
+        .expect("close");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("raw open");
+        conn.pragma_update(None, "user_version", 99)
+            .expect("bump version");
+    }
+    match SqliteStore::open(&path) {
+        Err(StoreError::SchemaVersion {
+            found: 99,
+            expected: 1,
+            ..
+        }) => {}
+        other => panic!("expected a schema version error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn abandoned_and_foreign_bodies_leave_no_files() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = SqliteStore::open(db_path(&dir)).expect("open");
+    let all_files = |path: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(path)
+            .expect("read blob dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".lock")
+            .collect();
+        names.sort();
+        names
+    };
+
+    // A writer dropped mid-stream (say the sender disconnected) deletes its
+    // temporary file.
+    let mut writer = store.blob_writer();
+    writer
+        .write_all(&pattern(LARGE_LEN, 7))
+        .expect("write body");
+    assert_eq!(
+        all_files(store.blob_dir()).len(),
+        1,
+        "spilled to a temp file"
+    );
+    drop(writer);
+    assert!(all_files(store.blob_dir()).is_empty());
+
+    // A body staged in another store's folder is refused and deleted.
+    let other_dir = TempDir::new().expect("temp dir");
+    let other = SqliteStore::open(db_path(&other_dir)).expect("open other");
+    let body = stage(&other, &pattern(LARGE_LEN, 8));
+    assert_eq!(blob_files(other.blob_dir()).len(), 1);
+    assert!(matches!(
+        store.insert_inbox(inbox_record(1, id(1), body)).await,
+        Err(StoreError::ForeignBlob { .. })
+    ));
+    assert!(blob_files(other.blob_dir()).is_empty());
+    assert!(store.list_inbox().await.expect("list").is_empty());
+
+    // Opening through another spelling of the same path is not "foreign".
+    let dotted = dir.path().join(".").join("mail.db");
+    let same = SqliteStore::open(&dotted).expect("open via other path");
+    let body = stage(&same, &pattern(LARGE_LEN, 9));
+    assert_eq!(
+        store
+            .insert_inbox(inbox_record(1, id(2), body))
+            .await
+            .expect("insert"),
+        InsertOutcome::Inserted
+    );
+    assert!(store.integrity_check().await.expect("check"));
+}
