@@ -60,10 +60,13 @@ enum Command {
         #[command(subcommand)]
         command: ClientCommand,
     },
-    /// The server side of the original walk-through.
+    /// The server: with no subcommand, run it; or manage its keys and mailbox.
+    #[command(args_conflicts_with_subcommands = true)]
     Server {
+        #[command(flatten)]
+        serve: ServeArgs,
         #[command(subcommand)]
-        command: ServerCommand,
+        command: Option<ServerCommand>,
     },
 }
 
@@ -101,6 +104,85 @@ enum ClientCommand {
     /// Generate the client's key pair: client_private.pem and client_public.pem.
     #[command(name = "generate_key_pair")]
     GenerateKeyPair(PairArgs),
+    /// Seal a message for the server and send it; prints "delivered" only once the server
+    /// proved it decrypted and stored the message.
+    #[command(name = "send_msg")]
+    SendMsg(ClientSendArgs),
+    /// Fetch, verify and print (or save) every message the server holds for this client.
+    #[command(name = "recv_msg")]
+    RecvMsg(RecvArgs),
+}
+
+#[derive(Args, Debug)]
+struct ClientConn {
+    /// Folder with client_private.pem and server_public.pem.
+    #[arg(long, default_value = ".")]
+    keys: PathBuf,
+    /// Address of the server.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    server: String,
+}
+
+#[derive(Args, Debug)]
+struct ClientSendArgs {
+    /// The message text (or use --file).
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    text: Option<String>,
+    /// Send the contents of a file instead (`-` for stdin); any size in hybrid mode.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "hybrid")]
+    mode: ModeArg,
+    #[command(flatten)]
+    conn: ClientConn,
+}
+
+#[derive(Args, Debug)]
+struct RecvArgs {
+    #[command(flatten)]
+    conn: ClientConn,
+    /// Save each message as DIR/<message id>.msg instead of printing it.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// If nothing is waiting, keep asking for up to this many seconds.
+    #[arg(long, default_value_t = 0)]
+    wait: u64,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Folder with server_private.pem and the trusted client keys (client_public.pem,
+    /// clients/NAME.pem).
+    #[arg(long, default_value = ".")]
+    keys: PathBuf,
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: String,
+    /// The mailbox database (bodies over 64 KiB live in a folder beside it).
+    #[arg(long, default_value = "letterlock-server.db")]
+    store: PathBuf,
+    /// Which modes to accept.
+    #[arg(long, value_enum, default_value = "both")]
+    accept: AcceptArg,
+    /// Connections served at once.
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
+    /// Seconds a message's creation time may differ from the server's clock.
+    #[arg(long, default_value_t = 600)]
+    time_window: u64,
+    /// Largest hybrid message accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    max_message: u64,
+    /// Largest asymmetric message accepted, in bytes.
+    #[arg(long, default_value_t = envelope::DEFAULT_ASYMMETRIC_LIMIT)]
+    max_asymmetric: u64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum AcceptArg {
+    Both,
+    Hybrid,
+    Asymmetric,
 }
 
 #[derive(Subcommand, Debug)]
@@ -108,6 +190,58 @@ enum ServerCommand {
     /// Generate the server's key pair: server_private.pem and server_public.pem.
     #[command(name = "generate_key_pair")]
     GenerateKeyPair(PairArgs),
+    /// Seal a message from the server to client NAME and queue it in the store; a running
+    /// server delivers it at that client's next recv_msg.
+    #[command(name = "send_msg")]
+    SendMsg(ServerSendArgs),
+    /// List the messages clients sent.
+    Inbox {
+        #[arg(long, default_value = "letterlock-server.db")]
+        store: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open a received message again (it is kept sealed at rest).
+    Read {
+        /// Message id, or a unique prefix of it.
+        id: String,
+        #[arg(long, default_value = ".")]
+        keys: PathBuf,
+        #[arg(long, default_value = "letterlock-server.db")]
+        store: PathBuf,
+        /// Write the plaintext to FILE instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Trust a client's public key under NAME (copies it to KEYS/clients/NAME.pem).
+    Trust {
+        /// The client's public key file.
+        public_key: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = ".")]
+        keys: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ServerSendArgs {
+    /// The trusted client to send to (`client` for client_public.pem).
+    #[arg(long)]
+    to: String,
+    /// The message text (or use --file).
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    text: Option<String>,
+    /// Send the contents of a file instead (`-` for stdin).
+    #[arg(long)]
+    file: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "hybrid")]
+    mode: ModeArg,
+    #[arg(long, default_value = ".")]
+    keys: PathBuf,
+    #[arg(long, default_value = "letterlock-server.db")]
+    store: PathBuf,
 }
 
 /// The two ways to encrypt a message.
@@ -208,12 +342,28 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::Seal(a) => seal(a),
         Command::Open(a) => open(a),
-        Command::Client {
-            command: ClientCommand::GenerateKeyPair(a),
-        } => keygen(&a.keys, "client", a.bits, a.force),
-        Command::Server {
-            command: ServerCommand::GenerateKeyPair(a),
-        } => keygen(&a.keys, "server", a.bits, a.force),
+        Command::Client { command } => match command {
+            ClientCommand::GenerateKeyPair(a) => keygen(&a.keys, "client", a.bits, a.force),
+            ClientCommand::SendMsg(a) => runtime()?.block_on(client_send(a)),
+            ClientCommand::RecvMsg(a) => runtime()?.block_on(client_recv(a)),
+        },
+        Command::Server { serve, command } => match command {
+            None => runtime()?.block_on(serve_cmd(serve)),
+            Some(ServerCommand::GenerateKeyPair(a)) => keygen(&a.keys, "server", a.bits, a.force),
+            Some(ServerCommand::SendMsg(a)) => runtime()?.block_on(server_send(a)),
+            Some(ServerCommand::Inbox { store, json }) => runtime()?.block_on(inbox(&store, json)),
+            Some(ServerCommand::Read {
+                id,
+                keys,
+                store,
+                output,
+            }) => runtime()?.block_on(read_inbox(&id, &keys, &store, output.as_deref())),
+            Some(ServerCommand::Trust {
+                public_key,
+                name,
+                keys,
+            }) => trust(&public_key, &name, &keys),
+        },
     }
 }
 
@@ -360,5 +510,354 @@ fn open(a: OpenArgs) -> Result<ExitCode> {
         opened.header.message_id,
         opened.header.created
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network commands
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Loads `DIR/NAME_private.pem`, saying which command makes it when it is missing.
+fn own_key(dir: &Path, name: &str) -> Result<keys::PrivateKey> {
+    let (path, _) = keys::pair_paths(dir, name);
+    if !path.exists() {
+        bail!(
+            "{} not found; create it with `letterlock {name} generate_key_pair --keys {}`",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(keys::load_private(&path)?)
+}
+
+fn peer_key(dir: &Path, name: &str) -> Result<PublicKey> {
+    let (_, path) = keys::pair_paths(dir, name);
+    if !path.exists() {
+        bail!(
+            "{} not found; copy the {name}'s public key there (the {name} makes it with \
+             `letterlock {name} generate_key_pair`)",
+            path.display()
+        );
+    }
+    Ok(keys::load_public(&path)?)
+}
+
+async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
+    use crate::server::{Accept, Server, ServerConfig};
+    let identity = own_key(&a.keys, "server")?;
+    let clients = keys::TrustList::load_clients(&a.keys)?;
+    if clients.is_empty() {
+        tracing::warn!(
+            "no trusted clients: put client_public.pem in {} or use `letterlock server trust`",
+            a.keys.display()
+        );
+    }
+    let store = Arc::new(
+        crate::store::SqliteStore::open(&a.store)
+            .with_context(|| format!("cannot open the store {}", a.store.display()))?,
+    );
+    let config = ServerConfig {
+        accept: match a.accept {
+            AcceptArg::Both => Accept::Both,
+            AcceptArg::Hybrid => Accept::Hybrid,
+            AcceptArg::Asymmetric => Accept::Asymmetric,
+        },
+        max_connections: a.max_connections,
+        time_window: std::time::Duration::from_secs(a.time_window),
+        max_hybrid: a.max_message,
+        max_asymmetric: a.max_asymmetric,
+        ..ServerConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    println!("letterlock server listening on {}", listener.local_addr()?);
+    println!("server key {}", identity.public().id());
+    for c in clients.iter() {
+        println!("trusts client {:?} {}", c.name, c.key.id());
+    }
+    io::stdout().flush()?;
+    let server = Arc::new(Server::new(identity, clients, store.clone(), config));
+    server.run(listener, shutdown_signal()).await?;
+    if let Ok(store) = Arc::try_unwrap(store) {
+        store.close().await?;
+    }
+    println!("server stopped; store closed");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn connect(conn: &ClientConn) -> Result<crate::client::Client> {
+    let identity: Arc<dyn Identity> = Arc::new(own_key(&conn.keys, "client")?);
+    let server = peer_key(&conn.keys, "server")?;
+    Ok(crate::client::Client::connect(
+        &conn.server,
+        identity,
+        server,
+        crate::client::ClientConfig::default(),
+    )
+    .await?)
+}
+
+async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
+    let mut client = connect(&a.conn).await?;
+    let opts = SealOptions::mode(a.mode.into());
+    let input: Box<dyn Read + Send> = match (&a.text, &a.file) {
+        (Some(text), _) => Box::new(io::Cursor::new(text.clone().into_bytes())),
+        (None, Some(p)) if p == Path::new("-") => Box::new(io::stdin()),
+        (None, Some(p)) => {
+            Box::new(File::open(p).with_context(|| format!("cannot open {}", p.display()))?)
+        }
+        (None, None) => bail!("give the message text or --file"),
+    };
+    match client.send(input, opts).await {
+        Ok(d) => {
+            println!("message id {}", d.id);
+            println!(
+                "delivered: the server proved it decrypted and stored {} bytes ({} mode)",
+                d.plaintext_len, d.header.mode
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("letterlock: NOT delivered: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Ids of messages this client already printed, so an at-least-once repeat is not shown twice.
+fn seen_path(keys: &Path) -> PathBuf {
+    keys.join(".letterlock-received")
+}
+
+async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
+    use crate::client::{Content, Output};
+    let mut client = connect(&a.conn).await?;
+    let output = match &a.output {
+        Some(dir) => Output::Dir(dir.clone()),
+        None => Output::Memory {
+            limit: STDOUT_LIMIT,
+        },
+    };
+    let seen_file = seen_path(&a.conn.keys);
+    let mut seen: std::collections::HashSet<String> = std::fs::read_to_string(&seen_file)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.wait);
+    let mut total = 0;
+    loop {
+        let got = client
+            .fetch(&output, |r| {
+                let id = r.header.message_id.to_string();
+                match &r.content {
+                    Content::Memory(_) if seen.contains(&id) => {
+                        println!("message {id}: already received (repeat suppressed)");
+                    }
+                    Content::Memory(text) => {
+                        println!(
+                            "message {id} from the server ({} mode, {} bytes, signature verified):",
+                            r.header.mode, r.plaintext_len
+                        );
+                        let mut out = io::stdout().lock();
+                        out.write_all(text)?;
+                        if !text.ends_with(b"\n") {
+                            out.write_all(b"\n")?;
+                        }
+                        out.flush()?;
+                        // Remember it durably before the ack goes out.
+                        let mut f = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&seen_file)?;
+                        writeln!(f, "{id}")?;
+                        f.sync_all()?;
+                        seen.insert(id);
+                    }
+                    Content::File(path) if r.duplicate => {
+                        println!("message {id}: already saved as {} (repeat)", path.display());
+                    }
+                    Content::File(path) => println!(
+                        "message {id} ({} mode, {} bytes, signature verified) saved to {}",
+                        r.header.mode,
+                        r.plaintext_len,
+                        path.display()
+                    ),
+                }
+                Ok(())
+            })
+            .await?;
+        total += got;
+        if total > 0 || std::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    if total == 0 {
+        println!("no messages");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn server_send(a: ServerSendArgs) -> Result<ExitCode> {
+    use crate::store::{OutboxRecord, Store};
+    let identity = own_key(&a.keys, "server")?;
+    let clients = keys::TrustList::load_clients(&a.keys)?;
+    let Some(to) = clients.by_name(&a.to).cloned() else {
+        let names: Vec<_> = clients.iter().map(|c| c.name.clone()).collect();
+        bail!(
+            "no trusted client named {:?} (trusted: {names:?}); add one with `letterlock server trust`",
+            a.to
+        );
+    };
+    let store = crate::store::SqliteStore::open(&a.store)
+        .with_context(|| format!("cannot open the store {}", a.store.display()))?;
+    let opts = SealOptions::mode(a.mode.into());
+    let input: Box<dyn Read + Send> = match (&a.text, &a.file) {
+        (Some(text), _) => Box::new(io::Cursor::new(text.clone().into_bytes())),
+        (None, Some(p)) if p == Path::new("-") => Box::new(io::stdin()),
+        (None, Some(p)) => {
+            Box::new(File::open(p).with_context(|| format!("cannot open {}", p.display()))?)
+        }
+        (None, None) => bail!("give the message text or --file"),
+    };
+    let mut blob = store.blob_writer();
+    let sealed = envelope::seal(&identity, &to.key, &opts, input, &mut blob)?;
+    let body = blob.finish()?;
+    store
+        .enqueue_outbox(OutboxRecord {
+            recipient_key_id: to.key.id().0,
+            recipient_name: to.name.clone(),
+            message_id: sealed.header.message_id.0,
+            created: sealed.header.created,
+            mode: sealed.header.mode.to_byte(),
+            plaintext_len: sealed.plaintext_len,
+            expected_ack_tag: sealed.ack_tag,
+            body,
+        })
+        .await?;
+    store.close().await?;
+    println!(
+        "queued message {} for {} ({} bytes, {} mode); delivered at its next recv_msg",
+        sealed.header.message_id, to.name, sealed.plaintext_len, sealed.header.mode
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn inbox(store_path: &Path, json: bool) -> Result<ExitCode> {
+    use crate::store::Store;
+    let store = crate::store::SqliteStore::open(store_path)
+        .with_context(|| format!("cannot open the store {}", store_path.display()))?;
+    let list = store.list_inbox().await?;
+    let mode_name = |m: u8| Mode::from_byte(m).map_or("unknown", Mode::name);
+    if json {
+        let rows: Vec<_> = list
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "id": hex::encode(m.message_id),
+                    "sender": m.sender_name,
+                    "sender_key": keys::KeyId(m.sender_key_id).to_string(),
+                    "created": m.created,
+                    "received": m.received,
+                    "mode": mode_name(m.mode),
+                    "bytes": m.plaintext_len,
+                    "sealed_bytes": m.body_size,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if list.is_empty() {
+        println!("inbox is empty");
+    } else {
+        println!(
+            "{:<32}  {:<12} {:<10} {:>10}  {:<10}  sender key",
+            "id", "sender", "mode", "bytes", "created"
+        );
+        for m in &list {
+            println!(
+                "{:<32}  {:<12} {:<10} {:>10}  {:<10}  {}",
+                hex::encode(m.message_id),
+                m.sender_name,
+                mode_name(m.mode),
+                m.plaintext_len,
+                m.created,
+                keys::KeyId(m.sender_key_id)
+            );
+        }
+    }
+    store.close().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn read_inbox(
+    id: &str,
+    keys_dir: &Path,
+    store_path: &Path,
+    output: Option<&Path>,
+) -> Result<ExitCode> {
+    use crate::store::Store;
+    let identity: Arc<dyn Identity> = Arc::new(own_key(keys_dir, "server")?);
+    let clients = keys::TrustList::load_clients(keys_dir)?;
+    let store = crate::store::SqliteStore::open(store_path)
+        .with_context(|| format!("cannot open the store {}", store_path.display()))?;
+    let msg = store.find_inbox(id).await?;
+    let trusted = |k: &keys::KeyId| clients.get(k).map(|t| t.key.clone());
+    let opts = OpenOptions::default();
+    let body = msg.body;
+    let opened = match output {
+        Some(path) => envelope::open_to_file(identity, trusted, &opts, body, path)?,
+        None => {
+            let opts = OpenOptions {
+                max_plaintext: STDOUT_LIMIT,
+                ..opts
+            };
+            let (plain, opened) = envelope::open_to_vec(identity, trusted, &opts, body)?;
+            let mut out = io::stdout().lock();
+            out.write_all(&plain)?;
+            out.flush()?;
+            opened
+        }
+    };
+    eprintln!(
+        "verified: {} bytes from {} ({}), {} mode",
+        opened.plaintext_len, msg.summary.sender_name, opened.header.sender, opened.header.mode
+    );
+    store.close().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn trust(public_key: &Path, name: &str, keys_dir: &Path) -> Result<ExitCode> {
+    if !keys::valid_name(name) {
+        bail!("client name {name:?} must be letters, digits, '-', '_' or '.', up to 64");
+    }
+    let key = keys::load_public(public_key)?;
+    let mut existing = keys::TrustList::load_clients(keys_dir)?;
+    existing.add(name, key.clone())?;
+    let target = keys_dir.join(keys::CLIENTS_DIR).join(format!("{name}.pem"));
+    keys::write_atomic(&target, key.to_pem().as_bytes(), 0o644, false)?;
+    println!("trusting {name} {} ({})", key.id(), target.display());
     Ok(ExitCode::SUCCESS)
 }

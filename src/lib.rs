@@ -7,6 +7,9 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod client;
 pub mod envelope;
 pub mod keys;
+pub mod server;
 pub mod store;
+pub mod wire;

@@ -401,24 +401,22 @@ pub enum ConnError {
     Io(#[from] std::io::Error),
 }
 
-/// A stream carrying frames, with a read buffer. The only place that touches socket bytes.
-pub struct Connection<S> {
-    stream: S,
-    /// Bytes read but not yet decoded; never more than one frame plus one read.
+/// The reading half of a connection: a byte stream and a buffer, turned into frames. With
+/// [`FrameWriter`], the only place that touches socket bytes.
+pub struct FrameReader<R> {
+    stream: R,
+    /// Bytes read but not yet decoded; at most one frame plus one read.
     buf: BytesMut,
     /// Largest frame accepted from the peer.
     max_frame: usize,
-    /// Reused encoding buffer.
-    out: Vec<u8>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
-    pub fn new(stream: S, max_frame: usize) -> Self {
-        Connection {
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(stream: R, max_frame: usize) -> Self {
+        FrameReader {
             stream,
             buf: BytesMut::with_capacity(64 * 1024),
             max_frame,
-            out: Vec::new(),
         }
     }
 
@@ -444,6 +442,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
         }
     }
+}
+
+/// The writing half of a connection.
+pub struct FrameWriter<W> {
+    stream: W,
+    /// Reused encoding buffer.
+    out: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub fn new(stream: W) -> Self {
+        FrameWriter {
+            stream,
+            out: Vec::new(),
+        }
+    }
 
     /// Writes one frame and flushes it.
     pub async fn write_frame(&mut self, frame: &Frame) -> Result<(), ConnError> {
@@ -464,22 +478,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Ok(())
     }
 
-    /// Writes pre-encoded frame bytes as they are (tests and the interceptor use this).
+    /// Writes bytes as they are (tests and the interceptor use this for hostile input).
     pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
         self.stream.write_all(bytes).await?;
         self.stream.flush().await?;
         Ok(())
     }
 
-    pub fn into_inner(self) -> S {
-        self.stream
+    /// Closes the writing direction (TCP FIN).
+    pub async fn shutdown(&mut self) -> Result<(), ConnError> {
+        self.stream.shutdown().await?;
+        Ok(())
     }
 }
 
 /// The bytes a client signs to authenticate: context || server key id || challenge || client
 /// key id. Naming both keys and the fresh challenge stops the signature being replayed on
 /// another connection or to another server.
-pub fn handshake_transcript(server: &KeyId, challenge: &[u8; CHALLENGE_LEN], client: &KeyId) -> Vec<u8> {
+pub fn handshake_transcript(
+    server: &KeyId,
+    challenge: &[u8; CHALLENGE_LEN],
+    client: &KeyId,
+) -> Vec<u8> {
     let mut t = Vec::with_capacity(HANDSHAKE_CONTEXT.len() + 32 + CHALLENGE_LEN + 32);
     t.extend_from_slice(HANDSHAKE_CONTEXT);
     t.extend_from_slice(&server.0);
@@ -531,8 +551,14 @@ mod tests {
         for f in all() {
             let mut buf = Vec::new();
             f.encode(&mut buf);
-            assert_eq!(decode(&buf, DEFAULT_MAX_FRAME).unwrap(), Some((f.clone(), buf.len())));
-            assert_eq!(decode(&buf[..buf.len() - 1], DEFAULT_MAX_FRAME).unwrap(), None);
+            assert_eq!(
+                decode(&buf, DEFAULT_MAX_FRAME).unwrap(),
+                Some((f.clone(), buf.len()))
+            );
+            assert_eq!(
+                decode(&buf[..buf.len() - 1], DEFAULT_MAX_FRAME).unwrap(),
+                None
+            );
         }
     }
 
@@ -543,7 +569,13 @@ mod tests {
             decode(&[0xff, 0xff, 0xff, 0xff], 100),
             Err(WireError::TooLarge(u32::MAX as u64, 100))
         );
-        assert_eq!(decode(&[0, 0, 0, 1, 0x55], 100), Err(WireError::UnknownType(0x55)));
-        assert_eq!(decode(&[0, 0, 0, 2, 0x03, 0], 100), Err(WireError::Malformed("Ready")));
+        assert_eq!(
+            decode(&[0, 0, 0, 1, 0x55], 100),
+            Err(WireError::UnknownType(0x55))
+        );
+        assert_eq!(
+            decode(&[0, 0, 0, 2, 0x03, 0], 100),
+            Err(WireError::Malformed("Ready"))
+        );
     }
 }

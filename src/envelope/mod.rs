@@ -35,7 +35,7 @@ pub use header::{
     DEFAULT_CHUNK_SIZE, HEADER_LEN, Header, HeaderError, MAGIC, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
     MessageId, Mode, VERSION, valid_chunk_size,
 };
-pub use open::{OpenOptions, Opened, Opener, open, open_to_file, open_to_vec};
+pub use open::{OpenOptions, Opened, Opener, open, open_to_file, open_to_vec, read_full};
 pub use seal::{SealOptions, Sealed, Sealer, seal};
 
 use crate::keys::KeyError;

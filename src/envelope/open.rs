@@ -464,7 +464,7 @@ pub fn open_to_vec<R: Read>(
 }
 
 /// Reads until `buf` is full or the input ends; returns how many bytes were read.
-pub(crate) fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+pub fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match input.read(&mut buf[got..]) {

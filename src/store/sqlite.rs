@@ -200,7 +200,7 @@ impl SqliteStore {
             .name(WRITER_THREAD_NAME.to_owned())
             .spawn(move || writer.run())
             .map_err(StoreError::io("start the writer thread for", &path))?;
-        info!(path = %path.display(), "mailbox store opened");
+        debug!(path = %path.display(), "mailbox store opened");
         Ok(Self {
             path,
             blob_dir,
@@ -322,7 +322,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(open_error(path))?;
             tx.commit().map_err(open_error(path))?;
-            info!(path = %path.display(), version = SCHEMA_VERSION, "created mailbox schema");
+            debug!(path = %path.display(), version = SCHEMA_VERSION, "created mailbox schema");
             Ok(())
         }
         SCHEMA_VERSION => Ok(()),

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::body::{Body, is_blob_name};
 use super::error::StoreError;
@@ -197,7 +197,7 @@ impl Writer {
             }
             self.apply_batch(batch);
         }
-        info!("mailbox writer stopped: store closed");
+        debug!("mailbox writer stopped: store closed");
     }
 
     fn apply_batch(&mut self, batch: Vec<WriteOp>) {

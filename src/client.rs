@@ -1,0 +1,549 @@
+//! The client: authenticates to a pinned server, sends sealed messages and checks each proof of
+//! delivery, fetches the messages waiting for it and proves it opened each one.
+//!
+//! Invariants: "delivered" is only ever reported after the server's ack tag matched the one
+//! computed while sealing (constant-time comparison); a fetched message is acknowledged only
+//! after it verified and, with an output folder, after its file is fsynced in place.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tracing::debug;
+use zeroize::Zeroizing;
+
+use crate::envelope::{
+    self, HEADER_LEN, Header, MessageId, OpenError, OpenOptions, Opener, SealError, SealOptions,
+    Sealed,
+};
+use crate::keys::{Identity, KeyId, PublicKey};
+use crate::wire::{
+    self, ConnError, DATA_FRAME, ErrorCode, Frame, FrameReader, FrameWriter, WireError,
+};
+
+/// Limits and timeouts of the client.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Longest wait for any one frame from the server.
+    pub timeout: Duration,
+    /// Largest frame accepted from the server.
+    pub max_frame: usize,
+    /// Largest plaintext accepted in a fetched message.
+    pub max_message: u64,
+    /// Largest plaintext accepted in a fetched asymmetric message.
+    pub max_asymmetric: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            timeout: Duration::from_secs(60),
+            max_frame: wire::DEFAULT_MAX_FRAME,
+            max_message: 1 << 30,
+            max_asymmetric: envelope::DEFAULT_ASYMMETRIC_LIMIT,
+        }
+    }
+}
+
+/// What can go wrong for a client; each says what was or was not proven.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("cannot connect to {addr} (is `letterlock server` running there?)")]
+    Connect { addr: String, source: io::Error },
+    #[error(
+        "the server presented key {got}, but the trusted server key is {expected}; refusing to \
+         talk to it (check server_public.pem)"
+    )]
+    WrongServer { got: KeyId, expected: KeyId },
+    #[error("the server refused: {message} (code {code:?})")]
+    Refused { code: ErrorCode, message: String },
+    #[error("delivery NOT proven: {0}")]
+    NotProven(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("timed out waiting for the server")]
+    Timeout,
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("a message from the server was refused: {0}")]
+    Open(#[from] OpenError),
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl From<ConnError> for ClientError {
+    fn from(e: ConnError) -> Self {
+        match e {
+            ConnError::Closed => ClientError::Protocol("the server closed the connection".into()),
+            ConnError::Wire(w) => ClientError::Protocol(w.to_string()),
+            ConnError::Io(e) => ClientError::Io(e),
+        }
+    }
+}
+
+/// A message the server proved it received.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub id: MessageId,
+    pub header: Header,
+    pub plaintext_len: u64,
+}
+
+/// Where fetched plaintext goes.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Held in memory (for printing), up to this many bytes per message.
+    Memory { limit: u64 },
+    /// Written to `DIR/<message id>.msg`, appearing only once verified.
+    Dir(PathBuf),
+}
+
+/// A fetched message that verified.
+#[derive(Debug)]
+pub struct Received {
+    pub header: Header,
+    pub plaintext_len: u64,
+    pub content: Content,
+    /// Already received before (same id): at-least-once delivery repeated it.
+    pub duplicate: bool,
+    /// Our proof of delivery, sent back to the server.
+    pub ack_tag: [u8; 32],
+}
+
+#[derive(Debug)]
+pub enum Content {
+    Memory(Zeroizing<Vec<u8>>),
+    File(PathBuf),
+}
+
+/// An authenticated connection to the server.
+pub struct Client {
+    reader: FrameReader<OwnedReadHalf>,
+    writer: FrameWriter<OwnedWriteHalf>,
+    identity: Arc<dyn Identity>,
+    server: PublicKey,
+    config: ClientConfig,
+}
+
+impl Client {
+    /// Connects and authenticates: checks the server's key id against the pinned key, then
+    /// signs the server's fresh challenge.
+    pub async fn connect(
+        addr: &str,
+        identity: Arc<dyn Identity>,
+        server: PublicKey,
+        config: ClientConfig,
+    ) -> Result<Client, ClientError> {
+        let stream = tokio::time::timeout(config.timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map_err(|source| ClientError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (r, w) = stream.into_split();
+        let mut client = Client {
+            reader: FrameReader::new(r, config.max_frame),
+            writer: FrameWriter::new(w),
+            identity,
+            server,
+            config,
+        };
+        client.handshake().await?;
+        Ok(client)
+    }
+
+    async fn handshake(&mut self) -> Result<(), ClientError> {
+        let (server, challenge) = match self.read().await? {
+            Frame::Hello {
+                version: wire::PROTOCOL_VERSION,
+                server,
+                challenge,
+            } => (server, challenge),
+            Frame::Hello { version, .. } => {
+                return Err(ClientError::Protocol(format!(
+                    "server speaks protocol version {version}, we speak {}",
+                    wire::PROTOCOL_VERSION
+                )));
+            }
+            other => return Err(unexpected(other)),
+        };
+        if server != self.server.id() {
+            return Err(ClientError::WrongServer {
+                got: server,
+                expected: self.server.id(),
+            });
+        }
+        let me = self.identity.public().id();
+        let identity = self.identity.clone();
+        let transcript = wire::handshake_transcript(&server, &challenge, &me);
+        let signature = tokio::task::spawn_blocking(move || identity.sign(&transcript))
+            .await
+            .map_err(|_| ClientError::Protocol("signing task failed".into()))?
+            .map_err(SealError::Key)?;
+        self.writer
+            .write_frame(&Frame::Auth {
+                client: me,
+                signature,
+            })
+            .await?;
+        match self.read().await? {
+            Frame::Ready => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reads one frame within the timeout; an `Error` frame becomes [`ClientError::Refused`].
+    async fn read(&mut self) -> Result<Frame, ClientError> {
+        let frame = tokio::time::timeout(self.config.timeout, self.reader.read_frame())
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        match frame {
+            Frame::Error { code, message } => Err(ClientError::Refused { code, message }),
+            f => Ok(f),
+        }
+    }
+
+    /// Seals everything `input` yields (on the blocking pool, streaming) and sends it; returns
+    /// once the server's proof of delivery checked out.
+    pub async fn send<R: Read + Send + 'static>(
+        &mut self,
+        input: R,
+        opts: SealOptions,
+    ) -> Result<Delivery, ClientError> {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+        let identity = self.identity.clone();
+        let server = self.server.clone();
+        let sealing = tokio::task::spawn_blocking(move || {
+            let mut sink = FrameSink {
+                tx,
+                buf: Vec::with_capacity(DATA_FRAME),
+            };
+            let sealed = envelope::seal(identity.as_ref(), &server, &opts, input, &mut sink)?;
+            sink.flush()?;
+            Ok::<_, SealError>(sealed)
+        });
+        let mut write_failed = None;
+        while let Some(data) = rx.recv().await {
+            if let Err(e) = self.writer.write_frame(&Frame::Send(data)).await {
+                write_failed = Some(e);
+                break;
+            }
+        }
+        drop(rx);
+        let sealed = sealing
+            .await
+            .map_err(|_| ClientError::Protocol("sealing task failed".into()))?;
+        if let Some(e) = write_failed {
+            // The server may have said why before closing.
+            return Err(self.reason_for(e).await);
+        }
+        let sealed = sealed?;
+        if let Err(e) = self.writer.write_frame(&Frame::SendEnd).await {
+            return Err(self.reason_for(e).await);
+        }
+        self.await_ack(&sealed).await
+    }
+
+    /// After a failed write, the server's Error frame (if any) says more than "broken pipe".
+    async fn reason_for(&mut self, e: ConnError) -> ClientError {
+        match self.read().await {
+            Err(refused @ ClientError::Refused { .. }) => refused,
+            _ => e.into(),
+        }
+    }
+
+    /// Sends one pre-sealed message and waits for its proven ack.
+    pub async fn send_sealed(
+        &mut self,
+        sealed_bytes: &[u8],
+        sealed: &Sealed,
+    ) -> Result<Delivery, ClientError> {
+        self.queue_sealed(sealed_bytes);
+        self.writer.flush().await?;
+        self.await_ack(sealed).await
+    }
+
+    /// Sends many pre-sealed messages back to back, then collects their acks (in any order):
+    /// the server works on them while the rest arrive.
+    pub async fn send_sealed_many(
+        &mut self,
+        messages: &[(Vec<u8>, Sealed)],
+    ) -> Result<Vec<Delivery>, ClientError> {
+        let mut expected: HashMap<MessageId, &Sealed> = HashMap::new();
+        for (bytes, sealed) in messages {
+            self.queue_sealed(bytes);
+            expected.insert(sealed.header.message_id, sealed);
+        }
+        self.writer.flush().await?;
+        let mut out = Vec::with_capacity(messages.len());
+        while !expected.is_empty() {
+            let (id, tag) = match self.read().await? {
+                Frame::Ack { id, tag } => (id, tag),
+                other => return Err(unexpected(other)),
+            };
+            let sealed = expected
+                .remove(&id)
+                .ok_or_else(|| ClientError::NotProven(format!("ack for unknown message {id}")))?;
+            out.push(check_ack(sealed, &id, &tag)?);
+        }
+        Ok(out)
+    }
+
+    fn queue_sealed(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(DATA_FRAME) {
+            self.writer.queue_frame(&Frame::Send(chunk.to_vec()));
+        }
+        self.writer.queue_frame(&Frame::SendEnd);
+    }
+
+    async fn await_ack(&mut self, sealed: &Sealed) -> Result<Delivery, ClientError> {
+        match self.read().await {
+            Ok(Frame::Ack { id, tag }) => check_ack(sealed, &id, &tag),
+            Ok(other) => Err(unexpected(other)),
+            Err(ClientError::Refused { code, message }) => {
+                Err(ClientError::Refused { code, message })
+            }
+            Err(e) => Err(ClientError::NotProven(format!(
+                "no acknowledgement from the server ({e})"
+            ))),
+        }
+    }
+
+    /// Fetches every message waiting for us. Each is opened and verified, put where `output`
+    /// says, passed to `handle` (which must make it durable or shown before returning), and
+    /// only then acknowledged.
+    pub async fn fetch<F>(&mut self, output: &Output, mut handle: F) -> Result<usize, ClientError>
+    where
+        F: FnMut(&Received) -> Result<(), ClientError>,
+    {
+        self.writer.write_frame(&Frame::Fetch).await?;
+        let mut acked = Vec::new();
+        let count = loop {
+            match self.read().await? {
+                Frame::Deliver(first) => {
+                    let received = self.receive_one(first, output).await?;
+                    handle(&received)?;
+                    let id = received.header.message_id;
+                    self.writer
+                        .write_frame(&Frame::DeliveryAck {
+                            id,
+                            tag: received.ack_tag,
+                        })
+                        .await?;
+                    acked.push(id);
+                }
+                Frame::FetchDone { count } => break count,
+                other => return Err(unexpected(other)),
+            }
+        };
+        if count as usize != acked.len() {
+            return Err(ClientError::Protocol(format!(
+                "server announced {count} messages, sent {}",
+                acked.len()
+            )));
+        }
+        // Wait for the server to confirm each removal, so a second fetch will not repeat them.
+        for _ in &acked {
+            match self.read().await? {
+                Frame::Removed { id } if acked.contains(&id) => {}
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(acked.len())
+    }
+
+    /// Receives one delivered message (`Deliver`… `DeliverEnd`) and opens it.
+    async fn receive_one(
+        &mut self,
+        first: Vec<u8>,
+        output: &Output,
+    ) -> Result<Received, ClientError> {
+        let mut head = first;
+        let mut rest = Vec::new();
+        while head.len() < HEADER_LEN {
+            match self.read().await? {
+                Frame::Deliver(more) => head.extend_from_slice(&more),
+                other => return Err(unexpected(other)),
+            }
+        }
+        if head.len() > HEADER_LEN {
+            rest = head.split_off(HEADER_LEN);
+        }
+        let server = self.server.clone();
+        let opts = OpenOptions {
+            max_plaintext: match output {
+                Output::Memory { limit } => (*limit).min(self.config.max_message),
+                Output::Dir(_) => self.config.max_message,
+            },
+            asymmetric_limit: self.config.max_asymmetric,
+        };
+        let mut opener = Opener::new(
+            &head,
+            self.identity.clone(),
+            |id| (*id == server.id()).then_some(server),
+            &opts,
+        )?;
+        let header = *opener.header();
+        let mut sink = PlainSink::new(output, &header)?;
+        let mut plain = Zeroizing::new(Vec::new());
+        opener.update(&rest, &mut plain)?;
+        sink.write(&mut plain)?;
+        loop {
+            match self.read().await? {
+                Frame::Deliver(data) => {
+                    opener.update(&data, &mut plain)?;
+                    sink.write(&mut plain)?;
+                }
+                Frame::DeliverEnd => break,
+                other => return Err(unexpected(other)),
+            }
+        }
+        let opened = opener.finish(&mut plain)?;
+        sink.write(&mut plain)?;
+        let (content, duplicate) = sink.commit()?;
+        debug!(id = %header.message_id, "received and verified");
+        Ok(Received {
+            header,
+            plaintext_len: opened.plaintext_len,
+            content,
+            duplicate,
+            ack_tag: opened.ack_tag,
+        })
+    }
+}
+
+/// Where plaintext of one fetched message goes while it is still unverified.
+enum PlainSink {
+    Memory(Zeroizing<Vec<u8>>),
+    File {
+        tmp: io::BufWriter<tempfile::NamedTempFile>,
+        target: PathBuf,
+    },
+    /// Already have it: decrypt and verify, but keep nothing.
+    Discard(PathBuf),
+}
+
+impl PlainSink {
+    fn new(output: &Output, header: &Header) -> Result<Self, ClientError> {
+        Ok(match output {
+            Output::Memory { .. } => PlainSink::Memory(Zeroizing::new(Vec::new())),
+            Output::Dir(dir) => {
+                let target = message_path(dir, &header.message_id);
+                if target.exists() {
+                    PlainSink::Discard(target)
+                } else {
+                    std::fs::create_dir_all(dir)?;
+                    let tmp = tempfile::Builder::new()
+                        .prefix(".letterlock-recv")
+                        .tempfile_in(dir)?;
+                    PlainSink::File {
+                        tmp: io::BufWriter::new(tmp),
+                        target,
+                    }
+                }
+            }
+        })
+    }
+
+    fn write(&mut self, plain: &mut Zeroizing<Vec<u8>>) -> Result<(), ClientError> {
+        match self {
+            PlainSink::Memory(v) => v.extend_from_slice(plain),
+            PlainSink::File { tmp, .. } => tmp.write_all(plain)?,
+            PlainSink::Discard(_) => {}
+        }
+        plain.clear();
+        Ok(())
+    }
+
+    /// The message verified: make it visible (and durable).
+    fn commit(self) -> Result<(Content, bool), ClientError> {
+        Ok(match self {
+            PlainSink::Memory(v) => (Content::Memory(v), false),
+            PlainSink::File { tmp, target } => {
+                let tmp = tmp.into_inner().map_err(|e| e.into_error())?;
+                tmp.as_file().sync_all()?;
+                tmp.persist_noclobber(&target).map_err(|e| e.error)?;
+                if let Some(dir) = target.parent() {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
+                (Content::File(target), false)
+            }
+            PlainSink::Discard(target) => (Content::File(target), true),
+        })
+    }
+}
+
+/// The file a fetched message is written to.
+pub fn message_path(dir: &Path, id: &MessageId) -> PathBuf {
+    dir.join(format!("{id}.msg"))
+}
+
+fn check_ack(sealed: &Sealed, id: &MessageId, tag: &[u8; 32]) -> Result<Delivery, ClientError> {
+    if *id != sealed.header.message_id {
+        return Err(ClientError::NotProven(format!(
+            "the server acknowledged message {id}, not {}",
+            sealed.header.message_id
+        )));
+    }
+    if !envelope::ack_tags_match(tag, &sealed.ack_tag) {
+        return Err(ClientError::NotProven(
+            "the server's acknowledgement does not prove it decrypted the message \
+             (wrong ack tag: a forged or altered ack)"
+                .into(),
+        ));
+    }
+    Ok(Delivery {
+        id: *id,
+        header: sealed.header,
+        plaintext_len: sealed.plaintext_len,
+    })
+}
+
+fn unexpected(frame: Frame) -> ClientError {
+    ClientError::Protocol(format!("unexpected {} frame from the server", frame.name()))
+}
+
+/// A `Write` that cuts sealed output into `Send` frames for the async side.
+struct FrameSink {
+    tx: mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Write for FrameSink {
+    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
+        let n = data.len();
+        while !data.is_empty() {
+            let take = (DATA_FRAME - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() == DATA_FRAME {
+                self.flush()?;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(DATA_FRAME));
+            self.tx
+                .blocking_send(full)
+                .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        }
+        Ok(())
+    }
+}
+
+impl From<WireError> for ClientError {
+    fn from(e: WireError) -> Self {
+        ClientError::Protocol(e.to_string())
+    }
+}

@@ -1,0 +1,673 @@
+//! The server: accepts clients it trusts, receives their sealed messages into the durable
+//! mailbox, and hands each client the messages waiting for it.
+//!
+//! Per connection (docs/PROTOCOL.md, "Network protocol"):
+//! 1. `Hello` with a fresh challenge; the client answers `Auth`. Only public-key work happens
+//!    before the client is authenticated: an unknown peer never costs us an RSA private
+//!    operation.
+//! 2. Then any number of messages (`Send`… `SendEnd`, pipelined; each answered by `Ack` once it
+//!    is durable) and fetches (`Fetch` → `Deliver`… `DeliverEnd` per message, `FetchDone`; the
+//!    client proves each with `DeliveryAck`, and only then is it removed).
+//!
+//! Invariants: nothing is acknowledged before it is fsynced; RSA and bulk crypto run on the
+//! blocking pool, never on the reactor; every limit is a named field of [`ServerConfig`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::envelope::{
+    self, HEADER_LEN, Header, MessageId, Mode, OpenError, OpenOptions, Opened, Opener,
+};
+use crate::keys::{Identity, PrivateKey, TrustList, Trusted};
+use crate::store::{self, Body, InboxRecord, InsertOutcome, Store};
+use crate::wire::{
+    self, CHALLENGE_LEN, ConnError, DATA_FRAME, ErrorCode, Frame, FrameReader, FrameWriter,
+};
+
+/// Which modes the server accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accept {
+    Both,
+    Hybrid,
+    Asymmetric,
+}
+
+impl Accept {
+    fn allows(self, mode: Mode) -> bool {
+        matches!(
+            (self, mode),
+            (Accept::Both, _)
+                | (Accept::Hybrid, Mode::Hybrid)
+                | (Accept::Asymmetric, Mode::Asymmetric)
+        )
+    }
+}
+
+/// Every limit of the server, each with a default that suits one machine.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub accept: Accept,
+    /// Connections served at once; one more is told "busy" and closed.
+    pub max_connections: usize,
+    /// Time a new connection has to authenticate.
+    pub handshake_timeout: Duration,
+    /// Time an authenticated connection may stay silent between frames.
+    pub idle_timeout: Duration,
+    /// Largest hybrid plaintext accepted.
+    pub max_hybrid: u64,
+    /// Largest asymmetric plaintext accepted.
+    pub max_asymmetric: u64,
+    /// Largest frame accepted.
+    pub max_frame: usize,
+    /// How far a message's creation time may be from our clock, either way.
+    pub time_window: Duration,
+    /// Messages one connection may have in flight (received, not yet acknowledged).
+    pub max_in_flight: usize,
+    /// Time in-flight work gets to finish at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            accept: Accept::Both,
+            max_connections: 256,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_hybrid: 1 << 30,
+            max_asymmetric: envelope::DEFAULT_ASYMMETRIC_LIMIT,
+            max_frame: wire::DEFAULT_MAX_FRAME,
+            time_window: Duration::from_secs(600),
+            max_in_flight: 64,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every connection shares.
+pub struct Server<S> {
+    identity: Arc<PrivateKey>,
+    clients: TrustList,
+    store: Arc<S>,
+    config: ServerConfig,
+}
+
+/// Short UTF-8 messages are logged in full, as the classroom server printed them; anything
+/// longer or binary is logged by size and id only.
+const LOG_TEXT_MAX: usize = 200;
+
+impl<S: Store> Server<S> {
+    pub fn new(
+        identity: PrivateKey,
+        clients: TrustList,
+        store: Arc<S>,
+        config: ServerConfig,
+    ) -> Self {
+        Server {
+            identity: Arc::new(identity),
+            clients,
+            store,
+            config,
+        }
+    }
+
+    /// Serves `listener` until `shutdown` completes; then stops accepting, gives in-flight
+    /// connections [`ServerConfig::shutdown_grace`] to finish, and returns.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        info!(
+            addr = %listener.local_addr()?,
+            key = %self.identity.public().id(),
+            clients = self.clients.len(),
+            "server listening"
+        );
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let (socket, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let _ = socket.set_nodelay(true);
+                    let permit = limit.clone().try_acquire_owned();
+                    let server = self.clone();
+                    let stop = stop_rx.clone();
+                    tasks.spawn(async move {
+                        let (r, w) = socket.into_split();
+                        match permit {
+                            Ok(_permit) => server.connection(r, w, peer, stop).await,
+                            Err(_) => {
+                                let mut w = FrameWriter::new(w);
+                                let _ = w.write_frame(&Frame::error(
+                                    ErrorCode::Unavailable,
+                                    "server busy: too many connections; try again shortly",
+                                )).await;
+                            }
+                        }
+                    });
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        info!("shutting down: no new connections");
+        let _ = stop_tx.send(true);
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.config.shutdown_grace, drain)
+            .await
+            .is_err()
+        {
+            warn!("in-flight connections did not finish in time; closing them");
+            tasks.shutdown().await;
+        }
+        Ok(())
+    }
+
+    /// One connection, from hello to close.
+    async fn connection(
+        self: Arc<Self>,
+        r: OwnedReadHalf,
+        w: OwnedWriteHalf,
+        peer: SocketAddr,
+        stop: watch::Receiver<bool>,
+    ) {
+        let mut reader = FrameReader::new(r, self.config.max_frame);
+        // One writer task owns the socket's write half: acks of pipelined messages and
+        // deliveries come from several tasks.
+        let (out_tx, out_rx) = mpsc::channel::<Frame>(64);
+        let writer = tokio::spawn(write_loop(FrameWriter::new(w), out_rx));
+        let result = self.serve(&mut reader, &out_tx, peer, stop).await;
+        if let Err(fail) = &result {
+            debug!(%peer, error = %fail.message, "closing connection");
+            let _ = out_tx.send(Frame::error(fail.code, &fail.message)).await;
+        }
+        drop(out_tx);
+        let _ = writer.await;
+    }
+
+    async fn serve(
+        self: &Arc<Self>,
+        reader: &mut FrameReader<OwnedReadHalf>,
+        out: &mpsc::Sender<Frame>,
+        peer: SocketAddr,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), Fail> {
+        let client = self.handshake(reader, out).await?;
+        send(out, Frame::Ready).await?;
+        info!(%peer, client = %client.name, key = %client.key.id(), "client authenticated");
+        let in_flight = Arc::new(Semaphore::new(self.config.max_in_flight));
+        let mut work = JoinSet::new();
+        let result = loop {
+            let frame = tokio::select! {
+                biased;
+                // A failed message ends the connection.
+                Some(done) = work.join_next(), if !work.is_empty() => {
+                    match done {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(fail)) => break Err(fail),
+                        Err(_) => break Err(Fail::internal()),
+                    }
+                }
+                _ = stop.changed() => break Ok(()),
+                f = tokio::time::timeout(self.config.idle_timeout, reader.read_frame()) => f,
+            };
+            let frame = match frame {
+                Err(_) => break Err(Fail::new(ErrorCode::Timeout, "idle timeout")),
+                Ok(Err(ConnError::Closed)) => break Ok(()),
+                Ok(Err(e)) => break Err(Fail::from_conn(e)),
+                Ok(Ok(f)) => f,
+            };
+            match frame {
+                Frame::Send(first) => {
+                    let permit = in_flight
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| Fail::internal())?;
+                    let job = self.receive(reader, first, &client).await?;
+                    let server = self.clone();
+                    let out = out.clone();
+                    let client = client.clone();
+                    work.spawn(async move {
+                        let _permit = permit;
+                        server.finish_receive(job, &client, &out).await
+                    });
+                }
+                Frame::Fetch => self.deliver(&client, out).await?,
+                Frame::DeliveryAck { id, tag } => {
+                    let removed = self
+                        .store
+                        .complete_outbox(&client.key.id().0, &id.0, &tag)
+                        .await
+                        .map_err(store_fail)?;
+                    if !removed {
+                        break Err(Fail::new(
+                            ErrorCode::BadAck,
+                            "delivery acknowledgement does not match a pending message",
+                        ));
+                    }
+                    info!(client = %client.name, id = %id, "delivery proven; message removed");
+                    send(out, Frame::Removed { id }).await?;
+                }
+                Frame::Error { code, message } => {
+                    debug!(%peer, ?code, %message, "client reported an error");
+                    break Ok(());
+                }
+                other => {
+                    break Err(Fail::new(
+                        ErrorCode::Protocol,
+                        format!("unexpected {} frame", other.name()),
+                    ));
+                }
+            }
+        };
+        // Let acknowledged-or-failing work finish: an ack owed is an ack sent.
+        while let Some(done) = work.join_next().await {
+            if let Ok(Err(fail)) = done {
+                return Err(fail);
+            }
+        }
+        result
+    }
+
+    /// Hello, challenge, Auth. Returns the authenticated client.
+    async fn handshake(
+        &self,
+        reader: &mut FrameReader<OwnedReadHalf>,
+        out: &mpsc::Sender<Frame>,
+    ) -> Result<Trusted, Fail> {
+        let mut challenge = [0u8; CHALLENGE_LEN];
+        aws_lc_rs::rand::fill(&mut challenge).map_err(|_| Fail::internal())?;
+        let server = self.identity.public().id();
+        send(
+            out,
+            Frame::Hello {
+                version: wire::PROTOCOL_VERSION,
+                server,
+                challenge,
+            },
+        )
+        .await?;
+        let frame = tokio::time::timeout(self.config.handshake_timeout, reader.read_frame())
+            .await
+            .map_err(|_| Fail::new(ErrorCode::Timeout, "handshake timeout"))?
+            .map_err(Fail::from_conn)?;
+        let Frame::Auth { client, signature } = frame else {
+            return Err(Fail::new(ErrorCode::Protocol, "expected Auth"));
+        };
+        // Public-key work only: look the key up, verify its signature.
+        let transcript = wire::handshake_transcript(&server, &challenge, &client);
+        match self.clients.get(&client) {
+            Some(t) if t.key.verify_pss(&transcript, &signature) => Ok(t.clone()),
+            found => {
+                // One answer for both causes; the log says which.
+                warn!(
+                    key = %client,
+                    cause = if found.is_some() { "bad signature" } else { "untrusted key" },
+                    "handshake refused"
+                );
+                Err(Fail::new(ErrorCode::AuthFailed, "authentication failed"))
+            }
+        }
+    }
+
+    /// Reads one sealed message (`Send`… `SendEnd`), checking its header against this
+    /// connection first, and decrypting and verifying it on the blocking pool as it arrives.
+    async fn receive(
+        &self,
+        reader: &mut FrameReader<OwnedReadHalf>,
+        first: Vec<u8>,
+        client: &Trusted,
+    ) -> Result<ReceiveJob, Fail> {
+        // The header may span frames.
+        let mut head = first;
+        while head.len() < HEADER_LEN {
+            match self.next_data(reader).await? {
+                Some(more) => head.extend_from_slice(&more),
+                None => return Err(Fail::refused("message shorter than a header")),
+            }
+        }
+        let header = Header::parse(&head)
+            .map_err(|e| Fail::new(ErrorCode::Refused, format!("bad header: {e}")))?;
+        self.check_header(&header, client)?;
+        let opts = OpenOptions {
+            max_plaintext: self.config.max_hybrid,
+            asymmetric_limit: self.config.max_asymmetric,
+        };
+        let sender = client.key.clone();
+        let opener = Opener::new(
+            &head[..HEADER_LEN],
+            self.identity.clone() as Arc<dyn Identity>,
+            |_| Some(sender),
+            &opts,
+        )
+        .map_err(|e| Fail::refused(&e.to_string()))?;
+        let mut blob = self.store.blob_writer();
+
+        // The blocking side decrypts, verifies and writes the sealed bytes to the store.
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(8);
+        let worker = tokio::task::spawn_blocking(move || -> Result<Verified, OpenError> {
+            use std::io::Write;
+            let mut opener = opener;
+            let mut plain = Vec::new();
+            let mut preview = Vec::new();
+            let mut feed = |data: &[u8], opener: &mut Opener| -> Result<(), OpenError> {
+                opener.update(data, &mut plain)?;
+                if preview.len() <= LOG_TEXT_MAX {
+                    let take = (LOG_TEXT_MAX + 1 - preview.len()).min(plain.len());
+                    preview.extend_from_slice(&plain[..take]);
+                }
+                plain.clear();
+                Ok(())
+            };
+            blob.write_all(&head)?;
+            feed(&head[HEADER_LEN..], &mut opener)?;
+            while let Some(data) = rx.blocking_recv() {
+                blob.write_all(&data)?;
+                feed(&data, &mut opener)?;
+            }
+            let opened = opener.finish(&mut plain)?;
+            if preview.len() <= LOG_TEXT_MAX {
+                preview.extend_from_slice(&plain);
+            }
+            let body = blob
+                .finish()
+                .map_err(|e| OpenError::Io(std::io::Error::other(e)))?;
+            Ok(Verified {
+                opened,
+                body,
+                preview,
+            })
+        });
+        loop {
+            match self.next_data(reader).await? {
+                Some(data) => {
+                    if tx.send(data).await.is_err() {
+                        // The worker stopped: it failed; its error is reported below.
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        drop(tx);
+        Ok(ReceiveJob { header, worker })
+    }
+
+    /// The next `Send` payload, or `None` at `SendEnd`.
+    async fn next_data(
+        &self,
+        reader: &mut FrameReader<OwnedReadHalf>,
+    ) -> Result<Option<Vec<u8>>, Fail> {
+        let frame = tokio::time::timeout(self.config.idle_timeout, reader.read_frame())
+            .await
+            .map_err(|_| Fail::new(ErrorCode::Timeout, "idle timeout inside a message"))?
+            .map_err(Fail::from_conn)?;
+        match frame {
+            Frame::Send(data) => Ok(Some(data)),
+            Frame::SendEnd => Ok(None),
+            other => Err(Fail::new(
+                ErrorCode::Protocol,
+                format!("unexpected {} frame inside a message", other.name()),
+            )),
+        }
+    }
+
+    /// The header must name this client as sender and us as recipient, use an accepted mode,
+    /// and be recent.
+    fn check_header(&self, h: &Header, client: &Trusted) -> Result<(), Fail> {
+        if h.sender != client.key.id() {
+            return Err(Fail::refused(
+                "the message's sender is not the authenticated client",
+            ));
+        }
+        if h.recipient != self.identity.public().id() {
+            return Err(Fail::refused("the message is not sealed for this server"));
+        }
+        if !self.config.accept.allows(h.mode) {
+            return Err(Fail::new(
+                ErrorCode::ModeNotAccepted,
+                format!("this server does not accept {} messages", h.mode),
+            ));
+        }
+        let now = envelope::unix_now();
+        let window = self.config.time_window.as_secs();
+        if h.created.abs_diff(now) > window {
+            return Err(Fail::new(
+                ErrorCode::Stale,
+                format!(
+                    "message time {} is outside the server's window of ±{window} s around {now}",
+                    h.created
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits for verification, stores durably, then acknowledges.
+    async fn finish_receive(
+        &self,
+        job: ReceiveJob,
+        client: &Trusted,
+        out: &mpsc::Sender<Frame>,
+    ) -> Result<(), Fail> {
+        let verified = match job.worker.await {
+            Ok(Ok(v)) => v,
+            Ok(Err(OpenError::TooLarge { limit })) => {
+                return Err(Fail::new(
+                    ErrorCode::TooLarge,
+                    format!("message larger than this server's limit of {limit} bytes"),
+                ));
+            }
+            Ok(Err(e)) => {
+                // Whatever the cause, the peer sees the same words.
+                warn!(client = %client.name, id = %job.header.message_id, error = %e, "message refused");
+                return Err(Fail::refused("message failed verification"));
+            }
+            Err(_) => return Err(Fail::internal()),
+        };
+        let Verified {
+            opened,
+            body,
+            preview,
+        } = verified;
+        let id = opened.header.message_id;
+        let size = body.len();
+        let record = InboxRecord {
+            sender_key_id: client.key.id().0,
+            sender_name: client.name.clone(),
+            message_id: id.0,
+            created: opened.header.created,
+            received: envelope::unix_now(),
+            mode: opened.header.mode.to_byte(),
+            plaintext_len: opened.plaintext_len,
+            content_hash: body.sha256(),
+            ack_tag: opened.ack_tag,
+            body,
+        };
+        let tag = match self.store.insert_inbox(record).await.map_err(store_fail)? {
+            InsertOutcome::Inserted => {
+                log_received(client, &opened, size, &preview);
+                opened.ack_tag
+            }
+            InsertOutcome::Duplicate { ack_tag } => {
+                info!(client = %client.name, %id, "retry of a stored message: same ack again");
+                ack_tag
+            }
+            InsertOutcome::Conflict => {
+                warn!(client = %client.name, %id, "replayed message id with different content");
+                return Err(Fail::new(
+                    ErrorCode::Replay,
+                    "this message id was already used for a different message",
+                ));
+            }
+        };
+        send(out, Frame::Ack { id, tag }).await
+    }
+
+    /// Streams every message waiting for `client`, then `FetchDone`.
+    async fn deliver(&self, client: &Trusted, out: &mpsc::Sender<Frame>) -> Result<(), Fail> {
+        let pending = self
+            .store
+            .pending_outbox(&client.key.id().0)
+            .await
+            .map_err(store_fail)?;
+        let count = u32::try_from(pending.len()).unwrap_or(u32::MAX);
+        for entry in pending {
+            let body = self
+                .store
+                .open_outbox_body(&entry.recipient_key_id, &entry.message_id)
+                .await
+                .map_err(store_fail)?;
+            let out2 = out.clone();
+            let sent = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                let mut body = body;
+                let mut buf = vec![0u8; DATA_FRAME];
+                loop {
+                    let n = envelope::read_full(&mut body, &mut buf)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    if out2
+                        .blocking_send(Frame::Deliver(buf[..n].to_vec()))
+                        .is_err()
+                    {
+                        return Err(std::io::ErrorKind::BrokenPipe.into());
+                    }
+                }
+            })
+            .await;
+            match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, "reading an outbox message failed");
+                    return Err(Fail::internal());
+                }
+                Err(_) => return Err(Fail::internal()),
+            }
+            send(out, Frame::DeliverEnd).await?;
+            debug!(client = %client.name, id = %MessageId(entry.message_id), "delivered");
+        }
+        send(out, Frame::FetchDone { count }).await
+    }
+}
+
+fn log_received(client: &Trusted, opened: &Opened, size: u64, preview: &[u8]) {
+    let text = std::str::from_utf8(preview).ok().filter(|t| {
+        preview.len() <= LOG_TEXT_MAX && !t.chars().any(|c| c.is_control() && c != '\n')
+    });
+    match text {
+        Some(text) => info!(
+            from = %client.name,
+            key = %client.key.id(),
+            mode = %opened.header.mode,
+            bytes = opened.plaintext_len,
+            sealed = size,
+            id = %opened.header.message_id,
+            "received: confidentiality, integrity and sender authentication verified: {text:?}"
+        ),
+        None => info!(
+            from = %client.name,
+            key = %client.key.id(),
+            mode = %opened.header.mode,
+            bytes = opened.plaintext_len,
+            sealed = size,
+            id = %opened.header.message_id,
+            "received: confidentiality, integrity and sender authentication verified; stored \
+             (read it with `letterlock server read {}`)",
+            opened.header.message_id
+        ),
+    }
+}
+
+/// The writer task: frames out, in order; stops after an `Error` frame.
+async fn write_loop(mut w: FrameWriter<OwnedWriteHalf>, mut rx: mpsc::Receiver<Frame>) {
+    while let Some(frame) = rx.recv().await {
+        let is_error = matches!(frame, Frame::Error { .. });
+        w.queue_frame(&frame);
+        // Batch whatever else is ready into the same write.
+        while let Ok(f) = rx.try_recv() {
+            w.queue_frame(&f);
+        }
+        if w.flush().await.is_err() || is_error {
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+async fn send(out: &mpsc::Sender<Frame>, frame: Frame) -> Result<(), Fail> {
+    out.send(frame)
+        .await
+        .map_err(|_| Fail::new(ErrorCode::Internal, "connection closed"))
+}
+
+/// A message whose bytes have all arrived, being verified on the blocking pool.
+struct ReceiveJob {
+    header: Header,
+    worker: tokio::task::JoinHandle<Result<Verified, OpenError>>,
+}
+
+/// What the blocking side hands back for a verified message.
+struct Verified {
+    opened: Opened,
+    body: Body,
+    /// The first bytes of plaintext, for the log line.
+    preview: Vec<u8>,
+}
+
+/// Why a connection ends: sent to the peer as an `Error` frame.
+#[derive(Debug)]
+struct Fail {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Fail {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Fail {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn refused(message: &str) -> Self {
+        Fail::new(ErrorCode::Refused, message)
+    }
+
+    fn internal() -> Self {
+        Fail::new(ErrorCode::Internal, "internal server error")
+    }
+
+    fn from_conn(e: ConnError) -> Self {
+        match e {
+            ConnError::Wire(w) => Fail::new(ErrorCode::Protocol, w.to_string()),
+            other => Fail::new(ErrorCode::Protocol, other.to_string()),
+        }
+    }
+}
+
+fn store_fail(e: store::StoreError) -> Fail {
+    warn!(error = %e, "store error");
+    Fail::internal()
+}
