@@ -37,6 +37,9 @@ pub use header::{
 };
 pub use open::{OpenOptions, Opened, Opener, open, open_to_file, open_to_vec};
 pub use seal::{SealOptions, Sealed, Sealer, seal};
+/// Test-vector only: the randomness [`Sealer::with_randomness`] takes.
+#[doc(hidden)]
+pub use seal::FixedRandomness;
 
 use crate::keys::KeyError;
 
