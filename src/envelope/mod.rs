@@ -36,6 +36,9 @@ pub use header::{
     MessageId, Mode, VERSION, valid_chunk_size,
 };
 pub use open::{OpenOptions, Opened, Opener, open, open_to_file, open_to_vec, read_full};
+/// Test-vector only: the randomness [`Sealer::with_randomness`] takes.
+#[doc(hidden)]
+pub use seal::FixedRandomness;
 pub use seal::{SealOptions, Sealed, Sealer, seal};
 
 use crate::keys::KeyError;
