@@ -131,6 +131,15 @@ pub struct Client {
     config: ClientConfig,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("me", &self.identity.public().id())
+            .field("server", &self.server.id())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Client {
     /// Connects and authenticates: checks the server's key id against the pinned key, then
     /// signs the server's fresh challenge.

@@ -671,3 +671,40 @@ fn store_fail(e: store::StoreError) -> Fail {
     warn!(error = %e, "store error");
     Fail::internal()
 }
+
+/// Why a message could not be queued for a client.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error(transparent)]
+    Seal(#[from] envelope::SealError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+/// Seals `input` from the server to client `to` and queues it in the store's outbox; a running
+/// server delivers it at that client's next fetch. Sealing runs on the calling thread: call it
+/// from a command or the blocking pool, not from a busy reactor.
+pub async fn queue_for_client<S: Store>(
+    store: &S,
+    identity: &dyn Identity,
+    to: &Trusted,
+    input: impl std::io::Read,
+    opts: &envelope::SealOptions,
+) -> Result<envelope::Sealed, QueueError> {
+    let mut blob = store.blob_writer();
+    let sealed = envelope::seal(identity, &to.key, opts, input, &mut blob)?;
+    let body = blob.finish()?;
+    store
+        .enqueue_outbox(store::OutboxRecord {
+            recipient_key_id: to.key.id().0,
+            recipient_name: to.name.clone(),
+            message_id: sealed.header.message_id.0,
+            created: sealed.header.created,
+            mode: sealed.header.mode.to_byte(),
+            plaintext_len: sealed.plaintext_len,
+            expected_ack_tag: sealed.ack_tag,
+            body,
+        })
+        .await?;
+    Ok(sealed)
+}

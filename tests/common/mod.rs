@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+pub mod net;
+
 use letterlock::keys::{self, Identity, PrivateKey, PublicKey};
 
 /// Folder of the fixed test keys.

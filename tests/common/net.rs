@@ -1,0 +1,93 @@
+//! An in-process server on 127.0.0.1:0 for the network tests.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use letterlock::client::{Client, ClientConfig};
+use letterlock::keys::{Identity, PrivateKey, TrustList};
+use letterlock::server::{Server, ServerConfig};
+use letterlock::store::SqliteStore;
+use tokio::sync::oneshot;
+
+/// Names of the fixed keys the network tests use: 2048 bits keeps them fast.
+pub const SERVER: &str = "bob2048";
+pub const CLIENT: &str = "alice2048";
+
+pub struct TestServer {
+    pub addr: String,
+    pub store: Arc<SqliteStore>,
+    pub store_path: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The trust list of the test server: alice2048 as "client", alice3072 as "carol".
+pub fn clients() -> TrustList {
+    let mut t = TrustList::new();
+    t.add("client", super::public(CLIENT)).unwrap();
+    t.add("carol", super::public("alice3072")).unwrap();
+    t
+}
+
+fn server_key() -> PrivateKey {
+    let path = super::keys_dir().join(format!("{SERVER}_private.pem"));
+    super::private(SERVER); // tightens the mode
+    letterlock::keys::load_private(&path).unwrap()
+}
+
+impl TestServer {
+    pub async fn start(dir: &Path) -> TestServer {
+        Self::start_with(dir, ServerConfig::default()).await
+    }
+
+    pub async fn start_with(dir: &Path, config: ServerConfig) -> TestServer {
+        let store_path = dir.join("server.db");
+        let store = Arc::new(SqliteStore::open(&store_path).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = Arc::new(Server::new(server_key(), clients(), store.clone(), config));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        TestServer {
+            addr,
+            store,
+            store_path,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+
+    /// A client authenticated as `name` (a key in tests/keys), trusting the real server key.
+    pub async fn client(&self, name: &str) -> Result<Client, letterlock::client::ClientError> {
+        let identity: Arc<dyn Identity> = super::private(name);
+        Client::connect(
+            &self.addr,
+            identity,
+            super::public(SERVER),
+            ClientConfig::default(),
+        )
+        .await
+    }
+
+    pub async fn inbox_len(&self) -> usize {
+        use letterlock::store::Store;
+        self.store.list_inbox().await.unwrap().len()
+    }
+}
