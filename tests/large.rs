@@ -1,0 +1,62 @@
+//! A 256 MiB message streams client → server with bounded memory. Alone in its own test binary
+//! so the process's peak RSS belongs to this test only.
+
+mod common;
+
+use std::io::Read;
+
+use common::net::{CLIENT, TestServer};
+use letterlock::envelope::SealOptions;
+
+/// Yields `remaining` bytes of a cheap pattern without holding them.
+struct Generated {
+    remaining: u64,
+    counter: u8,
+}
+
+impl Read for Generated {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.remaining) as usize;
+        self.counter = self.counter.wrapping_add(1);
+        buf[..n].fill(self.counter);
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Peak resident set size of this process (VmHWM), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_256_mib_message_streams_with_bounded_memory() {
+    const SIZE: u64 = 256 * 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.client(CLIENT).await.unwrap();
+    let before = peak_rss();
+    let delivered = client
+        .send(
+            Generated {
+                remaining: SIZE,
+                counter: 0,
+            },
+            SealOptions::default(),
+        )
+        .await
+        .unwrap();
+    let grew = peak_rss().saturating_sub(before);
+    assert_eq!(delivered.plaintext_len, SIZE);
+    assert_eq!(server.inbox_len().await, 1);
+    assert!(
+        grew < 64 * 1024 * 1024,
+        "peak RSS grew by {} MiB while streaming 256 MiB",
+        grew >> 20
+    );
+    eprintln!("peak RSS grew by {} MiB for a 256 MiB message", grew >> 20);
+    server.stop().await;
+}
