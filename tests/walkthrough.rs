@@ -6,12 +6,11 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
 fn letterlock(dir: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_letterlock"))
+    Command::new(env!("CARGO_BIN_EXE_letterlock"))
         .args(args)
         .current_dir(dir)
         .output()
-        .unwrap();
-    out
+        .unwrap()
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
