@@ -100,6 +100,9 @@ pub struct Server<S> {
     config: ServerConfig,
 }
 
+/// How long a connection that failed keeps reading so the peer can receive our Error frame.
+const LINGER: Duration = Duration::from_millis(500);
+
 /// Short UTF-8 messages are logged in full, as the classroom server printed them; anything
 /// longer or binary is logged by size and id only.
 const LOG_TEXT_MAX: usize = 200;
@@ -203,6 +206,13 @@ impl<S: Store> Server<S> {
         }
         drop(out_tx);
         let _ = writer.await;
+        if result.is_err() {
+            // Lingering close: closing a socket with unread input makes the kernel send a reset,
+            // which can destroy the Error frame before the peer reads it. Read (and discard)
+            // what the peer still sends, briefly, so it gets to see why.
+            let drain = async { while reader.read_frame().await.is_ok() {} };
+            let _ = tokio::time::timeout(LINGER, drain).await;
+        }
     }
 
     async fn serve(
