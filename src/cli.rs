@@ -557,10 +557,7 @@ async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
             a.keys.display()
         );
     }
-    let store = Arc::new(
-        crate::store::SqliteStore::open(&a.store)
-            .with_context(|| format!("cannot open the store {}", a.store.display()))?,
-    );
+    let store = Arc::new(open_store(&a.store)?);
     let config = ServerConfig {
         accept: match a.accept {
             AcceptArg::Both => Accept::Both,
@@ -619,17 +616,27 @@ async fn connect(conn: &ClientConn) -> Result<crate::client::Client> {
     .await?)
 }
 
-async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
-    let mut client = connect(&a.conn).await?;
-    let opts = SealOptions::mode(a.mode.into());
-    let input: Box<dyn Read + Send> = match (&a.text, &a.file) {
-        (Some(text), _) => Box::new(io::Cursor::new(text.clone().into_bytes())),
+/// The message of a send_msg: the text argument, or `--file` (`-` for stdin).
+fn message_input(text: Option<&str>, file: Option<&Path>) -> Result<Box<dyn Read + Send>> {
+    Ok(match (text, file) {
+        (Some(text), _) => Box::new(io::Cursor::new(text.as_bytes().to_vec())),
         (None, Some(p)) if p == Path::new("-") => Box::new(io::stdin()),
         (None, Some(p)) => {
             Box::new(File::open(p).with_context(|| format!("cannot open {}", p.display()))?)
         }
         (None, None) => bail!("give the message text or --file"),
-    };
+    })
+}
+
+fn open_store(path: &Path) -> Result<crate::store::SqliteStore> {
+    crate::store::SqliteStore::open(path)
+        .with_context(|| format!("cannot open the store {}", path.display()))
+}
+
+async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
+    let mut client = connect(&a.conn).await?;
+    let opts = SealOptions::mode(a.mode.into());
+    let input = message_input(a.text.as_deref(), a.file.as_deref())?;
     match client.send(input, opts).await {
         Ok(d) => {
             println!("message id {}", d.id);
@@ -731,17 +738,9 @@ async fn server_send(a: ServerSendArgs) -> Result<ExitCode> {
             a.to
         );
     };
-    let store = crate::store::SqliteStore::open(&a.store)
-        .with_context(|| format!("cannot open the store {}", a.store.display()))?;
+    let store = open_store(&a.store)?;
     let opts = SealOptions::mode(a.mode.into());
-    let input: Box<dyn Read + Send> = match (&a.text, &a.file) {
-        (Some(text), _) => Box::new(io::Cursor::new(text.clone().into_bytes())),
-        (None, Some(p)) if p == Path::new("-") => Box::new(io::stdin()),
-        (None, Some(p)) => {
-            Box::new(File::open(p).with_context(|| format!("cannot open {}", p.display()))?)
-        }
-        (None, None) => bail!("give the message text or --file"),
-    };
+    let input = message_input(a.text.as_deref(), a.file.as_deref())?;
     let sealed = crate::server::queue_for_client(&store, &identity, &to, input, &opts).await?;
     store.close().await?;
     println!(
@@ -753,8 +752,7 @@ async fn server_send(a: ServerSendArgs) -> Result<ExitCode> {
 
 async fn inbox(store_path: &Path, json: bool) -> Result<ExitCode> {
     use crate::store::Store;
-    let store = crate::store::SqliteStore::open(store_path)
-        .with_context(|| format!("cannot open the store {}", store_path.display()))?;
+    let store = open_store(store_path)?;
     let list = store.list_inbox().await?;
     let mode_name = |m: u8| Mode::from_byte(m).map_or("unknown", Mode::name);
     if json {
@@ -806,8 +804,7 @@ async fn read_inbox(
     use crate::store::Store;
     let identity: Arc<dyn Identity> = Arc::new(own_key(keys_dir, "server")?);
     let clients = keys::TrustList::load_clients(keys_dir)?;
-    let store = crate::store::SqliteStore::open(store_path)
-        .with_context(|| format!("cannot open the store {}", store_path.display()))?;
+    let store = open_store(store_path)?;
     let msg = store.find_inbox(id).await?;
     let trusted = |k: &keys::KeyId| clients.get(k).map(|t| t.key.clone());
     let opts = OpenOptions::default();

@@ -12,7 +12,7 @@ use aws_lc_rs::digest;
 use tracing::debug;
 use zeroize::Zeroizing;
 
-use super::seal::IO_BUF;
+use super::seal::{IO_BUF, for_each_read};
 use super::stream::{self, Stream, TAG_LEN};
 use super::{
     DEFAULT_ASYMMETRIC_LIMIT, HEADER_LEN, Header, HeaderError, Mode, OpenError, ack_tag,
@@ -406,19 +406,13 @@ pub fn open<R: Read, W: Write>(
         return Err(HeaderError::Truncated(got).into());
     }
     let mut opener = Opener::new(&header, identity, trusted, opts)?;
-    let mut buf = vec![0u8; IO_BUF];
     let mut out = Zeroizing::new(Vec::with_capacity(IO_BUF + 128 * 1024));
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        };
-        opener.update(&buf[..n], &mut out)?;
+    for_each_read(&mut input, |data| -> Result<(), OpenError> {
+        opener.update(data, &mut out)?;
         output.write_all(&out)?;
         out.clear();
-    }
+        Ok(())
+    })?;
     let opened = opener.finish(&mut out)?;
     output.write_all(&out)?;
     output.flush()?;

@@ -284,21 +284,32 @@ pub fn seal<R: Read, W: Write>(
 ) -> Result<Sealed, SealError> {
     let (mut sealer, prefix) = Sealer::new(sender.public(), recipient, opts)?;
     output.write_all(&prefix)?;
-    let mut buf = Zeroizing::new(vec![0u8; IO_BUF]);
     let mut out = Vec::with_capacity(IO_BUF + IO_BUF / 1024 * TAG_LEN + 64 * 1024);
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        };
-        sealer.update(&buf[..n], &mut out)?;
+    for_each_read(&mut input, |plain| -> Result<(), SealError> {
+        sealer.update(plain, &mut out)?;
         output.write_all(&out)?;
         out.clear();
-    }
+        Ok(())
+    })?;
     let sealed = sealer.finish(sender, &mut out)?;
     output.write_all(&out)?;
     output.flush()?;
     Ok(sealed)
+}
+
+/// Reads `input` to its end in [`IO_BUF`] pieces, handing each to `f`. The buffer is wiped
+/// afterwards: it held plaintext on the sealing side.
+pub(crate) fn for_each_read<R: Read, E: From<io::Error>>(
+    input: &mut R,
+    mut f: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut buf = Zeroizing::new(vec![0u8; IO_BUF]);
+    loop {
+        match input.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => f(&buf[..n])?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
