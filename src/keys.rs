@@ -64,8 +64,22 @@ pub enum KeyError {
     Invalid { what: String, detail: String },
     #[error("RSA key of {bits} bits refused: letterlock accepts {MIN_BITS} to {MAX_BITS} bits")]
     Size { bits: usize },
+    #[error(
+        "RSA key refused: it is smaller than {MIN_BITS} bits; make a new one with \
+         `letterlock keygen` (3072 bits by default)"
+    )]
+    TooSmall,
     #[error("the RSA operation failed")]
     Crypto,
+}
+
+/// aws-lc refuses undersized keys itself; say so in our words rather than "not a key".
+fn rejected(what: &str, e: aws_lc_rs::error::KeyRejected) -> KeyError {
+    if e.to_string() == "TooSmall" {
+        KeyError::TooSmall
+    } else {
+        invalid(what, e.to_string())
+    }
 }
 
 fn invalid(what: impl Into<String>, detail: impl Into<String>) -> KeyError {
@@ -126,14 +140,14 @@ impl PublicKey {
     pub fn from_der(der: &[u8]) -> Result<Self, KeyError> {
         // aws-lc's rsa::PublicKey accepts both encodings; re-encode as SPKI so the id is canonical.
         let parsed = aws_lc_rs::rsa::PublicKey::from_der(der)
-            .map_err(|e| invalid("not an RSA public key", e.to_string()))?;
+            .map_err(|e| rejected("not an RSA public key", e))?;
         let spki: PublicKeyX509Der = parsed.as_der().map_err(|_| KeyError::Crypto)?;
         Self::from_spki(spki.as_ref())
     }
 
     fn from_spki(spki: &[u8]) -> Result<Self, KeyError> {
         let enc = PublicEncryptingKey::from_der(spki)
-            .map_err(|e| invalid("not an RSA public key", e.to_string()))?;
+            .map_err(|e| rejected("not an RSA public key", e))?;
         check_bits(enc.key_size_bits())?;
         let oaep = OaepPublicEncryptingKey::new(enc).map_err(|_| KeyError::Crypto)?;
         Ok(PublicKey {
@@ -251,10 +265,9 @@ impl PrivateKey {
 
     /// Parses an unencrypted PKCS#8 `PrivateKeyInfo` DER.
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, KeyError> {
-        let signer = KeyPair::from_pkcs8(der)
-            .map_err(|e| invalid("not an RSA private key", e.to_string()))?;
+        let signer = KeyPair::from_pkcs8(der).map_err(|e| rejected("not an RSA private key", e))?;
         let dec = PrivateDecryptingKey::from_pkcs8(der)
-            .map_err(|e| invalid("not an RSA private key", e.to_string()))?;
+            .map_err(|e| rejected("not an RSA private key", e))?;
         check_bits(dec.key_size_bits())?;
         let public = PublicKey::from_der(signer.public_key().as_ref())?;
         let decrypter = OaepPrivateDecryptingKey::new(dec).map_err(|_| KeyError::Crypto)?;
@@ -274,8 +287,8 @@ impl PrivateKey {
         match tag.as_str() {
             "PRIVATE KEY" => Self::from_pkcs8(&der),
             "RSA PRIVATE KEY" => {
-                let pair = KeyPair::from_der(&der)
-                    .map_err(|e| invalid("not an RSA private key", e.to_string()))?;
+                let pair =
+                    KeyPair::from_der(&der).map_err(|e| rejected("not an RSA private key", e))?;
                 Self::from_pkcs8(&pkcs8_of(&pair)?)
             }
             "ENCRYPTED PRIVATE KEY" => Err(invalid(
