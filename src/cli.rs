@@ -131,6 +131,7 @@ struct ClientSendArgs {
     /// Send the contents of a file instead (`-` for stdin); any size in hybrid mode.
     #[arg(long)]
     file: Option<PathBuf>,
+    /// How to encrypt: hybrid (AES-256-GCM, any size) or asymmetric (RSA only, up to 1 MiB).
     #[arg(long, value_enum, default_value = "hybrid")]
     mode: ModeArg,
     #[command(flatten)]
@@ -236,6 +237,7 @@ struct ServerSendArgs {
     /// Send the contents of a file instead (`-` for stdin).
     #[arg(long)]
     file: Option<PathBuf>,
+    /// How to encrypt: hybrid (AES-256-GCM, any size) or asymmetric (RSA only, up to 1 MiB).
     #[arg(long, value_enum, default_value = "hybrid")]
     mode: ModeArg,
     #[arg(long, default_value = ".")]
@@ -270,6 +272,7 @@ struct SealArgs {
     /// The recipient's public key (only its private key can open the message).
     #[arg(long)]
     to: PathBuf,
+    /// How to encrypt: hybrid (AES-256-GCM, any size) or asymmetric (RSA only, up to 1 MiB).
     #[arg(long, value_enum, default_value = "hybrid")]
     mode: ModeArg,
     /// Where to write the sealed message (default: stdout).
@@ -379,27 +382,30 @@ fn keygen(dir: &Path, name: &str, bits: usize, force: bool) -> Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// Opens the input: a file, or stdin for `-` / nothing. Adds a progress bar for large files when
-/// stderr is a terminal.
+/// Opens the input: a file, or stdin for `-` / nothing.
 fn input(path: Option<&Path>) -> Result<Box<dyn Read>> {
     match path {
         None => Ok(Box::new(io::stdin().lock())),
         Some(p) if p == Path::new("-") => Ok(Box::new(io::stdin().lock())),
-        Some(p) => {
-            let file = File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
-            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-            if len > PROGRESS_THRESHOLD && io::stderr().is_terminal() {
-                let bar = indicatif::ProgressBar::new(len).with_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-                );
-                Ok(Box::new(bar.wrap_read(BufReader::new(file))))
-            } else {
-                Ok(Box::new(BufReader::new(file)))
-            }
-        }
+        Some(p) => Ok(file_reader(p)?),
+    }
+}
+
+/// A buffered file reader, with a progress bar on stderr for large files when stderr is a
+/// terminal (long transfers should show they are moving).
+fn file_reader(p: &Path) -> Result<Box<dyn Read + Send>> {
+    let file = File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > PROGRESS_THRESHOLD && io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(len).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Ok(Box::new(bar.wrap_read(BufReader::new(file))))
+    } else {
+        Ok(Box::new(BufReader::new(file)))
     }
 }
 
@@ -621,9 +627,7 @@ fn message_input(text: Option<&str>, file: Option<&Path>) -> Result<Box<dyn Read
     Ok(match (text, file) {
         (Some(text), _) => Box::new(io::Cursor::new(text.as_bytes().to_vec())),
         (None, Some(p)) if p == Path::new("-") => Box::new(io::stdin()),
-        (None, Some(p)) => {
-            Box::new(File::open(p).with_context(|| format!("cannot open {}", p.display()))?)
-        }
+        (None, Some(p)) => file_reader(p)?,
         (None, None) => bail!("give the message text or --file"),
     })
 }
