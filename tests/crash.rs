@@ -195,7 +195,7 @@ async fn sigkill_under_load_five_times() {
             "stored message unknown or altered"
         );
     }
-    let verified = verified.lock().unwrap();
+    let verified = verified.lock().unwrap().clone();
     let missing = verified
         .iter()
         .filter(|id| !count.contains_key(*id))
