@@ -198,7 +198,11 @@ impl<S: Store> Server<S> {
         // One writer task owns the socket's write half: acks of pipelined messages and
         // deliveries come from several tasks.
         let (out_tx, out_rx) = mpsc::channel::<Frame>(64);
-        let writer = tokio::spawn(write_loop(FrameWriter::new(w), out_rx));
+        let writer = tokio::spawn(write_loop(
+            FrameWriter::new(w),
+            out_rx,
+            self.config.idle_timeout,
+        ));
         let result = self.serve(&mut reader, &out_tx, peer, stop).await;
         if let Err(fail) = &result {
             debug!(%peer, error = %fail.message, "closing connection");
@@ -605,8 +609,13 @@ fn log_received(client: &Trusted, opened: &Opened, size: u64, preview: &[u8]) {
     }
 }
 
-/// The writer task: frames out, in order; stops after an `Error` frame.
-async fn write_loop(mut w: FrameWriter<OwnedWriteHalf>, mut rx: mpsc::Receiver<Frame>) {
+/// The writer task: frames out, in order; stops after an `Error` frame, or when the peer has not
+/// taken our bytes for `stall` (a peer that stops reading must not hold its slot forever).
+async fn write_loop(
+    mut w: FrameWriter<OwnedWriteHalf>,
+    mut rx: mpsc::Receiver<Frame>,
+    stall: Duration,
+) {
     while let Some(frame) = rx.recv().await {
         let is_error = matches!(frame, Frame::Error { .. });
         w.queue_frame(&frame);
@@ -614,8 +623,14 @@ async fn write_loop(mut w: FrameWriter<OwnedWriteHalf>, mut rx: mpsc::Receiver<F
         while let Ok(f) = rx.try_recv() {
             w.queue_frame(&f);
         }
-        if w.flush().await.is_err() || is_error {
-            break;
+        match tokio::time::timeout(stall, w.flush()).await {
+            Ok(Ok(())) if !is_error => {}
+            Ok(Ok(())) => break,
+            Ok(Err(_)) => break,
+            Err(_) => {
+                warn!("peer stopped reading; closing the connection");
+                break;
+            }
         }
     }
     let _ = w.shutdown().await;

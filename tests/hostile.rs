@@ -988,3 +988,61 @@ async fn client_that_stops_reading() {
     assert_no_server_panic();
     Arc::try_unwrap(server).ok().unwrap().stop().await;
 }
+
+/// A client that asks for a large delivery and then never reads it: the server's writes stall,
+/// and after the idle timeout it drops the connection and frees the slot for others.
+#[tokio::test]
+async fn a_stalled_reader_loses_its_connection_slot() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        max_connections: 1,
+        idle_timeout: Duration::from_secs(1),
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(dir.path(), config).await;
+    // 16 MiB waiting for the client: far more than socket buffers hold.
+    let server_key =
+        letterlock::keys::load_private(&common::keys_dir().join(format!("{SERVER}_private.pem")))
+            .unwrap();
+    let to = common::net::clients().by_name("client").unwrap().clone();
+    letterlock::server::queue_for_client(
+        server.store.as_ref(),
+        &server_key,
+        &to,
+        &vec![7u8; 16 << 20][..],
+        &SealOptions::default(),
+    )
+    .await
+    .unwrap();
+    let mut stalled = authed(&server.addr).await;
+    stalled.w.write_frame(&Frame::Fetch).await.unwrap();
+    // While the stalled connection holds the only slot, others are told "busy".
+    let t = Instant::now();
+    let mut good = loop {
+        match server.client(CLIENT).await {
+            Ok(c) => break c,
+            Err(ClientError::Refused {
+                code: ErrorCode::Unavailable,
+                ..
+            }) => {
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "the slot was never freed"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    eprintln!("slot freed {:?} after the reader stalled", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "freed before the timeout"
+    );
+    good.send(&b"served after the stall"[..], SealOptions::default())
+        .await
+        .unwrap();
+    drop(stalled);
+    server.stop().await;
+}
