@@ -399,15 +399,10 @@ impl<S: Store> Server<S> {
                 preview,
             })
         });
-        loop {
-            match self.next_data(reader).await? {
-                Some(data) => {
-                    if tx.send(data).await.is_err() {
-                        // The worker stopped: it failed; its error is reported below.
-                        break;
-                    }
-                }
-                None => break,
+        while let Some(data) = self.next_data(reader).await? {
+            if tx.send(data).await.is_err() {
+                // The worker stopped: it failed; its error is reported below.
+                break;
             }
         }
         drop(tx);
