@@ -765,7 +765,6 @@ async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
 }
 
 async fn server_send(a: ServerSendArgs) -> Result<ExitCode> {
-    use crate::store::{OutboxRecord, Store};
     let identity = own_key(&a.keys, "server")?;
     let clients = keys::TrustList::load_clients(&a.keys)?;
     let Some(to) = clients.by_name(&a.to).cloned() else {
@@ -786,21 +785,7 @@ async fn server_send(a: ServerSendArgs) -> Result<ExitCode> {
         }
         (None, None) => bail!("give the message text or --file"),
     };
-    let mut blob = store.blob_writer();
-    let sealed = envelope::seal(&identity, &to.key, &opts, input, &mut blob)?;
-    let body = blob.finish()?;
-    store
-        .enqueue_outbox(OutboxRecord {
-            recipient_key_id: to.key.id().0,
-            recipient_name: to.name.clone(),
-            message_id: sealed.header.message_id.0,
-            created: sealed.header.created,
-            mode: sealed.header.mode.to_byte(),
-            plaintext_len: sealed.plaintext_len,
-            expected_ack_tag: sealed.ack_tag,
-            body,
-        })
-        .await?;
+    let sealed = crate::server::queue_for_client(&store, &identity, &to, &opts, input).await?;
     store.close().await?;
     println!(
         "queued message {} for {} ({} bytes, {} mode); delivered at its next recv_msg",

@@ -666,3 +666,41 @@ fn store_fail(e: store::StoreError) -> Fail {
     warn!(error = %e, "store error");
     Fail::internal()
 }
+
+/// Why a message from the server could not be queued for a client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError {
+    #[error(transparent)]
+    Seal(#[from] envelope::SealError),
+    #[error("store error: {0}")]
+    Store(#[from] store::StoreError),
+}
+
+/// Seals `input` from the server (`identity`) to the trusted client `to` and queues it in the
+/// outbox, durably; a running server delivers it at that client's next fetch. Sealing is RSA
+/// and streaming I/O: call it where blocking briefly is acceptable (a command, a demo).
+pub async fn queue_for_client<S: Store>(
+    store: &S,
+    identity: &PrivateKey,
+    to: &Trusted,
+    opts: &envelope::SealOptions,
+    input: impl std::io::Read,
+) -> Result<envelope::Sealed, QueueError> {
+    let mut blob = store.blob_writer();
+    let sealed = envelope::seal(identity, &to.key, opts, input, &mut blob)?;
+    let body = blob.finish()?;
+    store
+        .enqueue_outbox(store::OutboxRecord {
+            recipient_key_id: to.key.id().0,
+            recipient_name: to.name.clone(),
+            message_id: sealed.header.message_id.0,
+            created: sealed.header.created,
+            mode: sealed.header.mode.to_byte(),
+            plaintext_len: sealed.plaintext_len,
+            expected_ack_tag: sealed.ack_tag,
+            body,
+        })
+        .await?;
+    Ok(sealed)
+}
