@@ -406,3 +406,79 @@ async fn expect_finds_base64_hex_and_utf16_plaintext() {
     let proxy = through_echo(&[b"ZZZZ".as_slice(), &utf16].concat()).await;
     assert!(proxy.search(PLAIN).found_as(Encoding::Utf16Le));
 }
+
+/// The command line, end to end: a live proxy stopped with SIGINT, then `--show` of its
+/// capture. Both exit 1 because the plaintext crossed in the clear.
+#[tokio::test]
+async fn command_line_proxy_captures_and_show_finds_plaintext() {
+    use tokio::io::AsyncBufReadExt;
+    let echo = echo_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("echo.cap");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_letterlock"))
+        .args(["intercept", "--listen", "127.0.0.1:0", "--upstream"])
+        .arg(echo.to_string())
+        .arg("--capture")
+        .arg(&capture)
+        .args(["--expect", PLAIN])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap();
+    let addr = first
+        .strip_prefix("intercepting ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(format!("GET /?q={PLAIN}\n").as_bytes())
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await.unwrap();
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push(line.clone());
+            if line.contains("FOUND") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "{seen:#?}");
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "a plaintext was found: exit 1");
+
+    let show = |expect: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_letterlock"))
+            .args(["intercept", "--show"])
+            .arg(&capture)
+            .args(["--expect", expect])
+            .output()
+            .unwrap()
+    };
+    let out = show(PLAIN);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("not letterlock frames"), "{text}");
+    assert!(text.contains("!!! FOUND !!!"), "{text}");
+    let out = show("never sent");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("plaintext not found"));
+}
