@@ -522,7 +522,7 @@ async fn attack(p: Paint, w: &World, tamper: Tamper, mode: Mode) -> Result<Check
         Err(e) => e.to_string(),
     };
     println!("  client:      {client_line}");
-    let stored = after - before;
+    let stored = after.saturating_sub(before);
     println!("  store:       {stored} new message(s) in the inbox");
     let (pass, how) = match tamper {
         // The original is the client's own, legitimately delivered; the replay must not be.
@@ -604,7 +604,7 @@ async fn mallory(p: Paint, w: &World, checks: &mut Vec<Check>) -> Result<(), Dem
         Err(e) => Err(e),
     };
     proxy.stop().await;
-    let stored = w.inbox_len().await? - before;
+    let stored = w.inbox_len().await?.saturating_sub(before);
     let pass = matches!(
         result,
         Err(ClientError::Refused {

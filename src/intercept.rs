@@ -795,7 +795,9 @@ impl Pump {
                         let message = std::mem::take(&mut self.held);
                         self.holding = false;
                         let message = self.tamper_message(mode, message);
+                        // frame_message ends with the SendEnd: this one is not forwarded again.
                         frame_message(&message, out);
+                        return;
                     }
                 }
             }
@@ -1376,6 +1378,7 @@ pub async fn command(o: Options) -> Result<ExitCode, InterceptError> {
     let _ = tokio::signal::ctrl_c().await;
     let result = o.expect.as_ref().map(|text| proxy.search(text));
     proxy.stop().await;
+    println!("stopped; over everything captured:");
     Ok(match result {
         Some(s) => expect_result(&s),
         None => ExitCode::SUCCESS,

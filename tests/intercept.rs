@@ -482,3 +482,39 @@ async fn command_line_proxy_captures_and_show_finds_plaintext() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("plaintext not found"));
 }
+
+/// An attack that cannot be placed is said so, and the message goes through byte for byte:
+/// the proxy re-frames a held message exactly once (one SendEnd), so the server accepts it.
+#[tokio::test]
+async fn an_attack_that_cannot_be_placed_forwards_the_message_unchanged() {
+    let rig = rig().await;
+    let proxy = proxy(&rig, Some(Tamper::Reorder)).await;
+    let mut client = connect(&proxy, CLIENT).await.unwrap();
+    // One STREAM chunk: nothing to swap.
+    let first = client
+        .send(
+            std::io::Cursor::new(b"short".to_vec()),
+            SealOptions::mode(Mode::Hybrid),
+        )
+        .await;
+    assert!(first.is_ok(), "{first:?}");
+    // The connection is still in step: a second message on it is delivered too.
+    let second = client
+        .send(
+            std::io::Cursor::new(b"again".to_vec()),
+            SealOptions::mode(Mode::Hybrid),
+        )
+        .await;
+    assert!(second.is_ok(), "{second:?}");
+    assert_eq!(not_tampered(&proxy).len(), 2, "{:?}", proxy.events());
+    assert!(tampered(&proxy, Tamper::Reorder).is_none());
+    assert!(
+        !proxy
+            .events()
+            .iter()
+            .any(|e| matches!(e, Event::ServerError { .. })),
+        "{:?}",
+        proxy.events()
+    );
+    assert_eq!(inbox_len(&rig).await, 2);
+}
