@@ -535,7 +535,8 @@ async fn attack(p: Paint, w: &World, tamper: Tamper, mode: Mode) -> Result<Check
         ),
         // The server stored it (the attack is on the way back); the client must not believe it.
         Tamper::ForgeAck => (
-            attacked && matches!(result, Err(ClientError::NotProven(_))),
+            attacked
+                && matches!(&result, Err(ClientError::NotProven(why)) if why.contains("wrong ack tag")),
             "client: delivery NOT proven (ack tag mismatch)".into(),
         ),
         _ => (
