@@ -381,6 +381,8 @@ pub enum InterceptError {
     Capture { path: PathBuf, source: io::Error },
     #[error("{} is not a letterlock capture: {reason}", path.display())]
     BadCapture { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Usage(&'static str),
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
 }
@@ -1350,9 +1352,9 @@ pub async fn command(o: Options) -> Result<ExitCode, InterceptError> {
         });
     }
     let (Some(listen), Some(upstream)) = (&o.listen, &o.upstream) else {
-        return Err(InterceptError::Io(io::Error::other(
+        return Err(InterceptError::Usage(
             "give --listen and --upstream, or --show FILE",
-        )));
+        ));
     };
     let proxy = Proxy::start(
         listen,
