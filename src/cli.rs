@@ -68,6 +68,37 @@ enum Command {
         #[command(subcommand)]
         command: Option<ServerCommand>,
     },
+    /// A keyless man-in-the-middle: relay, record and print frames, search for a plaintext,
+    /// or attack the traffic (--tamper).
+    Intercept(InterceptArgs),
+    /// The one-command tour: keys, a server, an interceptor, every attack, a PASS/FAIL table.
+    Demo,
+}
+
+#[derive(Args, Debug)]
+struct InterceptArgs {
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, required_unless_present = "show")]
+    listen: Option<String>,
+    /// The server to relay to.
+    #[arg(long, required_unless_present = "show")]
+    upstream: Option<String>,
+    /// Attack the traffic this way.
+    #[arg(long, value_enum)]
+    tamper: Option<crate::intercept::Tamper>,
+    /// Record every byte to FILE (print it later with --show FILE).
+    #[arg(long)]
+    capture: Option<PathBuf>,
+    /// Search the captured bytes for this plaintext (raw, UTF-16, base64, hex); exit 1 if found.
+    #[arg(long)]
+    expect: Option<String>,
+    /// The server's RSA modulus in bytes (256 for 2048 bits), to locate chunks for truncate
+    /// and reorder; default: assume the client's, seen in its Auth frame.
+    #[arg(long)]
+    key_bytes: Option<usize>,
+    /// Print a capture file instead of running a proxy.
+    #[arg(long, conflicts_with_all = ["listen", "upstream", "tamper", "capture", "key_bytes"])]
+    show: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -367,6 +398,18 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 keys,
             }) => trust(&public_key, &name, &keys),
         },
+        Command::Intercept(a) => Ok(runtime()?.block_on(crate::intercept::command(
+            crate::intercept::Options {
+                listen: a.listen,
+                upstream: a.upstream,
+                tamper: a.tamper,
+                capture: a.capture,
+                expect: a.expect,
+                key_bytes: a.key_bytes,
+                show: a.show,
+            },
+        ))?),
+        Command::Demo => Ok(runtime()?.block_on(crate::demo::run())?),
     }
 }
 

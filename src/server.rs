@@ -692,12 +692,13 @@ fn store_fail(e: store::StoreError) -> Fail {
     Fail::internal()
 }
 
-/// Why a message could not be queued for a client.
+/// Why a message from the server could not be queued for a client.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum QueueError {
     #[error(transparent)]
     Seal(#[from] envelope::SealError),
-    #[error(transparent)]
+    #[error("store error: {0}")]
     Store(#[from] store::StoreError),
 }
 

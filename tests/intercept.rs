@@ -1,0 +1,521 @@
+//! The interception proxy against a real in-process server: every attack is refused (nothing
+//! stored) or leaves the client without a proven delivery; the eavesdropper finds no plaintext
+//! in letterlock traffic, and does find it in traffic that is not encrypted.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use letterlock::client::{Client, ClientConfig, ClientError};
+use letterlock::envelope::{Mode, SealOptions};
+use letterlock::intercept::{self, Config, Direction, Encoding, Event, Proxy, Tamper};
+use letterlock::keys::{self, Identity, TrustList};
+use letterlock::server::{Server, ServerConfig};
+use letterlock::store::{SqliteStore, Store};
+use letterlock::wire::ErrorCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+const SERVER: &str = "bob2048";
+const CLIENT: &str = "alice2048";
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A server on 127.0.0.1:0 with its store in a temporary folder, trusting the client key.
+struct Rig {
+    _dir: tempfile::TempDir,
+    store: Arc<SqliteStore>,
+    addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path().join("server.db")).unwrap());
+    let mut clients = TrustList::new();
+    clients.add("alice", common::public(CLIENT)).unwrap();
+    common::private(SERVER); // tightens the file's mode
+    let identity =
+        keys::load_private(&common::keys_dir().join(format!("{SERVER}_private.pem"))).unwrap();
+    let server = Arc::new(Server::new(
+        identity,
+        clients,
+        store.clone(),
+        ServerConfig::default(),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.run(listener, async {
+        let _ = stopped.await;
+    }));
+    Rig {
+        _dir: dir,
+        store,
+        addr,
+        _stop: stop,
+    }
+}
+
+async fn proxy(rig: &Rig, tamper: Option<Tamper>) -> Proxy {
+    Proxy::start(
+        "127.0.0.1:0",
+        &rig.addr.to_string(),
+        Config {
+            tamper,
+            ..Config::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn connect(proxy: &Proxy, who: &str) -> Result<Client, ClientError> {
+    let identity: Arc<dyn Identity> = common::private(who);
+    Client::connect(
+        &proxy.local_addr().to_string(),
+        identity,
+        common::public(SERVER),
+        ClientConfig {
+            timeout: WAIT,
+            ..ClientConfig::default()
+        },
+    )
+    .await
+}
+
+/// A secret long enough for several chunks in both modes: 4 STREAM chunks of 1 KiB (hybrid),
+/// 5 OAEP blocks (asymmetric, 2048-bit keys).
+fn secret(mode: Mode) -> (Vec<u8>, SealOptions) {
+    let text = "the vault code is 4-8-15-16-23-42. ";
+    match mode {
+        Mode::Hybrid => (
+            text.repeat(90).into_bytes(),
+            SealOptions {
+                chunk_size: 1024,
+                ..SealOptions::mode(Mode::Hybrid)
+            },
+        ),
+        Mode::Asymmetric => (
+            text.repeat(18).into_bytes(),
+            SealOptions::mode(Mode::Asymmetric),
+        ),
+    }
+}
+
+async fn inbox_len(rig: &Rig) -> usize {
+    rig.store.list_inbox().await.unwrap().len()
+}
+
+fn tampered(proxy: &Proxy, mode: Tamper) -> Option<String> {
+    proxy.events().into_iter().find_map(|e| match e {
+        Event::Tampered {
+            mode: m, detail, ..
+        } if m == mode => Some(detail),
+        _ => None,
+    })
+}
+
+fn not_tampered(proxy: &Proxy) -> Vec<String> {
+    proxy
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::NotTampered { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A message attack: the server refuses it with an Error frame the proxy sees, stores
+/// nothing, and the client has no delivery.
+async fn message_attack(tamper: Tamper, mode: Mode) {
+    let rig = rig().await;
+    let proxy = proxy(&rig, Some(tamper)).await;
+    let mut client = connect(&proxy, CLIENT).await.unwrap();
+    let (plain, opts) = secret(mode);
+    let result = client.send(std::io::Cursor::new(plain), opts).await;
+    assert!(
+        not_tampered(&proxy).is_empty(),
+        "attack not made: {:?}",
+        not_tampered(&proxy)
+    );
+    assert!(
+        tampered(&proxy, tamper).is_some(),
+        "no tamper event: {:?}",
+        proxy.events()
+    );
+    match result {
+        Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::Refused),
+        other => panic!("{tamper} on {mode}: expected a refusal, got {other:?}"),
+    }
+    let error = proxy
+        .wait_for(|e| matches!(e, Event::ServerError { .. }), WAIT)
+        .await;
+    assert!(
+        matches!(
+            error,
+            Some(Event::ServerError {
+                code: ErrorCode::Refused,
+                ..
+            })
+        ),
+        "{error:?}"
+    );
+    assert_eq!(
+        inbox_len(&rig).await,
+        0,
+        "{tamper} on {mode}: something was stored"
+    );
+}
+
+#[tokio::test]
+async fn untampered_traffic_is_delivered_and_carries_no_plaintext() {
+    let rig = rig().await;
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("traffic.cap");
+    let proxy = Proxy::start(
+        "127.0.0.1:0",
+        &rig.addr.to_string(),
+        Config {
+            capture: Some(capture.clone()),
+            ..Config::default()
+        },
+    )
+    .await
+    .unwrap();
+    for mode in [Mode::Asymmetric, Mode::Hybrid] {
+        let mut client = connect(&proxy, CLIENT).await.unwrap();
+        let (plain, opts) = secret(mode);
+        let delivery = client.send(std::io::Cursor::new(plain), opts).await;
+        assert!(delivery.is_ok(), "{mode}: {delivery:?}");
+    }
+    assert_eq!(inbox_len(&rig).await, 2);
+    let closed = |n| move |e: &Event| matches!(e, Event::Closed { conn } if *conn == n);
+    assert!(proxy.wait_for(closed(1), WAIT).await.is_some());
+    assert!(proxy.wait_for(closed(2), WAIT).await.is_some());
+    for needle in ["the vault code is 4-8-15-16-23-42", "4-8-15-16-23-42"] {
+        let s = proxy.search(needle);
+        assert!(!s.is_found(), "{s}");
+        assert!(s.scanned > 4000, "{s}");
+    }
+    // The frames were recognised, and the file holds exactly what was captured.
+    let kinds: Vec<&str> = proxy
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Frame(f) => Some(f.kind),
+            _ => None,
+        })
+        .collect();
+    for k in ["Hello", "Auth", "Ready", "Send", "SendEnd", "Ack"] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    let records = proxy.records();
+    proxy.stop().await;
+    assert_eq!(intercept::read_capture(&capture).unwrap(), records);
+    let described = intercept::describe(&records, letterlock::wire::DEFAULT_MAX_FRAME);
+    let sends: Vec<_> = described
+        .iter()
+        .filter_map(|e| match e {
+            Event::Frame(f) if f.kind == "Send" => Some(f.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sends.len(), 2);
+    assert!(sends.iter().all(|f| f.entropy > 7.0), "{sends:?}");
+}
+
+macro_rules! message_attacks {
+    ($($name:ident: $tamper:expr, $mode:expr;)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            message_attack($tamper, $mode).await;
+        }
+    )*};
+}
+
+message_attacks! {
+    flip_hybrid_is_refused: Tamper::Flip, Mode::Hybrid;
+    flip_asymmetric_is_refused: Tamper::Flip, Mode::Asymmetric;
+    flip_header_hybrid_is_refused: Tamper::FlipHeader, Mode::Hybrid;
+    flip_header_asymmetric_is_refused: Tamper::FlipHeader, Mode::Asymmetric;
+    truncate_hybrid_is_refused: Tamper::Truncate, Mode::Hybrid;
+    truncate_asymmetric_is_refused: Tamper::Truncate, Mode::Asymmetric;
+    reorder_hybrid_is_refused: Tamper::Reorder, Mode::Hybrid;
+    reorder_asymmetric_is_refused: Tamper::Reorder, Mode::Asymmetric;
+    spoof_sender_hybrid_is_refused: Tamper::SpoofSender, Mode::Hybrid;
+    spoof_sender_asymmetric_is_refused: Tamper::SpoofSender, Mode::Asymmetric;
+}
+
+#[tokio::test]
+async fn replay_on_a_fresh_connection_fails_at_authentication() {
+    let rig = rig().await;
+    let proxy = proxy(&rig, Some(Tamper::Replay)).await;
+    let mut client = connect(&proxy, CLIENT).await.unwrap();
+    let (plain, opts) = secret(Mode::Hybrid);
+    // The original goes through: the attacker only watches it.
+    assert!(client.send(std::io::Cursor::new(plain), opts).await.is_ok());
+    drop(client);
+    let replayed = proxy
+        .wait_for(|e| matches!(e, Event::Replayed { .. }), WAIT)
+        .await;
+    let Some(Event::Replayed { conn, accepted, .. }) = replayed else {
+        panic!("no replay: {:?}", proxy.events());
+    };
+    assert!(!accepted);
+    assert!(
+        proxy.events().iter().any(|e| matches!(
+            e,
+            Event::ServerError { conn: c, code: ErrorCode::AuthFailed, .. } if *c == conn
+        )),
+        "{:?}",
+        proxy.events()
+    );
+    // The replayed bytes did reach the server: a Send frame went out on the replay connection.
+    let replayed_bytes: usize = proxy
+        .records()
+        .iter()
+        .filter(|r| r.conn == conn && r.dir == Direction::ToServer)
+        .map(|r| r.bytes.len())
+        .sum();
+    assert!(replayed_bytes > 3000, "{replayed_bytes}");
+    assert_eq!(inbox_len(&rig).await, 1, "only the original is stored");
+}
+
+#[tokio::test]
+async fn forged_ack_leaves_delivery_unproven() {
+    let rig = rig().await;
+    let proxy = proxy(&rig, Some(Tamper::ForgeAck)).await;
+    let mut client = connect(&proxy, CLIENT).await.unwrap();
+    let (plain, opts) = secret(Mode::Hybrid);
+    let result = client.send(std::io::Cursor::new(plain), opts).await;
+    // Not proven because the tag is wrong, not because the connection failed.
+    assert!(
+        matches!(&result, Err(ClientError::NotProven(why)) if why.contains("wrong ack tag")),
+        "{result:?}"
+    );
+    assert!(tampered(&proxy, Tamper::ForgeAck).is_some());
+    // The server did receive it (the attack is on the way back); the client just cannot
+    // tell, so it does not claim delivery.
+    assert_eq!(inbox_len(&rig).await, 1);
+}
+
+#[tokio::test]
+async fn untrusted_client_is_refused_at_the_handshake() {
+    let rig = rig().await;
+    let proxy = proxy(&rig, None).await;
+    let result = connect(&proxy, "mallory").await;
+    assert!(
+        matches!(
+            result,
+            Err(ClientError::Refused {
+                code: ErrorCode::AuthFailed,
+                ..
+            })
+        ),
+        "{:?}",
+        result.err()
+    );
+    assert_eq!(inbox_len(&rig).await, 0);
+}
+
+/// A test-only echo server.
+async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `payload` through a fresh proxy to the echo server; returns the proxy once the
+/// connection closed.
+async fn through_echo(payload: &[u8]) -> Proxy {
+    let echo = echo_server().await;
+    let proxy = Proxy::start(
+        "127.0.0.1:0",
+        &echo.to_string(),
+        Config {
+            expect: Some(PLAIN.into()),
+            ..Config::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut s = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    s.write_all(payload).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, payload, "the proxy relays unchanged");
+    assert!(
+        proxy
+            .wait_for(|e| matches!(e, Event::Expect(_)), WAIT)
+            .await
+            .is_some()
+    );
+    proxy
+}
+
+const PLAIN: &str = "attack at dawn, bring the maps";
+
+#[tokio::test]
+async fn expect_finds_raw_plaintext() {
+    let proxy = through_echo(format!("hello! {PLAIN}\n").as_bytes()).await;
+    let s = proxy.search(PLAIN);
+    assert!(s.found_as(Encoding::Raw), "{s}");
+    assert!(s.to_string().contains("FOUND"));
+    // Both ways: the echo sent it back.
+    let dirs: Vec<_> = s.found.iter().map(|f| f.dir).collect();
+    assert!(dirs.contains(&Direction::ToServer) && dirs.contains(&Direction::ToClient));
+    assert!(
+        proxy
+            .events()
+            .iter()
+            .any(|e| matches!(e, Event::Raw { .. }))
+    );
+}
+
+#[tokio::test]
+async fn expect_finds_base64_hex_and_utf16_plaintext() {
+    use base64::Engine;
+    for prefix in ["", "x", "xy"] {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{prefix}{PLAIN}"));
+        let proxy = through_echo(format!("token={encoded}\n").as_bytes()).await;
+        let s = proxy.search(PLAIN);
+        assert!(
+            s.found
+                .iter()
+                .any(|f| matches!(f.encoding, Encoding::Base64(_))),
+            "prefix {prefix:?}: {s}"
+        );
+        assert!(!s.found_as(Encoding::Raw), "{s}");
+    }
+    let proxy = through_echo(format!("data={}", hex::encode_upper(PLAIN)).as_bytes()).await;
+    assert!(proxy.search(PLAIN).found_as(Encoding::HexUpper));
+    let utf16: Vec<u8> = PLAIN.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let proxy = through_echo(&[b"ZZZZ".as_slice(), &utf16].concat()).await;
+    assert!(proxy.search(PLAIN).found_as(Encoding::Utf16Le));
+}
+
+/// The command line, end to end: a live proxy stopped with SIGINT, then `--show` of its
+/// capture. Both exit 1 because the plaintext crossed in the clear.
+#[tokio::test]
+async fn command_line_proxy_captures_and_show_finds_plaintext() {
+    use tokio::io::AsyncBufReadExt;
+    let echo = echo_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("echo.cap");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_letterlock"))
+        .args(["intercept", "--listen", "127.0.0.1:0", "--upstream"])
+        .arg(echo.to_string())
+        .arg("--capture")
+        .arg(&capture)
+        .args(["--expect", PLAIN])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap();
+    let addr = first
+        .strip_prefix("intercepting ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(format!("GET /?q={PLAIN}\n").as_bytes())
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await.unwrap();
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push(line.clone());
+            if line.contains("FOUND") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "{seen:#?}");
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "a plaintext was found: exit 1");
+
+    let show = |expect: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_letterlock"))
+            .args(["intercept", "--show"])
+            .arg(&capture)
+            .args(["--expect", expect])
+            .output()
+            .unwrap()
+    };
+    let out = show(PLAIN);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("not letterlock frames"), "{text}");
+    assert!(text.contains("!!! FOUND !!!"), "{text}");
+    let out = show("never sent");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("plaintext not found"));
+}
+
+/// An attack that cannot be placed is said so, and the message goes through byte for byte:
+/// the proxy re-frames a held message exactly once (one SendEnd), so the server accepts it.
+#[tokio::test]
+async fn an_attack_that_cannot_be_placed_forwards_the_message_unchanged() {
+    let rig = rig().await;
+    let proxy = proxy(&rig, Some(Tamper::Reorder)).await;
+    let mut client = connect(&proxy, CLIENT).await.unwrap();
+    // One STREAM chunk: nothing to swap.
+    let first = client
+        .send(
+            std::io::Cursor::new(b"short".to_vec()),
+            SealOptions::mode(Mode::Hybrid),
+        )
+        .await;
+    assert!(first.is_ok(), "{first:?}");
+    // The connection is still in step: a second message on it is delivered too.
+    let second = client
+        .send(
+            std::io::Cursor::new(b"again".to_vec()),
+            SealOptions::mode(Mode::Hybrid),
+        )
+        .await;
+    assert!(second.is_ok(), "{second:?}");
+    assert_eq!(not_tampered(&proxy).len(), 2, "{:?}", proxy.events());
+    assert!(tampered(&proxy, Tamper::Reorder).is_none());
+    assert!(
+        !proxy
+            .events()
+            .iter()
+            .any(|e| matches!(e, Event::ServerError { .. })),
+        "{:?}",
+        proxy.events()
+    );
+    assert_eq!(inbox_len(&rig).await, 2);
+}
