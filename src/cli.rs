@@ -363,6 +363,7 @@ fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(io::stderr)
         .with_target(false)
+        .with_ansi(io::stderr().is_terminal())
         .try_init();
 }
 
