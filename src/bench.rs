@@ -365,7 +365,7 @@ fn rate_on(
         Ok(rates)
     };
     let results: Vec<Result<Vec<f64>, BenchError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads).map(|_| s.spawn(&one_thread)).collect();
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(one_thread)).collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or(Err(BenchError::Crypto)))
