@@ -81,7 +81,7 @@ impl BenchOptions {
         if self.quick {
             Duration::from_millis(40)
         } else {
-            Duration::from_millis(300)
+            Duration::from_millis(1000)
         }
     }
 
@@ -188,6 +188,8 @@ pub struct EnvelopeRow {
     pub seal_pass_mb_s: f64,
     /// Peak RSS while this row ran (KiB), where it was measured (1 GiB rows).
     pub peak_rss_kib: Option<u64>,
+    /// RSS when the row began (KiB): resident before it, part of the peak.
+    pub rss_before_kib: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -245,6 +247,8 @@ pub struct BigSend {
     pub mb_s: f64,
     /// Peak RSS while sending and receiving it (server and client in this one process).
     pub peak_rss_kib: u64,
+    /// RSS when the send began (KiB): resident before it, part of the peak.
+    pub rss_before_kib: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -536,6 +540,7 @@ fn measure_envelope(
                 bound_mb_s: 0.0,
                 of_bound: 0.0,
                 peak_rss_kib: None,
+                rss_before_kib: None,
             };
             let skip = match mode {
                 Mode::Asymmetric if size > DEFAULT_ASYMMETRIC_LIMIT => Some(format!(
@@ -570,6 +575,7 @@ fn measure_envelope(
                 r.bound_mb_s = r.bound_msgs_s * size as f64 / MB;
                 r.of_bound = r.msgs_s / r.bound_msgs_s;
                 r.peak_rss_kib = m.peak_rss_kib;
+                r.rss_before_kib = m.rss_before_kib;
                 rows.push(r);
             }
         }
@@ -590,6 +596,7 @@ fn measure_envelope(
 
 struct Measured {
     timing: Timing,
+    rss_before_kib: Option<u64>,
     peak_rss_kib: Option<u64>,
 }
 
@@ -625,6 +632,7 @@ fn in_memory_round_trip(
     let seal = Measured {
         timing,
         peak_rss_kib: None,
+        rss_before_kib: None,
     };
     let identity: Arc<dyn Identity> = bob.clone();
     let open_opts = OpenOptions::default();
@@ -650,6 +658,7 @@ fn in_memory_round_trip(
     let open = Measured {
         timing,
         peak_rss_kib: None,
+        rss_before_kib: None,
     };
     Ok((seal, open))
 }
@@ -665,7 +674,7 @@ fn streamed_round_trip(
 ) -> Result<(Measured, Measured), BenchError> {
     let seal_opts = SealOptions::mode(mode);
     let recipient = bob.public().clone();
-    reset_peak_rss();
+    let rss_before_kib = reset_peak_rss();
     let timing = repeat(opts.min_time(), |_| {
         let sealed = envelope::seal(
             alice.as_ref(),
@@ -679,6 +688,7 @@ fn streamed_round_trip(
     let seal = Measured {
         timing,
         peak_rss_kib: peak_rss_kib(),
+        rss_before_kib,
     };
     let file = tempfile::tempfile()?;
     let mut writer = io::BufWriter::new(file);
@@ -692,7 +702,7 @@ fn streamed_round_trip(
     let mut file = writer.into_inner().map_err(|e| e.into_error())?;
     let identity: Arc<dyn Identity> = bob.clone();
     let sender = alice.public().clone();
-    reset_peak_rss();
+    let rss_before_kib = reset_peak_rss();
     let timing = repeat(opts.min_time(), |_| {
         io::Seek::rewind(&mut file)?;
         // The signature covers SHA-256 of the plaintext, so a message that opens is the one
@@ -709,6 +719,7 @@ fn streamed_round_trip(
     let open = Measured {
         timing,
         peak_rss_kib: peak_rss_kib(),
+        rss_before_kib,
     };
     Ok((seal, open))
 }
@@ -886,7 +897,7 @@ async fn server_section(opts: &BenchOptions) -> Result<ServerReport, BenchError>
     } else {
         progress("  one 1 GiB message");
         let mut client = connect().await?;
-        reset_peak_rss();
+        let rss_before_kib = reset_peak_rss().unwrap_or(0);
         let t = Instant::now();
         let delivery = client
             .send(Generated::new(GIB), SealOptions::default())
@@ -898,6 +909,7 @@ async fn server_section(opts: &BenchOptions) -> Result<ServerReport, BenchError>
             seconds,
             mb_s: GIB as f64 / MB / seconds,
             peak_rss_kib: peak_rss_kib().unwrap_or(0),
+            rss_before_kib,
         })
     };
 
@@ -1070,9 +1082,11 @@ fn goals(
 }
 
 /// Resets the kernel's peak-RSS mark of this process (`/proc/self/clear_refs`, value 5), so the
-/// next [`peak_rss_kib`] covers only what ran in between.
-fn reset_peak_rss() {
+/// next [`peak_rss_kib`] covers only what ran in between. Returns the RSS at that moment (KiB):
+/// the floor of the peak that follows, resident before the phase began.
+fn reset_peak_rss() -> Option<u64> {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+    status_kib("VmRSS:")
 }
 
 /// Peak RSS since the last reset (VmHWM), in KiB.
@@ -1081,8 +1095,12 @@ fn peak_rss_kib() -> Option<u64> {
 }
 
 fn process_peak_rss_kib() -> Option<u64> {
+    status_kib("VmHWM:")
+}
+
+fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -1292,11 +1310,13 @@ pub fn table(r: &Report) -> String {
         Some(big) => {
             let _ = writeln!(
                 s,
-                "  one {} message client -> server: {:.1} s, {:.0} MB/s, peak RSS {:.1} MiB",
+                "  one {} message client -> server: {:.1} s, {:.0} MB/s, peak RSS {:.1} MiB \
+                 ({:.1} MiB resident before it began)",
                 human_size(big.bytes),
                 big.seconds,
                 big.mb_s,
-                big.peak_rss_kib as f64 / 1024.0
+                big.peak_rss_kib as f64 / 1024.0,
+                big.rss_before_kib as f64 / 1024.0
             );
         }
         None => {
