@@ -73,6 +73,8 @@ enum Command {
     Intercept(InterceptArgs),
     /// The one-command tour: keys, a server, an interceptor, every attack, a PASS/FAIL table.
     Demo,
+    /// Measure seal, open and the server on this machine, each beside the bound it could reach.
+    Bench(BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -99,6 +101,22 @@ struct InterceptArgs {
     /// Print a capture file instead of running a proxy.
     #[arg(long, conflicts_with_all = ["listen", "upstream", "tamper", "capture", "key_bytes"])]
     show: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// A reduced set (smaller sizes, fewer iterations, no 1 GiB): well under 30 s in release.
+    #[arg(long)]
+    quick: bool,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also draw throughput against message size as an SVG.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// RSA key size of the keys the bench generates.
+    #[arg(long, default_value_t = keys::DEFAULT_BITS)]
+    bits: usize,
 }
 
 #[derive(Args, Debug)]
@@ -377,6 +395,21 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::Seal(a) => seal(a),
         Command::Open(a) => open(a),
+        Command::Bench(a) => {
+            let report = crate::bench::run(&crate::bench::BenchOptions {
+                quick: a.quick,
+                bits: a.bits,
+            })?;
+            if let Some(path) = &a.plot {
+                crate::bench::plot(&report, path)?;
+            }
+            if a.json {
+                crate::bench::write_json(&report, io::stdout().lock())?;
+            } else {
+                print!("{}", crate::bench::table(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Client { command } => match command {
             ClientCommand::GenerateKeyPair(a) => keygen(&a.keys, "client", a.bits, a.force),
             ClientCommand::SendMsg(a) => runtime()?.block_on(client_send(a)),

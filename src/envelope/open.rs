@@ -189,9 +189,29 @@ impl Opener {
                             debug!("a hybrid chunk failed authentication");
                             OpenError::Verification
                         })?;
-                        tail.extend_from_slice(plain);
+                        let sig_len = self.sender.modulus_len();
+                        if plain.len() < sig_len {
+                            tail.extend_from_slice(plain);
+                            buf.clear();
+                            self.release(out)?;
+                            continue;
+                        }
+                        // Release `tail || plain` but its last signature-length bytes straight
+                        // from the decrypted chunk, without first copying the chunk into `tail`.
+                        let cut = plain.len() - sig_len;
+                        self.released += (tail.len() + cut) as u64;
+                        if self.released > self.max_plaintext {
+                            return Err(OpenError::TooLarge {
+                                limit: self.max_plaintext,
+                            });
+                        }
+                        self.hasher.update(tail);
+                        out.extend_from_slice(tail);
+                        self.hasher.update(&plain[..cut]);
+                        out.extend_from_slice(&plain[..cut]);
+                        tail.clear();
+                        tail.extend_from_slice(&plain[cut..]);
                         buf.clear();
-                        self.release(out)?;
                         continue;
                     }
                     let take = (sealed_chunk - buf.len()).min(input.len());

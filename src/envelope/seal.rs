@@ -236,6 +236,20 @@ impl Sealer {
                         out.extend_from_slice(tag.as_ref());
                         pending.clear();
                     }
+                    if pending.is_empty() && data.len() > *chunk {
+                        // A whole chunk with more data after it: seal it straight from `data`
+                        // rather than copying it into `pending` first.
+                        let (now, rest) = data.split_at(*chunk);
+                        let start = out.len();
+                        out.reserve(*chunk + TAG_LEN);
+                        out.extend_from_slice(now);
+                        let tag = stream
+                            .seal_chunk(&mut out[start..], false)
+                            .map_err(|_| SealError::Crypto)?;
+                        out.extend_from_slice(tag.as_ref());
+                        data = rest;
+                        continue;
+                    }
                     let take = (*chunk - pending.len()).min(data.len());
                     let (now, rest) = data.split_at(take);
                     pending.extend_from_slice(now);
