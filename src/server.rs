@@ -100,6 +100,9 @@ pub struct Server<S> {
     config: ServerConfig,
 }
 
+/// Most bytes the writer task gathers into one write (many small acks, or a few deliveries).
+const WRITE_BATCH: usize = 1024 * 1024;
+
 /// How long a connection that failed keeps reading so the peer can receive our Error frame.
 const LINGER: Duration = Duration::from_millis(500);
 
@@ -617,11 +620,18 @@ async fn write_loop(
     stall: Duration,
 ) {
     while let Some(frame) = rx.recv().await {
-        let is_error = matches!(frame, Frame::Error { .. });
+        let mut is_error = matches!(frame, Frame::Error { .. });
         w.queue_frame(&frame);
-        // Batch whatever else is ready into the same write.
-        while let Ok(f) = rx.try_recv() {
-            w.queue_frame(&f);
+        // Batch whatever else is ready into the same write, up to a bound: a delivery keeps
+        // the channel full, and an unbounded batch would hold the whole message.
+        while w.queued() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(f) => {
+                    is_error |= matches!(f, Frame::Error { .. });
+                    w.queue_frame(&f);
+                }
+                Err(_) => break,
+            }
         }
         match tokio::time::timeout(stall, w.flush()).await {
             Ok(Ok(())) if !is_error => {}

@@ -470,6 +470,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         frame.encode(&mut self.out);
     }
 
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.out.len()
+    }
+
     /// Writes everything queued.
     pub async fn flush(&mut self) -> Result<(), ConnError> {
         self.stream.write_all(&self.out).await?;
