@@ -56,10 +56,8 @@ pub struct Opener {
     header_bytes: [u8; HEADER_LEN],
     /// The trusted sender's key, for the final verification.
     sender: PublicKey,
-    /// SHA-256 of the plaintext released so far.
-    hasher: digest::Context,
-    released: u64,
-    max_plaintext: u64,
+    /// The decrypted data block on its way out.
+    plain: DataBlock,
     body: Body,
 }
 
@@ -75,8 +73,6 @@ enum Body {
         /// The sealed chunk being assembled (at most chunk + tag bytes).
         buf: Vec<u8>,
         chunk: usize,
-        /// Decrypted bytes held back: the last signature-length bytes of the data block.
-        tail: Zeroizing<Vec<u8>>,
     },
     /// Asymmetric: the whole body, bounded, since the chunk count is only known at the end.
     Asymmetric {
@@ -86,6 +82,65 @@ enum Body {
     },
     /// A failure happened; every later call fails the same way.
     Failed,
+}
+
+/// The decrypted data block (`plaintext || signature`) as it arrives: everything but the last
+/// signature-length bytes is plaintext and goes out (and into the hash); those last bytes are
+/// held back, because until the end we cannot know they are the signature.
+struct DataBlock {
+    /// The held-back bytes: at most `sig_len` of them.
+    tail: Zeroizing<Vec<u8>>,
+    sig_len: usize,
+    /// SHA-256 of the plaintext released so far, for the transcript.
+    hasher: digest::Context,
+    released: u64,
+    max_plaintext: u64,
+}
+
+impl DataBlock {
+    /// Takes newly decrypted bytes; releases all of `tail || data` but its last `sig_len`.
+    fn push(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), OpenError> {
+        let total = self.tail.len() + data.len();
+        if total <= self.sig_len {
+            self.tail.extend_from_slice(data);
+            return Ok(());
+        }
+        let release = total - self.sig_len;
+        self.released += release as u64;
+        if self.released > self.max_plaintext {
+            return Err(OpenError::TooLarge {
+                limit: self.max_plaintext,
+            });
+        }
+        let from_tail = release.min(self.tail.len());
+        let from_data = release - from_tail;
+        for part in [&self.tail[..from_tail], &data[..from_data]] {
+            self.hasher.update(part);
+            out.extend_from_slice(part);
+        }
+        self.tail.drain(..from_tail);
+        self.tail.extend_from_slice(&data[from_data..]);
+        Ok(())
+    }
+
+    /// The end of the data block: the held-back bytes are the signature; check it.
+    fn verify(
+        &mut self,
+        header_bytes: &[u8; HEADER_LEN],
+        sender: &PublicKey,
+    ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+        let signature = std::mem::take(&mut self.tail);
+        let t = transcript(
+            header_bytes,
+            self.released,
+            self.hasher.clone().finish().as_ref(),
+        );
+        if signature.len() != self.sig_len || !sender.verify_pss(&t, &signature) {
+            debug!("the signature did not verify");
+            return Err(OpenError::Verification);
+        }
+        Ok(signature)
+    }
 }
 
 impl Opener {
@@ -114,6 +169,7 @@ impl Opener {
                 sender: header.sender,
             });
         }
+        let sig_len = sender.modulus_len();
         let (body, max_plaintext) = match header.mode {
             Mode::Hybrid => (
                 Body::WrappedKey {
@@ -126,9 +182,7 @@ impl Opener {
                 let limit = opts.asymmetric_limit.min(opts.max_plaintext);
                 let k = identity.public().modulus_len() as u64;
                 let per_chunk = identity.public().max_oaep_plaintext() as u64;
-                let chunks = limit
-                    .saturating_add(sender.modulus_len() as u64)
-                    .div_ceil(per_chunk);
+                let chunks = limit.saturating_add(sig_len as u64).div_ceil(per_chunk);
                 let max_len = usize::try_from(chunks.saturating_mul(k)).unwrap_or(usize::MAX);
                 (
                     Body::Asymmetric {
@@ -144,9 +198,13 @@ impl Opener {
             header,
             header_bytes,
             sender,
-            hasher: digest::Context::new(&digest::SHA256),
-            released: 0,
-            max_plaintext,
+            plain: DataBlock {
+                tail: Zeroizing::new(Vec::with_capacity(sig_len)),
+                sig_len,
+                hasher: digest::Context::new(&digest::SHA256),
+                released: 0,
+                max_plaintext,
+            },
             body,
         })
     }
@@ -176,12 +234,7 @@ impl Opener {
                         self.body = self.unwrap_key()?;
                     }
                 }
-                Body::Stream {
-                    stream,
-                    buf,
-                    chunk,
-                    tail,
-                } => {
+                Body::Stream { stream, buf, chunk } => {
                     let sealed_chunk = *chunk + TAG_LEN;
                     if buf.len() == sealed_chunk {
                         // More bytes follow, so this chunk is not the final one.
@@ -189,30 +242,8 @@ impl Opener {
                             debug!("a hybrid chunk failed authentication");
                             OpenError::Verification
                         })?;
-                        let sig_len = self.sender.modulus_len();
-                        if plain.len() < sig_len {
-                            tail.extend_from_slice(plain);
-                            buf.clear();
-                            self.release(out)?;
-                            continue;
-                        }
-                        // Release `tail || plain` but its last signature-length bytes straight
-                        // from the decrypted chunk, without first copying the chunk into `tail`.
-                        let cut = plain.len() - sig_len;
-                        self.released += (tail.len() + cut) as u64;
-                        if self.released > self.max_plaintext {
-                            return Err(OpenError::TooLarge {
-                                limit: self.max_plaintext,
-                            });
-                        }
-                        self.hasher.update(tail);
-                        out.extend_from_slice(tail);
-                        self.hasher.update(&plain[..cut]);
-                        out.extend_from_slice(&plain[..cut]);
-                        tail.clear();
-                        tail.extend_from_slice(&plain[cut..]);
+                        self.plain.push(plain, out)?;
                         buf.clear();
-                        continue;
                     }
                     let take = (sealed_chunk - buf.len()).min(input.len());
                     buf.extend_from_slice(&input[..take]);
@@ -221,7 +252,7 @@ impl Opener {
                 Body::Asymmetric { buf, max_len, .. } => {
                     if buf.len().saturating_add(input.len()) > *max_len {
                         return Err(OpenError::TooLarge {
-                            limit: self.max_plaintext,
+                            limit: self.plain.max_plaintext,
                         });
                     }
                     buf.extend_from_slice(input);
@@ -244,10 +275,7 @@ impl Opener {
             OpenError::Verification
         })?;
         let content_key: &[u8; stream::KEY_LEN] = key.as_slice().try_into().map_err(|_| {
-            debug!(
-                len = key.len(),
-                "the wrapped content key has the wrong length"
-            );
+            debug!(len = key.len(), "the wrapped content key has the wrong length");
             OpenError::Verification
         })?;
         let payload = stream::payload_key(content_key, &self.header.message_id.0)
@@ -257,37 +285,13 @@ impl Opener {
             stream: Stream::new(&payload, hh).map_err(|_| OpenError::Verification)?,
             buf: Vec::with_capacity(chunk + TAG_LEN),
             chunk,
-            tail: Zeroizing::new(Vec::with_capacity(chunk + self.sender.modulus_len())),
         })
-    }
-
-    /// Moves decrypted bytes beyond the held-back signature into `out` and the hash.
-    fn release(&mut self, out: &mut Vec<u8>) -> Result<(), OpenError> {
-        let sig_len = self.sender.modulus_len();
-        let Body::Stream { tail, .. } = &mut self.body else {
-            return Ok(());
-        };
-        if tail.len() <= sig_len {
-            return Ok(());
-        }
-        let n = tail.len() - sig_len;
-        self.released += n as u64;
-        if self.released > self.max_plaintext {
-            return Err(OpenError::TooLarge {
-                limit: self.max_plaintext,
-            });
-        }
-        self.hasher.update(&tail[..n]);
-        out.extend_from_slice(&tail[..n]);
-        tail.drain(..n);
-        Ok(())
     }
 
     /// Ends the message: decrypts what remains, verifies the signature. Only when this returns
     /// `Ok` is the plaintext authentic.
     pub fn finish(mut self, out: &mut Vec<u8>) -> Result<Opened, OpenError> {
-        let body = std::mem::replace(&mut self.body, Body::Failed);
-        let signature: Zeroizing<Vec<u8>> = match body {
+        let signature = match std::mem::replace(&mut self.body, Body::Failed) {
             Body::WrappedKey { .. } | Body::Failed => {
                 debug!("the message ended before its body");
                 return Err(OpenError::Verification);
@@ -295,9 +299,9 @@ impl Opener {
             Body::Stream {
                 mut stream,
                 mut buf,
-                chunk,
-                mut tail,
+                ..
             } => {
+                // The final chunk holds at least one byte: the signature is in it.
                 if buf.len() <= TAG_LEN {
                     debug!("the stream ended without a final chunk");
                     return Err(OpenError::Verification);
@@ -306,64 +310,25 @@ impl Opener {
                     debug!("the final hybrid chunk failed authentication");
                     OpenError::Verification
                 })?;
-                tail.extend_from_slice(plain);
-                self.body = Body::Stream {
-                    stream,
-                    buf: Vec::new(),
-                    chunk,
-                    tail,
-                };
-                self.release(out)?;
-                match std::mem::replace(&mut self.body, Body::Failed) {
-                    Body::Stream { tail, .. } => tail,
-                    _ => return Err(OpenError::Verification),
-                }
+                self.plain.push(plain, out)?;
+                self.plain.verify(&self.header_bytes, &self.sender)?
             }
             Body::Asymmetric { identity, buf, .. } => {
-                let mut data = self.open_asymmetric(identity.as_ref(), &buf)?;
-                let sig_len = self.sender.modulus_len();
-                let n = data.len().saturating_sub(sig_len);
-                if (n as u64) > self.max_plaintext {
-                    return Err(OpenError::TooLarge {
-                        limit: self.max_plaintext,
-                    });
-                }
-                self.hasher.update(&data[..n]);
-                self.released = n as u64;
-                let signature = Zeroizing::new(data.split_off(n));
-                // Released only after the signature verifies, below.
-                let t = transcript(
-                    &self.header_bytes,
-                    self.released,
-                    self.hasher.clone().finish().as_ref(),
-                );
-                if signature.len() != sig_len || !self.sender.verify_pss(&t, &signature) {
-                    debug!("the signature did not verify");
-                    return Err(OpenError::Verification);
-                }
-                out.extend_from_slice(&data);
-                return Ok(self.opened(&signature));
+                let data = self.open_asymmetric(identity.as_ref(), &buf)?;
+                // Asymmetric plaintext is released only after the signature verified.
+                let mut staged = Zeroizing::new(Vec::with_capacity(data.len()));
+                self.plain.push(&data, &mut staged)?;
+                let signature = self.plain.verify(&self.header_bytes, &self.sender)?;
+                out.extend_from_slice(&staged);
+                signature
             }
         };
-        let t = transcript(
-            &self.header_bytes,
-            self.released,
-            self.hasher.clone().finish().as_ref(),
-        );
-        if signature.len() != self.sender.modulus_len() || !self.sender.verify_pss(&t, &signature) {
-            debug!("the signature did not verify");
-            return Err(OpenError::Verification);
-        }
-        Ok(self.opened(&signature))
-    }
-
-    fn opened(&self, signature: &[u8]) -> Opened {
-        Opened {
+        Ok(Opened {
             header: self.header,
             header_bytes: self.header_bytes,
-            plaintext_len: self.released,
-            ack_tag: ack_tag(signature, &self.header_bytes),
-        }
+            plaintext_len: self.plain.released,
+            ack_tag: ack_tag(&signature, &self.header_bytes),
+        })
     }
 
     /// Decrypts every RSA-OAEP chunk and checks that the chunking is the one a sealer makes:
@@ -396,11 +361,7 @@ impl Opener {
                 plain.len() == max
             };
             if !well_formed {
-                debug!(
-                    index,
-                    len = plain.len(),
-                    "an asymmetric chunk has the wrong length"
-                );
+                debug!(index, len = plain.len(), "an asymmetric chunk has the wrong length");
                 return Err(OpenError::Verification);
             }
             data.extend_from_slice(&plain);
