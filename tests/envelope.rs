@@ -19,7 +19,15 @@ fn round_trip(mode: Mode, sender: &str, recipient: &str, len: usize) {
 
 #[test]
 fn hybrid_sizes_around_chunk_boundaries() {
-    for len in [0, 1, 318, 64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1, 1024 * 1024 + 17] {
+    for len in [
+        0,
+        1,
+        318,
+        64 * 1024 - 1,
+        64 * 1024,
+        64 * 1024 + 1,
+        1024 * 1024 + 17,
+    ] {
         round_trip(Mode::Hybrid, "alice3072", "bob3072", len);
     }
 }
@@ -29,7 +37,15 @@ fn asymmetric_sizes_around_oaep_limit() {
     // k - 66 for a 3072-bit key is 318; the data block adds a 384-byte signature.
     let k_minus_66 = public("bob3072").max_oaep_plaintext();
     assert_eq!(k_minus_66, 318);
-    for len in [0, 1, k_minus_66 - 1, k_minus_66, k_minus_66 + 1, 2 * k_minus_66 - 384, 5000] {
+    for len in [
+        0,
+        1,
+        k_minus_66 - 1,
+        k_minus_66,
+        k_minus_66 + 1,
+        2 * k_minus_66 - 384,
+        5000,
+    ] {
         round_trip(Mode::Asymmetric, "alice3072", "bob3072", len);
     }
 }
