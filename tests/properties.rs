@@ -15,6 +15,15 @@ use proptest::prelude::*;
 const ALICE: &str = "alice2048";
 const BOB: &str = "bob2048";
 
+/// `default` cases, or `PROPTEST_CASES` when set (an explicit count in a config would
+/// otherwise override the environment).
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn mode() -> impl Strategy<Value = Mode> {
     prop_oneof![Just(Mode::Hybrid), Just(Mode::Asymmetric)]
 }
@@ -80,7 +89,7 @@ fn apply(sealed: &[u8], m: &Mutation) -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(64), ..ProptestConfig::default() })]
 
     #[test]
     fn random_messages_round_trip(
@@ -122,7 +131,7 @@ fn many_mutations_of_one_message_never_open() {
         let sealed = seal(mode, chunk.max(1024), &plain);
         assert_eq!(bob_opens(&sealed).unwrap(), plain);
         let mut runner = TestRunner::new(Config {
-            cases: 1000,
+            cases: cases(1000),
             ..Config::default()
         });
         runner
