@@ -102,7 +102,7 @@ fn fixed_header(recipient: &PrivateKey, sender: &PublicKey, mode: Mode) -> [u8; 
 ///
 /// The first input byte steers: bit 0 set (hybrid) puts the fixture's valid wrapped content key
 /// first, so the rest reaches the STREAM decoder; bits 1..8 pick the size of the pieces fed to
-/// `update` (1 to 128 bytes, 0 = all at once), exercising every split of the streaming state.
+/// `update` (1 to 127 bytes, 0 = all at once), exercising every split of the streaming state.
 /// Checks: no panic; the only errors possible after a valid header are `Verification` and
 /// `TooLarge`; an accepted message released exactly `plaintext_len` bytes. Returns whether
 /// the message was accepted (only valid seeds are).
