@@ -69,10 +69,14 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ]
 }
 
-/// Applies `m`; the result always differs from `sealed`.
+/// Applies `m`; the result differs from a non-empty `sealed`.
 fn apply(sealed: &[u8], m: &Mutation) -> Vec<u8> {
     let mut out = sealed.to_vec();
     let len = sealed.len();
+    // A previous mutation may have truncated everything: only insertion applies to nothing.
+    if len == 0 && !matches!(m, Mutation::Insert { .. }) {
+        return out;
+    }
     match m {
         Mutation::Flip { at, bit } => out[at % len] ^= 1 << bit,
         Mutation::Truncate { at } => out.truncate(at % len),
