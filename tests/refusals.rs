@@ -246,6 +246,14 @@ fn chunk_surgery(mode: Mode) {
             cases.push((format!("chunks {i} and {j} swapped"), c.join()));
         }
     }
+    // A chunk from another message of the same sender, recipient and length, spliced in at the
+    // same position: another message id and header, so another payload key and label.
+    let other = Cut::new(&several_chunks(mode), mode);
+    for i in 0..n {
+        let mut c = Cut::new(&sealed, mode);
+        c.chunks[i] = other.chunks[i].clone();
+        cases.push((format!("chunk {i} from another message"), c.join()));
+    }
     // Extensions: a copy of a chunk, bytes, a whole block of zeros after the final chunk.
     for i in 0..n {
         let mut m = sealed.clone();
