@@ -275,7 +275,10 @@ impl Opener {
             OpenError::Verification
         })?;
         let content_key: &[u8; stream::KEY_LEN] = key.as_slice().try_into().map_err(|_| {
-            debug!(len = key.len(), "the wrapped content key has the wrong length");
+            debug!(
+                len = key.len(),
+                "the wrapped content key has the wrong length"
+            );
             OpenError::Verification
         })?;
         let payload = stream::payload_key(content_key, &self.header.message_id.0)
@@ -361,7 +364,11 @@ impl Opener {
                 plain.len() == max
             };
             if !well_formed {
-                debug!(index, len = plain.len(), "an asymmetric chunk has the wrong length");
+                debug!(
+                    index,
+                    len = plain.len(),
+                    "an asymmetric chunk has the wrong length"
+                );
                 return Err(OpenError::Verification);
             }
             data.extend_from_slice(&plain);

@@ -1,0 +1,4 @@
+//! `Header::parse` on arbitrary bytes; what parses re-encodes to the same bytes.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| letterlock::fuzzing::header(data));

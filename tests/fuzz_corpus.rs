@@ -1,0 +1,224 @@
+//! Replays every file of the committed fuzz corpora (`fuzz/corpus/<target>/`) through the same
+//! functions the fuzz targets call (`letterlock::fuzzing`), so a regression a fuzzer once
+//! exercised shows up in `cargo test`. docs/FUZZING.md says how the corpora were made.
+//!
+//! `cargo test --test fuzz_corpus -- --ignored write_seed_corpora` rewrites the hand-made seeds
+//! (valid messages and headers for the fixed keys) that fuzzing starts from.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use aws_lc_rs::digest;
+use common::{private, public};
+use letterlock::envelope::stream::{self, Stream};
+use letterlock::envelope::{
+    HEADER_LEN, Mode, SealOptions, armor::ArmorWriter, chunk_label, header_hash, transcript,
+};
+use letterlock::fuzzing::{self, Fixture};
+use letterlock::keys::Identity;
+
+/// Bob receives, Alice is trusted: the keys the open targets embed.
+fn fixture() -> &'static Fixture {
+    static FX: OnceLock<Fixture> = OnceLock::new();
+    FX.get_or_init(|| Fixture::new(private("bob2048"), public("alice2048")))
+}
+
+fn corpus_dir(target: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target)
+}
+
+/// Every file of one target's corpus; fails if the corpus is missing or empty.
+fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = corpus_dir(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "{} is empty", dir.display());
+    files
+        .into_iter()
+        .map(|p| {
+            let data = std::fs::read(&p).unwrap();
+            (p, data)
+        })
+        .collect()
+}
+
+/// Runs `f` on every corpus file, naming the file if it panics.
+fn replay(target: &str, f: impl Fn(&[u8])) {
+    for (path, data) in corpus(target) {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&data)));
+        assert!(result.is_ok(), "{target}: {} panicked", path.display());
+    }
+}
+
+/// Replays an open target's corpus; the corpus must keep at least one input each entry point
+/// accepts, so the replay covers the success path as well as the refusals.
+fn replay_open(target: &str, mode: Mode) {
+    let accepted = std::sync::Mutex::new((0, 0));
+    replay(target, |d| {
+        let after = fuzzing::open_after_header(fixture(), mode, d);
+        let whole = fuzzing::open_whole(fixture(), d);
+        let mut a = accepted.lock().unwrap();
+        a.0 += usize::from(after);
+        a.1 += usize::from(whole);
+    });
+    let (after, whole) = *accepted.lock().unwrap();
+    assert!(
+        after > 0 && whole > 0,
+        "{target}: accepted {after} after a header, {whole} whole"
+    );
+}
+
+#[test]
+fn replay_header_corpus() {
+    replay("header", fuzzing::header);
+}
+
+#[test]
+fn replay_open_hybrid_corpus() {
+    replay_open("open_hybrid", Mode::Hybrid);
+}
+
+#[test]
+fn replay_open_asymmetric_corpus() {
+    replay_open("open_asymmetric", Mode::Asymmetric);
+}
+
+#[test]
+fn replay_armor_corpus() {
+    replay("armor", fuzzing::armor);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seeds
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    digest::digest(&digest::SHA256, data).as_ref().to_vec()
+}
+
+/// A valid body for `fuzzing::open_after_header`: plaintext || Alice's signature over the
+/// fixture's header, encrypted as the sealer would (hybrid: after the fixture's wrapped key).
+fn body_after_fixed_header(mode: Mode, plain: &[u8]) -> Vec<u8> {
+    let fx = fixture();
+    let header: [u8; HEADER_LEN] = fx.header(mode);
+    let hh = header_hash(&header);
+    let sig = private("alice2048")
+        .sign(&transcript(&header, plain.len() as u64, &sha256(plain)))
+        .unwrap();
+    let block = [plain, &sig[..]].concat();
+    let mut out = Vec::new();
+    match mode {
+        Mode::Hybrid => {
+            // Steering byte: bit 0 = the fixture's wrapped key comes first; 0x07 = 3-byte pieces.
+            out.push(0x07);
+            let key = stream::payload_key(&Fixture::CONTENT_KEY, &[0x11; 16]).unwrap();
+            let mut s = Stream::new(&key, hh).unwrap();
+            let chunks: Vec<&[u8]> = block.chunks(1024).collect();
+            for (i, c) in chunks.iter().enumerate() {
+                let mut c = c.to_vec();
+                let tag = s.seal_chunk(&mut c, i + 1 == chunks.len()).unwrap();
+                out.extend_from_slice(&c);
+                out.extend_from_slice(tag.as_ref());
+            }
+        }
+        Mode::Asymmetric => {
+            out.push(0x00);
+            let bob = public("bob2048");
+            let max = bob.max_oaep_plaintext();
+            let count = block.len().div_ceil(max) as u32;
+            for (i, c) in (0u32..).zip(block.chunks(max)) {
+                out.extend_from_slice(&bob.encrypt_oaep(c, &chunk_label(&hh, i, count)).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn sealed(mode: Mode, plain: &[u8]) -> Vec<u8> {
+    let opts = SealOptions {
+        mode,
+        chunk_size: 1024,
+        ..SealOptions::default()
+    };
+    common::seal(
+        private("alice2048").as_ref(),
+        &public("bob2048"),
+        &opts,
+        plain,
+    )
+}
+
+/// The seeds must themselves be accepted by the targets' functions, so fuzzing starts from
+/// inputs that reach the end of every path.
+#[test]
+fn seeds_open() {
+    for mode in [Mode::Hybrid, Mode::Asymmetric] {
+        let plain = common::data(1500);
+        let body = body_after_fixed_header(mode, &plain);
+        assert!(fuzzing::open_after_header(fixture(), mode, &body), "{mode}");
+        assert!(
+            fuzzing::open_whole(fixture(), &sealed(mode, &plain)),
+            "{mode}"
+        );
+        // One flipped bit and neither accepts.
+        let mut bad = body.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert!(!fuzzing::open_after_header(fixture(), mode, &bad), "{mode}");
+        let fx = fixture();
+        let header = fx.header(mode);
+        let mut whole = header.to_vec();
+        if mode == Mode::Hybrid {
+            whole.extend_from_slice(fx.wrapped_key());
+        }
+        whole.extend_from_slice(&body[1..]);
+        assert_eq!(
+            common::open(private("bob2048"), &public("alice2048"), &whole).unwrap(),
+            plain,
+            "{mode}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "writes the seed corpora; run by hand"]
+fn write_seed_corpora() {
+    let write = |target: &str, name: &str, data: &[u8]| {
+        let dir = corpus_dir(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("seed-{name}")), data).unwrap();
+    };
+    for (target, mode) in [
+        ("open_hybrid", Mode::Hybrid),
+        ("open_asymmetric", Mode::Asymmetric),
+    ] {
+        for len in [0, 100, 1500] {
+            let plain = common::data(len);
+            write(target, &format!("sealed-{len}"), &sealed(mode, &plain));
+            write(
+                target,
+                &format!("body-{len}"),
+                &body_after_fixed_header(mode, &plain),
+            );
+        }
+        let header = fixture().header(mode);
+        write("header", &format!("{mode}"), &header);
+        write("header", &format!("{mode}-long"), &sealed(mode, b"hi"));
+    }
+    write("header", "short", &fixture().header(Mode::Hybrid)[..50]);
+    for len in [0, 100] {
+        let mut w = ArmorWriter::new(Vec::new());
+        std::io::Write::write_all(&mut w, &sealed(Mode::Hybrid, &common::data(len))).unwrap();
+        write("armor", &format!("sealed-{len}"), &w.finish().unwrap());
+    }
+    write(
+        "armor",
+        "crlf",
+        b"\r\n-----BEGIN LETTERLOCK MESSAGE-----\r\nTEVUUkxPQ0s=\r\n-----END LETTERLOCK MESSAGE-----\r\n",
+    );
+}

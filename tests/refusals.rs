@@ -1,0 +1,657 @@
+//! Refusals (issue #2's list, issue #6 item 2): a tampered, truncated, extended, reordered,
+//! misaddressed or forwarded message never opens, never panics, and fails with the right error:
+//! header problems are `OpenError::Header(..)`, routing problems `NotForUs` / `UntrustedSender`,
+//! and every cryptographic failure the one opaque `OpenError::Verification`.
+//!
+//! 2048-bit keys throughout keep the exhaustive bit-flip sweeps fast (each flip costs an RSA
+//! decryption); the sweeps are split across the available cores.
+
+mod common;
+
+use std::sync::Arc;
+
+use aws_lc_rs::digest;
+use common::{data, private, public};
+use letterlock::envelope::{
+    self, HEADER_LEN, Header, HeaderError, MessageId, Mode, OpenError, OpenOptions, SealOptions,
+    chunk_label, header_hash,
+    stream::{self, Stream, TAG_LEN},
+    transcript,
+};
+use letterlock::keys::{Identity, KeyId, PrivateKey, PublicKey};
+
+const ALICE: &str = "alice2048";
+const BOB: &str = "bob2048";
+/// A third party: the victim of a forwarded message, and a recipient that is not Bob.
+const CAROL: &str = "bob3072";
+const MALLORY: &str = "mallory";
+/// Bytes of a 2048-bit RSA block: the wrapped key, each OAEP chunk, and the signature.
+const K: usize = 256;
+/// Hybrid chunk size for the multi-chunk tests.
+const CHUNK: usize = 1024;
+
+fn hybrid_opts(chunk_size: u32) -> SealOptions {
+    SealOptions {
+        chunk_size,
+        ..SealOptions::mode(Mode::Hybrid)
+    }
+}
+
+/// Alice's message of `len` bytes to Bob.
+fn seal_to_bob(opts: &SealOptions, len: usize) -> Vec<u8> {
+    common::seal(private(ALICE).as_ref(), &public(BOB), opts, &data(len))
+}
+
+/// Opens as Bob trusting Alice.
+fn bob_opens(sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+    common::open(private(BOB), &public(ALICE), sealed)
+}
+
+/// Opens as `recipient` with a custom trust function.
+fn open_with(
+    recipient: Arc<PrivateKey>,
+    trusted: impl FnOnce(&KeyId) -> Option<PublicKey>,
+    sealed: &[u8],
+) -> Result<Vec<u8>, OpenError> {
+    envelope::open_to_vec(recipient, trusted, &OpenOptions::default(), sealed)
+        .map(|(plain, _)| plain.to_vec())
+}
+
+#[track_caller]
+fn assert_verification(result: Result<Vec<u8>, OpenError>, what: &str) {
+    match result {
+        Err(OpenError::Verification) => {}
+        Ok(_) => panic!("{what}: ACCEPTED"),
+        Err(e) => panic!("{what}: expected Verification, got {e:?}"),
+    }
+}
+
+/// Runs `f(i)` for every `i` in `0..n`, split across the available cores. Panics inside `f`
+/// (failed assertions, or a panic in the library) fail the test.
+fn par_for(n: usize, f: impl Fn(usize) + Sync) {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let f = &f;
+            s.spawn(move || (t..n).step_by(threads).for_each(f));
+        }
+    });
+}
+
+/// The error a single-bit flip at `byte` must give, from the header layout in `header.rs`.
+fn expected_for_flip(byte: usize, err: &OpenError) -> bool {
+    match byte {
+        0..8 => matches!(err, OpenError::Header(HeaderError::Magic)),
+        8 => matches!(err, OpenError::Header(HeaderError::Version(_))),
+        // 1 <-> 2 differ in two bits: one flip never turns one valid mode into the other.
+        9 => matches!(err, OpenError::Header(HeaderError::Mode(_))),
+        10..12 => matches!(err, OpenError::Header(HeaderError::Reserved)),
+        12..44 => matches!(err, OpenError::UntrustedSender { .. }),
+        44..76 => matches!(err, OpenError::NotForUs { .. }),
+        // Message id and time: authenticated (signature, AAD, labels), not checked by parsing.
+        76..100 => matches!(err, OpenError::Verification),
+        // Hybrid: a power of two with one bit flipped is zero or has two bits set; asymmetric:
+        // anything but zero.
+        100..104 => matches!(err, OpenError::Header(HeaderError::ChunkSize(..))),
+        _ => matches!(err, OpenError::Verification),
+    }
+}
+
+fn every_bit_flip(mode: Mode, expected_len: usize) {
+    let opts = hybrid_opts(64 * 1024);
+    let opts = SealOptions { mode, ..opts };
+    let sealed = seal_to_bob(&opts, 100);
+    assert_eq!(sealed.len(), expected_len, "{mode} layout");
+    assert_eq!(bob_opens(&sealed).unwrap(), data(100), "{mode} control");
+    par_for(sealed.len() * 8, |bit| {
+        let mut m = sealed.clone();
+        m[bit / 8] ^= 1 << (bit % 8);
+        match bob_opens(&m) {
+            Ok(_) => panic!("{mode}: flip of bit {bit} ACCEPTED"),
+            Err(e) => assert!(
+                expected_for_flip(bit / 8, &e),
+                "{mode}: flip of bit {bit} (byte {}) gave {e:?}",
+                bit / 8
+            ),
+        }
+    });
+}
+
+#[test]
+fn hybrid_every_bit_flip_refused() {
+    // header || wrapped key || one final chunk: 100 plaintext + 256 signature + 16 tag.
+    every_bit_flip(Mode::Hybrid, HEADER_LEN + K + 100 + K + TAG_LEN);
+}
+
+#[test]
+fn asymmetric_every_bit_flip_refused() {
+    // 100 + 256 = 356 bytes of data block in two OAEP chunks (190 + 166).
+    every_bit_flip(Mode::Asymmetric, HEADER_LEN + 2 * K);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chunk surgery
+
+/// A sealed message cut at its chunk boundaries: the prefix (header, and for hybrid the wrapped
+/// key) and each chunk as sealed.
+struct Cut {
+    prefix: Vec<u8>,
+    chunks: Vec<Vec<u8>>,
+}
+
+impl Cut {
+    fn new(sealed: &[u8], mode: Mode) -> Cut {
+        let (prefix_len, chunk) = match mode {
+            Mode::Hybrid => (HEADER_LEN + K, CHUNK + TAG_LEN),
+            Mode::Asymmetric => (HEADER_LEN, K),
+        };
+        Cut {
+            prefix: sealed[..prefix_len].to_vec(),
+            chunks: sealed[prefix_len..]
+                .chunks(chunk)
+                .map(<[u8]>::to_vec)
+                .collect(),
+        }
+    }
+
+    fn join(&self) -> Vec<u8> {
+        let mut out = self.prefix.clone();
+        self.chunks.iter().for_each(|c| out.extend_from_slice(c));
+        out
+    }
+
+    /// Offsets where a chunk (or the prefix's parts) starts, and the total length.
+    fn boundaries(&self) -> Vec<usize> {
+        let mut b = vec![0, HEADER_LEN, self.prefix.len()];
+        let mut at = self.prefix.len();
+        for c in &self.chunks {
+            at += c.len();
+            b.push(at);
+        }
+        b.dedup();
+        b
+    }
+}
+
+/// A message with several chunks: hybrid 4000 bytes in 1 KiB chunks (4256-byte data block:
+/// four full chunks and a final one of 160), asymmetric 1000 bytes (1256 bytes: seven chunks).
+fn several_chunks(mode: Mode) -> Vec<u8> {
+    let opts = SealOptions {
+        mode,
+        ..hybrid_opts(CHUNK as u32)
+    };
+    let sealed = seal_to_bob(&opts, if mode == Mode::Hybrid { 4000 } else { 1000 });
+    let n = Cut::new(&sealed, mode).chunks.len();
+    assert_eq!(n, if mode == Mode::Hybrid { 5 } else { 7 }, "{mode}");
+    sealed
+}
+
+fn truncations(mode: Mode) {
+    let sealed = several_chunks(mode);
+    let plain = if mode == Mode::Hybrid { 4000 } else { 1000 };
+    assert_eq!(bob_opens(&sealed).unwrap(), data(plain));
+    let cut = Cut::new(&sealed, mode);
+    let bounds = cut.boundaries();
+    assert_eq!(*bounds.last().unwrap(), sealed.len());
+    // Every boundary and its neighbours, the tag of each chunk cut off, and mid-chunk.
+    let mut points = Vec::new();
+    for w in bounds.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        points.extend([a, a + 1, (a + b) / 2, b - TAG_LEN, b - 1]);
+    }
+    points.retain(|&p| p < sealed.len());
+    points.sort_unstable();
+    points.dedup();
+    assert!(points.len() > 20, "{mode}: {} cut points", points.len());
+    par_for(points.len(), |i| {
+        let at = points[i];
+        let result = bob_opens(&sealed[..at]);
+        if at < HEADER_LEN {
+            assert!(
+                matches!(result, Err(OpenError::Header(HeaderError::Truncated(n))) if n == at),
+                "{mode}: truncated to {at}: {result:?}"
+            );
+        } else {
+            assert_verification(result, &format!("{mode}: truncated to {at}"));
+        }
+    });
+}
+
+#[test]
+fn hybrid_truncation_refused() {
+    truncations(Mode::Hybrid);
+}
+
+#[test]
+fn asymmetric_truncation_refused() {
+    truncations(Mode::Asymmetric);
+}
+
+fn chunk_surgery(mode: Mode) {
+    let sealed = several_chunks(mode);
+    let cut = Cut::new(&sealed, mode);
+    assert_eq!(cut.join(), sealed);
+    let n = cut.chunks.len();
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..n {
+        let mut c = Cut::new(&sealed, mode);
+        c.chunks.remove(i);
+        cases.push((format!("chunk {i} dropped"), c.join()));
+        let mut c = Cut::new(&sealed, mode);
+        c.chunks.insert(i, c.chunks[i].clone());
+        cases.push((format!("chunk {i} repeated"), c.join()));
+        for j in i + 1..n {
+            let mut c = Cut::new(&sealed, mode);
+            c.chunks.swap(i, j);
+            cases.push((format!("chunks {i} and {j} swapped"), c.join()));
+        }
+    }
+    // A chunk from another message of the same sender, recipient and length, spliced in at the
+    // same position: another message id and header, so another payload key and label.
+    let other = Cut::new(&several_chunks(mode), mode);
+    for i in 0..n {
+        let mut c = Cut::new(&sealed, mode);
+        c.chunks[i] = other.chunks[i].clone();
+        cases.push((format!("chunk {i} from another message"), c.join()));
+    }
+    // Extensions: a copy of a chunk, bytes, a whole block of zeros after the final chunk.
+    for i in 0..n {
+        let mut m = sealed.clone();
+        m.extend_from_slice(&cut.chunks[i]);
+        cases.push((format!("chunk {i} appended"), m));
+    }
+    for extra in [1, TAG_LEN, TAG_LEN + 1, K, CHUNK + TAG_LEN] {
+        let mut m = sealed.clone();
+        m.resize(m.len() + extra, 0);
+        cases.push((format!("{extra} zero bytes appended"), m));
+    }
+    par_for(cases.len(), |i| {
+        assert_verification(bob_opens(&cases[i].1), &format!("{mode}: {}", cases[i].0));
+    });
+}
+
+#[test]
+fn hybrid_dropped_repeated_swapped_appended_chunks_refused() {
+    chunk_surgery(Mode::Hybrid);
+}
+
+#[test]
+fn asymmetric_dropped_repeated_swapped_appended_chunks_refused() {
+    chunk_surgery(Mode::Asymmetric);
+}
+
+/// Anyone can encrypt to Bob: an extra OAEP chunk with a correct label for its own position
+/// (index n of n + 1) still fails, because the n chunks before it were labelled "of n".
+#[test]
+fn asymmetric_well_labelled_extra_chunk_refused() {
+    let sealed = several_chunks(Mode::Asymmetric);
+    let header: [u8; HEADER_LEN] = sealed[..HEADER_LEN].try_into().unwrap();
+    let n = Cut::new(&sealed, Mode::Asymmetric).chunks.len() as u32;
+    let extra = public(BOB)
+        .encrypt_oaep(b"more", &chunk_label(&header_hash(&header), n, n + 1))
+        .unwrap();
+    let mut m = sealed.clone();
+    m.extend_from_slice(&extra);
+    assert_verification(bob_opens(&m), "well-labelled extra chunk");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+
+#[test]
+fn wrong_recipient_key_is_not_for_us() {
+    for mode in [Mode::Hybrid, Mode::Asymmetric] {
+        let sealed = seal_to_bob(&SealOptions::mode(mode), 100);
+        for other in [MALLORY, CAROL, ALICE] {
+            let result = common::open(private(other), &public(ALICE), &sealed);
+            match result {
+                Err(OpenError::NotForUs { recipient, ours }) => {
+                    assert_eq!(recipient, public(BOB).id());
+                    assert_eq!(ours, public(other).id());
+                }
+                other_result => panic!("{mode} opened by {other}: {other_result:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn untrusted_or_wrong_sender_refused() {
+    for mode in [Mode::Hybrid, Mode::Asymmetric] {
+        let sealed = seal_to_bob(&SealOptions::mode(mode), 100);
+        let alice_id = public(ALICE).id();
+        let untrusted = |r: Result<Vec<u8>, OpenError>, what: &str| match r {
+            Err(OpenError::UntrustedSender { sender }) => assert_eq!(sender, alice_id, "{what}"),
+            other => panic!("{mode}, {what}: {other:?}"),
+        };
+        // Nobody trusted.
+        untrusted(open_with(private(BOB), |_| None, &sealed), "no trust");
+        // Expecting Mallory (or Alice's 3072-bit key): Alice's 2048-bit key id is unknown.
+        untrusted(
+            common::open(private(BOB), &public(MALLORY), &sealed),
+            "expect mallory",
+        );
+        untrusted(
+            common::open(private(BOB), &public("alice3072"), &sealed),
+            "expect alice3072",
+        );
+        // A trust store that answers Alice's id with another key is not believed.
+        untrusted(
+            open_with(private(BOB), |_| Some(public(MALLORY)), &sealed),
+            "trust store maps alice's id to mallory's key",
+        );
+    }
+}
+
+/// Mallory writes to Bob naming Alice as the sender (a header she can build: key ids are
+/// public) and signs with her own key: the signature check refuses it.
+#[test]
+fn forged_sender_refused() {
+    for mode in [Mode::Hybrid, Mode::Asymmetric] {
+        let mallory = private(MALLORY);
+        let plain = data(100);
+        let header = Header {
+            mode,
+            sender: public(ALICE).id(),
+            recipient: public(BOB).id(),
+            message_id: MessageId([7; 16]),
+            created: 1_800_000_000,
+            chunk_size: if mode == Mode::Hybrid { 1024 } else { 0 },
+        };
+        let hb = header.encode();
+        let sig = mallory
+            .sign(&transcript(&hb, plain.len() as u64, &sha256(&plain)))
+            .unwrap();
+        let forged = build(&hb, &public(BOB), &[&plain[..], &sig[..]].concat());
+        assert_verification(bob_opens(&forged), &format!("{mode}: forged by mallory"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header fields
+
+/// Alice's sealed message to Bob with its header rewritten by `edit`.
+fn with_header(sealed: &[u8], edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
+    let mut m = sealed.to_vec();
+    edit(&mut m[..HEADER_LEN]);
+    m
+}
+
+#[test]
+fn each_header_field_changed_refused() {
+    for mode in [Mode::Hybrid, Mode::Asymmetric] {
+        let opts = SealOptions {
+            mode,
+            ..hybrid_opts(CHUNK as u32)
+        };
+        let sealed = seal_to_bob(&opts, 0);
+        assert_eq!(bob_opens(&sealed).unwrap(), b"", "{mode}: control");
+        let header = |err: &OpenError, expect: HeaderError| matches!(err, OpenError::Header(h) if *h == expect);
+        let check = |what: &str, m: Vec<u8>, ok: &dyn Fn(&OpenError) -> bool| match bob_opens(&m) {
+            Ok(_) => panic!("{mode}: {what}: ACCEPTED"),
+            Err(e) => assert!(ok(&e), "{mode}: {what}: {e:?}"),
+        };
+        let other_mode = match mode {
+            Mode::Hybrid => Mode::Asymmetric,
+            Mode::Asymmetric => Mode::Hybrid,
+        };
+        let chunk_now = if mode == Mode::Hybrid {
+            CHUNK as u32
+        } else {
+            0
+        };
+
+        check(
+            "magic",
+            with_header(&sealed, |h| h[..8].copy_from_slice(b"LETRLOCX")),
+            &|e| header(e, HeaderError::Magic),
+        );
+        for v in [0u8, 2, 255] {
+            check(
+                &format!("version {v}"),
+                with_header(&sealed, |h| h[8] = v),
+                &|e| header(e, HeaderError::Version(v)),
+            );
+        }
+        for m in [0u8, 3, 255] {
+            check(
+                &format!("mode {m}"),
+                with_header(&sealed, |h| h[9] = m),
+                &|e| header(e, HeaderError::Mode(m)),
+            );
+        }
+        // The other mode with this mode's chunk size: the chunk size no longer fits.
+        check(
+            "mode switched",
+            with_header(&sealed, |h| h[9] = other_mode.to_byte()),
+            &|e| header(e, HeaderError::ChunkSize(chunk_now, other_mode)),
+        );
+        for (at, v) in [(10, 1u8), (11, 1), (10, 0x80)] {
+            check(
+                &format!("reserved byte {at} = {v}"),
+                with_header(&sealed, |h| h[at] = v),
+                &|e| header(e, HeaderError::Reserved),
+            );
+        }
+        // Sender id: unknown → untrusted; Mallory's (trusted too) → her key fails to verify.
+        check(
+            "sender id unknown",
+            with_header(&sealed, |h| h[12..44].fill(0x5a)),
+            &|e| matches!(e, OpenError::UntrustedSender { sender } if sender.0 == [0x5a; 32]),
+        );
+        let as_mallory = with_header(&sealed, |h| {
+            h[12..44].copy_from_slice(&public(MALLORY).id().0)
+        });
+        let trust_both = |id: &KeyId| {
+            [public(ALICE), public(MALLORY)]
+                .into_iter()
+                .find(|k| k.id() == *id)
+        };
+        assert_verification(
+            open_with(private(BOB), trust_both, &as_mallory),
+            &format!("{mode}: sender id changed to mallory's"),
+        );
+        // Recipient id: someone else's → not for us; Carol's, opened by Carol → fails.
+        check(
+            "recipient id",
+            with_header(&sealed, |h| h[44..76].fill(0xa5)),
+            &|e| matches!(e, OpenError::NotForUs { recipient, .. } if recipient.0 == [0xa5; 32]),
+        );
+        let to_carol = with_header(&sealed, |h| {
+            h[44..76].copy_from_slice(&public(CAROL).id().0)
+        });
+        assert_verification(
+            common::open(private(CAROL), &public(ALICE), &to_carol),
+            &format!("{mode}: recipient id rewritten to carol, opened by carol"),
+        );
+        check(
+            "message id",
+            with_header(&sealed, |h| h[76] ^= 0x01),
+            &|e| matches!(e, OpenError::Verification),
+        );
+        check(
+            "message id zeroed",
+            with_header(&sealed, |h| h[76..92].fill(0)),
+            &|e| matches!(e, OpenError::Verification),
+        );
+        for delta in [1u64, 3600, u64::MAX / 2] {
+            check(
+                &format!("time + {delta}"),
+                with_header(&sealed, |h| {
+                    let t = u64::from_be_bytes(h[92..100].try_into().unwrap());
+                    h[92..100].copy_from_slice(&t.wrapping_add(delta).to_be_bytes());
+                }),
+                &|e| matches!(e, OpenError::Verification),
+            );
+        }
+        let set_chunk = |size: u32| {
+            with_header(&sealed, |h| {
+                h[100..104].copy_from_slice(&size.to_be_bytes())
+            })
+        };
+        for bad in [1u32, 1000, 512, 2 * 1024 * 1024, u32::MAX, 1025] {
+            check(&format!("chunk size {bad}"), set_chunk(bad), &|e| {
+                header(e, HeaderError::ChunkSize(bad, mode))
+            });
+        }
+        if mode == Mode::Hybrid {
+            // Another valid chunk size: parses, then fails authentication.
+            for good in [2048u32, 65536, 1024 * 1024] {
+                check(&format!("chunk size {good}"), set_chunk(good), &|e| {
+                    matches!(e, OpenError::Verification)
+                });
+            }
+        } else {
+            check("chunk size 1024", set_chunk(1024), &|e| {
+                header(e, HeaderError::ChunkSize(1024, mode))
+            });
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Surreptitious forwarding
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    digest::digest(&digest::SHA256, data)
+        .as_ref()
+        .try_into()
+        .unwrap()
+}
+
+/// What Bob can learn from a message sealed to him: the data block, `plaintext || signature`,
+/// decrypted with the library's public pieces.
+fn decrypt_data_block(bob: &PrivateKey, sealed: &[u8]) -> Vec<u8> {
+    let hb: [u8; HEADER_LEN] = sealed[..HEADER_LEN].try_into().unwrap();
+    let header = Header::parse(&hb).unwrap();
+    let hh = header_hash(&hb);
+    let body = &sealed[HEADER_LEN..];
+    let k = bob.public().modulus_len();
+    let mut out = Vec::new();
+    match header.mode {
+        Mode::Hybrid => {
+            let ck = bob.decrypt_oaep(&body[..k], &hh).unwrap();
+            let key = stream::payload_key(ck.as_slice().try_into().unwrap(), &header.message_id.0)
+                .unwrap();
+            let mut s = Stream::new(&key, hh).unwrap();
+            let chunks: Vec<&[u8]> = body[k..]
+                .chunks(header.chunk_size as usize + TAG_LEN)
+                .collect();
+            for (i, c) in chunks.iter().enumerate() {
+                let mut c = c.to_vec();
+                out.extend_from_slice(s.open_chunk(&mut c, i + 1 == chunks.len()).unwrap());
+            }
+        }
+        Mode::Asymmetric => {
+            let count = (body.len() / k) as u32;
+            for (i, block) in (0u32..).zip(body.chunks(k)) {
+                out.extend_from_slice(
+                    &bob.decrypt_oaep(block, &chunk_label(&hh, i, count))
+                        .unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Seals `data_block` (plaintext || signature) under `header` to `to`, the way the sealer does,
+/// from the library's public pieces: header encoding, OAEP, `stream`, `chunk_label`.
+fn build(header: &[u8; HEADER_LEN], to: &PublicKey, data_block: &[u8]) -> Vec<u8> {
+    let h = Header::parse(header).unwrap();
+    let hh = header_hash(header);
+    let mut out = header.to_vec();
+    match h.mode {
+        Mode::Hybrid => {
+            let content_key = [0x42u8; 32];
+            out.extend_from_slice(&to.encrypt_oaep(&content_key, &hh).unwrap());
+            let key = stream::payload_key(&content_key, &h.message_id.0).unwrap();
+            let mut s = Stream::new(&key, hh).unwrap();
+            let chunks: Vec<&[u8]> = data_block.chunks(h.chunk_size as usize).collect();
+            for (i, c) in chunks.iter().enumerate() {
+                let mut c = c.to_vec();
+                let tag = s.seal_chunk(&mut c, i + 1 == chunks.len()).unwrap();
+                out.extend_from_slice(&c);
+                out.extend_from_slice(tag.as_ref());
+            }
+        }
+        Mode::Asymmetric => {
+            let max = to.max_oaep_plaintext();
+            let count = data_block.len().div_ceil(max) as u32;
+            for (i, c) in (0u32..).zip(data_block.chunks(max)) {
+                out.extend_from_slice(&to.encrypt_oaep(c, &chunk_label(&hh, i, count)).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Bob decrypts Alice's message, then re-seals plaintext and Alice's signature to Carol. Carol
+/// must refuse it: the signature covers the header, which named Bob. A control with a fresh
+/// signature from Alice over the new header opens, so the refusal is the signature's doing.
+#[test]
+fn resealed_to_another_recipient_with_original_signature_refused() {
+    for mode in [Mode::Hybrid, Mode::Asymmetric] {
+        let opts = SealOptions {
+            mode,
+            ..hybrid_opts(CHUNK as u32)
+        };
+        let plain = data(1500);
+        let sealed = seal_to_bob(&opts, plain.len());
+        let alice = private(ALICE);
+        let bob = private(BOB);
+        let carol = private(CAROL);
+
+        let block = decrypt_data_block(&bob, &sealed);
+        let (got_plain, signature) = block.split_at(block.len() - K);
+        assert_eq!(got_plain, plain, "{mode}: bob's decryption");
+        let original: [u8; HEADER_LEN] = sealed[..HEADER_LEN].try_into().unwrap();
+        let hash = sha256(&plain);
+        assert!(
+            alice
+                .public()
+                .verify_pss(&transcript(&original, plain.len() as u64, &hash), signature),
+            "{mode}: bob holds alice's valid signature"
+        );
+        // Sanity: Bob's own rebuild to himself with the original header opens.
+        let rebuilt = build(&original, bob.public(), &block);
+        assert_eq!(
+            bob_opens(&rebuilt).unwrap(),
+            plain,
+            "{mode}: rebuild control"
+        );
+
+        // The attack: same sender, message id and time; recipient Carol; Alice's signature.
+        let mut h = Header::parse(&original).unwrap();
+        h.recipient = carol.public().id();
+        let forwarded_header = h.encode();
+        let forwarded = build(&forwarded_header, carol.public(), &block);
+        assert_verification(
+            common::open(carol.clone(), alice.public(), &forwarded),
+            &format!("{mode}: forwarded to carol with alice's signature"),
+        );
+        // Keeping the header naming Bob but encrypting to Carol: Carol sees it is not hers.
+        let misaddressed = build(&original, carol.public(), &block);
+        assert!(
+            matches!(
+                common::open(carol.clone(), alice.public(), &misaddressed),
+                Err(OpenError::NotForUs { .. })
+            ),
+            "{mode}: original header encrypted to carol"
+        );
+        // Control: the same construction with Alice's signature over the new header opens.
+        let fresh = alice
+            .sign(&transcript(&forwarded_header, plain.len() as u64, &hash))
+            .unwrap();
+        let honest = build(
+            &forwarded_header,
+            carol.public(),
+            &[&plain[..], &fresh[..]].concat(),
+        );
+        assert_eq!(
+            common::open(carol.clone(), alice.public(), &honest).unwrap(),
+            plain,
+            "{mode}: honest control"
+        );
+    }
+}
