@@ -184,3 +184,222 @@ pub fn armor(data: &[u8]) {
         .expect("our own armor reads back");
     assert_eq!(back, decoded, "re-armored bytes differ");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The network side: frames, the handshake check, and the server's connection handling.
+
+/// Frame limit for [`frames`]: small, so the length check is exercised as often as frames.
+const FUZZ_MAX_FRAME: usize = 4096;
+
+/// `wire::decode` frame after frame on arbitrary bytes: never panics, never claims bytes it does
+/// not have, and every frame but `Error` (whose text is decoded lossily) re-encodes to exactly
+/// the bytes it came from, so the codec has one encoding per frame.
+pub fn frames(data: &[u8]) {
+    use crate::wire::{self, Frame};
+    let mut rest = data;
+    loop {
+        match wire::decode(rest, FUZZ_MAX_FRAME) {
+            Ok(Some((frame, used))) => {
+                assert!(used > 4 && used <= rest.len(), "decode used {used} bytes");
+                if !matches!(frame, Frame::Error { .. }) {
+                    let mut again = Vec::new();
+                    frame.encode(&mut again);
+                    assert_eq!(again, rest[..used], "a frame re-encodes differently");
+                }
+                rest = &rest[used..];
+            }
+            Ok(None) => return,
+            Err(_) => return,
+        }
+    }
+}
+
+/// The challenge [`handshake`] checks signatures against.
+pub const FIXED_CHALLENGE: [u8; 32] = [0x5c; 32];
+
+/// The keys of the network targets: the server's, and the one client it trusts.
+pub struct NetFixture {
+    server: Arc<PrivateKey>,
+    client: Arc<PrivateKey>,
+    clients: crate::keys::TrustList,
+}
+
+impl NetFixture {
+    pub fn new(server: Arc<PrivateKey>, client: Arc<PrivateKey>) -> NetFixture {
+        let mut clients = crate::keys::TrustList::new();
+        clients
+            .add("client", client.public().clone())
+            .expect("one trusted client");
+        NetFixture {
+            server,
+            client,
+            clients,
+        }
+    }
+
+    pub fn from_pem(server_private: &str, client_private: &str) -> NetFixture {
+        NetFixture::new(
+            Arc::new(PrivateKey::from_pem(server_private).expect("server key")),
+            Arc::new(PrivateKey::from_pem(client_private).expect("client key")),
+        )
+    }
+
+    /// The `Auth` frame body the trusted client sends for [`FIXED_CHALLENGE`] (a seed).
+    pub fn valid_auth(&self) -> crate::wire::Frame {
+        let me = self.client.public().id();
+        let t =
+            crate::wire::handshake_transcript(&self.server.public().id(), &FIXED_CHALLENGE, &me);
+        crate::wire::Frame::Auth {
+            client: me,
+            signature: self.client.sign(&t).expect("signing"),
+        }
+    }
+}
+
+/// The server's handshake check on an arbitrary frame: never panics, and accepts only the
+/// trusted client's key with a signature over this server and [`FIXED_CHALLENGE`]. Returns
+/// whether it accepted.
+pub fn handshake(fx: &NetFixture, data: &[u8]) -> bool {
+    use crate::wire::{self, Frame};
+    let Ok(Some((Frame::Auth { client, signature }, _))) = wire::decode(data, FUZZ_MAX_FRAME)
+    else {
+        return false;
+    };
+    let server = fx.server.public().id();
+    match crate::server::authenticate(&fx.clients, &server, &FIXED_CHALLENGE, &client, &signature) {
+        Some(t) => {
+            let t_ok = wire::handshake_transcript(&server, &FIXED_CHALLENGE, &client);
+            assert_eq!(t.key.id(), client, "accepted under another key");
+            assert!(
+                t.key.verify_pss(&t_ok, &signature),
+                "accepted a bad signature"
+            );
+            true
+        }
+        None => false,
+    }
+}
+
+/// A real server (SQLite store in a temporary folder) and a runtime to drive it.
+pub struct ServerFixture {
+    runtime: tokio::runtime::Runtime,
+    server: Arc<crate::server::Server<crate::store::SqliteStore>>,
+    net: NetFixture,
+    /// Keeps the store's folder alive.
+    _dir: tempfile::TempDir,
+}
+
+impl ServerFixture {
+    pub fn new(net: NetFixture) -> ServerFixture {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let store = Arc::new(
+            crate::store::SqliteStore::open(dir.path().join("fuzz.db")).expect("the store"),
+        );
+        let config = crate::server::ServerConfig {
+            // Seeds are sealed once, with a fixed time: keep them inside the window.
+            time_window: std::time::Duration::from_secs(u64::from(u32::MAX)),
+            handshake_timeout: std::time::Duration::from_secs(2),
+            idle_timeout: std::time::Duration::from_secs(2),
+            ..crate::server::ServerConfig::default()
+        };
+        let key = PrivateKey::from_pem(&net.server.to_pem().expect("pem")).expect("server key");
+        let server = Arc::new(crate::server::Server::new(
+            key,
+            net.clients.clone(),
+            store,
+            config,
+        ));
+        ServerFixture {
+            runtime,
+            server,
+            net,
+            _dir: dir,
+        }
+    }
+
+    /// The trusted client's key, for building seeds.
+    pub fn client(&self) -> &Arc<PrivateKey> {
+        &self.net.client
+    }
+
+    /// The server's public key, for sealing seeds to it.
+    pub fn server_public(&self) -> PublicKey {
+        self.net.server.public().clone()
+    }
+}
+
+/// The server's connection handling driven by arbitrary client bytes, in memory. The first byte
+/// steers: bit 0 set, the harness first authenticates as the trusted client (answering the
+/// server's fresh challenge), so the rest reaches the message and fetch paths. Checks: the
+/// server sends only well-formed frames, ends the connection within a bound (no hang), and
+/// never panics (a panic aborts under the fuzzer; the replay test counts them). Returns how many
+/// messages the server acknowledged (only valid ones can be).
+pub fn server_connection(fx: &ServerFixture, data: &[u8]) -> usize {
+    use crate::wire::{Frame, FrameReader, FrameWriter};
+    let (authenticate_first, bytes) = match data.split_first() {
+        Some((steer, rest)) => (steer & 1 == 1, rest),
+        None => (false, data),
+    };
+    let mut acks = 0;
+    fx.runtime.block_on(async {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (sr, sw) = tokio::io::split(server_io);
+        let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        let task = tokio::spawn(fx.server.clone().serve_stream(sr, sw, peer));
+        let (cr, cw) = tokio::io::split(client_io);
+        let mut reader = FrameReader::new(cr, crate::wire::DEFAULT_MAX_FRAME);
+        let mut writer = FrameWriter::new(cw);
+        let exchange = async {
+            let Ok(Frame::Hello {
+                server, challenge, ..
+            }) = reader.read_frame().await
+            else {
+                panic!("the server did not start with Hello");
+            };
+            if authenticate_first {
+                let me = fx.net.client.public().id();
+                let t = crate::wire::handshake_transcript(&server, &challenge, &me);
+                let signature = fx.net.client.sign(&t).expect("signing");
+                let auth = Frame::Auth {
+                    client: me,
+                    signature,
+                };
+                if writer.write_frame(&auth).await.is_err() {
+                    return;
+                }
+            }
+            // Write the input while reading every answer, so neither side can block the other.
+            let write = async {
+                let _ = writer.write_raw(bytes).await;
+                let _ = writer.shutdown().await;
+            };
+            let read = async {
+                loop {
+                    match reader.read_frame().await {
+                        Ok(Frame::Ack { .. }) => acks += 1,
+                        Ok(_) => {}
+                        Err(crate::wire::ConnError::Wire(e)) => {
+                            panic!("the server sent a malformed frame: {e}")
+                        }
+                        Err(_) => return,
+                    }
+                }
+            };
+            tokio::join!(write, read);
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), exchange)
+            .await
+            .expect("the server did not finish the connection in time");
+        let joined = tokio::time::timeout(std::time::Duration::from_secs(20), task)
+            .await
+            .expect("the connection task hung");
+        if let Err(e) = joined {
+            assert!(!e.is_panic(), "the connection task panicked");
+        }
+    });
+    acks
+}

@@ -17,8 +17,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::envelope::{
     self, HEADER_LEN, Header, MessageId, Mode, OpenError, OpenOptions, Opened, Opener,
 };
-use crate::keys::{Identity, PrivateKey, TrustList, Trusted};
+use crate::keys::{Identity, KeyId, PrivateKey, TrustList, Trusted};
 use crate::store::{self, Body, InboxRecord, InsertOutcome, Store};
 use crate::wire::{
     self, CHALLENGE_LEN, ConnError, DATA_FRAME, ErrorCode, Frame, FrameReader, FrameWriter,
@@ -189,14 +189,29 @@ impl<S: Store> Server<S> {
         Ok(())
     }
 
+    /// Serves one connection over any byte stream, from hello to close: what [`Server::run`]
+    /// does for each TCP connection, exposed so the fuzzer and tests can drive it in memory.
+    pub async fn serve_stream<R, W>(self: Arc<Self>, r: R, w: W, peer: SocketAddr)
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        // Never signalled: this connection ends when the peer is done.
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        self.connection(r, w, peer, stop_rx).await;
+    }
+
     /// One connection, from hello to close.
-    async fn connection(
+    async fn connection<R, W>(
         self: Arc<Self>,
-        r: OwnedReadHalf,
-        w: OwnedWriteHalf,
+        r: R,
+        w: W,
         peer: SocketAddr,
         stop: watch::Receiver<bool>,
-    ) {
+    ) where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let mut reader = FrameReader::new(r, self.config.max_frame);
         // One writer task owns the socket's write half: acks of pipelined messages and
         // deliveries come from several tasks.
@@ -222,9 +237,9 @@ impl<S: Store> Server<S> {
         }
     }
 
-    async fn serve(
+    async fn serve<R: AsyncRead + Unpin>(
         self: &Arc<Self>,
-        reader: &mut FrameReader<OwnedReadHalf>,
+        reader: &mut FrameReader<R>,
         out: &mpsc::Sender<Frame>,
         peer: SocketAddr,
         mut stop: watch::Receiver<bool>,
@@ -308,9 +323,9 @@ impl<S: Store> Server<S> {
     }
 
     /// Hello, challenge, Auth. Returns the authenticated client.
-    async fn handshake(
+    async fn handshake<R: AsyncRead + Unpin>(
         &self,
-        reader: &mut FrameReader<OwnedReadHalf>,
+        reader: &mut FrameReader<R>,
         out: &mpsc::Sender<Frame>,
     ) -> Result<Trusted, Fail> {
         let mut challenge = [0u8; CHALLENGE_LEN];
@@ -332,27 +347,16 @@ impl<S: Store> Server<S> {
         let Frame::Auth { client, signature } = frame else {
             return Err(Fail::new(ErrorCode::Protocol, "expected Auth"));
         };
-        // Public-key work only: look the key up, verify its signature.
-        let transcript = wire::handshake_transcript(&server, &challenge, &client);
-        match self.clients.get(&client) {
-            Some(t) if t.key.verify_pss(&transcript, &signature) => Ok(t.clone()),
-            found => {
-                // One answer for both causes; the log says which.
-                warn!(
-                    key = %client,
-                    cause = if found.is_some() { "bad signature" } else { "untrusted key" },
-                    "handshake refused"
-                );
-                Err(Fail::new(ErrorCode::AuthFailed, "authentication failed"))
-            }
-        }
+        authenticate(&self.clients, &server, &challenge, &client, &signature)
+            .cloned()
+            .ok_or_else(|| Fail::new(ErrorCode::AuthFailed, "authentication failed"))
     }
 
     /// Reads one sealed message (`Send`… `SendEnd`), checking its header against this
     /// connection first, and decrypting and verifying it on the blocking pool as it arrives.
-    async fn receive(
+    async fn receive<R: AsyncRead + Unpin>(
         &self,
-        reader: &mut FrameReader<OwnedReadHalf>,
+        reader: &mut FrameReader<R>,
         first: Vec<u8>,
         client: &Trusted,
     ) -> Result<ReceiveJob, Fail> {
@@ -427,9 +431,9 @@ impl<S: Store> Server<S> {
     }
 
     /// The next `Send` payload, or `None` at `SendEnd`.
-    async fn next_data(
+    async fn next_data<R: AsyncRead + Unpin>(
         &self,
-        reader: &mut FrameReader<OwnedReadHalf>,
+        reader: &mut FrameReader<R>,
     ) -> Result<Option<Vec<u8>>, Fail> {
         let frame = tokio::time::timeout(self.config.idle_timeout, reader.read_frame())
             .await
@@ -612,10 +616,34 @@ fn log_received(client: &Trusted, opened: &Opened, size: u64, preview: &[u8]) {
     }
 }
 
+/// The handshake's check, public-key work only: the client's key is one we trust and its
+/// signature covers this server, this connection's challenge and that key. `None` for either
+/// failure alike (the log says which): the peer learns only "authentication failed".
+pub fn authenticate<'a>(
+    clients: &'a TrustList,
+    server: &KeyId,
+    challenge: &[u8; CHALLENGE_LEN],
+    client: &KeyId,
+    signature: &[u8],
+) -> Option<&'a Trusted> {
+    let transcript = wire::handshake_transcript(server, challenge, client);
+    match clients.get(client) {
+        Some(t) if t.key.verify_pss(&transcript, signature) => Some(t),
+        found => {
+            warn!(
+                key = %client,
+                cause = if found.is_some() { "bad signature" } else { "untrusted key" },
+                "handshake refused"
+            );
+            None
+        }
+    }
+}
+
 /// The writer task: frames out, in order; stops after an `Error` frame, or when the peer has not
 /// taken our bytes for `stall` (a peer that stops reading must not hold its slot forever).
-async fn write_loop(
-    mut w: FrameWriter<OwnedWriteHalf>,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: FrameWriter<W>,
     mut rx: mpsc::Receiver<Frame>,
     stall: Duration,
 ) {

@@ -95,6 +95,72 @@ fn replay_armor_corpus() {
     replay("armor", fuzzing::armor);
 }
 
+/// The server (Bob) and the client it trusts (Alice) of the network targets.
+fn net() -> &'static fuzzing::NetFixture {
+    static FX: OnceLock<fuzzing::NetFixture> = OnceLock::new();
+    FX.get_or_init(|| fuzzing::NetFixture::new(private("bob2048"), private("alice2048")))
+}
+
+#[test]
+fn replay_frames_corpus() {
+    replay("frames", fuzzing::frames);
+}
+
+#[test]
+fn replay_handshake_corpus() {
+    let accepted = std::sync::atomic::AtomicUsize::new(0);
+    replay("handshake", |d| {
+        if fuzzing::handshake(net(), d) {
+            accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    assert!(
+        accepted.into_inner() > 0,
+        "no corpus file passes the handshake"
+    );
+}
+
+/// Panics anywhere in the process (a server task on the blocking pool included), counted: the
+/// server turns a panicking task into an "internal error" for the peer, which would hide it.
+fn count_panics() -> &'static std::sync::atomic::AtomicUsize {
+    static PANICS: OnceLock<std::sync::atomic::AtomicUsize> = OnceLock::new();
+    PANICS.get_or_init(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS
+                .get()
+                .map(|p| p.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+            previous(info);
+        }));
+        std::sync::atomic::AtomicUsize::new(0)
+    })
+}
+
+#[test]
+fn replay_server_connection_corpus() {
+    let panics = count_panics();
+    let fx = fuzzing::ServerFixture::new(fuzzing::NetFixture::new(
+        private("bob2048"),
+        private("alice2048"),
+    ));
+    let acks = std::sync::atomic::AtomicUsize::new(0);
+    replay("server_connection", |d| {
+        acks.fetch_add(
+            fuzzing::server_connection(&fx, d),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    });
+    assert_eq!(
+        panics.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a server task panicked"
+    );
+    assert!(
+        acks.into_inner() > 0,
+        "no corpus file gets a message acknowledged"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Seeds
 
@@ -216,9 +282,91 @@ fn write_seed_corpora() {
         std::io::Write::write_all(&mut w, &sealed(Mode::Hybrid, &common::data(len))).unwrap();
         write("armor", &format!("sealed-{len}"), &w.finish().unwrap());
     }
+    write_network_seeds(&write);
     write(
         "armor",
         "crlf",
         b"\r\n-----BEGIN LETTERLOCK MESSAGE-----\r\nTEVUUkxPQ0s=\r\n-----END LETTERLOCK MESSAGE-----\r\n",
     );
+}
+
+/// Seeds of the network targets: every frame type, valid and invalid handshakes, and whole
+/// authenticated sessions that send, fetch and acknowledge.
+fn write_network_seeds(write: &dyn Fn(&str, &str, &[u8])) {
+    use letterlock::envelope::MessageId;
+    use letterlock::wire::{ErrorCode, Frame};
+    let enc = |frames: &[Frame]| {
+        let mut out = Vec::new();
+        for f in frames {
+            f.encode(&mut out);
+        }
+        out
+    };
+    let all = [
+        Frame::Hello {
+            version: 1,
+            server: public("bob2048").id(),
+            challenge: [1; 32],
+        },
+        net().valid_auth(),
+        Frame::Ready,
+        Frame::Send(vec![0x4c; 40]),
+        Frame::SendEnd,
+        Frame::Ack {
+            id: MessageId([2; 16]),
+            tag: [3; 32],
+        },
+        Frame::Fetch,
+        Frame::Deliver(vec![5; 20]),
+        Frame::DeliverEnd,
+        Frame::FetchDone { count: 1 },
+        Frame::DeliveryAck {
+            id: MessageId([6; 16]),
+            tag: [7; 32],
+        },
+        Frame::Removed {
+            id: MessageId([8; 16]),
+        },
+        Frame::error(ErrorCode::Refused, "no"),
+    ];
+    for f in &all {
+        write("frames", f.name(), &enc(std::slice::from_ref(f)));
+    }
+    write("frames", "all", &enc(&all));
+    write("handshake", "valid", &enc(&[net().valid_auth()]));
+    let mallory = fuzzing::NetFixture::new(private("bob2048"), private("mallory"));
+    write("handshake", "untrusted", &enc(&[mallory.valid_auth()]));
+    let frames_of = |sealed: &[u8]| {
+        let mut frames: Vec<Frame> = sealed
+            .chunks(700)
+            .map(|c| Frame::Send(c.to_vec()))
+            .collect();
+        frames.push(Frame::SendEnd);
+        frames
+    };
+    for mode in [Mode::Hybrid, Mode::Asymmetric] {
+        let msg = common::seal(
+            private("alice2048").as_ref(),
+            &public("bob2048"),
+            &SealOptions::mode(mode),
+            &common::data(300)[..],
+        );
+        let mut session = vec![0x01];
+        let mut frames = frames_of(&msg);
+        frames.push(Frame::Fetch);
+        session.extend_from_slice(&enc(&frames));
+        write("server_connection", &format!("send-{mode}"), &session);
+    }
+    let mut unauth = vec![0x00];
+    unauth.extend_from_slice(&enc(&[net().valid_auth(), Frame::Fetch]));
+    write("server_connection", "stale-auth", &unauth);
+    let mut ack = vec![0x01];
+    ack.extend_from_slice(&enc(&[
+        Frame::Fetch,
+        Frame::DeliveryAck {
+            id: MessageId([9; 16]),
+            tag: [9; 32],
+        },
+    ]));
+    write("server_connection", "bad-ack", &ack);
 }
