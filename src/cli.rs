@@ -226,6 +226,10 @@ struct ServeArgs {
     /// Largest asymmetric message accepted, in bytes.
     #[arg(long, default_value_t = envelope::DEFAULT_ASYMMETRIC_LIMIT)]
     max_asymmetric: u64,
+    /// Do not log the text of short messages (by default the server prints it, as the
+    /// classroom server did); log only sender, size and id.
+    #[arg(long)]
+    no_log_text: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -651,6 +655,7 @@ async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
         time_window: std::time::Duration::from_secs(a.time_window),
         max_hybrid: a.max_message,
         max_asymmetric: a.max_asymmetric,
+        log_text: !a.no_log_text,
         ..ServerConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(&a.listen)

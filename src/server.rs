@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
+use zeroize::Zeroizing;
 
 use crate::envelope::{
     self, HEADER_LEN, Header, MessageId, Mode, OpenError, OpenOptions, Opened, Opener,
@@ -73,6 +74,9 @@ pub struct ServerConfig {
     pub max_in_flight: usize,
     /// Time in-flight work gets to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Log the text of short UTF-8 messages, as the classroom server printed them. Off, the log
+    /// says only who sent how much.
+    pub log_text: bool,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +92,7 @@ impl Default for ServerConfig {
             time_window: Duration::from_secs(600),
             max_in_flight: 64,
             shutdown_grace: Duration::from_secs(10),
+            log_text: true,
         }
     }
 }
@@ -95,7 +100,7 @@ impl Default for ServerConfig {
 /// What every connection shares.
 pub struct Server<S> {
     identity: Arc<PrivateKey>,
-    clients: TrustList,
+    clients: Arc<TrustList>,
     store: Arc<S>,
     config: ServerConfig,
 }
@@ -119,7 +124,7 @@ impl<S: Store> Server<S> {
     ) -> Self {
         Server {
             identity: Arc::new(identity),
-            clients,
+            clients: Arc::new(clients),
             store,
             config,
         }
@@ -212,7 +217,8 @@ impl<S: Store> Server<S> {
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let mut reader = FrameReader::new(r, self.config.max_frame);
+        // Until the peer is authenticated, only a handshake-sized frame is accepted.
+        let mut reader = FrameReader::new(r, wire::MAX_HANDSHAKE_FRAME.min(self.config.max_frame));
         // One writer task owns the socket's write half: acks of pipelined messages and
         // deliveries come from several tasks.
         let (out_tx, out_rx) = mpsc::channel::<Frame>(64);
@@ -245,6 +251,7 @@ impl<S: Store> Server<S> {
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), Fail> {
         let client = self.handshake(reader, out).await?;
+        reader.set_max_frame(self.config.max_frame);
         send(out, Frame::Ready).await?;
         info!(%peer, client = %client.name, key = %client.key.id(), "client authenticated");
         let in_flight = Arc::new(Semaphore::new(self.config.max_in_flight));
@@ -269,48 +276,21 @@ impl<S: Store> Server<S> {
                 Ok(Err(e)) => break Err(Fail::from_conn(e)),
                 Ok(Ok(f)) => f,
             };
-            match frame {
-                Frame::Send(first) => {
-                    let permit = in_flight
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .map_err(|_| Fail::internal())?;
-                    let job = self.receive(reader, first, &client).await?;
-                    let server = self.clone();
-                    let out = out.clone();
-                    let client = client.clone();
-                    work.spawn(async move {
-                        let _permit = permit;
-                        server.finish_receive(job, &client, &out).await
-                    });
-                }
-                Frame::Fetch => self.deliver(&client, out).await?,
-                Frame::DeliveryAck { id, tag } => {
-                    let removed = self
-                        .store
-                        .complete_outbox(&client.key.id().0, &id.0, &tag)
-                        .await
-                        .map_err(store_fail)?;
-                    if !removed {
-                        break Err(Fail::new(
-                            ErrorCode::BadAck,
-                            "delivery acknowledgement does not match a pending message",
-                        ));
-                    }
-                    info!(client = %client.name, id = %id, "delivery proven; message removed");
-                    send(out, Frame::Removed { id }).await?;
-                }
+            let step = match frame {
+                Frame::Send(first) => self.start_receive(reader, first, &client, &in_flight, out, &mut work).await,
+                Frame::Fetch => self.deliver(&client, out).await,
+                Frame::DeliveryAck { id, tag } => self.delivery_ack(&client, id, tag, out).await,
                 Frame::Error { code, message } => {
                     debug!(%peer, ?code, %message, "client reported an error");
                     break Ok(());
                 }
-                other => {
-                    break Err(Fail::new(
-                        ErrorCode::Protocol,
-                        format!("unexpected {} frame", other.name()),
-                    ));
-                }
+                other => Err(Fail::new(
+                    ErrorCode::Protocol,
+                    format!("unexpected {} frame", other.name()),
+                )),
+            };
+            if let Err(fail) = step {
+                break Err(fail);
             }
         };
         // Let acknowledged-or-failing work finish: an ack owed is an ack sent.
@@ -320,6 +300,56 @@ impl<S: Store> Server<S> {
             }
         }
         result
+    }
+
+    /// Receives one message and leaves its verification, storage and ack to a task, so the
+    /// next message can arrive meanwhile (pipelining), at most `max_in_flight` at once.
+    async fn start_receive<R: AsyncRead + Unpin>(
+        self: &Arc<Self>,
+        reader: &mut FrameReader<R>,
+        first: Vec<u8>,
+        client: &Trusted,
+        in_flight: &Arc<Semaphore>,
+        out: &mpsc::Sender<Frame>,
+        work: &mut JoinSet<Result<(), Fail>>,
+    ) -> Result<(), Fail> {
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Fail::internal())?;
+        let job = self.receive(reader, first, client).await?;
+        let server = self.clone();
+        let out = out.clone();
+        let client = client.clone();
+        work.spawn(async move {
+            let _permit = permit;
+            server.finish_receive(job, &client, &out).await
+        });
+        Ok(())
+    }
+
+    /// The client proves it opened a delivered message: remove it, say so.
+    async fn delivery_ack(
+        &self,
+        client: &Trusted,
+        id: MessageId,
+        tag: [u8; 32],
+        out: &mpsc::Sender<Frame>,
+    ) -> Result<(), Fail> {
+        let removed = self
+            .store
+            .complete_outbox(&client.key.id().0, &id.0, &tag)
+            .await
+            .map_err(store_fail)?;
+        if !removed {
+            return Err(Fail::new(
+                ErrorCode::BadAck,
+                "delivery acknowledgement does not match a pending message",
+            ));
+        }
+        info!(client = %client.name, id = %id, "delivery proven; message removed");
+        send(out, Frame::Removed { id }).await
     }
 
     /// Hello, challenge, Auth. Returns the authenticated client.
@@ -347,13 +377,21 @@ impl<S: Store> Server<S> {
         let Frame::Auth { client, signature } = frame else {
             return Err(Fail::new(ErrorCode::Protocol, "expected Auth"));
         };
-        authenticate(&self.clients, &server, &challenge, &client, &signature)
-            .cloned()
-            .ok_or_else(|| Fail::new(ErrorCode::AuthFailed, "authentication failed"))
+        // A public-key operation, but up to 8192 bits: off the reactor.
+        let clients = self.clients.clone();
+        on_blocking_pool(move || {
+            authenticate(&clients, &server, &challenge, &client, &signature).cloned()
+        })
+        .await?
+        .ok_or_else(|| Fail::new(ErrorCode::AuthFailed, "authentication failed"))
     }
 
     /// Reads one sealed message (`Send`… `SendEnd`), checking its header against this
-    /// connection first, and decrypting and verifying it on the blocking pool as it arrives.
+    /// connection first, and decrypting and verifying it on the blocking pool frame by frame as
+    /// it arrives. Returns once `SendEnd` is read; the job then finishes the verification.
+    ///
+    /// If the message fails part-way, the rest of it is still read (and discarded) up to
+    /// `SendEnd`: the peer learns of the failure at the same point whatever its cause.
     async fn receive<R: AsyncRead + Unpin>(
         &self,
         reader: &mut FrameReader<R>,
@@ -383,50 +421,39 @@ impl<S: Store> Server<S> {
             &opts,
         )
         .map_err(|e| Fail::refused(&e.to_string()))?;
-        let mut blob = self.store.blob_writer();
-
-        // The blocking side decrypts, verifies and writes the sealed bytes to the store.
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(8);
-        let worker = tokio::task::spawn_blocking(move || -> Result<Verified, OpenError> {
-            use std::io::Write;
-            let mut opener = opener;
-            let mut plain = Vec::new();
-            let mut preview = Vec::new();
-            let mut feed = |data: &[u8], opener: &mut Opener| -> Result<(), OpenError> {
-                opener.update(data, &mut plain)?;
-                if preview.len() <= LOG_TEXT_MAX {
-                    let take = (LOG_TEXT_MAX + 1 - preview.len()).min(plain.len());
-                    preview.extend_from_slice(&plain[..take]);
-                }
-                plain.clear();
-                Ok(())
-            };
-            blob.write_all(&head)?;
-            feed(&head[HEADER_LEN..], &mut opener)?;
-            while let Some(data) = rx.blocking_recv() {
-                blob.write_all(&data)?;
-                feed(&data, &mut opener)?;
+        let intake = Intake {
+            opener,
+            blob: self.store.blob_writer(),
+            plain: Zeroizing::new(Vec::new()),
+            preview: self.config.log_text.then(|| Zeroizing::new(Vec::new())),
+            header_left: HEADER_LEN,
+        };
+        let mut state: Result<Intake, OpenError> = Ok(intake);
+        let mut data = head;
+        // Sealed bytes may exceed the plaintext by the key, tags and signature: generous room.
+        let cap = self.config.max_hybrid.saturating_add(64 << 20);
+        let mut seen: u64 = 0;
+        loop {
+            seen = seen.saturating_add(data.len() as u64);
+            if seen > cap {
+                return Err(Fail::new(
+                    ErrorCode::TooLarge,
+                    "message larger than this server accepts",
+                ));
             }
-            let opened = opener.finish(&mut plain)?;
-            if preview.len() <= LOG_TEXT_MAX {
-                preview.extend_from_slice(&plain);
+            if let Ok(intake) = state {
+                state = on_blocking_pool(move || {
+                    let mut intake = intake;
+                    intake.feed(&data).map(|()| intake)
+                })
+                .await?;
             }
-            let body = blob
-                .finish()
-                .map_err(|e| OpenError::Io(std::io::Error::other(e)))?;
-            Ok(Verified {
-                opened,
-                body,
-                preview,
-            })
-        });
-        while let Some(data) = self.next_data(reader).await? {
-            if tx.send(data).await.is_err() {
-                // The worker stopped: it failed, and its error is reported by the job.
-                break;
+            match self.next_data(reader).await? {
+                Some(more) => data = more,
+                None => break,
             }
         }
-        drop(tx);
+        let worker = tokio::task::spawn_blocking(move || state.and_then(Intake::finish));
         Ok(ReceiveJob { header, worker })
     }
 
@@ -523,7 +550,7 @@ impl<S: Store> Server<S> {
         };
         let tag = match self.store.insert_inbox(record).await.map_err(store_fail)? {
             InsertOutcome::Inserted => {
-                log_received(client, &opened, size, &preview);
+                log_received(client, &opened, size, preview.as_deref().map(|p| p.as_slice()));
                 opened.ack_tag
             }
             InsertOutcome::Duplicate { ack_tag } => {
@@ -588,10 +615,13 @@ impl<S: Store> Server<S> {
     }
 }
 
-fn log_received(client: &Trusted, opened: &Opened, size: u64, preview: &[u8]) {
-    let text = std::str::from_utf8(preview).ok().filter(|t| {
-        preview.len() <= LOG_TEXT_MAX && !t.chars().any(|c| c.is_control() && c != '\n')
-    });
+/// One log line per message. With `preview` (the server logs text), a short UTF-8 message is
+/// shown as the classroom server printed it; anything else by size and id only.
+fn log_received(client: &Trusted, opened: &Opened, size: u64, preview: Option<&[u8]>) {
+    let text = preview
+        .filter(|p| p.len() <= LOG_TEXT_MAX)
+        .and_then(|p| std::str::from_utf8(p).ok())
+        .filter(|t| !t.chars().any(|c| c.is_control() && c != '\n'));
     match text {
         Some(text) => info!(
             from = %client.name,
@@ -630,6 +660,13 @@ pub fn authenticate<'a>(
     match clients.get(client) {
         Some(t) if t.key.verify_pss(&transcript, signature) => Some(t),
         found => {
+            if found.is_none() {
+                // Spend what a verification costs anyway, so the time to refuse does not tell a
+                // peer whether a key id is trusted.
+                if let Some(any) = clients.iter().next() {
+                    let _ = any.key.verify_pss(&transcript, signature);
+                }
+            }
             warn!(
                 key = %client,
                 cause = if found.is_some() { "bad signature" } else { "untrusted key" },
@@ -638,6 +675,16 @@ pub fn authenticate<'a>(
             None
         }
     }
+}
+
+/// Runs CPU work (RSA, bulk crypto, file writes) on the blocking pool, off the reactor.
+async fn on_blocking_pool<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Fail> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        warn!(error = %e, "a blocking task failed");
+        Fail::internal()
+    })
 }
 
 /// The writer task: frames out, in order; stops after an `Error` frame, or when the peer has not
@@ -680,6 +727,66 @@ async fn send(out: &mpsc::Sender<Frame>, frame: Frame) -> Result<(), Fail> {
         .map_err(|_| Fail::new(ErrorCode::Internal, "connection closed"))
 }
 
+/// The blocking side of receiving one message: the opener, and the store's writer that keeps
+/// the sealed bytes (messages stay encrypted at rest).
+struct Intake {
+    opener: Opener,
+    blob: store::BlobWriter,
+    /// Decrypted bytes of the current frame (wiped when dropped).
+    plain: Zeroizing<Vec<u8>>,
+    /// The first bytes of plaintext for the log line, when the server logs text.
+    preview: Option<Zeroizing<Vec<u8>>>,
+    /// Header bytes still to come, which the opener does not take.
+    header_left: usize,
+}
+
+impl Intake {
+    /// Takes the next sealed bytes (the header included, first).
+    fn feed(&mut self, data: &[u8]) -> Result<(), OpenError> {
+        use std::io::Write;
+        self.blob.write_all(data)?;
+        // The blob keeps the header too; the opener has it already.
+        let skip = self.header_left.min(data.len());
+        self.header_left -= skip;
+        self.opener.update(&data[skip..], &mut self.plain)?;
+        keep_preview(&mut self.preview, &mut self.plain);
+        Ok(())
+    }
+
+    /// Verifies the signature and makes the sealed bytes durable in the store's folder.
+    fn finish(self) -> Result<Verified, OpenError> {
+        let Intake {
+            opener,
+            blob,
+            mut plain,
+            mut preview,
+            ..
+        } = self;
+        let opened = opener.finish(&mut plain)?;
+        keep_preview(&mut preview, &mut plain);
+        let body = blob
+            .finish()
+            .map_err(|e| OpenError::Io(std::io::Error::other(e)))?;
+        Ok(Verified {
+            opened,
+            body,
+            preview,
+        })
+    }
+}
+
+/// Keeps the first bytes of `plain` for the log line (one more than fits, to know it did not
+/// fit), then clears `plain`.
+fn keep_preview(preview: &mut Option<Zeroizing<Vec<u8>>>, plain: &mut Zeroizing<Vec<u8>>) {
+    if let Some(preview) = preview
+        && preview.len() <= LOG_TEXT_MAX
+    {
+        let take = (LOG_TEXT_MAX + 1 - preview.len()).min(plain.len());
+        preview.extend_from_slice(&plain[..take]);
+    }
+    plain.clear();
+}
+
 /// A message whose bytes have all arrived, being verified on the blocking pool.
 struct ReceiveJob {
     header: Header,
@@ -690,8 +797,8 @@ struct ReceiveJob {
 struct Verified {
     opened: Opened,
     body: Body,
-    /// The first bytes of plaintext, for the log line.
-    preview: Vec<u8>,
+    /// The first bytes of plaintext, for the log line (when the server logs text).
+    preview: Option<Zeroizing<Vec<u8>>>,
 }
 
 /// Why a connection ends: sent to the peer as an `Error` frame.

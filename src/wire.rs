@@ -24,6 +24,9 @@ pub const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
 /// Payload size the sender cuts sealed messages into: big enough that framing costs nothing,
 /// small enough to keep per-connection buffers small.
 pub const DATA_FRAME: usize = 256 * 1024;
+/// Largest frame a peer may send before it is authenticated: an `Auth` with the largest
+/// signature we accept (8192-bit key). Keeps an unauthenticated peer from making us buffer more.
+pub const MAX_HANDSHAKE_FRAME: usize = 1 + 32 + 1024;
 /// Bytes of the handshake challenge.
 pub const CHALLENGE_LEN: usize = 32;
 /// Longest error text we send or accept.
@@ -418,6 +421,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf: BytesMut::with_capacity(64 * 1024),
             max_frame,
         }
+    }
+
+    /// Changes the largest frame accepted from now on (the server raises it once the peer is
+    /// authenticated).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
     }
 
     /// Reads the next frame. `Err(Closed)` on a clean end of stream between frames.
