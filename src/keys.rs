@@ -250,7 +250,6 @@ impl PrivateKey {
             2048 => KeySize::Rsa2048,
             3072 => KeySize::Rsa3072,
             4096 => KeySize::Rsa4096,
-            8192 => KeySize::Rsa8192,
             _ => {
                 return Err(invalid(
                     format!("cannot generate a {bits}-bit key"),
@@ -375,20 +374,47 @@ fn encode_pem(tag: &str, der: &[u8]) -> String {
 // ---------------------------------------------------------------------------------------------
 // Files
 
-/// Reads a key file, refusing anything too large to be a key before reading it.
-fn read_key_file(path: &Path) -> Result<Zeroizing<String>, KeyError> {
+/// Reads a key file, opened once and checked through that one handle (no race between the
+/// checks and the read): a regular file, under [`MAX_KEY_FILE`] bytes, and, for a private key,
+/// readable by its owner only. Reads at most the limit whatever the file claims.
+fn read_key_file(path: &Path, private: bool) -> Result<Zeroizing<String>, KeyError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
     let read_err = |source| KeyError::Read {
         path: path.to_owned(),
         source,
     };
-    let meta = fs::metadata(path).map_err(read_err)?;
-    if meta.len() > MAX_KEY_FILE {
+    let file = fs::File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
         return Err(invalid(
             format!("{} is not a key file", path.display()),
-            format!("it is {} bytes; key files are under 64 KiB", meta.len()),
+            "it is not a regular file",
         ));
     }
-    let bytes = Zeroizing::new(fs::read(path).map_err(read_err)?);
+    let mode = meta.permissions().mode() & 0o777;
+    if private && mode & 0o077 != 0 {
+        return Err(KeyError::Permissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let too_big = || {
+        invalid(
+            format!("{} is not a key file", path.display()),
+            "it is over 64 KiB; key files are a few KiB",
+        )
+    };
+    if meta.len() > MAX_KEY_FILE {
+        return Err(too_big());
+    }
+    let mut bytes = Zeroizing::new(Vec::new());
+    file.take(MAX_KEY_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_KEY_FILE {
+        return Err(too_big());
+    }
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| invalid(format!("{} is not a PEM file", path.display()), "not text"))?;
     Ok(Zeroizing::new(text.to_owned()))
@@ -397,21 +423,20 @@ fn read_key_file(path: &Path) -> Result<Zeroizing<String>, KeyError> {
 /// Loads a private key file, refusing it if group or others can read it (as OpenSSH does):
 /// a key others can read may already be someone else's.
 pub fn load_private(path: &Path) -> Result<PrivateKey, KeyError> {
-    check_private_permissions(path)?;
-    let text = read_key_file(path)?;
+    let text = read_key_file(path, true)?;
     PrivateKey::from_pem(&text).map_err(|e| in_file(path, e))
 }
 
 /// Loads a public key file (`BEGIN PUBLIC KEY` or `BEGIN RSA PUBLIC KEY`).
 pub fn load_public(path: &Path) -> Result<PublicKey, KeyError> {
-    let text = read_key_file(path)?;
+    let text = read_key_file(path, false)?;
     PublicKey::from_pem(&text).map_err(|e| in_file(path, e))
 }
 
 /// The public key of a file holding either a public or a private key, for `fingerprint`.
 /// Reading a private key's public half needs no permission check: nothing secret leaves.
 pub fn load_any_public(path: &Path) -> Result<PublicKey, KeyError> {
-    let text = read_key_file(path)?;
+    let text = read_key_file(path, false)?;
     if text.contains("PRIVATE KEY-----") {
         Ok(PrivateKey::from_pem(&text)
             .map_err(|e| in_file(path, e))?
@@ -430,22 +455,6 @@ fn in_file(path: &Path, e: KeyError) -> KeyError {
         },
         other => other,
     }
-}
-
-fn check_private_permissions(path: &Path) -> Result<(), KeyError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = fs::metadata(path).map_err(|source| KeyError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(KeyError::Permissions {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    Ok(())
 }
 
 /// Writes `contents` to `path` atomically: a temporary file beside it (mode `mode`), fsync,
@@ -608,9 +617,13 @@ impl TrustList {
                 .collect();
             paths.sort();
             for path in paths {
-                let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
-                    continue;
-                };
+                let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+                if !valid_name(name) {
+                    return Err(invalid(
+                        format!("{}: not a usable client name", path.display()),
+                        "name client keys NAME.pem with letters, digits, '-', '_' or '.'",
+                    ));
+                }
                 list.add(name, load_public(&path)?)?;
             }
         }

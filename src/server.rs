@@ -277,7 +277,10 @@ impl<S: Store> Server<S> {
                 Ok(Ok(f)) => f,
             };
             let step = match frame {
-                Frame::Send(first) => self.start_receive(reader, first, &client, &in_flight, out, &mut work).await,
+                Frame::Send(first) => {
+                    self.start_receive(reader, first, &client, &in_flight, out, &mut work)
+                        .await
+                }
                 Frame::Fetch => self.deliver(&client, out).await,
                 Frame::DeliveryAck { id, tag } => self.delivery_ack(&client, id, tag, out).await,
                 Frame::Error { code, message } => {
@@ -550,7 +553,12 @@ impl<S: Store> Server<S> {
         };
         let tag = match self.store.insert_inbox(record).await.map_err(store_fail)? {
             InsertOutcome::Inserted => {
-                log_received(client, &opened, size, preview.as_deref().map(|p| p.as_slice()));
+                log_received(
+                    client,
+                    &opened,
+                    size,
+                    preview.as_deref().map(|p| p.as_slice()),
+                );
                 opened.ack_tag
             }
             InsertOutcome::Duplicate { ack_tag } => {

@@ -449,7 +449,11 @@ async fn auth_with_10_and_5000_byte_signatures() {
             let m = refused(&mut raw, ErrorCode::Protocol).await;
             // Longer than any signature: refused from the length prefix, before the handshake
             // reads it (an unauthenticated peer may send only a handshake-sized frame).
-            let expected = if len > 1024 { "over the limit" } else { "malformed Auth" };
+            let expected = if len > 1024 {
+                "over the limit"
+            } else {
+                "malformed Auth"
+            };
             assert!(m.contains(expected), "{len}: {m}");
         }
         // A well-formed length but not a signature (a 384-byte one against a 2048-bit key).

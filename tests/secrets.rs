@@ -150,3 +150,22 @@ fn ack_tags_are_compared_over_every_byte() {
         assert!(!letterlock::envelope::ack_tags_match(&a, &b), "byte {i}");
     }
 }
+
+#[test]
+fn a_key_path_that_is_not_a_regular_file_is_refused_without_reading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("k.pem");
+    std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+    for result in [
+        keys::load_public(&link).map(|_| ()),
+        keys::load_private(&link).map(|_| ()),
+        keys::load_any_public(&link).map(|_| ()),
+    ] {
+        let err = result.unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+    let big = dir.path().join("big.pem");
+    std::fs::write(&big, vec![b'A'; 100 * 1024]).unwrap();
+    let err = keys::load_public(&big).unwrap_err();
+    assert!(err.to_string().contains("over 64 KiB"), "{err}");
+}
