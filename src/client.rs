@@ -394,31 +394,73 @@ impl Client {
             },
             asymmetric_limit: self.config.max_asymmetric,
         };
-        let mut opener = Opener::new(
+        let opener = Opener::new(
             &head,
             self.identity.clone(),
             |id| (*id == server.id()).then_some(server),
             &opts,
         )?;
         let header = *opener.header();
-        let mut sink = PlainSink::new(output, &header)?;
-        let mut plain = Zeroizing::new(Vec::new());
-        opener.update(&rest, &mut plain)?;
-        sink.write(&mut plain)?;
+        // Decryption, verification and file writes run on the blocking pool, frame by frame.
+        let output = output.clone();
+        let mut unpack = on_blocking_pool(move || {
+            let mut u = Unpack {
+                opener,
+                sink: PlainSink::new(&output, &header)?,
+                plain: Zeroizing::new(Vec::new()),
+            };
+            u.feed(&rest)?;
+            Ok(u)
+        })
+        .await?;
         loop {
             match self.read().await? {
                 Frame::Deliver(data) => {
-                    opener.update(&data, &mut plain)?;
-                    sink.write(&mut plain)?;
+                    unpack = on_blocking_pool(move || {
+                        let mut u = unpack;
+                        u.feed(&data)?;
+                        Ok(u)
+                    })
+                    .await?;
                 }
                 Frame::DeliverEnd => break,
                 other => return Err(unexpected(other)),
             }
         }
-        let opened = opener.finish(&mut plain)?;
-        sink.write(&mut plain)?;
-        let (content, duplicate) = sink.commit()?;
+        let received = on_blocking_pool(move || unpack.finish()).await?;
         debug!(id = %header.message_id, "received and verified");
+        Ok(received)
+    }
+}
+
+/// Runs CPU and file work on the blocking pool, off the reactor.
+async fn on_blocking_pool<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ClientError> + Send + 'static,
+) -> Result<T, ClientError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ClientError::Protocol("a blocking task failed".into()))?
+}
+
+/// One delivered message being opened: the opener and where its plaintext goes.
+struct Unpack {
+    opener: Opener,
+    sink: PlainSink,
+    /// Decrypted bytes of the current frame (wiped when dropped).
+    plain: Zeroizing<Vec<u8>>,
+}
+
+impl Unpack {
+    fn feed(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        self.opener.update(data, &mut self.plain)?;
+        self.sink.write(&mut self.plain)
+    }
+
+    fn finish(mut self) -> Result<Received, ClientError> {
+        let header = *self.opener.header();
+        let opened = self.opener.finish(&mut self.plain)?;
+        self.sink.write(&mut self.plain)?;
+        let (content, duplicate) = self.sink.commit()?;
         Ok(Received {
             header,
             plaintext_len: opened.plaintext_len,
@@ -432,12 +474,17 @@ impl Client {
 /// Where plaintext of one fetched message goes while it is still unverified.
 enum PlainSink {
     Memory(Zeroizing<Vec<u8>>),
+    /// A temporary file beside the target, renamed into place once verified. Written without a
+    /// user-space buffer: frames are large, and a buffer would hold plaintext unwiped.
     File {
-        tmp: io::BufWriter<tempfile::NamedTempFile>,
+        tmp: tempfile::NamedTempFile,
         target: PathBuf,
     },
-    /// Already have it: decrypt and verify, but keep nothing.
-    Discard(PathBuf),
+    /// The target exists already: decrypt and verify, and hash, to compare with it.
+    Existing {
+        target: PathBuf,
+        hash: aws_lc_rs::digest::Context,
+    },
 }
 
 impl PlainSink {
@@ -447,16 +494,16 @@ impl PlainSink {
             Output::Dir(dir) => {
                 let target = message_path(dir, &header.message_id);
                 if target.exists() {
-                    PlainSink::Discard(target)
+                    PlainSink::Existing {
+                        target,
+                        hash: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
+                    }
                 } else {
                     std::fs::create_dir_all(dir)?;
                     let tmp = tempfile::Builder::new()
                         .prefix(".letterlock-recv")
                         .tempfile_in(dir)?;
-                    PlainSink::File {
-                        tmp: io::BufWriter::new(tmp),
-                        target,
-                    }
+                    PlainSink::File { tmp, target }
                 }
             }
         })
@@ -466,18 +513,17 @@ impl PlainSink {
         match self {
             PlainSink::Memory(v) => v.extend_from_slice(plain),
             PlainSink::File { tmp, .. } => tmp.write_all(plain)?,
-            PlainSink::Discard(_) => {}
+            PlainSink::Existing { hash, .. } => hash.update(plain),
         }
         plain.clear();
         Ok(())
     }
 
-    /// The message verified: make it visible (and durable).
+    /// The message verified: make it visible (and durable). Returns whether it was a repeat.
     fn commit(self) -> Result<(Content, bool), ClientError> {
         Ok(match self {
             PlainSink::Memory(v) => (Content::Memory(v), false),
             PlainSink::File { tmp, target } => {
-                let tmp = tmp.into_inner().map_err(|e| e.into_error())?;
                 tmp.as_file().sync_all()?;
                 tmp.persist_noclobber(&target).map_err(|e| e.error)?;
                 if let Some(dir) = target.parent() {
@@ -485,7 +531,24 @@ impl PlainSink {
                 }
                 (Content::File(target), false)
             }
-            PlainSink::Discard(target) => (Content::File(target), true),
+            PlainSink::Existing { target, hash } => {
+                // A repeat only if the file holds exactly this message; anything else there is
+                // not ours to overwrite, and acknowledging would lose the message.
+                let mut existing = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+                let mut file = std::fs::File::open(&target)?;
+                envelope::for_each_read(&mut file, |b| -> io::Result<()> {
+                    existing.update(b);
+                    Ok(())
+                })?;
+                if existing.finish().as_ref() != hash.finish().as_ref() {
+                    return Err(ClientError::Io(io::Error::other(format!(
+                        "{} exists with other content; move it away and fetch again (the \
+                         message stays on the server)",
+                        target.display()
+                    ))));
+                }
+                (Content::File(target), true)
+            }
         })
     }
 }

@@ -333,3 +333,40 @@ async fn pipelined_messages_on_one_connection_are_all_acked() {
     assert_eq!(server.inbox_len().await, 20);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_foreign_file_under_a_message_name_is_not_taken_for_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let server_key =
+        letterlock::keys::load_private(&common::keys_dir().join(format!("{SERVER}_private.pem")))
+            .unwrap();
+    let to = common::net::clients().by_name("client").unwrap().clone();
+    let sealed = letterlock::server::queue_for_client(
+        server.store.as_ref(),
+        &server_key,
+        &to,
+        &b"the real message"[..],
+        &SealOptions::default(),
+    )
+    .await
+    .unwrap();
+    let out = dir.path().join("inbox");
+    std::fs::create_dir_all(&out).unwrap();
+    let planted = letterlock::client::message_path(&out, &sealed.header.message_id);
+    std::fs::write(&planted, b"something else").unwrap();
+    let mut client = server.client(CLIENT).await.unwrap();
+    let err = client
+        .fetch(&Output::Dir(out.clone()), |_| Ok(()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("other content"), "{err}");
+    assert_eq!(std::fs::read(&planted).unwrap(), b"something else");
+    // Not acknowledged: still waiting on the server; once the file is moved away it arrives.
+    std::fs::remove_file(&planted).unwrap();
+    let mut client = server.client(CLIENT).await.unwrap();
+    let n = client.fetch(&Output::Dir(out), |_| Ok(())).await.unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(std::fs::read(&planted).unwrap(), b"the real message");
+    server.stop().await;
+}

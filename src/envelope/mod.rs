@@ -39,7 +39,7 @@ pub use open::{OpenOptions, Opened, Opener, open, open_to_file, open_to_vec, rea
 /// Test-vector only: the randomness [`Sealer::with_randomness`] takes.
 #[doc(hidden)]
 pub use seal::FixedRandomness;
-pub use seal::{SealOptions, Sealed, Sealer, seal};
+pub use seal::{SealOptions, Sealed, Sealer, for_each_read, seal};
 
 use crate::keys::KeyError;
 

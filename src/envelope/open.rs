@@ -423,9 +423,10 @@ pub fn open_to_file<R: Read>(
     let tmp = tempfile::Builder::new()
         .prefix(".letterlock-open")
         .tempfile_in(dir)?;
-    let mut writer = io::BufWriter::new(tmp);
-    let opened = open(identity, trusted, opts, input, &mut writer)?;
-    let tmp = writer.into_inner().map_err(|e| e.into_error())?;
+    // No user-space buffer: `open` writes in large pieces, and a buffer would hold plaintext
+    // that nothing wipes.
+    let mut tmp = tmp;
+    let opened = open(identity, trusted, opts, input, &mut tmp)?;
     tmp.as_file().sync_all()?;
     tmp.persist(target).map_err(|e| e.error)?;
     std::fs::File::open(dir)?.sync_all()?;

@@ -313,7 +313,7 @@ pub fn seal<R: Read, W: Write>(
 
 /// Reads `input` to its end in [`IO_BUF`] pieces, handing each to `f`. The buffer is wiped
 /// afterwards: it held plaintext on the sealing side.
-pub(crate) fn for_each_read<R: Read, E: From<io::Error>>(
+pub fn for_each_read<R: Read, E: From<io::Error>>(
     input: &mut R,
     mut f: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<(), E> {
