@@ -183,6 +183,9 @@ struct ClientSendArgs {
     /// How to encrypt: hybrid (AES-256-GCM, any size) or asymmetric (RSA only, up to 1 MiB).
     #[arg(long, value_enum, default_value = "hybrid")]
     mode: ModeArg,
+    /// Largest plaintext to send in asymmetric mode, in bytes (the server has its own limit).
+    #[arg(long, default_value_t = envelope::DEFAULT_ASYMMETRIC_LIMIT)]
+    max_asymmetric: u64,
     #[command(flatten)]
     conn: ClientConn,
 }
@@ -192,7 +195,7 @@ struct RecvArgs {
     #[command(flatten)]
     conn: ClientConn,
     /// Save each message as DIR/<message id>.msg instead of printing it.
-    #[arg(short, long)]
+    #[arg(short, long, value_name = "DIR")]
     output: Option<PathBuf>,
     /// If nothing is waiting, keep asking for up to this many seconds.
     #[arg(long, default_value_t = 0)]
@@ -250,6 +253,7 @@ enum ServerCommand {
     SendMsg(ServerSendArgs),
     /// List the messages clients sent.
     Inbox {
+        /// The server's mailbox database (its --store).
         #[arg(long, default_value = "letterlock-server.db")]
         store: PathBuf,
         /// Machine-readable output.
@@ -260,8 +264,10 @@ enum ServerCommand {
     Read {
         /// Message id, or a unique prefix of it.
         id: String,
+        /// Folder with server_private.pem and the trusted client keys.
         #[arg(long, default_value = ".")]
         keys: PathBuf,
+        /// The server's mailbox database (its --store).
         #[arg(long, default_value = "letterlock-server.db")]
         store: PathBuf,
         /// Write the plaintext to FILE instead of stdout.
@@ -272,8 +278,10 @@ enum ServerCommand {
     Trust {
         /// The client's public key file.
         public_key: PathBuf,
+        /// The name the client is known by (logs, `server send_msg --to NAME`).
         #[arg(long)]
         name: String,
+        /// The server's key folder; the key is written to KEYS/clients/NAME.pem.
         #[arg(long, default_value = ".")]
         keys: PathBuf,
     },
@@ -293,8 +301,10 @@ struct ServerSendArgs {
     /// How to encrypt: hybrid (AES-256-GCM, any size) or asymmetric (RSA only, up to 1 MiB).
     #[arg(long, value_enum, default_value = "hybrid")]
     mode: ModeArg,
+    /// Folder with server_private.pem and the trusted client keys.
     #[arg(long, default_value = ".")]
     keys: PathBuf,
+    /// The server's mailbox database (its --store).
     #[arg(long, default_value = "letterlock-server.db")]
     store: PathBuf,
 }
@@ -337,6 +347,9 @@ struct SealArgs {
     /// Largest plaintext accepted in asymmetric mode, in bytes.
     #[arg(long, default_value_t = envelope::DEFAULT_ASYMMETRIC_LIMIT)]
     max_asymmetric: u64,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    force: bool,
     /// The message to seal; `-` or nothing reads stdin.
     input: Option<PathBuf>,
 }
@@ -356,6 +369,9 @@ struct OpenArgs {
     /// Largest plaintext accepted in asymmetric mode, in bytes.
     #[arg(long, default_value_t = envelope::DEFAULT_ASYMMETRIC_LIMIT)]
     max_asymmetric: u64,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    force: bool,
     /// The sealed message (binary or armored); `-` or nothing reads stdin.
     input: Option<PathBuf>,
 }
@@ -364,13 +380,49 @@ struct OpenArgs {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    quiet_broken_pipe();
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("letterlock: error: {e:#}");
+            eprintln!("letterlock: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each cause shown once: library errors often already quote their
+/// source, and repeating it ("…: Address in use: Address in use") only adds noise.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
+/// `letterlock … | head` closes our stdout early; `println!` then panics with a backtrace.
+/// Behave like other Unix tools instead: stop quietly with the status a SIGPIPE death gives.
+/// Nothing is lost by stopping there: a message is acknowledged only after it was shown.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 fn init_logging(verbose: u8) {
@@ -490,7 +542,20 @@ fn file_reader(p: &Path) -> Result<Box<dyn Read + Send>> {
     }
 }
 
+/// Refuses to replace an existing output file unless `--force`: as with keys, nothing is
+/// overwritten silently.
+fn check_output(path: Option<&Path>, force: bool) -> Result<()> {
+    if let Some(p) = path
+        && p.exists()
+        && !force
+    {
+        bail!("{} already exists; pass --force to replace it", p.display());
+    }
+    Ok(())
+}
+
 fn seal(a: SealArgs) -> Result<ExitCode> {
+    check_output(a.output.as_deref(), a.force)?;
     let sender = keys::load_private(&a.from)?;
     let recipient = keys::load_public(&a.to)?;
     let opts = SealOptions {
@@ -553,6 +618,7 @@ fn seal_into<W: Write>(
 }
 
 fn open(a: OpenArgs) -> Result<ExitCode> {
+    check_output(a.output.as_deref(), a.force)?;
     let identity: Arc<dyn Identity> = Arc::new(keys::load_private(&a.key)?);
     let expected = keys::load_public(&a.from)?;
     let mut reader = BufReader::new(input(a.input.as_deref())?);
@@ -573,9 +639,7 @@ fn open(a: OpenArgs) -> Result<ExitCode> {
         None => {
             opts.max_plaintext = STDOUT_LIMIT;
             envelope::open_to_vec(identity, trusted, &opts, reader).and_then(|(plain, o)| {
-                let mut out = io::stdout().lock();
-                out.write_all(&plain)?;
-                out.flush()?;
+                print_plaintext(&plain)?;
                 Ok(o)
             })
         }
@@ -595,9 +659,28 @@ fn open(a: OpenArgs) -> Result<ExitCode> {
         opened.header.sender,
         opened.header.mode,
         opened.header.message_id,
-        opened.header.created
+        time_text(opened.header.created)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes plaintext to stdout as it is; on a terminal, ends it with a newline if it lacks one,
+/// so the prompt does not land on the message's last line (pipes get the exact bytes).
+fn print_plaintext(plain: &[u8]) -> io::Result<()> {
+    let stdout = io::stdout();
+    let terminal = stdout.is_terminal();
+    let mut out = stdout.lock();
+    out.write_all(plain)?;
+    if terminal && !plain.is_empty() && !plain.ends_with(b"\n") {
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
+/// Unix seconds as UTC RFC 3339, for people (JSON keeps the number).
+fn time_text(unix: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -614,7 +697,8 @@ fn own_key(dir: &Path, name: &str) -> Result<keys::PrivateKey> {
     let (path, _) = keys::pair_paths(dir, name);
     if !path.exists() {
         bail!(
-            "{} not found; create it with `letterlock {name} generate_key_pair --keys {}`",
+            "{} not found; pass --keys DIR, the folder that holds it (or, to start afresh, \
+             create one with `letterlock {name} generate_key_pair --keys {}`)",
             path.display(),
             dir.display()
         );
@@ -644,7 +728,11 @@ async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
             a.keys.display()
         );
     }
-    let store = Arc::new(open_store(&a.store)?);
+    // Listen first: a server that cannot bind leaves no mailbox behind.
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let store = Arc::new(create_store(&a.store)?);
     let config = ServerConfig {
         accept: match a.accept {
             AcceptArg::Both => Accept::Both,
@@ -658,9 +746,6 @@ async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
         log_text: !a.no_log_text,
         ..ServerConfig::default()
     };
-    let listener = tokio::net::TcpListener::bind(&a.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", a.listen))?;
     println!("letterlock server listening on {}", listener.local_addr()?);
     println!("server key {}", identity.public().id());
     for c in clients.iter() {
@@ -668,7 +753,19 @@ async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
     }
     io::stdout().flush()?;
     let server = Arc::new(Server::new(identity, clients, store.clone(), config));
-    server.run(listener, shutdown_signal()).await?;
+    let shutdown = async {
+        shutdown_signal().await;
+        eprintln!(
+            "letterlock: stopping: finishing messages in flight (interrupt again to stop now)"
+        );
+        // A second interrupt stops at once: everything acknowledged is already on disk.
+        tokio::spawn(async {
+            shutdown_signal().await;
+            eprintln!("letterlock: stopped at once");
+            std::process::exit(130);
+        });
+    };
+    server.run(listener, shutdown).await?;
     if let Ok(store) = Arc::try_unwrap(store) {
         store.close().await?;
     }
@@ -693,15 +790,35 @@ async fn shutdown_signal() {
 }
 
 async fn connect(conn: &ClientConn) -> Result<crate::client::Client> {
+    use crate::client::ClientError;
+    if !conn.server.contains(':') {
+        bail!(
+            "--server {} has no port; give HOST:PORT, e.g. 127.0.0.1:8000",
+            conn.server
+        );
+    }
     let identity: Arc<dyn Identity> = Arc::new(own_key(&conn.keys, "client")?);
+    let me = identity.public().id();
     let server = peer_key(&conn.keys, "server")?;
-    Ok(crate::client::Client::connect(
+    match crate::client::Client::connect(
         &conn.server,
         identity,
         server,
         crate::client::ClientConfig::default(),
     )
-    .await?)
+    .await
+    {
+        Ok(c) => Ok(c),
+        Err(ClientError::Refused {
+            code: crate::wire::ErrorCode::AuthFailed,
+            ..
+        }) => bail!(
+            "the server at {} refused our key {me} (authentication failed): its operator must \
+             trust client_public.pem (`letterlock server trust client_public.pem --name NAME`)",
+            conn.server
+        ),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("server {}", conn.server))),
+    }
 }
 
 /// The message of a send_msg: the text argument, or `--file` (`-` for stdin).
@@ -709,19 +826,47 @@ fn message_input(text: Option<&str>, file: Option<&Path>) -> Result<Box<dyn Read
     Ok(match (text, file) {
         (Some(text), _) => Box::new(io::Cursor::new(text.as_bytes().to_vec())),
         (None, Some(p)) if p == Path::new("-") => Box::new(io::stdin()),
+        (None, Some(p)) if p.is_dir() => bail!("{} is a folder, not a file", p.display()),
         (None, Some(p)) => file_reader(p)?,
         (None, None) => bail!("give the message text or --file"),
     })
 }
 
+/// Opens an existing mailbox. Only the server creates one: a mistyped --store elsewhere must
+/// not quietly answer from a new, empty mailbox.
 fn open_store(path: &Path) -> Result<crate::store::SqliteStore> {
+    if !path.exists() {
+        bail!(
+            "no mailbox at {}; pass --store PATH (the server's --store), or start \
+             `letterlock server` once to create it",
+            path.display()
+        );
+    }
+    create_store(path)
+}
+
+/// Opens the mailbox, creating it if needed (the server), in a folder that must exist.
+fn create_store(path: &Path) -> Result<crate::store::SqliteStore> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = parent
+        && !dir.is_dir()
+    {
+        bail!(
+            "cannot create the mailbox {}: {} is not a folder",
+            path.display(),
+            dir.display()
+        );
+    }
     crate::store::SqliteStore::open(path)
         .with_context(|| format!("cannot open the store {}", path.display()))
 }
 
 async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
     let mut client = connect(&a.conn).await?;
-    let opts = SealOptions::mode(a.mode.into());
+    let opts = SealOptions {
+        asymmetric_limit: a.max_asymmetric,
+        ..SealOptions::mode(a.mode.into())
+    };
     let input = message_input(a.text.as_deref(), a.file.as_deref())?;
     match client.send(input, opts).await {
         Ok(d) => {
@@ -862,17 +1007,17 @@ async fn inbox(store_path: &Path, json: bool) -> Result<ExitCode> {
         println!("inbox is empty");
     } else {
         println!(
-            "{:<32}  {:<12} {:<10} {:>10}  {:<10}  sender key",
-            "id", "sender", "mode", "bytes", "created"
+            "{:<32}  {:<12} {:<10} {:>10}  {:<20}  sender key",
+            "id", "sender", "mode", "bytes", "created (UTC)"
         );
         for m in &list {
             println!(
-                "{:<32}  {:<12} {:<10} {:>10}  {:<10}  {}",
+                "{:<32}  {:<12} {:<10} {:>10}  {:<20}  {}",
                 hex::encode(m.message_id),
                 m.sender_name,
                 mode_name(m.mode),
                 m.plaintext_len,
-                m.created,
+                time_text(m.created),
                 keys::KeyId(m.sender_key_id)
             );
         }
@@ -903,9 +1048,7 @@ async fn read_inbox(
                 ..opts
             };
             let (plain, opened) = envelope::open_to_vec(identity, trusted, &opts, body)?;
-            let mut out = io::stdout().lock();
-            out.write_all(&plain)?;
-            out.flush()?;
+            print_plaintext(&plain)?;
             opened
         }
     };
@@ -923,6 +1066,10 @@ fn trust(public_key: &Path, name: &str, keys_dir: &Path) -> Result<ExitCode> {
     }
     let key = keys::load_public(public_key)?;
     let mut existing = keys::TrustList::load_clients(keys_dir)?;
+    if existing.get(&key.id()).is_some_and(|t| t.name == name) {
+        println!("{name} is already trusted: {}", key.id());
+        return Ok(ExitCode::SUCCESS);
+    }
     existing.add(name, key.clone())?;
     let target = keys_dir.join(keys::CLIENTS_DIR).join(format!("{name}.pem"));
     keys::write_atomic(&target, key.to_pem().as_bytes(), 0o644, false)?;

@@ -170,7 +170,14 @@ impl Client {
     }
 
     async fn handshake(&mut self) -> Result<(), ClientError> {
-        let (server, challenge) = match self.read().await? {
+        // Whatever answers first must be a letterlock Hello; anything else is another service.
+        let first = self.read().await.map_err(|e| match e {
+            ClientError::Protocol(m) => ClientError::Protocol(format!(
+                "the peer does not speak the letterlock protocol (is this the right address?): {m}"
+            )),
+            other => other,
+        })?;
+        let (server, challenge) = match first {
             Frame::Hello {
                 version: wire::PROTOCOL_VERSION,
                 server,

@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use crate::envelope::armor::{ArmorReader, ArmorWriter, is_armored};
 use crate::envelope::{
-    self, HEADER_LEN, Header, HeaderError, MessageId, Mode, OpenError, OpenOptions, Opener,
+    self, HEADER_LEN, Header, HeaderError, MAGIC, MessageId, Mode, OpenError, OpenOptions, Opener,
     header_hash,
 };
 use crate::keys::{Identity, PrivateKey, PublicKey};
 
-/// `Header::parse` on arbitrary bytes: never panics; short input is `Truncated(len)`; whatever
-/// parses re-encodes to exactly the bytes it was parsed from.
+/// `Header::parse` on arbitrary bytes: never panics; short input is `Magic` or `Truncated(len)`;
+/// whatever parses re-encodes to exactly the bytes it was parsed from.
 pub fn header(data: &[u8]) {
     match Header::parse(data) {
         Ok(h) => assert_eq!(
@@ -24,10 +24,12 @@ pub fn header(data: &[u8]) {
         ),
         Err(HeaderError::Truncated(n)) => {
             assert!(
-                data.len() < HEADER_LEN && n == data.len(),
+                data.len() < HEADER_LEN && n == data.len() && MAGIC.starts_with(&data[..n.min(8)]),
                 "bad Truncated({n})"
             )
         }
+        // A wrong magic is reported at any length; every other field only on a whole header.
+        Err(HeaderError::Magic) => {}
         Err(_) => assert!(
             data.len() >= HEADER_LEN,
             "a short header gave a field error"

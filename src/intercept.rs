@@ -1380,10 +1380,15 @@ pub async fn command(o: Options) -> Result<ExitCode, InterceptError> {
     let _ = tokio::signal::ctrl_c().await;
     let result = o.expect.as_ref().map(|text| proxy.search(text));
     proxy.stop().await;
-    println!("stopped; over everything captured:");
     Ok(match result {
-        Some(s) => expect_result(&s),
-        None => ExitCode::SUCCESS,
+        Some(s) => {
+            println!("stopped; over everything captured:");
+            expect_result(&s)
+        }
+        None => {
+            println!("stopped");
+            ExitCode::SUCCESS
+        }
     })
 }
 

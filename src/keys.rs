@@ -378,6 +378,20 @@ fn encode_pem(tag: &str, der: &[u8]) -> String {
 /// checks and the read): a regular file, under [`MAX_KEY_FILE`] bytes, and, for a private key,
 /// readable by its owner only. Reads at most the limit whatever the file claims.
 fn read_key_file(path: &Path, private: bool) -> Result<Zeroizing<String>, KeyError> {
+    let (text, mode) = read_key_text(path)?;
+    // A key others can read may already be someone else's; a file that holds no private key
+    // (a public key passed by mistake) is reported as that, not as a mode problem.
+    if private && mode & 0o077 != 0 && text.contains("PRIVATE KEY-----") {
+        return Err(KeyError::Permissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(text)
+}
+
+/// The file's text and mode, through one handle.
+fn read_key_text(path: &Path) -> Result<(Zeroizing<String>, u32), KeyError> {
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
     let read_err = |source| KeyError::Read {
@@ -393,12 +407,6 @@ fn read_key_file(path: &Path, private: bool) -> Result<Zeroizing<String>, KeyErr
         ));
     }
     let mode = meta.permissions().mode() & 0o777;
-    if private && mode & 0o077 != 0 {
-        return Err(KeyError::Permissions {
-            path: path.to_owned(),
-            mode,
-        });
-    }
     let too_big = || {
         invalid(
             format!("{} is not a key file", path.display()),
@@ -417,7 +425,7 @@ fn read_key_file(path: &Path, private: bool) -> Result<Zeroizing<String>, KeyErr
     }
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| invalid(format!("{} is not a PEM file", path.display()), "not text"))?;
-    Ok(Zeroizing::new(text.to_owned()))
+    Ok((Zeroizing::new(text.to_owned()), mode))
 }
 
 /// Loads a private key file, refusing it if group or others can read it (as OpenSSH does):

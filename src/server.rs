@@ -250,7 +250,11 @@ impl<S: Store> Server<S> {
         peer: SocketAddr,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), Fail> {
-        let client = self.handshake(reader, out).await?;
+        // A peer that has not authenticated yet is simply closed at shutdown.
+        let client = tokio::select! {
+            client = self.handshake(reader, out) => client?,
+            _ = stop.changed() => return Ok(()),
+        };
         reader.set_max_frame(self.config.max_frame);
         send(out, Frame::Ready).await?;
         info!(%peer, client = %client.name, key = %client.key.id(), "client authenticated");

@@ -98,3 +98,102 @@ fn the_original_walk_through_works_in_one_folder() {
     assert!(text.starts_with("hello from the client"), "{text}");
     drop(server);
 }
+
+fn fails_with(dir: &Path, args: &[&str], expected: &str) {
+    let out = letterlock(dir, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "letterlock {args:?} succeeded");
+    assert!(
+        stderr.contains(expected),
+        "letterlock {args:?}: expected {expected:?} in:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn newcomer_mistakes_get_errors_that_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["keygen", "--name", "alice", "--bits", "2048"]);
+    ok(d, &["keygen", "--name", "bob", "--bits", "2048"]);
+    std::fs::write(d.join("m.txt"), "hello").unwrap();
+    ok(
+        d,
+        &[
+            "seal",
+            "--from",
+            "alice_private.pem",
+            "--to",
+            "bob_public.pem",
+            "-o",
+            "m.ll",
+            "m.txt",
+        ],
+    );
+    // A public key where the private one belongs: named as such, not as a mode problem.
+    fails_with(
+        d,
+        &[
+            "open",
+            "--key",
+            "bob_public.pem",
+            "--from",
+            "alice_public.pem",
+            "m.ll",
+        ],
+        "expected a private key",
+    );
+    // An existing output file is not replaced without --force.
+    fails_with(
+        d,
+        &[
+            "open",
+            "--key",
+            "bob_private.pem",
+            "--from",
+            "alice_public.pem",
+            "-o",
+            "m.txt",
+            "m.ll",
+        ],
+        "pass --force",
+    );
+    // A text file is "not a letterlock message", however short.
+    fails_with(
+        d,
+        &[
+            "open",
+            "--key",
+            "bob_private.pem",
+            "--from",
+            "alice_public.pem",
+            "m.txt",
+        ],
+        "not a letterlock message",
+    );
+    // A mistyped store is refused, and not created.
+    fails_with(
+        d,
+        &["server", "inbox", "--store", "typo.db"],
+        "no mailbox at typo.db",
+    );
+    assert!(!d.join("typo.db").exists());
+    // A server address without a port.
+    ok(d, &["client", "generate_key_pair", "--bits", "2048"]);
+    ok(d, &["server", "generate_key_pair", "--bits", "2048"]);
+    fails_with(
+        d,
+        &["client", "send_msg", "hi", "--server", "localhost"],
+        "has no port",
+    );
+    // Output cut short by a closed pipe ends quietly, without a panic.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_letterlock"))
+        .args(["--help"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}

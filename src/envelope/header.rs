@@ -148,6 +148,12 @@ impl Header {
 
     /// Parses the first [`HEADER_LEN`] bytes of `bytes`, checking every field.
     pub fn parse(bytes: &[u8]) -> Result<Header, HeaderError> {
+        // Whatever part of the magic is there must match: a short text file is "not a letterlock
+        // message", not "a truncated one".
+        let n = bytes.len().min(MAGIC.len());
+        if bytes[..n] != MAGIC[..n] {
+            return Err(HeaderError::Magic);
+        }
         let h: &[u8; HEADER_LEN] = bytes
             .get(..HEADER_LEN)
             .and_then(|s| s.try_into().ok())

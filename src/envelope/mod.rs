@@ -84,8 +84,8 @@ pub enum OpenError {
         ours: crate::keys::KeyId,
     },
     #[error(
-        "the message is signed by {sender}, a key we do not trust; \
-         pass the sender's public key (open --from) or trust it first"
+        "the message is signed by {sender}, which is not the sender key we were given \
+         (check --from, or the server's trusted clients)"
     )]
     UntrustedSender { sender: crate::keys::KeyId },
     #[error("the message is larger than the limit of {limit} bytes")]

@@ -391,6 +391,8 @@ pub fn open<R: Read, W: Write>(
     let mut header = [0u8; HEADER_LEN];
     let got = read_full(&mut input, &mut header)?;
     if got < HEADER_LEN {
+        // `parse` says whether it is short or not a letterlock message at all.
+        Header::parse(&header[..got])?;
         return Err(HeaderError::Truncated(got).into());
     }
     let mut opener = Opener::new(&header, identity, trusted, opts)?;
