@@ -634,28 +634,22 @@ fn log_received(client: &Trusted, opened: &Opened, size: u64, preview: Option<&[
         .filter(|p| p.len() <= LOG_TEXT_MAX)
         .and_then(|p| std::str::from_utf8(p).ok())
         .filter(|t| !t.chars().any(|c| c.is_control() && c != '\n'));
-    match text {
-        Some(text) => info!(
-            from = %client.name,
-            key = %client.key.id(),
-            mode = %opened.header.mode,
-            bytes = opened.plaintext_len,
-            sealed = size,
-            id = %opened.header.message_id,
-            "received: confidentiality, integrity and sender authentication verified: {text:?}"
-        ),
-        None => info!(
-            from = %client.name,
-            key = %client.key.id(),
-            mode = %opened.header.mode,
-            bytes = opened.plaintext_len,
-            sealed = size,
-            id = %opened.header.message_id,
-            "received: confidentiality, integrity and sender authentication verified; stored \
-             (read it with `letterlock server read {}`)",
+    let shown = match text {
+        Some(text) => format!(": {text:?}"),
+        None => format!(
+            "; stored (read it with `letterlock server read {}`)",
             opened.header.message_id
         ),
-    }
+    };
+    info!(
+        from = %client.name,
+        key = %client.key.id(),
+        mode = %opened.header.mode,
+        bytes = opened.plaintext_len,
+        sealed = size,
+        id = %opened.header.message_id,
+        "received: confidentiality, integrity and sender authentication verified{shown}"
+    );
 }
 
 /// The handshake's check, public-key work only: the client's key is one we trust and its

@@ -1009,19 +1009,9 @@ async fn a_stalled_reader_loses_its_connection_slot() {
     };
     let server = TestServer::start_with(dir.path(), config).await;
     // 16 MiB waiting for the client: far more than socket buffers hold.
-    let server_key =
-        letterlock::keys::load_private(&common::keys_dir().join(format!("{SERVER}_private.pem")))
-            .unwrap();
-    let to = common::net::clients().by_name("client").unwrap().clone();
-    letterlock::server::queue_for_client(
-        server.store.as_ref(),
-        &server_key,
-        &to,
-        &vec![7u8; 16 << 20][..],
-        &SealOptions::default(),
-    )
-    .await
-    .unwrap();
+    server
+        .queue_for_client(&vec![7u8; 16 << 20][..], &SealOptions::default())
+        .await;
     let mut stalled = authed(&server.addr).await;
     stalled.w.write_frame(&Frame::Fetch).await.unwrap();
     // While the stalled connection holds the only slot, others are told "busy".

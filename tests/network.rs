@@ -55,21 +55,11 @@ async fn send_and_receive_in_both_modes() {
     assert_eq!(server.inbox_len().await, 2);
 
     // The server's reply, both modes, fetched and verified by the client.
-    let server_key =
-        letterlock::keys::load_private(&common::keys_dir().join(format!("{SERVER}_private.pem")))
-            .unwrap();
-    let to = common::net::clients().by_name("client").unwrap().clone();
     for mode in [Mode::Hybrid, Mode::Asymmetric] {
         let text = format!("reply in {mode} mode");
-        letterlock::server::queue_for_client(
-            server.store.as_ref(),
-            &server_key,
-            &to,
-            text.as_bytes(),
-            &SealOptions::mode(mode),
-        )
-        .await
-        .unwrap();
+        server
+            .queue_for_client(text.as_bytes(), &SealOptions::mode(mode))
+            .await;
     }
     let mut got = Vec::new();
     let n = client
@@ -252,19 +242,9 @@ async fn a_restart_keeps_the_inbox_and_undelivered_messages() {
         .send(std::io::Cursor::new(big.clone()), SealOptions::default())
         .await
         .unwrap();
-    let server_key =
-        letterlock::keys::load_private(&common::keys_dir().join(format!("{SERVER}_private.pem")))
-            .unwrap();
-    let to = common::net::clients().by_name("client").unwrap().clone();
-    letterlock::server::queue_for_client(
-        server.store.as_ref(),
-        &server_key,
-        &to,
-        &b"waiting for you"[..],
-        &SealOptions::default(),
-    )
-    .await
-    .unwrap();
+    server
+        .queue_for_client(&b"waiting for you"[..], &SealOptions::default())
+        .await;
     drop(client);
     let store = server.store.clone();
     server.stop().await;
@@ -338,19 +318,9 @@ async fn pipelined_messages_on_one_connection_are_all_acked() {
 async fn a_foreign_file_under_a_message_name_is_not_taken_for_the_message() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
-    let server_key =
-        letterlock::keys::load_private(&common::keys_dir().join(format!("{SERVER}_private.pem")))
-            .unwrap();
-    let to = common::net::clients().by_name("client").unwrap().clone();
-    let sealed = letterlock::server::queue_for_client(
-        server.store.as_ref(),
-        &server_key,
-        &to,
-        &b"the real message"[..],
-        &SealOptions::default(),
-    )
-    .await
-    .unwrap();
+    let sealed = server
+        .queue_for_client(&b"the real message"[..], &SealOptions::default())
+        .await;
     let out = dir.path().join("inbox");
     std::fs::create_dir_all(&out).unwrap();
     let planted = letterlock::client::message_path(&out, &sealed.header.message_id);

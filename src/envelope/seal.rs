@@ -198,11 +198,7 @@ impl Sealer {
                 stream, pending, ..
             } => {
                 // Never empty: the signature is in it.
-                let tag = stream
-                    .seal_chunk(pending, true)
-                    .map_err(|_| SealError::Crypto)?;
-                out.extend_from_slice(pending);
-                out.extend_from_slice(tag.as_ref());
+                append_chunk(stream, pending, true, out)?;
             }
             Body::Asymmetric {
                 recipient, data, ..
@@ -227,26 +223,14 @@ impl Sealer {
                 while !data.is_empty() {
                     if pending.len() == *chunk {
                         // More data follows, so this full chunk is not the last one.
-                        let start = out.len();
-                        out.reserve(*chunk + TAG_LEN);
-                        out.extend_from_slice(pending);
-                        let tag = stream
-                            .seal_chunk(&mut out[start..], false)
-                            .map_err(|_| SealError::Crypto)?;
-                        out.extend_from_slice(tag.as_ref());
+                        append_chunk(stream, pending, false, out)?;
                         pending.clear();
                     }
                     if pending.is_empty() && data.len() > *chunk {
                         // A whole chunk with more data after it: seal it straight from `data`
                         // rather than copying it into `pending` first.
                         let (now, rest) = data.split_at(*chunk);
-                        let start = out.len();
-                        out.reserve(*chunk + TAG_LEN);
-                        out.extend_from_slice(now);
-                        let tag = stream
-                            .seal_chunk(&mut out[start..], false)
-                            .map_err(|_| SealError::Crypto)?;
-                        out.extend_from_slice(tag.as_ref());
+                        append_chunk(stream, now, false, out)?;
                         data = rest;
                         continue;
                     }
@@ -269,6 +253,23 @@ impl Sealer {
             }
         }
     }
+}
+
+/// Appends `plain` sealed as the stream's next chunk (ciphertext || tag) to `out`.
+fn append_chunk(
+    stream: &mut Stream,
+    plain: &[u8],
+    last: bool,
+    out: &mut Vec<u8>,
+) -> Result<(), SealError> {
+    let start = out.len();
+    out.reserve(plain.len() + TAG_LEN);
+    out.extend_from_slice(plain);
+    let tag = stream
+        .seal_chunk(&mut out[start..], last)
+        .map_err(|_| SealError::Crypto)?;
+    out.extend_from_slice(tag.as_ref());
+    Ok(())
 }
 
 /// Cuts the data block into chunks of at most k − 66 bytes and encrypts each with RSA-OAEP,

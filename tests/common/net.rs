@@ -86,6 +86,18 @@ impl TestServer {
         .await
     }
 
+    /// Seals `text` from the server to the trusted "client" and queues it for its next fetch.
+    pub async fn queue_for_client(
+        &self,
+        text: &[u8],
+        opts: &letterlock::envelope::SealOptions,
+    ) -> letterlock::envelope::Sealed {
+        let to = clients().by_name("client").unwrap().clone();
+        letterlock::server::queue_for_client(self.store.as_ref(), &server_key(), &to, text, opts)
+            .await
+            .unwrap()
+    }
+
     pub async fn inbox_len(&self) -> usize {
         use letterlock::store::Store;
         self.store.list_inbox().await.unwrap().len()
