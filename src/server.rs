@@ -108,6 +108,9 @@ pub struct Server<S> {
 /// Most bytes the writer task gathers into one write (many small acks, or a few deliveries).
 const WRITE_BATCH: usize = 1024 * 1024;
 
+/// Bytes of a message gathered before they go to the blocking pool (see `receive`).
+const FEED_BATCH: usize = 256 * 1024;
+
 /// How long a connection that failed keeps reading so the peer can receive our Error frame.
 const LINGER: Duration = Duration::from_millis(500);
 
@@ -436,31 +439,45 @@ impl<S: Store> Server<S> {
             header_left: HEADER_LEN,
         };
         let mut state: Result<Intake, OpenError> = Ok(intake);
-        let mut data = head;
+        // Bytes are handed to the blocking pool in batches: a small message goes over in one
+        // piece with its verification, after `SendEnd`, so the connection reads the next message
+        // while this one is decrypted (pipelining), and a large one costs one hop per batch.
+        let mut pending = head;
         // Sealed bytes may exceed the plaintext by the key, tags and signature: generous room.
         let cap = self.config.max_hybrid.saturating_add(64 << 20);
-        let mut seen: u64 = 0;
-        loop {
-            seen = seen.saturating_add(data.len() as u64);
+        let mut seen = pending.len() as u64;
+        while let Some(more) = self.next_data(reader).await? {
+            seen = seen.saturating_add(more.len() as u64);
             if seen > cap {
                 return Err(Fail::new(
                     ErrorCode::TooLarge,
                     "message larger than this server accepts",
                 ));
             }
-            if let Ok(intake) = state {
-                state = on_blocking_pool(move || {
-                    let mut intake = intake;
-                    intake.feed(&data).map(|()| intake)
-                })
-                .await?;
+            if state.is_err() {
+                // Failed already: read the rest of the message to its end, keep nothing.
+                continue;
             }
-            match self.next_data(reader).await? {
-                Some(more) => data = more,
-                None => break,
+            pending.extend_from_slice(&more);
+            if pending.len() >= FEED_BATCH {
+                let batch = std::mem::take(&mut pending);
+                state = match state {
+                    Ok(intake) => {
+                        on_blocking_pool(move || {
+                            let mut intake = intake;
+                            intake.feed(&batch).map(|()| intake)
+                        })
+                        .await?
+                    }
+                    failed => failed,
+                };
             }
         }
-        let worker = tokio::task::spawn_blocking(move || state.and_then(Intake::finish));
+        let worker = tokio::task::spawn_blocking(move || {
+            let mut intake = state?;
+            intake.feed(&pending)?;
+            intake.finish()
+        });
         Ok(ReceiveJob { header, worker })
     }
 
