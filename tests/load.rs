@@ -46,7 +46,15 @@ fn sha256(b: &[u8]) -> [u8; 32] {
 
 async fn run_load(clients: usize, per_client: usize, max_size: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Arc::new(TestServer::start(dir.path()).await);
+    // Every message is sealed before its client starts sending, and the full run's asymmetric
+    // messages (up to 256 KiB: hundreds of RSA operations each) take many minutes to get
+    // through: a window wide enough that no message goes stale while it waits its turn. The
+    // window itself is tested in tests/network.rs.
+    let config = letterlock::server::ServerConfig {
+        time_window: std::time::Duration::from_secs(24 * 3600),
+        ..Default::default()
+    };
+    let server = Arc::new(TestServer::start_with(dir.path(), config).await);
     let rss_before = rss_kib();
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(rss_before));
     let sampling = {
