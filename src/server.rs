@@ -72,6 +72,9 @@ pub struct ServerConfig {
     pub time_window: Duration,
     /// Messages one connection may have in flight (received, not yet acknowledged).
     pub max_in_flight: usize,
+    /// Messages all connections together may have in flight: bounds the server's memory
+    /// (each holds at most a 256 KiB batch, or an asymmetric body of about 1.3 MiB).
+    pub max_in_flight_total: usize,
     /// Time in-flight work gets to finish at shutdown.
     pub shutdown_grace: Duration,
     /// Log the text of short UTF-8 messages, as the classroom server printed them. Off, the log
@@ -91,6 +94,7 @@ impl Default for ServerConfig {
             max_frame: wire::DEFAULT_MAX_FRAME,
             time_window: Duration::from_secs(600),
             max_in_flight: 64,
+            max_in_flight_total: 256,
             shutdown_grace: Duration::from_secs(10),
             log_text: true,
         }
@@ -99,6 +103,8 @@ impl Default for ServerConfig {
 
 /// What every connection shares.
 pub struct Server<S> {
+    /// Permits for messages in flight, server-wide ([`ServerConfig::max_in_flight_total`]).
+    in_flight: Arc<Semaphore>,
     identity: Arc<PrivateKey>,
     clients: Arc<TrustList>,
     store: Arc<S>,
@@ -126,6 +132,7 @@ impl<S: Store> Server<S> {
         config: ServerConfig,
     ) -> Self {
         Server {
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight_total)),
             identity: Arc::new(identity),
             clients: Arc::new(clients),
             store,
@@ -328,12 +335,21 @@ impl<S: Store> Server<S> {
             .acquire_owned()
             .await
             .map_err(|_| Fail::internal())?;
+        // And one of the server-wide permits: what in-flight messages hold in memory (up to a
+        // batch, or a whole asymmetric body, each) is bounded for the server as a whole, not
+        // only per connection.
+        let global = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Fail::internal())?;
         let job = self.receive(reader, first, client).await?;
         let server = self.clone();
         let out = out.clone();
         let client = client.clone();
         work.spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, global);
             server.finish_receive(job, &client, &out).await
         });
         Ok(())
