@@ -545,11 +545,11 @@ fn file_reader(p: &Path) -> Result<Box<dyn Read + Send>> {
 /// Refuses to replace an existing output file unless `--force`: as with keys, nothing is
 /// overwritten silently.
 fn check_output(path: Option<&Path>, force: bool) -> Result<()> {
-    if let Some(p) = path
-        && p.exists()
-        && !force
-    {
-        bail!("{} already exists; pass --force to replace it", p.display());
+    if let Some(p) = path {
+        envelope::check_replaceable(p)?;
+        if p.exists() && !force {
+            bail!("{} already exists; pass --force to replace it", p.display());
+        }
     }
     Ok(())
 }

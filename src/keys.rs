@@ -477,6 +477,13 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32, force: bool) -> Res
             path: path.to_owned(),
         });
     }
+    // The rename below would replace a device or pipe with a regular file.
+    if fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(invalid(
+            format!("{} is not a regular file", path.display()),
+            "key files are written as regular files; choose another path",
+        ));
+    }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

@@ -158,6 +158,35 @@ fn newcomer_mistakes_get_errors_that_say_what_to_do() {
         ],
         "pass --force",
     );
+    // A device or pipe is never replaced by the output's rename (as root, `-o /dev/null` once
+    // turned /dev/null into a regular file): a FIFO stands in for the device here.
+    assert!(
+        Command::new("mkfifo")
+            .arg(d.join("fifo"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    fails_with(
+        d,
+        &[
+            "open",
+            "--key",
+            "bob_private.pem",
+            "--from",
+            "alice_public.pem",
+            "-o",
+            "fifo",
+            "--force",
+            "m.ll",
+        ],
+        "not a regular file",
+    );
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &std::fs::symlink_metadata(d.join("fifo"))
+            .unwrap()
+            .file_type()
+    ));
     // A text file is "not a letterlock message", however short.
     fails_with(
         d,

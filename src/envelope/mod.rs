@@ -35,7 +35,9 @@ pub use header::{
     DEFAULT_CHUNK_SIZE, HEADER_LEN, Header, HeaderError, MAGIC, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
     MessageId, Mode, VERSION, valid_chunk_size,
 };
-pub use open::{OpenOptions, Opened, Opener, open, open_to_file, open_to_vec, read_full};
+pub use open::{
+    OpenOptions, Opened, Opener, check_replaceable, open, open_to_file, open_to_vec, read_full,
+};
 /// Test-vector only: the randomness [`Sealer::with_randomness`] takes.
 #[doc(hidden)]
 pub use seal::FixedRandomness;

@@ -418,6 +418,7 @@ pub fn open_to_file<R: Read>(
     input: R,
     target: &Path,
 ) -> Result<Opened, OpenError> {
+    check_replaceable(target)?;
     let dir = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -433,6 +434,23 @@ pub fn open_to_file<R: Read>(
     tmp.persist(target).map_err(|e| e.error)?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(opened)
+}
+
+/// Outputs appear by renaming a finished temporary file onto the target, which would replace a
+/// device, a pipe or a socket with a regular file (run as root, `-o /dev/null` would destroy
+/// `/dev/null`). Only a regular file, or nothing, may be at the target.
+pub fn check_replaceable(target: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(target) {
+        Ok(m) if !m.is_file() => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is not a regular file; letterlock writes an output file and renames it into \
+                 place (to pipe the output, leave out -o)",
+                target.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Opens into memory, refusing plaintext over `opts.max_plaintext`. The bytes are handed out
