@@ -51,16 +51,6 @@ fn assert_no_server_panic() {
     );
 }
 
-/// Resident memory of this process (server and hostile peers both live here), in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// A raw connection: what a hostile peer holds.
 struct Raw {
     r: FrameReader<OwnedReadHalf>,
@@ -251,7 +241,7 @@ async fn length_prefix_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn length_prefix_4_gib_allocates_nothing() {
     case(|addr| async move {
-        let before = rss_kib();
+        let before = common::rss_kib();
         let mut raw = raw(&addr).await;
         raw.w
             .write_raw(&[0xff, 0xff, 0xff, 0xff, 0x10])
@@ -263,7 +253,10 @@ async fn length_prefix_4_gib_allocates_nothing() {
         let mut raw = authed(&addr).await;
         raw.w.write_raw(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
         refused(&mut raw, ErrorCode::Protocol).await;
-        assert!(rss_kib() < before + 64 * 1024, "4 GiB prefix cost memory");
+        assert!(
+            common::rss_kib() < before + 64 * 1024,
+            "4 GiB prefix cost memory"
+        );
     })
     .await;
 }
@@ -730,7 +723,7 @@ async fn ten_thousand_tiny_send_frames() {
     setup();
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
-    let before = rss_kib();
+    let before = common::rss_kib();
     // 10,000 empty Send frames, then SendEnd: never a header.
     let mut raw = authed(&server.addr).await;
     let mut bytes = Vec::new();
@@ -762,7 +755,10 @@ async fn ten_thousand_tiny_send_frames() {
         start.elapsed()
     );
     assert_eq!(server.inbox_len().await, 1);
-    assert!(rss_kib() < before + 64 * 1024, "tiny frames cost memory");
+    assert!(
+        common::rss_kib() < before + 64 * 1024,
+        "tiny frames cost memory"
+    );
     served(&server).await;
     assert_no_server_panic();
     server.stop().await;
@@ -845,7 +841,7 @@ async fn thousand_idle_connections() {
         ..ServerConfig::default()
     };
     let server = TestServer::start_with(dir.path(), config).await;
-    let before = rss_kib();
+    let before = common::rss_kib();
     let start = Instant::now();
     let mut idle = Vec::with_capacity(1000);
     for _ in 0..1000 {
@@ -897,7 +893,7 @@ async fn thousand_idle_connections() {
             Err(e) => panic!("{e:?}"),
         }
     };
-    let grew = rss_kib().saturating_sub(before);
+    let grew = common::rss_kib().saturating_sub(before);
     eprintln!(
         "1000 idle connections opened in {opened:?}: {hello} admitted, {busy} told busy; good \
          client told busy {refusals} times, served at {served_at:?}; RSS +{grew} KiB"
@@ -936,7 +932,7 @@ async fn client_that_stops_reading() {
         ..ServerConfig::default()
     };
     let server = Arc::new(TestServer::start_with(dir.path(), config).await);
-    let before = rss_kib();
+    let before = common::rss_kib();
 
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
@@ -981,7 +977,7 @@ async fn client_that_stops_reading() {
     served(&server).await;
     let good = t.elapsed();
     let (sent, w) = writer.await.unwrap();
-    let grew = rss_kib().saturating_sub(before);
+    let grew = common::rss_kib().saturating_sub(before);
     eprintln!(
         "stalled reader: {sent} of {copies} pipelined messages written before the server \
          stopped reading; good client served in {good:?}; RSS +{grew} KiB"

@@ -16,15 +16,6 @@ use common::{private, public};
 use letterlock::envelope::{Mode, SealOptions, Sealed};
 use letterlock::store::Store;
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// xorshift64*: reproducible sizes and contents without a dependency.
 struct Rng(u64);
 impl Rng {
@@ -55,13 +46,13 @@ async fn run_load(clients: usize, per_client: usize, max_size: usize) {
         ..Default::default()
     };
     let server = Arc::new(TestServer::start_with(dir.path(), config).await);
-    let rss_before = rss_kib();
+    let rss_before = common::rss_kib();
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(rss_before));
     let sampling = {
         let peak = peak.clone();
         tokio::spawn(async move {
             loop {
-                peak.fetch_max(rss_kib(), std::sync::atomic::Ordering::Relaxed);
+                peak.fetch_max(common::rss_kib(), std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         })

@@ -74,3 +74,13 @@ pub fn open(
     letterlock::envelope::open_to_vec(recipient, trust(sender), &opts, sealed)
         .map(|(plain, _)| plain.to_vec())
 }
+
+/// This process's resident set size now (VmRSS), in KiB; 0 if /proc says nothing.
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
