@@ -4,6 +4,8 @@
 //! unacknowledged messages (the same pre-sealed bytes, so the same id) made no duplicates, and
 //! `PRAGMA integrity_check` passes.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -52,16 +54,6 @@ fn sha256(b: &[u8]) -> [u8; 32] {
         .unwrap()
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_five_times() {
     let dir = tempfile::tempdir().unwrap();
@@ -78,7 +70,7 @@ async fn sigkill_under_load_five_times() {
     // Pre-sealed messages: a retry resends the very same bytes (same id, same content).
     const CLIENTS: usize = 4;
     const PER_CLIENT: usize = 60;
-    let mut rng = Rng(0x5eed);
+    let mut rng = common::Rng(0x5eed);
     let mut batches: Vec<Vec<(Vec<u8>, Sealed)>> = Vec::new();
     for _ in 0..CLIENTS {
         let mut b = Vec::new();
@@ -163,7 +155,7 @@ async fn sigkill_under_load_five_times() {
         }));
     }
 
-    let mut rng = Rng(0xdead_beef);
+    let mut rng = common::Rng(0xdead_beef);
     let mut kills = Vec::new();
     for _ in 0..5 {
         let wait = Duration::from_millis(300 + rng.next() % 900);

@@ -16,20 +16,6 @@ use common::{private, public};
 use letterlock::envelope::{Mode, SealOptions, Sealed};
 use letterlock::store::Store;
 
-/// xorshift64*: reproducible sizes and contents without a dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
 fn sha256(b: &[u8]) -> [u8; 32] {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b);
     d.as_ref().try_into().unwrap()
@@ -64,7 +50,7 @@ async fn run_load(clients: usize, per_client: usize, max_size: usize) {
         tasks.push(tokio::spawn(async move {
             // Seal on the blocking pool: sizes 1..=max_size, modes alternating.
             let batch = tokio::task::spawn_blocking(move || {
-                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (c as u64 + 1));
+                let mut rng = common::Rng(0x9e37_79b9_7f4a_7c15 ^ (c as u64 + 1));
                 (0..per_client)
                     .map(|i| {
                         let size = 1 + (rng.next() as usize % max_size);
