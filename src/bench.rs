@@ -26,13 +26,13 @@ use aws_lc_rs::digest;
 use serde::Serialize;
 use tracing::Dispatch;
 
-use crate::client::{Client, ClientConfig, ClientError};
-use crate::envelope::{
+use letterlock::client::{Client, ClientConfig, ClientError};
+use letterlock::envelope::{
     self, DEFAULT_ASYMMETRIC_LIMIT, Mode, OpenError, OpenOptions, SealError, SealOptions, Sealed,
 };
-use crate::keys::{Identity, KeyError, PrivateKey, PublicKey, TrustList};
-use crate::server::{Server, ServerConfig};
-use crate::store::{SqliteStore, StoreError};
+use letterlock::keys::{Identity, KeyError, PrivateKey, PublicKey, TrustList};
+use letterlock::server::{Server, ServerConfig};
+use letterlock::store::{SqliteStore, StoreError};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -492,7 +492,8 @@ fn envelope_bound(b: &Bounds, mode: Mode, seal: bool, size: u64, modulus: u64) -
             rsa + (size + sig) as f64 / (b.seal_pass_mb_s * MB)
         }
         Mode::Asymmetric => {
-            let chunks = (size + sig).div_ceil(modulus - crate::keys::OAEP_OVERHEAD as u64) as f64;
+            let chunks =
+                (size + sig).div_ceil(modulus - letterlock::keys::OAEP_OVERHEAD as u64) as f64;
             let rsa = if seal {
                 chunks / b.rsa_encrypt_1core + 1.0 / b.rsa_sign_1core
             } else {
@@ -600,7 +601,7 @@ struct Measured {
     peak_rss_kib: Option<u64>,
 }
 
-fn trust(key: &PublicKey) -> impl FnOnce(&crate::keys::KeyId) -> Option<PublicKey> + '_ {
+fn trust(key: &PublicKey) -> impl FnOnce(&letterlock::keys::KeyId) -> Option<PublicKey> + '_ {
     move |id| (*id == key.id()).then(|| key.clone())
 }
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::envelope::{self, Mode, OpenError, OpenOptions, SealOptions, armor};
-use crate::keys::{self, Identity, PublicKey};
+use letterlock::envelope::{self, Mode, OpenError, OpenOptions, SealOptions, armor};
+use letterlock::keys::{self, Identity, PublicKey};
 
 /// Largest message `open` holds in memory to print on stdout: above it, use `-o FILE`, which
 /// streams to disk and renames only once the message verified.
@@ -719,7 +719,7 @@ fn peer_key(dir: &Path, name: &str) -> Result<PublicKey> {
 }
 
 async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
-    use crate::server::{Accept, Server, ServerConfig};
+    use letterlock::server::{Accept, Server, ServerConfig};
     let identity = own_key(&a.keys, "server")?;
     let clients = keys::TrustList::load_clients(&a.keys)?;
     if clients.is_empty() {
@@ -789,8 +789,8 @@ async fn shutdown_signal() {
     }
 }
 
-async fn connect(conn: &ClientConn) -> Result<crate::client::Client> {
-    use crate::client::ClientError;
+async fn connect(conn: &ClientConn) -> Result<letterlock::client::Client> {
+    use letterlock::client::ClientError;
     if !conn.server.contains(':') {
         bail!(
             "--server {} has no port; give HOST:PORT, e.g. 127.0.0.1:8000",
@@ -800,17 +800,17 @@ async fn connect(conn: &ClientConn) -> Result<crate::client::Client> {
     let identity: Arc<dyn Identity> = Arc::new(own_key(&conn.keys, "client")?);
     let me = identity.public().id();
     let server = peer_key(&conn.keys, "server")?;
-    match crate::client::Client::connect(
+    match letterlock::client::Client::connect(
         &conn.server,
         identity,
         server,
-        crate::client::ClientConfig::default(),
+        letterlock::client::ClientConfig::default(),
     )
     .await
     {
         Ok(c) => Ok(c),
         Err(ClientError::Refused {
-            code: crate::wire::ErrorCode::AuthFailed,
+            code: letterlock::wire::ErrorCode::AuthFailed,
             ..
         }) => bail!(
             "the server at {} refused our key {me} (authentication failed): its operator must \
@@ -834,7 +834,7 @@ fn message_input(text: Option<&str>, file: Option<&Path>) -> Result<Box<dyn Read
 
 /// Opens an existing mailbox. Only the server creates one: a mistyped --store elsewhere must
 /// not quietly answer from a new, empty mailbox.
-fn open_store(path: &Path) -> Result<crate::store::SqliteStore> {
+fn open_store(path: &Path) -> Result<letterlock::store::SqliteStore> {
     if !path.exists() {
         bail!(
             "no mailbox at {}; pass --store PATH (the server's --store), or start \
@@ -846,7 +846,7 @@ fn open_store(path: &Path) -> Result<crate::store::SqliteStore> {
 }
 
 /// Opens the mailbox, creating it if needed (the server), in a folder that must exist.
-fn create_store(path: &Path) -> Result<crate::store::SqliteStore> {
+fn create_store(path: &Path) -> Result<letterlock::store::SqliteStore> {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(dir) = parent
         && !dir.is_dir()
@@ -857,7 +857,7 @@ fn create_store(path: &Path) -> Result<crate::store::SqliteStore> {
             dir.display()
         );
     }
-    crate::store::SqliteStore::open(path)
+    letterlock::store::SqliteStore::open(path)
         .with_context(|| format!("cannot open the store {}", path.display()))
 }
 
@@ -890,7 +890,7 @@ fn seen_path(keys: &Path) -> PathBuf {
 }
 
 async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
-    use crate::client::{Content, Output};
+    use letterlock::client::{Content, Output};
     let mut client = connect(&a.conn).await?;
     let output = match &a.output {
         Some(dir) => Output::Dir(dir.clone()),
@@ -972,7 +972,7 @@ async fn server_send(a: ServerSendArgs) -> Result<ExitCode> {
     let store = open_store(&a.store)?;
     let opts = SealOptions::mode(a.mode.into());
     let input = message_input(a.text.as_deref(), a.file.as_deref())?;
-    let sealed = crate::server::queue_for_client(&store, &identity, &to, input, &opts).await?;
+    let sealed = letterlock::server::queue_for_client(&store, &identity, &to, input, &opts).await?;
     store.close().await?;
     println!(
         "queued message {} for {} ({} bytes, {} mode); delivered at its next recv_msg",
@@ -982,7 +982,7 @@ async fn server_send(a: ServerSendArgs) -> Result<ExitCode> {
 }
 
 async fn inbox(store_path: &Path, json: bool) -> Result<ExitCode> {
-    use crate::store::Store;
+    use letterlock::store::Store;
     let store = open_store(store_path)?;
     let list = store.list_inbox().await?;
     let mode_name = |m: u8| Mode::from_byte(m).map_or("unknown", Mode::name);
@@ -1032,7 +1032,7 @@ async fn read_inbox(
     store_path: &Path,
     output: Option<&Path>,
 ) -> Result<ExitCode> {
-    use crate::store::Store;
+    use letterlock::store::Store;
     let identity: Arc<dyn Identity> = Arc::new(own_key(keys_dir, "server")?);
     let clients = keys::TrustList::load_clients(keys_dir)?;
     let store = open_store(store_path)?;

@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::client::{Client, ClientConfig, ClientError, Content, Output};
-use crate::envelope::{self, HEADER_LEN, Mode, OpenOptions, SealOptions};
 use crate::intercept::{self, Config, Direction, Event, Proxy, Tamper};
-use crate::keys::{self, Identity, KeyError, PrivateKey, PublicKey, TrustList, Trusted};
-use crate::server::{self, Server, ServerConfig};
-use crate::store::{SqliteStore, Store, StoreError};
-use crate::wire::{self, ErrorCode};
+use letterlock::client::{Client, ClientConfig, ClientError, Content, Output};
+use letterlock::envelope::{self, HEADER_LEN, Mode, OpenOptions, SealOptions};
+use letterlock::keys::{self, Identity, KeyError, PrivateKey, PublicKey, TrustList, Trusted};
+use letterlock::server::{self, Server, ServerConfig};
+use letterlock::store::{SqliteStore, Store, StoreError};
+use letterlock::wire::{self, ErrorCode};
 
 /// Key size used by the demo: fast to generate; still NIST's 112-bit level.
 pub const DEMO_BITS: usize = 2048;

@@ -2,7 +2,7 @@
 //!
 //! [`Proxy`] listens on one address and relays every connection to an upstream server, both
 //! ways. It holds no keys: it cuts the byte stream into frames from the framing alone
-//! (`length u32 BE || type u8 || payload`, see [`crate::wire`]), reports one [`Event::Frame`]
+//! (`length u32 BE || type u8 || payload`, see [`letterlock::wire`]), reports one [`Event::Frame`]
 //! per frame (direction, type, size, hex excerpt, byte entropy of the payload), records every
 //! byte it reads, and can attack the traffic ([`Tamper`]). Bytes that are not letterlock frames
 //! (a length over the limit, an unknown type byte) switch that direction to a plain relay, so
@@ -50,9 +50,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tracing::debug;
 
-use crate::envelope::{HEADER_LEN, Header, Mode};
-use crate::keys::KeyId;
-use crate::wire::{self, DATA_FRAME, ErrorCode, Frame, FrameReader, types};
+use letterlock::envelope::{HEADER_LEN, Header, Mode};
+use letterlock::keys::KeyId;
+use letterlock::wire::{self, DATA_FRAME, ErrorCode, Frame, FrameReader, types};
 
 /// First bytes of a capture file.
 pub const CAPTURE_MAGIC: &[u8; 20] = b"LETRLOCK-CAPTURE v1\n";
@@ -68,7 +68,7 @@ const READ_BUF: usize = 64 * 1024;
 const SENDER_ID: std::ops::Range<usize> = 12..44;
 const MESSAGE_ID_BYTE: usize = 76;
 /// Shortest sealed STREAM chunk: one byte and its tag.
-const MIN_SEALED_CHUNK: usize = 1 + crate::envelope::stream::TAG_LEN;
+const MIN_SEALED_CHUNK: usize = 1 + letterlock::envelope::stream::TAG_LEN;
 
 /// An attack on the traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -909,7 +909,7 @@ fn layout(h: &Header, len: usize, k: usize, source: &str) -> Result<Layout, Stri
             })
         }
         Mode::Hybrid => {
-            let per = h.chunk_size as usize + crate::envelope::stream::TAG_LEN;
+            let per = h.chunk_size as usize + letterlock::envelope::stream::TAG_LEN;
             let rest = body
                 .checked_sub(k)
                 .filter(|r| *r >= MIN_SEALED_CHUNK)

@@ -1,5 +1,5 @@
-//! The `letterlock` binary: everything lives in the library; see `letterlock --help`.
+//! The `letterlock` binary: the command line lives in this crate's library; see `letterlock --help`.
 
 fn main() -> std::process::ExitCode {
-    letterlock::cli::run()
+    letterlock_cli::cli::run()
 }

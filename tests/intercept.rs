@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use letterlock::client::{Client, ClientConfig, ClientError};
 use letterlock::envelope::{Mode, SealOptions};
-use letterlock::intercept::{self, Config, Direction, Encoding, Event, Proxy, Tamper};
 use letterlock::keys::{self, Identity, TrustList};
 use letterlock::server::{Server, ServerConfig};
 use letterlock::store::{SqliteStore, Store};
 use letterlock::wire::ErrorCode;
+use letterlock_cli::intercept::{self, Config, Direction, Encoding, Event, Proxy, Tamper};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;

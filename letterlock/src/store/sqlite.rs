@@ -292,7 +292,7 @@ impl Drop for SqliteStore {
 fn open_error(path: &Path) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
     move |source| StoreError::Open {
         path: path.to_path_buf(),
-        source,
+        source: Box::new(source),
     }
 }
 

@@ -6,6 +6,10 @@
 
 use std::path::PathBuf;
 
+/// The database library's own error, kept as the source of [`StoreError::Open`] and
+/// [`StoreError::Database`] without tying this type to one database backend.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Everything that can go wrong in the mailbox store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -16,7 +20,7 @@ pub enum StoreError {
     Open {
         path: PathBuf,
         #[source]
-        source: rusqlite::Error,
+        source: BackendError,
     },
 
     /// The database was written by a letterlock with a different schema.
@@ -43,7 +47,7 @@ pub enum StoreError {
     Database {
         action: &'static str,
         #[source]
-        source: rusqlite::Error,
+        source: BackendError,
     },
 
     /// A file operation (blob file, blob folder, lock file) failed.
@@ -127,8 +131,12 @@ pub enum StoreError {
 
 impl StoreError {
     /// Shorthand for [`StoreError::Database`], used with `map_err`.
+    #[cfg(feature = "sqlite")]
     pub(crate) fn db(action: &'static str) -> impl FnOnce(rusqlite::Error) -> Self {
-        move |source| Self::Database { action, source }
+        move |source| Self::Database {
+            action,
+            source: Box::new(source),
+        }
     }
 
     /// Shorthand for [`StoreError::Io`], used with `map_err`.

@@ -83,9 +83,10 @@ enum Body {
 }
 
 /// Randomness fixed in advance, for the published test vectors only. Real sealing always draws
-/// fresh values ([`Sealer::new`]).
-#[doc(hidden)]
-#[derive(Clone, Debug)]
+/// fresh values ([`Sealer::new`]); outside the `fuzzing` feature this type is private, so no
+/// normal build can seal with a chosen key, time or message id.
+#[cfg_attr(feature = "fuzzing", doc(hidden))]
+#[derive(Clone)]
 pub struct FixedRandomness {
     pub message_id: [u8; 16],
     pub created: u64,
@@ -107,16 +108,27 @@ impl Sealer {
             created: unix_now(),
             content_key: *content_key,
         };
-        let started = Self::with_randomness(sender, recipient, opts, &fixed);
+        let started = Self::start(sender, recipient, opts, &fixed);
         // `fixed` holds a copy of the content key: wipe it.
         let mut fixed = fixed;
         zeroize::Zeroize::zeroize(&mut fixed.content_key);
         started
     }
 
-    /// [`Sealer::new`] with the message id, time and content key given: for test vectors.
+    /// [`Sealer::new`] with the message id, time and content key given: for test vectors and
+    /// fuzzing only (feature `fuzzing`).
+    #[cfg(feature = "fuzzing")]
     #[doc(hidden)]
     pub fn with_randomness(
+        sender: &PublicKey,
+        recipient: &PublicKey,
+        opts: &SealOptions,
+        fixed: &FixedRandomness,
+    ) -> Result<(Sealer, Vec<u8>), SealError> {
+        Self::start(sender, recipient, opts, fixed)
+    }
+
+    fn start(
         sender: &PublicKey,
         recipient: &PublicKey,
         opts: &SealOptions,

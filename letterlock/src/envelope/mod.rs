@@ -38,7 +38,8 @@ pub use header::{
 pub use open::{
     OpenOptions, Opened, Opener, check_replaceable, open, open_to_file, open_to_vec, read_full,
 };
-/// Test-vector only: the randomness [`Sealer::with_randomness`] takes.
+/// Test-vector and fuzzing only: the randomness `Sealer::with_randomness` takes.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub use seal::FixedRandomness;
 pub use seal::{SealOptions, Sealed, Sealer, for_each_read, seal};

@@ -16,16 +16,20 @@
 //! committed and fsynced. Large bodies are streamed to files (see
 //! [`BlobWriter`]) before the row naming them commits.
 
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 mod body;
 mod error;
+#[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "sqlite")]
 mod writer;
 
 use std::future::Future;
 use std::io::Read;
 
 pub use body::{BlobWriter, Body, INLINE_MAX};
-pub use error::StoreError;
+pub use error::{BackendError, StoreError};
+#[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, StoreStats};
 
 /// A key id: SHA-256 fingerprint of an RSA public key.
