@@ -5,6 +5,7 @@
 //! only) and hybrid (AES-256-GCM under a fresh key that RSA wraps).
 //!
 //! # Layout
+//! - [`codec`]: the bounded cursor every binary parser (header, frames, handshake) reads with.
 //! - [`keys`]: RSA key pairs, PEM files, fingerprints, trust lists, and the private-key trait.
 //! - [`envelope`]: the sealed-message format (asymmetric and hybrid), streaming seal and open.
 //! - `wire` (feature `net`): the network protocol's frames and their codec.
@@ -20,6 +21,7 @@
 
 #[cfg(feature = "client")]
 pub mod client;
+pub mod codec;
 pub mod envelope;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
