@@ -126,3 +126,72 @@ pub async fn queue_for_client<S: Store>(
         .await?;
     Ok(sealed)
 }
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::thread::ThreadId;
+
+    use super::*;
+    use crate::keys::PrivateKey;
+    use crate::store::SqliteStore;
+
+    /// Plaintext that records which thread reads it.
+    struct Spy {
+        data: std::io::Cursor<Vec<u8>>,
+        readers: Arc<Mutex<Vec<ThreadId>>>,
+    }
+
+    impl Read for Spy {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.readers
+                .lock()
+                .unwrap()
+                .push(std::thread::current().id());
+            self.data.read(buf)
+        }
+    }
+
+    /// On a current-thread runtime the calling task runs on the test's own thread; the sealing
+    /// (which reads the input) must happen elsewhere, on the blocking pool.
+    #[test]
+    fn queue_for_client_seals_on_the_blocking_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("q.db")).unwrap();
+        let server: Arc<dyn Identity> = Arc::new(PrivateKey::generate(2048).unwrap());
+        let client = PrivateKey::generate(2048).unwrap();
+        let to = Trusted {
+            name: "client".into(),
+            key: client.public().clone(),
+        };
+        let readers = Arc::new(Mutex::new(Vec::new()));
+        let input = Spy {
+            data: std::io::Cursor::new(b"for the client".to_vec()),
+            readers: readers.clone(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let sealed = runtime
+            .block_on(queue_for_client(
+                &store,
+                server,
+                &to,
+                input,
+                &SealOptions::default(),
+            ))
+            .unwrap();
+        assert_eq!(sealed.plaintext_len, 14);
+        let here = std::thread::current().id();
+        let readers = readers.lock().unwrap();
+        assert!(!readers.is_empty(), "the input was never read");
+        assert!(
+            readers.iter().all(|t| *t != here),
+            "the input was read on the calling task's thread"
+        );
+        let waiting = runtime
+            .block_on(store.pending_outbox(&to.key.id().0))
+            .unwrap();
+        assert_eq!(waiting.len(), 1);
+    }
+}
