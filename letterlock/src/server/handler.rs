@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::keys::Trusted;
 use crate::store::Store;
-use crate::wire::handshake::{MAX_HANDSHAKE_FRAME, ServerHandshake};
+use crate::wire::handshake::{HandshakeError, MAX_HANDSHAKE_FRAME, ServerHandshake};
 use crate::wire::{ConnError, ErrorCode, Frame, FrameReader, FrameWriter};
 
 use super::{Fail, Server, on_blocking_pool};
@@ -80,9 +80,7 @@ async fn handshake<S: Store, R: AsyncRead + Unpin>(
     let client = on_blocking_pool(move || hs.check(&clients, answer))
         .await?
         .map_err(|e| match e {
-            crate::wire::handshake::HandshakeError::AuthFailed => {
-                Fail::new(ErrorCode::AuthFailed, "authentication failed")
-            }
+            HandshakeError::AuthFailed => Fail::new(ErrorCode::AuthFailed, "authentication failed"),
             other => Fail::new(ErrorCode::Protocol, other.to_string()),
         })?;
     send(&conn.out, Frame::Ready).await?;
