@@ -1,10 +1,11 @@
 //! One connection, from hello to close.
 //!
-//! [`serve_connection`] opens the connection's two halves (a [`FrameReader`], and a writer task
-//! fed by a queue), runs the handshake, and hands an authenticated peer to a [`Handler`], which
-//! owns everything that connection needs: the reader, the outbound queue, the authenticated
-//! client, the in-flight permits and work, and the stop signal. Its methods here read frames and
-//! dispatch them; receiving and delivering are in `receive.rs` and `deliver.rs`.
+//! The listener opens a [`Connection`] (a [`FrameReader`], and a writer task fed by a bounded
+//! queue) and calls [`serve_connection`], which runs the handshake and hands an authenticated
+//! peer to a [`Handler`]. The handler owns everything that connection needs: the reader, the
+//! outbound queue, the authenticated client, the in-flight permits and work, and the stop
+//! signal. Its methods here read frames and dispatch them; receiving and delivering are in
+//! `receive.rs` and `deliver.rs`.
 //!
 //! Every way out sends the peer an `Error` frame saying why (unless the peer simply closed),
 //! then closes: see [`Connection::close`].
@@ -23,7 +24,7 @@ use crate::store::Store;
 use crate::wire::handshake::{HandshakeError, MAX_HANDSHAKE_FRAME, ServerHandshake};
 use crate::wire::{ConnError, ErrorCode, Frame, FrameReader, FrameWriter};
 
-use super::{Fail, Server, on_blocking_pool};
+use super::{Fail, Server, ServerConfig, on_blocking_pool};
 
 /// Frames queued for the writer task: acks and deliveries wait here while the socket is slow,
 /// and a full queue makes their producers wait (backpressure) rather than buffer without bound.
@@ -36,20 +37,14 @@ const WRITE_BATCH: usize = 1024 * 1024;
 const LINGER: Duration = Duration::from_millis(500);
 
 /// Serves one connection until the peer is done, the connection fails, or `stop` is signalled.
-pub(super) async fn serve_connection<S, R, W>(
+pub(super) async fn serve_connection<S, R>(
     server: Arc<Server<S>>,
-    r: R,
-    w: W,
-    peer: SocketAddr,
+    mut conn: Connection<R>,
     mut stop: watch::Receiver<bool>,
 ) where
     S: Store,
     R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
 {
-    // Until the peer is authenticated, only a handshake-sized frame is accepted.
-    let pre_auth_limit = MAX_HANDSHAKE_FRAME.min(server.config.max_frame);
-    let mut conn = Connection::open(r, w, peer, pre_auth_limit, server.config.idle_timeout);
     // A peer that has not authenticated yet is simply closed at shutdown.
     let client = tokio::select! {
         client = handshake(&server, &mut conn) => client,
@@ -102,13 +97,17 @@ pub(super) struct Connection<R> {
 }
 
 impl<R: AsyncRead + Unpin> Connection<R> {
-    fn open<W>(r: R, w: W, peer: SocketAddr, max_frame: usize, stall: Duration) -> Self
+    /// Starts the writer task over `w`. Until the peer is authenticated, the reader accepts
+    /// only a handshake-sized frame; a peer that stops reading our frames for the idle timeout
+    /// is dropped.
+    pub(super) fn open<W>(r: R, w: W, peer: SocketAddr, config: &ServerConfig) -> Self
     where
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let (out, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let stall = config.idle_timeout;
         Connection {
-            reader: FrameReader::new(r, max_frame),
+            reader: FrameReader::new(r, MAX_HANDSHAKE_FRAME.min(config.max_frame)),
             out,
             writer: tokio::spawn(write_loop(FrameWriter::new(w), rx, stall)),
             peer,

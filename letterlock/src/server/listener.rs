@@ -19,7 +19,7 @@ use crate::store::Store;
 use crate::wire::{ErrorCode, Frame, FrameWriter};
 
 use super::Server;
-use super::handler;
+use super::handler::{self, Connection};
 
 /// How long the accept loop waits after a failed accept (EMFILE and friends) instead of
 /// spinning on an error that will not clear at once.
@@ -66,7 +66,10 @@ impl<S: Store> Server<S> {
                     tasks.spawn(async move {
                         let (r, w) = socket.into_split();
                         match permit {
-                            Ok(_permit) => handler::serve_connection(server, r, w, peer, stop).await,
+                            Ok(_permit) => {
+                                let conn = Connection::open(r, w, peer, &server.config);
+                                handler::serve_connection(server, conn, stop).await
+                            }
                             Err(_) => {
                                 let mut w = FrameWriter::new(w);
                                 let _ = w.write_frame(&Frame::error(
@@ -102,6 +105,7 @@ impl<S: Store> Server<S> {
     {
         // Never signalled: this connection ends when the peer is done.
         let (_stop_tx, stop_rx) = watch::channel(false);
-        handler::serve_connection(self, r, w, peer, stop_rx).await;
+        let conn = Connection::open(r, w, peer, &self.config);
+        handler::serve_connection(self, conn, stop_rx).await;
     }
 }

@@ -10,11 +10,11 @@
 //!    client proves each with `DeliveryAck`, and only then is it removed).
 //!
 //! # Layout
-//! - this file: [`Server`] (what every connection shares), [`ServerConfig`], and [`Fail`], the
+//! - this file: [`Server`] (what every connection shares), [`ServerConfig`], and `Fail`, the
 //!   reason a connection ends.
 //! - `listener`: the accept loop and admission ([`Server::run`], [`Server::serve_stream`]).
 //! - `handler`: one connection: its frames in and out, the handshake, and the loop that
-//!   dispatches each frame ([`handler::Handler`] owns the connection's state).
+//!   dispatches each frame (`Handler` owns the connection's state).
 //! - `receive`: one incoming message, from `Send` to `Ack`.
 //! - `deliver`: the outbox: [`queue_for_client`] fills it, `Fetch` empties it.
 //!
