@@ -646,3 +646,59 @@ impl Write for FrameSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::PrivateKey;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A listener that answers every connection with `bytes`, and the address to reach it.
+    async fn answering(bytes: Vec<u8>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            socket.write_all(&bytes).await.unwrap();
+            // Keep the socket open until the client gives up.
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut socket, &mut sink).await;
+        });
+        addr
+    }
+
+    async fn connect(addr: &str, server: &PrivateKey) -> Result<Client, ClientError> {
+        let me: Arc<dyn Identity> = Arc::new(PrivateKey::generate(2048).unwrap());
+        Client::connect(addr, me, server.public().clone(), ClientConfig::default()).await
+    }
+
+    #[tokio::test]
+    async fn another_service_is_reported_as_not_letterlock() {
+        let server = PrivateKey::generate(2048).unwrap();
+        let addr = answering(b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec()).await;
+        match connect(&addr, &server).await {
+            Err(ClientError::NotLetterlock(inner)) => {
+                assert!(matches!(*inner, ClientError::Wire(_)), "{inner:?}")
+            }
+            other => panic!("expected NotLetterlock, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn another_protocol_version_is_a_handshake_error() {
+        let server = PrivateKey::generate(2048).unwrap();
+        let mut hello = Vec::new();
+        Frame::Hello {
+            version: 2,
+            server: server.public().id(),
+            challenge: [0; wire::CHALLENGE_LEN],
+        }
+        .encode(&mut hello);
+        let addr = answering(hello).await;
+        match connect(&addr, &server).await {
+            Err(ClientError::Handshake(HandshakeError::Version(2))) => {}
+            other => panic!("expected Handshake(Version(2)), got {other:?}"),
+        }
+    }
+}
