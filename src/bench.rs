@@ -803,7 +803,12 @@ async fn server_section(opts: &BenchOptions) -> Result<ServerReport, BenchError>
         max_connections: 4 * CONNECTIONS[CONNECTIONS.len() - 1],
         ..ServerConfig::default()
     };
-    let server = Arc::new(Server::new(server_key, clients, store.clone(), config));
+    let server = Arc::new(Server::new(
+        Arc::new(server_key),
+        clients,
+        store.clone(),
+        config,
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

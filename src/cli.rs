@@ -752,7 +752,12 @@ async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
         println!("trusts client {:?} {}", c.name, c.key.id());
     }
     io::stdout().flush()?;
-    let server = Arc::new(Server::new(identity, clients, store.clone(), config));
+    let server = Arc::new(Server::new(
+        Arc::new(identity),
+        clients,
+        store.clone(),
+        config,
+    ));
     let shutdown = async {
         shutdown_signal().await;
         eprintln!(
@@ -972,7 +977,8 @@ async fn server_send(a: ServerSendArgs) -> Result<ExitCode> {
     let store = open_store(&a.store)?;
     let opts = SealOptions::mode(a.mode.into());
     let input = message_input(a.text.as_deref(), a.file.as_deref())?;
-    let sealed = letterlock::server::queue_for_client(&store, &identity, &to, input, &opts).await?;
+    let sealed =
+        letterlock::server::queue_for_client(&store, Arc::new(identity), &to, input, &opts).await?;
     store.close().await?;
     println!(
         "queued message {} for {} ({} bytes, {} mode); delivered at its next recv_msg",

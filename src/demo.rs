@@ -239,9 +239,8 @@ async fn setup(
     let mut clients = TrustList::new();
     clients.add("client", client_key.public().clone())?;
     let client = clients.by_name("client").cloned().ok_or(DemoError::Task)?;
-    let identity = PrivateKey::from_pem(&server_key.to_pem()?)?;
     let server = Arc::new(Server::new(
-        identity,
+        server_key.clone(),
         clients,
         store.clone(),
         ServerConfig::default(),
@@ -350,7 +349,7 @@ async fn eavesdrop(p: Paint, w: &World, checks: &mut Vec<Check>) -> Result<(), D
         let k = w.server_key.public().modulus_len();
         let message: Vec<u8> = sent_frames(&proxy, conn)
             .into_iter()
-            .filter(|(t, _)| *t == wire::types::SEND)
+            .filter(|(t, _)| *t == u8::from(wire::FrameType::Send))
             .flat_map(|(_, payload)| payload)
             .collect();
         match mode {
@@ -635,7 +634,7 @@ async fn from_server(p: Paint, w: &World, checks: &mut Vec<Check>) -> Result<(),
     let to = w.client.clone();
     let sealed = server::queue_for_client(
         store.as_ref(),
-        server_key.as_ref(),
+        server_key,
         &to,
         Cursor::new(secret.as_bytes().to_vec()),
         &SealOptions::mode(Mode::Hybrid),

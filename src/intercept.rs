@@ -52,7 +52,7 @@ use tracing::debug;
 
 use letterlock::envelope::{HEADER_LEN, Header, Mode};
 use letterlock::keys::KeyId;
-use letterlock::wire::{self, DATA_FRAME, ErrorCode, Frame, FrameReader, types};
+use letterlock::wire::{self, DATA_FRAME, ErrorCode, Frame, FrameReader, FrameType};
 
 /// First bytes of a capture file.
 pub const CAPTURE_MAGIC: &[u8; 20] = b"LETRLOCK-CAPTURE v1\n";
@@ -746,7 +746,7 @@ impl Pump {
                 Err(_) => break,
             };
             match buf.get(4) {
-                Some(&t) if wire::type_name(t) == "Unknown" => break,
+                Some(&t) if FrameType::try_from(t).is_err() => break,
                 Some(_) if buf.len() >= 4 + len => {
                     let frame: Vec<u8> = buf.drain(..4 + len).collect();
                     self.frame(frame, out);
@@ -767,18 +767,23 @@ impl Pump {
         let payload = &frame[5..];
         match self.dir {
             Direction::ToServer => {
-                if t == types::AUTH {
+                if t == u8::from(FrameType::Auth) {
                     self.auth_key_bytes = Some(payload.len().saturating_sub(32));
                 }
                 if self.tamper() == Some(Tamper::Replay)
                     && !self.replay_complete
-                    && [types::AUTH, types::SEND, types::SEND_END].contains(&t)
+                    && [
+                        u8::from(FrameType::Auth),
+                        u8::from(FrameType::Send),
+                        u8::from(FrameType::SendEnd),
+                    ]
+                    .contains(&t)
                 {
                     self.replay_log.extend_from_slice(&frame);
-                    self.replay_complete = t == types::SEND_END;
+                    self.replay_complete = t == u8::from(FrameType::SendEnd);
                 }
                 if let Some(mode) = self.tamper().filter(|m| m.on_message()) {
-                    if t == types::SEND {
+                    if t == u8::from(FrameType::Send) {
                         self.holding = true;
                         self.held.extend_from_slice(payload);
                         if self.held.len() > MAX_HELD {
@@ -793,7 +798,7 @@ impl Pump {
                         }
                         return;
                     }
-                    if t == types::SEND_END && self.holding {
+                    if t == u8::from(FrameType::SendEnd) && self.holding {
                         let message = std::mem::take(&mut self.held);
                         self.holding = false;
                         let message = self.tamper_message(mode, message);
@@ -804,7 +809,7 @@ impl Pump {
                 }
             }
             Direction::ToClient => {
-                if t == types::ERROR
+                if t == u8::from(FrameType::Error)
                     && let Ok(Frame::Error { code, message }) = Frame::parse(&frame[4..])
                 {
                     self.shared.emit(Event::ServerError {
@@ -813,7 +818,7 @@ impl Pump {
                         message,
                     });
                 }
-                if t == types::ACK && self.tamper() == Some(Tamper::ForgeAck) {
+                if t == u8::from(FrameType::Ack) && self.tamper() == Some(Tamper::ForgeAck) {
                     let mut forged = frame;
                     let last = forged.len() - 1;
                     forged[last] ^= 0x01;
@@ -1137,7 +1142,10 @@ async fn replay_once(shared: &Shared, conn: u32, log: &[u8]) -> io::Result<(bool
 /// Describes one whole frame.
 pub fn frame_info(conn: u32, dir: Direction, frame: &[u8]) -> FrameInfo {
     let payload = frame.get(5..).unwrap_or(&[]);
-    let kind = frame.get(4).map_or("Unknown", |t| wire::type_name(*t));
+    let kind = frame
+        .get(4)
+        .and_then(|t| FrameType::try_from(*t).ok())
+        .map_or("Unknown", FrameType::name);
     let mut excerpt = hex::encode(&payload[..payload.len().min(EXCERPT_BYTES)]);
     if payload.len() > EXCERPT_BYTES {
         excerpt.push_str("...");
@@ -1300,7 +1308,7 @@ pub fn describe(records: &[Record], max_frame: usize) -> Vec<Event> {
                 }
             };
             match buf.get(4) {
-                Some(&t) if wire::type_name(t) == "Unknown" => {
+                Some(&t) if FrameType::try_from(t).is_err() => {
                     *raw = true;
                     break;
                 }

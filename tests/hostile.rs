@@ -91,7 +91,7 @@ async fn raw(addr: &str) -> Raw {
 fn auth_frame(raw: &Raw, name: &str) -> Frame {
     let me = private(name);
     let client = me.public().id();
-    let t = wire::handshake_transcript(&raw.server, &raw.challenge, &client);
+    let t = wire::handshake::transcript(&raw.server, &raw.challenge, &client);
     Frame::Auth {
         client,
         signature: me.sign(&t).unwrap(),
@@ -394,7 +394,7 @@ async fn trusted_key_id_with_anothers_signature() {
         let mut raw = raw(&addr).await;
         // Mallory signs a transcript naming alice's key id.
         let alice = private(CLIENT).public().id();
-        let t = wire::handshake_transcript(&raw.server, &raw.challenge, &alice);
+        let t = wire::handshake::transcript(&raw.server, &raw.challenge, &alice);
         let signature = private("mallory").sign(&t).unwrap();
         raw.w
             .write_frame(&Frame::Auth {

@@ -40,7 +40,7 @@ async fn rig() -> Rig {
     let identity =
         keys::load_private(&common::keys_dir().join(format!("{SERVER}_private.pem"))).unwrap();
     let server = Arc::new(Server::new(
-        identity,
+        Arc::new(identity),
         clients,
         store.clone(),
         ServerConfig::default(),

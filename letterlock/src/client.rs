@@ -22,6 +22,7 @@ use crate::envelope::{
     Sealed,
 };
 use crate::keys::{Identity, KeyId, PublicKey};
+use crate::wire::handshake::{self, HandshakeError};
 use crate::wire::{
     self, ConnError, DATA_FRAME, ErrorCode, Frame, FrameReader, FrameWriter, WireError,
 };
@@ -65,8 +66,33 @@ pub enum ClientError {
     Refused { code: ErrorCode, message: String },
     #[error("delivery NOT proven: {0}")]
     NotProven(String),
+    /// The server closed the connection where a frame was due.
+    #[error("the server closed the connection")]
+    Closed,
+    /// The server sent bytes that are not a valid frame.
     #[error("protocol error: {0}")]
-    Protocol(String),
+    Wire(#[from] WireError),
+    /// The server sent a valid frame where the protocol has no place for it.
+    #[error("unexpected {frame} frame from the server")]
+    Unexpected { frame: &'static str },
+    /// Whatever answered at the address did not open with a letterlock `Hello`.
+    #[error("the peer does not speak the letterlock protocol (is this the right address?): {0}")]
+    NotLetterlock(#[source] Box<ClientError>),
+    /// The handshake failed for another reason than the server's key (see
+    /// [`ClientError::WrongServer`]), e.g. another protocol version.
+    #[error("handshake failed: {0}")]
+    Handshake(#[source] HandshakeError),
+    /// The server announced another number of messages than it delivered.
+    #[error("server announced {announced} messages, sent {sent}")]
+    CountMismatch { announced: u32, sent: usize },
+    /// Work the client runs on the blocking pool (sealing, signing, opening) panicked or was
+    /// cancelled.
+    #[error("the {task} task failed: {source}")]
+    Task {
+        task: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
     #[error("timed out waiting for the server")]
     Timeout,
     #[error(transparent)]
@@ -80,9 +106,21 @@ pub enum ClientError {
 impl From<ConnError> for ClientError {
     fn from(e: ConnError) -> Self {
         match e {
-            ConnError::Closed => ClientError::Protocol("the server closed the connection".into()),
-            ConnError::Wire(w) => ClientError::Protocol(w.to_string()),
+            ConnError::Closed => ClientError::Closed,
+            ConnError::Wire(w) => ClientError::Wire(w),
             ConnError::Io(e) => ClientError::Io(e),
+        }
+    }
+}
+
+impl From<HandshakeError> for ClientError {
+    fn from(e: HandshakeError) -> Self {
+        match e {
+            HandshakeError::WrongServer { got, expected } => {
+                ClientError::WrongServer { got, expected }
+            }
+            HandshakeError::Key(e) => ClientError::Seal(SealError::Key(e)),
+            other => ClientError::Handshake(other),
         }
     }
 }
@@ -169,47 +207,29 @@ impl Client {
         Ok(client)
     }
 
+    /// The client's half of the handshake ([`crate::wire::handshake`]): check the `Hello`
+    /// against the pinned key, sign the challenge off the reactor, wait for `Ready`.
     async fn handshake(&mut self) -> Result<(), ClientError> {
         // Whatever answers first must be a letterlock Hello; anything else is another service.
         let first = self.read().await.map_err(|e| match e {
-            ClientError::Protocol(m) => ClientError::Protocol(format!(
-                "the peer does not speak the letterlock protocol (is this the right address?): {m}"
-            )),
+            e @ (ClientError::Closed | ClientError::Wire(_)) => {
+                ClientError::NotLetterlock(Box::new(e))
+            }
             other => other,
         })?;
-        let (server, challenge) = match first {
-            Frame::Hello {
-                version: wire::PROTOCOL_VERSION,
-                server,
-                challenge,
-            } => (server, challenge),
-            Frame::Hello { version, .. } => {
-                return Err(ClientError::Protocol(format!(
-                    "server speaks protocol version {version}, we speak {}",
-                    wire::PROTOCOL_VERSION
-                )));
-            }
-            other => return Err(unexpected(other)),
-        };
-        if server != self.server.id() {
-            return Err(ClientError::WrongServer {
-                got: server,
-                expected: self.server.id(),
-            });
-        }
-        let me = self.identity.public().id();
+        let server = self.server.id();
+        let challenge = handshake::check_hello(first, &server)?;
         let identity = self.identity.clone();
-        let transcript = wire::handshake_transcript(&server, &challenge, &me);
-        let signature = tokio::task::spawn_blocking(move || identity.sign(&transcript))
-            .await
-            .map_err(|_| ClientError::Protocol("signing task failed".into()))?
-            .map_err(SealError::Key)?;
-        self.writer
-            .write_frame(&Frame::Auth {
-                client: me,
-                signature,
-            })
-            .await?;
+        let auth = tokio::task::spawn_blocking(move || {
+            handshake::sign_auth(identity.as_ref(), &server, &challenge)
+        })
+        .await
+        .map_err(|source| ClientError::Task {
+            task: "signing",
+            source,
+        })?
+        .map_err(SealError::Key)?;
+        self.writer.write_frame(&auth).await?;
         match self.read().await? {
             Frame::Ready => Ok(()),
             other => Err(unexpected(other)),
@@ -254,9 +274,10 @@ impl Client {
             }
         }
         drop(rx);
-        let sealed = sealing
-            .await
-            .map_err(|_| ClientError::Protocol("sealing task failed".into()))?;
+        let sealed = sealing.await.map_err(|source| ClientError::Task {
+            task: "sealing",
+            source,
+        })?;
         if let Some(e) = write_failed {
             // The server may have said why before closing.
             return Err(self.reason_for(e).await);
@@ -361,10 +382,10 @@ impl Client {
             }
         };
         if count as usize != acked.len() {
-            return Err(ClientError::Protocol(format!(
-                "server announced {count} messages, sent {}",
-                acked.len()
-            )));
+            return Err(ClientError::CountMismatch {
+                announced: count,
+                sent: acked.len(),
+            });
         }
         // Wait for the server to confirm each removal, so a second fetch will not repeat them.
         for _ in &acked {
@@ -446,7 +467,10 @@ async fn on_blocking_pool<T: Send + 'static>(
 ) -> Result<T, ClientError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|_| ClientError::Protocol("a blocking task failed".into()))?
+        .map_err(|source| ClientError::Task {
+            task: "opening",
+            source,
+        })?
 }
 
 /// One delivered message being opened: the opener and where its plaintext goes.
@@ -587,7 +611,9 @@ fn check_ack(sealed: &Sealed, id: &MessageId, tag: &[u8; 32]) -> Result<Delivery
 }
 
 fn unexpected(frame: Frame) -> ClientError {
-    ClientError::Protocol(format!("unexpected {} frame from the server", frame.name()))
+    ClientError::Unexpected {
+        frame: frame.name(),
+    }
 }
 
 /// A `Write` that cuts sealed output into `Send` frames for the async side.
@@ -621,8 +647,58 @@ impl Write for FrameSink {
     }
 }
 
-impl From<WireError> for ClientError {
-    fn from(e: WireError) -> Self {
-        ClientError::Protocol(e.to_string())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::PrivateKey;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A listener that answers every connection with `bytes`, and the address to reach it.
+    async fn answering(bytes: Vec<u8>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            socket.write_all(&bytes).await.unwrap();
+            // Keep the socket open until the client gives up.
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut socket, &mut sink).await;
+        });
+        addr
+    }
+
+    async fn connect(addr: &str, server: &PrivateKey) -> Result<Client, ClientError> {
+        let me: Arc<dyn Identity> = Arc::new(PrivateKey::generate(2048).unwrap());
+        Client::connect(addr, me, server.public().clone(), ClientConfig::default()).await
+    }
+
+    #[tokio::test]
+    async fn another_service_is_reported_as_not_letterlock() {
+        let server = PrivateKey::generate(2048).unwrap();
+        let addr = answering(b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec()).await;
+        match connect(&addr, &server).await {
+            Err(ClientError::NotLetterlock(inner)) => {
+                assert!(matches!(*inner, ClientError::Wire(_)), "{inner:?}")
+            }
+            other => panic!("expected NotLetterlock, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn another_protocol_version_is_a_handshake_error() {
+        let server = PrivateKey::generate(2048).unwrap();
+        let mut hello = Vec::new();
+        Frame::Hello {
+            version: 2,
+            server: server.public().id(),
+            challenge: [0; wire::CHALLENGE_LEN],
+        }
+        .encode(&mut hello);
+        let addr = answering(hello).await;
+        match connect(&addr, &server).await {
+            Err(ClientError::Handshake(HandshakeError::Version(2))) => {}
+            other => panic!("expected Handshake(Version(2)), got {other:?}"),
+        }
     }
 }

@@ -248,13 +248,12 @@ impl NetFixture {
 
     /// The `Auth` frame body the trusted client sends for [`FIXED_CHALLENGE`] (a seed).
     pub fn valid_auth(&self) -> crate::wire::Frame {
-        let me = self.client.public().id();
-        let t =
-            crate::wire::handshake_transcript(&self.server.public().id(), &FIXED_CHALLENGE, &me);
-        crate::wire::Frame::Auth {
-            client: me,
-            signature: self.client.sign(&t).expect("signing"),
-        }
+        crate::wire::handshake::sign_auth(
+            self.client.as_ref(),
+            &self.server.public().id(),
+            &FIXED_CHALLENGE,
+        )
+        .expect("signing")
     }
 }
 
@@ -262,15 +261,15 @@ impl NetFixture {
 /// trusted client's key with a signature over this server and [`FIXED_CHALLENGE`]. Returns
 /// whether it accepted.
 pub fn handshake(fx: &NetFixture, data: &[u8]) -> bool {
-    use crate::wire::{self, Frame};
+    use crate::wire::{self, Frame, handshake};
     let Ok(Some((Frame::Auth { client, signature }, _))) = wire::decode(data, FUZZ_MAX_FRAME)
     else {
         return false;
     };
     let server = fx.server.public().id();
-    match crate::server::authenticate(&fx.clients, &server, &FIXED_CHALLENGE, &client, &signature) {
+    match handshake::authenticate(&fx.clients, &server, &FIXED_CHALLENGE, &client, &signature) {
         Some(t) => {
-            let t_ok = wire::handshake_transcript(&server, &FIXED_CHALLENGE, &client);
+            let t_ok = handshake::transcript(&server, &FIXED_CHALLENGE, &client);
             assert_eq!(t.key.id(), client, "accepted under another key");
             assert!(
                 t.key.verify_pss(&t_ok, &signature),
@@ -308,9 +307,8 @@ impl ServerFixture {
             idle_timeout: std::time::Duration::from_secs(2),
             ..crate::server::ServerConfig::default()
         };
-        let key = PrivateKey::from_pem(&net.server.to_pem().expect("pem")).expect("server key");
         let server = Arc::new(crate::server::Server::new(
-            key,
+            net.server.clone(),
             net.clients.clone(),
             store,
             config,
@@ -363,13 +361,9 @@ pub fn server_connection(fx: &ServerFixture, data: &[u8]) -> usize {
                 panic!("the server did not start with Hello");
             };
             if authenticate_first {
-                let me = fx.net.client.public().id();
-                let t = crate::wire::handshake_transcript(&server, &challenge, &me);
-                let signature = fx.net.client.sign(&t).expect("signing");
-                let auth = Frame::Auth {
-                    client: me,
-                    signature,
-                };
+                let auth =
+                    crate::wire::handshake::sign_auth(fx.net.client.as_ref(), &server, &challenge)
+                        .expect("signing");
                 if writer.write_frame(&auth).await.is_err() {
                     return;
                 }

@@ -5,9 +5,11 @@
 //! only) and hybrid (AES-256-GCM under a fresh key that RSA wraps).
 //!
 //! # Layout
+//! - [`codec`]: the bounded cursor every binary parser (header, frames, handshake) reads with.
 //! - [`keys`]: RSA key pairs, PEM files, fingerprints, trust lists, and the private-key trait.
 //! - [`envelope`]: the sealed-message format (asymmetric and hybrid), streaming seal and open.
-//! - `wire` (feature `net`): the network protocol's frames and their codec.
+//! - `wire` (feature `net`): the network protocol: frames and their codec, a connection that
+//!   reads and writes whole frames, and the handshake both ends run.
 //! - `client` (feature `client`) and `server` (feature `server`): the two ends of the protocol.
 //! - `store` (feature `server`; SQLite with feature `sqlite`): the server's durable mailbox.
 //! - `fuzzing` (feature `fuzzing`, hidden): the fuzz targets' bodies, shared with the corpus
@@ -20,6 +22,7 @@
 
 #[cfg(feature = "client")]
 pub mod client;
+pub mod codec;
 pub mod envelope;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -45,7 +45,12 @@ impl TestServer {
         let store = Arc::new(SqliteStore::open(&store_path).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let server = Arc::new(Server::new(server_key(), clients(), store.clone(), config));
+        let server = Arc::new(Server::new(
+            Arc::new(server_key()),
+            clients(),
+            store.clone(),
+            config,
+        ));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -93,9 +98,15 @@ impl TestServer {
         opts: &letterlock::envelope::SealOptions,
     ) -> letterlock::envelope::Sealed {
         let to = clients().by_name("client").unwrap().clone();
-        letterlock::server::queue_for_client(self.store.as_ref(), &server_key(), &to, text, opts)
-            .await
-            .unwrap()
+        letterlock::server::queue_for_client(
+            self.store.as_ref(),
+            Arc::new(server_key()),
+            &to,
+            std::io::Cursor::new(text.to_vec()),
+            opts,
+        )
+        .await
+        .unwrap()
     }
 
     pub async fn inbox_len(&self) -> usize {

@@ -19,6 +19,7 @@
 
 use std::fmt;
 
+use crate::codec::{CodecError, Reader};
 use crate::keys::KeyId;
 
 /// Identifies a letterlock sealed message, whatever its version.
@@ -151,24 +152,32 @@ impl Header {
         // Whatever part of the magic is there must match: a short text file is "not a letterlock
         // message", not "a truncated one".
         let n = bytes.len().min(MAGIC.len());
-        if bytes[..n] != MAGIC[..n] {
+        if bytes.get(..n) != MAGIC.get(..n) {
             return Err(HeaderError::Magic);
         }
-        let h: &[u8; HEADER_LEN] = bytes
-            .get(..HEADER_LEN)
-            .and_then(|s| s.try_into().ok())
-            .ok_or(HeaderError::Truncated(bytes.len()))?;
-        if h[0..8] != MAGIC {
+        let truncated = HeaderError::Truncated(bytes.len());
+        let mut r = Reader::new(bytes.get(..HEADER_LEN).ok_or(truncated.clone())?);
+        // From here on every read is in bounds (the slice is a whole header); a short read would
+        // still be an error, never a panic.
+        let short = |_: CodecError| truncated.clone();
+        if r.array::<8>().map_err(short)? != MAGIC {
             return Err(HeaderError::Magic);
         }
-        if h[8] != VERSION {
-            return Err(HeaderError::Version(h[8]));
+        let version = r.u8().map_err(short)?;
+        if version != VERSION {
+            return Err(HeaderError::Version(version));
         }
-        let mode = Mode::from_byte(h[9]).ok_or(HeaderError::Mode(h[9]))?;
-        if h[10..12] != [0, 0] {
+        let mode_byte = r.u8().map_err(short)?;
+        let mode = Mode::from_byte(mode_byte).ok_or(HeaderError::Mode(mode_byte))?;
+        if r.u16().map_err(short)? != 0 {
             return Err(HeaderError::Reserved);
         }
-        let chunk_size = u32::from_be_bytes(array(&h[100..104]));
+        let sender = KeyId(r.array().map_err(short)?);
+        let recipient = KeyId(r.array().map_err(short)?);
+        let message_id = MessageId(r.array().map_err(short)?);
+        let created = r.u64().map_err(short)?;
+        let chunk_size = r.u32().map_err(short)?;
+        r.expect_empty().map_err(short)?;
         let chunk_ok = match mode {
             Mode::Asymmetric => chunk_size == 0,
             Mode::Hybrid => valid_chunk_size(chunk_size),
@@ -178,10 +187,10 @@ impl Header {
         }
         Ok(Header {
             mode,
-            sender: KeyId(array(&h[12..44])),
-            recipient: KeyId(array(&h[44..76])),
-            message_id: MessageId(array(&h[76..92])),
-            created: u64::from_be_bytes(array(&h[92..100])),
+            sender,
+            recipient,
+            message_id,
+            created,
             chunk_size,
         })
     }
@@ -190,13 +199,6 @@ impl Header {
 /// A hybrid chunk size is a power of two within [`MIN_CHUNK_SIZE`]..=[`MAX_CHUNK_SIZE`].
 pub fn valid_chunk_size(size: u32) -> bool {
     size.is_power_of_two() && (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size)
-}
-
-/// Copies a slice whose length the caller fixed by its range into an array.
-fn array<const N: usize>(s: &[u8]) -> [u8; N] {
-    let mut a = [0u8; N];
-    a.copy_from_slice(s);
-    a
 }
 
 #[cfg(test)]

@@ -1,0 +1,197 @@
+//! The outbox: [`queue_for_client`] seals a message from the server to a client and queues it;
+//! at that client's next `Fetch` the connection delivers everything waiting for it, and removes
+//! each message only once the client proves, with a `DeliveryAck`, that it opened it.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use tokio::io::AsyncRead;
+use tracing::{debug, info, warn};
+
+use crate::envelope::{self, MessageId, SealOptions, Sealed};
+use crate::keys::{Identity, Trusted};
+use crate::store::{self, OutboxRecord, Store};
+use crate::wire::{DATA_FRAME, ErrorCode, Frame};
+
+use super::Fail;
+use super::handler::{Handler, send};
+
+impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
+    /// Streams every message waiting for the client, then `FetchDone`. Each body is read on the
+    /// blocking pool and cut into `Deliver` frames there; the outbound queue's bound keeps at
+    /// most a few frames of it in memory.
+    pub(super) async fn deliver(&mut self) -> Result<(), Fail> {
+        let store = &self.server.store;
+        let out = &self.conn.out;
+        let pending = store
+            .pending_outbox(&self.client.key.id().0)
+            .await
+            .map_err(Fail::store)?;
+        let count = u32::try_from(pending.len()).unwrap_or(u32::MAX);
+        for entry in pending {
+            let body = store
+                .open_outbox_body(&entry.recipient_key_id, &entry.message_id)
+                .await
+                .map_err(Fail::store)?;
+            let frames = out.clone();
+            let sent = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                let mut body = body;
+                let mut buf = vec![0u8; DATA_FRAME];
+                loop {
+                    let n = envelope::read_full(&mut body, &mut buf)?;
+                    let Some(data) = buf.get(..n).filter(|d| !d.is_empty()) else {
+                        return Ok(());
+                    };
+                    if frames.blocking_send(Frame::Deliver(data.to_vec())).is_err() {
+                        return Err(std::io::ErrorKind::BrokenPipe.into());
+                    }
+                }
+            })
+            .await;
+            match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, "reading an outbox message failed");
+                    return Err(Fail::internal());
+                }
+                Err(_) => return Err(Fail::internal()),
+            }
+            send(out, Frame::DeliverEnd).await?;
+            debug!(client = %self.client.name, id = %MessageId(entry.message_id), "delivered");
+        }
+        send(out, Frame::FetchDone { count }).await
+    }
+
+    /// The client proves it opened a delivered message: remove it, say so.
+    pub(super) async fn delivery_ack(&mut self, id: MessageId, tag: [u8; 32]) -> Result<(), Fail> {
+        let removed = self
+            .server
+            .store
+            .complete_outbox(&self.client.key.id().0, &id.0, &tag)
+            .await
+            .map_err(Fail::store)?;
+        if !removed {
+            return Err(Fail::new(
+                ErrorCode::BadAck,
+                "delivery acknowledgement does not match a pending message",
+            ));
+        }
+        info!(client = %self.client.name, id = %id, "delivery proven; message removed");
+        send(&self.conn.out, Frame::Removed { id }).await
+    }
+}
+
+/// Why a message from the server could not be queued for a client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError {
+    #[error(transparent)]
+    Seal(#[from] envelope::SealError),
+    #[error("store error: {0}")]
+    Store(#[from] store::StoreError),
+    /// The sealing task on the blocking pool panicked or was cancelled.
+    #[error("the sealing task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Seals `input` from the server (`identity`) to client `to` and queues it in the store's
+/// outbox; a running server delivers it at that client's next fetch. The RSA work and the
+/// writes of the sealed body run on the blocking pool, so this is safe to call from any task.
+pub async fn queue_for_client<S: Store>(
+    store: &S,
+    identity: Arc<dyn Identity>,
+    to: &Trusted,
+    input: impl Read + Send + 'static,
+    opts: &SealOptions,
+) -> Result<Sealed, QueueError> {
+    let mut blob = store.blob_writer();
+    let recipient = to.key.clone();
+    let opts = opts.clone();
+    let (sealed, body) = tokio::task::spawn_blocking(move || -> Result<_, QueueError> {
+        let sealed = envelope::seal(identity.as_ref(), &recipient, &opts, input, &mut blob)?;
+        Ok((sealed, blob.finish()?))
+    })
+    .await??;
+    store
+        .enqueue_outbox(OutboxRecord {
+            recipient_key_id: to.key.id().0,
+            recipient_name: to.name.clone(),
+            message_id: sealed.header.message_id.0,
+            created: sealed.header.created,
+            mode: sealed.header.mode.to_byte(),
+            plaintext_len: sealed.plaintext_len,
+            expected_ack_tag: sealed.ack_tag,
+            body,
+        })
+        .await?;
+    Ok(sealed)
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::thread::ThreadId;
+
+    use super::*;
+    use crate::keys::PrivateKey;
+    use crate::store::SqliteStore;
+
+    /// Plaintext that records which thread reads it.
+    struct Spy {
+        data: std::io::Cursor<Vec<u8>>,
+        readers: Arc<Mutex<Vec<ThreadId>>>,
+    }
+
+    impl Read for Spy {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.readers
+                .lock()
+                .unwrap()
+                .push(std::thread::current().id());
+            self.data.read(buf)
+        }
+    }
+
+    /// On a current-thread runtime the calling task runs on the test's own thread; the sealing
+    /// (which reads the input) must happen elsewhere, on the blocking pool.
+    #[test]
+    fn queue_for_client_seals_on_the_blocking_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("q.db")).unwrap();
+        let server: Arc<dyn Identity> = Arc::new(PrivateKey::generate(2048).unwrap());
+        let client = PrivateKey::generate(2048).unwrap();
+        let to = Trusted {
+            name: "client".into(),
+            key: client.public().clone(),
+        };
+        let readers = Arc::new(Mutex::new(Vec::new()));
+        let input = Spy {
+            data: std::io::Cursor::new(b"for the client".to_vec()),
+            readers: readers.clone(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let sealed = runtime
+            .block_on(queue_for_client(
+                &store,
+                server,
+                &to,
+                input,
+                &SealOptions::default(),
+            ))
+            .unwrap();
+        assert_eq!(sealed.plaintext_len, 14);
+        let here = std::thread::current().id();
+        let readers = readers.lock().unwrap();
+        assert!(!readers.is_empty(), "the input was never read");
+        assert!(
+            readers.iter().all(|t| *t != here),
+            "the input was read on the calling task's thread"
+        );
+        let waiting = runtime
+            .block_on(store.pending_outbox(&to.key.id().0))
+            .unwrap();
+        assert_eq!(waiting.len(), 1);
+    }
+}

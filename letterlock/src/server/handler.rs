@@ -1,0 +1,271 @@
+//! One connection, from hello to close.
+//!
+//! The listener opens a [`Connection`] (a [`FrameReader`], and a writer task fed by a bounded
+//! queue) and calls [`serve_connection`], which runs the handshake and hands an authenticated
+//! peer to a [`Handler`]. The handler owns everything that connection needs: the reader, the
+//! outbound queue, the authenticated client, the in-flight permits and work, and the stop
+//! signal. Its methods here read frames and dispatch them; receiving and delivering are in
+//! `receive.rs` and `deliver.rs`.
+//!
+//! Every way out sends the peer an `Error` frame saying why (unless the peer simply closed),
+//! then closes: see [`Connection::close`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, info, warn};
+
+use crate::keys::Trusted;
+use crate::store::Store;
+use crate::wire::handshake::{HandshakeError, MAX_HANDSHAKE_FRAME, ServerHandshake};
+use crate::wire::{ConnError, ErrorCode, Frame, FrameReader, FrameWriter};
+
+use super::{Fail, Server, ServerConfig, on_blocking_pool};
+
+/// Frames queued for the writer task: acks and deliveries wait here while the socket is slow,
+/// and a full queue makes their producers wait (backpressure) rather than buffer without bound.
+const OUTBOUND_QUEUE: usize = 64;
+
+/// Most bytes the writer task gathers into one write (many small acks, or a few deliveries).
+const WRITE_BATCH: usize = 1024 * 1024;
+
+/// How long a connection that failed keeps reading so the peer can receive our Error frame.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// Serves one connection until the peer is done, the connection fails, or `stop` is signalled.
+pub(super) async fn serve_connection<S, R>(
+    server: Arc<Server<S>>,
+    mut conn: Connection<R>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: Store,
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    // A peer that has not authenticated yet is simply closed at shutdown.
+    let client = tokio::select! {
+        client = handshake(&server, &mut conn) => client,
+        _ = stop.changed() => return conn.close(Ok(())).await,
+    };
+    match client {
+        Ok(client) => {
+            conn.reader.set_max_frame(server.config.max_frame);
+            Handler::new(server, conn, client, stop).run().await;
+        }
+        Err(fail) => conn.close(Err(fail)).await,
+    }
+}
+
+/// Hello, challenge, Auth, Ready. Returns the authenticated client.
+async fn handshake<S: Store, R: AsyncRead + Unpin>(
+    server: &Server<S>,
+    conn: &mut Connection<R>,
+) -> Result<Trusted, Fail> {
+    let hs = ServerHandshake::new(server.identity.public().id()).map_err(|_| Fail::internal())?;
+    send(&conn.out, hs.hello()).await?;
+    let answer = tokio::time::timeout(server.config.handshake_timeout, conn.reader.read_frame())
+        .await
+        .map_err(|_| Fail::new(ErrorCode::Timeout, "handshake timeout"))?
+        .map_err(Fail::from_conn)?;
+    // A public-key operation, but up to 8192 bits: off the reactor.
+    let clients = server.clients.clone();
+    let client = on_blocking_pool(move || hs.check(&clients, answer))
+        .await?
+        .map_err(|e| match e {
+            HandshakeError::AuthFailed => Fail::new(ErrorCode::AuthFailed, "authentication failed"),
+            other => Fail::new(ErrorCode::Protocol, other.to_string()),
+        })?;
+    send(&conn.out, Frame::Ready).await?;
+    info!(peer = %conn.peer, client = %client.name, key = %client.key.id(), "client authenticated");
+    Ok(client)
+}
+
+/// A connection's frames in and out.
+pub(super) struct Connection<R> {
+    /// Frames from the peer; only the connection's own loop reads them.
+    pub(super) reader: FrameReader<R>,
+    /// Frames to the peer, through the writer task: acks of pipelined messages and deliveries
+    /// come from several tasks, and one task owns the socket's write half.
+    pub(super) out: mpsc::Sender<Frame>,
+    /// The writer task; awaited at close so every queued frame is written first.
+    writer: JoinHandle<()>,
+    /// For logs.
+    pub(super) peer: SocketAddr,
+}
+
+impl<R: AsyncRead + Unpin> Connection<R> {
+    /// Starts the writer task over `w`. Until the peer is authenticated, the reader accepts
+    /// only a handshake-sized frame; a peer that stops reading our frames for the idle timeout
+    /// is dropped.
+    pub(super) fn open<W>(r: R, w: W, peer: SocketAddr, config: &ServerConfig) -> Self
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let (out, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let stall = config.idle_timeout;
+        Connection {
+            reader: FrameReader::new(r, MAX_HANDSHAKE_FRAME.min(config.max_frame)),
+            out,
+            writer: tokio::spawn(write_loop(FrameWriter::new(w), rx, stall)),
+            peer,
+        }
+    }
+
+    /// Ends the connection: tells the peer why it failed (if it did), lets the writer send
+    /// everything queued, and, after a failure, lingers.
+    async fn close(mut self, result: Result<(), Fail>) {
+        if let Err(fail) = &result {
+            debug!(peer = %self.peer, error = %fail.message, "closing connection");
+            let _ = self.out.send(Frame::error(fail.code, &fail.message)).await;
+        }
+        drop(self.out);
+        let _ = self.writer.await;
+        if result.is_err() {
+            // Lingering close: closing a socket with unread input makes the kernel send a reset,
+            // which can destroy the Error frame before the peer reads it. Read (and discard)
+            // what the peer still sends, briefly, so it gets to see why.
+            let drain = async { while self.reader.read_frame().await.is_ok() {} };
+            let _ = tokio::time::timeout(LINGER, drain).await;
+        }
+    }
+}
+
+/// An authenticated connection's state, as mini-redis's `Handler`: everything a frame handler
+/// needs is a field, so no method passes connection state around.
+pub(super) struct Handler<S, R> {
+    /// What all connections share: the key, the trust list, the store, the limits.
+    pub(super) server: Arc<Server<S>>,
+    /// The frames in and out.
+    pub(super) conn: Connection<R>,
+    /// Who the peer proved to be in the handshake; every message it sends must be from this
+    /// key, and it fetches only what waits for this key.
+    pub(super) client: Trusted,
+    /// This connection's share of messages in flight ([`ServerConfig::max_in_flight`]).
+    ///
+    /// [`ServerConfig::max_in_flight`]: super::ServerConfig::max_in_flight
+    pub(super) in_flight: Arc<Semaphore>,
+    /// Messages received and being verified, stored and acknowledged (pipelining).
+    pub(super) work: JoinSet<Result<(), Fail>>,
+    /// Signalled when the server shuts down.
+    stop: watch::Receiver<bool>,
+}
+
+impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
+    fn new(
+        server: Arc<Server<S>>,
+        conn: Connection<R>,
+        client: Trusted,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        Handler {
+            in_flight: Arc::new(Semaphore::new(server.config.max_in_flight)),
+            server,
+            conn,
+            client,
+            work: JoinSet::new(),
+            stop,
+        }
+    }
+
+    /// Serves frames until the peer is done or something fails; then lets the work in flight
+    /// finish (an ack owed is an ack sent) and closes. A message that fails meanwhile is the
+    /// reason the connection ends, and the work after it is abandoned.
+    async fn run(mut self) {
+        let mut result = self.serve().await;
+        while let Some(done) = self.work.join_next().await {
+            if let Ok(Err(fail)) = done {
+                result = Err(fail);
+                break;
+            }
+        }
+        let Handler { conn, work, .. } = self;
+        // Abandoned work holds senders of the outbound queue; the writer ends only once they
+        // are gone.
+        drop(work);
+        conn.close(result).await;
+    }
+
+    /// Reads frames and dispatches each one.
+    async fn serve(&mut self) -> Result<(), Fail> {
+        loop {
+            let frame = tokio::select! {
+                biased;
+                // A failed message ends the connection.
+                Some(done) = self.work.join_next(), if !self.work.is_empty() => {
+                    match done {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(fail)) => return Err(fail),
+                        Err(_) => return Err(Fail::internal()),
+                    }
+                }
+                _ = self.stop.changed() => return Ok(()),
+                f = tokio::time::timeout(self.server.config.idle_timeout, self.conn.reader.read_frame()) => f,
+            };
+            let frame = match frame {
+                Err(_) => return Err(Fail::new(ErrorCode::Timeout, "idle timeout")),
+                Ok(Err(ConnError::Closed)) => return Ok(()),
+                Ok(Err(e)) => return Err(Fail::from_conn(e)),
+                Ok(Ok(f)) => f,
+            };
+            match frame {
+                Frame::Send(first) => self.start_receive(first).await?,
+                Frame::Fetch => self.deliver().await?,
+                Frame::DeliveryAck { id, tag } => self.delivery_ack(id, tag).await?,
+                Frame::Error { code, message } => {
+                    debug!(peer = %self.conn.peer, ?code, %message, "client reported an error");
+                    return Ok(());
+                }
+                other => {
+                    return Err(Fail::new(
+                        ErrorCode::Protocol,
+                        format!("unexpected {} frame", other.name()),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Queues a frame for the writer task.
+pub(super) async fn send(out: &mpsc::Sender<Frame>, frame: Frame) -> Result<(), Fail> {
+    out.send(frame)
+        .await
+        .map_err(|_| Fail::new(ErrorCode::Internal, "connection closed"))
+}
+
+/// The writer task: frames out, in order; stops after an `Error` frame, or when the peer has not
+/// taken our bytes for `stall` (a peer that stops reading must not hold its slot forever).
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: FrameWriter<W>,
+    mut rx: mpsc::Receiver<Frame>,
+    stall: Duration,
+) {
+    while let Some(frame) = rx.recv().await {
+        let mut is_error = matches!(frame, Frame::Error { .. });
+        w.queue_frame(&frame);
+        // Batch whatever else is ready into the same write, up to a bound: a delivery keeps
+        // the channel full, and an unbounded batch would hold the whole message.
+        while w.queued() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(f) => {
+                    is_error |= matches!(f, Frame::Error { .. });
+                    w.queue_frame(&f);
+                }
+                Err(_) => break,
+            }
+        }
+        match tokio::time::timeout(stall, w.flush()).await {
+            Ok(Ok(())) if !is_error => {}
+            Ok(Ok(())) => break,
+            Ok(Err(_)) => break,
+            Err(_) => {
+                warn!("peer stopped reading; closing the connection");
+                break;
+            }
+        }
+    }
+    let _ = w.shutdown().await;
+}

@@ -1,0 +1,111 @@
+//! The accept loop and admission: at most [`ServerConfig::max_connections`] connections are
+//! served at once; one more is told "busy" and closed at once, so a flood costs one small write
+//! per socket. Shutdown stops accepting, then gives connections a bounded grace.
+//!
+//! [`ServerConfig::max_connections`]: super::ServerConfig::max_connections
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::store::Store;
+use crate::wire::{ErrorCode, Frame, FrameWriter};
+
+use super::Server;
+use super::handler::{self, Connection};
+
+/// How long the accept loop waits after a failed accept (EMFILE and friends) instead of
+/// spinning on an error that will not clear at once.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+impl<S: Store> Server<S> {
+    /// Serves `listener` until `shutdown` completes; then stops accepting, gives in-flight
+    /// connections [`ServerConfig::shutdown_grace`] to finish, and returns.
+    ///
+    /// [`ServerConfig::shutdown_grace`]: super::ServerConfig::shutdown_grace
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        info!(
+            addr = %listener.local_addr()?,
+            key = %self.identity.public().id(),
+            clients = self.clients.len(),
+            "server listening"
+        );
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let (socket, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(ACCEPT_BACKOFF).await;
+                            continue;
+                        }
+                    };
+                    let _ = socket.set_nodelay(true);
+                    // Admission: the permit moves into the connection's task and is released
+                    // when it ends.
+                    let permit = limit.clone().try_acquire_owned();
+                    let server = self.clone();
+                    let stop = stop_rx.clone();
+                    tasks.spawn(async move {
+                        let (r, w) = socket.into_split();
+                        match permit {
+                            Ok(_permit) => {
+                                let conn = Connection::open(r, w, peer, &server.config);
+                                handler::serve_connection(server, conn, stop).await
+                            }
+                            Err(_) => {
+                                let mut w = FrameWriter::new(w);
+                                let _ = w.write_frame(&Frame::error(
+                                    ErrorCode::Unavailable,
+                                    "server busy: too many connections; try again shortly",
+                                )).await;
+                            }
+                        }
+                    });
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        info!("shutting down: no new connections");
+        let _ = stop_tx.send(true);
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.config.shutdown_grace, drain)
+            .await
+            .is_err()
+        {
+            warn!("in-flight connections did not finish in time; closing them");
+            tasks.shutdown().await;
+        }
+        Ok(())
+    }
+
+    /// Serves one connection over any byte stream, from hello to close: what [`Server::run`]
+    /// does for each TCP connection, exposed so the fuzzer and tests can drive it in memory.
+    pub async fn serve_stream<R, W>(self: Arc<Self>, r: R, w: W, peer: SocketAddr)
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        // Never signalled: this connection ends when the peer is done.
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let conn = Connection::open(r, w, peer, &self.config);
+        handler::serve_connection(self, conn, stop_rx).await;
+    }
+}

@@ -1,0 +1,186 @@
+//! The server: accepts clients it trusts, receives their sealed messages into the durable
+//! mailbox, and hands each client the messages waiting for it.
+//!
+//! Per connection (docs/PROTOCOL.md, "Network protocol"):
+//! 1. `Hello` with a fresh challenge; the client answers `Auth` ([`crate::wire::handshake`]).
+//!    Only public-key work happens before the client is authenticated: an unknown peer never
+//!    costs us an RSA private operation.
+//! 2. Then any number of messages (`Send`… `SendEnd`, pipelined; each answered by `Ack` once it
+//!    is durable) and fetches (`Fetch` → `Deliver`… `DeliverEnd` per message, `FetchDone`; the
+//!    client proves each with `DeliveryAck`, and only then is it removed).
+//!
+//! # Layout
+//! - this file: [`Server`] (what every connection shares), [`ServerConfig`], and `Fail`, the
+//!   reason a connection ends.
+//! - `listener`: the accept loop and admission ([`Server::run`], [`Server::serve_stream`]).
+//! - `handler`: one connection: its frames in and out, the handshake, and the loop that
+//!   dispatches each frame (`Handler` owns the connection's state).
+//! - `receive`: one incoming message, from `Send` to `Ack`.
+//! - `deliver`: the outbox: [`queue_for_client`] fills it, `Fetch` empties it.
+//!
+//! Invariants: nothing is acknowledged before it is fsynced; RSA and bulk crypto run on the
+//! blocking pool, never on the reactor; every limit is a named field of [`ServerConfig`].
+
+mod deliver;
+mod handler;
+mod listener;
+mod receive;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tracing::warn;
+
+use crate::envelope::{self, Mode};
+use crate::keys::{Identity, TrustList};
+use crate::store::{self, Store};
+use crate::wire::{self, ConnError, ErrorCode};
+
+pub use deliver::{QueueError, queue_for_client};
+
+/// Which modes the server accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accept {
+    Both,
+    Hybrid,
+    Asymmetric,
+}
+
+impl Accept {
+    fn allows(self, mode: Mode) -> bool {
+        matches!(
+            (self, mode),
+            (Accept::Both, _)
+                | (Accept::Hybrid, Mode::Hybrid)
+                | (Accept::Asymmetric, Mode::Asymmetric)
+        )
+    }
+}
+
+/// Every limit of the server, each with a default that suits one machine.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub accept: Accept,
+    /// Connections served at once; one more is told "busy" and closed.
+    pub max_connections: usize,
+    /// Time a new connection has to authenticate.
+    pub handshake_timeout: Duration,
+    /// Time an authenticated connection may stay silent between frames.
+    pub idle_timeout: Duration,
+    /// Largest hybrid plaintext accepted.
+    pub max_hybrid: u64,
+    /// Largest asymmetric plaintext accepted.
+    pub max_asymmetric: u64,
+    /// Largest frame accepted.
+    pub max_frame: usize,
+    /// How far a message's creation time may be from our clock, either way.
+    pub time_window: Duration,
+    /// Messages one connection may have in flight (received, not yet acknowledged).
+    pub max_in_flight: usize,
+    /// Messages all connections together may have in flight: bounds the server's memory
+    /// (each holds at most a 256 KiB batch, or an asymmetric body of about 1.3 MiB).
+    pub max_in_flight_total: usize,
+    /// Time in-flight work gets to finish at shutdown.
+    pub shutdown_grace: Duration,
+    /// Log the text of short UTF-8 messages, as the classroom server printed them. Off, the log
+    /// says only who sent how much.
+    pub log_text: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            accept: Accept::Both,
+            max_connections: 256,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_hybrid: 1 << 30,
+            max_asymmetric: envelope::DEFAULT_ASYMMETRIC_LIMIT,
+            max_frame: wire::DEFAULT_MAX_FRAME,
+            time_window: Duration::from_secs(600),
+            max_in_flight: 64,
+            max_in_flight_total: 256,
+            shutdown_grace: Duration::from_secs(10),
+            log_text: true,
+        }
+    }
+}
+
+/// What every connection shares; each connection's own state lives in its `Handler`.
+pub struct Server<S> {
+    /// Permits for messages in flight, server-wide ([`ServerConfig::max_in_flight_total`]).
+    in_flight: Arc<Semaphore>,
+    /// The server's private key: it opens messages sealed to the server and names the server
+    /// in the handshake. A trait object, so an agent or a hardware key can stand in.
+    identity: Arc<dyn Identity>,
+    /// The clients allowed to connect, by key id.
+    clients: Arc<TrustList>,
+    /// The durable mailbox.
+    store: Arc<S>,
+    config: ServerConfig,
+}
+
+impl<S: Store> Server<S> {
+    pub fn new(
+        identity: Arc<dyn Identity>,
+        clients: TrustList,
+        store: Arc<S>,
+        config: ServerConfig,
+    ) -> Self {
+        Server {
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight_total)),
+            identity,
+            clients: Arc::new(clients),
+            store,
+            config,
+        }
+    }
+}
+
+/// Why a connection ends: sent to the peer as an `Error` frame.
+#[derive(Debug)]
+struct Fail {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Fail {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Fail {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn refused(message: &str) -> Self {
+        Fail::new(ErrorCode::Refused, message)
+    }
+
+    fn internal() -> Self {
+        Fail::new(ErrorCode::Internal, "internal server error")
+    }
+
+    fn from_conn(e: ConnError) -> Self {
+        match e {
+            ConnError::Wire(w) => Fail::new(ErrorCode::Protocol, w.to_string()),
+            other => Fail::new(ErrorCode::Protocol, other.to_string()),
+        }
+    }
+
+    /// A store failure: logged here, "internal" to the peer.
+    fn store(e: store::StoreError) -> Self {
+        warn!(error = %e, "store error");
+        Fail::internal()
+    }
+}
+
+/// Runs CPU work (RSA, bulk crypto, file writes) on the blocking pool, off the reactor.
+async fn on_blocking_pool<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Fail> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        warn!(error = %e, "a blocking task failed");
+        Fail::internal()
+    })
+}

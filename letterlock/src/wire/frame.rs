@@ -1,0 +1,505 @@
+//! Frames: the values on the wire and their codec.
+//!
+//! ```text
+//! frame = length (u32 BE, counts type + payload) || type (u8) || payload
+//! ```
+//! A frame longer than the connection's limit is refused from its length prefix alone, before
+//! anything is allocated for it. Decoding is two-step, as in mini-redis: [`decode`] answers
+//! "need more bytes" (`Ok(None)`) separately from "protocol violation" (`Err`). Payloads are
+//! read with the crate's bounded cursor ([`crate::codec::Reader`]): a field that is not all
+//! there, or bytes after the last field, make the frame malformed, so each frame has exactly
+//! one encoding.
+
+use crate::codec::{CodecError, Reader};
+use crate::envelope::MessageId;
+use crate::keys::KeyId;
+
+use super::handshake::{CHALLENGE_LEN, MAX_SIGNATURE, MIN_SIGNATURE};
+
+/// Default largest frame (type + payload): sealed messages larger than this travel as several
+/// `Send`/`Deliver` frames, so nothing forces a big allocation.
+pub const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
+/// Payload size the sender cuts sealed messages into: big enough that framing costs nothing,
+/// small enough to keep per-connection buffers small.
+pub const DATA_FRAME: usize = 256 * 1024;
+/// Longest error text we send or accept.
+const MAX_ERROR_TEXT: usize = 1024;
+/// Bytes of the length prefix in front of every frame.
+pub const LENGTH_PREFIX: usize = 4;
+
+/// Stable error codes, for scripts and tests; the text is for humans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The frame sequence or a frame's contents broke the protocol.
+    Protocol = 1,
+    /// The handshake failed: unknown key or bad signature (deliberately not saying which).
+    AuthFailed = 2,
+    /// A message was refused: it did not verify, or its header does not fit this connection.
+    Refused = 3,
+    /// Same message id as an earlier message from this sender, different content.
+    Replay = 4,
+    /// The message's creation time is outside the server's window.
+    Stale = 5,
+    /// Larger than the server accepts.
+    TooLarge = 6,
+    /// The server does not accept this mode.
+    ModeNotAccepted = 7,
+    /// An acknowledgement did not match.
+    BadAck = 8,
+    /// The server is busy or shutting down; try again later.
+    Unavailable = 9,
+    /// Something failed on the server's side.
+    Internal = 10,
+    /// A timeout expired.
+    Timeout = 11,
+    /// Anything else.
+    Unknown = 0xffff,
+}
+
+impl ErrorCode {
+    pub fn from_u16(v: u16) -> ErrorCode {
+        use ErrorCode::*;
+        [
+            Protocol,
+            AuthFailed,
+            Refused,
+            Replay,
+            Stale,
+            TooLarge,
+            ModeNotAccepted,
+            BadAck,
+            Unavailable,
+            Internal,
+            Timeout,
+        ]
+        .into_iter()
+        .find(|c| *c as u16 == v)
+        .unwrap_or(Unknown)
+    }
+}
+
+/// Every frame of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// Server → client, first: protocol version, the server's key id, a fresh challenge.
+    Hello {
+        version: u8,
+        server: KeyId,
+        challenge: [u8; CHALLENGE_LEN],
+    },
+    /// Client → server: who the client is, and its signature over the handshake transcript.
+    Auth { client: KeyId, signature: Vec<u8> },
+    /// Server → client: the client is authenticated.
+    Ready,
+    /// Client → server: the next bytes of a sealed message (the first ones start a message).
+    Send(Vec<u8>),
+    /// Client → server: the current sealed message is complete.
+    SendEnd,
+    /// Server → client: a message is stored durably; here is the proof that we read it.
+    Ack { id: MessageId, tag: [u8; 32] },
+    /// Client → server: send me the messages waiting for me.
+    Fetch,
+    /// Server → client: the next bytes of a waiting message.
+    Deliver(Vec<u8>),
+    /// Server → client: that message is complete.
+    DeliverEnd,
+    /// Server → client: no more waiting messages (this many were sent).
+    FetchDone { count: u32 },
+    /// Client → server: proof that the client opened a delivered message.
+    DeliveryAck { id: MessageId, tag: [u8; 32] },
+    /// Server → client: the delivered message is removed from the server.
+    Removed { id: MessageId },
+    /// Either way: what failed; the connection closes after it.
+    Error { code: ErrorCode, message: String },
+}
+
+/// The type byte of a frame, as a closed set: a byte outside it is [`UnknownFrameType`], never
+/// a name to compare with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FrameType {
+    Hello = 0x01,
+    Auth = 0x02,
+    Ready = 0x03,
+    Send = 0x10,
+    SendEnd = 0x11,
+    Ack = 0x12,
+    Fetch = 0x20,
+    Deliver = 0x21,
+    DeliverEnd = 0x22,
+    FetchDone = 0x23,
+    DeliveryAck = 0x24,
+    Removed = 0x25,
+    Error = 0x7f,
+}
+
+impl FrameType {
+    /// Every frame type, in wire order.
+    pub const ALL: [FrameType; 13] = [
+        FrameType::Hello,
+        FrameType::Auth,
+        FrameType::Ready,
+        FrameType::Send,
+        FrameType::SendEnd,
+        FrameType::Ack,
+        FrameType::Fetch,
+        FrameType::Deliver,
+        FrameType::DeliverEnd,
+        FrameType::FetchDone,
+        FrameType::DeliveryAck,
+        FrameType::Removed,
+        FrameType::Error,
+    ];
+
+    /// The byte on the wire.
+    pub fn to_byte(self) -> u8 {
+        self as u8
+    }
+
+    /// A short name for logs, errors and the interceptor.
+    pub fn name(self) -> &'static str {
+        match self {
+            FrameType::Hello => "Hello",
+            FrameType::Auth => "Auth",
+            FrameType::Ready => "Ready",
+            FrameType::Send => "Send",
+            FrameType::SendEnd => "SendEnd",
+            FrameType::Ack => "Ack",
+            FrameType::Fetch => "Fetch",
+            FrameType::Deliver => "Deliver",
+            FrameType::DeliverEnd => "DeliverEnd",
+            FrameType::FetchDone => "FetchDone",
+            FrameType::DeliveryAck => "DeliveryAck",
+            FrameType::Removed => "Removed",
+            FrameType::Error => "Error",
+        }
+    }
+}
+
+/// A type byte that names no frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unknown frame type {0:#04x}")]
+pub struct UnknownFrameType(pub u8);
+
+impl TryFrom<u8> for FrameType {
+    type Error = UnknownFrameType;
+
+    fn try_from(byte: u8) -> Result<Self, UnknownFrameType> {
+        FrameType::ALL
+            .into_iter()
+            .find(|t| t.to_byte() == byte)
+            .ok_or(UnknownFrameType(byte))
+    }
+}
+
+impl From<FrameType> for u8 {
+    fn from(t: FrameType) -> u8 {
+        t.to_byte()
+    }
+}
+
+/// Why bytes are not a valid frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    #[error("frame of {0} bytes is over the limit of {1}")]
+    TooLarge(u64, usize),
+    #[error("empty frame")]
+    Empty,
+    #[error("unknown frame type {0:#04x}")]
+    UnknownType(u8),
+    #[error("malformed {0} frame")]
+    Malformed(&'static str),
+}
+
+impl From<UnknownFrameType> for WireError {
+    fn from(e: UnknownFrameType) -> Self {
+        WireError::UnknownType(e.0)
+    }
+}
+
+impl Frame {
+    /// The type byte this frame is sent with.
+    pub fn frame_type(&self) -> FrameType {
+        match self {
+            Frame::Hello { .. } => FrameType::Hello,
+            Frame::Auth { .. } => FrameType::Auth,
+            Frame::Ready => FrameType::Ready,
+            Frame::Send(_) => FrameType::Send,
+            Frame::SendEnd => FrameType::SendEnd,
+            Frame::Ack { .. } => FrameType::Ack,
+            Frame::Fetch => FrameType::Fetch,
+            Frame::Deliver(_) => FrameType::Deliver,
+            Frame::DeliverEnd => FrameType::DeliverEnd,
+            Frame::FetchDone { .. } => FrameType::FetchDone,
+            Frame::DeliveryAck { .. } => FrameType::DeliveryAck,
+            Frame::Removed { .. } => FrameType::Removed,
+            Frame::Error { .. } => FrameType::Error,
+        }
+    }
+
+    /// A short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        self.frame_type().name()
+    }
+
+    /// Builds an error frame, bounding the text.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Frame {
+        let mut message = message.into();
+        if message.len() > MAX_ERROR_TEXT {
+            let mut cut = MAX_ERROR_TEXT;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        Frame::Error { code, message }
+    }
+
+    /// Appends the encoded frame to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; LENGTH_PREFIX]);
+        out.push(self.frame_type().to_byte());
+        match self {
+            Frame::Hello {
+                version,
+                server,
+                challenge,
+            } => {
+                out.push(*version);
+                out.extend_from_slice(&server.0);
+                out.extend_from_slice(challenge);
+            }
+            Frame::Auth { client, signature } => {
+                out.extend_from_slice(&client.0);
+                out.extend_from_slice(signature);
+            }
+            Frame::Ready | Frame::SendEnd | Frame::Fetch | Frame::DeliverEnd => {}
+            Frame::Send(data) | Frame::Deliver(data) => out.extend_from_slice(data),
+            Frame::Ack { id, tag } | Frame::DeliveryAck { id, tag } => {
+                out.extend_from_slice(&id.0);
+                out.extend_from_slice(tag);
+            }
+            Frame::FetchDone { count } => out.extend_from_slice(&count.to_be_bytes()),
+            Frame::Removed { id } => out.extend_from_slice(&id.0),
+            Frame::Error { code, message } => {
+                out.extend_from_slice(&(*code as u16).to_be_bytes());
+                out.extend_from_slice(message.as_bytes());
+            }
+        }
+        // Frames we build are bounded by DATA_FRAME or tiny; the length always fits.
+        let len = (out.len() - start - LENGTH_PREFIX) as u32;
+        out[start..start + LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// Parses one frame body (type + payload), already cut out by its length. Every field must
+    /// be there and nothing may follow the last one.
+    pub fn parse(body: &[u8]) -> Result<Frame, WireError> {
+        let mut r = Reader::new(body);
+        let kind = FrameType::try_from(r.u8().map_err(|_| WireError::Empty)?)?;
+        let malformed = |_: CodecError| WireError::Malformed(kind.name());
+        let frame = match kind {
+            FrameType::Hello => Frame::Hello {
+                version: r.u8().map_err(malformed)?,
+                server: KeyId(r.array().map_err(malformed)?),
+                challenge: r.array::<CHALLENGE_LEN>().map_err(malformed)?,
+            },
+            FrameType::Auth => {
+                let client = KeyId(r.array().map_err(malformed)?);
+                // A signature is one RSA modulus, for the key sizes we accept.
+                let signature = r.rest();
+                if !(MIN_SIGNATURE..=MAX_SIGNATURE).contains(&signature.len()) {
+                    return Err(WireError::Malformed(kind.name()));
+                }
+                Frame::Auth {
+                    client,
+                    signature: signature.to_vec(),
+                }
+            }
+            FrameType::Ready => Frame::Ready,
+            FrameType::Send => Frame::Send(r.rest().to_vec()),
+            FrameType::SendEnd => Frame::SendEnd,
+            FrameType::Ack => Frame::Ack {
+                id: MessageId(r.array().map_err(malformed)?),
+                tag: r.array().map_err(malformed)?,
+            },
+            FrameType::Fetch => Frame::Fetch,
+            FrameType::Deliver => Frame::Deliver(r.rest().to_vec()),
+            FrameType::DeliverEnd => Frame::DeliverEnd,
+            FrameType::FetchDone => Frame::FetchDone {
+                count: r.u32().map_err(malformed)?,
+            },
+            FrameType::DeliveryAck => Frame::DeliveryAck {
+                id: MessageId(r.array().map_err(malformed)?),
+                tag: r.array().map_err(malformed)?,
+            },
+            FrameType::Removed => Frame::Removed {
+                id: MessageId(r.array().map_err(malformed)?),
+            },
+            FrameType::Error => {
+                let code = ErrorCode::from_u16(r.u16().map_err(malformed)?);
+                let text = r.rest();
+                if text.len() > MAX_ERROR_TEXT {
+                    return Err(WireError::Malformed(kind.name()));
+                }
+                Frame::Error {
+                    code,
+                    message: String::from_utf8_lossy(text).into_owned(),
+                }
+            }
+        };
+        r.expect_empty().map_err(malformed)?;
+        Ok(frame)
+    }
+}
+
+/// Looks for one whole frame at the start of `buf`: `Ok(None)` if more bytes are needed,
+/// `Ok(Some((frame, used)))` if one is there. The length is checked against `max_frame` before
+/// anything else, so a huge length prefix costs nothing.
+pub fn decode(buf: &[u8], max_frame: usize) -> Result<Option<(Frame, usize)>, WireError> {
+    let Some(len) = frame_len(buf, max_frame)? else {
+        return Ok(None);
+    };
+    let Some(body) = buf.get(LENGTH_PREFIX..).and_then(|rest| rest.get(..len)) else {
+        return Ok(None);
+    };
+    Ok(Some((Frame::parse(body)?, LENGTH_PREFIX + len)))
+}
+
+/// The body length announced by the prefix at the start of `buf`, checked against the limit;
+/// `Ok(None)` while the prefix itself is incomplete.
+pub fn frame_len(buf: &[u8], max_frame: usize) -> Result<Option<usize>, WireError> {
+    let Ok(len) = Reader::new(buf).u32() else {
+        return Ok(None);
+    };
+    if len == 0 {
+        return Err(WireError::Empty);
+    }
+    match usize::try_from(len) {
+        Ok(len) if len <= max_frame => Ok(Some(len)),
+        _ => Err(WireError::TooLarge(u64::from(len), max_frame)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Frame> {
+        vec![
+            Frame::Hello {
+                version: 1,
+                server: KeyId([1; 32]),
+                challenge: [2; 32],
+            },
+            Frame::Auth {
+                client: KeyId([3; 32]),
+                signature: vec![4; 384],
+            },
+            Frame::Ready,
+            Frame::Send(vec![5; 1000]),
+            Frame::Send(vec![]),
+            Frame::SendEnd,
+            Frame::Ack {
+                id: MessageId([6; 16]),
+                tag: [7; 32],
+            },
+            Frame::Fetch,
+            Frame::Deliver(vec![8; 10]),
+            Frame::DeliverEnd,
+            Frame::FetchDone { count: 3 },
+            Frame::DeliveryAck {
+                id: MessageId([9; 16]),
+                tag: [10; 32],
+            },
+            Frame::Removed {
+                id: MessageId([11; 16]),
+            },
+            Frame::error(ErrorCode::Refused, "no"),
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips_and_needs_all_its_bytes() {
+        for f in all() {
+            let mut buf = Vec::new();
+            f.encode(&mut buf);
+            assert_eq!(
+                decode(&buf, DEFAULT_MAX_FRAME).unwrap(),
+                Some((f.clone(), buf.len()))
+            );
+            assert_eq!(
+                decode(&buf[..buf.len() - 1], DEFAULT_MAX_FRAME).unwrap(),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn frame_types_round_trip_through_their_byte() {
+        for t in FrameType::ALL {
+            assert_eq!(FrameType::try_from(t.to_byte()), Ok(t));
+        }
+        let known: Vec<u8> = FrameType::ALL.iter().map(|t| t.to_byte()).collect();
+        for b in (0..=u8::MAX).filter(|b| !known.contains(b)) {
+            assert_eq!(FrameType::try_from(b), Err(UnknownFrameType(b)));
+        }
+        for f in all() {
+            let mut buf = Vec::new();
+            f.encode(&mut buf);
+            assert_eq!(buf[LENGTH_PREFIX], f.frame_type().to_byte());
+        }
+    }
+
+    #[test]
+    fn short_and_long_payloads_are_malformed() {
+        for f in all() {
+            let mut buf = Vec::new();
+            f.encode(&mut buf);
+            let body = &buf[LENGTH_PREFIX..];
+            let name = f.frame_type().name();
+            // One byte too many: only the variable-length frames take it.
+            let mut longer = body.to_vec();
+            longer.push(0);
+            match &f {
+                Frame::Send(_) | Frame::Deliver(_) | Frame::Auth { .. } | Frame::Error { .. } => {
+                    assert!(Frame::parse(&longer).is_ok(), "{name} + 1 byte")
+                }
+                _ => assert_eq!(Frame::parse(&longer), Err(WireError::Malformed(name))),
+            }
+            // One byte short: only the frames whose last field is variable or absent survive.
+            if body.len() > 1 {
+                let shorter = &body[..body.len() - 1];
+                match &f {
+                    Frame::Send(_)
+                    | Frame::Deliver(_)
+                    | Frame::Auth { .. }
+                    | Frame::Error { .. } => {}
+                    _ => assert_eq!(Frame::parse(shorter), Err(WireError::Malformed(name))),
+                }
+            }
+        }
+        assert_eq!(Frame::parse(&[0x7f, 0]), Err(WireError::Malformed("Error")));
+        assert_eq!(Frame::parse(&[0x02; 32]), Err(WireError::Malformed("Auth")));
+        assert_eq!(Frame::parse(&[]), Err(WireError::Empty));
+    }
+
+    #[test]
+    fn lengths_are_checked_before_anything() {
+        assert_eq!(decode(&[0, 0, 0, 0], 100), Err(WireError::Empty));
+        assert_eq!(
+            decode(&[0xff, 0xff, 0xff, 0xff], 100),
+            Err(WireError::TooLarge(u32::MAX as u64, 100))
+        );
+        assert_eq!(
+            decode(&[0, 0, 0, 1, 0x55], 100),
+            Err(WireError::UnknownType(0x55))
+        );
+        assert_eq!(
+            decode(&[0, 0, 0, 2, 0x03, 0], 100),
+            Err(WireError::Malformed("Ready"))
+        );
+    }
+}
