@@ -527,3 +527,112 @@ async fn an_attack_that_cannot_be_placed_forwards_the_message_unchanged() {
     );
     assert_eq!(inbox_len(&rig).await, 2);
 }
+
+/// Tens of MiB through the proxy: the capture file holds every byte of both directions in
+/// order, and the `--expect` search, made as the bytes arrive, finds a marker cut across two
+/// reads (as does a search of the file for another text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_stream_is_captured_whole_and_searched_across_reads() {
+    const TOTAL: usize = 16 << 20;
+    const MARKER: &str = "a marker cut across two reads: 7f3a-19c2";
+    // The marker's middle falls on the read boundary `split`.
+    let split = TOTAL / 2;
+    let at = split - MARKER.len() / 2;
+    let mut data = common::Rng(0x5eed).bytes(TOTAL);
+    // Text first: not a letterlock frame, so the proxy relays it as it is.
+    data[..4].copy_from_slice(b"GET ");
+    data[at..at + MARKER.len()].copy_from_slice(MARKER.as_bytes());
+    let data = Arc::new(data);
+
+    let echo = echo_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("large.cap");
+    let proxy = Proxy::start(
+        "127.0.0.1:0",
+        &echo.to_string(),
+        Config {
+            capture: Some(capture.clone()),
+            expect: Some(MARKER.into()),
+            ..Config::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (mut r, mut w) = TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap()
+        .into_split();
+    let echoed = tokio::spawn(async move {
+        let mut back = Vec::with_capacity(TOTAL);
+        r.read_to_end(&mut back).await.unwrap();
+        back
+    });
+    w.write_all(&data[..split]).await.unwrap();
+    // Every byte before the split went there and back before the rest is written, so the
+    // proxy's reads towards the server end exactly at the split.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while proxy.captured_len() < 2 * split {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first half did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(proxy.captured_len(), 2 * split);
+    w.write_all(&data[split..]).await.unwrap();
+    w.shutdown().await.unwrap();
+    let back = echoed.await.unwrap();
+    assert!(back == *data, "the proxy relays unchanged");
+    assert!(
+        proxy
+            .wait_for(|e| matches!(e, Event::Expect(_)), WAIT)
+            .await
+            .is_some()
+    );
+
+    // Searched as it arrived: found in both directions, at the marker's offset.
+    let live = proxy.search(MARKER).unwrap();
+    assert_eq!(live.scanned, 2 * TOTAL);
+    let raw: Vec<_> = live
+        .found
+        .iter()
+        .filter(|f| f.encoding == Encoding::Raw)
+        .map(|f| (f.dir, f.offset))
+        .collect();
+    assert_eq!(
+        raw,
+        [(Direction::ToServer, at), (Direction::ToClient, at)],
+        "{live}"
+    );
+    // Another text is searched in the file, a record at a time.
+    let tail = &MARKER[10..];
+    let scanned = proxy.search(tail).unwrap();
+    assert_eq!(scanned.scanned, 2 * TOTAL);
+    assert!(
+        scanned
+            .found
+            .iter()
+            .any(|f| f.dir == Direction::ToServer && f.offset == at + 10),
+        "{scanned}"
+    );
+    proxy.stop().await;
+
+    // The file holds both directions whole, and a record ends at the split.
+    let mut got = [0usize; 2];
+    let mut boundary_at_split = false;
+    for record in intercept::CaptureReader::open(&capture).unwrap() {
+        let record = record.unwrap();
+        let i = usize::from(record.dir == Direction::ToClient);
+        let end = got[i] + record.bytes.len();
+        assert!(
+            data.get(got[i]..end) == Some(record.bytes.as_slice()),
+            "{:?} bytes {}..{end} differ",
+            record.dir,
+            got[i]
+        );
+        boundary_at_split |= i == 0 && end == split;
+        got[i] = end;
+    }
+    assert_eq!(got, [TOTAL, TOTAL]);
+    assert!(boundary_at_split, "no read ended at the split");
+}
