@@ -6,6 +6,7 @@
 //! across two reads or two capture records is still found, and memory does not grow with the
 //! traffic. The proxy feeds it as it reads; a capture file is searched record by record.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use base64::Engine;
@@ -290,7 +291,8 @@ pub fn search<'a>(records: impl IntoIterator<Item = &'a Record>, text: &str) -> 
 /// Searches records one at a time: memory holds one [`StreamSearch`] per stream, not the bytes.
 pub(super) struct RecordSearch {
     needles: Needles,
-    streams: Vec<StreamSearch>,
+    /// One search per direction of each connection seen.
+    streams: HashMap<(u32, Direction), StreamSearch>,
     result: Search,
 }
 
@@ -300,23 +302,16 @@ impl RecordSearch {
         RecordSearch {
             result: needles.empty_search(),
             needles,
-            streams: Vec::new(),
+            streams: HashMap::new(),
         }
     }
 
     pub(super) fn feed(&mut self, r: &Record) {
-        let i = match self
+        let hits = self
             .streams
-            .iter()
-            .position(|s| (s.conn, s.dir) == (r.conn, r.dir))
-        {
-            Some(i) => i,
-            None => {
-                self.streams.push(StreamSearch::new(r.conn, r.dir));
-                self.streams.len() - 1
-            }
-        };
-        let hits = self.streams[i].feed(&self.needles, &r.bytes);
+            .entry((r.conn, r.dir))
+            .or_insert_with(|| StreamSearch::new(r.conn, r.dir))
+            .feed(&self.needles, &r.bytes);
         self.result.scanned += r.bytes.len();
         add_findings(&mut self.result, hits);
     }
@@ -395,5 +390,23 @@ mod tests {
         assert_eq!(s.found.len(), 1, "{s}");
         assert_eq!(s.found[0].offset, 0);
         assert!(!search(&[record(b"secre"), record(b"t")], text).is_found());
+    }
+
+    #[test]
+    fn findings_past_the_limit_are_counted_not_kept() {
+        let records: Vec<Record> = (1..=MAX_FINDINGS as u32 + 44)
+            .map(|conn| Record {
+                conn,
+                dir: Direction::ToClient,
+                bytes: b"xx secret! xx".to_vec(),
+            })
+            .collect();
+        let s = search(&records, "secret!");
+        assert_eq!((s.found.len(), s.more), (MAX_FINDINGS, 44));
+        assert!(
+            s.to_string()
+                .contains(&format!("({} hits", MAX_FINDINGS + 44))
+        );
+        assert!(s.to_string().ends_with("and 44 more"), "{s}");
     }
 }
