@@ -635,4 +635,7 @@ async fn a_large_stream_is_captured_whole_and_searched_across_reads() {
     }
     assert_eq!(got, [TOTAL, TOTAL]);
     assert!(boundary_at_split, "no read ended at the split");
+    // The search made as the bytes arrived is the search of the file.
+    let records = intercept::read_capture(&capture).unwrap();
+    assert_eq!(intercept::search(&records, MARKER), live);
 }
