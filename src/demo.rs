@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::intercept::{self, Config, Direction, Event, Proxy, Tamper};
+use crate::intercept::{
+    self, Config, Direction, Event, FrameWalker, Proxy, RawFrame, Tamper, Walked,
+};
 use letterlock::client::{Client, ClientConfig, ClientError, Content, Output};
 use letterlock::envelope::{self, HEADER_LEN, Mode, OpenOptions, SealOptions};
 use letterlock::keys::{self, Identity, KeyError, PrivateKey, PublicKey, TrustList, Trusted};
@@ -287,24 +289,21 @@ async fn closed(proxy: &Proxy, n: usize) -> bool {
     false
 }
 
-/// The bytes `conn` sent towards the server, cut into frames: (type byte, payload).
-fn sent_frames(proxy: &Proxy, conn: u32) -> Vec<(u8, Vec<u8>)> {
-    let stream: Vec<u8> = proxy
-        .records()
-        .into_iter()
-        .filter(|r| r.conn == conn && r.dir == Direction::ToServer)
-        .flat_map(|r| r.bytes)
-        .collect();
+/// The frames `conn` sent towards the server, read back from the capture and cut by the
+/// interceptor's frame walker (up to the first bytes that are not a frame).
+fn sent_frames(proxy: &Proxy, conn: u32) -> Result<Vec<RawFrame>, DemoError> {
+    let mut walker = FrameWalker::new(wire::DEFAULT_MAX_FRAME);
     let mut frames = Vec::new();
-    let mut rest = stream.as_slice();
-    while let Ok(Some(len)) = wire::frame_len(rest, wire::DEFAULT_MAX_FRAME) {
-        let Some(frame) = rest.get(4..4 + len) else {
-            break;
-        };
-        frames.push((frame[0], frame[1..].to_vec()));
-        rest = &rest[4 + len..];
+    for r in proxy.records()? {
+        if r.conn == conn && r.dir == Direction::ToServer {
+            walker.push(&r.bytes);
+            frames.extend(walker.by_ref().map_while(|walked| match walked {
+                Walked::Frame(f) => Some(f),
+                Walked::NotFrames(_) => None,
+            }));
+        }
     }
-    frames
+    Ok(frames)
 }
 
 async fn eavesdrop(p: Paint, w: &World, checks: &mut Vec<Check>) -> Result<(), DemoError> {
@@ -336,7 +335,7 @@ async fn eavesdrop(p: Paint, w: &World, checks: &mut Vec<Check>) -> Result<(), D
                 println!("  {e}");
             }
         }
-        let search = proxy.search(&secret);
+        let search = proxy.search(&secret)?;
         let hidden = !search.is_found() && ok_closed;
         println!(
             "  {}",
@@ -347,10 +346,10 @@ async fn eavesdrop(p: Paint, w: &World, checks: &mut Vec<Check>) -> Result<(), D
             }
         );
         let k = w.server_key.public().modulus_len();
-        let message: Vec<u8> = sent_frames(&proxy, conn)
-            .into_iter()
-            .filter(|(t, _)| *t == u8::from(wire::FrameType::Send))
-            .flat_map(|(_, payload)| payload)
+        let message: Vec<u8> = sent_frames(&proxy, conn)?
+            .iter()
+            .filter(|f| f.type_byte() == u8::from(wire::FrameType::Send))
+            .flat_map(|f| f.payload().iter().copied())
             .collect();
         match mode {
             Mode::Hybrid => {
@@ -666,7 +665,7 @@ async fn from_server(p: Paint, w: &World, checks: &mut Vec<Check>) -> Result<(),
             println!("  interceptor: {e}");
         }
     }
-    let search = proxy.search(secret);
+    let search = proxy.search(secret)?;
     proxy.stop().await;
     let pending = w.store.pending_outbox(&w.client.key.id().0).await?.len();
     match &fetched {

@@ -6,7 +6,7 @@
 //! # Layout
 //! - [`cli`]: the command line (clap); the binary only calls [`cli::run`].
 //! - [`demo`]: `letterlock demo`, the one-command tour.
-//! - [`bench`]: `letterlock bench`, each figure beside the bound this machine allows.
+//! - [`bench`](mod@bench): `letterlock bench`, each figure beside the bound this machine allows.
 //! - [`intercept`]: a keyless man-in-the-middle that records and attacks the traffic.
 #![forbid(unsafe_code)]
 

@@ -1,11 +1,10 @@
 //! `letterlock demo` runs end to end, as a newcomer would run it, and every property holds.
 
 use std::process::Command;
-use std::time::Instant;
 
 #[test]
+#[ignore = "a system test (keys, a server, every attack): .ci/run runs it"]
 fn demo_runs_and_every_property_passes() {
-    let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_letterlock"))
         .arg("demo")
         .env("NO_COLOR", "1")
@@ -42,5 +41,4 @@ fn demo_runs_and_every_property_passes() {
     }
     // 20 rows: 3 per mode for eavesdropping, 12 attacks, mallory, server -> client.
     assert_eq!(stdout.matches("  PASS    ").count(), 20, "{stdout}");
-    assert!(started.elapsed().as_secs() < 60, "{:?}", started.elapsed());
 }

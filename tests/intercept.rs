@@ -197,7 +197,7 @@ async fn untampered_traffic_is_delivered_and_carries_no_plaintext() {
     assert!(proxy.wait_for(closed(1), WAIT).await.is_some());
     assert!(proxy.wait_for(closed(2), WAIT).await.is_some());
     for needle in ["the vault code is 4-8-15-16-23-42", "4-8-15-16-23-42"] {
-        let s = proxy.search(needle);
+        let s = proxy.search(needle).unwrap();
         assert!(!s.is_found(), "{s}");
         assert!(s.scanned > 4000, "{s}");
     }
@@ -213,10 +213,17 @@ async fn untampered_traffic_is_delivered_and_carries_no_plaintext() {
     for k in ["Hello", "Auth", "Ready", "Send", "SendEnd", "Ack"] {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
     }
-    let records = proxy.records();
+    let captured = proxy.captured_len();
     proxy.stop().await;
-    assert_eq!(intercept::read_capture(&capture).unwrap(), records);
+    let records = intercept::read_capture(&capture).unwrap();
+    let in_file: usize = records.iter().map(|r| r.bytes.len()).sum();
+    assert_eq!(in_file, captured, "every byte read is in the file");
     let described = intercept::describe(&records, letterlock::wire::DEFAULT_MAX_FRAME);
+    // Nothing lost or doubled: each direction's stream in the file cuts into whole frames.
+    assert!(
+        !described.iter().any(|e| matches!(e, Event::Raw { .. })),
+        "{described:?}"
+    );
     let sends: Vec<_> = described
         .iter()
         .filter_map(|e| match e {
@@ -277,6 +284,7 @@ async fn replay_on_a_fresh_connection_fails_at_authentication() {
     // The replayed bytes did reach the server: a Send frame went out on the replay connection.
     let replayed_bytes: usize = proxy
         .records()
+        .unwrap()
         .iter()
         .filter(|r| r.conn == conn && r.dir == Direction::ToServer)
         .map(|r| r.bytes.len())
@@ -372,7 +380,7 @@ const PLAIN: &str = "attack at dawn, bring the maps";
 #[tokio::test]
 async fn expect_finds_raw_plaintext() {
     let proxy = through_echo(format!("hello! {PLAIN}\n").as_bytes()).await;
-    let s = proxy.search(PLAIN);
+    let s = proxy.search(PLAIN).unwrap();
     assert!(s.found_as(Encoding::Raw), "{s}");
     assert!(s.to_string().contains("FOUND"));
     // Both ways: the echo sent it back.
@@ -392,7 +400,7 @@ async fn expect_finds_base64_hex_and_utf16_plaintext() {
     for prefix in ["", "x", "xy"] {
         let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{prefix}{PLAIN}"));
         let proxy = through_echo(format!("token={encoded}\n").as_bytes()).await;
-        let s = proxy.search(PLAIN);
+        let s = proxy.search(PLAIN).unwrap();
         assert!(
             s.found
                 .iter()
@@ -402,10 +410,10 @@ async fn expect_finds_base64_hex_and_utf16_plaintext() {
         assert!(!s.found_as(Encoding::Raw), "{s}");
     }
     let proxy = through_echo(format!("data={}", hex::encode_upper(PLAIN)).as_bytes()).await;
-    assert!(proxy.search(PLAIN).found_as(Encoding::HexUpper));
+    assert!(proxy.search(PLAIN).unwrap().found_as(Encoding::HexUpper));
     let utf16: Vec<u8> = PLAIN.encode_utf16().flat_map(u16::to_le_bytes).collect();
     let proxy = through_echo(&[b"ZZZZ".as_slice(), &utf16].concat()).await;
-    assert!(proxy.search(PLAIN).found_as(Encoding::Utf16Le));
+    assert!(proxy.search(PLAIN).unwrap().found_as(Encoding::Utf16Le));
 }
 
 /// The command line, end to end: a live proxy stopped with SIGINT, then `--show` of its
@@ -518,4 +526,116 @@ async fn an_attack_that_cannot_be_placed_forwards_the_message_unchanged() {
         proxy.events()
     );
     assert_eq!(inbox_len(&rig).await, 2);
+}
+
+/// Tens of MiB through the proxy: the capture file holds every byte of both directions in
+/// order, and the `--expect` search, made as the bytes arrive, finds a marker cut across two
+/// reads (as does a search of the file for another text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_stream_is_captured_whole_and_searched_across_reads() {
+    const TOTAL: usize = 16 << 20;
+    const MARKER: &str = "a marker cut across two reads: 7f3a-19c2";
+    // The marker's middle falls on the read boundary `split`.
+    let split = TOTAL / 2;
+    let at = split - MARKER.len() / 2;
+    let mut data = common::Rng(0x5eed).bytes(TOTAL);
+    // Text first: not a letterlock frame, so the proxy relays it as it is.
+    data[..4].copy_from_slice(b"GET ");
+    data[at..at + MARKER.len()].copy_from_slice(MARKER.as_bytes());
+    let data = Arc::new(data);
+
+    let echo = echo_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("large.cap");
+    let proxy = Proxy::start(
+        "127.0.0.1:0",
+        &echo.to_string(),
+        Config {
+            capture: Some(capture.clone()),
+            expect: Some(MARKER.into()),
+            ..Config::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (mut r, mut w) = TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap()
+        .into_split();
+    let echoed = tokio::spawn(async move {
+        let mut back = Vec::with_capacity(TOTAL);
+        r.read_to_end(&mut back).await.unwrap();
+        back
+    });
+    w.write_all(&data[..split]).await.unwrap();
+    // Every byte before the split went there and back before the rest is written, so the
+    // proxy's reads towards the server end exactly at the split.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while proxy.captured_len() < 2 * split {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first half did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(proxy.captured_len(), 2 * split);
+    w.write_all(&data[split..]).await.unwrap();
+    w.shutdown().await.unwrap();
+    let back = echoed.await.unwrap();
+    assert!(back == *data, "the proxy relays unchanged");
+    assert!(
+        proxy
+            .wait_for(|e| matches!(e, Event::Expect(_)), WAIT)
+            .await
+            .is_some()
+    );
+
+    // Searched as it arrived: found in both directions, at the marker's offset.
+    let live = proxy.search(MARKER).unwrap();
+    assert_eq!(live.scanned, 2 * TOTAL);
+    let raw: Vec<_> = live
+        .found
+        .iter()
+        .filter(|f| f.encoding == Encoding::Raw)
+        .map(|f| (f.dir, f.offset))
+        .collect();
+    assert_eq!(
+        raw,
+        [(Direction::ToServer, at), (Direction::ToClient, at)],
+        "{live}"
+    );
+    // Another text is searched in the file, a record at a time.
+    let tail = &MARKER[10..];
+    let scanned = proxy.search(tail).unwrap();
+    assert_eq!(scanned.scanned, 2 * TOTAL);
+    assert!(
+        scanned
+            .found
+            .iter()
+            .any(|f| f.dir == Direction::ToServer && f.offset == at + 10),
+        "{scanned}"
+    );
+    proxy.stop().await;
+
+    // The file holds both directions whole, and a record ends at the split.
+    let mut got = [0usize; 2];
+    let mut boundary_at_split = false;
+    for record in intercept::CaptureReader::open(&capture).unwrap() {
+        let record = record.unwrap();
+        let i = usize::from(record.dir == Direction::ToClient);
+        let end = got[i] + record.bytes.len();
+        assert!(
+            data.get(got[i]..end) == Some(record.bytes.as_slice()),
+            "{:?} bytes {}..{end} differ",
+            record.dir,
+            got[i]
+        );
+        boundary_at_split |= i == 0 && end == split;
+        got[i] = end;
+    }
+    assert_eq!(got, [TOTAL, TOTAL]);
+    assert!(boundary_at_split, "no read ended at the split");
+    // The search made as the bytes arrived is the search of the file.
+    let records = intercept::read_capture(&capture).unwrap();
+    assert_eq!(intercept::search(&records, MARKER), live);
 }

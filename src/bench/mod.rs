@@ -1,0 +1,187 @@
+//! `letterlock bench`: how fast letterlock is on this machine, each figure beside the bound the
+//! machine allows, all measured in the same run (these machines are noisy: ratios measured side
+//! by side hold where absolute times do not).
+//!
+//! Sections:
+//! 1. **Bounds**, with aws-lc-rs directly: RSA private operations (OAEP decrypt, PSS sign) on one
+//!    core and on all cores, RSA public operations, AES-256-GCM and SHA-256 on 64 KiB buffers,
+//!    and one pass doing both (the single-stream sealing bound).
+//! 2. **Envelope**: [`letterlock::envelope::seal`] and [`letterlock::envelope::open`] in both modes across sizes. The
+//!    bound beside each row is built from section 1: the RSA operations the message needs plus
+//!    its bytes through the single-stream bound. The asymmetric mode is run only up to its limit.
+//! 3. **Server**: a real [`letterlock::server::Server`] on loopback TCP with the durable [`letterlock::store::SqliteStore`] in a
+//!    temporary folder, driven by [`letterlock::client::Client`]s in the same process.
+//!
+//! Invariants: every figure printed is a measurement of this run, or "not run" with the reason;
+//! nothing is extrapolated. Speed goals are reported, never asserted.
+//!
+//! # Layout
+//! - this module: the options, the error, the constants every section shares, and [`run`];
+//! - `bounds`: what this machine allows: timed repetition, the multi-threaded rate, aws-lc-rs
+//!   directly, and the bound of one message built from them;
+//! - `measurements`: seal and open across sizes and modes, the generated input, peak RSS;
+//! - `server`: a real server and its clients in this process;
+//! - `report`: the [`Report`], its goals, and the table and JSON for people and programs;
+//! - `plot`: the SVG.
+
+mod bounds;
+mod measurements;
+mod plot;
+mod report;
+mod server;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use letterlock::client::ClientError;
+use letterlock::envelope::{OpenError, SealError};
+use letterlock::keys::{KeyError, PrivateKey};
+use letterlock::store::StoreError;
+
+pub use measurements::Generated;
+pub use plot::plot;
+pub use report::{
+    AsymmetricCheck, BigSend, Bounds, EnvelopeRow, Goal, Latency, Machine, Ratio, Report,
+    ServerRate, ServerReport, human_size, table, write_json,
+};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+/// Bytes per MB in every MB/s figure (decimal, as `openssl speed` and disks count).
+const MB: f64 = 1e6;
+/// Buffer size of the symmetric bounds: the envelope's default chunk size.
+const BOUND_BUF: usize = 64 * 1024;
+/// Message sizes of the full run. The asymmetric mode runs only up to its limit.
+const FULL_SIZES: &[u64] = &[100, KIB, 64 * KIB, MIB, 16 * MIB, GIB];
+/// Message sizes of `--quick`: no 16 MiB, no 1 GiB, asymmetric only up to 64 KiB.
+const QUICK_SIZES: &[u64] = &[100, KIB, 64 * KIB, MIB];
+const QUICK_ASYMMETRIC_MAX: u64 = 64 * KIB;
+/// Concurrent connections of the server message-rate runs.
+const CONNECTIONS: &[usize] = &[1, 4, 16, 64];
+/// Rounds of each server rate run; the best is reported, as with [`BATCHES`].
+const SERVER_ROUNDS: usize = 3;
+/// Plaintext of each server message.
+const SERVER_MESSAGE: u64 = KIB;
+/// The peak-RSS goal for 1 GiB messages.
+const RSS_GOAL_KIB: u64 = 64 * 1024;
+/// The share of a bound the goals ask for.
+const GOAL_SHARE: f64 = 0.8;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// The reduced set: fewer sizes and iterations, no 1 GiB, well under 30 s in release.
+    pub quick: bool,
+    /// RSA key size of every key the bench generates.
+    pub bits: usize,
+}
+
+impl BenchOptions {
+    /// Time each measurement runs for, at least.
+    fn min_time(&self) -> Duration {
+        if self.quick {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_millis(1500)
+        }
+    }
+
+    /// Time of each bound measured again beside a row or a server run.
+    fn bound_refresh_time(&self) -> Duration {
+        if self.quick {
+            Duration::from_millis(40)
+        } else {
+            Duration::from_millis(1000)
+        }
+    }
+
+    /// Messages per concurrency level in the server rate runs.
+    fn server_messages(&self) -> usize {
+        if self.quick { 64 } else { 3000 }
+    }
+
+    /// Complete sends timed for the latency percentiles.
+    fn latency_samples(&self) -> usize {
+        if self.quick { 10 } else { 200 }
+    }
+}
+
+/// Why the bench could not complete.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BenchError {
+    #[error("key: {0}")]
+    Key(#[from] KeyError),
+    #[error("seal: {0}")]
+    Seal(#[from] SealError),
+    #[error("open: {0}")]
+    Open(#[from] OpenError),
+    #[error("client: {0}")]
+    Client(#[from] ClientError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("an aws-lc primitive failed")]
+    Crypto,
+    #[error("wrong result: {0}")]
+    Wrong(String),
+    #[error("cannot draw the plot: {0}")]
+    Plot(String),
+}
+
+/// Runs every section; progress goes to stderr.
+pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
+    let started = Instant::now();
+    progress(&format!("generating two {}-bit RSA keys", opts.bits));
+    let alice = Arc::new(PrivateKey::generate(opts.bits)?);
+    let bob = Arc::new(PrivateKey::generate(opts.bits)?);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    progress("bounds");
+    let bounds = bounds::measure_bounds(opts.min_time(), &alice, Some(threads))?;
+    progress("seal and open");
+    let (envelope, asymmetric_correct) = measurements::measure_envelope(opts, &alice, &bob)?;
+    let ratios = measurements::ratios(&envelope);
+    progress("server");
+    let server = server::measure_server(opts)?;
+    let machine = Machine {
+        cpu: cpu_name(),
+        threads,
+        bits: opts.bits,
+        quick: opts.quick,
+        release_build: !cfg!(debug_assertions),
+        total_seconds: started.elapsed().as_secs_f64(),
+    };
+    let goals = report::goals(&bounds, &envelope, &asymmetric_correct, &server);
+    Ok(Report {
+        machine,
+        bounds,
+        envelope,
+        ratios,
+        asymmetric_correct,
+        server,
+        goals,
+    })
+}
+
+fn progress(what: &str) {
+    eprintln!("letterlock bench: {what}…");
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn crypt() -> BenchError {
+    BenchError::Crypto
+}

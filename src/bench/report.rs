@@ -1,0 +1,426 @@
+//! The report of one run: what it measured, the goals judged from it, and the two ways it is
+//! written out (a table for people, JSON for programs).
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use super::{BenchError, GIB, GOAL_SHARE, KIB, MIB, RSS_GOAL_KIB};
+
+/// Everything one run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub bounds: Bounds,
+    pub envelope: Vec<EnvelopeRow>,
+    /// Hybrid speed over asymmetric speed, per size where both ran.
+    pub ratios: Vec<Ratio>,
+    /// The asymmetric mode round-tripped at every size it ran, and refused its limit + 1 byte.
+    pub asymmetric_correct: AsymmetricCheck,
+    pub server: ServerReport,
+    pub goals: Vec<Goal>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub threads: usize,
+    pub bits: usize,
+    pub quick: bool,
+    pub release_build: bool,
+    pub total_seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Bounds {
+    /// RSA-OAEP-SHA-256 decryptions per second, one core.
+    pub rsa_decrypt_1core: f64,
+    /// The same on `threads` threads at once.
+    pub rsa_decrypt_all: f64,
+    /// RSA-PSS-SHA-256 signatures per second, one core.
+    pub rsa_sign_1core: f64,
+    pub rsa_sign_all: f64,
+    /// Public operations, one core: they enter the envelope bounds.
+    pub rsa_encrypt_1core: f64,
+    pub rsa_verify_1core: f64,
+    /// MB/s on 64 KiB buffers, one core.
+    pub aes_gcm_mb_s: f64,
+    pub sha256_mb_s: f64,
+    /// SHA-256 and AES-256-GCM over each buffer in turn: the single-stream sealing bound.
+    pub seal_pass_mb_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EnvelopeRow {
+    pub mode: &'static str,
+    pub op: &'static str,
+    pub size: u64,
+    /// Why the row was not run (`None` when it was).
+    pub not_run: Option<String>,
+    /// Operations timed, in all batches, and the time they took.
+    pub iterations: u64,
+    pub seconds: f64,
+    /// Messages per second of the best batch.
+    pub msgs_s: f64,
+    pub mb_s: f64,
+    /// The bound for this message: its RSA operations plus its bytes at the sealing bound.
+    pub bound_msgs_s: f64,
+    pub bound_mb_s: f64,
+    /// Measured over bound.
+    pub of_bound: f64,
+    /// The single-stream sealing bound measured right before this size ran (MB/s).
+    pub seal_pass_mb_s: f64,
+    /// Peak RSS while this row ran (KiB), where it was measured (1 GiB rows).
+    pub peak_rss_kib: Option<u64>,
+    /// RSS when the row began (KiB): resident before it, part of the peak.
+    pub rss_before_kib: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Ratio {
+    pub size: u64,
+    pub seal: f64,
+    pub open: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AsymmetricCheck {
+    /// Sizes that sealed, opened and compared equal.
+    pub sizes_checked: Vec<u64>,
+    pub limit: u64,
+    pub refuses_over_limit: bool,
+    pub all_correct: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerReport {
+    pub message_size: u64,
+    pub rates: Vec<ServerRate>,
+    pub latency: Latency,
+    pub big_send: Option<BigSend>,
+    /// VmHWM of the whole process at the end: server, clients and everything before.
+    pub process_peak_rss_kib: u64,
+    pub note: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerRate {
+    pub connections: usize,
+    /// Messages acknowledged in all rounds, and the time they took.
+    pub messages: usize,
+    pub seconds: f64,
+    /// Messages per second of the best round.
+    pub msgs_s: f64,
+    /// The all-core RSA decrypt bound, measured right before this run.
+    pub bound_msgs_s: f64,
+    pub of_bound: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Latency {
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub mean_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BigSend {
+    pub bytes: u64,
+    pub seconds: f64,
+    pub mb_s: f64,
+    /// Peak RSS while sending and receiving it (server and client in this one process).
+    pub peak_rss_kib: u64,
+    /// RSS when the send began (KiB): resident before it, part of the peak.
+    pub rss_before_kib: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Goal {
+    pub goal: String,
+    /// `None` when the run did not measure it (as `--quick` does not measure 1 GiB).
+    pub met: Option<bool>,
+    pub detail: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Goals
+
+pub(super) fn goals(
+    b: &Bounds,
+    rows: &[EnvelopeRow],
+    asym: &AsymmetricCheck,
+    server: &ServerReport,
+) -> Vec<Goal> {
+    let mut goals = Vec::new();
+    let best = server
+        .rates
+        .iter()
+        .max_by(|x, y| x.msgs_s.total_cmp(&y.msgs_s));
+    goals.push(Goal {
+        goal: format!(
+            "server message rate >= {:.0}% of the all-core RSA decrypt bound",
+            GOAL_SHARE * 100.0
+        ),
+        met: best.map(|r| r.of_bound >= GOAL_SHARE),
+        detail: best.map_or("not run".into(), |r| {
+            format!(
+                "best {:.0} msg/s at {} connections = {:.0}% of {:.0}/s",
+                r.msgs_s,
+                r.connections,
+                r.of_bound * 100.0,
+                b.rsa_decrypt_all
+            )
+        }),
+    });
+    let big: Vec<&EnvelopeRow> = rows
+        .iter()
+        .filter(|r| r.mode == "hybrid" && r.size >= MIB && r.not_run.is_none())
+        .collect();
+    let worst = big
+        .iter()
+        .map(|r| (r, r.mb_s / r.seal_pass_mb_s))
+        .min_by(|x, y| x.1.total_cmp(&y.1));
+    goals.push(Goal {
+        goal: format!(
+            "hybrid seal/open of >= 1 MiB at >= {:.0}% of the single-stream sealing bound",
+            GOAL_SHARE * 100.0
+        ),
+        met: worst.map(|(_, share)| share >= GOAL_SHARE),
+        detail: worst.map_or("not run".into(), |(r, share)| {
+            format!(
+                "furthest: {} {} at {:.0} MB/s = {:.0}% of {:.0} MB/s measured beside it",
+                r.op,
+                human_size(r.size),
+                r.mb_s,
+                share * 100.0,
+                r.seal_pass_mb_s
+            )
+        }),
+    });
+    let mut rss: Vec<(String, u64)> = rows
+        .iter()
+        .filter(|r| r.size >= GIB)
+        .filter_map(|r| Some((format!("{} {}", r.op, r.mode), r.peak_rss_kib?)))
+        .collect();
+    if let Some(s) = &server.big_send {
+        rss.push(("send+receive".into(), s.peak_rss_kib));
+    }
+    let measured = rss.len() == 3 && rss.iter().all(|(_, k)| *k > 0);
+    goals.push(Goal {
+        goal: "1 GiB sealed, opened, sent and received in < 64 MiB peak RSS".into(),
+        met: measured.then(|| rss.iter().all(|(_, k)| *k < RSS_GOAL_KIB)),
+        detail: if rss.is_empty() {
+            "not run (no 1 GiB in --quick)".into()
+        } else {
+            rss.iter()
+                .map(|(what, k)| format!("{what} {:.1} MiB", *k as f64 / 1024.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    });
+    goals.push(Goal {
+        goal: "asymmetric mode correct at every size up to its limit".into(),
+        met: Some(asym.all_correct),
+        detail: format!(
+            "round-tripped at {}; limit + 1 byte refused: {}",
+            asym.sizes_checked
+                .iter()
+                .map(|s| human_size(*s))
+                .collect::<Vec<_>>()
+                .join(", "),
+            asym.refuses_over_limit
+        ),
+    });
+    goals
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+
+/// `1 KiB`, `100 B`, `16 MiB`.
+pub fn human_size(n: u64) -> String {
+    match n {
+        n if n >= GIB && n.is_multiple_of(GIB) => format!("{} GiB", n / GIB),
+        n if n >= MIB && n.is_multiple_of(MIB) => format!("{} MiB", n / MIB),
+        n if n >= KIB && n.is_multiple_of(KIB) => format!("{} KiB", n / KIB),
+        n => format!("{n} B"),
+    }
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.0}%", x * 100.0)
+}
+
+/// The report as a table for people.
+pub fn table(r: &Report) -> String {
+    let b = &r.bounds;
+    let m = &r.machine;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "letterlock bench{}: {} ({} threads), RSA-{}, {} build, {:.0} s",
+        if m.quick { " --quick" } else { "" },
+        m.cpu,
+        m.threads,
+        m.bits,
+        if m.release_build { "release" } else { "debug" },
+        m.total_seconds
+    );
+    let _ = writeln!(
+        s,
+        "MB = 10^6 bytes. Every figure below was measured in this run."
+    );
+    let _ = writeln!(s, "\n1. Bounds (aws-lc-rs on this machine)");
+    let _ = writeln!(s, "  {:<34} {:>12} {:>12}", "", "1 core", "all cores");
+    let _ = writeln!(
+        s,
+        "  {:<34} {:>10.0}/s {:>10.0}/s",
+        format!("RSA-{} OAEP decrypt", m.bits),
+        b.rsa_decrypt_1core,
+        b.rsa_decrypt_all
+    );
+    let _ = writeln!(
+        s,
+        "  {:<34} {:>10.0}/s {:>10.0}/s",
+        format!("RSA-{} PSS sign", m.bits),
+        b.rsa_sign_1core,
+        b.rsa_sign_all
+    );
+    let _ = writeln!(
+        s,
+        "  {:<34} {:>10.0}/s",
+        format!("RSA-{} OAEP encrypt", m.bits),
+        b.rsa_encrypt_1core
+    );
+    let _ = writeln!(
+        s,
+        "  {:<34} {:>10.0}/s",
+        format!("RSA-{} PSS verify", m.bits),
+        b.rsa_verify_1core
+    );
+    for (what, v) in [
+        ("AES-256-GCM, 64 KiB buffers", b.aes_gcm_mb_s),
+        ("SHA-256, 64 KiB buffers", b.sha256_mb_s),
+        ("SHA-256 + AES-256-GCM in one pass", b.seal_pass_mb_s),
+    ] {
+        let _ = writeln!(s, "  {what:<34} {v:>7.0} MB/s");
+    }
+    let _ = writeln!(
+        s,
+        "\n2. Seal and open, one core (bound = the message's RSA operations + its bytes, at the \
+         bounds measured again right before each size)"
+    );
+    let _ = writeln!(
+        s,
+        "  {:<10} {:<5} {:>7} {:>10} {:>10} {:>9} {:>9} {:>6} {:>9}",
+        "mode", "op", "size", "msg/s", "bound", "MB/s", "bound", "of", "peak RSS"
+    );
+    for row in &r.envelope {
+        if let Some(reason) = &row.not_run {
+            let _ = writeln!(
+                s,
+                "  {:<10} {:<5} {:>7}  {}",
+                row.mode,
+                row.op,
+                human_size(row.size),
+                reason
+            );
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "  {:<10} {:<5} {:>7} {:>10.1} {:>10.1} {:>9.1} {:>9.1} {:>6} {:>9}",
+            row.mode,
+            row.op,
+            human_size(row.size),
+            row.msgs_s,
+            row.bound_msgs_s,
+            row.mb_s,
+            row.bound_mb_s,
+            pct(row.of_bound),
+            row.peak_rss_kib
+                .map_or(String::new(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+        );
+    }
+    let _ = writeln!(s, "\n  hybrid / asymmetric speed");
+    for ratio in &r.ratios {
+        let _ = writeln!(
+            s,
+            "  {:>7}  seal {:>7.1}x  open {:>7.1}x",
+            human_size(ratio.size),
+            ratio.seal,
+            ratio.open
+        );
+    }
+    let srv = &r.server;
+    let _ = writeln!(
+        s,
+        "\n3. Server: loopback TCP, SQLite store, {} hybrid messages sealed ahead; bound = \
+         all-core RSA decrypt, measured right before each run",
+        human_size(srv.message_size)
+    );
+    let _ = writeln!(
+        s,
+        "  {:>11} {:>9} {:>10} {:>12} {:>6}",
+        "connections", "messages", "msg/s", "RSA bound", "of"
+    );
+    for rate in &srv.rates {
+        let _ = writeln!(
+            s,
+            "  {:>11} {:>9} {:>10.0} {:>10.0}/s {:>6}",
+            rate.connections,
+            rate.messages,
+            rate.msgs_s,
+            rate.bound_msgs_s,
+            pct(rate.of_bound)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  complete send (connect, handshake, seal, send, proven ack), {} samples: p50 {:.2} ms, \
+         p99 {:.2} ms",
+        srv.latency.samples, srv.latency.p50_ms, srv.latency.p99_ms
+    );
+    match &srv.big_send {
+        Some(big) => {
+            let _ = writeln!(
+                s,
+                "  one {} message client -> server: {:.1} s, {:.0} MB/s, peak RSS {:.1} MiB \
+                 ({:.1} MiB resident before it began)",
+                human_size(big.bytes),
+                big.seconds,
+                big.mb_s,
+                big.peak_rss_kib as f64 / 1024.0,
+                big.rss_before_kib as f64 / 1024.0
+            );
+        }
+        None => {
+            let _ = writeln!(s, "  one 1 GiB message client -> server: not run (--quick)");
+        }
+    }
+    let _ = writeln!(
+        s,
+        "  process peak RSS {:.1} MiB ({})",
+        srv.process_peak_rss_kib as f64 / 1024.0,
+        srv.note
+    );
+    let _ = writeln!(s, "\nGoals");
+    for g in &r.goals {
+        let verdict = match g.met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "not measured",
+        };
+        let _ = writeln!(s, "  [{verdict}] {}: {}", g.goal, g.detail);
+    }
+    s
+}
+
+/// Writes the report as JSON to `out`.
+pub fn write_json(r: &Report, mut out: impl Write) -> Result<(), BenchError> {
+    serde_json::to_writer_pretty(&mut out, r).map_err(io::Error::from)?;
+    writeln!(out)?;
+    Ok(())
+}
