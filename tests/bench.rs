@@ -14,6 +14,7 @@ fn positive(v: &Value, path: &str) {
 }
 
 #[test]
+#[ignore = "slow: runs `letterlock bench --quick` (~8 s)"]
 fn quick_json_has_every_section() {
     let out = Command::new(env!("CARGO_BIN_EXE_letterlock"))
         .args(["bench", "--quick", "--json", "--bits", "2048"])

@@ -4,6 +4,7 @@ use std::process::Command;
 use std::time::Instant;
 
 #[test]
+#[ignore = "slow: runs the whole demo as a child process"]
 fn demo_runs_and_every_property_passes() {
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_letterlock"))

@@ -152,6 +152,7 @@ async fn run_load(clients: usize, per_client: usize, max_size: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow: 8 clients x 20 messages in both modes (~7 s); tests/network.rs has a fast concurrent case"]
 async fn concurrent_clients_every_message_stored_once() {
     if std::env::var("LETTERLOCK_LOAD").as_deref() == Ok("full") {
         run_load(64, 250, 256 * 1024).await;

@@ -2,8 +2,9 @@
 //! write load there, and every RSA operation of the format (OAEP with our labels, PSS with salt
 //! 32) is understood in both directions.
 //!
-//! These tests need `openssl` on PATH. If it is missing they fail (CI installs it in `.ci/run`):
-//! an interop check that quietly passes without its counterpart proves nothing.
+//! These tests need `openssl` on PATH, and one needs python3 with the `rsa` package. If either is
+//! missing they fail (`.ci/run` installs both): an interop check that quietly passes without its
+//! counterpart proves nothing.
 
 mod common;
 
@@ -499,8 +500,9 @@ fn check_pkcs1_pair(pkcs8: &Path, rsa_priv: &Path, rsa_pub: &Path, what: &str) {
     }
 }
 
-/// The same check with keys written by the real Python `rsa` package, when it is installed.
-/// The OpenSSL-made PKCS#1 test above is the one that always runs.
+/// The same check with keys written by the real Python `rsa` package (the classroom version's
+/// key library). The package is a test requirement, like `openssl`: `.ci/run` installs it, and
+/// without it this test fails and says how to install it.
 #[test]
 fn pkcs1_keys_from_python_rsa_package_load() {
     let probe = Command::new("python3")
@@ -508,10 +510,11 @@ fn pkcs1_keys_from_python_rsa_package_load() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-    if !matches!(probe, Ok(s) if s.success()) {
-        eprintln!("SKIPPED: python3 with the `rsa` package is not installed");
-        return;
-    }
+    assert!(
+        matches!(probe, Ok(s) if s.success()),
+        "python3 with the `rsa` package is needed: `apt-get install python3-rsa` or \
+         `python3 -m pip install rsa` (.ci/run installs it)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let rsa_priv = dir.path().join("py_private.pem");
     let rsa_pub = dir.path().join("py_public.pem");
