@@ -12,14 +12,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::net::{CLIENT, SERVER, TestServer};
-use common::{private, public};
+use common::{private, public, sha256};
 use letterlock::envelope::{Mode, SealOptions, Sealed};
 use letterlock::store::Store;
-
-fn sha256(b: &[u8]) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b);
-    d.as_ref().try_into().unwrap()
-}
 
 async fn run_load(clients: usize, per_client: usize, max_size: usize) {
     let dir = tempfile::tempdir().unwrap();

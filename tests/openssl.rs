@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{keys_dir, open, private, public, seal};
+use common::{open, private, public, seal};
 use letterlock::envelope::{
     FixedRandomness, HEADER_LEN, Mode, SealOptions, Sealer, chunk_label, header_hash, transcript,
 };
@@ -67,12 +67,6 @@ fn write(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {
     let p = dir.join(name);
     fs::write(&p, contents).unwrap();
     p
-}
-
-/// The path of a fixed test private key, tightened to 0600 (as `common::private` does).
-fn fixed_private_path(name: &str) -> PathBuf {
-    let _ = private(name);
-    keys_dir().join(format!("{name}_private.pem"))
 }
 
 /// `openssl genpkey` a 2048-bit RSA key into `dir/NAME` with mode 0600.
@@ -233,7 +227,7 @@ fn openssl_recovers_the_wrapped_content_key() {
 
     let label = openssl_sha256(header);
     assert_eq!(label, header_hash(header.try_into().unwrap()));
-    let bob_path = fixed_private_path("bob2048");
+    let bob_path = common::private_path("bob2048");
     let out = openssl_oaep_decrypt(dir.path(), &bob_path, wrapped, &label);
     assert!(
         out.status.success(),
@@ -272,7 +266,7 @@ fn openssl_recovers_asymmetric_chunks_and_verifies_their_signature() {
     let body = &sealed[HEADER_LEN..];
     assert_eq!(body.len(), 3 * k);
     let hh = openssl_sha256(header);
-    let bob_path = fixed_private_path("bob2048");
+    let bob_path = common::private_path("bob2048");
 
     let mut data_block = Vec::new();
     for (index, block) in (0u32..).zip(body.chunks(k)) {
