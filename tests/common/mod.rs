@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub mod net;
+pub mod peer;
 
 use letterlock::envelope::stream::{self, Stream};
 use letterlock::envelope::{Mode, chunk_label};
