@@ -468,21 +468,18 @@ async fn same_id_other_content_is_a_replay() {
 }
 
 fn seal_with_id(plain: &[u8], id: [u8; 16]) -> (Vec<u8>, letterlock::envelope::Sealed) {
-    let s = private(CLIENT);
-    let (mut sealer, mut out) = letterlock::envelope::Sealer::with_randomness(
-        s.public(),
+    let fixed = letterlock::envelope::FixedRandomness {
+        message_id: id,
+        created: letterlock::envelope::unix_now(),
+        content_key: [7; 32],
+    };
+    common::seal_fixed(
+        private(CLIENT).as_ref(),
         &public(SERVER),
         &SealOptions::default(),
-        &letterlock::envelope::FixedRandomness {
-            message_id: id,
-            created: letterlock::envelope::unix_now(),
-            content_key: [7; 32],
-        },
+        &fixed,
+        plain,
     )
-    .unwrap();
-    sealer.update(plain, &mut out).unwrap();
-    let sealed = sealer.finish(s.as_ref(), &mut out).unwrap();
-    (out, sealed)
 }
 
 // ---------------------------------------------------------------------------------------------

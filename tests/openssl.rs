@@ -15,9 +15,9 @@ use std::process::{Command, Output, Stdio};
 
 use common::{open, private, public, seal};
 use letterlock::envelope::{
-    FixedRandomness, HEADER_LEN, Mode, SealOptions, Sealer, chunk_label, header_hash, transcript,
+    FixedRandomness, HEADER_LEN, Mode, SealOptions, chunk_label, header_hash, transcript,
 };
-use letterlock::keys::{self, Identity, KeyId, PrivateKey, PublicKey};
+use letterlock::keys::{self, Identity, KeyId, PrivateKey};
 
 /// Runs `openssl ARGS` (with `stdin` piped in if given) and returns its output, whatever its
 /// exit status. Panics if the binary cannot be started.
@@ -164,21 +164,6 @@ fn our_public_key_reads_in_openssl_with_the_same_key_id() {
     }
 }
 
-/// Seals `plain` deterministically (fixed id, time, content key) and returns the sealed bytes.
-fn seal_fixed(
-    sender: &PrivateKey,
-    recipient: &PublicKey,
-    opts: &SealOptions,
-    fixed: &FixedRandomness,
-    plain: &[u8],
-) -> Vec<u8> {
-    let (mut sealer, mut sealed) =
-        Sealer::with_randomness(sender.public(), recipient, opts, fixed).unwrap();
-    sealer.update(plain, &mut sealed).unwrap();
-    sealer.finish(sender, &mut sealed).unwrap();
-    sealed
-}
-
 /// `openssl pkeyutl -decrypt` with RSA-OAEP-SHA-256 and the given label.
 fn openssl_oaep_decrypt(dir: &Path, key: &Path, ciphertext: &[u8], label: &[u8]) -> Output {
     let ct = write(dir, "ct.bin", ciphertext);
@@ -214,8 +199,8 @@ fn openssl_recovers_the_wrapped_content_key() {
         created: 1_767_225_600,
         content_key: *b"letterlock interop content key!!",
     };
-    let sealed = seal_fixed(
-        &alice,
+    let (sealed, _) = common::seal_fixed(
+        alice.as_ref(),
         bob.public(),
         &SealOptions::mode(Mode::Hybrid),
         &fixed,
@@ -254,8 +239,8 @@ fn openssl_recovers_asymmetric_chunks_and_verifies_their_signature() {
         created: 1_767_225_600,
         content_key: [0; 32],
     };
-    let sealed = seal_fixed(
-        &alice,
+    let (sealed, _) = common::seal_fixed(
+        alice.as_ref(),
         bob.public(),
         &SealOptions::mode(Mode::Asymmetric),
         &fixed,

@@ -112,6 +112,23 @@ pub fn seal_with_info(
     (out, sealed)
 }
 
+/// Seals `plain` like [`seal_with_info`] but with chosen "random" values (message id, creation
+/// time, content key): for replays, clock checks and interop tests that need known values.
+pub fn seal_fixed(
+    sender: &dyn Identity,
+    recipient: &PublicKey,
+    opts: &letterlock::envelope::SealOptions,
+    fixed: &letterlock::envelope::FixedRandomness,
+    plain: &[u8],
+) -> (Vec<u8>, letterlock::envelope::Sealed) {
+    let (mut sealer, mut out) =
+        letterlock::envelope::Sealer::with_randomness(sender.public(), recipient, opts, fixed)
+            .unwrap();
+    sealer.update(plain, &mut out).unwrap();
+    let sealed = sealer.finish(sender, &mut out).unwrap();
+    (out, sealed)
+}
+
 /// Opens `sealed` as `recipient` trusting `sender`; the plaintext only if it verified.
 pub fn open(
     recipient: Arc<PrivateKey>,
