@@ -9,9 +9,8 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ use letterlock::envelope::{Mode, SealOptions, Sealed};
 use letterlock::keys::Identity;
 use letterlock::store::{SqliteStore, Store};
 
-const BIN: &str = env!("CARGO_BIN_EXE_letterlock");
+use common::BIN;
 
 fn run(args: &[&str]) {
     let out = Command::new(BIN).args(args).output().unwrap();
@@ -31,24 +30,12 @@ fn run(args: &[&str]) {
 
 /// Starts the server; returns the child and the address it printed.
 fn start(keys: &Path, store: &Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["server", "--listen", "127.0.0.1:0", "--keys"])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["server", "--listen", "127.0.0.1:0", "--keys"])
         .arg(keys)
         .arg("--store")
-        .arg(store)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let addr = first
-        .strip_prefix("letterlock server listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .to_owned();
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+        .arg(store);
+    common::spawn_server(cmd)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -91,7 +91,7 @@ fn key_pem_body(name: &str) -> String {
 fn trace_logs_never_contain_the_private_key_or_the_plaintext() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let bin = env!("CARGO_BIN_EXE_letterlock");
+    let bin = common::BIN;
     std::fs::write(d.join("m.txt"), "attack at dawn, a secret").unwrap();
     let seal = Command::new(bin)
         .arg("-vv")

@@ -180,6 +180,33 @@ pub fn seal_data_block(
 }
 
 // ---------------------------------------------------------------------------------------------
+// The binary
+
+/// The `letterlock` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_letterlock");
+
+/// Starts `cmd`, a `letterlock server --listen 127.0.0.1:0 ...` command, and returns the child
+/// with the address it printed on its first line. The rest of its stdout is drained in the
+/// background so it never blocks on a full pipe; its stderr (the log) is discarded.
+pub fn spawn_server(mut cmd: std::process::Command) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first
+        .strip_prefix("letterlock server listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_owned();
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+// ---------------------------------------------------------------------------------------------
 // Data, hashes, memory, threads
 
 /// SHA-256 of `data` (aws-lc-rs).
