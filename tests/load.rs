@@ -2,8 +2,10 @@
 //! modes against one server. Every message is stored exactly once with the content hash of the
 //! sealed bytes that were sent: 0 lost, 0 duplicated; memory stays bounded.
 //!
-//! `cargo test --test load` runs 8 clients × 20 messages of 1 B–64 KiB. The full run, 64 × 250
-//! of 1 B–256 KiB, is `LETTERLOCK_LOAD=full cargo test --release --test load -- --nocapture`.
+//! Slow, so ignored in `cargo test`: `cargo test --test load -- --ignored` runs 8 clients × 20
+//! messages of 1 B–64 KiB (and `.ci/run` does). The full run, 64 × 250 of 1 B–256 KiB, is
+//! `LETTERLOCK_LOAD=full cargo test --release --test load -- --ignored --nocapture`. Alone in its
+//! test binary, so the peak RSS it measures is its own.
 
 mod common;
 
