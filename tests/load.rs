@@ -57,16 +57,12 @@ async fn run_load(clients: usize, per_client: usize, max_size: usize) {
                             Mode::Asymmetric
                         };
                         let plain = rng.bytes(size);
-                        let mut out = Vec::new();
-                        let sealed = letterlock::envelope::seal(
+                        common::seal_with_info(
                             private(CLIENT).as_ref(),
                             &public(SERVER),
                             &SealOptions::mode(mode),
-                            plain.as_slice(),
-                            &mut out,
+                            &plain,
                         )
-                        .unwrap();
-                        (out, sealed)
                     })
                     .collect::<Vec<(Vec<u8>, Sealed)>>()
             })
