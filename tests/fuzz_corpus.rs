@@ -10,11 +10,9 @@ mod common;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use aws_lc_rs::digest;
-use common::{private, public};
-use letterlock::envelope::stream::{self, Stream};
+use common::{private, public, sha256};
 use letterlock::envelope::{
-    HEADER_LEN, Mode, SealOptions, armor::ArmorWriter, chunk_label, header_hash, transcript,
+    HEADER_LEN, Mode, SealOptions, armor::ArmorWriter, header_hash, transcript,
 };
 use letterlock::fuzzing::{self, Fixture};
 use letterlock::keys::Identity;
@@ -164,10 +162,6 @@ fn replay_server_connection_corpus() {
 // ---------------------------------------------------------------------------------------------
 // Seeds
 
-fn sha256(data: &[u8]) -> Vec<u8> {
-    digest::digest(&digest::SHA256, data).as_ref().to_vec()
-}
-
 /// A valid body for `fuzzing::open_after_header`: plaintext || Alice's signature over the
 /// fixture's header, encrypted as the sealer would (hybrid: after the fixture's wrapped key).
 fn body_after_fixed_header(mode: Mode, plain: &[u8]) -> Vec<u8> {
@@ -178,32 +172,22 @@ fn body_after_fixed_header(mode: Mode, plain: &[u8]) -> Vec<u8> {
         .sign(&transcript(&header, plain.len() as u64, &sha256(plain)))
         .unwrap();
     let block = [plain, &sig[..]].concat();
-    let mut out = Vec::new();
-    match mode {
-        Mode::Hybrid => {
-            // Steering byte: bit 0 = the fixture's wrapped key comes first; 0x07 = 3-byte pieces.
-            out.push(0x07);
-            let key = stream::payload_key(&Fixture::CONTENT_KEY, &[0x11; 16]).unwrap();
-            let mut s = Stream::new(&key, hh).unwrap();
-            let chunks: Vec<&[u8]> = block.chunks(1024).collect();
-            for (i, c) in chunks.iter().enumerate() {
-                let mut c = c.to_vec();
-                let tag = s.seal_chunk(&mut c, i + 1 == chunks.len()).unwrap();
-                out.extend_from_slice(&c);
-                out.extend_from_slice(tag.as_ref());
-            }
-        }
-        Mode::Asymmetric => {
-            out.push(0x00);
-            let bob = public("bob2048");
-            let max = bob.max_oaep_plaintext();
-            let count = block.len().div_ceil(max) as u32;
-            for (i, c) in (0u32..).zip(block.chunks(max)) {
-                out.extend_from_slice(&bob.encrypt_oaep(c, &chunk_label(&hh, i, count)).unwrap());
-            }
-        }
-    }
-    out
+    // Steering byte: hybrid, bit 0 = the fixture's wrapped key comes first and 0x07 = 3-byte
+    // pieces; asymmetric, none of that.
+    let steering = match mode {
+        Mode::Hybrid => 0x07,
+        Mode::Asymmetric => 0x00,
+    };
+    let body = common::seal_data_block(
+        mode,
+        hh,
+        &public("bob2048"),
+        &Fixture::CONTENT_KEY,
+        &[0x11; 16],
+        1024,
+        &block,
+    );
+    [&[steering][..], &body].concat()
 }
 
 fn sealed(mode: Mode, plain: &[u8]) -> Vec<u8> {

@@ -1,228 +1,21 @@
 //! Hostile peers (issue #6, part 5): raw sockets that break the protocol on purpose. For every
 //! case the server answers with a clear `Error` frame or closes, nothing is stored, no server
-//! task panics, memory stays bounded, and a well-behaved `Client` is served normally afterwards
-//! (or at the same time).
+//! task panics, and a well-behaved `Client` is served normally afterwards (or at the same time).
+//! The cases that also bound memory are in tests/memory_*.rs, one per test binary; the helpers
+//! are in tests/common/peer.rs.
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::net::{CLIENT, SERVER, TestServer};
+use common::peer::*;
 use common::{data, private, public};
 use letterlock::client::ClientError;
 use letterlock::envelope::{HEADER_LEN, Mode, SealOptions};
 use letterlock::keys::{Identity, KeyId};
 use letterlock::server::ServerConfig;
-use letterlock::wire::{
-    self, CHALLENGE_LEN, ConnError, DATA_FRAME, ErrorCode, Frame, FrameReader, FrameWriter,
-};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-
-// ---------------------------------------------------------------------------------------------
-// Helpers
-
-/// Panics on the runtime's worker threads (where the server's tasks run), counted by a hook.
-static SERVER_PANICS: AtomicUsize = AtomicUsize::new(0);
-
-fn setup() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let prev = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if std::thread::current()
-                .name()
-                .is_some_and(|n| n.starts_with("tokio-runtime-worker"))
-            {
-                SERVER_PANICS.fetch_add(1, Ordering::SeqCst);
-            }
-            prev(info);
-        }));
-    });
-}
-
-fn assert_no_server_panic() {
-    assert_eq!(
-        SERVER_PANICS.load(Ordering::SeqCst),
-        0,
-        "a server task panicked"
-    );
-}
-
-/// A raw connection: what a hostile peer holds.
-struct Raw {
-    r: FrameReader<OwnedReadHalf>,
-    w: FrameWriter<OwnedWriteHalf>,
-    server: KeyId,
-    challenge: [u8; CHALLENGE_LEN],
-}
-
-/// Connects and reads the server's Hello.
-async fn raw(addr: &str) -> Raw {
-    let s = TcpStream::connect(addr).await.unwrap();
-    let (r, w) = s.into_split();
-    let mut r = FrameReader::new(r, wire::DEFAULT_MAX_FRAME);
-    let w = FrameWriter::new(w);
-    match tokio::time::timeout(Duration::from_secs(10), r.read_frame())
-        .await
-        .expect("no Hello")
-        .unwrap()
-    {
-        Frame::Hello {
-            version,
-            server,
-            challenge,
-        } => {
-            assert_eq!(version, wire::PROTOCOL_VERSION);
-            Raw {
-                r,
-                w,
-                server,
-                challenge,
-            }
-        }
-        other => panic!("expected Hello, got {other:?}"),
-    }
-}
-
-/// The Auth frame `name` would send on `raw`.
-fn auth_frame(raw: &Raw, name: &str) -> Frame {
-    let me = private(name);
-    let client = me.public().id();
-    let t = wire::handshake::transcript(&raw.server, &raw.challenge, &client);
-    Frame::Auth {
-        client,
-        signature: me.sign(&t).unwrap(),
-    }
-}
-
-/// A raw connection authenticated as the trusted test client.
-async fn authed(addr: &str) -> Raw {
-    let mut raw = raw(addr).await;
-    let auth = auth_frame(&raw, CLIENT);
-    raw.w.write_frame(&auth).await.unwrap();
-    assert_eq!(raw.r.read_frame().await.unwrap(), Frame::Ready);
-    raw
-}
-
-fn encode(frame: &Frame) -> Vec<u8> {
-    let mut out = Vec::new();
-    frame.encode(&mut out);
-    out
-}
-
-/// A sealed message as `Send` frames and `SendEnd`.
-fn message_frames(sealed: &[u8], frame_size: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    for chunk in sealed.chunks(frame_size) {
-        Frame::Send(chunk.to_vec()).encode(&mut out);
-    }
-    Frame::SendEnd.encode(&mut out);
-    out
-}
-
-/// A real sealed message from the trusted client to the test server.
-fn sealed(len: usize, mode: Mode) -> Vec<u8> {
-    common::seal(
-        private(CLIENT).as_ref(),
-        &public(SERVER),
-        &SealOptions::mode(mode),
-        &data(len),
-    )
-}
-
-/// How the server ended a hostile connection.
-#[derive(Debug, PartialEq)]
-enum End {
-    Error(ErrorCode, String),
-    Closed,
-}
-
-async fn read15(r: &mut FrameReader<OwnedReadHalf>) -> Result<Frame, ConnError> {
-    tokio::time::timeout(Duration::from_secs(15), r.read_frame())
-        .await
-        .expect("the server neither answered nor closed: hang")
-}
-
-/// Reads until the server sends an Error frame or closes; anything else (or a hang) fails.
-/// After an Error frame the connection must close too.
-async fn end(raw: &mut Raw) -> End {
-    match read15(&mut raw.r).await {
-        Ok(Frame::Error { code, message }) => {
-            match read15(&mut raw.r).await {
-                Err(ConnError::Closed) | Err(ConnError::Io(_)) => {}
-                other => panic!("after Error the connection must close, got {other:?}"),
-            }
-            End::Error(code, message)
-        }
-        Ok(other) => panic!("expected an Error frame or a close, got {other:?}"),
-        Err(ConnError::Closed) | Err(ConnError::Io(_)) => End::Closed,
-        Err(e) => panic!("unexpected read error {e:?}"),
-    }
-}
-
-/// Expects an Error frame with `code`.
-async fn refused(raw: &mut Raw, code: ErrorCode) -> String {
-    match end(raw).await {
-        End::Error(c, m) if c == code => m,
-        other => panic!("expected Error {code:?}, got {other:?}"),
-    }
-}
-
-/// Expects an Error frame with `code`, or (if the peer's unread bytes made the kernel reset the
-/// connection first) a close.
-async fn refused_or_closed(raw: &mut Raw, code: ErrorCode) {
-    match end(raw).await {
-        End::Error(c, _) if c == code => {}
-        End::Closed => {}
-        other => panic!("expected Error {code:?} or a close, got {other:?}"),
-    }
-}
-
-/// A well-behaved client sends a message and gets a proven ack; the inbox grows by one.
-async fn served(server: &TestServer) {
-    let before = server.inbox_len().await;
-    let mut client = server.client(CLIENT).await.expect("good client refused");
-    let text = format!("well-behaved message {}", before).into_bytes();
-    let d = client
-        .send(std::io::Cursor::new(text.clone()), SealOptions::default())
-        .await
-        .expect("good client's message not acknowledged");
-    assert_eq!(d.plaintext_len, text.len() as u64);
-    use letterlock::store::Store;
-    let inbox = server.store.list_inbox().await.unwrap();
-    assert!(
-        inbox.iter().any(|m| m.message_id == d.id.0),
-        "acked but not stored"
-    );
-}
-
-/// One hostile case: start a server, run `attack`, check nothing hostile was stored, no panic,
-/// and a good client is still served.
-async fn case<F, Fut>(attack: F)
-where
-    F: FnOnce(String) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    case_with(ServerConfig::default(), attack).await
-}
-
-async fn case_with<F, Fut>(config: ServerConfig, attack: F)
-where
-    F: FnOnce(String) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    setup();
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(dir.path(), config).await;
-    attack(server.addr.clone()).await;
-    assert_eq!(server.inbox_len().await, 0, "a hostile message was stored");
-    served(&server).await;
-    assert_no_server_panic();
-    server.stop().await;
-}
+use letterlock::wire::{self, DATA_FRAME, ErrorCode, Frame};
 
 // ---------------------------------------------------------------------------------------------
 // Framing
@@ -234,29 +27,6 @@ async fn length_prefix_zero() {
         raw.w.write_raw(&[0, 0, 0, 0]).await.unwrap();
         let m = refused(&mut raw, ErrorCode::Protocol).await;
         assert!(m.contains("empty"), "{m}");
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn length_prefix_4_gib_allocates_nothing() {
-    case(|addr| async move {
-        let before = common::rss_kib();
-        let mut raw = raw(&addr).await;
-        raw.w
-            .write_raw(&[0xff, 0xff, 0xff, 0xff, 0x10])
-            .await
-            .unwrap();
-        let m = refused(&mut raw, ErrorCode::Protocol).await;
-        assert!(m.contains("over the limit"), "{m}");
-        // Also after authenticating.
-        let mut raw = authed(&addr).await;
-        raw.w.write_raw(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
-        refused(&mut raw, ErrorCode::Protocol).await;
-        assert!(
-            common::rss_kib() < before + 64 * 1024,
-            "4 GiB prefix cost memory"
-        );
     })
     .await;
 }
@@ -698,71 +468,22 @@ async fn same_id_other_content_is_a_replay() {
 }
 
 fn seal_with_id(plain: &[u8], id: [u8; 16]) -> (Vec<u8>, letterlock::envelope::Sealed) {
-    let s = private(CLIENT);
-    let (mut sealer, mut out) = letterlock::envelope::Sealer::with_randomness(
-        s.public(),
+    let fixed = letterlock::envelope::FixedRandomness {
+        message_id: id,
+        created: letterlock::envelope::unix_now(),
+        content_key: [7; 32],
+    };
+    common::seal_fixed(
+        private(CLIENT).as_ref(),
         &public(SERVER),
         &SealOptions::default(),
-        &letterlock::envelope::FixedRandomness {
-            message_id: id,
-            created: letterlock::envelope::unix_now(),
-            content_key: [7; 32],
-        },
+        &fixed,
+        plain,
     )
-    .unwrap();
-    sealer.update(plain, &mut out).unwrap();
-    let sealed = sealer.finish(s.as_ref(), &mut out).unwrap();
-    (out, sealed)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Volume: many tiny frames
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_tiny_send_frames() {
-    setup();
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
-    let before = common::rss_kib();
-    // 10,000 empty Send frames, then SendEnd: never a header.
-    let mut raw = authed(&server.addr).await;
-    let mut bytes = Vec::new();
-    for _ in 0..10_000 {
-        Frame::Send(Vec::new()).encode(&mut bytes);
-    }
-    Frame::SendEnd.encode(&mut bytes);
-    raw.w.write_raw(&bytes).await.unwrap();
-    let t = refused(&mut raw, ErrorCode::Refused).await;
-    assert!(t.contains("shorter than a header"), "{t}");
-    // A real 10,000-byte-plus message cut into 1-byte Send frames: slow to parse, but
-    // legitimate, so it is stored and acknowledged.
-    let s = sealed(10_000, Mode::Hybrid);
-    assert!(s.len() >= 10_000);
-    let mut raw = authed(&server.addr).await;
-    let start = Instant::now();
-    raw.w.write_raw(&message_frames(&s, 1)).await.unwrap();
-    match tokio::time::timeout(Duration::from_secs(30), raw.r.read_frame())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        Frame::Ack { .. } => {}
-        other => panic!("{other:?}"),
-    }
-    eprintln!(
-        "{} one-byte Send frames: acked in {:?}",
-        s.len(),
-        start.elapsed()
-    );
-    assert_eq!(server.inbox_len().await, 1);
-    assert!(
-        common::rss_kib() < before + 64 * 1024,
-        "tiny frames cost memory"
-    );
-    served(&server).await;
-    assert_no_server_panic();
-    server.stop().await;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Connections that end badly
@@ -828,172 +549,9 @@ async fn disconnect_mid_message_stores_nothing() {
 // ---------------------------------------------------------------------------------------------
 // Resource exhaustion
 
-/// Slowloris: 1,000 TCP connections that never authenticate. With `max_connections` 64 the
-/// rest are told "busy" (Unavailable) at once; the 64 time out after `handshake_timeout`. A
-/// good client is told busy or served, and is served on retry.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thousand_idle_connections() {
-    setup();
-    let dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig {
-        handshake_timeout: Duration::from_secs(1),
-        max_connections: 64,
-        ..ServerConfig::default()
-    };
-    let server = TestServer::start_with(dir.path(), config).await;
-    let before = common::rss_kib();
-    let start = Instant::now();
-    let mut idle = Vec::with_capacity(1000);
-    for _ in 0..1000 {
-        idle.push(TcpStream::connect(&server.addr).await.unwrap());
-    }
-    let opened = start.elapsed();
-    // Each idle socket hears Hello (64 of them) or a busy Error (the others).
-    let mut hello = 0;
-    let mut busy = 0;
-    for s in idle.iter_mut() {
-        let (r, _w) = s.split();
-        let mut r = FrameReader::new(r, wire::DEFAULT_MAX_FRAME);
-        match tokio::time::timeout(Duration::from_secs(10), r.read_frame())
-            .await
-            .unwrap()
-        {
-            Ok(Frame::Hello { .. }) => hello += 1,
-            Ok(Frame::Error {
-                code: ErrorCode::Unavailable,
-                ..
-            }) => busy += 1,
-            other => panic!("{other:?}"),
-        }
-    }
-    assert_eq!(hello + busy, 1000);
-    assert!(hello <= 64, "{hello} connections admitted past the limit");
-    assert!(busy >= 1000 - 64 - 1);
-    // The good client: busy until the idle ones time out, then served.
-    let mut refusals = 0;
-    let served_at = loop {
-        match server.client(CLIENT).await {
-            Ok(mut c) => {
-                c.send(
-                    std::io::Cursor::new(b"through".to_vec()),
-                    SealOptions::default(),
-                )
-                .await
-                .unwrap();
-                break start.elapsed();
-            }
-            Err(ClientError::Refused {
-                code: ErrorCode::Unavailable,
-                ..
-            }) => {
-                refusals += 1;
-                assert!(start.elapsed() < Duration::from_secs(20), "never served");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("{e:?}"),
-        }
-    };
-    let grew = common::rss_kib().saturating_sub(before);
-    eprintln!(
-        "1000 idle connections opened in {opened:?}: {hello} admitted, {busy} told busy; good \
-         client told busy {refusals} times, served at {served_at:?}; RSS +{grew} KiB"
-    );
-    assert!(grew < 128 * 1024, "idle connections cost {grew} KiB");
-    // The admitted idle ones were closed by the handshake timeout.
-    let mut timeouts = 0;
-    for s in idle.iter_mut() {
-        let (r, _w) = s.split();
-        let mut r = FrameReader::new(r, wire::DEFAULT_MAX_FRAME);
-        if let Ok(Ok(Frame::Error {
-            code: ErrorCode::Timeout,
-            ..
-        })) = tokio::time::timeout(Duration::from_millis(50), r.read_frame()).await
-        {
-            timeouts += 1;
-        }
-    }
-    assert_eq!(timeouts, hello, "every admitted idle connection timed out");
-    drop(idle);
-    assert_eq!(server.inbox_len().await, 1);
-    served(&server).await;
-    assert_no_server_panic();
-    server.stop().await;
-}
-
-/// A client that pipelines messages and never reads its acks. Its receive buffer is tiny, so
-/// the acks back up into the server; the server must not buffer without bound (it has
-/// `max_in_flight`) and must keep serving others meanwhile.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_that_stops_reading() {
-    setup();
-    let dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig {
-        max_in_flight: 8,
-        ..ServerConfig::default()
-    };
-    let server = Arc::new(TestServer::start_with(dir.path(), config).await);
-    let before = common::rss_kib();
-
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let stream = sock.connect(server.addr.parse().unwrap()).await.unwrap();
-    let (r, w) = stream.into_split();
-    let mut raw = Raw {
-        r: FrameReader::new(r, wire::DEFAULT_MAX_FRAME),
-        w: FrameWriter::new(w),
-        server: KeyId([0; 32]),
-        challenge: [0; 32],
-    };
-    match raw.r.read_frame().await.unwrap() {
-        Frame::Hello {
-            server, challenge, ..
-        } => {
-            raw.server = server;
-            raw.challenge = challenge;
-        }
-        other => panic!("{other:?}"),
-    }
-    let auth = auth_frame(&raw, CLIENT);
-    raw.w.write_frame(&auth).await.unwrap();
-    assert_eq!(raw.r.read_frame().await.unwrap(), Frame::Ready);
-
-    // The same small message again and again (a retry: same ack each time, stored once).
-    let one = message_frames(&sealed(2000, Mode::Hybrid), DATA_FRAME);
-    let copies = 3000;
-    let Raw { r: reader, w, .. } = raw;
-    let writer = tokio::spawn(async move {
-        let mut w = w;
-        let mut sent = 0usize;
-        for _ in 0..copies {
-            match tokio::time::timeout(Duration::from_secs(3), w.write_raw(&one)).await {
-                Ok(Ok(())) => sent += 1,
-                _ => break,
-            }
-        }
-        (sent, w)
-    });
-    // Meanwhile, a good client is served.
-    let t = Instant::now();
-    served(&server).await;
-    let good = t.elapsed();
-    let (sent, w) = writer.await.unwrap();
-    let grew = common::rss_kib().saturating_sub(before);
-    eprintln!(
-        "stalled reader: {sent} of {copies} pipelined messages written before the server \
-         stopped reading; good client served in {good:?}; RSS +{grew} KiB"
-    );
-    assert!(grew < 128 * 1024, "a non-reading client cost {grew} KiB");
-    // The hostile message is stored once, whatever was sent.
-    assert!(server.inbox_len().await <= 2);
-    drop(reader);
-    drop(w);
-    served(&server).await;
-    assert_no_server_panic();
-    Arc::try_unwrap(server).ok().unwrap().stop().await;
-}
-
 /// A client that asks for a large delivery and then never reads it: the server's writes stall,
-/// and after the idle timeout it drops the connection and frees the slot for others.
+/// and after the idle timeout it drops the connection and frees the slot for others (the
+/// timeout itself, on the paused clock, is in tests/timeouts.rs; this is the TCP slot).
 #[tokio::test]
 async fn a_stalled_reader_loses_its_connection_slot() {
     setup();
@@ -1019,10 +577,7 @@ async fn a_stalled_reader_loses_its_connection_slot() {
                 code: ErrorCode::Unavailable,
                 ..
             }) => {
-                assert!(
-                    t.elapsed() < Duration::from_secs(10),
-                    "the slot was never freed"
-                );
+                // No limit of our own: if the slot were never freed this would never end.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => panic!("{e}"),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use letterlock::client::{Client, ClientConfig, ClientError};
 use letterlock::envelope::{Mode, SealOptions};
-use letterlock::keys::{self, Identity, TrustList};
+use letterlock::keys::{Identity, TrustList};
 use letterlock::server::{Server, ServerConfig};
 use letterlock::store::{SqliteStore, Store};
 use letterlock::wire::ErrorCode;
@@ -36,9 +36,7 @@ async fn rig() -> Rig {
     let store = Arc::new(SqliteStore::open(dir.path().join("server.db")).unwrap());
     let mut clients = TrustList::new();
     clients.add("alice", common::public(CLIENT)).unwrap();
-    common::private(SERVER); // tightens the file's mode
-    let identity =
-        keys::load_private(&common::keys_dir().join(format!("{SERVER}_private.pem"))).unwrap();
+    let identity = common::private_key(SERVER);
     let server = Arc::new(Server::new(
         Arc::new(identity),
         clients,

@@ -7,28 +7,25 @@ use std::sync::Arc;
 use common::net::{CLIENT, SERVER, TestServer};
 use common::{data, private, public};
 use letterlock::client::{ClientError, Content, Output};
-use letterlock::envelope::{self, FixedRandomness, Mode, SealOptions, Sealed, Sealer};
+use letterlock::envelope::{self, FixedRandomness, Mode, SealOptions, Sealed};
 use letterlock::keys::Identity;
 use letterlock::server::ServerConfig;
 use letterlock::wire::ErrorCode;
 
 /// Seals `plain` from `sender` to the test server with a chosen id and time.
 fn seal_fixed(sender: &str, plain: &[u8], id: [u8; 16], created: u64) -> (Vec<u8>, Sealed) {
-    let s = private(sender);
-    let (mut sealer, mut out) = Sealer::with_randomness(
-        s.public(),
+    let fixed = FixedRandomness {
+        message_id: id,
+        created,
+        content_key: [7; 32],
+    };
+    common::seal_fixed(
+        private(sender).as_ref(),
         &public(SERVER),
         &SealOptions::default(),
-        &FixedRandomness {
-            message_id: id,
-            created,
-            content_key: [7; 32],
-        },
+        &fixed,
+        plain,
     )
-    .unwrap();
-    sealer.update(plain, &mut out).unwrap();
-    let sealed = sealer.finish(s.as_ref(), &mut out).unwrap();
-    (out, sealed)
 }
 
 fn refused_with(r: Result<impl std::fmt::Debug, ClientError>, code: ErrorCode) {

@@ -2,8 +2,9 @@
 //! write load there, and every RSA operation of the format (OAEP with our labels, PSS with salt
 //! 32) is understood in both directions.
 //!
-//! These tests need `openssl` on PATH. If it is missing they fail (CI installs it in `.ci/run`):
-//! an interop check that quietly passes without its counterpart proves nothing.
+//! These tests need `openssl` on PATH, and one needs python3 with the `rsa` package. If either is
+//! missing they fail (`.ci/run` installs both): an interop check that quietly passes without its
+//! counterpart proves nothing.
 
 mod common;
 
@@ -12,11 +13,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{keys_dir, open, private, public, seal};
+use common::{open, private, public, seal};
 use letterlock::envelope::{
-    FixedRandomness, HEADER_LEN, Mode, SealOptions, Sealer, chunk_label, header_hash, transcript,
+    FixedRandomness, HEADER_LEN, Mode, SealOptions, chunk_label, header_hash, transcript,
 };
-use letterlock::keys::{self, Identity, KeyId, PrivateKey, PublicKey};
+use letterlock::keys::{self, Identity, KeyId, PrivateKey};
 
 /// Runs `openssl ARGS` (with `stdin` piped in if given) and returns its output, whatever its
 /// exit status. Panics if the binary cannot be started.
@@ -66,12 +67,6 @@ fn write(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {
     let p = dir.join(name);
     fs::write(&p, contents).unwrap();
     p
-}
-
-/// The path of a fixed test private key, tightened to 0600 (as `common::private` does).
-fn fixed_private_path(name: &str) -> PathBuf {
-    let _ = private(name);
-    keys_dir().join(format!("{name}_private.pem"))
 }
 
 /// `openssl genpkey` a 2048-bit RSA key into `dir/NAME` with mode 0600.
@@ -169,21 +164,6 @@ fn our_public_key_reads_in_openssl_with_the_same_key_id() {
     }
 }
 
-/// Seals `plain` deterministically (fixed id, time, content key) and returns the sealed bytes.
-fn seal_fixed(
-    sender: &PrivateKey,
-    recipient: &PublicKey,
-    opts: &SealOptions,
-    fixed: &FixedRandomness,
-    plain: &[u8],
-) -> Vec<u8> {
-    let (mut sealer, mut sealed) =
-        Sealer::with_randomness(sender.public(), recipient, opts, fixed).unwrap();
-    sealer.update(plain, &mut sealed).unwrap();
-    sealer.finish(sender, &mut sealed).unwrap();
-    sealed
-}
-
 /// `openssl pkeyutl -decrypt` with RSA-OAEP-SHA-256 and the given label.
 fn openssl_oaep_decrypt(dir: &Path, key: &Path, ciphertext: &[u8], label: &[u8]) -> Output {
     let ct = write(dir, "ct.bin", ciphertext);
@@ -219,8 +199,8 @@ fn openssl_recovers_the_wrapped_content_key() {
         created: 1_767_225_600,
         content_key: *b"letterlock interop content key!!",
     };
-    let sealed = seal_fixed(
-        &alice,
+    let (sealed, _) = common::seal_fixed(
+        alice.as_ref(),
         bob.public(),
         &SealOptions::mode(Mode::Hybrid),
         &fixed,
@@ -232,7 +212,7 @@ fn openssl_recovers_the_wrapped_content_key() {
 
     let label = openssl_sha256(header);
     assert_eq!(label, header_hash(header.try_into().unwrap()));
-    let bob_path = fixed_private_path("bob2048");
+    let bob_path = common::private_path("bob2048");
     let out = openssl_oaep_decrypt(dir.path(), &bob_path, wrapped, &label);
     assert!(
         out.status.success(),
@@ -259,8 +239,8 @@ fn openssl_recovers_asymmetric_chunks_and_verifies_their_signature() {
         created: 1_767_225_600,
         content_key: [0; 32],
     };
-    let sealed = seal_fixed(
-        &alice,
+    let (sealed, _) = common::seal_fixed(
+        alice.as_ref(),
         bob.public(),
         &SealOptions::mode(Mode::Asymmetric),
         &fixed,
@@ -271,7 +251,7 @@ fn openssl_recovers_asymmetric_chunks_and_verifies_their_signature() {
     let body = &sealed[HEADER_LEN..];
     assert_eq!(body.len(), 3 * k);
     let hh = openssl_sha256(header);
-    let bob_path = fixed_private_path("bob2048");
+    let bob_path = common::private_path("bob2048");
 
     let mut data_block = Vec::new();
     for (index, block) in (0u32..).zip(body.chunks(k)) {
@@ -499,8 +479,9 @@ fn check_pkcs1_pair(pkcs8: &Path, rsa_priv: &Path, rsa_pub: &Path, what: &str) {
     }
 }
 
-/// The same check with keys written by the real Python `rsa` package, when it is installed.
-/// The OpenSSL-made PKCS#1 test above is the one that always runs.
+/// The same check with keys written by the real Python `rsa` package (the classroom version's
+/// key library). The package is a test requirement, like `openssl`: `.ci/run` installs it, and
+/// without it this test fails and says how to install it.
 #[test]
 fn pkcs1_keys_from_python_rsa_package_load() {
     let probe = Command::new("python3")
@@ -508,10 +489,11 @@ fn pkcs1_keys_from_python_rsa_package_load() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-    if !matches!(probe, Ok(s) if s.success()) {
-        eprintln!("SKIPPED: python3 with the `rsa` package is not installed");
-        return;
-    }
+    assert!(
+        matches!(probe, Ok(s) if s.success()),
+        "python3 with the `rsa` package is needed: `apt-get install python3-rsa` or \
+         `python3 -m pip install rsa` (.ci/run installs it)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let rsa_priv = dir.path().join("py_private.pem");
     let rsa_pub = dir.path().join("py_public.pem");

@@ -91,18 +91,14 @@ fn key_pem_body(name: &str) -> String {
 fn trace_logs_never_contain_the_private_key_or_the_plaintext() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let bin = env!("CARGO_BIN_EXE_letterlock");
-    for name in ["alice2048", "bob2048"] {
-        common::private(name); // tightens the fixed keys' mode
-    }
-    let k = common::keys_dir();
+    let bin = common::BIN;
     std::fs::write(d.join("m.txt"), "attack at dawn, a secret").unwrap();
     let seal = Command::new(bin)
         .arg("-vv")
         .args(["seal", "--from"])
-        .arg(k.join("alice2048_private.pem"))
+        .arg(common::private_path("alice2048"))
         .arg("--to")
-        .arg(k.join("bob2048_public.pem"))
+        .arg(common::public_path("bob2048"))
         .arg("-o")
         .arg(d.join("m.ll"))
         .arg(d.join("m.txt"))
@@ -112,9 +108,9 @@ fn trace_logs_never_contain_the_private_key_or_the_plaintext() {
     let open = Command::new(bin)
         .arg("-vv")
         .args(["open", "--key"])
-        .arg(k.join("bob2048_private.pem"))
+        .arg(common::private_path("bob2048"))
         .arg("--from")
-        .arg(k.join("alice2048_public.pem"))
+        .arg(common::public_path("alice2048"))
         .arg("-o")
         .arg(d.join("back.txt"))
         .arg(d.join("m.ll"))

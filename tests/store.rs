@@ -1,9 +1,12 @@
 //! Tests of the durable mailbox (`letterlock::store`).
 
+mod common;
+
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
+use common::Rng;
 use letterlock::store::{
     Body, INLINE_MAX, InboxRecord, InsertOutcome, MODE_HYBRID, OutboxRecord, SqliteStore, Store,
     StoreError,
@@ -15,13 +18,6 @@ const LARGE_LEN: usize = 3 * INLINE_MAX + 123;
 
 fn db_path(dir: &TempDir) -> std::path::PathBuf {
     dir.path().join("mail.db")
-}
-
-/// Deterministic, non-repeating-looking test bytes.
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
-        .collect()
 }
 
 /// Stream `bytes` through the store's blob writer in uneven chunks.
@@ -134,7 +130,7 @@ async fn inline_and_file_bodies_round_trip() {
     let dir = TempDir::new().expect("temp dir");
     let store = SqliteStore::open(db_path(&dir)).expect("open");
 
-    let small = pattern(INLINE_MAX, 1); // exactly the threshold: still inline
+    let small = Rng(1).bytes(INLINE_MAX); // exactly the threshold: still inline
     let body = stage(&store, &small);
     assert!(!body.is_file());
     store
@@ -143,7 +139,7 @@ async fn inline_and_file_bodies_round_trip() {
         .expect("insert small");
     assert!(blob_files(store.blob_dir()).is_empty());
 
-    let large = pattern(LARGE_LEN, 2);
+    let large = Rng(2).bytes(LARGE_LEN);
     let body = stage(&store, &large);
     assert!(body.is_file());
     assert_eq!(body.len(), LARGE_LEN as u64);
@@ -180,7 +176,7 @@ async fn inline_and_file_bodies_round_trip() {
     assert_eq!(blob_files(store.blob_dir()), files);
 
     // So is a conflict's.
-    let different = stage(&store, &pattern(LARGE_LEN, 3));
+    let different = stage(&store, &Rng(3).bytes(LARGE_LEN));
     assert_eq!(
         store
             .insert_inbox(inbox_record(1, id(0xB0), different))
@@ -233,7 +229,7 @@ async fn find_inbox_by_prefix() {
 async fn everything_survives_reopen() {
     let dir = TempDir::new().expect("temp dir");
     let path = db_path(&dir);
-    let large = pattern(LARGE_LEN, 4);
+    let large = Rng(4).bytes(LARGE_LEN);
     {
         let store = SqliteStore::open(&path).expect("open");
         store
@@ -281,7 +277,7 @@ async fn orphan_blobs_are_swept_on_open() {
     let dir = TempDir::new().expect("temp dir");
     let path = db_path(&dir);
     let store = SqliteStore::open(&path).expect("open");
-    let body = stage(&store, &pattern(LARGE_LEN, 5));
+    let body = stage(&store, &Rng(5).bytes(LARGE_LEN));
     store
         .insert_inbox(inbox_record(1, id(1), body))
         .await
@@ -325,7 +321,7 @@ async fn outbox_from_second_handle_and_completion() {
     // `letterlock server send_msg` opens the same file while the server runs.
     let sender = SqliteStore::open(&path).expect("open second handle");
 
-    let large = pattern(LARGE_LEN, 6);
+    let large = Rng(6).bytes(LARGE_LEN);
     let tag_small = [0x51; 32];
     let tag_large = [0x52; 32];
     sender
@@ -515,7 +511,7 @@ async fn abandoned_and_foreign_bodies_leave_no_files() {
     // temporary file.
     let mut writer = store.blob_writer();
     writer
-        .write_all(&pattern(LARGE_LEN, 7))
+        .write_all(&Rng(7).bytes(LARGE_LEN))
         .expect("write body");
     assert_eq!(
         all_files(store.blob_dir()).len(),
@@ -528,7 +524,7 @@ async fn abandoned_and_foreign_bodies_leave_no_files() {
     // A body staged in another store's folder is refused and deleted.
     let other_dir = TempDir::new().expect("temp dir");
     let other = SqliteStore::open(db_path(&other_dir)).expect("open other");
-    let body = stage(&other, &pattern(LARGE_LEN, 8));
+    let body = stage(&other, &Rng(8).bytes(LARGE_LEN));
     assert_eq!(blob_files(other.blob_dir()).len(), 1);
     assert!(matches!(
         store.insert_inbox(inbox_record(1, id(1), body)).await,
@@ -540,7 +536,7 @@ async fn abandoned_and_foreign_bodies_leave_no_files() {
     // Opening through another spelling of the same path is not "foreign".
     let dotted = dir.path().join(".").join("mail.db");
     let same = SqliteStore::open(&dotted).expect("open via other path");
-    let body = stage(&same, &pattern(LARGE_LEN, 9));
+    let body = stage(&same, &Rng(9).bytes(LARGE_LEN));
     assert_eq!(
         store
             .insert_inbox(inbox_record(1, id(2), body))

@@ -1,12 +1,13 @@
 //! The original classroom walk-through, verbatim, with letterlock's commands in one folder:
 //! generate both key pairs, start the server, send_msg, recv_msg, in both modes.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
 fn letterlock(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_letterlock"))
+    Command::new(common::BIN)
         .args(args)
         .current_dir(dir)
         .output()
@@ -47,20 +48,11 @@ fn the_original_walk_through_works_in_one_folder() {
             .success()
     );
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_letterlock"))
-        .args(["server", "--listen", "127.0.0.1:0"])
-        .current_dir(d)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut cmd = Command::new(common::BIN);
+    cmd.args(["server", "--listen", "127.0.0.1:0"])
+        .current_dir(d);
+    let (child, addr) = common::spawn_server(cmd);
     let server = Server(child);
-    let first = lines.next().unwrap().unwrap();
-    let addr = first
-        .strip_prefix("letterlock server listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .to_owned();
 
     for mode in ["asymmetric", "hybrid"] {
         let text = format!("hello from the client in {mode} mode");
@@ -216,7 +208,7 @@ fn newcomer_mistakes_get_errors_that_say_what_to_do() {
         "has no port",
     );
     // Output cut short by a closed pipe ends quietly, without a panic.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_letterlock"))
+    let mut child = Command::new(common::BIN)
         .args(["--help"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use letterlock::client::{Client, ClientConfig};
-use letterlock::keys::{Identity, PrivateKey, TrustList};
+use letterlock::keys::{Identity, TrustList};
 use letterlock::server::{Server, ServerConfig};
 use letterlock::store::SqliteStore;
 use tokio::sync::oneshot;
@@ -29,10 +29,15 @@ pub fn clients() -> TrustList {
     t
 }
 
-fn server_key() -> PrivateKey {
-    let path = super::keys_dir().join(format!("{SERVER}_private.pem"));
-    super::private(SERVER); // tightens the mode
-    letterlock::keys::load_private(&path).unwrap()
+/// The test server over `store`, with the [`SERVER`] key and the [`clients`] trust list: the
+/// one place the network tests construct a server.
+pub fn server(store: Arc<SqliteStore>, config: ServerConfig) -> Arc<Server<SqliteStore>> {
+    Arc::new(Server::new(
+        super::private(SERVER),
+        clients(),
+        store,
+        config,
+    ))
 }
 
 impl TestServer {
@@ -45,12 +50,7 @@ impl TestServer {
         let store = Arc::new(SqliteStore::open(&store_path).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let server = Arc::new(Server::new(
-            Arc::new(server_key()),
-            clients(),
-            store.clone(),
-            config,
-        ));
+        let server = server(store.clone(), config);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -100,7 +100,7 @@ impl TestServer {
         let to = clients().by_name("client").unwrap().clone();
         letterlock::server::queue_for_client(
             self.store.as_ref(),
-            Arc::new(server_key()),
+            super::private(SERVER),
             &to,
             std::io::Cursor::new(text.to_vec()),
             opts,
