@@ -601,10 +601,6 @@ struct Measured {
     peak_rss_kib: Option<u64>,
 }
 
-fn trust(key: &PublicKey) -> impl FnOnce(&letterlock::keys::KeyId) -> Option<PublicKey> + '_ {
-    move |id| (*id == key.id()).then(|| key.clone())
-}
-
 /// Seals and opens in memory, checking the first round trip byte for byte.
 fn in_memory_round_trip(
     opts: &BenchOptions,
@@ -642,7 +638,7 @@ fn in_memory_round_trip(
         plain.clear();
         envelope::open(
             identity.clone(),
-            trust(&sender),
+            &sender,
             &open_opts,
             &sealed[..],
             &mut plain,
@@ -710,7 +706,7 @@ fn streamed_round_trip(
         // sealed: comparing the length is enough.
         let opened = envelope::open(
             identity.clone(),
-            trust(&sender),
+            &sender,
             &OpenOptions::default(),
             io::BufReader::with_capacity(256 * 1024, &file),
             io::sink(),

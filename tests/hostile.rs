@@ -700,7 +700,7 @@ async fn same_id_other_content_is_a_replay() {
 fn seal_with_id(plain: &[u8], id: [u8; 16]) -> (Vec<u8>, letterlock::envelope::Sealed) {
     let s = private(CLIENT);
     let (mut sealer, mut out) = letterlock::envelope::Sealer::with_randomness(
-        s.public(),
+        s.clone(),
         &public(SERVER),
         &SealOptions::default(),
         &letterlock::envelope::FixedRandomness {
@@ -711,7 +711,7 @@ fn seal_with_id(plain: &[u8], id: [u8; 16]) -> (Vec<u8>, letterlock::envelope::S
     )
     .unwrap();
     sealer.update(plain, &mut out).unwrap();
-    let sealed = sealer.finish(s.as_ref(), &mut out).unwrap();
+    let sealed = sealer.finish(&mut out).unwrap();
     (out, sealed)
 }
 

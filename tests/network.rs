@@ -16,7 +16,7 @@ use letterlock::wire::ErrorCode;
 fn seal_fixed(sender: &str, plain: &[u8], id: [u8; 16], created: u64) -> (Vec<u8>, Sealed) {
     let s = private(sender);
     let (mut sealer, mut out) = Sealer::with_randomness(
-        s.public(),
+        s.clone(),
         &public(SERVER),
         &SealOptions::default(),
         &FixedRandomness {
@@ -27,7 +27,7 @@ fn seal_fixed(sender: &str, plain: &[u8], id: [u8; 16], created: u64) -> (Vec<u8
     )
     .unwrap();
     sealer.update(plain, &mut out).unwrap();
-    let sealed = sealer.finish(s.as_ref(), &mut out).unwrap();
+    let sealed = sealer.finish(&mut out).unwrap();
     (out, sealed)
 }
 

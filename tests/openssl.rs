@@ -171,16 +171,16 @@ fn our_public_key_reads_in_openssl_with_the_same_key_id() {
 
 /// Seals `plain` deterministically (fixed id, time, content key) and returns the sealed bytes.
 fn seal_fixed(
-    sender: &PrivateKey,
+    sender: &std::sync::Arc<PrivateKey>,
     recipient: &PublicKey,
     opts: &SealOptions,
     fixed: &FixedRandomness,
     plain: &[u8],
 ) -> Vec<u8> {
     let (mut sealer, mut sealed) =
-        Sealer::with_randomness(sender.public(), recipient, opts, fixed).unwrap();
+        Sealer::with_randomness(sender.clone(), recipient, opts, fixed).unwrap();
     sealer.update(plain, &mut sealed).unwrap();
-    sealer.finish(sender, &mut sealed).unwrap();
+    sealer.finish(&mut sealed).unwrap();
     sealed
 }
 

@@ -18,7 +18,7 @@ use letterlock::envelope::{
     stream::{self, Stream, TAG_LEN},
     transcript,
 };
-use letterlock::keys::{Identity, KeyId, PrivateKey, PublicKey};
+use letterlock::keys::{Identity, KeyId, PrivateKey, PublicKey, Trust};
 
 const ALICE: &str = "alice2048";
 const BOB: &str = "bob2048";
@@ -50,7 +50,7 @@ fn bob_opens(sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
 /// Opens as `recipient` with a custom trust function.
 fn open_with(
     recipient: Arc<PrivateKey>,
-    trusted: impl FnOnce(&KeyId) -> Option<PublicKey>,
+    trusted: &dyn Trust,
     sealed: &[u8],
 ) -> Result<Vec<u8>, OpenError> {
     envelope::open_to_vec(recipient, trusted, &OpenOptions::default(), sealed)
@@ -325,7 +325,10 @@ fn untrusted_or_wrong_sender_refused() {
             other => panic!("{mode}, {what}: {other:?}"),
         };
         // Nobody trusted.
-        untrusted(open_with(private(BOB), |_| None, &sealed), "no trust");
+        untrusted(
+            open_with(private(BOB), &|_: &KeyId| None, &sealed),
+            "no trust",
+        );
         // Expecting Mallory (or Alice's 3072-bit key): Alice's 2048-bit key id is unknown.
         untrusted(
             common::open(private(BOB), &public(MALLORY), &sealed),
@@ -337,7 +340,7 @@ fn untrusted_or_wrong_sender_refused() {
         );
         // A trust store that answers Alice's id with another key is not believed.
         untrusted(
-            open_with(private(BOB), |_| Some(public(MALLORY)), &sealed),
+            open_with(private(BOB), &|_: &KeyId| Some(public(MALLORY)), &sealed),
             "trust store maps alice's id to mallory's key",
         );
     }
@@ -448,7 +451,7 @@ fn each_header_field_changed_refused() {
                 .find(|k| k.id() == *id)
         };
         assert_verification(
-            open_with(private(BOB), trust_both, &as_mallory),
+            open_with(private(BOB), &trust_both, &as_mallory),
             &format!("{mode}: sender id changed to mallory's"),
         );
         // Recipient id: someone else's → not for us; Carol's, opened by Carol → fails.

@@ -16,10 +16,11 @@
 mod common;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::{digest, hmac};
-use common::{private, trust};
+use common::private;
 use letterlock::envelope::stream::payload_key;
 use letterlock::envelope::{
     FixedRandomness, HEADER_LEN, Mode, OpenOptions, SealOptions, Sealer, header_hash, open_to_vec,
@@ -179,16 +180,16 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 
 /// Seals with fixed randomness (a fresh run: OAEP and PSS still draw their own randomness).
 fn seal_run(
-    sender: &PrivateKey,
+    sender: &Arc<PrivateKey>,
     recipient: &PrivateKey,
     opts: &SealOptions,
     fixed: &FixedRandomness,
     plain: &[u8],
 ) -> (Vec<u8>, [u8; 32]) {
     let (mut sealer, mut out) =
-        Sealer::with_randomness(sender.public(), recipient.public(), opts, fixed).unwrap();
+        Sealer::with_randomness(sender.clone(), recipient.public(), opts, fixed).unwrap();
     sealer.update(plain, &mut out).unwrap();
-    let sealed = sealer.finish(sender, &mut out).unwrap();
+    let sealed = sealer.finish(&mut out).unwrap();
     (out, sealed.ack_tag)
 }
 
@@ -329,7 +330,7 @@ fn check(name: &str) {
 
     // The header: from the sealer, from the vector, and from the documented layout.
     let (sealer, prefix) =
-        Sealer::with_randomness(sender.public(), recipient.public(), &opts, &fixed).unwrap();
+        Sealer::with_randomness(sender.clone(), recipient.public(), &opts, &fixed).unwrap();
     drop(sealer);
     let header: [u8; HEADER_LEN] = prefix[..HEADER_LEN].try_into().unwrap();
     assert_eq!(hex::encode(header), exp.header, "{name}: header");
@@ -375,23 +376,13 @@ fn check(name: &str) {
     }
     // The fresh run opens too, and differs from the stored one only by RSA randomness.
     let opts_open = OpenOptions::default();
-    let (back, _) = open_to_vec(
-        recipient.clone(),
-        trust(sender.public()),
-        &opts_open,
-        &fresh[..],
-    )
-    .unwrap();
+    let (back, _) =
+        open_to_vec(recipient.clone(), sender.public(), &opts_open, &fresh[..]).unwrap();
     assert_eq!(back[..], plain[..], "{name}: fresh run");
 
     // The stored run opens with the fixed keys to the plaintext and the expected ack tag.
-    let (back, opened) = open_to_vec(
-        recipient.clone(),
-        trust(sender.public()),
-        &opts_open,
-        &stored[..],
-    )
-    .unwrap_or_else(|e| panic!("{name}: stored sealed bytes: {e}"));
+    let (back, opened) = open_to_vec(recipient.clone(), sender.public(), &opts_open, &stored[..])
+        .unwrap_or_else(|e| panic!("{name}: stored sealed bytes: {e}"));
     assert_eq!(back[..], plain[..], "{name}: plaintext");
     assert_eq!(hex::encode(opened.ack_tag), exp.ack_tag, "{name}: ack tag");
     assert_eq!(opened.header_bytes, header, "{name}");
@@ -436,15 +427,7 @@ fn check(name: &str) {
     let mut bad = stored.clone();
     let last = bad.len() - 1;
     bad[last] ^= 1;
-    assert!(
-        open_to_vec(
-            recipient.clone(),
-            trust(sender.public()),
-            &opts_open,
-            &bad[..]
-        )
-        .is_err()
-    );
+    assert!(open_to_vec(recipient.clone(), sender.public(), &opts_open, &bad[..]).is_err());
 }
 
 #[test]

@@ -443,7 +443,7 @@ impl<S: Store> Server<S> {
         let opener = Opener::new(
             &head[..HEADER_LEN],
             self.identity.clone() as Arc<dyn Identity>,
-            |_| Some(sender),
+            &sender,
             &opts,
         )
         .map_err(|e| Fail::refused(&e.to_string()))?;

@@ -34,11 +34,6 @@ pub fn public(name: &str) -> PublicKey {
     keys::load_public(&keys_dir().join(format!("{name}_public.pem"))).unwrap()
 }
 
-/// A trust function accepting exactly `key`.
-pub fn trust(key: &PublicKey) -> impl FnOnce(&keys::KeyId) -> Option<PublicKey> + '_ {
-    move |id| (*id == key.id()).then(|| key.clone())
-}
-
 /// Deterministic, incompressible-looking test data.
 pub fn data(len: usize) -> Vec<u8> {
     let mut x: u32 = 0x1234_5678 ^ len as u32;
@@ -71,7 +66,7 @@ pub fn open(
     sealed: &[u8],
 ) -> Result<Vec<u8>, letterlock::envelope::OpenError> {
     let opts = letterlock::envelope::OpenOptions::default();
-    letterlock::envelope::open_to_vec(recipient, trust(sender), &opts, sealed)
+    letterlock::envelope::open_to_vec(recipient, sender, &opts, sealed)
         .map(|(plain, _)| plain.to_vec())
 }
 

@@ -18,7 +18,9 @@ use super::{
     DEFAULT_ASYMMETRIC_LIMIT, HEADER_LEN, Header, HeaderError, Mode, OpenError, ack_tag,
     chunk_label, header_hash, transcript,
 };
-use crate::keys::{Identity, KeyId, PublicKey};
+use crate::files::{AtomicFile, WriteOptions};
+use crate::keys::{Identity, PublicKey, Trust};
+use crate::secret::{SecretWriter, extend_wiping};
 
 /// Limits the receiver sets.
 #[derive(Clone, Debug)]
@@ -70,8 +72,9 @@ enum Body {
     /// Hybrid, decrypting chunks.
     Stream {
         stream: Stream,
-        /// The sealed chunk being assembled (at most chunk + tag bytes).
-        buf: Vec<u8>,
+        /// The sealed chunk being assembled (at most chunk + tag bytes, allocated once). It is
+        /// decrypted in place, so it holds plaintext: wiped when dropped.
+        buf: Zeroizing<Vec<u8>>,
         chunk: usize,
     },
     /// Asymmetric: the whole body, bounded, since the chunk count is only known at the end.
@@ -116,7 +119,7 @@ impl DataBlock {
         let from_data = release - from_tail;
         for part in [&self.tail[..from_tail], &data[..from_data]] {
             self.hasher.update(part);
-            out.extend_from_slice(part);
+            extend_wiping(out, part);
         }
         self.tail.drain(..from_tail);
         self.tail.extend_from_slice(&data[from_data..]);
@@ -145,11 +148,12 @@ impl DataBlock {
 
 impl Opener {
     /// Starts opening the message whose header is `header_bytes`, for `identity`, accepting
-    /// only senders that `trusted` maps to a key.
+    /// only senders that `trusted` maps to a key ([`Trust`]: a [`PublicKey`] trusts exactly
+    /// itself).
     pub fn new(
         header_bytes: &[u8],
         identity: Arc<dyn Identity>,
-        trusted: impl FnOnce(&KeyId) -> Option<PublicKey>,
+        trusted: &dyn Trust,
         opts: &OpenOptions,
     ) -> Result<Opener, OpenError> {
         let header = Header::parse(header_bytes)?;
@@ -161,9 +165,11 @@ impl Opener {
                 ours,
             });
         }
-        let sender = trusted(&header.sender).ok_or(OpenError::UntrustedSender {
-            sender: header.sender,
-        })?;
+        let sender = trusted
+            .trusted_key(&header.sender)
+            .ok_or(OpenError::UntrustedSender {
+                sender: header.sender,
+            })?;
         if sender.id() != header.sender {
             return Err(OpenError::UntrustedSender {
                 sender: header.sender,
@@ -286,7 +292,7 @@ impl Opener {
         let chunk = self.header.chunk_size as usize;
         Ok(Body::Stream {
             stream: Stream::new(&payload, hh).map_err(|_| OpenError::Verification)?,
-            buf: Vec::with_capacity(chunk + TAG_LEN),
+            buf: Zeroizing::new(Vec::with_capacity(chunk + TAG_LEN)),
             chunk,
         })
     }
@@ -322,7 +328,7 @@ impl Opener {
                 let mut staged = Zeroizing::new(Vec::with_capacity(data.len()));
                 self.plain.push(&data, &mut staged)?;
                 let signature = self.plain.verify(&self.header_bytes, &self.sender)?;
-                out.extend_from_slice(&staged);
+                extend_wiping(out, &staged);
                 signature
             }
         };
@@ -381,9 +387,27 @@ impl Opener {
 ///
 /// `output` receives **unverified** plaintext as it is decrypted: use it only with a sink you
 /// discard when this returns an error, or use [`open_to_file`] / [`open_to_vec`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use letterlock::envelope::{self, OpenOptions, SealOptions};
+/// use letterlock::keys::{Identity, PrivateKey};
+///
+/// let alice = PrivateKey::generate(2048)?;
+/// let bob: Arc<dyn Identity> = Arc::new(PrivateKey::generate(2048)?);
+/// let mut sealed = Vec::new();
+/// envelope::seal(&alice, bob.public(), &SealOptions::default(), &b"hello"[..], &mut sealed)?;
+///
+/// let mut plain = Vec::new();
+/// let opened = envelope::open(bob, alice.public(), &OpenOptions::default(), &sealed[..], &mut plain)?;
+/// // Only now, with `open` returned `Ok`, is `plain` authentic.
+/// assert_eq!(plain, b"hello");
+/// assert_eq!(opened.header.sender, alice.public().id());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn open<R: Read, W: Write>(
     identity: Arc<dyn Identity>,
-    trusted: impl FnOnce(&KeyId) -> Option<PublicKey>,
+    trusted: &dyn Trust,
     opts: &OpenOptions,
     mut input: R,
     mut output: W,
@@ -409,60 +433,36 @@ pub fn open<R: Read, W: Write>(
     Ok(opened)
 }
 
-/// Opens into `target` so that it appears only if the message verified: a temporary file beside
-/// it, fsync, then rename; on any failure the temporary file is removed.
+/// Opens into `target` so that it appears only if the message verified, through
+/// [`crate::files::AtomicFile`]: a temporary file beside it (mode `file.mode`, 0600 by
+/// default), fsync, rename, fsync of the folder; on any failure the temporary file is removed.
+/// An existing target is replaced only if `file.replace`; a device, pipe or socket never.
 pub fn open_to_file<R: Read>(
     identity: Arc<dyn Identity>,
-    trusted: impl FnOnce(&KeyId) -> Option<PublicKey>,
+    trusted: &dyn Trust,
     opts: &OpenOptions,
     input: R,
     target: &Path,
+    file: &WriteOptions,
 ) -> Result<Opened, OpenError> {
-    check_replaceable(target)?;
-    let dir = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".letterlock-open")
-        .tempfile_in(dir)?;
     // No user-space buffer: `open` writes in large pieces, and a buffer would hold plaintext
     // that nothing wipes.
-    let mut tmp = tmp;
+    let mut tmp = AtomicFile::create(target, file)?;
     let opened = open(identity, trusted, opts, input, &mut tmp)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(target).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()?;
+    tmp.commit()?;
     Ok(opened)
 }
 
-/// Outputs appear by renaming a finished temporary file onto the target, which would replace a
-/// device, a pipe or a socket with a regular file (run as root, `-o /dev/null` would destroy
-/// `/dev/null`). Only a regular file, or nothing, may be at the target.
-pub fn check_replaceable(target: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(target) {
-        Ok(m) if !m.is_file() => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "{} is not a regular file; letterlock writes an output file and renames it into \
-                 place (to pipe the output, leave out -o)",
-                target.display()
-            ),
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// Opens into memory, refusing plaintext over `opts.max_plaintext`. The bytes are handed out
-/// only after verification.
+/// only after verification, in a buffer wiped when dropped that grew without leaving copies.
 pub fn open_to_vec<R: Read>(
     identity: Arc<dyn Identity>,
-    trusted: impl FnOnce(&KeyId) -> Option<PublicKey>,
+    trusted: &dyn Trust,
     opts: &OpenOptions,
     input: R,
 ) -> Result<(Zeroizing<Vec<u8>>, Opened), OpenError> {
     let mut plain = Zeroizing::new(Vec::new());
-    let opened = open(identity, trusted, opts, input, &mut *plain)?;
+    let opened = open(identity, trusted, opts, input, SecretWriter(&mut plain))?;
     Ok((plain, opened))
 }
 
