@@ -767,7 +767,7 @@ const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
 /// Unix seconds as UTC RFC 3339, for people (JSON keeps the number). A header's time is
 /// whatever the sender signed, up to 2^64 − 1: past year 9999 (which RFC 3339 cannot write, and
 /// where `SystemTime` arithmetic can overflow) it is shown as the number itself.
-fn time_text(unix: u64) -> String {
+pub fn time_text(unix: u64) -> String {
     let t = (unix <= LAST_RFC3339_SECOND)
         .then(|| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(unix)))
         .flatten();
