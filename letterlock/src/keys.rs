@@ -9,6 +9,38 @@
 //! - Private-key bytes we hold (file text, DER) live in [`Zeroizing`] buffers; the parsed key lives
 //!   inside aws-lc, which clears RSA private components when it frees them.
 //! - Private operations sit behind [`Identity`], so an agent or a hardware key can stand in later.
+//! - Which senders a recipient accepts is a [`Trust`]: a [`PublicKey`] trusts exactly itself, a
+//!   [`TrustList`] each of its keys.
+//!
+//! ```
+//! use letterlock::keys::{self, Identity, PrivateKey, PublicKey, Trust, TrustList};
+//!
+//! // Keys come from PEM text or files (the test keys of this repository here), or fresh.
+//! let alice = PrivateKey::from_pem(include_str!("../../tests/keys/alice2048_private.pem"))?;
+//! let bob = PublicKey::from_pem(include_str!("../../tests/keys/bob2048_public.pem"))?;
+//! assert_eq!(alice.public().bits(), 2048);
+//! println!("alice is {}", alice.public().id()); // SHA256:... as OpenSSH shows fingerprints
+//!
+//! // A public key trusts exactly itself; a list trusts each of its keys, by name.
+//! assert!(bob.trusted_key(&bob.id()).is_some());
+//! assert!(bob.trusted_key(&alice.public().id()).is_none());
+//! let mut list = TrustList::new();
+//! list.add("alice", alice.public().clone())?;
+//! list.add("bob", bob.clone())?;
+//! assert_eq!(list.trusted_key(&bob.id()).map(|k| k.id()), Some(bob.id()));
+//!
+//! // Key files: the private one is written mode 0600 and never replaced unless asked.
+//! let dir = tempfile::tempdir()?;
+//! let carol = keys::generate_pair_files(dir.path(), "carol", 2048, false)?;
+//! let (private, public) = keys::pair_paths(dir.path(), "carol");
+//! assert_eq!(keys::load_public(&public)?.id(), carol.public().id());
+//! assert!(matches!(
+//!     keys::generate_pair_files(dir.path(), "carol", 2048, false),
+//!     Err(keys::KeyError::Exists { .. })
+//! ));
+//! # let _ = private;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::fmt;
 use std::fs;

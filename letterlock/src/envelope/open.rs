@@ -53,6 +53,29 @@ pub struct Opened {
 /// A message being opened. Sans-IO: feed the bytes after the header to [`Opener::update`];
 /// the plaintext it appends to `out` is **unverified** until [`Opener::finish`] returns `Ok`,
 /// and must be discarded if it does not.
+///
+/// ```
+/// use std::sync::Arc;
+/// use letterlock::envelope::{HEADER_LEN, OpenOptions, Opener};
+/// use letterlock::{Identity, PrivateKey, SealOptions};
+///
+/// let alice = PrivateKey::generate(2048)?;
+/// let bob: Arc<dyn Identity> = Arc::new(PrivateKey::generate(2048)?);
+/// let sealed = letterlock::seal(b"hello, Bob", &alice, bob.public(), &SealOptions::default())?;
+///
+/// // The header says who sent it and to whom; Bob trusts exactly Alice's key.
+/// let (header, body) = sealed.split_at(HEADER_LEN);
+/// let mut opener = Opener::new(header, bob, alice.public(), &OpenOptions::default())?;
+/// let mut unverified = Vec::new();
+/// for piece in body.chunks(100) {
+///     opener.update(piece, &mut unverified)?;
+/// }
+/// let opened = opener.finish(&mut unverified)?;
+/// // Only now is `unverified` authentic.
+/// assert_eq!(unverified, b"hello, Bob");
+/// assert_eq!(opened.plaintext_len, 10);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Opener {
     header: Header,
     header_bytes: [u8; HEADER_LEN],
