@@ -751,14 +751,23 @@ fn open(a: OpenArgs) -> Result<ExitCode> {
 /// Writes plaintext to stdout as it is; on a terminal, ends it with a newline if it lacks one,
 /// so the prompt does not land on the message's last line (pipes get the exact bytes).
 fn print_plaintext(plain: &[u8]) -> io::Result<()> {
-    let stdout = io::stdout();
-    let terminal = stdout.is_terminal();
-    let mut out = stdout.lock();
+    let newline = io::stdout().is_terminal() && !plain.is_empty() && !plain.ends_with(b"\n");
+    write_stdout_unbuffered(plain, newline)
+}
+
+/// Writes plaintext straight to file descriptor 1, after what stdout already holds: stdout's
+/// own buffer would keep the last partial line of the plaintext, and nothing wipes it.
+fn write_stdout_unbuffered(plain: &[u8], newline: bool) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    // Held throughout, so nothing else printed lands in the middle.
+    let mut stdout = io::stdout().lock();
+    stdout.flush()?;
+    let mut out = File::from(stdout.as_fd().try_clone_to_owned()?);
     out.write_all(plain)?;
-    if terminal && !plain.is_empty() && !plain.ends_with(b"\n") {
+    if newline {
         out.write_all(b"\n")?;
     }
-    out.flush()
+    Ok(())
 }
 
 /// The last second RFC 3339 can write (9999-12-31T23:59:59Z): its years have four digits.
@@ -1021,12 +1030,7 @@ async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
                             "message {id} from the server ({} mode, {} bytes, signature verified):",
                             r.header.mode, r.plaintext_len
                         );
-                        let mut out = io::stdout().lock();
-                        out.write_all(text)?;
-                        if !text.ends_with(b"\n") {
-                            out.write_all(b"\n")?;
-                        }
-                        out.flush()?;
+                        write_stdout_unbuffered(text, !text.ends_with(b"\n"))?;
                         // Remember it durably before the ack goes out.
                         let mut f = std::fs::OpenOptions::new()
                             .create(true)

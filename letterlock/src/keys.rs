@@ -484,7 +484,9 @@ fn read_key_text(path: &Path) -> Result<(Zeroizing<String>, u32), KeyError> {
     if meta.len() > MAX_KEY_FILE {
         return Err(too_big());
     }
-    let mut bytes = Zeroizing::new(Vec::new());
+    // Sized for the most `take` lets through, so it never reallocates: a reallocation would
+    // leave a copy of the key text in freed memory.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE as usize + 1));
     file.take(MAX_KEY_FILE + 1)
         .read_to_end(&mut bytes)
         .map_err(read_err)?;
