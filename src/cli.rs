@@ -409,6 +409,15 @@ fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
             _ => None,
         };
     }
+    if let Some(e) = e.downcast_ref::<letterlock::store::StoreError>() {
+        use letterlock::store::StoreError;
+        return match e {
+            StoreError::BadIdPrefix { .. } | StoreError::NotFound { .. } => {
+                Some("`letterlock server inbox` lists the message ids".into())
+            }
+            _ => None,
+        };
+    }
     if let Some(e) = e.downcast_ref::<OpenError>() {
         return match e {
             OpenError::UntrustedSender { .. } => Some(
