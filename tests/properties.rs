@@ -245,7 +245,7 @@ proptest! {
         let sealed = seal_by_hand(&header, &content_key, &plain);
         let result = letterlock::open(
             &sealed,
-            private(BOB),
+            private(BOB).as_ref(),
             &public(ALICE),
             &letterlock::OpenOptions::default(),
         );

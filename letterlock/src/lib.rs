@@ -12,18 +12,17 @@
 //! each of its keys.
 //!
 //! ```
-//! use std::sync::Arc;
 //! use letterlock::{Identity, OpenOptions, PrivateKey, SealOptions};
 //!
 //! let alice = PrivateKey::generate(2048)?;
-//! let bob: Arc<dyn Identity> = Arc::new(PrivateKey::generate(2048)?);
+//! let bob = PrivateKey::generate(2048)?;
 //!
 //! // Alice seals for Bob and signs.
 //! let sealed = letterlock::seal(b"meet at noon", &alice, bob.public(), &SealOptions::default())?;
 //!
 //! // Bob opens, accepting only Alice's key.
 //! let (plaintext, opened) =
-//!     letterlock::open(&sealed, bob, alice.public(), &OpenOptions::default())?;
+//!     letterlock::open(&sealed, &bob, alice.public(), &OpenOptions::default())?;
 //! assert_eq!(&plaintext[..], b"meet at noon");
 //! assert_eq!(opened.header.sender, alice.public().id());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -60,8 +59,6 @@ pub mod server;
 pub mod store;
 #[cfg(feature = "net")]
 pub mod wire;
-
-use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
@@ -106,26 +103,25 @@ pub fn seal(
 /// trusted sender, every chunk authenticates, and the signature verifies.
 ///
 /// ```
-/// use std::sync::Arc;
 /// use letterlock::{Identity, OpenError, OpenOptions, PrivateKey, SealOptions};
 ///
 /// let alice = PrivateKey::generate(2048)?;
-/// let bob: Arc<dyn Identity> = Arc::new(PrivateKey::generate(2048)?);
+/// let bob = PrivateKey::generate(2048)?;
 /// let mut sealed = letterlock::seal(b"hello", &alice, bob.public(), &SealOptions::default())?;
 ///
-/// let (plain, _) = letterlock::open(&sealed, bob.clone(), alice.public(), &OpenOptions::default())?;
+/// let (plain, _) = letterlock::open(&sealed, &bob, alice.public(), &OpenOptions::default())?;
 /// assert_eq!(&plain[..], b"hello");
 ///
 /// // One flipped bit anywhere and the message is refused.
 /// let last = sealed.len() - 1;
 /// sealed[last] ^= 1;
-/// let err = letterlock::open(&sealed, bob, alice.public(), &OpenOptions::default()).unwrap_err();
+/// let err = letterlock::open(&sealed, &bob, alice.public(), &OpenOptions::default()).unwrap_err();
 /// assert!(matches!(err, OpenError::Verification));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn open(
     sealed: &[u8],
-    recipient: Arc<dyn Identity>,
+    recipient: &dyn Identity,
     sender: &dyn Trust,
     opts: &OpenOptions,
 ) -> Result<(Zeroizing<Vec<u8>>, Opened), OpenError> {
@@ -135,10 +131,10 @@ pub fn open(
         Header::parse(header)?;
         return Err(envelope::HeaderError::Truncated(header.len()).into());
     }
-    let mut opener = Opener::new(header, recipient, sender, opts)?;
+    let mut opener = envelope::OpenCore::new(header, recipient, sender, opts)?;
     // The plaintext is shorter than the sealed message: sized once, it never reallocates.
     let mut plain = Zeroizing::new(Vec::with_capacity(body.len()));
-    opener.update(body, &mut plain)?;
-    let opened = opener.finish(&mut plain)?;
+    opener.update(recipient, body, &mut plain)?;
+    let opened = opener.finish(recipient, &mut plain)?;
     Ok((plain, opened))
 }

@@ -35,6 +35,7 @@ pub use header::{
     DEFAULT_CHUNK_SIZE, HEADER_LEN, Header, HeaderError, MAGIC, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
     MessageId, Mode, VERSION, valid_chunk_size,
 };
+pub(crate) use open::OpenCore;
 pub use open::{OpenOptions, Opened, Opener, open, open_to_file, open_to_vec, read_full};
 /// Test-vector and fuzzing only: the randomness `Sealer::with_randomness` takes.
 #[cfg(feature = "fuzzing")]

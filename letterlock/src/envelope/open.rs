@@ -77,6 +77,14 @@ pub struct Opened {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Opener {
+    core: OpenCore,
+    /// Decrypts the wrapped content key or the asymmetric chunks; its key is the recipient's.
+    identity: Arc<dyn Identity>,
+}
+
+/// The opening state without the recipient's identity, so that [`crate::open`] can borrow one
+/// while [`Opener`] owns one.
+pub(crate) struct OpenCore {
     header: Header,
     header_bytes: [u8; HEADER_LEN],
     /// The trusted sender's key, for the final verification.
@@ -88,10 +96,7 @@ pub struct Opener {
 
 enum Body {
     /// Hybrid, before the content key is complete.
-    WrappedKey {
-        identity: Arc<dyn Identity>,
-        buf: Vec<u8>,
-    },
+    WrappedKey { buf: Vec<u8> },
     /// Hybrid, decrypting chunks.
     Stream {
         stream: Stream,
@@ -101,11 +106,7 @@ enum Body {
         chunk: usize,
     },
     /// Asymmetric: the whole body, bounded, since the chunk count is only known at the end.
-    Asymmetric {
-        identity: Arc<dyn Identity>,
-        buf: Vec<u8>,
-        max_len: usize,
-    },
+    Asymmetric { buf: Vec<u8>, max_len: usize },
     /// A failure happened; every later call fails the same way.
     Failed,
 }
@@ -179,6 +180,34 @@ impl Opener {
         trusted: &dyn Trust,
         opts: &OpenOptions,
     ) -> Result<Opener, OpenError> {
+        let core = OpenCore::new(header_bytes, identity.as_ref(), trusted, opts)?;
+        Ok(Opener { core, identity })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.core.header
+    }
+
+    /// Feeds sealed bytes (after the header); appends unverified plaintext to `out`.
+    pub fn update(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), OpenError> {
+        self.core.update(self.identity.as_ref(), input, out)
+    }
+
+    /// Ends the message: decrypts what remains, verifies the signature. Only when this returns
+    /// `Ok` is the plaintext authentic.
+    pub fn finish(self, out: &mut Vec<u8>) -> Result<Opened, OpenError> {
+        self.core.finish(self.identity.as_ref(), out)
+    }
+}
+
+impl OpenCore {
+    /// See [`Opener::new`]; `identity` must be the one passed to every later call.
+    pub(crate) fn new(
+        header_bytes: &[u8],
+        identity: &dyn Identity,
+        trusted: &dyn Trust,
+        opts: &OpenOptions,
+    ) -> Result<OpenCore, OpenError> {
         let header = Header::parse(header_bytes)?;
         let header_bytes = header.encode();
         let ours = identity.public().id();
@@ -200,13 +229,7 @@ impl Opener {
         }
         let sig_len = sender.modulus_len();
         let (body, max_plaintext) = match header.mode {
-            Mode::Hybrid => (
-                Body::WrappedKey {
-                    identity,
-                    buf: Vec::new(),
-                },
-                opts.max_plaintext,
-            ),
+            Mode::Hybrid => (Body::WrappedKey { buf: Vec::new() }, opts.max_plaintext),
             Mode::Asymmetric => {
                 let limit = opts.asymmetric_limit.min(opts.max_plaintext);
                 let k = identity.public().modulus_len() as u64;
@@ -215,7 +238,6 @@ impl Opener {
                 let max_len = usize::try_from(chunks.saturating_mul(k)).unwrap_or(usize::MAX);
                 (
                     Body::Asymmetric {
-                        identity,
                         buf: Vec::new(),
                         max_len,
                     },
@@ -223,7 +245,7 @@ impl Opener {
                 )
             }
         };
-        Ok(Opener {
+        Ok(OpenCore {
             header,
             header_bytes,
             sender,
@@ -238,29 +260,34 @@ impl Opener {
         })
     }
 
-    pub fn header(&self) -> &Header {
-        &self.header
-    }
-
-    /// Feeds sealed bytes (after the header); appends unverified plaintext to `out`.
-    pub fn update(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), OpenError> {
-        let result = self.update_inner(input, out);
+    pub(crate) fn update(
+        &mut self,
+        identity: &dyn Identity,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), OpenError> {
+        let result = self.update_inner(identity, input, out);
         if result.is_err() {
             self.body = Body::Failed;
         }
         result
     }
 
-    fn update_inner(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), OpenError> {
+    fn update_inner(
+        &mut self,
+        identity: &dyn Identity,
+        mut input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), OpenError> {
         while !input.is_empty() {
             match &mut self.body {
-                Body::WrappedKey { identity, buf } => {
+                Body::WrappedKey { buf } => {
                     let k = identity.public().modulus_len();
                     let take = (k - buf.len()).min(input.len());
                     buf.extend_from_slice(&input[..take]);
                     input = &input[take..];
                     if buf.len() == k {
-                        self.body = self.unwrap_key()?;
+                        self.body = self.unwrap_key(identity)?;
                     }
                 }
                 Body::Stream { stream, buf, chunk } => {
@@ -294,8 +321,8 @@ impl Opener {
     }
 
     /// Decrypts the wrapped content key and derives the payload key.
-    fn unwrap_key(&self) -> Result<Body, OpenError> {
-        let Body::WrappedKey { identity, buf } = &self.body else {
+    fn unwrap_key(&self, identity: &dyn Identity) -> Result<Body, OpenError> {
+        let Body::WrappedKey { buf } = &self.body else {
             return Err(OpenError::Verification);
         };
         let hh = header_hash(&self.header_bytes);
@@ -320,9 +347,11 @@ impl Opener {
         })
     }
 
-    /// Ends the message: decrypts what remains, verifies the signature. Only when this returns
-    /// `Ok` is the plaintext authentic.
-    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<Opened, OpenError> {
+    pub(crate) fn finish(
+        mut self,
+        identity: &dyn Identity,
+        out: &mut Vec<u8>,
+    ) -> Result<Opened, OpenError> {
         let signature = match std::mem::replace(&mut self.body, Body::Failed) {
             Body::WrappedKey { .. } | Body::Failed => {
                 debug!("the message ended before its body");
@@ -345,8 +374,8 @@ impl Opener {
                 self.plain.push(plain, out)?;
                 self.plain.verify(&self.header_bytes, &self.sender)?
             }
-            Body::Asymmetric { identity, buf, .. } => {
-                let data = self.open_asymmetric(identity.as_ref(), &buf)?;
+            Body::Asymmetric { buf, .. } => {
+                let data = self.open_asymmetric(identity, &buf)?;
                 // Asymmetric plaintext is released only after the signature verified.
                 let mut staged = Zeroizing::new(Vec::with_capacity(data.len()));
                 self.plain.push(&data, &mut staged)?;
