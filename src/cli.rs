@@ -9,8 +9,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use letterlock::envelope::{self, Mode, OpenError, OpenOptions, SealOptions, armor};
-use letterlock::keys::{self, Identity, PublicKey};
+use letterlock::envelope::{self, Mode, OpenError, OpenOptions, SealError, SealOptions, armor};
+use letterlock::files::{self, AtomicFile, WriteOptions};
+use letterlock::keys::{self, Identity, KeyError, PublicKey};
 
 /// Largest message `open` holds in memory to print on stdout: above it, use `-o FILE`, which
 /// streams to disk and renames only once the message verified.
@@ -385,9 +386,95 @@ pub fn run() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("letterlock: error: {}", error_chain(&e));
+            if let Some(hint) = e.chain().find_map(hint) {
+                eprintln!("letterlock: hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// What the user can do about a library error, in terms of this command line. The library says
+/// what failed; only the command line knows its flags and commands (as rage does).
+fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(e) = e.downcast_ref::<KeyError>() {
+        return key_hint(e.cause(), e);
+    }
+    if let Some(e) = e.downcast_ref::<SealError>() {
+        return match e {
+            SealError::TooLargeForAsymmetric { .. } => {
+                Some("use --mode hybrid for large messages (or raise --max-asymmetric)".into())
+            }
+            SealError::Key(k) => key_hint(k.cause(), k),
+            _ => None,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<letterlock::store::StoreError>() {
+        use letterlock::store::StoreError;
+        return match e {
+            StoreError::BadIdPrefix { .. } | StoreError::NotFound { .. } => {
+                Some("`letterlock server inbox` lists the message ids".into())
+            }
+            _ => None,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<OpenError>() {
+        return match e {
+            OpenError::UntrustedSender { .. } => Some(
+                "check --from (the sender's public key), or the server's trusted clients \
+                 (`letterlock server trust`)"
+                    .into(),
+            ),
+            OpenError::TooLarge { .. } => {
+                Some("raise --max-asymmetric if you expect a message this large".into())
+            }
+            _ => None,
+        };
+    }
+    None
+}
+
+/// The hint for a key error; `outer` is the error with the file it came from, if any.
+fn key_hint(e: &KeyError, outer: &KeyError) -> Option<String> {
+    let path = match outer {
+        KeyError::InFile { path, .. } => Some(path.display().to_string()),
+        _ => None,
+    };
+    Some(match e {
+        KeyError::Exists { .. } => "pass --force to replace it".into(),
+        KeyError::Permissions { path, .. } => {
+            format!("run `chmod 600 {}` and try again", path.display())
+        }
+        KeyError::TooSmall => {
+            "make a new key with `letterlock keygen` (3072 bits by default)".into()
+        }
+        KeyError::GenerateSize { .. } => "choose --bits 2048, 3072 or 4096".into(),
+        KeyError::Encrypted => {
+            let key = path.unwrap_or_else(|| "KEY".into());
+            format!(
+                "write an unencrypted copy with `openssl pkey -in {key} -out {key}.plain` \
+                 and keep it mode 0600"
+            )
+        }
+        KeyError::WrongPemBlock {
+            expected: keys::KeyKind::Public,
+            ..
+        } => "use the *_public.pem file".into(),
+        KeyError::WrongPemBlock {
+            expected: keys::KeyKind::Private,
+            ..
+        } => "use the *_private.pem file".into(),
+        KeyError::NotRegularFile { .. } => {
+            "key files are regular files; choose another path".into()
+        }
+        KeyError::FileTooLarge { .. } => "key files are a few KiB; is this the right file?".into(),
+        KeyError::TrustedTwice { .. } => "remove one of the files".into(),
+        KeyError::NameTaken { .. } => "rename one of the files".into(),
+        KeyError::BadName { .. } => {
+            "name client keys NAME.pem with letters, digits, '-', '_' or '.'".into()
+        }
+        _ => return None,
+    })
 }
 
 /// The error and its causes, each cause shown once: library errors often already quote their
@@ -546,7 +633,7 @@ fn file_reader(p: &Path) -> Result<Box<dyn Read + Send>> {
 /// overwritten silently.
 fn check_output(path: Option<&Path>, force: bool) -> Result<()> {
     if let Some(p) = path {
-        envelope::check_replaceable(p)?;
+        files::check_replaceable(p)?;
         if p.exists() && !force {
             bail!("{} already exists; pass --force to replace it", p.display());
         }
@@ -568,15 +655,16 @@ fn seal(a: SealArgs) -> Result<ExitCode> {
         Some(path) => {
             // Sealed output is not secret, but a half-written file should not look like a
             // message: write beside, rename when complete.
-            let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-            let tmp = tempfile::Builder::new()
-                .prefix(".letterlock-seal")
-                .tempfile_in(dir.unwrap_or(Path::new(".")))?;
+            let file = WriteOptions {
+                replace: a.force,
+                ..WriteOptions::default()
+            };
+            let tmp = AtomicFile::create(path, &file)
+                .with_context(|| format!("cannot write {}", path.display()))?;
             let mut w = io::BufWriter::new(tmp);
             let sealed = seal_into(&sender, &recipient, &opts, reader, &mut w, a.armor)?;
             let tmp = w.into_inner().map_err(|e| e.into_error())?;
-            tmp.as_file().sync_all()?;
-            tmp.persist(path)
+            tmp.commit()
                 .with_context(|| format!("cannot write {}", path.display()))?;
             sealed
         }
@@ -629,16 +717,21 @@ fn open(a: OpenArgs) -> Result<ExitCode> {
     } else {
         Box::new(reader)
     };
-    let trusted = |id: &keys::KeyId| (*id == expected.id()).then(|| expected.clone());
     let mut opts = OpenOptions {
         asymmetric_limit: a.max_asymmetric,
         ..OpenOptions::default()
     };
     let opened = match &a.output {
-        Some(path) => envelope::open_to_file(identity, trusted, &opts, reader, path),
+        Some(path) => {
+            let file = WriteOptions {
+                replace: a.force,
+                ..WriteOptions::default()
+            };
+            envelope::open_to_file(identity, &expected, &opts, reader, path, &file)
+        }
         None => {
             opts.max_plaintext = STDOUT_LIMIT;
-            envelope::open_to_vec(identity, trusted, &opts, reader).and_then(|(plain, o)| {
+            envelope::open_to_vec(identity, &expected, &opts, reader).and_then(|(plain, o)| {
                 print_plaintext(&plain)?;
                 Ok(o)
             })
@@ -667,20 +760,39 @@ fn open(a: OpenArgs) -> Result<ExitCode> {
 /// Writes plaintext to stdout as it is; on a terminal, ends it with a newline if it lacks one,
 /// so the prompt does not land on the message's last line (pipes get the exact bytes).
 fn print_plaintext(plain: &[u8]) -> io::Result<()> {
-    let stdout = io::stdout();
-    let terminal = stdout.is_terminal();
-    let mut out = stdout.lock();
-    out.write_all(plain)?;
-    if terminal && !plain.is_empty() && !plain.ends_with(b"\n") {
-        out.write_all(b"\n")?;
-    }
-    out.flush()
+    let newline = io::stdout().is_terminal() && !plain.is_empty() && !plain.ends_with(b"\n");
+    write_stdout_unbuffered(plain, newline)
 }
 
-/// Unix seconds as UTC RFC 3339, for people (JSON keeps the number).
-fn time_text(unix: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
-    humantime::format_rfc3339_seconds(t).to_string()
+/// Writes plaintext straight to file descriptor 1, after what stdout already holds: stdout's
+/// own buffer would keep the last partial line of the plaintext, and nothing wipes it.
+fn write_stdout_unbuffered(plain: &[u8], newline: bool) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    // Held throughout, so nothing else printed lands in the middle.
+    let mut stdout = io::stdout().lock();
+    stdout.flush()?;
+    let mut out = File::from(stdout.as_fd().try_clone_to_owned()?);
+    out.write_all(plain)?;
+    if newline {
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z): its years have four digits.
+const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
+
+/// Unix seconds as UTC RFC 3339, for people (JSON keeps the number). A header's time is
+/// whatever the sender signed, up to 2^64 − 1: past year 9999 (which RFC 3339 cannot write, and
+/// where `SystemTime` arithmetic can overflow) it is shown as the number itself.
+pub fn time_text(unix: u64) -> String {
+    let t = (unix <= LAST_RFC3339_SECOND)
+        .then(|| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(unix)))
+        .flatten();
+    match t {
+        Some(t) => humantime::format_rfc3339_seconds(t).to_string(),
+        None => format!("Unix time {unix} (after year 9999)"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -884,6 +996,14 @@ async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
         }
         Err(e) => {
             eprintln!("letterlock: NOT delivered: {e}");
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(c) = cause {
+                if let Some(hint) = hint(c) {
+                    eprintln!("letterlock: hint: {hint}");
+                    break;
+                }
+                cause = c.source();
+            }
             Ok(ExitCode::FAILURE)
         }
     }
@@ -924,12 +1044,7 @@ async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
                             "message {id} from the server ({} mode, {} bytes, signature verified):",
                             r.header.mode, r.plaintext_len
                         );
-                        let mut out = io::stdout().lock();
-                        out.write_all(text)?;
-                        if !text.ends_with(b"\n") {
-                            out.write_all(b"\n")?;
-                        }
-                        out.flush()?;
+                        write_stdout_unbuffered(text, !text.ends_with(b"\n"))?;
                         // Remember it durably before the ack goes out.
                         let mut f = std::fs::OpenOptions::new()
                             .create(true)
@@ -1043,17 +1158,23 @@ async fn read_inbox(
     let clients = keys::TrustList::load_clients(keys_dir)?;
     let store = open_store(store_path)?;
     let msg = store.find_inbox(id).await?;
-    let trusted = |k: &keys::KeyId| clients.get(k).map(|t| t.key.clone());
     let opts = OpenOptions::default();
     let body = msg.body;
     let opened = match output {
-        Some(path) => envelope::open_to_file(identity, trusted, &opts, body, path)?,
+        Some(path) => {
+            // As before the atomic writer existed: `server read -o` replaces its output.
+            let file = WriteOptions {
+                replace: true,
+                ..WriteOptions::default()
+            };
+            envelope::open_to_file(identity, &clients, &opts, body, path, &file)?
+        }
         None => {
             let opts = OpenOptions {
                 max_plaintext: STDOUT_LIMIT,
                 ..opts
             };
-            let (plain, opened) = envelope::open_to_vec(identity, trusted, &opts, body)?;
+            let (plain, opened) = envelope::open_to_vec(identity, &clients, &opts, body)?;
             print_plaintext(&plain)?;
             opened
         }

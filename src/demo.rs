@@ -422,12 +422,7 @@ async fn server_reads(w: &World, id: &str, expected: &str) -> Result<String, Str
     let sender = msg.summary.sender_name.clone();
     let body = msg.body;
     let (plain, opened) = tokio::task::spawn_blocking(move || {
-        envelope::open_to_vec(
-            identity,
-            |id| (*id == client.id()).then_some(client),
-            &OpenOptions::default(),
-            body,
-        )
+        envelope::open_to_vec(identity, &client, &OpenOptions::default(), body)
     })
     .await
     .map_err(|_| "the open task failed".to_owned())?

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{data, open, private, public, seal};
-use letterlock::envelope::{Mode, SealOptions};
+use letterlock::envelope::{Mode, SealError, SealOptions};
 use letterlock::keys::Identity;
 
 fn round_trip(mode: Mode, sender: &str, recipient: &str, len: usize) {
@@ -73,7 +73,7 @@ fn every_key_size_and_mixed_sizes() {
 }
 
 #[test]
-fn asymmetric_limit_points_to_hybrid() {
+fn asymmetric_limit_is_a_typed_error() {
     let s = private("alice2048");
     let opts = SealOptions {
         asymmetric_limit: 1000,
@@ -88,5 +88,62 @@ fn asymmetric_limit_points_to_hybrid() {
         &mut out,
     )
     .unwrap_err();
-    assert!(err.to_string().contains("--mode hybrid"), "{err}");
+    // The library says what failed; the command line adds "--mode hybrid" (tests/refusals.rs).
+    assert!(
+        matches!(err, SealError::TooLargeForAsymmetric { limit: 1000 }),
+        "{err}"
+    );
+    assert!(
+        !err.to_string().contains("--"),
+        "no CLI flag in a library error: {err}"
+    );
+}
+
+/// The one-call API: `letterlock::seal` and `letterlock::open` round-trip in both modes, agree
+/// with the streaming API, accept a `TrustList` or a closure as the trust, and refuse every
+/// prefix of a message (never panic on a short one).
+#[test]
+fn one_call_seal_and_open() {
+    use letterlock::{OpenError, OpenOptions, TrustList};
+    let alice = private("alice2048");
+    let bob = private("bob2048");
+    let plain = data(5000);
+    let mut list = TrustList::new();
+    list.add("alice", public("alice2048")).unwrap();
+    list.add("mallory", public("mallory")).unwrap();
+    let alice_id = public("alice2048").id();
+    let by_closure = |id: &letterlock::KeyId| (*id == alice_id).then(|| public("alice2048"));
+    for mode in [Mode::Hybrid, Mode::Asymmetric] {
+        let sealed = letterlock::seal(
+            &plain,
+            alice.as_ref(),
+            bob.public(),
+            &SealOptions::mode(mode),
+        )
+        .unwrap();
+        let opts = OpenOptions::default();
+        for trust in [
+            &public("alice2048") as &dyn letterlock::Trust,
+            &list,
+            &by_closure,
+        ] {
+            let (back, opened) = letterlock::open(&sealed, bob.as_ref(), trust, &opts).unwrap();
+            assert_eq!(&back[..], &plain[..], "{mode}");
+            assert_eq!(opened.plaintext_len, plain.len() as u64);
+            assert_eq!(opened.header.mode, mode);
+        }
+        // The streaming opener reads the same bytes.
+        assert_eq!(open(bob.clone(), alice.public(), &sealed).unwrap(), plain);
+        // Not trusted: Bob expects Mallory.
+        assert!(matches!(
+            letterlock::open(&sealed, bob.as_ref(), &public("mallory"), &opts),
+            Err(OpenError::UntrustedSender { .. })
+        ));
+        // Every prefix is refused with an error, from empty to one byte short.
+        for len in (0..sealed.len()).step_by(97).chain([sealed.len() - 1]) {
+            let result =
+                letterlock::open(&sealed[..len], bob.as_ref(), &public("alice2048"), &opts);
+            assert!(result.is_err(), "{mode}: a {len}-byte prefix opened");
+        }
+    }
 }

@@ -474,7 +474,7 @@ fn seal_with_id(plain: &[u8], id: [u8; 16]) -> (Vec<u8>, letterlock::envelope::S
         content_key: [7; 32],
     };
     common::seal_fixed(
-        private(CLIENT).as_ref(),
+        private(CLIENT),
         &public(SERVER),
         &SealOptions::default(),
         &fixed,

@@ -20,7 +20,7 @@ fn seal_fixed(sender: &str, plain: &[u8], id: [u8; 16], created: u64) -> (Vec<u8
         content_key: [7; 32],
     };
     common::seal_fixed(
-        private(sender).as_ref(),
+        private(sender),
         &public(SERVER),
         &SealOptions::default(),
         &fixed,

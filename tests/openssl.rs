@@ -200,7 +200,7 @@ fn openssl_recovers_the_wrapped_content_key() {
         content_key: *b"letterlock interop content key!!",
     };
     let (sealed, _) = common::seal_fixed(
-        alice.as_ref(),
+        alice.clone(),
         bob.public(),
         &SealOptions::mode(Mode::Hybrid),
         &fixed,
@@ -240,7 +240,7 @@ fn openssl_recovers_asymmetric_chunks_and_verifies_their_signature() {
         content_key: [0; 32],
     };
     let (sealed, _) = common::seal_fixed(
-        alice.as_ref(),
+        alice.clone(),
         bob.public(),
         &SealOptions::mode(Mode::Asymmetric),
         &fixed,

@@ -159,3 +159,167 @@ fn many_mutations_of_one_message_never_open() {
             .unwrap();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Validly signed messages with extreme header values (issue 9: `open` panicked after verifying
+// a message created at or past year 10000).
+
+/// Header times worth trying: the ends of the range, the RFC 3339 limit (year 10000 starts at
+/// 253_402_300_800), 2^63 either side, and anything at all.
+fn created() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(0u64),
+        Just(u64::MAX),
+        Just(253_402_300_799u64),
+        Just(253_402_300_800u64),
+        Just(1u64 << 63),
+        Just((1u64 << 63) - 1),
+        any::<u64>(),
+    ]
+}
+
+/// A key id in a header: the real one (`real`) or arbitrary bytes.
+fn key_id(real: letterlock::KeyId) -> impl Strategy<Value = letterlock::KeyId> {
+    prop_oneof![
+        3 => Just(real),
+        1 => any::<[u8; 32]>().prop_map(letterlock::KeyId),
+    ]
+}
+
+/// Seals a hybrid message by hand around an arbitrary header: wraps the content key to Bob,
+/// encrypts `plain || signature` as a STREAM, and signs the transcript with Alice's key, so
+/// every check but the header's own values passes.
+fn seal_by_hand(header: &letterlock::Header, content_key: &[u8; 32], plain: &[u8]) -> Vec<u8> {
+    use letterlock::envelope::stream::{Stream, payload_key};
+    use letterlock::envelope::{header_hash, transcript};
+    let header_bytes = header.encode();
+    let hh = header_hash(&header_bytes);
+    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, plain);
+    let signature = private(ALICE)
+        .sign(&transcript(
+            &header_bytes,
+            plain.len() as u64,
+            hash.as_ref(),
+        ))
+        .unwrap();
+    let mut data = plain.to_vec();
+    data.extend_from_slice(&signature);
+    let mut out = header_bytes.to_vec();
+    out.extend_from_slice(&public(BOB).encrypt_oaep(content_key, &hh).unwrap());
+    let key = payload_key(content_key, &header.message_id.0).unwrap();
+    let mut stream = Stream::new(&key, hh).unwrap();
+    let chunks: Vec<&[u8]> = data.chunks(header.chunk_size as usize).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let mut c = chunk.to_vec();
+        let tag = stream.seal_chunk(&mut c, i + 1 == chunks.len()).unwrap();
+        out.extend_from_slice(&c);
+        out.extend_from_slice(tag.as_ref());
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(48), ..ProptestConfig::default() })]
+
+    /// A header signed by Alice with any time, message id, chunk size and key ids: opening as
+    /// Bob trusting Alice never panics, and does what the header calls for: a recipient other
+    /// than Bob is `NotForUs`, a sender other than Alice is `UntrustedSender`, and otherwise
+    /// the message opens with exactly the signed values, whatever the time.
+    #[test]
+    fn signed_headers_with_extreme_values_open_as_specified(
+        created in created(),
+        message_id in any::<[u8; 16]>(),
+        chunk_size in (10u32..=12).prop_map(|s| 1 << s),
+        sender in key_id(public(ALICE).id()),
+        recipient in key_id(public(BOB).id()),
+        content_key in any::<[u8; 32]>(),
+        plain in prop::collection::vec(any::<u8>(), 0..3000),
+    ) {
+        let header = letterlock::Header {
+            mode: Mode::Hybrid,
+            sender,
+            recipient,
+            message_id: letterlock::envelope::MessageId(message_id),
+            created,
+            chunk_size,
+        };
+        let sealed = seal_by_hand(&header, &content_key, &plain);
+        let result = letterlock::open(
+            &sealed,
+            private(BOB).as_ref(),
+            &public(ALICE),
+            &letterlock::OpenOptions::default(),
+        );
+        if recipient != public(BOB).id() {
+            prop_assert!(matches!(result, Err(OpenError::NotForUs { .. })), "{:?}", result.err());
+        } else if sender != public(ALICE).id() {
+            let untrusted =
+                matches!(result, Err(OpenError::UntrustedSender { sender: s }) if s == sender);
+            prop_assert!(untrusted, "{:?}", result.err());
+        } else {
+            let (back, opened) = result.unwrap();
+            prop_assert_eq!(&back[..], &plain[..]);
+            prop_assert_eq!(opened.header, header);
+            prop_assert_eq!(opened.plaintext_len, plain.len() as u64);
+        }
+    }
+
+    /// The command line's display of a header time never panics, for any of the 2^64 values a
+    /// signed header may carry; up to year 9999 it is RFC 3339, beyond it the number itself.
+    #[test]
+    fn every_header_time_can_be_shown(created in created()) {
+        let text = letterlock_cli::cli::time_text(created);
+        if created <= 253_402_300_799 {
+            prop_assert!(text.ends_with('Z') && text.len() == 20, "{}", text);
+        } else {
+            prop_assert!(text.contains(&created.to_string()), "{}", text);
+        }
+    }
+}
+
+/// Regression (issue 9): `letterlock open` exited 101 (a panic formatting the time) after
+/// verifying a message created in year 10000 or later, with the plaintext already written.
+/// Now it succeeds, prints the plaintext, and reports the time as a number.
+#[test]
+fn the_cli_opens_messages_created_past_year_9999() {
+    use letterlock::envelope::{FixedRandomness, Sealer};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A private copy of Bob's key with mode 0600 (the tracked file keeps its mode).
+    let bob_key = d.join("bob_private.pem");
+    std::fs::write(&bob_key, private(BOB).to_pem().unwrap().as_bytes()).unwrap();
+    std::fs::set_permissions(&bob_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let alice_pub = common::keys_dir().join(format!("{ALICE}_public.pem"));
+    for created in [253_402_300_800u64, 1 << 63, u64::MAX] {
+        let plain = format!("sealed at {created}");
+        let (mut sealer, mut sealed) = Sealer::with_randomness(
+            private(ALICE),
+            &public(BOB),
+            &SealOptions::default(),
+            &FixedRandomness {
+                message_id: [9; 16],
+                created,
+                content_key: [3; 32],
+            },
+        )
+        .unwrap();
+        sealer.update(plain.as_bytes(), &mut sealed).unwrap();
+        sealer.finish(&mut sealed).unwrap();
+        let msg = d.join("m.ll");
+        std::fs::write(&msg, &sealed).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_letterlock"))
+            .arg("open")
+            .arg("--key")
+            .arg(&bob_key)
+            .arg("--from")
+            .arg(&alice_pub)
+            .arg(&msg)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "created {created}: {stderr}");
+        assert_eq!(out.stdout, plain.as_bytes());
+        assert!(stderr.contains(&format!("Unix time {created}")), "{stderr}");
+    }
+}

@@ -18,7 +18,7 @@ use letterlock::envelope::{
     stream::{self, Stream, TAG_LEN},
     transcript,
 };
-use letterlock::keys::{Identity, KeyId, PrivateKey, PublicKey};
+use letterlock::keys::{Identity, KeyId, PrivateKey, PublicKey, Trust};
 
 const ALICE: &str = "alice2048";
 const BOB: &str = "bob2048";
@@ -50,7 +50,7 @@ fn bob_opens(sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
 /// Opens as `recipient` with a custom trust function.
 fn open_with(
     recipient: Arc<PrivateKey>,
-    trusted: impl FnOnce(&KeyId) -> Option<PublicKey>,
+    trusted: &dyn Trust,
     sealed: &[u8],
 ) -> Result<Vec<u8>, OpenError> {
     envelope::open_to_vec(recipient, trusted, &OpenOptions::default(), sealed)
@@ -327,7 +327,10 @@ fn untrusted_or_wrong_sender_refused() {
             other => panic!("{mode}, {what}: {other:?}"),
         };
         // Nobody trusted.
-        untrusted(open_with(private(BOB), |_| None, &sealed), "no trust");
+        untrusted(
+            open_with(private(BOB), &|_: &KeyId| None, &sealed),
+            "no trust",
+        );
         // Expecting Mallory (or Alice's 3072-bit key): Alice's 2048-bit key id is unknown.
         untrusted(
             common::open(private(BOB), &public(MALLORY), &sealed),
@@ -339,7 +342,7 @@ fn untrusted_or_wrong_sender_refused() {
         );
         // A trust store that answers Alice's id with another key is not believed.
         untrusted(
-            open_with(private(BOB), |_| Some(public(MALLORY)), &sealed),
+            open_with(private(BOB), &|_: &KeyId| Some(public(MALLORY)), &sealed),
             "trust store maps alice's id to mallory's key",
         );
     }
@@ -450,7 +453,7 @@ fn each_header_field_changed_refused() {
                 .find(|k| k.id() == *id)
         };
         assert_verification(
-            open_with(private(BOB), trust_both, &as_mallory),
+            open_with(private(BOB), &trust_both, &as_mallory),
             &format!("{mode}: sender id changed to mallory's"),
         );
         // Recipient id: someone else's → not for us; Carol's, opened by Carol → fails.
@@ -656,4 +659,108 @@ fn resealed_to_another_recipient_with_original_signature_refused() {
             "{mode}: honest control"
         );
     }
+}
+
+/// Library errors say what failed and carry no command-line advice; the command line adds its
+/// own hints (`letterlock: hint: ...`), as rage does.
+#[test]
+fn the_command_line_adds_hints_to_library_errors() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_letterlock"))
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap()
+    };
+    let fails_with = |args: &[&str], error: &str, hint: &str| {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.contains(error),
+            "{args:?}: no {error:?} in\n{stderr}"
+        );
+        let hint_line = stderr
+            .lines()
+            .find(|l| l.starts_with("letterlock: hint: "))
+            .unwrap_or_else(|| panic!("{args:?}: no hint in\n{stderr}"));
+        assert!(hint_line.contains(hint), "{args:?}: {hint_line}");
+    };
+    // The test keys, copied with mode 0600 (the tracked files keep theirs).
+    for name in [ALICE, BOB, MALLORY] {
+        let pem = private(name).to_pem().unwrap();
+        let path = d.join(format!("{name}_private.pem"));
+        std::fs::write(&path, pem.as_bytes()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(d.join(format!("{name}_public.pem")), public(name).to_pem()).unwrap();
+    }
+    let alice_priv = format!("{ALICE}_private.pem");
+    let bob_priv = format!("{BOB}_private.pem");
+    let bob_pub = format!("{BOB}_public.pem");
+    let mallory_pub = format!("{MALLORY}_public.pem");
+
+    // KeyError::Exists: the library says it exists, the CLI says --force.
+    fails_with(
+        &["keygen", "--name", ALICE, "--bits", "2048"],
+        "already exists",
+        "pass --force",
+    );
+    // KeyError::GenerateSize.
+    fails_with(
+        &["keygen", "--name", "odd", "--bits", "1000"],
+        "cannot generate a 1000-bit key",
+        "--bits 2048, 3072 or 4096",
+    );
+    // SealError::TooLargeForAsymmetric.
+    std::fs::write(d.join("big.txt"), data(2000)).unwrap();
+    let seal_args = [
+        "seal",
+        "--from",
+        &alice_priv,
+        "--to",
+        &bob_pub,
+        "--mode",
+        "asymmetric",
+        "--max-asymmetric",
+        "1000",
+        "-o",
+        "big.ll",
+        "big.txt",
+    ];
+    fails_with(&seal_args, "asymmetric-mode limit", "--mode hybrid");
+    // OpenError::UntrustedSender.
+    std::fs::write(d.join("m.txt"), "hello").unwrap();
+    let out = run(&[
+        "seal",
+        "--from",
+        &alice_priv,
+        "--to",
+        &bob_pub,
+        "-o",
+        "m.ll",
+        "m.txt",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    fails_with(
+        &["open", "--key", &bob_priv, "--from", &mallory_pub, "m.ll"],
+        "not a sender key we trust",
+        "check --from",
+    );
+    // KeyError::WrongPemBlock inside KeyError::InFile.
+    fails_with(
+        &["open", "--key", &bob_pub, "--from", &mallory_pub, "m.ll"],
+        "expected a private key",
+        "*_private.pem",
+    );
+    // KeyError::Permissions: the mode in the library's text, chmod in the CLI's hint.
+    std::fs::set_permissions(d.join(&bob_priv), std::fs::Permissions::from_mode(0o644)).unwrap();
+    fails_with(
+        &["open", "--key", &bob_priv, "--from", &mallory_pub, "m.ll"],
+        "(mode 0644)",
+        &format!("chmod 600 {bob_priv}"),
+    );
 }

@@ -16,10 +16,11 @@
 mod common;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::{digest, hmac};
-use common::{private, trust};
+use common::private;
 use letterlock::envelope::stream::payload_key;
 use letterlock::envelope::{
     FixedRandomness, HEADER_LEN, Mode, OpenOptions, SealOptions, Sealer, header_hash, open_to_vec,
@@ -179,16 +180,16 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 
 /// Seals with fixed randomness (a fresh run: OAEP and PSS still draw their own randomness).
 fn seal_run(
-    sender: &PrivateKey,
+    sender: &Arc<PrivateKey>,
     recipient: &PrivateKey,
     opts: &SealOptions,
     fixed: &FixedRandomness,
     plain: &[u8],
 ) -> (Vec<u8>, [u8; 32]) {
     let (mut sealer, mut out) =
-        Sealer::with_randomness(sender.public(), recipient.public(), opts, fixed).unwrap();
+        Sealer::with_randomness(sender.clone(), recipient.public(), opts, fixed).unwrap();
     sealer.update(plain, &mut out).unwrap();
-    let sealed = sealer.finish(sender, &mut out).unwrap();
+    let sealed = sealer.finish(&mut out).unwrap();
     (out, sealed.ack_tag)
 }
 
@@ -329,7 +330,7 @@ fn check(name: &str) {
 
     // The header: from the sealer, from the vector, and from the documented layout.
     let (sealer, prefix) =
-        Sealer::with_randomness(sender.public(), recipient.public(), &opts, &fixed).unwrap();
+        Sealer::with_randomness(sender.clone(), recipient.public(), &opts, &fixed).unwrap();
     drop(sealer);
     let header: [u8; HEADER_LEN] = prefix[..HEADER_LEN].try_into().unwrap();
     assert_eq!(hex::encode(header), exp.header, "{name}: header");
@@ -375,23 +376,13 @@ fn check(name: &str) {
     }
     // The fresh run opens too, and differs from the stored one only by RSA randomness.
     let opts_open = OpenOptions::default();
-    let (back, _) = open_to_vec(
-        recipient.clone(),
-        trust(sender.public()),
-        &opts_open,
-        &fresh[..],
-    )
-    .unwrap();
+    let (back, _) =
+        open_to_vec(recipient.clone(), sender.public(), &opts_open, &fresh[..]).unwrap();
     assert_eq!(back[..], plain[..], "{name}: fresh run");
 
     // The stored run opens with the fixed keys to the plaintext and the expected ack tag.
-    let (back, opened) = open_to_vec(
-        recipient.clone(),
-        trust(sender.public()),
-        &opts_open,
-        &stored[..],
-    )
-    .unwrap_or_else(|e| panic!("{name}: stored sealed bytes: {e}"));
+    let (back, opened) = open_to_vec(recipient.clone(), sender.public(), &opts_open, &stored[..])
+        .unwrap_or_else(|e| panic!("{name}: stored sealed bytes: {e}"));
     assert_eq!(back[..], plain[..], "{name}: plaintext");
     assert_eq!(hex::encode(opened.ack_tag), exp.ack_tag, "{name}: ack tag");
     assert_eq!(opened.header_bytes, header, "{name}");
@@ -436,15 +427,7 @@ fn check(name: &str) {
     let mut bad = stored.clone();
     let last = bad.len() - 1;
     bad[last] ^= 1;
-    assert!(
-        open_to_vec(
-            recipient.clone(),
-            trust(sender.public()),
-            &opts_open,
-            &bad[..]
-        )
-        .is_err()
-    );
+    assert!(open_to_vec(recipient.clone(), sender.public(), &opts_open, &bad[..]).is_err());
 }
 
 #[test]
@@ -555,5 +538,118 @@ fn regenerate_vectors() {
         let mut json = serde_json::to_string_pretty(&v).unwrap();
         json.push('\n');
         std::fs::write(vectors_dir().join(format!("{}.json", case.name)), json).unwrap();
+    }
+}
+
+/// One file of `tests/vectors/armor/`: its `key: value` lines, and the input after them.
+struct ArmorCase {
+    name: String,
+    fields: std::collections::HashMap<String, String>,
+    input: Vec<u8>,
+}
+
+fn armor_cases() -> Vec<ArmorCase> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/armor");
+    let mut cases = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|x| x != "txt") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let split = bytes
+            .windows(2)
+            .position(|w| w == b"\n\n")
+            .unwrap_or_else(|| panic!("{}: no blank line after the fields", path.display()));
+        let head = std::str::from_utf8(&bytes[..split]).unwrap();
+        let fields = head
+            .lines()
+            .map(|l| {
+                let (k, v) = l.split_once(": ").unwrap();
+                (k.to_owned(), v.to_owned())
+            })
+            .collect();
+        cases.push(ArmorCase {
+            name: path.file_stem().unwrap().to_string_lossy().into_owned(),
+            fields,
+            input: bytes[split + 2..].to_vec(),
+        });
+    }
+    cases.sort_by(|a, b| a.name.cmp(&b.name));
+    cases
+}
+
+/// Every armor vector gives the result it states, however the input is split into reads: the
+/// decoded bytes for `ok` (and, for canonical cases, `ArmorWriter` writes the input back
+/// exactly), or the named `ArmorError`.
+#[test]
+fn armor_vectors_give_their_stated_result() {
+    use letterlock::envelope::armor::{ArmorError, ArmorReader, ArmorWriter};
+    use std::io::{BufReader, Read, Write};
+    let cases = armor_cases();
+    assert!(cases.len() >= 30, "only {} armor vectors", cases.len());
+    let (mut oks, mut errors) = (0, 0);
+    for case in &cases {
+        let expect = &case.fields["expect"];
+        for capacity in [1, 7, 64, 8192] {
+            let mut out = Vec::new();
+            let result = ArmorReader::new(BufReader::with_capacity(capacity, &case.input[..]))
+                .read_to_end(&mut out);
+            let what = format!("{} (buffer {capacity})", case.name);
+            if expect == "ok" {
+                result.unwrap_or_else(|e| panic!("{what}: refused: {e}"));
+                assert_eq!(hex::encode(&out), case.fields["decoded"], "{what}");
+            } else {
+                let variant = expect.strip_prefix("error ").expect("ok or error VARIANT");
+                let err = result.expect_err(&format!("{what}: accepted"));
+                let got = ArmorError::of(&err).unwrap_or_else(|| panic!("{what}: {err}"));
+                assert_eq!(format!("{got:?}"), variant, "{what}: {err}");
+            }
+        }
+        if expect == "ok" {
+            oks += 1;
+            if case.fields.get("canonical").is_some_and(|v| v == "yes") {
+                let mut w = ArmorWriter::new(Vec::new());
+                w.write_all(&hex::decode(&case.fields["decoded"]).unwrap())
+                    .unwrap();
+                assert_eq!(
+                    w.finish().unwrap(),
+                    case.input,
+                    "{}: not canonical",
+                    case.name
+                );
+            }
+        } else {
+            errors += 1;
+        }
+    }
+    assert!(oks > 0 && errors > 0);
+}
+
+/// The line limit of docs/PROTOCOL.md, both sides: a 64-character line is read, a 65-character
+/// one refused (with either line ending), wherever it is.
+#[test]
+fn armor_line_limit_is_64_characters() {
+    use letterlock::envelope::armor::{ArmorError, ArmorReader, BEGIN, END, MAX_LINE};
+    use std::io::Read;
+    assert_eq!(MAX_LINE, 64);
+    let line = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 48]);
+    assert_eq!(line.len(), 64);
+    for nl in ["\n", "\r\n"] {
+        let ok = format!("{BEGIN}{nl}{line}{nl}{END}{nl}");
+        let mut out = Vec::new();
+        ArmorReader::new(ok.as_bytes())
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, [7u8; 48]);
+        let long = format!("{BEGIN}{nl}{line}A{nl}{END}{nl}");
+        let err = ArmorReader::new(long.as_bytes())
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
+        assert_eq!(
+            ArmorError::of(&err),
+            Some(ArmorError::LineTooLong),
+            "{nl:?}"
+        );
     }
 }

@@ -50,7 +50,7 @@ fn envelope(c: &mut Criterion) {
                     out.clear();
                     envelope::open(
                         bob.clone(),
-                        |id| (*id == sender.id()).then(|| sender.clone()),
+                        &sender,
                         &OpenOptions::default(),
                         black_box(&sealed[..]),
                         &mut out,

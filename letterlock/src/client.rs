@@ -422,12 +422,7 @@ impl Client {
             },
             asymmetric_limit: self.config.max_asymmetric,
         };
-        let opener = Opener::new(
-            &head,
-            self.identity.clone(),
-            |id| (*id == server.id()).then_some(server),
-            &opts,
-        )?;
+        let opener = Opener::new(&head, self.identity.clone(), &server, &opts)?;
         let header = *opener.header();
         // Decryption, verification and file writes run on the blocking pool, frame by frame.
         let output = output.clone();
@@ -502,13 +497,15 @@ impl Unpack {
     }
 }
 
+use crate::files::{AtomicFile, WriteOptions};
+
 /// Where plaintext of one fetched message goes while it is still unverified.
 enum PlainSink {
     Memory(Zeroizing<Vec<u8>>),
     /// A temporary file beside the target, renamed into place once verified. Written without a
     /// user-space buffer: frames are large, and a buffer would hold plaintext unwiped.
     File {
-        tmp: tempfile::NamedTempFile,
+        tmp: AtomicFile,
         target: PathBuf,
     },
     /// The target exists already: decrypt and verify, and hash, to compare with it.
@@ -521,6 +518,7 @@ enum PlainSink {
 impl PlainSink {
     fn new(output: &Output, header: &Header) -> Result<Self, ClientError> {
         Ok(match output {
+            // Grows through `extend_wiping`: no reallocation leaves plaintext behind.
             Output::Memory { .. } => PlainSink::Memory(Zeroizing::new(Vec::new())),
             Output::Dir(dir) => {
                 let target = message_path(dir, &header.message_id);
@@ -530,10 +528,11 @@ impl PlainSink {
                         hash: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
                     }
                 } else {
-                    std::fs::create_dir_all(dir)?;
-                    let tmp = tempfile::Builder::new()
-                        .prefix(".letterlock-recv")
-                        .tempfile_in(dir)?;
+                    let opts = WriteOptions {
+                        create_dirs: true,
+                        ..WriteOptions::default()
+                    };
+                    let tmp = AtomicFile::create(&target, &opts)?;
                     PlainSink::File { tmp, target }
                 }
             }
@@ -542,7 +541,7 @@ impl PlainSink {
 
     fn write(&mut self, plain: &mut Zeroizing<Vec<u8>>) -> Result<(), ClientError> {
         match self {
-            PlainSink::Memory(v) => v.extend_from_slice(plain),
+            PlainSink::Memory(v) => crate::secret::extend_wiping(v, plain),
             PlainSink::File { tmp, .. } => tmp.write_all(plain)?,
             PlainSink::Existing { hash, .. } => hash.update(plain),
         }
@@ -555,11 +554,8 @@ impl PlainSink {
         Ok(match self {
             PlainSink::Memory(v) => (Content::Memory(v), false),
             PlainSink::File { tmp, target } => {
-                tmp.as_file().sync_all()?;
-                tmp.persist_noclobber(&target).map_err(|e| e.error)?;
-                if let Some(dir) = target.parent() {
-                    std::fs::File::open(dir)?.sync_all()?;
-                }
+                // fsync, a no-clobber rename, fsync of the folder.
+                tmp.commit()?;
                 (Content::File(target), false)
             }
             PlainSink::Existing { target, hash } => {

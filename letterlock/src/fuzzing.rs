@@ -81,10 +81,6 @@ impl Fixture {
     pub fn wrapped_key(&self) -> &[u8] {
         &self.wrapped_key
     }
-
-    fn trust(&self) -> impl FnOnce(&crate::keys::KeyId) -> Option<PublicKey> + '_ {
-        move |id| (*id == self.sender.id()).then(|| self.sender.clone())
-    }
 }
 
 /// The valid header the open targets put before the fuzz input.
@@ -114,7 +110,7 @@ pub fn open_after_header(fx: &Fixture, mode: Mode, data: &[u8]) -> bool {
     };
     let header = fx.header(mode);
     let identity: Arc<dyn Identity> = fx.recipient.clone();
-    let mut opener = Opener::new(&header, identity, fx.trust(), &OpenOptions::default())
+    let mut opener = Opener::new(&header, identity, &fx.sender, &OpenOptions::default())
         .expect("the fixed header is valid");
     let mut body = Vec::with_capacity(fx.wrapped_key.len() + rest.len());
     if mode == Mode::Hybrid && steer & 1 == 1 {
@@ -138,7 +134,7 @@ pub fn open_whole(fx: &Fixture, data: &[u8]) -> bool {
     let identity: Arc<dyn Identity> = fx.recipient.clone();
     match envelope::open(
         identity,
-        fx.trust(),
+        &fx.sender,
         &OpenOptions::default(),
         data,
         &mut out,

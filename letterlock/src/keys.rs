@@ -9,10 +9,41 @@
 //! - Private-key bytes we hold (file text, DER) live in [`Zeroizing`] buffers; the parsed key lives
 //!   inside aws-lc, which clears RSA private components when it frees them.
 //! - Private operations sit behind [`Identity`], so an agent or a hardware key can stand in later.
+//! - Which senders a recipient accepts is a [`Trust`]: a [`PublicKey`] trusts exactly itself, a
+//!   [`TrustList`] each of its keys.
+//!
+//! ```
+//! use letterlock::keys::{self, Identity, PrivateKey, PublicKey, Trust, TrustList};
+//!
+//! // Keys come from PEM text or files (the test keys of this repository here), or fresh.
+//! let alice = PrivateKey::from_pem(include_str!("../../tests/keys/alice2048_private.pem"))?;
+//! let bob = PublicKey::from_pem(include_str!("../../tests/keys/bob2048_public.pem"))?;
+//! assert_eq!(alice.public().bits(), 2048);
+//! println!("alice is {}", alice.public().id()); // SHA256:... as OpenSSH shows fingerprints
+//!
+//! // A public key trusts exactly itself; a list trusts each of its keys, by name.
+//! assert!(bob.trusted_key(&bob.id()).is_some());
+//! assert!(bob.trusted_key(&alice.public().id()).is_none());
+//! let mut list = TrustList::new();
+//! list.add("alice", alice.public().clone())?;
+//! list.add("bob", bob.clone())?;
+//! assert_eq!(list.trusted_key(&bob.id()).map(|k| k.id()), Some(bob.id()));
+//!
+//! // Key files: the private one is written mode 0600 and never replaced unless asked.
+//! let dir = tempfile::tempdir()?;
+//! let carol = keys::generate_pair_files(dir.path(), "carol", 2048, false)?;
+//! let (private, public) = keys::pair_paths(dir.path(), "carol");
+//! assert_eq!(keys::load_public(&public)?.id(), carol.public().id());
+//! assert!(matches!(
+//!     keys::generate_pair_files(dir.path(), "carol", 2048, false),
+//!     Err(keys::KeyError::Exists { .. })
+//! ));
+//! # let _ = private;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
@@ -27,6 +58,8 @@ use aws_lc_rs::{digest, rand};
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
+use crate::files::{self, WriteOptions};
+
 /// Smallest modulus we accept: below 2048 bits RSA no longer meets NIST's 112-bit security level.
 pub const MIN_BITS: usize = 2048;
 /// Largest modulus we accept: aws-lc's RSA verification tops out at 8192 bits, and larger keys
@@ -39,7 +72,24 @@ const MAX_KEY_FILE: u64 = 64 * 1024;
 /// Bytes of OAEP-SHA-256 overhead: two hash lengths plus two bytes (RFC 8017, 7.1.1).
 pub const OAEP_OVERHEAD: usize = 2 * 32 + 2;
 
-/// What can go wrong with keys; every message says what the user can do about it.
+/// Which half of a key pair a file or encoding was expected to hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    Public,
+    Private,
+}
+
+impl fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyKind::Public => "public",
+            KeyKind::Private => "private",
+        })
+    }
+}
+
+/// What can go wrong with keys. Each variant says what failed; what to do about it (a command
+/// to run, a flag to pass) is the caller's to say: the command line adds such hints.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
@@ -53,39 +103,65 @@ pub enum KeyError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} already exists; pass --force to replace it")]
+    #[error("{path} already exists")]
     Exists { path: PathBuf },
-    #[error(
-        "private key {path} is readable by group or others (mode {mode:04o}); \
-         run `chmod 600 {path}` and try again"
-    )]
+    #[error("private key {path} is readable by group or others (mode {mode:04o})")]
     Permissions { path: PathBuf, mode: u32 },
-    #[error("{what}: {detail}")]
-    Invalid { what: String, detail: String },
+    #[error("{path} is not a regular file")]
+    NotRegularFile { path: PathBuf },
+    #[error("{path} is over {} KiB, too large for a key file", limit / 1024)]
+    FileTooLarge { path: PathBuf, limit: u64 },
+    #[error("{path} is not text")]
+    NotText { path: PathBuf },
+    /// The key file's path, around an error about its content.
+    #[error("{path}: {source}")]
+    InFile {
+        path: PathBuf,
+        source: Box<KeyError>,
+    },
+    #[error("not a PEM file: {reason}")]
+    NotPem { reason: String },
+    #[error("expected a {expected} key, found a `{found}` PEM block")]
+    WrongPemBlock { expected: KeyKind, found: String },
+    #[error("the private key is passphrase-protected; letterlock reads unencrypted keys")]
+    Encrypted,
+    #[error("not an RSA {kind} key: {reason}")]
+    NotRsa { kind: KeyKind, reason: String },
     #[error("RSA key of {bits} bits refused: letterlock accepts {MIN_BITS} to {MAX_BITS} bits")]
     Size { bits: usize },
-    #[error(
-        "RSA key refused: it is smaller than {MIN_BITS} bits; make a new one with \
-         `letterlock keygen` (3072 bits by default)"
-    )]
+    #[error("RSA key refused: it is smaller than {MIN_BITS} bits")]
     TooSmall,
+    #[error("cannot generate a {bits}-bit key: letterlock generates 2048, 3072 or 4096 bits")]
+    GenerateSize { bits: usize },
+    #[error("key {id} is trusted twice (already as {name:?})")]
+    TrustedTwice { id: KeyId, name: String },
+    #[error("two trusted keys are named {name:?}")]
+    NameTaken { name: String },
+    #[error("{path}: not a usable client name (letters, digits, '-', '_' or '.', up to 64)")]
+    BadName { path: PathBuf },
     #[error("the RSA operation failed")]
     Crypto,
 }
 
-/// aws-lc refuses undersized keys itself; say so in our words rather than "not a key".
-fn rejected(what: &str, e: aws_lc_rs::error::KeyRejected) -> KeyError {
-    if e.to_string() == "TooSmall" {
-        KeyError::TooSmall
-    } else {
-        invalid(what, e.to_string())
+impl KeyError {
+    /// The error itself, without the [`KeyError::InFile`] wrapping that names the file.
+    pub fn cause(&self) -> &KeyError {
+        match self {
+            KeyError::InFile { source, .. } => source.cause(),
+            other => other,
+        }
     }
 }
 
-fn invalid(what: impl Into<String>, detail: impl Into<String>) -> KeyError {
-    KeyError::Invalid {
-        what: what.into(),
-        detail: detail.into(),
+/// aws-lc refuses undersized keys itself; say so in our words rather than "not a key".
+fn rejected(kind: KeyKind, e: aws_lc_rs::error::KeyRejected) -> KeyError {
+    if e.to_string() == "TooSmall" {
+        KeyError::TooSmall
+    } else {
+        KeyError::NotRsa {
+            kind,
+            reason: e.to_string(),
+        }
     }
 }
 
@@ -139,15 +215,14 @@ impl PublicKey {
     /// Parses a SubjectPublicKeyInfo or PKCS#1 `RSAPublicKey` DER encoding.
     pub fn from_der(der: &[u8]) -> Result<Self, KeyError> {
         // aws-lc's rsa::PublicKey accepts both encodings; re-encode as SPKI so the id is canonical.
-        let parsed = aws_lc_rs::rsa::PublicKey::from_der(der)
-            .map_err(|e| rejected("not an RSA public key", e))?;
+        let parsed =
+            aws_lc_rs::rsa::PublicKey::from_der(der).map_err(|e| rejected(KeyKind::Public, e))?;
         let spki: PublicKeyX509Der = parsed.as_der().map_err(|_| KeyError::Crypto)?;
         Self::from_spki(spki.as_ref())
     }
 
     fn from_spki(spki: &[u8]) -> Result<Self, KeyError> {
-        let enc = PublicEncryptingKey::from_der(spki)
-            .map_err(|e| rejected("not an RSA public key", e))?;
+        let enc = PublicEncryptingKey::from_der(spki).map_err(|e| rejected(KeyKind::Public, e))?;
         check_bits(enc.key_size_bits())?;
         let oaep = OaepPublicEncryptingKey::new(enc).map_err(|_| KeyError::Crypto)?;
         Ok(PublicKey {
@@ -159,13 +234,13 @@ impl PublicKey {
 
     /// Parses a PEM public key (`BEGIN PUBLIC KEY` or `BEGIN RSA PUBLIC KEY`).
     pub fn from_pem(text: &str) -> Result<Self, KeyError> {
-        let block = pem::parse(text).map_err(|e| invalid("not a PEM file", e.to_string()))?;
+        let block = parse_pem(text)?;
         match block.tag() {
             "PUBLIC KEY" | "RSA PUBLIC KEY" => Self::from_der(block.contents()),
-            other => Err(invalid(
-                format!("expected a public key, found a `{other}` PEM block"),
-                "use the *_public.pem file",
-            )),
+            other => Err(KeyError::WrongPemBlock {
+                expected: KeyKind::Public,
+                found: other.to_owned(),
+            }),
         }
     }
 
@@ -250,12 +325,7 @@ impl PrivateKey {
             2048 => KeySize::Rsa2048,
             3072 => KeySize::Rsa3072,
             4096 => KeySize::Rsa4096,
-            _ => {
-                return Err(invalid(
-                    format!("cannot generate a {bits}-bit key"),
-                    "choose --bits 2048, 3072 or 4096",
-                ));
-            }
+            _ => return Err(KeyError::GenerateSize { bits }),
         };
         let pair = KeyPair::generate(size).map_err(|_| KeyError::Crypto)?;
         let pkcs8 = pkcs8_of(&pair)?;
@@ -264,9 +334,9 @@ impl PrivateKey {
 
     /// Parses an unencrypted PKCS#8 `PrivateKeyInfo` DER.
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, KeyError> {
-        let signer = KeyPair::from_pkcs8(der).map_err(|e| rejected("not an RSA private key", e))?;
-        let dec = PrivateDecryptingKey::from_pkcs8(der)
-            .map_err(|e| rejected("not an RSA private key", e))?;
+        let signer = KeyPair::from_pkcs8(der).map_err(|e| rejected(KeyKind::Private, e))?;
+        let dec =
+            PrivateDecryptingKey::from_pkcs8(der).map_err(|e| rejected(KeyKind::Private, e))?;
         check_bits(dec.key_size_bits())?;
         let public = PublicKey::from_der(signer.public_key().as_ref())?;
         let decrypter = OaepPrivateDecryptingKey::new(dec).map_err(|_| KeyError::Crypto)?;
@@ -280,25 +350,20 @@ impl PrivateKey {
     /// Parses a PEM private key: PKCS#8 (`BEGIN PRIVATE KEY`, what we and `openssl genpkey`
     /// write) or PKCS#1 (`BEGIN RSA PRIVATE KEY`, what the Python `rsa` package writes).
     pub fn from_pem(text: &str) -> Result<Self, KeyError> {
-        let block = pem::parse(text).map_err(|e| invalid("not a PEM file", e.to_string()))?;
+        let block = parse_pem(text)?;
         let tag = block.tag().to_owned();
         let der = Zeroizing::new(block.into_contents());
         match tag.as_str() {
             "PRIVATE KEY" => Self::from_pkcs8(&der),
             "RSA PRIVATE KEY" => {
-                let pair =
-                    KeyPair::from_der(&der).map_err(|e| rejected("not an RSA private key", e))?;
+                let pair = KeyPair::from_der(&der).map_err(|e| rejected(KeyKind::Private, e))?;
                 Self::from_pkcs8(&pkcs8_of(&pair)?)
             }
-            "ENCRYPTED PRIVATE KEY" => Err(invalid(
-                "the private key is passphrase-protected",
-                "letterlock reads unencrypted keys; write one with \
-                 `openssl pkey -in KEY -out KEY.plain` and keep it mode 0600",
-            )),
-            other => Err(invalid(
-                format!("expected a private key, found a `{other}` PEM block"),
-                "use the *_private.pem file",
-            )),
+            "ENCRYPTED PRIVATE KEY" => Err(KeyError::Encrypted),
+            other => Err(KeyError::WrongPemBlock {
+                expected: KeyKind::Private,
+                found: other.to_owned(),
+            }),
         }
     }
 
@@ -363,6 +428,12 @@ fn check_bits(bits: usize) -> Result<(), KeyError> {
     }
 }
 
+fn parse_pem(text: &str) -> Result<pem::Pem, KeyError> {
+    pem::parse(text).map_err(|e| KeyError::NotPem {
+        reason: e.to_string(),
+    })
+}
+
 fn encode_pem(tag: &str, der: &[u8]) -> String {
     let block = pem::Pem::new(tag, der);
     pem::encode_config(
@@ -401,30 +472,30 @@ fn read_key_text(path: &Path) -> Result<(Zeroizing<String>, u32), KeyError> {
     let file = fs::File::open(path).map_err(read_err)?;
     let meta = file.metadata().map_err(read_err)?;
     if !meta.is_file() {
-        return Err(invalid(
-            format!("{} is not a key file", path.display()),
-            "it is not a regular file",
-        ));
+        return Err(KeyError::NotRegularFile {
+            path: path.to_owned(),
+        });
     }
     let mode = meta.permissions().mode() & 0o777;
-    let too_big = || {
-        invalid(
-            format!("{} is not a key file", path.display()),
-            "it is over 64 KiB; key files are a few KiB",
-        )
+    let too_big = || KeyError::FileTooLarge {
+        path: path.to_owned(),
+        limit: MAX_KEY_FILE,
     };
     if meta.len() > MAX_KEY_FILE {
         return Err(too_big());
     }
-    let mut bytes = Zeroizing::new(Vec::new());
+    // Sized for the most `take` lets through, so it never reallocates: a reallocation would
+    // leave a copy of the key text in freed memory.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE as usize + 1));
     file.take(MAX_KEY_FILE + 1)
         .read_to_end(&mut bytes)
         .map_err(read_err)?;
     if bytes.len() as u64 > MAX_KEY_FILE {
         return Err(too_big());
     }
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| invalid(format!("{} is not a PEM file", path.display()), "not text"))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| KeyError::NotText {
+        path: path.to_owned(),
+    })?;
     Ok((Zeroizing::new(text.to_owned()), mode))
 }
 
@@ -455,63 +526,42 @@ pub fn load_any_public(path: &Path) -> Result<PublicKey, KeyError> {
     }
 }
 
+/// Names the file around an error about what it holds (the errors that used to carry the path
+/// in their text); size refusals stay bare, so callers match `KeyError::TooSmall` directly.
 fn in_file(path: &Path, e: KeyError) -> KeyError {
     match e {
-        KeyError::Invalid { what, detail } => KeyError::Invalid {
-            what: format!("{}: {what}", path.display()),
-            detail,
+        KeyError::NotPem { .. }
+        | KeyError::WrongPemBlock { .. }
+        | KeyError::Encrypted
+        | KeyError::NotRsa { .. } => KeyError::InFile {
+            path: path.to_owned(),
+            source: Box::new(e),
         },
         other => other,
     }
 }
 
-/// Writes `contents` to `path` atomically: a temporary file beside it (mode `mode`), fsync,
-/// then a rename, so a crash never leaves half a key. Refuses to replace a file unless `force`.
+/// Writes a key file atomically ([`crate::files`]): a temporary file beside it with mode `mode`
+/// from the start, fsync, rename, fsync of the folder, so a crash never leaves half a key.
+/// Refuses to replace a file unless `force`, and never replaces anything but a regular file.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32, force: bool) -> Result<(), KeyError> {
-    let write_err = |source| KeyError::Write {
-        path: path.to_owned(),
-        source,
+    let opts = WriteOptions {
+        mode,
+        replace: force,
+        create_dirs: true,
     };
-    if !force && path.exists() {
-        return Err(KeyError::Exists {
+    files::write_atomic(path, contents, &opts).map_err(|source| match source.kind() {
+        std::io::ErrorKind::AlreadyExists => KeyError::Exists {
             path: path.to_owned(),
-        });
-    }
-    // The rename below would replace a device or pipe with a regular file.
-    if fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
-        return Err(invalid(
-            format!("{} is not a regular file", path.display()),
-            "key files are written as regular files; choose another path",
-        ));
-    }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    fs::create_dir_all(dir).map_err(write_err)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".letterlock-key")
-        .permissions(file_mode(mode))
-        .tempfile_in(dir)
-        .map_err(write_err)?;
-    tmp.write_all(contents).map_err(write_err)?;
-    tmp.as_file().sync_all().map_err(write_err)?;
-    if force {
-        tmp.persist(path).map_err(|e| write_err(e.error))?;
-    } else {
-        // Refuses if someone created the file since we looked: never a silent overwrite.
-        tmp.persist_noclobber(path)
-            .map_err(|e| write_err(e.error))?;
-    }
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(write_err)?;
-    Ok(())
-}
-
-fn file_mode(mode: u32) -> fs::Permissions {
-    use std::os::unix::fs::PermissionsExt;
-    fs::Permissions::from_mode(mode)
+        },
+        std::io::ErrorKind::InvalidInput => KeyError::NotRegularFile {
+            path: path.to_owned(),
+        },
+        _ => KeyError::Write {
+            path: path.to_owned(),
+            source,
+        },
+    })
 }
 
 /// The two files of a key pair named `name` in `dir`.
@@ -546,6 +596,38 @@ pub fn generate_pair_files(
 // ---------------------------------------------------------------------------------------------
 // Trust
 
+/// Which sender keys a recipient accepts: given the sender key id a header names, the key to
+/// verify its signature with, or `None` to refuse the message.
+///
+/// - A [`PublicKey`] trusts exactly itself: `&alice_public` accepts Alice and no one else.
+/// - A [`TrustList`] trusts each of its keys.
+/// - A closure `Fn(&KeyId) -> Option<PublicKey>` can look keys up anywhere else.
+///
+/// The opener checks that the key returned has the id asked for, so a lookup cannot make a
+/// message verify under a key other than the one its header names.
+pub trait Trust {
+    /// The trusted key with id `sender`, if any.
+    fn trusted_key(&self, sender: &KeyId) -> Option<PublicKey>;
+}
+
+impl Trust for PublicKey {
+    fn trusted_key(&self, sender: &KeyId) -> Option<PublicKey> {
+        (*sender == self.id).then(|| self.clone())
+    }
+}
+
+impl Trust for TrustList {
+    fn trusted_key(&self, sender: &KeyId) -> Option<PublicKey> {
+        self.get(sender).map(|t| t.key.clone())
+    }
+}
+
+impl<F: Fn(&KeyId) -> Option<PublicKey>> Trust for F {
+    fn trusted_key(&self, sender: &KeyId) -> Option<PublicKey> {
+        self(sender)
+    }
+}
+
 /// A public key we trust, with the name it is known by.
 #[derive(Clone, Debug)]
 pub struct Trusted {
@@ -568,19 +650,15 @@ impl TrustList {
     /// that a name always means one key.
     pub fn add(&mut self, name: &str, key: PublicKey) -> Result<(), KeyError> {
         if let Some(existing) = self.by_id.get(&key.id()) {
-            return Err(invalid(
-                format!("key {} is trusted twice", key.id()),
-                format!(
-                    "already trusted as {:?}; remove one of the files",
-                    existing.name
-                ),
-            ));
+            return Err(KeyError::TrustedTwice {
+                id: key.id(),
+                name: existing.name.clone(),
+            });
         }
         if self.by_name(name).is_some() {
-            return Err(invalid(
-                format!("two trusted keys are named {name:?}"),
-                "rename one of the files",
-            ));
+            return Err(KeyError::NameTaken {
+                name: name.to_owned(),
+            });
         }
         self.by_id.insert(
             key.id(),
@@ -634,10 +712,7 @@ impl TrustList {
             for path in paths {
                 let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
                 if !valid_name(name) {
-                    return Err(invalid(
-                        format!("{}: not a usable client name", path.display()),
-                        "name client keys NAME.pem with letters, digits, '-', '_' or '.'",
-                    ));
+                    return Err(KeyError::BadName { path });
                 }
                 list.add(name, load_public(&path)?)?;
             }

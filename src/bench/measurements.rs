@@ -7,7 +7,7 @@ use std::sync::Arc;
 use letterlock::envelope::{
     self, DEFAULT_ASYMMETRIC_LIMIT, Mode, OpenOptions, SealError, SealOptions,
 };
-use letterlock::keys::{Identity, PrivateKey, PublicKey};
+use letterlock::keys::{Identity, PrivateKey};
 
 use super::bounds::{Timing, envelope_bound, measure_bounds, repeat};
 use super::{
@@ -111,10 +111,6 @@ struct Measured {
     peak_rss_kib: Option<u64>,
 }
 
-fn trust(key: &PublicKey) -> impl FnOnce(&letterlock::keys::KeyId) -> Option<PublicKey> + '_ {
-    move |id| (*id == key.id()).then(|| key.clone())
-}
-
 /// Seals and opens in memory, checking the first round trip byte for byte.
 fn in_memory_round_trip(
     opts: &BenchOptions,
@@ -152,7 +148,7 @@ fn in_memory_round_trip(
         plain.clear();
         envelope::open(
             identity.clone(),
-            trust(&sender),
+            &sender,
             &open_opts,
             &sealed[..],
             &mut plain,
@@ -220,7 +216,7 @@ fn streamed_round_trip(
         // sealed: comparing the length is enough.
         let opened = envelope::open(
             identity.clone(),
-            trust(&sender),
+            &sender,
             &OpenOptions::default(),
             io::BufReader::with_capacity(256 * 1024, &file),
             io::sink(),

@@ -82,11 +82,6 @@ pub fn public(name: &str) -> PublicKey {
     keys::load_public(&public_path(name)).unwrap()
 }
 
-/// A trust function accepting exactly `key`.
-pub fn trust(key: &PublicKey) -> impl FnOnce(&keys::KeyId) -> Option<PublicKey> + '_ {
-    move |id| (*id == key.id()).then(|| key.clone())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Sealing and opening through the library
 
@@ -115,17 +110,16 @@ pub fn seal_with_info(
 /// Seals `plain` like [`seal_with_info`] but with chosen "random" values (message id, creation
 /// time, content key): for replays, clock checks and interop tests that need known values.
 pub fn seal_fixed(
-    sender: &dyn Identity,
+    sender: Arc<PrivateKey>,
     recipient: &PublicKey,
     opts: &letterlock::envelope::SealOptions,
     fixed: &letterlock::envelope::FixedRandomness,
     plain: &[u8],
 ) -> (Vec<u8>, letterlock::envelope::Sealed) {
     let (mut sealer, mut out) =
-        letterlock::envelope::Sealer::with_randomness(sender.public(), recipient, opts, fixed)
-            .unwrap();
+        letterlock::envelope::Sealer::with_randomness(sender, recipient, opts, fixed).unwrap();
     sealer.update(plain, &mut out).unwrap();
-    let sealed = sealer.finish(sender, &mut out).unwrap();
+    let sealed = sealer.finish(&mut out).unwrap();
     (out, sealed)
 }
 
@@ -136,7 +130,7 @@ pub fn open(
     sealed: &[u8],
 ) -> Result<Vec<u8>, letterlock::envelope::OpenError> {
     let opts = letterlock::envelope::OpenOptions::default();
-    letterlock::envelope::open_to_vec(recipient, trust(sender), &opts, sealed)
+    letterlock::envelope::open_to_vec(recipient, sender, &opts, sealed)
         .map(|(plain, _)| plain.to_vec())
 }
 

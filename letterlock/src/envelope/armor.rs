@@ -6,7 +6,14 @@
 //! base64, 64 characters a line
 //! -----END LETTERLOCK MESSAGE-----
 //! ```
-//! Both directions stream; the reader bounds every line before it keeps it.
+//!
+//! Reading is strict and canonical (docs/PROTOCOL.md, section 9): exactly one text is accepted
+//! for each message, the one [`ArmorWriter`] writes, up to leading and trailing whitespace and
+//! LF or CRLF line endings. So armored text cannot carry anything besides the message (no
+//! hidden second message, no trailing payload), and what parses re-armors to the same lines.
+//!
+//! Both directions stream. The reader never holds more than one line: a line is refused as soon
+//! as it is longer than [`MAX_LINE`] characters, before it is kept.
 
 use std::io::{self, BufRead, Read, Write};
 
@@ -17,8 +24,46 @@ pub const BEGIN: &str = "-----BEGIN LETTERLOCK MESSAGE-----";
 pub const END: &str = "-----END LETTERLOCK MESSAGE-----";
 /// Characters per base64 line (48 bytes of message).
 const LINE: usize = 64;
-/// Longest line the reader accepts: a line plus generous trailing whitespace (CRLF, spaces).
-const MAX_LINE: usize = 256;
+/// Longest line the reader accepts, in characters, not counting its LF or CRLF ending: the
+/// canonical line width. Every line a writer produces (BEGIN, END, body) fits; anything longer
+/// is refused before it is held.
+pub const MAX_LINE: usize = LINE;
+
+/// Why armored text was refused. Carried inside the [`io::Error`] (kind `InvalidData`) that
+/// [`ArmorReader`] returns; find it with [`ArmorError::of`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArmorError {
+    #[error("bad armor: text before the BEGIN line, or no BEGIN line")]
+    NoBegin,
+    #[error("bad armor: a line is longer than {MAX_LINE} characters")]
+    LineTooLong,
+    #[error("bad armor: a line does not end like the BEGIN line (LF or CRLF, the same throughout)")]
+    LineEnding,
+    #[error("bad armor: a body line is empty, or not a multiple of 4 characters")]
+    LineLength,
+    #[error("bad armor: a body line follows a short or padded one (only the last may be)")]
+    AfterLastLine,
+    #[error("bad armor: invalid or non-canonical base64")]
+    Base64,
+    #[error("bad armor: the input ends before the END line")]
+    NoEnd,
+    #[error("bad armor: something other than whitespace after the END line")]
+    AfterEnd,
+}
+
+impl ArmorError {
+    /// The armor error inside an error [`ArmorReader`] returned, if it is one.
+    pub fn of(e: &io::Error) -> Option<ArmorError> {
+        e.get_ref()?.downcast_ref::<ArmorError>().copied()
+    }
+}
+
+impl From<ArmorError> for io::Error {
+    fn from(e: ArmorError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+}
 
 /// Wraps a writer: bytes written come out armored. Call [`ArmorWriter::finish`] at the end.
 pub struct ArmorWriter<W: Write> {
@@ -82,68 +127,167 @@ impl<W: Write> Write for ArmorWriter<W> {
     }
 }
 
-/// Wraps a buffered reader of armored text: reads give the message bytes.
+/// Wraps a buffered reader of armored text: reads give the message bytes. Refuses (with an
+/// [`ArmorError`]) anything but the canonical armor of a message.
 pub struct ArmorReader<R: BufRead> {
     inner: R,
-    /// Decoded bytes not yet handed out.
+    /// Decoded bytes not yet handed out (at most one line's worth).
     decoded: Vec<u8>,
     pos: usize,
     state: State,
+    /// Whether lines end in CRLF (set by the BEGIN line) rather than LF.
+    crlf: bool,
 }
 
 #[derive(PartialEq)]
 enum State {
     BeforeBegin,
+    /// Full 64-character lines so far: another body line or END may follow.
     Body,
+    /// A short or padded line was read: only END may follow.
+    AfterLast,
     Done,
 }
 
-fn bad(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("bad armor: {what}"))
+/// One line as read: its characters, and whether it had a line ending at all.
+struct Line {
+    text: Vec<u8>,
+    /// `None`: the input ended without a line ending; otherwise whether it was CRLF.
+    crlf: Option<bool>,
 }
 
 impl<R: BufRead> ArmorReader<R> {
     pub fn new(inner: R) -> Self {
         ArmorReader {
             inner,
-            decoded: Vec::new(),
+            decoded: Vec::with_capacity(LINE / 4 * 3),
             pos: 0,
             state: State::BeforeBegin,
+            crlf: false,
         }
     }
 
-    /// Reads one line, refusing any longer than [`MAX_LINE`] before holding it.
-    fn line(&mut self) -> io::Result<Option<String>> {
-        let mut raw = Vec::new();
+    /// Reads one line, refusing any longer than [`MAX_LINE`] characters before holding it.
+    /// `None` at the end of the input.
+    fn line(&mut self) -> io::Result<Option<Line>> {
+        let mut raw = Vec::with_capacity(MAX_LINE + 2);
+        // At most MAX_LINE characters and a CRLF.
         let n = (&mut self.inner)
-            .take(MAX_LINE as u64 + 1)
+            .take(MAX_LINE as u64 + 2)
             .read_until(b'\n', &mut raw)?;
         if n == 0 {
             return Ok(None);
         }
-        if n > MAX_LINE {
-            return Err(bad("a line is too long"));
+        let crlf = if raw.last() == Some(&b'\n') {
+            raw.pop();
+            if raw.last() == Some(&b'\r') {
+                raw.pop();
+                Some(true)
+            } else {
+                Some(false)
+            }
+        } else if raw.len() > MAX_LINE {
+            return Err(ArmorError::LineTooLong.into());
+        } else {
+            None
+        };
+        if raw.len() > MAX_LINE {
+            return Err(ArmorError::LineTooLong.into());
         }
-        let text = String::from_utf8(raw).map_err(|_| bad("not text"))?;
-        Ok(Some(text.trim().to_owned()))
+        Ok(Some(Line { text: raw, crlf }))
+    }
+
+    /// Skips ASCII whitespace without holding it (before BEGIN); `true` if input remains.
+    fn skip_whitespace(&mut self) -> io::Result<bool> {
+        loop {
+            let buf = self.inner.fill_buf()?;
+            if buf.is_empty() {
+                return Ok(false);
+            }
+            let n = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
+            let more = n < buf.len();
+            self.inner.consume(n);
+            if more {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Reads the BEGIN line and sets the line-ending style from it.
+    fn begin(&mut self) -> io::Result<()> {
+        if !self.skip_whitespace()? {
+            return Err(ArmorError::NoBegin.into());
+        }
+        match self.line()? {
+            Some(Line {
+                text,
+                crlf: Some(crlf),
+            }) if text == BEGIN.as_bytes() => {
+                self.crlf = crlf;
+                self.state = State::Body;
+                Ok(())
+            }
+            Some(Line { text, crlf: None }) if text == BEGIN.as_bytes() => {
+                Err(ArmorError::NoEnd.into())
+            }
+            _ => Err(ArmorError::NoBegin.into()),
+        }
+    }
+
+    /// After END: only whitespace, up to the end of the input (read in pieces, never held).
+    fn trailer(&mut self) -> io::Result<()> {
+        loop {
+            let buf = self.inner.fill_buf()?;
+            if buf.is_empty() {
+                return Ok(());
+            }
+            if !buf.iter().all(u8::is_ascii_whitespace) {
+                return Err(ArmorError::AfterEnd.into());
+            }
+            let n = buf.len();
+            self.inner.consume(n);
+        }
     }
 
     fn refill(&mut self) -> io::Result<()> {
         self.decoded.clear();
         self.pos = 0;
         while self.decoded.is_empty() && self.state != State::Done {
+            if self.state == State::BeforeBegin {
+                self.begin()?;
+                continue;
+            }
             let Some(line) = self.line()? else {
-                return Err(bad("missing END line"));
+                return Err(ArmorError::NoEnd.into());
             };
-            match self.state {
-                State::BeforeBegin if line.is_empty() => {}
-                State::BeforeBegin if line == BEGIN => self.state = State::Body,
-                State::BeforeBegin => return Err(bad("missing BEGIN line")),
-                State::Body if line == END => self.state = State::Done,
-                State::Body => STANDARD
-                    .decode_vec(line.as_bytes(), &mut self.decoded)
-                    .map_err(|_| bad("invalid base64"))?,
-                State::Done => {}
+            if line.text == END.as_bytes() {
+                // The final line ending is optional; any other must match BEGIN's.
+                if line.crlf.is_some_and(|crlf| crlf != self.crlf) {
+                    return Err(ArmorError::LineEnding.into());
+                }
+                self.trailer()?;
+                self.state = State::Done;
+                continue;
+            }
+            match line.crlf {
+                // A body line that ends the input: the END line is missing.
+                None => return Err(ArmorError::NoEnd.into()),
+                Some(crlf) if crlf != self.crlf => return Err(ArmorError::LineEnding.into()),
+                Some(_) => {}
+            }
+            if self.state == State::AfterLast {
+                return Err(ArmorError::AfterLastLine.into());
+            }
+            let text = &line.text;
+            if text.is_empty() || text.len() % 4 != 0 {
+                return Err(ArmorError::LineLength.into());
+            }
+            // The STANDARD engine requires canonical padding and zero trailing bits.
+            STANDARD
+                .decode_vec(text, &mut self.decoded)
+                .map_err(|_| ArmorError::Base64)?;
+            if text.len() < LINE || text.ends_with(b"=") {
+                self.state = State::AfterLast;
             }
         }
         Ok(())
@@ -205,11 +349,10 @@ mod tests {
                 .is_err()
         );
         let long = format!("{BEGIN}\n{}\n{END}\n", "A".repeat(1000));
-        assert!(
-            ArmorReader::new(long.as_bytes())
-                .read_to_end(&mut out)
-                .is_err()
-        );
+        let err = ArmorReader::new(long.as_bytes())
+            .read_to_end(&mut out)
+            .unwrap_err();
+        assert_eq!(ArmorError::of(&err), Some(ArmorError::LineTooLong));
         assert!(!is_armored(b"LETRLOCK"));
     }
 }

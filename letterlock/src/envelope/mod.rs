@@ -35,9 +35,8 @@ pub use header::{
     DEFAULT_CHUNK_SIZE, HEADER_LEN, Header, HeaderError, MAGIC, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
     MessageId, Mode, VERSION, valid_chunk_size,
 };
-pub use open::{
-    OpenOptions, Opened, Opener, check_replaceable, open, open_to_file, open_to_vec, read_full,
-};
+pub(crate) use open::OpenCore;
+pub use open::{OpenOptions, Opened, Opener, open, open_to_file, open_to_vec, read_full};
 /// Test-vector and fuzzing only: the randomness `Sealer::with_randomness` takes.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -59,12 +58,9 @@ pub const DEFAULT_ASYMMETRIC_LIMIT: u64 = 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SealError {
-    #[error(
-        "the message is larger than the asymmetric-mode limit of {limit} bytes; \
-         use --mode hybrid for large messages"
-    )]
+    #[error("the message is larger than the asymmetric-mode limit of {limit} bytes")]
     TooLargeForAsymmetric { limit: u64 },
-    #[error("invalid chunk size {0}: use a power of two from 1024 to 1048576")]
+    #[error("invalid chunk size {0}: a chunk size is a power of two from 1024 to 1048576")]
     ChunkSize(u32),
     #[error("sealing failed: {0}")]
     Key(#[from] KeyError),
@@ -86,10 +82,7 @@ pub enum OpenError {
         recipient: crate::keys::KeyId,
         ours: crate::keys::KeyId,
     },
-    #[error(
-        "the message is signed by {sender}, which is not the sender key we were given \
-         (check --from, or the server's trusted clients)"
-    )]
+    #[error("the message is signed by {sender}, which is not a sender key we trust")]
     UntrustedSender { sender: crate::keys::KeyId },
     #[error("the message is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },

@@ -18,7 +18,9 @@ use super::{
     DEFAULT_ASYMMETRIC_LIMIT, HEADER_LEN, Header, HeaderError, Mode, OpenError, ack_tag,
     chunk_label, header_hash, transcript,
 };
-use crate::keys::{Identity, KeyId, PublicKey};
+use crate::files::{AtomicFile, WriteOptions};
+use crate::keys::{Identity, PublicKey, Trust};
+use crate::secret::{SecretWriter, extend_wiping};
 
 /// Limits the receiver sets.
 #[derive(Clone, Debug)]
@@ -51,7 +53,38 @@ pub struct Opened {
 /// A message being opened. Sans-IO: feed the bytes after the header to [`Opener::update`];
 /// the plaintext it appends to `out` is **unverified** until [`Opener::finish`] returns `Ok`,
 /// and must be discarded if it does not.
+///
+/// ```
+/// use std::sync::Arc;
+/// use letterlock::envelope::{HEADER_LEN, OpenOptions, Opener};
+/// use letterlock::{Identity, PrivateKey, SealOptions};
+///
+/// let alice = PrivateKey::generate(2048)?;
+/// let bob: Arc<dyn Identity> = Arc::new(PrivateKey::generate(2048)?);
+/// let sealed = letterlock::seal(b"hello, Bob", &alice, bob.public(), &SealOptions::default())?;
+///
+/// // The header says who sent it and to whom; Bob trusts exactly Alice's key.
+/// let (header, body) = sealed.split_at(HEADER_LEN);
+/// let mut opener = Opener::new(header, bob, alice.public(), &OpenOptions::default())?;
+/// let mut unverified = Vec::new();
+/// for piece in body.chunks(100) {
+///     opener.update(piece, &mut unverified)?;
+/// }
+/// let opened = opener.finish(&mut unverified)?;
+/// // Only now is `unverified` authentic.
+/// assert_eq!(unverified, b"hello, Bob");
+/// assert_eq!(opened.plaintext_len, 10);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Opener {
+    core: OpenCore,
+    /// Decrypts the wrapped content key or the asymmetric chunks; its key is the recipient's.
+    identity: Arc<dyn Identity>,
+}
+
+/// The opening state without the recipient's identity, so that [`crate::open`] can borrow one
+/// while [`Opener`] owns one.
+pub(crate) struct OpenCore {
     header: Header,
     header_bytes: [u8; HEADER_LEN],
     /// The trusted sender's key, for the final verification.
@@ -63,23 +96,17 @@ pub struct Opener {
 
 enum Body {
     /// Hybrid, before the content key is complete.
-    WrappedKey {
-        identity: Arc<dyn Identity>,
-        buf: Vec<u8>,
-    },
+    WrappedKey { buf: Vec<u8> },
     /// Hybrid, decrypting chunks.
     Stream {
         stream: Stream,
-        /// The sealed chunk being assembled (at most chunk + tag bytes).
-        buf: Vec<u8>,
+        /// The sealed chunk being assembled (at most chunk + tag bytes, allocated once). It is
+        /// decrypted in place, so it holds plaintext: wiped when dropped.
+        buf: Zeroizing<Vec<u8>>,
         chunk: usize,
     },
     /// Asymmetric: the whole body, bounded, since the chunk count is only known at the end.
-    Asymmetric {
-        identity: Arc<dyn Identity>,
-        buf: Vec<u8>,
-        max_len: usize,
-    },
+    Asymmetric { buf: Vec<u8>, max_len: usize },
     /// A failure happened; every later call fails the same way.
     Failed,
 }
@@ -116,7 +143,7 @@ impl DataBlock {
         let from_data = release - from_tail;
         for part in [&self.tail[..from_tail], &data[..from_data]] {
             self.hasher.update(part);
-            out.extend_from_slice(part);
+            extend_wiping(out, part);
         }
         self.tail.drain(..from_tail);
         self.tail.extend_from_slice(&data[from_data..]);
@@ -145,13 +172,42 @@ impl DataBlock {
 
 impl Opener {
     /// Starts opening the message whose header is `header_bytes`, for `identity`, accepting
-    /// only senders that `trusted` maps to a key.
+    /// only senders that `trusted` maps to a key ([`Trust`]: a [`PublicKey`] trusts exactly
+    /// itself).
     pub fn new(
         header_bytes: &[u8],
         identity: Arc<dyn Identity>,
-        trusted: impl FnOnce(&KeyId) -> Option<PublicKey>,
+        trusted: &dyn Trust,
         opts: &OpenOptions,
     ) -> Result<Opener, OpenError> {
+        let core = OpenCore::new(header_bytes, identity.as_ref(), trusted, opts)?;
+        Ok(Opener { core, identity })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.core.header
+    }
+
+    /// Feeds sealed bytes (after the header); appends unverified plaintext to `out`.
+    pub fn update(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), OpenError> {
+        self.core.update(self.identity.as_ref(), input, out)
+    }
+
+    /// Ends the message: decrypts what remains, verifies the signature. Only when this returns
+    /// `Ok` is the plaintext authentic.
+    pub fn finish(self, out: &mut Vec<u8>) -> Result<Opened, OpenError> {
+        self.core.finish(self.identity.as_ref(), out)
+    }
+}
+
+impl OpenCore {
+    /// See [`Opener::new`]; `identity` must be the one passed to every later call.
+    pub(crate) fn new(
+        header_bytes: &[u8],
+        identity: &dyn Identity,
+        trusted: &dyn Trust,
+        opts: &OpenOptions,
+    ) -> Result<OpenCore, OpenError> {
         let header = Header::parse(header_bytes)?;
         let header_bytes = header.encode();
         let ours = identity.public().id();
@@ -161,9 +217,11 @@ impl Opener {
                 ours,
             });
         }
-        let sender = trusted(&header.sender).ok_or(OpenError::UntrustedSender {
-            sender: header.sender,
-        })?;
+        let sender = trusted
+            .trusted_key(&header.sender)
+            .ok_or(OpenError::UntrustedSender {
+                sender: header.sender,
+            })?;
         if sender.id() != header.sender {
             return Err(OpenError::UntrustedSender {
                 sender: header.sender,
@@ -171,13 +229,7 @@ impl Opener {
         }
         let sig_len = sender.modulus_len();
         let (body, max_plaintext) = match header.mode {
-            Mode::Hybrid => (
-                Body::WrappedKey {
-                    identity,
-                    buf: Vec::new(),
-                },
-                opts.max_plaintext,
-            ),
+            Mode::Hybrid => (Body::WrappedKey { buf: Vec::new() }, opts.max_plaintext),
             Mode::Asymmetric => {
                 let limit = opts.asymmetric_limit.min(opts.max_plaintext);
                 let k = identity.public().modulus_len() as u64;
@@ -186,7 +238,6 @@ impl Opener {
                 let max_len = usize::try_from(chunks.saturating_mul(k)).unwrap_or(usize::MAX);
                 (
                     Body::Asymmetric {
-                        identity,
                         buf: Vec::new(),
                         max_len,
                     },
@@ -194,7 +245,7 @@ impl Opener {
                 )
             }
         };
-        Ok(Opener {
+        Ok(OpenCore {
             header,
             header_bytes,
             sender,
@@ -209,29 +260,34 @@ impl Opener {
         })
     }
 
-    pub fn header(&self) -> &Header {
-        &self.header
-    }
-
-    /// Feeds sealed bytes (after the header); appends unverified plaintext to `out`.
-    pub fn update(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), OpenError> {
-        let result = self.update_inner(input, out);
+    pub(crate) fn update(
+        &mut self,
+        identity: &dyn Identity,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), OpenError> {
+        let result = self.update_inner(identity, input, out);
         if result.is_err() {
             self.body = Body::Failed;
         }
         result
     }
 
-    fn update_inner(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), OpenError> {
+    fn update_inner(
+        &mut self,
+        identity: &dyn Identity,
+        mut input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), OpenError> {
         while !input.is_empty() {
             match &mut self.body {
-                Body::WrappedKey { identity, buf } => {
+                Body::WrappedKey { buf } => {
                     let k = identity.public().modulus_len();
                     let take = (k - buf.len()).min(input.len());
                     buf.extend_from_slice(&input[..take]);
                     input = &input[take..];
                     if buf.len() == k {
-                        self.body = self.unwrap_key()?;
+                        self.body = self.unwrap_key(identity)?;
                     }
                 }
                 Body::Stream { stream, buf, chunk } => {
@@ -265,8 +321,8 @@ impl Opener {
     }
 
     /// Decrypts the wrapped content key and derives the payload key.
-    fn unwrap_key(&self) -> Result<Body, OpenError> {
-        let Body::WrappedKey { identity, buf } = &self.body else {
+    fn unwrap_key(&self, identity: &dyn Identity) -> Result<Body, OpenError> {
+        let Body::WrappedKey { buf } = &self.body else {
             return Err(OpenError::Verification);
         };
         let hh = header_hash(&self.header_bytes);
@@ -286,14 +342,16 @@ impl Opener {
         let chunk = self.header.chunk_size as usize;
         Ok(Body::Stream {
             stream: Stream::new(&payload, hh).map_err(|_| OpenError::Verification)?,
-            buf: Vec::with_capacity(chunk + TAG_LEN),
+            buf: Zeroizing::new(Vec::with_capacity(chunk + TAG_LEN)),
             chunk,
         })
     }
 
-    /// Ends the message: decrypts what remains, verifies the signature. Only when this returns
-    /// `Ok` is the plaintext authentic.
-    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<Opened, OpenError> {
+    pub(crate) fn finish(
+        mut self,
+        identity: &dyn Identity,
+        out: &mut Vec<u8>,
+    ) -> Result<Opened, OpenError> {
         let signature = match std::mem::replace(&mut self.body, Body::Failed) {
             Body::WrappedKey { .. } | Body::Failed => {
                 debug!("the message ended before its body");
@@ -316,13 +374,13 @@ impl Opener {
                 self.plain.push(plain, out)?;
                 self.plain.verify(&self.header_bytes, &self.sender)?
             }
-            Body::Asymmetric { identity, buf, .. } => {
-                let data = self.open_asymmetric(identity.as_ref(), &buf)?;
+            Body::Asymmetric { buf, .. } => {
+                let data = self.open_asymmetric(identity, &buf)?;
                 // Asymmetric plaintext is released only after the signature verified.
                 let mut staged = Zeroizing::new(Vec::with_capacity(data.len()));
                 self.plain.push(&data, &mut staged)?;
                 let signature = self.plain.verify(&self.header_bytes, &self.sender)?;
-                out.extend_from_slice(&staged);
+                extend_wiping(out, &staged);
                 signature
             }
         };
@@ -381,9 +439,27 @@ impl Opener {
 ///
 /// `output` receives **unverified** plaintext as it is decrypted: use it only with a sink you
 /// discard when this returns an error, or use [`open_to_file`] / [`open_to_vec`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use letterlock::envelope::{self, OpenOptions, SealOptions};
+/// use letterlock::keys::{Identity, PrivateKey};
+///
+/// let alice = PrivateKey::generate(2048)?;
+/// let bob: Arc<dyn Identity> = Arc::new(PrivateKey::generate(2048)?);
+/// let mut sealed = Vec::new();
+/// envelope::seal(&alice, bob.public(), &SealOptions::default(), &b"hello"[..], &mut sealed)?;
+///
+/// let mut plain = Vec::new();
+/// let opened = envelope::open(bob, alice.public(), &OpenOptions::default(), &sealed[..], &mut plain)?;
+/// // Only now, with `open` returned `Ok`, is `plain` authentic.
+/// assert_eq!(plain, b"hello");
+/// assert_eq!(opened.header.sender, alice.public().id());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn open<R: Read, W: Write>(
     identity: Arc<dyn Identity>,
-    trusted: impl FnOnce(&KeyId) -> Option<PublicKey>,
+    trusted: &dyn Trust,
     opts: &OpenOptions,
     mut input: R,
     mut output: W,
@@ -409,60 +485,36 @@ pub fn open<R: Read, W: Write>(
     Ok(opened)
 }
 
-/// Opens into `target` so that it appears only if the message verified: a temporary file beside
-/// it, fsync, then rename; on any failure the temporary file is removed.
+/// Opens into `target` so that it appears only if the message verified, through
+/// [`crate::files::AtomicFile`]: a temporary file beside it (mode `file.mode`, 0600 by
+/// default), fsync, rename, fsync of the folder; on any failure the temporary file is removed.
+/// An existing target is replaced only if `file.replace`; a device, pipe or socket never.
 pub fn open_to_file<R: Read>(
     identity: Arc<dyn Identity>,
-    trusted: impl FnOnce(&KeyId) -> Option<PublicKey>,
+    trusted: &dyn Trust,
     opts: &OpenOptions,
     input: R,
     target: &Path,
+    file: &WriteOptions,
 ) -> Result<Opened, OpenError> {
-    check_replaceable(target)?;
-    let dir = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".letterlock-open")
-        .tempfile_in(dir)?;
     // No user-space buffer: `open` writes in large pieces, and a buffer would hold plaintext
     // that nothing wipes.
-    let mut tmp = tmp;
+    let mut tmp = AtomicFile::create(target, file)?;
     let opened = open(identity, trusted, opts, input, &mut tmp)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(target).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()?;
+    tmp.commit()?;
     Ok(opened)
 }
 
-/// Outputs appear by renaming a finished temporary file onto the target, which would replace a
-/// device, a pipe or a socket with a regular file (run as root, `-o /dev/null` would destroy
-/// `/dev/null`). Only a regular file, or nothing, may be at the target.
-pub fn check_replaceable(target: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(target) {
-        Ok(m) if !m.is_file() => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "{} is not a regular file; letterlock writes an output file and renames it into \
-                 place (to pipe the output, leave out -o)",
-                target.display()
-            ),
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// Opens into memory, refusing plaintext over `opts.max_plaintext`. The bytes are handed out
-/// only after verification.
+/// only after verification, in a buffer wiped when dropped that grew without leaving copies.
 pub fn open_to_vec<R: Read>(
     identity: Arc<dyn Identity>,
-    trusted: impl FnOnce(&KeyId) -> Option<PublicKey>,
+    trusted: &dyn Trust,
     opts: &OpenOptions,
     input: R,
 ) -> Result<(Zeroizing<Vec<u8>>, Opened), OpenError> {
     let mut plain = Zeroizing::new(Vec::new());
-    let opened = open(identity, trusted, opts, input, &mut *plain)?;
+    let opened = open(identity, trusted, opts, input, SecretWriter(&mut plain))?;
     Ok((plain, opened))
 }
 

@@ -2,6 +2,7 @@
 //! bounded memory (asymmetric, whose chunk count must be known before the first chunk).
 
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 
 use aws_lc_rs::digest;
 use zeroize::Zeroizing;
@@ -13,7 +14,7 @@ use super::{
 };
 use crate::keys::{Identity, PublicKey};
 
-/// How much plaintext the streaming helpers read at a time.
+/// How much plaintext the streaming helpers read at a time (256 KiB).
 pub(crate) const IO_BUF: usize = 256 * 1024;
 
 /// Choices the sender makes.
@@ -57,7 +58,36 @@ pub struct Sealed {
 
 /// A message being sealed. Sans-IO: feed plaintext with [`Sealer::update`], collect the sealed
 /// bytes it appends to `out`, then [`Sealer::finish`] signs and writes the rest.
+///
+/// The sender's identity is given when the sealer is created: the header names its key, and
+/// the same identity signs at the end.
+///
+/// ```
+/// use std::sync::Arc;
+/// use letterlock::envelope::{SealOptions, Sealer};
+/// use letterlock::keys::{Identity, PrivateKey};
+///
+/// let alice: Arc<dyn Identity> = Arc::new(PrivateKey::generate(2048)?);
+/// let bob = PrivateKey::generate(2048)?;
+///
+/// let (mut sealer, mut sealed) = Sealer::new(alice.clone(), bob.public(), &SealOptions::default())?;
+/// for piece in [&b"hello, "[..], b"Bob"] {
+///     sealer.update(piece, &mut sealed)?;
+/// }
+/// let receipt = sealer.finish(&mut sealed)?;
+/// assert_eq!(receipt.plaintext_len, 10);
+/// assert_eq!(receipt.header.sender, alice.public().id());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Sealer {
+    core: SealCore,
+    /// Signs the transcript in [`Sealer::finish`]; its key is the header's sender.
+    sender: Arc<dyn Identity>,
+}
+
+/// The sealing state without the signer, so that [`seal`] can borrow its identity while
+/// [`Sealer`] owns one.
+struct SealCore {
     header: Header,
     header_bytes: [u8; HEADER_LEN],
     /// SHA-256 of the plaintext so far, for the signature transcript.
@@ -70,22 +100,26 @@ enum Body {
     Hybrid {
         stream: Stream,
         /// The chunk being filled; it is sealed only once we know whether it is the last.
+        /// Allocated at its full size, so it never reallocates (and leaves no copy behind).
         pending: Zeroizing<Vec<u8>>,
         chunk: usize,
     },
     Asymmetric {
         recipient: PublicKey,
         /// The whole data block: the chunk count goes into every label, so nothing can be
-        /// encrypted before the end. Bounded by `limit`.
+        /// encrypted before the end. Bounded by `limit`; grows through
+        /// [`crate::secret::extend_wiping`].
         data: Zeroizing<Vec<u8>>,
         limit: u64,
     },
 }
 
 /// Randomness fixed in advance, for the published test vectors only. Real sealing always draws
-/// fresh values ([`Sealer::new`]); outside the `fuzzing` feature this type is private, so no
-/// normal build can seal with a chosen key, time or message id.
-#[cfg_attr(feature = "fuzzing", doc(hidden))]
+/// fresh values ([`Sealer::new`]); outside the `fuzzing` feature this type does not exist, so no
+/// normal build can seal with a chosen key, time or message id. It does not implement `Debug`:
+/// it holds a content key.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
 #[derive(Clone)]
 pub struct FixedRandomness {
     pub message_id: [u8; 16],
@@ -93,26 +127,36 @@ pub struct FixedRandomness {
     pub content_key: [u8; 32],
 }
 
+/// The values a message draws at its start. The content key is wiped when this is dropped.
+struct Randomness {
+    message_id: [u8; 16],
+    created: u64,
+    content_key: Zeroizing<[u8; 32]>,
+}
+
+impl Randomness {
+    fn fresh() -> Result<Self, SealError> {
+        let mut content_key = Zeroizing::new([0u8; 32]);
+        aws_lc_rs::rand::fill(&mut content_key[..]).map_err(|_| SealError::Crypto)?;
+        Ok(Randomness {
+            message_id: MessageId::random().map_err(|_| SealError::Crypto)?.0,
+            created: unix_now(),
+            content_key,
+        })
+    }
+}
+
 impl Sealer {
     /// Starts a message from `sender` to `recipient`. Returns the sealer and the bytes that
     /// begin the sealed message (the header, and in hybrid mode the wrapped content key).
     pub fn new(
-        sender: &PublicKey,
+        sender: Arc<dyn Identity>,
         recipient: &PublicKey,
         opts: &SealOptions,
     ) -> Result<(Sealer, Vec<u8>), SealError> {
-        let mut content_key = Zeroizing::new([0u8; 32]);
-        aws_lc_rs::rand::fill(&mut content_key[..]).map_err(|_| SealError::Crypto)?;
-        let fixed = FixedRandomness {
-            message_id: MessageId::random().map_err(|_| SealError::Crypto)?.0,
-            created: unix_now(),
-            content_key: *content_key,
-        };
-        let started = Self::start(sender, recipient, opts, &fixed);
-        // `fixed` holds a copy of the content key: wipe it.
-        let mut fixed = fixed;
-        zeroize::Zeroize::zeroize(&mut fixed.content_key);
-        started
+        let (core, prefix) =
+            SealCore::start(sender.public(), recipient, opts, &Randomness::fresh()?)?;
+        Ok((Sealer { core, sender }, prefix))
     }
 
     /// [`Sealer::new`] with the message id, time and content key given: for test vectors and
@@ -120,20 +164,43 @@ impl Sealer {
     #[cfg(feature = "fuzzing")]
     #[doc(hidden)]
     pub fn with_randomness(
-        sender: &PublicKey,
+        sender: Arc<dyn Identity>,
         recipient: &PublicKey,
         opts: &SealOptions,
         fixed: &FixedRandomness,
     ) -> Result<(Sealer, Vec<u8>), SealError> {
-        Self::start(sender, recipient, opts, fixed)
+        let fixed = Randomness {
+            message_id: fixed.message_id,
+            created: fixed.created,
+            content_key: Zeroizing::new(fixed.content_key),
+        };
+        let (core, prefix) = SealCore::start(sender.public(), recipient, opts, &fixed)?;
+        Ok((Sealer { core, sender }, prefix))
     }
 
+    pub fn header(&self) -> &Header {
+        &self.core.header
+    }
+
+    /// Adds plaintext; appends whatever sealed bytes are ready to `out`.
+    pub fn update(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
+        self.core.update(plaintext, out)
+    }
+
+    /// Signs the transcript with the sender's identity, appends the signature to the data
+    /// block and seals what remains.
+    pub fn finish(self, out: &mut Vec<u8>) -> Result<Sealed, SealError> {
+        self.core.finish(self.sender.as_ref(), out)
+    }
+}
+
+impl SealCore {
     fn start(
         sender: &PublicKey,
         recipient: &PublicKey,
         opts: &SealOptions,
-        fixed: &FixedRandomness,
-    ) -> Result<(Sealer, Vec<u8>), SealError> {
+        fixed: &Randomness,
+    ) -> Result<(SealCore, Vec<u8>), SealError> {
         let chunk_size = match opts.mode {
             Mode::Hybrid if !valid_chunk_size(opts.chunk_size) => {
                 return Err(SealError::ChunkSize(opts.chunk_size));
@@ -154,7 +221,7 @@ impl Sealer {
         let mut prefix = header_bytes.to_vec();
         let body = match opts.mode {
             Mode::Hybrid => {
-                prefix.extend_from_slice(&recipient.encrypt_oaep(&fixed.content_key, &hh)?);
+                prefix.extend_from_slice(&recipient.encrypt_oaep(&fixed.content_key[..], &hh)?);
                 let key = stream::payload_key(&fixed.content_key, &fixed.message_id)
                     .map_err(|_| SealError::Crypto)?;
                 Body::Hybrid {
@@ -169,35 +236,24 @@ impl Sealer {
                 limit: opts.asymmetric_limit,
             },
         };
-        let sealer = Sealer {
+        let core = SealCore {
             header,
             header_bytes,
             hasher: digest::Context::new(&digest::SHA256),
             plaintext_len: 0,
             body,
         };
-        Ok((sealer, prefix))
+        Ok((core, prefix))
     }
 
-    pub fn header(&self) -> &Header {
-        &self.header
-    }
-
-    /// Adds plaintext; appends whatever sealed bytes are ready to `out`.
-    pub fn update(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
+    fn update(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
         self.hasher.update(plaintext);
-        self.plaintext_len += plaintext.len() as u64;
+        self.plaintext_len = self.plaintext_len.saturating_add(plaintext.len() as u64);
         self.push_data(plaintext, out)
     }
 
-    /// Signs the transcript, appends the signature to the data block and seals what remains.
-    pub fn finish(mut self, sender: &dyn Identity, out: &mut Vec<u8>) -> Result<Sealed, SealError> {
-        if sender.public().id() != self.header.sender {
-            return Err(SealError::Key(crate::keys::KeyError::Invalid {
-                what: "the signing key is not the sender named in the header".into(),
-                detail: "seal with the same key pair throughout".into(),
-            }));
-        }
+    /// `sender` must be the identity whose key the header names (both callers guarantee it).
+    fn finish(mut self, sender: &dyn Identity, out: &mut Vec<u8>) -> Result<Sealed, SealError> {
         let hash = self.hasher.clone().finish();
         let signature = sender.sign(&transcript(
             &self.header_bytes,
@@ -260,7 +316,7 @@ impl Sealer {
                 if self.plaintext_len > *limit {
                     return Err(SealError::TooLargeForAsymmetric { limit: *limit });
                 }
-                block.extend_from_slice(data);
+                crate::secret::extend_wiping(block, data);
                 Ok(())
             }
         }
@@ -309,9 +365,13 @@ pub fn seal<R: Read, W: Write>(
     mut input: R,
     mut output: W,
 ) -> Result<Sealed, SealError> {
-    let (mut sealer, prefix) = Sealer::new(sender.public(), recipient, opts)?;
+    let (mut sealer, prefix) =
+        SealCore::start(sender.public(), recipient, opts, &Randomness::fresh()?)?;
     output.write_all(&prefix)?;
-    let mut out = Vec::with_capacity(IO_BUF + IO_BUF / 1024 * TAG_LEN + 64 * 1024);
+    // Wiped when done: a chunk is plaintext for a moment before it is encrypted in place.
+    let mut out = Zeroizing::new(Vec::with_capacity(
+        IO_BUF + IO_BUF / 1024 * TAG_LEN + 64 * 1024,
+    ));
     for_each_read(&mut input, |plain| -> Result<(), SealError> {
         sealer.update(plain, &mut out)?;
         output.write_all(&out)?;
@@ -324,7 +384,7 @@ pub fn seal<R: Read, W: Write>(
     Ok(sealed)
 }
 
-/// Reads `input` to its end in [`IO_BUF`] pieces, handing each to `f`. The buffer is wiped
+/// Reads `input` to its end in 256 KiB pieces, handing each to `f`. The buffer is wiped
 /// afterwards: it held plaintext on the sealing side.
 pub fn for_each_read<R: Read, E: From<io::Error>>(
     input: &mut R,

@@ -87,7 +87,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
         let opener = Opener::new(
             head.get(..HEADER_LEN).unwrap_or_default(),
             self.server.identity.clone(),
-            |_| Some(sender),
+            &sender,
             &opts,
         )
         .map_err(|e| Fail::refused(&e.to_string()))?;

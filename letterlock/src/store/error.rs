@@ -1,8 +1,9 @@
 //! The one error type of the store.
 //!
 //! Every variant says what failed and, where the user can do something about
-//! it, what to do: these messages end up in server logs and on the command
-//! line of `letterlock server ...`.
+//! it, what to do in terms of files and the system: these messages end up in
+//! server logs and on the command line. Advice naming a command or a flag is
+//! the command line's to add (src/cli.rs, `hint`).
 
 use std::path::PathBuf;
 
@@ -101,15 +102,11 @@ pub enum StoreError {
     },
 
     /// The message id prefix given by the user is not hexadecimal.
-    #[error(
-        "{prefix:?} is not a message id prefix: give 1 to 32 hexadecimal digits as shown by `letterlock server inbox`"
-    )]
+    #[error("{prefix:?} is not a message id prefix: a prefix is 1 to 32 hexadecimal digits")]
     BadIdPrefix { prefix: String },
 
     /// No inbox message matches the given id prefix.
-    #[error(
-        "no inbox message id starts with {prefix}; run `letterlock server inbox` to list message ids"
-    )]
+    #[error("no inbox message id starts with {prefix}")]
     NotFound { prefix: String },
 
     /// More than one inbox message matches the given id prefix.
