@@ -386,11 +386,16 @@ pub fn run() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("letterlock: error: {}", error_chain(&e));
-            if let Some(hint) = e.chain().find_map(hint) {
-                eprintln!("letterlock: hint: {hint}");
-            }
+            print_hint(e.chain());
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints the hint for the first error in `chain` (an error and its causes) that has one.
+fn print_hint<'a>(mut chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>) {
+    if let Some(hint) = chain.find_map(hint) {
+        eprintln!("letterlock: hint: {hint}");
     }
 }
 
@@ -415,6 +420,18 @@ fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
             StoreError::BadIdPrefix { .. } | StoreError::NotFound { .. } => {
                 Some("`letterlock server inbox` lists the message ids".into())
             }
+            _ => None,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<letterlock::client::ClientError>() {
+        use letterlock::client::ClientError;
+        return match e {
+            ClientError::Connect { .. } => {
+                Some("is `letterlock server` running there? Check --server (HOST:PORT)".into())
+            }
+            ClientError::WrongServer { .. } => Some(
+                "check server_public.pem: it must be the public key of the server you meant".into(),
+            ),
             _ => None,
         };
     }
@@ -996,14 +1013,10 @@ async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
         }
         Err(e) => {
             eprintln!("letterlock: NOT delivered: {e}");
-            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-            while let Some(c) = cause {
-                if let Some(hint) = hint(c) {
-                    eprintln!("letterlock: hint: {hint}");
-                    break;
-                }
-                cause = c.source();
-            }
+            print_hint(std::iter::successors(
+                Some(&e as &(dyn std::error::Error + 'static)),
+                |c| c.source(),
+            ));
             Ok(ExitCode::FAILURE)
         }
     }

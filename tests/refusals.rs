@@ -763,4 +763,21 @@ fn the_command_line_adds_hints_to_library_errors() {
         "(mode 0644)",
         &format!("chmod 600 {bob_priv}"),
     );
+    // ClientError::Connect: nothing listens on port 1 of this machine.
+    std::fs::create_dir(d.join("client")).unwrap();
+    std::fs::copy(d.join(&alice_priv), d.join("client/client_private.pem")).unwrap();
+    std::fs::copy(d.join(&bob_pub), d.join("client/server_public.pem")).unwrap();
+    fails_with(
+        &[
+            "client",
+            "send_msg",
+            "--keys",
+            "client",
+            "--server",
+            "127.0.0.1:1",
+            "hi",
+        ],
+        "cannot connect to 127.0.0.1:1",
+        "is `letterlock server` running there?",
+    );
 }

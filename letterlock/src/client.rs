@@ -55,11 +55,11 @@ impl Default for ClientConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    #[error("cannot connect to {addr} (is `letterlock server` running there?)")]
+    #[error("cannot connect to {addr}: {source}")]
     Connect { addr: String, source: io::Error },
     #[error(
         "the server presented key {got}, but the trusted server key is {expected}; refusing to \
-         talk to it (check server_public.pem)"
+         talk to it"
     )]
     WrongServer { got: KeyId, expected: KeyId },
     #[error("the server refused: {message} (code {code:?})")]

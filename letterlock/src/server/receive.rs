@@ -95,7 +95,10 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
             opener,
             blob: self.server.store.blob_writer(),
             plain: Zeroizing::new(Vec::new()),
-            preview: config.log_text.then(|| Zeroizing::new(Vec::new())),
+            // Sized once for the whole preview, so appending never reallocates and leaves a copy.
+            preview: config
+                .log_text
+                .then(|| Zeroizing::new(Vec::with_capacity(LOG_TEXT_MAX + 1))),
             header_left: HEADER_LEN,
         };
         let mut state: Result<Intake, OpenError> = Ok(intake);
