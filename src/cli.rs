@@ -173,8 +173,9 @@ struct ClientConn {
     server: String,
 }
 
+/// What to send and how: the message arguments `client send_msg` and `server send_msg` share.
 #[derive(Args, Debug)]
-struct ClientSendArgs {
+struct MessageArgs {
     /// The message text (or use --file).
     #[arg(required_unless_present = "file", conflicts_with = "file")]
     text: Option<String>,
@@ -184,6 +185,25 @@ struct ClientSendArgs {
     /// How to encrypt: hybrid (AES-256-GCM, any size) or asymmetric (RSA only, up to 1 MiB).
     #[arg(long, value_enum, default_value = "hybrid")]
     mode: ModeArg,
+}
+
+impl MessageArgs {
+    /// The message's bytes: the text argument, or `--file` (`-` for stdin).
+    fn input(&self) -> Result<Box<dyn Read + Send>> {
+        Ok(match (&self.text, &self.file) {
+            (Some(text), _) => Box::new(io::Cursor::new(text.as_bytes().to_vec())),
+            (None, Some(p)) if p == Path::new("-") => Box::new(io::stdin()),
+            (None, Some(p)) if p.is_dir() => bail!("{} is a folder, not a file", p.display()),
+            (None, Some(p)) => file_reader(p)?,
+            (None, None) => bail!("give the message text or --file"),
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+struct ClientSendArgs {
+    #[command(flatten)]
+    message: MessageArgs,
     /// Largest plaintext to send in asymmetric mode, in bytes (the server has its own limit).
     #[arg(long, default_value_t = envelope::DEFAULT_ASYMMETRIC_LIMIT)]
     max_asymmetric: u64,
@@ -293,15 +313,8 @@ struct ServerSendArgs {
     /// The trusted client to send to (`client` for client_public.pem).
     #[arg(long)]
     to: String,
-    /// The message text (or use --file).
-    #[arg(required_unless_present = "file", conflicts_with = "file")]
-    text: Option<String>,
-    /// Send the contents of a file instead (`-` for stdin).
-    #[arg(long)]
-    file: Option<PathBuf>,
-    /// How to encrypt: hybrid (AES-256-GCM, any size) or asymmetric (RSA only, up to 1 MiB).
-    #[arg(long, value_enum, default_value = "hybrid")]
-    mode: ModeArg,
+    #[command(flatten)]
+    message: MessageArgs,
     /// Folder with server_private.pem and the trusted client keys.
     #[arg(long, default_value = ".")]
     keys: PathBuf,
@@ -955,17 +968,6 @@ async fn connect(conn: &ClientConn) -> Result<letterlock::client::Client> {
     }
 }
 
-/// The message of a send_msg: the text argument, or `--file` (`-` for stdin).
-fn message_input(text: Option<&str>, file: Option<&Path>) -> Result<Box<dyn Read + Send>> {
-    Ok(match (text, file) {
-        (Some(text), _) => Box::new(io::Cursor::new(text.as_bytes().to_vec())),
-        (None, Some(p)) if p == Path::new("-") => Box::new(io::stdin()),
-        (None, Some(p)) if p.is_dir() => bail!("{} is a folder, not a file", p.display()),
-        (None, Some(p)) => file_reader(p)?,
-        (None, None) => bail!("give the message text or --file"),
-    })
-}
-
 /// Opens an existing mailbox. Only the server creates one: a mistyped --store elsewhere must
 /// not quietly answer from a new, empty mailbox.
 fn open_store(path: &Path) -> Result<letterlock::store::SqliteStore> {
@@ -999,9 +1001,9 @@ async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
     let mut client = connect(&a.conn).await?;
     let opts = SealOptions {
         asymmetric_limit: a.max_asymmetric,
-        ..SealOptions::mode(a.mode.into())
+        ..SealOptions::mode(a.message.mode.into())
     };
-    let input = message_input(a.text.as_deref(), a.file.as_deref())?;
+    let input = a.message.input()?;
     match client.send(input, opts).await {
         Ok(d) => {
             println!("message id {}", d.id);
@@ -1103,8 +1105,8 @@ async fn server_send(a: ServerSendArgs) -> Result<ExitCode> {
         );
     };
     let store = open_store(&a.store)?;
-    let opts = SealOptions::mode(a.mode.into());
-    let input = message_input(a.text.as_deref(), a.file.as_deref())?;
+    let opts = SealOptions::mode(a.message.mode.into());
+    let input = a.message.input()?;
     let sealed =
         letterlock::server::queue_for_client(&store, Arc::new(identity), &to, input, &opts).await?;
     store.close().await?;
