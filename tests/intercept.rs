@@ -21,7 +21,9 @@ use tokio::sync::oneshot;
 
 const SERVER: &str = "bob2048";
 const CLIENT: &str = "alice2048";
-const WAIT: Duration = Duration::from_secs(10);
+/// How long a test waits for an event before it reports a hang. Not a speed claim: events come
+/// in milliseconds, and this is long enough that a busy machine never trips it.
+const WAIT: Duration = Duration::from_secs(120);
 
 /// A server on 127.0.0.1:0 with its store in a temporary folder, trusting the client key.
 struct Rig {
