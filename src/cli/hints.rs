@@ -1,0 +1,109 @@
+//! Hints: what the user can do about a library error, in this command line's terms. The
+//! library says what failed; only the command line knows its flags and commands (as rage does).
+
+use letterlock::envelope::{OpenError, SealError};
+use letterlock::keys::{self, KeyError};
+
+/// Prints the hint for the first error in `chain` (an error and its causes) that has one.
+pub(super) fn print_hint<'a>(
+    mut chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>,
+) {
+    if let Some(hint) = chain.find_map(hint) {
+        eprintln!("letterlock: hint: {hint}");
+    }
+}
+
+/// What the user can do about a library error, in terms of this command line. The library says
+/// what failed; only the command line knows its flags and commands (as rage does).
+pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(e) = e.downcast_ref::<KeyError>() {
+        return key_hint(e.cause(), e);
+    }
+    if let Some(e) = e.downcast_ref::<SealError>() {
+        return match e {
+            SealError::TooLargeForAsymmetric { .. } => {
+                Some("use --mode hybrid for large messages (or raise --max-asymmetric)".into())
+            }
+            SealError::Key(k) => key_hint(k.cause(), k),
+            _ => None,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<letterlock::store::StoreError>() {
+        use letterlock::store::StoreError;
+        return match e {
+            StoreError::BadIdPrefix { .. } | StoreError::NotFound { .. } => {
+                Some("`letterlock server inbox` lists the message ids".into())
+            }
+            _ => None,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<letterlock::client::ClientError>() {
+        use letterlock::client::ClientError;
+        return match e {
+            ClientError::Connect { .. } => {
+                Some("is `letterlock server` running there? Check --server (HOST:PORT)".into())
+            }
+            ClientError::WrongServer { .. } => Some(
+                "check server_public.pem: it must be the public key of the server you meant".into(),
+            ),
+            _ => None,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<OpenError>() {
+        return match e {
+            OpenError::UntrustedSender { .. } => Some(
+                "check --from (the sender's public key), or the server's trusted clients \
+                 (`letterlock server trust`)"
+                    .into(),
+            ),
+            OpenError::TooLarge { .. } => {
+                Some("raise --max-asymmetric if you expect a message this large".into())
+            }
+            _ => None,
+        };
+    }
+    None
+}
+
+/// The hint for a key error; `outer` is the error with the file it came from, if any.
+pub(super) fn key_hint(e: &KeyError, outer: &KeyError) -> Option<String> {
+    let path = match outer {
+        KeyError::InFile { path, .. } => Some(path.display().to_string()),
+        _ => None,
+    };
+    Some(match e {
+        KeyError::Exists { .. } => "pass --force to replace it".into(),
+        KeyError::Permissions { path, .. } => {
+            format!("run `chmod 600 {}` and try again", path.display())
+        }
+        KeyError::TooSmall => {
+            "make a new key with `letterlock keygen` (3072 bits by default)".into()
+        }
+        KeyError::GenerateSize { .. } => "choose --bits 2048, 3072 or 4096".into(),
+        KeyError::Encrypted => {
+            let key = path.unwrap_or_else(|| "KEY".into());
+            format!(
+                "write an unencrypted copy with `openssl pkey -in {key} -out {key}.plain` \
+                 and keep it mode 0600"
+            )
+        }
+        KeyError::WrongPemBlock {
+            expected: keys::KeyKind::Public,
+            ..
+        } => "use the *_public.pem file".into(),
+        KeyError::WrongPemBlock {
+            expected: keys::KeyKind::Private,
+            ..
+        } => "use the *_private.pem file".into(),
+        KeyError::NotRegularFile { .. } => {
+            "key files are regular files; choose another path".into()
+        }
+        KeyError::FileTooLarge { .. } => "key files are a few KiB; is this the right file?".into(),
+        KeyError::TrustedTwice { .. } => "remove one of the files".into(),
+        KeyError::NameTaken { .. } => "rename one of the files".into(),
+        KeyError::BadName { .. } => {
+            "name client keys NAME.pem with letters, digits, '-', '_' or '.'".into()
+        }
+        _ => return None,
+    })
+}

@@ -1,0 +1,312 @@
+//! The command line: clap definitions and what each command does. The binary only calls [`run`].
+//!
+//! This file holds the top-level command tree, [`run`] and what every command shares (the
+//! runtime, logging, key loading); `offline.rs` has the key and seal/open commands,
+//! `client.rs` and `server.rs` the two sides of the walk-through, `hints.rs` the advice the
+//! command line adds to library errors.
+
+use std::io::{self, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use letterlock::envelope::Mode;
+use letterlock::keys::{self, PublicKey};
+
+mod client;
+mod hints;
+mod offline;
+mod server;
+
+use client::{ClientCommand, client_recv, client_send};
+use hints::print_hint;
+pub use offline::time_text;
+use offline::{KeygenArgs, OpenArgs, PairArgs, SealArgs, keygen, open, seal};
+use server::{ServeArgs, ServerCommand, inbox, read_inbox, serve_cmd, server_send, trust};
+
+/// Largest message `open` holds in memory to print on stdout: above it, use `-o FILE`, which
+/// streams to disk and renames only once the message verified.
+pub const STDOUT_LIMIT: u64 = 64 * 1024 * 1024;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "letterlock",
+    version,
+    about = "Secure messages between a client and a server: confidential, signed, tamper-evident.",
+    long_about = "letterlock seals a message for one recipient with RSA-OAEP (asymmetric mode) or \
+                  AES-256-GCM under a fresh key wrapped with RSA-OAEP (hybrid mode), and signs it \
+                  with the sender's RSA-PSS key. Only the recipient can read it, the recipient \
+                  knows who sent it, and any change on the way is refused.\n\n\
+                  Start with `letterlock demo`, or the walk-through:\n  \
+                  letterlock server generate_key_pair\n  \
+                  letterlock client generate_key_pair\n  \
+                  letterlock server &\n  \
+                  letterlock client send_msg \"hello\"\n  \
+                  letterlock client recv_msg"
+)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate an RSA key pair: DIR/NAME_private.pem (mode 0600) and DIR/NAME_public.pem.
+    Keygen(KeygenArgs),
+    /// Print the SHA256 fingerprint (key id) of a public or private key file.
+    Fingerprint {
+        /// A PEM key file (public or private).
+        file: PathBuf,
+    },
+    /// Seal a message offline: encrypt it for RECIPIENT and sign it as SENDER.
+    Seal(SealArgs),
+    /// Open a sealed message offline: decrypt it, verify the sender's signature.
+    Open(OpenArgs),
+    /// The client side of the original walk-through.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+    /// The server: with no subcommand, run it; or manage its keys and mailbox.
+    #[command(args_conflicts_with_subcommands = true)]
+    Server {
+        #[command(flatten)]
+        serve: ServeArgs,
+        #[command(subcommand)]
+        command: Option<ServerCommand>,
+    },
+    /// A keyless man-in-the-middle: relay, record and print frames, search for a plaintext,
+    /// or attack the traffic (--tamper).
+    Intercept(InterceptArgs),
+    /// The one-command tour: keys, a server, an interceptor, every attack, a PASS/FAIL table.
+    Demo,
+    /// Measure seal, open and the server on this machine, each beside the bound it could reach.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct InterceptArgs {
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, required_unless_present = "show")]
+    listen: Option<String>,
+    /// The server to relay to.
+    #[arg(long, required_unless_present = "show")]
+    upstream: Option<String>,
+    /// Attack the traffic this way.
+    #[arg(long, value_enum)]
+    tamper: Option<crate::intercept::Tamper>,
+    /// Record every byte to FILE (print it later with --show FILE).
+    #[arg(long)]
+    capture: Option<PathBuf>,
+    /// Search the captured bytes for this plaintext (raw, UTF-16, base64, hex); exit 1 if found.
+    #[arg(long)]
+    expect: Option<String>,
+    /// The server's RSA modulus in bytes (256 for 2048 bits), to locate chunks for truncate
+    /// and reorder; default: assume the client's, seen in its Auth frame.
+    #[arg(long)]
+    key_bytes: Option<usize>,
+    /// Print a capture file instead of running a proxy.
+    #[arg(long, conflicts_with_all = ["listen", "upstream", "tamper", "capture", "key_bytes"])]
+    show: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// A reduced set (smaller sizes, fewer iterations, no 1 GiB): well under 30 s in release.
+    #[arg(long)]
+    quick: bool,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also draw throughput against message size as an SVG.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// RSA key size of the keys the bench generates.
+    #[arg(long, default_value_t = keys::DEFAULT_BITS)]
+    bits: usize,
+}
+
+/// The two ways to encrypt a message.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ModeArg {
+    /// RSA-OAEP on every chunk (Part 1): slow, limited to 1 MiB by default.
+    Asymmetric,
+    /// AES-256-GCM under a fresh key, the key wrapped with RSA-OAEP (Part 2): any size.
+    Hybrid,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Asymmetric => Mode::Asymmetric,
+            ModeArg::Hybrid => Mode::Hybrid,
+        }
+    }
+}
+
+/// Parses the command line, runs the command, and turns errors into a message and exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    quiet_broken_pipe();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("letterlock: error: {}", error_chain(&e));
+            print_hint(e.chain());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, each cause shown once: library errors often already quote their
+/// source, and repeating it ("…: Address in use: Address in use") only adds noise.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
+/// `letterlock … | head` closes our stdout early; `println!` then panics with a backtrace.
+/// Behave like other Unix tools instead: stop quietly with the status a SIGPIPE death gives.
+/// Nothing is lost by stopping there: a message is acknowledged only after it was shown.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_target(false)
+        .with_ansi(io::stderr().is_terminal())
+        .try_init();
+}
+
+fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Keygen(a) => keygen(&a.out, &a.name, a.bits, a.force),
+        Command::Fingerprint { file } => {
+            let key = keys::load_any_public(&file)?;
+            println!("{} ({} bits, RSA) {}", key.id(), key.bits(), file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Seal(a) => seal(a),
+        Command::Open(a) => open(a),
+        Command::Bench(a) => {
+            let report = crate::bench::run(&crate::bench::BenchOptions {
+                quick: a.quick,
+                bits: a.bits,
+            })?;
+            if let Some(path) = &a.plot {
+                crate::bench::plot(&report, path)?;
+            }
+            if a.json {
+                crate::bench::write_json(&report, io::stdout().lock())?;
+            } else {
+                print!("{}", crate::bench::table(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Client { command } => match command {
+            ClientCommand::GenerateKeyPair(a) => keygen(&a.keys, "client", a.bits, a.force),
+            ClientCommand::SendMsg(a) => runtime()?.block_on(client_send(a)),
+            ClientCommand::RecvMsg(a) => runtime()?.block_on(client_recv(a)),
+        },
+        Command::Server { serve, command } => match command {
+            None => runtime()?.block_on(serve_cmd(serve)),
+            Some(ServerCommand::GenerateKeyPair(a)) => keygen(&a.keys, "server", a.bits, a.force),
+            Some(ServerCommand::SendMsg(a)) => runtime()?.block_on(server_send(a)),
+            Some(ServerCommand::Inbox { store, json }) => runtime()?.block_on(inbox(&store, json)),
+            Some(ServerCommand::Read {
+                id,
+                keys,
+                store,
+                output,
+            }) => runtime()?.block_on(read_inbox(&id, &keys, &store, output.as_deref())),
+            Some(ServerCommand::Trust {
+                public_key,
+                name,
+                keys,
+            }) => trust(&public_key, &name, &keys),
+        },
+        Command::Intercept(a) => Ok(runtime()?.block_on(crate::intercept::command(
+            crate::intercept::Options {
+                listen: a.listen,
+                upstream: a.upstream,
+                tamper: a.tamper,
+                capture: a.capture,
+                expect: a.expect,
+                key_bytes: a.key_bytes,
+                show: a.show,
+            },
+        ))?),
+        Command::Demo => Ok(runtime()?.block_on(crate::demo::run())?),
+    }
+}
+
+// Network commands
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Loads `DIR/NAME_private.pem`, saying which command makes it when it is missing.
+fn own_key(dir: &Path, name: &str) -> Result<keys::PrivateKey> {
+    let (path, _) = keys::pair_paths(dir, name);
+    if !path.exists() {
+        bail!(
+            "{} not found; pass --keys DIR, the folder that holds it (or, to start afresh, \
+             create one with `letterlock {name} generate_key_pair --keys {}`)",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(keys::load_private(&path)?)
+}
+
+fn peer_key(dir: &Path, name: &str) -> Result<PublicKey> {
+    let (_, path) = keys::pair_paths(dir, name);
+    if !path.exists() {
+        bail!(
+            "{} not found; copy the {name}'s public key there (the {name} makes it with \
+             `letterlock {name} generate_key_pair`)",
+            path.display()
+        );
+    }
+    Ok(keys::load_public(&path)?)
+}

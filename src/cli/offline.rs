@@ -1,0 +1,304 @@
+//! The commands that need no network: keygen, fingerprint, seal and open, and the input and
+//! output handling they share with the client and server commands (stdin or a file, plaintext
+//! to a terminal, readable times).
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use letterlock::envelope::{self, OpenError, OpenOptions, SealOptions, armor};
+use letterlock::files::{self, AtomicFile, WriteOptions};
+use letterlock::keys::{self, Identity, PublicKey};
+
+use super::{ModeArg, STDOUT_LIMIT};
+
+/// Inputs larger than this get a progress bar when stderr is a terminal.
+pub(super) const PROGRESS_THRESHOLD: u64 = 4 * 1024 * 1024;
+
+#[derive(Args, Debug)]
+pub(super) struct KeygenArgs {
+    /// Name of the pair: files NAME_private.pem and NAME_public.pem.
+    #[arg(long)]
+    pub(super) name: String,
+    /// Folder to write the files into.
+    #[arg(long, default_value = ".")]
+    pub(super) out: PathBuf,
+    /// Modulus size in bits: 2048, 3072 or 4096.
+    #[arg(long, default_value_t = keys::DEFAULT_BITS)]
+    pub(super) bits: usize,
+    /// Replace existing key files.
+    #[arg(long)]
+    pub(super) force: bool,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct PairArgs {
+    /// Folder that holds the key files.
+    #[arg(long, default_value = ".")]
+    pub(super) keys: PathBuf,
+    /// Modulus size in bits: 2048, 3072 or 4096.
+    #[arg(long, default_value_t = keys::DEFAULT_BITS)]
+    pub(super) bits: usize,
+    /// Replace existing key files.
+    #[arg(long)]
+    pub(super) force: bool,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct SealArgs {
+    /// The sender's private key (signs the message).
+    #[arg(long)]
+    pub(super) from: PathBuf,
+    /// The recipient's public key (only its private key can open the message).
+    #[arg(long)]
+    pub(super) to: PathBuf,
+    /// How to encrypt: hybrid (AES-256-GCM, any size) or asymmetric (RSA only, up to 1 MiB).
+    #[arg(long, value_enum, default_value = "hybrid")]
+    pub(super) mode: ModeArg,
+    /// Where to write the sealed message (default: stdout).
+    #[arg(short, long)]
+    pub(super) output: Option<PathBuf>,
+    /// Write base64 text between BEGIN/END lines instead of binary.
+    #[arg(long)]
+    pub(super) armor: bool,
+    /// Largest plaintext accepted in asymmetric mode, in bytes.
+    #[arg(long, default_value_t = envelope::DEFAULT_ASYMMETRIC_LIMIT)]
+    pub(super) max_asymmetric: u64,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    pub(super) force: bool,
+    /// The message to seal; `-` or nothing reads stdin.
+    pub(super) input: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct OpenArgs {
+    /// The recipient's private key.
+    #[arg(long)]
+    pub(super) key: PathBuf,
+    /// The public key of the sender you expect; anything signed by another key is refused.
+    #[arg(long)]
+    pub(super) from: PathBuf,
+    /// Where to write the plaintext. It appears only once the message verified.
+    /// Without it, plaintext goes to stdout, up to 64 MiB.
+    #[arg(short, long)]
+    pub(super) output: Option<PathBuf>,
+    /// Largest plaintext accepted in asymmetric mode, in bytes.
+    #[arg(long, default_value_t = envelope::DEFAULT_ASYMMETRIC_LIMIT)]
+    pub(super) max_asymmetric: u64,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    pub(super) force: bool,
+    /// The sealed message (binary or armored); `-` or nothing reads stdin.
+    pub(super) input: Option<PathBuf>,
+}
+
+pub(super) fn keygen(dir: &Path, name: &str, bits: usize, force: bool) -> Result<ExitCode> {
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        bail!("key name {name:?} is not a plain file name");
+    }
+    let key = keys::generate_pair_files(dir, name, bits, force)?;
+    let (private, public) = keys::pair_paths(dir, name);
+    println!("wrote {} (keep it secret, mode 0600)", private.display());
+    println!("wrote {}", public.display());
+    println!("fingerprint {} ({bits} bits)", key.public().id());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the input: a file, or stdin for `-` / nothing.
+pub(super) fn input(path: Option<&Path>) -> Result<Box<dyn Read>> {
+    match path {
+        None => Ok(Box::new(io::stdin().lock())),
+        Some(p) if p == Path::new("-") => Ok(Box::new(io::stdin().lock())),
+        Some(p) => Ok(file_reader(p)?),
+    }
+}
+
+/// A buffered file reader, with a progress bar on stderr for large files when stderr is a
+/// terminal (long transfers should show they are moving).
+pub(super) fn file_reader(p: &Path) -> Result<Box<dyn Read + Send>> {
+    let file = File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > PROGRESS_THRESHOLD && io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(len).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Ok(Box::new(bar.wrap_read(BufReader::new(file))))
+    } else {
+        Ok(Box::new(BufReader::new(file)))
+    }
+}
+
+/// Refuses to replace an existing output file unless `--force`: as with keys, nothing is
+/// overwritten silently.
+pub(super) fn check_output(path: Option<&Path>, force: bool) -> Result<()> {
+    if let Some(p) = path {
+        files::check_replaceable(p)?;
+        if p.exists() && !force {
+            bail!("{} already exists; pass --force to replace it", p.display());
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn seal(a: SealArgs) -> Result<ExitCode> {
+    check_output(a.output.as_deref(), a.force)?;
+    let sender = keys::load_private(&a.from)?;
+    let recipient = keys::load_public(&a.to)?;
+    let opts = SealOptions {
+        mode: a.mode.into(),
+        asymmetric_limit: a.max_asymmetric,
+        ..SealOptions::default()
+    };
+    let reader = input(a.input.as_deref())?;
+    let sealed = match &a.output {
+        Some(path) => {
+            // Sealed output is not secret, but a half-written file should not look like a
+            // message: write beside, rename when complete.
+            let file = WriteOptions {
+                replace: a.force,
+                ..WriteOptions::default()
+            };
+            let tmp = AtomicFile::create(path, &file)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            let mut w = io::BufWriter::new(tmp);
+            let sealed = seal_into(&sender, &recipient, &opts, reader, &mut w, a.armor)?;
+            let tmp = w.into_inner().map_err(|e| e.into_error())?;
+            tmp.commit()
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            sealed
+        }
+        None => {
+            let stdout = io::stdout();
+            if !a.armor && stdout.is_terminal() {
+                bail!("refusing to write a binary message to a terminal; use -o FILE or --armor");
+            }
+            let mut w = io::BufWriter::new(stdout.lock());
+            seal_into(&sender, &recipient, &opts, reader, &mut w, a.armor)?
+        }
+    };
+    eprintln!(
+        "sealed {} bytes ({} mode) for {}, message id {}",
+        sealed.plaintext_len,
+        sealed.header.mode,
+        recipient.id(),
+        sealed.header.message_id
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn seal_into<W: Write>(
+    sender: &dyn Identity,
+    recipient: &PublicKey,
+    opts: &SealOptions,
+    reader: impl Read,
+    out: &mut W,
+    armored: bool,
+) -> Result<envelope::Sealed> {
+    if armored {
+        let mut w = armor::ArmorWriter::new(out);
+        let sealed = envelope::seal(sender, recipient, opts, reader, &mut w)?;
+        w.finish()?;
+        Ok(sealed)
+    } else {
+        Ok(envelope::seal(sender, recipient, opts, reader, out)?)
+    }
+}
+
+pub(super) fn open(a: OpenArgs) -> Result<ExitCode> {
+    check_output(a.output.as_deref(), a.force)?;
+    let identity: Arc<dyn Identity> = Arc::new(keys::load_private(&a.key)?);
+    let expected = keys::load_public(&a.from)?;
+    let mut reader = BufReader::new(input(a.input.as_deref())?);
+    // Binary messages start with the magic; armored ones with the BEGIN line.
+    let armored = armor::is_armored(reader.fill_buf()?);
+    let reader: Box<dyn Read> = if armored {
+        Box::new(armor::ArmorReader::new(reader))
+    } else {
+        Box::new(reader)
+    };
+    let mut opts = OpenOptions {
+        asymmetric_limit: a.max_asymmetric,
+        ..OpenOptions::default()
+    };
+    let opened = match &a.output {
+        Some(path) => {
+            let file = WriteOptions {
+                replace: a.force,
+                ..WriteOptions::default()
+            };
+            envelope::open_to_file(identity, &expected, &opts, reader, path, &file)
+        }
+        None => {
+            opts.max_plaintext = STDOUT_LIMIT;
+            envelope::open_to_vec(identity, &expected, &opts, reader).and_then(|(plain, o)| {
+                print_plaintext(&plain)?;
+                Ok(o)
+            })
+        }
+    };
+    let opened = opened.map_err(|e| match e {
+        OpenError::TooLarge { limit } if a.output.is_none() && limit == STDOUT_LIMIT => {
+            anyhow::anyhow!(
+                "the message is larger than 64 MiB, too large to hold for stdout; \
+                 write it to a file with -o FILE"
+            )
+        }
+        e => e.into(),
+    })?;
+    eprintln!(
+        "verified: {} bytes from {} ({} mode, message id {}, sealed at {})",
+        opened.plaintext_len,
+        opened.header.sender,
+        opened.header.mode,
+        opened.header.message_id,
+        time_text(opened.header.created)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes plaintext to stdout as it is; on a terminal, ends it with a newline if it lacks one,
+/// so the prompt does not land on the message's last line (pipes get the exact bytes).
+pub(super) fn print_plaintext(plain: &[u8]) -> io::Result<()> {
+    let newline = io::stdout().is_terminal() && !plain.is_empty() && !plain.ends_with(b"\n");
+    write_stdout_unbuffered(plain, newline)
+}
+
+/// Writes plaintext straight to file descriptor 1, after what stdout already holds: stdout's
+/// own buffer would keep the last partial line of the plaintext, and nothing wipes it.
+pub(super) fn write_stdout_unbuffered(plain: &[u8], newline: bool) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    // Held throughout, so nothing else printed lands in the middle.
+    let mut stdout = io::stdout().lock();
+    stdout.flush()?;
+    let mut out = File::from(stdout.as_fd().try_clone_to_owned()?);
+    out.write_all(plain)?;
+    if newline {
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z): its years have four digits.
+pub(super) const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
+
+/// Unix seconds as UTC RFC 3339, for people (JSON keeps the number). A header's time is
+/// whatever the sender signed, up to 2^64 − 1: past year 9999 (which RFC 3339 cannot write, and
+/// where `SystemTime` arithmetic can overflow) it is shown as the number itself.
+pub fn time_text(unix: u64) -> String {
+    let t = (unix <= LAST_RFC3339_SECOND)
+        .then(|| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(unix)))
+        .flatten();
+    match t {
+        Some(t) => humantime::format_rfc3339_seconds(t).to_string(),
+        None => format!("Unix time {unix} (after year 9999)"),
+    }
+}
