@@ -8,9 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::net::{CLIENT, SERVER, TestServer};
+use common::net::{CLIENT, TestServer, seal_to_server};
 use common::peer::*;
-use common::{data, private, public};
+use common::{data, private};
 use letterlock::client::ClientError;
 use letterlock::envelope::{HEADER_LEN, Mode, SealOptions};
 use letterlock::keys::{Identity, KeyId};
@@ -442,8 +442,9 @@ async fn same_id_other_content_is_a_replay() {
     setup();
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
-    let (a, sa) = seal_with_id(b"first", [42; 16]);
-    let (b, _) = seal_with_id(b"second", [42; 16]);
+    let now = letterlock::envelope::unix_now();
+    let (a, sa) = seal_to_server(CLIENT, b"first", [42; 16], now);
+    let (b, _) = seal_to_server(CLIENT, b"second", [42; 16], now);
     let mut raw = authed(&server.addr).await;
     raw.w
         .write_raw(&message_frames(&a, DATA_FRAME))
@@ -465,21 +466,6 @@ async fn same_id_other_content_is_a_replay() {
     served(&server).await;
     assert_no_server_panic();
     server.stop().await;
-}
-
-fn seal_with_id(plain: &[u8], id: [u8; 16]) -> (Vec<u8>, letterlock::envelope::Sealed) {
-    let fixed = letterlock::envelope::FixedRandomness {
-        message_id: id,
-        created: letterlock::envelope::unix_now(),
-        content_key: [7; 32],
-    };
-    common::seal_fixed(
-        private(CLIENT),
-        &public(SERVER),
-        &SealOptions::default(),
-        &fixed,
-        plain,
-    )
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use letterlock::client::{Client, ClientConfig};
+use letterlock::envelope::{FixedRandomness, SealOptions, Sealed};
 use letterlock::keys::{Identity, TrustList};
 use letterlock::server::{Server, ServerConfig};
 use letterlock::store::SqliteStore;
@@ -12,6 +13,23 @@ use tokio::sync::oneshot;
 /// Names of the fixed keys the network tests use: 2048 bits keeps them fast.
 pub const SERVER: &str = "bob2048";
 pub const CLIENT: &str = "alice2048";
+
+/// Seals `plain` from the fixed key `sender` to the test server ([`SERVER`]) with default
+/// options and a chosen message id and creation time: for the replay and clock checks.
+pub fn seal_to_server(sender: &str, plain: &[u8], id: [u8; 16], created: u64) -> (Vec<u8>, Sealed) {
+    let fixed = FixedRandomness {
+        message_id: id,
+        created,
+        content_key: [7; 32],
+    };
+    super::seal_fixed(
+        super::private(sender),
+        &super::public(SERVER),
+        &SealOptions::default(),
+        &fixed,
+        plain,
+    )
+}
 
 pub struct TestServer {
     pub addr: String,
