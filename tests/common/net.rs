@@ -132,3 +132,31 @@ impl TestServer {
         self.store.list_inbox().await.unwrap().len()
     }
 }
+
+/// A test-only echo server on 127.0.0.1:0 that sends every connection's bytes back and closes
+/// its side when the peer does: the upstream of the interceptor tests.
+pub async fn echo_server() -> std::net::SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// The interception proxy on 127.0.0.1:0 with `config`, relaying to a fresh [`echo_server`].
+pub async fn proxy_to_echo(
+    config: letterlock_cli::intercept::Config,
+) -> letterlock_cli::intercept::Proxy {
+    let echo = echo_server().await;
+    letterlock_cli::intercept::Proxy::start("127.0.0.1:0", &echo.to_string(), config)
+        .await
+        .unwrap()
+}
