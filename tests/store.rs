@@ -20,6 +20,13 @@ fn db_path(dir: &TempDir) -> std::path::PathBuf {
     dir.path().join("mail.db")
 }
 
+/// A new store in a new temporary folder, which lives as long as the returned `TempDir`.
+fn temp_store() -> (TempDir, SqliteStore) {
+    let dir = TempDir::new().expect("temp dir");
+    let store = SqliteStore::open(db_path(&dir)).expect("open");
+    (dir, store)
+}
+
 /// Stream `bytes` through the store's blob writer in uneven chunks.
 fn stage(store: &impl Store, bytes: &[u8]) -> Body {
     let mut writer = store.blob_writer();
@@ -63,8 +70,8 @@ fn id(n: u8) -> [u8; 16] {
     id
 }
 
-/// Finished body files (not temp files, not the lock file) in the blob folder.
-fn blob_files(dir: &Path) -> Vec<String> {
+/// The sorted names of the files in `dir` that `keep` accepts.
+fn files_in(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("read blob dir")
         .map(|e| {
@@ -73,10 +80,15 @@ fn blob_files(dir: &Path) -> Vec<String> {
                 .to_string_lossy()
                 .into_owned()
         })
-        .filter(|n| n.ends_with(".blob"))
+        .filter(|n| keep(n))
         .collect();
     names.sort();
     names
+}
+
+/// Finished body files (not temp files, not the lock file) in the blob folder.
+fn blob_files(dir: &Path) -> Vec<String> {
+    files_in(dir, |n| n.ends_with(".blob"))
 }
 
 fn read_all(mut reader: Box<dyn Read + Send>) -> Vec<u8> {
@@ -87,8 +99,7 @@ fn read_all(mut reader: Box<dyn Read + Send>) -> Vec<u8> {
 
 #[tokio::test]
 async fn insert_duplicate_and_conflict() {
-    let dir = TempDir::new().expect("temp dir");
-    let store = SqliteStore::open(db_path(&dir)).expect("open");
+    let (_dir, store) = temp_store();
 
     let first = inbox_record(1, id(1), Body::from_bytes(b"sealed one".to_vec()));
     let ack = first.ack_tag;
@@ -127,8 +138,7 @@ async fn insert_duplicate_and_conflict() {
 
 #[tokio::test]
 async fn inline_and_file_bodies_round_trip() {
-    let dir = TempDir::new().expect("temp dir");
-    let store = SqliteStore::open(db_path(&dir)).expect("open");
+    let (_dir, store) = temp_store();
 
     let small = Rng(1).bytes(INLINE_MAX); // exactly the threshold: still inline
     let body = stage(&store, &small);
@@ -194,8 +204,7 @@ async fn inline_and_file_bodies_round_trip() {
 
 #[tokio::test]
 async fn find_inbox_by_prefix() {
-    let dir = TempDir::new().expect("temp dir");
-    let store = SqliteStore::open(db_path(&dir)).expect("open");
+    let (_dir, store) = temp_store();
     for n in [0xC1, 0xC2, 0xD0] {
         store
             .insert_inbox(inbox_record(1, id(n), Body::from_bytes(vec![n; 10])))
@@ -425,8 +434,8 @@ async fn outbox_from_second_handle_and_completion() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_inserts_are_group_committed() {
     const TASKS: u8 = 64;
-    let dir = TempDir::new().expect("temp dir");
-    let store = Arc::new(SqliteStore::open(db_path(&dir)).expect("open"));
+    let (_dir, store) = temp_store();
+    let store = Arc::new(store);
     let before = store.stats();
 
     let tasks: Vec<_> = (0..TASKS)
@@ -495,17 +504,9 @@ async fn newer_schema_is_refused() {
 
 #[tokio::test]
 async fn abandoned_and_foreign_bodies_leave_no_files() {
-    let dir = TempDir::new().expect("temp dir");
-    let store = SqliteStore::open(db_path(&dir)).expect("open");
-    let all_files = |path: &Path| -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(path)
-            .expect("read blob dir")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .filter(|n| n != ".lock")
-            .collect();
-        names.sort();
-        names
-    };
+    let (dir, store) = temp_store();
+    // Every file but the lock: temporary files too.
+    let all_files = |path: &Path| files_in(path, |n| n != ".lock");
 
     // A writer dropped mid-stream (say the sender disconnected) deletes its
     // temporary file.
@@ -522,8 +523,7 @@ async fn abandoned_and_foreign_bodies_leave_no_files() {
     assert!(all_files(store.blob_dir()).is_empty());
 
     // A body staged in another store's folder is refused and deleted.
-    let other_dir = TempDir::new().expect("temp dir");
-    let other = SqliteStore::open(db_path(&other_dir)).expect("open other");
+    let (_other_dir, other) = temp_store();
     let body = stage(&other, &Rng(8).bytes(LARGE_LEN));
     assert_eq!(blob_files(other.blob_dir()).len(), 1);
     assert!(matches!(
