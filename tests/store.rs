@@ -3,7 +3,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::Rng;
@@ -16,14 +16,17 @@ use tempfile::TempDir;
 /// A body comfortably over the inline threshold, so it lands in a file.
 const LARGE_LEN: usize = 3 * INLINE_MAX + 123;
 
-fn db_path(dir: &TempDir) -> std::path::PathBuf {
-    dir.path().join("mail.db")
+/// The path of a store in a new temporary folder, which lives as long as the returned `TempDir`.
+fn temp_db() -> (TempDir, PathBuf) {
+    let dir = TempDir::new().expect("temp dir");
+    let path = dir.path().join("mail.db");
+    (dir, path)
 }
 
 /// A new store in a new temporary folder, which lives as long as the returned `TempDir`.
 fn temp_store() -> (TempDir, SqliteStore) {
-    let dir = TempDir::new().expect("temp dir");
-    let store = SqliteStore::open(db_path(&dir)).expect("open");
+    let (dir, path) = temp_db();
+    let store = SqliteStore::open(path).expect("open");
     (dir, store)
 }
 
@@ -236,8 +239,7 @@ async fn find_inbox_by_prefix() {
 
 #[tokio::test]
 async fn everything_survives_reopen() {
-    let dir = TempDir::new().expect("temp dir");
-    let path = db_path(&dir);
+    let (_dir, path) = temp_db();
     let large = Rng(4).bytes(LARGE_LEN);
     {
         let store = SqliteStore::open(&path).expect("open");
@@ -283,8 +285,7 @@ async fn everything_survives_reopen() {
 
 #[tokio::test]
 async fn orphan_blobs_are_swept_on_open() {
-    let dir = TempDir::new().expect("temp dir");
-    let path = db_path(&dir);
+    let (_dir, path) = temp_db();
     let store = SqliteStore::open(&path).expect("open");
     let body = stage(&store, &Rng(5).bytes(LARGE_LEN));
     store
@@ -324,8 +325,7 @@ async fn orphan_blobs_are_swept_on_open() {
 
 #[tokio::test]
 async fn outbox_from_second_handle_and_completion() {
-    let dir = TempDir::new().expect("temp dir");
-    let path = db_path(&dir);
+    let (_dir, path) = temp_db();
     let server = SqliteStore::open(&path).expect("open server");
     // `letterlock server send_msg` opens the same file while the server runs.
     let sender = SqliteStore::open(&path).expect("open second handle");
@@ -480,8 +480,7 @@ async fn concurrent_inserts_are_group_committed() {
 
 #[tokio::test]
 async fn newer_schema_is_refused() {
-    let dir = TempDir::new().expect("temp dir");
-    let path = db_path(&dir);
+    let (_dir, path) = temp_db();
     SqliteStore::open(&path)
         .expect("create")
         .close()
