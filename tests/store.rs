@@ -94,6 +94,15 @@ fn blob_files(dir: &Path) -> Vec<String> {
     files_in(dir, |n| n.ends_with(".blob"))
 }
 
+/// How many outbox messages wait for the recipient with key id `recipient`.
+async fn pending_len(store: &SqliteStore, recipient: &[u8; 32]) -> usize {
+    store
+        .pending_outbox(recipient)
+        .await
+        .expect("pending")
+        .len()
+}
+
 fn read_all(mut reader: Box<dyn Read + Send>) -> Vec<u8> {
     let mut out = Vec::new();
     reader.read_to_end(&mut out).expect("read body");
@@ -362,13 +371,7 @@ async fn outbox_from_second_handle_and_completion() {
     let ids: Vec<_> = pending.iter().map(|e| e.message_id).collect();
     assert_eq!(ids, vec![id(1), id(2)], "oldest first");
     assert_eq!(pending[0].recipient_name, "client-9");
-    assert!(
-        server
-            .pending_outbox(&[8; 32])
-            .await
-            .expect("pending")
-            .is_empty()
-    );
+    assert_eq!(pending_len(&server, &[8; 32]).await, 0);
     assert_eq!(
         read_all(
             server
@@ -386,14 +389,7 @@ async fn outbox_from_second_handle_and_completion() {
             .await
             .expect("complete")
     );
-    assert_eq!(
-        server
-            .pending_outbox(&[9; 32])
-            .await
-            .expect("pending")
-            .len(),
-        2
-    );
+    assert_eq!(pending_len(&server, &[9; 32]).await, 2);
     assert_eq!(blob_files(server.blob_dir()).len(), 1);
 
     // Right tag: removed, with its file.
@@ -410,13 +406,7 @@ async fn outbox_from_second_handle_and_completion() {
             .await
             .expect("complete")
     );
-    assert!(
-        server
-            .pending_outbox(&[9; 32])
-            .await
-            .expect("pending")
-            .is_empty()
-    );
+    assert_eq!(pending_len(&server, &[9; 32]).await, 0);
     // Completing again (a repeated ack) is a harmless no.
     assert!(
         !server
