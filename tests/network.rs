@@ -7,7 +7,7 @@ use std::sync::Arc;
 use common::net::{CLIENT, SERVER, TestServer, seal_to_server};
 use common::{data, private, public};
 use letterlock::client::{ClientError, Content, Output};
-use letterlock::envelope::{self, Mode, SealOptions};
+use letterlock::envelope::{self, Mode, SealOptions, Sealed};
 use letterlock::keys::Identity;
 use letterlock::server::ServerConfig;
 use letterlock::wire::ErrorCode;
@@ -17,6 +17,13 @@ fn refused_with(r: Result<impl std::fmt::Debug, ClientError>, code: ErrorCode) {
         Err(ClientError::Refused { code: c, .. }) if c == code => {}
         other => panic!("expected refusal {code:?}, got {other:?}"),
     }
+}
+
+/// Sends `message` (bytes, what the sealer reported) as the test client on a fresh connection;
+/// the server must refuse it with `code`.
+async fn send_refused(server: &TestServer, message: &(Vec<u8>, Sealed), code: ErrorCode) {
+    let mut client = server.client(CLIENT).await.unwrap();
+    refused_with(client.send_sealed(&message.0, &message.1).await, code);
 }
 
 #[tokio::test]
@@ -125,9 +132,8 @@ async fn stale_and_future_messages_are_refused() {
     let server = TestServer::start(dir.path()).await;
     let now = envelope::unix_now();
     for created in [now - 3600, now + 3600] {
-        let (bytes, sealed) = seal_to_server(CLIENT, b"late", [2; 16], created);
-        let mut client = server.client(CLIENT).await.unwrap();
-        refused_with(client.send_sealed(&bytes, &sealed).await, ErrorCode::Stale);
+        let late = seal_to_server(CLIENT, b"late", [2; 16], created);
+        send_refused(&server, &late, ErrorCode::Stale).await;
     }
     assert_eq!(server.inbox_len().await, 0);
     server.stop().await;
@@ -138,12 +144,8 @@ async fn a_header_sender_other_than_the_authenticated_client_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     // Sealed and signed by carol (trusted), sent over alice's authenticated connection.
-    let (bytes, sealed) = seal_to_server("alice3072", b"from carol", [3; 16], envelope::unix_now());
-    let mut client = server.client(CLIENT).await.unwrap();
-    refused_with(
-        client.send_sealed(&bytes, &sealed).await,
-        ErrorCode::Refused,
-    );
+    let from_carol = seal_to_server("alice3072", b"from carol", [3; 16], envelope::unix_now());
+    send_refused(&server, &from_carol, ErrorCode::Refused).await;
     assert_eq!(server.inbox_len().await, 0);
     server.stop().await;
 }
