@@ -254,33 +254,29 @@ proptest! {
 /// Now it succeeds, prints the plaintext, and reports the time as a number.
 #[test]
 fn the_cli_opens_messages_created_past_year_9999() {
-    use letterlock::envelope::{FixedRandomness, Sealer};
-    use std::os::unix::fs::PermissionsExt;
+    use letterlock::envelope::FixedRandomness;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // A private copy of Bob's key with mode 0600 (the tracked file keeps its mode).
-    let bob_key = d.join("bob_private.pem");
-    std::fs::write(&bob_key, private(BOB).to_pem().unwrap().as_bytes()).unwrap();
-    std::fs::set_permissions(&bob_key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let alice_pub = common::keys_dir().join(format!("{ALICE}_public.pem"));
+    // A 0600 copy of Bob's key (the tracked file keeps its mode).
+    let bob_key = common::private_path(BOB);
+    let alice_pub = common::public_path(ALICE);
     for created in [253_402_300_800u64, 1 << 63, u64::MAX] {
         let plain = format!("sealed at {created}");
-        let (mut sealer, mut sealed) = Sealer::with_randomness(
+        let fixed = FixedRandomness {
+            message_id: [9; 16],
+            created,
+            content_key: [3; 32],
+        };
+        let (sealed, _) = common::seal_fixed(
             private(ALICE),
             &public(BOB),
             &SealOptions::default(),
-            &FixedRandomness {
-                message_id: [9; 16],
-                created,
-                content_key: [3; 32],
-            },
-        )
-        .unwrap();
-        sealer.update(plain.as_bytes(), &mut sealed).unwrap();
-        sealer.finish(&mut sealed).unwrap();
+            &fixed,
+            plain.as_bytes(),
+        );
         let msg = d.join("m.ll");
         std::fs::write(&msg, &sealed).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_letterlock"))
+        let out = std::process::Command::new(common::BIN)
             .arg("open")
             .arg("--key")
             .arg(&bob_key)
