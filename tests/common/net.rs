@@ -1,4 +1,5 @@
-//! An in-process server on 127.0.0.1:0 for the network tests.
+//! An in-process server on 127.0.0.1:0 for the network tests, messages sealed to it with a
+//! chosen id and time, and an echo server with the interception proxy in front of it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
