@@ -10,12 +10,9 @@ mod common;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use common::{private, public, sha256};
-use letterlock::envelope::{
-    HEADER_LEN, Mode, SealOptions, armor::ArmorWriter, header_hash, transcript,
-};
+use common::{private, public};
+use letterlock::envelope::{HEADER_LEN, Mode, SealOptions, armor::ArmorWriter, header_hash};
 use letterlock::fuzzing::{self, Fixture};
-use letterlock::keys::Identity;
 
 /// Bob receives, Alice is trusted: the keys the open targets embed.
 fn fixture() -> &'static Fixture {
@@ -168,10 +165,7 @@ fn body_after_fixed_header(mode: Mode, plain: &[u8]) -> Vec<u8> {
     let fx = fixture();
     let header: [u8; HEADER_LEN] = fx.header(mode);
     let hh = header_hash(&header);
-    let sig = private("alice2048")
-        .sign(&transcript(&header, plain.len() as u64, &sha256(plain)))
-        .unwrap();
-    let block = [plain, &sig[..]].concat();
+    let block = common::signed_block(private("alice2048").as_ref(), &header, plain);
     // Steering byte: hybrid, bit 0 = the fixture's wrapped key comes first and 0x07 = 3-byte
     // pieces; asymmetric, none of that.
     let steering = match mode {

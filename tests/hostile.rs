@@ -8,9 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::net::{CLIENT, SERVER, TestServer};
+use common::net::{CLIENT, TestServer, seal_to_server};
 use common::peer::*;
-use common::{data, private, public};
+use common::{data, private};
 use letterlock::client::ClientError;
 use letterlock::envelope::{HEADER_LEN, Mode, SealOptions};
 use letterlock::keys::{Identity, KeyId};
@@ -126,13 +126,18 @@ async fn wrong_first_frames() {
     .await;
 }
 
+/// Sends `auth` as the handshake on `raw`: the server must refuse it with `AuthFailed`.
+async fn auth_refused(raw: &mut Raw, auth: Frame) {
+    raw.w.write_frame(&auth).await.unwrap();
+    refused(raw, ErrorCode::AuthFailed).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untrusted_key() {
     case(|addr| async move {
         let mut raw = raw(&addr).await;
         let auth = auth_frame(&raw, "mallory");
-        raw.w.write_frame(&auth).await.unwrap();
-        refused(&mut raw, ErrorCode::AuthFailed).await;
+        auth_refused(&mut raw, auth).await;
     })
     .await;
 }
@@ -149,11 +154,7 @@ async fn bad_signature() {
             unreachable!()
         };
         signature[100] ^= 1;
-        raw.w
-            .write_frame(&Frame::Auth { client, signature })
-            .await
-            .unwrap();
-        refused(&mut raw, ErrorCode::AuthFailed).await;
+        auth_refused(&mut raw, Frame::Auth { client, signature }).await;
     })
     .await;
 }
@@ -166,14 +167,11 @@ async fn trusted_key_id_with_anothers_signature() {
         let alice = private(CLIENT).public().id();
         let t = wire::handshake::transcript(&raw.server, &raw.challenge, &alice);
         let signature = private("mallory").sign(&t).unwrap();
-        raw.w
-            .write_frame(&Frame::Auth {
-                client: alice,
-                signature,
-            })
-            .await
-            .unwrap();
-        refused(&mut raw, ErrorCode::AuthFailed).await;
+        let auth = Frame::Auth {
+            client: alice,
+            signature,
+        };
+        auth_refused(&mut raw, auth).await;
     })
     .await;
 }
@@ -189,8 +187,7 @@ async fn auth_replayed_from_another_connection() {
         // Replayed on a new connection: new challenge, refused.
         let mut second = raw(&addr).await;
         assert_ne!(first.challenge, second.challenge, "challenge not fresh");
-        second.w.write_frame(&captured).await.unwrap();
-        refused(&mut second, ErrorCode::AuthFailed).await;
+        auth_refused(&mut second, captured).await;
         // And the replay did not disturb the original connection.
         drop(first);
     })
@@ -221,14 +218,11 @@ async fn auth_with_10_and_5000_byte_signatures() {
         }
         // A well-formed length but not a signature (a 384-byte one against a 2048-bit key).
         let mut raw = raw(&addr).await;
-        raw.w
-            .write_frame(&Frame::Auth {
-                client,
-                signature: vec![0x5a; 384],
-            })
-            .await
-            .unwrap();
-        refused(&mut raw, ErrorCode::AuthFailed).await;
+        let auth = Frame::Auth {
+            client,
+            signature: vec![0x5a; 384],
+        };
+        auth_refused(&mut raw, auth).await;
     })
     .await;
 }
@@ -442,8 +436,9 @@ async fn same_id_other_content_is_a_replay() {
     setup();
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
-    let (a, sa) = seal_with_id(b"first", [42; 16]);
-    let (b, _) = seal_with_id(b"second", [42; 16]);
+    let now = letterlock::envelope::unix_now();
+    let (a, sa) = seal_to_server(CLIENT, b"first", [42; 16], now);
+    let (b, _) = seal_to_server(CLIENT, b"second", [42; 16], now);
     let mut raw = authed(&server.addr).await;
     raw.w
         .write_raw(&message_frames(&a, DATA_FRAME))
@@ -465,21 +460,6 @@ async fn same_id_other_content_is_a_replay() {
     served(&server).await;
     assert_no_server_panic();
     server.stop().await;
-}
-
-fn seal_with_id(plain: &[u8], id: [u8; 16]) -> (Vec<u8>, letterlock::envelope::Sealed) {
-    let fixed = letterlock::envelope::FixedRandomness {
-        message_id: id,
-        created: letterlock::envelope::unix_now(),
-        content_key: [7; 32],
-    };
-    common::seal_fixed(
-        private(CLIENT),
-        &public(SERVER),
-        &SealOptions::default(),
-        &fixed,
-        plain,
-    )
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::net::{echo_server, proxy_to_echo};
 use letterlock::client::{Client, ClientConfig, ClientError};
 use letterlock::envelope::{Mode, SealOptions};
 use letterlock::keys::{Identity, TrustList};
@@ -330,36 +331,14 @@ async fn untrusted_client_is_refused_at_the_handshake() {
     assert_eq!(inbox_len(&rig).await, 0);
 }
 
-/// A test-only echo server.
-async fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 /// Sends `payload` through a fresh proxy to the echo server; returns the proxy once the
 /// connection closed.
 async fn through_echo(payload: &[u8]) -> Proxy {
-    let echo = echo_server().await;
-    let proxy = Proxy::start(
-        "127.0.0.1:0",
-        &echo.to_string(),
-        Config {
-            expect: Some(PLAIN.into()),
-            ..Config::default()
-        },
-    )
-    .await
-    .unwrap();
+    let proxy = proxy_to_echo(Config {
+        expect: Some(PLAIN.into()),
+        ..Config::default()
+    })
+    .await;
     let mut s = TcpStream::connect(proxy.local_addr()).await.unwrap();
     s.write_all(payload).await.unwrap();
     s.shutdown().await.unwrap();
@@ -544,20 +523,14 @@ async fn a_large_stream_is_captured_whole_and_searched_across_reads() {
     data[at..at + MARKER.len()].copy_from_slice(MARKER.as_bytes());
     let data = Arc::new(data);
 
-    let echo = echo_server().await;
     let dir = tempfile::tempdir().unwrap();
     let capture = dir.path().join("large.cap");
-    let proxy = Proxy::start(
-        "127.0.0.1:0",
-        &echo.to_string(),
-        Config {
-            capture: Some(capture.clone()),
-            expect: Some(MARKER.into()),
-            ..Config::default()
-        },
-    )
-    .await
-    .unwrap();
+    let proxy = proxy_to_echo(Config {
+        capture: Some(capture.clone()),
+        expect: Some(MARKER.into()),
+        ..Config::default()
+    })
+    .await;
     let (mut r, mut w) = TcpStream::connect(proxy.local_addr())
         .await
         .unwrap()

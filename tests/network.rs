@@ -4,35 +4,26 @@ mod common;
 
 use std::sync::Arc;
 
-use common::net::{CLIENT, SERVER, TestServer};
+use common::net::{CLIENT, SERVER, TestServer, seal_to_server};
 use common::{data, private, public};
 use letterlock::client::{ClientError, Content, Output};
-use letterlock::envelope::{self, FixedRandomness, Mode, SealOptions, Sealed};
+use letterlock::envelope::{self, Mode, SealOptions, Sealed};
 use letterlock::keys::Identity;
 use letterlock::server::ServerConfig;
 use letterlock::wire::ErrorCode;
-
-/// Seals `plain` from `sender` to the test server with a chosen id and time.
-fn seal_fixed(sender: &str, plain: &[u8], id: [u8; 16], created: u64) -> (Vec<u8>, Sealed) {
-    let fixed = FixedRandomness {
-        message_id: id,
-        created,
-        content_key: [7; 32],
-    };
-    common::seal_fixed(
-        private(sender),
-        &public(SERVER),
-        &SealOptions::default(),
-        &fixed,
-        plain,
-    )
-}
 
 fn refused_with(r: Result<impl std::fmt::Debug, ClientError>, code: ErrorCode) {
     match r {
         Err(ClientError::Refused { code: c, .. }) if c == code => {}
         other => panic!("expected refusal {code:?}, got {other:?}"),
     }
+}
+
+/// Sends `message` (bytes, what the sealer reported) as the test client on a fresh connection;
+/// the server must refuse it with `code`.
+async fn send_refused(server: &TestServer, message: &(Vec<u8>, Sealed), code: ErrorCode) {
+    let mut client = server.client(CLIENT).await.unwrap();
+    refused_with(client.send_sealed(&message.0, &message.1).await, code);
 }
 
 #[tokio::test]
@@ -117,7 +108,7 @@ async fn replays_are_acked_once_or_refused_never_stored_twice() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     let now = envelope::unix_now();
-    let (bytes, sealed) = seal_fixed(CLIENT, b"pay 10 coins", [1; 16], now);
+    let (bytes, sealed) = seal_to_server(CLIENT, b"pay 10 coins", [1; 16], now);
     let mut client = server.client(CLIENT).await.unwrap();
     let first = client.send_sealed(&bytes, &sealed).await.unwrap();
     // The same bytes again, on a fresh connection: a retry after a lost ack is acked again.
@@ -126,7 +117,7 @@ async fn replays_are_acked_once_or_refused_never_stored_twice() {
     assert_eq!(first.id, second.id);
     assert_eq!(server.inbox_len().await, 1);
     // The same id with other content is refused.
-    let (other, other_sealed) = seal_fixed(CLIENT, b"pay 99 coins", [1; 16], now);
+    let (other, other_sealed) = seal_to_server(CLIENT, b"pay 99 coins", [1; 16], now);
     refused_with(
         client.send_sealed(&other, &other_sealed).await,
         ErrorCode::Replay,
@@ -141,9 +132,8 @@ async fn stale_and_future_messages_are_refused() {
     let server = TestServer::start(dir.path()).await;
     let now = envelope::unix_now();
     for created in [now - 3600, now + 3600] {
-        let (bytes, sealed) = seal_fixed(CLIENT, b"late", [2; 16], created);
-        let mut client = server.client(CLIENT).await.unwrap();
-        refused_with(client.send_sealed(&bytes, &sealed).await, ErrorCode::Stale);
+        let late = seal_to_server(CLIENT, b"late", [2; 16], created);
+        send_refused(&server, &late, ErrorCode::Stale).await;
     }
     assert_eq!(server.inbox_len().await, 0);
     server.stop().await;
@@ -154,12 +144,8 @@ async fn a_header_sender_other_than_the_authenticated_client_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     // Sealed and signed by carol (trusted), sent over alice's authenticated connection.
-    let (bytes, sealed) = seal_fixed("alice3072", b"from carol", [3; 16], envelope::unix_now());
-    let mut client = server.client(CLIENT).await.unwrap();
-    refused_with(
-        client.send_sealed(&bytes, &sealed).await,
-        ErrorCode::Refused,
-    );
+    let from_carol = seal_to_server("alice3072", b"from carol", [3; 16], envelope::unix_now());
+    send_refused(&server, &from_carol, ErrorCode::Refused).await;
     assert_eq!(server.inbox_len().await, 0);
     server.stop().await;
 }
@@ -302,7 +288,7 @@ async fn pipelined_messages_on_one_connection_are_all_acked() {
     let server = TestServer::start(dir.path()).await;
     let now = envelope::unix_now();
     let msgs: Vec<_> = (0..20u8)
-        .map(|i| seal_fixed(CLIENT, &data(1000 + i as usize), [i + 100; 16], now))
+        .map(|i| seal_to_server(CLIENT, &data(1000 + i as usize), [i + 100; 16], now))
         .collect();
     let mut client = server.client(CLIENT).await.unwrap();
     let delivered = client.send_sealed_many(&msgs).await.unwrap();

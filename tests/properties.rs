@@ -186,38 +186,6 @@ fn key_id(real: letterlock::KeyId) -> impl Strategy<Value = letterlock::KeyId> {
     ]
 }
 
-/// Seals a hybrid message by hand around an arbitrary header: wraps the content key to Bob,
-/// encrypts `plain || signature` as a STREAM, and signs the transcript with Alice's key, so
-/// every check but the header's own values passes.
-fn seal_by_hand(header: &letterlock::Header, content_key: &[u8; 32], plain: &[u8]) -> Vec<u8> {
-    use letterlock::envelope::stream::{Stream, payload_key};
-    use letterlock::envelope::{header_hash, transcript};
-    let header_bytes = header.encode();
-    let hh = header_hash(&header_bytes);
-    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, plain);
-    let signature = private(ALICE)
-        .sign(&transcript(
-            &header_bytes,
-            plain.len() as u64,
-            hash.as_ref(),
-        ))
-        .unwrap();
-    let mut data = plain.to_vec();
-    data.extend_from_slice(&signature);
-    let mut out = header_bytes.to_vec();
-    out.extend_from_slice(&public(BOB).encrypt_oaep(content_key, &hh).unwrap());
-    let key = payload_key(content_key, &header.message_id.0).unwrap();
-    let mut stream = Stream::new(&key, hh).unwrap();
-    let chunks: Vec<&[u8]> = data.chunks(header.chunk_size as usize).collect();
-    for (i, chunk) in chunks.iter().enumerate() {
-        let mut c = chunk.to_vec();
-        let tag = stream.seal_chunk(&mut c, i + 1 == chunks.len()).unwrap();
-        out.extend_from_slice(&c);
-        out.extend_from_slice(tag.as_ref());
-    }
-    out
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(48), ..ProptestConfig::default() })]
 
@@ -243,7 +211,11 @@ proptest! {
             created,
             chunk_size,
         };
-        let sealed = seal_by_hand(&header, &content_key, &plain);
+        // Built by hand around the arbitrary header, signed by Alice so that every check but
+        // the header's own values passes.
+        let header_bytes = header.encode();
+        let block = common::signed_block(private(ALICE).as_ref(), &header_bytes, &plain);
+        let sealed = common::seal_by_hand(&header_bytes, &public(BOB), &content_key, &block);
         let result = letterlock::open(
             &sealed,
             private(BOB).as_ref(),
@@ -282,33 +254,29 @@ proptest! {
 /// Now it succeeds, prints the plaintext, and reports the time as a number.
 #[test]
 fn the_cli_opens_messages_created_past_year_9999() {
-    use letterlock::envelope::{FixedRandomness, Sealer};
-    use std::os::unix::fs::PermissionsExt;
+    use letterlock::envelope::FixedRandomness;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // A private copy of Bob's key with mode 0600 (the tracked file keeps its mode).
-    let bob_key = d.join("bob_private.pem");
-    std::fs::write(&bob_key, private(BOB).to_pem().unwrap().as_bytes()).unwrap();
-    std::fs::set_permissions(&bob_key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let alice_pub = common::keys_dir().join(format!("{ALICE}_public.pem"));
+    // A 0600 copy of Bob's key (the tracked file keeps its mode).
+    let bob_key = common::private_path(BOB);
+    let alice_pub = common::public_path(ALICE);
     for created in [253_402_300_800u64, 1 << 63, u64::MAX] {
         let plain = format!("sealed at {created}");
-        let (mut sealer, mut sealed) = Sealer::with_randomness(
+        let fixed = FixedRandomness {
+            message_id: [9; 16],
+            created,
+            content_key: [3; 32],
+        };
+        let (sealed, _) = common::seal_fixed(
             private(ALICE),
             &public(BOB),
             &SealOptions::default(),
-            &FixedRandomness {
-                message_id: [9; 16],
-                created,
-                content_key: [3; 32],
-            },
-        )
-        .unwrap();
-        sealer.update(plain.as_bytes(), &mut sealed).unwrap();
-        sealer.finish(&mut sealed).unwrap();
+            &fixed,
+            plain.as_bytes(),
+        );
         let msg = d.join("m.ll");
         std::fs::write(&msg, &sealed).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_letterlock"))
+        let out = std::process::Command::new(common::BIN)
             .arg("open")
             .arg("--key")
             .arg(&bob_key)

@@ -10,15 +10,14 @@ mod common;
 
 use std::sync::Arc;
 
-use aws_lc_rs::digest;
-use common::{data, private, public};
+use common::{data, par_for, private, public, seal_by_hand, sha256, signed_block};
 use letterlock::envelope::{
     self, HEADER_LEN, Header, HeaderError, MessageId, Mode, OpenError, OpenOptions, SealOptions,
     chunk_label, header_hash,
     stream::{self, Stream, TAG_LEN},
     transcript,
 };
-use letterlock::keys::{Identity, KeyId, PrivateKey, PublicKey, Trust};
+use letterlock::keys::{Identity, KeyId, PrivateKey, Trust};
 
 const ALICE: &str = "alice2048";
 const BOB: &str = "bob2048";
@@ -29,6 +28,8 @@ const MALLORY: &str = "mallory";
 const K: usize = 256;
 /// Hybrid chunk size for the multi-chunk tests.
 const CHUNK: usize = 1024;
+/// The content key of the messages built by hand (`seal_by_hand`).
+const CONTENT_KEY: [u8; 32] = [0x42; 32];
 
 fn hybrid_opts(chunk_size: u32) -> SealOptions {
     SealOptions {
@@ -64,18 +65,6 @@ fn assert_verification(result: Result<Vec<u8>, OpenError>, what: &str) {
         Ok(_) => panic!("{what}: ACCEPTED"),
         Err(e) => panic!("{what}: expected Verification, got {e:?}"),
     }
-}
-
-/// Runs `f(i)` for every `i` in `0..n`, split across the available cores. Panics inside `f`
-/// (failed assertions, or a panic in the library) fail the test.
-fn par_for(n: usize, f: impl Fn(usize) + Sync) {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            let f = &f;
-            s.spawn(move || (t..n).step_by(threads).for_each(f));
-        }
-    });
 }
 
 /// The error a single-bit flip at `byte` must give, from the header layout in `header.rs`.
@@ -364,10 +353,8 @@ fn forged_sender_refused() {
             chunk_size: if mode == Mode::Hybrid { 1024 } else { 0 },
         };
         let hb = header.encode();
-        let sig = mallory
-            .sign(&transcript(&hb, plain.len() as u64, &sha256(&plain)))
-            .unwrap();
-        let forged = build(&hb, &public(BOB), &[&plain[..], &sig[..]].concat());
+        let block = signed_block(mallory.as_ref(), &hb, &plain);
+        let forged = seal_by_hand(&hb, &public(BOB), &CONTENT_KEY, &block);
         assert_verification(bob_opens(&forged), &format!("{mode}: forged by mallory"));
     }
 }
@@ -517,13 +504,6 @@ fn each_header_field_changed_refused() {
 // ---------------------------------------------------------------------------------------------
 // Surreptitious forwarding
 
-fn sha256(data: &[u8]) -> [u8; 32] {
-    digest::digest(&digest::SHA256, data)
-        .as_ref()
-        .try_into()
-        .unwrap()
-}
-
 /// What Bob can learn from a message sealed to him: the data block, `plaintext || signature`,
 /// decrypted with the library's public pieces.
 fn decrypt_data_block(bob: &PrivateKey, sealed: &[u8]) -> Vec<u8> {
@@ -560,37 +540,6 @@ fn decrypt_data_block(bob: &PrivateKey, sealed: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Seals `data_block` (plaintext || signature) under `header` to `to`, the way the sealer does,
-/// from the library's public pieces: header encoding, OAEP, `stream`, `chunk_label`.
-fn build(header: &[u8; HEADER_LEN], to: &PublicKey, data_block: &[u8]) -> Vec<u8> {
-    let h = Header::parse(header).unwrap();
-    let hh = header_hash(header);
-    let mut out = header.to_vec();
-    match h.mode {
-        Mode::Hybrid => {
-            let content_key = [0x42u8; 32];
-            out.extend_from_slice(&to.encrypt_oaep(&content_key, &hh).unwrap());
-            let key = stream::payload_key(&content_key, &h.message_id.0).unwrap();
-            let mut s = Stream::new(&key, hh).unwrap();
-            let chunks: Vec<&[u8]> = data_block.chunks(h.chunk_size as usize).collect();
-            for (i, c) in chunks.iter().enumerate() {
-                let mut c = c.to_vec();
-                let tag = s.seal_chunk(&mut c, i + 1 == chunks.len()).unwrap();
-                out.extend_from_slice(&c);
-                out.extend_from_slice(tag.as_ref());
-            }
-        }
-        Mode::Asymmetric => {
-            let max = to.max_oaep_plaintext();
-            let count = data_block.len().div_ceil(max) as u32;
-            for (i, c) in (0u32..).zip(data_block.chunks(max)) {
-                out.extend_from_slice(&to.encrypt_oaep(c, &chunk_label(&hh, i, count)).unwrap());
-            }
-        }
-    }
-    out
-}
-
 /// Bob decrypts Alice's message, then re-seals plaintext and Alice's signature to Carol. Carol
 /// must refuse it: the signature covers the header, which named Bob. A control with a fresh
 /// signature from Alice over the new header opens, so the refusal is the signature's doing.
@@ -619,7 +568,7 @@ fn resealed_to_another_recipient_with_original_signature_refused() {
             "{mode}: bob holds alice's valid signature"
         );
         // Sanity: Bob's own rebuild to himself with the original header opens.
-        let rebuilt = build(&original, bob.public(), &block);
+        let rebuilt = seal_by_hand(&original, bob.public(), &CONTENT_KEY, &block);
         assert_eq!(
             bob_opens(&rebuilt).unwrap(),
             plain,
@@ -630,13 +579,13 @@ fn resealed_to_another_recipient_with_original_signature_refused() {
         let mut h = Header::parse(&original).unwrap();
         h.recipient = carol.public().id();
         let forwarded_header = h.encode();
-        let forwarded = build(&forwarded_header, carol.public(), &block);
+        let forwarded = seal_by_hand(&forwarded_header, carol.public(), &CONTENT_KEY, &block);
         assert_verification(
             common::open(carol.clone(), alice.public(), &forwarded),
             &format!("{mode}: forwarded to carol with alice's signature"),
         );
         // Keeping the header naming Bob but encrypting to Carol: Carol sees it is not hers.
-        let misaddressed = build(&original, carol.public(), &block);
+        let misaddressed = seal_by_hand(&original, carol.public(), &CONTENT_KEY, &block);
         assert!(
             matches!(
                 common::open(carol.clone(), alice.public(), &misaddressed),
@@ -645,14 +594,8 @@ fn resealed_to_another_recipient_with_original_signature_refused() {
             "{mode}: original header encrypted to carol"
         );
         // Control: the same construction with Alice's signature over the new header opens.
-        let fresh = alice
-            .sign(&transcript(&forwarded_header, plain.len() as u64, &hash))
-            .unwrap();
-        let honest = build(
-            &forwarded_header,
-            carol.public(),
-            &[&plain[..], &fresh[..]].concat(),
-        );
+        let fresh = signed_block(alice.as_ref(), &forwarded_header, &plain);
+        let honest = seal_by_hand(&forwarded_header, carol.public(), &CONTENT_KEY, &fresh);
         assert_eq!(
             common::open(carol.clone(), alice.public(), &honest).unwrap(),
             plain,

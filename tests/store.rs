@@ -3,7 +3,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::Rng;
@@ -16,8 +16,18 @@ use tempfile::TempDir;
 /// A body comfortably over the inline threshold, so it lands in a file.
 const LARGE_LEN: usize = 3 * INLINE_MAX + 123;
 
-fn db_path(dir: &TempDir) -> std::path::PathBuf {
-    dir.path().join("mail.db")
+/// The path of a store in a new temporary folder, which lives as long as the returned `TempDir`.
+fn temp_db() -> (TempDir, PathBuf) {
+    let dir = TempDir::new().expect("temp dir");
+    let path = dir.path().join("mail.db");
+    (dir, path)
+}
+
+/// A new store in a new temporary folder, which lives as long as the returned `TempDir`.
+fn temp_store() -> (TempDir, SqliteStore) {
+    let (dir, path) = temp_db();
+    let store = SqliteStore::open(path).expect("open");
+    (dir, store)
 }
 
 /// Stream `bytes` through the store's blob writer in uneven chunks.
@@ -63,8 +73,8 @@ fn id(n: u8) -> [u8; 16] {
     id
 }
 
-/// Finished body files (not temp files, not the lock file) in the blob folder.
-fn blob_files(dir: &Path) -> Vec<String> {
+/// The sorted names of the files in `dir` that `keep` accepts.
+fn files_in(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("read blob dir")
         .map(|e| {
@@ -73,10 +83,24 @@ fn blob_files(dir: &Path) -> Vec<String> {
                 .to_string_lossy()
                 .into_owned()
         })
-        .filter(|n| n.ends_with(".blob"))
+        .filter(|n| keep(n))
         .collect();
     names.sort();
     names
+}
+
+/// Finished body files (not temp files, not the lock file) in the blob folder.
+fn blob_files(dir: &Path) -> Vec<String> {
+    files_in(dir, |n| n.ends_with(".blob"))
+}
+
+/// How many outbox messages wait for the recipient with key id `recipient`.
+async fn pending_len(store: &SqliteStore, recipient: &[u8; 32]) -> usize {
+    store
+        .pending_outbox(recipient)
+        .await
+        .expect("pending")
+        .len()
 }
 
 fn read_all(mut reader: Box<dyn Read + Send>) -> Vec<u8> {
@@ -87,8 +111,7 @@ fn read_all(mut reader: Box<dyn Read + Send>) -> Vec<u8> {
 
 #[tokio::test]
 async fn insert_duplicate_and_conflict() {
-    let dir = TempDir::new().expect("temp dir");
-    let store = SqliteStore::open(db_path(&dir)).expect("open");
+    let (_dir, store) = temp_store();
 
     let first = inbox_record(1, id(1), Body::from_bytes(b"sealed one".to_vec()));
     let ack = first.ack_tag;
@@ -127,8 +150,7 @@ async fn insert_duplicate_and_conflict() {
 
 #[tokio::test]
 async fn inline_and_file_bodies_round_trip() {
-    let dir = TempDir::new().expect("temp dir");
-    let store = SqliteStore::open(db_path(&dir)).expect("open");
+    let (_dir, store) = temp_store();
 
     let small = Rng(1).bytes(INLINE_MAX); // exactly the threshold: still inline
     let body = stage(&store, &small);
@@ -194,8 +216,7 @@ async fn inline_and_file_bodies_round_trip() {
 
 #[tokio::test]
 async fn find_inbox_by_prefix() {
-    let dir = TempDir::new().expect("temp dir");
-    let store = SqliteStore::open(db_path(&dir)).expect("open");
+    let (_dir, store) = temp_store();
     for n in [0xC1, 0xC2, 0xD0] {
         store
             .insert_inbox(inbox_record(1, id(n), Body::from_bytes(vec![n; 10])))
@@ -227,8 +248,7 @@ async fn find_inbox_by_prefix() {
 
 #[tokio::test]
 async fn everything_survives_reopen() {
-    let dir = TempDir::new().expect("temp dir");
-    let path = db_path(&dir);
+    let (_dir, path) = temp_db();
     let large = Rng(4).bytes(LARGE_LEN);
     {
         let store = SqliteStore::open(&path).expect("open");
@@ -274,8 +294,7 @@ async fn everything_survives_reopen() {
 
 #[tokio::test]
 async fn orphan_blobs_are_swept_on_open() {
-    let dir = TempDir::new().expect("temp dir");
-    let path = db_path(&dir);
+    let (_dir, path) = temp_db();
     let store = SqliteStore::open(&path).expect("open");
     let body = stage(&store, &Rng(5).bytes(LARGE_LEN));
     store
@@ -315,8 +334,7 @@ async fn orphan_blobs_are_swept_on_open() {
 
 #[tokio::test]
 async fn outbox_from_second_handle_and_completion() {
-    let dir = TempDir::new().expect("temp dir");
-    let path = db_path(&dir);
+    let (_dir, path) = temp_db();
     let server = SqliteStore::open(&path).expect("open server");
     // `letterlock server send_msg` opens the same file while the server runs.
     let sender = SqliteStore::open(&path).expect("open second handle");
@@ -353,13 +371,7 @@ async fn outbox_from_second_handle_and_completion() {
     let ids: Vec<_> = pending.iter().map(|e| e.message_id).collect();
     assert_eq!(ids, vec![id(1), id(2)], "oldest first");
     assert_eq!(pending[0].recipient_name, "client-9");
-    assert!(
-        server
-            .pending_outbox(&[8; 32])
-            .await
-            .expect("pending")
-            .is_empty()
-    );
+    assert_eq!(pending_len(&server, &[8; 32]).await, 0);
     assert_eq!(
         read_all(
             server
@@ -377,14 +389,7 @@ async fn outbox_from_second_handle_and_completion() {
             .await
             .expect("complete")
     );
-    assert_eq!(
-        server
-            .pending_outbox(&[9; 32])
-            .await
-            .expect("pending")
-            .len(),
-        2
-    );
+    assert_eq!(pending_len(&server, &[9; 32]).await, 2);
     assert_eq!(blob_files(server.blob_dir()).len(), 1);
 
     // Right tag: removed, with its file.
@@ -401,13 +406,7 @@ async fn outbox_from_second_handle_and_completion() {
             .await
             .expect("complete")
     );
-    assert!(
-        server
-            .pending_outbox(&[9; 32])
-            .await
-            .expect("pending")
-            .is_empty()
-    );
+    assert_eq!(pending_len(&server, &[9; 32]).await, 0);
     // Completing again (a repeated ack) is a harmless no.
     assert!(
         !server
@@ -425,8 +424,8 @@ async fn outbox_from_second_handle_and_completion() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_inserts_are_group_committed() {
     const TASKS: u8 = 64;
-    let dir = TempDir::new().expect("temp dir");
-    let store = Arc::new(SqliteStore::open(db_path(&dir)).expect("open"));
+    let (_dir, store) = temp_store();
+    let store = Arc::new(store);
     let before = store.stats();
 
     let tasks: Vec<_> = (0..TASKS)
@@ -471,8 +470,7 @@ async fn concurrent_inserts_are_group_committed() {
 
 #[tokio::test]
 async fn newer_schema_is_refused() {
-    let dir = TempDir::new().expect("temp dir");
-    let path = db_path(&dir);
+    let (_dir, path) = temp_db();
     SqliteStore::open(&path)
         .expect("create")
         .close()
@@ -495,17 +493,9 @@ async fn newer_schema_is_refused() {
 
 #[tokio::test]
 async fn abandoned_and_foreign_bodies_leave_no_files() {
-    let dir = TempDir::new().expect("temp dir");
-    let store = SqliteStore::open(db_path(&dir)).expect("open");
-    let all_files = |path: &Path| -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(path)
-            .expect("read blob dir")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .filter(|n| n != ".lock")
-            .collect();
-        names.sort();
-        names
-    };
+    let (dir, store) = temp_store();
+    // Every file but the lock: temporary files too.
+    let all_files = |path: &Path| files_in(path, |n| n != ".lock");
 
     // A writer dropped mid-stream (say the sender disconnected) deletes its
     // temporary file.
@@ -522,8 +512,7 @@ async fn abandoned_and_foreign_bodies_leave_no_files() {
     assert!(all_files(store.blob_dir()).is_empty());
 
     // A body staged in another store's folder is refused and deleted.
-    let other_dir = TempDir::new().expect("temp dir");
-    let other = SqliteStore::open(db_path(&other_dir)).expect("open other");
+    let (_other_dir, other) = temp_store();
     let body = stage(&other, &Rng(8).bytes(LARGE_LEN));
     assert_eq!(blob_files(other.blob_dir()).len(), 1);
     assert!(matches!(

@@ -102,6 +102,19 @@ fn fails_with(dir: &Path, args: &[&str], expected: &str) {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// `letterlock open --key bob_private.pem --from alice_public.pem ARGS` fails saying `expected`.
+fn bob_open_fails_with(dir: &Path, args: &[&str], expected: &str) {
+    let mut all = vec![
+        "open",
+        "--key",
+        "bob_private.pem",
+        "--from",
+        "alice_public.pem",
+    ];
+    all.extend_from_slice(args);
+    fails_with(dir, &all, expected);
+}
+
 #[test]
 fn newcomer_mistakes_get_errors_that_say_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
@@ -136,20 +149,7 @@ fn newcomer_mistakes_get_errors_that_say_what_to_do() {
         "expected a private key",
     );
     // An existing output file is not replaced without --force.
-    fails_with(
-        d,
-        &[
-            "open",
-            "--key",
-            "bob_private.pem",
-            "--from",
-            "alice_public.pem",
-            "-o",
-            "m.txt",
-            "m.ll",
-        ],
-        "pass --force",
-    );
+    bob_open_fails_with(d, &["-o", "m.txt", "m.ll"], "pass --force");
     // A device or pipe is never replaced by the output's rename (as root, `-o /dev/null` once
     // turned /dev/null into a regular file): a FIFO stands in for the device here.
     assert!(
@@ -159,39 +159,14 @@ fn newcomer_mistakes_get_errors_that_say_what_to_do() {
             .unwrap()
             .success()
     );
-    fails_with(
-        d,
-        &[
-            "open",
-            "--key",
-            "bob_private.pem",
-            "--from",
-            "alice_public.pem",
-            "-o",
-            "fifo",
-            "--force",
-            "m.ll",
-        ],
-        "not a regular file",
-    );
+    bob_open_fails_with(d, &["-o", "fifo", "--force", "m.ll"], "not a regular file");
     assert!(std::os::unix::fs::FileTypeExt::is_fifo(
         &std::fs::symlink_metadata(d.join("fifo"))
             .unwrap()
             .file_type()
     ));
     // A text file is "not a letterlock message", however short.
-    fails_with(
-        d,
-        &[
-            "open",
-            "--key",
-            "bob_private.pem",
-            "--from",
-            "alice_public.pem",
-            "m.txt",
-        ],
-        "not a letterlock message",
-    );
+    bob_open_fails_with(d, &["m.txt"], "not a letterlock message");
     // A mistyped store is refused, and not created.
     fails_with(
         d,

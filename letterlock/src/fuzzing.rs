@@ -4,7 +4,7 @@
 //! docs/FUZZING.md says how to run the targets.
 
 use std::io::{BufReader, Read, Write};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::envelope::armor::{ArmorReader, ArmorWriter, is_armored};
 use crate::envelope::{
@@ -394,4 +394,41 @@ pub fn server_connection(fx: &ServerFixture, data: &[u8]) -> usize {
         }
     });
     acks
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fuzz targets' entry points: each target in `fuzz/fuzz_targets/` is one call to one of
+// these, with the fixture built once per process from the fixed test keys.
+
+/// The fixed test keys of the fuzz targets, compiled in so that a target reads no files: Bob
+/// (2048 bits) receives and serves, Alice (2048 bits) is the trusted sender and client.
+const BOB_PRIVATE: &str = include_str!("../../tests/keys/bob2048_private.pem");
+const ALICE_PRIVATE: &str = include_str!("../../tests/keys/alice2048_private.pem");
+const ALICE_PUBLIC: &str = include_str!("../../tests/keys/alice2048_public.pem");
+
+/// The `open_hybrid` and `open_asymmetric` targets: `data` after a valid header in `mode`
+/// ([`open_after_header`]) and as a whole message ([`open_whole`]), Bob opening, Alice trusted.
+pub fn open_target(mode: Mode, data: &[u8]) {
+    static FX: OnceLock<Fixture> = OnceLock::new();
+    let fx = FX.get_or_init(|| Fixture::from_pem(BOB_PRIVATE, ALICE_PUBLIC));
+    let _ = open_after_header(fx, mode, data);
+    let _ = open_whole(fx, data);
+}
+
+/// The `handshake` target: [`handshake`] with Bob serving and Alice the trusted client.
+pub fn handshake_target(data: &[u8]) {
+    static FX: OnceLock<NetFixture> = OnceLock::new();
+    let _ = handshake(
+        FX.get_or_init(|| NetFixture::from_pem(BOB_PRIVATE, ALICE_PRIVATE)),
+        data,
+    );
+}
+
+/// The `server_connection` target: [`server_connection`] with Bob serving and Alice the
+/// trusted client.
+pub fn server_connection_target(data: &[u8]) {
+    static FX: OnceLock<ServerFixture> = OnceLock::new();
+    let fx =
+        FX.get_or_init(|| ServerFixture::new(NetFixture::from_pem(BOB_PRIVATE, ALICE_PRIVATE)));
+    let _ = server_connection(fx, data);
 }

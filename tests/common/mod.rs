@@ -12,7 +12,7 @@ pub mod net;
 pub mod peer;
 
 use letterlock::envelope::stream::{self, Stream};
-use letterlock::envelope::{Mode, chunk_label};
+use letterlock::envelope::{HEADER_LEN, Header, Mode, chunk_label, header_hash, transcript};
 use letterlock::keys::{self, Identity, PrivateKey, PublicKey};
 
 // ---------------------------------------------------------------------------------------------
@@ -132,6 +132,46 @@ pub fn open(
     let opts = letterlock::envelope::OpenOptions::default();
     letterlock::envelope::open_to_vec(recipient, sender, &opts, sealed)
         .map(|(plain, _)| plain.to_vec())
+}
+
+/// The data block `plain || signature` that the sealer encrypts after `header`: `signer`'s
+/// signature over the transcript of `header`, the plaintext length and its SHA-256. Tests that
+/// sign with a key or over a header the sealer would not use (a forger, a forwarded header, an
+/// extreme header value) build the block here and seal it with [`seal_by_hand`].
+pub fn signed_block(signer: &dyn Identity, header: &[u8; HEADER_LEN], plain: &[u8]) -> Vec<u8> {
+    let signature = signer
+        .sign(&transcript(header, plain.len() as u64, &sha256(plain)))
+        .unwrap();
+    [plain, &signature[..]].concat()
+}
+
+/// A whole sealed message built by hand around the encoded `header` (which must parse): the
+/// header, in hybrid mode `content_key` wrapped to `to` with OAEP labelled by the header hash,
+/// then `data_block` encrypted by [`seal_data_block`] with the header's mode, message id and
+/// chunk size. Nothing checks that `header` names `to` or that `data_block` is signed: that is
+/// what the tests that call this want to vary.
+pub fn seal_by_hand(
+    header: &[u8; HEADER_LEN],
+    to: &PublicKey,
+    content_key: &[u8; 32],
+    data_block: &[u8],
+) -> Vec<u8> {
+    let h = Header::parse(header).unwrap();
+    let hh = header_hash(header);
+    let mut out = header.to_vec();
+    if h.mode == Mode::Hybrid {
+        out.extend_from_slice(&to.encrypt_oaep(content_key, &hh).unwrap());
+    }
+    out.extend_from_slice(&seal_data_block(
+        h.mode,
+        hh,
+        to,
+        content_key,
+        &h.message_id.0,
+        h.chunk_size as usize,
+        data_block,
+    ));
+    out
 }
 
 /// Encrypts `data_block` (plaintext || signature) the way the sealer does after the header

@@ -1,9 +1,11 @@
-//! An in-process server on 127.0.0.1:0 for the network tests.
+//! An in-process server on 127.0.0.1:0 for the network tests, messages sealed to it with a
+//! chosen id and time, and an echo server with the interception proxy in front of it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use letterlock::client::{Client, ClientConfig};
+use letterlock::envelope::{FixedRandomness, SealOptions, Sealed};
 use letterlock::keys::{Identity, TrustList};
 use letterlock::server::{Server, ServerConfig};
 use letterlock::store::SqliteStore;
@@ -12,6 +14,23 @@ use tokio::sync::oneshot;
 /// Names of the fixed keys the network tests use: 2048 bits keeps them fast.
 pub const SERVER: &str = "bob2048";
 pub const CLIENT: &str = "alice2048";
+
+/// Seals `plain` from the fixed key `sender` to the test server ([`SERVER`]) with default
+/// options and a chosen message id and creation time: for the replay and clock checks.
+pub fn seal_to_server(sender: &str, plain: &[u8], id: [u8; 16], created: u64) -> (Vec<u8>, Sealed) {
+    let fixed = FixedRandomness {
+        message_id: id,
+        created,
+        content_key: [7; 32],
+    };
+    super::seal_fixed(
+        super::private(sender),
+        &super::public(SERVER),
+        &SealOptions::default(),
+        &fixed,
+        plain,
+    )
+}
 
 pub struct TestServer {
     pub addr: String,
@@ -113,4 +132,32 @@ impl TestServer {
         use letterlock::store::Store;
         self.store.list_inbox().await.unwrap().len()
     }
+}
+
+/// A test-only echo server on 127.0.0.1:0 that sends every connection's bytes back and closes
+/// its side when the peer does: the upstream of the interceptor tests.
+pub async fn echo_server() -> std::net::SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// The interception proxy on 127.0.0.1:0 with `config`, relaying to a fresh [`echo_server`].
+pub async fn proxy_to_echo(
+    config: letterlock_cli::intercept::Config,
+) -> letterlock_cli::intercept::Proxy {
+    let echo = echo_server().await;
+    letterlock_cli::intercept::Proxy::start("127.0.0.1:0", &echo.to_string(), config)
+        .await
+        .unwrap()
 }
