@@ -24,18 +24,20 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::CommonState;
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::aws_lc_rs::{self as provider, cipher_suite, kx_group};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
-use rustls::{CommonState, NamedGroup, ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
 use crate::keys::{Identity, KeyError, KeyId, PublicKey, TrustList, Trusted};
 
 pub use pin::UnpinnedKey;
+/// Re-exported so that users can read a [`Session`] without depending on rustls themselves.
+pub use rustls::{CipherSuite, NamedGroup, ProtocolVersion};
 
 /// The ALPN protocol name of letterlock protocol version 2: frames inside TLS 1.3.
 pub const ALPN: &[u8] = b"letterlock/2";
@@ -81,7 +83,7 @@ pub enum TlsError {
 
 impl TlsError {
     /// Sorts an error from tokio-rustls: rustls errors travel inside `io::Error`.
-    fn from_io(e: io::Error) -> TlsError {
+    pub(crate) fn from_io(e: io::Error) -> TlsError {
         let Some(tls) = e
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -118,7 +120,7 @@ pub struct Session {
     /// The key exchange group: X25519MLKEM768 between letterlock peers.
     pub group: NamedGroup,
     /// The cipher suite.
-    pub cipher_suite: rustls::CipherSuite,
+    pub cipher_suite: CipherSuite,
     /// The peer's key id, from its certificate.
     pub peer: KeyId,
 }

@@ -1,0 +1,217 @@
+//! Protocol version 2: TLS 1.3 under the frames, over real TCP on 127.0.0.1 (issue 10, first
+//! slice). The handshake-level cases without a server (groups, ALPN, require_pq) are unit tests
+//! in `letterlock/src/tls`; here the real server and client, and the `openssl` binary.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::net::{CLIENT, SERVER, clients};
+use common::{private, public};
+use letterlock::client::{Client, ClientConfig, ClientError, Content, Output as Out};
+use letterlock::envelope::{Mode, SealOptions};
+use letterlock::keys::Identity;
+use letterlock::server::{Server, ServerConfig};
+use letterlock::store::{SqliteStore, Store};
+use letterlock::tls::{NamedGroup, ProtocolVersion, TlsOptions};
+use letterlock::wire::ErrorCode;
+use tokio::sync::oneshot;
+
+/// A version 2 server on 127.0.0.1:0 with the test keys, until dropped or stopped.
+struct TlsServer {
+    addr: String,
+    store: Arc<SqliteStore>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TlsServer {
+    async fn start(dir: &Path, options: TlsOptions) -> TlsServer {
+        Self::start_with(dir, options, ServerConfig::default()).await
+    }
+
+    async fn start_with(dir: &Path, options: TlsOptions, config: ServerConfig) -> TlsServer {
+        let store = Arc::new(SqliteStore::open(dir.join("server.db")).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = Server::new(private(SERVER), clients(), store.clone(), config)
+            .with_tls(options)
+            .unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            Arc::new(server)
+                .run(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        TlsServer {
+            addr,
+            store,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    async fn client(&self, name: &str, options: TlsOptions) -> Result<Client, ClientError> {
+        let identity: Arc<dyn Identity> = private(name);
+        Client::connect_tls(
+            &self.addr,
+            identity,
+            public(SERVER),
+            ClientConfig::default(),
+            options,
+        )
+        .await
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_message_and_a_fetch_travel_inside_tls_1_3_with_x25519mlkem768() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TlsServer::start(dir.path(), TlsOptions::default()).await;
+    let mut client = server.client(CLIENT, TlsOptions::default()).await.unwrap();
+    let session = client.tls_session().expect("a TLS session").clone();
+    assert_eq!(session.version, ProtocolVersion::TLSv1_3);
+    assert_eq!(session.group, NamedGroup::X25519MLKEM768);
+    assert_eq!(session.peer, public(SERVER).id());
+
+    for mode in [Mode::Hybrid, Mode::Asymmetric] {
+        let text = format!("over TLS in {mode} mode").into_bytes();
+        let d = client
+            .send(std::io::Cursor::new(text.clone()), SealOptions::mode(mode))
+            .await
+            .unwrap();
+        assert_eq!(d.plaintext_len, text.len() as u64);
+    }
+    assert_eq!(server.store.list_inbox().await.unwrap().len(), 2);
+
+    let to = clients().by_name("client").unwrap().clone();
+    letterlock::server::queue_for_client(
+        server.store.as_ref(),
+        private(SERVER),
+        &to,
+        std::io::Cursor::new(b"reply over TLS".to_vec()),
+        &SealOptions::default(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let n = client
+        .fetch(&Out::Memory { limit: 1 << 20 }, |r| {
+            if let Content::Memory(m) = &r.content {
+                got.push(m.to_vec());
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(got, vec![b"reply over TLS".to_vec()]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_untrusted_client_key_fails_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TlsServer::start(dir.path(), TlsOptions::default()).await;
+    match server.client("mallory", TlsOptions::default()).await {
+        Err(ClientError::Refused {
+            code: ErrorCode::AuthFailed,
+            ..
+        }) => {}
+        other => panic!("expected a refusal of our key, got {other:?}"),
+    }
+    assert!(server.store.list_inbox().await.unwrap().is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_key_other_than_the_pinned_one_fails_at_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TlsServer::start(dir.path(), TlsOptions::default()).await;
+    let identity: Arc<dyn Identity> = private(CLIENT);
+    let pinned = public("bob3072");
+    let r = Client::connect_tls(
+        &server.addr,
+        identity,
+        pinned.clone(),
+        ClientConfig::default(),
+        TlsOptions::default(),
+    )
+    .await;
+    match r {
+        Err(ClientError::WrongServer { got, expected }) => {
+            assert_eq!(got, public(SERVER).id());
+            assert_eq!(expected, pinned.id());
+        }
+        other => panic!("expected WrongServer, got {:?}", other.err()),
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn no_silent_fallback_between_versions_1_and_2() {
+    let dir = tempfile::tempdir().unwrap();
+    // A version 1 client at a version 2 server: it waits for a Hello that never comes, the
+    // server for a ClientHello that never comes, until the server's handshake timeout.
+    let config = ServerConfig {
+        handshake_timeout: std::time::Duration::from_secs(2),
+        ..ServerConfig::default()
+    };
+    let server = TlsServer::start_with(dir.path(), TlsOptions::default(), config).await;
+    let identity: Arc<dyn Identity> = private(CLIENT);
+    let r = Client::connect(
+        &server.addr,
+        identity.clone(),
+        public(SERVER),
+        ClientConfig {
+            timeout: std::time::Duration::from_secs(30),
+            ..ClientConfig::default()
+        },
+    )
+    .await;
+    assert!(
+        matches!(r, Err(ClientError::NotLetterlock(_))),
+        "a v1 client at a v2 server: {:?}",
+        r.err()
+    );
+    server.stop().await;
+
+    // A version 2 client at a version 1 server: the server's Hello is not a TLS ServerHello.
+    let v1 = common::net::TestServer::start(dir.path()).await;
+    let r = Client::connect_tls(
+        &v1.addr,
+        identity,
+        public(SERVER),
+        ClientConfig::default(),
+        TlsOptions::default(),
+    )
+    .await;
+    assert!(matches!(r, Err(ClientError::Tls(_))), "{:?}", r.err());
+    v1.stop().await;
+}
+
+#[tokio::test]
+async fn require_pq_on_both_ends_still_connects_post_quantum() {
+    let dir = tempfile::tempdir().unwrap();
+    let strict = TlsOptions { require_pq: true };
+    let server = TlsServer::start(dir.path(), strict).await;
+    let client = server.client(CLIENT, strict).await.unwrap();
+    assert_eq!(
+        client.tls_session().unwrap().group,
+        NamedGroup::X25519MLKEM768
+    );
+    server.stop().await;
+}
