@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
 use common::net::{CLIENT, SERVER, clients};
@@ -214,4 +215,177 @@ async fn require_pq_on_both_ends_still_connects_post_quantum() {
         NamedGroup::X25519MLKEM768
     );
     server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interoperability with a standard TLS 1.3 client: the `openssl` binary (OpenSSL 3).
+
+/// Frames as bytes on the wire (docs/PROTOCOL.md): length u32 BE (type + payload), type, payload.
+const READY: &[u8] = &[0, 0, 0, 1, 0x03];
+const FETCH: &[u8] = &[0, 0, 0, 1, 0x20];
+const FETCH_DONE_0: &[u8] = &[0, 0, 0, 5, 0x23, 0, 0, 0, 0];
+
+/// Runs `openssl ARGS` with `stdin`; panics with an install hint if the binary is missing: an
+/// interop test that quietly passes without its counterpart proves nothing.
+fn openssl(args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run `openssl` ({e}): the TLS interoperability test needs the OpenSSL 3 \
+                 command-line tool on PATH (apt-get install openssl; .ci/run installs it)"
+            )
+        });
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The path of a fixed test private key, tightened to 0600 (as `common::private` does).
+fn key_path(name: &str) -> PathBuf {
+    let _ = private(name);
+    common::keys_dir().join(format!("{name}_private.pem"))
+}
+
+/// A self-signed certificate for a letterlock key, made by `openssl req` as any user would.
+fn openssl_cert(dir: &Path, name: &str) -> PathBuf {
+    let cert = dir.join(format!("{name}.crt"));
+    let out = openssl(
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            key_path(name).to_str().unwrap(),
+            "-subj",
+            "/CN=openssl interop",
+            "-days",
+            "1",
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cert
+}
+
+/// `openssl s_client` to `addr` as `name`, sending `input` after the handshake; returns its
+/// output once the server closes.
+async fn s_client(addr: &str, dir: &Path, name: &str, extra: &[&str], input: &[u8]) -> Output {
+    let cert = openssl_cert(dir, name);
+    let key = key_path(name);
+    let mut args: Vec<String> = [
+        "s_client",
+        "-connect",
+        addr,
+        "-tls1_3",
+        "-cert",
+        cert.to_str().unwrap(),
+        "-key",
+        key.to_str().unwrap(),
+        "-ign_eof",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let input = input.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        openssl(&args, &input)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn openssl_s_client_speaks_version_2_with_a_letterlock_client_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TlsServer::start(dir.path(), TlsOptions::default()).await;
+    // Fetch (nothing waits: FetchDone 0), then a Ready the server does not expect, so it answers
+    // with an Error frame and closes, which ends s_client.
+    let mut input = FETCH.to_vec();
+    input.extend_from_slice(READY);
+    let out = s_client(
+        &server.addr,
+        dir.path(),
+        CLIENT,
+        &["-alpn", "letterlock/2"],
+        &input,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("New, TLSv1.3"), "{text}");
+    assert!(text.contains("ALPN protocol: letterlock/2"), "{text}");
+    assert!(text.contains("Peer signature type: RSA-PSS"), "{text}");
+    // The certificate names the key id a user compares with `letterlock fingerprint`.
+    let id = public(SERVER).id();
+    assert!(text.contains(&format!("CN = letterlock {id}")), "{text}");
+    // OpenSSL 3.0 has no ML-KEM: the fallback group.
+    assert!(text.contains("Server Temp Key: X25519"), "{text}");
+    // Ready, then FetchDone{0}, then an Error frame (type 0x7f, code 1 = Protocol).
+    let ready = out
+        .stdout
+        .windows(READY.len())
+        .position(|w| w == READY)
+        .expect("Ready");
+    let rest = &out.stdout[ready + READY.len()..];
+    assert!(rest.starts_with(FETCH_DONE_0), "{text}");
+    assert!(contains(rest, &[0x7f, 0x00, 0x01]), "{text}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn openssl_s_client_is_refused_without_a_trusted_key_alpn_or_ml_kem_when_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TlsServer::start(dir.path(), TlsOptions::default()).await;
+    let alpn = ["-alpn", "letterlock/2"];
+    // The control: the same command with the trusted key gets Ready.
+    let out = s_client(&server.addr, dir.path(), CLIENT, &alpn, READY).await;
+    assert!(
+        contains(&out.stdout, READY),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let untrusted = s_client(&server.addr, dir.path(), "mallory", &alpn, READY).await;
+    let no_alpn = s_client(&server.addr, dir.path(), CLIENT, &[], READY).await;
+    let other_alpn = s_client(&server.addr, dir.path(), CLIENT, &["-alpn", "h2"], READY).await;
+    server.stop().await;
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let strict = TlsServer::start(dir2.path(), TlsOptions { require_pq: true }).await;
+    let classical = s_client(&strict.addr, dir2.path(), CLIENT, &alpn, READY).await;
+    strict.stop().await;
+
+    for (what, out, alert) in [
+        ("untrusted key", &untrusted, "alert access denied"),
+        ("no ALPN", &no_alpn, "alert access denied"),
+        ("ALPN h2", &other_alpn, "alert no application protocol"),
+        (
+            "X25519 only at a require_pq server",
+            &classical,
+            "alert handshake failure",
+        ),
+    ] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !contains(&out.stdout, READY),
+            "{what}: the server said Ready"
+        );
+        assert!(stderr.contains(alert), "{what}: no {alert:?} in\n{stderr}");
+    }
 }
