@@ -389,3 +389,77 @@ async fn openssl_s_client_is_refused_without_a_trusted_key_alpn_or_ml_kem_when_r
         assert!(stderr.contains(alert), "{what}: no {alert:?} in\n{stderr}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The Python client of docs/examples/v2_fetch.py: PROTOCOL.md section 13 is enough for a
+// standard library TLS stack.
+
+/// Runs the example with python3; panics with an install hint if python3 is missing.
+async fn python_fetch(addr: &str, dir: &Path, server_pem: &str, client: &str) -> Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples/v2_fetch.py");
+    let cert = openssl_cert(dir, client);
+    let args: Vec<String> = vec![
+        script.to_str().unwrap().into(),
+        addr.into(),
+        common::keys_dir()
+            .join(format!("{server_pem}_public.pem"))
+            .to_str()
+            .unwrap()
+            .into(),
+        cert.to_str().unwrap().into(),
+        key_path(client).to_str().unwrap().into(),
+    ];
+    tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args(&args)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run `python3` ({e}): this test runs the Python example client of \
+                     docs/PROTOCOL.md (apt-get install python3)"
+                )
+            })
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_python_example_fetches_over_version_2_and_pins_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TlsServer::start(dir.path(), TlsOptions::default()).await;
+    let to = clients().by_name("client").unwrap().clone();
+    letterlock::server::queue_for_client(
+        server.store.as_ref(),
+        private(SERVER),
+        &to,
+        std::io::Cursor::new(b"for python".to_vec()),
+        &SealOptions::default(),
+    )
+    .await
+    .unwrap();
+
+    let out = python_fetch(&server.addr, dir.path(), SERVER, CLIENT).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("ready TLSv1.3"), "{stdout}");
+    assert!(
+        stdout.contains("fetch done: 1 messages (1 received)"),
+        "{stdout}"
+    );
+
+    // Pinned to another key, it refuses the real server before sending a frame.
+    let out = python_fetch(&server.addr, dir.path(), "bob3072", CLIENT).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("not the pinned one"), "{stderr}");
+
+    // An untrusted key never gets Ready.
+    let out = python_fetch(&server.addr, dir.path(), SERVER, "mallory").await;
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"));
+    server.stop().await;
+}
