@@ -287,20 +287,21 @@ fn openssl_cert(dir: &Path, name: &str) -> PathBuf {
 async fn s_client(addr: &str, dir: &Path, name: &str, extra: &[&str], input: &[u8]) -> Output {
     let cert = openssl_cert(dir, name);
     let key = key_path(name);
-    let mut args: Vec<String> = [
-        "s_client",
-        "-connect",
-        addr,
-        "-tls1_3",
+    let identity = [
         "-cert",
         cert.to_str().unwrap(),
         "-key",
         key.to_str().unwrap(),
-        "-ign_eof",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ];
+    s_client_args(addr, &[&identity[..], extra].concat(), input).await
+}
+
+/// `openssl s_client -tls1_3 -ign_eof` to `addr` with `extra` arguments.
+async fn s_client_args(addr: &str, extra: &[&str], input: &[u8]) -> Output {
+    let mut args: Vec<String> = ["s_client", "-connect", addr, "-tls1_3", "-ign_eof"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
     let input = input.to_vec();
     tokio::task::spawn_blocking(move || {
@@ -349,7 +350,7 @@ async fn openssl_s_client_speaks_version_2_with_a_letterlock_client_key() {
 }
 
 #[tokio::test]
-async fn openssl_s_client_is_refused_without_a_trusted_key_alpn_or_ml_kem_when_required() {
+async fn openssl_s_client_is_refused_without_a_trusted_key_certificate_alpn_or_ml_kem() {
     let dir = tempfile::tempdir().unwrap();
     let server = TlsServer::start(dir.path(), TlsOptions::default()).await;
     let alpn = ["-alpn", "letterlock/2"];
@@ -364,6 +365,7 @@ async fn openssl_s_client_is_refused_without_a_trusted_key_alpn_or_ml_kem_when_r
     let untrusted = s_client(&server.addr, dir.path(), "mallory", &alpn, READY).await;
     let no_alpn = s_client(&server.addr, dir.path(), CLIENT, &[], READY).await;
     let other_alpn = s_client(&server.addr, dir.path(), CLIENT, &["-alpn", "h2"], READY).await;
+    let no_cert = s_client_args(&server.addr, &alpn, READY).await;
     server.stop().await;
 
     let dir2 = tempfile::tempdir().unwrap();
@@ -375,6 +377,7 @@ async fn openssl_s_client_is_refused_without_a_trusted_key_alpn_or_ml_kem_when_r
         ("untrusted key", &untrusted, "alert access denied"),
         ("no ALPN", &no_alpn, "alert access denied"),
         ("ALPN h2", &other_alpn, "alert no application protocol"),
+        ("no certificate", &no_cert, "alert certificate required"),
         (
             "X25519 only at a require_pq server",
             &classical,
