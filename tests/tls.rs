@@ -120,6 +120,7 @@ async fn a_message_and_a_fetch_travel_inside_tls_1_3_with_x25519mlkem768() {
         .unwrap();
     assert_eq!(n, 1);
     assert_eq!(got, vec![b"reply over TLS".to_vec()]);
+    client.close().await.unwrap();
     server.stop().await;
 }
 

@@ -259,6 +259,13 @@ impl Client {
         }
     }
 
+    /// Ends the connection cleanly: closes our direction (over TLS, a `close_notify` first).
+    /// Dropping the client also ends it, without telling the server first.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        self.writer.shutdown().await?;
+        Ok(())
+    }
+
     /// What the TLS handshake agreed on, for a version 2 connection.
     pub fn tls_session(&self) -> Option<&tls::Session> {
         self.tls.as_ref()
