@@ -467,3 +467,141 @@ async fn the_python_example_fetches_over_version_2_and_pins_the_server() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"));
     server.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// What an eavesdropper records.
+
+/// A relay on 127.0.0.1 for one connection to `to`, recording each direction; the recordings
+/// (client→server, server→client) once both directions ended.
+async fn recording_relay(to: String) -> (String, tokio::task::JoinHandle<(Vec<u8>, Vec<u8>)>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+    ) -> Vec<u8> {
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    seen.extend_from_slice(&buf[..n]);
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown().await;
+        seen
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let server = tokio::net::TcpStream::connect(to).await.unwrap();
+        let (cr, cw) = client.into_split();
+        let (sr, sw) = server.into_split();
+        tokio::join!(pump(cr, sw), pump(sr, cw))
+    });
+    (addr, task)
+}
+
+const SECRET: &[u8] = b"the recorded secret: meet at the old mill at nine";
+
+/// Sends SECRET through a recording relay, over version 1 or 2; the recordings and the id.
+async fn record_one_message(tls: bool) -> (Vec<u8>, Vec<u8>, [u8; 16]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (v2, v1);
+    let server_addr = if tls {
+        v2 = Some(TlsServer::start(dir.path(), TlsOptions::default()).await);
+        v1 = None;
+        v2.as_ref().unwrap().addr.clone()
+    } else {
+        v1 = Some(common::net::TestServer::start(dir.path()).await);
+        v2 = None;
+        v1.as_ref().unwrap().addr.clone()
+    };
+    let (relay, recording) = recording_relay(server_addr).await;
+    let identity: Arc<dyn Identity> = private(CLIENT);
+    let config = ClientConfig::default();
+    let mut client = if tls {
+        Client::connect_tls(
+            &relay,
+            identity,
+            public(SERVER),
+            config,
+            TlsOptions::default(),
+        )
+        .await
+        .unwrap()
+    } else {
+        Client::connect(&relay, identity, public(SERVER), config)
+            .await
+            .unwrap()
+    };
+    let delivery = client
+        .send(
+            std::io::Cursor::new(SECRET.to_vec()),
+            SealOptions::default(),
+        )
+        .await
+        .unwrap();
+    client.close().await.unwrap();
+    let (c2s, s2c) = recording.await.unwrap();
+    if let Some(s) = v2 {
+        s.stop().await;
+    }
+    if let Some(s) = v1 {
+        s.stop().await;
+    }
+    (c2s, s2c, delivery.id.0)
+}
+
+#[tokio::test]
+async fn a_recorded_session_yields_nothing_even_with_both_private_keys() {
+    use letterlock::envelope::MAGIC;
+    // The control: on the version 1 wire the recording holds the sealed message, which the
+    // server's private key opens (with the client's public key to verify it).
+    let (c2s, s2c, id) = record_one_message(false).await;
+    let at = c2s
+        .windows(MAGIC.len())
+        .position(|w| w == MAGIC)
+        .expect("v1: a sealed header");
+    // The Send frame around it: length (u32 BE) and type 0x10 just before the header.
+    let len = u32::from_be_bytes(c2s[at - 5..at - 1].try_into().unwrap()) as usize;
+    assert_eq!(c2s[at - 1], 0x10);
+    let sealed = &c2s[at..at + len - 1];
+    assert_eq!(
+        common::open(private(SERVER), &public(CLIENT), sealed).unwrap(),
+        SECRET
+    );
+    assert!(
+        contains(&s2c, &id),
+        "v1: the Ack names the message id in the clear"
+    );
+
+    // Version 2: the same exchange, recorded the same way. Given both private keys there is
+    // still nothing to open: TLS 1.3 keys come from ephemeral X25519MLKEM768 shares, never from
+    // the RSA keys, and no sealed header, message id, plaintext or frame is in the clear.
+    let (c2s, s2c, id) = record_one_message(true).await;
+    assert!(c2s.len() > SECRET.len() && !s2c.is_empty());
+    for (direction, bytes) in [("client→server", &c2s), ("server→client", &s2c)] {
+        assert!(
+            !contains(bytes, &MAGIC),
+            "{direction}: a sealed header in the clear"
+        );
+        assert!(
+            !contains(bytes, &id),
+            "{direction}: the message id in the clear"
+        );
+        assert!(
+            !contains(bytes, SECRET),
+            "{direction}: the plaintext in the clear"
+        );
+        assert!(
+            !contains(bytes, READY),
+            "{direction}: a Ready frame in the clear"
+        );
+    }
+}
