@@ -78,7 +78,8 @@ impl TlsServer {
     }
 }
 
-#[tokio::test]
+/// Multi-threaded, as the `letterlock` server runs (handshake signatures via `block_in_place`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_and_a_fetch_travel_inside_tls_1_3_with_x25519mlkem768() {
     let dir = tempfile::tempdir().unwrap();
     let server = TlsServer::start(dir.path(), TlsOptions::default()).await;

@@ -333,7 +333,8 @@ mod tests {
         tokio::join!(client_side, server_side)
     }
 
-    #[tokio::test]
+    /// Multi-threaded, as the server runs: handshake signatures go through `block_in_place`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pinned_keys_agree_on_tls13_x25519mlkem768_and_the_server_learns_the_client() {
         let (s, c) = (key(), key());
         let clients = trust(&[&key(), &c]);

@@ -260,10 +260,23 @@ impl fmt::Debug for IdentitySigner {
 }
 
 impl Signer for IdentitySigner {
+    /// rustls signs inside the handshake's poll, on a runtime worker. An RSA private operation
+    /// takes milliseconds, so on a multi-threaded runtime (the server's) the worker hands its
+    /// other tasks on first (`block_in_place`), keeping the reactor responsive; elsewhere (a
+    /// current-thread runtime, tests) it signs in place.
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
-        self.0
-            .sign(message)
-            .map_err(|e| Error::General(format!("signing the handshake failed: {e}")))
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let sign = || {
+            self.0
+                .sign(message)
+                .map_err(|e| Error::General(format!("signing the handshake failed: {e}")))
+        };
+        match Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(sign)
+            }
+            _ => sign(),
+        }
     }
 
     fn scheme(&self) -> SignatureScheme {
