@@ -606,3 +606,56 @@ async fn a_recorded_session_yields_nothing_even_with_both_private_keys() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Admission, as far as this slice goes: the version 1 limits apply to the TLS handshake.
+
+/// Only a deadlock would reach it.
+const DEADLOCK: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_silent_peer_is_closed_at_the_handshake_timeout_without_a_byte() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        handshake_timeout: std::time::Duration::from_millis(500),
+        ..ServerConfig::default()
+    };
+    let server = TlsServer::start_with(dir.path(), TlsOptions::default(), config).await;
+    let mut socket = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLOCK, socket.read_to_end(&mut got))
+        .await
+        .expect("the server never closed the silent connection")
+        .unwrap();
+    assert!(got.is_empty(), "a silent peer was sent {} bytes", got.len());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_version_2_server_closes_new_connections_and_serves_the_admitted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        max_connections: 1,
+        ..ServerConfig::default()
+    };
+    let server = TlsServer::start_with(dir.path(), TlsOptions::default(), config).await;
+    let mut first = server.client(CLIENT, TlsOptions::default()).await.unwrap();
+    let second = tokio::time::timeout(DEADLOCK, server.client(CLIENT, TlsOptions::default()))
+        .await
+        .expect("the busy server left the second client hanging");
+    assert!(
+        matches!(second, Err(ClientError::Tls(_))),
+        "{:?}",
+        second.err()
+    );
+    // The admitted client is still served.
+    first
+        .send(
+            std::io::Cursor::new(b"still here".to_vec()),
+            SealOptions::default(),
+        )
+        .await
+        .unwrap();
+    server.stop().await;
+}
