@@ -178,6 +178,19 @@ impl From<TlsError> for ClientError {
     }
 }
 
+/// A TCP connection to `addr` within the timeout, with Nagle off (frames are written whole).
+async fn tcp_connect(addr: &str, config: &ClientConfig) -> Result<TcpStream, ClientError> {
+    let stream = tokio::time::timeout(config.timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ClientError::Timeout)?
+        .map_err(|source| ClientError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 /// Either half of the byte stream under the frames: a TCP socket (version 1) or a TLS stream
 /// (version 2).
 type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
@@ -678,19 +691,6 @@ fn unexpected(frame: Frame) -> ClientError {
     ClientError::Unexpected {
         frame: frame.name(),
     }
-}
-
-/// A TCP connection to `addr` within the timeout, with Nagle off (frames are written whole).
-async fn tcp_connect(addr: &str, config: &ClientConfig) -> Result<TcpStream, ClientError> {
-    let stream = tokio::time::timeout(config.timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| ClientError::Timeout)?
-        .map_err(|source| ClientError::Connect {
-            addr: addr.to_owned(),
-            source,
-        })?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
 }
 
 /// A `Write` that cuts sealed output into `Send` frames for the async side.
