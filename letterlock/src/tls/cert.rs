@@ -45,6 +45,16 @@ const OID_KEY_USAGE: &[u64] = &[2, 5, 29, 15];
 
 /// Makes the self-signed certificate (DER) for `identity`'s key: one PSS signature.
 pub fn self_signed(identity: &dyn Identity) -> Result<Vec<u8>, KeyError> {
+    with_validity(identity, NOT_BEFORE, NOT_AFTER)
+}
+
+/// The certificate with the given validity (UTCTime `notBefore`, GeneralizedTime `notAfter`,
+/// both as their DER contents): tests use it to show that dates never matter to a pinned key.
+pub(super) fn with_validity(
+    identity: &dyn Identity,
+    not_before: &[u8],
+    not_after: &[u8],
+) -> Result<Vec<u8>, KeyError> {
     use yasna::models::{ObjectIdentifier, TaggedDerValue};
     use yasna::tags::{TAG_GENERALIZEDTIME, TAG_UTCTIME};
 
@@ -78,12 +88,12 @@ pub fn self_signed(identity: &dyn Identity) -> Result<Vec<u8>, KeyError> {
                 w.next()
                     .write_tagged_der(&TaggedDerValue::from_tag_and_bytes(
                         TAG_UTCTIME,
-                        NOT_BEFORE.to_vec(),
+                        not_before.to_vec(),
                     ));
                 w.next()
                     .write_tagged_der(&TaggedDerValue::from_tag_and_bytes(
                         TAG_GENERALIZEDTIME,
-                        NOT_AFTER.to_vec(),
+                        not_after.to_vec(),
                     ));
             });
             w.next().write_der(&name);

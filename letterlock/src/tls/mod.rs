@@ -174,10 +174,14 @@ fn crypto_provider(options: &TlsOptions) -> Arc<CryptoProvider> {
 /// Our certificate and the signer over our identity.
 fn certified(identity: Arc<dyn Identity>) -> Result<Arc<CertifiedKey>, TlsError> {
     let der = cert::self_signed(identity.as_ref()).map_err(TlsError::Certificate)?;
-    Ok(Arc::new(CertifiedKey::new(
-        vec![CertificateDer::from(der)],
+    Ok(certified_with(identity, der))
+}
+
+fn certified_with(identity: Arc<dyn Identity>, cert_der: Vec<u8>) -> Arc<CertifiedKey> {
+    Arc::new(CertifiedKey::new(
+        vec![CertificateDer::from(cert_der)],
         Arc::new(pin::IdentityKey(identity)),
-    )))
+    ))
 }
 
 /// The server's certificate, only for a ClientHello that offers ALPN: rustls refuses a list
@@ -454,5 +458,33 @@ mod tests {
         let cc = client_config(c, s.public(), &strict).unwrap();
         let (client, _) = handshake(cc, sc, clients).await;
         assert_eq!(client.unwrap().group, NamedGroup::X25519MLKEM768);
+    }
+
+    #[tokio::test]
+    async fn certificates_long_expired_or_not_yet_valid_still_pin_their_keys() {
+        let (s, c) = (key(), key());
+        let clients = trust(&[&c]);
+        let o = TlsOptions::default();
+        // Valid 2000-01-01 to 2001-01-01 only: long expired.
+        let expired = |k: &Arc<PrivateKey>| {
+            let der =
+                cert::with_validity(k.as_ref(), b"000101000000Z", b"20010101000000Z").unwrap();
+            certified_with(k.clone(), der)
+        };
+        // Valid from 2049-12-31 on (UTCTime's last year): not yet valid.
+        let future = |k: &Arc<PrivateKey>| {
+            let der =
+                cert::with_validity(k.as_ref(), b"491231000000Z", b"99991231235959Z").unwrap();
+            certified_with(k.clone(), der)
+        };
+        for (server_cert, client_cert) in [(expired(&s), expired(&c)), (future(&s), future(&c))] {
+            let mut cc = (*client_config(c.clone(), s.public(), &o).unwrap()).clone();
+            cc.client_auth_cert_resolver = Arc::new(SingleCertAndKey::from(client_cert));
+            let mut sc = (*server_config(s.clone(), clients.clone(), &o).unwrap()).clone();
+            sc.cert_resolver = Arc::new(AlpnGate(server_cert));
+            let (client, server) = handshake(Arc::new(cc), Arc::new(sc), clients.clone()).await;
+            assert_eq!(client.unwrap().peer, s.public().id());
+            assert_eq!(server.unwrap().0.peer, c.public().id());
+        }
     }
 }
