@@ -469,12 +469,14 @@ mod tests {
         let expired = |k: &Arc<PrivateKey>| {
             let der =
                 cert::with_validity(k.as_ref(), b"000101000000Z", b"20010101000000Z").unwrap();
+            assert!(der.windows(15).any(|w| w == b"20010101000000Z"));
             certified_with(k.clone(), der)
         };
         // Valid from 2049-12-31 on (UTCTime's last year): not yet valid.
         let future = |k: &Arc<PrivateKey>| {
             let der =
                 cert::with_validity(k.as_ref(), b"491231000000Z", b"99991231235959Z").unwrap();
+            assert!(der.windows(13).any(|w| w == b"491231000000Z"));
             certified_with(k.clone(), der)
         };
         for (server_cert, client_cert) in [(expired(&s), expired(&c)), (future(&s), future(&c))] {
