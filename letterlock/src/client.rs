@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tracing::debug;
 use zeroize::Zeroizing;
@@ -22,6 +22,7 @@ use crate::envelope::{
     Sealed,
 };
 use crate::keys::{Identity, KeyId, PublicKey};
+use crate::tls::{self, TlsError, TlsOptions};
 use crate::wire::handshake::{self, HandshakeError};
 use crate::wire::{
     self, ConnError, DATA_FRAME, ErrorCode, Frame, FrameReader, FrameWriter, WireError,
@@ -75,6 +76,10 @@ pub enum ClientError {
     /// The server sent a valid frame where the protocol has no place for it.
     #[error("unexpected {frame} frame from the server")]
     Unexpected { frame: &'static str },
+    /// The TLS 1.3 handshake of protocol version 2 failed (other than a wrong server key, which
+    /// is [`ClientError::WrongServer`], or our key refused, which is [`ClientError::Refused`]).
+    #[error(transparent)]
+    Tls(TlsError),
     /// Whatever answered at the address did not open with a letterlock `Hello`.
     #[error("the peer does not speak the letterlock protocol (is this the right address?): {0}")]
     NotLetterlock(#[source] Box<ClientError>),
@@ -160,13 +165,46 @@ pub enum Content {
     File(PathBuf),
 }
 
+impl From<TlsError> for ClientError {
+    fn from(e: TlsError) -> Self {
+        match e {
+            TlsError::WrongServer { got, expected } => ClientError::WrongServer { got, expected },
+            e if e.is_access_denied() => ClientError::Refused {
+                code: ErrorCode::AuthFailed,
+                message: "the server does not trust our key (TLS access_denied)".into(),
+            },
+            e => ClientError::Tls(e),
+        }
+    }
+}
+
+/// A TCP connection to `addr` within the timeout, with Nagle off (frames are written whole).
+async fn tcp_connect(addr: &str, config: &ClientConfig) -> Result<TcpStream, ClientError> {
+    let stream = tokio::time::timeout(config.timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ClientError::Timeout)?
+        .map_err(|source| ClientError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Either half of the byte stream under the frames: a TCP socket (version 1) or a TLS stream
+/// (version 2).
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// An authenticated connection to the server.
 pub struct Client {
-    reader: FrameReader<OwnedReadHalf>,
-    writer: FrameWriter<OwnedWriteHalf>,
+    reader: FrameReader<ReadHalf>,
+    writer: FrameWriter<WriteHalf>,
     identity: Arc<dyn Identity>,
     server: PublicKey,
     config: ClientConfig,
+    /// What the TLS handshake agreed on (protocol version 2); `None` on the plain version 1 wire.
+    tls: Option<tls::Session>,
 }
 
 impl std::fmt::Debug for Client {
@@ -187,24 +225,63 @@ impl Client {
         server: PublicKey,
         config: ClientConfig,
     ) -> Result<Client, ClientError> {
-        let stream = tokio::time::timeout(config.timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ClientError::Timeout)?
-            .map_err(|source| ClientError::Connect {
-                addr: addr.to_owned(),
-                source,
-            })?;
-        let _ = stream.set_nodelay(true);
+        let stream = tcp_connect(addr, &config).await?;
         let (r, w) = stream.into_split();
         let mut client = Client {
-            reader: FrameReader::new(r, config.max_frame),
-            writer: FrameWriter::new(w),
+            reader: FrameReader::new(Box::new(r), config.max_frame),
+            writer: FrameWriter::new(Box::new(w)),
             identity,
             server,
             config,
+            tls: None,
         };
         client.handshake().await?;
         Ok(client)
+    }
+
+    /// Connects with protocol version 2 (docs/PROTOCOL.md, "Version 2: TLS 1.3 profile"): a
+    /// TLS 1.3 handshake in which the server proves it holds the pinned key before we send
+    /// anything, and we prove ours; then the server's `Ready` says it accepted our key. The
+    /// version 1 `Hello`/`Auth` exchange is not used: TLS authenticated both ends.
+    pub async fn connect_tls(
+        addr: &str,
+        identity: Arc<dyn Identity>,
+        server: PublicKey,
+        config: ClientConfig,
+        options: TlsOptions,
+    ) -> Result<Client, ClientError> {
+        let tls_config = tls::client_config(identity.clone(), &server, &options)?;
+        let stream = tcp_connect(addr, &config).await?;
+        let (stream, session) = tls::connect(tls_config, stream, config.timeout).await?;
+        debug!(version = ?session.version, group = ?session.group, "TLS handshake done");
+        let (r, w) = tokio::io::split(stream);
+        let mut client = Client {
+            reader: FrameReader::new(Box::new(r), config.max_frame),
+            writer: FrameWriter::new(Box::new(w)),
+            identity,
+            server,
+            config,
+            tls: Some(session),
+        };
+        // TLS 1.3 lets the client finish first: a refusal of our key arrives as an alert here.
+        match client.read().await {
+            Ok(Frame::Ready) => Ok(client),
+            Ok(other) => Err(unexpected(other)),
+            Err(ClientError::Io(e)) => Err(TlsError::from_io(e).into()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ends the connection cleanly: closes our direction (over TLS, a `close_notify` first).
+    /// Dropping the client also ends it, without telling the server first.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        self.writer.shutdown().await?;
+        Ok(())
+    }
+
+    /// What the TLS handshake agreed on, for a version 2 connection.
+    pub fn tls_session(&self) -> Option<&tls::Session> {
+        self.tls.as_ref()
     }
 
     /// The client's half of the handshake ([`crate::wire::handshake`]): check the `Hello`

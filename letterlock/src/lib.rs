@@ -38,6 +38,8 @@
 //!   reads and writes whole frames, and the handshake both ends run.
 //! - `client` (feature `client`) and `server` (feature `server`): the two ends of the protocol.
 //! - `store` (feature `server`; SQLite with feature `sqlite`): the server's durable mailbox.
+//! - `tls` (feature `tls`, which `client` and `server` turn on): protocol version 2's
+//!   transport, TLS 1.3 with post-quantum key exchange and keys pinned by key id.
 //! - `fuzzing` (feature `fuzzing`, hidden): the fuzz targets' bodies, shared with the corpus
 //!   replay test. Never enabled in a program.
 //!
@@ -60,6 +62,8 @@ mod secret;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "tls")]
+pub mod tls;
 #[cfg(feature = "net")]
 pub mod wire;
 

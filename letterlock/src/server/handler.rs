@@ -59,6 +59,25 @@ pub(super) async fn serve_connection<S, R>(
     }
 }
 
+/// Serves a connection whose client already proved its key in the TLS handshake (protocol
+/// version 2): `Ready`, then its frames. No `Hello`/`Auth` inside: TLS authenticated both ends.
+pub(super) async fn serve_authenticated<S, R>(
+    server: Arc<Server<S>>,
+    mut conn: Connection<R>,
+    client: Trusted,
+    stop: watch::Receiver<bool>,
+) where
+    S: Store,
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    conn.reader.set_max_frame(server.config.max_frame);
+    if let Err(fail) = send(&conn.out, Frame::Ready).await {
+        return conn.close(Err(fail)).await;
+    }
+    info!(peer = %conn.peer, client = %client.name, key = %client.key.id(), "client authenticated (TLS)");
+    Handler::new(server, conn, client, stop).run().await;
+}
+
 /// Hello, challenge, Auth, Ready. Returns the authenticated client.
 async fn handshake<S: Store, R: AsyncRead + Unpin>(
     server: &Server<S>,

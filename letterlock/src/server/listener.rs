@@ -13,9 +13,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::store::Store;
+use crate::tls;
 use crate::wire::{ErrorCode, Frame, FrameWriter};
 
 use super::Server;
@@ -64,6 +65,14 @@ impl<S: Store> Server<S> {
                     let server = self.clone();
                     let stop = stop_rx.clone();
                     tasks.spawn(async move {
+                        if let Some(tls) = server.tls.clone() {
+                            // Version 2. Busy: close at once. A TLS peer cannot read a plain
+                            // Error frame, and answering in TLS would cost a signature.
+                            if let Ok(_permit) = permit {
+                                server.serve_tls(tls, socket, peer, stop).await;
+                            }
+                            return;
+                        }
                         let (r, w) = socket.into_split();
                         match permit {
                             Ok(_permit) => {
@@ -94,6 +103,33 @@ impl<S: Store> Server<S> {
             tasks.shutdown().await;
         }
         Ok(())
+    }
+
+    /// Version 2: the TLS handshake (within the handshake timeout, abandoned at shutdown), then
+    /// the frames of the client it authenticated.
+    async fn serve_tls<IO>(
+        self: Arc<Self>,
+        tls: Arc<rustls::ServerConfig>,
+        io: IO,
+        peer: SocketAddr,
+        mut stop: watch::Receiver<bool>,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let timeout = self.config.handshake_timeout;
+        let accepted = tokio::select! {
+            a = tls::accept(tls, &self.clients, io, timeout) => a,
+            _ = stop.changed() => return,
+        };
+        match accepted {
+            Ok((stream, session, client)) => {
+                debug!(%peer, version = ?session.version, group = ?session.group, "TLS handshake done");
+                let (r, w) = tokio::io::split(stream);
+                let conn = Connection::open(r, w, peer, &self.config);
+                handler::serve_authenticated(self, conn, client, stop).await;
+            }
+            Err(e) => debug!(%peer, error = %e, "TLS handshake failed"),
+        }
     }
 
     /// Serves one connection over any byte stream, from hello to close: what [`Server::run`]

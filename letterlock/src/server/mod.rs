@@ -2,9 +2,11 @@
 //! mailbox, and hands each client the messages waiting for it.
 //!
 //! Per connection (docs/PROTOCOL.md, "Network protocol"):
-//! 1. `Hello` with a fresh challenge; the client answers `Auth` ([`crate::wire::handshake`]).
-//!    Only public-key work happens before the client is authenticated: an unknown peer never
-//!    costs us an RSA private operation.
+//! 1. Version 1: `Hello` with a fresh challenge; the client answers `Auth`
+//!    ([`crate::wire::handshake`]). Only public-key work happens before the client is
+//!    authenticated: an unknown peer never costs us an RSA private operation.
+//!    Version 2 ([`Server::with_tls`]): a TLS 1.3 handshake authenticates both ends
+//!    ([`crate::tls`]; the server signs in every handshake), then `Ready`.
 //! 2. Then any number of messages (`Send`… `SendEnd`, pipelined; each answered by `Ack` once it
 //!    is durable) and fetches (`Fetch` → `Deliver`… `DeliverEnd` per message, `FetchDone`; the
 //!    client proves each with `DeliveryAck`, and only then is it removed).
@@ -35,6 +37,7 @@ use tracing::warn;
 use crate::envelope::{self, Mode};
 use crate::keys::{Identity, TrustList};
 use crate::store::{self, Store};
+use crate::tls::{self, TlsError, TlsOptions};
 use crate::wire::{self, ConnError, ErrorCode};
 
 pub use deliver::{QueueError, queue_for_client};
@@ -119,6 +122,9 @@ pub struct Server<S> {
     /// The durable mailbox.
     store: Arc<S>,
     config: ServerConfig,
+    /// Protocol version 2: TLS 1.3 under the frames, built from `identity` and `clients`
+    /// ([`Server::with_tls`]). `None`: the plain version 1 wire.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl<S: Store> Server<S> {
@@ -134,7 +140,22 @@ impl<S: Store> Server<S> {
             clients: Arc::new(clients),
             store,
             config,
+            tls: None,
         }
+    }
+
+    /// Serves protocol version 2 (docs/PROTOCOL.md, "Version 2: TLS 1.3 profile") instead of
+    /// the plain version 1 wire: every connection starts with a TLS 1.3 handshake, within
+    /// [`ServerConfig::handshake_timeout`], that authenticates both ends with their keys; a
+    /// client whose key is not in the trust list, or that does not offer ALPN `letterlock/2`,
+    /// fails it. There is no fallback to version 1 on the same server.
+    pub fn with_tls(mut self, options: TlsOptions) -> Result<Self, TlsError> {
+        self.tls = Some(tls::server_config(
+            self.identity.clone(),
+            self.clients.clone(),
+            &options,
+        )?);
+        Ok(self)
     }
 }
 

@@ -59,7 +59,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             } else {
                 self.buf.reserve(4096);
             }
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
+            let n = match self.stream.read_buf(&mut self.buf).await {
+                Ok(n) => n,
+                // A TLS peer that closes without close_notify (rustls reports it so): the same
+                // as a TCP close. Frames are whole or refused, so nothing can be cut silently.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                Err(e) => return Err(e.into()),
+            };
+            if n == 0 {
                 return Err(if self.buf.is_empty() {
                     ConnError::Closed
                 } else {
@@ -120,5 +127,48 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub async fn shutdown(&mut self) -> Result<(), ConnError> {
         self.stream.shutdown().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::io::ReadBuf;
+
+    /// Yields `data`, then fails with `UnexpectedEof`, as a TLS stream does when the peer closes
+    /// without close_notify.
+    struct Truncated(Vec<u8>);
+
+    impl AsyncRead for Truncated {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if self.0.is_empty() {
+                return Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            let n = self.0.len().min(buf.remaining());
+            buf.put_slice(&self.0[..n]);
+            self.0.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unannounced_close_between_frames_is_a_close_and_inside_one_an_error() {
+        let mut ready = Vec::new();
+        Frame::Ready.encode(&mut ready);
+        let mut r = FrameReader::new(Truncated(ready.clone()), 1024);
+        assert_eq!(r.read_frame().await.unwrap(), Frame::Ready);
+        assert!(matches!(r.read_frame().await, Err(ConnError::Closed)));
+
+        let mut r = FrameReader::new(Truncated(ready[..3].to_vec()), 1024);
+        match r.read_frame().await {
+            Err(ConnError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof),
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
     }
 }

@@ -1,0 +1,492 @@
+//! Protocol version 2's transport: TLS 1.3 underneath the frames (docs/PROTOCOL.md, "Version 2:
+//! TLS 1.3 profile").
+//!
+//! - TLS 1.3 only, through rustls on its aws-lc-rs provider (our one crypto library).
+//! - Key exchange X25519MLKEM768 first (post-quantum hybrid), X25519 as the fallback for stacks
+//!   without ML-KEM, unless [`TlsOptions::require_pq`] refuses it.
+//! - Mutual authentication with the letterlock RSA keys, RSA-PSS only, and no certificate
+//!   authority: each key travels in a self-signed certificate made on the fly ([`cert`]) and each
+//!   side pins the other by key id ([`pin`]). The client accepts exactly its pinned server key;
+//!   the server exactly the keys of its trust list, and learns from the handshake which client
+//!   it is ([`accept`]).
+//! - ALPN [`ALPN`] (`letterlock/2`) names the protocol inside; a peer that does not offer it
+//!   (another protocol, or a version 1 client) fails the handshake.
+//! - No session resumption and no 0-RTT data yet: every connection is a full handshake.
+//!
+//! Invariant: a stream returned by [`connect`] or [`accept`] has finished a TLS 1.3 handshake
+//! with the pinned (or a trusted) key and agreed on [`ALPN`]; nothing is read from or written to
+//! the peer in the clear.
+
+pub mod cert;
+pub mod pin;
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::CommonState;
+use rustls::crypto::CryptoProvider;
+use rustls::crypto::aws_lc_rs::{self as provider, cipher_suite, kx_group};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
+
+use crate::keys::{Identity, KeyError, KeyId, PublicKey, TrustList, Trusted};
+
+pub use pin::UnpinnedKey;
+/// Re-exported so that users can read a [`Session`] without depending on rustls themselves.
+pub use rustls::{CipherSuite, NamedGroup, ProtocolVersion};
+
+/// The ALPN protocol name of letterlock protocol version 2: frames inside TLS 1.3.
+pub const ALPN: &[u8] = b"letterlock/2";
+
+/// Choices a deployment makes; the rest of the profile is fixed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// Accept only the post-quantum hybrid X25519MLKEM768: a peer that cannot do it fails the
+    /// handshake instead of falling back to X25519.
+    pub require_pq: bool,
+}
+
+/// Why a TLS connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// Making our certificate failed (the key could not sign).
+    #[error("cannot make the TLS certificate: {0}")]
+    Certificate(#[source] KeyError),
+    /// rustls refused the configuration (a bug in this module, not the peer's doing).
+    #[error("TLS configuration: {0}")]
+    Config(#[source] rustls::Error),
+    /// The server presented another key than the pinned one.
+    #[error("the server presented key {got}, but the trusted server key is {expected}")]
+    WrongServer { got: KeyId, expected: KeyId },
+    /// The handshake failed: the peer's key, version, groups, ALPN, or a broken message.
+    #[error("TLS handshake failed: {0}")]
+    Handshake(#[source] rustls::Error),
+    /// The handshake finished without agreeing on [`ALPN`].
+    #[error("the peer did not agree on ALPN \"letterlock/2\"")]
+    NoAlpn,
+    /// The peer's certificate is not one of the trusted keys (only reachable if the verifier
+    /// and the trust list disagree, which they cannot: checked again after the handshake).
+    #[error("the client's key {0} is not trusted")]
+    UnknownClient(KeyId),
+    /// The handshake did not finish in time.
+    #[error("TLS handshake timed out")]
+    Timeout,
+    /// The connection failed under the handshake.
+    #[error("network error during the TLS handshake: {0}")]
+    Io(#[source] io::Error),
+}
+
+impl TlsError {
+    /// Sorts an error from tokio-rustls: rustls errors travel inside `io::Error`.
+    pub(crate) fn from_io(e: io::Error) -> TlsError {
+        let Some(tls) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        else {
+            return TlsError::Io(e);
+        };
+        if let rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) = tls
+            && let Some(k) = other.0.downcast_ref::<UnpinnedKey>()
+        {
+            return TlsError::WrongServer {
+                got: k.got,
+                expected: k.expected,
+            };
+        }
+        TlsError::Handshake(tls.clone())
+    }
+
+    /// The server refused our key (its `access_denied` alert).
+    pub fn is_access_denied(&self) -> bool {
+        matches!(
+            self,
+            TlsError::Handshake(rustls::Error::AlertReceived(
+                rustls::AlertDescription::AccessDenied
+            ))
+        )
+    }
+}
+
+/// What a finished handshake agreed on, for logs and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// Always TLS 1.3.
+    pub version: ProtocolVersion,
+    /// The key exchange group: X25519MLKEM768 between letterlock peers.
+    pub group: NamedGroup,
+    /// The cipher suite.
+    pub cipher_suite: CipherSuite,
+    /// The peer's key id, from its certificate.
+    pub peer: KeyId,
+}
+
+impl Session {
+    fn of(state: &CommonState) -> Result<Session, TlsError> {
+        if state.alpn_protocol() != Some(ALPN) {
+            return Err(TlsError::NoAlpn);
+        }
+        let incomplete = || {
+            TlsError::Handshake(rustls::Error::General(
+                "handshake finished without its parameters".into(),
+            ))
+        };
+        let peer = state
+            .peer_certificates()
+            .and_then(<[CertificateDer<'_>]>::first)
+            .and_then(pin::key_id_of_cert)
+            .ok_or_else(incomplete)?;
+        Ok(Session {
+            version: state.protocol_version().ok_or_else(incomplete)?,
+            group: state
+                .negotiated_key_exchange_group()
+                .ok_or_else(incomplete)?
+                .name(),
+            cipher_suite: state
+                .negotiated_cipher_suite()
+                .ok_or_else(incomplete)?
+                .suite(),
+            peer,
+        })
+    }
+}
+
+/// aws-lc-rs, TLS 1.3 suites only, X25519MLKEM768 first.
+fn crypto_provider(options: &TlsOptions) -> Arc<CryptoProvider> {
+    let mut p = provider::default_provider();
+    p.cipher_suites = vec![
+        cipher_suite::TLS13_AES_256_GCM_SHA384,
+        cipher_suite::TLS13_AES_128_GCM_SHA256,
+        cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    p.kx_groups = if options.require_pq {
+        vec![kx_group::X25519MLKEM768]
+    } else {
+        vec![kx_group::X25519MLKEM768, kx_group::X25519]
+    };
+    Arc::new(p)
+}
+
+/// Our certificate and the signer over our identity.
+fn certified(identity: Arc<dyn Identity>) -> Result<Arc<CertifiedKey>, TlsError> {
+    let der = cert::self_signed(identity.as_ref()).map_err(TlsError::Certificate)?;
+    Ok(certified_with(identity, der))
+}
+
+fn certified_with(identity: Arc<dyn Identity>, cert_der: Vec<u8>) -> Arc<CertifiedKey> {
+    Arc::new(CertifiedKey::new(
+        vec![CertificateDer::from(cert_der)],
+        Arc::new(pin::IdentityKey(identity)),
+    ))
+}
+
+/// The server's certificate, only for a ClientHello that offers ALPN: rustls refuses a list
+/// without [`ALPN`] itself (`no_application_protocol`), but lets a ClientHello without the
+/// extension through, so that one gets no certificate and fails the handshake here
+/// (`access_denied`), before the server signs anything.
+#[derive(Debug)]
+struct AlpnGate(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for AlpnGate {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        hello.alpn().map(|_| self.0.clone())
+    }
+}
+
+/// The client's TLS configuration: present `identity`, accept only `server`.
+pub fn client_config(
+    identity: Arc<dyn Identity>,
+    server: &PublicKey,
+    options: &TlsOptions,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider(options))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Config)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(pin::PinnedServer {
+            pinned: server.id(),
+        }))
+        .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified(identity)?)));
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    // The server is named by its key, not by a host name: no SNI.
+    config.enable_sni = false;
+    Ok(Arc::new(config))
+}
+
+/// The server's TLS configuration: present `identity`, accept exactly the keys of `clients`.
+pub fn server_config(
+    identity: Arc<dyn Identity>,
+    clients: Arc<TrustList>,
+    options: &TlsOptions,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider(options))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Config)?
+        .with_client_cert_verifier(Arc::new(pin::TrustedClients { clients }))
+        .with_cert_resolver(Arc::new(AlpnGate(certified(identity)?)));
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    // No tickets: no resumption (every connection is a full handshake), nothing to steal.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(Arc::new(config))
+}
+
+/// The client's handshake over `io`, within `timeout`. On success the stream is protected and
+/// the server proved it holds the pinned key. Under TLS 1.3 the client finishes before the
+/// server has checked the client's key: a refusal arrives as an alert on the first read.
+pub async fn connect<IO>(
+    config: Arc<rustls::ClientConfig>,
+    io: IO,
+    timeout: Duration,
+) -> Result<(client::TlsStream<IO>, Session), TlsError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    // No SNI is sent; rustls still wants a name, which the pinning verifier ignores.
+    let name = ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
+    let stream = tokio::time::timeout(timeout, TlsConnector::from(config).connect(name, io))
+        .await
+        .map_err(|_| TlsError::Timeout)?
+        .map_err(TlsError::from_io)?;
+    let session = Session::of(stream.get_ref().1)?;
+    Ok((stream, session))
+}
+
+/// The server's handshake over `io`, within `timeout`. Returns the protected stream and the
+/// trusted client that proved its key in the handshake.
+pub async fn accept<IO>(
+    config: Arc<rustls::ServerConfig>,
+    clients: &TrustList,
+    io: IO,
+    timeout: Duration,
+) -> Result<(server::TlsStream<IO>, Session, Trusted), TlsError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let stream = tokio::time::timeout(timeout, TlsAcceptor::from(config).accept(io))
+        .await
+        .map_err(|_| TlsError::Timeout)?
+        .map_err(TlsError::from_io)?;
+    let session = Session::of(stream.get_ref().1)?;
+    let client = clients
+        .get(&session.peer)
+        .cloned()
+        .ok_or(TlsError::UnknownClient(session.peer))?;
+    Ok((stream, session, client))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::PrivateKey;
+
+    /// Generous: only a deadlock would reach it.
+    const T: Duration = Duration::from_secs(30);
+
+    fn key() -> Arc<PrivateKey> {
+        Arc::new(PrivateKey::generate(2048).unwrap())
+    }
+
+    fn trust(keys: &[&Arc<PrivateKey>]) -> Arc<TrustList> {
+        let mut t = TrustList::new();
+        for (i, k) in keys.iter().enumerate() {
+            t.add(&format!("c{i}"), k.public().clone()).unwrap();
+        }
+        Arc::new(t)
+    }
+
+    type Outcome = (
+        Result<Session, TlsError>,
+        Result<(Session, Trusted), TlsError>,
+    );
+
+    /// Runs both handshakes over an in-memory pipe; the client then reads once, so a refusal
+    /// the server sends after the client's Finished reaches it.
+    async fn handshake(
+        client: Arc<rustls::ClientConfig>,
+        server: Arc<rustls::ServerConfig>,
+        clients: Arc<TrustList>,
+    ) -> Outcome {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (c, s) = tokio::io::duplex(64 * 1024);
+        let server_side = async move {
+            match accept(server, &clients, s, T).await {
+                Ok((mut stream, session, who)) => {
+                    stream.write_all(b"ok").await.unwrap();
+                    stream.flush().await.unwrap();
+                    Ok((session, who))
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let client_side = async move {
+            let (mut stream, session) = connect(client, c, T).await?;
+            let mut two = [0u8; 2];
+            stream
+                .read_exact(&mut two)
+                .await
+                .map_err(TlsError::from_io)?;
+            assert_eq!(&two, b"ok");
+            Ok(session)
+        };
+        tokio::join!(client_side, server_side)
+    }
+
+    /// Multi-threaded, as the server runs: handshake signatures go through `block_in_place`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pinned_keys_agree_on_tls13_x25519mlkem768_and_the_server_learns_the_client() {
+        let (s, c) = (key(), key());
+        let clients = trust(&[&key(), &c]);
+        let o = TlsOptions::default();
+        let cc = client_config(c.clone(), s.public(), &o).unwrap();
+        let sc = server_config(s.clone(), clients.clone(), &o).unwrap();
+        let (client, server) = handshake(cc, sc, clients).await;
+        let client = client.unwrap();
+        let (server, who) = server.unwrap();
+        for session in [&client, &server] {
+            assert_eq!(session.version, ProtocolVersion::TLSv1_3);
+            assert_eq!(session.group, NamedGroup::X25519MLKEM768);
+        }
+        assert_eq!(client.peer, s.public().id());
+        assert_eq!(server.peer, c.public().id());
+        assert_eq!(who.name, "c1");
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_client_key_is_refused_with_access_denied() {
+        let (s, c) = (key(), key());
+        let clients = trust(&[&key()]);
+        let o = TlsOptions::default();
+        let cc = client_config(c, s.public(), &o).unwrap();
+        let sc = server_config(s, clients.clone(), &o).unwrap();
+        let (client, server) = handshake(cc, sc, clients).await;
+        let client = client.unwrap_err();
+        assert!(client.is_access_denied(), "{client:?}");
+        assert!(
+            matches!(
+                server,
+                Err(TlsError::Handshake(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure
+                )))
+            ),
+            "{server:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_with_another_key_is_refused_by_the_client() {
+        let (s, pinned, c) = (key(), key(), key());
+        let clients = trust(&[&c]);
+        let o = TlsOptions::default();
+        let cc = client_config(c, pinned.public(), &o).unwrap();
+        let sc = server_config(s.clone(), clients.clone(), &o).unwrap();
+        let (client, server) = handshake(cc, sc, clients).await;
+        match client {
+            Err(TlsError::WrongServer { got, expected }) => {
+                assert_eq!(got, s.public().id());
+                assert_eq!(expected, pinned.public().id());
+            }
+            other => panic!("expected WrongServer, got {other:?}"),
+        }
+        assert!(server.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_client_without_our_alpn_fails_the_handshake() {
+        let (s, c) = (key(), key());
+        let clients = trust(&[&c]);
+        let o = TlsOptions::default();
+        let sc = server_config(s.clone(), clients.clone(), &o).unwrap();
+        for alpn in [vec![], vec![b"letterlock/1".to_vec()], vec![b"h2".to_vec()]] {
+            let mut cc = (*client_config(c.clone(), s.public(), &o).unwrap()).clone();
+            cc.alpn_protocols = alpn.clone();
+            let (client, server) = handshake(Arc::new(cc), sc.clone(), clients.clone()).await;
+            // Refused inside the handshake (an alert), not after it: the server never signs
+            // for a peer that does not speak letterlock/2.
+            assert!(
+                matches!(
+                    client,
+                    Err(TlsError::Handshake(rustls::Error::AlertReceived(_)))
+                ),
+                "ALPN {alpn:?}: {client:?}"
+            );
+            assert!(
+                matches!(server, Err(TlsError::Handshake(_))),
+                "ALPN {alpn:?}: {server:?}"
+            );
+        }
+    }
+
+    /// A client whose stack has only X25519 (no ML-KEM), as OpenSSL before 3.5.
+    fn classical_client(c: Arc<PrivateKey>, server: &PublicKey) -> Arc<rustls::ClientConfig> {
+        let mut p = provider::default_provider();
+        p.kx_groups = vec![kx_group::X25519];
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(p))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(pin::PinnedServer {
+                pinned: server.id(),
+            }))
+            .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified(c).unwrap())));
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Arc::new(config)
+    }
+
+    #[tokio::test]
+    async fn a_classical_client_falls_back_to_x25519_unless_the_server_requires_pq() {
+        let (s, c) = (key(), key());
+        let clients = trust(&[&c]);
+        let cc = classical_client(c.clone(), s.public());
+        let sc = server_config(s.clone(), clients.clone(), &TlsOptions::default()).unwrap();
+        let (client, server) = handshake(cc.clone(), sc, clients.clone()).await;
+        assert_eq!(client.unwrap().group, NamedGroup::X25519);
+        assert_eq!(server.unwrap().0.group, NamedGroup::X25519);
+
+        let strict = TlsOptions { require_pq: true };
+        let sc = server_config(s.clone(), clients.clone(), &strict).unwrap();
+        let (client, server) = handshake(cc, sc.clone(), clients.clone()).await;
+        assert!(client.is_err(), "{client:?}");
+        assert!(server.is_err(), "{server:?}");
+
+        // Our own client still gets through a strict server, post-quantum.
+        let cc = client_config(c, s.public(), &strict).unwrap();
+        let (client, _) = handshake(cc, sc, clients).await;
+        assert_eq!(client.unwrap().group, NamedGroup::X25519MLKEM768);
+    }
+
+    #[tokio::test]
+    async fn certificates_long_expired_or_not_yet_valid_still_pin_their_keys() {
+        let (s, c) = (key(), key());
+        let clients = trust(&[&c]);
+        let o = TlsOptions::default();
+        // Valid 2000-01-01 to 2001-01-01 only: long expired.
+        let expired = |k: &Arc<PrivateKey>| {
+            let der =
+                cert::with_validity(k.as_ref(), b"000101000000Z", b"20010101000000Z").unwrap();
+            assert!(der.windows(15).any(|w| w == b"20010101000000Z"));
+            certified_with(k.clone(), der)
+        };
+        // Valid from 2049-12-31 on (UTCTime's last year): not yet valid.
+        let future = |k: &Arc<PrivateKey>| {
+            let der =
+                cert::with_validity(k.as_ref(), b"491231000000Z", b"99991231235959Z").unwrap();
+            assert!(der.windows(13).any(|w| w == b"491231000000Z"));
+            certified_with(k.clone(), der)
+        };
+        for (server_cert, client_cert) in [(expired(&s), expired(&c)), (future(&s), future(&c))] {
+            let mut cc = (*client_config(c.clone(), s.public(), &o).unwrap()).clone();
+            cc.client_auth_cert_resolver = Arc::new(SingleCertAndKey::from(client_cert));
+            let mut sc = (*server_config(s.clone(), clients.clone(), &o).unwrap()).clone();
+            sc.cert_resolver = Arc::new(AlpnGate(server_cert));
+            let (client, server) = handshake(Arc::new(cc), Arc::new(sc), clients.clone()).await;
+            assert_eq!(client.unwrap().peer, s.public().id());
+            assert_eq!(server.unwrap().0.peer, c.public().id());
+        }
+    }
+}

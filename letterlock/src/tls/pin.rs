@@ -1,0 +1,285 @@
+//! Pinning instead of a certificate authority: the verifiers that accept exactly the keys we
+//! know, and the signer that lets rustls sign handshakes with a [`crate::keys::Identity`].
+//!
+//! Each verifier reads the SubjectPublicKeyInfo out of the peer's certificate (rustls-webpki's
+//! parser), hashes it into a [`KeyId`] and looks that up: the client accepts exactly its pinned
+//! server key, the server exactly the keys of its [`TrustList`]. Names, dates, extensions,
+//! intermediates and the certificate's own signature are ignored (they mean nothing without a
+//! CA), so a pinned key never fails on dates. What proves possession of the key is the
+//! handshake's CertificateVerify signature, which rustls checks through
+//! [`rustls::crypto::verify_tls13_signature`] (aws-lc-rs), restricted to RSA-PSS with an
+//! `rsaEncryption` key: `rsa_pss_rsae_sha256`, `_sha384`, `_sha512`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::{Signer, SigningKey};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error, OtherError,
+    SignatureAlgorithm, SignatureScheme,
+};
+use tracing::warn;
+
+use crate::keys::{Identity, KeyId, TrustList};
+
+/// The signature schemes we accept from a peer, most preferred first: RSA-PSS with an
+/// `rsaEncryption` key (the keys letterlock makes), never PKCS#1 v1.5.
+pub const VERIFY_SCHEMES: [SignatureScheme; 3] = [
+    SignatureScheme::RSA_PSS_SHA256,
+    SignatureScheme::RSA_PSS_SHA384,
+    SignatureScheme::RSA_PSS_SHA512,
+];
+
+/// The one scheme we sign with: [`Identity::sign`] is RSA-PSS, SHA-256, MGF1-SHA-256, salt 32,
+/// which is exactly TLS 1.3's `rsa_pss_rsae_sha256`.
+pub const SIGN_SCHEME: SignatureScheme = SignatureScheme::RSA_PSS_SHA256;
+
+/// rustls's signature verification (aws-lc-rs through rustls-webpki), limited to
+/// [`VERIFY_SCHEMES`]; keys of 2048 to 8192 bits, as [`crate::keys`] allows.
+static PSS_ONLY: WebPkiSupportedAlgorithms = WebPkiSupportedAlgorithms {
+    all: &[
+        webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+        webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
+        webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
+    ],
+    mapping: &[
+        (
+            SignatureScheme::RSA_PSS_SHA256,
+            &[webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA256_LEGACY_KEY],
+        ),
+        (
+            SignatureScheme::RSA_PSS_SHA384,
+            &[webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA384_LEGACY_KEY],
+        ),
+        (
+            SignatureScheme::RSA_PSS_SHA512,
+            &[webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA512_LEGACY_KEY],
+        ),
+    ],
+};
+
+/// The peer presented a key that is not the one pinned: carried inside the rustls error so the
+/// client can say which key it saw.
+#[derive(Debug, thiserror::Error)]
+#[error("the peer presented key {got}, not the pinned {expected}")]
+pub struct UnpinnedKey {
+    pub got: KeyId,
+    pub expected: KeyId,
+}
+
+/// The key id of the SubjectPublicKeyInfo in a certificate (DER). `None` if it is not a
+/// certificate rustls-webpki can parse.
+pub fn key_id_of_cert(cert: &CertificateDer<'_>) -> Option<KeyId> {
+    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+    Some(KeyId::of_spki(parsed.subject_public_key_info().as_ref()))
+}
+
+fn bad_encoding() -> Error {
+    Error::InvalidCertificate(CertificateError::BadEncoding)
+}
+
+/// Checks a TLS 1.3 CertificateVerify signature with rustls's own verification, after making
+/// sure the scheme is one of ours.
+fn verify_tls13(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, Error> {
+    if !VERIFY_SCHEMES.contains(&dss.scheme) {
+        return Err(Error::PeerMisbehaved(
+            rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+        ));
+    }
+    rustls::crypto::verify_tls13_signature(message, cert, dss, &PSS_ONLY)
+}
+
+/// Only TLS 1.3 is configured, so rustls never asks for a TLS 1.2 signature; refuse anyway.
+fn no_tls12() -> Result<HandshakeSignatureValid, Error> {
+    Err(Error::PeerIncompatible(
+        rustls::PeerIncompatible::Tls12NotOffered,
+    ))
+}
+
+/// The client's verifier: the server's certificate must carry exactly the pinned key.
+#[derive(Debug)]
+pub struct PinnedServer {
+    /// The key id of the server key the client trusts (server_public.pem).
+    pub(super) pinned: KeyId,
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let got = key_id_of_cert(end_entity).ok_or_else(bad_encoding)?;
+        if got == self.pinned {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(UnpinnedKey {
+                    got,
+                    expected: self.pinned,
+                })),
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        no_tls12()
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        VERIFY_SCHEMES.to_vec()
+    }
+}
+
+/// The server's verifier: a client certificate is required, and must carry a key of the trust
+/// list. Which client it is, the server reads back from the certificate once the handshake is
+/// done ([`super::accept`]).
+pub struct TrustedClients {
+    pub(super) clients: Arc<TrustList>,
+}
+
+impl fmt::Debug for TrustedClients {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TrustedClients({} keys)", self.clients.len())
+    }
+}
+
+impl ClientCertVerifier for TrustedClients {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    /// No CA names: an empty list tells the client to send whatever certificate it has.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        let id = key_id_of_cert(end_entity).ok_or_else(bad_encoding)?;
+        if self.clients.get(&id).is_some() {
+            Ok(ClientCertVerified::assertion())
+        } else {
+            warn!(key = %id, "TLS handshake refused: client key not trusted");
+            // Sent as an `access_denied` alert: the certificate is fine, the key is not welcome.
+            Err(Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        no_tls12()
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        VERIFY_SCHEMES.to_vec()
+    }
+}
+
+/// rustls's signing key over a letterlock [`Identity`]: the private key stays where it lives
+/// (a key file in memory today, an agent or a token later) and is never exported or re-encoded.
+pub struct IdentityKey(pub(super) Arc<dyn Identity>);
+
+impl fmt::Debug for IdentityKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdentityKey({})", self.0.public().id())
+    }
+}
+
+impl SigningKey for IdentityKey {
+    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
+        offered
+            .contains(&SIGN_SCHEME)
+            .then(|| Box::new(IdentitySigner(self.0.clone())) as Box<dyn Signer>)
+    }
+
+    fn public_key(&self) -> Option<SubjectPublicKeyInfoDer<'_>> {
+        Some(SubjectPublicKeyInfoDer::from(self.0.public().spki_der()))
+    }
+
+    fn algorithm(&self) -> SignatureAlgorithm {
+        SignatureAlgorithm::RSA
+    }
+}
+
+/// One handshake signature, [`SIGN_SCHEME`].
+struct IdentitySigner(Arc<dyn Identity>);
+
+impl fmt::Debug for IdentitySigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdentitySigner({})", self.0.public().id())
+    }
+}
+
+impl Signer for IdentitySigner {
+    /// rustls signs inside the handshake's poll, on a runtime worker. An RSA private operation
+    /// takes milliseconds, so on a multi-threaded runtime (the server's) the worker hands its
+    /// other tasks on first (`block_in_place`), keeping the reactor responsive; elsewhere (a
+    /// current-thread runtime, tests) it signs in place.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let sign = || {
+            self.0
+                .sign(message)
+                .map_err(|e| Error::General(format!("signing the handshake failed: {e}")))
+        };
+        match Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(sign)
+            }
+            _ => sign(),
+        }
+    }
+
+    fn scheme(&self) -> SignatureScheme {
+        SIGN_SCHEME
+    }
+}
