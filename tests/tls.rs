@@ -645,7 +645,7 @@ async fn a_full_version_2_server_closes_new_connections_and_serves_the_admitted_
         .await
         .expect("the busy server left the second client hanging");
     assert!(
-        matches!(second, Err(ClientError::Tls(_))),
+        matches!(second, Err(ClientError::Busy { attempts: 1 })),
         "{:?}",
         second.err()
     );
@@ -657,5 +657,134 @@ async fn a_full_version_2_server_closes_new_connections_and_serves_the_admitted_
         )
         .await
         .unwrap();
+    server.stop().await;
+}
+
+/// A client turned away by a full server backs off and tries again, saying so each time, and
+/// is served once a slot frees; the busy answers counted are exactly the retries announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_retries_a_full_server_with_backoff_until_a_slot_frees() {
+    use letterlock::client::{Backoff, Retry, Transport};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        max_connections: 1,
+        ..ServerConfig::default()
+    };
+    let server = TlsServer::start_with(dir.path(), TlsOptions::default(), config).await;
+    let holder = server.client(CLIENT, TlsOptions::default()).await.unwrap();
+    // The slot stays taken until the retrying client has been turned away twice.
+    let (two_retries, release) = oneshot::channel::<()>();
+    let freed = tokio::spawn(async move {
+        let _ = release.await;
+        holder.close().await.unwrap();
+    });
+    let backoff = Backoff {
+        first: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+        // Generous: only a server that never frees the slot would reach it.
+        deadline: Duration::from_secs(60),
+    };
+    let mut retries: Vec<Retry> = Vec::new();
+    let mut two_retries = Some(two_retries);
+    let client = Client::connect_retrying(
+        &server.addr,
+        private(CLIENT),
+        public(SERVER),
+        ClientConfig::default(),
+        Transport::Tls(TlsOptions::default()),
+        backoff,
+        |r| {
+            retries.push(*r);
+            if r.attempt == 3
+                && let Some(tx) = two_retries.take()
+            {
+                let _ = tx.send(());
+            }
+        },
+    )
+    .await;
+    freed.await.unwrap();
+    let mut client = client.expect("served once the slot was freed");
+    assert!(retries.len() >= 2, "{retries:?}");
+    for (i, r) in retries.iter().enumerate() {
+        assert_eq!(r.attempt, i as u32 + 2);
+        // Each wait within its jitter range: [base / 2, base], base doubling from 20 ms to 200.
+        let base = (Duration::from_millis(20) * (1 << i.min(10))).min(backoff.max);
+        assert!(r.wait >= base / 2 && r.wait <= base, "{i}: {r:?}");
+    }
+    assert_eq!(
+        client.tls_session().unwrap().group,
+        NamedGroup::X25519MLKEM768
+    );
+    client
+        .send(
+            std::io::Cursor::new(b"after the wait".to_vec()),
+            SealOptions::default(),
+        )
+        .await
+        .unwrap();
+    server.stop().await;
+}
+
+/// Busy is the only failure retried: a client the server does not trust fails at once, and a
+/// server that stays full ends the wait at the deadline with the attempts counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_busy_is_retried_and_never_past_the_deadline() {
+    use letterlock::client::{Backoff, Transport};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        max_connections: 1,
+        ..ServerConfig::default()
+    };
+    let server = TlsServer::start_with(dir.path(), TlsOptions::default(), config).await;
+    let backoff = Backoff {
+        first: Duration::from_millis(10),
+        max: Duration::from_millis(50),
+        deadline: Duration::from_millis(400),
+    };
+    let connect = |who: &'static str| {
+        let addr = server.addr.clone();
+        async move {
+            let mut retried = 0u32;
+            let r = Client::connect_retrying(
+                &addr,
+                private(who),
+                public(SERVER),
+                ClientConfig::default(),
+                Transport::Tls(TlsOptions::default()),
+                backoff,
+                |_| retried += 1,
+            )
+            .await;
+            (r, retried)
+        }
+    };
+    // An untrusted key (the server is not full): refused once, no retry.
+    let (refused, retried) = connect("mallory").await;
+    assert!(
+        matches!(
+            refused,
+            Err(ClientError::Refused {
+                code: ErrorCode::AuthFailed,
+                ..
+            })
+        ),
+        "{:?}",
+        refused.err()
+    );
+    assert_eq!(retried, 0);
+    // Full for good: busy until the deadline, each turn-away counted.
+    let holder = server.client(CLIENT, TlsOptions::default()).await.unwrap();
+    let (busy, retried) = connect(CLIENT).await;
+    match busy {
+        Err(ClientError::Busy { attempts }) => {
+            assert!(attempts >= 2, "{attempts}");
+            assert_eq!(attempts, retried + 1);
+        }
+        other => panic!("expected Busy, got {:?}", other.err()),
+    }
+    drop(holder);
     server.stop().await;
 }
