@@ -113,8 +113,14 @@ async fn sigkill_under_load_five_times() {
             while next < batch.len() {
                 if client.is_none() {
                     let a = addr.lock().unwrap().clone();
-                    match Client::connect(&a, identity.clone(), server_key.clone(), config.clone())
-                        .await
+                    match Client::connect_tls(
+                        &a,
+                        identity.clone(),
+                        server_key.clone(),
+                        config.clone(),
+                        Default::default(),
+                    )
+                    .await
                     {
                         Ok(c) => client = Some(c),
                         Err(_) => {

@@ -35,8 +35,9 @@ impl Drop for Server {
     }
 }
 
-#[test]
-fn the_original_walk_through_works_in_one_folder() {
+/// The walk-through: both key pairs, the server, send_msg, recv_msg in both modes, inbox and
+/// read, with `flags` given to the server and to every client command.
+fn walk_through(flags: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     ok(d, &["server", "generate_key_pair", "--bits", "2048"]);
@@ -50,18 +51,21 @@ fn the_original_walk_through_works_in_one_folder() {
 
     let mut cmd = Command::new(common::BIN);
     cmd.args(["server", "--listen", "127.0.0.1:0"])
+        .args(flags)
         .current_dir(d);
     let (child, addr) = common::spawn_server(cmd);
     let server = Server(child);
+    let client = |args: &[&str]| {
+        let mut all = vec!["client"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--server", &addr]);
+        all.extend_from_slice(flags);
+        ok(d, &all)
+    };
 
     for mode in ["asymmetric", "hybrid"] {
         let text = format!("hello from the client in {mode} mode");
-        let out = ok(
-            d,
-            &[
-                "client", "send_msg", &text, "--mode", mode, "--server", &addr,
-            ],
-        );
+        let out = client(&["send_msg", &text, "--mode", mode]);
         assert!(out.contains("delivered"), "{out}");
         ok(
             d,
@@ -75,11 +79,11 @@ fn the_original_walk_through_works_in_one_folder() {
                 "reply from the server",
             ],
         );
-        let got = ok(d, &["client", "recv_msg", "--server", &addr]);
+        let got = client(&["recv_msg"]);
         assert!(got.contains("reply from the server"), "{got}");
         assert!(got.contains(mode), "{got}");
         // Already delivered: a second recv_msg finds nothing.
-        let again = ok(d, &["client", "recv_msg", "--server", &addr]);
+        let again = client(&["recv_msg"]);
         assert!(again.contains("no messages"), "{again}");
     }
     let inbox = ok(d, &["server", "inbox", "--json"]);
@@ -88,6 +92,154 @@ fn the_original_walk_through_works_in_one_folder() {
     let id = rows[0]["id"].as_str().unwrap();
     let text = ok(d, &["server", "read", &id[..10]]);
     assert!(text.starts_with("hello from the client"), "{text}");
+    drop(server);
+}
+
+/// The walk-through as a newcomer types it: protocol version 2, TLS 1.3, no flag.
+#[test]
+fn the_original_walk_through_works_in_one_folder() {
+    walk_through(&[]);
+}
+
+/// The bare version 1 wire, kept for class, works with the flag on both ends.
+#[test]
+fn the_walk_through_runs_on_the_plain_v1_wire_with_the_flag_on_both_ends() {
+    walk_through(&["--plain-v1"]);
+}
+
+/// A folder with both key pairs, and a running server started with `flags`.
+fn folder_with_server(flags: &[&str]) -> (tempfile::TempDir, Server, String) {
+    let dir = tempfile::tempdir().unwrap();
+    ok(
+        dir.path(),
+        &["server", "generate_key_pair", "--bits", "2048"],
+    );
+    ok(
+        dir.path(),
+        &["client", "generate_key_pair", "--bits", "2048"],
+    );
+    let server = start_server(dir.path(), flags);
+    (dir, server.0, server.1)
+}
+
+fn start_server(d: &Path, flags: &[&str]) -> (Server, String) {
+    let mut cmd = Command::new(common::BIN);
+    cmd.args(["server", "--listen", "127.0.0.1:0"])
+        .args(flags)
+        .current_dir(d);
+    let (child, addr) = common::spawn_server(cmd);
+    (Server(child), addr)
+}
+
+/// No silent fallback: a client and a server on different versions fail, and the error names
+/// the flag that makes them agree.
+#[test]
+fn a_version_mismatch_fails_and_names_the_flag() {
+    // A version 2 client (the default) and a --plain-v1 server: the first byte back is not
+    // TLS, so it fails at once.
+    let (dir, server, addr) = folder_with_server(&["--plain-v1"]);
+    let d = dir.path();
+    for cmd in [&["send_msg", "hi"][..], &["recv_msg"]] {
+        let mut args = vec!["client"];
+        args.extend_from_slice(cmd);
+        args.extend_from_slice(&["--server", &addr]);
+        fails_with(d, &args, "speaks the plain version 1 wire");
+        fails_with(d, &args, "--plain-v1");
+    }
+    drop(server);
+    // A --plain-v1 client and a version 2 server: the server waits for a TLS ClientHello and
+    // the client for a version 1 Hello, until the client's --timeout.
+    let (_server, addr) = start_server(d, &[]);
+    for cmd in [&["send_msg", "hi"][..], &["recv_msg"]] {
+        let mut args = vec!["client"];
+        args.extend_from_slice(cmd);
+        args.extend_from_slice(&["--server", &addr, "--plain-v1", "--timeout", "1"]);
+        fails_with(d, &args, "no version 1 Hello");
+        fails_with(d, &args, "drop --plain-v1");
+    }
+    // Nothing was delivered either way.
+    let inbox = ok(d, &["server", "inbox", "--json"]);
+    assert_eq!(inbox.trim(), "[]");
+}
+
+/// `--require-pq` serves letterlock clients (they always offer X25519MLKEM768), and makes no
+/// sense on the plain wire.
+#[test]
+fn a_server_requiring_post_quantum_key_exchange_serves_the_walk_through() {
+    let (dir, server, addr) = folder_with_server(&["--require-pq"]);
+    let d = dir.path();
+    let out = ok(
+        d,
+        &["client", "send_msg", "post-quantum", "--server", &addr],
+    );
+    assert!(out.contains("delivered"), "{out}");
+    drop(server);
+    fails_with(
+        d,
+        &[
+            "server",
+            "--require-pq",
+            "--plain-v1",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "cannot be used with",
+    );
+    let help = ok(d, &["server", "--help"]);
+    assert!(help.contains("--require-pq"), "{help}");
+    assert!(help.contains("fake deliveries"), "{help}");
+    let help = ok(d, &["client", "send_msg", "--help"]);
+    assert!(help.contains("fake deliveries"), "{help}");
+}
+
+/// A full server turns the CLI client away; the client says it is retrying, with the attempt
+/// and the wait, and is served once the slot frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_msg_retries_a_busy_server_and_says_so() {
+    use std::io::BufRead;
+    use std::sync::Arc;
+    let (dir, server, addr) = folder_with_server(&["--max-connections", "1"]);
+    let d = dir.path().to_owned();
+    // Holds the only slot: a real client of the server.
+    let identity: Arc<dyn letterlock::keys::Identity> =
+        Arc::new(letterlock::keys::load_private(&d.join("client_private.pem")).unwrap());
+    let server_key = letterlock::keys::load_public(&d.join("server_public.pem")).unwrap();
+    let holder = letterlock::client::Client::connect_tls(
+        &addr,
+        identity,
+        server_key,
+        letterlock::client::ClientConfig::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let mut child = Command::new(common::BIN)
+        .args(["client", "send_msg", "after the wait", "--server", &addr])
+        .current_dir(&d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    // Read stderr until the first retry is announced, then free the slot.
+    let (announced, retry) = tokio::sync::oneshot::channel::<String>();
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stderr).lines().map(Result::unwrap);
+        let first = lines.by_ref().find(|l| l.contains("retrying"));
+        if let Some(line) = first {
+            let _ = announced.send(line);
+        }
+        lines.collect::<Vec<String>>()
+    });
+    let first = retry.await.expect("no retry announced on stderr");
+    holder.close().await.unwrap();
+    let stderr = reader.await.unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{first}\n{stderr:?}");
+    assert!(stdout.contains("delivered"), "{stdout}");
+    assert!(first.contains("attempt 2, waiting "), "{first}");
+    assert!(first.contains(" ms"), "{first}");
     drop(server);
 }
 

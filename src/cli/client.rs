@@ -4,6 +4,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
@@ -36,6 +37,16 @@ pub(super) struct ClientConn {
     /// Address of the server.
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub(super) server: String,
+    /// Seconds to keep trying while the server is busy (it retries with growing, jittered
+    /// waits and says so on stderr); also the longest wait for the connection to be set up.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub(super) timeout: u64,
+    /// Speak the plain version 1 wire instead of TLS 1.3, to a server started with
+    /// --plain-v1. It exists to show message-level protection on a bare wire in class: the
+    /// messages stay sealed and signed, but the server is not authenticated before we send,
+    /// frames travel in the clear, and a network attacker can fake deliveries and replay.
+    #[arg(long)]
+    pub(super) plain_v1: bool,
 }
 
 /// What to send and how: the message arguments `client send_msg` and `server send_msg` share.
@@ -88,8 +99,11 @@ pub(super) struct RecvArgs {
     pub(super) wait: u64,
 }
 
+/// Connects as the client: protocol version 2 (TLS 1.3) unless `--plain-v1`, retrying while
+/// the server is busy, and turns the failures a newcomer meets into what to do about them.
 pub(super) async fn connect(conn: &ClientConn) -> Result<letterlock::client::Client> {
-    use letterlock::client::ClientError;
+    use letterlock::client::{Backoff, Client, ClientConfig, ClientError, Transport};
+    use letterlock::tls::TlsOptions;
     if !conn.server.contains(':') {
         bail!(
             "--server {} has no port; give HOST:PORT, e.g. 127.0.0.1:8000",
@@ -99,24 +113,58 @@ pub(super) async fn connect(conn: &ClientConn) -> Result<letterlock::client::Cli
     let identity: Arc<dyn Identity> = Arc::new(own_key(&conn.keys, "client")?);
     let me = identity.public().id();
     let server = peer_key(&conn.keys, "server")?;
-    match letterlock::client::Client::connect(
+    let transport = if conn.plain_v1 {
+        Transport::PlainV1
+    } else {
+        Transport::Tls(TlsOptions::default())
+    };
+    let backoff = Backoff {
+        deadline: Duration::from_secs(conn.timeout),
+        ..Backoff::default()
+    };
+    let result = Client::connect_retrying(
         &conn.server,
         identity,
         server,
-        letterlock::client::ClientConfig::default(),
+        ClientConfig::default(),
+        transport,
+        backoff,
+        |r| {
+            eprintln!(
+                "letterlock: the server is busy; retrying: attempt {}, waiting {} ms",
+                r.attempt,
+                r.wait.as_millis()
+            )
+        },
     )
-    .await
-    {
+    .await;
+    let addr = &conn.server;
+    match result {
         Ok(c) => Ok(c),
         Err(ClientError::Refused {
             code: letterlock::wire::ErrorCode::AuthFailed,
             ..
         }) => bail!(
-            "the server at {} refused our key {me} (authentication failed): its operator must \
-             trust client_public.pem (`letterlock server trust client_public.pem --name NAME`)",
-            conn.server
+            "the server at {addr} refused our key {me} (authentication failed): its operator must \
+             trust client_public.pem (`letterlock server trust client_public.pem --name NAME`)"
         ),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("server {}", conn.server))),
+        Err(ClientError::Busy { attempts }) => bail!(
+            "the server at {addr} is busy: turned away {attempts} time(s) in {} s; try again \
+             later, or wait longer with --timeout SECONDS",
+            conn.timeout
+        ),
+        Err(ClientError::PlainV1Server) => bail!(
+            "the server at {addr} speaks the plain version 1 wire (it was started with \
+             --plain-v1), and this client speaks TLS 1.3 (version 2): restart the server \
+             without --plain-v1, or, only to show the bare wire, pass --plain-v1 here too"
+        ),
+        Err(ClientError::NotLetterlock(_) | ClientError::Timeout) if conn.plain_v1 => bail!(
+            "no version 1 Hello from the server at {addr}: with --plain-v1 this client \
+             speaks the plain version 1 wire, and a server started without --plain-v1 speaks \
+             TLS 1.3 (version 2) and closes the connection; drop --plain-v1 here, or start \
+             the server with --plain-v1 too"
+        ),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("server {addr}"))),
     }
 }
 

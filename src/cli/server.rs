@@ -48,6 +48,16 @@ pub(super) struct ServeArgs {
     /// classroom server did); log only sender, size and id.
     #[arg(long)]
     pub(super) no_log_text: bool,
+    /// Refuse a client that cannot do the post-quantum key exchange X25519MLKEM768, instead of
+    /// letting it fall back to X25519 (letterlock clients always offer it).
+    #[arg(long, conflicts_with = "plain_v1")]
+    pub(super) require_pq: bool,
+    /// Serve the plain version 1 wire instead of TLS 1.3, to clients run with --plain-v1. It
+    /// exists to show message-level protection on a bare wire in class: the messages stay
+    /// sealed and signed, but the server is not authenticated before a client sends, frames
+    /// travel in the clear, and a network attacker can fake deliveries and replay.
+    #[arg(long)]
+    pub(super) plain_v1: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -146,17 +156,37 @@ pub(super) async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
         ..ServerConfig::default()
     };
     println!("letterlock server listening on {}", listener.local_addr()?);
+    if a.plain_v1 {
+        println!(
+            "protocol version 1, plain wire (--plain-v1): messages sealed and signed, the \
+             connection unprotected; for showing the bare wire only"
+        );
+    } else {
+        println!(
+            "protocol version 2: TLS 1.3, X25519MLKEM768 key exchange ({}), both keys pinned",
+            if a.require_pq {
+                "required"
+            } else {
+                "X25519 allowed for clients without it"
+            }
+        );
+    }
     println!("server key {}", identity.public().id());
     for c in clients.iter() {
         println!("trusts client {:?} {}", c.name, c.key.id());
     }
     io::stdout().flush()?;
-    let server = Arc::new(Server::new(
-        Arc::new(identity),
-        clients,
-        store.clone(),
-        config,
-    ));
+    let server = Server::new(Arc::new(identity), clients, store.clone(), config);
+    let server = if a.plain_v1 {
+        server
+    } else {
+        server
+            .with_tls(letterlock::tls::TlsOptions {
+                require_pq: a.require_pq,
+            })
+            .context("cannot set up TLS")?
+    };
+    let server = Arc::new(server);
     let shutdown = async {
         shutdown_signal().await;
         eprintln!(
