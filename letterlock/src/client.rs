@@ -510,21 +510,29 @@ impl Client {
                 timeout: config.timeout.min(remaining).max(MIN_ATTEMPT),
                 ..config.clone()
             };
-            let result = match transport {
-                Transport::Tls(options) => {
-                    Self::connect_tls(
-                        addr,
-                        identity.clone(),
-                        server.clone(),
-                        attempt_config,
-                        options,
-                    )
-                    .await
-                }
-                Transport::PlainV1 => {
-                    Self::connect(addr, identity.clone(), server.clone(), attempt_config).await
+            let attempt_limit = attempt_config.timeout;
+            let attempt_once = async {
+                match transport {
+                    Transport::Tls(options) => {
+                        Self::connect_tls(
+                            addr,
+                            identity.clone(),
+                            server.clone(),
+                            attempt_config,
+                            options,
+                        )
+                        .await
+                    }
+                    Transport::PlainV1 => {
+                        Self::connect(addr, identity.clone(), server.clone(), attempt_config).await
+                    }
                 }
             };
+            // The steps of an attempt (TCP, handshake, `Ready`) each have that limit; the
+            // attempt as a whole has it too.
+            let result = tokio::time::timeout(attempt_limit, attempt_once)
+                .await
+                .unwrap_or(Err(ClientError::Timeout));
             match result {
                 Ok(mut client) => {
                     client.config = config;
