@@ -66,10 +66,7 @@ async fn thousand_idle_connections() {
                 .unwrap();
                 break start.elapsed();
             }
-            Err(ClientError::Refused {
-                code: ErrorCode::Unavailable,
-                ..
-            }) => {
+            Err(ClientError::Busy { .. }) => {
                 refusals += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
