@@ -441,7 +441,9 @@ impl Client {
 
     /// Fetches every message waiting for us. Each is opened and verified, put where `output`
     /// says, passed to `handle` (which must make it durable or shown before returning), and
-    /// only then acknowledged.
+    /// only then acknowledged. Keeps no record of received messages and stops at the first
+    /// message it cannot open: programs that receive for a user take
+    /// [`Client::fetch_recorded`].
     pub async fn fetch<F>(&mut self, output: &Output, mut handle: F) -> Result<usize, ClientError>
     where
         F: FnMut(&Received) -> Result<(), ClientError>,
