@@ -512,12 +512,18 @@ impl Client {
                 Frame::FetchDone { count } => break count,
                 other => return Err(unexpected(other)),
             };
-            let head = self.read_header(first).await?;
+            let (head, ended) = self.read_header(first).await?;
             let header = match Header::parse(&head) {
-                Ok(h) => h,
-                Err(e) => {
-                    self.skip_message().await?;
-                    let error = ClientError::Open(OpenError::Header(e));
+                Ok(h) if !ended => h,
+                parsed => {
+                    if !ended {
+                        self.skip_message().await?;
+                    }
+                    let e = match parsed {
+                        Err(e) => OpenError::Header(e),
+                        Ok(_) => OpenError::Verification,
+                    };
+                    let error = ClientError::Open(e);
                     event(FetchEvent::SetAside {
                         id: None,
                         error: &error,
@@ -593,17 +599,18 @@ impl Client {
         Ok(report)
     }
 
-    /// The first `HEADER_LEN` bytes or more of a delivered message.
-    async fn read_header(&mut self, first: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+    /// The first `HEADER_LEN` bytes or more of a delivered message, and whether its
+    /// `DeliverEnd` came already (a message shorter than a header, or exactly one).
+    async fn read_header(&mut self, first: Vec<u8>) -> Result<(Vec<u8>, bool), ClientError> {
         let mut head = first;
         while head.len() < HEADER_LEN {
             match self.read().await? {
                 Frame::Deliver(more) => head.extend_from_slice(&more),
-                Frame::DeliverEnd => return Ok(head),
+                Frame::DeliverEnd => return Ok((head, true)),
                 other => return Err(unexpected(other)),
             }
         }
-        Ok(head)
+        Ok((head, false))
     }
 
     /// Reads and drops the rest of a delivered message, up to its `DeliverEnd`.
