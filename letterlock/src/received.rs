@@ -215,6 +215,59 @@ impl ReceivedRecord {
         Ok(record)
     }
 
+    /// Like [`ReceivedRecord::open`], but first converts the list an older client kept at the
+    /// same path (one hex message id per line, written only when printing to stdout) into
+    /// entries from `sender` (the one server that client talked to), dated `now` since their
+    /// creation times were not kept: they are remembered for [`RETENTION`] from now.
+    pub fn open_or_migrate(path: &Path, now: u64, sender: [u8; 32]) -> Result<Self, RecordError> {
+        let mut head = [0u8; MAGIC.len()];
+        let legacy = match fs::File::open(path) {
+            Ok(mut f) => {
+                let n = f.read(&mut head).map_err(|source| RecordError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                head.get(..n) != Some(&MAGIC[..]) && n > 0
+            }
+            Err(_) => false,
+        };
+        if legacy {
+            let mut text = String::new();
+            fs::File::open(path)
+                .and_then(|f| f.take(MAX_FILE_LEN + 1).read_to_string(&mut text))
+                .map_err(|_| RecordError::NotARecord {
+                    path: path.to_path_buf(),
+                })?;
+            let mut entries = HashMap::new();
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                let mut id = [0u8; 16];
+                hex::decode_to_slice(line.trim(), &mut id).map_err(|_| {
+                    RecordError::NotARecord {
+                        path: path.to_path_buf(),
+                    }
+                })?;
+                if entries.len() >= MAX_ENTRIES {
+                    return Err(RecordError::Full);
+                }
+                let entry = Entry {
+                    kind: Kind::Received,
+                    sender,
+                    message_id: id,
+                    created: now,
+                    recorded: now,
+                };
+                entries.insert((sender, id), entry);
+            }
+            let record = ReceivedRecord {
+                path: path.to_path_buf(),
+                entries,
+            };
+            record.rewrite()?;
+            return Ok(record);
+        }
+        Self::open(path, now)
+    }
+
     /// Where the record lives.
     pub fn path(&self) -> &Path {
         &self.path
@@ -346,6 +399,39 @@ mod tests {
         let mut torn = MAGIC.to_vec();
         torn.extend_from_slice(&[1; ENTRY_LEN - 1]);
         assert_eq!(parse(&torn).unwrap(), (vec![], true));
+    }
+
+    #[test]
+    fn the_older_clients_list_of_ids_is_converted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rec");
+        fs::write(&path, format!("{}\n{}\n", "ab".repeat(16), "01".repeat(16))).unwrap();
+        let now = 2_000_000_000;
+        let r = ReceivedRecord::open_or_migrate(&path, now, [7; 32]).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.get(&[7; 32], &[0xab; 16]).unwrap().kind, Kind::Received);
+        let r = ReceivedRecord::open(&path, now).unwrap();
+        assert!(r.get(&[7; 32], &[1; 16]).is_some());
+        // Anything else that is not a record is refused, not overwritten.
+        fs::write(&path, "hello\n").unwrap();
+        assert!(ReceivedRecord::open_or_migrate(&path, now, [7; 32]).is_err());
+        assert_eq!(fs::read(&path).unwrap(), b"hello\n");
+    }
+
+    #[test]
+    fn random_bytes_never_panic_the_parser() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in 0..2_000usize {
+            let mut bytes = MAGIC.to_vec();
+            for _ in 0..len % 300 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                bytes.push((x % 4) as u8);
+            }
+            let _ = parse(&bytes);
+            let _ = parse(&bytes[len % 9..]);
+        }
     }
 
     #[test]

@@ -172,7 +172,13 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
             limit: STDOUT_LIMIT,
         },
     };
-    let mut record = ReceivedRecord::open(&seen_path(&a.conn.keys), envelope::unix_now())?;
+    // An older client kept a list of printed ids at the same path: converted on first use.
+    let server_key = peer_key(&a.conn.keys, "server")?.id().0;
+    let mut record = ReceivedRecord::open_or_migrate(
+        &seen_path(&a.conn.keys),
+        envelope::unix_now(),
+        server_key,
+    )?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.wait);
     let mut total = FetchReport::default();
     loop {
