@@ -133,7 +133,8 @@ impl Receiving {
         bucket.updated = now;
         // The bucket may go into debt: connections of the same client then wait in turn.
         let after = bucket.tokens - bytes as f64;
-        let wait = Duration::from_secs_f64((-after).max(0.0) / rate);
+        // `try_from`: no panic path even for absurd configured values.
+        let wait = Duration::try_from_secs_f64((-after).max(0.0) / rate).unwrap_or(Duration::MAX);
         if wait > max_wait {
             return None;
         }
