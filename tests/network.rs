@@ -323,3 +323,66 @@ async fn a_foreign_file_under_a_message_name_is_not_taken_for_the_message() {
     assert_eq!(std::fs::read(&planted).unwrap(), b"the real message");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn fetch_recorded_sets_aside_a_message_shorter_than_a_header_and_records_the_rest() {
+    use letterlock::client::{FetchEvent, FetchReport};
+    use letterlock::received::{Kind, ReceivedRecord};
+    use letterlock::store::{OutboxRecord, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    // Garbage under a message id, shorter than a header, then a real message.
+    let mut blob = server.store.blob_writer();
+    std::io::Write::write_all(&mut blob, b"not a sealed message").unwrap();
+    server
+        .store
+        .enqueue_outbox(OutboxRecord {
+            recipient_key_id: public(CLIENT).id().0,
+            recipient_name: "client".into(),
+            message_id: [0xEE; 16],
+            created: envelope::unix_now(),
+            mode: 2,
+            plaintext_len: 0,
+            expected_ack_tag: [0; 32],
+            body: blob.finish().unwrap(),
+        })
+        .await
+        .unwrap();
+    let sealed = server
+        .queue_for_client(b"behind the garbage", &SealOptions::default())
+        .await;
+
+    let path = dir.path().join("received");
+    let mut record = ReceivedRecord::open(&path, envelope::unix_now()).unwrap();
+    let mut client = server.client(CLIENT).await.unwrap();
+    let mut new = Vec::new();
+    let mut aside = 0;
+    let report = client
+        .fetch_recorded(&Output::Memory { limit: 1 << 20 }, &mut record, |e| {
+            match e {
+                FetchEvent::New(r) => new.push(r.header.message_id),
+                FetchEvent::SetAside { id: None, .. } => aside += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        report,
+        FetchReport {
+            new: 1,
+            repeats: 0,
+            set_aside: 1
+        }
+    );
+    assert_eq!((new, aside), (vec![sealed.header.message_id], 1));
+    // Recorded durably: a fresh open of the file knows it.
+    let reopened = ReceivedRecord::open(&path, envelope::unix_now()).unwrap();
+    let server_id = public(SERVER).id().0;
+    let entry = reopened
+        .get(&server_id, &sealed.header.message_id.0)
+        .unwrap();
+    assert_eq!(entry.kind, Kind::Received);
+    server.stop().await;
+}

@@ -535,3 +535,18 @@ async fn abandoned_and_foreign_bodies_leave_no_files() {
     );
     assert!(store.integrity_check().await.expect("check"));
 }
+
+#[tokio::test]
+async fn a_known_inbox_message_is_found_by_sender_and_id_with_its_hash_and_tag() {
+    let (_dir, store) = temp_store();
+    assert_eq!(store.known_inbox(&[1; 32], &id(1)).await.unwrap(), None);
+    let body = stage(&store, &common::data(LARGE_LEN));
+    let hash = body.sha256();
+    let outcome = store.insert_inbox(inbox_record(1, id(1), body)).await;
+    assert_eq!(outcome.unwrap(), InsertOutcome::Inserted);
+    let known = store.known_inbox(&[1; 32], &id(1)).await.unwrap().unwrap();
+    assert_eq!(known.content_hash, hash);
+    assert_eq!(known.ack_tag, [id(1)[0] ^ 0xA5; 32]);
+    // Per sender: the same id from another sender is not known.
+    assert_eq!(store.known_inbox(&[2; 32], &id(1)).await.unwrap(), None);
+}

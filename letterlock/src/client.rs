@@ -22,6 +22,7 @@ use crate::envelope::{
     Sealed,
 };
 use crate::keys::{Identity, KeyId, PublicKey};
+use crate::received::{self, Entry, Kind, ReceivedRecord, RecordError};
 use crate::tls::{self, TlsError, TlsOptions};
 use crate::wire::handshake::{self, HandshakeError};
 use crate::wire::{
@@ -116,6 +117,13 @@ pub enum ClientError {
     Open(#[from] OpenError),
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
+    /// The record of received messages could not be read or written: nothing is acknowledged
+    /// without it.
+    #[error("record of received messages: {0}")]
+    Record(#[from] RecordError),
+    /// A server message signed at a time outside the client's window ([`crate::received`]).
+    #[error("stale message from the server: {0}")]
+    Stale(String),
 }
 
 impl From<ConnError> for ClientError {
@@ -712,7 +720,9 @@ impl Client {
 
     /// Fetches every message waiting for us. Each is opened and verified, put where `output`
     /// says, passed to `handle` (which must make it durable or shown before returning), and
-    /// only then acknowledged.
+    /// only then acknowledged. Keeps no record of received messages and stops at the first
+    /// message it cannot open: programs that receive for a user take
+    /// [`Client::fetch_recorded`].
     pub async fn fetch<F>(&mut self, output: &Output, mut handle: F) -> Result<usize, ClientError>
     where
         F: FnMut(&Received) -> Result<(), ClientError>,
@@ -751,6 +761,212 @@ impl Client {
             }
         }
         Ok(acked.len())
+    }
+
+    /// Fetches every message waiting for us, keeping `record` (the durable record of received
+    /// messages, [`crate::received`]) and reporting each message to `event`:
+    /// - a new message is opened and verified, put where `output` says, passed to `event`
+    ///   (which must make it durable or shown), recorded (fsynced), and only then acknowledged;
+    /// - a message the record already holds is a repeat: opened to prove receipt to the server
+    ///   (a byte-identical replay earns an ack tag that was already sent), acknowledged, but
+    ///   neither saved nor shown again;
+    /// - a message signed outside the client's window, or one that cannot be opened, is set
+    ///   aside: reported, recorded as set aside, not acknowledged (it stays in the server's
+    ///   outbox, where its operator can remove it), and the messages behind it are delivered.
+    pub async fn fetch_recorded<F>(
+        &mut self,
+        output: &Output,
+        record: &mut ReceivedRecord,
+        mut event: F,
+    ) -> Result<FetchReport, ClientError>
+    where
+        F: FnMut(FetchEvent<'_>) -> Result<(), ClientError>,
+    {
+        self.writer.write_frame(&Frame::Fetch).await?;
+        let mut acked = Vec::new();
+        let mut report = FetchReport::default();
+        let count = loop {
+            let first = match self.read().await? {
+                Frame::Deliver(first) => first,
+                Frame::FetchDone { count } => break count,
+                other => return Err(unexpected(other)),
+            };
+            let (head, ended) = self.read_header(first).await?;
+            let header = match Header::parse(&head) {
+                Ok(h) if !ended => h,
+                parsed => {
+                    if !ended {
+                        self.skip_message().await?;
+                    }
+                    let e = match parsed {
+                        Err(e) => OpenError::Header(e),
+                        Ok(_) => OpenError::Verification,
+                    };
+                    let error = ClientError::Open(e);
+                    event(FetchEvent::SetAside {
+                        id: None,
+                        error: &error,
+                    })?;
+                    report.set_aside += 1;
+                    continue;
+                }
+            };
+            let id = header.message_id;
+            let now = envelope::unix_now();
+            let known = record.get(&header.sender.0, &id.0).map(|e| e.kind);
+            let refused = match received::check_time(header.created, now) {
+                Err(why) => {
+                    self.skip_message().await?;
+                    Err(ClientError::Stale(why))
+                }
+                Ok(()) => {
+                    let repeat = known == Some(Kind::Received);
+                    let out = if repeat { None } else { Some(output) };
+                    self.open_delivery(head, out).await
+                }
+            };
+            let received = match refused {
+                Ok(r) => r,
+                Err(error) if is_set_aside(&error) => {
+                    if known.is_none() {
+                        record.add(entry(Kind::SetAside, &header, now))?;
+                    }
+                    event(FetchEvent::SetAside {
+                        id: Some(id),
+                        error: &error,
+                    })?;
+                    report.set_aside += 1;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            if known == Some(Kind::Received) || received.duplicate {
+                event(FetchEvent::Repeat {
+                    received: &received,
+                    recorded: record.get(&header.sender.0, &id.0).map(|e| e.recorded),
+                })?;
+                report.repeats += 1;
+            } else {
+                event(FetchEvent::New(&received))?;
+                report.new += 1;
+            }
+            if known != Some(Kind::Received) {
+                // Durable before the ack: after it, the server forgets the message.
+                record.add(entry(Kind::Received, &header, now))?;
+            }
+            self.writer
+                .write_frame(&Frame::DeliveryAck {
+                    id,
+                    tag: received.ack_tag,
+                })
+                .await?;
+            acked.push(id);
+        };
+        let delivered = acked.len() + report.set_aside;
+        if count as usize != delivered {
+            return Err(ClientError::CountMismatch {
+                announced: count,
+                sent: delivered,
+            });
+        }
+        for _ in &acked {
+            match self.read().await? {
+                Frame::Removed { id } if acked.contains(&id) => {}
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(report)
+    }
+
+    /// The first `HEADER_LEN` bytes or more of a delivered message, and whether its
+    /// `DeliverEnd` came already (a message shorter than a header, or exactly one).
+    async fn read_header(&mut self, first: Vec<u8>) -> Result<(Vec<u8>, bool), ClientError> {
+        let mut head = first;
+        while head.len() < HEADER_LEN {
+            match self.read().await? {
+                Frame::Deliver(more) => head.extend_from_slice(&more),
+                Frame::DeliverEnd => return Ok((head, true)),
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok((head, false))
+    }
+
+    /// Reads and drops the rest of a delivered message, up to its `DeliverEnd`.
+    async fn skip_message(&mut self) -> Result<(), ClientError> {
+        loop {
+            match self.read().await? {
+                Frame::Deliver(_) => {}
+                Frame::DeliverEnd => return Ok(()),
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Opens one delivered message whose first bytes (at least its header, unless it ended
+    /// early) are `head`, to `output`, or, with `None`, only to verify it and compute its ack
+    /// tag. On an opening failure the rest of the message is still read, so the next one can
+    /// follow.
+    async fn open_delivery(
+        &mut self,
+        head: Vec<u8>,
+        output: Option<&Output>,
+    ) -> Result<Received, ClientError> {
+        let mut head = head;
+        let rest = if head.len() > HEADER_LEN {
+            head.split_off(HEADER_LEN)
+        } else {
+            Vec::new()
+        };
+        let server = self.server.clone();
+        let opts = OpenOptions {
+            max_plaintext: match output {
+                Some(Output::Memory { limit }) => (*limit).min(self.config.max_message),
+                Some(Output::Dir(_)) | None => self.config.max_message,
+            },
+            asymmetric_limit: self.config.max_asymmetric,
+        };
+        let output = output.cloned();
+        let started = Opener::new(&head, self.identity.clone(), &server, &opts)
+            .map_err(ClientError::from)
+            .map(|opener| (opener, output));
+        let mut state: Result<Unpack, ClientError> = match started {
+            Ok((opener, output)) => {
+                let header = *opener.header();
+                on_blocking_pool(move || {
+                    let sink = match &output {
+                        Some(output) => PlainSink::new(output, &header)?,
+                        None => PlainSink::Discard,
+                    };
+                    let mut u = Unpack {
+                        opener,
+                        sink,
+                        plain: Zeroizing::new(Vec::new()),
+                    };
+                    u.feed(&rest)?;
+                    Ok(u)
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        loop {
+            match self.read().await? {
+                Frame::Deliver(data) => {
+                    if let Ok(unpack) = state {
+                        state = on_blocking_pool(move || {
+                            let mut u = unpack;
+                            u.feed(&data)?;
+                            Ok(u)
+                        })
+                        .await;
+                    }
+                }
+                Frame::DeliverEnd => break,
+                other => return Err(unexpected(other)),
+            }
+        }
+        on_blocking_pool(move || state?.finish()).await
     }
 
     /// Receives one delivered message (`Deliver`… `DeliverEnd`) and opens it.
@@ -812,6 +1028,52 @@ impl Client {
     }
 }
 
+/// What [`Client::fetch_recorded`] did with one fetch's messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FetchReport {
+    /// New messages, saved or shown, recorded and acknowledged.
+    pub new: usize,
+    /// Messages the record (or the output folder) already held: acknowledged, not shown again.
+    pub repeats: usize,
+    /// Messages set aside: stale or not openable; not acknowledged, left on the server.
+    pub set_aside: usize,
+}
+
+/// One message of a fetch, as [`Client::fetch_recorded`] reports it.
+#[derive(Debug)]
+pub enum FetchEvent<'a> {
+    /// A new message, verified: show or save it durably before returning.
+    New(&'a Received),
+    /// A message received before (a replay, or at-least-once delivery repeating itself), with
+    /// when it was first recorded.
+    Repeat {
+        received: &'a Received,
+        recorded: Option<u64>,
+    },
+    /// A message set aside, with why; `id` is `None` if not even its header could be read.
+    SetAside {
+        id: Option<MessageId>,
+        error: &'a ClientError,
+    },
+}
+
+/// Whether a failure concerns the one message (set it aside, deliver the next) rather than the
+/// connection or this machine (stop).
+fn is_set_aside(e: &ClientError) -> bool {
+    matches!(e, ClientError::Open(_) | ClientError::Stale(_))
+}
+
+/// A record entry for a message with `header`, made `now`.
+fn entry(kind: Kind, header: &Header, now: u64) -> Entry {
+    Entry {
+        kind,
+        sender: header.sender.0,
+        message_id: header.message_id.0,
+        created: header.created,
+        recorded: now,
+    }
+}
+
 /// Runs CPU and file work on the blocking pool, off the reactor.
 async fn on_blocking_pool<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ClientError> + Send + 'static,
@@ -864,6 +1126,8 @@ enum PlainSink {
         tmp: AtomicFile,
         target: PathBuf,
     },
+    /// A repeat: verified for its ack tag, the plaintext dropped as it is decrypted.
+    Discard,
     /// The target exists already: decrypt and verify, and hash, to compare with it.
     Existing {
         target: PathBuf,
@@ -900,6 +1164,7 @@ impl PlainSink {
             PlainSink::Memory(v) => crate::secret::extend_wiping(v, plain),
             PlainSink::File { tmp, .. } => tmp.write_all(plain)?,
             PlainSink::Existing { hash, .. } => hash.update(plain),
+            PlainSink::Discard => {}
         }
         plain.clear();
         Ok(())
@@ -909,6 +1174,7 @@ impl PlainSink {
     fn commit(self) -> Result<(Content, bool), ClientError> {
         Ok(match self {
             PlainSink::Memory(v) => (Content::Memory(v), false),
+            PlainSink::Discard => (Content::Memory(Zeroizing::new(Vec::new())), true),
             PlainSink::File { tmp, target } => {
                 // fsync, a no-clobber rename, fsync of the folder.
                 tmp.commit()?;

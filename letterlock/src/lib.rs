@@ -40,6 +40,8 @@
 //! - `store` (feature `server`; SQLite with feature `sqlite`): the server's durable mailbox.
 //! - `tls` (feature `tls`, which `client` and `server` turn on): protocol version 2's
 //!   transport, TLS 1.3 with post-quantum key exchange and keys pinned by key id.
+//! - [`received`]: the client's durable record of received (sender, message id) pairs, which
+//!   recognises replayed deliveries, and the time window it enforces on server messages.
 //! - `fuzzing` (feature `fuzzing`, hidden): the fuzz targets' bodies, shared with the corpus
 //!   replay test. Never enabled in a program.
 //!
@@ -57,6 +59,7 @@ pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod keys;
+pub mod received;
 mod secret;
 #[cfg(feature = "server")]
 pub mod server;

@@ -1,6 +1,6 @@
 //! `letterlock client ...`: the client side of the walk-through (key pair, send_msg, recv_msg).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -25,6 +25,8 @@ pub(super) enum ClientCommand {
     #[command(name = "send_msg")]
     SendMsg(ClientSendArgs),
     /// Fetch, verify and print (or save) every message the server holds for this client.
+    /// Exit status: 0 all new (or none waiting), 3 a repeat was ignored, 4 a message was set
+    /// aside (see docs/PROTOCOL.md, "The client's record of received messages").
     #[command(name = "recv_msg")]
     RecvMsg(RecvArgs),
 }
@@ -195,13 +197,22 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
     }
 }
 
-/// Ids of messages this client already printed, so an at-least-once repeat is not shown twice.
+/// The client's durable record of received messages ([`letterlock::received`]), beside its
+/// keys: whatever the output mode, a message recorded there is never saved or shown again.
 pub(super) fn seen_path(keys: &Path) -> PathBuf {
     keys.join(".letterlock-received")
 }
 
+/// Exit status of `recv_msg` when a delivered message was a repeat (recognised from the record,
+/// acknowledged, not saved or shown again) and none was set aside.
+pub(super) const EXIT_REPEAT: u8 = 3;
+/// Exit status of `recv_msg` when a message was set aside (stale, or could not be opened): it
+/// stays on the server; the messages behind it were delivered.
+pub(super) const EXIT_SET_ASIDE: u8 = 4;
+
 pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
-    use letterlock::client::{Content, Output};
+    use letterlock::client::{Content, FetchEvent, FetchReport, Output};
+    use letterlock::received::ReceivedRecord;
     let mut client = connect(&a.conn).await?;
     let output = match &a.output {
         Some(dir) => Output::Dir(dir.clone()),
@@ -209,58 +220,78 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
             limit: STDOUT_LIMIT,
         },
     };
-    let seen_file = seen_path(&a.conn.keys);
-    let mut seen: std::collections::HashSet<String> = std::fs::read_to_string(&seen_file)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    // An older client kept a list of printed ids at the same path: converted on first use.
+    let server_key = peer_key(&a.conn.keys, "server")?.id().0;
+    let mut record = ReceivedRecord::open_or_migrate(
+        &seen_path(&a.conn.keys),
+        envelope::unix_now(),
+        server_key,
+    )?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.wait);
-    let mut total = 0;
+    let mut total = FetchReport::default();
     loop {
         let got = client
-            .fetch(&output, |r| {
-                let id = r.header.message_id.to_string();
-                match &r.content {
-                    Content::Memory(_) if seen.contains(&id) => {
-                        println!("message {id}: already received (repeat suppressed)");
+            .fetch_recorded(&output, &mut record, |event| {
+                match event {
+                    FetchEvent::New(r) => {
+                        let id = r.header.message_id;
+                        match &r.content {
+                            Content::Memory(text) => {
+                                println!(
+                                    "message {id} from the server ({} mode, {} bytes, signature \
+                                     verified):",
+                                    r.header.mode, r.plaintext_len
+                                );
+                                write_stdout_unbuffered(text, !text.ends_with(b"\n"))?;
+                            }
+                            Content::File(path) => println!(
+                                "message {id} ({} mode, {} bytes, signature verified) saved to {}",
+                                r.header.mode,
+                                r.plaintext_len,
+                                path.display()
+                            ),
+                        }
                     }
-                    Content::Memory(text) => {
+                    FetchEvent::Repeat { received, recorded } => {
+                        let when = recorded
+                            .map(|t| format!(" (recorded at unix time {t})"))
+                            .unwrap_or_default();
                         println!(
-                            "message {id} from the server ({} mode, {} bytes, signature verified):",
-                            r.header.mode, r.plaintext_len
+                            "message {}: already received{when}; repeat ignored, not saved or \
+                             shown again",
+                            received.header.message_id
                         );
-                        write_stdout_unbuffered(text, !text.ends_with(b"\n"))?;
-                        // Remember it durably before the ack goes out.
-                        let mut f = std::fs::OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(&seen_file)?;
-                        writeln!(f, "{id}")?;
-                        f.sync_all()?;
-                        seen.insert(id);
                     }
-                    Content::File(path) if r.duplicate => {
-                        println!("message {id}: already saved as {} (repeat)", path.display());
+                    FetchEvent::SetAside { id, error } => {
+                        let id = id.map(|i| i.to_string()).unwrap_or_else(|| "?".into());
+                        eprintln!(
+                            "letterlock: message {id} set aside, NOT received: {error}; it stays \
+                             on the server (not acknowledged)"
+                        );
                     }
-                    Content::File(path) => println!(
-                        "message {id} ({} mode, {} bytes, signature verified) saved to {}",
-                        r.header.mode,
-                        r.plaintext_len,
-                        path.display()
-                    ),
                 }
                 Ok(())
             })
             .await?;
-        total += got;
-        if total > 0 || std::time::Instant::now() >= deadline {
+        total.new += got.new;
+        total.repeats += got.repeats;
+        total.set_aside += got.set_aside;
+        let any = total.new + total.repeats + total.set_aside;
+        if any > 0 || std::time::Instant::now() >= deadline {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
-    if total == 0 {
+    if total.new + total.repeats + total.set_aside == 0 {
         println!("no messages");
+    } else if total.new == 0 {
+        println!("no new messages");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if total.set_aside > 0 {
+        ExitCode::from(EXIT_SET_ASIDE)
+    } else if total.repeats > 0 {
+        ExitCode::from(EXIT_REPEAT)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

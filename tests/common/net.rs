@@ -36,6 +36,8 @@ pub struct TestServer {
     pub addr: String,
     pub store: Arc<SqliteStore>,
     pub store_path: PathBuf,
+    /// The server itself, for its counters ([`Server::receive_stats`]).
+    pub server: Arc<Server<SqliteStore>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -70,9 +72,10 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let server = server(store.clone(), config);
+        let running = server.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            server
+            running
                 .run(listener, async {
                     let _ = stopped.await;
                 })
@@ -83,6 +86,7 @@ impl TestServer {
             addr,
             store,
             store_path,
+            server,
             stop: Some(stop),
             task: Some(task),
         }

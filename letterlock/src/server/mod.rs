@@ -41,6 +41,7 @@ use crate::tls::{self, TlsError, TlsOptions};
 use crate::wire::{self, ConnError, ErrorCode};
 
 pub use deliver::{QueueError, queue_for_client};
+pub use receive::{AsymmetricBudget, ReceiveStats};
 
 /// Which modes the server accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +90,9 @@ pub struct ServerConfig {
     /// Log the text of short UTF-8 messages, as the classroom server printed them. Off, the log
     /// says only who sent how much.
     pub log_text: bool,
+    /// Asymmetric-mode bytes each client may have decrypted per second (one RSA private
+    /// operation per block): one client cannot monopolise the server's CPU.
+    pub asymmetric_budget: AsymmetricBudget,
 }
 
 impl Default for ServerConfig {
@@ -106,6 +110,7 @@ impl Default for ServerConfig {
             max_in_flight_total: 256,
             shutdown_grace: Duration::from_secs(10),
             log_text: true,
+            asymmetric_budget: AsymmetricBudget::default(),
         }
     }
 }
@@ -125,6 +130,8 @@ pub struct Server<S> {
     /// Protocol version 2: TLS 1.3 under the frames, built from `identity` and `clients`
     /// ([`Server::with_tls`]). `None`: the plain version 1 wire.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Per-client asymmetric budgets and the receive counters ([`Server::receive_stats`]).
+    receiving: receive::Receiving,
 }
 
 impl<S: Store> Server<S> {
@@ -139,6 +146,7 @@ impl<S: Store> Server<S> {
             identity,
             clients: Arc::new(clients),
             store,
+            receiving: receive::Receiving::new(&config.asymmetric_budget),
             config,
             tls: None,
         }

@@ -5,17 +5,27 @@
 //! on the blocking pool, batch by batch, as the bytes arrive. Once `SendEnd` is read, a task
 //! ([`ReceiveJob::complete`]) waits for the verification, stores the message durably and only
 //! then acknowledges it, while the loop already reads the next message (pipelining).
+//!
+//! Repeats are cheap: as soon as the header is parsed, (sender, message id) is looked up in the
+//! store; for a known id the rest of the bytes are only hashed and compared with the stored
+//! content hash. A byte-identical repeat (an honest client that lost its ack) gets the stored
+//! ack again; a different message under a known id is refused (`Replay`). Neither is decrypted,
+//! verified or written. Asymmetric-mode decryption, one RSA private operation per block, is
+//! budgeted per client ([`AsymmetricBudget`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
-use crate::envelope::{self, HEADER_LEN, Header, OpenError, OpenOptions, Opened, Opener};
+use crate::envelope::{self, HEADER_LEN, Header, Mode, OpenError, OpenOptions, Opened, Opener};
 use crate::keys::Trusted;
-use crate::store::{self, Body, InboxRecord, InsertOutcome, Store};
+use crate::store::{self, Body, InboxRecord, InsertOutcome, KnownMessage, Store};
 use crate::wire::{ErrorCode, Frame};
 
 use super::handler::{Handler, send};
@@ -31,6 +41,121 @@ const LOG_TEXT_MAX: usize = 200;
 /// Room for what sealing adds to the plaintext (wrapped key, tags, signature): generous, since
 /// it only bounds how much of an oversized message is read before it is refused.
 const SEALING_OVERHEAD: u64 = 64 << 20;
+
+/// How many asymmetric-mode bytes one client may have decrypted, per second and at once.
+///
+/// An asymmetric message costs one RSA private operation per block (about 0.6 ms per 190 bytes
+/// with a 2048-bit key, so about 3.5 s of CPU per MiB); without a budget one client sending
+/// them back to back keeps a core busy for everyone. The budget is a token bucket per client
+/// key: a message's bytes are charged batch by batch before they are decrypted, and when the
+/// bucket is empty the connection waits (stops reading) until it refills. A client that would
+/// have to wait longer than [`ServerConfig::idle_timeout`](super::ServerConfig) is refused
+/// with `Unavailable` ("busy") instead. Hybrid messages cost one RSA operation each and are not charged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AsymmetricBudget {
+    /// Bytes per second a client's bucket refills with.
+    pub bytes_per_sec: u64,
+    /// Bucket size: what a client with a full bucket may have decrypted at once. At least one
+    /// largest asymmetric message, so a single message is never throttled.
+    pub burst: u64,
+}
+
+impl Default for AsymmetricBudget {
+    /// 128 KiB/s (about 0.45 s of one core per second per client) with a burst of 1.5 MiB, one
+    /// largest default asymmetric message with its sealing overhead.
+    fn default() -> Self {
+        AsymmetricBudget {
+            bytes_per_sec: 128 * 1024,
+            burst: 1536 * 1024,
+        }
+    }
+}
+
+/// Counters of the receive path, for tests and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReceiveStats {
+    /// Messages given to an opener (decrypted and verified, or refused trying).
+    pub opened: u64,
+    /// Repeats of a stored message answered from its content hash, without opening.
+    pub repeats_answered: u64,
+    /// Messages under a known id whose bytes differ, refused without opening.
+    pub repeats_refused: u64,
+    /// Times a connection waited for its client's asymmetric budget.
+    pub budget_waits: u64,
+}
+
+/// A client's token bucket (see [`AsymmetricBudget`]).
+#[derive(Debug)]
+struct Bucket {
+    /// Bytes that may still be decrypted now.
+    tokens: f64,
+    /// When `tokens` was last brought up to date.
+    updated: Instant,
+}
+
+/// The server-wide state of the receive path: per-client budgets and counters.
+#[derive(Debug)]
+pub(super) struct Receiving {
+    budget: AsymmetricBudget,
+    /// One bucket per client key id; as many entries as trusted clients at most.
+    buckets: Mutex<HashMap<[u8; 32], Bucket>>,
+    opened: AtomicU64,
+    repeats_answered: AtomicU64,
+    repeats_refused: AtomicU64,
+    budget_waits: AtomicU64,
+}
+
+impl Receiving {
+    pub(super) fn new(budget: &AsymmetricBudget) -> Self {
+        Receiving {
+            budget: *budget,
+            buckets: Mutex::new(HashMap::new()),
+            opened: AtomicU64::new(0),
+            repeats_answered: AtomicU64::new(0),
+            repeats_refused: AtomicU64::new(0),
+            budget_waits: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes `bytes` from `client`'s bucket; returns how long to wait before decrypting them,
+    /// or `None` (and takes nothing) if that would be longer than `max_wait`.
+    fn charge(&self, client: &[u8; 32], bytes: u64, max_wait: Duration) -> Option<Duration> {
+        let rate = self.budget.bytes_per_sec.max(1) as f64;
+        let burst = self.budget.burst as f64;
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let bucket = buckets.entry(*client).or_insert(Bucket {
+            tokens: burst,
+            updated: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+        bucket.updated = now;
+        // The bucket may go into debt: connections of the same client then wait in turn.
+        let after = bucket.tokens - bytes as f64;
+        // `try_from`: no panic path even for absurd configured values.
+        let wait = Duration::try_from_secs_f64((-after).max(0.0) / rate).unwrap_or(Duration::MAX);
+        if wait > max_wait {
+            return None;
+        }
+        bucket.tokens = after;
+        Some(wait)
+    }
+}
+
+impl<S> Server<S> {
+    /// Counters of the receive path (how many messages were opened, how many repeats were
+    /// answered from the store without opening), for tests and metrics.
+    pub fn receive_stats(&self) -> ReceiveStats {
+        let r = &self.receiving;
+        ReceiveStats {
+            opened: r.opened.load(Ordering::Relaxed),
+            repeats_answered: r.repeats_answered.load(Ordering::Relaxed),
+            repeats_refused: r.repeats_refused.load(Ordering::Relaxed),
+            budget_waits: r.budget_waits.load(Ordering::Relaxed),
+        }
+    }
+}
 
 impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
     /// Receives one message and leaves its verification, storage and ack to a task, so the
@@ -78,6 +203,17 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
         let header = Header::parse(&head)
             .map_err(|e| Fail::new(ErrorCode::Refused, format!("bad header: {e}")))?;
         self.check_header(&header)?;
+        let known = self
+            .server
+            .store
+            .known_inbox(&header.sender.0, &header.message_id.0)
+            .await
+            .map_err(Fail::store)?;
+        if let Some(known) = known {
+            return self.receive_known(head, header, known).await;
+        }
+        self.server.receiving.opened.fetch_add(1, Ordering::Relaxed);
+        let asymmetric = header.mode == Mode::Asymmetric;
         let config = &self.server.config;
         let opts = OpenOptions {
             max_plaintext: config.max_hybrid,
@@ -123,6 +259,9 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
             pending.extend_from_slice(&more);
             if pending.len() >= FEED_BATCH {
                 let batch = std::mem::take(&mut pending);
+                if asymmetric {
+                    self.asymmetric_budget(batch.len()).await?;
+                }
                 state = match state {
                     Ok(intake) => {
                         on_blocking_pool(move || {
@@ -135,6 +274,9 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                 };
             }
         }
+        if asymmetric && state.is_ok() {
+            self.asymmetric_budget(pending.len()).await?;
+        }
         let worker = tokio::task::spawn_blocking(move || {
             let mut intake = state?;
             intake.feed(&pending)?;
@@ -142,11 +284,80 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
         });
         Ok(ReceiveJob {
             header,
-            worker,
+            work: Work::Open(worker),
             server: self.server.clone(),
             client: self.client.clone(),
             out: self.conn.out.clone(),
         })
+    }
+
+    /// The rest of a message whose (sender, id) the store already holds: its bytes are only
+    /// hashed, to tell a byte-identical repeat (same ack again) from a different message under
+    /// the same id (refused). Nothing is decrypted, verified or written.
+    async fn receive_known(
+        &mut self,
+        head: Vec<u8>,
+        header: Header,
+        known: KnownMessage,
+    ) -> Result<ReceiveJob<S>, Fail> {
+        let cap = self
+            .server
+            .config
+            .max_hybrid
+            .saturating_add(SEALING_OVERHEAD);
+        let mut hash = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        hash.update(&head);
+        let mut seen = head.len() as u64;
+        while let Some(more) = self.next_data().await? {
+            seen = seen.saturating_add(more.len() as u64);
+            if seen > cap {
+                return Err(Fail::new(
+                    ErrorCode::TooLarge,
+                    "message larger than this server accepts",
+                ));
+            }
+            hash.update(&more);
+        }
+        // Content hashes are not secret; compared in constant time all the same.
+        let same = aws_lc_rs::constant_time::verify_slices_are_equal(
+            hash.finish().as_ref(),
+            &known.content_hash,
+        )
+        .is_ok();
+        Ok(ReceiveJob {
+            header,
+            work: Work::Known {
+                same,
+                ack_tag: known.ack_tag,
+            },
+            server: self.server.clone(),
+            client: self.client.clone(),
+            out: self.conn.out.clone(),
+        })
+    }
+
+    /// Charges `bytes` of asymmetric-mode work to this client's budget, waiting for it to
+    /// refill if need be ([`AsymmetricBudget`]).
+    async fn asymmetric_budget(&self, bytes: usize) -> Result<(), Fail> {
+        let receiving = &self.server.receiving;
+        let wait = receiving
+            .charge(
+                &self.client.key.id().0,
+                bytes as u64,
+                self.server.config.idle_timeout,
+            )
+            .ok_or_else(|| {
+                Fail::new(
+                    ErrorCode::Unavailable,
+                    "this client's asymmetric-mode budget is spent; send later or use hybrid mode",
+                )
+            })?;
+        if !wait.is_zero() {
+            receiving.budget_waits.fetch_add(1, Ordering::Relaxed);
+            debug!(client = %self.client.name, wait_ms = wait.as_millis() as u64, "asymmetric budget: waiting");
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
     }
 
     /// The next `Send` payload, or `None` at `SendEnd`.
@@ -205,7 +416,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
 /// task needs to store and acknowledge it.
 struct ReceiveJob<S> {
     header: Header,
-    worker: tokio::task::JoinHandle<Result<Verified, OpenError>>,
+    work: Work,
     /// For the store.
     server: Arc<Server<S>>,
     /// The sender, for the inbox record and the logs.
@@ -214,16 +425,42 @@ struct ReceiveJob<S> {
     out: mpsc::Sender<Frame>,
 }
 
+/// What is left to do for a message once its bytes have arrived.
+enum Work {
+    /// A new id: verification runs on the blocking pool.
+    Open(tokio::task::JoinHandle<Result<Verified, OpenError>>),
+    /// An id the store holds: whether the bytes were the same, and the stored ack tag.
+    Known { same: bool, ack_tag: [u8; 32] },
+}
+
 impl<S: Store> ReceiveJob<S> {
     /// Waits for verification, stores durably, then acknowledges.
     async fn complete(self) -> Result<(), Fail> {
         let ReceiveJob {
             header,
-            worker,
+            work,
             server,
             client,
             out,
         } = self;
+        let worker = match work {
+            Work::Open(worker) => worker,
+            Work::Known { same, ack_tag } => {
+                let id = header.message_id;
+                let receiving = &server.receiving;
+                if !same {
+                    receiving.repeats_refused.fetch_add(1, Ordering::Relaxed);
+                    warn!(client = %client.name, %id, "message id already used for different content; refused unopened");
+                    return Err(Fail::new(
+                        ErrorCode::Replay,
+                        "this message id was already used for a different message",
+                    ));
+                }
+                receiving.repeats_answered.fetch_add(1, Ordering::Relaxed);
+                info!(client = %client.name, %id, "repeat of a stored message: same ack again, unopened");
+                return send(&out, Frame::Ack { id, tag: ack_tag }).await;
+            }
+        };
         let verified = match worker.await {
             Ok(Ok(v)) => v,
             Ok(Err(OpenError::TooLarge { limit })) => {

@@ -82,6 +82,18 @@ pub enum InsertOutcome {
     Conflict,
 }
 
+/// What the store knows of a stored inbox message, enough to answer a repeat of it without
+/// opening it: a repeat is recognised by (sender, message id) from the header alone, and the
+/// incoming bytes are then only hashed and compared with `content_hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownMessage {
+    /// SHA-256 of the sealed bytes as first received.
+    pub content_hash: Tag,
+    /// The ack tag sent for it, sent again for a byte-identical repeat (which proves nothing
+    /// new: only the bytes the tag was computed from can earn it).
+    pub ack_tag: Tag,
+}
+
 /// One inbox message's metadata, for listings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboxSummary {
@@ -157,6 +169,14 @@ pub trait Store: Send + Sync + 'static {
         &self,
         record: InboxRecord,
     ) -> impl Future<Output = Result<InsertOutcome, StoreError>> + Send;
+
+    /// The stored message `message_id` from `sender`, if any: looked up as soon as a header is
+    /// parsed, so a repeat costs a hash of its bytes, not a decryption.
+    fn known_inbox(
+        &self,
+        sender: &KeyId,
+        message_id: &MessageId,
+    ) -> impl Future<Output = Result<Option<KnownMessage>, StoreError>> + Send;
 
     /// All inbox messages, oldest received first.
     fn list_inbox(&self) -> impl Future<Output = Result<Vec<InboxSummary>, StoreError>> + Send;

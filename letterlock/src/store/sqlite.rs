@@ -23,8 +23,8 @@ use super::body::{BlobWriter, StoredBody, TEMP_PREFIX, is_blob_name, sync_dir};
 use super::error::StoreError;
 use super::writer::{Counters, QUEUE_CAPACITY, WriteOp, Writer};
 use super::{
-    InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyId, MessageId, OutboxEntry,
-    OutboxRecord, Store, Tag,
+    InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyId, KnownMessage, MessageId,
+    OutboxEntry, OutboxRecord, Store, Tag,
 };
 
 /// Schema version kept in `PRAGMA user_version`; bump with every schema
@@ -434,6 +434,32 @@ impl Store for SqliteStore {
     async fn insert_inbox(&self, record: InboxRecord) -> Result<InsertOutcome, StoreError> {
         self.submit(|reply| WriteOp::InsertInbox { record, reply })
             .await
+    }
+
+    async fn known_inbox(
+        &self,
+        sender: &KeyId,
+        message_id: &MessageId,
+    ) -> Result<Option<KnownMessage>, StoreError> {
+        let (sender, message_id) = (*sender, *message_id);
+        // The read connection: never queued behind a batch commit. The UNIQUE index on
+        // (sender_key_id, message_id) makes this one index probe.
+        self.read(move |conn, _| {
+            conn.prepare_cached(
+                "SELECT content_hash, ack_tag FROM inbox WHERE sender_key_id = ?1 AND message_id = ?2",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![sender, message_id], |row| {
+                    Ok(KnownMessage {
+                        content_hash: row.get(0)?,
+                        ack_tag: row.get(1)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(StoreError::db("looking up an inbox message id"))
+        })
+        .await
     }
 
     async fn list_inbox(&self) -> Result<Vec<InboxSummary>, StoreError> {

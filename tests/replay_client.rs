@@ -1,0 +1,226 @@
+//! The client's record of received messages (issue 10, "Replays to the client"), through the
+//! binary: a server that delivers a recorded message again gets it acknowledged but neither
+//! saved nor shown again, with `-o DIR` and with stdout; a server message dated 2001 is refused;
+//! a message that cannot be opened is set aside and the messages behind it are delivered.
+//!
+//! The replaying server is the real one whose outbox the test refills with the very bytes it
+//! delivered before: on the wire that is exactly a recorded delivery played back.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Output};
+
+use common::net::{CLIENT, SERVER};
+use common::{private, private_path, public, public_path};
+use letterlock::envelope::{self, FixedRandomness, SealOptions};
+use letterlock::store::{OutboxRecord, SqliteStore, Store};
+
+/// Exit statuses of `recv_msg` (src/cli/client.rs, docs/PROTOCOL.md).
+const EXIT_REPEAT: i32 = 3;
+const EXIT_SET_ASIDE: i32 = 4;
+
+/// Kills the server when the test ends, pass or fail.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A folder with the fixed server and client keys under the walk-through's names, and the
+/// server started in it.
+fn setup(d: &Path) -> (Server, String) {
+    std::fs::copy(private_path(SERVER), d.join("server_private.pem")).unwrap();
+    std::fs::copy(public_path(SERVER), d.join("server_public.pem")).unwrap();
+    std::fs::copy(private_path(CLIENT), d.join("client_private.pem")).unwrap();
+    std::fs::copy(public_path(CLIENT), d.join("client_public.pem")).unwrap();
+    let mut cmd = Command::new(common::BIN);
+    cmd.args(["server", "--listen", "127.0.0.1:0"])
+        .current_dir(d);
+    let (child, addr) = common::spawn_server(cmd);
+    (Server(child), addr)
+}
+
+fn letterlock(dir: &Path, args: &[&str]) -> Output {
+    Command::new(common::BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn recv(dir: &Path, addr: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["client", "recv_msg", "--server", addr];
+    args.extend_from_slice(extra);
+    let out = letterlock(dir, &args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+fn queue(dir: &Path, text: &str) {
+    let out = letterlock(dir, &["server", "send_msg", "--to", "client", text]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// The sealed bytes of every message waiting for the client, oldest first.
+async fn pending_bodies(store: &SqliteStore) -> Vec<Vec<u8>> {
+    let me = public(CLIENT).id().0;
+    let mut bodies = Vec::new();
+    for entry in store.pending_outbox(&me).await.unwrap() {
+        let mut body = store
+            .open_outbox_body(&me, &entry.message_id)
+            .await
+            .unwrap();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut body, &mut bytes).unwrap();
+        bodies.push(bytes);
+    }
+    bodies
+}
+
+/// Puts `sealed` (from the server to the client) in the outbox, as a server that replays or
+/// forges deliveries would send it.
+async fn enqueue(store: &SqliteStore, sealed: &[u8], ack_tag: [u8; 32]) {
+    let header = envelope::Header::parse(sealed).unwrap();
+    let mut blob = store.blob_writer();
+    std::io::Write::write_all(&mut blob, sealed).unwrap();
+    store
+        .enqueue_outbox(OutboxRecord {
+            recipient_key_id: public(CLIENT).id().0,
+            recipient_name: "client".into(),
+            message_id: header.message_id.0,
+            created: header.created,
+            mode: header.mode.to_byte(),
+            plaintext_len: 0,
+            expected_ack_tag: ack_tag,
+            body: blob.finish().unwrap(),
+        })
+        .await
+        .unwrap();
+}
+
+/// The ack tag the client computes for `sealed`: what the replaying server expects back.
+fn ack_tag_of(sealed: &[u8]) -> [u8; 32] {
+    let opts = envelope::OpenOptions::default();
+    let (_, opened) =
+        envelope::open_to_vec(private(CLIENT), &public(SERVER), &opts, sealed).unwrap();
+    opened.ack_tag
+}
+
+#[tokio::test]
+async fn a_replayed_delivery_is_not_saved_again_with_an_output_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_server, addr) = setup(d);
+    queue(d, "pay 10 coins");
+    let store = SqliteStore::open(d.join("letterlock-server.db")).unwrap();
+    let recorded = pending_bodies(&store).await.remove(0);
+
+    let (code, out, err) = recv(d, &addr, &["-o", "inbox"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("saved to"), "{out}");
+    // The user reads the message and moves it away.
+    let saved: Vec<_> = std::fs::read_dir(d.join("inbox")).unwrap().collect();
+    assert_eq!(saved.len(), 1);
+    std::fs::remove_file(saved[0].as_ref().unwrap().path()).unwrap();
+
+    // The same delivery again.
+    enqueue(&store, &recorded, ack_tag_of(&recorded)).await;
+    let (code, out, err) = recv(d, &addr, &["-o", "inbox"]);
+    assert_eq!(code, EXIT_REPEAT, "{out}{err}");
+    assert!(out.contains("already received"), "{out}");
+    assert!(out.contains("no new messages"), "{out}");
+    assert_eq!(
+        std::fs::read_dir(d.join("inbox")).unwrap().count(),
+        0,
+        "the replay was saved again"
+    );
+    // Acknowledged all the same: an honest server whose Removed was lost stops repeating it.
+    assert!(pending_bodies(&store).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_replayed_delivery_is_not_shown_again_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_server, addr) = setup(d);
+    queue(d, "pay 10 coins");
+    let store = SqliteStore::open(d.join("letterlock-server.db")).unwrap();
+    let recorded = pending_bodies(&store).await.remove(0);
+
+    let (code, out, _) = recv(d, &addr, &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("pay 10 coins"), "{out}");
+
+    enqueue(&store, &recorded, ack_tag_of(&recorded)).await;
+    let (code, out, err) = recv(d, &addr, &[]);
+    assert_eq!(code, EXIT_REPEAT, "{out}{err}");
+    assert!(out.contains("already received"), "{out}");
+    assert!(
+        !out.contains("pay 10 coins"),
+        "the replay was shown again: {out}"
+    );
+
+    // The record is the same file for both modes: the stdout receipt also stops `-o`.
+    enqueue(&store, &recorded, ack_tag_of(&recorded)).await;
+    let (code, out, _) = recv(d, &addr, &["-o", "inbox"]);
+    assert_eq!(code, EXIT_REPEAT, "{out}");
+    assert!(!d.join("inbox").exists() || std::fs::read_dir(d.join("inbox")).unwrap().count() == 0);
+}
+
+#[tokio::test]
+async fn a_stale_or_unopenable_message_is_set_aside_and_the_next_one_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_server, addr) = setup(d);
+    let store = SqliteStore::open(d.join("letterlock-server.db")).unwrap();
+
+    // Signed by the real server key, dated 2001-01-01.
+    let fixed = FixedRandomness {
+        message_id: [0x20; 16],
+        created: 978_307_200,
+        content_key: [5; 32],
+    };
+    let (stale, sealed) = common::seal_fixed(
+        private(SERVER),
+        &public(CLIENT),
+        &SealOptions::default(),
+        &fixed,
+        b"an old order, replayed",
+    );
+    enqueue(&store, &stale, sealed.ack_tag).await;
+    // A current message altered on the way (or at rest): it cannot be opened.
+    let (mut tampered, sealed) = common::seal_with_info(
+        private(SERVER).as_ref(),
+        &public(CLIENT),
+        &SealOptions::default(),
+        b"altered",
+    );
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    enqueue(&store, &tampered, sealed.ack_tag).await;
+    // And a good one behind them.
+    queue(d, "the message behind");
+
+    let (code, out, err) = recv(d, &addr, &["-o", "inbox"]);
+    assert_eq!(code, EXIT_SET_ASIDE, "{out}{err}");
+    assert_eq!(err.matches("set aside").count(), 2, "{err}");
+    assert!(err.contains("stale"), "{err}");
+    assert!(out.contains("saved to"), "{out}");
+    let saved: Vec<_> = std::fs::read_dir(d.join("inbox")).unwrap().collect();
+    assert_eq!(saved.len(), 1);
+    let text = std::fs::read(saved[0].as_ref().unwrap().path()).unwrap();
+    assert_eq!(text, b"the message behind");
+    // The two set aside were not acknowledged: they stay on the server.
+    assert_eq!(pending_bodies(&store).await.len(), 2);
+
+    // Stdout too: the stale message is refused, not printed.
+    let (code, out, _) = recv(d, &addr, &[]);
+    assert_eq!(code, EXIT_SET_ASIDE);
+    assert!(!out.contains("an old order"), "{out}");
+}
