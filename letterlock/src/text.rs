@@ -182,11 +182,11 @@ impl<W: io::Write> WipedSink<'_, W> {
 impl<W: io::Write> fmt::Write for WipedSink<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         // Pieces are one character or one escape (at most 10 bytes): the buffer never grows.
-        if self.buf.len() + s.len() > self.buf.capacity() {
-            if let Err(e) = self.flush_buf() {
-                self.error = Some(e);
-                return Err(fmt::Error);
-            }
+        if self.buf.len() + s.len() > self.buf.capacity()
+            && let Err(e) = self.flush_buf()
+        {
+            self.error = Some(e);
+            return Err(fmt::Error);
         }
         self.buf.extend_from_slice(s.as_bytes());
         Ok(())
@@ -233,7 +233,10 @@ mod tests {
 
     #[test]
     fn printable_text_in_any_script_is_kept_and_invalid_bytes_are_shown_as_hex() {
-        assert_eq!(q("héllo, мир, 世界 🙂".as_bytes()), "\"héllo, мир, 世界 🙂\"");
+        assert_eq!(
+            q("héllo, мир, 世界 🙂".as_bytes()),
+            "\"héllo, мир, 世界 🙂\""
+        );
         assert_eq!(q(b"ok\xff\xc3"), r#""ok\xff\xc3""#);
     }
 
