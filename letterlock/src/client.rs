@@ -256,8 +256,9 @@ impl Client {
         debug!(version = ?session.version, group = ?session.group, "TLS handshake done");
         let (r, w) = tokio::io::split(stream);
         let mut client = Client {
-            reader: FrameReader::new(Box::new(r), config.max_frame),
-            writer: FrameWriter::new(Box::new(w)),
+            // Version 2 pads every flush to its bucket (docs/PROTOCOL.md, "Frame padding").
+            reader: FrameReader::new(Box::new(r) as ReadHalf, config.max_frame).with_padding(),
+            writer: FrameWriter::new(Box::new(w) as WriteHalf).with_padding(),
             identity,
             server,
             config,

@@ -123,12 +123,35 @@ impl<R: AsyncRead + Unpin> Connection<R> {
     where
         W: AsyncWrite + Unpin + Send + 'static,
     {
+        let reader = FrameReader::new(r, MAX_HANDSHAKE_FRAME.min(config.max_frame));
+        Self::start(reader, FrameWriter::new(w), peer, config)
+    }
+
+    /// As [`Connection::open`], for a version 2 connection (inside TLS): both directions
+    /// padded to buckets (docs/PROTOCOL.md, "Frame padding").
+    pub(super) fn open_v2<W>(r: R, w: W, peer: SocketAddr, config: &ServerConfig) -> Self
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let reader = FrameReader::new(r, MAX_HANDSHAKE_FRAME.min(config.max_frame)).with_padding();
+        Self::start(reader, FrameWriter::new(w).with_padding(), peer, config)
+    }
+
+    fn start<W>(
+        reader: FrameReader<R>,
+        writer: FrameWriter<W>,
+        peer: SocketAddr,
+        config: &ServerConfig,
+    ) -> Self
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let (out, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let stall = config.idle_timeout;
         Connection {
-            reader: FrameReader::new(r, MAX_HANDSHAKE_FRAME.min(config.max_frame)),
+            reader,
             out,
-            writer: tokio::spawn(write_loop(FrameWriter::new(w), rx, stall)),
+            writer: tokio::spawn(write_loop(writer, rx, stall)),
             peer,
         }
     }
