@@ -63,7 +63,9 @@ pub enum ClientError {
          talk to it"
     )]
     WrongServer { got: KeyId, expected: KeyId },
-    #[error("the server refused: {message} (code {code:?})")]
+    /// `message` is the server's own text, shown escaped and quoted as its words: a fake
+    /// server must not be able to print "delivered" on our terminal.
+    #[error("the server refused (code {code:?}); the server says: {}", crate::text::quoted(.message))]
     Refused { code: ErrorCode, message: String },
     #[error("delivery NOT proven: {0}")]
     NotProven(String),

@@ -74,7 +74,7 @@ pub(super) async fn serve_authenticated<S, R>(
     if let Err(fail) = send(&conn.out, Frame::Ready).await {
         return conn.close(Err(fail)).await;
     }
-    info!(peer = %conn.peer, client = %client.name, key = %client.key.id(), "client authenticated (TLS)");
+    info!(peer = %conn.peer, client = %crate::text::quoted(&client.name), key = %client.key.id(), "client authenticated (TLS)");
     Handler::new(server, conn, client, stop).run().await;
 }
 
@@ -98,7 +98,7 @@ async fn handshake<S: Store, R: AsyncRead + Unpin>(
             other => Fail::new(ErrorCode::Protocol, other.to_string()),
         })?;
     send(&conn.out, Frame::Ready).await?;
-    info!(peer = %conn.peer, client = %client.name, key = %client.key.id(), "client authenticated");
+    info!(peer = %conn.peer, client = %crate::text::quoted(&client.name), key = %client.key.id(), "client authenticated");
     Ok(client)
 }
 
@@ -257,7 +257,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                 Frame::Fetch => self.deliver().await?,
                 Frame::DeliveryAck { id, tag } => self.delivery_ack(id, tag).await?,
                 Frame::Error { code, message } => {
-                    debug!(peer = %self.conn.peer, ?code, %message, "client reported an error");
+                    debug!(peer = %self.conn.peer, ?code, message = %crate::text::quoted(&message), "client reported an error");
                     return Ok(());
                 }
                 other => {
