@@ -25,6 +25,15 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     stdout
 }
 
+/// As [`ok`], with the status lines too: they go to stderr, content to stdout.
+fn ok_with_status(dir: &Path, args: &[&str]) -> String {
+    let out = letterlock(dir, args);
+    assert!(out.status.success(), "letterlock {args:?} failed");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    text
+}
+
 /// Kills the server when the test ends, pass or fail.
 struct Server(Child);
 
@@ -75,11 +84,11 @@ fn the_original_walk_through_works_in_one_folder() {
                 "reply from the server",
             ],
         );
-        let got = ok(d, &["client", "recv_msg", "--server", &addr]);
+        let got = ok_with_status(d, &["client", "recv_msg", "--server", &addr]);
         assert!(got.contains("reply from the server"), "{got}");
         assert!(got.contains(mode), "{got}");
         // Already delivered: a second recv_msg finds nothing.
-        let again = ok(d, &["client", "recv_msg", "--server", &addr]);
+        let again = ok_with_status(d, &["client", "recv_msg", "--server", &addr]);
         assert!(again.contains("no messages"), "{again}");
     }
     let inbox = ok(d, &["server", "inbox", "--json"]);

@@ -175,10 +175,10 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
                 let id = r.header.message_id.to_string();
                 match &r.content {
                     Content::Memory(_) if seen.contains(&id) => {
-                        println!("message {id}: already received (repeat suppressed)");
+                        eprintln!("message {id}: already received (repeat suppressed)");
                     }
                     Content::Memory(text) => {
-                        println!(
+                        eprintln!(
                             "message {id} from the server ({} mode, {} bytes, signature verified):",
                             r.header.mode, r.plaintext_len
                         );
@@ -193,9 +193,9 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
                         seen.insert(id);
                     }
                     Content::File(path) if r.duplicate => {
-                        println!("message {id}: already saved as {} (repeat)", path.display());
+                        eprintln!("message {id}: already saved as {} (repeat)", path.display());
                     }
-                    Content::File(path) => println!(
+                    Content::File(path) => eprintln!(
                         "message {id} ({} mode, {} bytes, signature verified) saved to {}",
                         r.header.mode,
                         r.plaintext_len,
@@ -212,7 +212,7 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
     if total == 0 {
-        println!("no messages");
+        eprintln!("no messages");
     }
     Ok(ExitCode::SUCCESS)
 }
