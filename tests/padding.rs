@@ -4,42 +4,18 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::net::{CLIENT, SERVER, clients, recording_relay};
+use common::net::{CLIENT, SERVER, recording_relay, v2_server};
 use common::{private, public};
 use letterlock::client::{Client, ClientConfig};
 use letterlock::envelope::SealOptions;
 use letterlock::keys::Identity;
-use letterlock::server::{Server, ServerConfig};
-use letterlock::store::SqliteStore;
 use letterlock::tls::{self, TlsOptions};
 use letterlock::wire::{
     ErrorCode, Frame, FrameReader, FrameWriter, LENGTH_PREFIX, MAX_PADDING_BODY, PADDING_TYPE,
 };
-use tokio::sync::oneshot;
-
-/// A version 2 server on 127.0.0.1:0; stops when `stop` is sent or dropped.
-async fn v2_server(dir: &Path) -> (String, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let store = Arc::new(SqliteStore::open(dir.join("server.db")).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let server = Server::new(private(SERVER), clients(), store, ServerConfig::default())
-        .with_tls(TlsOptions::default())
-        .unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        Arc::new(server)
-            .run(listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-    });
-    (addr, stop, task)
-}
 
 /// The TLS records in one direction of a recording: (content type, length) each.
 fn records(mut wire: &[u8]) -> Vec<(u8, usize)> {

@@ -197,3 +197,28 @@ pub async fn recording_relay(to: String) -> (String, tokio::task::JoinHandle<(Ve
     });
     (addr, task)
 }
+
+/// A version 2 server on 127.0.0.1:0; stops when `stop` is sent or dropped.
+pub async fn v2_server(dir: &Path) -> (String, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let store = Arc::new(SqliteStore::open(dir.join("server.db")).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = Server::new(
+        super::private(SERVER),
+        clients(),
+        store,
+        ServerConfig::default(),
+    )
+    .with_tls(letterlock::tls::TlsOptions::default())
+    .unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        Arc::new(server)
+            .run(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (addr, stop, task)
+}

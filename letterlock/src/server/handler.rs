@@ -257,7 +257,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                 Frame::Fetch => self.deliver().await?,
                 Frame::DeliveryAck { id, tag } => self.delivery_ack(id, tag).await?,
                 Frame::Error { code, message } => {
-                    debug!(peer = %self.conn.peer, ?code, message = %crate::text::quoted(&message), "client reported an error");
+                    debug!(peer = %self.conn.peer, ?code, error_text = %crate::text::quoted(&message), "client reported an error");
                     return Ok(());
                 }
                 other => {
