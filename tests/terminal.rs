@@ -251,7 +251,7 @@ fn binary_plaintext_is_refused_on_a_terminal_with_a_hint_and_written_to_a_pipe()
         text.contains("refusing to print a binary message"),
         "{text}"
     );
-    assert!(text.contains("-o FILE"), "{text}");
+    assert!(text.contains("save it with -o"), "{text}");
 
     let out = letterlock(dir.path(), &args);
     assert!(out.status.success());

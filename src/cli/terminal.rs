@@ -19,7 +19,7 @@ use std::io::{self, IsTerminal, Write};
 
 /// The hint given when binary content would go to a terminal.
 const BINARY_REFUSED: &str =
-    "refusing to print a binary message to a terminal; save it with -o FILE (or pipe it)";
+    "refusing to print a binary message to a terminal; save it with -o (or pipe it)";
 
 /// Whether stdout is a terminal (then content is escaped, and binary content refused).
 pub(super) fn stdout_is_terminal() -> bool {
