@@ -90,6 +90,11 @@ fn replay_armor_corpus() {
     replay("armor", fuzzing::armor);
 }
 
+#[test]
+fn replay_text_corpus() {
+    replay("text", fuzzing::text);
+}
+
 /// The server (Bob) and the client it trusts (Alice) of the network targets.
 fn net() -> &'static fuzzing::NetFixture {
     static FX: OnceLock<fuzzing::NetFixture> = OnceLock::new();

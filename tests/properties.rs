@@ -291,3 +291,22 @@ fn the_cli_opens_messages_created_past_year_9999() {
         assert!(stderr.contains(&format!("Unix time {created}")), "{stderr}");
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// The peer-text escaping (the `text` fuzz target's property) on random bytes, biased
+    /// towards the bytes that matter: controls, ESC, quotes, backslashes, UTF-8 lead bytes.
+    #[test]
+    fn escaped_peer_text_never_carries_a_terminal_control(
+        data in proptest::collection::vec(
+            prop_oneof![
+                any::<u8>(),
+                prop::sample::select(vec![0x1bu8, b'\r', b'\n', b'"', b'\\', 0xc2, 0xe2, 0x80, 0xae]),
+            ],
+            0..200,
+        )
+    ) {
+        letterlock::fuzzing::text(&data);
+    }
+}

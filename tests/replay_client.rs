@@ -123,7 +123,7 @@ async fn a_replayed_delivery_is_not_saved_again_with_an_output_folder() {
 
     let (code, out, err) = recv(d, &addr, &["-o", "inbox"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("saved to"), "{out}");
+    assert!(err.contains("saved to"), "{err}");
     // The user reads the message and moves it away.
     let saved: Vec<_> = std::fs::read_dir(d.join("inbox")).unwrap().collect();
     assert_eq!(saved.len(), 1);
@@ -133,8 +133,8 @@ async fn a_replayed_delivery_is_not_saved_again_with_an_output_folder() {
     enqueue(&store, &recorded, ack_tag_of(&recorded)).await;
     let (code, out, err) = recv(d, &addr, &["-o", "inbox"]);
     assert_eq!(code, EXIT_REPEAT, "{out}{err}");
-    assert!(out.contains("already received"), "{out}");
-    assert!(out.contains("no new messages"), "{out}");
+    assert!(err.contains("already received"), "{err}");
+    assert!(err.contains("no new messages"), "{err}");
     assert_eq!(
         std::fs::read_dir(d.join("inbox")).unwrap().count(),
         0,
@@ -160,7 +160,7 @@ async fn a_replayed_delivery_is_not_shown_again_on_stdout() {
     enqueue(&store, &recorded, ack_tag_of(&recorded)).await;
     let (code, out, err) = recv(d, &addr, &[]);
     assert_eq!(code, EXIT_REPEAT, "{out}{err}");
-    assert!(out.contains("already received"), "{out}");
+    assert!(err.contains("already received"), "{err}");
     assert!(
         !out.contains("pay 10 coins"),
         "the replay was shown again: {out}"
@@ -211,7 +211,7 @@ async fn a_stale_or_unopenable_message_is_set_aside_and_the_next_one_delivered()
     assert_eq!(code, EXIT_SET_ASIDE, "{out}{err}");
     assert_eq!(err.matches("set aside").count(), 2, "{err}");
     assert!(err.contains("stale"), "{err}");
-    assert!(out.contains("saved to"), "{out}");
+    assert!(err.contains("saved to"), "{err}");
     let saved: Vec<_> = std::fs::read_dir(d.join("inbox")).unwrap().collect();
     assert_eq!(saved.len(), 1);
     let text = std::fs::read(saved[0].as_ref().unwrap().path()).unwrap();

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
-use common::net::{CLIENT, SERVER, clients};
+use common::net::{CLIENT, SERVER, clients, recording_relay};
 use common::{private, public};
 use letterlock::client::{Client, ClientConfig, ClientError, Content, Output as Out};
 use letterlock::envelope::{Mode, SealOptions};
@@ -344,13 +344,17 @@ async fn openssl_s_client_speaks_version_2_with_a_letterlock_client_key() {
     assert!(text.contains(&format!("CN = letterlock {id}")), "{text}");
     // OpenSSL 3.0 has no ML-KEM: the fallback group.
     assert!(text.contains("Server Temp Key: X25519"), "{text}");
-    // Ready, then FetchDone{0}, then an Error frame (type 0x7f, code 1 = Protocol).
+    // Ready and its padding to 512 bytes (PROTOCOL.md §13 "Frame padding", the test vector),
+    // then FetchDone{0} (padded too), then an Error frame (type 0x7f, code 1 = Protocol).
     let ready = out
         .stdout
         .windows(READY.len())
         .position(|w| w == READY)
         .expect("Ready");
     let rest = &out.stdout[ready + READY.len()..];
+    assert!(rest.starts_with(&[0, 0, 1, 0xf7, 0x7e]), "{text}");
+    assert!(rest[5..507].iter().all(|&b| b == 0), "{text}");
+    let rest = &rest[507..];
     assert!(rest.starts_with(FETCH_DONE_0), "{text}");
     assert!(contains(rest, &[0x7f, 0x00, 0x01]), "{text}");
     server.stop().await;
@@ -476,42 +480,6 @@ async fn the_python_example_fetches_over_version_2_and_pins_the_server() {
 
 // ---------------------------------------------------------------------------------------------
 // What an eavesdropper records.
-
-/// A relay on 127.0.0.1 for one connection to `to`, recording each direction; the recordings
-/// (client→server, server→client) once both directions ended.
-async fn recording_relay(to: String) -> (String, tokio::task::JoinHandle<(Vec<u8>, Vec<u8>)>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    async fn pump(
-        mut from: tokio::net::tcp::OwnedReadHalf,
-        mut to: tokio::net::tcp::OwnedWriteHalf,
-    ) -> Vec<u8> {
-        let mut seen = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match from.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    seen.extend_from_slice(&buf[..n]);
-                    if to.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = to.shutdown().await;
-        seen
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let task = tokio::spawn(async move {
-        let (client, _) = listener.accept().await.unwrap();
-        let server = tokio::net::TcpStream::connect(to).await.unwrap();
-        let (cr, cw) = client.into_split();
-        let (sr, sw) = server.into_split();
-        tokio::join!(pump(cr, sw), pump(sr, cw))
-    });
-    (addr, task)
-}
 
 const SECRET: &[u8] = b"the recorded secret: meet at the old mill at nine";
 

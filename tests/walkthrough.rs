@@ -25,6 +25,15 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     stdout
 }
 
+/// As [`ok`], with the status lines too: they go to stderr, content to stdout.
+fn ok_with_status(dir: &Path, args: &[&str]) -> String {
+    let out = letterlock(dir, args);
+    assert!(out.status.success(), "letterlock {args:?} failed");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    text
+}
+
 /// Kills the server when the test ends, pass or fail.
 struct Server(Child);
 
@@ -55,13 +64,20 @@ fn walk_through(flags: &[&str]) {
         .current_dir(d);
     let (child, addr) = common::spawn_server(cmd);
     let server = Server(child);
-    let client = |args: &[&str]| {
+    // `letterlock client ARGS --server ADDR FLAGS`: its stdout, or with the status lines too.
+    let run = |args: &[&str], with_status: bool| {
         let mut all = vec!["client"];
         all.extend_from_slice(args);
         all.extend_from_slice(&["--server", &addr]);
         all.extend_from_slice(flags);
-        ok(d, &all)
+        if with_status {
+            ok_with_status(d, &all)
+        } else {
+            ok(d, &all)
+        }
     };
+    let client = |args: &[&str]| run(args, false);
+    let client_with_status = |args: &[&str]| run(args, true);
 
     for mode in ["asymmetric", "hybrid"] {
         let text = format!("hello from the client in {mode} mode");
@@ -79,11 +95,11 @@ fn walk_through(flags: &[&str]) {
                 "reply from the server",
             ],
         );
-        let got = client(&["recv_msg"]);
+        let got = client_with_status(&["recv_msg"]);
         assert!(got.contains("reply from the server"), "{got}");
         assert!(got.contains(mode), "{got}");
         // Already delivered: a second recv_msg finds nothing.
-        let again = client(&["recv_msg"]);
+        let again = client_with_status(&["recv_msg"]);
         assert!(again.contains("no messages"), "{again}");
     }
     let inbox = ok(d, &["server", "inbox", "--json"]);

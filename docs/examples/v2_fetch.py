@@ -19,6 +19,17 @@ import sys
 
 ALPN = "letterlock/2"
 READY, FETCH, DELIVER, DELIVER_END, FETCH_DONE, ERROR = 0x03, 0x20, 0x21, 0x22, 0x23, 0x7F
+PADDING = 0x7E  # section 13, "Frame padding": dropped after checking; never a frame of its own
+
+
+def padded(frames):
+    """`frames` (whole encoded frames, sent in one write) followed by the padding frame that
+    brings them to their bucket: the smallest power of two >= len + 5 and >= 512 up to 16 KiB,
+    else the next multiple of 16 KiB."""
+    need = len(frames) + 5
+    bucket = max(512, 1 << (need - 1).bit_length()) if need <= 16384 else -(-need // 16384) * 16384
+    zeros = bucket - need
+    return frames + struct.pack(">IB", 1 + zeros, PADDING) + bytes(zeros)
 
 
 def key_id_of_pem(path):
@@ -57,12 +68,17 @@ def spki_of_cert(der):
 
 
 def read_frame(sock):
-    head = recv_exactly(sock, 4)
-    (length,) = struct.unpack(">I", head)
-    if not 1 <= length <= 1 << 20:
-        sys.exit(f"bad frame length {length}")
-    body = recv_exactly(sock, length)
-    return body[0], body[1:]
+    """The next frame that is not padding: (type, payload)."""
+    while True:
+        head = recv_exactly(sock, 4)
+        (length,) = struct.unpack(">I", head)
+        if not 1 <= length <= 1 << 20:
+            sys.exit(f"bad frame length {length}")
+        body = recv_exactly(sock, length)
+        if body[0] != PADDING:
+            return body[0], body[1:]
+        if length > 16384 or any(body[1:]):
+            sys.exit("malformed padding")
 
 
 def recv_exactly(sock, n):
@@ -100,7 +116,7 @@ def main():
             if kind != READY:
                 sys.exit(f"expected Ready, got frame type {kind:#04x} {payload!r}")
             print("ready", tls.version(), tls.cipher()[0])
-            tls.sendall(struct.pack(">IB", 1, FETCH))
+            tls.sendall(padded(struct.pack(">IB", 1, FETCH)))
             waiting = 0
             while True:
                 kind, payload = read_frame(tls)

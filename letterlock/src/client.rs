@@ -64,7 +64,9 @@ pub enum ClientError {
          talk to it"
     )]
     WrongServer { got: KeyId, expected: KeyId },
-    #[error("the server refused: {message} (code {code:?})")]
+    /// `message` is the server's own text, shown escaped and quoted as its words: a fake
+    /// server must not be able to print "delivered" on our terminal.
+    #[error("the server refused (code {code:?}); the server says: {}", crate::text::quoted(.message))]
     Refused { code: ErrorCode, message: String },
     #[error("delivery NOT proven: {0}")]
     NotProven(String),
@@ -479,8 +481,9 @@ impl Client {
         debug!(version = ?session.version, group = ?session.group, "TLS handshake done");
         let (r, w) = tokio::io::split(stream);
         let mut client = Client {
-            reader: FrameReader::new(Box::new(r), config.max_frame),
-            writer: FrameWriter::new(Box::new(w)),
+            // Version 2 pads every flush to its bucket (docs/PROTOCOL.md, "Frame padding").
+            reader: FrameReader::new(Box::new(r) as ReadHalf, config.max_frame).with_padding(),
+            writer: FrameWriter::new(Box::new(w) as WriteHalf).with_padding(),
             identity,
             server,
             config,

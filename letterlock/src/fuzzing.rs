@@ -183,6 +183,51 @@ pub fn armor(data: &[u8]) {
     assert_eq!(back, decoded, "re-armored bytes differ");
 }
 
+/// The escaping of peer text ([`crate::text`]) on arbitrary bytes: no unsafe character comes
+/// out in any style (LF and tab only in `content`); a quoted text is one quote, from its first
+/// byte to its last, with every inner `"` and `\\` escaped; `write_to` writes what `Display`
+/// shows; safe text without backslashes passes unchanged.
+pub fn text(data: &[u8]) {
+    use crate::text::{content, is_unsafe, line, quoted};
+    let q = quoted(data).to_string();
+    assert!(!q.chars().any(is_unsafe), "unsafe character in {q:?}");
+    let inner = q
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .expect("quoted text is in quotes");
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        assert_ne!(c, '"', "an unescaped quote in {q:?}");
+        if c == '\\' {
+            assert!(
+                chars.next().is_some(),
+                "a lone backslash before the closing quote"
+            );
+        }
+    }
+    let c = content(data).to_string();
+    assert!(
+        !c.chars()
+            .any(|ch| is_unsafe(ch) && ch != '\n' && ch != '\t'),
+        "unsafe character in {c:?}"
+    );
+    let mut written = Vec::new();
+    content(data)
+        .write_to(&mut written)
+        .expect("writing to memory");
+    assert_eq!(written, c.as_bytes(), "write_to differs from Display");
+    if let Ok(s) = std::str::from_utf8(data) {
+        let l = line(s).to_string();
+        assert!(!l.chars().any(is_unsafe), "unsafe character in {l:?}");
+        if !s
+            .chars()
+            .any(|ch| ch == '\\' || (is_unsafe(ch) && ch != '\n' && ch != '\t'))
+        {
+            assert_eq!(c, s, "safe text changed");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The network side: frames, the handshake check, and the server's connection handling.
 

@@ -34,6 +34,7 @@
 //! - [`envelope`]: the sealed-message format (asymmetric and hybrid), streaming seal and open,
 //!   and ASCII armor.
 //! - [`files`]: the one atomic file writer (temporary file, fsync, rename, fsync of the folder).
+//! - [`text`]: the one escaping routine for peer text shown on a terminal or in a log.
 //! - `wire` (feature `net`): the network protocol: frames and their codec, a connection that
 //!   reads and writes whole frames, and the handshake both ends run.
 //! - `client` (feature `client`) and `server` (feature `server`): the two ends of the protocol.
@@ -65,6 +66,7 @@ mod secret;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod store;
+pub mod text;
 #[cfg(feature = "tls")]
 pub mod tls;
 #[cfg(feature = "net")]

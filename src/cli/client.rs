@@ -237,14 +237,14 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
                         let id = r.header.message_id;
                         match &r.content {
                             Content::Memory(text) => {
-                                println!(
+                                eprintln!(
                                     "message {id} from the server ({} mode, {} bytes, signature \
                                      verified):",
                                     r.header.mode, r.plaintext_len
                                 );
                                 write_stdout_unbuffered(text, !text.ends_with(b"\n"))?;
                             }
-                            Content::File(path) => println!(
+                            Content::File(path) => eprintln!(
                                 "message {id} ({} mode, {} bytes, signature verified) saved to {}",
                                 r.header.mode,
                                 r.plaintext_len,
@@ -256,7 +256,7 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
                         let when = recorded
                             .map(|t| format!(" (recorded at unix time {t})"))
                             .unwrap_or_default();
-                        println!(
+                        eprintln!(
                             "message {}: already received{when}; repeat ignored, not saved or \
                              shown again",
                             received.header.message_id
@@ -283,9 +283,9 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
     if total.new + total.repeats + total.set_aside == 0 {
-        println!("no messages");
+        eprintln!("no messages");
     } else if total.new == 0 {
-        println!("no new messages");
+        eprintln!("no new messages");
     }
     Ok(if total.set_aside > 0 {
         ExitCode::from(EXIT_SET_ASIDE)

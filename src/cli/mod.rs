@@ -19,6 +19,7 @@ mod client;
 mod hints;
 mod offline;
 mod server;
+mod terminal;
 
 use client::{ClientCommand, client_recv, client_send};
 use hints::print_hint;
@@ -157,7 +158,7 @@ pub fn run() -> ExitCode {
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("letterlock: error: {}", error_chain(&e));
+            terminal::print_error(&error_chain(&e));
             print_hint(e.chain());
             ExitCode::FAILURE
         }

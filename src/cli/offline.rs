@@ -15,7 +15,7 @@ use letterlock::envelope::{self, OpenError, OpenOptions, SealOptions, armor};
 use letterlock::files::{self, AtomicFile, WriteOptions};
 use letterlock::keys::{self, Identity, PublicKey};
 
-use super::{ModeArg, STDOUT_LIMIT};
+use super::{ModeArg, STDOUT_LIMIT, terminal};
 
 /// Inputs larger than this get a progress bar when stderr is a terminal.
 pub(super) const PROGRESS_THRESHOLD: u64 = 4 * 1024 * 1024;
@@ -265,26 +265,17 @@ pub(super) fn open(a: OpenArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes plaintext to stdout as it is; on a terminal, ends it with a newline if it lacks one,
-/// so the prompt does not land on the message's last line (pipes get the exact bytes).
+/// Writes plaintext to stdout: pipes and files get the exact bytes; a terminal gets it escaped
+/// and ending with a newline, and binary plaintext is refused there (see [`super::terminal`]).
 pub(super) fn print_plaintext(plain: &[u8]) -> io::Result<()> {
-    let newline = io::stdout().is_terminal() && !plain.is_empty() && !plain.ends_with(b"\n");
-    write_stdout_unbuffered(plain, newline)
+    terminal::write_content(plain, false)
 }
 
-/// Writes plaintext straight to file descriptor 1, after what stdout already holds: stdout's
-/// own buffer would keep the last partial line of the plaintext, and nothing wipes it.
+/// Writes plaintext straight to file descriptor 1 (never through stdout's buffer, which nothing
+/// wipes), adding `newline` on a pipe; a terminal gets it escaped, binary refused
+/// ([`super::terminal::write_content`]).
 pub(super) fn write_stdout_unbuffered(plain: &[u8], newline: bool) -> io::Result<()> {
-    use std::os::fd::AsFd;
-    // Held throughout, so nothing else printed lands in the middle.
-    let mut stdout = io::stdout().lock();
-    stdout.flush()?;
-    let mut out = File::from(stdout.as_fd().try_clone_to_owned()?);
-    out.write_all(plain)?;
-    if newline {
-        out.write_all(b"\n")?;
-    }
-    Ok(())
+    terminal::write_content(plain, newline)
 }
 
 /// The last second RFC 3339 can write (9999-12-31T23:59:59Z): its years have four digits.

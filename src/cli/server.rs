@@ -354,7 +354,10 @@ pub(super) async fn read_inbox(
     };
     eprintln!(
         "verified: {} bytes from {} ({}), {} mode",
-        opened.plaintext_len, msg.summary.sender_name, opened.header.sender, opened.header.mode
+        opened.plaintext_len,
+        letterlock::text::line(&msg.summary.sender_name),
+        opened.header.sender,
+        opened.header.mode
     );
     store.close().await?;
     Ok(ExitCode::SUCCESS)

@@ -165,3 +165,64 @@ pub async fn proxy_to_echo(
         .await
         .unwrap()
 }
+
+/// A relay on 127.0.0.1 for one connection to `to`, recording each direction; the recordings
+/// (client→server, server→client) once both directions ended.
+pub async fn recording_relay(to: String) -> (String, tokio::task::JoinHandle<(Vec<u8>, Vec<u8>)>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+    ) -> Vec<u8> {
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    seen.extend_from_slice(&buf[..n]);
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown().await;
+        seen
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let server = tokio::net::TcpStream::connect(to).await.unwrap();
+        let (cr, cw) = client.into_split();
+        let (sr, sw) = server.into_split();
+        tokio::join!(pump(cr, sw), pump(sr, cw))
+    });
+    (addr, task)
+}
+
+/// A version 2 server on 127.0.0.1:0; stops when `stop` is sent or dropped.
+pub async fn v2_server(dir: &Path) -> (String, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let store = Arc::new(SqliteStore::open(dir.join("server.db")).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = Server::new(
+        super::private(SERVER),
+        clients(),
+        store,
+        ServerConfig::default(),
+    )
+    .with_tls(letterlock::tls::TlsOptions::default())
+    .unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        Arc::new(server)
+            .run(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (addr, stop, task)
+}

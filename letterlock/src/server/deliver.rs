@@ -57,7 +57,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                 Err(_) => return Err(Fail::internal()),
             }
             send(out, Frame::DeliverEnd).await?;
-            debug!(client = %self.client.name, id = %MessageId(entry.message_id), "delivered");
+            debug!(client = %crate::text::quoted(&self.client.name), id = %MessageId(entry.message_id), "delivered");
         }
         send(out, Frame::FetchDone { count }).await
     }
@@ -76,7 +76,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                 "delivery acknowledgement does not match a pending message",
             ));
         }
-        info!(client = %self.client.name, id = %id, "delivery proven; message removed");
+        info!(client = %crate::text::quoted(&self.client.name), id = %id, "delivery proven; message removed");
         send(&self.conn.out, Frame::Removed { id }).await
     }
 }

@@ -74,7 +74,7 @@ pub(super) async fn serve_authenticated<S, R>(
     if let Err(fail) = send(&conn.out, Frame::Ready).await {
         return conn.close(Err(fail)).await;
     }
-    info!(peer = %conn.peer, client = %client.name, key = %client.key.id(), "client authenticated (TLS)");
+    info!(peer = %conn.peer, client = %crate::text::quoted(&client.name), key = %client.key.id(), "client authenticated (TLS)");
     Handler::new(server, conn, client, stop).run().await;
 }
 
@@ -98,7 +98,7 @@ async fn handshake<S: Store, R: AsyncRead + Unpin>(
             other => Fail::new(ErrorCode::Protocol, other.to_string()),
         })?;
     send(&conn.out, Frame::Ready).await?;
-    info!(peer = %conn.peer, client = %client.name, key = %client.key.id(), "client authenticated");
+    info!(peer = %conn.peer, client = %crate::text::quoted(&client.name), key = %client.key.id(), "client authenticated");
     Ok(client)
 }
 
@@ -123,12 +123,35 @@ impl<R: AsyncRead + Unpin> Connection<R> {
     where
         W: AsyncWrite + Unpin + Send + 'static,
     {
+        let reader = FrameReader::new(r, MAX_HANDSHAKE_FRAME.min(config.max_frame));
+        Self::start(reader, FrameWriter::new(w), peer, config)
+    }
+
+    /// As [`Connection::open`], for a version 2 connection (inside TLS): both directions
+    /// padded to buckets (docs/PROTOCOL.md, "Frame padding").
+    pub(super) fn open_v2<W>(r: R, w: W, peer: SocketAddr, config: &ServerConfig) -> Self
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let reader = FrameReader::new(r, MAX_HANDSHAKE_FRAME.min(config.max_frame)).with_padding();
+        Self::start(reader, FrameWriter::new(w).with_padding(), peer, config)
+    }
+
+    fn start<W>(
+        reader: FrameReader<R>,
+        writer: FrameWriter<W>,
+        peer: SocketAddr,
+        config: &ServerConfig,
+    ) -> Self
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let (out, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let stall = config.idle_timeout;
         Connection {
-            reader: FrameReader::new(r, MAX_HANDSHAKE_FRAME.min(config.max_frame)),
+            reader,
             out,
-            writer: tokio::spawn(write_loop(FrameWriter::new(w), rx, stall)),
+            writer: tokio::spawn(write_loop(writer, rx, stall)),
             peer,
         }
     }
@@ -234,7 +257,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                 Frame::Fetch => self.deliver().await?,
                 Frame::DeliveryAck { id, tag } => self.delivery_ack(id, tag).await?,
                 Frame::Error { code, message } => {
-                    debug!(peer = %self.conn.peer, ?code, %message, "client reported an error");
+                    debug!(peer = %self.conn.peer, ?code, error_text = %crate::text::quoted(&message), "client reported an error");
                     return Ok(());
                 }
                 other => {

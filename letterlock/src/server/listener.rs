@@ -125,7 +125,7 @@ impl<S: Store> Server<S> {
             Ok((stream, session, client)) => {
                 debug!(%peer, version = ?session.version, group = ?session.group, "TLS handshake done");
                 let (r, w) = tokio::io::split(stream);
-                let conn = Connection::open(r, w, peer, &self.config);
+                let conn = Connection::open_v2(r, w, peer, &self.config);
                 handler::serve_authenticated(self, conn, client, stop).await;
             }
             Err(e) => debug!(%peer, error = %e, "TLS handshake failed"),

@@ -471,7 +471,7 @@ impl<S: Store> ReceiveJob<S> {
             }
             Ok(Err(e)) => {
                 // Whatever the cause, the peer sees the same words.
-                warn!(client = %client.name, id = %header.message_id, error = %e, "message refused");
+                warn!(client = %crate::text::quoted(&client.name), id = %header.message_id, error = %e, "message refused");
                 return Err(Fail::refused("message failed verification"));
             }
             Err(_) => return Err(Fail::internal()),
@@ -511,11 +511,11 @@ impl<S: Store> ReceiveJob<S> {
                 opened.ack_tag
             }
             InsertOutcome::Duplicate { ack_tag } => {
-                info!(client = %client.name, %id, "retry of a stored message: same ack again");
+                info!(client = %crate::text::quoted(&client.name), %id, "retry of a stored message: same ack again");
                 ack_tag
             }
             InsertOutcome::Conflict => {
-                warn!(client = %client.name, %id, "replayed message id with different content");
+                warn!(client = %crate::text::quoted(&client.name), %id, "replayed message id with different content");
                 return Err(Fail::new(
                     ErrorCode::Replay,
                     "this message id was already used for a different message",
@@ -533,15 +533,16 @@ fn log_received(client: &Trusted, opened: &Opened, size: u64, preview: Option<&[
         .filter(|p| p.len() <= LOG_TEXT_MAX)
         .and_then(|p| std::str::from_utf8(p).ok())
         .filter(|t| !t.chars().any(|c| c.is_control() && c != '\n'));
+    // The client's words, escaped (crate::text): a message cannot forge or hide a log line.
     let shown = match text {
-        Some(text) => format!(": {text:?}"),
+        Some(text) => format!(": {}", crate::text::quoted(text)),
         None => format!(
             "; stored (read it with `letterlock server read {}`)",
             opened.header.message_id
         ),
     };
     info!(
-        from = %client.name,
+        from = %crate::text::quoted(&client.name),
         key = %client.key.id(),
         mode = %opened.header.mode,
         bytes = opened.plaintext_len,

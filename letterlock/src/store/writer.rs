@@ -372,7 +372,7 @@ fn insert_inbox(
             debug!(message_id = %hex::encode(record.message_id), "inbox duplicate (retry)");
             InsertOutcome::Duplicate { ack_tag }
         } else {
-            warn!(message_id = %hex::encode(record.message_id), sender = %record.sender_name, "inbox conflict: id reused for different content");
+            warn!(message_id = %hex::encode(record.message_id), sender = %crate::text::quoted(&record.sender_name), "inbox conflict: id reused for different content");
             InsertOutcome::Conflict
         });
     }

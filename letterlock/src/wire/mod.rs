@@ -11,7 +11,10 @@ pub mod conn;
 pub mod frame;
 pub mod handshake;
 
-pub use conn::{ConnError, FrameReader, FrameWriter};
+pub use conn::{
+    ConnError, FrameReader, FrameWriter, MAX_PADDING_BODY, PAD_MIN_BUCKET, PAD_STEP, PADDING_TYPE,
+    padded_len,
+};
 pub use frame::{
     DATA_FRAME, DEFAULT_MAX_FRAME, ErrorCode, Frame, FrameType, LENGTH_PREFIX, UnknownFrameType,
     WireError, decode, frame_len,

@@ -1,0 +1,279 @@
+//! Escaping text that came from a peer before it reaches a terminal or a log.
+//!
+//! A peer controls the text of its Error frames, a trusted client's message plaintext, and (for
+//! the operator) nothing else that we print; a terminal obeys control sequences in what it
+//! shows. Printed raw, `\r\x1b[2K` erases the line before it and a fake `delivered` line takes
+//! its place; a CR or LF in a log field forges a log line; a right-to-left override reverses
+//! what follows it on screen. Everything the programs show from a peer goes through [`Escaped`],
+//! the one escaping routine of the project, which no byte sequence can make emit such a
+//! character.
+//!
+//! Invariant: the output of [`Escaped`] contains no character from [`is_unsafe`] except, in
+//! [`Style::Content`], LF and tab; its only other non-printable characters are none. Valid UTF-8
+//! outside that set is shown as it is; a byte that is not part of valid UTF-8 is shown as
+//! `\xNN`. The three styles:
+//!
+//! - [`quoted`]: a peer's words inside double quotes, for a label such as
+//!   `the server says: "..."`; `"`, `\` and every unsafe character escaped, so the quote ends
+//!   exactly where the peer's words end.
+//! - [`content`]: message plaintext on a terminal: lines and tabs kept, `\` and every other
+//!   unsafe character escaped, so an escaped sequence cannot be mistaken for literal text.
+//! - [`line`]: text made by us that may contain a peer's words already escaped (an error chain):
+//!   unsafe characters escaped, backslashes kept so an escape is not escaped twice.
+
+use std::fmt;
+use std::io;
+
+/// How [`Escaped`] renders its text; see the module documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// Inside double quotes, everything unsafe escaped (a peer's words).
+    Quoted,
+    /// LF and tab kept, everything else unsafe escaped (plaintext on a terminal).
+    Content,
+    /// Unsafe characters escaped, backslashes kept (our own text around escaped peer text).
+    Line,
+}
+
+/// Bytes shown safely: `Display` writes them escaped in the chosen [`Style`]. Cheap to build:
+/// nothing is copied until it is formatted, so it fits in a log field (`%Escaped`).
+#[derive(Clone, Copy)]
+pub struct Escaped<'a> {
+    /// The peer's bytes, possibly not UTF-8.
+    bytes: &'a [u8],
+    style: Style,
+}
+
+/// A peer's words, quoted and escaped: `"..."`.
+pub fn quoted(text: &(impl AsRef<[u8]> + ?Sized)) -> Escaped<'_> {
+    Escaped {
+        bytes: text.as_ref(),
+        style: Style::Quoted,
+    }
+}
+
+/// Message plaintext for a terminal: lines kept, everything else unsafe escaped.
+pub fn content(bytes: &[u8]) -> Escaped<'_> {
+    Escaped {
+        bytes,
+        style: Style::Content,
+    }
+}
+
+/// Our own text, which may carry a peer's escaped words: unsafe characters escaped, backslashes
+/// left alone.
+pub fn line(text: &str) -> Escaped<'_> {
+    Escaped {
+        bytes: text.as_bytes(),
+        style: Style::Line,
+    }
+}
+
+/// Characters a terminal or a log reader may act on instead of showing: C0 and C1 controls and
+/// DEL (ESC starts a terminal sequence; CR and LF rewrite or add lines), the bidirectional
+/// overrides, embeddings and isolates (they reorder what follows on screen), zero-width and
+/// invisible format characters (they hide or join text), the line and paragraph separators, the
+/// byte order mark and the interlinear annotation marks.
+pub fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{E0000}'..='\u{E007F}'
+        )
+}
+
+impl Escaped<'_> {
+    /// Writes the escaped text piece by piece to `out`.
+    fn render(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        if self.style == Style::Quoted {
+            out.write_char('"')?;
+        }
+        for chunk in self.bytes.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                self.char(c, out)?;
+            }
+            for b in chunk.invalid() {
+                write!(out, "\\x{b:02x}")?;
+            }
+        }
+        if self.style == Style::Quoted {
+            out.write_char('"')?;
+        }
+        Ok(())
+    }
+
+    fn char(&self, c: char, out: &mut impl fmt::Write) -> fmt::Result {
+        match (c, self.style) {
+            ('\n' | '\t', Style::Content) => out.write_char(c),
+            ('\\', Style::Quoted | Style::Content) => out.write_str("\\\\"),
+            ('"', Style::Quoted) => out.write_str("\\\""),
+            ('\n', _) => out.write_str("\\n"),
+            ('\r', _) => out.write_str("\\r"),
+            ('\t', _) => out.write_str("\\t"),
+            (c, _) if c.is_ascii_control() => write!(out, "\\x{:02x}", c as u32),
+            (c, _) if is_unsafe(c) => write!(out, "\\u{{{:x}}}", c as u32),
+            (c, _) => out.write_char(c),
+        }
+    }
+
+    /// Writes the escaped text to `out` through a fixed buffer that is wiped afterwards: the
+    /// text may be message plaintext, which must not linger in freed memory (a `String` that
+    /// grows would leave copies behind).
+    pub fn write_to(&self, out: &mut impl io::Write) -> io::Result<()> {
+        let mut sink = WipedSink {
+            buf: zeroize::Zeroizing::new(Vec::with_capacity(WIPED_SINK_CAP + 16)),
+            out,
+            error: None,
+        };
+        let r = self.render(&mut sink);
+        if let Some(e) = sink.error.take() {
+            return Err(e);
+        }
+        r.map_err(|_| io::Error::other("formatting failed"))?;
+        sink.flush_buf()
+    }
+}
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.render(f)
+    }
+}
+
+impl fmt::Debug for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        quoted(self.bytes).render(f)
+    }
+}
+
+/// Bytes [`Escaped::write_to`] gathers before one write: few system calls, a bounded buffer.
+const WIPED_SINK_CAP: usize = 16 * 1024;
+
+/// A `fmt::Write` that batches into a zeroized buffer of fixed capacity and writes it out when
+/// full (never reallocating, so no copy of the text is left behind).
+struct WipedSink<'w, W: io::Write> {
+    buf: zeroize::Zeroizing<Vec<u8>>,
+    out: &'w mut W,
+    /// The first write error, kept because `fmt::Error` carries none.
+    error: Option<io::Error>,
+}
+
+impl<W: io::Write> WipedSink<'_, W> {
+    fn flush_buf(&mut self) -> io::Result<()> {
+        let r = self.out.write_all(&self.buf);
+        zeroize::Zeroize::zeroize(&mut *self.buf);
+        self.buf.clear();
+        r
+    }
+}
+
+impl<W: io::Write> fmt::Write for WipedSink<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // Pieces are one character or one escape (at most 10 bytes): the buffer never grows.
+        if self.buf.len() + s.len() > self.buf.capacity()
+            && let Err(e) = self.flush_buf()
+        {
+            self.error = Some(e);
+            return Err(fmt::Error);
+        }
+        self.buf.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(b: &[u8]) -> String {
+        quoted(b).to_string()
+    }
+
+    fn c(b: &[u8]) -> String {
+        content(b).to_string()
+    }
+
+    #[test]
+    fn terminal_sequences_and_line_breaks_are_escaped() {
+        assert_eq!(
+            q(b"\r\x1b[2Kdelivered: ok\n"),
+            r#""\r\x1b[2Kdelivered: ok\n""#
+        );
+        assert_eq!(c(b"a\r\x1b[2Kb\nc\td"), "a\\r\\x1b[2Kb\nc\td");
+        assert_eq!(line("x\ny\\x1b").to_string(), "x\\ny\\x1b");
+        // DEL and the C1 controls (CSI is U+009B).
+        assert_eq!(q("\u{7f}\u{9b}2J".as_bytes()), r#""\x7f\u{9b}2J""#);
+    }
+
+    #[test]
+    fn quotes_and_backslashes_cannot_end_the_quote_or_fake_an_escape() {
+        assert_eq!(q(br#"a" and "b\x1b"#), r#""a\" and \"b\\x1b""#);
+        assert_eq!(c(br"\x1b"), r"\\x1b");
+    }
+
+    #[test]
+    fn bidi_overrides_and_invisible_characters_are_escaped() {
+        assert_eq!(
+            q("\u{202E}gnp.exe\u{2066}\u{200B}\u{FEFF}\u{2028}".as_bytes()),
+            r#""\u{202e}gnp.exe\u{2066}\u{200b}\u{feff}\u{2028}""#
+        );
+    }
+
+    #[test]
+    fn printable_text_in_any_script_is_kept_and_invalid_bytes_are_shown_as_hex() {
+        assert_eq!(
+            q("héllo, мир, 世界 🙂".as_bytes()),
+            "\"héllo, мир, 世界 🙂\""
+        );
+        assert_eq!(q(b"ok\xff\xc3"), r#""ok\xff\xc3""#);
+    }
+
+    #[test]
+    fn no_input_yields_an_unsafe_character() {
+        // Every single byte, every pair of bytes and a set of multi-byte characters.
+        let mut inputs: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        for a in [0x1bu8, b'\r', b'\n', 0xc2, 0xe2, 0xef, b'\\', b'"'] {
+            for b in 0..=255u8 {
+                inputs.push(vec![a, b]);
+            }
+        }
+        for c in ['\u{202E}', '\u{2066}', '\u{9b}', '\u{85}', '\u{E0041}'] {
+            inputs.push(c.to_string().into_bytes());
+        }
+        for input in &inputs {
+            for (text, keep) in [(q(input), ""), (c(input), "\n\t")] {
+                assert!(
+                    !text.chars().any(|ch| is_unsafe(ch) && !keep.contains(ch)),
+                    "{input:02x?} -> {text:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn write_to_writes_the_same_text_as_display_across_buffer_boundaries() {
+        let mut big = Vec::new();
+        for i in 0..20_000u32 {
+            big.extend_from_slice(b"line \x1b[2K\xff");
+            big.extend_from_slice(i.to_string().as_bytes());
+            big.push(b'\n');
+        }
+        for e in [content(&big), quoted(&big)] {
+            let mut out = Vec::new();
+            e.write_to(&mut out).unwrap();
+            assert_eq!(out, e.to_string().into_bytes());
+        }
+    }
+}

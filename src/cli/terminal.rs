@@ -1,0 +1,72 @@
+//! What reaches the user's terminal, and how (issue 10, "Terminal safety").
+//!
+//! A terminal obeys the control sequences in what it prints: a peer that gets its bytes onto our
+//! screen raw can erase lines and print its own (`\r\x1b[2K` and a fake "delivered"). So:
+//!
+//! - Content (message plaintext) goes to stdout, status lines to stderr: `recv_msg > file` gets
+//!   only the content.
+//! - Content goes raw only to pipes and files. On a terminal it is shown through the library's
+//!   escaping ([`letterlock::text::content`]: lines kept, every other control character
+//!   escaped), and binary content (not UTF-8) is refused with a hint to save it with `-o`, as
+//!   `seal` refuses to write binary to a terminal.
+//! - A peer's words (the text of an Error frame, a client's name) are shown quoted, escaped and
+//!   labelled as theirs ([`letterlock::text::quoted`]; the library's errors already do it).
+//! - Whatever we print on stderr passes through [`letterlock::text::line`] once more, so no
+//!   error text, whatever it quotes, can move the cursor.
+
+use std::fs::File;
+use std::io::{self, IsTerminal, Write};
+
+/// The hint given when binary content would go to a terminal.
+const BINARY_REFUSED: &str =
+    "refusing to print a binary message to a terminal; save it with -o (or pipe it)";
+
+/// Whether stdout is a terminal (then content is escaped, and binary content refused).
+pub(super) fn stdout_is_terminal() -> bool {
+    io::stdout().is_terminal()
+}
+
+/// Writes message content to stdout: raw to a pipe or file (then `newline` adds a final line
+/// break, for callers that separate several messages), escaped to a terminal (always ending
+/// with a line break, so the prompt does not land on the message's last line). Binary content
+/// is refused on a terminal, before anything is written.
+pub(super) fn write_content(plain: &[u8], newline: bool) -> io::Result<()> {
+    if stdout_is_terminal() {
+        if std::str::from_utf8(plain).is_err() {
+            return Err(io::Error::other(BINARY_REFUSED));
+        }
+        let end = !plain.is_empty() && !plain.ends_with(b"\n");
+        with_raw_stdout(|out| {
+            letterlock::text::content(plain).write_to(out)?;
+            if end {
+                out.write_all(b"\n")?;
+            }
+            Ok(())
+        })
+    } else {
+        with_raw_stdout(|out| {
+            out.write_all(plain)?;
+            if newline {
+                out.write_all(b"\n")?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Runs `f` on file descriptor 1 itself, after what stdout already holds: stdout's own buffer
+/// would keep the last partial line of the plaintext, and nothing wipes it.
+fn with_raw_stdout(f: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    // Held throughout, so nothing else printed lands in the middle.
+    let mut stdout = io::stdout().lock();
+    stdout.flush()?;
+    let mut out = File::from(stdout.as_fd().try_clone_to_owned()?);
+    f(&mut out)
+}
+
+/// Prints the final error of a command on stderr, every control character escaped: error
+/// texts quote peers (already escaped by the library, which this does not undo) and file names.
+pub(super) fn print_error(text: &str) {
+    eprintln!("letterlock: error: {}", letterlock::text::line(text));
+}
