@@ -12,98 +12,19 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::net::{CLIENT, SERVER, clients};
+use common::net::{CLIENT, SERVER};
+use common::v2::{V2Server, connect_from};
 use common::{private, public};
 use letterlock::client::{Client, ClientConfig};
-use letterlock::keys::{Identity, KeyError, PrivateKey, PublicKey};
-use letterlock::server::{Server, ServerConfig};
-use letterlock::store::SqliteStore;
+use letterlock::keys::Identity;
+use letterlock::server::ServerConfig;
 use letterlock::tls::{self, TlsOptions};
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::oneshot;
-use zeroize::Zeroizing;
-
-/// The server's key, counting its private-key operations: a TLS server signs once per full
-/// handshake, so this counts the handshakes an attacker made it do.
-struct Counting {
-    key: Arc<PrivateKey>,
-    signatures: AtomicUsize,
-}
-
-impl Identity for Counting {
-    fn public(&self) -> &PublicKey {
-        self.key.public()
-    }
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        self.signatures.fetch_add(1, Ordering::SeqCst);
-        self.key.sign(message)
-    }
-    fn decrypt_oaep(
-        &self,
-        ciphertext: &[u8],
-        label: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        self.key.decrypt_oaep(ciphertext, label)
-    }
-}
-
-struct V2Server {
-    addr: SocketAddr,
-    key: Arc<Counting>,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start(config: ServerConfig) -> V2Server {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(dir.path().join("server.db")).unwrap());
-    let key = Arc::new(Counting {
-        key: private(SERVER),
-        signatures: AtomicUsize::new(0),
-    });
-    let server = Server::new(key.clone(), clients(), store, config)
-        .with_tls(TlsOptions::default())
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        Arc::new(server)
-            .run(listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-    });
-    V2Server {
-        addr,
-        key,
-        stop,
-        task,
-        _dir: dir,
-    }
-}
-
-impl V2Server {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap();
-    }
-}
-
-/// A TCP connection to `to` from the loopback address `from`.
-async fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(IpAddr::V4(from), 0))?;
-    socket.connect(to).await
-}
 
 /// The soft limit on open files must cover the sockets a test holds (both ends live in this
 /// process). Checked, not raised: raising it needs `setrlimit` (unsafe code, or a crate we do
@@ -186,7 +107,7 @@ fn wave_source(i: usize) -> Ipv4Addr {
 async fn slowloris_wave_and_sustained_flood_do_not_lock_out_a_good_client() {
     common::peer::setup();
     require_open_files(4096);
-    let server = start(ServerConfig::default()).await;
+    let server = V2Server::start(ServerConfig::default()).await;
     let addr = server.addr;
     let running = Arc::new(AtomicBool::new(true));
     let held = Arc::new(AtomicUsize::new(0));
@@ -291,7 +212,7 @@ async fn a_handshake_flood_from_one_source_is_capped_by_its_bucket() {
     const BURST: u32 = 20;
     const RATE: u32 = 10;
     const HELLOS: usize = 300;
-    let server = start(ServerConfig {
+    let server = V2Server::start(ServerConfig {
         source_burst: BURST,
         source_rate: RATE,
         ..ServerConfig::default()
