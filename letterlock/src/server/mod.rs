@@ -79,7 +79,7 @@ pub struct ServerConfig {
     /// Version 2: connections still in the TLS handshake held at once, apart from the
     /// authenticated ones. When full, the OLDEST is closed to make room for the new one, so a
     /// client that just arrived gets its handshake done while a wave of idle sockets cycles.
-    /// Each costs a socket and a few KiB of TLS buffer.
+    /// Each costs a socket and a TLS read buffer.
     pub max_pre_auth: usize,
     /// Version 2: TLS handshakes past their ClientHello at once. Each costs the server an RSA
     /// signature; the cap keeps a handshake flood from queueing unbounded private-key work.
