@@ -47,6 +47,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                 .map_err(Fail::store)?;
             let frames = out.clone();
             let window = self.conn.delivery_window.clone();
+            let mut stop = self.stop.clone();
             let runtime = tokio::runtime::Handle::current();
             let sent = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                 let mut body = body;
@@ -54,7 +55,15 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                 let chunk = u32::try_from(DATA_FRAME).map_err(|_| std::io::ErrorKind::Other)?;
                 loop {
                     // Room in the window first, then the read: a stalled peer stops the reads.
-                    let Ok(room) = runtime.block_on(window.acquire_many(chunk)) else {
+                    // At shutdown, stop waiting: a blocking thread waiting for a stalled peer
+                    // would hold the runtime's exit until the stall timeout.
+                    let room = runtime.block_on(async {
+                        tokio::select! {
+                            room = window.acquire_many(chunk) => room.ok(),
+                            _ = stop.changed() => None,
+                        }
+                    });
+                    let Some(room) = room else {
                         return Err(std::io::ErrorKind::BrokenPipe.into());
                     };
                     room.forget();

@@ -187,7 +187,7 @@ pub(super) struct Handler<S, R> {
     /// Messages received and being verified, stored and acknowledged (pipelining).
     pub(super) work: JoinSet<Result<(), Fail>>,
     /// Signalled when the server shuts down.
-    stop: watch::Receiver<bool>,
+    pub(super) stop: watch::Receiver<bool>,
 }
 
 impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
