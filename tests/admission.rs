@@ -262,3 +262,80 @@ async fn a_handshake_flood_from_one_source_is_capped_by_its_bucket() {
     assert_eq!((times.len(), refused), (3, 0));
     server.stop().await;
 }
+
+/// Only a deadlock would reach it.
+const DEADLOCK: Duration = Duration::from_secs(60);
+
+/// Reads until the server closes; returns the bytes it sent first.
+async fn read_until_closed(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(DEADLOCK, s.read_to_end(&mut got))
+        .await
+        .expect("the server did not close the connection");
+    got
+}
+
+/// The wiring of the pre-authentication slots, small: with 2 slots (and 2 authenticated
+/// slots), two idle sockets do not keep a good client out: it is served, and the OLDEST idle
+/// socket is the one closed (without a TLS byte); the newer one is still open. On the old code
+/// the two idle sockets held both connection slots and the client was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_pre_auth_slots_close_the_oldest_idle_socket_and_serve_the_newcomer() {
+    common::peer::setup();
+    let server = V2Server::start(ServerConfig {
+        max_connections: 2,
+        max_pre_auth: 2,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut oldest = connect_from(Ipv4Addr::new(127, 0, 0, 3), server.addr)
+        .await
+        .unwrap();
+    // Let the server register the first before the second (arrival order is the point).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut newer = connect_from(Ipv4Addr::new(127, 0, 0, 4), server.addr)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (times, refused) = good_client_tries(server.addr, 1).await;
+    assert_eq!((times.len(), refused), (1, 0), "the newcomer was refused");
+    assert!(read_until_closed(&mut oldest).await.is_empty());
+    // The newer idle socket still holds its slot (only one had to go).
+    let mut byte = [0u8; 1];
+    let still_open = tokio::time::timeout(Duration::from_millis(300), newer.read(&mut byte)).await;
+    assert!(still_open.is_err(), "the newer idle socket was closed too");
+    server.stop().await;
+}
+
+/// A source over its bucket is closed before any TLS byte, and before the server signs: the
+/// "busy" a client retries (PROTOCOL.md §13, "Admission"). Another source is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_over_its_bucket_is_closed_before_any_tls_byte() {
+    common::peer::setup();
+    let server = V2Server::start(ServerConfig {
+        source_burst: 2,
+        source_rate: 0,
+        ..ServerConfig::default()
+    })
+    .await;
+    let from = Ipv4Addr::new(127, 0, 0, 5);
+    let _first = connect_from(from, server.addr).await.unwrap();
+    let _second = connect_from(from, server.addr).await.unwrap();
+    let mut third = connect_from(from, server.addr).await.unwrap();
+    // Even a ClientHello gets no answer.
+    let attacker: Arc<dyn Identity> = private(CLIENT);
+    let config = tls::client_config(attacker, &public(SERVER), &TlsOptions::default()).unwrap();
+    let before = server.key.signatures.load(Ordering::SeqCst);
+    let r = tls::connect(
+        config,
+        connect_from(from, server.addr).await.unwrap(),
+        DEADLOCK,
+    )
+    .await;
+    assert!(matches!(r, Err(tls::TlsError::Io(_))), "{:?}", r.err());
+    assert!(read_until_closed(&mut third).await.is_empty());
+    assert_eq!(server.key.signatures.load(Ordering::SeqCst), before);
+    let (times, refused) = good_client_tries(server.addr, 1).await;
+    assert_eq!((times.len(), refused), (1, 0));
+    server.stop().await;
+}
