@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub mod net;
 pub mod peer;
+pub mod v2;
 
 use letterlock::envelope::stream::{self, Stream};
 use letterlock::envelope::{HEADER_LEN, Header, Mode, chunk_label, header_hash, transcript};

@@ -18,8 +18,12 @@ use super::handler::{Handler, send};
 
 impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
     /// Streams every message waiting for the client, then `FetchDone`. Each body is read on the
-    /// blocking pool and cut into `Deliver` frames there; the outbound queue's bound keeps at
-    /// most a few frames of it in memory.
+    /// blocking pool and cut into `Deliver` frames there. Memory: a message being delivered
+    /// holds one server-wide in-flight permit, and at most the connection's delivery window
+    /// ([`ServerConfig::delivery_window`]) of it is read and not yet written to the socket, so
+    /// a client that stops reading pins that much, not the whole outbound queue.
+    ///
+    /// [`ServerConfig::delivery_window`]: super::ServerConfig::delivery_window
     pub(super) async fn deliver(&mut self) -> Result<(), Fail> {
         let store = &self.server.store;
         let out = &self.conn.out;
@@ -29,20 +33,49 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
             .map_err(Fail::store)?;
         let count = u32::try_from(pending.len()).unwrap_or(u32::MAX);
         for entry in pending {
+            // Counted in the server-wide budget beside the messages being received.
+            let _budget = self
+                .server
+                .in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Fail::internal())?;
             let body = store
                 .open_outbox_body(&entry.recipient_key_id, &entry.message_id)
                 .await
                 .map_err(Fail::store)?;
             let frames = out.clone();
+            let window = self.conn.delivery_window.clone();
+            let mut stop = self.stop.clone();
+            let runtime = tokio::runtime::Handle::current();
             let sent = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                 let mut body = body;
-                let mut buf = vec![0u8; DATA_FRAME];
+                // DATA_FRAME fits in u32 (256 KiB) and in the window (at least one frame).
+                let chunk = u32::try_from(DATA_FRAME).map_err(|_| std::io::ErrorKind::Other)?;
                 loop {
-                    let n = envelope::read_full(&mut body, &mut buf)?;
-                    let Some(data) = buf.get(..n).filter(|d| !d.is_empty()) else {
-                        return Ok(());
+                    // Room in the window first, then the read: a stalled peer stops the reads.
+                    // At shutdown, stop waiting: a blocking thread waiting for a stalled peer
+                    // would hold the runtime's exit until the stall timeout.
+                    let room = runtime.block_on(async {
+                        tokio::select! {
+                            room = window.acquire_many(chunk) => room.ok(),
+                            _ = stop.changed() => None,
+                        }
+                    });
+                    let Some(room) = room else {
+                        return Err(std::io::ErrorKind::BrokenPipe.into());
                     };
-                    if frames.blocking_send(Frame::Deliver(data.to_vec())).is_err() {
+                    room.forget();
+                    let mut data = vec![0u8; DATA_FRAME];
+                    let n = envelope::read_full(&mut body, &mut data)?;
+                    // The writer gives back only what it wrote.
+                    window.add_permits(DATA_FRAME.saturating_sub(n));
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    data.truncate(n);
+                    if frames.blocking_send(Frame::Deliver(data)).is_err() {
                         return Err(std::io::ErrorKind::BrokenPipe.into());
                     }
                 }

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::keys::Trusted;
 use crate::store::Store;
 use crate::wire::handshake::{HandshakeError, MAX_HANDSHAKE_FRAME, ServerHandshake};
-use crate::wire::{ConnError, ErrorCode, Frame, FrameReader, FrameWriter};
+use crate::wire::{ConnError, DATA_FRAME, ErrorCode, Frame, FrameReader, FrameWriter};
 
 use super::{Fail, Server, ServerConfig, on_blocking_pool};
 
@@ -78,6 +78,16 @@ pub(super) async fn serve_authenticated<S, R>(
     Handler::new(server, conn, client, stop).run().await;
 }
 
+/// A version 2 connection that finished its handshake when every authenticated slot was taken
+/// (they filled while it was in the handshake): `Error` "busy" inside TLS, then close.
+pub(super) async fn refuse_busy<R: AsyncRead + Unpin>(conn: Connection<R>) {
+    let busy = Fail::new(
+        ErrorCode::Unavailable,
+        "server busy: too many connections; try again shortly",
+    );
+    conn.close(Err(busy)).await;
+}
+
 /// Hello, challenge, Auth, Ready. Returns the authenticated client.
 async fn handshake<S: Store, R: AsyncRead + Unpin>(
     server: &Server<S>,
@@ -111,6 +121,11 @@ pub(super) struct Connection<R> {
     pub(super) out: mpsc::Sender<Frame>,
     /// The writer task; awaited at close so every queued frame is written first.
     writer: JoinHandle<()>,
+    /// Bytes of `Deliver` frames that may be queued and not yet written
+    /// ([`ServerConfig::delivery_window`]): a delivery takes permits before queueing a frame,
+    /// the writer gives them back once the frame's bytes are on the socket, and closes the
+    /// semaphore when it stops (so a delivery never waits on a dead connection).
+    pub(super) delivery_window: Arc<Semaphore>,
     /// For logs.
     pub(super) peer: SocketAddr,
 }
@@ -148,10 +163,13 @@ impl<R: AsyncRead + Unpin> Connection<R> {
     {
         let (out, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let stall = config.idle_timeout;
+        let delivery_window = Arc::new(Semaphore::new(delivery_window(config)));
+        let writer = write_loop(writer, rx, stall, delivery_window.clone());
         Connection {
             reader,
             out,
-            writer: tokio::spawn(write_loop(writer, rx, stall)),
+            writer: tokio::spawn(writer),
+            delivery_window,
             peer,
         }
     }
@@ -192,7 +210,7 @@ pub(super) struct Handler<S, R> {
     /// Messages received and being verified, stored and acknowledged (pipelining).
     pub(super) work: JoinSet<Result<(), Fail>>,
     /// Signalled when the server shuts down.
-    stop: watch::Receiver<bool>,
+    pub(super) stop: watch::Receiver<bool>,
 }
 
 impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
@@ -278,28 +296,51 @@ pub(super) async fn send(out: &mpsc::Sender<Frame>, frame: Frame) -> Result<(), 
         .map_err(|_| Fail::new(ErrorCode::Internal, "connection closed"))
 }
 
+/// [`ServerConfig::delivery_window`] in semaphore permits (one per byte), at least one whole
+/// `Deliver` frame so a delivery always makes progress.
+pub(super) fn delivery_window(config: &ServerConfig) -> usize {
+    config.delivery_window.clamp(DATA_FRAME, u32::MAX as usize)
+}
+
+/// Bytes of delivery counted against the window for `frame`.
+fn delivery_bytes(frame: &Frame) -> usize {
+    match frame {
+        Frame::Deliver(data) => data.len(),
+        _ => 0,
+    }
+}
+
 /// The writer task: frames out, in order; stops after an `Error` frame, or when the peer has not
 /// taken our bytes for `stall` (a peer that stops reading must not hold its slot forever).
+/// Gives the delivery window back as `Deliver` bytes reach the socket, and closes it when done.
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut w: FrameWriter<W>,
     mut rx: mpsc::Receiver<Frame>,
     stall: Duration,
+    window: Arc<Semaphore>,
 ) {
     while let Some(frame) = rx.recv().await {
         let mut is_error = matches!(frame, Frame::Error { .. });
+        let mut delivered = delivery_bytes(&frame);
         w.queue_frame(&frame);
+        drop(frame);
         // Batch whatever else is ready into the same write, up to a bound: a delivery keeps
         // the channel full, and an unbounded batch would hold the whole message.
         while w.queued() < WRITE_BATCH {
             match rx.try_recv() {
                 Ok(f) => {
                     is_error |= matches!(f, Frame::Error { .. });
+                    delivered += delivery_bytes(&f);
                     w.queue_frame(&f);
                 }
                 Err(_) => break,
             }
         }
-        match tokio::time::timeout(stall, w.flush()).await {
+        let flushed = tokio::time::timeout(stall, w.flush()).await;
+        if matches!(flushed, Ok(Ok(()))) {
+            window.add_permits(delivered);
+        }
+        match flushed {
             Ok(Ok(())) if !is_error => {}
             Ok(Ok(())) => break,
             Ok(Err(_)) => break,
@@ -309,5 +350,6 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
         }
     }
+    window.close();
     let _ = w.shutdown().await;
 }

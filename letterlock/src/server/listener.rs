@@ -1,17 +1,20 @@
-//! The accept loop and admission: at most [`ServerConfig::max_connections`] connections are
-//! served at once; one more is told "busy" and closed at once, so a flood costs one small write
-//! per socket. Shutdown stops accepting, then gives connections a bounded grace.
+//! The accept loop. Admission (`admission`) decides who is served: version 1 takes one of
+//! [`ServerConfig::max_connections`] slots at accept, and one more is told "busy" and closed at
+//! once, so a flood costs one small write per socket. Version 2 keeps unauthenticated
+//! connections in their own slots (the oldest closed when full), limits new connections per
+//! source and concurrent handshakes, and takes an authenticated slot only after the TLS
+//! handshake. Shutdown stops accepting, then gives connections a bounded grace.
 //!
 //! [`ServerConfig::max_connections`]: super::ServerConfig::max_connections
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -20,6 +23,7 @@ use crate::tls;
 use crate::wire::{ErrorCode, Frame, FrameWriter};
 
 use super::Server;
+use super::admission::PreAuth;
 use super::handler::{self, Connection};
 
 /// How long the accept loop waits after a failed accept (EMFILE and friends) instead of
@@ -36,7 +40,6 @@ impl<S: Store> Server<S> {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let limit = Arc::new(Semaphore::new(self.config.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
@@ -59,20 +62,27 @@ impl<S: Store> Server<S> {
                         }
                     };
                     let _ = socket.set_nodelay(true);
-                    // Admission: the permit moves into the connection's task and is released
-                    // when it ends.
-                    let permit = limit.clone().try_acquire_owned();
                     let server = self.clone();
                     let stop = stop_rx.clone();
-                    tasks.spawn(async move {
-                        if let Some(tls) = server.tls.clone() {
-                            // Version 2. Busy: close at once. A TLS peer cannot read a plain
-                            // Error frame, and answering in TLS would cost a signature.
-                            if let Ok(_permit) = permit {
-                                server.serve_tls(tls, socket, peer, stop).await;
+                    if let Some(tls) = server.tls.clone() {
+                        // Version 2. Refused (busy, or the source over its rate): close at
+                        // once, before any TLS byte. A TLS peer cannot read a plain Error
+                        // frame, and answering in TLS would cost a signature.
+                        match self.admission.admit(peer.ip(), Instant::now()) {
+                            Ok(ticket) => {
+                                tasks.spawn(server.serve_tls(tls, socket, peer, ticket, stop));
                             }
-                            return;
+                            Err(refusal) => {
+                                debug!(%peer, ?refusal, "connection refused before TLS");
+                                drop(socket);
+                            }
                         }
+                        continue;
+                    }
+                    // Version 1: the permit moves into the connection's task and is released
+                    // when it ends.
+                    let permit = self.admission.slot_now();
+                    tasks.spawn(async move {
                         let (r, w) = socket.into_split();
                         match permit {
                             Ok(_permit) => {
@@ -105,20 +115,25 @@ impl<S: Store> Server<S> {
         Ok(())
     }
 
-    /// Version 2: the TLS handshake (within the handshake timeout, abandoned at shutdown), then
-    /// the frames of the client it authenticated.
-    async fn serve_tls<IO>(
+    /// Version 2: the TLS handshake in a pre-authentication slot (within the handshake
+    /// timeout; abandoned if evicted for a newer connection or at shutdown), then an
+    /// authenticated slot and the frames of the client it authenticated.
+    async fn serve_tls(
         self: Arc<Self>,
         tls: Arc<rustls::ServerConfig>,
-        io: IO,
+        io: TcpStream,
         peer: SocketAddr,
+        mut ticket: PreAuth,
         mut stop: watch::Receiver<bool>,
-    ) where
-        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    ) {
         let timeout = self.config.handshake_timeout;
+        let gate = self.admission.handshake_permit();
         let accepted = tokio::select! {
-            a = tls::accept(tls, &self.clients, io, timeout) => a,
+            a = tls::accept_gated(tls, &self.clients, io, timeout, gate) => a,
+            _ = ticket.evicted() => {
+                debug!(%peer, "unauthenticated connection closed to admit a newer one");
+                return;
+            }
             _ = stop.changed() => return,
         };
         match accepted {
@@ -126,7 +141,11 @@ impl<S: Store> Server<S> {
                 debug!(%peer, version = ?session.version, group = ?session.group, "TLS handshake done");
                 let (r, w) = tokio::io::split(stream);
                 let conn = Connection::open_v2(r, w, peer, &self.config);
-                handler::serve_authenticated(self, conn, client, stop).await;
+                match ticket.authenticated() {
+                    Ok(_slot) => handler::serve_authenticated(self, conn, client, stop).await,
+                    // The authenticated slots filled during the handshake: say so inside TLS.
+                    Err(_) => handler::refuse_busy(conn).await,
+                }
             }
             Err(e) => debug!(%peer, error = %e, "TLS handshake failed"),
         }

@@ -14,7 +14,9 @@
 //! # Layout
 //! - this file: [`Server`] (what every connection shares), [`ServerConfig`], and `Fail`, the
 //!   reason a connection ends.
-//! - `listener`: the accept loop and admission ([`Server::run`], [`Server::serve_stream`]).
+//! - `listener`: the accept loop ([`Server::run`], [`Server::serve_stream`]).
+//! - `admission`: who gets a handshake and who keeps a slot (version 2's defence against
+//!   handshake floods and slowloris).
 //! - `handler`: one connection: its frames in and out, the handshake, and the loop that
 //!   dispatches each frame (`Handler` owns the connection's state).
 //! - `receive`: one incoming message, from `Send` to `Ack`.
@@ -23,6 +25,7 @@
 //! Invariants: nothing is acknowledged before it is fsynced; RSA and bulk crypto run on the
 //! blocking pool, never on the reactor; every limit is a named field of [`ServerConfig`].
 
+mod admission;
 mod deliver;
 mod handler;
 mod listener;
@@ -66,10 +69,35 @@ impl Accept {
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub accept: Accept,
-    /// Connections served at once; one more is told "busy" and closed.
+    /// Authenticated connections served at once. Version 1: one more is told "busy" and
+    /// closed. Version 2: taken only once the TLS handshake proved a trusted key, so sockets
+    /// that never authenticate cannot hold them; when all are taken a new connection is closed
+    /// before any TLS byte (busy; docs/PROTOCOL.md §13 "Admission").
     pub max_connections: usize,
-    /// Time a new connection has to authenticate.
+    /// Time a new connection has to authenticate. Short: under a slowloris wave, a
+    /// pre-authentication slot is held at most this long.
     pub handshake_timeout: Duration,
+    /// Version 2: connections still in the TLS handshake held at once, apart from the
+    /// authenticated ones. When full, the OLDEST is closed to make room for the new one, so a
+    /// client that just arrived gets its handshake done while a wave of idle sockets cycles.
+    /// Each costs a socket and a TLS read buffer.
+    pub max_pre_auth: usize,
+    /// Version 2: TLS handshakes past their ClientHello at once. Each costs the server an RSA
+    /// signature; the cap keeps a handshake flood from queueing unbounded private-key work.
+    pub max_handshakes: usize,
+    /// Version 2: new connections a second per source address (IPv4 address or IPv6 /64): the
+    /// steady rate at which one source can make the server sign.
+    pub source_rate: u32,
+    /// Version 2: new connections a quiet source may open at once (a classroom behind one NAT
+    /// address connecting together). A source over its bucket is closed before any TLS byte.
+    pub source_burst: u32,
+    /// Version 2: most source addresses tracked for `source_rate` (about 64 bytes each): full
+    /// buckets are forgotten first, then the one seen longest ago.
+    pub max_sources: usize,
+    /// Bytes of a delivery queued for one connection and not yet written to its socket: a
+    /// client that fetches and stops reading holds at most this much of the message (and one
+    /// server-wide in-flight permit) until the stall timeout. At least one `Deliver` frame.
+    pub delivery_window: usize,
     /// Time an authenticated connection may stay silent between frames.
     pub idle_timeout: Duration,
     /// Largest hybrid plaintext accepted.
@@ -83,7 +111,8 @@ pub struct ServerConfig {
     /// Messages one connection may have in flight (received, not yet acknowledged).
     pub max_in_flight: usize,
     /// Messages all connections together may have in flight: bounds the server's memory
-    /// (each holds at most a 256 KiB batch, or an asymmetric body of about 1.3 MiB).
+    /// (each holds at most a 256 KiB batch, or an asymmetric body of about 1.3 MiB). A message
+    /// being delivered counts as one (holding at most `delivery_window` bytes).
     pub max_in_flight_total: usize,
     /// Time in-flight work gets to finish at shutdown.
     pub shutdown_grace: Duration,
@@ -100,7 +129,13 @@ impl Default for ServerConfig {
         ServerConfig {
             accept: Accept::Both,
             max_connections: 256,
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            max_pre_auth: 512,
+            max_handshakes: 32,
+            source_rate: 20,
+            source_burst: 64,
+            max_sources: 4096,
+            delivery_window: 2 * wire::DATA_FRAME,
             idle_timeout: Duration::from_secs(120),
             max_hybrid: 1 << 30,
             max_asymmetric: envelope::DEFAULT_ASYMMETRIC_LIMIT,
@@ -117,6 +152,8 @@ impl Default for ServerConfig {
 
 /// What every connection shares; each connection's own state lives in its `Handler`.
 pub struct Server<S> {
+    /// Connection slots, pre-authentication slots and per-source limits.
+    admission: Arc<admission::Admission>,
     /// Permits for messages in flight, server-wide ([`ServerConfig::max_in_flight_total`]).
     in_flight: Arc<Semaphore>,
     /// The server's private key: it opens messages sealed to the server and names the server
@@ -142,6 +179,7 @@ impl<S: Store> Server<S> {
         config: ServerConfig,
     ) -> Self {
         Server {
+            admission: admission::Admission::new(&config),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight_total)),
             identity,
             clients: Arc::new(clients),

@@ -280,6 +280,38 @@ where
     Ok((stream, session, client))
 }
 
+/// [`accept`] with a gate before the server's first signature: reads the whole ClientHello
+/// (no cryptography yet), waits for `gate` (the server's handshake permit), then runs the rest
+/// of the handshake holding what the gate gave. All within `timeout`.
+pub async fn accept_gated<IO, G>(
+    config: Arc<rustls::ServerConfig>,
+    clients: &TrustList,
+    io: IO,
+    timeout: Duration,
+    gate: G,
+) -> Result<(server::TlsStream<IO>, Session, Trusted), TlsError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    G: Future,
+{
+    let handshake = async {
+        let hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
+            .await
+            .map_err(TlsError::from_io)?;
+        let _held = gate.await;
+        hello.into_stream(config).await.map_err(TlsError::from_io)
+    };
+    let stream = tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| TlsError::Timeout)??;
+    let session = Session::of(stream.get_ref().1)?;
+    let client = clients
+        .get(&session.peer)
+        .cloned()
+        .ok_or(TlsError::UnknownClient(session.peer))?;
+    Ok((stream, session, client))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
