@@ -161,3 +161,28 @@ pub async fn proxy_to_echo(
         .await
         .unwrap()
 }
+
+/// The test server on protocol version 2 (TLS 1.3, default options): as [`server`], with TLS.
+pub fn tls_server(store: Arc<SqliteStore>, config: ServerConfig) -> Arc<Server<SqliteStore>> {
+    let server = Server::new(super::private(SERVER), clients(), store, config)
+        .with_tls(letterlock::tls::TlsOptions::default())
+        .unwrap();
+    Arc::new(server)
+}
+
+/// A version 2 client authenticated as `name` to the server at `addr` (the test server's key
+/// pinned), with a generous timeout.
+pub async fn tls_client(addr: &str, name: &str) -> Result<Client, letterlock::client::ClientError> {
+    let identity: Arc<dyn Identity> = super::private(name);
+    Client::connect_tls(
+        addr,
+        identity,
+        super::public(SERVER),
+        ClientConfig {
+            timeout: std::time::Duration::from_secs(120),
+            ..ClientConfig::default()
+        },
+        letterlock::tls::TlsOptions::default(),
+    )
+    .await
+}
