@@ -236,7 +236,7 @@ impl Attacker {
                 conn: self.conn,
                 mode: Tamper::Reorder,
                 detail: format!(
-                    "swapped the client's first two records inside the session ({} and {} bytes):                      each is sealed under its sequence number, so neither decrypts",
+                    "swapped the client's first two records inside the session ({} and {} bytes): each is sealed under its sequence number, so neither decrypts",
                     held.as_bytes().len(),
                     record.as_bytes().len()
                 ),
@@ -417,7 +417,7 @@ fn tamper_record(mode: Tamper, record: TlsRecord) -> Result<(TlsRecord, String),
         Tamper::Truncate => {
             payload.pop();
             format!(
-                "cut the last byte of the client's first record inside the session ({len} -> {}                  bytes, length fixed): its AEAD tag no longer checks",
+                "cut the last byte of the client's first record inside the session ({len} -> {} bytes, length fixed): its AEAD tag no longer checks",
                 payload.len()
             )
         }
@@ -425,7 +425,7 @@ fn tamper_record(mode: Tamper, record: TlsRecord) -> Result<(TlsRecord, String),
             if let Some(b) = payload.first_mut() {
                 *b ^= 0x01;
             }
-            "flipped bit 0 of the first ciphertext byte of the client's first record inside the              session (where its first frame's length is sealed)"
+            "flipped bit 0 of the first ciphertext byte of the client's first record inside the session (where its first frame's length is sealed)"
                 .into()
         }
         _ => {
@@ -434,15 +434,15 @@ fn tamper_record(mode: Tamper, record: TlsRecord) -> Result<(TlsRecord, String),
             }
             match mode {
                 Tamper::SpoofSender => format!(
-                    "the sender's identity travels encrypted (certificate and signature in the                      client's first encrypted flight): cannot rewrite it, flipped bit 0 of byte                      {} of that {len}-byte record instead",
+                    "the sender's identity travels encrypted (certificate and signature in the client's first encrypted flight): cannot rewrite it, flipped bit 0 of byte {} of that {len}-byte record instead",
                     len / 2
                 ),
                 Tamper::ForgeAck => format!(
-                    "flipped bit 0 of byte {} of the server's first {len}-byte record after the                      client's message (its Ack)",
+                    "flipped bit 0 of byte {} of the server's first {len}-byte record after the client's message (its Ack)",
                     len / 2
                 ),
                 _ => format!(
-                    "flipped bit 0 of byte {} of the client's first {len}-byte record inside the                      session (the start of its message)",
+                    "flipped bit 0 of byte {} of the client's first {len}-byte record inside the session (the start of its message)",
                     len / 2
                 ),
             }
@@ -515,6 +515,19 @@ fn layout(h: &Header, len: usize, k: usize, source: &str) -> Result<Layout, Stri
 }
 
 type Attacked = Result<(Vec<u8>, String), (Vec<u8>, String)>;
+
+/// A message attack on a whole sealed message, outside any connection (the demo tampers a
+/// sealed message at rest with it): the changed message and what was done, or the message
+/// unchanged and why not. `key_bytes` is the recipient's modulus length (public); `spoof` the
+/// sender id `spoof-sender` writes.
+pub fn tamper_sealed(
+    mode: Tamper,
+    message: Vec<u8>,
+    key_bytes: usize,
+    spoof: Option<KeyId>,
+) -> Attacked {
+    attack(mode, message, Some((key_bytes, "given")), spoof)
+}
 
 /// One message attack: the changed message and what was done, or the message unchanged and
 /// why not.

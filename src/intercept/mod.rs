@@ -74,7 +74,7 @@ use std::process::ExitCode;
 use letterlock::keys::KeyId;
 use letterlock::wire::{self, ErrorCode};
 
-pub use attacks::Tamper;
+pub use attacks::{Tamper, tamper_sealed};
 pub use capture::{CAPTURE_MAGIC, CaptureReader, Record, read_capture};
 pub use frames::{
     EXCERPT_BYTES, FrameInfo, FrameWalker, RawFrame, Walked, describe, entropy, frame_info,
