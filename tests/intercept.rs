@@ -694,6 +694,19 @@ async fn on_v2_the_eavesdropper_sees_tls_records_not_frames_nor_plaintext() {
     let search = proxy.search(std::str::from_utf8(&plain).unwrap()).unwrap();
     assert!(!search.is_found(), "{search}");
     assert!(search.scanned > plain.len(), "{search}");
+    // `intercept --show` reads the capture back the same way: TLS records, no frames.
+    let shown = intercept::describe(
+        &proxy.records().unwrap(),
+        letterlock::wire::DEFAULT_MAX_FRAME,
+    );
+    let tls_shown = shown.iter().filter(|e| matches!(e, Event::Tls(_))).count();
+    assert_eq!(tls_shown, lines.len(), "{shown:#?}");
+    assert!(
+        !shown
+            .iter()
+            .any(|e| matches!(e, Event::Frame(_) | Event::Raw { .. })),
+        "{shown:#?}"
+    );
 }
 
 /// Every mode through the real proxy on version 2: the attack is made on a record, the client
