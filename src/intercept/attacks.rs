@@ -30,19 +30,26 @@ const MIN_SEALED_CHUNK: usize = 1 + letterlock::envelope::stream::TAG_LEN;
 /// An attack on the traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Tamper {
-    /// Flip one bit in a sealed message's body (past the header).
+    /// Flip one bit in a sealed message's body (past the header); on TLS, in the client's
+    /// first record after the handshake.
     Flip,
-    /// Flip one bit in a sealed message's header (the message id).
+    /// Flip one bit in a sealed message's header (the message id); on TLS, the first
+    /// ciphertext byte of that record.
     FlipHeader,
-    /// Drop the final chunk (the last OAEP block, or the final STREAM chunk).
+    /// Drop the final chunk (the last OAEP block, or the final STREAM chunk); on TLS, cut the
+    /// end of that record.
     Truncate,
-    /// Swap the first two chunks (OAEP blocks, or full STREAM chunks).
+    /// Swap the first two chunks (OAEP blocks, or full STREAM chunks); on TLS, the client's
+    /// first two records after the handshake.
     Reorder,
-    /// Record a client's send and replay it on a fresh connection.
+    /// Record a client's send and replay it on a fresh connection (on TLS, every byte the
+    /// client sent).
     Replay,
-    /// Rewrite the sender key id in the header.
+    /// Rewrite the sender key id in the header; on TLS (where it is encrypted), flip a bit of
+    /// the client's certificate flight.
     SpoofSender,
-    /// Alter the tag of the server's Ack on its way back.
+    /// Alter the tag of the server's Ack on its way back; on TLS, a bit of the server's first
+    /// record after the client's message.
     ForgeAck,
 }
 
