@@ -23,6 +23,7 @@
 //! - `attacks`: the tampering and the replay;
 //! - [`capture`]: the capture file, written and read a record at a time;
 //! - [`search`](mod@search): searching captured bytes for a plaintext as they arrive.
+//! - [`tls`]: TLS records (protocol version 2): the record walker and what a handshake shows.
 //!
 //! # Capture
 //! Every byte read goes to the capture file (`--capture FILE`, or a temporary file removed when
