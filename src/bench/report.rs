@@ -123,7 +123,7 @@ pub struct TlsReport {
     /// Resumed handshakes per second: `None`, resumption is not built (see `resumption`).
     pub resumed_handshakes_s: Option<f64>,
     pub resumption: String,
-    /// Messages over TLS at [`super::TLS_CONNECTIONS`] connections, beside the RSA bound.
+    /// Messages over TLS at 16 connections, beside the all-core RSA decrypt bound.
     pub rate: ServerRate,
 }
 
