@@ -90,6 +90,35 @@ fn quick_json_has_every_section() {
     positive(&v, "/server/latency/p50_ms");
     positive(&v, "/server/latency/p99_ms");
     positive(&v, "/server/process_peak_rss_kib");
+    // Protocol version 2: handshakes per second beside the sign bound, and the 1 KiB message
+    // rate over TLS at 16 connections beside the decrypt bound. No resumption: null.
+    for field in [
+        "/server/tls/handshakes_s",
+        "/server/tls/handshakes_s_sequential",
+        "/server/tls/sign_bound_s",
+        "/server/tls/rate/msgs_s",
+        "/server/tls/rate/bound_msgs_s",
+        "/server/tls/rate/of_bound",
+    ] {
+        positive(&v, field);
+    }
+    assert_eq!(
+        v.pointer("/server/tls/rate/connections"),
+        Some(&Value::from(16))
+    );
+    assert!(
+        v.pointer("/server/tls/handshakes")
+            .unwrap()
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert!(
+        v.pointer("/server/tls/resumed_handshakes_s")
+            .unwrap()
+            .is_null(),
+        "resumption is not built"
+    );
     assert!(
         v.pointer("/server/big_send").unwrap().is_null(),
         "no 1 GiB in --quick"

@@ -21,10 +21,15 @@ fn demo_runs_and_every_property_passes() {
     assert!(!stdout.contains("FAIL"), "{stdout}");
     // Piped, so plain: no escape codes on stdout.
     assert!(!stdout.contains('\x1b'), "{stdout}");
-    // The sections the issue asks for are all there.
+    // The sections the issue asks for are all there: on the v2 wire, TLS records and no
+    // frames; every attack through the proxy; the message's own signature at rest.
     for needle in [
+        "protocol version 2 (TLS 1.3",
+        "ALPN offered [letterlock/2]",
+        "group chosen X25519MLKEM768",
+        "TLS application_data",
         "plaintext not found in",
-        "the wrapped AES key: 256 bytes",
+        "0 letterlock frames parsed",
         "TAMPER flip:",
         "TAMPER flip-header:",
         "TAMPER truncate:",
@@ -32,13 +37,18 @@ fn demo_runs_and_every_property_passes() {
         "TAMPER spoof-sender:",
         "REPLAY refused",
         "TAMPER forge-ack:",
-        "delivery NOT proven",
+        "no delivery claimed",
         "AuthFailed",
+        "at rest (no network: the message's own signature)",
+        "open: refused: message failed verification",
         "recv_msg got 1 message(s)",
         "every property held",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in\n{stdout}");
     }
-    // 20 rows: 3 per mode for eavesdropping, 12 attacks, mallory, server -> client.
-    assert_eq!(stdout.matches("  PASS    ").count(), 20, "{stdout}");
+    // No v1 frame line: the interceptor never took TLS for letterlock frames.
+    assert!(!stdout.contains(" Send "), "{stdout}");
+    // 23 rows: 4 per mode on the v2 wire plus the key exchange, 7 wire attacks, mallory,
+    // 5 attacks at rest, server -> client.
+    assert_eq!(stdout.matches("  PASS    ").count(), 23, "{stdout}");
 }

@@ -612,3 +612,145 @@ async fn a_large_stream_is_captured_whole_and_searched_across_reads() {
     let records = intercept::read_capture(&capture).unwrap();
     assert_eq!(intercept::search(&records, MARKER), live);
 }
+
+// ---- Protocol version 2: the proxy in front of a TLS 1.3 server ----
+
+/// A version 2 server on 127.0.0.1:0 (the shared test server's keys and trust list).
+async fn tls_rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path().join("server.db")).unwrap());
+    let server = common::net::tls_server(store.clone(), ServerConfig::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.run(listener, async {
+        let _ = stopped.await;
+    }));
+    Rig {
+        _dir: dir,
+        store,
+        addr,
+        _stop: stop,
+    }
+}
+
+/// Connects through `proxy` on version 2 and sends the hybrid secret.
+async fn tls_send(proxy: &Proxy) -> Result<letterlock::client::Delivery, ClientError> {
+    let mut client =
+        common::net::tls_client(&proxy.local_addr().to_string(), common::net::CLIENT).await?;
+    let (plain, opts) = secret(Mode::Hybrid);
+    client.send(std::io::Cursor::new(plain), opts).await
+}
+
+async fn wait_closed(proxy: &Proxy) {
+    proxy
+        .wait_for(|e| matches!(e, Event::Closed { .. }), WAIT)
+        .await
+        .expect("the connection closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_v2_the_eavesdropper_sees_tls_records_not_frames_nor_plaintext() {
+    let rig = tls_rig().await;
+    let proxy = proxy(&rig, None).await;
+    let delivery = tls_send(&proxy).await.unwrap();
+    assert_eq!(inbox_len(&rig).await, 1);
+    assert!(delivery.plaintext_len > 0);
+    wait_closed(&proxy).await;
+    let events = proxy.events();
+    // Not one letterlock frame parsed, nor bytes given up on: every byte was a TLS record.
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Frame(_) | Event::Raw { .. })),
+        "{events:#?}"
+    );
+    let lines: Vec<String> = events
+        .iter()
+        .filter(|e| matches!(e, Event::Tls(_)))
+        .map(ToString::to_string)
+        .collect();
+    let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
+    // rustls shuffles its ClientHello extensions: each fact is looked for on its own.
+    assert!(
+        has("ClientHello:") && has("ALPN offered [letterlock/2]"),
+        "{lines:#?}"
+    );
+    assert!(has("key shares [X25519MLKEM768"), "{lines:#?}");
+    assert!(
+        has("ServerHello:") && has("group chosen X25519MLKEM768"),
+        "{lines:#?}"
+    );
+    assert!(has("version TLS 1.3"), "{lines:#?}");
+    // Both directions carry encrypted records after the handshake.
+    for dir in [Direction::ToServer, Direction::ToClient] {
+        assert!(
+            events.iter().any(|e| matches!(e, Event::Tls(i)
+                if i.dir == dir && i.content_type == intercept::tls::APPLICATION_DATA)),
+            "no application data {dir}"
+        );
+    }
+    let (plain, _) = secret(Mode::Hybrid);
+    let search = proxy.search(std::str::from_utf8(&plain).unwrap()).unwrap();
+    assert!(!search.is_found(), "{search}");
+    assert!(search.scanned > plain.len(), "{search}");
+    // `intercept --show` reads the capture back the same way: TLS records, no frames.
+    let shown = intercept::describe(
+        &proxy.records().unwrap(),
+        letterlock::wire::DEFAULT_MAX_FRAME,
+    );
+    let tls_shown = shown.iter().filter(|e| matches!(e, Event::Tls(_))).count();
+    assert_eq!(tls_shown, lines.len(), "{shown:#?}");
+    assert!(
+        !shown
+            .iter()
+            .any(|e| matches!(e, Event::Frame(_) | Event::Raw { .. })),
+        "{shown:#?}"
+    );
+}
+
+/// Every mode through the real proxy on version 2: the attack is made on a record, the client
+/// does not claim delivery, and the server stores nothing (the replay: only the original, which
+/// the client sent untouched).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_v2_every_tamper_mode_is_refused_and_nothing_is_stored() {
+    for tamper in Tamper::ALL {
+        let rig = tls_rig().await;
+        let proxy = proxy(&rig, Some(tamper)).await;
+        let result = tls_send(&proxy).await;
+        wait_closed(&proxy).await;
+        if tamper == Tamper::Replay {
+            proxy
+                .wait_for(|e| matches!(e, Event::Replayed { .. }), WAIT)
+                .await
+                .expect("the replay ran");
+        }
+        assert!(
+            not_tampered(&proxy).is_empty(),
+            "{tamper}: attack not made: {:?}",
+            not_tampered(&proxy)
+        );
+        let detail = tampered(&proxy, tamper);
+        assert!(detail.is_some(), "{tamper}: no tamper event");
+        let stored = inbox_len(&rig).await;
+        match tamper {
+            Tamper::Replay => {
+                assert!(result.is_ok(), "the original went through: {result:?}");
+                assert_eq!(stored, 1, "the replay was stored");
+            }
+            // The server stored the message; the attack is on its answer.
+            Tamper::ForgeAck => {
+                assert!(result.is_err(), "forge-ack: delivery claimed: {result:?}");
+                assert_eq!(stored, 1);
+            }
+            _ => {
+                assert!(result.is_err(), "{tamper}: delivery claimed: {result:?}");
+                assert_eq!(stored, 0, "{tamper}: something was stored");
+            }
+        }
+        assert!(
+            !proxy.events().iter().any(|e| matches!(e, Event::Frame(_))),
+            "{tamper}: TLS taken for frames"
+        );
+    }
+}

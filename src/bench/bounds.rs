@@ -294,6 +294,20 @@ pub(super) fn decrypt_rate(
     })
 }
 
+/// RSA-PSS signatures per second on `threads` threads: a full TLS handshake costs the server
+/// one (its CertificateVerify), so this bounds its handshake rate.
+pub(super) fn sign_rate(
+    key: &PrivateKey,
+    threads: usize,
+    min: Duration,
+) -> Result<f64, BenchError> {
+    let message = [5u8; 64];
+    rate_on(threads, min, || {
+        key.sign(&message)?;
+        Ok(())
+    })
+}
+
 /// The fastest one core could seal or open a message of `size` bytes: the RSA operations it
 /// needs at their measured rates, plus its bytes at the measured symmetric rates.
 pub(super) fn envelope_bound(b: &Bounds, mode: Mode, seal: bool, size: u64, modulus: u64) -> f64 {

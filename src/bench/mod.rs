@@ -11,6 +11,10 @@
 //!    its bytes through the single-stream bound. The asymmetric mode is run only up to its limit.
 //! 3. **Server**: a real [`letterlock::server::Server`] on loopback TCP with the durable [`letterlock::store::SqliteStore`] in a
 //!    temporary folder, driven by [`letterlock::client::Client`]s in the same process.
+//! 4. **Server on version 2**: the same on TLS 1.3: full handshakes per second (one client, and
+//!    many at once) beside the all-core RSA sign bound, and the 1 KiB message rate at 16
+//!    connections beside the all-core RSA decrypt bound. Resumed handshakes are not measured:
+//!    letterlock does not resume TLS sessions (the report says so).
 //!
 //! Invariants: every figure printed is a measurement of this run, or "not run" with the reason;
 //! nothing is extrapolated. Speed goals are reported, never asserted.
@@ -42,7 +46,7 @@ pub use measurements::Generated;
 pub use plot::plot;
 pub use report::{
     AsymmetricCheck, BigSend, Bounds, EnvelopeRow, Goal, Latency, Machine, Ratio, Report,
-    ServerRate, ServerReport, human_size, table, write_json,
+    ServerRate, ServerReport, TlsReport, human_size, table, write_json,
 };
 
 const KIB: u64 = 1024;
@@ -59,6 +63,10 @@ const QUICK_SIZES: &[u64] = &[100, KIB, 64 * KIB, MIB];
 const QUICK_ASYMMETRIC_MAX: u64 = 64 * KIB;
 /// Concurrent connections of the server message-rate runs.
 const CONNECTIONS: &[usize] = &[1, 4, 16, 64];
+/// Concurrent connections of the version 2 (TLS) message-rate run.
+const TLS_CONNECTIONS: usize = 16;
+/// Concurrent clients of the handshake-rate run.
+const HANDSHAKE_CLIENTS: usize = 16;
 /// Rounds of each server rate run; the best is reported, as with [`BATCHES`].
 const SERVER_ROUNDS: usize = 3;
 /// Plaintext of each server message.
@@ -101,6 +109,11 @@ impl BenchOptions {
         if self.quick { 64 } else { 3000 }
     }
 
+    /// Full TLS handshakes timed, per clients-at-once setting.
+    fn handshakes(&self) -> usize {
+        if self.quick { 64 } else { 800 }
+    }
+
     /// Complete sends timed for the latency percentiles.
     fn latency_samples(&self) -> usize {
         if self.quick { 10 } else { 200 }
@@ -123,6 +136,8 @@ pub enum BenchError {
     Store(#[from] StoreError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] letterlock::tls::TlsError),
     #[error("an aws-lc primitive failed")]
     Crypto,
     #[error("wrong result: {0}")]

@@ -99,9 +99,32 @@ pub struct ServerReport {
     pub rates: Vec<ServerRate>,
     pub latency: Latency,
     pub big_send: Option<BigSend>,
+    /// Protocol version 2: handshakes and the message rate over TLS 1.3.
+    pub tls: TlsReport,
     /// VmHWM of the whole process at the end: server, clients and everything before.
     pub process_peak_rss_kib: u64,
     pub note: String,
+}
+
+/// The server on protocol version 2 (TLS 1.3, X25519MLKEM768, both sides' RSA keys).
+#[derive(Clone, Debug, Serialize)]
+pub struct TlsReport {
+    /// Full handshakes timed (TLS 1.3 and the server's `Ready`), all connections together.
+    pub handshakes: usize,
+    /// Concurrent clients making them.
+    pub handshake_clients: usize,
+    /// Full handshakes per second the server completed with that many clients at once.
+    pub handshakes_s: f64,
+    /// Full handshakes per second, one client, one at a time.
+    pub handshakes_s_sequential: f64,
+    /// The all-core RSA-PSS sign rate, measured right before: each full handshake costs the
+    /// server one signature (and the client another, in this same process).
+    pub sign_bound_s: f64,
+    /// Resumed handshakes per second: `None`, resumption is not built (see `resumption`).
+    pub resumed_handshakes_s: Option<f64>,
+    pub resumption: String,
+    /// Messages over TLS at 16 connections, beside the all-core RSA decrypt bound.
+    pub rate: ServerRate,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -400,6 +423,33 @@ pub fn table(r: &Report) -> String {
             let _ = writeln!(s, "  one 1 GiB message client -> server: not run (--quick)");
         }
     }
+    let tls = &srv.tls;
+    let _ = writeln!(
+        s,
+        "\n4. Server on protocol version 2 (TLS 1.3, X25519MLKEM768, mutual RSA-PSS)"
+    );
+    let _ = writeln!(
+        s,
+        "  full handshakes: {:.0}/s with {} clients at once ({} timed), {:.0}/s one at a time; \
+         all-core RSA sign bound {:.0}/s (one signature per handshake on each side, both sides \
+         in this process)",
+        tls.handshakes_s,
+        tls.handshake_clients,
+        tls.handshakes,
+        tls.handshakes_s_sequential,
+        tls.sign_bound_s
+    );
+    let _ = writeln!(s, "  resumed handshakes: not measured: {}", tls.resumption);
+    let _ = writeln!(
+        s,
+        "  {} messages over TLS at {} connections: {:.0} msg/s, all-core RSA decrypt bound \
+         {:.0}/s ({} of it)",
+        human_size(srv.message_size),
+        tls.rate.connections,
+        tls.rate.msgs_s,
+        tls.rate.bound_msgs_s,
+        pct(tls.rate.of_bound)
+    );
     let _ = writeln!(
         s,
         "  process peak RSS {:.1} MiB ({})",

@@ -7,19 +7,23 @@ use std::time::Instant;
 
 use tracing::Dispatch;
 
-use letterlock::client::{Client, ClientConfig};
+use std::future::Future;
+
+use letterlock::client::{Client, ClientConfig, ClientError};
 use letterlock::envelope::{self, SealOptions, Sealed};
 use letterlock::keys::{Identity, PrivateKey, PublicKey, TrustList};
 use letterlock::server::{Server, ServerConfig};
 use letterlock::store::SqliteStore;
+use letterlock::tls::TlsOptions;
 
-use super::bounds::decrypt_rate;
+use super::bounds::{decrypt_rate, sign_rate};
 use super::measurements::{
     Generated, check_len, peak_rss_kib, process_peak_rss_kib, reset_peak_rss,
 };
 use super::{
-    BenchError, BenchOptions, BigSend, CONNECTIONS, GIB, Latency, MB, SERVER_MESSAGE,
-    SERVER_ROUNDS, ServerRate, ServerReport, crypt, progress,
+    BenchError, BenchOptions, BigSend, CONNECTIONS, GIB, HANDSHAKE_CLIENTS, Latency, MB,
+    SERVER_MESSAGE, SERVER_ROUNDS, ServerRate, ServerReport, TLS_CONNECTIONS, TlsReport, crypt,
+    progress,
 };
 
 /// Runs a server and its clients in this process.
@@ -63,15 +67,20 @@ async fn server_section(opts: &BenchOptions) -> Result<ServerReport, BenchError>
     clients.add("bench", client_key.public().clone())?;
     let dir = tempfile::tempdir()?;
     let store = Arc::new(SqliteStore::open(dir.path().join("mailbox.db"))?);
+    // Every bench client connects from 127.0.0.1: the per-source admission bucket, which
+    // stops one source from making the server sign without end, would measure itself.
     let config = ServerConfig {
         max_connections: 4 * CONNECTIONS[CONNECTIONS.len() - 1],
+        source_burst: u32::MAX,
+        source_rate: u32::MAX,
         ..ServerConfig::default()
     };
+    let server_key = Arc::new(server_key);
     let server = Arc::new(Server::new(
-        Arc::new(server_key),
-        clients,
+        server_key.clone(),
+        clients.clone(),
         store.clone(),
-        config,
+        config.clone(),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
@@ -92,54 +101,7 @@ async fn server_section(opts: &BenchOptions) -> Result<ServerReport, BenchError>
     let mut rates = Vec::new();
     for &connections in CONNECTIONS {
         progress(&format!("  {connections} connection(s)"));
-        let per = opts.server_messages().div_ceil(connections * SERVER_ROUNDS);
-        let key = client_key.clone();
-        let to = server_public.clone();
-        let batches = tokio::task::spawn_blocking(move || {
-            presealed(&key, &to, connections * SERVER_ROUNDS, per)
-        })
-        .await
-        .map_err(|_| crypt())??;
-        let key = client_key.clone();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let min = opts.bound_refresh_time() * 2;
-        let bound = tokio::task::spawn_blocking(move || decrypt_rate(&key, threads, min))
-            .await
-            .map_err(|_| crypt())??;
-        let mut conns = Vec::with_capacity(connections);
-        for _ in 0..connections {
-            conns.push(connect().await?);
-        }
-        let (mut delivered, mut seconds, mut msgs_s) = (0, 0.0, 0f64);
-        let mut batches = batches.into_iter();
-        for _ in 0..SERVER_ROUNDS {
-            let started = Instant::now();
-            let mut tasks = tokio::task::JoinSet::new();
-            for (mut client, batch) in conns.drain(..).zip(batches.by_ref()) {
-                tasks.spawn(async move {
-                    let sent = client.send_sealed_many(&batch).await.map(|d| d.len());
-                    sent.map(|n| (client, n))
-                });
-            }
-            let mut round = 0;
-            while let Some(done) = tasks.join_next().await {
-                let (client, n) = done.map_err(|_| crypt())??;
-                conns.push(client);
-                round += n;
-            }
-            let elapsed = started.elapsed().as_secs_f64();
-            delivered += round;
-            seconds += elapsed;
-            msgs_s = msgs_s.max(round as f64 / elapsed);
-        }
-        rates.push(ServerRate {
-            connections,
-            messages: delivered,
-            seconds,
-            msgs_s,
-            bound_msgs_s: bound,
-            of_bound: msgs_s / bound,
-        });
+        rates.push(rate_run(&connect, connections, opts, &client_key, &server_public).await?);
     }
 
     progress("  latency of complete sends");
@@ -185,6 +147,38 @@ async fn server_section(opts: &BenchOptions) -> Result<ServerReport, BenchError>
 
     let _ = stop.send(());
     running.await.map_err(|_| crypt())??;
+
+    progress("  version 2 (TLS 1.3)");
+    let tls_server = Arc::new(
+        Server::new(server_key.clone(), clients, store.clone(), config)
+            .with_tls(TlsOptions::default())?,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let tls_addr = listener.local_addr()?.to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(tls_server.run(listener, async {
+        let _ = stopped.await;
+    }));
+    let connect_tls = || {
+        Client::connect_tls(
+            &tls_addr,
+            identity.clone(),
+            server_public.clone(),
+            ClientConfig::default(),
+            TlsOptions::default(),
+        )
+    };
+    let tls = tls_section(
+        &connect_tls,
+        (&tls_addr, &identity),
+        opts,
+        &server_key,
+        &client_key,
+        &server_public,
+    )
+    .await?;
+    let _ = stop.send(());
+    running.await.map_err(|_| crypt())??;
     if let Ok(store) = Arc::try_unwrap(store) {
         store.close().await?;
     }
@@ -194,8 +188,148 @@ async fn server_section(opts: &BenchOptions) -> Result<ServerReport, BenchError>
         rates,
         latency,
         big_send,
+        tls,
         process_peak_rss_kib: process_peak_rss_kib().unwrap_or(0),
         note: "server and clients run in this one process: every RSS figure counts both".into(),
+    })
+}
+
+/// Version 2: full handshakes per second, one at a time and [`HANDSHAKE_CLIENTS`] at once,
+/// beside the all-core sign bound; then the message rate at [`TLS_CONNECTIONS`].
+async fn tls_section<F, Fut>(
+    connect: &F,
+    (addr, identity): (&str, &Arc<dyn Identity>),
+    opts: &BenchOptions,
+    server_key: &Arc<PrivateKey>,
+    client_key: &Arc<PrivateKey>,
+    server_public: &PublicKey,
+) -> Result<TlsReport, BenchError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Client, ClientError>>,
+{
+    let handshakes = opts.handshakes();
+    progress(&format!("  {handshakes} full handshakes, one at a time"));
+    let started = Instant::now();
+    for _ in 0..handshakes {
+        connect().await?.close().await?;
+    }
+    let handshakes_s_sequential = handshakes as f64 / started.elapsed().as_secs_f64();
+
+    let key = server_key.clone();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let min = opts.bound_refresh_time() * 2;
+    let sign_bound_s = tokio::task::spawn_blocking(move || sign_rate(&key, threads, min))
+        .await
+        .map_err(|_| crypt())??;
+    progress(&format!(
+        "  {handshakes} full handshakes, {HANDSHAKE_CLIENTS} clients at once"
+    ));
+    let per = handshakes.div_ceil(HANDSHAKE_CLIENTS);
+    let started = Instant::now();
+    // Each client on its own task, so the clients' signatures spread over the workers as the
+    // server's do.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..HANDSHAKE_CLIENTS {
+        let (addr, identity, server) = (addr.to_owned(), identity.clone(), server_public.clone());
+        tasks.spawn(async move {
+            for _ in 0..per {
+                Client::connect_tls(
+                    &addr,
+                    identity.clone(),
+                    server.clone(),
+                    ClientConfig::default(),
+                    TlsOptions::default(),
+                )
+                .await?
+                .close()
+                .await?;
+            }
+            Ok::<usize, BenchError>(per)
+        });
+    }
+    let mut done = 0;
+    while let Some(made) = tasks.join_next().await {
+        done += made.map_err(|_| crypt())??;
+    }
+    let handshakes_s = done as f64 / started.elapsed().as_secs_f64();
+
+    progress(&format!("  {TLS_CONNECTIONS} connection(s) over TLS"));
+    let rate = rate_run(connect, TLS_CONNECTIONS, opts, client_key, server_public).await?;
+    Ok(TlsReport {
+        handshakes: done,
+        handshake_clients: HANDSHAKE_CLIENTS,
+        handshakes_s,
+        handshakes_s_sequential,
+        sign_bound_s,
+        resumed_handshakes_s: None,
+        resumption: "letterlock does not resume TLS sessions (every connection is a full \
+                     handshake with a fresh X25519MLKEM768 exchange)"
+            .into(),
+        rate,
+    })
+}
+
+/// One message-rate run: `connections` clients send pre-sealed 1 KiB messages for
+/// [`SERVER_ROUNDS`] rounds; the best round's rate beside the all-core RSA decrypt bound,
+/// measured right before.
+async fn rate_run<F, Fut>(
+    connect: &F,
+    connections: usize,
+    opts: &BenchOptions,
+    client_key: &Arc<PrivateKey>,
+    server_public: &PublicKey,
+) -> Result<ServerRate, BenchError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Client, ClientError>>,
+{
+    let per = opts.server_messages().div_ceil(connections * SERVER_ROUNDS);
+    let key = client_key.clone();
+    let to = server_public.clone();
+    let batches =
+        tokio::task::spawn_blocking(move || presealed(&key, &to, connections * SERVER_ROUNDS, per))
+            .await
+            .map_err(|_| crypt())??;
+    let key = client_key.clone();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let min = opts.bound_refresh_time() * 2;
+    let bound = tokio::task::spawn_blocking(move || decrypt_rate(&key, threads, min))
+        .await
+        .map_err(|_| crypt())??;
+    let mut conns = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        conns.push(connect().await?);
+    }
+    let (mut delivered, mut seconds, mut msgs_s) = (0, 0.0, 0f64);
+    let mut batches = batches.into_iter();
+    for _ in 0..SERVER_ROUNDS {
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (mut client, batch) in conns.drain(..).zip(batches.by_ref()) {
+            tasks.spawn(async move {
+                let sent = client.send_sealed_many(&batch).await.map(|d| d.len());
+                sent.map(|n| (client, n))
+            });
+        }
+        let mut round = 0;
+        while let Some(done) = tasks.join_next().await {
+            let (client, n) = done.map_err(|_| crypt())??;
+            conns.push(client);
+            round += n;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        delivered += round;
+        seconds += elapsed;
+        msgs_s = msgs_s.max(round as f64 / elapsed);
+    }
+    Ok(ServerRate {
+        connections,
+        messages: delivered,
+        seconds,
+        msgs_s,
+        bound_msgs_s: bound,
+        of_bound: msgs_s / bound,
     })
 }
 

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -15,6 +16,7 @@ use letterlock::wire::{DATA_FRAME, Frame, FrameReader, FrameType};
 
 use super::frames::{RawFrame, frame_info};
 use super::proxy::Shared;
+use super::tls::{self, APPLICATION_DATA, TlsRecord, TlsWalked, TlsWalker, tls_info};
 use super::{Direction, Event, MAX_HELD};
 
 /// How long a replayed connection waits for the server's answer.
@@ -28,19 +30,26 @@ const MIN_SEALED_CHUNK: usize = 1 + letterlock::envelope::stream::TAG_LEN;
 /// An attack on the traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Tamper {
-    /// Flip one bit in a sealed message's body (past the header).
+    /// Flip one bit in a sealed message's body (past the header); on TLS, in the client's
+    /// first record after the handshake.
     Flip,
-    /// Flip one bit in a sealed message's header (the message id).
+    /// Flip one bit in a sealed message's header (the message id); on TLS, the first
+    /// ciphertext byte of that record.
     FlipHeader,
-    /// Drop the final chunk (the last OAEP block, or the final STREAM chunk).
+    /// Drop the final chunk (the last OAEP block, or the final STREAM chunk); on TLS, cut the
+    /// end of that record.
     Truncate,
-    /// Swap the first two chunks (OAEP blocks, or full STREAM chunks).
+    /// Swap the first two chunks (OAEP blocks, or full STREAM chunks); on TLS, the client's
+    /// first two records after the handshake.
     Reorder,
-    /// Record a client's send and replay it on a fresh connection.
+    /// Record a client's send and replay it on a fresh connection (on TLS, every byte the
+    /// client sent).
     Replay,
-    /// Rewrite the sender key id in the header.
+    /// Rewrite the sender key id in the header; on TLS (where it is encrypted), flip a bit of
+    /// the client's certificate flight.
     SpoofSender,
-    /// Alter the tag of the server's Ack on its way back.
+    /// Alter the tag of the server's Ack on its way back; on TLS, a bit of the server's first
+    /// record after the client's message.
     ForgeAck,
 }
 
@@ -87,12 +96,36 @@ impl fmt::Display for Tamper {
     }
 }
 
+/// Where a TLS connection stands, as both directions of the proxy see it from the records'
+/// content types and order alone (see "Tampering on TLS" in [`super`]).
+#[derive(Debug, Default)]
+pub(super) struct TlsState {
+    /// The client sent its first encrypted record: its handshake flight.
+    client_flight: AtomicBool,
+    /// The server sent an encrypted record after that flight: the handshake is over (the
+    /// server answers only once the client's Finished checked), so the client's next records
+    /// carry frames.
+    session: AtomicBool,
+    /// The client sent a record inside the session: its message.
+    client_message: AtomicBool,
+}
+
 /// The attacks on one direction of one connection: what they hold, and how they change each
 /// frame on its way.
 pub(super) struct Attacker {
     shared: Arc<Shared>,
     conn: u32,
     dir: Direction,
+    /// The connection's TLS progress, shared by both directions.
+    state: Arc<TlsState>,
+    /// This direction is TLS.
+    saw_tls: bool,
+    /// The TLS attack on this direction was made (or given up): it is made once.
+    tls_done: bool,
+    /// A TLS record held by `reorder` until the next one.
+    held_record: Option<TlsRecord>,
+    /// Every byte the client sent, for a TLS replay (up to [`MAX_HELD`]).
+    tls_log: Vec<u8>,
     /// Signature length in the client's `Auth`: the client's modulus length.
     auth_key_bytes: Option<usize>,
     /// Payloads of the `Send` frames of the message being held for tampering.
@@ -108,11 +141,21 @@ pub(super) struct Attacker {
 }
 
 impl Attacker {
-    pub(super) fn new(shared: Arc<Shared>, conn: u32, dir: Direction) -> Self {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        conn: u32,
+        dir: Direction,
+        state: Arc<TlsState>,
+    ) -> Self {
         Attacker {
             shared,
             conn,
             dir,
+            state,
+            saw_tls: false,
+            tls_done: false,
+            held_record: None,
+            tls_log: Vec::new(),
             auth_key_bytes: None,
             held: Vec::new(),
             holding: false,
@@ -126,13 +169,114 @@ impl Attacker {
         self.shared.config.tamper
     }
 
-    /// The recorded `Auth` and first message, when a whole one was recorded.
-    pub(super) fn into_replay(self) -> Option<Vec<u8>> {
-        self.replay_complete.then_some(self.replay_log)
+    /// What a replay sends, and whether it is TLS: on v1 the recorded `Auth` and first message,
+    /// when a whole one was recorded; on TLS every byte the client sent.
+    pub(super) fn into_replay(self) -> Option<(Vec<u8>, bool)> {
+        if self.saw_tls {
+            return (!self.tls_log.is_empty()).then_some((self.tls_log, true));
+        }
+        self.replay_complete.then_some((self.replay_log, false))
+    }
+
+    /// Keeps the client's bytes for a TLS replay (the frames are not visible, so all of them).
+    pub(super) fn log_tls_bytes(&mut self, bytes: &[u8]) {
+        if self.dir == Direction::ToServer
+            && self.tamper() == Some(Tamper::Replay)
+            && self.tls_log.len() + bytes.len() <= MAX_HELD
+        {
+            self.tls_log.extend_from_slice(bytes);
+        }
+    }
+
+    /// `reorder` holds a TLS record and waits for the next one.
+    pub(super) fn waiting_for_record(&self) -> bool {
+        self.held_record.is_some()
+    }
+
+    /// No second record came in time: the held one goes on unchanged.
+    pub(super) fn give_up_waiting(&mut self, out: &mut Vec<u8>) {
+        if let Some(held) = self.held_record.take() {
+            self.shared.emit(Event::NotTampered {
+                conn: self.conn,
+                mode: Tamper::Reorder,
+                reason: "the client sent no second record to swap with".into(),
+            });
+            out.extend_from_slice(held.as_bytes());
+        }
+    }
+
+    /// One whole TLS record: appends what to forward to `out`.
+    pub(super) fn tls_record(&mut self, record: TlsRecord, out: &mut Vec<u8>) {
+        self.saw_tls = true;
+        let encrypted = record.content_type() == APPLICATION_DATA;
+        // Where the connection stands before this record (see [`TlsState`]).
+        let (flight, session, message) = (
+            self.state.client_flight.load(Ordering::SeqCst),
+            self.state.session.load(Ordering::SeqCst),
+            self.state.client_message.load(Ordering::SeqCst),
+        );
+        let target = match (self.dir, encrypted) {
+            (_, false) => false,
+            (Direction::ToServer, true) => {
+                self.state.client_flight.store(true, Ordering::SeqCst);
+                if session {
+                    self.state.client_message.store(true, Ordering::SeqCst);
+                }
+                match self.tamper() {
+                    Some(Tamper::SpoofSender) => !flight,
+                    Some(
+                        Tamper::Flip | Tamper::FlipHeader | Tamper::Truncate | Tamper::Reorder,
+                    ) => session,
+                    _ => false,
+                }
+            }
+            (Direction::ToClient, true) => {
+                if flight {
+                    self.state.session.store(true, Ordering::SeqCst);
+                }
+                self.tamper() == Some(Tamper::ForgeAck) && message
+            }
+        };
+        if let Some(held) = self.held_record.take() {
+            // `reorder`: this record first, then the held one.
+            self.shared.emit(Event::Tampered {
+                conn: self.conn,
+                mode: Tamper::Reorder,
+                detail: format!(
+                    "swapped the client's first two records inside the session ({} and {} bytes): each is sealed under its sequence number, so neither decrypts",
+                    held.as_bytes().len(),
+                    record.as_bytes().len()
+                ),
+            });
+            out.extend_from_slice(record.as_bytes());
+            out.extend_from_slice(held.as_bytes());
+            return;
+        }
+        let Some(mode) = self.tamper().filter(|_| target && !self.tls_done) else {
+            out.extend_from_slice(record.as_bytes());
+            return;
+        };
+        self.tls_done = true;
+        let (record, detail) = match tamper_record(mode, record) {
+            Ok(done) => done,
+            Err(held) => {
+                self.held_record = Some(held);
+                return;
+            }
+        };
+        self.shared.emit(Event::Tampered {
+            conn: self.conn,
+            mode,
+            detail,
+        });
+        out.extend_from_slice(record.as_bytes());
     }
 
     /// A message held without its end goes on as it is (re-framed).
     pub(super) fn release(&mut self, out: &mut Vec<u8>) {
+        if let Some(held) = self.held_record.take() {
+            out.extend_from_slice(held.as_bytes());
+        }
         if self.holding && !self.held.is_empty() {
             frame_message(&self.held, out);
         }
@@ -269,6 +413,54 @@ impl Attacker {
     }
 }
 
+/// One TLS record attack: the changed record and what was done, or (for `reorder`) the record
+/// to hold until the next.
+fn tamper_record(mode: Tamper, record: TlsRecord) -> Result<(TlsRecord, String), TlsRecord> {
+    let len = record.payload().len();
+    let version = record.version();
+    let mut payload = record.payload().to_vec();
+    let detail = match mode {
+        Tamper::Reorder => return Err(record),
+        Tamper::Truncate => {
+            payload.pop();
+            format!(
+                "cut the last byte of the client's first record inside the session ({len} -> {} bytes, length fixed): its AEAD tag no longer checks",
+                payload.len()
+            )
+        }
+        Tamper::FlipHeader => {
+            if let Some(b) = payload.first_mut() {
+                *b ^= 0x01;
+            }
+            "flipped bit 0 of the first ciphertext byte of the client's first record inside the session (where its first frame's length is sealed)"
+                .into()
+        }
+        _ => {
+            if let Some(b) = payload.get_mut(len / 2) {
+                *b ^= 0x01;
+            }
+            match mode {
+                Tamper::SpoofSender => format!(
+                    "the sender's identity travels encrypted (certificate and signature in the client's first encrypted flight): cannot rewrite it, flipped bit 0 of byte {} of that {len}-byte record instead",
+                    len / 2
+                ),
+                Tamper::ForgeAck => format!(
+                    "flipped bit 0 of byte {} of the server's first {len}-byte record after the client's message (its Ack)",
+                    len / 2
+                ),
+                _ => format!(
+                    "flipped bit 0 of byte {} of the client's first {len}-byte record inside the session (the start of its message)",
+                    len / 2
+                ),
+            }
+        }
+    };
+    Ok((
+        TlsRecord::rebuild(record.content_type(), version, &payload),
+        detail,
+    ))
+}
+
 /// Appends a sealed message as `Send` frames and a `SendEnd`, as the client cuts them.
 fn frame_message(message: &[u8], out: &mut Vec<u8>) {
     for chunk in message.chunks(DATA_FRAME) {
@@ -330,6 +522,19 @@ fn layout(h: &Header, len: usize, k: usize, source: &str) -> Result<Layout, Stri
 }
 
 type Attacked = Result<(Vec<u8>, String), (Vec<u8>, String)>;
+
+/// A message attack on a whole sealed message, outside any connection (the demo tampers a
+/// sealed message at rest with it): the changed message and what was done, or the message
+/// unchanged and why not. `key_bytes` is the recipient's modulus length (public); `spoof` the
+/// sender id `spoof-sender` writes.
+pub fn tamper_sealed(
+    mode: Tamper,
+    message: Vec<u8>,
+    key_bytes: usize,
+    spoof: Option<KeyId>,
+) -> Attacked {
+    attack(mode, message, Some((key_bytes, "given")), spoof)
+}
 
 /// One message attack: the changed message and what was done, or the message unchanged and
 /// why not.
@@ -532,4 +737,71 @@ async fn replay_once(shared: &Shared, conn: u32, log: &[u8]) -> io::Result<(bool
             Err(_) => return Ok((false, "no answer in time".into())),
         }
     }
+}
+
+/// Sends every byte the client sent on a TLS connection again, on a fresh connection, and
+/// reports what the server answered. The records the server sends back are encrypted, so the
+/// interceptor cannot see an ack: it reports that the server closed and how, and the store
+/// tells the rest (the demo checks it).
+pub(super) async fn replay_tls(shared: &Shared, from: u32, log: &[u8]) {
+    let conn = shared.conn_id();
+    shared.emit(Event::Tampered {
+        conn,
+        mode: Tamper::Replay,
+        detail: format!(
+            "replaying the {} bytes the client sent on conn {from} (TLS), on a fresh connection",
+            log.len()
+        ),
+    });
+    let outcome = match replay_tls_once(shared, conn, log).await {
+        Ok(outcome) => outcome,
+        Err(e) => format!("the connection failed: {e}"),
+    };
+    shared.emit(Event::Replayed {
+        conn,
+        accepted: false,
+        outcome,
+    });
+}
+
+async fn replay_tls_once(shared: &Shared, conn: u32, log: &[u8]) -> io::Result<String> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = TcpStream::connect(&shared.upstream).await?;
+    let mut to_server = shared.recording(conn, Direction::ToServer);
+    let mut to_client = shared.recording(conn, Direction::ToClient);
+    shared.record(&mut to_server, log);
+    // The server may close as soon as the recorded flight fails; its answer is what counts.
+    let _ = stream.write_all(log).await;
+    let _ = stream.flush().await;
+    let mut walker = TlsWalker::new();
+    let (mut records, mut bytes) = (0usize, 0usize);
+    let mut buf = vec![0u8; tls::MAX_RECORD];
+    let closed = loop {
+        match tokio::time::timeout(REPLAY_TIMEOUT, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => {
+                let data = buf.get(..n).unwrap_or(&[]);
+                shared.record(&mut to_client, data);
+                bytes += n;
+                walker.push(data);
+                for walked in walker.by_ref() {
+                    if let TlsWalked::Record(r) = walked {
+                        records += 1;
+                        shared.emit(Event::Tls(tls_info(conn, Direction::ToClient, &r)));
+                    }
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    Ok(format!(
+        "the server answered {bytes} bytes ({records} TLS records) and {}: a TLS 1.3 server \
+         picks a fresh random and key share per handshake, so the recorded client flight does \
+         not decrypt (the interceptor cannot see inside; the store shows nothing new)",
+        if closed {
+            "closed the connection"
+        } else {
+            "stopped answering"
+        }
+    ))
 }

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 
 use letterlock::wire;
 
+use super::tls::{TlsWalked, TlsWalker, looks_like_tls, tls_info};
 use super::{Direction, Event, Record};
 
 /// Payload bytes shown in hex per frame line.
@@ -155,8 +156,18 @@ impl Iterator for FrameWalker {
 #[derive(Debug)]
 pub struct Describe {
     max_frame: usize,
-    /// One walker per direction of each connection seen.
-    walkers: HashMap<(u32, Direction), FrameWalker>,
+    /// One walker per direction of each connection seen: frames, or TLS records (protocol
+    /// version 2), decided on the direction's first bytes as the proxy decides.
+    walkers: HashMap<(u32, Direction), Cut>,
+}
+
+/// How one direction of a capture is cut.
+#[derive(Debug)]
+enum Cut {
+    /// Fewer than three bytes seen.
+    Undecided(Vec<u8>),
+    Frames(FrameWalker),
+    Tls(TlsWalker),
 }
 
 impl Describe {
@@ -169,21 +180,50 @@ impl Describe {
 
     /// The events the next record completes.
     pub fn record(&mut self, r: &Record) -> Vec<Event> {
-        let walker = self
+        let max_frame = self.max_frame;
+        let cut = self
             .walkers
             .entry((r.conn, r.dir))
-            .or_insert_with(|| FrameWalker::new(self.max_frame));
-        walker.push(&r.bytes);
-        walker
-            .map(|walked| match walked {
-                Walked::Frame(f) => Event::Frame(frame_info(r.conn, r.dir, f.as_bytes())),
-                Walked::NotFrames(bytes) => Event::Raw {
-                    conn: r.conn,
-                    dir: r.dir,
-                    len: bytes.len(),
-                },
-            })
-            .collect()
+            .or_insert_with(|| Cut::Undecided(Vec::new()));
+        let mut bytes = r.bytes.clone();
+        if let Cut::Undecided(first) = cut {
+            first.extend_from_slice(&r.bytes);
+            let Some(tls) = looks_like_tls(first) else {
+                return Vec::new();
+            };
+            bytes = std::mem::take(first);
+            *cut = if tls {
+                Cut::Tls(TlsWalker::new())
+            } else {
+                Cut::Frames(FrameWalker::new(max_frame))
+            };
+        }
+        let raw = |bytes: Vec<u8>| Event::Raw {
+            conn: r.conn,
+            dir: r.dir,
+            len: bytes.len(),
+        };
+        match cut {
+            Cut::Undecided(_) => Vec::new(),
+            Cut::Frames(walker) => {
+                walker.push(&bytes);
+                walker
+                    .map(|walked| match walked {
+                        Walked::Frame(f) => Event::Frame(frame_info(r.conn, r.dir, f.as_bytes())),
+                        Walked::NotFrames(bytes) => raw(bytes),
+                    })
+                    .collect()
+            }
+            Cut::Tls(walker) => {
+                walker.push(&bytes);
+                walker
+                    .map(|walked| match walked {
+                        TlsWalked::Record(t) => Event::Tls(tls_info(r.conn, r.dir, &t)),
+                        TlsWalked::NotRecords(bytes) => raw(bytes),
+                    })
+                    .collect()
+            }
+        }
     }
 }
 

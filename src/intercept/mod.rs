@@ -9,6 +9,12 @@
 //! that direction to a plain relay, so the proxy also sits in front of any TCP service (the
 //! tests put it before an echo server).
 //!
+//! A direction that starts with a TLS record header (protocol version 2) is cut into TLS records
+//! instead ([`tls`]): one [`Event::Tls`] per record with its content type, size and what the
+//! handshake shows in the clear (ALPN, groups, versions); the letterlock frames inside are
+//! encrypted and never reported. On TLS every attack works on records, since the sealed message
+//! cannot be found: see "Tampering on TLS" below.
+//!
 //! # Layout
 //! - this module: the public types ([`Config`], [`Event`], [`Direction`]) and the
 //!   `letterlock intercept` command ([`command`]);
@@ -17,6 +23,7 @@
 //! - `attacks`: the tampering and the replay;
 //! - [`capture`]: the capture file, written and read a record at a time;
 //! - [`search`](mod@search): searching captured bytes for a plaintext as they arrive.
+//! - [`tls`]: TLS records (protocol version 2): the record walker and what a handshake shows.
 //!
 //! # Capture
 //! Every byte read goes to the capture file (`--capture FILE`, or a temporary file removed when
@@ -35,6 +42,18 @@
 //! attack that cannot be placed on a message (too short to reorder, say) is reported as not done
 //! and the message goes through unchanged: the proxy never claims an attack it did not make.
 //!
+//! # Tampering on TLS (protocol version 2)
+//! The proxy cannot see a message inside TLS, so each mode does the nearest thing it can to the
+//! records, and says which: `flip` flips a bit in the middle of the first record the client sends
+//! inside the session (after the server's first record that follows the client's handshake
+//! flight: its `Ready`), `flip-header` the first byte of that record's ciphertext, `truncate`
+//! cuts that record's last byte (its AEAD tag no longer checks), `reorder` swaps it with the
+//! next record, `spoof-sender` flips a bit in the client's encrypted handshake flight (its
+//! certificate and signature: the sender's identity), `forge-ack` flips a bit of the first record
+//! the server sends after the client's message, and `replay` sends every byte the client sent
+//! on a fresh connection. Each breaks a record's authentication or the handshake transcript: the
+//! connection fails, and the message is not stored.
+//!
 //! Invariants: the proxy never blocks a direction on the other; it holds at most one message
 //! per connection ([`MAX_HELD`]), and for a replay at most one more; all parsing is bounded by
 //! [`Config::max_frame`]. Memory does not grow with the traffic: per connection it is one read,
@@ -45,6 +64,7 @@ pub mod capture;
 pub mod frames;
 mod proxy;
 pub mod search;
+pub mod tls;
 
 use std::fmt;
 use std::io;
@@ -55,13 +75,14 @@ use std::process::ExitCode;
 use letterlock::keys::KeyId;
 use letterlock::wire::{self, ErrorCode};
 
-pub use attacks::Tamper;
+pub use attacks::{Tamper, tamper_sealed};
 pub use capture::{CAPTURE_MAGIC, CaptureReader, Record, read_capture};
 pub use frames::{
     EXCERPT_BYTES, FrameInfo, FrameWalker, RawFrame, Walked, describe, entropy, frame_info,
 };
 pub use proxy::{MAX_EVENTS, Proxy};
 pub use search::{Encoding, Finding, Search, needles, search};
+pub use tls::{TlsInfo, TlsRecord, TlsWalked, TlsWalker, looks_like_tls, tls_info};
 
 /// Largest message held for tampering (or recorded for a replay); a larger one is forwarded
 /// unchanged (and said so).
@@ -113,6 +134,8 @@ pub enum Event {
         error: String,
     },
     Frame(FrameInfo),
+    /// A TLS record (protocol version 2): the frames inside are encrypted.
+    Tls(TlsInfo),
     /// Bytes that are not letterlock frames, relayed as they are.
     Raw {
         conn: u32,
@@ -160,6 +183,7 @@ impl fmt::Display for Event {
                 "[conn {}] {} {:<11} {:>7} B  {:<32}  entropy {:.2} bits/byte",
                 i.conn, i.dir, i.kind, i.size, i.excerpt, i.entropy
             ),
+            Event::Tls(i) => write!(f, "{i}"),
             Event::Raw { conn, dir, len } => {
                 write!(
                     f,

@@ -16,10 +16,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tracing::debug;
 
-use super::attacks::{self, Attacker};
+use super::attacks::{self, Attacker, TlsState};
 use super::capture::{CaptureReader, CaptureWriter, MAX_RECORD, Record};
 use super::frames::{FrameWalker, Walked, frame_info};
 use super::search::{self, Needles, Search, StreamSearch};
+use super::tls::{self, TlsWalked, TlsWalker, tls_info};
 use super::{Config, Direction, Event, InterceptError, Tamper};
 
 /// Events kept for [`Proxy::events`]; older ones are dropped, so a proxy that runs for days
@@ -27,6 +28,9 @@ use super::{Config, Direction, Event, InterceptError, Tamper};
 pub const MAX_EVENTS: usize = 4096;
 /// Socket read size: one capture record at most.
 const READ_BUF: usize = MAX_RECORD;
+/// How long a TLS `reorder` holds a record for a second one to swap it with; then it goes on
+/// unchanged (and the attack is reported as not done).
+const REORDER_WAIT: Duration = Duration::from_millis(500);
 
 /// What every connection of one proxy shares.
 pub(super) struct Shared {
@@ -270,20 +274,32 @@ async fn connection(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     let _ = upstream.set_nodelay(true);
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
-    let to_server = Pump::new(shared.clone(), conn, Direction::ToServer);
-    let to_client = Pump::new(shared.clone(), conn, Direction::ToClient);
+    let state = Arc::new(TlsState::default());
+    let to_server = Pump::new(shared.clone(), conn, Direction::ToServer, state.clone());
+    let to_client = Pump::new(shared.clone(), conn, Direction::ToClient, state);
     let (to_server, _) = tokio::join!(to_server.run(cr, uw), to_client.run(ur, cw));
     shared.emit(Event::Closed { conn });
     if shared.config.tamper == Some(Tamper::Replay)
-        && let Some(log) = to_server.into_replay()
         && !shared.replayed.swap(true, Ordering::Relaxed)
     {
-        attacks::replay(&shared, conn, &log).await;
+        match to_server.into_replay() {
+            Some((log, false)) => attacks::replay(&shared, conn, &log).await,
+            Some((log, true)) => attacks::replay_tls(&shared, conn, &log).await,
+            None => shared.replayed.store(false, Ordering::Relaxed),
+        }
     }
     if let Some((_, live)) = &shared.expect {
         let s = lock(live).clone();
         shared.emit(Event::Expect(s));
     }
+}
+
+/// How one direction is cut: decided on its first bytes.
+enum Walk {
+    /// Fewer than three bytes seen: not known yet.
+    Undecided(Vec<u8>),
+    Frames(FrameWalker),
+    Tls(TlsWalker),
 }
 
 /// One direction of one connection.
@@ -294,45 +310,43 @@ struct Pump {
 }
 
 impl Pump {
-    fn new(shared: Arc<Shared>, conn: u32, dir: Direction) -> Self {
+    fn new(shared: Arc<Shared>, conn: u32, dir: Direction, state: Arc<TlsState>) -> Self {
         Pump {
             recording: shared.recording(conn, dir),
-            attacker: Attacker::new(shared.clone(), conn, dir),
+            attacker: Attacker::new(shared.clone(), conn, dir, state),
             shared,
         }
     }
 
     async fn run(mut self, mut src: OwnedReadHalf, mut dst: OwnedWriteHalf) -> Attacker {
-        let (conn, dir) = (self.recording.conn, self.recording.dir);
-        let mut walker = FrameWalker::new(self.shared.config.max_frame);
+        let mut walk = Walk::Undecided(Vec::new());
         let mut chunk = vec![0u8; READ_BUF];
         let mut out = Vec::new();
         loop {
-            let n = match src.read(&mut chunk).await {
+            let read = if self.attacker.waiting_for_record() {
+                match tokio::time::timeout(REORDER_WAIT, src.read(&mut chunk)).await {
+                    Ok(read) => read,
+                    Err(_) => {
+                        out.clear();
+                        self.attacker.give_up_waiting(&mut out);
+                        if dst.write_all(&out).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                src.read(&mut chunk).await
+            };
+            let n = match read {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
             let data = chunk.get(..n).unwrap_or(&[]);
             self.shared.record(&mut self.recording, data);
-            walker.push(data);
             out.clear();
-            for walked in walker.by_ref() {
-                match walked {
-                    Walked::Frame(frame) => {
-                        self.shared
-                            .emit(Event::Frame(frame_info(conn, dir, frame.as_bytes())));
-                        self.attacker.frame(frame, &mut out);
-                    }
-                    Walked::NotFrames(bytes) => {
-                        self.shared.emit(Event::Raw {
-                            conn,
-                            dir,
-                            len: bytes.len(),
-                        });
-                        out.extend_from_slice(&bytes);
-                    }
-                }
-            }
+            self.attacker.log_tls_bytes(data);
+            self.walk(&mut walk, data, &mut out);
             if !out.is_empty() && dst.write_all(&out).await.is_err() {
                 break;
             }
@@ -342,11 +356,69 @@ impl Pump {
         // Whatever is left (a message held without its end, a partial frame) goes on as it is.
         let mut rest = Vec::new();
         self.attacker.release(&mut rest);
-        rest.extend_from_slice(&walker.into_rest());
+        rest.extend_from_slice(&match walk {
+            Walk::Undecided(b) => b,
+            Walk::Frames(w) => w.into_rest(),
+            Walk::Tls(w) => w.into_rest(),
+        });
         if !rest.is_empty() {
             let _ = dst.write_all(&rest).await;
         }
         let _ = dst.shutdown().await;
         self.attacker
+    }
+
+    /// Cuts `data` (frames or TLS records, decided on the first bytes) and appends what to
+    /// forward to `out`.
+    fn walk(&mut self, walk: &mut Walk, data: &[u8], out: &mut Vec<u8>) {
+        let (conn, dir) = (self.recording.conn, self.recording.dir);
+        if let Walk::Undecided(first) = walk {
+            first.extend_from_slice(data);
+            let decided = match tls::looks_like_tls(first) {
+                None => return,
+                Some(true) => Walk::Tls(TlsWalker::new()),
+                Some(false) => Walk::Frames(FrameWalker::new(self.shared.config.max_frame)),
+            };
+            let first = std::mem::take(first);
+            *walk = decided;
+            return self.walk(walk, &first, out);
+        }
+        match walk {
+            Walk::Undecided(_) => {}
+            Walk::Frames(walker) => {
+                walker.push(data);
+                for walked in walker.by_ref() {
+                    match walked {
+                        Walked::Frame(frame) => {
+                            self.shared
+                                .emit(Event::Frame(frame_info(conn, dir, frame.as_bytes())));
+                            self.attacker.frame(frame, out);
+                        }
+                        Walked::NotFrames(bytes) => self.not_parsed(bytes, out),
+                    }
+                }
+            }
+            Walk::Tls(walker) => {
+                walker.push(data);
+                for walked in walker.by_ref() {
+                    match walked {
+                        TlsWalked::Record(record) => {
+                            self.shared.emit(Event::Tls(tls_info(conn, dir, &record)));
+                            self.attacker.tls_record(record, out);
+                        }
+                        TlsWalked::NotRecords(bytes) => self.not_parsed(bytes, out),
+                    }
+                }
+            }
+        }
+    }
+
+    fn not_parsed(&self, bytes: Vec<u8>, out: &mut Vec<u8>) {
+        self.shared.emit(Event::Raw {
+            conn: self.recording.conn,
+            dir: self.recording.dir,
+            len: bytes.len(),
+        });
+        out.extend_from_slice(&bytes);
     }
 }

@@ -207,17 +207,10 @@ pub async fn v2_server(dir: &Path) -> (String, oneshot::Sender<()>, tokio::task:
     let store = Arc::new(SqliteStore::open(dir.join("server.db")).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let server = Server::new(
-        super::private(SERVER),
-        clients(),
-        store,
-        ServerConfig::default(),
-    )
-    .with_tls(letterlock::tls::TlsOptions::default())
-    .unwrap();
+    let server = tls_server(store, ServerConfig::default());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        Arc::new(server)
+        server
             .run(listener, async {
                 let _ = stopped.await;
             })
@@ -225,4 +218,29 @@ pub async fn v2_server(dir: &Path) -> (String, oneshot::Sender<()>, tokio::task:
             .unwrap();
     });
     (addr, stop, task)
+}
+
+/// The test server on protocol version 2 (TLS 1.3, default options): as [`server`], with TLS.
+pub fn tls_server(store: Arc<SqliteStore>, config: ServerConfig) -> Arc<Server<SqliteStore>> {
+    let server = Server::new(super::private(SERVER), clients(), store, config)
+        .with_tls(letterlock::tls::TlsOptions::default())
+        .unwrap();
+    Arc::new(server)
+}
+
+/// A version 2 client authenticated as `name` to the server at `addr` (the test server's key
+/// pinned), with a generous timeout.
+pub async fn tls_client(addr: &str, name: &str) -> Result<Client, letterlock::client::ClientError> {
+    let identity: Arc<dyn Identity> = super::private(name);
+    Client::connect_tls(
+        addr,
+        identity,
+        super::public(SERVER),
+        ClientConfig {
+            timeout: std::time::Duration::from_secs(120),
+            ..ClientConfig::default()
+        },
+        letterlock::tls::TlsOptions::default(),
+    )
+    .await
 }
