@@ -18,7 +18,7 @@
 //!   exactly where the peer's words end.
 //! - [`content`]: message plaintext on a terminal: lines and tabs kept, `\` and every other
 //!   unsafe character escaped, so an escaped sequence cannot be mistaken for literal text.
-//! - [`line`]: text made by us that may contain a peer's words already escaped (an error chain):
+//! - [`line()`]: text made by us that may contain a peer's words already escaped (an error chain):
 //!   unsafe characters escaped, backslashes kept so an escape is not escaped twice.
 
 use std::fmt;
