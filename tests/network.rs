@@ -215,6 +215,68 @@ async fn a_forged_ack_makes_the_client_report_failure() {
     fake.await.unwrap();
 }
 
+/// The server reads nothing while it streams a fetch, so a client that wrote its delivery acks
+/// during the delivery could, with enough messages, fill both TCP directions and stall. A fake
+/// server delivers two messages and holds back `FetchDone`: no ack may come until it is sent.
+#[tokio::test]
+async fn delivery_acks_wait_for_fetch_done() {
+    use letterlock::wire::{Frame, FrameReader, FrameWriter};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let fake = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let (r, w) = socket.into_split();
+        let mut r = FrameReader::new(r, 1 << 20);
+        let mut w = FrameWriter::new(w);
+        w.write_frame(&Frame::Hello {
+            version: 1,
+            server: public(SERVER).id(),
+            challenge: [9; 32],
+        })
+        .await
+        .unwrap();
+        assert!(matches!(r.read_frame().await.unwrap(), Frame::Auth { .. }));
+        w.write_frame(&Frame::Ready).await.unwrap();
+        assert!(matches!(r.read_frame().await.unwrap(), Frame::Fetch));
+        let server_key = private(SERVER);
+        for text in [&b"first"[..], &b"second"[..]] {
+            let sealed = common::seal(
+                server_key.as_ref(),
+                &public(CLIENT),
+                &SealOptions::default(),
+                text,
+            );
+            w.queue_frame(&Frame::Deliver(sealed));
+            w.queue_frame(&Frame::DeliverEnd);
+        }
+        w.flush().await.unwrap();
+        // The client has both messages; nothing may arrive while FetchDone is held back.
+        let early =
+            tokio::time::timeout(std::time::Duration::from_millis(500), r.read_frame()).await;
+        assert!(early.is_err(), "a frame came before FetchDone: {early:?}");
+        w.write_frame(&Frame::FetchDone { count: 2 }).await.unwrap();
+        for _ in 0..2 {
+            match r.read_frame().await.unwrap() {
+                Frame::DeliveryAck { id, .. } => {
+                    w.write_frame(&Frame::Removed { id }).await.unwrap()
+                }
+                f => panic!("{f:?}"),
+            }
+        }
+    });
+    let identity: Arc<dyn Identity> = private(CLIENT);
+    let mut client =
+        letterlock::client::Client::connect(&addr, identity, public(SERVER), Default::default())
+            .await
+            .unwrap();
+    let n = client
+        .fetch(&Output::Memory { limit: 1 << 20 }, |_| Ok(()))
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    fake.await.unwrap();
+}
+
 #[tokio::test]
 async fn a_restart_keeps_the_inbox_and_undelivered_messages() {
     let dir = tempfile::tempdir().unwrap();

@@ -738,12 +738,11 @@ impl Client {
                     let received = self.receive_one(first, output).await?;
                     handle(&received)?;
                     let id = received.header.message_id;
-                    self.writer
-                        .write_frame(&Frame::DeliveryAck {
-                            id,
-                            tag: received.ack_tag,
-                        })
-                        .await?;
+                    // Queued, sent after FetchDone: see `fetch_recorded`.
+                    self.writer.queue_frame(&Frame::DeliveryAck {
+                        id,
+                        tag: received.ack_tag,
+                    });
                     acked.push(id);
                 }
                 Frame::FetchDone { count } => break count,
@@ -756,6 +755,7 @@ impl Client {
                 sent: acked.len(),
             });
         }
+        self.writer.flush().await?;
         // Wait for the server to confirm each removal, so a second fetch will not repeat them.
         for _ in &acked {
             match self.read().await? {
@@ -857,12 +857,13 @@ impl Client {
                 // Durable before the ack: after it, the server forgets the message.
                 record.add(entry(Kind::Received, &header, now))?;
             }
-            self.writer
-                .write_frame(&Frame::DeliveryAck {
-                    id,
-                    tag: received.ack_tag,
-                })
-                .await?;
+            // Queued, and sent once FetchDone came: the server reads nothing while it streams
+            // a fetch, so acks written during it would wait in the TCP buffers, and enough of
+            // them would fill both directions (PROTOCOL.md, "Keep reading while writing").
+            self.writer.queue_frame(&Frame::DeliveryAck {
+                id,
+                tag: received.ack_tag,
+            });
             acked.push(id);
         };
         let delivered = acked.len() + report.set_aside;
@@ -872,6 +873,7 @@ impl Client {
                 sent: delivered,
             });
         }
+        self.writer.flush().await?;
         for _ in &acked {
             match self.read().await? {
                 Frame::Removed { id } if acked.contains(&id) => {}
