@@ -65,6 +65,8 @@ struct Outcome {
     reply_is_tls_records: bool,
     /// Content types of the TLS records in the reply (empty on v1 or when the server said nothing).
     reply_records: Vec<u8>,
+    /// The waiting message's sealed header appears in the reply: the relay got the client's mail.
+    waiting_header_in_reply: bool,
     /// The server ended the connection (close, reset, or after a TLS alert).
     server_closed: bool,
     /// Messages the server decrypted and verified, over the whole run (the client's is one).
@@ -252,7 +254,7 @@ async fn run(tls: bool, attack: Attack) -> Outcome {
 
     // A message waiting for the client: the prize of a Fetch on its session.
     let to = common::net::clients().by_name("client").unwrap().clone();
-    letterlock::server::queue_for_client(
+    let waiting = letterlock::server::queue_for_client(
         store.as_ref(),
         common::private(SERVER),
         &to,
@@ -338,6 +340,9 @@ async fn run(tls: bool, attack: Attack) -> Outcome {
             && records(&reply)
                 .iter()
                 .all(|(kind, r)| (0x14..=0x17).contains(kind) && r[1..3] == [0x03, 0x03]),
+        waiting_header_in_reply: reply
+            .windows(waiting.header_bytes.len())
+            .any(|w| w == waiting.header_bytes),
         server_closed,
         opened: stats.opened,
         repeats_answered: stats.repeats_answered,
@@ -364,6 +369,10 @@ fn assert_v2_refused(o: &Outcome) {
         "the reply is TLS records only: {o:?}"
     );
     assert!(o.server_closed, "the server ends the connection: {o:?}");
+    assert!(
+        !o.waiting_header_in_reply,
+        "the waiting message reached the relay: {o:?}"
+    );
     assert_eq!(
         o.opened, 1,
         "nothing opened but the client's message: {o:?}"
@@ -423,5 +432,9 @@ async fn v1_control_a_fetch_on_the_kept_session_gets_the_waiting_message() {
     let o = run(false, Attack::PlaintextFetch).await;
     assert!(o.frames_in_clear.contains(&FrameType::Deliver), "{o:?}");
     assert!(o.frames_in_clear.contains(&FrameType::DeliverEnd), "{o:?}");
+    assert!(
+        o.waiting_header_in_reply,
+        "the relay holds the client's sealed mail: {o:?}"
+    );
     assert!(!o.server_closed, "{o:?}");
 }
