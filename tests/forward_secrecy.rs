@@ -17,12 +17,10 @@ use common::net::{CLIENT, SERVER};
 use letterlock::client::{Client, ClientConfig, Content, Output};
 use letterlock::envelope::{self, MAGIC, Mode, OpenOptions, SealOptions};
 use letterlock::keys::{Identity, PublicKey};
-use letterlock::server::{Server, ServerConfig};
+use letterlock::server::ServerConfig;
 use letterlock::store::SqliteStore;
 use letterlock::wire::{self, FrameType};
 use letterlock_cli::intercept::{Config, Direction, FrameWalker, Proxy, Walked};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 const TO_SERVER: [&str; 2] = [
     "the launch code is 0000 (asymmetric)",
@@ -53,12 +51,7 @@ async fn record_session(tls: bool) -> HashMap<(u32, Direction), Vec<u8>> {
     } else {
         common::net::server(store.clone(), ServerConfig::default())
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(Server::run(server, listener, async {
-        let _ = stopped.await;
-    }));
+    let common::net::Running { addr, stop, task } = common::net::run_on_loopback(server).await;
     let proxy = Proxy::start("127.0.0.1:0", &addr, Config::default())
         .await
         .unwrap();

@@ -166,27 +166,40 @@ async fn a_mode_the_server_does_not_accept_is_refused() {
     server.stop().await;
 }
 
+/// A fake version 1 server's side of one session: accepts, says Hello with the real server key
+/// id (so the client's pinning passes), takes any Auth, says Ready.
+async fn fake_server_session(
+    listener: &tokio::net::TcpListener,
+) -> (
+    letterlock::wire::FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    letterlock::wire::FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+) {
+    use letterlock::wire::{Frame, FrameReader, FrameWriter};
+    let (socket, _) = listener.accept().await.unwrap();
+    let (r, w) = socket.into_split();
+    let mut r = FrameReader::new(r, 1 << 20);
+    let mut w = FrameWriter::new(w);
+    w.write_frame(&Frame::Hello {
+        version: 1,
+        server: public(SERVER).id(),
+        challenge: [9; 32],
+    })
+    .await
+    .unwrap();
+    assert!(matches!(r.read_frame().await.unwrap(), Frame::Auth { .. }));
+    w.write_frame(&Frame::Ready).await.unwrap();
+    (r, w)
+}
+
 /// A fake server that holds the real server key (so the client's pinning passes) but answers
 /// every message with a forged ack: the client must not report delivery.
 #[tokio::test]
 async fn a_forged_ack_makes_the_client_report_failure() {
-    use letterlock::wire::{Frame, FrameReader, FrameWriter};
+    use letterlock::wire::Frame;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let fake = tokio::spawn(async move {
-        let (socket, _) = listener.accept().await.unwrap();
-        let (r, w) = socket.into_split();
-        let mut r = FrameReader::new(r, 1 << 20);
-        let mut w = FrameWriter::new(w);
-        w.write_frame(&Frame::Hello {
-            version: 1,
-            server: public(SERVER).id(),
-            challenge: [9; 32],
-        })
-        .await
-        .unwrap();
-        assert!(matches!(r.read_frame().await.unwrap(), Frame::Auth { .. }));
-        w.write_frame(&Frame::Ready).await.unwrap();
+        let (mut r, mut w) = fake_server_session(&listener).await;
         let mut header = Vec::new();
         loop {
             match r.read_frame().await.unwrap() {
@@ -220,23 +233,11 @@ async fn a_forged_ack_makes_the_client_report_failure() {
 /// server delivers two messages and holds back `FetchDone`: no ack may come until it is sent.
 #[tokio::test]
 async fn delivery_acks_wait_for_fetch_done() {
-    use letterlock::wire::{Frame, FrameReader, FrameWriter};
+    use letterlock::wire::Frame;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let fake = tokio::spawn(async move {
-        let (socket, _) = listener.accept().await.unwrap();
-        let (r, w) = socket.into_split();
-        let mut r = FrameReader::new(r, 1 << 20);
-        let mut w = FrameWriter::new(w);
-        w.write_frame(&Frame::Hello {
-            version: 1,
-            server: public(SERVER).id(),
-            challenge: [9; 32],
-        })
-        .await
-        .unwrap();
-        assert!(matches!(r.read_frame().await.unwrap(), Frame::Auth { .. }));
-        w.write_frame(&Frame::Ready).await.unwrap();
+        let (mut r, mut w) = fake_server_session(&listener).await;
         assert!(matches!(r.read_frame().await.unwrap(), Frame::Fetch));
         let server_key = private(SERVER);
         for text in [&b"first"[..], &b"second"[..]] {

@@ -26,12 +26,11 @@ use common::net::{CLIENT, SERVER};
 use letterlock::client::{Client, ClientConfig};
 use letterlock::envelope::SealOptions;
 use letterlock::keys::Identity;
-use letterlock::server::{Server, ServerConfig};
+use letterlock::server::ServerConfig;
 use letterlock::store::{SqliteStore, Store};
 use letterlock::wire::{self, Frame, FrameType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
 
 /// Hang guard only: every read here ends long before on a working server.
 const HANG_GUARD: Duration = Duration::from_secs(120);
@@ -245,12 +244,8 @@ async fn run(tls: bool, attack: Attack) -> Outcome {
     } else {
         common::net::server(store.clone(), ServerConfig::default())
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(Server::run(server.clone(), listener, async {
-        let _ = stopped.await;
-    }));
+    let common::net::Running { addr, stop, task } =
+        common::net::run_on_loopback(server.clone()).await;
 
     // A message waiting for the client: the prize of a Fetch on its session.
     let to = common::net::clients().by_name("client").unwrap().clone();

@@ -61,6 +61,30 @@ pub fn server(store: Arc<SqliteStore>, config: ServerConfig) -> Arc<Server<Sqlit
     ))
 }
 
+/// A server running on 127.0.0.1:0 until `stop` is sent or dropped; `task` panics if the
+/// server failed.
+pub struct Running {
+    pub addr: String,
+    pub stop: oneshot::Sender<()>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Runs `server` on a fresh loopback listener: the one place the tests start a server task.
+pub async fn run_on_loopback(server: Arc<Server<SqliteStore>>) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    Running { addr, stop, task }
+}
+
 impl TestServer {
     pub async fn start(dir: &Path) -> TestServer {
         Self::start_with(dir, ServerConfig::default()).await
@@ -69,19 +93,8 @@ impl TestServer {
     pub async fn start_with(dir: &Path, config: ServerConfig) -> TestServer {
         let store_path = dir.join("server.db");
         let store = Arc::new(SqliteStore::open(&store_path).unwrap());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
         let server = server(store.clone(), config);
-        let running = server.clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            running
-                .run(listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
+        let Running { addr, stop, task } = run_on_loopback(server.clone()).await;
         TestServer {
             addr,
             store,
@@ -205,18 +218,8 @@ pub async fn recording_relay(to: String) -> (String, tokio::task::JoinHandle<(Ve
 /// A version 2 server on 127.0.0.1:0; stops when `stop` is sent or dropped.
 pub async fn v2_server(dir: &Path) -> (String, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let store = Arc::new(SqliteStore::open(dir.join("server.db")).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let server = tls_server(store, ServerConfig::default());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-    });
+    let Running { addr, stop, task } =
+        run_on_loopback(tls_server(store, ServerConfig::default())).await;
     (addr, stop, task)
 }
 
