@@ -17,7 +17,7 @@ use letterlock::store::{SqliteStore, Store};
 use letterlock::wire::ErrorCode;
 use letterlock_cli::intercept::{self, Config, Direction, Encoding, Event, Proxy, Tamper};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 const SERVER: &str = "bob2048";
@@ -46,12 +46,8 @@ async fn rig() -> Rig {
         store.clone(),
         ServerConfig::default(),
     ));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.run(listener, async {
-        let _ = stopped.await;
-    }));
+    let running = common::net::run_on_loopback(server).await;
+    let (addr, stop) = (running.addr.parse().unwrap(), running.stop);
     Rig {
         _dir: dir,
         store,
@@ -620,12 +616,8 @@ async fn tls_rig() -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(dir.path().join("server.db")).unwrap());
     let server = common::net::tls_server(store.clone(), ServerConfig::default());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.run(listener, async {
-        let _ = stopped.await;
-    }));
+    let running = common::net::run_on_loopback(server).await;
+    let (addr, stop) = (running.addr.parse().unwrap(), running.stop);
     Rig {
         _dir: dir,
         store,

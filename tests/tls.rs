@@ -34,20 +34,11 @@ impl TlsServer {
 
     async fn start_with(dir: &Path, options: TlsOptions, config: ServerConfig) -> TlsServer {
         let store = Arc::new(SqliteStore::open(dir.join("server.db")).unwrap());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
         let server = Server::new(private(SERVER), clients(), store.clone(), config)
             .with_tls(options)
             .unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            Arc::new(server)
-                .run(listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
+        let common::net::Running { addr, stop, task } =
+            common::net::run_on_loopback(Arc::new(server)).await;
         TlsServer {
             addr,
             store,
