@@ -1,0 +1,120 @@
+//! The client's one error type: what failed, for a caller to match.
+
+use std::io;
+
+use crate::envelope::{OpenError, SealError};
+use crate::keys::KeyId;
+use crate::received::RecordError;
+use crate::tls::TlsError;
+use crate::wire::handshake::HandshakeError;
+use crate::wire::{ConnError, ErrorCode, WireError};
+
+/// What can go wrong for a client; each says what was or was not proven.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error(
+        "the server presented key {got}, but the trusted server key is {expected}; refusing to \
+         talk to it"
+    )]
+    WrongServer { got: KeyId, expected: KeyId },
+    /// `message` is the server's own text, shown escaped and quoted as its words: a fake
+    /// server must not be able to print "delivered" on our terminal.
+    #[error("the server refused (code {code:?}); the server says: {}", crate::text::quoted(.message))]
+    Refused { code: ErrorCode, message: String },
+    #[error("delivery NOT proven: {0}")]
+    NotProven(String),
+    /// The server closed the connection where a frame was due.
+    #[error("the server closed the connection")]
+    Closed,
+    /// The server sent bytes that are not a valid frame.
+    #[error("protocol error: {0}")]
+    Wire(#[from] WireError),
+    /// The server sent a valid frame where the protocol has no place for it.
+    #[error("unexpected {frame} frame from the server")]
+    Unexpected { frame: &'static str },
+    /// The TLS 1.3 handshake of protocol version 2 failed (other than a wrong server key, which
+    /// is [`ClientError::WrongServer`], or our key refused, which is [`ClientError::Refused`]).
+    #[error(transparent)]
+    Tls(TlsError),
+    /// Whatever answered at the address did not open with a letterlock `Hello`.
+    #[error("the peer does not speak the letterlock protocol (is this the right address?): {0}")]
+    NotLetterlock(#[source] Box<ClientError>),
+    /// The handshake failed for another reason than the server's key (see
+    /// [`ClientError::WrongServer`]), e.g. another protocol version.
+    #[error("handshake failed: {0}")]
+    Handshake(#[source] HandshakeError),
+    /// The server announced another number of messages than it delivered.
+    #[error("server announced {announced} messages, sent {sent}")]
+    CountMismatch { announced: u32, sent: usize },
+    /// Work the client runs on the blocking pool (sealing, signing, opening) panicked or was
+    /// cancelled.
+    #[error("the {task} task failed: {source}")]
+    Task {
+        task: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("timed out waiting for the server")]
+    Timeout,
+    /// The server is full and turned the connection away before any handshake: under version 2
+    /// it closed (or reset) the TCP connection before sending a single TLS byte, under version
+    /// 1 it sent an `Unavailable` error instead of its `Hello`. Unlike every other failure,
+    /// worth trying again a little later ([`Client::connect_retrying`](super::Client::connect_retrying) does).
+    #[error("the server is busy (turned away {attempts} time(s)); try again shortly")]
+    Busy { attempts: u32 },
+    /// A version 2 (TLS) client reached a server on the plain version 1 wire: the first bytes
+    /// that came back are a letterlock frame, not a TLS record.
+    #[error("the server speaks the plain version 1 wire, not TLS 1.3 (protocol version 2)")]
+    PlainV1Server,
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("a message from the server was refused: {0}")]
+    Open(#[from] OpenError),
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// The record of received messages could not be read or written: nothing is acknowledged
+    /// without it.
+    #[error("record of received messages: {0}")]
+    Record(#[from] RecordError),
+    /// A server message signed at a time outside the client's window ([`crate::received`]).
+    #[error("stale message from the server: {0}")]
+    Stale(String),
+}
+
+impl From<ConnError> for ClientError {
+    fn from(e: ConnError) -> Self {
+        match e {
+            ConnError::Closed => ClientError::Closed,
+            ConnError::Wire(w) => ClientError::Wire(w),
+            ConnError::Io(e) => ClientError::Io(e),
+        }
+    }
+}
+
+impl From<HandshakeError> for ClientError {
+    fn from(e: HandshakeError) -> Self {
+        match e {
+            HandshakeError::WrongServer { got, expected } => {
+                ClientError::WrongServer { got, expected }
+            }
+            HandshakeError::Key(e) => ClientError::Seal(SealError::Key(e)),
+            other => ClientError::Handshake(other),
+        }
+    }
+}
+
+impl From<TlsError> for ClientError {
+    fn from(e: TlsError) -> Self {
+        match e {
+            TlsError::WrongServer { got, expected } => ClientError::WrongServer { got, expected },
+            e if e.is_access_denied() => ClientError::Refused {
+                code: ErrorCode::AuthFailed,
+                message: "the server does not trust our key (TLS access_denied)".into(),
+            },
+            e => ClientError::Tls(e),
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The client: authenticates to a pinned server, sends sealed messages and checks each proof of
+//! delivery, fetches the messages waiting for it and proves it opened each one.
+//!
+//! Invariants: "delivered" is only ever reported after the server's ack tag matched the one
+//! computed while sealing (constant-time comparison); a fetched message is acknowledged only
+//! after it verified and, with an output folder, after its file is fsynced in place.
+//!
+//! Layout: this file holds the [`Client`] and what every part shares; `error.rs` the one error
+//! type; `connect.rs` connecting (version 1 or TLS), admission retries and the handshake;
+//! `send.rs` sending and checking proofs of delivery; `fetch.rs` fetching, opening, recording
+//! and acknowledging the messages waiting for us.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::envelope::{self};
+use crate::keys::{Identity, PublicKey};
+use crate::tls;
+use crate::wire::{self, Frame, FrameReader, FrameWriter};
+
+mod connect;
+mod error;
+mod fetch;
+mod send;
+
+pub use connect::{Backoff, Retry, Transport};
+pub use error::ClientError;
+pub use fetch::{Content, FetchEvent, FetchReport, Output, Received, message_path};
+pub use send::Delivery;
+
+/// Limits and timeouts of the client.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Longest wait for any one frame from the server.
+    pub timeout: Duration,
+    /// Largest frame accepted from the server.
+    pub max_frame: usize,
+    /// Largest plaintext accepted in a fetched message.
+    pub max_message: u64,
+    /// Largest plaintext accepted in a fetched asymmetric message.
+    pub max_asymmetric: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            timeout: Duration::from_secs(60),
+            max_frame: wire::DEFAULT_MAX_FRAME,
+            max_message: 1 << 30,
+            max_asymmetric: envelope::DEFAULT_ASYMMETRIC_LIMIT,
+        }
+    }
+}
+
+/// Either half of the byte stream under the frames: a TCP socket (version 1) or a TLS stream
+/// (version 2).
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// An authenticated connection to the server.
+pub struct Client {
+    reader: FrameReader<ReadHalf>,
+    writer: FrameWriter<WriteHalf>,
+    identity: Arc<dyn Identity>,
+    server: PublicKey,
+    config: ClientConfig,
+    /// What the TLS handshake agreed on (protocol version 2); `None` on the plain version 1 wire.
+    tls: Option<tls::Session>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("me", &self.identity.public().id())
+            .field("server", &self.server.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Reads one frame within the timeout; an `Error` frame becomes [`ClientError::Refused`].
+    async fn read(&mut self) -> Result<Frame, ClientError> {
+        let frame = tokio::time::timeout(self.config.timeout, self.reader.read_frame())
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        match frame {
+            Frame::Error { code, message } => Err(ClientError::Refused { code, message }),
+            f => Ok(f),
+        }
+    }
+}
+
+/// Runs CPU and file work on the blocking pool, off the reactor.
+async fn on_blocking_pool<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ClientError> + Send + 'static,
+) -> Result<T, ClientError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|source| ClientError::Task {
+            task: "opening",
+            source,
+        })?
+}
+
+fn unexpected(frame: Frame) -> ClientError {
+    ClientError::Unexpected {
+        frame: frame.name(),
+    }
+}
