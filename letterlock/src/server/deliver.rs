@@ -34,13 +34,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
         let count = u32::try_from(pending.len()).unwrap_or(u32::MAX);
         for entry in pending {
             // Counted in the server-wide budget beside the messages being received.
-            let _budget = self
-                .server
-                .in_flight
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| Fail::internal())?;
+            let _budget = self.server.in_flight_permit().await?;
             let body = store
                 .open_outbox_body(&entry.recipient_key_id, &entry.message_id)
                 .await

@@ -34,7 +34,7 @@ mod receive;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 
 use crate::envelope::{self, Mode};
@@ -188,6 +188,17 @@ impl<S: Store> Server<S> {
             config,
             tls: None,
         }
+    }
+
+    /// One of the server-wide permits for a message in flight, received or delivered: what
+    /// such messages hold in memory is bounded for the server as a whole, not only per
+    /// connection. Held until the message is done.
+    async fn in_flight_permit(&self) -> Result<OwnedSemaphorePermit, Fail> {
+        self.in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Fail::internal())
     }
 
     /// Serves protocol version 2 (docs/PROTOCOL.md, "Version 2: TLS 1.3 profile") instead of

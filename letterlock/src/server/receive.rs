@@ -170,13 +170,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
         // And one of the server-wide permits: what in-flight messages hold in memory (up to a
         // batch, or a whole asymmetric body, each) is bounded for the server as a whole, not
         // only per connection.
-        let global = self
-            .server
-            .in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Fail::internal())?;
+        let global = self.server.in_flight_permit().await?;
         let job = self.receive(first).await?;
         self.work.spawn(async move {
             let _permits = (permit, global);
@@ -242,16 +236,8 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
         // piece with its verification, after `SendEnd`, so the connection reads the next message
         // while this one is decrypted (pipelining), and a large one costs one hop per batch.
         let mut pending = head;
-        let cap = config.max_hybrid.saturating_add(SEALING_OVERHEAD);
         let mut seen = pending.len() as u64;
-        while let Some(more) = self.next_data().await? {
-            seen = seen.saturating_add(more.len() as u64);
-            if seen > cap {
-                return Err(Fail::new(
-                    ErrorCode::TooLarge,
-                    "message larger than this server accepts",
-                ));
-            }
+        while let Some(more) = self.next_data_capped(&mut seen).await? {
             if state.is_err() {
                 // Failed already: read the rest of the message to its end, keep nothing.
                 continue;
@@ -300,22 +286,10 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
         header: Header,
         known: KnownMessage,
     ) -> Result<ReceiveJob<S>, Fail> {
-        let cap = self
-            .server
-            .config
-            .max_hybrid
-            .saturating_add(SEALING_OVERHEAD);
         let mut hash = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         hash.update(&head);
         let mut seen = head.len() as u64;
-        while let Some(more) = self.next_data().await? {
-            seen = seen.saturating_add(more.len() as u64);
-            if seen > cap {
-                return Err(Fail::new(
-                    ErrorCode::TooLarge,
-                    "message larger than this server accepts",
-                ));
-            }
+        while let Some(more) = self.next_data_capped(&mut seen).await? {
             hash.update(&more);
         }
         // Content hashes are not secret; compared in constant time all the same.
@@ -361,6 +335,27 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
     }
 
     /// The next `Send` payload, or `None` at `SendEnd`.
+    /// [`Self::next_data`], adding its length to `seen` (the message's bytes so far) and refusing
+    /// a message past the largest this server accepts, before it is kept or hashed.
+    async fn next_data_capped(&mut self, seen: &mut u64) -> Result<Option<Vec<u8>>, Fail> {
+        let cap = self
+            .server
+            .config
+            .max_hybrid
+            .saturating_add(SEALING_OVERHEAD);
+        let more = self.next_data().await?;
+        if let Some(more) = &more {
+            *seen = seen.saturating_add(more.len() as u64);
+            if *seen > cap {
+                return Err(Fail::new(
+                    ErrorCode::TooLarge,
+                    "message larger than this server accepts",
+                ));
+            }
+        }
+        Ok(more)
+    }
+
     async fn next_data(&mut self) -> Result<Option<Vec<u8>>, Fail> {
         let frame = tokio::time::timeout(
             self.server.config.idle_timeout,
