@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 use letterlock::envelope::{self, SealOptions};
 use letterlock::keys::Identity;
 
+use super::mailbox::{InboxArgs, ReadArgs, ascii_json, open_mailbox};
 use super::offline::{file_reader, write_stdout_unbuffered};
 use super::{ModeArg, PairArgs, STDOUT_LIMIT, own_key, peer_key, print_hint};
 
@@ -24,11 +25,25 @@ pub(super) enum ClientCommand {
     /// proved it decrypted and stored the message.
     #[command(name = "send_msg")]
     SendMsg(ClientSendArgs),
-    /// Fetch, verify and print (or save) every message the server holds for this client.
-    /// Exit status: 0 all new (or none waiting), 3 a repeat was ignored, 4 a message was set
-    /// aside (see docs/PROTOCOL.md, "The client's record of received messages").
-    #[command(name = "recv_msg")]
+    /// Fetch, verify, keep in the client's mailbox and print (or save) every message the
+    /// server holds for this client.
+    #[command(
+        name = "recv_msg",
+        after_help = "Each message is kept in the client's mailbox (KEYS/letterlock-client.db) \
+                      before the server is told to delete it; `client inbox` and `client read` \
+                      read it again later. Text goes to stdout (escaped on a terminal, exact \
+                      bytes to a pipe or file), status lines to stderr.\n\n\
+                      Exit status: 0 every message new and shown or saved (or none waiting); \
+                      3 a repeat was ignored; 4 a message was set aside, not received (see \
+                      docs/PROTOCOL.md, \"The client's record of received messages\"); 5 a \
+                      message was received and kept but not printed (binary on a terminal, or \
+                      over 64 MiB): `letterlock client read ID -o FILE` gets it; 1 an error."
+    )]
     RecvMsg(RecvArgs),
+    /// List the messages kept in the client's mailbox (every message recv_msg received).
+    Inbox(InboxArgs),
+    /// Open and verify a message kept in the client's mailbox again; print it or save it.
+    Read(ReadArgs),
 }
 
 #[derive(Args, Debug)]
@@ -93,12 +108,19 @@ pub(super) struct ClientSendArgs {
 pub(super) struct RecvArgs {
     #[command(flatten)]
     pub(super) conn: ClientConn,
-    /// Save each message as DIR/<message id>.msg instead of printing it.
+    /// Save each message as DIR/<message id>.msg instead of printing it. DIR must be a folder;
+    /// a missing one is created.
     #[arg(short, long, value_name = "DIR")]
     pub(super) output: Option<PathBuf>,
     /// If nothing is waiting, keep asking for up to this many seconds.
     #[arg(long, default_value_t = 0)]
     pub(super) wait: u64,
+    /// Print one JSON object per message on stdout, one per line: {status ("new", "repeat" or
+    /// "set_aside"), id, sender_key, created, mode, bytes, in_mailbox, and "text" (a UTF-8
+    /// message), "file" (with -o) or neither (binary or over 64 MiB: `client read ID -o
+    /// FILE`); "error" for a message set aside}. Non-ASCII is written as \u escapes.
+    #[arg(long)]
+    pub(super) json: bool,
 }
 
 /// Connects as the client: protocol version 2 (TLS 1.3) unless `--plain-v1`, retrying while
@@ -204,15 +226,50 @@ pub(super) fn seen_path(keys: &Path) -> PathBuf {
 }
 
 /// Exit status of `recv_msg` when a delivered message was a repeat (recognised from the record,
-/// acknowledged, not saved or shown again) and none was set aside.
+/// acknowledged, not saved or shown again) and none was set aside or left unshown.
 pub(super) const EXIT_REPEAT: u8 = 3;
 /// Exit status of `recv_msg` when a message was set aside (stale, or could not be opened): it
 /// stays on the server; the messages behind it were delivered.
 pub(super) const EXIT_SET_ASIDE: u8 = 4;
+/// Exit status of `recv_msg` when a message was received and kept in the mailbox but not
+/// printed (binary content for a terminal, or over [`STDOUT_LIMIT`]), and none was set aside:
+/// nothing is lost, `client read ID -o FILE` gets it.
+pub(super) const EXIT_NOT_SHOWN: u8 = 5;
+
+/// Checks `recv_msg -o DIR` before anything is fetched: DIR must be a folder, and a missing one
+/// is created (and said so), so `-o out.txt` never turns a file name into a folder unnoticed.
+fn prepare_output_dir(dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!(
+            "-o {} exists and is not a folder: recv_msg -o names a folder to save each message \
+             in (as <id>.msg); to save one message as a file, use `letterlock client read ID \
+             -o FILE`",
+            dir.display()
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            use anyhow::Context as _;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the folder {}", dir.display()))?;
+            eprintln!("created folder {}", dir.display());
+            Ok(())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("-o {}", dir.display()))),
+    }
+}
+
+/// What `recv_msg` counted, beyond the fetch report: messages kept but not printed.
+#[derive(Default)]
+struct Shown {
+    not_shown: usize,
+}
 
 pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
-    use letterlock::client::{Content, FetchEvent, FetchReport, Output};
+    use letterlock::client::{FetchReport, Output};
     use letterlock::received::ReceivedRecord;
+    if let Some(dir) = &a.output {
+        prepare_output_dir(dir)?;
+    }
     let mut client = connect(&a.conn).await?;
     let output = match &a.output {
         Some(dir) => Output::Dir(dir.clone()),
@@ -227,61 +284,31 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
         envelope::unix_now(),
         server_key,
     )?;
+    let mailbox = open_mailbox(&a.conn.keys, &a.conn.server).await?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.wait);
     let mut total = FetchReport::default();
-    loop {
+    let mut shown = Shown::default();
+    let result = loop {
         let got = client
-            .fetch_recorded(&output, &mut record, |event| {
-                match event {
-                    FetchEvent::New(r) => {
-                        let id = r.header.message_id;
-                        match &r.content {
-                            Content::Memory(text) => {
-                                eprintln!(
-                                    "message {id} from the server ({} mode, {} bytes, signature \
-                                     verified):",
-                                    r.header.mode, r.plaintext_len
-                                );
-                                write_stdout_unbuffered(text, !text.ends_with(b"\n"))?;
-                            }
-                            Content::File(path) => eprintln!(
-                                "message {id} ({} mode, {} bytes, signature verified) saved to {}",
-                                r.header.mode,
-                                r.plaintext_len,
-                                path.display()
-                            ),
-                        }
-                    }
-                    FetchEvent::Repeat { received, recorded } => {
-                        let when = recorded
-                            .map(|t| format!(" (recorded at unix time {t})"))
-                            .unwrap_or_default();
-                        eprintln!(
-                            "message {}: already received{when}; repeat ignored, not saved or \
-                             shown again",
-                            received.header.message_id
-                        );
-                    }
-                    FetchEvent::SetAside { id, error } => {
-                        let id = id.map(|i| i.to_string()).unwrap_or_else(|| "?".into());
-                        eprintln!(
-                            "letterlock: message {id} set aside, NOT received: {error}; it stays \
-                             on the server (not acknowledged)"
-                        );
-                    }
-                }
-                Ok(())
+            .fetch_to_mailbox(&output, &mut record, &mailbox, |event| {
+                report_event(&event, a.json, &mut shown)
             })
-            .await?;
+            .await;
+        let got = match got {
+            Ok(got) => got,
+            Err(e) => break Err(e),
+        };
         total.new += got.new;
         total.repeats += got.repeats;
         total.set_aside += got.set_aside;
         let any = total.new + total.repeats + total.set_aside;
         if any > 0 || std::time::Instant::now() >= deadline {
-            break;
+            break Ok(());
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    }
+    };
+    mailbox.close().await?;
+    result?;
     if total.new + total.repeats + total.set_aside == 0 {
         eprintln!("no messages");
     } else if total.new == 0 {
@@ -289,9 +316,139 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
     }
     Ok(if total.set_aside > 0 {
         ExitCode::from(EXIT_SET_ASIDE)
+    } else if shown.not_shown > 0 {
+        ExitCode::from(EXIT_NOT_SHOWN)
     } else if total.repeats > 0 {
         ExitCode::from(EXIT_REPEAT)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Shows one fetch event: content on stdout, status on stderr (or one JSON line with
+/// `--json`). Returns an error only when the content could not be shown where it should go
+/// (then the message is not acknowledged: it is shown again next time).
+fn report_event(
+    event: &letterlock::client::FetchEvent<'_>,
+    json: bool,
+    shown: &mut Shown,
+) -> std::result::Result<(), letterlock::client::ClientError> {
+    use letterlock::client::{Content, FetchEvent};
+    match event {
+        FetchEvent::New(r) => {
+            let id = r.header.message_id;
+            let kept = if r.in_mailbox {
+                ", kept in the mailbox"
+            } else {
+                ""
+            };
+            let binary_on_terminal = |text: &[u8]| {
+                super::terminal::stdout_is_terminal() && std::str::from_utf8(text).is_err()
+            };
+            if json {
+                let mut row = serde_json::json!({
+                    "status": "new",
+                    "id": id.to_string(),
+                    "sender_key": r.header.sender.to_string(),
+                    "created": r.header.created,
+                    "mode": r.header.mode.to_string(),
+                    "bytes": r.plaintext_len,
+                    "in_mailbox": r.in_mailbox,
+                });
+                match &r.content {
+                    Content::Memory(text) => {
+                        if let Ok(text) = std::str::from_utf8(text) {
+                            row["text"] = text.into();
+                        } else {
+                            shown.not_shown += 1;
+                        }
+                    }
+                    Content::File(path) => row["file"] = path.display().to_string().into(),
+                    Content::OverLimit { .. } => shown.not_shown += 1,
+                }
+                return json_line(&row);
+            }
+            match &r.content {
+                Content::Memory(text) if binary_on_terminal(text) => {
+                    shown.not_shown += 1;
+                    eprintln!(
+                        "message {id} from the server ({} mode, {} bytes, signature verified{kept}) \
+                         is binary: not printed on a terminal; save it with `letterlock client \
+                         read {id} -o FILE`, or pipe recv_msg's output",
+                        r.header.mode, r.plaintext_len
+                    );
+                }
+                Content::Memory(text) => {
+                    eprintln!(
+                        "message {id} from the server ({} mode, {} bytes, signature \
+                         verified{kept}):",
+                        r.header.mode, r.plaintext_len
+                    );
+                    // A pipe or file gets exactly the message's bytes.
+                    write_stdout_unbuffered(text, false)?;
+                }
+                Content::File(path) => eprintln!(
+                    "message {id} ({} mode, {} bytes, signature verified{kept}) saved to {}",
+                    r.header.mode,
+                    r.plaintext_len,
+                    path.display()
+                ),
+                Content::OverLimit { limit } => {
+                    shown.not_shown += 1;
+                    eprintln!(
+                        "message {id} from the server ({} mode, {} bytes, signature \
+                         verified{kept}) is larger than the {} MiB recv_msg prints: save it \
+                         with `letterlock client read {id} -o FILE` (or receive with \
+                         `recv_msg -o DIR`)",
+                        r.header.mode,
+                        r.plaintext_len,
+                        limit >> 20
+                    );
+                }
+            }
+        }
+        FetchEvent::Repeat { received, recorded } => {
+            if json {
+                return json_line(&serde_json::json!({
+                    "status": "repeat",
+                    "id": received.header.message_id.to_string(),
+                    "recorded": recorded,
+                }));
+            }
+            let when = recorded
+                .map(|t| format!(" (recorded at unix time {t})"))
+                .unwrap_or_default();
+            eprintln!(
+                "message {}: already received{when}; repeat ignored, not saved or shown again",
+                received.header.message_id
+            );
+        }
+        FetchEvent::SetAside { id, error } => {
+            let id = id.map(|i| i.to_string()).unwrap_or_else(|| "?".into());
+            eprintln!(
+                "letterlock: message {id} set aside, NOT received: {error}; it stays on the \
+                 server (not acknowledged)"
+            );
+            if json {
+                return json_line(&serde_json::json!({
+                    "status": "set_aside",
+                    "id": id,
+                    "error": error.to_string(),
+                }));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes one JSON object as one line on stdout (ASCII only, see [`ascii_json`]).
+fn json_line(
+    value: &serde_json::Value,
+) -> std::result::Result<(), letterlock::client::ClientError> {
+    use std::io::Write;
+    let text = ascii_json(&value.to_string());
+    let mut out = io::stdout().lock();
+    writeln!(out, "{text}")?;
+    out.flush()?;
+    Ok(())
 }

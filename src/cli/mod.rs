@@ -17,6 +17,7 @@ use letterlock::keys::{self, PublicKey};
 
 mod client;
 mod hints;
+mod mailbox;
 mod offline;
 mod server;
 mod terminal;
@@ -245,6 +246,8 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             ClientCommand::GenerateKeyPair(a) => keygen(&a.keys, "client", a.bits, a.force),
             ClientCommand::SendMsg(a) => runtime()?.block_on(client_send(a)),
             ClientCommand::RecvMsg(a) => runtime()?.block_on(client_recv(a)),
+            ClientCommand::Inbox(a) => runtime()?.block_on(mailbox::client_inbox(a)),
+            ClientCommand::Read(a) => runtime()?.block_on(mailbox::client_read(a)),
         },
         Command::Server { serve, command } => match command {
             None => runtime()?.block_on(serve_cmd(serve)),

@@ -347,7 +347,10 @@ pub(super) async fn read_inbox(
                 max_plaintext: STDOUT_LIMIT,
                 ..opts
             };
-            let (plain, opened) = envelope::open_to_vec(identity, &clients, &opts, body)?;
+            let (plain, opened) =
+                envelope::open_to_vec(identity, &clients, &opts, body).map_err(|e| {
+                    super::mailbox::too_large_for_terminal(e, &format!("server read {id}"))
+                })?;
             print_plaintext(&plain)?;
             opened
         }

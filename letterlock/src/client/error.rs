@@ -2,7 +2,7 @@
 
 use std::io;
 
-use crate::envelope::{OpenError, SealError};
+use crate::envelope::{MessageId, OpenError, SealError};
 use crate::keys::KeyId;
 use crate::received::RecordError;
 use crate::tls::TlsError;
@@ -82,6 +82,19 @@ pub enum ClientError {
     /// A server message signed at a time outside the client's window ([`crate::received`]).
     #[error("stale message from the server: {0}")]
     Stale(String),
+    /// The client's mailbox could not keep a message: nothing is acknowledged without it, so
+    /// the message stays on the server.
+    #[cfg(feature = "server")]
+    #[error("the client's mailbox could not keep the message (not acknowledged): {0}")]
+    Mailbox(#[source] crate::store::StoreError),
+    /// The client's mailbox holds another message under this id from this server: the server
+    /// signed two messages with one id. Set aside, not acknowledged, as the server refuses a
+    /// client that reuses an id.
+    #[error(
+        "the client's mailbox already holds a different message {id} from this server; this one \
+         is set aside"
+    )]
+    MailboxConflict { id: MessageId },
 }
 
 impl From<ConnError> for ClientError {

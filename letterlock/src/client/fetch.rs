@@ -12,12 +12,15 @@ use crate::files::{AtomicFile, WriteOptions};
 use crate::received::{self, Entry, Kind, ReceivedRecord};
 use crate::wire::Frame;
 
+use super::mailbox::{Kept, Mailbox, SealedCopy, StagedCopy};
 use super::{Client, ClientError, on_blocking_pool, unexpected};
 
 /// Where fetched plaintext goes.
 #[derive(Clone, Debug)]
 pub enum Output {
-    /// Held in memory (for printing), up to this many bytes per message.
+    /// Held in memory (for printing), up to this many bytes per message. Without a mailbox a
+    /// larger message is set aside; with one ([`Client::fetch_to_mailbox`]) it is kept there
+    /// and reported as [`Content::OverLimit`].
     Memory { limit: u64 },
     /// Written to `DIR/<message id>.msg`, appearing only once verified.
     Dir(PathBuf),
@@ -33,12 +36,21 @@ pub struct Received {
     pub duplicate: bool,
     /// Our proof of delivery, sent back to the server.
     pub ack_tag: [u8; 32],
+    /// The client's mailbox holds the sealed message (committed before it was reported): kept
+    /// by this fetch, or held already. Always false without a mailbox, and for repeats.
+    pub in_mailbox: bool,
 }
 
+/// Where a fetched message's plaintext is.
 #[derive(Debug)]
 pub enum Content {
+    /// In memory ([`Output::Memory`]), in a buffer wiped when dropped.
     Memory(Zeroizing<Vec<u8>>),
+    /// In this file ([`Output::Dir`]).
     File(PathBuf),
+    /// Larger than [`Output::Memory`]'s limit: not held (what was decrypted was wiped); the
+    /// verified message is in the mailbox, to be read from there to a file.
+    OverLimit { limit: u64 },
 }
 
 impl Client {
@@ -101,6 +113,38 @@ impl Client {
         &mut self,
         output: &Output,
         record: &mut ReceivedRecord,
+        event: F,
+    ) -> Result<FetchReport, ClientError>
+    where
+        F: FnMut(FetchEvent<'_>) -> Result<(), ClientError>,
+    {
+        self.fetch_kept(output, record, None, event).await
+    }
+
+    /// [`Client::fetch_recorded`], keeping every new message in `mailbox` too: its sealed bytes
+    /// stream into the mailbox as they arrive (in bounded memory, whatever the size) and are
+    /// committed (fsynced) before the message is reported to `event`, recorded and
+    /// acknowledged. A message the mailbox cannot keep is not acknowledged. With
+    /// [`Output::Memory`], a message over the limit is no longer set aside: it is verified,
+    /// kept, and reported as [`Content::OverLimit`].
+    pub async fn fetch_to_mailbox<F>(
+        &mut self,
+        output: &Output,
+        record: &mut ReceivedRecord,
+        mailbox: &Mailbox,
+        event: F,
+    ) -> Result<FetchReport, ClientError>
+    where
+        F: FnMut(FetchEvent<'_>) -> Result<(), ClientError>,
+    {
+        self.fetch_kept(output, record, Some(mailbox), event).await
+    }
+
+    async fn fetch_kept<F>(
+        &mut self,
+        output: &Output,
+        record: &mut ReceivedRecord,
+        mailbox: Option<&Mailbox>,
         mut event: F,
     ) -> Result<FetchReport, ClientError>
     where
@@ -146,7 +190,18 @@ impl Client {
                 Ok(()) => {
                     let repeat = known == Some(Kind::Received);
                     let out = if repeat { None } else { Some(output) };
-                    self.open_delivery(head, out).await
+                    // A repeat is not kept twice: the mailbox got it the first time.
+                    let copy = if repeat {
+                        None
+                    } else {
+                        mailbox.map(Mailbox::copy)
+                    };
+                    match self.open_delivery(head, out, copy).await {
+                        Ok((mut received, staged)) => keep(mailbox, staged, &mut received, now)
+                            .await
+                            .map(|()| received),
+                        Err(e) => Err(e),
+                    }
                 }
             };
             let received = match refused {
@@ -233,11 +288,15 @@ impl Client {
     /// early) are `head`, to `output`, or, with `None`, only to verify it and compute its ack
     /// tag. On an opening failure the rest of the message is still read, so the next one can
     /// follow.
+    ///
+    /// With `copy`, every delivered byte (header included) is also written there, and the
+    /// finished copy comes back with the message once it verified.
     async fn open_delivery(
         &mut self,
         head: Vec<u8>,
         output: Option<&Output>,
-    ) -> Result<Received, ClientError> {
+        copy: Option<SealedCopy>,
+    ) -> Result<(Received, Option<StagedCopy>), ClientError> {
         let mut head = head;
         let rest = if head.len() > HEADER_LEN {
             head.split_off(HEADER_LEN)
@@ -245,10 +304,13 @@ impl Client {
             Vec::new()
         };
         let server = self.server.clone();
+        // With a mailbox, the memory limit is the output's, not the message's: what is over it
+        // is still verified and kept (`PlainSink::Capped`).
+        let capped = copy.is_some();
         let opts = OpenOptions {
             max_plaintext: match output {
-                Some(Output::Memory { limit }) => (*limit).min(self.config.max_message),
-                Some(Output::Dir(_)) | None => self.config.max_message,
+                Some(Output::Memory { limit }) if !capped => (*limit).min(self.config.max_message),
+                Some(_) | None => self.config.max_message,
             },
             asymmetric_limit: self.config.max_asymmetric,
         };
@@ -261,13 +323,18 @@ impl Client {
                 let header = *opener.header();
                 on_blocking_pool(move || {
                     let sink = match &output {
-                        Some(output) => PlainSink::new(output, &header)?,
+                        Some(output) => PlainSink::new(output, &header, capped)?,
                         None => PlainSink::Discard,
                     };
+                    let mut copy = copy;
+                    if let Some(copy) = &mut copy {
+                        copy.write(&head)?;
+                    }
                     let mut u = Unpack {
                         opener,
                         sink,
                         plain: Zeroizing::new(Vec::new()),
+                        copy,
                     };
                     u.feed(&rest)?;
                     Ok(u)
@@ -327,8 +394,9 @@ impl Client {
         let mut unpack = on_blocking_pool(move || {
             let mut u = Unpack {
                 opener,
-                sink: PlainSink::new(&output, &header)?,
+                sink: PlainSink::new(&output, &header, false)?,
                 plain: Zeroizing::new(Vec::new()),
+                copy: None,
             };
             u.feed(&rest)?;
             Ok(u)
@@ -348,7 +416,7 @@ impl Client {
                 other => return Err(unexpected(other)),
             }
         }
-        let received = on_blocking_pool(move || unpack.finish()).await?;
+        let (received, _) = on_blocking_pool(move || unpack.finish()).await?;
         debug!(id = %header.message_id, "received and verified");
         Ok(received)
     }
@@ -386,7 +454,35 @@ pub enum FetchEvent<'a> {
 /// Whether a failure concerns the one message (set it aside, deliver the next) rather than the
 /// connection or this machine (stop).
 fn is_set_aside(e: &ClientError) -> bool {
-    matches!(e, ClientError::Open(_) | ClientError::Stale(_))
+    matches!(
+        e,
+        ClientError::Open(_) | ClientError::Stale(_) | ClientError::MailboxConflict { .. }
+    )
+}
+
+/// Commits a verified message's sealed copy to the mailbox, if it has one, before the message
+/// is reported, recorded or acknowledged.
+async fn keep(
+    mailbox: Option<&Mailbox>,
+    staged: Option<StagedCopy>,
+    received: &mut Received,
+    now: u64,
+) -> Result<(), ClientError> {
+    let (Some(mailbox), Some(staged)) = (mailbox, staged) else {
+        return Ok(());
+    };
+    let kept = mailbox
+        .keep(
+            staged,
+            &received.header,
+            received.plaintext_len,
+            received.ack_tag,
+            now,
+        )
+        .await?;
+    debug!(id = %received.header.message_id, ?kept, "kept in the mailbox");
+    received.in_mailbox = matches!(kept, Kept::Stored | Kept::AlreadyHeld);
+    Ok(())
 }
 
 /// A record entry for a message with `header`, made `now`.
@@ -400,38 +496,60 @@ fn entry(kind: Kind, header: &Header, now: u64) -> Entry {
     }
 }
 
-/// One delivered message being opened: the opener and where its plaintext goes.
+/// One delivered message being opened: the opener, where its plaintext goes, and where its
+/// sealed bytes are copied.
 struct Unpack {
     opener: Opener,
     sink: PlainSink,
     /// Decrypted bytes of the current frame (wiped when dropped).
     plain: Zeroizing<Vec<u8>>,
+    /// The sealed bytes, on their way into the mailbox; dropped (and its file removed) if the
+    /// message does not verify.
+    copy: Option<SealedCopy>,
 }
 
 impl Unpack {
     fn feed(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        if let Some(copy) = &mut self.copy {
+            copy.write(data)?;
+        }
         self.opener.update(data, &mut self.plain)?;
         self.sink.write(&mut self.plain)
     }
 
-    fn finish(mut self) -> Result<Received, ClientError> {
+    fn finish(mut self) -> Result<(Received, Option<StagedCopy>), ClientError> {
         let header = *self.opener.header();
         let opened = self.opener.finish(&mut self.plain)?;
         self.sink.write(&mut self.plain)?;
+        // The copy is made durable before the plaintext file is renamed into place: a failure
+        // here leaves no file behind that would make a later fetch look like a repeat.
+        let staged = self.copy.map(SealedCopy::finish).transpose()?;
         let (content, duplicate) = self.sink.commit()?;
-        Ok(Received {
+        let received = Received {
             header,
             plaintext_len: opened.plaintext_len,
             content,
             duplicate,
             ack_tag: opened.ack_tag,
-        })
+            in_mailbox: false,
+        };
+        Ok((received, staged))
     }
 }
 
 /// Where plaintext of one fetched message goes while it is still unverified.
 enum PlainSink {
     Memory(Zeroizing<Vec<u8>>),
+    /// In memory up to `limit` bytes; past it the bytes are wiped and dropped
+    /// ([`PlainSink::Over`]): a mailbox keeps the message, the caller is told where it is.
+    Capped {
+        held: Zeroizing<Vec<u8>>,
+        limit: u64,
+    },
+    /// Was [`PlainSink::Capped`], went over its limit: decrypted only to verify.
+    Over {
+        limit: u64,
+    },
     /// A temporary file beside the target, renamed into place once verified. Written without a
     /// user-space buffer: frames are large, and a buffer would hold plaintext unwiped.
     File {
@@ -448,9 +566,15 @@ enum PlainSink {
 }
 
 impl PlainSink {
-    fn new(output: &Output, header: &Header) -> Result<Self, ClientError> {
+    /// The sink for `output`; `capped`: a message over a memory limit is not an error (the
+    /// mailbox keeps it).
+    fn new(output: &Output, header: &Header, capped: bool) -> Result<Self, ClientError> {
         Ok(match output {
             // Grows through `extend_wiping`: no reallocation leaves plaintext behind.
+            Output::Memory { limit } if capped => PlainSink::Capped {
+                held: Zeroizing::new(Vec::new()),
+                limit: *limit,
+            },
             Output::Memory { .. } => PlainSink::Memory(Zeroizing::new(Vec::new())),
             Output::Dir(dir) => {
                 let target = message_path(dir, &header.message_id);
@@ -474,9 +598,17 @@ impl PlainSink {
     fn write(&mut self, plain: &mut Zeroizing<Vec<u8>>) -> Result<(), ClientError> {
         match self {
             PlainSink::Memory(v) => crate::secret::extend_wiping(v, plain),
+            PlainSink::Capped { held, limit } => {
+                if (held.len() as u64).saturating_add(plain.len() as u64) > *limit {
+                    // Dropping a `Zeroizing` buffer wipes it.
+                    *self = PlainSink::Over { limit: *limit };
+                } else {
+                    crate::secret::extend_wiping(held, plain);
+                }
+            }
             PlainSink::File { tmp, .. } => tmp.write_all(plain)?,
             PlainSink::Existing { hash, .. } => hash.update(plain),
-            PlainSink::Discard => {}
+            PlainSink::Discard | PlainSink::Over { .. } => {}
         }
         plain.clear();
         Ok(())
@@ -485,7 +617,8 @@ impl PlainSink {
     /// The message verified: make it visible (and durable). Returns whether it was a repeat.
     fn commit(self) -> Result<(Content, bool), ClientError> {
         Ok(match self {
-            PlainSink::Memory(v) => (Content::Memory(v), false),
+            PlainSink::Memory(v) | PlainSink::Capped { held: v, .. } => (Content::Memory(v), false),
+            PlainSink::Over { limit } => (Content::OverLimit { limit }, false),
             PlainSink::Discard => (Content::Memory(Zeroizing::new(Vec::new())), true),
             PlainSink::File { tmp, target } => {
                 // fsync, a no-clobber rename, fsync of the folder.

@@ -3,12 +3,14 @@
 //!
 //! Invariants: "delivered" is only ever reported after the server's ack tag matched the one
 //! computed while sealing (constant-time comparison); a fetched message is acknowledged only
-//! after it verified and, with an output folder, after its file is fsynced in place.
+//! after it verified and, with an output folder, after its file is fsynced in place, and with a
+//! mailbox, after its sealed copy is committed there.
 //!
 //! Layout: this file holds the [`Client`] and what every part shares; `error.rs` the one error
 //! type; `connect.rs` connecting (version 1 or TLS), admission retries and the handshake;
 //! `send.rs` sending and checking proofs of delivery; `fetch.rs` fetching, opening, recording
-//! and acknowledging the messages waiting for us.
+//! and acknowledging the messages waiting for us; `mailbox.rs` the client's durable copy of
+//! what it received (sealed at rest, committed before the acknowledgement).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,11 +25,13 @@ use crate::wire::{self, Frame, FrameReader, FrameWriter};
 mod connect;
 mod error;
 mod fetch;
+mod mailbox;
 mod send;
 
 pub use connect::{Backoff, Retry, Transport};
 pub use error::ClientError;
 pub use fetch::{Content, FetchEvent, FetchReport, Output, Received, message_path};
+pub use mailbox::Mailbox;
 pub use send::Delivery;
 
 /// Limits and timeouts of the client.

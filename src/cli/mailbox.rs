@@ -1,0 +1,302 @@
+//! `letterlock client inbox` and `client read`: the client's mailbox, where `recv_msg` keeps
+//! every message it receives (sealed, as delivered) before acknowledging it, so a message the
+//! server has deleted can still be listed, read again, or saved to a file.
+//!
+//! The mailbox is `KEYS/letterlock-client.db` (SQLite, mode 0600) with its blob folder
+//! `KEYS/letterlock-client.db.blobs/` (0700), beside the keys it belongs to: the messages in it
+//! open only with `client_private.pem`, and verify only with `server_public.pem`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use letterlock::client::Mailbox;
+use letterlock::envelope::{self, Mode, OpenError, OpenOptions};
+use letterlock::files::WriteOptions;
+use letterlock::keys::{self, Identity};
+use letterlock::store::{InboxSummary, Store};
+
+use super::offline::{print_plaintext, time_text};
+use super::{STDOUT_LIMIT, own_key, peer_key};
+
+/// File name of the client's mailbox database, in the key folder.
+pub(super) const MAILBOX_FILE: &str = "letterlock-client.db";
+
+/// The client's mailbox database for the key folder `keys`.
+pub(super) fn mailbox_path(keys: &Path) -> PathBuf {
+    keys.join(MAILBOX_FILE)
+}
+
+/// Opens the client's mailbox in `keys`, creating it owner-only if needed; the messages kept
+/// from now on are stored as from `sender_name`.
+pub(super) async fn open_mailbox(keys: &Path, sender_name: &str) -> Result<Mailbox> {
+    let path = mailbox_path(keys);
+    let name = sender_name.to_owned();
+    tokio::task::spawn_blocking(move || {
+        Mailbox::open(&path, &name)
+            .with_context(|| format!("the client's mailbox {}", path.display()))
+    })
+    .await?
+}
+
+/// Opens an existing mailbox only: reading commands never create one.
+async fn existing_mailbox(keys: &Path) -> Result<Option<Mailbox>> {
+    if !mailbox_path(keys).exists() {
+        return Ok(None);
+    }
+    open_mailbox(keys, "server").await.map(Some)
+}
+
+#[derive(Args, Debug)]
+pub(super) struct InboxArgs {
+    /// Folder with the client's keys and its mailbox (letterlock-client.db).
+    #[arg(long, default_value = ".")]
+    pub(super) keys: PathBuf,
+    /// Print the list as JSON: an array of {id, sender, sender_key, created, received, mode,
+    /// bytes, sealed_bytes}, times in Unix seconds.
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct ReadArgs {
+    /// The message id, or enough of its first hexadecimal digits to tell it apart.
+    pub(super) id: String,
+    /// Folder with the client's keys and its mailbox (letterlock-client.db).
+    #[arg(long, default_value = ".")]
+    pub(super) keys: PathBuf,
+    /// Write the message to FILE (it appears only once verified; an existing file is not
+    /// replaced) instead of printing it; `-` is stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub(super) output: Option<PathBuf>,
+}
+
+fn mode_name(m: u8) -> &'static str {
+    Mode::from_byte(m).map_or("unknown", Mode::name)
+}
+
+/// `client inbox`: the messages kept, oldest received first.
+pub(super) async fn client_inbox(a: InboxArgs) -> Result<ExitCode> {
+    let list = match existing_mailbox(&a.keys).await? {
+        Some(mailbox) => {
+            let list = mailbox.store().list_inbox().await?;
+            mailbox.close().await?;
+            list
+        }
+        None => Vec::new(),
+    };
+    if a.json {
+        let rows: Vec<_> = list
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "id": hex::encode(m.message_id),
+                    "sender": m.sender_name,
+                    "sender_key": keys::KeyId(m.sender_key_id).to_string(),
+                    "created": m.created,
+                    "received": m.received,
+                    "mode": mode_name(m.mode),
+                    "bytes": m.plaintext_len,
+                    "sealed_bytes": m.body_size,
+                })
+            })
+            .collect();
+        println!("{}", ascii_json(&serde_json::to_string_pretty(&rows)?));
+    } else if list.is_empty() {
+        eprintln!(
+            "no messages received yet (the mailbox is {}; `letterlock client recv_msg` fills it)",
+            mailbox_path(&a.keys).display()
+        );
+    } else {
+        println!(
+            "{:<32}  {:<20}  {:<10} {:>10}  from",
+            "id", "received (UTC)", "mode", "bytes"
+        );
+        for m in &list {
+            println!(
+                "{:<32}  {:<20}  {:<10} {:>10}  {}",
+                hex::encode(m.message_id),
+                time_text(m.received),
+                mode_name(m.mode),
+                m.plaintext_len,
+                letterlock::text::line(&m.sender_name),
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `client read ID`: opens and verifies a kept message again, and prints or saves it.
+pub(super) async fn client_read(a: ReadArgs) -> Result<ExitCode> {
+    let Some(mailbox) = existing_mailbox(&a.keys).await? else {
+        bail!(
+            "no mailbox at {}: nothing received yet with these keys (`letterlock client \
+             recv_msg` creates it; check --keys)",
+            mailbox_path(&a.keys).display()
+        );
+    };
+    let result = read_kept(&mailbox, &a).await;
+    mailbox.close().await?;
+    result
+}
+
+async fn read_kept(mailbox: &Mailbox, a: &ReadArgs) -> Result<ExitCode> {
+    let to_stdout = a.output.as_deref().is_none_or(|p| p == Path::new("-"));
+    if let Some(path) = a.output.as_deref().filter(|_| !to_stdout)
+        && path.symlink_metadata().is_ok()
+    {
+        bail!(
+            "{} exists; client read never replaces a file: choose another name, or remove it \
+             first",
+            path.display()
+        );
+    }
+    let identity: Arc<dyn Identity> = Arc::new(own_key(&a.keys, "client")?);
+    let server = peer_key(&a.keys, "server")?;
+    let msg = find(mailbox, &a.id).await?;
+    let id = hex::encode(msg.summary.message_id);
+    if msg.summary.sender_key_id != server.id().0 {
+        bail!(
+            "message {id} was signed by the server key {}, but server_public.pem is now {}: \
+             to read it, put that server's public key back in server_public.pem",
+            keys::KeyId(msg.summary.sender_key_id),
+            server.id()
+        );
+    }
+    let body = msg.body;
+    let opened = tokio::task::spawn_blocking({
+        let output = a.output.clone().filter(|_| !to_stdout);
+        let id = id.clone();
+        move || -> Result<_> {
+            let opts = OpenOptions::default();
+            match output {
+                Some(path) => Ok(envelope::open_to_file(
+                    identity,
+                    &server,
+                    &opts,
+                    body,
+                    &path,
+                    &WriteOptions::default(),
+                )
+                .with_context(|| format!("message {id} to {}", path.display()))?),
+                None => {
+                    let opts = OpenOptions {
+                        max_plaintext: STDOUT_LIMIT,
+                        ..opts
+                    };
+                    let (plain, opened) = envelope::open_to_vec(identity, &server, &opts, body)
+                        .map_err(|e| too_large_for_terminal(e, &format!("client read {id}")))?;
+                    print_plaintext(&plain)?;
+                    Ok(opened)
+                }
+            }
+        }
+    })
+    .await??;
+    let saved = match &a.output {
+        Some(path) if !to_stdout => format!(", saved to {}", path.display()),
+        _ => String::new(),
+    };
+    eprintln!(
+        "verified: message {id}, {} bytes from {} ({}), {} mode, received {}{saved}",
+        opened.plaintext_len,
+        letterlock::text::line(&msg.summary.sender_name),
+        opened.header.sender,
+        opened.header.mode,
+        time_text(msg.summary.received),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The one kept message whose id starts with `prefix`; an ambiguous prefix lists the
+/// candidates.
+async fn find(mailbox: &Mailbox, prefix: &str) -> Result<letterlock::store::InboxMessage> {
+    use letterlock::store::StoreError;
+    match mailbox.store().find_inbox(prefix).await {
+        Ok(m) => Ok(m),
+        Err(StoreError::Ambiguous { .. }) => {
+            let wanted = prefix.to_ascii_lowercase();
+            let candidates: Vec<InboxSummary> = mailbox
+                .store()
+                .list_inbox()
+                .await?
+                .into_iter()
+                .filter(|m| hex::encode(m.message_id).starts_with(&wanted))
+                .collect();
+            let lines: Vec<String> = candidates
+                .iter()
+                .map(|m| {
+                    format!(
+                        "  {}  received {}, {} bytes",
+                        hex::encode(m.message_id),
+                        time_text(m.received),
+                        m.plaintext_len
+                    )
+                })
+                .collect();
+            bail!(
+                "{} messages have an id starting with {prefix}; give more digits:\n{}",
+                candidates.len(),
+                lines.join("\n")
+            )
+        }
+        Err(StoreError::BadIdPrefix { .. }) => bail!(
+            "{prefix:?} is not a message id: give the id, or its first hexadecimal digits, as \
+             `letterlock client inbox` lists them"
+        ),
+        Err(StoreError::NotFound { .. }) => bail!(
+            "no message in the mailbox has an id starting with {prefix}; `letterlock client \
+             inbox` lists them"
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An opening error, with a message over [`STDOUT_LIMIT`] (only held for stdout) said for what
+/// it is, a size the terminal does not take, not a refusal: `command` is what to run with
+/// `-o FILE` to get it.
+pub(super) fn too_large_for_terminal(e: OpenError, command: &str) -> anyhow::Error {
+    match e {
+        OpenError::TooLarge { limit } if limit == STDOUT_LIMIT => anyhow::anyhow!(
+            "the message is larger than the {} MiB printed on stdout; save it to a file with \
+             `letterlock {command} -o FILE`",
+            STDOUT_LIMIT >> 20
+        ),
+        e => e.into(),
+    }
+}
+
+/// JSON text with every character outside printable ASCII written as a `\u` escape: still the
+/// same JSON, but nothing in it (an escape sequence, a bidi override, a C1 control) can act on
+/// a terminal.
+pub(super) fn ascii_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c == '\n' || (' '..='~').contains(&c) {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ascii_json;
+
+    #[test]
+    fn ascii_json_escapes_what_a_terminal_acts_on_and_stays_the_same_json() {
+        let value = serde_json::json!({ "text": "a\u{1b}[2K\u{9b}\u{202e}é😀\u{7f}" });
+        let text = ascii_json(&serde_json::to_string(&value).unwrap());
+        assert!(text.bytes().all(|b| (b' '..=b'~').contains(&b)), "{text}");
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, value);
+    }
+}
