@@ -4,8 +4,9 @@
 //!
 //! Invariants:
 //! - An entry is appended and fsynced before the delivery ack for its message is sent; the
-//!   message's output (file renamed into place, or text printed) comes before the entry, so a
-//!   crash in between repeats a delivery but never loses one.
+//!   message's copy in the client's mailbox (when fetched with one) and its output (file
+//!   renamed into place, or text printed) come before the entry, so a crash in between repeats
+//!   a delivery but never loses one.
 //! - Entries are kept [`RETENTION`] after their message's creation time, longer than the
 //!   [`MAX_AGE`] the client accepts for a server message ([`check_time`]): a replay older than
 //!   what the record still holds is refused as stale. So the record stays small: at most

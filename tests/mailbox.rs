@@ -1,0 +1,597 @@
+//! The client's mailbox (issue 11, "A client mailbox"), mostly through the binary: `recv_msg`
+//! keeps every message, sealed, in KEYS/letterlock-client.db before acknowledging it;
+//! `client inbox` and `client read` read it later with no server running; the mailbox survives
+//! a server restart and a second `recv_msg`; a repeat is not kept twice. And `recv_msg`'s output:
+//! exact bytes to a file, binary content kept but not printed on a terminal, `-o` refusing a
+//! file, messages over 64 MiB explained rather than "refused".
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+use common::net::{CLIENT, SERVER, TestServer};
+use common::{private, private_path, public, public_path};
+use letterlock::client::{Content, FetchEvent, Mailbox, Output as FetchOutput};
+use letterlock::envelope::{self, SealOptions};
+use letterlock::received::ReceivedRecord;
+use letterlock::store::{OutboxRecord, SqliteStore, Store};
+
+/// Exit statuses of `recv_msg` (src/cli/client.rs, `recv_msg --help`).
+const EXIT_REPEAT: i32 = 3;
+const EXIT_NOT_SHOWN: i32 = 5;
+
+/// The client's mailbox file in its key folder.
+const MAILBOX: &str = "letterlock-client.db";
+
+/// Kills the server when the test ends, pass or fail.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Puts the fixed server and client keys in `d` under the walk-through's names.
+fn keys(d: &Path) {
+    std::fs::copy(private_path(SERVER), d.join("server_private.pem")).unwrap();
+    std::fs::copy(public_path(SERVER), d.join("server_public.pem")).unwrap();
+    std::fs::copy(private_path(CLIENT), d.join("client_private.pem")).unwrap();
+    std::fs::copy(public_path(CLIENT), d.join("client_public.pem")).unwrap();
+}
+
+/// Starts the server in `d` (its keys and its store there).
+fn start_server(d: &Path) -> (Server, String) {
+    let mut cmd = Command::new(common::BIN);
+    cmd.args(["server", "--listen", "127.0.0.1:0"])
+        .current_dir(d);
+    let (child, addr) = common::spawn_server(cmd);
+    (Server(child), addr)
+}
+
+fn letterlock(dir: &Path, args: &[&str]) -> Output {
+    Command::new(common::BIN)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Runs the binary; its exit status, stdout (bytes) and stderr.
+fn run(dir: &Path, args: &[&str]) -> (i32, Vec<u8>, String) {
+    let out = letterlock(dir, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.code().unwrap_or(-1), out.stdout, stderr)
+}
+
+fn recv(dir: &Path, addr: &str, extra: &[&str]) -> (i32, Vec<u8>, String) {
+    let mut args = vec!["client", "recv_msg", "--server", addr];
+    args.extend_from_slice(extra);
+    run(dir, &args)
+}
+
+/// Queues `file`'s contents (or `text`) for the client with `server send_msg`.
+fn queue(dir: &Path, text: &str) {
+    let (code, out, err) = run(dir, &["server", "send_msg", "--to", "client", text]);
+    assert_eq!(code, 0, "{}{err}", String::from_utf8_lossy(&out));
+}
+
+fn queue_file(dir: &Path, file: &Path) {
+    let file = file.to_str().unwrap();
+    let (code, out, err) = run(
+        dir,
+        &["server", "send_msg", "--to", "client", "--file", file],
+    );
+    assert_eq!(code, 0, "{}{err}", String::from_utf8_lossy(&out));
+}
+
+/// `client inbox --json`, parsed.
+fn inbox(dir: &Path) -> Vec<serde_json::Value> {
+    let (code, out, err) = run(dir, &["client", "inbox", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_slice::<serde_json::Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn recv_msg_keeps_each_message_and_client_read_opens_it_with_no_server_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    keys(d);
+    let (server, addr) = start_server(d);
+    queue(d, "the first message");
+    let (code, out, err) = recv(d, &addr, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, b"the first message", "{err}");
+    assert!(err.contains("kept in the mailbox"), "{err}");
+    // Acknowledged: the server deleted its copy.
+    let (code, _, err) = recv(d, &addr, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("no messages"), "{err}");
+    drop(server);
+
+    // Owner-only, like the private key beside it.
+    assert_eq!(mode(&d.join(MAILBOX)), 0o600);
+    assert_eq!(mode(&d.join(format!("{MAILBOX}.blobs"))), 0o700);
+
+    let rows = inbox(d);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["bytes"], 17);
+    assert_eq!(rows[0]["mode"], "hybrid");
+    assert_eq!(rows[0]["sender"], addr.as_str());
+    assert_eq!(rows[0]["sender_key"], public(SERVER).id().to_string());
+    let id = rows[0]["id"].as_str().unwrap().to_owned();
+    // Kept sealed, as delivered: the plaintext is nowhere in the database.
+    let db = std::fs::read(d.join(MAILBOX)).unwrap();
+    assert!(!db.windows(17).any(|w| w == b"the first message"));
+
+    // Read again, opened and verified anew, by a unique prefix.
+    let (code, out, err) = run(d, &["client", "read", &id[..6]]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, b"the first message");
+    assert!(err.contains("verified"), "{err}");
+    let (code, _, err) = run(d, &["client", "read", &id, "-o", "saved.txt"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(d.join("saved.txt")).unwrap(),
+        b"the first message"
+    );
+    // An existing file is never replaced.
+    let (code, _, err) = run(d, &["client", "read", &id, "-o", "saved.txt"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("saved.txt exists"), "{err}");
+    // A prefix nothing has says where the ids are.
+    let other = if id.starts_with('0') { "1" } else { "0" };
+    let (code, _, err) = run(d, &["client", "read", &format!("{other}{}", &id[1..6])]);
+    assert_eq!(code, 1);
+    assert!(err.contains("client inbox"), "{err}");
+}
+
+#[test]
+fn client_read_lists_the_candidates_of_an_ambiguous_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    keys(d);
+    let (server, addr) = start_server(d);
+    // 17 messages: by the pigeonhole principle, two share their first hexadecimal digit.
+    for i in 0..17 {
+        queue(d, &format!("message {i}"));
+    }
+    let (code, _, err) = recv(d, &addr, &[]);
+    assert_eq!(code, 0, "{err}");
+    drop(server);
+    let ids: Vec<String> = inbox(d)
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 17);
+    let digit = ids
+        .iter()
+        .map(|i| &i[..1])
+        .find(|&digit| ids.iter().filter(|i| i.starts_with(digit)).count() > 1)
+        .unwrap()
+        .to_owned();
+    let (code, _, err) = run(d, &["client", "read", &digit]);
+    assert_eq!(code, 1);
+    assert!(err.contains("give more digits"), "{err}");
+    for id in ids.iter().filter(|i| i.starts_with(&digit)) {
+        assert!(err.contains(id.as_str()), "{id} missing from {err}");
+    }
+}
+
+/// The sealed bytes of every message waiting for the client, oldest first.
+async fn pending_bodies(store: &SqliteStore) -> Vec<Vec<u8>> {
+    let me = public(CLIENT).id().0;
+    let mut bodies = Vec::new();
+    for entry in store.pending_outbox(&me).await.unwrap() {
+        let mut body = store
+            .open_outbox_body(&me, &entry.message_id)
+            .await
+            .unwrap();
+        let mut bytes = Vec::new();
+        body.read_to_end(&mut bytes).unwrap();
+        bodies.push(bytes);
+    }
+    bodies
+}
+
+/// Puts `sealed` in the server's outbox again: a replayed delivery.
+async fn enqueue(store: &SqliteStore, sealed: &[u8]) {
+    let header = envelope::Header::parse(sealed).unwrap();
+    let (_, opened) = envelope::open_to_vec(
+        private(CLIENT),
+        &public(SERVER),
+        &envelope::OpenOptions::default(),
+        sealed,
+    )
+    .unwrap();
+    let mut blob = store.blob_writer();
+    blob.write_all(sealed).unwrap();
+    store
+        .enqueue_outbox(OutboxRecord {
+            recipient_key_id: public(CLIENT).id().0,
+            recipient_name: "client".into(),
+            message_id: header.message_id.0,
+            created: header.created,
+            mode: header.mode.to_byte(),
+            plaintext_len: 0,
+            expected_ack_tag: opened.ack_tag,
+            body: blob.finish().unwrap(),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_mailbox_survives_a_restart_and_a_second_recv_msg_and_keeps_a_repeat_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    keys(d);
+    let (server, addr) = start_server(d);
+    queue(d, "before the restart");
+    let store = SqliteStore::open(d.join("letterlock-server.db")).unwrap();
+    let first = pending_bodies(&store).await.remove(0);
+    let (code, _, err) = recv(d, &addr, &[]);
+    assert_eq!(code, 0, "{err}");
+    store.close().await.unwrap();
+    drop(server);
+
+    // The server restarts; a second message comes with a second recv_msg.
+    let (_server, addr) = start_server(d);
+    queue(d, "after the restart");
+    let (code, out, err) = recv(d, &addr, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, b"after the restart");
+    let rows = inbox(d);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+
+    // The first delivery played back: acknowledged as a repeat, not kept twice.
+    let store = SqliteStore::open(d.join("letterlock-server.db")).unwrap();
+    enqueue(&store, &first).await;
+    let (code, out, err) = recv(d, &addr, &[]);
+    assert_eq!(code, EXIT_REPEAT, "{err}");
+    assert!(out.is_empty());
+    assert!(err.contains("already received"), "{err}");
+    assert_eq!(inbox(d).len(), 2);
+    store.close().await.unwrap();
+
+    for (row, text) in rows.iter().zip(["before the restart", "after the restart"]) {
+        let (code, out, err) = run(d, &["client", "read", row["id"].as_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, text.as_bytes());
+    }
+}
+
+#[test]
+fn recv_msg_into_a_file_gets_exactly_the_message_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    keys(d);
+    let (_server, addr) = start_server(d);
+    // No final line break: nothing is added to it.
+    let content = "line one\r\nline two, no final line break";
+    queue(d, content);
+    let file = d.join("got.txt");
+    let out = Command::new(common::BIN)
+        .args(["client", "recv_msg", "--server", &addr])
+        .current_dir(d)
+        .stdout(std::fs::File::create(&file).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(&file).unwrap(), content.as_bytes());
+    let status = String::from_utf8_lossy(&out.stderr);
+    assert!(status.contains("signature verified"), "{status}");
+}
+
+/// Runs the binary with stdin, stdout and stderr on one pseudo-terminal (`script`, from
+/// util-linux, as tests/terminal.rs does): its exit status and everything the terminal got.
+fn on_terminal(dir: &Path, args: &[&str]) -> (i32, String) {
+    let quoted: Vec<String> = std::iter::once(common::BIN)
+        .chain(args.iter().copied())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect();
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &quoted.join(" "), "/dev/null"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `script` ({e}): install util-linux"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn binary_content_for_a_terminal_is_kept_acknowledged_and_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    keys(d);
+    let (_server, addr) = start_server(d);
+    let binary: Vec<u8> = vec![0x00, 0xff, 0x1b, b'[', b'2', b'J', 0xfe, 0x80];
+    std::fs::write(d.join("binary.dat"), &binary).unwrap();
+    queue_file(d, &d.join("binary.dat"));
+    let (code, screen) = on_terminal(d, &["client", "recv_msg", "--server", &addr]);
+    assert_eq!(code, EXIT_NOT_SHOWN, "{screen}");
+    assert!(screen.contains("is binary: not printed"), "{screen}");
+    assert!(screen.contains("client read"), "{screen}");
+    assert!(!screen.contains('\u{1b}'), "{screen:?}");
+    // Nothing lost: acknowledged (the server has nothing more), and in the mailbox.
+    let (code, _, err) = recv(d, &addr, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("no messages"), "{err}");
+    let rows = inbox(d);
+    assert_eq!(rows.len(), 1);
+    let id = rows[0]["id"].as_str().unwrap();
+    let (code, _, err) = run(d, &["client", "read", id, "-o", "binary.out"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(d.join("binary.out")).unwrap(), binary);
+    // `client read` refuses it on a terminal too, and writes it to a pipe.
+    let (code, screen) = on_terminal(d, &["client", "read", id]);
+    assert_ne!(code, 0, "{screen}");
+    assert!(screen.contains("-o"), "{screen}");
+    let (code, out, err) = run(d, &["client", "read", id]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, binary);
+}
+
+#[test]
+fn recv_msg_o_refuses_a_file_and_creates_a_missing_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    keys(d);
+    let (_server, addr) = start_server(d);
+    queue(d, "to a folder");
+    std::fs::write(d.join("out.txt"), b"mine").unwrap();
+    let (code, _, err) = recv(d, &addr, &["-o", "out.txt"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("out.txt exists and is not a folder"), "{err}");
+    assert_eq!(std::fs::read(d.join("out.txt")).unwrap(), b"mine");
+    // Refused before anything was fetched: the message is still waiting, and not in the mailbox.
+    assert!(inbox(d).is_empty());
+
+    let (code, out, err) = recv(d, &addr, &["-o", "new/folder"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.is_empty());
+    assert!(err.contains("created folder new/folder"), "{err}");
+    let saved: Vec<_> = std::fs::read_dir(d.join("new/folder"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(saved.len(), 1);
+    assert_eq!(std::fs::read(&saved[0]).unwrap(), b"to a folder");
+    assert_eq!(inbox(d).len(), 1);
+}
+
+#[test]
+fn recv_msg_json_prints_one_object_per_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    keys(d);
+    let (_server, addr) = start_server(d);
+    queue(d, "caf\u{e9} \u{1b}[2J");
+    std::fs::write(d.join("binary.dat"), [0xffu8, 0]).unwrap();
+    queue_file(d, &d.join("binary.dat"));
+    let (code, out, err) = recv(d, &addr, &["--json"]);
+    assert_eq!(code, EXIT_NOT_SHOWN, "{err}");
+    assert!(out.is_ascii(), "{}", String::from_utf8_lossy(&out));
+    let rows: Vec<serde_json::Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["status"], "new");
+    assert_eq!(rows[0]["text"], "caf\u{e9} \u{1b}[2J");
+    assert_eq!(rows[0]["in_mailbox"], true);
+    assert_eq!(rows[1]["bytes"], 2);
+    assert!(rows[1].get("text").is_none(), "{rows:?}");
+}
+
+/// Writes `len` bytes of text to `path` without holding them.
+fn write_big(path: &Path, len: u64) {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let line = [b'a'; 1023];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(1024) as usize;
+        file.write_all(&line[..n - 1]).unwrap();
+        file.write_all(b"\n").unwrap();
+        left -= n as u64;
+    }
+    file.flush().unwrap();
+}
+
+#[test]
+#[ignore = "slow: seals, sends and opens 64 MiB messages in both directions"]
+fn a_message_over_64_mib_is_kept_and_explained_never_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    keys(d);
+    let (_server, addr) = start_server(d);
+    let len = 64 * 1024 * 1024 + 1024;
+    let big = d.join("big.txt");
+    write_big(&big, len);
+
+    // Server to client.
+    queue_file(d, &big);
+    let (code, out, err) = recv(d, &addr, &[]);
+    assert_eq!(code, EXIT_NOT_SHOWN, "{err}");
+    assert!(out.is_empty());
+    assert!(err.contains("larger than the 64 MiB"), "{err}");
+    assert!(err.contains("client read"), "{err}");
+    assert!(!err.contains("refused"), "{err}");
+    let id = inbox(d)[0]["id"].as_str().unwrap().to_owned();
+    let (code, out, err) = run(d, &["client", "read", &id]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(err.contains("-o FILE"), "{err}");
+    assert!(!err.contains("refused"), "{err}");
+    let (code, _, err) = run(d, &["client", "read", &id, "-o", "big.out"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::metadata(d.join("big.out")).unwrap().len(), len);
+
+    // Client to server: `server read` says the same.
+    let big = big.to_str().unwrap();
+    let (code, _, err) = run(d, &["client", "send_msg", "--server", &addr, "--file", big]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = run(d, &["server", "inbox", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let id = rows[0]["id"].as_str().unwrap();
+    let (code, _, err) = run(d, &["server", "read", id]);
+    assert_eq!(code, 1);
+    assert!(err.contains("-o FILE"), "{err}");
+    assert!(!err.contains("refused"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_is_in_the_mailbox_before_it_is_reported_and_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = TestServer::start(d).await;
+    server
+        .queue_for_client(b"kept first", &SealOptions::default())
+        .await;
+    let mailbox = Mailbox::open(&d.join("client.db"), "test server").unwrap();
+    let now = envelope::unix_now();
+    let mut record = ReceivedRecord::open(&d.join("received"), now).unwrap();
+    let mut client = server.client(CLIENT).await.unwrap();
+    // Plain connections beside the store and the server: what is on disk when `event` runs.
+    let kept = rusqlite::Connection::open(d.join("client.db")).unwrap();
+    let outbox = rusqlite::Connection::open(d.join("server.db")).unwrap();
+    let count = |conn: &rusqlite::Connection, table: &str| -> i64 {
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    let mut seen = 0;
+    let report = client
+        .fetch_to_mailbox(
+            &FetchOutput::Memory { limit: 1 << 20 },
+            &mut record,
+            &mailbox,
+            |event| {
+                if let FetchEvent::New(r) = event {
+                    seen += 1;
+                    assert!(r.in_mailbox);
+                    assert!(matches!(&r.content, Content::Memory(m) if &m[..] == b"kept first"));
+                    // Committed in the mailbox, not yet acknowledged to the server.
+                    assert_eq!(count(&kept, "inbox"), 1);
+                    assert_eq!(count(&outbox, "outbox"), 1);
+                }
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((report.new, seen), (1, 1));
+    assert_eq!(count(&outbox, "outbox"), 0);
+    mailbox.close().await.unwrap();
+    server.stop().await;
+}
+
+/// Yields `remaining` bytes of a cheap pattern without holding them.
+struct Generated {
+    remaining: u64,
+    counter: u8,
+}
+
+impl Read for Generated {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.remaining) as usize;
+        self.counter = self.counter.wrapping_add(1);
+        buf[..n].fill(self.counter);
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow: a 1 GiB hybrid message from the server into the client's mailbox"]
+async fn a_1_gib_message_is_kept_in_bounded_memory() {
+    const SIZE: u64 = 1 << 30;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = TestServer::start(d).await;
+    let to = common::net::clients().by_name("client").unwrap().clone();
+    letterlock::server::queue_for_client(
+        server.store.as_ref(),
+        private(SERVER),
+        &to,
+        Generated {
+            remaining: SIZE,
+            counter: 0,
+        },
+        &SealOptions::default(),
+    )
+    .await
+    .unwrap();
+    let mailbox = Mailbox::open(&d.join("client.db"), "test server").unwrap();
+    let mut record = ReceivedRecord::open(&d.join("received"), envelope::unix_now()).unwrap();
+    let mut client = server.client(CLIENT).await.unwrap();
+    let before = common::peak_rss_kib();
+    assert!(before > 0, "no VmHWM in /proc/self/status");
+    let mut over = false;
+    let report = client
+        .fetch_to_mailbox(
+            &FetchOutput::Memory { limit: 1 << 20 },
+            &mut record,
+            &mailbox,
+            |event| {
+                if let FetchEvent::New(r) = event {
+                    over = matches!(r.content, Content::OverLimit { limit: 1048576 })
+                        && r.in_mailbox
+                        && r.plaintext_len == SIZE;
+                }
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+    let grew = common::peak_rss_kib().saturating_sub(before) * 1024;
+    assert_eq!(report.new, 1);
+    assert!(over, "not reported as kept and over the limit");
+    assert!(
+        grew < 64 * 1024 * 1024,
+        "peak RSS grew by {} MiB while keeping 1 GiB",
+        grew >> 20
+    );
+    eprintln!("peak RSS grew by {} MiB for a 1 GiB message", grew >> 20);
+    // Kept whole: it opens and verifies again from the mailbox, streaming.
+    let kept = mailbox.store().list_inbox().await.unwrap();
+    assert_eq!(kept.len(), 1);
+    let body = mailbox
+        .store()
+        .find_inbox(&hex::encode(kept[0].message_id))
+        .await
+        .unwrap()
+        .body;
+    let opened = tokio::task::spawn_blocking(move || {
+        envelope::open(
+            private(CLIENT),
+            &public(SERVER),
+            &envelope::OpenOptions::default(),
+            body,
+            std::io::sink(),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(opened.plaintext_len, SIZE);
+    mailbox.close().await.unwrap();
+    server.stop().await;
+}
