@@ -595,3 +595,99 @@ async fn a_1_gib_message_is_kept_in_bounded_memory() {
     mailbox.close().await.unwrap();
     server.stop().await;
 }
+
+/// A relay on 127.0.0.1 for one plain version 1 connection to `to` that cuts the connection
+/// (both directions) when the client's first `DeliveryAck` frame reaches it, before the server
+/// sees it: the acknowledgement is lost, as when the client dies right after keeping a message.
+async fn relay_cutting_the_first_ack(to: String) -> String {
+    use letterlock::wire::{DEFAULT_MAX_FRAME, Frame, frame};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let server = tokio::net::TcpStream::connect(to).await.unwrap();
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        let down = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = sr.read(&mut buf).await {
+                if n == 0 || cw.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        // Client to server, frame by frame, up to the first DeliveryAck.
+        let mut pending = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        'up: loop {
+            let n = cr.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            pending.extend_from_slice(&buf[..n]);
+            while let Some((frame, used)) = frame::decode(&pending, DEFAULT_MAX_FRAME).unwrap() {
+                if matches!(frame, Frame::DeliveryAck { .. }) {
+                    break 'up;
+                }
+                sw.write_all(&pending[..used]).await.unwrap();
+                pending.drain(..used);
+            }
+        }
+        // Dropping every half closes both connections.
+        down.abort();
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_kept_but_never_acknowledged_is_readable_and_kept_once_when_delivered_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    keys(&d);
+    let mut cmd = Command::new(common::BIN);
+    cmd.args(["server", "--listen", "127.0.0.1:0", "--plain-v1"])
+        .current_dir(&d);
+    let (child, addr) = common::spawn_server(cmd);
+    let _server = Server(child);
+    queue(&d, "kept before the ack");
+    let relay = relay_cutting_the_first_ack(addr.clone()).await;
+    let (code, out, err) = {
+        let d = d.clone();
+        tokio::task::spawn_blocking(move || recv(&d, &relay, &["--plain-v1", "--timeout", "5"]))
+            .await
+            .unwrap()
+    };
+    // The acknowledgement never arrived: the fetch failed after the message was kept and shown.
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(out, b"kept before the ack", "{err}");
+    let rows = inbox(&d);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let id = rows[0]["id"].as_str().unwrap().to_owned();
+    let (code, out, err) = run(&d, &["client", "read", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, b"kept before the ack");
+    // A crash after keeping, before recording: the record is gone. Delivered again (and cut
+    // again), the message is shown again but kept once.
+    std::fs::remove_file(d.join(".letterlock-received")).unwrap();
+    let relay = relay_cutting_the_first_ack(addr.clone()).await;
+    let (code, out, err) = {
+        let d = d.clone();
+        tokio::task::spawn_blocking(move || recv(&d, &relay, &["--plain-v1", "--timeout", "5"]))
+            .await
+            .unwrap()
+    };
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(out, b"kept before the ack", "{err}");
+    assert_eq!(inbox(&d).len(), 1);
+    // The server still has it; the next fetch delivers it again: the record knows it (it was
+    // recorded before the ack was due), so it is a repeat: acknowledged, not shown or kept again.
+    let (code, out, err) = recv(&d, &addr, &["--plain-v1"]);
+    assert_eq!(code, EXIT_REPEAT, "{err}");
+    assert!(out.is_empty());
+    assert!(err.contains("already received"), "{err}");
+    assert_eq!(inbox(&d).len(), 1);
+    let (code, _, err) = recv(&d, &addr, &["--plain-v1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("no messages"), "{err}");
+}
