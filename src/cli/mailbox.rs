@@ -44,6 +44,12 @@ pub(super) async fn open_mailbox(keys: &Path, sender_name: &str) -> Result<Mailb
 
 /// Opens an existing mailbox only: reading commands never create one.
 async fn existing_mailbox(keys: &Path) -> Result<Option<Mailbox>> {
+    if !keys.is_dir() {
+        bail!(
+            "--keys {}: no such folder; pass the folder that holds client_private.pem",
+            keys.display()
+        );
+    }
     if !mailbox_path(keys).exists() {
         return Ok(None);
     }

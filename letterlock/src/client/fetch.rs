@@ -37,7 +37,8 @@ pub struct Received {
     /// Our proof of delivery, sent back to the server.
     pub ack_tag: [u8; 32],
     /// The client's mailbox holds the sealed message (committed before it was reported): kept
-    /// by this fetch, or held already. Always false without a mailbox, and for repeats.
+    /// by this fetch, or held already. Always false without a mailbox, and for a repeat the
+    /// record recognised (not kept again).
     pub in_mailbox: bool,
 }
 
@@ -481,6 +482,7 @@ async fn keep(
         )
         .await?;
     debug!(id = %received.header.message_id, ?kept, "kept in the mailbox");
+    // Stored now or held already: either way the mailbox has it, committed.
     received.in_mailbox = matches!(kept, Kept::Stored | Kept::AlreadyHeld);
     Ok(())
 }

@@ -34,6 +34,7 @@ pub(crate) use without_sqlite::{SealedCopy, StagedCopy};
 
 /// What keeping one message in the mailbox did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) enum Kept {
     /// Stored now (committed and fsynced).
     Stored,
