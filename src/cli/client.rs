@@ -1,6 +1,6 @@
 //! `letterlock client ...`: the client side of the walk-through (key pair, send_msg, recv_msg).
 
-use std::io::{self, Read};
+use std::io::{self, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,26 +18,32 @@ use super::{ModeArg, PairArgs, STDOUT_LIMIT, own_key, peer_key, print_hint};
 #[derive(Subcommand, Debug)]
 pub(super) enum ClientCommand {
     /// Generate the client's key pair: client_private.pem and client_public.pem.
-    #[command(name = "generate_key_pair")]
+    #[command(name = "generate_key_pair", visible_alias = "generate-key-pair")]
     GenerateKeyPair(PairArgs),
     /// Seal a message for the server and send it; prints "delivered" only once the server
-    /// proved it decrypted and stored the message.
-    #[command(name = "send_msg")]
+    /// proved it decrypted and stored the message. The message is TEXT, --file FILE, or stdin
+    /// (no TEXT, or `-`): `echo hi | letterlock client send_msg`.
+    #[command(name = "send_msg", visible_alias = "send-msg")]
     SendMsg(ClientSendArgs),
     /// Fetch, verify and print (or save) every message the server holds for this client.
     /// Exit status: 0 all new (or none waiting), 3 a repeat was ignored, 4 a message was set
     /// aside (see docs/PROTOCOL.md, "The client's record of received messages").
-    #[command(name = "recv_msg")]
+    #[command(
+        name = "recv_msg",
+        visible_alias = "recv-msg",
+        after_help = "Exit status: 0 every message new (or none waiting), 1 failure, 3 a repeat \
+                      was ignored, 4 a message was set aside (it stays on the server)."
+    )]
     RecvMsg(RecvArgs),
 }
 
 #[derive(Args, Debug)]
 pub(super) struct ClientConn {
     /// Folder with client_private.pem and server_public.pem.
-    #[arg(long, default_value = ".")]
+    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
     pub(super) keys: PathBuf,
-    /// Address of the server.
-    #[arg(long, default_value = "127.0.0.1:8000")]
+    /// Address of the server, HOST:PORT.
+    #[arg(long, env = "LETTERLOCK_SERVER", default_value = "127.0.0.1:8000")]
     pub(super) server: String,
     /// Seconds to keep trying while the server is busy (it retries with growing, jittered
     /// waits and says so on stderr); also the longest wait for the connection to be set up.
@@ -54,8 +60,9 @@ pub(super) struct ClientConn {
 /// What to send and how: the message arguments `client send_msg` and `server send_msg` share.
 #[derive(Args, Debug)]
 pub(super) struct MessageArgs {
-    /// The message text (or use --file).
-    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    /// The message text; without it, or with `-`, the message is read from stdin (as `seal`
+    /// and age do). Or use --file.
+    #[arg(conflicts_with = "file")]
     pub(super) text: Option<String>,
     /// Send the contents of a file instead (`-` for stdin); any size in hybrid mode.
     #[arg(long)]
@@ -66,16 +73,29 @@ pub(super) struct MessageArgs {
 }
 
 impl MessageArgs {
-    /// The message's bytes: the text argument, or `--file` (`-` for stdin).
+    /// The message's bytes: the text argument, `--file`, or stdin (no text, `-`, `--file -`).
     pub(super) fn input(&self) -> Result<Box<dyn Read + Send>> {
-        Ok(match (&self.text, &self.file) {
+        Ok(match (self.text.as_deref(), &self.file) {
+            (Some("-"), _) | (None, None) => stdin_message(),
             (Some(text), _) => Box::new(io::Cursor::new(text.as_bytes().to_vec())),
-            (None, Some(p)) if p == Path::new("-") => Box::new(io::stdin()),
+            (None, Some(p)) if p == Path::new("-") => stdin_message(),
             (None, Some(p)) if p.is_dir() => bail!("{} is a folder, not a file", p.display()),
             (None, Some(p)) => file_reader(p)?,
-            (None, None) => bail!("give the message text or --file"),
         })
     }
+}
+
+/// Stdin as the message. On a terminal a bare `send_msg` would otherwise wait without a word:
+/// say what it waits for (as gpg does), then read what is typed.
+fn stdin_message() -> Box<dyn Read + Send> {
+    let stdin = io::stdin();
+    if stdin.is_terminal() {
+        status!(
+            "letterlock: reading the message from stdin: type it, then Ctrl-D on a line of its \
+             own (or give TEXT or --file FILE)"
+        );
+    }
+    Box::new(stdin)
 }
 
 #[derive(Args, Debug)]
@@ -85,6 +105,10 @@ pub(super) struct ClientSendArgs {
     /// Largest plaintext to send in asymmetric mode, in bytes (the server has its own limit).
     #[arg(long, default_value_t = envelope::DEFAULT_ASYMMETRIC_LIMIT)]
     pub(super) max_asymmetric: u64,
+    /// Print the outcome as one JSON object on stdout: {"id", "bytes", "mode", "delivered"}
+    /// (and "error" when not delivered).
+    #[arg(long)]
+    pub(super) json: bool,
     #[command(flatten)]
     pub(super) conn: ClientConn,
 }
@@ -115,6 +139,13 @@ pub(super) async fn connect(conn: &ClientConn) -> Result<letterlock::client::Cli
     let identity: Arc<dyn Identity> = Arc::new(own_key(&conn.keys, "client")?);
     let me = identity.public().id();
     let server = peer_key(&conn.keys, "server")?;
+    tracing::debug!(
+        server = %conn.server,
+        client_key = %me,
+        server_key = %server.id(),
+        transport = if conn.plain_v1 { "plain v1" } else { "TLS 1.3" },
+        "connecting"
+    );
     let transport = if conn.plain_v1 {
         Transport::PlainV1
     } else {
@@ -142,7 +173,20 @@ pub(super) async fn connect(conn: &ClientConn) -> Result<letterlock::client::Cli
     .await;
     let addr = &conn.server;
     match result {
-        Ok(c) => Ok(c),
+        Ok(c) => {
+            match c.tls_session() {
+                Some(s) => tracing::debug!(
+                    server = %addr,
+                    version = ?s.version,
+                    group = ?s.group,
+                    cipher_suite = ?s.cipher_suite,
+                    server_key = %s.peer,
+                    "connected; the server proved its key in the handshake"
+                ),
+                None => tracing::debug!(server = %addr, "connected (plain version 1 wire)"),
+            }
+            Ok(c)
+        }
         Err(ClientError::Refused {
             code: letterlock::wire::ErrorCode::AuthFailed,
             ..
@@ -178,6 +222,16 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
     };
     let input = a.message.input()?;
     match client.send(input, opts).await {
+        Ok(d) if a.json => {
+            let out = serde_json::json!({
+                "id": d.id.to_string(),
+                "bytes": d.plaintext_len,
+                "mode": d.header.mode.to_string(),
+                "delivered": true,
+            });
+            println!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
         Ok(d) => {
             println!("message id {}", d.id);
             println!(
@@ -187,6 +241,10 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
+            if a.json {
+                let out = serde_json::json!({ "delivered": false, "error": e.to_string() });
+                println!("{out}");
+            }
             eprintln!("letterlock: NOT delivered: {e}");
             print_hint(std::iter::successors(
                 Some(&e as &(dyn std::error::Error + 'static)),
