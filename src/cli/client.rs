@@ -35,6 +35,17 @@ pub(super) enum ClientCommand {
                       was ignored, 4 a message was set aside (it stays on the server)."
     )]
     RecvMsg(RecvArgs),
+    /// Fetch the server's public key on first contact and keep it as KEYS/server_public.pem
+    /// once you confirm its fingerprint (as ssh's known_hosts): the TLS handshake proves the
+    /// server holds that key, but only you can tell it is the right server.
+    #[command(
+        name = "trust-server",
+        visible_alias = "trust_server",
+        after_help = "Exit status: 0 the key was written (or was already the one kept), 1 \
+                      refused: not confirmed, --fingerprint did not match, another key is kept \
+                      (see --replace), or the server could not be reached."
+    )]
+    TrustServer(super::trust_server::TrustServerArgs),
 }
 
 #[derive(Args, Debug)]

@@ -41,6 +41,7 @@ mod hints;
 mod offline;
 mod server;
 mod terminal;
+mod trust_server;
 
 use client::{ClientCommand, client_recv, client_send};
 use hints::print_hint;
@@ -298,6 +299,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             ClientCommand::GenerateKeyPair(a) => keygen(&a.keys, "client", a.bits, a.force),
             ClientCommand::SendMsg(a) => runtime()?.block_on(client_send(a)),
             ClientCommand::RecvMsg(a) => runtime()?.block_on(client_recv(a)),
+            ClientCommand::TrustServer(a) => trust_server::run(a),
         },
         Command::Server { serve, command } => match command {
             None => runtime()?.block_on(serve_cmd(serve)),
