@@ -511,3 +511,94 @@ fn the_server_logs_message_text_only_on_a_terminal_unless_told() {
     let out = run(&["server", "--log-text", "--no-log-text"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// On a terminal (a pseudo-terminal from util-linux `script`, where installed), a bare
+/// `send_msg` says it reads until Ctrl-D, and sends what was typed.
+#[test]
+fn on_a_terminal_send_msg_says_it_reads_until_ctrl_d() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` (util-linux) to make a terminal");
+        return;
+    }
+    let f = folders();
+    let server = Server::start(&f, &[]);
+    let command = format!(
+        "{BIN} client send_msg --json --keys {} --server {}",
+        f.client.display(),
+        server.addr
+    );
+    // Typed: one line, then Ctrl-D (EOT) at the start of the next.
+    let out = run_script(&command, b"typed on a terminal\n\x04");
+    let all = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("then Ctrl-D"), "{all}");
+    let line = all
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("{all}"));
+    let v = json(line);
+    assert_eq!(v["delivered"], true, "{all}");
+    let id = v["id"].as_str().unwrap();
+    assert_eq!(server_read(&f, id), b"typed on a terminal\n");
+}
+
+/// Runs `command` under `script -qec` (a pseudo-terminal for stdin, stdout and stderr) with
+/// `typed` as what is typed.
+fn run_script(command: &str, typed: &[u8]) -> Output {
+    let mut child = Command::new("script")
+        .args(["-qec", command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(typed).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The other half of the logging default: with its log on a terminal (a pseudo-terminal from
+/// util-linux `script`, where installed), the server shows the text as the classroom did.
+#[test]
+fn on_a_terminal_the_server_logs_message_text() {
+    const TEXT: &str = "shown in class";
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` (util-linux) to make a terminal");
+        return;
+    }
+    let f = folders();
+    // `exec`: the server is script's child itself, and ends with the terminal (SIGHUP).
+    let command = format!(
+        "exec {BIN} server --listen 127.0.0.1:0 --keys {} --store {}",
+        f.server.display(),
+        f.store.display()
+    );
+    let mut script = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _stdin = script.stdin.take();
+    let mut lines = std::io::BufReader::new(script.stdout.take().unwrap()).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("letterlock server listening on ")
+                .map(str::to_owned)
+        })
+        .expect("the server's address");
+    let server = Server {
+        child: script,
+        addr,
+        log: PathBuf::new(),
+    };
+    ok(send(&f, &server, &[TEXT], b""));
+    let received = lines
+        .map_while(Result::ok)
+        .find(|l| l.contains("received"))
+        .expect("a received line");
+    assert!(received.contains(TEXT), "{received}");
+}

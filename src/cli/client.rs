@@ -87,26 +87,43 @@ impl MessageArgs {
     /// The message's bytes: the text argument, `--file`, or stdin (no text, `-`, `--file -`).
     pub(super) fn input(&self) -> Result<Box<dyn Read + Send>> {
         Ok(match (self.text.as_deref(), &self.file) {
-            (Some("-"), _) | (None, None) => stdin_message(),
+            (Some("-"), _) | (None, None) => stdin_message()?,
             (Some(text), _) => Box::new(io::Cursor::new(text.as_bytes().to_vec())),
-            (None, Some(p)) if p == Path::new("-") => stdin_message(),
+            (None, Some(p)) if p == Path::new("-") => stdin_message()?,
             (None, Some(p)) if p.is_dir() => bail!("{} is a folder, not a file", p.display()),
             (None, Some(p)) => file_reader(p)?,
         })
     }
 }
 
-/// Stdin as the message. On a terminal a bare `send_msg` would otherwise wait without a word:
-/// say what it waits for (as gpg does), then read what is typed.
-fn stdin_message() -> Box<dyn Read + Send> {
+/// Largest message read from a terminal: typed or pasted text, held in memory (wiped) before
+/// sending; anything larger belongs in a file (`--file`), which is streamed.
+const TERMINAL_MESSAGE_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Stdin as the message: streamed from a pipe or file. On a terminal a bare `send_msg` would
+/// otherwise wait without a word: say what it waits for (as gpg does), and read all that is
+/// typed before connecting, so that no connection sits idle (and times out) while a person types.
+fn stdin_message() -> Result<Box<dyn Read + Send>> {
     let stdin = io::stdin();
-    if stdin.is_terminal() {
-        status!(
-            "letterlock: reading the message from stdin: type it, then Ctrl-D on a line of its \
-             own (or give TEXT or --file FILE)"
+    if !stdin.is_terminal() {
+        return Ok(Box::new(stdin));
+    }
+    status!(
+        "letterlock: reading the message from the terminal: type it, then Ctrl-D on a line of \
+         its own (or give TEXT or --file FILE)"
+    );
+    let mut typed = zeroize::Zeroizing::new(Vec::new());
+    stdin
+        .lock()
+        .take(TERMINAL_MESSAGE_LIMIT + 1)
+        .read_to_end(&mut typed)?;
+    if typed.len() as u64 > TERMINAL_MESSAGE_LIMIT {
+        bail!(
+            "more than {} MiB typed on the terminal; send a file with --file FILE",
+            TERMINAL_MESSAGE_LIMIT >> 20
         );
     }
-    Box::new(stdin)
+    Ok(Box::new(io::Cursor::new(typed)))
 }
 
 #[derive(Args, Debug)]
@@ -174,7 +191,7 @@ pub(super) async fn connect(conn: &ClientConn) -> Result<letterlock::client::Cli
         transport,
         backoff,
         |r| {
-            eprintln!(
+            status!(
                 "letterlock: the server is busy; retrying: attempt {}, waiting {} ms",
                 r.attempt,
                 r.wait.as_millis()
@@ -226,12 +243,14 @@ pub(super) async fn connect(conn: &ClientConn) -> Result<letterlock::client::Cli
 }
 
 pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
+    // The input first: a missing file fails before any connection, and text typed on a
+    // terminal is complete before the connection starts.
+    let input = a.message.input()?;
     let mut client = connect(&a.conn).await?;
     let opts = SealOptions {
         asymmetric_limit: a.max_asymmetric,
         ..SealOptions::mode(a.message.mode.into())
     };
-    let input = a.message.input()?;
     match client.send(input, opts).await {
         Ok(d) if a.json => {
             let out = serde_json::json!({

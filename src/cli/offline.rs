@@ -185,6 +185,14 @@ pub(super) fn seal(mut a: SealArgs) -> Result<ExitCode> {
         asymmetric_limit: a.max_asymmetric,
         ..SealOptions::default()
     };
+    tracing::debug!(
+        sender = %sender.public().id(),
+        recipient = %recipient.id(),
+        mode = %opts.mode,
+        armor = a.armor,
+        output = %a.output.as_deref().map_or("stdout".into(), |p| p.display().to_string()),
+        "sealing"
+    );
     let reader = input(a.input.as_deref())?;
     let sealed = match &a.output {
         Some(path) => {
@@ -250,6 +258,13 @@ pub(super) fn open(mut a: OpenArgs) -> Result<ExitCode> {
     let mut reader = BufReader::new(input(a.input.as_deref())?);
     // Binary messages start with the magic; armored ones with the BEGIN line.
     let armored = armor::is_armored(reader.fill_buf()?);
+    tracing::debug!(
+        recipient = %identity.public().id(),
+        expected_sender = %expected.id(),
+        armored,
+        output = %a.output.as_deref().map_or("stdout".into(), |p| p.display().to_string()),
+        "opening"
+    );
     let reader: Box<dyn Read> = if armored {
         Box::new(armor::ArmorReader::new(reader))
     } else {
