@@ -229,3 +229,29 @@ fn a_missing_folder_or_port_is_refused_and_nothing_is_created() {
     let out = trust_server("127.0.0.1", dir.path(), &["--yes"]);
     assert!(text(&out).contains("no port"), "{}", text(&out));
 }
+
+#[test]
+fn a_client_without_the_server_key_is_pointed_to_trust_server() {
+    let (dir, pem) = client_folder();
+    let out = Command::new(BIN)
+        .args([
+            "client",
+            "send_msg",
+            "hi",
+            "--server",
+            "127.0.0.1:9",
+            "--keys",
+        ])
+        .arg(dir.path())
+        .env_remove("LETTERLOCK_KEYS")
+        .env_remove("LETTERLOCK_SERVER")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("client trust-server HOST:PORT"),
+        "{}",
+        text(&out)
+    );
+    assert!(!pem.exists());
+}

@@ -360,9 +360,18 @@ fn own_key(dir: &Path, name: &str) -> Result<keys::PrivateKey> {
 fn peer_key(dir: &Path, name: &str) -> Result<PublicKey> {
     let (_, path) = keys::pair_paths(dir, name);
     if !path.exists() {
+        // The client can fetch the server's key itself, checking its fingerprint.
+        let fetch = if name == "server" {
+            format!(
+                ", or fetch it with `letterlock client trust-server HOST:PORT --keys {}`",
+                dir.display()
+            )
+        } else {
+            String::new()
+        };
         bail!(
             "{} not found; copy the {name}'s public key there (the {name} makes it with \
-             `letterlock {name} generate_key_pair`)",
+             `letterlock {name} generate_key_pair`){fetch}",
             path.display()
         );
     }
