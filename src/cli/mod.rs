@@ -134,8 +134,8 @@ enum Command {
     Demo,
     /// Measure seal, open and the server on this machine, each beside the bound it could reach.
     Bench(BenchArgs),
-    /// Print a shell completion script: e.g. `letterlock completions bash > \
-    /// ~/.local/share/bash-completion/completions/letterlock`.
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell); docs/DEPLOY.md
+    /// says where each shell looks for it.
     Completions(completions::CompletionsArgs),
     /// Write the manual pages (roff), made from these same definitions: to stdout, or one page
     /// per command into DIR with -o DIR (then `man -l DIR/letterlock.1`).
