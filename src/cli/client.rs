@@ -1,6 +1,6 @@
 //! `letterlock client ...`: the client side of the walk-through (key pair, send_msg, recv_msg).
 
-use std::io::{self, Read};
+use std::io::{self, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,16 +19,18 @@ use super::{ModeArg, PairArgs, STDOUT_LIMIT, own_key, peer_key, print_hint};
 #[derive(Subcommand, Debug)]
 pub(super) enum ClientCommand {
     /// Generate the client's key pair: client_private.pem and client_public.pem.
-    #[command(name = "generate_key_pair")]
+    #[command(name = "generate_key_pair", visible_alias = "generate-key-pair")]
     GenerateKeyPair(PairArgs),
     /// Seal a message for the server and send it; prints "delivered" only once the server
-    /// proved it decrypted and stored the message.
-    #[command(name = "send_msg")]
+    /// proved it decrypted and stored the message. The message is TEXT, --file FILE, or stdin
+    /// (no TEXT, or `-`): `echo hi | letterlock client send_msg`.
+    #[command(name = "send_msg", visible_alias = "send-msg")]
     SendMsg(ClientSendArgs),
     /// Fetch, verify, keep in the client's mailbox and print (or save) every message the
     /// server holds for this client.
     #[command(
         name = "recv_msg",
+        visible_alias = "recv-msg",
         after_help = "Each message is kept in the client's mailbox (KEYS/letterlock-client.db) \
                       before the server is told to delete it; `client inbox` and `client read` \
                       read it again later. Text goes to stdout (escaped on a terminal, exact \
@@ -44,15 +46,26 @@ pub(super) enum ClientCommand {
     Inbox(InboxArgs),
     /// Open and verify a message kept in the client's mailbox again; print it or save it.
     Read(ReadArgs),
+    /// Fetch the server's public key on first contact and keep it as KEYS/server_public.pem
+    /// once you confirm its fingerprint (as ssh's known_hosts): the TLS handshake proves the
+    /// server holds that key, but only you can tell it is the right server.
+    #[command(
+        name = "trust-server",
+        visible_alias = "trust_server",
+        after_help = "Exit status: 0 the key was written (or was already the one kept), 1 \
+                      refused: not confirmed, --fingerprint did not match, another key is kept \
+                      (see --replace), or the server could not be reached."
+    )]
+    TrustServer(super::trust_server::TrustServerArgs),
 }
 
 #[derive(Args, Debug)]
 pub(super) struct ClientConn {
     /// Folder with client_private.pem and server_public.pem.
-    #[arg(long, default_value = ".")]
+    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
     pub(super) keys: PathBuf,
-    /// Address of the server.
-    #[arg(long, default_value = "127.0.0.1:8000")]
+    /// Address of the server, HOST:PORT.
+    #[arg(long, env = "LETTERLOCK_SERVER", default_value = "127.0.0.1:8000")]
     pub(super) server: String,
     /// Seconds to keep trying while the server is busy (it retries with growing, jittered
     /// waits and says so on stderr); also the longest wait for the connection to be set up.
@@ -69,8 +82,9 @@ pub(super) struct ClientConn {
 /// What to send and how: the message arguments `client send_msg` and `server send_msg` share.
 #[derive(Args, Debug)]
 pub(super) struct MessageArgs {
-    /// The message text (or use --file).
-    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    /// The message text; without it, or with `-`, the message is read from stdin (as `seal`
+    /// and age do). Or use --file.
+    #[arg(conflicts_with = "file")]
     pub(super) text: Option<String>,
     /// Send the contents of a file instead (`-` for stdin); any size in hybrid mode.
     #[arg(long)]
@@ -81,16 +95,46 @@ pub(super) struct MessageArgs {
 }
 
 impl MessageArgs {
-    /// The message's bytes: the text argument, or `--file` (`-` for stdin).
+    /// The message's bytes: the text argument, `--file`, or stdin (no text, `-`, `--file -`).
     pub(super) fn input(&self) -> Result<Box<dyn Read + Send>> {
-        Ok(match (&self.text, &self.file) {
+        Ok(match (self.text.as_deref(), &self.file) {
+            (Some("-"), _) | (None, None) => stdin_message()?,
             (Some(text), _) => Box::new(io::Cursor::new(text.as_bytes().to_vec())),
-            (None, Some(p)) if p == Path::new("-") => Box::new(io::stdin()),
+            (None, Some(p)) if p == Path::new("-") => stdin_message()?,
             (None, Some(p)) if p.is_dir() => bail!("{} is a folder, not a file", p.display()),
             (None, Some(p)) => file_reader(p)?,
-            (None, None) => bail!("give the message text or --file"),
         })
     }
+}
+
+/// Largest message read from a terminal: typed or pasted text, held in memory (wiped) before
+/// sending; anything larger belongs in a file (`--file`), which is streamed.
+const TERMINAL_MESSAGE_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Stdin as the message: streamed from a pipe or file. On a terminal a bare `send_msg` would
+/// otherwise wait without a word: say what it waits for (as gpg does), and read all that is
+/// typed before connecting, so that no connection sits idle (and times out) while a person types.
+fn stdin_message() -> Result<Box<dyn Read + Send>> {
+    let stdin = io::stdin();
+    if !stdin.is_terminal() {
+        return Ok(Box::new(stdin));
+    }
+    status!(
+        "letterlock: reading the message from the terminal: type it, then Ctrl-D on a line of \
+         its own (or give TEXT or --file FILE)"
+    );
+    let mut typed = zeroize::Zeroizing::new(Vec::new());
+    stdin
+        .lock()
+        .take(TERMINAL_MESSAGE_LIMIT + 1)
+        .read_to_end(&mut typed)?;
+    if typed.len() as u64 > TERMINAL_MESSAGE_LIMIT {
+        bail!(
+            "more than {} MiB typed on the terminal; send a file with --file FILE",
+            TERMINAL_MESSAGE_LIMIT >> 20
+        );
+    }
+    Ok(Box::new(io::Cursor::new(typed)))
 }
 
 #[derive(Args, Debug)]
@@ -100,6 +144,10 @@ pub(super) struct ClientSendArgs {
     /// Largest plaintext to send in asymmetric mode, in bytes (the server has its own limit).
     #[arg(long, default_value_t = envelope::DEFAULT_ASYMMETRIC_LIMIT)]
     pub(super) max_asymmetric: u64,
+    /// Print the outcome as one JSON object on stdout: {"id", "bytes", "mode", "delivered"}
+    /// (and "error" when not delivered).
+    #[arg(long)]
+    pub(super) json: bool,
     #[command(flatten)]
     pub(super) conn: ClientConn,
 }
@@ -137,6 +185,13 @@ pub(super) async fn connect(conn: &ClientConn) -> Result<letterlock::client::Cli
     let identity: Arc<dyn Identity> = Arc::new(own_key(&conn.keys, "client")?);
     let me = identity.public().id();
     let server = peer_key(&conn.keys, "server")?;
+    tracing::debug!(
+        server = %conn.server,
+        client_key = %me,
+        server_key = %server.id(),
+        transport = if conn.plain_v1 { "plain v1" } else { "TLS 1.3" },
+        "connecting"
+    );
     let transport = if conn.plain_v1 {
         Transport::PlainV1
     } else {
@@ -154,7 +209,7 @@ pub(super) async fn connect(conn: &ClientConn) -> Result<letterlock::client::Cli
         transport,
         backoff,
         |r| {
-            eprintln!(
+            status!(
                 "letterlock: the server is busy; retrying: attempt {}, waiting {} ms",
                 r.attempt,
                 r.wait.as_millis()
@@ -164,7 +219,20 @@ pub(super) async fn connect(conn: &ClientConn) -> Result<letterlock::client::Cli
     .await;
     let addr = &conn.server;
     match result {
-        Ok(c) => Ok(c),
+        Ok(c) => {
+            match c.tls_session() {
+                Some(s) => tracing::debug!(
+                    server = %addr,
+                    version = ?s.version,
+                    group = ?s.group,
+                    cipher_suite = ?s.cipher_suite,
+                    server_key = %s.peer,
+                    "connected; the server proved its key in the handshake"
+                ),
+                None => tracing::debug!(server = %addr, "connected (plain version 1 wire)"),
+            }
+            Ok(c)
+        }
         Err(ClientError::Refused {
             code: letterlock::wire::ErrorCode::AuthFailed,
             ..
@@ -193,13 +261,25 @@ pub(super) async fn connect(conn: &ClientConn) -> Result<letterlock::client::Cli
 }
 
 pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
+    // The input first: a missing file fails before any connection, and text typed on a
+    // terminal is complete before the connection starts.
+    let input = a.message.input()?;
     let mut client = connect(&a.conn).await?;
     let opts = SealOptions {
         asymmetric_limit: a.max_asymmetric,
         ..SealOptions::mode(a.message.mode.into())
     };
-    let input = a.message.input()?;
     match client.send(input, opts).await {
+        Ok(d) if a.json => {
+            let out = serde_json::json!({
+                "id": d.id.to_string(),
+                "bytes": d.plaintext_len,
+                "mode": d.header.mode.to_string(),
+                "delivered": true,
+            });
+            println!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
         Ok(d) => {
             println!("message id {}", d.id);
             println!(
@@ -209,6 +289,10 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
+            if a.json {
+                let out = serde_json::json!({ "delivered": false, "error": e.to_string() });
+                println!("{out}");
+            }
             eprintln!("letterlock: NOT delivered: {e}");
             print_hint(std::iter::successors(
                 Some(&e as &(dyn std::error::Error + 'static)),
@@ -251,7 +335,7 @@ fn prepare_output_dir(dir: &Path) -> Result<()> {
             use anyhow::Context as _;
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create the folder {}", dir.display()))?;
-            eprintln!("created folder {}", dir.display());
+            status!("created folder {}", dir.display());
             Ok(())
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!("-o {}", dir.display()))),
@@ -310,9 +394,9 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
     mailbox.close().await?;
     result?;
     if total.new + total.repeats + total.set_aside == 0 {
-        eprintln!("no messages");
+        status!("no messages");
     } else if total.new == 0 {
-        eprintln!("no new messages");
+        status!("no new messages");
     }
     Ok(if total.set_aside > 0 {
         ExitCode::from(EXIT_SET_ASIDE)
@@ -379,15 +463,16 @@ fn report_event(
                     );
                 }
                 Content::Memory(text) => {
-                    eprintln!(
+                    status!(
                         "message {id} from the server ({} mode, {} bytes, signature \
                          verified{kept}):",
-                        r.header.mode, r.plaintext_len
+                        r.header.mode,
+                        r.plaintext_len
                     );
                     // A pipe or file gets exactly the message's bytes.
                     write_stdout_unbuffered(text, false)?;
                 }
-                Content::File(path) => eprintln!(
+                Content::File(path) => status!(
                     "message {id} ({} mode, {} bytes, signature verified{kept}) saved to {}",
                     r.header.mode,
                     r.plaintext_len,
@@ -418,7 +503,7 @@ fn report_event(
             let when = recorded
                 .map(|t| format!(" (recorded at unix time {t})"))
                 .unwrap_or_default();
-            eprintln!(
+            status!(
                 "message {}: already received{when}; repeat ignored, not saved or shown again",
                 received.header.message_id
             );

@@ -44,7 +44,10 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
                 Some("is `letterlock server` running there? Check --server (HOST:PORT)".into())
             }
             ClientError::WrongServer { .. } => Some(
-                "check server_public.pem: it must be the public key of the server you meant".into(),
+                "check server_public.pem: it must be the public key of the server you meant; if \
+                 its operator confirms the key changed, `letterlock client trust-server \
+                 HOST:PORT --replace` fetches the new one"
+                    .into(),
             ),
             _ => None,
         };

@@ -112,7 +112,7 @@ pub(super) async fn client_inbox(a: InboxArgs) -> Result<ExitCode> {
             .collect();
         println!("{}", ascii_json(&serde_json::to_string_pretty(&rows)?));
     } else if list.is_empty() {
-        eprintln!(
+        status!(
             "no messages received yet (the mailbox is {}; `letterlock client recv_msg` fills it)",
             mailbox_path(&a.keys).display()
         );
@@ -206,7 +206,7 @@ async fn read_kept(mailbox: &Mailbox, a: &ReadArgs) -> Result<ExitCode> {
         Some(path) if !to_stdout => format!(", saved to {}", path.display()),
         _ => String::new(),
     };
-    eprintln!(
+    status!(
         "verified: message {id}, {} bytes from {} ({}), {} mode, received {}{saved}",
         opened.plaintext_len,
         letterlock::text::line(&msg.summary.sender_name),

@@ -8,6 +8,7 @@
 use std::io::{self, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -15,12 +16,33 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use letterlock::envelope::Mode;
 use letterlock::keys::{self, PublicKey};
 
+/// Whether `-q` was given: status lines on stderr are left out (errors are always shown).
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Whether `-q` was given ([`status!`] prints nothing then).
+pub(crate) fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+/// A status line on stderr (what happened, where a file went), left out under `-q`. Errors and
+/// warnings use `eprintln!`/`tracing` and are never silenced. Defined before the submodules so
+/// that they can use it.
+macro_rules! status {
+    ($($arg:tt)*) => {
+        if !$crate::cli::quiet() {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
 mod client;
+mod completions;
 mod hints;
 mod mailbox;
 mod offline;
 mod server;
 mod terminal;
+mod trust_server;
 
 use client::{ClientCommand, client_recv, client_send};
 use hints::print_hint;
@@ -32,10 +54,20 @@ use server::{ServeArgs, ServerCommand, inbox, read_inbox, serve_cmd, server_send
 /// streams to disk and renames only once the message verified.
 pub const STDOUT_LIMIT: u64 = 64 * 1024 * 1024;
 
+/// What every command's `--help` ends with: the exit status shared by all commands (the
+/// commands with more statuses list theirs) and the environment variables read.
+const GENERAL_HELP: &str = "Exit status: 0 success, 1 failure (the error is on stderr), 2 wrong \
+                            usage.\n\
+                            Environment: LETTERLOCK_SERVER (--server), LETTERLOCK_KEYS (--keys), \
+                            LETTERLOCK_STORE (--store); RUST_LOG overrides -v/-q.";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "letterlock",
     version,
+    // `letterlock client send_msg --version` works too, as with every subcommand.
+    propagate_version = true,
+    after_help = GENERAL_HELP,
     about = "Secure messages between a client and a server: confidential, signed, tamper-evident.",
     long_about = "letterlock seals a message for one recipient with RSA-OAEP (asymmetric mode) or \
                   AES-256-GCM under a fresh key wrapped with RSA-OAEP (hybrid mode), and signs it \
@@ -49,9 +81,14 @@ pub const STDOUT_LIMIT: u64 = 64 * 1024 * 1024;
                   letterlock client recv_msg"
 )]
 pub struct Cli {
-    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides it.
+    /// More log output on stderr (-v: debug: connections, TLS version and key exchange, key
+    /// ids; -vv: trace). RUST_LOG overrides it.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// No status lines on stderr, and only warnings and errors in the log; errors are still
+    /// shown, and content (stdout) is unchanged.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -84,11 +121,26 @@ enum Command {
     },
     /// A keyless man-in-the-middle: relay, record and print frames, search for a plaintext,
     /// or attack the traffic (--tamper).
+    #[command(
+        after_help = "Exit status: with --expect, 0 when the text was NOT found in the \
+                            captured bytes, 1 when it was found (or on an error); otherwise 0 \
+                            success, 1 failure."
+    )]
     Intercept(InterceptArgs),
     /// The one-command tour: keys, a server, an interceptor, every attack, a PASS/FAIL table.
+    #[command(
+        after_help = "Exit status: 0 when every attack was detected (all PASS), 1 when \
+                            one was not or the tour failed."
+    )]
     Demo,
     /// Measure seal, open and the server on this machine, each beside the bound it could reach.
     Bench(BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell); docs/DEPLOY.md
+    /// says where each shell looks for it.
+    Completions(completions::CompletionsArgs),
+    /// Write the manual pages (roff), made from these same definitions: to stdout, or one page
+    /// per command into DIR with -o DIR (then `man -l DIR/letterlock.1`).
+    Man(completions::ManArgs),
 }
 
 #[derive(Args, Debug)]
@@ -154,7 +206,8 @@ impl From<ModeArg> for Mode {
 /// Parses the command line, runs the command, and turns errors into a message and exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    QUIET.store(cli.quiet, Ordering::Relaxed);
+    init_logging(cli.verbose, cli.quiet);
     quiet_broken_pipe();
     match dispatch(cli.command) {
         Ok(code) => code,
@@ -201,8 +254,9 @@ fn quiet_broken_pipe() {
     }));
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, quiet: bool) {
     let default = match verbose {
+        _ if quiet => "warn",
         0 => "info",
         1 => "debug",
         _ => "trace",
@@ -248,6 +302,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             ClientCommand::RecvMsg(a) => runtime()?.block_on(client_recv(a)),
             ClientCommand::Inbox(a) => runtime()?.block_on(mailbox::client_inbox(a)),
             ClientCommand::Read(a) => runtime()?.block_on(mailbox::client_read(a)),
+            ClientCommand::TrustServer(a) => trust_server::run(a),
         },
         Command::Server { serve, command } => match command {
             None => runtime()?.block_on(serve_cmd(serve)),
@@ -278,6 +333,8 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             },
         ))?),
         Command::Demo => Ok(runtime()?.block_on(crate::demo::run())?),
+        Command::Completions(a) => completions::completions(&a),
+        Command::Man(a) => completions::man(&a),
     }
 }
 
@@ -306,9 +363,18 @@ fn own_key(dir: &Path, name: &str) -> Result<keys::PrivateKey> {
 fn peer_key(dir: &Path, name: &str) -> Result<PublicKey> {
     let (_, path) = keys::pair_paths(dir, name);
     if !path.exists() {
+        // The client can fetch the server's key itself, checking its fingerprint.
+        let fetch = if name == "server" {
+            format!(
+                ", or fetch it with `letterlock client trust-server HOST:PORT --keys {}`",
+                dir.display()
+            )
+        } else {
+            String::new()
+        };
         bail!(
             "{} not found; copy the {name}'s public key there (the {name} makes it with \
-             `letterlock {name} generate_key_pair`)",
+             `letterlock {name} generate_key_pair`){fetch}",
             path.display()
         );
     }

@@ -25,8 +25,14 @@ pub(super) struct KeygenArgs {
     /// Name of the pair: files NAME_private.pem and NAME_public.pem.
     #[arg(long)]
     pub(super) name: String,
-    /// Folder to write the files into.
-    #[arg(long, default_value = ".")]
+    /// Folder to write the files into. (`--out`, its older name, is still accepted.)
+    #[arg(
+        long = "keys",
+        alias = "out",
+        value_name = "KEYS",
+        env = "LETTERLOCK_KEYS",
+        default_value = "."
+    )]
     pub(super) out: PathBuf,
     /// Modulus size in bits: 2048, 3072 or 4096.
     #[arg(long, default_value_t = keys::DEFAULT_BITS)]
@@ -39,7 +45,7 @@ pub(super) struct KeygenArgs {
 #[derive(Args, Debug)]
 pub(super) struct PairArgs {
     /// Folder that holds the key files.
-    #[arg(long, default_value = ".")]
+    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
     pub(super) keys: PathBuf,
     /// Modulus size in bits: 2048, 3072 or 4096.
     #[arg(long, default_value_t = keys::DEFAULT_BITS)]
@@ -51,20 +57,30 @@ pub(super) struct PairArgs {
 
 #[derive(Args, Debug)]
 pub(super) struct SealArgs {
-    /// The sender's private key (signs the message).
-    #[arg(long)]
+    /// The sender's private key, your identity (signs the message).
+    #[arg(
+        short = 'i',
+        long,
+        visible_alias = "identity",
+        value_name = "PRIVATE_KEY"
+    )]
     pub(super) from: PathBuf,
     /// The recipient's public key (only its private key can open the message).
-    #[arg(long)]
+    #[arg(
+        short = 'r',
+        long,
+        visible_alias = "recipient",
+        value_name = "PUBLIC_KEY"
+    )]
     pub(super) to: PathBuf,
     /// How to encrypt: hybrid (AES-256-GCM, any size) or asymmetric (RSA only, up to 1 MiB).
     #[arg(long, value_enum, default_value = "hybrid")]
     pub(super) mode: ModeArg,
-    /// Where to write the sealed message (default: stdout).
-    #[arg(short, long)]
+    /// Where to write the sealed message (default, or `-`: stdout).
+    #[arg(short, long, value_name = "FILE")]
     pub(super) output: Option<PathBuf>,
     /// Write base64 text between BEGIN/END lines instead of binary.
-    #[arg(long)]
+    #[arg(short, long)]
     pub(super) armor: bool,
     /// Largest plaintext accepted in asymmetric mode, in bytes.
     #[arg(long, default_value_t = envelope::DEFAULT_ASYMMETRIC_LIMIT)]
@@ -78,15 +94,20 @@ pub(super) struct SealArgs {
 
 #[derive(Args, Debug)]
 pub(super) struct OpenArgs {
-    /// The recipient's private key.
-    #[arg(long)]
+    /// The recipient's private key, your identity.
+    #[arg(
+        short = 'i',
+        long,
+        visible_alias = "identity",
+        value_name = "PRIVATE_KEY"
+    )]
     pub(super) key: PathBuf,
     /// The public key of the sender you expect; anything signed by another key is refused.
-    #[arg(long)]
+    #[arg(long, value_name = "PUBLIC_KEY")]
     pub(super) from: PathBuf,
     /// Where to write the plaintext. It appears only once the message verified.
-    /// Without it, plaintext goes to stdout, up to 64 MiB.
-    #[arg(short, long)]
+    /// Without it (or with `-`), plaintext goes to stdout, up to 64 MiB.
+    #[arg(short, long, value_name = "FILE")]
     pub(super) output: Option<PathBuf>,
     /// Largest plaintext accepted in asymmetric mode, in bytes.
     #[arg(long, default_value_t = envelope::DEFAULT_ASYMMETRIC_LIMIT)]
@@ -149,7 +170,13 @@ pub(super) fn check_output(path: Option<&Path>, force: bool) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn seal(a: SealArgs) -> Result<ExitCode> {
+/// `-o -` means stdout, as for age and gpg: the same as no `-o`.
+fn output_path(output: Option<PathBuf>) -> Option<PathBuf> {
+    output.filter(|p| p != Path::new("-"))
+}
+
+pub(super) fn seal(mut a: SealArgs) -> Result<ExitCode> {
+    a.output = output_path(a.output.take());
     check_output(a.output.as_deref(), a.force)?;
     let sender = keys::load_private(&a.from)?;
     let recipient = keys::load_public(&a.to)?;
@@ -158,6 +185,14 @@ pub(super) fn seal(a: SealArgs) -> Result<ExitCode> {
         asymmetric_limit: a.max_asymmetric,
         ..SealOptions::default()
     };
+    tracing::debug!(
+        sender = %sender.public().id(),
+        recipient = %recipient.id(),
+        mode = %opts.mode,
+        armor = a.armor,
+        output = %a.output.as_deref().map_or("stdout".into(), |p| p.display().to_string()),
+        "sealing"
+    );
     let reader = input(a.input.as_deref())?;
     let sealed = match &a.output {
         Some(path) => {
@@ -179,13 +214,15 @@ pub(super) fn seal(a: SealArgs) -> Result<ExitCode> {
         None => {
             let stdout = io::stdout();
             if !a.armor && stdout.is_terminal() {
-                bail!("refusing to write a binary message to a terminal; use -o FILE or --armor");
+                bail!(
+                    "refusing to write a binary message to a terminal; use -o FILE or -a (--armor)"
+                );
             }
             let mut w = io::BufWriter::new(stdout.lock());
             seal_into(&sender, &recipient, &opts, reader, &mut w, a.armor)?
         }
     };
-    eprintln!(
+    status!(
         "sealed {} bytes ({} mode) for {}, message id {}",
         sealed.plaintext_len,
         sealed.header.mode,
@@ -213,13 +250,21 @@ pub(super) fn seal_into<W: Write>(
     }
 }
 
-pub(super) fn open(a: OpenArgs) -> Result<ExitCode> {
+pub(super) fn open(mut a: OpenArgs) -> Result<ExitCode> {
+    a.output = output_path(a.output.take());
     check_output(a.output.as_deref(), a.force)?;
     let identity: Arc<dyn Identity> = Arc::new(keys::load_private(&a.key)?);
     let expected = keys::load_public(&a.from)?;
     let mut reader = BufReader::new(input(a.input.as_deref())?);
     // Binary messages start with the magic; armored ones with the BEGIN line.
     let armored = armor::is_armored(reader.fill_buf()?);
+    tracing::debug!(
+        recipient = %identity.public().id(),
+        expected_sender = %expected.id(),
+        armored,
+        output = %a.output.as_deref().map_or("stdout".into(), |p| p.display().to_string()),
+        "opening"
+    );
     let reader: Box<dyn Read> = if armored {
         Box::new(armor::ArmorReader::new(reader))
     } else {
@@ -254,7 +299,7 @@ pub(super) fn open(a: OpenArgs) -> Result<ExitCode> {
         }
         e => e.into(),
     })?;
-    eprintln!(
+    status!(
         "verified: {} bytes from {} ({} mode, message id {}, sealed at {})",
         opened.plaintext_len,
         opened.header.sender,

@@ -1,7 +1,7 @@
 //! `letterlock server ...`: run the server, and the operator's commands on its mailbox and
 //! trusted clients (send_msg, inbox, read, trust).
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -21,13 +21,13 @@ use super::{PairArgs, STDOUT_LIMIT, own_key, time_text};
 pub(super) struct ServeArgs {
     /// Folder with server_private.pem and the trusted client keys (client_public.pem,
     /// clients/NAME.pem).
-    #[arg(long, default_value = ".")]
+    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
     pub(super) keys: PathBuf,
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub(super) listen: String,
     /// The mailbox database (bodies over 64 KiB live in a folder beside it).
-    #[arg(long, default_value = "letterlock-server.db")]
+    #[arg(long, env = "LETTERLOCK_STORE", default_value = "letterlock-server.db")]
     pub(super) store: PathBuf,
     /// Which modes to accept.
     #[arg(long, value_enum, default_value = "both")]
@@ -44,10 +44,14 @@ pub(super) struct ServeArgs {
     /// Largest asymmetric message accepted, in bytes.
     #[arg(long, default_value_t = envelope::DEFAULT_ASYMMETRIC_LIMIT)]
     pub(super) max_asymmetric: u64,
-    /// Do not log the text of short messages (by default the server prints it, as the
-    /// classroom server did); log only sender, size and id.
-    #[arg(long)]
+    /// Do not log the text of short messages; log only sender, size and id. The default when
+    /// the log (stderr) is not a terminal: a service's journal or a log file.
+    #[arg(long, conflicts_with = "log_text")]
     pub(super) no_log_text: bool,
+    /// Log the text of short messages (up to 200 bytes), as the classroom server did. The
+    /// default when the log (stderr) is a terminal.
+    #[arg(long)]
+    pub(super) log_text: bool,
     /// Refuse a client that cannot do the post-quantum key exchange X25519MLKEM768, instead of
     /// letting it fall back to X25519 (letterlock clients always offer it).
     #[arg(long, conflicts_with = "plain_v1")]
@@ -70,16 +74,16 @@ pub(super) enum AcceptArg {
 #[derive(Subcommand, Debug)]
 pub(super) enum ServerCommand {
     /// Generate the server's key pair: server_private.pem and server_public.pem.
-    #[command(name = "generate_key_pair")]
+    #[command(name = "generate_key_pair", visible_alias = "generate-key-pair")]
     GenerateKeyPair(PairArgs),
     /// Seal a message from the server to client NAME and queue it in the store; a running
     /// server delivers it at that client's next recv_msg.
-    #[command(name = "send_msg")]
+    #[command(name = "send_msg", visible_alias = "send-msg")]
     SendMsg(ServerSendArgs),
     /// List the messages clients sent.
     Inbox {
         /// The server's mailbox database (its --store).
-        #[arg(long, default_value = "letterlock-server.db")]
+        #[arg(long, env = "LETTERLOCK_STORE", default_value = "letterlock-server.db")]
         store: PathBuf,
         /// Machine-readable output.
         #[arg(long)]
@@ -90,10 +94,10 @@ pub(super) enum ServerCommand {
         /// Message id, or a unique prefix of it.
         id: String,
         /// Folder with server_private.pem and the trusted client keys.
-        #[arg(long, default_value = ".")]
+        #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
         keys: PathBuf,
         /// The server's mailbox database (its --store).
-        #[arg(long, default_value = "letterlock-server.db")]
+        #[arg(long, env = "LETTERLOCK_STORE", default_value = "letterlock-server.db")]
         store: PathBuf,
         /// Write the plaintext to FILE instead of stdout.
         #[arg(short, long)]
@@ -107,7 +111,7 @@ pub(super) enum ServerCommand {
         #[arg(long)]
         name: String,
         /// The server's key folder; the key is written to KEYS/clients/NAME.pem.
-        #[arg(long, default_value = ".")]
+        #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
         keys: PathBuf,
     },
 }
@@ -120,10 +124,10 @@ pub(super) struct ServerSendArgs {
     #[command(flatten)]
     pub(super) message: MessageArgs,
     /// Folder with server_private.pem and the trusted client keys.
-    #[arg(long, default_value = ".")]
+    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
     pub(super) keys: PathBuf,
     /// The server's mailbox database (its --store).
-    #[arg(long, default_value = "letterlock-server.db")]
+    #[arg(long, env = "LETTERLOCK_STORE", default_value = "letterlock-server.db")]
     pub(super) store: PathBuf,
 }
 
@@ -152,7 +156,7 @@ pub(super) async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
         time_window: std::time::Duration::from_secs(a.time_window),
         max_hybrid: a.max_message,
         max_asymmetric: a.max_asymmetric,
-        log_text: !a.no_log_text,
+        log_text: log_text(a.log_text, a.no_log_text),
         ..ServerConfig::default()
     };
     println!("letterlock server listening on {}", listener.local_addr()?);
@@ -205,6 +209,13 @@ pub(super) async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
     }
     println!("server stopped; store closed");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the server logs the text of short messages: as asked, or else only when its log
+/// (stderr) is a terminal, so the classroom walk-through shows the text while a service's
+/// journal or a redirected log never receives plaintext.
+fn log_text(log_text: bool, no_log_text: bool) -> bool {
+    log_text || (!no_log_text && io::stderr().is_terminal())
 }
 
 /// Completes on Ctrl-C or SIGTERM.

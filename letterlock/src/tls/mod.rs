@@ -19,6 +19,7 @@
 
 pub mod cert;
 pub mod pin;
+pub mod probe;
 
 use std::io;
 use std::sync::Arc;

@@ -1,0 +1,249 @@
+//! `letterlock client trust-server HOST:PORT`: the server's key on first contact, as ssh's
+//! known_hosts keeps a host key.
+//!
+//! The TLS handshake proves that the server at HOST:PORT holds the key it presents
+//! ([`letterlock::tls::probe`]); whether it is the *right* server only a person can tell, by
+//! comparing the fingerprint with the one its operator reads out (`letterlock fingerprint
+//! server_public.pem`). So the key is written to KEYS/server_public.pem only after a yes on a
+//! terminal, a matching `--fingerprint`, or an explicit `--yes`. A different key already kept
+//! there is never replaced without `--replace`, and then with ssh's warning.
+
+use std::io::{self, BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use letterlock::keys::{self, PublicKey};
+use letterlock::tls::TlsOptions;
+use letterlock::tls::probe::{self, ProbeError, ProbedServer};
+
+#[derive(Args, Debug)]
+pub(crate) struct TrustServerArgs {
+    /// The server, HOST:PORT.
+    #[arg(value_name = "HOST:PORT", env = "LETTERLOCK_SERVER")]
+    server: String,
+    /// The client's key folder: server_public.pem is written there.
+    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
+    keys: PathBuf,
+    /// Write the key without asking if its fingerprint is this one, as the server's operator
+    /// reads it out (`letterlock fingerprint server_public.pem`); refuse if it is not.
+    #[arg(long, value_name = "SHA256:…")]
+    fingerprint: Option<String>,
+    /// Write the key without asking and without a fingerprint to compare (trust on first use,
+    /// as ssh's accept-new): only where the network path to the server is trusted.
+    #[arg(long, conflicts_with = "fingerprint")]
+    yes: bool,
+    /// Replace a different server_public.pem already kept (the server's key changed, or this is
+    /// another server): only once you know why.
+    #[arg(long)]
+    replace: bool,
+    /// Seconds to wait for the connection and the handshake.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    timeout: u64,
+}
+
+/// The fingerprints shown for a key, each with its label. One place, so that when the key id's
+/// display and an ssh-keygen compatible fingerprint change, only this function and
+/// [`fingerprint_matches`] follow.
+fn fingerprints(key: &PublicKey) -> Vec<(&'static str, String)> {
+    vec![("key id", key.id().to_string())]
+}
+
+/// Whether `given` (from `--fingerprint`) names `key`: any of [`fingerprints`], exactly as
+/// printed or without its `ALGORITHM:` prefix (base64 is case-sensitive, so no case folding),
+/// or the key id in hex. Fingerprints are public: no constant-time comparison is needed.
+fn fingerprint_matches(key: &PublicKey, given: &str) -> bool {
+    let given = given.trim();
+    if given.is_empty() {
+        return false;
+    }
+    let hex_id = hex::encode(key.id().0);
+    fingerprints(key).iter().any(|(_, shown)| {
+        shown == given || shown.split_once(':').is_some_and(|(_, bare)| bare == given)
+    }) || given.eq_ignore_ascii_case(&hex_id)
+}
+
+/// Runs `client trust-server`.
+pub(super) fn run(a: TrustServerArgs) -> Result<ExitCode> {
+    if !a.server.contains(':') {
+        bail!(
+            "{} has no port; give HOST:PORT, e.g. 127.0.0.1:8000",
+            a.server
+        );
+    }
+    let (_, path) = keys::pair_paths(&a.keys, "server");
+    if !a.keys.is_dir() {
+        bail!(
+            "the key folder {} does not exist; create the client's keys first (`letterlock \
+             client generate_key_pair --keys {}`), or pass --keys DIR",
+            a.keys.display(),
+            a.keys.display()
+        );
+    }
+    let kept = if path.exists() {
+        Some(keys::load_public(&path).with_context(|| {
+            format!(
+                "{} exists but cannot be read; move it away to fetch the server's key again",
+                path.display()
+            )
+        })?)
+    } else {
+        None
+    };
+    let probed = super::runtime()?.block_on(fetch(&a.server, a.timeout))?;
+    let key = &probed.key;
+    show(&a.server, &probed);
+
+    match &kept {
+        Some(k) if k.id() == key.id() => {
+            status!(
+                "{} already holds this key: nothing to change",
+                path.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(k) if !a.replace => bail!(
+            "{} holds ANOTHER server key, {}: the server at {} presented {}. Either the \
+             server's key changed (its operator can tell you), or this is not the server you \
+             trusted (someone may be in the way). Nothing was written; once you know the new \
+             key is right, run again with --replace",
+            path.display(),
+            k.id(),
+            a.server,
+            key.id()
+        ),
+        Some(k) => warn_changed(&path, k, key),
+        None => {}
+    }
+
+    if let Some(given) = &a.fingerprint {
+        if !fingerprint_matches(key, given) {
+            bail!(
+                "the server at {} presented {}, not the expected {given}: nothing was written. \
+                 Check the fingerprint with the server's operator (`letterlock fingerprint \
+                 server_public.pem` on the server)",
+                a.server,
+                key.id()
+            );
+        }
+        status!("the fingerprint matches --fingerprint");
+    } else if a.yes {
+        status!("accepted without comparing a fingerprint (--yes)");
+    } else if !confirm()? {
+        bail!("not confirmed: nothing was written");
+    }
+
+    keys::write_atomic(&path, key.to_pem().as_bytes(), 0o644, a.replace)?;
+    status!(
+        "wrote {}: this client now accepts only this server key",
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Connects and runs the probe's handshake, turning failures into what to do about them.
+async fn fetch(addr: &str, timeout: u64) -> Result<ProbedServer> {
+    let timeout = Duration::from_secs(timeout);
+    let tcp = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot connect to {addr}; is `letterlock server` running there, and is \
+                 HOST:PORT its --listen address?"
+            )));
+        }
+        Err(_) => bail!("no connection to {addr} within {} s", timeout.as_secs()),
+    };
+    tracing::debug!(server = %addr, "connected; TLS 1.3 handshake without a client certificate");
+    match probe::server_key(tcp, &TlsOptions::default(), timeout).await {
+        Ok(p) => {
+            tracing::debug!(
+                server = %addr,
+                version = ?p.session.version,
+                group = ?p.session.group,
+                cipher_suite = ?p.session.cipher_suite,
+                server_key = %p.key.id(),
+                "the server proved its key"
+            );
+            Ok(p)
+        }
+        Err(ProbeError::Tls(e)) => Err(anyhow::Error::new(e).context(format!(
+            "the server at {addr} did not complete a letterlock TLS 1.3 handshake (a server \
+             started with --plain-v1 cannot be trusted this way: copy its server_public.pem)"
+        ))),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("server {addr}"))),
+    }
+}
+
+/// Shows the proven key: on stdout, as it is what the command is for.
+fn show(addr: &str, p: &ProbedServer) {
+    println!(
+        "the server at {addr} proved in a TLS 1.3 handshake ({:?}) that it holds this key:",
+        p.session.group
+    );
+    for (label, value) in fingerprints(&p.key) {
+        println!("  {label:<8} {value}");
+    }
+    println!("  size     {} bits, RSA", p.key.bits());
+}
+
+/// ssh's warning, for `--replace`: loud, because it is what a man in the middle looks like.
+fn warn_changed(path: &Path, old: &PublicKey, new: &PublicKey) {
+    eprintln!(
+        "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n\
+         @    WARNING: THE SERVER'S KEY HAS CHANGED (--replace)    @\n\
+         @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n\
+         Someone could be intercepting this connection, or the server's key was replaced.\n\
+         kept in {}: {}\n\
+         presented now:        {}",
+        path.display(),
+        old.id(),
+        new.id()
+    );
+}
+
+/// Asks on the terminal; refuses (with what to pass instead) when there is no terminal to ask.
+fn confirm() -> Result<bool> {
+    let stdin = io::stdin();
+    if !stdin.is_terminal() {
+        bail!(
+            "cannot ask for confirmation: stdin is not a terminal. Pass --fingerprint \
+             SHA256:… (as the server's operator reads it out with `letterlock fingerprint \
+             server_public.pem`), or --yes to trust it unchecked"
+        );
+    }
+    eprint!(
+        "Is this the key the server's operator sees with `letterlock fingerprint \
+         server_public.pem`? Trust it (yes/no)? "
+    );
+    io::stderr().flush()?;
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "yes" | "y" | "YES" | "Yes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fingerprint_matches_as_printed_without_prefix_or_as_hex_and_nothing_else() {
+        let key = PublicKey::from_pem(include_str!("../../tests/keys/alice2048_public.pem"))
+            .expect("the fixed test key");
+        let other = PublicKey::from_pem(include_str!("../../tests/keys/bob2048_public.pem"))
+            .expect("the fixed test key");
+        let shown = key.id().to_string();
+        assert!(fingerprint_matches(&key, &shown));
+        assert!(fingerprint_matches(&key, &format!("  {shown}\n")));
+        let (_, bare) = shown.split_once(':').expect("ALGORITHM:value");
+        assert!(fingerprint_matches(&key, bare));
+        assert!(fingerprint_matches(&key, &hex::encode(key.id().0)));
+        assert!(!fingerprint_matches(&key, &other.id().to_string()));
+        assert!(!fingerprint_matches(&key, ""));
+        assert!(!fingerprint_matches(&key, "SHA256:"));
+        assert!(!fingerprint_matches(&key, &shown.to_lowercase()));
+    }
+}

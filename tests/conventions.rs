@@ -1,0 +1,604 @@
+//! The conventions users bring from age, gpg and ssh, through the binary (issue 11): stdin for
+//! `send_msg`, `-o -`, short flags, kebab-case aliases, `--version` on subcommands, `-q`/`-v`,
+//! `--json`, exit codes in `--help`, configuration from the environment, completions and the
+//! man page, and the server's plaintext logging default.
+
+mod common;
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use common::BIN;
+
+/// Runs `letterlock ARGS` with `stdin` as its input.
+fn run_with_input(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("LETTERLOCK_KEYS")
+        .env_remove("LETTERLOCK_SERVER")
+        .env_remove("LETTERLOCK_STORE")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn run(args: &[&str]) -> Output {
+    run_with_input(args, b"", &[])
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout.
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status,
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// Copies fixed test keys into `dir` under new names, private keys with mode 0600.
+fn place(dir: &Path, files: &[(&str, &str)]) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    for (from, to) in files {
+        let target = dir.join(to);
+        if from.ends_with("_private.pem") {
+            let name = from.trim_end_matches("_private.pem");
+            std::fs::copy(common::private_path(name), &target).unwrap();
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        } else {
+            std::fs::copy(common::keys_dir().join(from), &target).unwrap();
+        }
+    }
+}
+
+/// A server folder (bob2048 as the server, trusting alice2048 as `client`) and a client folder
+/// (alice2048, pinning bob2048).
+struct Folders {
+    _dir: tempfile::TempDir,
+    server: PathBuf,
+    client: PathBuf,
+    store: PathBuf,
+}
+
+fn folders() -> Folders {
+    let dir = tempfile::tempdir().unwrap();
+    let server = dir.path().join("server");
+    let client = dir.path().join("client");
+    place(
+        &server,
+        &[
+            ("bob2048_private.pem", "server_private.pem"),
+            ("bob2048_public.pem", "server_public.pem"),
+            ("alice2048_public.pem", "client_public.pem"),
+        ],
+    );
+    place(
+        &client,
+        &[
+            ("alice2048_private.pem", "client_private.pem"),
+            ("alice2048_public.pem", "client_public.pem"),
+            ("bob2048_public.pem", "server_public.pem"),
+        ],
+    );
+    let store = dir.path().join("server.db");
+    Folders {
+        _dir: dir,
+        server,
+        client,
+        store,
+    }
+}
+
+/// A running `letterlock server`, killed when dropped; its log (stderr) goes to a file.
+struct Server {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(f: &Folders, flags: &[&str]) -> Server {
+        let log = f.server.with_file_name("server.log");
+        let mut child = Command::new(BIN)
+            .args(["server", "--listen", "127.0.0.1:0"])
+            .arg("--keys")
+            .arg(&f.server)
+            .arg("--store")
+            .arg(&f.store)
+            .args(flags)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let addr = first
+            .strip_prefix("letterlock server listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .to_owned();
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, addr, log }
+    }
+
+    /// The server's log once it holds a "received" line (the line is written around the
+    /// delivery; polled, with a bound only against a hang).
+    fn log_after_receipt(&self) -> String {
+        for _ in 0..600 {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if text.contains("received") {
+                return text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!(
+            "no \"received\" line in the server log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+}
+
+/// `client send_msg ARGS --keys CLIENT --server ADDR` with `stdin`.
+fn send(f: &Folders, server: &Server, args: &[&str], stdin: &[u8]) -> Output {
+    let keys = f.client.to_str().unwrap();
+    let mut all = vec!["client", "send_msg"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--keys", keys, "--server", &server.addr]);
+    run_with_input(&all, stdin, &[])
+}
+
+/// The plaintext of message `id` in the server's store.
+fn server_read(f: &Folders, id: &str) -> Vec<u8> {
+    let out = run(&[
+        "server",
+        "read",
+        id,
+        "--keys",
+        f.server.to_str().unwrap(),
+        "--store",
+        f.store.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "server read: {}", stderr(&out));
+    out.stdout
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
+}
+
+#[test]
+fn send_msg_reads_stdin_without_text_or_with_a_dash_and_says_so_in_json() {
+    let f = folders();
+    let server = Server::start(&f, &[]);
+    for (args, input) in [
+        (&["--json"][..], &b"from stdin, no TEXT"[..]),
+        (&["--json", "-"][..], &b"from stdin, TEXT is -"[..]),
+        (&["--json", "--file", "-"][..], &b"from stdin, --file -"[..]),
+    ] {
+        let out = ok(send(&f, &server, args, input));
+        let v = json(&out);
+        assert_eq!(v["delivered"], true, "{out}");
+        assert_eq!(v["bytes"], input.len() as u64, "{out}");
+        assert_eq!(v["mode"], "hybrid", "{out}");
+        let id = v["id"].as_str().unwrap();
+        assert_eq!(id.len(), 32, "{out}");
+        // What the server stored is what stdin held, not the one-character message "-".
+        assert_eq!(server_read(&f, id), input);
+    }
+    // TEXT itself still works, and wins over stdin.
+    let out = ok(send(&f, &server, &["--json", "typed"], b"ignored"));
+    let id = json(&out)["id"].as_str().unwrap().to_owned();
+    assert_eq!(server_read(&f, &id), b"typed");
+}
+
+#[test]
+fn send_msg_json_says_not_delivered_when_it_fails() {
+    let f = folders();
+    // Nothing listens on the port of a listener just closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = format!("127.0.0.1:{port}");
+    let out = run_with_input(
+        &[
+            "client",
+            "send_msg",
+            "--json",
+            "hi",
+            "--timeout",
+            "1",
+            "--keys",
+            f.client.to_str().unwrap(),
+            "--server",
+            &server,
+        ],
+        b"",
+        &[],
+    );
+    assert!(!out.status.success());
+    // A connection failure is an error before anything is sent: the error is on stderr, and
+    // stdout does not claim a delivery.
+    assert!(
+        !stdout(&out).contains("\"delivered\":true"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!stderr(&out).is_empty());
+}
+
+#[test]
+fn the_environment_gives_server_keys_and_store() {
+    let f = folders();
+    let server = Server::start(&f, &[]);
+    let env = [
+        ("LETTERLOCK_SERVER", server.addr.as_str()),
+        ("LETTERLOCK_KEYS", f.client.to_str().unwrap()),
+    ];
+    let out = ok(run_with_input(
+        &["client", "send-msg", "--json", "by the environment"],
+        b"",
+        &env,
+    ));
+    let id = json(&out)["id"].as_str().unwrap().to_owned();
+    let env = [
+        ("LETTERLOCK_KEYS", f.server.to_str().unwrap()),
+        ("LETTERLOCK_STORE", f.store.to_str().unwrap()),
+    ];
+    let out = ok(run_with_input(&["server", "read", &id], b"", &env));
+    assert_eq!(out, "by the environment");
+    // And `--help` says which variable sets which flag.
+    let help = ok(run(&["client", "send_msg", "--help"]));
+    assert!(help.contains("[env: LETTERLOCK_SERVER="), "{help}");
+    assert!(help.contains("[env: LETTERLOCK_KEYS="), "{help}");
+    let help = ok(run(&["server", "--help"]));
+    assert!(help.contains("[env: LETTERLOCK_STORE="), "{help}");
+}
+
+#[test]
+fn verbose_logs_the_connection_and_quiet_leaves_only_content() {
+    let f = folders();
+    let server = Server::start(&f, &[]);
+    let out = send(&f, &server, &["-v", "hello"], b"");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("connecting"), "{err}");
+    assert!(err.contains("X25519MLKEM768"), "{err}");
+    // The key ids of both ends.
+    let alice = common::public("alice2048").id().to_string();
+    let bob = common::public("bob2048").id().to_string();
+    assert!(err.contains(&alice) && err.contains(&bob), "{err}");
+
+    let out = send(&f, &server, &["hello"], b"");
+    assert!(!stderr(&out).contains("connecting"), "{}", stderr(&out));
+}
+
+#[test]
+fn seal_and_open_take_short_flags_and_dash_for_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = common::private_path("alice2048");
+    let bob = common::private_path("bob2048");
+    let (alice, bob) = (alice.to_str().unwrap(), bob.to_str().unwrap());
+    let alice_pub = common::public_path("alice2048");
+    let bob_pub = common::public_path("bob2048");
+    let seal = |extra: &[&str]| {
+        let mut args = vec!["seal", "-a", "-i", alice, "-r", bob_pub.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let mut cmd = Command::new(BIN);
+        cmd.args(&args)
+            .current_dir(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"short flags")
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = seal(&["-o", "-"]);
+    let armored = ok(out);
+    assert!(armored.starts_with("-----BEGIN"), "{armored}");
+    // `-o -` is stdout: no file named "-" appeared.
+    assert!(!dir.path().join("-").exists());
+
+    let open = |extra: &[&str]| {
+        let mut args = vec!["open", "-i", bob, "--from", alice_pub.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        run_with_input(&args, armored.as_bytes(), &[])
+    };
+    let out = open(&["-o", "-"]);
+    assert_eq!(ok(out), "short flags");
+    // The long names age and gpg use work too.
+    let out = run_with_input(
+        &[
+            "open",
+            "--identity",
+            bob,
+            "--from",
+            alice_pub.to_str().unwrap(),
+        ],
+        armored.as_bytes(),
+        &[],
+    );
+    assert_eq!(ok(out), "short flags");
+
+    // -q: the status lines go, the content stays, errors still show.
+    let loud = open(&[]);
+    assert!(stderr(&loud).contains("verified"), "{}", stderr(&loud));
+    let quiet = open(&["-q"]);
+    assert_eq!(stderr(&quiet), "");
+    assert_eq!(ok(quiet), "short flags");
+    let sealed_quiet = seal(&["-q"]);
+    assert_eq!(stderr(&sealed_quiet), "");
+    let wrong = run_with_input(
+        &[
+            "open",
+            "-q",
+            "-i",
+            alice,
+            "--from",
+            bob_pub.to_str().unwrap(),
+        ],
+        armored.as_bytes(),
+        &[],
+    );
+    assert!(!wrong.status.success());
+    assert!(!stderr(&wrong).is_empty(), "errors are shown under -q");
+}
+
+#[test]
+fn kebab_case_aliases_and_version_on_every_subcommand() {
+    let version = env!("CARGO_PKG_VERSION");
+    for args in [
+        &["client", "send-msg", "--help"][..],
+        &["client", "recv-msg", "--help"],
+        &["client", "generate-key-pair", "--help"],
+        &["server", "send-msg", "--help"],
+        &["server", "generate-key-pair", "--help"],
+        &["client", "trust-server", "--help"],
+    ] {
+        ok(run(args));
+    }
+    // The snake_case names stay the ones shown.
+    let help = ok(run(&["client", "--help"]));
+    for name in ["send_msg", "recv_msg", "generate_key_pair"] {
+        assert!(help.contains(&format!("  {name} ")), "{help}");
+    }
+    for args in [
+        &["client", "send_msg", "--version"][..],
+        &["server", "inbox", "--version"],
+        &["seal", "--version"],
+    ] {
+        let out = ok(run(args));
+        assert!(out.contains(version), "{args:?}: {out}");
+    }
+}
+
+#[test]
+fn keygen_takes_keys_like_every_other_command_and_out_still_works() {
+    let help = ok(run(&["keygen", "--help"]));
+    assert!(help.contains("--keys <KEYS>"), "{help}");
+    assert!(
+        !help.contains("--out <"),
+        "the old name stays hidden: {help}"
+    );
+    // Both names parse (a usage error would exit 2); the odd size fails before any key is made.
+    let dir = tempfile::tempdir().unwrap();
+    for flag in ["--keys", "--out"] {
+        let out = run(&[
+            "keygen",
+            "--name",
+            "k",
+            flag,
+            dir.path().to_str().unwrap(),
+            "--bits",
+            "1000",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{flag}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn exit_codes_are_documented_in_help() {
+    let help = ok(run(&["client", "recv_msg", "--help"]));
+    assert!(help.contains("Exit status"), "{help}");
+    assert!(
+        help.contains("3 a repeat") && help.contains("4 a message"),
+        "{help}"
+    );
+    let help = ok(run(&["intercept", "--help"]));
+    assert!(help.contains("1 when it was found"), "{help}");
+    let help = ok(run(&["--help"]));
+    assert!(help.contains("Exit status: 0 success, 1 failure"), "{help}");
+}
+
+#[test]
+fn completions_are_made_from_the_command_definitions() {
+    let bash = ok(run(&["completions", "bash"]));
+    assert!(
+        bash.contains("send_msg") && bash.contains("--keys"),
+        "{bash}"
+    );
+    let zsh = ok(run(&["completions", "zsh"]));
+    assert!(zsh.contains("#compdef letterlock"), "{zsh}");
+    let fish = ok(run(&["completions", "fish"]));
+    assert!(fish.contains("trust-server"), "{fish}");
+    assert_eq!(run(&["completions", "tcsh"]).status.code(), Some(2));
+}
+
+#[test]
+fn the_man_page_is_roff_and_one_page_per_command_in_a_folder() {
+    let page = ok(run(&["man"]));
+    assert!(
+        page.lines()
+            .take(5)
+            .any(|l| l.starts_with(".TH letterlock 1")),
+        "{page}"
+    );
+    assert!(
+        page.contains("send_msg") || page.contains("client"),
+        "{page}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(run(&["man", "-o", dir.path().to_str().unwrap()]));
+    assert_eq!(out, "");
+    for name in [
+        "letterlock.1",
+        "letterlock-client-send_msg.1",
+        "letterlock-seal.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(text.contains(".TH "), "{name}");
+    }
+    // Where groff is installed, it reads the pages without a warning.
+    let groff = Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-z"])
+        .arg(dir.path().join("letterlock-client-send_msg.1"))
+        .output();
+    if let Ok(g) = groff {
+        assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+        assert_eq!(String::from_utf8_lossy(&g.stderr), "");
+    }
+}
+
+#[test]
+fn the_server_logs_message_text_only_on_a_terminal_unless_told() {
+    const TEXT: &str = "the text of a short message";
+    // Its log (stderr) is a file here, as in a service's journal: no text by default.
+    for (flags, logged) in [
+        (&[][..], false),
+        (&["--log-text"][..], true),
+        (&["--no-log-text"][..], false),
+    ] {
+        let f = folders();
+        let server = Server::start(&f, flags);
+        ok(send(&f, &server, &[TEXT], b""));
+        let log = server.log_after_receipt();
+        assert_eq!(log.contains(TEXT), logged, "{flags:?}:\n{log}");
+    }
+    // Both at once is a usage error.
+    let out = run(&["server", "--log-text", "--no-log-text"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// On a terminal (a pseudo-terminal from util-linux `script`, where installed), a bare
+/// `send_msg` says it reads until Ctrl-D, and sends what was typed.
+#[test]
+fn on_a_terminal_send_msg_says_it_reads_until_ctrl_d() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` (util-linux) to make a terminal");
+        return;
+    }
+    let f = folders();
+    let server = Server::start(&f, &[]);
+    let command = format!(
+        "{BIN} client send_msg --json --keys {} --server {}",
+        f.client.display(),
+        server.addr
+    );
+    // Typed: one line, then Ctrl-D (EOT) at the start of the next.
+    let out = run_script(&command, b"typed on a terminal\n\x04");
+    let all = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("then Ctrl-D"), "{all}");
+    let line = all
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("{all}"));
+    let v = json(line);
+    assert_eq!(v["delivered"], true, "{all}");
+    let id = v["id"].as_str().unwrap();
+    assert_eq!(server_read(&f, id), b"typed on a terminal\n");
+}
+
+/// Runs `command` under `script -qec` (a pseudo-terminal for stdin, stdout and stderr) with
+/// `typed` as what is typed.
+fn run_script(command: &str, typed: &[u8]) -> Output {
+    let mut child = Command::new("script")
+        .args(["-qec", command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(typed).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The other half of the logging default: with its log on a terminal (a pseudo-terminal from
+/// util-linux `script`, where installed), the server shows the text as the classroom did.
+#[test]
+fn on_a_terminal_the_server_logs_message_text() {
+    const TEXT: &str = "shown in class";
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` (util-linux) to make a terminal");
+        return;
+    }
+    let f = folders();
+    // `exec`: the server is script's child itself, and ends with the terminal (SIGHUP).
+    let command = format!(
+        "exec {BIN} server --listen 127.0.0.1:0 --keys {} --store {}",
+        f.server.display(),
+        f.store.display()
+    );
+    let mut script = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _stdin = script.stdin.take();
+    let mut lines = std::io::BufReader::new(script.stdout.take().unwrap()).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("letterlock server listening on ")
+                .map(str::to_owned)
+        })
+        .expect("the server's address");
+    let server = Server {
+        child: script,
+        addr,
+        log: PathBuf::new(),
+    };
+    ok(send(&f, &server, &[TEXT], b""));
+    let received = lines
+        .map_while(Result::ok)
+        .find(|l| l.contains("received"))
+        .expect("a received line");
+    assert!(received.contains(TEXT), "{received}");
+}

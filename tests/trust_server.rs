@@ -1,0 +1,257 @@
+//! `letterlock client trust-server HOST:PORT` through the binary, against a real server: the
+//! server's key on first contact, written only when confirmed, never replaced silently.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use common::BIN;
+
+/// A running `letterlock server` with bob2048 as its key, trusting alice2048; killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn copy_private(name: &str, to: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::copy(common::private_path(name), to).unwrap();
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn start_server(flags: &[&str]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    copy_private("bob2048", &dir.path().join("server_private.pem"));
+    std::fs::copy(
+        common::public_path("alice2048"),
+        dir.path().join("client_public.pem"),
+    )
+    .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["server", "--listen", "127.0.0.1:0", "--keys"])
+        .arg(dir.path())
+        .arg("--store")
+        .arg(dir.path().join("server.db"))
+        .args(flags);
+    let (child, addr) = common::spawn_server(cmd);
+    Server {
+        child,
+        addr,
+        _dir: dir,
+    }
+}
+
+/// A client folder with alice2048's pair and no server key yet.
+fn client_folder() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    copy_private("alice2048", &dir.path().join("client_private.pem"));
+    let server_pem = dir.path().join("server_public.pem");
+    (dir, server_pem)
+}
+
+/// `letterlock client trust-server ADDR --keys DIR ARGS`, stdin not a terminal.
+fn trust_server(addr: &str, keys: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["client", "trust-server", addr, "--keys"])
+        .arg(keys)
+        .args(args)
+        .env_remove("LETTERLOCK_KEYS")
+        .env_remove("LETTERLOCK_SERVER")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn bob_fingerprint() -> String {
+    common::public("bob2048").id().to_string()
+}
+
+fn mallory_fingerprint() -> String {
+    common::public("mallory").id().to_string()
+}
+
+#[test]
+fn a_matching_fingerprint_writes_the_key_and_the_client_then_sends() {
+    let server = start_server(&[]);
+    let (dir, pem) = client_folder();
+    let out = trust_server(
+        &server.addr,
+        dir.path(),
+        &["--fingerprint", &bob_fingerprint()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // The fingerprint is shown, for a person to compare.
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&bob_fingerprint()),
+        "{}",
+        text(&out)
+    );
+    let written = letterlock::keys::load_public(&pem).unwrap();
+    assert_eq!(written.id(), common::public("bob2048").id());
+
+    // The server went on serving after the probe it refused, and the pinned key works.
+    let sent = Command::new(BIN)
+        .args(["client", "send_msg", "after trust-server", "--server"])
+        .arg(&server.addr)
+        .arg("--keys")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(sent.status.success(), "{}", text(&sent));
+
+    // Again: the same key is kept, nothing to do.
+    let out = trust_server(
+        &server.addr,
+        dir.path(),
+        &["--fingerprint", &bob_fingerprint()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("already holds this key"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_wrong_fingerprint_or_no_confirmation_writes_nothing() {
+    let server = start_server(&[]);
+    let (dir, pem) = client_folder();
+    let out = trust_server(
+        &server.addr,
+        dir.path(),
+        &["--fingerprint", &mallory_fingerprint()],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("not the expected"), "{}", text(&out));
+    assert!(!pem.exists());
+
+    // No terminal to ask on, and neither --fingerprint nor --yes: refused, with the way out.
+    let out = trust_server(&server.addr, dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("--fingerprint"), "{}", text(&out));
+    assert!(!pem.exists());
+
+    // --yes: trust on first use, on purpose.
+    let out = trust_server(&server.addr, dir.path(), &["--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        letterlock::keys::load_public(&pem).unwrap().id(),
+        common::public("bob2048").id()
+    );
+}
+
+#[test]
+fn another_kept_key_is_replaced_only_with_replace_and_a_loud_warning() {
+    let server = start_server(&[]);
+    let (dir, pem) = client_folder();
+    std::fs::copy(common::public_path("mallory"), &pem).unwrap();
+    let before = std::fs::read(&pem).unwrap();
+    let out = trust_server(
+        &server.addr,
+        dir.path(),
+        &["--fingerprint", &bob_fingerprint()],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("ANOTHER server key"), "{}", text(&out));
+    assert!(text(&out).contains("--replace"), "{}", text(&out));
+    assert_eq!(std::fs::read(&pem).unwrap(), before, "kept key untouched");
+
+    // --replace still needs the confirmation.
+    let out = trust_server(&server.addr, dir.path(), &["--replace"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(std::fs::read(&pem).unwrap(), before, "kept key untouched");
+
+    let out = trust_server(
+        &server.addr,
+        dir.path(),
+        &["--replace", "--fingerprint", &bob_fingerprint()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("THE SERVER'S KEY HAS CHANGED"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        letterlock::keys::load_public(&pem).unwrap().id(),
+        common::public("bob2048").id()
+    );
+}
+
+#[test]
+fn a_plain_version_1_server_or_no_server_is_a_clear_error() {
+    let server = start_server(&["--plain-v1"]);
+    let (dir, pem) = client_folder();
+    let out = trust_server(&server.addr, dir.path(), &["--yes", "--timeout", "5"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("--plain-v1"), "{}", text(&out));
+    assert!(!pem.exists());
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = trust_server(&format!("127.0.0.1:{port}"), dir.path(), &["--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("cannot connect"), "{}", text(&out));
+    assert!(!pem.exists());
+}
+
+#[test]
+fn a_missing_folder_or_port_is_refused_and_nothing_is_created() {
+    let server = start_server(&[]);
+    let (dir, _) = client_folder();
+    let missing = dir.path().join("no-such-folder");
+    let out = trust_server(&server.addr, &missing, &["--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("does not exist"), "{}", text(&out));
+    assert!(!missing.exists());
+    let out = trust_server("127.0.0.1", dir.path(), &["--yes"]);
+    assert!(text(&out).contains("no port"), "{}", text(&out));
+}
+
+#[test]
+fn a_client_without_the_server_key_is_pointed_to_trust_server() {
+    let (dir, pem) = client_folder();
+    let out = Command::new(BIN)
+        .args([
+            "client",
+            "send_msg",
+            "hi",
+            "--server",
+            "127.0.0.1:9",
+            "--keys",
+        ])
+        .arg(dir.path())
+        .env_remove("LETTERLOCK_KEYS")
+        .env_remove("LETTERLOCK_SERVER")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("client trust-server HOST:PORT"),
+        "{}",
+        text(&out)
+    );
+    assert!(!pem.exists());
+}
