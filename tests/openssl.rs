@@ -159,7 +159,7 @@ fn our_public_key_reads_in_openssl_with_the_same_key_id() {
         let digest = openssl_sha256(&der);
         let b64 = openssl(&["base64", "-A"], Some(&digest));
         let b64 = String::from_utf8(b64).unwrap();
-        let expected = format!("SHA256:{}", b64.trim().trim_end_matches('='));
+        let expected = format!("SPKI-SHA256:{}", b64.trim().trim_end_matches('='));
         assert_eq!(ours.id().to_string(), expected, "{name}");
     }
 }
