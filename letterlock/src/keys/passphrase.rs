@@ -24,6 +24,12 @@ impl Passphrase {
         self.0.as_bytes()
     }
 
+    /// Whether two passphrases are the same, in time that does not depend on where they
+    /// differ (for "type it again" confirmations).
+    pub fn same_as(&self, other: &Passphrase) -> bool {
+        aws_lc_rs::constant_time::verify_slices_are_equal(self.as_bytes(), other.as_bytes()).is_ok()
+    }
+
     /// Whether it is empty: letterlock treats an empty passphrase as "no passphrase".
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
