@@ -161,6 +161,21 @@ fn ssh_rsa_blob(e: &[u8], n: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// The test vector of PROTOCOL.md §1; `ssh-keygen -l` agrees (tests/openssl.rs).
+    #[test]
+    fn alice2048_key_id_and_openssh_fingerprint() {
+        let key = PublicKey::from_pem(include_str!("../../../tests/keys/alice2048_public.pem"))
+            .unwrap();
+        assert_eq!(
+            key.id().to_string(),
+            "SPKI-SHA256:b9FseU2LruoGLHaXY9rpgR/8o+3+nfBdyS3bZPGciKw"
+        );
+        assert_eq!(
+            key.ssh_fingerprint().to_string(),
+            "SHA256:NAfCkh6yUU0HA9Axm57MJ161ATv9H1x0O2k14IycP1M"
+        );
+    }
+
     #[test]
     fn mpints_get_a_leading_zero_only_when_the_top_bit_is_set() {
         let blob = ssh_rsa_blob(&[0x01, 0x00, 0x01], &[0x80, 0x01]);
