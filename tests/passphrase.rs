@@ -89,10 +89,17 @@ fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-/// The `SPKI-SHA256:` key id `letterlock fingerprint` prints for `file`.
+/// The `SPKI-SHA256:` key id `letterlock fingerprint --json` prints for `file`, after checking
+/// the other fields of the JSON.
 fn key_id_of(dir: &Path, file: &Path, env: &[(&str, &str)]) -> String {
     let out = ok(dir, &["fingerprint", "--json", s(file)], env);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["file"].as_str(), Some(s(file)), "{out}");
+    assert_eq!(v["bits"].as_u64(), Some(2048), "{out}");
+    assert!(
+        v["openssh"].as_str().unwrap().starts_with("SHA256:"),
+        "{out}"
+    );
     v["key_id"].as_str().unwrap().to_owned()
 }
 
@@ -338,6 +345,28 @@ fn a_wrong_or_missing_passphrase_is_refused_with_a_clear_message() {
         &[],
     );
     assert!(err.contains("missing.txt"), "{err}");
+    // OpenSSL's legacy encryption (`openssl rsa -aes256 -traditional`) is refused, with how to
+    // convert it.
+    let legacy = d.join("legacy.pem");
+    openssl(&[
+        "rsa",
+        "-in",
+        s(&common::private_path(ALICE)),
+        "-aes256",
+        "-traditional",
+        "-passout",
+        "pass:right",
+        "-out",
+        s(&legacy),
+    ]);
+    chmod_600(&legacy);
+    let err = fails(
+        d,
+        &["fingerprint", s(&legacy)],
+        &[("LETTERLOCK_PASSPHRASE", "right")],
+    );
+    assert!(err.contains("legacy encryption"), "{err}");
+    assert!(err.contains("openssl pkey -in"), "{err}");
     // seal reads its key through the same path.
     fs::write(d.join("m.txt"), "x").unwrap();
     let to = common::public_path(BOB);

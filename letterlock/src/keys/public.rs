@@ -164,8 +164,8 @@ mod tests {
     /// The test vector of PROTOCOL.md §1; `ssh-keygen -l` agrees (tests/openssl.rs).
     #[test]
     fn alice2048_key_id_and_openssh_fingerprint() {
-        let key = PublicKey::from_pem(include_str!("../../../tests/keys/alice2048_public.pem"))
-            .unwrap();
+        let key =
+            PublicKey::from_pem(include_str!("../../../tests/keys/alice2048_public.pem")).unwrap();
         assert_eq!(
             key.id().to_string(),
             "SPKI-SHA256:b9FseU2LruoGLHaXY9rpgR/8o+3+nfBdyS3bZPGciKw"
