@@ -589,3 +589,75 @@ fn keygen_with_a_passphrase_file_writes_an_encrypted_key() {
             .starts_with("-----BEGIN PRIVATE KEY-----")
     );
 }
+
+/// Runs `letterlock ARGS` on a pseudo-terminal (util-linux `script`), typing `input`: what a
+/// person at a terminal sees. Returns the exit status and everything the terminal showed.
+fn on_a_terminal(dir: &Path, args: &[&str], input: &str) -> (bool, String) {
+    use std::io::Write;
+    let command = std::iter::once(common::BIN)
+        .chain(args.iter().copied())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(dir)
+        .env_remove("LETTERLOCK_PASSPHRASE")
+        .env_remove("LETTERLOCK_NEW_PASSPHRASE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run `script` ({e}): install util-linux (apt-get install bsdutils)")
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), shown)
+}
+
+/// On a terminal the passphrase is asked for: twice for a new one (a mismatch writes nothing),
+/// once to read a key.
+#[test]
+fn on_a_terminal_the_passphrase_is_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("alice.pem");
+    fs::copy(common::private_path(ALICE), &key).unwrap();
+
+    let (ok_, shown) = on_a_terminal(d, &["passphrase", s(&key)], "typed one\ntyped two\n");
+    assert!(!ok_, "{shown}");
+    assert!(shown.contains("The same passphrase again"), "{shown}");
+    assert!(shown.contains("the two passphrases differ"), "{shown}");
+    assert!(
+        fs::read_to_string(&key)
+            .unwrap()
+            .starts_with("-----BEGIN PRIVATE KEY-----")
+    );
+
+    let (ok_, shown) = on_a_terminal(d, &["passphrase", s(&key)], "typed one\ntyped one\n");
+    assert!(ok_, "{shown}");
+    assert!(shown.contains("passphrase set"), "{shown}");
+    assert_eq!(
+        key_id_of(d, &key, &[("LETTERLOCK_PASSPHRASE", "typed one")]),
+        expected_id(ALICE)
+    );
+
+    let (ok_, shown) = on_a_terminal(d, &["fingerprint", s(&key)], "typed one\n");
+    assert!(ok_, "{shown}");
+    assert!(
+        shown.contains(&format!("Passphrase for {}", s(&key))),
+        "{shown}"
+    );
+    assert!(shown.contains(&expected_id(ALICE)), "{shown}");
+}
