@@ -62,6 +62,10 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Generate an RSA key pair: DIR/NAME_private.pem (mode 0600) and DIR/NAME_public.pem.
+    ///
+    /// On a terminal it asks for a passphrase for the private key (hidden, twice; empty for
+    /// none). Scripts give one with --passphrase-file FILE or LETTERLOCK_PASSPHRASE; with
+    /// neither and no terminal the key is written unencrypted.
     Keygen(KeygenArgs),
     /// Print a key's OpenSSH fingerprint (SHA256:…, as `ssh-keygen -l` prints it) and its
     /// letterlock key id (SPKI-SHA256:…), from a public or private key file.
