@@ -159,8 +159,82 @@ fn our_public_key_reads_in_openssl_with_the_same_key_id() {
         let digest = openssl_sha256(&der);
         let b64 = openssl(&["base64", "-A"], Some(&digest));
         let b64 = String::from_utf8(b64).unwrap();
-        let expected = format!("SHA256:{}", b64.trim().trim_end_matches('='));
+        let expected = format!("SPKI-SHA256:{}", b64.trim().trim_end_matches('='));
         assert_eq!(ours.id().to_string(), expected, "{name}");
+    }
+}
+
+/// Runs `ssh-keygen ARGS` and returns its stdout; fails with how to install it if absent.
+fn ssh_keygen(args: &[&str]) -> String {
+    let out = Command::new("ssh-keygen")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run `ssh-keygen` ({e}): the fingerprint test compares with OpenSSH's own \
+                 output; install it with `apt-get install openssh-client`"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "ssh-keygen {} failed:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `PublicKey::ssh_fingerprint` and `letterlock fingerprint` print what `ssh-keygen -l` prints
+/// for the same key (converted with `ssh-keygen -i -m PKCS8`), and the key id is labelled as
+/// something else.
+#[test]
+fn our_openssh_fingerprint_is_what_ssh_keygen_prints() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["alice2048", "bob3072", "alice4096", "mallory"] {
+        let pem = common::public_path(name);
+        let ours = public(name);
+        let line = ssh_keygen(&["-i", "-m", "PKCS8", "-f", path_str(&pem)]);
+        // `ssh-rsa BLOB`: the blob is ours byte for byte.
+        let blob = line.split_whitespace().nth(1).unwrap();
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode(blob)
+            .unwrap();
+        assert_eq!(blob, ours.ssh_blob().unwrap(), "{name}");
+        let ssh_pub = write(dir.path(), &format!("{name}.pub"), line.as_bytes());
+        let listed = ssh_keygen(&["-l", "-E", "sha256", "-f", path_str(&ssh_pub)]);
+        // `BITS SHA256:... COMMENT (RSA)`
+        let theirs = listed.split_whitespace().nth(1).unwrap();
+        assert_eq!(ours.ssh_fingerprint().to_string(), theirs, "{name}");
+        assert_eq!(
+            listed.split_whitespace().next().unwrap(),
+            ours.bits().to_string()
+        );
+
+        // Through the binary: both, labelled; and either form parses back to this key.
+        let out = Command::new(common::BIN)
+            .args(["fingerprint", path_str(&pem)])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            text.contains(&format!("{theirs} (OpenSSH fingerprint")),
+            "{name}: {text}"
+        );
+        assert!(
+            text.contains(&format!("{} (letterlock key id)", ours.id())),
+            "{name}: {text}"
+        );
+        for form in [theirs.to_owned(), ours.id().to_string()] {
+            let parsed: keys::Fingerprint = form.parse().unwrap();
+            assert!(parsed.matches(&ours), "{name}: {form}");
+            assert!(!parsed.matches(&public("bob2048")) || name == "bob2048");
+        }
+        // The key id is a different hash, and no longer looks like OpenSSH's.
+        assert!(ours.id().to_string().starts_with("SPKI-SHA256:"));
+        assert_ne!(ours.id().0, ours.ssh_fingerprint().0);
     }
 }
 

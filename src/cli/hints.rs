@@ -83,11 +83,24 @@ pub(super) fn key_hint(e: &KeyError, outer: &KeyError) -> Option<String> {
             "make a new key with `letterlock keygen` (3072 bits by default)".into()
         }
         KeyError::GenerateSize { .. } => "choose --bits 2048, 3072 or 4096".into(),
-        KeyError::Encrypted => {
+        KeyError::Encrypted | KeyError::PassphraseUnavailable { .. } => format!(
+            "give the passphrase with --passphrase-file FILE (its first line) or the {} \
+             environment variable, or run on a terminal to be asked",
+            super::passphrase::ENV
+        ),
+        KeyError::WrongPassphrase => {
             let key = path.unwrap_or_else(|| "KEY".into());
             format!(
-                "write an unencrypted copy with `openssl pkey -in {key} -out {key}.plain` \
-                 and keep it mode 0600"
+                "check the passphrase (--passphrase-file, {}); `openssl pkey -in {key} -noout` \
+                 tells a wrong passphrase from a damaged file",
+                super::passphrase::ENV
+            )
+        }
+        KeyError::LegacyEncrypted => {
+            let key = path.unwrap_or_else(|| "KEY".into());
+            format!(
+                "convert it to encrypted PKCS#8 with `openssl pkey -in {key} -aes256 -out \
+                 {key}.new` and use {key}.new"
             )
         }
         KeyError::WrongPemBlock {

@@ -40,6 +40,7 @@ mod completions;
 mod hints;
 mod mailbox;
 mod offline;
+mod passphrase;
 mod server;
 mod terminal;
 mod trust_server;
@@ -47,7 +48,8 @@ mod trust_server;
 use client::{ClientCommand, client_recv, client_send};
 use hints::print_hint;
 pub use offline::time_text;
-use offline::{KeygenArgs, OpenArgs, PairArgs, SealArgs, keygen, open, seal};
+use offline::{KeygenArgs, OpenArgs, PairArgs, SealArgs, fingerprint, keygen, open, seal};
+use passphrase::{PassphraseArgs, PassphraseCmdArgs, change_passphrase};
 use server::{ServeArgs, ServerCommand, inbox, read_inbox, serve_cmd, server_send, trust};
 
 /// Largest message `open` holds in memory to print on stdout: above it, use `-o FILE`, which
@@ -89,6 +91,8 @@ pub struct Cli {
     /// shown, and content (stdout) is unchanged.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
+    #[command(flatten)]
+    passphrase: PassphraseArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -96,12 +100,23 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Generate an RSA key pair: DIR/NAME_private.pem (mode 0600) and DIR/NAME_public.pem.
+    ///
+    /// On a terminal it asks for a passphrase for the private key (hidden, twice; empty for
+    /// none). Scripts give one with --passphrase-file FILE or LETTERLOCK_PASSPHRASE; with
+    /// neither and no terminal the key is written unencrypted.
     Keygen(KeygenArgs),
-    /// Print the SHA256 fingerprint (key id) of a public or private key file.
+    /// Print a key's OpenSSH fingerprint (SHA256:…, as `ssh-keygen -l` prints it) and its
+    /// letterlock key id (SPKI-SHA256:…), from a public or private key file.
     Fingerprint {
-        /// A PEM key file (public or private).
+        /// A PEM key file (public or private; an encrypted private key needs its passphrase).
         file: PathBuf,
+        /// Print JSON: {"openssh", "key_id", "bits", "file"}.
+        #[arg(long)]
+        json: bool,
     },
+    /// Add, change or remove the passphrase of a private key file (rewritten atomically,
+    /// mode 0600).
+    Passphrase(PassphraseCmdArgs),
     /// Seal a message offline: encrypt it for RECIPIENT and sign it as SENDER.
     Seal(SealArgs),
     /// Open a sealed message offline: decrypt it, verify the sender's signature.
@@ -209,6 +224,7 @@ pub fn run() -> ExitCode {
     QUIET.store(cli.quiet, Ordering::Relaxed);
     init_logging(cli.verbose, cli.quiet);
     quiet_broken_pipe();
+    passphrase::configure(cli.passphrase);
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -274,11 +290,8 @@ fn init_logging(verbose: u8, quiet: bool) {
 fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Keygen(a) => keygen(&a.out, &a.name, a.bits, a.force),
-        Command::Fingerprint { file } => {
-            let key = keys::load_any_public(&file)?;
-            println!("{} ({} bits, RSA) {}", key.id(), key.bits(), file.display());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Fingerprint { file, json } => fingerprint(&file, json),
+        Command::Passphrase(a) => change_passphrase(a),
         Command::Seal(a) => seal(a),
         Command::Open(a) => open(a),
         Command::Bench(a) => {
@@ -357,7 +370,16 @@ fn own_key(dir: &Path, name: &str) -> Result<keys::PrivateKey> {
             dir.display()
         );
     }
-    Ok(keys::load_private(&path)?)
+    load_own_private(&path)
+}
+
+/// Loads a private key the user owns, asking for its passphrase only if it is encrypted
+/// ([`passphrase::for_key`]: `--passphrase-file`, `LETTERLOCK_PASSPHRASE`, the terminal).
+/// Every command that reads a private key goes through here.
+fn load_own_private(path: &Path) -> Result<keys::PrivateKey> {
+    Ok(keys::load_private_with(path, &|| {
+        passphrase::for_key(path)
+    })?)
 }
 
 fn peer_key(dir: &Path, name: &str) -> Result<PublicKey> {

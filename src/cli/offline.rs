@@ -123,11 +123,54 @@ pub(super) fn keygen(dir: &Path, name: &str, bits: usize, force: bool) -> Result
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
         bail!("key name {name:?} is not a plain file name");
     }
-    let key = keys::generate_pair_files(dir, name, bits, force)?;
     let (private, public) = keys::pair_paths(dir, name);
-    println!("wrote {} (keep it secret, mode 0600)", private.display());
+    // Asked before the (slow) generation; refused early if the files exist, so nobody types a
+    // passphrase twice for nothing.
+    if !force {
+        for p in [&private, &public] {
+            if p.exists() {
+                return Err(keys::KeyError::Exists { path: p.clone() }.into());
+            }
+        }
+    }
+    let pass = super::passphrase::for_new_key(&private.display().to_string())?;
+    let key = keys::generate_pair_files_with(dir, name, bits, force, pass.as_ref())?;
+    match pass {
+        Some(_) => println!(
+            "wrote {} (passphrase-protected, mode 0600)",
+            private.display()
+        ),
+        None => println!("wrote {} (keep it secret, mode 0600)", private.display()),
+    }
     println!("wrote {}", public.display());
-    println!("fingerprint {} ({bits} bits)", key.public().id());
+    println!("key id {} ({bits} bits)", key.public().id());
+    println!(
+        "OpenSSH fingerprint {} (as ssh-keygen -l prints it)",
+        key.public().ssh_fingerprint()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `letterlock fingerprint FILE`: both names of the key, labelled, so nobody compares a key
+/// id with an OpenSSH fingerprint.
+pub(super) fn fingerprint(file: &Path, json: bool) -> Result<ExitCode> {
+    let key = keys::load_any_public_with(file, &|| super::passphrase::for_key(file))?;
+    if json {
+        let value = serde_json::json!({
+            "openssh": key.ssh_fingerprint().to_string(),
+            "key_id": key.id().to_string(),
+            "bits": key.bits(),
+            "file": file.display().to_string(),
+        });
+        println!("{value}");
+    } else {
+        println!(
+            "{} (OpenSSH fingerprint, as ssh-keygen -l prints it)",
+            key.ssh_fingerprint()
+        );
+        println!("{} (letterlock key id)", key.id());
+        println!("{} bits RSA, {}", key.bits(), file.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -178,7 +221,7 @@ fn output_path(output: Option<PathBuf>) -> Option<PathBuf> {
 pub(super) fn seal(mut a: SealArgs) -> Result<ExitCode> {
     a.output = output_path(a.output.take());
     check_output(a.output.as_deref(), a.force)?;
-    let sender = keys::load_private(&a.from)?;
+    let sender = super::load_own_private(&a.from)?;
     let recipient = keys::load_public(&a.to)?;
     let opts = SealOptions {
         mode: a.mode.into(),
@@ -253,7 +296,7 @@ pub(super) fn seal_into<W: Write>(
 pub(super) fn open(mut a: OpenArgs) -> Result<ExitCode> {
     a.output = output_path(a.output.take());
     check_output(a.output.as_deref(), a.force)?;
-    let identity: Arc<dyn Identity> = Arc::new(keys::load_private(&a.key)?);
+    let identity: Arc<dyn Identity> = Arc::new(super::load_own_private(&a.key)?);
     let expected = keys::load_public(&a.from)?;
     let mut reader = BufReader::new(input(a.input.as_deref())?);
     // Binary messages start with the magic; armored ones with the BEGIN line.

@@ -45,11 +45,13 @@ pub(crate) struct TrustServerArgs {
     timeout: u64,
 }
 
-/// The fingerprints shown for a key, each with its label. One place, so that when the key id's
-/// display and an ssh-keygen compatible fingerprint change, only this function and
-/// [`fingerprint_matches`] follow.
+/// The fingerprints shown for a key, each with its label: the OpenSSH one (what `ssh-keygen -l`
+/// prints, what an operator most likely reads out) and letterlock's key id.
 fn fingerprints(key: &PublicKey) -> Vec<(&'static str, String)> {
-    vec![("key id", key.id().to_string())]
+    vec![
+        ("OpenSSH fingerprint", key.ssh_fingerprint().to_string()),
+        ("letterlock key id", key.id().to_string()),
+    ]
 }
 
 /// Whether `given` (from `--fingerprint`) names `key`: any of [`fingerprints`], exactly as
@@ -59,6 +61,9 @@ fn fingerprint_matches(key: &PublicKey, given: &str) -> bool {
     let given = given.trim();
     if given.is_empty() {
         return false;
+    }
+    if let Ok(named) = given.parse::<keys::Fingerprint>() {
+        return named.matches(key);
     }
     let hex_id = hex::encode(key.id().0);
     fingerprints(key).iter().any(|(_, shown)| {
@@ -245,5 +250,12 @@ mod tests {
         assert!(!fingerprint_matches(&key, ""));
         assert!(!fingerprint_matches(&key, "SHA256:"));
         assert!(!fingerprint_matches(&key, &shown.to_lowercase()));
+        let ssh = key.ssh_fingerprint().to_string();
+        assert!(ssh.starts_with("SHA256:"));
+        assert!(fingerprint_matches(&key, &ssh));
+        assert!(!fingerprint_matches(
+            &key,
+            &other.ssh_fingerprint().to_string()
+        ));
     }
 }

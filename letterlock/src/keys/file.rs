@@ -1,0 +1,212 @@
+//! Key files: reading them with their checks, writing them atomically, key pair folders.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use super::private::ENCRYPTED_LABEL;
+use super::{Identity as _, KeyError, MAX_KEY_FILE, Passphrase, PrivateKey, PublicKey};
+use crate::files::{self, WriteOptions};
+
+/// Where the passphrase of an encrypted key comes from: called only when a key turns out to be
+/// encrypted, so that an unencrypted key never makes a caller ask for one.
+pub type PassphraseSource<'a> = &'a dyn Fn() -> Result<Passphrase, KeyError>;
+
+/// Reads a key file, opened once and checked through that one handle (no race between the
+/// checks and the read): a regular file, under [`MAX_KEY_FILE`] bytes, and, for a private key,
+/// readable by its owner only. Reads at most the limit whatever the file claims.
+fn read_key_file(path: &Path, private: bool) -> Result<Zeroizing<String>, KeyError> {
+    let (text, mode) = read_key_text(path)?;
+    // A key others can read may already be someone else's; a file that holds no private key
+    // (a public key passed by mistake) is reported as that, not as a mode problem.
+    if private && mode & 0o077 != 0 && text.contains("PRIVATE KEY-----") {
+        return Err(KeyError::Permissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(text)
+}
+
+/// The file's text and mode, through one handle.
+fn read_key_text(path: &Path) -> Result<(Zeroizing<String>, u32), KeyError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let read_err = |source| KeyError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = fs::File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(KeyError::NotRegularFile {
+            path: path.to_owned(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    let too_big = || KeyError::FileTooLarge {
+        path: path.to_owned(),
+        limit: MAX_KEY_FILE,
+    };
+    if meta.len() > MAX_KEY_FILE {
+        return Err(too_big());
+    }
+    // Sized for the most `take` lets through, so it never reallocates: a reallocation would
+    // leave a copy of the key text in freed memory.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE as usize + 1));
+    file.take(MAX_KEY_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_KEY_FILE {
+        return Err(too_big());
+    }
+    let text = std::str::from_utf8(&bytes).map_err(|_| KeyError::NotText {
+        path: path.to_owned(),
+    })?;
+    Ok((Zeroizing::new(text.to_owned()), mode))
+}
+
+/// Loads an unencrypted private key file, refusing it if group or others can read it (as
+/// OpenSSH does): a key others can read may already be someone else's. A passphrase-protected
+/// key is [`KeyError::Encrypted`]; [`load_private_with`] reads those.
+pub fn load_private(path: &Path) -> Result<PrivateKey, KeyError> {
+    load_private_with(path, &|| Err(KeyError::Encrypted))
+}
+
+/// Loads a private key file, encrypted or not, with the checks of [`load_private`]. The
+/// library never prompts: `passphrase` supplies it, and is called only if the key is
+/// encrypted.
+pub fn load_private_with(
+    path: &Path,
+    passphrase: PassphraseSource,
+) -> Result<PrivateKey, KeyError> {
+    let text = read_key_file(path, true)?;
+    PrivateKey::from_pem_with(&text, passphrase).map_err(|e| in_file(path, e))
+}
+
+/// Whether PEM text holds a passphrase-protected private key (PKCS#8 `ENCRYPTED PRIVATE KEY`
+/// or OpenSSL's legacy `Proc-Type: 4,ENCRYPTED`), judged from the text alone.
+pub fn is_encrypted_pem(text: &str) -> bool {
+    text.contains(&format!("-----BEGIN {ENCRYPTED_LABEL}-----"))
+        || text.contains("Proc-Type: 4,ENCRYPTED")
+}
+
+/// Loads a public key file (`BEGIN PUBLIC KEY` or `BEGIN RSA PUBLIC KEY`).
+pub fn load_public(path: &Path) -> Result<PublicKey, KeyError> {
+    let text = read_key_file(path, false)?;
+    PublicKey::from_pem(&text).map_err(|e| in_file(path, e))
+}
+
+/// The public key of a file holding either a public or a private key, for `fingerprint`.
+/// Reading a private key's public half needs no permission check: nothing secret leaves.
+/// An encrypted private key holds no public part in the clear: it is [`KeyError::Encrypted`]
+/// here; [`load_any_public_with`] decrypts it.
+pub fn load_any_public(path: &Path) -> Result<PublicKey, KeyError> {
+    load_any_public_with(path, &|| Err(KeyError::Encrypted))
+}
+
+/// As [`load_any_public`], decrypting an encrypted private key with `passphrase`.
+pub fn load_any_public_with(
+    path: &Path,
+    passphrase: PassphraseSource,
+) -> Result<PublicKey, KeyError> {
+    let text = read_key_file(path, false)?;
+    if text.contains("PRIVATE KEY-----") {
+        Ok(PrivateKey::from_pem_with(&text, passphrase)
+            .map_err(|e| in_file(path, e))?
+            .public()
+            .clone())
+    } else {
+        PublicKey::from_pem(&text).map_err(|e| in_file(path, e))
+    }
+}
+
+/// Names the file around an error about what it holds (the errors that used to carry the path
+/// in their text); size refusals stay bare, so callers match `KeyError::TooSmall` directly.
+fn in_file(path: &Path, e: KeyError) -> KeyError {
+    match e {
+        KeyError::NotPem { .. }
+        | KeyError::WrongPemBlock { .. }
+        | KeyError::Encrypted
+        | KeyError::LegacyEncrypted
+        | KeyError::WrongPassphrase
+        | KeyError::KdfTooCostly { .. }
+        | KeyError::UnsupportedEncryption { .. }
+        | KeyError::BadEncryptedKey { .. }
+        | KeyError::PassphraseUnavailable { .. }
+        | KeyError::NotRsa { .. } => KeyError::InFile {
+            path: path.to_owned(),
+            source: Box::new(e),
+        },
+        other => other,
+    }
+}
+
+/// Writes a key file atomically ([`crate::files`]): a temporary file beside it with mode `mode`
+/// from the start, fsync, rename, fsync of the folder, so a crash never leaves half a key.
+/// Refuses to replace a file unless `force`, and never replaces anything but a regular file.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32, force: bool) -> Result<(), KeyError> {
+    let opts = WriteOptions {
+        mode,
+        replace: force,
+        create_dirs: true,
+    };
+    files::write_atomic(path, contents, &opts).map_err(|source| match source.kind() {
+        std::io::ErrorKind::AlreadyExists => KeyError::Exists {
+            path: path.to_owned(),
+        },
+        std::io::ErrorKind::InvalidInput => KeyError::NotRegularFile {
+            path: path.to_owned(),
+        },
+        _ => KeyError::Write {
+            path: path.to_owned(),
+            source,
+        },
+    })
+}
+
+/// The two files of a key pair named `name` in `dir`.
+pub fn pair_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{name}_private.pem")),
+        dir.join(format!("{name}_public.pem")),
+    )
+}
+
+/// Generates a key pair and writes `DIR/NAME_private.pem` (0600) and `DIR/NAME_public.pem`.
+pub fn generate_pair_files(
+    dir: &Path,
+    name: &str,
+    bits: usize,
+    force: bool,
+) -> Result<PrivateKey, KeyError> {
+    generate_pair_files_with(dir, name, bits, force, None)
+}
+
+/// As [`generate_pair_files`], the private key encrypted under `passphrase` if one is given
+/// ([`PrivateKey::to_encrypted_pem`]).
+pub fn generate_pair_files_with(
+    dir: &Path,
+    name: &str,
+    bits: usize,
+    force: bool,
+    passphrase: Option<&Passphrase>,
+) -> Result<PrivateKey, KeyError> {
+    let (private_path, public_path) = pair_paths(dir, name);
+    if !force {
+        for p in [&private_path, &public_path] {
+            if p.exists() {
+                return Err(KeyError::Exists { path: p.clone() });
+            }
+        }
+    }
+    let key = PrivateKey::generate(bits)?;
+    let text = match passphrase {
+        Some(pass) => Zeroizing::new(key.to_encrypted_pem(pass)?),
+        None => key.to_pem()?,
+    };
+    write_atomic(&private_path, text.as_bytes(), 0o600, force)?;
+    write_atomic(&public_path, key.public().to_pem().as_bytes(), 0o644, force)?;
+    Ok(key)
+}

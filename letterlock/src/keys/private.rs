@@ -1,0 +1,240 @@
+//! RSA private keys and the [`Identity`] trait behind which private operations sit.
+
+use std::fmt;
+
+use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+use aws_lc_rs::rand;
+use aws_lc_rs::rsa::{
+    KeyPair, KeySize, OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey, PrivateDecryptingKey,
+};
+use aws_lc_rs::signature::{KeyPair as _, RSA_PSS_SHA256};
+use zeroize::Zeroizing;
+
+use super::encrypted::{self, KdfChoice};
+use super::{
+    KeyError, KeyKind, Passphrase, PublicKey, check_bits, encode_pem, parse_pem, rejected,
+};
+
+/// The PEM label of a passphrase-protected PKCS#8 key.
+pub(super) const ENCRYPTED_LABEL: &str = "ENCRYPTED PRIVATE KEY";
+
+/// The private-key operations letterlock needs. A key file implements it ([`PrivateKey`]); an
+/// agent or a hardware token could too.
+pub trait Identity: Send + Sync {
+    /// The matching public key (its id is who we are).
+    fn public(&self) -> &PublicKey;
+    /// RSA-PSS (SHA-256, MGF1-SHA-256, salt 32) signature over `message`.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError>;
+    /// RSA-OAEP (SHA-256, MGF1-SHA-256) decryption with a label.
+    fn decrypt_oaep(&self, ciphertext: &[u8], label: &[u8])
+    -> Result<Zeroizing<Vec<u8>>, KeyError>;
+}
+
+/// An RSA private key held in memory.
+pub struct PrivateKey {
+    /// For PSS signatures.
+    signer: KeyPair,
+    /// For OAEP decryption (aws-lc keeps the two APIs on separate types).
+    decrypter: OaepPrivateDecryptingKey,
+    public: PublicKey,
+}
+
+impl PrivateKey {
+    /// A fresh key pair from aws-lc's generator.
+    pub fn generate(bits: usize) -> Result<Self, KeyError> {
+        let size = match bits {
+            2048 => KeySize::Rsa2048,
+            3072 => KeySize::Rsa3072,
+            4096 => KeySize::Rsa4096,
+            _ => return Err(KeyError::GenerateSize { bits }),
+        };
+        let pair = KeyPair::generate(size).map_err(|_| KeyError::Crypto)?;
+        let pkcs8 = pkcs8_of(&pair)?;
+        Self::from_pkcs8(&pkcs8)
+    }
+
+    /// Parses an unencrypted PKCS#8 `PrivateKeyInfo` DER.
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, KeyError> {
+        let signer = KeyPair::from_pkcs8(der).map_err(|e| rejected(KeyKind::Private, e))?;
+        let dec =
+            PrivateDecryptingKey::from_pkcs8(der).map_err(|e| rejected(KeyKind::Private, e))?;
+        check_bits(dec.key_size_bits())?;
+        let public = PublicKey::from_der(signer.public_key().as_ref())?;
+        let decrypter = OaepPrivateDecryptingKey::new(dec).map_err(|_| KeyError::Crypto)?;
+        Ok(PrivateKey {
+            signer,
+            decrypter,
+            public,
+        })
+    }
+
+    /// Parses an unencrypted PEM private key: PKCS#8 (`BEGIN PRIVATE KEY`, what we and
+    /// `openssl genpkey` write) or PKCS#1 (`BEGIN RSA PRIVATE KEY`, what the Python `rsa`
+    /// package writes). A passphrase-protected key is [`KeyError::Encrypted`]: use
+    /// [`PrivateKey::from_pem_with_passphrase`].
+    pub fn from_pem(text: &str) -> Result<Self, KeyError> {
+        Self::from_pem_with(text, &|| Err(KeyError::Encrypted))
+    }
+
+    /// Parses a PEM private key, encrypted (`BEGIN ENCRYPTED PRIVATE KEY`, PKCS#8 with PBES2)
+    /// or not; `passphrase` is used only if the key is encrypted.
+    pub fn from_pem_with_passphrase(text: &str, passphrase: &Passphrase) -> Result<Self, KeyError> {
+        let block = parse_pem(text)?;
+        Self::from_block(block, &|| Ok(passphrase.clone()))
+    }
+
+    /// Parses a PEM private key, calling `passphrase` only if the key is encrypted (so an
+    /// unencrypted key never makes the caller prompt).
+    pub fn from_pem_with(
+        text: &str,
+        passphrase: &dyn Fn() -> Result<Passphrase, KeyError>,
+    ) -> Result<Self, KeyError> {
+        Self::from_block(parse_pem(text)?, passphrase)
+    }
+
+    fn from_block(
+        block: pem::Pem,
+        passphrase: &dyn Fn() -> Result<Passphrase, KeyError>,
+    ) -> Result<Self, KeyError> {
+        let tag = block.tag().to_owned();
+        // OpenSSL's legacy encryption: `Proc-Type: 4,ENCRYPTED` headers on a PKCS#1 block.
+        if block
+            .headers()
+            .get("Proc-Type")
+            .is_some_and(|v| v.contains("ENCRYPTED"))
+        {
+            return Err(KeyError::LegacyEncrypted);
+        }
+        let der = Zeroizing::new(block.into_contents());
+        match tag.as_str() {
+            "PRIVATE KEY" => Self::from_pkcs8(&der),
+            "RSA PRIVATE KEY" => {
+                let pair = KeyPair::from_der(&der).map_err(|e| rejected(KeyKind::Private, e))?;
+                Self::from_pkcs8(&pkcs8_of(&pair)?)
+            }
+            ENCRYPTED_LABEL => {
+                let pass = passphrase()?;
+                let pkcs8 = encrypted::decrypt(&der, &pass)?;
+                // A wrong passphrase passes the CBC padding check about once in 256 tries and
+                // yields junk: that is a wrong passphrase too, not "not an RSA key".
+                Self::from_pkcs8(&pkcs8).map_err(|e| match e {
+                    KeyError::NotRsa { .. } => KeyError::WrongPassphrase,
+                    other => other,
+                })
+            }
+            other => Err(KeyError::WrongPemBlock {
+                expected: KeyKind::Private,
+                found: other.to_owned(),
+            }),
+        }
+    }
+
+    /// The key as PKCS#8 `BEGIN PRIVATE KEY` PEM, in a buffer that is wiped when dropped.
+    pub fn to_pem(&self) -> Result<Zeroizing<String>, KeyError> {
+        let der = pkcs8_of(&self.signer)?;
+        Ok(Zeroizing::new(encode_pem("PRIVATE KEY", &der)))
+    }
+
+    /// The key as `BEGIN ENCRYPTED PRIVATE KEY` PEM under `passphrase`: PKCS#8 with PBES2,
+    /// PBKDF2-HMAC-SHA-256 ([`super::PBKDF2_ITERATIONS`] iterations) and AES-256-CBC, which
+    /// `openssl pkey -passin` reads.
+    pub fn to_encrypted_pem(&self, passphrase: &Passphrase) -> Result<String, KeyError> {
+        self.to_encrypted_pem_with(passphrase, KdfChoice::default())
+    }
+
+    /// As [`PrivateKey::to_encrypted_pem`], with the key derivation chosen.
+    pub fn to_encrypted_pem_with(
+        &self,
+        passphrase: &Passphrase,
+        kdf: KdfChoice,
+    ) -> Result<String, KeyError> {
+        let der = pkcs8_of(&self.signer)?;
+        let encrypted = encrypted::encrypt(&der, passphrase, kdf)?;
+        Ok(encode_pem(ENCRYPTED_LABEL, &encrypted))
+    }
+}
+
+impl Identity for PrivateKey {
+    fn public(&self) -> &PublicKey {
+        &self.public
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let mut sig = vec![0u8; self.signer.public_modulus_len()];
+        self.signer
+            .sign(
+                &RSA_PSS_SHA256,
+                &rand::SystemRandom::new(),
+                message,
+                &mut sig,
+            )
+            .map_err(|_| KeyError::Crypto)?;
+        Ok(sig)
+    }
+
+    fn decrypt_oaep(
+        &self,
+        ciphertext: &[u8],
+        label: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let mut out = Zeroizing::new(vec![0u8; self.decrypter.min_output_size()]);
+        let n = self
+            .decrypter
+            .decrypt(&OAEP_SHA256_MGF1SHA256, ciphertext, &mut out, Some(label))
+            .map_err(|_| KeyError::Crypto)?
+            .len();
+        out.truncate(n);
+        Ok(out)
+    }
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material: only which public key this is.
+        write!(f, "PrivateKey({:?})", self.public)
+    }
+}
+
+fn pkcs8_of(pair: &KeyPair) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let der: Pkcs8V1Der = pair.as_der().map_err(|_| KeyError::Crypto)?;
+    Ok(Zeroizing::new(der.as_ref().to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALICE: &str = include_str!("../../../tests/keys/alice2048_private.pem");
+
+    #[test]
+    fn encrypted_pem_round_trips_and_refuses_a_wrong_passphrase() {
+        let key = PrivateKey::from_pem(ALICE).unwrap();
+        let pass = Passphrase::from("correct horse battery staple");
+        let pem = key.to_encrypted_pem(&pass).unwrap();
+        assert!(
+            pem.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----\n"),
+            "{pem}"
+        );
+        // The key text is nowhere in it.
+        assert!(!pem.contains(ALICE.lines().nth(1).unwrap()));
+        let back = PrivateKey::from_pem_with_passphrase(&pem, &pass).unwrap();
+        assert_eq!(back.public().id(), key.public().id());
+        assert!(matches!(
+            PrivateKey::from_pem(&pem),
+            Err(KeyError::Encrypted)
+        ));
+        assert!(matches!(
+            PrivateKey::from_pem_with_passphrase(&pem, &Passphrase::from("wrong")),
+            Err(KeyError::WrongPassphrase)
+        ));
+        // An unencrypted key reads with a passphrase given, and never asks for one.
+        let asked = std::cell::Cell::new(false);
+        let plain = PrivateKey::from_pem_with(ALICE, &|| {
+            asked.set(true);
+            Err(KeyError::Encrypted)
+        })
+        .unwrap();
+        assert_eq!(plain.public().id(), key.public().id());
+        assert!(!asked.get());
+    }
+}

@@ -1,0 +1,236 @@
+//! Where a private key's passphrase comes from, for every command that reads or writes one.
+//!
+//! For a key being read, in this order: `--passphrase-file FILE` (its first line), the
+//! `LETTERLOCK_PASSPHRASE` environment variable, a hidden prompt on the terminal; with none of
+//! them, a clear error that says how to give one. The library never prompts: it calls back here
+//! only when a key turns out to be encrypted, so unencrypted keys never make us ask.
+//!
+//! For a key being written (`keygen`, `generate_key_pair`, `passphrase`): the same file or
+//! variable (`--new-passphrase-file` / `LETTERLOCK_NEW_PASSPHRASE` for `passphrase`), else,
+//! on a terminal, asked twice, hidden (empty means none); a run with no terminal and no
+//! passphrase given writes an unencrypted key, as before passphrases existed.
+//!
+//! Passphrases live in [`Passphrase`] (wiped on drop); the file is read into a wiped buffer.
+
+use std::fs::File;
+use std::io::{self, IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use zeroize::Zeroizing;
+
+use letterlock::keys::{self, KeyError, Passphrase};
+
+/// The variable scripts and services put the passphrase of the key they use in.
+pub(super) const ENV: &str = "LETTERLOCK_PASSPHRASE";
+/// The variable `letterlock passphrase` reads the new passphrase from.
+pub(super) const NEW_ENV: &str = "LETTERLOCK_NEW_PASSPHRASE";
+/// The most we read of a passphrase file: a passphrase is a line, not a document.
+const MAX_PASSPHRASE_FILE: u64 = 4096;
+
+/// The passphrase flag, given once on the command line for whichever command needs it.
+#[derive(Args, Debug, Default, Clone)]
+pub(super) struct PassphraseArgs {
+    /// Read the private key's passphrase from the first line of FILE (for scripts and
+    /// services). Otherwise LETTERLOCK_PASSPHRASE, else it is asked on the terminal.
+    /// For keygen and generate_key_pair: the new key's passphrase.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(super) passphrase_file: Option<PathBuf>,
+}
+
+/// The flag as given, set once by [`configure`] before any command runs: the key loaders deep
+/// in each command read it here rather than having it passed through every call.
+static ARGS: OnceLock<PassphraseArgs> = OnceLock::new();
+
+/// Records the command line's passphrase flag for [`for_key`] and [`for_new_key`].
+pub(super) fn configure(args: PassphraseArgs) {
+    let _ = ARGS.set(args);
+}
+
+fn file_flag() -> Option<&'static Path> {
+    ARGS.get().and_then(|a| a.passphrase_file.as_deref())
+}
+
+/// The passphrase of the existing key `key`: the file, the variable, or the terminal.
+/// The error is a [`KeyError`] because the library calls this while loading the key.
+pub(super) fn for_key(key: &Path) -> Result<Passphrase, KeyError> {
+    let unavailable = |reason: String| KeyError::PassphraseUnavailable { reason };
+    if let Some(file) = file_flag() {
+        return read_file(file).map_err(|e| unavailable(format!("{e:#}")));
+    }
+    if let Some(p) = from_env(ENV) {
+        return Ok(p);
+    }
+    if io::stderr().is_terminal() {
+        return rpassword::prompt_password(format!("Passphrase for {}: ", key.display()))
+            .map(Passphrase::new)
+            .map_err(|e| unavailable(format!("cannot ask on the terminal: {e}")));
+    }
+    Err(unavailable(format!(
+        "no --passphrase-file, no {ENV}, and no terminal to ask on"
+    )))
+}
+
+/// The passphrase for a key about to be written by keygen: `None` means unencrypted.
+pub(super) fn for_new_key(what: &str) -> Result<Option<Passphrase>> {
+    new_passphrase(file_flag(), ENV, what, false)
+}
+
+/// The new passphrase for `letterlock passphrase`: `--new-passphrase-file`, then
+/// `LETTERLOCK_NEW_PASSPHRASE`, then the terminal. Without any of them it is an error, not an
+/// unencrypted key: use `--remove` for that.
+pub(super) fn for_changed_key(file: Option<&Path>, what: &str) -> Result<Option<Passphrase>> {
+    new_passphrase(file, NEW_ENV, what, true)
+}
+
+fn new_passphrase(
+    file: Option<&Path>,
+    env: &str,
+    what: &str,
+    required: bool,
+) -> Result<Option<Passphrase>> {
+    let given = match file {
+        Some(f) => Some(read_file(f)?),
+        None => from_env(env),
+    };
+    if let Some(p) = given {
+        return Ok((!p.is_empty()).then_some(p));
+    }
+    // Ask only when a person is there to answer: a script (stdin or stderr not a terminal)
+    // gets an unencrypted key, as before, and never hangs on a prompt.
+    if io::stdin().is_terminal() && io::stderr().is_terminal() {
+        let first = Passphrase::new(
+            rpassword::prompt_password(format!("Passphrase for {what} (empty for none): "))
+                .context("cannot read the passphrase from the terminal")?,
+        );
+        if first.is_empty() {
+            return Ok(None);
+        }
+        let again = Passphrase::new(
+            rpassword::prompt_password("The same passphrase again: ")
+                .context("cannot read the passphrase from the terminal")?,
+        );
+        if !first.same_as(&again) {
+            bail!("the two passphrases differ; nothing was written");
+        }
+        return Ok(Some(first));
+    }
+    if required {
+        bail!(
+            "no new passphrase given: pass --new-passphrase-file FILE, set {env}, run on a \
+             terminal to be asked, or pass --remove to store the key without one"
+        );
+    }
+    Ok(None)
+}
+
+/// `letterlock passphrase KEYFILE`: what to do with the key's passphrase.
+#[derive(Args, Debug)]
+pub(super) struct PassphraseCmdArgs {
+    /// The private key file to rewrite (encrypted or not; its current passphrase comes from
+    /// --passphrase-file, LETTERLOCK_PASSPHRASE or the terminal).
+    pub(super) key: PathBuf,
+    /// Store the key without a passphrase (unencrypted, mode 0600).
+    #[arg(long, conflicts_with = "new_passphrase_file")]
+    pub(super) remove: bool,
+    /// Read the new passphrase from the first line of FILE (else LETTERLOCK_NEW_PASSPHRASE,
+    /// else it is asked twice on the terminal).
+    #[arg(long, value_name = "FILE")]
+    pub(super) new_passphrase_file: Option<PathBuf>,
+}
+
+/// Rewrites a private key file under a new passphrase, or none: read with the current one,
+/// written atomically beside and renamed over (mode 0600), so a crash leaves the old file or
+/// the new one, never half of either.
+pub(super) fn change_passphrase(a: PassphraseCmdArgs) -> Result<ExitCode> {
+    let key = super::load_own_private(&a.key)?;
+    let new = if a.remove {
+        None
+    } else {
+        Some(
+            for_changed_key(
+                a.new_passphrase_file.as_deref(),
+                &a.key.display().to_string(),
+            )?
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the new passphrase is empty; pass --remove to store the key without one"
+                )
+            })?,
+        )
+    };
+    let text = match &new {
+        Some(pass) => Zeroizing::new(key.to_encrypted_pem(pass)?),
+        None => key.to_pem()?,
+    };
+    keys::write_atomic(&a.key, text.as_bytes(), 0o600, true)?;
+    match new {
+        Some(_) => eprintln!(
+            "{}: passphrase set (PBKDF2-HMAC-SHA-256, AES-256-CBC; mode 0600)",
+            a.key.display()
+        ),
+        None => eprintln!(
+            "{}: passphrase removed; the key is stored unencrypted (keep it secret, mode 0600)",
+            a.key.display()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The variable's value if it is set (an empty value is an empty passphrase).
+fn from_env(name: &str) -> Option<Passphrase> {
+    std::env::var(name).ok().map(Passphrase::new)
+}
+
+/// The first line of `path`, its line ending (`\n` or `\r\n`) removed, as `openssl -passin
+/// file:` reads it. At most [`MAX_PASSPHRASE_FILE`] bytes are read, into a wiped buffer.
+fn read_file(path: &Path) -> Result<Passphrase> {
+    let file = File::open(path)
+        .with_context(|| format!("cannot read passphrase file {}", path.display()))?;
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_PASSPHRASE_FILE as usize + 1));
+    file.take(MAX_PASSPHRASE_FILE + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read passphrase file {}", path.display()))?;
+    let line_end = bytes.iter().position(|&b| b == b'\n');
+    if line_end.is_none() && bytes.len() as u64 > MAX_PASSPHRASE_FILE {
+        bail!(
+            "passphrase file {} has no line end in its first {MAX_PASSPHRASE_FILE} bytes: is it \
+             the right file?",
+            path.display()
+        );
+    }
+    let mut line = &bytes[..line_end.unwrap_or(bytes.len())];
+    if let Some(stripped) = line.strip_suffix(b"\r") {
+        line = stripped;
+    }
+    let text = std::str::from_utf8(line)
+        .with_context(|| format!("passphrase file {} is not UTF-8 text", path.display()))?;
+    Ok(Passphrase::new(text.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_line_without_its_line_end_is_the_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        for (content, expected) in [
+            (&b"secret\n"[..], "secret"),
+            (b"secret\r\nsecond line\n", "secret"),
+            (b"no newline", "no newline"),
+            (b" spaces kept \n", " spaces kept "),
+            (b"\n", ""),
+        ] {
+            let path = dir.path().join("pass");
+            std::fs::write(&path, content).unwrap();
+            assert_eq!(read_file(&path).unwrap().as_bytes(), expected.as_bytes());
+        }
+        let path = dir.path().join("big");
+        std::fs::write(&path, vec![b'x'; 5000]).unwrap();
+        assert!(read_file(&path).is_err());
+    }
+}

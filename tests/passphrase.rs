@@ -1,0 +1,663 @@
+//! Passphrase-protected private keys through the binary: keys OpenSSL encrypted are used with
+//! `--passphrase-file` and `LETTERLOCK_PASSPHRASE`; keys letterlock encrypted are read by
+//! `openssl pkey -passin`; a wrong or missing passphrase is refused with a message saying so;
+//! `letterlock passphrase` changes and removes one; and the walk-through runs with encrypted
+//! keys on both sides.
+//!
+//! The keys are the fixed test keys, encrypted at test time (no RSA key is generated). These
+//! tests need `openssl` on PATH (OpenSSL 3); without it they fail, as tests/openssl.rs does.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+const ALICE: &str = "alice2048";
+const BOB: &str = "bob2048";
+
+/// Runs `letterlock ARGS` in `dir` with `env` set (and LETTERLOCK_PASSPHRASE* cleared unless
+/// given), stdin closed and no terminal, so a missing passphrase is an error, never a prompt.
+fn letterlock(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(common::BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("LETTERLOCK_PASSPHRASE")
+        .env_remove("LETTERLOCK_NEW_PASSPHRASE")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn ok(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = letterlock(dir, args, env);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "letterlock {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Runs and expects failure; returns stderr, checked for the absence of a panic.
+fn fails(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = letterlock(dir, args, env);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "letterlock {args:?} succeeded");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// Runs `openssl ARGS`; panics with its stderr (or how to install it) if it fails.
+fn openssl(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run `openssl` ({e}): these tests need it (apt-get install openssl)")
+        });
+    assert!(
+        out.status.success(),
+        "openssl {} failed:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Writes a one-line passphrase file (with its newline, as `echo` writes it).
+fn pass_file(dir: &Path, name: &str, pass: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, format!("{pass}\n")).unwrap();
+    path
+}
+
+fn chmod_600(path: &Path) {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// The `SPKI-SHA256:` key id `letterlock fingerprint --json` prints for `file`, after checking
+/// the other fields of the JSON.
+fn key_id_of(dir: &Path, file: &Path, env: &[(&str, &str)]) -> String {
+    let out = ok(dir, &["fingerprint", "--json", s(file)], env);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["file"].as_str(), Some(s(file)), "{out}");
+    assert_eq!(v["bits"].as_u64(), Some(2048), "{out}");
+    assert!(
+        v["openssh"].as_str().unwrap().starts_with("SHA256:"),
+        "{out}"
+    );
+    v["key_id"].as_str().unwrap().to_owned()
+}
+
+fn expected_id(name: &str) -> String {
+    common::public(name).id().to_string()
+}
+
+/// `tests/keys/NAME_private.pem` encrypted by `openssl ARGS…` (the input and output paths and
+/// the passphrase are added), into `dir/out`, mode 0600.
+fn openssl_encrypt(dir: &Path, name: &str, out: &str, how: &[&str], pass: &str) -> PathBuf {
+    let path = dir.join(out);
+    let passout = format!("pass:{pass}");
+    let mut args: Vec<&str> = how.to_vec();
+    let input = common::private_path(name);
+    args.extend_from_slice(&["-in", s(&input), "-out", s(&path), "-passout", &passout]);
+    openssl(&args);
+    chmod_600(&path);
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(
+        text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"),
+        "{how:?}: {text}"
+    );
+    path
+}
+
+#[test]
+fn keys_openssl_encrypted_work_with_a_passphrase_file_and_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pass = "open sesame, with spaces";
+    let file = pass_file(d, "pass.txt", pass);
+    // `openssl pkey -aes256` and the form `openssl genpkey -aes-256-cbc` writes (both PBKDF2
+    // with HMAC-SHA-256, OpenSSL 3's default), explicit PBES2 through `pkcs8 -topk8`, AES-128,
+    // and scrypt (OpenSSL's defaults: N = 16384, r = 8, p = 1).
+    let cases: &[(&str, &[&str])] = &[
+        ("pkey-aes256.pem", &["pkey", "-aes256"]),
+        ("pkey-aes-256-cbc.pem", &["pkey", "-aes-256-cbc"]),
+        (
+            "pkcs8-v2.pem",
+            &[
+                "pkcs8",
+                "-topk8",
+                "-v2",
+                "aes-256-cbc",
+                "-v2prf",
+                "hmacWithSHA256",
+            ],
+        ),
+        (
+            "pkcs8-aes128.pem",
+            &["pkcs8", "-topk8", "-v2", "aes-128-cbc"],
+        ),
+        ("pkcs8-scrypt.pem", &["pkcs8", "-topk8", "-scrypt"]),
+    ];
+    for (out, how) in cases {
+        let key = openssl_encrypt(d, ALICE, out, how, pass);
+        // Through the file, and through the variable.
+        let by_file = ok(
+            d,
+            &["--passphrase-file", s(&file), "fingerprint", s(&key)],
+            &[],
+        );
+        assert!(by_file.contains(&expected_id(ALICE)), "{out}: {by_file}");
+        assert_eq!(
+            key_id_of(d, &key, &[("LETTERLOCK_PASSPHRASE", pass)]),
+            expected_id(ALICE),
+            "{out}"
+        );
+    }
+}
+
+/// The key `openssl genpkey -aes-256-cbc` writes for a key it generates (fast in OpenSSL).
+#[test]
+fn a_key_openssl_genpkey_encrypted_is_used_by_seal() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("gen.pem");
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-aes-256-cbc",
+        "-pass",
+        "pass:genpkey pass",
+        "-out",
+        s(&key),
+    ]);
+    chmod_600(&key);
+    let public = d.join("gen_public.pem");
+    openssl(&[
+        "pkey",
+        "-in",
+        s(&key),
+        "-passin",
+        "pass:genpkey pass",
+        "-pubout",
+        "-out",
+        s(&public),
+    ]);
+    let file = pass_file(d, "pass", "genpkey pass");
+    fs::write(d.join("m.txt"), "sealed with a genpkey key").unwrap();
+    let env = [("LETTERLOCK_PASSPHRASE", "genpkey pass")];
+    ok(
+        d,
+        &[
+            "seal",
+            "--from",
+            s(&key),
+            "--to",
+            s(&common::public_path(BOB)),
+            "-o",
+            "m.sealed",
+            "m.txt",
+        ],
+        &env,
+    );
+    let bob = common::private_path(BOB);
+    ok(
+        d,
+        &[
+            "open",
+            "--key",
+            s(&bob),
+            "--from",
+            s(&public),
+            "-o",
+            "m.out",
+            "m.sealed",
+        ],
+        &[],
+    );
+    assert_eq!(
+        fs::read_to_string(d.join("m.out")).unwrap(),
+        "sealed with a genpkey key"
+    );
+    // The encrypted key opens too: bob's key encrypted, given by file.
+    let bob_enc = openssl_encrypt(d, BOB, "bob_enc.pem", &["pkey", "-aes256"], "genpkey pass");
+    ok(
+        d,
+        &[
+            "--passphrase-file",
+            s(&file),
+            "open",
+            "--key",
+            s(&bob_enc),
+            "--from",
+            s(&public),
+            "-o",
+            "m2.out",
+            "m.sealed",
+        ],
+        &[],
+    );
+    assert_eq!(
+        fs::read_to_string(d.join("m2.out")).unwrap(),
+        "sealed with a genpkey key"
+    );
+}
+
+#[test]
+fn a_key_letterlock_encrypted_is_read_by_openssl_and_not_without_the_passphrase() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("alice.pem");
+    fs::copy(common::private_path(ALICE), &key).unwrap();
+    let file = pass_file(d, "new.txt", "letterlock pass");
+    ok(
+        d,
+        &["passphrase", s(&key), "--new-passphrase-file", s(&file)],
+        &[],
+    );
+    assert_eq!(mode(&key), 0o600);
+    let text = fs::read_to_string(&key).unwrap();
+    assert!(
+        text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----\n"),
+        "{text}"
+    );
+    // What we write, as OpenSSL sees it: PBES2, PBKDF2 with HMAC-SHA-256 and 600,000
+    // iterations (0x0927C0), AES-256-CBC.
+    let asn1 = String::from_utf8(openssl(&["asn1parse", "-in", s(&key)])).unwrap();
+    for part in [
+        ":PBES2",
+        ":PBKDF2",
+        ":hmacWithSHA256",
+        ":0927C0",
+        ":aes-256-cbc",
+    ] {
+        assert!(asn1.contains(part), "{part} missing:\n{asn1}");
+    }
+    // OpenSSL decrypts it to the same key, with the passphrase from the file.
+    let passin = format!("file:{}", s(&file));
+    let public = openssl(&["pkey", "-in", s(&key), "-passin", &passin, "-pubout"]);
+    assert_eq!(
+        String::from_utf8(public).unwrap(),
+        fs::read_to_string(common::public_path(ALICE)).unwrap()
+    );
+    // And refuses it with a wrong one.
+    let wrong = Command::new("openssl")
+        .args(["pkey", "-in", s(&key), "-passin", "pass:nope", "-noout"])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+}
+
+#[test]
+fn a_wrong_or_missing_passphrase_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = openssl_encrypt(d, ALICE, "enc.pem", &["pkey", "-aes256"], "right");
+    let wrong = pass_file(d, "wrong.txt", "wrong");
+    let err = fails(
+        d,
+        &["--passphrase-file", s(&wrong), "fingerprint", s(&key)],
+        &[],
+    );
+    assert!(
+        err.contains("wrong passphrase, or the file is damaged"),
+        "{err}"
+    );
+    let err = fails(
+        d,
+        &["fingerprint", s(&key)],
+        &[("LETTERLOCK_PASSPHRASE", "Right")],
+    );
+    assert!(
+        err.contains("wrong passphrase, or the file is damaged"),
+        "{err}"
+    );
+    // No passphrase and no terminal: says so, and how to give one.
+    let err = fails(d, &["fingerprint", s(&key)], &[]);
+    assert!(
+        err.contains("passphrase-protected and no passphrase was given"),
+        "{err}"
+    );
+    assert!(err.contains("--passphrase-file"), "{err}");
+    assert!(err.contains("LETTERLOCK_PASSPHRASE"), "{err}");
+    // A passphrase file that is not there.
+    let err = fails(
+        d,
+        &["--passphrase-file", "missing.txt", "fingerprint", s(&key)],
+        &[],
+    );
+    assert!(err.contains("missing.txt"), "{err}");
+    // OpenSSL's legacy encryption (`openssl rsa -aes256 -traditional`) is refused, with how to
+    // convert it.
+    let legacy = d.join("legacy.pem");
+    openssl(&[
+        "rsa",
+        "-in",
+        s(&common::private_path(ALICE)),
+        "-aes256",
+        "-traditional",
+        "-passout",
+        "pass:right",
+        "-out",
+        s(&legacy),
+    ]);
+    chmod_600(&legacy);
+    let err = fails(
+        d,
+        &["fingerprint", s(&legacy)],
+        &[("LETTERLOCK_PASSPHRASE", "right")],
+    );
+    assert!(err.contains("legacy encryption"), "{err}");
+    assert!(err.contains("openssl pkey -in"), "{err}");
+    // seal reads its key through the same path.
+    fs::write(d.join("m.txt"), "x").unwrap();
+    let to = common::public_path(BOB);
+    let err = fails(
+        d,
+        &[
+            "seal",
+            "--from",
+            s(&key),
+            "--to",
+            s(&to),
+            "-o",
+            "m.sealed",
+            "m.txt",
+        ],
+        &[("LETTERLOCK_PASSPHRASE", "wrong")],
+    );
+    assert!(
+        err.contains("wrong passphrase, or the file is damaged"),
+        "{err}"
+    );
+    assert!(!d.join("m.sealed").exists());
+}
+
+#[test]
+fn change_and_remove_a_passphrase() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("alice.pem");
+    fs::copy(common::private_path(ALICE), &key).unwrap();
+    let first = pass_file(d, "first", "first pass");
+    let id = expected_id(ALICE);
+
+    // Set: from unencrypted to "first pass".
+    ok(
+        d,
+        &["passphrase", s(&key), "--new-passphrase-file", s(&first)],
+        &[],
+    );
+    assert_eq!(
+        key_id_of(d, &key, &[("LETTERLOCK_PASSPHRASE", "first pass")]),
+        id
+    );
+    // Change: the current one by file, the new one by LETTERLOCK_NEW_PASSPHRASE.
+    ok(
+        d,
+        &["--passphrase-file", s(&first), "passphrase", s(&key)],
+        &[("LETTERLOCK_NEW_PASSPHRASE", "second pass")],
+    );
+    assert_eq!(mode(&key), 0o600);
+    let err = fails(
+        d,
+        &["fingerprint", s(&key)],
+        &[("LETTERLOCK_PASSPHRASE", "first pass")],
+    );
+    assert!(err.contains("wrong passphrase"), "{err}");
+    assert_eq!(
+        key_id_of(d, &key, &[("LETTERLOCK_PASSPHRASE", "second pass")]),
+        id
+    );
+    // Changing needs the current passphrase: a wrong one changes nothing.
+    let before = fs::read(&key).unwrap();
+    fails(
+        d,
+        &["passphrase", s(&key), "--remove"],
+        &[("LETTERLOCK_PASSPHRASE", "first pass")],
+    );
+    assert_eq!(fs::read(&key).unwrap(), before);
+    // No new passphrase and no terminal: refused, pointing at --remove.
+    let err = fails(
+        d,
+        &["passphrase", s(&key)],
+        &[("LETTERLOCK_PASSPHRASE", "second pass")],
+    );
+    assert!(err.contains("--remove"), "{err}");
+    // Remove: back to an unencrypted PKCS#8 key, mode 0600, read with no passphrase.
+    ok(
+        d,
+        &["passphrase", s(&key), "--remove"],
+        &[("LETTERLOCK_PASSPHRASE", "second pass")],
+    );
+    assert_eq!(mode(&key), 0o600);
+    assert!(
+        fs::read_to_string(&key)
+            .unwrap()
+            .starts_with("-----BEGIN PRIVATE KEY-----\n")
+    );
+    assert_eq!(key_id_of(d, &key, &[]), id);
+}
+
+/// Kills the server when the test ends, pass or fail.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The walk-through with both private keys passphrase-protected: the server reads its
+/// passphrase once at start (from the variable), the client commands take theirs from a file.
+#[test]
+fn the_walk_through_runs_with_encrypted_keys_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Alice is the server, Bob the client: the classroom file names, keys encrypted.
+    openssl_encrypt(d, ALICE, "server_private.pem", &["pkey", "-aes256"], "srv");
+    openssl_encrypt(d, BOB, "client_private.pem", &["pkey", "-aes256"], "cli");
+    fs::copy(common::public_path(ALICE), d.join("server_public.pem")).unwrap();
+    fs::copy(common::public_path(BOB), d.join("client_public.pem")).unwrap();
+    let cli_pass = pass_file(d, "client.pass", "cli");
+
+    // Without its passphrase, the server does not start, and says why.
+    let err = fails(d, &["server", "--listen", "127.0.0.1:0"], &[]);
+    assert!(err.contains("no passphrase was given"), "{err}");
+
+    let mut cmd = Command::new(common::BIN);
+    cmd.args(["server", "--listen", "127.0.0.1:0"])
+        .current_dir(d)
+        .env("LETTERLOCK_PASSPHRASE", "srv")
+        .env_remove("LETTERLOCK_NEW_PASSPHRASE")
+        .stdin(Stdio::null());
+    let (child, addr) = common::spawn_server(cmd);
+    let _server = Server(child);
+    let client = |args: &[&str]| {
+        let mut all = vec!["--passphrase-file", s(&cli_pass), "client"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--server", &addr]);
+        let out = letterlock(d, &all, &[]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "client {args:?}: {text}");
+        text
+    };
+    let sent = client(&["send_msg", "hello under a passphrase"]);
+    assert!(sent.contains("delivered"), "{sent}");
+    // The server's own commands read its key with its passphrase too.
+    let srv = [("LETTERLOCK_PASSPHRASE", "srv")];
+    ok(
+        d,
+        &[
+            "server",
+            "send_msg",
+            "--to",
+            "client",
+            "reply under a passphrase",
+        ],
+        &srv,
+    );
+    let got = client(&["recv_msg"]);
+    assert!(got.contains("reply under a passphrase"), "{got}");
+    let inbox = ok(d, &["server", "inbox", "--json"], &[]);
+    let rows: serde_json::Value = serde_json::from_str(&inbox).unwrap();
+    let id = rows[0]["id"].as_str().unwrap();
+    let text = ok(d, &["server", "read", &id[..10]], &srv);
+    assert!(text.contains("hello under a passphrase"), "{text}");
+    // The client with the wrong passphrase is refused before it connects.
+    let wrong = pass_file(d, "wrong.pass", "nope");
+    let out = letterlock(
+        d,
+        &[
+            "--passphrase-file",
+            s(&wrong),
+            "client",
+            "send_msg",
+            "x",
+            "--server",
+            &addr,
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("wrong passphrase"),
+        "{err}"
+    );
+}
+
+/// keygen with a passphrase given non-interactively writes an encrypted key that opens with
+/// it. Generates an RSA key, slow in debug builds: run with --ignored.
+#[test]
+#[ignore]
+fn keygen_with_a_passphrase_file_writes_an_encrypted_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = pass_file(d, "pass", "keygen pass");
+    let out = ok(
+        d,
+        &[
+            "--passphrase-file",
+            s(&file),
+            "keygen",
+            "--name",
+            "k",
+            "--bits",
+            "2048",
+        ],
+        &[],
+    );
+    assert!(out.contains("passphrase-protected"), "{out}");
+    let key = d.join("k_private.pem");
+    assert_eq!(mode(&key), 0o600);
+    assert!(
+        fs::read_to_string(&key)
+            .unwrap()
+            .starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    );
+    let passin = format!("file:{}", s(&file));
+    let public = openssl(&["pkey", "-in", s(&key), "-passin", &passin, "-pubout"]);
+    assert_eq!(public, fs::read(d.join("k_public.pem")).unwrap());
+    // Without a terminal or a passphrase, keygen writes an unencrypted key, as before.
+    ok(d, &["keygen", "--name", "plain", "--bits", "2048"], &[]);
+    assert!(
+        fs::read_to_string(d.join("plain_private.pem"))
+            .unwrap()
+            .starts_with("-----BEGIN PRIVATE KEY-----")
+    );
+}
+
+/// Runs `letterlock ARGS` on a pseudo-terminal (util-linux `script`), typing `input`: what a
+/// person at a terminal sees. Returns the exit status and everything the terminal showed.
+fn on_a_terminal(dir: &Path, args: &[&str], input: &str) -> (bool, String) {
+    use std::io::Write;
+    let command = std::iter::once(common::BIN)
+        .chain(args.iter().copied())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(dir)
+        .env_remove("LETTERLOCK_PASSPHRASE")
+        .env_remove("LETTERLOCK_NEW_PASSPHRASE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run `script` ({e}): install util-linux (apt-get install bsdutils)")
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), shown)
+}
+
+/// On a terminal the passphrase is asked for: twice for a new one (a mismatch writes nothing),
+/// once to read a key.
+#[test]
+fn on_a_terminal_the_passphrase_is_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("alice.pem");
+    fs::copy(common::private_path(ALICE), &key).unwrap();
+
+    let (ok_, shown) = on_a_terminal(d, &["passphrase", s(&key)], "typed one\ntyped two\n");
+    assert!(!ok_, "{shown}");
+    assert!(shown.contains("The same passphrase again"), "{shown}");
+    assert!(shown.contains("the two passphrases differ"), "{shown}");
+    assert!(
+        fs::read_to_string(&key)
+            .unwrap()
+            .starts_with("-----BEGIN PRIVATE KEY-----")
+    );
+
+    let (ok_, shown) = on_a_terminal(d, &["passphrase", s(&key)], "typed one\ntyped one\n");
+    assert!(ok_, "{shown}");
+    assert!(shown.contains("passphrase set"), "{shown}");
+    assert_eq!(
+        key_id_of(d, &key, &[("LETTERLOCK_PASSPHRASE", "typed one")]),
+        expected_id(ALICE)
+    );
+
+    let (ok_, shown) = on_a_terminal(d, &["fingerprint", s(&key)], "typed one\n");
+    assert!(ok_, "{shown}");
+    assert!(
+        shown.contains(&format!("Passphrase for {}", s(&key))),
+        "{shown}"
+    );
+    assert!(shown.contains(&expected_id(ALICE)), "{shown}");
+}
