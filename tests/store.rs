@@ -484,7 +484,7 @@ async fn newer_schema_is_refused() {
     match SqliteStore::open(&path) {
         Err(StoreError::SchemaVersion {
             found: 99,
-            expected: 1,
+            expected: 2,
             ..
         }) => {}
         other => panic!("expected a schema version error, got {other:?}"),

@@ -99,8 +99,18 @@ async fn handshake<S: Store, R: AsyncRead + Unpin>(
         .await
         .map_err(|_| Fail::new(ErrorCode::Timeout, "handshake timeout"))?
         .map_err(Fail::from_conn)?;
+    // The trusted clients as of now (a change committed before this point is honoured).
+    let clients = server
+        .trust
+        .now(&*server.store)
+        .await
+        .map_err(|e| {
+            warn!(peer = %conn.peer, error = %e, "cannot read the trusted clients");
+            Fail::internal()
+        })?
+        .clients
+        .clone();
     // A public-key operation, but up to 8192 bits: off the reactor.
-    let clients = server.clients.clone();
     let client = on_blocking_pool(move || hs.check(&clients, answer))
         .await?
         .map_err(|e| match e {

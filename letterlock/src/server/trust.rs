@@ -1,0 +1,156 @@
+//! Which clients the server trusts, as of the handshake at hand.
+//!
+//! A server built with a fixed [`TrustList`] ([`super::Server::new`]) keeps it. A server told to
+//! follow its store ([`super::Server::trust_from_store`]) takes the list from the store's
+//! trusted clients, and before each handshake (after the ClientHello, under the handshake
+//! permit; for version 1 when the `Auth` frame has arrived) compares the store's trust
+//! generation with the one its snapshot was read at: one indexed read. Only when it moved does
+//! it read the list again and build a new snapshot (the list, and for version 2 the rustls
+//! configuration whose verifier holds exactly that list).
+//!
+//! No race: a handshake uses one snapshot from start to end, the verifier inside TLS and the
+//! check after it alike, and a snapshot is the list of exactly one committed generation (read
+//! in one transaction). A change committed before a handshake's lookup is honoured by that
+//! handshake; one committed during it, by the next. Connections already authenticated are not
+//! cut: `server untrust` refuses the client from its next handshake.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tracing::{info, warn};
+
+use crate::keys::{PublicKey, TrustList};
+use crate::store::{Store, StoreError};
+use crate::tls::{ServerTls, TlsError};
+
+/// One trust list and what was built from it.
+pub(super) struct Snapshot {
+    /// The store's trust generation this list was read at; `None` for a fixed list, or before
+    /// the first read.
+    generation: Option<u64>,
+    /// The trusted clients.
+    pub(super) clients: Arc<TrustList>,
+    /// Version 2: the TLS configuration whose client verifier accepts exactly `clients`.
+    pub(super) tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The server's trusted clients: fixed, or followed in the store.
+pub(super) struct ClientTrust {
+    /// Re-read from the store when its generation moves.
+    live: bool,
+    /// Version 2: builds a TLS configuration for each new snapshot (the certificate is made
+    /// once).
+    tls: Option<ServerTls>,
+    /// The newest snapshot. The lock is held only to clone or swap the `Arc`.
+    current: Mutex<Arc<Snapshot>>,
+}
+
+impl ClientTrust {
+    /// A list that never changes.
+    pub(super) fn fixed(clients: TrustList) -> Self {
+        ClientTrust {
+            live: false,
+            tls: None,
+            current: Mutex::new(Arc::new(Snapshot {
+                generation: None,
+                clients: Arc::new(clients),
+                tls: None,
+            })),
+        }
+    }
+
+    /// Follow the store from now on (read at the next handshake).
+    pub(super) fn follow_store(&mut self) {
+        self.live = true;
+        self.swap(Arc::new(Snapshot {
+            generation: None,
+            clients: Arc::new(TrustList::new()),
+            tls: None,
+        }));
+    }
+
+    /// Serve version 2: a TLS configuration for the current snapshot and every later one.
+    pub(super) fn set_tls(&mut self, tls: ServerTls) -> Result<(), TlsError> {
+        let current = self.cached();
+        let config = tls.config(current.clients.clone())?;
+        self.tls = Some(tls);
+        self.swap(Arc::new(Snapshot {
+            generation: current.generation,
+            clients: current.clients.clone(),
+            tls: Some(config),
+        }));
+        Ok(())
+    }
+
+    /// The newest snapshot, without asking the store.
+    pub(super) fn cached(&self) -> Arc<Snapshot> {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn swap(&self, snapshot: Arc<Snapshot>) {
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
+    }
+
+    /// The snapshot to run a handshake with: the cached one while the store's trust generation
+    /// is the one it was read at, else a fresh one.
+    pub(super) async fn now<S: Store>(&self, store: &S) -> Result<Arc<Snapshot>, TrustError> {
+        let cached = self.cached();
+        if !self.live {
+            return Ok(cached);
+        }
+        let generation = store.trust_generation().await?;
+        if cached.generation == Some(generation) {
+            return Ok(cached);
+        }
+        let read = store.trusted_clients().await?;
+        let mut clients = TrustList::new();
+        for c in read.clients {
+            // The store checked both when the key was trusted; a row that fails now was
+            // edited or damaged, and is not trusted.
+            let key = match PublicKey::from_der(&c.public_key) {
+                Ok(key) if key.id().0 == c.key_id => key,
+                Ok(_) | Err(_) => {
+                    warn!(client = %crate::text::quoted(&c.name), "a stored client key is malformed; not trusting it");
+                    continue;
+                }
+            };
+            if let Err(e) = clients.add(&c.name, key) {
+                warn!(client = %crate::text::quoted(&c.name), error = %e, "a stored client key is trusted twice; not trusting it again");
+            }
+        }
+        let clients = Arc::new(clients);
+        let tls = match &self.tls {
+            Some(tls) => Some(tls.config(clients.clone())?),
+            None => None,
+        };
+        let fresh = Arc::new(Snapshot {
+            generation: Some(read.generation),
+            clients,
+            tls,
+        });
+        // Several handshakes may read a change at once; the newest generation wins.
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.generation.is_none_or(|g| g < read.generation) {
+            if current.generation.is_some() {
+                info!(
+                    generation = read.generation,
+                    clients = fresh.clients.len(),
+                    "trusted clients changed; the next handshakes use the new list"
+                );
+            }
+            *current = fresh.clone();
+        }
+        Ok(fresh)
+    }
+}
+
+/// Why the trust list could not be had for a handshake.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum TrustError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
