@@ -43,6 +43,11 @@ impl<S: Store> Server<S> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
+        // A server following its store reads the list now, for this log line (and a store
+        // that cannot be read shows at once).
+        if let Err(e) = self.trust.now(&*self.store).await {
+            warn!(error = %e, "cannot read the trusted clients; handshakes fail until it can");
+        }
         info!(
             addr = %listener.local_addr()?,
             key = %self.identity.public().id(),
