@@ -154,3 +154,83 @@ pub(super) enum TrustError {
     #[error(transparent)]
     Tls(#[from] TlsError),
 }
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+    use crate::store::{SqliteStore, TrustRequest};
+
+    fn public(pem: &str) -> PublicKey {
+        PublicKey::from_pem(pem).unwrap()
+    }
+
+    fn request(name: &str, key: &PublicKey, replace: bool) -> TrustRequest {
+        TrustRequest {
+            name: name.into(),
+            key_id: key.id().0,
+            public_key: key.spki_der().to_vec(),
+            replace,
+            now: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_list_is_read_again_only_when_the_generation_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("t.db")).unwrap();
+        let alice = public(include_str!("../../../tests/keys/alice2048_public.pem"));
+        let bob = public(include_str!("../../../tests/keys/bob2048_public.pem"));
+        let mut trust = ClientTrust::fixed(TrustList::new());
+        trust.follow_store();
+
+        let first = trust.now(&store).await.unwrap();
+        assert!(first.clients.is_empty());
+        let again = trust.now(&store).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "re-read without a change");
+
+        store
+            .trust_client(request("alice", &alice, false))
+            .await
+            .unwrap();
+        let second = trust.now(&store).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(second.clients.get(&alice.id()).unwrap().name, "alice");
+        assert!(Arc::ptr_eq(&second, &trust.now(&store).await.unwrap()));
+
+        // Rotation: the old key is out of the very next snapshot.
+        store
+            .trust_client(request("alice", &bob, true))
+            .await
+            .unwrap();
+        let third = trust.now(&store).await.unwrap();
+        assert!(third.clients.get(&alice.id()).is_none());
+        assert_eq!(third.clients.by_name("alice").unwrap().key.id(), bob.id());
+        // The snapshot a handshake already holds is not changed under it.
+        assert!(second.clients.get(&alice.id()).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_malformed_stored_key_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("t.db")).unwrap();
+        let alice = public(include_str!("../../../tests/keys/alice2048_public.pem"));
+        // A row whose key id does not match its key, and one that is not a key.
+        let mut lying = request("mallory", &alice, false);
+        lying.key_id = [7; 32];
+        store.trust_client(lying).await.unwrap();
+        store
+            .trust_client(TrustRequest {
+                name: "junk".into(),
+                key_id: [8; 32],
+                public_key: vec![0x30, 0x00],
+                replace: false,
+                now: 1,
+            })
+            .await
+            .unwrap();
+        let mut trust = ClientTrust::fixed(TrustList::new());
+        trust.follow_store();
+        let snapshot = trust.now(&store).await.unwrap();
+        assert!(snapshot.clients.is_empty());
+    }
+}
