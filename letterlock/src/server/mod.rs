@@ -197,7 +197,7 @@ impl<S: Store> Server<S> {
     /// list given to [`Server::new`], and follows its changes: a client trusted, replaced or
     /// removed while the server runs is accepted or refused from its next handshake, without a
     /// restart. Before each handshake the server reads the store's trust generation (one
-    /// indexed read) and re-reads the list only when it moved. Call before [`Server::with_tls`].
+    /// indexed read) and re-reads the list only when it moved.
     pub fn trust_from_store(mut self) -> Self {
         self.trust.follow_store();
         self
