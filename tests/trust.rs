@@ -564,3 +564,80 @@ fn retention_keeps_recent_messages_and_refuses_zero_days() {
     );
     assert!(zero.contains("--retention"), "{zero}");
 }
+
+/// A connection opened while the key was trusted does not outlive an untrust: its next message
+/// is refused with `AuthFailed`, and nothing of it is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_connection_is_refused_at_its_next_message_after_untrust() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use letterlock::client::{Client, ClientConfig, ClientError};
+    use letterlock::envelope::SealOptions;
+    use letterlock::keys::TrustList;
+    use letterlock::server::{Server, ServerConfig};
+    use letterlock::store::{SqliteStore, Store, TrustRequest};
+    use letterlock::tls::TlsOptions;
+    use letterlock::wire::ErrorCode;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path().join("s.db")).unwrap());
+    let alice = common::public("alice2048");
+    store
+        .trust_client(TrustRequest {
+            name: "client".into(),
+            key_id: alice.id().0,
+            public_key: alice.spki_der().to_vec(),
+            replace: false,
+            now: 1,
+        })
+        .await
+        .unwrap();
+    let config = ServerConfig {
+        // Check the store before every request: no waiting in the test.
+        trust_recheck: Duration::ZERO,
+        ..ServerConfig::default()
+    };
+    let server = Server::new(
+        common::private("bob2048"),
+        TrustList::new(),
+        store.clone(),
+        config,
+    )
+    .trust_from_store()
+    .with_tls(TlsOptions::default())
+    .unwrap();
+    let running = common::net::run_on_loopback(Arc::new(server)).await;
+    let mut client = Client::connect_tls(
+        &running.addr,
+        common::private("alice2048"),
+        common::public("bob2048"),
+        ClientConfig::default(),
+        TlsOptions::default(),
+    )
+    .await
+    .unwrap();
+    let send = |text: &'static str| std::io::Cursor::new(text.as_bytes().to_vec());
+    client
+        .send(send("while trusted"), SealOptions::default())
+        .await
+        .unwrap();
+
+    assert!(store.untrust_client("client", 2).await.unwrap().is_some());
+    let refused = client
+        .send(send("after untrust"), SealOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            ClientError::Refused {
+                code: ErrorCode::AuthFailed,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(store.list_inbox().await.unwrap().len(), 1);
+    let _ = running.stop.send(());
+}

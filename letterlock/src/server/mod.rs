@@ -103,6 +103,12 @@ pub struct ServerConfig {
     pub delivery_window: usize,
     /// Time an authenticated connection may stay silent between frames.
     pub idle_timeout: Duration,
+    /// A server following its store ([`Server::trust_from_store`]): how old the trust snapshot
+    /// may be when an authenticated connection checks, before each message and fetch, that its
+    /// key is still trusted. An untrust or a rotation ends connections already open at their
+    /// next request after at most this long, for at most one store read per this period
+    /// (handshakes always read the store's trust generation).
+    pub trust_recheck: Duration,
     /// Largest hybrid plaintext accepted.
     pub max_hybrid: u64,
     /// Largest asymmetric plaintext accepted.
@@ -140,6 +146,7 @@ impl Default for ServerConfig {
             max_sources: 4096,
             delivery_window: 2 * wire::DATA_FRAME,
             idle_timeout: Duration::from_secs(120),
+            trust_recheck: Duration::from_secs(1),
             max_hybrid: 1 << 30,
             max_asymmetric: envelope::DEFAULT_ASYMMETRIC_LIMIT,
             max_frame: wire::DEFAULT_MAX_FRAME,

@@ -12,9 +12,14 @@
 //! check after it alike, and a snapshot is the list of exactly one committed generation (read
 //! in one transaction). A change committed before a handshake's lookup is honoured by that
 //! handshake; one committed during it, by the next. Connections already authenticated are not
-//! cut: `server untrust` refuses the client from its next handshake.
+//! cut at once: before each message or fetch they check that their key is still trusted, with
+//! a snapshot at most [`ServerConfig::trust_recheck`] old ([`ClientTrust::recent`]), so an
+//! untrust or a rotation also ends them at their next request.
+//!
+//! [`ServerConfig::trust_recheck`]: super::ServerConfig::trust_recheck
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -42,6 +47,9 @@ pub(super) struct ClientTrust {
     tls: Option<ServerTls>,
     /// The newest snapshot. The lock is held only to clone or swap the `Arc`.
     current: Mutex<Arc<Snapshot>>,
+    /// When the store last confirmed (or replaced) `current`: [`ClientTrust::recent`] answers
+    /// from the cache until it is older than asked.
+    checked: Mutex<Option<Instant>>,
 }
 
 impl ClientTrust {
@@ -55,6 +63,7 @@ impl ClientTrust {
                 clients: Arc::new(clients),
                 tls: None,
             })),
+            checked: Mutex::new(None),
         }
     }
 
@@ -93,6 +102,24 @@ impl ClientTrust {
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
     }
 
+    /// A snapshot the store confirmed at most `max_age` ago: for the checks an authenticated
+    /// connection makes before each request, which need not each cost a store read.
+    pub(super) async fn recent<S: Store>(
+        &self,
+        store: &S,
+        max_age: Duration,
+    ) -> Result<Arc<Snapshot>, TrustError> {
+        let fresh_enough = self
+            .checked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < max_age);
+        if !self.live || fresh_enough {
+            return Ok(self.cached());
+        }
+        self.now(store).await
+    }
+
     /// The snapshot to run a handshake with: the cached one while the store's trust generation
     /// is the one it was read at, else a fresh one.
     pub(super) async fn now<S: Store>(&self, store: &S) -> Result<Arc<Snapshot>, TrustError> {
@@ -100,8 +127,10 @@ impl ClientTrust {
         if !self.live {
             return Ok(cached);
         }
+        let asked = Instant::now();
         let generation = store.trust_generation().await?;
         if cached.generation == Some(generation) {
+            self.confirmed(asked);
             return Ok(cached);
         }
         let read = store.trusted_clients().await?;
@@ -142,7 +171,17 @@ impl ClientTrust {
             }
             *current = fresh.clone();
         }
+        drop(current);
+        self.confirmed(asked);
         Ok(fresh)
+    }
+
+    /// The store confirmed the current snapshot with a read that started at `at`.
+    fn confirmed(&self, at: Instant) {
+        let mut checked = self.checked.lock().unwrap_or_else(PoisonError::into_inner);
+        if checked.is_none_or(|c| c < at) {
+            *checked = Some(at);
+        }
     }
 }
 
