@@ -378,6 +378,10 @@ fn remove_body_files(blob_dir: &Path, names: &[String]) {
 /// they exist with wider modes (a store made before letterlock set modes, or by a umask of 022).
 fn create_private_files(path: &Path, blob_dir: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    // As before modes were set: a store in a folder that does not exist yet creates it.
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(StoreError::io("create the folder", parent))?;
+    }
     // An empty file is an empty SQLite database: creating it first fixes the mode SQLite then
     // copies to the -wal and -shm files.
     match OpenOptions::new()
