@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use common::Rng;
 use letterlock::store::{
-    Body, INLINE_MAX, InboxRecord, InsertOutcome, MODE_HYBRID, OutboxRecord, SqliteStore, Store,
-    StoreError,
+    Body, INLINE_MAX, InboxRecord, InsertOutcome, KeyEnd, MODE_HYBRID, OutboxRecord, SqliteStore,
+    Store, StoreError, TrustOutcome, TrustRequest,
 };
 use tempfile::TempDir;
 
@@ -484,7 +484,7 @@ async fn newer_schema_is_refused() {
     match SqliteStore::open(&path) {
         Err(StoreError::SchemaVersion {
             found: 99,
-            expected: 1,
+            expected: 2,
             ..
         }) => {}
         other => panic!("expected a schema version error, got {other:?}"),
@@ -549,4 +549,173 @@ async fn a_known_inbox_message_is_found_by_sender_and_id_with_its_hash_and_tag()
     assert_eq!(known.ack_tag, [id(1)[0] ^ 0xA5; 32]);
     // Per sender: the same id from another sender is not known.
     assert_eq!(store.known_inbox(&[2; 32], &id(1)).await.unwrap(), None);
+}
+
+fn trust_request(name: &str, key: u8, replace: bool, now: u64) -> TrustRequest {
+    TrustRequest {
+        name: name.into(),
+        key_id: [key; 32],
+        public_key: vec![key; 40],
+        replace,
+        now,
+    }
+}
+
+#[tokio::test]
+async fn trusted_clients_rotate_and_untrust_with_history_and_a_generation() {
+    let (_dir, store) = temp_store();
+    assert_eq!(store.trust_generation().await.unwrap(), 0);
+    assert!(store.trusted_clients().await.unwrap().clients.is_empty());
+
+    let t = |name, key, replace, now| store.trust_client(trust_request(name, key, replace, now));
+    assert_eq!(
+        t("bob", 1, false, 100).await.unwrap(),
+        TrustOutcome::Trusted
+    );
+    assert_eq!(store.trust_generation().await.unwrap(), 1);
+    // Refusals and no-ops change nothing, generation included.
+    assert_eq!(
+        t("bob", 1, false, 101).await.unwrap(),
+        TrustOutcome::AlreadyTrusted
+    );
+    assert_eq!(
+        t("bob", 2, false, 102).await.unwrap(),
+        TrustOutcome::NameTaken { existing: [1; 32] }
+    );
+    assert_eq!(
+        t("robert", 1, false, 103).await.unwrap(),
+        TrustOutcome::KeyTaken { name: "bob".into() }
+    );
+    assert_eq!(store.trust_generation().await.unwrap(), 1);
+
+    // Rotation.
+    assert_eq!(
+        t("bob", 2, true, 200).await.unwrap(),
+        TrustOutcome::Replaced { old: [1; 32] }
+    );
+    let now = store.trusted_clients().await.unwrap();
+    assert_eq!(now.generation, 2);
+    assert_eq!(now.clients.len(), 1);
+    assert_eq!(now.clients[0].key_id, [2; 32]);
+    assert_eq!(now.clients[0].since, 200);
+    assert_eq!(now.clients[0].public_key, vec![2; 40]);
+
+    // Untrust; a second untrust finds nobody.
+    assert_eq!(
+        store.untrust_client("bob", 300).await.unwrap(),
+        Some([2; 32])
+    );
+    assert_eq!(store.untrust_client("bob", 301).await.unwrap(), None);
+    let now = store.trusted_clients().await.unwrap();
+    assert_eq!((now.generation, now.clients.len()), (3, 0));
+
+    // The history keeps both keys, with when and why they ended.
+    let history = store.client_keys().await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].key_id, [1; 32]);
+    assert_eq!(history[0].ended, Some((200, KeyEnd::Replaced)));
+    assert_eq!(history[1].ended, Some((300, KeyEnd::Removed)));
+
+    // A removed key can be trusted again (under any name): one row, trusted anew.
+    assert_eq!(
+        t("robert", 1, false, 400).await.unwrap(),
+        TrustOutcome::Trusted
+    );
+    let history = store.client_keys().await.unwrap();
+    assert_eq!(history.len(), 2);
+    let k1 = history.iter().find(|k| k.key_id == [1; 32]).unwrap();
+    assert_eq!(
+        (k1.name.as_str(), k1.since, k1.ended),
+        ("robert", 400, None)
+    );
+
+    // Durable: a new handle sees it all.
+    let path = store.path().to_path_buf();
+    store.close().await.unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    let now = store.trusted_clients().await.unwrap();
+    assert_eq!(now.generation, 4);
+    assert_eq!(now.clients[0].name, "robert");
+}
+
+#[tokio::test]
+async fn a_version_1_store_is_migrated_and_keeps_its_messages() {
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::open(&path).unwrap();
+    let body = stage(&store, &Rng(7).bytes(LARGE_LEN));
+    store
+        .insert_inbox(inbox_record(9, id(1), body))
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    // Back to version 1 as an older letterlock left it.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DROP TABLE client_keys; DROP TABLE trust_generation; DROP INDEX inbox_by_sender;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.list_inbox().await.unwrap().len(), 1);
+    let mut msg = store.open_inbox(&[9; 32], &id(1)).await.unwrap();
+    let mut bytes = Vec::new();
+    msg.body.read_to_end(&mut bytes).unwrap();
+    assert_eq!(bytes, Rng(7).bytes(LARGE_LEN));
+    assert_eq!(store.trust_generation().await.unwrap(), 0);
+    assert_eq!(
+        store
+            .trust_client(trust_request("a", 1, false, 1))
+            .await
+            .unwrap(),
+        TrustOutcome::Trusted
+    );
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+}
+
+#[tokio::test]
+async fn removing_and_expiring_inbox_messages_deletes_their_body_files() {
+    let (_dir, store) = temp_store();
+    let blob_files = |store: &SqliteStore| files_in(store.blob_dir(), |n| n != ".lock").len();
+    for (sender, n, received) in [(1u8, 1u8, 1_000u64), (2, 1, 2_000), (1, 2, 3_000)] {
+        let body = stage(&store, &Rng(u64::from(n)).bytes(LARGE_LEN));
+        let mut record = inbox_record(sender, id(n), body);
+        record.received = received;
+        store.insert_inbox(record).await.unwrap();
+    }
+    assert_eq!(blob_files(&store), 3);
+    // Ids are unique per sender only: a prefix finds both senders' messages.
+    let same = store.matching_inbox(&hex::encode(id(1))).await.unwrap();
+    assert_eq!(same.len(), 2);
+    assert_eq!(store.matching_inbox("01").await.unwrap().len(), 2);
+    assert!(matches!(
+        store.matching_inbox("xyz").await,
+        Err(StoreError::BadIdPrefix { .. })
+    ));
+
+    assert!(store.remove_inbox(&[2; 32], &id(1)).await.unwrap());
+    assert!(!store.remove_inbox(&[2; 32], &id(1)).await.unwrap());
+    assert_eq!(blob_files(&store), 2);
+    assert!(matches!(
+        store.open_inbox(&[2; 32], &id(1)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    // Received before 3000: only (1, id 1).
+    assert_eq!(store.expire_inbox(3_000).await.unwrap(), 1);
+    let left = store.list_inbox().await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        (left[0].sender_key_id, left[0].message_id),
+        ([1; 32], id(2))
+    );
+    assert_eq!(blob_files(&store), 1);
+    let counts = store.inbox_counts().await.unwrap();
+    assert_eq!(counts, vec![([1; 32], 1)]);
+    assert!(store.integrity_check().await.unwrap());
 }

@@ -50,7 +50,7 @@ use hints::print_hint;
 pub use offline::time_text;
 use offline::{KeygenArgs, OpenArgs, PairArgs, SealArgs, fingerprint, keygen, open, seal};
 use passphrase::{PassphraseArgs, PassphraseCmdArgs, change_passphrase};
-use server::{ServeArgs, ServerCommand, inbox, read_inbox, serve_cmd, server_send, trust};
+use server::{ServeArgs, ServerCommand, serve_cmd};
 
 /// Largest message `open` holds in memory to print on stdout: above it, use `-o FILE`, which
 /// streams to disk and renames only once the message verified.
@@ -319,20 +319,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         },
         Command::Server { serve, command } => match command {
             None => runtime()?.block_on(serve_cmd(serve)),
-            Some(ServerCommand::GenerateKeyPair(a)) => keygen(&a.keys, "server", a.bits, a.force),
-            Some(ServerCommand::SendMsg(a)) => runtime()?.block_on(server_send(a)),
-            Some(ServerCommand::Inbox { store, json }) => runtime()?.block_on(inbox(&store, json)),
-            Some(ServerCommand::Read {
-                id,
-                keys,
-                store,
-                output,
-            }) => runtime()?.block_on(read_inbox(&id, &keys, &store, output.as_deref())),
-            Some(ServerCommand::Trust {
-                public_key,
-                name,
-                keys,
-            }) => trust(&public_key, &name, &keys),
+            Some(command) => server::command(command),
         },
         Command::Intercept(a) => Ok(runtime()?.block_on(crate::intercept::command(
             crate::intercept::Options {

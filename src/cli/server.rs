@@ -1,34 +1,57 @@
 //! `letterlock server ...`: run the server, and the operator's commands on its mailbox and
-//! trusted clients (send_msg, inbox, read, trust).
+//! trusted clients (send_msg, inbox, read, rm, trust, untrust, clients).
+//!
+//! The store is the truth about trusted clients (docs/PROTOCOL.md, "Trusted clients"). Keys of
+//! the classroom layout (KEYS/client_public.pem as `client`, KEYS/clients/NAME.pem as NAME)
+//! that the store has never seen are imported into it whenever a server command opens the
+//! store, with a log line; after that the files are not read for that key again: removing one
+//! by hand changes nothing (`server untrust NAME` does), and a key file the store already knows
+//! as removed or replaced stays untrusted.
 
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use tracing::{info, warn};
 
 use letterlock::envelope::{self, Mode, OpenOptions, SealOptions};
 use letterlock::files::WriteOptions;
-use letterlock::keys::{self, Identity};
+use letterlock::keys::{self, Identity, KeyId, PublicKey};
+use letterlock::store::{
+    ClientKey, InboxSummary, SqliteStore, Store, StoreError, TrustOutcome, TrustRequest,
+};
 
 use super::client::MessageArgs;
 use super::offline::print_plaintext;
 use super::{PairArgs, STDOUT_LIMIT, own_key, time_text};
 
+/// File name of the mailbox database, beside the server's keys by default (bodies over 64 KiB
+/// live in the folder of the same name plus `.blobs`).
+const STORE_FILE: &str = "letterlock-server.db";
+
+/// How often a server with `--retention` looks for expired messages (besides at start).
+const RETENTION_SWEEP: Duration = Duration::from_secs(3600);
+
+/// Seconds in a day, for `--retention DAYS`.
+const DAY: u64 = 24 * 60 * 60;
+
 #[derive(Args, Debug)]
 pub(super) struct ServeArgs {
-    /// Folder with server_private.pem and the trusted client keys (client_public.pem,
-    /// clients/NAME.pem).
+    /// Folder with server_private.pem (and the classroom's trusted client keys,
+    /// client_public.pem and clients/NAME.pem, imported into the store at start).
     #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
     pub(super) keys: PathBuf,
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub(super) listen: String,
-    /// The mailbox database (bodies over 64 KiB live in a folder beside it).
-    #[arg(long, env = "LETTERLOCK_STORE", default_value = "letterlock-server.db")]
-    pub(super) store: PathBuf,
+    /// The mailbox database, which also holds the trusted clients (bodies over 64 KiB live in
+    /// a folder beside it) [default: KEYS/letterlock-server.db].
+    #[arg(long, env = "LETTERLOCK_STORE")]
+    pub(super) store: Option<PathBuf>,
     /// Which modes to accept.
     #[arg(long, value_enum, default_value = "both")]
     pub(super) accept: AcceptArg,
@@ -44,6 +67,10 @@ pub(super) struct ServeArgs {
     /// Largest asymmetric message accepted, in bytes.
     #[arg(long, default_value_t = envelope::DEFAULT_ASYMMETRIC_LIMIT)]
     pub(super) max_asymmetric: u64,
+    /// Delete messages clients sent once they are older than DAYS (received more than DAYS
+    /// ago): at start, then every hour. Off by default: messages are kept until `server rm`.
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(super) retention: Option<u32>,
     /// Do not log the text of short messages; log only sender, size and id. The default when
     /// the log (stderr) is not a terminal: a service's journal or a log file.
     #[arg(long, conflicts_with = "log_text")]
@@ -71,6 +98,18 @@ pub(super) enum AcceptArg {
     Asymmetric,
 }
 
+/// Where the server's keys and mailbox are: every command on the mailbox takes these.
+#[derive(Args, Debug)]
+pub(super) struct MailboxArgs {
+    /// Folder with server_private.pem (and the classroom's client keys, imported into the
+    /// store when first seen).
+    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
+    pub(super) keys: PathBuf,
+    /// The server's mailbox database (its --store) [default: KEYS/letterlock-server.db].
+    #[arg(long, env = "LETTERLOCK_STORE")]
+    pub(super) store: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 pub(super) enum ServerCommand {
     /// Generate the server's key pair: server_private.pem and server_public.pem.
@@ -82,9 +121,15 @@ pub(super) enum ServerCommand {
     SendMsg(ServerSendArgs),
     /// List the messages clients sent.
     Inbox {
-        /// The server's mailbox database (its --store).
-        #[arg(long, env = "LETTERLOCK_STORE", default_value = "letterlock-server.db")]
-        store: PathBuf,
+        #[command(flatten)]
+        mailbox: MailboxArgs,
+        /// Only messages from this client.
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+        /// Only messages received at or after TIME: unix seconds, an RFC 3339 date or date and
+        /// time (2026-11-28, 2026-11-28T09:30:00Z), or a span back from now (2h, 3days).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -93,26 +138,58 @@ pub(super) enum ServerCommand {
     Read {
         /// Message id, or a unique prefix of it.
         id: String,
-        /// Folder with server_private.pem and the trusted client keys.
-        #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
-        keys: PathBuf,
-        /// The server's mailbox database (its --store).
-        #[arg(long, env = "LETTERLOCK_STORE", default_value = "letterlock-server.db")]
-        store: PathBuf,
+        #[command(flatten)]
+        mailbox: MailboxArgs,
+        /// The sender, when two clients' messages share the id (ids are unique per sender).
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
         /// Write the plaintext to FILE instead of stdout.
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
-    /// Trust a client's public key under NAME (copies it to KEYS/clients/NAME.pem).
+    /// Delete a received message and its body file.
+    Rm {
+        /// Message id, or a unique prefix of it.
+        id: String,
+        #[command(flatten)]
+        mailbox: MailboxArgs,
+        /// The sender, when two clients' messages share the id.
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+    },
+    /// Trust a client's public key under NAME; a running server accepts it from its next
+    /// connection. With --replace, rotate NAME to this key (the old key is refused from then
+    /// on; the messages it signed stay readable).
     Trust {
         /// The client's public key file.
         public_key: PathBuf,
         /// The name the client is known by (logs, `server send_msg --to NAME`).
         #[arg(long)]
         name: String,
-        /// The server's key folder; the key is written to KEYS/clients/NAME.pem.
-        #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
-        keys: PathBuf,
+        /// Replace the key NAME has now (key rotation).
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        mailbox: MailboxArgs,
+    },
+    /// Stop trusting client NAME; a running server refuses it from its next connection. Its
+    /// stored messages are kept.
+    Untrust {
+        /// The client's name (`letterlock server clients` lists them).
+        name: String,
+        #[command(flatten)]
+        mailbox: MailboxArgs,
+    },
+    /// List the trusted clients: name, key id, trusted since, stored messages.
+    Clients {
+        #[command(flatten)]
+        mailbox: MailboxArgs,
+        /// Also list keys that were replaced or removed (kept to read their old messages).
+        #[arg(long)]
+        all: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -123,29 +200,71 @@ pub(super) struct ServerSendArgs {
     pub(super) to: String,
     #[command(flatten)]
     pub(super) message: MessageArgs,
-    /// Folder with server_private.pem and the trusted client keys.
-    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
-    pub(super) keys: PathBuf,
-    /// The server's mailbox database (its --store).
-    #[arg(long, env = "LETTERLOCK_STORE", default_value = "letterlock-server.db")]
-    pub(super) store: PathBuf,
+    #[command(flatten)]
+    pub(super) mailbox: MailboxArgs,
+}
+
+/// Runs a server subcommand.
+pub(super) fn command(command: ServerCommand) -> Result<ExitCode> {
+    match command {
+        ServerCommand::GenerateKeyPair(a) => super::keygen(&a.keys, "server", a.bits, a.force),
+        ServerCommand::SendMsg(a) => super::runtime()?.block_on(server_send(a)),
+        ServerCommand::Inbox {
+            mailbox,
+            from,
+            since,
+            json,
+        } => {
+            let since = since.as_deref().map(parse_time).transpose()?;
+            super::runtime()?.block_on(inbox(&mailbox, from.as_deref(), since, json))
+        }
+        ServerCommand::Read {
+            id,
+            mailbox,
+            from,
+            output,
+        } => super::runtime()?.block_on(read_inbox(
+            &id,
+            &mailbox,
+            from.as_deref(),
+            output.as_deref(),
+        )),
+        ServerCommand::Rm { id, mailbox, from } => {
+            super::runtime()?.block_on(remove(&id, &mailbox, from.as_deref()))
+        }
+        ServerCommand::Trust {
+            public_key,
+            name,
+            replace,
+            mailbox,
+        } => super::runtime()?.block_on(trust(&public_key, &name, replace, &mailbox)),
+        ServerCommand::Untrust { name, mailbox } => {
+            super::runtime()?.block_on(untrust(&name, &mailbox))
+        }
+        ServerCommand::Clients { mailbox, all, json } => {
+            super::runtime()?.block_on(clients(&mailbox, all, json))
+        }
+    }
 }
 
 pub(super) async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
     use letterlock::server::{Accept, Server, ServerConfig};
     let identity = own_key(&a.keys, "server")?;
-    let clients = keys::TrustList::load_clients(&a.keys)?;
-    if clients.is_empty() {
-        tracing::warn!(
-            "no trusted clients: put client_public.pem in {} or use `letterlock server trust`",
-            a.keys.display()
-        );
-    }
     // Listen first: a server that cannot bind leaves no mailbox behind.
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
-    let store = Arc::new(create_store(&a.store)?);
+    let store_path = store_path(&a.keys, a.store.as_deref());
+    let store = Arc::new(create_store(&store_path)?);
+    import_key_files(store.as_ref(), &a.keys).await?;
+    let trusted = store.trusted_clients().await?;
+    if trusted.clients.is_empty() {
+        warn!(
+            "no trusted clients yet: `letterlock server trust KEY.pem --name NAME --keys {}` \
+             adds one, and this server accepts it at once",
+            a.keys.display()
+        );
+    }
     let config = ServerConfig {
         accept: match a.accept {
             AcceptArg::Both => Accept::Both,
@@ -158,6 +277,24 @@ pub(super) async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
         max_asymmetric: a.max_asymmetric,
         log_text: log_text(a.log_text, a.no_log_text),
         ..ServerConfig::default()
+    };
+    let retention = match a.retention {
+        Some(days) => {
+            let keep = Duration::from_secs(u64::from(days) * DAY);
+            expire(store.as_ref(), keep).await?;
+            let store = store.clone();
+            Some(tokio::spawn(async move {
+                let mut every = tokio::time::interval(RETENTION_SWEEP);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    if let Err(e) = expire(store.as_ref(), keep).await {
+                        warn!(error = %e, "could not delete expired messages; trying again later");
+                    }
+                }
+            }))
+        }
+        None => None,
     };
     println!("letterlock server listening on {}", listener.local_addr()?);
     if a.plain_v1 {
@@ -176,11 +313,19 @@ pub(super) async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
         );
     }
     println!("server key {}", identity.public().id());
-    for c in clients.iter() {
-        println!("trusts client {:?} {}", c.name, c.key.id());
+    println!("mailbox {}", store_path.display());
+    for c in &trusted.clients {
+        println!("trusts client {:?} {}", c.name, KeyId(c.key_id));
     }
     io::stdout().flush()?;
-    let server = Server::new(Arc::new(identity), clients, store.clone(), config);
+    // The trusted clients come from the store, followed while the server runs.
+    let server = Server::new(
+        Arc::new(identity),
+        keys::TrustList::new(),
+        store.clone(),
+        config,
+    )
+    .trust_from_store();
     let server = if a.plain_v1 {
         server
     } else {
@@ -204,6 +349,10 @@ pub(super) async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
         });
     };
     server.run(listener, shutdown).await?;
+    if let Some(task) = retention {
+        task.abort();
+        let _ = task.await;
+    }
     if let Ok(store) = Arc::try_unwrap(store) {
         store.close().await?;
     }
@@ -216,6 +365,81 @@ pub(super) async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
 /// journal or a redirected log never receives plaintext.
 fn log_text(log_text: bool, no_log_text: bool) -> bool {
     log_text || (!no_log_text && io::stderr().is_terminal())
+}
+
+/// Deletes inbox messages received more than `keep` ago.
+async fn expire(store: &SqliteStore, keep: Duration) -> Result<()> {
+    let cutoff = now().saturating_sub(keep.as_secs());
+    let removed = store.expire_inbox(cutoff).await?;
+    if removed > 0 {
+        info!(
+            removed,
+            older_than = %time_text(cutoff),
+            "deleted messages past the retention period"
+        );
+    }
+    Ok(())
+}
+
+/// Unix seconds now.
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Reads `--since`: unix seconds, an RFC 3339 date or date and time, or a span back from now.
+fn parse_time(text: &str) -> Result<u64> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse()
+            .with_context(|| format!("{text} is too large for unix seconds"));
+    }
+    let to_unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    // A date alone means its first second, UTC.
+    let stamp = if text.len() == 10 {
+        format!("{text}T00:00:00Z")
+    } else {
+        text.to_owned()
+    };
+    if let Ok(t) = humantime::parse_rfc3339_weak(&stamp) {
+        return Ok(to_unix(t));
+    }
+    if let Ok(span) = humantime::parse_duration(text) {
+        return Ok(now().saturating_sub(span.as_secs()));
+    }
+    bail!(
+        "--since {text:?}: give unix seconds (1764320000), a date (2026-11-28), a date and time \
+         (2026-11-28T09:30:00Z), or a span back from now (2h, 3days)"
+    )
+}
+
+/// The mailbox `--store` names, or the one beside the keys. A mailbox at the old default
+/// (./letterlock-server.db in the working folder) is used, with a warning saying how to move
+/// it, when there is none beside the keys: an upgrade never silently starts an empty mailbox.
+pub(super) fn store_path(keys_dir: &Path, store: Option<&Path>) -> PathBuf {
+    if let Some(store) = store {
+        return store.to_path_buf();
+    }
+    let beside = keys_dir.join(STORE_FILE);
+    let old = Path::new(STORE_FILE);
+    let same = match (std::fs::canonicalize(old), std::fs::canonicalize(keys_dir)) {
+        (Ok(old), Ok(dir)) => old.parent() == Some(dir.as_path()),
+        _ => false,
+    };
+    if !beside.exists() && old.exists() && !same {
+        warn!(
+            "using the mailbox {STORE_FILE} in the working folder (the old default); the \
+             default is now {} beside the keys. Move it there while no server runs: `mv \
+             {STORE_FILE} {STORE_FILE}.blobs {dir}/` (and {STORE_FILE}-wal, {STORE_FILE}-shm if \
+             present), or pass --store {STORE_FILE}",
+            beside.display(),
+            dir = keys_dir.display(),
+        );
+        return old.to_path_buf();
+    }
+    beside
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -239,8 +463,9 @@ pub(super) async fn shutdown_signal() {
 pub(super) fn open_store(path: &Path) -> Result<letterlock::store::SqliteStore> {
     if !path.exists() {
         bail!(
-            "no mailbox at {}; pass --store PATH (the server's --store), or start \
-             `letterlock server` once to create it",
+            "no mailbox at {}; pass --store PATH (the server's --store) or --keys DIR (the \
+             mailbox is KEYS/{STORE_FILE} by default), or start `letterlock server` once to \
+             create it",
             path.display()
         );
     }
@@ -263,17 +488,96 @@ pub(super) fn create_store(path: &Path) -> Result<letterlock::store::SqliteStore
         .with_context(|| format!("cannot open the store {}", path.display()))
 }
 
+/// Opens the mailbox of `mailbox` and imports the classroom's client key files it does not
+/// know yet. `create`: the server and `server trust` may create it; the other commands refuse a
+/// missing one (a mistyped --store must not quietly answer from an empty mailbox).
+async fn open_mailbox(mailbox: &MailboxArgs, create: bool) -> Result<SqliteStore> {
+    let path = store_path(&mailbox.keys, mailbox.store.as_deref());
+    let store = if create {
+        create_store(&path)?
+    } else {
+        open_store(&path)?
+    };
+    import_key_files(&store, &mailbox.keys).await?;
+    Ok(store)
+}
+
+/// Imports into the store every key of the classroom layout (KEYS/client_public.pem as
+/// `client`, KEYS/clients/NAME.pem as NAME) whose key id it has never seen. A key the store
+/// knows (trusted, replaced or removed) is left as the store has it: the store is the truth
+/// once a key is in it. A file with a new key for a name that already has one is not imported
+/// (that would be a rotation): a warning says how to rotate.
+pub(super) async fn import_key_files(store: &impl Store, keys_dir: &Path) -> Result<()> {
+    let files = keys::client_key_files(keys_dir)?;
+    if files.is_empty() {
+        return Ok(());
+    }
+    let known: std::collections::HashSet<[u8; 32]> = store
+        .client_keys()
+        .await?
+        .into_iter()
+        .map(|k| k.key_id)
+        .collect();
+    for (name, path) in files {
+        let key = keys::load_public(&path)?;
+        if known.contains(&key.id().0) {
+            continue;
+        }
+        match store
+            .trust_client(trust_request(&name, &key, false))
+            .await?
+        {
+            TrustOutcome::Trusted => info!(
+                client = %name,
+                key = %key.id(),
+                file = %path.display(),
+                "imported a client key file into the store's trusted clients"
+            ),
+            TrustOutcome::NameTaken { existing } => warn!(
+                client = %name,
+                file = %path.display(),
+                "{} holds a new key for {name}, who is trusted with key {}; not imported. To \
+                 rotate: `letterlock server trust {} --name {name} --replace`",
+                path.display(),
+                KeyId(existing),
+                path.display()
+            ),
+            TrustOutcome::KeyTaken { name: other } => warn!(
+                file = %path.display(),
+                "{} holds the key of {other}; not imported under {name} as well",
+                path.display()
+            ),
+            TrustOutcome::AlreadyTrusted | TrustOutcome::Replaced { .. } => {}
+        }
+    }
+    Ok(())
+}
+
+fn trust_request(name: &str, key: &PublicKey, replace: bool) -> TrustRequest {
+    TrustRequest {
+        name: name.to_owned(),
+        key_id: key.id().0,
+        public_key: key.spki_der().to_vec(),
+        replace,
+        now: now(),
+    }
+}
+
 pub(super) async fn server_send(a: ServerSendArgs) -> Result<ExitCode> {
-    let identity = own_key(&a.keys, "server")?;
-    let clients = keys::TrustList::load_clients(&a.keys)?;
-    let Some(to) = clients.by_name(&a.to).cloned() else {
-        let names: Vec<_> = clients.iter().map(|c| c.name.clone()).collect();
+    let identity = own_key(&a.mailbox.keys, "server")?;
+    let store = open_mailbox(&a.mailbox, false).await?;
+    let trusted = store.trusted_clients().await?.clients;
+    let Some(to) = trusted.iter().find(|c| c.name == a.to) else {
+        let names: Vec<_> = trusted.iter().map(|c| c.name.clone()).collect();
         bail!(
             "no trusted client named {:?} (trusted: {names:?}); add one with `letterlock server trust`",
             a.to
         );
     };
-    let store = open_store(&a.store)?;
+    let to = keys::Trusted {
+        name: to.name.clone(),
+        key: PublicKey::from_der(&to.public_key).context("a stored client key is malformed")?,
+    };
     let opts = SealOptions::mode(a.message.mode.into());
     let input = a.message.input()?;
     let sealed =
@@ -286,11 +590,24 @@ pub(super) async fn server_send(a: ServerSendArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) async fn inbox(store_path: &Path, json: bool) -> Result<ExitCode> {
-    use letterlock::store::Store;
-    let store = open_store(store_path)?;
-    let list = store.list_inbox().await?;
-    let mode_name = |m: u8| Mode::from_byte(m).map_or("unknown", Mode::name);
+fn mode_name(m: u8) -> &'static str {
+    Mode::from_byte(m).map_or("unknown", Mode::name)
+}
+
+pub(super) async fn inbox(
+    mailbox: &MailboxArgs,
+    from: Option<&str>,
+    since: Option<u64>,
+    json: bool,
+) -> Result<ExitCode> {
+    let store = open_mailbox(mailbox, false).await?;
+    let mut list = store.list_inbox().await?;
+    if let Some(name) = from {
+        list.retain(|m| m.sender_name == name);
+    }
+    if let Some(since) = since {
+        list.retain(|m| m.received >= since);
+    }
     if json {
         let rows: Vec<_> = list
             .iter()
@@ -298,7 +615,7 @@ pub(super) async fn inbox(store_path: &Path, json: bool) -> Result<ExitCode> {
                 serde_json::json!({
                     "id": hex::encode(m.message_id),
                     "sender": m.sender_name,
-                    "sender_key": keys::KeyId(m.sender_key_id).to_string(),
+                    "sender_key": KeyId(m.sender_key_id).to_string(),
                     "created": m.created,
                     "received": m.received,
                     "mode": mode_name(m.mode),
@@ -323,7 +640,7 @@ pub(super) async fn inbox(store_path: &Path, json: bool) -> Result<ExitCode> {
                 mode_name(m.mode),
                 m.plaintext_len,
                 time_text(m.created),
-                keys::KeyId(m.sender_key_id)
+                KeyId(m.sender_key_id)
             );
         }
     }
@@ -331,17 +648,59 @@ pub(super) async fn inbox(store_path: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The one inbox message `id` (a prefix) names, from `from` if given. Several: an error that
+/// lists them (id, sender, date received) and says how to choose.
+async fn pick(store: &SqliteStore, id: &str, from: Option<&str>) -> Result<InboxSummary> {
+    let mut found = store.matching_inbox(id).await?;
+    if let Some(name) = from {
+        found.retain(|m| m.sender_name == name);
+    }
+    if found.len() > 1 {
+        let mut text = format!("more than one inbox message matches {id}:");
+        for m in &found {
+            text.push_str(&format!(
+                "\n  {}  from {}  received {}",
+                hex::encode(m.message_id),
+                letterlock::text::line(&m.sender_name),
+                time_text(m.received)
+            ));
+        }
+        let same_id = found.iter().all(|m| m.message_id == found[0].message_id);
+        text.push_str(if same_id {
+            "\nids are unique per sender only: add --from NAME"
+        } else {
+            "\ngive more hexadecimal digits of the id (or --from NAME)"
+        });
+        bail!(text);
+    }
+    match found.pop() {
+        Some(m) => Ok(m),
+        None => Err(StoreError::NotFound {
+            prefix: match from {
+                Some(name) => format!("{} from {name}", id.to_ascii_lowercase()),
+                None => id.to_ascii_lowercase(),
+            },
+        }
+        .into()),
+    }
+}
+
 pub(super) async fn read_inbox(
     id: &str,
-    keys_dir: &Path,
-    store_path: &Path,
+    mailbox: &MailboxArgs,
+    from: Option<&str>,
     output: Option<&Path>,
 ) -> Result<ExitCode> {
-    use letterlock::store::Store;
-    let identity: Arc<dyn Identity> = Arc::new(own_key(keys_dir, "server")?);
-    let clients = keys::TrustList::load_clients(keys_dir)?;
-    let store = open_store(store_path)?;
-    let msg = store.find_inbox(id).await?;
+    let identity: Arc<dyn Identity> = Arc::new(own_key(&mailbox.keys, "server")?);
+    let store = open_mailbox(mailbox, false).await?;
+    let summary = pick(&store, id, from).await?;
+    // The key this message was verified with when it arrived, trusted now or not any more
+    // (replaced, removed): the store keeps every client key it ever trusted.
+    let history = store.client_keys().await?;
+    let sender = sender_key(&history, &summary)?;
+    let msg = store
+        .open_inbox(&summary.sender_key_id, &summary.message_id)
+        .await?;
     let opts = OpenOptions::default();
     let body = msg.body;
     let opened = match output {
@@ -351,7 +710,7 @@ pub(super) async fn read_inbox(
                 replace: true,
                 ..WriteOptions::default()
             };
-            envelope::open_to_file(identity, &clients, &opts, body, path, &file)?
+            envelope::open_to_file(identity, &sender, &opts, body, path, &file)?
         }
         None => {
             let opts = OpenOptions {
@@ -359,14 +718,14 @@ pub(super) async fn read_inbox(
                 ..opts
             };
             let (plain, opened) =
-                envelope::open_to_vec(identity, &clients, &opts, body).map_err(|e| {
+                envelope::open_to_vec(identity, &sender, &opts, body).map_err(|e| {
                     super::mailbox::too_large_for_terminal(e, &format!("server read {id}"))
                 })?;
             print_plaintext(&plain)?;
             opened
         }
     };
-    eprintln!(
+    status!(
         "verified: {} bytes from {} ({}), {} mode",
         opened.plaintext_len,
         letterlock::text::line(&msg.summary.sender_name),
@@ -377,19 +736,162 @@ pub(super) async fn read_inbox(
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) fn trust(public_key: &Path, name: &str, keys_dir: &Path) -> Result<ExitCode> {
+/// The public key a stored message was verified with, from the store's key history.
+fn sender_key(history: &[ClientKey], m: &InboxSummary) -> Result<PublicKey> {
+    let Some(known) = history.iter().find(|k| k.key_id == m.sender_key_id) else {
+        bail!(
+            "message {} was sent by key {}, which this mailbox does not know (it was stored \
+             before trusted clients were kept in the store, and its key file is gone); put the \
+             sender's public key back as KEYS/clients/{}.pem and try again",
+            hex::encode(m.message_id),
+            KeyId(m.sender_key_id),
+            m.sender_name
+        );
+    };
+    PublicKey::from_der(&known.public_key).context("a stored client key is malformed")
+}
+
+async fn remove(id: &str, mailbox: &MailboxArgs, from: Option<&str>) -> Result<ExitCode> {
+    let store = open_mailbox(mailbox, false).await?;
+    let m = pick(&store, id, from).await?;
+    if !store.remove_inbox(&m.sender_key_id, &m.message_id).await? {
+        // Deleted by someone else between the lookup and now.
+        bail!("message {} was already deleted", hex::encode(m.message_id));
+    }
+    store.close().await?;
+    println!(
+        "deleted message {} from {} ({} bytes, received {})",
+        hex::encode(m.message_id),
+        letterlock::text::line(&m.sender_name),
+        m.plaintext_len,
+        time_text(m.received)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn trust(
+    public_key: &Path,
+    name: &str,
+    replace: bool,
+    mailbox: &MailboxArgs,
+) -> Result<ExitCode> {
     if !keys::valid_name(name) {
         bail!("client name {name:?} must be letters, digits, '-', '_' or '.', up to 64");
     }
     let key = keys::load_public(public_key)?;
-    let mut existing = keys::TrustList::load_clients(keys_dir)?;
-    if existing.get(&key.id()).is_some_and(|t| t.name == name) {
-        println!("{name} is already trusted: {}", key.id());
-        return Ok(ExitCode::SUCCESS);
+    let store = open_mailbox(mailbox, true).await?;
+    let outcome = store
+        .trust_client(trust_request(name, &key, replace))
+        .await?;
+    store.close().await?;
+    match outcome {
+        TrustOutcome::Trusted => println!(
+            "trusting {name} {}; a running server accepts it from its next connection",
+            key.id()
+        ),
+        TrustOutcome::Replaced { old } => println!(
+            "{name} is now trusted with key {} instead of {}; a running server refuses the old \
+             key from its next connection, and the messages it signed stay readable",
+            key.id(),
+            KeyId(old)
+        ),
+        TrustOutcome::AlreadyTrusted => println!("{name} is already trusted: {}", key.id()),
+        TrustOutcome::NameTaken { existing } => bail!(
+            "{name} is already trusted with another key ({}); to rotate {name} to {} pass \
+             --replace, or choose another --name",
+            KeyId(existing),
+            key.id()
+        ),
+        TrustOutcome::KeyTaken { name: other } => bail!(
+            "key {} is already trusted as {other}: one key, one name. To move it to {name}, run \
+             `letterlock server untrust {other}` first",
+            key.id()
+        ),
     }
-    existing.add(name, key.clone())?;
-    let target = keys_dir.join(keys::CLIENTS_DIR).join(format!("{name}.pem"));
-    keys::write_atomic(&target, key.to_pem().as_bytes(), 0o644, false)?;
-    println!("trusting {name} {} ({})", key.id(), target.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn untrust(name: &str, mailbox: &MailboxArgs) -> Result<ExitCode> {
+    let store = open_mailbox(mailbox, false).await?;
+    let Some(key_id) = store.untrust_client(name, now()).await? else {
+        let trusted: Vec<_> = store
+            .trusted_clients()
+            .await?
+            .clients
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        store.close().await?;
+        bail!("no trusted client named {name:?} (trusted: {trusted:?})");
+    };
+    let messages = store
+        .inbox_counts()
+        .await?
+        .into_iter()
+        .find(|(k, _)| *k == key_id)
+        .map_or(0, |(_, n)| n);
+    store.close().await?;
+    println!(
+        "{name} ({}) is no longer trusted: a running server refuses it from its next \
+         connection; its {messages} stored message(s) are kept (`letterlock server rm` deletes one)",
+        KeyId(key_id)
+    );
+    let file = mailbox
+        .keys
+        .join(keys::CLIENTS_DIR)
+        .join(format!("{name}.pem"));
+    if file.exists() {
+        println!(
+            "{} is no longer read for this key; delete it if you like",
+            file.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn clients(mailbox: &MailboxArgs, all: bool, json: bool) -> Result<ExitCode> {
+    let store = open_mailbox(mailbox, true).await?;
+    let mut history = store.client_keys().await?;
+    let counts: std::collections::HashMap<[u8; 32], u64> =
+        store.inbox_counts().await?.into_iter().collect();
+    store.close().await?;
+    if !all {
+        history.retain(|k| k.ended.is_none());
+    }
+    history.sort_by(|a, b| (&a.name, a.since).cmp(&(&b.name, b.since)));
+    let status = |k: &ClientKey| k.ended.map_or("trusted", |(_, how)| how.as_str());
+    if json {
+        let rows: Vec<_> = history
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "name": k.name,
+                    "key": KeyId(k.key_id).to_string(),
+                    "since": k.since,
+                    "status": status(k),
+                    "ended": k.ended.map(|(at, _)| at),
+                    "messages": counts.get(&k.key_id).copied().unwrap_or(0),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if history.is_empty() {
+        println!("no trusted clients; add one with `letterlock server trust KEY.pem --name NAME`");
+    } else {
+        println!(
+            "{:<16} {:<9} {:<20}  {:>8}  key",
+            "name", "status", "since (UTC)", "messages"
+        );
+        for k in &history {
+            println!(
+                "{:<16} {:<9} {:<20}  {:>8}  {}",
+                k.name,
+                status(k),
+                time_text(k.since),
+                counts.get(&k.key_id).copied().unwrap_or(0),
+                KeyId(k.key_id)
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

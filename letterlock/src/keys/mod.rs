@@ -82,7 +82,7 @@ pub use id::{Fingerprint, KeyId, SshFingerprint};
 pub use passphrase::Passphrase;
 pub use private::{Identity, PrivateKey};
 pub use public::PublicKey;
-pub use trust::{CLIENTS_DIR, Trust, TrustList, Trusted, valid_name};
+pub use trust::{CLIENTS_DIR, Trust, TrustList, Trusted, client_key_files, valid_name};
 
 /// Smallest modulus we accept: below 2048 bits RSA no longer meets NIST's 112-bit security level.
 pub const MIN_BITS: usize = 2048;

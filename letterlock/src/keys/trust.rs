@@ -99,35 +99,45 @@ impl TrustList {
         self.by_id.values()
     }
 
-    /// The clients a server in `dir` trusts: `dir/client_public.pem` as `client` (the original
-    /// layout) and every `dir/clients/NAME.pem` as NAME.
+    /// The clients a server in `dir` trusts: the files [`client_key_files`] lists.
     pub fn load_clients(dir: &Path) -> Result<TrustList, KeyError> {
         let mut list = TrustList::new();
-        let original = dir.join("client_public.pem");
-        if original.exists() {
-            list.add("client", load_public(&original)?)?;
-        }
-        let folder = dir.join(CLIENTS_DIR);
-        if folder.is_dir() {
-            let entries = fs::read_dir(&folder).map_err(|source| KeyError::Read {
-                path: folder.clone(),
-                source,
-            })?;
-            let mut paths: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "pem"))
-                .collect();
-            paths.sort();
-            for path in paths {
-                let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-                if !valid_name(name) {
-                    return Err(KeyError::BadName { path });
-                }
-                list.add(name, load_public(&path)?)?;
-            }
+        for (name, path) in client_key_files(dir)? {
+            list.add(&name, load_public(&path)?)?;
         }
         Ok(list)
     }
+}
+
+/// The client key files of the classroom layout in a server's key folder, with the name each
+/// is known by: `dir/client_public.pem` as `client`, then every `dir/clients/NAME.pem` as NAME
+/// in name order. A file whose name is not a usable client name ([`valid_name`]) is an error,
+/// not skipped: a key the operator put there must not be silently ignored.
+pub fn client_key_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, KeyError> {
+    let mut files = Vec::new();
+    let original = dir.join("client_public.pem");
+    if original.exists() {
+        files.push(("client".to_owned(), original));
+    }
+    let folder = dir.join(CLIENTS_DIR);
+    if folder.is_dir() {
+        let entries = fs::read_dir(&folder).map_err(|source| KeyError::Read {
+            path: folder.clone(),
+            source,
+        })?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            match path.file_stem().and_then(|s| s.to_str()) {
+                Some(name) if valid_name(name) => files.push((name.to_owned(), path)),
+                _ => return Err(KeyError::BadName { path }),
+            }
+        }
+    }
+    Ok(files)
 }
 
 /// Folder beside the server's keys holding one trusted client key per file, `NAME.pem`.

@@ -99,8 +99,18 @@ async fn handshake<S: Store, R: AsyncRead + Unpin>(
         .await
         .map_err(|_| Fail::new(ErrorCode::Timeout, "handshake timeout"))?
         .map_err(Fail::from_conn)?;
+    // The trusted clients as of now (a change committed before this point is honoured).
+    let clients = server
+        .trust
+        .now(&*server.store)
+        .await
+        .map_err(|e| {
+            warn!(peer = %conn.peer, error = %e, "cannot read the trusted clients");
+            Fail::internal()
+        })?
+        .clients
+        .clone();
     // A public-key operation, but up to 8192 bits: off the reactor.
-    let clients = server.clients.clone();
     let client = on_blocking_pool(move || hs.check(&clients, answer))
         .await?
         .map_err(|e| match e {
@@ -271,8 +281,14 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                 Ok(Ok(f)) => f,
             };
             match frame {
-                Frame::Send(first) => self.start_receive(first).await?,
-                Frame::Fetch => self.deliver().await?,
+                Frame::Send(first) => {
+                    self.still_trusted().await?;
+                    self.start_receive(first).await?
+                }
+                Frame::Fetch => {
+                    self.still_trusted().await?;
+                    self.deliver().await?
+                }
                 Frame::DeliveryAck { id, tag } => self.delivery_ack(id, tag).await?,
                 Frame::Error { code, message } => {
                     debug!(peer = %self.conn.peer, ?code, error_text = %crate::text::quoted(&message), "client reported an error");
@@ -286,6 +302,33 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                 }
             }
         }
+    }
+}
+
+impl<S: Store, R> Handler<S, R> {
+    /// Refuses the request if this connection's key is no longer trusted (`server untrust`, or
+    /// replaced by a rotation) as of a snapshot at most [`ServerConfig::trust_recheck`] old.
+    /// The connection then ends with the handshake's refusal, `AuthFailed`.
+    ///
+    /// [`ServerConfig::trust_recheck`]: super::ServerConfig::trust_recheck
+    async fn still_trusted(&self) -> Result<(), Fail> {
+        let snapshot = self
+            .server
+            .trust
+            .recent(&*self.server.store, self.server.config.trust_recheck)
+            .await
+            .map_err(|e| {
+                warn!(peer = %self.conn.peer, error = %e, "cannot read the trusted clients");
+                Fail::internal()
+            })?;
+        if snapshot.clients.get(&self.client.key.id()).is_some() {
+            return Ok(());
+        }
+        info!(peer = %self.conn.peer, client = %crate::text::quoted(&self.client.name), key = %self.client.key.id(), "client no longer trusted; closing its connection");
+        Err(Fail::new(
+            ErrorCode::AuthFailed,
+            "authentication failed: this client's key is no longer trusted",
+        ))
     }
 }
 

@@ -43,10 +43,15 @@ impl<S: Store> Server<S> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
+        // A server following its store reads the list now, for this log line (and a store
+        // that cannot be read shows at once).
+        if let Err(e) = self.trust.now(&*self.store).await {
+            warn!(error = %e, "cannot read the trusted clients; handshakes fail until it can");
+        }
         info!(
             addr = %listener.local_addr()?,
             key = %self.identity.public().id(),
-            clients = self.clients.len(),
+            clients = self.trust.cached().clients.len(),
             "server listening"
         );
         loop {
@@ -64,13 +69,13 @@ impl<S: Store> Server<S> {
                     let _ = socket.set_nodelay(true);
                     let server = self.clone();
                     let stop = stop_rx.clone();
-                    if let Some(tls) = server.tls.clone() {
+                    if server.tls {
                         // Version 2. Refused (busy, or the source over its rate): close at
                         // once, before any TLS byte. A TLS peer cannot read a plain Error
                         // frame, and answering in TLS would cost a signature.
                         match self.admission.admit(peer.ip(), Instant::now()) {
                             Ok(ticket) => {
-                                tasks.spawn(server.serve_tls(tls, socket, peer, ticket, stop));
+                                tasks.spawn(server.serve_tls(socket, peer, ticket, stop));
                             }
                             Err(refusal) => {
                                 debug!(%peer, ?refusal, "connection refused before TLS");
@@ -120,16 +125,27 @@ impl<S: Store> Server<S> {
     /// authenticated slot and the frames of the client it authenticated.
     async fn serve_tls(
         self: Arc<Self>,
-        tls: Arc<rustls::ServerConfig>,
         io: TcpStream,
         peer: SocketAddr,
         mut ticket: PreAuth,
         mut stop: watch::Receiver<bool>,
     ) {
         let timeout = self.config.handshake_timeout;
-        let gate = self.admission.handshake_permit();
+        // The permit first, then the trust list: handshakes that wait for a permit do not read
+        // the store, and a change committed while one waited is seen by it.
+        let gate = async {
+            let permit = self.admission.handshake_permit().await;
+            let snapshot = self.trust.now(&*self.store).await.map_err(|e| {
+                warn!(%peer, error = %e, "cannot read the trusted clients; handshake abandoned");
+                tls::TlsError::TrustUnavailable(e.to_string())
+            })?;
+            let config = snapshot.tls.clone().ok_or_else(|| {
+                tls::TlsError::TrustUnavailable("no TLS configuration".to_owned())
+            })?;
+            Ok((permit, config, snapshot.clients.clone()))
+        };
         let accepted = tokio::select! {
-            a = tls::accept_gated(tls, &self.clients, io, timeout, gate) => a,
+            a = tls::accept_gated(io, timeout, gate) => a,
             _ = ticket.evicted() => {
                 debug!(%peer, "unauthenticated connection closed to admit a newer one");
                 return;

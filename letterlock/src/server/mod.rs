@@ -21,6 +21,8 @@
 //!   dispatches each frame (`Handler` owns the connection's state).
 //! - `receive`: one incoming message, from `Send` to `Ack`.
 //! - `deliver`: the outbox: [`queue_for_client`] fills it, `Fetch` empties it.
+//! - `trust`: the trusted clients as of each handshake: a fixed list, or the store's, re-read
+//!   when its trust generation moves ([`Server::trust_from_store`]).
 //!
 //! Invariants: nothing is acknowledged before it is fsynced; RSA and bulk crypto run on the
 //! blocking pool, never on the reactor; every limit is a named field of [`ServerConfig`].
@@ -30,6 +32,7 @@ mod deliver;
 mod handler;
 mod listener;
 mod receive;
+mod trust;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,6 +103,12 @@ pub struct ServerConfig {
     pub delivery_window: usize,
     /// Time an authenticated connection may stay silent between frames.
     pub idle_timeout: Duration,
+    /// A server following its store ([`Server::trust_from_store`]): how old the trust snapshot
+    /// may be when an authenticated connection checks, before each message and fetch, that its
+    /// key is still trusted. An untrust or a rotation ends connections already open at their
+    /// next request after at most this long, for at most one store read per this period
+    /// (handshakes always read the store's trust generation).
+    pub trust_recheck: Duration,
     /// Largest hybrid plaintext accepted.
     pub max_hybrid: u64,
     /// Largest asymmetric plaintext accepted.
@@ -137,6 +146,7 @@ impl Default for ServerConfig {
             max_sources: 4096,
             delivery_window: 2 * wire::DATA_FRAME,
             idle_timeout: Duration::from_secs(120),
+            trust_recheck: Duration::from_secs(1),
             max_hybrid: 1 << 30,
             max_asymmetric: envelope::DEFAULT_ASYMMETRIC_LIMIT,
             max_frame: wire::DEFAULT_MAX_FRAME,
@@ -159,14 +169,14 @@ pub struct Server<S> {
     /// The server's private key: it opens messages sealed to the server and names the server
     /// in the handshake. A trait object, so an agent or a hardware key can stand in.
     identity: Arc<dyn Identity>,
-    /// The clients allowed to connect, by key id.
-    clients: Arc<TrustList>,
+    /// The clients allowed to connect, by key id: fixed, or followed in the store.
+    trust: trust::ClientTrust,
     /// The durable mailbox.
     store: Arc<S>,
     config: ServerConfig,
-    /// Protocol version 2: TLS 1.3 under the frames, built from `identity` and `clients`
-    /// ([`Server::with_tls`]). `None`: the plain version 1 wire.
-    tls: Option<Arc<rustls::ServerConfig>>,
+    /// Protocol version 2 ([`Server::with_tls`]): TLS 1.3 under the frames; the configuration
+    /// of each trust list lives in `trust`. False: the plain version 1 wire.
+    tls: bool,
     /// Per-client asymmetric budgets and the receive counters ([`Server::receive_stats`]).
     receiving: receive::Receiving,
 }
@@ -182,12 +192,22 @@ impl<S: Store> Server<S> {
             admission: admission::Admission::new(&config),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight_total)),
             identity,
-            clients: Arc::new(clients),
+            trust: trust::ClientTrust::fixed(clients),
             store,
             receiving: receive::Receiving::new(&config.asymmetric_budget),
             config,
-            tls: None,
+            tls: false,
         }
+    }
+
+    /// Takes the trusted clients from the store ([`Store::trusted_clients`]) instead of the
+    /// list given to [`Server::new`], and follows its changes: a client trusted, replaced or
+    /// removed while the server runs is accepted or refused from its next handshake, without a
+    /// restart. Before each handshake the server reads the store's trust generation (one
+    /// indexed read) and re-reads the list only when it moved.
+    pub fn trust_from_store(mut self) -> Self {
+        self.trust.follow_store();
+        self
     }
 
     /// One of the server-wide permits for a message in flight, received or delivered: what
@@ -207,11 +227,9 @@ impl<S: Store> Server<S> {
     /// client whose key is not in the trust list, or that does not offer ALPN `letterlock/2`,
     /// fails it. There is no fallback to version 1 on the same server.
     pub fn with_tls(mut self, options: TlsOptions) -> Result<Self, TlsError> {
-        self.tls = Some(tls::server_config(
-            self.identity.clone(),
-            self.clients.clone(),
-            &options,
-        )?);
+        self.trust
+            .set_tls(tls::ServerTls::new(self.identity.clone(), &options)?)?;
+        self.tls = true;
         Ok(self)
     }
 }

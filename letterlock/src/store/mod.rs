@@ -8,6 +8,14 @@
 //!   that client's next fetch and removed only when the client proves receipt
 //!   with the expected ack tag.
 //!
+//! A third table holds the **trusted clients**: each client key the server has
+//! ever trusted, under its name, with when it was trusted and, once replaced or
+//! removed, when and why. The trusted ones decide who may connect; the whole
+//! history opens old inbox messages, whose row names the key id they were
+//! verified with. A generation counter, bumped with every trust change, tells
+//! a running server when to re-read the list (docs/PROTOCOL.md, "Trusted
+//! clients").
+//!
 //! The server is generic over the [`Store`] trait; [`SqliteStore`] is the one
 //! implementation today. The trait uses only plain Rust types so a shared
 //! PostgreSQL backend (several servers, one store) can be added later.
@@ -155,6 +163,79 @@ pub struct OutboxEntry {
     pub body_size: u64,
 }
 
+/// Why a client key stopped being trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyEnd {
+    /// `server trust NEW --name NAME --replace`: another key took its name.
+    Replaced,
+    /// `server untrust NAME`.
+    Removed,
+}
+
+impl KeyEnd {
+    /// The word stored in the database and shown to users.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyEnd::Replaced => "replaced",
+            KeyEnd::Removed => "removed",
+        }
+    }
+}
+
+/// A client key as the store keeps it: trusted now (`ended` is `None`), or kept after it was
+/// replaced or removed so that the messages it signed stay readable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientKey {
+    /// The name the client is known by (logs, `server send_msg --to`).
+    pub name: String,
+    /// SHA-256 of `public_key`: what handshakes and inbox rows name.
+    pub key_id: KeyId,
+    /// The public key, SubjectPublicKeyInfo DER.
+    pub public_key: Vec<u8>,
+    /// When it was trusted (unix seconds).
+    pub since: u64,
+    /// When and why it stopped being trusted; `None` while trusted.
+    pub ended: Option<(u64, KeyEnd)>,
+}
+
+/// The trusted client keys and the generation they belong to, read together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedClients {
+    /// The trust generation (see [`Store::trust_generation`]) of this list.
+    pub generation: u64,
+    /// The keys trusted at that generation, one per name.
+    pub clients: Vec<ClientKey>,
+}
+
+/// A request to trust a key under a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustRequest {
+    pub name: String,
+    /// SHA-256 of `public_key`.
+    pub key_id: KeyId,
+    /// SubjectPublicKeyInfo DER.
+    pub public_key: Vec<u8>,
+    /// Replace the key the name has now (rotation) instead of refusing.
+    pub replace: bool,
+    /// Now (unix seconds): the new key's `since`, the old one's end.
+    pub now: u64,
+}
+
+/// What a [`TrustRequest`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustOutcome {
+    /// The key is trusted now under the name.
+    Trusted,
+    /// The key is trusted now under the name, and `old` no longer is.
+    Replaced { old: KeyId },
+    /// The key was already trusted under this name: nothing changed.
+    AlreadyTrusted,
+    /// Refused: the name already has another key (`existing`), and `replace` was not set.
+    NameTaken { existing: KeyId },
+    /// Refused: the key is already trusted under another name.
+    KeyTaken { name: String },
+}
+
 /// The mailbox as the server sees it.
 ///
 /// Methods return `impl Future + Send` (callers may `tokio::spawn` them);
@@ -215,6 +296,66 @@ pub trait Store: Send + Sync + 'static {
         message_id: &MessageId,
         ack_tag: &Tag,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// A number that changes with every trust change (trust, replace, untrust), committed with
+    /// the change: a server compares it before each handshake and re-reads
+    /// [`Store::trusted_clients`] only when it moved. One indexed read.
+    fn trust_generation(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The keys trusted now and their generation, read in one transaction (so the list is
+    /// exactly that generation's).
+    fn trusted_clients(&self) -> impl Future<Output = Result<TrustedClients, StoreError>> + Send;
+
+    /// Every client key ever trusted, trusted or not any more, oldest first: opens old
+    /// messages and shows the history.
+    fn client_keys(&self) -> impl Future<Output = Result<Vec<ClientKey>, StoreError>> + Send;
+
+    /// Trust a key under a name, or rotate the name to it; bumps the trust generation when
+    /// something changed. Returns once durable.
+    fn trust_client(
+        &self,
+        request: TrustRequest,
+    ) -> impl Future<Output = Result<TrustOutcome, StoreError>> + Send;
+
+    /// Stop trusting the key named `name` (kept in the history, its messages kept). Returns
+    /// the key id it had, or `None` when no trusted client has that name. Durable on return.
+    fn untrust_client(
+        &self,
+        name: &str,
+        now: u64,
+    ) -> impl Future<Output = Result<Option<KeyId>, StoreError>> + Send;
+
+    /// Inbox messages per sender key id, for listings.
+    fn inbox_counts(&self) -> impl Future<Output = Result<Vec<(KeyId, u64)>, StoreError>> + Send;
+
+    /// Every inbox message whose id starts with `id_prefix` (hex digits), whoever sent it,
+    /// oldest received first: ids are unique per sender only, so the caller picks or asks.
+    fn matching_inbox(
+        &self,
+        id_prefix: &str,
+    ) -> impl Future<Output = Result<Vec<InboxSummary>, StoreError>> + Send;
+
+    /// The inbox message `message_id` from `sender`, with a reader over its sealed body.
+    fn open_inbox(
+        &self,
+        sender: &KeyId,
+        message_id: &MessageId,
+    ) -> impl Future<Output = Result<InboxMessage, StoreError>> + Send;
+
+    /// Delete the inbox message `message_id` from `sender` and its body file. Returns whether
+    /// it existed. Durable on return.
+    fn remove_inbox(
+        &self,
+        sender: &KeyId,
+        message_id: &MessageId,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Delete every inbox message received before `received_before` (unix seconds) and their
+    /// body files (the retention period). Returns how many. Durable on return.
+    fn expire_inbox(
+        &self,
+        received_before: u64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Check the store's internal consistency (for crash tests and `doctor`-
     /// style commands).

@@ -5,6 +5,11 @@
 //! - `mail.db.blobs/`: bodies over [`INLINE_MAX`](super::INLINE_MAX) bytes,
 //!   one file each, plus `.lock`, which tells openers whether another store
 //!   handle (this process or another) is using the folder.
+//!
+//! Both are private to the user running the server: the database (and so its
+//! `-wal` and `-shm`, which SQLite creates with the database's mode) is made
+//! 0600 and the blob folder 0700; an existing store with wider modes is
+//! tightened on open, with a log line.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -23,13 +28,22 @@ use super::body::{BlobWriter, StoredBody, TEMP_PREFIX, is_blob_name, sync_dir};
 use super::error::StoreError;
 use super::writer::{Counters, QUEUE_CAPACITY, WriteOp, Writer};
 use super::{
-    InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyId, KnownMessage, MessageId,
-    OutboxEntry, OutboxRecord, Store, Tag,
+    ClientKey, InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyEnd, KeyId, KnownMessage,
+    MessageId, OutboxEntry, OutboxRecord, Store, Tag, TrustOutcome, TrustRequest, TrustedClients,
 };
 
 /// Schema version kept in `PRAGMA user_version`; bump with every schema
 /// change so an old binary refuses a newer database instead of misreading it.
-pub const SCHEMA_VERSION: i64 = 1;
+///
+/// - 1: inbox and outbox.
+/// - 2: the trusted clients (`client_keys`, `trust_generation`).
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Mode of the database file: the mailbox holds who wrote to whom and when.
+const DB_MODE: u32 = 0o600;
+
+/// Mode of the blob folder.
+const BLOB_DIR_MODE: u32 = 0o700;
 
 /// How long a connection waits for another writer's lock before failing.
 /// `letterlock server send_msg` writes from a second process while the
@@ -51,7 +65,8 @@ const MESSAGE_ID_HEX_LEN: usize = 32;
 /// Name of the writer thread, as seen in debuggers and `top -H`.
 const WRITER_THREAD_NAME: &str = "letterlock-store-writer";
 
-/// The schema, created in one transaction on first open.
+/// The schema of version 1, created in one transaction on first open; later
+/// versions are reached through the migrations after it.
 ///
 /// Both tables are ordinary rowid tables (not `WITHOUT ROWID`): rows carry
 /// inline bodies of up to 64 KiB, which SQLite stores far better as overflow
@@ -93,6 +108,39 @@ CREATE TABLE outbox (
 );
 ";
 
+/// Version 1 to 2: the trusted clients.
+///
+/// `client_keys` keeps every key ever trusted, never deleted: a replaced or
+/// removed key gets `ended` and `ended_how`, and still opens the inbox
+/// messages it signed (an inbox row's `sender_key_id` is this table's key).
+/// At most one trusted (not ended) key per name. `trust_generation` is a
+/// one-row counter bumped in the same transaction as every trust change.
+const MIGRATE_1_TO_2: &str = "
+CREATE TABLE client_keys (
+    key_id     BLOB    PRIMARY KEY CHECK (length(key_id) = 32),
+    public_key BLOB    NOT NULL,
+    name       TEXT    NOT NULL,
+    since      INTEGER NOT NULL,
+    ended      INTEGER,
+    ended_how  TEXT CHECK (ended_how IN ('replaced', 'removed')),
+    CHECK ((ended IS NULL) = (ended_how IS NULL))
+);
+CREATE UNIQUE INDEX client_keys_trusted_name ON client_keys (name) WHERE ended IS NULL;
+CREATE TABLE trust_generation (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    generation INTEGER NOT NULL
+);
+INSERT INTO trust_generation (id, generation) VALUES (1, 0);
+CREATE INDEX inbox_by_sender ON inbox (sender_key_id);
+";
+
+/// Columns of a client key, in the order [`client_key`] reads them.
+const CLIENT_KEY_COLUMNS: &str = "name, key_id, public_key, since, ended, ended_how";
+
+/// Most inbox messages [`Store::matching_inbox`] returns: enough to list the
+/// candidates of an ambiguous prefix, bounded for a one-digit one.
+const MAX_MATCHES: i64 = 1000;
+
 /// Columns of an inbox summary, in the order [`inbox_summary`] reads them.
 const INBOX_COLUMNS: &str = "message_id, sender_name, sender_key_id, created, received, mode,
      plaintext_len, body_size, content_hash";
@@ -116,6 +164,10 @@ pub struct SqliteStore {
     /// Reads go through their own connection so they never queue behind a
     /// batch commit (WAL lets them read the last committed state meanwhile).
     reader: Arc<Mutex<Connection>>,
+    /// Rare writes outside the group commit (trust changes, deleting messages): their own
+    /// connection, so they need no new kind of request in the writer; SQLite serialises them
+    /// with the writer's batches (`BUSY_TIMEOUT`).
+    admin: Arc<Mutex<Connection>>,
     counters: Arc<Counters>,
     /// Shared lock on the blob folder's lock file, held while open.
     _folder_lock: File,
@@ -134,7 +186,7 @@ impl SqliteStore {
         let mut blob_dir = path.clone().into_os_string();
         blob_dir.push(BLOB_DIR_SUFFIX);
         let blob_dir = PathBuf::from(blob_dir);
-        fs::create_dir_all(&blob_dir).map_err(StoreError::io("create blob folder", &blob_dir))?;
+        create_private_files(&path, &blob_dir)?;
         // Canonical, so two handles opened through different spellings of
         // the path agree on where bodies live (see the foreign-body check).
         let blob_dir = fs::canonicalize(&blob_dir)
@@ -187,6 +239,10 @@ impl SqliteStore {
         reader
             .pragma_update(None, "query_only", true)
             .map_err(open_error(&path))?;
+        let admin = open_connection(&path)?;
+        admin
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(open_error(&path))?;
 
         let counters = Arc::new(Counters::default());
         let (requests, receiver) = mpsc::channel(QUEUE_CAPACITY);
@@ -207,6 +263,7 @@ impl SqliteStore {
             requests: Some(requests),
             writer: Some(writer),
             reader: Arc::new(Mutex::new(reader)),
+            admin: Arc::new(Mutex::new(admin)),
             counters,
             _folder_lock: folder_lock,
         })
@@ -275,6 +332,190 @@ impl SqliteStore {
         .await
         .map_err(|err| StoreError::Task(err.to_string()))?
     }
+
+    /// Run a write on the admin connection, in one IMMEDIATE transaction, off the runtime.
+    /// `f` returns its result and the body files to delete once the transaction committed.
+    async fn admin<T: Send + 'static>(
+        &self,
+        action: &'static str,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(T, Vec<String>), StoreError>
+        + Send
+        + 'static,
+    ) -> Result<T, StoreError> {
+        let admin = Arc::clone(&self.admin);
+        let blob_dir = self.blob_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = admin.lock().unwrap_or_else(PoisonError::into_inner);
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(StoreError::db(action))?;
+            let (result, files) = f(&tx)?;
+            tx.commit().map_err(StoreError::db(action))?;
+            remove_body_files(&blob_dir, &files);
+            Ok(result)
+        })
+        .await
+        .map_err(|err| StoreError::Task(err.to_string()))?
+    }
+}
+
+/// Delete body files whose rows are gone (committed). A file that cannot be deleted is left to
+/// the orphan sweep of the next open.
+fn remove_body_files(blob_dir: &Path, names: &[String]) {
+    for name in names {
+        if !is_blob_name(name) {
+            warn!(%name, "not deleting a malformed body file name");
+            continue;
+        }
+        let path = blob_dir.join(name);
+        if let Err(err) = fs::remove_file(&path) {
+            warn!(path = %path.display(), %err, "could not remove a deleted message's body file");
+        }
+    }
+}
+
+/// Create the database file 0600 and the blob folder 0700 if they are new, and tighten them if
+/// they exist with wider modes (a store made before letterlock set modes, or by a umask of 022).
+fn create_private_files(path: &Path, blob_dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    // As before modes were set: a store in a folder that does not exist yet creates it.
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(StoreError::io("create the folder", parent))?;
+    }
+    // An empty file is an empty SQLite database: creating it first fixes the mode SQLite then
+    // copies to the -wal and -shm files.
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(DB_MODE)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(err) => return Err(StoreError::io("create the mailbox database", path)(err)),
+    }
+    match fs::DirBuilder::new().mode(BLOB_DIR_MODE).create(blob_dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(err) => return Err(StoreError::io("create blob folder", blob_dir)(err)),
+    }
+    let mut side_files: Vec<(PathBuf, u32)> = vec![(path.to_path_buf(), DB_MODE)];
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        side_files.push((PathBuf::from(side), DB_MODE));
+    }
+    side_files.push((blob_dir.to_path_buf(), BLOB_DIR_MODE));
+    for (file, wanted) in side_files {
+        let meta = match fs::metadata(&file) {
+            Ok(meta) => meta,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(StoreError::io("check the mode of", &file)(err)),
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            fs::set_permissions(&file, fs::Permissions::from_mode(mode & wanted))
+                .map_err(StoreError::io("restrict the mode of", &file))?;
+            info!(
+                path = %file.display(),
+                was = format!("{mode:o}"),
+                now = format!("{:o}", mode & wanted),
+                "mailbox file was readable by others; restricted it to its owner"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Read a client key from a row selected with [`CLIENT_KEY_COLUMNS`].
+fn client_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<ClientKey> {
+    let ended = match (
+        row.get::<_, Option<i64>>(4)?,
+        row.get::<_, Option<String>>(5)?,
+    ) {
+        (Some(at), Some(how)) => {
+            let at =
+                u64::try_from(at).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(4, at))?;
+            let how = match how.as_str() {
+                "replaced" => KeyEnd::Replaced,
+                _ => KeyEnd::Removed,
+            };
+            Some((at, how))
+        }
+        _ => None,
+    };
+    Ok(ClientKey {
+        name: row.get(0)?,
+        key_id: row.get(1)?,
+        public_key: row.get(2)?,
+        since: get_u64(row, 3)?,
+        ended,
+    })
+}
+
+/// The trust generation, inside a transaction or on the read connection.
+fn read_generation(conn: &Connection) -> Result<u64, StoreError> {
+    conn.prepare_cached("SELECT generation FROM trust_generation WHERE id = 1")
+        .and_then(|mut stmt| stmt.query_row([], |row| get_u64(row, 0)))
+        .map_err(StoreError::db("reading the trust generation"))
+}
+
+/// Bump the trust generation inside the transaction of a trust change.
+fn bump_generation(tx: &Connection) -> Result<(), StoreError> {
+    tx.prepare_cached("UPDATE trust_generation SET generation = generation + 1 WHERE id = 1")
+        .and_then(|mut stmt| stmt.execute([]))
+        .map_err(StoreError::db("bumping the trust generation"))?;
+    Ok(())
+}
+
+/// The trusted key of `name`, if any.
+fn trusted_by_name(conn: &Connection, name: &str) -> Result<Option<KeyId>, StoreError> {
+    conn.prepare_cached("SELECT key_id FROM client_keys WHERE name = ?1 AND ended IS NULL")
+        .and_then(|mut stmt| stmt.query_row(params![name], |row| row.get(0)).optional())
+        .map_err(StoreError::db("looking up a trusted client"))
+}
+
+/// Trust a key (the transaction of [`Store::trust_client`]).
+fn trust_in(tx: &Connection, r: &TrustRequest) -> Result<TrustOutcome, StoreError> {
+    let now = super::writer::to_sql_int("trust time", r.now)?;
+    let known: Option<(String, bool)> = tx
+        .prepare_cached("SELECT name, ended IS NULL FROM client_keys WHERE key_id = ?1")
+        .and_then(|mut stmt| {
+            stmt.query_row(params![r.key_id], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()
+        })
+        .map_err(StoreError::db("looking up a client key"))?;
+    if let Some((name, true)) = &known {
+        return Ok(if *name == r.name {
+            TrustOutcome::AlreadyTrusted
+        } else {
+            TrustOutcome::KeyTaken { name: name.clone() }
+        });
+    }
+    let old = trusted_by_name(tx, &r.name)?;
+    if let Some(existing) = old {
+        if !r.replace {
+            return Ok(TrustOutcome::NameTaken { existing });
+        }
+        tx.prepare_cached(
+            "UPDATE client_keys SET ended = ?2, ended_how = 'replaced' WHERE key_id = ?1",
+        )
+        .and_then(|mut stmt| stmt.execute(params![existing, now]))
+        .map_err(StoreError::db("replacing a client key"))?;
+    }
+    // A key trusted before (then replaced or removed) is trusted again: its row, and so the
+    // messages it signed, stay one.
+    tx.prepare_cached(
+        "INSERT INTO client_keys (key_id, public_key, name, since) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (key_id) DO UPDATE SET name = ?3, since = ?4, ended = NULL, ended_how = NULL",
+    )
+    .and_then(|mut stmt| stmt.execute(params![r.key_id, r.public_key, r.name, now]))
+    .map_err(StoreError::db("trusting a client key"))?;
+    bump_generation(tx)?;
+    Ok(match old {
+        Some(old) => TrustOutcome::Replaced { old },
+        None => TrustOutcome::Trusted,
+    })
 }
 
 impl Drop for SqliteStore {
@@ -316,22 +557,35 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let found: i64 = tx
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(open_error(path))?;
-    match found {
-        0 => {
-            tx.execute_batch(SCHEMA).map_err(open_error(path))?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(open_error(path))?;
-            tx.commit().map_err(open_error(path))?;
-            debug!(path = %path.display(), version = SCHEMA_VERSION, "created mailbox schema");
-            Ok(())
-        }
-        SCHEMA_VERSION => Ok(()),
-        found => Err(StoreError::SchemaVersion {
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    if !(0..SCHEMA_VERSION).contains(&found) {
+        return Err(StoreError::SchemaVersion {
             path: path.to_path_buf(),
             found,
             expected: SCHEMA_VERSION,
-        }),
+        });
     }
+    // Each step takes the schema one version further, all in this one transaction: a crash
+    // leaves the old version whole.
+    let mut version = found;
+    if version == 0 {
+        tx.execute_batch(SCHEMA).map_err(open_error(path))?;
+        version = 1;
+    }
+    if version == 1 {
+        tx.execute_batch(MIGRATE_1_TO_2).map_err(open_error(path))?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(open_error(path))?;
+    tx.commit().map_err(open_error(path))?;
+    if found == 0 {
+        debug!(path = %path.display(), version = SCHEMA_VERSION, "created mailbox schema");
+    } else {
+        info!(path = %path.display(), from = found, to = SCHEMA_VERSION, "upgraded the mailbox schema");
+    }
+    Ok(())
 }
 
 /// Every body file name the database refers to.
@@ -584,6 +838,167 @@ impl Store for SqliteStore {
             message_id,
             ack_tag,
             reply,
+        })
+        .await
+    }
+
+    async fn trust_generation(&self) -> Result<u64, StoreError> {
+        self.read(|conn, _| read_generation(conn)).await
+    }
+
+    async fn trusted_clients(&self) -> Result<TrustedClients, StoreError> {
+        self.read(|conn, _| {
+            // One read transaction: the list is exactly the generation's.
+            let tx = conn
+                .unchecked_transaction()
+                .map_err(StoreError::db("reading the trusted clients"))?;
+            let generation = read_generation(&tx)?;
+            let clients = tx
+                .prepare_cached(&format!(
+                    "SELECT {CLIENT_KEY_COLUMNS} FROM client_keys WHERE ended IS NULL ORDER BY name"
+                ))
+                .and_then(|mut stmt| stmt.query_map([], client_key)?.collect())
+                .map_err(StoreError::db("reading the trusted clients"))?;
+            Ok(TrustedClients {
+                generation,
+                clients,
+            })
+        })
+        .await
+    }
+
+    async fn client_keys(&self) -> Result<Vec<ClientKey>, StoreError> {
+        self.read(|conn, _| {
+            conn.prepare_cached(&format!(
+                "SELECT {CLIENT_KEY_COLUMNS} FROM client_keys ORDER BY since, rowid"
+            ))
+            .and_then(|mut stmt| stmt.query_map([], client_key)?.collect())
+            .map_err(StoreError::db("reading the client keys"))
+        })
+        .await
+    }
+
+    async fn trust_client(&self, request: TrustRequest) -> Result<TrustOutcome, StoreError> {
+        self.admin("trusting a client key", move |tx| {
+            Ok((trust_in(tx, &request)?, Vec::new()))
+        })
+        .await
+    }
+
+    async fn untrust_client(&self, name: &str, now: u64) -> Result<Option<KeyId>, StoreError> {
+        let name = name.to_owned();
+        let now = super::writer::to_sql_int("untrust time", now)?;
+        self.admin("removing a client key", move |tx| {
+            let Some(key_id) = trusted_by_name(tx, &name)? else {
+                return Ok((None, Vec::new()));
+            };
+            tx.prepare_cached(
+                "UPDATE client_keys SET ended = ?2, ended_how = 'removed' WHERE key_id = ?1",
+            )
+            .and_then(|mut stmt| stmt.execute(params![key_id, now]))
+            .map_err(StoreError::db("removing a client key"))?;
+            bump_generation(tx)?;
+            Ok((Some(key_id), Vec::new()))
+        })
+        .await
+    }
+
+    async fn inbox_counts(&self) -> Result<Vec<(KeyId, u64)>, StoreError> {
+        self.read(|conn, _| {
+            conn.prepare_cached("SELECT sender_key_id, count(*) FROM inbox GROUP BY sender_key_id")
+                .and_then(|mut stmt| {
+                    stmt.query_map([], |row| Ok((row.get(0)?, get_u64(row, 1)?)))?
+                        .collect()
+                })
+                .map_err(StoreError::db("counting inbox messages"))
+        })
+        .await
+    }
+
+    async fn matching_inbox(&self, id_prefix: &str) -> Result<Vec<InboxSummary>, StoreError> {
+        let (low, high) = prefix_range(id_prefix)?;
+        self.read(move |conn, _| {
+            conn.prepare_cached(&format!(
+                "SELECT {INBOX_COLUMNS} FROM inbox WHERE message_id BETWEEN ?1 AND ?2
+                 ORDER BY received, created LIMIT ?3"
+            ))
+            .and_then(|mut stmt| {
+                stmt.query_map(params![low, high, MAX_MATCHES], inbox_summary)?
+                    .collect()
+            })
+            .map_err(StoreError::db("looking up inbox messages"))
+        })
+        .await
+    }
+
+    async fn open_inbox(
+        &self,
+        sender: &KeyId,
+        message_id: &MessageId,
+    ) -> Result<InboxMessage, StoreError> {
+        let (sender, message_id) = (*sender, *message_id);
+        self.read(move |conn, blob_dir| {
+            let row = conn
+                .prepare_cached(&format!(
+                    "SELECT {INBOX_COLUMNS}, body_inline, body_file FROM inbox
+                     WHERE sender_key_id = ?1 AND message_id = ?2"
+                ))
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![sender, message_id], |row| {
+                        Ok((
+                            inbox_summary(row)?,
+                            row.get::<_, Option<Vec<u8>>>(9)?,
+                            row.get::<_, Option<String>>(10)?,
+                        ))
+                    })
+                    .optional()
+                })
+                .map_err(StoreError::db("reading an inbox message"))?;
+            let Some((summary, inline, file)) = row else {
+                return Err(StoreError::NotFound {
+                    prefix: hex::encode(message_id),
+                });
+            };
+            let body = StoredBody::from_columns(inline, file)?.open(blob_dir)?;
+            Ok(InboxMessage { summary, body })
+        })
+        .await
+    }
+
+    async fn remove_inbox(
+        &self,
+        sender: &KeyId,
+        message_id: &MessageId,
+    ) -> Result<bool, StoreError> {
+        let (sender, message_id) = (*sender, *message_id);
+        self.admin("deleting an inbox message", move |tx| {
+            let file: Option<Option<String>> = tx
+                .prepare_cached(
+                    "DELETE FROM inbox WHERE sender_key_id = ?1 AND message_id = ?2
+                     RETURNING body_file",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![sender, message_id], |row| row.get(0))
+                        .optional()
+                })
+                .map_err(StoreError::db("deleting an inbox message"))?;
+            Ok(match file {
+                None => (false, Vec::new()),
+                Some(file) => (true, file.into_iter().collect()),
+            })
+        })
+        .await
+    }
+
+    async fn expire_inbox(&self, received_before: u64) -> Result<u64, StoreError> {
+        let before = super::writer::to_sql_int("retention cutoff", received_before)?;
+        self.admin("deleting expired inbox messages", move |tx| {
+            let files: Vec<Option<String>> = tx
+                .prepare_cached("DELETE FROM inbox WHERE received < ?1 RETURNING body_file")
+                .and_then(|mut stmt| stmt.query_map(params![before], |row| row.get(0))?.collect())
+                .map_err(StoreError::db("deleting expired inbox messages"))?;
+            let removed = files.len() as u64;
+            Ok((removed, files.into_iter().flatten().collect()))
         })
         .await
     }

@@ -74,6 +74,9 @@ pub enum TlsError {
     /// and the trust list disagree, which they cannot: checked again after the handshake).
     #[error("the client's key {0} is not trusted")]
     UnknownClient(KeyId),
+    /// The server could not learn which clients it trusts (its store failed).
+    #[error("the server could not read its trusted clients: {0}")]
+    TrustUnavailable(String),
     /// The handshake did not finish in time.
     #[error("TLS handshake timed out")]
     Timeout,
@@ -219,22 +222,49 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// The server's side of the profile, made once: its certificate (one signature, at start) and
+/// the provider. A [`rustls::ServerConfig`] is then made from it for each trust list
+/// ([`ServerTls::config`]), which is cheap: the server builds one whenever its trusted clients
+/// change, so the verifier of every handshake holds the list that handshake is judged by.
+#[derive(Debug)]
+pub struct ServerTls {
+    /// The server's certificate over its identity, behind the ALPN gate.
+    cert: Arc<CertifiedKey>,
+    /// aws-lc-rs with our suites and groups ([`TlsOptions`]).
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerTls {
+    /// Makes the server's certificate for `identity` (a signature).
+    pub fn new(identity: Arc<dyn Identity>, options: &TlsOptions) -> Result<Self, TlsError> {
+        Ok(ServerTls {
+            cert: certified(identity)?,
+            provider: crypto_provider(options),
+        })
+    }
+
+    /// The configuration that accepts exactly the keys of `clients`.
+    pub fn config(&self, clients: Arc<TrustList>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(TlsError::Config)?
+            .with_client_cert_verifier(Arc::new(pin::TrustedClients { clients }))
+            .with_cert_resolver(Arc::new(AlpnGate(self.cert.clone())));
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        // No tickets: no resumption (every connection is a full handshake), nothing to steal.
+        config.send_tls13_tickets = 0;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        Ok(Arc::new(config))
+    }
+}
+
 /// The server's TLS configuration: present `identity`, accept exactly the keys of `clients`.
 pub fn server_config(
     identity: Arc<dyn Identity>,
     clients: Arc<TrustList>,
     options: &TlsOptions,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider(options))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(TlsError::Config)?
-        .with_client_cert_verifier(Arc::new(pin::TrustedClients { clients }))
-        .with_cert_resolver(Arc::new(AlpnGate(certified(identity)?)));
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    // No tickets: no resumption (every connection is a full handshake), nothing to steal.
-    config.send_tls13_tickets = 0;
-    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    Ok(Arc::new(config))
+    ServerTls::new(identity, options)?.config(clients)
 }
 
 /// The client's handshake over `io`, within `timeout`. On success the stream is protected and
@@ -282,27 +312,28 @@ where
 }
 
 /// [`accept`] with a gate before the server's first signature: reads the whole ClientHello
-/// (no cryptography yet), waits for `gate` (the server's handshake permit), then runs the rest
-/// of the handshake holding what the gate gave. All within `timeout`.
-pub async fn accept_gated<IO, G>(
-    config: Arc<rustls::ServerConfig>,
-    clients: &TrustList,
+/// (no cryptography yet), waits for `gate` (the server's handshake permit, and the trust list
+/// of this handshake with the configuration made from it), then runs the rest of the handshake
+/// holding what the gate gave, and checks the client against that same list. All within
+/// `timeout`. A gate that fails ends the handshake with its error.
+pub async fn accept_gated<IO, G, H>(
     io: IO,
     timeout: Duration,
     gate: G,
 ) -> Result<(server::TlsStream<IO>, Session, Trusted), TlsError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
-    G: Future,
+    G: Future<Output = Result<(H, Arc<rustls::ServerConfig>, Arc<TrustList>), TlsError>>,
 {
     let handshake = async {
         let hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
             .await
             .map_err(TlsError::from_io)?;
-        let _held = gate.await;
-        hello.into_stream(config).await.map_err(TlsError::from_io)
+        let (_held, config, clients) = gate.await?;
+        let stream = hello.into_stream(config).await.map_err(TlsError::from_io)?;
+        Ok::<_, TlsError>((stream, clients))
     };
-    let stream = tokio::time::timeout(timeout, handshake)
+    let (stream, clients) = tokio::time::timeout(timeout, handshake)
         .await
         .map_err(|_| TlsError::Timeout)??;
     let session = Session::of(stream.get_ref().1)?;

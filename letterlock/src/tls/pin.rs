@@ -159,6 +159,11 @@ impl ServerCertVerifier for PinnedServer {
 /// The server's verifier: a client certificate is required, and must carry a key of the trust
 /// list. Which client it is, the server reads back from the certificate once the handshake is
 /// done ([`super::accept`]).
+///
+/// The list is fixed for this verifier: a server whose trusted clients change makes a new
+/// configuration (and so a new verifier) for each new list ([`super::ServerTls::config`]), and
+/// runs each handshake with the one of the list current when it began, so the check here and
+/// the one after the handshake always agree.
 pub struct TrustedClients {
     pub(super) clients: Arc<TrustList>,
 }

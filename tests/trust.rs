@@ -1,0 +1,643 @@
+//! Trusted clients kept in the store, through the binary: a running server honours `server
+//! trust`, `server untrust` and `server trust --replace` at the next connection, without a
+//! restart; old messages stay readable after a rotation; the classroom key files are imported;
+//! `server clients --json` says who is trusted since when with how many messages.
+//!
+//! Layout: one folder for the server (`srv/`, key bob2048) and one per client key: `alice/`
+//! (alice2048, trusted through the classroom file srv/client_public.pem as `client`), `bob/`
+//! (mallory's key, the client called bob) and `bob2/` (alice3072, bob's rotated key).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+
+/// Kills the server when the test ends, pass or fail.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn letterlock(dir: &Path, args: &[&str]) -> Output {
+    Command::new(common::BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+/// Runs a command that must succeed; returns stdout and stderr together.
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = letterlock(dir, args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "letterlock {args:?} failed:\n{text}");
+    text
+}
+
+/// Runs a command that must fail; returns stdout and stderr together.
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let out = letterlock(dir, args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "letterlock {args:?} succeeded:\n{text}"
+    );
+    text
+}
+
+/// Writes `tests/keys/KEY_private.pem` as DIR/FILE with mode 0600.
+fn put_private(dir: &Path, key: &str, file: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let target = dir.join(file);
+    std::fs::copy(common::private_path(key), &target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Writes `tests/keys/KEY_public.pem` as DIR/FILE.
+fn put_public(dir: &Path, key: &str, file: &str) {
+    std::fs::copy(common::public_path(key), dir.join(file)).unwrap();
+}
+
+/// The folders: a server with the classroom file client_public.pem (alice) and three clients.
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let srv = root.join("srv");
+        std::fs::create_dir(&srv).unwrap();
+        put_private(&srv, "bob2048", "server_private.pem");
+        put_public(&srv, "bob2048", "server_public.pem");
+        put_public(&srv, "alice2048", "client_public.pem");
+        for (folder, key) in [
+            ("alice", "alice2048"),
+            ("bob", "mallory"),
+            ("bob2", "alice3072"),
+        ] {
+            let d = root.join(folder);
+            std::fs::create_dir(&d).unwrap();
+            put_private(&d, key, "client_private.pem");
+            put_public(&d, key, "client_public.pem");
+            put_public(&d, "bob2048", "server_public.pem");
+        }
+        Setup { _dir: dir, root }
+    }
+
+    fn dir(&self, folder: &str) -> PathBuf {
+        self.root.join(folder)
+    }
+
+    /// A server command run from the root folder with --keys srv (the store defaults to
+    /// srv/letterlock-server.db).
+    fn server(&self, args: &[&str]) -> Vec<String> {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(["--keys".into(), "srv".into()]);
+        all
+    }
+
+    fn server_ok(&self, args: &[&str]) -> String {
+        let args = self.server(args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(&self.root, &args)
+    }
+
+    fn server_fails(&self, args: &[&str]) -> String {
+        let args = self.server(args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails(&self.root, &args)
+    }
+
+    fn start(&self) -> (Server, String) {
+        let mut cmd = Command::new(common::BIN);
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--keys", "srv"])
+            .current_dir(&self.root);
+        let (child, addr) = common::spawn_server(cmd);
+        (Server(child), addr)
+    }
+
+    /// `client send_msg TEXT` from the client folder `who`.
+    fn send(&self, who: &str, addr: &str, text: &str) -> Output {
+        letterlock(
+            &self.dir(who),
+            &["client", "send_msg", text, "--server", addr, "--keys", "."],
+        )
+    }
+
+    fn clients_json(&self, all: bool) -> Vec<serde_json::Value> {
+        let mut args = vec!["server", "clients", "--json"];
+        if all {
+            args.push("--all");
+        }
+        let out = letterlock(&self.root, &self.server_args(&args));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn server_args<'a>(&self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = args.to_vec();
+        all.extend(["--keys", "srv"]);
+        all
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The id `client send_msg` printed ("message id HEX").
+fn sent_id(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("message id "))
+        .unwrap_or_else(|| panic!("no message id in {text}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn trust_and_untrust_take_effect_on_a_running_server_without_restart() {
+    let s = Setup::new();
+    let (_server, addr) = s.start();
+
+    // alice came from the classroom file; bob is not trusted yet.
+    assert!(s.send("alice", &addr, "from alice").status.success());
+    let refused = s.send("bob", &addr, "too early");
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("refused our key"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let said = s.server_ok(&["server", "trust", "bob/client_public.pem", "--name", "bob"]);
+    assert!(said.contains("trusting bob"), "{said}");
+    // The same server process, no restart.
+    let sent = s.send("bob", &addr, "hello from bob");
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    let id = sent_id(&sent);
+
+    let said = s.server_ok(&["server", "untrust", "bob"]);
+    assert!(said.contains("no longer trusted"), "{said}");
+    assert!(said.contains("1 stored message"), "{said}");
+    let refused = s.send("bob", &addr, "after untrust");
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("refused our key"),
+        "{}",
+        stderr(&refused)
+    );
+    // alice is not affected.
+    assert!(s.send("alice", &addr, "still here").status.success());
+
+    // bob's message is kept and still readable.
+    let read = s.server_ok(&["server", "read", &id]);
+    assert!(read.contains("hello from bob"), "{read}");
+}
+
+#[test]
+fn the_plain_v1_server_follows_trust_changes_too() {
+    let s = Setup::new();
+    let mut cmd = Command::new(common::BIN);
+    cmd.args([
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--keys",
+        "srv",
+        "--plain-v1",
+    ])
+    .current_dir(&s.root);
+    let (child, addr) = common::spawn_server(cmd);
+    let _server = Server(child);
+    let send = |text: &str| {
+        letterlock(
+            &s.dir("bob"),
+            &[
+                "client",
+                "send_msg",
+                text,
+                "--server",
+                &addr,
+                "--keys",
+                ".",
+                "--plain-v1",
+            ],
+        )
+    };
+    assert!(!send("too early").status.success());
+    s.server_ok(&["server", "trust", "bob/client_public.pem", "--name", "bob"]);
+    let sent = send("now trusted");
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    s.server_ok(&["server", "untrust", "bob"]);
+    assert!(!send("untrusted again").status.success());
+}
+
+#[test]
+fn a_rotated_key_works_the_old_one_is_refused_and_old_messages_stay_readable() {
+    let s = Setup::new();
+    let (_server, addr) = s.start();
+    s.server_ok(&["server", "trust", "bob/client_public.pem", "--name", "bob"]);
+    let old = s.send("bob", &addr, "signed with the old key");
+    assert!(old.status.success(), "{}", stderr(&old));
+    let old_id = sent_id(&old);
+
+    // Without --replace the name is taken: refused, with what to do.
+    let said = s.server_fails(&["server", "trust", "bob2/client_public.pem", "--name", "bob"]);
+    assert!(said.contains("already trusted with another key"), "{said}");
+    assert!(said.contains("--replace"), "{said}");
+    // A key already trusted under another name is refused too.
+    let said = s.server_fails(&[
+        "server",
+        "trust",
+        "bob/client_public.pem",
+        "--name",
+        "robert",
+    ]);
+    assert!(said.contains("already trusted as bob"), "{said}");
+    assert!(said.contains("untrust bob"), "{said}");
+
+    let said = s.server_ok(&[
+        "server",
+        "trust",
+        "bob2/client_public.pem",
+        "--name",
+        "bob",
+        "--replace",
+    ]);
+    assert!(said.contains("instead of"), "{said}");
+    let new = s.send("bob2", &addr, "signed with the new key");
+    assert!(new.status.success(), "{}", stderr(&new));
+    let refused = s.send("bob", &addr, "old key again");
+    assert!(!refused.status.success(), "the replaced key still got in");
+
+    // The old message is verified with the key it arrived under.
+    let read = s.server_ok(&["server", "read", &old_id]);
+    assert!(read.contains("signed with the old key"), "{read}");
+    assert!(read.contains("verified"), "{read}");
+    let read = s.server_ok(&["server", "read", &sent_id(&new)]);
+    assert!(read.contains("signed with the new key"), "{read}");
+
+    // The history keeps both keys; only the new one is trusted.
+    let all = s.clients_json(true);
+    let bobs: Vec<_> = all.iter().filter(|c| c["name"] == "bob").collect();
+    assert_eq!(bobs.len(), 2, "{all:?}");
+    assert_eq!(bobs.iter().filter(|c| c["status"] == "trusted").count(), 1);
+    assert_eq!(bobs.iter().filter(|c| c["status"] == "replaced").count(), 1);
+    let trusted = s.clients_json(false);
+    assert!(
+        trusted.iter().all(|c| c["status"] == "trusted"),
+        "{trusted:?}"
+    );
+}
+
+#[test]
+fn the_classroom_layout_is_imported_and_clients_json_lists_it() {
+    let s = Setup::new();
+    // A key file in srv/clients/ as well as client_public.pem.
+    std::fs::create_dir(s.dir("srv").join("clients")).unwrap();
+    put_public(&s.dir("srv").join("clients"), "mallory", "bob.pem");
+    let (_server, addr) = s.start();
+    assert!(s.send("alice", &addr, "one").status.success());
+    assert!(s.send("alice", &addr, "two").status.success());
+    assert!(s.send("bob", &addr, "three").status.success());
+
+    let list = s.clients_json(false);
+    assert_eq!(list.len(), 2, "{list:?}");
+    let client = list.iter().find(|c| c["name"] == "client").unwrap();
+    let bob = list.iter().find(|c| c["name"] == "bob").unwrap();
+    assert_eq!(client["messages"], 2);
+    assert_eq!(bob["messages"], 1);
+    assert_eq!(client["status"], "trusted");
+    assert!(client["since"].as_u64().unwrap() > 1_700_000_000);
+    assert!(client["ended"].is_null());
+    let alice_id = letterlock::keys::load_public(&common::public_path("alice2048"))
+        .unwrap()
+        .id()
+        .to_string();
+    assert_eq!(client["key"], alice_id.as_str());
+
+    // Removing the file by hand changes nothing: the store is the truth once imported.
+    std::fs::remove_file(s.dir("srv").join("clients/bob.pem")).unwrap();
+    assert!(
+        s.send("bob", &addr, "file gone, still trusted")
+            .status
+            .success()
+    );
+    // And a file the store knows as removed is not imported again.
+    put_public(&s.dir("srv").join("clients"), "mallory", "bob.pem");
+    s.server_ok(&["server", "untrust", "bob"]);
+    assert_eq!(s.clients_json(false).len(), 1);
+    assert!(!s.send("bob", &addr, "untrusted").status.success());
+}
+
+#[test]
+fn inbox_filters_read_from_and_rm() {
+    let s = Setup::new();
+    std::fs::create_dir(s.dir("srv").join("clients")).unwrap();
+    put_public(&s.dir("srv").join("clients"), "mallory", "bob.pem");
+    let (_server, addr) = s.start();
+    let a = sent_id(&s.send("alice", &addr, "alice's note"));
+    let b = sent_id(&s.send("bob", &addr, "bob's note"));
+
+    let inbox = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec!["server", "inbox", "--json"];
+        args.extend_from_slice(extra);
+        let out = letterlock(&s.root, &s.server_args(&args));
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(inbox(&[]).len(), 2);
+    let from_bob = inbox(&["--from", "bob"]);
+    assert_eq!(from_bob.len(), 1);
+    assert_eq!(from_bob[0]["id"], b.as_str());
+    assert_eq!(inbox(&["--since", "2000-01-01"]).len(), 2);
+    assert_eq!(inbox(&["--since", "1h"]).len(), 2);
+    assert_eq!(
+        inbox(&["--since", "4102444800"]).len(),
+        0,
+        "2100 is in the future"
+    );
+    let bad = s.server_fails(&["server", "inbox", "--since", "yesterday-ish"]);
+    assert!(bad.contains("unix seconds"), "{bad}");
+
+    // --from picks among senders.
+    let read = s.server_ok(&["server", "read", &a, "--from", "client"]);
+    assert!(read.contains("alice's note"), "{read}");
+    let wrong = s.server_fails(&["server", "read", &a, "--from", "bob"]);
+    assert!(wrong.contains("no inbox message"), "{wrong}");
+
+    // rm removes the message (and its row: it is gone from the inbox).
+    let said = s.server_ok(&["server", "rm", &b]);
+    assert!(said.contains("deleted message"), "{said}");
+    assert_eq!(inbox(&[]).len(), 1);
+    let gone = s.server_fails(&["server", "read", &b]);
+    assert!(gone.contains("no inbox message"), "{gone}");
+}
+
+#[test]
+fn the_store_is_created_beside_the_keys_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let (server, addr) = s.start();
+    assert!(s.send("alice", &addr, "hi").status.success());
+    drop(server);
+    let db = s.dir("srv").join("letterlock-server.db");
+    assert!(db.is_file(), "no store beside the keys");
+    assert!(!s.root.join("letterlock-server.db").exists());
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&db), 0o600);
+    assert_eq!(
+        mode(&s.dir("srv").join("letterlock-server.db.blobs")),
+        0o700
+    );
+
+    // An existing store with wider modes is tightened when opened.
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let blobs = s.dir("srv").join("letterlock-server.db.blobs");
+    std::fs::set_permissions(&blobs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let said = s.server_ok(&["server", "inbox"]);
+    assert!(said.contains("restricted it to its owner"), "{said}");
+    assert_eq!(mode(&db), 0o600);
+    assert_eq!(mode(&blobs), 0o700);
+}
+
+#[test]
+fn a_mailbox_at_the_old_default_place_is_used_with_a_warning() {
+    let s = Setup::new();
+    // A store in the working folder, as the old default made it.
+    ok(
+        &s.root,
+        &[
+            "server",
+            "trust",
+            "bob/client_public.pem",
+            "--name",
+            "bob",
+            "--keys",
+            "srv",
+            "--store",
+            "letterlock-server.db",
+        ],
+    );
+    let said = s.server_ok(&["server", "clients"]);
+    assert!(said.contains("old default"), "{said}");
+    assert!(said.contains("mv letterlock-server.db"), "{said}");
+    assert!(said.contains("bob"), "the old mailbox was not used: {said}");
+    assert!(!s.dir("srv").join("letterlock-server.db").exists());
+}
+
+/// Two clients' messages with the same id (ids are unique per sender only): `server read ID`
+/// lists both and asks for --from; `--from` reads each; `server rm ID --from` deletes one.
+#[test]
+fn colliding_ids_of_two_senders_are_told_apart_with_from() {
+    use letterlock::envelope::{FixedRandomness, SealOptions};
+    use letterlock::store::{InboxRecord, SqliteStore, Store};
+    let s = Setup::new();
+    std::fs::create_dir(s.dir("srv").join("clients")).unwrap();
+    put_public(&s.dir("srv").join("clients"), "mallory", "bob.pem");
+    let id = [0x5a; 16];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let db = s.dir("srv").join("letterlock-server.db");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = SqliteStore::open(&db).unwrap();
+        for (key, name, text) in [
+            ("alice2048", "client", "same id, from alice"),
+            ("mallory", "bob", "same id, from bob"),
+        ] {
+            let fixed = FixedRandomness {
+                message_id: id,
+                created: now,
+                content_key: [3; 32],
+            };
+            let (sealed, info) = common::seal_fixed(
+                common::private(key),
+                &common::public("bob2048"),
+                &SealOptions::default(),
+                &fixed,
+                text.as_bytes(),
+            );
+            let body = letterlock::store::Body::from_bytes(sealed);
+            store
+                .insert_inbox(InboxRecord {
+                    sender_key_id: common::public(key).id().0,
+                    sender_name: name.into(),
+                    message_id: id,
+                    created: now,
+                    received: now,
+                    mode: letterlock::store::MODE_HYBRID,
+                    plaintext_len: info.plaintext_len,
+                    content_hash: body.sha256(),
+                    ack_tag: info.ack_tag,
+                    body,
+                })
+                .await
+                .unwrap();
+        }
+        store.close().await.unwrap();
+    });
+    let hex_id = "5a".repeat(16);
+    let said = s.server_fails(&["server", "read", &hex_id[..6]]);
+    assert!(said.contains("more than one inbox message"), "{said}");
+    assert!(
+        said.contains("from client") && said.contains("from bob"),
+        "{said}"
+    );
+    assert!(said.contains("--from NAME"), "{said}");
+    let read = s.server_ok(&["server", "read", &hex_id, "--from", "bob"]);
+    assert!(read.contains("same id, from bob"), "{read}");
+    let read = s.server_ok(&["server", "read", &hex_id, "--from", "client"]);
+    assert!(read.contains("same id, from alice"), "{read}");
+    s.server_ok(&["server", "rm", &hex_id, "--from", "client"]);
+    // One left: the id alone is enough now.
+    let read = s.server_ok(&["server", "read", &hex_id]);
+    assert!(read.contains("same id, from bob"), "{read}");
+}
+
+#[test]
+fn retention_keeps_recent_messages_and_refuses_zero_days() {
+    let s = Setup::new();
+    let (server, addr) = s.start();
+    assert!(s.send("alice", &addr, "kept").status.success());
+    drop(server);
+    // Received just now: a retention of one day keeps it.
+    let (server, _) = {
+        let mut cmd = Command::new(common::BIN);
+        cmd.args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--keys",
+            "srv",
+            "--retention",
+            "1",
+        ])
+        .current_dir(&s.root);
+        let (child, addr) = common::spawn_server(cmd);
+        (Server(child), addr)
+    };
+    drop(server);
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(
+            &String::from_utf8(
+                letterlock(&s.root, &s.server_args(&["server", "inbox", "--json"])).stdout
+            )
+            .unwrap()
+        )
+        .unwrap()
+        .len(),
+        1
+    );
+    let zero = fails(
+        &s.root,
+        &[
+            "server",
+            "--retention",
+            "0",
+            "--keys",
+            "srv",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert!(zero.contains("--retention"), "{zero}");
+}
+
+/// A connection opened while the key was trusted does not outlive an untrust: its next message
+/// is refused with `AuthFailed`, and nothing of it is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_connection_is_refused_at_its_next_message_after_untrust() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use letterlock::client::{Client, ClientConfig, ClientError};
+    use letterlock::envelope::SealOptions;
+    use letterlock::keys::TrustList;
+    use letterlock::server::{Server, ServerConfig};
+    use letterlock::store::{SqliteStore, Store, TrustRequest};
+    use letterlock::tls::TlsOptions;
+    use letterlock::wire::ErrorCode;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path().join("s.db")).unwrap());
+    let alice = common::public("alice2048");
+    store
+        .trust_client(TrustRequest {
+            name: "client".into(),
+            key_id: alice.id().0,
+            public_key: alice.spki_der().to_vec(),
+            replace: false,
+            now: 1,
+        })
+        .await
+        .unwrap();
+    let config = ServerConfig {
+        // Check the store before every request: no waiting in the test.
+        trust_recheck: Duration::ZERO,
+        ..ServerConfig::default()
+    };
+    let server = Server::new(
+        common::private("bob2048"),
+        TrustList::new(),
+        store.clone(),
+        config,
+    )
+    .trust_from_store()
+    .with_tls(TlsOptions::default())
+    .unwrap();
+    let running = common::net::run_on_loopback(Arc::new(server)).await;
+    let mut client = Client::connect_tls(
+        &running.addr,
+        common::private("alice2048"),
+        common::public("bob2048"),
+        ClientConfig::default(),
+        TlsOptions::default(),
+    )
+    .await
+    .unwrap();
+    let send = |text: &'static str| std::io::Cursor::new(text.as_bytes().to_vec());
+    client
+        .send(send("while trusted"), SealOptions::default())
+        .await
+        .unwrap();
+
+    assert!(store.untrust_client("client", 2).await.unwrap().is_some());
+    let refused = client
+        .send(send("after untrust"), SealOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            ClientError::Refused {
+                code: ErrorCode::AuthFailed,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(store.list_inbox().await.unwrap().len(), 1);
+    let _ = running.stop.send(());
+}
