@@ -512,14 +512,11 @@ fn the_server_logs_message_text_only_on_a_terminal_unless_told() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// On a terminal (a pseudo-terminal from util-linux `script`, where installed), a bare
+/// On a terminal (a pseudo-terminal from util-linux `script`), a bare
 /// `send_msg` says it reads until Ctrl-D, and sends what was typed.
 #[test]
 fn on_a_terminal_send_msg_says_it_reads_until_ctrl_d() {
-    if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("skipped: no `script` (util-linux) to make a terminal");
-        return;
-    }
+    require_script();
     let f = folders();
     let server = Server::start(&f, &[]);
     let command = format!(
@@ -542,6 +539,16 @@ fn on_a_terminal_send_msg_says_it_reads_until_ctrl_d() {
     assert_eq!(server_read(&f, id), b"typed on a terminal\n");
 }
 
+/// These tests need util-linux `script` to make a pseudo-terminal: a missing one is a failure
+/// that says how to install it, never a silent skip.
+fn require_script() {
+    assert!(
+        Command::new("script").arg("--version").output().is_ok(),
+        "`script` (util-linux) is needed to test behaviour on a terminal: install it with \
+         `apt-get install bsdutils` (Debian/Ubuntu) or `util-linux` elsewhere"
+    );
+}
+
 /// Runs `command` under `script -qec` (a pseudo-terminal for stdin, stdout and stderr) with
 /// `typed` as what is typed.
 fn run_script(command: &str, typed: &[u8]) -> Output {
@@ -557,14 +564,11 @@ fn run_script(command: &str, typed: &[u8]) -> Output {
 }
 
 /// The other half of the logging default: with its log on a terminal (a pseudo-terminal from
-/// util-linux `script`, where installed), the server shows the text as the classroom did.
+/// util-linux `script`), the server shows the text as the classroom did.
 #[test]
 fn on_a_terminal_the_server_logs_message_text() {
     const TEXT: &str = "shown in class";
-    if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("skipped: no `script` (util-linux) to make a terminal");
-        return;
-    }
+    require_script();
     let f = folders();
     // `exec`: the server is script's child itself, and ends with the terminal (SIGHUP).
     let command = format!(
