@@ -84,7 +84,10 @@ pub struct EnvelopeRow {
     pub of_bound: f64,
     /// The single-stream sealing bound measured right before this size ran (MB/s).
     pub seal_pass_mb_s: f64,
-    /// Peak RSS while this row ran (KiB), where it was measured (1 GiB rows).
+    /// Set when the figure stayed over its bound, measured again ([`super::over_bound_note`]).
+    pub bound_note: Option<String>,
+    /// Peak RSS of the process while this row ran (KiB); `None` where the kernel's peak mark
+    /// could not be reset (then no figure would be this row's alone).
     pub peak_rss_kib: Option<u64>,
     /// RSS when the row began (KiB): resident before it, part of the peak.
     pub rss_before_kib: Option<u64>,
@@ -151,6 +154,8 @@ pub struct ServerRate {
     /// The all-core RSA decrypt bound, measured right before this run.
     pub bound_msgs_s: f64,
     pub of_bound: f64,
+    /// Set when the rate stayed over its bound, measured again ([`super::over_bound_note`]).
+    pub bound_note: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -419,6 +424,14 @@ fn pct(x: f64) -> String {
     format!("{:.0}%", x * 100.0)
 }
 
+/// A share of a bound, marked `*` when it stayed over its bound measured again.
+fn of(x: f64, note: &Option<String>) -> String {
+    match note {
+        Some(_) => format!("{}*", pct(x)),
+        None => pct(x),
+    }
+}
+
 /// The report as a table for people.
 pub fn table(r: &Report) -> String {
     let b = &r.bounds;
@@ -478,10 +491,20 @@ pub fn table(r: &Report) -> String {
         "\n2. Seal and open, one core (bound = the message's RSA operations + its bytes, at the \
          bounds measured again right before each size)"
     );
+    // The peak-RSS column only where the kernel let the bench measure it per row.
+    let rss_column = r.envelope.iter().any(|row| row.peak_rss_kib.is_some());
     let _ = writeln!(
         s,
-        "  {:<10} {:<5} {:>7} {:>10} {:>10} {:>9} {:>9} {:>6} {:>9}",
-        "mode", "op", "size", "msg/s", "bound", "MB/s", "bound", "of", "peak RSS"
+        "  {:<10} {:<5} {:>7} {:>10} {:>10} {:>9} {:>9} {:>7} {:>9}",
+        "mode",
+        "op",
+        "size",
+        "msg/s",
+        "bound",
+        "MB/s",
+        "bound",
+        "of",
+        if rss_column { "peak RSS" } else { "" }
     );
     for row in &r.envelope {
         if let Some(reason) = &row.not_run {
@@ -495,9 +518,8 @@ pub fn table(r: &Report) -> String {
             );
             continue;
         }
-        let _ = writeln!(
-            s,
-            "  {:<10} {:<5} {:>7} {:>10.1} {:>10.1} {:>9.1} {:>9.1} {:>6} {:>9}",
+        let line = format!(
+            "  {:<10} {:<5} {:>7} {:>10.1} {:>10.1} {:>9.1} {:>9.1} {:>7} {:>9}",
             row.mode,
             row.op,
             human_size(row.size),
@@ -505,10 +527,29 @@ pub fn table(r: &Report) -> String {
             row.bound_msgs_s,
             row.mb_s,
             row.bound_mb_s,
-            pct(row.of_bound),
-            row.peak_rss_kib
-                .map_or(String::new(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+            of(row.of_bound, &row.bound_note),
+            if rss_column {
+                row.peak_rss_kib.map_or("n/a".into(), mib)
+            } else {
+                String::new()
+            }
         );
+        let _ = writeln!(s, "{}", line.trim_end());
+    }
+    if !rss_column {
+        let _ = writeln!(
+            s,
+            "  (no peak RSS per row: /proc/self/clear_refs could not be written here)"
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "  (peak RSS: the whole process while the row ran, its input and output buffers \
+             included)"
+        );
+    }
+    if r.envelope.iter().any(|row| row.bound_note.is_some()) {
+        let _ = writeln!(s, "  * {}", super::over_bound_note());
     }
     let _ = writeln!(s, "\n  hybrid / asymmetric speed");
     for ratio in &r.ratios {
@@ -535,13 +576,16 @@ pub fn table(r: &Report) -> String {
     for rate in &srv.rates {
         let _ = writeln!(
             s,
-            "  {:>11} {:>9} {:>10.0} {:>10.0}/s {:>6}",
+            "  {:>11} {:>9} {:>10.0} {:>10.0}/s {:>7}",
             rate.connections,
             rate.messages,
             rate.msgs_s,
             rate.bound_msgs_s,
-            pct(rate.of_bound)
+            of(rate.of_bound, &rate.bound_note)
         );
+    }
+    if srv.rates.iter().any(|rate| rate.bound_note.is_some()) {
+        let _ = writeln!(s, "  * {}", super::over_bound_note());
     }
     let _ = writeln!(
         s,
@@ -586,12 +630,16 @@ pub fn table(r: &Report) -> String {
     let _ = writeln!(
         s,
         "  {} messages over TLS at {} connections: {:.0} msg/s, all-core RSA decrypt bound \
-         {:.0}/s ({} of it)",
+         {:.0}/s ({} of it){}",
         human_size(srv.message_size),
         tls.rate.connections,
         tls.rate.msgs_s,
         tls.rate.bound_msgs_s,
-        pct(tls.rate.of_bound)
+        pct(tls.rate.of_bound),
+        tls.rate
+            .bound_note
+            .as_ref()
+            .map_or(String::new(), |n| format!(": {n}"))
     );
     let _ = writeln!(
         s,
