@@ -149,8 +149,8 @@ pub(super) fn measure_compare(
         oneshot_size: ONESHOT_SIZE,
         oneshot_samples: samples,
         tools: rows,
-        note: "files in the bench's temporary folder ($TMPDIR or /tmp); time from start to \
-               exit of each process; peak RSS = ru_maxrss of the child and its children; the \
+        note: "files in the bench's temporary folder ($TMPDIR or /tmp, which needs about 4x \
+               the file size free); time from start to exit of each process; peak RSS = ru_maxrss of the child and its children; the \
                median of the runs; a two-step tool's time is the sum of its steps"
             .into(),
     })

@@ -352,7 +352,15 @@ fn file_goals(rows: &[EnvelopeRow], compare: Option<&CompareReport>) -> Vec<Goal
         _ => Goal {
             goal: vs_age,
             met: None,
-            detail: "not measured: neither rage nor age is installed".into(),
+            detail: format!(
+                "not measured: {}",
+                c.tools
+                    .iter()
+                    .filter(|t| t.tool == "rage" || t.tool == "age")
+                    .map(|t| format!("{} {}", t.tool, t.status))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         },
     });
     // The in-memory row of the largest size section 2 ran: the one its table shows.
@@ -765,4 +773,114 @@ pub fn write_json(r: &Report, mut out: impl Write) -> Result<(), BenchError> {
     serde_json::to_writer_pretty(&mut out, r).map_err(io::Error::from)?;
     writeln!(out)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::compare::{FileFigures, ToolRow};
+    use super::*;
+
+    fn row(op: &'static str, size: u64, mb_s: f64) -> EnvelopeRow {
+        EnvelopeRow {
+            mode: "hybrid",
+            op,
+            size,
+            not_run: None,
+            iterations: 1,
+            seconds: 1.0,
+            msgs_s: 1.0,
+            mb_s,
+            bound_msgs_s: 1.0,
+            bound_mb_s: mb_s,
+            of_bound: 1.0,
+            seal_pass_mb_s: mb_s,
+            bound_note: None,
+            peak_rss_kib: None,
+            rss_before_kib: None,
+        }
+    }
+
+    fn tool(name: &str, seal: f64, open: f64, rss: u64) -> ToolRow {
+        ToolRow {
+            tool: name.into(),
+            version: None,
+            what: String::new(),
+            status: "ran".into(),
+            setup: Vec::new(),
+            seal_commands: Vec::new(),
+            open_commands: Vec::new(),
+            file: Some(FileFigures {
+                seal_mb_s: seal,
+                open_mb_s: open,
+                seal_peak_rss_kib: rss,
+                open_peak_rss_kib: rss,
+            }),
+            oneshot: None,
+        }
+    }
+
+    fn missing(name: &str) -> ToolRow {
+        ToolRow {
+            status: "not installed".into(),
+            file: None,
+            ..tool(name, 0.0, 0.0, 0)
+        }
+    }
+
+    fn compare(tools: Vec<ToolRow>) -> CompareReport {
+        CompareReport {
+            file_size: GIB,
+            runs: 3,
+            oneshot_size: 100,
+            oneshot_samples: 5,
+            tools,
+            note: String::new(),
+        }
+    }
+
+    #[test]
+    fn file_goals_are_not_measured_without_compare_or_without_rage() {
+        let rows = [row("seal", MIB, 100.0), row("open", MIB, 100.0)];
+        let goals = file_goals(&rows, None);
+        assert_eq!(goals.len(), 3);
+        assert!(goals.iter().all(|g| g.met.is_none()));
+
+        let c = compare(vec![
+            tool("letterlock", 90.0, 90.0, 8 * 1024),
+            missing("rage"),
+            missing("age"),
+        ]);
+        let goals = file_goals(&rows, Some(&c));
+        assert_eq!(goals[0].met, None, "{}", goals[0].detail);
+        assert!(goals[0].detail.contains("not installed"));
+        assert_eq!(goals[1].met, Some(true), "0.9x of the in-memory rate");
+        assert_eq!(goals[2].met, Some(true), "8 MiB peak");
+    }
+
+    #[test]
+    fn file_goals_cite_rage_and_the_largest_in_memory_row() {
+        // The 1 GiB rows are the ones the table shows beside a 1 GiB file run, not 1 MiB.
+        let rows = [
+            row("seal", MIB, 1000.0),
+            row("open", MIB, 1000.0),
+            row("seal", GIB, 200.0),
+            row("open", GIB, 200.0),
+        ];
+        let c = compare(vec![
+            tool("letterlock", 150.0, 170.0, 20 * 1024),
+            tool("rage", 100.0, 100.0, 5 * 1024),
+        ]);
+        let goals = file_goals(&rows, Some(&c));
+        assert_eq!(goals[0].met, Some(true), "1.5x and 1.7x rage");
+        assert!(goals[0].detail.contains("rage's"), "{}", goals[0].detail);
+        assert_eq!(goals[1].met, Some(false), "150 of 200 MB/s is 0.75x");
+        assert!(goals[1].detail.contains("1 GiB"), "{}", goals[1].detail);
+        assert_eq!(goals[2].met, Some(false), "20 MiB is over 16 MiB");
+    }
+
+    #[test]
+    fn a_share_over_its_bound_is_marked() {
+        assert_eq!(of(1.07, &None), "107%");
+        assert_eq!(of(1.07, &Some("why".into())), "107%*");
+    }
 }

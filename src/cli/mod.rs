@@ -133,6 +133,7 @@ struct BenchArgs {
     bits: usize,
     /// Also run gpg, `openssl cms`, rage and age where installed, on the same files in the
     /// same run (1 GiB file to file, and a 100-byte seal per process), each command shown.
+    /// The files go to $TMPDIR, which needs about 4 GiB free.
     #[arg(long)]
     compare: bool,
     /// Replace the --plot file if it exists.
