@@ -36,7 +36,7 @@ pub(super) struct ChildRun {
 /// `letterlock-measured seconds=S peak_rss_kib=K` and exits with the child's status.
 pub fn measure_child(cmd: &[OsString]) -> Result<ExitCode, BenchError> {
     let Some((program, args)) = cmd.split_first() else {
-        return Err(BenchError::Wrong(format!(
+        return Err(BenchError::Usage(format!(
             "{MEASURE_FLAG} needs a command after `--`"
         )));
     };

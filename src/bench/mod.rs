@@ -177,6 +177,9 @@ pub enum BenchError {
     Wrong(String),
     #[error("cannot draw the plot: {0}")]
     Plot(String),
+    /// The command line asked for something the bench cannot do.
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// Runs every section; progress goes to stderr.
