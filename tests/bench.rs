@@ -1,5 +1,6 @@
 //! `letterlock bench --quick --json` runs end to end and reports every section with positive
-//! figures. It asserts nothing about speed: speed goals live in the benchmark's own output.
+//! figures, with and without `--compare`. It asserts nothing about speed: speed goals live in
+//! the benchmark's own output. The `--plot` path is checked before the run starts.
 
 use std::process::Command;
 
@@ -124,6 +125,162 @@ fn quick_json_has_every_section() {
         "no 1 GiB in --quick"
     );
 
+    // Section 5 runs in every run; section 6 only with --compare.
+    one_shot_section(&v);
+    assert!(v["compare"].is_null(), "no --compare: no comparison");
+
     let goals = v["goals"].as_array().expect("goals");
-    assert_eq!(goals.len(), 4);
+    assert_eq!(goals.len(), 9, "{goals:?}");
+    for g in goals.iter().filter(|g| {
+        g["goal"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("file to file"))
+    }) {
+        assert!(g["met"].is_null(), "without --compare: not measured: {g}");
+    }
+}
+
+/// Section 5: both commands ran as processes, with positive figures and the command shown.
+fn one_shot_section(v: &Value) {
+    for cmd in ["seal", "send_msg"] {
+        for field in ["p50_ms", "p99_ms", "ops_s", "peak_rss_kib"] {
+            positive(v, &format!("/oneshot/{cmd}/{field}"));
+        }
+        let line = v["oneshot"][cmd]["command"].as_str().unwrap();
+        assert!(line.starts_with("letterlock "), "{line}");
+    }
+    assert!(
+        v.pointer("/oneshot/server_command")
+            .and_then(Value::as_str)
+            .unwrap()
+            .contains("--listen 127.0.0.1:0")
+    );
+}
+
+/// Whether `program --version` runs here.
+fn installed(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+#[ignore = "runs the whole benchmark (--quick --compare): over 30 s in a debug build; .ci/run runs it"]
+fn quick_compare_runs_the_installed_tools_and_reports_the_missing_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("bench.svg");
+    let out = Command::new(env!("CARGO_BIN_EXE_letterlock"))
+        .args([
+            "bench",
+            "--quick",
+            "--compare",
+            "--json",
+            "--bits",
+            "2048",
+            "--plot",
+        ])
+        .arg(&svg)
+        .output()
+        .expect("the letterlock binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    assert!(
+        stderr.contains(&format!("wrote {}", svg.display())),
+        "{stderr}"
+    );
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("<svg") && text.contains("MiB") && text.contains("bound"));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    one_shot_section(&v);
+
+    let tools = v
+        .pointer("/compare/tools")
+        .and_then(Value::as_array)
+        .unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t["tool"].as_str().unwrap()).collect();
+    assert_eq!(names, ["letterlock", "gpg", "openssl cms", "rage", "age"]);
+    for t in tools {
+        let name = t["tool"].as_str().unwrap();
+        let program = name.split(' ').next().unwrap();
+        let here = name == "letterlock"
+            || if program == "openssl" {
+                Command::new("openssl")
+                    .arg("version")
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            } else {
+                installed(program)
+            };
+        if !here {
+            // Never guessed: a missing tool has a status and no figure.
+            assert_eq!(t["status"], "not installed", "{t}");
+            assert!(t["file"].is_null() && t["oneshot"].is_null(), "{t}");
+            continue;
+        }
+        assert_eq!(t["status"], "ran", "{t}");
+        for f in [
+            "seal_mb_s",
+            "open_mb_s",
+            "seal_peak_rss_kib",
+            "open_peak_rss_kib",
+        ] {
+            assert!(t["file"][f].as_f64().unwrap() > 0.0, "{name} {f}: {t}");
+        }
+        for f in ["p50_ms", "ops_s", "peak_rss_kib"] {
+            assert!(t["oneshot"][f].as_f64().unwrap() > 0.0, "{name} {f}: {t}");
+        }
+        // Each command is shown so it can be run again.
+        for list in ["seal_commands", "open_commands"] {
+            let lines = t[list].as_array().unwrap();
+            assert!(!lines.is_empty(), "{name} {list}");
+            for l in lines {
+                assert!(l.as_str().unwrap().starts_with(program), "{name}: {l}");
+            }
+        }
+    }
+    let file_goals: Vec<&Value> = v["goals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["goal"].as_str().unwrap().starts_with("file to file"))
+        .collect();
+    assert_eq!(file_goals.len(), 3);
+    // The peak-RSS and in-memory goals are judged from this run's figures.
+    assert!(!file_goals[1]["met"].is_null() && !file_goals[2]["met"].is_null());
+    if !installed("rage") && !installed("age") {
+        assert!(file_goals[0]["met"].is_null(), "{}", file_goals[0]);
+    }
+}
+
+#[test]
+fn an_existing_plot_file_is_refused_before_the_run_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("old.svg");
+    std::fs::write(&svg, "keep me").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_letterlock"))
+        .args(["bench", "--quick", "--plot"])
+        .arg(&svg)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("exists") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    // Refused before anything ran: no progress line, the file untouched.
+    assert!(!stderr.contains("generating"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&svg).unwrap(), "keep me");
+
+    let missing = dir.path().join("no-such-folder").join("a.svg");
+    let out = Command::new(env!("CARGO_BIN_EXE_letterlock"))
+        .args(["bench", "--quick", "--plot"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(!stderr.contains("generating"), "{stderr}");
 }

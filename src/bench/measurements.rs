@@ -11,7 +11,7 @@ use letterlock::keys::{Identity, PrivateKey, PublicKey};
 
 use super::bounds::{Timing, envelope_bound, measure_bounds, repeat};
 use super::{
-    AsymmetricCheck, BenchError, BenchOptions, EnvelopeRow, FULL_SIZES, GIB, MB,
+    AsymmetricCheck, BenchError, BenchOptions, Bounds, EnvelopeRow, FULL_SIZES, GIB, MB,
     QUICK_ASYMMETRIC_MAX, QUICK_SIZES, Ratio, human_size, progress,
 };
 
@@ -36,6 +36,7 @@ pub(super) fn measure_envelope(
         // This machine is shared and noisy: the bounds each row is set beside are measured again
         // right before its size runs, so measurement and bound see the same conditions.
         let local = measure_bounds(opts.bound_refresh_time(), alice, None)?;
+        let first_row = rows.len();
         for mode in [Mode::Hybrid, Mode::Asymmetric] {
             let row = |op, not_run: Option<String>| EnvelopeRow {
                 mode: mode_name(mode),
@@ -50,6 +51,7 @@ pub(super) fn measure_envelope(
                 seal_pass_mb_s: local.seal_pass_mb_s,
                 bound_mb_s: 0.0,
                 of_bound: 0.0,
+                bound_note: None,
                 peak_rss_kib: None,
                 rss_before_kib: None,
             };
@@ -90,6 +92,7 @@ pub(super) fn measure_envelope(
                 rows.push(r);
             }
         }
+        recheck_bounds(opts, alice, &local, &mut rows[first_row..], modulus)?;
     }
     let refuses_over_limit = refuses_over_limit(alice, bob)?;
     let ran_asym = sizes
@@ -103,6 +106,60 @@ pub(super) fn measure_envelope(
         refuses_over_limit,
     };
     Ok((rows, check))
+}
+
+/// A row over its bound means the bound was measured while the machine was busier than during
+/// the row (the bound's share of time is short in `--quick`): the bounds are measured again,
+/// longer, the better figure of each kept, and the rows of this size set beside them. A row still
+/// over is shown as it is, with a note: never a bound exceeded without saying so.
+fn recheck_bounds(
+    opts: &BenchOptions,
+    key: &PrivateKey,
+    first: &Bounds,
+    rows: &mut [EnvelopeRow],
+    modulus: u64,
+) -> Result<(), BenchError> {
+    if rows
+        .iter()
+        .all(|r| r.not_run.is_some() || r.of_bound <= 1.0)
+    {
+        return Ok(());
+    }
+    let again = measure_bounds(opts.min_time() * 2, key, None)?;
+    let best = best_of(first, &again);
+    for r in rows.iter_mut() {
+        let mode = if r.mode == "hybrid" {
+            Mode::Hybrid
+        } else {
+            Mode::Asymmetric
+        };
+        r.bound_msgs_s = envelope_bound(&best, mode, r.op == "seal", r.size, modulus);
+        r.seal_pass_mb_s = best.seal_pass_mb_s;
+        if r.not_run.is_some() {
+            continue;
+        }
+        r.bound_mb_s = r.bound_msgs_s * r.size as f64 / MB;
+        r.of_bound = r.msgs_s / r.bound_msgs_s;
+        if r.of_bound > 1.0 {
+            r.bound_note = Some(super::over_bound_note());
+        }
+    }
+    Ok(())
+}
+
+/// Each bound at the better of its two measurements (a rate is only ever lowered by noise).
+fn best_of(a: &Bounds, b: &Bounds) -> Bounds {
+    Bounds {
+        rsa_decrypt_1core: a.rsa_decrypt_1core.max(b.rsa_decrypt_1core),
+        rsa_decrypt_all: a.rsa_decrypt_all.max(b.rsa_decrypt_all),
+        rsa_sign_1core: a.rsa_sign_1core.max(b.rsa_sign_1core),
+        rsa_sign_all: a.rsa_sign_all.max(b.rsa_sign_all),
+        rsa_encrypt_1core: a.rsa_encrypt_1core.max(b.rsa_encrypt_1core),
+        rsa_verify_1core: a.rsa_verify_1core.max(b.rsa_verify_1core),
+        aes_gcm_mb_s: a.aes_gcm_mb_s.max(b.aes_gcm_mb_s),
+        sha256_mb_s: a.sha256_mb_s.max(b.sha256_mb_s),
+        seal_pass_mb_s: a.seal_pass_mb_s.max(b.seal_pass_mb_s),
+    }
 }
 
 struct Measured {
@@ -125,6 +182,7 @@ fn in_memory_round_trip(
     let recipient = bob.public().clone();
     let sender = alice.public().clone();
     let mut sealed = Vec::new();
+    let rss_before_kib = reset_peak_rss();
     let timing = repeat(opts.min_time(), |_| {
         sealed.clear();
         envelope::seal(
@@ -138,12 +196,13 @@ fn in_memory_round_trip(
     })?;
     let seal = Measured {
         timing,
-        peak_rss_kib: None,
-        rss_before_kib: None,
+        peak_rss_kib: rss_before_kib.and(peak_rss_kib()),
+        rss_before_kib,
     };
     let identity: Arc<dyn Identity> = bob.clone();
     let open_opts = OpenOptions::default();
     let mut plain = Vec::with_capacity(size as usize);
+    let rss_before_kib = reset_peak_rss();
     let timing = repeat(opts.min_time(), |i| {
         plain.clear();
         envelope::open(
@@ -164,8 +223,8 @@ fn in_memory_round_trip(
     })?;
     let open = Measured {
         timing,
-        peak_rss_kib: None,
-        rss_before_kib: None,
+        peak_rss_kib: rss_before_kib.and(peak_rss_kib()),
+        rss_before_kib,
     };
     Ok((seal, open))
 }
@@ -190,7 +249,7 @@ fn streamed_round_trip(
     })?;
     let seal = Measured {
         timing,
-        peak_rss_kib: peak_rss_kib(),
+        peak_rss_kib: rss_before_kib.and(peak_rss_kib()),
         rss_before_kib,
     };
     let file = tempfile::tempfile()?;
@@ -215,7 +274,7 @@ fn streamed_round_trip(
     })?;
     let open = Measured {
         timing,
-        peak_rss_kib: peak_rss_kib(),
+        peak_rss_kib: rss_before_kib.and(peak_rss_kib()),
         rss_before_kib,
     };
     Ok((seal, open))
@@ -276,9 +335,10 @@ pub(super) fn ratios(rows: &[EnvelopeRow]) -> Vec<Ratio> {
 
 /// Resets the kernel's peak-RSS mark of this process (`/proc/self/clear_refs`, value 5), so the
 /// next [`peak_rss_kib`] covers only what ran in between. Returns the RSS at that moment (KiB):
-/// the floor of the peak that follows, resident before the phase began.
+/// the floor of the peak that follows, resident before the phase began; `None` when the mark
+/// could not be reset (then a later peak would not be the phase's own).
 pub(super) fn reset_peak_rss() -> Option<u64> {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    std::fs::write("/proc/self/clear_refs", "5").ok()?;
     status_kib("VmRSS:")
 }
 

@@ -1,11 +1,79 @@
-//! The SVG: MB/s against message size, both modes, each beside its bound.
+//! The SVG: MB/s against message size, both modes, each beside its bound. Sizes are labelled in
+//! B, KiB, MiB, GiB at the sizes measured; rates in kB/s, MB/s, GB/s at powers of ten. Bounds are
+//! dashed lines with their name written at their end, so no bound reads as a grid line.
 
 use std::path::Path;
 
 use super::{BenchError, EnvelopeRow, Report, human_size};
 
-/// Draws MB/s against message size, both modes, with the bounds, as an SVG.
-pub fn plot(r: &Report, path: &Path) -> Result<(), BenchError> {
+/// Refuses a plot path that exists (unless `force`) or whose folder does not: checked before
+/// the run, so a run of minutes does not end in an error or replace a file silently.
+pub fn check_plot_path(path: &Path, force: bool) -> Result<(), BenchError> {
+    let plot = |why: String| Err(BenchError::Plot(why));
+    if path.is_dir() {
+        return plot(format!("{} is a folder; give a file name", path.display()));
+    }
+    if path.exists() && !force {
+        return plot(format!(
+            "{} exists; pass --force to replace it, or choose another name",
+            path.display()
+        ));
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return plot(format!(
+            "the folder {} does not exist; create it first",
+            parent.display()
+        ));
+    }
+    Ok(())
+}
+
+/// A rate as `120 kB/s`, `3 MB/s`, `1.5 GB/s` (decimal, as every MB/s of the bench).
+fn human_rate(mb_s: f64) -> String {
+    let trim = |x: f64| {
+        let s = format!("{x:.1}");
+        s.strip_suffix(".0").map(str::to_owned).unwrap_or(s)
+    };
+    if mb_s >= 1000.0 {
+        format!("{} GB/s", trim(mb_s / 1000.0))
+    } else if mb_s >= 1.0 {
+        format!("{} MB/s", trim(mb_s))
+    } else {
+        format!("{} kB/s", trim(mb_s * 1000.0))
+    }
+}
+
+/// Draws MB/s against message size, both modes, with the bounds, as an SVG; written beside
+/// `path` and renamed onto it, replacing an existing file only with `force`.
+pub fn plot(r: &Report, path: &Path, force: bool) -> Result<(), BenchError> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let temp = tempfile::Builder::new()
+        .prefix(".letterlock-plot")
+        .suffix(".svg")
+        .tempfile_in(parent)?;
+    draw(r, temp.path())?;
+    if force {
+        temp.persist(path).map_err(|e| BenchError::Io(e.error))?;
+    } else {
+        temp.persist_noclobber(path).map_err(|e| {
+            BenchError::Plot(format!(
+                "{} appeared during the run; not replaced ({}): pass --force to replace it",
+                path.display(),
+                e.error
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+fn draw(r: &Report, path: &Path) -> Result<(), BenchError> {
     use plotters::prelude::*;
     let err = |e: &dyn std::fmt::Display| BenchError::Plot(e.to_string());
     let measured: Vec<&EnvelopeRow> = r.envelope.iter().filter(|x| x.not_run.is_none()).collect();
@@ -20,6 +88,16 @@ pub fn plot(r: &Report, path: &Path) -> Result<(), BenchError> {
     if measured.is_empty() || lo_y <= 0.0 {
         return Err(BenchError::Plot("nothing measured to draw".into()));
     }
+    let (x0, x1) = (lo_x / 2.0, hi_x * 2.0);
+    let (y0, y1) = (lo_y / 2.0, hi_y * 4.0);
+    // Ticks at the sizes measured, and at every power of ten of MB/s in range.
+    let mut x_keys: Vec<f64> = measured.iter().map(|x| x.size as f64).collect();
+    x_keys.sort_by(f64::total_cmp);
+    x_keys.dedup();
+    let y_keys: Vec<f64> = (-6..=6)
+        .map(|e| 10f64.powi(e))
+        .filter(|y| (y0..=y1).contains(y))
+        .collect();
     let root = SVGBackend::new(path, (960, 640)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
@@ -34,15 +112,18 @@ pub fn plot(r: &Report, path: &Path) -> Result<(), BenchError> {
         .x_label_area_size(48)
         .y_label_area_size(72)
         .build_cartesian_2d(
-            (lo_x / 2.0..hi_x * 2.0).log_scale(),
-            (lo_y / 2.0..hi_y * 2.0).log_scale(),
+            (x0..x1).log_scale().with_key_points(x_keys),
+            (y0..y1).log_scale().with_key_points(y_keys),
         )
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
-        .x_desc("message size (bytes)")
-        .y_desc("MB/s (one core)")
-        .x_label_formatter(&|x| human_size(*x as u64))
+        .x_desc("message size")
+        .y_desc("throughput, one core (MB = 10^6 bytes)")
+        .x_label_formatter(&|x| human_size(x.round() as u64))
+        .y_label_formatter(&|y| human_rate(*y))
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(235, 235, 235))
         .draw()
         .map_err(|e| err(&e))?;
     let series = [
@@ -72,11 +153,26 @@ pub fn plot(r: &Report, path: &Path) -> Result<(), BenchError> {
                 Circle::new(c, s, st.filled())
             }))
             .map_err(|e| err(&e))?;
+        let end = bound.last().copied();
         chart
-            .draw_series(LineSeries::new(bound, color.mix(0.35).stroke_width(1)))
+            .draw_series(DashedLineSeries::new(
+                bound,
+                6,
+                4,
+                color.mix(0.5).stroke_width(1),
+            ))
             .map_err(|e| err(&e))?
-            .label(format!("{mode} {op} bound"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.mix(0.35)));
+            .label(format!("{mode} {op} bound (dashed)"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.mix(0.5)));
+        if let Some((x, y)) = end {
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    format!("{mode} {op} bound"),
+                    (x * 1.08, y),
+                    ("sans-serif", 11).into_font().color(&color.mix(0.8)),
+                )))
+                .map_err(|e| err(&e))?;
+        }
     }
     for (what, v, color) in [
         (
@@ -91,13 +187,22 @@ pub fn plot(r: &Report, path: &Path) -> Result<(), BenchError> {
         ),
     ] {
         chart
-            .draw_series(LineSeries::new(
-                [(lo_x / 2.0, v), (hi_x * 2.0, v)],
+            .draw_series(DashedLineSeries::new(
+                [(x0, v), (x1, v)],
+                10,
+                5,
                 color.stroke_width(1),
             ))
             .map_err(|e| err(&e))?
-            .label(format!("{what} ({v:.0} MB/s)"))
+            .label(format!("{what} ({})", human_rate(v)))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart
+            .draw_series(std::iter::once(Text::new(
+                format!("{what}: {}", human_rate(v)),
+                (x0 * 1.1, v * 1.12),
+                ("sans-serif", 12).into_font().color(&color),
+            )))
+            .map_err(|e| err(&e))?;
     }
     chart
         .configure_series_labels()

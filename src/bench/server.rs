@@ -23,7 +23,7 @@ use super::measurements::{
 use super::{
     BenchError, BenchOptions, BigSend, CONNECTIONS, GIB, HANDSHAKE_CLIENTS, Latency, MB,
     SERVER_MESSAGE, SERVER_ROUNDS, ServerRate, ServerReport, TLS_CONNECTIONS, TlsReport, crypt,
-    progress,
+    over_bound_note, progress,
 };
 
 /// Runs a server and its clients in this process.
@@ -323,6 +323,22 @@ where
         seconds += elapsed;
         msgs_s = msgs_s.max(round as f64 / elapsed);
     }
+    // A rate over its bound means the bound was measured while the machine was busier: measure
+    // it again, longer, right after the run, and keep the better figure. Whatever remains over
+    // is shown as it is, with a note.
+    let mut bound = bound;
+    let mut bound_note = None;
+    if msgs_s > bound {
+        let key = client_key.clone();
+        let longer = opts.min_time() * 2;
+        let again = tokio::task::spawn_blocking(move || decrypt_rate(&key, threads, longer))
+            .await
+            .map_err(|_| crypt())??;
+        bound = bound.max(again);
+        if msgs_s > bound {
+            bound_note = Some(over_bound_note());
+        }
+    }
     Ok(ServerRate {
         connections,
         messages: delivered,
@@ -330,6 +346,7 @@ where
         msgs_s,
         bound_msgs_s: bound,
         of_bound: msgs_s / bound,
+        bound_note,
     })
 }
 

@@ -198,6 +198,21 @@ struct BenchArgs {
     /// RSA key size of the keys the bench generates.
     #[arg(long, default_value_t = keys::DEFAULT_BITS)]
     bits: usize,
+    /// Also run gpg, `openssl cms`, rage and age where installed, on the same files in the
+    /// same run (1 GiB file to file, and a 100-byte seal per process), each command shown.
+    /// The files go to $TMPDIR, which needs about 4 GiB free.
+    #[arg(long)]
+    compare: bool,
+    /// Replace the --plot file if it exists.
+    #[arg(long, requires = "plot")]
+    force: bool,
+    /// Internal: run CMD and print its time and peak RSS (the bench measures other programs
+    /// this way; see src/bench/child.rs).
+    #[arg(long = "measure-child", hide = true)]
+    measure_child: bool,
+    /// The command for --measure-child, after `--`.
+    #[arg(last = true, hide = true, requires = "measure_child")]
+    child: Vec<std::ffi::OsString>,
 }
 
 /// The two ways to encrypt a message.
@@ -295,12 +310,21 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Seal(a) => seal(a),
         Command::Open(a) => open(a),
         Command::Bench(a) => {
+            if a.measure_child {
+                return Ok(crate::bench::measure_child(&a.child)?);
+            }
+            // Checked before a run of minutes, not after it.
+            if let Some(path) = &a.plot {
+                crate::bench::check_plot_path(path, a.force)?;
+            }
             let report = crate::bench::run(&crate::bench::BenchOptions {
                 quick: a.quick,
                 bits: a.bits,
+                compare: a.compare,
             })?;
             if let Some(path) = &a.plot {
-                crate::bench::plot(&report, path)?;
+                crate::bench::plot(&report, path, a.force)?;
+                eprintln!("wrote {}", path.display());
             }
             if a.json {
                 crate::bench::write_json(&report, io::stdout().lock())?;

@@ -1,0 +1,186 @@
+//! One-shot commands: what a user waits for when they run the binary once. `letterlock seal` of
+//! 100 bytes per process, and `letterlock client send_msg "hello"` end to end on loopback against
+//! a `letterlock server` started as a child process, each run as its own process under the
+//! measuring wrapper ([`super::child`]).
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde::Serialize;
+
+use super::child::run_measured;
+use super::folder::{Folder, NET, cmd, letterlock, shown};
+use super::{BenchError, BenchOptions, progress};
+
+/// Plaintext of the one-shot seal.
+pub(super) const ONESHOT_SIZE: u64 = 100;
+/// The goal for each one-shot command, per process.
+pub(super) const ONESHOT_GOAL_MS: f64 = 10.0;
+
+/// Per-process figures of one command run many times.
+#[derive(Clone, Debug, Serialize)]
+pub struct OneShot {
+    /// The command, as a shell line run in the bench's temporary folder.
+    pub command: String,
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// 1000 / p50: processes per second one after another.
+    pub ops_s: f64,
+    /// The largest peak RSS of any of its processes.
+    pub peak_rss_kib: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OneShotReport {
+    /// `letterlock seal` of [`ONESHOT_SIZE`] bytes from a file to a file.
+    pub seal: OneShot,
+    /// `letterlock client send_msg hello` to the server below (TLS 1.3, the default wire).
+    pub send_msg: OneShot,
+    /// How the server was started (a child process, in the temporary folder).
+    pub server_command: String,
+}
+
+/// Runs `command` `samples` times; `before` runs untimed before each (to remove outputs).
+pub(super) fn sample(
+    folder: &Folder,
+    command: &[OsString],
+    samples: usize,
+    mut before: impl FnMut() -> Result<(), BenchError>,
+) -> Result<OneShot, BenchError> {
+    let mut times = Vec::with_capacity(samples);
+    let mut peak = 0;
+    for _ in 0..samples {
+        before()?;
+        let run = run_measured(folder.path(), command).map_err(BenchError::Wrong)?;
+        times.push(run.seconds * 1000.0);
+        peak = peak.max(run.peak_rss_kib);
+    }
+    times.sort_by(f64::total_cmp);
+    let p50_ms = percentile(&times, 0.5);
+    Ok(OneShot {
+        command: shown(command),
+        samples,
+        p50_ms,
+        p99_ms: percentile(&times, 0.99),
+        ops_s: 1000.0 / p50_ms,
+        peak_rss_kib: peak,
+    })
+}
+
+/// The one-shot section.
+pub(super) fn measure_oneshot(
+    opts: &BenchOptions,
+    folder: &Folder,
+) -> Result<OneShotReport, BenchError> {
+    let samples = opts.oneshot_samples();
+    folder.input("oneshot.txt", ONESHOT_SIZE)?;
+    progress(&format!(
+        "  letterlock seal of {ONESHOT_SIZE} B, {samples} processes"
+    ));
+    let seal_cmd = cmd(
+        letterlock()?,
+        &[
+            "seal",
+            "--from",
+            "alice_private.pem",
+            "--to",
+            "bob_public.pem",
+            "-o",
+            "oneshot.sealed",
+            "oneshot.txt",
+        ],
+    );
+    let seal = sample(folder, &seal_cmd, samples, || {
+        folder.remove(&["oneshot.sealed"])
+    })?;
+
+    let server_cmd = cmd(
+        letterlock()?,
+        &[
+            "server",
+            "--keys",
+            NET,
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            &format!("{NET}/server.db"),
+            "--no-log-text",
+        ],
+    );
+    let (server, addr) = start_server(folder, &server_cmd)?;
+    progress(&format!(
+        "  letterlock client send_msg to {addr}, {samples} processes"
+    ));
+    let send_cmd = cmd(
+        letterlock()?,
+        &[
+            "client", "send_msg", "--keys", NET, "--server", &addr, "hello",
+        ],
+    );
+    let send_msg = sample(folder, &send_cmd, samples, || Ok(()));
+    drop(server);
+    Ok(OneShotReport {
+        seal,
+        send_msg: send_msg?,
+        server_command: shown(&server_cmd),
+    })
+}
+
+/// The server child: killed and waited for when dropped.
+struct ServerChild(Child);
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the server and reads the address from its first line ("… listening on ADDR"); the
+/// rest of its output is read and dropped in the background so it never blocks on a full pipe.
+fn start_server(
+    folder: &Folder,
+    command: &[OsString],
+) -> Result<(ServerChild, String), BenchError> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| BenchError::Wrong("empty server command".into()))?;
+    let mut child = ServerChild(
+        Command::new(program)
+            .args(args)
+            .current_dir(folder.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let stdout = child
+        .0
+        .stdout
+        .take()
+        .ok_or_else(|| BenchError::Wrong("the server's stdout was not piped".into()))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().transpose()?.unwrap_or_default();
+    let addr = first
+        .split_once("listening on ")
+        .map(|(_, a)| a.trim().to_owned())
+        .filter(|a| a.contains(':'))
+        .ok_or_else(|| {
+            BenchError::Wrong(format!(
+                "`{}` printed {first:?} instead of its address",
+                shown(command)
+            ))
+        })?;
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok((child, addr))
+}
+
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
