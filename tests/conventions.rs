@@ -244,12 +244,10 @@ fn send_msg_json_says_not_delivered_when_it_fails() {
     );
     assert!(!out.status.success());
     // A connection failure is an error before anything is sent: the error is on stderr, and
-    // stdout does not claim a delivery.
-    assert!(
-        !stdout(&out).contains("\"delivered\":true"),
-        "{}",
-        stdout(&out)
-    );
+    // stdout still gives a script its answer.
+    let answer = json(stdout(&out).trim());
+    assert_eq!(answer["delivered"], false, "{}", stdout(&out));
+    assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()));
     assert!(!stderr(&out).is_empty());
 }
 
@@ -605,4 +603,35 @@ fn on_a_terminal_the_server_logs_message_text() {
         .find(|l| l.contains("received"))
         .expect("a received line");
     assert!(received.contains(TEXT), "{received}");
+}
+
+/// A completion script that cannot be written is an error, not a panic.
+#[test]
+fn completions_to_a_full_disk_fail_with_an_error() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(BIN)
+        .args(["completions", "bash"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("No space left"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
+
+/// `client inbox` and `client read` find the mailbox through LETTERLOCK_KEYS like every other
+/// client command.
+#[test]
+fn the_client_mailbox_commands_take_the_keys_folder_from_the_environment() {
+    let f = folders();
+    let keys = f.client.to_str().unwrap();
+    let out = run_with_input(&["client", "inbox"], b"", &[("LETTERLOCK_KEYS", keys)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(keys), "{}", stderr(&out));
+    let out = run_with_input(&["client", "read", "ab"], b"", &[("LETTERLOCK_KEYS", keys)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(keys), "{}", stderr(&out));
 }

@@ -255,3 +255,56 @@ fn a_client_without_the_server_key_is_pointed_to_trust_server() {
     );
     assert!(!pem.exists());
 }
+
+/// A script asking "is this the key the operator read out?" never hears yes for another key,
+/// even when the key presented is the one already kept.
+#[test]
+fn a_wrong_fingerprint_is_refused_even_when_the_presented_key_is_already_kept() {
+    let server = start_server(&[]);
+    let (dir, pem) = client_folder();
+    let out = trust_server(
+        &server.addr,
+        dir.path(),
+        &["--fingerprint", &bob_fingerprint()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    for wrong in [mallory_fingerprint(), "garbage".to_owned()] {
+        let out = trust_server(&server.addr, dir.path(), &["--fingerprint", &wrong]);
+        assert_eq!(out.status.code(), Some(1), "{wrong}: {}", text(&out));
+        assert!(text(&out).contains("not the expected"), "{}", text(&out));
+    }
+    // Refusals name the presented key in the OpenSSH form the operator reads out, too.
+    let out = trust_server(
+        &server.addr,
+        dir.path(),
+        &["--fingerprint", &mallory_fingerprint()],
+    );
+    let ssh = common::public("bob2048").ssh_fingerprint().to_string();
+    assert!(text(&out).contains(&ssh), "{}", text(&out));
+    assert!(pem.exists());
+}
+
+/// `--replace` keeps the replaced key beside the new one, where `client read` finds it for the
+/// messages it signed.
+#[test]
+fn a_replaced_server_key_is_kept_beside_the_new_one() {
+    let server = start_server(&[]);
+    let (dir, pem) = client_folder();
+    std::fs::copy(common::public_path("mallory"), &pem).unwrap();
+    let out = trust_server(
+        &server.addr,
+        dir.path(),
+        &["--replace", "--fingerprint", &bob_fingerprint()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let old = common::public("mallory").id();
+    let kept = dir
+        .path()
+        .join(format!("server_public.{}.pem", old.short()));
+    assert_eq!(letterlock::keys::load_public(&kept).unwrap().id(), old);
+    assert!(
+        text(&out).contains("kept the replaced key"),
+        "{}",
+        text(&out)
+    );
+}

@@ -25,7 +25,8 @@ pub struct WriteOptions {
     pub mode: u32,
     /// Replace an existing regular file at the target (default: refuse).
     pub replace: bool,
-    /// Create the target's folder (and its parents) if missing (default: no).
+    /// Create the target's folder (and its parents) if missing, owner-only (0700, as ssh
+    /// creates ~/.ssh: it holds keys and mailboxes); default: no.
     pub create_dirs: bool,
 }
 
@@ -70,7 +71,11 @@ impl AtomicFile {
         }
         let dir = folder_of(target).to_owned();
         if opts.create_dirs {
-            fs::create_dir_all(&dir)?;
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)?;
         }
         let tmp = tempfile::Builder::new()
             .prefix(".letterlock-tmp")
@@ -245,5 +250,10 @@ mod tests {
         };
         write_atomic(&target, b"x", &opts).unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"x");
+        use std::os::unix::fs::PermissionsExt;
+        for folder in [dir.path().join("a"), dir.path().join("a/b")] {
+            let mode = fs::metadata(&folder).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", folder.display());
+        }
     }
 }

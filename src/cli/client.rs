@@ -264,7 +264,21 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
     // The input first: a missing file fails before any connection, and text typed on a
     // terminal is complete before the connection starts.
     let input = a.message.input()?;
-    let mut client = connect(&a.conn).await?;
+    let mut client = match connect(&a.conn).await {
+        Ok(client) => client,
+        Err(e) => {
+            // A script reading --json gets its answer whatever failed; the error and its hint
+            // still go to stderr.
+            if a.json {
+                let error = format!("{e:#}");
+                println!(
+                    "{}",
+                    serde_json::json!({ "delivered": false, "error": error })
+                );
+            }
+            return Err(e);
+        }
+    };
     let opts = SealOptions {
         asymmetric_limit: a.max_asymmetric,
         ..SealOptions::mode(a.message.mode.into())
@@ -369,13 +383,14 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
         server_key,
     )?;
     let mailbox = open_mailbox(&a.conn.keys, &a.conn.server).await?;
+    let read_cmd = read_command(&a.conn.keys);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.wait);
     let mut total = FetchReport::default();
     let mut shown = Shown::default();
     let result = loop {
         let got = client
             .fetch_to_mailbox(&output, &mut record, &mailbox, |event| {
-                report_event(&event, a.json, &mut shown)
+                report_event(&event, a.json, &read_cmd, &mut shown)
             })
             .await;
         let got = match got {
@@ -409,12 +424,23 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
     })
 }
 
+/// The `client read` command line that reads this key folder's mailbox, for the hints that
+/// point to it: a hint copied as printed must find the message.
+fn read_command(keys: &Path) -> String {
+    if keys == Path::new(".") {
+        "letterlock client read".to_owned()
+    } else {
+        format!("letterlock client read --keys {}", keys.display())
+    }
+}
+
 /// Shows one fetch event: content on stdout, status on stderr (or one JSON line with
 /// `--json`). Returns an error only when the content could not be shown where it should go
 /// (then the message is not acknowledged: it is shown again next time).
 fn report_event(
     event: &letterlock::client::FetchEvent<'_>,
     json: bool,
+    read_cmd: &str,
     shown: &mut Shown,
 ) -> std::result::Result<(), letterlock::client::ClientError> {
     use letterlock::client::{Content, FetchEvent};
@@ -457,8 +483,8 @@ fn report_event(
                     shown.not_shown += 1;
                     eprintln!(
                         "message {id} from the server ({} mode, {} bytes, signature verified{kept}) \
-                         is binary: not printed on a terminal; save it with `letterlock client \
-                         read {id} -o FILE`, or pipe recv_msg's output",
+                         is binary: not printed on a terminal; save it with `{read_cmd} {id} -o \
+                         FILE`, or pipe recv_msg's output",
                         r.header.mode, r.plaintext_len
                     );
                 }
@@ -483,8 +509,7 @@ fn report_event(
                     eprintln!(
                         "message {id} from the server ({} mode, {} bytes, signature \
                          verified{kept}) is larger than the {} MiB recv_msg prints: save it \
-                         with `letterlock client read {id} -o FILE` (or receive with \
-                         `recv_msg -o DIR`)",
+                         with `{read_cmd} {id} -o FILE` (or receive with `recv_msg -o DIR`)",
                         r.header.mode,
                         r.plaintext_len,
                         limit >> 20

@@ -29,8 +29,12 @@ pub(super) struct ManArgs {
 /// Prints the completion script for `a.shell` on stdout.
 pub(super) fn completions(a: &CompletionsArgs) -> Result<ExitCode> {
     let mut cmd = Cli::command();
+    // Generated into memory first: clap_complete panics when its writer fails (a closed pipe,
+    // a full disk), and writing ourselves turns that into an ordinary error.
+    let mut script = Vec::new();
+    clap_complete::generate(a.shell, &mut cmd, "letterlock", &mut script);
     let mut out = io::stdout().lock();
-    clap_complete::generate(a.shell, &mut cmd, "letterlock", &mut out);
+    out.write_all(&script)?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

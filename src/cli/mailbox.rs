@@ -59,7 +59,7 @@ async fn existing_mailbox(keys: &Path) -> Result<Option<Mailbox>> {
 #[derive(Args, Debug)]
 pub(super) struct InboxArgs {
     /// Folder with the client's keys and its mailbox (letterlock-client.db).
-    #[arg(long, default_value = ".")]
+    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
     pub(super) keys: PathBuf,
     /// Print the list as JSON: an array of {id, sender, sender_key, created, received, mode,
     /// bytes, sealed_bytes}, times in Unix seconds.
@@ -72,7 +72,7 @@ pub(super) struct ReadArgs {
     /// The message id, or enough of its first hexadecimal digits to tell it apart.
     pub(super) id: String,
     /// Folder with the client's keys and its mailbox (letterlock-client.db).
-    #[arg(long, default_value = ".")]
+    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
     pub(super) keys: PathBuf,
     /// Write the message to FILE (it appears only once verified; an existing file is not
     /// replaced) instead of printing it; `-` is stdout.
@@ -135,6 +135,37 @@ pub(super) async fn client_inbox(a: InboxArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The server key that signed a kept message: server_public.pem, or for a message from before
+/// a `trust-server --replace`, the replaced key it kept beside it.
+fn signing_key(
+    keys_dir: &Path,
+    current: keys::PublicKey,
+    signer: &keys::KeyId,
+    id: &str,
+) -> Result<keys::PublicKey> {
+    if current.id() == *signer {
+        return Ok(current);
+    }
+    let kept = super::trust_server::replaced_key_path(keys_dir, signer);
+    if kept.exists() {
+        let key = keys::load_public(&kept)?;
+        if key.id() == *signer {
+            status!(
+                "message {id} was signed by the earlier server key kept in {}",
+                kept.display()
+            );
+            return Ok(key);
+        }
+    }
+    bail!(
+        "message {id} was signed by the server key {signer}, but server_public.pem is now {} \
+         and no earlier key {signer} is kept ({}): to read it, put that server's public key \
+         there",
+        current.id(),
+        kept.display()
+    )
+}
+
 /// `client read ID`: opens and verifies a kept message again, and prints or saves it.
 pub(super) async fn client_read(a: ReadArgs) -> Result<ExitCode> {
     let Some(mailbox) = existing_mailbox(&a.keys).await? else {
@@ -161,17 +192,15 @@ async fn read_kept(mailbox: &Mailbox, a: &ReadArgs) -> Result<ExitCode> {
         );
     }
     let identity: Arc<dyn Identity> = Arc::new(own_key(&a.keys, "client")?);
-    let server = peer_key(&a.keys, "server")?;
+    let current = peer_key(&a.keys, "server")?;
     let msg = find(mailbox, &a.id).await?;
     let id = hex::encode(msg.summary.message_id);
-    if msg.summary.sender_key_id != server.id().0 {
-        bail!(
-            "message {id} was signed by the server key {}, but server_public.pem is now {}: \
-             to read it, put that server's public key back in server_public.pem",
-            keys::KeyId(msg.summary.sender_key_id),
-            server.id()
-        );
-    }
+    let server = signing_key(
+        &a.keys,
+        current,
+        &keys::KeyId(msg.summary.sender_key_id),
+        &id,
+    )?;
     let body = msg.body;
     let opened = tokio::task::spawn_blocking({
         let output = a.output.clone().filter(|_| !to_stdout);

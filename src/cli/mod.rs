@@ -242,12 +242,23 @@ pub fn run() -> ExitCode {
     passphrase::configure(cli.passphrase);
     match dispatch(cli.command) {
         Ok(code) => code,
+        // `letterlock … | head`: the reader left; stop quietly, as a SIGPIPE death would.
+        Err(e) if closed_pipe(&e) => ExitCode::from(141),
         Err(e) => {
             terminal::print_error(&error_chain(&e));
             print_hint(e.chain());
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` comes from writing to a pipe whose reader has gone.
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The error and its causes, each cause shown once: library errors often already quote their
@@ -278,7 +289,9 @@ fn quiet_broken_pipe() {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
-        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+        let printing = message.contains("failed printing to stdout")
+            || message.contains("failed printing to stderr");
+        if printing && message.contains("Broken pipe") {
             std::process::exit(141);
         }
         default(info);

@@ -65,8 +65,18 @@ fn with_raw_stdout(f: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()
     f(&mut out)
 }
 
-/// Prints the final error of a command on stderr, every control character escaped: error
-/// texts quote peers (already escaped by the library, which this does not undo) and file names.
+/// Prints the final error of a command on stderr, every control character but the line break
+/// escaped: error texts quote peers (already escaped by the library, which this does not undo) and file names.
 pub(super) fn print_error(text: &str) {
-    eprintln!("letterlock: error: {}", letterlock::text::line(text));
+    // Errors that list things (the candidates of an ambiguous id) keep their line breaks; each
+    // line is escaped on its own, and continuation lines are indented, so nothing in an error
+    // can pass for a line of its own.
+    let mut lines = text.split('\n');
+    eprintln!(
+        "letterlock: error: {}",
+        letterlock::text::line(lines.next().unwrap_or(""))
+    );
+    for rest in lines {
+        eprintln!("  {}", letterlock::text::line(rest.trim_start()));
+    }
 }

@@ -102,6 +102,21 @@ pub(super) fn run(a: TrustServerArgs) -> Result<ExitCode> {
     let key = &probed.key;
     show(&a.server, &probed);
 
+    // A given fingerprint is checked first, whatever is kept: a script that asks "is this the
+    // key the operator read out?" must never hear yes for another key.
+    if let Some(given) = &a.fingerprint {
+        if !fingerprint_matches(key, given) {
+            bail!(
+                "the server at {} presented {} (key id {}), not the expected {given}: nothing \
+                 was written. Check the fingerprint with the server's operator (`letterlock \
+                 fingerprint server_public.pem` on the server)",
+                a.server,
+                key.ssh_fingerprint(),
+                key.id()
+            );
+        }
+        status!("the fingerprint matches --fingerprint");
+    }
     match &kept {
         Some(k) if k.id() == key.id() => {
             status!(
@@ -123,30 +138,32 @@ pub(super) fn run(a: TrustServerArgs) -> Result<ExitCode> {
         Some(k) => warn_changed(&path, k, key),
         None => {}
     }
-
-    if let Some(given) = &a.fingerprint {
-        if !fingerprint_matches(key, given) {
-            bail!(
-                "the server at {} presented {}, not the expected {given}: nothing was written. \
-                 Check the fingerprint with the server's operator (`letterlock fingerprint \
-                 server_public.pem` on the server)",
-                a.server,
-                key.id()
-            );
+    if a.fingerprint.is_none() {
+        if a.yes {
+            status!("accepted without comparing a fingerprint (--yes)");
+        } else if !confirm()? {
+            bail!("not confirmed: nothing was written");
         }
-        status!("the fingerprint matches --fingerprint");
-    } else if a.yes {
-        status!("accepted without comparing a fingerprint (--yes)");
-    } else if !confirm()? {
-        bail!("not confirmed: nothing was written");
     }
-
+    // The replaced key is kept beside it: messages in the client's mailbox that it signed stay
+    // readable (`client read` looks for it there).
+    if let Some(old) = kept.as_ref().filter(|k| k.id() != key.id()) {
+        let keep = replaced_key_path(&a.keys, &old.id());
+        keys::write_atomic(&keep, old.to_pem().as_bytes(), 0o644, true)?;
+        status!("kept the replaced key as {}", keep.display());
+    }
     keys::write_atomic(&path, key.to_pem().as_bytes(), 0o644, a.replace)?;
     status!(
         "wrote {}: this client now accepts only this server key",
         path.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `trust-server --replace` keeps a server key it replaced:
+/// `KEYS/server_public.<first 8 bytes of its key id in hex>.pem`.
+pub(super) fn replaced_key_path(keys: &Path, id: &keys::KeyId) -> PathBuf {
+    keys.join(format!("server_public.{}.pem", id.short()))
 }
 
 /// Connects and runs the probe's handshake, turning failures into what to do about them.
