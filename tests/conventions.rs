@@ -635,3 +635,25 @@ fn the_client_mailbox_commands_take_the_keys_folder_from_the_environment() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains(keys), "{}", stderr(&out));
 }
+
+/// `recv_msg -o -` is refused before anything is fetched (no folder named "-"): without -o it
+/// prints on stdout already.
+#[test]
+fn recv_msg_o_dash_is_refused_and_creates_nothing() {
+    let f = folders();
+    let out = run_with_input(
+        &[
+            "client",
+            "recv_msg",
+            "-o",
+            "-",
+            "--keys",
+            f.client.to_str().unwrap(),
+        ],
+        b"",
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("without -o"), "{}", stderr(&out));
+    assert!(!Path::new("-").exists() && !f.client.join("-").exists());
+}

@@ -661,3 +661,20 @@ fn on_a_terminal_the_passphrase_is_asked_for() {
     );
     assert!(shown.contains(&expected_id(ALICE)), "{shown}");
 }
+
+/// `--remove` on a key without a passphrase changes nothing and says so, rather than claiming
+/// to have removed one.
+#[test]
+fn removing_a_passphrase_a_key_does_not_have_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("alice.pem");
+    fs::copy(common::private_path(ALICE), &key).unwrap();
+    chmod_600(&key);
+    let before = fs::read(&key).unwrap();
+    let out = letterlock(d, &["passphrase", s(&key), "--remove"], &[]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has no passphrase"), "{stderr}");
+    assert_eq!(fs::read(&key).unwrap(), before);
+}

@@ -337,6 +337,12 @@ pub(super) const EXIT_NOT_SHOWN: u8 = 5;
 /// Checks `recv_msg -o DIR` before anything is fetched: DIR must be a folder, and a missing one
 /// is created (and said so), so `-o out.txt` never turns a file name into a folder unnoticed.
 fn prepare_output_dir(dir: &Path) -> Result<()> {
+    if dir == Path::new("-") {
+        bail!(
+            "recv_msg prints messages on stdout without -o; -o names a folder to save each \
+             message in"
+        );
+    }
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => bail!(

@@ -96,7 +96,9 @@ pub(super) fn key_hint(e: &KeyError, outer: &KeyError) -> Option<String> {
                 super::passphrase::ENV
             )
         }
-        KeyError::LegacyEncrypted => {
+        KeyError::LegacyEncrypted
+        | KeyError::UnsupportedEncryption { .. }
+        | KeyError::BadEncryptedKey { .. } => {
             let key = path.unwrap_or_else(|| "KEY".into());
             format!(
                 "convert it to encrypted PKCS#8 with `openssl pkey -in {key} -aes256 -out \

@@ -102,8 +102,14 @@ fn new_passphrase(
     // Ask only when a person is there to answer: a script (stdin or stderr not a terminal)
     // gets an unencrypted key, as before, and never hangs on a prompt.
     if io::stdin().is_terminal() && io::stderr().is_terminal() {
+        // Changing a key's passphrase: empty is not "none" there (--remove is).
+        let prompt = if required {
+            format!("New passphrase for {what}: ")
+        } else {
+            format!("Passphrase for {what} (empty for none): ")
+        };
         let first = Passphrase::new(
-            rpassword::prompt_password(format!("Passphrase for {what} (empty for none): "))
+            rpassword::prompt_password(prompt)
                 .context("cannot read the passphrase from the terminal")?,
         );
         if first.is_empty() {
@@ -146,7 +152,13 @@ pub(super) struct PassphraseCmdArgs {
 /// written atomically beside and renamed over (mode 0600), so a crash leaves the old file or
 /// the new one, never half of either.
 pub(super) fn change_passphrase(a: PassphraseCmdArgs) -> Result<ExitCode> {
+    let was_encrypted =
+        std::fs::read_to_string(&a.key).is_ok_and(|text| keys::is_encrypted_pem(&text));
     let key = super::load_own_private(&a.key)?;
+    if a.remove && !was_encrypted {
+        eprintln!("{}: has no passphrase; nothing to change", a.key.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     let new = if a.remove {
         None
     } else {
