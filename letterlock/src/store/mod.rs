@@ -19,6 +19,8 @@
 #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 mod body;
 mod error;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]
@@ -29,6 +31,8 @@ use std::io::Read;
 
 pub use body::{BlobWriter, Body, INLINE_MAX};
 pub use error::{BackendError, StoreError};
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, StoreStats};
 
