@@ -1,0 +1,688 @@
+//! One store conformance suite, run against both backends.
+//!
+//! Every function in [`conformance!`]'s list takes any [`Store`] and is run twice: in module
+//! `sqlite` on a fresh `SqliteStore` in a temporary folder, and in module `postgres` on a
+//! fresh `PostgresStore` over a fresh database of the test PostgreSQL (tests/common/postgres.rs:
+//! a throwaway cluster, or the server `LETTERLOCK_TEST_POSTGRES` names). What only one backend
+//! has (body files, several servers over one database, schema versions) is tested below the
+//! suite.
+
+mod common;
+
+use std::io::{Read, Write};
+
+use letterlock::store::postgres::{CHUNK_SIZE, PostgresStore, SCHEMA_VERSION};
+use letterlock::store::{
+    Body, INLINE_MAX, InboxRecord, InsertOutcome, KnownMessage, MODE_HYBRID, OutboxRecord,
+    SqliteStore, Store, StoreError,
+};
+
+/// A body over the inline limit and over three database chunks with a partial last one, so
+/// it spills into a file (SQLite) or into four chunks (PostgreSQL).
+const LARGE_LEN: usize = 3 * CHUNK_SIZE + INLINE_MAX + 123;
+
+/// Streams `bytes` through the store's blob writer in uneven pieces.
+fn stage(store: &impl Store, bytes: &[u8]) -> Body {
+    let mut writer = store.blob_writer();
+    for piece in bytes.chunks(10_007) {
+        writer.write_all(piece).expect("write body piece");
+    }
+    writer.finish().expect("finish body")
+}
+
+fn inbox_record(sender: u8, id: [u8; 16], body: Body) -> InboxRecord {
+    InboxRecord {
+        sender_key_id: [sender; 32],
+        sender_name: format!("sender-{sender}"),
+        message_id: id,
+        created: 1_700_000_000,
+        received: 1_700_000_100 + u64::from(id[0]),
+        mode: MODE_HYBRID,
+        plaintext_len: body.len().saturating_sub(100),
+        content_hash: body.sha256(),
+        ack_tag: [id[0] ^ 0xA5; 32],
+        body,
+    }
+}
+
+fn outbox_record(recipient: u8, id: [u8; 16], body: Body, tag: [u8; 32]) -> OutboxRecord {
+    OutboxRecord {
+        recipient_key_id: [recipient; 32],
+        recipient_name: format!("client-{recipient}"),
+        message_id: id,
+        created: 1_700_000_200,
+        mode: MODE_HYBRID,
+        plaintext_len: body.len(),
+        expected_ack_tag: tag,
+        body,
+    }
+}
+
+fn id(n: u8) -> [u8; 16] {
+    let mut id = [0x11; 16];
+    id[0] = n;
+    id
+}
+
+/// Reads a body to its end (on the blocking pool: a database body is streamed by a thread).
+async fn read_all(reader: Box<dyn Read + Send>) -> Vec<u8> {
+    tokio::task::spawn_blocking(move || {
+        let mut reader = reader;
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).expect("read body");
+        out
+    })
+    .await
+    .expect("the read task")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The suite
+
+/// A new message is stored; the same bytes again are a duplicate answered with the first ack
+/// tag (not the retry's); other bytes under the same (sender, id) are a conflict; another
+/// sender may use the same id.
+async fn insert_duplicate_and_conflict(store: &impl Store) {
+    let first = inbox_record(1, id(1), Body::from_bytes(b"sealed one".to_vec()));
+    assert_eq!(
+        store.insert_inbox(first).await.unwrap(),
+        InsertOutcome::Inserted
+    );
+    let mut retry = inbox_record(1, id(1), Body::from_bytes(b"sealed one".to_vec()));
+    retry.ack_tag = [0xEE; 32];
+    assert_eq!(
+        store.insert_inbox(retry).await.unwrap(),
+        InsertOutcome::Duplicate {
+            ack_tag: [1 ^ 0xA5; 32]
+        }
+    );
+    let clash = inbox_record(1, id(1), Body::from_bytes(b"other bytes".to_vec()));
+    assert_eq!(
+        store.insert_inbox(clash).await.unwrap(),
+        InsertOutcome::Conflict
+    );
+    let other_sender = inbox_record(2, id(1), Body::from_bytes(b"other bytes".to_vec()));
+    assert_eq!(
+        store.insert_inbox(other_sender).await.unwrap(),
+        InsertOutcome::Inserted
+    );
+    let listed = store.list_inbox().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].sender_key_id, [1; 32]);
+    assert_eq!(listed[0].body_size, b"sealed one".len() as u64);
+    assert!(store.integrity_check().await.unwrap());
+}
+
+/// A stored message is known by (sender, id) with its hash and tag; nothing else is.
+async fn known_inbox_by_sender_and_id(store: &impl Store) {
+    assert_eq!(store.known_inbox(&[3; 32], &id(7)).await.unwrap(), None);
+    let record = inbox_record(3, id(7), Body::from_bytes(b"known".to_vec()));
+    let hash = record.content_hash;
+    store.insert_inbox(record).await.unwrap();
+    assert_eq!(
+        store.known_inbox(&[3; 32], &id(7)).await.unwrap(),
+        Some(KnownMessage {
+            content_hash: hash,
+            ack_tag: [7 ^ 0xA5; 32]
+        })
+    );
+    assert_eq!(store.known_inbox(&[4; 32], &id(7)).await.unwrap(), None);
+    assert_eq!(store.known_inbox(&[3; 32], &id(8)).await.unwrap(), None);
+}
+
+/// The listing is in receive order with every summary field; a unique hex prefix (any case)
+/// finds one message with its body; a shared prefix is ambiguous, an unknown one not found,
+/// a non-hex one refused.
+async fn list_and_find_by_prefix(store: &impl Store) {
+    for (n, text) in [(0xab, "third"), (0x12, "first"), (0x13, "second")] {
+        let record = inbox_record(5, id(n), Body::from_bytes(text.as_bytes().to_vec()));
+        store.insert_inbox(record).await.unwrap();
+    }
+    let listed = store.list_inbox().await.unwrap();
+    let ids: Vec<u8> = listed.iter().map(|m| m.message_id[0]).collect();
+    assert_eq!(ids, [0x12, 0x13, 0xab], "oldest received first");
+    let first = &listed[0];
+    assert_eq!(first.sender_name, "sender-5");
+    assert_eq!(first.created, 1_700_000_000);
+    assert_eq!(first.received, 1_700_000_100 + 0x12);
+    assert_eq!(first.mode, MODE_HYBRID);
+    assert_eq!(first.content_hash, common::sha256(b"first"));
+
+    let found = store.find_inbox("13").await.unwrap();
+    assert_eq!(found.summary.message_id, id(0x13));
+    assert_eq!(read_all(found.body).await, b"second");
+    let found = store.find_inbox("AB11").await.unwrap();
+    assert_eq!(read_all(found.body).await, b"third");
+    assert!(matches!(
+        store.find_inbox("1").await,
+        Err(StoreError::Ambiguous { .. })
+    ));
+    assert!(matches!(
+        store.find_inbox("ff").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.find_inbox("zz").await,
+        Err(StoreError::BadIdPrefix { .. })
+    ));
+    assert!(matches!(
+        store.find_inbox(&"1".repeat(33)).await,
+        Err(StoreError::BadIdPrefix { .. })
+    ));
+}
+
+/// The outbox: pending per recipient in queue order, bodies open, a wrong tag keeps the
+/// entry, the right one removes it once, a second enqueue of the same id is refused.
+async fn outbox_lifecycle(store: &impl Store) {
+    let tag = |n: u8| [n; 32];
+    for (recipient, n) in [(1, 0x30), (2, 0x31), (1, 0x32)] {
+        let body = Body::from_bytes(format!("for {recipient} #{n}").into_bytes());
+        store
+            .enqueue_outbox(outbox_record(recipient, id(n), body, tag(n)))
+            .await
+            .unwrap();
+    }
+    let again = outbox_record(1, id(0x30), Body::from_bytes(b"again".to_vec()), tag(1));
+    assert!(matches!(
+        store.enqueue_outbox(again).await,
+        Err(StoreError::OutboxDuplicate { .. })
+    ));
+    let pending = store.pending_outbox(&[1; 32]).await.unwrap();
+    let ids: Vec<u8> = pending.iter().map(|e| e.message_id[0]).collect();
+    assert_eq!(ids, [0x30, 0x32], "queue order, this recipient only");
+    assert_eq!(pending[0].recipient_name, "client-1");
+    assert_eq!(pending[0].body_size, "for 1 #48".len() as u64);
+    let body = store.open_outbox_body(&[1; 32], &id(0x32)).await.unwrap();
+    assert_eq!(read_all(body).await, b"for 1 #50");
+    assert!(matches!(
+        store.open_outbox_body(&[2; 32], &id(0x30)).await,
+        Err(StoreError::OutboxNotFound { .. })
+    ));
+
+    let mut wrong = tag(0x30);
+    wrong[31] ^= 1;
+    assert!(
+        !store
+            .complete_outbox(&[1; 32], &id(0x30), &wrong)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .complete_outbox(&[2; 32], &id(0x30), &tag(0x30))
+            .await
+            .unwrap(),
+        "another recipient's ack completes nothing"
+    );
+    assert_eq!(store.pending_outbox(&[1; 32]).await.unwrap().len(), 2);
+    assert!(
+        store
+            .complete_outbox(&[1; 32], &id(0x30), &tag(0x30))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .complete_outbox(&[1; 32], &id(0x30), &tag(0x30))
+            .await
+            .unwrap()
+    );
+    let ids: Vec<u8> = store
+        .pending_outbox(&[1; 32])
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.message_id[0])
+        .collect();
+    assert_eq!(ids, [0x32]);
+    assert_eq!(store.pending_outbox(&[2; 32]).await.unwrap().len(), 1);
+    assert!(store.integrity_check().await.unwrap());
+}
+
+/// A large body streams in and out byte for byte (a file or database chunks), in the inbox
+/// and the outbox, and a delivered one goes with its entry.
+async fn large_body_round_trip(store: &impl Store) {
+    let data = common::data(LARGE_LEN);
+    let body = stage(store, &data);
+    assert_eq!(body.len(), LARGE_LEN as u64);
+    assert_eq!(body.sha256(), common::sha256(&data));
+    assert_eq!(
+        store
+            .insert_inbox(inbox_record(9, id(0x40), body))
+            .await
+            .unwrap(),
+        InsertOutcome::Inserted
+    );
+    let found = store.find_inbox("40").await.unwrap();
+    assert_eq!(found.summary.body_size, LARGE_LEN as u64);
+    let read = read_all(found.body).await;
+    assert_eq!(read.len(), data.len());
+    assert!(read == data, "the large inbox body came back changed");
+
+    let body = stage(store, &data[..LARGE_LEN - 1000]);
+    store
+        .enqueue_outbox(outbox_record(9, id(0x41), body, [0x41; 32]))
+        .await
+        .unwrap();
+    let out = read_all(store.open_outbox_body(&[9; 32], &id(0x41)).await.unwrap()).await;
+    assert!(
+        out == data[..LARGE_LEN - 1000],
+        "the large outbox body came back changed"
+    );
+    assert!(store.integrity_check().await.unwrap());
+    assert!(
+        store
+            .complete_outbox(&[9; 32], &id(0x41), &[0x41; 32])
+            .await
+            .unwrap()
+    );
+    assert!(store.pending_outbox(&[9; 32]).await.unwrap().is_empty());
+    assert!(store.integrity_check().await.unwrap());
+}
+
+/// Bodies at and around the inline limit, and the empty body, keep their exact bytes.
+async fn bodies_at_the_inline_limit(store: &impl Store) {
+    for (n, len) in [(0x50, 0), (0x51, INLINE_MAX), (0x52, INLINE_MAX + 1)] {
+        let data = common::data(len);
+        let body = stage(store, &data);
+        store
+            .insert_inbox(inbox_record(6, id(n), body))
+            .await
+            .unwrap();
+        let found = store.find_inbox(&hex_id(n)).await.unwrap();
+        assert_eq!(found.summary.body_size, len as u64);
+        assert!(
+            read_all(found.body).await == data,
+            "body of {len} bytes changed"
+        );
+    }
+    assert!(store.integrity_check().await.unwrap());
+}
+
+fn hex_id(n: u8) -> String {
+    id(n).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Many concurrent writers through one handle: every insert lands once, every answer is
+/// right.
+async fn concurrent_inserts(store: &(impl Store + Clone)) {
+    let mut tasks = Vec::new();
+    for n in 0..48u8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            // Two writers per id: one insert, one duplicate.
+            let body = Body::from_bytes(vec![n; 100]);
+            store.insert_inbox(inbox_record(7, id(n / 2), body)).await
+        }));
+    }
+    let mut inserted = 0;
+    let mut duplicates = 0;
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            InsertOutcome::Inserted => inserted += 1,
+            InsertOutcome::Duplicate { .. } => duplicates += 1,
+            InsertOutcome::Conflict => {}
+        }
+    }
+    // Ids n/2: bodies [2k; 100] and [2k+1; 100] differ, so the second of each pair conflicts.
+    assert_eq!(inserted, 24);
+    assert_eq!(duplicates, 0);
+    assert_eq!(store.list_inbox().await.unwrap().len(), 24);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The two backends
+
+/// A store handle the suite can clone into tasks.
+struct Shared<S>(std::sync::Arc<S>);
+
+impl<S> Clone for Shared<S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<S: Store> Store for Shared<S> {
+    fn blob_writer(&self) -> letterlock::store::BlobWriter {
+        self.0.blob_writer()
+    }
+    async fn insert_inbox(&self, r: InboxRecord) -> Result<InsertOutcome, StoreError> {
+        self.0.insert_inbox(r).await
+    }
+    async fn known_inbox(
+        &self,
+        s: &[u8; 32],
+        m: &[u8; 16],
+    ) -> Result<Option<KnownMessage>, StoreError> {
+        self.0.known_inbox(s, m).await
+    }
+    async fn list_inbox(&self) -> Result<Vec<letterlock::store::InboxSummary>, StoreError> {
+        self.0.list_inbox().await
+    }
+    async fn find_inbox(&self, p: &str) -> Result<letterlock::store::InboxMessage, StoreError> {
+        self.0.find_inbox(p).await
+    }
+    async fn enqueue_outbox(&self, r: OutboxRecord) -> Result<(), StoreError> {
+        self.0.enqueue_outbox(r).await
+    }
+    async fn pending_outbox(
+        &self,
+        r: &[u8; 32],
+    ) -> Result<Vec<letterlock::store::OutboxEntry>, StoreError> {
+        self.0.pending_outbox(r).await
+    }
+    async fn open_outbox_body(
+        &self,
+        r: &[u8; 32],
+        m: &[u8; 16],
+    ) -> Result<Box<dyn Read + Send>, StoreError> {
+        self.0.open_outbox_body(r, m).await
+    }
+    async fn complete_outbox(
+        &self,
+        r: &[u8; 32],
+        m: &[u8; 16],
+        t: &[u8; 32],
+    ) -> Result<bool, StoreError> {
+        self.0.complete_outbox(r, m, t).await
+    }
+    async fn integrity_check(&self) -> Result<bool, StoreError> {
+        self.0.integrity_check().await
+    }
+}
+
+/// A fresh SQLite store and the folder it lives in.
+fn sqlite_store() -> (tempfile::TempDir, Shared<SqliteStore>) {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let store = SqliteStore::open(dir.path().join("mail.db")).expect("open the SQLite store");
+    (dir, Shared(std::sync::Arc::new(store)))
+}
+
+/// A fresh PostgreSQL store over a fresh database.
+async fn postgres_store() -> (common::postgres::Database, Shared<PostgresStore>) {
+    let db = common::postgres::database().await;
+    let store = PostgresStore::connect(&db.url)
+        .await
+        .unwrap_or_else(|e| panic!("connecting the PostgreSQL store to {}: {e}", db.url));
+    (db, Shared(std::sync::Arc::new(store)))
+}
+
+/// Runs each listed suite function once per backend.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (_dir, store) = super::sqlite_store();
+                    super::$name(&store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (_db, store) = super::postgres_store().await;
+                    super::$name(&store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    insert_duplicate_and_conflict,
+    known_inbox_by_sender_and_id,
+    list_and_find_by_prefix,
+    outbox_lifecycle,
+    large_body_round_trip,
+    bodies_at_the_inline_limit,
+    concurrent_inserts,
+);
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL only
+
+/// Waits until the store holds `expected` bodies: a dropped staged body is deleted by the
+/// store's cleaner task, asynchronously. Polls without a deadline of its own (the test
+/// harness's timeout applies), so a slow machine cannot fail it.
+async fn wait_for_bodies(store: &PostgresStore, expected: u64) {
+    loop {
+        if store.body_count().await.unwrap() == expected {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A large body is chunked in the database (no file anywhere); a staged body that no row
+/// names, because its insert was a duplicate or because it was simply dropped, is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_large_bodies_are_chunks_and_unused_ones_go() {
+    let (_db, store) = postgres_store().await;
+    let store = &*store.0;
+    let data = common::data(LARGE_LEN);
+    let body = stage(store, &data);
+    assert!(!body.is_file());
+    store
+        .insert_inbox(inbox_record(1, id(1), body))
+        .await
+        .unwrap();
+    assert_eq!(store.body_count().await.unwrap(), 1);
+
+    // A retry of the same large message: answered as a duplicate, its new copy removed.
+    let retry = stage(store, &data);
+    assert_eq!(store.body_count().await.unwrap(), 2);
+    assert!(matches!(
+        store
+            .insert_inbox(inbox_record(1, id(1), retry))
+            .await
+            .unwrap(),
+        InsertOutcome::Duplicate { .. }
+    ));
+    wait_for_bodies(store, 1).await;
+
+    // Staged and dropped: removed too.
+    drop(stage(store, &data));
+    wait_for_bodies(store, 1).await;
+
+    // A writer dropped mid-body leaves nothing (its transaction rolls back).
+    let mut writer = store.blob_writer();
+    writer.write_all(&data).unwrap();
+    drop(writer);
+    assert_eq!(store.body_count().await.unwrap(), 1);
+    assert!(store.integrity_check().await.unwrap());
+}
+
+/// A body staged by one backend cannot be named by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_staged_elsewhere_are_refused() {
+    let (_db, pg) = postgres_store().await;
+    let (_dir, sqlite) = sqlite_store();
+    let data = common::data(LARGE_LEN);
+    let from_sqlite = stage(&sqlite, &data);
+    assert!(matches!(
+        pg.insert_inbox(inbox_record(1, id(1), from_sqlite)).await,
+        Err(StoreError::ForeignBlob { .. })
+    ));
+    let from_pg = stage(&pg, &data);
+    assert!(matches!(
+        sqlite.insert_inbox(inbox_record(1, id(1), from_pg)).await,
+        Err(StoreError::ForeignBlob { .. })
+    ));
+    // And another database's body is refused by this one.
+    let (_db2, other) = postgres_store().await;
+    let from_other = stage(&other, &data);
+    assert!(matches!(
+        pg.insert_inbox(inbox_record(1, id(2), from_other)).await,
+        Err(StoreError::ForeignBlob { .. })
+    ));
+}
+
+/// Two store handles over one database stand for two servers: a message sent to both at once
+/// is stored once and both answer with its ack; a delivery acked through both is removed once;
+/// a large body staged through one is read through the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_over_one_database_agree() {
+    let db = common::postgres::database().await;
+    let (a, b) = tokio::join!(
+        PostgresStore::connect(&db.url),
+        PostgresStore::connect(&db.url)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let record = || inbox_record(1, id(1), Body::from_bytes(b"to both".to_vec()));
+    let (ra, rb) = tokio::join!(a.insert_inbox(record()), b.insert_inbox(record()));
+    let mut outcomes = [ra.unwrap(), rb.unwrap()];
+    outcomes.sort_by_key(|o| matches!(o, InsertOutcome::Inserted));
+    assert_eq!(
+        outcomes,
+        [
+            InsertOutcome::Duplicate {
+                ack_tag: [1 ^ 0xA5; 32]
+            },
+            InsertOutcome::Inserted
+        ]
+    );
+    assert_eq!(b.list_inbox().await.unwrap().len(), 1);
+
+    let data = common::data(LARGE_LEN);
+    let body = stage(&a, &data);
+    a.enqueue_outbox(outbox_record(2, id(2), body, [2; 32]))
+        .await
+        .unwrap();
+    let through_b = read_all(b.open_outbox_body(&[2; 32], &id(2)).await.unwrap()).await;
+    assert!(
+        through_b == data,
+        "server b read another body than a staged"
+    );
+    let message = id(2);
+    let (ca, cb) = tokio::join!(
+        a.complete_outbox(&[2; 32], &message, &[2; 32]),
+        b.complete_outbox(&[2; 32], &message, &[2; 32])
+    );
+    assert_eq!(
+        [ca.unwrap(), cb.unwrap()].iter().filter(|c| **c).count(),
+        1,
+        "exactly one completion removes the delivery"
+    );
+    assert_eq!(a.body_count().await.unwrap(), 0);
+    assert!(b.integrity_check().await.unwrap());
+}
+
+/// A database migrated by a newer letterlock is refused; the current one reconnects as is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schema_is_versioned() {
+    let db = common::postgres::database().await;
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+    assert_eq!(store.schema_version_found(), 0, "a new database");
+    store.close().await.unwrap();
+    let again = PostgresStore::connect(&db.url).await.unwrap();
+    assert_eq!(again.schema_version_found(), SCHEMA_VERSION);
+    again.close().await.unwrap();
+
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    client
+        .execute(
+            "INSERT INTO letterlock_schema (version) VALUES ($1)",
+            &[&(SCHEMA_VERSION as i32 + 1)],
+        )
+        .await
+        .unwrap();
+    drop(client);
+    driver.await.unwrap().unwrap();
+    match PostgresStore::connect(&db.url).await {
+        Err(StoreError::SchemaVersion {
+            found, expected, ..
+        }) => {
+            assert_eq!(found, SCHEMA_VERSION + 1);
+            assert_eq!(expected, SCHEMA_VERSION);
+        }
+        other => panic!("a newer schema was not refused: {other:?}"),
+    }
+}
+
+/// An unreachable database is a `Connect` error naming it without its password.
+#[tokio::test]
+async fn an_unreachable_database_says_so_without_the_password() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let url = format!(
+        "postgres://someone:secret-word@localhost/nothing?host={}",
+        dir.path().display()
+    );
+    match PostgresStore::connect(&url).await {
+        Err(err @ StoreError::Connect { .. }) => {
+            let text = err.to_string();
+            assert!(text.contains("someone@"), "{text}");
+            assert!(!text.contains("secret-word"), "{text}");
+        }
+        other => panic!("connecting to nothing did not fail as unreachable: {other:?}"),
+    }
+}
+
+#[test]
+fn a_test_database_url_keeps_the_server_and_query() {
+    use common::postgres::with_database;
+    assert_eq!(
+        with_database("postgres://u@h:5/old?host=/tmp/x&port=1", "new"),
+        "postgres://u@h:5/new?host=/tmp/x&port=1"
+    );
+    assert_eq!(with_database("postgres://u@h", "new"), "postgres://u@h/new");
+    assert_eq!(with_database("postgresql://h/db", "n"), "postgresql://h/n");
+}
+
+/// Committed inserts per second of the PostgreSQL store alone, 1 KiB bodies: one writer, then
+/// 64 concurrent writers over the pool. Prints the figures; asserts only that every insert
+/// landed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow: a store throughput measurement"]
+async fn postgres_committed_inserts_per_second() {
+    let (_db, store) = postgres_store().await;
+    let body = common::data(1024);
+    let sequential = 1_000u32;
+    let started = std::time::Instant::now();
+    for n in 0..sequential {
+        let mut record = inbox_record(1, id(0), Body::from_bytes(body.clone()));
+        record.message_id[..4].copy_from_slice(&n.to_be_bytes());
+        assert_eq!(
+            store.insert_inbox(record).await.unwrap(),
+            InsertOutcome::Inserted
+        );
+    }
+    let one = f64::from(sequential) / started.elapsed().as_secs_f64();
+
+    let (writers, each) = (64u32, 100u32);
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = store.clone();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..each {
+                let mut record = inbox_record(2, id(0), Body::from_bytes(body.clone()));
+                record.message_id[..4].copy_from_slice(&w.to_be_bytes());
+                record.message_id[4..8].copy_from_slice(&n.to_be_bytes());
+                assert_eq!(
+                    store.insert_inbox(record).await.unwrap(),
+                    InsertOutcome::Inserted
+                );
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let many = f64::from(writers * each) / started.elapsed().as_secs_f64();
+    assert_eq!(
+        store.list_inbox().await.unwrap().len() as u32,
+        sequential + writers * each
+    );
+    println!(
+        "PostgreSQL store, committed 1 KiB inserts: {one:.0}/s with one writer, \
+         {many:.0}/s with {writers} concurrent writers (pool of {})",
+        letterlock::store::postgres::POOL_SIZE
+    );
+}
