@@ -686,3 +686,98 @@ async fn postgres_committed_inserts_per_second() {
         letterlock::store::postgres::POOL_SIZE
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The binary over PostgreSQL
+
+/// Runs `letterlock ARGS` in `dir`; returns stdout and stderr, asserting success.
+fn letterlock_ok(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(common::BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "letterlock {args:?} failed:\n{text}");
+    text
+}
+
+/// A key folder for both ends from the fixed test keys (bob serves, alice is the client).
+fn key_folder() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::TempDir::new().unwrap();
+    for (from, to) in [("bob2048", "server"), ("alice2048", "client")] {
+        for half in ["private", "public"] {
+            let target = dir.path().join(format!("{to}_{half}.pem"));
+            std::fs::copy(
+                common::keys_dir().join(format!("{from}_{half}.pem")),
+                &target,
+            )
+            .unwrap();
+            if half == "private" {
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+        }
+    }
+    dir
+}
+
+/// `letterlock server migrate` and `letterlock server --store postgres://...`: the schema is
+/// created once, a message sent to the server lands in the database, one queued for the
+/// client is delivered from it once, and `server inbox` / `server read` find it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_binary_keeps_its_mailbox_in_postgres() {
+    let db = common::postgres::database().await;
+    let keys = key_folder();
+    let d = keys.path();
+    let url = db.url.as_str();
+    let out = letterlock_ok(d, &["server", "migrate", "--store", url]);
+    assert!(out.contains("schema created at version 1"), "{out}");
+    let out = letterlock_ok(d, &["server", "migrate", "--store", url]);
+    assert!(out.contains("up to date"), "{out}");
+
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.args(["server", "--listen", "127.0.0.1:0", "--store", url])
+        .current_dir(d);
+    let (mut child, addr) = common::spawn_server(cmd);
+    let client = |args: &[&str]| {
+        let mut all = vec!["client"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--server", &addr]);
+        letterlock_ok(d, &all)
+    };
+    let sent = client(&["send_msg", "hello over postgres", "--mode", "hybrid"]);
+    assert!(sent.contains("delivered"), "{sent}");
+    letterlock_ok(
+        d,
+        &[
+            "server",
+            "send_msg",
+            "--to",
+            "client",
+            "--store",
+            url,
+            "reply from postgres",
+        ],
+    );
+    let got = client(&["recv_msg"]);
+    assert!(got.contains("reply from postgres"), "{got}");
+    let again = client(&["recv_msg"]);
+    assert!(again.contains("no messages"), "{again}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let inbox = letterlock_ok(d, &["server", "inbox", "--json", "--store", url]);
+    let json_end = inbox.rfind(']').map_or(inbox.len(), |i| i + 1);
+    let rows: serde_json::Value = serde_json::from_str(&inbox[..json_end]).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{inbox}");
+    let id = rows[0]["id"].as_str().unwrap();
+    let text = letterlock_ok(d, &["server", "read", &id[..10], "--store", url]);
+    assert!(text.starts_with("hello over postgres"), "{text}");
+    let store = PostgresStore::connect(url).await.unwrap();
+    assert!(store.integrity_check().await.unwrap());
+}

@@ -19,6 +19,7 @@ mod client;
 mod hints;
 mod offline;
 mod server;
+mod store_admin;
 mod terminal;
 
 use client::{ClientCommand, client_recv, client_send};
@@ -257,6 +258,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 store,
                 output,
             }) => runtime()?.block_on(read_inbox(&id, &keys, &store, output.as_deref())),
+            Some(ServerCommand::Migrate(a)) => runtime()?.block_on(store_admin::migrate(a)),
             Some(ServerCommand::Trust {
                 public_key,
                 name,

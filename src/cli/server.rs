@@ -15,6 +15,7 @@ use letterlock::keys::{self, Identity};
 
 use super::client::MessageArgs;
 use super::offline::print_plaintext;
+use super::store_admin::AnyStore;
 use super::{PairArgs, STDOUT_LIMIT, own_key, time_text};
 
 #[derive(Args, Debug)]
@@ -26,7 +27,8 @@ pub(super) struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub(super) listen: String,
-    /// The mailbox database (bodies over 64 KiB live in a folder beside it).
+    /// The mailbox: an SQLite file (bodies over 64 KiB live in a folder beside it), or
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DB for one PostgreSQL shared by several servers.
     #[arg(long, default_value = "letterlock-server.db")]
     pub(super) store: PathBuf,
     /// Which modes to accept.
@@ -99,6 +101,9 @@ pub(super) enum ServerCommand {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Create the mailbox's schema, or bring it to this letterlock's version (servers do it
+    /// when they start; run it once before starting several over one PostgreSQL).
+    Migrate(super::store_admin::MigrateArgs),
     /// Trust a client's public key under NAME (copies it to KEYS/clients/NAME.pem).
     Trust {
         /// The client's public key file.
@@ -141,7 +146,7 @@ pub(super) async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
-    let store = Arc::new(create_store(&a.store)?);
+    let store = Arc::new(create_store(&a.store).await?);
     let config = ServerConfig {
         accept: match a.accept {
             AcceptArg::Both => Accept::Both,
@@ -225,19 +230,22 @@ pub(super) async fn shutdown_signal() {
 
 /// Opens an existing mailbox. Only the server creates one: a mistyped --store elsewhere must
 /// not quietly answer from a new, empty mailbox.
-pub(super) fn open_store(path: &Path) -> Result<letterlock::store::SqliteStore> {
-    if !path.exists() {
+pub(super) async fn open_store(path: &Path) -> Result<AnyStore> {
+    if super::store_admin::postgres_url(path).is_none() && !path.exists() {
         bail!(
             "no mailbox at {}; pass --store PATH (the server's --store), or start \
              `letterlock server` once to create it",
             path.display()
         );
     }
-    create_store(path)
+    create_store(path).await
 }
 
 /// Opens the mailbox, creating it if needed (the server), in a folder that must exist.
-pub(super) fn create_store(path: &Path) -> Result<letterlock::store::SqliteStore> {
+pub(super) async fn create_store(path: &Path) -> Result<AnyStore> {
+    if let Some(url) = super::store_admin::postgres_url(path) {
+        return super::store_admin::connect_postgres(url).await;
+    }
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(dir) = parent
         && !dir.is_dir()
@@ -249,6 +257,7 @@ pub(super) fn create_store(path: &Path) -> Result<letterlock::store::SqliteStore
         );
     }
     letterlock::store::SqliteStore::open(path)
+        .map(AnyStore::Sqlite)
         .with_context(|| format!("cannot open the store {}", path.display()))
 }
 
@@ -262,7 +271,7 @@ pub(super) async fn server_send(a: ServerSendArgs) -> Result<ExitCode> {
             a.to
         );
     };
-    let store = open_store(&a.store)?;
+    let store = open_store(&a.store).await?;
     let opts = SealOptions::mode(a.message.mode.into());
     let input = a.message.input()?;
     let sealed =
@@ -277,7 +286,7 @@ pub(super) async fn server_send(a: ServerSendArgs) -> Result<ExitCode> {
 
 pub(super) async fn inbox(store_path: &Path, json: bool) -> Result<ExitCode> {
     use letterlock::store::Store;
-    let store = open_store(store_path)?;
+    let store = open_store(store_path).await?;
     let list = store.list_inbox().await?;
     let mode_name = |m: u8| Mode::from_byte(m).map_or("unknown", Mode::name);
     if json {
@@ -329,7 +338,7 @@ pub(super) async fn read_inbox(
     use letterlock::store::Store;
     let identity: Arc<dyn Identity> = Arc::new(own_key(keys_dir, "server")?);
     let clients = keys::TrustList::load_clients(keys_dir)?;
-    let store = open_store(store_path)?;
+    let store = open_store(store_path).await?;
     let msg = store.find_inbox(id).await?;
     let opts = OpenOptions::default();
     let body = msg.body;
