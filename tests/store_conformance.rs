@@ -190,6 +190,12 @@ async fn outbox_lifecycle(store: &impl Store) {
     let pending = store.pending_outbox(&[1; 32]).await.unwrap();
     let ids: Vec<u8> = pending.iter().map(|e| e.message_id[0]).collect();
     assert_eq!(ids, [0x30, 0x32], "queue order, this recipient only");
+    // A first fetch gets them all, in the same order (leased, where servers share the store).
+    let leased = store
+        .lease_outbox(&[1; 32], letterlock::store::DELIVERY_LEASE)
+        .await
+        .unwrap();
+    assert_eq!(leased, pending);
     assert_eq!(pending[0].recipient_name, "client-1");
     assert_eq!(pending[0].body_size, "for 1 #48".len() as u64);
     let body = store.open_outbox_body(&[1; 32], &id(0x32)).await.unwrap();
@@ -370,6 +376,13 @@ impl<S: Store> Store for Shared<S> {
         r: &[u8; 32],
     ) -> Result<Vec<letterlock::store::OutboxEntry>, StoreError> {
         self.0.pending_outbox(r).await
+    }
+    async fn lease_outbox(
+        &self,
+        r: &[u8; 32],
+        lease: std::time::Duration,
+    ) -> Result<Vec<letterlock::store::OutboxEntry>, StoreError> {
+        self.0.lease_outbox(r, lease).await
     }
     async fn open_outbox_body(
         &self,
@@ -605,6 +618,105 @@ async fn postgres_schema_is_versioned() {
     }
 }
 
+/// Deliveries across servers: entries leased by one fetch are not handed to another until
+/// the lease expires (a server that died) or the entry is completed (through any server);
+/// two fetches at once through two servers split the entries, never share one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_deliveries_are_leased_to_one_fetch_at_a_time() {
+    use std::time::Duration;
+    let db = common::postgres::database().await;
+    let (a, b) = tokio::join!(
+        PostgresStore::connect(&db.url),
+        PostgresStore::connect(&db.url)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let recipient = [4; 32];
+    for n in 0..6u8 {
+        let body = Body::from_bytes(vec![n; 10]);
+        a.enqueue_outbox(outbox_record(4, id(n), body, [n; 32]))
+            .await
+            .unwrap();
+    }
+    let ids = |entries: &[letterlock::store::OutboxEntry]| -> Vec<u8> {
+        entries.iter().map(|e| e.message_id[0]).collect()
+    };
+    let minute = Duration::from_secs(60);
+    // Two fetches at once, through two servers: disjoint, and together everything.
+    let (la, lb) = tokio::join!(
+        a.lease_outbox(&recipient, minute),
+        b.lease_outbox(&recipient, minute)
+    );
+    let (la, lb) = (ids(&la.unwrap()), ids(&lb.unwrap()));
+    let mut all: Vec<u8> = la.iter().chain(&lb).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, [0, 1, 2, 3, 4, 5], "leases {la:?} and {lb:?}");
+    for list in [&la, &lb] {
+        assert!(list.is_sorted(), "queue order within a lease: {list:?}");
+    }
+    // While leased, nobody else gets them; the listing still shows them.
+    assert!(b.lease_outbox(&recipient, minute).await.unwrap().is_empty());
+    assert_eq!(b.pending_outbox(&recipient).await.unwrap().len(), 6);
+    // A completion through the other server removes a leased entry.
+    let first = la.first().or(lb.first()).copied().unwrap();
+    assert!(
+        b.complete_outbox(&recipient, &id(first), &[first; 32])
+            .await
+            .unwrap()
+    );
+
+    // A fresh message is free at once; a lease that expires (here: at once) frees its entries
+    // for the next fetch, wherever it runs.
+    a.enqueue_outbox(outbox_record(4, id(9), Body::from_bytes(vec![9]), [9; 32]))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&b.lease_outbox(&recipient, Duration::ZERO).await.unwrap()),
+        [9]
+    );
+    assert_eq!(ids(&a.lease_outbox(&recipient, minute).await.unwrap()), [9]);
+    assert!(b.lease_outbox(&recipient, minute).await.unwrap().is_empty());
+}
+
+/// A database of schema version 1 is migrated to the current version at connect, its rows
+/// kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schema_migrates_from_version_1() {
+    let db = common::postgres::database().await;
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+    store
+        .enqueue_outbox(outbox_record(
+            1,
+            id(1),
+            Body::from_bytes(b"kept".to_vec()),
+            [1; 32],
+        ))
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    // Back to version 1 by hand: what migration 2 added goes.
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    client
+        .batch_execute(
+            "ALTER TABLE outbox DROP COLUMN leased_until;
+             DELETE FROM letterlock_schema WHERE version > 1;",
+        )
+        .await
+        .unwrap();
+    drop(client);
+    driver.await.unwrap().unwrap();
+
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+    assert_eq!(store.schema_version_found(), 1);
+    let leased = store
+        .lease_outbox(&[1; 32], std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1, "the version 1 row survived the migration");
+}
+
 /// An unreachable database is a `Connect` error naming it without its password.
 #[tokio::test]
 async fn an_unreachable_database_says_so_without_the_password() {
@@ -736,7 +848,8 @@ async fn the_server_binary_keeps_its_mailbox_in_postgres() {
     let d = keys.path();
     let url = db.url.as_str();
     let out = letterlock_ok(d, &["server", "migrate", "--store", url]);
-    assert!(out.contains("schema created at version 1"), "{out}");
+    let created = format!("schema created at version {SCHEMA_VERSION}");
+    assert!(out.contains(&created), "{out}");
     let out = letterlock_ok(d, &["server", "migrate", "--store", url]);
     assert!(out.contains("up to date"), "{out}");
 

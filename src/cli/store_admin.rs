@@ -112,6 +112,14 @@ impl Store for AnyStore {
         forward!(self, s => s.pending_outbox(recipient).await)
     }
 
+    async fn lease_outbox(
+        &self,
+        recipient: &KeyId,
+        lease: std::time::Duration,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        forward!(self, s => s.lease_outbox(recipient, lease).await)
+    }
+
     async fn open_outbox_body(
         &self,
         recipient: &KeyId,

@@ -43,6 +43,11 @@ pub type MessageId = [u8; 16];
 /// A SHA-256 digest or an acknowledgement tag.
 pub type Tag = [u8; 32];
 
+/// How long a fetch holds the outbox entries it is delivering ([`Store::lease_outbox`]):
+/// long enough to deliver a large message, short enough that a message whose server died
+/// reaches its client through another server within a minute.
+pub const DELIVERY_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Mode byte of an asymmetric (RSA only) message.
 pub const MODE_ASYMMETRIC: u8 = 1;
 /// Mode byte of a hybrid (RSA-wrapped AES-GCM key) message.
@@ -202,6 +207,22 @@ pub trait Store: Send + Sync + 'static {
         &self,
         recipient: &KeyId,
     ) -> impl Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send;
+
+    /// Messages waiting for `recipient` that one fetch may deliver now, oldest first.
+    ///
+    /// A store shared by several servers leases each returned entry to this caller until
+    /// `lease` has passed, so a concurrent fetch through another server gets other entries or
+    /// none, and an entry whose server died is offered again once its lease expires; a
+    /// completion removes it whoever holds the lease. A store of one server has nobody to
+    /// share with: the default returns every pending entry.
+    fn lease_outbox(
+        &self,
+        recipient: &KeyId,
+        lease: std::time::Duration,
+    ) -> impl Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send {
+        let _ = lease;
+        self.pending_outbox(recipient)
+    }
 
     /// Open the sealed body of a pending outbox message.
     fn open_outbox_body(

@@ -370,6 +370,20 @@ fn inbox_summary(row: &Row) -> Result<InboxSummary, StoreError> {
     })
 }
 
+/// Read an outbox entry from a row whose first seven columns are recipient_key_id,
+/// recipient_name, message_id, created, mode, plaintext_len, body_size.
+fn outbox_entry(row: &Row) -> Result<OutboxEntry, StoreError> {
+    Ok(OutboxEntry {
+        recipient_key_id: get_array(row, 0, "outbox recipient key id")?,
+        recipient_name: row.try_get(1).map_err(db("reading a row"))?,
+        message_id: get_array(row, 2, "outbox message id")?,
+        created: get_u64(row, 3, "outbox creation time")?,
+        mode: get_mode(row, 4)?,
+        plaintext_len: get_u64(row, 5, "outbox plaintext length")?,
+        body_size: get_u64(row, 6, "outbox body size")?,
+    })
+}
+
 /// Turn a hex prefix into the inclusive range of message ids it covers, so the lookup can
 /// use the message id index (bytea compares bytewise).
 fn prefix_range(prefix: &str) -> Result<(MessageId, MessageId), StoreError> {
@@ -603,19 +617,45 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(db("listing the outbox"))?;
-        rows.iter()
+        rows.iter().map(outbox_entry).collect()
+    }
+
+    /// Leases the free entries (never leased, or lease expired) in one statement: `FOR
+    /// UPDATE SKIP LOCKED` lets a concurrent lease through another server pass over the rows
+    /// this one is taking instead of waiting for them and then taking them too.
+    async fn lease_outbox(
+        &self,
+        recipient: &KeyId,
+        lease: Duration,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "WITH free AS (
+                     SELECT seq FROM outbox
+                     WHERE recipient_key_id = $1
+                       AND (leased_until IS NULL OR leased_until <= clock_timestamp())
+                     ORDER BY seq
+                     FOR UPDATE SKIP LOCKED
+                 )
+                 UPDATE outbox o SET leased_until = clock_timestamp() + make_interval(secs => $2)
+                 FROM free WHERE o.seq = free.seq
+                 RETURNING o.recipient_key_id, o.recipient_name, o.message_id, o.created, o.mode,
+                           o.plaintext_len, o.body_size, o.seq",
+                &[&&recipient[..], &lease.as_secs_f64()],
+            )
+            .await
+            .map_err(db("leasing outbox messages"))?;
+        let mut leased = rows
+            .iter()
             .map(|row| {
-                Ok(OutboxEntry {
-                    recipient_key_id: get_array(row, 0, "outbox recipient key id")?,
-                    recipient_name: row.try_get(1).map_err(db("reading a row"))?,
-                    message_id: get_array(row, 2, "outbox message id")?,
-                    created: get_u64(row, 3, "outbox creation time")?,
-                    mode: get_mode(row, 4)?,
-                    plaintext_len: get_u64(row, 5, "outbox plaintext length")?,
-                    body_size: get_u64(row, 6, "outbox body size")?,
-                })
+                let seq: i64 = row.try_get(7).map_err(db("reading a row"))?;
+                Ok((seq, outbox_entry(row)?))
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // RETURNING has no order of its own: queue order, as pending_outbox.
+        leased.sort_by_key(|(seq, _)| *seq);
+        Ok(leased.into_iter().map(|(_, entry)| entry).collect())
     }
 
     async fn open_outbox_body(

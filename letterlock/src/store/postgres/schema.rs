@@ -10,7 +10,7 @@ use tracing::info;
 use super::{StoreError, db};
 
 /// The newest schema version this letterlock writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Key of the advisory lock that serialises migrations (any fixed number; "letterlk" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6c65_7474_6572_6c6b;
@@ -88,6 +88,11 @@ CREATE TABLE outbox (
     UNIQUE (recipient_key_id, message_id)
 );
 CREATE INDEX outbox_by_recipient ON outbox (recipient_key_id, seq);
+",
+    // 2: delivery leases: a fetch holds the entries it delivers until leased_until, so two
+    // servers never deliver one entry at once, and a dead server's entries come free again.
+    "
+ALTER TABLE outbox ADD COLUMN leased_until timestamptz;
 ",
 ];
 
