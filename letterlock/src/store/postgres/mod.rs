@@ -12,8 +12,8 @@
 //!   [`body`]), never on one server's disk, streamed with constant memory both ways.
 //!
 //! Connections come from a deadpool pool of [`POOL_SIZE`]; a lost connection fails the
-//! request in flight (the server answers "unavailable" and the client retries) and is replaced
-//! on the next request, so the store carries on once the database is back. The schema is
+//! request in flight (nothing is acked; the client retries) and is replaced on the next
+//! request, so the store carries on once the database is back. The schema is
 //! created and migrated at [`PostgresStore::connect`] (see [`schema`]; docs/STORE.md).
 
 mod body;
