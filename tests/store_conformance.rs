@@ -717,6 +717,79 @@ async fn postgres_schema_migrates_from_version_1() {
     assert_eq!(leased.len(), 1, "the version 1 row survived the migration");
 }
 
+/// An SQLite mailbox is copied into PostgreSQL whole (bodies byte for byte, large ones into
+/// chunks, outbox ack tags with them), and a second copy adds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sqlite_mailbox_is_copied_into_postgres() {
+    let (dir, sqlite) = sqlite_store();
+    let large = common::data(LARGE_LEN);
+    let records = [
+        inbox_record(1, id(1), Body::from_bytes(b"small".to_vec())),
+        inbox_record(2, id(2), stage(&sqlite, &large)),
+    ];
+    for record in records {
+        sqlite.insert_inbox(record).await.unwrap();
+    }
+    sqlite
+        .enqueue_outbox(outbox_record(3, id(3), stage(&sqlite, &large), [3; 32]))
+        .await
+        .unwrap();
+    sqlite
+        .enqueue_outbox(outbox_record(
+            3,
+            id(4),
+            Body::from_bytes(b"x".to_vec()),
+            [4; 32],
+        ))
+        .await
+        .unwrap();
+    let listed = sqlite.list_inbox().await.unwrap();
+    drop(sqlite);
+
+    let (_db, pg) = postgres_store().await;
+    let path = dir.path().join("mail.db");
+    let report = pg.0.copy_from_sqlite(&path).await.unwrap();
+    assert_eq!(
+        (
+            report.inbox_copied,
+            report.outbox_copied,
+            report.inbox_conflicts
+        ),
+        (2, 2, 0)
+    );
+    let again = pg.0.copy_from_sqlite(&path).await.unwrap();
+    assert_eq!(
+        (
+            again.inbox_copied,
+            again.inbox_present,
+            again.outbox_copied,
+            again.outbox_present
+        ),
+        (0, 2, 0, 2)
+    );
+    assert_eq!(pg.list_inbox().await.unwrap(), listed);
+    let found = pg.find_inbox("02").await.unwrap();
+    assert!(read_all(found.body).await == large);
+    let known = pg.known_inbox(&[1; 32], &id(1)).await.unwrap().unwrap();
+    assert_eq!(known.ack_tag, [1 ^ 0xA5; 32]);
+    let out = read_all(pg.open_outbox_body(&[3; 32], &id(3)).await.unwrap()).await;
+    assert!(out == large);
+    let queue: Vec<u8> = pg
+        .pending_outbox(&[3; 32])
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.message_id[0])
+        .collect();
+    assert_eq!(queue, [3, 4], "queue order kept");
+    assert!(
+        pg.complete_outbox(&[3; 32], &id(3), &[3; 32])
+            .await
+            .unwrap()
+    );
+    assert!(pg.integrity_check().await.unwrap());
+}
+
 /// An unreachable database is a `Connect` error naming it without its password.
 #[tokio::test]
 async fn an_unreachable_database_says_so_without_the_password() {
@@ -893,4 +966,15 @@ async fn the_server_binary_keeps_its_mailbox_in_postgres() {
     assert!(text.starts_with("hello over postgres"), "{text}");
     let store = PostgresStore::connect(url).await.unwrap();
     assert!(store.integrity_check().await.unwrap());
+
+    // `server copy-store` from an (empty) SQLite mailbox: nothing to add, and it says so.
+    letterlock_ok(d, &["server", "migrate", "--store", "mail.db"]);
+    let out = letterlock_ok(
+        d,
+        &["server", "copy-store", "--from", "mail.db", "--to", url],
+    );
+    assert!(
+        out.contains("copied 0 inbox messages and 0 outbox messages"),
+        "{out}"
+    );
 }

@@ -259,6 +259,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 output,
             }) => runtime()?.block_on(read_inbox(&id, &keys, &store, output.as_deref())),
             Some(ServerCommand::Migrate(a)) => runtime()?.block_on(store_admin::migrate(a)),
+            Some(ServerCommand::CopyStore(a)) => runtime()?.block_on(store_admin::copy_store(a)),
             Some(ServerCommand::Trust {
                 public_key,
                 name,

@@ -104,6 +104,9 @@ pub(super) enum ServerCommand {
     /// Create the mailbox's schema, or bring it to this letterlock's version (servers do it
     /// when they start; run it once before starting several over one PostgreSQL).
     Migrate(super::store_admin::MigrateArgs),
+    /// Copy an SQLite mailbox into a PostgreSQL one (run again, it copies only what is
+    /// missing).
+    CopyStore(super::store_admin::CopyStoreArgs),
     /// Trust a client's public key under NAME (copies it to KEYS/clients/NAME.pem).
     Trust {
         /// The client's public key file.

@@ -187,3 +187,55 @@ pub(super) async fn migrate(a: MigrateArgs) -> Result<std::process::ExitCode> {
     store.close().await?;
     Ok(std::process::ExitCode::SUCCESS)
 }
+
+#[derive(Args, Debug)]
+pub(super) struct CopyStoreArgs {
+    /// The SQLite mailbox to copy (a server's --store file; stop that server first).
+    #[arg(long)]
+    pub(super) from: std::path::PathBuf,
+    /// The PostgreSQL mailbox to copy into: postgres://USER[:PASSWORD]@HOST[:PORT]/DB.
+    #[arg(long)]
+    pub(super) to: String,
+}
+
+/// `letterlock server copy-store`: copies an SQLite mailbox into PostgreSQL, to move a server
+/// onto a database shared by several. Running it again copies only what is missing.
+pub(super) async fn copy_store(a: CopyStoreArgs) -> Result<std::process::ExitCode> {
+    let Some(url) = postgres_url(Path::new(&a.to)) else {
+        anyhow::bail!("--to must be a postgres:// URL, not {:?}", a.to);
+    };
+    #[cfg(feature = "postgres")]
+    {
+        let target = PostgresStore::connect(url)
+            .await
+            .context("cannot open the PostgreSQL mailbox")?;
+        let report = target
+            .copy_from_sqlite(&a.from)
+            .await
+            .with_context(|| format!("cannot copy the mailbox {}", a.from.display()))?;
+        println!(
+            "copied {} inbox messages and {} outbox messages from {} to {} \
+             ({} and {} were there already)",
+            report.inbox_copied,
+            report.outbox_copied,
+            a.from.display(),
+            target.target(),
+            report.inbox_present,
+            report.outbox_present
+        );
+        target.close().await?;
+        if report.inbox_conflicts > 0 {
+            anyhow::bail!(
+                "{} inbox messages were not copied: the target holds other messages under \
+                 the same sender and id (the log names them)",
+                report.inbox_conflicts
+            );
+        }
+        Ok(std::process::ExitCode::SUCCESS)
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        connect_postgres(url).await?;
+        Ok(std::process::ExitCode::FAILURE)
+    }
+}

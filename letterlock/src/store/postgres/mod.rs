@@ -17,6 +17,8 @@
 //! created and migrated at [`PostgresStore::connect`] (see [`schema`]; docs/STORE.md).
 
 mod body;
+#[cfg(feature = "sqlite")]
+mod copy;
 mod schema;
 
 use std::io::{Cursor, Read};
@@ -32,6 +34,8 @@ use tracing::{debug, info, warn};
 
 pub(crate) use body::{BodyHome, ChunkUpload, StagedBody};
 pub use body::{CHUNK_SIZE, MAX_BODY_STREAMS};
+#[cfg(feature = "sqlite")]
+pub use copy::CopyReport;
 pub use schema::SCHEMA_VERSION;
 
 use super::body::{BlobWriter, Body};
