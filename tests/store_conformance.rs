@@ -954,6 +954,10 @@ async fn the_server_binary_keeps_its_mailbox_in_postgres() {
     assert!(got.contains("reply from postgres"), "{got}");
     let again = client(&["recv_msg"]);
     assert!(again.contains("no messages"), "{again}");
+    // Removed by the client's ack, not merely leased: the listing shows leased entries too.
+    let store = PostgresStore::connect(url).await.unwrap();
+    let client_key = common::public("alice2048").id().0;
+    assert!(store.pending_outbox(&client_key).await.unwrap().is_empty());
     let _ = child.kill();
     let _ = child.wait();
 
@@ -964,7 +968,6 @@ async fn the_server_binary_keeps_its_mailbox_in_postgres() {
     let id = rows[0]["id"].as_str().unwrap();
     let text = letterlock_ok(d, &["server", "read", &id[..10], "--store", url]);
     assert!(text.starts_with("hello over postgres"), "{text}");
-    let store = PostgresStore::connect(url).await.unwrap();
     assert!(store.integrity_check().await.unwrap());
 
     // `server copy-store` from an (empty) SQLite mailbox: nothing to add, and it says so.

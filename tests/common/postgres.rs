@@ -102,7 +102,7 @@ pub async fn database() -> Database {
         .await
         .unwrap_or_else(|e| {
             panic!(
-                "could not create a test database on {}: {e}; {INSTALL_HINT}",
+                "could not create a test database on {}: {e:?}; {INSTALL_HINT}",
                 server.admin_url
             )
         });

@@ -36,7 +36,7 @@ pub const CHUNK_SIZE: usize = 256 * 1024;
 
 /// Body uploads and downloads running at once, each on its own connection: bounded so a burst
 /// of large messages cannot exhaust the server's `max_connections`; further streams wait.
-pub const MAX_BODY_STREAMS: usize = 16;
+pub const MAX_BODY_STREAMS: usize = 8;
 
 /// Chunks queued between the caller and a stream's thread (beside the one each side holds).
 const STREAM_QUEUE: usize = 1;

@@ -48,8 +48,8 @@ use body::ChunkReader;
 
 /// Pooled connections per store (per server process): enough for the server's concurrent
 /// requests to overlap their commits (PostgreSQL flushes concurrent commits together), few
-/// enough that several servers fit in a default `max_connections` of 100 beside the
-/// [`MAX_BODY_STREAMS`] body connections.
+/// enough that four servers fit in a default `max_connections` of 100 with their
+/// [`MAX_BODY_STREAMS`] body connections (4 × (16 + 8) = 96).
 pub const POOL_SIZE: usize = 16;
 
 /// How long a request waits for a pooled connection before failing as unavailable.
