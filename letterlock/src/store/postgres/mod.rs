@@ -9,12 +9,12 @@
 //! - an outbox entry is removed only by the expected ack tag, compared in constant time, under
 //!   a row lock, so two servers completing the same delivery remove it once;
 //! - bodies over [`INLINE_MAX`](super::INLINE_MAX) live in the database in chunks (see
-//!   [`body`]), never on one server's disk, streamed with constant memory both ways.
+//!   `body.rs`), never on one server's disk, streamed with constant memory both ways.
 //!
 //! Connections come from a deadpool pool of [`POOL_SIZE`]; a lost connection fails the
 //! request in flight (nothing is acked; the client retries) and is replaced on the next
 //! request, so the store carries on once the database is back. The schema is
-//! created and migrated at [`PostgresStore::connect`] (see [`schema`]; docs/STORE.md).
+//! created and migrated at [`PostgresStore::connect`] (see `schema.rs` and docs/STORE.md).
 
 mod body;
 #[cfg(feature = "sqlite")]
