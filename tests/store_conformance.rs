@@ -790,6 +790,78 @@ async fn an_sqlite_mailbox_is_copied_into_postgres() {
     assert!(pg.integrity_check().await.unwrap());
 }
 
+/// Every connection of the store is killed under it (as a database restart or failover
+/// would): requests fail or succeed, never half-write, and the store carries on without being
+/// reconnected: the pool replaces dead connections, and a retried insert lands exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_carries_on_after_its_connections_are_killed() {
+    let (db, store) = postgres_store().await;
+    // Several pooled connections, all idle afterwards.
+    let mut tasks = Vec::new();
+    for n in 0..8u8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = Body::from_bytes(vec![n; 100]);
+            store.insert_inbox(inbox_record(1, id(n), body)).await
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), InsertOutcome::Inserted);
+    }
+
+    let (admin, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let killed = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert!(killed >= 1, "the store had no connection to kill");
+
+    // A client retries until acked; each failure must be an error, not a wrong answer.
+    let mut failures = 0;
+    let outcome = loop {
+        let body = Body::from_bytes(b"after the kill".to_vec());
+        match store.insert_inbox(inbox_record(2, id(0x60), body)).await {
+            Ok(outcome) => break outcome,
+            Err(StoreError::Database { .. } | StoreError::Connect { .. }) => {
+                failures += 1;
+                assert!(
+                    failures <= letterlock::store::postgres::POOL_SIZE + 1,
+                    "the store did not recover: {failures} failures"
+                );
+            }
+            Err(other) => panic!("unexpected error after the kill: {other}"),
+        }
+    };
+    assert!(
+        matches!(
+            outcome,
+            InsertOutcome::Inserted | InsertOutcome::Duplicate { .. }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(store.list_inbox().await.unwrap().len(), 9);
+    // Large bodies use connections of their own: those recover too.
+    let data = common::data(LARGE_LEN);
+    let body = stage(&store, &data);
+    store
+        .insert_inbox(inbox_record(2, id(0x61), body))
+        .await
+        .unwrap();
+    let found = store.find_inbox("61").await.unwrap();
+    assert!(read_all(found.body).await == data);
+    assert!(store.integrity_check().await.unwrap());
+    drop(admin);
+    driver.await.unwrap().unwrap();
+}
+
 /// An unreachable database is a `Connect` error naming it without its password.
 #[tokio::test]
 async fn an_unreachable_database_says_so_without_the_password() {
