@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 
 use letterlock::store::postgres::{CHUNK_SIZE, PostgresStore, SCHEMA_VERSION};
 use letterlock::store::{
-    Body, ClientKey, INLINE_MAX, InboxRecord, InsertOutcome, KnownMessage, MODE_HYBRID,
+    Body, ClientKey, INLINE_MAX, InboxRecord, InsertOutcome, KeyEnd, KnownMessage, MODE_HYBRID,
     OutboxRecord, SqliteStore, Store, StoreError, TrustOutcome, TrustRequest, TrustedClients,
 };
 
@@ -336,6 +336,194 @@ async fn concurrent_inserts(store: &(impl Store + Clone)) {
     assert_eq!(store.list_inbox().await.unwrap().len(), 24);
 }
 
+fn trust_request(name: &str, key: u8, replace: bool, now: u64) -> TrustRequest {
+    TrustRequest {
+        name: name.to_owned(),
+        key_id: [key; 32],
+        public_key: vec![key; 12],
+        replace,
+        now,
+    }
+}
+
+/// Trust, refusals, rotation with `replace`, untrust and trusting an old key again: each change
+/// moves the trust generation, each refusal or no-op leaves it; history rows are never
+/// deleted; at most one trusted key per name; the trusted list carries its generation.
+async fn trust_rotate_and_untrust(store: &impl Store) {
+    let start = store.trust_generation().await.unwrap();
+    let none = store.trusted_clients().await.unwrap();
+    assert_eq!((none.generation, none.clients.len()), (start, 0));
+
+    let outcome = store
+        .trust_client(trust_request("alice", 1, false, 100))
+        .await
+        .unwrap();
+    assert_eq!(outcome, TrustOutcome::Trusted);
+    let after_trust = store.trust_generation().await.unwrap();
+    assert!(after_trust > start, "trusting moves the generation");
+
+    // Refusals and no-ops change nothing, the generation included.
+    let refusals = [
+        (
+            trust_request("alice", 1, false, 110),
+            TrustOutcome::AlreadyTrusted,
+        ),
+        (
+            trust_request("bob", 1, false, 110),
+            TrustOutcome::KeyTaken {
+                name: "alice".into(),
+            },
+        ),
+        (
+            trust_request("alice", 2, false, 110),
+            TrustOutcome::NameTaken { existing: [1; 32] },
+        ),
+    ];
+    for (request, expected) in refusals {
+        assert_eq!(store.trust_client(request).await.unwrap(), expected);
+    }
+    assert_eq!(store.trust_generation().await.unwrap(), after_trust);
+
+    // Rotation: alice's key 1 is replaced by key 2, and kept.
+    let outcome = store
+        .trust_client(trust_request("alice", 2, true, 200))
+        .await
+        .unwrap();
+    assert_eq!(outcome, TrustOutcome::Replaced { old: [1; 32] });
+    let after_rotate = store.trust_generation().await.unwrap();
+    assert!(after_rotate > after_trust, "rotating moves the generation");
+    let trusted = store.trusted_clients().await.unwrap();
+    assert_eq!(trusted.generation, after_rotate);
+    let names: Vec<_> = trusted
+        .clients
+        .iter()
+        .map(|c| (c.name.as_str(), c.key_id[0], c.since))
+        .collect();
+    assert_eq!(names, [("alice", 2, 200)], "one trusted key per name");
+    let history = store.client_keys().await.unwrap();
+    assert_eq!(
+        history,
+        [
+            ClientKey {
+                name: "alice".into(),
+                key_id: [1; 32],
+                public_key: vec![1; 12],
+                since: 100,
+                ended: Some((200, KeyEnd::Replaced)),
+            },
+            ClientKey {
+                name: "alice".into(),
+                key_id: [2; 32],
+                public_key: vec![2; 12],
+                since: 200,
+                ended: None,
+            },
+        ]
+    );
+
+    // Untrust: an unknown name changes nothing; alice's key is ended, not deleted.
+    assert_eq!(store.untrust_client("nobody", 300).await.unwrap(), None);
+    assert_eq!(store.trust_generation().await.unwrap(), after_rotate);
+    assert_eq!(
+        store.untrust_client("alice", 300).await.unwrap(),
+        Some([2; 32])
+    );
+    let after_untrust = store.trust_generation().await.unwrap();
+    assert!(
+        after_untrust > after_rotate,
+        "untrusting moves the generation"
+    );
+    assert!(store.trusted_clients().await.unwrap().clients.is_empty());
+    let history = store.client_keys().await.unwrap();
+    assert_eq!(history.len(), 2, "history rows are kept");
+    assert_eq!(history[1].ended, Some((300, KeyEnd::Removed)));
+    assert_eq!(store.untrust_client("alice", 310).await.unwrap(), None);
+
+    // A key trusted before is trusted again in its own row, under the name given now.
+    let outcome = store
+        .trust_client(trust_request("carol", 1, false, 400))
+        .await
+        .unwrap();
+    assert_eq!(outcome, TrustOutcome::Trusted);
+    assert!(store.trust_generation().await.unwrap() > after_untrust);
+    let history = store.client_keys().await.unwrap();
+    assert_eq!(history.len(), 2, "no second row for the same key");
+    let again = history.iter().find(|k| k.key_id == [1; 32]).unwrap();
+    assert_eq!(
+        (again.name.as_str(), again.since, again.ended),
+        ("carol", 400, None)
+    );
+}
+
+/// `inbox_counts` per sender; `matching_inbox` finds every sender's message under an id
+/// (ids are unique per sender only) and only those; `open_inbox` opens one by (sender, id);
+/// `remove_inbox` deletes one with its body; `expire_inbox` deletes those received before
+/// the cutoff and no others.
+async fn housekeeping(store: &impl Store) {
+    let large = common::data(LARGE_LEN);
+    let records = [
+        inbox_record(1, id(1), Body::from_bytes(b"one from 1".to_vec())),
+        inbox_record(2, id(1), Body::from_bytes(b"one from 2".to_vec())),
+        inbox_record(1, id(2), stage(store, &large)),
+        inbox_record(2, id(3), Body::from_bytes(b"three from 2".to_vec())),
+    ];
+    for record in records {
+        assert_eq!(
+            store.insert_inbox(record).await.unwrap(),
+            InsertOutcome::Inserted
+        );
+    }
+    let mut counts = store.inbox_counts().await.unwrap();
+    counts.sort();
+    assert_eq!(counts, [([1; 32], 2), ([2; 32], 2)]);
+
+    let both = store.matching_inbox("01").await.unwrap();
+    let mut senders: Vec<u8> = both.iter().map(|m| m.sender_key_id[0]).collect();
+    senders.sort();
+    assert_eq!(senders, [1, 2], "both senders' messages with id 01…");
+    assert!(both.iter().all(|m| m.message_id == id(1)));
+    let full = store.matching_inbox(&hex::encode(id(2))).await.unwrap();
+    assert_eq!(full.len(), 1);
+    assert_eq!(full[0].body_size, LARGE_LEN as u64);
+    assert!(store.matching_inbox("ff").await.unwrap().is_empty());
+    assert!(matches!(
+        store.matching_inbox("0x").await,
+        Err(StoreError::BadIdPrefix { .. })
+    ));
+
+    let two = store.open_inbox(&[2; 32], &id(1)).await.unwrap();
+    assert_eq!(two.summary.sender_name, "sender-2");
+    assert_eq!(read_all(two.body).await, b"one from 2");
+    let big = store.open_inbox(&[1; 32], &id(2)).await.unwrap();
+    assert!(read_all(big.body).await == large);
+    assert!(matches!(
+        store.open_inbox(&[2; 32], &id(2)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    assert!(store.remove_inbox(&[1; 32], &id(2)).await.unwrap());
+    assert!(!store.remove_inbox(&[1; 32], &id(2)).await.unwrap());
+    assert!(matches!(
+        store.open_inbox(&[1; 32], &id(2)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(store.list_inbox().await.unwrap().len(), 3);
+
+    // Received at +1, +1 and +3 (inbox_record): a cutoff of +3 takes the first two.
+    assert_eq!(store.expire_inbox(1_700_000_103).await.unwrap(), 2);
+    let left: Vec<_> = store
+        .list_inbox()
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| (m.sender_key_id[0], m.message_id[0]))
+        .collect();
+    assert_eq!(left, [(2, 3)]);
+    assert_eq!(store.expire_inbox(1_700_000_103).await.unwrap(), 0);
+    assert_eq!(store.inbox_counts().await.unwrap(), [([2; 32], 1)]);
+    assert!(store.integrity_check().await.unwrap());
+}
+
 // ---------------------------------------------------------------------------------------------
 // The two backends
 
@@ -489,6 +677,8 @@ conformance!(
     large_body_round_trip,
     bodies_at_the_inline_limit,
     concurrent_inserts,
+    trust_rotate_and_untrust,
+    housekeeping,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -714,6 +904,88 @@ async fn postgres_deliveries_are_leased_to_one_fetch_at_a_time() {
     assert!(b.lease_outbox(&recipient, minute).await.unwrap().is_empty());
 }
 
+/// Deletion through either housekeeping method takes the message's chunked body with it: no
+/// body row or chunk outlives its message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_removed_and_expired_messages_take_their_bodies() {
+    let (db, store) = postgres_store().await;
+    let large = common::data(LARGE_LEN);
+    for n in 1..=3 {
+        store
+            .insert_inbox(inbox_record(1, id(n), stage(&store, &large)))
+            .await
+            .unwrap();
+    }
+    wait_for_bodies(&store.0, 3).await;
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let chunks = || async {
+        let row = client
+            .query_one("SELECT count(*) FROM body_chunk", &[])
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    assert_eq!(chunks().await, 12, "three bodies of four chunks");
+
+    assert!(store.remove_inbox(&[1; 32], &id(1)).await.unwrap());
+    assert_eq!(store.0.body_count().await.unwrap(), 2);
+    assert_eq!(chunks().await, 8);
+
+    // Received at +2 and +3: both before the cutoff.
+    assert_eq!(store.expire_inbox(1_700_000_104).await.unwrap(), 2);
+    assert_eq!(store.0.body_count().await.unwrap(), 0);
+    assert_eq!(chunks().await, 0);
+    assert!(store.integrity_check().await.unwrap());
+    drop(client);
+    driver.await.unwrap().unwrap();
+}
+
+/// The trust list is shared: a key trusted through one store (one server) is seen by another
+/// on the same database at its next generation check, and two servers trusting the same name
+/// at once with different keys cannot both win (trust changes are serialised).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_trust_is_shared_and_serialised() {
+    let db = common::postgres::database().await;
+    let a = std::sync::Arc::new(PostgresStore::connect(&db.url).await.unwrap());
+    let b = std::sync::Arc::new(PostgresStore::connect(&db.url).await.unwrap());
+    let seen = b.trust_generation().await.unwrap();
+    a.trust_client(trust_request("alice", 1, false, 100))
+        .await
+        .unwrap();
+    assert!(b.trust_generation().await.unwrap() > seen);
+    let on_b = b.trusted_clients().await.unwrap();
+    assert_eq!(on_b.clients.len(), 1);
+    assert_eq!(on_b.clients[0].key_id, [1; 32]);
+
+    for round in 0..8u8 {
+        let name = format!("race-{round}");
+        let (x, y) = (a.clone(), b.clone());
+        let (n1, n2) = (name.clone(), name.clone());
+        let first = tokio::spawn(async move {
+            x.trust_client(trust_request(&n1, 10 + 2 * round, false, 200))
+                .await
+        });
+        let second = tokio::spawn(async move {
+            y.trust_client(trust_request(&n2, 11 + 2 * round, false, 200))
+                .await
+        });
+        let mut outcomes = [
+            first.await.unwrap().unwrap(),
+            second.await.unwrap().unwrap(),
+        ];
+        outcomes.sort_by_key(|o| matches!(o, TrustOutcome::NameTaken { .. }));
+        assert_eq!(outcomes[0], TrustOutcome::Trusted, "{name}: {outcomes:?}");
+        assert!(
+            matches!(outcomes[1], TrustOutcome::NameTaken { .. }),
+            "{name}: {outcomes:?}"
+        );
+    }
+    assert_eq!(a.trusted_clients().await.unwrap().clients.len(), 9);
+}
+
 /// A database of schema version 1 is migrated to the current version at connect, its rows
 /// kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -783,6 +1055,16 @@ async fn an_sqlite_mailbox_is_copied_into_postgres() {
         ))
         .await
         .unwrap();
+    // The trust history: alice rotated from key 1 to key 2, carol removed.
+    for request in [
+        trust_request("alice", 1, false, 100),
+        trust_request("alice", 2, true, 200),
+        trust_request("carol", 3, false, 300),
+    ] {
+        sqlite.trust_client(request).await.unwrap();
+    }
+    sqlite.untrust_client("carol", 400).await.unwrap();
+    let history = sqlite.client_keys().await.unwrap();
     let listed = sqlite.list_inbox().await.unwrap();
     drop(sqlite);
 
@@ -797,6 +1079,19 @@ async fn an_sqlite_mailbox_is_copied_into_postgres() {
         ),
         (2, 2, 0)
     );
+    assert_eq!((report.keys_copied, report.keys_present), (3, 0));
+    assert_eq!(
+        pg.client_keys().await.unwrap(),
+        history,
+        "the trust history, whole"
+    );
+    let trusted = pg.trusted_clients().await.unwrap();
+    assert!(
+        trusted.generation > 0,
+        "running servers see the copied keys"
+    );
+    assert_eq!(trusted.clients.len(), 1);
+    assert_eq!(trusted.clients[0].key_id, [2; 32]);
     let again = pg.0.copy_from_sqlite(&path).await.unwrap();
     assert_eq!(
         (
@@ -807,6 +1102,7 @@ async fn an_sqlite_mailbox_is_copied_into_postgres() {
         ),
         (0, 2, 0, 2)
     );
+    assert_eq!((again.keys_copied, again.keys_present), (0, 3));
     assert_eq!(pg.list_inbox().await.unwrap(), listed);
     let found = pg.find_inbox("02").await.unwrap();
     assert!(read_all(found.body).await == large);
@@ -1092,4 +1388,126 @@ async fn the_server_binary_keeps_its_mailbox_in_postgres() {
         out.contains("copied 0 inbox messages and 0 outbox messages"),
         "{out}"
     );
+}
+
+/// Kills a server process when the test ends, pass or fail.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Two `letterlock server` processes over one PostgreSQL share the trust list: a client both
+/// refused is accepted by either once `server trust` has run against the database (no server
+/// contacted, none restarted), its message is readable through `server read`, and after
+/// `server untrust` both refuse it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_server_binaries_follow_trust_changes_in_postgres() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = common::postgres::database().await;
+    let url = db.url.as_str();
+    let root = tempfile::TempDir::new().unwrap();
+    let (srv, bob) = (root.path().join("srv"), root.path().join("bob"));
+    for (dir, key, role) in [(&srv, "bob2048", "server"), (&bob, "mallory", "client")] {
+        std::fs::create_dir(dir).unwrap();
+        let private = dir.join(format!("{role}_private.pem"));
+        std::fs::copy(common::private_path(key), &private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::copy(
+            common::public_path(key),
+            dir.join(format!("{role}_public.pem")),
+        )
+        .unwrap();
+    }
+    std::fs::copy(
+        common::public_path("bob2048"),
+        bob.join("server_public.pem"),
+    )
+    .unwrap();
+
+    let start = || {
+        let mut cmd = std::process::Command::new(common::BIN);
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--keys", "srv"])
+            .args(["--store", url])
+            .current_dir(root.path());
+        let (child, addr) = common::spawn_server(cmd);
+        (Running(child), addr)
+    };
+    let (_first, first) = start();
+    let (_second, second) = start();
+    let send = |addr: &str, text: &str| {
+        std::process::Command::new(common::BIN)
+            .args(["client", "send_msg", text, "--server", addr, "--keys", "."])
+            .current_dir(&bob)
+            .output()
+            .unwrap()
+    };
+    let refused = |addr: &str, when: &str| {
+        let out = send(addr, when);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{when}: accepted by {addr}");
+        assert!(err.contains("refused our key"), "{when}: {err}");
+    };
+    refused(&first, "before trust");
+    refused(&second, "before trust");
+
+    let said = letterlock_ok(
+        root.path(),
+        &[
+            "server",
+            "trust",
+            "bob/client_public.pem",
+            "--name",
+            "bob",
+            "--keys",
+            "srv",
+            "--store",
+            url,
+        ],
+    );
+    assert!(said.contains("trusting bob"), "{said}");
+    for (addr, text) in [(&second, "via the second"), (&first, "via the first")] {
+        let out = send(addr, text);
+        assert!(
+            out.status.success(),
+            "{text}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let clients = letterlock_ok(
+        root.path(),
+        &[
+            "server", "clients", "--json", "--keys", "srv", "--store", url,
+        ],
+    );
+    let json_end = clients.rfind(']').map_or(clients.len(), |i| i + 1);
+    let rows: serde_json::Value = serde_json::from_str(&clients[..json_end]).unwrap();
+    assert_eq!(rows[0]["name"], "bob", "{clients}");
+    assert_eq!(rows[0]["messages"], 2, "{clients}");
+    let inbox = letterlock_ok(
+        root.path(),
+        &[
+            "server", "inbox", "--from", "bob", "--json", "--keys", "srv", "--store", url,
+        ],
+    );
+    let json_end = inbox.rfind(']').map_or(inbox.len(), |i| i + 1);
+    let rows: serde_json::Value = serde_json::from_str(&inbox[..json_end]).unwrap();
+    let id = rows[0]["id"].as_str().unwrap();
+    let text = letterlock_ok(
+        root.path(),
+        &[
+            "server", "read", id, "--from", "bob", "--keys", "srv", "--store", url,
+        ],
+    );
+    assert!(text.starts_with("via the second"), "{text}");
+
+    letterlock_ok(
+        root.path(),
+        &["server", "untrust", "bob", "--keys", "srv", "--store", url],
+    );
+    refused(&first, "after untrust");
+    refused(&second, "after untrust");
 }
