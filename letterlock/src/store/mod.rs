@@ -16,13 +16,17 @@
 //! a running server when to re-read the list (docs/PROTOCOL.md, "Trusted
 //! clients").
 //!
-//! The server is generic over the [`Store`] trait; [`SqliteStore`] is the one
-//! implementation today. The trait uses only plain Rust types so a shared
-//! PostgreSQL backend (several servers, one store) can be added later.
+//! The server is generic over the [`Store`] trait, which uses only plain Rust
+//! types. Two implementations: `SqliteStore` (feature `sqlite`: one server, one
+//! file) and `PostgresStore` (feature `postgres`: several servers over one
+//! database, which share the inbox, the outbox, the trusted clients and the
+//! trust generation). tests/store_conformance.rs runs one suite against both;
+//! docs/STORE.md describes their schemas.
 //!
 //! Durability contract: every write method returns only after its change is
-//! committed and fsynced. Large bodies are streamed to files (see
-//! [`BlobWriter`]) before the row naming them commits.
+//! committed and fsynced. Large bodies are streamed (see [`BlobWriter`]) to a
+//! file (SQLite) or into database chunks (PostgreSQL) before the row naming
+//! them commits.
 
 #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 mod body;
