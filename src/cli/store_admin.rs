@@ -203,17 +203,19 @@ impl Store for AnyStore {
 
 #[derive(Args, Debug)]
 pub(super) struct MigrateArgs {
-    /// The mailbox to create or bring to this letterlock's schema: an SQLite file, or
-    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DB (or ...?host=/socket/folder).
-    #[arg(long, default_value = "letterlock-server.db")]
-    pub(super) store: std::path::PathBuf,
+    /// The mailbox to create or bring to this letterlock's schema (--store): an SQLite file,
+    /// or postgres://USER[:PASSWORD]@HOST[:PORT]/DB (or ...?host=/socket/folder); by default
+    /// the SQLite file beside the keys, as for the server.
+    #[command(flatten)]
+    pub(super) mailbox: super::server::MailboxArgs,
 }
 
 /// `letterlock server migrate`: creates the mailbox's schema, or brings it to this
 /// letterlock's version, and says which version it has. A server does the same when it
 /// starts; this lets an operator do it once, before starting several servers.
 pub(super) async fn migrate(a: MigrateArgs) -> Result<std::process::ExitCode> {
-    if let Some(url) = postgres_url(&a.store) {
+    let path = super::server::store_path(&a.mailbox.keys, a.mailbox.store.as_deref());
+    if let Some(url) = postgres_url(&path) {
         #[cfg(feature = "postgres")]
         {
             let store = PostgresStore::connect(url)
@@ -241,8 +243,8 @@ pub(super) async fn migrate(a: MigrateArgs) -> Result<std::process::ExitCode> {
             connect_postgres(url).await?;
         }
     }
-    let store = super::server::create_store(&a.store).await?;
-    println!("{}: SQLite mailbox, schema up to date", a.store.display());
+    let store = super::server::create_store(&path).await?;
+    println!("{}: SQLite mailbox, schema up to date", path.display());
     store.close().await?;
     Ok(std::process::ExitCode::SUCCESS)
 }
