@@ -1,5 +1,8 @@
 //! `letterlock server ...`: run the server, and the operator's commands on its mailbox and
-//! trusted clients (send_msg, inbox, read, rm, trust, untrust, clients).
+//! trusted clients (send_msg, inbox, read, rm, trust, untrust, clients; migrate and copy-store
+//! live in `store_admin.rs`). Every one takes `--store` as an SQLite file or a postgres:// URL
+//! ([`AnyStore`]); with PostgreSQL, a command run against the database acts for every server
+//! on it.
 //!
 //! The store is the truth about trusted clients (docs/PROTOCOL.md, "Trusted clients"). Keys of
 //! the classroom layout (KEYS/client_public.pem as `client`, KEYS/clients/NAME.pem as NAME)
