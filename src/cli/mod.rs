@@ -42,6 +42,7 @@ mod mailbox;
 mod offline;
 mod passphrase;
 mod server;
+mod store_admin;
 mod terminal;
 mod trust_server;
 

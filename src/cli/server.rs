@@ -1,5 +1,8 @@
 //! `letterlock server ...`: run the server, and the operator's commands on its mailbox and
-//! trusted clients (send_msg, inbox, read, rm, trust, untrust, clients).
+//! trusted clients (send_msg, inbox, read, rm, trust, untrust, clients; migrate and copy-store
+//! live in `store_admin.rs`). Every one takes `--store` as an SQLite file or a postgres:// URL
+//! ([`AnyStore`]); with PostgreSQL, a command run against the database acts for every server
+//! on it.
 //!
 //! The store is the truth about trusted clients (docs/PROTOCOL.md, "Trusted clients"). Keys of
 //! the classroom layout (KEYS/client_public.pem as `client`, KEYS/clients/NAME.pem as NAME)
@@ -21,12 +24,11 @@ use tracing::{info, warn};
 use letterlock::envelope::{self, Mode, OpenOptions, SealOptions};
 use letterlock::files::WriteOptions;
 use letterlock::keys::{self, Identity, KeyId, PublicKey};
-use letterlock::store::{
-    ClientKey, InboxSummary, SqliteStore, Store, StoreError, TrustOutcome, TrustRequest,
-};
+use letterlock::store::{ClientKey, InboxSummary, Store, StoreError, TrustOutcome, TrustRequest};
 
 use super::client::MessageArgs;
 use super::offline::print_plaintext;
+use super::store_admin::AnyStore;
 use super::{PairArgs, STDOUT_LIMIT, own_key, time_text};
 
 /// File name of the mailbox database, beside the server's keys by default (bodies over 64 KiB
@@ -48,8 +50,9 @@ pub(super) struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub(super) listen: String,
-    /// The mailbox database, which also holds the trusted clients (bodies over 64 KiB live in
-    /// a folder beside it) [default: KEYS/letterlock-server.db].
+    /// The mailbox, which also holds the trusted clients: an SQLite file (bodies over 64 KiB
+    /// live in a folder beside it), or postgres://USER[:PASSWORD]@HOST[:PORT]/DB for one
+    /// PostgreSQL shared by several servers [default: KEYS/letterlock-server.db].
     #[arg(long, env = "LETTERLOCK_STORE")]
     pub(super) store: Option<PathBuf>,
     /// Which modes to accept.
@@ -105,7 +108,8 @@ pub(super) struct MailboxArgs {
     /// store when first seen).
     #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
     pub(super) keys: PathBuf,
-    /// The server's mailbox database (its --store) [default: KEYS/letterlock-server.db].
+    /// The server's mailbox (its --store): an SQLite file, or a postgres:// URL
+    /// [default: KEYS/letterlock-server.db].
     #[arg(long, env = "LETTERLOCK_STORE")]
     pub(super) store: Option<PathBuf>,
 }
@@ -157,6 +161,12 @@ pub(super) enum ServerCommand {
         #[arg(long, value_name = "NAME")]
         from: Option<String>,
     },
+    /// Create the mailbox's schema, or bring it to this letterlock's version (servers do it
+    /// when they start; run it once before starting several over one PostgreSQL).
+    Migrate(super::store_admin::MigrateArgs),
+    /// Copy an SQLite mailbox into a PostgreSQL one (run again, it copies only what is
+    /// missing).
+    CopyStore(super::store_admin::CopyStoreArgs),
     /// Trust a client's public key under NAME; a running server accepts it from its next
     /// connection. With --replace, rotate NAME to this key (the old key is refused from then
     /// on; the messages it signed stay readable).
@@ -244,6 +254,10 @@ pub(super) fn command(command: ServerCommand) -> Result<ExitCode> {
         ServerCommand::Clients { mailbox, all, json } => {
             super::runtime()?.block_on(clients(&mailbox, all, json))
         }
+        ServerCommand::Migrate(a) => super::runtime()?.block_on(super::store_admin::migrate(a)),
+        ServerCommand::CopyStore(a) => {
+            super::runtime()?.block_on(super::store_admin::copy_store(a))
+        }
     }
 }
 
@@ -255,7 +269,7 @@ pub(super) async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     let store_path = store_path(&a.keys, a.store.as_deref());
-    let store = Arc::new(create_store(&store_path)?);
+    let store = Arc::new(create_store(&store_path).await?);
     import_key_files(store.as_ref(), &a.keys).await?;
     let trusted = store.trusted_clients().await?;
     if trusted.clients.is_empty() {
@@ -313,7 +327,7 @@ pub(super) async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
         );
     }
     println!("server key {}", identity.public().id());
-    println!("mailbox {}", store_path.display());
+    println!("mailbox {}", store.describe(&store_path));
     for c in &trusted.clients {
         println!("trusts client {:?} {}", c.name, KeyId(c.key_id));
     }
@@ -368,7 +382,7 @@ fn log_text(log_text: bool, no_log_text: bool) -> bool {
 }
 
 /// Deletes inbox messages received more than `keep` ago.
-async fn expire(store: &SqliteStore, keep: Duration) -> Result<()> {
+async fn expire(store: &impl Store, keep: Duration) -> Result<()> {
     let cutoff = now().saturating_sub(keep.as_secs());
     let removed = store.expire_inbox(cutoff).await?;
     if removed > 0 {
@@ -460,8 +474,8 @@ pub(super) async fn shutdown_signal() {
 
 /// Opens an existing mailbox. Only the server creates one: a mistyped --store elsewhere must
 /// not quietly answer from a new, empty mailbox.
-pub(super) fn open_store(path: &Path) -> Result<letterlock::store::SqliteStore> {
-    if !path.exists() {
+pub(super) async fn open_store(path: &Path) -> Result<AnyStore> {
+    if super::store_admin::postgres_url(path).is_none() && !path.exists() {
         bail!(
             "no mailbox at {}; pass --store PATH (the server's --store) or --keys DIR (the \
              mailbox is KEYS/{STORE_FILE} by default), or start `letterlock server` once to \
@@ -469,11 +483,14 @@ pub(super) fn open_store(path: &Path) -> Result<letterlock::store::SqliteStore> 
             path.display()
         );
     }
-    create_store(path)
+    create_store(path).await
 }
 
 /// Opens the mailbox, creating it if needed (the server), in a folder that must exist.
-pub(super) fn create_store(path: &Path) -> Result<letterlock::store::SqliteStore> {
+pub(super) async fn create_store(path: &Path) -> Result<AnyStore> {
+    if let Some(url) = super::store_admin::postgres_url(path) {
+        return super::store_admin::connect_postgres(url).await;
+    }
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(dir) = parent
         && !dir.is_dir()
@@ -485,18 +502,19 @@ pub(super) fn create_store(path: &Path) -> Result<letterlock::store::SqliteStore
         );
     }
     letterlock::store::SqliteStore::open(path)
+        .map(AnyStore::Sqlite)
         .with_context(|| format!("cannot open the store {}", path.display()))
 }
 
 /// Opens the mailbox of `mailbox` and imports the classroom's client key files it does not
 /// know yet. `create`: the server and `server trust` may create it; the other commands refuse a
 /// missing one (a mistyped --store must not quietly answer from an empty mailbox).
-async fn open_mailbox(mailbox: &MailboxArgs, create: bool) -> Result<SqliteStore> {
+async fn open_mailbox(mailbox: &MailboxArgs, create: bool) -> Result<AnyStore> {
     let path = store_path(&mailbox.keys, mailbox.store.as_deref());
     let store = if create {
-        create_store(&path)?
+        create_store(&path).await?
     } else {
-        open_store(&path)?
+        open_store(&path).await?
     };
     import_key_files(&store, &mailbox.keys).await?;
     Ok(store)
@@ -650,7 +668,7 @@ pub(super) async fn inbox(
 
 /// The one inbox message `id` (a prefix) names, from `from` if given. Several: an error that
 /// lists them (id, sender, date received) and says how to choose.
-async fn pick(store: &SqliteStore, id: &str, from: Option<&str>) -> Result<InboxSummary> {
+async fn pick(store: &impl Store, id: &str, from: Option<&str>) -> Result<InboxSummary> {
     let mut found = store.matching_inbox(id).await?;
     if let Some(name) = from {
         found.retain(|m| m.sender_name == name);

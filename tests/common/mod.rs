@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub mod net;
 pub mod peer;
+pub mod postgres;
 pub mod v2;
 
 use letterlock::envelope::stream::{self, Stream};

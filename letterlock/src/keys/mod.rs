@@ -17,8 +17,9 @@
 //!   [`PublicKey::ssh_fingerprint`].
 //! - Private keys may be passphrase-protected at rest (PKCS#8 PBES2); the library never asks
 //!   for a passphrase, the caller supplies one ([`load_private_with`]).
-//! - Private-key bytes we hold (file text, DER) live in [`Zeroizing`] buffers; the parsed key lives
-//!   inside aws-lc, which clears RSA private components when it frees them.
+//! - Private-key bytes we hold (file text, DER) live in [`Zeroizing`](zeroize::Zeroizing)
+//!   buffers; the parsed key lives inside aws-lc, which clears RSA private components when it
+//!   frees them.
 //! - Private operations sit behind [`Identity`], so an agent or a hardware key can stand in later.
 //! - Which senders a recipient accepts is a [`Trust`]: a [`PublicKey`] trusts exactly itself, a
 //!   [`TrustList`] each of its keys.

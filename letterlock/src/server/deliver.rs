@@ -28,7 +28,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
         let store = &self.server.store;
         let out = &self.conn.out;
         let pending = store
-            .pending_outbox(&self.client.key.id().0)
+            .lease_outbox(&self.client.key.id().0, store::DELIVERY_LEASE)
             .await
             .map_err(Fail::store)?;
         let count = u32::try_from(pending.len()).unwrap_or(u32::MAX);

@@ -1,4 +1,5 @@
-//! Message bodies: small ones inline in the database row, large ones in files.
+//! Message bodies: small ones inline in the database row, large ones in files
+//! (SQLite) or in chunks in the database itself (PostgreSQL).
 //!
 //! A sealed message can be up to gigabytes, so it must never be held in
 //! memory whole, and SQLite is a poor home for huge values (they bloat the
@@ -11,6 +12,12 @@
 //! final name, the folder is fsynced, and only then may a row naming the file
 //! commit. A crash in between leaves an unnamed file, which the next open
 //! sweeps away; it can never leave a row naming a missing file.
+//!
+//! A backend whose servers share one database cannot keep bodies in one
+//! server's folder: [`BlobWriter`] then spills into that backend's own sink
+//! instead of a file (see `store::postgres::body`), with the same contract:
+//! constant memory, durable at [`finish`](BlobWriter::finish), removed again
+//! when the [`Body`] is dropped without a committed row naming it.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Cursor, Read, Write};
@@ -94,8 +101,15 @@ impl std::fmt::Debug for Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut out = f.debug_struct("Body");
         out.field("len", &self.len);
-        if let BodyKind::File(blob) = &self.kind {
-            out.field("file", &blob.name);
+        match &self.kind {
+            BodyKind::Inline(_) => {}
+            BodyKind::File(blob) => {
+                out.field("file", &blob.name);
+            }
+            #[cfg(feature = "postgres")]
+            BodyKind::Chunked(staged) => {
+                out.field("database_body", &staged.id());
+            }
         }
         out.field("sha256", &hex::encode(self.sha256)).finish()
     }
@@ -104,6 +118,9 @@ impl std::fmt::Debug for Body {
 enum BodyKind {
     Inline(Vec<u8>),
     File(Blob),
+    /// Committed in chunks in a PostgreSQL store's `body` table.
+    #[cfg(feature = "postgres")]
+    Chunked(super::postgres::StagedBody),
 }
 
 impl Body {
@@ -138,8 +155,11 @@ impl Body {
     /// Mark a file body as owned by a committed row, so dropping this
     /// handle no longer deletes the file.
     pub(crate) fn keep(&mut self) {
-        if let BodyKind::File(blob) = &mut self.kind {
-            blob.keep();
+        match &mut self.kind {
+            BodyKind::Inline(_) => {}
+            BodyKind::File(blob) => blob.keep(),
+            #[cfg(feature = "postgres")]
+            BodyKind::Chunked(staged) => staged.keep(),
         }
     }
 
@@ -148,14 +168,48 @@ impl Body {
         match &self.kind {
             BodyKind::Inline(_) => None,
             BodyKind::File(blob) => Some(&blob.dir),
+            #[cfg(feature = "postgres")]
+            BodyKind::Chunked(_) => None,
         }
     }
 
-    /// The two body columns of a row: inline bytes or the file name.
+    /// True when the body was staged in a database rather than in memory or a file: only the
+    /// store that staged it can name it in a row.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn is_in_database(&self) -> bool {
+        #[cfg(feature = "postgres")]
+        if let BodyKind::Chunked(_) = self.kind {
+            return true;
+        }
+        false
+    }
+
+    /// The bytes of a body held in memory (`None` for a file or database body).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn inline_bytes(&self) -> Option<&[u8]> {
+        match &self.kind {
+            BodyKind::Inline(bytes) => Some(bytes),
+            _ => None,
+        }
+    }
+
+    /// The staged database body (`None` unless it was spilled into a PostgreSQL store).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn staged_chunks(&self) -> Option<&super::postgres::StagedBody> {
+        match &self.kind {
+            BodyKind::Chunked(staged) => Some(staged),
+            _ => None,
+        }
+    }
+
+    /// The two body columns of a row: inline bytes or the file name (neither for a body
+    /// staged in a database, which a file-based store refuses before asking).
     pub(crate) fn columns(&self) -> (Option<&[u8]>, Option<&str>) {
         match &self.kind {
             BodyKind::Inline(bytes) => (Some(bytes), None),
             BodyKind::File(blob) => (None, Some(&blob.name)),
+            #[cfg(feature = "postgres")]
+            BodyKind::Chunked(_) => (None, None),
         }
     }
 
@@ -210,16 +264,42 @@ impl Drop for Blob {
 enum Sink {
     Memory(Vec<u8>),
     File(BufWriter<tempfile::NamedTempFile>),
+    /// Streaming chunks into a PostgreSQL store.
+    #[cfg(feature = "postgres")]
+    Chunks(super::postgres::ChunkUpload),
+}
+
+/// Where a [`BlobWriter`] puts a body that outgrows [`INLINE_MAX`].
+enum Home {
+    /// A file in this blob folder (SQLite).
+    Folder(PathBuf),
+    /// Chunks in a PostgreSQL database, which every server sharing it can read.
+    #[cfg(feature = "postgres")]
+    Database(std::sync::Arc<super::postgres::BodyHome>),
+}
+
+impl Home {
+    /// The blob folder of a home that spills into files.
+    fn folder(&self) -> Option<&PathBuf> {
+        match self {
+            Self::Folder(dir) => Some(dir),
+            #[cfg(feature = "postgres")]
+            Self::Database(_) => None,
+        }
+    }
 }
 
 /// Streams a body into the store: in memory while small, into a temporary
-/// file in the blob folder once larger than [`INLINE_MAX`].
+/// file in the blob folder (SQLite) or into database chunks (PostgreSQL) once
+/// larger than [`INLINE_MAX`].
 ///
-/// Writes are blocking file I/O once spilled; async callers should feed it
-/// from `spawn_blocking` or accept short blocking writes. Dropping it before
-/// [`finish`](Self::finish) deletes the temporary file.
+/// Writes are blocking I/O once spilled (a file write, or waiting for the
+/// database to take a chunk); async callers should feed it from
+/// `spawn_blocking` or accept short blocking writes. Dropping it before
+/// [`finish`](Self::finish) deletes the temporary file, or rolls the
+/// database upload back.
 pub struct BlobWriter {
-    dir: PathBuf,
+    home: Home,
     sink: Sink,
     hasher: digest::Context,
     len: u64,
@@ -227,29 +307,53 @@ pub struct BlobWriter {
 
 impl std::fmt::Debug for BlobWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobWriter")
-            .field("dir", &self.dir)
-            .field("len", &self.len)
-            .field("spilled", &matches!(self.sink, Sink::File(_)))
+        let mut out = f.debug_struct("BlobWriter");
+        match &self.home {
+            Home::Folder(dir) => out.field("dir", dir),
+            #[cfg(feature = "postgres")]
+            Home::Database(_) => out.field("home", &"PostgreSQL"),
+        };
+        out.field("len", &self.len)
+            .field("spilled", &!matches!(self.sink, Sink::Memory(_)))
             .finish()
     }
 }
 
 impl BlobWriter {
     pub(crate) fn new(dir: PathBuf) -> Self {
+        Self::with_home(Home::Folder(dir))
+    }
+
+    /// A writer that spills into a PostgreSQL store's chunk table.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn for_database(home: std::sync::Arc<super::postgres::BodyHome>) -> Self {
+        Self::with_home(Home::Database(home))
+    }
+
+    fn with_home(home: Home) -> Self {
         Self {
-            dir,
+            home,
             sink: Sink::Memory(Vec::new()),
             hasher: digest::Context::new(&digest::SHA256),
             len: 0,
         }
     }
 
-    /// Move the in-memory bytes into a new temporary file.
+    /// Move the in-memory bytes into a new temporary file (or database upload).
     fn spill(&mut self, buffered: &[u8]) -> io::Result<()> {
+        #[cfg(feature = "postgres")]
+        if let Home::Database(home) = &self.home {
+            let mut upload = super::postgres::ChunkUpload::start(home.clone())?;
+            upload.write_all(buffered)?;
+            self.sink = Sink::Chunks(upload);
+            return Ok(());
+        }
+        let Some(dir) = self.home.folder() else {
+            return Err(io::Error::other("this store keeps no body files"));
+        };
         let file = tempfile::Builder::new()
             .prefix(TEMP_PREFIX)
-            .tempfile_in(&self.dir)?;
+            .tempfile_in(dir)?;
         let mut writer = BufWriter::with_capacity(FILE_WRITE_BUFFER, file);
         writer.write_all(buffered)?;
         self.sink = Sink::File(writer);
@@ -272,10 +376,25 @@ impl BlobWriter {
                 });
             }
             Sink::File(writer) => writer,
+            #[cfg(feature = "postgres")]
+            Sink::Chunks(upload) => {
+                let staged = upload.finish(self.len, sha256)?;
+                return Ok(Body {
+                    kind: BodyKind::Chunked(staged),
+                    len: self.len,
+                    sha256,
+                });
+            }
+        };
+        // Always a folder: a database home spills into `Sink::Chunks`.
+        let Some(dir) = self.home.folder().cloned() else {
+            return Err(StoreError::Corrupt {
+                what: "body writer state (a file spilled for a database store)",
+            });
         };
         let mut temp = writer.into_inner().map_err(|err| StoreError::Io {
             action: "flush a body file in",
-            path: self.dir.clone(),
+            path: dir.clone(),
             source: err.into_error(),
         })?;
         temp.as_file()
@@ -283,8 +402,8 @@ impl BlobWriter {
             .map_err(StoreError::io("fsync body file", temp.path()))?;
         let mut attempt = 0;
         let name = loop {
-            let name = random_blob_name(&self.dir)?;
-            match temp.persist_noclobber(self.dir.join(&name)) {
+            let name = random_blob_name(&dir)?;
+            match temp.persist_noclobber(dir.join(&name)) {
                 Ok(_file) => break name,
                 Err(err)
                     if err.error.kind() == io::ErrorKind::AlreadyExists
@@ -296,7 +415,7 @@ impl BlobWriter {
                 Err(err) => {
                     return Err(StoreError::Io {
                         action: "rename a finished body file into",
-                        path: self.dir.clone(),
+                        path: dir.clone(),
                         source: err.error,
                     });
                 }
@@ -304,7 +423,7 @@ impl BlobWriter {
         };
         // From here on the file has its final name: the Blob guard owns it.
         let blob = Blob {
-            dir: self.dir,
+            dir,
             name,
             keep: false,
         };
@@ -335,6 +454,8 @@ impl Write for BlobWriter {
                 return self.write(buf);
             }
             Sink::File(writer) => writer.write(buf)?,
+            #[cfg(feature = "postgres")]
+            Sink::Chunks(upload) => upload.write(buf)?,
         };
         self.hasher.update(&buf[..written]);
         self.len += written as u64;
@@ -345,6 +466,8 @@ impl Write for BlobWriter {
         match &mut self.sink {
             Sink::Memory(_) => Ok(()),
             Sink::File(writer) => writer.flush(),
+            #[cfg(feature = "postgres")]
+            Sink::Chunks(upload) => upload.flush(),
         }
     }
 }

@@ -24,6 +24,16 @@ pub enum StoreError {
         source: BackendError,
     },
 
+    /// The PostgreSQL server could not be reached, refused the login, or dropped the connection.
+    #[error(
+        "could not reach the mailbox database {target}: {source}; check that PostgreSQL is running and reachable, and the URL's user, password and database name; nothing was saved, retry"
+    )]
+    Connect {
+        target: String,
+        #[source]
+        source: BackendError,
+    },
+
     /// The database was written by a letterlock with a different schema.
     #[error(
         "the mailbox database {path} has schema version {found}, but this letterlock understands version {expected}; use the letterlock release that created it"

@@ -16,17 +16,23 @@
 //! a running server when to re-read the list (docs/PROTOCOL.md, "Trusted
 //! clients").
 //!
-//! The server is generic over the [`Store`] trait; [`SqliteStore`] is the one
-//! implementation today. The trait uses only plain Rust types so a shared
-//! PostgreSQL backend (several servers, one store) can be added later.
+//! The server is generic over the [`Store`] trait, which uses only plain Rust
+//! types. Two implementations: `SqliteStore` (feature `sqlite`: one server, one
+//! file) and `PostgresStore` (feature `postgres`: several servers over one
+//! database, which share the inbox, the outbox, the trusted clients and the
+//! trust generation). tests/store_conformance.rs runs one suite against both;
+//! docs/STORE.md describes their schemas.
 //!
 //! Durability contract: every write method returns only after its change is
-//! committed and fsynced. Large bodies are streamed to files (see
-//! [`BlobWriter`]) before the row naming them commits.
+//! committed and fsynced. Large bodies are streamed (see [`BlobWriter`]) to a
+//! file (SQLite) or into database chunks (PostgreSQL) before the row naming
+//! them commits.
 
 #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 mod body;
 mod error;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]
@@ -37,6 +43,8 @@ use std::io::Read;
 
 pub use body::{BlobWriter, Body, INLINE_MAX};
 pub use error::{BackendError, StoreError};
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, StoreStats};
 
@@ -46,6 +54,42 @@ pub type KeyId = [u8; 32];
 pub type MessageId = [u8; 16];
 /// A SHA-256 digest or an acknowledgement tag.
 pub type Tag = [u8; 32];
+
+/// How long a fetch holds the outbox entries it is delivering ([`Store::lease_outbox`]):
+/// long enough to deliver a large message, short enough that a message whose server died
+/// reaches its client through another server within a minute.
+pub const DELIVERY_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Hex digits in a full message id.
+const MESSAGE_ID_HEX_LEN: usize = 32;
+
+/// Most inbox messages [`Store::matching_inbox`] returns: enough to list the candidates of an
+/// ambiguous prefix, bounded for a one-digit one.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+const MAX_MATCHES: i64 = 1000;
+
+/// Turn a hex prefix into the inclusive range of message ids it covers, so a backend's lookup
+/// can use its message id index (both backends compare ids bytewise).
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+fn prefix_range(prefix: &str) -> Result<(MessageId, MessageId), StoreError> {
+    let bad = || StoreError::BadIdPrefix {
+        prefix: prefix.to_owned(),
+    };
+    if prefix.is_empty()
+        || prefix.len() > MESSAGE_ID_HEX_LEN
+        || !prefix.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Err(bad());
+    }
+    let pad = |fill: char| {
+        let mut full = prefix.to_ascii_lowercase();
+        full.extend(std::iter::repeat_n(fill, MESSAGE_ID_HEX_LEN - prefix.len()));
+        let mut id = [0u8; 16];
+        hex::decode_to_slice(&full, &mut id).map_err(|_| bad())?;
+        Ok::<_, StoreError>(id)
+    };
+    Ok((pad('0')?, pad('f')?))
+}
 
 /// Mode byte of an asymmetric (RSA only) message.
 pub const MODE_ASYMMETRIC: u8 = 1;
@@ -279,6 +323,22 @@ pub trait Store: Send + Sync + 'static {
         &self,
         recipient: &KeyId,
     ) -> impl Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send;
+
+    /// Messages waiting for `recipient` that one fetch may deliver now, oldest first.
+    ///
+    /// A store shared by several servers leases each returned entry to this caller until
+    /// `lease` has passed, so a concurrent fetch through another server gets other entries or
+    /// none, and an entry whose server died is offered again once its lease expires; a
+    /// completion removes it whoever holds the lease. A store of one server has nobody to
+    /// share with: the default returns every pending entry.
+    fn lease_outbox(
+        &self,
+        recipient: &KeyId,
+        lease: std::time::Duration,
+    ) -> impl Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send {
+        let _ = lease;
+        self.pending_outbox(recipient)
+    }
 
     /// Open the sealed body of a pending outbox message.
     fn open_outbox_body(

@@ -29,7 +29,8 @@ use super::error::StoreError;
 use super::writer::{Counters, QUEUE_CAPACITY, WriteOp, Writer};
 use super::{
     ClientKey, InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyEnd, KeyId, KnownMessage,
-    MessageId, OutboxEntry, OutboxRecord, Store, Tag, TrustOutcome, TrustRequest, TrustedClients,
+    MAX_MATCHES, MessageId, OutboxEntry, OutboxRecord, Store, Tag, TrustOutcome, TrustRequest,
+    TrustedClients, prefix_range,
 };
 
 /// Schema version kept in `PRAGMA user_version`; bump with every schema
@@ -58,9 +59,6 @@ const BLOB_DIR_SUFFIX: &str = ".blobs";
 /// open) may sweep unreferenced files, which might otherwise be another
 /// process's bodies that are staged but not committed yet.
 const LOCK_FILE_NAME: &str = ".lock";
-
-/// Hex digits in a full message id.
-const MESSAGE_ID_HEX_LEN: usize = 32;
 
 /// Name of the writer thread, as seen in debuggers and `top -H`.
 const WRITER_THREAD_NAME: &str = "letterlock-store-writer";
@@ -136,10 +134,6 @@ CREATE INDEX inbox_by_sender ON inbox (sender_key_id);
 
 /// Columns of a client key, in the order [`client_key`] reads them.
 const CLIENT_KEY_COLUMNS: &str = "name, key_id, public_key, since, ended, ended_how";
-
-/// Most inbox messages [`Store::matching_inbox`] returns: enough to list the
-/// candidates of an ambiguous prefix, bounded for a one-digit one.
-const MAX_MATCHES: i64 = 1000;
 
 /// Columns of an inbox summary, in the order [`inbox_summary`] reads them.
 const INBOX_COLUMNS: &str = "message_id, sender_name, sender_key_id, created, received, mode,
@@ -656,28 +650,6 @@ fn inbox_summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<InboxSummary> {
         body_size: get_u64(row, 7)?,
         content_hash: row.get(8)?,
     })
-}
-
-/// Turn a hex prefix into the inclusive range of message ids it covers, so
-/// the lookup can use the message id index.
-fn prefix_range(prefix: &str) -> Result<(MessageId, MessageId), StoreError> {
-    let bad = || StoreError::BadIdPrefix {
-        prefix: prefix.to_owned(),
-    };
-    if prefix.is_empty()
-        || prefix.len() > MESSAGE_ID_HEX_LEN
-        || !prefix.bytes().all(|b| b.is_ascii_hexdigit())
-    {
-        return Err(bad());
-    }
-    let pad = |fill: char| {
-        let mut full = prefix.to_ascii_lowercase();
-        full.extend(std::iter::repeat_n(fill, MESSAGE_ID_HEX_LEN - prefix.len()));
-        let mut id = [0u8; 16];
-        hex::decode_to_slice(&full, &mut id).map_err(|_| bad())?;
-        Ok::<_, StoreError>(id)
-    };
-    Ok((pad('0')?, pad('f')?))
 }
 
 impl Store for SqliteStore {

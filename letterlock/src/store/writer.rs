@@ -164,6 +164,12 @@ pub(crate) fn to_sql_int(field: &'static str, value: u64) -> Result<i64, StoreEr
 /// Refuse a file body staged in another store's blob folder: the row would
 /// name a file this store cannot find.
 fn check_body_home(body: &Body, blob_dir: &Path) -> Result<(), StoreError> {
+    if body.is_in_database() {
+        return Err(StoreError::ForeignBlob {
+            staged_in: PathBuf::from("a PostgreSQL mailbox"),
+            expected: blob_dir.to_path_buf(),
+        });
+    }
     match body.staged_in() {
         Some(dir) if dir != blob_dir => Err(StoreError::ForeignBlob {
             staged_in: dir.to_path_buf(),

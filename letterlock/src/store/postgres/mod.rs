@@ -1,0 +1,1089 @@
+//! [`PostgresStore`]: the mailbox in one PostgreSQL database, shared by several servers.
+//!
+//! The same guarantees as [`SqliteStore`](super::SqliteStore), across every server on the
+//! database:
+//! - a write method returns only after its transaction committed with `synchronous_commit =
+//!   on` (forced on every connection this store opens), so an ack follows a durable commit;
+//! - (sender, message id) is unique database-wide, so a replay to any server is answered from
+//!   the first copy (`ON CONFLICT DO NOTHING`, then the stored hash and ack tag);
+//! - an outbox entry is removed only by the expected ack tag, compared in constant time, under
+//!   a row lock, so two servers completing the same delivery remove it once;
+//! - bodies over [`INLINE_MAX`](super::INLINE_MAX) live in the database in chunks (see
+//!   `body.rs`), never on one server's disk, streamed with constant memory both ways.
+//!
+//! Connections come from a deadpool pool of [`POOL_SIZE`]; a lost connection fails the
+//! request in flight (nothing is acked; the client retries) and is replaced on the next
+//! request, so the store carries on once the database is back. The schema is
+//! created and migrated at [`PostgresStore::connect`] (see `schema.rs` and docs/STORE.md).
+
+mod body;
+#[cfg(feature = "sqlite")]
+mod copy;
+mod schema;
+
+use std::io::{Cursor, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::Semaphore;
+use tokio_postgres::config::Host;
+use tokio_postgres::{NoTls, Row};
+use tracing::{debug, info, warn};
+
+pub(crate) use body::{BodyHome, ChunkUpload, StagedBody};
+pub use body::{CHUNK_SIZE, MAX_BODY_STREAMS};
+#[cfg(feature = "sqlite")]
+pub use copy::CopyReport;
+pub use schema::SCHEMA_VERSION;
+
+use super::body::{BlobWriter, Body};
+use super::error::StoreError;
+use super::{
+    ClientKey, InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyEnd, KeyId, KnownMessage,
+    MAX_MATCHES, MessageId, OutboxEntry, OutboxRecord, Store, Tag, TrustOutcome, TrustRequest,
+    TrustedClients, prefix_range,
+};
+use body::ChunkReader;
+
+/// Pooled connections per store (per server process): enough for the server's concurrent
+/// requests to overlap their commits (PostgreSQL flushes concurrent commits together), few
+/// enough that four servers fit in a default `max_connections` of 100 with their
+/// [`MAX_BODY_STREAMS`] body connections (4 × (16 + 8) = 96).
+pub const POOL_SIZE: usize = 16;
+
+/// How long a request waits for a pooled connection before failing as unavailable.
+const POOL_WAIT: Duration = Duration::from_secs(10);
+
+/// Connect timeout when the URL sets none: a server whose database is unreachable should
+/// answer "unavailable" in seconds, not hang on the kernel's TCP timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A committed body no row names is deleted by the sweep at connect once this old: old
+/// enough that no server can still be between committing the body and committing its row.
+const ORPHAN_AGE: Duration = Duration::from_secs(60 * 60);
+
+/// Columns of an inbox summary, in the order [`inbox_summary`] reads them.
+const INBOX_COLUMNS: &str = "message_id, sender_name, sender_key_id, created, received, mode,
+     plaintext_len, body_size, content_hash";
+
+/// The PostgreSQL mailbox. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct PostgresStore {
+    pool: Pool,
+    /// Where large bodies go, shared with writers and staged bodies.
+    bodies: Arc<BodyHome>,
+    /// The database as shown in messages (no password).
+    target: String,
+    /// Schema version found before this store migrated (0: a new database).
+    found_version: i64,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shorthand for [`StoreError::Database`] from a PostgreSQL error, used with `map_err`.
+fn db(action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+    move |source| StoreError::Database {
+        action,
+        source: Box::new(source),
+    }
+}
+
+/// A `u64` as PostgreSQL's signed `bigint`.
+fn to_i64(field: &'static str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::OutOfRange { field, value })
+}
+
+/// A `bigint` column stored from a `u64` (negative: not written by this store).
+fn get_u64(row: &Row, idx: usize, what: &'static str) -> Result<u64, StoreError> {
+    let value: i64 = row.try_get(idx).map_err(db("reading a row"))?;
+    u64::try_from(value).map_err(|_| StoreError::Corrupt { what })
+}
+
+/// A fixed-length `bytea` column.
+fn get_array<const N: usize>(
+    row: &Row,
+    idx: usize,
+    what: &'static str,
+) -> Result<[u8; N], StoreError> {
+    let bytes: &[u8] = row.try_get(idx).map_err(db("reading a row"))?;
+    <[u8; N]>::try_from(bytes).map_err(|_| StoreError::Corrupt { what })
+}
+
+/// The `mode` column (a `smallint` holding a byte).
+fn get_mode(row: &Row, idx: usize) -> Result<u8, StoreError> {
+    let mode: i16 = row.try_get(idx).map_err(db("reading a row"))?;
+    u8::try_from(mode).map_err(|_| StoreError::Corrupt {
+        what: "message mode",
+    })
+}
+
+/// The database a config points at, for messages: user, hosts, ports and database name,
+/// never the password.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|host| match host {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    format!(
+        "postgres://{}@{}{}/{}",
+        config.get_user().unwrap_or(""),
+        hosts.join(","),
+        if ports.is_empty() {
+            String::new()
+        } else {
+            format!(":{}", ports.join(","))
+        },
+        config.get_dbname().unwrap_or("")
+    )
+}
+
+/// Parses `url` and adds what every connection of the store needs.
+fn store_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Connect {
+        // The URL may hold a password: not repeated here.
+        target: "(the given postgres:// URL)".to_owned(),
+        source: Box::new(e),
+    })?;
+    // Durability is the store's promise, not the server's configuration: a commit returns
+    // only once its WAL is flushed, whatever the database's default.
+    let options = match config.get_options() {
+        Some(existing) if !existing.trim().is_empty() => {
+            format!("{existing} -c synchronous_commit=on")
+        }
+        _ => "-c synchronous_commit=on".to_owned(),
+    };
+    config.options(options);
+    if config.get_application_name().is_none() {
+        config.application_name("letterlock");
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    Ok(config)
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user[:password]@host[:port]/db`, or
+    /// `?host=/socket/dir` for a Unix socket), creates or migrates the schema, sweeps bodies
+    /// left unreferenced by a crash, and starts the pool. Plain connections only (no TLS yet):
+    /// use it on a trusted network or a Unix socket.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let config = store_config(url)?;
+        let target = describe(&config);
+        let connect_error = |e: tokio_postgres::Error| StoreError::Connect {
+            target: target.clone(),
+            source: Box::new(e),
+        };
+        let (mut client, connection) = config.connect(NoTls).await.map_err(connect_error)?;
+        let driver = tokio::spawn(connection);
+        let found_version = schema::migrate(&mut client, &target).await?;
+        let database_id: String = client
+            .query_one("SELECT id::text FROM mailbox", &[])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(db("reading the mailbox id"))?;
+        drop(client);
+        let _ = driver.await;
+
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                // A broken connection reports itself closed and is replaced.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Task(format!("could not build the connection pool: {e}")))?;
+        let (discard, discarded) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(clean_discarded(pool.clone(), discarded));
+        let store = Self {
+            pool,
+            bodies: Arc::new(BodyHome {
+                config,
+                database_id,
+                target: target.clone(),
+                streams: Arc::new(Semaphore::new(MAX_BODY_STREAMS)),
+                discard,
+            }),
+            target,
+            found_version,
+        };
+        let swept = store.sweep_orphan_bodies().await?;
+        if swept > 0 {
+            info!(swept, "removed message bodies left by an interrupted write");
+        }
+        debug!(target = %store.target, "PostgreSQL mailbox connected");
+        Ok(store)
+    }
+
+    /// The database, as shown in messages (no password).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The schema version the database had before [`connect`](Self::connect) migrated it
+    /// (0 for a new database); it now has [`SCHEMA_VERSION`].
+    pub fn schema_version_found(&self) -> i64 {
+        self.found_version
+    }
+
+    /// Deletes committed bodies that no inbox or outbox row names and that were staged over
+    /// an hour ago (a crash between committing a body and committing its row). Returns how
+    /// many went.
+    pub async fn sweep_orphan_bodies(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let age = ORPHAN_AGE.as_secs_f64();
+        client
+            .execute(
+                "DELETE FROM body b
+                 WHERE b.staged < now() - make_interval(secs => $1)
+                   AND NOT EXISTS (SELECT 1 FROM inbox WHERE body_id = b.id)
+                   AND NOT EXISTS (SELECT 1 FROM outbox WHERE body_id = b.id)",
+                &[&age],
+            )
+            .await
+            .map_err(db("sweeping unreferenced bodies"))
+    }
+
+    /// How many committed bodies the database holds (referenced or not), for tests.
+    pub async fn body_count(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT count(*) FROM body", &[])
+            .await
+            .map_err(db("counting bodies"))?;
+        get_u64(&row, 0, "body count")
+    }
+
+    /// Closes the pool: connections in use finish their request, idle ones close.
+    pub async fn close(self) -> Result<(), StoreError> {
+        self.pool.close();
+        Ok(())
+    }
+
+    /// A pooled connection, or "unavailable" when the database cannot be reached.
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| StoreError::Connect {
+            target: self.target.clone(),
+            source: Box::new(e),
+        })
+    }
+
+    /// The two body columns of a row for `body`: inline bytes or a staged body of this
+    /// database. A body staged elsewhere (a file of an SQLite store, another database) is
+    /// refused: no row here could name it.
+    fn body_columns<'b>(
+        &self,
+        body: &'b Body,
+    ) -> Result<(Option<&'b [u8]>, Option<i64>), StoreError> {
+        if let Some(bytes) = body.inline_bytes() {
+            return Ok((Some(bytes), None));
+        }
+        match body.staged_chunks() {
+            Some(staged) if staged.database_id() == self.bodies.database_id => {
+                Ok((None, Some(staged.id())))
+            }
+            Some(_) => Err(StoreError::ForeignBlob {
+                staged_in: PathBuf::from("another PostgreSQL mailbox"),
+                expected: PathBuf::from(&self.target),
+            }),
+            None => Err(StoreError::ForeignBlob {
+                staged_in: body
+                    .staged_in()
+                    .map_or_else(|| PathBuf::from("a file"), PathBuf::from),
+                expected: PathBuf::from(&self.target),
+            }),
+        }
+    }
+
+    /// A reader over a stored body: inline bytes, or the chunks streamed.
+    fn body_reader(
+        &self,
+        inline: Option<Vec<u8>>,
+        body_id: Option<i64>,
+        size: u64,
+    ) -> Result<Box<dyn Read + Send>, StoreError> {
+        match (inline, body_id) {
+            (Some(bytes), None) => Ok(Box::new(Cursor::new(bytes))),
+            (None, Some(id)) => Ok(Box::new(ChunkReader::open(self.bodies.clone(), id, size)?)),
+            _ => Err(StoreError::Corrupt {
+                what: "message body reference",
+            }),
+        }
+    }
+}
+
+/// Deletes bodies whose [`StagedBody`] was dropped without a committed row, unless a row
+/// names them after all (a commit whose answer was lost); ends when the store and every body
+/// of it are gone.
+async fn clean_discarded(pool: Pool, mut discarded: tokio::sync::mpsc::UnboundedReceiver<i64>) {
+    while let Some(id) = discarded.recv().await {
+        let result = match pool.get().await {
+            Ok(client) => client
+                .execute(
+                    "DELETE FROM body b WHERE b.id = $1
+                       AND NOT EXISTS (SELECT 1 FROM inbox WHERE body_id = b.id)
+                       AND NOT EXISTS (SELECT 1 FROM outbox WHERE body_id = b.id)",
+                    &[&id],
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => debug!(body = id, "removed an unused staged body"),
+            // The sweep at a later connect removes it.
+            Err(err) => warn!(body = id, %err, "could not remove an unused staged body"),
+        }
+    }
+}
+
+/// Read an inbox summary from a row selected with [`INBOX_COLUMNS`].
+fn inbox_summary(row: &Row) -> Result<InboxSummary, StoreError> {
+    Ok(InboxSummary {
+        message_id: get_array(row, 0, "inbox message id")?,
+        sender_name: row.try_get(1).map_err(db("reading a row"))?,
+        sender_key_id: get_array(row, 2, "inbox sender key id")?,
+        created: get_u64(row, 3, "inbox creation time")?,
+        received: get_u64(row, 4, "inbox receive time")?,
+        mode: get_mode(row, 5)?,
+        plaintext_len: get_u64(row, 6, "inbox plaintext length")?,
+        body_size: get_u64(row, 7, "inbox body size")?,
+        content_hash: get_array(row, 8, "inbox content hash")?,
+    })
+}
+
+/// Read an outbox entry from a row whose first seven columns are recipient_key_id,
+/// recipient_name, message_id, created, mode, plaintext_len, body_size.
+fn outbox_entry(row: &Row) -> Result<OutboxEntry, StoreError> {
+    Ok(OutboxEntry {
+        recipient_key_id: get_array(row, 0, "outbox recipient key id")?,
+        recipient_name: row.try_get(1).map_err(db("reading a row"))?,
+        message_id: get_array(row, 2, "outbox message id")?,
+        created: get_u64(row, 3, "outbox creation time")?,
+        mode: get_mode(row, 4)?,
+        plaintext_len: get_u64(row, 5, "outbox plaintext length")?,
+        body_size: get_u64(row, 6, "outbox body size")?,
+    })
+}
+
+/// Columns of a client key, in the order [`client_key`] reads them.
+const CLIENT_KEY_COLUMNS: &str = "name, key_id, public_key, since, ended, ended_how";
+
+/// Read a client key from a row whose columns from `at` on are [`CLIENT_KEY_COLUMNS`].
+fn client_key(row: &Row, at: usize) -> Result<ClientKey, StoreError> {
+    let ended: Option<i64> = row.try_get(at + 4).map_err(db("reading a client key"))?;
+    let how: Option<&str> = row.try_get(at + 5).map_err(db("reading a client key"))?;
+    let ended = match (ended, how) {
+        (None, None) => None,
+        (Some(when), Some(how)) => {
+            let when = u64::try_from(when).map_err(|_| StoreError::Corrupt {
+                what: "client key end time",
+            })?;
+            let how = match how {
+                "replaced" => KeyEnd::Replaced,
+                "removed" => KeyEnd::Removed,
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        what: "client key end reason",
+                    });
+                }
+            };
+            Some((when, how))
+        }
+        _ => {
+            return Err(StoreError::Corrupt {
+                what: "client key end",
+            });
+        }
+    };
+    Ok(ClientKey {
+        name: row.try_get(at).map_err(db("reading a client key"))?,
+        key_id: get_array(row, at + 1, "client key id")?,
+        public_key: row.try_get(at + 2).map_err(db("reading a client key"))?,
+        since: get_u64(row, at + 3, "client key trust time")?,
+        ended,
+    })
+}
+
+/// Locks the trust generation row for the rest of a trust change's transaction: trust changes
+/// through any server or command run one after the other, so two of them cannot both find a
+/// name free and both take it.
+async fn lock_trust(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute(
+        "SELECT generation FROM trust_generation WHERE id = 1 FOR UPDATE",
+        &[],
+    )
+    .await
+    .map_err(db("locking the trusted clients"))?;
+    Ok(())
+}
+
+/// Bump the trust generation inside the transaction of a trust change.
+async fn bump_generation(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE trust_generation SET generation = generation + 1 WHERE id = 1",
+        &[],
+    )
+    .await
+    .map_err(db("bumping the trust generation"))?;
+    Ok(())
+}
+
+/// The trusted key of `name`, if any.
+async fn trusted_by_name(
+    tx: &tokio_postgres::Transaction<'_>,
+    name: &str,
+) -> Result<Option<KeyId>, StoreError> {
+    tx.query_opt(
+        "SELECT key_id FROM client_keys WHERE name = $1 AND ended IS NULL",
+        &[&name],
+    )
+    .await
+    .map_err(db("looking up a trusted client"))?
+    .map(|row| get_array(&row, 0, "client key id"))
+    .transpose()
+}
+
+impl Store for PostgresStore {
+    fn blob_writer(&self) -> BlobWriter {
+        BlobWriter::for_database(self.bodies.clone())
+    }
+
+    async fn insert_inbox(&self, record: InboxRecord) -> Result<InsertOutcome, StoreError> {
+        let InboxRecord {
+            sender_key_id,
+            sender_name,
+            message_id,
+            created,
+            received,
+            mode,
+            plaintext_len,
+            content_hash,
+            ack_tag,
+            mut body,
+        } = record;
+        let (created, received) = (to_i64("created", created)?, to_i64("received", received)?);
+        let plaintext_len = to_i64("plaintext length", plaintext_len)?;
+        let body_size = to_i64("body size", body.len())?;
+        let mode = i16::from(mode);
+        let client = self.client().await?;
+        let inserted = {
+            let (inline, body_id) = self.body_columns(&body)?;
+            let stmt = client
+                .prepare_cached(
+                    "INSERT INTO inbox (sender_key_id, message_id, sender_name, created, received,
+                        mode, plaintext_len, content_hash, ack_tag, body_size, body_inline, body_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                     ON CONFLICT (sender_key_id, message_id) DO NOTHING",
+                )
+                .await
+                .map_err(db("preparing an inbox insert"))?;
+            // One statement in its own transaction: it returns after the commit's WAL flush.
+            client
+                .execute(
+                    &stmt,
+                    &[
+                        &&sender_key_id[..],
+                        &&message_id[..],
+                        &sender_name,
+                        &created,
+                        &received,
+                        &mode,
+                        &plaintext_len,
+                        &&content_hash[..],
+                        &&ack_tag[..],
+                        &body_size,
+                        &inline,
+                        &body_id,
+                    ],
+                )
+                .await
+                .map_err(db("inserting an inbox message"))?
+        };
+        if inserted == 1 {
+            body.keep();
+            return Ok(InsertOutcome::Inserted);
+        }
+        // Taken already, here or on another server: answer from the stored copy (the staged
+        // body, if any, is dropped and removed).
+        let row = client
+            .query_opt(
+                "SELECT content_hash, ack_tag FROM inbox WHERE sender_key_id = $1 AND message_id = $2",
+                &[&&sender_key_id[..], &&message_id[..]],
+            )
+            .await
+            .map_err(db("looking up an inbox message id"))?
+            .ok_or(StoreError::Corrupt {
+                what: "inbox (a conflicting message vanished)",
+            })?;
+        let stored_hash: Tag = get_array(&row, 0, "inbox content hash")?;
+        let stored_tag: Tag = get_array(&row, 1, "inbox ack tag")?;
+        // Content hashes are not secret: a plain comparison is fine here.
+        Ok(if stored_hash == content_hash {
+            debug!(message_id = %hex::encode(message_id), "inbox duplicate (retry)");
+            InsertOutcome::Duplicate {
+                ack_tag: stored_tag,
+            }
+        } else {
+            warn!(message_id = %hex::encode(message_id), sender = %crate::text::quoted(&sender_name), "inbox conflict: id reused for different content");
+            InsertOutcome::Conflict
+        })
+    }
+
+    async fn known_inbox(
+        &self,
+        sender: &KeyId,
+        message_id: &MessageId,
+    ) -> Result<Option<KnownMessage>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT content_hash, ack_tag FROM inbox WHERE sender_key_id = $1 AND message_id = $2",
+            )
+            .await
+            .map_err(db("preparing an inbox lookup"))?;
+        let row = client
+            .query_opt(&stmt, &[&&sender[..], &&message_id[..]])
+            .await
+            .map_err(db("looking up an inbox message id"))?;
+        row.map(|row| {
+            Ok(KnownMessage {
+                content_hash: get_array(&row, 0, "inbox content hash")?,
+                ack_tag: get_array(&row, 1, "inbox ack tag")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn list_inbox(&self) -> Result<Vec<InboxSummary>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!("SELECT {INBOX_COLUMNS} FROM inbox ORDER BY received, created, seq"),
+                &[],
+            )
+            .await
+            .map_err(db("listing the inbox"))?;
+        rows.iter().map(inbox_summary).collect()
+    }
+
+    async fn find_inbox(&self, id_prefix: &str) -> Result<InboxMessage, StoreError> {
+        let (low, high) = prefix_range(id_prefix)?;
+        let prefix = id_prefix.to_ascii_lowercase();
+        let client = self.client().await?;
+        let mut rows = client
+            .query(
+                &format!(
+                    "SELECT {INBOX_COLUMNS}, body_inline, body_id FROM inbox
+                     WHERE message_id BETWEEN $1 AND $2 LIMIT 2"
+                ),
+                &[&&low[..], &&high[..]],
+            )
+            .await
+            .map_err(db("looking up an inbox message"))?;
+        if rows.len() > 1 {
+            return Err(StoreError::Ambiguous { prefix });
+        }
+        let Some(row) = rows.pop() else {
+            return Err(StoreError::NotFound { prefix });
+        };
+        let summary = inbox_summary(&row)?;
+        let inline: Option<Vec<u8>> = row.try_get(9).map_err(db("reading an inbox message"))?;
+        let body_id: Option<i64> = row.try_get(10).map_err(db("reading an inbox message"))?;
+        let body = self.body_reader(inline, body_id, summary.body_size)?;
+        Ok(InboxMessage { summary, body })
+    }
+
+    async fn enqueue_outbox(&self, record: OutboxRecord) -> Result<(), StoreError> {
+        let OutboxRecord {
+            recipient_key_id,
+            recipient_name,
+            message_id,
+            created,
+            mode,
+            plaintext_len,
+            expected_ack_tag,
+            mut body,
+        } = record;
+        let created = to_i64("created", created)?;
+        let plaintext_len = to_i64("plaintext length", plaintext_len)?;
+        let body_size = to_i64("body size", body.len())?;
+        let mode = i16::from(mode);
+        let client = self.client().await?;
+        let inserted = {
+            let (inline, body_id) = self.body_columns(&body)?;
+            client
+                .execute(
+                    "INSERT INTO outbox (recipient_key_id, message_id, recipient_name, created,
+                        mode, plaintext_len, ack_tag, body_size, body_inline, body_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                     ON CONFLICT (recipient_key_id, message_id) DO NOTHING",
+                    &[
+                        &&recipient_key_id[..],
+                        &&message_id[..],
+                        &recipient_name,
+                        &created,
+                        &mode,
+                        &plaintext_len,
+                        &&expected_ack_tag[..],
+                        &body_size,
+                        &inline,
+                        &body_id,
+                    ],
+                )
+                .await
+                .map_err(db("queueing an outbox message"))?
+        };
+        if inserted == 1 {
+            body.keep();
+            Ok(())
+        } else {
+            Err(StoreError::OutboxDuplicate {
+                message_id: hex::encode(message_id),
+            })
+        }
+    }
+
+    async fn pending_outbox(&self, recipient: &KeyId) -> Result<Vec<OutboxEntry>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT recipient_key_id, recipient_name, message_id, created, mode,
+                        plaintext_len, body_size
+                 FROM outbox WHERE recipient_key_id = $1 ORDER BY seq",
+                &[&&recipient[..]],
+            )
+            .await
+            .map_err(db("listing the outbox"))?;
+        rows.iter().map(outbox_entry).collect()
+    }
+
+    /// Leases the free entries (never leased, or lease expired) in one statement: `FOR
+    /// UPDATE SKIP LOCKED` lets a concurrent lease through another server pass over the rows
+    /// this one is taking instead of waiting for them and then taking them too.
+    async fn lease_outbox(
+        &self,
+        recipient: &KeyId,
+        lease: Duration,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "WITH free AS (
+                     SELECT seq FROM outbox
+                     WHERE recipient_key_id = $1
+                       AND (leased_until IS NULL OR leased_until <= clock_timestamp())
+                     ORDER BY seq
+                     FOR UPDATE SKIP LOCKED
+                 )
+                 UPDATE outbox o SET leased_until = clock_timestamp() + make_interval(secs => $2)
+                 FROM free WHERE o.seq = free.seq
+                 RETURNING o.recipient_key_id, o.recipient_name, o.message_id, o.created, o.mode,
+                           o.plaintext_len, o.body_size, o.seq",
+                &[&&recipient[..], &lease.as_secs_f64()],
+            )
+            .await
+            .map_err(db("leasing outbox messages"))?;
+        let mut leased = rows
+            .iter()
+            .map(|row| {
+                let seq: i64 = row.try_get(7).map_err(db("reading a row"))?;
+                Ok((seq, outbox_entry(row)?))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // RETURNING has no order of its own: queue order, as pending_outbox.
+        leased.sort_by_key(|(seq, _)| *seq);
+        Ok(leased.into_iter().map(|(_, entry)| entry).collect())
+    }
+
+    async fn open_outbox_body(
+        &self,
+        recipient: &KeyId,
+        message_id: &MessageId,
+    ) -> Result<Box<dyn Read + Send>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT body_inline, body_id, body_size FROM outbox
+                 WHERE recipient_key_id = $1 AND message_id = $2",
+                &[&&recipient[..], &&message_id[..]],
+            )
+            .await
+            .map_err(db("looking up an outbox message"))?
+            .ok_or_else(|| StoreError::OutboxNotFound {
+                message_id: hex::encode(message_id),
+            })?;
+        let inline: Option<Vec<u8>> = row.try_get(0).map_err(db("reading an outbox message"))?;
+        let body_id: Option<i64> = row.try_get(1).map_err(db("reading an outbox message"))?;
+        let size = get_u64(&row, 2, "outbox body size")?;
+        self.body_reader(inline, body_id, size)
+    }
+
+    async fn complete_outbox(
+        &self,
+        recipient: &KeyId,
+        message_id: &MessageId,
+        ack_tag: &Tag,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("starting an outbox completion"))?;
+        // FOR UPDATE: a second server completing the same entry waits here, then finds it gone.
+        let row = tx
+            .query_opt(
+                "SELECT seq, ack_tag, body_id FROM outbox
+                 WHERE recipient_key_id = $1 AND message_id = $2 FOR UPDATE",
+                &[&&recipient[..], &&message_id[..]],
+            )
+            .await
+            .map_err(db("looking up an outbox message"))?;
+        let Some(row) = row else {
+            debug!(message_id = %hex::encode(message_id), "ack for an unknown outbox message");
+            return Ok(false);
+        };
+        let seq: i64 = row.try_get(0).map_err(db("reading an outbox message"))?;
+        let expected: &[u8] = row.try_get(1).map_err(db("reading an outbox message"))?;
+        let body_id: Option<i64> = row.try_get(2).map_err(db("reading an outbox message"))?;
+        // Constant time: the tag proves receipt, so timing must not reveal how many leading
+        // bytes of a guess were right.
+        if aws_lc_rs::constant_time::verify_slices_are_equal(expected, ack_tag).is_err() {
+            warn!(message_id = %hex::encode(message_id), "outbox ack tag mismatch; entry kept");
+            return Ok(false);
+        }
+        tx.execute("DELETE FROM outbox WHERE seq = $1", &[&seq])
+            .await
+            .map_err(db("deleting a delivered outbox message"))?;
+        if let Some(id) = body_id {
+            tx.execute("DELETE FROM body WHERE id = $1", &[&id])
+                .await
+                .map_err(db("deleting a delivered message body"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(db("committing an outbox completion"))?;
+        Ok(true)
+    }
+
+    async fn trust_generation(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT generation FROM trust_generation WHERE id = 1")
+            .await
+            .map_err(db("preparing the trust generation read"))?;
+        let row = client
+            .query_one(&stmt, &[])
+            .await
+            .map_err(db("reading the trust generation"))?;
+        get_u64(&row, 0, "trust generation")
+    }
+
+    /// One statement, so one snapshot: the list is exactly the generation's (a change commits
+    /// its rows and its bump together).
+    async fn trusted_clients(&self) -> Result<TrustedClients, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT g.generation, {CLIENT_KEY_COLUMNS} FROM trust_generation g
+                     LEFT JOIN client_keys ON ended IS NULL
+                     WHERE g.id = 1 ORDER BY name"
+                ),
+                &[],
+            )
+            .await
+            .map_err(db("reading the trusted clients"))?;
+        let Some(first) = rows.first() else {
+            return Err(StoreError::Corrupt {
+                what: "trust generation (row missing)",
+            });
+        };
+        let generation = get_u64(first, 0, "trust generation")?;
+        let mut clients = Vec::with_capacity(rows.len());
+        for row in &rows {
+            // The one row of an empty list has no key: LEFT JOIN filled it with NULLs.
+            let key_id: Option<&[u8]> = row.try_get(2).map_err(db("reading a client key"))?;
+            if key_id.is_some() {
+                clients.push(client_key(row, 1)?);
+            }
+        }
+        Ok(TrustedClients {
+            generation,
+            clients,
+        })
+    }
+
+    async fn client_keys(&self) -> Result<Vec<ClientKey>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!("SELECT {CLIENT_KEY_COLUMNS} FROM client_keys ORDER BY since, seq"),
+                &[],
+            )
+            .await
+            .map_err(db("reading the client keys"))?;
+        rows.iter().map(|row| client_key(row, 0)).collect()
+    }
+
+    async fn trust_client(&self, r: TrustRequest) -> Result<TrustOutcome, StoreError> {
+        let now = to_i64("trust time", r.now)?;
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("starting a trust change"))?;
+        lock_trust(&tx).await?;
+        let known = tx
+            .query_opt(
+                "SELECT name, ended IS NULL FROM client_keys WHERE key_id = $1",
+                &[&&r.key_id[..]],
+            )
+            .await
+            .map_err(db("looking up a client key"))?;
+        if let Some(row) = known {
+            let name: String = row.try_get(0).map_err(db("reading a client key"))?;
+            let trusted: bool = row.try_get(1).map_err(db("reading a client key"))?;
+            if trusted {
+                // Nothing changes: the transaction rolls back as it is dropped.
+                return Ok(if name == r.name {
+                    TrustOutcome::AlreadyTrusted
+                } else {
+                    TrustOutcome::KeyTaken { name }
+                });
+            }
+        }
+        let old = trusted_by_name(&tx, &r.name).await?;
+        if let Some(existing) = old {
+            if !r.replace {
+                return Ok(TrustOutcome::NameTaken { existing });
+            }
+            tx.execute(
+                "UPDATE client_keys SET ended = $2, ended_how = 'replaced' WHERE key_id = $1",
+                &[&&existing[..], &now],
+            )
+            .await
+            .map_err(db("replacing a client key"))?;
+        }
+        // A key trusted before (then replaced or removed) is trusted again: its row, and so the
+        // messages it signed, stay one.
+        tx.execute(
+            "INSERT INTO client_keys (key_id, public_key, name, since) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (key_id) DO UPDATE
+             SET name = EXCLUDED.name, since = EXCLUDED.since, ended = NULL, ended_how = NULL",
+            &[&&r.key_id[..], &r.public_key, &r.name, &now],
+        )
+        .await
+        .map_err(db("trusting a client key"))?;
+        bump_generation(&tx).await?;
+        tx.commit().await.map_err(db("committing a trust change"))?;
+        Ok(match old {
+            Some(old) => TrustOutcome::Replaced { old },
+            None => TrustOutcome::Trusted,
+        })
+    }
+
+    async fn untrust_client(&self, name: &str, now: u64) -> Result<Option<KeyId>, StoreError> {
+        let now = to_i64("untrust time", now)?;
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("starting a trust change"))?;
+        lock_trust(&tx).await?;
+        let Some(key_id) = trusted_by_name(&tx, name).await? else {
+            return Ok(None);
+        };
+        tx.execute(
+            "UPDATE client_keys SET ended = $2, ended_how = 'removed' WHERE key_id = $1",
+            &[&&key_id[..], &now],
+        )
+        .await
+        .map_err(db("removing a client key"))?;
+        bump_generation(&tx).await?;
+        tx.commit().await.map_err(db("committing a trust change"))?;
+        Ok(Some(key_id))
+    }
+
+    async fn inbox_counts(&self) -> Result<Vec<(KeyId, u64)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT sender_key_id, count(*) FROM inbox GROUP BY sender_key_id",
+                &[],
+            )
+            .await
+            .map_err(db("counting inbox messages"))?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    get_array(row, 0, "inbox sender key id")?,
+                    get_u64(row, 1, "inbox message count")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn matching_inbox(&self, id_prefix: &str) -> Result<Vec<InboxSummary>, StoreError> {
+        let (low, high) = prefix_range(id_prefix)?;
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {INBOX_COLUMNS} FROM inbox WHERE message_id BETWEEN $1 AND $2
+                     ORDER BY received, created, seq LIMIT $3"
+                ),
+                &[&&low[..], &&high[..], &MAX_MATCHES],
+            )
+            .await
+            .map_err(db("looking up inbox messages"))?;
+        rows.iter().map(inbox_summary).collect()
+    }
+
+    async fn open_inbox(
+        &self,
+        sender: &KeyId,
+        message_id: &MessageId,
+    ) -> Result<InboxMessage, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT {INBOX_COLUMNS}, body_inline, body_id FROM inbox
+                     WHERE sender_key_id = $1 AND message_id = $2"
+                ),
+                &[&&sender[..], &&message_id[..]],
+            )
+            .await
+            .map_err(db("reading an inbox message"))?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound {
+                prefix: hex::encode(message_id),
+            });
+        };
+        let summary = inbox_summary(&row)?;
+        let inline: Option<Vec<u8>> = row.try_get(9).map_err(db("reading an inbox message"))?;
+        let body_id: Option<i64> = row.try_get(10).map_err(db("reading an inbox message"))?;
+        let body = self.body_reader(inline, body_id, summary.body_size)?;
+        Ok(InboxMessage { summary, body })
+    }
+
+    /// Deletes the row and its chunked body in one transaction: no body outlives its message,
+    /// and nothing is half-deleted.
+    async fn remove_inbox(
+        &self,
+        sender: &KeyId,
+        message_id: &MessageId,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("starting an inbox deletion"))?;
+        let row = tx
+            .query_opt(
+                "DELETE FROM inbox WHERE sender_key_id = $1 AND message_id = $2
+                 RETURNING body_id",
+                &[&&sender[..], &&message_id[..]],
+            )
+            .await
+            .map_err(db("deleting an inbox message"))?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let body_id: Option<i64> = row.try_get(0).map_err(db("deleting an inbox message"))?;
+        if let Some(id) = body_id {
+            // Its chunks go with it (ON DELETE CASCADE).
+            tx.execute("DELETE FROM body WHERE id = $1", &[&id])
+                .await
+                .map_err(db("deleting an inbox message body"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(db("committing an inbox deletion"))?;
+        Ok(true)
+    }
+
+    async fn expire_inbox(&self, received_before: u64) -> Result<u64, StoreError> {
+        let before = to_i64("retention cutoff", received_before)?;
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("starting the deletion of expired messages"))?;
+        let rows = tx
+            .query(
+                "DELETE FROM inbox WHERE received < $1 RETURNING body_id",
+                &[&before],
+            )
+            .await
+            .map_err(db("deleting expired inbox messages"))?;
+        let bodies = rows
+            .iter()
+            .map(|row| row.try_get::<_, Option<i64>>(0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db("deleting expired inbox messages"))?;
+        let bodies: Vec<i64> = bodies.into_iter().flatten().collect();
+        if !bodies.is_empty() {
+            tx.execute("DELETE FROM body WHERE id = ANY($1)", &[&bodies])
+                .await
+                .map_err(db("deleting expired message bodies"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(db("committing the deletion of expired messages"))?;
+        Ok(rows.len() as u64)
+    }
+
+    /// Every row's body reference is sound (inline length or the named body's size matches
+    /// the row's `body_size`) and every body's chunks are complete (`chunks` rows numbered
+    /// from 0, adding up to `size`). Table constraints guard the rest (lengths of ids,
+    /// tags and hashes; one of inline or chunked).
+    async fn integrity_check(&self) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT
+                   (SELECT count(*) FROM inbox i LEFT JOIN body b ON b.id = i.body_id
+                     WHERE (i.body_inline IS NOT NULL AND length(i.body_inline) <> i.body_size)
+                        OR (i.body_id IS NOT NULL AND b.size IS DISTINCT FROM i.body_size))
+                 + (SELECT count(*) FROM outbox o LEFT JOIN body b ON b.id = o.body_id
+                     WHERE (o.body_inline IS NOT NULL AND length(o.body_inline) <> o.body_size)
+                        OR (o.body_id IS NOT NULL AND b.size IS DISTINCT FROM o.body_size))
+                 + (SELECT count(*) FROM body b
+                     WHERE b.chunks <> (SELECT count(*) FROM body_chunk c WHERE c.body = b.id)
+                        OR b.size <> COALESCE(
+                             (SELECT sum(length(c.bytes)) FROM body_chunk c WHERE c.body = b.id), 0)
+                        OR EXISTS (SELECT 1 FROM body_chunk c
+                                    WHERE c.body = b.id AND c.seq >= b.chunks))",
+                &[],
+            )
+            .await
+            .map_err(db("checking database integrity"))?;
+        let problems: i64 = row.try_get(0).map_err(db("checking database integrity"))?;
+        if problems != 0 {
+            warn!(problems, "mailbox integrity check failed");
+        }
+        Ok(problems == 0)
+    }
+}

@@ -1,0 +1,1513 @@
+//! One store conformance suite, run against both backends.
+//!
+//! Every function in [`conformance!`]'s list takes any [`Store`] and is run twice: in module
+//! `sqlite` on a fresh `SqliteStore` in a temporary folder, and in module `postgres` on a
+//! fresh `PostgresStore` over a fresh database of the test PostgreSQL (tests/common/postgres.rs:
+//! a throwaway cluster, or the server `LETTERLOCK_TEST_POSTGRES` names). What only one backend
+//! has (body files, several servers over one database, schema versions) is tested below the
+//! suite.
+
+mod common;
+
+use std::io::{Read, Write};
+
+use letterlock::store::postgres::{CHUNK_SIZE, PostgresStore, SCHEMA_VERSION};
+use letterlock::store::{
+    Body, ClientKey, INLINE_MAX, InboxRecord, InsertOutcome, KeyEnd, KnownMessage, MODE_HYBRID,
+    OutboxRecord, SqliteStore, Store, StoreError, TrustOutcome, TrustRequest, TrustedClients,
+};
+
+/// A body over the inline limit and over three database chunks with a partial last one, so
+/// it spills into a file (SQLite) or into four chunks (PostgreSQL).
+const LARGE_LEN: usize = 3 * CHUNK_SIZE + INLINE_MAX + 123;
+
+/// Streams `bytes` through the store's blob writer in uneven pieces.
+fn stage(store: &impl Store, bytes: &[u8]) -> Body {
+    let mut writer = store.blob_writer();
+    for piece in bytes.chunks(10_007) {
+        writer.write_all(piece).expect("write body piece");
+    }
+    writer.finish().expect("finish body")
+}
+
+fn inbox_record(sender: u8, id: [u8; 16], body: Body) -> InboxRecord {
+    InboxRecord {
+        sender_key_id: [sender; 32],
+        sender_name: format!("sender-{sender}"),
+        message_id: id,
+        created: 1_700_000_000,
+        received: 1_700_000_100 + u64::from(id[0]),
+        mode: MODE_HYBRID,
+        plaintext_len: body.len().saturating_sub(100),
+        content_hash: body.sha256(),
+        ack_tag: [id[0] ^ 0xA5; 32],
+        body,
+    }
+}
+
+fn outbox_record(recipient: u8, id: [u8; 16], body: Body, tag: [u8; 32]) -> OutboxRecord {
+    OutboxRecord {
+        recipient_key_id: [recipient; 32],
+        recipient_name: format!("client-{recipient}"),
+        message_id: id,
+        created: 1_700_000_200,
+        mode: MODE_HYBRID,
+        plaintext_len: body.len(),
+        expected_ack_tag: tag,
+        body,
+    }
+}
+
+fn id(n: u8) -> [u8; 16] {
+    let mut id = [0x11; 16];
+    id[0] = n;
+    id
+}
+
+/// Reads a body to its end (on the blocking pool: a database body is streamed by a thread).
+async fn read_all(reader: Box<dyn Read + Send>) -> Vec<u8> {
+    tokio::task::spawn_blocking(move || {
+        let mut reader = reader;
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).expect("read body");
+        out
+    })
+    .await
+    .expect("the read task")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The suite
+
+/// A new message is stored; the same bytes again are a duplicate answered with the first ack
+/// tag (not the retry's); other bytes under the same (sender, id) are a conflict; another
+/// sender may use the same id.
+async fn insert_duplicate_and_conflict(store: &impl Store) {
+    let first = inbox_record(1, id(1), Body::from_bytes(b"sealed one".to_vec()));
+    assert_eq!(
+        store.insert_inbox(first).await.unwrap(),
+        InsertOutcome::Inserted
+    );
+    let mut retry = inbox_record(1, id(1), Body::from_bytes(b"sealed one".to_vec()));
+    retry.ack_tag = [0xEE; 32];
+    assert_eq!(
+        store.insert_inbox(retry).await.unwrap(),
+        InsertOutcome::Duplicate {
+            ack_tag: [1 ^ 0xA5; 32]
+        }
+    );
+    let clash = inbox_record(1, id(1), Body::from_bytes(b"other bytes".to_vec()));
+    assert_eq!(
+        store.insert_inbox(clash).await.unwrap(),
+        InsertOutcome::Conflict
+    );
+    let other_sender = inbox_record(2, id(1), Body::from_bytes(b"other bytes".to_vec()));
+    assert_eq!(
+        store.insert_inbox(other_sender).await.unwrap(),
+        InsertOutcome::Inserted
+    );
+    let listed = store.list_inbox().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].sender_key_id, [1; 32]);
+    assert_eq!(listed[0].body_size, b"sealed one".len() as u64);
+    assert!(store.integrity_check().await.unwrap());
+}
+
+/// A stored message is known by (sender, id) with its hash and tag; nothing else is.
+async fn known_inbox_by_sender_and_id(store: &impl Store) {
+    assert_eq!(store.known_inbox(&[3; 32], &id(7)).await.unwrap(), None);
+    let record = inbox_record(3, id(7), Body::from_bytes(b"known".to_vec()));
+    let hash = record.content_hash;
+    store.insert_inbox(record).await.unwrap();
+    assert_eq!(
+        store.known_inbox(&[3; 32], &id(7)).await.unwrap(),
+        Some(KnownMessage {
+            content_hash: hash,
+            ack_tag: [7 ^ 0xA5; 32]
+        })
+    );
+    assert_eq!(store.known_inbox(&[4; 32], &id(7)).await.unwrap(), None);
+    assert_eq!(store.known_inbox(&[3; 32], &id(8)).await.unwrap(), None);
+}
+
+/// The listing is in receive order with every summary field; a unique hex prefix (any case)
+/// finds one message with its body; a shared prefix is ambiguous, an unknown one not found,
+/// a non-hex one refused.
+async fn list_and_find_by_prefix(store: &impl Store) {
+    for (n, text) in [(0xab, "third"), (0x12, "first"), (0x13, "second")] {
+        let record = inbox_record(5, id(n), Body::from_bytes(text.as_bytes().to_vec()));
+        store.insert_inbox(record).await.unwrap();
+    }
+    let listed = store.list_inbox().await.unwrap();
+    let ids: Vec<u8> = listed.iter().map(|m| m.message_id[0]).collect();
+    assert_eq!(ids, [0x12, 0x13, 0xab], "oldest received first");
+    let first = &listed[0];
+    assert_eq!(first.sender_name, "sender-5");
+    assert_eq!(first.created, 1_700_000_000);
+    assert_eq!(first.received, 1_700_000_100 + 0x12);
+    assert_eq!(first.mode, MODE_HYBRID);
+    assert_eq!(first.content_hash, common::sha256(b"first"));
+
+    let found = store.find_inbox("13").await.unwrap();
+    assert_eq!(found.summary.message_id, id(0x13));
+    assert_eq!(read_all(found.body).await, b"second");
+    let found = store.find_inbox("AB11").await.unwrap();
+    assert_eq!(read_all(found.body).await, b"third");
+    assert!(matches!(
+        store.find_inbox("1").await,
+        Err(StoreError::Ambiguous { .. })
+    ));
+    assert!(matches!(
+        store.find_inbox("ff").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.find_inbox("zz").await,
+        Err(StoreError::BadIdPrefix { .. })
+    ));
+    assert!(matches!(
+        store.find_inbox(&"1".repeat(33)).await,
+        Err(StoreError::BadIdPrefix { .. })
+    ));
+}
+
+/// The outbox: pending per recipient in queue order, bodies open, a wrong tag keeps the
+/// entry, the right one removes it once, a second enqueue of the same id is refused.
+async fn outbox_lifecycle(store: &impl Store) {
+    let tag = |n: u8| [n; 32];
+    for (recipient, n) in [(1, 0x30), (2, 0x31), (1, 0x32)] {
+        let body = Body::from_bytes(format!("for {recipient} #{n}").into_bytes());
+        store
+            .enqueue_outbox(outbox_record(recipient, id(n), body, tag(n)))
+            .await
+            .unwrap();
+    }
+    let again = outbox_record(1, id(0x30), Body::from_bytes(b"again".to_vec()), tag(1));
+    assert!(matches!(
+        store.enqueue_outbox(again).await,
+        Err(StoreError::OutboxDuplicate { .. })
+    ));
+    let pending = store.pending_outbox(&[1; 32]).await.unwrap();
+    let ids: Vec<u8> = pending.iter().map(|e| e.message_id[0]).collect();
+    assert_eq!(ids, [0x30, 0x32], "queue order, this recipient only");
+    // A first fetch gets them all, in the same order (leased, where servers share the store).
+    let leased = store
+        .lease_outbox(&[1; 32], letterlock::store::DELIVERY_LEASE)
+        .await
+        .unwrap();
+    assert_eq!(leased, pending);
+    assert_eq!(pending[0].recipient_name, "client-1");
+    assert_eq!(pending[0].body_size, "for 1 #48".len() as u64);
+    let body = store.open_outbox_body(&[1; 32], &id(0x32)).await.unwrap();
+    assert_eq!(read_all(body).await, b"for 1 #50");
+    assert!(matches!(
+        store.open_outbox_body(&[2; 32], &id(0x30)).await,
+        Err(StoreError::OutboxNotFound { .. })
+    ));
+
+    let mut wrong = tag(0x30);
+    wrong[31] ^= 1;
+    assert!(
+        !store
+            .complete_outbox(&[1; 32], &id(0x30), &wrong)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .complete_outbox(&[2; 32], &id(0x30), &tag(0x30))
+            .await
+            .unwrap(),
+        "another recipient's ack completes nothing"
+    );
+    assert_eq!(store.pending_outbox(&[1; 32]).await.unwrap().len(), 2);
+    assert!(
+        store
+            .complete_outbox(&[1; 32], &id(0x30), &tag(0x30))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .complete_outbox(&[1; 32], &id(0x30), &tag(0x30))
+            .await
+            .unwrap()
+    );
+    let ids: Vec<u8> = store
+        .pending_outbox(&[1; 32])
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.message_id[0])
+        .collect();
+    assert_eq!(ids, [0x32]);
+    assert_eq!(store.pending_outbox(&[2; 32]).await.unwrap().len(), 1);
+    assert!(store.integrity_check().await.unwrap());
+}
+
+/// A large body streams in and out byte for byte (a file or database chunks), in the inbox
+/// and the outbox, and a delivered one goes with its entry.
+async fn large_body_round_trip(store: &impl Store) {
+    let data = common::data(LARGE_LEN);
+    let body = stage(store, &data);
+    assert_eq!(body.len(), LARGE_LEN as u64);
+    assert_eq!(body.sha256(), common::sha256(&data));
+    assert_eq!(
+        store
+            .insert_inbox(inbox_record(9, id(0x40), body))
+            .await
+            .unwrap(),
+        InsertOutcome::Inserted
+    );
+    let found = store.find_inbox("40").await.unwrap();
+    assert_eq!(found.summary.body_size, LARGE_LEN as u64);
+    let read = read_all(found.body).await;
+    assert_eq!(read.len(), data.len());
+    assert!(read == data, "the large inbox body came back changed");
+
+    let body = stage(store, &data[..LARGE_LEN - 1000]);
+    store
+        .enqueue_outbox(outbox_record(9, id(0x41), body, [0x41; 32]))
+        .await
+        .unwrap();
+    let out = read_all(store.open_outbox_body(&[9; 32], &id(0x41)).await.unwrap()).await;
+    assert!(
+        out == data[..LARGE_LEN - 1000],
+        "the large outbox body came back changed"
+    );
+    assert!(store.integrity_check().await.unwrap());
+    assert!(
+        store
+            .complete_outbox(&[9; 32], &id(0x41), &[0x41; 32])
+            .await
+            .unwrap()
+    );
+    assert!(store.pending_outbox(&[9; 32]).await.unwrap().is_empty());
+    assert!(store.integrity_check().await.unwrap());
+}
+
+/// Bodies at and around the inline limit, and the empty body, keep their exact bytes.
+async fn bodies_at_the_inline_limit(store: &impl Store) {
+    for (n, len) in [(0x50, 0), (0x51, INLINE_MAX), (0x52, INLINE_MAX + 1)] {
+        let data = common::data(len);
+        let body = stage(store, &data);
+        store
+            .insert_inbox(inbox_record(6, id(n), body))
+            .await
+            .unwrap();
+        let found = store.find_inbox(&hex_id(n)).await.unwrap();
+        assert_eq!(found.summary.body_size, len as u64);
+        assert!(
+            read_all(found.body).await == data,
+            "body of {len} bytes changed"
+        );
+    }
+    assert!(store.integrity_check().await.unwrap());
+}
+
+fn hex_id(n: u8) -> String {
+    id(n).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Many concurrent writers through one handle: every insert lands once, every answer is
+/// right.
+async fn concurrent_inserts(store: &(impl Store + Clone)) {
+    let mut tasks = Vec::new();
+    for n in 0..48u8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            // Two writers per id: one insert, one duplicate.
+            let body = Body::from_bytes(vec![n; 100]);
+            store.insert_inbox(inbox_record(7, id(n / 2), body)).await
+        }));
+    }
+    let mut inserted = 0;
+    let mut duplicates = 0;
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            InsertOutcome::Inserted => inserted += 1,
+            InsertOutcome::Duplicate { .. } => duplicates += 1,
+            InsertOutcome::Conflict => {}
+        }
+    }
+    // Ids n/2: bodies [2k; 100] and [2k+1; 100] differ, so the second of each pair conflicts.
+    assert_eq!(inserted, 24);
+    assert_eq!(duplicates, 0);
+    assert_eq!(store.list_inbox().await.unwrap().len(), 24);
+}
+
+fn trust_request(name: &str, key: u8, replace: bool, now: u64) -> TrustRequest {
+    TrustRequest {
+        name: name.to_owned(),
+        key_id: [key; 32],
+        public_key: vec![key; 12],
+        replace,
+        now,
+    }
+}
+
+/// Trust, refusals, rotation with `replace`, untrust and trusting an old key again: each change
+/// moves the trust generation, each refusal or no-op leaves it; history rows are never
+/// deleted; at most one trusted key per name; the trusted list carries its generation.
+async fn trust_rotate_and_untrust(store: &impl Store) {
+    let start = store.trust_generation().await.unwrap();
+    let none = store.trusted_clients().await.unwrap();
+    assert_eq!((none.generation, none.clients.len()), (start, 0));
+
+    let outcome = store
+        .trust_client(trust_request("alice", 1, false, 100))
+        .await
+        .unwrap();
+    assert_eq!(outcome, TrustOutcome::Trusted);
+    let after_trust = store.trust_generation().await.unwrap();
+    assert!(after_trust > start, "trusting moves the generation");
+
+    // Refusals and no-ops change nothing, the generation included.
+    let refusals = [
+        (
+            trust_request("alice", 1, false, 110),
+            TrustOutcome::AlreadyTrusted,
+        ),
+        (
+            trust_request("bob", 1, false, 110),
+            TrustOutcome::KeyTaken {
+                name: "alice".into(),
+            },
+        ),
+        (
+            trust_request("alice", 2, false, 110),
+            TrustOutcome::NameTaken { existing: [1; 32] },
+        ),
+    ];
+    for (request, expected) in refusals {
+        assert_eq!(store.trust_client(request).await.unwrap(), expected);
+    }
+    assert_eq!(store.trust_generation().await.unwrap(), after_trust);
+
+    // Rotation: alice's key 1 is replaced by key 2, and kept.
+    let outcome = store
+        .trust_client(trust_request("alice", 2, true, 200))
+        .await
+        .unwrap();
+    assert_eq!(outcome, TrustOutcome::Replaced { old: [1; 32] });
+    let after_rotate = store.trust_generation().await.unwrap();
+    assert!(after_rotate > after_trust, "rotating moves the generation");
+    let trusted = store.trusted_clients().await.unwrap();
+    assert_eq!(trusted.generation, after_rotate);
+    let names: Vec<_> = trusted
+        .clients
+        .iter()
+        .map(|c| (c.name.as_str(), c.key_id[0], c.since))
+        .collect();
+    assert_eq!(names, [("alice", 2, 200)], "one trusted key per name");
+    let history = store.client_keys().await.unwrap();
+    assert_eq!(
+        history,
+        [
+            ClientKey {
+                name: "alice".into(),
+                key_id: [1; 32],
+                public_key: vec![1; 12],
+                since: 100,
+                ended: Some((200, KeyEnd::Replaced)),
+            },
+            ClientKey {
+                name: "alice".into(),
+                key_id: [2; 32],
+                public_key: vec![2; 12],
+                since: 200,
+                ended: None,
+            },
+        ]
+    );
+
+    // Untrust: an unknown name changes nothing; alice's key is ended, not deleted.
+    assert_eq!(store.untrust_client("nobody", 300).await.unwrap(), None);
+    assert_eq!(store.trust_generation().await.unwrap(), after_rotate);
+    assert_eq!(
+        store.untrust_client("alice", 300).await.unwrap(),
+        Some([2; 32])
+    );
+    let after_untrust = store.trust_generation().await.unwrap();
+    assert!(
+        after_untrust > after_rotate,
+        "untrusting moves the generation"
+    );
+    assert!(store.trusted_clients().await.unwrap().clients.is_empty());
+    let history = store.client_keys().await.unwrap();
+    assert_eq!(history.len(), 2, "history rows are kept");
+    assert_eq!(history[1].ended, Some((300, KeyEnd::Removed)));
+    assert_eq!(store.untrust_client("alice", 310).await.unwrap(), None);
+
+    // A key trusted before is trusted again in its own row, under the name given now.
+    let outcome = store
+        .trust_client(trust_request("carol", 1, false, 400))
+        .await
+        .unwrap();
+    assert_eq!(outcome, TrustOutcome::Trusted);
+    assert!(store.trust_generation().await.unwrap() > after_untrust);
+    let history = store.client_keys().await.unwrap();
+    assert_eq!(history.len(), 2, "no second row for the same key");
+    let again = history.iter().find(|k| k.key_id == [1; 32]).unwrap();
+    assert_eq!(
+        (again.name.as_str(), again.since, again.ended),
+        ("carol", 400, None)
+    );
+}
+
+/// `inbox_counts` per sender; `matching_inbox` finds every sender's message under an id
+/// (ids are unique per sender only) and only those; `open_inbox` opens one by (sender, id);
+/// `remove_inbox` deletes one with its body; `expire_inbox` deletes those received before
+/// the cutoff and no others.
+async fn housekeeping(store: &impl Store) {
+    let large = common::data(LARGE_LEN);
+    let records = [
+        inbox_record(1, id(1), Body::from_bytes(b"one from 1".to_vec())),
+        inbox_record(2, id(1), Body::from_bytes(b"one from 2".to_vec())),
+        inbox_record(1, id(2), stage(store, &large)),
+        inbox_record(2, id(3), Body::from_bytes(b"three from 2".to_vec())),
+    ];
+    for record in records {
+        assert_eq!(
+            store.insert_inbox(record).await.unwrap(),
+            InsertOutcome::Inserted
+        );
+    }
+    let mut counts = store.inbox_counts().await.unwrap();
+    counts.sort();
+    assert_eq!(counts, [([1; 32], 2), ([2; 32], 2)]);
+
+    let both = store.matching_inbox("01").await.unwrap();
+    let mut senders: Vec<u8> = both.iter().map(|m| m.sender_key_id[0]).collect();
+    senders.sort();
+    assert_eq!(senders, [1, 2], "both senders' messages with id 01…");
+    assert!(both.iter().all(|m| m.message_id == id(1)));
+    let full = store.matching_inbox(&hex::encode(id(2))).await.unwrap();
+    assert_eq!(full.len(), 1);
+    assert_eq!(full[0].body_size, LARGE_LEN as u64);
+    assert!(store.matching_inbox("ff").await.unwrap().is_empty());
+    assert!(matches!(
+        store.matching_inbox("0x").await,
+        Err(StoreError::BadIdPrefix { .. })
+    ));
+
+    let two = store.open_inbox(&[2; 32], &id(1)).await.unwrap();
+    assert_eq!(two.summary.sender_name, "sender-2");
+    assert_eq!(read_all(two.body).await, b"one from 2");
+    let big = store.open_inbox(&[1; 32], &id(2)).await.unwrap();
+    assert!(read_all(big.body).await == large);
+    assert!(matches!(
+        store.open_inbox(&[2; 32], &id(2)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    assert!(store.remove_inbox(&[1; 32], &id(2)).await.unwrap());
+    assert!(!store.remove_inbox(&[1; 32], &id(2)).await.unwrap());
+    assert!(matches!(
+        store.open_inbox(&[1; 32], &id(2)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(store.list_inbox().await.unwrap().len(), 3);
+
+    // Received at +1, +1 and +3 (inbox_record): a cutoff of +3 takes the first two.
+    assert_eq!(store.expire_inbox(1_700_000_103).await.unwrap(), 2);
+    let left: Vec<_> = store
+        .list_inbox()
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| (m.sender_key_id[0], m.message_id[0]))
+        .collect();
+    assert_eq!(left, [(2, 3)]);
+    assert_eq!(store.expire_inbox(1_700_000_103).await.unwrap(), 0);
+    assert_eq!(store.inbox_counts().await.unwrap(), [([2; 32], 1)]);
+    assert!(store.integrity_check().await.unwrap());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The two backends
+
+/// A store handle the suite can clone into tasks.
+struct Shared<S>(std::sync::Arc<S>);
+
+impl<S> Clone for Shared<S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<S: Store> Store for Shared<S> {
+    fn blob_writer(&self) -> letterlock::store::BlobWriter {
+        self.0.blob_writer()
+    }
+    async fn insert_inbox(&self, r: InboxRecord) -> Result<InsertOutcome, StoreError> {
+        self.0.insert_inbox(r).await
+    }
+    async fn known_inbox(
+        &self,
+        s: &[u8; 32],
+        m: &[u8; 16],
+    ) -> Result<Option<KnownMessage>, StoreError> {
+        self.0.known_inbox(s, m).await
+    }
+    async fn list_inbox(&self) -> Result<Vec<letterlock::store::InboxSummary>, StoreError> {
+        self.0.list_inbox().await
+    }
+    async fn find_inbox(&self, p: &str) -> Result<letterlock::store::InboxMessage, StoreError> {
+        self.0.find_inbox(p).await
+    }
+    async fn enqueue_outbox(&self, r: OutboxRecord) -> Result<(), StoreError> {
+        self.0.enqueue_outbox(r).await
+    }
+    async fn pending_outbox(
+        &self,
+        r: &[u8; 32],
+    ) -> Result<Vec<letterlock::store::OutboxEntry>, StoreError> {
+        self.0.pending_outbox(r).await
+    }
+    async fn lease_outbox(
+        &self,
+        r: &[u8; 32],
+        lease: std::time::Duration,
+    ) -> Result<Vec<letterlock::store::OutboxEntry>, StoreError> {
+        self.0.lease_outbox(r, lease).await
+    }
+    async fn open_outbox_body(
+        &self,
+        r: &[u8; 32],
+        m: &[u8; 16],
+    ) -> Result<Box<dyn Read + Send>, StoreError> {
+        self.0.open_outbox_body(r, m).await
+    }
+    async fn complete_outbox(
+        &self,
+        r: &[u8; 32],
+        m: &[u8; 16],
+        t: &[u8; 32],
+    ) -> Result<bool, StoreError> {
+        self.0.complete_outbox(r, m, t).await
+    }
+    async fn trust_generation(&self) -> Result<u64, StoreError> {
+        self.0.trust_generation().await
+    }
+    async fn trusted_clients(&self) -> Result<TrustedClients, StoreError> {
+        self.0.trusted_clients().await
+    }
+    async fn client_keys(&self) -> Result<Vec<ClientKey>, StoreError> {
+        self.0.client_keys().await
+    }
+    async fn trust_client(&self, r: TrustRequest) -> Result<TrustOutcome, StoreError> {
+        self.0.trust_client(r).await
+    }
+    async fn untrust_client(&self, name: &str, now: u64) -> Result<Option<[u8; 32]>, StoreError> {
+        self.0.untrust_client(name, now).await
+    }
+    async fn inbox_counts(&self) -> Result<Vec<([u8; 32], u64)>, StoreError> {
+        self.0.inbox_counts().await
+    }
+    async fn matching_inbox(
+        &self,
+        p: &str,
+    ) -> Result<Vec<letterlock::store::InboxSummary>, StoreError> {
+        self.0.matching_inbox(p).await
+    }
+    async fn open_inbox(
+        &self,
+        s: &[u8; 32],
+        m: &[u8; 16],
+    ) -> Result<letterlock::store::InboxMessage, StoreError> {
+        self.0.open_inbox(s, m).await
+    }
+    async fn remove_inbox(&self, s: &[u8; 32], m: &[u8; 16]) -> Result<bool, StoreError> {
+        self.0.remove_inbox(s, m).await
+    }
+    async fn expire_inbox(&self, before: u64) -> Result<u64, StoreError> {
+        self.0.expire_inbox(before).await
+    }
+    async fn integrity_check(&self) -> Result<bool, StoreError> {
+        self.0.integrity_check().await
+    }
+}
+
+/// A fresh SQLite store and the folder it lives in.
+fn sqlite_store() -> (tempfile::TempDir, Shared<SqliteStore>) {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let store = SqliteStore::open(dir.path().join("mail.db")).expect("open the SQLite store");
+    (dir, Shared(std::sync::Arc::new(store)))
+}
+
+/// A fresh PostgreSQL store over a fresh database.
+async fn postgres_store() -> (common::postgres::Database, Shared<PostgresStore>) {
+    let db = common::postgres::database().await;
+    let store = PostgresStore::connect(&db.url)
+        .await
+        .unwrap_or_else(|e| panic!("connecting the PostgreSQL store to {}: {e}", db.url));
+    (db, Shared(std::sync::Arc::new(store)))
+}
+
+/// Runs each listed suite function once per backend.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (_dir, store) = super::sqlite_store();
+                    super::$name(&store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (_db, store) = super::postgres_store().await;
+                    super::$name(&store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    insert_duplicate_and_conflict,
+    known_inbox_by_sender_and_id,
+    list_and_find_by_prefix,
+    outbox_lifecycle,
+    large_body_round_trip,
+    bodies_at_the_inline_limit,
+    concurrent_inserts,
+    trust_rotate_and_untrust,
+    housekeeping,
+);
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL only
+
+/// Waits until the store holds `expected` bodies: a dropped staged body is deleted by the
+/// store's cleaner task, asynchronously. Polls without a deadline of its own (the test
+/// harness's timeout applies), so a slow machine cannot fail it.
+async fn wait_for_bodies(store: &PostgresStore, expected: u64) {
+    loop {
+        if store.body_count().await.unwrap() == expected {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A large body is chunked in the database (no file anywhere); a staged body that no row
+/// names, because its insert was a duplicate or because it was simply dropped, is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_large_bodies_are_chunks_and_unused_ones_go() {
+    let (_db, store) = postgres_store().await;
+    let store = &*store.0;
+    let data = common::data(LARGE_LEN);
+    let body = stage(store, &data);
+    assert!(!body.is_file());
+    store
+        .insert_inbox(inbox_record(1, id(1), body))
+        .await
+        .unwrap();
+    assert_eq!(store.body_count().await.unwrap(), 1);
+
+    // A retry of the same large message: answered as a duplicate, its new copy removed.
+    let retry = stage(store, &data);
+    assert_eq!(store.body_count().await.unwrap(), 2);
+    assert!(matches!(
+        store
+            .insert_inbox(inbox_record(1, id(1), retry))
+            .await
+            .unwrap(),
+        InsertOutcome::Duplicate { .. }
+    ));
+    wait_for_bodies(store, 1).await;
+
+    // Staged and dropped: removed too.
+    drop(stage(store, &data));
+    wait_for_bodies(store, 1).await;
+
+    // A writer dropped mid-body leaves nothing (its transaction rolls back).
+    let mut writer = store.blob_writer();
+    writer.write_all(&data).unwrap();
+    drop(writer);
+    assert_eq!(store.body_count().await.unwrap(), 1);
+    assert!(store.integrity_check().await.unwrap());
+}
+
+/// A body staged by one backend cannot be named by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_staged_elsewhere_are_refused() {
+    let (_db, pg) = postgres_store().await;
+    let (_dir, sqlite) = sqlite_store();
+    let data = common::data(LARGE_LEN);
+    let from_sqlite = stage(&sqlite, &data);
+    assert!(matches!(
+        pg.insert_inbox(inbox_record(1, id(1), from_sqlite)).await,
+        Err(StoreError::ForeignBlob { .. })
+    ));
+    let from_pg = stage(&pg, &data);
+    assert!(matches!(
+        sqlite.insert_inbox(inbox_record(1, id(1), from_pg)).await,
+        Err(StoreError::ForeignBlob { .. })
+    ));
+    // And another database's body is refused by this one.
+    let (_db2, other) = postgres_store().await;
+    let from_other = stage(&other, &data);
+    assert!(matches!(
+        pg.insert_inbox(inbox_record(1, id(2), from_other)).await,
+        Err(StoreError::ForeignBlob { .. })
+    ));
+}
+
+/// Two store handles over one database stand for two servers: a message sent to both at once
+/// is stored once and both answer with its ack; a delivery acked through both is removed once;
+/// a large body staged through one is read through the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_over_one_database_agree() {
+    let db = common::postgres::database().await;
+    let (a, b) = tokio::join!(
+        PostgresStore::connect(&db.url),
+        PostgresStore::connect(&db.url)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let record = || inbox_record(1, id(1), Body::from_bytes(b"to both".to_vec()));
+    let (ra, rb) = tokio::join!(a.insert_inbox(record()), b.insert_inbox(record()));
+    let mut outcomes = [ra.unwrap(), rb.unwrap()];
+    outcomes.sort_by_key(|o| matches!(o, InsertOutcome::Inserted));
+    assert_eq!(
+        outcomes,
+        [
+            InsertOutcome::Duplicate {
+                ack_tag: [1 ^ 0xA5; 32]
+            },
+            InsertOutcome::Inserted
+        ]
+    );
+    assert_eq!(b.list_inbox().await.unwrap().len(), 1);
+
+    let data = common::data(LARGE_LEN);
+    let body = stage(&a, &data);
+    a.enqueue_outbox(outbox_record(2, id(2), body, [2; 32]))
+        .await
+        .unwrap();
+    let through_b = read_all(b.open_outbox_body(&[2; 32], &id(2)).await.unwrap()).await;
+    assert!(
+        through_b == data,
+        "server b read another body than a staged"
+    );
+    let message = id(2);
+    let (ca, cb) = tokio::join!(
+        a.complete_outbox(&[2; 32], &message, &[2; 32]),
+        b.complete_outbox(&[2; 32], &message, &[2; 32])
+    );
+    assert_eq!(
+        [ca.unwrap(), cb.unwrap()].iter().filter(|c| **c).count(),
+        1,
+        "exactly one completion removes the delivery"
+    );
+    assert_eq!(a.body_count().await.unwrap(), 0);
+    assert!(b.integrity_check().await.unwrap());
+}
+
+/// A database migrated by a newer letterlock is refused; the current one reconnects as is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schema_is_versioned() {
+    let db = common::postgres::database().await;
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+    assert_eq!(store.schema_version_found(), 0, "a new database");
+    store.close().await.unwrap();
+    let again = PostgresStore::connect(&db.url).await.unwrap();
+    assert_eq!(again.schema_version_found(), SCHEMA_VERSION);
+    again.close().await.unwrap();
+
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    client
+        .execute(
+            "INSERT INTO letterlock_schema (version) VALUES ($1)",
+            &[&(SCHEMA_VERSION as i32 + 1)],
+        )
+        .await
+        .unwrap();
+    drop(client);
+    driver.await.unwrap().unwrap();
+    match PostgresStore::connect(&db.url).await {
+        Err(StoreError::SchemaVersion {
+            found, expected, ..
+        }) => {
+            assert_eq!(found, SCHEMA_VERSION + 1);
+            assert_eq!(expected, SCHEMA_VERSION);
+        }
+        other => panic!("a newer schema was not refused: {other:?}"),
+    }
+}
+
+/// Deliveries across servers: entries leased by one fetch are not handed to another until
+/// the lease expires (a server that died) or the entry is completed (through any server);
+/// two fetches at once through two servers split the entries, never share one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_deliveries_are_leased_to_one_fetch_at_a_time() {
+    use std::time::Duration;
+    let db = common::postgres::database().await;
+    let (a, b) = tokio::join!(
+        PostgresStore::connect(&db.url),
+        PostgresStore::connect(&db.url)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let recipient = [4; 32];
+    for n in 0..6u8 {
+        let body = Body::from_bytes(vec![n; 10]);
+        a.enqueue_outbox(outbox_record(4, id(n), body, [n; 32]))
+            .await
+            .unwrap();
+    }
+    let ids = |entries: &[letterlock::store::OutboxEntry]| -> Vec<u8> {
+        entries.iter().map(|e| e.message_id[0]).collect()
+    };
+    let minute = Duration::from_secs(60);
+    // Two fetches at once, through two servers: disjoint, and together everything.
+    let (la, lb) = tokio::join!(
+        a.lease_outbox(&recipient, minute),
+        b.lease_outbox(&recipient, minute)
+    );
+    let (la, lb) = (ids(&la.unwrap()), ids(&lb.unwrap()));
+    let mut all: Vec<u8> = la.iter().chain(&lb).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, [0, 1, 2, 3, 4, 5], "leases {la:?} and {lb:?}");
+    for list in [&la, &lb] {
+        assert!(list.is_sorted(), "queue order within a lease: {list:?}");
+    }
+    // While leased, nobody else gets them; the listing still shows them.
+    assert!(b.lease_outbox(&recipient, minute).await.unwrap().is_empty());
+    assert_eq!(b.pending_outbox(&recipient).await.unwrap().len(), 6);
+    // A completion through the other server removes a leased entry.
+    let first = la.first().or(lb.first()).copied().unwrap();
+    assert!(
+        b.complete_outbox(&recipient, &id(first), &[first; 32])
+            .await
+            .unwrap()
+    );
+
+    // A fresh message is free at once; a lease that expires (here: at once) frees its entries
+    // for the next fetch, wherever it runs.
+    a.enqueue_outbox(outbox_record(4, id(9), Body::from_bytes(vec![9]), [9; 32]))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&b.lease_outbox(&recipient, Duration::ZERO).await.unwrap()),
+        [9]
+    );
+    assert_eq!(ids(&a.lease_outbox(&recipient, minute).await.unwrap()), [9]);
+    assert!(b.lease_outbox(&recipient, minute).await.unwrap().is_empty());
+}
+
+/// Deletion through either housekeeping method takes the message's chunked body with it: no
+/// body row or chunk outlives its message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_removed_and_expired_messages_take_their_bodies() {
+    let (db, store) = postgres_store().await;
+    let large = common::data(LARGE_LEN);
+    for n in 1..=3 {
+        store
+            .insert_inbox(inbox_record(1, id(n), stage(&store, &large)))
+            .await
+            .unwrap();
+    }
+    wait_for_bodies(&store.0, 3).await;
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let chunks = || async {
+        let row = client
+            .query_one("SELECT count(*) FROM body_chunk", &[])
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    assert_eq!(chunks().await, 12, "three bodies of four chunks");
+
+    assert!(store.remove_inbox(&[1; 32], &id(1)).await.unwrap());
+    assert_eq!(store.0.body_count().await.unwrap(), 2);
+    assert_eq!(chunks().await, 8);
+
+    // Received at +2 and +3: both before the cutoff.
+    assert_eq!(store.expire_inbox(1_700_000_104).await.unwrap(), 2);
+    assert_eq!(store.0.body_count().await.unwrap(), 0);
+    assert_eq!(chunks().await, 0);
+    assert!(store.integrity_check().await.unwrap());
+    drop(client);
+    driver.await.unwrap().unwrap();
+}
+
+/// The trust list is shared: a key trusted through one store (one server) is seen by another
+/// on the same database at its next generation check, and two servers trusting the same name
+/// at once with different keys cannot both win (trust changes are serialised).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_trust_is_shared_and_serialised() {
+    let db = common::postgres::database().await;
+    let a = std::sync::Arc::new(PostgresStore::connect(&db.url).await.unwrap());
+    let b = std::sync::Arc::new(PostgresStore::connect(&db.url).await.unwrap());
+    let seen = b.trust_generation().await.unwrap();
+    a.trust_client(trust_request("alice", 1, false, 100))
+        .await
+        .unwrap();
+    assert!(b.trust_generation().await.unwrap() > seen);
+    let on_b = b.trusted_clients().await.unwrap();
+    assert_eq!(on_b.clients.len(), 1);
+    assert_eq!(on_b.clients[0].key_id, [1; 32]);
+
+    for round in 0..8u8 {
+        let name = format!("race-{round}");
+        let (x, y) = (a.clone(), b.clone());
+        let (n1, n2) = (name.clone(), name.clone());
+        let first = tokio::spawn(async move {
+            x.trust_client(trust_request(&n1, 10 + 2 * round, false, 200))
+                .await
+        });
+        let second = tokio::spawn(async move {
+            y.trust_client(trust_request(&n2, 11 + 2 * round, false, 200))
+                .await
+        });
+        let mut outcomes = [
+            first.await.unwrap().unwrap(),
+            second.await.unwrap().unwrap(),
+        ];
+        outcomes.sort_by_key(|o| matches!(o, TrustOutcome::NameTaken { .. }));
+        assert_eq!(outcomes[0], TrustOutcome::Trusted, "{name}: {outcomes:?}");
+        assert!(
+            matches!(outcomes[1], TrustOutcome::NameTaken { .. }),
+            "{name}: {outcomes:?}"
+        );
+    }
+    assert_eq!(a.trusted_clients().await.unwrap().clients.len(), 9);
+}
+
+/// A database of schema version 1 is migrated to the current version at connect, its rows
+/// kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schema_migrates_from_version_1() {
+    let db = common::postgres::database().await;
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+    store
+        .enqueue_outbox(outbox_record(
+            1,
+            id(1),
+            Body::from_bytes(b"kept".to_vec()),
+            [1; 32],
+        ))
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    // Back to version 1 by hand: what migrations 2 and 3 added goes.
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    client
+        .batch_execute(
+            "ALTER TABLE outbox DROP COLUMN leased_until;
+             DROP TABLE client_keys;
+             DROP TABLE trust_generation;
+             DROP INDEX inbox_by_sender;
+             DELETE FROM letterlock_schema WHERE version > 1;",
+        )
+        .await
+        .unwrap();
+    drop(client);
+    driver.await.unwrap().unwrap();
+
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+    assert_eq!(store.schema_version_found(), 1);
+    let leased = store
+        .lease_outbox(&[1; 32], std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1, "the version 1 row survived the migration");
+}
+
+/// An SQLite mailbox is copied into PostgreSQL whole (bodies byte for byte, large ones into
+/// chunks, outbox ack tags with them), and a second copy adds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sqlite_mailbox_is_copied_into_postgres() {
+    let (dir, sqlite) = sqlite_store();
+    let large = common::data(LARGE_LEN);
+    let records = [
+        inbox_record(1, id(1), Body::from_bytes(b"small".to_vec())),
+        inbox_record(2, id(2), stage(&sqlite, &large)),
+    ];
+    for record in records {
+        sqlite.insert_inbox(record).await.unwrap();
+    }
+    sqlite
+        .enqueue_outbox(outbox_record(3, id(3), stage(&sqlite, &large), [3; 32]))
+        .await
+        .unwrap();
+    sqlite
+        .enqueue_outbox(outbox_record(
+            3,
+            id(4),
+            Body::from_bytes(b"x".to_vec()),
+            [4; 32],
+        ))
+        .await
+        .unwrap();
+    // The trust history: alice rotated from key 1 to key 2, carol removed.
+    for request in [
+        trust_request("alice", 1, false, 100),
+        trust_request("alice", 2, true, 200),
+        trust_request("carol", 3, false, 300),
+    ] {
+        sqlite.trust_client(request).await.unwrap();
+    }
+    sqlite.untrust_client("carol", 400).await.unwrap();
+    let history = sqlite.client_keys().await.unwrap();
+    let listed = sqlite.list_inbox().await.unwrap();
+    drop(sqlite);
+
+    let (_db, pg) = postgres_store().await;
+    let path = dir.path().join("mail.db");
+    let report = pg.0.copy_from_sqlite(&path).await.unwrap();
+    assert_eq!(
+        (
+            report.inbox_copied,
+            report.outbox_copied,
+            report.inbox_conflicts
+        ),
+        (2, 2, 0)
+    );
+    assert_eq!((report.keys_copied, report.keys_present), (3, 0));
+    assert_eq!(
+        pg.client_keys().await.unwrap(),
+        history,
+        "the trust history, whole"
+    );
+    let trusted = pg.trusted_clients().await.unwrap();
+    assert!(
+        trusted.generation > 0,
+        "running servers see the copied keys"
+    );
+    assert_eq!(trusted.clients.len(), 1);
+    assert_eq!(trusted.clients[0].key_id, [2; 32]);
+    let again = pg.0.copy_from_sqlite(&path).await.unwrap();
+    assert_eq!(
+        (
+            again.inbox_copied,
+            again.inbox_present,
+            again.outbox_copied,
+            again.outbox_present
+        ),
+        (0, 2, 0, 2)
+    );
+    assert_eq!((again.keys_copied, again.keys_present), (0, 3));
+    assert_eq!(pg.list_inbox().await.unwrap(), listed);
+    let found = pg.find_inbox("02").await.unwrap();
+    assert!(read_all(found.body).await == large);
+    let known = pg.known_inbox(&[1; 32], &id(1)).await.unwrap().unwrap();
+    assert_eq!(known.ack_tag, [1 ^ 0xA5; 32]);
+    let out = read_all(pg.open_outbox_body(&[3; 32], &id(3)).await.unwrap()).await;
+    assert!(out == large);
+    let queue: Vec<u8> = pg
+        .pending_outbox(&[3; 32])
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.message_id[0])
+        .collect();
+    assert_eq!(queue, [3, 4], "queue order kept");
+    assert!(
+        pg.complete_outbox(&[3; 32], &id(3), &[3; 32])
+            .await
+            .unwrap()
+    );
+    assert!(pg.integrity_check().await.unwrap());
+}
+
+/// Every connection of the store is killed under it (as a database restart or failover
+/// would): requests fail or succeed, never half-write, and the store carries on without being
+/// reconnected: the pool replaces dead connections, and a retried insert lands exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_carries_on_after_its_connections_are_killed() {
+    let (db, store) = postgres_store().await;
+    // Several pooled connections, all idle afterwards.
+    let mut tasks = Vec::new();
+    for n in 0..8u8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = Body::from_bytes(vec![n; 100]);
+            store.insert_inbox(inbox_record(1, id(n), body)).await
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), InsertOutcome::Inserted);
+    }
+
+    let (admin, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let killed = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert!(killed >= 1, "the store had no connection to kill");
+
+    // A client retries until acked; each failure must be an error, not a wrong answer.
+    let mut failures = 0;
+    let outcome = loop {
+        let body = Body::from_bytes(b"after the kill".to_vec());
+        match store.insert_inbox(inbox_record(2, id(0x60), body)).await {
+            Ok(outcome) => break outcome,
+            Err(StoreError::Database { .. } | StoreError::Connect { .. }) => {
+                failures += 1;
+                assert!(
+                    failures <= letterlock::store::postgres::POOL_SIZE + 1,
+                    "the store did not recover: {failures} failures"
+                );
+            }
+            Err(other) => panic!("unexpected error after the kill: {other}"),
+        }
+    };
+    assert!(
+        matches!(
+            outcome,
+            InsertOutcome::Inserted | InsertOutcome::Duplicate { .. }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(store.list_inbox().await.unwrap().len(), 9);
+    // Large bodies use connections of their own: those recover too.
+    let data = common::data(LARGE_LEN);
+    let body = stage(&store, &data);
+    store
+        .insert_inbox(inbox_record(2, id(0x61), body))
+        .await
+        .unwrap();
+    let found = store.find_inbox("61").await.unwrap();
+    assert!(read_all(found.body).await == data);
+    assert!(store.integrity_check().await.unwrap());
+    drop(admin);
+    driver.await.unwrap().unwrap();
+}
+
+/// An unreachable database is a `Connect` error naming it without its password.
+#[tokio::test]
+async fn an_unreachable_database_says_so_without_the_password() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let url = format!(
+        "postgres://someone:secret-word@localhost/nothing?host={}",
+        dir.path().display()
+    );
+    match PostgresStore::connect(&url).await {
+        Err(err @ StoreError::Connect { .. }) => {
+            let text = err.to_string();
+            assert!(text.contains("someone@"), "{text}");
+            assert!(!text.contains("secret-word"), "{text}");
+        }
+        other => panic!("connecting to nothing did not fail as unreachable: {other:?}"),
+    }
+}
+
+#[test]
+fn a_test_database_url_keeps_the_server_and_query() {
+    use common::postgres::with_database;
+    assert_eq!(
+        with_database("postgres://u@h:5/old?host=/tmp/x&port=1", "new"),
+        "postgres://u@h:5/new?host=/tmp/x&port=1"
+    );
+    assert_eq!(with_database("postgres://u@h", "new"), "postgres://u@h/new");
+    assert_eq!(with_database("postgresql://h/db", "n"), "postgresql://h/n");
+}
+
+/// Committed inserts per second of the PostgreSQL store alone, 1 KiB bodies: one writer, then
+/// 64 concurrent writers over the pool. Prints the figures; asserts only that every insert
+/// landed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow: a store throughput measurement"]
+async fn postgres_committed_inserts_per_second() {
+    let (_db, store) = postgres_store().await;
+    let body = common::data(1024);
+    let sequential = 1_000u32;
+    let started = std::time::Instant::now();
+    for n in 0..sequential {
+        let mut record = inbox_record(1, id(0), Body::from_bytes(body.clone()));
+        record.message_id[..4].copy_from_slice(&n.to_be_bytes());
+        assert_eq!(
+            store.insert_inbox(record).await.unwrap(),
+            InsertOutcome::Inserted
+        );
+    }
+    let one = f64::from(sequential) / started.elapsed().as_secs_f64();
+
+    let (writers, each) = (64u32, 100u32);
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = store.clone();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..each {
+                let mut record = inbox_record(2, id(0), Body::from_bytes(body.clone()));
+                record.message_id[..4].copy_from_slice(&w.to_be_bytes());
+                record.message_id[4..8].copy_from_slice(&n.to_be_bytes());
+                assert_eq!(
+                    store.insert_inbox(record).await.unwrap(),
+                    InsertOutcome::Inserted
+                );
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let many = f64::from(writers * each) / started.elapsed().as_secs_f64();
+    assert_eq!(
+        store.list_inbox().await.unwrap().len() as u32,
+        sequential + writers * each
+    );
+    println!(
+        "PostgreSQL store, committed 1 KiB inserts: {one:.0}/s with one writer, \
+         {many:.0}/s with {writers} concurrent writers (pool of {})",
+        letterlock::store::postgres::POOL_SIZE
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binary over PostgreSQL
+
+/// Runs `letterlock ARGS` in `dir`; returns stdout and stderr, asserting success.
+fn letterlock_ok(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(common::BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "letterlock {args:?} failed:\n{text}");
+    text
+}
+
+/// A key folder for both ends from the fixed test keys (bob serves, alice is the client).
+fn key_folder() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::TempDir::new().unwrap();
+    for (from, to) in [("bob2048", "server"), ("alice2048", "client")] {
+        for half in ["private", "public"] {
+            let target = dir.path().join(format!("{to}_{half}.pem"));
+            std::fs::copy(
+                common::keys_dir().join(format!("{from}_{half}.pem")),
+                &target,
+            )
+            .unwrap();
+            if half == "private" {
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+        }
+    }
+    dir
+}
+
+/// `letterlock server migrate` and `letterlock server --store postgres://...`: the schema is
+/// created once, a message sent to the server lands in the database, one queued for the
+/// client is delivered from it once, and `server inbox` / `server read` find it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_binary_keeps_its_mailbox_in_postgres() {
+    let db = common::postgres::database().await;
+    let keys = key_folder();
+    let d = keys.path();
+    let url = db.url.as_str();
+    let out = letterlock_ok(d, &["server", "migrate", "--store", url]);
+    let created = format!("schema created at version {SCHEMA_VERSION}");
+    assert!(out.contains(&created), "{out}");
+    let out = letterlock_ok(d, &["server", "migrate", "--store", url]);
+    assert!(out.contains("up to date"), "{out}");
+
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.args(["server", "--listen", "127.0.0.1:0", "--store", url])
+        .current_dir(d);
+    let (mut child, addr) = common::spawn_server(cmd);
+    let client = |args: &[&str]| {
+        let mut all = vec!["client"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--server", &addr]);
+        letterlock_ok(d, &all)
+    };
+    let sent = client(&["send_msg", "hello over postgres", "--mode", "hybrid"]);
+    assert!(sent.contains("delivered"), "{sent}");
+    letterlock_ok(
+        d,
+        &[
+            "server",
+            "send_msg",
+            "--to",
+            "client",
+            "--store",
+            url,
+            "reply from postgres",
+        ],
+    );
+    let got = client(&["recv_msg"]);
+    assert!(got.contains("reply from postgres"), "{got}");
+    let again = client(&["recv_msg"]);
+    assert!(again.contains("no messages"), "{again}");
+    // Removed by the client's ack, not merely leased: the listing shows leased entries too.
+    let store = PostgresStore::connect(url).await.unwrap();
+    let client_key = common::public("alice2048").id().0;
+    assert!(store.pending_outbox(&client_key).await.unwrap().is_empty());
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let inbox = letterlock_ok(d, &["server", "inbox", "--json", "--store", url]);
+    let json_end = inbox.rfind(']').map_or(inbox.len(), |i| i + 1);
+    let rows: serde_json::Value = serde_json::from_str(&inbox[..json_end]).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{inbox}");
+    let id = rows[0]["id"].as_str().unwrap();
+    let text = letterlock_ok(d, &["server", "read", &id[..10], "--store", url]);
+    assert!(text.starts_with("hello over postgres"), "{text}");
+    assert!(store.integrity_check().await.unwrap());
+
+    // `server copy-store` from an (empty) SQLite mailbox: nothing to add, and it says so.
+    letterlock_ok(d, &["server", "migrate", "--store", "mail.db"]);
+    let out = letterlock_ok(
+        d,
+        &["server", "copy-store", "--from", "mail.db", "--to", url],
+    );
+    assert!(
+        out.contains("copied 0 inbox messages and 0 outbox messages"),
+        "{out}"
+    );
+}
+
+/// Kills a server process when the test ends, pass or fail.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Two `letterlock server` processes over one PostgreSQL share the trust list: a client both
+/// refused is accepted by either once `server trust` has run against the database (no server
+/// contacted, none restarted), its message is readable through `server read`, and after
+/// `server untrust` both refuse it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_server_binaries_follow_trust_changes_in_postgres() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = common::postgres::database().await;
+    let url = db.url.as_str();
+    let root = tempfile::TempDir::new().unwrap();
+    let (srv, bob) = (root.path().join("srv"), root.path().join("bob"));
+    for (dir, key, role) in [(&srv, "bob2048", "server"), (&bob, "mallory", "client")] {
+        std::fs::create_dir(dir).unwrap();
+        let private = dir.join(format!("{role}_private.pem"));
+        std::fs::copy(common::private_path(key), &private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::copy(
+            common::public_path(key),
+            dir.join(format!("{role}_public.pem")),
+        )
+        .unwrap();
+    }
+    std::fs::copy(
+        common::public_path("bob2048"),
+        bob.join("server_public.pem"),
+    )
+    .unwrap();
+
+    let start = || {
+        let mut cmd = std::process::Command::new(common::BIN);
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--keys", "srv"])
+            .args(["--store", url])
+            .current_dir(root.path());
+        let (child, addr) = common::spawn_server(cmd);
+        (Running(child), addr)
+    };
+    let (_first, first) = start();
+    let (_second, second) = start();
+    let send = |addr: &str, text: &str| {
+        std::process::Command::new(common::BIN)
+            .args(["client", "send_msg", text, "--server", addr, "--keys", "."])
+            .current_dir(&bob)
+            .output()
+            .unwrap()
+    };
+    let refused = |addr: &str, when: &str| {
+        let out = send(addr, when);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{when}: accepted by {addr}");
+        assert!(err.contains("refused our key"), "{when}: {err}");
+    };
+    refused(&first, "before trust");
+    refused(&second, "before trust");
+
+    let said = letterlock_ok(
+        root.path(),
+        &[
+            "server",
+            "trust",
+            "bob/client_public.pem",
+            "--name",
+            "bob",
+            "--keys",
+            "srv",
+            "--store",
+            url,
+        ],
+    );
+    assert!(said.contains("trusting bob"), "{said}");
+    for (addr, text) in [(&second, "via the second"), (&first, "via the first")] {
+        let out = send(addr, text);
+        assert!(
+            out.status.success(),
+            "{text}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let clients = letterlock_ok(
+        root.path(),
+        &[
+            "server", "clients", "--json", "--keys", "srv", "--store", url,
+        ],
+    );
+    let json_end = clients.rfind(']').map_or(clients.len(), |i| i + 1);
+    let rows: serde_json::Value = serde_json::from_str(&clients[..json_end]).unwrap();
+    assert_eq!(rows[0]["name"], "bob", "{clients}");
+    assert_eq!(rows[0]["messages"], 2, "{clients}");
+    let inbox = letterlock_ok(
+        root.path(),
+        &[
+            "server", "inbox", "--from", "bob", "--json", "--keys", "srv", "--store", url,
+        ],
+    );
+    let json_end = inbox.rfind(']').map_or(inbox.len(), |i| i + 1);
+    let rows: serde_json::Value = serde_json::from_str(&inbox[..json_end]).unwrap();
+    let id = rows[0]["id"].as_str().unwrap();
+    let text = letterlock_ok(
+        root.path(),
+        &[
+            "server", "read", id, "--from", "bob", "--keys", "srv", "--store", url,
+        ],
+    );
+    assert!(text.starts_with("via the second"), "{text}");
+
+    letterlock_ok(
+        root.path(),
+        &["server", "untrust", "bob", "--keys", "srv", "--store", url],
+    );
+    refused(&first, "after untrust");
+    refused(&second, "after untrust");
+}
