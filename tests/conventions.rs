@@ -7,9 +7,10 @@ mod common;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use common::BIN;
+use common::cli::BinServer;
 
 /// Runs `letterlock ARGS` with `stdin` as its input.
 fn run_with_input(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
@@ -110,40 +111,27 @@ fn folders() -> Folders {
 
 /// A running `letterlock server`, killed when dropped; its log (stderr) goes to a file.
 struct Server {
-    child: Child,
     addr: String,
     log: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    _server: BinServer,
 }
 
 impl Server {
     fn start(f: &Folders, flags: &[&str]) -> Server {
         let log = f.server.with_file_name("server.log");
-        let mut child = Command::new(BIN)
-            .args(["server", "--listen", "127.0.0.1:0"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["server", "--listen", "127.0.0.1:0"])
             .arg("--keys")
             .arg(&f.server)
             .arg("--store")
             .arg(&f.store)
-            .args(flags)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let addr = first
-            .strip_prefix("letterlock server listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .to_owned();
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, addr, log }
+            .args(flags);
+        let server = BinServer::spawn_logging(cmd, &log);
+        Server {
+            addr: server.addr.clone(),
+            log,
+            _server: server,
+        }
     }
 
     /// The server's log once it holds a "received" line (the line is written around the
@@ -595,9 +583,9 @@ fn on_a_terminal_the_server_logs_message_text() {
         })
         .expect("the server's address");
     let server = Server {
-        child: script,
-        addr,
+        addr: addr.clone(),
         log: PathBuf::new(),
+        _server: BinServer::adopt(script, addr),
     };
     ok(send(&f, &server, &[TEXT], b""));
     let received = lines

@@ -10,8 +10,9 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
+use common::cli::BinServer;
 use common::net::{CLIENT, SERVER, TestServer};
 use common::{private, private_path, public, public_path};
 use letterlock::client::{Content, FetchEvent, Mailbox, Output as FetchOutput};
@@ -26,31 +27,12 @@ const EXIT_NOT_SHOWN: i32 = 5;
 /// The client's mailbox file in its key folder.
 const MAILBOX: &str = "letterlock-client.db";
 
-/// Kills the server when the test ends, pass or fail.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Puts the fixed server and client keys in `d` under the walk-through's names.
 fn keys(d: &Path) {
     std::fs::copy(private_path(SERVER), d.join("server_private.pem")).unwrap();
     std::fs::copy(public_path(SERVER), d.join("server_public.pem")).unwrap();
     std::fs::copy(private_path(CLIENT), d.join("client_private.pem")).unwrap();
     std::fs::copy(public_path(CLIENT), d.join("client_public.pem")).unwrap();
-}
-
-/// Starts the server in `d` (its keys and its store there).
-fn start_server(d: &Path) -> (Server, String) {
-    let mut cmd = Command::new(common::BIN);
-    cmd.args(["server", "--listen", "127.0.0.1:0"])
-        .current_dir(d);
-    let (child, addr) = common::spawn_server(cmd);
-    (Server(child), addr)
 }
 
 fn letterlock(dir: &Path, args: &[&str]) -> Output {
@@ -111,7 +93,8 @@ fn recv_msg_keeps_each_message_and_client_read_opens_it_with_no_server_running()
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     keys(d);
-    let (server, addr) = start_server(d);
+    let server = BinServer::start(d, &[]);
+    let addr = server.addr.clone();
     queue(d, "the first message");
     let (code, out, err) = recv(d, &addr, &[]);
     assert_eq!(code, 0, "{err}");
@@ -165,7 +148,8 @@ fn client_read_lists_the_candidates_of_an_ambiguous_prefix() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     keys(d);
-    let (server, addr) = start_server(d);
+    let server = BinServer::start(d, &[]);
+    let addr = server.addr.clone();
     // 17 messages: by the pigeonhole principle, two share their first hexadecimal digit.
     for i in 0..17 {
         queue(d, &format!("message {i}"));
@@ -240,7 +224,8 @@ async fn the_mailbox_survives_a_restart_and_a_second_recv_msg_and_keeps_a_repeat
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     keys(d);
-    let (server, addr) = start_server(d);
+    let server = BinServer::start(d, &[]);
+    let addr = server.addr.clone();
     queue(d, "before the restart");
     let store = SqliteStore::open(d.join("letterlock-server.db")).unwrap();
     let first = pending_bodies(&store).await.remove(0);
@@ -250,7 +235,8 @@ async fn the_mailbox_survives_a_restart_and_a_second_recv_msg_and_keeps_a_repeat
     drop(server);
 
     // The server restarts; a second message comes with a second recv_msg.
-    let (_server, addr) = start_server(d);
+    let server = BinServer::start(d, &[]);
+    let addr = server.addr.clone();
     queue(d, "after the restart");
     let (code, out, err) = recv(d, &addr, &[]);
     assert_eq!(code, 0, "{err}");
@@ -280,7 +266,8 @@ fn recv_msg_into_a_file_gets_exactly_the_message_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     keys(d);
-    let (_server, addr) = start_server(d);
+    let server = BinServer::start(d, &[]);
+    let addr = server.addr.clone();
     // No final line break: nothing is added to it.
     let content = "line one\r\nline two, no final line break";
     queue(d, content);
@@ -321,7 +308,8 @@ fn binary_content_for_a_terminal_is_kept_acknowledged_and_explained() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     keys(d);
-    let (_server, addr) = start_server(d);
+    let server = BinServer::start(d, &[]);
+    let addr = server.addr.clone();
     let binary: Vec<u8> = vec![0x00, 0xff, 0x1b, b'[', b'2', b'J', 0xfe, 0x80];
     std::fs::write(d.join("binary.dat"), &binary).unwrap();
     queue_file(d, &d.join("binary.dat"));
@@ -354,7 +342,8 @@ fn recv_msg_o_refuses_a_file_and_creates_a_missing_folder() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     keys(d);
-    let (_server, addr) = start_server(d);
+    let server = BinServer::start(d, &[]);
+    let addr = server.addr.clone();
     queue(d, "to a folder");
     std::fs::write(d.join("out.txt"), b"mine").unwrap();
     let (code, _, err) = recv(d, &addr, &["-o", "out.txt"]);
@@ -382,7 +371,8 @@ fn recv_msg_json_prints_one_object_per_message() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     keys(d);
-    let (_server, addr) = start_server(d);
+    let server = BinServer::start(d, &[]);
+    let addr = server.addr.clone();
     queue(d, "caf\u{e9} \u{1b}[2J");
     std::fs::write(d.join("binary.dat"), [0xffu8, 0]).unwrap();
     queue_file(d, &d.join("binary.dat"));
@@ -422,7 +412,8 @@ fn a_message_over_64_mib_is_kept_and_explained_never_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     keys(d);
-    let (_server, addr) = start_server(d);
+    let server = BinServer::start(d, &[]);
+    let addr = server.addr.clone();
     let len = 64 * 1024 * 1024 + 1024;
     let big = d.join("big.txt");
     write_big(&big, len);
@@ -645,11 +636,8 @@ async fn a_message_kept_but_never_acknowledged_is_readable_and_kept_once_when_de
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_owned();
     keys(&d);
-    let mut cmd = Command::new(common::BIN);
-    cmd.args(["server", "--listen", "127.0.0.1:0", "--plain-v1"])
-        .current_dir(&d);
-    let (child, addr) = common::spawn_server(cmd);
-    let _server = Server(child);
+    let server = BinServer::start(&d, &["--plain-v1"]);
+    let addr = server.addr.clone();
     queue(&d, "kept before the ack");
     let relay = relay_cutting_the_first_ack(addr.clone()).await;
     let (code, out, err) = {

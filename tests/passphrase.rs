@@ -12,7 +12,9 @@ mod common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
+
+use common::cli::BinServer;
 
 const ALICE: &str = "alice2048";
 const BOB: &str = "bob2048";
@@ -457,16 +459,6 @@ fn change_and_remove_a_passphrase() {
     assert_eq!(key_id_of(d, &key, &[]), id);
 }
 
-/// Kills the server when the test ends, pass or fail.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The walk-through with both private keys passphrase-protected: the server reads its
 /// passphrase once at start (from the variable), the client commands take theirs from a file.
 #[test]
@@ -490,8 +482,8 @@ fn the_walk_through_runs_with_encrypted_keys_on_both_sides() {
         .env("LETTERLOCK_PASSPHRASE", "srv")
         .env_remove("LETTERLOCK_NEW_PASSPHRASE")
         .stdin(Stdio::null());
-    let (child, addr) = common::spawn_server(cmd);
-    let _server = Server(child);
+    let server = BinServer::spawn(cmd);
+    let addr = server.addr.clone();
     let client = |args: &[&str]| {
         let mut all = vec!["--passphrase-file", s(&cli_pass), "client"];
         all.extend_from_slice(args);

@@ -9,8 +9,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 
+use common::cli::BinServer;
 use common::net::{CLIENT, SERVER};
 use common::{private, private_path, public, public_path};
 use letterlock::envelope::{self, FixedRandomness, SealOptions};
@@ -20,28 +21,16 @@ use letterlock::store::{OutboxRecord, SqliteStore, Store};
 const EXIT_REPEAT: i32 = 3;
 const EXIT_SET_ASIDE: i32 = 4;
 
-/// Kills the server when the test ends, pass or fail.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A folder with the fixed server and client keys under the walk-through's names, and the
 /// server started in it.
-fn setup(d: &Path) -> (Server, String) {
+fn setup(d: &Path) -> (BinServer, String) {
     std::fs::copy(private_path(SERVER), d.join("server_private.pem")).unwrap();
     std::fs::copy(public_path(SERVER), d.join("server_public.pem")).unwrap();
     std::fs::copy(private_path(CLIENT), d.join("client_private.pem")).unwrap();
     std::fs::copy(public_path(CLIENT), d.join("client_public.pem")).unwrap();
-    let mut cmd = Command::new(common::BIN);
-    cmd.args(["server", "--listen", "127.0.0.1:0"])
-        .current_dir(d);
-    let (child, addr) = common::spawn_server(cmd);
-    (Server(child), addr)
+    let server = BinServer::start(d, &[]);
+    let addr = server.addr.clone();
+    (server, addr)
 }
 
 fn letterlock(dir: &Path, args: &[&str]) -> Output {

@@ -10,6 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::cli::BinServer;
 use common::net::{CLIENT, SERVER, clients};
 use common::{BIN, private, private_path, public_path};
 use letterlock::keys::Identity;
@@ -258,16 +259,6 @@ fn binary_plaintext_is_refused_on_a_terminal_with_a_hint_and_written_to_a_pipe()
     assert_eq!(out.stdout, plain);
 }
 
-/// Kills the server when the test ends, pass or fail.
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn recv_msg_to_a_file_gets_only_the_content() {
     let dir = tempfile::tempdir().unwrap();
@@ -276,11 +267,8 @@ fn recv_msg_to_a_file_gets_only_the_content() {
         let out = letterlock(d, &[side, "generate_key_pair", "--bits", "2048"]);
         assert!(out.status.success(), "{out:?}");
     }
-    let mut cmd = Command::new(BIN);
-    cmd.args(["server", "--listen", "127.0.0.1:0"])
-        .current_dir(d);
-    let (child, addr) = common::spawn_server(cmd);
-    let _server = Server(child);
+    let server = BinServer::start(d, &[]);
+    let addr = server.addr.clone();
     let content = "the reply\r\x1b[2K, with its own line break\n";
     let out = letterlock(d, &["server", "send_msg", "--to", "client", content]);
     assert!(out.status.success(), "{out:?}");

@@ -10,17 +10,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 
-/// Kills the server when the test ends, pass or fail.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::cli::BinServer;
 
 fn letterlock(dir: &Path, args: &[&str]) -> Output {
     Command::new(common::BIN)
@@ -123,12 +115,11 @@ impl Setup {
         fails(&self.root, &args)
     }
 
-    fn start(&self) -> (Server, String) {
-        let mut cmd = Command::new(common::BIN);
-        cmd.args(["server", "--listen", "127.0.0.1:0", "--keys", "srv"])
-            .current_dir(&self.root);
-        let (child, addr) = common::spawn_server(cmd);
-        (Server(child), addr)
+    /// The server run from the root folder with --keys srv and `flags`.
+    fn start(&self, flags: &[&str]) -> (BinServer, String) {
+        let server = BinServer::start(&self.root, &self.server_args(flags));
+        let addr = server.addr.clone();
+        (server, addr)
     }
 
     /// `client send_msg TEXT` from the client folder `who`.
@@ -177,7 +168,7 @@ fn sent_id(out: &Output) -> String {
 #[test]
 fn trust_and_untrust_take_effect_on_a_running_server_without_restart() {
     let s = Setup::new();
-    let (_server, addr) = s.start();
+    let (_server, addr) = s.start(&[]);
 
     // alice came from the classroom file; bob is not trusted yet.
     assert!(s.send("alice", &addr, "from alice").status.success());
@@ -217,18 +208,7 @@ fn trust_and_untrust_take_effect_on_a_running_server_without_restart() {
 #[test]
 fn the_plain_v1_server_follows_trust_changes_too() {
     let s = Setup::new();
-    let mut cmd = Command::new(common::BIN);
-    cmd.args([
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--keys",
-        "srv",
-        "--plain-v1",
-    ])
-    .current_dir(&s.root);
-    let (child, addr) = common::spawn_server(cmd);
-    let _server = Server(child);
+    let (_server, addr) = s.start(&["--plain-v1"]);
     let send = |text: &str| {
         letterlock(
             &s.dir("bob"),
@@ -255,7 +235,7 @@ fn the_plain_v1_server_follows_trust_changes_too() {
 #[test]
 fn a_rotated_key_works_the_old_one_is_refused_and_old_messages_stay_readable() {
     let s = Setup::new();
-    let (_server, addr) = s.start();
+    let (_server, addr) = s.start(&[]);
     s.server_ok(&["server", "trust", "bob/client_public.pem", "--name", "bob"]);
     let old = s.send("bob", &addr, "signed with the old key");
     assert!(old.status.success(), "{}", stderr(&old));
@@ -316,7 +296,7 @@ fn the_classroom_layout_is_imported_and_clients_json_lists_it() {
     // A key file in srv/clients/ as well as client_public.pem.
     std::fs::create_dir(s.dir("srv").join("clients")).unwrap();
     put_public(&s.dir("srv").join("clients"), "mallory", "bob.pem");
-    let (_server, addr) = s.start();
+    let (_server, addr) = s.start(&[]);
     assert!(s.send("alice", &addr, "one").status.success());
     assert!(s.send("alice", &addr, "two").status.success());
     assert!(s.send("bob", &addr, "three").status.success());
@@ -355,7 +335,7 @@ fn inbox_filters_read_from_and_rm() {
     let s = Setup::new();
     std::fs::create_dir(s.dir("srv").join("clients")).unwrap();
     put_public(&s.dir("srv").join("clients"), "mallory", "bob.pem");
-    let (_server, addr) = s.start();
+    let (_server, addr) = s.start(&[]);
     let a = sent_id(&s.send("alice", &addr, "alice's note"));
     let b = sent_id(&s.send("bob", &addr, "bob's note"));
 
@@ -398,7 +378,7 @@ fn inbox_filters_read_from_and_rm() {
 fn the_store_is_created_beside_the_keys_private_to_its_owner() {
     use std::os::unix::fs::PermissionsExt;
     let s = Setup::new();
-    let (server, addr) = s.start();
+    let (server, addr) = s.start(&[]);
     assert!(s.send("alice", &addr, "hi").status.success());
     drop(server);
     let db = s.dir("srv").join("letterlock-server.db");
@@ -519,25 +499,11 @@ fn colliding_ids_of_two_senders_are_told_apart_with_from() {
 #[test]
 fn retention_keeps_recent_messages_and_refuses_zero_days() {
     let s = Setup::new();
-    let (server, addr) = s.start();
+    let (server, addr) = s.start(&[]);
     assert!(s.send("alice", &addr, "kept").status.success());
     drop(server);
     // Received just now: a retention of one day keeps it.
-    let (server, _) = {
-        let mut cmd = Command::new(common::BIN);
-        cmd.args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--keys",
-            "srv",
-            "--retention",
-            "1",
-        ])
-        .current_dir(&s.root);
-        let (child, addr) = common::spawn_server(cmd);
-        (Server(child), addr)
-    };
+    let (server, _) = s.start(&["--retention", "1"]);
     drop(server);
     assert_eq!(
         serde_json::from_str::<Vec<serde_json::Value>>(

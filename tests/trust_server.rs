@@ -4,22 +4,16 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use common::BIN;
+use common::cli::BinServer;
 
 /// A running `letterlock server` with bob2048 as its key, trusting alice2048; killed on drop.
 struct Server {
-    child: Child,
     addr: String,
+    _server: BinServer,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn copy_private(name: &str, to: &Path) {
@@ -42,10 +36,10 @@ fn start_server(flags: &[&str]) -> Server {
         .arg("--store")
         .arg(dir.path().join("server.db"))
         .args(flags);
-    let (child, addr) = common::spawn_server(cmd);
+    let server = BinServer::spawn(cmd);
     Server {
-        child,
-        addr,
+        addr: server.addr.clone(),
+        _server: server,
         _dir: dir,
     }
 }

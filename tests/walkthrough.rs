@@ -4,7 +4,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
+
+use common::cli::BinServer;
 
 fn letterlock(dir: &Path, args: &[&str]) -> Output {
     Command::new(common::BIN)
@@ -34,16 +36,6 @@ fn ok_with_status(dir: &Path, args: &[&str]) -> String {
     text
 }
 
-/// Kills the server when the test ends, pass or fail.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The walk-through: both key pairs, the server, send_msg, recv_msg in both modes, inbox and
 /// read, with `flags` given to the server and to every client command.
 fn walk_through(flags: &[&str]) {
@@ -58,12 +50,8 @@ fn walk_through(flags: &[&str]) {
             .success()
     );
 
-    let mut cmd = Command::new(common::BIN);
-    cmd.args(["server", "--listen", "127.0.0.1:0"])
-        .args(flags)
-        .current_dir(d);
-    let (child, addr) = common::spawn_server(cmd);
-    let server = Server(child);
+    let server = BinServer::start(d, flags);
+    let addr = server.addr.clone();
     // `letterlock client ARGS --server ADDR FLAGS`: its stdout, or with the status lines too.
     let run = |args: &[&str], with_status: bool| {
         let mut all = vec!["client"];
@@ -124,7 +112,7 @@ fn the_walk_through_runs_on_the_plain_v1_wire_with_the_flag_on_both_ends() {
 }
 
 /// A folder with both key pairs, and a running server started with `flags`.
-fn folder_with_server(flags: &[&str]) -> (tempfile::TempDir, Server, String) {
+fn folder_with_server(flags: &[&str]) -> (tempfile::TempDir, BinServer, String) {
     let dir = tempfile::tempdir().unwrap();
     ok(
         dir.path(),
@@ -134,17 +122,9 @@ fn folder_with_server(flags: &[&str]) -> (tempfile::TempDir, Server, String) {
         dir.path(),
         &["client", "generate_key_pair", "--bits", "2048"],
     );
-    let server = start_server(dir.path(), flags);
-    (dir, server.0, server.1)
-}
-
-fn start_server(d: &Path, flags: &[&str]) -> (Server, String) {
-    let mut cmd = Command::new(common::BIN);
-    cmd.args(["server", "--listen", "127.0.0.1:0"])
-        .args(flags)
-        .current_dir(d);
-    let (child, addr) = common::spawn_server(cmd);
-    (Server(child), addr)
+    let server = BinServer::start(dir.path(), flags);
+    let addr = server.addr.clone();
+    (dir, server, addr)
 }
 
 /// No silent fallback: a client and a server on different versions fail, and the error names
@@ -165,7 +145,8 @@ fn a_version_mismatch_fails_and_names_the_flag() {
     drop(server);
     // A --plain-v1 client and a version 2 server: the server waits for a TLS ClientHello and
     // the client for a version 1 Hello, until the client's --timeout.
-    let (_server, addr) = start_server(d, &[]);
+    let server = BinServer::start(d, &[]);
+    let addr = server.addr.clone();
     for cmd in [&["send_msg", "hi"][..], &["recv_msg"]] {
         let mut args = vec!["client"];
         args.extend_from_slice(cmd);

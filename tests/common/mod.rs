@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
+pub mod cli;
 pub mod net;
 pub mod peer;
 pub mod v2;
@@ -223,14 +224,18 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_letterlock");
 /// Starts `cmd`, a `letterlock server --listen 127.0.0.1:0 ...` command, and returns the child
 /// with the address it printed on its first line. The rest of its stdout is drained in the
 /// background so it never blocks on a full pipe; its stderr (the log) is discarded.
-pub fn spawn_server(mut cmd: std::process::Command) -> (std::process::Child, String) {
+pub fn spawn_server(cmd: std::process::Command) -> (std::process::Child, String) {
+    spawn_server_logging(cmd, std::process::Stdio::null())
+}
+
+/// As [`spawn_server`], with the server's stderr (its log) sent to `log`.
+pub fn spawn_server_logging(
+    mut cmd: std::process::Command,
+    log: std::process::Stdio,
+) -> (std::process::Child, String) {
     use std::io::BufRead;
     use std::process::Stdio;
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     let addr = first
