@@ -12,9 +12,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::cli::BinServer;
+use common::cli::{BinServer, classroom_folder};
 use common::net::{CLIENT, SERVER, TestServer};
-use common::{private, private_path, public, public_path};
+use common::{private, public};
 use letterlock::client::{Content, FetchEvent, Mailbox, Output as FetchOutput};
 use letterlock::envelope::{self, SealOptions};
 use letterlock::received::ReceivedRecord;
@@ -26,14 +26,6 @@ const EXIT_NOT_SHOWN: i32 = 5;
 
 /// The client's mailbox file in its key folder.
 const MAILBOX: &str = "letterlock-client.db";
-
-/// Puts the fixed server and client keys in `d` under the walk-through's names.
-fn keys(d: &Path) {
-    std::fs::copy(private_path(SERVER), d.join("server_private.pem")).unwrap();
-    std::fs::copy(public_path(SERVER), d.join("server_public.pem")).unwrap();
-    std::fs::copy(private_path(CLIENT), d.join("client_private.pem")).unwrap();
-    std::fs::copy(public_path(CLIENT), d.join("client_public.pem")).unwrap();
-}
 
 fn letterlock(dir: &Path, args: &[&str]) -> Output {
     Command::new(common::BIN)
@@ -92,7 +84,7 @@ fn mode(path: &Path) -> u32 {
 fn recv_msg_keeps_each_message_and_client_read_opens_it_with_no_server_running() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    keys(d);
+    classroom_folder(d);
     let server = BinServer::start(d, &[]);
     let addr = server.addr.clone();
     queue(d, "the first message");
@@ -147,7 +139,7 @@ fn recv_msg_keeps_each_message_and_client_read_opens_it_with_no_server_running()
 fn client_read_lists_the_candidates_of_an_ambiguous_prefix() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    keys(d);
+    classroom_folder(d);
     let server = BinServer::start(d, &[]);
     let addr = server.addr.clone();
     // 17 messages: by the pigeonhole principle, two share their first hexadecimal digit.
@@ -223,7 +215,7 @@ async fn enqueue(store: &SqliteStore, sealed: &[u8]) {
 async fn the_mailbox_survives_a_restart_and_a_second_recv_msg_and_keeps_a_repeat_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    keys(d);
+    classroom_folder(d);
     let server = BinServer::start(d, &[]);
     let addr = server.addr.clone();
     queue(d, "before the restart");
@@ -265,7 +257,7 @@ async fn the_mailbox_survives_a_restart_and_a_second_recv_msg_and_keeps_a_repeat
 fn recv_msg_into_a_file_gets_exactly_the_message_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    keys(d);
+    classroom_folder(d);
     let server = BinServer::start(d, &[]);
     let addr = server.addr.clone();
     // No final line break: nothing is added to it.
@@ -307,7 +299,7 @@ fn on_terminal(dir: &Path, args: &[&str]) -> (i32, String) {
 fn binary_content_for_a_terminal_is_kept_acknowledged_and_explained() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    keys(d);
+    classroom_folder(d);
     let server = BinServer::start(d, &[]);
     let addr = server.addr.clone();
     let binary: Vec<u8> = vec![0x00, 0xff, 0x1b, b'[', b'2', b'J', 0xfe, 0x80];
@@ -341,7 +333,7 @@ fn binary_content_for_a_terminal_is_kept_acknowledged_and_explained() {
 fn recv_msg_o_refuses_a_file_and_creates_a_missing_folder() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    keys(d);
+    classroom_folder(d);
     let server = BinServer::start(d, &[]);
     let addr = server.addr.clone();
     queue(d, "to a folder");
@@ -370,7 +362,7 @@ fn recv_msg_o_refuses_a_file_and_creates_a_missing_folder() {
 fn recv_msg_json_prints_one_object_per_message() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    keys(d);
+    classroom_folder(d);
     let server = BinServer::start(d, &[]);
     let addr = server.addr.clone();
     queue(d, "caf\u{e9} \u{1b}[2J");
@@ -411,7 +403,7 @@ fn write_big(path: &Path, len: u64) {
 fn a_message_over_64_mib_is_kept_and_explained_never_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    keys(d);
+    classroom_folder(d);
     let server = BinServer::start(d, &[]);
     let addr = server.addr.clone();
     let len = 64 * 1024 * 1024 + 1024;
@@ -635,7 +627,7 @@ async fn relay_cutting_the_first_ack(to: String) -> String {
 async fn a_message_kept_but_never_acknowledged_is_readable_and_kept_once_when_delivered_again() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_owned();
-    keys(&d);
+    classroom_folder(&d);
     let server = BinServer::start(&d, &["--plain-v1"]);
     let addr = server.addr.clone();
     queue(&d, "kept before the ack");

@@ -11,9 +11,9 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::cli::BinServer;
+use common::cli::{BinServer, classroom_folder};
 use common::net::{CLIENT, SERVER};
-use common::{private, private_path, public, public_path};
+use common::{private, public};
 use letterlock::envelope::{self, FixedRandomness, SealOptions};
 use letterlock::store::{OutboxRecord, SqliteStore, Store};
 
@@ -24,10 +24,7 @@ const EXIT_SET_ASIDE: i32 = 4;
 /// A folder with the fixed server and client keys under the walk-through's names, and the
 /// server started in it.
 fn setup(d: &Path) -> (BinServer, String) {
-    std::fs::copy(private_path(SERVER), d.join("server_private.pem")).unwrap();
-    std::fs::copy(public_path(SERVER), d.join("server_public.pem")).unwrap();
-    std::fs::copy(private_path(CLIENT), d.join("client_private.pem")).unwrap();
-    std::fs::copy(public_path(CLIENT), d.join("client_public.pem")).unwrap();
+    classroom_folder(d);
     let server = BinServer::start(d, &[]);
     let addr = server.addr.clone();
     (server, addr)

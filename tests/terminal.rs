@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::cli::BinServer;
+use common::cli::{BinServer, put_private, put_public};
 use common::net::{CLIENT, SERVER, clients};
 use common::{BIN, private, private_path, public_path};
 use letterlock::keys::Identity;
@@ -77,9 +77,9 @@ fn assert_inert(out: &[u8]) {
 fn client_keys() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path();
-    std::fs::copy(private_path(CLIENT), keys.join("client_private.pem")).unwrap();
-    std::fs::copy(public_path(CLIENT), keys.join("client_public.pem")).unwrap();
-    std::fs::copy(public_path(SERVER), keys.join("server_public.pem")).unwrap();
+    put_private(keys, CLIENT, "client_private.pem");
+    put_public(keys, CLIENT, "client_public.pem");
+    put_public(keys, SERVER, "server_public.pem");
     dir
 }
 

@@ -12,7 +12,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::cli::BinServer;
+use common::cli::{BinServer, put_private, put_public};
 
 fn letterlock(dir: &Path, args: &[&str]) -> Output {
     Command::new(common::BIN)
@@ -47,19 +47,6 @@ fn fails(dir: &Path, args: &[&str]) -> String {
         "letterlock {args:?} succeeded:\n{text}"
     );
     text
-}
-
-/// Writes `tests/keys/KEY_private.pem` as DIR/FILE with mode 0600.
-fn put_private(dir: &Path, key: &str, file: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    let target = dir.join(file);
-    std::fs::copy(common::private_path(key), &target).unwrap();
-    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-/// Writes `tests/keys/KEY_public.pem` as DIR/FILE.
-fn put_public(dir: &Path, key: &str, file: &str) {
-    std::fs::copy(common::public_path(key), dir.join(file)).unwrap();
 }
 
 /// The folders: a server with the classroom file client_public.pem (alice) and three clients.

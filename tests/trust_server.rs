@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use common::BIN;
-use common::cli::BinServer;
+use common::cli::{BinServer, put_private, put_public};
 
 /// A running `letterlock server` with bob2048 as its key, trusting alice2048; killed on drop.
 struct Server {
@@ -16,20 +16,10 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
-fn copy_private(name: &str, to: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::copy(common::private_path(name), to).unwrap();
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
 fn start_server(flags: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    copy_private("bob2048", &dir.path().join("server_private.pem"));
-    std::fs::copy(
-        common::public_path("alice2048"),
-        dir.path().join("client_public.pem"),
-    )
-    .unwrap();
+    put_private(dir.path(), "bob2048", "server_private.pem");
+    put_public(dir.path(), "alice2048", "client_public.pem");
     let mut cmd = Command::new(BIN);
     cmd.args(["server", "--listen", "127.0.0.1:0", "--keys"])
         .arg(dir.path())
@@ -47,7 +37,7 @@ fn start_server(flags: &[&str]) -> Server {
 /// A client folder with alice2048's pair and no server key yet.
 fn client_folder() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    copy_private("alice2048", &dir.path().join("client_private.pem"));
+    put_private(dir.path(), "alice2048", "client_private.pem");
     let server_pem = dir.path().join("server_public.pem");
     (dir, server_pem)
 }

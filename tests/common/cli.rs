@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::process::{Child, Command};
 
-use super::{BIN, spawn_server, spawn_server_logging};
+use super::net::{CLIENT, SERVER};
+use super::{BIN, private_path, public_path, spawn_server, spawn_server_logging};
 
 // ---------------------------------------------------------------------------------------------
 // Servers
@@ -60,4 +61,32 @@ pub fn server_command(dir: &Path, args: &[&str]) -> Command {
         .args(args)
         .current_dir(dir);
     cmd
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key folders
+
+/// Writes the fixed key `tests/keys/KEY_private.pem` as DIR/FILE, mode 0600 (the binary refuses
+/// a private key others can read).
+pub fn put_private(dir: &Path, key: &str, file: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let target = dir.join(file);
+    std::fs::copy(private_path(key), &target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Writes the fixed key `tests/keys/KEY_public.pem` as DIR/FILE.
+pub fn put_public(dir: &Path, key: &str, file: &str) {
+    std::fs::copy(public_path(key), dir.join(file)).unwrap();
+}
+
+/// Puts both sides of the classroom walk-through in `dir` under its file names: the fixed
+/// [`SERVER`] and [`CLIENT`] keys as server_private.pem, server_public.pem,
+/// client_private.pem and client_public.pem. The server and the client commands then run in
+/// `dir` with no `--keys`.
+pub fn classroom_folder(dir: &Path) {
+    put_private(dir, SERVER, "server_private.pem");
+    put_public(dir, SERVER, "server_public.pem");
+    put_private(dir, CLIENT, "client_private.pem");
+    put_public(dir, CLIENT, "client_public.pem");
 }
