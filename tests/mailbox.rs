@@ -10,9 +10,9 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use common::cli::{BinServer, classroom_folder};
+use common::cli::{BinServer, classroom_folder, run};
 use common::net::{CLIENT, SERVER, TestServer};
 use common::{private, public};
 use letterlock::client::{Content, FetchEvent, Mailbox, Output as FetchOutput};
@@ -26,23 +26,6 @@ const EXIT_NOT_SHOWN: i32 = 5;
 
 /// The client's mailbox file in its key folder.
 const MAILBOX: &str = "letterlock-client.db";
-
-fn letterlock(dir: &Path, args: &[&str]) -> Output {
-    Command::new(common::BIN)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-/// Runs the binary; its exit status, stdout (bytes) and stderr.
-fn run(dir: &Path, args: &[&str]) -> (i32, Vec<u8>, String) {
-    let out = letterlock(dir, args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    (out.status.code().unwrap_or(-1), out.stdout, stderr)
-}
 
 fn recv(dir: &Path, addr: &str, extra: &[&str]) -> (i32, Vec<u8>, String) {
     let mut args = vec!["client", "recv_msg", "--server", addr];

@@ -14,7 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::cli::BinServer;
+use common::cli::{BinServer, assert_fails, assert_ok, command, text};
 
 const ALICE: &str = "alice2048";
 const BOB: &str = "bob2048";
@@ -22,12 +22,9 @@ const BOB: &str = "bob2048";
 /// Runs `letterlock ARGS` in `dir` with `env` set (and LETTERLOCK_PASSPHRASE* cleared unless
 /// given), stdin closed and no terminal, so a missing passphrase is an error, never a prompt.
 fn letterlock(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(common::BIN);
-    cmd.args(args)
-        .current_dir(dir)
-        .env_remove("LETTERLOCK_PASSPHRASE")
-        .env_remove("LETTERLOCK_NEW_PASSPHRASE")
-        .stdin(Stdio::null());
+    let mut cmd = command(dir, args);
+    cmd.env_remove("LETTERLOCK_PASSPHRASE")
+        .env_remove("LETTERLOCK_NEW_PASSPHRASE");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -35,23 +32,12 @@ fn letterlock(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 fn ok(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = letterlock(dir, args, env);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "letterlock {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    assert_ok(args, &letterlock(dir, args, env))
 }
 
 /// Runs and expects failure; returns stderr, checked for the absence of a panic.
 fn fails(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = letterlock(dir, args, env);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "letterlock {args:?} succeeded");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr
+    assert_fails(args, &letterlock(dir, args, env))
 }
 
 /// Runs `openssl ARGS`; panics with its stderr (or how to install it) if it fails.
@@ -489,11 +475,7 @@ fn the_walk_through_runs_with_encrypted_keys_on_both_sides() {
         all.extend_from_slice(args);
         all.extend_from_slice(&["--server", &addr]);
         let out = letterlock(d, &all, &[]);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = text(&out);
         assert!(out.status.success(), "client {args:?}: {text}");
         text
     };

@@ -9,9 +9,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-use common::cli::{BinServer, classroom_folder};
+use common::cli::{BinServer, classroom_folder, letterlock, run};
 use common::net::{CLIENT, SERVER};
 use common::{private, public};
 use letterlock::envelope::{self, FixedRandomness, SealOptions};
@@ -30,22 +29,11 @@ fn setup(d: &Path) -> (BinServer, String) {
     (server, addr)
 }
 
-fn letterlock(dir: &Path, args: &[&str]) -> Output {
-    Command::new(common::BIN)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap()
-}
-
 fn recv(dir: &Path, addr: &str, extra: &[&str]) -> (i32, String, String) {
     let mut args = vec!["client", "recv_msg", "--server", addr];
     args.extend_from_slice(extra);
-    let out = letterlock(dir, &args);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    (out.status.code().unwrap_or(-1), stdout, stderr)
+    let (code, stdout, stderr) = run(dir, &args);
+    (code, String::from_utf8_lossy(&stdout).into_owned(), stderr)
 }
 
 fn queue(dir: &Path, text: &str) {

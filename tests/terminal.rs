@@ -6,11 +6,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::cli::{BinServer, put_private, put_public};
+use common::cli::{BinServer, letterlock, put_private, put_public};
 use common::net::{CLIENT, SERVER, clients};
 use common::{BIN, private, private_path, public_path};
 use letterlock::keys::Identity;
@@ -42,14 +42,6 @@ fn on_terminal(dir: &Path, args: &[&str]) -> (bool, Vec<u8>) {
             )
         });
     (out.status.success(), out.stdout)
-}
-
-fn letterlock(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap()
 }
 
 /// The screen's lines: split at LF and at CR, since a CR returns to the start of the line

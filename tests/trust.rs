@@ -10,44 +10,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::cli::{BinServer, put_private, put_public};
-
-fn letterlock(dir: &Path, args: &[&str]) -> Output {
-    Command::new(common::BIN)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap()
-}
-
-/// Runs a command that must succeed; returns stdout and stderr together.
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = letterlock(dir, args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "letterlock {args:?} failed:\n{text}");
-    text
-}
-
-/// Runs a command that must fail; returns stdout and stderr together.
-fn fails(dir: &Path, args: &[&str]) -> String {
-    let out = letterlock(dir, args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !out.status.success(),
-        "letterlock {args:?} succeeded:\n{text}"
-    );
-    text
-}
+use common::cli::{BinServer, fails_text, letterlock, ok_text, put_private, put_public};
 
 /// The folders: a server with the classroom file client_public.pem (alice) and three clients.
 struct Setup {
@@ -93,13 +58,13 @@ impl Setup {
     fn server_ok(&self, args: &[&str]) -> String {
         let args = self.server(args);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        ok(&self.root, &args)
+        ok_text(&self.root, &args)
     }
 
     fn server_fails(&self, args: &[&str]) -> String {
         let args = self.server(args);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        fails(&self.root, &args)
+        fails_text(&self.root, &args)
     }
 
     /// The server run from the root folder with --keys srv and `flags`.
@@ -392,7 +357,7 @@ fn the_store_is_created_beside_the_keys_private_to_its_owner() {
 fn a_mailbox_at_the_old_default_place_is_used_with_a_warning() {
     let s = Setup::new();
     // A store in the working folder, as the old default made it.
-    ok(
+    ok_text(
         &s.root,
         &[
             "server",
@@ -503,7 +468,7 @@ fn retention_keeps_recent_messages_and_refuses_zero_days() {
         .len(),
         1
     );
-    let zero = fails(
+    let zero = fails_text(
         &s.root,
         &[
             "server",

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Output, Stdio};
 
 use super::net::{CLIENT, SERVER};
 use super::{BIN, private_path, public_path, spawn_server, spawn_server_logging};
@@ -89,4 +89,81 @@ pub fn classroom_folder(dir: &Path) {
     put_public(dir, SERVER, "server_public.pem");
     put_private(dir, CLIENT, "client_private.pem");
     put_public(dir, CLIENT, "client_public.pem");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the binary
+
+/// The command `letterlock ARGS` in `dir` with stdin closed (a command that would wait for
+/// input sees its end instead), not started.
+pub fn command(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).current_dir(dir).stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `letterlock ARGS` in `dir` (see [`command`]); what it printed and how it ended.
+pub fn letterlock(dir: &Path, args: &[&str]) -> Output {
+    command(dir, args).output().unwrap()
+}
+
+/// Runs `letterlock ARGS` in `dir`: its exit status (-1 if killed by a signal), stdout as
+/// bytes and stderr as text, after checking that it did not panic.
+pub fn run(dir: &Path, args: &[&str]) -> (i32, Vec<u8>, String) {
+    let out = letterlock(dir, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.code().unwrap_or(-1), out.stdout, stderr)
+}
+
+/// What `out` printed, stdout then stderr (content, then status lines), as text.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Asserts that `letterlock ARGS` succeeded, showing both outputs if not; its stdout.
+pub fn assert_ok(args: &[&str], out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "letterlock {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Asserts that `letterlock ARGS` failed without a panic; its stderr.
+pub fn assert_fails(args: &[&str], out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "letterlock {args:?} succeeded");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// Runs a command in `dir` that must succeed; its stdout.
+pub fn ok(dir: &Path, args: &[&str]) -> String {
+    assert_ok(args, &letterlock(dir, args))
+}
+
+/// Runs a command in `dir` that must succeed; stdout and stderr together (see [`text`]).
+pub fn ok_text(dir: &Path, args: &[&str]) -> String {
+    let out = letterlock(dir, args);
+    let text = text(&out);
+    assert!(out.status.success(), "letterlock {args:?} failed:\n{text}");
+    text
+}
+
+/// Runs a command in `dir` that must fail; stdout and stderr together (see [`text`]).
+pub fn fails_text(dir: &Path, args: &[&str]) -> String {
+    let out = letterlock(dir, args);
+    let text = text(&out);
+    assert!(
+        !out.status.success(),
+        "letterlock {args:?} succeeded:\n{text}"
+    );
+    text
 }
