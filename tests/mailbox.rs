@@ -10,7 +10,7 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::cli::{BinServer, classroom_folder, run};
 use common::net::{CLIENT, SERVER, TestServer};
@@ -262,16 +262,7 @@ fn recv_msg_into_a_file_gets_exactly_the_message_bytes() {
 /// Runs the binary with stdin, stdout and stderr on one pseudo-terminal (`script`, from
 /// util-linux, as tests/terminal.rs does): its exit status and everything the terminal got.
 fn on_terminal(dir: &Path, args: &[&str]) -> (i32, String) {
-    let quoted: Vec<String> = std::iter::once(common::BIN)
-        .chain(args.iter().copied())
-        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
-        .collect();
-    let out = Command::new("script")
-        .args(["-q", "-e", "-c", &quoted.join(" "), "/dev/null"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `script` ({e}): install util-linux"));
+    let out = common::cli::on_terminal(dir, args);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -568,23 +568,14 @@ fn keygen_with_a_passphrase_file_writes_an_encrypted_key() {
 /// person at a terminal sees. Returns the exit status and everything the terminal showed.
 fn on_a_terminal(dir: &Path, args: &[&str], input: &str) -> (bool, String) {
     use std::io::Write;
-    let command = std::iter::once(common::BIN)
-        .chain(args.iter().copied())
-        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut child = Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .current_dir(dir)
+    let mut child = common::cli::terminal_command(dir, args)
         .env_remove("LETTERLOCK_PASSPHRASE")
         .env_remove("LETTERLOCK_NEW_PASSPHRASE")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run `script` ({e}): install util-linux (apt-get install bsdutils)")
-        });
+        .unwrap_or_else(common::cli::no_script);
     child
         .stdin
         .take()

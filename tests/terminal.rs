@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,22 +25,7 @@ const HOSTILE: &str =
 /// Runs the binary with `args` in `dir` with stdin, stdout and stderr on one pseudo-terminal;
 /// everything the terminal received, and the exit status.
 fn on_terminal(dir: &Path, args: &[&str]) -> (bool, Vec<u8>) {
-    let quoted: Vec<String> = std::iter::once(BIN)
-        .chain(args.iter().copied())
-        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
-        .collect();
-    let out = Command::new("script")
-        .args(["-q", "-e", "-c", &quoted.join(" "), "/dev/null"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run `script` ({e}): these tests need a pseudo-terminal; install \
-                 util-linux (Debian/Ubuntu: apt-get install util-linux; Fedora: dnf install \
-                 util-linux-script)"
-            )
-        });
+    let out = common::cli::on_terminal(dir, args);
     (out.status.success(), out.stdout)
 }
 

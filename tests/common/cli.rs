@@ -167,3 +167,37 @@ pub fn fails_text(dir: &Path, args: &[&str]) -> String {
     );
     text
 }
+
+// ---------------------------------------------------------------------------------------------
+// On a terminal
+
+/// The command that runs `letterlock ARGS` in `dir` under util-linux `script`, with its stdin,
+/// stdout and stderr on one pseudo-terminal, not started: everything the terminal showed comes
+/// out on the command's stdout.
+pub fn terminal_command(dir: &Path, args: &[&str]) -> Command {
+    let quoted: Vec<String> = std::iter::once(BIN)
+        .chain(args.iter().copied())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect();
+    let mut cmd = Command::new("script");
+    cmd.args(["-q", "-e", "-c", &quoted.join(" "), "/dev/null"])
+        .current_dir(dir);
+    cmd
+}
+
+/// The failure when `script` cannot be started: what is missing and how to install it.
+pub fn no_script<T>(e: std::io::Error) -> T {
+    panic!(
+        "cannot run `script` ({e}): these tests need a pseudo-terminal; install util-linux \
+         (Debian/Ubuntu: apt-get install bsdutils; Fedora: dnf install util-linux-script)"
+    )
+}
+
+/// Runs `letterlock ARGS` in `dir` on a pseudo-terminal with nothing typed (see
+/// [`terminal_command`]).
+pub fn on_terminal(dir: &Path, args: &[&str]) -> Output {
+    terminal_command(dir, args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(no_script)
+}
