@@ -7,18 +7,19 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
 use common::cli::{BinServer, classroom_folder, run};
 use common::net::{CLIENT, SERVER, TestServer};
+use common::outbox::{ack_tag_of, enqueue, pending_bodies};
 use common::{private, public};
 use letterlock::client::{Content, FetchEvent, Mailbox, Output as FetchOutput};
 use letterlock::envelope::{self, SealOptions};
 use letterlock::received::ReceivedRecord;
-use letterlock::store::{OutboxRecord, SqliteStore, Store};
+use letterlock::store::{SqliteStore, Store};
 
 /// Exit statuses of `recv_msg` (src/cli/client.rs, `recv_msg --help`).
 const EXIT_REPEAT: i32 = 3;
@@ -151,49 +152,6 @@ fn client_read_lists_the_candidates_of_an_ambiguous_prefix() {
     }
 }
 
-/// The sealed bytes of every message waiting for the client, oldest first.
-async fn pending_bodies(store: &SqliteStore) -> Vec<Vec<u8>> {
-    let me = public(CLIENT).id().0;
-    let mut bodies = Vec::new();
-    for entry in store.pending_outbox(&me).await.unwrap() {
-        let mut body = store
-            .open_outbox_body(&me, &entry.message_id)
-            .await
-            .unwrap();
-        let mut bytes = Vec::new();
-        body.read_to_end(&mut bytes).unwrap();
-        bodies.push(bytes);
-    }
-    bodies
-}
-
-/// Puts `sealed` in the server's outbox again: a replayed delivery.
-async fn enqueue(store: &SqliteStore, sealed: &[u8]) {
-    let header = envelope::Header::parse(sealed).unwrap();
-    let (_, opened) = envelope::open_to_vec(
-        private(CLIENT),
-        &public(SERVER),
-        &envelope::OpenOptions::default(),
-        sealed,
-    )
-    .unwrap();
-    let mut blob = store.blob_writer();
-    blob.write_all(sealed).unwrap();
-    store
-        .enqueue_outbox(OutboxRecord {
-            recipient_key_id: public(CLIENT).id().0,
-            recipient_name: "client".into(),
-            message_id: header.message_id.0,
-            created: header.created,
-            mode: header.mode.to_byte(),
-            plaintext_len: 0,
-            expected_ack_tag: opened.ack_tag,
-            body: blob.finish().unwrap(),
-        })
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn the_mailbox_survives_a_restart_and_a_second_recv_msg_and_keeps_a_repeat_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -221,7 +179,7 @@ async fn the_mailbox_survives_a_restart_and_a_second_recv_msg_and_keeps_a_repeat
 
     // The first delivery played back: acknowledged as a repeat, not kept twice.
     let store = SqliteStore::open(d.join("letterlock-server.db")).unwrap();
-    enqueue(&store, &first).await;
+    enqueue(&store, &first, ack_tag_of(&first)).await;
     let (code, out, err) = recv(d, &addr, &[]);
     assert_eq!(code, EXIT_REPEAT, "{err}");
     assert!(out.is_empty());
@@ -460,22 +418,6 @@ async fn a_message_is_in_the_mailbox_before_it_is_reported_and_acknowledged() {
     server.stop().await;
 }
 
-/// Yields `remaining` bytes of a cheap pattern without holding them.
-struct Generated {
-    remaining: u64,
-    counter: u8,
-}
-
-impl Read for Generated {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = (buf.len() as u64).min(self.remaining) as usize;
-        self.counter = self.counter.wrapping_add(1);
-        buf[..n].fill(self.counter);
-        self.remaining -= n as u64;
-        Ok(n)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "slow: a 1 GiB hybrid message from the server into the client's mailbox"]
 async fn a_1_gib_message_is_kept_in_bounded_memory() {
@@ -488,7 +430,7 @@ async fn a_1_gib_message_is_kept_in_bounded_memory() {
         server.store.as_ref(),
         private(SERVER),
         &to,
-        Generated {
+        common::Generated {
             remaining: SIZE,
             counter: 0,
         },

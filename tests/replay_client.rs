@@ -12,9 +12,10 @@ use std::path::Path;
 
 use common::cli::{BinServer, classroom_folder, letterlock, run};
 use common::net::{CLIENT, SERVER};
+use common::outbox::{ack_tag_of, enqueue, pending_bodies};
 use common::{private, public};
-use letterlock::envelope::{self, FixedRandomness, SealOptions};
-use letterlock::store::{OutboxRecord, SqliteStore, Store};
+use letterlock::envelope::{FixedRandomness, SealOptions};
+use letterlock::store::SqliteStore;
 
 /// Exit statuses of `recv_msg` (src/cli/client.rs, docs/PROTOCOL.md).
 const EXIT_REPEAT: i32 = 3;
@@ -39,51 +40,6 @@ fn recv(dir: &Path, addr: &str, extra: &[&str]) -> (i32, String, String) {
 fn queue(dir: &Path, text: &str) {
     let out = letterlock(dir, &["server", "send_msg", "--to", "client", text]);
     assert!(out.status.success(), "{out:?}");
-}
-
-/// The sealed bytes of every message waiting for the client, oldest first.
-async fn pending_bodies(store: &SqliteStore) -> Vec<Vec<u8>> {
-    let me = public(CLIENT).id().0;
-    let mut bodies = Vec::new();
-    for entry in store.pending_outbox(&me).await.unwrap() {
-        let mut body = store
-            .open_outbox_body(&me, &entry.message_id)
-            .await
-            .unwrap();
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut body, &mut bytes).unwrap();
-        bodies.push(bytes);
-    }
-    bodies
-}
-
-/// Puts `sealed` (from the server to the client) in the outbox, as a server that replays or
-/// forges deliveries would send it.
-async fn enqueue(store: &SqliteStore, sealed: &[u8], ack_tag: [u8; 32]) {
-    let header = envelope::Header::parse(sealed).unwrap();
-    let mut blob = store.blob_writer();
-    std::io::Write::write_all(&mut blob, sealed).unwrap();
-    store
-        .enqueue_outbox(OutboxRecord {
-            recipient_key_id: public(CLIENT).id().0,
-            recipient_name: "client".into(),
-            message_id: header.message_id.0,
-            created: header.created,
-            mode: header.mode.to_byte(),
-            plaintext_len: 0,
-            expected_ack_tag: ack_tag,
-            body: blob.finish().unwrap(),
-        })
-        .await
-        .unwrap();
-}
-
-/// The ack tag the client computes for `sealed`: what the replaying server expects back.
-fn ack_tag_of(sealed: &[u8]) -> [u8; 32] {
-    let opts = envelope::OpenOptions::default();
-    let (_, opened) =
-        envelope::open_to_vec(private(CLIENT), &public(SERVER), &opts, sealed).unwrap();
-    opened.ack_tag
 }
 
 #[tokio::test]

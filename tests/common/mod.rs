@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub mod cli;
 pub mod net;
+pub mod outbox;
 pub mod peer;
 pub mod v2;
 
@@ -258,6 +259,23 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 /// `len` bytes of deterministic, incompressible-looking test data (the same for the same `len`).
 pub fn data(len: usize) -> Vec<u8> {
     Rng(0x1234_5678_9abc_def0 ^ len as u64).bytes(len)
+}
+
+/// Yields `remaining` bytes of a cheap pattern without holding them: a message of hundreds of
+/// MiB whose own size does not count in the memory a test measures.
+pub struct Generated {
+    pub remaining: u64,
+    pub counter: u8,
+}
+
+impl std::io::Read for Generated {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.remaining) as usize;
+        self.counter = self.counter.wrapping_add(1);
+        buf[..n].fill(self.counter);
+        self.remaining -= n as u64;
+        Ok(n)
+    }
 }
 
 /// xorshift64*: reproducible sizes and contents for tests, without a dependency.
