@@ -10,9 +10,8 @@ mod common;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
-use common::cli::{BinServer, classroom_folder, run};
+use common::cli::{BinServer, classroom_folder, recv_msg_into, run};
 use common::net::{CLIENT, SERVER, TestServer};
 use common::outbox::{ack_tag_of, enqueue, pending_bodies};
 use common::{private, public};
@@ -49,6 +48,16 @@ fn queue_file(dir: &Path, file: &Path) {
     assert_eq!(code, 0, "{}{err}", String::from_utf8_lossy(&out));
 }
 
+/// A classroom folder (see [`classroom_folder`]) with the server running in it, and its
+/// address.
+fn classroom_with_server() -> (tempfile::TempDir, BinServer, String) {
+    let dir = tempfile::tempdir().unwrap();
+    classroom_folder(dir.path());
+    let server = BinServer::start(dir.path(), &[]);
+    let addr = server.addr.clone();
+    (dir, server, addr)
+}
+
 /// `client inbox --json`, parsed.
 fn inbox(dir: &Path) -> Vec<serde_json::Value> {
     let (code, out, err) = run(dir, &["client", "inbox", "--json"]);
@@ -66,11 +75,8 @@ fn mode(path: &Path) -> u32 {
 
 #[test]
 fn recv_msg_keeps_each_message_and_client_read_opens_it_with_no_server_running() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, server, addr) = classroom_with_server();
     let d = dir.path();
-    classroom_folder(d);
-    let server = BinServer::start(d, &[]);
-    let addr = server.addr.clone();
     queue(d, "the first message");
     let (code, out, err) = recv(d, &addr, &[]);
     assert_eq!(code, 0, "{err}");
@@ -121,11 +127,8 @@ fn recv_msg_keeps_each_message_and_client_read_opens_it_with_no_server_running()
 
 #[test]
 fn client_read_lists_the_candidates_of_an_ambiguous_prefix() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, server, addr) = classroom_with_server();
     let d = dir.path();
-    classroom_folder(d);
-    let server = BinServer::start(d, &[]);
-    let addr = server.addr.clone();
     // 17 messages: by the pigeonhole principle, two share their first hexadecimal digit.
     for i in 0..17 {
         queue(d, &format!("message {i}"));
@@ -154,11 +157,8 @@ fn client_read_lists_the_candidates_of_an_ambiguous_prefix() {
 
 #[tokio::test]
 async fn the_mailbox_survives_a_restart_and_a_second_recv_msg_and_keeps_a_repeat_once() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, server, addr) = classroom_with_server();
     let d = dir.path();
-    classroom_folder(d);
-    let server = BinServer::start(d, &[]);
-    let addr = server.addr.clone();
     queue(d, "before the restart");
     let store = SqliteStore::open(d.join("letterlock-server.db")).unwrap();
     let first = pending_bodies(&store).await.remove(0);
@@ -196,21 +196,13 @@ async fn the_mailbox_survives_a_restart_and_a_second_recv_msg_and_keeps_a_repeat
 
 #[test]
 fn recv_msg_into_a_file_gets_exactly_the_message_bytes() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _server, addr) = classroom_with_server();
     let d = dir.path();
-    classroom_folder(d);
-    let server = BinServer::start(d, &[]);
-    let addr = server.addr.clone();
     // No final line break: nothing is added to it.
     let content = "line one\r\nline two, no final line break";
     queue(d, content);
     let file = d.join("got.txt");
-    let out = Command::new(common::BIN)
-        .args(["client", "recv_msg", "--server", &addr])
-        .current_dir(d)
-        .stdout(std::fs::File::create(&file).unwrap())
-        .output()
-        .unwrap();
+    let out = recv_msg_into(d, &addr, &file);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read(&file).unwrap(), content.as_bytes());
     let status = String::from_utf8_lossy(&out.stderr);
@@ -229,11 +221,8 @@ fn on_terminal(dir: &Path, args: &[&str]) -> (i32, String) {
 
 #[test]
 fn binary_content_for_a_terminal_is_kept_acknowledged_and_explained() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _server, addr) = classroom_with_server();
     let d = dir.path();
-    classroom_folder(d);
-    let server = BinServer::start(d, &[]);
-    let addr = server.addr.clone();
     let binary: Vec<u8> = vec![0x00, 0xff, 0x1b, b'[', b'2', b'J', 0xfe, 0x80];
     std::fs::write(d.join("binary.dat"), &binary).unwrap();
     queue_file(d, &d.join("binary.dat"));
@@ -263,11 +252,8 @@ fn binary_content_for_a_terminal_is_kept_acknowledged_and_explained() {
 
 #[test]
 fn recv_msg_o_refuses_a_file_and_creates_a_missing_folder() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _server, addr) = classroom_with_server();
     let d = dir.path();
-    classroom_folder(d);
-    let server = BinServer::start(d, &[]);
-    let addr = server.addr.clone();
     queue(d, "to a folder");
     std::fs::write(d.join("out.txt"), b"mine").unwrap();
     let (code, _, err) = recv(d, &addr, &["-o", "out.txt"]);
@@ -292,11 +278,8 @@ fn recv_msg_o_refuses_a_file_and_creates_a_missing_folder() {
 
 #[test]
 fn recv_msg_json_prints_one_object_per_message() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _server, addr) = classroom_with_server();
     let d = dir.path();
-    classroom_folder(d);
-    let server = BinServer::start(d, &[]);
-    let addr = server.addr.clone();
     queue(d, "caf\u{e9} \u{1b}[2J");
     std::fs::write(d.join("binary.dat"), [0xffu8, 0]).unwrap();
     queue_file(d, &d.join("binary.dat"));
@@ -333,11 +316,8 @@ fn write_big(path: &Path, len: u64) {
 #[test]
 #[ignore = "slow: seals, sends and opens 64 MiB messages in both directions"]
 fn a_message_over_64_mib_is_kept_and_explained_never_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _server, addr) = classroom_with_server();
     let d = dir.path();
-    classroom_folder(d);
-    let server = BinServer::start(d, &[]);
-    let addr = server.addr.clone();
     let len = 64 * 1024 * 1024 + 1024;
     let big = d.join("big.txt");
     write_big(&big, len);
@@ -539,6 +519,16 @@ async fn relay_cutting_the_first_ack(to: String) -> String {
     addr
 }
 
+/// `recv_msg --plain-v1` from `d` through [`relay_cutting_the_first_ack`] to the server at
+/// `addr` (run off the async runtime, which the relay needs meanwhile).
+async fn recv_through_ack_cutter(d: &Path, addr: &str) -> (i32, Vec<u8>, String) {
+    let relay = relay_cutting_the_first_ack(addr.to_owned()).await;
+    let d = d.to_owned();
+    tokio::task::spawn_blocking(move || recv(&d, &relay, &["--plain-v1", "--timeout", "5"]))
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_kept_but_never_acknowledged_is_readable_and_kept_once_when_delivered_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -547,13 +537,7 @@ async fn a_message_kept_but_never_acknowledged_is_readable_and_kept_once_when_de
     let server = BinServer::start(&d, &["--plain-v1"]);
     let addr = server.addr.clone();
     queue(&d, "kept before the ack");
-    let relay = relay_cutting_the_first_ack(addr.clone()).await;
-    let (code, out, err) = {
-        let d = d.clone();
-        tokio::task::spawn_blocking(move || recv(&d, &relay, &["--plain-v1", "--timeout", "5"]))
-            .await
-            .unwrap()
-    };
+    let (code, out, err) = recv_through_ack_cutter(&d, &addr).await;
     // The acknowledgement never arrived: the fetch failed after the message was kept and shown.
     assert_eq!(code, 1, "{err}");
     assert_eq!(out, b"kept before the ack", "{err}");
@@ -566,13 +550,7 @@ async fn a_message_kept_but_never_acknowledged_is_readable_and_kept_once_when_de
     // A crash after keeping, before recording: the record is gone. Delivered again (and cut
     // again), the message is shown again but kept once.
     std::fs::remove_file(d.join(".letterlock-received")).unwrap();
-    let relay = relay_cutting_the_first_ack(addr.clone()).await;
-    let (code, out, err) = {
-        let d = d.clone();
-        tokio::task::spawn_blocking(move || recv(&d, &relay, &["--plain-v1", "--timeout", "5"]))
-            .await
-            .unwrap()
-    };
+    let (code, out, err) = recv_through_ack_cutter(&d, &addr).await;
     assert_eq!(code, 1, "{err}");
     assert_eq!(out, b"kept before the ack", "{err}");
     assert_eq!(inbox(&d).len(), 1);

@@ -6,13 +6,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::cli::{BinServer, letterlock, put_private, put_public};
+use common::cli::{BinServer, letterlock, put_private, put_public, recv_msg_into};
 use common::net::{CLIENT, SERVER, clients};
-use common::{BIN, private, private_path, public_path};
+use common::{private, private_path, public_path};
 use letterlock::keys::Identity;
 use letterlock::tls::{self, TlsOptions};
 use letterlock::wire::{CHALLENGE_LEN, ErrorCode, Frame, FrameReader, FrameWriter};
@@ -251,12 +250,7 @@ fn recv_msg_to_a_file_gets_only_the_content() {
     assert!(out.status.success(), "{out:?}");
 
     let file = d.join("received");
-    let out = Command::new(BIN)
-        .args(["client", "recv_msg", "--server", &addr])
-        .current_dir(d)
-        .stdout(std::fs::File::create(&file).unwrap())
-        .output()
-        .unwrap();
+    let out = recv_msg_into(d, &addr, &file);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read(&file).unwrap(), content.as_bytes());
     let status = String::from_utf8_lossy(&out.stderr);

@@ -201,3 +201,12 @@ pub fn on_terminal(dir: &Path, args: &[&str]) -> Output {
         .output()
         .unwrap_or_else(no_script)
 }
+
+/// `letterlock client recv_msg --server ADDR` in `dir` with its stdout redirected to the file
+/// `file` (a shell's `> file`, not `-o`).
+pub fn recv_msg_into(dir: &Path, addr: &str, file: &Path) -> Output {
+    command(dir, &["client", "recv_msg", "--server", addr])
+        .stdout(std::fs::File::create(file).unwrap())
+        .output()
+        .unwrap()
+}
