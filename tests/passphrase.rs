@@ -40,6 +40,14 @@ fn fails(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
     assert_fails(args, &letterlock(dir, args, env))
 }
 
+/// A folder holding alice's fixed private key, unencrypted, as alice.pem; its path.
+fn folder_with_alice() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("alice.pem");
+    fs::copy(common::private_path(ALICE), &key).unwrap();
+    (dir, key)
+}
+
 /// Runs `openssl ARGS`; panics with its stderr (or how to install it) if it fails.
 fn openssl(args: &[&str]) -> Vec<u8> {
     let out = Command::new("openssl")
@@ -251,10 +259,8 @@ fn a_key_openssl_genpkey_encrypted_is_used_by_seal() {
 
 #[test]
 fn a_key_letterlock_encrypted_is_read_by_openssl_and_not_without_the_passphrase() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, key) = folder_with_alice();
     let d = dir.path();
-    let key = d.join("alice.pem");
-    fs::copy(common::private_path(ALICE), &key).unwrap();
     let file = pass_file(d, "new.txt", "letterlock pass");
     ok(
         d,
@@ -381,10 +387,8 @@ fn a_wrong_or_missing_passphrase_is_refused_with_a_clear_message() {
 
 #[test]
 fn change_and_remove_a_passphrase() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, key) = folder_with_alice();
     let d = dir.path();
-    let key = d.join("alice.pem");
-    fs::copy(common::private_path(ALICE), &key).unwrap();
     let first = pass_file(d, "first", "first pass");
     let id = expected_id(ALICE);
 
@@ -595,10 +599,8 @@ fn on_a_terminal(dir: &Path, args: &[&str], input: &str) -> (bool, String) {
 /// once to read a key.
 #[test]
 fn on_a_terminal_the_passphrase_is_asked_for() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, key) = folder_with_alice();
     let d = dir.path();
-    let key = d.join("alice.pem");
-    fs::copy(common::private_path(ALICE), &key).unwrap();
 
     let (ok_, shown) = on_a_terminal(d, &["passphrase", s(&key)], "typed one\ntyped two\n");
     assert!(!ok_, "{shown}");

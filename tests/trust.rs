@@ -82,6 +82,18 @@ impl Setup {
         )
     }
 
+    /// `client send_msg TEXT` from the client folder `who`, which must succeed.
+    fn send_ok(&self, who: &str, addr: &str, text: &str) {
+        let out = self.send(who, addr, text);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    /// One message from alice, through a server started for it and stopped after it.
+    fn deliver_one(&self, text: &str) {
+        let (_server, addr) = self.start(&[]);
+        self.send_ok("alice", &addr, text);
+    }
+
     fn clients_json(&self, all: bool) -> Vec<serde_json::Value> {
         let mut args = vec!["server", "clients", "--json"];
         if all {
@@ -123,7 +135,7 @@ fn trust_and_untrust_take_effect_on_a_running_server_without_restart() {
     let (_server, addr) = s.start(&[]);
 
     // alice came from the classroom file; bob is not trusted yet.
-    assert!(s.send("alice", &addr, "from alice").status.success());
+    s.send_ok("alice", &addr, "from alice");
     let refused = s.send("bob", &addr, "too early");
     assert!(!refused.status.success());
     assert!(
@@ -150,7 +162,7 @@ fn trust_and_untrust_take_effect_on_a_running_server_without_restart() {
         stderr(&refused)
     );
     // alice is not affected.
-    assert!(s.send("alice", &addr, "still here").status.success());
+    s.send_ok("alice", &addr, "still here");
 
     // bob's message is kept and still readable.
     let read = s.server_ok(&["server", "read", &id]);
@@ -249,9 +261,9 @@ fn the_classroom_layout_is_imported_and_clients_json_lists_it() {
     std::fs::create_dir(s.dir("srv").join("clients")).unwrap();
     put_public(&s.dir("srv").join("clients"), "mallory", "bob.pem");
     let (_server, addr) = s.start(&[]);
-    assert!(s.send("alice", &addr, "one").status.success());
-    assert!(s.send("alice", &addr, "two").status.success());
-    assert!(s.send("bob", &addr, "three").status.success());
+    s.send_ok("alice", &addr, "one");
+    s.send_ok("alice", &addr, "two");
+    s.send_ok("bob", &addr, "three");
 
     let list = s.clients_json(false);
     assert_eq!(list.len(), 2, "{list:?}");
@@ -330,9 +342,7 @@ fn inbox_filters_read_from_and_rm() {
 fn the_store_is_created_beside_the_keys_private_to_its_owner() {
     use std::os::unix::fs::PermissionsExt;
     let s = Setup::new();
-    let (server, addr) = s.start(&[]);
-    assert!(s.send("alice", &addr, "hi").status.success());
-    drop(server);
+    s.deliver_one("hi");
     let db = s.dir("srv").join("letterlock-server.db");
     assert!(db.is_file(), "no store beside the keys");
     assert!(!s.root.join("letterlock-server.db").exists());
@@ -451,9 +461,7 @@ fn colliding_ids_of_two_senders_are_told_apart_with_from() {
 #[test]
 fn retention_keeps_recent_messages_and_refuses_zero_days() {
     let s = Setup::new();
-    let (server, addr) = s.start(&[]);
-    assert!(s.send("alice", &addr, "kept").status.success());
-    drop(server);
+    s.deliver_one("kept");
     // Received just now: a retention of one day keeps it.
     let (server, _) = s.start(&["--retention", "1"]);
     drop(server);
