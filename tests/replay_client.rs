@@ -42,14 +42,21 @@ fn queue(dir: &Path, text: &str) {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// The server started in `d` (see [`setup`]) with "pay 10 coins" queued for the client: the
+/// server, its address, its store and the sealed bytes it will deliver, kept for a replay.
+async fn one_recorded_delivery(d: &Path) -> (BinServer, String, SqliteStore, Vec<u8>) {
+    let (server, addr) = setup(d);
+    queue(d, "pay 10 coins");
+    let store = SqliteStore::open(d.join("letterlock-server.db")).unwrap();
+    let recorded = pending_bodies(&store).await.remove(0);
+    (server, addr, store, recorded)
+}
+
 #[tokio::test]
 async fn a_replayed_delivery_is_not_saved_again_with_an_output_folder() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (_server, addr) = setup(d);
-    queue(d, "pay 10 coins");
-    let store = SqliteStore::open(d.join("letterlock-server.db")).unwrap();
-    let recorded = pending_bodies(&store).await.remove(0);
+    let (_server, addr, store, recorded) = one_recorded_delivery(d).await;
 
     let (code, out, err) = recv(d, &addr, &["-o", "inbox"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -78,10 +85,7 @@ async fn a_replayed_delivery_is_not_saved_again_with_an_output_folder() {
 async fn a_replayed_delivery_is_not_shown_again_on_stdout() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (_server, addr) = setup(d);
-    queue(d, "pay 10 coins");
-    let store = SqliteStore::open(d.join("letterlock-server.db")).unwrap();
-    let recorded = pending_bodies(&store).await.remove(0);
+    let (_server, addr, store, recorded) = one_recorded_delivery(d).await;
 
     let (code, out, _) = recv(d, &addr, &[]);
     assert_eq!(code, 0);
