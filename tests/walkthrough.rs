@@ -6,16 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::cli::{BinServer, assert_fails, letterlock, ok};
-
-/// As [`ok`], with the status lines too: they go to stderr, content to stdout.
-fn ok_with_status(dir: &Path, args: &[&str]) -> String {
-    let out = letterlock(dir, args);
-    assert!(out.status.success(), "letterlock {args:?} failed");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    text
-}
+use common::cli::{BinServer, assert_fails, letterlock, ok, ok_text};
 
 /// The walk-through: both key pairs, the server, send_msg, recv_msg in both modes, inbox and
 /// read, with `flags` given to the server and to every client command.
@@ -40,7 +31,7 @@ fn walk_through(flags: &[&str]) {
         all.extend_from_slice(&["--server", &addr]);
         all.extend_from_slice(flags);
         if with_status {
-            ok_with_status(d, &all)
+            ok_text(d, &all)
         } else {
             ok(d, &all)
         }
