@@ -6,10 +6,11 @@
 mod common;
 
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
 
 use common::BIN;
+use common::cli::{BinServer, put_private, put_public};
 
 /// Runs `letterlock ARGS` with `stdin` as its input.
 fn run_with_input(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
@@ -54,22 +55,6 @@ fn ok(out: Output) -> String {
     stdout(&out)
 }
 
-/// Copies fixed test keys into `dir` under new names, private keys with mode 0600.
-fn place(dir: &Path, files: &[(&str, &str)]) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).unwrap();
-    for (from, to) in files {
-        let target = dir.join(to);
-        if from.ends_with("_private.pem") {
-            let name = from.trim_end_matches("_private.pem");
-            std::fs::copy(common::private_path(name), &target).unwrap();
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
-        } else {
-            std::fs::copy(common::keys_dir().join(from), &target).unwrap();
-        }
-    }
-}
-
 /// A server folder (bob2048 as the server, trusting alice2048 as `client`) and a client folder
 /// (alice2048, pinning bob2048).
 struct Folders {
@@ -83,22 +68,14 @@ fn folders() -> Folders {
     let dir = tempfile::tempdir().unwrap();
     let server = dir.path().join("server");
     let client = dir.path().join("client");
-    place(
-        &server,
-        &[
-            ("bob2048_private.pem", "server_private.pem"),
-            ("bob2048_public.pem", "server_public.pem"),
-            ("alice2048_public.pem", "client_public.pem"),
-        ],
-    );
-    place(
-        &client,
-        &[
-            ("alice2048_private.pem", "client_private.pem"),
-            ("alice2048_public.pem", "client_public.pem"),
-            ("bob2048_public.pem", "server_public.pem"),
-        ],
-    );
+    std::fs::create_dir(&server).unwrap();
+    put_private(&server, "bob2048", "server_private.pem");
+    put_public(&server, "bob2048", "server_public.pem");
+    put_public(&server, "alice2048", "client_public.pem");
+    std::fs::create_dir(&client).unwrap();
+    put_private(&client, "alice2048", "client_private.pem");
+    put_public(&client, "alice2048", "client_public.pem");
+    put_public(&client, "bob2048", "server_public.pem");
     let store = dir.path().join("server.db");
     Folders {
         _dir: dir,
@@ -110,40 +87,27 @@ fn folders() -> Folders {
 
 /// A running `letterlock server`, killed when dropped; its log (stderr) goes to a file.
 struct Server {
-    child: Child,
     addr: String,
     log: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    _server: BinServer,
 }
 
 impl Server {
     fn start(f: &Folders, flags: &[&str]) -> Server {
         let log = f.server.with_file_name("server.log");
-        let mut child = Command::new(BIN)
-            .args(["server", "--listen", "127.0.0.1:0"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["server", "--listen", "127.0.0.1:0"])
             .arg("--keys")
             .arg(&f.server)
             .arg("--store")
             .arg(&f.store)
-            .args(flags)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let addr = first
-            .strip_prefix("letterlock server listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .to_owned();
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, addr, log }
+            .args(flags);
+        let server = BinServer::spawn_logging(cmd, &log);
+        Server {
+            addr: server.addr.clone(),
+            log,
+            _server: server,
+        }
     }
 
     /// The server's log once it holds a "received" line (the line is written around the
@@ -593,9 +557,9 @@ fn on_a_terminal_the_server_logs_message_text() {
         })
         .expect("the server's address");
     let server = Server {
-        child: script,
-        addr,
+        addr: addr.clone(),
         log: PathBuf::new(),
+        _server: BinServer::adopt(script, addr),
     };
     ok(send(&f, &server, &[TEXT], b""));
     let received = lines

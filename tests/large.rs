@@ -3,26 +3,9 @@
 
 mod common;
 
-use std::io::Read;
-
+use common::Generated;
 use common::net::{CLIENT, TestServer};
 use letterlock::envelope::SealOptions;
-
-/// Yields `remaining` bytes of a cheap pattern without holding them.
-struct Generated {
-    remaining: u64,
-    counter: u8,
-}
-
-impl Read for Generated {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = (buf.len() as u64).min(self.remaining) as usize;
-        self.counter = self.counter.wrapping_add(1);
-        buf[..n].fill(self.counter);
-        self.remaining -= n as u64;
-        Ok(n)
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "slow: streams 256 MiB through a server"]

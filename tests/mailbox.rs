@@ -7,17 +7,18 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
 
+use common::cli::{BinServer, classroom_folder, recv_msg_into, run};
 use common::net::{CLIENT, SERVER, TestServer};
-use common::{private, private_path, public, public_path};
+use common::outbox::{ack_tag_of, enqueue, pending_bodies};
+use common::{private, public};
 use letterlock::client::{Content, FetchEvent, Mailbox, Output as FetchOutput};
 use letterlock::envelope::{self, SealOptions};
 use letterlock::received::ReceivedRecord;
-use letterlock::store::{OutboxRecord, SqliteStore, Store};
+use letterlock::store::{SqliteStore, Store};
 
 /// Exit statuses of `recv_msg` (src/cli/client.rs, `recv_msg --help`).
 const EXIT_REPEAT: i32 = 3;
@@ -25,50 +26,6 @@ const EXIT_NOT_SHOWN: i32 = 5;
 
 /// The client's mailbox file in its key folder.
 const MAILBOX: &str = "letterlock-client.db";
-
-/// Kills the server when the test ends, pass or fail.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Puts the fixed server and client keys in `d` under the walk-through's names.
-fn keys(d: &Path) {
-    std::fs::copy(private_path(SERVER), d.join("server_private.pem")).unwrap();
-    std::fs::copy(public_path(SERVER), d.join("server_public.pem")).unwrap();
-    std::fs::copy(private_path(CLIENT), d.join("client_private.pem")).unwrap();
-    std::fs::copy(public_path(CLIENT), d.join("client_public.pem")).unwrap();
-}
-
-/// Starts the server in `d` (its keys and its store there).
-fn start_server(d: &Path) -> (Server, String) {
-    let mut cmd = Command::new(common::BIN);
-    cmd.args(["server", "--listen", "127.0.0.1:0"])
-        .current_dir(d);
-    let (child, addr) = common::spawn_server(cmd);
-    (Server(child), addr)
-}
-
-fn letterlock(dir: &Path, args: &[&str]) -> Output {
-    Command::new(common::BIN)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-/// Runs the binary; its exit status, stdout (bytes) and stderr.
-fn run(dir: &Path, args: &[&str]) -> (i32, Vec<u8>, String) {
-    let out = letterlock(dir, args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    (out.status.code().unwrap_or(-1), out.stdout, stderr)
-}
 
 fn recv(dir: &Path, addr: &str, extra: &[&str]) -> (i32, Vec<u8>, String) {
     let mut args = vec!["client", "recv_msg", "--server", addr];
@@ -91,6 +48,16 @@ fn queue_file(dir: &Path, file: &Path) {
     assert_eq!(code, 0, "{}{err}", String::from_utf8_lossy(&out));
 }
 
+/// A classroom folder (see [`classroom_folder`]) with the server running in it, and its
+/// address.
+fn classroom_with_server() -> (tempfile::TempDir, BinServer, String) {
+    let dir = tempfile::tempdir().unwrap();
+    classroom_folder(dir.path());
+    let server = BinServer::start(dir.path(), &[]);
+    let addr = server.addr.clone();
+    (dir, server, addr)
+}
+
 /// `client inbox --json`, parsed.
 fn inbox(dir: &Path) -> Vec<serde_json::Value> {
     let (code, out, err) = run(dir, &["client", "inbox", "--json"]);
@@ -108,10 +75,8 @@ fn mode(path: &Path) -> u32 {
 
 #[test]
 fn recv_msg_keeps_each_message_and_client_read_opens_it_with_no_server_running() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, server, addr) = classroom_with_server();
     let d = dir.path();
-    keys(d);
-    let (server, addr) = start_server(d);
     queue(d, "the first message");
     let (code, out, err) = recv(d, &addr, &[]);
     assert_eq!(code, 0, "{err}");
@@ -162,10 +127,8 @@ fn recv_msg_keeps_each_message_and_client_read_opens_it_with_no_server_running()
 
 #[test]
 fn client_read_lists_the_candidates_of_an_ambiguous_prefix() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, server, addr) = classroom_with_server();
     let d = dir.path();
-    keys(d);
-    let (server, addr) = start_server(d);
     // 17 messages: by the pigeonhole principle, two share their first hexadecimal digit.
     for i in 0..17 {
         queue(d, &format!("message {i}"));
@@ -192,55 +155,10 @@ fn client_read_lists_the_candidates_of_an_ambiguous_prefix() {
     }
 }
 
-/// The sealed bytes of every message waiting for the client, oldest first.
-async fn pending_bodies(store: &SqliteStore) -> Vec<Vec<u8>> {
-    let me = public(CLIENT).id().0;
-    let mut bodies = Vec::new();
-    for entry in store.pending_outbox(&me).await.unwrap() {
-        let mut body = store
-            .open_outbox_body(&me, &entry.message_id)
-            .await
-            .unwrap();
-        let mut bytes = Vec::new();
-        body.read_to_end(&mut bytes).unwrap();
-        bodies.push(bytes);
-    }
-    bodies
-}
-
-/// Puts `sealed` in the server's outbox again: a replayed delivery.
-async fn enqueue(store: &SqliteStore, sealed: &[u8]) {
-    let header = envelope::Header::parse(sealed).unwrap();
-    let (_, opened) = envelope::open_to_vec(
-        private(CLIENT),
-        &public(SERVER),
-        &envelope::OpenOptions::default(),
-        sealed,
-    )
-    .unwrap();
-    let mut blob = store.blob_writer();
-    blob.write_all(sealed).unwrap();
-    store
-        .enqueue_outbox(OutboxRecord {
-            recipient_key_id: public(CLIENT).id().0,
-            recipient_name: "client".into(),
-            message_id: header.message_id.0,
-            created: header.created,
-            mode: header.mode.to_byte(),
-            plaintext_len: 0,
-            expected_ack_tag: opened.ack_tag,
-            body: blob.finish().unwrap(),
-        })
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn the_mailbox_survives_a_restart_and_a_second_recv_msg_and_keeps_a_repeat_once() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, server, addr) = classroom_with_server();
     let d = dir.path();
-    keys(d);
-    let (server, addr) = start_server(d);
     queue(d, "before the restart");
     let store = SqliteStore::open(d.join("letterlock-server.db")).unwrap();
     let first = pending_bodies(&store).await.remove(0);
@@ -250,7 +168,8 @@ async fn the_mailbox_survives_a_restart_and_a_second_recv_msg_and_keeps_a_repeat
     drop(server);
 
     // The server restarts; a second message comes with a second recv_msg.
-    let (_server, addr) = start_server(d);
+    let server = BinServer::start(d, &[]);
+    let addr = server.addr.clone();
     queue(d, "after the restart");
     let (code, out, err) = recv(d, &addr, &[]);
     assert_eq!(code, 0, "{err}");
@@ -260,7 +179,7 @@ async fn the_mailbox_survives_a_restart_and_a_second_recv_msg_and_keeps_a_repeat
 
     // The first delivery played back: acknowledged as a repeat, not kept twice.
     let store = SqliteStore::open(d.join("letterlock-server.db")).unwrap();
-    enqueue(&store, &first).await;
+    enqueue(&store, &first, ack_tag_of(&first)).await;
     let (code, out, err) = recv(d, &addr, &[]);
     assert_eq!(code, EXIT_REPEAT, "{err}");
     assert!(out.is_empty());
@@ -277,20 +196,13 @@ async fn the_mailbox_survives_a_restart_and_a_second_recv_msg_and_keeps_a_repeat
 
 #[test]
 fn recv_msg_into_a_file_gets_exactly_the_message_bytes() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _server, addr) = classroom_with_server();
     let d = dir.path();
-    keys(d);
-    let (_server, addr) = start_server(d);
     // No final line break: nothing is added to it.
     let content = "line one\r\nline two, no final line break";
     queue(d, content);
     let file = d.join("got.txt");
-    let out = Command::new(common::BIN)
-        .args(["client", "recv_msg", "--server", &addr])
-        .current_dir(d)
-        .stdout(std::fs::File::create(&file).unwrap())
-        .output()
-        .unwrap();
+    let out = recv_msg_into(d, &addr, &file);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read(&file).unwrap(), content.as_bytes());
     let status = String::from_utf8_lossy(&out.stderr);
@@ -300,16 +212,7 @@ fn recv_msg_into_a_file_gets_exactly_the_message_bytes() {
 /// Runs the binary with stdin, stdout and stderr on one pseudo-terminal (`script`, from
 /// util-linux, as tests/terminal.rs does): its exit status and everything the terminal got.
 fn on_terminal(dir: &Path, args: &[&str]) -> (i32, String) {
-    let quoted: Vec<String> = std::iter::once(common::BIN)
-        .chain(args.iter().copied())
-        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
-        .collect();
-    let out = Command::new("script")
-        .args(["-q", "-e", "-c", &quoted.join(" "), "/dev/null"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `script` ({e}): install util-linux"));
+    let out = common::cli::on_terminal(dir, args);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -318,10 +221,8 @@ fn on_terminal(dir: &Path, args: &[&str]) -> (i32, String) {
 
 #[test]
 fn binary_content_for_a_terminal_is_kept_acknowledged_and_explained() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _server, addr) = classroom_with_server();
     let d = dir.path();
-    keys(d);
-    let (_server, addr) = start_server(d);
     let binary: Vec<u8> = vec![0x00, 0xff, 0x1b, b'[', b'2', b'J', 0xfe, 0x80];
     std::fs::write(d.join("binary.dat"), &binary).unwrap();
     queue_file(d, &d.join("binary.dat"));
@@ -351,10 +252,8 @@ fn binary_content_for_a_terminal_is_kept_acknowledged_and_explained() {
 
 #[test]
 fn recv_msg_o_refuses_a_file_and_creates_a_missing_folder() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _server, addr) = classroom_with_server();
     let d = dir.path();
-    keys(d);
-    let (_server, addr) = start_server(d);
     queue(d, "to a folder");
     std::fs::write(d.join("out.txt"), b"mine").unwrap();
     let (code, _, err) = recv(d, &addr, &["-o", "out.txt"]);
@@ -379,10 +278,8 @@ fn recv_msg_o_refuses_a_file_and_creates_a_missing_folder() {
 
 #[test]
 fn recv_msg_json_prints_one_object_per_message() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _server, addr) = classroom_with_server();
     let d = dir.path();
-    keys(d);
-    let (_server, addr) = start_server(d);
     queue(d, "caf\u{e9} \u{1b}[2J");
     std::fs::write(d.join("binary.dat"), [0xffu8, 0]).unwrap();
     queue_file(d, &d.join("binary.dat"));
@@ -419,10 +316,8 @@ fn write_big(path: &Path, len: u64) {
 #[test]
 #[ignore = "slow: seals, sends and opens 64 MiB messages in both directions"]
 fn a_message_over_64_mib_is_kept_and_explained_never_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _server, addr) = classroom_with_server();
     let d = dir.path();
-    keys(d);
-    let (_server, addr) = start_server(d);
     let len = 64 * 1024 * 1024 + 1024;
     let big = d.join("big.txt");
     write_big(&big, len);
@@ -503,22 +398,6 @@ async fn a_message_is_in_the_mailbox_before_it_is_reported_and_acknowledged() {
     server.stop().await;
 }
 
-/// Yields `remaining` bytes of a cheap pattern without holding them.
-struct Generated {
-    remaining: u64,
-    counter: u8,
-}
-
-impl Read for Generated {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = (buf.len() as u64).min(self.remaining) as usize;
-        self.counter = self.counter.wrapping_add(1);
-        buf[..n].fill(self.counter);
-        self.remaining -= n as u64;
-        Ok(n)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "slow: a 1 GiB hybrid message from the server into the client's mailbox"]
 async fn a_1_gib_message_is_kept_in_bounded_memory() {
@@ -531,7 +410,7 @@ async fn a_1_gib_message_is_kept_in_bounded_memory() {
         server.store.as_ref(),
         private(SERVER),
         &to,
-        Generated {
+        common::Generated {
             remaining: SIZE,
             counter: 0,
         },
@@ -640,24 +519,25 @@ async fn relay_cutting_the_first_ack(to: String) -> String {
     addr
 }
 
+/// `recv_msg --plain-v1` from `d` through [`relay_cutting_the_first_ack`] to the server at
+/// `addr` (run off the async runtime, which the relay needs meanwhile).
+async fn recv_through_ack_cutter(d: &Path, addr: &str) -> (i32, Vec<u8>, String) {
+    let relay = relay_cutting_the_first_ack(addr.to_owned()).await;
+    let d = d.to_owned();
+    tokio::task::spawn_blocking(move || recv(&d, &relay, &["--plain-v1", "--timeout", "5"]))
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_kept_but_never_acknowledged_is_readable_and_kept_once_when_delivered_again() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_owned();
-    keys(&d);
-    let mut cmd = Command::new(common::BIN);
-    cmd.args(["server", "--listen", "127.0.0.1:0", "--plain-v1"])
-        .current_dir(&d);
-    let (child, addr) = common::spawn_server(cmd);
-    let _server = Server(child);
+    classroom_folder(&d);
+    let server = BinServer::start(&d, &["--plain-v1"]);
+    let addr = server.addr.clone();
     queue(&d, "kept before the ack");
-    let relay = relay_cutting_the_first_ack(addr.clone()).await;
-    let (code, out, err) = {
-        let d = d.clone();
-        tokio::task::spawn_blocking(move || recv(&d, &relay, &["--plain-v1", "--timeout", "5"]))
-            .await
-            .unwrap()
-    };
+    let (code, out, err) = recv_through_ack_cutter(&d, &addr).await;
     // The acknowledgement never arrived: the fetch failed after the message was kept and shown.
     assert_eq!(code, 1, "{err}");
     assert_eq!(out, b"kept before the ack", "{err}");
@@ -670,13 +550,7 @@ async fn a_message_kept_but_never_acknowledged_is_readable_and_kept_once_when_de
     // A crash after keeping, before recording: the record is gone. Delivered again (and cut
     // again), the message is shown again but kept once.
     std::fs::remove_file(d.join(".letterlock-received")).unwrap();
-    let relay = relay_cutting_the_first_ack(addr.clone()).await;
-    let (code, out, err) = {
-        let d = d.clone();
-        tokio::task::spawn_blocking(move || recv(&d, &relay, &["--plain-v1", "--timeout", "5"]))
-            .await
-            .unwrap()
-    };
+    let (code, out, err) = recv_through_ack_cutter(&d, &addr).await;
     assert_eq!(code, 1, "{err}");
     assert_eq!(out, b"kept before the ack", "{err}");
     assert_eq!(inbox(&d).len(), 1);

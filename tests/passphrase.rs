@@ -12,7 +12,9 @@ mod common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
+
+use common::cli::{BinServer, assert_fails, assert_ok, command, text};
 
 const ALICE: &str = "alice2048";
 const BOB: &str = "bob2048";
@@ -20,12 +22,9 @@ const BOB: &str = "bob2048";
 /// Runs `letterlock ARGS` in `dir` with `env` set (and LETTERLOCK_PASSPHRASE* cleared unless
 /// given), stdin closed and no terminal, so a missing passphrase is an error, never a prompt.
 fn letterlock(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(common::BIN);
-    cmd.args(args)
-        .current_dir(dir)
-        .env_remove("LETTERLOCK_PASSPHRASE")
-        .env_remove("LETTERLOCK_NEW_PASSPHRASE")
-        .stdin(Stdio::null());
+    let mut cmd = command(dir, args);
+    cmd.env_remove("LETTERLOCK_PASSPHRASE")
+        .env_remove("LETTERLOCK_NEW_PASSPHRASE");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -33,23 +32,20 @@ fn letterlock(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 fn ok(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = letterlock(dir, args, env);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "letterlock {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    assert_ok(args, &letterlock(dir, args, env))
 }
 
 /// Runs and expects failure; returns stderr, checked for the absence of a panic.
 fn fails(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = letterlock(dir, args, env);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "letterlock {args:?} succeeded");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr
+    assert_fails(args, &letterlock(dir, args, env))
+}
+
+/// A folder holding alice's fixed private key, unencrypted, as alice.pem; its path.
+fn folder_with_alice() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("alice.pem");
+    fs::copy(common::private_path(ALICE), &key).unwrap();
+    (dir, key)
 }
 
 /// Runs `openssl ARGS`; panics with its stderr (or how to install it) if it fails.
@@ -263,10 +259,8 @@ fn a_key_openssl_genpkey_encrypted_is_used_by_seal() {
 
 #[test]
 fn a_key_letterlock_encrypted_is_read_by_openssl_and_not_without_the_passphrase() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, key) = folder_with_alice();
     let d = dir.path();
-    let key = d.join("alice.pem");
-    fs::copy(common::private_path(ALICE), &key).unwrap();
     let file = pass_file(d, "new.txt", "letterlock pass");
     ok(
         d,
@@ -393,10 +387,8 @@ fn a_wrong_or_missing_passphrase_is_refused_with_a_clear_message() {
 
 #[test]
 fn change_and_remove_a_passphrase() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, key) = folder_with_alice();
     let d = dir.path();
-    let key = d.join("alice.pem");
-    fs::copy(common::private_path(ALICE), &key).unwrap();
     let first = pass_file(d, "first", "first pass");
     let id = expected_id(ALICE);
 
@@ -457,16 +449,6 @@ fn change_and_remove_a_passphrase() {
     assert_eq!(key_id_of(d, &key, &[]), id);
 }
 
-/// Kills the server when the test ends, pass or fail.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The walk-through with both private keys passphrase-protected: the server reads its
 /// passphrase once at start (from the variable), the client commands take theirs from a file.
 #[test]
@@ -490,18 +472,14 @@ fn the_walk_through_runs_with_encrypted_keys_on_both_sides() {
         .env("LETTERLOCK_PASSPHRASE", "srv")
         .env_remove("LETTERLOCK_NEW_PASSPHRASE")
         .stdin(Stdio::null());
-    let (child, addr) = common::spawn_server(cmd);
-    let _server = Server(child);
+    let server = BinServer::spawn(cmd);
+    let addr = server.addr.clone();
     let client = |args: &[&str]| {
         let mut all = vec!["--passphrase-file", s(&cli_pass), "client"];
         all.extend_from_slice(args);
         all.extend_from_slice(&["--server", &addr]);
         let out = letterlock(d, &all, &[]);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = text(&out);
         assert!(out.status.success(), "client {args:?}: {text}");
         text
     };
@@ -594,23 +572,14 @@ fn keygen_with_a_passphrase_file_writes_an_encrypted_key() {
 /// person at a terminal sees. Returns the exit status and everything the terminal showed.
 fn on_a_terminal(dir: &Path, args: &[&str], input: &str) -> (bool, String) {
     use std::io::Write;
-    let command = std::iter::once(common::BIN)
-        .chain(args.iter().copied())
-        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut child = Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .current_dir(dir)
+    let mut child = common::cli::terminal_command(dir, args)
         .env_remove("LETTERLOCK_PASSPHRASE")
         .env_remove("LETTERLOCK_NEW_PASSPHRASE")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run `script` ({e}): install util-linux (apt-get install bsdutils)")
-        });
+        .unwrap_or_else(common::cli::no_script);
     child
         .stdin
         .take()
@@ -630,10 +599,8 @@ fn on_a_terminal(dir: &Path, args: &[&str], input: &str) -> (bool, String) {
 /// once to read a key.
 #[test]
 fn on_a_terminal_the_passphrase_is_asked_for() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, key) = folder_with_alice();
     let d = dir.path();
-    let key = d.join("alice.pem");
-    fs::copy(common::private_path(ALICE), &key).unwrap();
 
     let (ok_, shown) = on_a_terminal(d, &["passphrase", s(&key)], "typed one\ntyped two\n");
     assert!(!ok_, "{shown}");

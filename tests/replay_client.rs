@@ -9,57 +9,32 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Output};
 
+use common::cli::{BinServer, classroom_folder, letterlock, run};
 use common::net::{CLIENT, SERVER};
-use common::{private, private_path, public, public_path};
-use letterlock::envelope::{self, FixedRandomness, SealOptions};
-use letterlock::store::{OutboxRecord, SqliteStore, Store};
+use common::outbox::{ack_tag_of, enqueue, pending_bodies};
+use common::{private, public};
+use letterlock::envelope::{FixedRandomness, SealOptions};
+use letterlock::store::SqliteStore;
 
 /// Exit statuses of `recv_msg` (src/cli/client.rs, docs/PROTOCOL.md).
 const EXIT_REPEAT: i32 = 3;
 const EXIT_SET_ASIDE: i32 = 4;
 
-/// Kills the server when the test ends, pass or fail.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A folder with the fixed server and client keys under the walk-through's names, and the
 /// server started in it.
-fn setup(d: &Path) -> (Server, String) {
-    std::fs::copy(private_path(SERVER), d.join("server_private.pem")).unwrap();
-    std::fs::copy(public_path(SERVER), d.join("server_public.pem")).unwrap();
-    std::fs::copy(private_path(CLIENT), d.join("client_private.pem")).unwrap();
-    std::fs::copy(public_path(CLIENT), d.join("client_public.pem")).unwrap();
-    let mut cmd = Command::new(common::BIN);
-    cmd.args(["server", "--listen", "127.0.0.1:0"])
-        .current_dir(d);
-    let (child, addr) = common::spawn_server(cmd);
-    (Server(child), addr)
-}
-
-fn letterlock(dir: &Path, args: &[&str]) -> Output {
-    Command::new(common::BIN)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap()
+fn setup(d: &Path) -> (BinServer, String) {
+    classroom_folder(d);
+    let server = BinServer::start(d, &[]);
+    let addr = server.addr.clone();
+    (server, addr)
 }
 
 fn recv(dir: &Path, addr: &str, extra: &[&str]) -> (i32, String, String) {
     let mut args = vec!["client", "recv_msg", "--server", addr];
     args.extend_from_slice(extra);
-    let out = letterlock(dir, &args);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    (out.status.code().unwrap_or(-1), stdout, stderr)
+    let (code, stdout, stderr) = run(dir, &args);
+    (code, String::from_utf8_lossy(&stdout).into_owned(), stderr)
 }
 
 fn queue(dir: &Path, text: &str) {
@@ -67,59 +42,21 @@ fn queue(dir: &Path, text: &str) {
     assert!(out.status.success(), "{out:?}");
 }
 
-/// The sealed bytes of every message waiting for the client, oldest first.
-async fn pending_bodies(store: &SqliteStore) -> Vec<Vec<u8>> {
-    let me = public(CLIENT).id().0;
-    let mut bodies = Vec::new();
-    for entry in store.pending_outbox(&me).await.unwrap() {
-        let mut body = store
-            .open_outbox_body(&me, &entry.message_id)
-            .await
-            .unwrap();
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut body, &mut bytes).unwrap();
-        bodies.push(bytes);
-    }
-    bodies
-}
-
-/// Puts `sealed` (from the server to the client) in the outbox, as a server that replays or
-/// forges deliveries would send it.
-async fn enqueue(store: &SqliteStore, sealed: &[u8], ack_tag: [u8; 32]) {
-    let header = envelope::Header::parse(sealed).unwrap();
-    let mut blob = store.blob_writer();
-    std::io::Write::write_all(&mut blob, sealed).unwrap();
-    store
-        .enqueue_outbox(OutboxRecord {
-            recipient_key_id: public(CLIENT).id().0,
-            recipient_name: "client".into(),
-            message_id: header.message_id.0,
-            created: header.created,
-            mode: header.mode.to_byte(),
-            plaintext_len: 0,
-            expected_ack_tag: ack_tag,
-            body: blob.finish().unwrap(),
-        })
-        .await
-        .unwrap();
-}
-
-/// The ack tag the client computes for `sealed`: what the replaying server expects back.
-fn ack_tag_of(sealed: &[u8]) -> [u8; 32] {
-    let opts = envelope::OpenOptions::default();
-    let (_, opened) =
-        envelope::open_to_vec(private(CLIENT), &public(SERVER), &opts, sealed).unwrap();
-    opened.ack_tag
+/// The server started in `d` (see [`setup`]) with "pay 10 coins" queued for the client: the
+/// server, its address, its store and the sealed bytes it will deliver, kept for a replay.
+async fn one_recorded_delivery(d: &Path) -> (BinServer, String, SqliteStore, Vec<u8>) {
+    let (server, addr) = setup(d);
+    queue(d, "pay 10 coins");
+    let store = SqliteStore::open(d.join("letterlock-server.db")).unwrap();
+    let recorded = pending_bodies(&store).await.remove(0);
+    (server, addr, store, recorded)
 }
 
 #[tokio::test]
 async fn a_replayed_delivery_is_not_saved_again_with_an_output_folder() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (_server, addr) = setup(d);
-    queue(d, "pay 10 coins");
-    let store = SqliteStore::open(d.join("letterlock-server.db")).unwrap();
-    let recorded = pending_bodies(&store).await.remove(0);
+    let (_server, addr, store, recorded) = one_recorded_delivery(d).await;
 
     let (code, out, err) = recv(d, &addr, &["-o", "inbox"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -148,10 +85,7 @@ async fn a_replayed_delivery_is_not_saved_again_with_an_output_folder() {
 async fn a_replayed_delivery_is_not_shown_again_on_stdout() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (_server, addr) = setup(d);
-    queue(d, "pay 10 coins");
-    let store = SqliteStore::open(d.join("letterlock-server.db")).unwrap();
-    let recorded = pending_bodies(&store).await.remove(0);
+    let (_server, addr, store, recorded) = one_recorded_delivery(d).await;
 
     let (code, out, _) = recv(d, &addr, &[]);
     assert_eq!(code, 0);

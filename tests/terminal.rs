@@ -6,12 +6,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::cli::{BinServer, letterlock, put_private, put_public, recv_msg_into};
 use common::net::{CLIENT, SERVER, clients};
-use common::{BIN, private, private_path, public_path};
+use common::{private, private_path, public_path};
 use letterlock::keys::Identity;
 use letterlock::tls::{self, TlsOptions};
 use letterlock::wire::{CHALLENGE_LEN, ErrorCode, Frame, FrameReader, FrameWriter};
@@ -24,31 +24,8 @@ const HOSTILE: &str =
 /// Runs the binary with `args` in `dir` with stdin, stdout and stderr on one pseudo-terminal;
 /// everything the terminal received, and the exit status.
 fn on_terminal(dir: &Path, args: &[&str]) -> (bool, Vec<u8>) {
-    let quoted: Vec<String> = std::iter::once(BIN)
-        .chain(args.iter().copied())
-        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
-        .collect();
-    let out = Command::new("script")
-        .args(["-q", "-e", "-c", &quoted.join(" "), "/dev/null"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run `script` ({e}): these tests need a pseudo-terminal; install \
-                 util-linux (Debian/Ubuntu: apt-get install util-linux; Fedora: dnf install \
-                 util-linux-script)"
-            )
-        });
+    let out = common::cli::on_terminal(dir, args);
     (out.status.success(), out.stdout)
-}
-
-fn letterlock(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap()
 }
 
 /// The screen's lines: split at LF and at CR, since a CR returns to the start of the line
@@ -76,9 +53,9 @@ fn assert_inert(out: &[u8]) {
 fn client_keys() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path();
-    std::fs::copy(private_path(CLIENT), keys.join("client_private.pem")).unwrap();
-    std::fs::copy(public_path(CLIENT), keys.join("client_public.pem")).unwrap();
-    std::fs::copy(public_path(SERVER), keys.join("server_public.pem")).unwrap();
+    put_private(keys, CLIENT, "client_private.pem");
+    put_public(keys, CLIENT, "client_public.pem");
+    put_public(keys, SERVER, "server_public.pem");
     dir
 }
 
@@ -258,16 +235,6 @@ fn binary_plaintext_is_refused_on_a_terminal_with_a_hint_and_written_to_a_pipe()
     assert_eq!(out.stdout, plain);
 }
 
-/// Kills the server when the test ends, pass or fail.
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn recv_msg_to_a_file_gets_only_the_content() {
     let dir = tempfile::tempdir().unwrap();
@@ -276,22 +243,14 @@ fn recv_msg_to_a_file_gets_only_the_content() {
         let out = letterlock(d, &[side, "generate_key_pair", "--bits", "2048"]);
         assert!(out.status.success(), "{out:?}");
     }
-    let mut cmd = Command::new(BIN);
-    cmd.args(["server", "--listen", "127.0.0.1:0"])
-        .current_dir(d);
-    let (child, addr) = common::spawn_server(cmd);
-    let _server = Server(child);
+    let server = BinServer::start(d, &[]);
+    let addr = server.addr.clone();
     let content = "the reply\r\x1b[2K, with its own line break\n";
     let out = letterlock(d, &["server", "send_msg", "--to", "client", content]);
     assert!(out.status.success(), "{out:?}");
 
     let file = d.join("received");
-    let out = Command::new(BIN)
-        .args(["client", "recv_msg", "--server", &addr])
-        .current_dir(d)
-        .stdout(std::fs::File::create(&file).unwrap())
-        .output()
-        .unwrap();
+    let out = recv_msg_into(d, &addr, &file);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read(&file).unwrap(), content.as_bytes());
     let status = String::from_utf8_lossy(&out.stderr);

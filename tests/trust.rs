@@ -10,65 +10,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::Output;
 
-/// Kills the server when the test ends, pass or fail.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn letterlock(dir: &Path, args: &[&str]) -> Output {
-    Command::new(common::BIN)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap()
-}
-
-/// Runs a command that must succeed; returns stdout and stderr together.
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = letterlock(dir, args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "letterlock {args:?} failed:\n{text}");
-    text
-}
-
-/// Runs a command that must fail; returns stdout and stderr together.
-fn fails(dir: &Path, args: &[&str]) -> String {
-    let out = letterlock(dir, args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !out.status.success(),
-        "letterlock {args:?} succeeded:\n{text}"
-    );
-    text
-}
-
-/// Writes `tests/keys/KEY_private.pem` as DIR/FILE with mode 0600.
-fn put_private(dir: &Path, key: &str, file: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    let target = dir.join(file);
-    std::fs::copy(common::private_path(key), &target).unwrap();
-    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-/// Writes `tests/keys/KEY_public.pem` as DIR/FILE.
-fn put_public(dir: &Path, key: &str, file: &str) {
-    std::fs::copy(common::public_path(key), dir.join(file)).unwrap();
-}
+use common::cli::{BinServer, fails_text, letterlock, ok_text, put_private, put_public};
 
 /// The folders: a server with the classroom file client_public.pem (alice) and three clients.
 struct Setup {
@@ -114,21 +58,20 @@ impl Setup {
     fn server_ok(&self, args: &[&str]) -> String {
         let args = self.server(args);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        ok(&self.root, &args)
+        ok_text(&self.root, &args)
     }
 
     fn server_fails(&self, args: &[&str]) -> String {
         let args = self.server(args);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        fails(&self.root, &args)
+        fails_text(&self.root, &args)
     }
 
-    fn start(&self) -> (Server, String) {
-        let mut cmd = Command::new(common::BIN);
-        cmd.args(["server", "--listen", "127.0.0.1:0", "--keys", "srv"])
-            .current_dir(&self.root);
-        let (child, addr) = common::spawn_server(cmd);
-        (Server(child), addr)
+    /// The server run from the root folder with --keys srv and `flags`.
+    fn start(&self, flags: &[&str]) -> (BinServer, String) {
+        let server = BinServer::start(&self.root, &self.server_args(flags));
+        let addr = server.addr.clone();
+        (server, addr)
     }
 
     /// `client send_msg TEXT` from the client folder `who`.
@@ -137,6 +80,18 @@ impl Setup {
             &self.dir(who),
             &["client", "send_msg", text, "--server", addr, "--keys", "."],
         )
+    }
+
+    /// `client send_msg TEXT` from the client folder `who`, which must succeed.
+    fn send_ok(&self, who: &str, addr: &str, text: &str) {
+        let out = self.send(who, addr, text);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    /// One message from alice, through a server started for it and stopped after it.
+    fn deliver_one(&self, text: &str) {
+        let (_server, addr) = self.start(&[]);
+        self.send_ok("alice", &addr, text);
     }
 
     fn clients_json(&self, all: bool) -> Vec<serde_json::Value> {
@@ -177,10 +132,10 @@ fn sent_id(out: &Output) -> String {
 #[test]
 fn trust_and_untrust_take_effect_on_a_running_server_without_restart() {
     let s = Setup::new();
-    let (_server, addr) = s.start();
+    let (_server, addr) = s.start(&[]);
 
     // alice came from the classroom file; bob is not trusted yet.
-    assert!(s.send("alice", &addr, "from alice").status.success());
+    s.send_ok("alice", &addr, "from alice");
     let refused = s.send("bob", &addr, "too early");
     assert!(!refused.status.success());
     assert!(
@@ -207,7 +162,7 @@ fn trust_and_untrust_take_effect_on_a_running_server_without_restart() {
         stderr(&refused)
     );
     // alice is not affected.
-    assert!(s.send("alice", &addr, "still here").status.success());
+    s.send_ok("alice", &addr, "still here");
 
     // bob's message is kept and still readable.
     let read = s.server_ok(&["server", "read", &id]);
@@ -217,18 +172,7 @@ fn trust_and_untrust_take_effect_on_a_running_server_without_restart() {
 #[test]
 fn the_plain_v1_server_follows_trust_changes_too() {
     let s = Setup::new();
-    let mut cmd = Command::new(common::BIN);
-    cmd.args([
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--keys",
-        "srv",
-        "--plain-v1",
-    ])
-    .current_dir(&s.root);
-    let (child, addr) = common::spawn_server(cmd);
-    let _server = Server(child);
+    let (_server, addr) = s.start(&["--plain-v1"]);
     let send = |text: &str| {
         letterlock(
             &s.dir("bob"),
@@ -255,7 +199,7 @@ fn the_plain_v1_server_follows_trust_changes_too() {
 #[test]
 fn a_rotated_key_works_the_old_one_is_refused_and_old_messages_stay_readable() {
     let s = Setup::new();
-    let (_server, addr) = s.start();
+    let (_server, addr) = s.start(&[]);
     s.server_ok(&["server", "trust", "bob/client_public.pem", "--name", "bob"]);
     let old = s.send("bob", &addr, "signed with the old key");
     assert!(old.status.success(), "{}", stderr(&old));
@@ -316,10 +260,10 @@ fn the_classroom_layout_is_imported_and_clients_json_lists_it() {
     // A key file in srv/clients/ as well as client_public.pem.
     std::fs::create_dir(s.dir("srv").join("clients")).unwrap();
     put_public(&s.dir("srv").join("clients"), "mallory", "bob.pem");
-    let (_server, addr) = s.start();
-    assert!(s.send("alice", &addr, "one").status.success());
-    assert!(s.send("alice", &addr, "two").status.success());
-    assert!(s.send("bob", &addr, "three").status.success());
+    let (_server, addr) = s.start(&[]);
+    s.send_ok("alice", &addr, "one");
+    s.send_ok("alice", &addr, "two");
+    s.send_ok("bob", &addr, "three");
 
     let list = s.clients_json(false);
     assert_eq!(list.len(), 2, "{list:?}");
@@ -355,7 +299,7 @@ fn inbox_filters_read_from_and_rm() {
     let s = Setup::new();
     std::fs::create_dir(s.dir("srv").join("clients")).unwrap();
     put_public(&s.dir("srv").join("clients"), "mallory", "bob.pem");
-    let (_server, addr) = s.start();
+    let (_server, addr) = s.start(&[]);
     let a = sent_id(&s.send("alice", &addr, "alice's note"));
     let b = sent_id(&s.send("bob", &addr, "bob's note"));
 
@@ -398,9 +342,7 @@ fn inbox_filters_read_from_and_rm() {
 fn the_store_is_created_beside_the_keys_private_to_its_owner() {
     use std::os::unix::fs::PermissionsExt;
     let s = Setup::new();
-    let (server, addr) = s.start();
-    assert!(s.send("alice", &addr, "hi").status.success());
-    drop(server);
+    s.deliver_one("hi");
     let db = s.dir("srv").join("letterlock-server.db");
     assert!(db.is_file(), "no store beside the keys");
     assert!(!s.root.join("letterlock-server.db").exists());
@@ -425,7 +367,7 @@ fn the_store_is_created_beside_the_keys_private_to_its_owner() {
 fn a_mailbox_at_the_old_default_place_is_used_with_a_warning() {
     let s = Setup::new();
     // A store in the working folder, as the old default made it.
-    ok(
+    ok_text(
         &s.root,
         &[
             "server",
@@ -519,25 +461,9 @@ fn colliding_ids_of_two_senders_are_told_apart_with_from() {
 #[test]
 fn retention_keeps_recent_messages_and_refuses_zero_days() {
     let s = Setup::new();
-    let (server, addr) = s.start();
-    assert!(s.send("alice", &addr, "kept").status.success());
-    drop(server);
+    s.deliver_one("kept");
     // Received just now: a retention of one day keeps it.
-    let (server, _) = {
-        let mut cmd = Command::new(common::BIN);
-        cmd.args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--keys",
-            "srv",
-            "--retention",
-            "1",
-        ])
-        .current_dir(&s.root);
-        let (child, addr) = common::spawn_server(cmd);
-        (Server(child), addr)
-    };
+    let (server, _) = s.start(&["--retention", "1"]);
     drop(server);
     assert_eq!(
         serde_json::from_str::<Vec<serde_json::Value>>(
@@ -550,7 +476,7 @@ fn retention_keeps_recent_messages_and_refuses_zero_days() {
         .len(),
         1
     );
-    let zero = fails(
+    let zero = fails_text(
         &s.root,
         &[
             "server",

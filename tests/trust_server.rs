@@ -4,48 +4,32 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use common::BIN;
+use common::cli::{BinServer, put_private, put_public};
 
 /// A running `letterlock server` with bob2048 as its key, trusting alice2048; killed on drop.
 struct Server {
-    child: Child,
     addr: String,
+    _server: BinServer,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn copy_private(name: &str, to: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::copy(common::private_path(name), to).unwrap();
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 fn start_server(flags: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    copy_private("bob2048", &dir.path().join("server_private.pem"));
-    std::fs::copy(
-        common::public_path("alice2048"),
-        dir.path().join("client_public.pem"),
-    )
-    .unwrap();
+    put_private(dir.path(), "bob2048", "server_private.pem");
+    put_public(dir.path(), "alice2048", "client_public.pem");
     let mut cmd = Command::new(BIN);
     cmd.args(["server", "--listen", "127.0.0.1:0", "--keys"])
         .arg(dir.path())
         .arg("--store")
         .arg(dir.path().join("server.db"))
         .args(flags);
-    let (child, addr) = common::spawn_server(cmd);
+    let server = BinServer::spawn(cmd);
     Server {
-        child,
-        addr,
+        addr: server.addr.clone(),
+        _server: server,
         _dir: dir,
     }
 }
@@ -53,7 +37,7 @@ fn start_server(flags: &[&str]) -> Server {
 /// A client folder with alice2048's pair and no server key yet.
 fn client_folder() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    copy_private("alice2048", &dir.path().join("client_private.pem"));
+    put_private(dir.path(), "alice2048", "client_private.pem");
     let server_pem = dir.path().join("server_public.pem");
     (dir, server_pem)
 }
@@ -71,6 +55,11 @@ fn trust_server(addr: &str, keys: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `letterlock client trust-server --fingerprint FINGERPRINT` for `server`'s address.
+fn trust_with_fingerprint(server: &Server, keys: &Path, fingerprint: &str) -> Output {
+    trust_server(&server.addr, keys, &["--fingerprint", fingerprint])
+}
+
 fn text(out: &Output) -> String {
     format!(
         "status {:?}\nstdout: {}\nstderr: {}",
@@ -78,6 +67,22 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// Asserts that `out` ended with status 1 (refused) and said each of `says`.
+fn assert_refused(out: &Output, says: &[&str]) {
+    assert_eq!(out.status.code(), Some(1), "{}", text(out));
+    for said in says {
+        assert!(text(out).contains(said), "{}", text(out));
+    }
+}
+
+/// Asserts that `pem` holds the server's key (bob2048).
+fn assert_holds_bob(pem: &Path) {
+    assert_eq!(
+        letterlock::keys::load_public(pem).unwrap().id(),
+        common::public("bob2048").id()
+    );
 }
 
 fn bob_fingerprint() -> String {
@@ -92,11 +97,7 @@ fn mallory_fingerprint() -> String {
 fn a_matching_fingerprint_writes_the_key_and_the_client_then_sends() {
     let server = start_server(&[]);
     let (dir, pem) = client_folder();
-    let out = trust_server(
-        &server.addr,
-        dir.path(),
-        &["--fingerprint", &bob_fingerprint()],
-    );
+    let out = trust_with_fingerprint(&server, dir.path(), &bob_fingerprint());
     assert!(out.status.success(), "{}", text(&out));
     // The fingerprint is shown, for a person to compare.
     assert!(
@@ -104,8 +105,7 @@ fn a_matching_fingerprint_writes_the_key_and_the_client_then_sends() {
         "{}",
         text(&out)
     );
-    let written = letterlock::keys::load_public(&pem).unwrap();
-    assert_eq!(written.id(), common::public("bob2048").id());
+    assert_holds_bob(&pem);
 
     // The server went on serving after the probe it refused, and the pinned key works.
     let sent = Command::new(BIN)
@@ -118,11 +118,7 @@ fn a_matching_fingerprint_writes_the_key_and_the_client_then_sends() {
     assert!(sent.status.success(), "{}", text(&sent));
 
     // Again: the same key is kept, nothing to do.
-    let out = trust_server(
-        &server.addr,
-        dir.path(),
-        &["--fingerprint", &bob_fingerprint()],
-    );
+    let out = trust_with_fingerprint(&server, dir.path(), &bob_fingerprint());
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("already holds this key"),
@@ -135,28 +131,19 @@ fn a_matching_fingerprint_writes_the_key_and_the_client_then_sends() {
 fn a_wrong_fingerprint_or_no_confirmation_writes_nothing() {
     let server = start_server(&[]);
     let (dir, pem) = client_folder();
-    let out = trust_server(
-        &server.addr,
-        dir.path(),
-        &["--fingerprint", &mallory_fingerprint()],
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("not the expected"), "{}", text(&out));
+    let out = trust_with_fingerprint(&server, dir.path(), &mallory_fingerprint());
+    assert_refused(&out, &["not the expected"]);
     assert!(!pem.exists());
 
     // No terminal to ask on, and neither --fingerprint nor --yes: refused, with the way out.
     let out = trust_server(&server.addr, dir.path(), &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("--fingerprint"), "{}", text(&out));
+    assert_refused(&out, &["--fingerprint"]);
     assert!(!pem.exists());
 
     // --yes: trust on first use, on purpose.
     let out = trust_server(&server.addr, dir.path(), &["--yes"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        letterlock::keys::load_public(&pem).unwrap().id(),
-        common::public("bob2048").id()
-    );
+    assert_holds_bob(&pem);
 }
 
 #[test]
@@ -165,19 +152,13 @@ fn another_kept_key_is_replaced_only_with_replace_and_a_loud_warning() {
     let (dir, pem) = client_folder();
     std::fs::copy(common::public_path("mallory"), &pem).unwrap();
     let before = std::fs::read(&pem).unwrap();
-    let out = trust_server(
-        &server.addr,
-        dir.path(),
-        &["--fingerprint", &bob_fingerprint()],
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("ANOTHER server key"), "{}", text(&out));
-    assert!(text(&out).contains("--replace"), "{}", text(&out));
+    let out = trust_with_fingerprint(&server, dir.path(), &bob_fingerprint());
+    assert_refused(&out, &["ANOTHER server key", "--replace"]);
     assert_eq!(std::fs::read(&pem).unwrap(), before, "kept key untouched");
 
     // --replace still needs the confirmation.
     let out = trust_server(&server.addr, dir.path(), &["--replace"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_refused(&out, &[]);
     assert_eq!(std::fs::read(&pem).unwrap(), before, "kept key untouched");
 
     let out = trust_server(
@@ -191,10 +172,7 @@ fn another_kept_key_is_replaced_only_with_replace_and_a_loud_warning() {
         "{}",
         text(&out)
     );
-    assert_eq!(
-        letterlock::keys::load_public(&pem).unwrap().id(),
-        common::public("bob2048").id()
-    );
+    assert_holds_bob(&pem);
 }
 
 #[test]
@@ -202,8 +180,7 @@ fn a_plain_version_1_server_or_no_server_is_a_clear_error() {
     let server = start_server(&["--plain-v1"]);
     let (dir, pem) = client_folder();
     let out = trust_server(&server.addr, dir.path(), &["--yes", "--timeout", "5"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("--plain-v1"), "{}", text(&out));
+    assert_refused(&out, &["--plain-v1"]);
     assert!(!pem.exists());
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -212,8 +189,7 @@ fn a_plain_version_1_server_or_no_server_is_a_clear_error() {
         .unwrap()
         .port();
     let out = trust_server(&format!("127.0.0.1:{port}"), dir.path(), &["--yes"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("cannot connect"), "{}", text(&out));
+    assert_refused(&out, &["cannot connect"]);
     assert!(!pem.exists());
 }
 
@@ -223,8 +199,7 @@ fn a_missing_folder_or_port_is_refused_and_nothing_is_created() {
     let (dir, _) = client_folder();
     let missing = dir.path().join("no-such-folder");
     let out = trust_server(&server.addr, &missing, &["--yes"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("does not exist"), "{}", text(&out));
+    assert_refused(&out, &["does not exist"]);
     assert!(!missing.exists());
     let out = trust_server("127.0.0.1", dir.path(), &["--yes"]);
     assert!(text(&out).contains("no port"), "{}", text(&out));
@@ -247,7 +222,7 @@ fn a_client_without_the_server_key_is_pointed_to_trust_server() {
         .env_remove("LETTERLOCK_SERVER")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_refused(&out, &[]);
     assert!(
         text(&out).contains("client trust-server HOST:PORT"),
         "{}",

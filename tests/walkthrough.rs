@@ -4,45 +4,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-fn letterlock(dir: &Path, args: &[&str]) -> Output {
-    Command::new(common::BIN)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap()
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = letterlock(dir, args);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "letterlock {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-/// As [`ok`], with the status lines too: they go to stderr, content to stdout.
-fn ok_with_status(dir: &Path, args: &[&str]) -> String {
-    let out = letterlock(dir, args);
-    assert!(out.status.success(), "letterlock {args:?} failed");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    text
-}
-
-/// Kills the server when the test ends, pass or fail.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::cli::{BinServer, assert_fails, letterlock, ok, ok_text};
 
 /// The walk-through: both key pairs, the server, send_msg, recv_msg in both modes, inbox and
 /// read, with `flags` given to the server and to every client command.
@@ -58,12 +22,8 @@ fn walk_through(flags: &[&str]) {
             .success()
     );
 
-    let mut cmd = Command::new(common::BIN);
-    cmd.args(["server", "--listen", "127.0.0.1:0"])
-        .args(flags)
-        .current_dir(d);
-    let (child, addr) = common::spawn_server(cmd);
-    let server = Server(child);
+    let server = BinServer::start(d, flags);
+    let addr = server.addr.clone();
     // `letterlock client ARGS --server ADDR FLAGS`: its stdout, or with the status lines too.
     let run = |args: &[&str], with_status: bool| {
         let mut all = vec!["client"];
@@ -71,7 +31,7 @@ fn walk_through(flags: &[&str]) {
         all.extend_from_slice(&["--server", &addr]);
         all.extend_from_slice(flags);
         if with_status {
-            ok_with_status(d, &all)
+            ok_text(d, &all)
         } else {
             ok(d, &all)
         }
@@ -124,7 +84,7 @@ fn the_walk_through_runs_on_the_plain_v1_wire_with_the_flag_on_both_ends() {
 }
 
 /// A folder with both key pairs, and a running server started with `flags`.
-fn folder_with_server(flags: &[&str]) -> (tempfile::TempDir, Server, String) {
+fn folder_with_server(flags: &[&str]) -> (tempfile::TempDir, BinServer, String) {
     let dir = tempfile::tempdir().unwrap();
     ok(
         dir.path(),
@@ -134,17 +94,9 @@ fn folder_with_server(flags: &[&str]) -> (tempfile::TempDir, Server, String) {
         dir.path(),
         &["client", "generate_key_pair", "--bits", "2048"],
     );
-    let server = start_server(dir.path(), flags);
-    (dir, server.0, server.1)
-}
-
-fn start_server(d: &Path, flags: &[&str]) -> (Server, String) {
-    let mut cmd = Command::new(common::BIN);
-    cmd.args(["server", "--listen", "127.0.0.1:0"])
-        .args(flags)
-        .current_dir(d);
-    let (child, addr) = common::spawn_server(cmd);
-    (Server(child), addr)
+    let server = BinServer::start(dir.path(), flags);
+    let addr = server.addr.clone();
+    (dir, server, addr)
 }
 
 /// No silent fallback: a client and a server on different versions fail, and the error names
@@ -165,7 +117,8 @@ fn a_version_mismatch_fails_and_names_the_flag() {
     drop(server);
     // A --plain-v1 client and a version 2 server: the server waits for a TLS ClientHello and
     // the client for a version 1 Hello, until the client's --timeout.
-    let (_server, addr) = start_server(d, &[]);
+    let server = BinServer::start(d, &[]);
+    let addr = server.addr.clone();
     for cmd in [&["send_msg", "hi"][..], &["recv_msg"]] {
         let mut args = vec!["client"];
         args.extend_from_slice(cmd);
@@ -260,14 +213,11 @@ async fn send_msg_retries_a_busy_server_and_says_so() {
 }
 
 fn fails_with(dir: &Path, args: &[&str], expected: &str) {
-    let out = letterlock(dir, args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "letterlock {args:?} succeeded");
+    let stderr = assert_fails(args, &letterlock(dir, args));
     assert!(
         stderr.contains(expected),
         "letterlock {args:?}: expected {expected:?} in:\n{stderr}"
     );
-    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 /// `letterlock open --key bob_private.pem --from alice_public.pem ARGS` fails saying `expected`.

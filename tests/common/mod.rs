@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
+pub mod cli;
 pub mod net;
+pub mod outbox;
 pub mod peer;
 pub mod postgres;
 pub mod v2;
@@ -224,14 +226,18 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_letterlock");
 /// Starts `cmd`, a `letterlock server --listen 127.0.0.1:0 ...` command, and returns the child
 /// with the address it printed on its first line. The rest of its stdout is drained in the
 /// background so it never blocks on a full pipe; its stderr (the log) is discarded.
-pub fn spawn_server(mut cmd: std::process::Command) -> (std::process::Child, String) {
+pub fn spawn_server(cmd: std::process::Command) -> (std::process::Child, String) {
+    spawn_server_logging(cmd, std::process::Stdio::null())
+}
+
+/// As [`spawn_server`], with the server's stderr (its log) sent to `log`.
+pub fn spawn_server_logging(
+    mut cmd: std::process::Command,
+    log: std::process::Stdio,
+) -> (std::process::Child, String) {
     use std::io::BufRead;
     use std::process::Stdio;
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     let addr = first
@@ -254,6 +260,23 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 /// `len` bytes of deterministic, incompressible-looking test data (the same for the same `len`).
 pub fn data(len: usize) -> Vec<u8> {
     Rng(0x1234_5678_9abc_def0 ^ len as u64).bytes(len)
+}
+
+/// Yields `remaining` bytes of a cheap pattern without holding them: a message of hundreds of
+/// MiB whose own size does not count in the memory a test measures.
+pub struct Generated {
+    pub remaining: u64,
+    pub counter: u8,
+}
+
+impl std::io::Read for Generated {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.remaining) as usize;
+        self.counter = self.counter.wrapping_add(1);
+        buf[..n].fill(self.counter);
+        self.remaining -= n as u64;
+        Ok(n)
+    }
 }
 
 /// xorshift64*: reproducible sizes and contents for tests, without a dependency.
