@@ -619,5 +619,5 @@ fn recv_msg_o_dash_is_refused_and_creates_nothing() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("without -o"), "{}", stderr(&out));
-    assert!(!Path::new("-").exists() && !f.client.join("-").exists());
+    assert!(!std::path::Path::new("-").exists() && !f.client.join("-").exists());
 }

@@ -567,3 +567,68 @@ async fn an_open_connection_is_refused_at_its_next_message_after_untrust() {
     assert_eq!(store.list_inbox().await.unwrap().len(), 1);
     let _ = running.stop.send(());
 }
+
+/// `server trust` in a folder that is not a server's (no server_private.pem, no mailbox) is
+/// refused and creates nothing: it would start a mailbox no running server reads.
+#[test]
+fn trust_outside_a_server_folder_is_refused_and_creates_nothing() {
+    let s = Setup::new();
+    let out = letterlock(
+        &s.dir("alice"),
+        &["server", "trust", "client_public.pem", "--name", "alice"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("server's folder"), "{}", stderr(&out));
+    assert!(!s.dir("alice").join("letterlock-server.db").exists());
+}
+
+/// `server read -o FILE` behaves like `open` and `client read`: an existing file is kept
+/// unless --force, and `-o -` is stdout.
+#[test]
+fn server_read_keeps_an_existing_file_unless_forced_and_dash_is_stdout() {
+    let s = Setup::new();
+    let (server, addr) = s.start(&[]);
+    let id = sent_id(&s.send("alice", &addr, "to a file"));
+    drop(server);
+    let file = s.root.join("out.txt");
+    std::fs::write(&file, b"mine").unwrap();
+    let refused = s.server_fails(&["server", "read", &id, "-o", "out.txt"]);
+    assert!(refused.contains("--force"), "{refused}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"mine");
+    s.server_ok(&["server", "read", &id, "-o", "out.txt", "--force"]);
+    assert_eq!(std::fs::read(&file).unwrap(), b"to a file");
+    let printed = s.server_ok(&["server", "read", &id, "-o", "-"]);
+    assert!(printed.contains("to a file"), "{printed}");
+    assert!(!s.root.join("-").exists());
+}
+
+/// Rotating a client's key says how many messages queued for the old key stay undelivered.
+#[test]
+fn a_rotation_tells_of_messages_queued_for_the_old_key() {
+    let s = Setup::new();
+    s.server_ok(&["server", "trust", "bob/client_public.pem", "--name", "bob"]);
+    s.server_ok(&[
+        "server",
+        "send_msg",
+        "--to",
+        "bob",
+        "queued before the rotation",
+    ]);
+    let out = letterlock(
+        &s.root,
+        &s.server_args(&[
+            "server",
+            "trust",
+            "bob2/client_public.pem",
+            "--name",
+            "bob",
+            "--replace",
+        ]),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 message(s) queued for bob's old key"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -147,9 +147,13 @@ pub(super) enum ServerCommand {
         /// The sender, when two clients' messages share the id (ids are unique per sender).
         #[arg(long, value_name = "NAME")]
         from: Option<String>,
-        /// Write the plaintext to FILE instead of stdout.
+        /// Write the plaintext to FILE instead of stdout (it appears only once verified); `-`
+        /// is stdout.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Delete a received message and its body file.
     Rm {
@@ -233,11 +237,13 @@ pub(super) fn command(command: ServerCommand) -> Result<ExitCode> {
             mailbox,
             from,
             output,
+            force,
         } => super::runtime()?.block_on(read_inbox(
             &id,
             &mailbox,
             from.as_deref(),
             output.as_deref(),
+            force,
         )),
         ServerCommand::Rm { id, mailbox, from } => {
             super::runtime()?.block_on(remove(&id, &mailbox, from.as_deref()))
@@ -511,6 +517,18 @@ pub(super) async fn create_store(path: &Path) -> Result<AnyStore> {
 /// missing one (a mistyped --store must not quietly answer from an empty mailbox).
 async fn open_mailbox(mailbox: &MailboxArgs, create: bool) -> Result<AnyStore> {
     let path = store_path(&mailbox.keys, mailbox.store.as_deref());
+    // A new mailbox only where a server lives: `server trust` run in the wrong folder must not
+    // start an empty mailbox that no running server reads, and say the server accepts the key.
+    let new_file = super::store_admin::postgres_url(&path).is_none() && !path.exists();
+    let (server_key, _) = keys::pair_paths(&mailbox.keys, "server");
+    if create && new_file && !server_key.exists() {
+        bail!(
+            "no mailbox at {} and no server_private.pem in {}: is this the server's folder? Pass \
+             --keys DIR (the folder `letterlock server` runs with) or --store PATH|URL",
+            path.display(),
+            mailbox.keys.display()
+        );
+    }
     let store = if create {
         create_store(&path).await?
     } else {
@@ -708,7 +726,17 @@ pub(super) async fn read_inbox(
     mailbox: &MailboxArgs,
     from: Option<&str>,
     output: Option<&Path>,
+    force: bool,
 ) -> Result<ExitCode> {
+    if let Some(path) = output.filter(|p| *p != Path::new("-"))
+        && !force
+        && path.symlink_metadata().is_ok()
+    {
+        bail!(
+            "{} exists: server read does not replace a file unless --force (or -o - for stdout)",
+            path.display()
+        );
+    }
     let identity: Arc<dyn Identity> = Arc::new(own_key(&mailbox.keys, "server")?);
     let store = open_mailbox(mailbox, false).await?;
     let summary = pick(&store, id, from).await?;
@@ -721,11 +749,12 @@ pub(super) async fn read_inbox(
         .await?;
     let opts = OpenOptions::default();
     let body = msg.body;
-    let opened = match output {
+    let opened = match output.filter(|p| *p != Path::new("-")) {
         Some(path) => {
-            // As before the atomic writer existed: `server read -o` replaces its output.
+            // Like `open` and `client read`: the file appears only once verified, and an
+            // existing one is replaced only when asked.
             let file = WriteOptions {
-                replace: true,
+                replace: force,
                 ..WriteOptions::default()
             };
             envelope::open_to_file(identity, &sender, &opts, body, path, &file)?
@@ -801,7 +830,20 @@ async fn trust(
     let outcome = store
         .trust_client(trust_request(name, &key, replace))
         .await?;
+    // Messages the server queued for the old key were sealed to it: the new key cannot open
+    // them, so they will never be delivered. Say so, rather than leaving them unseen.
+    let stranded = match outcome {
+        TrustOutcome::Replaced { old } => store.pending_outbox(&old).await?.len(),
+        _ => 0,
+    };
     store.close().await?;
+    if stranded > 0 {
+        eprintln!(
+            "letterlock: {stranded} message(s) queued for {name}'s old key stay undelivered (they \
+             were sealed to that key): send them again with `letterlock server send_msg --to \
+             {name}`"
+        );
+    }
     match outcome {
         TrustOutcome::Trusted => println!(
             "trusting {name} {}; a running server accepts it from its next connection",
@@ -840,7 +882,14 @@ async fn untrust(name: &str, mailbox: &MailboxArgs) -> Result<ExitCode> {
             .map(|c| c.name)
             .collect();
         store.close().await?;
-        bail!("no trusted client named {name:?} (trusted: {trusted:?})");
+        let trusted = if trusted.is_empty() {
+            "none".to_owned()
+        } else {
+            trusted.join(", ")
+        };
+        bail!(
+            "no trusted client named {name:?} (trusted now: {trusted}; see `letterlock server clients --all`)"
+        );
     };
     let messages = store
         .inbox_counts()
