@@ -80,8 +80,31 @@ pub(super) struct ReadArgs {
     pub(super) output: Option<PathBuf>,
 }
 
-fn mode_name(m: u8) -> &'static str {
+/// The name of a stored mode byte, for listings.
+pub(super) fn mode_name(m: u8) -> &'static str {
     Mode::from_byte(m).map_or("unknown", Mode::name)
+}
+
+/// A list of stored messages as `--json` prints it, for `client inbox` and `server inbox`
+/// alike: an array of {id, sender, sender_key, created, received, mode, bytes, sealed_bytes},
+/// times in Unix seconds, ASCII only ([`ascii_json`]).
+pub(super) fn inbox_json(list: &[InboxSummary]) -> Result<String> {
+    let rows: Vec<_> = list
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "id": hex::encode(m.message_id),
+                "sender": m.sender_name,
+                "sender_key": keys::KeyId(m.sender_key_id).to_string(),
+                "created": m.created,
+                "received": m.received,
+                "mode": mode_name(m.mode),
+                "bytes": m.plaintext_len,
+                "sealed_bytes": m.body_size,
+            })
+        })
+        .collect();
+    Ok(ascii_json(&serde_json::to_string_pretty(&rows)?))
 }
 
 /// `client inbox`: the messages kept, oldest received first.
@@ -95,22 +118,7 @@ pub(super) async fn client_inbox(a: InboxArgs) -> Result<ExitCode> {
         None => Vec::new(),
     };
     if a.json {
-        let rows: Vec<_> = list
-            .iter()
-            .map(|m| {
-                serde_json::json!({
-                    "id": hex::encode(m.message_id),
-                    "sender": m.sender_name,
-                    "sender_key": keys::KeyId(m.sender_key_id).to_string(),
-                    "created": m.created,
-                    "received": m.received,
-                    "mode": mode_name(m.mode),
-                    "bytes": m.plaintext_len,
-                    "sealed_bytes": m.body_size,
-                })
-            })
-            .collect();
-        println!("{}", ascii_json(&serde_json::to_string_pretty(&rows)?));
+        println!("{}", inbox_json(&list)?);
     } else if list.is_empty() {
         status!(
             "no messages received yet (the mailbox is {}; `letterlock client recv_msg` fills it)",

@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use tracing::{info, warn};
 
-use letterlock::envelope::{self, Mode, OpenOptions, SealOptions};
+use letterlock::envelope::{self, OpenOptions, SealOptions};
 use letterlock::files::WriteOptions;
 use letterlock::keys::{self, Identity, KeyId, PublicKey};
 use letterlock::store::{ClientKey, InboxSummary, Store, StoreError, TrustOutcome, TrustRequest};
@@ -626,10 +626,6 @@ pub(super) async fn server_send(a: ServerSendArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn mode_name(m: u8) -> &'static str {
-    Mode::from_byte(m).map_or("unknown", Mode::name)
-}
-
 pub(super) async fn inbox(
     mailbox: &MailboxArgs,
     from: Option<&str>,
@@ -645,22 +641,7 @@ pub(super) async fn inbox(
         list.retain(|m| m.received >= since);
     }
     if json {
-        let rows: Vec<_> = list
-            .iter()
-            .map(|m| {
-                serde_json::json!({
-                    "id": hex::encode(m.message_id),
-                    "sender": m.sender_name,
-                    "sender_key": KeyId(m.sender_key_id).to_string(),
-                    "created": m.created,
-                    "received": m.received,
-                    "mode": mode_name(m.mode),
-                    "bytes": m.plaintext_len,
-                    "sealed_bytes": m.body_size,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        println!("{}", super::mailbox::inbox_json(&list)?);
     } else if list.is_empty() {
         println!("inbox is empty");
     } else {
@@ -673,7 +654,7 @@ pub(super) async fn inbox(
                 "{:<32}  {:<12} {:<10} {:>10}  {:<20}  {}",
                 hex::encode(m.message_id),
                 m.sender_name,
-                mode_name(m.mode),
+                super::mailbox::mode_name(m.mode),
                 m.plaintext_len,
                 time_text(m.created),
                 KeyId(m.sender_key_id)
