@@ -87,12 +87,37 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-/// Shorthand for [`StoreError::Database`] from a PostgreSQL error, used with `map_err`.
+/// Shorthand for [`StoreError::Database`] from a PostgreSQL error, used with `map_err`; an
+/// error of the connection rather than of the statement is [`StoreError::ConnectionLost`].
 fn db(action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
-    move |source| StoreError::Database {
-        action,
-        source: Box::new(source),
+    move |source| {
+        if connection_lost(&source) {
+            StoreError::ConnectionLost {
+                action,
+                source: Box::new(source),
+            }
+        } else {
+            StoreError::Database {
+                action,
+                source: Box::new(source),
+            }
+        }
     }
+}
+
+/// Whether `e` says the connection is gone rather than that the statement failed: the
+/// connection closed, an I/O error on its socket, or a server error of SQLSTATE class 08
+/// (connection exception) or 57P01..57P03 (terminated by an administrator, crash shutdown,
+/// cannot connect now: what `pg_terminate_backend` and a server restart send).
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        let code = code.code();
+        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03");
+    }
+    std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }
 
 /// A `u64` as PostgreSQL's signed `bigint`.
