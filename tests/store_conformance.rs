@@ -572,6 +572,9 @@ impl<S: Store> Store for Shared<S> {
     ) -> Result<Vec<letterlock::store::OutboxEntry>, StoreError> {
         self.0.lease_outbox(r, lease).await
     }
+    async fn release_outbox(&self, r: &[u8; 32], m: &[[u8; 16]]) -> Result<(), StoreError> {
+        self.0.release_outbox(r, m).await
+    }
     async fn open_outbox_body(
         &self,
         r: &[u8; 32],
@@ -902,6 +905,56 @@ async fn postgres_deliveries_are_leased_to_one_fetch_at_a_time() {
     );
     assert_eq!(ids(&a.lease_outbox(&recipient, minute).await.unwrap()), [9]);
     assert!(b.lease_outbox(&recipient, minute).await.unwrap().is_empty());
+}
+
+/// A fetch that ends without acks releases its leases: the next fetch, through another server,
+/// gets the messages at once instead of after `DELIVERY_LEASE`; until released, the lease
+/// keeps them from a concurrent fetch. Releasing ids that are gone or not leased is harmless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_released_leases_are_free_at_once() {
+    let db = common::postgres::database().await;
+    let (a, b) = tokio::join!(
+        PostgresStore::connect(&db.url),
+        PostgresStore::connect(&db.url)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let recipient = [5; 32];
+    for n in 0..3u8 {
+        let body = Body::from_bytes(vec![n; 10]);
+        a.enqueue_outbox(outbox_record(5, id(n), body, [n; 32]))
+            .await
+            .unwrap();
+    }
+    let ids = |entries: &[letterlock::store::OutboxEntry]| -> Vec<u8> {
+        entries.iter().map(|e| e.message_id[0]).collect()
+    };
+    let lease = letterlock::store::DELIVERY_LEASE;
+    assert_eq!(
+        ids(&a.lease_outbox(&recipient, lease).await.unwrap()),
+        [0, 1, 2]
+    );
+    // Held: a concurrent fetch through the other server gets nothing.
+    assert!(b.lease_outbox(&recipient, lease).await.unwrap().is_empty());
+    // The fetch ends: 0 was acked and removed, 1 and 2 were not; 7 never existed.
+    assert!(
+        a.complete_outbox(&recipient, &id(0), &[0; 32])
+            .await
+            .unwrap()
+    );
+    a.release_outbox(&recipient, &[id(0), id(1), id(2), id(7)])
+        .await
+        .unwrap();
+    // At once, not after the lease: the other server's fetch gets the unacked ones ...
+    assert_eq!(
+        ids(&b.lease_outbox(&recipient, lease).await.unwrap()),
+        [1, 2]
+    );
+    // ... and its lease protects them in turn.
+    assert!(a.lease_outbox(&recipient, lease).await.unwrap().is_empty());
+    // Releasing nothing is a no-op; another recipient's entries are untouched.
+    a.release_outbox(&recipient, &[]).await.unwrap();
+    a.release_outbox(&[6; 32], &[id(1), id(2)]).await.unwrap();
+    assert!(a.lease_outbox(&recipient, lease).await.unwrap().is_empty());
 }
 
 /// Deletion through either housekeeping method takes the message's chunked body with it: no

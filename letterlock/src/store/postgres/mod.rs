@@ -741,6 +741,31 @@ impl Store for PostgresStore {
         Ok(leased.into_iter().map(|(_, entry)| entry).collect())
     }
 
+    /// Clears the lease of the given entries in one statement. Only a lease still running is
+    /// touched (an expired one is free anyway); the caller releases only within the lease it
+    /// took, so it never frees an entry another fetch has leased since.
+    async fn release_outbox(
+        &self,
+        recipient: &KeyId,
+        message_ids: &[MessageId],
+    ) -> Result<(), StoreError> {
+        if message_ids.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&[u8]> = message_ids.iter().map(|m| &m[..]).collect();
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE outbox SET leased_until = NULL
+                 WHERE recipient_key_id = $1 AND message_id = ANY($2)
+                   AND leased_until > clock_timestamp()",
+                &[&&recipient[..], &ids],
+            )
+            .await
+            .map_err(db("releasing outbox leases"))?;
+        Ok(())
+    }
+
     async fn open_outbox_body(
         &self,
         recipient: &KeyId,
