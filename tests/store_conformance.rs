@@ -1566,3 +1566,120 @@ async fn two_server_binaries_follow_trust_changes_in_postgres() {
     refused(&first, "after untrust");
     refused(&second, "after untrust");
 }
+
+/// A server whose database goes away answers a send "unavailable" (retryable), never an ack
+/// and never "internal"; once the database is back the same server, without a restart, stores
+/// the resent message exactly once. The database is taken away by refusing new connections
+/// and terminating the store's, so every request meanwhile must fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_server_without_its_database_answers_unavailable_then_recovers() {
+    use letterlock::client::{Client, ClientConfig, ClientError};
+    use letterlock::server::ServerConfig;
+    use letterlock::wire::ErrorCode;
+    use std::sync::Arc;
+
+    let db = common::postgres::database().await;
+    let store = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
+    let server = Arc::new(letterlock::server::Server::new(
+        common::private(common::net::SERVER),
+        common::net::clients(),
+        store.clone(),
+        ServerConfig::default(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    let connect = || async {
+        Client::connect(
+            &addr,
+            common::private(common::net::CLIENT),
+            common::public(common::net::SERVER),
+            ClientConfig::default(),
+        )
+        .await
+        .unwrap()
+    };
+    let (bytes, sealed) = common::net::seal_to_server(
+        common::net::CLIENT,
+        b"sent while the database was away",
+        [0x5a; 16],
+        letterlock::envelope::unix_now(),
+    );
+
+    // Administered from the maintenance database: a database cannot lock itself out.
+    let name: String = {
+        let (c, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let driver = tokio::spawn(connection);
+        let name = c
+            .query_one("SELECT current_database()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        drop(c);
+        let _ = driver.await;
+        name
+    };
+    let admin_url = common::postgres::with_database(&db.url, "postgres");
+    let (admin, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"
+        ))
+        .await
+        .unwrap();
+    admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+
+    // Down: every attempt is refused as unavailable, none is acked.
+    for _ in 0..3 {
+        let mut client = connect().await;
+        match client.send_sealed(&bytes, &sealed).await {
+            Err(ClientError::Refused {
+                code: ErrorCode::Unavailable,
+                ..
+            }) => {}
+            other => panic!("a send without a database must be refused as unavailable: {other:?}"),
+        }
+    }
+
+    // Back: the same server stores the resent message, once; a second resend is acked
+    // idempotently and stores nothing more.
+    admin
+        .batch_execute(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let mut client = connect().await;
+        let delivery = client.send_sealed(&bytes, &sealed).await.unwrap();
+        assert_eq!(delivery.id, sealed.header.message_id);
+    }
+    let inbox = store.list_inbox().await.unwrap();
+    assert_eq!(
+        inbox.len(),
+        1,
+        "the resent message must be stored exactly once"
+    );
+
+    let _ = stop.send(());
+    task.await.unwrap();
+    drop(admin);
+    let _ = driver.await;
+}
