@@ -1574,29 +1574,12 @@ async fn two_server_binaries_follow_trust_changes_in_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_server_without_its_database_answers_unavailable_then_recovers() {
     use letterlock::client::{Client, ClientConfig, ClientError};
-    use letterlock::server::ServerConfig;
     use letterlock::wire::ErrorCode;
     use std::sync::Arc;
 
     let db = common::postgres::database().await;
     let store = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
-    let server = Arc::new(letterlock::server::Server::new(
-        common::private(common::net::SERVER),
-        common::net::clients(),
-        store.clone(),
-        ServerConfig::default(),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-    });
+    let (addr, stop, task) = run_postgres_server(store.clone()).await;
     let connect = || async {
         Client::connect(
             &addr,
@@ -1682,4 +1665,101 @@ async fn postgres_server_without_its_database_answers_unavailable_then_recovers(
     task.await.unwrap();
     drop(admin);
     let _ = driver.await;
+}
+
+/// An in-process server over `store` on 127.0.0.1:0, with the test server key and clients:
+/// its address, and what stops it.
+async fn run_postgres_server(
+    store: std::sync::Arc<PostgresStore>,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let server = std::sync::Arc::new(letterlock::server::Server::new(
+        common::private(common::net::SERVER),
+        common::net::clients(),
+        store,
+        letterlock::server::ServerConfig::default(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (addr, stop, task)
+}
+
+/// Fetches on a raw connection without acking: how many messages were delivered.
+async fn fetch_without_ack(raw: &mut common::peer::Raw) -> u32 {
+    use letterlock::wire::Frame;
+    raw.w.write_frame(&Frame::Fetch).await.unwrap();
+    loop {
+        match raw.r.read_frame().await.unwrap() {
+            Frame::Deliver(_) | Frame::DeliverEnd => {}
+            Frame::FetchDone { count } => return count,
+            other => panic!("unexpected frame during a fetch: {other:?}"),
+        }
+    }
+}
+
+/// A client that fetches through one server and goes away without acking: its server releases
+/// the lease, so a fetch through another server gets the message long before the 60 s lease
+/// would have expired. While the first connection holds it, the other server's fetch gets
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_server_releases_the_leases_of_an_unacked_fetch() {
+    use std::sync::Arc;
+    let db = common::postgres::database().await;
+    let (a, b) = tokio::join!(
+        PostgresStore::connect(&db.url),
+        PostgresStore::connect(&db.url)
+    );
+    let (a, b) = (Arc::new(a.unwrap()), Arc::new(b.unwrap()));
+    let to = common::net::clients().by_name("client").unwrap().clone();
+    letterlock::server::queue_for_client(
+        a.as_ref(),
+        common::private(common::net::SERVER),
+        &to,
+        std::io::Cursor::new(b"fetched, never acked".to_vec()),
+        &letterlock::envelope::SealOptions::default(),
+    )
+    .await
+    .unwrap();
+    let (addr_a, stop_a, task_a) = run_postgres_server(a.clone()).await;
+    let (addr_b, stop_b, task_b) = run_postgres_server(b.clone()).await;
+
+    let mut first = common::peer::authed(&addr_a).await;
+    assert_eq!(fetch_without_ack(&mut first).await, 1);
+    // Held by the first connection: the other server has nothing to deliver.
+    let mut second = common::peer::authed(&addr_b).await;
+    assert_eq!(fetch_without_ack(&mut second).await, 0);
+    drop(first);
+
+    // The release runs as the first connection ends; wait for it, far below the lease.
+    let recipient = to.key.id().0;
+    let mut free = false;
+    for _ in 0..100 {
+        let leased = b.lease_outbox(&recipient, std::time::Duration::ZERO).await;
+        if leased.unwrap().len() == 1 {
+            free = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(free, "the unacked message's lease was not released");
+    // And the client's next fetch, through the other server, gets it.
+    assert_eq!(fetch_without_ack(&mut second).await, 1);
+
+    drop(second);
+    let _ = stop_a.send(());
+    let _ = stop_b.send(());
+    task_a.await.unwrap();
+    task_b.await.unwrap();
 }
