@@ -572,6 +572,9 @@ impl<S: Store> Store for Shared<S> {
     ) -> Result<Vec<letterlock::store::OutboxEntry>, StoreError> {
         self.0.lease_outbox(r, lease).await
     }
+    async fn release_outbox(&self, r: &[u8; 32], m: &[[u8; 16]]) -> Result<(), StoreError> {
+        self.0.release_outbox(r, m).await
+    }
     async fn open_outbox_body(
         &self,
         r: &[u8; 32],
@@ -904,6 +907,56 @@ async fn postgres_deliveries_are_leased_to_one_fetch_at_a_time() {
     assert!(b.lease_outbox(&recipient, minute).await.unwrap().is_empty());
 }
 
+/// A fetch that ends without acks releases its leases: the next fetch, through another server,
+/// gets the messages at once instead of after `DELIVERY_LEASE`; until released, the lease
+/// keeps them from a concurrent fetch. Releasing ids that are gone or not leased is harmless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_released_leases_are_free_at_once() {
+    let db = common::postgres::database().await;
+    let (a, b) = tokio::join!(
+        PostgresStore::connect(&db.url),
+        PostgresStore::connect(&db.url)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let recipient = [5; 32];
+    for n in 0..3u8 {
+        let body = Body::from_bytes(vec![n; 10]);
+        a.enqueue_outbox(outbox_record(5, id(n), body, [n; 32]))
+            .await
+            .unwrap();
+    }
+    let ids = |entries: &[letterlock::store::OutboxEntry]| -> Vec<u8> {
+        entries.iter().map(|e| e.message_id[0]).collect()
+    };
+    let lease = letterlock::store::DELIVERY_LEASE;
+    assert_eq!(
+        ids(&a.lease_outbox(&recipient, lease).await.unwrap()),
+        [0, 1, 2]
+    );
+    // Held: a concurrent fetch through the other server gets nothing.
+    assert!(b.lease_outbox(&recipient, lease).await.unwrap().is_empty());
+    // The fetch ends: 0 was acked and removed, 1 and 2 were not; 7 never existed.
+    assert!(
+        a.complete_outbox(&recipient, &id(0), &[0; 32])
+            .await
+            .unwrap()
+    );
+    a.release_outbox(&recipient, &[id(0), id(1), id(2), id(7)])
+        .await
+        .unwrap();
+    // At once, not after the lease: the other server's fetch gets the unacked ones ...
+    assert_eq!(
+        ids(&b.lease_outbox(&recipient, lease).await.unwrap()),
+        [1, 2]
+    );
+    // ... and its lease protects them in turn.
+    assert!(a.lease_outbox(&recipient, lease).await.unwrap().is_empty());
+    // Releasing nothing is a no-op; another recipient's entries are untouched.
+    a.release_outbox(&recipient, &[]).await.unwrap();
+    a.release_outbox(&[6; 32], &[id(1), id(2)]).await.unwrap();
+    assert!(a.lease_outbox(&recipient, lease).await.unwrap().is_empty());
+}
+
 /// Deletion through either housekeeping method takes the message's chunked body with it: no
 /// body row or chunk outlives its message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1166,7 +1219,9 @@ async fn postgres_store_carries_on_after_its_connections_are_killed() {
         let body = Body::from_bytes(b"after the kill".to_vec());
         match store.insert_inbox(inbox_record(2, id(0x60), body)).await {
             Ok(outcome) => break outcome,
-            Err(StoreError::Database { .. } | StoreError::Connect { .. }) => {
+            // A broken connection must read as "unavailable" (the server then answers
+            // Unavailable and the client retries), never as a plain database error.
+            Err(e) if e.is_unavailable() => {
                 failures += 1;
                 assert!(
                     failures <= letterlock::store::postgres::POOL_SIZE + 1,
@@ -1510,4 +1565,201 @@ async fn two_server_binaries_follow_trust_changes_in_postgres() {
     );
     refused(&first, "after untrust");
     refused(&second, "after untrust");
+}
+
+/// A server whose database goes away answers a send "unavailable" (retryable), never an ack
+/// and never "internal"; once the database is back the same server, without a restart, stores
+/// the resent message exactly once. The database is taken away by refusing new connections
+/// and terminating the store's, so every request meanwhile must fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_server_without_its_database_answers_unavailable_then_recovers() {
+    use letterlock::client::{Client, ClientConfig, ClientError};
+    use letterlock::wire::ErrorCode;
+    use std::sync::Arc;
+
+    let db = common::postgres::database().await;
+    let store = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
+    let (addr, stop, task) = run_postgres_server(store.clone()).await;
+    let connect = || async {
+        Client::connect(
+            &addr,
+            common::private(common::net::CLIENT),
+            common::public(common::net::SERVER),
+            ClientConfig::default(),
+        )
+        .await
+        .unwrap()
+    };
+    let (bytes, sealed) = common::net::seal_to_server(
+        common::net::CLIENT,
+        b"sent while the database was away",
+        [0x5a; 16],
+        letterlock::envelope::unix_now(),
+    );
+
+    // Administered from the maintenance database: a database cannot lock itself out.
+    let name: String = {
+        let (c, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let driver = tokio::spawn(connection);
+        let name = c
+            .query_one("SELECT current_database()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        drop(c);
+        let _ = driver.await;
+        name
+    };
+    let admin_url = common::postgres::with_database(&db.url, "postgres");
+    let (admin, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"
+        ))
+        .await
+        .unwrap();
+    admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+
+    // Down: every attempt is refused as unavailable, none is acked.
+    for _ in 0..3 {
+        let mut client = connect().await;
+        match client.send_sealed(&bytes, &sealed).await {
+            Err(ClientError::Refused {
+                code: ErrorCode::Unavailable,
+                ..
+            }) => {}
+            other => panic!("a send without a database must be refused as unavailable: {other:?}"),
+        }
+    }
+
+    // Back: the same server stores the resent message, once; a second resend is acked
+    // idempotently and stores nothing more.
+    admin
+        .batch_execute(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let mut client = connect().await;
+        let delivery = client.send_sealed(&bytes, &sealed).await.unwrap();
+        assert_eq!(delivery.id, sealed.header.message_id);
+    }
+    let inbox = store.list_inbox().await.unwrap();
+    assert_eq!(
+        inbox.len(),
+        1,
+        "the resent message must be stored exactly once"
+    );
+
+    let _ = stop.send(());
+    task.await.unwrap();
+    drop(admin);
+    let _ = driver.await;
+}
+
+/// An in-process server over `store` on 127.0.0.1:0, with the test server key and clients:
+/// its address, and what stops it.
+async fn run_postgres_server(
+    store: std::sync::Arc<PostgresStore>,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let server = std::sync::Arc::new(letterlock::server::Server::new(
+        common::private(common::net::SERVER),
+        common::net::clients(),
+        store,
+        letterlock::server::ServerConfig::default(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (addr, stop, task)
+}
+
+/// Fetches on a raw connection without acking: how many messages were delivered.
+async fn fetch_without_ack(raw: &mut common::peer::Raw) -> u32 {
+    use letterlock::wire::Frame;
+    raw.w.write_frame(&Frame::Fetch).await.unwrap();
+    loop {
+        match raw.r.read_frame().await.unwrap() {
+            Frame::Deliver(_) | Frame::DeliverEnd => {}
+            Frame::FetchDone { count } => return count,
+            other => panic!("unexpected frame during a fetch: {other:?}"),
+        }
+    }
+}
+
+/// A client that fetches through one server and goes away without acking: its server releases
+/// the lease, so a fetch through another server gets the message long before the 60 s lease
+/// would have expired. While the first connection holds it, the other server's fetch gets
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_server_releases_the_leases_of_an_unacked_fetch() {
+    use std::sync::Arc;
+    let db = common::postgres::database().await;
+    let (a, b) = tokio::join!(
+        PostgresStore::connect(&db.url),
+        PostgresStore::connect(&db.url)
+    );
+    let (a, b) = (Arc::new(a.unwrap()), Arc::new(b.unwrap()));
+    let to = common::net::clients().by_name("client").unwrap().clone();
+    letterlock::server::queue_for_client(
+        a.as_ref(),
+        common::private(common::net::SERVER),
+        &to,
+        std::io::Cursor::new(b"fetched, never acked".to_vec()),
+        &letterlock::envelope::SealOptions::default(),
+    )
+    .await
+    .unwrap();
+    let (addr_a, stop_a, task_a) = run_postgres_server(a.clone()).await;
+    let (addr_b, stop_b, task_b) = run_postgres_server(b.clone()).await;
+
+    let mut first = common::peer::authed(&addr_a).await;
+    assert_eq!(fetch_without_ack(&mut first).await, 1);
+    // Held by the first connection: the other server has nothing to deliver.
+    let mut second = common::peer::authed(&addr_b).await;
+    assert_eq!(fetch_without_ack(&mut second).await, 0);
+    drop(first);
+
+    // The release runs as the first connection ends; wait for it, far below the lease.
+    let recipient = to.key.id().0;
+    let mut free = false;
+    for _ in 0..100 {
+        let leased = b.lease_outbox(&recipient, std::time::Duration::ZERO).await;
+        if leased.unwrap().len() == 1 {
+            free = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(free, "the unacked message's lease was not released");
+    // And the client's next fetch, through the other server, gets it.
+    assert_eq!(fetch_without_ack(&mut second).await, 1);
+
+    drop(second);
+    let _ = stop_a.send(());
+    let _ = stop_b.send(());
+    task_a.await.unwrap();
+    task_b.await.unwrap();
 }

@@ -131,6 +131,14 @@ impl Store for AnyStore {
         forward!(self, s => s.lease_outbox(recipient, lease).await)
     }
 
+    async fn release_outbox(
+        &self,
+        recipient: &KeyId,
+        message_ids: &[letterlock::store::MessageId],
+    ) -> Result<(), StoreError> {
+        forward!(self, s => s.release_outbox(recipient, message_ids).await)
+    }
+
     async fn open_outbox_body(
         &self,
         recipient: &KeyId,

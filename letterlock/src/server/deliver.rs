@@ -27,10 +27,19 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
     pub(super) async fn deliver(&mut self) -> Result<(), Fail> {
         let store = &self.server.store;
         let out = &self.conn.out;
+        let since = std::time::Instant::now();
         let pending = store
             .lease_outbox(&self.client.key.id().0, store::DELIVERY_LEASE)
             .await
             .map_err(Fail::store)?;
+        // Released when the connection ends unless acked first (Handler::release_leases);
+        // `since` stays the time of the oldest lease still held.
+        if self.leased.ids.is_empty() {
+            self.leased.since = Some(since);
+        }
+        self.leased
+            .ids
+            .extend(pending.iter().map(|entry| entry.message_id));
         let count = u32::try_from(pending.len()).unwrap_or(u32::MAX);
         for entry in pending {
             // Counted in the server-wide budget beside the messages being received.
@@ -97,6 +106,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
             .complete_outbox(&self.client.key.id().0, &id.0, &tag)
             .await
             .map_err(Fail::store)?;
+        self.leased.ids.retain(|leased| *leased != id.0);
         if !removed {
             return Err(Fail::new(
                 ErrorCode::BadAck,

@@ -221,6 +221,20 @@ pub(super) struct Handler<S, R> {
     pub(super) work: JoinSet<Result<(), Fail>>,
     /// Signalled when the server shuts down.
     pub(super) stop: watch::Receiver<bool>,
+    /// Outbox messages this connection's fetches leased and the client has not acked yet,
+    /// with when the latest lease was taken: released when the connection ends, so another
+    /// fetch need not wait for the lease to expire ([`Store::release_outbox`]).
+    pub(super) leased: Leased,
+}
+
+/// The leases a connection holds ([`Handler::leased`]).
+#[derive(Debug, Default)]
+pub(super) struct Leased {
+    pub(super) ids: Vec<crate::store::MessageId>,
+    /// Taken just before the oldest `lease_outbox` call whose leases are still held: every
+    /// lease this connection holds ends no earlier than this plus
+    /// [`crate::store::DELIVERY_LEASE`].
+    pub(super) since: Option<std::time::Instant>,
 }
 
 impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
@@ -237,6 +251,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
             client,
             work: JoinSet::new(),
             stop,
+            leased: Leased::default(),
         }
     }
 
@@ -251,11 +266,42 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                 break;
             }
         }
+        self.release_leases().await;
         let Handler { conn, work, .. } = self;
         // Abandoned work holds senders of the outbound queue; the writer ends only once they
         // are gone.
         drop(work);
         conn.close(result).await;
+    }
+
+    /// Releases the leases of messages delivered (or about to be) and not acked, however the
+    /// connection ended. Only while they are surely still this connection's: within half the
+    /// lease of the oldest fetch still unacked (clock differences between this machine and the database
+    /// stay far below that); later, they expire on their own soon anyway, and by then another
+    /// fetch may hold a fresh lease that releasing would break. A failure only delays the
+    /// messages until the lease expires: logged, not passed on.
+    async fn release_leases(&mut self) {
+        let ids = std::mem::take(&mut self.leased.ids);
+        let Some(since) = self.leased.since.take() else {
+            return;
+        };
+        if ids.is_empty() || since.elapsed() >= crate::store::DELIVERY_LEASE / 2 {
+            return;
+        }
+        let released = self
+            .server
+            .store
+            .release_outbox(&self.client.key.id().0, &ids)
+            .await;
+        match released {
+            Ok(()) => debug!(
+                count = ids.len(),
+                "released the leases of unacked deliveries"
+            ),
+            Err(e) => {
+                warn!(error = %e, "could not release delivery leases; they expire on their own")
+            }
+        }
     }
 
     /// Reads frames and dispatches each one.

@@ -264,10 +264,19 @@ impl Fail {
         }
     }
 
-    /// A store failure: logged here, "internal" to the peer.
+    /// A store failure: logged here; to the peer "unavailable" when the database could not
+    /// be reached or the connection to it broke (nothing was acked, a retry may succeed),
+    /// "internal" otherwise.
     fn store(e: store::StoreError) -> Self {
         warn!(error = %e, "store error");
-        Fail::internal()
+        if e.is_unavailable() {
+            Fail::new(
+                ErrorCode::Unavailable,
+                "the server's mailbox database is unavailable; nothing was acked, try again later",
+            )
+        } else {
+            Fail::internal()
+        }
     }
 }
 
@@ -279,4 +288,33 @@ async fn on_blocking_pool<T: Send + 'static>(
         warn!(error = %e, "a blocking task failed");
         Fail::internal()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database that cannot be reached, or a connection that broke, is "unavailable" to the
+    /// peer (a client retries); any other store failure stays "internal".
+    #[test]
+    fn store_failures_map_to_unavailable_only_when_the_database_is_unreachable() {
+        let source = || -> store::BackendError { "connection closed".into() };
+        let unreachable = store::StoreError::Connect {
+            target: "postgres://db".to_owned(),
+            source: source(),
+        };
+        let lost = store::StoreError::ConnectionLost {
+            action: "inserting a message",
+            source: source(),
+        };
+        let broken = store::StoreError::Database {
+            action: "inserting a message",
+            source: source(),
+        };
+        assert_eq!(Fail::store(unreachable).code, ErrorCode::Unavailable);
+        assert_eq!(Fail::store(lost).code, ErrorCode::Unavailable);
+        assert_eq!(Fail::store(broken).code, ErrorCode::Internal);
+        let corrupt = store::StoreError::Corrupt { what: "row" };
+        assert_eq!(Fail::store(corrupt).code, ErrorCode::Internal);
+    }
 }

@@ -34,6 +34,20 @@ pub enum StoreError {
         source: BackendError,
     },
 
+    /// The connection to the PostgreSQL server broke in the middle of a request (the server
+    /// shut down or restarted, the connection was terminated or the network failed). The
+    /// request's transaction did not commit, or its outcome is unknown; either way a retry is
+    /// safe: every write is one transaction, and a resent message is recognised by its
+    /// (sender, id).
+    #[error(
+        "lost the connection to the mailbox database while {action}: {source}; retry, the store reconnects once PostgreSQL is reachable again"
+    )]
+    ConnectionLost {
+        action: &'static str,
+        #[source]
+        source: BackendError,
+    },
+
     /// The database was written by a letterlock with a different schema.
     #[error(
         "the mailbox database {path} has schema version {found}, but this letterlock understands version {expected}; use the letterlock release that created it"
@@ -137,6 +151,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The database could not be reached or the connection to it broke: the request may
+    /// succeed if tried again later, so a server answers "unavailable" rather than
+    /// "internal" and a client retries with its backoff.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Connect { .. } | StoreError::ConnectionLost { .. }
+        )
+    }
+
     /// Shorthand for [`StoreError::Database`], used with `map_err`.
     #[cfg(feature = "sqlite")]
     pub(crate) fn db(action: &'static str) -> impl FnOnce(rusqlite::Error) -> Self {

@@ -340,6 +340,20 @@ pub trait Store: Send + Sync + 'static {
         self.pending_outbox(recipient)
     }
 
+    /// Ends this caller's leases ([`Store::lease_outbox`]) on `message_ids` of `recipient`
+    /// before they expire, so the next fetch, through any server, gets them at once: a fetch
+    /// whose client went away without acking them calls it. Ids no longer waiting (acked and
+    /// removed meanwhile) are skipped. A store that does not lease has nothing to release:
+    /// the default does nothing.
+    fn release_outbox(
+        &self,
+        recipient: &KeyId,
+        message_ids: &[MessageId],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (recipient, message_ids);
+        std::future::ready(Ok(()))
+    }
+
     /// Open the sealed body of a pending outbox message.
     fn open_outbox_body(
         &self,

@@ -87,12 +87,37 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-/// Shorthand for [`StoreError::Database`] from a PostgreSQL error, used with `map_err`.
+/// Shorthand for [`StoreError::Database`] from a PostgreSQL error, used with `map_err`; an
+/// error of the connection rather than of the statement is [`StoreError::ConnectionLost`].
 fn db(action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
-    move |source| StoreError::Database {
-        action,
-        source: Box::new(source),
+    move |source| {
+        if connection_lost(&source) {
+            StoreError::ConnectionLost {
+                action,
+                source: Box::new(source),
+            }
+        } else {
+            StoreError::Database {
+                action,
+                source: Box::new(source),
+            }
+        }
     }
+}
+
+/// Whether `e` says the connection is gone rather than that the statement failed: the
+/// connection closed, an I/O error on its socket, or a server error of SQLSTATE class 08
+/// (connection exception) or 57P01..57P03 (terminated by an administrator, crash shutdown,
+/// cannot connect now: what `pg_terminate_backend` and a server restart send).
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        let code = code.code();
+        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03");
+    }
+    std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }
 
 /// A `u64` as PostgreSQL's signed `bigint`.
@@ -714,6 +739,31 @@ impl Store for PostgresStore {
         // RETURNING has no order of its own: queue order, as pending_outbox.
         leased.sort_by_key(|(seq, _)| *seq);
         Ok(leased.into_iter().map(|(_, entry)| entry).collect())
+    }
+
+    /// Clears the lease of the given entries in one statement. Only a lease still running is
+    /// touched (an expired one is free anyway); the caller releases only within the lease it
+    /// took, so it never frees an entry another fetch has leased since.
+    async fn release_outbox(
+        &self,
+        recipient: &KeyId,
+        message_ids: &[MessageId],
+    ) -> Result<(), StoreError> {
+        if message_ids.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&[u8]> = message_ids.iter().map(|m| &m[..]).collect();
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE outbox SET leased_until = NULL
+                 WHERE recipient_key_id = $1 AND message_id = ANY($2)
+                   AND leased_until > clock_timestamp()",
+                &[&&recipient[..], &ids],
+            )
+            .await
+            .map_err(db("releasing outbox leases"))?;
+        Ok(())
     }
 
     async fn open_outbox_body(
