@@ -632,3 +632,38 @@ fn a_rotation_tells_of_messages_queued_for_the_old_key() {
         stderr(&out)
     );
 }
+
+/// A second `letterlock server` on the same SQLite mailbox is refused while the first runs
+/// (each sweeps unfinished body files at start); the operator's commands still work.
+#[test]
+fn a_second_server_on_the_same_sqlite_mailbox_is_refused() {
+    let s = Setup::new();
+    let (_first, _addr) = s.start(&[]);
+    let mut second = common::cli::command(
+        &s.root,
+        &s.server_args(&["server", "--listen", "127.0.0.1:0"]),
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second server on the same mailbox kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = second.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already running on the mailbox"),
+        "{}",
+        stderr(&out)
+    );
+    s.server_ok(&["server", "clients"]);
+}

@@ -275,6 +275,7 @@ pub(super) async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     let store_path = store_path(&a.keys, a.store.as_deref());
+    let _only_server = lock_sqlite_mailbox(&store_path)?;
     let store = Arc::new(create_store(&store_path).await?);
     import_key_files(store.as_ref(), &a.keys).await?;
     let trusted = store.trusted_clients().await?;
@@ -475,6 +476,44 @@ pub(super) async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+/// Holds `MAILBOX.lock` for as long as the server runs, so a second `letterlock server` on the
+/// same SQLite mailbox is refused: each server sweeps the body files it finds unfinished at
+/// start, and would take another server's bodies in flight for leftovers. The operator's
+/// commands (inbox, read, trust…) do not take it. A PostgreSQL mailbox is shared on purpose.
+fn lock_sqlite_mailbox(path: &Path) -> Result<Option<std::fs::File>> {
+    if super::store_admin::postgres_url(path).is_some() {
+        return Ok(None);
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if parent.is_some_and(|dir| !dir.is_dir()) {
+        return Ok(None); // create_store says what is wrong with the folder
+    }
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another letterlock server is already running on the mailbox {} (it holds {}); \
+             stop it first, or give this one its own --keys/--store (several servers share one \
+             mailbox only in PostgreSQL: --store postgres://…)",
+            path.display(),
+            lock_path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(anyhow::Error::new(e).context(format!("cannot lock {}", lock_path.display())))
+        }
     }
 }
 
