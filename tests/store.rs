@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::Rng;
+use common::records::{id, outbox_record, stage};
 use letterlock::store::{
-    Body, INLINE_MAX, InboxRecord, InsertOutcome, KeyEnd, MODE_HYBRID, OutboxRecord, SqliteStore,
-    Store, StoreError, TrustOutcome, TrustRequest,
+    Body, INLINE_MAX, InboxRecord, InsertOutcome, KeyEnd, MODE_HYBRID, SqliteStore, Store,
+    StoreError, TrustOutcome, TrustRequest,
 };
 use tempfile::TempDir;
 
@@ -30,15 +31,6 @@ fn temp_store() -> (TempDir, SqliteStore) {
     (dir, store)
 }
 
-/// Stream `bytes` through the store's blob writer in uneven chunks.
-fn stage(store: &impl Store, bytes: &[u8]) -> Body {
-    let mut writer = store.blob_writer();
-    for chunk in bytes.chunks(10_007) {
-        writer.write_all(chunk).expect("write body chunk");
-    }
-    writer.finish().expect("finish body")
-}
-
 fn inbox_record(sender: u8, id: [u8; 16], body: Body) -> InboxRecord {
     InboxRecord {
         sender_key_id: [sender; 32],
@@ -52,25 +44,6 @@ fn inbox_record(sender: u8, id: [u8; 16], body: Body) -> InboxRecord {
         ack_tag: [id[0] ^ 0xA5; 32],
         body,
     }
-}
-
-fn outbox_record(recipient: u8, id: [u8; 16], body: Body, tag: [u8; 32]) -> OutboxRecord {
-    OutboxRecord {
-        recipient_key_id: [recipient; 32],
-        recipient_name: format!("client-{recipient}"),
-        message_id: id,
-        created: 1_700_000_200,
-        mode: MODE_HYBRID,
-        plaintext_len: body.len(),
-        expected_ack_tag: tag,
-        body,
-    }
-}
-
-fn id(n: u8) -> [u8; 16] {
-    let mut id = [0x11; 16];
-    id[0] = n;
-    id
 }
 
 /// The sorted names of the files in `dir` that `keep` accepts.

@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::records::{id, outbox_record, stage};
+
 use std::io::{Read, Write};
 
 use letterlock::store::postgres::{CHUNK_SIZE, PostgresStore, SCHEMA_VERSION};
@@ -20,15 +22,6 @@ use letterlock::store::{
 /// A body over the inline limit and over three database chunks with a partial last one, so
 /// it spills into a file (SQLite) or into four chunks (PostgreSQL).
 const LARGE_LEN: usize = 3 * CHUNK_SIZE + INLINE_MAX + 123;
-
-/// Streams `bytes` through the store's blob writer in uneven pieces.
-fn stage(store: &impl Store, bytes: &[u8]) -> Body {
-    let mut writer = store.blob_writer();
-    for piece in bytes.chunks(10_007) {
-        writer.write_all(piece).expect("write body piece");
-    }
-    writer.finish().expect("finish body")
-}
 
 fn inbox_record(sender: u8, id: [u8; 16], body: Body) -> InboxRecord {
     InboxRecord {
@@ -43,25 +36,6 @@ fn inbox_record(sender: u8, id: [u8; 16], body: Body) -> InboxRecord {
         ack_tag: [id[0] ^ 0xA5; 32],
         body,
     }
-}
-
-fn outbox_record(recipient: u8, id: [u8; 16], body: Body, tag: [u8; 32]) -> OutboxRecord {
-    OutboxRecord {
-        recipient_key_id: [recipient; 32],
-        recipient_name: format!("client-{recipient}"),
-        message_id: id,
-        created: 1_700_000_200,
-        mode: MODE_HYBRID,
-        plaintext_len: body.len(),
-        expected_ack_tag: tag,
-        body,
-    }
-}
-
-fn id(n: u8) -> [u8; 16] {
-    let mut id = [0x11; 16];
-    id[0] = n;
-    id
 }
 
 /// Reads a body to its end (on the blocking pool: a database body is streamed by a thread).

@@ -13,6 +13,7 @@ pub mod net;
 pub mod outbox;
 pub mod peer;
 pub mod postgres;
+pub mod records;
 pub mod v2;
 
 use letterlock::envelope::stream::{self, Stream};
