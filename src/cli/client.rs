@@ -95,6 +95,17 @@ pub(super) struct MessageArgs {
 }
 
 impl MessageArgs {
+    /// Whether the message is known to be at most `limit` bytes before it is read: TEXT, or a
+    /// regular file that small. Stdin is not (it is read as it comes).
+    pub(super) fn is_small(&self, limit: u64) -> bool {
+        match (self.text.as_deref(), &self.file) {
+            (Some("-"), _) | (None, None) => false,
+            (Some(text), _) => text.len() as u64 <= limit,
+            (None, Some(p)) if p == Path::new("-") => false,
+            (None, Some(p)) => std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() <= limit),
+        }
+    }
+
     /// The message's bytes: the text argument, `--file`, or stdin (no text, `-`, `--file -`).
     pub(super) fn input(&self) -> Result<Box<dyn Read + Send>> {
         Ok(match (self.text.as_deref(), &self.file) {
@@ -174,17 +185,43 @@ pub(super) struct RecvArgs {
 /// Connects as the client: protocol version 2 (TLS 1.3) unless `--plain-v1`, retrying while
 /// the server is busy, and turns the failures a newcomer meets into what to do about them.
 pub(super) async fn connect(conn: &ClientConn) -> Result<letterlock::client::Client> {
+    let keys = ClientKeys::load(conn)?;
+    connect_with(conn, keys).await
+}
+
+/// The two keys a connection needs, read (and unlocked) once: `send_msg` also seals with them
+/// while the connection is being made.
+pub(super) struct ClientKeys {
+    identity: Arc<dyn Identity>,
+    server: letterlock::keys::PublicKey,
+}
+
+impl ClientKeys {
+    /// The client's private key and the pinned server key from `--keys`; checks `--server`
+    /// first, so a mistyped address fails before a passphrase is asked.
+    pub(super) fn load(conn: &ClientConn) -> Result<ClientKeys> {
+        if !conn.server.contains(':') {
+            bail!(
+                "--server {} has no port; give HOST:PORT, e.g. 127.0.0.1:8000",
+                conn.server
+            );
+        }
+        Ok(ClientKeys {
+            identity: Arc::new(own_key(&conn.keys, "client")?),
+            server: peer_key(&conn.keys, "server")?,
+        })
+    }
+}
+
+/// Connects with keys already loaded ([`ClientKeys::load`]).
+pub(super) async fn connect_with(
+    conn: &ClientConn,
+    keys: ClientKeys,
+) -> Result<letterlock::client::Client> {
     use letterlock::client::{Backoff, Client, ClientConfig, ClientError, Transport};
     use letterlock::tls::TlsOptions;
-    if !conn.server.contains(':') {
-        bail!(
-            "--server {} has no port; give HOST:PORT, e.g. 127.0.0.1:8000",
-            conn.server
-        );
-    }
-    let identity: Arc<dyn Identity> = Arc::new(own_key(&conn.keys, "client")?);
+    let ClientKeys { identity, server } = keys;
     let me = identity.public().id();
-    let server = peer_key(&conn.keys, "server")?;
     tracing::debug!(
         server = %conn.server,
         client_key = %me,
@@ -264,7 +301,25 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
     // The input first: a missing file fails before any connection, and text typed on a
     // terminal is complete before the connection starts.
     let input = a.message.input()?;
-    let mut client = match connect(&a.conn).await {
+    let opts = SealOptions {
+        asymmetric_limit: a.max_asymmetric,
+        ..SealOptions::mode(a.message.mode.into())
+    };
+    let keys = ClientKeys::load(&a.conn)?;
+    // A small message is sealed on another thread while the connection is made, so that its
+    // RSA signature overlaps the TLS handshake instead of following it (one-shot latency,
+    // docs/PERFORMANCE.md); a large one is sealed as it is sent, in constant memory.
+    let outgoing = if a.message.is_small(SEAL_AHEAD_LIMIT) {
+        let (identity, server, opts) = (keys.identity.clone(), keys.server.clone(), opts.clone());
+        Outgoing::Sealing(tokio::task::spawn_blocking(move || {
+            let mut bytes = Vec::new();
+            envelope::seal(identity.as_ref(), &server, &opts, input, &mut bytes)
+                .map(|sealed| (bytes, sealed))
+        }))
+    } else {
+        Outgoing::Stream(input)
+    };
+    let mut client = match connect_with(&a.conn, keys).await {
         Ok(client) => client,
         Err(e) => {
             // A script reading --json gets its answer whatever failed; the error and its hint
@@ -279,11 +334,15 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
             return Err(e);
         }
     };
-    let opts = SealOptions {
-        asymmetric_limit: a.max_asymmetric,
-        ..SealOptions::mode(a.message.mode.into())
+    let sent = match outgoing {
+        Outgoing::Stream(input) => client.send(input, opts).await,
+        Outgoing::Sealing(sealing) => match sealing.await {
+            Ok(Ok((bytes, sealed))) => client.send_sealed(&bytes, &sealed).await,
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => bail!("sealing the message failed: {e}"),
+        },
     };
-    match client.send(input, opts).await {
+    match sent {
         Ok(d) if a.json => {
             let out = serde_json::json!({
                 "id": d.id.to_string(),
@@ -315,6 +374,21 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Messages up to this size are sealed into memory while the connection is made
+/// ([`client_send`]); larger ones are streamed.
+const SEAL_AHEAD_LIMIT: u64 = 1024 * 1024;
+
+/// A message on its way: being sealed ahead into memory, or still to be read and sealed as it
+/// is sent.
+enum Outgoing {
+    Sealing(
+        tokio::task::JoinHandle<
+            Result<(Vec<u8>, letterlock::envelope::Sealed), letterlock::envelope::SealError>,
+        >,
+    ),
+    Stream(Box<dyn Read + Send>),
 }
 
 /// The client's durable record of received messages ([`letterlock::received`]), beside its
