@@ -54,6 +54,7 @@
 #[cfg(feature = "client")]
 pub mod client;
 pub mod codec;
+pub mod directory;
 pub mod envelope;
 pub mod files;
 #[cfg(feature = "fuzzing")]

@@ -130,6 +130,15 @@ impl PublicKey {
     }
 }
 
+/// Two keys are the same key when their canonical SPKI encodings are (and so their key ids).
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.spki == other.spki
+    }
+}
+
+impl Eq for PublicKey {}
+
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "PublicKey({} bits, {})", self.bits(), self.id)
