@@ -90,6 +90,18 @@ fn replay_armor_corpus() {
     replay("armor", fuzzing::armor);
 }
 
+/// The directory entry corpus keeps at least one entry that parses (the committed seed for
+/// Bob's key), so the replay covers the re-encoding check as well as the refusals.
+#[test]
+fn replay_directory_entry_corpus() {
+    replay("directory_entry", fuzzing::directory_entry);
+    let parsed = corpus("directory_entry")
+        .iter()
+        .filter(|(_, d)| letterlock::directory::parse_entry(d).is_ok())
+        .count();
+    assert!(parsed > 0, "no directory entry in the corpus parses");
+}
+
 #[test]
 fn replay_text_corpus() {
     replay("text", fuzzing::text);

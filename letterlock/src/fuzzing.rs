@@ -162,6 +162,19 @@ fn check_open(result: Result<u64, OpenError>, released: usize) -> bool {
     }
 }
 
+/// [`crate::directory::parse_entry`] on arbitrary bytes: never panics; whatever parses
+/// re-encodes to exactly the bytes it was parsed from (one entry, one encoding: what a server
+/// signs means one thing).
+pub fn directory_entry(data: &[u8]) {
+    if let Ok(entry) = crate::directory::parse_entry(data) {
+        let again = entry.encode().expect("a parsed entry encodes");
+        assert_eq!(
+            again, data,
+            "a parsed directory entry re-encodes differently"
+        );
+    }
+}
+
 /// [`ArmorReader`] on arbitrary text: no panic; whatever decodes re-armors and decodes to the
 /// same bytes.
 pub fn armor(data: &[u8]) {
