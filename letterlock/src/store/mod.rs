@@ -41,7 +41,7 @@ mod writer;
 use std::future::Future;
 use std::io::Read;
 
-pub use body::{BlobWriter, Body, INLINE_MAX};
+pub use body::{BlobWriter, Body, INLINE_MAX, SEALED_IDENTITY_CONTEXT, SealedIdentity};
 pub use error::{BackendError, StoreError};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
