@@ -137,6 +137,37 @@ async fn the_inbox_keeps_the_sealed_identity_and_a_repeat_differing_between_the_
     server.stop().await;
 }
 
+/// PROTOCOL.md section 13's test vectors for the sealed identity: the stored messages of
+/// tests/vectors/, with their recipients' wrapped-key lengths (the figures were computed by an
+/// independent script written from the document).
+#[test]
+fn sealed_identity_test_vectors() {
+    for (name, wrapped_key_len, expected) in [
+        (
+            "hybrid_two_chunks",
+            256,
+            "20987a8443762a00fe98db17f1f5a6bbd136f17f21524e068cf033fdea9f0c43",
+        ),
+        (
+            "hybrid_hello",
+            384,
+            "2f0fc34172b36ba653ae33d8f381f221409d7227160c476ab1108d529848981d",
+        ),
+        (
+            "asymmetric_hello",
+            256,
+            "ccbd841ccd7a25a7595e41360772a3a9491dc7e49e61d4d0e042fec1a53b8343",
+        ),
+    ] {
+        let path = format!("{}/tests/vectors/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        let vector: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let sealed = hex::decode(vector["expected"]["sealed"].as_str().unwrap()).unwrap();
+        let identity = SealedIdentity::of(&sealed, wrapped_key_len).unwrap();
+        assert_eq!(hex::encode(identity), expected, "{name}");
+    }
+}
+
 #[tokio::test]
 async fn a_message_stored_with_a_sha256_content_hash_is_still_recognised() {
     // What a letterlock from before sealed identities stored: SHA-256 of the sealed bytes.
