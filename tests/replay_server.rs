@@ -12,6 +12,7 @@ use common::net::{CLIENT, TestServer, seal_to_server};
 use common::peer::{authed, message_frames, refused};
 use letterlock::envelope::{self, Mode, SealOptions};
 use letterlock::server::{AsymmetricBudget, ServerConfig};
+use letterlock::store::{Body, InboxRecord, InsertOutcome, MODE_HYBRID, SealedIdentity, Store};
 use letterlock::wire::{DATA_FRAME, ErrorCode, Frame};
 
 /// Writes `copies` copies of `bytes` as pipelined messages on a raw authenticated connection and
@@ -74,6 +75,139 @@ async fn a_known_id_is_answered_without_opening() {
     assert_eq!(stats.opened, 1);
     assert_eq!(stats.repeats_refused, 1);
     assert_eq!(server.inbox_len().await, 1);
+    server.stop().await;
+}
+
+/// The modulus length of the test server's key (bob2048): the length of a key wrapped for it.
+const SERVER_WRAPPED_KEY_LEN: usize = 256;
+
+#[tokio::test]
+async fn the_inbox_keeps_the_sealed_identity_and_a_repeat_differing_between_the_tags_changes_nothing()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let now = envelope::unix_now();
+    let (bytes, sealed) = seal_to_server(CLIENT, &data(200 * 1024), [5; 16], now);
+    let mut client = server.client(CLIENT).await.unwrap();
+    client.send_sealed(&bytes, &sealed).await.unwrap();
+    let known = server
+        .store
+        .known_inbox(&sealed.header.sender.0, &sealed.header.message_id.0)
+        .await
+        .unwrap()
+        .unwrap();
+    let identity = SealedIdentity::of(&bytes, SERVER_WRAPPED_KEY_LEN).unwrap();
+    assert_eq!(
+        known.content_hash, identity,
+        "the stored content hash is the identity"
+    );
+
+    // Ciphertext inside a chunk, not its tag: only the sender can send this, and it earns the
+    // ack it already has; nothing is opened or written, the stored bytes stay the first ones.
+    let mut inside = bytes.clone();
+    inside[envelope::HEADER_LEN + SERVER_WRAPPED_KEY_LEN + 1000] ^= 1;
+    let writes = server.store.stats().writes_committed;
+    assert_eq!(
+        pipelined(&server.addr, &inside, 1).await,
+        vec![sealed.ack_tag]
+    );
+    let stats = server.server.receive_stats();
+    assert_eq!((stats.opened, stats.repeats_answered), (1, 1));
+    assert_eq!(server.store.stats().writes_committed, writes);
+    let mut stored = Vec::new();
+    let message = server
+        .store
+        .find_inbox(&sealed.header.message_id.to_string())
+        .await
+        .unwrap();
+    std::io::Read::read_to_end(&mut { message.body }, &mut stored).unwrap();
+    assert!(stored == bytes, "the stored bytes changed");
+
+    // The first chunk's tag (the last 16 bytes of its 64 KiB + 16): a different message.
+    let mut tag = bytes.clone();
+    tag[envelope::HEADER_LEN + SERVER_WRAPPED_KEY_LEN + 64 * 1024 + 3] ^= 1;
+    let mut raw = authed(&server.addr).await;
+    raw.w
+        .write_raw(&message_frames(&tag, DATA_FRAME))
+        .await
+        .unwrap();
+    refused(&mut raw, ErrorCode::Replay).await;
+    assert_eq!(server.server.receive_stats().repeats_refused, 1);
+    assert_eq!(server.server.receive_stats().opened, 1);
+    server.stop().await;
+}
+
+/// PROTOCOL.md section 13's test vectors for the sealed identity: the stored messages of
+/// tests/vectors/, with their recipients' wrapped-key lengths (the figures were computed by an
+/// independent script written from the document).
+#[test]
+fn sealed_identity_test_vectors() {
+    for (name, wrapped_key_len, expected) in [
+        (
+            "hybrid_two_chunks",
+            256,
+            "20987a8443762a00fe98db17f1f5a6bbd136f17f21524e068cf033fdea9f0c43",
+        ),
+        (
+            "hybrid_hello",
+            384,
+            "2f0fc34172b36ba653ae33d8f381f221409d7227160c476ab1108d529848981d",
+        ),
+        (
+            "asymmetric_hello",
+            256,
+            "ccbd841ccd7a25a7595e41360772a3a9491dc7e49e61d4d0e042fec1a53b8343",
+        ),
+    ] {
+        let path = format!("{}/tests/vectors/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        let vector: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let sealed = hex::decode(vector["expected"]["sealed"].as_str().unwrap()).unwrap();
+        let identity = SealedIdentity::of(&sealed, wrapped_key_len).unwrap();
+        assert_eq!(hex::encode(identity), expected, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_message_stored_with_a_sha256_content_hash_is_still_recognised() {
+    // What a letterlock from before sealed identities stored: SHA-256 of the sealed bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let now = envelope::unix_now();
+    let (bytes, sealed) = seal_to_server(CLIENT, &data(3000), [6; 16], now);
+    let record = InboxRecord {
+        sender_key_id: sealed.header.sender.0,
+        sender_name: CLIENT.to_owned(),
+        message_id: sealed.header.message_id.0,
+        created: now,
+        received: now,
+        mode: MODE_HYBRID,
+        plaintext_len: 3000,
+        content_hash: common::sha256(&bytes),
+        ack_tag: sealed.ack_tag,
+        body: Body::from_bytes(bytes.clone()),
+    };
+    assert_eq!(
+        server.store.insert_inbox(record).await.unwrap(),
+        InsertOutcome::Inserted
+    );
+    assert_eq!(
+        pipelined(&server.addr, &bytes, 2).await,
+        vec![sealed.ack_tag; 2]
+    );
+    let mut other = bytes.clone();
+    other[envelope::HEADER_LEN + SERVER_WRAPPED_KEY_LEN + 100] ^= 1;
+    let mut raw = authed(&server.addr).await;
+    raw.w
+        .write_raw(&message_frames(&other, DATA_FRAME))
+        .await
+        .unwrap();
+    refused(&mut raw, ErrorCode::Replay).await;
+    let stats = server.server.receive_stats();
+    assert_eq!(
+        (stats.opened, stats.repeats_answered, stats.repeats_refused),
+        (0, 2, 1)
+    );
     server.stop().await;
 }
 

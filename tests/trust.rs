@@ -431,7 +431,7 @@ fn colliding_ids_of_two_senders_are_told_apart_with_from() {
                     received: now,
                     mode: letterlock::store::MODE_HYBRID,
                     plaintext_len: info.plaintext_len,
-                    content_hash: body.sha256(),
+                    content_hash: body.sha256().expect("a store writer hashes"),
                     ack_tag: info.ack_tag,
                     body,
                 })

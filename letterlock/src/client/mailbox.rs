@@ -112,6 +112,12 @@ mod with_sqlite {
             now: u64,
         ) -> Result<Kept, ClientError> {
             let body = staged.0;
+            // `copy` hashes what it keeps, so the hash is there.
+            let content_hash = body
+                .sha256()
+                .ok_or(ClientError::Mailbox(StoreError::Corrupt {
+                    what: "mailbox copy (written without its hash)",
+                }))?;
             let record = InboxRecord {
                 sender_key_id: header.sender.0,
                 sender_name: self.sender_name.clone(),
@@ -120,7 +126,7 @@ mod with_sqlite {
                 received: now,
                 mode: header.mode.to_byte(),
                 plaintext_len,
-                content_hash: body.sha256(),
+                content_hash,
                 ack_tag,
                 body,
             };

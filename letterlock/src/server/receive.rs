@@ -8,9 +8,15 @@
 //!
 //! Repeats are cheap: as soon as the header is parsed, (sender, message id) is looked up in the
 //! store; for a known id the rest of the bytes are only hashed and compared with the stored
-//! content hash. A byte-identical repeat (an honest client that lost its ack) gets the stored
-//! ack again; a different message under a known id is refused (`Replay`). Neither is decrypted,
-//! verified or written. Asymmetric-mode decryption, one RSA private operation per block, is
+//! content hash. A repeat of the stored message (an honest client that lost its ack) gets the
+//! stored ack again; a different message under a known id is refused (`Replay`). Neither is
+//! decrypted, verified or written.
+//!
+//! Each received byte is hashed once. The content hash the inbox keeps is the message's
+//! [`SealedIdentity`] (header, wrapped key and chunk tags, not every byte), so a new message
+//! costs one SHA-256 pass, the opener's over the plaintext for the signature, and not a second
+//! one over the sealed bytes; `SealedIdentity` says why that still tells a repeat from a
+//! different message. Asymmetric-mode decryption, one RSA private operation per block, is
 //! budgeted per client ([`AsymmetricBudget`]).
 
 use std::collections::HashMap;
@@ -25,7 +31,7 @@ use zeroize::Zeroizing;
 
 use crate::envelope::{self, HEADER_LEN, Header, Mode, OpenError, OpenOptions, Opened, Opener};
 use crate::keys::Trusted;
-use crate::store::{self, Body, InboxRecord, InsertOutcome, KnownMessage, Store};
+use crate::store::{self, Body, InboxRecord, InsertOutcome, KnownMessage, SealedIdentity, Store};
 use crate::wire::{ErrorCode, Frame};
 
 use super::handler::{Handler, send};
@@ -223,7 +229,9 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
         .map_err(|e| Fail::refused(&e.to_string()))?;
         let intake = Intake {
             opener,
-            blob: self.server.store.blob_writer(),
+            identity: SealedIdentity::new(&header, self.wrapped_key_len()),
+            // The identity stands in for a SHA-256 of the sealed bytes: not computed.
+            blob: self.server.store.blob_writer().without_sha256(),
             plain: Zeroizing::new(Vec::new()),
             // Sized once for the whole preview, so appending never reallocates and leaves a copy.
             preview: config
@@ -277,27 +285,41 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
         })
     }
 
+    /// The length of a wrapped key sealed for this server: its modulus length.
+    fn wrapped_key_len(&self) -> usize {
+        self.server.identity.public().modulus_len()
+    }
+
     /// The rest of a message whose (sender, id) the store already holds: its bytes are only
-    /// hashed, to tell a byte-identical repeat (same ack again) from a different message under
-    /// the same id (refused). Nothing is decrypted, verified or written.
+    /// hashed, to tell a repeat (same ack again) from a different message under the same id
+    /// (refused). Nothing is decrypted, verified or written.
+    ///
+    /// The stored content hash is the first copy's [`SealedIdentity`], or, for a message
+    /// stored by a letterlock from before identities, SHA-256 of all its sealed bytes: both
+    /// are computed, each byte still hashed once (the identity takes only the header, the
+    /// wrapped key and the tags besides). Matching either is safe: the identity's input starts
+    /// with its context string and sealed bytes with the magic, so one equal to the other
+    /// would be a SHA-256 collision.
     async fn receive_known(
         &mut self,
         head: Vec<u8>,
         header: Header,
         known: KnownMessage,
     ) -> Result<ReceiveJob<S>, Fail> {
-        let mut hash = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        hash.update(&head);
+        let mut identity = SealedIdentity::new(&header, self.wrapped_key_len());
+        let mut legacy = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        identity.update(&head);
+        legacy.update(&head);
         let mut seen = head.len() as u64;
         while let Some(more) = self.next_data_capped(&mut seen).await? {
-            hash.update(&more);
+            identity.update(&more);
+            legacy.update(&more);
         }
         // Content hashes are not secret; compared in constant time all the same.
-        let same = aws_lc_rs::constant_time::verify_slices_are_equal(
-            hash.finish().as_ref(),
-            &known.content_hash,
-        )
-        .is_ok();
+        let matches = |hash: &[u8]| {
+            aws_lc_rs::constant_time::verify_slices_are_equal(hash, &known.content_hash).is_ok()
+        };
+        let same = matches(&identity.finish()) | matches(legacy.finish().as_ref());
         Ok(ReceiveJob {
             header,
             work: Work::Known {
@@ -474,6 +496,7 @@ impl<S: Store> ReceiveJob<S> {
         let Verified {
             opened,
             body,
+            identity,
             preview,
         } = verified;
         let id = opened.header.message_id;
@@ -486,7 +509,7 @@ impl<S: Store> ReceiveJob<S> {
             received: envelope::unix_now(),
             mode: opened.header.mode.to_byte(),
             plaintext_len: opened.plaintext_len,
-            content_hash: body.sha256(),
+            content_hash: identity,
             ack_tag: opened.ack_tag,
             body,
         };
@@ -551,6 +574,9 @@ fn log_received(client: &Trusted, opened: &Opened, size: u64, preview: Option<&[
 /// the sealed bytes (messages stay encrypted at rest).
 struct Intake {
     opener: Opener,
+    /// The content hash the inbox keeps, computed from the same bytes as they pass.
+    identity: SealedIdentity,
+    /// Keeps the sealed bytes, without hashing them.
     blob: store::BlobWriter,
     /// Decrypted bytes of the current frame (wiped when dropped).
     plain: Zeroizing<Vec<u8>>,
@@ -565,6 +591,7 @@ impl Intake {
     fn feed(&mut self, data: &[u8]) -> Result<(), OpenError> {
         use std::io::Write;
         self.blob.write_all(data)?;
+        self.identity.update(data);
         // The blob keeps the header too; the opener has it already.
         let skip = self.header_left.min(data.len());
         self.header_left -= skip;
@@ -577,6 +604,7 @@ impl Intake {
     fn finish(self) -> Result<Verified, OpenError> {
         let Intake {
             opener,
+            identity,
             blob,
             mut plain,
             mut preview,
@@ -590,6 +618,7 @@ impl Intake {
         Ok(Verified {
             opened,
             body,
+            identity: identity.finish(),
             preview,
         })
     }
@@ -611,6 +640,8 @@ fn keep_preview(preview: &mut Option<Zeroizing<Vec<u8>>>, plain: &mut Zeroizing<
 struct Verified {
     opened: Opened,
     body: Body,
+    /// The message's [`SealedIdentity`], its inbox content hash.
+    identity: [u8; 32],
     /// The first bytes of plaintext, for the log line (when the server logs text).
     preview: Option<Zeroizing<Vec<u8>>>,
 }

@@ -41,7 +41,7 @@ mod writer;
 use std::future::Future;
 use std::io::Read;
 
-pub use body::{BlobWriter, Body, INLINE_MAX};
+pub use body::{BlobWriter, Body, INLINE_MAX, SEALED_IDENTITY_CONTEXT, SealedIdentity};
 pub use error::{BackendError, StoreError};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
@@ -113,7 +113,8 @@ pub struct InboxRecord {
     pub mode: u8,
     /// Length of the plaintext inside.
     pub plaintext_len: u64,
-    /// SHA-256 of the sealed bytes as received: tells a retry from a clash.
+    /// Tells a retry from a clash: the server keeps the message's [`SealedIdentity`] (older
+    /// rows: SHA-256 of the sealed bytes), a client's mailbox SHA-256 of the sealed bytes.
     pub content_hash: Tag,
     /// The ack tag the server sent (and re-sends for a retry).
     pub ack_tag: Tag,
@@ -139,7 +140,7 @@ pub enum InsertOutcome {
 /// incoming bytes are then only hashed and compared with `content_hash`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KnownMessage {
-    /// SHA-256 of the sealed bytes as first received.
+    /// The content hash of the first copy ([`InboxRecord::content_hash`]).
     pub content_hash: Tag,
     /// The ack tag sent for it, sent again for a byte-identical repeat (which proves nothing
     /// new: only the bytes the tag was computed from can earn it).

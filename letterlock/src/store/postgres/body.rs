@@ -171,7 +171,8 @@ enum Up {
     /// Every chunk was sent: record the size and hash, commit.
     End {
         len: u64,
-        sha256: [u8; 32],
+        /// `None` for a body written without it (the server's inbox).
+        sha256: Option<[u8; 32]>,
     },
 }
 
@@ -223,7 +224,11 @@ impl ChunkUpload {
     }
 
     /// Sends the last chunk, commits the body, and hands it over as staged.
-    pub(crate) fn finish(mut self, len: u64, sha256: [u8; 32]) -> Result<StagedBody, StoreError> {
+    pub(crate) fn finish(
+        mut self,
+        len: u64,
+        sha256: Option<[u8; 32]>,
+    ) -> Result<StagedBody, StoreError> {
         if !self.buffer.is_empty() {
             let last = std::mem::take(&mut self.buffer);
             self.send(Up::Chunk(last))?;
@@ -292,7 +297,7 @@ async fn upload(
             }
             Ok(Up::End { len, sha256 }) => {
                 let size = super::to_i64("body size", len)?;
-                let hash: &[u8] = &sha256;
+                let hash: Option<&[u8]> = sha256.as_ref().map(|h| &h[..]);
                 tx.execute(
                     "UPDATE body SET size = $2, chunks = $3, sha256 = $4, staged = clock_timestamp()
                      WHERE id = $1",
