@@ -538,3 +538,134 @@ async fn postgres_restart_under_load_loses_nothing() {
         assert!(server.is_running(), "a server exited");
     }
 }
+
+/// Sends `bytes` through the server at `addr` on a new connection: the proven ack, or why not.
+async fn send_once(
+    addr: &str,
+    bytes: &[u8],
+    sealed: &Sealed,
+) -> Result<letterlock::client::Delivery, ClientError> {
+    let mut client = Client::connect_tls(
+        addr,
+        common::private(CLIENT),
+        common::public(SERVER),
+        ClientConfig::default(),
+        Default::default(),
+    )
+    .await?;
+    client.send_sealed(bytes, sealed).await
+}
+
+/// A message sent to one server, then the same bytes to another (a replay, or an honest resend
+/// after a lost ack): acked again with the same proven ack, stored once. Different bytes
+/// under the same id, to a third server: refused as a replay, nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_to_another_server_is_acked_once_and_stored_once() {
+    let group = Group::start(common::postgres::database().await).await;
+    let addrs = group.addrs.lock().unwrap().clone();
+    let id = [0x3c; 16];
+    let now = letterlock::envelope::unix_now();
+    let (bytes, sealed) = common::net::seal_to_server(CLIENT, b"sent to A, replayed to B", id, now);
+
+    let first = send_once(&addrs[0], &bytes, &sealed).await.unwrap();
+    // The ack is proven against the tag computed while sealing: the same ack as the first.
+    let again = send_once(&addrs[1], &bytes, &sealed).await.unwrap();
+    assert_eq!(
+        (first.id, again.id),
+        (sealed.header.message_id, sealed.header.message_id)
+    );
+
+    let (other, other_sealed) =
+        common::net::seal_to_server(CLIENT, b"another message, the same id", id, now);
+    assert_ne!(other, bytes);
+    match send_once(&addrs[2], &other, &other_sealed).await {
+        Err(ClientError::Refused {
+            code: ErrorCode::Replay,
+            ..
+        }) => {}
+        other => panic!("a second message under a used id must be refused: {other:?}"),
+    }
+
+    let store = group.store().await;
+    let sent = HashMap::from([(id, sha256(&bytes))]);
+    let stored = check_store(&store, &sent, &HashSet::from([id])).await;
+    assert_eq!((stored.rows, stored.lost, stored.duplicates), (1, 0, 0));
+    assert_eq!(
+        group.logged(REPEAT_LOGGED),
+        1,
+        "the replay was not answered as a repeat"
+    );
+}
+
+/// Messages waiting for a client, fetched through two servers at once by two copies of the
+/// client (two key folders, one key), several rounds: each message is delivered to exactly one
+/// of them, and once both have acked, the outbox is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_fetched_through_two_servers_at_once_is_delivered_once() {
+    const ROUNDS: usize = 4;
+    const PER_ROUND: usize = 3;
+    let group = Group::start(common::postgres::database().await).await;
+    let addrs = group.addrs.lock().unwrap().clone();
+    let store = group.store().await;
+    let to = common::net::clients().by_name("client").unwrap().clone();
+    let copies: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            classroom_folder(dir.path());
+            dir
+        })
+        .collect();
+
+    let mut queued = HashSet::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for round in 0..ROUNDS {
+        for n in 0..PER_ROUND {
+            let text = format!("round {round}, message {n}");
+            letterlock::server::queue_for_client(
+                &store,
+                common::private(SERVER),
+                &to,
+                std::io::Cursor::new(text.clone().into_bytes()),
+                &SealOptions::default(),
+            )
+            .await
+            .unwrap();
+            queued.insert(text);
+        }
+        // Both fetches at once, each through its own server.
+        let fetches: Vec<_> = copies
+            .iter()
+            .zip(&addrs)
+            .map(|(dir, addr)| {
+                common::cli::command(
+                    dir.path(),
+                    &["client", "recv_msg", "--json", "--server", addr],
+                )
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+            })
+            .collect();
+        for fetch in fetches {
+            let out = fetch.wait_with_output().unwrap();
+            let stdout = common::cli::assert_ok(&["client", "recv_msg"], &out);
+            for line in stdout.lines() {
+                let row: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(row["status"], "new", "{line}");
+                *seen
+                    .entry(row["text"].as_str().unwrap().to_owned())
+                    .or_default() += 1;
+            }
+        }
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    let seen: HashSet<String> = seen.into_keys().collect();
+    assert_eq!(seen, queued, "every queued message is delivered");
+    let left = store.pending_outbox(&to.key.id().0).await.unwrap();
+    assert!(
+        left.is_empty(),
+        "acked messages left in the outbox: {left:?}"
+    );
+}
