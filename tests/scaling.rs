@@ -669,3 +669,96 @@ async fn a_message_fetched_through_two_servers_at_once_is_delivered_once() {
         "acked messages left in the outbox: {left:?}"
     );
 }
+
+/// `client send_msg` whose message the server cannot store (the database stopped after the
+/// handshake, so the send is answered `Unavailable`) says so, reconnects and resends the same
+/// message with backoff within its `--timeout`, and ends delivered once the database is back:
+/// exit 0, one copy stored, under the id it announced while resending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_msg_resends_after_unavailable_until_the_database_is_back() {
+    use std::io::{BufRead, Write};
+    let group = Group::start(common::postgres::exclusive_database().await).await;
+    let addr = group.addrs.lock().unwrap()[0].clone();
+    let text = "kept and resent while PostgreSQL restarted";
+    // The message comes from stdin, streamed: the client connects first, then waits for it.
+    let mut child = common::cli::command(
+        group.dir.path(),
+        &[
+            "-v",
+            "client",
+            "send_msg",
+            "--server",
+            &addr,
+            "--timeout",
+            "120",
+        ],
+    )
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut said = Vec::new();
+    let mut wait_for = |needle: &str| {
+        while let Ok(line) = lines.recv() {
+            said.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!(
+            "send_msg ended without saying {needle:?}:\n{}",
+            said.join("\n")
+        );
+    };
+    wait_for("connected; the server proved its key");
+
+    let db = &group.db;
+    tokio::task::block_in_place(|| db.stop_server());
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).unwrap();
+    drop(stdin);
+    let resending = wait_for("resending it");
+    assert!(resending.contains("unavailable"), "{resending}");
+    tokio::task::block_in_place(|| db.start_server());
+
+    let out = child.wait_with_output().unwrap();
+    reader.join().unwrap();
+    said.extend(lines.try_iter());
+    // What a person sees (the log lines of -v left out).
+    for line in said.iter().filter(|l| l.starts_with("letterlock:")) {
+        eprintln!("{line}");
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "send_msg failed:\n{stdout}\n{}",
+        said.join("\n")
+    );
+    assert!(stdout.contains("delivered"), "{stdout}");
+    let id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("message id "))
+        .unwrap_or_else(|| panic!("no message id in {stdout}"));
+    assert!(
+        resending.contains(id),
+        "resent another id than delivered: {resending}"
+    );
+
+    let store = group.store().await;
+    let inbox = store.list_inbox().await.unwrap();
+    assert_eq!(inbox.len(), 1, "the resent message must be stored once");
+    assert_eq!(hex::encode(inbox[0].message_id), id);
+    let read = ok(
+        group.dir.path(),
+        &["server", "read", id, "--store", &group.db.url],
+    );
+    assert!(read.starts_with(text), "{read}");
+}

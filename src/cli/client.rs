@@ -283,7 +283,27 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
         asymmetric_limit: a.max_asymmetric,
         ..SealOptions::mode(a.message.mode.into())
     };
-    match client.send(input, opts).await {
+    use letterlock::client::{Backoff, Retry, RetryCause};
+    let resend = |r: &Retry| match r.cause {
+        RetryCause::Unavailable { id } => status!(
+            "letterlock: the server could not store message {id} now (it answered \
+             \"unavailable\": its mailbox database may be down); resending it: attempt {}, \
+             waiting {} ms",
+            r.attempt,
+            r.wait.as_millis()
+        ),
+        RetryCause::Busy => status!(
+            "letterlock: the server is busy; retrying: attempt {}, waiting {} ms",
+            r.attempt,
+            r.wait.as_millis()
+        ),
+        _ => {}
+    };
+    let backoff = Backoff {
+        deadline: Duration::from_secs(a.conn.timeout),
+        ..Backoff::default()
+    };
+    match client.send_retrying(input, opts, backoff, resend).await {
         Ok(d) if a.json => {
             let out = serde_json::json!({
                 "id": d.id.to_string(),
