@@ -647,9 +647,11 @@ async fn a_message_fetched_through_two_servers_at_once_is_delivered_once() {
                 .unwrap()
             })
             .collect();
+        let mut split = Vec::new();
         for fetch in fetches {
             let out = fetch.wait_with_output().unwrap();
             let stdout = common::cli::assert_ok(&["client", "recv_msg"], &out);
+            split.push(stdout.lines().count());
             for line in stdout.lines() {
                 let row: serde_json::Value = serde_json::from_str(line).unwrap();
                 assert_eq!(row["status"], "new", "{line}");
@@ -658,6 +660,7 @@ async fn a_message_fetched_through_two_servers_at_once_is_delivered_once() {
                     .or_default() += 1;
             }
         }
+        eprintln!("round {round}: messages delivered through each server: {split:?}");
     }
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
