@@ -360,3 +360,61 @@ impl Write for FrameSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink over a fresh channel (room for `room` frames) and, if `spool`, a temporary file.
+    fn new_sink(room: usize, spool: bool) -> (FrameSink, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(room);
+        let sink = FrameSink {
+            tx: Some(tx),
+            buf: Vec::new(),
+            spool: spool.then(|| tempfile::tempfile().unwrap()),
+        };
+        (sink, rx)
+    }
+
+    fn spooled(sink: FrameSink) -> Vec<u8> {
+        let mut file = sink.spool.expect("the spool was kept");
+        file.seek(io::SeekFrom::Start(0)).unwrap();
+        let mut all = Vec::new();
+        file.read_to_end(&mut all).unwrap();
+        all
+    }
+
+    /// What is sent is what is spooled: the same bytes, cut into frames of `DATA_FRAME`.
+    #[test]
+    fn the_spool_holds_exactly_the_bytes_sent() {
+        let data: Vec<u8> = (0..DATA_FRAME * 2 + 5).map(|i| i as u8).collect();
+        let (mut sink, mut rx) = new_sink(4, true);
+        sink.write_all(&data).unwrap();
+        sink.flush().unwrap();
+        let mut sent = Vec::new();
+        while let Ok(frame) = rx.try_recv() {
+            assert!(frame.len() <= DATA_FRAME);
+            sent.extend(frame);
+        }
+        assert_eq!(sent, data);
+        assert_eq!(spooled(sink), data);
+    }
+
+    /// The send failed (nobody listens any more): with a spool the sealing goes on into it, so
+    /// the message can be resent whole; without one it stops.
+    #[test]
+    fn a_failed_send_keeps_sealing_only_into_a_spool() {
+        let data = vec![0x5a; DATA_FRAME * 3];
+        let (mut sink, rx) = new_sink(1, true);
+        drop(rx);
+        sink.write_all(&data).unwrap();
+        sink.flush().unwrap();
+        assert!(sink.tx.is_none());
+        assert_eq!(spooled(sink), data);
+
+        let (mut sink, rx) = new_sink(1, false);
+        drop(rx);
+        let e = sink.write_all(&data).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+    }
+}
