@@ -17,8 +17,12 @@
 //!   handshake) under the same id, within its `--timeout`, and says so.
 //!
 //! The load tests print their figures (messages sent, acked, stored, duplicates, time) on
-//! stderr: `cargo test --test scaling -- --ignored --nocapture`. They are slow (ignored in
-//! `cargo test`; `.ci/run` runs them with `--ignored`); the others are fast.
+//! stderr: `cargo test --test scaling -- --ignored --nocapture --test-threads=1` (one at a
+//! time, so each has the machine to itself). They are slow (ignored in `cargo test`; `.ci/run`
+//! runs them with `--ignored`): 64 clients × 8 messages (hybrid up to 32 KiB, asymmetric up to
+//! 2 KiB) each; `LETTERLOCK_SCALING=full` makes it 64 × 40 with hybrid messages up to 256 KiB.
+//! The other tests are fast. The tests that restart PostgreSQL need the throwaway cluster (not
+//! `LETTERLOCK_TEST_POSTGRES`) and have it to themselves while they run.
 
 mod common;
 
