@@ -334,10 +334,34 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
             return Err(e);
         }
     };
+    use letterlock::client::{Backoff, Retry, RetryCause};
+    let resend = |r: &Retry| match r.cause {
+        RetryCause::Unavailable { id } => status!(
+            "letterlock: the server could not store message {id} now (it answered \
+             \"unavailable\": its mailbox database may be down); resending it: attempt {}, \
+             waiting {} ms",
+            r.attempt,
+            r.wait.as_millis()
+        ),
+        RetryCause::Busy => status!(
+            "letterlock: the server is busy; retrying: attempt {}, waiting {} ms",
+            r.attempt,
+            r.wait.as_millis()
+        ),
+        _ => {}
+    };
+    let backoff = Backoff {
+        deadline: Duration::from_secs(a.conn.timeout),
+        ..Backoff::default()
+    };
     let sent = match outgoing {
-        Outgoing::Stream(input) => client.send(input, opts).await,
+        Outgoing::Stream(input) => client.send_retrying(input, opts, backoff, resend).await,
         Outgoing::Sealing(sealing) => match sealing.await {
-            Ok(Ok((bytes, sealed))) => client.send_sealed(&bytes, &sealed).await,
+            Ok(Ok((bytes, sealed))) => {
+                client
+                    .send_sealed_retrying(&bytes, &sealed, backoff, resend)
+                    .await
+            }
             Ok(Err(e)) => Err(e.into()),
             Err(e) => bail!("sealing the message failed: {e}"),
         },

@@ -45,6 +45,11 @@ impl BinServer {
     pub fn adopt(child: Child, addr: String) -> Self {
         BinServer { child, addr }
     }
+
+    /// True while the server process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
 }
 
 impl Drop for BinServer {

@@ -10,6 +10,13 @@
 //!   immediate`) and deleted when the test binary exits, however it exits: a watcher process
 //!   waits for the test binary to end, since a static is never dropped.
 //!
+//! A test that stops and starts the server itself ([`Database::stop_server`],
+//! [`Database::start_server`]: PostgreSQL restarted under load) takes its database with
+//! [`exclusive_database`]: it waits until no other test of its binary holds a database, and
+//! every other test waits for it, so a restart only ever interrupts the test that asked for it.
+//! That needs the throwaway cluster: with `LETTERLOCK_TEST_POSTGRES` set such a test fails and
+//! says so (a user's server is not ours to stop).
+//!
 //! `initdb` refuses to run as root, and the project's machines and CI run as root: there the
 //! cluster runs as the `postgres` system user (`runuser -u postgres`), which Debian's
 //! `postgresql` package creates. Missing server binaries fail the test with the fix in the
@@ -17,8 +24,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// Environment variable naming an existing server to use instead of a throwaway cluster.
 pub const SERVER_VAR: &str = "LETTERLOCK_TEST_POSTGRES";
@@ -42,6 +49,35 @@ struct Server {
     external: bool,
     /// The throwaway cluster's folder, kept until the watcher deletes it.
     _cluster: Option<tempfile::TempDir>,
+    /// How to stop and start the throwaway cluster again; `None` for a user's server.
+    control: Option<Control>,
+}
+
+/// What `pg_ctl stop` and `pg_ctl start` need to restart the throwaway cluster in place: the
+/// same data folder, socket and port, so every client's URL stays valid.
+struct Control {
+    /// `pg_ctl` of the installed server binaries.
+    pg_ctl: PathBuf,
+    /// The cluster's data folder.
+    data: PathBuf,
+    /// The server log, shown when a start fails.
+    log: PathBuf,
+    /// The `-o` options the cluster was first started with.
+    options: String,
+    /// True when the cluster runs as [`CLUSTER_USER`] because the tests run as root.
+    as_root: bool,
+}
+
+/// Shared by every test's database; exclusive for a test that restarts the server.
+fn turns() -> Arc<tokio::sync::RwLock<()>> {
+    static TURNS: OnceLock<Arc<tokio::sync::RwLock<()>>> = OnceLock::new();
+    TURNS.get_or_init(Default::default).clone()
+}
+
+/// A test's hold on the server: shared with other tests, or the whole server to itself.
+enum Turn {
+    Shared(tokio::sync::OwnedRwLockReadGuard<()>),
+    Exclusive(tokio::sync::OwnedRwLockWriteGuard<()>),
 }
 
 /// The server of this test binary, started on first use.
@@ -52,6 +88,7 @@ fn server() -> &'static Server {
             admin_url: url.trim().to_owned(),
             external: true,
             _cluster: None,
+            control: None,
         },
         _ => start_cluster(),
     })
@@ -62,6 +99,8 @@ pub struct Database {
     /// Connection URL of the database, as `--store` and `PostgresStore::connect` take it.
     pub url: String,
     name: String,
+    /// Held until the test ends (see [`exclusive_database`]).
+    turn: Turn,
 }
 
 impl Drop for Database {
@@ -91,6 +130,18 @@ impl Drop for Database {
 
 /// A fresh, empty database for one test.
 pub async fn database() -> Database {
+    let turn = Turn::Shared(turns().read_owned().await);
+    create_database(turn).await
+}
+
+/// A fresh, empty database for a test that stops and starts the server
+/// ([`Database::stop_server`]): no other test of this binary holds a database meanwhile.
+pub async fn exclusive_database() -> Database {
+    let turn = Turn::Exclusive(turns().write_owned().await);
+    create_database(turn).await
+}
+
+async fn create_database(turn: Turn) -> Database {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let server = server();
     let name = format!(
@@ -109,6 +160,49 @@ pub async fn database() -> Database {
     Database {
         url: with_database(&server.admin_url, &name),
         name,
+        turn,
+    }
+}
+
+impl Database {
+    /// The throwaway cluster's controls, for a test that holds it alone.
+    fn control(&self) -> &'static Control {
+        assert!(
+            matches!(self.turn, Turn::Exclusive(_)),
+            "a test that stops the server must take its database with exclusive_database()"
+        );
+        server().control.as_ref().unwrap_or_else(|| {
+            panic!(
+                "this test stops and restarts PostgreSQL, which it only does to the throwaway \
+                 cluster it starts itself: unset {SERVER_VAR} to run it"
+            )
+        })
+    }
+
+    /// Stops the server as an operator's restart does (`pg_ctl stop -m fast`: open
+    /// transactions are rolled back, every connection is closed, a checkpoint is written),
+    /// and waits until it is down.
+    pub fn stop_server(&self) {
+        let c = self.control();
+        let mut stop = cluster_command(&c.pg_ctl, c.as_root);
+        stop.arg("-D")
+            .arg(&c.data)
+            .args(["-m", "fast", "-w", "-t", "60", "stop"]);
+        run(stop, "pg_ctl stop", Some(&c.log));
+    }
+
+    /// Starts the server again on the same socket and port, with the same options, and waits
+    /// until it accepts connections.
+    pub fn start_server(&self) {
+        let c = self.control();
+        let mut start = cluster_command(&c.pg_ctl, c.as_root);
+        start
+            .arg("-D")
+            .arg(&c.data)
+            .arg("-l")
+            .arg(&c.log)
+            .args(["-o", &c.options, "-w", "-t", "60", "start"]);
+        run(start, "pg_ctl start", Some(&c.log));
     }
 }
 
@@ -265,6 +359,13 @@ fn start_cluster() -> Server {
     run(start, "pg_ctl start", Some(&log));
 
     watch_for_exit(&bin.join("pg_ctl"), &data, dir.path(), as_root);
+    let control = Control {
+        pg_ctl: bin.join("pg_ctl"),
+        data,
+        log,
+        options,
+        as_root,
+    };
     Server {
         admin_url: format!(
             "postgres://postgres@localhost/postgres?host={}&port={SOCKET_PORT}",
@@ -272,6 +373,7 @@ fn start_cluster() -> Server {
         ),
         external: false,
         _cluster: Some(dir),
+        control: Some(control),
     }
 }
 

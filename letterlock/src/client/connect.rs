@@ -64,13 +64,32 @@ impl Default for Backoff {
     }
 }
 
-/// One scheduled retry, as [`Client::connect_retrying`] reports it.
+/// One scheduled retry, as [`Client::connect_retrying`] and [`Client::send_retrying`] report
+/// it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retry {
     /// The attempt about to be made (2 for the first retry).
     pub attempt: u32,
     /// How long the client waits before making it.
     pub wait: Duration,
+    /// What is tried again, and why.
+    pub cause: RetryCause,
+}
+
+/// Why a client tries again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryCause {
+    /// The server turned the connection away as busy ([`ClientError::Busy`]); the connection
+    /// is tried again.
+    Busy,
+    /// The server answered a send `Unavailable` after the handshake (its mailbox database
+    /// could not be reached, or this client's asymmetric-mode budget is spent): nothing was
+    /// acked, and the message `id` is sent again, byte for byte, on a new connection.
+    Unavailable {
+        /// The message resent.
+        id: crate::envelope::MessageId,
+    },
 }
 
 /// Shortest time an attempt is given, however close the deadline: a TCP connect and a TLS
@@ -102,7 +121,7 @@ impl Backoff {
 
 /// A uniform value in [0, 1) for [`Backoff::wait`], from the system's random generator; the
 /// middle of the range if it fails (the wait is then merely less spread out).
-fn jitter() -> f64 {
+pub(super) fn jitter() -> f64 {
     use aws_lc_rs::rand::SecureRandom;
     let mut b = [0u8; 4];
     match aws_lc_rs::rand::SystemRandom::new().fill(&mut b) {
@@ -249,6 +268,8 @@ impl Client {
             server,
             config,
             tls: None,
+            addr: addr.to_owned(),
+            transport: Transport::PlainV1,
         };
         client.handshake().await?;
         Ok(client)
@@ -282,6 +303,8 @@ impl Client {
             server,
             config,
             tls: Some(session),
+            addr: addr.to_owned(),
+            transport: Transport::Tls(options),
         };
         // TLS 1.3 lets the client finish first: a refusal of our key arrives as an alert here.
         match client.read().await {
@@ -348,7 +371,11 @@ impl Client {
                         return Err(ClientError::Busy { attempts: attempt });
                     };
                     attempt = attempt.saturating_add(1);
-                    on_retry(&Retry { attempt, wait });
+                    on_retry(&Retry {
+                        attempt,
+                        wait,
+                        cause: RetryCause::Busy,
+                    });
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => return Err(e),
@@ -391,7 +418,9 @@ impl Client {
         })?
         .map_err(SealError::Key)?;
         self.writer.write_frame(&auth).await?;
-        match self.read().await? {
+        // `Unavailable` instead of `Ready`: the server could not read its trusted clients (its
+        // mailbox database is away), busy as far as we can tell.
+        match self.read().await.map_err(busy_or)? {
             Frame::Ready => Ok(()),
             other => Err(unexpected(other)),
         }

@@ -28,7 +28,7 @@ mod fetch;
 mod mailbox;
 mod send;
 
-pub use connect::{Backoff, Retry, Transport};
+pub use connect::{Backoff, Retry, RetryCause, Transport};
 pub use error::ClientError;
 pub use fetch::{Content, FetchEvent, FetchReport, Output, Received, message_path};
 pub use mailbox::Mailbox;
@@ -72,6 +72,9 @@ pub struct Client {
     config: ClientConfig,
     /// What the TLS handshake agreed on (protocol version 2); `None` on the plain version 1 wire.
     tls: Option<tls::Session>,
+    /// Where the server was reached, and how: [`Client::send_retrying`] connects there again.
+    addr: String,
+    transport: Transport,
 }
 
 impl std::fmt::Debug for Client {

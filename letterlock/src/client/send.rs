@@ -2,14 +2,16 @@
 //! computed while sealing.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 
 use tokio::sync::mpsc;
+use tracing::debug;
 
 use crate::envelope::{self, Header, MessageId, SealError, SealOptions, Sealed};
-use crate::wire::{ConnError, DATA_FRAME, Frame};
+use crate::wire::{ConnError, DATA_FRAME, ErrorCode, Frame};
 
-use super::{Client, ClientError, unexpected};
+use super::connect::jitter;
+use super::{Backoff, Client, ClientError, Retry, RetryCause, unexpected};
 
 /// A message the server proved it received.
 #[derive(Clone, Debug)]
@@ -27,17 +29,139 @@ impl Client {
         input: R,
         opts: SealOptions,
     ) -> Result<Delivery, ClientError> {
+        self.send_streaming(input, opts, None).await.0
+    }
+
+    /// Sends like [`Client::send`], and when the server answers `Unavailable` after the
+    /// handshake (its mailbox database could not be reached, or this client's asymmetric-mode
+    /// budget is spent: nothing was acked), connects again and resends the very same sealed
+    /// bytes, after the waits `backoff` gives and never past its deadline (counted from this
+    /// call). The same bytes carry the same message id, so a server that did store the message
+    /// meanwhile acks it again instead of storing it twice. `on_retry` hears of each wait
+    /// before it starts, resends and busy reconnects alike.
+    ///
+    /// The sealed bytes are kept for this in an unnamed temporary file (ciphertext only,
+    /// deleted when the send ends, whatever happens), written as they are sent: the message is
+    /// still sealed and sent as it is read, in constant memory. If no temporary file can be
+    /// made or written, the send goes ahead without it and is not resent.
+    pub async fn send_retrying<R: Read + Send + 'static>(
+        &mut self,
+        input: R,
+        opts: SealOptions,
+        backoff: Backoff,
+        mut on_retry: impl FnMut(&Retry),
+    ) -> Result<Delivery, ClientError> {
+        let start = tokio::time::Instant::now();
+        let spool = match tempfile::tempfile() {
+            Ok(file) => Some(file),
+            Err(e) => {
+                debug!(error = %e, "no temporary file for the sealed message; it is sent once");
+                None
+            }
+        };
+        let (result, kept) = self.send_streaming(input, opts, spool).await;
+        let Some(kept) = kept else {
+            return result;
+        };
+        let again = Again::Spool(&kept);
+        self.resend_while_unavailable(result, &again, start, backoff, &mut on_retry)
+            .await
+    }
+
+    /// [`Client::send_sealed`] of a message sealed ahead in memory, resent byte for byte after
+    /// `Unavailable` as [`Client::send_retrying`] resends a streamed one.
+    pub async fn send_sealed_retrying(
+        &mut self,
+        sealed_bytes: &[u8],
+        sealed: &Sealed,
+        backoff: Backoff,
+        mut on_retry: impl FnMut(&Retry),
+    ) -> Result<Delivery, ClientError> {
+        let start = tokio::time::Instant::now();
+        let result = self.send_sealed(sealed_bytes, sealed).await;
+        let again = Again::Memory(sealed_bytes, sealed);
+        self.resend_while_unavailable(result, &again, start, backoff, &mut on_retry)
+            .await
+    }
+
+    /// While `result` is the server's `Unavailable`, waits as `backoff` says (counted from
+    /// `start`), connects again and resends `again`, until an answer that is not
+    /// `Unavailable` or the deadline.
+    async fn resend_while_unavailable(
+        &mut self,
+        mut result: Result<Delivery, ClientError>,
+        again: &Again<'_>,
+        start: tokio::time::Instant,
+        backoff: Backoff,
+        on_retry: &mut impl FnMut(&Retry),
+    ) -> Result<Delivery, ClientError> {
+        let mut failed: u32 = 0;
+        while is_unavailable(&result) {
+            failed = failed.saturating_add(1);
+            let Some(wait) = backoff.wait(failed, start.elapsed(), jitter()) else {
+                return result;
+            };
+            on_retry(&Retry {
+                attempt: failed.saturating_add(1),
+                wait,
+                cause: RetryCause::Unavailable {
+                    id: again.sealed().header.message_id,
+                },
+            });
+            tokio::time::sleep(wait).await;
+            // The connection ended with the refusal: a new one, busy answers retried within
+            // what is left of the deadline.
+            let reconnect = Backoff {
+                deadline: backoff.deadline.saturating_sub(start.elapsed()),
+                ..backoff
+            };
+            let connected = Client::connect_retrying(
+                &self.addr,
+                self.identity.clone(),
+                self.server.clone(),
+                self.config.clone(),
+                self.transport,
+                reconnect,
+                &mut *on_retry,
+            )
+            .await;
+            match connected {
+                Ok(client) => *self = client,
+                // Turned away until the deadline (a server without its database cannot
+                // check our key either): the refusal says more than "busy".
+                Err(ClientError::Busy { .. }) => return result,
+                Err(e) => return Err(e),
+            }
+            result = match again {
+                Again::Spool(kept) => self.resend(kept).await,
+                Again::Memory(bytes, sealed) => self.send_sealed(bytes, sealed).await,
+            };
+        }
+        result
+    }
+
+    /// Seals `input` and sends it as it is sealed, writing the sealed bytes to `spool` too if
+    /// given. Returns how the send ended, and the message kept whole in the spool when the
+    /// sealing finished and every byte reached the spool (even if the send failed early: the
+    /// sealing then goes on into the spool alone).
+    async fn send_streaming<R: Read + Send + 'static>(
+        &mut self,
+        input: R,
+        opts: SealOptions,
+        spool: Option<std::fs::File>,
+    ) -> (Result<Delivery, ClientError>, Option<Kept>) {
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
         let identity = self.identity.clone();
         let server = self.server.clone();
         let sealing = tokio::task::spawn_blocking(move || {
             let mut sink = FrameSink {
-                tx,
+                tx: Some(tx),
                 buf: Vec::with_capacity(DATA_FRAME),
+                spool,
             };
             let sealed = envelope::seal(identity.as_ref(), &server, &opts, input, &mut sink)?;
             sink.flush()?;
-            Ok::<_, SealError>(sealed)
+            Ok::<_, SealError>((sealed, sink.spool))
         });
         let mut write_failed = None;
         while let Some(data) = rx.recv().await {
@@ -47,19 +171,74 @@ impl Client {
             }
         }
         drop(rx);
-        let sealed = sealing.await.map_err(|source| ClientError::Task {
-            task: "sealing",
-            source,
-        })?;
+        let sealed = match sealing.await {
+            Ok(sealed) => sealed,
+            Err(source) => {
+                let task = "sealing";
+                return (Err(ClientError::Task { task, source }), None);
+            }
+        };
+        let (sealed, spool) = match sealed {
+            Ok(done) => done,
+            Err(e) => {
+                let e = match write_failed {
+                    // The server may have said why before closing.
+                    Some(w) => self.reason_for(w).await,
+                    None => e.into(),
+                };
+                return (Err(e), None);
+            }
+        };
+        let kept = spool.map(|spool| Kept {
+            sealed: sealed.clone(),
+            spool,
+        });
         if let Some(e) = write_failed {
-            // The server may have said why before closing.
+            return (Err(self.reason_for(e).await), kept);
+        }
+        if let Err(e) = self.writer.write_frame(&Frame::SendEnd).await {
+            return (Err(self.reason_for(e).await), kept);
+        }
+        (self.await_ack(&sealed).await, kept)
+    }
+
+    /// Sends a kept message again from its spool, byte for byte, and waits for its proven ack.
+    async fn resend(&mut self, kept: &Kept) -> Result<Delivery, ClientError> {
+        let mut file = kept.spool.try_clone()?;
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+        let reading = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            file.seek(io::SeekFrom::Start(0))?;
+            loop {
+                let mut data = vec![0u8; DATA_FRAME];
+                let n = envelope::read_full(&mut file, &mut data)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                data.truncate(n);
+                if tx.blocking_send(data).is_err() {
+                    return Ok(());
+                }
+            }
+        });
+        let mut write_failed = None;
+        while let Some(data) = rx.recv().await {
+            if let Err(e) = self.writer.write_frame(&Frame::Send(data)).await {
+                write_failed = Some(e);
+                break;
+            }
+        }
+        drop(rx);
+        reading.await.map_err(|source| ClientError::Task {
+            task: "reading the sealed message",
+            source,
+        })??;
+        if let Some(e) = write_failed {
             return Err(self.reason_for(e).await);
         }
-        let sealed = sealed?;
         if let Err(e) = self.writer.write_frame(&Frame::SendEnd).await {
             return Err(self.reason_for(e).await);
         }
-        self.await_ack(&sealed).await
+        self.await_ack(&kept.sealed).await
     }
 
     /// After a failed write, the server's Error frame (if any) says more than "broken pipe".
@@ -149,10 +328,51 @@ fn check_ack(sealed: &Sealed, id: &MessageId, tag: &[u8; 32]) -> Result<Delivery
     })
 }
 
-/// A `Write` that cuts sealed output into `Send` frames for the async side.
+/// A sent message kept to be sent again, byte for byte.
+enum Again<'a> {
+    /// Sealed as it was sent, and spooled.
+    Spool(&'a Kept),
+    /// Sealed ahead, in memory.
+    Memory(&'a [u8], &'a Sealed),
+}
+
+impl Again<'_> {
+    fn sealed(&self) -> &Sealed {
+        match self {
+            Again::Spool(kept) => &kept.sealed,
+            Again::Memory(_, sealed) => sealed,
+        }
+    }
+}
+
+/// A sealed message kept whole for a resend ([`Client::send_retrying`]).
+struct Kept {
+    /// What the sealer reported: the id and the ack tag the resend's ack must prove.
+    sealed: Sealed,
+    /// Every sealed byte, as first sent; an unnamed temporary file, gone when dropped.
+    spool: std::fs::File,
+}
+
+/// True for the server's `Unavailable` answer to a send: nothing acked, worth sending again.
+fn is_unavailable(result: &Result<Delivery, ClientError>) -> bool {
+    matches!(
+        result,
+        Err(ClientError::Refused {
+            code: ErrorCode::Unavailable,
+            ..
+        })
+    )
+}
+
+/// A `Write` that cuts sealed output into `Send` frames for the async side, and writes it to
+/// a spool too when there is one.
 struct FrameSink {
-    tx: mpsc::Sender<Vec<u8>>,
+    /// To the async side; `None` once it stopped listening (the send failed) while the
+    /// sealing goes on into the spool.
+    tx: Option<mpsc::Sender<Vec<u8>>>,
     buf: Vec<u8>,
+    /// Every byte sealed, for a resend; dropped (no resend) if a write to it fails.
+    spool: Option<std::fs::File>,
 }
 
 impl Write for FrameSink {
@@ -170,12 +390,83 @@ impl Write for FrameSink {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(DATA_FRAME));
-            self.tx
-                .blocking_send(full)
-                .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(DATA_FRAME));
+        if let Some(spool) = &mut self.spool
+            && let Err(e) = spool.write_all(&full)
+        {
+            debug!(error = %e, "could not keep the sealed message for a resend");
+            self.spool = None;
+        }
+        if let Some(tx) = &self.tx
+            && tx.blocking_send(full).is_err()
+        {
+            self.tx = None;
+        }
+        // Nobody to send to and nothing to keep: stop sealing.
+        if self.tx.is_none() && self.spool.is_none() {
+            return Err(io::Error::from(io::ErrorKind::BrokenPipe));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink over a fresh channel (room for `room` frames) and, if `spool`, a temporary file.
+    fn new_sink(room: usize, spool: bool) -> (FrameSink, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(room);
+        let sink = FrameSink {
+            tx: Some(tx),
+            buf: Vec::new(),
+            spool: spool.then(|| tempfile::tempfile().unwrap()),
+        };
+        (sink, rx)
+    }
+
+    fn spooled(sink: FrameSink) -> Vec<u8> {
+        let mut file = sink.spool.expect("the spool was kept");
+        file.seek(io::SeekFrom::Start(0)).unwrap();
+        let mut all = Vec::new();
+        file.read_to_end(&mut all).unwrap();
+        all
+    }
+
+    /// What is sent is what is spooled: the same bytes, cut into frames of `DATA_FRAME`.
+    #[test]
+    fn the_spool_holds_exactly_the_bytes_sent() {
+        let data: Vec<u8> = (0..DATA_FRAME * 2 + 5).map(|i| i as u8).collect();
+        let (mut sink, mut rx) = new_sink(4, true);
+        sink.write_all(&data).unwrap();
+        sink.flush().unwrap();
+        let mut sent = Vec::new();
+        while let Ok(frame) = rx.try_recv() {
+            assert!(frame.len() <= DATA_FRAME);
+            sent.extend(frame);
+        }
+        assert_eq!(sent, data);
+        assert_eq!(spooled(sink), data);
+    }
+
+    /// The send failed (nobody listens any more): with a spool the sealing goes on into it, so
+    /// the message can be resent whole; without one it stops.
+    #[test]
+    fn a_failed_send_keeps_sealing_only_into_a_spool() {
+        let data = vec![0x5a; DATA_FRAME * 3];
+        let (mut sink, rx) = new_sink(1, true);
+        drop(rx);
+        sink.write_all(&data).unwrap();
+        sink.flush().unwrap();
+        assert!(sink.tx.is_none());
+        assert_eq!(spooled(sink), data);
+
+        let (mut sink, rx) = new_sink(1, false);
+        drop(rx);
+        let e = sink.write_all(&data).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
     }
 }

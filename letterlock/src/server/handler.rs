@@ -24,6 +24,7 @@ use crate::store::Store;
 use crate::wire::handshake::{HandshakeError, MAX_HANDSHAKE_FRAME, ServerHandshake};
 use crate::wire::{ConnError, DATA_FRAME, ErrorCode, Frame, FrameReader, FrameWriter};
 
+use super::trust::TrustError;
 use super::{Fail, Server, ServerConfig, on_blocking_pool};
 
 /// Frames queued for the writer task: acks and deliveries wait here while the socket is slow,
@@ -104,10 +105,7 @@ async fn handshake<S: Store, R: AsyncRead + Unpin>(
         .trust
         .now(&*server.store)
         .await
-        .map_err(|e| {
-            warn!(peer = %conn.peer, error = %e, "cannot read the trusted clients");
-            Fail::internal()
-        })?
+        .map_err(|e| trust_unreadable(conn.peer, e))?
         .clients
         .clone();
     // A public-key operation, but up to 8192 bits: off the reactor.
@@ -120,6 +118,20 @@ async fn handshake<S: Store, R: AsyncRead + Unpin>(
     send(&conn.out, Frame::Ready).await?;
     info!(peer = %conn.peer, client = %crate::text::quoted(&client.name), key = %client.key.id(), "client authenticated");
     Ok(client)
+}
+
+/// The trusted clients could not be read: "unavailable" when the store's database could not
+/// be reached (the client tries again, as when a message cannot be stored; nothing was
+/// acked), "internal" otherwise.
+fn trust_unreadable(peer: SocketAddr, e: TrustError) -> Fail {
+    match e {
+        // Logged there.
+        TrustError::Store(e) if e.is_unavailable() => Fail::store(e),
+        other => {
+            warn!(%peer, error = %other, "cannot read the trusted clients");
+            Fail::internal()
+        }
+    }
 }
 
 /// A connection's frames in and out.
@@ -354,7 +366,8 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
 impl<S: Store, R> Handler<S, R> {
     /// Refuses the request if this connection's key is no longer trusted (`server untrust`, or
     /// replaced by a rotation) as of a snapshot at most [`ServerConfig::trust_recheck`] old.
-    /// The connection then ends with the handshake's refusal, `AuthFailed`.
+    /// The connection then ends with the handshake's refusal, `AuthFailed`; if the store
+    /// cannot be reached to check, with `Unavailable` ([`trust_unreadable`]).
     ///
     /// [`ServerConfig::trust_recheck`]: super::ServerConfig::trust_recheck
     async fn still_trusted(&self) -> Result<(), Fail> {
@@ -363,10 +376,7 @@ impl<S: Store, R> Handler<S, R> {
             .trust
             .recent(&*self.server.store, self.server.config.trust_recheck)
             .await
-            .map_err(|e| {
-                warn!(peer = %self.conn.peer, error = %e, "cannot read the trusted clients");
-                Fail::internal()
-            })?;
+            .map_err(|e| trust_unreadable(self.conn.peer, e))?;
         if snapshot.clients.get(&self.client.key.id()).is_some() {
             return Ok(());
         }

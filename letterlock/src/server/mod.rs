@@ -280,6 +280,31 @@ impl Fail {
     }
 }
 
+impl Fail {
+    /// The store's writer failed while a message's sealed bytes were being kept (the opener
+    /// writes nothing else that can fail): a store failure, never the message's fault. As
+    /// [`Fail::store`] when the writer passed on a [`store::StoreError`] (a database lost
+    /// mid-body is "unavailable", a resend may succeed); "internal" for any other I/O error
+    /// (a full disk).
+    fn store_write(e: std::io::Error) -> Self {
+        if !e
+            .get_ref()
+            .is_some_and(|inner| inner.is::<store::StoreError>())
+        {
+            warn!(error = %e, "keeping a message's body failed");
+            return Fail::internal();
+        }
+        match e
+            .into_inner()
+            .map(|inner| inner.downcast::<store::StoreError>())
+        {
+            Some(Ok(store_error)) => Fail::store(*store_error),
+            // Checked above.
+            _ => Fail::internal(),
+        }
+    }
+}
+
 /// Runs CPU work (RSA, bulk crypto, file writes) on the blocking pool, off the reactor.
 async fn on_blocking_pool<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
@@ -293,6 +318,22 @@ async fn on_blocking_pool<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body write that failed in the store says so: "unavailable" when the store lost its
+    /// database, "internal" for any other I/O error; never the message's fault.
+    #[test]
+    fn body_write_failures_are_store_failures() {
+        let lost = store::StoreError::ConnectionLost {
+            action: "storing a body chunk",
+            source: "connection closed".into(),
+        };
+        let wrapped = std::io::Error::other(lost);
+        assert_eq!(Fail::store_write(wrapped).code, ErrorCode::Unavailable);
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert_eq!(Fail::store_write(full).code, ErrorCode::Internal);
+        let other = std::io::Error::other("this store keeps no body files");
+        assert_eq!(Fail::store_write(other).code, ErrorCode::Internal);
+    }
 
     /// A database that cannot be reached, or a connection that broke, is "unavailable" to the
     /// peer (a client retries); any other store failure stays "internal".

@@ -486,6 +486,8 @@ impl<S: Store> ReceiveJob<S> {
                     format!("message larger than this server's limit of {limit} bytes"),
                 ));
             }
+            // The store's writer failed, not the message (pgkill: database lost mid-body).
+            Ok(Err(OpenError::Io(e))) => return Err(Fail::store_write(e)),
             Ok(Err(e)) => {
                 // Whatever the cause, the peer sees the same words.
                 warn!(client = %crate::text::quoted(&client.name), id = %header.message_id, error = %e, "message refused");
