@@ -273,7 +273,7 @@ where
 /// One message-rate run: `connections` clients send pre-sealed 1 KiB messages for
 /// [`SERVER_ROUNDS`] rounds; the best round's rate beside the all-core RSA decrypt bound,
 /// measured right before.
-async fn rate_run<F, Fut>(
+pub(super) async fn rate_run<F, Fut>(
     connect: &F,
     connections: usize,
     opts: &BenchOptions,
