@@ -354,19 +354,6 @@ async fn write(client: &mut Object, batch: &[Write]) -> Result<Vec<Outcome>, Fai
             .await
             .map_err(Failure::Batch)?,
     };
-    if let [alone] = batch {
-        // One request: its insert is a transaction of its own, which saves the round trips
-        // of BEGIN and COMMIT (the lookup of a taken id needs none: it only reads).
-        let connection: &tokio_postgres::Client = client;
-        let inserted = insert(connection, &statements, alone)
-            .await
-            .map_err(Failure::Batch)?;
-        let outcome = outcome(connection, &statements, alone, inserted)
-            .await
-            .map_err(Failure::Batch)?;
-        return Ok(vec![outcome]);
-    }
-    let tx = client.transaction().await.map_err(Failure::Batch)?;
     let request_failure = |e: tokio_postgres::Error| {
         if connection_lost(&e) {
             Failure::Batch(e)
@@ -374,6 +361,19 @@ async fn write(client: &mut Object, batch: &[Write]) -> Result<Vec<Outcome>, Fai
             Failure::Request(e)
         }
     };
+    if let [alone] = batch {
+        // One request: its insert is a transaction of its own, which saves the round trips
+        // of BEGIN and COMMIT (the lookup of a taken id needs none: it only reads).
+        let connection: &tokio_postgres::Client = client;
+        let inserted = insert(connection, &statements, alone)
+            .await
+            .map_err(request_failure)?;
+        let outcome = outcome(connection, &statements, alone, inserted)
+            .await
+            .map_err(request_failure)?;
+        return Ok(vec![outcome]);
+    }
+    let tx = client.transaction().await.map_err(Failure::Batch)?;
     // Pipelined: every statement is sent before the first answer is awaited.
     let inserted = try_join_all(batch.iter().map(|write| insert(&*tx, &statements, write)))
         .await
