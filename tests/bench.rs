@@ -128,6 +128,7 @@ fn quick_json_has_every_section() {
     // Section 5 runs in every run; section 6 only with --compare.
     one_shot_section(&v);
     assert!(v["compare"].is_null(), "no --compare: no comparison");
+    store_section(&v);
 
     let goals = v["goals"].as_array().expect("goals");
     assert_eq!(goals.len(), 9, "{goals:?}");
@@ -137,6 +138,57 @@ fn quick_json_has_every_section() {
             .is_some_and(|t| t.starts_with("file to file"))
     }) {
         assert!(g["met"].is_null(), "without --compare: not measured: {g}");
+    }
+}
+
+/// Section 7: both stores alone at 1 and 64 writers, and the server over each, with positive
+/// figures. PostgreSQL must have run (a throwaway cluster from the installed binaries): where
+/// it is missing, the failure says why and how to install it.
+fn store_section(v: &Value) {
+    assert_eq!(
+        v.pointer("/store/postgres_ran"),
+        Some(&Value::Bool(true)),
+        "the PostgreSQL rows did not run: {}",
+        v.pointer("/store/postgres").unwrap_or(&Value::Null)
+    );
+    let rows = v.pointer("/store/rows").and_then(Value::as_array).unwrap();
+    let mut seen: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["store"].as_str().unwrap().to_owned(),
+                r["writers"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let expected: Vec<(String, u64)> = [
+        ("postgres", 1),
+        ("postgres", 64),
+        ("sqlite", 1),
+        ("sqlite", 64),
+    ]
+    .iter()
+    .map(|(s, w)| ((*s).to_owned(), *w))
+    .collect();
+    assert_eq!(seen, expected);
+    for i in 0..rows.len() {
+        positive(v, &format!("/store/rows/{i}/msgs_s"));
+        positive(v, &format!("/store/rows/{i}/messages"));
+        positive(v, &format!("/store/rows/{i}/transactions"));
+    }
+    let server = v
+        .pointer("/store/server")
+        .and_then(Value::as_array)
+        .unwrap();
+    let stores: Vec<&str> = server
+        .iter()
+        .map(|r| r["store"].as_str().unwrap())
+        .collect();
+    assert_eq!(stores, ["sqlite", "postgres"]);
+    for i in 0..server.len() {
+        positive(v, &format!("/store/server/{i}/rate/msgs_s"));
+        positive(v, &format!("/store/server/{i}/rate/bound_msgs_s"));
     }
 }
 

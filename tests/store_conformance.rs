@@ -1296,6 +1296,251 @@ async fn postgres_store_carries_on_after_its_connections_are_killed() {
     driver.await.unwrap().unwrap();
 }
 
+/// Locks the inbox and the outbox on a connection of its own (`LOCK TABLE` in an open
+/// transaction) until `COMMIT`: the store's writes wait behind it, so everything submitted
+/// meanwhile is in flight at once.
+async fn lock_mailbox_tables(url: &str) -> (tokio_postgres::Client, tokio::task::JoinHandle<()>) {
+    let (admin, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    admin
+        .batch_execute("BEGIN; LOCK TABLE inbox, outbox IN SHARE ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    (admin, driver)
+}
+
+/// Waits until `n` writes are in flight in `store` (submitted, not answered). Polls without a
+/// deadline of its own (the test harness's timeout applies).
+async fn wait_in_flight(store: &PostgresStore, n: usize) {
+    while store.writes_in_flight() < n {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Group commit: many concurrent inserts and enqueues share a few transactions, and each gets
+/// the answer it would get alone, duplicates and conflicts mixed in: across batches (an id
+/// stored before), inside one batch (two requests with one id), with large chunked bodies (a
+/// duplicate's staged copy is removed), and in the outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_group_commit_shares_transactions_and_answers_each_write() {
+    let (db, store) = postgres_store().await;
+    let earlier = inbox_record(9, id(200), Body::from_bytes(b"stored before".to_vec()));
+    let earlier_tag = earlier.ack_tag;
+    assert_eq!(
+        store.insert_inbox(earlier).await.unwrap(),
+        InsertOutcome::Inserted
+    );
+    let large = common::data(LARGE_LEN);
+    let (large_a, large_b) = (stage(&store, &large), stage(&store, &large));
+    let before = store.0.stats();
+
+    // What each request should get: Some(outcome) when fixed; a pair sharing an id gets one
+    // Inserted and the other the pair's answer, in whichever order the batch holds them.
+    let mut requests: Vec<(InboxRecord, Option<InsertOutcome>)> = Vec::new();
+    for n in 0..40u8 {
+        let record = inbox_record(9, id(n), Body::from_bytes(vec![n; 1024]));
+        requests.push((record, Some(InsertOutcome::Inserted)));
+    }
+    let mut retry = inbox_record(9, id(200), Body::from_bytes(b"stored before".to_vec()));
+    retry.ack_tag = [0xEE; 32];
+    requests.push((
+        retry,
+        Some(InsertOutcome::Duplicate {
+            ack_tag: earlier_tag,
+        }),
+    ));
+    let clash = inbox_record(9, id(200), Body::from_bytes(b"other bytes".to_vec()));
+    requests.push((clash, Some(InsertOutcome::Conflict)));
+    let pairs: [(u8, Body, Body); 3] = [
+        // Same bytes twice: a retry racing its original.
+        (
+            100,
+            Body::from_bytes(b"twice".to_vec()),
+            Body::from_bytes(b"twice".to_vec()),
+        ),
+        // One id, other bytes.
+        (
+            101,
+            Body::from_bytes(b"one".to_vec()),
+            Body::from_bytes(b"two".to_vec()),
+        ),
+        // A large message and its retry, each staged in chunks.
+        (102, large_a, large_b),
+    ];
+    for (n, first, second) in pairs {
+        let first = inbox_record(10, id(n), first);
+        let mut second = inbox_record(10, id(n), second);
+        second.ack_tag = [n; 32];
+        requests.push((first, None));
+        requests.push((second, None));
+    }
+    let outbox = [
+        (id(1), Ok(())),
+        (id(2), Ok(())),
+        // Queued twice: the second is refused, the first stays.
+        (id(1), Err(())),
+    ];
+    let total = requests.len() + outbox.len();
+
+    let (admin, driver) = lock_mailbox_tables(&db.url).await;
+    let mut inbox_tasks = Vec::new();
+    for (record, expected) in requests {
+        let store = store.clone();
+        let key = (record.sender_key_id, record.message_id);
+        let sent = (record.content_hash, record.ack_tag);
+        inbox_tasks.push((
+            key,
+            sent,
+            expected,
+            tokio::spawn(async move { store.insert_inbox(record).await }),
+        ));
+    }
+    let mut outbox_tasks = Vec::new();
+    for (message_id, expected) in outbox {
+        let store = store.clone();
+        let body = Body::from_bytes(vec![message_id[0]; 300]);
+        let record = outbox_record(4, message_id, body, [message_id[0]; 32]);
+        outbox_tasks.push((
+            expected,
+            tokio::spawn(async move { store.enqueue_outbox(record).await }),
+        ));
+    }
+    wait_in_flight(&store.0, total).await;
+    admin.batch_execute("COMMIT").await.unwrap();
+
+    // Per (sender, id): what was answered, to check the pairs.
+    let mut answers: std::collections::HashMap<_, Vec<_>> = std::collections::HashMap::new();
+    for (key, sent, expected, task) in inbox_tasks {
+        let outcome = task.await.unwrap().unwrap();
+        if let Some(expected) = expected {
+            assert_eq!(outcome, expected, "{key:?}");
+        }
+        answers.entry(key).or_default().push((sent, outcome));
+    }
+    for n in [100u8, 101, 102] {
+        let answered = &answers[&([10; 32], id(n))];
+        let stored: Vec<_> = answered
+            .iter()
+            .filter(|(_, o)| *o == InsertOutcome::Inserted)
+            .collect();
+        assert_eq!(stored.len(), 1, "id {n}: {answered:?}");
+        let (stored_hash, stored_tag) = stored[0].0;
+        let other = answered
+            .iter()
+            .find(|(_, o)| *o != InsertOutcome::Inserted)
+            .expect("the pair's second answer");
+        let expected = if other.0.0 == stored_hash {
+            InsertOutcome::Duplicate {
+                ack_tag: stored_tag,
+            }
+        } else {
+            InsertOutcome::Conflict
+        };
+        assert_eq!(other.1, expected, "id {n}");
+        // What a later retry is told agrees with the answers given in the batch.
+        let known = store.known_inbox(&[10; 32], &id(n)).await.unwrap().unwrap();
+        assert_eq!(
+            (known.content_hash, known.ack_tag),
+            (stored_hash, stored_tag)
+        );
+    }
+    for (expected, task) in outbox_tasks {
+        match (expected, task.await.unwrap()) {
+            (Ok(()), Ok(())) => {}
+            (Err(()), Err(StoreError::OutboxDuplicate { .. })) => {}
+            (expected, got) => panic!("outbox: expected {expected:?}, got {got:?}"),
+        }
+    }
+
+    let after = store.0.stats();
+    let writes = after.writes_committed - before.writes_committed;
+    let transactions = after.batches_committed - before.batches_committed;
+    assert_eq!(writes, total as u64);
+    assert!(
+        transactions < writes,
+        "{writes} writes took {transactions} transactions: no batch formed"
+    );
+    // 1 + 40 + 3 pairs stored; the large retry's staged copy is removed.
+    assert_eq!(store.list_inbox().await.unwrap().len(), 44);
+    assert_eq!(store.pending_outbox(&[4; 32]).await.unwrap().len(), 2);
+    let found = store.find_inbox("66").await.unwrap();
+    assert!(read_all(found.body).await == large);
+    wait_for_bodies(&store.0, 1).await;
+    assert!(store.integrity_check().await.unwrap());
+    drop(admin);
+    driver.await.unwrap();
+}
+
+/// A batch whose connection is lost fails as a whole with "unavailable", and nothing of it is
+/// visible: the store's connections are killed while its batches wait behind a lock. Writes
+/// queued behind the killed batches may then commit on fresh connections; each write is stored
+/// exactly when it was acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_lost_connection_fails_its_batch_and_writes_nothing() {
+    let (db, store) = postgres_store().await;
+    let (admin, driver) = lock_mailbox_tables(&db.url).await;
+    let total = 48u8;
+    let mut tasks = Vec::new();
+    for n in 0..total {
+        let store = store.clone();
+        let record = inbox_record(11, id(n), Body::from_bytes(vec![n; 1024]));
+        tasks.push((
+            n,
+            tokio::spawn(async move { store.insert_inbox(record).await }),
+        ));
+    }
+    wait_in_flight(&store.0, usize::from(total)).await;
+    // Once a batch waits for the lock, kill the connections of all that do, then let go.
+    loop {
+        let killed = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()
+                   AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if killed > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    admin.batch_execute("COMMIT").await.unwrap();
+
+    let mut acked = Vec::new();
+    let mut failed = 0;
+    for (n, task) in tasks {
+        match task.await.unwrap() {
+            Ok(outcome) => {
+                assert_eq!(outcome, InsertOutcome::Inserted, "id {n}");
+                acked.push(id(n));
+            }
+            Err(e) if e.is_unavailable() => failed += 1,
+            Err(other) => panic!("id {n}: a lost connection gave {other}"),
+        }
+    }
+    assert!(failed >= 1, "no write failed with its killed batch");
+    let mut stored: Vec<_> = store
+        .list_inbox()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.message_id)
+        .collect();
+    stored.sort();
+    acked.sort();
+    assert_eq!(stored, acked, "stored and acked differ");
+    assert!(store.integrity_check().await.unwrap());
+    drop(admin);
+    driver.await.unwrap();
+}
+
 /// An unreachable database is a `Connect` error naming it without its password.
 #[tokio::test]
 async fn an_unreachable_database_says_so_without_the_password() {
@@ -1371,10 +1616,12 @@ async fn postgres_committed_inserts_per_second() {
         store.list_inbox().await.unwrap().len() as u32,
         sequential + writers * each
     );
+    let stats = store.0.stats();
     println!(
         "PostgreSQL store, committed 1 KiB inserts: {one:.0}/s with one writer, \
-         {many:.0}/s with {writers} concurrent writers (pool of {})",
-        letterlock::store::postgres::POOL_SIZE
+         {many:.0}/s with {writers} concurrent writers (group commit: {} inserts in {} \
+         transactions)",
+        stats.writes_committed, stats.batches_committed
     );
 }
 

@@ -20,6 +20,9 @@
 //!    against a `letterlock server` child; p50 and p99 beside the 10 ms goal.
 //! 6. **Comparison** (`--compare` only): gpg, `openssl cms`, rage and age when installed, on the
 //!    same files in the same run as letterlock's binary, each command shown to rerun it.
+//! 7. **Mailbox stores**: committed 1 KiB inserts per second of the SQLite and the PostgreSQL
+//!    store alone (1 and 64 writers), and the server's message rate over each beside the
+//!    all-core RSA bound; PostgreSQL from `--store-url` or a throwaway cluster (`store`).
 //!
 //! Invariants: every figure printed is a measurement of this run, or "not run" with the reason;
 //! nothing is extrapolated. Speed goals are reported, never asserted.
@@ -32,7 +35,7 @@
 //! - `server`: a real server and its clients in this process;
 //! - `child`: a program run and measured (time, peak RSS) under a small wrapper;
 //! - `folder`: the temporary folder of the sections that run programs, with the run's keys;
-//! - `oneshot`: section 5; `compare`: section 6;
+//! - `oneshot`: section 5; `compare`: section 6; `store`: section 7;
 //! - `report`: the [`Report`], its goals, and the table and JSON for people and programs;
 //! - `plot`: the SVG.
 
@@ -45,6 +48,7 @@ mod oneshot;
 mod plot;
 mod report;
 mod server;
+mod store;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,6 +67,7 @@ pub use report::{
     AsymmetricCheck, BigSend, Bounds, EnvelopeRow, Goal, Latency, Machine, Ratio, Report,
     ServerRate, ServerReport, TlsReport, human_size, table, write_json,
 };
+pub use store::{ServerOverStore, StoreRate, StoreReport};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -100,6 +105,8 @@ pub struct BenchOptions {
     pub bits: usize,
     /// Also run the other tools installed here on the same files (section 6).
     pub compare: bool,
+    /// The PostgreSQL server of section 7 (`postgres://...`); `None`: a throwaway cluster.
+    pub store_url: Option<String>,
 }
 
 impl BenchOptions {
@@ -207,6 +214,8 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
         None
     };
     drop(folder);
+    progress("mailbox stores");
+    let store = store::measure_store(opts, &alice, &bob)?;
     let machine = Machine {
         cpu: cpu_name(),
         threads,
@@ -231,6 +240,7 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
         server,
         oneshot,
         compare,
+        store,
         goals,
     })
 }

@@ -32,6 +32,8 @@ pub struct Report {
     pub oneshot: OneShotReport,
     /// The other tools on the same files (section 6); `None` without `--compare`.
     pub compare: Option<CompareReport>,
+    /// The mailbox stores alone and the server over each (section 7).
+    pub store: super::StoreReport,
     pub goals: Vec<Goal>,
 }
 
@@ -659,6 +661,7 @@ pub fn table(r: &Report) -> String {
     if let Some(c) = &r.compare {
         compare_table(&mut s, c);
     }
+    super::store::table(&mut s, &r.store);
     let _ = writeln!(s, "\nGoals");
     for g in &r.goals {
         let verdict = match g.met {

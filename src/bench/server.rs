@@ -280,7 +280,7 @@ where
 /// [`MIN_PER_CONNECTION`] each) for [`SERVER_ROUNDS`] rounds; the best round's rate beside the
 /// all-core RSA decrypt bound, measured right before and right after (the higher counts: other
 /// load on the machine only ever lowers a bound, and the run's rate is its best round too).
-async fn rate_run<F, Fut>(
+pub(super) async fn rate_run<F, Fut>(
     connect: &F,
     connections: usize,
     opts: &BenchOptions,

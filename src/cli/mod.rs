@@ -204,6 +204,10 @@ struct BenchArgs {
     /// The files go to $TMPDIR, which needs about 4 GiB free.
     #[arg(long)]
     compare: bool,
+    /// The PostgreSQL server of the store section (the bench works in a database of its own
+    /// there, dropped afterwards); without it, a throwaway cluster from the installed binaries.
+    #[arg(long, value_name = "postgres://USER@HOST/DB")]
+    store_url: Option<String>,
     /// Replace the --plot file if it exists.
     #[arg(long, requires = "plot")]
     force: bool,
@@ -335,6 +339,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 quick: a.quick,
                 bits: a.bits,
                 compare: a.compare,
+                store_url: a.store_url,
             })?;
             if let Some(path) = &a.plot {
                 crate::bench::plot(&report, path, a.force)?;

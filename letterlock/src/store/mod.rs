@@ -46,7 +46,7 @@ pub use error::{BackendError, StoreError};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteStore, StoreStats};
+pub use sqlite::SqliteStore;
 
 /// A key id: SHA-256 fingerprint of an RSA public key.
 pub type KeyId = [u8; 32];
@@ -89,6 +89,16 @@ fn prefix_range(prefix: &str) -> Result<(MessageId, MessageId), StoreError> {
         Ok::<_, StoreError>(id)
     };
     Ok((pad('0')?, pad('f')?))
+}
+
+/// Group commit counters of a store handle, for tests and metrics: fewer transactions than
+/// writes means concurrent writes shared commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Transactions committed by this handle's writer (SQLite) or group task (PostgreSQL).
+    pub batches_committed: u64,
+    /// Write requests (answered, whatever their outcome) in those transactions.
+    pub writes_committed: u64,
 }
 
 /// Mode byte of an asymmetric (RSA only) message.

@@ -29,8 +29,8 @@ use super::error::StoreError;
 use super::writer::{Counters, QUEUE_CAPACITY, WriteOp, Writer};
 use super::{
     ClientKey, InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyEnd, KeyId, KnownMessage,
-    MAX_MATCHES, MessageId, OutboxEntry, OutboxRecord, Store, Tag, TrustOutcome, TrustRequest,
-    TrustedClients, prefix_range,
+    MAX_MATCHES, MessageId, OutboxEntry, OutboxRecord, Store, StoreStats, Tag, TrustOutcome,
+    TrustRequest, TrustedClients, prefix_range,
 };
 
 /// Schema version kept in `PRAGMA user_version`; bump with every schema
@@ -138,15 +138,6 @@ const CLIENT_KEY_COLUMNS: &str = "name, key_id, public_key, since, ended, ended_
 /// Columns of an inbox summary, in the order [`inbox_summary`] reads them.
 const INBOX_COLUMNS: &str = "message_id, sender_name, sender_key_id, created, received, mode,
      plaintext_len, body_size, content_hash";
-
-/// Counters of the writer thread, for tests and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoreStats {
-    /// Transactions committed by this handle's writer.
-    pub batches_committed: u64,
-    /// Write requests (answered, whatever their outcome) in those transactions.
-    pub writes_committed: u64,
-}
 
 /// The SQLite mailbox. Cheap to share behind an `Arc`; all methods take `&self`.
 #[derive(Debug)]

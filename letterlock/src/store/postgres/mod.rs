@@ -19,15 +19,17 @@
 mod body;
 #[cfg(feature = "sqlite")]
 mod copy;
+mod group;
 mod schema;
 
 use std::io::{Cursor, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_postgres::config::Host;
 use tokio_postgres::{NoTls, Row};
 use tracing::{debug, info, warn};
@@ -36,16 +38,18 @@ pub(crate) use body::{BodyHome, ChunkUpload, StagedBody};
 pub use body::{CHUNK_SIZE, MAX_BODY_STREAMS};
 #[cfg(feature = "sqlite")]
 pub use copy::CopyReport;
+pub use group::{COMMITTERS, MAX_BATCH};
 pub use schema::SCHEMA_VERSION;
 
 use super::body::{BlobWriter, Body};
 use super::error::StoreError;
 use super::{
     ClientKey, InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyEnd, KeyId, KnownMessage,
-    MAX_MATCHES, MessageId, OutboxEntry, OutboxRecord, Store, Tag, TrustOutcome, TrustRequest,
-    TrustedClients, prefix_range,
+    MAX_MATCHES, MessageId, OutboxEntry, OutboxRecord, Store, StoreStats, Tag, TrustOutcome,
+    TrustRequest, TrustedClients, prefix_range,
 };
 use body::ChunkReader;
+use group::{InboxRow, OutboxRow, Write};
 
 /// Pooled connections per store (per server process): enough for the server's concurrent
 /// requests to overlap their commits (PostgreSQL flushes concurrent commits together), few
@@ -77,6 +81,13 @@ pub struct PostgresStore {
     target: String,
     /// Schema version found before this store migrated (0: a new database).
     found_version: i64,
+    /// The queue of inbox inserts and outbox enqueues, written in batches by the group task
+    /// (`group.rs`).
+    writes: mpsc::Sender<Write>,
+    /// The group task, awaited at [`close`](PostgresStore::close) so queued writes finish.
+    group: tokio::task::JoinHandle<()>,
+    /// Transactions and requests the group task committed.
+    counters: Arc<group::Counters>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -239,6 +250,14 @@ impl PostgresStore {
             .map_err(|e| StoreError::Task(format!("could not build the connection pool: {e}")))?;
         let (discard, discarded) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(clean_discarded(pool.clone(), discarded));
+        let counters = Arc::new(group::Counters::default());
+        let (writes, queue) = mpsc::channel(group::QUEUE_CAPACITY);
+        let group = tokio::spawn(group::run(
+            pool.clone(),
+            target.clone(),
+            queue,
+            counters.clone(),
+        ));
         let store = Self {
             pool,
             bodies: Arc::new(BodyHome {
@@ -250,6 +269,9 @@ impl PostgresStore {
             }),
             target,
             found_version,
+            writes,
+            group,
+            counters,
         };
         let swept = store.sweep_orphan_bodies().await?;
         if swept > 0 {
@@ -298,10 +320,49 @@ impl PostgresStore {
         get_u64(&row, 0, "body count")
     }
 
-    /// Closes the pool: connections in use finish their request, idle ones close.
+    /// Group commit counters: how many transactions committed how many inbox inserts and
+    /// outbox enqueues (fewer transactions than writes: batches formed).
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            batches_committed: self.counters.batches.load(Ordering::Relaxed),
+            writes_committed: self.counters.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Inbox inserts and outbox enqueues submitted and not yet answered (queued for the group
+    /// task or being committed), for tests and metrics.
+    pub fn writes_in_flight(&self) -> usize {
+        self.counters.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Lets the group task commit the writes already queued, then closes the pool:
+    /// connections in use finish their request, idle ones close.
     pub async fn close(self) -> Result<(), StoreError> {
-        self.pool.close();
-        Ok(())
+        let Self {
+            pool,
+            writes,
+            group,
+            ..
+        } = self;
+        drop(writes);
+        let finished = group.await;
+        pool.close();
+        finished.map_err(|e| StoreError::Task(format!("the group commit task failed: {e}")))
+    }
+
+    /// Queues a write for the group task and waits for its answer, sent after its batch
+    /// committed.
+    async fn submit<T>(
+        &self,
+        write: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Write,
+    ) -> Result<T, StoreError> {
+        let _in_flight = group::InFlight::enter(&self.counters);
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(write(reply))
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
     }
 
     /// A pooled connection, or "unavailable" when the database cannot be reached.
@@ -494,6 +555,8 @@ impl Store for PostgresStore {
         BlobWriter::for_database(self.bodies.clone())
     }
 
+    /// Queued for the group task (`group.rs`), which writes it in one transaction with
+    /// whatever else is queued and answers after the commit.
     async fn insert_inbox(&self, record: InboxRecord) -> Result<InsertOutcome, StoreError> {
         let InboxRecord {
             sender_key_id,
@@ -505,74 +568,24 @@ impl Store for PostgresStore {
             plaintext_len,
             content_hash,
             ack_tag,
-            mut body,
+            body,
         } = record;
-        let (created, received) = (to_i64("created", created)?, to_i64("received", received)?);
-        let plaintext_len = to_i64("plaintext length", plaintext_len)?;
-        let body_size = to_i64("body size", body.len())?;
-        let mode = i16::from(mode);
-        let client = self.client().await?;
-        let inserted = {
-            let (inline, body_id) = self.body_columns(&body)?;
-            let stmt = client
-                .prepare_cached(
-                    "INSERT INTO inbox (sender_key_id, message_id, sender_name, created, received,
-                        mode, plaintext_len, content_hash, ack_tag, body_size, body_inline, body_id)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-                     ON CONFLICT (sender_key_id, message_id) DO NOTHING",
-                )
-                .await
-                .map_err(db("preparing an inbox insert"))?;
-            // One statement in its own transaction: it returns after the commit's WAL flush.
-            client
-                .execute(
-                    &stmt,
-                    &[
-                        &&sender_key_id[..],
-                        &&message_id[..],
-                        &sender_name,
-                        &created,
-                        &received,
-                        &mode,
-                        &plaintext_len,
-                        &&content_hash[..],
-                        &&ack_tag[..],
-                        &body_size,
-                        &inline,
-                        &body_id,
-                    ],
-                )
-                .await
-                .map_err(db("inserting an inbox message"))?
+        // Refused here, to this caller alone: a body no row of this database could name.
+        self.body_columns(&body)?;
+        let row = InboxRow {
+            sender_key_id,
+            message_id,
+            sender_name,
+            created: to_i64("created", created)?,
+            received: to_i64("received", received)?,
+            mode: i16::from(mode),
+            plaintext_len: to_i64("plaintext length", plaintext_len)?,
+            content_hash,
+            ack_tag,
+            body_size: to_i64("body size", body.len())?,
+            body,
         };
-        if inserted == 1 {
-            body.keep();
-            return Ok(InsertOutcome::Inserted);
-        }
-        // Taken already, here or on another server: answer from the stored copy (the staged
-        // body, if any, is dropped and removed).
-        let row = client
-            .query_opt(
-                "SELECT content_hash, ack_tag FROM inbox WHERE sender_key_id = $1 AND message_id = $2",
-                &[&&sender_key_id[..], &&message_id[..]],
-            )
-            .await
-            .map_err(db("looking up an inbox message id"))?
-            .ok_or(StoreError::Corrupt {
-                what: "inbox (a conflicting message vanished)",
-            })?;
-        let stored_hash: Tag = get_array(&row, 0, "inbox content hash")?;
-        let stored_tag: Tag = get_array(&row, 1, "inbox ack tag")?;
-        // Content hashes are not secret: a plain comparison is fine here.
-        Ok(if stored_hash == content_hash {
-            debug!(message_id = %hex::encode(message_id), "inbox duplicate (retry)");
-            InsertOutcome::Duplicate {
-                ack_tag: stored_tag,
-            }
-        } else {
-            warn!(message_id = %hex::encode(message_id), sender = %crate::text::quoted(&sender_name), "inbox conflict: id reused for different content");
-            InsertOutcome::Conflict
-        })
+        self.submit(|reply| Write::Inbox { row, reply }).await
     }
 
     async fn known_inbox(
@@ -639,6 +652,7 @@ impl Store for PostgresStore {
         Ok(InboxMessage { summary, body })
     }
 
+    /// Queued for the group task, as [`insert_inbox`](Self::insert_inbox).
     async fn enqueue_outbox(&self, record: OutboxRecord) -> Result<(), StoreError> {
         let OutboxRecord {
             recipient_key_id,
@@ -648,45 +662,21 @@ impl Store for PostgresStore {
             mode,
             plaintext_len,
             expected_ack_tag,
-            mut body,
+            body,
         } = record;
-        let created = to_i64("created", created)?;
-        let plaintext_len = to_i64("plaintext length", plaintext_len)?;
-        let body_size = to_i64("body size", body.len())?;
-        let mode = i16::from(mode);
-        let client = self.client().await?;
-        let inserted = {
-            let (inline, body_id) = self.body_columns(&body)?;
-            client
-                .execute(
-                    "INSERT INTO outbox (recipient_key_id, message_id, recipient_name, created,
-                        mode, plaintext_len, ack_tag, body_size, body_inline, body_id)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                     ON CONFLICT (recipient_key_id, message_id) DO NOTHING",
-                    &[
-                        &&recipient_key_id[..],
-                        &&message_id[..],
-                        &recipient_name,
-                        &created,
-                        &mode,
-                        &plaintext_len,
-                        &&expected_ack_tag[..],
-                        &body_size,
-                        &inline,
-                        &body_id,
-                    ],
-                )
-                .await
-                .map_err(db("queueing an outbox message"))?
+        self.body_columns(&body)?;
+        let row = OutboxRow {
+            recipient_key_id,
+            message_id,
+            recipient_name,
+            created: to_i64("created", created)?,
+            mode: i16::from(mode),
+            plaintext_len: to_i64("plaintext length", plaintext_len)?,
+            ack_tag: expected_ack_tag,
+            body_size: to_i64("body size", body.len())?,
+            body,
         };
-        if inserted == 1 {
-            body.keep();
-            Ok(())
-        } else {
-            Err(StoreError::OutboxDuplicate {
-                message_id: hex::encode(message_id),
-            })
-        }
+        self.submit(|reply| Write::Outbox { row, reply }).await
     }
 
     async fn pending_outbox(&self, recipient: &KeyId) -> Result<Vec<OutboxEntry>, StoreError> {

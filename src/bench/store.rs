@@ -1,0 +1,725 @@
+//! The store section: how many messages per second each mailbox store commits on its own, and
+//! what the whole server does over each, measured side by side in this run.
+//!
+//! - **Store alone**: committed inserts of 1 KiB messages ([`Store::insert_inbox`], which
+//!   returns after the commit) by 1 and by [`MANY_WRITERS`] concurrent writers, for the SQLite
+//!   store and the PostgreSQL store (both group-commit concurrent writes; the row says how many
+//!   transactions the inserts took).
+//! - **Server over each store**: the server section's message-rate run (`server::rate_run`,
+//!   1 KiB hybrid messages sealed ahead, the all-core RSA decrypt bound measured right before),
+//!   at [`SERVER_CONNECTIONS`] connections, once over SQLite and once over PostgreSQL.
+//!
+//! PostgreSQL is the server `--store-url postgres://...` names (the bench works in a database
+//! of its own there, dropped afterwards), else a throwaway cluster the bench makes from the
+//! installed server binaries (`initdb`, `pg_ctl`; as the `postgres` system user when run as
+//! root, since initdb refuses root) in a temporary folder, on a Unix socket only, stopped and
+//! deleted at the end. Where neither is possible, the PostgreSQL rows are not run and the report
+//! says why, with the fix; nothing is estimated.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use tracing::Dispatch;
+
+use letterlock::client::{Client, ClientConfig};
+use letterlock::keys::{Identity, PrivateKey, TrustList};
+use letterlock::server::{Server, ServerConfig};
+use letterlock::store::{
+    Body, InboxRecord, InsertOutcome, MODE_HYBRID, SqliteStore, Store, StoreStats,
+};
+
+use super::report::{ServerRate, human_size};
+use super::{BenchError, BenchOptions, KIB, progress};
+
+/// Plaintext-sized body of every store message (a 1 KiB message sealed is a little larger, but
+/// the store's cost is per row and commit, not per byte, at this size).
+const STORE_MESSAGE: u64 = KIB;
+/// The concurrent writers of the "many" row: as many as the server section's largest run.
+pub const MANY_WRITERS: usize = 64;
+/// Connections of the server-over-each-store runs.
+pub const SERVER_CONNECTIONS: usize = 16;
+
+/// What the section measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreReport {
+    /// Body size of every inserted message.
+    pub message_size: u64,
+    /// Where PostgreSQL came from (no password), or why its rows did not run.
+    pub postgres: String,
+    /// True when the PostgreSQL rows ran.
+    pub postgres_ran: bool,
+    /// Store alone: one row per store and writer count.
+    pub rows: Vec<StoreRate>,
+    /// The server's message rate over each store.
+    pub server: Vec<ServerOverStore>,
+}
+
+/// Committed inserts of one store with some writers at once.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreRate {
+    /// `sqlite` or `postgres`.
+    pub store: &'static str,
+    pub writers: usize,
+    /// Inserts timed, all acknowledged as new.
+    pub messages: usize,
+    pub seconds: f64,
+    pub msgs_s: f64,
+    /// Transactions the inserts took (group commit: fewer than `messages` when batches formed).
+    pub transactions: u64,
+}
+
+/// The server section's rate run over one store.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerOverStore {
+    pub store: &'static str,
+    pub rate: ServerRate,
+}
+
+/// Inserts timed per row: (one writer, [`MANY_WRITERS`] writers).
+fn store_messages(opts: &BenchOptions) -> (usize, usize) {
+    if opts.quick {
+        (100, 10 * MANY_WRITERS)
+    } else {
+        (1000, 100 * MANY_WRITERS)
+    }
+}
+
+/// Runs the section on a runtime of its own, with only warnings and errors logged (as the
+/// server section does: a server logs every message at info level).
+pub(super) fn measure_store(
+    opts: &BenchOptions,
+    server_key: &Arc<PrivateKey>,
+    client_key: &Arc<PrivateKey>,
+) -> Result<StoreReport, BenchError> {
+    let quiet = Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(io::stderr)
+            .finish(),
+    );
+    let on_start = quiet.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(move || {
+            let guard = tracing::dispatcher::set_default(&on_start);
+            QUIET.with(|held| *held.borrow_mut() = Some(guard));
+        })
+        .on_thread_stop(|| QUIET.with(|held| drop(held.borrow_mut().take())))
+        .build()?;
+    let _quiet = tracing::dispatcher::set_default(&quiet);
+    let report = runtime.block_on(store_section(opts, server_key, client_key));
+    drop(runtime);
+    report
+}
+
+thread_local! {
+    /// The quiet subscriber's guard on a runtime thread, held while it runs (a guard must be
+    /// dropped on its own thread).
+    static QUIET: std::cell::RefCell<Option<tracing::dispatcher::DefaultGuard>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+async fn store_section(
+    opts: &BenchOptions,
+    server_key: &Arc<PrivateKey>,
+    client_key: &Arc<PrivateKey>,
+) -> Result<StoreReport, BenchError> {
+    let (one, many) = store_messages(opts);
+    let mut rows = Vec::new();
+    let mut server = Vec::new();
+
+    let dir = tempfile::tempdir()?;
+    progress("  SQLite store alone");
+    let sqlite = Arc::new(SqliteStore::open(dir.path().join("store-bench.db"))?);
+    rows.push(store_rate(&sqlite, "sqlite", 1, one, SqliteStore::stats).await?);
+    rows.push(store_rate(&sqlite, "sqlite", MANY_WRITERS, many, SqliteStore::stats).await?);
+    progress("  server over SQLite");
+    server.push(ServerOverStore {
+        store: "sqlite",
+        rate: server_rate(sqlite.clone(), opts, server_key, client_key).await?,
+    });
+    if let Ok(store) = Arc::try_unwrap(sqlite) {
+        store.close().await?;
+    }
+
+    let postgres = postgres_rows(opts, server_key, client_key, one, many).await?;
+    let (postgres, postgres_ran) = match postgres {
+        Ok((source, pg_rows, pg_server)) => {
+            rows.extend(pg_rows);
+            server.push(pg_server);
+            (source, true)
+        }
+        Err(why) => (why, false),
+    };
+    drop(dir);
+    Ok(StoreReport {
+        message_size: STORE_MESSAGE,
+        postgres,
+        postgres_ran,
+        rows,
+        server,
+    })
+}
+
+/// The PostgreSQL rows, or why they did not run (`Ok(Err(reason))`, with the fix).
+#[cfg(feature = "postgres")]
+async fn postgres_rows(
+    opts: &BenchOptions,
+    server_key: &Arc<PrivateKey>,
+    client_key: &Arc<PrivateKey>,
+    one: usize,
+    many: usize,
+) -> Result<Result<(String, Vec<StoreRate>, ServerOverStore), String>, BenchError> {
+    use letterlock::store::PostgresStore;
+
+    progress("  PostgreSQL store alone");
+    let (_cluster, admin_url, source) = match &opts.store_url {
+        Some(url) => {
+            let shown = postgres::without_password(url);
+            (None, url.clone(), format!("--store-url {shown}"))
+        }
+        None => match tokio::task::spawn_blocking(postgres::Cluster::start)
+            .await
+            .map_err(|e| BenchError::Wrong(format!("starting PostgreSQL: {e}")))?
+        {
+            Ok(cluster) => {
+                let url = cluster.admin_url.clone();
+                let source = format!(
+                    "a throwaway cluster made here with {}",
+                    cluster.bin.display()
+                );
+                (Some(cluster), url, source)
+            }
+            Err(why) => return Ok(Err(why)),
+        },
+    };
+    let scratch = match postgres::Scratch::create(&admin_url).await {
+        Ok(scratch) => scratch,
+        Err(why) => return Ok(Err(why)),
+    };
+    let store = Arc::new(PostgresStore::connect(&scratch.url).await?);
+    let rows = vec![
+        store_rate(&store, "postgres", 1, one, PostgresStore::stats).await?,
+        store_rate(&store, "postgres", MANY_WRITERS, many, PostgresStore::stats).await?,
+    ];
+    progress("  server over PostgreSQL");
+    let rate = server_rate(store.clone(), opts, server_key, client_key).await?;
+    if let Ok(store) = Arc::try_unwrap(store) {
+        store.close().await?;
+    }
+    scratch.drop_database().await;
+    Ok(Ok((
+        source,
+        rows,
+        ServerOverStore {
+            store: "postgres",
+            rate,
+        },
+    )))
+}
+
+/// Without PostgreSQL support built in, the rows cannot run: said, with the fix.
+#[cfg(not(feature = "postgres"))]
+async fn postgres_rows(
+    _opts: &BenchOptions,
+    _server_key: &Arc<PrivateKey>,
+    _client_key: &Arc<PrivateKey>,
+    _one: usize,
+    _many: usize,
+) -> Result<Result<(String, Vec<StoreRate>, ServerOverStore), String>, BenchError> {
+    Ok(Err(
+        "not run: this letterlock was built without PostgreSQL support (build it with the \
+         default features, or `--features postgres`)"
+            .to_owned(),
+    ))
+}
+
+/// `messages` committed 1 KiB inserts into `store` by `writers` tasks at once, each new.
+async fn store_rate<S: Store>(
+    store: &Arc<S>,
+    name: &'static str,
+    writers: usize,
+    messages: usize,
+    stats: fn(&S) -> StoreStats,
+) -> Result<StoreRate, BenchError> {
+    let each = messages.div_ceil(writers);
+    let body = vec![0x5a_u8; STORE_MESSAGE as usize];
+    let before = stats(store).batches_committed;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for writer in 0..writers {
+        let (store, body) = (store.clone(), body.clone());
+        tasks.spawn(async move {
+            for n in 0..each {
+                let outcome = store
+                    .insert_inbox(record(writers, writer, n, body.clone()))
+                    .await?;
+                if outcome != InsertOutcome::Inserted {
+                    return Err(BenchError::Wrong(format!(
+                        "a new message was answered {outcome:?} by the {name} store"
+                    )));
+                }
+            }
+            Ok(each)
+        });
+    }
+    let mut done = 0;
+    while let Some(joined) = tasks.join_next().await {
+        done += joined.map_err(|e| BenchError::Wrong(format!("a store writer failed: {e}")))??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(StoreRate {
+        store: name,
+        writers,
+        messages: done,
+        seconds,
+        msgs_s: done as f64 / seconds,
+        transactions: stats(store).batches_committed - before,
+    })
+}
+
+/// Inbox record `n` of `writer` in a run of `writers`: ids never repeat within a store.
+fn record(writers: usize, writer: usize, n: usize, body: Vec<u8>) -> InboxRecord {
+    let mut message_id = [0u8; 16];
+    message_id[..8].copy_from_slice(&(writers as u64).to_be_bytes());
+    message_id[8..12].copy_from_slice(&(writer as u32).to_be_bytes());
+    message_id[12..].copy_from_slice(&(n as u32).to_be_bytes());
+    let body = Body::from_bytes(body);
+    InboxRecord {
+        sender_key_id: [0xb5; 32],
+        sender_name: "bench".to_owned(),
+        message_id,
+        created: 1_700_000_000,
+        received: 1_700_000_000,
+        mode: MODE_HYBRID,
+        plaintext_len: body.len(),
+        // Not a sealed message, so no sealed identity: the store keeps whatever 32 bytes it is
+        // given, and the body's SHA-256 (always computed for bytes in memory) is as good.
+        content_hash: body.sha256().unwrap_or([0; 32]),
+        ack_tag: [0; 32],
+        body,
+    }
+}
+
+/// The server section's message-rate run against a server over `store`.
+async fn server_rate<S: Store>(
+    store: Arc<S>,
+    opts: &BenchOptions,
+    server_key: &Arc<PrivateKey>,
+    client_key: &Arc<PrivateKey>,
+) -> Result<ServerRate, BenchError> {
+    let server_public = server_key.public().clone();
+    let mut clients = TrustList::new();
+    clients.add("bench", client_key.public().clone())?;
+    // As in the server section: every client connects from 127.0.0.1, so the per-source
+    // admission bucket would measure itself.
+    let config = ServerConfig {
+        max_connections: 4 * SERVER_CONNECTIONS,
+        source_burst: u32::MAX,
+        source_rate: u32::MAX,
+        ..ServerConfig::default()
+    };
+    let server = Arc::new(Server::new(server_key.clone(), clients, store, config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(listener, async {
+        let _ = stopped.await;
+    }));
+    let identity: Arc<dyn Identity> = client_key.clone();
+    let connect = || {
+        Client::connect(
+            &addr,
+            identity.clone(),
+            server_public.clone(),
+            ClientConfig::default(),
+        )
+    };
+    let rate = super::server::rate_run(
+        &connect,
+        SERVER_CONNECTIONS,
+        opts,
+        client_key,
+        &server_public,
+    )
+    .await;
+    let _ = stop.send(());
+    running
+        .await
+        .map_err(|e| BenchError::Wrong(format!("the server task failed: {e}")))??;
+    rate
+}
+
+/// PostgreSQL for the bench: a throwaway cluster, and a scratch database on any server.
+#[cfg(feature = "postgres")]
+mod postgres {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+
+    /// The system user a cluster runs as when the bench runs as root (initdb refuses root).
+    const CLUSTER_USER: &str = "postgres";
+
+    /// Port number in the socket file's name (`.s.PGSQL.PORT`); nothing listens on TCP.
+    const SOCKET_PORT: u16 = 5432;
+
+    /// The fix for a missing or unusable PostgreSQL, said with every such reason.
+    const FIX: &str = "install PostgreSQL's server (Debian/Ubuntu: `apt-get install postgresql`), \
+         or pass --store-url postgres://USER@HOST/DB naming a server whose USER may create \
+         databases";
+
+    /// A cluster made for this run, stopped and deleted when dropped (or, should the bench be
+    /// killed, by a watcher process once the bench is gone).
+    pub(super) struct Cluster {
+        /// The folder of the server binaries used.
+        pub(super) bin: PathBuf,
+        /// Its maintenance database, over the Unix socket in its folder.
+        pub(super) admin_url: String,
+        data: PathBuf,
+        as_root: bool,
+        /// Deleted after the cluster stops (fields drop in order, after `Drop::drop`).
+        _dir: tempfile::TempDir,
+    }
+
+    impl Cluster {
+        /// Makes and starts a cluster; `Err` says why not, with the fix. Blocking.
+        pub(super) fn start() -> Result<Cluster, String> {
+            let bin = server_binaries().ok_or_else(|| {
+                format!(
+                    "not run: PostgreSQL's server binaries (initdb, pg_ctl) were not found through \
+                     `pg_config --bindir` or in /usr/lib/postgresql/*/bin: {FIX}"
+                )
+            })?;
+            let as_root = running_as_root();
+            let dir = tempfile::Builder::new()
+                .prefix("letterlock-bench-pg-")
+                .tempdir()
+                .map_err(|e| format!("not run: no temporary folder for PostgreSQL: {e}"))?;
+            if as_root {
+                let (uid, gid) = ids_of(CLUSTER_USER).ok_or_else(|| {
+                    format!(
+                        "not run: the bench runs as root and initdb refuses root, but there is no \
+                         `{CLUSTER_USER}` system user to run PostgreSQL as: {FIX}"
+                    )
+                })?;
+                std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(|e| {
+                    format!(
+                        "not run: could not give {} to {CLUSTER_USER}: {e}",
+                        dir.path().display()
+                    )
+                })?;
+            }
+            let data = dir.path().join("data");
+            let log = dir.path().join("server.log");
+            let mut initdb = command(&bin.join("initdb"), as_root);
+            // --no-sync: the cluster is thrown away; the running server still fsyncs every
+            // commit, which is what is measured.
+            initdb.arg("-D").arg(&data).args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]);
+            run(initdb, "initdb", None)?;
+            let options = format!(
+                "-c listen_addresses='' -c unix_socket_directories='{}' -p {SOCKET_PORT} \
+                 -c fsync=on -c synchronous_commit=on",
+                dir.path().display()
+            );
+            let mut start = command(&bin.join("pg_ctl"), as_root);
+            start
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(&log)
+                .args(["-o", &options, "-w", "-t", "60", "start"]);
+            run(start, "pg_ctl start", Some(&log))?;
+            watch_for_exit(&bin.join("pg_ctl"), &data, dir.path(), as_root);
+            Ok(Cluster {
+                admin_url: format!(
+                    "postgres://postgres@localhost/postgres?host={}&port={SOCKET_PORT}",
+                    dir.path().display()
+                ),
+                bin,
+                data,
+                as_root,
+                _dir: dir,
+            })
+        }
+    }
+
+    impl Drop for Cluster {
+        fn drop(&mut self) {
+            let mut stop = command(&self.bin.join("pg_ctl"), self.as_root);
+            stop.arg("stop")
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", "immediate"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            // Should it fail, the watcher stops the cluster once the bench exits.
+            let _ = stop.status();
+        }
+    }
+
+    /// A database made for this run on a PostgreSQL server, so the bench never writes into a
+    /// real mailbox; dropped again by [`Scratch::drop_database`].
+    pub(super) struct Scratch {
+        /// URL of the scratch database.
+        pub(super) url: String,
+        admin_url: String,
+        name: String,
+    }
+
+    impl Scratch {
+        /// Creates `letterlock_bench_PID` on the server `admin_url` names.
+        pub(super) async fn create(admin_url: &str) -> Result<Scratch, String> {
+            let name = format!("letterlock_bench_{}", std::process::id());
+            execute(admin_url, &format!("CREATE DATABASE {name}"))
+                .await
+                .map_err(|e| {
+                    format!(
+                        "not run: could not create the scratch database {name} on {}: {e}; {FIX}",
+                        without_password(admin_url)
+                    )
+                })?;
+            Ok(Scratch {
+                url: with_database(admin_url, &name),
+                admin_url: admin_url.to_owned(),
+                name,
+            })
+        }
+
+        /// Drops the scratch database (its connections are closed first by `WITH (FORCE)`).
+        pub(super) async fn drop_database(self) {
+            let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+            if let Err(e) = execute(&self.admin_url, &sql).await {
+                tracing::warn!(database = %self.name, %e, "could not drop the bench's scratch database");
+            }
+        }
+    }
+
+    /// Runs one statement on the database `url` names.
+    async fn execute(url: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        let driver = tokio::spawn(connection);
+        let result = client.batch_execute(sql).await;
+        drop(client);
+        let _ = driver.await;
+        result
+    }
+
+    /// `url` with its database name replaced by `name` (the path of a `postgres://` URL).
+    pub(super) fn with_database(url: &str, name: &str) -> String {
+        let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+            return url.to_owned();
+        };
+        let (scheme, rest) = url.split_at(scheme_end);
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path_and_query) = rest.split_at(authority_end);
+        let query = path_and_query
+            .find('?')
+            .map_or("", |q| &path_and_query[q..]);
+        format!("{scheme}{authority}/{name}{query}")
+    }
+
+    /// `url` as shown in the report: the password, if any, replaced by `***`.
+    pub(super) fn without_password(url: &str) -> String {
+        let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+            return url.to_owned();
+        };
+        let (scheme, rest) = url.split_at(scheme_end);
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        match authority.rfind('@') {
+            Some(at) => {
+                let (user_info, host) = authority.split_at(at);
+                let user = user_info.split(':').next().unwrap_or("");
+                if user_info.contains(':') {
+                    format!("{scheme}{user}:***{host}{tail}")
+                } else {
+                    url.to_owned()
+                }
+            }
+            None => url.to_owned(),
+        }
+    }
+
+    /// The installed server binaries: `pg_config --bindir`, else the newest
+    /// `/usr/lib/postgresql/*/bin` (Debian's layout), if it holds `initdb` and `pg_ctl`.
+    fn server_binaries() -> Option<PathBuf> {
+        let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+        let from_pg_config = Command::new("pg_config")
+            .arg("--bindir")
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+        if let Some(dir) = from_pg_config.filter(|d| has_both(d)) {
+            return Some(dir);
+        }
+        let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+                Some((version, entry.path().join("bin")))
+            })
+            .filter(|(_, dir)| has_both(dir))
+            .collect();
+        versions.sort();
+        versions.pop().map(|(_, dir)| dir)
+    }
+
+    fn running_as_root() -> bool {
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+    }
+
+    /// The numeric uid and gid of `user`, from `id`.
+    fn ids_of(user: &str) -> Option<(u32, u32)> {
+        let id = |flag: &str| -> Option<u32> {
+            let out = Command::new("id").args([flag, user]).output().ok()?;
+            if !out.status.success() {
+                return None;
+            }
+            String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+        };
+        Some((id("-u")?, id("-g")?))
+    }
+
+    /// A command for one of the server binaries, run as [`CLUSTER_USER`] when we are root.
+    fn command(bin: &Path, as_root: bool) -> Command {
+        if as_root {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", CLUSTER_USER, "--"]).arg(bin);
+            cmd
+        } else {
+            Command::new(bin)
+        }
+    }
+
+    /// Runs `cmd` to completion; `Err` with its output (and the server log) when it fails.
+    fn run(mut cmd: Command, what: &str, log: Option<&Path>) -> Result<(), String> {
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("not run: could not run {what}: {e}; {FIX}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let log_text = log
+            .and_then(|l| std::fs::read_to_string(l).ok())
+            .unwrap_or_default();
+        Err(format!(
+            "not run: {what} failed ({}): {}{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim(),
+            log_text.trim()
+        ))
+    }
+
+    /// A detached shell that waits for the bench to exit, then stops the cluster and deletes its
+    /// folder: a bench killed by a signal must not leave a server running.
+    fn watch_for_exit(pg_ctl: &Path, data: &Path, dir: &Path, as_root: bool) {
+        let user = if as_root {
+            format!("runuser -u {CLUSTER_USER} -- ")
+        } else {
+            String::new()
+        };
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
+             {user}'{pg_ctl}' stop -D '{data}' -m immediate >/dev/null 2>&1; rm -rf '{dir}'",
+            pid = std::process::id(),
+            pg_ctl = pg_ctl.display(),
+            data = data.display(),
+            dir = dir.display(),
+        );
+        let started = Command::new("setsid")
+            .args(["-f", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !started.is_ok_and(|s| s.success()) {
+            tracing::warn!(
+                "could not start the watcher of the bench's PostgreSQL; it is stopped at the end \
+                 of a normal run only"
+            );
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn urls_get_a_new_database_and_lose_their_password() {
+            assert_eq!(
+                with_database("postgres://u@h:5/old?host=/tmp/x&port=1", "new"),
+                "postgres://u@h:5/new?host=/tmp/x&port=1"
+            );
+            assert_eq!(with_database("postgres://u@h", "new"), "postgres://u@h/new");
+            assert_eq!(
+                without_password("postgres://u:secret@h/db?x=1"),
+                "postgres://u:***@h/db?x=1"
+            );
+            assert_eq!(without_password("postgres://u@h/db"), "postgres://u@h/db");
+        }
+    }
+}
+
+/// The section as text for the report's table.
+pub(super) fn table(s: &mut String, r: &StoreReport) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        s,
+        "\n7. Mailbox stores: committed {} inserts per second, each store alone; PostgreSQL: {}",
+        human_size(r.message_size),
+        r.postgres
+    );
+    let _ = writeln!(
+        s,
+        "  {:<9} {:>8} {:>9} {:>10} {:>13}",
+        "store", "writers", "messages", "msg/s", "transactions"
+    );
+    for row in &r.rows {
+        let _ = writeln!(
+            s,
+            "  {:<9} {:>8} {:>9} {:>10.0} {:>13}",
+            row.store, row.writers, row.messages, row.msgs_s, row.transactions
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  server over each store, {} connections, {} hybrid messages sealed ahead; bound = \
+         all-core RSA decrypt, measured right before each run",
+        SERVER_CONNECTIONS,
+        human_size(r.message_size)
+    );
+    for row in &r.server {
+        let _ = writeln!(
+            s,
+            "  {:<9} {:>10.0} msg/s, RSA bound {:>8.0}/s ({:.0}% of it){}",
+            row.store,
+            row.rate.msgs_s,
+            row.rate.bound_msgs_s,
+            row.rate.of_bound * 100.0,
+            row.rate
+                .bound_note
+                .as_ref()
+                .map_or(String::new(), |n| format!(": {n}"))
+        );
+    }
+    if !r.postgres_ran {
+        let _ = writeln!(s, "  PostgreSQL rows: {}", r.postgres);
+    }
+}
