@@ -213,6 +213,7 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
         bits: opts.bits,
         quick: opts.quick,
         release_build: !cfg!(debug_assertions),
+        entropy: env!("LETTERLOCK_ENTROPY").into(),
         total_seconds: started.elapsed().as_secs_f64(),
     };
     let goals = report::goals(

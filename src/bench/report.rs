@@ -42,6 +42,9 @@ pub struct Machine {
     pub bits: usize,
     pub quick: bool,
     pub release_build: bool,
+    /// How this binary's aws-lc seeds its random generator (recorded by build.rs): every
+    /// one-shot figure depends on it (docs/SECURITY.md, "Entropy at process start").
+    pub entropy: String,
     pub total_seconds: f64,
 }
 
@@ -455,6 +458,7 @@ pub fn table(r: &Report) -> String {
         if m.release_build { "release" } else { "debug" },
         m.total_seconds
     );
+    let _ = writeln!(s, "random seeding: {}", m.entropy);
     let _ = writeln!(
         s,
         "MB = 10^6 bytes. Every figure below was measured in this run."
