@@ -88,8 +88,9 @@ const SERVER_ROUNDS: usize = 3;
 const SERVER_MESSAGE: u64 = KIB;
 /// The peak-RSS goal for 1 GiB messages.
 const RSS_GOAL_KIB: u64 = 64 * 1024;
-/// The share of a bound the goals ask for.
-const GOAL_SHARE: f64 = 0.8;
+/// The share of a bound the goals ask for (issue 13: the server's rate at 4-64 connections,
+/// and 1 GiB sealed and opened in memory).
+const GOAL_SHARE: f64 = 0.9;
 
 /// What to run.
 #[derive(Clone, Debug)]
