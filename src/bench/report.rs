@@ -270,7 +270,8 @@ fn server_goal(server: &ServerReport) -> Goal {
         .collect();
     Goal {
         goal: format!(
-            "server {} message rate >= {:.0}% of the all-core RSA decrypt bound at 4, 16 and 64              connections",
+            "server {} message rate >= {:.0}% of the all-core RSA decrypt bound at 4, 16 and 64 \
+             connections",
             human_size(server.message_size),
             GOAL_SHARE * 100.0
         ),
@@ -305,7 +306,8 @@ fn in_memory_goal(rows: &[EnvelopeRow]) -> Goal {
         .collect();
     Goal {
         goal: format!(
-            "in memory, hybrid 1 GiB: seal and open >= {:.0}% of the single-stream bound              (section 2)",
+            "in memory, hybrid 1 GiB: seal and open >= {:.0}% of the single-stream bound \
+             (section 2)",
             GOAL_SHARE * 100.0
         ),
         met: (!big.is_empty()).then(|| big.iter().all(|r| r.of_bound >= GOAL_SHARE)),
