@@ -16,7 +16,10 @@
 //!   [`super::open_to_file`] (a temporary file renamed into place only after the signature
 //!   verified) may be given to people.
 //! - Any failure stops all three threads: the reader's and writer's errors reach the caller, and
-//!   a thread that panicked is an error, never a panic of the caller.
+//!   a thread that panicked is an error, never a panic of the caller. The call returns once
+//!   both threads have ended: after a failure the reader finishes the read it is in, so an
+//!   input that stalls (a pipe whose writer neither writes nor closes) delays the error until
+//!   it yields or closes.
 
 use std::io::{self, Read, Write};
 use std::path::Path;
