@@ -13,14 +13,20 @@ use zeroize::{Zeroize, Zeroizing};
 /// twice as large, so appends stay amortised O(1)) and the old allocation is wiped, whole
 /// capacity included, before it is freed.
 pub(crate) fn extend_wiping(buf: &mut Vec<u8>, data: &[u8]) {
-    let needed = buf.len().saturating_add(data.len());
+    reserve_wiping(buf, data.len());
+    buf.extend_from_slice(data);
+}
+
+/// Makes room for `additional` more bytes in `buf` the way [`extend_wiping`] grows it: moved
+/// to an allocation at least twice as large, the old one wiped.
+pub(crate) fn reserve_wiping(buf: &mut Vec<u8>, additional: usize) {
+    let needed = buf.len().saturating_add(additional);
     if needed > buf.capacity() {
         let mut grown = Vec::with_capacity(needed.max(buf.capacity().saturating_mul(2)));
         grown.extend_from_slice(buf);
         let mut old = std::mem::replace(buf, grown);
         old.zeroize();
     }
-    buf.extend_from_slice(data);
 }
 
 /// A [`io::Write`] into a wiped-on-drop buffer that never leaves a copy behind when it grows.

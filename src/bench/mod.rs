@@ -93,8 +93,9 @@ const SERVER_ROUNDS: usize = 3;
 const SERVER_MESSAGE: u64 = KIB;
 /// The peak-RSS goal for 1 GiB messages.
 const RSS_GOAL_KIB: u64 = 64 * 1024;
-/// The share of a bound the goals ask for.
-const GOAL_SHARE: f64 = 0.8;
+/// The share of a bound the goals ask for (issue 13: the server's rate at 4-64 connections,
+/// and 1 GiB sealed and opened in memory).
+const GOAL_SHARE: f64 = 0.9;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -222,6 +223,7 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
         bits: opts.bits,
         quick: opts.quick,
         release_build: !cfg!(debug_assertions),
+        entropy: env!("LETTERLOCK_ENTROPY").into(),
         total_seconds: started.elapsed().as_secs_f64(),
     };
     let goals = report::goals(

@@ -44,6 +44,9 @@ pub struct Machine {
     pub bits: usize,
     pub quick: bool,
     pub release_build: bool,
+    /// How this binary's aws-lc seeds its random generator (recorded by build.rs): every
+    /// one-shot figure depends on it (docs/SECURITY.md, "Entropy at process start").
+    pub entropy: String,
     pub total_seconds: f64,
 }
 
@@ -199,49 +202,8 @@ pub(super) fn goals(
     compare: Option<&CompareReport>,
 ) -> Vec<Goal> {
     let mut goals = Vec::new();
-    let best = server
-        .rates
-        .iter()
-        .max_by(|x, y| x.msgs_s.total_cmp(&y.msgs_s));
-    goals.push(Goal {
-        goal: format!(
-            "server message rate >= {:.0}% of the all-core RSA decrypt bound",
-            GOAL_SHARE * 100.0
-        ),
-        met: best.map(|r| r.of_bound >= GOAL_SHARE),
-        detail: best.map_or("not run".into(), |r| {
-            format!(
-                "best {:.0} msg/s at {} connections = {:.0}% of {:.0}/s (section 3, that row's \
-                 bound)",
-                r.msgs_s,
-                r.connections,
-                r.of_bound * 100.0,
-                r.bound_msgs_s
-            )
-        }),
-    });
-    let big: Vec<&EnvelopeRow> = rows
-        .iter()
-        .filter(|r| r.mode == "hybrid" && r.size >= MIB && r.not_run.is_none())
-        .collect();
-    let worst = big.iter().min_by(|x, y| x.of_bound.total_cmp(&y.of_bound));
-    goals.push(Goal {
-        goal: format!(
-            "hybrid seal/open of >= 1 MiB at >= {:.0}% of its bound (section 2)",
-            GOAL_SHARE * 100.0
-        ),
-        met: worst.map(|r| r.of_bound >= GOAL_SHARE),
-        detail: worst.map_or("not run".into(), |r| {
-            format!(
-                "furthest: {} {} at {:.0} MB/s = {:.0}% of its bound {:.0} MB/s",
-                r.op,
-                human_size(r.size),
-                r.mb_s,
-                r.of_bound * 100.0,
-                r.bound_mb_s
-            )
-        }),
-    });
+    goals.push(server_goal(server));
+    goals.push(in_memory_goal(rows));
     let mut rss: Vec<(String, u64)> = rows
         .iter()
         .filter(|r| r.size >= GIB)
@@ -294,6 +256,80 @@ pub(super) fn goals(
     }
     goals.extend(file_goals(rows, compare));
     goals
+}
+
+/// Connections at which the server's rate is judged (issue 13: "at 4-64 connections"; one
+/// connection is bounded by one client's round trips, not by the server).
+const SERVER_GOAL_CONNECTIONS: [usize; 3] = [4, 16, 64];
+
+/// The server's 1 KiB rate at each of [`SERVER_GOAL_CONNECTIONS`] against the all-core RSA
+/// decrypt bound measured right before that row (section 3's "of" column).
+fn server_goal(server: &ServerReport) -> Goal {
+    let judged: Vec<&ServerRate> = server
+        .rates
+        .iter()
+        .filter(|r| SERVER_GOAL_CONNECTIONS.contains(&r.connections))
+        .collect();
+    Goal {
+        goal: format!(
+            "server {} message rate >= {:.0}% of the all-core RSA decrypt bound at 4, 16 and 64 \
+             connections",
+            human_size(server.message_size),
+            GOAL_SHARE * 100.0
+        ),
+        met: (!judged.is_empty()).then(|| judged.iter().all(|r| r.of_bound >= GOAL_SHARE)),
+        detail: if judged.is_empty() {
+            "not run".into()
+        } else {
+            judged
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} conn {:.0} msg/s = {}",
+                        r.connections,
+                        r.msgs_s,
+                        of(r.of_bound, &r.bound_note)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+                + " of the bound measured right before each (section 3)"
+        },
+    }
+}
+
+/// Hybrid 1 GiB sealed and opened in memory (section 2's 1 GiB rows), each against that row's
+/// bound: the message's two RSA operations plus its bytes at the single-stream SHA-256 +
+/// AES-256-GCM bound measured right before the size (at 1 GiB the RSA operations are 0.2 %).
+fn in_memory_goal(rows: &[EnvelopeRow]) -> Goal {
+    let big: Vec<&EnvelopeRow> = rows
+        .iter()
+        .filter(|r| r.mode == "hybrid" && r.size >= GIB && r.not_run.is_none())
+        .collect();
+    Goal {
+        goal: format!(
+            "in memory, hybrid 1 GiB: seal and open >= {:.0}% of the single-stream bound \
+             (section 2)",
+            GOAL_SHARE * 100.0
+        ),
+        met: (!big.is_empty()).then(|| big.iter().all(|r| r.of_bound >= GOAL_SHARE)),
+        detail: if big.is_empty() {
+            "not run (no 1 GiB in --quick)".into()
+        } else {
+            big.iter()
+                .map(|r| {
+                    format!(
+                        "{} {:.0} MB/s = {} of {:.0} MB/s",
+                        r.op,
+                        r.mb_s,
+                        of(r.of_bound, &r.bound_note),
+                        r.bound_mb_s
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    }
 }
 
 /// The file-to-file goals, from section 6; "not measured" without `--compare`.
@@ -457,6 +493,7 @@ pub fn table(r: &Report) -> String {
         if m.release_build { "release" } else { "debug" },
         m.total_seconds
     );
+    let _ = writeln!(s, "random seeding: {}", m.entropy);
     let _ = writeln!(
         s,
         "MB = 10^6 bytes. Every figure below was measured in this run."
@@ -879,6 +916,73 @@ mod tests {
         assert_eq!(goals[1].met, Some(false), "150 of 200 MB/s is 0.75x");
         assert!(goals[1].detail.contains("1 GiB"), "{}", goals[1].detail);
         assert_eq!(goals[2].met, Some(false), "20 MiB is over 16 MiB");
+    }
+
+    fn rate(connections: usize, of_bound: f64) -> ServerRate {
+        ServerRate {
+            connections,
+            messages: 64,
+            seconds: 1.0,
+            msgs_s: 1000.0 * of_bound,
+            bound_msgs_s: 1000.0,
+            of_bound,
+            bound_note: None,
+        }
+    }
+
+    #[test]
+    fn the_server_goal_needs_every_level_from_4_to_64() {
+        let server = |rates| ServerReport {
+            message_size: KIB,
+            rates,
+            latency: Latency {
+                samples: 0,
+                p50_ms: 0.0,
+                p99_ms: 0.0,
+                mean_ms: 0.0,
+            },
+            big_send: None,
+            tls: TlsReport {
+                handshakes: 0,
+                handshake_clients: 0,
+                handshakes_s: 0.0,
+                handshakes_s_sequential: 0.0,
+                sign_bound_s: 0.0,
+                resumed_handshakes_s: None,
+                resumption: String::new(),
+                rate: rate(16, 1.0),
+            },
+            process_peak_rss_kib: 0,
+            note: String::new(),
+        };
+        // One connection is not judged; 64 at 89 % misses.
+        let g = server_goal(&server(vec![
+            rate(1, 0.5),
+            rate(4, 0.95),
+            rate(16, 0.92),
+            rate(64, 0.89),
+        ]));
+        assert_eq!(g.met, Some(false), "{}", g.detail);
+        assert!(g.detail.contains("64 conn 890 msg/s = 89%"), "{}", g.detail);
+        let g = server_goal(&server(vec![
+            rate(1, 0.5),
+            rate(4, 0.9),
+            rate(16, 0.92),
+            rate(64, 0.95),
+        ]));
+        assert_eq!(g.met, Some(true), "{}", g.detail);
+    }
+
+    #[test]
+    fn the_in_memory_goal_judges_the_1_gib_rows_only() {
+        let quick = [row("seal", MIB, 100.0), row("open", MIB, 100.0)];
+        assert_eq!(in_memory_goal(&quick).met, None);
+        let mut open = row("open", GIB, 1100.0);
+        open.of_bound = 0.81;
+        let full = [row("seal", MIB, 100.0), row("seal", GIB, 1400.0), open];
+        let g = in_memory_goal(&full);
+        assert_eq!(g.met, Some(false), "{}", g.detail);
+        assert!(g.detail.contains("open 1100 MB/s = 81%"), "{}", g.detail);
     }
 
     #[test]

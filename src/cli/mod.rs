@@ -68,6 +68,7 @@ const GENERAL_HELP: &str = "Exit status: 0 success, 1 failure (the error is on s
 #[command(
     name = "letterlock",
     version,
+    long_version = concat!(env!("CARGO_PKG_VERSION"), "\nrandom seeding: ", env!("LETTERLOCK_ENTROPY")),
     // `letterlock client send_msg --version` works too, as with every subcommand.
     propagate_version = true,
     after_help = GENERAL_HELP,

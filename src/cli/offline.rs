@@ -174,11 +174,12 @@ pub(super) fn fingerprint(file: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Opens the input: a file, or stdin for `-` / nothing.
-pub(super) fn input(path: Option<&Path>) -> Result<Box<dyn Read>> {
+/// Opens the input: a file, or stdin for `-` / nothing. `Send`, so a reader thread can read
+/// ahead of the sealing or opening ([`envelope::seal_pipelined`]).
+pub(super) fn input(path: Option<&Path>) -> Result<Box<dyn Read + Send>> {
     match path {
-        None => Ok(Box::new(io::stdin().lock())),
-        Some(p) if p == Path::new("-") => Ok(Box::new(io::stdin().lock())),
+        None => Ok(Box::new(io::stdin())),
+        Some(p) if p == Path::new("-") => Ok(Box::new(io::stdin())),
         Some(p) => Ok(file_reader(p)?),
     }
 }
@@ -221,7 +222,7 @@ fn output_path(output: Option<PathBuf>) -> Option<PathBuf> {
 pub(super) fn seal(mut a: SealArgs) -> Result<ExitCode> {
     a.output = output_path(a.output.take());
     check_output(a.output.as_deref(), a.force)?;
-    let sender = super::load_own_private(&a.from)?;
+    let sender: Arc<dyn Identity> = Arc::new(super::load_own_private(&a.from)?);
     let recipient = keys::load_public(&a.to)?;
     let opts = SealOptions {
         mode: a.mode.into(),
@@ -247,8 +248,8 @@ pub(super) fn seal(mut a: SealArgs) -> Result<ExitCode> {
             };
             let tmp = AtomicFile::create(path, &file)
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            let mut w = io::BufWriter::new(tmp);
-            let sealed = seal_into(&sender, &recipient, &opts, reader, &mut w, a.armor)?;
+            let w = io::BufWriter::new(tmp);
+            let (sealed, w) = seal_into(sender, &recipient, &opts, reader, w, a.armor)?;
             let tmp = w.into_inner().map_err(|e| e.into_error())?;
             tmp.commit()
                 .with_context(|| format!("cannot write {}", path.display()))?;
@@ -261,8 +262,8 @@ pub(super) fn seal(mut a: SealArgs) -> Result<ExitCode> {
                     "refusing to write a binary message to a terminal; use -o FILE or -a (--armor)"
                 );
             }
-            let mut w = io::BufWriter::new(stdout.lock());
-            seal_into(&sender, &recipient, &opts, reader, &mut w, a.armor)?
+            let w = io::BufWriter::new(stdout);
+            seal_into(sender, &recipient, &opts, reader, w, a.armor)?.0
         }
     };
     status!(
@@ -275,21 +276,23 @@ pub(super) fn seal(mut a: SealArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) fn seal_into<W: Write>(
-    sender: &dyn Identity,
+/// Seals `reader` into `out` (armored if asked), reading, sealing and writing on three threads
+/// ([`envelope::seal_pipelined`]); returns the receipt and `out`, flushed.
+pub(super) fn seal_into<W: Write + Send>(
+    sender: Arc<dyn Identity>,
     recipient: &PublicKey,
     opts: &SealOptions,
-    reader: impl Read,
-    out: &mut W,
+    reader: impl Read + Send,
+    out: W,
     armored: bool,
-) -> Result<envelope::Sealed> {
+) -> Result<(envelope::Sealed, W)> {
+    let (sealer, prefix) = envelope::Sealer::new(sender, recipient, opts)?;
     if armored {
-        let mut w = armor::ArmorWriter::new(out);
-        let sealed = envelope::seal(sender, recipient, opts, reader, &mut w)?;
-        w.finish()?;
-        Ok(sealed)
+        let w = armor::ArmorWriter::new(out);
+        let (sealed, w) = envelope::seal_pipelined(sealer, &prefix, reader, w)?;
+        Ok((sealed, w.finish()?))
     } else {
-        Ok(envelope::seal(sender, recipient, opts, reader, out)?)
+        Ok(envelope::seal_pipelined(sealer, &prefix, reader, out)?)
     }
 }
 
@@ -308,7 +311,7 @@ pub(super) fn open(mut a: OpenArgs) -> Result<ExitCode> {
         output = %a.output.as_deref().map_or("stdout".into(), |p| p.display().to_string()),
         "opening"
     );
-    let reader: Box<dyn Read> = if armored {
+    let reader: Box<dyn Read + Send> = if armored {
         Box::new(armor::ArmorReader::new(reader))
     } else {
         Box::new(reader)

@@ -26,6 +26,7 @@
 pub mod armor;
 mod header;
 mod open;
+mod pipeline;
 mod seal;
 pub mod stream;
 
@@ -37,6 +38,7 @@ pub use header::{
 };
 pub(crate) use open::OpenCore;
 pub use open::{OpenOptions, Opened, Opener, open, open_to_file, open_to_vec, read_full};
+pub use pipeline::{DEPTH, open_pipelined, seal_pipelined, seal_to_file};
 /// Test-vector and fuzzing only: the randomness `Sealer::with_randomness` takes.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -10,17 +10,16 @@ use std::sync::Arc;
 
 use aws_lc_rs::digest;
 use tracing::debug;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
-use super::seal::{IO_BUF, for_each_read};
 use super::stream::{self, Stream, TAG_LEN};
 use super::{
-    DEFAULT_ASYMMETRIC_LIMIT, HEADER_LEN, Header, HeaderError, Mode, OpenError, ack_tag,
-    chunk_label, header_hash, transcript,
+    DEFAULT_ASYMMETRIC_LIMIT, HEADER_LEN, Header, Mode, OpenError, ack_tag, chunk_label,
+    header_hash, transcript,
 };
 use crate::files::{AtomicFile, WriteOptions};
 use crate::keys::{Identity, PublicKey, Trust};
-use crate::secret::{SecretWriter, extend_wiping};
+use crate::secret::{SecretWriter, extend_wiping, reserve_wiping};
 
 /// Limits the receiver sets.
 #[derive(Clone, Debug)]
@@ -150,6 +149,47 @@ impl DataBlock {
         Ok(())
     }
 
+    /// Decrypts the whole sealed chunk `sealed` (not the final one) straight from the input into
+    /// `out`, behind the held-back bytes, and releases all of that but the last `sig_len` bytes,
+    /// which become the new held-back bytes. Equivalent to decrypting in a staging buffer and
+    /// [`DataBlock::push`]ing the result, without the staging copy.
+    fn push_sealed(
+        &mut self,
+        stream: &mut Stream,
+        sealed: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), OpenError> {
+        let (ciphertext, tag) = sealed.split_at(sealed.len().saturating_sub(TAG_LEN));
+        let start = out.len();
+        reserve_wiping(out, self.tail.len() + ciphertext.len());
+        out.extend_from_slice(&self.tail);
+        let at = out.len();
+        out.resize(at + ciphertext.len(), 0);
+        let opened = stream.open_chunk_into(ciphertext, tag, &mut out[at..], false);
+        let total = out.len() - start;
+        let release = total.saturating_sub(self.sig_len);
+        let released = self.released + release as u64;
+        if opened.is_err() || released > self.max_plaintext {
+            out[start..].zeroize();
+            out.truncate(start);
+            if opened.is_err() {
+                debug!("a hybrid chunk failed authentication");
+                return Err(OpenError::Verification);
+            }
+            return Err(OpenError::TooLarge {
+                limit: self.max_plaintext,
+            });
+        }
+        self.released = released;
+        let (kept, held) = out[start..].split_at_mut(release);
+        self.hasher.update(kept);
+        self.tail.clear();
+        self.tail.extend_from_slice(held);
+        held.zeroize();
+        out.truncate(start + release);
+        Ok(())
+    }
+
     /// The end of the data block: the held-back bytes are the signature; check it.
     fn verify(
         &mut self,
@@ -191,6 +231,19 @@ impl Opener {
     /// Feeds sealed bytes (after the header); appends unverified plaintext to `out`.
     pub fn update(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), OpenError> {
         self.core.update(self.identity.as_ref(), input, out)
+    }
+
+    /// [`Opener::update`] told whether more input follows: with `more`, a whole chunk at the
+    /// end of `input` cannot be the final one, so it is decrypted now, straight from `input`,
+    /// instead of being copied aside until the next call shows it is not the last.
+    pub(crate) fn update_knowing(
+        &mut self,
+        input: &[u8],
+        more: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), OpenError> {
+        self.core
+            .update_knowing(self.identity.as_ref(), input, more, out)
     }
 
     /// Ends the message: decrypts what remains, verifies the signature. Only when this returns
@@ -266,7 +319,18 @@ impl OpenCore {
         input: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), OpenError> {
-        let result = self.update_inner(identity, input, out);
+        self.update_knowing(identity, input, false, out)
+    }
+
+    /// `more`: more input follows this call's (see [`Opener::update_knowing`]).
+    pub(crate) fn update_knowing(
+        &mut self,
+        identity: &dyn Identity,
+        input: &[u8],
+        more: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), OpenError> {
+        let result = self.update_inner(identity, input, more, out);
         if result.is_err() {
             self.body = Body::Failed;
         }
@@ -277,6 +341,7 @@ impl OpenCore {
         &mut self,
         identity: &dyn Identity,
         mut input: &[u8],
+        more: bool,
         out: &mut Vec<u8>,
     ) -> Result<(), OpenError> {
         while !input.is_empty() {
@@ -300,6 +365,15 @@ impl OpenCore {
                         })?;
                         self.plain.push(plain, out)?;
                         buf.clear();
+                    }
+                    if buf.is_empty()
+                        && (input.len() > sealed_chunk || (more && input.len() == sealed_chunk))
+                    {
+                        // A whole chunk with more bytes after it: decrypt it where it lies.
+                        let (now, rest) = input.split_at(sealed_chunk);
+                        self.plain.push_sealed(stream, now, out)?;
+                        input = rest;
+                        continue;
                     }
                     let take = (sealed_chunk - buf.len()).min(input.len());
                     buf.extend_from_slice(&input[..take]);
@@ -461,35 +535,22 @@ pub fn open<R: Read, W: Write>(
     identity: Arc<dyn Identity>,
     trusted: &dyn Trust,
     opts: &OpenOptions,
-    mut input: R,
+    input: R,
     mut output: W,
 ) -> Result<Opened, OpenError> {
-    let mut header = [0u8; HEADER_LEN];
-    let got = read_full(&mut input, &mut header)?;
-    if got < HEADER_LEN {
-        // `parse` says whether it is short or not a letterlock message at all.
-        Header::parse(&header[..got])?;
-        return Err(HeaderError::Truncated(got).into());
-    }
-    let mut opener = Opener::new(&header, identity, trusted, opts)?;
-    let mut out = Zeroizing::new(Vec::with_capacity(IO_BUF + 128 * 1024));
-    for_each_read(&mut input, |data| -> Result<(), OpenError> {
-        opener.update(data, &mut out)?;
-        output.write_all(&out)?;
-        out.clear();
-        Ok(())
-    })?;
-    let opened = opener.finish(&mut out)?;
-    output.write_all(&out)?;
-    output.flush()?;
-    Ok(opened)
+    // Reads whole sealed chunks and one piece ahead, so every chunk but the last is decrypted
+    // straight from the read buffer (see `pipeline`, which does the same on three threads).
+    super::pipeline::open_one_thread(identity, trusted, opts, input, &mut output)
 }
 
 /// Opens into `target` so that it appears only if the message verified, through
 /// [`crate::files::AtomicFile`]: a temporary file beside it (mode `file.mode`, 0600 by
 /// default), fsync, rename, fsync of the folder; on any failure the temporary file is removed.
 /// An existing target is replaced only if `file.replace`; a device, pipe or socket never.
-pub fn open_to_file<R: Read>(
+///
+/// Reads, opens and writes on three threads ([`super::open_pipelined`]), so a large file costs
+/// about the slowest of the three rather than their sum.
+pub fn open_to_file<R: Read + Send>(
     identity: Arc<dyn Identity>,
     trusted: &dyn Trust,
     opts: &OpenOptions,
@@ -497,10 +558,10 @@ pub fn open_to_file<R: Read>(
     target: &Path,
     file: &WriteOptions,
 ) -> Result<Opened, OpenError> {
-    // No user-space buffer: `open` writes in large pieces, and a buffer would hold plaintext
-    // that nothing wipes.
-    let mut tmp = AtomicFile::create(target, file)?;
-    let opened = open(identity, trusted, opts, input, &mut tmp)?;
+    // No user-space buffer: the writer writes in large pieces, and a buffer would hold
+    // plaintext that nothing wipes.
+    let tmp = AtomicFile::create(target, file)?;
+    let (opened, tmp) = super::open_pipelined(identity, trusted, opts, input, tmp)?;
     tmp.commit()?;
     Ok(opened)
 }

@@ -249,7 +249,8 @@ impl SealCore {
     fn update(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
         self.hasher.update(plaintext);
         self.plaintext_len = self.plaintext_len.saturating_add(plaintext.len() as u64);
-        self.push_data(plaintext, out)
+        // The signature always follows the plaintext, so no plaintext chunk is the last one.
+        self.push_data(plaintext, true, out)
     }
 
     /// `sender` must be the identity whose key the header names (both callers guarantee it).
@@ -260,7 +261,7 @@ impl SealCore {
             self.plaintext_len,
             hash.as_ref(),
         ))?;
-        self.push_data(&signature, out)?;
+        self.push_data(&signature, false, out)?;
         match &mut self.body {
             Body::Hybrid {
                 stream, pending, ..
@@ -280,8 +281,16 @@ impl SealCore {
         })
     }
 
-    /// Adds bytes of the data block (plaintext, then the signature).
-    fn push_data(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
+    /// Adds bytes of the data block (plaintext, then the signature). `more`: more data follows
+    /// `data` (true for plaintext: the signature always follows it), so a whole chunk at its
+    /// end is sealed now, straight from `data`, instead of being copied into `pending` and
+    /// held back until the next call shows it is not the last.
+    fn push_data(
+        &mut self,
+        mut data: &[u8],
+        more: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), SealError> {
         match &mut self.body {
             Body::Hybrid {
                 stream,
@@ -294,7 +303,8 @@ impl SealCore {
                         append_chunk(stream, pending, false, out)?;
                         pending.clear();
                     }
-                    if pending.is_empty() && data.len() > *chunk {
+                    if pending.is_empty() && (data.len() > *chunk || (more && data.len() == *chunk))
+                    {
                         // A whole chunk with more data after it: seal it straight from `data`
                         // rather than copying it into `pending` first.
                         let (now, rest) = data.split_at(*chunk);
@@ -306,6 +316,10 @@ impl SealCore {
                     let (now, rest) = data.split_at(take);
                     pending.extend_from_slice(now);
                     data = rest;
+                }
+                if more && pending.len() == *chunk {
+                    append_chunk(stream, pending, false, out)?;
+                    pending.clear();
                 }
                 Ok(())
             }

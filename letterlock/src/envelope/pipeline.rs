@@ -1,0 +1,400 @@
+//! Sealing and opening with reading, the cryptography and writing each on its own thread.
+//!
+//! One thread that reads, seals and writes in turn costs the *sum* of the three: file to file,
+//! that halved letterlock's rate against its in-memory rate (issue 13). Here a reader thread
+//! reads ahead and a writer thread writes behind while the calling thread seals or opens, so a
+//! large file costs about the slowest of the three.
+//!
+//! Invariants:
+//! - Memory is bounded: [`DEPTH`] input and [`DEPTH`] output buffers per run, allocated once and
+//!   handed back and forth through bounded channels (a buffer is always in exactly one place:
+//!   free, filled, or in use). Every buffer is wiped when dropped: input buffers hold plaintext
+//!   when sealing, output buffers when opening.
+//! - The bytes are the same as the one-thread [`super::seal`] / [`super::open`] produce: the
+//!   cryptography runs on one thread, in order, through the same [`Sealer`] / [`Opener`].
+//! - Opened plaintext reaches the writer unverified, as with [`super::open`]: only
+//!   [`super::open_to_file`] (a temporary file renamed into place only after the signature
+//!   verified) may be given to people.
+//! - Any failure stops all three threads: the reader's and writer's errors reach the caller, and
+//!   a thread that panicked is an error, never a panic of the caller. The call returns once
+//!   both threads have ended: after a failure the reader finishes the read it is in, so an
+//!   input that stalls (a pipe whose writer neither writes nor closes) delays the error until
+//!   it yields or closes.
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread;
+
+use zeroize::Zeroizing;
+
+use super::seal::IO_BUF;
+use super::stream::TAG_LEN;
+use super::{
+    HEADER_LEN, Header, HeaderError, Mode, OpenError, OpenOptions, Opened, Opener, SealError,
+    SealOptions, Sealed, Sealer, read_full,
+};
+use crate::files::{AtomicFile, WriteOptions};
+use crate::keys::{Identity, PublicKey, Trust};
+
+/// Buffers in flight on each side of the cryptography. Two would already overlap the three
+/// stages; four absorb the jitter of a busy disk or scheduler without growing memory much
+/// (4 × 256 KiB each side at the default chunk size).
+pub const DEPTH: usize = 4;
+
+/// A buffer wiped when dropped.
+type Buf = Zeroizing<Vec<u8>>;
+
+/// An input buffer and how many of its bytes the reader filled. The buffer keeps its length
+/// between uses, so refilling it never clears it first.
+type Piece = (Buf, usize);
+
+/// The middle stage: a [`Sealer`] or an [`Opener`] fed one input piece at a time.
+trait Stage {
+    type Done;
+    type Error: From<io::Error>;
+
+    /// Processes `input`, appending what is ready to `out`. `more` says that another piece
+    /// follows, so a whole chunk at the end of `input` is not the final chunk of the stream.
+    fn update(&mut self, input: &[u8], more: bool, out: &mut Vec<u8>) -> Result<(), Self::Error>;
+
+    /// The input ended: appends the rest to `out`.
+    fn finish(self, out: &mut Vec<u8>) -> Result<Self::Done, Self::Error>;
+}
+
+impl Stage for Sealer {
+    type Done = Sealed;
+    type Error = SealError;
+
+    /// `more` changes nothing here: the signature always follows the plaintext, so the sealer
+    /// knows that no plaintext chunk is the last one.
+    fn update(&mut self, input: &[u8], _more: bool, out: &mut Vec<u8>) -> Result<(), SealError> {
+        Sealer::update(self, input, out)
+    }
+
+    fn finish(self, out: &mut Vec<u8>) -> Result<Sealed, SealError> {
+        Sealer::finish(self, out)
+    }
+}
+
+impl Stage for Opener {
+    type Done = Opened;
+    type Error = OpenError;
+
+    fn update(&mut self, input: &[u8], more: bool, out: &mut Vec<u8>) -> Result<(), OpenError> {
+        self.update_knowing(input, more, out)
+    }
+
+    fn finish(self, out: &mut Vec<u8>) -> Result<Opened, OpenError> {
+        Opener::finish(self, out)
+    }
+}
+
+/// How the reader cuts the input: `first` bytes, then `piece` bytes at a time. Pieces that are
+/// whole chunks let the stage seal or open every chunk straight from the piece, with no staging
+/// copy.
+#[derive(Clone, Copy, Debug)]
+struct Cuts {
+    first: usize,
+    piece: usize,
+    /// Capacity of each output buffer: the most one piece (plus the end) can produce, so the
+    /// buffers never grow.
+    out: usize,
+}
+
+impl Cuts {
+    /// Pieces of whole `unit`-byte chunks, about [`IO_BUF`] each; `extra` more bytes of room
+    /// in each output buffer (a chunk held back from the piece before, a signature).
+    fn of_units(first: usize, unit: usize, extra: usize) -> Cuts {
+        let unit = unit.max(1);
+        let piece = (IO_BUF / unit).max(1) * unit;
+        Cuts {
+            first,
+            piece,
+            out: piece + extra,
+        }
+    }
+}
+
+/// Seals everything `input` yields into `output` with a sealer made by [`Sealer::new`] (or
+/// `Sealer::with_randomness` for test vectors), writing `prefix` (what that call returned)
+/// first. Returns the receipt and `output`, flushed.
+///
+/// The bytes written are exactly those of the same sealer fed on one thread.
+pub fn seal_pipelined<R, W>(
+    sealer: Sealer,
+    prefix: &[u8],
+    input: R,
+    mut output: W,
+) -> Result<(Sealed, W), SealError>
+where
+    R: Read + Send,
+    W: Write + Send,
+{
+    output.write_all(prefix)?;
+    let cuts = match sealer.header().mode {
+        Mode::Hybrid => {
+            let chunk = sealer.header().chunk_size as usize;
+            // Output of one piece: its chunks and tags, plus the chunk held back before it,
+            // plus at the end the signature and its tag.
+            let tags = (IO_BUF / chunk.max(1) + 2) * TAG_LEN;
+            Cuts::of_units(0, chunk, chunk + tags + 1024)
+        }
+        // Everything is sealed at the end, one RSA block per 318 bytes: no need to cut finely.
+        Mode::Asymmetric => Cuts::of_units(0, IO_BUF, IO_BUF),
+    };
+    run(sealer, cuts, input, output)
+}
+
+/// Seals `input` from `sender` to `recipient` into the file `target`, atomically: a temporary
+/// file beside it, renamed into place once complete and fsynced ([`AtomicFile`]). Reads, seals
+/// and writes on three threads ([`seal_pipelined`]).
+pub fn seal_to_file<R: Read + Send>(
+    sender: Arc<dyn Identity>,
+    recipient: &PublicKey,
+    opts: &SealOptions,
+    input: R,
+    target: &Path,
+    file: &WriteOptions,
+) -> Result<Sealed, SealError> {
+    let (sealer, prefix) = Sealer::new(sender, recipient, opts)?;
+    let tmp = AtomicFile::create(target, file)?;
+    let (sealed, tmp) = seal_pipelined(sealer, &prefix, input, tmp)?;
+    tmp.commit()?;
+    Ok(sealed)
+}
+
+/// Opens the sealed message `input` into `output` like [`super::open`], reading, opening and
+/// writing on three threads. Returns what was verified and `output`, flushed.
+///
+/// `output` receives **unverified** plaintext as it is decrypted: use it only with a sink you
+/// discard when this returns an error, or use [`super::open_to_file`].
+pub fn open_pipelined<R, W>(
+    identity: Arc<dyn Identity>,
+    trusted: &dyn Trust,
+    opts: &OpenOptions,
+    mut input: R,
+    output: W,
+) -> Result<(Opened, W), OpenError>
+where
+    R: Read + Send,
+    W: Write + Send,
+{
+    let (opener, cuts) = start_opening(identity, trusted, opts, &mut input)?;
+    run(opener, cuts, input, output)
+}
+
+/// [`super::open`]: the same cuts and the same look-ahead on the calling thread alone.
+pub(super) fn open_one_thread<R: Read, W: Write>(
+    identity: Arc<dyn Identity>,
+    trusted: &dyn Trust,
+    opts: &OpenOptions,
+    mut input: R,
+    output: &mut W,
+) -> Result<Opened, OpenError> {
+    let (opener, cuts) = start_opening(identity, trusted, opts, &mut input)?;
+    run_one_thread(opener, cuts, input, output)
+}
+
+/// Reads the header, checks it ([`Opener::new`]) and says how to cut the rest.
+fn start_opening<R: Read>(
+    identity: Arc<dyn Identity>,
+    trusted: &dyn Trust,
+    opts: &OpenOptions,
+    input: &mut R,
+) -> Result<(Opener, Cuts), OpenError> {
+    let mut header = [0u8; HEADER_LEN];
+    let got = read_full(input, &mut header)?;
+    if got < HEADER_LEN {
+        // `parse` says whether it is short or not a letterlock message at all.
+        Header::parse(&header[..got])?;
+        return Err(HeaderError::Truncated(got).into());
+    }
+    let k = identity.public().modulus_len();
+    let opener = Opener::new(&header, identity, trusted, opts)?;
+    let cuts = match opener.header().mode {
+        Mode::Hybrid => {
+            // The wrapped content key first, then whole sealed chunks (ciphertext || tag).
+            let sealed_chunk = opener.header().chunk_size as usize + TAG_LEN;
+            // A piece releases its chunks' plaintext, plus the bytes held back before it.
+            Cuts::of_units(k, sealed_chunk, 1024)
+        }
+        // Released only at the end, all at once: the output buffer grows to the message
+        // (bounded by the asymmetric limit), wiping as it grows.
+        Mode::Asymmetric => Cuts::of_units(k, IO_BUF, 0),
+    };
+    Ok((opener, cuts))
+}
+
+/// [`run`] without threads: read a piece, read the next (so the stage knows whether more
+/// follows), process the first, write its output; two input buffers and one output buffer.
+fn run_one_thread<S, R, W>(
+    mut stage: S,
+    cuts: Cuts,
+    mut input: R,
+    output: &mut W,
+) -> Result<S::Done, S::Error>
+where
+    S: Stage,
+    R: Read,
+    W: Write,
+{
+    let size = cuts.piece.max(cuts.first);
+    let (mut this, mut next) = (
+        Zeroizing::new(vec![0u8; size]),
+        Zeroizing::new(vec![0u8; size]),
+    );
+    let mut out = Zeroizing::new(Vec::with_capacity(cuts.out));
+    let mut want = if cuts.first > 0 {
+        cuts.first
+    } else {
+        cuts.piece
+    };
+    let mut len = read_full(&mut input, &mut this[..want])?;
+    let mut whole = len == want;
+    while len > 0 {
+        let next_len = if whole {
+            read_full(&mut input, &mut next[..cuts.piece])?
+        } else {
+            0
+        };
+        out.clear();
+        stage.update(&this[..len], next_len > 0, &mut out)?;
+        output.write_all(&out)?;
+        std::mem::swap(&mut this, &mut next);
+        want = cuts.piece;
+        len = next_len;
+        whole = len == want;
+    }
+    out.clear();
+    let done = stage.finish(&mut out)?;
+    output.write_all(&out)?;
+    output.flush()?;
+    Ok(done)
+}
+
+/// The three threads: the reader fills input buffers, this thread runs `stage` on each and
+/// fills output buffers, the writer writes them. Buffers go back to where they came from once
+/// used, through channels as deep as there are buffers, so no send ever waits on a full
+/// channel of free buffers.
+fn run<S, R, W>(mut stage: S, cuts: Cuts, input: R, output: W) -> Result<(S::Done, W), S::Error>
+where
+    S: Stage,
+    R: Read + Send,
+    W: Write + Send,
+{
+    thread::scope(|scope| {
+        let (free_in, free_in_rx) = sync_channel::<Buf>(DEPTH);
+        let (filled_tx, filled) = sync_channel::<io::Result<Piece>>(DEPTH);
+        let (free_out_tx, free_out) = sync_channel::<Buf>(DEPTH);
+        let (written, written_rx) = sync_channel::<Buf>(DEPTH);
+        for _ in 0..DEPTH {
+            // Cannot fail: the receivers are alive and the channels hold DEPTH.
+            let _ = free_in.send(Zeroizing::new(Vec::with_capacity(
+                cuts.piece.max(cuts.first),
+            )));
+            let _ = free_out_tx.send(Zeroizing::new(Vec::with_capacity(cuts.out)));
+        }
+        let reader = thread::Builder::new()
+            .name("letterlock-read".into())
+            .spawn_scoped(scope, move || {
+                read_ahead(input, cuts, free_in_rx, filled_tx)
+            })?;
+        let writer = thread::Builder::new()
+            .name("letterlock-write".into())
+            .spawn_scoped(scope, move || write_behind(output, written_rx, free_out_tx))?;
+
+        let crypto = (|| -> Result<Option<S::Done>, S::Error> {
+            let mut next = filled.recv().ok().transpose()?;
+            while let Some((piece, len)) = next.take() {
+                next = filled.recv().ok().transpose()?;
+                let Ok(mut out) = free_out.recv() else {
+                    return Ok(None); // The writer stopped: its error says why.
+                };
+                out.clear();
+                stage.update(&piece[..len], next.is_some(), &mut out)?;
+                // The reader may have stopped (it reached the end): nothing to hand back.
+                let _ = free_in.send(piece);
+                if written.send(out).is_err() {
+                    return Ok(None);
+                }
+            }
+            let Ok(mut out) = free_out.recv() else {
+                return Ok(None);
+            };
+            out.clear();
+            let done = stage.finish(&mut out)?;
+            if written.send(out).is_err() {
+                return Ok(None);
+            }
+            Ok(Some(done))
+        })();
+        // Closing our ends stops both threads: the reader finds no free buffer (or nobody to
+        // take a filled one), the writer finds no more buffers once it wrote those it has.
+        drop((free_in, filled, written, free_out));
+        let read = joined(reader.join());
+        let output = joined(writer.join()).and_then(|r| r);
+        let done = crypto?;
+        read?;
+        let output = output?;
+        done.map(|d| (d, output)).ok_or_else(|| {
+            // Unreachable in practice: the writer returns its output only once every buffer
+            // we sent was written, and we stop early only when it had stopped.
+            S::Error::from(io::Error::other("the writer thread stopped early"))
+        })
+    })
+}
+
+/// A thread's result, or an error if it panicked.
+fn joined<T>(r: thread::Result<T>) -> io::Result<T> {
+    r.map_err(|_| io::Error::other("a letterlock I/O thread panicked"))
+}
+
+/// The reader thread: fills free buffers with `cuts.first` bytes, then `cuts.piece` bytes at a
+/// time, and sends them on; a short piece is the last. A read error is sent on, then it stops.
+fn read_ahead<R: Read>(
+    mut input: R,
+    cuts: Cuts,
+    free: Receiver<Buf>,
+    filled: SyncSender<io::Result<Piece>>,
+) {
+    let mut want = if cuts.first > 0 {
+        cuts.first
+    } else {
+        cuts.piece
+    };
+    for mut buf in free.iter() {
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+        match read_full(&mut input, &mut buf[..want]) {
+            Ok(0) => return,
+            Ok(n) => {
+                if filled.send(Ok((buf, n))).is_err() || n < want {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = filled.send(Err(e));
+                return;
+            }
+        }
+        want = cuts.piece;
+    }
+}
+
+/// The writer thread: writes each buffer it receives, in order, and hands it back; once the
+/// sender is done, flushes and returns the output.
+fn write_behind<W: Write>(
+    mut output: W,
+    written: Receiver<Buf>,
+    free: SyncSender<Buf>,
+) -> io::Result<W> {
+    for buf in written.iter() {
+        output.write_all(&buf)?;
+        let _ = free.send(buf);
+    }
+    output.flush()?;
+    Ok(output)
+}
