@@ -209,10 +209,20 @@ pub(super) fn goals(
         .filter(|r| r.size >= GIB)
         .filter_map(|r| Some((format!("{} {}", r.op, r.mode), r.peak_rss_kib?)))
         .collect();
+    // The send runs inside the bench's own process, which still holds what earlier sections
+    // allocated (the 16 MiB rows' buffers stay with the allocator): what the send itself costs
+    // is its growth over what was resident when it began, reported beside that figure.
     if let Some(s) = &server.big_send {
-        rss.push(("send+receive".into(), s.peak_rss_kib));
+        rss.push((
+            format!(
+                "send+receive (growth over the {:.1} MiB resident before it)",
+                s.rss_before_kib as f64 / 1024.0
+            ),
+            s.peak_rss_kib.saturating_sub(s.rss_before_kib),
+        ));
     }
-    let measured = rss.len() == 3 && rss.iter().all(|(_, k)| *k > 0);
+    // The two rows' peaks are never 0 when measured; the send's growth may be.
+    let measured = rss.len() == 3 && rss.iter().take(2).all(|(_, k)| *k > 0);
     goals.push(Goal {
         goal: "1 GiB sealed, opened, sent and received in < 64 MiB peak RSS".into(),
         met: measured.then(|| rss.iter().all(|(_, k)| *k < RSS_GOAL_KIB)),
