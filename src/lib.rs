@@ -8,9 +8,11 @@
 //! - [`demo`]: `letterlock demo`, the one-command tour.
 //! - [`bench`](mod@bench): `letterlock bench`, each figure beside the bound this machine allows.
 //! - [`intercept`]: a keyless man-in-the-middle that records and attacks the traffic.
+//! - [`pgcluster`]: a throwaway PostgreSQL for the bench's store section and the tests.
 #![forbid(unsafe_code)]
 
 pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod intercept;
+pub mod pgcluster;

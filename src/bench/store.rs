@@ -180,15 +180,15 @@ async fn postgres_rows(
             let shown = postgres::without_password(url);
             (None, url.clone(), format!("--store-url {shown}"))
         }
-        None => match tokio::task::spawn_blocking(postgres::Cluster::start)
+        None => match tokio::task::spawn_blocking(postgres::cluster)
             .await
             .map_err(|e| BenchError::Wrong(format!("starting PostgreSQL: {e}")))?
         {
             Ok(cluster) => {
-                let url = cluster.admin_url.clone();
+                let url = cluster.admin_url().to_owned();
                 let source = format!(
                     "a throwaway cluster made here with {}",
-                    cluster.bin.display()
+                    cluster.binaries().display()
                 );
                 (Some(cluster), url, source)
             }
@@ -353,118 +353,21 @@ async fn server_rate<S: Store>(
 }
 
 /// PostgreSQL for the bench: a throwaway cluster, and a scratch database on any server.
+/// The bench's scratch database on a PostgreSQL server: its own or a throwaway cluster
+/// ([`crate::pgcluster`]).
 #[cfg(feature = "postgres")]
 mod postgres {
-    use std::path::{Path, PathBuf};
-    use std::process::{Command, Stdio};
-
-    /// The system user a cluster runs as when the bench runs as root (initdb refuses root).
-    const CLUSTER_USER: &str = "postgres";
-
-    /// Port number in the socket file's name (`.s.PGSQL.PORT`); nothing listens on TCP.
-    const SOCKET_PORT: u16 = 5432;
+    pub(super) use crate::pgcluster::without_password;
 
     /// The fix for a missing or unusable PostgreSQL, said with every such reason.
-    const FIX: &str = "install PostgreSQL's server (Debian/Ubuntu: `apt-get install postgresql`), \
-         or pass --store-url postgres://USER@HOST/DB naming a server whose USER may create \
-         databases";
+    const FIX: &str = "install PostgreSQL's server (Debian/Ubuntu: `apt-get install \
+         postgresql`), or pass --store-url postgres://USER@HOST/DB naming a server whose USER \
+         may create databases";
 
-    /// A cluster made for this run, stopped and deleted when dropped (or, should the bench be
-    /// killed, by a watcher process once the bench is gone).
-    pub(super) struct Cluster {
-        /// The folder of the server binaries used.
-        pub(super) bin: PathBuf,
-        /// Its maintenance database, over the Unix socket in its folder.
-        pub(super) admin_url: String,
-        data: PathBuf,
-        as_root: bool,
-        /// Deleted after the cluster stops (fields drop in order, after `Drop::drop`).
-        _dir: tempfile::TempDir,
-    }
-
-    impl Cluster {
-        /// Makes and starts a cluster; `Err` says why not, with the fix. Blocking.
-        pub(super) fn start() -> Result<Cluster, String> {
-            let bin = server_binaries().ok_or_else(|| {
-                format!(
-                    "not run: PostgreSQL's server binaries (initdb, pg_ctl) were not found through \
-                     `pg_config --bindir` or in /usr/lib/postgresql/*/bin: {FIX}"
-                )
-            })?;
-            let as_root = running_as_root();
-            let dir = tempfile::Builder::new()
-                .prefix("letterlock-bench-pg-")
-                .tempdir()
-                .map_err(|e| format!("not run: no temporary folder for PostgreSQL: {e}"))?;
-            if as_root {
-                let (uid, gid) = ids_of(CLUSTER_USER).ok_or_else(|| {
-                    format!(
-                        "not run: the bench runs as root and initdb refuses root, but there is no \
-                         `{CLUSTER_USER}` system user to run PostgreSQL as: {FIX}"
-                    )
-                })?;
-                std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(|e| {
-                    format!(
-                        "not run: could not give {} to {CLUSTER_USER}: {e}",
-                        dir.path().display()
-                    )
-                })?;
-            }
-            let data = dir.path().join("data");
-            let log = dir.path().join("server.log");
-            let mut initdb = command(&bin.join("initdb"), as_root);
-            // --no-sync: the cluster is thrown away; the running server still fsyncs every
-            // commit, which is what is measured.
-            initdb.arg("-D").arg(&data).args([
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ]);
-            run(initdb, "initdb", None)?;
-            let options = format!(
-                "-c listen_addresses='' -c unix_socket_directories='{}' -p {SOCKET_PORT} \
-                 -c fsync=on -c synchronous_commit=on",
-                dir.path().display()
-            );
-            let mut start = command(&bin.join("pg_ctl"), as_root);
-            start
-                .arg("-D")
-                .arg(&data)
-                .arg("-l")
-                .arg(&log)
-                .args(["-o", &options, "-w", "-t", "60", "start"]);
-            run(start, "pg_ctl start", Some(&log))?;
-            watch_for_exit(&bin.join("pg_ctl"), &data, dir.path(), as_root);
-            Ok(Cluster {
-                admin_url: format!(
-                    "postgres://postgres@localhost/postgres?host={}&port={SOCKET_PORT}",
-                    dir.path().display()
-                ),
-                bin,
-                data,
-                as_root,
-                _dir: dir,
-            })
-        }
-    }
-
-    impl Drop for Cluster {
-        fn drop(&mut self) {
-            let mut stop = command(&self.bin.join("pg_ctl"), self.as_root);
-            stop.arg("stop")
-                .arg("-D")
-                .arg(&self.data)
-                .args(["-m", "immediate"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            // Should it fail, the watcher stops the cluster once the bench exits.
-            let _ = stop.status();
-        }
+    /// Makes and starts a throwaway cluster; `Err` says why not, with the fix. Blocking.
+    pub(super) fn cluster() -> Result<crate::pgcluster::Cluster, String> {
+        crate::pgcluster::Cluster::start("letterlock-bench-pg-", "")
+            .map_err(|why| format!("not run: {why}: {FIX}"))
     }
 
     /// A database made for this run on a PostgreSQL server, so the bench never writes into a
@@ -480,6 +383,9 @@ mod postgres {
         /// Creates `letterlock_bench_PID` on the server `admin_url` names.
         pub(super) async fn create(admin_url: &str) -> Result<Scratch, String> {
             let name = format!("letterlock_bench_{}", std::process::id());
+            let url = crate::pgcluster::with_database(admin_url, &name).ok_or_else(|| {
+                format!("not run: --store-url must be a postgres://USER@HOST/DB URL; {FIX}")
+            })?;
             execute(admin_url, &format!("CREATE DATABASE {name}"))
                 .await
                 .map_err(|e| {
@@ -489,7 +395,7 @@ mod postgres {
                     )
                 })?;
             Ok(Scratch {
-                url: with_database(admin_url, &name),
+                url,
                 admin_url: admin_url.to_owned(),
                 name,
             })
@@ -512,168 +418,6 @@ mod postgres {
         drop(client);
         let _ = driver.await;
         result
-    }
-
-    /// `url` with its database name replaced by `name` (the path of a `postgres://` URL).
-    pub(super) fn with_database(url: &str, name: &str) -> String {
-        let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-            return url.to_owned();
-        };
-        let (scheme, rest) = url.split_at(scheme_end);
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, path_and_query) = rest.split_at(authority_end);
-        let query = path_and_query
-            .find('?')
-            .map_or("", |q| &path_and_query[q..]);
-        format!("{scheme}{authority}/{name}{query}")
-    }
-
-    /// `url` as shown in the report: the password, if any, replaced by `***`.
-    pub(super) fn without_password(url: &str) -> String {
-        let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-            return url.to_owned();
-        };
-        let (scheme, rest) = url.split_at(scheme_end);
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(authority_end);
-        match authority.rfind('@') {
-            Some(at) => {
-                let (user_info, host) = authority.split_at(at);
-                let user = user_info.split(':').next().unwrap_or("");
-                if user_info.contains(':') {
-                    format!("{scheme}{user}:***{host}{tail}")
-                } else {
-                    url.to_owned()
-                }
-            }
-            None => url.to_owned(),
-        }
-    }
-
-    /// The installed server binaries: `pg_config --bindir`, else the newest
-    /// `/usr/lib/postgresql/*/bin` (Debian's layout), if it holds `initdb` and `pg_ctl`.
-    fn server_binaries() -> Option<PathBuf> {
-        let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
-        let from_pg_config = Command::new("pg_config")
-            .arg("--bindir")
-            .output()
-            .ok()
-            .filter(|out| out.status.success())
-            .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-        if let Some(dir) = from_pg_config.filter(|d| has_both(d)) {
-            return Some(dir);
-        }
-        let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .filter_map(|entry| {
-                let entry = entry.ok()?;
-                let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
-                Some((version, entry.path().join("bin")))
-            })
-            .filter(|(_, dir)| has_both(dir))
-            .collect();
-        versions.sort();
-        versions.pop().map(|(_, dir)| dir)
-    }
-
-    fn running_as_root() -> bool {
-        Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
-    }
-
-    /// The numeric uid and gid of `user`, from `id`.
-    fn ids_of(user: &str) -> Option<(u32, u32)> {
-        let id = |flag: &str| -> Option<u32> {
-            let out = Command::new("id").args([flag, user]).output().ok()?;
-            if !out.status.success() {
-                return None;
-            }
-            String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-        };
-        Some((id("-u")?, id("-g")?))
-    }
-
-    /// A command for one of the server binaries, run as [`CLUSTER_USER`] when we are root.
-    fn command(bin: &Path, as_root: bool) -> Command {
-        if as_root {
-            let mut cmd = Command::new("runuser");
-            cmd.args(["-u", CLUSTER_USER, "--"]).arg(bin);
-            cmd
-        } else {
-            Command::new(bin)
-        }
-    }
-
-    /// Runs `cmd` to completion; `Err` with its output (and the server log) when it fails.
-    fn run(mut cmd: Command, what: &str, log: Option<&Path>) -> Result<(), String> {
-        let out = cmd
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("not run: could not run {what}: {e}; {FIX}"))?;
-        if out.status.success() {
-            return Ok(());
-        }
-        let log_text = log
-            .and_then(|l| std::fs::read_to_string(l).ok())
-            .unwrap_or_default();
-        Err(format!(
-            "not run: {what} failed ({}): {}{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim(),
-            log_text.trim()
-        ))
-    }
-
-    /// A detached shell that waits for the bench to exit, then stops the cluster and deletes its
-    /// folder: a bench killed by a signal must not leave a server running.
-    fn watch_for_exit(pg_ctl: &Path, data: &Path, dir: &Path, as_root: bool) {
-        let user = if as_root {
-            format!("runuser -u {CLUSTER_USER} -- ")
-        } else {
-            String::new()
-        };
-        let script = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
-             {user}'{pg_ctl}' stop -D '{data}' -m immediate >/dev/null 2>&1; rm -rf '{dir}'",
-            pid = std::process::id(),
-            pg_ctl = pg_ctl.display(),
-            data = data.display(),
-            dir = dir.display(),
-        );
-        let started = Command::new("setsid")
-            .args(["-f", "sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if !started.is_ok_and(|s| s.success()) {
-            tracing::warn!(
-                "could not start the watcher of the bench's PostgreSQL; it is stopped at the end \
-                 of a normal run only"
-            );
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn urls_get_a_new_database_and_lose_their_password() {
-            assert_eq!(
-                with_database("postgres://u@h:5/old?host=/tmp/x&port=1", "new"),
-                "postgres://u@h:5/new?host=/tmp/x&port=1"
-            );
-            assert_eq!(with_database("postgres://u@h", "new"), "postgres://u@h/new");
-            assert_eq!(
-                without_password("postgres://u:secret@h/db?x=1"),
-                "postgres://u:***@h/db?x=1"
-            );
-            assert_eq!(without_password("postgres://u@h/db"), "postgres://u@h/db");
-        }
     }
 }
 
