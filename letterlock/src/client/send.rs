@@ -150,7 +150,7 @@ impl Client {
         opts: SealOptions,
         spool: Option<std::fs::File>,
     ) -> (Result<Delivery, ClientError>, Option<Kept>) {
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
         let identity = self.identity.clone();
         let server = self.server.clone();
         let sealing = tokio::task::spawn_blocking(move || {
@@ -163,14 +163,7 @@ impl Client {
             sink.flush()?;
             Ok::<_, SealError>((sealed, sink.spool))
         });
-        let mut write_failed = None;
-        while let Some(data) = rx.recv().await {
-            if let Err(e) = self.writer.write_frame(&Frame::Send(data)).await {
-                write_failed = Some(e);
-                break;
-            }
-        }
-        drop(rx);
+        let write_failed = self.send_frames(rx).await;
         let sealed = match sealing.await {
             Ok(sealed) => sealed,
             Err(source) => {
@@ -205,7 +198,7 @@ impl Client {
     /// Sends a kept message again from its spool, byte for byte, and waits for its proven ack.
     async fn resend(&mut self, kept: &Kept) -> Result<Delivery, ClientError> {
         let mut file = kept.spool.try_clone()?;
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
         let reading = tokio::task::spawn_blocking(move || -> io::Result<()> {
             file.seek(io::SeekFrom::Start(0))?;
             loop {
@@ -220,14 +213,7 @@ impl Client {
                 }
             }
         });
-        let mut write_failed = None;
-        while let Some(data) = rx.recv().await {
-            if let Err(e) = self.writer.write_frame(&Frame::Send(data)).await {
-                write_failed = Some(e);
-                break;
-            }
-        }
-        drop(rx);
+        let write_failed = self.send_frames(rx).await;
         reading.await.map_err(|source| ClientError::Task {
             task: "reading the sealed message",
             source,
@@ -239,6 +225,17 @@ impl Client {
             return Err(self.reason_for(e).await);
         }
         self.await_ack(&kept.sealed).await
+    }
+
+    /// Writes every piece `rx` yields as a `Send` frame, until it ends or a write fails; the
+    /// failure, if any. `rx` is dropped on return, so its producer stops at its next send.
+    async fn send_frames(&mut self, mut rx: mpsc::Receiver<Vec<u8>>) -> Option<ConnError> {
+        while let Some(data) = rx.recv().await {
+            if let Err(e) = self.writer.write_frame(&Frame::Send(data)).await {
+                return Some(e);
+            }
+        }
+        None
     }
 
     /// After a failed write, the server's Error frame (if any) says more than "broken pipe".
