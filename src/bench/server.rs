@@ -34,8 +34,15 @@ const MIN_PER_CONNECTION: usize = 4;
 
 /// Runs a server and its clients in this process.
 pub(super) fn measure_server(opts: &BenchOptions) -> Result<ServerReport, BenchError> {
-    // The server logs every message at info level: in a benchmark that is noise on stderr and
-    // time on the clock, so only warnings and errors are shown while it runs.
+    on_quiet_runtime(server_section(opts))
+}
+
+/// Runs `section` on a multi-thread runtime of its own with only warnings and errors logged:
+/// a server logs every message at info level, which in a benchmark is noise on stderr and time
+/// on the clock. Used by every section that runs a server.
+pub(super) fn on_quiet_runtime<T>(
+    section: impl Future<Output = Result<T, BenchError>>,
+) -> Result<T, BenchError> {
     let quiet = Dispatch::new(
         tracing_subscriber::fmt()
             .with_max_level(tracing::Level::WARN)
@@ -52,7 +59,7 @@ pub(super) fn measure_server(opts: &BenchOptions) -> Result<ServerReport, BenchE
         .on_thread_stop(|| QUIET.with(|held| drop(held.borrow_mut().take())))
         .build()?;
     let _quiet = tracing::dispatcher::set_default(&quiet);
-    let report = runtime.block_on(server_section(opts));
+    let report = runtime.block_on(section);
     // Every worker drops its guard as it stops, before this thread's guard goes.
     drop(runtime);
     report

@@ -16,12 +16,10 @@
 //! deleted at the end. Where neither is possible, the PostgreSQL rows are not run and the report
 //! says why, with the fix; nothing is estimated.
 
-use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
-use tracing::Dispatch;
 
 use letterlock::client::{Client, ClientConfig};
 use letterlock::keys::{Identity, PrivateKey, TrustList};
@@ -31,6 +29,7 @@ use letterlock::store::{
 };
 
 use super::report::{ServerRate, human_size};
+use super::server::on_quiet_runtime;
 use super::{BenchError, BenchOptions, KIB, progress};
 
 /// Plaintext-sized body of every store message (a 1 KiB message sealed is a little larger, but
@@ -86,39 +85,14 @@ fn store_messages(opts: &BenchOptions) -> (usize, usize) {
     }
 }
 
-/// Runs the section on a runtime of its own, with only warnings and errors logged (as the
-/// server section does: a server logs every message at info level).
+/// Runs the section on a runtime of its own, with only warnings and errors logged
+/// ([`on_quiet_runtime`]).
 pub(super) fn measure_store(
     opts: &BenchOptions,
     server_key: &Arc<PrivateKey>,
     client_key: &Arc<PrivateKey>,
 ) -> Result<StoreReport, BenchError> {
-    let quiet = Dispatch::new(
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_writer(io::stderr)
-            .finish(),
-    );
-    let on_start = quiet.clone();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .on_thread_start(move || {
-            let guard = tracing::dispatcher::set_default(&on_start);
-            QUIET.with(|held| *held.borrow_mut() = Some(guard));
-        })
-        .on_thread_stop(|| QUIET.with(|held| drop(held.borrow_mut().take())))
-        .build()?;
-    let _quiet = tracing::dispatcher::set_default(&quiet);
-    let report = runtime.block_on(store_section(opts, server_key, client_key));
-    drop(runtime);
-    report
-}
-
-thread_local! {
-    /// The quiet subscriber's guard on a runtime thread, held while it runs (a guard must be
-    /// dropped on its own thread).
-    static QUIET: std::cell::RefCell<Option<tracing::dispatcher::DefaultGuard>> =
-        const { std::cell::RefCell::new(None) };
+    on_quiet_runtime(store_section(opts, server_key, client_key))
 }
 
 async fn store_section(
