@@ -66,7 +66,8 @@ const INBOX_INSERT: &str = "INSERT INTO inbox (sender_key_id, message_id, sender
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
      ON CONFLICT (sender_key_id, message_id) DO NOTHING";
 
-const INBOX_LOOKUP: &str =
+/// The stored answer for a (sender, id): what a duplicate is told, here and in `known_inbox`.
+pub(super) const INBOX_LOOKUP: &str =
     "SELECT content_hash, ack_tag FROM inbox WHERE sender_key_id = $1 AND message_id = $2";
 
 const OUTBOX_INSERT: &str = "INSERT INTO outbox (recipient_key_id, message_id, recipient_name,

@@ -595,9 +595,7 @@ impl Store for PostgresStore {
     ) -> Result<Option<KnownMessage>, StoreError> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached(
-                "SELECT content_hash, ack_tag FROM inbox WHERE sender_key_id = $1 AND message_id = $2",
-            )
+            .prepare_cached(group::INBOX_LOOKUP)
             .await
             .map_err(db("preparing an inbox lookup"))?;
         let row = client
