@@ -67,8 +67,10 @@ pub(super) struct ClientConn {
     /// Address of the server, HOST:PORT.
     #[arg(long, env = "LETTERLOCK_SERVER", default_value = "127.0.0.1:8000")]
     pub(super) server: String,
-    /// Seconds to keep trying while the server is busy (it retries with growing, jittered
-    /// waits and says so on stderr); also the longest wait for the connection to be set up.
+    /// Seconds to keep trying while the server is busy, or (send_msg) answers "unavailable"
+    /// because its mailbox database is away: it retries with growing, jittered waits, resends
+    /// the same message under the same id, and says so on stderr; also the longest wait for
+    /// the connection to be set up.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub(super) timeout: u64,
     /// Speak the plain version 1 wire instead of TLS 1.3, to a server started with
