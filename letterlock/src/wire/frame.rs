@@ -11,6 +11,7 @@
 //! one encoding.
 
 use crate::codec::{CodecError, Reader};
+use crate::directory::{self, SignedEntry};
 use crate::envelope::MessageId;
 use crate::keys::KeyId;
 
@@ -53,6 +54,8 @@ pub enum ErrorCode {
     Internal = 10,
     /// A timeout expired.
     Timeout = 11,
+    /// A relayed message names a recipient key the server does not trust (client to client).
+    UnknownRecipient = 12,
     /// Anything else.
     Unknown = 0xffff,
 }
@@ -72,6 +75,7 @@ impl ErrorCode {
             Unavailable,
             Internal,
             Timeout,
+            UnknownRecipient,
         ]
         .into_iter()
         .find(|c| *c as u16 == v)
@@ -110,9 +114,64 @@ pub enum Frame {
     DeliveryAck { id: MessageId, tag: [u8; 32] },
     /// Server → client: the delivered message is removed from the server.
     Removed { id: MessageId },
+    /// Client → server: the next message (`Send`… `SendEnd`) is sealed for another client,
+    /// not for the server; `commitment` is [`receipt_commitment`] of the ack tag the sender
+    /// computed while sealing, so the server can later check the recipient's proof of receipt
+    /// without being able to make one.
+    Relay { commitment: [u8; 32] },
+    /// Server → client: the relayed message is stored durably for its recipient. Only the
+    /// server's word that it holds the message (it cannot open it), deliberately not an `Ack`.
+    Stored { id: MessageId },
+    /// Client → server: send me the directory (the trusted clients, each entry signed).
+    Directory,
+    /// Server → client: some of the directory's entries; `last` marks the final part.
+    DirectoryPart {
+        last: bool,
+        entries: Vec<SignedEntry>,
+    },
+    /// Client → server: which of these messages I relayed has its recipient acknowledged?
+    Receipts { ids: Vec<MessageId> },
+    /// Server → client: the receipts held for the asked ids (ids without one are left out).
+    ReceiptList { receipts: Vec<ReceiptInfo> },
     /// Either way: what failed; the connection closes after it.
     Error { code: ErrorCode, message: String },
 }
+
+/// Prefix of the receipt commitment: keeps it from meaning anything else.
+pub const RECEIPT_CONTEXT: &[u8] = b"letterlock v1 receipt";
+
+/// The receipt commitment of an ack tag: SHA-256("letterlock v1 receipt" || ack_tag). The
+/// sender gives it to the server with a relayed message; the server checks the recipient's
+/// `DeliveryAck` tag against it. Finding a tag for a commitment is a SHA-256 preimage.
+pub fn receipt_commitment(ack_tag: &[u8; 32]) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(RECEIPT_CONTEXT);
+    ctx.update(ack_tag);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// One receipt as it travels: the recipient acknowledged message `id` (relayed by the asking
+/// client) with `tag` at `delivered` (Unix seconds, the server's clock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceiptInfo {
+    pub id: MessageId,
+    /// The key the message was relayed to.
+    pub recipient: KeyId,
+    /// The ack tag the recipient sent; the sender compares it with the one it computed.
+    pub tag: [u8; 32],
+    pub delivered: u64,
+}
+
+/// Bytes of one [`ReceiptInfo`] on the wire.
+pub const RECEIPT_INFO_LEN: usize = 16 + 32 + 32 + 8;
+/// Most ids one `Receipts` frame may ask about (and so most receipts in one answer): 1,024
+/// answers fit in 90 KiB, far below any frame limit.
+pub const MAX_RECEIPT_IDS: usize = 1024;
+/// Most entries in one `DirectoryPart` frame: 64 of the largest entries with the largest
+/// signatures take 141 KiB, below the smallest frame limit a server may set (256 KiB).
+pub const MAX_DIRECTORY_PART: usize = 64;
 
 /// The type byte of a frame, as a closed set: a byte outside it is [`UnknownFrameType`], never
 /// a name to compare with.
@@ -131,24 +190,36 @@ pub enum FrameType {
     FetchDone = 0x23,
     DeliveryAck = 0x24,
     Removed = 0x25,
+    Relay = 0x13,
+    Stored = 0x14,
+    Directory = 0x30,
+    DirectoryPart = 0x31,
+    Receipts = 0x32,
+    ReceiptList = 0x33,
     Error = 0x7f,
 }
 
 impl FrameType {
     /// Every frame type, in wire order.
-    pub const ALL: [FrameType; 13] = [
+    pub const ALL: [FrameType; 19] = [
         FrameType::Hello,
         FrameType::Auth,
         FrameType::Ready,
         FrameType::Send,
         FrameType::SendEnd,
         FrameType::Ack,
+        FrameType::Relay,
+        FrameType::Stored,
         FrameType::Fetch,
         FrameType::Deliver,
         FrameType::DeliverEnd,
         FrameType::FetchDone,
         FrameType::DeliveryAck,
         FrameType::Removed,
+        FrameType::Directory,
+        FrameType::DirectoryPart,
+        FrameType::Receipts,
+        FrameType::ReceiptList,
         FrameType::Error,
     ];
 
@@ -172,6 +243,12 @@ impl FrameType {
             FrameType::FetchDone => "FetchDone",
             FrameType::DeliveryAck => "DeliveryAck",
             FrameType::Removed => "Removed",
+            FrameType::Relay => "Relay",
+            FrameType::Stored => "Stored",
+            FrameType::Directory => "Directory",
+            FrameType::DirectoryPart => "DirectoryPart",
+            FrameType::Receipts => "Receipts",
+            FrameType::ReceiptList => "ReceiptList",
             FrameType::Error => "Error",
         }
     }
@@ -235,6 +312,12 @@ impl Frame {
             Frame::FetchDone { .. } => FrameType::FetchDone,
             Frame::DeliveryAck { .. } => FrameType::DeliveryAck,
             Frame::Removed { .. } => FrameType::Removed,
+            Frame::Relay { .. } => FrameType::Relay,
+            Frame::Stored { .. } => FrameType::Stored,
+            Frame::Directory => FrameType::Directory,
+            Frame::DirectoryPart { .. } => FrameType::DirectoryPart,
+            Frame::Receipts { .. } => FrameType::Receipts,
+            Frame::ReceiptList { .. } => FrameType::ReceiptList,
             Frame::Error { .. } => FrameType::Error,
         }
     }
@@ -276,14 +359,43 @@ impl Frame {
                 out.extend_from_slice(&client.0);
                 out.extend_from_slice(signature);
             }
-            Frame::Ready | Frame::SendEnd | Frame::Fetch | Frame::DeliverEnd => {}
+            Frame::Ready | Frame::SendEnd | Frame::Fetch | Frame::DeliverEnd | Frame::Directory => {
+            }
             Frame::Send(data) | Frame::Deliver(data) => out.extend_from_slice(data),
             Frame::Ack { id, tag } | Frame::DeliveryAck { id, tag } => {
                 out.extend_from_slice(&id.0);
                 out.extend_from_slice(tag);
             }
             Frame::FetchDone { count } => out.extend_from_slice(&count.to_be_bytes()),
-            Frame::Removed { id } => out.extend_from_slice(&id.0),
+            Frame::Removed { id } | Frame::Stored { id } => out.extend_from_slice(&id.0),
+            Frame::Relay { commitment } => out.extend_from_slice(commitment),
+            Frame::DirectoryPart { last, entries } => {
+                // Counts and lengths are bounded by the parser's limits, which what we build
+                // stays within (`Entry::encode`, our own signatures, MAX_DIRECTORY_PART).
+                out.push(u8::from(*last));
+                out.extend_from_slice(&(entries.len() as u16).to_be_bytes());
+                for e in entries {
+                    out.extend_from_slice(&(e.entry.len() as u16).to_be_bytes());
+                    out.extend_from_slice(&e.entry);
+                    out.extend_from_slice(&(e.signature.len() as u16).to_be_bytes());
+                    out.extend_from_slice(&e.signature);
+                }
+            }
+            Frame::Receipts { ids } => {
+                out.extend_from_slice(&(ids.len() as u16).to_be_bytes());
+                for id in ids {
+                    out.extend_from_slice(&id.0);
+                }
+            }
+            Frame::ReceiptList { receipts } => {
+                out.extend_from_slice(&(receipts.len() as u16).to_be_bytes());
+                for r in receipts {
+                    out.extend_from_slice(&r.id.0);
+                    out.extend_from_slice(&r.recipient.0);
+                    out.extend_from_slice(&r.tag);
+                    out.extend_from_slice(&r.delivered.to_be_bytes());
+                }
+            }
             Frame::Error { code, message } => {
                 out.extend_from_slice(&(*code as u16).to_be_bytes());
                 out.extend_from_slice(message.as_bytes());
@@ -338,6 +450,36 @@ impl Frame {
             FrameType::Removed => Frame::Removed {
                 id: MessageId(r.array().map_err(malformed)?),
             },
+            FrameType::Relay => Frame::Relay {
+                commitment: r.array().map_err(malformed)?,
+            },
+            FrameType::Stored => Frame::Stored {
+                id: MessageId(r.array().map_err(malformed)?),
+            },
+            FrameType::Directory => Frame::Directory,
+            FrameType::DirectoryPart => parse_directory_part(&mut r).map_err(malformed)?,
+            FrameType::Receipts => {
+                let count = bounded_count(&mut r, MAX_RECEIPT_IDS, 16).map_err(malformed)?;
+                let mut ids = Vec::with_capacity(count);
+                for _ in 0..count {
+                    ids.push(MessageId(r.array().map_err(malformed)?));
+                }
+                Frame::Receipts { ids }
+            }
+            FrameType::ReceiptList => {
+                let count =
+                    bounded_count(&mut r, MAX_RECEIPT_IDS, RECEIPT_INFO_LEN).map_err(malformed)?;
+                let mut receipts = Vec::with_capacity(count);
+                for _ in 0..count {
+                    receipts.push(ReceiptInfo {
+                        id: MessageId(r.array().map_err(malformed)?),
+                        recipient: KeyId(r.array().map_err(malformed)?),
+                        tag: r.array().map_err(malformed)?,
+                        delivered: r.u64().map_err(malformed)?,
+                    });
+                }
+                Frame::ReceiptList { receipts }
+            }
             FrameType::Error => {
                 let code = ErrorCode::from_u16(r.u16().map_err(malformed)?);
                 let text = r.rest();
@@ -353,6 +495,55 @@ impl Frame {
         r.expect_empty().map_err(malformed)?;
         Ok(frame)
     }
+}
+
+/// A u16 count, refused when over `max` or when the frame cannot hold that many items of at
+/// least `min_item` bytes: checked before anything is allocated for them.
+fn bounded_count(r: &mut Reader<'_>, max: usize, min_item: usize) -> Result<usize, CodecError> {
+    let count = usize::from(r.u16()?);
+    let need = count.saturating_mul(min_item);
+    if count > max || need > r.left() {
+        return Err(CodecError::Short {
+            wanted: need,
+            left: r.left(),
+        });
+    }
+    Ok(count)
+}
+
+/// A length read from the wire, refused past `max` (as a field longer than the frame is).
+fn bounded_len(r: &mut Reader<'_>, max: usize) -> Result<usize, CodecError> {
+    let len = usize::from(r.u16()?);
+    if len > max {
+        return Err(CodecError::Short {
+            wanted: len,
+            left: max,
+        });
+    }
+    Ok(len)
+}
+
+/// `DirectoryPart`'s payload: u8 last (0 or 1) || u16 count || per entry u16 length || entry
+/// || u16 length || signature, each length within the directory's bounds. The entries are
+/// not parsed or verified here: the client verifies each against the pinned server key.
+fn parse_directory_part(r: &mut Reader<'_>) -> Result<Frame, CodecError> {
+    let last = match r.u8()? {
+        0 => false,
+        1 => true,
+        // Not a flag: one encoding per value.
+        _ => return Err(CodecError::Trailing(0)),
+    };
+    // The smallest entry: a length, the context, and a length.
+    let count = bounded_count(r, MAX_DIRECTORY_PART, 2 + directory::CONTEXT.len() + 2)?;
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = bounded_len(r, directory::MAX_ENTRY)?;
+        let entry = r.take(len)?.to_vec();
+        let len = bounded_len(r, directory::MAX_SIGNATURE)?;
+        let signature = r.take(len)?.to_vec();
+        entries.push(SignedEntry { entry, signature });
+    }
+    Ok(Frame::DirectoryPart { last, entries })
 }
 
 /// Looks for one whole frame at the start of `buf`: `Ok(None)` if more bytes are needed,
@@ -416,6 +607,37 @@ mod tests {
             },
             Frame::Removed {
                 id: MessageId([11; 16]),
+            },
+            Frame::Relay {
+                commitment: [12; 32],
+            },
+            Frame::Stored {
+                id: MessageId([13; 16]),
+            },
+            Frame::Directory,
+            Frame::DirectoryPart {
+                last: true,
+                entries: vec![
+                    SignedEntry {
+                        entry: directory::CONTEXT.to_vec(),
+                        signature: vec![14; 384],
+                    },
+                    SignedEntry {
+                        entry: vec![15; 100],
+                        signature: vec![],
+                    },
+                ],
+            },
+            Frame::Receipts {
+                ids: vec![MessageId([16; 16]), MessageId([17; 16])],
+            },
+            Frame::ReceiptList {
+                receipts: vec![ReceiptInfo {
+                    id: MessageId([18; 16]),
+                    recipient: KeyId([19; 32]),
+                    tag: [20; 32],
+                    delivered: 1_800_000_000,
+                }],
             },
             Frame::error(ErrorCode::Refused, "no"),
         ]
@@ -484,6 +706,61 @@ mod tests {
         assert_eq!(Frame::parse(&[0x7f, 0]), Err(WireError::Malformed("Error")));
         assert_eq!(Frame::parse(&[0x02; 32]), Err(WireError::Malformed("Auth")));
         assert_eq!(Frame::parse(&[]), Err(WireError::Empty));
+    }
+
+    #[test]
+    fn counts_and_lengths_of_the_client_to_client_frames_are_bounded() {
+        // A count past its maximum, or more items than the frame's bytes can hold, is refused
+        // from the count alone.
+        let mut receipts = vec![FrameType::Receipts.to_byte()];
+        receipts.extend_from_slice(&((MAX_RECEIPT_IDS + 1) as u16).to_be_bytes());
+        receipts.extend(std::iter::repeat_n(0, (MAX_RECEIPT_IDS + 1) * 16));
+        assert_eq!(
+            Frame::parse(&receipts),
+            Err(WireError::Malformed("Receipts"))
+        );
+        let mut claims_many = vec![FrameType::ReceiptList.to_byte()];
+        claims_many.extend_from_slice(&1000u16.to_be_bytes());
+        assert_eq!(
+            Frame::parse(&claims_many),
+            Err(WireError::Malformed("ReceiptList"))
+        );
+        let mut part = vec![FrameType::DirectoryPart.to_byte(), 1];
+        part.extend_from_slice(&((MAX_DIRECTORY_PART + 1) as u16).to_be_bytes());
+        part.extend(std::iter::repeat_n(0, 100_000));
+        assert_eq!(
+            Frame::parse(&part),
+            Err(WireError::Malformed("DirectoryPart"))
+        );
+        // The last flag is 0 or 1, an entry or signature length within its bound.
+        assert_eq!(
+            Frame::parse(&[FrameType::DirectoryPart.to_byte(), 2, 0, 0]),
+            Err(WireError::Malformed("DirectoryPart"))
+        );
+        let mut long_entry = vec![FrameType::DirectoryPart.to_byte(), 1, 0, 1];
+        long_entry.extend_from_slice(&((directory::MAX_ENTRY + 1) as u16).to_be_bytes());
+        long_entry.extend(std::iter::repeat_n(0, directory::MAX_ENTRY + 3));
+        assert_eq!(
+            Frame::parse(&long_entry),
+            Err(WireError::Malformed("DirectoryPart"))
+        );
+    }
+
+    #[test]
+    fn the_receipt_commitment_is_sha256_of_its_context_and_the_tag() {
+        // docs/PROTOCOL.md, "Receipts": the vector there.
+        let c = receipt_commitment(&[0x11; 32]);
+        let mut input = RECEIPT_CONTEXT.to_vec();
+        input.extend_from_slice(&[0x11; 32]);
+        assert_eq!(
+            c.as_slice(),
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input).as_ref()
+        );
+        assert_eq!(
+            hex::encode(c),
+            "a3b49dd38db8b023603fec77b77e4f8cee52b60fe839c8a8a90cba5ed2bf0555"
+        );
+        assert_ne!(c, receipt_commitment(&[0x12; 32]));
     }
 
     #[test]

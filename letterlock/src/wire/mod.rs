@@ -16,7 +16,8 @@ pub use conn::{
     padded_len,
 };
 pub use frame::{
-    DATA_FRAME, DEFAULT_MAX_FRAME, ErrorCode, Frame, FrameType, LENGTH_PREFIX, UnknownFrameType,
-    WireError, decode, frame_len,
+    DATA_FRAME, DEFAULT_MAX_FRAME, ErrorCode, Frame, FrameType, LENGTH_PREFIX, MAX_DIRECTORY_PART,
+    MAX_RECEIPT_IDS, RECEIPT_CONTEXT, ReceiptInfo, UnknownFrameType, WireError, decode, frame_len,
+    receipt_commitment,
 };
 pub use handshake::{CHALLENGE_LEN, HANDSHAKE_CONTEXT, MAX_HANDSHAKE_FRAME, PROTOCOL_VERSION};
