@@ -388,7 +388,8 @@ fn log_text(log_text: bool, no_log_text: bool) -> bool {
     log_text || (!no_log_text && io::stderr().is_terminal())
 }
 
-/// Deletes inbox messages received more than `keep` ago.
+/// Deletes inbox messages received, and receipts of relayed messages delivered, more than
+/// `keep` ago: receipts are kept as long as inbox messages.
 async fn expire(store: &impl Store, keep: Duration) -> Result<()> {
     let cutoff = now().saturating_sub(keep.as_secs());
     let removed = store.expire_inbox(cutoff).await?;
@@ -397,6 +398,14 @@ async fn expire(store: &impl Store, keep: Duration) -> Result<()> {
             removed,
             older_than = %time_text(cutoff),
             "deleted messages past the retention period"
+        );
+    }
+    let receipts = store.expire_receipts(cutoff).await?;
+    if receipts > 0 {
+        info!(
+            removed = receipts,
+            older_than = %time_text(cutoff),
+            "deleted receipts past the retention period"
         );
     }
     Ok(())
