@@ -738,6 +738,11 @@ async fn pick(store: &impl Store, id: &str, from: Option<&str>) -> Result<InboxS
         });
         bail!(text);
     }
+    if found.is_empty()
+        && let Some(relayed) = relayed_match(store, id).await?
+    {
+        bail!(relayed);
+    }
     match found.pop() {
         Some(m) => Ok(m),
         None => Err(StoreError::NotFound {
@@ -748,6 +753,33 @@ async fn pick(store: &impl Store, id: &str, from: Option<&str>) -> Result<InboxS
         }
         .into()),
     }
+}
+
+/// When no inbox message matches `id` but a message relayed between two clients and still
+/// waiting does: says so, and why the server cannot open it (it is sealed for the recipient,
+/// not for the server). Looked up per trusted client's outbox: a rare path, for a clear error.
+async fn relayed_match(store: &impl Store, id: &str) -> Result<Option<String>> {
+    let prefix = id.to_ascii_lowercase();
+    for client in store.trusted_clients().await?.clients {
+        for entry in store.pending_outbox(&client.key_id).await? {
+            let Some((_, sender)) = &entry.sender else {
+                continue;
+            };
+            if hex::encode(entry.message_id).starts_with(&prefix) {
+                return Ok(Some(format!(
+                    "message {} was relayed from {} to {}: it is sealed for {}, not for this \
+                     server, which cannot open it; only {} can read it (with `letterlock \
+                     client recv_msg`)",
+                    hex::encode(entry.message_id),
+                    letterlock::text::line(sender),
+                    letterlock::text::line(&entry.recipient_name),
+                    letterlock::text::line(&entry.recipient_name),
+                    letterlock::text::line(&entry.recipient_name),
+                )));
+            }
+        }
+    }
+    Ok(None)
 }
 
 pub(super) async fn read_inbox(
