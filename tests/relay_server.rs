@@ -585,3 +585,46 @@ async fn the_directory_is_signed_once_per_trust_generation() {
     drop(alice);
     s.stop().await;
 }
+
+/// `server read` of a relayed message says it cannot: the message is sealed for its
+/// recipient, not for the server, and names who it is from and for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_read_of_a_relayed_message_says_the_server_cannot_open_it() {
+    let s = Relaying::start().await;
+    let (bytes, sealed) = seal(ALICE.1, BOB.1, Mode::Hybrid, b"not for the server");
+    let mut alice = s.conn(ALICE).await;
+    alice
+        .relay(receipt_commitment(&sealed.ack_tag), &bytes)
+        .await;
+    let id = sealed.header.message_id;
+    assert_eq!(alice.next().await, Frame::Stored { id });
+
+    let keys = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        common::private_path(SERVER),
+        keys.path().join("server_private.pem"),
+    )
+    .unwrap();
+    let db = s.dir.path().join("server.db");
+    let id_hex = hex::encode(id.0);
+    let (code, stdout, stderr) = common::cli::run(
+        keys.path(),
+        &[
+            "server",
+            "read",
+            &id_hex[..12],
+            "--keys",
+            keys.path().to_str().unwrap(),
+            "--store",
+            db.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("relayed from alice to bob") && stderr.contains("cannot open it"),
+        "{stderr}"
+    );
+    drop(alice);
+    s.stop().await;
+}
