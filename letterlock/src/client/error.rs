@@ -95,6 +95,10 @@ pub enum ClientError {
          is set aside"
     )]
     MailboxConflict { id: MessageId },
+    /// The client's contacts or its record of relayed messages could not be read or written.
+    #[cfg(feature = "sqlite")]
+    #[error(transparent)]
+    Contacts(#[from] super::contacts::ContactsError),
 }
 
 impl From<ConnError> for ClientError {

@@ -25,7 +25,7 @@
 #[cfg(feature = "sqlite")]
 pub use with_sqlite::Mailbox;
 #[cfg(feature = "sqlite")]
-pub(crate) use with_sqlite::{SealedCopy, StagedCopy};
+pub(crate) use with_sqlite::{SealedCopy, StagedCopy, create_private};
 
 #[cfg(not(feature = "sqlite"))]
 pub use without_sqlite::Mailbox;
@@ -148,7 +148,7 @@ mod with_sqlite {
     /// Creates the database file and the blob folder owner-only if they do not exist yet
     /// (existing ones keep their permissions): the store itself would create them with the
     /// umask's (usually world-readable) permissions.
-    fn create_private(path: &Path) -> Result<(), StoreError> {
+    pub(crate) fn create_private(path: &Path) -> Result<(), StoreError> {
         match fs::OpenOptions::new()
             .write(true)
             .create_new(true)
