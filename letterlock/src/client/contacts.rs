@@ -571,6 +571,49 @@ impl Contacts {
     }
 }
 
+/// Fetching asks the contacts for the key of each message from another client.
+impl super::Senders for Contacts {
+    fn lookup(&self, key: &KeyId) -> Result<super::SenderLookup, super::ClientError> {
+        if let Some(c) = self.by_key(key)? {
+            return Ok(super::SenderLookup::Usable {
+                key: c.key,
+                name: c.name,
+                pinned: c.source == Source::Pinned,
+            });
+        }
+        Ok(match self.offered_as_change(key)? {
+            Some(name) => super::SenderLookup::Changed { name },
+            None => super::SenderLookup::Unknown,
+        })
+    }
+
+    fn learn(&self, entries: &[Entry]) -> Result<Vec<String>, super::ClientError> {
+        Ok(self
+            .apply_directory(entries)?
+            .iter()
+            .filter_map(Applied::note)
+            .collect())
+    }
+}
+
+impl Applied {
+    /// One line for the user about what this entry changed, if anything worth telling.
+    pub fn note(&self) -> Option<String> {
+        match self {
+            Applied::Pinned { .. } | Applied::Seen { .. } => None,
+            Applied::New { name, key } => Some(format!(
+                "new contact from the server's directory: {name} ({key}), trusted on the                  server's word; compare its fingerprint with {name} out of band"
+            )),
+            Applied::Changed { name, before, now } => Some(format!(
+                "WARNING: the server's directory now offers ANOTHER key for {name}: {now}                  (before: {before}). It is NOT used until you accept it; ask {name} whether                  the key really changed (compare fingerprints), then `letterlock client                  contacts --accept {name}`"
+            )),
+            Applied::ConflictsWithPin { detail, .. } => Some(format!(
+                "REFUSED: {detail}; the directory entry is ignored and your pinned key is kept"
+            )),
+        }
+    }
+}
+
 const CONTACT_COLUMNS: &str =
     "name, key_id, spki, source, since, offered_key_id, offered_spki, offered_since, serial";
 

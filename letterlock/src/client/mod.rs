@@ -30,12 +30,16 @@ pub mod contacts;
 mod error;
 mod fetch;
 mod mailbox;
+mod relay;
 mod send;
 
 pub use connect::{Backoff, Retry, RetryCause, Transport};
 pub use error::ClientError;
-pub use fetch::{Content, FetchEvent, FetchReport, Output, Received, message_path};
+pub use fetch::{
+    Content, FetchEvent, FetchReport, Output, Received, Sender, SenderLookup, Senders, message_path,
+};
 pub use mailbox::Mailbox;
+pub use relay::{MAX_DIRECTORY_ENTRIES, Relayed};
 pub use send::Delivery;
 
 /// Limits and timeouts of the client.
