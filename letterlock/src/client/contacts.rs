@@ -602,10 +602,14 @@ impl Applied {
         match self {
             Applied::Pinned { .. } | Applied::Seen { .. } => None,
             Applied::New { name, key } => Some(format!(
-                "new contact from the server's directory: {name} ({key}), trusted on the                  server's word; compare its fingerprint with {name} out of band"
+                "new contact from the server's directory: {name} ({key}), trusted on the server's \
+                 word; compare its fingerprint with {name} out of band"
             )),
             Applied::Changed { name, before, now } => Some(format!(
-                "WARNING: the server's directory now offers ANOTHER key for {name}: {now}                  (before: {before}). It is NOT used until you accept it; ask {name} whether                  the key really changed (compare fingerprints), then `letterlock client                  contacts --accept {name}`"
+                "WARNING: the server's directory now offers ANOTHER key for {name}: {now} \
+                 (before: {before}). It is NOT used until you accept it; ask {name} whether the \
+                 key really changed (compare fingerprints), then `letterlock client contacts \
+                 --accept {name}`"
             )),
             Applied::ConflictsWithPin { detail, .. } => Some(format!(
                 "REFUSED: {detail}; the directory entry is ignored and your pinned key is kept"

@@ -242,13 +242,17 @@ impl Client {
                     }
                     // Not known yet: asked of the directory once the fetch is done.
                     Signer::NotUsable(SenderLookup::Unknown) if self.tls.is_some() => {
-                        let spool = self.spool_message(head).await?;
-                        deferred.push(Deferred {
-                            header,
-                            known,
-                            spool,
-                        });
-                        continue;
+                        match self.spool_message(head).await {
+                            Ok(spool) => {
+                                deferred.push(Deferred {
+                                    header,
+                                    known,
+                                    spool,
+                                });
+                                continue;
+                            }
+                            Err(e) => Err(e),
+                        }
                     }
                     Signer::NotUsable(lookup) => {
                         self.skip_message().await?;
@@ -747,10 +751,14 @@ fn not_usable(header: &Header, lookup: &SenderLookup, directory: Option<&str>) -
         .unwrap_or_default();
     ClientError::UnknownSender(match lookup {
         SenderLookup::Changed { name } => format!(
-            "from key {key}, which the server's directory offers as a CHANGED key for {name},              not accepted; if {name} really has a new key (check its fingerprint with {name}),              `letterlock client contacts --accept {name}`, then receive again"
+            "from key {key}, which the server's directory offers as a CHANGED key for {name}, not \
+             accepted; if {name} really has a new key (check its fingerprint with {name}), \
+             `letterlock client contacts --accept {name}`, then receive again"
         ),
         _ => format!(
-            "from an unknown key {key}{dir}; if you expect it, `letterlock client trust FILE              --name NAME` (with the sender's public key), or `letterlock client contacts` to              see the directory"
+            "from an unknown key {key}{dir}; if you expect it, `letterlock client trust FILE \
+             --name NAME` (with the sender's public key), or `letterlock client contacts` to see \
+             the directory"
         ),
     })
 }
