@@ -50,10 +50,15 @@ pub(super) enum ClientCommand {
         after_help = "Each message is kept in the client's mailbox (KEYS/letterlock-client.db) \
                       before the server is told to delete it; `client inbox` and `client read` \
                       read it again later. Text goes to stdout (escaped on a terminal, exact \
-                      bytes to a pipe or file), status lines to stderr.\n\n\
+                      bytes to a pipe or file), status lines to stderr. A message from another \
+                      client is verified with that client's key, pinned with `client trust` or \
+                      from the server's signed directory (read when a sender's key is new to \
+                      this client), and shown as from its name; the server cannot read it.\n\n\
                       Exit status: 0 every message new and shown or saved (or none waiting); \
-                      3 a repeat was ignored; 4 a message was set aside, not received (see \
-                      docs/PROTOCOL.md, \"The client's record of received messages\"); 5 a \
+                      3 a repeat was ignored; 4 a message was set aside, not received: stale, \
+                      not openable, or from another client whose key you have not pinned or \
+                      accepted (see docs/PROTOCOL.md, \"The client's record of received \
+                      messages\" and \"Receiving\"); 5 a \
                       message was received and kept but not printed (binary on a terminal, or \
                       over 64 MiB): `letterlock client read ID -o FILE` gets it; 1 an error."
     )]
@@ -241,7 +246,8 @@ pub(super) struct RecvArgs {
     #[arg(long, default_value_t = 0)]
     pub(super) wait: u64,
     /// Print one JSON object per message on stdout, one per line: {status ("new", "repeat" or
-    /// "set_aside"), id, sender_key, created, mode, bytes, in_mailbox, and "text" (a UTF-8
+    /// "set_aside"), id, sender_key, sender (a contact's name, or "server"), sender_source
+    /// ("server", "pinned" or "directory"), created, mode, bytes, in_mailbox, and "text" (a UTF-8
     /// message), "file" (with -o) or neither (binary or over 64 MiB: `client read ID -o
     /// FILE`); "error" for a message set aside}. Non-ASCII is written as \u escapes.
     #[arg(long)]

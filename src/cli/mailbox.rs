@@ -176,9 +176,10 @@ fn signing_key(
         }
     }
     bail!(
-        "message {id} was signed by the server key {signer}, but server_public.pem is now {} \
-         and no earlier key {signer} is kept ({}): to read it, put that server's public key \
-         there",
+        "message {id} was signed by the key {signer}, which is not a contact's key (`letterlock \
+         client contacts --offline` lists them; a contact whose key changed since needs the old \
+         key pinned again to read it), and server_public.pem is now {} with no earlier key \
+         {signer} kept ({}): if the server signed it, put that server's public key there",
         current.id(),
         kept.display()
     )

@@ -26,6 +26,10 @@ use super::{Backoff, Client, ClientError, Retry, on_blocking_pool, unexpected};
 /// client hold (each entry is at most about 2 KiB with its signature: 32 MiB at most).
 pub const MAX_DIRECTORY_ENTRIES: usize = 16 * 1024;
 
+/// Longest a connection is left silent while a relayed message is sealed before it is
+/// replaced by a new one: well under the server's default idle timeout (120 s).
+const IDLE_WHILE_SEALING: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A relayed message the server says it stored for its recipient.
 #[derive(Clone, Debug)]
 pub struct Relayed {
@@ -85,6 +89,9 @@ impl Client {
         mut on_retry: impl FnMut(&Retry),
         before_send: impl FnOnce(&Sealed) -> Result<(), ClientError>,
     ) -> Result<Relayed, ClientError> {
+        if self.tls.is_none() {
+            return Err(ClientError::NeedsTls("sending to another client"));
+        }
         let start = tokio::time::Instant::now();
         let identity = self.identity.clone();
         let recipient = recipient.clone();
@@ -99,6 +106,21 @@ impl Client {
         })
         .await?;
         before_send(&kept.sealed)?;
+        if start.elapsed() > IDLE_WHILE_SEALING {
+            // The connection sat silent while a large message was sealed: the server may have
+            // ended it (its idle timeout). A fresh one costs a handshake, not the message.
+            debug!(elapsed = ?start.elapsed(), "sealing took long; connecting again");
+            *self = Client::connect_retrying(
+                &self.addr,
+                self.identity.clone(),
+                self.server.clone(),
+                self.config.clone(),
+                self.transport,
+                backoff,
+                &mut on_retry,
+            )
+            .await?;
+        }
         let mut result = self.relay_once(&kept).await;
         let mut failed: u32 = 0;
         while is_unavailable(&result) {
