@@ -552,6 +552,21 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
         .await;
     let relayed = match relayed {
         Ok(r) => r,
+        Err(
+            e @ letterlock::client::ClientError::Refused {
+                code: letterlock::wire::ErrorCode::UnknownRecipient,
+                ..
+            },
+        ) => {
+            let e = anyhow::Error::new(e).context(format!(
+                "NOT sent to {name}: the server refused it with code 12 (unknown recipient): it \
+                 does not trust the key {} as a client. If that is {name}'s key, its operator \
+                 must trust it (`letterlock server trust`); if the server trusts another key \
+                 for {name}, compare fingerprints with {name} before changing yours",
+                contact.key.id()
+            ));
+            return fail(e);
+        }
         Err(e) => {
             let e = anyhow::Error::new(e).context(format!("NOT sent to {name}"));
             return fail(e);
