@@ -23,8 +23,24 @@ pub(super) enum ClientCommand {
     GenerateKeyPair(PairArgs),
     /// Seal a message for the server and send it; prints "delivered" only once the server
     /// proved it decrypted and stored the message. The message is TEXT, --file FILE, or stdin
-    /// (no TEXT, or `-`): `echo hi | letterlock client send_msg`.
-    #[command(name = "send_msg", visible_alias = "send-msg")]
+    /// (no TEXT, or `-`): `echo hi | letterlock client send_msg`. With --to NAME, the message
+    /// is for another client instead, relayed by the server, which cannot read it.
+    #[command(
+        name = "send_msg",
+        visible_alias = "send-msg",
+        after_help = "With --to NAME the message is sealed to NAME's key (pinned with `client \
+                      trust`, or from the server's signed directory) and signed with yours; the \
+                      server stores it for NAME and cannot open it. The server learns who writes \
+                      to whom, when, and the size (padded to a bucket), never the content. It \
+                      answers \"stored\", its word only; \"read by NAME\" comes later from \
+                      NAME's receipt, which only NAME can make (`client receipts`, or --wait). \
+                      If the directory's key for NAME changed since you last saw it, nothing is \
+                      sent until you accept it (`client contacts --accept NAME`, after comparing \
+                      fingerprints with NAME out of band).\n\n\
+                      Exit status: 0 delivered (to the server), or with --to stored for NAME \
+                      (with --wait: whether or not NAME read it in time, as the last line says); \
+                      1 not sent or not proven."
+    )]
     SendMsg(ClientSendArgs),
     /// Fetch, verify, keep in the client's mailbox and print (or save) every message the
     /// server holds for this client.
@@ -34,10 +50,15 @@ pub(super) enum ClientCommand {
         after_help = "Each message is kept in the client's mailbox (KEYS/letterlock-client.db) \
                       before the server is told to delete it; `client inbox` and `client read` \
                       read it again later. Text goes to stdout (escaped on a terminal, exact \
-                      bytes to a pipe or file), status lines to stderr.\n\n\
+                      bytes to a pipe or file), status lines to stderr. A message from another \
+                      client is verified with that client's key, pinned with `client trust` or \
+                      from the server's signed directory (read when a sender's key is new to \
+                      this client), and shown as from its name; the server cannot read it.\n\n\
                       Exit status: 0 every message new and shown or saved (or none waiting); \
-                      3 a repeat was ignored; 4 a message was set aside, not received (see \
-                      docs/PROTOCOL.md, \"The client's record of received messages\"); 5 a \
+                      3 a repeat was ignored; 4 a message was set aside, not received: stale, \
+                      not openable, or from another client whose key you have not pinned or \
+                      accepted (see docs/PROTOCOL.md, \"The client's record of received \
+                      messages\" and \"Receiving\"); 5 a \
                       message was received and kept but not printed (binary on a terminal, or \
                       over 64 MiB): `letterlock client read ID -o FILE` gets it; 1 an error."
     )]
@@ -57,6 +78,46 @@ pub(super) enum ClientCommand {
                       (see --replace), or the server could not be reached."
     )]
     TrustServer(super::trust_server::TrustServerArgs),
+    /// Pin another client's public key under a name, for `send_msg --to NAME` and to verify
+    /// what they send you. Prints the key id and the OpenSSH fingerprint: compare it with the
+    /// owner out of band (in person, on the phone); a pinned key always wins over the server's
+    /// directory, so a server cannot swap it.
+    #[command(
+        after_help = "Exit status: 0 pinned (or already pinned), 1 refused: NAME has another \
+                      key (see --replace), the key is pinned under another name, or the file is \
+                      not a key."
+    )]
+    Trust(super::contacts::TrustArgs),
+    /// Forget a contact (pinned, or from the directory).
+    #[command(after_help = "Exit status: 0 removed, 1 no such contact (or an error).")]
+    Untrust(super::contacts::UntrustArgs),
+    /// Read the server's signed directory of the clients it trusts, verify it against the
+    /// pinned server key, and list your contacts: pinned keys and directory keys.
+    #[command(
+        after_help = "The directory is signed by the server's key: nobody between you and the \
+                      server can slip a key in. But the server itself can lie: a name seen for \
+                      the first time is trusted on the server's word (compare the fingerprint \
+                      with the person out of band, then `client trust` it to pin it). A key \
+                      that changes for a name you saw before is shown as a change, as ssh shows \
+                      a changed host key, and is not used until you --accept it. A directory \
+                      entry that disagrees with a key you pinned is refused and never used.\n\n\
+                      Exit status: 0 fine; 6 something needs your attention: the directory \
+                      conflicts with a pinned key, or a changed key waits for --accept; 1 an \
+                      error (the directory did not verify, the server could not be reached)."
+    )]
+    Contacts(super::contacts::ContactsArgs),
+    /// List the messages you sent to other clients and whether each was read: asks the server
+    /// for the receipts not verified yet, and checks each against the proof computed when the
+    /// message was sealed.
+    #[command(
+        after_help = "A receipt is the recipient's ack tag, which only someone who decrypted the \
+                      message can compute; the server stores it but cannot make one. \"read by \
+                      NAME\" is shown only when the tag matches the one this client kept; any \
+                      other receipt is reported as not checking out.\n\n\
+                      Exit status: 0 fine; 6 the server returned a receipt that does not check \
+                      out (never counted as read); 1 an error."
+    )]
+    Receipts(super::contacts::ReceiptsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -158,9 +219,17 @@ pub(super) struct ClientSendArgs {
     #[arg(long, default_value_t = envelope::DEFAULT_ASYMMETRIC_LIMIT)]
     pub(super) max_asymmetric: u64,
     /// Print the outcome as one JSON object on stdout: {"id", "bytes", "mode", "delivered"}
-    /// (and "error" when not delivered).
+    /// (and "error" when not delivered); with --to: {"id", "bytes", "mode", "to", "to_key",
+    /// "stored", "read"} (and "error").
     #[arg(long)]
     pub(super) json: bool,
+    /// Send to this contact (another client, through the server) instead of to the server.
+    #[arg(long, value_name = "NAME")]
+    pub(super) to: Option<String>,
+    /// With --to: wait up to DURATION (e.g. 30s, 2m) for NAME's receipt, asking every half
+    /// second, and say whether NAME read it.
+    #[arg(long, value_name = "DURATION", requires = "to", value_parser = humantime::parse_duration)]
+    pub(super) wait: Option<Duration>,
     #[command(flatten)]
     pub(super) conn: ClientConn,
 }
@@ -177,7 +246,8 @@ pub(super) struct RecvArgs {
     #[arg(long, default_value_t = 0)]
     pub(super) wait: u64,
     /// Print one JSON object per message on stdout, one per line: {status ("new", "repeat" or
-    /// "set_aside"), id, sender_key, created, mode, bytes, in_mailbox, and "text" (a UTF-8
+    /// "set_aside"), id, sender_key, sender (a contact's name, or "server"), sender_source
+    /// ("server", "pinned" or "directory"), created, mode, bytes, in_mailbox, and "text" (a UTF-8
     /// message), "file" (with -o) or neither (binary or over 64 MiB: `client read ID -o
     /// FILE`); "error" for a message set aside}. Non-ASCII is written as \u escapes.
     #[arg(long)]
@@ -300,6 +370,9 @@ pub(super) async fn connect_with(
 }
 
 pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
+    if let Some(name) = a.to.clone() {
+        return send_to(a, &name).await;
+    }
     // The input first: a missing file fails before any connection, and text typed on a
     // terminal is complete before the connection starts.
     let input = a.message.input()?;
@@ -402,6 +475,156 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
     }
 }
 
+/// `send_msg --to NAME`: resolves NAME (pinned, else the server's directory, over the same
+/// connection), seals to its key, records the message (with its ack tag) before sending it,
+/// relays it, and with `--wait` polls for NAME's receipt.
+async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
+    use super::contacts::{Recipient, check_receipts, on_contacts, open_contacts, resolve};
+    use letterlock::client::contacts::{ReceiptCheck, SentMessage};
+    use letterlock::client::{Backoff, Retry, RetryCause};
+    let input = a.message.input()?;
+    let opts = SealOptions {
+        asymmetric_limit: a.max_asymmetric,
+        ..SealOptions::mode(a.message.mode.into())
+    };
+    let contacts = open_contacts(&a.conn.keys)?;
+    let fail = |e: anyhow::Error| -> Result<ExitCode> {
+        if a.json {
+            let out = serde_json::json!({ "stored": false, "to": name, "error": format!("{e:#}") });
+            println!("{out}");
+        }
+        Err(e)
+    };
+    let mut client = match connect(&a.conn).await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let contact = match resolve(&mut client, &contacts, name).await {
+        Ok(Recipient::Usable(c)) => c,
+        Ok(Recipient::Changed(c)) => {
+            return fail(anyhow::anyhow!(
+                "NOT sent: the key of {name} in the server's directory changed (see the warning \
+                 above; the key you accepted before is {}); nothing is sent until you accept the \
+                 new one with `letterlock client contacts --accept {name}`, after checking its \
+                 fingerprint with {name}",
+                c.key.id()
+            ));
+        }
+        Err(e) => return fail(e),
+    };
+    let resend = |r: &Retry| match r.cause {
+        RetryCause::Unavailable { id } => status!(
+            "letterlock: the server could not store message {id} now (it answered \
+             \"unavailable\"); resending it: attempt {}, waiting {} ms",
+            r.attempt,
+            r.wait.as_millis()
+        ),
+        RetryCause::Busy => status!(
+            "letterlock: the server is busy; retrying: attempt {}, waiting {} ms",
+            r.attempt,
+            r.wait.as_millis()
+        ),
+        _ => {}
+    };
+    let backoff = Backoff {
+        deadline: Duration::from_secs(a.conn.timeout),
+        ..Backoff::default()
+    };
+    let recipient_name = contact.name.clone();
+    let recipient = contact.key.id();
+    let record = contacts.clone();
+    let relayed = client
+        .relay(input, opts, &contact.key, backoff, resend, move |sealed| {
+            // Durable before the first byte is sent (PROTOCOL.md, "The client's mailbox").
+            let m = SentMessage {
+                id: sealed.header.message_id,
+                recipient_name,
+                recipient,
+                ack_tag: sealed.ack_tag,
+                mode: sealed.header.mode.to_byte(),
+                bytes: sealed.plaintext_len,
+                sent: envelope::unix_now(),
+                stored: None,
+                delivered: None,
+            };
+            tokio::task::block_in_place(|| record.record_sent(&m)).map_err(Into::into)
+        })
+        .await;
+    let relayed = match relayed {
+        Ok(r) => r,
+        Err(
+            e @ letterlock::client::ClientError::Refused {
+                code: letterlock::wire::ErrorCode::UnknownRecipient,
+                ..
+            },
+        ) => {
+            let e = anyhow::Error::new(e).context(format!(
+                "NOT sent to {name}: the server refused it with code 12 (unknown recipient): it \
+                 does not trust the key {} as a client. If that is {name}'s key, its operator \
+                 must trust it (`letterlock server trust`); if the server trusts another key \
+                 for {name}, compare fingerprints with {name} before changing yours",
+                contact.key.id()
+            ));
+            return fail(e);
+        }
+        Err(e) => {
+            let e = anyhow::Error::new(e).context(format!("NOT sent to {name}"));
+            return fail(e);
+        }
+    };
+    let id = relayed.id;
+    on_contacts(&contacts, move |c| c.mark_stored(&id, envelope::unix_now())).await?;
+    if !a.json {
+        println!("message id {id}");
+        println!(
+            "stored for {name} on the server (not yet read): {} bytes, {} mode, sealed to {}",
+            relayed.plaintext_len,
+            relayed.header.mode,
+            contact.key.id()
+        );
+    }
+    let mut read_at = None;
+    if let Some(wait) = a.wait {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let (checks, _) = check_receipts(&mut client, &contacts, vec![id]).await?;
+            read_at = checks.iter().find_map(|c| match c {
+                ReceiptCheck::Read {
+                    id: r, delivered, ..
+                } if *r == id => Some(*delivered),
+                _ => None,
+            });
+            if read_at.is_some() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if !a.json {
+            match read_at {
+                Some(t) => println!("read by {name} at {}", super::offline::time_text(t)),
+                None => println!(
+                    "not read by {name} within {}; `letterlock client receipts` checks later",
+                    humantime::format_duration(wait)
+                ),
+            }
+        }
+    }
+    let _ = client.close().await;
+    if a.json {
+        let out = serde_json::json!({
+            "id": id.to_string(),
+            "bytes": relayed.plaintext_len,
+            "mode": relayed.header.mode.to_string(),
+            "to": name,
+            "to_key": contact.key.id().to_string(),
+            "stored": true,
+            "read": read_at.is_some(),
+        });
+        println!("{out}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Messages up to this size are sealed into memory while the connection is made
 /// ([`client_send`]); larger ones are streamed.
 const SEAL_AHEAD_LIMIT: u64 = 1024 * 1024;
@@ -489,13 +712,15 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
         server_key,
     )?;
     let mailbox = open_mailbox(&a.conn.keys, &a.conn.server).await?;
+    let contacts: std::sync::Arc<dyn letterlock::client::Senders> =
+        std::sync::Arc::new(super::contacts::open_contacts(&a.conn.keys)?);
     let read_cmd = read_command(&a.conn.keys);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.wait);
     let mut total = FetchReport::default();
     let mut shown = Shown::default();
     let result = loop {
         let got = client
-            .fetch_to_mailbox(&output, &mut record, &mailbox, |event| {
+            .fetch_from_contacts(&output, &mut record, &mailbox, contacts.clone(), |event| {
                 report_event(&event, a.json, &read_cmd, &mut shown)
             })
             .await;
@@ -553,6 +778,7 @@ fn report_event(
     match event {
         FetchEvent::New(r) => {
             let id = r.header.message_id;
+            let from = sender_text(&r.sender);
             let kept = if r.in_mailbox {
                 ", kept in the mailbox"
             } else {
@@ -566,6 +792,8 @@ fn report_event(
                     "status": "new",
                     "id": id.to_string(),
                     "sender_key": r.header.sender.to_string(),
+                    "sender": sender_name(&r.sender),
+                    "sender_source": sender_source(&r.sender),
                     "created": r.header.created,
                     "mode": r.header.mode.to_string(),
                     "bytes": r.plaintext_len,
@@ -588,7 +816,7 @@ fn report_event(
                 Content::Memory(text) if binary_on_terminal(text) => {
                     shown.not_shown += 1;
                     eprintln!(
-                        "message {id} from the server ({} mode, {} bytes, signature verified{kept}) \
+                        "message {id} from {from} ({} mode, {} bytes, signature verified{kept}) \
                          is binary: not printed on a terminal; save it with `{read_cmd} {id} -o \
                          FILE`, or pipe recv_msg's output",
                         r.header.mode, r.plaintext_len
@@ -596,7 +824,7 @@ fn report_event(
                 }
                 Content::Memory(text) => {
                     status!(
-                        "message {id} from the server ({} mode, {} bytes, signature \
+                        "message {id} from {from} ({} mode, {} bytes, signature \
                          verified{kept}):",
                         r.header.mode,
                         r.plaintext_len
@@ -605,7 +833,8 @@ fn report_event(
                     write_stdout_unbuffered(text, false)?;
                 }
                 Content::File(path) => status!(
-                    "message {id} ({} mode, {} bytes, signature verified{kept}) saved to {}",
+                    "message {id} from {from} ({} mode, {} bytes, signature verified{kept}) \
+                     saved to {}",
                     r.header.mode,
                     r.plaintext_len,
                     path.display()
@@ -613,7 +842,7 @@ fn report_event(
                 Content::OverLimit { limit } => {
                     shown.not_shown += 1;
                     eprintln!(
-                        "message {id} from the server ({} mode, {} bytes, signature \
+                        "message {id} from {from} ({} mode, {} bytes, signature \
                          verified{kept}) is larger than the {} MiB recv_msg prints: save it \
                          with `{read_cmd} {id} -o FILE` (or receive with `recv_msg -o DIR`)",
                         r.header.mode,
@@ -653,8 +882,44 @@ fn report_event(
                 }));
             }
         }
+        FetchEvent::Directory { notes } => {
+            for note in notes.iter() {
+                eprintln!("letterlock: {note}");
+            }
+        }
     }
     Ok(())
+}
+
+/// Who sent a message, for the status line: "the server", "alice (pinned key)".
+fn sender_text(s: &letterlock::client::Sender) -> String {
+    use letterlock::client::Sender;
+    match s {
+        Sender::Server => "the server".to_owned(),
+        Sender::Peer { name, pinned: true } => {
+            format!("{} (pinned key)", letterlock::text::line(name))
+        }
+        Sender::Peer { name, .. } => format!(
+            "{} (key from the server's directory)",
+            letterlock::text::line(name)
+        ),
+    }
+}
+
+fn sender_name(s: &letterlock::client::Sender) -> &str {
+    match s {
+        letterlock::client::Sender::Peer { name, .. } => name,
+        _ => "server",
+    }
+}
+
+fn sender_source(s: &letterlock::client::Sender) -> &'static str {
+    use letterlock::client::Sender;
+    match s {
+        Sender::Peer { pinned: true, .. } => "pinned",
+        Sender::Peer { .. } => "directory",
+        _ => "server",
+    }
 }
 
 /// Writes one JSON object as one line on stdout (ASCII only, see [`ascii_json`]).

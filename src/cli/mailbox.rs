@@ -109,7 +109,7 @@ pub(super) fn inbox_json(list: &[InboxSummary]) -> Result<String> {
 
 /// `client inbox`: the messages kept, oldest received first.
 pub(super) async fn client_inbox(a: InboxArgs) -> Result<ExitCode> {
-    let list = match existing_mailbox(&a.keys).await? {
+    let mut list = match existing_mailbox(&a.keys).await? {
         Some(mailbox) => {
             let list = mailbox.store().list_inbox().await?;
             mailbox.close().await?;
@@ -117,6 +117,16 @@ pub(super) async fn client_inbox(a: InboxArgs) -> Result<ExitCode> {
         }
         None => Vec::new(),
     };
+    // A message from another client is shown under its contact's current name and how its
+    // key is known (pinned, or from the directory).
+    if !list.is_empty() {
+        let contacts = super::contacts::open_contacts(&a.keys)?;
+        for m in &mut list {
+            if let Some(c) = contacts.by_key(&keys::KeyId(m.sender_key_id))? {
+                m.sender_name = format!("{} ({})", c.name, c.source.as_str());
+            }
+        }
+    }
     if a.json {
         println!("{}", inbox_json(&list)?);
     } else if list.is_empty() {
@@ -166,9 +176,10 @@ fn signing_key(
         }
     }
     bail!(
-        "message {id} was signed by the server key {signer}, but server_public.pem is now {} \
-         and no earlier key {signer} is kept ({}): to read it, put that server's public key \
-         there",
+        "message {id} was signed by the key {signer}, which is not a contact's key (`letterlock \
+         client contacts --offline` lists them; a contact whose key changed since needs the old \
+         key pinned again to read it), and server_public.pem is now {} with no earlier key \
+         {signer} kept ({}): if the server signed it, put that server's public key there",
         current.id(),
         kept.display()
     )
@@ -203,12 +214,22 @@ async fn read_kept(mailbox: &Mailbox, a: &ReadArgs) -> Result<ExitCode> {
     let current = peer_key(&a.keys, "server")?;
     let msg = find(mailbox, &a.id).await?;
     let id = hex::encode(msg.summary.message_id);
-    let server = signing_key(
-        &a.keys,
-        current,
-        &keys::KeyId(msg.summary.sender_key_id),
-        &id,
-    )?;
+    let signer = keys::KeyId(msg.summary.sender_key_id);
+    // A message from another client verifies with that contact's key (pinned or accepted
+    // from the directory); one from the server, with the server's.
+    let mut from = letterlock::text::line(&msg.summary.sender_name).to_string();
+    let contact = if signer == current.id() {
+        None
+    } else {
+        super::contacts::contact_by_key(&a.keys, &signer)?
+    };
+    let server = match contact {
+        Some((key, who)) => {
+            from = who;
+            key
+        }
+        None => signing_key(&a.keys, current, &signer, &id)?,
+    };
     let body = msg.body;
     let opened = tokio::task::spawn_blocking({
         let output = a.output.clone().filter(|_| !to_stdout);
@@ -246,7 +267,7 @@ async fn read_kept(mailbox: &Mailbox, a: &ReadArgs) -> Result<ExitCode> {
     status!(
         "verified: message {id}, {} bytes from {} ({}), {} mode, received {}{saved}",
         opened.plaintext_len,
-        letterlock::text::line(&msg.summary.sender_name),
+        from,
         opened.header.sender,
         opened.header.mode,
         time_text(msg.summary.received),

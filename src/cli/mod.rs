@@ -37,6 +37,7 @@ macro_rules! status {
 
 mod client;
 mod completions;
+mod contacts;
 mod hints;
 mod mailbox;
 mod offline;
@@ -360,6 +361,10 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             ClientCommand::Inbox(a) => runtime()?.block_on(mailbox::client_inbox(a)),
             ClientCommand::Read(a) => runtime()?.block_on(mailbox::client_read(a)),
             ClientCommand::TrustServer(a) => trust_server::run(a),
+            ClientCommand::Trust(a) => contacts::trust(&a),
+            ClientCommand::Untrust(a) => contacts::untrust(&a),
+            ClientCommand::Contacts(a) => runtime()?.block_on(contacts::contacts(a)),
+            ClientCommand::Receipts(a) => runtime()?.block_on(contacts::receipts(a)),
         },
         Command::Server { serve, command } => match command {
             None => runtime()?.block_on(serve_cmd(serve)),

@@ -95,6 +95,21 @@ pub enum ClientError {
          is set aside"
     )]
     MailboxConflict { id: MessageId },
+    /// The server's directory answer was refused whole (a bad signature, mixed serials, too
+    /// many entries): nothing in it is used.
+    #[error("{0}")]
+    BadDirectory(String),
+    /// A client-to-client request on the plain version 1 wire, which has none.
+    #[error("{0} needs protocol version 2 (TLS 1.3); drop --plain-v1")]
+    NeedsTls(&'static str),
+    /// A message from another client whose key this client cannot use (unknown, only offered
+    /// as a change, or in conflict with a pin): set aside, not acknowledged.
+    #[error("{0}")]
+    UnknownSender(String),
+    /// The client's contacts or its record of relayed messages could not be read or written.
+    #[cfg(feature = "sqlite")]
+    #[error(transparent)]
+    Contacts(#[from] super::contacts::ContactsError),
 }
 
 impl From<ConnError> for ClientError {

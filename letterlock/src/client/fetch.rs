@@ -1,16 +1,19 @@
 //! Fetching: open and verify each waiting message, put it where the caller said, keep the record
 //! of received messages, and only then acknowledge it; set aside what cannot be opened.
 
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tracing::debug;
 use zeroize::Zeroizing;
 
+use crate::directory;
 use crate::envelope::{self, HEADER_LEN, Header, MessageId, OpenError, OpenOptions, Opener};
 use crate::files::{AtomicFile, WriteOptions};
+use crate::keys::{Identity, KeyId, PublicKey};
 use crate::received::{self, Entry, Kind, ReceivedRecord};
-use crate::wire::Frame;
+use crate::wire::{DATA_FRAME, Frame};
 
 use super::mailbox::{Kept, Mailbox, SealedCopy, StagedCopy};
 use super::{Client, ClientError, on_blocking_pool, unexpected};
@@ -40,6 +43,8 @@ pub struct Received {
     /// by this fetch, or held already. Always false without a mailbox, and for a repeat the
     /// record recognised (not kept again).
     pub in_mailbox: bool,
+    /// Who sent it: the server, or a contact (relayed messages).
+    pub sender: Sender,
 }
 
 /// Where a fetched message's plaintext is.
@@ -119,7 +124,7 @@ impl Client {
     where
         F: FnMut(FetchEvent<'_>) -> Result<(), ClientError>,
     {
-        self.fetch_kept(output, record, None, event).await
+        self.fetch_kept(output, record, None, None, event).await
     }
 
     /// [`Client::fetch_recorded`], keeping every new message in `mailbox` too: its sealed bytes
@@ -138,7 +143,31 @@ impl Client {
     where
         F: FnMut(FetchEvent<'_>) -> Result<(), ClientError>,
     {
-        self.fetch_kept(output, record, Some(mailbox), event).await
+        self.fetch_kept(output, record, Some(mailbox), None, event)
+            .await
+    }
+
+    /// [`Client::fetch_to_mailbox`] for a client that also receives from other clients: a
+    /// delivered message whose header names another sender than the server is opened with
+    /// that sender's key as `senders` (the client's contacts) knows it: a pinned key, or an
+    /// accepted directory key. A key it does not know sends for the server's directory once
+    /// (over this connection, after the other messages; version 2 only), which `senders`
+    /// learns from; each message is then kept in the mailbox under its sender's name. A
+    /// sender still unknown, a key only offered as a change, or one in conflict with a pin:
+    /// the message is set aside ([`ClientError::UnknownSender`]), not acknowledged.
+    pub async fn fetch_from_contacts<F>(
+        &mut self,
+        output: &Output,
+        record: &mut ReceivedRecord,
+        mailbox: &Mailbox,
+        senders: Arc<dyn Senders>,
+        event: F,
+    ) -> Result<FetchReport, ClientError>
+    where
+        F: FnMut(FetchEvent<'_>) -> Result<(), ClientError>,
+    {
+        self.fetch_kept(output, record, Some(mailbox), Some(senders), event)
+            .await
     }
 
     async fn fetch_kept<F>(
@@ -146,6 +175,7 @@ impl Client {
         output: &Output,
         record: &mut ReceivedRecord,
         mailbox: Option<&Mailbox>,
+        senders: Option<Arc<dyn Senders>>,
         mut event: F,
     ) -> Result<FetchReport, ClientError>
     where
@@ -154,6 +184,8 @@ impl Client {
         self.writer.write_frame(&Frame::Fetch).await?;
         let mut acked = Vec::new();
         let mut report = FetchReport::default();
+        // Messages from keys not known yet, spooled whole until the directory was asked.
+        let mut deferred: Vec<Deferred> = Vec::new();
         let count = loop {
             let first = match self.read().await? {
                 Frame::Deliver(first) => first,
@@ -188,76 +220,303 @@ impl Client {
                     self.skip_message().await?;
                     Err(ClientError::Stale(why))
                 }
-                Ok(()) => {
-                    let repeat = known == Some(Kind::Received);
-                    let out = if repeat { None } else { Some(output) };
-                    // A repeat is not kept twice: the mailbox got it the first time.
-                    let copy = if repeat {
-                        None
-                    } else {
-                        mailbox.map(Mailbox::copy)
-                    };
-                    match self.open_delivery(head, out, copy).await {
-                        Ok((mut received, staged)) => keep(mailbox, staged, &mut received, now)
-                            .await
-                            .map(|()| received),
-                        Err(e) => Err(e),
+                Ok(()) => match self.signer(&header, senders.as_ref()).await? {
+                    Signer::Known(key, sender) => {
+                        let repeat = known == Some(Kind::Received);
+                        let out = if repeat { None } else { Some(output) };
+                        // A repeat is not kept twice: the mailbox got it the first time.
+                        let copy = if repeat {
+                            None
+                        } else {
+                            mailbox.map(Mailbox::copy)
+                        };
+                        match self.open_delivery(head, &key, out, copy).await {
+                            Ok((mut received, staged)) => {
+                                received.sender = sender;
+                                keep(mailbox, staged, &mut received, now)
+                                    .await
+                                    .map(|()| received)
+                            }
+                            Err(e) => Err(e),
+                        }
                     }
-                }
+                    // Not known yet: asked of the directory once the fetch is done.
+                    Signer::NotUsable(SenderLookup::Unknown) if self.tls.is_some() => {
+                        match self.spool_message(head).await {
+                            Ok(spool) => {
+                                deferred.push(Deferred {
+                                    header,
+                                    known,
+                                    spool,
+                                });
+                                continue;
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Signer::NotUsable(lookup) => {
+                        self.skip_message().await?;
+                        Err(not_usable(&header, &lookup, None))
+                    }
+                },
             };
             let received = match refused {
                 Ok(r) => r,
                 Err(error) if is_set_aside(&error) => {
-                    if known.is_none() {
-                        record.add(entry(Kind::SetAside, &header, now))?;
-                    }
-                    event(FetchEvent::SetAside {
-                        id: Some(id),
-                        error: &error,
-                    })?;
+                    set_aside(record, known, &header, now, &error, &mut event)?;
                     report.set_aside += 1;
                     continue;
                 }
                 Err(error) => return Err(error),
             };
-            if known == Some(Kind::Received) || received.duplicate {
-                event(FetchEvent::Repeat {
-                    received: &received,
-                    recorded: record.get(&header.sender.0, &id.0).map(|e| e.recorded),
-                })?;
-                report.repeats += 1;
-            } else {
-                event(FetchEvent::New(&received))?;
-                report.new += 1;
-            }
-            if known != Some(Kind::Received) {
-                // Durable before the ack: after it, the server forgets the message.
-                record.add(entry(Kind::Received, &header, now))?;
-            }
-            // Queued, and sent once FetchDone came: the server reads nothing while it streams
-            // a fetch, so acks written during it would wait in the TCP buffers, and enough of
-            // them would fill both directions (PROTOCOL.md, "Keep reading while writing").
-            self.writer.queue_frame(&Frame::DeliveryAck {
-                id,
-                tag: received.ack_tag,
-            });
+            self.accepted(
+                received,
+                &header,
+                known,
+                now,
+                record,
+                &mut event,
+                &mut report,
+            )?;
             acked.push(id);
         };
-        let delivered = acked.len() + report.set_aside;
+        let delivered = acked.len() + report.set_aside + deferred.len();
         if count as usize != delivered {
             return Err(ClientError::CountMismatch {
                 announced: count,
                 sent: delivered,
             });
         }
+        self.confirm_removals(&acked).await?;
+        if let (false, Some(senders)) = (deferred.is_empty(), senders) {
+            let acked = self
+                .open_deferred(
+                    deferred,
+                    output,
+                    record,
+                    mailbox,
+                    senders,
+                    &mut event,
+                    &mut report,
+                )
+                .await?;
+            self.confirm_removals(&acked).await?;
+        }
+        Ok(report)
+    }
+
+    /// Sends the queued acknowledgements and waits for the server to confirm each removal,
+    /// so a second fetch will not repeat them.
+    async fn confirm_removals(&mut self, acked: &[MessageId]) -> Result<(), ClientError> {
         self.writer.flush().await?;
-        for _ in &acked {
+        for _ in acked {
             match self.read().await? {
                 Frame::Removed { id } if acked.contains(&id) => {}
                 other => return Err(unexpected(other)),
             }
         }
-        Ok(report)
+        Ok(())
+    }
+
+    /// Reports, records and queues the acknowledgement of a message that verified (and is
+    /// kept, if there is a mailbox).
+    #[allow(clippy::too_many_arguments)]
+    fn accepted<F>(
+        &mut self,
+        received: Received,
+        header: &Header,
+        known: Option<Kind>,
+        now: u64,
+        record: &mut ReceivedRecord,
+        event: &mut F,
+        report: &mut FetchReport,
+    ) -> Result<(), ClientError>
+    where
+        F: FnMut(FetchEvent<'_>) -> Result<(), ClientError>,
+    {
+        let id = header.message_id;
+        if known == Some(Kind::Received) || received.duplicate {
+            event(FetchEvent::Repeat {
+                received: &received,
+                recorded: record.get(&header.sender.0, &id.0).map(|e| e.recorded),
+            })?;
+            report.repeats += 1;
+        } else {
+            event(FetchEvent::New(&received))?;
+            report.new += 1;
+        }
+        if known != Some(Kind::Received) {
+            // Durable before the ack: after it, the server forgets the message.
+            record.add(entry(Kind::Received, header, now))?;
+        }
+        // Queued, and sent once FetchDone came: the server reads nothing while it streams
+        // a fetch, so acks written during it would wait in the TCP buffers, and enough of
+        // them would fill both directions (PROTOCOL.md, "Keep reading while writing").
+        self.writer.queue_frame(&Frame::DeliveryAck {
+            id,
+            tag: received.ack_tag,
+        });
+        Ok(())
+    }
+
+    /// The key to open a delivered message with, and who sent it.
+    async fn signer(
+        &self,
+        header: &Header,
+        senders: Option<&Arc<dyn Senders>>,
+    ) -> Result<Signer, ClientError> {
+        let server = self.server.id();
+        let senders = match senders {
+            Some(s) if header.sender != server => s.clone(),
+            // The server's key, or no contacts: today's path (a message from another client
+            // then fails to verify and is set aside).
+            _ => return Ok(Signer::Known(self.server.clone(), Sender::Server)),
+        };
+        let key = header.sender;
+        let lookup = on_blocking_pool(move || senders.lookup(&key)).await?;
+        Ok(match lookup {
+            SenderLookup::Usable { key, name, pinned } => {
+                Signer::Known(key, Sender::Peer { name, pinned })
+            }
+            other => Signer::NotUsable(other),
+        })
+    }
+
+    /// Writes a delivered message (its first bytes `head`, the rest still to read) whole to
+    /// an unnamed temporary file: ciphertext only, gone when dropped. Bounded by what the
+    /// client would accept opening.
+    async fn spool_message(&mut self, head: Vec<u8>) -> Result<std::fs::File, ClientError> {
+        // Sealing overhead: asymmetric mode's RSA blocks are at most ~1.5 times the plaintext.
+        let limit = self
+            .config
+            .max_message
+            .saturating_mul(2)
+            .saturating_add(1 << 20);
+        let mut written = head.len() as u64;
+        let mut spool = on_blocking_pool(move || {
+            let mut f = tempfile::tempfile()?;
+            f.write_all(&head)?;
+            Ok(f)
+        })
+        .await?;
+        loop {
+            match self.read().await? {
+                Frame::Deliver(data) => {
+                    written = written.saturating_add(data.len() as u64);
+                    if written > limit {
+                        self.skip_message().await?;
+                        return Err(ClientError::Open(OpenError::TooLarge { limit }));
+                    }
+                    spool = on_blocking_pool(move || {
+                        let mut f = spool;
+                        f.write_all(&data)?;
+                        Ok(f)
+                    })
+                    .await?;
+                }
+                Frame::DeliverEnd => return Ok(spool),
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// After the fetch: asks the server's directory once, lets `senders` learn from it, and
+    /// opens each deferred message whose sender is now known (kept, recorded, acks queued);
+    /// the others are set aside. Returns the ids acknowledged.
+    #[allow(clippy::too_many_arguments)]
+    async fn open_deferred<F>(
+        &mut self,
+        deferred: Vec<Deferred>,
+        output: &Output,
+        record: &mut ReceivedRecord,
+        mailbox: Option<&Mailbox>,
+        senders: Arc<dyn Senders>,
+        event: &mut F,
+        report: &mut FetchReport,
+    ) -> Result<Vec<MessageId>, ClientError>
+    where
+        F: FnMut(FetchEvent<'_>) -> Result<(), ClientError>,
+    {
+        let directory_error = match self.directory().await {
+            Ok(entries) => {
+                let learner = senders.clone();
+                match on_blocking_pool(move || learner.learn(&entries)).await {
+                    Ok(notes) => {
+                        if !notes.is_empty() {
+                            event(FetchEvent::Directory { notes: &notes })?;
+                        }
+                        None
+                    }
+                    Err(e) => Some(e.to_string()),
+                }
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        let mut acked = Vec::new();
+        for d in deferred {
+            let header = d.header;
+            let now = envelope::unix_now();
+            let lookup = match &directory_error {
+                Some(_) => SenderLookup::Unknown,
+                None => {
+                    let (s, key) = (senders.clone(), header.sender);
+                    on_blocking_pool(move || s.lookup(&key)).await?
+                }
+            };
+            let opened = match lookup {
+                SenderLookup::Usable { key, name, pinned } => {
+                    let repeat = d.known == Some(Kind::Received);
+                    let out = (!repeat).then(|| output.clone());
+                    let copy = if repeat {
+                        None
+                    } else {
+                        mailbox.map(Mailbox::copy)
+                    };
+                    let capped = copy.is_some();
+                    let opts = self.open_options(out.as_ref(), capped);
+                    let identity = self.identity.clone();
+                    let spool = d.spool;
+                    let opened = on_blocking_pool(move || {
+                        open_spooled(spool, identity, &key, &opts, out.as_ref(), capped, copy)
+                    })
+                    .await;
+                    match opened {
+                        Ok((mut received, staged)) => {
+                            received.sender = Sender::Peer { name, pinned };
+                            keep(mailbox, staged, &mut received, now)
+                                .await
+                                .map(|()| received)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                other => Err(not_usable(&header, &other, directory_error.as_deref())),
+            };
+            match opened {
+                Ok(received) => {
+                    self.accepted(received, &header, d.known, now, record, event, report)?;
+                    acked.push(header.message_id);
+                }
+                Err(error) if is_set_aside(&error) => {
+                    set_aside(record, d.known, &header, now, &error, event)?;
+                    report.set_aside += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(acked)
+    }
+
+    /// The opening limits for a message going to `output` (`None`: only verified);
+    /// `capped`: a mailbox keeps it, so a message over a memory limit is not an error.
+    fn open_options(&self, output: Option<&Output>, capped: bool) -> OpenOptions {
+        OpenOptions {
+            max_plaintext: match output {
+                Some(Output::Memory { limit }) if !capped => (*limit).min(self.config.max_message),
+                Some(_) | None => self.config.max_message,
+            },
+            asymmetric_limit: self.config.max_asymmetric,
+        }
     }
 
     /// The first `HEADER_LEN` bytes or more of a delivered message, and whether its
@@ -295,6 +554,7 @@ impl Client {
     async fn open_delivery(
         &mut self,
         head: Vec<u8>,
+        key: &PublicKey,
         output: Option<&Output>,
         copy: Option<SealedCopy>,
     ) -> Result<(Received, Option<StagedCopy>), ClientError> {
@@ -304,39 +564,18 @@ impl Client {
         } else {
             Vec::new()
         };
-        let server = self.server.clone();
         // With a mailbox, the memory limit is the output's, not the message's: what is over it
         // is still verified and kept (`PlainSink::Capped`).
         let capped = copy.is_some();
-        let opts = OpenOptions {
-            max_plaintext: match output {
-                Some(Output::Memory { limit }) if !capped => (*limit).min(self.config.max_message),
-                Some(_) | None => self.config.max_message,
-            },
-            asymmetric_limit: self.config.max_asymmetric,
-        };
+        let opts = self.open_options(output, capped);
         let output = output.cloned();
-        let started = Opener::new(&head, self.identity.clone(), &server, &opts)
+        let started = Opener::new(&head, self.identity.clone(), key, &opts)
             .map_err(ClientError::from)
             .map(|opener| (opener, output));
         let mut state: Result<Unpack, ClientError> = match started {
             Ok((opener, output)) => {
-                let header = *opener.header();
                 on_blocking_pool(move || {
-                    let sink = match &output {
-                        Some(output) => PlainSink::new(output, &header, capped)?,
-                        None => PlainSink::Discard,
-                    };
-                    let mut copy = copy;
-                    if let Some(copy) = &mut copy {
-                        copy.write(&head)?;
-                    }
-                    let mut u = Unpack {
-                        opener,
-                        sink,
-                        plain: Zeroizing::new(Vec::new()),
-                        copy,
-                    };
+                    let mut u = Unpack::start(opener, &head, output.as_ref(), capped, copy)?;
                     u.feed(&rest)?;
                     Ok(u)
                 })
@@ -450,6 +689,127 @@ pub enum FetchEvent<'a> {
         id: Option<MessageId>,
         error: &'a ClientError,
     },
+    /// The server's directory was fetched (a message came from a key not known yet) and
+    /// changed the contacts: one line per new name, change or conflict, to tell the user.
+    Directory { notes: &'a [String] },
+}
+
+/// Who sent a fetched message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sender {
+    /// The server (its own key signed the message).
+    Server,
+    /// Another client, under its contact name; `pinned`: its key was pinned by the user
+    /// (else it came from the server's directory).
+    Peer { name: String, pinned: bool },
+}
+
+/// What the client's contacts say about the key that signed a message from another client.
+#[derive(Clone, Debug)]
+pub enum SenderLookup {
+    /// A pinned key, or an accepted directory key: open with it.
+    Usable {
+        key: PublicKey,
+        name: String,
+        pinned: bool,
+    },
+    /// Only offered by the directory as a changed key for `name`, not accepted.
+    Changed { name: String },
+    /// Not a key of any contact.
+    Unknown,
+}
+
+/// The client's contacts, as fetching needs them ([`super::contacts::Contacts`] is one).
+/// Called on the blocking pool.
+pub trait Senders: Send + Sync {
+    /// What the contacts know about `key`.
+    fn lookup(&self, key: &KeyId) -> Result<SenderLookup, ClientError>;
+    /// Applies a verified directory; returns a line for each thing worth telling the user
+    /// (a new name, a changed key, a conflict with a pin).
+    fn learn(&self, entries: &[directory::Entry]) -> Result<Vec<String>, ClientError>;
+}
+
+/// How a delivered message is to be opened.
+enum Signer {
+    Known(PublicKey, Sender),
+    NotUsable(SenderLookup),
+}
+
+/// A message from a key not known yet, kept aside (sealed, in a temporary file) until the
+/// directory was asked.
+struct Deferred {
+    header: Header,
+    known: Option<Kind>,
+    spool: std::fs::File,
+}
+
+/// The set-aside error for a message whose signer's key is not usable.
+fn not_usable(header: &Header, lookup: &SenderLookup, directory: Option<&str>) -> ClientError {
+    let key = header.sender;
+    let dir = directory
+        .map(|e| format!(" (the directory could not be used: {e})"))
+        .unwrap_or_default();
+    ClientError::UnknownSender(match lookup {
+        SenderLookup::Changed { name } => format!(
+            "from key {key}, which the server's directory offers as a CHANGED key for {name}, not \
+             accepted; if {name} really has a new key (check its fingerprint with {name}), \
+             `letterlock client contacts --accept {name}`, then receive again"
+        ),
+        _ => format!(
+            "from an unknown key {key}{dir}; if you expect it, `letterlock client trust FILE \
+             --name NAME` (with the sender's public key), or `letterlock client contacts` to see \
+             the directory"
+        ),
+    })
+}
+
+/// Records and reports a message set aside (not acknowledged: it stays on the server).
+fn set_aside<F>(
+    record: &mut ReceivedRecord,
+    known: Option<Kind>,
+    header: &Header,
+    now: u64,
+    error: &ClientError,
+    event: &mut F,
+) -> Result<(), ClientError>
+where
+    F: FnMut(FetchEvent<'_>) -> Result<(), ClientError>,
+{
+    if known.is_none() {
+        record.add(entry(Kind::SetAside, header, now))?;
+    }
+    event(FetchEvent::SetAside {
+        id: Some(header.message_id),
+        error,
+    })
+}
+
+/// Opens a spooled message (header first) with `key`, as [`Client::open_delivery`] opens one
+/// arriving in frames. Blocking.
+fn open_spooled(
+    mut file: std::fs::File,
+    identity: Arc<dyn Identity>,
+    key: &PublicKey,
+    opts: &OpenOptions,
+    output: Option<&Output>,
+    capped: bool,
+    copy: Option<SealedCopy>,
+) -> Result<(Received, Option<StagedCopy>), ClientError> {
+    file.seek(io::SeekFrom::Start(0))?;
+    let mut head = vec![0u8; HEADER_LEN];
+    let n = envelope::read_full(&mut file, &mut head)?;
+    head.truncate(n);
+    let opener = Opener::new(&head, identity, key, opts)?;
+    let mut u = Unpack::start(opener, &head, output, capped, copy)?;
+    let mut buf = vec![0u8; DATA_FRAME];
+    loop {
+        let n = envelope::read_full(&mut file, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        u.feed(buf.get(..n).unwrap_or_default())?;
+    }
+    u.finish()
 }
 
 /// Whether a failure concerns the one message (set it aside, deliver the next) rather than the
@@ -457,7 +817,10 @@ pub enum FetchEvent<'a> {
 fn is_set_aside(e: &ClientError) -> bool {
     matches!(
         e,
-        ClientError::Open(_) | ClientError::Stale(_) | ClientError::MailboxConflict { .. }
+        ClientError::Open(_)
+            | ClientError::Stale(_)
+            | ClientError::MailboxConflict { .. }
+            | ClientError::UnknownSender(_)
     )
 }
 
@@ -472,9 +835,16 @@ async fn keep(
     let (Some(mailbox), Some(staged)) = (mailbox, staged) else {
         return Ok(());
     };
+    // A relayed message is kept under its sender's contact name; the server's, under the
+    // mailbox's name for the server.
+    let name = match &received.sender {
+        Sender::Peer { name, .. } => Some(name.clone()),
+        Sender::Server => None,
+    };
     let kept = mailbox
         .keep(
             staged,
+            name.as_deref(),
             &received.header,
             received.plaintext_len,
             received.ack_tag,
@@ -511,6 +881,32 @@ struct Unpack {
 }
 
 impl Unpack {
+    /// Starts opening with `opener` (made from `head`): the plaintext to `output` (`None`:
+    /// only verified), the sealed bytes, header first, to `copy`.
+    fn start(
+        opener: Opener,
+        head: &[u8],
+        output: Option<&Output>,
+        capped: bool,
+        copy: Option<SealedCopy>,
+    ) -> Result<Self, ClientError> {
+        let header = *opener.header();
+        let sink = match output {
+            Some(output) => PlainSink::new(output, &header, capped)?,
+            None => PlainSink::Discard,
+        };
+        let mut copy = copy;
+        if let Some(copy) = &mut copy {
+            copy.write(head)?;
+        }
+        Ok(Unpack {
+            opener,
+            sink,
+            plain: Zeroizing::new(Vec::new()),
+            copy,
+        })
+    }
+
     fn feed(&mut self, data: &[u8]) -> Result<(), ClientError> {
         if let Some(copy) = &mut self.copy {
             copy.write(data)?;
@@ -534,6 +930,7 @@ impl Unpack {
             duplicate,
             ack_tag: opened.ack_tag,
             in_mailbox: false,
+            sender: Sender::Server,
         };
         Ok((received, staged))
     }

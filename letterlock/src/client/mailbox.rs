@@ -25,7 +25,7 @@
 #[cfg(feature = "sqlite")]
 pub use with_sqlite::Mailbox;
 #[cfg(feature = "sqlite")]
-pub(crate) use with_sqlite::{SealedCopy, StagedCopy};
+pub(crate) use with_sqlite::{SealedCopy, StagedCopy, create_private};
 
 #[cfg(not(feature = "sqlite"))]
 pub use without_sqlite::Mailbox;
@@ -100,12 +100,14 @@ mod with_sqlite {
             SealedCopy(self.store.blob_writer())
         }
 
-        /// Commits a finished copy of the message with `header` (fsynced before this returns).
-        /// A different message under the same (sender, id) is refused, as the server refuses
-        /// one: the message is set aside, not acknowledged.
+        /// Commits a finished copy of the message with `header` (fsynced before this returns),
+        /// under `sender_name` (a contact's name; `None`: the server's name given to
+        /// [`Mailbox::open`]). A different message under the same (sender, id) is refused, as
+        /// the server refuses one: the message is set aside, not acknowledged.
         pub(crate) async fn keep(
             &self,
             staged: StagedCopy,
+            sender_name: Option<&str>,
             header: &Header,
             plaintext_len: u64,
             ack_tag: [u8; 32],
@@ -120,7 +122,7 @@ mod with_sqlite {
                 }))?;
             let record = InboxRecord {
                 sender_key_id: header.sender.0,
-                sender_name: self.sender_name.clone(),
+                sender_name: sender_name.unwrap_or(&self.sender_name).to_owned(),
                 message_id: header.message_id.0,
                 created: header.created,
                 received: now,
@@ -148,7 +150,7 @@ mod with_sqlite {
     /// Creates the database file and the blob folder owner-only if they do not exist yet
     /// (existing ones keep their permissions): the store itself would create them with the
     /// umask's (usually world-readable) permissions.
-    fn create_private(path: &Path) -> Result<(), StoreError> {
+    pub(crate) fn create_private(path: &Path) -> Result<(), StoreError> {
         match fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -209,6 +211,7 @@ mod without_sqlite {
         pub(crate) async fn keep(
             &self,
             _: StagedCopy,
+            _: Option<&str>,
             _: &Header,
             _: u64,
             _: [u8; 32],

@@ -10,7 +10,9 @@
 //! type; `connect.rs` connecting (version 1 or TLS), admission retries and the handshake;
 //! `send.rs` sending and checking proofs of delivery; `fetch.rs` fetching, opening, recording
 //! and acknowledging the messages waiting for us; `mailbox.rs` the client's durable copy of
-//! what it received (sealed at rest, committed before the acknowledgement).
+//! what it received (sealed at rest, committed before the acknowledgement); `contacts.rs` the
+//! people it writes to (pinned keys, keys from the server's signed directory) and the messages
+//! it relayed to them, with their receipts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,15 +25,21 @@ use crate::tls;
 use crate::wire::{self, Frame, FrameReader, FrameWriter};
 
 mod connect;
+#[cfg(feature = "sqlite")]
+pub mod contacts;
 mod error;
 mod fetch;
 mod mailbox;
+mod relay;
 mod send;
 
 pub use connect::{Backoff, Retry, RetryCause, Transport};
 pub use error::ClientError;
-pub use fetch::{Content, FetchEvent, FetchReport, Output, Received, message_path};
+pub use fetch::{
+    Content, FetchEvent, FetchReport, Output, Received, Sender, SenderLookup, Senders, message_path,
+};
 pub use mailbox::Mailbox;
+pub use relay::{MAX_DIRECTORY_ENTRIES, Relayed};
 pub use send::Delivery;
 
 /// Limits and timeouts of the client.

@@ -98,39 +98,12 @@ impl Client {
         let mut failed: u32 = 0;
         while is_unavailable(&result) {
             failed = failed.saturating_add(1);
-            let Some(wait) = backoff.wait(failed, start.elapsed(), jitter()) else {
+            let id = again.sealed().header.message_id;
+            if !self
+                .reconnect_after_unavailable(failed, id, start, backoff, on_retry)
+                .await?
+            {
                 return result;
-            };
-            on_retry(&Retry {
-                attempt: failed.saturating_add(1),
-                wait,
-                cause: RetryCause::Unavailable {
-                    id: again.sealed().header.message_id,
-                },
-            });
-            tokio::time::sleep(wait).await;
-            // The connection ended with the refusal: a new one, busy answers retried within
-            // what is left of the deadline.
-            let reconnect = Backoff {
-                deadline: backoff.deadline.saturating_sub(start.elapsed()),
-                ..backoff
-            };
-            let connected = Client::connect_retrying(
-                &self.addr,
-                self.identity.clone(),
-                self.server.clone(),
-                self.config.clone(),
-                self.transport,
-                reconnect,
-                &mut *on_retry,
-            )
-            .await;
-            match connected {
-                Ok(client) => *self = client,
-                // Turned away until the deadline (a server without its database cannot
-                // check our key either): the refusal says more than "busy".
-                Err(ClientError::Busy { .. }) => return result,
-                Err(e) => return Err(e),
             }
             result = match again {
                 Again::Spool(kept) => self.resend(kept).await,
@@ -138,6 +111,55 @@ impl Client {
             };
         }
         result
+    }
+
+    /// After the `failed`-th `Unavailable` answer for message `id`: waits as `backoff` says
+    /// (counted from `start`) and connects again, replacing this connection. `Ok(false)`: the
+    /// deadline came first, or the server turned every reconnection away as busy (the
+    /// refusal then says more than "busy"): give up with the `Unavailable` answer.
+    pub(super) async fn reconnect_after_unavailable(
+        &mut self,
+        failed: u32,
+        id: MessageId,
+        start: tokio::time::Instant,
+        backoff: Backoff,
+        on_retry: &mut impl FnMut(&Retry),
+    ) -> Result<bool, ClientError> {
+        let Some(wait) = backoff.wait(failed, start.elapsed(), jitter()) else {
+            return Ok(false);
+        };
+        on_retry(&Retry {
+            attempt: failed.saturating_add(1),
+            wait,
+            cause: RetryCause::Unavailable { id },
+        });
+        tokio::time::sleep(wait).await;
+        // The connection ended with the refusal: a new one, busy answers retried within
+        // what is left of the deadline.
+        let reconnect = Backoff {
+            deadline: backoff.deadline.saturating_sub(start.elapsed()),
+            ..backoff
+        };
+        let connected = Client::connect_retrying(
+            &self.addr,
+            self.identity.clone(),
+            self.server.clone(),
+            self.config.clone(),
+            self.transport,
+            reconnect,
+            &mut *on_retry,
+        )
+        .await;
+        match connected {
+            Ok(client) => {
+                *self = client;
+                Ok(true)
+            }
+            // Turned away until the deadline (a server without its database cannot check our
+            // key either): the refusal says more than "busy".
+            Err(ClientError::Busy { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Seals `input` and sends it as it is sealed, writing the sealed bytes to `spool` too if
@@ -197,6 +219,12 @@ impl Client {
 
     /// Sends a kept message again from its spool, byte for byte, and waits for its proven ack.
     async fn resend(&mut self, kept: &Kept) -> Result<Delivery, ClientError> {
+        self.send_spooled(kept).await?;
+        self.await_ack(&kept.sealed).await
+    }
+
+    /// Writes a kept message from its spool as `Send` frames, then `SendEnd`.
+    pub(super) async fn send_spooled(&mut self, kept: &Kept) -> Result<(), ClientError> {
         let mut file = kept.spool.try_clone()?;
         let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
         let reading = tokio::task::spawn_blocking(move || -> io::Result<()> {
@@ -224,7 +252,7 @@ impl Client {
         if let Err(e) = self.writer.write_frame(&Frame::SendEnd).await {
             return Err(self.reason_for(e).await);
         }
-        self.await_ack(&kept.sealed).await
+        Ok(())
     }
 
     /// Writes every piece `rx` yields as a `Send` frame, until it ends or a write fails; the
@@ -239,7 +267,7 @@ impl Client {
     }
 
     /// After a failed write, the server's Error frame (if any) says more than "broken pipe".
-    async fn reason_for(&mut self, e: ConnError) -> ClientError {
+    pub(super) async fn reason_for(&mut self, e: ConnError) -> ClientError {
         match self.read().await {
             Err(refused @ ClientError::Refused { .. }) => refused,
             _ => e.into(),
@@ -342,16 +370,17 @@ impl Again<'_> {
     }
 }
 
-/// A sealed message kept whole for a resend ([`Client::send_retrying`]).
-struct Kept {
+/// A sealed message kept whole for a resend ([`Client::send_retrying`]), or sealed whole
+/// before a relayed send (its commitment goes first).
+pub(super) struct Kept {
     /// What the sealer reported: the id and the ack tag the resend's ack must prove.
-    sealed: Sealed,
+    pub(super) sealed: Sealed,
     /// Every sealed byte, as first sent; an unnamed temporary file, gone when dropped.
-    spool: std::fs::File,
+    pub(super) spool: std::fs::File,
 }
 
 /// True for the server's `Unavailable` answer to a send: nothing acked, worth sending again.
-fn is_unavailable(result: &Result<Delivery, ClientError>) -> bool {
+pub(super) fn is_unavailable<T>(result: &Result<T, ClientError>) -> bool {
     matches!(
         result,
         Err(ClientError::Refused {
