@@ -18,7 +18,9 @@ use common::net::{Running, SERVER, run_on_loopback};
 use common::v2::Counting;
 use common::{private, public};
 use letterlock::directory::SignedEntry;
-use letterlock::envelope::{FixedRandomness, MessageId, Mode, OpenOptions, SealOptions, Sealed};
+use letterlock::envelope::{
+    FixedRandomness, HEADER_LEN, MessageId, Mode, OpenOptions, SealOptions, Sealed,
+};
 use letterlock::keys::{Identity, PublicKey, TrustList};
 use letterlock::server::{Server, ServerConfig};
 use letterlock::store::{SqliteStore, Store, TrustRequest};
@@ -135,6 +137,10 @@ struct Relaying {
 
 impl Relaying {
     async fn start() -> Relaying {
+        Self::start_with(ServerConfig::default()).await
+    }
+
+    async fn start_with(config: ServerConfig) -> Relaying {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(dir.path().join("server.db")).unwrap());
         for (name, key) in [ALICE, BOB] {
@@ -145,15 +151,10 @@ impl Relaying {
             signatures: AtomicUsize::new(0),
         });
         let server = Arc::new(
-            Server::new(
-                key.clone(),
-                TrustList::new(),
-                store.clone(),
-                ServerConfig::default(),
-            )
-            .trust_from_store()
-            .with_tls(TlsOptions::default())
-            .unwrap(),
+            Server::new(key.clone(), TrustList::new(), store.clone(), config)
+                .trust_from_store()
+                .with_tls(TlsOptions::default())
+                .unwrap(),
         );
         let running = run_on_loopback(server.clone()).await;
         Relaying {
@@ -449,6 +450,89 @@ async fn relays_are_refused_in_the_spec_order() {
             .is_empty()
     );
     assert_eq!(s.server.receive_stats().relayed, 1);
+    drop(alice);
+    s.stop().await;
+}
+
+/// The header's mode must be one the server accepts (7) and its time within the window (5),
+/// as for messages to the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_of_a_refused_mode_or_out_of_time_are_refused() {
+    let s = Relaying::start_with(ServerConfig {
+        accept: letterlock::server::Accept::Hybrid,
+        ..ServerConfig::default()
+    })
+    .await;
+    let (bytes, sealed) = seal(ALICE.1, BOB.1, Mode::Asymmetric, b"x");
+    let mut alice = s.conn(ALICE).await;
+    alice
+        .relay(receipt_commitment(&sealed.ack_tag), &bytes)
+        .await;
+    alice.refused(ErrorCode::ModeNotAccepted).await;
+    let (bytes, sealed) = common::seal_fixed(
+        private(ALICE.1),
+        &public(BOB.1),
+        &SealOptions::default(),
+        &FixedRandomness {
+            message_id: [7; 16],
+            created: letterlock::envelope::unix_now() - 3600,
+            content_key: [7; 32],
+        },
+        b"from an hour ago",
+    );
+    let mut alice = s.conn(ALICE).await;
+    alice
+        .relay(receipt_commitment(&sealed.ack_tag), &bytes)
+        .await;
+    alice.refused(ErrorCode::Stale).await;
+    assert!(
+        s.store
+            .pending_outbox(&public(BOB.1).id().0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    drop(alice);
+    s.stop().await;
+}
+
+/// A relayed message's bytes are counted as they arrive: past the mode's limit plus the
+/// sealing overhead it is refused (6) before it is kept. The server cannot verify what it
+/// relays, so a valid header followed by filler is enough to reach the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_relay_is_refused_as_it_arrives() {
+    let s = Relaying::start_with(ServerConfig {
+        max_hybrid: 1024,
+        ..ServerConfig::default()
+    })
+    .await;
+    let (bytes, sealed) = seal(ALICE.1, BOB.1, Mode::Hybrid, b"x");
+    let mut alice = s.conn(ALICE).await;
+    alice
+        .send(Frame::Relay {
+            commitment: receipt_commitment(&sealed.ack_tag),
+        })
+        .await;
+    alice.send(Frame::Send(bytes[..HEADER_LEN].to_vec())).await;
+    // 64 MiB of sealing overhead, then past it; the server stops reading at the bound.
+    let filler = Frame::Send(vec![0; 256 * 1024]);
+    let writer = tokio::spawn(async move {
+        for _ in 0..(64 * 4 + 8) {
+            if alice.w.write_frame(&filler).await.is_err() {
+                break;
+            }
+        }
+        alice
+    });
+    let mut alice = writer.await.unwrap();
+    alice.refused(ErrorCode::TooLarge).await;
+    assert!(
+        s.store
+            .pending_outbox(&public(BOB.1).id().0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     drop(alice);
     s.stop().await;
 }
