@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::net::{Running, SERVER, run_on_loopback};
+use common::net::{Running, SERVER};
 use common::v2::Counting;
 use common::{private, public};
 use letterlock::directory::SignedEntry;
@@ -126,13 +126,16 @@ impl Conn {
     }
 }
 
-/// A version 2 server over an SQLite store that trusts alice and bob, following the store.
-struct Relaying {
+/// A version 2 server over a store that trusts alice and bob, following the store: SQLite in a
+/// temporary folder unless said otherwise.
+struct Relaying<S: Store = SqliteStore> {
     running: Running,
-    server: Arc<Server<SqliteStore>>,
-    store: Arc<SqliteStore>,
+    server: Arc<Server<S>>,
+    store: Arc<S>,
     key: Arc<Counting>,
     dir: tempfile::TempDir,
+    /// The PostgreSQL database the store lives in, if it does (dropped with the test).
+    _database: Option<common::postgres::Database>,
 }
 
 impl Relaying {
@@ -143,8 +146,19 @@ impl Relaying {
     async fn start_with(config: ServerConfig) -> Relaying {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(dir.path().join("server.db")).unwrap());
+        Relaying::over(store, config, dir, None).await
+    }
+}
+
+impl<S: Store> Relaying<S> {
+    async fn over(
+        store: Arc<S>,
+        config: ServerConfig,
+        dir: tempfile::TempDir,
+        database: Option<common::postgres::Database>,
+    ) -> Relaying<S> {
         for (name, key) in [ALICE, BOB] {
-            trust(&store, name, &public(key)).await;
+            trust(&*store, name, &public(key)).await;
         }
         let key = Arc::new(Counting {
             key: private(SERVER),
@@ -156,13 +170,25 @@ impl Relaying {
                 .with_tls(TlsOptions::default())
                 .unwrap(),
         );
-        let running = run_on_loopback(server.clone()).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = server.clone();
+        let task = tokio::spawn(async move {
+            serving
+                .run(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
         Relaying {
-            running,
+            running: Running { addr, stop, task },
             server,
             store,
             key,
             dir,
+            _database: database,
         }
     }
 
@@ -176,7 +202,7 @@ impl Relaying {
     }
 }
 
-async fn trust(store: &SqliteStore, name: &str, key: &PublicKey) {
+async fn trust(store: &impl Store, name: &str, key: &PublicKey) {
     store
         .trust_client(TrustRequest {
             name: name.into(),
@@ -354,7 +380,10 @@ async fn a_wrong_tag_earns_no_receipt_and_the_entry_stays() {
     assert_eq!(alice.next().await, Frame::Stored { id });
 
     let mut bob = s.conn(BOB).await;
-    assert_eq!(bob.fetch().await, std::slice::from_ref(&bytes));
+    assert!(
+        bob.fetch().await == [bytes.clone()],
+        "delivered byte for byte"
+    );
     // The commitment itself, or a flipped tag, is not the tag.
     let mut wrong = sealed.ack_tag;
     wrong[5] ^= 0x40;
@@ -378,7 +407,7 @@ async fn a_wrong_tag_earns_no_receipt_and_the_entry_stays() {
     assert!(alice.receipts(&[id]).await.is_empty());
 
     let mut bob = s.conn(BOB).await;
-    assert_eq!(bob.fetch().await, [bytes]);
+    assert!(bob.fetch().await == [bytes], "delivered byte for byte");
     bob.send(Frame::DeliveryAck {
         id,
         tag: sealed.ack_tag,
@@ -651,7 +680,7 @@ async fn the_directory_is_signed_once_per_trust_generation() {
         "a request while the trust list is unchanged costs no signature"
     );
 
-    trust(&s.store, "carol", &public("alice4096")).await;
+    trust(&*s.store, "carol", &public("alice4096")).await;
     let changed = alice.directory().await;
     let generation = s.store.trust_generation().await.unwrap();
     let names: Vec<_> = changed
@@ -710,5 +739,68 @@ async fn server_read_of_a_relayed_message_says_the_server_cannot_open_it() {
         "{stderr}"
     );
     drop(alice);
+    s.stop().await;
+}
+
+/// The same over PostgreSQL: relayed, repeated, delivered byte for byte, acked, receipted for
+/// the sender only, a wrong tag refused; the server opened nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_postgres_a_relay_is_stored_delivered_and_receipted() {
+    let database = common::postgres::database().await;
+    let store = Arc::new(
+        letterlock::store::PostgresStore::connect(&database.url)
+            .await
+            .unwrap(),
+    );
+    let s = Relaying::over(
+        store,
+        ServerConfig::default(),
+        tempfile::tempdir().unwrap(),
+        Some(database),
+    )
+    .await;
+    let secret = b"a large note only bob reads. ".repeat(10_000);
+    let (bytes, sealed) = seal(ALICE.1, BOB.1, Mode::Hybrid, &secret);
+    let id = sealed.header.message_id;
+    let mut alice = s.conn(ALICE).await;
+    for _ in 0..2 {
+        alice
+            .relay(receipt_commitment(&sealed.ack_tag), &bytes)
+            .await;
+        assert_eq!(alice.next().await, Frame::Stored { id });
+    }
+    let stats = s.server.receive_stats();
+    assert_eq!(
+        (stats.relayed, stats.relay_repeats, stats.opened),
+        (1, 1, 0)
+    );
+
+    let mut bob = s.conn(BOB).await;
+    assert!(
+        bob.fetch().await == [bytes.clone()],
+        "delivered byte for byte"
+    );
+    let mut wrong = sealed.ack_tag;
+    wrong[0] ^= 1;
+    bob.send(Frame::DeliveryAck { id, tag: wrong }).await;
+    bob.refused(ErrorCode::BadAck).await;
+    assert!(alice.receipts(&[id]).await.is_empty());
+
+    let mut bob = s.conn(BOB).await;
+    assert!(
+        bob.fetch().await == [bytes.clone()],
+        "delivered byte for byte"
+    );
+    bob.send(Frame::DeliveryAck {
+        id,
+        tag: sealed.ack_tag,
+    })
+    .await;
+    assert_eq!(bob.next().await, Frame::Removed { id });
+    let receipts = alice.receipts(&[id]).await;
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0].tag, sealed.ack_tag);
+    assert!(bob.receipts(&[id]).await.is_empty());
+    drop((alice, bob));
     s.stop().await;
 }

@@ -106,13 +106,15 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
             .complete_outbox(&self.client.key.id().0, &id.0, &tag)
             .await
             .map_err(Fail::store)?;
-        self.leased.ids.retain(|leased| *leased != id.0);
         if !removed {
+            // Still leased to this connection, which ends now: released with the others
+            // (a wrong tag is no ack), so the next fetch need not wait for the lease.
             return Err(Fail::new(
                 ErrorCode::BadAck,
                 "delivery acknowledgement does not match a pending message",
             ));
         }
+        self.leased.ids.retain(|leased| *leased != id.0);
         info!(client = %crate::text::quoted(&self.client.name), id = %id, "delivery proven; message removed");
         send(&self.conn.out, Frame::Removed { id }).await
     }
