@@ -93,7 +93,14 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                 Err(_) => return Err(Fail::internal()),
             }
             send(out, Frame::DeliverEnd).await?;
-            debug!(client = %crate::text::quoted(&self.client.name), id = %MessageId(entry.message_id), "delivered");
+            match &entry.sender {
+                None => {
+                    debug!(client = %crate::text::quoted(&self.client.name), id = %MessageId(entry.message_id), "delivered")
+                }
+                Some((_, from)) => {
+                    debug!(client = %crate::text::quoted(&self.client.name), from = %crate::text::quoted(from), id = %MessageId(entry.message_id), "delivered a relayed message")
+                }
+            }
         }
         send(out, Frame::FetchDone { count }).await
     }
