@@ -1586,6 +1586,54 @@ async fn an_sqlite_mailbox_is_copied_into_postgres() {
     assert!(pg.integrity_check().await.unwrap());
 }
 
+/// Two servers over one database relaying the same (sender, id) at once: one stores it, the
+/// other is answered from the stored row (the same bytes: a duplicate; other bytes: a
+/// conflict), and one entry waits. A relay through one server is completed through the other,
+/// and its receipt is seen through both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_relaying_one_id_at_once_store_it_once() {
+    let db = common::postgres::database().await;
+    let (a, b) = tokio::join!(
+        PostgresStore::connect(&db.url),
+        PostgresStore::connect(&db.url)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    for n in 0..8u8 {
+        let same = || relay_record(1, 2, id(n), Body::from_bytes(b"to both".to_vec()));
+        let (ra, rb) = tokio::join!(a.enqueue_relay(same()), b.enqueue_relay(same()));
+        let mut outcomes = [ra.unwrap(), rb.unwrap()];
+        outcomes.sort_by_key(|o| *o == RelayOutcome::Stored);
+        assert_eq!(outcomes, [RelayOutcome::Duplicate, RelayOutcome::Stored]);
+    }
+    for n in 8..16u8 {
+        let (ra, rb) = tokio::join!(
+            a.enqueue_relay(relay_record(1, 2, id(n), Body::from_bytes(b"one".to_vec()))),
+            b.enqueue_relay(relay_record(1, 2, id(n), Body::from_bytes(b"two".to_vec())))
+        );
+        let mut outcomes = [ra.unwrap(), rb.unwrap()];
+        outcomes.sort_by_key(|o| *o == RelayOutcome::Stored);
+        assert_eq!(outcomes, [RelayOutcome::Conflict, RelayOutcome::Stored]);
+    }
+    assert_eq!(b.pending_outbox(&[2; 32]).await.unwrap().len(), 16);
+    assert!(
+        b.complete_outbox(&[2; 32], &id(0), &relay_tag(0))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !a.complete_outbox(&[2; 32], &id(0), &relay_tag(0))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        a.receipts(&[1; 32], &[id(0)]).await.unwrap(),
+        b.receipts(&[1; 32], &[id(0)]).await.unwrap()
+    );
+    assert_eq!(a.receipts(&[1; 32], &[id(0)]).await.unwrap().len(), 1);
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
 /// Relays message `n` of [`an_sqlite_mailbox_is_copied_into_postgres`] again.
 async fn store_relay_repeat(store: &impl Store, n: u8) -> RelayOutcome {
     let again = relay_record(
