@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::net::{Running, SERVER};
-use common::v2::Counting;
 use common::{private, public};
 use letterlock::directory::SignedEntry;
 use letterlock::envelope::{
@@ -31,6 +30,33 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// The test clients: their names in the server's trust list and their key files.
 const ALICE: (&str, &str) = ("alice", "alice2048");
 const BOB: (&str, &str) = ("bob", "bob3072");
+
+/// The server's key, counting its private-key operations of both kinds: signatures (one for
+/// the TLS certificate at start, one per handshake, one per directory entry) and decryptions
+/// (none may happen for a relayed message: the server has no key that opens it).
+struct Counting {
+    key: Arc<letterlock::keys::PrivateKey>,
+    signatures: AtomicUsize,
+    decryptions: AtomicUsize,
+}
+
+impl Identity for Counting {
+    fn public(&self) -> &PublicKey {
+        self.key.public()
+    }
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, letterlock::keys::KeyError> {
+        self.signatures.fetch_add(1, Ordering::SeqCst);
+        self.key.sign(message)
+    }
+    fn decrypt_oaep(
+        &self,
+        ciphertext: &[u8],
+        label: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, letterlock::keys::KeyError> {
+        self.decryptions.fetch_add(1, Ordering::SeqCst);
+        self.key.decrypt_oaep(ciphertext, label)
+    }
+}
 
 /// A raw version 2 connection, authenticated, past `Ready`.
 struct Conn {
@@ -163,6 +189,7 @@ impl<S: Store> Relaying<S> {
         let key = Arc::new(Counting {
             key: private(SERVER),
             signatures: AtomicUsize::new(0),
+            decryptions: AtomicUsize::new(0),
         });
         let server = Arc::new(
             Server::new(key.clone(), TrustList::new(), store.clone(), config)
@@ -298,6 +325,11 @@ async fn a_relayed_message_reaches_the_recipient_unopened_and_earns_a_receipt() 
     assert_eq!(stats.opened, 0, "the server opened a relayed message");
     assert_eq!(stats.relayed, 3);
     assert_eq!(
+        s.key.decryptions.load(Ordering::SeqCst),
+        0,
+        "an RSA decryption"
+    );
+    assert_eq!(
         s.key.signatures.load(Ordering::SeqCst),
         2,
         "the certificate's signature at start and alice's handshake: no other private-key work"
@@ -362,6 +394,14 @@ async fn a_relayed_message_reaches_the_recipient_unopened_and_earns_a_receipt() 
         assert_eq!(r.recipient, public(BOB.1).id());
     }
     assert_eq!(s.server.receive_stats().opened, 0);
+    assert_eq!(s.key.decryptions.load(Ordering::SeqCst), 0);
+    // The counter counts: a message sealed for the server itself costs one decryption.
+    let (to_server, sealed) = seal(ALICE.1, SERVER, Mode::Hybrid, b"for the server");
+    for piece in [Frame::Send(to_server), Frame::SendEnd] {
+        alice.send(piece).await;
+    }
+    assert!(matches!(alice.next().await, Frame::Ack { id, .. } if id == sealed.header.message_id));
+    assert_eq!(s.key.decryptions.load(Ordering::SeqCst), 1);
     drop((alice, bob));
     s.stop().await;
 }
