@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::net::{Running, SERVER, run_on_loopback};
-use common::v2::Counting;
+use common::net::{Running, SERVER};
 use common::{private, public};
 use letterlock::directory::SignedEntry;
-use letterlock::envelope::{FixedRandomness, MessageId, Mode, OpenOptions, SealOptions, Sealed};
+use letterlock::envelope::{
+    FixedRandomness, HEADER_LEN, MessageId, Mode, OpenOptions, SealOptions, Sealed,
+};
 use letterlock::keys::{Identity, PublicKey, TrustList};
 use letterlock::server::{Server, ServerConfig};
 use letterlock::store::{SqliteStore, Store, TrustRequest};
@@ -29,6 +30,33 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// The test clients: their names in the server's trust list and their key files.
 const ALICE: (&str, &str) = ("alice", "alice2048");
 const BOB: (&str, &str) = ("bob", "bob3072");
+
+/// The server's key, counting its private-key operations of both kinds: signatures (one for
+/// the TLS certificate at start, one per handshake, one per directory entry) and decryptions
+/// (none may happen for a relayed message: the server has no key that opens it).
+struct Counting {
+    key: Arc<letterlock::keys::PrivateKey>,
+    signatures: AtomicUsize,
+    decryptions: AtomicUsize,
+}
+
+impl Identity for Counting {
+    fn public(&self) -> &PublicKey {
+        self.key.public()
+    }
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, letterlock::keys::KeyError> {
+        self.signatures.fetch_add(1, Ordering::SeqCst);
+        self.key.sign(message)
+    }
+    fn decrypt_oaep(
+        &self,
+        ciphertext: &[u8],
+        label: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, letterlock::keys::KeyError> {
+        self.decryptions.fetch_add(1, Ordering::SeqCst);
+        self.key.decrypt_oaep(ciphertext, label)
+    }
+}
 
 /// A raw version 2 connection, authenticated, past `Ready`.
 struct Conn {
@@ -124,44 +152,70 @@ impl Conn {
     }
 }
 
-/// A version 2 server over an SQLite store that trusts alice and bob, following the store.
-struct Relaying {
+/// A version 2 server over a store that trusts alice and bob, following the store: SQLite in a
+/// temporary folder unless said otherwise.
+struct Relaying<S: Store = SqliteStore> {
     running: Running,
-    server: Arc<Server<SqliteStore>>,
-    store: Arc<SqliteStore>,
+    server: Arc<Server<S>>,
+    store: Arc<S>,
     key: Arc<Counting>,
     dir: tempfile::TempDir,
+    /// The PostgreSQL database the store lives in, if it does (dropped with the test).
+    _database: Option<common::postgres::Database>,
 }
 
 impl Relaying {
     async fn start() -> Relaying {
+        Self::start_with(ServerConfig::default()).await
+    }
+
+    async fn start_with(config: ServerConfig) -> Relaying {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(dir.path().join("server.db")).unwrap());
+        Relaying::over(store, config, dir, None).await
+    }
+}
+
+impl<S: Store> Relaying<S> {
+    async fn over(
+        store: Arc<S>,
+        config: ServerConfig,
+        dir: tempfile::TempDir,
+        database: Option<common::postgres::Database>,
+    ) -> Relaying<S> {
         for (name, key) in [ALICE, BOB] {
-            trust(&store, name, &public(key)).await;
+            trust(&*store, name, &public(key)).await;
         }
         let key = Arc::new(Counting {
             key: private(SERVER),
             signatures: AtomicUsize::new(0),
+            decryptions: AtomicUsize::new(0),
         });
         let server = Arc::new(
-            Server::new(
-                key.clone(),
-                TrustList::new(),
-                store.clone(),
-                ServerConfig::default(),
-            )
-            .trust_from_store()
-            .with_tls(TlsOptions::default())
-            .unwrap(),
+            Server::new(key.clone(), TrustList::new(), store.clone(), config)
+                .trust_from_store()
+                .with_tls(TlsOptions::default())
+                .unwrap(),
         );
-        let running = run_on_loopback(server.clone()).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = server.clone();
+        let task = tokio::spawn(async move {
+            serving
+                .run(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
         Relaying {
-            running,
+            running: Running { addr, stop, task },
             server,
             store,
             key,
             dir,
+            _database: database,
         }
     }
 
@@ -175,7 +229,7 @@ impl Relaying {
     }
 }
 
-async fn trust(store: &SqliteStore, name: &str, key: &PublicKey) {
+async fn trust(store: &impl Store, name: &str, key: &PublicKey) {
     store
         .trust_client(TrustRequest {
             name: name.into(),
@@ -271,6 +325,11 @@ async fn a_relayed_message_reaches_the_recipient_unopened_and_earns_a_receipt() 
     assert_eq!(stats.opened, 0, "the server opened a relayed message");
     assert_eq!(stats.relayed, 3);
     assert_eq!(
+        s.key.decryptions.load(Ordering::SeqCst),
+        0,
+        "an RSA decryption"
+    );
+    assert_eq!(
         s.key.signatures.load(Ordering::SeqCst),
         2,
         "the certificate's signature at start and alice's handshake: no other private-key work"
@@ -335,6 +394,14 @@ async fn a_relayed_message_reaches_the_recipient_unopened_and_earns_a_receipt() 
         assert_eq!(r.recipient, public(BOB.1).id());
     }
     assert_eq!(s.server.receive_stats().opened, 0);
+    assert_eq!(s.key.decryptions.load(Ordering::SeqCst), 0);
+    // The counter counts: a message sealed for the server itself costs one decryption.
+    let (to_server, sealed) = seal(ALICE.1, SERVER, Mode::Hybrid, b"for the server");
+    for piece in [Frame::Send(to_server), Frame::SendEnd] {
+        alice.send(piece).await;
+    }
+    assert!(matches!(alice.next().await, Frame::Ack { id, .. } if id == sealed.header.message_id));
+    assert_eq!(s.key.decryptions.load(Ordering::SeqCst), 1);
     drop((alice, bob));
     s.stop().await;
 }
@@ -353,7 +420,10 @@ async fn a_wrong_tag_earns_no_receipt_and_the_entry_stays() {
     assert_eq!(alice.next().await, Frame::Stored { id });
 
     let mut bob = s.conn(BOB).await;
-    assert_eq!(bob.fetch().await, std::slice::from_ref(&bytes));
+    assert!(
+        bob.fetch().await == [bytes.clone()],
+        "delivered byte for byte"
+    );
     // The commitment itself, or a flipped tag, is not the tag.
     let mut wrong = sealed.ack_tag;
     wrong[5] ^= 0x40;
@@ -377,7 +447,7 @@ async fn a_wrong_tag_earns_no_receipt_and_the_entry_stays() {
     assert!(alice.receipts(&[id]).await.is_empty());
 
     let mut bob = s.conn(BOB).await;
-    assert_eq!(bob.fetch().await, [bytes]);
+    assert!(bob.fetch().await == [bytes], "delivered byte for byte");
     bob.send(Frame::DeliveryAck {
         id,
         tag: sealed.ack_tag,
@@ -449,6 +519,89 @@ async fn relays_are_refused_in_the_spec_order() {
             .is_empty()
     );
     assert_eq!(s.server.receive_stats().relayed, 1);
+    drop(alice);
+    s.stop().await;
+}
+
+/// The header's mode must be one the server accepts (7) and its time within the window (5),
+/// as for messages to the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_of_a_refused_mode_or_out_of_time_are_refused() {
+    let s = Relaying::start_with(ServerConfig {
+        accept: letterlock::server::Accept::Hybrid,
+        ..ServerConfig::default()
+    })
+    .await;
+    let (bytes, sealed) = seal(ALICE.1, BOB.1, Mode::Asymmetric, b"x");
+    let mut alice = s.conn(ALICE).await;
+    alice
+        .relay(receipt_commitment(&sealed.ack_tag), &bytes)
+        .await;
+    alice.refused(ErrorCode::ModeNotAccepted).await;
+    let (bytes, sealed) = common::seal_fixed(
+        private(ALICE.1),
+        &public(BOB.1),
+        &SealOptions::default(),
+        &FixedRandomness {
+            message_id: [7; 16],
+            created: letterlock::envelope::unix_now() - 3600,
+            content_key: [7; 32],
+        },
+        b"from an hour ago",
+    );
+    let mut alice = s.conn(ALICE).await;
+    alice
+        .relay(receipt_commitment(&sealed.ack_tag), &bytes)
+        .await;
+    alice.refused(ErrorCode::Stale).await;
+    assert!(
+        s.store
+            .pending_outbox(&public(BOB.1).id().0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    drop(alice);
+    s.stop().await;
+}
+
+/// A relayed message's bytes are counted as they arrive: past the mode's limit plus the
+/// sealing overhead it is refused (6) before it is kept. The server cannot verify what it
+/// relays, so a valid header followed by filler is enough to reach the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_relay_is_refused_as_it_arrives() {
+    let s = Relaying::start_with(ServerConfig {
+        max_hybrid: 1024,
+        ..ServerConfig::default()
+    })
+    .await;
+    let (bytes, sealed) = seal(ALICE.1, BOB.1, Mode::Hybrid, b"x");
+    let mut alice = s.conn(ALICE).await;
+    alice
+        .send(Frame::Relay {
+            commitment: receipt_commitment(&sealed.ack_tag),
+        })
+        .await;
+    alice.send(Frame::Send(bytes[..HEADER_LEN].to_vec())).await;
+    // 64 MiB of sealing overhead, then past it; the server stops reading at the bound.
+    let filler = Frame::Send(vec![0; 256 * 1024]);
+    let writer = tokio::spawn(async move {
+        for _ in 0..(64 * 4 + 8) {
+            if alice.w.write_frame(&filler).await.is_err() {
+                break;
+            }
+        }
+        alice
+    });
+    let mut alice = writer.await.unwrap();
+    alice.refused(ErrorCode::TooLarge).await;
+    assert!(
+        s.store
+            .pending_outbox(&public(BOB.1).id().0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     drop(alice);
     s.stop().await;
 }
@@ -567,7 +720,7 @@ async fn the_directory_is_signed_once_per_trust_generation() {
         "a request while the trust list is unchanged costs no signature"
     );
 
-    trust(&s.store, "carol", &public("alice4096")).await;
+    trust(&*s.store, "carol", &public("alice4096")).await;
     let changed = alice.directory().await;
     let generation = s.store.trust_generation().await.unwrap();
     let names: Vec<_> = changed
@@ -626,5 +779,68 @@ async fn server_read_of_a_relayed_message_says_the_server_cannot_open_it() {
         "{stderr}"
     );
     drop(alice);
+    s.stop().await;
+}
+
+/// The same over PostgreSQL: relayed, repeated, delivered byte for byte, acked, receipted for
+/// the sender only, a wrong tag refused; the server opened nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_postgres_a_relay_is_stored_delivered_and_receipted() {
+    let database = common::postgres::database().await;
+    let store = Arc::new(
+        letterlock::store::PostgresStore::connect(&database.url)
+            .await
+            .unwrap(),
+    );
+    let s = Relaying::over(
+        store,
+        ServerConfig::default(),
+        tempfile::tempdir().unwrap(),
+        Some(database),
+    )
+    .await;
+    let secret = b"a large note only bob reads. ".repeat(10_000);
+    let (bytes, sealed) = seal(ALICE.1, BOB.1, Mode::Hybrid, &secret);
+    let id = sealed.header.message_id;
+    let mut alice = s.conn(ALICE).await;
+    for _ in 0..2 {
+        alice
+            .relay(receipt_commitment(&sealed.ack_tag), &bytes)
+            .await;
+        assert_eq!(alice.next().await, Frame::Stored { id });
+    }
+    let stats = s.server.receive_stats();
+    assert_eq!(
+        (stats.relayed, stats.relay_repeats, stats.opened),
+        (1, 1, 0)
+    );
+
+    let mut bob = s.conn(BOB).await;
+    assert!(
+        bob.fetch().await == [bytes.clone()],
+        "delivered byte for byte"
+    );
+    let mut wrong = sealed.ack_tag;
+    wrong[0] ^= 1;
+    bob.send(Frame::DeliveryAck { id, tag: wrong }).await;
+    bob.refused(ErrorCode::BadAck).await;
+    assert!(alice.receipts(&[id]).await.is_empty());
+
+    let mut bob = s.conn(BOB).await;
+    assert!(
+        bob.fetch().await == [bytes.clone()],
+        "delivered byte for byte"
+    );
+    bob.send(Frame::DeliveryAck {
+        id,
+        tag: sealed.ack_tag,
+    })
+    .await;
+    assert_eq!(bob.next().await, Frame::Removed { id });
+    let receipts = alice.receipts(&[id]).await;
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0].tag, sealed.ack_tag);
+    assert!(bob.receipts(&[id]).await.is_empty());
+    drop((alice, bob));
     s.stop().await;
 }

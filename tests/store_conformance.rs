@@ -1486,6 +1486,23 @@ async fn an_sqlite_mailbox_is_copied_into_postgres() {
         sqlite.trust_client(request).await.unwrap();
     }
     sqlite.untrust_client("carol", 400).await.unwrap();
+    // Client to client: one relayed entry still waiting, one delivered (its receipt).
+    for n in [5, 6] {
+        let relayed = relay_record(
+            7,
+            3,
+            id(n),
+            Body::from_bytes(format!("relayed {n}").into_bytes()),
+        );
+        sqlite.enqueue_relay(relayed).await.unwrap();
+    }
+    assert!(
+        sqlite
+            .complete_outbox(&[3; 32], &id(6), &relay_tag(6))
+            .await
+            .unwrap()
+    );
+    let receipts = sqlite.receipts(&[7; 32], &[id(5), id(6)]).await.unwrap();
     let history = sqlite.client_keys().await.unwrap();
     let listed = sqlite.list_inbox().await.unwrap();
     drop(sqlite);
@@ -1499,8 +1516,9 @@ async fn an_sqlite_mailbox_is_copied_into_postgres() {
             report.outbox_copied,
             report.inbox_conflicts
         ),
-        (2, 2, 0)
+        (2, 3, 0)
     );
+    assert_eq!(report.receipts_copied, 1);
     assert_eq!((report.keys_copied, report.keys_present), (3, 0));
     assert_eq!(
         pg.client_keys().await.unwrap(),
@@ -1522,7 +1540,18 @@ async fn an_sqlite_mailbox_is_copied_into_postgres() {
             again.outbox_copied,
             again.outbox_present
         ),
-        (0, 2, 0, 2)
+        (0, 2, 0, 3)
+    );
+    assert_eq!(again.receipts_copied, 0);
+    assert_eq!(
+        pg.receipts(&[7; 32], &[id(5), id(6)]).await.unwrap(),
+        receipts
+    );
+    // The relayed entry: its sender, its commitment (the sender's tag completes it, with a
+    // receipt), and its content hash (a repeat is recognised).
+    assert_eq!(
+        store_relay_repeat(&pg, 5).await,
+        letterlock::store::RelayOutcome::Duplicate
     );
     assert_eq!((again.keys_copied, again.keys_present), (0, 3));
     assert_eq!(pg.list_inbox().await.unwrap(), listed);
@@ -1539,13 +1568,81 @@ async fn an_sqlite_mailbox_is_copied_into_postgres() {
         .iter()
         .map(|e| e.message_id[0])
         .collect();
-    assert_eq!(queue, [3, 4], "queue order kept");
+    assert_eq!(queue, [3, 4, 5], "queue order kept");
+    let relayed = pg.pending_outbox(&[3; 32]).await.unwrap();
+    assert_eq!(relayed[2].sender, Some(([7; 32], "client-7".to_owned())));
+    assert_eq!(relayed[0].sender, None);
+    assert!(
+        pg.complete_outbox(&[3; 32], &id(5), &relay_tag(5))
+            .await
+            .unwrap()
+    );
+    assert_eq!(pg.receipts(&[7; 32], &[id(5)]).await.unwrap().len(), 1);
     assert!(
         pg.complete_outbox(&[3; 32], &id(3), &[3; 32])
             .await
             .unwrap()
     );
     assert!(pg.integrity_check().await.unwrap());
+}
+
+/// Two servers over one database relaying the same (sender, id) at once: one stores it, the
+/// other is answered from the stored row (the same bytes: a duplicate; other bytes: a
+/// conflict), and one entry waits. A relay through one server is completed through the other,
+/// and its receipt is seen through both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_relaying_one_id_at_once_store_it_once() {
+    let db = common::postgres::database().await;
+    let (a, b) = tokio::join!(
+        PostgresStore::connect(&db.url),
+        PostgresStore::connect(&db.url)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    for n in 0..8u8 {
+        let same = || relay_record(1, 2, id(n), Body::from_bytes(b"to both".to_vec()));
+        let (ra, rb) = tokio::join!(a.enqueue_relay(same()), b.enqueue_relay(same()));
+        let mut outcomes = [ra.unwrap(), rb.unwrap()];
+        outcomes.sort_by_key(|o| *o == RelayOutcome::Stored);
+        assert_eq!(outcomes, [RelayOutcome::Duplicate, RelayOutcome::Stored]);
+    }
+    for n in 8..16u8 {
+        let (ra, rb) = tokio::join!(
+            a.enqueue_relay(relay_record(1, 2, id(n), Body::from_bytes(b"one".to_vec()))),
+            b.enqueue_relay(relay_record(1, 2, id(n), Body::from_bytes(b"two".to_vec())))
+        );
+        let mut outcomes = [ra.unwrap(), rb.unwrap()];
+        outcomes.sort_by_key(|o| *o == RelayOutcome::Stored);
+        assert_eq!(outcomes, [RelayOutcome::Conflict, RelayOutcome::Stored]);
+    }
+    assert_eq!(b.pending_outbox(&[2; 32]).await.unwrap().len(), 16);
+    assert!(
+        b.complete_outbox(&[2; 32], &id(0), &relay_tag(0))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !a.complete_outbox(&[2; 32], &id(0), &relay_tag(0))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        a.receipts(&[1; 32], &[id(0)]).await.unwrap(),
+        b.receipts(&[1; 32], &[id(0)]).await.unwrap()
+    );
+    assert_eq!(a.receipts(&[1; 32], &[id(0)]).await.unwrap().len(), 1);
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+/// Relays message `n` of [`an_sqlite_mailbox_is_copied_into_postgres`] again.
+async fn store_relay_repeat(store: &impl Store, n: u8) -> RelayOutcome {
+    let again = relay_record(
+        7,
+        3,
+        id(n),
+        Body::from_bytes(format!("relayed {n}").into_bytes()),
+    );
+    store.enqueue_relay(again).await.unwrap()
 }
 
 /// Every connection of the store is killed under it (as a database restart or failover

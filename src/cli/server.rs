@@ -767,14 +767,13 @@ async fn relayed_match(store: &impl Store, id: &str) -> Result<Option<String>> {
             };
             if hex::encode(entry.message_id).starts_with(&prefix) {
                 return Ok(Some(format!(
-                    "message {} was relayed from {} to {}: it is sealed for {}, not for this \
-                     server, which cannot open it; only {} can read it (with `letterlock \
-                     client recv_msg`)",
-                    hex::encode(entry.message_id),
-                    letterlock::text::line(sender),
-                    letterlock::text::line(&entry.recipient_name),
-                    letterlock::text::line(&entry.recipient_name),
-                    letterlock::text::line(&entry.recipient_name),
+                    "message {id} was relayed from {from} to {to}, not sent to the server: it \
+                     is sealed for {to}, and this server cannot open it; it waits in {to}'s \
+                     outbox until {to}'s client (`letterlock client recv_msg`) fetches and \
+                     acknowledges it",
+                    id = hex::encode(entry.message_id),
+                    from = letterlock::text::line(sender),
+                    to = letterlock::text::line(&entry.recipient_name),
                 )));
             }
         }

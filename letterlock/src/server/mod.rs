@@ -10,6 +10,10 @@
 //! 2. Then any number of messages (`Send`… `SendEnd`, pipelined; each answered by `Ack` once it
 //!    is durable) and fetches (`Fetch` → `Deliver`… `DeliverEnd` per message, `FetchDone`; the
 //!    client proves each with `DeliveryAck`, and only then is it removed).
+//! 3. Version 2 only, client to client (docs/PROTOCOL.md §15): `Relay` + a message sealed for
+//!    another trusted client, stored unopened and answered `Stored`; `Directory` → the trusted
+//!    clients, each entry signed by the server's key; `Receipts` → the recipients' ack tags of
+//!    messages this client relayed.
 //!
 //! # Layout
 //! - this file: [`Server`] (what every connection shares), [`ServerConfig`], and `Fail`, the

@@ -253,27 +253,8 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
     pub(super) async fn send_directory(&mut self) -> Result<(), Fail> {
         self.needs_tls()?;
         let entries = self.server.directory().await?;
-        let mut parts = entries.chunks(MAX_DIRECTORY_PART).peekable();
-        if parts.peek().is_none() {
-            return send(
-                &self.conn.out,
-                Frame::DirectoryPart {
-                    last: true,
-                    entries: Vec::new(),
-                },
-            )
-            .await;
-        }
-        while let Some(part) = parts.next() {
-            let last = parts.peek().is_none();
-            send(
-                &self.conn.out,
-                Frame::DirectoryPart {
-                    last,
-                    entries: part.to_vec(),
-                },
-            )
-            .await?;
+        for part in directory_parts(&entries) {
+            send(&self.conn.out, part).await?;
         }
         debug!(client = %crate::text::quoted(&self.client.name), entries = entries.len(), "directory sent");
         Ok(())
@@ -318,6 +299,26 @@ impl<S: Store> Server<S> {
         });
         Ok(entries)
     }
+}
+
+/// The `DirectoryPart` frames of one answer: at most [`MAX_DIRECTORY_PART`] entries each, in
+/// order, `last` on the final one; one empty last part when there is no entry.
+fn directory_parts(entries: &[SignedEntry]) -> Vec<Frame> {
+    if entries.is_empty() {
+        return vec![Frame::DirectoryPart {
+            last: true,
+            entries: Vec::new(),
+        }];
+    }
+    let count = entries.len().div_ceil(MAX_DIRECTORY_PART);
+    entries
+        .chunks(MAX_DIRECTORY_PART)
+        .enumerate()
+        .map(|(n, part)| Frame::DirectoryPart {
+            last: n + 1 == count,
+            entries: part.to_vec(),
+        })
+        .collect()
 }
 
 /// One signed entry per trusted client, sorted by name, all with `serial`.
@@ -455,4 +456,50 @@ struct Relayed {
     body: Body,
     /// The message's [`SealedIdentity`] with the recipient's modulus length.
     identity: [u8; 32],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(n: usize) -> Vec<SignedEntry> {
+        (0..n)
+            .map(|i| SignedEntry {
+                entry: i.to_be_bytes().to_vec(),
+                signature: vec![1],
+            })
+            .collect()
+    }
+
+    /// Parts hold at most MAX_DIRECTORY_PART entries, in order, and only the final one is
+    /// marked last; no entry is one empty last part.
+    #[test]
+    fn the_directory_is_cut_into_parts_with_the_last_marked() {
+        for n in [
+            0,
+            1,
+            MAX_DIRECTORY_PART,
+            MAX_DIRECTORY_PART + 1,
+            3 * MAX_DIRECTORY_PART + 5,
+        ] {
+            let all = entries(n);
+            let parts = directory_parts(&all);
+            assert_eq!(
+                parts.len(),
+                n.div_ceil(MAX_DIRECTORY_PART).max(1),
+                "{n} entries"
+            );
+            let mut joined = Vec::new();
+            for (i, part) in parts.iter().enumerate() {
+                let Frame::DirectoryPart { last, entries } = part else {
+                    panic!("not a DirectoryPart");
+                };
+                assert_eq!(*last, i + 1 == parts.len());
+                assert!(entries.len() <= MAX_DIRECTORY_PART);
+                assert!(!entries.is_empty() || n == 0);
+                joined.extend(entries.iter().cloned());
+            }
+            assert_eq!(joined, all);
+        }
+    }
 }
