@@ -161,7 +161,9 @@ fn seal_slice_matches_the_streaming_seal() {
         (
             Mode::Hybrid,
             64 * 1024,
-            &[0, 1, 100, 65535, 65536, 65537, 262_143, 262_144, 262_145, 600_000],
+            &[
+                0, 1, 100, 65535, 65536, 65537, 262_143, 262_144, 262_145, 600_000,
+            ],
         ),
         (Mode::Hybrid, 1024, &[0, 1023, 1024, 1025, 5000]),
         (Mode::Asymmetric, 0, &[0, 1, 190, 191, 3000]),
@@ -181,9 +183,19 @@ fn seal_slice_matches_the_streaming_seal() {
             let a = envelope::seal_slice(alice.as_ref(), bob.public(), &opts, &plain, &mut whole)
                 .unwrap();
             let mut streamed = Vec::new();
-            let b = envelope::seal(alice.as_ref(), bob.public(), &opts, &plain[..], &mut streamed)
-                .unwrap();
-            assert_eq!(whole.len(), streamed.len(), "{mode} chunk {chunk} len {len}");
+            let b = envelope::seal(
+                alice.as_ref(),
+                bob.public(),
+                &opts,
+                &plain[..],
+                &mut streamed,
+            )
+            .unwrap();
+            assert_eq!(
+                whole.len(),
+                streamed.len(),
+                "{mode} chunk {chunk} len {len}"
+            );
             assert_eq!(a.plaintext_len, b.plaintext_len);
             assert_eq!(a.header.chunk_size, b.header.chunk_size);
             assert_eq!(open(bob.clone(), alice.public(), &whole).unwrap(), plain);
