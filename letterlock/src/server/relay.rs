@@ -107,11 +107,12 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
             .map_err(|e| Fail::new(ErrorCode::Refused, format!("bad header: {e}")))?;
         let recipient = self.check_relay_header(&header).await?;
         let config = &self.server.config;
-        let limit = match header.mode {
-            Mode::Hybrid => config.max_hybrid,
-            Mode::Asymmetric => config.max_asymmetric,
+        let cap = match header.mode {
+            Mode::Hybrid => config.max_hybrid.saturating_add(SEALING_OVERHEAD),
+            Mode::Asymmetric => {
+                asymmetric_cap(config.max_asymmetric, recipient.key.modulus_len() as u64)
+            }
         };
-        let cap = limit.saturating_add(SEALING_OVERHEAD);
         let mut intake = Ok(RelayIntake {
             identity: SealedIdentity::new(&header, recipient.key.modulus_len()),
             // The identity stands in for a SHA-256 of the sealed bytes: not computed.
@@ -458,9 +459,46 @@ struct Relayed {
     identity: [u8; 32],
 }
 
+/// The largest sealed asymmetric message for a recipient with a `k`-byte modulus whose
+/// plaintext is within `limit` (PROTOCOL.md section 5): the header, then one `k`-byte OAEP
+/// block per `k - 66` bytes of plaintext and signature (at most 1024 bytes, an 8192-bit
+/// sender's). The server cannot open the message to check its plaintext, but its size gives
+/// the plaintext away to within a block: anything larger is refused as it arrives, instead of
+/// being stored for a recipient that would refuse it.
+fn asymmetric_cap(limit: u64, k: u64) -> u64 {
+    let per_block = k.saturating_sub(crate::keys::OAEP_OVERHEAD as u64).max(1);
+    let data = limit.saturating_add(crate::keys::MAX_BITS as u64 / 8);
+    let blocks = data.div_ceil(per_block);
+    (HEADER_LEN as u64).saturating_add(blocks.saturating_mul(k))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The asymmetric cap admits the largest message a sealer makes within the limit (here
+    /// from a 4096-bit sender, whose signature is 512 bytes, to a 2048-bit recipient) and is
+    /// within one block and the largest signature's blocks of it.
+    #[test]
+    fn the_asymmetric_cap_fits_the_largest_message_within_the_limit() {
+        let key = crate::keys::PrivateKey::from_pem;
+        let alice = key(include_str!("../../../tests/keys/alice4096_private.pem")).unwrap();
+        let bob = key(include_str!("../../../tests/keys/bob2048_private.pem")).unwrap();
+        let limit = 5000u64;
+        let opts = crate::envelope::SealOptions {
+            asymmetric_limit: limit,
+            ..crate::envelope::SealOptions::mode(Mode::Asymmetric)
+        };
+        let plain = vec![7u8; limit as usize];
+        let mut sealed = Vec::new();
+        crate::envelope::seal_slice(&alice, bob.public(), &opts, &plain, &mut sealed).unwrap();
+        let k = bob.public().modulus_len() as u64;
+        let cap = asymmetric_cap(limit, k);
+        assert!(sealed.len() as u64 <= cap, "{} > {cap}", sealed.len());
+        // Slack: the signature room past 512 bytes (8192-bit senders) and one partial block.
+        assert!(cap - (sealed.len() as u64) <= (512 / (k - 66) + 2) * k);
+        assert_eq!((cap - HEADER_LEN as u64) % k, 0);
+    }
 
     fn entries(n: usize) -> Vec<SignedEntry> {
         (0..n)
