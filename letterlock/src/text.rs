@@ -147,8 +147,16 @@ impl Escaped<'_> {
 }
 
 impl fmt::Display for Escaped<'_> {
+    /// Honours a width (`{:<16}`), so tables of names line up: padding needs the escaped text's
+    /// length first, so it is rendered into a short string then. Message content is never
+    /// printed padded, so no plaintext copy is made this way.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.render(f)
+        if f.width().is_none() && f.precision().is_none() {
+            return self.render(f);
+        }
+        let mut shown = String::new();
+        self.render(&mut shown)?;
+        f.pad(&shown)
     }
 }
 
@@ -196,6 +204,18 @@ impl<W: io::Write> fmt::Write for WipedSink<'_, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_width_pads_the_escaped_text() {
+        assert_eq!(format!("{:<6}|", line("bob")), "bob   |");
+        assert_eq!(format!("{:>6}|", quoted("a")), "   \"a\"|");
+        // The escaped form is what is measured: a control character takes its escape's width.
+        assert_eq!(
+            format!("{:<8}|", line("a\u{1b}")),
+            format!("{:<8}|", line("a\u{1b}").to_string())
+        );
+        assert_eq!(format!("{}", line("bob")), "bob");
+    }
 
     fn q(b: &[u8]) -> String {
         quoted(b).to_string()
