@@ -822,6 +822,44 @@ mod tests {
     }
 
     #[test]
+    fn fetching_finds_a_sender_by_its_usable_key_only() {
+        use crate::client::{SenderLookup, Senders};
+        let (_dir, c) = open();
+        let (alice, bob, mallory) = (key("alice2048"), key("bob2048"), key("mallory"));
+        c.pin("bob", &bob, false, 1).unwrap();
+        let notes = c.learn(&[entry("alice", &alice, 1)]).unwrap();
+        assert!(notes[0].contains("new contact"), "{notes:?}");
+        assert!(matches!(
+            c.lookup(&bob.id()).unwrap(),
+            SenderLookup::Usable { ref name, pinned: true, .. } if name == "bob"
+        ));
+        assert!(matches!(
+            c.lookup(&alice.id()).unwrap(),
+            SenderLookup::Usable { ref name, pinned: false, .. } if name == "alice"
+        ));
+        // Mallory's key offered as alice's: a change, not a sender; once accepted, alice.
+        let notes = c.learn(&[entry("alice", &mallory, 2)]).unwrap();
+        assert!(notes[0].starts_with("WARNING"), "{notes:?}");
+        assert!(matches!(
+            c.lookup(&mallory.id()).unwrap(),
+            SenderLookup::Changed { ref name } if name == "alice"
+        ));
+        assert!(matches!(
+            c.lookup(&KeyId([9; 32])).unwrap(),
+            SenderLookup::Unknown
+        ));
+        c.accept("alice").unwrap();
+        assert!(matches!(
+            c.lookup(&mallory.id()).unwrap(),
+            SenderLookup::Usable { ref name, .. } if name == "alice"
+        ));
+        assert!(matches!(
+            c.lookup(&alice.id()).unwrap(),
+            SenderLookup::Unknown
+        ));
+    }
+
+    #[test]
     fn a_pinned_key_offered_under_another_name_is_a_conflict_and_records_nothing() {
         let (_dir, c) = open();
         let bob = key("bob2048");
