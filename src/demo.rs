@@ -23,7 +23,7 @@ use letterlock::client::{Client, ClientConfig, ClientError, Content, Output};
 use letterlock::envelope::{self, Mode, OpenOptions, SealOptions};
 use letterlock::keys::{self, Identity, KeyError, PrivateKey, PublicKey, TrustList, Trusted};
 use letterlock::server::{self, Server, ServerConfig};
-use letterlock::store::{SqliteStore, Store, StoreError};
+use letterlock::store::{SqliteStore, Store, StoreError, TrustRequest};
 use letterlock::tls::{NamedGroup, TlsError, TlsOptions};
 use letterlock::wire::ErrorCode;
 
@@ -53,6 +53,8 @@ pub enum DemoError {
     Tls(#[from] TlsError),
     #[error("a background task failed")]
     Task,
+    #[error("client to client: {0}")]
+    Step(String),
 }
 
 /// ANSI colour when stdout is a terminal, plain text otherwise.
@@ -114,6 +116,9 @@ struct World {
     server_key: Arc<PrivateKey>,
     client_key: Arc<PrivateKey>,
     mallory_key: Arc<PrivateKey>,
+    /// Two more clients, for client-to-client messages (section 7).
+    alice_key: Arc<PrivateKey>,
+    bob_key: Arc<PrivateKey>,
     client: Trusted,
     store: Arc<SqliteStore>,
     server_addr: SocketAddr,
@@ -179,6 +184,7 @@ pub async fn run() -> Result<ExitCode, DemoError> {
     mallory(p, &world, &mut checks).await?;
     at_rest(p, &world, &mut checks).await?;
     from_server(p, &world, &mut checks).await?;
+    client_to_client(p, &world, &mut checks).await?;
 
     let _ = stop.send(());
     let _ = server_task.await;
@@ -221,7 +227,7 @@ async fn setup(
         .tempdir()?;
     println!("temporary folder {}", dir.path().display());
     let mut made = Vec::new();
-    for name in ["server", "client", "mallory"] {
+    for name in ["server", "client", "mallory", "alice", "bob"] {
         let path = dir.path().to_owned();
         let key = tokio::task::spawn_blocking(move || {
             keys::generate_pair_files(&path, name, DEMO_BITS, false)
@@ -235,11 +241,14 @@ async fn setup(
         );
         made.push(Arc::new(key));
     }
+    let bob_key = made.pop().ok_or(DemoError::Task)?;
+    let alice_key = made.pop().ok_or(DemoError::Task)?;
     let mallory_key = made.pop().ok_or(DemoError::Task)?;
     let client_key = made.pop().ok_or(DemoError::Task)?;
     let server_key = made.pop().ok_or(DemoError::Task)?;
     println!(
-        "the server trusts \"client\"; nobody trusts mallory; the client pins the server's key"
+        "the server trusts \"client\", alice and bob; nobody trusts mallory; every client pins \
+         the server's key"
     );
 
     section(p, "2. Server and interceptor");
@@ -247,6 +256,15 @@ async fn setup(
     let mut clients = TrustList::new();
     clients.add("client", client_key.public().clone())?;
     let client = clients.by_name("client").cloned().ok_or(DemoError::Task)?;
+    // The trusted clients live in the store, as `letterlock server` keeps them: a change made
+    // there while the server runs (section 7's key swap) reaches its directory at once.
+    for (name, key) in [
+        ("client", &client_key),
+        ("alice", &alice_key),
+        ("bob", &bob_key),
+    ] {
+        trust(&store, name, key.public(), false).await?;
+    }
     let server = Arc::new(
         Server::new(
             server_key.clone(),
@@ -254,6 +272,7 @@ async fn setup(
             store.clone(),
             ServerConfig::default(),
         )
+        .trust_from_store()
         .with_tls(TlsOptions::default())?,
     );
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -276,6 +295,8 @@ async fn setup(
             server_key,
             client_key,
             mallory_key,
+            alice_key,
+            bob_key,
             client,
             store,
             server_addr,
@@ -804,7 +825,7 @@ async fn from_server(p: Paint, w: &World, checks: &mut Vec<Check>) -> Result<(),
 }
 
 fn table(p: Paint, checks: &[Check]) {
-    section(p, "7. Summary");
+    section(p, "8. Summary");
     let pw = checks
         .iter()
         .map(|c| c.property.len())
@@ -823,4 +844,303 @@ fn table(p: Paint, checks: &[Check]) {
         };
         println!("{:<pw$}  {verdict}  {}", c.property, c.how);
     }
+}
+
+/// Trusts `key` under `name` in the server's store (`letterlock server trust`), or replaces
+/// the name's key (`--replace`).
+async fn trust(
+    store: &SqliteStore,
+    name: &str,
+    key: &PublicKey,
+    replace: bool,
+) -> Result<(), DemoError> {
+    store
+        .trust_client(TrustRequest {
+            name: name.to_owned(),
+            key_id: key.id().0,
+            public_key: key.spki_der().to_vec(),
+            replace,
+            now: envelope::unix_now(),
+        })
+        .await?;
+    Ok(())
+}
+
+/// Whether `needle` appears in any file of the server's store (the database, its WAL and the
+/// blob folder): what an operator, or whoever took the machine, can read at rest.
+fn store_holds(dir: &std::path::Path, needle: &[u8]) -> std::io::Result<bool> {
+    let mut found = false;
+    let mut visit = vec![dir.to_owned()];
+    while let Some(d) = visit.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            if path.is_dir() {
+                if name.as_deref().is_some_and(|n| n.starts_with("server.db")) {
+                    visit.push(path);
+                }
+            } else if d != dir || name.as_deref().is_some_and(|n| n.starts_with("server.db")) {
+                let bytes = std::fs::read(&path)?;
+                found |= bytes.windows(needle.len()).any(|w| w == needle);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Section 7: alice writes to bob through the server. The server stores and forwards what it
+/// cannot open; bob verifies alice's signature with her key from the server's signed
+/// directory; alice sees "read by bob" only from bob's own proof; a key swapped in the
+/// directory is caught.
+async fn client_to_client(p: Paint, w: &World, checks: &mut Vec<Check>) -> Result<(), DemoError> {
+    use letterlock::client::contacts::{Applied, Contacts, ReceiptCheck, SentMessage};
+    use letterlock::client::{FetchEvent, Sender, Senders};
+    use letterlock::wire::ReceiptInfo;
+
+    section(
+        p,
+        "7. Client to client: alice writes to bob through a server that cannot read",
+    );
+    let secret = "Bob, the meeting moved to the boathouse at six. Alice";
+    let dir = w.dir.path();
+    let (alice_book, bob_book) = (
+        Contacts::open(&dir.join("alice.db")).map_err(c2c)?,
+        Contacts::open(&dir.join("bob.db")).map_err(c2c)?,
+    );
+    let proxy = w.proxy(None).await?;
+
+    // Alice: the directory, verified under the pinned server key; bob is new to her.
+    let mut alice = w.connect(&proxy, &w.alice_key).await.map_err(c2c)?;
+    let entries = alice.directory().await.map_err(c2c)?;
+    for applied in alice_book.apply_directory(&entries).map_err(c2c)? {
+        if let Applied::New { name, key } = applied {
+            println!("  alice: directory entry {name} {key}: signature by the server verified");
+        }
+    }
+    let bob_key = alice_book
+        .get("bob")
+        .map_err(c2c)?
+        .map(|c| c.key)
+        .ok_or_else(|| c2c("bob is not in the directory"))?;
+    let found_bob = bob_key == *w.bob_key.public();
+
+    // Sealed on alice's machine, to bob's key, signed with hers; the server gets a commitment
+    // to the ack tag, not the tag.
+    let (sender, to) = (w.alice_key.clone(), bob_key.clone());
+    let (bytes, sealed) = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        envelope::seal_slice(
+            sender.as_ref(),
+            &to,
+            &SealOptions::mode(Mode::Hybrid),
+            secret.as_bytes(),
+            &mut out,
+        )
+        .map(|s| (out, s))
+    })
+    .await
+    .map_err(|_| DemoError::Task)?
+    .map_err(c2c)?;
+    alice_book
+        .record_sent(&SentMessage {
+            id: sealed.header.message_id,
+            recipient_name: "bob".into(),
+            recipient: bob_key.id(),
+            ack_tag: sealed.ack_tag,
+            mode: Mode::Hybrid.to_byte(),
+            bytes: sealed.plaintext_len,
+            sent: envelope::unix_now(),
+            stored: None,
+            delivered: None,
+        })
+        .map_err(c2c)?;
+    let relayed = alice.relay_sealed(&bytes, &sealed).await.map_err(c2c)?;
+    println!(
+        "  alice: message {} stored for bob by the server (\"Stored\", not a proof of reading)",
+        relayed.id
+    );
+
+    // What the server and the network hold: sealed bytes only.
+    let server_identity: Arc<dyn Identity> = w.server_key.clone();
+    let alice_public = w.alice_key.public().clone();
+    let copy = bytes.clone();
+    let server_opens = tokio::task::spawn_blocking(move || {
+        envelope::open_to_vec(
+            server_identity,
+            &alice_public,
+            &OpenOptions::default(),
+            Cursor::new(copy),
+        )
+        .is_ok()
+    })
+    .await
+    .map_err(|_| DemoError::Task)?;
+    let at_rest = store_holds(dir, secret.as_bytes())?;
+    let on_wire = proxy.search(secret)?;
+    println!(
+        "  server: its store holds the text: {}; its own key opens the message: {}",
+        if at_rest { p.bad("YES") } else { p.good("no") },
+        if server_opens {
+            p.bad("YES")
+        } else {
+            p.good("no")
+        },
+    );
+    println!("  interceptor: {on_wire}");
+    let unreadable = !at_rest && !server_opens && !on_wire.is_found();
+    checks.push(Check {
+        property: "Client to client: server cannot read".into(),
+        how: "text in neither the server's store nor the wire; the server's key cannot open it"
+            .into(),
+        pass: unreadable,
+    });
+
+    // Bob fetches: alice's key from the directory verifies her signature.
+    let mut bob = w.connect(&proxy, &w.bob_key).await.map_err(c2c)?;
+    let mailbox = letterlock::client::Mailbox::open(&dir.join("bob-mailbox.db"), "server")?;
+    let mut record =
+        letterlock::received::ReceivedRecord::open(&dir.join("bob.received"), envelope::unix_now())
+            .map_err(c2c)?;
+    let senders: Arc<dyn Senders> = Arc::new(bob_book.clone());
+    let mut got = Vec::new();
+    bob.fetch_from_contacts(
+        &Output::Memory { limit: 1 << 20 },
+        &mut record,
+        &mailbox,
+        senders,
+        |event| {
+            if let FetchEvent::New(r) = event
+                && let (Content::Memory(text), Sender::Peer { name, .. }) = (&r.content, &r.sender)
+            {
+                got.push((name.clone(), String::from_utf8_lossy(text).into_owned()));
+            }
+            Ok(())
+        },
+    )
+    .await
+    .map_err(c2c)?;
+    mailbox.close().await?;
+    let from_alice = got
+        .iter()
+        .any(|(name, text)| name == "alice" && text == secret);
+    println!(
+        "  bob: {} (signature checked with alice's key from the directory)",
+        match got.first() {
+            Some((name, text)) => format!("from {name}: {text:?}"),
+            None => p.bad("nothing received"),
+        }
+    );
+    checks.push(Check {
+        property: "Client to client: sender verified".into(),
+        how: "bob opened it and verified alice's signature; the server only forwarded it".into(),
+        pass: found_bob && from_alice,
+    });
+
+    // Alice asks for receipts: bob's ack tag, which only bob could compute, against hers.
+    let receipts = alice.receipts(&[relayed.id]).await.map_err(c2c)?;
+    let now = envelope::unix_now();
+    let checked = alice_book.check_receipts(&receipts, now).map_err(c2c)?;
+    let read = checked
+        .iter()
+        .any(|c| matches!(c, ReceiptCheck::Read { recipient_name, .. } if recipient_name == "bob"));
+    println!(
+        "  alice: receipt for {}: {}",
+        relayed.id,
+        if read {
+            p.good("read by bob (his ack tag equals the one alice computed while sealing)")
+        } else {
+            p.bad("no receipt that checks out")
+        }
+    );
+    // A server that wants alice to believe bob read a message he never saw has to make up a
+    // tag; alice compares it with hers.
+    let (sender, to) = (w.alice_key.clone(), bob_key.clone());
+    let unread = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        envelope::seal_slice(
+            sender.as_ref(),
+            &to,
+            &SealOptions::default(),
+            b"a second note",
+            &mut out,
+        )
+    })
+    .await
+    .map_err(|_| DemoError::Task)?
+    .map_err(c2c)?;
+    alice_book
+        .record_sent(&SentMessage {
+            id: unread.header.message_id,
+            recipient_name: "bob".into(),
+            recipient: bob_key.id(),
+            ack_tag: unread.ack_tag,
+            mode: Mode::Hybrid.to_byte(),
+            bytes: unread.plaintext_len,
+            sent: now,
+            stored: None,
+            delivered: None,
+        })
+        .map_err(c2c)?;
+    let mut made_up = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut made_up).map_err(|_| c2c("no randomness"))?;
+    let forged = ReceiptInfo {
+        id: unread.header.message_id,
+        recipient: bob_key.id(),
+        tag: made_up,
+        delivered: now,
+    };
+    let refused = alice_book
+        .check_receipts(&[forged], now)
+        .map_err(c2c)?
+        .iter()
+        .all(|c| matches!(c, ReceiptCheck::Forged { .. }));
+    println!(
+        "  a receipt a lying server could send for the unread second message (a made-up tag): {}",
+        if refused {
+            p.good("refused, not shown as read")
+        } else {
+            p.bad("ACCEPTED")
+        }
+    );
+    checks.push(Check {
+        property: "Receipts only from the recipient".into(),
+        how: "bob's receipt checks out against alice's tag; a made-up one does not".into(),
+        pass: read && refused,
+    });
+
+    // The operator swaps bob's key for mallory's: alice sees a change, and will not use it.
+    trust(&w.store, "bob", w.mallory_key.public(), true).await?;
+    let entries = alice.directory().await.map_err(c2c)?;
+    let changed = alice_book
+        .apply_directory(&entries)
+        .map_err(c2c)?
+        .into_iter()
+        .any(|a| matches!(a, Applied::Changed { ref name, now, .. } if name == "bob" && now == w.mallory_key.public().id()));
+    let still_bob = alice_book
+        .get("bob")
+        .map_err(c2c)?
+        .is_some_and(|c| c.key == *w.bob_key.public() && c.offered.is_some());
+    println!(
+        "  the server now offers another key for bob: alice {}",
+        if changed && still_bob {
+            p.good("is told bob's key CHANGED, and will not use the new one until she checks and accepts it")
+        } else {
+            p.bad("took the new key")
+        }
+    );
+    checks.push(Check {
+        property: "Directory key swap caught".into(),
+        how: "a key changed by the server is shown as a change, not used until accepted".into(),
+        pass: changed && still_bob,
+    });
+    trust(&w.store, "bob", w.bob_key.public(), true).await?;
+    let _ = alice.close().await;
+    let _ = bob.close().await;
+    proxy.stop().await;
+    Ok(())
+}
+
+/// A client-to-client step that could not run: the demo reports it and stops the section.
+fn c2c(e: impl std::fmt::Display) -> DemoError {
+    DemoError::Step(e.to_string())
 }

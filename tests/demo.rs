@@ -42,13 +42,16 @@ fn demo_runs_and_every_property_passes() {
         "at rest (no network: the message's own signature)",
         "open: refused: message failed verification",
         "recv_msg got 1 message(s)",
+        "Client to client: alice writes to bob through a server that cannot read",
+        "bob: from alice:",
+        "read by bob",
         "every property held",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in\n{stdout}");
     }
     // No v1 frame line: the interceptor never took TLS for letterlock frames.
     assert!(!stdout.contains(" Send "), "{stdout}");
-    // 23 rows: 4 per mode on the v2 wire plus the key exchange, 7 wire attacks, mallory,
-    // 5 attacks at rest, server -> client.
-    assert_eq!(stdout.matches("  PASS    ").count(), 23, "{stdout}");
+    // 27 rows: 4 per mode on the v2 wire plus the key exchange, 7 wire attacks, mallory,
+    // 5 attacks at rest, server -> client, 4 client to client.
+    assert_eq!(stdout.matches("  PASS    ").count(), 27, "{stdout}");
 }

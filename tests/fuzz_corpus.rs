@@ -322,6 +322,32 @@ fn write_network_seeds(write: &dyn Fn(&str, &str, &[u8])) {
         Frame::Removed {
             id: MessageId([8; 16]),
         },
+        Frame::Relay {
+            commitment: [9; 32],
+        },
+        Frame::Stored {
+            id: MessageId([10; 16]),
+        },
+        Frame::Directory,
+        Frame::DirectoryPart {
+            last: true,
+            entries: vec![letterlock::directory::SignedEntry {
+                entry: std::fs::read(corpus_dir("directory_entry").join("seed-bob"))
+                    .unwrap_or_else(|_| letterlock::directory::CONTEXT.to_vec()),
+                signature: vec![11; 256],
+            }],
+        },
+        Frame::Receipts {
+            ids: vec![MessageId([12; 16])],
+        },
+        Frame::ReceiptList {
+            receipts: vec![letterlock::wire::ReceiptInfo {
+                id: MessageId([13; 16]),
+                recipient: public("bob2048").id(),
+                tag: [14; 32],
+                delivered: 1_800_000_000,
+            }],
+        },
         Frame::error(ErrorCode::Refused, "no"),
     ];
     for f in &all {

@@ -16,8 +16,10 @@ use std::io::{Read, Write};
 use letterlock::store::postgres::{CHUNK_SIZE, PostgresStore, SCHEMA_VERSION};
 use letterlock::store::{
     Body, ClientKey, INLINE_MAX, InboxRecord, InsertOutcome, KeyEnd, KnownMessage, MODE_HYBRID,
-    OutboxRecord, SqliteStore, Store, StoreError, TrustOutcome, TrustRequest, TrustedClients,
+    OutboxRecord, Receipt, RelayOutcome, RelayRecord, SqliteStore, Store, StoreError, TrustOutcome,
+    TrustRequest, TrustedClients,
 };
+use letterlock::wire::receipt_commitment;
 
 /// A body over the inline limit and over three database chunks with a partial last one, so
 /// it spills into a file (SQLite) or into four chunks (PostgreSQL).
@@ -564,6 +566,15 @@ impl<S: Store> Store for Shared<S> {
     ) -> Result<bool, StoreError> {
         self.0.complete_outbox(r, m, t).await
     }
+    async fn enqueue_relay(&self, r: RelayRecord) -> Result<RelayOutcome, StoreError> {
+        self.0.enqueue_relay(r).await
+    }
+    async fn receipts(&self, s: &[u8; 32], ids: &[[u8; 16]]) -> Result<Vec<Receipt>, StoreError> {
+        self.0.receipts(s, ids).await
+    }
+    async fn expire_receipts(&self, before: u64) -> Result<u64, StoreError> {
+        self.0.expire_receipts(before).await
+    }
     async fn trust_generation(&self) -> Result<u64, StoreError> {
         self.0.trust_generation().await
     }
@@ -656,7 +667,320 @@ conformance!(
     concurrent_inserts,
     trust_rotate_and_untrust,
     housekeeping,
+    relay_stored_once_then_duplicate_or_conflict,
+    relay_receipt_only_for_the_right_tag,
+    relayed_large_body_goes_with_its_receipt,
 );
+
+/// The ack tag a relayed message `n` was sealed with (the sender keeps it; the store only
+/// ever sees its commitment).
+fn relay_tag(n: u8) -> [u8; 32] {
+    [n ^ 0x5A; 32]
+}
+
+/// A message client `sender` relays to client `recipient`, committed to [`relay_tag`] of the
+/// id's first byte; its content hash is SHA-256 of its bytes (a stand-in for the identity).
+fn relay_record(sender: u8, recipient: u8, id: [u8; 16], body: Body) -> RelayRecord {
+    RelayRecord {
+        sender_key_id: [sender; 32],
+        sender_name: format!("client-{sender}"),
+        recipient_key_id: [recipient; 32],
+        recipient_name: format!("client-{recipient}"),
+        message_id: id,
+        created: 1_700_000_300,
+        received: 1_700_000_301,
+        mode: MODE_HYBRID,
+        content_hash: body.sha256().expect("a store writer hashes"),
+        commitment: receipt_commitment(&relay_tag(id[0])),
+        body,
+    }
+}
+
+/// A relayed message is stored once and listed with its sender; the same (sender, id) and
+/// bytes again is a duplicate (nothing written), other bytes a conflict; the recipient's id
+/// taken by another sender, or by the server, is a conflict too; another recipient may get
+/// the same id from another sender.
+async fn relay_stored_once_then_duplicate_or_conflict(store: &impl Store) {
+    let bytes = || Body::from_bytes(b"sealed for 2".to_vec());
+    assert_eq!(
+        store
+            .enqueue_relay(relay_record(1, 2, id(0x40), bytes()))
+            .await
+            .unwrap(),
+        RelayOutcome::Stored
+    );
+    assert_eq!(
+        store
+            .enqueue_relay(relay_record(1, 2, id(0x40), bytes()))
+            .await
+            .unwrap(),
+        RelayOutcome::Duplicate
+    );
+    let other = Body::from_bytes(b"other bytes".to_vec());
+    assert_eq!(
+        store
+            .enqueue_relay(relay_record(1, 2, id(0x40), other))
+            .await
+            .unwrap(),
+        RelayOutcome::Conflict,
+        "same sender and id, other content"
+    );
+    // The same id from the same sender to another recipient is other content too.
+    assert_eq!(
+        store
+            .enqueue_relay(relay_record(
+                1,
+                3,
+                id(0x40),
+                Body::from_bytes(b"for 3".to_vec())
+            ))
+            .await
+            .unwrap(),
+        RelayOutcome::Conflict
+    );
+    assert_eq!(
+        store
+            .enqueue_relay(relay_record(4, 2, id(0x40), bytes()))
+            .await
+            .unwrap(),
+        RelayOutcome::Conflict,
+        "the recipient has this id from another sender"
+    );
+    let sealed_by_server =
+        outbox_record(2, id(0x41), Body::from_bytes(b"server".to_vec()), [1; 32]);
+    store.enqueue_outbox(sealed_by_server).await.unwrap();
+    assert_eq!(
+        store
+            .enqueue_relay(relay_record(1, 2, id(0x41), bytes()))
+            .await
+            .unwrap(),
+        RelayOutcome::Conflict,
+        "the recipient has this id from the server"
+    );
+    assert_eq!(
+        store
+            .enqueue_relay(relay_record(4, 3, id(0x40), bytes()))
+            .await
+            .unwrap(),
+        RelayOutcome::Stored
+    );
+
+    let pending = store.pending_outbox(&[2; 32]).await.unwrap();
+    let listed: Vec<_> = pending
+        .iter()
+        .map(|e| (e.message_id[0], e.sender.clone()))
+        .collect();
+    assert_eq!(
+        listed,
+        [(0x40, Some(([1; 32], "client-1".to_owned()))), (0x41, None)],
+        "queue order, relayed entries name their sender, the server's none"
+    );
+    assert_eq!(pending[0].body_size, b"sealed for 2".len() as u64);
+    assert_eq!(pending[0].plaintext_len, 0, "the server cannot know it");
+    let leased = store
+        .lease_outbox(&[2; 32], letterlock::store::DELIVERY_LEASE)
+        .await
+        .unwrap();
+    assert_eq!(leased, pending);
+    let body = store.open_outbox_body(&[2; 32], &id(0x40)).await.unwrap();
+    assert_eq!(read_all(body).await, b"sealed for 2");
+    assert_eq!(store.pending_outbox(&[3; 32]).await.unwrap().len(), 1);
+    assert!(store.integrity_check().await.unwrap());
+}
+
+/// Completing a relayed entry needs the tag whose commitment it keeps: a wrong tag (or the
+/// commitment itself) changes nothing and makes no receipt; the right one removes the entry
+/// and makes the receipt, given only to the sender that relayed it. A repeat after delivery
+/// is still recognised. Server-sealed entries keep comparing the tag itself and make no
+/// receipt. Receipts expire by delivery time.
+async fn relay_receipt_only_for_the_right_tag(store: &impl Store) {
+    let body = || Body::from_bytes(b"sealed for 2".to_vec());
+    store
+        .enqueue_relay(relay_record(1, 2, id(0x50), body()))
+        .await
+        .unwrap();
+    store
+        .enqueue_outbox(outbox_record(
+            2,
+            id(0x51),
+            Body::from_bytes(b"server".to_vec()),
+            relay_tag(0x51),
+        ))
+        .await
+        .unwrap();
+
+    let mut wrong = relay_tag(0x50);
+    wrong[0] ^= 1;
+    let commitment = receipt_commitment(&relay_tag(0x50));
+    for bad in [wrong, commitment] {
+        assert!(
+            !store
+                .complete_outbox(&[2; 32], &id(0x50), &bad)
+                .await
+                .unwrap()
+        );
+    }
+    assert!(
+        !store
+            .complete_outbox(&[1; 32], &id(0x50), &relay_tag(0x50))
+            .await
+            .unwrap(),
+        "the sender cannot complete the recipient's entry"
+    );
+    assert_eq!(store.pending_outbox(&[2; 32]).await.unwrap().len(), 2);
+    assert!(
+        store
+            .receipts(&[1; 32], &[id(0x50)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let before = letterlock::envelope::unix_now();
+    assert!(
+        store
+            .complete_outbox(&[2; 32], &id(0x50), &relay_tag(0x50))
+            .await
+            .unwrap()
+    );
+    let after = letterlock::envelope::unix_now();
+    assert!(
+        !store
+            .complete_outbox(&[2; 32], &id(0x50), &relay_tag(0x50))
+            .await
+            .unwrap()
+    );
+    let receipts = store
+        .receipts(&[1; 32], &[id(0x50), id(0x51), id(0x52)])
+        .await
+        .unwrap();
+    assert_eq!(
+        receipts.len(),
+        1,
+        "only the delivered relayed message has one"
+    );
+    let r = &receipts[0];
+    assert_eq!(
+        (
+            r.sender_key_id,
+            r.message_id,
+            r.recipient_key_id,
+            r.recipient_name.as_str(),
+            r.ack_tag
+        ),
+        ([1; 32], id(0x50), [2; 32], "client-2", relay_tag(0x50))
+    );
+    assert!((before..=after).contains(&r.delivered));
+    assert!(
+        store
+            .receipts(&[2; 32], &[id(0x50)])
+            .await
+            .unwrap()
+            .is_empty(),
+        "a receipt is not given to another client"
+    );
+    assert!(store.receipts(&[1; 32], &[]).await.unwrap().is_empty());
+
+    // A repeat after delivery: the same bytes are a duplicate (not queued again), other bytes
+    // a conflict.
+    assert_eq!(
+        store
+            .enqueue_relay(relay_record(1, 2, id(0x50), body()))
+            .await
+            .unwrap(),
+        RelayOutcome::Duplicate
+    );
+    assert_eq!(
+        store
+            .enqueue_relay(relay_record(
+                1,
+                2,
+                id(0x50),
+                Body::from_bytes(b"x".to_vec())
+            ))
+            .await
+            .unwrap(),
+        RelayOutcome::Conflict
+    );
+    let left: Vec<_> = store
+        .pending_outbox(&[2; 32])
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.message_id[0])
+        .collect();
+    assert_eq!(left, [0x51]);
+
+    // The server's own entry: its tag itself, not a commitment; no receipt.
+    assert!(
+        !store
+            .complete_outbox(&[2; 32], &id(0x51), &receipt_commitment(&relay_tag(0x51)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .complete_outbox(&[2; 32], &id(0x51), &relay_tag(0x51))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .receipts(&[1; 32], &[id(0x51)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    assert_eq!(
+        store
+            .expire_receipts(before.saturating_sub(1))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store.receipts(&[1; 32], &[id(0x50)]).await.unwrap().len(),
+        1
+    );
+    assert_eq!(store.expire_receipts(after + 1).await.unwrap(), 1);
+    assert!(
+        store
+            .receipts(&[1; 32], &[id(0x50)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.integrity_check().await.unwrap());
+}
+
+/// A large relayed body (a file or database chunks) is delivered byte for byte and goes with
+/// its entry when the receipt is made.
+async fn relayed_large_body_goes_with_its_receipt(store: &impl Store) {
+    let data = common::data(LARGE_LEN);
+    let record = relay_record(1, 2, id(0x60), stage(store, &data));
+    assert_eq!(
+        store.enqueue_relay(record).await.unwrap(),
+        RelayOutcome::Stored
+    );
+    let body = store.open_outbox_body(&[2; 32], &id(0x60)).await.unwrap();
+    assert_eq!(read_all(body).await, data);
+    assert!(
+        store
+            .complete_outbox(&[2; 32], &id(0x60), &relay_tag(0x60))
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        store.open_outbox_body(&[2; 32], &id(0x60)).await,
+        Err(StoreError::OutboxNotFound { .. })
+    ));
+    assert_eq!(
+        store.receipts(&[1; 32], &[id(0x60)]).await.unwrap().len(),
+        1
+    );
+    assert!(store.integrity_check().await.unwrap());
+}
 
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL only
@@ -1029,14 +1353,16 @@ async fn postgres_schema_migrates_from_version_1() {
         .await
         .unwrap();
     store.close().await.unwrap();
-    // Back to version 1 by hand: what migrations 2 and 3 added goes.
+    // Back to version 1 by hand: what migrations 2 to 4 added goes.
     let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
         .await
         .unwrap();
     let driver = tokio::spawn(connection);
     client
         .batch_execute(
-            "ALTER TABLE outbox DROP COLUMN leased_until;
+            "ALTER TABLE outbox DROP COLUMN leased_until, DROP COLUMN sender_key_id,
+                 DROP COLUMN sender_name, DROP COLUMN received, DROP COLUMN content_hash;
+             DROP TABLE receipts;
              DROP TABLE client_keys;
              DROP TABLE trust_generation;
              DROP INDEX inbox_by_sender;
@@ -1160,6 +1486,23 @@ async fn an_sqlite_mailbox_is_copied_into_postgres() {
         sqlite.trust_client(request).await.unwrap();
     }
     sqlite.untrust_client("carol", 400).await.unwrap();
+    // Client to client: one relayed entry still waiting, one delivered (its receipt).
+    for n in [5, 6] {
+        let relayed = relay_record(
+            7,
+            3,
+            id(n),
+            Body::from_bytes(format!("relayed {n}").into_bytes()),
+        );
+        sqlite.enqueue_relay(relayed).await.unwrap();
+    }
+    assert!(
+        sqlite
+            .complete_outbox(&[3; 32], &id(6), &relay_tag(6))
+            .await
+            .unwrap()
+    );
+    let receipts = sqlite.receipts(&[7; 32], &[id(5), id(6)]).await.unwrap();
     let history = sqlite.client_keys().await.unwrap();
     let listed = sqlite.list_inbox().await.unwrap();
     drop(sqlite);
@@ -1173,8 +1516,9 @@ async fn an_sqlite_mailbox_is_copied_into_postgres() {
             report.outbox_copied,
             report.inbox_conflicts
         ),
-        (2, 2, 0)
+        (2, 3, 0)
     );
+    assert_eq!(report.receipts_copied, 1);
     assert_eq!((report.keys_copied, report.keys_present), (3, 0));
     assert_eq!(
         pg.client_keys().await.unwrap(),
@@ -1196,7 +1540,18 @@ async fn an_sqlite_mailbox_is_copied_into_postgres() {
             again.outbox_copied,
             again.outbox_present
         ),
-        (0, 2, 0, 2)
+        (0, 2, 0, 3)
+    );
+    assert_eq!(again.receipts_copied, 0);
+    assert_eq!(
+        pg.receipts(&[7; 32], &[id(5), id(6)]).await.unwrap(),
+        receipts
+    );
+    // The relayed entry: its sender, its commitment (the sender's tag completes it, with a
+    // receipt), and its content hash (a repeat is recognised).
+    assert_eq!(
+        store_relay_repeat(&pg, 5).await,
+        letterlock::store::RelayOutcome::Duplicate
     );
     assert_eq!((again.keys_copied, again.keys_present), (0, 3));
     assert_eq!(pg.list_inbox().await.unwrap(), listed);
@@ -1213,13 +1568,81 @@ async fn an_sqlite_mailbox_is_copied_into_postgres() {
         .iter()
         .map(|e| e.message_id[0])
         .collect();
-    assert_eq!(queue, [3, 4], "queue order kept");
+    assert_eq!(queue, [3, 4, 5], "queue order kept");
+    let relayed = pg.pending_outbox(&[3; 32]).await.unwrap();
+    assert_eq!(relayed[2].sender, Some(([7; 32], "client-7".to_owned())));
+    assert_eq!(relayed[0].sender, None);
+    assert!(
+        pg.complete_outbox(&[3; 32], &id(5), &relay_tag(5))
+            .await
+            .unwrap()
+    );
+    assert_eq!(pg.receipts(&[7; 32], &[id(5)]).await.unwrap().len(), 1);
     assert!(
         pg.complete_outbox(&[3; 32], &id(3), &[3; 32])
             .await
             .unwrap()
     );
     assert!(pg.integrity_check().await.unwrap());
+}
+
+/// Two servers over one database relaying the same (sender, id) at once: one stores it, the
+/// other is answered from the stored row (the same bytes: a duplicate; other bytes: a
+/// conflict), and one entry waits. A relay through one server is completed through the other,
+/// and its receipt is seen through both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_relaying_one_id_at_once_store_it_once() {
+    let db = common::postgres::database().await;
+    let (a, b) = tokio::join!(
+        PostgresStore::connect(&db.url),
+        PostgresStore::connect(&db.url)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    for n in 0..8u8 {
+        let same = || relay_record(1, 2, id(n), Body::from_bytes(b"to both".to_vec()));
+        let (ra, rb) = tokio::join!(a.enqueue_relay(same()), b.enqueue_relay(same()));
+        let mut outcomes = [ra.unwrap(), rb.unwrap()];
+        outcomes.sort_by_key(|o| *o == RelayOutcome::Stored);
+        assert_eq!(outcomes, [RelayOutcome::Duplicate, RelayOutcome::Stored]);
+    }
+    for n in 8..16u8 {
+        let (ra, rb) = tokio::join!(
+            a.enqueue_relay(relay_record(1, 2, id(n), Body::from_bytes(b"one".to_vec()))),
+            b.enqueue_relay(relay_record(1, 2, id(n), Body::from_bytes(b"two".to_vec())))
+        );
+        let mut outcomes = [ra.unwrap(), rb.unwrap()];
+        outcomes.sort_by_key(|o| *o == RelayOutcome::Stored);
+        assert_eq!(outcomes, [RelayOutcome::Conflict, RelayOutcome::Stored]);
+    }
+    assert_eq!(b.pending_outbox(&[2; 32]).await.unwrap().len(), 16);
+    assert!(
+        b.complete_outbox(&[2; 32], &id(0), &relay_tag(0))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !a.complete_outbox(&[2; 32], &id(0), &relay_tag(0))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        a.receipts(&[1; 32], &[id(0)]).await.unwrap(),
+        b.receipts(&[1; 32], &[id(0)]).await.unwrap()
+    );
+    assert_eq!(a.receipts(&[1; 32], &[id(0)]).await.unwrap().len(), 1);
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+/// Relays message `n` of [`an_sqlite_mailbox_is_copied_into_postgres`] again.
+async fn store_relay_repeat(store: &impl Store, n: u8) -> RelayOutcome {
+    let again = relay_record(
+        7,
+        3,
+        id(n),
+        Body::from_bytes(format!("relayed {n}").into_bytes()),
+    );
+    store.enqueue_relay(again).await.unwrap()
 }
 
 /// Every connection of the store is killed under it (as a database restart or failover

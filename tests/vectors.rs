@@ -630,3 +630,153 @@ fn armor_line_limit_is_64_characters() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Client to client (docs/PROTOCOL.md section 15): a directory entry and a receipt commitment.
+
+/// `tests/vectors/client_to_client/directory_entry.json`.
+#[derive(Serialize, Deserialize)]
+struct DirectoryVector {
+    description: String,
+    input: DirectoryInput,
+    expected: DirectoryExpected,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DirectoryInput {
+    /// The key that signs the directory (a server's), by name in tests/keys.
+    server: String,
+    /// The client the entry publishes, by name in tests/keys.
+    client: String,
+    serial: u64,
+    since: u64,
+    name: String,
+    /// An ack tag, for the receipt commitment.
+    ack_tag: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DirectoryExpected {
+    entry: String,
+    entry_sha256: String,
+    /// The client's key id (SHA-256 of its SPKI): computed by the reader, not carried.
+    client_key_id: String,
+    /// One run's RSA-PSS signature by the server key (PSS is randomized: verify it).
+    signature: String,
+    receipt_commitment: String,
+}
+
+fn directory_vector_path() -> PathBuf {
+    vectors_dir().join("client_to_client/directory_entry.json")
+}
+
+fn directory_input() -> DirectoryInput {
+    DirectoryInput {
+        server: "alice4096".to_owned(),
+        client: "bob3072".to_owned(),
+        serial: 7,
+        since: 1_800_000_000,
+        name: "bob".to_owned(),
+        ack_tag: hex::encode([0x11u8; 32]),
+    }
+}
+
+/// Reads an entry as docs/PROTOCOL.md section 15 lays it out, with nothing from the library:
+/// (serial, since, name, SPKI).
+fn parse_entry_by_hand(entry: &[u8]) -> (u64, u64, String, Vec<u8>) {
+    let context = b"letterlock v1 directory";
+    assert_eq!(&entry[..context.len()], context);
+    let mut at = context.len();
+    let mut take = |n: usize| {
+        let piece = &entry[at..at + n];
+        at += n;
+        piece.to_vec()
+    };
+    let serial = u64::from_be_bytes(take(8).try_into().unwrap());
+    let since = u64::from_be_bytes(take(8).try_into().unwrap());
+    let name_len = take(1)[0] as usize;
+    let name = String::from_utf8(take(name_len)).unwrap();
+    let spki_len = u16::from_be_bytes(take(2).try_into().unwrap()) as usize;
+    let spki = take(spki_len);
+    assert_eq!(at, entry.len(), "nothing after the key");
+    (serial, since, name, spki)
+}
+
+#[test]
+fn directory_entry_vector() {
+    let v: DirectoryVector =
+        serde_json::from_str(&std::fs::read_to_string(directory_vector_path()).unwrap()).unwrap();
+    let server = private(&v.input.server);
+    let client = private(&v.input.client);
+    let entry = hex::decode(&v.expected.entry).unwrap();
+    // The library encodes the inputs to exactly these bytes.
+    let ours = letterlock::directory::Entry {
+        serial: v.input.serial,
+        since: v.input.since,
+        name: v.input.name.clone(),
+        key: client.public().clone(),
+    }
+    .encode()
+    .unwrap();
+    assert_eq!(hex::encode(&ours), v.expected.entry);
+    assert_eq!(hex::encode(sha256(&entry)), v.expected.entry_sha256);
+    // Read by hand from the document's layout: the inputs, and the client's key as its SPKI DER.
+    let (serial, since, name, spki) = parse_entry_by_hand(&entry);
+    assert_eq!((serial, since, name.as_str()), (7, 1_800_000_000, "bob"));
+    assert_eq!(spki, client.public().spki_der());
+    assert_eq!(hex::encode(sha256(&spki)), v.expected.client_key_id);
+    // The stored signature verifies under the server key (PSS, SHA-256, MGF1-SHA-256, salt 32;
+    // tests/openssl.rs checks the library's PSS against OpenSSL), not under the client's key.
+    let signature = hex::decode(&v.expected.signature).unwrap();
+    let signed = letterlock::directory::SignedEntry {
+        entry: entry.clone(),
+        signature: signature.clone(),
+    };
+    assert_eq!(signed.verify(server.public()).unwrap().name, "bob");
+    assert!(signed.verify(client.public()).is_err());
+    // The receipt commitment: SHA-256("letterlock v1 receipt" || ack tag).
+    let tag: [u8; 32] = unhex(&v.input.ack_tag);
+    let mut input = b"letterlock v1 receipt".to_vec();
+    input.extend_from_slice(&tag);
+    assert_eq!(hex::encode(sha256(&input)), v.expected.receipt_commitment);
+    assert_eq!(
+        hex::encode(letterlock::wire::receipt_commitment(&tag)),
+        v.expected.receipt_commitment
+    );
+}
+
+/// Writes `tests/vectors/client_to_client/directory_entry.json`:
+/// `cargo test --test vectors -- --ignored regenerate_directory_vector`
+#[test]
+#[ignore = "writes tests/vectors; run by hand for a deliberate format change"]
+fn regenerate_directory_vector() {
+    let input = directory_input();
+    let server = private(&input.server);
+    let client = private(&input.client);
+    let entry = letterlock::directory::Entry {
+        serial: input.serial,
+        since: input.since,
+        name: input.name.clone(),
+        key: client.public().clone(),
+    };
+    let signed = entry.sign(&*server).unwrap();
+    let tag: [u8; 32] = unhex(&input.ack_tag);
+    let v = DirectoryVector {
+        description: "a directory entry for bob3072 named bob, serial 7, signed by the server \
+                      key alice4096; and the receipt commitment of the ack tag 0x11 * 32"
+            .to_owned(),
+        expected: DirectoryExpected {
+            entry: hex::encode(&signed.entry),
+            entry_sha256: hex::encode(sha256(&signed.entry)),
+            client_key_id: hex::encode(sha256(client.public().spki_der())),
+            signature: hex::encode(&signed.signature),
+            receipt_commitment: hex::encode(letterlock::wire::receipt_commitment(&tag)),
+        },
+        input,
+    };
+    let path = directory_vector_path();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut json = serde_json::to_string_pretty(&v).unwrap();
+    json.push('\n');
+    std::fs::write(path, json).unwrap();
+}

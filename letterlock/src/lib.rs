@@ -104,7 +104,7 @@ pub fn seal(
     opts: &SealOptions,
 ) -> Result<Vec<u8>, SealError> {
     let mut sealed = Vec::new();
-    envelope::seal(sender, recipient, opts, plaintext, &mut sealed)?;
+    envelope::seal_slice(sender, recipient, opts, plaintext, &mut sealed)?;
     Ok(sealed)
 }
 

@@ -64,8 +64,8 @@ pub use measurements::Generated;
 pub use oneshot::{OneShot, OneShotReport};
 pub use plot::{check_plot_path, plot};
 pub use report::{
-    AsymmetricCheck, BigSend, Bounds, EnvelopeRow, Goal, Latency, Machine, Ratio, Report,
-    ServerRate, ServerReport, TlsReport, human_size, table, write_json,
+    AsymmetricCheck, BigSend, Bounds, EnvelopeRow, Goal, Latency, Machine, Ratio, RelayRate,
+    Report, ServerRate, ServerReport, TlsReport, human_size, table, write_json,
 };
 pub use store::{ServerOverStore, StoreRate, StoreReport};
 

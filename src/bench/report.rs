@@ -146,6 +146,26 @@ pub struct TlsReport {
     pub resumption: String,
     /// Messages over TLS at 16 connections, beside the all-core RSA decrypt bound.
     pub rate: ServerRate,
+    /// Client-to-client messages relayed over TLS at 16 connections (issue 14).
+    pub relayed: Option<RelayRate>,
+}
+
+/// Relayed (client to client) 1 KiB messages: the server stores them unopened, so the RSA
+/// decrypt bound is shown for comparison, not as their bound.
+#[derive(Clone, Debug, Serialize)]
+pub struct RelayRate {
+    pub connections: usize,
+    /// Messages the server answered `Stored` for in all rounds, and the time they took.
+    pub messages: usize,
+    pub seconds: f64,
+    /// Messages per second of the best round.
+    pub msgs_s: f64,
+    /// The all-core RSA decrypt bound of the message run before.
+    pub rsa_bound_msgs_s: f64,
+    /// The server's own counters over the run: messages it relayed, and messages it opened
+    /// (decrypted): none, for relays.
+    pub server_relayed: u64,
+    pub server_opened: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -698,6 +718,20 @@ pub fn table(r: &Report) -> String {
             .as_ref()
             .map_or(String::new(), |n| format!(": {n}"))
     );
+    if let Some(r) = &tls.relayed {
+        let _ = writeln!(
+            s,
+            "  {} messages relayed client to client at {} connections (each waits for its \
+             Stored): {:.0} msg/s = {:.1}x the RSA decrypt bound above; the server opened {} of \
+             {} relayed (no RSA private operation): the store's commits and TLS bound it",
+            human_size(srv.message_size),
+            r.connections,
+            r.msgs_s,
+            r.msgs_s / r.rsa_bound_msgs_s.max(f64::MIN_POSITIVE),
+            r.server_opened,
+            r.server_relayed
+        );
+    }
     let _ = writeln!(
         s,
         "  process peak RSS {:.1} MiB ({})",
@@ -961,6 +995,7 @@ mod tests {
                 resumed_handshakes_s: None,
                 resumption: String::new(),
                 rate: rate(16, 1.0),
+                relayed: None,
             },
             process_peak_rss_kib: 0,
             note: String::new(),

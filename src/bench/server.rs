@@ -21,7 +21,7 @@ use super::measurements::{
     Generated, check_len, peak_rss_kib, process_peak_rss_kib, reset_peak_rss,
 };
 use super::{
-    BenchError, BenchOptions, BigSend, CONNECTIONS, GIB, HANDSHAKE_CLIENTS, Latency, MB,
+    BenchError, BenchOptions, BigSend, CONNECTIONS, GIB, HANDSHAKE_CLIENTS, Latency, MB, RelayRate,
     SERVER_MESSAGE, SERVER_ROUNDS, ServerRate, ServerReport, TLS_CONNECTIONS, TlsReport, crypt,
     over_bound_note, progress,
 };
@@ -76,6 +76,8 @@ async fn server_section(opts: &BenchOptions) -> Result<ServerReport, BenchError>
     let server_key = PrivateKey::generate(opts.bits)?;
     let server_public = server_key.public().clone();
     let client_key = Arc::new(PrivateKey::generate(opts.bits)?);
+    // The recipient of the relayed messages (client to client): trusted, never connected.
+    let peer_key = PrivateKey::generate(opts.bits)?;
     let mut clients = TrustList::new();
     clients.add("bench", client_key.public().clone())?;
     let dir = tempfile::tempdir()?;
@@ -162,6 +164,7 @@ async fn server_section(opts: &BenchOptions) -> Result<ServerReport, BenchError>
     running.await.map_err(|_| crypt())??;
 
     progress("  version 2 (TLS 1.3)");
+    clients.add("bench-peer", peer_key.public().clone())?;
     let tls_server = Arc::new(
         Server::new(server_key.clone(), clients, store.clone(), config)
             .with_tls(TlsOptions::default())?,
@@ -169,7 +172,7 @@ async fn server_section(opts: &BenchOptions) -> Result<ServerReport, BenchError>
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let tls_addr = listener.local_addr()?.to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(tls_server.run(listener, async {
+    let running = tokio::spawn(tls_server.clone().run(listener, async {
         let _ = stopped.await;
     }));
     let connect_tls = || {
@@ -181,7 +184,7 @@ async fn server_section(opts: &BenchOptions) -> Result<ServerReport, BenchError>
             TlsOptions::default(),
         )
     };
-    let tls = tls_section(
+    let mut tls = tls_section(
         &connect_tls,
         (&tls_addr, &identity),
         opts,
@@ -190,6 +193,20 @@ async fn server_section(opts: &BenchOptions) -> Result<ServerReport, BenchError>
         &server_public,
     )
     .await?;
+    progress(&format!(
+        "  {TLS_CONNECTIONS} connection(s) relaying to another client"
+    ));
+    tls.relayed = Some(
+        relay_run(
+            &connect_tls,
+            &tls_server,
+            opts,
+            &client_key,
+            peer_key.public(),
+            tls.rate.bound_msgs_s,
+        )
+        .await?,
+    );
     let _ = stop.send(());
     running.await.map_err(|_| crypt())??;
     if let Ok(store) = Arc::try_unwrap(store) {
@@ -280,6 +297,80 @@ where
                      handshake with a fresh X25519MLKEM768 exchange)"
             .into(),
         rate,
+        relayed: None,
+    })
+}
+
+/// Client to client: [`TLS_CONNECTIONS`] clients relay pre-sealed 1 KiB messages to another
+/// client, each waiting for its `Stored` before the next (relays are not pipelined by the
+/// client), for [`SERVER_ROUNDS`] rounds; the best round's rate, beside `rsa_bound` (the
+/// all-core RSA decrypt bound of the run before) for comparison only: the server opens none
+/// of them (its counters say so), so what bounds it is the store's commits and the TLS record
+/// layer.
+async fn relay_run<F, Fut, S>(
+    connect: &F,
+    server: &Server<S>,
+    opts: &BenchOptions,
+    client_key: &Arc<PrivateKey>,
+    peer: &PublicKey,
+    rsa_bound: f64,
+) -> Result<RelayRate, BenchError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Client, ClientError>>,
+    S: letterlock::store::Store,
+{
+    let connections = TLS_CONNECTIONS;
+    let per = opts
+        .server_messages()
+        .div_ceil(connections * SERVER_ROUNDS)
+        .max(MIN_PER_CONNECTION);
+    let (key, to) = (client_key.clone(), peer.clone());
+    let batches =
+        tokio::task::spawn_blocking(move || presealed(&key, &to, connections * SERVER_ROUNDS, per))
+            .await
+            .map_err(|_| crypt())??;
+    let mut conns = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        conns.push(connect().await?);
+    }
+    let before = server.receive_stats();
+    let (mut relayed, mut seconds, mut msgs_s) = (0, 0.0, 0f64);
+    let mut batches = batches.into_iter();
+    for _ in 0..SERVER_ROUNDS {
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (mut client, batch) in conns.drain(..).zip(batches.by_ref()) {
+            tasks.spawn(async move {
+                for (bytes, sealed) in &batch {
+                    client.relay_sealed(bytes, sealed).await?;
+                }
+                Ok::<_, ClientError>((client, batch.len()))
+            });
+        }
+        let mut round = 0;
+        while let Some(done) = tasks.join_next().await {
+            let (client, n) = done.map_err(|_| crypt())??;
+            conns.push(client);
+            round += n;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        relayed += round;
+        seconds += elapsed;
+        msgs_s = msgs_s.max(round as f64 / elapsed);
+    }
+    for client in conns {
+        client.close().await?;
+    }
+    let after = server.receive_stats();
+    Ok(RelayRate {
+        connections,
+        messages: relayed,
+        seconds,
+        msgs_s,
+        rsa_bound_msgs_s: rsa_bound,
+        server_relayed: after.relayed - before.relayed,
+        server_opened: after.opened - before.opened,
     })
 }
 

@@ -388,7 +388,8 @@ fn log_text(log_text: bool, no_log_text: bool) -> bool {
     log_text || (!no_log_text && io::stderr().is_terminal())
 }
 
-/// Deletes inbox messages received more than `keep` ago.
+/// Deletes inbox messages received, and receipts of relayed messages delivered, more than
+/// `keep` ago: receipts are kept as long as inbox messages.
 async fn expire(store: &impl Store, keep: Duration) -> Result<()> {
     let cutoff = now().saturating_sub(keep.as_secs());
     let removed = store.expire_inbox(cutoff).await?;
@@ -397,6 +398,14 @@ async fn expire(store: &impl Store, keep: Duration) -> Result<()> {
             removed,
             older_than = %time_text(cutoff),
             "deleted messages past the retention period"
+        );
+    }
+    let receipts = store.expire_receipts(cutoff).await?;
+    if receipts > 0 {
+        info!(
+            removed = receipts,
+            older_than = %time_text(cutoff),
+            "deleted receipts past the retention period"
         );
     }
     Ok(())
@@ -729,6 +738,11 @@ async fn pick(store: &impl Store, id: &str, from: Option<&str>) -> Result<InboxS
         });
         bail!(text);
     }
+    if found.is_empty()
+        && let Some(relayed) = relayed_match(store, id).await?
+    {
+        bail!(relayed);
+    }
     match found.pop() {
         Some(m) => Ok(m),
         None => Err(StoreError::NotFound {
@@ -739,6 +753,32 @@ async fn pick(store: &impl Store, id: &str, from: Option<&str>) -> Result<InboxS
         }
         .into()),
     }
+}
+
+/// When no inbox message matches `id` but a message relayed between two clients and still
+/// waiting does: says so, and why the server cannot open it (it is sealed for the recipient,
+/// not for the server). Looked up per trusted client's outbox: a rare path, for a clear error.
+async fn relayed_match(store: &impl Store, id: &str) -> Result<Option<String>> {
+    let prefix = id.to_ascii_lowercase();
+    for client in store.trusted_clients().await?.clients {
+        for entry in store.pending_outbox(&client.key_id).await? {
+            let Some((_, sender)) = &entry.sender else {
+                continue;
+            };
+            if hex::encode(entry.message_id).starts_with(&prefix) {
+                return Ok(Some(format!(
+                    "message {id} was relayed from {from} to {to}, not sent to the server: it \
+                     is sealed for {to}, and this server cannot open it; it waits in {to}'s \
+                     outbox until {to}'s client (`letterlock client recv_msg`) fetches and \
+                     acknowledges it",
+                    id = hex::encode(entry.message_id),
+                    from = letterlock::text::line(sender),
+                    to = letterlock::text::line(&entry.recipient_name),
+                )));
+            }
+        }
+    }
+    Ok(None)
 }
 
 pub(super) async fn read_inbox(

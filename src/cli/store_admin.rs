@@ -19,8 +19,8 @@ use clap::Args;
 use letterlock::store::PostgresStore;
 use letterlock::store::{
     BlobWriter, ClientKey, InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyId,
-    KnownMessage, MessageId, OutboxEntry, OutboxRecord, SqliteStore, Store, StoreError, Tag,
-    TrustOutcome, TrustRequest, TrustedClients,
+    KnownMessage, MessageId, OutboxEntry, OutboxRecord, Receipt, RelayOutcome, RelayRecord,
+    SqliteStore, Store, StoreError, Tag, TrustOutcome, TrustRequest, TrustedClients,
 };
 
 /// A mailbox of either backend.
@@ -147,6 +147,10 @@ impl Store for AnyStore {
         forward!(self, s => s.open_outbox_body(recipient, message_id).await)
     }
 
+    async fn enqueue_relay(&self, record: RelayRecord) -> Result<RelayOutcome, StoreError> {
+        forward!(self, s => s.enqueue_relay(record).await)
+    }
+
     async fn complete_outbox(
         &self,
         recipient: &KeyId,
@@ -154,6 +158,18 @@ impl Store for AnyStore {
         ack_tag: &Tag,
     ) -> Result<bool, StoreError> {
         forward!(self, s => s.complete_outbox(recipient, message_id, ack_tag).await)
+    }
+
+    async fn receipts(
+        &self,
+        sender: &KeyId,
+        ids: &[MessageId],
+    ) -> Result<Vec<Receipt>, StoreError> {
+        forward!(self, s => s.receipts(sender, ids).await)
+    }
+
+    async fn expire_receipts(&self, delivered_before: u64) -> Result<u64, StoreError> {
+        forward!(self, s => s.expire_receipts(delivered_before).await)
     }
 
     async fn trust_generation(&self) -> Result<u64, StoreError> {
@@ -297,6 +313,12 @@ pub(super) async fn copy_store(a: CopyStoreArgs) -> Result<std::process::ExitCod
              another key: the target's trust is kept)",
             report.keys_copied, report.keys_present
         );
+        if report.receipts_copied > 0 {
+            println!(
+                "copied {} receipts of relayed messages",
+                report.receipts_copied
+            );
+        }
         target.close().await?;
         if report.inbox_conflicts > 0 {
             anyhow::bail!(

@@ -43,7 +43,7 @@ pub use pipeline::{DEPTH, open_pipelined, seal_pipelined, seal_to_file};
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub use seal::FixedRandomness;
-pub use seal::{SealOptions, Sealed, Sealer, for_each_read, seal};
+pub use seal::{SealOptions, Sealed, Sealer, for_each_read, seal, seal_slice};
 
 use crate::keys::KeyError;
 

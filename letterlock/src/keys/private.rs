@@ -1,6 +1,7 @@
 //! RSA private keys and the [`Identity`] trait behind which private operations sit.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
 use aws_lc_rs::rand;
@@ -11,9 +12,7 @@ use aws_lc_rs::signature::{KeyPair as _, RSA_PSS_SHA256};
 use zeroize::Zeroizing;
 
 use super::encrypted::{self, KdfChoice};
-use super::{
-    KeyError, KeyKind, Passphrase, PublicKey, check_bits, encode_pem, parse_pem, rejected,
-};
+use super::{KeyError, KeyKind, Passphrase, PublicKey, encode_pem, parse_pem, rejected};
 
 /// The PEM label of a passphrase-protected PKCS#8 key.
 pub(super) const ENCRYPTED_LABEL: &str = "ENCRYPTED PRIVATE KEY";
@@ -34,8 +33,11 @@ pub trait Identity: Send + Sync {
 pub struct PrivateKey {
     /// For PSS signatures.
     signer: KeyPair,
-    /// For OAEP decryption (aws-lc keeps the two APIs on separate types).
-    decrypter: OaepPrivateDecryptingKey,
+    /// For OAEP decryption (aws-lc keeps the two APIs on separate types), made from `signer`'s
+    /// PKCS#8 at the first decryption: parsing and checking an RSA private key costs about half
+    /// a millisecond, which a command that only seals or signs (`seal`, `send_msg`) need not pay
+    /// twice.
+    decrypter: OnceLock<OaepPrivateDecryptingKey>,
     public: PublicKey,
 }
 
@@ -56,16 +58,26 @@ impl PrivateKey {
     /// Parses an unencrypted PKCS#8 `PrivateKeyInfo` DER.
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, KeyError> {
         let signer = KeyPair::from_pkcs8(der).map_err(|e| rejected(KeyKind::Private, e))?;
-        let dec =
-            PrivateDecryptingKey::from_pkcs8(der).map_err(|e| rejected(KeyKind::Private, e))?;
-        check_bits(dec.key_size_bits())?;
+        // The public half's parse checks the modulus size (`check_bits`) on the exact bit count.
         let public = PublicKey::from_der(signer.public_key().as_ref())?;
-        let decrypter = OaepPrivateDecryptingKey::new(dec).map_err(|_| KeyError::Crypto)?;
         Ok(PrivateKey {
             signer,
-            decrypter,
+            decrypter: OnceLock::new(),
             public,
         })
+    }
+
+    /// The OAEP decrypting key, made on first use (see the field's comment). Two
+    /// threads racing here each build one and one is kept: harmless, and it happens once.
+    fn decrypter(&self) -> Result<&OaepPrivateDecryptingKey, KeyError> {
+        if let Some(d) = self.decrypter.get() {
+            return Ok(d);
+        }
+        let der = pkcs8_of(&self.signer)?;
+        let dec =
+            PrivateDecryptingKey::from_pkcs8(&der).map_err(|e| rejected(KeyKind::Private, e))?;
+        let oaep = OaepPrivateDecryptingKey::new(dec).map_err(|_| KeyError::Crypto)?;
+        Ok(self.decrypter.get_or_init(|| oaep))
     }
 
     /// Parses an unencrypted PEM private key: PKCS#8 (`BEGIN PRIVATE KEY`, what we and
@@ -177,9 +189,9 @@ impl Identity for PrivateKey {
         ciphertext: &[u8],
         label: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        let mut out = Zeroizing::new(vec![0u8; self.decrypter.min_output_size()]);
-        let n = self
-            .decrypter
+        let decrypter = self.decrypter()?;
+        let mut out = Zeroizing::new(vec![0u8; decrypter.min_output_size()]);
+        let n = decrypter
             .decrypt(&OAEP_SHA256_MGF1SHA256, ciphertext, &mut out, Some(label))
             .map_err(|_| KeyError::Crypto)?
             .len();

@@ -93,7 +93,14 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                 Err(_) => return Err(Fail::internal()),
             }
             send(out, Frame::DeliverEnd).await?;
-            debug!(client = %crate::text::quoted(&self.client.name), id = %MessageId(entry.message_id), "delivered");
+            match &entry.sender {
+                None => {
+                    debug!(client = %crate::text::quoted(&self.client.name), id = %MessageId(entry.message_id), "delivered")
+                }
+                Some((_, from)) => {
+                    debug!(client = %crate::text::quoted(&self.client.name), from = %crate::text::quoted(from), id = %MessageId(entry.message_id), "delivered a relayed message")
+                }
+            }
         }
         send(out, Frame::FetchDone { count }).await
     }
@@ -106,13 +113,15 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
             .complete_outbox(&self.client.key.id().0, &id.0, &tag)
             .await
             .map_err(Fail::store)?;
-        self.leased.ids.retain(|leased| *leased != id.0);
         if !removed {
+            // Still leased to this connection, which ends now: released with the others
+            // (a wrong tag is no ack), so the next fetch need not wait for the lease.
             return Err(Fail::new(
                 ErrorCode::BadAck,
                 "delivery acknowledgement does not match a pending message",
             ));
         }
+        self.leased.ids.retain(|leased| *leased != id.0);
         info!(client = %crate::text::quoted(&self.client.name), id = %id, "delivery proven; message removed");
         send(&self.conn.out, Frame::Removed { id }).await
     }

@@ -123,7 +123,7 @@ async fn handshake<S: Store, R: AsyncRead + Unpin>(
 /// The trusted clients could not be read: "unavailable" when the store's database could not
 /// be reached (the client tries again, as when a message cannot be stored; nothing was
 /// acked), "internal" otherwise.
-fn trust_unreadable(peer: SocketAddr, e: TrustError) -> Fail {
+pub(super) fn trust_unreadable(peer: SocketAddr, e: TrustError) -> Fail {
     match e {
         // Logged there.
         TrustError::Store(e) if e.is_unavailable() => Fail::store(e),
@@ -348,6 +348,19 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                     self.deliver().await?
                 }
                 Frame::DeliveryAck { id, tag } => self.delivery_ack(id, tag).await?,
+                // Client to client (relay.rs): protocol version 2 only.
+                Frame::Relay { commitment } => {
+                    self.still_trusted().await?;
+                    self.start_relay(commitment).await?
+                }
+                Frame::Directory => {
+                    self.still_trusted().await?;
+                    self.send_directory().await?
+                }
+                Frame::Receipts { ids } => {
+                    self.still_trusted().await?;
+                    self.send_receipts(ids).await?
+                }
                 Frame::Error { code, message } => {
                     debug!(peer = %self.conn.peer, ?code, error_text = %crate::text::quoted(&message), "client reported an error");
                     return Ok(());

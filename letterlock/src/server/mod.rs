@@ -10,6 +10,10 @@
 //! 2. Then any number of messages (`Send`… `SendEnd`, pipelined; each answered by `Ack` once it
 //!    is durable) and fetches (`Fetch` → `Deliver`… `DeliverEnd` per message, `FetchDone`; the
 //!    client proves each with `DeliveryAck`, and only then is it removed).
+//! 3. Version 2 only, client to client (docs/PROTOCOL.md §15): `Relay` + a message sealed for
+//!    another trusted client, stored unopened and answered `Stored`; `Directory` → the trusted
+//!    clients, each entry signed by the server's key; `Receipts` → the recipients' ack tags of
+//!    messages this client relayed.
 //!
 //! # Layout
 //! - this file: [`Server`] (what every connection shares), [`ServerConfig`], and `Fail`, the
@@ -20,6 +24,8 @@
 //! - `handler`: one connection: its frames in and out, the handshake, and the loop that
 //!   dispatches each frame (`Handler` owns the connection's state).
 //! - `receive`: one incoming message, from `Send` to `Ack`.
+//! - `relay`: client to client: a message relayed to another client (`Relay`, `Send`…,
+//!   `Stored`), unopened; receipts; the signed directory of trusted clients.
 //! - `deliver`: the outbox: [`queue_for_client`] fills it, `Fetch` empties it.
 //! - `trust`: the trusted clients as of each handshake: a fixed list, or the store's, re-read
 //!   when its trust generation moves ([`Server::trust_from_store`]).
@@ -32,6 +38,7 @@ mod deliver;
 mod handler;
 mod listener;
 mod receive;
+mod relay;
 mod trust;
 
 use std::sync::Arc;
@@ -179,6 +186,8 @@ pub struct Server<S> {
     tls: bool,
     /// Per-client asymmetric budgets and the receive counters ([`Server::receive_stats`]).
     receiving: receive::Receiving,
+    /// The signed directory of trusted clients, signed once per trust generation.
+    directory: relay::DirectoryCache,
 }
 
 impl<S: Store> Server<S> {
@@ -195,6 +204,7 @@ impl<S: Store> Server<S> {
             trust: trust::ClientTrust::fixed(clients),
             store,
             receiving: receive::Receiving::new(&config.asymmetric_budget),
+            directory: relay::DirectoryCache::default(),
             config,
             tls: false,
         }

@@ -38,7 +38,7 @@ use super::handler::{Handler, send};
 use super::{Fail, Server, on_blocking_pool};
 
 /// Bytes of a message gathered before they go to the blocking pool (see `receive`).
-const FEED_BATCH: usize = 256 * 1024;
+pub(super) const FEED_BATCH: usize = 256 * 1024;
 
 /// Short UTF-8 messages are logged in full, as the classroom server printed them; anything
 /// longer or binary is logged by size and id only.
@@ -46,7 +46,7 @@ const LOG_TEXT_MAX: usize = 200;
 
 /// Room for what sealing adds to the plaintext (wrapped key, tags, signature): generous, since
 /// it only bounds how much of an oversized message is read before it is refused.
-const SEALING_OVERHEAD: u64 = 64 << 20;
+pub(super) const SEALING_OVERHEAD: u64 = 64 << 20;
 
 /// How many asymmetric-mode bytes one client may have decrypted, per second and at once.
 ///
@@ -88,6 +88,10 @@ pub struct ReceiveStats {
     pub repeats_refused: u64,
     /// Times a connection waited for its client's asymmetric budget.
     pub budget_waits: u64,
+    /// Messages relayed from one client to another and stored, unopened (`relay.rs`).
+    pub relayed: u64,
+    /// Repeats of a relayed message answered `Stored` again, nothing written.
+    pub relay_repeats: u64,
 }
 
 /// A client's token bucket (see [`AsymmetricBudget`]).
@@ -109,6 +113,8 @@ pub(super) struct Receiving {
     repeats_answered: AtomicU64,
     repeats_refused: AtomicU64,
     budget_waits: AtomicU64,
+    pub(super) relayed: AtomicU64,
+    pub(super) relay_repeats: AtomicU64,
 }
 
 impl Receiving {
@@ -120,6 +126,8 @@ impl Receiving {
             repeats_answered: AtomicU64::new(0),
             repeats_refused: AtomicU64::new(0),
             budget_waits: AtomicU64::new(0),
+            relayed: AtomicU64::new(0),
+            relay_repeats: AtomicU64::new(0),
         }
     }
 
@@ -159,6 +167,8 @@ impl<S> Server<S> {
             repeats_answered: r.repeats_answered.load(Ordering::Relaxed),
             repeats_refused: r.repeats_refused.load(Ordering::Relaxed),
             budget_waits: r.budget_waits.load(Ordering::Relaxed),
+            relayed: r.relayed.load(Ordering::Relaxed),
+            relay_repeats: r.relay_repeats.load(Ordering::Relaxed),
         }
     }
 }
@@ -378,7 +388,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
         Ok(more)
     }
 
-    async fn next_data(&mut self) -> Result<Option<Vec<u8>>, Fail> {
+    pub(super) async fn next_data(&mut self) -> Result<Option<Vec<u8>>, Fail> {
         let frame = tokio::time::timeout(
             self.server.config.idle_timeout,
             self.conn.reader.read_frame(),

@@ -18,6 +18,7 @@
 //!
 //! [`ServerConfig::trust_recheck`]: super::ServerConfig::trust_recheck
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,17 @@ pub(super) struct Snapshot {
     pub(super) clients: Arc<TrustList>,
     /// Version 2: the TLS configuration whose client verifier accepts exactly `clients`.
     pub(super) tls: Option<Arc<rustls::ServerConfig>>,
+    /// When each client key was trusted under its name (unix seconds), by key id, for the
+    /// directory's `since`; empty for a fixed list, which does not know (0 is published).
+    pub(super) since: Arc<HashMap<[u8; 32], u64>>,
+}
+
+impl Snapshot {
+    /// The store's trust generation this list was read at: the directory's serial. `None`
+    /// for a fixed list.
+    pub(super) fn generation(&self) -> Option<u64> {
+        self.generation
+    }
 }
 
 /// The server's trusted clients: fixed, or followed in the store.
@@ -62,6 +74,7 @@ impl ClientTrust {
                 generation: None,
                 clients: Arc::new(clients),
                 tls: None,
+                since: Arc::default(),
             })),
             checked: Mutex::new(None),
         }
@@ -74,6 +87,7 @@ impl ClientTrust {
             generation: None,
             clients: Arc::new(TrustList::new()),
             tls: None,
+            since: Arc::default(),
         }));
     }
 
@@ -86,6 +100,7 @@ impl ClientTrust {
             generation: current.generation,
             clients: current.clients.clone(),
             tls: Some(config),
+            since: current.since.clone(),
         }));
         Ok(())
     }
@@ -135,6 +150,7 @@ impl ClientTrust {
         }
         let read = store.trusted_clients().await?;
         let mut clients = TrustList::new();
+        let mut since = HashMap::with_capacity(read.clients.len());
         for c in read.clients {
             // The store checked both when the key was trusted; a row that fails now was
             // edited or damaged, and is not trusted.
@@ -145,8 +161,13 @@ impl ClientTrust {
                     continue;
                 }
             };
-            if let Err(e) = clients.add(&c.name, key) {
-                warn!(client = %crate::text::quoted(&c.name), error = %e, "a stored client key is trusted twice; not trusting it again");
+            match clients.add(&c.name, key) {
+                Ok(()) => {
+                    since.insert(c.key_id, c.since);
+                }
+                Err(e) => {
+                    warn!(client = %crate::text::quoted(&c.name), error = %e, "a stored client key is trusted twice; not trusting it again")
+                }
             }
         }
         let clients = Arc::new(clients);
@@ -158,6 +179,7 @@ impl ClientTrust {
             generation: Some(read.generation),
             clients,
             tls,
+            since: Arc::new(since),
         });
         // Several handshakes may read a change at once; the newest generation wins.
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);

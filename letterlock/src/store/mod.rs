@@ -8,6 +8,11 @@
 //!   that client's next fetch and removed only when the client proves receipt
 //!   with the expected ack tag.
 //!
+//! Relayed messages (client to client, docs/PROTOCOL.md §15) wait in the outbox too: sealed by
+//! one client for another, which the server cannot open. Their entry names the sender and keeps
+//! the sender's **receipt commitment** instead of an ack tag; the recipient's ack, checked
+//! against it, turns the entry into a **receipt** the sender may ask for.
+//!
 //! A third table holds the **trusted clients**: each client key the server has
 //! ever trusted, under its name, with when it was trusted and, once replaced or
 //! removed, when and why. The trusted ones decide who may connect; the whole
@@ -213,9 +218,71 @@ pub struct OutboxEntry {
     pub message_id: MessageId,
     pub created: u64,
     pub mode: u8,
+    /// Length of the plaintext inside; 0 for a relayed entry (the server cannot know it).
     pub plaintext_len: u64,
     /// Size of the sealed body as stored.
     pub body_size: u64,
+    /// Who sealed it: `None` for the server itself, else the client that relayed it (key id
+    /// and name), so listings and deliveries can tell the two apart.
+    pub sender: Option<(KeyId, String)>,
+}
+
+/// A message one client sealed for another, as the server relays it (it cannot open it).
+#[derive(Debug)]
+pub struct RelayRecord {
+    /// The authenticated sender, as the header names it.
+    pub sender_key_id: KeyId,
+    /// The sender's name in the trust list, for listings.
+    pub sender_name: String,
+    /// The recipient the header names, a client the server trusts.
+    pub recipient_key_id: KeyId,
+    pub recipient_name: String,
+    /// Message id from the header; unique per sender among relayed messages.
+    pub message_id: MessageId,
+    /// Creation time from the message header (unix seconds).
+    pub created: u64,
+    /// Time the server received it (unix seconds).
+    pub received: u64,
+    /// [`MODE_ASYMMETRIC`] or [`MODE_HYBRID`].
+    pub mode: u8,
+    /// The message's [`SealedIdentity`] (computed with the recipient's modulus length): tells
+    /// a retry from another message under the same id.
+    pub content_hash: Tag,
+    /// The sender's receipt commitment, `wire::receipt_commitment(ack_tag)`: the recipient's
+    /// ack is checked against it, and the server cannot make a tag that matches.
+    pub commitment: Tag,
+    /// The sealed message, as received.
+    pub body: Body,
+}
+
+/// What happened to a relayed message ([`Store::enqueue_relay`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayOutcome {
+    /// Stored now, durably.
+    Stored,
+    /// The same (sender, id) with the same content hash is still waiting or was already
+    /// delivered: nothing written, the sender is told `Stored` again.
+    Duplicate,
+    /// The id is taken: this sender used it for other content, or the recipient already has
+    /// an entry with this id from someone else. Refused, nothing stored.
+    Conflict,
+}
+
+/// The proof that a relayed message reached its recipient: the ack tag the recipient sent,
+/// which matched the sender's commitment. Only the recipient (who decrypted the message) and
+/// the sender (who signed it) can compute the tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The client that relayed the message; only it is given the receipt.
+    pub sender_key_id: KeyId,
+    pub message_id: MessageId,
+    /// The client that acknowledged it.
+    pub recipient_key_id: KeyId,
+    pub recipient_name: String,
+    /// The recipient's ack tag.
+    pub ack_tag: Tag,
+    /// When the ack arrived (unix seconds, the server's clock).
+    pub delivered: u64,
 }
 
 /// Why a client key stopped being trusted.
@@ -372,9 +439,20 @@ pub trait Store: Send + Sync + 'static {
         message_id: &MessageId,
     ) -> impl Future<Output = Result<Box<dyn Read + Send>, StoreError>> + Send;
 
+    /// Store a message one client relays to another; returns once durable (or refused). The
+    /// repeat rules of [`RelayOutcome`] hold across every server of a shared store.
+    fn enqueue_relay(
+        &self,
+        record: RelayRecord,
+    ) -> impl Future<Output = Result<RelayOutcome, StoreError>> + Send;
+
     /// Remove a delivered outbox message if `ack_tag` matches the expected
     /// tag (constant-time comparison). Returns whether it matched; `false`
     /// also when no such entry is pending.
+    ///
+    /// A relayed entry keeps no tag but the sender's commitment: `ack_tag` matches when
+    /// `wire::receipt_commitment(ack_tag)` equals it (constant time). Then the entry and its
+    /// body are deleted and its [`Receipt`] stored in the same transaction.
     fn complete_outbox(
         &self,
         recipient: &KeyId,
@@ -440,6 +518,22 @@ pub trait Store: Send + Sync + 'static {
     fn expire_inbox(
         &self,
         received_before: u64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The receipts of messages `sender` relayed, among `ids`: ids without one (unknown, not
+    /// delivered yet, or relayed by another client) are left out.
+    fn receipts(
+        &self,
+        sender: &KeyId,
+        ids: &[MessageId],
+    ) -> impl Future<Output = Result<Vec<Receipt>, StoreError>> + Send;
+
+    /// Delete every receipt delivered before `delivered_before` (unix seconds): receipts are
+    /// kept as long as inbox messages (the retention period). Returns how many. Durable on
+    /// return.
+    fn expire_receipts(
+        &self,
+        delivered_before: u64,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Check the store's internal consistency (for crash tests and `doctor`-

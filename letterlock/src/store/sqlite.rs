@@ -29,8 +29,8 @@ use super::error::StoreError;
 use super::writer::{Counters, QUEUE_CAPACITY, WriteOp, Writer};
 use super::{
     ClientKey, InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyEnd, KeyId, KnownMessage,
-    MAX_MATCHES, MessageId, OutboxEntry, OutboxRecord, Store, StoreStats, Tag, TrustOutcome,
-    TrustRequest, TrustedClients, prefix_range,
+    MAX_MATCHES, MessageId, OutboxEntry, OutboxRecord, Receipt, RelayOutcome, RelayRecord, Store,
+    StoreStats, Tag, TrustOutcome, TrustRequest, TrustedClients, prefix_range,
 };
 
 /// Schema version kept in `PRAGMA user_version`; bump with every schema
@@ -38,7 +38,8 @@ use super::{
 ///
 /// - 1: inbox and outbox.
 /// - 2: the trusted clients (`client_keys`, `trust_generation`).
-pub const SCHEMA_VERSION: i64 = 2;
+/// - 3: relayed messages (the outbox's sender columns) and their receipts.
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Mode of the database file: the mailbox holds who wrote to whom and when.
 const DB_MODE: u32 = 0o600;
@@ -130,6 +131,39 @@ CREATE TABLE trust_generation (
 );
 INSERT INTO trust_generation (id, generation) VALUES (1, 0);
 CREATE INDEX inbox_by_sender ON inbox (sender_key_id);
+";
+
+/// Version 2 to 3: messages relayed from client to client, and their receipts.
+///
+/// A relayed outbox entry names its sender (`sender_key_id`, `sender_name`; both NULL for an
+/// entry the server sealed), when it arrived (`received`) and its content hash (the message's
+/// SealedIdentity), which tells a sender's retry from another message under the same id. Its
+/// `ack_tag` column holds the sender's receipt commitment, SHA-256("letterlock v1 receipt" ||
+/// ack tag), not the tag (the server never learns the tag before the recipient sends it), and
+/// its `plaintext_len` is 0 (the server cannot know it). Relayed ids are unique per sender.
+///
+/// `receipts` keeps, per (sender, id), the recipient's ack tag once it matched the commitment,
+/// and the content hash, so a repeat of a delivered message is still recognised.
+const MIGRATE_2_TO_3: &str = "
+ALTER TABLE outbox ADD COLUMN sender_key_id BLOB
+    CHECK (sender_key_id IS NULL OR length(sender_key_id) = 32);
+ALTER TABLE outbox ADD COLUMN sender_name TEXT;
+ALTER TABLE outbox ADD COLUMN received INTEGER;
+ALTER TABLE outbox ADD COLUMN content_hash BLOB
+    CHECK (content_hash IS NULL OR length(content_hash) = 32);
+CREATE UNIQUE INDEX outbox_relayed ON outbox (sender_key_id, message_id)
+    WHERE sender_key_id IS NOT NULL;
+CREATE TABLE receipts (
+    sender_key_id    BLOB    NOT NULL CHECK (length(sender_key_id) = 32),
+    message_id       BLOB    NOT NULL CHECK (length(message_id) = 16),
+    recipient_key_id BLOB    NOT NULL CHECK (length(recipient_key_id) = 32),
+    recipient_name   TEXT    NOT NULL,
+    content_hash     BLOB    NOT NULL CHECK (length(content_hash) = 32),
+    ack_tag          BLOB    NOT NULL CHECK (length(ack_tag) = 32),
+    delivered        INTEGER NOT NULL,
+    PRIMARY KEY (sender_key_id, message_id)
+);
+CREATE INDEX receipts_by_delivered ON receipts (delivered);
 ";
 
 /// Columns of a client key, in the order [`client_key`] reads them.
@@ -561,6 +595,10 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     }
     if version == 1 {
         tx.execute_batch(MIGRATE_1_TO_2).map_err(open_error(path))?;
+        version = 2;
+    }
+    if version == 2 {
+        tx.execute_batch(MIGRATE_2_TO_3).map_err(open_error(path))?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(open_error(path))?;
@@ -739,12 +777,14 @@ impl Store for SqliteStore {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT recipient_key_id, recipient_name, message_id, created, mode,
-                            plaintext_len, body_size
+                            plaintext_len, body_size, sender_key_id, sender_name
                      FROM outbox WHERE recipient_key_id = ?1 ORDER BY seq",
                 )
                 .map_err(StoreError::db("listing the outbox"))?;
             let rows = stmt
                 .query_map(params![recipient], |row| {
+                    let sender_key_id: Option<KeyId> = row.get(7)?;
+                    let sender_name: Option<String> = row.get(8)?;
                     Ok(OutboxEntry {
                         recipient_key_id: row.get(0)?,
                         recipient_name: row.get(1)?,
@@ -753,6 +793,7 @@ impl Store for SqliteStore {
                         mode: row.get(4)?,
                         plaintext_len: get_u64(row, 5)?,
                         body_size: get_u64(row, 6)?,
+                        sender: sender_key_id.map(|id| (id, sender_name.unwrap_or_default())),
                     })
                 })
                 .map_err(StoreError::db("listing the outbox"))?;
@@ -787,6 +828,11 @@ impl Store for SqliteStore {
             StoredBody::from_columns(inline, file)?.open(blob_dir)
         })
         .await
+    }
+
+    async fn enqueue_relay(&self, record: RelayRecord) -> Result<RelayOutcome, StoreError> {
+        self.submit(|reply| WriteOp::EnqueueRelay { record, reply })
+            .await
     }
 
     async fn complete_outbox(
@@ -962,6 +1008,54 @@ impl Store for SqliteStore {
                 .map_err(StoreError::db("deleting expired inbox messages"))?;
             let removed = files.len() as u64;
             Ok((removed, files.into_iter().flatten().collect()))
+        })
+        .await
+    }
+
+    async fn receipts(
+        &self,
+        sender: &KeyId,
+        ids: &[MessageId],
+    ) -> Result<Vec<Receipt>, StoreError> {
+        let (sender, ids) = (*sender, ids.to_vec());
+        self.read(move |conn, _| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT recipient_key_id, recipient_name, ack_tag, delivered FROM receipts
+                     WHERE sender_key_id = ?1 AND message_id = ?2",
+                )
+                .map_err(StoreError::db("reading receipts"))?;
+            let mut found = Vec::new();
+            // One indexed probe per id (at most MAX_RECEIPT_IDS), all in this one read.
+            for id in ids {
+                let receipt = stmt
+                    .query_row(params![sender, id], |row| {
+                        Ok(Receipt {
+                            sender_key_id: sender,
+                            message_id: id,
+                            recipient_key_id: row.get(0)?,
+                            recipient_name: row.get(1)?,
+                            ack_tag: row.get(2)?,
+                            delivered: get_u64(row, 3)?,
+                        })
+                    })
+                    .optional()
+                    .map_err(StoreError::db("reading receipts"))?;
+                found.extend(receipt);
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn expire_receipts(&self, delivered_before: u64) -> Result<u64, StoreError> {
+        let before = super::writer::to_sql_int("retention cutoff", delivered_before)?;
+        self.admin("deleting expired receipts", move |tx| {
+            let removed = tx
+                .prepare_cached("DELETE FROM receipts WHERE delivered < ?1")
+                .and_then(|mut stmt| stmt.execute(params![before]))
+                .map_err(StoreError::db("deleting expired receipts"))?;
+            Ok((removed as u64, Vec::new()))
         })
         .await
     }

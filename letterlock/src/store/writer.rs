@@ -19,7 +19,9 @@ use tracing::{debug, warn};
 
 use super::body::{Body, is_blob_name};
 use super::error::StoreError;
-use super::{InboxRecord, InsertOutcome, KeyId, MessageId, OutboxRecord, Tag};
+use super::{
+    InboxRecord, InsertOutcome, KeyId, MessageId, OutboxRecord, RelayOutcome, RelayRecord, Tag,
+};
 
 /// Most requests applied in one transaction: bounds how long the first
 /// requester of a batch waits behind the others, and the transaction's size.
@@ -38,6 +40,10 @@ pub(crate) enum WriteOp {
     EnqueueOutbox {
         record: OutboxRecord,
         reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    EnqueueRelay {
+        record: RelayRecord,
+        reply: oneshot::Sender<Result<RelayOutcome, StoreError>>,
     },
     CompleteOutbox {
         recipient: KeyId,
@@ -65,6 +71,11 @@ enum Applied {
         reply: oneshot::Sender<Result<(), StoreError>>,
         body: Body,
         result: Result<(), StoreError>,
+    },
+    Relay {
+        reply: oneshot::Sender<Result<RelayOutcome, StoreError>>,
+        body: Body,
+        result: Result<RelayOutcome, StoreError>,
     },
     Complete {
         reply: oneshot::Sender<Result<bool, StoreError>>,
@@ -99,6 +110,17 @@ impl Applied {
                 result,
             } => {
                 if result.is_ok() {
+                    body.keep();
+                }
+                drop(body);
+                let _ = reply.send(result);
+            }
+            Self::Relay {
+                reply,
+                mut body,
+                result,
+            } => {
+                if matches!(result, Ok(RelayOutcome::Stored)) {
                     body.keep();
                 }
                 drop(body);
@@ -140,6 +162,16 @@ impl Applied {
                 let _ = reply.send(Err(error()));
             }
             Self::Enqueue {
+                reply,
+                mut body,
+                result,
+            } => {
+                if result.is_ok() {
+                    body.keep();
+                }
+                let _ = reply.send(Err(error()));
+            }
+            Self::Relay {
                 reply,
                 mut body,
                 result,
@@ -289,6 +321,9 @@ fn fail_unapplied(op: WriteOp, reason: &str) {
         WriteOp::EnqueueOutbox { reply, .. } => {
             let _ = reply.send(Err(error));
         }
+        WriteOp::EnqueueRelay { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
         WriteOp::CompleteOutbox { reply, .. } => {
             let _ = reply.send(Err(error));
         }
@@ -303,6 +338,7 @@ impl OpResult {
         match &self.0 {
             Applied::Insert { result, .. } => result.is_ok(),
             Applied::Enqueue { result, .. } => result.is_ok(),
+            Applied::Relay { result, .. } => result.is_ok(),
             Applied::Complete { result, .. } => result.is_ok(),
         }
     }
@@ -325,6 +361,14 @@ fn apply_op(conn: &Connection, op: WriteOp, blob_dir: &Path) -> OpResult {
         WriteOp::EnqueueOutbox { record, reply } => {
             let result = enqueue_outbox(conn, &record, blob_dir);
             Applied::Enqueue {
+                reply,
+                body: record.body,
+                result,
+            }
+        }
+        WriteOp::EnqueueRelay { record, reply } => {
+            let result = enqueue_relay(conn, &record, blob_dir);
+            Applied::Relay {
                 reply,
                 body: record.body,
                 result,
@@ -454,32 +498,139 @@ fn enqueue_outbox(
     Ok(())
 }
 
-/// Delete the entry if the tag matches. `Ok(None)`: no match (or no entry);
-/// `Ok(Some(file))`: deleted, with the body file to remove after commit.
+/// Store a relayed message unless its (sender, id) or (recipient, id) is taken (the repeat
+/// rules of [`RelayOutcome`]): looked up in the writer's transaction, so nothing can slip in
+/// between the lookups and the insert.
+fn enqueue_relay(
+    conn: &Connection,
+    record: &RelayRecord,
+    blob_dir: &Path,
+) -> Result<RelayOutcome, StoreError> {
+    check_body_home(&record.body, blob_dir)?;
+    let id = hex::encode(record.message_id);
+    // The same sender's id, still waiting or already delivered: a retry or a clash.
+    let mut earlier: Option<Tag> = conn
+        .prepare_cached(
+            "SELECT content_hash FROM outbox WHERE sender_key_id = ?1 AND message_id = ?2",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_row(params![record.sender_key_id, record.message_id], |row| {
+                row.get(0)
+            })
+            .optional()
+        })
+        .map_err(StoreError::db("looking up a relayed message id"))?;
+    if earlier.is_none() {
+        earlier = conn
+            .prepare_cached(
+                "SELECT content_hash FROM receipts WHERE sender_key_id = ?1 AND message_id = ?2",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![record.sender_key_id, record.message_id], |row| {
+                    row.get(0)
+                })
+                .optional()
+            })
+            .map_err(StoreError::db("looking up a receipt"))?;
+    }
+    if let Some(hash) = earlier {
+        // Content hashes are not secret: a plain comparison is fine here.
+        return Ok(if hash == record.content_hash {
+            debug!(message_id = %id, "relay duplicate (retry)");
+            RelayOutcome::Duplicate
+        } else {
+            warn!(message_id = %id, sender = %crate::text::quoted(&record.sender_name), "relay conflict: id reused for different content");
+            RelayOutcome::Conflict
+        });
+    }
+    // The recipient's outbox has this id from another sender, or sealed by the server.
+    let taken = conn
+        .prepare_cached("SELECT 1 FROM outbox WHERE recipient_key_id = ?1 AND message_id = ?2")
+        .and_then(|mut stmt| stmt.exists(params![record.recipient_key_id, record.message_id]))
+        .map_err(StoreError::db("looking up an outbox message id"))?;
+    if taken {
+        warn!(message_id = %id, sender = %crate::text::quoted(&record.sender_name), "relay conflict: the recipient already has this id from someone else");
+        return Ok(RelayOutcome::Conflict);
+    }
+    let created = to_sql_int("created", record.created)?;
+    let received = to_sql_int("received", record.received)?;
+    let body_size = to_sql_int("body size", record.body.len())?;
+    let (inline, file) = record.body.columns();
+    conn.prepare_cached(
+        "INSERT INTO outbox (recipient_key_id, message_id, recipient_name, created, mode,
+                             plaintext_len, ack_tag, body_size, body_inline, body_file,
+                             sender_key_id, sender_name, received, content_hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            record.recipient_key_id,
+            record.message_id,
+            record.recipient_name,
+            created,
+            record.mode,
+            record.commitment,
+            body_size,
+            inline,
+            file,
+            record.sender_key_id,
+            record.sender_name,
+            received,
+            record.content_hash,
+        ])
+    })
+    .map_err(StoreError::db("queueing a relayed message"))?;
+    Ok(RelayOutcome::Stored)
+}
+
+/// Delete the entry if the tag matches (a relayed entry: if the tag's receipt commitment
+/// matches, and then its receipt is stored in the same transaction). `Ok(None)`: no match (or
+/// no entry); `Ok(Some(file))`: deleted, with the body file to remove after commit.
 fn complete_outbox(
     conn: &Connection,
     recipient: &KeyId,
     message_id: &MessageId,
     ack_tag: &Tag,
 ) -> Result<Option<Option<String>>, StoreError> {
-    let stored: Option<(i64, Vec<u8>, Option<String>)> = conn
+    type Row = (
+        i64,
+        Vec<u8>,
+        Option<String>,
+        Option<KeyId>,
+        String,
+        Option<Tag>,
+    );
+    let stored: Option<Row> = conn
         .prepare_cached(
-            "SELECT seq, ack_tag, body_file FROM outbox WHERE recipient_key_id = ?1 AND message_id = ?2",
+            "SELECT seq, ack_tag, body_file, sender_key_id, recipient_name, content_hash
+             FROM outbox WHERE recipient_key_id = ?1 AND message_id = ?2",
         )
         .and_then(|mut stmt| {
             stmt.query_row(params![recipient, message_id], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                ))
             })
             .optional()
         })
         .map_err(StoreError::db("looking up an outbox message"))?;
-    let Some((seq, expected, file)) = stored else {
+    let Some((seq, expected, file, sender, recipient_name, content_hash)) = stored else {
         debug!(message_id = %hex::encode(message_id), "ack for an unknown outbox message");
         return Ok(None);
     };
+    // A relayed entry keeps the sender's commitment to the tag, not the tag.
+    let presented = match sender {
+        Some(_) => crate::wire::receipt_commitment(ack_tag),
+        None => *ack_tag,
+    };
     // Constant time: the tag proves receipt, so timing must not reveal how
     // many leading bytes of a guess were right.
-    if aws_lc_rs::constant_time::verify_slices_are_equal(&expected, ack_tag).is_err() {
+    if aws_lc_rs::constant_time::verify_slices_are_equal(&expected, &presented).is_err() {
         warn!(message_id = %hex::encode(message_id), "outbox ack tag mismatch; entry kept");
         return Ok(None);
     }
@@ -493,5 +644,29 @@ fn complete_outbox(
     conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")
         .and_then(|mut stmt| stmt.execute(params![seq]))
         .map_err(StoreError::db("deleting a delivered outbox message"))?;
+    if let Some(sender) = sender {
+        let content_hash = content_hash.ok_or(StoreError::Corrupt {
+            what: "relayed outbox entry without a content hash",
+        })?;
+        let delivered = to_sql_int("delivery time", crate::envelope::unix_now())?;
+        conn.prepare_cached(
+            "INSERT INTO receipts (sender_key_id, message_id, recipient_key_id, recipient_name,
+                                   content_hash, ack_tag, delivered)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (sender_key_id, message_id) DO NOTHING",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                sender,
+                message_id,
+                recipient,
+                recipient_name,
+                content_hash,
+                ack_tag,
+                delivered
+            ])
+        })
+        .map_err(StoreError::db("storing a receipt"))?;
+    }
     Ok(Some(file))
 }

@@ -22,14 +22,20 @@ use super::PostgresStore;
 use crate::keys::PublicKey;
 use crate::store::body::{BlobWriter, Body, SealedIdentity, is_blob_name};
 use crate::store::error::StoreError;
-use crate::store::{ClientKey, InboxRecord, InsertOutcome, KeyEnd, OutboxRecord, Store};
+use crate::store::{
+    ClientKey, InboxRecord, InsertOutcome, KeyEnd, OutboxRecord, Receipt, RelayOutcome,
+    RelayRecord, Store, Tag,
+};
 
 /// The SQLite schema versions this copy reads (`PRAGMA user_version`): 1 (inbox and outbox),
-/// 2 (and the client keys).
-const SQLITE_VERSIONS: std::ops::RangeInclusive<i64> = 1..=2;
+/// 2 (and the client keys), 3 (and relayed messages with their receipts).
+const SQLITE_VERSIONS: std::ops::RangeInclusive<i64> = 1..=3;
 
 /// The SQLite schema version from which a mailbox holds its client keys.
 const SQLITE_CLIENT_KEYS: i64 = 2;
+
+/// The SQLite schema version from which a mailbox holds relayed messages and receipts.
+const SQLITE_RELAYS: i64 = 3;
 
 /// Rows read ahead of the database writes.
 const ROWS_AHEAD: usize = 4;
@@ -51,6 +57,8 @@ pub struct CopyReport {
     pub outbox_copied: u64,
     /// Outbox entries the target held already.
     pub outbox_present: u64,
+    /// Receipts of relayed messages written now (one the target holds already is kept).
+    pub receipts_copied: u64,
     /// Client keys (trusted, replaced or removed) written now.
     pub keys_copied: u64,
     /// Client keys not written: the target knows the key already, or trusts its name with
@@ -63,6 +71,8 @@ enum Row {
     Key(ClientKey),
     Inbox(InboxRecord),
     Outbox(OutboxRecord),
+    Relay(RelayRecord),
+    Receipt(Receipt, Tag),
 }
 
 impl PostgresStore {
@@ -95,12 +105,48 @@ impl PostgresStore {
                     Err(StoreError::OutboxDuplicate { .. }) => report.outbox_present += 1,
                     Err(err) => return Err(err),
                 },
+                // A relayed entry whose id the target holds otherwise is left as the target
+                // has it, as an outbox entry is.
+                Row::Relay(record) => match self.enqueue_relay(record).await? {
+                    RelayOutcome::Stored => report.outbox_copied += 1,
+                    RelayOutcome::Duplicate | RelayOutcome::Conflict => report.outbox_present += 1,
+                },
+                Row::Receipt(receipt, content_hash) => {
+                    if self.copy_receipt(&receipt, &content_hash).await? {
+                        report.receipts_copied += 1;
+                    }
+                }
             }
         }
         reader
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;
         Ok(report)
+    }
+
+    /// Writes one receipt unless the target holds one for its (sender, id). Returns whether
+    /// it wrote.
+    async fn copy_receipt(&self, r: &Receipt, content_hash: &Tag) -> Result<bool, StoreError> {
+        let delivered = super::to_i64("delivery time", r.delivered)?;
+        let client = self.client().await?;
+        let written = client
+            .execute(
+                "INSERT INTO receipts (sender_key_id, message_id, recipient_key_id,
+                        recipient_name, content_hash, ack_tag, delivered)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                &[
+                    &&r.sender_key_id[..],
+                    &&r.message_id[..],
+                    &&r.recipient_key_id[..],
+                    &r.recipient_name,
+                    &&content_hash[..],
+                    &&r.ack_tag[..],
+                    &delivered,
+                ],
+            )
+            .await
+            .map_err(super::db("copying a receipt"))?;
+        Ok(written == 1)
     }
 
     /// Writes one client key with its history unless the target knows the key or trusts its
@@ -282,43 +328,92 @@ fn read_rows(
     drop(query);
     drop(stmt);
 
+    // Relayed entries (version 3) name their sender; server-sealed ones have NULLs there.
+    let relay_columns = if version >= SQLITE_RELAYS {
+        "sender_key_id, sender_name, received, content_hash"
+    } else {
+        "NULL, NULL, NULL, NULL"
+    };
     let mut stmt = conn
-        .prepare(
+        .prepare(&format!(
             "SELECT recipient_key_id, recipient_name, message_id, created, mode, plaintext_len,
-                    ack_tag, body_inline, body_file
-             FROM outbox ORDER BY seq",
-        )
+                    ack_tag, body_inline, body_file, {relay_columns}
+             FROM outbox ORDER BY seq"
+        ))
         .map_err(StoreError::db("reading the SQLite outbox"))?;
     let mut query = stmt
         .query([])
         .map_err(StoreError::db("reading the SQLite outbox"))?;
+    let column = || StoreError::db("reading an outbox row");
     while let Some(row) = query
         .next()
         .map_err(StoreError::db("reading the SQLite outbox"))?
     {
         let body = read_body(row, 7, &blob_dir, &writer)?;
-        let record = OutboxRecord {
-            recipient_key_id: row
-                .get(0)
-                .map_err(StoreError::db("reading an outbox row"))?,
-            recipient_name: row
-                .get(1)
-                .map_err(StoreError::db("reading an outbox row"))?,
-            message_id: row
-                .get(2)
-                .map_err(StoreError::db("reading an outbox row"))?,
-            created: get_u64(row, 3)?,
-            mode: row
-                .get(4)
-                .map_err(StoreError::db("reading an outbox row"))?,
-            plaintext_len: get_u64(row, 5)?,
-            expected_ack_tag: row
-                .get(6)
-                .map_err(StoreError::db("reading an outbox row"))?,
-            body,
+        let sender: Option<[u8; 32]> = row.get(9).map_err(column())?;
+        let outgoing = match sender {
+            Some(sender_key_id) => Row::Relay(RelayRecord {
+                sender_key_id,
+                sender_name: row.get(10).map_err(column())?,
+                recipient_key_id: row.get(0).map_err(column())?,
+                recipient_name: row.get(1).map_err(column())?,
+                message_id: row.get(2).map_err(column())?,
+                created: get_u64(row, 3)?,
+                received: get_u64(row, 11)?,
+                mode: row.get(4).map_err(column())?,
+                content_hash: row.get(12).map_err(column())?,
+                commitment: row.get(6).map_err(column())?,
+                body,
+            }),
+            None => Row::Outbox(OutboxRecord {
+                recipient_key_id: row.get(0).map_err(column())?,
+                recipient_name: row.get(1).map_err(column())?,
+                message_id: row.get(2).map_err(column())?,
+                created: get_u64(row, 3)?,
+                mode: row.get(4).map_err(column())?,
+                plaintext_len: get_u64(row, 5)?,
+                expected_ack_tag: row.get(6).map_err(column())?,
+                body,
+            }),
         };
-        if rows.blocking_send(Row::Outbox(record)).is_err() {
+        if rows.blocking_send(outgoing).is_err() {
             return Ok(());
+        }
+    }
+    drop(query);
+    drop(stmt);
+
+    if version >= SQLITE_RELAYS {
+        let mut stmt = conn
+            .prepare(
+                "SELECT sender_key_id, message_id, recipient_key_id, recipient_name,
+                        content_hash, ack_tag, delivered
+                 FROM receipts ORDER BY delivered",
+            )
+            .map_err(StoreError::db("reading the SQLite receipts"))?;
+        let mut query = stmt
+            .query([])
+            .map_err(StoreError::db("reading the SQLite receipts"))?;
+        let column = || StoreError::db("reading a receipt row");
+        while let Some(row) = query
+            .next()
+            .map_err(StoreError::db("reading the SQLite receipts"))?
+        {
+            let receipt = Receipt {
+                sender_key_id: row.get(0).map_err(column())?,
+                message_id: row.get(1).map_err(column())?,
+                recipient_key_id: row.get(2).map_err(column())?,
+                recipient_name: row.get(3).map_err(column())?,
+                ack_tag: row.get(5).map_err(column())?,
+                delivered: get_u64(row, 6)?,
+            };
+            let content_hash: Tag = row.get(4).map_err(column())?;
+            if rows
+                .blocking_send(Row::Receipt(receipt, content_hash))
+                .is_err()
+            {
+                return Ok(());
+            }
         }
     }
     Ok(())

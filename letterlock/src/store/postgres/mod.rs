@@ -45,8 +45,8 @@ use super::body::{BlobWriter, Body};
 use super::error::StoreError;
 use super::{
     ClientKey, InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyEnd, KeyId, KnownMessage,
-    MAX_MATCHES, MessageId, OutboxEntry, OutboxRecord, Store, StoreStats, Tag, TrustOutcome,
-    TrustRequest, TrustedClients, prefix_range,
+    MAX_MATCHES, MessageId, OutboxEntry, OutboxRecord, Receipt, RelayOutcome, RelayRecord, Store,
+    StoreStats, Tag, TrustOutcome, TrustRequest, TrustedClients, prefix_range,
 };
 use body::ChunkReader;
 use group::{InboxRow, OutboxRow, Write};
@@ -458,10 +458,24 @@ fn inbox_summary(row: &Row) -> Result<InboxSummary, StoreError> {
     })
 }
 
-/// Read an outbox entry from a row whose first seven columns are recipient_key_id,
-/// recipient_name, message_id, created, mode, plaintext_len, body_size.
+/// Read an outbox entry from a row whose first nine columns are recipient_key_id,
+/// recipient_name, message_id, created, mode, plaintext_len, body_size, sender_key_id,
+/// sender_name.
 fn outbox_entry(row: &Row) -> Result<OutboxEntry, StoreError> {
+    let sender_key_id: Option<&[u8]> = row.try_get(7).map_err(db("reading a row"))?;
+    let sender = match sender_key_id {
+        None => None,
+        Some(id) => Some((
+            KeyId::try_from(id).map_err(|_| StoreError::Corrupt {
+                what: "outbox sender key id",
+            })?,
+            row.try_get::<_, Option<String>>(8)
+                .map_err(db("reading a row"))?
+                .unwrap_or_default(),
+        )),
+    };
     Ok(OutboxEntry {
+        sender,
         recipient_key_id: get_array(row, 0, "outbox recipient key id")?,
         recipient_name: row.try_get(1).map_err(db("reading a row"))?,
         message_id: get_array(row, 2, "outbox message id")?,
@@ -509,6 +523,56 @@ fn client_key(row: &Row, at: usize) -> Result<ClientKey, StoreError> {
         since: get_u64(row, at + 3, "client key trust time")?,
         ended,
     })
+}
+
+/// The answer the stored rows give a relayed message, if its id is taken: the same sender's id
+/// waiting or delivered (same content hash: duplicate, else conflict), or the recipient's id
+/// from someone else (conflict). `None`: free.
+async fn relay_repeat(
+    client: &tokio_postgres::Client,
+    record: &RelayRecord,
+) -> Result<Option<RelayOutcome>, StoreError> {
+    let sender = (&record.sender_key_id[..], &record.message_id[..]);
+    let mut earlier = client
+        .query_opt(
+            "SELECT content_hash FROM outbox WHERE sender_key_id = $1 AND message_id = $2",
+            &[&sender.0, &sender.1],
+        )
+        .await
+        .map_err(db("looking up a relayed message id"))?;
+    if earlier.is_none() {
+        earlier = client
+            .query_opt(
+                "SELECT content_hash FROM receipts WHERE sender_key_id = $1 AND message_id = $2",
+                &[&sender.0, &sender.1],
+            )
+            .await
+            .map_err(db("looking up a receipt"))?;
+    }
+    let id = hex::encode(record.message_id);
+    if let Some(row) = earlier {
+        let hash: Tag = get_array(&row, 0, "relayed content hash")?;
+        // Content hashes are not secret: a plain comparison is fine here.
+        return Ok(Some(if hash == record.content_hash {
+            debug!(message_id = %id, "relay duplicate (retry)");
+            RelayOutcome::Duplicate
+        } else {
+            warn!(message_id = %id, sender = %crate::text::quoted(&record.sender_name), "relay conflict: id reused for different content");
+            RelayOutcome::Conflict
+        }));
+    }
+    let taken = client
+        .query_opt(
+            "SELECT 1 FROM outbox WHERE recipient_key_id = $1 AND message_id = $2",
+            &[&&record.recipient_key_id[..], &sender.1],
+        )
+        .await
+        .map_err(db("looking up an outbox message id"))?;
+    if taken.is_some() {
+        warn!(message_id = %id, sender = %crate::text::quoted(&record.sender_name), "relay conflict: the recipient already has this id from someone else");
+        return Ok(Some(RelayOutcome::Conflict));
+    }
+    Ok(None)
 }
 
 /// Locks the trust generation row for the rest of a trust change's transaction: trust changes
@@ -682,7 +746,7 @@ impl Store for PostgresStore {
         let rows = client
             .query(
                 "SELECT recipient_key_id, recipient_name, message_id, created, mode,
-                        plaintext_len, body_size
+                        plaintext_len, body_size, sender_key_id, sender_name
                  FROM outbox WHERE recipient_key_id = $1 ORDER BY seq",
                 &[&&recipient[..]],
             )
@@ -712,7 +776,7 @@ impl Store for PostgresStore {
                  UPDATE outbox o SET leased_until = clock_timestamp() + make_interval(secs => $2)
                  FROM free WHERE o.seq = free.seq
                  RETURNING o.recipient_key_id, o.recipient_name, o.message_id, o.created, o.mode,
-                           o.plaintext_len, o.body_size, o.seq",
+                           o.plaintext_len, o.body_size, o.sender_key_id, o.sender_name, o.seq",
                 &[&&recipient[..], &lease.as_secs_f64()],
             )
             .await
@@ -720,7 +784,7 @@ impl Store for PostgresStore {
         let mut leased = rows
             .iter()
             .map(|row| {
-                let seq: i64 = row.try_get(7).map_err(db("reading a row"))?;
+                let seq: i64 = row.try_get(9).map_err(db("reading a row"))?;
                 Ok((seq, outbox_entry(row)?))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -777,6 +841,58 @@ impl Store for PostgresStore {
         self.body_reader(inline, body_id, size)
     }
 
+    /// A plain transaction (not the group commit): the lookups and the insert are a few
+    /// statements, and the unique indexes on (sender, id) and (recipient, id) settle a race
+    /// between servers (`ON CONFLICT DO NOTHING`, then the stored row answers). The lookups
+    /// run in the order outbox, then receipts: a completion deletes the entry and stores the
+    /// receipt in one commit, so under READ COMMITTED one of the two is always seen.
+    async fn enqueue_relay(&self, record: RelayRecord) -> Result<RelayOutcome, StoreError> {
+        let (inline, body_id) = self.body_columns(&record.body)?;
+        let created = to_i64("created", record.created)?;
+        let received = to_i64("received", record.received)?;
+        let body_size = to_i64("body size", record.body.len())?;
+        let pooled = self.client().await?;
+        let client: &tokio_postgres::Client = &pooled;
+        if let Some(outcome) = relay_repeat(client, &record).await? {
+            return Ok(outcome);
+        }
+        let inserted = client
+            .execute(
+                "INSERT INTO outbox (recipient_key_id, message_id, recipient_name, created, mode,
+                        plaintext_len, ack_tag, body_size, body_inline, body_id, sender_key_id,
+                        sender_name, received, content_hash)
+                 VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8, $9, $10, $11, $12, $13)
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &&record.recipient_key_id[..],
+                    &&record.message_id[..],
+                    &record.recipient_name,
+                    &created,
+                    &i16::from(record.mode),
+                    &&record.commitment[..],
+                    &body_size,
+                    &inline,
+                    &body_id,
+                    &&record.sender_key_id[..],
+                    &record.sender_name,
+                    &received,
+                    &&record.content_hash[..],
+                ],
+            )
+            .await
+            .map_err(db("queueing a relayed message"))?;
+        if inserted == 1 {
+            let mut body = record.body;
+            body.keep();
+            return Ok(RelayOutcome::Stored);
+        }
+        // Another server stored this (sender, id) or the recipient's id meanwhile: answered
+        // from what is stored now; the body is dropped (and deleted by the cleaner).
+        Ok(relay_repeat(client, &record)
+            .await?
+            .unwrap_or(RelayOutcome::Conflict))
+    }
+
     async fn complete_outbox(
         &self,
         recipient: &KeyId,
@@ -791,8 +907,8 @@ impl Store for PostgresStore {
         // FOR UPDATE: a second server completing the same entry waits here, then finds it gone.
         let row = tx
             .query_opt(
-                "SELECT seq, ack_tag, body_id FROM outbox
-                 WHERE recipient_key_id = $1 AND message_id = $2 FOR UPDATE",
+                "SELECT seq, ack_tag, body_id, sender_key_id, recipient_name, content_hash
+                 FROM outbox WHERE recipient_key_id = $1 AND message_id = $2 FOR UPDATE",
                 &[&&recipient[..], &&message_id[..]],
             )
             .await
@@ -804,9 +920,15 @@ impl Store for PostgresStore {
         let seq: i64 = row.try_get(0).map_err(db("reading an outbox message"))?;
         let expected: &[u8] = row.try_get(1).map_err(db("reading an outbox message"))?;
         let body_id: Option<i64> = row.try_get(2).map_err(db("reading an outbox message"))?;
+        let sender: Option<&[u8]> = row.try_get(3).map_err(db("reading an outbox message"))?;
+        // A relayed entry keeps the sender's commitment to the tag, not the tag.
+        let presented = match sender {
+            Some(_) => crate::wire::receipt_commitment(ack_tag),
+            None => *ack_tag,
+        };
         // Constant time: the tag proves receipt, so timing must not reveal how many leading
         // bytes of a guess were right.
-        if aws_lc_rs::constant_time::verify_slices_are_equal(expected, ack_tag).is_err() {
+        if aws_lc_rs::constant_time::verify_slices_are_equal(expected, &presented).is_err() {
             warn!(message_id = %hex::encode(message_id), "outbox ack tag mismatch; entry kept");
             return Ok(false);
         }
@@ -817,6 +939,29 @@ impl Store for PostgresStore {
             tx.execute("DELETE FROM body WHERE id = $1", &[&id])
                 .await
                 .map_err(db("deleting a delivered message body"))?;
+        }
+        if let Some(sender) = sender {
+            let recipient_name: &str = row.try_get(4).map_err(db("reading an outbox message"))?;
+            let content_hash: Option<&[u8]> =
+                row.try_get(5).map_err(db("reading an outbox message"))?;
+            let delivered = to_i64("delivery time", crate::envelope::unix_now())?;
+            tx.execute(
+                "INSERT INTO receipts (sender_key_id, message_id, recipient_key_id,
+                        recipient_name, content_hash, ack_tag, delivered)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (sender_key_id, message_id) DO NOTHING",
+                &[
+                    &sender,
+                    &&message_id[..],
+                    &&recipient[..],
+                    &recipient_name,
+                    &content_hash,
+                    &&ack_tag[..],
+                    &delivered,
+                ],
+            )
+            .await
+            .map_err(db("storing a receipt"))?;
         }
         tx.commit()
             .await
@@ -1091,6 +1236,47 @@ impl Store for PostgresStore {
             .await
             .map_err(db("committing the deletion of expired messages"))?;
         Ok(rows.len() as u64)
+    }
+
+    async fn receipts(
+        &self,
+        sender: &KeyId,
+        ids: &[MessageId],
+    ) -> Result<Vec<Receipt>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&[u8]> = ids.iter().map(|m| &m[..]).collect();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT message_id, recipient_key_id, recipient_name, ack_tag, delivered
+                 FROM receipts WHERE sender_key_id = $1 AND message_id = ANY($2)",
+                &[&&sender[..], &ids],
+            )
+            .await
+            .map_err(db("reading receipts"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(Receipt {
+                    sender_key_id: *sender,
+                    message_id: get_array(row, 0, "receipt message id")?,
+                    recipient_key_id: get_array(row, 1, "receipt recipient key id")?,
+                    recipient_name: row.try_get(2).map_err(db("reading a receipt"))?,
+                    ack_tag: get_array(row, 3, "receipt ack tag")?,
+                    delivered: get_u64(row, 4, "receipt delivery time")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn expire_receipts(&self, delivered_before: u64) -> Result<u64, StoreError> {
+        let before = to_i64("retention cutoff", delivered_before)?;
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM receipts WHERE delivered < $1", &[&before])
+            .await
+            .map_err(db("deleting expired receipts"))
     }
 
     /// Every row's body reference is sound (inline length or the named body's size matches

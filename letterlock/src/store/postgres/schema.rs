@@ -10,7 +10,7 @@ use tracing::info;
 use super::{StoreError, db};
 
 /// The newest schema version this letterlock writes and reads.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Key of the advisory lock that serialises migrations (any fixed number; "letterlk" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6c65_7474_6572_6c6b;
@@ -118,6 +118,36 @@ CREATE TABLE trust_generation (
 );
 INSERT INTO trust_generation (id, generation) VALUES (1, 0);
 CREATE INDEX inbox_by_sender ON inbox (sender_key_id);
+",
+    // 4: messages relayed from client to client, and their receipts. A relayed outbox entry
+    // names its sender (both sender columns NULL for an entry the server sealed), when it
+    // arrived and its content hash (the message's SealedIdentity, which tells a retry from
+    // another message under the same id); its `ack_tag` column holds the sender's receipt
+    // commitment, SHA-256("letterlock v1 receipt" || ack tag), and `plaintext_len` is 0 (the
+    // server cannot know it). Relayed ids are unique per sender. `receipts` keeps, per
+    // (sender, id), the recipient's ack tag once it matched the commitment, and the content
+    // hash, so a repeat of a delivered message is still recognised.
+    "
+ALTER TABLE outbox
+    ADD COLUMN sender_key_id bytea CHECK (sender_key_id IS NULL OR length(sender_key_id) = 32),
+    ADD COLUMN sender_name   text,
+    ADD COLUMN received      bigint CHECK (received >= 0),
+    ADD COLUMN content_hash  bytea CHECK (content_hash IS NULL OR length(content_hash) = 32),
+    ADD CHECK ((sender_key_id IS NULL) = (sender_name IS NULL)),
+    ADD CHECK ((sender_key_id IS NULL) = (content_hash IS NULL));
+CREATE UNIQUE INDEX outbox_relayed ON outbox (sender_key_id, message_id)
+    WHERE sender_key_id IS NOT NULL;
+CREATE TABLE receipts (
+    sender_key_id    bytea  NOT NULL CHECK (length(sender_key_id) = 32),
+    message_id       bytea  NOT NULL CHECK (length(message_id) = 16),
+    recipient_key_id bytea  NOT NULL CHECK (length(recipient_key_id) = 32),
+    recipient_name   text   NOT NULL,
+    content_hash     bytea  NOT NULL CHECK (length(content_hash) = 32),
+    ack_tag          bytea  NOT NULL CHECK (length(ack_tag) = 32),
+    delivered        bigint NOT NULL CHECK (delivered >= 0),
+    PRIMARY KEY (sender_key_id, message_id)
+);
+CREATE INDEX receipts_by_delivered ON receipts (delivered);
 ",
 ];
 
