@@ -385,6 +385,11 @@ fn a_message_to_a_key_the_server_does_not_trust_is_refused_with_code_12() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("code 12"), "{err}");
     assert!(err.contains("NOT sent to mallory"), "{err}");
+    // Refused outright: not kept among the sent messages waiting for a receipt.
+    let (code, out, err) = run(a, &["client", "receipts", "--offline", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let sent: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(sent.as_array().unwrap().len(), 0, "{sent}");
     // An unknown name is refused before anything is sent.
     let (code, _, err) = w.send(a, "nobody", &["hello?"]);
     assert_eq!(code, 1);

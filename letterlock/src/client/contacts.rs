@@ -471,6 +471,18 @@ impl Contacts {
         })
     }
 
+    /// Forgets a recorded message the server refused outright (an `Error` answer other than
+    /// `Unavailable`: it was not stored, so no receipt can ever come).
+    pub fn forget_sent(&self, id: &MessageId) -> Result<(), ContactsError> {
+        self.with(|conn| {
+            conn.execute(
+                "DELETE FROM client_sent WHERE message_id = ?1 AND stored IS NULL",
+                [&id.0[..]],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Notes the server's `Stored` for a sent message.
     pub fn mark_stored(&self, id: &MessageId, now: u64) -> Result<(), ContactsError> {
         self.with(|conn| {
