@@ -566,3 +566,99 @@ fn a_receipt_forged_in_the_servers_store_is_never_shown_as_read() {
     assert_eq!(row(&first)["read"], true);
     assert_eq!(row(&second)["read"], false);
 }
+
+/// `send_msg --to bob` whose relayed message the server cannot store (its PostgreSQL stopped
+/// after the handshake: `Unavailable`) says so, reconnects, and resends the very same sealed
+/// bytes under the same id until the database is back: stored once, under the id it announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_msg_to_resends_the_same_relayed_message_after_unavailable() {
+    use letterlock::store::{PostgresStore, Store};
+    use std::io::{BufRead, Write};
+    let db = common::postgres::exclusive_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    classroom_folder(d);
+    std::fs::create_dir(d.join("clients")).unwrap();
+    common::cli::put_public(d, "alice3072", "clients/bob.pem");
+    let (code, _, err) = run(d, &["server", "migrate", "--store", &db.url]);
+    assert_eq!(code, 0, "{err}");
+    let server = BinServer::start(d, &["--store", &db.url]);
+    // Alice (the classroom client) pins bob: nothing to ask the directory before sending.
+    let bob_file = public_path("alice3072");
+    let (code, _, err) = run(
+        d,
+        &[
+            "client",
+            "trust",
+            bob_file.to_str().unwrap(),
+            "--name",
+            "bob",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let text = "relayed while PostgreSQL restarted";
+    let mut child = common::cli::command(
+        d,
+        &[
+            "-v",
+            "client",
+            "send_msg",
+            "--to",
+            "bob",
+            "--server",
+            &server.addr,
+            "--timeout",
+            "120",
+        ],
+    )
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut said = Vec::new();
+    let mut wait_for = |needle: &str| {
+        while let Ok(line) = lines.recv() {
+            said.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!(
+            "send_msg ended without saying {needle:?}:\n{}",
+            said.join("\n")
+        );
+    };
+    // Connected: the message (stdin) is sealed and relayed only once it is written.
+    wait_for("connected; the server proved its key");
+    tokio::task::block_in_place(|| db.stop_server());
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).unwrap();
+    drop(stdin);
+    let resending = wait_for("resending it");
+    assert!(resending.contains("unavailable"), "{resending}");
+    tokio::task::block_in_place(|| db.start_server());
+    let out = child.wait_with_output().unwrap();
+    reader.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("stored for bob on the server"), "{stdout}");
+    let id = sent_id(&stdout);
+    assert!(resending.contains(&id), "resent another id: {resending}");
+
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+    let waiting = store
+        .pending_outbox(&public("alice3072").id().0)
+        .await
+        .unwrap();
+    assert_eq!(waiting.len(), 1, "stored once: {waiting:?}");
+    assert_eq!(hex::encode(waiting[0].message_id), id);
+    drop(server);
+}
