@@ -460,8 +460,29 @@ fn a_server_substituting_bobs_key_is_refused_by_a_pin_and_shown_as_a_change_othe
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("NOT sent"), "{err}");
     assert!(err.contains("--accept bob"), "{err}");
+    // What the new "bob" (mallory's key) sends carol is set aside, not shown, until then.
+    let fake_bob = tempfile::tempdir().unwrap();
+    {
+        use common::cli::{put_private, put_public};
+        put_private(fake_bob.path(), "mallory", "client_private.pem");
+        put_public(fake_bob.path(), "mallory", "client_public.pem");
+        put_public(fake_bob.path(), SERVER_KEY, "server_public.pem");
+    }
+    let (code, out, err) = w.send(fake_bob.path(), "carol", &["it is really me, bob"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = w.recv(c, &[]);
+    assert_eq!(code, EXIT_SET_ASIDE, "{out}{err}");
+    assert!(err.contains("CHANGED key for bob"), "{err}");
+    assert!(!out.contains("really me"), "{out}");
     let (code, _, err) = w.client(c, &["contacts", "--accept", "bob"]);
     assert_eq!(code, 0, "{err}");
+    let (code, out, err) = w.recv(c, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "it is really me, bob");
+    assert!(
+        err.contains("from bob (key from the server's directory)"),
+        "{err}"
+    );
     let (code, out, err) = w.send(c, "bob", &["hi new bob"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
