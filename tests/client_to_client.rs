@@ -1,7 +1,12 @@
-//! Client to client through a server that cannot read (issue 14), through the binary: what a
-//! receiving client does with a message signed by another client's key: opened with the key
-//! it pinned (or accepted from the directory), shown and kept under that contact's name; an
-//! unknown key's message set aside and left on the server, then delivered once trusted.
+//! Client to client through a server that cannot read (issue 14), through the binary and a
+//! real server: alice writes to bob (text and a file, both modes), the server's store holds no
+//! plaintext, bob's recv shows the message as from alice, verified; alice's receipts say "read
+//! by bob" (and `send_msg --wait` waits for it); a message to a key the server does not trust is
+//! refused with code 12; a server that substitutes bob's key is refused by a client that pinned
+//! bob and shown as a change (nothing sent until accepted) to one that saw bob before; receipts
+//! forged in the server's store are never shown as read; an unknown sender's message is set
+//! aside, not acknowledged, and delivered once its key is pinned (one such message is put in the
+//! outbox by hand, as a server could, the other relayed by a client the server later untrusts).
 
 mod common;
 
@@ -115,4 +120,566 @@ fn a_message_from_the_server_still_shows_as_from_the_server() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "from the server");
     assert!(err.contains("from the server ("), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Relaying through the real server: alice writes to bob.
+
+/// Fixed keys: the server's, and its clients alice and bob (mallory is the key a dishonest
+/// server slips in).
+const SERVER_KEY: &str = "bob3072";
+const ALICE: &str = "alice2048";
+const BOB: &str = "bob2048";
+
+/// A server trusting alice and bob (imported from its clients/ folder), and one key folder
+/// per client (its own key pair and the server's public key), each with its own mailbox.
+struct World {
+    server_dir: tempfile::TempDir,
+    alice: tempfile::TempDir,
+    bob: tempfile::TempDir,
+    server: BinServer,
+}
+
+impl World {
+    fn start() -> World {
+        use common::cli::{put_private, put_public};
+        let server_dir = tempfile::tempdir().unwrap();
+        let s = server_dir.path();
+        put_private(s, SERVER_KEY, "server_private.pem");
+        put_public(s, SERVER_KEY, "server_public.pem");
+        std::fs::create_dir(s.join("clients")).unwrap();
+        put_public(s, ALICE, "clients/alice.pem");
+        put_public(s, BOB, "clients/bob.pem");
+        let client = |key: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            put_private(dir.path(), key, "client_private.pem");
+            put_public(dir.path(), key, "client_public.pem");
+            put_public(dir.path(), SERVER_KEY, "server_public.pem");
+            dir
+        };
+        let (alice, bob) = (client(ALICE), client(BOB));
+        let server = BinServer::start(s, &[]);
+        World {
+            server_dir,
+            alice,
+            bob,
+            server,
+        }
+    }
+
+    /// A third client folder, for a key the server trusts under `name` (added now).
+    fn another_client(&self, key: &str, name: &str) -> tempfile::TempDir {
+        use common::cli::{put_private, put_public};
+        let dir = tempfile::tempdir().unwrap();
+        put_private(dir.path(), key, "client_private.pem");
+        put_public(dir.path(), key, "client_public.pem");
+        put_public(dir.path(), SERVER_KEY, "server_public.pem");
+        self.server_cmd(&["trust", public_path(key).to_str().unwrap(), "--name", name]);
+        dir
+    }
+
+    /// `letterlock server ARGS` in the server's folder (its store), which must succeed.
+    fn server_cmd(&self, args: &[&str]) -> String {
+        let mut all = vec!["server"];
+        all.extend_from_slice(args);
+        let (code, out, err) = run(self.server_dir.path(), &all);
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(code, 0, "server {args:?}: {out}{err}");
+        out
+    }
+
+    /// `letterlock client ARGS --server ADDR` in `dir`: exit status, stdout, stderr.
+    fn client(&self, dir: &Path, args: &[&str]) -> (i32, String, String) {
+        let mut all = vec!["client"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--server", &self.server.addr]);
+        let (code, out, err) = run(dir, &all);
+        (code, String::from_utf8_lossy(&out).into_owned(), err)
+    }
+
+    fn send(&self, dir: &Path, to: &str, extra: &[&str]) -> (i32, String, String) {
+        let mut args = vec!["send_msg", "--to", to];
+        args.extend_from_slice(extra);
+        self.client(dir, &args)
+    }
+
+    /// `recv_msg` until something came (the lease of a message set aside by the previous
+    /// connection is released when the server notices that connection's end).
+    fn recv(&self, dir: &Path, extra: &[&str]) -> (i32, String, String) {
+        let mut args = vec!["recv_msg"];
+        args.extend_from_slice(extra);
+        for _ in 0..50 {
+            let got = self.client(dir, &args);
+            if !got.2.contains("no messages") {
+                return got;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("no message came");
+    }
+
+    /// `client receipts --json`, parsed, with its exit status and stderr.
+    fn receipts(&self, dir: &Path) -> (i32, Vec<serde_json::Value>, String) {
+        let (code, out, err) = self.client(dir, &["receipts", "--json"]);
+        let rows: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| {
+            panic!("receipts --json: {e}: {out}{err}");
+        });
+        (code, rows.as_array().unwrap().clone(), err)
+    }
+}
+
+/// The message id `send_msg` printed.
+fn sent_id(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("message id "))
+        .unwrap_or_else(|| panic!("no message id in {out}"))
+        .to_owned()
+}
+
+/// Every byte of the server's store: database, its WAL, and its blob folder.
+fn store_bytes(dir: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for entry in std::fs::read_dir(&p).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if name.starts_with(SERVER_STORE) {
+                    stack.push(path);
+                }
+            } else if p != dir || name.starts_with(SERVER_STORE) {
+                all.extend(std::fs::read(&path).unwrap_or_default());
+            }
+        }
+    }
+    all
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn alice_writes_to_bob_in_both_modes_the_server_holds_no_plaintext_and_bob_reads_it() {
+    let w = World::start();
+    let (a, b) = (w.alice.path(), w.bob.path());
+    for mode in ["hybrid", "asymmetric"] {
+        let text = format!("the {mode} secret for bob only");
+        let (code, out, err) = w.send(a, "bob", &["--mode", mode, &text]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(
+            out.contains("stored for bob on the server (not yet read)"),
+            "{out}"
+        );
+        let id = sent_id(&out);
+        // Stored, sealed: nothing readable in any file of the server's store.
+        assert!(!contains(
+            &store_bytes(w.server_dir.path()),
+            text.as_bytes()
+        ));
+        let (_, rows, _) = w.receipts(a);
+        let row = rows.iter().find(|r| r["id"] == id.as_str()).unwrap();
+        assert_eq!(row["read"], false);
+        assert_eq!(row["to"], "bob");
+
+        let (code, out, err) = w.recv(b, &[]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(out, text);
+        assert!(err.contains(&id), "{err}");
+        assert!(
+            err.contains("from alice (key from the server's directory)"),
+            "{err}"
+        );
+        assert!(err.contains("signature verified"), "{err}");
+        assert!(err.contains(&format!("{mode} mode")), "{err}");
+
+        let (code, rows, err) = w.receipts(a);
+        assert_eq!(code, 0, "{err}");
+        let row = rows.iter().find(|r| r["id"] == id.as_str()).unwrap();
+        assert_eq!(row["read"], true, "{rows:?}");
+        let (_, out, _) = w.client(a, &["receipts"]);
+        assert!(out.contains("read by bob at"), "{out}");
+    }
+    // Bob's mailbox keeps them under alice's name.
+    let (code, out, err) = run(b, &["client", "inbox", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    assert_eq!(rows[0]["sender"], "alice (directory)");
+}
+
+#[test]
+fn a_file_larger_than_a_frame_goes_from_alice_to_bob_and_bob_saves_it() {
+    let w = World::start();
+    let (a, b) = (w.alice.path(), w.bob.path());
+    let data = common::data(700 * 1024);
+    let file = a.join("big.bin");
+    std::fs::write(&file, &data).unwrap();
+    let (code, out, err) = w.send(a, "bob", &["--file", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let id = sent_id(&out);
+    assert!(!contains(&store_bytes(w.server_dir.path()), &data[..4096]));
+    let saved = b.join("saved");
+    let (code, out, err) = w.recv(b, &["-o", saved.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("from alice"), "{err}");
+    assert_eq!(
+        std::fs::read(saved.join(format!("{id}.msg"))).unwrap(),
+        data
+    );
+}
+
+#[test]
+fn send_msg_wait_says_read_by_bob_once_bob_received_it() {
+    let w = World::start();
+    let (a, b) = (w.alice.path(), w.bob.path());
+    let waiting = common::cli::command(
+        a,
+        &[
+            "client",
+            "send_msg",
+            "--to",
+            "bob",
+            "--wait",
+            "2m",
+            "--server",
+            &w.server.addr,
+            "are you there?",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let (code, out, err) = w.recv(b, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "are you there?");
+    let done = waiting.wait_with_output().unwrap();
+    let text = common::cli::text(&done);
+    assert!(done.status.success(), "{text}");
+    assert!(text.contains("read by bob at"), "{text}");
+    // With no reader, --wait ends after its time, exit 0, saying it was not read.
+    let (code, out, err) = w.send(a, "bob", &["--wait", "1s", "nobody reads this"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("not read by bob within 1s"), "{out}");
+}
+
+#[test]
+fn a_message_to_a_key_the_server_does_not_trust_is_refused_with_code_12() {
+    let w = World::start();
+    let a = w.alice.path();
+    let mallory = public_path("mallory");
+    let (code, _, err) = run(
+        a,
+        &[
+            "client",
+            "trust",
+            mallory.to_str().unwrap(),
+            "--name",
+            "mallory",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = w.send(a, "mallory", &["hello?"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("code 12"), "{err}");
+    assert!(err.contains("NOT sent to mallory"), "{err}");
+    // Refused outright: not kept among the sent messages waiting for a receipt.
+    let (code, out, err) = run(a, &["client", "receipts", "--offline", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let sent: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(sent.as_array().unwrap().len(), 0, "{sent}");
+    // An unknown name is refused before anything is sent.
+    let (code, _, err) = w.send(a, "nobody", &["hello?"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no contact named nobody"), "{err}");
+}
+
+#[test]
+fn a_server_substituting_bobs_key_is_refused_by_a_pin_and_shown_as_a_change_otherwise() {
+    let w = World::start();
+    let a = w.alice.path();
+    // Carol has seen bob's directory key; alice pinned bob's real key out of band.
+    let carol = w.another_client("alice3072", "carol");
+    let c = carol.path();
+    let (code, _, err) = w.client(c, &["contacts"]);
+    assert_eq!(code, 0, "{err}");
+    let bob_file = public_path(BOB);
+    let (code, _, err) = run(
+        a,
+        &[
+            "client",
+            "trust",
+            bob_file.to_str().unwrap(),
+            "--name",
+            "bob",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+
+    // The server swaps bob's key for mallory's.
+    let mallory_file = public_path("mallory");
+    w.server_cmd(&[
+        "trust",
+        mallory_file.to_str().unwrap(),
+        "--name",
+        "bob",
+        "--replace",
+    ]);
+    let (bob_id, mallory_id) = (
+        public(BOB).id().to_string(),
+        public("mallory").id().to_string(),
+    );
+
+    // Alice: the directory conflicts with her pin: refused loudly, her pin stays.
+    let (code, out, err) = w.client(a, &["contacts", "--json"]);
+    assert_eq!(code, 6, "{out}{err}");
+    assert!(err.contains("REFUSED"), "{err}");
+    assert!(err.contains(&bob_id) && err.contains(&mallory_id), "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let bob = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "bob")
+        .unwrap();
+    assert_eq!(bob["key_id"], bob_id);
+    assert_eq!(bob["source"], "pinned");
+    // Her message stays sealed to bob's real key: the server can only refuse it.
+    let (code, _, err) = w.send(a, "bob", &["for the real bob"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("code 12"), "{err}");
+
+    // Carol: shown as a change, ssh-style, and nothing is sent until she accepts it.
+    let (code, _, err) = w.client(c, &["contacts"]);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("WARNING"), "{err}");
+    assert!(err.contains(&bob_id) && err.contains(&mallory_id), "{err}");
+    let (code, out, err) = w.send(c, "bob", &["hi bob"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("NOT sent"), "{err}");
+    assert!(err.contains("--accept bob"), "{err}");
+    // What the new "bob" (mallory's key) sends carol is set aside, not shown, until then.
+    let fake_bob = tempfile::tempdir().unwrap();
+    {
+        use common::cli::{put_private, put_public};
+        put_private(fake_bob.path(), "mallory", "client_private.pem");
+        put_public(fake_bob.path(), "mallory", "client_public.pem");
+        put_public(fake_bob.path(), SERVER_KEY, "server_public.pem");
+    }
+    let (code, out, err) = w.send(fake_bob.path(), "carol", &["it is really me, bob"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = w.recv(c, &[]);
+    assert_eq!(code, EXIT_SET_ASIDE, "{out}{err}");
+    assert!(err.contains("CHANGED key for bob"), "{err}");
+    assert!(!out.contains("really me"), "{out}");
+    let (code, _, err) = w.client(c, &["contacts", "--accept", "bob"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = w.recv(c, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "it is really me, bob");
+    assert!(
+        err.contains("from bob (key from the server's directory)"),
+        "{err}"
+    );
+    let (code, out, err) = w.send(c, "bob", &["hi new bob"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&mallory_id),
+        "sealed to the accepted key: {out}"
+    );
+}
+
+#[test]
+fn an_unknown_senders_relayed_message_is_set_aside_then_delivered_once_pinned() {
+    let w = World::start();
+    let b = w.bob.path();
+    let mallory = w.another_client("mallory", "mallory");
+    let (code, out, err) = w.send(mallory.path(), "bob", &["psst"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // The server stops listing mallory: bob's client cannot learn the key from it.
+    w.server_cmd(&["untrust", "mallory"]);
+    let (code, out, err) = w.recv(b, &[]);
+    assert_eq!(code, EXIT_SET_ASIDE, "{out}{err}");
+    assert!(err.contains("unknown key"), "{err}");
+    assert!(err.contains(&public("mallory").id().to_string()), "{err}");
+    assert!(!out.contains("psst"));
+    let file = public_path("mallory");
+    let (code, _, err) = run(
+        b,
+        &[
+            "client",
+            "trust",
+            file.to_str().unwrap(),
+            "--name",
+            "mallory",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = w.recv(b, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "psst");
+    assert!(err.contains("from mallory (pinned key)"), "{err}");
+}
+
+#[test]
+fn a_receipt_forged_in_the_servers_store_is_never_shown_as_read() {
+    let w = World::start();
+    let (a, b) = (w.alice.path(), w.bob.path());
+    let (code, out, err) = w.send(a, "bob", &["first"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let first = sent_id(&out);
+    let (code, out, err) = w.recv(b, &[]);
+    assert_eq!((code, out.as_str()), (0, "first"), "{err}");
+    let (code, out, err) = w.send(a, "bob", &["second, never fetched"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let second = sent_id(&out);
+
+    // The server's operator edits its store: bob's true tag for the first message is replaced
+    // by another, and a receipt is made up for the second (undelivered) one, reusing that
+    // true tag of the first.
+    let db = rusqlite::Connection::open(w.server_dir.path().join(SERVER_STORE)).unwrap();
+    let true_tag: Vec<u8> = db
+        .query_row(
+            &format!("SELECT ack_tag FROM receipts WHERE message_id = X'{first}'"),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db.execute(
+        &format!("UPDATE receipts SET ack_tag = randomblob(32) WHERE message_id = X'{first}'"),
+        [],
+    )
+    .unwrap();
+    db.execute(
+        &format!(
+            "INSERT INTO receipts (sender_key_id, message_id, recipient_key_id, recipient_name, \
+             content_hash, ack_tag, delivered) SELECT sender_key_id, X'{second}', \
+             recipient_key_id, recipient_name, content_hash, ?1, delivered FROM receipts \
+             WHERE message_id = X'{first}'"
+        ),
+        [&true_tag],
+    )
+    .unwrap();
+
+    let (code, rows, err) = w.receipts(a);
+    assert_eq!(code, 6, "{err}");
+    for id in [&first, &second] {
+        let row = rows.iter().find(|r| r["id"] == id.as_str()).unwrap();
+        assert_eq!(row["read"], false, "{id}: {rows:?}");
+        assert!(
+            err.contains(&format!("receipt for {id} that does not check out")),
+            "{err}"
+        );
+    }
+    let (_, out, _) = w.client(a, &["receipts"]);
+    assert!(!out.contains("read by"), "{out}");
+
+    // Bob's true receipt put back: now, and only now, the first reads as read.
+    db.execute(
+        &format!("UPDATE receipts SET ack_tag = ?1 WHERE message_id = X'{first}'"),
+        [&true_tag],
+    )
+    .unwrap();
+    let (_, rows, _) = w.receipts(a);
+    let row = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap().clone();
+    assert_eq!(row(&first)["read"], true);
+    assert_eq!(row(&second)["read"], false);
+}
+
+/// `send_msg --to bob` whose relayed message the server cannot store (its PostgreSQL stopped
+/// after the handshake: `Unavailable`) says so, reconnects, and resends the very same sealed
+/// bytes under the same id until the database is back: stored once, under the id it announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_msg_to_resends_the_same_relayed_message_after_unavailable() {
+    use letterlock::store::{PostgresStore, Store};
+    use std::io::{BufRead, Write};
+    let db = common::postgres::exclusive_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    classroom_folder(d);
+    std::fs::create_dir(d.join("clients")).unwrap();
+    common::cli::put_public(d, "alice3072", "clients/bob.pem");
+    let (code, _, err) = run(d, &["server", "migrate", "--store", &db.url]);
+    assert_eq!(code, 0, "{err}");
+    let server = BinServer::start(d, &["--store", &db.url]);
+    // Alice (the classroom client) pins bob: nothing to ask the directory before sending.
+    let bob_file = public_path("alice3072");
+    let (code, _, err) = run(
+        d,
+        &[
+            "client",
+            "trust",
+            bob_file.to_str().unwrap(),
+            "--name",
+            "bob",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let text = "relayed while PostgreSQL restarted";
+    let mut child = common::cli::command(
+        d,
+        &[
+            "-v",
+            "client",
+            "send_msg",
+            "--to",
+            "bob",
+            "--server",
+            &server.addr,
+            "--timeout",
+            "120",
+        ],
+    )
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut said = Vec::new();
+    let mut wait_for = |needle: &str| {
+        while let Ok(line) = lines.recv() {
+            said.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!(
+            "send_msg ended without saying {needle:?}:\n{}",
+            said.join("\n")
+        );
+    };
+    // Connected: the message (stdin) is sealed and relayed only once it is written.
+    wait_for("connected; the server proved its key");
+    tokio::task::block_in_place(|| db.stop_server());
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).unwrap();
+    drop(stdin);
+    let resending = wait_for("resending it");
+    assert!(resending.contains("unavailable"), "{resending}");
+    tokio::task::block_in_place(|| db.start_server());
+    let out = child.wait_with_output().unwrap();
+    reader.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("stored for bob on the server"), "{stdout}");
+    let id = sent_id(&stdout);
+    assert!(resending.contains(&id), "resent another id: {resending}");
+
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+    let waiting = store
+        .pending_outbox(&public("alice3072").id().0)
+        .await
+        .unwrap();
+    assert_eq!(waiting.len(), 1, "stored once: {waiting:?}");
+    assert_eq!(hex::encode(waiting[0].message_id), id);
+    drop(server);
 }

@@ -533,8 +533,13 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
     let recipient_name = contact.name.clone();
     let recipient = contact.key.id();
     let record = contacts.clone();
+    let recorded = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let recorded_id = recorded.clone();
     let relayed = client
         .relay(input, opts, &contact.key, backoff, resend, move |sealed| {
+            if let Ok(mut id) = recorded_id.lock() {
+                *id = Some(sealed.header.message_id);
+            }
             // Durable before the first byte is sent (PROTOCOL.md, "The client's mailbox").
             let m = SentMessage {
                 id: sealed.header.message_id,
@@ -550,6 +555,15 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
             tokio::task::block_in_place(|| record.record_sent(&m)).map_err(Into::into)
         })
         .await;
+    // Refused outright (not "unavailable"): not stored, so no receipt will ever come; the
+    // record made before sending is dropped. After any other failure the outcome is unknown
+    // and the record stays, for `client receipts`.
+    if let Err(letterlock::client::ClientError::Refused { code, .. }) = &relayed
+        && *code != letterlock::wire::ErrorCode::Unavailable
+        && let Some(id) = recorded.lock().ok().and_then(|id| *id)
+    {
+        on_contacts(&contacts, move |c| c.forget_sent(&id)).await?;
+    }
     let relayed = match relayed {
         Ok(r) => r,
         Err(

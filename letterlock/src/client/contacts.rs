@@ -471,6 +471,18 @@ impl Contacts {
         })
     }
 
+    /// Forgets a recorded message the server refused outright (an `Error` answer other than
+    /// `Unavailable`: it was not stored, so no receipt can ever come).
+    pub fn forget_sent(&self, id: &MessageId) -> Result<(), ContactsError> {
+        self.with(|conn| {
+            conn.execute(
+                "DELETE FROM client_sent WHERE message_id = ?1 AND stored IS NULL",
+                [&id.0[..]],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Notes the server's `Stored` for a sent message.
     pub fn mark_stored(&self, id: &MessageId, now: u64) -> Result<(), ContactsError> {
         self.with(|conn| {
@@ -819,6 +831,44 @@ mod tests {
                 name: "alice".into()
             }]
         );
+    }
+
+    #[test]
+    fn fetching_finds_a_sender_by_its_usable_key_only() {
+        use crate::client::{SenderLookup, Senders};
+        let (_dir, c) = open();
+        let (alice, bob, mallory) = (key("alice2048"), key("bob2048"), key("mallory"));
+        c.pin("bob", &bob, false, 1).unwrap();
+        let notes = c.learn(&[entry("alice", &alice, 1)]).unwrap();
+        assert!(notes[0].contains("new contact"), "{notes:?}");
+        assert!(matches!(
+            c.lookup(&bob.id()).unwrap(),
+            SenderLookup::Usable { ref name, pinned: true, .. } if name == "bob"
+        ));
+        assert!(matches!(
+            c.lookup(&alice.id()).unwrap(),
+            SenderLookup::Usable { ref name, pinned: false, .. } if name == "alice"
+        ));
+        // Mallory's key offered as alice's: a change, not a sender; once accepted, alice.
+        let notes = c.learn(&[entry("alice", &mallory, 2)]).unwrap();
+        assert!(notes[0].starts_with("WARNING"), "{notes:?}");
+        assert!(matches!(
+            c.lookup(&mallory.id()).unwrap(),
+            SenderLookup::Changed { ref name } if name == "alice"
+        ));
+        assert!(matches!(
+            c.lookup(&KeyId([9; 32])).unwrap(),
+            SenderLookup::Unknown
+        ));
+        c.accept("alice").unwrap();
+        assert!(matches!(
+            c.lookup(&mallory.id()).unwrap(),
+            SenderLookup::Usable { ref name, .. } if name == "alice"
+        ));
+        assert!(matches!(
+            c.lookup(&alice.id()).unwrap(),
+            SenderLookup::Unknown
+        ));
     }
 
     #[test]
