@@ -321,44 +321,20 @@ where
     S: letterlock::store::Store,
 {
     let connections = TLS_CONNECTIONS;
-    let per = opts
-        .server_messages()
-        .div_ceil(connections * SERVER_ROUNDS)
-        .max(MIN_PER_CONNECTION);
-    let (key, to) = (client_key.clone(), peer.clone());
-    let batches =
-        tokio::task::spawn_blocking(move || presealed(&key, &to, connections * SERVER_ROUNDS, per))
-            .await
-            .map_err(|_| crypt())??;
     let mut conns = Vec::with_capacity(connections);
+    let batches = sealed_batches(opts, connections, client_key, peer).await?;
     for _ in 0..connections {
         conns.push(connect().await?);
     }
     let before = server.receive_stats();
-    let (mut relayed, mut seconds, mut msgs_s) = (0, 0.0, 0f64);
-    let mut batches = batches.into_iter();
-    for _ in 0..SERVER_ROUNDS {
-        let started = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for (mut client, batch) in conns.drain(..).zip(batches.by_ref()) {
-            tasks.spawn(async move {
-                for (bytes, sealed) in &batch {
-                    client.relay_sealed(bytes, sealed).await?;
-                }
-                Ok::<_, ClientError>((client, batch.len()))
-            });
-        }
-        let mut round = 0;
-        while let Some(done) = tasks.join_next().await {
-            let (client, n) = done.map_err(|_| crypt())??;
-            conns.push(client);
-            round += n;
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        relayed += round;
-        seconds += elapsed;
-        msgs_s = msgs_s.max(round as f64 / elapsed);
-    }
+    let (relayed, seconds, msgs_s) =
+        timed_rounds(&mut conns, batches, |mut client, batch| async move {
+            for (bytes, sealed) in &batch {
+                client.relay_sealed(bytes, sealed).await?;
+            }
+            Ok((client, batch.len()))
+        })
+        .await?;
     for client in conns {
         client.close().await?;
     }
@@ -389,16 +365,7 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<Client, ClientError>>,
 {
-    let per = opts
-        .server_messages()
-        .div_ceil(connections * SERVER_ROUNDS)
-        .max(MIN_PER_CONNECTION);
-    let key = client_key.clone();
-    let to = server_public.clone();
-    let batches =
-        tokio::task::spawn_blocking(move || presealed(&key, &to, connections * SERVER_ROUNDS, per))
-            .await
-            .map_err(|_| crypt())??;
+    let batches = sealed_batches(opts, connections, client_key, server_public).await?;
     let key = client_key.clone();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let min = opts.bound_refresh_time() * 2;
@@ -409,28 +376,12 @@ where
     for _ in 0..connections {
         conns.push(connect().await?);
     }
-    let (mut delivered, mut seconds, mut msgs_s) = (0, 0.0, 0f64);
-    let mut batches = batches.into_iter();
-    for _ in 0..SERVER_ROUNDS {
-        let started = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for (mut client, batch) in conns.drain(..).zip(batches.by_ref()) {
-            tasks.spawn(async move {
-                let sent = client.send_sealed_many(&batch).await.map(|d| d.len());
-                sent.map(|n| (client, n))
-            });
-        }
-        let mut round = 0;
-        while let Some(done) = tasks.join_next().await {
-            let (client, n) = done.map_err(|_| crypt())??;
-            conns.push(client);
-            round += n;
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        delivered += round;
-        seconds += elapsed;
-        msgs_s = msgs_s.max(round as f64 / elapsed);
-    }
+    let (delivered, seconds, msgs_s) =
+        timed_rounds(&mut conns, batches, |mut client, batch| async move {
+            let sent = client.send_sealed_many(&batch).await.map(|d| d.len());
+            sent.map(|n| (client, n))
+        })
+        .await?;
     let key = client_key.clone();
     let after = tokio::task::spawn_blocking(move || decrypt_rate(&key, threads, min))
         .await
@@ -464,6 +415,59 @@ where
 
 /// One connection's pre-sealed messages: the sealed bytes and what checks their acks.
 type Batch = Vec<(Vec<u8>, Sealed)>;
+
+/// A batch of pre-sealed 1 KiB messages to `to` for each of `connections` clients and each of
+/// [`SERVER_ROUNDS`] rounds, at least [`MIN_PER_CONNECTION`] per batch, sealed on every core
+/// before anything is timed.
+async fn sealed_batches(
+    opts: &BenchOptions,
+    connections: usize,
+    client_key: &Arc<PrivateKey>,
+    to: &PublicKey,
+) -> Result<Vec<Batch>, BenchError> {
+    let per = opts
+        .server_messages()
+        .div_ceil(connections * SERVER_ROUNDS)
+        .max(MIN_PER_CONNECTION);
+    let (key, to) = (client_key.clone(), to.clone());
+    tokio::task::spawn_blocking(move || presealed(&key, &to, connections * SERVER_ROUNDS, per))
+        .await
+        .map_err(|_| crypt())?
+}
+
+/// [`SERVER_ROUNDS`] timed rounds: in each, every connection of `conns` runs `job` on its next
+/// batch, all at once on their own tasks, and is handed back. Returns the messages of all
+/// rounds, their time, and the best round's rate.
+async fn timed_rounds<J, Fut>(
+    conns: &mut Vec<Client>,
+    batches: Vec<Batch>,
+    job: J,
+) -> Result<(usize, f64, f64), BenchError>
+where
+    J: Fn(Client, Batch) -> Fut,
+    Fut: Future<Output = Result<(Client, usize), ClientError>> + Send + 'static,
+{
+    let (mut messages, mut seconds, mut msgs_s) = (0, 0.0, 0f64);
+    let mut batches = batches.into_iter();
+    for _ in 0..SERVER_ROUNDS {
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (client, batch) in conns.drain(..).zip(batches.by_ref()) {
+            tasks.spawn(job(client, batch));
+        }
+        let mut round = 0;
+        while let Some(done) = tasks.join_next().await {
+            let (client, n) = done.map_err(|_| crypt())??;
+            conns.push(client);
+            round += n;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        messages += round;
+        seconds += elapsed;
+        msgs_s = msgs_s.max(round as f64 / elapsed);
+    }
+    Ok((messages, seconds, msgs_s))
+}
 
 /// `connections` batches of `per` 1 KiB hybrid messages sealed ahead of time, on every core.
 fn presealed(
