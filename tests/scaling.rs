@@ -689,12 +689,12 @@ async fn a_message_fetched_through_two_servers_at_once_is_delivered_once() {
 /// exit 0, one copy stored, under the id it announced while resending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_msg_resends_after_unavailable_until_the_database_is_back() {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     let group = Group::start(common::postgres::exclusive_database().await).await;
     let addr = group.addrs.lock().unwrap()[0].clone();
     let text = "kept and resent while PostgreSQL restarted";
     // The message comes from stdin, streamed: the client connects first, then waits for it.
-    let mut child = common::cli::command(
+    let cmd = common::cli::command(
         group.dir.path(),
         &[
             "-v",
@@ -705,46 +705,20 @@ async fn send_msg_resends_after_unavailable_until_the_database_is_back() {
             "--timeout",
             "120",
         ],
-    )
-    .stdin(std::process::Stdio::piped())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let mut said = Vec::new();
-    let mut wait_for = |needle: &str| {
-        while let Ok(line) = lines.recv() {
-            said.push(line.clone());
-            if line.contains(needle) {
-                return line;
-            }
-        }
-        panic!(
-            "send_msg ended without saying {needle:?}:\n{}",
-            said.join("\n")
-        );
-    };
-    wait_for("connected; the server proved its key");
+    );
+    let mut watched = common::cli::Watched::spawn(cmd);
+    watched.wait_for("connected; the server proved its key");
 
     let db = &group.db;
     tokio::task::block_in_place(|| db.stop_server());
-    let mut stdin = child.stdin.take().unwrap();
+    let mut stdin = watched.child.stdin.take().unwrap();
     stdin.write_all(text.as_bytes()).unwrap();
     drop(stdin);
-    let resending = wait_for("resending it");
+    let resending = watched.wait_for("resending it");
     assert!(resending.contains("unavailable"), "{resending}");
     tokio::task::block_in_place(|| db.start_server());
 
-    let out = child.wait_with_output().unwrap();
-    reader.join().unwrap();
-    said.extend(lines.try_iter());
+    let (out, said) = watched.finish();
     // What a person sees (the log lines of -v left out).
     for line in said.iter().filter(|l| l.starts_with("letterlock:")) {
         eprintln!("{line}");

@@ -215,3 +215,66 @@ pub fn recv_msg_into(dir: &Path, addr: &str, file: &Path) -> Output {
         .output()
         .unwrap()
 }
+
+/// A running command whose stderr is read line by line as it comes, so a test can wait for
+/// what it says (a resend, a connection) before acting.
+#[allow(dead_code)]
+pub struct Watched {
+    pub child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    /// Every stderr line read so far.
+    pub said: Vec<String>,
+}
+
+#[allow(dead_code)]
+impl Watched {
+    /// Starts `cmd` with stdin, stdout and stderr piped.
+    pub fn spawn(mut cmd: Command) -> Watched {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in stderr.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Watched {
+            child,
+            lines,
+            reader: Some(reader),
+            said: Vec::new(),
+        }
+    }
+
+    /// The first stderr line from now on that contains `needle`; panics with everything said
+    /// if the command ends first.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        while let Ok(line) = self.lines.recv() {
+            self.said.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!(
+            "the command ended without saying {needle:?}:\n{}",
+            self.said.join("\n")
+        );
+    }
+
+    /// Waits for the command to end; its output, and every stderr line in `said`.
+    pub fn finish(mut self) -> (Output, Vec<String>) {
+        let out = self.child.wait_with_output().unwrap();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        self.said.extend(self.lines.try_iter());
+        (out, self.said)
+    }
+}
