@@ -156,7 +156,7 @@ impl Store for AnyStore {
         recipient: &KeyId,
         message_id: &MessageId,
         ack_tag: &Tag,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<letterlock::store::Completion, StoreError> {
         forward!(self, s => s.complete_outbox(recipient, message_id, ack_tag).await)
     }
 

@@ -28,9 +28,9 @@ use super::body::{BlobWriter, StoredBody, TEMP_PREFIX, is_blob_name, sync_dir};
 use super::error::StoreError;
 use super::writer::{Counters, QUEUE_CAPACITY, WriteOp, Writer};
 use super::{
-    ClientKey, InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyEnd, KeyId, KnownMessage,
-    MAX_MATCHES, MessageId, OutboxEntry, OutboxRecord, Receipt, RelayOutcome, RelayRecord, Store,
-    StoreStats, Tag, TrustOutcome, TrustRequest, TrustedClients, prefix_range,
+    ClientKey, Completion, InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyEnd, KeyId,
+    KnownMessage, MAX_MATCHES, MessageId, OutboxEntry, OutboxRecord, Receipt, RelayOutcome,
+    RelayRecord, Store, StoreStats, Tag, TrustOutcome, TrustRequest, TrustedClients, prefix_range,
 };
 
 /// Schema version kept in `PRAGMA user_version`; bump with every schema
@@ -840,7 +840,7 @@ impl Store for SqliteStore {
         recipient: &KeyId,
         message_id: &MessageId,
         ack_tag: &Tag,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Completion, StoreError> {
         let (recipient, message_id, ack_tag) = (*recipient, *message_id, *ack_tag);
         self.submit(|reply| WriteOp::CompleteOutbox {
             recipient,

@@ -44,9 +44,9 @@ pub use schema::SCHEMA_VERSION;
 use super::body::{BlobWriter, Body};
 use super::error::StoreError;
 use super::{
-    ClientKey, InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyEnd, KeyId, KnownMessage,
-    MAX_MATCHES, MessageId, OutboxEntry, OutboxRecord, Receipt, RelayOutcome, RelayRecord, Store,
-    StoreStats, Tag, TrustOutcome, TrustRequest, TrustedClients, prefix_range,
+    ClientKey, Completion, InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyEnd, KeyId,
+    KnownMessage, MAX_MATCHES, MessageId, OutboxEntry, OutboxRecord, Receipt, RelayOutcome,
+    RelayRecord, Store, StoreStats, Tag, TrustOutcome, TrustRequest, TrustedClients, prefix_range,
 };
 use body::ChunkReader;
 use group::{InboxRow, OutboxRow, Write};
@@ -898,7 +898,7 @@ impl Store for PostgresStore {
         recipient: &KeyId,
         message_id: &MessageId,
         ack_tag: &Tag,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Completion, StoreError> {
         let mut client = self.client().await?;
         let tx = client
             .transaction()
@@ -907,7 +907,8 @@ impl Store for PostgresStore {
         // FOR UPDATE: a second server completing the same entry waits here, then finds it gone.
         let row = tx
             .query_opt(
-                "SELECT seq, ack_tag, body_id, sender_key_id, recipient_name, content_hash
+                "SELECT seq, ack_tag, body_id, sender_key_id, recipient_name, content_hash,
+                        sender_name
                  FROM outbox WHERE recipient_key_id = $1 AND message_id = $2 FOR UPDATE",
                 &[&&recipient[..], &&message_id[..]],
             )
@@ -915,7 +916,7 @@ impl Store for PostgresStore {
             .map_err(db("looking up an outbox message"))?;
         let Some(row) = row else {
             debug!(message_id = %hex::encode(message_id), "ack for an unknown outbox message");
-            return Ok(false);
+            return Ok(Completion::NotPending);
         };
         let seq: i64 = row.try_get(0).map_err(db("reading an outbox message"))?;
         let expected: &[u8] = row.try_get(1).map_err(db("reading an outbox message"))?;
@@ -928,10 +929,14 @@ impl Store for PostgresStore {
         };
         // Constant time: the tag proves receipt, so timing must not reveal how many leading
         // bytes of a guess were right.
-        if aws_lc_rs::constant_time::verify_slices_are_equal(expected, &presented).is_err() {
+        let matched =
+            aws_lc_rs::constant_time::verify_slices_are_equal(expected, &presented).is_ok();
+        if !matched && sender.is_none() {
             warn!(message_id = %hex::encode(message_id), "outbox ack tag mismatch; entry kept");
-            return Ok(false);
+            return Ok(Completion::BadTag);
         }
+        // A relayed entry whose tag does not match is deleted too (the recipient discards
+        // it), but gets no receipt: there is nothing true to put in one.
         tx.execute("DELETE FROM outbox WHERE seq = $1", &[&seq])
             .await
             .map_err(db("deleting a delivered outbox message"))?;
@@ -940,33 +945,48 @@ impl Store for PostgresStore {
                 .await
                 .map_err(db("deleting a delivered message body"))?;
         }
-        if let Some(sender) = sender {
-            let recipient_name: &str = row.try_get(4).map_err(db("reading an outbox message"))?;
-            let content_hash: Option<&[u8]> =
-                row.try_get(5).map_err(db("reading an outbox message"))?;
-            let delivered = to_i64("delivery time", crate::envelope::unix_now())?;
-            tx.execute(
-                "INSERT INTO receipts (sender_key_id, message_id, recipient_key_id,
-                        recipient_name, content_hash, ack_tag, delivered)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (sender_key_id, message_id) DO NOTHING",
-                &[
-                    &sender,
-                    &&message_id[..],
-                    &&recipient[..],
-                    &recipient_name,
-                    &content_hash,
-                    &&ack_tag[..],
-                    &delivered,
-                ],
-            )
-            .await
-            .map_err(db("storing a receipt"))?;
-        }
+        let completion = match sender {
+            None => Completion::Completed { receipt: false },
+            Some(sender) if !matched => {
+                let sender_name: Option<String> =
+                    row.try_get(6).map_err(db("reading an outbox message"))?;
+                Completion::RemovedWithoutReceipt {
+                    sender_key_id: sender.try_into().map_err(|_| StoreError::Corrupt {
+                        what: "relayed outbox entry's sender key id",
+                    })?,
+                    sender_name: sender_name.unwrap_or_default(),
+                }
+            }
+            Some(sender) => {
+                let recipient_name: &str =
+                    row.try_get(4).map_err(db("reading an outbox message"))?;
+                let content_hash: Option<&[u8]> =
+                    row.try_get(5).map_err(db("reading an outbox message"))?;
+                let delivered = to_i64("delivery time", crate::envelope::unix_now())?;
+                tx.execute(
+                    "INSERT INTO receipts (sender_key_id, message_id, recipient_key_id,
+                            recipient_name, content_hash, ack_tag, delivered)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (sender_key_id, message_id) DO NOTHING",
+                    &[
+                        &sender,
+                        &&message_id[..],
+                        &&recipient[..],
+                        &recipient_name,
+                        &content_hash,
+                        &&ack_tag[..],
+                        &delivered,
+                    ],
+                )
+                .await
+                .map_err(db("storing a receipt"))?;
+                Completion::Completed { receipt: true }
+            }
+        };
         tx.commit()
             .await
             .map_err(db("committing an outbox completion"))?;
-        Ok(true)
+        Ok(completion)
     }
 
     async fn trust_generation(&self) -> Result<u64, StoreError> {
