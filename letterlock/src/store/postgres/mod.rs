@@ -550,25 +550,36 @@ async fn relay_repeat(
             .map_err(db("looking up a receipt"))?;
     }
     let id = hex::encode(record.message_id);
-    if let Some(row) = earlier {
-        let hash: Tag = get_array(&row, 0, "relayed content hash")?;
+    let repeat = |row: &Row, column: usize| -> Result<Option<RelayOutcome>, StoreError> {
+        let hash: Tag = get_array(row, column, "relayed content hash")?;
         // Content hashes are not secret: a plain comparison is fine here.
-        return Ok(Some(if hash == record.content_hash {
+        Ok(Some(if hash == record.content_hash {
             debug!(message_id = %id, "relay duplicate (retry)");
             RelayOutcome::Duplicate
         } else {
             warn!(message_id = %id, sender = %crate::text::quoted(&record.sender_name), "relay conflict: id reused for different content");
             RelayOutcome::Conflict
-        }));
+        }))
+    };
+    if let Some(row) = earlier {
+        return repeat(&row, 0);
     }
     let taken = client
         .query_opt(
-            "SELECT 1 FROM outbox WHERE recipient_key_id = $1 AND message_id = $2",
+            "SELECT sender_key_id, content_hash FROM outbox
+             WHERE recipient_key_id = $1 AND message_id = $2",
             &[&&record.recipient_key_id[..], &sender.1],
         )
         .await
         .map_err(db("looking up an outbox message id"))?;
-    if taken.is_some() {
+    if let Some(row) = &taken {
+        // Another server may have stored this very (sender, id) between the first lookup and
+        // this one (each statement sees what is committed when it starts): that is a repeat,
+        // not someone else's id.
+        let stored_by: Option<&[u8]> = row.try_get(0).map_err(db("reading an outbox message"))?;
+        if stored_by == Some(&record.sender_key_id[..]) {
+            return repeat(row, 1);
+        }
         warn!(message_id = %id, sender = %crate::text::quoted(&record.sender_name), "relay conflict: the recipient already has this id from someone else");
         return Ok(Some(RelayOutcome::Conflict));
     }
