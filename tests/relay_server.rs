@@ -514,6 +514,68 @@ async fn a_wrong_commitment_cannot_wedge_the_recipient() {
     s.stop().await;
 }
 
+/// Past the per-recipient bound of waiting relayed messages a relay is refused with code 9
+/// before anything is stored; once bob takes one, alice can relay again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mailbox_refuses_relays_until_the_recipient_takes_some() {
+    let s = Relaying::start_with(ServerConfig {
+        max_waiting_relayed: 2,
+        ..ServerConfig::default()
+    })
+    .await;
+    let bob_id = public(BOB.1).id().0;
+    let mut alice = s.conn(ALICE).await;
+    let mut sent = Vec::new();
+    for n in 0..2 {
+        let (bytes, sealed) = seal(ALICE.1, BOB.1, Mode::Hybrid, format!("note {n}").as_bytes());
+        alice
+            .relay(receipt_commitment(&sealed.ack_tag), &bytes)
+            .await;
+        assert_eq!(
+            alice.next().await,
+            Frame::Stored {
+                id: sealed.header.message_id
+            }
+        );
+        sent.push(sealed);
+    }
+    let (bytes, sealed) = seal(ALICE.1, BOB.1, Mode::Hybrid, b"one too many");
+    alice
+        .relay(receipt_commitment(&sealed.ack_tag), &bytes)
+        .await;
+    let message = alice.refused(ErrorCode::Unavailable).await;
+    assert!(
+        message.contains("mailbox on this server is full"),
+        "{message}"
+    );
+    assert_eq!(s.store.waiting_relayed(&bob_id).await.unwrap(), 2);
+    assert_eq!(s.server.receive_stats().relayed, 2);
+
+    let mut bob = s.conn(BOB).await;
+    assert_eq!(bob.fetch().await.len(), 2);
+    let id = sent[0].header.message_id;
+    bob.send(Frame::DeliveryAck {
+        id,
+        tag: sent[0].ack_tag,
+    })
+    .await;
+    assert_eq!(bob.next().await, Frame::Removed { id });
+
+    let mut alice = s.conn(ALICE).await;
+    alice
+        .relay(receipt_commitment(&sealed.ack_tag), &bytes)
+        .await;
+    assert_eq!(
+        alice.next().await,
+        Frame::Stored {
+            id: sealed.header.message_id
+        }
+    );
+    assert_eq!(s.store.waiting_relayed(&bob_id).await.unwrap(), 2);
+    drop((alice, bob));
+    s.stop().await;
+}
+
 /// The spec's refusals: a sender other than the authenticated client (3), a recipient the
 /// server does not trust (12), the server itself as recipient (3), anything but `Send` after
 /// `Relay` (1). Nothing is stored.

@@ -556,6 +556,9 @@ impl<S: Store> Store for Shared<S> {
     async fn release_outbox(&self, r: &[u8; 32], m: &[[u8; 16]]) -> Result<(), StoreError> {
         self.0.release_outbox(r, m).await
     }
+    async fn waiting_relayed(&self, r: &[u8; 32]) -> Result<u64, StoreError> {
+        self.0.waiting_relayed(r).await
+    }
     async fn open_outbox_body(
         &self,
         r: &[u8; 32],
@@ -790,6 +793,10 @@ async fn relay_stored_once_then_duplicate_or_conflict(store: &impl Store) {
     let body = store.open_outbox_body(&[2; 32], &id(0x40)).await.unwrap();
     assert_eq!(read_all(body).await, b"sealed for 2");
     assert_eq!(store.pending_outbox(&[3; 32]).await.unwrap().len(), 1);
+    // Only relayed entries count toward the per-recipient bound, the server's own do not.
+    assert_eq!(store.waiting_relayed(&[2; 32]).await.unwrap(), 1);
+    assert_eq!(store.waiting_relayed(&[3; 32]).await.unwrap(), 1);
+    assert_eq!(store.waiting_relayed(&[9; 32]).await.unwrap(), 0);
     assert!(store.integrity_check().await.unwrap());
 }
 

@@ -107,6 +107,22 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
             .map_err(|e| Fail::new(ErrorCode::Refused, format!("bad header: {e}")))?;
         let recipient = self.check_relay_header(&header).await?;
         let config = &self.server.config;
+        // Before any byte is stored. Concurrent relays to one recipient may each pass this
+        // check, so the bound can be passed by as many as are in flight at once: a bound on
+        // the disk a sender can take, not an exact quota.
+        let waiting = self
+            .server
+            .store
+            .waiting_relayed(&recipient.key.id().0)
+            .await
+            .map_err(Fail::store)?;
+        if waiting >= config.max_waiting_relayed {
+            warn!(sender = %crate::text::quoted(&self.client.name), recipient = %crate::text::quoted(&recipient.name), waiting, "relay refused: the recipient's mailbox is full");
+            return Err(Fail::new(
+                ErrorCode::Unavailable,
+                "the recipient's mailbox on this server is full; try later",
+            ));
+        }
         let cap = match header.mode {
             Mode::Hybrid => config.max_hybrid.saturating_add(SEALING_OVERHEAD),
             Mode::Asymmetric => {

@@ -452,6 +452,14 @@ pub trait Store: Send + Sync + 'static {
         std::future::ready(Ok(()))
     }
 
+    /// How many relayed messages wait for `recipient` (the server's own not counted): a
+    /// server refuses a relay past [`crate::server::ServerConfig::max_waiting_relayed`], so no
+    /// client can fill another's outbox without limit. One count over the recipient's index.
+    fn waiting_relayed(
+        &self,
+        recipient: &KeyId,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Open the sealed body of a pending outbox message.
     fn open_outbox_body(
         &self,

@@ -771,6 +771,21 @@ impl Store for SqliteStore {
             .await
     }
 
+    /// Counted over the `(recipient_key_id, message_id)` unique index: the recipient's rows
+    /// only.
+    async fn waiting_relayed(&self, recipient: &KeyId) -> Result<u64, StoreError> {
+        let recipient = *recipient;
+        self.read(move |conn, _| {
+            conn.prepare_cached(
+                "SELECT count(*) FROM outbox
+                 WHERE recipient_key_id = ?1 AND sender_key_id IS NOT NULL",
+            )
+            .and_then(|mut stmt| stmt.query_row(params![recipient], |row| get_u64(row, 0)))
+            .map_err(StoreError::db("counting relayed messages"))
+        })
+        .await
+    }
+
     async fn pending_outbox(&self, recipient: &KeyId) -> Result<Vec<OutboxEntry>, StoreError> {
         let recipient = *recipient;
         self.read(move |conn, _| {

@@ -752,6 +752,20 @@ impl Store for PostgresStore {
         self.submit(|reply| Write::Outbox { row, reply }).await
     }
 
+    /// Counted over `outbox_by_recipient`: the recipient's rows only.
+    async fn waiting_relayed(&self, recipient: &KeyId) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM outbox
+                 WHERE recipient_key_id = $1 AND sender_key_id IS NOT NULL",
+                &[&&recipient[..]],
+            )
+            .await
+            .map_err(db("counting relayed messages"))?;
+        get_u64(&row, 0, "relayed message count")
+    }
+
     async fn pending_outbox(&self, recipient: &KeyId) -> Result<Vec<OutboxEntry>, StoreError> {
         let client = self.client().await?;
         let rows = client
