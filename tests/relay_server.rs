@@ -576,6 +576,66 @@ async fn a_full_mailbox_refuses_relays_until_the_recipient_takes_some() {
     s.stop().await;
 }
 
+/// After `server trust NEW --name alice --replace`, alice (now with her new key) still gets the
+/// receipts of what she relayed with her old key; after `server untrust alice` and a new key
+/// trusted as alice, that key (perhaps someone else) gets none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_survive_a_key_rotation_but_not_an_untrust() {
+    let s = Relaying::start().await;
+    let (bytes, sealed) = seal(ALICE.1, BOB.1, Mode::Hybrid, b"before the rotation");
+    let id = sealed.header.message_id;
+    let mut alice = s.conn(ALICE).await;
+    alice
+        .relay(receipt_commitment(&sealed.ack_tag), &bytes)
+        .await;
+    assert_eq!(alice.next().await, Frame::Stored { id });
+    let mut bob = s.conn(BOB).await;
+    assert_eq!(bob.fetch().await.len(), 1);
+    bob.send(Frame::DeliveryAck {
+        id,
+        tag: sealed.ack_tag,
+    })
+    .await;
+    assert_eq!(bob.next().await, Frame::Removed { id });
+    drop(alice);
+
+    let rotated = public("alice3072");
+    s.store
+        .trust_client(TrustRequest {
+            name: ALICE.0.into(),
+            key_id: rotated.id().0,
+            public_key: rotated.spki_der().to_vec(),
+            replace: true,
+            now: letterlock::envelope::unix_now(),
+        })
+        .await
+        .unwrap();
+    let mut alice = s.conn((ALICE.0, "alice3072")).await;
+    let receipts = alice.receipts(&[id]).await;
+    assert_eq!(
+        receipts.len(),
+        1,
+        "the old key's receipt, after the rotation"
+    );
+    assert_eq!(receipts[0].tag, sealed.ack_tag);
+    assert!(bob.receipts(&[id]).await.is_empty());
+    drop(alice);
+
+    s.store
+        .untrust_client(ALICE.0, letterlock::envelope::unix_now())
+        .await
+        .unwrap()
+        .unwrap();
+    trust(&*s.store, ALICE.0, &public("alice4096")).await;
+    let mut other = s.conn((ALICE.0, "alice4096")).await;
+    assert!(
+        other.receipts(&[id]).await.is_empty(),
+        "an untrust ends the name's chain of keys"
+    );
+    drop((other, bob));
+    s.stop().await;
+}
+
 /// The spec's refusals: a sender other than the authenticated client (3), a recipient the
 /// server does not trust (12), the server itself as recipient (3), anything but `Send` after
 /// `Relay` (1). Nothing is stored.
