@@ -866,11 +866,14 @@ impl Store for PostgresStore {
         self.body_reader(inline, body_id, size)
     }
 
-    /// A plain transaction (not the group commit): the lookups and the insert are a few
-    /// statements, and the unique indexes on (sender, id) and (recipient, id) settle a race
-    /// between servers (`ON CONFLICT DO NOTHING`, then the stored row answers). The lookups
-    /// run in the order outbox, then receipts: a completion deletes the entry and stores the
-    /// receipt in one commit, so under READ COMMITTED one of the two is always seen.
+    /// Not the group commit and not a transaction: the lookups and the insert are a few
+    /// statements, each in autocommit, each seeing what was committed when it started. A
+    /// transaction would add nothing (under READ COMMITTED its statements see the same), and
+    /// the insert alone writes: the unique indexes on (sender, id) and (recipient, id) settle
+    /// a race between servers (`ON CONFLICT DO NOTHING`, then the stored row answers). The
+    /// lookups run in the order outbox, then receipts: a completion deletes the entry and
+    /// stores the receipt in one commit, so a later statement never sees less than an earlier
+    /// one and one of the two is always seen.
     async fn enqueue_relay(&self, record: RelayRecord) -> Result<RelayOutcome, StoreError> {
         let (inline, body_id) = self.body_columns(&record.body)?;
         let created = to_i64("created", record.created)?;
