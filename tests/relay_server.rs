@@ -30,6 +30,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// The test clients: their names in the server's trust list and their key files.
 const ALICE: (&str, &str) = ("alice", "alice2048");
 const BOB: (&str, &str) = ("bob", "bob3072");
+/// Trusted only by the tests that need a third client.
+const MALLORY: (&str, &str) = ("mallory", "mallory");
 
 /// The server's key, counting its private-key operations of both kinds: signatures (one for
 /// the TLS certificate at start, one per handshake, one per directory entry) and decryptions
@@ -406,56 +408,231 @@ async fn a_relayed_message_reaches_the_recipient_unopened_and_earns_a_receipt() 
     s.stop().await;
 }
 
-/// A wrong tag for a relayed entry is code 8 and changes nothing: the entry waits, no
-/// receipt; the right tag on a new connection then removes it.
+/// A wrong tag for a relayed entry removes it without a receipt (the recipient may discard
+/// what was sent to it): `Removed`, the connection stays, the next fetch is empty and alice
+/// never gets a receipt. The commitment itself is not the tag either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_tag_earns_no_receipt_and_the_entry_stays() {
+async fn a_wrong_tag_removes_a_relayed_entry_without_a_receipt() {
     let s = Relaying::start().await;
-    let (bytes, sealed) = seal(ALICE.1, BOB.1, Mode::Hybrid, b"ack me properly");
+    let bob_id = public(BOB.1).id().0;
+    let mut alice = s.conn(ALICE).await;
+    let mut bob = s.conn(BOB).await;
+    let mut wrong = [0; 32];
+    for (n, make_wrong) in [
+        |t: [u8; 32]| {
+            let mut w = t;
+            w[5] ^= 0x40;
+            w
+        },
+        |t: [u8; 32]| receipt_commitment(&t),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (bytes, sealed) = seal(
+            ALICE.1,
+            BOB.1,
+            Mode::Hybrid,
+            format!("ack me {n}").as_bytes(),
+        );
+        let id = sealed.header.message_id;
+        alice
+            .relay(receipt_commitment(&sealed.ack_tag), &bytes)
+            .await;
+        assert_eq!(alice.next().await, Frame::Stored { id });
+        assert!(bob.fetch().await == [bytes], "delivered byte for byte");
+        wrong = make_wrong(sealed.ack_tag);
+        bob.send(Frame::DeliveryAck { id, tag: wrong }).await;
+        assert_eq!(bob.next().await, Frame::Removed { id });
+        assert!(s.store.pending_outbox(&bob_id).await.unwrap().is_empty());
+        assert!(bob.fetch().await.is_empty(), "nothing left to deliver");
+        assert!(alice.receipts(&[id]).await.is_empty(), "no receipt");
+    }
+    assert_ne!(wrong, [0; 32]);
+    drop((alice, bob));
+    s.stop().await;
+}
+
+/// A sender that relays with a wrong commitment (the server cannot check one when it relays)
+/// cannot wedge its recipient: bob acks with his true tag, the entry is removed without a
+/// receipt (`Removed`, not code 8), mallory gets no receipt, bob's next fetch is empty and
+/// succeeds, and alice's message after it is delivered and receipted as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_commitment_cannot_wedge_the_recipient() {
+    let s = Relaying::start().await;
+    trust(&*s.store, MALLORY.0, &public(MALLORY.1)).await;
+    let (bytes, sealed) = seal(MALLORY.1, BOB.1, Mode::Hybrid, b"my commitment is a lie");
+    let id = sealed.header.message_id;
+    let mut lie = [0; 32];
+    aws_lc_rs::rand::fill(&mut lie).unwrap();
+    assert_ne!(lie, receipt_commitment(&sealed.ack_tag));
+    let mut mallory = s.conn(MALLORY).await;
+    mallory.relay(lie, &bytes).await;
+    assert_eq!(mallory.next().await, Frame::Stored { id });
+
+    let mut bob = s.conn(BOB).await;
+    let delivered = bob.fetch().await;
+    assert!(delivered == [bytes], "delivered byte for byte");
+    let (_, opened) = letterlock::open(
+        &delivered[0],
+        private(BOB.1).as_ref(),
+        &public(MALLORY.1),
+        &OpenOptions::default(),
+    )
+    .expect("bob opens it with mallory's key");
+    bob.send(Frame::DeliveryAck {
+        id,
+        tag: opened.ack_tag,
+    })
+    .await;
+    assert_eq!(bob.next().await, Frame::Removed { id });
+    assert!(
+        bob.fetch().await.is_empty(),
+        "the next fetch succeeds, empty"
+    );
+    assert!(mallory.receipts(&[id]).await.is_empty(), "no receipt");
+
+    let (bytes, sealed) = seal(ALICE.1, BOB.1, Mode::Hybrid, b"an honest note");
+    let honest = sealed.header.message_id;
+    let mut alice = s.conn(ALICE).await;
+    alice
+        .relay(receipt_commitment(&sealed.ack_tag), &bytes)
+        .await;
+    assert_eq!(alice.next().await, Frame::Stored { id: honest });
+    assert!(bob.fetch().await == [bytes], "delivered byte for byte");
+    bob.send(Frame::DeliveryAck {
+        id: honest,
+        tag: sealed.ack_tag,
+    })
+    .await;
+    assert_eq!(bob.next().await, Frame::Removed { id: honest });
+    let receipts = alice.receipts(&[honest]).await;
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0].tag, sealed.ack_tag);
+    assert!(mallory.receipts(&[id]).await.is_empty());
+    drop((alice, bob, mallory));
+    s.stop().await;
+}
+
+/// Past the per-recipient bound of waiting relayed messages a relay is refused with code 9
+/// before anything is stored; once bob takes one, alice can relay again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mailbox_refuses_relays_until_the_recipient_takes_some() {
+    let s = Relaying::start_with(ServerConfig {
+        max_waiting_relayed: 2,
+        ..ServerConfig::default()
+    })
+    .await;
+    let bob_id = public(BOB.1).id().0;
+    let mut alice = s.conn(ALICE).await;
+    let mut sent = Vec::new();
+    for n in 0..2 {
+        let (bytes, sealed) = seal(ALICE.1, BOB.1, Mode::Hybrid, format!("note {n}").as_bytes());
+        alice
+            .relay(receipt_commitment(&sealed.ack_tag), &bytes)
+            .await;
+        assert_eq!(
+            alice.next().await,
+            Frame::Stored {
+                id: sealed.header.message_id
+            }
+        );
+        sent.push(sealed);
+    }
+    let (bytes, sealed) = seal(ALICE.1, BOB.1, Mode::Hybrid, b"one too many");
+    alice
+        .relay(receipt_commitment(&sealed.ack_tag), &bytes)
+        .await;
+    let message = alice.refused(ErrorCode::Unavailable).await;
+    assert!(
+        message.contains("mailbox on this server is full"),
+        "{message}"
+    );
+    assert_eq!(s.store.waiting_relayed(&bob_id).await.unwrap(), 2);
+    assert_eq!(s.server.receive_stats().relayed, 2);
+
+    let mut bob = s.conn(BOB).await;
+    assert_eq!(bob.fetch().await.len(), 2);
+    let id = sent[0].header.message_id;
+    bob.send(Frame::DeliveryAck {
+        id,
+        tag: sent[0].ack_tag,
+    })
+    .await;
+    assert_eq!(bob.next().await, Frame::Removed { id });
+
+    let mut alice = s.conn(ALICE).await;
+    alice
+        .relay(receipt_commitment(&sealed.ack_tag), &bytes)
+        .await;
+    assert_eq!(
+        alice.next().await,
+        Frame::Stored {
+            id: sealed.header.message_id
+        }
+    );
+    assert_eq!(s.store.waiting_relayed(&bob_id).await.unwrap(), 2);
+    drop((alice, bob));
+    s.stop().await;
+}
+
+/// After `server trust NEW --name alice --replace`, alice (now with her new key) still gets the
+/// receipts of what she relayed with her old key; after `server untrust alice` and a new key
+/// trusted as alice, that key (perhaps someone else) gets none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_survive_a_key_rotation_but_not_an_untrust() {
+    let s = Relaying::start().await;
+    let (bytes, sealed) = seal(ALICE.1, BOB.1, Mode::Hybrid, b"before the rotation");
     let id = sealed.header.message_id;
     let mut alice = s.conn(ALICE).await;
     alice
         .relay(receipt_commitment(&sealed.ack_tag), &bytes)
         .await;
     assert_eq!(alice.next().await, Frame::Stored { id });
-
     let mut bob = s.conn(BOB).await;
-    assert!(
-        bob.fetch().await == [bytes.clone()],
-        "delivered byte for byte"
-    );
-    // The commitment itself, or a flipped tag, is not the tag.
-    let mut wrong = sealed.ack_tag;
-    wrong[5] ^= 0x40;
-    bob.send(Frame::DeliveryAck { id, tag: wrong }).await;
-    bob.refused(ErrorCode::BadAck).await;
-    let mut bob = s.conn(BOB).await;
-    bob.send(Frame::DeliveryAck {
-        id,
-        tag: receipt_commitment(&sealed.ack_tag),
-    })
-    .await;
-    bob.refused(ErrorCode::BadAck).await;
-    assert_eq!(
-        s.store
-            .pending_outbox(&public(BOB.1).id().0)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
-    assert!(alice.receipts(&[id]).await.is_empty());
-
-    let mut bob = s.conn(BOB).await;
-    assert!(bob.fetch().await == [bytes], "delivered byte for byte");
+    assert_eq!(bob.fetch().await.len(), 1);
     bob.send(Frame::DeliveryAck {
         id,
         tag: sealed.ack_tag,
     })
     .await;
     assert_eq!(bob.next().await, Frame::Removed { id });
-    assert_eq!(alice.receipts(&[id]).await.len(), 1);
-    drop((alice, bob));
+    drop(alice);
+
+    let rotated = public("alice3072");
+    s.store
+        .trust_client(TrustRequest {
+            name: ALICE.0.into(),
+            key_id: rotated.id().0,
+            public_key: rotated.spki_der().to_vec(),
+            replace: true,
+            now: letterlock::envelope::unix_now(),
+        })
+        .await
+        .unwrap();
+    let mut alice = s.conn((ALICE.0, "alice3072")).await;
+    let receipts = alice.receipts(&[id]).await;
+    assert_eq!(
+        receipts.len(),
+        1,
+        "the old key's receipt, after the rotation"
+    );
+    assert_eq!(receipts[0].tag, sealed.ack_tag);
+    assert!(bob.receipts(&[id]).await.is_empty());
+    drop(alice);
+
+    s.store
+        .untrust_client(ALICE.0, letterlock::envelope::unix_now())
+        .await
+        .unwrap()
+        .unwrap();
+    trust(&*s.store, ALICE.0, &public("alice4096")).await;
+    let mut other = s.conn((ALICE.0, "alice4096")).await;
+    assert!(
+        other.receipts(&[id]).await.is_empty(),
+        "an untrust ends the name's chain of keys"
+    );
+    drop((other, bob));
     s.stop().await;
 }
 
@@ -783,7 +960,8 @@ async fn server_read_of_a_relayed_message_says_the_server_cannot_open_it() {
 }
 
 /// The same over PostgreSQL: relayed, repeated, delivered byte for byte, acked, receipted for
-/// the sender only, a wrong tag refused; the server opened nothing.
+/// the sender only; one under a wrong commitment removed without a receipt; the server opened
+/// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_postgres_a_relay_is_stored_delivered_and_receipted() {
     let database = common::postgres::database().await;
@@ -815,28 +993,31 @@ async fn over_postgres_a_relay_is_stored_delivered_and_receipted() {
         (1, 1, 0)
     );
 
-    let mut bob = s.conn(BOB).await;
-    assert!(
-        bob.fetch().await == [bytes.clone()],
-        "delivered byte for byte"
-    );
-    let mut wrong = sealed.ack_tag;
-    wrong[0] ^= 1;
-    bob.send(Frame::DeliveryAck { id, tag: wrong }).await;
-    bob.refused(ErrorCode::BadAck).await;
-    assert!(alice.receipts(&[id]).await.is_empty());
+    // A second message under a commitment that is not its tag's: removed without a receipt.
+    let (lied, lied_sealed) = seal(ALICE.1, BOB.1, Mode::Hybrid, b"a wrong commitment");
+    let lied_id = lied_sealed.header.message_id;
+    alice.relay([0x5A; 32], &lied).await;
+    assert_eq!(alice.next().await, Frame::Stored { id: lied_id });
 
     let mut bob = s.conn(BOB).await;
     assert!(
-        bob.fetch().await == [bytes.clone()],
-        "delivered byte for byte"
+        bob.fetch().await == [bytes.clone(), lied],
+        "delivered byte for byte, in the order stored"
     );
+    bob.send(Frame::DeliveryAck {
+        id: lied_id,
+        tag: lied_sealed.ack_tag,
+    })
+    .await;
+    assert_eq!(bob.next().await, Frame::Removed { id: lied_id });
+    assert!(alice.receipts(&[lied_id]).await.is_empty());
     bob.send(Frame::DeliveryAck {
         id,
         tag: sealed.ack_tag,
     })
     .await;
     assert_eq!(bob.next().await, Frame::Removed { id });
+    assert!(bob.fetch().await.is_empty());
     let receipts = alice.receipts(&[id]).await;
     assert_eq!(receipts.len(), 1);
     assert_eq!(receipts[0].tag, sealed.ack_tag);

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use common::Rng;
 use common::records::{id, outbox_record, stage};
 use letterlock::store::{
-    Body, INLINE_MAX, InboxRecord, InsertOutcome, KeyEnd, MODE_HYBRID, SqliteStore, Store,
-    StoreError, TrustOutcome, TrustRequest,
+    Body, Completion, INLINE_MAX, InboxRecord, InsertOutcome, KeyEnd, MODE_HYBRID, SqliteStore,
+    Store, StoreError, TrustOutcome, TrustRequest,
 };
 use tempfile::TempDir;
 
@@ -356,36 +356,40 @@ async fn outbox_from_second_handle_and_completion() {
     );
 
     // Wrong tag: kept.
-    assert!(
-        !server
+    assert_eq!(
+        server
             .complete_outbox(&[9; 32], &id(2), &[0x53; 32])
             .await
-            .expect("complete")
+            .expect("complete"),
+        Completion::BadTag
     );
     assert_eq!(pending_len(&server, &[9; 32]).await, 2);
     assert_eq!(blob_files(server.blob_dir()).len(), 1);
 
     // Right tag: removed, with its file.
-    assert!(
+    assert_eq!(
         server
             .complete_outbox(&[9; 32], &id(2), &tag_large)
             .await
-            .expect("complete")
+            .expect("complete"),
+        Completion::Completed { receipt: false }
     );
     assert!(blob_files(server.blob_dir()).is_empty());
-    assert!(
+    assert_eq!(
         server
             .complete_outbox(&[9; 32], &id(1), &tag_small)
             .await
-            .expect("complete")
+            .expect("complete"),
+        Completion::Completed { receipt: false }
     );
     assert_eq!(pending_len(&server, &[9; 32]).await, 0);
     // Completing again (a repeated ack) is a harmless no.
-    assert!(
-        !server
+    assert_eq!(
+        server
             .complete_outbox(&[9; 32], &id(1), &tag_small)
             .await
-            .expect("complete")
+            .expect("complete"),
+        Completion::NotPending
     );
     assert!(matches!(
         server.open_outbox_body(&[9; 32], &id(1)).await,

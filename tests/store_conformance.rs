@@ -15,9 +15,9 @@ use std::io::{Read, Write};
 
 use letterlock::store::postgres::{CHUNK_SIZE, PostgresStore, SCHEMA_VERSION};
 use letterlock::store::{
-    Body, ClientKey, INLINE_MAX, InboxRecord, InsertOutcome, KeyEnd, KnownMessage, MODE_HYBRID,
-    OutboxRecord, Receipt, RelayOutcome, RelayRecord, SqliteStore, Store, StoreError, TrustOutcome,
-    TrustRequest, TrustedClients,
+    Body, ClientKey, Completion, INLINE_MAX, InboxRecord, InsertOutcome, KeyEnd, KnownMessage,
+    MODE_HYBRID, OutboxRecord, Receipt, RelayOutcome, RelayRecord, SqliteStore, Store, StoreError,
+    TrustOutcome, TrustRequest, TrustedClients,
 };
 use letterlock::wire::receipt_commitment;
 
@@ -183,31 +183,35 @@ async fn outbox_lifecycle(store: &impl Store) {
 
     let mut wrong = tag(0x30);
     wrong[31] ^= 1;
-    assert!(
-        !store
+    assert_eq!(
+        store
             .complete_outbox(&[1; 32], &id(0x30), &wrong)
             .await
-            .unwrap()
+            .unwrap(),
+        Completion::BadTag
     );
-    assert!(
-        !store
+    assert_eq!(
+        store
             .complete_outbox(&[2; 32], &id(0x30), &tag(0x30))
             .await
             .unwrap(),
+        Completion::NotPending,
         "another recipient's ack completes nothing"
     );
     assert_eq!(store.pending_outbox(&[1; 32]).await.unwrap().len(), 2);
-    assert!(
+    assert_eq!(
         store
             .complete_outbox(&[1; 32], &id(0x30), &tag(0x30))
             .await
-            .unwrap()
+            .unwrap(),
+        Completion::Completed { receipt: false }
     );
-    assert!(
-        !store
+    assert_eq!(
+        store
             .complete_outbox(&[1; 32], &id(0x30), &tag(0x30))
             .await
-            .unwrap()
+            .unwrap(),
+        Completion::NotPending
     );
     let ids: Vec<u8> = store
         .pending_outbox(&[1; 32])
@@ -252,11 +256,12 @@ async fn large_body_round_trip(store: &impl Store) {
         "the large outbox body came back changed"
     );
     assert!(store.integrity_check().await.unwrap());
-    assert!(
+    assert_eq!(
         store
             .complete_outbox(&[9; 32], &id(0x41), &[0x41; 32])
             .await
-            .unwrap()
+            .unwrap(),
+        Completion::Completed { receipt: false }
     );
     assert!(store.pending_outbox(&[9; 32]).await.unwrap().is_empty());
     assert!(store.integrity_check().await.unwrap());
@@ -551,6 +556,9 @@ impl<S: Store> Store for Shared<S> {
     async fn release_outbox(&self, r: &[u8; 32], m: &[[u8; 16]]) -> Result<(), StoreError> {
         self.0.release_outbox(r, m).await
     }
+    async fn waiting_relayed(&self, r: &[u8; 32]) -> Result<u64, StoreError> {
+        self.0.waiting_relayed(r).await
+    }
     async fn open_outbox_body(
         &self,
         r: &[u8; 32],
@@ -563,7 +571,7 @@ impl<S: Store> Store for Shared<S> {
         r: &[u8; 32],
         m: &[u8; 16],
         t: &[u8; 32],
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Completion, StoreError> {
         self.0.complete_outbox(r, m, t).await
     }
     async fn enqueue_relay(&self, r: RelayRecord) -> Result<RelayOutcome, StoreError> {
@@ -785,14 +793,19 @@ async fn relay_stored_once_then_duplicate_or_conflict(store: &impl Store) {
     let body = store.open_outbox_body(&[2; 32], &id(0x40)).await.unwrap();
     assert_eq!(read_all(body).await, b"sealed for 2");
     assert_eq!(store.pending_outbox(&[3; 32]).await.unwrap().len(), 1);
+    // Only relayed entries count toward the per-recipient bound, the server's own do not.
+    assert_eq!(store.waiting_relayed(&[2; 32]).await.unwrap(), 1);
+    assert_eq!(store.waiting_relayed(&[3; 32]).await.unwrap(), 1);
+    assert_eq!(store.waiting_relayed(&[9; 32]).await.unwrap(), 0);
     assert!(store.integrity_check().await.unwrap());
 }
 
-/// Completing a relayed entry needs the tag whose commitment it keeps: a wrong tag (or the
-/// commitment itself) changes nothing and makes no receipt; the right one removes the entry
-/// and makes the receipt, given only to the sender that relayed it. A repeat after delivery
-/// is still recognised. Server-sealed entries keep comparing the tag itself and make no
-/// receipt. Receipts expire by delivery time.
+/// A receipt needs the tag whose commitment the relayed entry keeps: a wrong tag (or the
+/// commitment itself) removes the entry without a receipt (the recipient discards it); the
+/// right one removes the entry and makes the receipt, given only to the sender that relayed
+/// it. A repeat after delivery is still recognised. Server-sealed entries keep comparing the
+/// tag itself: a wrong one changes nothing, and they make no receipt. Receipts expire by
+/// delivery time.
 async fn relay_receipt_only_for_the_right_tag(store: &impl Store) {
     let body = || Body::from_bytes(b"sealed for 2".to_vec());
     store
@@ -809,22 +822,48 @@ async fn relay_receipt_only_for_the_right_tag(store: &impl Store) {
         .await
         .unwrap();
 
-    let mut wrong = relay_tag(0x50);
+    // A relayed entry acked with a tag that does not match its commitment (a wrong tag, or
+    // the commitment itself) is removed anyway, without a receipt: the sender may have
+    // committed to garbage, and the recipient must be able to get rid of it.
+    let mut wrong = relay_tag(0x52);
     wrong[0] ^= 1;
-    let commitment = receipt_commitment(&relay_tag(0x50));
-    for bad in [wrong, commitment] {
-        assert!(
-            !store
-                .complete_outbox(&[2; 32], &id(0x50), &bad)
-                .await
-                .unwrap()
+    let commitment = receipt_commitment(&relay_tag(0x53));
+    for (n, bad) in [(0x52, wrong), (0x53, commitment)] {
+        store
+            .enqueue_relay(relay_record(1, 2, id(n), body()))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.complete_outbox(&[2; 32], &id(n), &bad).await.unwrap(),
+            Completion::RemovedWithoutReceipt {
+                sender_key_id: [1; 32],
+                sender_name: "client-1".to_owned()
+            }
         );
+        assert_eq!(
+            store.complete_outbox(&[2; 32], &id(n), &bad).await.unwrap(),
+            Completion::NotPending,
+            "removed: a second ack finds nothing"
+        );
+        assert!(matches!(
+            store.open_outbox_body(&[2; 32], &id(n)).await,
+            Err(StoreError::OutboxNotFound { .. })
+        ));
     }
     assert!(
-        !store
+        store
+            .receipts(&[1; 32], &[id(0x52), id(0x53)])
+            .await
+            .unwrap()
+            .is_empty(),
+        "no receipt for an entry removed with a tag that did not match"
+    );
+    assert_eq!(
+        store
             .complete_outbox(&[1; 32], &id(0x50), &relay_tag(0x50))
             .await
             .unwrap(),
+        Completion::NotPending,
         "the sender cannot complete the recipient's entry"
     );
     assert_eq!(store.pending_outbox(&[2; 32]).await.unwrap().len(), 2);
@@ -837,18 +876,20 @@ async fn relay_receipt_only_for_the_right_tag(store: &impl Store) {
     );
 
     let before = letterlock::envelope::unix_now();
-    assert!(
+    assert_eq!(
         store
             .complete_outbox(&[2; 32], &id(0x50), &relay_tag(0x50))
             .await
-            .unwrap()
+            .unwrap(),
+        Completion::Completed { receipt: true }
     );
     let after = letterlock::envelope::unix_now();
-    assert!(
-        !store
+    assert_eq!(
+        store
             .complete_outbox(&[2; 32], &id(0x50), &relay_tag(0x50))
             .await
-            .unwrap()
+            .unwrap(),
+        Completion::NotPending
     );
     let receipts = store
         .receipts(&[1; 32], &[id(0x50), id(0x51), id(0x52)])
@@ -912,17 +953,19 @@ async fn relay_receipt_only_for_the_right_tag(store: &impl Store) {
     assert_eq!(left, [0x51]);
 
     // The server's own entry: its tag itself, not a commitment; no receipt.
-    assert!(
-        !store
+    assert_eq!(
+        store
             .complete_outbox(&[2; 32], &id(0x51), &receipt_commitment(&relay_tag(0x51)))
             .await
-            .unwrap()
+            .unwrap(),
+        Completion::BadTag
     );
-    assert!(
+    assert_eq!(
         store
             .complete_outbox(&[2; 32], &id(0x51), &relay_tag(0x51))
             .await
-            .unwrap()
+            .unwrap(),
+        Completion::Completed { receipt: false }
     );
     assert!(
         store
@@ -965,11 +1008,12 @@ async fn relayed_large_body_goes_with_its_receipt(store: &impl Store) {
     );
     let body = store.open_outbox_body(&[2; 32], &id(0x60)).await.unwrap();
     assert_eq!(read_all(body).await, data);
-    assert!(
+    assert_eq!(
         store
             .complete_outbox(&[2; 32], &id(0x60), &relay_tag(0x60))
             .await
-            .unwrap()
+            .unwrap(),
+        Completion::Completed { receipt: true }
     );
     assert!(matches!(
         store.open_outbox_body(&[2; 32], &id(0x60)).await,
@@ -1103,7 +1147,10 @@ async fn two_servers_over_one_database_agree() {
         b.complete_outbox(&[2; 32], &message, &[2; 32])
     );
     assert_eq!(
-        [ca.unwrap(), cb.unwrap()].iter().filter(|c| **c).count(),
+        [ca.unwrap(), cb.unwrap()]
+            .iter()
+            .filter(|c| **c == Completion::Completed { receipt: false })
+            .count(),
         1,
         "exactly one completion removes the delivery"
     );
@@ -1186,10 +1233,11 @@ async fn postgres_deliveries_are_leased_to_one_fetch_at_a_time() {
     assert_eq!(b.pending_outbox(&recipient).await.unwrap().len(), 6);
     // A completion through the other server removes a leased entry.
     let first = la.first().or(lb.first()).copied().unwrap();
-    assert!(
+    assert_eq!(
         b.complete_outbox(&recipient, &id(first), &[first; 32])
             .await
-            .unwrap()
+            .unwrap(),
+        Completion::Completed { receipt: false }
     );
 
     // A fresh message is free at once; a lease that expires (here: at once) frees its entries
@@ -1234,10 +1282,11 @@ async fn postgres_released_leases_are_free_at_once() {
     // Held: a concurrent fetch through the other server gets nothing.
     assert!(b.lease_outbox(&recipient, lease).await.unwrap().is_empty());
     // The fetch ends: 0 was acked and removed, 1 and 2 were not; 7 never existed.
-    assert!(
+    assert_eq!(
         a.complete_outbox(&recipient, &id(0), &[0; 32])
             .await
-            .unwrap()
+            .unwrap(),
+        Completion::Completed { receipt: false }
     );
     a.release_outbox(&recipient, &[id(0), id(1), id(2), id(7)])
         .await
@@ -1496,11 +1545,12 @@ async fn an_sqlite_mailbox_is_copied_into_postgres() {
         );
         sqlite.enqueue_relay(relayed).await.unwrap();
     }
-    assert!(
+    assert_eq!(
         sqlite
             .complete_outbox(&[3; 32], &id(6), &relay_tag(6))
             .await
-            .unwrap()
+            .unwrap(),
+        Completion::Completed { receipt: true }
     );
     let receipts = sqlite.receipts(&[7; 32], &[id(5), id(6)]).await.unwrap();
     let history = sqlite.client_keys().await.unwrap();
@@ -1572,16 +1622,18 @@ async fn an_sqlite_mailbox_is_copied_into_postgres() {
     let relayed = pg.pending_outbox(&[3; 32]).await.unwrap();
     assert_eq!(relayed[2].sender, Some(([7; 32], "client-7".to_owned())));
     assert_eq!(relayed[0].sender, None);
-    assert!(
+    assert_eq!(
         pg.complete_outbox(&[3; 32], &id(5), &relay_tag(5))
             .await
-            .unwrap()
+            .unwrap(),
+        Completion::Completed { receipt: true }
     );
     assert_eq!(pg.receipts(&[7; 32], &[id(5)]).await.unwrap().len(), 1);
-    assert!(
+    assert_eq!(
         pg.complete_outbox(&[3; 32], &id(3), &[3; 32])
             .await
-            .unwrap()
+            .unwrap(),
+        Completion::Completed { receipt: false }
     );
     assert!(pg.integrity_check().await.unwrap());
 }
@@ -1615,15 +1667,17 @@ async fn two_servers_relaying_one_id_at_once_store_it_once() {
         assert_eq!(outcomes, [RelayOutcome::Conflict, RelayOutcome::Stored]);
     }
     assert_eq!(b.pending_outbox(&[2; 32]).await.unwrap().len(), 16);
-    assert!(
+    assert_eq!(
         b.complete_outbox(&[2; 32], &id(0), &relay_tag(0))
             .await
-            .unwrap()
+            .unwrap(),
+        Completion::Completed { receipt: true }
     );
-    assert!(
-        !a.complete_outbox(&[2; 32], &id(0), &relay_tag(0))
+    assert_eq!(
+        a.complete_outbox(&[2; 32], &id(0), &relay_tag(0))
             .await
-            .unwrap()
+            .unwrap(),
+        Completion::NotPending
     );
     assert_eq!(
         a.receipts(&[1; 32], &[id(0)]).await.unwrap(),

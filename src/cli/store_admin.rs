@@ -139,6 +139,10 @@ impl Store for AnyStore {
         forward!(self, s => s.release_outbox(recipient, message_ids).await)
     }
 
+    async fn waiting_relayed(&self, recipient: &KeyId) -> Result<u64, StoreError> {
+        forward!(self, s => s.waiting_relayed(recipient).await)
+    }
+
     async fn open_outbox_body(
         &self,
         recipient: &KeyId,
@@ -156,7 +160,7 @@ impl Store for AnyStore {
         recipient: &KeyId,
         message_id: &MessageId,
         ack_tag: &Tag,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<letterlock::store::Completion, StoreError> {
         forward!(self, s => s.complete_outbox(recipient, message_id, ack_tag).await)
     }
 

@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 
 use crate::envelope::{self, MessageId, SealOptions, Sealed};
 use crate::keys::{Identity, Trusted};
-use crate::store::{self, OutboxRecord, Store};
+use crate::store::{self, Completion, OutboxRecord, Store};
 use crate::wire::{DATA_FRAME, ErrorCode, Frame};
 
 use super::Fail;
@@ -107,22 +107,36 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
 
     /// The client proves it opened a delivered message: remove it, say so.
     pub(super) async fn delivery_ack(&mut self, id: MessageId, tag: [u8; 32]) -> Result<(), Fail> {
-        let removed = self
+        let completion = self
             .server
             .store
             .complete_outbox(&self.client.key.id().0, &id.0, &tag)
             .await
             .map_err(Fail::store)?;
-        if !removed {
-            // Still leased to this connection, which ends now: released with the others
-            // (a wrong tag is no ack), so the next fetch need not wait for the lease.
-            return Err(Fail::new(
-                ErrorCode::BadAck,
-                "delivery acknowledgement does not match a pending message",
-            ));
+        match completion {
+            Completion::Completed { .. } => {
+                info!(client = %crate::text::quoted(&self.client.name), id = %id, "delivery proven; message removed");
+            }
+            Completion::RemovedWithoutReceipt { sender_name, .. } => {
+                // The sender's commitment cannot be checked when it relays, so a wrong one
+                // must not leave an entry the recipient can never acknowledge.
+                warn!(
+                    sender = %crate::text::quoted(&sender_name),
+                    recipient = %crate::text::quoted(&self.client.name),
+                    id = %id,
+                    "the recipient's tag did not match the sender's commitment; removed without a receipt"
+                );
+            }
+            Completion::NotPending | Completion::BadTag => {
+                // Still leased to this connection, which ends now: released with the others
+                // (a wrong tag is no ack), so the next fetch need not wait for the lease.
+                return Err(Fail::new(
+                    ErrorCode::BadAck,
+                    "delivery acknowledgement does not match a pending message",
+                ));
+            }
         }
         self.leased.ids.retain(|leased| *leased != id.0);
-        info!(client = %crate::text::quoted(&self.client.name), id = %id, "delivery proven; message removed");
         send(&self.conn.out, Frame::Removed { id }).await
     }
 }

@@ -138,6 +138,10 @@ pub struct ServerConfig {
     /// Asymmetric-mode bytes each client may have decrypted per second (one RSA private
     /// operation per block): one client cannot monopolise the server's CPU.
     pub asymmetric_budget: AsymmetricBudget,
+    /// Relayed messages that may wait for one recipient: past it a relay to that recipient is
+    /// refused (code 9) before its bytes are stored, so no trusted client can fill another's
+    /// outbox (and the server's disk) without limit. The server's own messages do not count.
+    pub max_waiting_relayed: u64,
 }
 
 impl Default for ServerConfig {
@@ -163,6 +167,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             log_text: true,
             asymmetric_budget: AsymmetricBudget::default(),
+            max_waiting_relayed: 10_000,
         }
     }
 }

@@ -107,6 +107,22 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
             .map_err(|e| Fail::new(ErrorCode::Refused, format!("bad header: {e}")))?;
         let recipient = self.check_relay_header(&header).await?;
         let config = &self.server.config;
+        // Before any byte is stored. Concurrent relays to one recipient may each pass this
+        // check, so the bound can be passed by as many as are in flight at once: a bound on
+        // the disk a sender can take, not an exact quota.
+        let waiting = self
+            .server
+            .store
+            .waiting_relayed(&recipient.key.id().0)
+            .await
+            .map_err(Fail::store)?;
+        if waiting >= config.max_waiting_relayed {
+            warn!(sender = %crate::text::quoted(&self.client.name), recipient = %crate::text::quoted(&recipient.name), waiting, "relay refused: the recipient's mailbox is full");
+            return Err(Fail::new(
+                ErrorCode::Unavailable,
+                "the recipient's mailbox on this server is full; try later",
+            ));
+        }
         let cap = match header.mode {
             Mode::Hybrid => config.max_hybrid.saturating_add(SEALING_OVERHEAD),
             Mode::Asymmetric => {
@@ -226,16 +242,31 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
     }
 
     /// `Receipts{ids}`: one `ReceiptList` with the receipts of those ids among the messages
-    /// THIS client relayed (the store selects by the authenticated key id).
+    /// THIS client relayed: with its authenticated key, or with a key its name had before
+    /// (`server trust NEW --name NAME --replace`), so a rotation does not cost the receipts of
+    /// what was relayed before it ([`own_keys`]).
     pub(super) async fn send_receipts(&mut self, ids: Vec<MessageId>) -> Result<(), Fail> {
         self.needs_tls()?;
         let ids: Vec<store::MessageId> = ids.iter().map(|id| id.0).collect();
-        let receipts = self
-            .server
-            .store
-            .receipts(&self.client.key.id().0, &ids)
-            .await
-            .map_err(Fail::store)?;
+        let current = self.client.key.id().0;
+        let history = self.server.store.client_keys().await.map_err(Fail::store)?;
+        let mut receipts = Vec::new();
+        for key in own_keys(&history, &self.client.name, &current) {
+            let mut found = self
+                .server
+                .store
+                .receipts(&key, &ids)
+                .await
+                .map_err(Fail::store)?;
+            // Ids are random (16 bytes): the same id under two keys of one client is not
+            // expected; the first key's receipt (the newest) is kept, once.
+            found.retain(|r| {
+                !receipts
+                    .iter()
+                    .any(|k: &store::Receipt| k.message_id == r.message_id)
+            });
+            receipts.append(&mut found);
+        }
         let receipts = receipts
             .into_iter()
             .map(|r| ReceiptInfo {
@@ -472,9 +503,67 @@ fn asymmetric_cap(limit: u64, k: u64) -> u64 {
     (HEADER_LEN as u64).saturating_add(blocks.saturating_mul(k))
 }
 
+/// The key ids whose relayed messages' receipts the client `name`, authenticated with
+/// `current`, may read: `current` first, then the keys its name had before, newest first, as
+/// long as each was ended by a replacement (`server trust NEW --name NAME --replace`, the same
+/// client rotating its key). A key ended by `server untrust` ends the chain: a key trusted
+/// later under the same name may be someone else, and gets none of the earlier receipts.
+/// `history` is [`Store::client_keys`], oldest first.
+fn own_keys(history: &[store::ClientKey], name: &str, current: &store::KeyId) -> Vec<store::KeyId> {
+    let mut keys = vec![*current];
+    let named: Vec<&store::ClientKey> = history.iter().filter(|k| k.name == name).collect();
+    let Some(at) = named.iter().rposition(|k| k.key_id == *current) else {
+        return keys;
+    };
+    for earlier in named[..at].iter().rev() {
+        match earlier.ended {
+            Some((_, store::KeyEnd::Replaced)) => {
+                if !keys.contains(&earlier.key_id) {
+                    keys.push(earlier.key_id);
+                }
+            }
+            _ => break,
+        }
+    }
+    keys
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(name: &str, id: u8, ended: Option<store::KeyEnd>) -> store::ClientKey {
+        store::ClientKey {
+            name: name.into(),
+            key_id: [id; 32],
+            public_key: Vec::new(),
+            since: u64::from(id),
+            ended: ended.map(|how| (u64::from(id) + 1, how)),
+        }
+    }
+
+    /// A name's replaced keys are its own; a removal ends the chain (a later key under the
+    /// name may be someone else); other names' keys never count.
+    #[test]
+    fn receipts_follow_replacements_of_a_name_not_removals() {
+        use store::KeyEnd::{Removed, Replaced};
+        let history = [
+            key("alice", 1, Some(Removed)),
+            key("bob", 2, Some(Replaced)),
+            key("alice", 3, Some(Replaced)),
+            key("alice", 4, Some(Replaced)),
+            key("bob", 5, None),
+            key("alice", 6, None),
+        ];
+        assert_eq!(
+            own_keys(&history, "alice", &[6; 32]),
+            [[6; 32], [4; 32], [3; 32]]
+        );
+        assert_eq!(own_keys(&history, "bob", &[5; 32]), [[5; 32], [2; 32]]);
+        // A key the history does not know under the name (a fixed trust list): only itself.
+        assert_eq!(own_keys(&history, "carol", &[7; 32]), [[7; 32]]);
+        assert_eq!(own_keys(&[], "alice", &[6; 32]), [[6; 32]]);
+    }
 
     /// The asymmetric cap admits the largest message a sealer makes within the limit (here
     /// from a 4096-bit sender, whose signature is 512 bytes, to a 2048-bit recipient) and is

@@ -268,6 +268,26 @@ pub enum RelayOutcome {
     Conflict,
 }
 
+/// What an acknowledgement did to an outbox entry ([`Store::complete_outbox`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    /// The tag matched: the entry and its body are deleted; for a relayed entry (`receipt`)
+    /// its [`Receipt`] was stored in the same transaction.
+    Completed { receipt: bool },
+    /// A relayed entry whose tag did not match the sender's commitment: deleted anyway (a
+    /// recipient may always discard what was sent to it, and only it can ack its own
+    /// entries), but no receipt is stored. The sender, named here for the server's log, either
+    /// committed to a wrong tag or the recipient acked garbage; neither makes a receipt.
+    RemovedWithoutReceipt {
+        sender_key_id: KeyId,
+        sender_name: String,
+    },
+    /// No such entry is waiting for this recipient (unknown, or already removed).
+    NotPending,
+    /// A server-sealed entry whose tag did not match: nothing changed.
+    BadTag,
+}
+
 /// The proof that a relayed message reached its recipient: the ack tag the recipient sent,
 /// which matched the sender's commitment. Only the recipient (who decrypted the message) and
 /// the sender (who signed it) can compute the tag.
@@ -432,6 +452,14 @@ pub trait Store: Send + Sync + 'static {
         std::future::ready(Ok(()))
     }
 
+    /// How many relayed messages wait for `recipient` (the server's own not counted): a
+    /// server refuses a relay past [`crate::server::ServerConfig::max_waiting_relayed`], so no
+    /// client can fill another's outbox without limit. One count over the recipient's index.
+    fn waiting_relayed(
+        &self,
+        recipient: &KeyId,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Open the sealed body of a pending outbox message.
     fn open_outbox_body(
         &self,
@@ -447,18 +475,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<RelayOutcome, StoreError>> + Send;
 
     /// Remove a delivered outbox message if `ack_tag` matches the expected
-    /// tag (constant-time comparison). Returns whether it matched; `false`
-    /// also when no such entry is pending.
+    /// tag (constant-time comparison); see [`Completion`] for the answers.
     ///
     /// A relayed entry keeps no tag but the sender's commitment: `ack_tag` matches when
     /// `wire::receipt_commitment(ack_tag)` equals it (constant time). Then the entry and its
-    /// body are deleted and its [`Receipt`] stored in the same transaction.
+    /// body are deleted and its [`Receipt`] stored in the same transaction. A relayed entry
+    /// whose tag does not match is deleted too, without a receipt
+    /// ([`Completion::RemovedWithoutReceipt`]): the server cannot check a commitment when it
+    /// relays, so a sender's wrong commitment must not leave an entry its recipient can never
+    /// get rid of (every later fetch would deliver it and every ack fail).
     fn complete_outbox(
         &self,
         recipient: &KeyId,
         message_id: &MessageId,
         ack_tag: &Tag,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Completion, StoreError>> + Send;
 
     /// A number that changes with every trust change (trust, replace, untrust), committed with
     /// the change: a server compares it before each handshake and re-reads

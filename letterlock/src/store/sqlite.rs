@@ -28,9 +28,9 @@ use super::body::{BlobWriter, StoredBody, TEMP_PREFIX, is_blob_name, sync_dir};
 use super::error::StoreError;
 use super::writer::{Counters, QUEUE_CAPACITY, WriteOp, Writer};
 use super::{
-    ClientKey, InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyEnd, KeyId, KnownMessage,
-    MAX_MATCHES, MessageId, OutboxEntry, OutboxRecord, Receipt, RelayOutcome, RelayRecord, Store,
-    StoreStats, Tag, TrustOutcome, TrustRequest, TrustedClients, prefix_range,
+    ClientKey, Completion, InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyEnd, KeyId,
+    KnownMessage, MAX_MATCHES, MessageId, OutboxEntry, OutboxRecord, Receipt, RelayOutcome,
+    RelayRecord, Store, StoreStats, Tag, TrustOutcome, TrustRequest, TrustedClients, prefix_range,
 };
 
 /// Schema version kept in `PRAGMA user_version`; bump with every schema
@@ -771,6 +771,21 @@ impl Store for SqliteStore {
             .await
     }
 
+    /// Counted over the `(recipient_key_id, message_id)` unique index: the recipient's rows
+    /// only.
+    async fn waiting_relayed(&self, recipient: &KeyId) -> Result<u64, StoreError> {
+        let recipient = *recipient;
+        self.read(move |conn, _| {
+            conn.prepare_cached(
+                "SELECT count(*) FROM outbox
+                 WHERE recipient_key_id = ?1 AND sender_key_id IS NOT NULL",
+            )
+            .and_then(|mut stmt| stmt.query_row(params![recipient], |row| get_u64(row, 0)))
+            .map_err(StoreError::db("counting relayed messages"))
+        })
+        .await
+    }
+
     async fn pending_outbox(&self, recipient: &KeyId) -> Result<Vec<OutboxEntry>, StoreError> {
         let recipient = *recipient;
         self.read(move |conn, _| {
@@ -840,7 +855,7 @@ impl Store for SqliteStore {
         recipient: &KeyId,
         message_id: &MessageId,
         ack_tag: &Tag,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Completion, StoreError> {
         let (recipient, message_id, ack_tag) = (*recipient, *message_id, *ack_tag);
         self.submit(|reply| WriteOp::CompleteOutbox {
             recipient,

@@ -20,7 +20,8 @@ use tracing::{debug, warn};
 use super::body::{Body, is_blob_name};
 use super::error::StoreError;
 use super::{
-    InboxRecord, InsertOutcome, KeyId, MessageId, OutboxRecord, RelayOutcome, RelayRecord, Tag,
+    Completion, InboxRecord, InsertOutcome, KeyId, MessageId, OutboxRecord, RelayOutcome,
+    RelayRecord, Tag,
 };
 
 /// Most requests applied in one transaction: bounds how long the first
@@ -49,7 +50,7 @@ pub(crate) enum WriteOp {
         recipient: KeyId,
         message_id: MessageId,
         ack_tag: Tag,
-        reply: oneshot::Sender<Result<bool, StoreError>>,
+        reply: oneshot::Sender<Result<Completion, StoreError>>,
     },
 }
 
@@ -78,8 +79,8 @@ enum Applied {
         result: Result<RelayOutcome, StoreError>,
     },
     Complete {
-        reply: oneshot::Sender<Result<bool, StoreError>>,
-        result: Result<bool, StoreError>,
+        reply: oneshot::Sender<Result<Completion, StoreError>>,
+        result: Result<Completion, StoreError>,
         /// Body file of the deleted entry, removed once the delete commits.
         remove_file: Option<String>,
     },
@@ -380,15 +381,10 @@ fn apply_op(conn: &Connection, op: WriteOp, blob_dir: &Path) -> OpResult {
             ack_tag,
             reply,
         } => match complete_outbox(conn, &recipient, &message_id, &ack_tag) {
-            Ok(Some(file)) => Applied::Complete {
+            Ok((completion, file)) => Applied::Complete {
                 reply,
-                result: Ok(true),
+                result: Ok(completion),
                 remove_file: file,
-            },
-            Ok(None) => Applied::Complete {
-                reply,
-                result: Ok(false),
-                remove_file: None,
             },
             Err(err) => Applied::Complete {
                 reply,
@@ -584,14 +580,15 @@ fn enqueue_relay(
 }
 
 /// Delete the entry if the tag matches (a relayed entry: if the tag's receipt commitment
-/// matches, and then its receipt is stored in the same transaction). `Ok(None)`: no match (or
-/// no entry); `Ok(Some(file))`: deleted, with the body file to remove after commit.
+/// matches, and then its receipt is stored in the same transaction; a relayed entry whose tag
+/// does not match is deleted without a receipt). Returns what happened and, when the entry
+/// was deleted, its body file to remove after commit.
 fn complete_outbox(
     conn: &Connection,
     recipient: &KeyId,
     message_id: &MessageId,
     ack_tag: &Tag,
-) -> Result<Option<Option<String>>, StoreError> {
+) -> Result<(Completion, Option<String>), StoreError> {
     type Row = (
         i64,
         Vec<u8>,
@@ -599,10 +596,12 @@ fn complete_outbox(
         Option<KeyId>,
         String,
         Option<Tag>,
+        Option<String>,
     );
     let stored: Option<Row> = conn
         .prepare_cached(
-            "SELECT seq, ack_tag, body_file, sender_key_id, recipient_name, content_hash
+            "SELECT seq, ack_tag, body_file, sender_key_id, recipient_name, content_hash,
+                    sender_name
              FROM outbox WHERE recipient_key_id = ?1 AND message_id = ?2",
         )
         .and_then(|mut stmt| {
@@ -614,14 +613,16 @@ fn complete_outbox(
                     row.get(3)?,
                     row.get(4)?,
                     row.get(5)?,
+                    row.get(6)?,
                 ))
             })
             .optional()
         })
         .map_err(StoreError::db("looking up an outbox message"))?;
-    let Some((seq, expected, file, sender, recipient_name, content_hash)) = stored else {
+    let Some((seq, expected, file, sender, recipient_name, content_hash, sender_name)) = stored
+    else {
         debug!(message_id = %hex::encode(message_id), "ack for an unknown outbox message");
-        return Ok(None);
+        return Ok((Completion::NotPending, None));
     };
     // A relayed entry keeps the sender's commitment to the tag, not the tag.
     let presented = match sender {
@@ -630,9 +631,10 @@ fn complete_outbox(
     };
     // Constant time: the tag proves receipt, so timing must not reveal how
     // many leading bytes of a guess were right.
-    if aws_lc_rs::constant_time::verify_slices_are_equal(&expected, &presented).is_err() {
+    let matched = aws_lc_rs::constant_time::verify_slices_are_equal(&expected, &presented).is_ok();
+    if !matched && sender.is_none() {
         warn!(message_id = %hex::encode(message_id), "outbox ack tag mismatch; entry kept");
-        return Ok(None);
+        return Ok((Completion::BadTag, None));
     }
     if let Some(name) = &file
         && !is_blob_name(name)
@@ -644,29 +646,38 @@ fn complete_outbox(
     conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")
         .and_then(|mut stmt| stmt.execute(params![seq]))
         .map_err(StoreError::db("deleting a delivered outbox message"))?;
-    if let Some(sender) = sender {
-        let content_hash = content_hash.ok_or(StoreError::Corrupt {
-            what: "relayed outbox entry without a content hash",
-        })?;
-        let delivered = to_sql_int("delivery time", crate::envelope::unix_now())?;
-        conn.prepare_cached(
-            "INSERT INTO receipts (sender_key_id, message_id, recipient_key_id, recipient_name,
-                                   content_hash, ack_tag, delivered)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (sender_key_id, message_id) DO NOTHING",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![
-                sender,
-                message_id,
-                recipient,
-                recipient_name,
-                content_hash,
-                ack_tag,
-                delivered
-            ])
-        })
-        .map_err(StoreError::db("storing a receipt"))?;
+    let Some(sender) = sender else {
+        return Ok((Completion::Completed { receipt: false }, file));
+    };
+    if !matched {
+        // The recipient discards it; there is nothing true to put in a receipt.
+        let completion = Completion::RemovedWithoutReceipt {
+            sender_key_id: sender,
+            sender_name: sender_name.unwrap_or_default(),
+        };
+        return Ok((completion, file));
     }
-    Ok(Some(file))
+    let content_hash = content_hash.ok_or(StoreError::Corrupt {
+        what: "relayed outbox entry without a content hash",
+    })?;
+    let delivered = to_sql_int("delivery time", crate::envelope::unix_now())?;
+    conn.prepare_cached(
+        "INSERT INTO receipts (sender_key_id, message_id, recipient_key_id, recipient_name,
+                               content_hash, ack_tag, delivered)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (sender_key_id, message_id) DO NOTHING",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            sender,
+            message_id,
+            recipient,
+            recipient_name,
+            content_hash,
+            ack_tag,
+            delivered
+        ])
+    })
+    .map_err(StoreError::db("storing a receipt"))?;
+    Ok((Completion::Completed { receipt: true }, file))
 }

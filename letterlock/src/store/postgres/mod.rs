@@ -44,9 +44,9 @@ pub use schema::SCHEMA_VERSION;
 use super::body::{BlobWriter, Body};
 use super::error::StoreError;
 use super::{
-    ClientKey, InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyEnd, KeyId, KnownMessage,
-    MAX_MATCHES, MessageId, OutboxEntry, OutboxRecord, Receipt, RelayOutcome, RelayRecord, Store,
-    StoreStats, Tag, TrustOutcome, TrustRequest, TrustedClients, prefix_range,
+    ClientKey, Completion, InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyEnd, KeyId,
+    KnownMessage, MAX_MATCHES, MessageId, OutboxEntry, OutboxRecord, Receipt, RelayOutcome,
+    RelayRecord, Store, StoreStats, Tag, TrustOutcome, TrustRequest, TrustedClients, prefix_range,
 };
 use body::ChunkReader;
 use group::{InboxRow, OutboxRow, Write};
@@ -550,25 +550,36 @@ async fn relay_repeat(
             .map_err(db("looking up a receipt"))?;
     }
     let id = hex::encode(record.message_id);
-    if let Some(row) = earlier {
-        let hash: Tag = get_array(&row, 0, "relayed content hash")?;
+    let repeat = |row: &Row, column: usize| -> Result<Option<RelayOutcome>, StoreError> {
+        let hash: Tag = get_array(row, column, "relayed content hash")?;
         // Content hashes are not secret: a plain comparison is fine here.
-        return Ok(Some(if hash == record.content_hash {
+        Ok(Some(if hash == record.content_hash {
             debug!(message_id = %id, "relay duplicate (retry)");
             RelayOutcome::Duplicate
         } else {
             warn!(message_id = %id, sender = %crate::text::quoted(&record.sender_name), "relay conflict: id reused for different content");
             RelayOutcome::Conflict
-        }));
+        }))
+    };
+    if let Some(row) = earlier {
+        return repeat(&row, 0);
     }
     let taken = client
         .query_opt(
-            "SELECT 1 FROM outbox WHERE recipient_key_id = $1 AND message_id = $2",
+            "SELECT sender_key_id, content_hash FROM outbox
+             WHERE recipient_key_id = $1 AND message_id = $2",
             &[&&record.recipient_key_id[..], &sender.1],
         )
         .await
         .map_err(db("looking up an outbox message id"))?;
-    if taken.is_some() {
+    if let Some(row) = &taken {
+        // Another server may have stored this very (sender, id) between the first lookup and
+        // this one (each statement sees what is committed when it starts): that is a repeat,
+        // not someone else's id.
+        let stored_by: Option<&[u8]> = row.try_get(0).map_err(db("reading an outbox message"))?;
+        if stored_by == Some(&record.sender_key_id[..]) {
+            return repeat(row, 1);
+        }
         warn!(message_id = %id, sender = %crate::text::quoted(&record.sender_name), "relay conflict: the recipient already has this id from someone else");
         return Ok(Some(RelayOutcome::Conflict));
     }
@@ -741,6 +752,20 @@ impl Store for PostgresStore {
         self.submit(|reply| Write::Outbox { row, reply }).await
     }
 
+    /// Counted over `outbox_by_recipient`: the recipient's rows only.
+    async fn waiting_relayed(&self, recipient: &KeyId) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM outbox
+                 WHERE recipient_key_id = $1 AND sender_key_id IS NOT NULL",
+                &[&&recipient[..]],
+            )
+            .await
+            .map_err(db("counting relayed messages"))?;
+        get_u64(&row, 0, "relayed message count")
+    }
+
     async fn pending_outbox(&self, recipient: &KeyId) -> Result<Vec<OutboxEntry>, StoreError> {
         let client = self.client().await?;
         let rows = client
@@ -841,11 +866,14 @@ impl Store for PostgresStore {
         self.body_reader(inline, body_id, size)
     }
 
-    /// A plain transaction (not the group commit): the lookups and the insert are a few
-    /// statements, and the unique indexes on (sender, id) and (recipient, id) settle a race
-    /// between servers (`ON CONFLICT DO NOTHING`, then the stored row answers). The lookups
-    /// run in the order outbox, then receipts: a completion deletes the entry and stores the
-    /// receipt in one commit, so under READ COMMITTED one of the two is always seen.
+    /// Not the group commit and not a transaction: the lookups and the insert are a few
+    /// statements, each in autocommit, each seeing what was committed when it started. A
+    /// transaction would add nothing (under READ COMMITTED its statements see the same), and
+    /// the insert alone writes: the unique indexes on (sender, id) and (recipient, id) settle
+    /// a race between servers (`ON CONFLICT DO NOTHING`, then the stored row answers). The
+    /// lookups run in the order outbox, then receipts: a completion deletes the entry and
+    /// stores the receipt in one commit, so a later statement never sees less than an earlier
+    /// one and one of the two is always seen.
     async fn enqueue_relay(&self, record: RelayRecord) -> Result<RelayOutcome, StoreError> {
         let (inline, body_id) = self.body_columns(&record.body)?;
         let created = to_i64("created", record.created)?;
@@ -898,7 +926,7 @@ impl Store for PostgresStore {
         recipient: &KeyId,
         message_id: &MessageId,
         ack_tag: &Tag,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Completion, StoreError> {
         let mut client = self.client().await?;
         let tx = client
             .transaction()
@@ -907,7 +935,8 @@ impl Store for PostgresStore {
         // FOR UPDATE: a second server completing the same entry waits here, then finds it gone.
         let row = tx
             .query_opt(
-                "SELECT seq, ack_tag, body_id, sender_key_id, recipient_name, content_hash
+                "SELECT seq, ack_tag, body_id, sender_key_id, recipient_name, content_hash,
+                        sender_name
                  FROM outbox WHERE recipient_key_id = $1 AND message_id = $2 FOR UPDATE",
                 &[&&recipient[..], &&message_id[..]],
             )
@@ -915,7 +944,7 @@ impl Store for PostgresStore {
             .map_err(db("looking up an outbox message"))?;
         let Some(row) = row else {
             debug!(message_id = %hex::encode(message_id), "ack for an unknown outbox message");
-            return Ok(false);
+            return Ok(Completion::NotPending);
         };
         let seq: i64 = row.try_get(0).map_err(db("reading an outbox message"))?;
         let expected: &[u8] = row.try_get(1).map_err(db("reading an outbox message"))?;
@@ -928,10 +957,14 @@ impl Store for PostgresStore {
         };
         // Constant time: the tag proves receipt, so timing must not reveal how many leading
         // bytes of a guess were right.
-        if aws_lc_rs::constant_time::verify_slices_are_equal(expected, &presented).is_err() {
+        let matched =
+            aws_lc_rs::constant_time::verify_slices_are_equal(expected, &presented).is_ok();
+        if !matched && sender.is_none() {
             warn!(message_id = %hex::encode(message_id), "outbox ack tag mismatch; entry kept");
-            return Ok(false);
+            return Ok(Completion::BadTag);
         }
+        // A relayed entry whose tag does not match is deleted too (the recipient discards
+        // it), but gets no receipt: there is nothing true to put in one.
         tx.execute("DELETE FROM outbox WHERE seq = $1", &[&seq])
             .await
             .map_err(db("deleting a delivered outbox message"))?;
@@ -940,33 +973,48 @@ impl Store for PostgresStore {
                 .await
                 .map_err(db("deleting a delivered message body"))?;
         }
-        if let Some(sender) = sender {
-            let recipient_name: &str = row.try_get(4).map_err(db("reading an outbox message"))?;
-            let content_hash: Option<&[u8]> =
-                row.try_get(5).map_err(db("reading an outbox message"))?;
-            let delivered = to_i64("delivery time", crate::envelope::unix_now())?;
-            tx.execute(
-                "INSERT INTO receipts (sender_key_id, message_id, recipient_key_id,
-                        recipient_name, content_hash, ack_tag, delivered)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (sender_key_id, message_id) DO NOTHING",
-                &[
-                    &sender,
-                    &&message_id[..],
-                    &&recipient[..],
-                    &recipient_name,
-                    &content_hash,
-                    &&ack_tag[..],
-                    &delivered,
-                ],
-            )
-            .await
-            .map_err(db("storing a receipt"))?;
-        }
+        let completion = match sender {
+            None => Completion::Completed { receipt: false },
+            Some(sender) if !matched => {
+                let sender_name: Option<String> =
+                    row.try_get(6).map_err(db("reading an outbox message"))?;
+                Completion::RemovedWithoutReceipt {
+                    sender_key_id: sender.try_into().map_err(|_| StoreError::Corrupt {
+                        what: "relayed outbox entry's sender key id",
+                    })?,
+                    sender_name: sender_name.unwrap_or_default(),
+                }
+            }
+            Some(sender) => {
+                let recipient_name: &str =
+                    row.try_get(4).map_err(db("reading an outbox message"))?;
+                let content_hash: Option<&[u8]> =
+                    row.try_get(5).map_err(db("reading an outbox message"))?;
+                let delivered = to_i64("delivery time", crate::envelope::unix_now())?;
+                tx.execute(
+                    "INSERT INTO receipts (sender_key_id, message_id, recipient_key_id,
+                            recipient_name, content_hash, ack_tag, delivered)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (sender_key_id, message_id) DO NOTHING",
+                    &[
+                        &sender,
+                        &&message_id[..],
+                        &&recipient[..],
+                        &recipient_name,
+                        &content_hash,
+                        &&ack_tag[..],
+                        &delivered,
+                    ],
+                )
+                .await
+                .map_err(db("storing a receipt"))?;
+                Completion::Completed { receipt: true }
+            }
+        };
         tx.commit()
             .await
             .map_err(db("committing an outbox completion"))?;
-        Ok(true)
+        Ok(completion)
     }
 
     async fn trust_generation(&self) -> Result<u64, StoreError> {
