@@ -417,6 +417,12 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
         if h.recipient != self.server.identity.public().id() {
             return Err(Fail::refused("the message is not sealed for this server"));
         }
+        self.check_mode_and_time(h)
+    }
+
+    /// The checks every message's header gets, received or relayed: a mode this server
+    /// accepts, and a creation time within its window.
+    pub(super) fn check_mode_and_time(&self, h: &Header) -> Result<(), Fail> {
         let config = &self.server.config;
         if !config.accept.allows(h.mode) {
             return Err(Fail::new(

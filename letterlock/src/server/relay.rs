@@ -209,24 +209,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                 "the recipient is not a client this server trusts",
             ));
         };
-        let config = &self.server.config;
-        if !config.accept.allows(h.mode) {
-            return Err(Fail::new(
-                ErrorCode::ModeNotAccepted,
-                format!("this server does not accept {} messages", h.mode),
-            ));
-        }
-        let now = envelope::unix_now();
-        let window = config.time_window.as_secs();
-        if h.created.abs_diff(now) > window {
-            return Err(Fail::new(
-                ErrorCode::Stale,
-                format!(
-                    "message time {} is outside the server's window of ±{window} s around {now}",
-                    h.created
-                ),
-            ));
-        }
+        self.check_mode_and_time(h)?;
         Ok(recipient)
     }
 
