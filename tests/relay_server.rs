@@ -11,10 +11,11 @@ mod common;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::net::{Running, SERVER};
+use common::v2::Counting;
 use common::{private, public};
 use letterlock::directory::SignedEntry;
 use letterlock::envelope::{
@@ -32,33 +33,6 @@ const ALICE: (&str, &str) = ("alice", "alice2048");
 const BOB: (&str, &str) = ("bob", "bob3072");
 /// Trusted only by the tests that need a third client.
 const MALLORY: (&str, &str) = ("mallory", "mallory");
-
-/// The server's key, counting its private-key operations of both kinds: signatures (one for
-/// the TLS certificate at start, one per handshake, one per directory entry) and decryptions
-/// (none may happen for a relayed message: the server has no key that opens it).
-struct Counting {
-    key: Arc<letterlock::keys::PrivateKey>,
-    signatures: AtomicUsize,
-    decryptions: AtomicUsize,
-}
-
-impl Identity for Counting {
-    fn public(&self) -> &PublicKey {
-        self.key.public()
-    }
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, letterlock::keys::KeyError> {
-        self.signatures.fetch_add(1, Ordering::SeqCst);
-        self.key.sign(message)
-    }
-    fn decrypt_oaep(
-        &self,
-        ciphertext: &[u8],
-        label: &[u8],
-    ) -> Result<zeroize::Zeroizing<Vec<u8>>, letterlock::keys::KeyError> {
-        self.decryptions.fetch_add(1, Ordering::SeqCst);
-        self.key.decrypt_oaep(ciphertext, label)
-    }
-}
 
 /// A raw version 2 connection, authenticated, past `Ready`.
 struct Conn {
@@ -188,11 +162,7 @@ impl<S: Store> Relaying<S> {
         for (name, key) in [ALICE, BOB] {
             trust(&*store, name, &public(key)).await;
         }
-        let key = Arc::new(Counting {
-            key: private(SERVER),
-            signatures: AtomicUsize::new(0),
-            decryptions: AtomicUsize::new(0),
-        });
+        let key = Arc::new(Counting::new(SERVER));
         let server = Arc::new(
             Server::new(key.clone(), TrustList::new(), store.clone(), config)
                 .trust_from_store()

@@ -17,11 +17,25 @@ use zeroize::Zeroizing;
 use super::net::{SERVER, clients};
 use super::private;
 
-/// The server's key, counting its private-key operations: a TLS server signs once per full
-/// handshake, so this counts the handshakes an attacker made it do.
+/// The server's key, counting its private-key operations of both kinds: signatures (a TLS
+/// server signs once per full handshake, so this counts the handshakes an attacker made it do;
+/// also one per directory entry) and decryptions (none may happen for a relayed message).
 pub struct Counting {
     pub key: Arc<PrivateKey>,
     pub signatures: AtomicUsize,
+    pub decryptions: AtomicUsize,
+}
+
+#[allow(dead_code)]
+impl Counting {
+    /// The key in `tests/keys` named `name`, nothing counted yet.
+    pub fn new(name: &str) -> Counting {
+        Counting {
+            key: private(name),
+            signatures: AtomicUsize::new(0),
+            decryptions: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl Identity for Counting {
@@ -37,6 +51,7 @@ impl Identity for Counting {
         ciphertext: &[u8],
         label: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        self.decryptions.fetch_add(1, Ordering::SeqCst);
         self.key.decrypt_oaep(ciphertext, label)
     }
 }
@@ -56,10 +71,7 @@ impl V2Server {
     pub async fn start(config: ServerConfig) -> V2Server {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(dir.path().join("server.db")).unwrap());
-        let key = Arc::new(Counting {
-            key: private(SERVER),
-            signatures: AtomicUsize::new(0),
-        });
+        let key = Arc::new(Counting::new(SERVER));
         let server = Server::new(key.clone(), clients(), store.clone(), config)
             .with_tls(TlsOptions::default())
             .unwrap();
