@@ -489,6 +489,29 @@ fn a_server_substituting_bobs_key_is_refused_by_a_pin_and_shown_as_a_change_othe
         out.contains(&mallory_id),
         "sealed to the accepted key: {out}"
     );
+
+    // What the fake bob sends alice, who pinned the real bob, is set aside as a key in
+    // conflict with her pin: never with advice to trust (pin) it.
+    let (code, out, err) = w.send(fake_bob.path(), "alice", &["alice, it is bob"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = w.recv(a, &[]);
+    assert_eq!(code, EXIT_SET_ASIDE, "{out}{err}");
+    assert!(!out.contains("it is bob"), "{out}");
+    assert!(
+        err.contains(&format!(
+            "this key is offered for bob, whom you pinned as {bob_id}; it is not bob's pinned key"
+        )),
+        "{err}"
+    );
+    assert!(err.contains(&mallory_id), "{err}");
+    assert!(
+        err.contains("do not trust it without checking with bob"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("client trust") && !err.contains("unknown key"),
+        "no advice to pin the substituted key: {err}"
+    );
 }
 
 #[test]

@@ -599,6 +599,31 @@ impl super::Senders for Contacts {
         })
     }
 
+    fn lookup_after(
+        &self,
+        key: &KeyId,
+        entries: &[Entry],
+    ) -> Result<super::SenderLookup, super::ClientError> {
+        let found = self.lookup(key)?;
+        if !matches!(found, super::SenderLookup::Unknown) {
+            return Ok(found);
+        }
+        // Unknown to the contacts: the directory may offer it for a name pinned with another
+        // key (a conflict records nothing, so only the answer itself says so).
+        for entry in entries.iter().filter(|e| e.key.id() == *key) {
+            if let Some(c) = self.get(&entry.name)?
+                && c.source == Source::Pinned
+                && c.key.id() != *key
+            {
+                return Ok(super::SenderLookup::ConflictsWithPin {
+                    name: c.name,
+                    pinned: c.key.id(),
+                });
+            }
+        }
+        Ok(found)
+    }
+
     fn learn(&self, entries: &[Entry]) -> Result<Vec<String>, super::ClientError> {
         Ok(self
             .apply_directory(entries)?

@@ -437,9 +437,11 @@ impl Client {
     where
         F: FnMut(FetchEvent<'_>) -> Result<(), ClientError>,
     {
+        let mut learnt = Arc::new(Vec::new());
         let directory_error = match self.directory().await {
             Ok(entries) => {
-                let learner = senders.clone();
+                let (learner, entries) = (senders.clone(), Arc::new(entries));
+                learnt = entries.clone();
                 match on_blocking_pool(move || learner.learn(&entries)).await {
                     Ok(notes) => {
                         if !notes.is_empty() {
@@ -459,8 +461,8 @@ impl Client {
             let lookup = match &directory_error {
                 Some(_) => SenderLookup::Unknown,
                 None => {
-                    let (s, key) = (senders.clone(), header.sender);
-                    on_blocking_pool(move || s.lookup(&key)).await?
+                    let (s, key, entries) = (senders.clone(), header.sender, learnt.clone());
+                    on_blocking_pool(move || s.lookup_after(&key, &entries)).await?
                 }
             };
             let opened = match lookup {
@@ -715,6 +717,10 @@ pub enum SenderLookup {
     },
     /// Only offered by the directory as a changed key for `name`, not accepted.
     Changed { name: String },
+    /// Offered by the directory for `name`, whom the user pinned with another key (`pinned`):
+    /// the server (or whoever controls it) substitutes a key. Never usable, and never to be
+    /// pinned on the directory's word.
+    ConflictsWithPin { name: String, pinned: KeyId },
     /// Not a key of any contact.
     Unknown,
 }
@@ -724,6 +730,18 @@ pub enum SenderLookup {
 pub trait Senders: Send + Sync {
     /// What the contacts know about `key`.
     fn lookup(&self, key: &KeyId) -> Result<SenderLookup, ClientError>;
+    /// [`Senders::lookup`] once the server's verified directory `entries` were learnt: a key
+    /// the directory offers for a name pinned with another key is
+    /// [`SenderLookup::ConflictsWithPin`] (nothing about it is recorded, so only the
+    /// directory answer can say so). By default, [`Senders::lookup`].
+    fn lookup_after(
+        &self,
+        key: &KeyId,
+        entries: &[directory::Entry],
+    ) -> Result<SenderLookup, ClientError> {
+        let _ = entries;
+        self.lookup(key)
+    }
     /// Applies a verified directory; returns a line for each thing worth telling the user
     /// (a new name, a changed key, a conflict with a pin).
     fn learn(&self, entries: &[directory::Entry]) -> Result<Vec<String>, ClientError>;
@@ -755,7 +773,12 @@ fn not_usable(header: &Header, lookup: &SenderLookup, directory: Option<&str>) -
              accepted; if {name} really has a new key (check its fingerprint with {name}), \
              `letterlock client contacts --accept {name}`, then receive again"
         ),
-        _ => format!(
+        SenderLookup::ConflictsWithPin { name, pinned } => format!(
+            "from key {key}: this key is offered for {name}, whom you pinned as {pinned}; it is \
+             not {name}'s pinned key: do not trust it without checking with {name} (someone may \
+             be substituting {name}'s key)"
+        ),
+        SenderLookup::Usable { .. } | SenderLookup::Unknown => format!(
             "from an unknown key {key}{dir}; if you expect it, `letterlock client trust FILE \
              --name NAME` (with the sender's public key), or `letterlock client contacts` to see \
              the directory"
