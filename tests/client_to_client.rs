@@ -309,6 +309,46 @@ fn alice_writes_to_bob_in_both_modes_the_server_holds_no_plaintext_and_bob_reads
     assert_eq!(rows[0]["sender"], "alice (directory)");
 }
 
+/// The names and key ids of `dir`'s contacts, as `client contacts --offline --json` lists them.
+fn contact_names(dir: &Path) -> Vec<(String, String)> {
+    let (code, out, err) = run(dir, &["client", "contacts", "--offline", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap().to_owned();
+            (s("name"), s("key_id"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_client_never_takes_its_own_directory_entry_for_a_contact() {
+    let w = World::start();
+    let (a, b) = (w.alice.path(), w.bob.path());
+    let (alice_id, bob_id) = (public(ALICE).id().to_string(), public(BOB).id().to_string());
+    // `client contacts` reads the directory (which lists alice too).
+    let (code, out, err) = w.client(a, &["contacts"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("new contact from the server's directory: bob"),
+        "{err}"
+    );
+    assert!(!err.contains("directory: alice"), "{err}");
+    assert!(!out.contains(&alice_id), "{out}");
+    assert_eq!(contact_names(a), vec![("bob".to_owned(), bob_id)]);
+    // A fetch that asks the directory for an unknown sender (bob learns alice's key) does not
+    // add bob himself either.
+    let (code, out, err) = w.send(a, "bob", &["hello"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = w.recv(b, &[]);
+    assert_eq!((code, out.as_str()), (0, "hello"), "{err}");
+    assert!(!err.contains("directory: bob"), "{err}");
+    assert_eq!(contact_names(b), vec![("alice".to_owned(), alice_id)]);
+}
+
 #[test]
 fn a_file_larger_than_a_frame_goes_from_alice_to_bob_and_bob_saves_it() {
     let w = World::start();

@@ -164,13 +164,16 @@ pub(super) async fn refresh_directory(
     client: &mut Client,
     contacts: &Contacts,
 ) -> Result<DirectoryOutcome> {
-    let entries = match client.directory().await {
+    let mut entries = match client.directory().await {
         Ok(entries) => entries,
         Err(e @ ClientError::BadDirectory(_)) => {
             bail!("REFUSED: {e}. Someone may be tampering with the server or the connection")
         }
         Err(e) => return Err(anyhow::Error::new(e).context("the server's directory")),
     };
+    // The directory lists us too: our own key is neither a contact nor a key to trust.
+    let own = client.own_key_id();
+    entries.retain(|e| e.key.id() != own);
     let applied = on_contacts(contacts, move |c| c.apply_directory(&entries)).await?;
     let mut outcome = DirectoryOutcome::default();
     for a in &applied {

@@ -439,7 +439,10 @@ impl Client {
     {
         let mut learnt = Arc::new(Vec::new());
         let directory_error = match self.directory().await {
-            Ok(entries) => {
+            Ok(mut entries) => {
+                // Our own entry is not a contact (nor a key to trust): left out.
+                let own = self.own_key_id();
+                entries.retain(|e| e.key.id() != own);
                 let (learner, entries) = (senders.clone(), Arc::new(entries));
                 learnt = entries.clone();
                 match on_blocking_pool(move || learner.learn(&entries)).await {
