@@ -43,6 +43,45 @@ fn queue_from(dir: &Path, sender: &str, text: &[u8]) -> String {
     info.header.message_id.to_string()
 }
 
+#[test]
+fn a_relayed_message_that_does_not_verify_is_blamed_on_the_client_that_signed_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    classroom_folder(d);
+    let server = BinServer::start(d, &[]);
+    let file = public_path("mallory");
+    let (code, _, err) = run(
+        d,
+        &["client", "trust", file.to_str().unwrap(), "--name", "carol"],
+    );
+    assert_eq!(code, 0, "{err}");
+    // Carol's message, its last byte changed on the way (in the encrypted part).
+    let (mut sealed, info) = common::seal_with_info(
+        private("mallory").as_ref(),
+        &public(CLIENT),
+        &SealOptions::default(),
+        b"from carol, damaged",
+    );
+    *sealed.last_mut().unwrap() ^= 1;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = SqliteStore::open(d.join(SERVER_STORE)).unwrap();
+        enqueue(&store, &sealed, info.ack_tag).await;
+        store.close().await.unwrap();
+    });
+    let (code, out, err) = recv(d, &server.addr);
+    assert_eq!(code, EXIT_SET_ASIDE, "{out}{err}");
+    let carol = public("mallory").id().to_string();
+    assert!(
+        err.contains(&format!(
+            "a message from another client (carol, key {carol}) was refused"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("from the server"), "{err}");
+    assert_eq!(outbox_len(d), 1, "not acknowledged");
+}
+
 /// `recv_msg`, asked again while the server still holds the last connection's lease on the
 /// message (it is released when that connection's end is noticed).
 fn recv(dir: &Path, addr: &str) -> (i32, String, String) {

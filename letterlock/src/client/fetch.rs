@@ -237,7 +237,7 @@ impl Client {
                                     .await
                                     .map(|()| received)
                             }
-                            Err(e) => Err(e),
+                            Err(e) => Err(from_whom(e, &header, self.server.id(), &sender)),
                         }
                     }
                     // Not known yet: asked of the directory once the fetch is done.
@@ -485,14 +485,15 @@ impl Client {
                         open_spooled(spool, identity, &key, &opts, out.as_ref(), capped, copy)
                     })
                     .await;
+                    let sender = Sender::Peer { name, pinned };
                     match opened {
                         Ok((mut received, staged)) => {
-                            received.sender = Sender::Peer { name, pinned };
+                            received.sender = sender;
                             keep(mailbox, staged, &mut received, now)
                                 .await
                                 .map(|()| received)
                         }
-                        Err(e) => Err(e),
+                        Err(e) => Err(from_whom(e, &header, self.server.id(), &sender)),
                     }
                 }
                 other => Err(not_usable(&header, &other, directory_error.as_deref())),
@@ -838,12 +839,34 @@ fn open_spooled(
     u.finish()
 }
 
+/// An opening failure of a message another client signed (its header names another sender
+/// than the server) says so, with the sender's key id and contact name: "a message from the
+/// server was refused" would blame the wrong party.
+fn from_whom(e: ClientError, header: &Header, server: KeyId, sender: &Sender) -> ClientError {
+    match (e, sender) {
+        (ClientError::Open(source), Sender::Peer { name, .. }) => ClientError::PeerOpen {
+            key: Box::new(header.sender),
+            name: Some(name.clone()),
+            source,
+        },
+        (ClientError::Open(source), Sender::Server) if header.sender != server => {
+            ClientError::PeerOpen {
+                key: Box::new(header.sender),
+                name: None,
+                source,
+            }
+        }
+        (e, _) => e,
+    }
+}
+
 /// Whether a failure concerns the one message (set it aside, deliver the next) rather than the
 /// connection or this machine (stop).
 fn is_set_aside(e: &ClientError) -> bool {
     matches!(
         e,
         ClientError::Open(_)
+            | ClientError::PeerOpen { .. }
             | ClientError::Stale(_)
             | ClientError::MailboxConflict { .. }
             | ClientError::UnknownSender(_)
