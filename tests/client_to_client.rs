@@ -351,7 +351,7 @@ fn alice_writes_to_bob_in_both_modes_the_server_holds_no_plaintext_and_bob_reads
 /// The names and key ids of `dir`'s contacts, as `client contacts --offline --json` lists them.
 fn contact_names(dir: &Path) -> Vec<(String, String)> {
     let (code, out, err) = run(dir, &["client", "contacts", "--offline", "--json"]);
-    assert_eq!(code, 0, "{err}");
+    assert!(code == 0 || code == 6, "{err}");
     let rows: serde_json::Value = serde_json::from_slice(&out).unwrap();
     rows.as_array()
         .unwrap()
@@ -591,6 +591,46 @@ fn a_server_substituting_bobs_key_is_refused_by_a_pin_and_shown_as_a_change_othe
         !err.contains("client trust") && !err.contains("unknown key"),
         "no advice to pin the substituted key: {err}"
     );
+}
+
+#[test]
+fn untrust_of_a_contact_whose_key_change_waits_needs_force() {
+    let w = World::start();
+    let a = w.alice.path();
+    let (code, _, err) = w.client(a, &["contacts"]);
+    assert_eq!(code, 0, "{err}");
+    let mallory_file = public_path("mallory");
+    w.server_cmd(&[
+        "trust",
+        mallory_file.to_str().unwrap(),
+        "--name",
+        "bob",
+        "--replace",
+    ]);
+    let (code, _, err) = w.client(a, &["contacts"]);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("WARNING"), "{err}");
+    let (bob_id, mallory_id) = (
+        public(BOB).id().to_string(),
+        public("mallory").id().to_string(),
+    );
+    // Forgetting bob now would make mallory's key a brand-new "bob": refused.
+    let (code, _, err) = run(a, &["client", "untrust", "bob"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("changed key waiting") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(err.contains(&mallory_id), "{err}");
+    assert_eq!(contact_names(a), vec![("bob".to_owned(), bob_id)]);
+    let (code, out, err) = run(a, &["client", "contacts", "--offline", "--json"]);
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, 6, "a change waits: {out}{err}");
+    assert!(out.contains("\"changed\""), "the change still waits: {out}");
+    // With --force, the user's choice: bob is forgotten.
+    let (code, _, err) = run(a, &["client", "untrust", "bob", "--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(contact_names(a).is_empty());
 }
 
 #[test]

@@ -47,6 +47,10 @@ pub(super) struct TrustArgs {
 pub(super) struct UntrustArgs {
     /// The contact to forget (pinned or from the directory).
     pub(super) name: String,
+    /// Forget NAME even while the directory offers it a changed key, not accepted (the next
+    /// directory read then records that key as a new contact, with no change warning).
+    #[arg(long)]
+    pub(super) force: bool,
     /// Folder with the client's keys and its mailbox (letterlock-client.db).
     #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
     pub(super) keys: PathBuf,
@@ -134,7 +138,7 @@ pub(super) fn trust(a: &TrustArgs) -> Result<ExitCode> {
 /// `client untrust NAME`.
 pub(super) fn untrust(a: &UntrustArgs) -> Result<ExitCode> {
     let contacts = open_contacts(&a.keys)?;
-    let removed = contacts.remove(&a.name)?;
+    let removed = contacts.remove(&a.name, a.force)?;
     println!(
         "removed {} ({}, {})",
         removed.name,

@@ -98,6 +98,18 @@ pub enum ContactsError {
     KeyPinnedElsewhere { key: KeyId, other: String },
     #[error("no contact named {0}")]
     NoSuchName(String),
+    /// `untrust` of a contact whose changed key waits for the user, without `force`.
+    #[error(
+        "{name} has a changed key waiting: the server's directory offers {offered} instead of \
+         {current}. Forgetting {name} now would make the next directory read take the offered \
+         key as a brand-new contact, with no change warning. Check with {name} and `letterlock \
+         client contacts --accept {name}`, or leave it; to forget {name} anyway, add --force"
+    )]
+    ChangePending {
+        name: String,
+        current: KeyId,
+        offered: KeyId,
+    },
     /// `accept` of a name that has no offered change.
     #[error("{0} has no changed key waiting to be accepted")]
     NothingToAccept(String),
@@ -274,12 +286,21 @@ impl Contacts {
     }
 
     /// Removes the contact `name` (pinned or from the directory). A later directory fetch
-    /// sees the name as new again.
-    pub fn remove(&self, name: &str) -> Result<Contact, ContactsError> {
+    /// sees the name as new again. A contact with a changed key waiting is kept unless
+    /// `force`: removing it would let the next directory fetch record the offered key as a
+    /// new contact, trusted on the server's word, with no change warning.
+    pub fn remove(&self, name: &str, force: bool) -> Result<Contact, ContactsError> {
         self.with(|conn| {
             let tx = conn.transaction()?;
             let contact = read_contact(&tx, name)?
                 .ok_or_else(|| ContactsError::NoSuchName(name.to_owned()))?;
+            if let (Some(offered), false) = (&contact.offered, force) {
+                return Err(ContactsError::ChangePending {
+                    name: name.to_owned(),
+                    current: contact.key.id(),
+                    offered: offered.key.id(),
+                });
+            }
             tx.execute("DELETE FROM client_contacts WHERE name = ?1", [name])?;
             tx.commit()?;
             Ok(contact)
@@ -793,9 +814,12 @@ mod tests {
             c.pin("no/slash", &bob, false, 1),
             Err(ContactsError::BadName(_))
         ));
-        c.remove("bob").unwrap();
+        c.remove("bob", false).unwrap();
         assert!(c.list().unwrap().is_empty());
-        assert!(matches!(c.remove("bob"), Err(ContactsError::NoSuchName(_))));
+        assert!(matches!(
+            c.remove("bob", false),
+            Err(ContactsError::NoSuchName(_))
+        ));
     }
 
     #[test]
