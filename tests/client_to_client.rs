@@ -634,6 +634,50 @@ fn untrust_of_a_contact_whose_key_change_waits_needs_force() {
 }
 
 #[test]
+fn messages_kept_before_a_contacts_key_change_still_read_after_accept() {
+    let w = World::start();
+    let (a, b) = (w.alice.path(), w.bob.path());
+    let (code, out, err) = w.send(a, "bob", &["before the change"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let id = sent_id(&out);
+    let (code, out, err) = w.recv(b, &[]);
+    assert_eq!((code, out.as_str()), (0, "before the change"), "{err}");
+    // Alice's key changes in the directory; bob accepts the change.
+    let mallory_file = public_path("mallory");
+    w.server_cmd(&[
+        "trust",
+        mallory_file.to_str().unwrap(),
+        "--name",
+        "alice",
+        "--replace",
+    ]);
+    let (code, _, err) = w.client(b, &["contacts"]);
+    assert_eq!(code, 6, "{err}");
+    let (code, _, err) = w.client(b, &["contacts", "--accept", "alice"]);
+    assert_eq!(code, 0, "{err}");
+    // The message bob kept still opens, with alice's earlier key, said as such.
+    let (code, out, err) = run(b, &["client", "read", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, b"before the change");
+    assert!(
+        err.contains("from alice (directory, an earlier key"),
+        "{err}"
+    );
+    // The earlier key is no contact: not listed, not a recipient.
+    let mallory_id = public("mallory").id().to_string();
+    assert_eq!(
+        contact_names(b),
+        vec![("alice".to_owned(), mallory_id.clone())]
+    );
+    let (code, out, err) = w.send(b, "alice", &["to the new alice"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&mallory_id),
+        "sealed to the current key only: {out}"
+    );
+}
+
+#[test]
 fn an_unknown_senders_relayed_message_is_set_aside_then_delivered_once_pinned() {
     let w = World::start();
     let b = w.bob.path();

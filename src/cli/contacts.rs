@@ -457,8 +457,9 @@ pub(super) async fn receipts(a: ReceiptsArgs) -> Result<ExitCode> {
     })
 }
 
-/// The public key of a pinned or accepted contact whose key id is `key`, for reading a kept
-/// message again; with its name and source.
+/// The public key of a pinned or accepted contact whose key id is `key`, or a key a contact
+/// had before a change, for reading a kept message again (only that: fetching and sending
+/// never use earlier keys); with its name and source.
 pub(super) fn contact_by_key(
     keys: &Path,
     key: &keys::KeyId,
@@ -467,7 +468,17 @@ pub(super) fn contact_by_key(
         return Ok(None);
     }
     let contacts = open_contacts(keys)?;
-    Ok(contacts
-        .by_key(key)?
-        .map(|c| (c.key, format!("{} ({})", c.name, c.source.as_str()))))
+    if let Some(c) = contacts.by_key(key)? {
+        return Ok(Some((c.key, format!("{} ({})", c.name, c.source.as_str()))));
+    }
+    // A key the contact had before a change: only here, to read what the mailbox holds.
+    Ok(contacts.earlier_key(key)?.map(|e| {
+        let who = format!(
+            "{} ({}, an earlier key, replaced {})",
+            e.name,
+            e.source.as_str(),
+            time_text(e.replaced)
+        );
+        (e.key, who)
+    }))
 }

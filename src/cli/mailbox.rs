@@ -177,8 +177,8 @@ fn signing_key(
     }
     bail!(
         "message {id} was signed by the key {signer}, which is not a contact's key (`letterlock \
-         client contacts --offline` lists them; a contact whose key changed since needs the old \
-         key pinned again to read it), and server_public.pem is now {} with no earlier key \
+         client contacts --offline` lists them; a contact untrusted since needs its key pinned \
+         again to read it), and server_public.pem is now {} with no earlier key \
          {signer} kept ({}): if the server signed it, put that server's public key there",
         current.id(),
         kept.display()

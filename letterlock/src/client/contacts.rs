@@ -7,6 +7,9 @@
 //!   (state `changed`) and not used until the user accepts it, as ssh keeps a changed host
 //!   key out until `known_hosts` is edited. A pinned row never changes because of the
 //!   directory ([`directory::judge`] refuses every disagreement with a pin).
+//! - `client_contacts_earlier`: the keys a contact had before `accept` or a `pin --replace`
+//!   replaced them, used ONLY to verify messages the mailbox already holds (`client read`):
+//!   never to send, never to accept a delivery ([`Contacts::by_key`] does not see them).
 //! - `client_sent`: one row per relayed message: recipient, the ack tag computed at sealing
 //!   (written and committed *before* the message is sent, so that a crash after the server's
 //!   `Stored` still lets the receipt be checked), and, once a receipt checked out against that
@@ -50,6 +53,13 @@ CREATE TABLE IF NOT EXISTS client_contacts (
     CHECK ((offered_key_id IS NULL) = (offered_spki IS NULL))
 );
 CREATE INDEX IF NOT EXISTS client_contacts_by_key ON client_contacts (key_id);
+CREATE TABLE IF NOT EXISTS client_contacts_earlier (
+    key_id   BLOB    PRIMARY KEY CHECK (length(key_id) = 32),
+    spki     BLOB    NOT NULL,
+    name     TEXT    NOT NULL,
+    source   TEXT    NOT NULL CHECK (source IN ('pinned', 'directory')),
+    replaced INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS client_sent (
     message_id       BLOB    PRIMARY KEY CHECK (length(message_id) = 16),
     recipient_name   TEXT    NOT NULL,
@@ -147,6 +157,18 @@ pub struct Contact {
     pub offered: Option<Offered>,
     /// The directory serial this name was last seen at (directory contacts).
     pub serial: Option<u64>,
+}
+
+/// A key a contact had before it was replaced ([`Contacts::earlier_key`]): verifies messages
+/// already in the mailbox, nothing else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EarlierKey {
+    pub key: PublicKey,
+    /// The contact's name when the key was replaced.
+    pub name: String,
+    pub source: Source,
+    /// When it was replaced (unix seconds, the client's clock).
+    pub replaced: u64,
 }
 
 /// A changed key offered by the directory, not used until accepted.
@@ -274,6 +296,9 @@ impl Contacts {
                     new: id,
                 });
             }
+            if let Some(old) = existing.as_ref().filter(|c| c.key.id() != id) {
+                keep_earlier(&tx, old, now)?;
+            }
             tx.execute(
                 "INSERT OR REPLACE INTO client_contacts (name, key_id, spki, source, since, state, \
                  offered_key_id, offered_spki, offered_since, serial) \
@@ -341,6 +366,39 @@ impl Contacts {
                 )
                 .optional()?;
             raw.map(RawContact::parse).transpose()
+        })
+    }
+
+    /// A key `name` had before it was replaced (`accept`, `pin --replace`): for verifying a
+    /// message the mailbox already holds, and for nothing else (not a sender of new
+    /// deliveries, not a recipient). The contact's name then, its source, and when it was
+    /// replaced.
+    pub fn earlier_key(&self, key: &KeyId) -> Result<Option<EarlierKey>, ContactsError> {
+        self.with(|conn| {
+            let raw = conn
+                .query_row(
+                    "SELECT spki, name, source, replaced FROM client_contacts_earlier \
+                     WHERE key_id = ?1",
+                    [&key.0[..]],
+                    |r| {
+                        Ok((
+                            r.get::<_, Vec<u8>>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, i64>(3)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((spki, name, source, replaced)) = raw else {
+                return Ok(None);
+            };
+            Ok(Some(EarlierKey {
+                key: parse_key(&spki, &key.0)?,
+                name,
+                source: parse_source(&source)?,
+                replaced: to_u64(replaced),
+            }))
         })
     }
 
@@ -450,7 +508,9 @@ impl Contacts {
                 .ok_or_else(|| ContactsError::NoSuchName(name.to_owned()))?;
             let offered = contact
                 .offered
+                .clone()
                 .ok_or_else(|| ContactsError::NothingToAccept(name.to_owned()))?;
+            keep_earlier(&tx, &contact, crate::envelope::unix_now())?;
             let id = offered.key.id();
             tx.execute(
                 "UPDATE client_contacts SET key_id = ?2, spki = ?3, since = ?4, state = 'usable', \
@@ -710,11 +770,7 @@ impl RawContact {
     /// The contact, its keys parsed and checked against the stored key ids.
     fn parse(self) -> Result<Contact, ContactsError> {
         let key = parse_key(&self.spki, &self.key_id)?;
-        let source = match self.source.as_str() {
-            "pinned" => Source::Pinned,
-            "directory" => Source::Directory,
-            _ => return Err(ContactsError::Corrupt("contact source")),
-        };
+        let source = parse_source(&self.source)?;
         let offered = match (self.offered_spki, self.offered_key_id) {
             (Some(spki), Some(id)) => Some(Offered {
                 key: parse_key(&spki, &id)?,
@@ -732,6 +788,30 @@ impl RawContact {
             serial: self.serial.map(to_u64),
         })
     }
+}
+
+fn parse_source(source: &str) -> Result<Source, ContactsError> {
+    match source {
+        "pinned" => Ok(Source::Pinned),
+        "directory" => Ok(Source::Directory),
+        _ => Err(ContactsError::Corrupt("contact source")),
+    }
+}
+
+/// Keeps the key `old` is being replaced by another (for reading messages already kept).
+fn keep_earlier(conn: &Connection, old: &Contact, now: u64) -> Result<(), ContactsError> {
+    conn.execute(
+        "INSERT OR REPLACE INTO client_contacts_earlier (key_id, spki, name, source, replaced) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            &old.key.id().0[..],
+            old.key.spki_der(),
+            old.name,
+            old.source.as_str(),
+            to_i64(now)
+        ],
+    )?;
+    Ok(())
 }
 
 fn read_contact(conn: &Connection, name: &str) -> Result<Option<Contact>, ContactsError> {
@@ -914,10 +994,14 @@ mod tests {
             c.lookup(&mallory.id()).unwrap(),
             SenderLookup::Usable { ref name, .. } if name == "alice"
         ));
+        // Alice's earlier key is kept for reading old messages only: not a sender.
         assert!(matches!(
             c.lookup(&alice.id()).unwrap(),
             SenderLookup::Unknown
         ));
+        let earlier = c.earlier_key(&alice.id()).unwrap().unwrap();
+        assert_eq!((earlier.key, earlier.name.as_str()), (alice, "alice"));
+        assert!(c.earlier_key(&mallory.id()).unwrap().is_none());
     }
 
     #[test]
