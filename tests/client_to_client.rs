@@ -678,6 +678,30 @@ fn messages_kept_before_a_contacts_key_change_still_read_after_accept() {
 }
 
 #[test]
+fn pinning_another_key_for_a_directory_name_says_so_and_needs_replace() {
+    let w = World::start();
+    let a = w.alice.path();
+    let (code, _, err) = w.client(a, &["contacts"]);
+    assert_eq!(code, 0, "{err}");
+    let file = public_path("mallory");
+    let (code, _, err) = run(
+        a,
+        &["client", "trust", file.to_str().unwrap(), "--name", "bob"],
+    );
+    assert_eq!(code, 1, "{err}");
+    let bob_id = public(BOB).id().to_string();
+    assert!(
+        err.contains(&format!(
+            "bob is known from the server's directory with another key ({bob_id}); pinning"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("add --replace"), "{err}");
+    assert!(!err.contains("already pinned"), "{err}");
+    assert_eq!(contact_names(a), vec![("bob".to_owned(), bob_id)]);
+}
+
+#[test]
 fn an_unknown_senders_relayed_message_is_set_aside_then_delivered_once_pinned() {
     let w = World::start();
     let b = w.bob.path();

@@ -115,6 +115,20 @@ pub(super) async fn on_contacts<T: Send + 'static>(
 pub(super) fn trust(a: &TrustArgs) -> Result<ExitCode> {
     let key = keys::load_any_public_with(&a.file, &|| super::passphrase::for_key(&a.file))
         .with_context(|| format!("reading the key {}", a.file.display()))?;
+    // The server's own key is no person's: a message "from" it is the server's, and one
+    // sealed to it is read by the server.
+    let (_, server_file) = keys::pair_paths(&a.keys, "server");
+    if server_file.exists()
+        && let Ok(server) = keys::load_public(&server_file)
+        && server.id() == key.id()
+    {
+        bail!(
+            "that is the server's key ({}, as in {}), not a person's: it cannot be a contact \
+             (`letterlock client send_msg` without --to writes to the server)",
+            key.id(),
+            server_file.display()
+        );
+    }
     let contacts = open_contacts(&a.keys)?;
     let before = contacts.pin(&a.name, &key, a.replace, envelope::unix_now())?;
     if let Some(before) = before {

@@ -103,6 +103,16 @@ pub enum ContactsError {
         existing: KeyId,
         new: KeyId,
     },
+    /// `trust` of a name the server's directory gave with another key, without `replace`.
+    #[error(
+        "{name} is known from the server's directory with another key ({existing}); pinning \
+         {new} replaces it: add --replace (check its fingerprint with {name} out of band first)"
+    )]
+    NameFromDirectory {
+        name: String,
+        existing: KeyId,
+        new: KeyId,
+    },
     /// `trust` of a key already pinned under another name.
     #[error("that key ({key}) is already pinned as {other}; untrust {other} first")]
     KeyPinnedElsewhere { key: KeyId, other: String },
@@ -290,10 +300,18 @@ impl Contacts {
             let existing = read_contact(&tx, name)?;
             let before = existing.as_ref().map(|c| c.key.id()).filter(|k| *k != id);
             if let (Some(before), false) = (before, replace) {
-                return Err(ContactsError::NameTaken {
-                    name: name.to_owned(),
-                    existing: before,
-                    new: id,
+                let name = name.to_owned();
+                return Err(match existing.as_ref().map(|c| c.source) {
+                    Some(Source::Directory) => ContactsError::NameFromDirectory {
+                        name,
+                        existing: before,
+                        new: id,
+                    },
+                    _ => ContactsError::NameTaken {
+                        name,
+                        existing: before,
+                        new: id,
+                    },
                 });
             }
             if let Some(old) = existing.as_ref().filter(|c| c.key.id() != id) {
