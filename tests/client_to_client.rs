@@ -464,6 +464,12 @@ fn a_message_to_a_key_the_server_does_not_trust_is_refused_with_code_12() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("code 12"), "{err}");
     assert!(err.contains("NOT sent to mallory"), "{err}");
+    // One sentence, said once: no chain repeating the refusal in the server's words.
+    assert_eq!(err.matches("code 12").count(), 1, "{err}");
+    assert!(
+        !err.contains("the server refused") && !err.contains("the server says"),
+        "{err}"
+    );
     // Refused outright: not kept among the sent messages waiting for a receipt.
     let (code, out, err) = run(a, &["client", "receipts", "--offline", "--json"]);
     assert_eq!(code, 0, "{err}");

@@ -572,13 +572,15 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
                 ..
             },
         ) => {
-            let e = anyhow::Error::new(e).context(format!(
-                "NOT sent to {name}: the server refused it with code 12 (unknown recipient): it \
-                 does not trust the key {} as a client. If that is {name}'s key, its operator \
-                 must trust it (`letterlock server trust`); if the server trusts another key \
-                 for {name}, compare fingerprints with {name} before changing yours",
+            // One sentence: the server's own words add nothing to code 12 (in the debug log).
+            tracing::debug!(error = %e, "relay refused");
+            let e = anyhow::anyhow!(
+                "NOT sent to {name}: the server does not trust {name}'s key {} as a client (code \
+                 12, unknown recipient); if the key is right, the server's operator must trust \
+                 it (`letterlock server trust`), and if the server lists another key for {name}, \
+                 compare fingerprints with {name} before replacing yours",
                 contact.key.id()
-            ));
+            );
             return fail(e);
         }
         Err(e) => {
