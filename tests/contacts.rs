@@ -181,6 +181,9 @@ fn the_help_of_each_command_says_what_the_server_learns_and_what_to_check() {
     let send = help(&["client", "send_msg", "--help"]);
     assert!(send.contains("--to"), "{send}");
     assert!(send.contains("The server learns"), "{send}");
+    // The server sees the sealed size; padding is only the network's (inside TLS).
+    assert!(send.contains("the sealed size"), "{send}");
+    assert!(!send.contains("padded to a bucket"), "{send}");
     assert!(send.contains("Exit status"), "{send}");
     let contacts = help(&["client", "contacts", "--help"]);
     assert!(contacts.contains("fingerprint"), "{contacts}");

@@ -31,7 +31,9 @@ pub(super) enum ClientCommand {
         after_help = "With --to NAME the message is sealed to NAME's key (pinned with `client \
                       trust`, or from the server's signed directory) and signed with yours; the \
                       server stores it for NAME and cannot open it. The server learns who writes \
-                      to whom, when, and the size (padded to a bucket), never the content. It \
+                      to whom, when, and the sealed size (the message's length to within the \
+                      format's overhead; only the network, inside TLS, sees padded sizes), never \
+                      the content. It \
                       answers \"stored\", its word only; \"read by NAME\" comes later from \
                       NAME's receipt, which only NAME can make (`client receipts`, or --wait). \
                       If the directory's key for NAME changed since you last saw it, nothing is \
