@@ -184,6 +184,11 @@ fn the_help_of_each_command_says_what_the_server_learns_and_what_to_check() {
     // The server sees the sealed size; padding is only the network's (inside TLS).
     assert!(send.contains("the sealed size"), "{send}");
     assert!(!send.contains("padded to a bucket"), "{send}");
+    let client = help(&["client", "--help"]);
+    assert!(!client.contains("walk-through"), "{client}");
+    assert!(client.contains("receipts"), "{client}");
+    let top = help(&["--help"]);
+    assert!(top.contains("each one's --help lists them"), "{top}");
     assert!(send.contains("Exit status"), "{send}");
     let contacts = help(&["client", "contacts", "--help"]);
     assert!(contacts.contains("fingerprint"), "{contacts}");

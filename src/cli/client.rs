@@ -1,4 +1,5 @@
-//! `letterlock client ...`: the client side of the walk-through (key pair, send_msg, recv_msg).
+//! `letterlock client ...`: the client: its key pair, sending to the server or (relayed by
+//! it) to a person, receiving into its mailbox, contacts and receipts.
 
 use std::io::{self, IsTerminal, Read};
 use std::path::{Path, PathBuf};
