@@ -136,7 +136,8 @@ fn an_unknown_senders_message_is_set_aside_not_acked_then_delivered_once_trusted
     let (code, out, err) = run(d, &["client", "inbox", "--json"]);
     assert_eq!(code, 0, "{err}");
     let rows: serde_json::Value = serde_json::from_slice(&out).unwrap();
-    assert_eq!(rows[0]["sender"], "carol (pinned)");
+    assert_eq!(rows[0]["sender"], "carol");
+    assert_eq!(rows[0]["sender_source"], "pinned");
     assert_eq!(rows[0]["sender_key"], carol);
     let (code, out, err) = run(d, &["client", "read", &id]);
     assert_eq!(code, 0, "{err}");
@@ -345,7 +346,20 @@ fn alice_writes_to_bob_in_both_modes_the_server_holds_no_plaintext_and_bob_reads
     assert_eq!(code, 0, "{err}");
     let rows: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 2);
-    assert_eq!(rows[0]["sender"], "alice (directory)");
+    assert_eq!(
+        rows[0]["sender"], "alice",
+        "the bare name, as recv_msg --json"
+    );
+    assert_eq!(rows[0]["sender_source"], "directory");
+    // The text listing still says how the key is known.
+    let (code, out, err) = run(b, &["client", "inbox"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        String::from_utf8(out)
+            .unwrap()
+            .contains("alice (directory)"),
+        "{err}"
+    );
 }
 
 /// The names and key ids of `dir`'s contacts, as `client contacts --offline --json` lists them.
