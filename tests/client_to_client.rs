@@ -735,6 +735,15 @@ fn an_unknown_senders_relayed_message_is_set_aside_then_delivered_once_pinned() 
     assert!(err.contains("unknown key"), "{err}");
     assert!(err.contains(&public("mallory").id().to_string()), "{err}");
     assert!(!out.contains("psst"));
+    // The summary counts it, rather than "no new messages" after the report.
+    assert!(err.contains("0 new, 1 set aside"), "{err}");
+    assert!(!err.contains("no new messages"), "{err}");
+    // --json: the set-aside object names the signer's key, as the help says.
+    let (code, out, err) = w.recv(b, &["--json"]);
+    assert_eq!(code, EXIT_SET_ASIDE, "{out}{err}");
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["status"], "set_aside");
+    assert_eq!(line["sender_key"], public("mallory").id().to_string());
     let file = public_path("mallory");
     let (code, _, err) = run(
         b,

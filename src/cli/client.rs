@@ -252,7 +252,8 @@ pub(super) struct RecvArgs {
     /// "set_aside"), id, sender_key, sender (a contact's name, or "server"), sender_source
     /// ("server", "pinned" or "directory"), created, mode, bytes, in_mailbox, and "text" (a UTF-8
     /// message), "file" (with -o) or neither (binary or over 64 MiB: `client read ID -o
-    /// FILE`); "error" for a message set aside}. Non-ASCII is written as \u escapes.
+    /// FILE`); a message set aside has only status, id, sender_key (null if not even its
+    /// header could be read) and "error"}. Non-ASCII is written as \u escapes.
     #[arg(long)]
     pub(super) json: bool,
 }
@@ -760,6 +761,9 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
     result?;
     if total.new + total.repeats + total.set_aside == 0 {
         status!("no messages");
+    } else if total.set_aside > 0 {
+        // After the set-aside reports, "no new messages" would read as "nothing happened".
+        status!("{} new, {} set aside", total.new, total.set_aside);
     } else if total.new == 0 {
         status!("no new messages");
     }
@@ -887,7 +891,7 @@ fn report_event(
                 received.header.message_id
             );
         }
-        FetchEvent::SetAside { id, error } => {
+        FetchEvent::SetAside { id, sender, error } => {
             let id = id.map(|i| i.to_string()).unwrap_or_else(|| "?".into());
             eprintln!(
                 "letterlock: message {id} set aside, NOT received: {error}; it stays on the \
@@ -897,6 +901,7 @@ fn report_event(
                 return json_line(&serde_json::json!({
                     "status": "set_aside",
                     "id": id,
+                    "sender_key": sender.map(|k| k.to_string()),
                     "error": error.to_string(),
                 }));
             }

@@ -206,6 +206,7 @@ impl Client {
                     let error = ClientError::Open(e);
                     event(FetchEvent::SetAside {
                         id: None,
+                        sender: None,
                         error: &error,
                     })?;
                     report.set_aside += 1;
@@ -690,9 +691,11 @@ pub enum FetchEvent<'a> {
         received: &'a Received,
         recorded: Option<u64>,
     },
-    /// A message set aside, with why; `id` is `None` if not even its header could be read.
+    /// A message set aside, with why; `id` and `sender` (the key id its header names as
+    /// signer) are `None` if not even its header could be read.
     SetAside {
         id: Option<MessageId>,
+        sender: Option<KeyId>,
         error: &'a ClientError,
     },
     /// The server's directory was fetched (a message came from a key not known yet) and
@@ -807,6 +810,7 @@ where
     }
     event(FetchEvent::SetAside {
         id: Some(header.message_id),
+        sender: Some(header.sender),
         error,
     })
 }
