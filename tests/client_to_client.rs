@@ -456,6 +456,17 @@ fn send_msg_wait_says_read_by_bob_once_bob_received_it() {
     let (code, out, err) = w.send(a, "bob", &["--wait", "1s", "nobody reads this"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("not read by bob within 1s"), "{out}");
+    // Both commands take both forms: plain seconds, or a unit.
+    let (code, out, err) = w.send(a, "bob", &["--wait", "1", "nor this"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("not read by bob within 1s"), "{out}");
+    let (code, _, err) = w.client(b, &["recv_msg", "--wait", "0s"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = w.client(a, &["recv_msg", "--wait", "1"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = w.client(a, &["recv_msg", "--wait", "soon"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("give seconds (30) or a duration"), "{err}");
 }
 
 #[test]

@@ -229,9 +229,9 @@ pub(super) struct ClientSendArgs {
     /// Send to this contact (another client, through the server) instead of to the server.
     #[arg(long, value_name = "NAME")]
     pub(super) to: Option<String>,
-    /// With --to: wait up to DURATION (e.g. 30s, 2m) for NAME's receipt, asking every half
-    /// second, and say whether NAME read it.
-    #[arg(long, value_name = "DURATION", requires = "to", value_parser = humantime::parse_duration)]
+    /// With --to: wait up to DURATION (seconds, e.g. 30, or with a unit: 30s, 2m) for NAME's
+    /// receipt, asking every half second, and say whether NAME read it.
+    #[arg(long, value_name = "DURATION", requires = "to", value_parser = wait_duration)]
     pub(super) wait: Option<Duration>,
     #[command(flatten)]
     pub(super) conn: ClientConn,
@@ -245,9 +245,10 @@ pub(super) struct RecvArgs {
     /// a missing one is created.
     #[arg(short, long, value_name = "DIR")]
     pub(super) output: Option<PathBuf>,
-    /// If nothing is waiting, keep asking for up to this many seconds.
-    #[arg(long, default_value_t = 0)]
-    pub(super) wait: u64,
+    /// If nothing is waiting, keep asking for up to DURATION (seconds, e.g. 30, or with a
+    /// unit: 30s, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = wait_duration)]
+    pub(super) wait: Duration,
     /// Print one JSON object per message on stdout, one per line: {status ("new", "repeat" or
     /// "set_aside"), id, sender_key, sender (a contact's name, or "server"), sender_source
     /// ("server", "pinned" or "directory"), created, mode, bytes, in_mailbox, and "text" (a UTF-8
@@ -256,6 +257,17 @@ pub(super) struct RecvArgs {
     /// header could be read) and "error"}. Non-ASCII is written as \u escapes.
     #[arg(long)]
     pub(super) json: bool,
+}
+
+/// A `--wait` value: a plain number is seconds (`30`), anything else a duration with its unit
+/// (`30s`, `2m`, `1h 30m`), so both commands take both forms.
+fn wait_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e}: give seconds (30) or a duration with its unit (30s, 2m)"))
 }
 
 /// Connects as the client: protocol version 2 (TLS 1.3) unless `--plain-v1`, retrying while
@@ -735,7 +747,7 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
     let contacts: std::sync::Arc<dyn letterlock::client::Senders> =
         std::sync::Arc::new(super::contacts::open_contacts(&a.conn.keys)?);
     let read_cmd = read_command(&a.conn.keys);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.wait);
+    let deadline = std::time::Instant::now() + a.wait;
     let mut total = FetchReport::default();
     let mut shown = Shown::default();
     let result = loop {
