@@ -82,6 +82,48 @@ fn a_relayed_message_that_does_not_verify_is_blamed_on_the_client_that_signed_it
     assert_eq!(outbox_len(d), 1, "not acknowledged");
 }
 
+/// `send_msg` to the server reads a small message whole (up to 64 KiB) and seals it in one
+/// call; the server gets every byte either side of that size, in both modes where they fit.
+#[test]
+fn messages_either_side_of_the_whole_read_size_reach_the_server_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    classroom_folder(d);
+    let server = BinServer::start(d, &[]);
+    for (len, mode) in [
+        (0, "hybrid"),
+        (65_536, "hybrid"),
+        (65_537, "hybrid"),
+        (65_536, "asymmetric"),
+    ] {
+        let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let file = d.join(format!("m{len}{mode}"));
+        std::fs::write(&file, &body).unwrap();
+        let (code, out, err) = run(
+            d,
+            &[
+                "client",
+                "send_msg",
+                "--json",
+                "--mode",
+                mode,
+                "--file",
+                file.to_str().unwrap(),
+                "--server",
+                &server.addr,
+            ],
+        );
+        assert_eq!(code, 0, "{len} {mode}: {err}");
+        let sent: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(sent["bytes"], len, "{sent}");
+        let id = sent["id"].as_str().unwrap().to_owned();
+        let saved = d.join(format!("got{len}{mode}"));
+        let (code, _, err) = run(d, &["server", "read", &id, "-o", saved.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        assert!(std::fs::read(&saved).unwrap() == body, "{len} {mode}");
+    }
+}
+
 /// `recv_msg`, asked again while the server still holds the last connection's lease on the
 /// message (it is released when that connection's end is noticed).
 fn recv(dir: &Path, addr: &str) -> (i32, String, String) {

@@ -172,6 +172,18 @@ impl MessageArgs {
         }
     }
 
+    /// The message's length when it is known before it is read and at most `limit`: TEXT, or
+    /// a regular file that small (which may still change before it is read).
+    pub(super) fn small_len(&self, limit: u64) -> Option<u64> {
+        let len = match (self.text.as_deref(), &self.file) {
+            (Some("-"), _) | (None, None) => return None,
+            (Some(text), _) => text.len() as u64,
+            (None, Some(p)) if p == Path::new("-") => return None,
+            (None, Some(p)) => std::fs::metadata(p).ok().filter(|m| m.is_file())?.len(),
+        };
+        (len <= limit).then_some(len)
+    }
+
     /// The message's bytes: the text argument, `--file`, or stdin (no text, `-`, `--file -`).
     pub(super) fn input(&self) -> Result<Box<dyn Read + Send>> {
         Ok(match (self.text.as_deref(), &self.file) {
@@ -402,10 +414,18 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
     // docs/PERFORMANCE.md); a large one is sealed as it is sent, in constant memory.
     let outgoing = if a.message.is_small(SEAL_AHEAD_LIMIT) {
         let (identity, server, opts) = (keys.identity.clone(), keys.server.clone(), opts.clone());
+        let whole_len = a.message.small_len(SEAL_WHOLE_LIMIT);
         Outgoing::Sealing(tokio::task::spawn_blocking(move || {
             let mut bytes = Vec::new();
-            envelope::seal(identity.as_ref(), &server, &opts, input, &mut bytes)
-                .map(|sealed| (bytes, sealed))
+            seal_ahead(
+                identity.as_ref(),
+                &server,
+                &opts,
+                input,
+                whole_len,
+                &mut bytes,
+            )
+            .map(|sealed| (bytes, sealed))
         }))
     } else {
         Outgoing::Stream(input)
@@ -660,6 +680,46 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
 /// Messages up to this size are sealed into memory while the connection is made
 /// ([`client_send`]); larger ones are streamed.
 const SEAL_AHEAD_LIMIT: u64 = 1024 * 1024;
+
+/// Messages known to be at most this long (TEXT, or a regular file) are read whole and sealed
+/// in one call ([`envelope::seal_slice`]): [`envelope::seal`]'s 256 KiB working buffers, whose
+/// wipe on drop faults in every page, would cost more than sealing a few bytes (issue 13).
+const SEAL_WHOLE_LIMIT: u64 = 64 * 1024;
+
+/// Seals `input` into `output` ahead of sending. With `whole_len` (the length the message had
+/// when looked at, at most [`SEAL_WHOLE_LIMIT`]) it is read whole into a buffer sized once
+/// (it never reallocates, so no unwiped copy is left behind; wiped when dropped) and sealed
+/// with [`envelope::seal_slice`]; a file that grew meanwhile is sealed from what was read
+/// followed by the rest, as [`envelope::seal`] does for a message of unknown length.
+fn seal_ahead(
+    identity: &dyn Identity,
+    server: &letterlock::keys::PublicKey,
+    opts: &SealOptions,
+    mut input: Box<dyn Read + Send>,
+    whole_len: Option<u64>,
+    output: &mut Vec<u8>,
+) -> Result<envelope::Sealed, envelope::SealError> {
+    let Some(len) = whole_len else {
+        return envelope::seal(identity, server, opts, input, output);
+    };
+    // One byte of room more than the message had, to see whether it grew meanwhile.
+    let room = len.saturating_add(1);
+    let mut whole = zeroize::Zeroizing::new(Vec::with_capacity(
+        usize::try_from(room.min(SEAL_WHOLE_LIMIT + 1)).unwrap_or(0),
+    ));
+    (&mut input).take(room).read_to_end(&mut whole)?;
+    if (whole.len() as u64) < room {
+        envelope::seal_slice(identity, server, opts, &whole, output)
+    } else {
+        envelope::seal(
+            identity,
+            server,
+            opts,
+            whole.as_slice().chain(input),
+            output,
+        )
+    }
+}
 
 /// A message on its way: being sealed ahead into memory, or still to be read and sealed as it
 /// is sent.
