@@ -1023,6 +1023,29 @@ mod tests {
     }
 
     #[test]
+    fn a_key_the_directory_offers_for_a_pinned_name_is_a_conflict_not_unknown() {
+        use crate::client::{SenderLookup, Senders};
+        let (_dir, c) = open();
+        let (bob, mallory) = (key("bob2048"), key("mallory"));
+        c.pin("bob", &bob, false, 1).unwrap();
+        let swapped = [entry("bob", &mallory, 2)];
+        c.learn(&swapped).unwrap();
+        assert!(matches!(
+            c.lookup_after(&mallory.id(), &swapped).unwrap(),
+            SenderLookup::ConflictsWithPin { ref name, pinned } if name == "bob" && pinned == bob.id()
+        ));
+        // Without that directory answer, only unknown; bob's own key is still bob.
+        assert!(matches!(
+            c.lookup_after(&mallory.id(), &[]).unwrap(),
+            SenderLookup::Unknown
+        ));
+        assert!(matches!(
+            c.lookup_after(&bob.id(), &swapped).unwrap(),
+            SenderLookup::Usable { ref name, .. } if name == "bob"
+        ));
+    }
+
+    #[test]
     fn a_pinned_key_offered_under_another_name_is_a_conflict_and_records_nothing() {
         let (_dir, c) = open();
         let bob = key("bob2048");
