@@ -43,6 +43,87 @@ fn queue_from(dir: &Path, sender: &str, text: &[u8]) -> String {
     info.header.message_id.to_string()
 }
 
+#[test]
+fn a_relayed_message_that_does_not_verify_is_blamed_on_the_client_that_signed_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    classroom_folder(d);
+    let server = BinServer::start(d, &[]);
+    let file = public_path("mallory");
+    let (code, _, err) = run(
+        d,
+        &["client", "trust", file.to_str().unwrap(), "--name", "carol"],
+    );
+    assert_eq!(code, 0, "{err}");
+    // Carol's message, its last byte changed on the way (in the encrypted part).
+    let (mut sealed, info) = common::seal_with_info(
+        private("mallory").as_ref(),
+        &public(CLIENT),
+        &SealOptions::default(),
+        b"from carol, damaged",
+    );
+    *sealed.last_mut().unwrap() ^= 1;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = SqliteStore::open(d.join(SERVER_STORE)).unwrap();
+        enqueue(&store, &sealed, info.ack_tag).await;
+        store.close().await.unwrap();
+    });
+    let (code, out, err) = recv(d, &server.addr);
+    assert_eq!(code, EXIT_SET_ASIDE, "{out}{err}");
+    let carol = public("mallory").id().to_string();
+    assert!(
+        err.contains(&format!(
+            "a message from another client (carol, key {carol}) was refused"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("from the server"), "{err}");
+    assert_eq!(outbox_len(d), 1, "not acknowledged");
+}
+
+/// `send_msg` to the server reads a small message whole (up to 64 KiB) and seals it in one
+/// call; the server gets every byte either side of that size, in both modes where they fit.
+#[test]
+fn messages_either_side_of_the_whole_read_size_reach_the_server_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    classroom_folder(d);
+    let server = BinServer::start(d, &[]);
+    for (len, mode) in [
+        (0, "hybrid"),
+        (65_536, "hybrid"),
+        (65_537, "hybrid"),
+        (65_536, "asymmetric"),
+    ] {
+        let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let file = d.join(format!("m{len}{mode}"));
+        std::fs::write(&file, &body).unwrap();
+        let (code, out, err) = run(
+            d,
+            &[
+                "client",
+                "send_msg",
+                "--json",
+                "--mode",
+                mode,
+                "--file",
+                file.to_str().unwrap(),
+                "--server",
+                &server.addr,
+            ],
+        );
+        assert_eq!(code, 0, "{len} {mode}: {err}");
+        let sent: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(sent["bytes"], len, "{sent}");
+        let id = sent["id"].as_str().unwrap().to_owned();
+        let saved = d.join(format!("got{len}{mode}"));
+        let (code, _, err) = run(d, &["server", "read", &id, "-o", saved.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        assert!(std::fs::read(&saved).unwrap() == body, "{len} {mode}");
+    }
+}
+
 /// `recv_msg`, asked again while the server still holds the last connection's lease on the
 /// message (it is released when that connection's end is noticed).
 fn recv(dir: &Path, addr: &str) -> (i32, String, String) {
@@ -97,7 +178,8 @@ fn an_unknown_senders_message_is_set_aside_not_acked_then_delivered_once_trusted
     let (code, out, err) = run(d, &["client", "inbox", "--json"]);
     assert_eq!(code, 0, "{err}");
     let rows: serde_json::Value = serde_json::from_slice(&out).unwrap();
-    assert_eq!(rows[0]["sender"], "carol (pinned)");
+    assert_eq!(rows[0]["sender"], "carol");
+    assert_eq!(rows[0]["sender_source"], "pinned");
     assert_eq!(rows[0]["sender_key"], carol);
     let (code, out, err) = run(d, &["client", "read", &id]);
     assert_eq!(code, 0, "{err}");
@@ -306,7 +388,60 @@ fn alice_writes_to_bob_in_both_modes_the_server_holds_no_plaintext_and_bob_reads
     assert_eq!(code, 0, "{err}");
     let rows: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 2);
-    assert_eq!(rows[0]["sender"], "alice (directory)");
+    assert_eq!(
+        rows[0]["sender"], "alice",
+        "the bare name, as recv_msg --json"
+    );
+    assert_eq!(rows[0]["sender_source"], "directory");
+    // The text listing still says how the key is known.
+    let (code, out, err) = run(b, &["client", "inbox"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        String::from_utf8(out)
+            .unwrap()
+            .contains("alice (directory)"),
+        "{err}"
+    );
+}
+
+/// The names and key ids of `dir`'s contacts, as `client contacts --offline --json` lists them.
+fn contact_names(dir: &Path) -> Vec<(String, String)> {
+    let (code, out, err) = run(dir, &["client", "contacts", "--offline", "--json"]);
+    assert!(code == 0 || code == 6, "{err}");
+    let rows: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap().to_owned();
+            (s("name"), s("key_id"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_client_never_takes_its_own_directory_entry_for_a_contact() {
+    let w = World::start();
+    let (a, b) = (w.alice.path(), w.bob.path());
+    let (alice_id, bob_id) = (public(ALICE).id().to_string(), public(BOB).id().to_string());
+    // `client contacts` reads the directory (which lists alice too).
+    let (code, out, err) = w.client(a, &["contacts"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("new contact from the server's directory: bob"),
+        "{err}"
+    );
+    assert!(!err.contains("directory: alice"), "{err}");
+    assert!(!out.contains(&alice_id), "{out}");
+    assert_eq!(contact_names(a), vec![("bob".to_owned(), bob_id)]);
+    // A fetch that asks the directory for an unknown sender (bob learns alice's key) does not
+    // add bob himself either.
+    let (code, out, err) = w.send(a, "bob", &["hello"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = w.recv(b, &[]);
+    assert_eq!((code, out.as_str()), (0, "hello"), "{err}");
+    assert!(!err.contains("directory: bob"), "{err}");
+    assert_eq!(contact_names(b), vec![("alice".to_owned(), alice_id)]);
 }
 
 #[test]
@@ -363,6 +498,17 @@ fn send_msg_wait_says_read_by_bob_once_bob_received_it() {
     let (code, out, err) = w.send(a, "bob", &["--wait", "1s", "nobody reads this"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("not read by bob within 1s"), "{out}");
+    // Both commands take both forms: plain seconds, or a unit.
+    let (code, out, err) = w.send(a, "bob", &["--wait", "1", "nor this"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("not read by bob within 1s"), "{out}");
+    let (code, _, err) = w.client(b, &["recv_msg", "--wait", "0s"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = w.client(a, &["recv_msg", "--wait", "1"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = w.client(a, &["recv_msg", "--wait", "soon"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("give seconds (30) or a duration"), "{err}");
 }
 
 #[test]
@@ -385,6 +531,12 @@ fn a_message_to_a_key_the_server_does_not_trust_is_refused_with_code_12() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("code 12"), "{err}");
     assert!(err.contains("NOT sent to mallory"), "{err}");
+    // One sentence, said once: no chain repeating the refusal in the server's words.
+    assert_eq!(err.matches("code 12").count(), 1, "{err}");
+    assert!(
+        !err.contains("the server refused") && !err.contains("the server says"),
+        "{err}"
+    );
     // Refused outright: not kept among the sent messages waiting for a receipt.
     let (code, out, err) = run(a, &["client", "receipts", "--offline", "--json"]);
     assert_eq!(code, 0, "{err}");
@@ -489,6 +641,137 @@ fn a_server_substituting_bobs_key_is_refused_by_a_pin_and_shown_as_a_change_othe
         out.contains(&mallory_id),
         "sealed to the accepted key: {out}"
     );
+
+    // What the fake bob sends alice, who pinned the real bob, is set aside as a key in
+    // conflict with her pin: never with advice to trust (pin) it.
+    let (code, out, err) = w.send(fake_bob.path(), "alice", &["alice, it is bob"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = w.recv(a, &[]);
+    assert_eq!(code, EXIT_SET_ASIDE, "{out}{err}");
+    assert!(!out.contains("it is bob"), "{out}");
+    assert!(
+        err.contains(&format!(
+            "this key is offered for bob, whom you pinned as {bob_id}; it is not bob's pinned key"
+        )),
+        "{err}"
+    );
+    assert!(err.contains(&mallory_id), "{err}");
+    assert!(
+        err.contains("do not trust it without checking with bob"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("client trust") && !err.contains("unknown key"),
+        "no advice to pin the substituted key: {err}"
+    );
+}
+
+#[test]
+fn untrust_of_a_contact_whose_key_change_waits_needs_force() {
+    let w = World::start();
+    let a = w.alice.path();
+    let (code, _, err) = w.client(a, &["contacts"]);
+    assert_eq!(code, 0, "{err}");
+    let mallory_file = public_path("mallory");
+    w.server_cmd(&[
+        "trust",
+        mallory_file.to_str().unwrap(),
+        "--name",
+        "bob",
+        "--replace",
+    ]);
+    let (code, _, err) = w.client(a, &["contacts"]);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("WARNING"), "{err}");
+    let (bob_id, mallory_id) = (
+        public(BOB).id().to_string(),
+        public("mallory").id().to_string(),
+    );
+    // Forgetting bob now would make mallory's key a brand-new "bob": refused.
+    let (code, _, err) = run(a, &["client", "untrust", "bob"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("changed key waiting") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(err.contains(&mallory_id), "{err}");
+    assert_eq!(contact_names(a), vec![("bob".to_owned(), bob_id)]);
+    let (code, out, err) = run(a, &["client", "contacts", "--offline", "--json"]);
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, 6, "a change waits: {out}{err}");
+    assert!(out.contains("\"changed\""), "the change still waits: {out}");
+    // With --force, the user's choice: bob is forgotten.
+    let (code, _, err) = run(a, &["client", "untrust", "bob", "--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(contact_names(a).is_empty());
+}
+
+#[test]
+fn messages_kept_before_a_contacts_key_change_still_read_after_accept() {
+    let w = World::start();
+    let (a, b) = (w.alice.path(), w.bob.path());
+    let (code, out, err) = w.send(a, "bob", &["before the change"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let id = sent_id(&out);
+    let (code, out, err) = w.recv(b, &[]);
+    assert_eq!((code, out.as_str()), (0, "before the change"), "{err}");
+    // Alice's key changes in the directory; bob accepts the change.
+    let mallory_file = public_path("mallory");
+    w.server_cmd(&[
+        "trust",
+        mallory_file.to_str().unwrap(),
+        "--name",
+        "alice",
+        "--replace",
+    ]);
+    let (code, _, err) = w.client(b, &["contacts"]);
+    assert_eq!(code, 6, "{err}");
+    let (code, _, err) = w.client(b, &["contacts", "--accept", "alice"]);
+    assert_eq!(code, 0, "{err}");
+    // The message bob kept still opens, with alice's earlier key, said as such.
+    let (code, out, err) = run(b, &["client", "read", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, b"before the change");
+    assert!(
+        err.contains("from alice (directory, an earlier key"),
+        "{err}"
+    );
+    // The earlier key is no contact: not listed, not a recipient.
+    let mallory_id = public("mallory").id().to_string();
+    assert_eq!(
+        contact_names(b),
+        vec![("alice".to_owned(), mallory_id.clone())]
+    );
+    let (code, out, err) = w.send(b, "alice", &["to the new alice"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&mallory_id),
+        "sealed to the current key only: {out}"
+    );
+}
+
+#[test]
+fn pinning_another_key_for_a_directory_name_says_so_and_needs_replace() {
+    let w = World::start();
+    let a = w.alice.path();
+    let (code, _, err) = w.client(a, &["contacts"]);
+    assert_eq!(code, 0, "{err}");
+    let file = public_path("mallory");
+    let (code, _, err) = run(
+        a,
+        &["client", "trust", file.to_str().unwrap(), "--name", "bob"],
+    );
+    assert_eq!(code, 1, "{err}");
+    let bob_id = public(BOB).id().to_string();
+    assert!(
+        err.contains(&format!(
+            "bob is known from the server's directory with another key ({bob_id}); pinning"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("add --replace"), "{err}");
+    assert!(!err.contains("already pinned"), "{err}");
+    assert_eq!(contact_names(a), vec![("bob".to_owned(), bob_id)]);
 }
 
 #[test]
@@ -505,6 +788,15 @@ fn an_unknown_senders_relayed_message_is_set_aside_then_delivered_once_pinned() 
     assert!(err.contains("unknown key"), "{err}");
     assert!(err.contains(&public("mallory").id().to_string()), "{err}");
     assert!(!out.contains("psst"));
+    // The summary counts it, rather than "no new messages" after the report.
+    assert!(err.contains("0 new, 1 set aside"), "{err}");
+    assert!(!err.contains("no new messages"), "{err}");
+    // --json: the set-aside object names the signer's key, as the help says.
+    let (code, out, err) = w.recv(b, &["--json"]);
+    assert_eq!(code, EXIT_SET_ASIDE, "{out}{err}");
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["status"], "set_aside");
+    assert_eq!(line["sender_key"], public("mallory").id().to_string());
     let file = public_path("mallory");
     let (code, _, err) = run(
         b,

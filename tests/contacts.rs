@@ -44,8 +44,8 @@ fn contacts_json(dir: &Path) -> Vec<serde_json::Value> {
 fn trust_pins_a_key_prints_its_id_and_fingerprint_and_contacts_lists_it() {
     let dir = folder();
     let d = dir.path();
-    let bob = public("bob2048");
-    let (code, out, err) = trust(d, "bob2048", "bob", &[]);
+    let bob = public("bob3072");
+    let (code, out, err) = trust(d, "bob3072", "bob", &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&bob.id().to_string()), "{out}");
     assert!(out.contains(&bob.ssh_fingerprint().to_string()), "{out}");
@@ -77,30 +77,30 @@ fn trust_pins_a_key_prints_its_id_and_fingerprint_and_contacts_lists_it() {
 fn a_name_taken_by_another_key_needs_replace_and_a_key_is_pinned_under_one_name() {
     let dir = folder();
     let d = dir.path();
-    assert_eq!(trust(d, "bob2048", "bob", &[]).0, 0);
+    assert_eq!(trust(d, "bob3072", "bob", &[]).0, 0);
     // Pinning the same key again is fine.
-    assert_eq!(trust(d, "bob2048", "bob", &[]).0, 0);
+    assert_eq!(trust(d, "bob3072", "bob", &[]).0, 0);
     let (code, _, err) = trust(d, "mallory", "bob", &[]);
     assert_eq!(code, 1);
     assert!(err.contains("--replace"), "{err}");
     assert_eq!(
         contacts_json(d)[0]["key_id"],
-        public("bob2048").id().to_string()
+        public("bob3072").id().to_string()
     );
-    let (code, _, err) = trust(d, "bob2048", "robert", &[]);
+    let (code, _, err) = trust(d, "bob3072", "robert", &[]);
     assert_eq!(code, 1);
     assert!(err.contains("already pinned as bob"), "{err}");
     let (code, _, err) = trust(d, "mallory", "bob", &["--replace"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains(&public("bob2048").id().to_string()),
+        err.contains(&public("bob3072").id().to_string()),
         "the replaced key is named: {err}"
     );
     assert_eq!(
         contacts_json(d)[0]["key_id"],
         public("mallory").id().to_string()
     );
-    let (code, _, err) = trust(d, "bob2048", "no/slash", &[]);
+    let (code, _, err) = trust(d, "bob3072", "no/slash", &[]);
     assert_eq!(code, 1);
     assert!(err.contains("not a usable contact name"), "{err}");
 }
@@ -110,7 +110,7 @@ fn untrust_forgets_a_contact_and_refuses_an_unknown_name() {
     let dir = folder();
     let d = dir.path();
     assert_eq!(trust(d, "alice2048", "alice", &[]).0, 0);
-    assert_eq!(trust(d, "bob2048", "bob", &[]).0, 0);
+    assert_eq!(trust(d, "bob3072", "bob", &[]).0, 0);
     let (code, out, err) = run(d, &["client", "untrust", "alice"]);
     assert_eq!(code, 0, "{err}");
     assert!(String::from_utf8(out).unwrap().contains("removed alice"));
@@ -134,7 +134,7 @@ fn offline_commands_with_nothing_yet_and_accept_without_a_change() {
     let (code, _, err) = run(d, &["client", "contacts", "--offline", "--accept", "bob"]);
     assert_eq!(code, 1);
     assert!(err.contains("no contact named bob"), "{err}");
-    assert_eq!(trust(d, "bob2048", "bob", &[]).0, 0);
+    assert_eq!(trust(d, "bob3072", "bob", &[]).0, 0);
     let (code, _, err) = run(d, &["client", "contacts", "--offline", "--accept", "bob"]);
     assert_eq!(code, 1);
     assert!(err.contains("no changed key"), "{err}");
@@ -181,6 +181,14 @@ fn the_help_of_each_command_says_what_the_server_learns_and_what_to_check() {
     let send = help(&["client", "send_msg", "--help"]);
     assert!(send.contains("--to"), "{send}");
     assert!(send.contains("The server learns"), "{send}");
+    // The server sees the sealed size; padding is only the network's (inside TLS).
+    assert!(send.contains("the sealed size"), "{send}");
+    assert!(!send.contains("padded to a bucket"), "{send}");
+    let client = help(&["client", "--help"]);
+    assert!(!client.contains("walk-through"), "{client}");
+    assert!(client.contains("receipts"), "{client}");
+    let top = help(&["--help"]);
+    assert!(top.contains("each one's --help lists them"), "{top}");
     assert!(send.contains("Exit status"), "{send}");
     let contacts = help(&["client", "contacts", "--help"]);
     assert!(contacts.contains("fingerprint"), "{contacts}");
@@ -189,4 +197,15 @@ fn the_help_of_each_command_says_what_the_server_learns_and_what_to_check() {
     assert!(trust.contains("fingerprint"), "{trust}");
     let receipts = help(&["client", "receipts", "--help"]);
     assert!(receipts.contains("cannot make one"), "{receipts}");
+}
+
+#[test]
+fn the_servers_own_key_cannot_be_pinned_as_a_contact() {
+    let dir = folder();
+    let d = dir.path();
+    let (code, out, err) = trust(d, common::net::SERVER, "server", &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("that is the server's key"), "{err}");
+    assert!(err.contains("not a person's"), "{err}");
+    assert!(contacts_json(d).is_empty());
 }

@@ -97,6 +97,7 @@ fn recv_msg_keeps_each_message_and_client_read_opens_it_with_no_server_running()
     assert_eq!(rows[0]["bytes"], 17);
     assert_eq!(rows[0]["mode"], "hybrid");
     assert_eq!(rows[0]["sender"], addr.as_str());
+    assert_eq!(rows[0]["sender_source"], "server");
     assert_eq!(rows[0]["sender_key"], public(SERVER).id().to_string());
     let id = rows[0]["id"].as_str().unwrap().to_owned();
     // Kept sealed, as delivered: the plaintext is nowhere in the database.

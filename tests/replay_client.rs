@@ -143,7 +143,7 @@ async fn a_stale_or_unopenable_message_is_set_aside_and_the_next_one_delivered()
 
     let (code, out, err) = recv(d, &addr, &["-o", "inbox"]);
     assert_eq!(code, EXIT_SET_ASIDE, "{out}{err}");
-    assert_eq!(err.matches("set aside").count(), 2, "{err}");
+    assert_eq!(err.matches("set aside, NOT received").count(), 2, "{err}");
     assert!(err.contains("stale"), "{err}");
     assert!(err.contains("saved to"), "{err}");
     let saved: Vec<_> = std::fs::read_dir(d.join("inbox")).unwrap().collect();

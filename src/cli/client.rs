@@ -1,4 +1,5 @@
-//! `letterlock client ...`: the client side of the walk-through (key pair, send_msg, recv_msg).
+//! `letterlock client ...`: the client: its key pair, sending to the server or (relayed by
+//! it) to a person, receiving into its mailbox, contacts and receipts.
 
 use std::io::{self, IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -31,7 +32,9 @@ pub(super) enum ClientCommand {
         after_help = "With --to NAME the message is sealed to NAME's key (pinned with `client \
                       trust`, or from the server's signed directory) and signed with yours; the \
                       server stores it for NAME and cannot open it. The server learns who writes \
-                      to whom, when, and the size (padded to a bucket), never the content. It \
+                      to whom, when, and the sealed size (the message's length to within the \
+                      format's overhead; only the network, inside TLS, sees padded sizes), never \
+                      the content. It \
                       answers \"stored\", its word only; \"read by NAME\" comes later from \
                       NAME's receipt, which only NAME can make (`client receipts`, or --wait). \
                       If the directory's key for NAME changed since you last saw it, nothing is \
@@ -169,6 +172,18 @@ impl MessageArgs {
         }
     }
 
+    /// The message's length when it is known before it is read and at most `limit`: TEXT, or
+    /// a regular file that small (which may still change before it is read).
+    pub(super) fn small_len(&self, limit: u64) -> Option<u64> {
+        let len = match (self.text.as_deref(), &self.file) {
+            (Some("-"), _) | (None, None) => return None,
+            (Some(text), _) => text.len() as u64,
+            (None, Some(p)) if p == Path::new("-") => return None,
+            (None, Some(p)) => std::fs::metadata(p).ok().filter(|m| m.is_file())?.len(),
+        };
+        (len <= limit).then_some(len)
+    }
+
     /// The message's bytes: the text argument, `--file`, or stdin (no text, `-`, `--file -`).
     pub(super) fn input(&self) -> Result<Box<dyn Read + Send>> {
         Ok(match (self.text.as_deref(), &self.file) {
@@ -226,9 +241,9 @@ pub(super) struct ClientSendArgs {
     /// Send to this contact (another client, through the server) instead of to the server.
     #[arg(long, value_name = "NAME")]
     pub(super) to: Option<String>,
-    /// With --to: wait up to DURATION (e.g. 30s, 2m) for NAME's receipt, asking every half
-    /// second, and say whether NAME read it.
-    #[arg(long, value_name = "DURATION", requires = "to", value_parser = humantime::parse_duration)]
+    /// With --to: wait up to DURATION (seconds, e.g. 30, or with a unit: 30s, 2m) for NAME's
+    /// receipt, asking every half second, and say whether NAME read it.
+    #[arg(long, value_name = "DURATION", requires = "to", value_parser = wait_duration)]
     pub(super) wait: Option<Duration>,
     #[command(flatten)]
     pub(super) conn: ClientConn,
@@ -242,16 +257,29 @@ pub(super) struct RecvArgs {
     /// a missing one is created.
     #[arg(short, long, value_name = "DIR")]
     pub(super) output: Option<PathBuf>,
-    /// If nothing is waiting, keep asking for up to this many seconds.
-    #[arg(long, default_value_t = 0)]
-    pub(super) wait: u64,
+    /// If nothing is waiting, keep asking for up to DURATION (seconds, e.g. 30, or with a
+    /// unit: 30s, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = wait_duration)]
+    pub(super) wait: Duration,
     /// Print one JSON object per message on stdout, one per line: {status ("new", "repeat" or
     /// "set_aside"), id, sender_key, sender (a contact's name, or "server"), sender_source
     /// ("server", "pinned" or "directory"), created, mode, bytes, in_mailbox, and "text" (a UTF-8
     /// message), "file" (with -o) or neither (binary or over 64 MiB: `client read ID -o
-    /// FILE`); "error" for a message set aside}. Non-ASCII is written as \u escapes.
+    /// FILE`); a message set aside has only status, id, sender_key (null if not even its
+    /// header could be read) and "error"}. Non-ASCII is written as \u escapes.
     #[arg(long)]
     pub(super) json: bool,
+}
+
+/// A `--wait` value: a plain number is seconds (`30`), anything else a duration with its unit
+/// (`30s`, `2m`, `1h 30m`), so both commands take both forms.
+fn wait_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e}: give seconds (30) or a duration with its unit (30s, 2m)"))
 }
 
 /// Connects as the client: protocol version 2 (TLS 1.3) unless `--plain-v1`, retrying while
@@ -386,10 +414,18 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
     // docs/PERFORMANCE.md); a large one is sealed as it is sent, in constant memory.
     let outgoing = if a.message.is_small(SEAL_AHEAD_LIMIT) {
         let (identity, server, opts) = (keys.identity.clone(), keys.server.clone(), opts.clone());
+        let whole_len = a.message.small_len(SEAL_WHOLE_LIMIT);
         Outgoing::Sealing(tokio::task::spawn_blocking(move || {
             let mut bytes = Vec::new();
-            envelope::seal(identity.as_ref(), &server, &opts, input, &mut bytes)
-                .map(|sealed| (bytes, sealed))
+            seal_ahead(
+                identity.as_ref(),
+                &server,
+                &opts,
+                input,
+                whole_len,
+                &mut bytes,
+            )
+            .map(|sealed| (bytes, sealed))
         }))
     } else {
         Outgoing::Stream(input)
@@ -572,13 +608,15 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
                 ..
             },
         ) => {
-            let e = anyhow::Error::new(e).context(format!(
-                "NOT sent to {name}: the server refused it with code 12 (unknown recipient): it \
-                 does not trust the key {} as a client. If that is {name}'s key, its operator \
-                 must trust it (`letterlock server trust`); if the server trusts another key \
-                 for {name}, compare fingerprints with {name} before changing yours",
+            // One sentence: the server's own words add nothing to code 12 (in the debug log).
+            tracing::debug!(error = %e, "relay refused");
+            let e = anyhow::anyhow!(
+                "NOT sent to {name}: the server does not trust {name}'s key {} as a client (code \
+                 12, unknown recipient); if the key is right, the server's operator must trust \
+                 it (`letterlock server trust`), and if the server lists another key for {name}, \
+                 compare fingerprints with {name} before replacing yours",
                 contact.key.id()
-            ));
+            );
             return fail(e);
         }
         Err(e) => {
@@ -642,6 +680,46 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
 /// Messages up to this size are sealed into memory while the connection is made
 /// ([`client_send`]); larger ones are streamed.
 const SEAL_AHEAD_LIMIT: u64 = 1024 * 1024;
+
+/// Messages known to be at most this long (TEXT, or a regular file) are read whole and sealed
+/// in one call ([`envelope::seal_slice`]): [`envelope::seal`]'s 256 KiB working buffers, whose
+/// wipe on drop faults in every page, would cost more than sealing a few bytes (issue 13).
+const SEAL_WHOLE_LIMIT: u64 = 64 * 1024;
+
+/// Seals `input` into `output` ahead of sending. With `whole_len` (the length the message had
+/// when looked at, at most [`SEAL_WHOLE_LIMIT`]) it is read whole into a buffer sized once
+/// (it never reallocates, so no unwiped copy is left behind; wiped when dropped) and sealed
+/// with [`envelope::seal_slice`]; a file that grew meanwhile is sealed from what was read
+/// followed by the rest, as [`envelope::seal`] does for a message of unknown length.
+fn seal_ahead(
+    identity: &dyn Identity,
+    server: &letterlock::keys::PublicKey,
+    opts: &SealOptions,
+    mut input: Box<dyn Read + Send>,
+    whole_len: Option<u64>,
+    output: &mut Vec<u8>,
+) -> Result<envelope::Sealed, envelope::SealError> {
+    let Some(len) = whole_len else {
+        return envelope::seal(identity, server, opts, input, output);
+    };
+    // One byte of room more than the message had, to see whether it grew meanwhile.
+    let room = len.saturating_add(1);
+    let mut whole = zeroize::Zeroizing::new(Vec::with_capacity(
+        usize::try_from(room.min(SEAL_WHOLE_LIMIT + 1)).unwrap_or(0),
+    ));
+    (&mut input).take(room).read_to_end(&mut whole)?;
+    if (whole.len() as u64) < room {
+        envelope::seal_slice(identity, server, opts, &whole, output)
+    } else {
+        envelope::seal(
+            identity,
+            server,
+            opts,
+            whole.as_slice().chain(input),
+            output,
+        )
+    }
+}
 
 /// A message on its way: being sealed ahead into memory, or still to be read and sealed as it
 /// is sent.
@@ -729,7 +807,7 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
     let contacts: std::sync::Arc<dyn letterlock::client::Senders> =
         std::sync::Arc::new(super::contacts::open_contacts(&a.conn.keys)?);
     let read_cmd = read_command(&a.conn.keys);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.wait);
+    let deadline = std::time::Instant::now() + a.wait;
     let mut total = FetchReport::default();
     let mut shown = Shown::default();
     let result = loop {
@@ -755,6 +833,9 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
     result?;
     if total.new + total.repeats + total.set_aside == 0 {
         status!("no messages");
+    } else if total.set_aside > 0 {
+        // After the set-aside reports, "no new messages" would read as "nothing happened".
+        status!("{} new, {} set aside", total.new, total.set_aside);
     } else if total.new == 0 {
         status!("no new messages");
     }
@@ -882,7 +963,7 @@ fn report_event(
                 received.header.message_id
             );
         }
-        FetchEvent::SetAside { id, error } => {
+        FetchEvent::SetAside { id, sender, error } => {
             let id = id.map(|i| i.to_string()).unwrap_or_else(|| "?".into());
             eprintln!(
                 "letterlock: message {id} set aside, NOT received: {error}; it stays on the \
@@ -892,6 +973,7 @@ fn report_event(
                 return json_line(&serde_json::json!({
                     "status": "set_aside",
                     "id": id,
+                    "sender_key": sender.map(|k| k.to_string()),
                     "error": error.to_string(),
                 }));
             }

@@ -47,6 +47,10 @@ pub(super) struct TrustArgs {
 pub(super) struct UntrustArgs {
     /// The contact to forget (pinned or from the directory).
     pub(super) name: String,
+    /// Forget NAME even while the directory offers it a changed key, not accepted (the next
+    /// directory read then records that key as a new contact, with no change warning).
+    #[arg(long)]
+    pub(super) force: bool,
     /// Folder with the client's keys and its mailbox (letterlock-client.db).
     #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
     pub(super) keys: PathBuf,
@@ -111,6 +115,20 @@ pub(super) async fn on_contacts<T: Send + 'static>(
 pub(super) fn trust(a: &TrustArgs) -> Result<ExitCode> {
     let key = keys::load_any_public_with(&a.file, &|| super::passphrase::for_key(&a.file))
         .with_context(|| format!("reading the key {}", a.file.display()))?;
+    // The server's own key is no person's: a message "from" it is the server's, and one
+    // sealed to it is read by the server.
+    let (_, server_file) = keys::pair_paths(&a.keys, "server");
+    if server_file.exists()
+        && let Ok(server) = keys::load_public(&server_file)
+        && server.id() == key.id()
+    {
+        bail!(
+            "that is the server's key ({}, as in {}), not a person's: it cannot be a contact \
+             (`letterlock client send_msg` without --to writes to the server)",
+            key.id(),
+            server_file.display()
+        );
+    }
     let contacts = open_contacts(&a.keys)?;
     let before = contacts.pin(&a.name, &key, a.replace, envelope::unix_now())?;
     if let Some(before) = before {
@@ -134,7 +152,7 @@ pub(super) fn trust(a: &TrustArgs) -> Result<ExitCode> {
 /// `client untrust NAME`.
 pub(super) fn untrust(a: &UntrustArgs) -> Result<ExitCode> {
     let contacts = open_contacts(&a.keys)?;
-    let removed = contacts.remove(&a.name)?;
+    let removed = contacts.remove(&a.name, a.force)?;
     println!(
         "removed {} ({}, {})",
         removed.name,
@@ -164,13 +182,16 @@ pub(super) async fn refresh_directory(
     client: &mut Client,
     contacts: &Contacts,
 ) -> Result<DirectoryOutcome> {
-    let entries = match client.directory().await {
+    let mut entries = match client.directory().await {
         Ok(entries) => entries,
         Err(e @ ClientError::BadDirectory(_)) => {
             bail!("REFUSED: {e}. Someone may be tampering with the server or the connection")
         }
         Err(e) => return Err(anyhow::Error::new(e).context("the server's directory")),
     };
+    // The directory lists us too: our own key is neither a contact nor a key to trust.
+    let own = client.own_key_id();
+    entries.retain(|e| e.key.id() != own);
     let applied = on_contacts(contacts, move |c| c.apply_directory(&entries)).await?;
     let mut outcome = DirectoryOutcome::default();
     for a in &applied {
@@ -450,8 +471,9 @@ pub(super) async fn receipts(a: ReceiptsArgs) -> Result<ExitCode> {
     })
 }
 
-/// The public key of a pinned or accepted contact whose key id is `key`, for reading a kept
-/// message again; with its name and source.
+/// The public key of a pinned or accepted contact whose key id is `key`, or a key a contact
+/// had before a change, for reading a kept message again (only that: fetching and sending
+/// never use earlier keys); with its name and source.
 pub(super) fn contact_by_key(
     keys: &Path,
     key: &keys::KeyId,
@@ -460,7 +482,17 @@ pub(super) fn contact_by_key(
         return Ok(None);
     }
     let contacts = open_contacts(keys)?;
-    Ok(contacts
-        .by_key(key)?
-        .map(|c| (c.key, format!("{} ({})", c.name, c.source.as_str()))))
+    if let Some(c) = contacts.by_key(key)? {
+        return Ok(Some((c.key, format!("{} ({})", c.name, c.source.as_str()))));
+    }
+    // A key the contact had before a change: only here, to read what the mailbox holds.
+    Ok(contacts.earlier_key(key)?.map(|e| {
+        let who = format!(
+            "{} ({}, an earlier key, replaced {})",
+            e.name,
+            e.source.as_str(),
+            time_text(e.replaced)
+        );
+        (e.key, who)
+    }))
 }

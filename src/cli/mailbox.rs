@@ -61,8 +61,10 @@ pub(super) struct InboxArgs {
     /// Folder with the client's keys and its mailbox (letterlock-client.db).
     #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
     pub(super) keys: PathBuf,
-    /// Print the list as JSON: an array of {id, sender, sender_key, created, received, mode,
-    /// bytes, sealed_bytes}, times in Unix seconds.
+    /// Print the list as JSON: an array of {id, sender (a contact's name, or for the server
+    /// the address it was fetched from), sender_source ("pinned", "directory", "server", or
+    /// "unknown": a key no longer known), sender_key, created, received, mode, bytes,
+    /// sealed_bytes}, times in Unix seconds.
     #[arg(long)]
     pub(super) json: bool,
 }
@@ -89,8 +91,14 @@ pub(super) fn mode_name(m: u8) -> &'static str {
 /// alike: an array of {id, sender, sender_key, created, received, mode, bytes, sealed_bytes},
 /// times in Unix seconds, ASCII only ([`ascii_json`]).
 pub(super) fn inbox_json(list: &[InboxSummary]) -> Result<String> {
-    let rows: Vec<_> = list
-        .iter()
+    Ok(ascii_json(&serde_json::to_string_pretty(&inbox_rows(
+        list,
+    ))?))
+}
+
+/// The rows of [`inbox_json`], as JSON values.
+fn inbox_rows(list: &[InboxSummary]) -> Vec<serde_json::Value> {
+    list.iter()
         .map(|m| {
             serde_json::json!({
                 "id": hex::encode(m.message_id),
@@ -103,8 +111,7 @@ pub(super) fn inbox_json(list: &[InboxSummary]) -> Result<String> {
                 "sealed_bytes": m.body_size,
             })
         })
-        .collect();
-    Ok(ascii_json(&serde_json::to_string_pretty(&rows)?))
+        .collect()
 }
 
 /// `client inbox`: the messages kept, oldest received first.
@@ -118,17 +125,38 @@ pub(super) async fn client_inbox(a: InboxArgs) -> Result<ExitCode> {
         None => Vec::new(),
     };
     // A message from another client is shown under its contact's current name and how its
-    // key is known (pinned, or from the directory).
+    // key is known (pinned, or from the directory; a key the contact had before a change too):
+    // in text "NAME (SOURCE)", in JSON the bare name and "sender_source", as recv_msg --json.
+    let mut sources = Vec::with_capacity(list.len());
     if !list.is_empty() {
         let contacts = super::contacts::open_contacts(&a.keys)?;
+        let server = peer_key(&a.keys, "server").ok().map(|k| k.id());
         for m in &mut list {
-            if let Some(c) = contacts.by_key(&keys::KeyId(m.sender_key_id))? {
-                m.sender_name = format!("{} ({})", c.name, c.source.as_str());
-            }
+            let key = keys::KeyId(m.sender_key_id);
+            let known = match contacts.by_key(&key)? {
+                Some(c) => Some((c.name, c.source)),
+                None => contacts.earlier_key(&key)?.map(|e| (e.name, e.source)),
+            };
+            sources.push(match known {
+                Some((name, source)) => {
+                    m.sender_name = name;
+                    source.as_str()
+                }
+                None if server == Some(key) => "server",
+                None => "unknown",
+            });
         }
     }
     if a.json {
-        println!("{}", inbox_json(&list)?);
+        let rows: Vec<_> = inbox_rows(&list)
+            .into_iter()
+            .zip(&sources)
+            .map(|(mut row, source)| {
+                row["sender_source"] = (*source).into();
+                row
+            })
+            .collect();
+        println!("{}", ascii_json(&serde_json::to_string_pretty(&rows)?));
     } else if list.is_empty() {
         status!(
             "no messages received yet (the mailbox is {}; `letterlock client recv_msg` fills it)",
@@ -139,14 +167,18 @@ pub(super) async fn client_inbox(a: InboxArgs) -> Result<ExitCode> {
             "{:<32}  {:<20}  {:<10} {:>10}  from",
             "id", "received (UTC)", "mode", "bytes"
         );
-        for m in &list {
+        for (m, source) in list.iter().zip(&sources) {
+            let from = match *source {
+                "pinned" | "directory" => format!("{} ({source})", m.sender_name),
+                _ => m.sender_name.clone(),
+            };
             println!(
                 "{:<32}  {:<20}  {:<10} {:>10}  {}",
                 hex::encode(m.message_id),
                 time_text(m.received),
                 mode_name(m.mode),
                 m.plaintext_len,
-                letterlock::text::line(&m.sender_name),
+                letterlock::text::line(&from),
             );
         }
     }
@@ -177,8 +209,8 @@ fn signing_key(
     }
     bail!(
         "message {id} was signed by the key {signer}, which is not a contact's key (`letterlock \
-         client contacts --offline` lists them; a contact whose key changed since needs the old \
-         key pinned again to read it), and server_public.pem is now {} with no earlier key \
+         client contacts --offline` lists them; a contact untrusted since needs its key pinned \
+         again to read it), and server_public.pem is now {} with no earlier key \
          {signer} kept ({}): if the server signed it, put that server's public key there",
         current.id(),
         kept.display()

@@ -61,7 +61,8 @@ pub const STDOUT_LIMIT: u64 = 64 * 1024 * 1024;
 /// What every command's `--help` ends with: the exit status shared by all commands (the
 /// commands with more statuses list theirs) and the environment variables read.
 const GENERAL_HELP: &str = "Exit status: 0 success, 1 failure (the error is on stderr), 2 wrong \
-                            usage.\n\
+                            usage; some commands have more (e.g. `client recv_msg`, `client \
+                            contacts`): each one's --help lists them.\n\
                             Environment: LETTERLOCK_SERVER (--server), LETTERLOCK_KEYS (--keys), \
                             LETTERLOCK_STORE (--store); RUST_LOG overrides -v/-q.";
 
@@ -124,7 +125,8 @@ enum Command {
     Seal(SealArgs),
     /// Open a sealed message offline: decrypt it, verify the sender's signature.
     Open(OpenArgs),
-    /// The client side of the original walk-through.
+    /// The client: send to the server, or through it to a person (which it cannot read), and
+    /// receive; the mailbox, contacts (pinned or from the server's directory) and receipts.
     Client {
         #[command(subcommand)]
         command: ClientCommand,

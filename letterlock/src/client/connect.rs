@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::envelope::SealError;
-use crate::keys::{Identity, PublicKey};
+use crate::keys::{Identity, KeyId, PublicKey};
 use crate::tls::{self, TlsError, TlsOptions};
 use crate::wire::handshake;
 use crate::wire::{ErrorCode, Frame, FrameReader, FrameWriter};
@@ -388,6 +388,11 @@ impl Client {
     pub async fn close(mut self) -> Result<(), ClientError> {
         self.writer.shutdown().await?;
         Ok(())
+    }
+
+    /// The key id of our own key (who we are to the server and to other clients).
+    pub fn own_key_id(&self) -> KeyId {
+        self.identity.public().id()
     }
 
     /// What the TLS handshake agreed on, for a version 2 connection.

@@ -7,6 +7,9 @@
 //!   (state `changed`) and not used until the user accepts it, as ssh keeps a changed host
 //!   key out until `known_hosts` is edited. A pinned row never changes because of the
 //!   directory ([`directory::judge`] refuses every disagreement with a pin).
+//! - `client_contacts_earlier`: the keys a contact had before `accept` or a `pin --replace`
+//!   replaced them, used ONLY to verify messages the mailbox already holds (`client read`):
+//!   never to send, never to accept a delivery ([`Contacts::by_key`] does not see them).
 //! - `client_sent`: one row per relayed message: recipient, the ack tag computed at sealing
 //!   (written and committed *before* the message is sent, so that a crash after the server's
 //!   `Stored` still lets the receipt be checked), and, once a receipt checked out against that
@@ -50,6 +53,13 @@ CREATE TABLE IF NOT EXISTS client_contacts (
     CHECK ((offered_key_id IS NULL) = (offered_spki IS NULL))
 );
 CREATE INDEX IF NOT EXISTS client_contacts_by_key ON client_contacts (key_id);
+CREATE TABLE IF NOT EXISTS client_contacts_earlier (
+    key_id   BLOB    PRIMARY KEY CHECK (length(key_id) = 32),
+    spki     BLOB    NOT NULL,
+    name     TEXT    NOT NULL,
+    source   TEXT    NOT NULL CHECK (source IN ('pinned', 'directory')),
+    replaced INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS client_sent (
     message_id       BLOB    PRIMARY KEY CHECK (length(message_id) = 16),
     recipient_name   TEXT    NOT NULL,
@@ -93,11 +103,33 @@ pub enum ContactsError {
         existing: KeyId,
         new: KeyId,
     },
+    /// `trust` of a name the server's directory gave with another key, without `replace`.
+    #[error(
+        "{name} is known from the server's directory with another key ({existing}); pinning \
+         {new} replaces it: add --replace (check its fingerprint with {name} out of band first)"
+    )]
+    NameFromDirectory {
+        name: String,
+        existing: KeyId,
+        new: KeyId,
+    },
     /// `trust` of a key already pinned under another name.
     #[error("that key ({key}) is already pinned as {other}; untrust {other} first")]
     KeyPinnedElsewhere { key: KeyId, other: String },
     #[error("no contact named {0}")]
     NoSuchName(String),
+    /// `untrust` of a contact whose changed key waits for the user, without `force`.
+    #[error(
+        "{name} has a changed key waiting: the server's directory offers {offered} instead of \
+         {current}. Forgetting {name} now would make the next directory read take the offered \
+         key as a brand-new contact, with no change warning. Check with {name} and `letterlock \
+         client contacts --accept {name}`, or leave it; to forget {name} anyway, add --force"
+    )]
+    ChangePending {
+        name: String,
+        current: KeyId,
+        offered: KeyId,
+    },
     /// `accept` of a name that has no offered change.
     #[error("{0} has no changed key waiting to be accepted")]
     NothingToAccept(String),
@@ -135,6 +167,18 @@ pub struct Contact {
     pub offered: Option<Offered>,
     /// The directory serial this name was last seen at (directory contacts).
     pub serial: Option<u64>,
+}
+
+/// A key a contact had before it was replaced ([`Contacts::earlier_key`]): verifies messages
+/// already in the mailbox, nothing else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EarlierKey {
+    pub key: PublicKey,
+    /// The contact's name when the key was replaced.
+    pub name: String,
+    pub source: Source,
+    /// When it was replaced (unix seconds, the client's clock).
+    pub replaced: u64,
 }
 
 /// A changed key offered by the directory, not used until accepted.
@@ -256,11 +300,22 @@ impl Contacts {
             let existing = read_contact(&tx, name)?;
             let before = existing.as_ref().map(|c| c.key.id()).filter(|k| *k != id);
             if let (Some(before), false) = (before, replace) {
-                return Err(ContactsError::NameTaken {
-                    name: name.to_owned(),
-                    existing: before,
-                    new: id,
+                let name = name.to_owned();
+                return Err(match existing.as_ref().map(|c| c.source) {
+                    Some(Source::Directory) => ContactsError::NameFromDirectory {
+                        name,
+                        existing: before,
+                        new: id,
+                    },
+                    _ => ContactsError::NameTaken {
+                        name,
+                        existing: before,
+                        new: id,
+                    },
                 });
+            }
+            if let Some(old) = existing.as_ref().filter(|c| c.key.id() != id) {
+                keep_earlier(&tx, old, now)?;
             }
             tx.execute(
                 "INSERT OR REPLACE INTO client_contacts (name, key_id, spki, source, since, state, \
@@ -274,12 +329,21 @@ impl Contacts {
     }
 
     /// Removes the contact `name` (pinned or from the directory). A later directory fetch
-    /// sees the name as new again.
-    pub fn remove(&self, name: &str) -> Result<Contact, ContactsError> {
+    /// sees the name as new again. A contact with a changed key waiting is kept unless
+    /// `force`: removing it would let the next directory fetch record the offered key as a
+    /// new contact, trusted on the server's word, with no change warning.
+    pub fn remove(&self, name: &str, force: bool) -> Result<Contact, ContactsError> {
         self.with(|conn| {
             let tx = conn.transaction()?;
             let contact = read_contact(&tx, name)?
                 .ok_or_else(|| ContactsError::NoSuchName(name.to_owned()))?;
+            if let (Some(offered), false) = (&contact.offered, force) {
+                return Err(ContactsError::ChangePending {
+                    name: name.to_owned(),
+                    current: contact.key.id(),
+                    offered: offered.key.id(),
+                });
+            }
             tx.execute("DELETE FROM client_contacts WHERE name = ?1", [name])?;
             tx.commit()?;
             Ok(contact)
@@ -320,6 +384,39 @@ impl Contacts {
                 )
                 .optional()?;
             raw.map(RawContact::parse).transpose()
+        })
+    }
+
+    /// A key `name` had before it was replaced (`accept`, `pin --replace`): for verifying a
+    /// message the mailbox already holds, and for nothing else (not a sender of new
+    /// deliveries, not a recipient). The contact's name then, its source, and when it was
+    /// replaced.
+    pub fn earlier_key(&self, key: &KeyId) -> Result<Option<EarlierKey>, ContactsError> {
+        self.with(|conn| {
+            let raw = conn
+                .query_row(
+                    "SELECT spki, name, source, replaced FROM client_contacts_earlier \
+                     WHERE key_id = ?1",
+                    [&key.0[..]],
+                    |r| {
+                        Ok((
+                            r.get::<_, Vec<u8>>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, i64>(3)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((spki, name, source, replaced)) = raw else {
+                return Ok(None);
+            };
+            Ok(Some(EarlierKey {
+                key: parse_key(&spki, &key.0)?,
+                name,
+                source: parse_source(&source)?,
+                replaced: to_u64(replaced),
+            }))
         })
     }
 
@@ -429,7 +526,9 @@ impl Contacts {
                 .ok_or_else(|| ContactsError::NoSuchName(name.to_owned()))?;
             let offered = contact
                 .offered
+                .clone()
                 .ok_or_else(|| ContactsError::NothingToAccept(name.to_owned()))?;
+            keep_earlier(&tx, &contact, crate::envelope::unix_now())?;
             let id = offered.key.id();
             tx.execute(
                 "UPDATE client_contacts SET key_id = ?2, spki = ?3, since = ?4, state = 'usable', \
@@ -599,6 +698,31 @@ impl super::Senders for Contacts {
         })
     }
 
+    fn lookup_after(
+        &self,
+        key: &KeyId,
+        entries: &[Entry],
+    ) -> Result<super::SenderLookup, super::ClientError> {
+        let found = self.lookup(key)?;
+        if !matches!(found, super::SenderLookup::Unknown) {
+            return Ok(found);
+        }
+        // Unknown to the contacts: the directory may offer it for a name pinned with another
+        // key (a conflict records nothing, so only the answer itself says so).
+        for entry in entries.iter().filter(|e| e.key.id() == *key) {
+            if let Some(c) = self.get(&entry.name)?
+                && c.source == Source::Pinned
+                && c.key.id() != *key
+            {
+                return Ok(super::SenderLookup::ConflictsWithPin {
+                    name: c.name,
+                    pinned: c.key.id(),
+                });
+            }
+        }
+        Ok(found)
+    }
+
     fn learn(&self, entries: &[Entry]) -> Result<Vec<String>, super::ClientError> {
         Ok(self
             .apply_directory(entries)?
@@ -664,11 +788,7 @@ impl RawContact {
     /// The contact, its keys parsed and checked against the stored key ids.
     fn parse(self) -> Result<Contact, ContactsError> {
         let key = parse_key(&self.spki, &self.key_id)?;
-        let source = match self.source.as_str() {
-            "pinned" => Source::Pinned,
-            "directory" => Source::Directory,
-            _ => return Err(ContactsError::Corrupt("contact source")),
-        };
+        let source = parse_source(&self.source)?;
         let offered = match (self.offered_spki, self.offered_key_id) {
             (Some(spki), Some(id)) => Some(Offered {
                 key: parse_key(&spki, &id)?,
@@ -686,6 +806,30 @@ impl RawContact {
             serial: self.serial.map(to_u64),
         })
     }
+}
+
+fn parse_source(source: &str) -> Result<Source, ContactsError> {
+    match source {
+        "pinned" => Ok(Source::Pinned),
+        "directory" => Ok(Source::Directory),
+        _ => Err(ContactsError::Corrupt("contact source")),
+    }
+}
+
+/// Keeps the key `old` is being replaced by another (for reading messages already kept).
+fn keep_earlier(conn: &Connection, old: &Contact, now: u64) -> Result<(), ContactsError> {
+    conn.execute(
+        "INSERT OR REPLACE INTO client_contacts_earlier (key_id, spki, name, source, replaced) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            &old.key.id().0[..],
+            old.key.spki_der(),
+            old.name,
+            old.source.as_str(),
+            to_i64(now)
+        ],
+    )?;
+    Ok(())
 }
 
 fn read_contact(conn: &Connection, name: &str) -> Result<Option<Contact>, ContactsError> {
@@ -768,9 +912,12 @@ mod tests {
             c.pin("no/slash", &bob, false, 1),
             Err(ContactsError::BadName(_))
         ));
-        c.remove("bob").unwrap();
+        c.remove("bob", false).unwrap();
         assert!(c.list().unwrap().is_empty());
-        assert!(matches!(c.remove("bob"), Err(ContactsError::NoSuchName(_))));
+        assert!(matches!(
+            c.remove("bob", false),
+            Err(ContactsError::NoSuchName(_))
+        ));
     }
 
     #[test]
@@ -865,9 +1012,36 @@ mod tests {
             c.lookup(&mallory.id()).unwrap(),
             SenderLookup::Usable { ref name, .. } if name == "alice"
         ));
+        // Alice's earlier key is kept for reading old messages only: not a sender.
         assert!(matches!(
             c.lookup(&alice.id()).unwrap(),
             SenderLookup::Unknown
+        ));
+        let earlier = c.earlier_key(&alice.id()).unwrap().unwrap();
+        assert_eq!((earlier.key, earlier.name.as_str()), (alice, "alice"));
+        assert!(c.earlier_key(&mallory.id()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_key_the_directory_offers_for_a_pinned_name_is_a_conflict_not_unknown() {
+        use crate::client::{SenderLookup, Senders};
+        let (_dir, c) = open();
+        let (bob, mallory) = (key("bob2048"), key("mallory"));
+        c.pin("bob", &bob, false, 1).unwrap();
+        let swapped = [entry("bob", &mallory, 2)];
+        c.learn(&swapped).unwrap();
+        assert!(matches!(
+            c.lookup_after(&mallory.id(), &swapped).unwrap(),
+            SenderLookup::ConflictsWithPin { ref name, pinned } if name == "bob" && pinned == bob.id()
+        ));
+        // Without that directory answer, only unknown; bob's own key is still bob.
+        assert!(matches!(
+            c.lookup_after(&mallory.id(), &[]).unwrap(),
+            SenderLookup::Unknown
+        ));
+        assert!(matches!(
+            c.lookup_after(&bob.id(), &swapped).unwrap(),
+            SenderLookup::Usable { ref name, .. } if name == "bob"
         ));
     }
 

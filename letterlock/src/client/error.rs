@@ -73,6 +73,19 @@ pub enum ClientError {
     Seal(#[from] SealError),
     #[error("a message from the server was refused: {0}")]
     Open(#[from] OpenError),
+    /// A message another client signed (relayed by the server) did not open or verify: the
+    /// sending client's key id, and its contact name when it is a contact.
+    #[error(
+        "a message from another client ({}) was refused: {source}",
+        peer(.name.as_deref(), .key)
+    )]
+    PeerOpen {
+        /// Boxed: a key id and a name would make every `ClientError` large.
+        key: Box<KeyId>,
+        name: Option<String>,
+        #[source]
+        source: OpenError,
+    },
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
     /// The record of received messages could not be read or written: nothing is acknowledged
@@ -144,5 +157,13 @@ impl From<TlsError> for ClientError {
             },
             e => ClientError::Tls(e),
         }
+    }
+}
+
+/// How [`ClientError::PeerOpen`] names the sending client.
+fn peer(name: Option<&str>, key: &KeyId) -> String {
+    match name {
+        Some(name) => format!("{name}, key {key}"),
+        None => format!("key {key}, not a contact"),
     }
 }

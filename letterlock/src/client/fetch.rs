@@ -206,6 +206,7 @@ impl Client {
                     let error = ClientError::Open(e);
                     event(FetchEvent::SetAside {
                         id: None,
+                        sender: None,
                         error: &error,
                     })?;
                     report.set_aside += 1;
@@ -237,7 +238,7 @@ impl Client {
                                     .await
                                     .map(|()| received)
                             }
-                            Err(e) => Err(e),
+                            Err(e) => Err(from_whom(e, &header, self.server.id(), &sender)),
                         }
                     }
                     // Not known yet: asked of the directory once the fetch is done.
@@ -437,9 +438,14 @@ impl Client {
     where
         F: FnMut(FetchEvent<'_>) -> Result<(), ClientError>,
     {
+        let mut learnt = Arc::new(Vec::new());
         let directory_error = match self.directory().await {
-            Ok(entries) => {
-                let learner = senders.clone();
+            Ok(mut entries) => {
+                // Our own entry is not a contact (nor a key to trust): left out.
+                let own = self.own_key_id();
+                entries.retain(|e| e.key.id() != own);
+                let (learner, entries) = (senders.clone(), Arc::new(entries));
+                learnt = entries.clone();
                 match on_blocking_pool(move || learner.learn(&entries)).await {
                     Ok(notes) => {
                         if !notes.is_empty() {
@@ -459,8 +465,8 @@ impl Client {
             let lookup = match &directory_error {
                 Some(_) => SenderLookup::Unknown,
                 None => {
-                    let (s, key) = (senders.clone(), header.sender);
-                    on_blocking_pool(move || s.lookup(&key)).await?
+                    let (s, key, entries) = (senders.clone(), header.sender, learnt.clone());
+                    on_blocking_pool(move || s.lookup_after(&key, &entries)).await?
                 }
             };
             let opened = match lookup {
@@ -480,14 +486,15 @@ impl Client {
                         open_spooled(spool, identity, &key, &opts, out.as_ref(), capped, copy)
                     })
                     .await;
+                    let sender = Sender::Peer { name, pinned };
                     match opened {
                         Ok((mut received, staged)) => {
-                            received.sender = Sender::Peer { name, pinned };
+                            received.sender = sender;
                             keep(mailbox, staged, &mut received, now)
                                 .await
                                 .map(|()| received)
                         }
-                        Err(e) => Err(e),
+                        Err(e) => Err(from_whom(e, &header, self.server.id(), &sender)),
                     }
                 }
                 other => Err(not_usable(&header, &other, directory_error.as_deref())),
@@ -684,9 +691,11 @@ pub enum FetchEvent<'a> {
         received: &'a Received,
         recorded: Option<u64>,
     },
-    /// A message set aside, with why; `id` is `None` if not even its header could be read.
+    /// A message set aside, with why; `id` and `sender` (the key id its header names as
+    /// signer) are `None` if not even its header could be read.
     SetAside {
         id: Option<MessageId>,
+        sender: Option<KeyId>,
         error: &'a ClientError,
     },
     /// The server's directory was fetched (a message came from a key not known yet) and
@@ -715,6 +724,10 @@ pub enum SenderLookup {
     },
     /// Only offered by the directory as a changed key for `name`, not accepted.
     Changed { name: String },
+    /// Offered by the directory for `name`, whom the user pinned with another key (`pinned`):
+    /// the server (or whoever controls it) substitutes a key. Never usable, and never to be
+    /// pinned on the directory's word.
+    ConflictsWithPin { name: String, pinned: KeyId },
     /// Not a key of any contact.
     Unknown,
 }
@@ -724,6 +737,18 @@ pub enum SenderLookup {
 pub trait Senders: Send + Sync {
     /// What the contacts know about `key`.
     fn lookup(&self, key: &KeyId) -> Result<SenderLookup, ClientError>;
+    /// [`Senders::lookup`] once the server's verified directory `entries` were learnt: a key
+    /// the directory offers for a name pinned with another key is
+    /// [`SenderLookup::ConflictsWithPin`] (nothing about it is recorded, so only the
+    /// directory answer can say so). By default, [`Senders::lookup`].
+    fn lookup_after(
+        &self,
+        key: &KeyId,
+        entries: &[directory::Entry],
+    ) -> Result<SenderLookup, ClientError> {
+        let _ = entries;
+        self.lookup(key)
+    }
     /// Applies a verified directory; returns a line for each thing worth telling the user
     /// (a new name, a changed key, a conflict with a pin).
     fn learn(&self, entries: &[directory::Entry]) -> Result<Vec<String>, ClientError>;
@@ -755,7 +780,12 @@ fn not_usable(header: &Header, lookup: &SenderLookup, directory: Option<&str>) -
              accepted; if {name} really has a new key (check its fingerprint with {name}), \
              `letterlock client contacts --accept {name}`, then receive again"
         ),
-        _ => format!(
+        SenderLookup::ConflictsWithPin { name, pinned } => format!(
+            "from key {key}: this key is offered for {name}, whom you pinned as {pinned}; it is \
+             not {name}'s pinned key: do not trust it without checking with {name} (someone may \
+             be substituting {name}'s key)"
+        ),
+        SenderLookup::Usable { .. } | SenderLookup::Unknown => format!(
             "from an unknown key {key}{dir}; if you expect it, `letterlock client trust FILE \
              --name NAME` (with the sender's public key), or `letterlock client contacts` to see \
              the directory"
@@ -780,6 +810,7 @@ where
     }
     event(FetchEvent::SetAside {
         id: Some(header.message_id),
+        sender: Some(header.sender),
         error,
     })
 }
@@ -812,12 +843,34 @@ fn open_spooled(
     u.finish()
 }
 
+/// An opening failure of a message another client signed (its header names another sender
+/// than the server) says so, with the sender's key id and contact name: "a message from the
+/// server was refused" would blame the wrong party.
+fn from_whom(e: ClientError, header: &Header, server: KeyId, sender: &Sender) -> ClientError {
+    match (e, sender) {
+        (ClientError::Open(source), Sender::Peer { name, .. }) => ClientError::PeerOpen {
+            key: Box::new(header.sender),
+            name: Some(name.clone()),
+            source,
+        },
+        (ClientError::Open(source), Sender::Server) if header.sender != server => {
+            ClientError::PeerOpen {
+                key: Box::new(header.sender),
+                name: None,
+                source,
+            }
+        }
+        (e, _) => e,
+    }
+}
+
 /// Whether a failure concerns the one message (set it aside, deliver the next) rather than the
 /// connection or this machine (stop).
 fn is_set_aside(e: &ClientError) -> bool {
     matches!(
         e,
         ClientError::Open(_)
+            | ClientError::PeerOpen { .. }
             | ClientError::Stale(_)
             | ClientError::MailboxConflict { .. }
             | ClientError::UnknownSender(_)
