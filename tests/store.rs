@@ -461,7 +461,7 @@ async fn newer_schema_is_refused() {
     match SqliteStore::open(&path) {
         Err(StoreError::SchemaVersion {
             found: 99,
-            expected: 3,
+            expected: 4,
             ..
         }) => {}
         other => panic!("expected a schema version error, got {other:?}"),
@@ -630,7 +630,7 @@ async fn a_version_1_store_is_migrated_and_keeps_its_messages() {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
             "DROP TABLE client_keys; DROP TABLE trust_generation; DROP INDEX inbox_by_sender;
-             DROP TABLE receipts; DROP INDEX outbox_relayed;
+             DROP TABLE receipts; DROP INDEX outbox_relayed; DROP INDEX outbox_relayed_by_recipient;
              ALTER TABLE outbox DROP COLUMN sender_key_id; ALTER TABLE outbox DROP COLUMN sender_name;
              ALTER TABLE outbox DROP COLUMN received; ALTER TABLE outbox DROP COLUMN content_hash;
              PRAGMA user_version = 1;",
@@ -655,7 +655,7 @@ async fn a_version_1_store_is_migrated_and_keeps_its_messages() {
         .unwrap()
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
 }
 
 #[tokio::test]

@@ -39,7 +39,7 @@ use super::{
 /// - 1: inbox and outbox.
 /// - 2: the trusted clients (`client_keys`, `trust_generation`).
 /// - 3: relayed messages (the outbox's sender columns) and their receipts.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Mode of the database file: the mailbox holds who wrote to whom and when.
 const DB_MODE: u32 = 0o600;
@@ -164,6 +164,14 @@ CREATE TABLE receipts (
     PRIMARY KEY (sender_key_id, message_id)
 );
 CREATE INDEX receipts_by_delivered ON receipts (delivered);
+";
+
+/// Version 3 to 4: an index of each recipient's waiting relayed entries, so counting them
+/// against the server's bound (`Store::waiting_relayed`, before every relay) reads index
+/// entries only, instead of every outbox row of the recipient.
+const MIGRATE_3_TO_4: &str = "
+CREATE INDEX outbox_relayed_by_recipient ON outbox (recipient_key_id)
+    WHERE sender_key_id IS NOT NULL;
 ";
 
 /// Columns of a client key, in the order [`client_key`] reads them.
@@ -599,6 +607,10 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     }
     if version == 2 {
         tx.execute_batch(MIGRATE_2_TO_3).map_err(open_error(path))?;
+        version = 3;
+    }
+    if version == 3 {
+        tx.execute_batch(MIGRATE_3_TO_4).map_err(open_error(path))?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(open_error(path))?;
@@ -771,8 +783,8 @@ impl Store for SqliteStore {
             .await
     }
 
-    /// Counted over the `(recipient_key_id, message_id)` unique index: the recipient's rows
-    /// only.
+    /// Counted over the partial index `outbox_relayed_by_recipient` (schema 4): the
+    /// recipient's relayed entries, index entries only.
     async fn waiting_relayed(&self, recipient: &KeyId) -> Result<u64, StoreError> {
         let recipient = *recipient;
         self.read(move |conn, _| {

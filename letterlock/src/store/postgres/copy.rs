@@ -28,8 +28,9 @@ use crate::store::{
 };
 
 /// The SQLite schema versions this copy reads (`PRAGMA user_version`): 1 (inbox and outbox),
-/// 2 (and the client keys), 3 (and relayed messages with their receipts).
-const SQLITE_VERSIONS: std::ops::RangeInclusive<i64> = 1..=3;
+/// 2 (and the client keys), 3 (and relayed messages with their receipts), 4 (the same rows, one
+/// more index).
+const SQLITE_VERSIONS: std::ops::RangeInclusive<i64> = 1..=4;
 
 /// The SQLite schema version from which a mailbox holds its client keys.
 const SQLITE_CLIENT_KEYS: i64 = 2;

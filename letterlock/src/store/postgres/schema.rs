@@ -10,7 +10,7 @@ use tracing::info;
 use super::{StoreError, db};
 
 /// The newest schema version this letterlock writes and reads.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Key of the advisory lock that serialises migrations (any fixed number; "letterlk" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6c65_7474_6572_6c6b;
@@ -148,6 +148,12 @@ CREATE TABLE receipts (
     PRIMARY KEY (sender_key_id, message_id)
 );
 CREATE INDEX receipts_by_delivered ON receipts (delivered);
+",
+    // 5: an index of each recipient's waiting relayed entries, so counting them against the
+    // server's bound (before every relay) is an index-only scan.
+    "
+CREATE INDEX outbox_relayed_by_recipient ON outbox (recipient_key_id)
+    WHERE sender_key_id IS NOT NULL;
 ",
 ];
 
