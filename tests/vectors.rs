@@ -746,10 +746,10 @@ fn directory_entry_vector() {
 }
 
 /// Writes `tests/vectors/client_to_client/directory_entry.json`:
-/// `cargo test --test vectors -- --ignored regenerate_directory_vector`
+/// `cargo test --test vectors -- --ignored regenerate_vectors_client_to_client`
 #[test]
 #[ignore = "writes tests/vectors; run by hand for a deliberate format change"]
-fn regenerate_directory_vector() {
+fn regenerate_vectors_client_to_client() {
     let input = directory_input();
     let server = private(&input.server);
     let client = private(&input.client);
