@@ -202,16 +202,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
     /// If the message fails part-way, the rest of it is still read (and discarded) up to
     /// `SendEnd`: the peer learns of the failure at the same point whatever its cause.
     async fn receive(&mut self, first: Vec<u8>) -> Result<ReceiveJob<S>, Fail> {
-        // The header may span frames.
-        let mut head = first;
-        while head.len() < HEADER_LEN {
-            match self.next_data().await? {
-                Some(more) => head.extend_from_slice(&more),
-                None => return Err(Fail::refused("message shorter than a header")),
-            }
-        }
-        let header = Header::parse(&head)
-            .map_err(|e| Fail::new(ErrorCode::Refused, format!("bad header: {e}")))?;
+        let (head, header) = self.read_head(first).await?;
         self.check_header(&header)?;
         let known = self
             .server
@@ -293,6 +284,21 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
             client: self.client.clone(),
             out: self.conn.out.clone(),
         })
+    }
+
+    /// The first bytes of a message, starting with `first`, until its whole header is there
+    /// (it may span frames), and the header parsed from them.
+    pub(super) async fn read_head(&mut self, first: Vec<u8>) -> Result<(Vec<u8>, Header), Fail> {
+        let mut head = first;
+        while head.len() < HEADER_LEN {
+            match self.next_data().await? {
+                Some(more) => head.extend_from_slice(&more),
+                None => return Err(Fail::refused("message shorter than a header")),
+            }
+        }
+        let header = Header::parse(&head)
+            .map_err(|e| Fail::new(ErrorCode::Refused, format!("bad header: {e}")))?;
+        Ok((head, header))
     }
 
     /// The length of a wrapped key sealed for this server: its modulus length.

@@ -96,15 +96,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
     /// Reads one relayed message to its `SendEnd`: header checks first, then its bytes into
     /// the store's blob writer, batch by batch on the blocking pool, with its identity.
     async fn relay(&mut self, first: Vec<u8>, commitment: [u8; 32]) -> Result<RelayJob<S>, Fail> {
-        let mut head = first;
-        while head.len() < HEADER_LEN {
-            match self.next_data().await? {
-                Some(more) => head.extend_from_slice(&more),
-                None => return Err(Fail::refused("message shorter than a header")),
-            }
-        }
-        let header = Header::parse(&head)
-            .map_err(|e| Fail::new(ErrorCode::Refused, format!("bad header: {e}")))?;
+        let (head, header) = self.read_head(first).await?;
         let recipient = self.check_relay_header(&header).await?;
         let config = &self.server.config;
         // Before any byte is stored. Concurrent relays to one recipient may each pass this
