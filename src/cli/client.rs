@@ -318,7 +318,7 @@ pub(super) async fn connect_with(
     conn: &ClientConn,
     keys: ClientKeys,
 ) -> Result<letterlock::client::Client> {
-    use letterlock::client::{Backoff, Client, ClientConfig, ClientError, Transport};
+    use letterlock::client::{Client, ClientConfig, ClientError, Transport};
     use letterlock::tls::TlsOptions;
     let ClientKeys { identity, server } = keys;
     let me = identity.public().id();
@@ -334,10 +334,7 @@ pub(super) async fn connect_with(
     } else {
         Transport::Tls(TlsOptions::default())
     };
-    let backoff = Backoff {
-        deadline: Duration::from_secs(conn.timeout),
-        ..Backoff::default()
-    };
+    let backoff = backoff(conn.timeout);
     let result = Client::connect_retrying(
         &conn.server,
         identity,
@@ -445,26 +442,8 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
             return Err(e);
         }
     };
-    use letterlock::client::{Backoff, Retry, RetryCause};
-    let resend = |r: &Retry| match r.cause {
-        RetryCause::Unavailable { id } => status!(
-            "letterlock: the server could not store message {id} now (it answered \
-             \"unavailable\": its mailbox database may be down); resending it: attempt {}, \
-             waiting {} ms",
-            r.attempt,
-            r.wait.as_millis()
-        ),
-        RetryCause::Busy => status!(
-            "letterlock: the server is busy; retrying: attempt {}, waiting {} ms",
-            r.attempt,
-            r.wait.as_millis()
-        ),
-        _ => {}
-    };
-    let backoff = Backoff {
-        deadline: Duration::from_secs(a.conn.timeout),
-        ..Backoff::default()
-    };
+    let resend = report_retry;
+    let backoff = backoff(a.conn.timeout);
     let sent = match outgoing {
         Outgoing::Stream(input) => client.send_retrying(input, opts, backoff, resend).await,
         Outgoing::Sealing(sealing) => match sealing.await {
@@ -517,7 +496,6 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
 async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
     use super::contacts::{Recipient, check_receipts, on_contacts, open_contacts, resolve};
     use letterlock::client::contacts::{ReceiptCheck, SentMessage};
-    use letterlock::client::{Backoff, Retry, RetryCause};
     let input = a.message.input()?;
     let opts = SealOptions {
         asymmetric_limit: a.max_asymmetric,
@@ -548,24 +526,8 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
         }
         Err(e) => return fail(e),
     };
-    let resend = |r: &Retry| match r.cause {
-        RetryCause::Unavailable { id } => status!(
-            "letterlock: the server could not store message {id} now (it answered \
-             \"unavailable\"); resending it: attempt {}, waiting {} ms",
-            r.attempt,
-            r.wait.as_millis()
-        ),
-        RetryCause::Busy => status!(
-            "letterlock: the server is busy; retrying: attempt {}, waiting {} ms",
-            r.attempt,
-            r.wait.as_millis()
-        ),
-        _ => {}
-    };
-    let backoff = Backoff {
-        deadline: Duration::from_secs(a.conn.timeout),
-        ..Backoff::default()
-    };
+    let resend = report_retry;
+    let backoff = backoff(a.conn.timeout);
     let recipient_name = contact.name.clone();
     let recipient = contact.key.id();
     let record = contacts.clone();
@@ -730,6 +692,35 @@ enum Outgoing {
         >,
     ),
     Stream(Box<dyn Read + Send>),
+}
+
+/// The retries of `--timeout` seconds: busy servers and "unavailable" answers are tried again
+/// with jittered waits until then.
+fn backoff(timeout_s: u64) -> letterlock::client::Backoff {
+    letterlock::client::Backoff {
+        deadline: Duration::from_secs(timeout_s),
+        ..letterlock::client::Backoff::default()
+    }
+}
+
+/// Says on stderr why a send or relay is being tried again.
+fn report_retry(r: &letterlock::client::Retry) {
+    use letterlock::client::RetryCause;
+    match r.cause {
+        RetryCause::Unavailable { id } => status!(
+            "letterlock: the server could not store message {id} now (it answered \
+             \"unavailable\": its mailbox database may be down); resending it: attempt {}, \
+             waiting {} ms",
+            r.attempt,
+            r.wait.as_millis()
+        ),
+        RetryCause::Busy => status!(
+            "letterlock: the server is busy; retrying: attempt {}, waiting {} ms",
+            r.attempt,
+            r.wait.as_millis()
+        ),
+        _ => {}
+    }
 }
 
 /// The client's durable record of received messages ([`letterlock::received`]), beside its
