@@ -886,7 +886,7 @@ fn a_receipt_forged_in_the_servers_store_is_never_shown_as_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_msg_to_resends_the_same_relayed_message_after_unavailable() {
     use letterlock::store::{PostgresStore, Store};
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     let db = common::postgres::exclusive_database().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -910,7 +910,7 @@ async fn send_msg_to_resends_the_same_relayed_message_after_unavailable() {
     );
     assert_eq!(code, 0, "{err}");
     let text = "relayed while PostgreSQL restarted";
-    let mut child = common::cli::command(
+    let mut watched = common::cli::Watched::spawn(common::cli::command(
         d,
         &[
             "-v",
@@ -923,43 +923,17 @@ async fn send_msg_to_resends_the_same_relayed_message_after_unavailable() {
             "--timeout",
             "120",
         ],
-    )
-    .stdin(std::process::Stdio::piped())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let mut said = Vec::new();
-    let mut wait_for = |needle: &str| {
-        while let Ok(line) = lines.recv() {
-            said.push(line.clone());
-            if line.contains(needle) {
-                return line;
-            }
-        }
-        panic!(
-            "send_msg ended without saying {needle:?}:\n{}",
-            said.join("\n")
-        );
-    };
+    ));
     // Connected: the message (stdin) is sealed and relayed only once it is written.
-    wait_for("connected; the server proved its key");
+    watched.wait_for("connected; the server proved its key");
     tokio::task::block_in_place(|| db.stop_server());
-    let mut stdin = child.stdin.take().unwrap();
+    let mut stdin = watched.child.stdin.take().unwrap();
     stdin.write_all(text.as_bytes()).unwrap();
     drop(stdin);
-    let resending = wait_for("resending it");
+    let resending = watched.wait_for("resending it");
     assert!(resending.contains("unavailable"), "{resending}");
     tokio::task::block_in_place(|| db.start_server());
-    let out = child.wait_with_output().unwrap();
-    reader.join().unwrap();
+    let (out, _) = watched.finish();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("stored for bob on the server"), "{stdout}");
