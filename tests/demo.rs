@@ -25,7 +25,7 @@ fn demo_runs_and_every_property_passes() {
     // frames; every attack through the proxy; the message's own signature at rest.
     for needle in [
         "protocol version 2 (TLS 1.3",
-        "ALPN offered [letterlock/2]",
+        "ALPN offered [letterlock/2, letterlock/2+delegated]",
         "group chosen X25519MLKEM768",
         "TLS application_data",
         "plaintext not found in",

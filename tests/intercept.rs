@@ -665,7 +665,7 @@ async fn on_v2_the_eavesdropper_sees_tls_records_not_frames_nor_plaintext() {
     let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
     // rustls shuffles its ClientHello extensions: each fact is looked for on its own.
     assert!(
-        has("ClientHello:") && has("ALPN offered [letterlock/2]"),
+        has("ClientHello:") && has("ALPN offered [letterlock/2, letterlock/2+delegated]"),
         "{lines:#?}"
     );
     assert!(has("key shares [X25519MLKEM768"), "{lines:#?}");

@@ -293,7 +293,7 @@ impl Client {
             Ok(done) => done,
             Err(e) => return Err(tls_failure(e, first.get())),
         };
-        debug!(version = ?session.version, group = ?session.group, "TLS handshake done");
+        debug!(version = ?session.version, group = ?session.group, delegated = session.delegated, "TLS handshake done");
         let (r, w) = tokio::io::split(stream);
         let mut client = Client {
             // Version 2 pads every flush to its bucket (docs/PROTOCOL.md, "Frame padding").

@@ -154,7 +154,7 @@ impl<S: Store> Server<S> {
         };
         match accepted {
             Ok((stream, session, client)) => {
-                debug!(%peer, version = ?session.version, group = ?session.group, "TLS handshake done");
+                debug!(%peer, version = ?session.version, group = ?session.group, delegated = session.delegated, "TLS handshake done");
                 let (r, w) = tokio::io::split(stream);
                 let conn = Connection::open_v2(r, w, peer, &self.config);
                 match ticket.authenticated() {

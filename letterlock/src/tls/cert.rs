@@ -20,12 +20,12 @@
 //!
 //! [`PublicKey::spki_der`]: crate::keys::PublicKey::spki_der
 
-use crate::keys::{Identity, KeyError};
+use crate::keys::{Identity, KeyError, KeyId};
 
 /// `AlgorithmIdentifier` of RSASSA-PSS with SHA-256, MGF1-SHA-256 and a 32-byte salt (RFC 4055),
 /// in the encoding OpenSSL writes and rustls-webpki recognises (its `alg-rsa-pss-sha256.der`):
 /// exactly what [`Identity::sign`] produces.
-const RSA_PSS_SHA256_ALG_ID: &[u8] = &[
+pub(super) const RSA_PSS_SHA256_ALG_ID: &[u8] = &[
     0x30, 0x41, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a, 0x30, 0x34, 0xa0,
     0x0f, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00,
     0xa1, 0x1c, 0x30, 0x1a, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x08, 0x30,
@@ -42,6 +42,7 @@ const NOT_AFTER: &[u8] = b"99991231235959Z";
 const OID_COMMON_NAME: &[u64] = &[2, 5, 4, 3];
 const OID_BASIC_CONSTRAINTS: &[u64] = &[2, 5, 29, 19];
 const OID_KEY_USAGE: &[u64] = &[2, 5, 29, 15];
+const OID_AUTHORITY_KEY_IDENTIFIER: &[u64] = &[2, 5, 29, 35];
 
 /// Makes the self-signed certificate (DER) for `identity`'s key: one PSS signature.
 pub fn self_signed(identity: &dyn Identity) -> Result<Vec<u8>, KeyError> {
@@ -55,27 +56,81 @@ pub(super) fn with_validity(
     not_before: &[u8],
     not_after: &[u8],
 ) -> Result<Vec<u8>, KeyError> {
-    use yasna::models::{ObjectIdentifier, TaggedDerValue};
+    use yasna::models::TaggedDerValue;
     use yasna::tags::{TAG_GENERALIZEDTIME, TAG_UTCTIME};
 
     let public = identity.public();
     let id = public.id();
     let mut serial = [0u8; 16];
     serial.copy_from_slice(&id.0[..16]);
-    // RFC 5280: a positive integer of at most 20 bytes. Clearing the top bit keeps it positive
-    // and setting the lowest keeps the first byte nonzero, so it always encodes in 16 bytes.
-    serial[0] = (serial[0] & 0x7f) | 0x01;
-    let name = yasna::construct_der(|w| {
+    let name = key_name(&id);
+    let time = |tag, contents: &[u8]| {
+        yasna::construct_der(|w| {
+            w.write_tagged_der(&TaggedDerValue::from_tag_and_bytes(tag, contents.to_vec()))
+        })
+    };
+    signed_by(
+        identity,
+        &Fields {
+            serial,
+            issuer: &name,
+            subject: &name,
+            not_before: &time(TAG_UTCTIME, not_before),
+            not_after: &time(TAG_GENERALIZEDTIME, not_after),
+            spki: public.spki_der(),
+            authority_key_id: None,
+        },
+    )
+}
+
+/// The Name `CN=letterlock <key id>` (DER): the subject and issuer of a key's self-signed
+/// certificate, and the issuer of the handshake keys it delegates to.
+pub fn key_name(id: &KeyId) -> Vec<u8> {
+    name(&format!("letterlock {id}"))
+}
+
+/// A Name of one common name (DER).
+pub(super) fn name(common_name: &str) -> Vec<u8> {
+    use yasna::models::ObjectIdentifier;
+    yasna::construct_der(|w| {
         w.write_sequence(|w| {
             w.next().write_set(|w| {
                 w.next().write_sequence(|w| {
                     w.next()
                         .write_oid(&ObjectIdentifier::from_slice(OID_COMMON_NAME));
-                    w.next().write_utf8string(&format!("letterlock {id}"));
+                    w.next().write_utf8string(common_name);
                 })
             })
         })
-    });
+    })
+}
+
+/// Everything in a certificate but its signature, already encoded where it is DER.
+pub(super) struct Fields<'a> {
+    /// 16 bytes; made positive and first-byte-nonzero by [`signed_by`].
+    pub serial: [u8; 16],
+    /// Issuer and subject Names (DER).
+    pub issuer: &'a [u8],
+    pub subject: &'a [u8],
+    /// `notBefore` and `notAfter`, each a whole UTCTime or GeneralizedTime (DER).
+    pub not_before: &'a [u8],
+    pub not_after: &'a [u8],
+    /// The certified key's SubjectPublicKeyInfo (DER).
+    pub spki: &'a [u8],
+    /// For a delegated handshake key: the key id of the key that signs it, as the
+    /// authorityKeyIdentifier's keyIdentifier (the 32 bytes of SHA-256, section 1).
+    pub authority_key_id: Option<KeyId>,
+}
+
+/// An X.509 v3 certificate of `fields`, signed by `identity` with RSASSA-PSS (SHA-256, salt 32),
+/// with critical basicConstraints `cA=FALSE` and keyUsage `digitalSignature`: one signature.
+pub(super) fn signed_by(identity: &dyn Identity, fields: &Fields<'_>) -> Result<Vec<u8>, KeyError> {
+    use yasna::models::ObjectIdentifier;
+
+    let mut serial = fields.serial;
+    // RFC 5280: a positive integer of at most 20 bytes. Clearing the top bit keeps it positive
+    // and setting the lowest keeps the first byte nonzero, so it always encodes in 16 bytes.
+    serial[0] = (serial[0] & 0x7f) | 0x01;
     let tbs = yasna::construct_der(|w| {
         w.write_sequence(|w| {
             // version [0] EXPLICIT v3 (2): rustls-webpki accepts only v3 certificates.
@@ -83,21 +138,13 @@ pub(super) fn with_validity(
                 .write_tagged(yasna::Tag::context(0), |w| w.write_u8(2));
             w.next().write_bigint_bytes(&serial, true);
             w.next().write_der(RSA_PSS_SHA256_ALG_ID);
-            w.next().write_der(&name);
+            w.next().write_der(fields.issuer);
             w.next().write_sequence(|w| {
-                w.next()
-                    .write_tagged_der(&TaggedDerValue::from_tag_and_bytes(
-                        TAG_UTCTIME,
-                        not_before.to_vec(),
-                    ));
-                w.next()
-                    .write_tagged_der(&TaggedDerValue::from_tag_and_bytes(
-                        TAG_GENERALIZEDTIME,
-                        not_after.to_vec(),
-                    ));
+                w.next().write_der(fields.not_before);
+                w.next().write_der(fields.not_after);
             });
-            w.next().write_der(&name);
-            w.next().write_der(public.spki_der());
+            w.next().write_der(fields.subject);
+            w.next().write_der(fields.spki);
             w.next().write_tagged(yasna::Tag::context(3), |w| {
                 w.write_sequence(|w| {
                     // basicConstraints, critical, cA = FALSE (the default, so an empty SEQUENCE).
@@ -117,6 +164,21 @@ pub(super) fn with_validity(
                             w.write_bitvec_bytes(&[0x80], 1)
                         }));
                     });
+                    // authorityKeyIdentifier, not critical: [0] IMPLICIT keyIdentifier.
+                    if let Some(id) = &fields.authority_key_id {
+                        w.next().write_sequence(|w| {
+                            w.next().write_oid(&ObjectIdentifier::from_slice(
+                                OID_AUTHORITY_KEY_IDENTIFIER,
+                            ));
+                            w.next().write_bytes(&yasna::construct_der(|w| {
+                                w.write_sequence(|w| {
+                                    w.next().write_tagged_implicit(yasna::Tag::context(0), |w| {
+                                        w.write_bytes(&id.0)
+                                    })
+                                })
+                            }));
+                        });
+                    }
                 })
             });
         })
@@ -134,7 +196,7 @@ pub(super) fn with_validity(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{KeyId, PrivateKey};
+    use crate::keys::PrivateKey;
 
     #[test]
     fn the_certificate_carries_the_key_and_its_own_pss_signature_verifies() {

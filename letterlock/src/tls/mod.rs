@@ -18,6 +18,7 @@
 //! the peer in the clear.
 
 pub mod cert;
+pub mod delegated;
 pub mod pin;
 pub mod probe;
 
@@ -59,6 +60,9 @@ pub enum TlsError {
     /// Making our certificate failed (the key could not sign).
     #[error("cannot make the TLS certificate: {0}")]
     Certificate(#[source] KeyError),
+    /// Making a delegated handshake key failed ([`delegated`]).
+    #[error("cannot make the TLS handshake key: {0}")]
+    HandshakeKey(&'static str),
     /// rustls refused the configuration (a bug in this module, not the peer's doing).
     #[error("TLS configuration: {0}")]
     Config(#[source] rustls::Error),
@@ -128,6 +132,9 @@ pub struct Session {
     pub cipher_suite: CipherSuite,
     /// The peer's key id, from its certificate.
     pub peer: KeyId,
+    /// Whether the peer signed the handshake with a delegated handshake key ([`delegated`])
+    /// rather than with its letterlock key itself.
+    pub delegated: bool,
 }
 
 impl Session {
@@ -140,11 +147,11 @@ impl Session {
                 "handshake finished without its parameters".into(),
             ))
         };
-        let peer = state
+        let cert = state
             .peer_certificates()
             .and_then(<[CertificateDer<'_>]>::first)
-            .and_then(pin::key_id_of_cert)
             .ok_or_else(incomplete)?;
+        let peer = pin::peer_of_cert(cert).ok_or_else(incomplete)?;
         Ok(Session {
             version: state.protocol_version().ok_or_else(incomplete)?,
             group: state
@@ -156,6 +163,7 @@ impl Session {
                 .ok_or_else(incomplete)?
                 .suite(),
             peer,
+            delegated: delegated::is_delegated(cert),
         })
     }
 }
@@ -189,60 +197,85 @@ fn certified_with(identity: Arc<dyn Identity>, cert_der: Vec<u8>) -> Arc<Certifi
     ))
 }
 
-/// The client's certificate, signed on a thread of its own from the moment the configuration
-/// is made, and waited for only when the server asks for it.
+/// The client's certificate, made on a thread of its own from the moment the configuration is
+/// made, and waited for only when the server asks for it.
 ///
-/// Making the certificate costs one RSA signature (about 2 ms at 3072 bits on the machines
-/// we measure), and a one-shot `send_msg` makes it in every process. Signed before
-/// connecting, it would precede the whole handshake; signed beside it, it overlaps the TCP
-/// connect and the server's first flight, which carries the server's own signature, and is
-/// almost always ready when rustls asks. The wait in [`ResolvesClientCert::resolve`] blocks
-/// the thread driving the handshake for at most what is left of that one signature; the signer
-/// never waits on anything, so the wait always ends.
-#[derive(Debug)]
+/// A letterlock server asks for a delegated handshake key ([`delegated`]); making one costs one
+/// RSA signature (about 2 ms at 3072 bits on the machines we measure), which a one-shot
+/// `send_msg` pays in every process. Made beside the TCP connect and the server's first
+/// flight, it is nearly ready when rustls asks. The wait in [`ResolvesClientCert::resolve`]
+/// blocks the thread driving the handshake for at most what is left of that one signature; the
+/// signer never waits on anything, so the wait always ends. A server that does not ask for
+/// delegation (another implementation of the earlier profile) gets the RSA certificate, made
+/// then (one more signature).
 struct CertInBackground {
+    identity: Arc<dyn Identity>,
     signer: std::sync::Mutex<Option<CertSigner>>,
-    done: std::sync::OnceLock<Option<Arc<CertifiedKey>>>,
+    delegated: std::sync::OnceLock<Option<Arc<CertifiedKey>>>,
+    own: std::sync::OnceLock<Option<Arc<CertifiedKey>>>,
 }
 
-/// The thread making the certificate ([`certified`]).
+impl std::fmt::Debug for CertInBackground {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CertInBackground({})", self.identity.public().id())
+    }
+}
+
+/// The thread making the delegated handshake key ([`delegated::make`]).
 type CertSigner = std::thread::JoinHandle<Result<Arc<CertifiedKey>, TlsError>>;
 
 impl CertInBackground {
     fn start(identity: Arc<dyn Identity>) -> Self {
+        let for_thread = identity.clone();
         let signer = std::thread::Builder::new()
             .name("letterlock-cert".into())
-            .spawn(move || certified(identity));
-        let (signer, done) = match signer {
+            .spawn(move || delegated::make(for_thread.as_ref(), std::time::SystemTime::now()));
+        let (signer, delegated) = match signer {
             Ok(handle) => (Some(handle), std::sync::OnceLock::new()),
-            // No thread to be had: the handshake fails as it would without a key to present.
+            // No thread to be had: the RSA certificate is made when the server asks.
             Err(e) => {
-                tracing::error!(error = %e, "cannot start a thread to make the TLS certificate");
+                tracing::error!(error = %e, "cannot start a thread to make the TLS handshake key");
                 (None, std::sync::OnceLock::from(None))
             }
         };
         CertInBackground {
+            identity,
             signer: std::sync::Mutex::new(signer),
-            done,
+            delegated,
+            own: std::sync::OnceLock::new(),
         }
     }
 
-    /// The certificate, waiting for its signature if it is still being made; `None` (and an
-    /// error logged) when it could not be made, and then the server refuses the handshake.
-    fn get(&self) -> Option<Arc<CertifiedKey>> {
-        self.done
+    /// The delegated handshake key, waiting for its signature if it is still being made; `None`
+    /// (and an error logged) when it could not be made.
+    fn delegated(&self) -> Option<Arc<CertifiedKey>> {
+        self.delegated
             .get_or_init(|| {
                 let handle = self.signer.lock().ok()?.take()?;
                 match handle.join() {
                     Ok(Ok(key)) => Some(key),
                     Ok(Err(e)) => {
-                        tracing::error!(error = %e, "no client certificate to present");
+                        tracing::error!(error = %e, "no delegated handshake key to present");
                         None
                     }
                     Err(_) => {
-                        tracing::error!("the thread making the TLS certificate panicked");
+                        tracing::error!("the thread making the TLS handshake key panicked");
                         None
                     }
+                }
+            })
+            .clone()
+    }
+
+    /// The certificate of the letterlock key itself; `None` (and an error logged) when it
+    /// could not be made, and then the server refuses the handshake.
+    fn own(&self) -> Option<Arc<CertifiedKey>> {
+        self.own
+            .get_or_init(|| match certified(self.identity.clone()) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    tracing::error!(error = %e, "no client certificate to present");
+                    None
                 }
             })
             .clone()
@@ -250,12 +283,20 @@ impl CertInBackground {
 }
 
 impl ResolvesClientCert for CertInBackground {
+    /// The delegated handshake key when the server asks for it (its CertificateRequest names
+    /// [`delegated::ca_hint`] and accepts [`delegated::SCHEME`]), else the RSA certificate.
     fn resolve(
         &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[rustls::SignatureScheme],
+        root_hint_subjects: &[&[u8]],
+        sigschemes: &[rustls::SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
-        self.get()
+        let hint = delegated::ca_hint();
+        let asked = root_hint_subjects.contains(&hint.as_slice())
+            && sigschemes.contains(&delegated::SCHEME);
+        if asked && let Some(key) = self.delegated() {
+            return Some(key);
+        }
+        self.own()
     }
 
     fn has_certs(&self) -> bool {
@@ -266,13 +307,25 @@ impl ResolvesClientCert for CertInBackground {
 /// The server's certificate, only for a ClientHello that offers ALPN: rustls refuses a list
 /// without [`ALPN`] itself (`no_application_protocol`), but lets a ClientHello without the
 /// extension through, so that one gets no certificate and fails the handshake here
-/// (`access_denied`), before the server signs anything.
+/// (`access_denied`), before the server signs anything. A client that offers
+/// [`delegated::ALPN_DELEGATION`] and accepts [`delegated::SCHEME`] gets the server's delegated
+/// handshake key; any other gets the RSA certificate.
 #[derive(Debug)]
-struct AlpnGate(Arc<CertifiedKey>);
+struct AlpnGate {
+    own: Arc<CertifiedKey>,
+    delegation: Arc<delegated::Delegation>,
+}
 
 impl ResolvesServerCert for AlpnGate {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        hello.alpn().map(|_| self.0.clone())
+        let mut offered = hello.alpn()?;
+        let asked = offered.any(|p| p == delegated::ALPN_DELEGATION)
+            && hello.signature_schemes().contains(&delegated::SCHEME);
+        if asked {
+            self.delegation.current()
+        } else {
+            Some(self.own.clone())
+        }
     }
 }
 
@@ -287,44 +340,56 @@ pub fn client_config(
         .map_err(TlsError::Config)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(pin::PinnedServer {
-            pinned: server.id(),
+            pinned: server.clone(),
         }))
         .with_client_cert_resolver(Arc::new(CertInBackground::start(identity)));
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = vec![ALPN.to_vec(), delegated::ALPN_DELEGATION.to_vec()];
     config.resumption = rustls::client::Resumption::disabled();
     // The server is named by its key, not by a host name: no SNI.
     config.enable_sni = false;
     Ok(Arc::new(config))
 }
 
-/// The server's side of the profile, made once: its certificate (one signature, at start) and
-/// the provider. A [`rustls::ServerConfig`] is then made from it for each trust list
+/// The server's side of the profile, made once: its certificate and its delegated handshake
+/// key (a signature each, at start) and the provider. A [`rustls::ServerConfig`] is then made from it for each trust list
 /// ([`ServerTls::config`]), which is cheap: the server builds one whenever its trusted clients
 /// change, so the verifier of every handshake holds the list that handshake is judged by.
 #[derive(Debug)]
 pub struct ServerTls {
-    /// The server's certificate over its identity, behind the ALPN gate.
+    /// The server's certificate over its identity, and its handshake keys, behind the ALPN gate.
     cert: Arc<CertifiedKey>,
+    delegation: Arc<delegated::Delegation>,
     /// aws-lc-rs with our suites and groups ([`TlsOptions`]).
     provider: Arc<CryptoProvider>,
 }
 
 impl ServerTls {
-    /// Makes the server's certificate for `identity` (a signature).
+    /// Makes the server's certificate and first handshake key for `identity` (two signatures).
     pub fn new(identity: Arc<dyn Identity>, options: &TlsOptions) -> Result<Self, TlsError> {
         Ok(ServerTls {
-            cert: certified(identity)?,
+            cert: certified(identity.clone())?,
+            delegation: Arc::new(delegated::Delegation::new(identity)?),
             provider: crypto_provider(options),
         })
     }
 
     /// The configuration that accepts exactly the keys of `clients`.
     pub fn config(&self, clients: Arc<TrustList>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        self.config_verifying(pin::TrustedClients::new(clients))
+    }
+
+    fn config_verifying(
+        &self,
+        verifier: pin::TrustedClients,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(TlsError::Config)?
-            .with_client_cert_verifier(Arc::new(pin::TrustedClients { clients }))
-            .with_cert_resolver(Arc::new(AlpnGate(self.cert.clone())));
+            .with_client_cert_verifier(Arc::new(verifier))
+            .with_cert_resolver(Arc::new(AlpnGate {
+                own: self.cert.clone(),
+                delegation: self.delegation.clone(),
+            }));
         config.alpn_protocols = vec![ALPN.to_vec()];
         // No tickets: no resumption (every connection is a full handshake), nothing to steal.
         config.send_tls13_tickets = 0;
@@ -606,7 +671,7 @@ mod tests {
             .unwrap()
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(pin::PinnedServer {
-                pinned: server.id(),
+                pinned: server.clone(),
             }))
             .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified(c).unwrap())));
         config.alpn_protocols = vec![ALPN.to_vec()];
@@ -658,10 +723,238 @@ mod tests {
             let mut cc = (*client_config(c.clone(), s.public(), &o).unwrap()).clone();
             cc.client_auth_cert_resolver = Arc::new(SingleCertAndKey::from(client_cert));
             let mut sc = (*server_config(s.clone(), clients.clone(), &o).unwrap()).clone();
-            sc.cert_resolver = Arc::new(AlpnGate(server_cert));
+            sc.cert_resolver = Arc::new(SingleCertAndKey::from(server_cert));
             let (client, server) = handshake(Arc::new(cc), Arc::new(sc), clients.clone()).await;
             assert_eq!(client.unwrap().peer, s.public().id());
             assert_eq!(server.unwrap().0.peer, c.public().id());
+        }
+    }
+
+    /// An identity that counts its RSA signatures.
+    struct Counting {
+        key: Arc<PrivateKey>,
+        signs: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Counting {
+        fn new(key: &Arc<PrivateKey>) -> Arc<Self> {
+            Arc::new(Counting {
+                key: key.clone(),
+                signs: 0.into(),
+            })
+        }
+
+        fn signs(&self) -> usize {
+            self.signs.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl Identity for Counting {
+        fn public(&self) -> &PublicKey {
+            self.key.public()
+        }
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+            self.signs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.key.sign(message)
+        }
+        fn decrypt_oaep(
+            &self,
+            ciphertext: &[u8],
+            label: &[u8],
+        ) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyError> {
+            self.key.decrypt_oaep(ciphertext, label)
+        }
+    }
+
+    #[tokio::test]
+    async fn letterlock_peers_sign_handshakes_with_delegated_keys_not_rsa() {
+        let (s, c) = (key(), key());
+        let clients = trust(&[&c]);
+        let (server_id, client_id) = (Counting::new(&s), Counting::new(&c));
+        let server = ServerTls::new(server_id.clone(), &TlsOptions::default()).unwrap();
+        // At start: the RSA certificate and the first handshake key.
+        assert_eq!(server_id.signs(), 2);
+        let sc = server.config(clients.clone()).unwrap();
+        for round in 1..=3 {
+            let cc = client_config(client_id.clone(), s.public(), &TlsOptions::default()).unwrap();
+            let (client, server) = handshake(cc, sc.clone(), clients.clone()).await;
+            let (client, (server, who)) = (client.unwrap(), server.unwrap());
+            assert!(
+                client.delegated && server.delegated,
+                "{client:?} {server:?}"
+            );
+            assert_eq!(client.peer, s.public().id());
+            assert_eq!(server.peer, c.public().id());
+            assert_eq!(who.key, *c.public());
+            // Each client configuration certifies one handshake key; the handshakes
+            // themselves cost neither key an RSA signature.
+            assert_eq!(client_id.signs(), round);
+            assert_eq!(server_id.signs(), 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn peers_that_do_not_ask_for_delegation_get_and_send_the_rsa_certificate() {
+        let (s, c) = (key(), key());
+        let clients = trust(&[&c]);
+        let o = TlsOptions::default();
+        // A client offering `letterlock/2` only, with its RSA certificate (OpenSSL, Python).
+        let sc = server_config(s.clone(), clients.clone(), &o).unwrap();
+        let (client, server) =
+            handshake(classical_client(c.clone(), s.public()), sc, clients.clone()).await;
+        let (client, (server, _)) = (client.unwrap(), server.unwrap());
+        assert!(!client.delegated && !server.delegated);
+        assert_eq!(
+            (client.peer, server.peer),
+            (s.public().id(), c.public().id())
+        );
+
+        // A server that does not name the hint (the earlier profile) gets our client's RSA
+        // certificate, and still delegates its own handshake key to a client that asks.
+        let sc = ServerTls::new(s.clone(), &o)
+            .unwrap()
+            .config_verifying(pin::TrustedClients::without_hint(clients.clone()))
+            .unwrap();
+        let cc = client_config(c.clone(), s.public(), &o).unwrap();
+        let (client, server) = handshake(cc, sc, clients.clone()).await;
+        let (client, (server, _)) = (client.unwrap(), server.unwrap());
+        assert!(
+            client.delegated,
+            "the server's key is delegated: {client:?}"
+        );
+        assert!(
+            !server.delegated,
+            "the client's RSA certificate: {server:?}"
+        );
+        assert_eq!(
+            (client.peer, server.peer),
+            (s.public().id(), c.public().id())
+        );
+    }
+
+    /// Claims one key, signs with another: a forger's delegation.
+    struct Impostor {
+        claims: PublicKey,
+        signs_with: Arc<PrivateKey>,
+    }
+
+    impl Identity for Impostor {
+        fn public(&self) -> &PublicKey {
+            &self.claims
+        }
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+            self.signs_with.sign(message)
+        }
+        fn decrypt_oaep(
+            &self,
+            ciphertext: &[u8],
+            label: &[u8],
+        ) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyError> {
+            self.signs_with.decrypt_oaep(ciphertext, label)
+        }
+    }
+
+    /// Unix seconds `offset` from now (negative: in the past).
+    fn at(offset_hours: i64) -> Duration {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        Duration::from_secs(now.checked_add_signed(offset_hours * 3600).unwrap())
+    }
+
+    /// Handshake keys a peer must refuse, each with the rustls error it is refused with.
+    fn bad_delegations(
+        of: &Arc<PrivateKey>,
+    ) -> Vec<(&'static str, Arc<CertifiedKey>, rustls::Error)> {
+        use rustls::CertificateError as E;
+        let mallory = key();
+        let forger = Impostor {
+            claims: of.public().clone(),
+            signs_with: mallory,
+        };
+        let k = of.as_ref();
+        vec![
+            (
+                "signed by another key",
+                delegated::make_valid(&forger, at(-1), at(24)).unwrap(),
+                rustls::Error::InvalidCertificate(E::BadSignature),
+            ),
+            (
+                "expired",
+                delegated::make_valid(k, at(-72), at(-1)).unwrap(),
+                rustls::Error::InvalidCertificate(E::Expired),
+            ),
+            (
+                "not yet valid",
+                delegated::make_valid(k, at(2), at(48)).unwrap(),
+                rustls::Error::InvalidCertificate(E::NotValidYet),
+            ),
+            (
+                "valid for 8 days",
+                delegated::make_valid(k, at(-1), at(8 * 24 - 1)).unwrap(),
+                rustls::Error::InvalidCertificate(E::BadEncoding),
+            ),
+        ]
+    }
+
+    /// The error a failed handshake carries, with the detail of `Other` certificate errors
+    /// reduced to its kind (they cannot be compared).
+    fn kind(e: &TlsError) -> rustls::Error {
+        match e {
+            TlsError::Handshake(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(o),
+            )) if o.0.downcast_ref::<delegated::TooLong>().is_some() => {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+            }
+            TlsError::Handshake(e) => e.clone(),
+            other => panic!("not a handshake error: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn forged_expired_early_or_long_lived_handshake_keys_are_refused_by_both_sides() {
+        let (s, c) = (key(), key());
+        let clients = trust(&[&c]);
+        let o = TlsOptions::default();
+        // The server judges a client's.
+        for (what, bad, expected) in bad_delegations(&c) {
+            let mut cc = (*client_config(c.clone(), s.public(), &o).unwrap()).clone();
+            cc.client_auth_cert_resolver = Arc::new(SingleCertAndKey::from(bad));
+            let sc = server_config(s.clone(), clients.clone(), &o).unwrap();
+            let (client, server) = handshake(Arc::new(cc), sc, clients.clone()).await;
+            assert!(client.is_err(), "{what}: the client heard of it");
+            assert_eq!(kind(&server.unwrap_err()), expected, "{what}");
+        }
+        // The client judges the server's.
+        for (what, bad, expected) in bad_delegations(&s) {
+            let cc = client_config(c.clone(), s.public(), &o).unwrap();
+            let mut sc = (*server_config(s.clone(), clients.clone(), &o).unwrap()).clone();
+            sc.cert_resolver = Arc::new(SingleCertAndKey::from(bad));
+            let (client, server) = handshake(cc, Arc::new(sc), clients.clone()).await;
+            assert!(server.is_err(), "{what}");
+            assert_eq!(kind(&client.unwrap_err()), expected, "{what}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handshake_key_of_a_key_not_pinned_or_trusted_is_refused_by_its_delegator() {
+        let (s, c, other) = (key(), key(), key());
+        let clients = trust(&[&c]);
+        let o = TlsOptions::default();
+        // A client delegating from a key the server does not trust: access_denied.
+        let cc = client_config(other.clone(), s.public(), &o).unwrap();
+        let sc = server_config(s.clone(), clients.clone(), &o).unwrap();
+        let (client, _) = handshake(cc, sc.clone(), clients.clone()).await;
+        assert!(client.unwrap_err().is_access_denied());
+        // A server delegating from another key than the pinned one: named as such.
+        let cc = client_config(c.clone(), other.public(), &o).unwrap();
+        let (client, _) = handshake(cc, sc, clients.clone()).await;
+        match client.unwrap_err() {
+            TlsError::WrongServer { got, expected } => {
+                assert_eq!((got, expected), (s.public().id(), other.public().id()));
+            }
+            e => panic!("{e:?}"),
         }
     }
 }

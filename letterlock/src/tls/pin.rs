@@ -1,14 +1,22 @@
 //! Pinning instead of a certificate authority: the verifiers that accept exactly the keys we
 //! know, and the signer that lets rustls sign handshakes with a [`crate::keys::Identity`].
 //!
-//! Each verifier reads the SubjectPublicKeyInfo out of the peer's certificate (rustls-webpki's
-//! parser), hashes it into a [`KeyId`] and looks that up: the client accepts exactly its pinned
-//! server key, the server exactly the keys of its [`TrustList`]. Names, dates, extensions,
-//! intermediates and the certificate's own signature are ignored (they mean nothing without a
-//! CA), so a pinned key never fails on dates. What proves possession of the key is the
-//! handshake's CertificateVerify signature, which rustls checks through
-//! [`rustls::crypto::verify_tls13_signature`] (aws-lc-rs), restricted to RSA-PSS with an
-//! `rsaEncryption` key: `rsa_pss_rsae_sha256`, `_sha384`, `_sha512`.
+//! A peer's certificate comes in one of two forms (docs/PROTOCOL.md, "Keys in certificates, and
+//! pinning"):
+//!
+//! - its letterlock RSA key itself: the verifier reads the SubjectPublicKeyInfo out of the
+//!   certificate (rustls-webpki's parser), hashes it into a [`KeyId`] and looks that up. Names,
+//!   dates, extensions, intermediates and the certificate's own signature are ignored (they
+//!   mean nothing without a CA), so a pinned key never fails on dates;
+//! - a delegated handshake key (EC P-256) certified by the letterlock key: the key id it names
+//!   is looked up the same way, and the certificate must verify under that key and be within a
+//!   validity of at most 7 days ([`super::delegated::verify`]).
+//!
+//! Either way the client accepts exactly its pinned server key, the server exactly the keys of
+//! its [`TrustList`], and what proves possession of the key is the handshake's CertificateVerify
+//! signature, which rustls checks through [`rustls::crypto::verify_tls13_signature`]
+//! (aws-lc-rs): RSA-PSS with an `rsaEncryption` key (`rsa_pss_rsae_sha256`, `_sha384`,
+//! `_sha512`) for the first form, `ecdsa_secp256r1_sha256` for the second.
 
 use std::fmt;
 use std::sync::Arc;
@@ -24,7 +32,8 @@ use rustls::{
 };
 use tracing::warn;
 
-use crate::keys::{Identity, KeyId, TrustList};
+use super::delegated;
+use crate::keys::{Identity, KeyId, PublicKey, TrustList};
 
 /// The signature schemes we accept from a peer, most preferred first: RSA-PSS with an
 /// `rsaEncryption` key (the keys letterlock makes), never PKCS#1 v1.5.
@@ -38,15 +47,31 @@ pub const VERIFY_SCHEMES: [SignatureScheme; 3] = [
 /// which is exactly TLS 1.3's `rsa_pss_rsae_sha256`.
 pub const SIGN_SCHEME: SignatureScheme = SignatureScheme::RSA_PSS_SHA256;
 
+/// The schemes a letterlock peer accepts in a CertificateVerify: [`VERIFY_SCHEMES`] for a
+/// letterlock key itself, and first [`delegated::SCHEME`] for a delegated handshake key.
+pub const HANDSHAKE_SCHEMES: [SignatureScheme; 4] = [
+    delegated::SCHEME,
+    SignatureScheme::RSA_PSS_SHA256,
+    SignatureScheme::RSA_PSS_SHA384,
+    SignatureScheme::RSA_PSS_SHA512,
+];
+
 /// rustls's signature verification (aws-lc-rs through rustls-webpki), limited to
-/// [`VERIFY_SCHEMES`]; keys of 2048 to 8192 bits, as [`crate::keys`] allows.
-static PSS_ONLY: WebPkiSupportedAlgorithms = WebPkiSupportedAlgorithms {
+/// [`HANDSHAKE_SCHEMES`]: RSA keys of 2048 to 8192 bits, as [`crate::keys`] allows, and P-256.
+/// Which one a certificate may use is the key's own: rustls-webpki refuses a scheme that does
+/// not match the certificate's key type.
+static PSS_OR_DELEGATED: WebPkiSupportedAlgorithms = WebPkiSupportedAlgorithms {
     all: &[
+        webpki::aws_lc_rs::ECDSA_P256_SHA256,
         webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
         webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
         webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
     ],
     mapping: &[
+        (
+            SignatureScheme::ECDSA_NISTP256_SHA256,
+            &[webpki::aws_lc_rs::ECDSA_P256_SHA256],
+        ),
         (
             SignatureScheme::RSA_PSS_SHA256,
             &[webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA256_LEGACY_KEY],
@@ -78,6 +103,32 @@ pub fn key_id_of_cert(cert: &CertificateDer<'_>) -> Option<KeyId> {
     Some(KeyId::of_spki(parsed.subject_public_key_info().as_ref()))
 }
 
+/// Who a peer is, from the certificate a finished handshake accepted: the key that signed a
+/// delegated handshake key, or the certificate's own key.
+pub fn peer_of_cert(cert: &CertificateDer<'_>) -> Option<KeyId> {
+    if delegated::is_delegated(cert) {
+        delegated::signer_of(cert)
+    } else {
+        key_id_of_cert(cert)
+    }
+}
+
+/// Judges a peer's certificate in either form: `lookup` gives the public key of a key id that
+/// is pinned or trusted, or the error to fail the handshake with. Returns the peer's key id.
+fn peer_key<'k>(
+    cert: &CertificateDer<'_>,
+    now: UnixTime,
+    lookup: impl FnOnce(KeyId) -> Result<&'k PublicKey, Error>,
+) -> Result<KeyId, Error> {
+    if delegated::is_delegated(cert) {
+        delegated::verify(cert, now, lookup)
+    } else {
+        let id = key_id_of_cert(cert).ok_or_else(bad_encoding)?;
+        lookup(id)?;
+        Ok(id)
+    }
+}
+
 fn bad_encoding() -> Error {
     Error::InvalidCertificate(CertificateError::BadEncoding)
 }
@@ -89,12 +140,12 @@ fn verify_tls13(
     cert: &CertificateDer<'_>,
     dss: &DigitallySignedStruct,
 ) -> Result<HandshakeSignatureValid, Error> {
-    if !VERIFY_SCHEMES.contains(&dss.scheme) {
+    if !HANDSHAKE_SCHEMES.contains(&dss.scheme) {
         return Err(Error::PeerMisbehaved(
             rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
         ));
     }
-    rustls::crypto::verify_tls13_signature(message, cert, dss, &PSS_ONLY)
+    rustls::crypto::verify_tls13_signature(message, cert, dss, &PSS_OR_DELEGATED)
 }
 
 /// Only TLS 1.3 is configured, so rustls never asks for a TLS 1.2 signature; refuse anyway.
@@ -104,11 +155,12 @@ fn no_tls12() -> Result<HandshakeSignatureValid, Error> {
     ))
 }
 
-/// The client's verifier: the server's certificate must carry exactly the pinned key.
+/// The client's verifier: the server's certificate must carry exactly the pinned key, or a
+/// handshake key that the pinned key delegated to.
 #[derive(Debug)]
 pub struct PinnedServer {
-    /// The key id of the server key the client trusts (server_public.pem).
-    pub(super) pinned: KeyId,
+    /// The server key the client trusts (server_public.pem).
+    pub(super) pinned: PublicKey,
 }
 
 impl ServerCertVerifier for PinnedServer {
@@ -118,19 +170,19 @@ impl ServerCertVerifier for PinnedServer {
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let got = key_id_of_cert(end_entity).ok_or_else(bad_encoding)?;
-        if got == self.pinned {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(Error::InvalidCertificate(CertificateError::Other(
-                OtherError(Arc::new(UnpinnedKey {
-                    got,
-                    expected: self.pinned,
-                })),
-            )))
-        }
+        let expected = self.pinned.id();
+        peer_key(end_entity, now, |got| {
+            if got == expected {
+                Ok(&self.pinned)
+            } else {
+                Err(Error::InvalidCertificate(CertificateError::Other(
+                    OtherError(Arc::new(UnpinnedKey { got, expected })),
+                )))
+            }
+        })?;
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -152,7 +204,7 @@ impl ServerCertVerifier for PinnedServer {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        VERIFY_SCHEMES.to_vec()
+        HANDSHAKE_SCHEMES.to_vec()
     }
 }
 
@@ -165,7 +217,28 @@ impl ServerCertVerifier for PinnedServer {
 /// runs each handshake with the one of the list current when it began, so the check here and
 /// the one after the handshake always agree.
 pub struct TrustedClients {
-    pub(super) clients: Arc<TrustList>,
+    clients: Arc<TrustList>,
+    /// The one `certificate_authorities` entry, [`delegated::ca_hint`]: asks a letterlock client
+    /// for its delegated handshake key.
+    hints: Vec<DistinguishedName>,
+}
+
+impl TrustedClients {
+    pub(super) fn new(clients: Arc<TrustList>) -> Self {
+        TrustedClients {
+            clients,
+            hints: vec![DistinguishedName::from(delegated::ca_hint())],
+        }
+    }
+
+    /// A verifier of the earlier profile, which does not ask for delegated handshake keys (tests).
+    #[cfg(test)]
+    pub(super) fn without_hint(clients: Arc<TrustList>) -> Self {
+        TrustedClients {
+            clients,
+            hints: Vec::new(),
+        }
+    }
 }
 
 impl fmt::Debug for TrustedClients {
@@ -183,27 +256,30 @@ impl ClientCertVerifier for TrustedClients {
         true
     }
 
-    /// No CA names: an empty list tells the client to send whatever certificate it has.
+    /// Not a CA: the name asks a letterlock client for its delegated handshake key. Other TLS
+    /// stacks send the certificate they were given whatever the names.
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
+        &self.hints
     }
 
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        let id = key_id_of_cert(end_entity).ok_or_else(bad_encoding)?;
-        if self.clients.get(&id).is_some() {
-            Ok(ClientCertVerified::assertion())
-        } else {
-            warn!(key = %id, "TLS handshake refused: client key not trusted");
-            // Sent as an `access_denied` alert: the certificate is fine, the key is not welcome.
-            Err(Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ))
-        }
+        peer_key(end_entity, now, |id| match self.clients.get(&id) {
+            Some(trusted) => Ok(&trusted.key),
+            None => {
+                warn!(key = %id, "TLS handshake refused: client key not trusted");
+                // Sent as an `access_denied` alert: the certificate is fine, the key is not
+                // welcome.
+                Err(Error::InvalidCertificate(
+                    CertificateError::ApplicationVerificationFailure,
+                ))
+            }
+        })?;
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -225,7 +301,7 @@ impl ClientCertVerifier for TrustedClients {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        VERIFY_SCHEMES.to_vec()
+        HANDSHAKE_SCHEMES.to_vec()
     }
 }
 

@@ -1,0 +1,363 @@
+//! Delegated handshake keys: the TLS handshake signs with a short-lived ECDSA P-256 key that the
+//! letterlock RSA key certified, instead of with the RSA key itself (docs/PROTOCOL.md, "Delegated
+//! handshake keys").
+//!
+//! Why: every version 2 connection used to cost each side one RSA-3072 private operation for its
+//! CertificateVerify (about 2.3 ms each on the machines we measure, one after the other), so a
+//! one-shot `letterlock client send_msg` spent most of its time waiting for the server's
+//! signature, then its own. An ECDSA P-256 signature takes tens of microseconds. The RSA key
+//! signs the handshake key's certificate once (per process for a client, per day for a server),
+//! beside the work before the handshake, so the RSA operations left on the path of a message are
+//! the message's own: its signature and the server's decryption.
+//!
+//! What it does not change: who a peer is. The handshake key's certificate names the key that
+//! signed it (authorityKeyIdentifier = key id, issuer = `CN=letterlock <key id>`); the receiver
+//! looks that key id up among the keys it pins or trusts, exactly as it does with the RSA
+//! certificate's own key, verifies the certificate's RSA-PSS signature with that key, and
+//! refuses a certificate outside its validity or valid for longer than [`MAX_LIFETIME`]. A
+//! stolen handshake key is worth at most that long, and lives only in the memory of the process
+//! that made it (never written anywhere).
+//!
+//! Both forms stay valid: a peer that does not ask for delegation (`openssl s_client`, Python's
+//! `ssl`, `trust-server`, an implementation of the earlier text) still gets and may still send the
+//! RSA certificate. A letterlock client asks by offering the extra ALPN name
+//! [`ALPN_DELEGATION`]; a letterlock server asks by naming [`CA_HINT`] in its CertificateRequest.
+//! Each side also needs `ecdsa_secp256r1_sha256` among the peer's signature schemes.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+use rustls::pki_types::{CertificateDer, SubjectPublicKeyInfoDer, UnixTime};
+use rustls::sign::{CertifiedKey, Signer, SigningKey};
+use rustls::{CertificateError, Error, SignatureAlgorithm, SignatureScheme};
+use x509_cert::der::{DateTime, Decode, Encode};
+use x509_cert::ext::pkix::AuthorityKeyIdentifier;
+
+use super::TlsError;
+use super::cert::{self, Fields, RSA_PSS_SHA256_ALG_ID};
+use crate::keys::{Identity, KeyId, PublicKey};
+
+/// The ALPN name a letterlock client offers beside [`super::ALPN`] to ask the server for its
+/// delegated handshake key. It is never selected: the server selects `letterlock/2`, and a
+/// server that does not know this name simply ignores it (RFC 7301).
+pub const ALPN_DELEGATION: &[u8] = b"letterlock/2+delegated";
+
+/// The common name of the Name a letterlock server sends as its only `certificate_authorities`
+/// entry, to ask the client for its delegated handshake key ([`ca_hint`]).
+pub const CA_HINT_NAME: &str = "letterlock delegated handshake keys";
+
+/// The signature scheme of a delegated handshake key: `ecdsa_secp256r1_sha256` (0x0403).
+pub const SCHEME: SignatureScheme = SignatureScheme::ECDSA_NISTP256_SHA256;
+
+/// The longest validity a receiver accepts (`notAfter` − `notBefore`): 7 days, as RFC 9345
+/// allows its delegated credentials.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How far before the moment it is made a handshake key's validity starts: a peer whose clock is
+/// up to a day behind still accepts it.
+pub const BACKDATE: Duration = Duration::from_secs(24 * 3600);
+
+/// A handshake key in use for longer than this is replaced by a fresh one (a long-running server
+/// or client), so that it always has days of validity left for peers whose clocks run ahead.
+pub const REFRESH: Duration = Duration::from_secs(24 * 3600);
+
+/// `certificate_authorities` entry of a letterlock server's CertificateRequest: the Name
+/// `CN=letterlock delegated handshake keys` (DER).
+pub fn ca_hint() -> Vec<u8> {
+    cert::name(CA_HINT_NAME)
+}
+
+/// The subject of every delegated handshake key's certificate.
+const SUBJECT_NAME: &str = "letterlock handshake key";
+
+/// How every EC P-256 SubjectPublicKeyInfo (91 bytes of DER) begins: SEQUENCE, the
+/// AlgorithmIdentifier id-ecPublicKey (1.2.840.10045.2.1) with the named curve prime256v1
+/// (1.2.840.10045.3.1.7), and the BIT STRING of the 65-byte uncompressed point.
+const EC_P256_SPKI_PREFIX: &[u8] = &[
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+const EC_P256_SPKI_LEN: usize = 91;
+
+/// A fresh handshake key and its certificate signed by `identity`, valid from [`BACKDATE`] before
+/// `now` for [`MAX_LIFETIME`]: one RSA signature.
+pub fn make(identity: &dyn Identity, now: SystemTime) -> Result<Arc<CertifiedKey>, TlsError> {
+    let since = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_sub(BACKDATE);
+    make_valid(identity, since, since + MAX_LIFETIME)
+}
+
+/// A fresh handshake key valid from `not_before` to `not_after` (seconds since the Unix epoch):
+/// [`make`], and tests that need keys out of date.
+pub(super) fn make_valid(
+    identity: &dyn Identity,
+    not_before: Duration,
+    not_after: Duration,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let key = HandshakeKey::generate()?;
+    let der = certificate(
+        identity,
+        &key.spki,
+        &random_serial()?,
+        not_before,
+        not_after,
+    )?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![CertificateDer::from(der)],
+        Arc::new(key),
+    )))
+}
+
+/// The certificate of handshake key `spki` signed by `identity`, valid from `not_before` to
+/// `not_after` (seconds since the Unix epoch): the exact form of PROTOCOL.md, for
+/// [`make`] and the test vector.
+pub fn certificate(
+    identity: &dyn Identity,
+    spki: &[u8],
+    serial: &[u8; 16],
+    not_before: Duration,
+    not_after: Duration,
+) -> Result<Vec<u8>, TlsError> {
+    let id = identity.public().id();
+    let time = |t: Duration| -> Result<Vec<u8>, TlsError> {
+        // UTCTime until 2049, GeneralizedTime from 2050 (RFC 5280, 4.1.2.5).
+        DateTime::from_unix_duration(t)
+            .ok()
+            .map(x509_cert::time::Time::from)
+            .and_then(|t| t.to_der().ok())
+            .ok_or(TlsError::HandshakeKey("a validity date out of range"))
+    };
+    cert::signed_by(
+        identity,
+        &Fields {
+            serial: *serial,
+            issuer: &cert::key_name(&id),
+            subject: &cert::name(SUBJECT_NAME),
+            not_before: &time(not_before)?,
+            not_after: &time(not_after)?,
+            spki,
+            authority_key_id: Some(id),
+        },
+    )
+    .map_err(TlsError::Certificate)
+}
+
+fn random_serial() -> Result<[u8; 16], TlsError> {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut serial = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut serial)
+        .map_err(|_| TlsError::HandshakeKey("the system random generator failed"))?;
+    Ok(serial)
+}
+
+/// Whether a certificate carries an EC P-256 key: then it can only be a delegated handshake key
+/// (letterlock keys are RSA), and is judged by [`verify`].
+pub fn is_delegated(cert: &CertificateDer<'_>) -> bool {
+    webpki::EndEntityCert::try_from(cert).is_ok_and(|c| {
+        let spki = c.subject_public_key_info();
+        spki.as_ref().len() == EC_P256_SPKI_LEN && spki.as_ref().starts_with(EC_P256_SPKI_PREFIX)
+    })
+}
+
+/// The key id a delegated certificate names as its signer (its authorityKeyIdentifier), read
+/// without checking anything: for after the handshake, once [`verify`] accepted it.
+pub fn signer_of(cert: &CertificateDer<'_>) -> Option<KeyId> {
+    let parsed = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
+    authority_key_id(&parsed).ok()
+}
+
+/// Checks a delegated handshake key's certificate: it names a key id that `lookup` knows, its
+/// signature verifies under that key, `now` is within its validity and the validity is no longer
+/// than [`MAX_LIFETIME`]. Returns the signer's key id: who the peer is. The TLS CertificateVerify
+/// is then checked against the certificate's own (EC) key by rustls.
+///
+/// `lookup` returns `Err` with the error to report when the key id is not pinned or trusted.
+pub fn verify<'k>(
+    cert: &CertificateDer<'_>,
+    now: UnixTime,
+    lookup: impl FnOnce(KeyId) -> Result<&'k PublicKey, Error>,
+) -> Result<KeyId, Error> {
+    let bad = || Error::InvalidCertificate(CertificateError::BadEncoding);
+    let parsed = x509_cert::Certificate::from_der(cert.as_ref()).map_err(|_| bad())?;
+    let tbs = parsed.tbs_certificate();
+    let signer = authority_key_id(&parsed).map_err(|()| bad())?;
+    let alg = |a: &x509_cert::spki::AlgorithmIdentifierOwned| a.to_der().ok();
+    if alg(parsed.signature_algorithm()).as_deref() != Some(RSA_PSS_SHA256_ALG_ID)
+        || alg(tbs.signature()).as_deref() != Some(RSA_PSS_SHA256_ALG_ID)
+        || tbs.issuer().to_der().ok() != Some(cert::key_name(&signer))
+    {
+        return Err(bad());
+    }
+    let key = lookup(signer)?;
+    let signed = tbs.to_der().map_err(|_| bad())?;
+    let signature = parsed.signature().as_bytes().ok_or_else(bad)?;
+    if !key.verify_pss(&signed, signature) {
+        return Err(Error::InvalidCertificate(CertificateError::BadSignature));
+    }
+    let validity = tbs.validity();
+    let (from, until) = (
+        validity.not_before.to_unix_duration(),
+        validity.not_after.to_unix_duration(),
+    );
+    let now = now.as_secs();
+    if until.saturating_sub(from) > MAX_LIFETIME {
+        // Too long to be a delegation: a handshake key is short-lived or not accepted at all.
+        return Err(Error::InvalidCertificate(CertificateError::Other(
+            rustls::OtherError(Arc::new(TooLong(until.saturating_sub(from)))),
+        )));
+    }
+    if now < from.as_secs() {
+        return Err(Error::InvalidCertificate(CertificateError::NotValidYet));
+    }
+    if now > until.as_secs() {
+        return Err(Error::InvalidCertificate(CertificateError::Expired));
+    }
+    Ok(signer)
+}
+
+/// A delegated certificate valid for longer than [`MAX_LIFETIME`].
+#[derive(Debug, thiserror::Error)]
+#[error("a delegated handshake key valid for {} s, longer than the {} s allowed", .0.as_secs(), MAX_LIFETIME.as_secs())]
+pub struct TooLong(Duration);
+
+/// The 32-byte keyIdentifier of the certificate's one authorityKeyIdentifier extension.
+fn authority_key_id(cert: &x509_cert::Certificate) -> Result<KeyId, ()> {
+    let (_critical, aki) = cert
+        .tbs_certificate()
+        .get_extension::<AuthorityKeyIdentifier>()
+        .map_err(|_| ())?
+        .ok_or(())?;
+    let id: [u8; 32] = aki
+        .key_identifier
+        .as_ref()
+        .ok_or(())?
+        .as_bytes()
+        .try_into()
+        .map_err(|_| ())?;
+    Ok(KeyId(id))
+}
+
+/// The handshake keys a server presents, one at a time: made at start, replaced after
+/// [`REFRESH`] by the first handshake that asks for one.
+pub struct Delegation {
+    identity: Arc<dyn Identity>,
+    current: Mutex<(SystemTime, Arc<CertifiedKey>)>,
+}
+
+impl fmt::Debug for Delegation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Delegation({})", self.identity.public().id())
+    }
+}
+
+impl Delegation {
+    /// Makes the first handshake key (one RSA signature).
+    pub fn new(identity: Arc<dyn Identity>) -> Result<Self, TlsError> {
+        let now = SystemTime::now();
+        let first = make(identity.as_ref(), now)?;
+        Ok(Delegation {
+            identity,
+            current: Mutex::new((now, first)),
+        })
+    }
+
+    /// The handshake key to present now, a fresh one if the current one is older than
+    /// [`REFRESH`] (or the clock went back). `None` only if a new one could not be made and the
+    /// old one has expired: the handshake then fails as without a certificate.
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        let mut current = self.current.lock().ok()?;
+        let now = SystemTime::now();
+        let age = now.duration_since(current.0).ok();
+        if age.is_some_and(|age| age < REFRESH) {
+            return Some(current.1.clone());
+        }
+        match make(self.identity.as_ref(), now) {
+            Ok(fresh) => {
+                *current = (now, fresh.clone());
+                Some(fresh)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make a fresh TLS handshake key");
+                let still_valid = age.is_some_and(|age| age + BACKDATE < MAX_LIFETIME);
+                still_valid.then(|| current.1.clone())
+            }
+        }
+    }
+}
+
+/// An ECDSA P-256 key made for one process's handshakes, held only in memory (aws-lc frees and
+/// wipes it when the last handshake that holds it is done).
+struct HandshakeKey {
+    key: Arc<EcdsaKeyPair>,
+    /// Its SubjectPublicKeyInfo (DER).
+    spki: Vec<u8>,
+}
+
+impl fmt::Debug for HandshakeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HandshakeKey(ECDSA P-256)")
+    }
+}
+
+impl HandshakeKey {
+    fn generate() -> Result<Self, TlsError> {
+        let failed = TlsError::HandshakeKey;
+        let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING)
+            .map_err(|_| failed("key generation failed"))?;
+        let spki = key
+            .public_key()
+            .as_der()
+            .map_err(|_| failed("cannot encode its public key"))?
+            .as_ref()
+            .to_vec();
+        Ok(HandshakeKey {
+            key: Arc::new(key),
+            spki,
+        })
+    }
+}
+
+impl SigningKey for HandshakeKey {
+    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
+        offered
+            .contains(&SCHEME)
+            .then(|| Box::new(HandshakeSigner(self.key.clone())) as Box<dyn Signer>)
+    }
+
+    fn public_key(&self) -> Option<SubjectPublicKeyInfoDer<'_>> {
+        Some(SubjectPublicKeyInfoDer::from(self.spki.as_slice()))
+    }
+
+    fn algorithm(&self) -> SignatureAlgorithm {
+        SignatureAlgorithm::ECDSA
+    }
+}
+
+/// One handshake signature with a [`HandshakeKey`]: fast enough to make in place.
+struct HandshakeSigner(Arc<EcdsaKeyPair>);
+
+impl fmt::Debug for HandshakeSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HandshakeSigner(ECDSA P-256)")
+    }
+}
+
+impl Signer for HandshakeSigner {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        self.0
+            .sign(&SystemRandom::new(), message)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|_| Error::General("signing the handshake failed".into()))
+    }
+
+    fn scheme(&self) -> SignatureScheme {
+        SCHEME
+    }
+}
