@@ -780,3 +780,160 @@ fn regenerate_vectors_client_to_client() {
     json.push('\n');
     std::fs::write(path, json).unwrap();
 }
+
+/// A delegated handshake key's certificate (docs/PROTOCOL.md section 13, "Delegated handshake
+/// keys"): its exact TBSCertificate, and a whole certificate that verifies.
+#[derive(Serialize, Deserialize)]
+struct DelegatedVector {
+    description: String,
+    input: DelegatedInput,
+    expected: DelegatedExpected,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DelegatedInput {
+    /// The letterlock key that certifies the handshake key, by name in tests/keys.
+    issuer: String,
+    /// The handshake key's SubjectPublicKeyInfo (EC P-256), DER in hex.
+    handshake_key_spki: String,
+    /// The 16 serial bytes before the top bit is cleared and the lowest set on the first.
+    serial: String,
+    not_before: u64,
+    not_after: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DelegatedExpected {
+    /// SHA-256 of the issuer's SPKI: the authorityKeyIdentifier.
+    issuer_key_id: String,
+    /// The TBSCertificate, byte for byte.
+    tbs_certificate: String,
+    /// One run's whole certificate (RSA-PSS is randomized: verify it).
+    certificate: String,
+}
+
+fn delegated_vector_path() -> PathBuf {
+    vectors_dir().join("tls/delegated_handshake_key.json")
+}
+
+fn delegated_input() -> DelegatedInput {
+    DelegatedInput {
+        issuer: "bob3072".to_owned(),
+        handshake_key_spki: "3059301306072a8648ce3d020106082a8648ce3d0301070342000480cac7fe9c0d04\
+                             ee07e99891cf4f6450d264ad6ef1c1eee7cb80c26b2c519437f099037d7edb4ec9d0\
+                             5d1e4b89325e057468c24022a6ad830c6598e367a788c9"
+            .to_owned(),
+        serial: hex::encode([0xc2u8; 16]),
+        not_before: 1_800_000_000,
+        not_after: 1_800_000_000 + 7 * 24 * 3600,
+    }
+}
+
+/// The TBSCertificate of a DER certificate: the first element of its outer SEQUENCE, found by
+/// reading the two DER headers by hand.
+fn tbs_of(cert: &[u8]) -> &[u8] {
+    // A header: tag, then a length in short form or 0x81/0x82 long form.
+    fn header(b: &[u8]) -> (usize, usize) {
+        match b[1] {
+            n if n < 0x80 => (2, n as usize),
+            0x81 => (3, b[2] as usize),
+            0x82 => (4, u16::from_be_bytes([b[2], b[3]]) as usize),
+            other => panic!("length form {other:#x}"),
+        }
+    }
+    assert_eq!(cert[0], 0x30);
+    let (outer, _) = header(cert);
+    let inner = &cert[outer..];
+    assert_eq!(inner[0], 0x30);
+    let (h, len) = header(inner);
+    &inner[..h + len]
+}
+
+#[test]
+fn delegated_handshake_key_vector() {
+    use letterlock::tls::{CertificateDer, UnixTime, delegated};
+    use std::time::Duration;
+
+    let v: DelegatedVector =
+        serde_json::from_str(&std::fs::read_to_string(delegated_vector_path()).unwrap()).unwrap();
+    let issuer = private(&v.input.issuer);
+    let spki = hex::decode(&v.input.handshake_key_spki).unwrap();
+    let serial: [u8; 16] = unhex(&v.input.serial);
+    let (from, until) = (v.input.not_before, v.input.not_after);
+    assert_eq!(
+        hex::encode(sha256(issuer.public().spki_der())),
+        v.expected.issuer_key_id
+    );
+    // The library makes exactly this TBSCertificate from the inputs.
+    let ours = delegated::certificate(
+        &*issuer,
+        &spki,
+        &serial,
+        Duration::from_secs(from),
+        Duration::from_secs(until),
+    )
+    .unwrap();
+    assert_eq!(hex::encode(tbs_of(&ours)), v.expected.tbs_certificate);
+    // The stored certificate's TBS is the same, its signature verifies under the issuer's key,
+    // and it carries the key id and the handshake key where the document puts them.
+    let cert = hex::decode(&v.expected.certificate).unwrap();
+    let tbs = tbs_of(&cert);
+    assert_eq!(hex::encode(tbs), v.expected.tbs_certificate);
+    let signature = &cert[cert.len() - issuer.public().modulus_len()..];
+    assert!(issuer.public().verify_pss(tbs, signature));
+    let key_id = hex::decode(&v.expected.issuer_key_id).unwrap();
+    assert!(tbs.windows(key_id.len()).any(|w| w == key_id));
+    assert!(tbs.windows(spki.len()).any(|w| w == spki));
+    // Accepted inside its validity (naming the issuer), refused outside, and only under the
+    // issuer's key.
+    let der = CertificateDer::from(cert.as_slice());
+    let at = |t: u64| UnixTime::since_unix_epoch(Duration::from_secs(t));
+    let issuer_key = issuer.public().clone();
+    let lookup = |id| {
+        assert_eq!(id, issuer_key.id());
+        Ok(&issuer_key)
+    };
+    assert_eq!(
+        delegated::verify(&der, at(from + 3600), lookup).unwrap(),
+        issuer_key.id()
+    );
+    for outside in [from - 1, until + 1] {
+        assert!(delegated::verify(&der, at(outside), lookup).is_err());
+    }
+    let other = private("alice3072").public().clone();
+    assert!(delegated::verify(&der, at(from + 3600), |_| Ok(&other)).is_err());
+}
+
+/// Writes `tests/vectors/tls/delegated_handshake_key.json`:
+/// `cargo test --test vectors -- --ignored regenerate_vectors_delegated_handshake_key`
+#[test]
+#[ignore = "writes tests/vectors; run by hand for a deliberate format change"]
+fn regenerate_vectors_delegated_handshake_key() {
+    use std::time::Duration;
+    let input = delegated_input();
+    let issuer = private(&input.issuer);
+    let cert = letterlock::tls::delegated::certificate(
+        &*issuer,
+        &hex::decode(&input.handshake_key_spki).unwrap(),
+        &unhex(&input.serial),
+        Duration::from_secs(input.not_before),
+        Duration::from_secs(input.not_after),
+    )
+    .unwrap();
+    let v = DelegatedVector {
+        description: "the certificate of a delegated handshake key (EC P-256) by the letterlock \
+                      key bob3072, valid 7 days from 2027-01-15T08:00:00Z"
+            .to_owned(),
+        expected: DelegatedExpected {
+            issuer_key_id: hex::encode(sha256(issuer.public().spki_der())),
+            tbs_certificate: hex::encode(tbs_of(&cert)),
+            certificate: hex::encode(&cert),
+        },
+        input,
+    };
+    let path = delegated_vector_path();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut json = serde_json::to_string_pretty(&v).unwrap();
+    json.push('\n');
+    std::fs::write(path, json).unwrap();
+}

@@ -361,3 +361,19 @@ impl Signer for HandshakeSigner {
         SCHEME
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hint_and_the_alpn_name_are_the_bytes_the_document_gives() {
+        let mut hint = hex::decode("302e312c302a06035504030c23").unwrap();
+        hint.extend_from_slice(b"letterlock delegated handshake keys");
+        assert_eq!(ca_hint(), hint);
+        assert_eq!(
+            hex::encode(ALPN_DELEGATION),
+            "6c65747465726c6f636b2f322b64656c656761746564"
+        );
+    }
+}

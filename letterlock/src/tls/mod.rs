@@ -4,11 +4,13 @@
 //! - TLS 1.3 only, through rustls on its aws-lc-rs provider (our one crypto library).
 //! - Key exchange X25519MLKEM768 first (post-quantum hybrid), X25519 as the fallback for stacks
 //!   without ML-KEM, unless [`TlsOptions::require_pq`] refuses it.
-//! - Mutual authentication with the letterlock RSA keys, RSA-PSS only, and no certificate
-//!   authority: each key travels in a self-signed certificate made on the fly ([`cert`]) and each
-//!   side pins the other by key id ([`pin`]). The client accepts exactly its pinned server key;
-//!   the server exactly the keys of its trust list, and learns from the handshake which client
-//!   it is ([`accept`]).
+//! - Mutual authentication with the letterlock RSA keys and no certificate authority: each key
+//!   travels in a self-signed certificate made on the fly ([`cert`]), or certifies a short-lived
+//!   ECDSA P-256 handshake key that signs the handshake in its place ([`delegated`]: letterlock
+//!   peers ask each other for it, so that a handshake costs no RSA operation), and each side pins
+//!   the other by key id ([`pin`]). The client accepts exactly its pinned server key; the server
+//!   exactly the keys of its trust list, and learns from the handshake which client it is
+//!   ([`accept`]).
 //! - ALPN [`ALPN`] (`letterlock/2`) names the protocol inside; a peer that does not offer it
 //!   (another protocol, or a version 1 client) fails the handshake.
 //! - No session resumption and no 0-RTT data yet: every connection is a full handshake.
@@ -30,7 +32,7 @@ use rustls::CommonState;
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::aws_lc_rs::{self as provider, cipher_suite, kx_group};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -39,7 +41,9 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 use crate::keys::{Identity, KeyError, KeyId, PublicKey, TrustList, Trusted};
 
 pub use pin::UnpinnedKey;
-/// Re-exported so that users can read a [`Session`] without depending on rustls themselves.
+/// Re-exported so that users can read a [`Session`], and check a certificate with
+/// [`delegated::verify`], without depending on rustls themselves.
+pub use rustls::pki_types::{CertificateDer, UnixTime};
 pub use rustls::{CipherSuite, NamedGroup, ProtocolVersion};
 
 /// The ALPN protocol name of letterlock protocol version 2: frames inside TLS 1.3.
