@@ -485,6 +485,9 @@ fn the_walk_through_runs_with_encrypted_keys_on_both_sides() {
     };
     let sent = client(&["send_msg", "hello under a passphrase"]);
     assert!(sent.contains("delivered"), "{sent}");
+    // A passphrase-protected key keeps no TLS handshake key on disk (SECURITY.md, "The
+    // handshake key cache"): that would hand out, for days, what the passphrase guards.
+    assert!(!d.join("client_handshake.pem").exists());
     // The server's own commands read its key with its passphrase too.
     let srv = [("LETTERLOCK_PASSPHRASE", "srv")];
     ok(

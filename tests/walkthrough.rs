@@ -62,6 +62,19 @@ fn walk_through(flags: &[&str]) {
         let again = client_with_status(&["recv_msg"]);
         assert!(again.contains("no messages"), "{again}");
     }
+    // On version 2 the client kept its TLS handshake key beside its private key, readable by
+    // its owner only (PROTOCOL.md, "The handshake key cache"); the bare wire has no TLS.
+    let cache = d.join("client_handshake.pem");
+    if flags.contains(&"--plain-v1") {
+        assert!(!cache.exists());
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        let text = std::fs::read_to_string(&cache).unwrap();
+        assert!(text.starts_with("-----BEGIN PRIVATE KEY-----"), "{text}");
+        assert!(text.contains("-----BEGIN CERTIFICATE-----"), "{text}");
+        let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     let inbox = ok(d, &["server", "inbox", "--json"]);
     let rows: serde_json::Value = serde_json::from_str(&inbox).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 2);

@@ -15,7 +15,7 @@ use letterlock::keys::Identity;
 
 use super::mailbox::{InboxArgs, ReadArgs, ascii_json, open_mailbox};
 use super::offline::{file_reader, write_stdout_unbuffered};
-use super::{ModeArg, PairArgs, STDOUT_LIMIT, own_key, peer_key, print_hint};
+use super::{ModeArg, PairArgs, STDOUT_LIMIT, peer_key, print_hint};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum ClientCommand {
@@ -294,6 +294,9 @@ pub(super) async fn connect(conn: &ClientConn) -> Result<letterlock::client::Cli
 pub(super) struct ClientKeys {
     identity: Arc<dyn Identity>,
     server: letterlock::keys::PublicKey,
+    /// `DIR/client_handshake.pem`, for a private key that is not passphrase-protected
+    /// (docs/SECURITY.md, "The handshake key cache").
+    handshake_key_cache: Option<letterlock::tls::HandshakeKeyCache>,
 }
 
 impl ClientKeys {
@@ -306,12 +309,19 @@ impl ClientKeys {
                 conn.server
             );
         }
+        let (identity, protected) = super::own_key_protected(&conn.keys, "client")?;
         Ok(ClientKeys {
-            identity: Arc::new(own_key(&conn.keys, "client")?),
+            identity: Arc::new(identity),
             server: peer_key(&conn.keys, "server")?,
+            handshake_key_cache: (!protected).then(|| {
+                letterlock::tls::HandshakeKeyCache::new(conn.keys.join(HANDSHAKE_KEY_CACHE))
+            }),
         })
     }
 }
+
+/// The file in the keys folder where a client keeps its TLS handshake key.
+pub(super) const HANDSHAKE_KEY_CACHE: &str = "client_handshake.pem";
 
 /// Connects with keys already loaded ([`ClientKeys::load`]).
 pub(super) async fn connect_with(
@@ -320,7 +330,11 @@ pub(super) async fn connect_with(
 ) -> Result<letterlock::client::Client> {
     use letterlock::client::{Client, ClientConfig, ClientError, Transport};
     use letterlock::tls::TlsOptions;
-    let ClientKeys { identity, server } = keys;
+    let ClientKeys {
+        identity,
+        server,
+        handshake_key_cache,
+    } = keys;
     let me = identity.public().id();
     tracing::debug!(
         server = %conn.server,
@@ -339,7 +353,10 @@ pub(super) async fn connect_with(
         &conn.server,
         identity,
         server,
-        ClientConfig::default(),
+        ClientConfig {
+            handshake_key_cache,
+            ..ClientConfig::default()
+        },
         transport,
         backoff,
         |r| {

@@ -400,6 +400,12 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// Loads `DIR/NAME_private.pem`, saying which command makes it when it is missing.
 fn own_key(dir: &Path, name: &str) -> Result<keys::PrivateKey> {
     let (path, _) = keys::pair_paths(dir, name);
+    own_key_exists(dir, name, &path)?;
+    load_own_private(&path)
+}
+
+/// Fails, saying which command makes it, when `DIR/NAME_private.pem` (`path`) is missing.
+fn own_key_exists(dir: &Path, name: &str, path: &Path) -> Result<()> {
     if !path.exists() {
         bail!(
             "{} not found; pass --keys DIR, the folder that holds it (or, to start afresh, \
@@ -408,16 +414,31 @@ fn own_key(dir: &Path, name: &str) -> Result<keys::PrivateKey> {
             dir.display()
         );
     }
-    load_own_private(&path)
+    Ok(())
 }
 
 /// Loads a private key the user owns, asking for its passphrase only if it is encrypted
 /// ([`passphrase::for_key`]: `--passphrase-file`, `LETTERLOCK_PASSPHRASE`, the terminal).
 /// Every command that reads a private key goes through here.
 fn load_own_private(path: &Path) -> Result<keys::PrivateKey> {
-    Ok(keys::load_private_with(path, &|| {
+    Ok(load_own_private_protected(path)?.0)
+}
+
+/// [`load_own_private`], and whether the file was passphrase-protected.
+fn load_own_private_protected(path: &Path) -> Result<(keys::PrivateKey, bool)> {
+    let protected = std::cell::Cell::new(false);
+    let key = keys::load_private_with(path, &|| {
+        protected.set(true);
         passphrase::for_key(path)
-    })?)
+    })?;
+    Ok((key, protected.get()))
+}
+
+/// [`own_key`], and whether its file is passphrase-protected.
+fn own_key_protected(dir: &Path, name: &str) -> Result<(keys::PrivateKey, bool)> {
+    let (path, _) = keys::pair_paths(dir, name);
+    own_key_exists(dir, name, &path)?;
+    load_own_private_protected(&path)
 }
 
 fn peer_key(dir: &Path, name: &str) -> Result<PublicKey> {

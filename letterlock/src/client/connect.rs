@@ -286,7 +286,12 @@ impl Client {
         config: ClientConfig,
         options: TlsOptions,
     ) -> Result<Client, ClientError> {
-        let tls_config = tls::client_config(identity.clone(), &server, &options)?;
+        let tls_config = tls::client_config_cached(
+            identity.clone(),
+            &server,
+            &options,
+            config.handshake_key_cache.clone(),
+        )?;
         let stream = Watched::new(tcp_connect(addr, &config).await?);
         let first = stream.first.clone();
         let (stream, session) = match tls::connect(tls_config, stream, config.timeout).await {

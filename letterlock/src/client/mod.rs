@@ -53,6 +53,11 @@ pub struct ClientConfig {
     pub max_message: u64,
     /// Largest plaintext accepted in a fetched asymmetric message.
     pub max_asymmetric: u64,
+    /// Where to keep the TLS handshake key this client's key delegates to, so that the next
+    /// process finds it instead of paying an RSA signature for a new one
+    /// ([`tls::HandshakeKeyCache`]; docs/SECURITY.md says when to keep one). `None`: made
+    /// afresh for each configuration, kept nowhere.
+    pub handshake_key_cache: Option<tls::HandshakeKeyCache>,
 }
 
 impl Default for ClientConfig {
@@ -62,6 +67,7 @@ impl Default for ClientConfig {
             max_frame: wire::DEFAULT_MAX_FRAME,
             max_message: 1 << 30,
             max_asymmetric: envelope::DEFAULT_ASYMMETRIC_LIMIT,
+            handshake_key_cache: None,
         }
     }
 }

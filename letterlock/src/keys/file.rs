@@ -16,7 +16,7 @@ pub type PassphraseSource<'a> = &'a dyn Fn() -> Result<Passphrase, KeyError>;
 /// Reads a key file, opened once and checked through that one handle (no race between the
 /// checks and the read): a regular file, under [`MAX_KEY_FILE`] bytes, and, for a private key,
 /// readable by its owner only. Reads at most the limit whatever the file claims.
-fn read_key_file(path: &Path, private: bool) -> Result<Zeroizing<String>, KeyError> {
+pub(crate) fn read_key_file(path: &Path, private: bool) -> Result<Zeroizing<String>, KeyError> {
     let (text, mode) = read_key_text(path)?;
     // A key others can read may already be someone else's; a file that holds no private key
     // (a public key passed by mistake) is reported as that, not as a mode problem.

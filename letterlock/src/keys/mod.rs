@@ -66,7 +66,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 mod encrypted;
-mod file;
+pub(crate) mod file;
 mod id;
 mod passphrase;
 mod private;
@@ -226,7 +226,7 @@ fn parse_pem(text: &str) -> Result<pem::Pem, KeyError> {
     })
 }
 
-fn encode_pem(tag: &str, der: &[u8]) -> String {
+pub(crate) fn encode_pem(tag: &str, der: &[u8]) -> String {
     let block = pem::Pem::new(tag, der);
     pem::encode_config(
         &block,

@@ -86,11 +86,18 @@ const EC_P256_SPKI_LEN: usize = 91;
 /// A fresh handshake key and its certificate signed by `identity`, valid from [`BACKDATE`] before
 /// `now` for [`MAX_LIFETIME`]: one RSA signature.
 pub fn make(identity: &dyn Identity, now: SystemTime) -> Result<Arc<CertifiedKey>, TlsError> {
+    let (from, until) = validity_from(now);
+    make_valid(identity, from, until)
+}
+
+/// The validity [`make`] gives a key made at `now`: from [`BACKDATE`] before it, for
+/// [`MAX_LIFETIME`].
+pub(super) fn validity_from(now: SystemTime) -> (Duration, Duration) {
     let since = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .saturating_sub(BACKDATE);
-    make_valid(identity, since, since + MAX_LIFETIME)
+    (since, since + MAX_LIFETIME)
 }
 
 /// A fresh handshake key valid from `not_before` to `not_after` (seconds since the Unix epoch):
@@ -100,6 +107,20 @@ pub(super) fn make_valid(
     not_before: Duration,
     not_after: Duration,
 ) -> Result<Arc<CertifiedKey>, TlsError> {
+    let (key, der) = make_parts(identity, not_before, not_after)?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![CertificateDer::from(der)],
+        Arc::new(key),
+    )))
+}
+
+/// A fresh handshake key and its certificate (DER), apart: for a client that also keeps them
+/// ([`super::cache`]).
+pub(super) fn make_parts(
+    identity: &dyn Identity,
+    not_before: Duration,
+    not_after: Duration,
+) -> Result<(HandshakeKey, Vec<u8>), TlsError> {
     let key = HandshakeKey::generate()?;
     let der = certificate(
         identity,
@@ -108,10 +129,7 @@ pub(super) fn make_valid(
         not_before,
         not_after,
     )?;
-    Ok(Arc::new(CertifiedKey::new(
-        vec![CertificateDer::from(der)],
-        Arc::new(key),
-    )))
+    Ok((key, der))
 }
 
 /// The certificate of handshake key `spki` signed by `identity`, valid from `not_before` to
@@ -164,6 +182,24 @@ pub fn is_delegated(cert: &CertificateDer<'_>) -> bool {
         let spki = c.subject_public_key_info();
         spki.as_ref().len() == EC_P256_SPKI_LEN && spki.as_ref().starts_with(EC_P256_SPKI_PREFIX)
     })
+}
+
+/// Whether `cert` (DER) carries exactly the key `spki` (DER).
+pub(super) fn certifies(cert: &CertificateDer<'_>, spki: &[u8]) -> bool {
+    webpki::EndEntityCert::try_from(cert)
+        .is_ok_and(|c| c.subject_public_key_info().as_ref() == spki)
+}
+
+/// A certificate's `notBefore`, in seconds since the Unix epoch, read without checking anything.
+pub(super) fn not_before(cert: &CertificateDer<'_>) -> Option<Duration> {
+    let parsed = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
+    Some(
+        parsed
+            .tbs_certificate()
+            .validity()
+            .not_before
+            .to_unix_duration(),
+    )
 }
 
 /// The key id a delegated certificate names as its signer (its authorityKeyIdentifier), read
@@ -292,9 +328,10 @@ impl Delegation {
     }
 }
 
-/// An ECDSA P-256 key made for one process's handshakes, held only in memory (aws-lc frees and
-/// wipes it when the last handshake that holds it is done).
-struct HandshakeKey {
+/// An ECDSA P-256 key made for a process's handshakes, held in memory (aws-lc frees and wipes
+/// it when the last handshake that holds it is done), and in a client's cache file if it keeps
+/// one ([`super::cache`]).
+pub(super) struct HandshakeKey {
     key: Arc<EcdsaKeyPair>,
     /// Its SubjectPublicKeyInfo (DER).
     spki: Vec<u8>,
@@ -308,19 +345,37 @@ impl fmt::Debug for HandshakeKey {
 
 impl HandshakeKey {
     fn generate() -> Result<Self, TlsError> {
-        let failed = TlsError::HandshakeKey;
         let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING)
-            .map_err(|_| failed("key generation failed"))?;
+            .map_err(|_| TlsError::HandshakeKey("key generation failed"))?;
+        Self::from_pair(key)
+    }
+
+    /// The handshake key of an EC P-256 key pair.
+    pub(super) fn from_pair(key: EcdsaKeyPair) -> Result<Self, TlsError> {
         let spki = key
             .public_key()
             .as_der()
-            .map_err(|_| failed("cannot encode its public key"))?
+            .map_err(|_| TlsError::HandshakeKey("cannot encode its public key"))?
             .as_ref()
             .to_vec();
         Ok(HandshakeKey {
             key: Arc::new(key),
             spki,
         })
+    }
+
+    /// Its SubjectPublicKeyInfo (DER).
+    pub(super) fn spki(&self) -> &[u8] {
+        &self.spki
+    }
+
+    /// Its private key as PKCS#8 v1 (DER), wiped when dropped.
+    pub(super) fn to_pkcs8(&self) -> Result<zeroize::Zeroizing<Vec<u8>>, TlsError> {
+        let document = self
+            .key
+            .to_pkcs8v1()
+            .map_err(|_| TlsError::HandshakeKey("cannot encode the handshake key"))?;
+        Ok(zeroize::Zeroizing::new(document.as_ref().to_vec()))
     }
 }
 

@@ -19,6 +19,7 @@
 //! with the pinned (or a trusted) key and agreed on [`ALPN`]; nothing is read from or written to
 //! the peer in the clear.
 
+pub mod cache;
 pub mod cert;
 pub mod delegated;
 pub mod pin;
@@ -40,6 +41,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
 use crate::keys::{Identity, KeyError, KeyId, PublicKey, TrustList, Trusted};
 
+pub use cache::HandshakeKeyCache;
 pub use pin::UnpinnedKey;
 /// Re-exported so that users can read a [`Session`], and check a certificate with
 /// [`delegated::verify`], without depending on rustls themselves.
@@ -206,17 +208,30 @@ fn certified_with(identity: Arc<dyn Identity>, cert_der: Vec<u8>) -> Arc<Certifi
 ///
 /// A letterlock server asks for a delegated handshake key ([`delegated`]); making one costs one
 /// RSA signature (about 2 ms at 3072 bits on the machines we measure), which a one-shot
-/// `send_msg` pays in every process. Made beside the TCP connect and the server's first
-/// flight, it is nearly ready when rustls asks. The wait in [`ResolvesClientCert::resolve`]
-/// blocks the thread driving the handshake for at most what is left of that one signature; the
-/// signer never waits on anything, so the wait always ends. A server that does not ask for
-/// delegation (another implementation of the earlier profile) gets the RSA certificate, made
-/// then (one more signature).
+/// `send_msg` would pay in every process. So a client that keeps a [`HandshakeKeyCache`] takes
+/// the key from there while it is fresh, and otherwise makes one beside the TCP connect and the
+/// server's first flight (then keeps it in the cache, after handing it to the handshake). The
+/// wait in [`ResolvesClientCert::resolve`] blocks the thread driving the handshake for at most
+/// what is left of that one signature; the signer never waits on anything, and always settles
+/// the key (to `None` if it fails or panics), so the wait always ends. A server that does not
+/// ask for delegation (another implementation of the earlier profile) gets the RSA
+/// certificate, made then (one more signature).
 struct CertInBackground {
     identity: Arc<dyn Identity>,
-    signer: std::sync::Mutex<Option<CertSigner>>,
-    delegated: std::sync::OnceLock<Option<Arc<CertifiedKey>>>,
+    delegated: Arc<std::sync::OnceLock<Option<Arc<CertifiedKey>>>>,
     own: std::sync::OnceLock<Option<Arc<CertifiedKey>>>,
+    /// The thread making (and keeping) the delegated key: joined when the configuration is
+    /// dropped, so that a process that ends soon after its handshake still leaves the key in
+    /// its cache (once a day: the rest of the time there is no thread).
+    signer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for CertInBackground {
+    fn drop(&mut self) {
+        if let Some(signer) = self.signer.take() {
+            let _ = signer.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for CertInBackground {
@@ -225,50 +240,50 @@ impl std::fmt::Debug for CertInBackground {
     }
 }
 
-/// The thread making the delegated handshake key ([`delegated::make`]).
-type CertSigner = std::thread::JoinHandle<Result<Arc<CertifiedKey>, TlsError>>;
+/// Settles the delegated key to `None` if the thread making it ends without settling it.
+struct SettleOnDrop(Arc<std::sync::OnceLock<Option<Arc<CertifiedKey>>>>);
+
+impl Drop for SettleOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.set(None);
+    }
+}
 
 impl CertInBackground {
-    fn start(identity: Arc<dyn Identity>) -> Self {
-        let for_thread = identity.clone();
-        let signer = std::thread::Builder::new()
-            .name("letterlock-cert".into())
-            .spawn(move || delegated::make(for_thread.as_ref(), std::time::SystemTime::now()));
-        let (signer, delegated) = match signer {
-            Ok(handle) => (Some(handle), std::sync::OnceLock::new()),
-            // No thread to be had: the RSA certificate is made when the server asks.
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start a thread to make the TLS handshake key");
-                (None, std::sync::OnceLock::from(None))
+    fn start(identity: Arc<dyn Identity>, cache: Option<HandshakeKeyCache>) -> Self {
+        let now = std::time::SystemTime::now();
+        let cached = cache.as_ref().and_then(|c| c.load(identity.as_ref(), now));
+        let delegated = Arc::new(std::sync::OnceLock::new());
+        let mut signer = None;
+        if let Some(key) = cached {
+            let _ = delegated.set(Some(key));
+        } else {
+            let settle = SettleOnDrop(delegated.clone());
+            let for_thread = identity.clone();
+            let spawned = std::thread::Builder::new()
+                .name("letterlock-cert".into())
+                .spawn(move || make_delegated(for_thread.as_ref(), now, cache.as_ref(), &settle));
+            match spawned {
+                Ok(handle) => signer = Some(handle),
+                // No thread to be had: `settle` was dropped with the closure, and the RSA
+                // certificate is made when the server asks.
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start a thread to make the TLS handshake key");
+                }
             }
-        };
+        }
         CertInBackground {
             identity,
-            signer: std::sync::Mutex::new(signer),
             delegated,
             own: std::sync::OnceLock::new(),
+            signer,
         }
     }
 
     /// The delegated handshake key, waiting for its signature if it is still being made; `None`
-    /// (and an error logged) when it could not be made.
+    /// when it could not be made.
     fn delegated(&self) -> Option<Arc<CertifiedKey>> {
-        self.delegated
-            .get_or_init(|| {
-                let handle = self.signer.lock().ok()?.take()?;
-                match handle.join() {
-                    Ok(Ok(key)) => Some(key),
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "no delegated handshake key to present");
-                        None
-                    }
-                    Err(_) => {
-                        tracing::error!("the thread making the TLS handshake key panicked");
-                        None
-                    }
-                }
-            })
-            .clone()
+        self.delegated.wait().clone()
     }
 
     /// The certificate of the letterlock key itself; `None` (and an error logged) when it
@@ -283,6 +298,38 @@ impl CertInBackground {
                 }
             })
             .clone()
+    }
+}
+
+/// Makes a handshake key made at `now`, hands it to the handshake through `settle`, then keeps
+/// it in `cache` (off the handshake's path: writing waits for the disk).
+fn make_delegated(
+    identity: &dyn Identity,
+    now: std::time::SystemTime,
+    cache: Option<&HandshakeKeyCache>,
+    settle: &SettleOnDrop,
+) {
+    let (from, until) = delegated::validity_from(now);
+    let (key, cert) = match delegated::make_parts(identity, from, until) {
+        Ok(parts) => parts,
+        Err(e) => {
+            tracing::error!(error = %e, "no delegated handshake key to present");
+            return;
+        }
+    };
+    let pkcs8 = cache.map(|_| key.to_pkcs8());
+    let certified = Arc::new(CertifiedKey::new(
+        vec![CertificateDer::from(cert.clone())],
+        Arc::new(key),
+    ));
+    let _ = settle.0.set(Some(certified));
+    match (cache, pkcs8) {
+        (Some(cache), Some(Ok(pkcs8))) => match cache.store(&pkcs8, &cert) {
+            Ok(()) => tracing::debug!(file = %cache.path().display(), "kept the TLS handshake key"),
+            Err(e) => tracing::debug!(error = %e, "cannot keep the TLS handshake key"),
+        },
+        (_, Some(Err(e))) => tracing::debug!(error = %e, "cannot keep the TLS handshake key"),
+        _ => {}
     }
 }
 
@@ -339,6 +386,17 @@ pub fn client_config(
     server: &PublicKey,
     options: &TlsOptions,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    client_config_cached(identity, server, options, None)
+}
+
+/// [`client_config`], taking the delegated handshake key from `cache` while it is fresh and
+/// keeping a new one there ([`HandshakeKeyCache`]).
+pub fn client_config_cached(
+    identity: Arc<dyn Identity>,
+    server: &PublicKey,
+    options: &TlsOptions,
+    cache: Option<HandshakeKeyCache>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider(options))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Config)?
@@ -346,7 +404,7 @@ pub fn client_config(
         .with_custom_certificate_verifier(Arc::new(pin::PinnedServer {
             pinned: server.clone(),
         }))
-        .with_client_cert_resolver(Arc::new(CertInBackground::start(identity)));
+        .with_client_cert_resolver(Arc::new(CertInBackground::start(identity, cache)));
     config.alpn_protocols = vec![ALPN.to_vec(), delegated::ALPN_DELEGATION.to_vec()];
     config.resumption = rustls::client::Resumption::disabled();
     // The server is named by its key, not by a host name: no SNI.
@@ -960,5 +1018,147 @@ mod tests {
             }
             e => panic!("{e:?}"),
         }
+    }
+
+    /// A client that keeps a handshake key cache in `dir`, counting its RSA signatures.
+    fn cached_client(
+        dir: &std::path::Path,
+        c: &Arc<Counting>,
+        server: &PublicKey,
+    ) -> Arc<rustls::ClientConfig> {
+        let cache = HandshakeKeyCache::new(dir.join("client_handshake.pem"));
+        client_config_cached(c.clone(), server, &TlsOptions::default(), Some(cache)).unwrap()
+    }
+
+    /// Waits until the background thread has written the cache (it writes after handing the
+    /// key to the handshake): a whole file, other than `before`.
+    async fn written_over(path: &std::path::Path, before: &[u8]) -> Vec<u8> {
+        for _ in 0..500 {
+            if let Ok(bytes) = std::fs::read(path)
+                && bytes.ends_with(b"-----END CERTIFICATE-----\n")
+                && bytes != before
+            {
+                return bytes;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{} was never written", path.display());
+    }
+
+    async fn written(path: &std::path::Path) -> Vec<u8> {
+        written_over(path, b"").await
+    }
+
+    #[tokio::test]
+    async fn a_kept_handshake_key_saves_the_next_client_its_rsa_signature() {
+        use std::os::unix::fs::PermissionsExt;
+        let (s, c) = (key(), key());
+        let clients = trust(&[&c]);
+        let sc = server_config(s.clone(), clients.clone(), &TlsOptions::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client_handshake.pem");
+        let counting = Counting::new(&c);
+        let (client, server) = handshake(
+            cached_client(dir.path(), &counting, s.public()),
+            sc.clone(),
+            clients.clone(),
+        )
+        .await;
+        assert!(client.unwrap().delegated && server.unwrap().0.delegated);
+        assert_eq!(counting.signs(), 1);
+        let text = String::from_utf8(written(&path).await).unwrap();
+        assert!(text.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{text}");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // The next clients take it from there: no RSA signature, and the server still sees
+        // the same client.
+        for _ in 0..2 {
+            let (client, server) = handshake(
+                cached_client(dir.path(), &counting, s.public()),
+                sc.clone(),
+                clients.clone(),
+            )
+            .await;
+            let (client, (server, _)) = (client.unwrap(), server.unwrap());
+            assert!(client.delegated && server.delegated);
+            assert_eq!(server.peer, c.public().id());
+            assert_eq!(counting.signs(), 1);
+        }
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            text,
+            "kept as it was"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cache_that_is_not_this_keys_fresh_private_one_is_replaced_not_used() {
+        use std::os::unix::fs::PermissionsExt;
+        let (s, c, other) = (key(), key(), key());
+        let clients = trust(&[&c, &other]);
+        let sc = server_config(s.clone(), clients.clone(), &TlsOptions::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client_handshake.pem");
+        // Another key's cache, then the right key's cache made 2 days ago (still valid, but
+        // too old to hand to peers), then a good one readable by others, then garbage.
+        let other_counting = Counting::new(&other);
+        let _ = handshake(
+            cached_client(dir.path(), &other_counting, s.public()),
+            sc.clone(),
+            clients.clone(),
+        )
+        .await;
+        let others = written(&path).await;
+        let old = {
+            let (from, until) = delegated::validity_from(
+                std::time::SystemTime::now() - Duration::from_secs(2 * 24 * 3600),
+            );
+            let (k, cert) = delegated::make_parts(c.as_ref(), from, until).unwrap();
+            let mut text = crate::keys::encode_pem("PRIVATE KEY", &k.to_pkcs8().unwrap());
+            text.push_str(&crate::keys::encode_pem("CERTIFICATE", &cert));
+            text.into_bytes()
+        };
+        let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+            ("another key's", others, 0o600),
+            ("made two days ago", old, 0o600),
+            (
+                "garbage",
+                b"-----BEGIN PRIVATE KEY-----\nAAAA\n".to_vec(),
+                0o600,
+            ),
+        ];
+        for (what, bytes, mode) in cases {
+            std::fs::write(&path, &bytes).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let counting = Counting::new(&c);
+            let (client, server) = handshake(
+                cached_client(dir.path(), &counting, s.public()),
+                sc.clone(),
+                clients.clone(),
+            )
+            .await;
+            assert!(client.unwrap().delegated, "{what}");
+            assert_eq!(server.unwrap().0.peer, c.public().id(), "{what}");
+            assert_eq!(counting.signs(), 1, "{what}: a new key was made");
+            // Replaced by the new key (the wait fails if it never is).
+            let replaced = written_over(&path, &bytes).await;
+            assert!(
+                replaced.starts_with(b"-----BEGIN PRIVATE KEY-----\n"),
+                "{what}"
+            );
+        }
+        // A good cache that group or others can read is not trusted either.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let counting = Counting::new(&c);
+        let (client, _) = handshake(
+            cached_client(dir.path(), &counting, s.public()),
+            sc.clone(),
+            clients.clone(),
+        )
+        .await;
+        assert!(client.unwrap().delegated);
+        assert_eq!(counting.signs(), 1, "a readable cache is not used");
     }
 }
