@@ -53,14 +53,14 @@ async fn record_send(server: &str, text: &[u8]) -> (Vec<(u8, usize)>, Vec<(u8, u
 }
 
 /// Same record count and types, and the same length each, but for the first encrypted record,
-/// which may differ by the spread of an ECDSA signature's DER length (2 bytes).
+/// which may differ by the spread of an ECDSA signature's DER length (8 bytes).
 fn assert_same_sizes(a: &[(u8, usize)], b: &[(u8, usize)]) {
     assert_eq!(a.len(), b.len(), "{a:?}\n{b:?}");
     let first_encrypted = a.iter().position(|(t, _)| *t == 0x17);
     for (i, ((ta, la), (tb, lb))) in a.iter().zip(b).enumerate() {
         assert_eq!(ta, tb, "record {i}: {a:?}\n{b:?}");
         if Some(i) == first_encrypted {
-            assert!(la.abs_diff(*lb) <= 2, "record {i}: {a:?}\n{b:?}");
+            assert!(la.abs_diff(*lb) <= 8, "record {i}: {a:?}\n{b:?}");
         } else {
             assert_eq!(la, lb, "record {i}: {a:?}\n{b:?}");
         }
@@ -77,8 +77,9 @@ async fn yes_and_no_have_identical_sizes_on_the_version_2_wire() {
     println!("no:  client→server {no_up:?}\n     server→client {no_down:?}");
     // Every record in both directions, handshake included: same count, same sizes; except that
     // the first encrypted record each way (that side's encrypted handshake flight) carries an
-    // ECDSA signature by a fresh handshake key, whose DER encoding is 70 to 72 bytes at random
-    // (PROTOCOL.md section 13, "Delegated handshake keys"), whatever the message.
+    // ECDSA signature by a handshake key (PROTOCOL.md section 13, "Delegated handshake keys"),
+    // whose DER encoding is 72 bytes at most and shorter at random (68 to 72 in 200,000
+    // signatures; below 64 about once in 2^32), whatever the message.
     assert_same_sizes(&yes_up, &no_up);
     assert_same_sizes(&yes_down, &no_down);
     // And the application data is there to compare (not only the handshake): the client's

@@ -125,7 +125,9 @@ pub(super) enum ClientCommand {
 
 #[derive(Args, Debug)]
 pub(super) struct ClientConn {
-    /// Folder with client_private.pem and server_public.pem.
+    /// Folder with client_private.pem and server_public.pem. The client also keeps its TLS
+    /// handshake key there, in client_handshake.pem (0600, replaced daily; never for a
+    /// passphrase-protected key), so that each command does not pay an RSA signature for it.
     #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
     pub(super) keys: PathBuf,
     /// Address of the server, HOST:PORT.

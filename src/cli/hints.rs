@@ -52,6 +52,15 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
             _ => None,
         };
     }
+    if let Some(e) = e.downcast_ref::<letterlock::tls::TlsError>()
+        && e.is_about_dates()
+    {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        return Some(format!(
+            "a TLS handshake key was out of date by one side's clock (this machine reads {now}): \
+             the client's and the server's clocks must agree within a day; check both"
+        ));
+    }
     if let Some(e) = e.downcast_ref::<OpenError>() {
         return match e {
             OpenError::UntrustedSender { .. } => Some(

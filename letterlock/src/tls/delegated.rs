@@ -175,13 +175,21 @@ fn random_serial() -> Result<[u8; 16], TlsError> {
     Ok(serial)
 }
 
-/// Whether a certificate carries an EC P-256 key: then it can only be a delegated handshake key
-/// (letterlock keys are RSA), and is judged by [`verify`].
+/// Whether a certificate carries an EC key: then it can only be a delegated handshake key
+/// (letterlock keys are RSA), and is judged by [`verify`], which accepts P-256 only.
 pub fn is_delegated(cert: &CertificateDer<'_>) -> bool {
+    use x509_cert::spki::{ObjectIdentifier, SubjectPublicKeyInfoRef};
+    const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
     webpki::EndEntityCert::try_from(cert).is_ok_and(|c| {
-        let spki = c.subject_public_key_info();
-        spki.as_ref().len() == EC_P256_SPKI_LEN && spki.as_ref().starts_with(EC_P256_SPKI_PREFIX)
+        SubjectPublicKeyInfoRef::from_der(c.subject_public_key_info().as_ref())
+            .is_ok_and(|spki| spki.algorithm.oid == ID_EC_PUBLIC_KEY)
     })
+}
+
+/// Whether an SPKI (DER) is an EC P-256 key as a point in uncompressed form: the only key a
+/// delegated handshake key may be.
+fn is_p256_uncompressed(spki: &[u8]) -> bool {
+    spki.len() == EC_P256_SPKI_LEN && spki.starts_with(EC_P256_SPKI_PREFIX)
 }
 
 /// Whether `cert` (DER) carries exactly the key `spki` (DER).
@@ -223,18 +231,27 @@ pub fn verify<'k>(
     let bad = || Error::InvalidCertificate(CertificateError::BadEncoding);
     let parsed = x509_cert::Certificate::from_der(cert.as_ref()).map_err(|_| bad())?;
     let tbs = parsed.tbs_certificate();
+    // The signature is checked over the TBSCertificate exactly as received, and that must be
+    // canonical DER (what x509-cert encodes again byte for byte): x509-cert reads some
+    // non-canonical forms (an explicit default, a GeneralizedTime before 2050), so checking over
+    // its re-encoding would accept bytes nobody signed.
+    let raw_tbs = raw_tbs(cert.as_ref()).ok_or_else(bad)?;
+    if tbs.to_der().ok().as_deref() != Some(raw_tbs) {
+        return Err(bad());
+    }
     let signer = authority_key_id(&parsed).map_err(|()| bad())?;
     let alg = |a: &x509_cert::spki::AlgorithmIdentifierOwned| a.to_der().ok();
+    let spki = tbs.subject_public_key_info().to_der().ok();
     if alg(parsed.signature_algorithm()).as_deref() != Some(RSA_PSS_SHA256_ALG_ID)
         || alg(tbs.signature()).as_deref() != Some(RSA_PSS_SHA256_ALG_ID)
         || tbs.issuer().to_der().ok() != Some(cert::key_name(&signer))
+        || !spki.as_deref().is_some_and(is_p256_uncompressed)
     {
         return Err(bad());
     }
     let key = lookup(signer)?;
-    let signed = tbs.to_der().map_err(|_| bad())?;
     let signature = parsed.signature().as_bytes().ok_or_else(bad)?;
-    if !key.verify_pss(&signed, signature) {
+    if !key.verify_pss(raw_tbs, signature) {
         return Err(Error::InvalidCertificate(CertificateError::BadSignature));
     }
     let validity = tbs.validity();
@@ -245,9 +262,14 @@ pub fn verify<'k>(
     let now = now.as_secs();
     if until.saturating_sub(from) > MAX_LIFETIME {
         // Too long to be a delegation: a handshake key is short-lived or not accepted at all.
-        return Err(Error::InvalidCertificate(CertificateError::Other(
-            rustls::OtherError(Arc::new(TooLong(until.saturating_sub(from)))),
-        )));
+        // Refused as out of date (`certificate_expired`), the reason logged.
+        tracing::warn!(
+            signer = %signer,
+            valid_for_s = until.saturating_sub(from).as_secs(),
+            max_s = MAX_LIFETIME.as_secs(),
+            "TLS handshake refused: a delegated handshake key valid for longer than allowed"
+        );
+        return Err(Error::InvalidCertificate(CertificateError::Expired));
     }
     if now < from.as_secs() {
         return Err(Error::InvalidCertificate(CertificateError::NotValidYet));
@@ -258,10 +280,18 @@ pub fn verify<'k>(
     Ok(signer)
 }
 
-/// A delegated certificate valid for longer than [`MAX_LIFETIME`].
-#[derive(Debug, thiserror::Error)]
-#[error("a delegated handshake key valid for {} s, longer than the {} s allowed", .0.as_secs(), MAX_LIFETIME.as_secs())]
-pub struct TooLong(Duration);
+/// The TBSCertificate of a DER certificate as its bytes: the first element of the outer
+/// SEQUENCE.
+fn raw_tbs(cert: &[u8]) -> Option<&[u8]> {
+    use x509_cert::der::{Decode as _, Header, Reader as _, SliceReader};
+    let mut outer = SliceReader::new(cert).ok()?;
+    let _certificate = Header::decode(&mut outer).ok()?;
+    let start = usize::try_from(outer.position()).ok()?;
+    let tbs = Header::decode(&mut outer).ok()?;
+    let header_len = usize::try_from(outer.position()).ok()? - start;
+    let body = usize::try_from(u32::from(tbs.length())).ok()?;
+    cert.get(start..start.checked_add(header_len)?.checked_add(body)?)
+}
 
 /// The 32-byte keyIdentifier of the certificate's one authorityKeyIdentifier extension.
 fn authority_key_id(cert: &x509_cert::Certificate) -> Result<KeyId, ()> {
@@ -280,12 +310,26 @@ fn authority_key_id(cert: &x509_cert::Certificate) -> Result<KeyId, ()> {
     Ok(KeyId(id))
 }
 
-/// The handshake keys a server presents, one at a time: made at start, replaced after
-/// [`REFRESH`] by the first handshake that asks for one.
+/// The handshake keys a server presents, one at a time: made at start, replaced on a thread of
+/// its own once it is [`REFRESH`] old, while handshakes go on with the current one (a refresh
+/// costs an RSA signature, which no handshake waits for, and no lock is held across it).
 pub struct Delegation {
     identity: Arc<dyn Identity>,
-    current: Mutex<(SystemTime, Arc<CertifiedKey>)>,
+    current: Arc<Mutex<Current>>,
 }
+
+/// The key in use, and the state of its replacement.
+struct Current {
+    made: SystemTime,
+    key: Arc<CertifiedKey>,
+    /// A thread is making the next key.
+    refreshing: bool,
+    /// When the last refresh started: a failed one is tried again after [`RETRY`].
+    tried: Option<SystemTime>,
+}
+
+/// How long after a failed refresh the next one is tried.
+const RETRY: Duration = Duration::from_secs(60);
 
 impl fmt::Debug for Delegation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -297,32 +341,102 @@ impl Delegation {
     /// Makes the first handshake key (one RSA signature).
     pub fn new(identity: Arc<dyn Identity>) -> Result<Self, TlsError> {
         let now = SystemTime::now();
-        let first = make(identity.as_ref(), now)?;
+        let key = make(identity.as_ref(), now)?;
         Ok(Delegation {
             identity,
-            current: Mutex::new((now, first)),
+            current: Arc::new(Mutex::new(Current {
+                made: now,
+                key,
+                refreshing: false,
+                tried: None,
+            })),
         })
     }
 
-    /// The handshake key to present now, a fresh one if the current one is older than
-    /// [`REFRESH`] (or the clock went back). `None` only if a new one could not be made and the
-    /// old one has expired: the handshake then fails as without a certificate.
+    /// The handshake key to present now; `None` when the one in hand is not valid at this
+    /// moment (the clock moved past it and no fresh one could be made yet): the server then
+    /// presents its RSA certificate.
     pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.current_at(SystemTime::now())
+    }
+
+    /// [`Delegation::current`] with the clock reading `now`; starts a refresh when the key is
+    /// [`REFRESH`] old (or made "after" `now`: the clock went back).
+    pub(super) fn current_at(&self, now: SystemTime) -> Option<Arc<CertifiedKey>> {
         let mut current = self.current.lock().ok()?;
-        let now = SystemTime::now();
-        let age = now.duration_since(current.0).ok();
-        if age.is_some_and(|age| age < REFRESH) {
-            return Some(current.1.clone());
+        let fresh = now
+            .duration_since(current.made)
+            .is_ok_and(|age| age < REFRESH);
+        let may_try = current
+            .tried
+            .is_none_or(|t| now.duration_since(t).map_or(true, |since| since >= RETRY));
+        if !fresh && !current.refreshing && may_try {
+            current.tried = Some(now);
+            current.refreshing = self.refresh(now);
         }
-        match make(self.identity.as_ref(), now) {
-            Ok(fresh) => {
-                *current = (now, fresh.clone());
-                Some(fresh)
-            }
+        let (from, until) = validity_from(current.made);
+        let at = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        (from <= at && at <= until).then(|| current.key.clone())
+    }
+
+    /// A delegation over `identity` holding `other`'s key as made at the same time (tests of
+    /// a key that cannot sign any more).
+    #[cfg(test)]
+    pub(super) fn new_for_test(identity: Arc<dyn Identity>, other: &Delegation) -> Self {
+        let (made, key) = other
+            .current
+            .lock()
+            .map(|c| (c.made, c.key.clone()))
+            .unwrap_or_else(|_| unreachable!());
+        Delegation {
+            identity,
+            current: Arc::new(Mutex::new(Current {
+                made,
+                key,
+                refreshing: false,
+                tried: None,
+            })),
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn refreshing(&self) -> bool {
+        self.current.lock().is_ok_and(|c| c.refreshing)
+    }
+
+    #[cfg(test)]
+    pub(super) fn tried(&self) -> Option<SystemTime> {
+        self.current.lock().ok().and_then(|c| c.tried)
+    }
+
+    /// Makes the next key made at `now` on a thread, which puts it in place (taking the lock
+    /// the caller holds now, once the caller let it go). False if no thread could be started.
+    fn refresh(&self, now: SystemTime) -> bool {
+        let (identity, current) = (self.identity.clone(), self.current.clone());
+        let spawned = std::thread::Builder::new()
+            .name("letterlock-refresh".into())
+            .spawn(move || {
+                let made = make(identity.as_ref(), now);
+                let Ok(mut current) = current.lock() else {
+                    return;
+                };
+                current.refreshing = false;
+                match made {
+                    Ok(key) => {
+                        current.made = now;
+                        current.key = key;
+                        tracing::debug!("made a fresh TLS handshake key");
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot make a fresh TLS handshake key"),
+                }
+            });
+        match spawned {
+            Ok(_) => true,
             Err(e) => {
-                tracing::error!(error = %e, "cannot make a fresh TLS handshake key");
-                let still_valid = age.is_some_and(|age| age + BACKDATE < MAX_LIFETIME);
-                still_valid.then(|| current.1.clone())
+                tracing::error!(error = %e, "cannot start a thread to refresh the TLS handshake key");
+                false
             }
         }
     }
