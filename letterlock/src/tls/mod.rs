@@ -584,6 +584,17 @@ mod tests {
         Arc::new(t)
     }
 
+    /// Our client configuration, presenting `key` instead of the key it would make.
+    fn presenting(
+        c: &Arc<PrivateKey>,
+        server: &PublicKey,
+        key: Arc<CertifiedKey>,
+    ) -> rustls::ClientConfig {
+        let mut cc = (*client_config(c.clone(), server, &TlsOptions::default()).unwrap()).clone();
+        cc.client_auth_cert_resolver = Arc::new(SingleCertAndKey::from(key));
+        cc
+    }
+
     type Outcome = (
         Result<Session, TlsError>,
         Result<(Session, Trusted), TlsError>,
@@ -799,8 +810,7 @@ mod tests {
             certified_with(k.clone(), der)
         };
         for (server_cert, client_cert) in [(expired(&s), expired(&c)), (future(&s), future(&c))] {
-            let mut cc = (*client_config(c.clone(), s.public(), &o).unwrap()).clone();
-            cc.client_auth_cert_resolver = Arc::new(SingleCertAndKey::from(client_cert));
+            let cc = presenting(&c, s.public(), client_cert);
             let mut sc = (*server_config(s.clone(), clients.clone(), &o).unwrap()).clone();
             sc.cert_resolver = Arc::new(SingleCertAndKey::from(server_cert));
             let (client, server) = handshake(Arc::new(cc), Arc::new(sc), clients.clone()).await;
@@ -992,8 +1002,7 @@ mod tests {
         let o = TlsOptions::default();
         // The server judges a client's.
         for (what, bad, expected) in bad_delegations(&c) {
-            let mut cc = (*client_config(c.clone(), s.public(), &o).unwrap()).clone();
-            cc.client_auth_cert_resolver = Arc::new(SingleCertAndKey::from(bad));
+            let cc = presenting(&c, s.public(), bad);
             let sc = server_config(s.clone(), clients.clone(), &o).unwrap();
             let (client, server) = handshake(Arc::new(cc), sc, clients.clone()).await;
             assert!(client.is_err(), "{what}: the client heard of it");
@@ -1190,12 +1199,9 @@ mod tests {
         server: &PublicKey,
         skew_hours: i64,
     ) -> Arc<rustls::ClientConfig> {
-        let mut cc = (*client_config(c.clone(), server, &TlsOptions::default()).unwrap()).clone();
-        cc.time_provider = Arc::new(Skewed(skew_hours));
         let made = std::time::UNIX_EPOCH + at(skew_hours);
-        cc.client_auth_cert_resolver = Arc::new(SingleCertAndKey::from(
-            delegated::make(c.as_ref(), made).unwrap(),
-        ));
+        let mut cc = presenting(c, server, delegated::make(c.as_ref(), made).unwrap());
+        cc.time_provider = Arc::new(Skewed(skew_hours));
         Arc::new(cc)
     }
 
@@ -1294,8 +1300,7 @@ mod tests {
         let clients = trust(&[&c]);
         let o = TlsOptions::default();
         let too_long = delegated::make_valid(c.as_ref(), at(-1), at(7 * 24)).unwrap();
-        let mut cc = (*client_config(c.clone(), s.public(), &o).unwrap()).clone();
-        cc.client_auth_cert_resolver = Arc::new(SingleCertAndKey::from(too_long));
+        let cc = presenting(&c, s.public(), too_long);
         let sc = server_config(s.clone(), clients.clone(), &o).unwrap();
         let (client, _) = handshake(Arc::new(cc), sc, clients).await;
         assert!(
@@ -1349,8 +1354,7 @@ mod tests {
             );
         }
         for (what, mixed) in mixes(&c) {
-            let mut cc = (*client_config(c.clone(), s.public(), &o).unwrap()).clone();
-            cc.client_auth_cert_resolver = Arc::new(SingleCertAndKey::from(Arc::new(mixed)));
+            let cc = presenting(&c, s.public(), Arc::new(mixed));
             let sc = server_config(s.clone(), clients.clone(), &o).unwrap();
             let (client, server) = handshake(Arc::new(cc), sc, clients.clone()).await;
             assert!(client.is_err(), "client's {what}");
