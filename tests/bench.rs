@@ -194,7 +194,7 @@ fn store_section(v: &Value) {
 
 /// Section 5: both commands ran as processes, with positive figures and the command shown.
 fn one_shot_section(v: &Value) {
-    for cmd in ["seal", "send_msg"] {
+    for cmd in ["seal", "send_msg", "send_msg_fresh"] {
         for field in ["p50_ms", "p99_ms", "ops_s", "peak_rss_kib"] {
             positive(v, &format!("/oneshot/{cmd}/{field}"));
         }
