@@ -695,8 +695,9 @@ pub fn table(r: &Report) -> String {
     let _ = writeln!(
         s,
         "  full handshakes: {:.0}/s with {} clients at once ({} timed), {:.0}/s one at a time; \
-         all-core RSA sign bound {:.0}/s (one signature per handshake on each side, both sides \
-         in this process)",
+         all-core RSA sign bound {:.0}/s (one RSA signature per handshake: each client here \
+         certifies a new handshake key, keeping none; both sides sign the handshake itself with \
+         ECDSA handshake keys; both sides in this process)",
         tls.handshakes_s,
         tls.handshake_clients,
         tls.handshakes,
