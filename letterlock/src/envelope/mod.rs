@@ -37,7 +37,9 @@ pub use header::{
     MessageId, Mode, VERSION, valid_chunk_size,
 };
 pub(crate) use open::OpenCore;
-pub use open::{OpenOptions, Opened, Opener, open, open_to_file, open_to_vec, read_full};
+pub use open::{
+    OpenOptions, Opened, Opener, open, open_slice, open_to_file, open_to_vec, read_full,
+};
 pub use pipeline::{DEPTH, open_pipelined, seal_pipelined, seal_to_file};
 /// Test-vector and fuzzing only: the randomness `Sealer::with_randomness` takes.
 #[cfg(feature = "fuzzing")]

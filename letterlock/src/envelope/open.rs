@@ -543,6 +543,21 @@ pub fn open<R: Read, W: Write>(
     super::pipeline::open_one_thread(identity, trusted, opts, input, &mut output)
 }
 
+/// Opens `sealed`, a whole message already in memory, into `output`: [`open`] without its read
+/// buffers, every chunk decrypted straight from `sealed`. A memory-resident message (a mailbox
+/// body, a file read whole) is then not copied once more before it is decrypted.
+///
+/// `output` receives **unverified** plaintext, as with [`open`].
+pub fn open_slice<W: Write>(
+    identity: Arc<dyn Identity>,
+    trusted: &dyn Trust,
+    opts: &OpenOptions,
+    sealed: &[u8],
+    mut output: W,
+) -> Result<Opened, OpenError> {
+    super::pipeline::open_slice_one_thread(identity, trusted, opts, sealed, &mut output)
+}
+
 /// Opens into `target` so that it appears only if the message verified, through
 /// [`crate::files::AtomicFile`]: a temporary file beside it (mode `file.mode`, 0600 by
 /// default), fsync, rename, fsync of the folder; on any failure the temporary file is removed.
