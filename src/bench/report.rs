@@ -801,7 +801,7 @@ fn oneshot_table(s: &mut String, o: &OneShotReport) {
         s,
         "  goal: each <= {ONESHOT_GOAL_MS:.0} ms per process (p50); send_msg keeps its TLS \
          handshake key in net/client_handshake.pem (made by an untimed first run); the second \
-         row removes it before each run: the first send of the day"
+         row removes it before each run: the first send of the day; the two rows take turns"
     );
     let _ = writeln!(s, "  $ {}", o.seal.command);
     let _ = writeln!(s, "  $ {} &", o.server_command);
