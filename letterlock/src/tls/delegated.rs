@@ -21,7 +21,7 @@
 //! Both forms stay valid: a peer that does not ask for delegation (`openssl s_client`, Python's
 //! `ssl`, `trust-server`, an implementation of the earlier text) still gets and may still send the
 //! RSA certificate. A letterlock client asks by offering the extra ALPN name
-//! [`ALPN_DELEGATION`]; a letterlock server asks by naming [`CA_HINT`] in its CertificateRequest.
+//! [`ALPN_DELEGATION`]; a letterlock server asks by naming [`ca_hint`] in its CertificateRequest.
 //! Each side also needs `ecdsa_secp256r1_sha256` among the peer's signature schemes.
 
 use std::fmt;
