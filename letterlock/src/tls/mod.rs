@@ -572,8 +572,22 @@ mod tests {
     /// Generous: only a deadlock would reach it.
     const T: Duration = Duration::from_secs(30);
 
+    /// A different fixed test key (tests/keys) at each call on this test's thread: generating
+    /// RSA keys in a debug build takes seconds. Five are enough for any test here.
     fn key() -> Arc<PrivateKey> {
-        Arc::new(PrivateKey::generate(2048).unwrap())
+        const KEYS: [&str; 5] = [
+            include_str!("../../../tests/keys/alice2048_private.pem"),
+            include_str!("../../../tests/keys/bob2048_private.pem"),
+            include_str!("../../../tests/keys/mallory_private.pem"),
+            include_str!("../../../tests/keys/alice3072_private.pem"),
+            include_str!("../../../tests/keys/bob3072_private.pem"),
+        ];
+        thread_local! {
+            static NEXT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        }
+        let i = NEXT.with(|n| n.replace(n.get() + 1));
+        let pem = KEYS.get(i).expect("a test here uses at most five keys");
+        Arc::new(PrivateKey::from_pem(pem).unwrap())
     }
 
     fn trust(keys: &[&Arc<PrivateKey>]) -> Arc<TrustList> {
