@@ -394,7 +394,8 @@ impl SealCore {
     }
 }
 
-/// Appends `plain` sealed as the stream's next chunk (ciphertext || tag) to `out`.
+/// Appends `plain` sealed as the stream's next chunk (ciphertext || tag) to `out`, encrypting
+/// from `plain` straight into `out` (zeroed first: cheaper than copying the plaintext there).
 fn append_chunk(
     stream: &mut Stream,
     plain: &[u8],
@@ -402,13 +403,10 @@ fn append_chunk(
     out: &mut Vec<u8>,
 ) -> Result<(), SealError> {
     let start = out.len();
-    out.reserve(plain.len() + TAG_LEN);
-    out.extend_from_slice(plain);
-    let tag = stream
-        .seal_chunk(&mut out[start..], last)
-        .map_err(|_| SealError::Crypto)?;
-    out.extend_from_slice(tag.as_ref());
-    Ok(())
+    out.resize(start + plain.len() + TAG_LEN, 0);
+    stream
+        .seal_chunk_into(plain, &mut out[start..], last)
+        .map_err(|_| SealError::Crypto)
 }
 
 /// Cuts the data block into chunks of at most k − 66 bytes and encrypts each with RSA-OAEP,
