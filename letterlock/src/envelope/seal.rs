@@ -90,9 +90,13 @@ pub struct Sealer {
 struct SealCore {
     header: Header,
     header_bytes: [u8; HEADER_LEN],
-    /// SHA-256 of the plaintext so far, for the signature transcript.
+    /// SHA-256 of the plaintext so far, for the signature transcript (of the plaintext given
+    /// through `update`; [`Sealer::update_unhashed`] leaves it to the caller).
     hasher: digest::Context,
     plaintext_len: u64,
+    /// Plaintext bytes fed to `hasher`: equal to `plaintext_len` when the sealer hashes it all,
+    /// zero when the caller does; anything else is a mix that no hash can match.
+    hashed_len: u64,
     body: Body,
 }
 
@@ -189,9 +193,51 @@ impl Sealer {
 
     /// Signs the transcript with the sender's identity, appends the signature to the data
     /// block and seals what remains.
+    ///
+    /// Fails if plaintext was given through [`Sealer::update_unhashed`]: the sealer's own
+    /// hash does not cover it.
     pub fn finish(self, out: &mut Vec<u8>) -> Result<Sealed, SealError> {
-        self.core.finish(self.sender.as_ref(), out)
+        if self.core.hashed_len != self.core.plaintext_len {
+            return Err(mixed_hashing());
+        }
+        let hash = self.core.hasher.clone().finish();
+        self.core.finish(self.sender.as_ref(), &hash, out)
     }
+
+    /// [`Sealer::update`] without hashing `plaintext`: the caller computes the plaintext's
+    /// SHA-256 itself, on another thread, and gives it to
+    /// [`Sealer::finish_with_plaintext_hash`]. SHA-256 costs more than the encryption, and on
+    /// one thread the two add up; [`super::seal_pipelined`] runs them side by side.
+    pub(crate) fn update_unhashed(
+        &mut self,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SealError> {
+        self.core.update_unhashed(plaintext, out)
+    }
+
+    /// [`Sealer::finish`] with the plaintext's SHA-256 computed by the caller: `hash` must be
+    /// the SHA-256 of all the plaintext given, in order, through [`Sealer::update_unhashed`]
+    /// (any other hash makes a message that fails verification). Fails if some plaintext was
+    /// given through [`Sealer::update`], or if `hash` is not a SHA-256 digest.
+    pub(crate) fn finish_with_plaintext_hash(
+        self,
+        hash: &digest::Digest,
+        out: &mut Vec<u8>,
+    ) -> Result<Sealed, SealError> {
+        if self.core.hashed_len != 0 || *hash.algorithm() != digest::SHA256 {
+            return Err(mixed_hashing());
+        }
+        self.core.finish(self.sender.as_ref(), hash, out)
+    }
+}
+
+/// The error for a plaintext hash that cannot be the right one: the sealer's own hash over part
+/// of the plaintext, or a hash from another algorithm. A caller's bug, never the input's.
+fn mixed_hashing() -> SealError {
+    SealError::Io(io::Error::other(
+        "the plaintext was hashed partly by the sealer and partly outside it",
+    ))
 }
 
 impl SealCore {
@@ -241,6 +287,7 @@ impl SealCore {
             header_bytes,
             hasher: digest::Context::new(&digest::SHA256),
             plaintext_len: 0,
+            hashed_len: 0,
             body,
         };
         Ok((core, prefix))
@@ -248,14 +295,24 @@ impl SealCore {
 
     fn update(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
         self.hasher.update(plaintext);
+        self.hashed_len = self.hashed_len.saturating_add(plaintext.len() as u64);
+        self.update_unhashed(plaintext, out)
+    }
+
+    fn update_unhashed(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
         self.plaintext_len = self.plaintext_len.saturating_add(plaintext.len() as u64);
         // The signature always follows the plaintext, so no plaintext chunk is the last one.
         self.push_data(plaintext, true, out)
     }
 
-    /// `sender` must be the identity whose key the header names (both callers guarantee it).
-    fn finish(mut self, sender: &dyn Identity, out: &mut Vec<u8>) -> Result<Sealed, SealError> {
-        let hash = self.hasher.clone().finish();
+    /// `sender` must be the identity whose key the header names (both callers guarantee it);
+    /// `hash` the SHA-256 of the plaintext.
+    fn finish(
+        mut self,
+        sender: &dyn Identity,
+        hash: &digest::Digest,
+        out: &mut Vec<u8>,
+    ) -> Result<Sealed, SealError> {
         let signature = sender.sign(&transcript(
             &self.header_bytes,
             self.plaintext_len,
@@ -337,7 +394,8 @@ impl SealCore {
     }
 }
 
-/// Appends `plain` sealed as the stream's next chunk (ciphertext || tag) to `out`.
+/// Appends `plain` sealed as the stream's next chunk (ciphertext || tag) to `out`, encrypting
+/// from `plain` straight into `out` (zeroed first: cheaper than copying the plaintext there).
 fn append_chunk(
     stream: &mut Stream,
     plain: &[u8],
@@ -345,13 +403,10 @@ fn append_chunk(
     out: &mut Vec<u8>,
 ) -> Result<(), SealError> {
     let start = out.len();
-    out.reserve(plain.len() + TAG_LEN);
-    out.extend_from_slice(plain);
-    let tag = stream
-        .seal_chunk(&mut out[start..], last)
-        .map_err(|_| SealError::Crypto)?;
-    out.extend_from_slice(tag.as_ref());
-    Ok(())
+    out.resize(start + plain.len() + TAG_LEN, 0);
+    stream
+        .seal_chunk_into(plain, &mut out[start..], last)
+        .map_err(|_| SealError::Crypto)
 }
 
 /// Cuts the data block into chunks of at most k − 66 bytes and encrypts each with RSA-OAEP,
@@ -392,7 +447,8 @@ pub fn seal<R: Read, W: Write>(
         out.clear();
         Ok(())
     })?;
-    let sealed = sealer.finish(sender, &mut out)?;
+    let hash = sealer.hasher.clone().finish();
+    let sealed = sealer.finish(sender, &hash, &mut out)?;
     output.write_all(&out)?;
     output.flush()?;
     Ok(sealed)
@@ -423,7 +479,8 @@ pub fn seal_slice<W: Write>(
         output.write_all(&out)?;
         out.clear();
     }
-    let sealed = sealer.finish(sender, &mut out)?;
+    let hash = sealer.hasher.clone().finish();
+    let sealed = sealer.finish(sender, &hash, &mut out)?;
     output.write_all(&out)?;
     output.flush()?;
     Ok(sealed)
