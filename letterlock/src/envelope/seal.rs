@@ -437,7 +437,8 @@ pub fn seal<R: Read, W: Write>(
     let (mut sealer, prefix) =
         SealCore::start(sender.public(), recipient, opts, &Randomness::fresh()?)?;
     output.write_all(&prefix)?;
-    // Wiped when done: a chunk is plaintext for a moment before it is encrypted in place.
+    // Wiped when done, though hybrid chunks are now encrypted from the input straight into it
+    // (`append_chunk`): cheap insurance for a buffer beside plaintext at every step.
     let mut out = Zeroizing::new(Vec::with_capacity(
         IO_BUF + IO_BUF / 1024 * TAG_LEN + 64 * 1024,
     ));
