@@ -194,7 +194,7 @@ impl Sealer {
     /// Signs the transcript with the sender's identity, appends the signature to the data
     /// block and seals what remains.
     ///
-    /// Fails if plaintext was given through [`Sealer::update_unhashed`]: the sealer's own
+    /// Fails if plaintext was given through `Sealer::update_unhashed` (crate-private): the sealer's own
     /// hash does not cover it.
     pub fn finish(self, out: &mut Vec<u8>) -> Result<Sealed, SealError> {
         if self.core.hashed_len != self.core.plaintext_len {
