@@ -85,19 +85,17 @@ fn sample_alternating<const N: usize>(
             }
         }
     }
-    let mut i = 0;
-    Ok(times.map(|mut times| {
+    Ok(std::array::from_fn(|i| {
+        let times = &mut times[i];
         times.sort_by(f64::total_cmp);
-        let p50_ms = percentile(&times, 0.5);
-        let peak_rss_kib = peaks[i];
-        i += 1;
+        let p50_ms = percentile(times, 0.5);
         OneShot {
             command: shown(command),
             samples,
             p50_ms,
-            p99_ms: percentile(&times, 0.99),
+            p99_ms: percentile(times, 0.99),
             ops_s: 1000.0 / p50_ms,
-            peak_rss_kib,
+            peak_rss_kib: peaks[i],
         }
     }))
 }

@@ -399,22 +399,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// Loads `DIR/NAME_private.pem`, saying which command makes it when it is missing.
 fn own_key(dir: &Path, name: &str) -> Result<keys::PrivateKey> {
-    let (path, _) = keys::pair_paths(dir, name);
-    own_key_exists(dir, name, &path)?;
-    load_own_private(&path)
-}
-
-/// Fails, saying which command makes it, when `DIR/NAME_private.pem` (`path`) is missing.
-fn own_key_exists(dir: &Path, name: &str, path: &Path) -> Result<()> {
-    if !path.exists() {
-        bail!(
-            "{} not found; pass --keys DIR, the folder that holds it (or, to start afresh, \
-             create one with `letterlock {name} generate_key_pair --keys {}`)",
-            path.display(),
-            dir.display()
-        );
-    }
-    Ok(())
+    Ok(own_key_protected(dir, name)?.0)
 }
 
 /// Loads a private key the user owns, asking for its passphrase only if it is encrypted
@@ -437,7 +422,14 @@ fn load_own_private_protected(path: &Path) -> Result<(keys::PrivateKey, bool)> {
 /// [`own_key`], and whether its file is passphrase-protected.
 fn own_key_protected(dir: &Path, name: &str) -> Result<(keys::PrivateKey, bool)> {
     let (path, _) = keys::pair_paths(dir, name);
-    own_key_exists(dir, name, &path)?;
+    if !path.exists() {
+        bail!(
+            "{} not found; pass --keys DIR, the folder that holds it (or, to start afresh, \
+             create one with `letterlock {name} generate_key_pair --keys {}`)",
+            path.display(),
+            dir.display()
+        );
+    }
     load_own_private_protected(&path)
 }
 

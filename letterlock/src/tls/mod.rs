@@ -175,7 +175,7 @@ impl Session {
             .peer_certificates()
             .and_then(<[CertificateDer<'_>]>::first)
             .ok_or_else(incomplete)?;
-        let peer = pin::peer_of_cert(cert).ok_or_else(incomplete)?;
+        let (peer, delegated) = pin::peer_of_cert(cert).ok_or_else(incomplete)?;
         Ok(Session {
             version: state.protocol_version().ok_or_else(incomplete)?,
             group: state
@@ -187,7 +187,7 @@ impl Session {
                 .ok_or_else(incomplete)?
                 .suite(),
             peer,
-            delegated: delegated::is_delegated(cert),
+            delegated,
         })
     }
 }

@@ -104,12 +104,12 @@ pub fn key_id_of_cert(cert: &CertificateDer<'_>) -> Option<KeyId> {
 }
 
 /// Who a peer is, from the certificate a finished handshake accepted: the key that signed a
-/// delegated handshake key, or the certificate's own key.
-pub fn peer_of_cert(cert: &CertificateDer<'_>) -> Option<KeyId> {
+/// delegated handshake key (and `true`), or the certificate's own key (and `false`).
+pub fn peer_of_cert(cert: &CertificateDer<'_>) -> Option<(KeyId, bool)> {
     if delegated::is_delegated(cert) {
-        delegated::signer_of(cert)
+        delegated::signer_of(cert).map(|id| (id, true))
     } else {
-        key_id_of_cert(cert)
+        key_id_of_cert(cert).map(|id| (id, false))
     }
 }
 
