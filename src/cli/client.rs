@@ -1,7 +1,7 @@
 //! `letterlock client ...`: the client: its key pair, sending to the server or (relayed by
 //! it) to a person, receiving into its mailbox, contacts and receipts.
 
-use std::io::{self, IsTerminal, Read};
+use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 
-use letterlock::envelope::{self, SealOptions};
+use letterlock::client::Sealing;
+use letterlock::envelope::{self, Mode, SealOptions};
 use letterlock::keys::Identity;
 
 use super::mailbox::{InboxArgs, ReadArgs, ascii_json, open_mailbox};
@@ -425,26 +426,29 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
         ..SealOptions::mode(a.message.mode.into())
     };
     let keys = ClientKeys::load(&a.conn)?;
-    // A small message is sealed on another thread while the connection is made, so that its
-    // RSA signature overlaps the TLS handshake instead of following it (one-shot latency,
-    // docs/PERFORMANCE.md); a large one is sealed as it is sent, in constant memory.
-    let outgoing = if a.message.is_small(SEAL_AHEAD_LIMIT) {
+    // A small message is sealed into memory on another thread, when its RSA signature costs
+    // least; a large one is sealed as it is sent, in constant memory. In hybrid mode that is
+    // once connected: its header and wrapped key go first, and the server decrypts the content
+    // key while the signature is made. In asymmetric mode nothing can go before the signature,
+    // so it is made while the connection is (one-shot latency, docs/PERFORMANCE.md).
+    let seal_in_memory = {
         let (identity, server, opts) = (keys.identity.clone(), keys.server.clone(), opts.clone());
-        let whole_len = a.message.small_len(SEAL_WHOLE_LIMIT);
-        Outgoing::Sealing(tokio::task::spawn_blocking(move || {
-            let mut bytes = Vec::new();
-            seal_ahead(
-                identity.as_ref(),
-                &server,
-                &opts,
-                input,
-                whole_len,
-                &mut bytes,
-            )
-            .map(|sealed| (bytes, sealed))
-        }))
-    } else {
-        Outgoing::Stream(input)
+        move |input: Box<dyn Read + Send>, whole_len: Option<u64>| {
+            let (identity, server, opts) = (identity.clone(), server.clone(), opts.clone());
+            Sealing::start(&server.clone(), opts.mode, move |out| {
+                seal_ahead(identity.as_ref(), &server, &opts, input, whole_len, out)
+            })
+        }
+    };
+    let mut outgoing = match a.message.is_small(SEAL_AHEAD_LIMIT) {
+        false => Outgoing::Stream(input),
+        true => {
+            let whole_len = a.message.small_len(SEAL_WHOLE_LIMIT);
+            match opts.mode {
+                Mode::Asymmetric => Outgoing::Sealing(seal_in_memory(input, whole_len)),
+                Mode::Hybrid => Outgoing::Small(input, whole_len),
+            }
+        }
     };
     let mut client = match connect_with(&a.conn, keys).await {
         Ok(client) => client,
@@ -461,19 +465,15 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
             return Err(e);
         }
     };
+    if let Outgoing::Small(input, whole_len) = outgoing {
+        outgoing = Outgoing::Sealing(seal_in_memory(input, whole_len));
+    }
     let resend = report_retry;
     let backoff = backoff(a.conn.timeout);
     let sent = match outgoing {
         Outgoing::Stream(input) => client.send_retrying(input, opts, backoff, resend).await,
-        Outgoing::Sealing(sealing) => match sealing.await {
-            Ok(Ok((bytes, sealed))) => {
-                client
-                    .send_sealed_retrying(&bytes, &sealed, backoff, resend)
-                    .await
-            }
-            Ok(Err(e)) => Err(e.into()),
-            Err(e) => bail!("sealing the message failed: {e}"),
-        },
+        Outgoing::Sealing(sealing) => client.send_sealing(sealing, backoff, resend).await,
+        Outgoing::Small(..) => bail!("internal error: a small message was not sealed"),
     };
     match sent {
         Ok(d) if a.json => {
@@ -678,7 +678,7 @@ fn seal_ahead(
     opts: &SealOptions,
     mut input: Box<dyn Read + Send>,
     whole_len: Option<u64>,
-    output: &mut Vec<u8>,
+    output: &mut impl Write,
 ) -> Result<envelope::Sealed, envelope::SealError> {
     let Some(len) = whole_len else {
         return envelope::seal(identity, server, opts, input, output);
@@ -702,14 +702,11 @@ fn seal_ahead(
     }
 }
 
-/// A message on its way: being sealed ahead into memory, or still to be read and sealed as it
-/// is sent.
+/// A message on its way: small and not sealed yet, being sealed into memory, or still to be
+/// read and sealed as it is sent.
 enum Outgoing {
-    Sealing(
-        tokio::task::JoinHandle<
-            Result<(Vec<u8>, letterlock::envelope::Sealed), letterlock::envelope::SealError>,
-        >,
-    ),
+    Small(Box<dyn Read + Send>, Option<u64>),
+    Sealing(Sealing),
     Stream(Box<dyn Read + Send>),
 }
 

@@ -40,7 +40,7 @@ pub use fetch::{
 };
 pub use mailbox::Mailbox;
 pub use relay::{MAX_DIRECTORY_ENTRIES, Relayed};
-pub use send::Delivery;
+pub use send::{AheadWriter, Delivery, Sealing};
 
 /// Limits and timeouts of the client.
 #[derive(Clone, Debug)]

@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Seek, Write};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::envelope::{self, Header, MessageId, SealError, SealOptions, Sealed};
+use crate::envelope::{self, HEADER_LEN, Header, MessageId, Mode, SealError, SealOptions, Sealed};
+use crate::keys::PublicKey;
 use crate::wire::{ConnError, DATA_FRAME, ErrorCode, Frame};
 
 use super::connect::jitter;
@@ -80,6 +81,59 @@ impl Client {
         let start = tokio::time::Instant::now();
         let result = self.send_sealed(sealed_bytes, sealed).await;
         let again = Again::Memory(sealed_bytes, sealed);
+        self.resend_while_unavailable(result, &again, start, backoff, &mut on_retry)
+            .await
+    }
+
+    /// Sends a message [`Sealing`] is sealing, resent byte for byte after `Unavailable` as
+    /// [`Client::send_sealed_retrying`] resends one sealed before.
+    ///
+    /// The header and the wrapped content key go out alone as soon as they are sealed, before
+    /// the message is signed: the server decrypts the content key (an RSA private operation)
+    /// while this side signs (another), instead of one after the other. A one-shot send waits
+    /// for both, so this takes one of them off its path: start the sealing once connected.
+    pub async fn send_sealing(
+        &mut self,
+        ahead: Sealing,
+        backoff: Backoff,
+        mut on_retry: impl FnMut(&Retry),
+    ) -> Result<Delivery, ClientError> {
+        let start = tokio::time::Instant::now();
+        let Sealing { head, sealing } = ahead;
+        let mut written = 0;
+        let mut write_failed = None;
+        // No head (asymmetric mode, or the sealing failed first): it all goes at once.
+        if let Ok(head) = head.await {
+            let len = head.len();
+            match self.writer.write_frame(&Frame::Send(head)).await {
+                Ok(()) => {
+                    debug!(bytes = len, "sent the header and the wrapped key");
+                    written = len;
+                }
+                Err(e) => write_failed = Some(e),
+            }
+        }
+        let (bytes, sealed) = match sealing.await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => return Err(e.into()),
+            Err(source) => {
+                let task = "sealing";
+                return Err(ClientError::Task { task, source });
+            }
+        };
+        debug!(bytes = bytes.len(), "sealed; sending the rest");
+        let result = match write_failed {
+            Some(e) => Err(self.reason_for(e).await),
+            None => {
+                // The head is the sealed bytes' beginning (`AheadWriter`).
+                self.queue_sealed(bytes.get(written..).unwrap_or_default());
+                match self.writer.flush().await {
+                    Ok(()) => self.await_ack(&sealed).await,
+                    Err(e) => Err(self.reason_for(e).await),
+                }
+            }
+        };
+        let again = Again::Memory(&bytes, &sealed);
         self.resend_while_unavailable(result, &again, start, backoff, &mut on_retry)
             .await
     }
@@ -367,6 +421,64 @@ impl Again<'_> {
             Again::Spool(kept) => &kept.sealed,
             Again::Memory(_, sealed) => sealed,
         }
+    }
+}
+
+/// A message being sealed into memory on the blocking pool, for [`Client::send_sealing`]: its
+/// header and wrapped content key are handed over as soon as they exist, before the signature.
+pub struct Sealing {
+    head: oneshot::Receiver<Vec<u8>>,
+    sealing: tokio::task::JoinHandle<Result<(Vec<u8>, Sealed), SealError>>,
+}
+
+impl Sealing {
+    /// Runs `seal` on the blocking pool. `seal` writes the whole sealed message for
+    /// `recipient`, from its first byte, into the [`AheadWriter`] it is given, as
+    /// [`envelope::seal`] and [`envelope::seal_slice`] do; `mode` is the mode it seals in.
+    /// Must be called within a Tokio runtime.
+    pub fn start<F>(recipient: &PublicKey, mode: Mode, seal: F) -> Sealing
+    where
+        F: FnOnce(&mut AheadWriter) -> Result<Sealed, SealError> + Send + 'static,
+    {
+        let (tx, head) = oneshot::channel();
+        // In hybrid mode the server can decrypt the content key from these bytes alone; an
+        // asymmetric message's header alone gives it nothing to do.
+        let head_len = (mode == Mode::Hybrid).then(|| HEADER_LEN + recipient.modulus_len());
+        let sealing = tokio::task::spawn_blocking(move || {
+            let mut writer = AheadWriter {
+                bytes: Vec::new(),
+                head: head_len.map(|len| (len, tx)),
+            };
+            let sealed = seal(&mut writer)?;
+            Ok((writer.bytes, sealed))
+        });
+        Sealing { head, sealing }
+    }
+}
+
+/// Where [`Sealing`] seals to: memory, and a copy of the first bytes (the header and the
+/// wrapped key) sent on as soon as they are written.
+pub struct AheadWriter {
+    bytes: Vec<u8>,
+    /// The head's length, and where it goes; `None` once sent (or never sent).
+    head: Option<(usize, oneshot::Sender<Vec<u8>>)>,
+}
+
+impl Write for AheadWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.bytes.extend_from_slice(data);
+        if let Some((len, _)) = &self.head
+            && let Some(head) = self.bytes.get(..*len)
+            && let Some((_, tx)) = self.head.take()
+        {
+            // A send that gave up already no longer listens: nothing to do.
+            let _ = tx.send(head.to_vec());
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

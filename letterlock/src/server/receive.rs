@@ -20,8 +20,11 @@
 //! budgeted per client ([`AsymmetricBudget`]).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncRead;
@@ -88,6 +91,9 @@ pub struct ReceiveStats {
     pub repeats_refused: u64,
     /// Times a connection waited for its client's asymmetric budget.
     pub budget_waits: u64,
+    /// Hybrid messages whose content key was decrypted before the rest of them arrived (the
+    /// connection had nothing else to read meanwhile).
+    pub keys_ahead: u64,
     /// Messages relayed from one client to another and stored, unopened (`relay.rs`).
     pub relayed: u64,
     /// Repeats of a relayed message answered `Stored` again, nothing written.
@@ -113,6 +119,7 @@ pub(super) struct Receiving {
     repeats_answered: AtomicU64,
     repeats_refused: AtomicU64,
     budget_waits: AtomicU64,
+    keys_ahead: AtomicU64,
     pub(super) relayed: AtomicU64,
     pub(super) relay_repeats: AtomicU64,
 }
@@ -126,6 +133,7 @@ impl Receiving {
             repeats_answered: AtomicU64::new(0),
             repeats_refused: AtomicU64::new(0),
             budget_waits: AtomicU64::new(0),
+            keys_ahead: AtomicU64::new(0),
             relayed: AtomicU64::new(0),
             relay_repeats: AtomicU64::new(0),
         }
@@ -167,6 +175,7 @@ impl<S> Server<S> {
             repeats_answered: r.repeats_answered.load(Ordering::Relaxed),
             repeats_refused: r.repeats_refused.load(Ordering::Relaxed),
             budget_waits: r.budget_waits.load(Ordering::Relaxed),
+            keys_ahead: r.keys_ahead.load(Ordering::Relaxed),
             relayed: r.relayed.load(Ordering::Relaxed),
             relay_repeats: r.relay_repeats.load(Ordering::Relaxed),
         }
@@ -240,14 +249,36 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                 .then(|| Zeroizing::new(Vec::with_capacity(LOG_TEXT_MAX + 1))),
             header_left: HEADER_LEN,
         };
-        let mut state: Result<Intake, OpenError> = Ok(intake);
+        let mut state = Feeding::Idle(Ok(intake));
         // Bytes are handed to the blocking pool in batches: a small message goes over in one
         // piece with its verification, after `SendEnd`, so the connection reads the next message
         // while this one is decrypted (pipelining), and a large one costs one hop per batch.
+        // One exception: a hybrid message whose content key has arrived while its next frame
+        // has not (a one-shot client sends its header and key first, while it signs) starts
+        // the key's RSA decryption now instead of after the rest has come.
+        let key_end = (!asymmetric).then(|| HEADER_LEN + self.wrapped_key_len());
         let mut pending = head;
         let mut seen = pending.len() as u64;
-        while let Some(more) = self.next_data_capped(&mut seen).await? {
-            if state.is_err() {
+        let server = self.server.clone();
+        loop {
+            let more = {
+                let mut next = std::pin::pin!(self.next_data_capped(&mut seen));
+                match ready_now(&mut next).await {
+                    Some(more) => more,
+                    None => {
+                        if key_end.is_some_and(|end| pending.len() >= end) && state.is_untouched() {
+                            state = state.feed_in_background(std::mem::take(&mut pending));
+                            server.receiving.keys_ahead.fetch_add(1, Ordering::Relaxed);
+                            debug!(id = %header.message_id, "content key arrived first: decrypting it meanwhile");
+                        }
+                        next.await
+                    }
+                }
+            };
+            let Some(more) = more? else {
+                break;
+            };
+            if state.has_failed() {
                 // Failed already: read the rest of the message to its end, keep nothing.
                 continue;
             }
@@ -257,25 +288,29 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                 if asymmetric {
                     self.asymmetric_budget(batch.len()).await?;
                 }
-                state = match state {
-                    Ok(intake) => {
+                state = match state.settle().await? {
+                    Ok(intake) => Feeding::Idle(
                         on_blocking_pool(move || {
                             let mut intake = intake;
                             intake.feed(&batch).map(|()| intake)
                         })
-                        .await?
-                    }
-                    failed => failed,
+                        .await?,
+                    ),
+                    failed => Feeding::Idle(failed),
                 };
             }
         }
-        if asymmetric && state.is_ok() {
+        if asymmetric && !state.has_failed() {
             self.asymmetric_budget(pending.len()).await?;
         }
-        let worker = tokio::task::spawn_blocking(move || {
-            let mut intake = state?;
-            intake.feed(&pending)?;
-            intake.finish()
+        let worker = Box::pin(async move {
+            let state = state.settle().await?;
+            on_blocking_pool(move || {
+                let mut intake = state?;
+                intake.feed(&pending)?;
+                intake.finish()
+            })
+            .await
         });
         Ok(ReceiveJob {
             header,
@@ -464,10 +499,14 @@ struct ReceiveJob<S> {
     out: mpsc::Sender<Frame>,
 }
 
+/// The end of a new message's opening: the message verified, or why not (`OpenError`), or a
+/// failure of the server's own (`Fail`).
+type Opening = Pin<Box<dyn Future<Output = Result<Result<Verified, OpenError>, Fail>> + Send>>;
+
 /// What is left to do for a message once its bytes have arrived.
 enum Work {
-    /// A new id: verification runs on the blocking pool.
-    Open(tokio::task::JoinHandle<Result<Verified, OpenError>>),
+    /// A new id: the rest of its decryption and its verification, on the blocking pool.
+    Open(Opening),
     /// An id the store holds: whether the bytes were the same, and the stored ack tag.
     Known { same: bool, ack_tag: [u8; 32] },
 }
@@ -500,22 +539,21 @@ impl<S: Store> ReceiveJob<S> {
                 return send(&out, Frame::Ack { id, tag: ack_tag }).await;
             }
         };
-        let verified = match worker.await {
-            Ok(Ok(v)) => v,
-            Ok(Err(OpenError::TooLarge { limit })) => {
+        let verified = match worker.await? {
+            Ok(v) => v,
+            Err(OpenError::TooLarge { limit }) => {
                 return Err(Fail::new(
                     ErrorCode::TooLarge,
                     format!("message larger than this server's limit of {limit} bytes"),
                 ));
             }
             // The store's writer failed, not the message (pgkill: database lost mid-body).
-            Ok(Err(OpenError::Io(e))) => return Err(Fail::store_write(e)),
-            Ok(Err(e)) => {
+            Err(OpenError::Io(e)) => return Err(Fail::store_write(e)),
+            Err(e) => {
                 // Whatever the cause, the peer sees the same words.
                 warn!(client = %crate::text::quoted(&client.name), id = %header.message_id, error = %e, "message refused");
                 return Err(Fail::refused("message failed verification"));
             }
-            Err(_) => return Err(Fail::internal()),
         };
         let Verified {
             opened,
@@ -596,6 +634,62 @@ fn log_received(client: &Trusted, opened: &Opened, size: u64, preview: Option<&[
 
 /// The blocking side of receiving one message: the opener, and the store's writer that keeps
 /// the sealed bytes (messages stay encrypted at rest).
+/// Where a message's opening stands between the batches the connection hands over.
+// The intake is large, and moves whole between the connection and the blocking pool as it
+// always did; boxing it would add an allocation per message for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Feeding {
+    /// Waiting for bytes: the intake, or why the message already failed.
+    Idle(Result<Intake, OpenError>),
+    /// Working on the bytes fed ahead (the content key) on the blocking pool.
+    Busy(tokio::task::JoinHandle<Result<Intake, OpenError>>),
+}
+
+impl Feeding {
+    /// Nothing fed yet and nothing failed: the content key may still be fed ahead.
+    fn is_untouched(&self) -> bool {
+        matches!(self, Feeding::Idle(Ok(intake)) if intake.header_left == HEADER_LEN)
+    }
+
+    /// The message already failed: its remaining bytes are only read and dropped.
+    fn has_failed(&self) -> bool {
+        matches!(self, Feeding::Idle(Err(_)))
+    }
+
+    /// Feeds `bytes` on the blocking pool without waiting for it; [`Feeding::settle`] does.
+    fn feed_in_background(self, bytes: Vec<u8>) -> Feeding {
+        match self {
+            Feeding::Idle(Ok(mut intake)) => {
+                Feeding::Busy(tokio::task::spawn_blocking(move || {
+                    intake.feed(&bytes).map(|()| intake)
+                }))
+            }
+            other => other,
+        }
+    }
+
+    /// The intake once the bytes fed in the background are done with.
+    async fn settle(self) -> Result<Result<Intake, OpenError>, Fail> {
+        match self {
+            Feeding::Idle(state) => Ok(state),
+            Feeding::Busy(job) => job.await.map_err(|e| {
+                warn!(error = %e, "a blocking task failed");
+                Fail::internal()
+            }),
+        }
+    }
+}
+
+/// `fut`'s output if it is ready without waiting, else `None`; `fut` is kept, to be awaited
+/// after all (polling it here registered this task for its wake-up).
+async fn ready_now<F: Future + Unpin>(fut: &mut F) -> Option<F::Output> {
+    let polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx))).await;
+    match polled {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
+}
+
 struct Intake {
     opener: Opener,
     /// The content hash the inbox keeps, computed from the same bytes as they pass.

@@ -1,0 +1,175 @@
+//! A hybrid message's header and wrapped key may arrive before the rest of it (a one-shot client
+//! sends them first, then signs): the server starts decrypting the content key at once. The
+//! message is still accepted only whole and verified, and a failure says the same words
+//! whichever part failed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::data;
+use common::net::{CLIENT, SERVER, TestServer, seal_to_server};
+use common::peer::{Raw, assert_no_server_panic, authed, refused, served, setup};
+use letterlock::client::Sealing;
+use letterlock::envelope::{self, HEADER_LEN, Mode, SealOptions};
+use letterlock::store::Store;
+use letterlock::wire::{DATA_FRAME, ErrorCode, Frame};
+
+/// The header and the key wrapped for the test server (a 2048-bit key: 256 bytes).
+const HEAD_LEN: usize = HEADER_LEN + 256;
+
+/// Waits until the server has started decrypting `n` content keys ahead of their messages.
+async fn keys_ahead(server: &TestServer, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.server.receive_stats().keys_ahead < n {
+        assert!(Instant::now() < deadline, "the key was not decrypted ahead");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Sends the head of `bytes` alone and waits for the server to start on its key.
+async fn send_head(server: &TestServer, raw: &mut Raw, bytes: &[u8]) {
+    let before = server.server.receive_stats().keys_ahead;
+    raw.w
+        .write_frame(&Frame::Send(bytes[..HEAD_LEN].to_vec()))
+        .await
+        .unwrap();
+    keys_ahead(server, before + 1).await;
+}
+
+/// The rest of `bytes` after its head, as `Send` frames and `SendEnd`.
+async fn send_rest(raw: &mut Raw, bytes: &[u8]) {
+    for chunk in bytes[HEAD_LEN..].chunks(DATA_FRAME) {
+        raw.w.queue_frame(&Frame::Send(chunk.to_vec()));
+    }
+    raw.w.queue_frame(&Frame::SendEnd);
+    raw.w.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_key_that_arrives_first_is_decrypted_meanwhile_and_the_whole_message_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    // Larger than one batch (256 KiB): the batch waits for the key's decryption first.
+    let plain = data(300 * 1024);
+    let (bytes, sealed) = seal_to_server(CLIENT, &plain, [1; 16], envelope::unix_now());
+    let mut raw = authed(&server.addr).await;
+    send_head(&server, &mut raw, &bytes).await;
+    assert_eq!(server.inbox_len().await, 0, "stored before it was whole");
+    send_rest(&mut raw, &bytes).await;
+    match raw.r.read_frame().await.unwrap() {
+        Frame::Ack { id, tag } => {
+            assert_eq!(id, sealed.header.message_id);
+            assert_eq!(tag, sealed.ack_tag, "the ack proves the same message");
+        }
+        other => panic!("expected an Ack, got {other:?}"),
+    }
+    let stats = server.server.receive_stats();
+    assert_eq!((stats.opened, stats.keys_ahead), (1, 1));
+    let message = server
+        .store
+        .find_inbox(&sealed.header.message_id.to_string())
+        .await
+        .unwrap();
+    let mut stored = Vec::new();
+    std::io::Read::read_to_end(&mut { message.body }, &mut stored).unwrap();
+    assert!(
+        stored == bytes,
+        "the stored bytes are not the sealed message"
+    );
+    server.stop().await;
+}
+
+/// Sends `bytes` (a message altered somewhere) key first and returns the server's refusal.
+async fn refusal_of(server: &TestServer, bytes: &[u8]) -> String {
+    let mut raw = authed(&server.addr).await;
+    send_head(server, &mut raw, bytes).await;
+    send_rest(&mut raw, bytes).await;
+    refused(&mut raw, ErrorCode::Refused).await
+}
+
+#[tokio::test]
+async fn a_message_altered_in_its_key_or_after_it_is_refused_in_the_same_words() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let now = envelope::unix_now();
+    let (bytes, sealed) = seal_to_server(CLIENT, &data(2000), [2; 16], now);
+
+    // The wrapped key: its decryption, started ahead, fails.
+    let mut key = bytes.clone();
+    key[HEADER_LEN + 100] ^= 1;
+    // A byte of the body, after the key decrypted fine.
+    let mut body = bytes.clone();
+    body[HEAD_LEN + 10] ^= 1;
+    // The last byte: the tag over the signature.
+    let mut last = bytes.clone();
+    *last.last_mut().unwrap() ^= 1;
+
+    let words = refusal_of(&server, &key).await;
+    assert_eq!(refusal_of(&server, &body).await, words);
+    assert_eq!(refusal_of(&server, &last).await, words);
+    assert_eq!(words, "message failed verification");
+    assert_eq!(server.inbox_len().await, 0, "an altered message was stored");
+    assert_eq!(server.server.receive_stats().keys_ahead, 3);
+    // The unaltered message is still accepted: nothing was recorded for its id.
+    let mut client = server.client(CLIENT).await.unwrap();
+    client.send_sealed(&bytes, &sealed).await.unwrap();
+    assert_eq!(server.inbox_len().await, 1);
+    assert_no_server_panic();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_after_sending_its_key_leaves_nothing_behind() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (bytes, _) = seal_to_server(CLIENT, &data(2000), [3; 16], envelope::unix_now());
+    let mut raw = authed(&server.addr).await;
+    send_head(&server, &mut raw, &bytes).await;
+    drop(raw);
+    // The server goes on serving; the half message is in no inbox.
+    served(&server).await;
+    assert_eq!(server.inbox_len().await, 1);
+    assert_no_server_panic();
+    server.stop().await;
+}
+
+/// Seals `plain` for the test server on the blocking pool, as the command line does.
+fn sealing(plain: Vec<u8>, mode: Mode) -> Sealing {
+    let server = common::public(SERVER);
+    Sealing::start(&server.clone(), mode, move |out| {
+        let me = common::private(CLIENT);
+        envelope::seal_slice(me.as_ref(), &server, &SealOptions::mode(mode), &plain, out)
+    })
+}
+
+#[tokio::test]
+async fn a_message_sent_while_it_is_sealed_is_delivered_in_either_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.client(CLIENT).await.unwrap();
+    let backoff = letterlock::client::Backoff::default();
+    for (mode, len) in [
+        (Mode::Hybrid, 100),
+        (Mode::Hybrid, 200_000),
+        (Mode::Asymmetric, 500),
+    ] {
+        let d = client
+            .send_sealing(sealing(data(len), mode), backoff, |_| {})
+            .await
+            .unwrap();
+        assert_eq!((d.header.mode, d.plaintext_len), (mode, len as u64));
+        let stored = server
+            .store
+            .find_inbox(&d.id.to_string())
+            .await
+            .unwrap()
+            .summary
+            .plaintext_len;
+        assert_eq!(stored, len as u64);
+    }
+    assert_eq!(server.inbox_len().await, 3);
+    server.stop().await;
+}
