@@ -115,7 +115,6 @@ pub(super) fn measure_compare(
     progress(&format!("  writing the {} input", human_size(file_size)));
     folder.input("data.bin", file_size)?;
     folder.input("small.txt", ONESHOT_SIZE)?;
-    let mut rows = Vec::new();
     let candidates: Vec<(&str, Result<Option<Tool>, String>)> = vec![
         ("letterlock", Ok(Some(letterlock_tool(opts)?))),
         ("gpg", gpg_tool(opts, folder)),
@@ -123,22 +122,54 @@ pub(super) fn measure_compare(
         ("rage", age_tool(folder, "rage", "rage-keygen")),
         ("age", age_tool(folder, "age", "age-keygen")),
     ];
-    for (name, candidate) in candidates {
-        let row = match candidate {
-            Ok(None) => not_installed(name),
-            Err(why) => failed_row(name, None, format!("failed: {why}")),
-            Ok(Some(tool)) => {
-                progress(&format!("  {name}"));
-                let measured = measure_tool(folder, &tool, file_size, runs, samples);
-                if name == "letterlock" {
-                    // The product's own failure is the bench's failure, not a row.
-                    measured.map_err(BenchError::Wrong)?
-                } else {
-                    measured.unwrap_or_else(|why| {
-                        failed_row(name, tool.version.clone(), format!("failed: {why}"))
-                    })
-                }
+    // The file-to-file runs go round the tools, one run of each in turn, rather than all of
+    // one tool's runs and then the next tool's: this machine's speed drifts by several percent
+    // over minutes, and taking turns lets the drift fall on every tool alike, so the ratios
+    // between them (the goals) are measured, not the drift.
+    let mut trials: Vec<Option<FileTrial>> = candidates
+        .iter()
+        .map(|(_, c)| matches!(c, Ok(Some(_))).then(FileTrial::default))
+        .collect();
+    progress(&format!(
+        "  file to file, {runs} round(s), the tools taking turns"
+    ));
+    for run in 0..runs {
+        for ((name, candidate), trial) in candidates.iter().zip(trials.iter_mut()) {
+            let (Ok(Some(tool)), Some(trial)) = (candidate, trial) else {
+                continue;
+            };
+            if trial.failed.is_some() {
+                continue;
             }
+            progress(&format!("    {name}, round {}", run + 1));
+            if let Err(why) = trial.round(folder, tool, run) {
+                if *name == "letterlock" {
+                    // The product's own failure is the bench's failure, not a row.
+                    return Err(BenchError::Wrong(why));
+                }
+                trial.failed = Some(why);
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for ((name, candidate), trial) in candidates.into_iter().zip(trials) {
+        let row = match (candidate, trial) {
+            (Ok(Some(tool)), Some(trial)) => match trial.failed {
+                Some(why) => failed_row(name, tool.version.clone(), format!("failed: {why}")),
+                None => {
+                    progress(&format!("  {name}: {samples} one-shot seals"));
+                    let measured = tool_row(folder, &tool, trial, file_size, samples);
+                    if name == "letterlock" {
+                        measured.map_err(BenchError::Wrong)?
+                    } else {
+                        measured.unwrap_or_else(|why| {
+                            failed_row(name, tool.version.clone(), format!("failed: {why}"))
+                        })
+                    }
+                }
+            },
+            (Err(why), _) => failed_row(name, None, format!("failed: {why}")),
+            _ => not_installed(name),
         };
         rows.push(row);
     }
@@ -151,7 +182,8 @@ pub(super) fn measure_compare(
         tools: rows,
         note: "files in the bench's temporary folder ($TMPDIR or /tmp, which needs about 4x \
                the file size free); time from start to exit of each process; peak RSS = ru_maxrss of the child and its children; the \
-               median of the runs; a two-step tool's time is the sum of its steps"
+               median of the runs, which go round the tools in turn; a two-step tool's time is \
+               the sum of its steps"
             .into(),
     })
 }
@@ -174,46 +206,61 @@ fn failed_row(name: &str, version: Option<String>, status: String) -> ToolRow {
     }
 }
 
-/// Runs one tool: file to file `runs` times each way, then the one-shot seal.
-fn measure_tool(
+/// One tool's file-to-file runs so far.
+#[derive(Default)]
+struct FileTrial {
+    seal_times: Vec<f64>,
+    open_times: Vec<f64>,
+    seal_rss: u64,
+    open_rss: u64,
+    /// Why a run failed: no more runs, and the row says so.
+    failed: Option<String>,
+}
+
+impl FileTrial {
+    /// One run of `tool`: seal the input file, open the result, check it came back.
+    fn round(&mut self, folder: &Folder, tool: &Tool, run: usize) -> Result<(), String> {
+        let err = |e: BenchError| e.to_string();
+        let names = Names::new("data.bin", tool.ext);
+        folder
+            .remove(&[&names.sealed, &names.between, &names.opened])
+            .map_err(err)?;
+        let (t, rss) = run_steps(folder, &(tool.seal)(&names))?;
+        self.seal_times.push(t);
+        self.seal_rss = self.seal_rss.max(rss);
+        folder.remove(&[&names.between]).map_err(err)?;
+        let (t, rss) = run_steps(folder, &(tool.open)(&names))?;
+        self.open_times.push(t);
+        self.open_rss = self.open_rss.max(rss);
+        // The first round trip is compared byte for byte, the others by length.
+        same_file(folder.path(), &names.input, &names.opened, run == 0).map_err(err)?;
+        folder
+            .remove(&[&names.sealed, &names.between, &names.opened])
+            .map_err(err)
+    }
+}
+
+/// A tool's row: the median of its file-to-file runs, and its one-shot seal measured now.
+fn tool_row(
     folder: &Folder,
     tool: &Tool,
+    mut trial: FileTrial,
     file_size: u64,
-    runs: usize,
     samples: usize,
 ) -> Result<ToolRow, String> {
     let err = |e: BenchError| e.to_string();
     let names = Names::new("data.bin", tool.ext);
     let seal_steps = (tool.seal)(&names);
     let open_steps = (tool.open)(&names);
-    let (mut seal_times, mut open_times) = (Vec::new(), Vec::new());
-    let (mut seal_rss, mut open_rss) = (0, 0);
-    for run in 0..runs {
-        folder
-            .remove(&[&names.sealed, &names.between, &names.opened])
-            .map_err(err)?;
-        let (t, rss) = run_steps(folder, &seal_steps)?;
-        seal_times.push(t);
-        seal_rss = seal_rss.max(rss);
-        folder.remove(&[&names.between]).map_err(err)?;
-        let (t, rss) = run_steps(folder, &open_steps)?;
-        open_times.push(t);
-        open_rss = open_rss.max(rss);
-        // The first round trip is compared byte for byte, the others by length.
-        same_file(folder.path(), &names.input, &names.opened, run == 0).map_err(err)?;
-    }
-    folder
-        .remove(&[&names.sealed, &names.between, &names.opened])
-        .map_err(err)?;
     let median = |t: &mut Vec<f64>| {
         t.sort_by(f64::total_cmp);
         percentile(t, 0.5)
     };
     let file = FileFigures {
-        seal_mb_s: file_size as f64 / MB / median(&mut seal_times),
-        open_mb_s: file_size as f64 / MB / median(&mut open_times),
-        seal_peak_rss_kib: seal_rss,
-        open_peak_rss_kib: open_rss,
+        seal_mb_s: file_size as f64 / MB / median(&mut trial.seal_times),
+        open_mb_s: file_size as f64 / MB / median(&mut trial.open_times),
+        seal_peak_rss_kib: trial.seal_rss,
+        open_peak_rss_kib: trial.open_rss,
     };
 
     let small = Names::new("small.txt", tool.ext);
