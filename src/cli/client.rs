@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 
 use letterlock::client::Sealing;
-use letterlock::envelope::{self, Mode, SealOptions};
+use letterlock::envelope::{self, SealOptions};
 use letterlock::keys::Identity;
 
 use super::mailbox::{InboxArgs, ReadArgs, ascii_json, open_mailbox};
@@ -426,29 +426,17 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
         ..SealOptions::mode(a.message.mode.into())
     };
     let keys = ClientKeys::load(&a.conn)?;
-    // A small message is sealed into memory on another thread, when its RSA signature costs
-    // least; a large one is sealed as it is sent, in constant memory. In hybrid mode that is
-    // once connected: its header and wrapped key go first, and the server decrypts the content
-    // key while the signature is made. In asymmetric mode nothing can go before the signature,
-    // so it is made while the connection is (one-shot latency, docs/PERFORMANCE.md).
-    let seal_in_memory = {
+    // A small message is sealed into memory on another thread while the connection is made
+    // (in hybrid mode up to its signature, which waits for the connection: `Sealing`); a large
+    // one is sealed as it is sent, in constant memory (one-shot latency, docs/PERFORMANCE.md).
+    let outgoing = if a.message.is_small(SEAL_AHEAD_LIMIT) {
         let (identity, server, opts) = (keys.identity.clone(), keys.server.clone(), opts.clone());
-        move |input: Box<dyn Read + Send>, whole_len: Option<u64>| {
-            let (identity, server, opts) = (identity.clone(), server.clone(), opts.clone());
-            Sealing::start(&server.clone(), opts.mode, move |out| {
-                seal_ahead(identity.as_ref(), &server, &opts, input, whole_len, out)
-            })
-        }
-    };
-    let mut outgoing = match a.message.is_small(SEAL_AHEAD_LIMIT) {
-        false => Outgoing::Stream(input),
-        true => {
-            let whole_len = a.message.small_len(SEAL_WHOLE_LIMIT);
-            match opts.mode {
-                Mode::Asymmetric => Outgoing::Sealing(seal_in_memory(input, whole_len)),
-                Mode::Hybrid => Outgoing::Small(input, whole_len),
-            }
-        }
+        let whole_len = a.message.small_len(SEAL_WHOLE_LIMIT);
+        Outgoing::Sealing(Sealing::start(&keys.server, opts.mode, move |out| {
+            seal_ahead(identity.as_ref(), &server, &opts, input, whole_len, out)
+        }))
+    } else {
+        Outgoing::Stream(input)
     };
     let mut client = match connect_with(&a.conn, keys).await {
         Ok(client) => client,
@@ -465,15 +453,11 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
             return Err(e);
         }
     };
-    if let Outgoing::Small(input, whole_len) = outgoing {
-        outgoing = Outgoing::Sealing(seal_in_memory(input, whole_len));
-    }
     let resend = report_retry;
     let backoff = backoff(a.conn.timeout);
     let sent = match outgoing {
         Outgoing::Stream(input) => client.send_retrying(input, opts, backoff, resend).await,
         Outgoing::Sealing(sealing) => client.send_sealing(sealing, backoff, resend).await,
-        Outgoing::Small(..) => bail!("internal error: a small message was not sealed"),
     };
     match sent {
         Ok(d) if a.json => {
@@ -702,10 +686,9 @@ fn seal_ahead(
     }
 }
 
-/// A message on its way: small and not sealed yet, being sealed into memory, or still to be
-/// read and sealed as it is sent.
+/// A message on its way: being sealed into memory, or still to be read and sealed as it is
+/// sent.
 enum Outgoing {
-    Small(Box<dyn Read + Send>, Option<u64>),
     Sealing(Sealing),
     Stream(Box<dyn Read + Send>),
 }

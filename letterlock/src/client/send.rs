@@ -91,15 +91,17 @@ impl Client {
     /// The header and the wrapped content key go out alone as soon as they are sealed, before
     /// the message is signed: the server decrypts the content key (an RSA private operation)
     /// while this side signs (another), instead of one after the other. A one-shot send waits
-    /// for both, so this takes one of them off its path: start the sealing once connected.
+    /// for both, so this takes one of them off its path.
     pub async fn send_sealing(
         &mut self,
-        ahead: Sealing,
+        sealing: Sealing,
         backoff: Backoff,
         mut on_retry: impl FnMut(&Retry),
     ) -> Result<Delivery, ClientError> {
         let start = tokio::time::Instant::now();
-        let Sealing { head, sealing } = ahead;
+        let Sealing { head, go, sealing } = sealing;
+        // Connected: the signature may go ahead now.
+        let _ = go.send(());
         let mut written = 0;
         let mut write_failed = None;
         // No head (asymmetric mode, or the sealing failed first): it all goes at once.
@@ -426,8 +428,16 @@ impl Again<'_> {
 
 /// A message being sealed into memory on the blocking pool, for [`Client::send_sealing`]: its
 /// header and wrapped content key are handed over as soon as they exist, before the signature.
+///
+/// Start it before connecting: the header and wrapped key are then ready when the connection
+/// is. In hybrid mode the signature waits for [`Client::send_sealing`] to begin, so that this
+/// RSA private operation runs while the server decrypts the content key (another) instead of
+/// competing with the TLS handshake for the machine's cores; an asymmetric message, with
+/// nothing to send before its signature, is sealed whole at once.
 pub struct Sealing {
     head: oneshot::Receiver<Vec<u8>>,
+    /// Lets the signature go ahead (sent, or dropped: the sealing never waits for nothing).
+    go: oneshot::Sender<()>,
     sealing: tokio::task::JoinHandle<Result<(Vec<u8>, Sealed), SealError>>,
 }
 
@@ -440,39 +450,44 @@ impl Sealing {
     where
         F: FnOnce(&mut AheadWriter) -> Result<Sealed, SealError> + Send + 'static,
     {
-        let (tx, head) = oneshot::channel();
+        let (head_tx, head) = oneshot::channel();
+        let (go, go_rx) = oneshot::channel();
         // In hybrid mode the server can decrypt the content key from these bytes alone; an
         // asymmetric message's header alone gives it nothing to do.
         let head_len = (mode == Mode::Hybrid).then(|| HEADER_LEN + recipient.modulus_len());
         let sealing = tokio::task::spawn_blocking(move || {
             let mut writer = AheadWriter {
                 bytes: Vec::new(),
-                head: head_len.map(|len| (len, tx)),
+                head: head_len.map(|len| (len, head_tx, go_rx)),
             };
             let sealed = seal(&mut writer)?;
             Ok((writer.bytes, sealed))
         });
-        Sealing { head, sealing }
+        Sealing { head, go, sealing }
     }
 }
 
 /// Where [`Sealing`] seals to: memory, and a copy of the first bytes (the header and the
-/// wrapped key) sent on as soon as they are written.
+/// wrapped key) sent on as soon as they are written; the write that completes them returns
+/// once the send has begun (the signature comes after it).
 pub struct AheadWriter {
     bytes: Vec<u8>,
-    /// The head's length, and where it goes; `None` once sent (or never sent).
-    head: Option<(usize, oneshot::Sender<Vec<u8>>)>,
+    /// The head's length, where it goes, and the word to go on; `None` once sent (or never).
+    head: Option<(usize, oneshot::Sender<Vec<u8>>, oneshot::Receiver<()>)>,
 }
 
 impl Write for AheadWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.bytes.extend_from_slice(data);
-        if let Some((len, _)) = &self.head
+        if let Some((len, ..)) = &self.head
             && let Some(head) = self.bytes.get(..*len)
-            && let Some((_, tx)) = self.head.take()
+            && let Some((_, tx, go)) = self.head.take()
         {
             // A send that gave up already no longer listens: nothing to do.
             let _ = tx.send(head.to_vec());
+            // On the blocking pool, never on the runtime: waiting here blocks no task. Err:
+            // the send was dropped unstarted, and sealing goes on for nobody.
+            let _ = go.blocking_recv();
         }
         Ok(data.len())
     }
@@ -606,5 +621,47 @@ mod tests {
         drop(rx);
         let e = sink.write_all(&data).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    /// A sealing started with the 2048-bit test keys, 100 bytes of `mode`.
+    fn hundred_bytes(mode: Mode) -> Sealing {
+        use crate::keys::Identity;
+        let key = crate::keys::PrivateKey::from_pem;
+        let alice = key(include_str!("../../../tests/keys/alice2048_private.pem")).unwrap();
+        let bob = key(include_str!("../../../tests/keys/bob2048_private.pem")).unwrap();
+        let to = bob.public().clone();
+        Sealing::start(&to.clone(), mode, move |out| {
+            envelope::seal_slice(&alice, &to, &SealOptions::mode(mode), &[1; 100], out)
+        })
+    }
+
+    /// In hybrid mode the head comes at once and the signature waits for the send to begin;
+    /// the head is the sealed message's beginning.
+    #[tokio::test]
+    async fn a_hybrid_sealing_hands_over_its_head_and_signs_only_once_the_send_begins() {
+        let Sealing { head, go, sealing } = hundred_bytes(Mode::Hybrid);
+        let head = head.await.expect("the head came");
+        assert_eq!(head.len(), HEADER_LEN + 256);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!sealing.is_finished(), "signed before the send began");
+        go.send(()).unwrap();
+        let (bytes, sealed) = sealing.await.unwrap().unwrap();
+        assert_eq!(bytes.get(..head.len()), Some(&head[..]));
+        assert_eq!(sealed.header.mode, Mode::Hybrid);
+    }
+
+    /// Dropped unsent, a sealing does not wait forever; asymmetric mode never waits, and hands
+    /// over no head (nothing to send before its signature).
+    #[tokio::test]
+    async fn a_sealing_never_waits_for_a_send_that_will_not_come() {
+        let Sealing { head, go, sealing } = hundred_bytes(Mode::Hybrid);
+        drop(go);
+        assert!(head.await.is_ok());
+        assert!(sealing.await.unwrap().is_ok());
+
+        let Sealing { head, go, sealing } = hundred_bytes(Mode::Asymmetric);
+        assert!(sealing.await.unwrap().is_ok(), "asymmetric sealing waited");
+        assert!(head.await.is_err(), "an asymmetric head was handed over");
+        drop(go);
     }
 }
