@@ -173,3 +173,139 @@ async fn a_message_sent_while_it_is_sealed_is_delivered_in_either_mode() {
     assert_eq!(server.inbox_len().await, 3);
     server.stop().await;
 }
+
+/// A message whose key went ahead and which then breaks the protocol, goes silent, or turns out
+/// larger than the server accepts ends its connection with the usual answer; nothing of it is
+/// stored, no task panics, and the server goes on serving.
+#[tokio::test]
+async fn a_message_that_fails_after_its_key_went_ahead_is_answered_as_before() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let config = letterlock::server::ServerConfig {
+        idle_timeout: Duration::from_millis(300),
+        max_hybrid: 1000,
+        ..letterlock::server::ServerConfig::default()
+    };
+    let server = TestServer::start_with(dir.path(), config).await;
+    let now = envelope::unix_now();
+
+    // A frame that has no place inside a message.
+    let (bytes, _) = seal_to_server(CLIENT, &data(500), [4; 16], now);
+    let mut raw = authed(&server.addr).await;
+    send_head(&server, &mut raw, &bytes).await;
+    raw.w.write_frame(&Frame::Fetch).await.unwrap();
+    refused(&mut raw, ErrorCode::Protocol).await;
+
+    // Silence until the idle timeout.
+    let (bytes, _) = seal_to_server(CLIENT, &data(500), [5; 16], now);
+    let mut raw = authed(&server.addr).await;
+    send_head(&server, &mut raw, &bytes).await;
+    refused(&mut raw, ErrorCode::Timeout).await;
+
+    // A plaintext over the server's limit: its opener says so once the rest is fed.
+    let (bytes, _) = seal_to_server(CLIENT, &data(2000), [6; 16], now);
+    let mut raw = authed(&server.addr).await;
+    send_head(&server, &mut raw, &bytes).await;
+    send_rest(&mut raw, &bytes).await;
+    refused(&mut raw, ErrorCode::TooLarge).await;
+
+    // The header and key alone, then the end: a message cut short.
+    let (bytes, _) = seal_to_server(CLIENT, &data(500), [7; 16], now);
+    let mut raw = authed(&server.addr).await;
+    send_head(&server, &mut raw, &bytes).await;
+    raw.w.write_frame(&Frame::SendEnd).await.unwrap();
+    let words = refused(&mut raw, ErrorCode::Refused).await;
+    assert_eq!(words, "message failed verification");
+
+    assert_eq!(server.server.receive_stats().keys_ahead, 4);
+    assert_eq!(server.inbox_len().await, 0, "a failed message was stored");
+    served(&server).await;
+    assert_no_server_panic();
+    server.stop().await;
+}
+
+/// Messages pipelined behind one whose key went ahead are each opened and acked: the key's
+/// decryption in the background neither loses nor reorders a frame of the next messages.
+#[tokio::test]
+async fn messages_pipelined_behind_a_key_that_went_ahead_are_all_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let now = envelope::unix_now();
+    let messages: Vec<_> = (0..4u8)
+        .map(|i| seal_to_server(CLIENT, &data(3000 + usize::from(i)), [0x40 + i; 16], now))
+        .collect();
+    let mut raw = authed(&server.addr).await;
+    send_head(&server, &mut raw, &messages[0].0).await;
+    // The rest of the first, and the others whole, in one write.
+    for chunk in messages[0].0[HEAD_LEN..].chunks(DATA_FRAME) {
+        raw.w.queue_frame(&Frame::Send(chunk.to_vec()));
+    }
+    raw.w.queue_frame(&Frame::SendEnd);
+    for (bytes, _) in &messages[1..] {
+        raw.w.queue_frame(&Frame::Send(bytes.clone()));
+        raw.w.queue_frame(&Frame::SendEnd);
+    }
+    raw.w.flush().await.unwrap();
+    let mut acked = std::collections::HashMap::new();
+    for _ in 0..messages.len() {
+        match raw.r.read_frame().await.unwrap() {
+            Frame::Ack { id, tag } => {
+                acked.insert(id, tag);
+            }
+            other => panic!("expected an Ack, got {other:?}"),
+        }
+    }
+    for (_, sealed) in &messages {
+        assert_eq!(
+            acked.get(&sealed.header.message_id),
+            Some(&sealed.ack_tag),
+            "a pipelined message was not acked with its own tag"
+        );
+    }
+    assert_eq!(server.inbox_len().await, messages.len());
+    server.stop().await;
+}
+
+/// A repeat of a stored message, and an asymmetric message, sent head first: nothing is
+/// decrypted ahead (a known id is only hashed; an asymmetric header alone gives nothing to
+/// decrypt), and each gets its usual answer.
+#[tokio::test]
+async fn a_known_id_or_an_asymmetric_message_sent_head_first_is_not_decrypted_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (bytes, sealed) = seal_to_server(CLIENT, &data(2000), [8; 16], envelope::unix_now());
+    let mut client = server.client(CLIENT).await.unwrap();
+    client.send_sealed(&bytes, &sealed).await.unwrap();
+    drop(client);
+    let before = server.server.receive_stats();
+
+    let mut raw = authed(&server.addr).await;
+    raw.w
+        .write_frame(&Frame::Send(bytes[..HEAD_LEN].to_vec()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send_rest(&mut raw, &bytes).await;
+    match raw.r.read_frame().await.unwrap() {
+        Frame::Ack { id, tag } => assert_eq!((id, tag), (sealed.header.message_id, sealed.ack_tag)),
+        other => panic!("expected the stored Ack again, got {other:?}"),
+    }
+
+    let asym = common::peer::sealed(300, Mode::Asymmetric);
+    raw.w
+        .write_frame(&Frame::Send(asym[..HEAD_LEN].to_vec()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send_rest(&mut raw, &asym).await;
+    assert!(matches!(
+        raw.r.read_frame().await.unwrap(),
+        Frame::Ack { .. }
+    ));
+
+    let after = server.server.receive_stats();
+    assert_eq!(after.keys_ahead, before.keys_ahead, "decrypted ahead");
+    assert_eq!(after.repeats_answered, before.repeats_answered + 1);
+    assert_eq!(server.inbox_len().await, 2);
+    server.stop().await;
+}
