@@ -309,3 +309,103 @@ async fn a_known_id_or_an_asymmetric_message_sent_head_first_is_not_decrypted_ah
     assert_eq!(server.inbox_len().await, 2);
     server.stop().await;
 }
+
+/// Stands in front of `upstream` (the test server): the first connection it accepts it answers
+/// itself, as a server that lost its database would, with `Unavailable` as soon as the first
+/// `Send` frame arrives, then reads the rest until the client leaves; every later connection
+/// goes through to `upstream`. Returns its address and, once the first connection ended, the
+/// `Send` payloads it got, in order.
+async fn unavailable_once(upstream: String) -> (String, tokio::task::JoinHandle<Vec<Vec<u8>>>) {
+    use letterlock::keys::Identity;
+    use letterlock::wire::{self, FrameReader, FrameWriter};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let first = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        // Any later connection: to the test server.
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let mut to = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut socket, &mut to).await;
+                });
+            }
+        });
+        let (r, w) = socket.into_split();
+        let (mut r, mut w) = (
+            FrameReader::new(r, wire::DEFAULT_MAX_FRAME),
+            FrameWriter::new(w),
+        );
+        let hello = Frame::Hello {
+            version: wire::PROTOCOL_VERSION,
+            server: common::private(SERVER).public().id(),
+            challenge: [9; wire::CHALLENGE_LEN],
+        };
+        w.write_frame(&hello).await.unwrap();
+        assert!(matches!(r.read_frame().await.unwrap(), Frame::Auth { .. }));
+        w.write_frame(&Frame::Ready).await.unwrap();
+        let mut got = Vec::new();
+        let mut answered = false;
+        // Until the client closes (reading all it sends, so that nothing resets the socket).
+        while let Ok(frame) = r.read_frame().await {
+            if let Frame::Send(data) = frame {
+                got.push(data);
+                if !answered {
+                    let no = Frame::Error {
+                        code: ErrorCode::Unavailable,
+                        message: "the mailbox database is unavailable".into(),
+                    };
+                    w.write_frame(&no).await.unwrap();
+                    answered = true;
+                }
+            }
+        }
+        got
+    });
+    (addr, first)
+}
+
+/// A message whose head went out alone and was answered `Unavailable` is sent again whole on a
+/// new connection, byte for byte: the same id, stored once, and what went out first was
+/// exactly its beginning.
+#[tokio::test]
+async fn a_head_first_send_answered_unavailable_is_resent_whole_and_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (front, first) = unavailable_once(server.addr.clone()).await;
+    let identity: std::sync::Arc<dyn letterlock::keys::Identity> = common::private(CLIENT);
+    let mut client = letterlock::client::Client::connect(
+        &front,
+        identity,
+        common::public(SERVER),
+        letterlock::client::ClientConfig::default(),
+    )
+    .await
+    .unwrap();
+    let mut retries = Vec::new();
+    let d = client
+        .send_sealing(
+            sealing(data(5000), Mode::Hybrid),
+            letterlock::client::Backoff::default(),
+            |r| retries.push(r.attempt),
+        )
+        .await
+        .unwrap();
+    assert_eq!(retries, [2], "one resend after Unavailable");
+    drop(client);
+    let got = first.await.unwrap();
+    assert_eq!(got[0].len(), HEAD_LEN, "the head went out alone");
+
+    let stored = server.store.find_inbox(&d.id.to_string()).await.unwrap();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut { stored.body }, &mut bytes).unwrap();
+    assert_eq!(
+        got.concat(),
+        bytes,
+        "the first attempt and the resend differ"
+    );
+    assert_eq!(server.inbox_len().await, 1);
+    server.stop().await;
+}
