@@ -658,8 +658,9 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Messages up to this size are sealed into memory while the connection is made
-/// ([`client_send`]); larger ones are streamed.
+/// Messages up to this size are sealed into memory ([`client_send`]): in asymmetric mode while
+/// the connection is made, in hybrid mode once it is (its header and wrapped key go first);
+/// larger ones are streamed.
 const SEAL_AHEAD_LIMIT: u64 = 1024 * 1024;
 
 /// Messages known to be at most this long (TEXT, or a regular file) are read whole and sealed
