@@ -224,46 +224,58 @@ async fn a_message_that_fails_after_its_key_went_ahead_is_answered_as_before() {
     server.stop().await;
 }
 
-/// Messages pipelined behind one whose key went ahead are each opened and acked: the key's
-/// decryption in the background neither loses nor reorders a frame of the next messages.
+/// Messages pipelined behind one whose key went ahead are each opened and acked, with one
+/// message in flight per connection or several: the key's decryption in the background neither
+/// loses nor reorders a frame of the next messages, whose own keys go ahead in turn while the
+/// one before is still being verified.
 #[tokio::test]
 async fn messages_pipelined_behind_a_key_that_went_ahead_are_all_acked() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
-    let now = envelope::unix_now();
-    let messages: Vec<_> = (0..4u8)
-        .map(|i| seal_to_server(CLIENT, &data(3000 + usize::from(i)), [0x40 + i; 16], now))
-        .collect();
-    let mut raw = authed(&server.addr).await;
-    send_head(&server, &mut raw, &messages[0].0).await;
-    // The rest of the first, and the others whole, in one write.
-    for chunk in messages[0].0[HEAD_LEN..].chunks(DATA_FRAME) {
-        raw.w.queue_frame(&Frame::Send(chunk.to_vec()));
-    }
-    raw.w.queue_frame(&Frame::SendEnd);
-    for (bytes, _) in &messages[1..] {
-        raw.w.queue_frame(&Frame::Send(bytes.clone()));
-        raw.w.queue_frame(&Frame::SendEnd);
-    }
-    raw.w.flush().await.unwrap();
-    let mut acked = std::collections::HashMap::new();
-    for _ in 0..messages.len() {
-        match raw.r.read_frame().await.unwrap() {
-            Frame::Ack { id, tag } => {
-                acked.insert(id, tag);
+    for max_in_flight in [1, letterlock::server::ServerConfig::default().max_in_flight] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = letterlock::server::ServerConfig {
+            max_in_flight,
+            ..letterlock::server::ServerConfig::default()
+        };
+        let server = TestServer::start_with(dir.path(), config).await;
+        let now = envelope::unix_now();
+        let messages: Vec<_> = (0..4u8)
+            .map(|i| seal_to_server(CLIENT, &data(3000 + usize::from(i)), [0x40 + i; 16], now))
+            .collect();
+        let mut raw = authed(&server.addr).await;
+        send_head(&server, &mut raw, &messages[0].0).await;
+        for i in 1..messages.len() {
+            // The rest of one message and the head of the next in one write; the last whole.
+            for chunk in messages[i - 1].0[HEAD_LEN..].chunks(DATA_FRAME) {
+                raw.w.queue_frame(&Frame::Send(chunk.to_vec()));
             }
-            other => panic!("expected an Ack, got {other:?}"),
+            raw.w.queue_frame(&Frame::SendEnd);
+            if i + 1 < messages.len() {
+                send_head(&server, &mut raw, &messages[i].0).await;
+            } else {
+                raw.w.queue_frame(&Frame::Send(messages[i].0.clone()));
+                raw.w.queue_frame(&Frame::SendEnd);
+                raw.w.flush().await.unwrap();
+            }
         }
+        let mut acked = std::collections::HashMap::new();
+        for _ in 0..messages.len() {
+            match raw.r.read_frame().await.unwrap() {
+                Frame::Ack { id, tag } => {
+                    acked.insert(id, tag);
+                }
+                other => panic!("expected an Ack, got {other:?}"),
+            }
+        }
+        for (_, sealed) in &messages {
+            assert_eq!(
+                acked.get(&sealed.header.message_id),
+                Some(&sealed.ack_tag),
+                "a pipelined message was not acked with its own tag ({max_in_flight} in flight)"
+            );
+        }
+        assert_eq!(server.inbox_len().await, messages.len());
+        server.stop().await;
     }
-    for (_, sealed) in &messages {
-        assert_eq!(
-            acked.get(&sealed.header.message_id),
-            Some(&sealed.ack_tag),
-            "a pipelined message was not acked with its own tag"
-        );
-    }
-    assert_eq!(server.inbox_len().await, messages.len());
-    server.stop().await;
 }
 
 /// A repeat of a stored message, and an asymmetric message, sent head first: nothing is
