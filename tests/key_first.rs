@@ -11,7 +11,7 @@ use common::data;
 use common::net::{CLIENT, SERVER, TestServer, seal_to_server};
 use common::peer::{Raw, assert_no_server_panic, authed, refused, served, setup};
 use letterlock::client::Sealing;
-use letterlock::envelope::{self, HEADER_LEN, Mode, SealOptions};
+use letterlock::envelope::{self, HEADER_LEN, Mode, SealError, SealOptions};
 use letterlock::store::Store;
 use letterlock::wire::{DATA_FRAME, ErrorCode, Frame};
 
@@ -419,5 +419,52 @@ async fn a_head_first_send_answered_unavailable_is_resent_whole_and_the_same() {
         "the first attempt and the resend differ"
     );
     assert_eq!(server.inbox_len().await, 1);
+    server.stop().await;
+}
+
+/// Yields `left` bytes, then fails: a file whose disk went away while it was read.
+struct FailsAfter(usize);
+
+impl std::io::Read for FailsAfter {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.0 == 0 {
+            return Err(std::io::Error::other("the disk went away"));
+        }
+        let n = self.0.min(buf.len());
+        buf[..n].fill(b'x');
+        self.0 -= n;
+        Ok(n)
+    }
+}
+
+/// A sealing that fails after its head went out (the input could not be read to its end) is
+/// reported as the sealing's failure, stores nothing, and leaves no half message on the
+/// connection for the next send to be taken as its rest: that send fails on its own account
+/// instead of being refused by the server as a message that "failed verification".
+#[tokio::test]
+async fn a_sealing_that_fails_after_its_head_went_out_leaves_no_half_message_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.client(CLIENT).await.unwrap();
+    let recipient = common::public(SERVER);
+    let failing = Sealing::start(&recipient.clone(), Mode::Hybrid, move |out| {
+        let me = common::private(CLIENT);
+        let opts = SealOptions::mode(Mode::Hybrid);
+        envelope::seal(me.as_ref(), &recipient, &opts, FailsAfter(100_000), out)
+    });
+    let backoff = letterlock::client::Backoff::default();
+    match client.send_sealing(failing, backoff, |_| {}).await {
+        Err(letterlock::client::ClientError::Seal(SealError::Io(e))) => {
+            assert_eq!(e.to_string(), "the disk went away")
+        }
+        other => panic!("expected the sealing's failure, got {other:?}"),
+    }
+    let (bytes, sealed) = seal_to_server(CLIENT, &data(100), [9; 16], envelope::unix_now());
+    let next = client.send_sealed(&bytes, &sealed).await;
+    assert!(
+        !matches!(next, Err(letterlock::client::ClientError::Refused { .. })),
+        "the next message was taken as the rest of the failed one: {next:?}"
+    );
+    assert_eq!(server.inbox_len().await, usize::from(next.is_ok()));
     server.stop().await;
 }
