@@ -642,8 +642,9 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Messages up to this size are sealed into memory while the connection is made
-/// ([`client_send`]); larger ones are streamed.
+/// Messages up to this size are sealed into memory ([`client_send`]) while the connection is
+/// made (in hybrid mode up to the signature, which waits for the connection: its header and
+/// wrapped key go first); larger ones are streamed.
 const SEAL_AHEAD_LIMIT: u64 = 1024 * 1024;
 
 /// Messages known to be at most this long (TEXT, or a regular file) are read whole and sealed

@@ -92,6 +92,9 @@ impl Client {
     /// the message is signed: the server decrypts the content key (an RSA private operation)
     /// while this side signs (another), instead of one after the other. A one-shot send waits
     /// for both, so this takes one of them off its path.
+    ///
+    /// If the sealing fails after the head went out, this connection is ended (the server
+    /// stores nothing): connect again for the next message.
     pub async fn send_sealing(
         &mut self,
         sealing: Sealing,
@@ -115,12 +118,24 @@ impl Client {
                 Err(e) => write_failed = Some(e),
             }
         }
-        let (bytes, sealed) = match sealing.await {
-            Ok(Ok(done)) => done,
-            Ok(Err(e)) => return Err(e.into()),
+        let done = match sealing.await {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(e)) => Err(e.into()),
             Err(source) => {
                 let task = "sealing";
-                return Err(ClientError::Task { task, source });
+                Err(ClientError::Task { task, source })
+            }
+        };
+        let (bytes, sealed) = match done {
+            Ok(done) => done,
+            Err(e) => {
+                if written > 0 {
+                    // The head is out and its rest never will be: end our direction, so that
+                    // nothing sent on this connection later is read as that rest (and refused
+                    // as a message that failed verification).
+                    let _ = self.writer.shutdown().await;
+                }
+                return Err(e);
             }
         };
         debug!(bytes = bytes.len(), "sealed; sending the rest");

@@ -632,8 +632,6 @@ fn log_received(client: &Trusted, opened: &Opened, size: u64, preview: Option<&[
     );
 }
 
-/// The blocking side of receiving one message: the opener, and the store's writer that keeps
-/// the sealed bytes (messages stay encrypted at rest).
 /// Where a message's opening stands between the batches the connection hands over.
 // The intake is large, and moves whole between the connection and the blocking pool as it
 // always did; boxing it would add an allocation per message for nothing.
@@ -690,6 +688,8 @@ async fn ready_now<F: Future + Unpin>(fut: &mut F) -> Option<F::Output> {
     }
 }
 
+/// The blocking side of receiving one message: the opener, and the store's writer that keeps
+/// the sealed bytes (messages stay encrypted at rest).
 struct Intake {
     opener: Opener,
     /// The content hash the inbox keeps, computed from the same bytes as they pass.
