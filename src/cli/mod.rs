@@ -403,9 +403,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// the network I/O and the handshake, while sealing and opening still run on the blocking pool.
 /// Worker threads cost such a command more than they give: starting and stopping them, and a
 /// hand-over between threads at every step of the exchange (`client send_msg` p50 14.2 ms with
-/// worker threads, 12.2 ms without, the two taking turns on 2 cores, as measured when this
-/// runtime was introduced; docs/PERFORMANCE.md has no such figure yet). Not for code that calls
-/// `block_in_place`.
+/// worker threads, 12.2 ms without, the two taking turns on 2 cores: docs/PERFORMANCE.md, "Last
+/// full run"). Not for code that calls `block_in_place`.
 fn one_shot_runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
