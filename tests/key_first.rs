@@ -468,3 +468,30 @@ async fn a_sealing_that_fails_after_its_head_went_out_leaves_no_half_message_beh
     assert_eq!(server.inbox_len().await, usize::from(next.is_ok()));
     server.stop().await;
 }
+
+/// The same for a message sealed as it is sent (`Client::send`, streamed in 256 KiB frames):
+/// the input fails after more than a frame went out, and the next message on the connection
+/// must not be read as its rest.
+#[tokio::test]
+async fn a_streamed_message_whose_input_fails_midway_leaves_no_half_message_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.client(CLIENT).await.unwrap();
+    match client
+        .send(FailsAfter(600_000), SealOptions::mode(Mode::Hybrid))
+        .await
+    {
+        Err(letterlock::client::ClientError::Seal(SealError::Io(e))) => {
+            assert_eq!(e.to_string(), "the disk went away")
+        }
+        other => panic!("expected the sealing's failure, got {other:?}"),
+    }
+    let (bytes, sealed) = seal_to_server(CLIENT, &data(100), [10; 16], envelope::unix_now());
+    let next = client.send_sealed(&bytes, &sealed).await;
+    assert!(
+        !matches!(next, Err(letterlock::client::ClientError::Refused { .. })),
+        "the next message was taken as the rest of the failed one: {next:?}"
+    );
+    assert_eq!(server.inbox_len().await, usize::from(next.is_ok()));
+    server.stop().await;
+}

@@ -24,7 +24,9 @@ pub struct Delivery {
 
 impl Client {
     /// Seals everything `input` yields (on the blocking pool, streaming) and sends it; returns
-    /// once the server's proof of delivery checked out.
+    /// once the server's proof of delivery checked out. If the sealing fails (`input` cannot be
+    /// read) after part of the message went out, this connection is ended (the server stores
+    /// nothing): connect again for the next message.
     pub async fn send<R: Read + Send + 'static>(
         &mut self,
         input: R,
@@ -130,10 +132,7 @@ impl Client {
             Ok(done) => done,
             Err(e) => {
                 if written > 0 {
-                    // The head is out and its rest never will be: end our direction, so that
-                    // nothing sent on this connection later is read as that rest (and refused
-                    // as a message that failed verification).
-                    let _ = self.writer.shutdown().await;
+                    self.abandon_message().await;
                 }
                 return Err(e);
             }
@@ -256,10 +255,13 @@ impl Client {
             sink.flush()?;
             Ok::<_, SealError>((sealed, sink.spool))
         });
-        let write_failed = self.send_frames(rx).await;
+        let (sent_some, write_failed) = self.send_frames(rx).await;
         let sealed = match sealing.await {
             Ok(sealed) => sealed,
             Err(source) => {
+                if sent_some && write_failed.is_none() {
+                    self.abandon_message().await;
+                }
                 let task = "sealing";
                 return (Err(ClientError::Task { task, source }), None);
             }
@@ -270,7 +272,12 @@ impl Client {
                 let e = match write_failed {
                     // The server may have said why before closing.
                     Some(w) => self.reason_for(w).await,
-                    None => e.into(),
+                    None => {
+                        if sent_some {
+                            self.abandon_message().await;
+                        }
+                        e.into()
+                    }
                 };
                 return (Err(e), None);
             }
@@ -312,7 +319,7 @@ impl Client {
                 }
             }
         });
-        let write_failed = self.send_frames(rx).await;
+        let (_, write_failed) = self.send_frames(rx).await;
         reading.await.map_err(|source| ClientError::Task {
             task: "reading the sealed message",
             source,
@@ -326,15 +333,26 @@ impl Client {
         Ok(())
     }
 
-    /// Writes every piece `rx` yields as a `Send` frame, until it ends or a write fails; the
-    /// failure, if any. `rx` is dropped on return, so its producer stops at its next send.
-    async fn send_frames(&mut self, mut rx: mpsc::Receiver<Vec<u8>>) -> Option<ConnError> {
+    /// Writes every piece `rx` yields as a `Send` frame, until it ends or a write fails: whether
+    /// any frame went out, and the failure, if any. `rx` is dropped on return, so its producer
+    /// stops at its next send.
+    async fn send_frames(&mut self, mut rx: mpsc::Receiver<Vec<u8>>) -> (bool, Option<ConnError>) {
+        let mut sent_some = false;
         while let Some(data) = rx.recv().await {
             if let Err(e) = self.writer.write_frame(&Frame::Send(data)).await {
-                return Some(e);
+                return (sent_some, Some(e));
             }
+            sent_some = true;
         }
-        None
+        (sent_some, None)
+    }
+
+    /// Ends this connection's writing direction after part of a message went out and its rest
+    /// never will: nothing sent on it later can be read as that rest (and refused as a message
+    /// that failed verification), and the server, seeing the close mid-message, stores nothing.
+    /// The next send on this client fails with the write error: connect again.
+    async fn abandon_message(&mut self) {
+        let _ = self.writer.shutdown().await;
     }
 
     /// After a failed write, the server's Error frame (if any) says more than "broken pipe".
