@@ -437,10 +437,32 @@ impl std::io::Read for FailsAfter {
     }
 }
 
-/// A sealing that fails after its head went out (the input could not be read to its end) is
-/// reported as the sealing's failure, stores nothing, and leaves no half message on the
-/// connection for the next send to be taken as its rest: that send fails on its own account
-/// instead of being refused by the server as a message that "failed verification".
+/// After a send that failed because its input did: the failure was the sealing's, and the
+/// next message on the same client is not taken as the rest of the failed one (refused as a
+/// message that "failed verification"); it fails on its own account or is stored, alone.
+async fn nothing_left_half_sent(
+    server: &TestServer,
+    client: &mut letterlock::client::Client,
+    failed: Result<letterlock::client::Delivery, letterlock::client::ClientError>,
+    next_id: [u8; 16],
+) {
+    match failed {
+        Err(letterlock::client::ClientError::Seal(SealError::Io(e))) => {
+            assert_eq!(e.to_string(), "the disk went away")
+        }
+        other => panic!("expected the sealing's failure, got {other:?}"),
+    }
+    let (bytes, sealed) = seal_to_server(CLIENT, &data(100), next_id, envelope::unix_now());
+    let next = client.send_sealed(&bytes, &sealed).await;
+    assert!(
+        !matches!(next, Err(letterlock::client::ClientError::Refused { .. })),
+        "the next message was taken as the rest of the failed one: {next:?}"
+    );
+    assert_eq!(server.inbox_len().await, usize::from(next.is_ok()));
+}
+
+/// A sealing that fails after its head went out (the input could not be read to its end)
+/// leaves no half message on the connection.
 #[tokio::test]
 async fn a_sealing_that_fails_after_its_head_went_out_leaves_no_half_message_behind() {
     let dir = tempfile::tempdir().unwrap();
@@ -453,45 +475,21 @@ async fn a_sealing_that_fails_after_its_head_went_out_leaves_no_half_message_beh
         envelope::seal(me.as_ref(), &recipient, &opts, FailsAfter(100_000), out)
     });
     let backoff = letterlock::client::Backoff::default();
-    match client.send_sealing(failing, backoff, |_| {}).await {
-        Err(letterlock::client::ClientError::Seal(SealError::Io(e))) => {
-            assert_eq!(e.to_string(), "the disk went away")
-        }
-        other => panic!("expected the sealing's failure, got {other:?}"),
-    }
-    let (bytes, sealed) = seal_to_server(CLIENT, &data(100), [9; 16], envelope::unix_now());
-    let next = client.send_sealed(&bytes, &sealed).await;
-    assert!(
-        !matches!(next, Err(letterlock::client::ClientError::Refused { .. })),
-        "the next message was taken as the rest of the failed one: {next:?}"
-    );
-    assert_eq!(server.inbox_len().await, usize::from(next.is_ok()));
+    let failed = client.send_sealing(failing, backoff, |_| {}).await;
+    nothing_left_half_sent(&server, &mut client, failed, [9; 16]).await;
     server.stop().await;
 }
 
 /// The same for a message sealed as it is sent (`Client::send`, streamed in 256 KiB frames):
-/// the input fails after more than a frame went out, and the next message on the connection
-/// must not be read as its rest.
+/// the input fails after more than a frame went out.
 #[tokio::test]
 async fn a_streamed_message_whose_input_fails_midway_leaves_no_half_message_behind() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     let mut client = server.client(CLIENT).await.unwrap();
-    match client
+    let failed = client
         .send(FailsAfter(600_000), SealOptions::mode(Mode::Hybrid))
-        .await
-    {
-        Err(letterlock::client::ClientError::Seal(SealError::Io(e))) => {
-            assert_eq!(e.to_string(), "the disk went away")
-        }
-        other => panic!("expected the sealing's failure, got {other:?}"),
-    }
-    let (bytes, sealed) = seal_to_server(CLIENT, &data(100), [10; 16], envelope::unix_now());
-    let next = client.send_sealed(&bytes, &sealed).await;
-    assert!(
-        !matches!(next, Err(letterlock::client::ClientError::Refused { .. })),
-        "the next message was taken as the rest of the failed one: {next:?}"
-    );
-    assert_eq!(server.inbox_len().await, usize::from(next.is_ok()));
+        .await;
+    nothing_left_half_sent(&server, &mut client, failed, [10; 16]).await;
     server.stop().await;
 }
