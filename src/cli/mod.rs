@@ -399,6 +399,23 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// Ctrl-C (SIGINT) and SIGTERM, listened for from this call on: the future completes on either.
+/// Call it before telling anyone the command is ready (the server's "listening" line, the
+/// interceptor's "intercepting"): a signal that comes before a handler is installed takes its
+/// default action and kills the process, so a script that stops it right after that line would
+/// get no clean shutdown, no summary and no exit status of ours. Within a Tokio runtime.
+pub(crate) fn stop_signals() -> io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
 /// The runtime of a command that makes one connection and ends: a single thread, which does
 /// the network I/O and the handshake, while sealing and opening still run on the blocking pool.
 /// Worker threads cost such a command more than they give: starting and stopping them, and a

@@ -317,6 +317,8 @@ pub(super) async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
         }
         None => None,
     };
+    // Listened for before the server says it listens (see `stop_signals`).
+    let stop = super::stop_signals()?;
     println!("letterlock server listening on {}", listener.local_addr()?);
     if a.plain_v1 {
         println!(
@@ -358,16 +360,21 @@ pub(super) async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
     };
     let server = Arc::new(server);
     let shutdown = async {
-        shutdown_signal().await;
+        stop.await;
         eprintln!(
             "letterlock: stopping: finishing messages in flight (interrupt again to stop now)"
         );
         // A second interrupt stops at once: everything acknowledged is already on disk.
-        tokio::spawn(async {
-            shutdown_signal().await;
-            eprintln!("letterlock: stopped at once");
-            std::process::exit(130);
-        });
+        match super::stop_signals() {
+            Ok(again) => {
+                tokio::spawn(async {
+                    again.await;
+                    eprintln!("letterlock: stopped at once");
+                    std::process::exit(130);
+                });
+            }
+            Err(e) => warn!(error = %e, "cannot listen for a second interrupt"),
+        }
     };
     server.run(listener, shutdown).await?;
     if let Some(task) = retention {
@@ -470,22 +477,6 @@ pub(super) fn store_path(keys_dir: &Path, store: Option<&Path>) -> PathBuf {
         return old.to_path_buf();
     }
     beside
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-pub(super) async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
 }
 
 /// Holds `MAILBOX.lock` for as long as the server runs, so a second `letterlock server` on the

@@ -313,6 +313,8 @@ pub async fn command(o: Options) -> Result<ExitCode, InterceptError> {
             "give --listen and --upstream, or --show FILE",
         ));
     };
+    // Listened for before the line that says we intercept (`stop_signals`).
+    let stop = crate::cli::stop_signals()?;
     let proxy = Proxy::start(
         listen,
         upstream,
@@ -336,7 +338,7 @@ pub async fn command(o: Options) -> Result<ExitCode, InterceptError> {
                 .display()
                 .to_string())
     );
-    let _ = tokio::signal::ctrl_c().await;
+    stop.await;
     // The --expect text was searched as it arrived: this reads no file.
     let result = match &o.expect {
         Some(text) => Some(proxy.search(text)?),
