@@ -200,8 +200,7 @@ impl Sealer {
         if self.core.hashed_len != self.core.plaintext_len {
             return Err(mixed_hashing());
         }
-        let hash = self.core.hasher.clone().finish();
-        self.core.finish(self.sender.as_ref(), &hash, out)
+        self.core.finish_own_hash(self.sender.as_ref(), out)
     }
 
     /// [`Sealer::update`] without hashing `plaintext`: the caller computes the plaintext's
@@ -303,6 +302,17 @@ impl SealCore {
         self.plaintext_len = self.plaintext_len.saturating_add(plaintext.len() as u64);
         // The signature always follows the plaintext, so no plaintext chunk is the last one.
         self.push_data(plaintext, true, out)
+    }
+
+    /// [`SealCore::finish`] with the hash this core computed over the plaintext given through
+    /// `update` (all of it: the callers check or guarantee it).
+    fn finish_own_hash(
+        self,
+        sender: &dyn Identity,
+        out: &mut Vec<u8>,
+    ) -> Result<Sealed, SealError> {
+        let hash = self.hasher.clone().finish();
+        self.finish(sender, &hash, out)
     }
 
     /// `sender` must be the identity whose key the header names (both callers guarantee it);
@@ -448,8 +458,7 @@ pub fn seal<R: Read, W: Write>(
         out.clear();
         Ok(())
     })?;
-    let hash = sealer.hasher.clone().finish();
-    let sealed = sealer.finish(sender, &hash, &mut out)?;
+    let sealed = sealer.finish_own_hash(sender, &mut out)?;
     output.write_all(&out)?;
     output.flush()?;
     Ok(sealed)
@@ -480,8 +489,7 @@ pub fn seal_slice<W: Write>(
         output.write_all(&out)?;
         out.clear();
     }
-    let hash = sealer.hasher.clone().finish();
-    let sealed = sealer.finish(sender, &hash, &mut out)?;
+    let sealed = sealer.finish_own_hash(sender, &mut out)?;
     output.write_all(&out)?;
     output.flush()?;
     Ok(sealed)
