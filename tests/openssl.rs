@@ -571,15 +571,40 @@ fn pkcs1_keys_from_python_rsa_package_load() {
     let dir = tempfile::tempdir().unwrap();
     let rsa_priv = dir.path().join("py_private.pem");
     let rsa_pub = dir.path().join("py_public.pem");
+    // The package writes the files; the numbers come from a fixed test key (its own
+    // `rsa.newkeys(2048)`, pure Python, takes a second or more).
+    let numbers = dir.path().join("numbers.pem");
+    openssl(
+        &[
+            "rsa",
+            "-traditional",
+            "-in",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/keys/bob2048_private.pem"
+            ),
+            "-out",
+            path_str(&numbers),
+        ],
+        None,
+    );
     let script = "import rsa, sys\n\
-                  pub, priv = rsa.newkeys(2048)\n\
-                  open(sys.argv[1], 'wb').write(priv.save_pkcs1())\n\
-                  open(sys.argv[2], 'wb').write(pub.save_pkcs1())\n";
+                  k = rsa.PrivateKey.load_pkcs1(open(sys.argv[1], 'rb').read())\n\
+                  priv = rsa.PrivateKey(k.n, k.e, k.d, k.p, k.q)\n\
+                  pub = rsa.PublicKey(k.n, k.e)\n\
+                  open(sys.argv[2], 'wb').write(priv.save_pkcs1())\n\
+                  open(sys.argv[3], 'wb').write(pub.save_pkcs1())\n";
     let status = Command::new("python3")
-        .args(["-c", script, path_str(&rsa_priv), path_str(&rsa_pub)])
+        .args([
+            "-c",
+            script,
+            path_str(&numbers),
+            path_str(&rsa_priv),
+            path_str(&rsa_pub),
+        ])
         .status()
         .unwrap();
-    assert!(status.success(), "python rsa.newkeys failed");
+    assert!(status.success(), "python rsa save_pkcs1 failed");
     fs::set_permissions(&rsa_priv, fs::Permissions::from_mode(0o600)).unwrap();
     assert!(
         fs::read_to_string(&rsa_priv)

@@ -5,8 +5,8 @@
 //! - the one `LETTERLOCK_TEST_POSTGRES=postgres://user@host[:port]/db` names (an existing server
 //!   the user runs; its databases made here are dropped again when the test ends);
 //! - else one cluster per test binary ([`letterlock_cli::pgcluster`], shared with the bench),
-//!   made with the installed server binaries (`initdb`,
-//!   `pg_ctl`) in a temporary folder, listening on a Unix socket in that folder only (no TCP
+//!   made with the installed server binaries (`initdb`, `pg_ctl`) in a temporary folder (its
+//!   data folder a copy of one `initdb` made once and kept in the target's `tmp` folder), listening on a Unix socket in that folder only (no TCP
 //!   port, so no port to race for), trust authentication, and stopped (`pg_ctl stop -m
 //!   immediate`) and deleted when the test binary exits, however it exits: a watcher process
 //!   waits for the test binary to end, since a static is never dropped.
@@ -193,7 +193,8 @@ pub fn with_database(url: &str, name: &str) -> String {
 
 /// Makes and starts this test binary's cluster (with room for the tests' many connections).
 fn start_cluster() -> Server {
-    match Cluster::start("letterlock-pg-", "-c max_connections=200") {
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    match Cluster::start_from_cache("letterlock-pg-", "-c max_connections=200", cache) {
         Ok(cluster) => Server {
             admin_url: cluster.admin_url().to_owned(),
             external: false,
