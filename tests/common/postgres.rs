@@ -6,10 +6,11 @@
 //!   the user runs; its databases made here are dropped again when the test ends);
 //! - else one cluster per test binary ([`letterlock_cli::pgcluster`], shared with the bench),
 //!   made with the installed server binaries (`initdb`, `pg_ctl`) in a temporary folder (its
-//!   data folder a copy of one `initdb` made once and kept in the target's `tmp` folder), listening on a Unix socket in that folder only (no TCP
-//!   port, so no port to race for), trust authentication, and stopped (`pg_ctl stop -m
-//!   immediate`) and deleted when the test binary exits, however it exits: a watcher process
-//!   waits for the test binary to end, since a static is never dropped.
+//!   data folder a copy of one `initdb` made once and kept in the target's `tmp` folder),
+//!   listening on a Unix socket in that folder only (no TCP port, so no port to race for), trust
+//!   authentication, and stopped (`pg_ctl stop -m immediate`) and deleted when the test binary
+//!   exits, however it exits: a watcher process waits for the test binary to end, since a
+//!   static is never dropped.
 //!
 //! A test that stops and starts the server itself ([`Database::stop_server`],
 //! [`Database::start_server`]: PostgreSQL restarted under load) takes its database with
