@@ -28,12 +28,15 @@ const LINE_PREFIX: &str = "letterlock-measured";
 pub(super) struct ChildRun {
     /// From just before the child was started to just after it was waited for.
     pub(super) seconds: f64,
+    /// The CPU time (user + system) of the child and its waited-for children.
+    pub(super) cpu_seconds: f64,
     /// `ru_maxrss` of the child (KiB on Linux).
     pub(super) peak_rss_kib: u64,
 }
 
 /// The wrapper: runs `cmd` (stdin and stdout closed, stderr passed through), waits, prints
-/// `letterlock-measured seconds=S peak_rss_kib=K` and exits with the child's status.
+/// `letterlock-measured seconds=S cpu_seconds=C peak_rss_kib=K` and exits with the child's
+/// status.
 pub fn measure_child(cmd: &[OsString]) -> Result<ExitCode, BenchError> {
     let Some((program, args)) = cmd.split_first() else {
         return Err(BenchError::Usage(format!(
@@ -58,10 +61,12 @@ pub fn measure_child(cmd: &[OsString]) -> Result<ExitCode, BenchError> {
     let seconds = started.elapsed().as_secs_f64();
     let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
         .map_err(|e| BenchError::Io(e.into()))?;
+    let cpu = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    let cpu_seconds = cpu(usage.user_time()) + cpu(usage.system_time());
     let mut out = io::stdout().lock();
     writeln!(
         out,
-        "{LINE_PREFIX} seconds={seconds:.9} peak_rss_kib={}",
+        "{LINE_PREFIX} seconds={seconds:.9} cpu_seconds={cpu_seconds:.6} peak_rss_kib={}",
         usage.max_rss()
     )?;
     out.flush()?;
@@ -104,6 +109,7 @@ fn parse_line(stdout: &str) -> Option<ChildRun> {
     };
     Some(ChildRun {
         seconds: field("seconds")?.parse().ok()?,
+        cpu_seconds: field("cpu_seconds")?.parse().ok()?,
         peak_rss_kib: field("peak_rss_kib")?.parse().ok()?,
     })
 }
@@ -146,11 +152,17 @@ mod tests {
 
     #[test]
     fn the_wrapper_line_parses_and_garbage_does_not() {
-        let run = parse_line("noise\nletterlock-measured seconds=0.012500000 peak_rss_kib=5120\n")
-            .unwrap();
+        let run = parse_line(
+            "noise\nletterlock-measured seconds=0.012500000 cpu_seconds=0.009000 peak_rss_kib=5120\n",
+        )
+        .unwrap();
         assert_eq!(run.peak_rss_kib, 5120);
         assert!((run.seconds - 0.0125).abs() < 1e-12);
-        assert!(parse_line("letterlock-measured seconds=x peak_rss_kib=1").is_none());
+        assert!((run.cpu_seconds - 0.009).abs() < 1e-12);
+        assert!(
+            parse_line("letterlock-measured seconds=x cpu_seconds=0.1 peak_rss_kib=1").is_none()
+        );
+        assert!(parse_line("letterlock-measured seconds=0.1 peak_rss_kib=1").is_none());
         assert!(parse_line("").is_none());
     }
 

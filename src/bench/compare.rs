@@ -55,6 +55,8 @@ pub struct FileFigures {
 pub struct OneShotFigures {
     pub commands: Vec<String>,
     pub p50_ms: f64,
+    /// Median CPU time (user + system) of its processes, as in the one-shot section.
+    pub cpu_p50_ms: f64,
     pub ops_s: f64,
     pub peak_rss_kib: u64,
 }
@@ -181,9 +183,11 @@ pub(super) fn measure_compare(
         oneshot_samples: samples,
         tools: rows,
         note: "files in the bench's temporary folder ($TMPDIR or /tmp, which needs about 4x \
-               the file size free); time from start to exit of each process; peak RSS = ru_maxrss of the child and its children; the \
-               median of the runs, which go round the tools in turn; a two-step tool's time is \
-               the sum of its steps"
+               the file size free); time from start to exit of each process; CPU ms = user + \
+               system time of the process and the children it waited for (not a daemon it talks to, as \
+               gpg's gpg-agent); peak RSS = ru_maxrss of the child \
+               and its children; the median of the runs, which go round the tools in turn; a \
+               two-step tool's time is the sum of its steps"
             .into(),
     })
 }
@@ -225,11 +229,11 @@ impl FileTrial {
         folder
             .remove(&[&names.sealed, &names.between, &names.opened])
             .map_err(err)?;
-        let (t, rss) = run_steps(folder, &(tool.seal)(&names))?;
+        let (t, _, rss) = run_steps(folder, &(tool.seal)(&names))?;
         self.seal_times.push(t);
         self.seal_rss = self.seal_rss.max(rss);
         folder.remove(&[&names.between]).map_err(err)?;
-        let (t, rss) = run_steps(folder, &(tool.open)(&names))?;
+        let (t, _, rss) = run_steps(folder, &(tool.open)(&names))?;
         self.open_times.push(t);
         self.open_rss = self.open_rss.max(rss);
         // The first round trip is compared byte for byte, the others by length.
@@ -273,13 +277,15 @@ fn tool_row(
         _ => {
             // Two steps: time both, one after the other, as one sample.
             let mut times = Vec::with_capacity(samples);
+            let mut cpu = Vec::with_capacity(samples);
             let mut peak = 0;
             for _ in 0..samples {
                 folder
                     .remove(&[&small.sealed, &small.between])
                     .map_err(err)?;
-                let (t, rss) = run_steps(folder, &small_steps)?;
+                let (t, c, rss) = run_steps(folder, &small_steps)?;
                 times.push(t * 1000.0);
+                cpu.push(c * 1000.0);
                 peak = peak.max(rss);
             }
             let p50_ms = median(&mut times);
@@ -288,6 +294,7 @@ fn tool_row(
                 samples,
                 p50_ms,
                 p99_ms: percentile(&times, 0.99),
+                cpu_p50_ms: median(&mut cpu),
                 ops_s: 1000.0 / p50_ms,
                 peak_rss_kib: peak,
             }
@@ -308,6 +315,7 @@ fn tool_row(
         oneshot: Some(OneShotFigures {
             commands: small_steps.iter().map(|c| shown(c)).collect(),
             p50_ms: shot.p50_ms,
+            cpu_p50_ms: shot.cpu_p50_ms,
             ops_s: shot.ops_s,
             peak_rss_kib: shot.peak_rss_kib,
         }),
@@ -315,15 +323,16 @@ fn tool_row(
 }
 
 /// Runs the steps one after another: total seconds and the largest peak RSS.
-fn run_steps(folder: &Folder, steps: &[Vec<OsString>]) -> Result<(f64, u64), String> {
-    let mut seconds = 0.0;
+fn run_steps(folder: &Folder, steps: &[Vec<OsString>]) -> Result<(f64, f64, u64), String> {
+    let (mut seconds, mut cpu_seconds) = (0.0, 0.0);
     let mut peak = 0;
     for step in steps {
         let run = run_measured(folder.path(), step)?;
         seconds += run.seconds;
+        cpu_seconds += run.cpu_seconds;
         peak = peak.max(run.peak_rss_kib);
     }
-    Ok((seconds, peak))
+    Ok((seconds, cpu_seconds, peak))
 }
 
 /// `b` has the bytes of `a` (all of them compared when `fully`, else the length).

@@ -30,6 +30,9 @@ pub struct OneShot {
     pub samples: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// The median CPU time (user + system) of a process and its children: what the command
+    /// costs the machine, steadier than its wall time when the machine is busy or drifts.
+    pub cpu_p50_ms: f64,
     /// 1000 / p50: processes per second one after another.
     pub ops_s: f64,
     /// The largest peak RSS of any of its processes.
@@ -73,12 +76,14 @@ fn sample_alternating<const N: usize>(
     pause: Option<std::time::Duration>,
 ) -> Result<[OneShot; N], BenchError> {
     let mut times = [(); N].map(|()| Vec::with_capacity(samples));
+    let mut cpu = [(); N].map(|()| Vec::with_capacity(samples));
     let mut peaks = [0; N];
     for _ in 0..samples {
         for (i, before) in variants.iter_mut().enumerate() {
             before()?;
             let run = run_measured(folder.path(), command).map_err(BenchError::Wrong)?;
             times[i].push(run.seconds * 1000.0);
+            cpu[i].push(run.cpu_seconds * 1000.0);
             peaks[i] = peaks[i].max(run.peak_rss_kib);
             if let Some(pause) = pause {
                 std::thread::sleep(pause);
@@ -89,11 +94,13 @@ fn sample_alternating<const N: usize>(
         let times = &mut times[i];
         times.sort_by(f64::total_cmp);
         let p50_ms = percentile(times, 0.5);
+        cpu[i].sort_by(f64::total_cmp);
         OneShot {
             command: shown(command),
             samples,
             p50_ms,
             p99_ms: percentile(times, 0.99),
+            cpu_p50_ms: percentile(&cpu[i], 0.5),
             ops_s: 1000.0 / p50_ms,
             peak_rss_kib: peaks[i],
         }

@@ -785,8 +785,8 @@ fn oneshot_table(s: &mut String, o: &OneShotReport) {
     );
     let _ = writeln!(
         s,
-        "  {:<44} {:>8} {:>9} {:>9} {:>9} {:>9}",
-        "", "samples", "p50 ms", "p99 ms", "ops/s", "peak RSS"
+        "  {:<44} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "", "samples", "p50 ms", "p99 ms", "CPU ms", "ops/s", "peak RSS"
     );
     for (what, shot) in [
         ("seal of 100 B, file to file", &o.seal),
@@ -795,10 +795,11 @@ fn oneshot_table(s: &mut String, o: &OneShotReport) {
     ] {
         let _ = writeln!(
             s,
-            "  {what:<44} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9}",
+            "  {what:<44} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9}",
             shot.samples,
             shot.p50_ms,
             shot.p99_ms,
+            shot.cpu_p50_ms,
             shot.ops_s,
             mib(shot.peak_rss_kib)
         );
@@ -807,7 +808,9 @@ fn oneshot_table(s: &mut String, o: &OneShotReport) {
         s,
         "  goal: each <= {ONESHOT_GOAL_MS:.0} ms per process (p50); send_msg keeps its TLS \
          handshake key in net/client_handshake.pem (made by an untimed first run); the second \
-         row removes it before each run: the first send of the day; the two rows take turns"
+         row removes it before each run: the first send of the day; the two rows take turns; \
+         CPU ms: the median user + system time of the process (send_msg's alone: the server's \
+         work is not in it), steadier than the wall time on a busy machine"
     );
     let _ = writeln!(s, "  $ {}", o.seal.command);
     let _ = writeln!(s, "  $ {} &", o.server_command);
@@ -827,21 +830,30 @@ fn compare_table(s: &mut String, c: &CompareReport) {
     );
     let _ = writeln!(
         s,
-        "  {:<12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}",
-        "tool", "seal MB/s", "open MB/s", "seal RSS", "open RSS", "100 B ms", "ops/s", "RSS"
+        "  {:<12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9}",
+        "tool",
+        "seal MB/s",
+        "open MB/s",
+        "seal RSS",
+        "open RSS",
+        "100 B ms",
+        "CPU ms",
+        "ops/s",
+        "RSS"
     );
     for t in &c.tools {
         match (&t.file, &t.oneshot) {
             (Some(f), Some(o)) => {
                 let _ = writeln!(
                     s,
-                    "  {:<12} {:>9.0} {:>9.0} {:>9} {:>9} {:>10.1} {:>9.1} {:>9}",
+                    "  {:<12} {:>9.0} {:>9.0} {:>9} {:>9} {:>10.1} {:>9.1} {:>9.1} {:>9}",
                     t.tool,
                     f.seal_mb_s,
                     f.open_mb_s,
                     mib(f.seal_peak_rss_kib),
                     mib(f.open_peak_rss_kib),
                     o.p50_ms,
+                    o.cpu_p50_ms,
                     o.ops_s,
                     mib(o.peak_rss_kib)
                 );
