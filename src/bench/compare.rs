@@ -184,10 +184,10 @@ pub(super) fn measure_compare(
         tools: rows,
         note: "files in the bench's temporary folder ($TMPDIR or /tmp, which needs about 4x \
                the file size free); time from start to exit of each process; CPU ms = user + \
-               system time of the process and the children it waited for (not a daemon it talks to, as \
-               gpg's gpg-agent); peak RSS = ru_maxrss of the child \
-               and its children; the median of the runs, which go round the tools in turn; a \
-               two-step tool's time is the sum of its steps"
+               system time of the process and the children it waited for (not a daemon it \
+               talks to, as gpg's gpg-agent); peak RSS = ru_maxrss of the child and its \
+               children; the median of the runs, which go round the tools in turn; a two-step \
+               tool's time is the sum of its steps"
             .into(),
     })
 }
@@ -322,7 +322,7 @@ fn tool_row(
     })
 }
 
-/// Runs the steps one after another: total seconds and the largest peak RSS.
+/// Runs the steps one after another: total seconds, total CPU seconds and the largest peak RSS.
 fn run_steps(folder: &Folder, steps: &[Vec<OsString>]) -> Result<(f64, f64, u64), String> {
     let (mut seconds, mut cpu_seconds) = (0.0, 0.0);
     let mut peak = 0;

@@ -31,7 +31,7 @@ pub struct OneShot {
     pub p50_ms: f64,
     pub p99_ms: f64,
     /// The median CPU time (user + system) of a process and its children: what the command
-    /// costs the machine, steadier than its wall time when the machine is busy or drifts.
+    /// costs the machine, without the waiting (for a server, the network, a free core).
     pub cpu_p50_ms: f64,
     /// 1000 / p50: processes per second one after another.
     pub ops_s: f64,

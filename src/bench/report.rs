@@ -809,8 +809,8 @@ fn oneshot_table(s: &mut String, o: &OneShotReport) {
         "  goal: each <= {ONESHOT_GOAL_MS:.0} ms per process (p50); send_msg keeps its TLS \
          handshake key in net/client_handshake.pem (made by an untimed first run); the second \
          row removes it before each run: the first send of the day; the two rows take turns; \
-         CPU ms: the median user + system time of the process (send_msg's alone: the server's \
-         work is not in it), steadier than the wall time on a busy machine"
+         CPU ms: the median user + system time of the process, without the waiting (send_msg's \
+         alone: the server's work is not in it)"
     );
     let _ = writeln!(s, "  $ {}", o.seal.command);
     let _ = writeln!(s, "  $ {} &", o.server_command);

@@ -324,7 +324,12 @@ impl Fail {
 async fn on_blocking_pool<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Fail> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
+    joined(tokio::task::spawn_blocking(f)).await
+}
+
+/// The output of a task started on the blocking pool; its panic is the server's own failure.
+async fn joined<T>(task: tokio::task::JoinHandle<T>) -> Result<T, Fail> {
+    task.await.map_err(|e| {
         warn!(error = %e, "a blocking task failed");
         Fail::internal()
     })

@@ -38,7 +38,7 @@ use crate::store::{self, Body, InboxRecord, InsertOutcome, KnownMessage, SealedI
 use crate::wire::{ErrorCode, Frame};
 
 use super::handler::{Handler, send};
-use super::{Fail, Server, on_blocking_pool};
+use super::{Fail, Server, joined, on_blocking_pool};
 
 /// Bytes of a message gathered before they go to the blocking pool (see `receive`).
 pub(super) const FEED_BATCH: usize = 256 * 1024;
@@ -670,10 +670,7 @@ impl Feeding {
     async fn settle(self) -> Result<Result<Intake, OpenError>, Fail> {
         match self {
             Feeding::Idle(state) => Ok(state),
-            Feeding::Busy(job) => job.await.map_err(|e| {
-                warn!(error = %e, "a blocking task failed");
-                Fail::internal()
-            }),
+            Feeding::Busy(job) => joined(job).await,
         }
     }
 }
