@@ -427,7 +427,7 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
     };
     let keys = ClientKeys::load(&a.conn)?;
     // A small message is sealed into memory on another thread while the connection is made
-    // (in hybrid mode up to its signature, which waits for the connection: `Sealing`); a large
+    // (`Sealing`; in hybrid mode its header and wrapped key go first); a large
     // one is sealed as it is sent, in constant memory (one-shot latency, docs/PERFORMANCE.md).
     let outgoing = if a.message.is_small(SEAL_AHEAD_LIMIT) {
         let (identity, server, opts) = (keys.identity.clone(), keys.server.clone(), opts.clone());
@@ -643,8 +643,7 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
 }
 
 /// Messages up to this size are sealed into memory ([`client_send`]) while the connection is
-/// made (in hybrid mode up to the signature, which waits for the connection: its header and
-/// wrapped key go first); larger ones are streamed.
+/// made (in hybrid mode its header and wrapped key go first); larger ones are streamed.
 const SEAL_AHEAD_LIMIT: u64 = 1024 * 1024;
 
 /// Messages known to be at most this long (TEXT, or a regular file) are read whole and sealed
