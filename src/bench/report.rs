@@ -300,8 +300,10 @@ pub(super) fn goals(
             goal: format!("{what}: p50 <= {ONESHOT_GOAL_MS:.0} ms per process"),
             met: Some(shot.p50_ms <= ONESHOT_GOAL_MS),
             detail: format!(
-                "p50 {:.1} ms, p99 {:.1} ms over {} processes (section 5)",
-                shot.p50_ms, shot.p99_ms, shot.samples
+                "p50 {} ms, p99 {:.1} ms over {} processes (section 5)",
+                beside(shot.p50_ms, 1, |ms| ms <= ONESHOT_GOAL_MS),
+                shot.p99_ms,
+                shot.samples
             ),
         });
     }
@@ -339,7 +341,7 @@ fn server_goal(server: &ServerReport) -> Goal {
                         "{} conn {:.0} msg/s = {}",
                         r.connections,
                         r.msgs_s,
-                        of(r.of_bound, &r.bound_note)
+                        of_goal(r.of_bound, &r.bound_note)
                     )
                 })
                 .collect::<Vec<_>>()
@@ -373,7 +375,7 @@ fn in_memory_goal(rows: &[EnvelopeRow]) -> Goal {
                         "{} {:.0} MB/s = {} of {:.0} MB/s",
                         r.op,
                         r.mb_s,
-                        of(r.of_bound, &r.bound_note),
+                        of_goal(r.of_bound, &r.bound_note),
                         r.bound_mb_s
                     )
                 })
@@ -428,13 +430,19 @@ fn file_goals(rows: &[EnvelopeRow], compare: Option<&CompareReport>) -> Vec<Goal
     goals.push(match (ours, age) {
         (Some(o), Some((name, a))) => {
             let (seal, open) = (o.seal_mb_s / a.seal_mb_s, o.open_mb_s / a.open_mb_s);
+            let ratio = |x| beside(x, 2, |r| r >= FILE_VS_AGE_GOAL);
             Goal {
                 goal: vs_age,
                 met: Some(seal >= FILE_VS_AGE_GOAL && open >= FILE_VS_AGE_GOAL),
                 detail: format!(
-                    "seal {:.0} MB/s = {seal:.2}x {name}'s {:.0}; open {:.0} MB/s = {open:.2}x \
-                     {name}'s {:.0} (section 6)",
-                    o.seal_mb_s, a.seal_mb_s, o.open_mb_s, a.open_mb_s
+                    "seal {:.0} MB/s = {}x {name}'s {:.0}; open {:.0} MB/s = {}x {name}'s {:.0} \
+                     (section 6)",
+                    o.seal_mb_s,
+                    ratio(seal),
+                    a.seal_mb_s,
+                    o.open_mb_s,
+                    ratio(open),
+                    a.open_mb_s
                 ),
             }
         }
@@ -461,16 +469,19 @@ fn file_goals(rows: &[EnvelopeRow], compare: Option<&CompareReport>) -> Vec<Goal
     goals.push(match (ours, memory("seal"), memory("open")) {
         (Some(o), Some(ms), Some(mo)) => {
             let (seal, open) = (o.seal_mb_s / ms.mb_s, o.open_mb_s / mo.mb_s);
+            let ratio = |x| beside(x, 2, |r| r >= FILE_VS_MEMORY_GOAL);
             Goal {
                 goal: vs_memory,
                 met: Some(seal >= FILE_VS_MEMORY_GOAL && open >= FILE_VS_MEMORY_GOAL),
                 detail: format!(
-                    "seal {:.0} MB/s = {seal:.2}x the in-memory {:.0} MB/s ({}); open {:.0} \
-                     MB/s = {open:.2}x {:.0} MB/s ({}) (sections 6 and 2)",
+                    "seal {:.0} MB/s = {}x the in-memory {:.0} MB/s ({}); open {:.0} MB/s = {}x \
+                     {:.0} MB/s ({}) (sections 6 and 2)",
                     o.seal_mb_s,
+                    ratio(seal),
                     ms.mb_s,
                     human_size(ms.size),
                     o.open_mb_s,
+                    ratio(open),
                     mo.mb_s,
                     human_size(mo.size)
                 ),
@@ -488,11 +499,17 @@ fn file_goals(rows: &[EnvelopeRow], compare: Option<&CompareReport>) -> Vec<Goal
             Goal {
                 goal: rss,
                 met: Some(peak <= FILE_RSS_GOAL_KIB),
-                detail: format!(
-                    "seal {:.1} MiB, open {:.1} MiB (section 6)",
-                    o.seal_peak_rss_kib as f64 / 1024.0,
-                    o.open_peak_rss_kib as f64 / 1024.0
-                ),
+                detail: {
+                    let mib = |kib: u64| {
+                        let under = |mib: f64| mib * 1024.0 <= FILE_RSS_GOAL_KIB as f64;
+                        beside(kib as f64 / 1024.0, 1, under)
+                    };
+                    format!(
+                        "seal {} MiB, open {} MiB (section 6)",
+                        mib(o.seal_peak_rss_kib),
+                        mib(o.open_peak_rss_kib)
+                    )
+                },
             }
         }
         None => Goal {
@@ -519,6 +536,31 @@ pub fn human_size(n: u64) -> String {
 
 fn pct(x: f64) -> String {
     format!("{:.0}%", x * 100.0)
+}
+
+/// `x` to `places` decimals, or to up to three more where that rounding would put the figure
+/// shown on the other side of its goal (`met`): a missed goal never shows its own threshold
+/// ("1.498x", not "1.50x", under a goal of 1.5x), nor a met one a figure that misses it.
+fn beside(x: f64, places: usize, met: impl Fn(f64) -> bool) -> String {
+    let mut shown_places = places;
+    loop {
+        let shown = format!("{x:.shown_places$}");
+        let agrees = shown.parse::<f64>().is_ok_and(|back| met(back) == met(x));
+        if agrees || shown_places >= places + 3 {
+            return shown;
+        }
+        shown_places += 1;
+    }
+}
+
+/// A share of a bound against the goal share [`GOAL_SHARE`], as [`of`] shows it in a table,
+/// with the decimals [`beside`] needs.
+fn of_goal(x: f64, note: &Option<String>) -> String {
+    let shown = beside(x * 100.0, 0, |percent| percent / 100.0 >= GOAL_SHARE);
+    match note {
+        Some(_) => format!("{shown}%*"),
+        None => format!("{shown}%"),
+    }
 }
 
 /// A share of a bound, marked `*` when it stayed over its bound measured again.
@@ -997,6 +1039,25 @@ mod tests {
         assert_eq!(goals[1].met, Some(false), "150 of 200 MB/s is 0.75x");
         assert!(goals[1].detail.contains("1 GiB"), "{}", goals[1].detail);
         assert_eq!(goals[2].met, Some(false), "20 MiB is over 16 MiB");
+    }
+
+    /// A goal's figure is rounded to a number on its own side of the goal.
+    #[test]
+    fn a_figure_beside_its_goal_never_rounds_onto_it() {
+        let at_least = |r: f64| r >= 1.5;
+        assert_eq!(beside(962.1 / 642.0, 2, at_least), "1.499");
+        assert_eq!(beside(1.4984, 2, at_least), "1.498");
+        assert_eq!(beside(1.5, 2, at_least), "1.50");
+        assert_eq!(beside(1.54, 2, at_least), "1.54");
+        assert_eq!(beside(10.04, 1, |ms| ms <= 10.0), "10.04");
+        // 10.0 meets "at most 10" as 9.96 does.
+        assert_eq!(beside(9.96, 1, |ms| ms <= 10.0), "10.0");
+        assert_eq!(beside(10.8, 1, |ms| ms <= 10.0), "10.8");
+        // Never more than three more places, even where no rounding agrees.
+        assert_eq!(beside(1.499_999_9, 2, at_least), "1.50000");
+        assert_eq!(of_goal(0.8996, &None), "89.96%");
+        assert_eq!(of_goal(0.9, &None), "90%");
+        assert_eq!(of_goal(0.913, &None), "91%");
     }
 
     fn rate(connections: usize, of_bound: f64) -> ServerRate {
