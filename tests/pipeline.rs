@@ -11,24 +11,25 @@ use std::sync::Arc;
 
 use common::{data, private, public};
 use letterlock::envelope::{
-    self, FixedRandomness, HEADER_LEN, Mode, OpenError, OpenOptions, SealError, SealOptions, Sealer,
+    self, FixedRandomness, HEADER_LEN, Mode, OpenError, OpenOptions, PIECE, SealError, SealOptions,
+    Sealer,
 };
 use letterlock::files::WriteOptions;
 use letterlock::keys::Identity;
 
 const KIB: usize = 1024;
 
-/// Sizes around the chunk (64 KiB) and the reader's pieces (4 chunks, 256 KiB).
+/// Sizes around the chunk (64 KiB) and the reader's pieces ([`PIECE`], whole chunks).
 const SIZES: &[usize] = &[
     0,
     1,
     64 * KIB - 1,
     64 * KIB,
     64 * KIB + 1,
-    256 * KIB - 1,
-    256 * KIB,
-    256 * KIB + 1,
-    3 * 256 * KIB + 5,
+    PIECE - 1,
+    PIECE,
+    PIECE + 1,
+    3 * PIECE + 5,
 ];
 
 fn fixed() -> FixedRandomness {
@@ -132,6 +133,57 @@ fn files_round_trip_across_chunks_and_pieces() {
     }
 }
 
+/// A message of at most `OPEN_WHOLE_LIMIT` sealed bytes is opened in memory, a longer one on
+/// three threads: at the limit and one byte over, each opens to its plaintext, and an altered
+/// one leaves no file.
+#[test]
+fn messages_at_the_whole_open_limit_open_either_way_and_altered_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = private("alice2048");
+    let bob = private("bob2048");
+    let sealed_len = |len: usize| {
+        common::seal(
+            alice.as_ref(),
+            bob.public(),
+            &SealOptions::default(),
+            &data(len),
+        )
+        .len()
+    };
+    // Below one chunk the sealed size grows byte for byte with the plaintext.
+    let len = 60 * KIB;
+    let at_limit = len + (envelope::OPEN_WHOLE_LIMIT - sealed_len(len));
+    for (len, over) in [(at_limit, 0), (at_limit + 1, 1)] {
+        let plain = data(len);
+        let mut bytes = common::seal(
+            alice.as_ref(),
+            bob.public(),
+            &SealOptions::default(),
+            &plain,
+        );
+        assert_eq!(bytes.len(), envelope::OPEN_WHOLE_LIMIT + over);
+        let target = dir.path().join("out");
+        let open = |bytes: &[u8]| {
+            envelope::open_to_file(
+                bob.clone(),
+                alice.public(),
+                &OpenOptions::default(),
+                bytes,
+                &target,
+                &WriteOptions::default(),
+            )
+        };
+        let opened = open(&bytes).unwrap();
+        assert_eq!(opened.plaintext_len, len as u64);
+        assert!(fs::read(&target).unwrap() == plain, "{len}");
+        fs::remove_file(&target).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 1;
+        assert!(matches!(open(&bytes), Err(OpenError::Verification)));
+        assert_only(dir.path(), &[]);
+    }
+}
+
 /// Only the files named are in `dir`: no temporary file stayed behind.
 fn assert_only(dir: &Path, names: &[&str]) {
     let mut found: Vec<String> = fs::read_dir(dir)
@@ -149,9 +201,9 @@ fn a_message_altered_midway_leaves_no_plaintext_file() {
     let dir = tempfile::tempdir().unwrap();
     let alice = private("alice2048");
     let bob = private("bob2048");
-    // 2 MiB: eight pieces, so the writer has written plaintext of the early chunks to the
-    // temporary file by the time the altered chunk fails.
-    let plain = data(2048 * KIB);
+    // Eight pieces, so the writer has written plaintext of the early chunks to the temporary
+    // file by the time the altered chunk fails.
+    let plain = data(8 * PIECE);
     let good = common::seal(
         alice.as_ref(),
         bob.public(),

@@ -38,9 +38,10 @@ pub use header::{
 };
 pub(crate) use open::OpenCore;
 pub use open::{
-    OpenOptions, Opened, Opener, open, open_slice, open_to_file, open_to_vec, read_full,
+    OPEN_WHOLE_LIMIT, OpenOptions, Opened, Opener, open, open_slice, open_to_file, open_to_vec,
+    read_full,
 };
-pub use pipeline::{DEPTH, open_pipelined, seal_pipelined, seal_to_file};
+pub use pipeline::{DEPTH, PIECE, open_pipelined, seal_pipelined, seal_to_file};
 /// Test-vector and fuzzing only: the randomness `Sealer::with_randomness` takes.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -564,22 +564,42 @@ pub fn open_slice<W: Write>(
 /// An existing target is replaced only if `file.replace`; a device, pipe or socket never.
 ///
 /// Reads, opens and writes on three threads ([`super::open_pipelined`]), so a large file costs
-/// about the slowest of the three rather than their sum.
+/// about the slowest of the three rather than their sum. A message of at most
+/// [`OPEN_WHOLE_LIMIT`] bytes is read whole and opened in memory instead, its plaintext
+/// written only once verified.
 pub fn open_to_file<R: Read + Send>(
     identity: Arc<dyn Identity>,
     trusted: &dyn Trust,
     opts: &OpenOptions,
-    input: R,
+    mut input: R,
     target: &Path,
     file: &WriteOptions,
 ) -> Result<Opened, OpenError> {
     // No user-space buffer: the writer writes in large pieces, and a buffer would hold
     // plaintext that nothing wipes.
-    let tmp = AtomicFile::create(target, file)?;
+    let mut tmp = AtomicFile::create(target, file)?;
+    // The first bytes, up to the limit and one more: sealed bytes, nothing to wipe.
+    let mut first = Vec::with_capacity(OPEN_WHOLE_LIMIT + 1);
+    (&mut input)
+        .take(OPEN_WHOLE_LIMIT as u64 + 1)
+        .read_to_end(&mut first)?;
+    if first.len() <= OPEN_WHOLE_LIMIT {
+        let mut plain = Zeroizing::new(Vec::new());
+        let opened = open_slice(identity, trusted, opts, &first, SecretWriter(&mut plain))?;
+        tmp.write_all(&plain)?;
+        tmp.commit()?;
+        return Ok(opened);
+    }
+    let input = io::Cursor::new(first).chain(input);
     let (opened, tmp) = super::open_pipelined(identity, trusted, opts, input, tmp)?;
     tmp.commit()?;
     Ok(opened)
 }
+
+/// Sealed messages up to this size are opened in memory by [`open_to_file`]: the three-thread
+/// pipeline's buffers (2 × [`super::DEPTH`] × [`super::PIECE`]), wiped when dropped, would
+/// cost such a message more page faults than its opening (issue 13).
+pub const OPEN_WHOLE_LIMIT: usize = 64 * 1024;
 
 /// Opens into memory, refusing plaintext over `opts.max_plaintext`. The bytes are handed out
 /// only after verification, in a buffer wiped when dropped that grew without leaving copies.

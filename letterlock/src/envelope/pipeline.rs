@@ -40,7 +40,6 @@ use std::thread;
 use aws_lc_rs::digest;
 use zeroize::Zeroizing;
 
-use super::seal::IO_BUF;
 use super::stream::TAG_LEN;
 use super::{
     HEADER_LEN, Header, HeaderError, Mode, OpenError, OpenOptions, Opened, Opener, SealError,
@@ -51,8 +50,15 @@ use crate::keys::{Identity, PublicKey, Trust};
 
 /// Buffers in flight on each side of the cryptography. Two would already overlap the three
 /// stages; four absorb the jitter of a busy disk or scheduler without growing memory much
-/// (4 × 256 KiB each side at the default chunk size).
+/// (4 × 512 KiB each side at the default chunk size).
 pub const DEPTH: usize = 4;
+
+/// About how many bytes each hand-over between the threads carries. Every hand-over may wake a
+/// thread (a futex call and a context switch, costly in a virtual machine): 1 GiB file to file
+/// on tmpfs sealed 2 % and opened 3.5 % faster with 512 KiB pieces than with 256 KiB (+21 ± 14
+/// and +31 ± 12 MB/s, 24 paired rounds), for a peak RSS of 12.3 MiB instead of 10.0; 1 MiB
+/// pieces took it to 16 MiB.
+pub const PIECE: usize = 512 * 1024;
 
 /// A buffer wiped when dropped.
 type Buf = Zeroizing<Vec<u8>>;
@@ -131,11 +137,11 @@ struct Cuts {
 }
 
 impl Cuts {
-    /// Pieces of whole `unit`-byte chunks, about [`IO_BUF`] each; `extra` more bytes of room
+    /// Pieces of whole `unit`-byte chunks, about [`PIECE`] each; `extra` more bytes of room
     /// in each output buffer (a chunk held back from the piece before, a signature).
     fn of_units(first: usize, unit: usize, extra: usize) -> Cuts {
         let unit = unit.max(1);
-        let piece = (IO_BUF / unit).max(1) * unit;
+        let piece = (PIECE / unit).max(1) * unit;
         Cuts {
             first,
             piece,
@@ -166,11 +172,11 @@ where
             let chunk = sealer.header().chunk_size as usize;
             // Output of one piece: its chunks and tags, plus the chunk held back before it,
             // plus at the end the signature and its tag.
-            let tags = (IO_BUF / chunk.max(1) + 2) * TAG_LEN;
+            let tags = (PIECE / chunk.max(1) + 2) * TAG_LEN;
             Cuts::of_units(0, chunk, chunk + tags + 1024)
         }
         // Everything is sealed at the end, one RSA block per 318 bytes: no need to cut finely.
-        Mode::Asymmetric => Cuts::of_units(0, IO_BUF, IO_BUF),
+        Mode::Asymmetric => Cuts::of_units(0, PIECE, PIECE),
     };
     run(sealer, cuts, input, output)
 }
@@ -263,7 +269,7 @@ fn start_opening<R: Read>(
         }
         // Released only at the end, all at once: the output buffer grows to the message
         // (bounded by the asymmetric limit), wiping as it grows.
-        Mode::Asymmetric => Cuts::of_units(k, IO_BUF, 0),
+        Mode::Asymmetric => Cuts::of_units(k, PIECE, 0),
     };
     Ok((opener, cuts))
 }
