@@ -1,5 +1,6 @@
 //! A hybrid message's header and wrapped key may arrive before the rest of it (a one-shot client
-//! sends them first, then signs): the server starts decrypting the content key at once. The
+//! sends them first, while its signature may still be being made): the server starts
+//! decrypting the content key at once. The
 //! message is still accepted only whole and verified, and a failure says the same words
 //! whichever part failed.
 

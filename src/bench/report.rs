@@ -539,18 +539,24 @@ fn pct(x: f64) -> String {
 }
 
 /// `x` to `places` decimals, or to up to three more where that rounding would put the figure
-/// shown on the other side of its goal (`met`): a missed goal never shows its own threshold
-/// ("1.498x", not "1.50x", under a goal of 1.5x), nor a met one a figure that misses it.
+/// shown on the other side of its goal (`met`); at three more, cut toward `x`'s own side
+/// instead of rounded. A missed goal never shows its own threshold ("1.498x", not "1.50x",
+/// under a goal of 1.5x), nor a met one a figure that misses it.
 fn beside(x: f64, places: usize, met: impl Fn(f64) -> bool) -> String {
-    let mut shown_places = places;
-    loop {
+    let agrees = |shown: &str| shown.parse::<f64>().is_ok_and(|back| met(back) == met(x));
+    for shown_places in places..places + 3 {
         let shown = format!("{x:.shown_places$}");
-        let agrees = shown.parse::<f64>().is_ok_and(|back| met(back) == met(x));
-        if agrees || shown_places >= places + 3 {
+        if agrees(&shown) {
             return shown;
         }
-        shown_places += 1;
     }
+    let last = places + 3;
+    let scale = 10f64.powi(i32::try_from(last).unwrap_or(i32::MAX));
+    [(x * scale).floor() / scale, (x * scale).ceil() / scale]
+        .into_iter()
+        .map(|cut| format!("{cut:.last$}"))
+        .find(|shown| agrees(shown))
+        .unwrap_or_else(|| format!("{x:.last$}"))
 }
 
 /// A share of a bound against the goal share [`GOAL_SHARE`], as [`of`] shows it in a table,
@@ -1053,8 +1059,9 @@ mod tests {
         // 10.0 meets "at most 10" as 9.96 does.
         assert_eq!(beside(9.96, 1, |ms| ms <= 10.0), "10.0");
         assert_eq!(beside(10.8, 1, |ms| ms <= 10.0), "10.8");
-        // Never more than three more places, even where no rounding agrees.
-        assert_eq!(beside(1.499_999_9, 2, at_least), "1.50000");
+        // Never more than three more places: there cut toward its own side.
+        assert_eq!(beside(1.499_999_9, 2, at_least), "1.49999");
+        assert_eq!(beside(10.000_001, 1, |ms| ms <= 10.0), "10.0001");
         assert_eq!(of_goal(0.8996, &None), "89.96%");
         assert_eq!(of_goal(0.9, &None), "90%");
         assert_eq!(of_goal(0.913, &None), "91%");

@@ -281,8 +281,9 @@ pub(super) fn seal(mut a: SealArgs) -> Result<ExitCode> {
 }
 
 /// Files up to this size are read whole and sealed in one call ([`envelope::seal_slice`]): a
-/// message of a few bytes then costs no reader and writer threads and none of their 256 KiB
-/// buffers, whose wiping alone faults in half a megabyte (one-shot latency, issue 13).
+/// message of a few bytes then costs no reader and writer threads and none of their buffers
+/// ([`envelope::PIECE`] each, eight of them), whose wiping alone faults in megabytes (one-shot
+/// latency, issue 13).
 const SMALL_FILE: u64 = 64 * 1024;
 
 /// A message to seal: read whole already, or to be read as it is sealed.

@@ -107,7 +107,9 @@ impl Client {
         let Sealing { head, sealing } = sealing;
         let mut written = 0;
         let mut write_failed = None;
-        // No head (asymmetric mode, or the sealing failed first): it all goes at once.
+        // No head (asymmetric mode, or the sealing failed first): it all goes at once. A head
+        // goes alone even when the whole message is sealed already: one write instead of two
+        // measured slower (docs/PERFORMANCE.md, "What else was measured").
         if let Ok(head) = head.await {
             let len = head.len();
             match self.writer.write_frame(&Frame::Send(head)).await {

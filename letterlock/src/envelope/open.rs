@@ -566,7 +566,9 @@ pub fn open_slice<W: Write>(
 /// Reads, opens and writes on three threads ([`super::open_pipelined`]), so a large file costs
 /// about the slowest of the three rather than their sum. A message of at most
 /// [`OPEN_WHOLE_LIMIT`] bytes is read whole and opened in memory instead, its plaintext
-/// written only once verified.
+/// written only once verified. Either way the first [`OPEN_WHOLE_LIMIT`] + 1 bytes are read
+/// before the header is checked: a header error comes after them (or after the input ended),
+/// and a read error among them is reported as that, before any header error.
 pub fn open_to_file<R: Read + Send>(
     identity: Arc<dyn Identity>,
     trusted: &dyn Trust,
