@@ -500,14 +500,15 @@ fn file_goals(rows: &[EnvelopeRow], compare: Option<&CompareReport>) -> Vec<Goal
                 goal: rss,
                 met: Some(peak <= FILE_RSS_GOAL_KIB),
                 detail: {
-                    let mib = |kib: u64| {
+                    // Not [`mib`]: the decimals beside the goal.
+                    let in_mib = |kib: u64| {
                         let under = |mib: f64| mib * 1024.0 <= FILE_RSS_GOAL_KIB as f64;
                         beside(kib as f64 / 1024.0, 1, under)
                     };
                     format!(
                         "seal {} MiB, open {} MiB (section 6)",
-                        mib(o.seal_peak_rss_kib),
-                        mib(o.open_peak_rss_kib)
+                        in_mib(o.seal_peak_rss_kib),
+                        in_mib(o.open_peak_rss_kib)
                     )
                 },
             }
@@ -563,17 +564,19 @@ fn beside(x: f64, places: usize, met: impl Fn(f64) -> bool) -> String {
 /// with the decimals [`beside`] needs.
 fn of_goal(x: f64, note: &Option<String>) -> String {
     let shown = beside(x * 100.0, 0, |percent| percent / 100.0 >= GOAL_SHARE);
-    match note {
-        Some(_) => format!("{shown}%*"),
-        None => format!("{shown}%"),
-    }
+    starred(format!("{shown}%"), note)
 }
 
 /// A share of a bound, marked `*` when it stayed over its bound measured again.
 fn of(x: f64, note: &Option<String>) -> String {
+    starred(pct(x), note)
+}
+
+/// `shown`, marked `*` when the bound it is a share of has a note.
+fn starred(shown: String, note: &Option<String>) -> String {
     match note {
-        Some(_) => format!("{}*", pct(x)),
-        None => pct(x),
+        Some(_) => format!("{shown}*"),
+        None => shown,
     }
 }
 
