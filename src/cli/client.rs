@@ -122,6 +122,25 @@ pub(super) enum ClientCommand {
                       out (never counted as read); 1 an error."
     )]
     Receipts(super::contacts::ReceiptsArgs),
+    /// Keep the client's key and a connection to the server for the send_msg commands that
+    /// follow, as ssh's ControlMaster does: each hands its message over a socket in the keys
+    /// folder (KEYS/client_agent.sock) instead of reading the key and connecting itself.
+    #[command(
+        after_help = "Run it in the background (`letterlock client agent &`) or in another \
+                      terminal. While it runs, `client send_msg` with the same --keys and \
+                      --server hands it any message of up to 64 KiB given as TEXT or --file, \
+                      and prints what it would have printed: \"delivered\" still means the \
+                      server proved it decrypted and stored the message. Larger messages, \
+                      stdin, --to and --no-agent are sent by the command itself, as when no \
+                      agent runs. A passphrase-protected key is asked for once, here.\n\n\
+                      The agent signs and sends whatever a process of your user hands it; other \
+                      users cannot connect (the socket is 0600 and every peer's user id is \
+                      checked). See docs/SECURITY.md, \"The client agent\".\n\n\
+                      Exit status: 0 stopped (--stop, Ctrl-C, or --persist without a message); \
+                      1 it could not start (no key, the server unreachable or refusing us, an \
+                      agent already running)."
+    )]
+    Agent(super::agent::AgentArgs),
 }
 
 #[derive(Args, Debug)]
@@ -248,6 +267,11 @@ pub(super) struct ClientSendArgs {
     /// receipt, asking every half second, and say whether NAME read it.
     #[arg(long, value_name = "DURATION", requires = "to", value_parser = wait_duration)]
     pub(super) wait: Option<Duration>,
+    /// Send from this process even when a `client agent` runs for --keys (by default a message
+    /// of up to 64 KiB given as TEXT or --file is handed to it, and it answers as this command
+    /// would).
+    #[arg(long)]
+    pub(super) no_agent: bool,
     #[command(flatten)]
     pub(super) conn: ClientConn,
 }
@@ -276,7 +300,7 @@ pub(super) struct RecvArgs {
 
 /// A `--wait` value: a plain number is seconds (`30`), anything else a duration with its unit
 /// (`30s`, `2m`, `1h 30m`), so both commands take both forms.
-fn wait_duration(text: &str) -> Result<Duration, String> {
+pub(super) fn wait_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if let Ok(secs) = text.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
@@ -295,8 +319,8 @@ pub(super) async fn connect(conn: &ClientConn) -> Result<letterlock::client::Cli
 /// The two keys a connection needs, read (and unlocked) once: `send_msg` also seals with them
 /// while the connection is being made.
 pub(super) struct ClientKeys {
-    identity: Arc<dyn Identity>,
-    server: letterlock::keys::PublicKey,
+    pub(super) identity: Arc<dyn Identity>,
+    pub(super) server: letterlock::keys::PublicKey,
     /// `DIR/client_handshake.pem`, for a private key that is not passphrase-protected
     /// (docs/SECURITY.md, "The handshake key cache").
     handshake_key_cache: Option<letterlock::tls::HandshakeKeyCache>,
@@ -460,30 +484,12 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
         Outgoing::Sealing(sealing) => client.send_sealing(sealing, backoff, resend).await,
     };
     match sent {
-        Ok(d) if a.json => {
-            let out = serde_json::json!({
-                "id": d.id.to_string(),
-                "bytes": d.plaintext_len,
-                "mode": d.header.mode.to_string(),
-                "delivered": true,
-            });
-            println!("{out}");
-            Ok(ExitCode::SUCCESS)
-        }
         Ok(d) => {
-            println!("message id {}", d.id);
-            println!(
-                "delivered: the server proved it decrypted and stored {} bytes ({} mode)",
-                d.plaintext_len, d.header.mode
-            );
+            print_delivered(a.json, &d.id, d.plaintext_len, d.header.mode);
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            if a.json {
-                let out = serde_json::json!({ "delivered": false, "error": e.to_string() });
-                println!("{out}");
-            }
-            eprintln!("letterlock: NOT delivered: {e}");
+            print_not_delivered(a.json, &e.to_string());
             print_hint(std::iter::successors(
                 Some(&e as &(dyn std::error::Error + 'static)),
                 |c| c.source(),
@@ -491,6 +497,39 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// What `send_msg` prints once the server proved it stored the message, whether this process
+/// or the agent sent it.
+pub(super) fn print_delivered(
+    json: bool,
+    id: &envelope::MessageId,
+    bytes: u64,
+    mode: envelope::Mode,
+) {
+    if json {
+        let out = serde_json::json!({
+            "id": id.to_string(),
+            "bytes": bytes,
+            "mode": mode.to_string(),
+            "delivered": true,
+        });
+        println!("{out}");
+    } else {
+        println!("message id {id}");
+        println!(
+            "delivered: the server proved it decrypted and stored {bytes} bytes ({mode} mode)"
+        );
+    }
+}
+
+/// What `send_msg` prints when the message was not delivered or its delivery not proven.
+pub(super) fn print_not_delivered(json: bool, error: &str) {
+    if json {
+        let out = serde_json::json!({ "delivered": false, "error": error });
+        println!("{out}");
+    }
+    eprintln!("letterlock: NOT delivered: {error}");
 }
 
 /// `send_msg --to NAME`: resolves NAME (pinned, else the server's directory, over the same
@@ -695,7 +734,7 @@ enum Outgoing {
 
 /// The retries of `--timeout` seconds: busy servers and "unavailable" answers are tried again
 /// with jittered waits until then.
-fn backoff(timeout_s: u64) -> letterlock::client::Backoff {
+pub(super) fn backoff(timeout_s: u64) -> letterlock::client::Backoff {
     letterlock::client::Backoff {
         deadline: Duration::from_secs(timeout_s),
         ..letterlock::client::Backoff::default()

@@ -35,6 +35,7 @@ macro_rules! status {
     };
 }
 
+mod agent;
 mod client;
 mod completions;
 mod contacts;
@@ -360,7 +361,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             ClientCommand::GenerateKeyPair(a) => keygen(&a.keys, "client", a.bits, a.force),
             // `--to` records what it relays on a worker thread (`block_in_place`).
             ClientCommand::SendMsg(a) if a.to.is_some() => runtime()?.block_on(client_send(a)),
-            ClientCommand::SendMsg(a) => one_shot_runtime()?.block_on(client_send(a)),
+            ClientCommand::SendMsg(a) => match agent::hand_over(&a)? {
+                Some(code) => Ok(code),
+                None => one_shot_runtime()?.block_on(client_send(a)),
+            },
+            ClientCommand::Agent(a) => one_shot_runtime()?.block_on(agent::run(a)),
             ClientCommand::RecvMsg(a) => one_shot_runtime()?.block_on(client_recv(a)),
             ClientCommand::Inbox(a) => runtime()?.block_on(mailbox::client_inbox(a)),
             ClientCommand::Read(a) => runtime()?.block_on(mailbox::client_read(a)),

@@ -12,7 +12,8 @@
 //! and acknowledging the messages waiting for us; `mailbox.rs` the client's durable copy of
 //! what it received (sealed at rest, committed before the acknowledgement); `contacts.rs` the
 //! people it writes to (pinned keys, keys from the server's signed directory) and the messages
-//! it relayed to them, with their receipts.
+//! it relayed to them, with their receipts; `agent/` the client agent, which keeps the key and
+//! a connection for one-shot commands to hand their messages to.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use crate::keys::{Identity, PublicKey};
 use crate::tls;
 use crate::wire::{self, Frame, FrameReader, FrameWriter};
 
+pub mod agent;
 mod connect;
 #[cfg(feature = "sqlite")]
 pub mod contacts;

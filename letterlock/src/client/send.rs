@@ -101,8 +101,21 @@ impl Client {
         &mut self,
         sealing: Sealing,
         backoff: Backoff,
-        mut on_retry: impl FnMut(&Retry),
+        on_retry: impl FnMut(&Retry),
     ) -> Result<Delivery, ClientError> {
+        self.send_sealing_kept(sealing, backoff, on_retry).await.0
+    }
+
+    /// [`Client::send_sealing`], which also gives back the sealed message whenever the sealing
+    /// finished: a caller whose connection was lost under the send can send the very same bytes
+    /// (the same message id) on a new one ([`Client::send_sealed_retrying`]), and a server
+    /// that stored the first copy acks the second instead of storing it twice.
+    pub async fn send_sealing_kept(
+        &mut self,
+        sealing: Sealing,
+        backoff: Backoff,
+        mut on_retry: impl FnMut(&Retry),
+    ) -> (Result<Delivery, ClientError>, Option<(Vec<u8>, Sealed)>) {
         let start = tokio::time::Instant::now();
         let Sealing { head, sealing } = sealing;
         let mut written = 0;
@@ -134,7 +147,7 @@ impl Client {
                 if written > 0 {
                     self.abandon_message().await;
                 }
-                return Err(e);
+                return (Err(e), None);
             }
         };
         debug!(bytes = bytes.len(), "sealed; sending the rest");
@@ -150,8 +163,10 @@ impl Client {
             }
         };
         let again = Again::Memory(&bytes, &sealed);
-        self.resend_while_unavailable(result, &again, start, backoff, &mut on_retry)
-            .await
+        let result = self
+            .resend_while_unavailable(result, &again, start, backoff, &mut on_retry)
+            .await;
+        (result, Some((bytes, sealed)))
     }
 
     /// While `result` is the server's `Unavailable`, waits as `backoff` says (counted from

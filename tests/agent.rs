@@ -1,0 +1,316 @@
+//! `letterlock client agent` and the `send_msg` commands that hand their messages to it: the
+//! same answers as without it, only what the agent proved is reported delivered, and whatever it
+//! cannot take is sent by the command itself.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Child, Stdio};
+
+use common::cli::{BinServer, classroom_folder, command, run};
+
+/// A running `letterlock client agent`, killed when dropped.
+struct Agent {
+    child: Child,
+}
+
+impl Agent {
+    /// Starts `letterlock client agent --server ADDR ARGS` in `dir` and waits for its
+    /// "listening" line.
+    fn start(dir: &Path, addr: &str, args: &[&str]) -> Agent {
+        let mut child = command(dir, &["client", "agent", "--server", addr])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        match lines.next() {
+            Some(Ok(line)) if line.contains("listening on") => {}
+            other => {
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "the agent did not start: {other:?}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Agent { child }
+    }
+
+    /// Waits for the agent to end on its own; its exit status and stderr.
+    fn wait(mut self) -> (i32, String) {
+        let status = self.child.wait().unwrap();
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            std::io::Read::read_to_string(&mut e, &mut err).unwrap();
+        }
+        (status.code().unwrap_or(-1), err)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A classroom folder with a server running on it.
+fn folder_with_server() -> (tempfile::TempDir, BinServer) {
+    let dir = tempfile::tempdir().unwrap();
+    classroom_folder(dir.path());
+    let server = BinServer::start(dir.path(), &[]);
+    (dir, server)
+}
+
+/// `send_msg -v --server ADDR ARGS`: exit status, stdout, stderr; the log says whether the
+/// agent sent it.
+fn send(dir: &Path, addr: &str, args: &[&str]) -> (i32, String, String) {
+    let mut full = vec!["-v", "client", "send_msg", "--server", addr];
+    full.extend_from_slice(args);
+    let (code, out, err) = run(dir, &full);
+    (code, String::from_utf8(out).unwrap(), err)
+}
+
+const BY_AGENT: &str = "sent by the agent";
+
+/// The message id `send_msg` printed.
+fn id_in(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("message id "))
+        .unwrap_or_else(|| panic!("no message id in {out:?}"))
+        .to_owned()
+}
+
+/// What the server stored under `id`.
+fn stored(dir: &Path, id: &str) -> String {
+    let (code, out, err) = run(dir, &["server", "read", id]);
+    assert_eq!(code, 0, "{err}");
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn send_msg_hands_its_message_to_the_agent_and_says_what_it_would_have_said() {
+    let (dir, server) = folder_with_server();
+    let d = dir.path();
+    let agent = Agent::start(d, &server.addr, &[]);
+    let socket = d.join("client_agent.sock");
+    let meta = std::fs::symlink_metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    for (i, mode) in ["hybrid", "asymmetric", "hybrid"].iter().enumerate() {
+        let text = format!("message {i} through the agent");
+        let (code, out, err) = send(d, &server.addr, &["--mode", mode, &text]);
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains(BY_AGENT), "{err}");
+        assert!(
+            out.contains(&format!(
+                "delivered: the server proved it decrypted and stored {} bytes ({mode} mode)",
+                text.len()
+            )),
+            "{out}"
+        );
+        assert_eq!(stored(d, &id_in(&out)), text);
+    }
+    // A file, and --json.
+    std::fs::write(d.join("note.txt"), b"from a file").unwrap();
+    let (code, out, err) = send(d, &server.addr, &["--json", "--file", "note.txt"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(BY_AGENT), "{err}");
+    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(json["delivered"], true);
+    assert_eq!(json["bytes"], 11);
+    assert_eq!(stored(d, json["id"].as_str().unwrap()), "from a file");
+
+    // --stop: the agent answers, ends with 0 and removes its socket.
+    let (code, out, err) = run(d, &["client", "agent", "--stop"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(String::from_utf8_lossy(&out).contains("stopped"));
+    let (code, err) = agent.wait();
+    assert_eq!(code, 0, "{err}");
+    assert!(!socket.exists());
+    // Without it, the same command sends by itself.
+    let (code, out, err) = send(d, &server.addr, &["after the agent"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains(BY_AGENT), "{err}");
+    assert_eq!(stored(d, &id_in(&out)), "after the agent");
+}
+
+#[test]
+fn what_the_agent_does_not_take_is_sent_by_the_command_itself() {
+    let (dir, server) = folder_with_server();
+    let d = dir.path();
+    let _agent = Agent::start(d, &server.addr, &[]);
+    let port = server.addr.rsplit(':').next().unwrap();
+    let other_name = format!("localhost:{port}");
+    let big = vec![b'x'; 64 * 1024 + 1];
+    std::fs::write(d.join("big.txt"), &big).unwrap();
+    let cases: [(&str, &[&str]); 3] = [
+        (&server.addr, &["--no-agent", "not for the agent"]),
+        (&server.addr, &["--file", "big.txt"]),
+        // Another name for the server: the agent declines it, and the command connects.
+        (&other_name, &["to another address"]),
+    ];
+    for (addr, args) in cases {
+        let (code, out, err) = send(d, addr, args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(!err.contains(BY_AGENT), "{args:?}: {err}");
+        assert!(out.contains("delivered"), "{args:?}: {out}");
+    }
+    let (code, _, err) = send(d, &other_name, &["x"]);
+    assert_eq!(code, 0);
+    assert!(err.contains("the agent declined"), "{err}");
+    // Stdin is read by the command as it comes.
+    let out = command(d, &["-v", "client", "send_msg", "--server", &server.addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            drop(c.stdin.take());
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(BY_AGENT));
+}
+
+#[test]
+fn a_message_the_agent_cannot_send_is_reported_not_delivered() {
+    let (dir, server) = folder_with_server();
+    let d = dir.path();
+    let _agent = Agent::start(d, &server.addr, &[]);
+    // Over the command's own asymmetric limit: the agent refuses to seal it.
+    let (code, out, err) = send(
+        d,
+        &server.addr,
+        &["--mode", "asymmetric", "--max-asymmetric", "4", "too long"],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("NOT delivered"), "{err}");
+    assert!(err.contains("sent by the agent"), "{err}");
+    assert!(!out.contains("delivered"), "{out}");
+}
+
+#[test]
+fn one_agent_per_key_folder_and_a_dead_agent_socket_is_replaced() {
+    let (dir, server) = folder_with_server();
+    let d = dir.path();
+    let socket = d.join("client_agent.sock");
+    // A socket left by an agent that was killed: commands send by themselves, a new agent
+    // takes its place.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let (code, _, err) = send(d, &server.addr, &["no agent behind the socket"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains(BY_AGENT), "{err}");
+    let _agent = Agent::start(d, &server.addr, &[]);
+    let (code, _, err) = send(d, &server.addr, &["to the new agent"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(BY_AGENT), "{err}");
+    // A second agent for the same folder is refused.
+    let (code, _, err) = run(d, &["client", "agent", "--server", &server.addr]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already running"), "{err}");
+    // And so is a socket path that is a file.
+    let other = tempfile::tempdir().unwrap();
+    classroom_folder(other.path());
+    std::fs::write(other.path().join("client_agent.sock"), b"not a socket").unwrap();
+    let (code, _, err) = run(other.path(), &["client", "agent", "--server", &server.addr]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is not a socket"), "{err}");
+}
+
+#[test]
+fn the_agent_stops_after_its_persist_time_without_a_message() {
+    let (dir, server) = folder_with_server();
+    let d = dir.path();
+    let agent = Agent::start(d, &server.addr, &["--persist", "1"]);
+    let (code, _, err) = send(d, &server.addr, &["one"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = agent.wait();
+    assert_eq!(code, 0, "{err}");
+    assert!(!d.join("client_agent.sock").exists());
+}
+
+#[test]
+fn an_agent_whose_server_restarted_sends_on_a_new_connection() {
+    let (dir, server) = folder_with_server();
+    let d = dir.path();
+    let addr = server.addr.clone();
+    let _agent = Agent::start(d, &addr, &[]);
+    let (code, _, err) = send(d, &addr, &["before the restart"]);
+    assert_eq!(code, 0, "{err}");
+    // The kept connection dies with the server; the next message finds it gone, connects again
+    // and sends the same bytes there.
+    drop(server);
+    let mut restarted = std::process::Command::new(common::BIN);
+    restarted.args(["server", "--listen", &addr]).current_dir(d);
+    let _server = BinServer::spawn(restarted);
+    let (code, out, err) = send(d, &addr, &["after the restart"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(BY_AGENT), "{err}");
+    assert_eq!(stored(d, &id_in(&out)), "after the restart");
+}
+
+/// Another user's process is turned away even when it can open the socket: the agent checks the
+/// peer's user id. Needs root (to run a command as the `postgres` user, as the PostgreSQL tests
+/// do).
+#[test]
+#[ignore = "slow tier: runs a command as another user (root and runuser needed)"]
+fn another_users_process_is_turned_away() {
+    assert!(
+        nix_is_root(),
+        "this test runs a command as the `postgres` user: run it as root (as .ci/run does)"
+    );
+    let (dir, server) = folder_with_server();
+    let d = dir.path();
+    let _agent = Agent::start(d, &server.addr, &[]);
+    let socket = d.join("client_agent.sock");
+    // Open the folder and the socket to everyone: only the user id check is left.
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let probe = r#"
+import socket, struct, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+body = b"LLA1\x01\x02" + (1 << 20).to_bytes(8, "big") + bytes([len(sys.argv[2])]) + sys.argv[2].encode() + b"hi"
+try:
+    s.sendall(struct.pack(">I", len(body)) + body)
+    print("answered" if s.recv(64) else "closed")
+except (BrokenPipeError, ConnectionResetError):
+    print("closed")
+"#;
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--", "python3", "-c", probe])
+        .arg(&socket)
+        .arg(&server.addr)
+        .output()
+        .expect("runuser (util-linux) and python3 are needed: apt-get install util-linux python3");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.trim() == "closed",
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same bytes from our own user are served.
+    let out = std::process::Command::new("python3")
+        .args(["-c", probe])
+        .arg(&socket)
+        .arg(&server.addr)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "answered");
+}
+
+fn nix_is_root() -> bool {
+    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0
+}
