@@ -192,9 +192,10 @@ fn store_section(v: &Value) {
     }
 }
 
-/// Section 5: both commands ran as processes, with positive figures and the command shown.
+/// Section 5: the commands ran as processes, with positive figures and the command shown; the
+/// agent's row handed its messages to the agent, the others did not.
 fn one_shot_section(v: &Value) {
-    for cmd in ["seal", "send_msg", "send_msg_fresh"] {
+    for cmd in ["seal", "send_msg", "send_msg_fresh", "send_msg_agent"] {
         for field in ["p50_ms", "p99_ms", "cpu_p50_ms", "ops_s", "peak_rss_kib"] {
             positive(v, &format!("/oneshot/{cmd}/{field}"));
         }
@@ -207,6 +208,12 @@ fn one_shot_section(v: &Value) {
             .unwrap()
             .contains("--listen 127.0.0.1:0")
     );
+    let direct = v["oneshot"]["send_msg"]["command"].as_str().unwrap();
+    assert!(direct.contains("--no-agent"), "{direct}");
+    let through = v["oneshot"]["send_msg_agent"]["command"].as_str().unwrap();
+    assert!(!through.contains("--no-agent"), "{through}");
+    let agent = v["oneshot"]["agent_command"].as_str().unwrap();
+    assert!(agent.contains("client agent"), "{agent}");
 }
 
 /// Whether `program --version` runs here.

@@ -102,6 +102,27 @@ fn replay_directory_entry_corpus() {
     assert!(parsed > 0, "no directory entry in the corpus parses");
 }
 
+/// The agent corpus keeps a valid request and reply of each kind (the frames of
+/// `tests/vectors/agent/frames.json`, without their length), so the re-encoding check runs.
+#[test]
+fn replay_agent_frames_corpus() {
+    use letterlock::client::agent::{Reply, Request};
+    replay("agent_frames", fuzzing::agent_frames);
+    let corpus = corpus("agent_frames");
+    let requests = corpus
+        .iter()
+        .filter(|(_, d)| Request::decode(d).is_ok())
+        .count();
+    let replies = corpus
+        .iter()
+        .filter(|(_, d)| Reply::decode(d).is_ok())
+        .count();
+    assert!(
+        requests >= 3 && replies >= 4,
+        "{requests} requests, {replies} replies"
+    );
+}
+
 #[test]
 fn replay_text_corpus() {
     replay("text", fuzzing::text);

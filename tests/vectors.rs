@@ -979,3 +979,63 @@ fn a_delegated_certificate_altered_without_the_key_is_refused() {
     let result = delegated::verify(&CertificateDer::from(altered.as_slice()), at, lookup);
     assert!(result.is_err(), "accepted: {result:?}");
 }
+
+/// `tests/vectors/agent/frames.json`: each frame of the client agent's socket, written down
+/// from PROTOCOL.md's section 16 (not by the library), decodes to the value it describes, and
+/// that value encodes to exactly those bytes.
+#[test]
+fn agent_frames_vector() {
+    use letterlock::client::agent::{Reply, Request, SendRequest};
+    use letterlock::envelope::MessageId;
+    let path = vectors_dir().join("agent").join("frames.json");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let cases = doc["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 7);
+    let mode = |c: &serde_json::Value| mode_of(c["mode"].as_str().unwrap());
+    for c in cases {
+        let name = c["name"].as_str().unwrap();
+        let framed = hex::decode(c["framed"].as_str().unwrap()).unwrap();
+        let (len, body) = framed.split_at(4);
+        assert_eq!(
+            u32::from_be_bytes(len.try_into().unwrap()) as usize,
+            body.len(),
+            "{name}: the length prefix"
+        );
+        let text = || c["text"].as_str().unwrap().to_owned();
+        match c["direction"].as_str().unwrap() {
+            "request" => {
+                let expected = match c["kind"].as_str().unwrap() {
+                    "send" => Request::Send(SendRequest {
+                        server: c["server"].as_str().unwrap().to_owned(),
+                        mode: mode(c),
+                        max_asymmetric: c["max_asymmetric"].as_u64().unwrap(),
+                        message: hex::decode(c["message_hex"].as_str().unwrap())
+                            .unwrap()
+                            .into(),
+                    }),
+                    "stop" => Request::Stop,
+                    other => panic!("{name}: kind {other}"),
+                };
+                assert_eq!(Request::decode(body).unwrap(), expected, "{name}");
+                assert_eq!(&expected.encode().unwrap()[..], body, "{name}");
+            }
+            "reply" => {
+                let expected = match c["status"].as_str().unwrap() {
+                    "delivered" => Reply::Delivered {
+                        id: MessageId(unhex(c["id"].as_str().unwrap())),
+                        plaintext_len: c["plaintext_len"].as_u64().unwrap(),
+                        mode: mode(c),
+                    },
+                    "not_delivered" => Reply::NotDelivered(text()),
+                    "declined" => Reply::Declined(text()),
+                    "stopping" => Reply::Stopping,
+                    other => panic!("{name}: status {other}"),
+                };
+                assert_eq!(Reply::decode(body).unwrap(), expected, "{name}");
+                assert_eq!(expected.encode(), body, "{name}");
+            }
+            other => panic!("{name}: direction {other}"),
+        }
+    }
+}

@@ -175,6 +175,28 @@ pub fn directory_entry(data: &[u8]) {
     }
 }
 
+/// The client agent's request and reply decoders ([`crate::client::agent`]) on arbitrary
+/// bytes: never panic; whatever decodes re-encodes to exactly the bytes it came from (one
+/// encoding per request: what a command hands over means one thing).
+pub fn agent_frames(data: &[u8]) {
+    use crate::client::agent::{Reply, Request};
+    if let Ok(request) = Request::decode(data) {
+        let again = request.encode().expect("a decoded request encodes");
+        assert_eq!(
+            &again[..],
+            data,
+            "a decoded agent request re-encodes differently"
+        );
+    }
+    if let Ok(reply) = Reply::decode(data) {
+        assert_eq!(
+            reply.encode(),
+            data,
+            "a decoded agent reply re-encodes differently"
+        );
+    }
+}
+
 /// [`ArmorReader`] on arbitrary text: no panic; whatever decodes re-armors and decodes to the
 /// same bytes.
 pub fn armor(data: &[u8]) {

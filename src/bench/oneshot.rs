@@ -50,6 +50,12 @@ pub struct OneShotReport {
     /// The same with that file removed before each run: the first command of the day, which
     /// certifies a new handshake key (one more RSA signature).
     pub send_msg_fresh: OneShot,
+    /// The same message handed to a running `letterlock client agent` (ssh's ControlMaster):
+    /// the agent seals and sends it on its kept connection, so this process neither reads the
+    /// key nor connects. The agent's work is not in this process's CPU time.
+    pub send_msg_agent: OneShot,
+    /// How the agent was started (a child process, in the temporary folder).
+    pub agent_command: String,
     /// How the server was started (a child process, in the temporary folder).
     pub server_command: String,
 }
@@ -61,25 +67,24 @@ pub(super) fn sample(
     samples: usize,
     before: impl FnMut() -> Result<(), BenchError>,
 ) -> Result<OneShot, BenchError> {
-    let [shot] = sample_alternating(folder, command, samples, [before], None)?;
+    let [shot] = sample_alternating(folder, [(command, before)], samples, None)?;
     Ok(shot)
 }
 
-/// Runs `command` `samples` times for each of `variants` (an untimed step before each run, that
-/// sets the variant up), taking turns, so that a machine that drifts during the runs weighs on
-/// every variant alike; waits `pause` after each run, if given.
+/// Runs each of `variants` (a command, and an untimed step before each of its runs that sets
+/// the variant up) `samples` times, taking turns, so that a machine that drifts during the runs
+/// weighs on every variant alike; waits `pause` after each run, if given.
 fn sample_alternating<const N: usize>(
     folder: &Folder,
-    command: &[OsString],
+    mut variants: [(&[OsString], impl FnMut() -> Result<(), BenchError>); N],
     samples: usize,
-    mut variants: [impl FnMut() -> Result<(), BenchError>; N],
     pause: Option<std::time::Duration>,
 ) -> Result<[OneShot; N], BenchError> {
     let mut times = [(); N].map(|()| Vec::with_capacity(samples));
     let mut cpu = [(); N].map(|()| Vec::with_capacity(samples));
     let mut peaks = [0; N];
     for _ in 0..samples {
-        for (i, before) in variants.iter_mut().enumerate() {
+        for (i, (command, before)) in variants.iter_mut().enumerate() {
             before()?;
             let run = run_measured(folder.path(), command).map_err(BenchError::Wrong)?;
             times[i].push(run.seconds * 1000.0);
@@ -96,7 +101,7 @@ fn sample_alternating<const N: usize>(
         let p50_ms = percentile(times, 0.5);
         cpu[i].sort_by(f64::total_cmp);
         OneShot {
-            command: shown(command),
+            command: shown(variants[i].0),
             samples,
             p50_ms,
             p99_ms: percentile(times, 0.99),
@@ -149,41 +154,87 @@ pub(super) fn measure_oneshot(
     );
     let (server, addr) = start_server(folder, &server_cmd)?;
     progress(&format!(
-        "  letterlock client send_msg to {addr}, with and without a kept handshake key, \
-         {samples} processes each"
+        "  letterlock client send_msg to {addr}: with and without a kept handshake key, and \
+         through a client agent, {samples} processes each"
     ));
+    let send_args = ["client", "send_msg", "--keys", NET, "--server", &addr];
     let send_cmd = cmd(
         letterlock()?,
+        &[&send_args[..], &["--no-agent", "hello"]].concat(),
+    );
+    let agent_send_cmd = cmd(letterlock()?, &[&send_args[..], &["hello"]].concat());
+    let agent_cmd = cmd(
+        letterlock()?,
         &[
-            "client", "send_msg", "--keys", NET, "--server", &addr, "hello",
+            "client",
+            "agent",
+            "--keys",
+            NET,
+            "--server",
+            &addr,
+            "--persist",
+            "0",
         ],
     );
-    // Two variants, taking turns: the handshake key kept from the run before (as a user's
-    // second command finds it), and removed first (the first command of the day, which makes
-    // and keeps a new one). One untimed run keeps the first key.
+    // Three variants, taking turns: the handshake key kept from the run before (as a user's
+    // second command finds it); removed first (the first command of the day, which makes and
+    // keeps a new one); and the message handed to the agent, which runs beside the other two
+    // (they pass --no-agent) holding its connection. One untimed run keeps the first key.
     let cache = format!("{NET}/client_handshake.pem");
     folder.remove(&[&cache])?;
     run_measured(folder.path(), &send_cmd).map_err(BenchError::Wrong)?;
-    let [send_msg, send_msg_fresh] = sample_alternating(
+    let (agent, _) = start_child(folder, &agent_cmd)?;
+    check_handed_over(folder, &agent_send_cmd)?;
+    let [send_msg, send_msg_fresh, send_msg_agent] = sample_alternating(
         folder,
-        &send_cmd,
-        samples,
         [
-            Box::new(|| Ok(())) as Box<dyn FnMut() -> Result<(), BenchError>>,
-            Box::new(|| folder.remove(&[&cache])),
+            (
+                &send_cmd[..],
+                Box::new(|| Ok(())) as Box<dyn FnMut() -> Result<(), BenchError>>,
+            ),
+            (&send_cmd[..], Box::new(|| folder.remove(&[&cache]))),
+            (&agent_send_cmd[..], Box::new(|| Ok(()))),
         ],
+        samples,
         Some(SOURCE_PACE),
     )?;
+    drop(agent);
     drop(server);
     Ok(OneShotReport {
         seal,
         send_msg,
         send_msg_fresh,
+        send_msg_agent,
+        agent_command: shown(&agent_cmd),
         server_command: shown(&server_cmd),
     })
 }
 
-/// The server child: killed and waited for when dropped.
+/// Runs `command` (a `send_msg` meant for the agent) once, untimed, with `-v`, and fails unless
+/// its log says the agent sent the message: a row named for the agent must not time commands
+/// that quietly sent by themselves.
+fn check_handed_over(folder: &Folder, command: &[OsString]) -> Result<(), BenchError> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| BenchError::Wrong("empty command".into()))?;
+    let out = Command::new(program)
+        .arg("-v")
+        .args(args)
+        .current_dir(folder.path())
+        .stdin(Stdio::null())
+        .output()?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() && log.contains("sent by the agent") {
+        Ok(())
+    } else {
+        Err(BenchError::Wrong(format!(
+            "`{}` did not hand its message to the agent: {log}",
+            shown(command)
+        )))
+    }
+}
+
+/// A server or agent child: killed and waited for when dropped.
 struct ServerChild(Child);
 
 impl Drop for ServerChild {
@@ -193,15 +244,32 @@ impl Drop for ServerChild {
     }
 }
 
-/// Starts the server and reads the address from its first line ("… listening on ADDR"); the
-/// rest of its output is read and dropped in the background so it never blocks on a full pipe.
+/// Starts the server and reads the address from its first line ("… listening on ADDR").
 fn start_server(
     folder: &Folder,
     command: &[OsString],
 ) -> Result<(ServerChild, String), BenchError> {
+    let (child, first) = start_child(folder, command)?;
+    let addr = first
+        .split_once("listening on ")
+        .map(|(_, a)| a.trim().to_owned())
+        .filter(|a| a.contains(':'))
+        .ok_or_else(|| {
+            BenchError::Wrong(format!(
+                "`{}` printed {first:?} instead of its address",
+                shown(command)
+            ))
+        })?;
+    Ok((child, addr))
+}
+
+/// Starts a long-running child (the server, the agent) and returns its first line, which each
+/// prints once it is ready ("… listening on …"); the rest of its output is read and dropped in
+/// the background so it never blocks on a full pipe.
+fn start_child(folder: &Folder, command: &[OsString]) -> Result<(ServerChild, String), BenchError> {
     let (program, args) = command
         .split_first()
-        .ok_or_else(|| BenchError::Wrong("empty server command".into()))?;
+        .ok_or_else(|| BenchError::Wrong("empty command".into()))?;
     let mut child = ServerChild(
         Command::new(program)
             .args(args)
@@ -215,21 +283,17 @@ fn start_server(
         .0
         .stdout
         .take()
-        .ok_or_else(|| BenchError::Wrong("the server's stdout was not piped".into()))?;
+        .ok_or_else(|| BenchError::Wrong("the child's stdout was not piped".into()))?;
     let mut lines = BufReader::new(stdout).lines();
     let first = lines.next().transpose()?.unwrap_or_default();
-    let addr = first
-        .split_once("listening on ")
-        .map(|(_, a)| a.trim().to_owned())
-        .filter(|a| a.contains(':'))
-        .ok_or_else(|| {
-            BenchError::Wrong(format!(
-                "`{}` printed {first:?} instead of its address",
-                shown(command)
-            ))
-        })?;
+    if !first.contains("listening on ") {
+        return Err(BenchError::Wrong(format!(
+            "`{}` printed {first:?} instead of its \"listening on\" line",
+            shown(command)
+        )));
+    }
     std::thread::spawn(move || lines.for_each(drop));
-    Ok((child, addr))
+    Ok((child, first))
 }
 
 pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -295,6 +295,10 @@ pub(super) fn goals(
             "`letterlock client send_msg` end to end on loopback",
             &oneshot.send_msg,
         ),
+        (
+            "`letterlock client send_msg` end to end on loopback, through `client agent`",
+            &oneshot.send_msg_agent,
+        ),
     ] {
         goals.push(Goal {
             goal: format!("{what}: p50 <= {ONESHOT_GOAL_MS:.0} ms per process"),
@@ -843,6 +847,7 @@ fn oneshot_table(s: &mut String, o: &OneShotReport) {
         ("seal of 100 B, file to file", &o.seal),
         ("client send_msg \"hello\" (TLS 1.3, loopback)", &o.send_msg),
         ("  the same, no handshake key kept yet", &o.send_msg_fresh),
+        ("  the same, through `client agent`", &o.send_msg_agent),
     ] {
         let _ = writeln!(
             s,
@@ -859,13 +864,17 @@ fn oneshot_table(s: &mut String, o: &OneShotReport) {
         s,
         "  goal: each <= {ONESHOT_GOAL_MS:.0} ms per process (p50); send_msg keeps its TLS \
          handshake key in net/client_handshake.pem (made by an untimed first run); the second \
-         row removes it before each run: the first send of the day; the two rows take turns; \
-         CPU ms: the median user + system time of the process, without the waiting (send_msg's \
-         alone: the server's work is not in it)"
+         row removes it before each run: the first send of the day; the third hands the \
+         message to a `client agent` that runs beside them (the first two pass --no-agent), \
+         which seals and sends it on its kept connection; the three rows take turns; CPU ms: \
+         the median user + system time of the process, without the waiting (send_msg's alone: \
+         neither the server's work nor the agent's is in it)"
     );
     let _ = writeln!(s, "  $ {}", o.seal.command);
     let _ = writeln!(s, "  $ {} &", o.server_command);
     let _ = writeln!(s, "  $ {}", o.send_msg.command);
+    let _ = writeln!(s, "  $ {} &", o.agent_command);
+    let _ = writeln!(s, "  $ {}", o.send_msg_agent.command);
 }
 
 fn compare_table(s: &mut String, c: &CompareReport) {
