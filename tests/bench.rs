@@ -131,7 +131,7 @@ fn quick_json_has_every_section() {
     store_section(&v);
 
     let goals = v["goals"].as_array().expect("goals");
-    assert_eq!(goals.len(), 9, "{goals:?}");
+    assert_eq!(goals.len(), 10, "{goals:?}");
     for g in goals.iter().filter(|g| {
         g["goal"]
             .as_str()

@@ -148,24 +148,14 @@ impl Request {
 
     /// Parses a request body. Never panics; copies nothing before every length checked out.
     pub fn decode(body: &[u8]) -> Result<Request, CodecError> {
-        if body.len() > MAX_REQUEST {
-            return Err(CodecError::TooLarge(body.len(), MAX_REQUEST));
-        }
-        let mut r = Bytes(body);
-        if r.take(4)? != MAGIC {
-            return Err(CodecError::Magic);
-        }
+        let mut r = Bytes::open(body, MAX_REQUEST)?;
         match r.byte()? {
             KIND_STOP => {
                 r.end()?;
                 Ok(Request::Stop)
             }
             KIND_SEND => {
-                let mode_byte = r.byte()?;
-                let mode = Mode::from_byte(mode_byte).ok_or(CodecError::Unknown {
-                    what: "mode",
-                    value: mode_byte,
-                })?;
+                let mode = r.mode()?;
                 let max_asymmetric = u64::from_be_bytes(r.array()?);
                 let server_len = usize::from(r.byte()?);
                 if server_len == 0 {
@@ -224,13 +214,7 @@ impl Reply {
 
     /// Parses a reply body. Never panics.
     pub fn decode(body: &[u8]) -> Result<Reply, CodecError> {
-        if body.len() > MAX_REPLY {
-            return Err(CodecError::TooLarge(body.len(), MAX_REPLY));
-        }
-        let mut r = Bytes(body);
-        if r.take(4)? != MAGIC {
-            return Err(CodecError::Magic);
-        }
+        let mut r = Bytes::open(body, MAX_REPLY)?;
         let text = |r: &mut Bytes| {
             std::str::from_utf8(r.rest())
                 .map(str::to_owned)
@@ -240,11 +224,7 @@ impl Reply {
             STATUS_DELIVERED => {
                 let id = MessageId(r.array()?);
                 let plaintext_len = u64::from_be_bytes(r.array()?);
-                let mode_byte = r.byte()?;
-                let mode = Mode::from_byte(mode_byte).ok_or(CodecError::Unknown {
-                    what: "mode",
-                    value: mode_byte,
-                })?;
+                let mode = r.mode()?;
                 r.end()?;
                 Ok(Reply::Delivered {
                     id,
@@ -279,6 +259,18 @@ fn cut(text: &str) -> &str {
 struct Bytes<'a>(&'a [u8]);
 
 impl<'a> Bytes<'a> {
+    /// A cursor after the magic of a body of at most `limit` bytes.
+    fn open(body: &'a [u8], limit: usize) -> Result<Bytes<'a>, CodecError> {
+        if body.len() > limit {
+            return Err(CodecError::TooLarge(body.len(), limit));
+        }
+        let mut r = Bytes(body);
+        if r.take(4)? != MAGIC {
+            return Err(CodecError::Magic);
+        }
+        Ok(r)
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
         let (head, rest) = self.0.split_at_checked(n).ok_or(CodecError::Truncated)?;
         self.0 = rest;
@@ -293,6 +285,15 @@ impl<'a> Bytes<'a> {
         let mut out = [0; N];
         out.copy_from_slice(self.take(N)?);
         Ok(out)
+    }
+
+    /// A mode byte, as the header's.
+    fn mode(&mut self) -> Result<Mode, CodecError> {
+        let byte = self.byte()?;
+        Mode::from_byte(byte).ok_or(CodecError::Unknown {
+            what: "mode",
+            value: byte,
+        })
     }
 
     fn rest(&mut self) -> &'a [u8] {
