@@ -231,6 +231,18 @@ fn one_agent_per_key_folder_and_a_dead_agent_socket_is_replaced() {
 }
 
 #[test]
+fn a_file_where_the_socket_should_be_is_ignored() {
+    let (dir, server) = folder_with_server();
+    let d = dir.path();
+    std::fs::write(d.join("client_agent.sock"), b"not a socket").unwrap();
+    let (code, out, err) = send(d, &server.addr, &["sent directly"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("ignoring the agent socket"), "{err}");
+    assert!(err.contains("not a socket"), "{err}");
+    assert_eq!(stored(d, &id_in(&out)), "sent directly");
+}
+
+#[test]
 fn the_agent_stops_after_its_persist_time_without_a_message() {
     let (dir, server) = folder_with_server();
     let d = dir.path();
@@ -282,7 +294,7 @@ fn another_users_process_is_turned_away() {
     let probe = r#"
 import socket, struct, sys
 s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
-body = b"LLA1\x01\x02" + (1 << 20).to_bytes(8, "big") + bytes([len(sys.argv[2])]) + sys.argv[2].encode() + b"hi"
+body = b"LLA1\x01\x02" + (1 << 20).to_bytes(8, "big") + (90).to_bytes(4, "big") + bytes([len(sys.argv[2])]) + sys.argv[2].encode() + b"hi"
 try:
     s.sendall(struct.pack(">I", len(body)) + body)
     print("answered" if s.recv(64) else "closed")
@@ -309,6 +321,73 @@ except (BrokenPipeError, ConnectionResetError):
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "answered");
+}
+
+/// A socket at the agent's path that another user made (in a folder anyone can write to), or
+/// that root owns but another user serves, gets no byte of the message: the command checks the
+/// socket's owner and the serving process's user id, and sends the message itself.
+#[test]
+#[ignore = "slow tier: runs a listener as another user (root and runuser needed)"]
+fn a_socket_that_is_not_the_users_agent_gets_nothing() {
+    assert!(
+        nix_is_root(),
+        "this test runs a listener as the `postgres` user: run it as root (as .ci/run does)"
+    );
+    let (dir, server) = folder_with_server();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = d.join("client_agent.sock");
+    let record = d.join("received.bin");
+    let listener = r#"
+import os, signal, socket, sys
+signal.alarm(30)  # runuser's child outlives a kill of runuser: it ends by itself
+path, record = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX); s.bind(path); os.chmod(path, 0o777); s.listen(8)
+open(record, "ab").close()
+print("ready", flush=True)
+while True:
+    c, _ = s.accept(); c.settimeout(2); data = b""
+    try:
+        while True:
+            d = c.recv(65536)
+            if not d: break
+            data += d
+    except OSError:
+        pass
+    open(record, "ab").write(data); c.close()
+"#;
+    let mut fake = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--", "python3", "-c", listener])
+        .arg(&socket)
+        .arg(&record)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("runuser (util-linux) and python3 are needed: apt-get install util-linux python3");
+    let mut ready = String::new();
+    BufReader::new(fake.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let (code, out, err) = send(d, &server.addr, &["top secret, owned by postgres"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("owned by user id"), "{err}");
+    assert_eq!(stored(d, &id_in(&out)), "top secret, owned by postgres");
+    // Root owns the socket file now, but the process behind it is still postgres's.
+    std::os::unix::fs::chown(&socket, Some(0), Some(0)).unwrap();
+    let (code, out, err) = send(d, &server.addr, &["top secret, served by postgres"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("served by user id"), "{err}");
+    assert_eq!(stored(d, &id_in(&out)), "top secret, served by postgres");
+    let _ = fake.kill();
+    let _ = fake.wait();
+    let got = std::fs::read(&record).unwrap();
+    assert!(
+        got.is_empty(),
+        "the fake agent received {} bytes",
+        got.len()
+    );
 }
 
 fn nix_is_root() -> bool {

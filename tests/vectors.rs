@@ -1010,6 +1010,7 @@ fn agent_frames_vector() {
                         server: c["server"].as_str().unwrap().to_owned(),
                         mode: mode(c),
                         max_asymmetric: c["max_asymmetric"].as_u64().unwrap(),
+                        wait_s: c["wait_s"].as_u64().unwrap().try_into().unwrap(),
                         message: hex::decode(c["message_hex"].as_str().unwrap())
                             .unwrap()
                             .into(),

@@ -2,8 +2,7 @@
 //! server for the `client send_msg` commands that follow, as ssh's ControlMaster does for
 //! `ssh`; and [`hand_over`], the part of `send_msg` that gives its message to it.
 
-use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,7 +11,11 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use letterlock::client::ClientConfig;
-use letterlock::client::agent::{self, AgentConfig, AskError, Reply, Request, SendRequest};
+use letterlock::client::agent::{
+    self, AgentConfig, AgentError, AgentSocket, AskError, Reply, Request, SOCKET_TIMEOUT,
+    SendRequest,
+};
+use zeroize::Zeroizing;
 
 use super::client::{
     ClientConn, ClientKeys, ClientSendArgs, backoff, connect_with, print_delivered,
@@ -51,17 +54,24 @@ pub(super) async fn run(a: AgentArgs) -> Result<ExitCode> {
         bail!("the agent speaks TLS 1.3 (protocol version 2) only; drop --plain-v1");
     }
     let keys = ClientKeys::load(&a.conn)?;
-    let (identity, server) = (keys.identity.clone(), keys.server.clone());
+    let identity = keys.identity.clone();
+    let server = keys.server.clone();
+    let handshake_key_cache = keys.handshake_key_cache.clone();
     // Before the connection and the "listening" line: a signal after it stops us cleanly.
-    let signals = super::stop_signals()?;
-    let listener = bind(&path)?;
-    let client = match connect_with(&a.conn, keys).await {
-        Ok(client) => client,
-        Err(e) => {
-            remove_socket(&path);
-            return Err(e);
-        }
+    let mut signals = std::pin::pin!(super::stop_signals()?);
+    // Connected first, the socket then: no command waits on an agent that cannot reach its
+    // server.
+    let client = tokio::select! {
+        connected = connect_with(&a.conn, keys) => connected?,
+        () = &mut signals => return Ok(ExitCode::SUCCESS),
     };
+    let socket = AgentSocket::bind(&path).map_err(|e| match e {
+        AgentError::AlreadyRunning(_) => anyhow::anyhow!(
+            "{e}; stop it first with `letterlock client agent --stop --keys {}`",
+            a.conn.keys.display()
+        ),
+        e => e.into(),
+    })?;
     let persist = (!a.persist.is_zero()).then_some(a.persist);
     println!(
         "letterlock client agent: listening on {} for messages to {} ({}); stop it with \
@@ -78,70 +88,17 @@ pub(super) async fn run(a: AgentArgs) -> Result<ExitCode> {
         server_addr: a.conn.server.clone(),
         identity,
         server,
-        client: ClientConfig::default(),
+        client: ClientConfig {
+            handshake_key_cache,
+            ..ClientConfig::default()
+        },
         tls: letterlock::tls::TlsOptions::default(),
         backoff: backoff(a.conn.timeout),
         uid: nix::unistd::getuid().as_raw(),
         persist,
-        socket_timeout: SOCKET_TIMEOUT,
     };
-    let served = agent::serve(listener, config, Some(client), signals).await;
-    remove_socket(&path);
-    served?;
+    agent::serve(socket, config, Some(client), signals).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// How long a command and the agent wait for each other to write on the socket.
-const SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Listens on `path`, mode 0600, replacing a socket left by an agent that is gone; refuses to
-/// start beside a running one, or over anything that is not a socket.
-fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => bail!(
-                "an agent is already running on {}; stop it first with `letterlock client \
-                     agent --stop`",
-                path.display()
-            ),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                std::fs::remove_file(path).with_context(|| {
-                    format!("removing {}, left by an agent that is gone", path.display())
-                })?;
-            }
-            Err(e) => bail!("{}: {e}", path.display()),
-        },
-        Ok(_) => bail!(
-            "{} exists and is not a socket; move it away to start an agent",
-            path.display()
-        ),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => bail!("{}: {e}", path.display()),
-    }
-    let listener = tokio::net::UnixListener::bind(path).map_err(|e| {
-        let long = path.as_os_str().len() >= 108;
-        anyhow::anyhow!(
-            "cannot listen on {}: {e}{}",
-            path.display(),
-            if long {
-                " (a Unix socket's path is at most 107 bytes: use a shorter --keys folder)"
-            } else {
-                ""
-            }
-        )
-    })?;
-    // The agent also checks every peer's user id; the mode keeps other users from even
-    // connecting.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("making {} private", path.display()))?;
-    Ok(listener)
-}
-
-/// Removes the socket at exit, if it still is one.
-fn remove_socket(path: &Path) {
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        let _ = std::fs::remove_file(path);
-    }
 }
 
 /// `letterlock client agent --stop`.
@@ -172,43 +129,58 @@ pub(super) fn hand_over(a: &ClientSendArgs) -> Result<Option<ExitCode>> {
     if a.no_agent || a.to.is_some() || a.conn.plain_v1 {
         return Ok(None);
     }
-    let limit = agent::MAX_MESSAGE as u64;
     let path = socket_path(&a.conn.keys);
-    if a.message.small_len(limit).is_none() || std::fs::symlink_metadata(&path).is_err() {
+    if std::fs::symlink_metadata(&path).is_err() {
         return Ok(None);
     }
-    let mut message = zeroize::Zeroizing::new(Vec::new());
-    a.message
-        .input()?
-        .take(limit + 1)
-        .read_to_end(&mut message)?;
-    if message.len() as u64 > limit {
-        // The file grew since it was looked at: streamed by this process.
+    let Some(message) = small_message(a)? else {
         return Ok(None);
-    }
+    };
+    let (len, mode) = (message.len() as u64, a.message.mode.into());
+    // The agent may retry a busy server for its --timeout, then wait for the ack: this command
+    // allows as much, and the agent gives up on the message when the command would.
+    let allowance = a
+        .conn
+        .timeout
+        .saturating_add(ClientConfig::default().timeout.as_secs());
+    let wait_s = u32::try_from(allowance).unwrap_or(u32::MAX);
     let request = Request::Send(SendRequest {
         server: a.conn.server.clone(),
-        mode: a.message.mode.into(),
+        mode,
         max_asymmetric: a.max_asymmetric,
+        wait_s,
         message,
     });
-    // The agent may retry a busy server for --timeout, then wait for the ack.
-    let wait = Duration::from_secs(a.conn.timeout) + ClientConfig::default().timeout;
+    let wait = Duration::from_secs(u64::from(wait_s)).saturating_add(SOCKET_TIMEOUT);
     match agent::ask(&path, &request, wait) {
         Ok(Reply::Delivered {
             id,
             plaintext_len,
-            mode,
-        }) => {
+            mode: sent,
+        }) if plaintext_len == len && sent == mode => {
             tracing::debug!(socket = %path.display(), "sent by the agent");
-            print_delivered(a.json, &id, plaintext_len, mode);
+            print_delivered(a.json, &id, plaintext_len, sent);
             Ok(Some(ExitCode::SUCCESS))
         }
+        Ok(Reply::Delivered {
+            plaintext_len,
+            mode: sent,
+            ..
+        }) => {
+            let error = format!(
+                "the agent reported delivering {plaintext_len} bytes in {sent} mode, not this \
+                 message's {len} bytes in {mode} mode"
+            );
+            print_not_delivered(a.json, &error);
+            Ok(Some(ExitCode::FAILURE))
+        }
         Ok(Reply::NotDelivered(error)) => {
+            let error = letterlock::text::line(&error);
             print_not_delivered(a.json, &format!("{error} (sent by the agent)"));
             Ok(Some(ExitCode::FAILURE))
         }
         Ok(Reply::Declined(why)) => {
+            let why = letterlock::text::line(&why);
             tracing::debug!(%why, "the agent declined the message; sending it from here");
             Ok(None)
         }
@@ -216,20 +188,44 @@ pub(super) fn hand_over(a: &ClientSendArgs) -> Result<Option<ExitCode>> {
             tracing::debug!("the agent is stopping; sending the message from here");
             Ok(None)
         }
+        Err(e @ AskError::NotOurs(..)) => {
+            status!("letterlock: ignoring the agent socket: {e}; sending the message from here");
+            Ok(None)
+        }
         Err(e @ (AskError::NotRunning(_) | AskError::NotHandedOver(_))) => {
             tracing::debug!(error = %e, "sending the message from here");
             Ok(None)
         }
         Err(e @ AskError::NoAnswer(_)) => {
-            print_not_delivered(
-                a.json,
-                &format!(
-                    "{e}; the message was handed to the agent on {}, and may or may not have \
-                     been delivered",
-                    path.display()
-                ),
+            let error = format!(
+                "{e}; the message was handed to the agent on {}, and may or may not have been \
+                 delivered",
+                path.display()
             );
+            print_not_delivered(a.json, &error);
             Ok(Some(ExitCode::FAILURE))
         }
     }
+}
+
+/// The message, when it is TEXT or a regular file of at most [`agent::MAX_MESSAGE`] bytes, read
+/// into one buffer sized once (no reallocation leaves an unwiped copy); `None` for anything
+/// else, which the command streams itself.
+fn small_message(a: &ClientSendArgs) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    let limit = agent::MAX_MESSAGE;
+    if a.message.small_len(limit as u64).is_none() {
+        return Ok(None);
+    }
+    let mut message = Zeroizing::new(Vec::with_capacity(limit + 1));
+    match (&a.message.text, &a.message.file) {
+        (Some(text), _) => message.extend_from_slice(text.as_bytes()),
+        (None, Some(file)) => {
+            let opened =
+                std::fs::File::open(file).with_context(|| format!("reading {}", file.display()))?;
+            opened.take(limit as u64 + 1).read_to_end(&mut message)?;
+        }
+        (None, None) => return Ok(None),
+    }
+    // A file that grew since it was looked at is streamed by the command.
+    Ok((message.len() <= limit).then_some(message))
 }

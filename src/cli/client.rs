@@ -323,7 +323,7 @@ pub(super) struct ClientKeys {
     pub(super) server: letterlock::keys::PublicKey,
     /// `DIR/client_handshake.pem`, for a private key that is not passphrase-protected
     /// (docs/SECURITY.md, "The handshake key cache").
-    handshake_key_cache: Option<letterlock::tls::HandshakeKeyCache>,
+    pub(super) handshake_key_cache: Option<letterlock::tls::HandshakeKeyCache>,
 }
 
 impl ClientKeys {

@@ -26,6 +26,12 @@ pub enum ClientError {
     Refused { code: ErrorCode, message: String },
     #[error("delivery NOT proven: {0}")]
     NotProven(String),
+    /// A message went out and the connection ended, or timed out, before its acknowledgement:
+    /// the server may or may not have stored it. Sending the very same bytes again is safe (a
+    /// stored message id is acked again, never stored twice); a wrong acknowledgement is
+    /// [`ClientError::NotProven`] instead.
+    #[error("delivery NOT proven: no acknowledgement from the server ({0})")]
+    NoAck(Box<ClientError>),
     /// The server closed the connection where a frame was due.
     #[error("the server closed the connection")]
     Closed,

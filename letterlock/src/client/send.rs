@@ -429,9 +429,7 @@ impl Client {
             Err(ClientError::Refused { code, message }) => {
                 Err(ClientError::Refused { code, message })
             }
-            Err(e) => Err(ClientError::NotProven(format!(
-                "no acknowledgement from the server ({e})"
-            ))),
+            Err(e) => Err(ClientError::NoAck(Box::new(e))),
         }
     }
 }

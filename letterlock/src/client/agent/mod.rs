@@ -18,6 +18,7 @@
 //! over; `serve.rs` the agent's side.
 
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -28,7 +29,7 @@ use crate::envelope::{MessageId, Mode};
 
 mod serve;
 
-pub use serve::{AgentConfig, AgentError, serve};
+pub use serve::{AgentConfig, AgentError, AgentSocket, SOCKET_TIMEOUT, serve};
 
 /// The first bytes of every request and reply body: "LLA" and the version of this encoding.
 pub const MAGIC: [u8; 4] = *b"LLA1";
@@ -42,9 +43,9 @@ pub const MAX_SERVER: usize = 255;
 /// The longest text in a reply, in bytes; an agent cuts longer ones at a character boundary.
 pub const MAX_TEXT: usize = 1024;
 
-/// The largest request body: magic, kind, mode, asymmetric limit, server length, server,
+/// The largest request body: magic, kind, mode, asymmetric limit, wait, server length, server,
 /// message.
-pub const MAX_REQUEST: usize = 4 + 1 + 1 + 8 + 1 + MAX_SERVER + MAX_MESSAGE;
+pub const MAX_REQUEST: usize = 4 + 1 + 1 + 8 + 4 + 1 + MAX_SERVER + MAX_MESSAGE;
 
 /// The largest reply body: magic, status, text (a delivery is shorter).
 pub const MAX_REPLY: usize = 4 + 1 + MAX_TEXT;
@@ -59,7 +60,7 @@ pub enum Request {
 }
 
 /// One message to seal and send.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub struct SendRequest {
     /// The server the command would have connected to (its `--server`): an agent sends only to
     /// the one it was started for and declines a request naming another.
@@ -68,8 +69,25 @@ pub struct SendRequest {
     /// The command's limit on an asymmetric message's size
     /// ([`SealOptions::asymmetric_limit`](crate::envelope::SealOptions::asymmetric_limit)).
     pub max_asymmetric: u64,
+    /// How many seconds the command waits for the answer once it wrote the request: the agent
+    /// does not start a message whose command is gone, and gives up on one it could not prove
+    /// delivered in that time.
+    pub wait_s: u32,
     /// The plaintext, at most [`MAX_MESSAGE`] bytes; wiped when dropped.
     pub message: Zeroizing<Vec<u8>>,
+}
+
+/// Everything but the plaintext, which must not reach a log.
+impl std::fmt::Debug for SendRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendRequest")
+            .field("server", &self.server)
+            .field("mode", &self.mode)
+            .field("max_asymmetric", &self.max_asymmetric)
+            .field("wait_s", &self.wait_s)
+            .field("message_len", &self.message.len())
+            .finish()
+    }
 }
 
 /// What the agent answers.
@@ -134,10 +152,11 @@ impl Request {
                 if s.message.len() > MAX_MESSAGE {
                     return Err(CodecError::TooLarge(s.message.len(), MAX_MESSAGE));
                 }
-                out.reserve(1 + 1 + 8 + 1 + s.server.len() + s.message.len());
+                out.reserve(1 + 1 + 8 + 4 + 1 + s.server.len() + s.message.len());
                 out.push(KIND_SEND);
                 out.push(s.mode.to_byte());
                 out.extend_from_slice(&s.max_asymmetric.to_be_bytes());
+                out.extend_from_slice(&s.wait_s.to_be_bytes());
                 out.push(server_len);
                 out.extend_from_slice(s.server.as_bytes());
                 out.extend_from_slice(&s.message);
@@ -157,6 +176,7 @@ impl Request {
             KIND_SEND => {
                 let mode = r.mode()?;
                 let max_asymmetric = u64::from_be_bytes(r.array()?);
+                let wait_s = u32::from_be_bytes(r.array()?);
                 let server_len = usize::from(r.byte()?);
                 if server_len == 0 {
                     return Err(CodecError::NoServer);
@@ -172,6 +192,7 @@ impl Request {
                     server,
                     mode,
                     max_asymmetric,
+                    wait_s,
                     message: Zeroizing::new(message.to_vec()),
                 }))
             }
@@ -345,6 +366,11 @@ pub enum AskError {
     /// nothing was handed over.
     #[error("no agent is running at {0}")]
     NotRunning(String),
+    /// What is at the socket's path is not an agent of this user's (another user's socket, a
+    /// symbolic link, a file, or a process of another user behind it): nothing was handed over,
+    /// and nothing should be.
+    #[error("{0} is not an agent socket of yours: {1}")]
+    NotOurs(String, String),
     /// The request could not be made or handed over: nothing reached the agent.
     #[error("cannot hand the message to the agent: {0}")]
     NotHandedOver(String),
@@ -356,21 +382,48 @@ pub enum AskError {
 
 /// Hands `request` to the agent listening on `socket` and waits up to `timeout` for its
 /// answer. Blocking (no runtime): a command that hands its message over does nothing else.
+///
+/// The agent must be this user's: the socket a socket (not a link) owned by this user, and the
+/// process behind it running as this user (its credentials read from the connection). Anyone
+/// who can write in the keys folder could otherwise put a socket there and collect the
+/// plaintext, or print "delivered" for a message that went nowhere.
 pub fn ask(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply, AskError> {
+    let shown = || socket.display().to_string();
     let body = request
         .encode()
         .map_err(|e| AskError::NotHandedOver(e.to_string()))?;
-    let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-            AskError::NotRunning(socket.display().to_string())
-        }
-        _ => AskError::NotHandedOver(format!("{}: {e}", socket.display())),
+    let me = nix::unistd::getuid().as_raw();
+    let meta = std::fs::symlink_metadata(socket).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => AskError::NotRunning(shown()),
+        _ => AskError::NotHandedOver(format!("{}: {e}", shown())),
     })?;
+    if !meta.file_type().is_socket() {
+        return Err(AskError::NotOurs(shown(), "not a socket".to_owned()));
+    }
+    if meta.uid() != me {
+        let owner = meta.uid();
+        return Err(AskError::NotOurs(
+            shown(),
+            format!("owned by user id {owner}"),
+        ));
+    }
+    let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => AskError::NotRunning(shown()),
+        _ => AskError::NotHandedOver(format!("{}: {e}", shown())),
+    })?;
+    let peer = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| AskError::NotHandedOver(format!("{}: {e}", shown())))?;
+    if peer.uid() != me {
+        let uid = peer.uid();
+        return Err(AskError::NotOurs(
+            shown(),
+            format!("served by user id {uid}"),
+        ));
+    }
     let handed = stream
         .set_write_timeout(Some(timeout))
         .and_then(|()| stream.write_all(&framed(&body)));
-    // An agent that closed before reading its request (it was stopping, or refused our user)
-    // took nothing in.
+    // An agent that closed before reading its request (it was stopping) took nothing in.
     handed.map_err(|e| AskError::NotHandedOver(e.to_string()))?;
     stream
         .set_read_timeout(Some(timeout))
@@ -396,6 +449,7 @@ mod tests {
             server: server.to_owned(),
             mode: Mode::Hybrid,
             max_asymmetric: 1 << 20,
+            wait_s: 90,
             message: Zeroizing::new(message.to_vec()),
         })
     }

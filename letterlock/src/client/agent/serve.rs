@@ -1,31 +1,44 @@
-//! The agent's side of the socket: one command at a time, from its user only; each message
-//! sealed here, sent on the kept connection, and answered only once its delivery is proven.
+//! The agent's side of the socket: the socket itself ([`AgentSocket`]: one agent per keys
+//! folder, private from its first moment), commands of its own user only, their requests read
+//! side by side, and their messages sealed, sent on the kept connection and answered one at a
+//! time, each only once its delivery is proven.
 
 use std::future::Future;
 use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
 use super::{MAX_REQUEST, Reply, Request, SendRequest, check_len, framed};
-use crate::envelope::{self, SealOptions};
-use crate::keys::{Identity, PublicKey};
-use crate::tls::TlsOptions;
-
 use crate::client::{
     Backoff, Client, ClientConfig, ClientError, Delivery, Retry, Sealing, Transport,
 };
+use crate::envelope::{self, SealOptions};
+use crate::keys::{Identity, PublicKey};
+use crate::tls::TlsOptions;
 
 /// How long a kept connection is used again after its last message. Below the server's default
 /// idle timeout (two minutes), so that a connection the server is about to close is replaced
 /// before a message is written to it; one the server closed sooner is found out by the send,
 /// which then goes again, byte for byte, on a new connection.
 const REUSE_FOR: Duration = Duration::from_secs(90);
+
+/// How long a command may take to write its request, and to take its answer.
+pub const SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Requests read at once: a stuck process of the agent's user holds one of these for at most
+/// [`SOCKET_TIMEOUT`]; connections beyond them are closed unread (their commands send by
+/// themselves, or report no answer if they had written their request).
+const MAX_READERS: usize = 32;
 
 /// What an agent holds and how it behaves.
 pub struct AgentConfig {
@@ -36,6 +49,7 @@ pub struct AgentConfig {
     pub identity: Arc<dyn Identity>,
     /// The pinned server key.
     pub server: PublicKey,
+    /// For each connection the agent makes (keep its handshake key cache, as the commands do).
     pub client: ClientConfig,
     pub tls: TlsOptions,
     /// Retries of a busy or unavailable server, for each message.
@@ -43,64 +57,194 @@ pub struct AgentConfig {
     /// The only user id whose processes are served; a process of any other user is closed on
     /// before a byte is read.
     pub uid: u32,
-    /// Stop after this long without a request; `None`: only when stopped.
+    /// Stop after this long without a message; `None`: only when stopped.
     pub persist: Option<Duration>,
-    /// How long a command may take to hand its request over, and to take the answer.
-    pub socket_timeout: Duration,
 }
 
-/// Why an agent stopped other than being asked to.
+/// Why an agent could not start, or stopped other than being asked to.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    #[error("an agent is already running for {0}")]
+    AlreadyRunning(String),
+    #[error("{0} exists and is not a socket; move it away to start an agent")]
+    NotASocket(String),
+    #[error(
+        "cannot listen on {0}: {1} (a Unix socket's path is at most 107 bytes: use a shorter \
+         --keys folder)"
+    )]
+    PathTooLong(String, #[source] io::Error),
+    #[error("{0}: {1}")]
+    Io(String, #[source] io::Error),
     #[error("cannot accept on the agent's socket: {0}")]
     Accept(#[source] io::Error),
 }
 
-/// Serves commands on `listener` until `stop` completes, a [`Request::Stop`] comes, or
-/// `config.persist` passes without a request. `client`: a connection already made (the command
-/// line makes one first, so that a wrong address or key fails at once); otherwise the first
-/// message connects.
-pub async fn serve(
+/// The agent's socket, `path`, for as long as this value lives: made in a private folder, mode
+/// 0600, then renamed into place, so that it is never reachable with another mode; the keys
+/// folder stays locked (`flock`) meanwhile, so that two agents never share it; removed when
+/// dropped, if what is at `path` is still this socket.
+pub struct AgentSocket {
     listener: UnixListener,
+    path: PathBuf,
+    /// Device and inode of the socket file.
+    made: (u64, u64),
+    /// The keys folder, locked.
+    _lock: std::fs::File,
+}
+
+impl AgentSocket {
+    /// Takes `path` (in its folder, the keys folder) for an agent. A socket left there by an
+    /// agent that is gone is replaced; anything else there is refused. Within a Tokio runtime.
+    pub fn bind(path: &Path) -> Result<AgentSocket, AgentError> {
+        let shown = path.display().to_string();
+        let io_err = |e: io::Error| AgentError::Io(shown.clone(), e);
+        let folder = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let lock = std::fs::File::open(folder).map_err(io_err)?;
+        lock.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => AgentError::AlreadyRunning(shown.clone()),
+            std::fs::TryLockError::Error(e) => io_err(e),
+        })?;
+        // With the folder locked no agent is running for it: a socket there is a dead one's.
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => {}
+            Ok(_) => return Err(AgentError::NotASocket(shown)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(e)),
+        }
+        let private = tempfile::Builder::new()
+            .prefix(".agent")
+            .tempdir_in(folder)
+            .map_err(io_err)?;
+        let first = private.path().join("s");
+        let listener = UnixListener::bind(&first).map_err(|e| {
+            if path.as_os_str().len() >= 108 || first.as_os_str().len() >= 108 {
+                AgentError::PathTooLong(shown.clone(), e)
+            } else {
+                io_err(e)
+            }
+        })?;
+        std::fs::set_permissions(&first, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+        std::fs::rename(&first, path).map_err(io_err)?;
+        let m = std::fs::symlink_metadata(path).map_err(io_err)?;
+        Ok(AgentSocket {
+            listener,
+            path: path.to_owned(),
+            made: (m.dev(), m.ino()),
+            _lock: lock,
+        })
+    }
+
+    /// Removes the socket file if it is still this one: no command finds the agent from now on.
+    fn unlink(&self) {
+        if std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.file_type().is_socket() && (m.dev(), m.ino()) == self.made)
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Drop for AgentSocket {
+    fn drop(&mut self) {
+        self.unlink();
+    }
+}
+
+/// A request read and waiting for its turn, with the command still on the line.
+struct Pending {
+    request: SendRequest,
+    stream: UnixStream,
+    /// When the command stops waiting (from its `wait_s`, counted from when we read it).
+    deadline: Instant,
+}
+
+/// Serves commands on `socket` until `stop` completes, a [`Request::Stop`] comes, or
+/// `config.persist` passes without a message. `client`: a connection already made (the command
+/// line makes one first, so that a wrong address or key fails at once); otherwise the first
+/// message connects. Every command that reached the agent gets an answer, also when it stops:
+/// requests not sent yet are declined, and their commands send by themselves.
+pub async fn serve(
+    socket: AgentSocket,
     config: AgentConfig,
     client: Option<Client>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    let uid = config.uid;
     let mut agent = Agent {
         config,
         client,
         last_used: Instant::now(),
     };
+    let (queue_tx, mut queue) = mpsc::channel::<Pending>(MAX_READERS);
+    let (asked_to_stop, mut stop_asked) = watch::channel(false);
+    let asked_to_stop = Arc::new(asked_to_stop);
+    let mut readers = JoinSet::new();
     tokio::pin!(stop);
-    loop {
+    let ended = loop {
+        while readers.try_join_next().is_some() {}
         let idle = async {
             match agent.config.persist {
                 Some(persist) => tokio::time::sleep_until(agent.last_used + persist).await,
                 None => std::future::pending().await,
             }
         };
-        let stream = tokio::select! {
-            () = &mut stop => return Ok(()),
+        tokio::select! {
+            biased;
+            () = &mut stop => break Ok(()),
+            _ = stop_asked.changed() => {
+                info!("asked to stop");
+                break Ok(());
+            }
+            Some(pending) = queue.recv() => agent.answer(pending).await,
             () = idle => {
                 info!("no message for the agent's persist time: stopping");
-                return Ok(());
+                break Ok(());
             }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+            accepted = socket.listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    if readers.len() >= MAX_READERS {
+                        warn!("too many commands at once; one closed unread");
+                        continue;
+                    }
+                    readers.spawn(read_one(stream, uid, queue_tx.clone(), asked_to_stop.clone()));
+                }
                 // Out of descriptors, say: the command that was turned away sends by itself.
                 Err(e) if is_transient(&e) => {
                     warn!(error = %e, "cannot accept a command's connection");
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
                 }
-                Err(e) => return Err(AgentError::Accept(e)),
+                Err(e) => break Err(AgentError::Accept(e)),
             },
-        };
-        if agent.serve_one(stream).await == Flow::Stop {
-            info!("asked to stop");
-            return Ok(());
+        }
+    };
+    // No new command finds the socket; those already connected, or in the listen queue, are
+    // read and declined.
+    socket.unlink();
+    while let Ok(Ok((stream, _))) =
+        tokio::time::timeout(Duration::ZERO, socket.listener.accept()).await
+    {
+        readers.spawn(read_one(
+            stream,
+            uid,
+            queue_tx.clone(),
+            asked_to_stop.clone(),
+        ));
+    }
+    drop(queue_tx);
+    queue.close();
+    loop {
+        tokio::select! {
+            Some(pending) = queue.recv() => decline_stopping(pending.stream).await,
+            joined = readers.join_next() => if joined.is_none() { break },
         }
     }
+    while let Ok(pending) = queue.try_recv() {
+        decline_stopping(pending.stream).await;
+    }
+    ended
 }
 
 fn is_transient(e: &io::Error) -> bool {
@@ -110,62 +254,110 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
-#[derive(PartialEq, Eq)]
-enum Flow {
-    Go,
-    Stop,
+/// One command's connection: its user checked, its request read within [`SOCKET_TIMEOUT`],
+/// then queued (a send), answered at once (stop, or a request that cannot be read), or dropped.
+async fn read_one(
+    mut stream: UnixStream,
+    uid: u32,
+    queue: mpsc::Sender<Pending>,
+    asked_to_stop: Arc<watch::Sender<bool>>,
+) {
+    match stream.peer_cred() {
+        Ok(peer) if peer.uid() == uid => {}
+        Ok(peer) => {
+            warn!(uid = peer.uid(), "refused a process of another user");
+            return;
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot tell which user a process is; refused");
+            return;
+        }
+    }
+    let body = match tokio::time::timeout(SOCKET_TIMEOUT, read_request(&mut stream)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => return debug!(error = %e, "no request from the command"),
+        Err(_) => return debug!("no request from the command in time"),
+    };
+    let reply = match Request::decode(&body) {
+        Ok(Request::Send(request)) => {
+            let wait = Duration::from_secs(u64::from(request.wait_s));
+            let deadline = Instant::now() + wait.saturating_sub(Duration::from_secs(1));
+            let pending = Pending {
+                request,
+                stream,
+                deadline,
+            };
+            if let Err(mpsc::error::SendError(pending)) = queue.send(pending).await {
+                decline_stopping(pending.stream).await;
+            }
+            return;
+        }
+        Ok(Request::Stop) => {
+            let _ = asked_to_stop.send(true);
+            Reply::Stopping
+        }
+        // Another version of letterlock, say: the command sends the message itself.
+        Err(e) => Reply::Declined(format!("the agent cannot read the request: {e}")),
+    };
+    answer_with(&mut stream, &reply).await;
+}
+
+async fn decline_stopping(mut stream: UnixStream) {
+    let reply = Reply::Declined("the agent is stopping".to_owned());
+    answer_with(&mut stream, &reply).await;
+}
+
+async fn answer_with(stream: &mut UnixStream, reply: &Reply) {
+    let bytes = framed(&reply.encode());
+    let written = tokio::time::timeout(SOCKET_TIMEOUT, stream.write_all(&bytes)).await;
+    if !matches!(written, Ok(Ok(()))) {
+        debug!("the command left before its answer");
+    }
+}
+
+/// True when the command closed its end: it stopped waiting, and its message must not go.
+fn command_gone(stream: &UnixStream) -> bool {
+    let mut byte = [0; 1];
+    match stream.try_read(&mut byte) {
+        Ok(0) => true,
+        // A byte after the request: the command is still there (and broke the protocol).
+        Ok(_) => false,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    }
 }
 
 struct Agent {
     config: AgentConfig,
     /// The kept connection; `None` until the next message makes one.
     client: Option<Client>,
-    /// When the last command was answered.
+    /// When the last message was sent.
     last_used: Instant,
 }
 
 impl Agent {
-    /// One command's connection: its user checked, one request read, answered.
-    async fn serve_one(&mut self, mut stream: UnixStream) -> Flow {
-        match stream.peer_cred() {
-            Ok(peer) if peer.uid() == self.config.uid => {}
-            Ok(peer) => {
-                warn!(uid = peer.uid(), "refused a process of another user");
-                return Flow::Go;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot tell which user a process is; refused");
-                return Flow::Go;
-            }
+    /// A queued request: sent, unless its command already left, within the time its command
+    /// waits; then answered.
+    async fn answer(&mut self, pending: Pending) {
+        let Pending {
+            request,
+            mut stream,
+            deadline,
+        } = pending;
+        if command_gone(&stream) {
+            debug!("the command stopped waiting before its turn; its message is not sent");
+            return;
         }
-        let timeout = self.config.socket_timeout;
-        let body = match tokio::time::timeout(timeout, read_request(&mut stream)).await {
-            Ok(Ok(body)) => body,
-            Ok(Err(e)) => {
-                debug!(error = %e, "no request from the command");
-                return Flow::Go;
-            }
-            Err(_) => {
-                debug!("no request from the command in time");
-                return Flow::Go;
-            }
+        let wait_s = request.wait_s;
+        let reply = match tokio::time::timeout_at(deadline, self.send(request)).await {
+            Ok(reply) => reply,
+            // The connection, in the middle of a message, went with the cancelled send.
+            Err(_) => Reply::NotDelivered(format!(
+                "no proof of delivery within the {wait_s} s the command waits; the message may \
+                 or may not have been delivered"
+            )),
         };
-        let (reply, flow) = match Request::decode(&body) {
-            Ok(Request::Send(request)) => (self.send(request).await, Flow::Go),
-            Ok(Request::Stop) => (Reply::Stopping, Flow::Stop),
-            // Another version of letterlock, say: the command sends the message itself.
-            Err(e) => (
-                Reply::Declined(format!("the agent cannot read the request: {e}")),
-                Flow::Go,
-            ),
-        };
-        let answered =
-            tokio::time::timeout(timeout, stream.write_all(&framed(&reply.encode()))).await;
-        if !matches!(answered, Ok(Ok(()))) {
-            debug!("the command left before its answer");
-        }
         self.last_used = Instant::now();
-        flow
+        answer_with(&mut stream, &reply).await;
     }
 
     /// Seals `request` with the kept key and sends it: the answer is "delivered" only once the
@@ -194,13 +386,13 @@ impl Agent {
         };
         let backoff = self.config.backoff;
         let (mut result, sealed) = client.send_sealing_kept(sealing, backoff, on_retry).await;
-        if let (true, Err(e), Some((bytes, sealed))) = (was_kept, &result, &sealed)
-            && connection_lost(e)
+        if let (true, Err(first), Some((bytes, sealed))) = (was_kept, &result, &sealed)
+            && connection_lost(first)
         {
             // The same bytes carry the same message id: a server that stored the first copy
             // acks this one instead of storing it twice.
-            debug!(error = %e, "the kept connection is gone; sending again on a new one");
-            result = match self.connect().await {
+            debug!(error = %first, "the kept connection is gone; sending again on a new one");
+            let again = match self.connect().await {
                 Ok(fresh) => {
                     client = fresh;
                     client
@@ -209,6 +401,13 @@ impl Agent {
                 }
                 Err(e) => Err(e),
             };
+            result = again.map_err(|second| {
+                let id = sealed.header.message_id;
+                ClientError::NotProven(format!(
+                    "{first} on the kept connection, then {second} on a new one: message {id} \
+                     may or may not have been stored"
+                ))
+            });
         }
         match result {
             Ok(Delivery {
@@ -216,8 +415,6 @@ impl Agent {
                 header,
                 plaintext_len,
             }) => {
-                // After a failure the connection's state is unknown: the next message makes a
-                // new one.
                 self.client = Some(client);
                 Reply::Delivered {
                     id,
@@ -225,6 +422,8 @@ impl Agent {
                     mode: header.mode,
                 }
             }
+            // After a failure the connection's state is unknown: the next message makes a new
+            // one.
             Err(e) => Reply::NotDelivered(e.to_string()),
         }
     }
@@ -238,7 +437,7 @@ impl Agent {
             asymmetric_limit: request.max_asymmetric,
             ..SealOptions::mode(request.mode)
         };
-        let message: Zeroizing<Vec<u8>> = request.message;
+        let message = request.message;
         Sealing::start(&self.config.server, request.mode, move |out| {
             envelope::seal_slice(identity.as_ref(), &server, &opts, &message, out)
         })
@@ -261,11 +460,11 @@ impl Agent {
 }
 
 /// A failure after which the same message may well go through on a new connection: the kept
-/// one was closed under it (the server's idle timeout, a restart).
+/// one was closed under it (the server's idle timeout, a restart). Not a wrong acknowledgement.
 fn connection_lost(e: &ClientError) -> bool {
     matches!(
         e,
-        ClientError::Closed | ClientError::Io(_) | ClientError::NotProven(_)
+        ClientError::Closed | ClientError::Io(_) | ClientError::NoAck(_)
     )
 }
 
