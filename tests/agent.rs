@@ -242,6 +242,32 @@ fn a_file_where_the_socket_should_be_is_ignored() {
     assert_eq!(stored(d, &id_in(&out)), "sent directly");
 }
 
+/// 32 connections that never write hold every reader; the next command is declined as busy,
+/// sends by itself, and its message arrives.
+#[test]
+fn more_commands_than_readers_are_declined_not_lost() {
+    let (dir, server) = folder_with_server();
+    let d = dir.path();
+    let _agent = Agent::start(d, &server.addr, &[]);
+    let socket = d.join("client_agent.sock");
+    let idle: Vec<_> = (0..32)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    // Let the agent accept them all.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (code, out, err) = send(d, &server.addr, &["the 33rd"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains(BY_AGENT), "{err}");
+    // Declined as busy: read as such, or, when the agent closed before the command wrote, a
+    // request that could not be handed over; either way the command sent it.
+    assert!(
+        err.contains("busy") || err.contains("cannot hand the message to the agent"),
+        "{err}"
+    );
+    assert_eq!(stored(d, &id_in(&out)), "the 33rd");
+    drop(idle);
+}
+
 #[test]
 fn the_agent_stops_after_its_persist_time_without_a_message() {
     let (dir, server) = folder_with_server();

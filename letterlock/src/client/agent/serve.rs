@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +31,9 @@ use crate::tls::TlsOptions;
 /// before a message is written to it; one the server closed sooner is found out by the send,
 /// which then goes again, byte for byte, on a new connection.
 const REUSE_FOR: Duration = Duration::from_secs(90);
+
+/// The longest path a Unix socket can have, plus one (`sun_path` holds 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 108;
 
 /// How long a command may take to write its request, and to take its answer.
 pub const SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,10 +72,10 @@ pub enum AgentError {
     #[error("{0} exists and is not a socket; move it away to start an agent")]
     NotASocket(String),
     #[error(
-        "cannot listen on {0}: {1} (a Unix socket's path is at most 107 bytes: use a shorter \
-         --keys folder)"
+        "cannot listen on {0}: its path is {1} bytes, and a Unix socket's is at most 107: use a \
+         shorter --keys folder"
     )]
-    PathTooLong(String, #[source] io::Error),
+    PathTooLong(String, usize),
     #[error("{0}: {1}")]
     Io(String, #[source] io::Error),
     #[error("cannot accept on the agent's socket: {0}")]
@@ -80,15 +83,15 @@ pub enum AgentError {
 }
 
 /// The agent's socket, `path`, for as long as this value lives: made in a private folder, mode
-/// 0600, then renamed into place, so that it is never reachable with another mode; the keys
-/// folder stays locked (`flock`) meanwhile, so that two agents never share it; removed when
-/// dropped, if what is at `path` is still this socket.
+/// 0600, then renamed into place, so that it is never reachable with another mode; the file
+/// beside it with the extension `.lock` stays locked (`flock`) meanwhile, so that two agents
+/// never share a keys folder; removed when dropped, if what is at `path` is still this socket.
 pub struct AgentSocket {
     listener: UnixListener,
     path: PathBuf,
     /// Device and inode of the socket file.
     made: (u64, u64),
-    /// The keys folder, locked.
+    /// `client_agent.lock` beside the socket, locked.
     _lock: std::fs::File,
 }
 
@@ -102,7 +105,18 @@ impl AgentSocket {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let lock = std::fs::File::open(folder).map_err(io_err)?;
+        if path.as_os_str().len() >= MAX_SOCKET_PATH {
+            return Err(AgentError::PathTooLong(shown, path.as_os_str().len()));
+        }
+        // A regular file, not the folder: `flock` on NFS needs a file open for writing.
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path.with_extension("lock"))
+            .map_err(io_err)?;
         lock.try_lock().map_err(|e| match e {
             std::fs::TryLockError::WouldBlock => AgentError::AlreadyRunning(shown.clone()),
             std::fs::TryLockError::Error(e) => io_err(e),
@@ -119,13 +133,7 @@ impl AgentSocket {
             .tempdir_in(folder)
             .map_err(io_err)?;
         let first = private.path().join("s");
-        let listener = UnixListener::bind(&first).map_err(|e| {
-            if path.as_os_str().len() >= 108 || first.as_os_str().len() >= 108 {
-                AgentError::PathTooLong(shown.clone(), e)
-            } else {
-                io_err(e)
-            }
-        })?;
+        let listener = UnixListener::bind(&first).map_err(io_err)?;
         std::fs::set_permissions(&first, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
         std::fs::rename(&first, path).map_err(io_err)?;
         let m = std::fs::symlink_metadata(path).map_err(io_err)?;
@@ -172,22 +180,28 @@ pub async fn serve(
     client: Option<Client>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let uid = config.uid;
-    let mut agent = Agent {
+    let (uid, persist) = (config.uid, config.persist);
+    let (queue_tx, queue) = mpsc::channel::<Pending>(MAX_READERS);
+    let (asked_to_stop, mut stop_asked) = watch::channel(false);
+    let asked_to_stop = Arc::new(asked_to_stop);
+    let (stopping, stopping_rx) = watch::channel(false);
+    let (used_tx, mut used) = watch::channel(Instant::now());
+    // The messages go one at a time on a task of their own, so that this loop keeps accepting,
+    // reading requests and hearing stop while one is being sent.
+    let agent = Agent {
         config,
         client,
         last_used: Instant::now(),
     };
-    let (queue_tx, mut queue) = mpsc::channel::<Pending>(MAX_READERS);
-    let (asked_to_stop, mut stop_asked) = watch::channel(false);
-    let asked_to_stop = Arc::new(asked_to_stop);
+    let sender = tokio::spawn(agent.run(queue, stopping_rx, used_tx));
     let mut readers = JoinSet::new();
     tokio::pin!(stop);
     let ended = loop {
         while readers.try_join_next().is_some() {}
-        let idle = async {
-            match agent.config.persist {
-                Some(persist) => tokio::time::sleep_until(agent.last_used + persist).await,
+        let last = *used.borrow_and_update();
+        let idle = async move {
+            match persist.and_then(|p| last.checked_add(p)) {
+                Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
@@ -198,17 +212,20 @@ pub async fn serve(
                 info!("asked to stop");
                 break Ok(());
             }
-            Some(pending) = queue.recv() => agent.answer(pending).await,
+            // A message started or ended: the idle time counts from now.
+            changed = used.changed() => if changed.is_err() { break Ok(()) },
             () = idle => {
                 info!("no message for the agent's persist time: stopping");
                 break Ok(());
             }
             accepted = socket.listener.accept() => match accepted {
+                Ok((stream, _)) if readers.len() >= MAX_READERS => {
+                    warn!("too many commands at once; one declined unread");
+                    // Written before the close, so the command reads it and sends by itself.
+                    let reply = Reply::Declined("the agent is busy".to_owned());
+                    let _ = stream.try_write(&framed(&reply.encode()));
+                }
                 Ok((stream, _)) => {
-                    if readers.len() >= MAX_READERS {
-                        warn!("too many commands at once; one closed unread");
-                        continue;
-                    }
                     readers.spawn(read_one(stream, uid, queue_tx.clone(), asked_to_stop.clone()));
                 }
                 // Out of descriptors, say: the command that was turned away sends by itself.
@@ -221,7 +238,8 @@ pub async fn serve(
         }
     };
     // No new command finds the socket; those already connected, or in the listen queue, are
-    // read and declined.
+    // read, and what is not sent yet is declined; the message being sent, if any, finishes
+    // within its command's time.
     socket.unlink();
     while let Ok(Ok((stream, _))) =
         tokio::time::timeout(Duration::ZERO, socket.listener.accept()).await
@@ -233,17 +251,10 @@ pub async fn serve(
             asked_to_stop.clone(),
         ));
     }
+    let _ = stopping.send(true);
     drop(queue_tx);
-    queue.close();
-    loop {
-        tokio::select! {
-            Some(pending) = queue.recv() => decline_stopping(pending.stream).await,
-            joined = readers.join_next() => if joined.is_none() { break },
-        }
-    }
-    while let Ok(pending) = queue.try_recv() {
-        decline_stopping(pending.stream).await;
-    }
+    while readers.join_next().await.is_some() {}
+    let _ = sender.await;
     ended
 }
 
@@ -316,13 +327,17 @@ async fn answer_with(stream: &mut UnixStream, reply: &Reply) {
 }
 
 /// True when the command closed its end: it stopped waiting, and its message must not go.
+/// Asks the kernel (a peek that does not wait), not Tokio's cached readiness.
 fn command_gone(stream: &UnixStream) -> bool {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
     let mut byte = [0; 1];
-    match stream.try_read(&mut byte) {
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    match recv(stream.as_raw_fd(), &mut byte, flags) {
         Ok(0) => true,
         // A byte after the request: the command is still there (and broke the protocol).
         Ok(_) => false,
-        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+        Err(e) => e != nix::errno::Errno::EAGAIN,
     }
 }
 
@@ -330,13 +345,41 @@ struct Agent {
     config: AgentConfig,
     /// The kept connection; `None` until the next message makes one.
     client: Option<Client>,
-    /// When the last message was sent.
+    /// When the last message was sent (the kept connection's last use).
     last_used: Instant,
 }
 
 impl Agent {
-    /// A queued request: sent, unless its command already left, within the time its command
-    /// waits; then answered.
+    /// Sends the queued messages one at a time until `stopping`, then declines what is left;
+    /// `used` hears when each starts and ends (the idle time counts from then).
+    async fn run(
+        mut self,
+        mut queue: mpsc::Receiver<Pending>,
+        mut stopping: watch::Receiver<bool>,
+        used: watch::Sender<Instant>,
+    ) {
+        loop {
+            let pending = tokio::select! {
+                biased;
+                _ = stopping.wait_for(|s| *s) => break,
+                pending = queue.recv() => match pending {
+                    Some(pending) => pending,
+                    None => break,
+                },
+            };
+            let _ = used.send(Instant::now());
+            self.answer(pending).await;
+            let _ = used.send(Instant::now());
+        }
+        // Readers that queue from now on find the queue closed and decline by themselves.
+        queue.close();
+        while let Some(pending) = queue.recv().await {
+            decline_stopping(pending.stream).await;
+        }
+    }
+
+    /// A queued request: sent, unless its command already left or its time ran out, within the
+    /// time its command waits; then answered.
     async fn answer(&mut self, pending: Pending) {
         let Pending {
             request,
@@ -347,6 +390,12 @@ impl Agent {
             debug!("the command stopped waiting before its turn; its message is not sent");
             return;
         }
+        if Instant::now() >= deadline {
+            let reply = Reply::NotDelivered(
+                "not sent: the time the command waits ran out before its turn".to_owned(),
+            );
+            return answer_with(&mut stream, &reply).await;
+        }
         let wait_s = request.wait_s;
         let reply = match tokio::time::timeout_at(deadline, self.send(request)).await {
             Ok(reply) => reply,
@@ -356,7 +405,9 @@ impl Agent {
                  or may not have been delivered"
             )),
         };
-        self.last_used = Instant::now();
+        if !matches!(reply, Reply::Declined(_)) {
+            self.last_used = Instant::now();
+        }
         answer_with(&mut stream, &reply).await;
     }
 
@@ -379,7 +430,7 @@ impl Agent {
         let was_kept = kept.is_some();
         let mut client = match kept {
             Some(client) => client,
-            None => match self.connect().await {
+            None => match connect(&self.config).await {
                 Ok(client) => client,
                 Err(e) => return Reply::NotDelivered(e.to_string()),
             },
@@ -392,7 +443,7 @@ impl Agent {
             // The same bytes carry the same message id: a server that stored the first copy
             // acks this one instead of storing it twice.
             debug!(error = %first, "the kept connection is gone; sending again on a new one");
-            let again = match self.connect().await {
+            let again = match connect(&self.config).await {
                 Ok(fresh) => {
                     client = fresh;
                     client
@@ -403,6 +454,7 @@ impl Agent {
             };
             result = again.map_err(|second| {
                 let id = sealed.header.message_id;
+                let (first, second) = (cause(first), cause(&second));
                 ClientError::NotProven(format!(
                     "{first} on the kept connection, then {second} on a new one: message {id} \
                      may or may not have been stored"
@@ -442,21 +494,21 @@ impl Agent {
             envelope::seal_slice(identity.as_ref(), &server, &opts, &message, out)
         })
     }
+}
 
-    async fn connect(&self) -> Result<Client, ClientError> {
-        let c = &self.config;
-        debug!(server = %c.server_addr, "connecting");
-        Client::connect_retrying(
-            &c.server_addr,
-            c.identity.clone(),
-            c.server.clone(),
-            c.client.clone(),
-            Transport::Tls(c.tls),
-            c.backoff,
-            on_retry,
-        )
-        .await
-    }
+/// A new connection to the agent's server, as a command would make it.
+async fn connect(c: &AgentConfig) -> Result<Client, ClientError> {
+    debug!(server = %c.server_addr, "connecting");
+    Client::connect_retrying(
+        &c.server_addr,
+        c.identity.clone(),
+        c.server.clone(),
+        c.client.clone(),
+        Transport::Tls(c.tls),
+        c.backoff,
+        on_retry,
+    )
+    .await
 }
 
 /// A failure after which the same message may well go through on a new connection: the kept
@@ -466,6 +518,15 @@ fn connection_lost(e: &ClientError) -> bool {
         e,
         ClientError::Closed | ClientError::Io(_) | ClientError::NoAck(_)
     )
+}
+
+/// What went wrong, without the "delivery NOT proven" the combined error says once.
+fn cause(e: &ClientError) -> String {
+    match e {
+        ClientError::NoAck(inner) => format!("no acknowledgement ({inner})"),
+        ClientError::NotProven(why) => why.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Says in the log why a message waits before it is sent again.
