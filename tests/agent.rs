@@ -67,6 +67,13 @@ fn folder_with_server() -> (tempfile::TempDir, BinServer) {
     (dir, server)
 }
 
+/// A classroom folder with a server running on it and an agent for that server.
+fn folder_with_agent() -> (tempfile::TempDir, BinServer, Agent) {
+    let (dir, server) = folder_with_server();
+    let agent = Agent::start(dir.path(), &server.addr, &[]);
+    (dir, server, agent)
+}
+
 /// `send_msg -v --server ADDR ARGS`: exit status, stdout, stderr; the log says whether the
 /// agent sent it.
 fn send(dir: &Path, addr: &str, args: &[&str]) -> (i32, String, String) {
@@ -86,6 +93,16 @@ fn id_in(out: &str) -> String {
         .to_owned()
 }
 
+/// Sends `text` to the server at `addr` and requires it sent by the command itself, not the
+/// agent, and stored as sent; what the command said on stderr.
+fn sent_directly(dir: &Path, addr: &str, text: &str) -> String {
+    let (code, out, err) = send(dir, addr, &[text]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains(BY_AGENT), "{err}");
+    assert_eq!(stored(dir, &id_in(&out)), text);
+    err
+}
+
 /// What the server stored under `id`.
 fn stored(dir: &Path, id: &str) -> String {
     let (code, out, err) = run(dir, &["server", "read", id]);
@@ -95,9 +112,8 @@ fn stored(dir: &Path, id: &str) -> String {
 
 #[test]
 fn send_msg_hands_its_message_to_the_agent_and_says_what_it_would_have_said() {
-    let (dir, server) = folder_with_server();
+    let (dir, server, agent) = folder_with_agent();
     let d = dir.path();
-    let agent = Agent::start(d, &server.addr, &[]);
     let socket = d.join("client_agent.sock");
     let meta = std::fs::symlink_metadata(&socket).unwrap();
     assert!(meta.file_type().is_socket());
@@ -135,17 +151,13 @@ fn send_msg_hands_its_message_to_the_agent_and_says_what_it_would_have_said() {
     assert_eq!(code, 0, "{err}");
     assert!(!socket.exists());
     // Without it, the same command sends by itself.
-    let (code, out, err) = send(d, &server.addr, &["after the agent"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(!err.contains(BY_AGENT), "{err}");
-    assert_eq!(stored(d, &id_in(&out)), "after the agent");
+    sent_directly(d, &server.addr, "after the agent");
 }
 
 #[test]
 fn what_the_agent_does_not_take_is_sent_by_the_command_itself() {
-    let (dir, server) = folder_with_server();
+    let (dir, server, _agent) = folder_with_agent();
     let d = dir.path();
-    let _agent = Agent::start(d, &server.addr, &[]);
     let port = server.addr.rsplit(':').next().unwrap();
     let other_name = format!("localhost:{port}");
     let big = vec![b'x'; 64 * 1024 + 1];
@@ -186,9 +198,8 @@ fn what_the_agent_does_not_take_is_sent_by_the_command_itself() {
 
 #[test]
 fn a_message_the_agent_cannot_send_is_reported_not_delivered() {
-    let (dir, server) = folder_with_server();
+    let (dir, server, _agent) = folder_with_agent();
     let d = dir.path();
-    let _agent = Agent::start(d, &server.addr, &[]);
     // Over the command's own asymmetric limit: the agent refuses to seal it.
     let (code, out, err) = send(
         d,
@@ -210,9 +221,7 @@ fn one_agent_per_key_folder_and_a_dead_agent_socket_is_replaced() {
     // takes its place.
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     assert!(socket.exists());
-    let (code, _, err) = send(d, &server.addr, &["no agent behind the socket"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(!err.contains(BY_AGENT), "{err}");
+    sent_directly(d, &server.addr, "no agent behind the socket");
     let _agent = Agent::start(d, &server.addr, &[]);
     let (code, _, err) = send(d, &server.addr, &["to the new agent"]);
     assert_eq!(code, 0, "{err}");
@@ -235,36 +244,30 @@ fn a_file_where_the_socket_should_be_is_ignored() {
     let (dir, server) = folder_with_server();
     let d = dir.path();
     std::fs::write(d.join("client_agent.sock"), b"not a socket").unwrap();
-    let (code, out, err) = send(d, &server.addr, &["sent directly"]);
-    assert_eq!(code, 0, "{err}");
+    let err = sent_directly(d, &server.addr, "sent directly");
     assert!(err.contains("ignoring the agent socket"), "{err}");
     assert!(err.contains("not a socket"), "{err}");
-    assert_eq!(stored(d, &id_in(&out)), "sent directly");
 }
 
 /// 32 connections that never write hold every reader; the next command is declined as busy,
 /// sends by itself, and its message arrives.
 #[test]
 fn more_commands_than_readers_are_declined_not_lost() {
-    let (dir, server) = folder_with_server();
+    let (dir, server, _agent) = folder_with_agent();
     let d = dir.path();
-    let _agent = Agent::start(d, &server.addr, &[]);
     let socket = d.join("client_agent.sock");
     let idle: Vec<_> = (0..32)
         .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
         .collect();
     // Let the agent accept them all.
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let (code, out, err) = send(d, &server.addr, &["the 33rd"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(!err.contains(BY_AGENT), "{err}");
+    let err = sent_directly(d, &server.addr, "the 33rd");
     // Declined as busy: read as such, or, when the agent closed before the command wrote, a
     // request that could not be handed over; either way the command sent it.
     assert!(
         err.contains("busy") || err.contains("cannot hand the message to the agent"),
         "{err}"
     );
-    assert_eq!(stored(d, &id_in(&out)), "the 33rd");
     drop(idle);
 }
 
@@ -306,13 +309,9 @@ fn an_agent_whose_server_restarted_sends_on_a_new_connection() {
 #[test]
 #[ignore = "slow tier: runs a command as another user (root and runuser needed)"]
 fn another_users_process_is_turned_away() {
-    assert!(
-        nix_is_root(),
-        "this test runs a command as the `postgres` user: run it as root (as .ci/run does)"
-    );
-    let (dir, server) = folder_with_server();
+    require_root();
+    let (dir, server, _agent) = folder_with_agent();
     let d = dir.path();
-    let _agent = Agent::start(d, &server.addr, &[]);
     let socket = d.join("client_agent.sock");
     // Open the folder and the socket to everyone: only the user id check is left.
     std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -327,12 +326,11 @@ try:
 except (BrokenPipeError, ConnectionResetError):
     print("closed")
 "#;
-    let out = std::process::Command::new("runuser")
-        .args(["-u", "postgres", "--", "python3", "-c", probe])
+    let out = as_postgres(probe)
         .arg(&socket)
         .arg(&server.addr)
         .output()
-        .expect("runuser (util-linux) and python3 are needed: apt-get install util-linux python3");
+        .expect(NEEDS_RUNUSER);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         said.trim() == "closed",
@@ -355,10 +353,7 @@ except (BrokenPipeError, ConnectionResetError):
 #[test]
 #[ignore = "slow tier: runs a listener as another user (root and runuser needed)"]
 fn a_socket_that_is_not_the_users_agent_gets_nothing() {
-    assert!(
-        nix_is_root(),
-        "this test runs a listener as the `postgres` user: run it as root (as .ci/run does)"
-    );
+    require_root();
     let (dir, server) = folder_with_server();
     let d = dir.path();
     std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -382,30 +377,25 @@ while True:
         pass
     open(record, "ab").write(data); c.close()
 "#;
-    let mut fake = std::process::Command::new("runuser")
-        .args(["-u", "postgres", "--", "python3", "-c", listener])
+    let mut fake = as_postgres(listener)
         .arg(&socket)
         .arg(&record)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("runuser (util-linux) and python3 are needed: apt-get install util-linux python3");
+        .expect(NEEDS_RUNUSER);
     let mut ready = String::new();
     BufReader::new(fake.stdout.take().unwrap())
         .read_line(&mut ready)
         .unwrap();
     assert_eq!(ready.trim(), "ready");
-    let (code, out, err) = send(d, &server.addr, &["top secret, owned by postgres"]);
-    assert_eq!(code, 0, "{err}");
+    let err = sent_directly(d, &server.addr, "top secret, owned by postgres");
     assert!(err.contains("owned by user id"), "{err}");
-    assert_eq!(stored(d, &id_in(&out)), "top secret, owned by postgres");
     // Root owns the socket file now, but the process behind it is still postgres's.
     std::os::unix::fs::chown(&socket, Some(0), Some(0)).unwrap();
-    let (code, out, err) = send(d, &server.addr, &["top secret, served by postgres"]);
-    assert_eq!(code, 0, "{err}");
+    let err = sent_directly(d, &server.addr, "top secret, served by postgres");
     assert!(err.contains("served by user id"), "{err}");
-    assert_eq!(stored(d, &id_in(&out)), "top secret, served by postgres");
     let _ = fake.kill();
     let _ = fake.wait();
     let got = std::fs::read(&record).unwrap();
@@ -416,6 +406,22 @@ while True:
     );
 }
 
-fn nix_is_root() -> bool {
-    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0
+/// The slow tier's tests of another user run as root, as `.ci/run` does (and as the PostgreSQL
+/// tests do, to start `initdb` as `postgres`).
+fn require_root() {
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    assert_eq!(
+        uid, 0,
+        "this test runs a program as the `postgres` user: run it as root (as .ci/run does)"
+    );
+}
+
+const NEEDS_RUNUSER: &str =
+    "runuser (util-linux) and python3 are needed: apt-get install util-linux python3";
+
+/// `python3 -c SCRIPT` as the `postgres` user.
+fn as_postgres(script: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new("runuser");
+    cmd.args(["-u", "postgres", "--", "python3", "-c", script]);
+    cmd
 }
