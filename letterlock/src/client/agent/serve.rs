@@ -80,6 +80,10 @@ pub enum AgentError {
     Io(String, #[source] io::Error),
     #[error("cannot accept on the agent's socket: {0}")]
     Accept(#[source] io::Error),
+    /// The task that sends the messages panicked: the commands it had not answered were
+    /// declined or told there was no answer.
+    #[error("the agent's sending task failed: {0}")]
+    Sender(#[source] tokio::task::JoinError),
 }
 
 /// The agent's socket, `path`, for as long as this value lives: made in a private folder, mode
@@ -254,7 +258,7 @@ pub async fn serve(
     let _ = stopping.send(true);
     drop(queue_tx);
     while readers.join_next().await.is_some() {}
-    let _ = sender.await;
+    sender.await.map_err(AgentError::Sender)?;
     ended
 }
 
