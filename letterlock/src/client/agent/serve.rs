@@ -550,3 +550,31 @@ async fn read_request(stream: &mut UnixStream) -> io::Result<Zeroizing<Vec<u8>>>
     stream.read_exact(&mut body).await?;
     Ok(body)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel is asked, whatever Tokio last saw: a command that is still connected, even
+    /// one that wrote a stray byte, is not gone; one that closed its end is.
+    #[tokio::test]
+    async fn a_command_is_gone_only_once_it_closed_its_end() {
+        let (agent_end, command_end) = UnixStream::pair().unwrap();
+        assert!(!command_gone(&agent_end));
+        drop(command_end);
+        assert!(command_gone(&agent_end));
+
+        let (agent_end, mut command_end) = UnixStream::pair().unwrap();
+        command_end.write_all(b"x").await.unwrap();
+        assert!(!command_gone(&agent_end));
+
+        // After a request was read in full (Tokio's readiness then cleared), the same.
+        let (mut agent_end, mut command_end) = UnixStream::pair().unwrap();
+        command_end.write_all(&framed(b"LLA1\x02")).await.unwrap();
+        let body = read_request(&mut agent_end).await.unwrap();
+        assert_eq!(&body[..], b"LLA1\x02");
+        assert!(!command_gone(&agent_end));
+        drop(command_end);
+        assert!(command_gone(&agent_end));
+    }
+}
