@@ -235,9 +235,9 @@ fn check_handed_over(folder: &Folder, command: &[OsString]) -> Result<(), BenchE
 }
 
 /// A server or agent child: killed and waited for when dropped.
-struct ServerChild(Child);
+struct BackgroundChild(Child);
 
-impl Drop for ServerChild {
+impl Drop for BackgroundChild {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -248,7 +248,7 @@ impl Drop for ServerChild {
 fn start_server(
     folder: &Folder,
     command: &[OsString],
-) -> Result<(ServerChild, String), BenchError> {
+) -> Result<(BackgroundChild, String), BenchError> {
     let (child, first) = start_child(folder, command)?;
     let addr = first
         .split_once("listening on ")
@@ -266,11 +266,14 @@ fn start_server(
 /// Starts a long-running child (the server, the agent) and returns its first line, which each
 /// prints once it is ready ("… listening on …"); the rest of its output is read and dropped in
 /// the background so it never blocks on a full pipe.
-fn start_child(folder: &Folder, command: &[OsString]) -> Result<(ServerChild, String), BenchError> {
+fn start_child(
+    folder: &Folder,
+    command: &[OsString],
+) -> Result<(BackgroundChild, String), BenchError> {
     let (program, args) = command
         .split_first()
         .ok_or_else(|| BenchError::Wrong("empty command".into()))?;
-    let mut child = ServerChild(
+    let mut child = BackgroundChild(
         Command::new(program)
             .args(args)
             .current_dir(folder.path())

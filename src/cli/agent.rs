@@ -94,7 +94,6 @@ pub(super) async fn run(a: AgentArgs) -> Result<ExitCode> {
         },
         tls: letterlock::tls::TlsOptions::default(),
         backoff: backoff(a.conn.timeout),
-        uid: nix::unistd::getuid().as_raw(),
         persist,
     };
     agent::serve(socket, config, Some(client), signals).await?;

@@ -127,16 +127,15 @@ pub(super) enum ClientCommand {
     /// folder (KEYS/client_agent.sock) instead of reading the key and connecting itself.
     #[command(
         after_help = "Run it in the background (`letterlock client agent &`) or in another \
-                      terminal; a passphrase-protected key is asked for on the terminal, so \
-                      start such an agent in the foreground of one (or give the passphrase \
-                      with --passphrase-file or LETTERLOCK_PASSPHRASE). While it runs, `client send_msg` with the same --keys and \
-                      --server hands it any message of up to 64 KiB given as TEXT or --file, \
-                      and prints what it would have printed: \"delivered\" still means the \
-                      server proved it decrypted and stored the message. Larger messages, \
-                      stdin, --to and --no-agent are sent by the command itself, as when no \
-                      agent runs. A passphrase-protected key is asked for once, here. The agent \
-                      keeps the server key it started with: restart it after pinning a new \
-                      one.\n\n\
+                      terminal. A passphrase-protected key is asked for once, here, on the \
+                      terminal: start such an agent in the foreground of one, or give the \
+                      passphrase with --passphrase-file or LETTERLOCK_PASSPHRASE. While it runs, \
+                      `client send_msg` with the same --keys and --server hands it any message \
+                      of up to 64 KiB given as TEXT or --file, and prints what it would have \
+                      printed: \"delivered\" still means the server proved it decrypted and \
+                      stored the message. Larger messages, stdin, --to and --no-agent are sent \
+                      by the command itself, as when no agent runs. The agent keeps the server \
+                      key it started with: restart it after pinning a new one.\n\n\
                       The agent signs and sends whatever a process of your user hands it; other \
                       users cannot connect (the socket is 0600 and every peer's user id is \
                       checked). See docs/SECURITY.md, \"The client agent\".\n\n\

@@ -39,8 +39,8 @@ const MAX_SOCKET_PATH: usize = 108;
 pub const SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Requests read at once: a stuck process of the agent's user holds one of these for at most
-/// [`SOCKET_TIMEOUT`]; connections beyond them are closed unread (their commands send by
-/// themselves, or report no answer if they had written their request).
+/// [`SOCKET_TIMEOUT`]; a connection beyond them is declined as busy, unread, and its command
+/// sends by itself.
 const MAX_READERS: usize = 32;
 
 /// What an agent holds and how it behaves.
@@ -57,9 +57,6 @@ pub struct AgentConfig {
     pub tls: TlsOptions,
     /// Retries of a busy or unavailable server, for each message.
     pub backoff: Backoff,
-    /// The only user id whose processes are served; a process of any other user is closed on
-    /// before a byte is read.
-    pub uid: u32,
     /// Stop after this long without a message; `None`: only when stopped.
     pub persist: Option<Duration>,
 }
@@ -125,7 +122,7 @@ impl AgentSocket {
             std::fs::TryLockError::WouldBlock => AgentError::AlreadyRunning(shown.clone()),
             std::fs::TryLockError::Error(e) => io_err(e),
         })?;
-        // With the folder locked no agent is running for it: a socket there is a dead one's.
+        // With the lock held no agent is running for this folder: a socket there is a dead one's.
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_socket() => {}
             Ok(_) => return Err(AgentError::NotASocket(shown)),
@@ -184,7 +181,9 @@ pub async fn serve(
     client: Option<Client>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let (uid, persist) = (config.uid, config.persist);
+    // Only processes of the agent's own user are served: the user it runs as.
+    let uid = nix::unistd::getuid().as_raw();
+    let persist = config.persist;
     let (queue_tx, queue) = mpsc::channel::<Pending>(MAX_READERS);
     let (asked_to_stop, mut stop_asked) = watch::channel(false);
     let asked_to_stop = Arc::new(asked_to_stop);
