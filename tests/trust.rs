@@ -363,8 +363,11 @@ fn the_store_is_created_beside_the_keys_private_to_its_owner() {
     assert_eq!(mode(&blobs), 0o700);
 }
 
+/// A mailbox at the old default place (the working folder) and none beside the keys: the
+/// server commands refuse and say how to choose, since it may be another server identity's
+/// mailbox (its trusted clients, its queued messages); `--store` names either.
 #[test]
-fn a_mailbox_at_the_old_default_place_is_used_with_a_warning() {
+fn a_mailbox_at_the_old_default_place_is_not_used_without_being_named() {
     let s = Setup::new();
     // A store in the working folder, as the old default made it.
     ok_text(
@@ -381,11 +384,33 @@ fn a_mailbox_at_the_old_default_place_is_used_with_a_warning() {
             "letterlock-server.db",
         ],
     );
-    let said = s.server_ok(&["server", "clients"]);
-    assert!(said.contains("old default"), "{said}");
-    assert!(said.contains("mv letterlock-server.db"), "{said}");
-    assert!(said.contains("bob"), "the old mailbox was not used: {said}");
+    for command in [
+        &["server", "clients"][..],
+        &["server", "inbox"],
+        &["server", "migrate"],
+    ] {
+        let said = s.server_fails(command);
+        assert!(said.contains("old default place"), "{command:?}: {said}");
+        assert!(said.contains("mv letterlock-server.db"), "{said}");
+        assert!(said.contains("--store srv/letterlock-server.db"), "{said}");
+    }
     assert!(!s.dir("srv").join("letterlock-server.db").exists());
+
+    // Named, it is used.
+    let said = s.server_ok(&["server", "clients", "--store", "letterlock-server.db"]);
+    assert!(said.contains("bob"), "the old mailbox was not used: {said}");
+    // A new one beside the keys, named once, is the default from then on.
+    s.server_ok(&["server", "clients", "--store", "srv/letterlock-server.db"]);
+    let said = s.server_ok(&["server", "clients"]);
+    assert!(!said.contains("bob"), "the old mailbox was used: {said}");
+}
+
+/// `--keys` naming no folder is an error, not the working folder's mailbox.
+#[test]
+fn server_commands_refuse_a_keys_folder_that_does_not_exist() {
+    let s = Setup::new();
+    let said = fails_text(&s.root, &["server", "inbox", "--keys", "typo"]);
+    assert!(said.contains("no folder typo (--keys)"), "{said}");
 }
 
 /// Two clients' messages with the same id (ids are unique per sender only): `server read ID`

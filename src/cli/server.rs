@@ -274,7 +274,7 @@ pub(super) async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
-    let store_path = store_path(&a.keys, a.store.as_deref());
+    let store_path = store_path(&a.keys, a.store.as_deref())?;
     let _only_server = lock_sqlite_mailbox(&store_path)?;
     let store = Arc::new(create_store(&store_path).await?);
     import_key_files(store.as_ref(), &a.keys).await?;
@@ -452,12 +452,20 @@ fn parse_time(text: &str) -> Result<u64> {
     )
 }
 
-/// The mailbox `--store` names, or the one beside the keys. A mailbox at the old default
-/// (./letterlock-server.db in the working folder) is used, with a warning saying how to move
-/// it, when there is none beside the keys: an upgrade never silently starts an empty mailbox.
-pub(super) fn store_path(keys_dir: &Path, store: Option<&Path>) -> PathBuf {
+/// The mailbox `--store` names, or the one beside the keys. A mailbox at the old default place
+/// (./letterlock-server.db in the working folder) with none beside the keys is an error that
+/// says how to choose, not a guess: using it could give a new server identity another server's
+/// trusted clients and queued messages, and ignoring it would start an empty mailbox in its
+/// place on an upgrade.
+pub(super) fn store_path(keys_dir: &Path, store: Option<&Path>) -> Result<PathBuf> {
     if let Some(store) = store {
-        return store.to_path_buf();
+        return Ok(store.to_path_buf());
+    }
+    if !keys_dir.is_dir() {
+        bail!(
+            "no folder {} (--keys): give the folder that holds server_private.pem",
+            keys_dir.display()
+        );
     }
     let beside = keys_dir.join(STORE_FILE);
     let old = Path::new(STORE_FILE);
@@ -466,17 +474,17 @@ pub(super) fn store_path(keys_dir: &Path, store: Option<&Path>) -> PathBuf {
         _ => false,
     };
     if !beside.exists() && old.exists() && !same {
-        warn!(
-            "using the mailbox {STORE_FILE} in the working folder (the old default); the \
-             default is now {} beside the keys. Move it there while no server runs: `mv \
-             {STORE_FILE} {STORE_FILE}.blobs {dir}/` (and {STORE_FILE}-wal, {STORE_FILE}-shm if \
-             present), or pass --store {STORE_FILE}",
+        bail!(
+            "there is a mailbox {STORE_FILE} in the working folder (the old default place) and \
+             none beside the keys in {dir}; say which to use. If it is this server's mailbox, move \
+             it while no server runs: `mv {STORE_FILE} {STORE_FILE}.blobs {dir}/` (and \
+             {STORE_FILE}-wal, {STORE_FILE}-shm if present), or pass --store {STORE_FILE}; for a \
+             new mailbox beside the keys, pass --store {}",
             beside.display(),
             dir = keys_dir.display(),
         );
-        return old.to_path_buf();
     }
-    beside
+    Ok(beside)
 }
 
 /// Holds `MAILBOX.lock` for as long as the server runs, so a second `letterlock server` on the
@@ -555,7 +563,7 @@ pub(super) async fn create_store(path: &Path) -> Result<AnyStore> {
 /// know yet. `create`: the server and `server trust` may create it; the other commands refuse a
 /// missing one (a mistyped --store must not quietly answer from an empty mailbox).
 async fn open_mailbox(mailbox: &MailboxArgs, create: bool) -> Result<AnyStore> {
-    let path = store_path(&mailbox.keys, mailbox.store.as_deref());
+    let path = store_path(&mailbox.keys, mailbox.store.as_deref())?;
     // A new mailbox only where a server lives: `server trust` run in the wrong folder must not
     // start an empty mailbox that no running server reads, and say the server accepts the key.
     let new_file = super::store_admin::postgres_url(&path).is_none() && !path.exists();

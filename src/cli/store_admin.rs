@@ -242,7 +242,7 @@ pub(super) struct MigrateArgs {
 /// letterlock's version, and says which version it has. A server does the same when it
 /// starts; this lets an operator do it once, before starting several servers.
 pub(super) async fn migrate(a: MigrateArgs) -> Result<std::process::ExitCode> {
-    let path = super::server::store_path(&a.mailbox.keys, a.mailbox.store.as_deref());
+    let path = super::server::store_path(&a.mailbox.keys, a.mailbox.store.as_deref())?;
     if let Some(url) = postgres_url(&path) {
         #[cfg(feature = "postgres")]
         {
