@@ -530,6 +530,67 @@ fn the_walk_through_runs_with_encrypted_keys_on_both_sides() {
     );
 }
 
+/// A TLS handshake key kept while the client key had no passphrase is deleted once it has
+/// one: by `letterlock passphrase`, and, for a key encrypted by other means, by the next client
+/// command. Left behind, it would let anyone who reads it make TLS handshakes as the client
+/// for days without the passphrase (SECURITY.md, "The handshake key cache").
+#[test]
+fn a_handshake_key_kept_from_before_a_passphrase_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::copy(common::private_path(ALICE), d.join("server_private.pem")).unwrap();
+    fs::copy(common::private_path(BOB), d.join("client_private.pem")).unwrap();
+    chmod_600(&d.join("server_private.pem"));
+    chmod_600(&d.join("client_private.pem"));
+    fs::copy(common::public_path(ALICE), d.join("server_public.pem")).unwrap();
+    fs::copy(common::public_path(BOB), d.join("client_public.pem")).unwrap();
+    let mut cmd = Command::new(common::BIN);
+    cmd.args(["server", "--listen", "127.0.0.1:0"])
+        .current_dir(d)
+        .stdin(Stdio::null());
+    let server = BinServer::spawn(cmd);
+    let cache = d.join("client_handshake.pem");
+    // stdout and stderr: the deletion is said on stderr.
+    let ok = |args: &[&str], env: &[(&str, &str)]| {
+        let out = letterlock(d, args, env);
+        let said = text(&out);
+        assert!(out.status.success(), "{args:?}: {said}");
+        said
+    };
+
+    let sent = ok(
+        &["client", "send_msg", "one", "--server", &server.addr],
+        &[],
+    );
+    assert!(sent.contains("delivered"), "{sent}");
+    let kept = fs::read(&cache).expect("no handshake key kept for an unencrypted key");
+
+    let said = ok(
+        &["passphrase", "client_private.pem"],
+        &[("LETTERLOCK_NEW_PASSPHRASE", "cli")],
+    );
+    assert!(
+        said.contains("deleted") && said.contains("client_handshake.pem"),
+        "{said}"
+    );
+    assert!(
+        !cache.exists(),
+        "letterlock passphrase left the handshake key behind"
+    );
+
+    // As if the key had been encrypted with `openssl pkey -aes256`: the file is still there.
+    fs::write(&cache, &kept).unwrap();
+    chmod_600(&cache);
+    let cli = [("LETTERLOCK_PASSPHRASE", "cli")];
+    let sent = ok(
+        &["client", "send_msg", "two", "--server", &server.addr],
+        &cli,
+    );
+    assert!(sent.contains("delivered"), "{sent}");
+    assert!(sent.contains("deleted"), "{sent}");
+    assert!(!cache.exists(), "the client left the handshake key behind");
+}
+
 /// keygen with a passphrase given non-interactively writes an encrypted key that opens with
 /// it. Generates an RSA key, slow in debug builds: run with --ignored.
 #[test]

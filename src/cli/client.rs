@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 use letterlock::client::Sealing;
@@ -340,18 +340,47 @@ impl ClientKeys {
             );
         }
         let (identity, protected) = super::own_key_protected(&conn.keys, "client")?;
+        let cache = handshake_key_cache(&conn.keys);
+        if protected {
+            // Kept from before the key had a passphrase (given by other means than
+            // `letterlock passphrase`, which removes it).
+            discard_handshake_key(&cache)?;
+        }
         Ok(ClientKeys {
             identity: Arc::new(identity),
             server: peer_key(&conn.keys, "server")?,
-            handshake_key_cache: (!protected).then(|| {
-                letterlock::tls::HandshakeKeyCache::new(conn.keys.join(HANDSHAKE_KEY_CACHE))
-            }),
+            handshake_key_cache: (!protected).then_some(cache),
         })
     }
 }
 
 /// The file in the keys folder where a client keeps its TLS handshake key.
-pub(super) const HANDSHAKE_KEY_CACHE: &str = "client_handshake.pem";
+const HANDSHAKE_KEY_CACHE: &str = "client_handshake.pem";
+
+/// `DIR/client_handshake.pem`.
+pub(super) fn handshake_key_cache(keys: &Path) -> letterlock::tls::HandshakeKeyCache {
+    letterlock::tls::HandshakeKeyCache::new(keys.join(HANDSHAKE_KEY_CACHE))
+}
+
+/// Deletes the handshake key kept for a client key that now has a passphrase
+/// (docs/SECURITY.md, "The handshake key cache"), saying so.
+pub(super) fn discard_handshake_key(cache: &letterlock::tls::HandshakeKeyCache) -> Result<()> {
+    let path = cache.path();
+    if cache.discard().with_context(|| {
+        format!(
+            "cannot delete {}, the TLS handshake key kept from before the key had a passphrase; \
+             delete it by hand",
+            path.display()
+        )
+    })? {
+        status!(
+            "letterlock: deleted {}: the TLS handshake key kept from before the key had a \
+             passphrase (none is kept for a passphrase-protected key)",
+            path.display()
+        );
+    }
+    Ok(())
+}
 
 /// Connects with keys already loaded ([`ClientKeys::load`]).
 pub(super) async fn connect_with(

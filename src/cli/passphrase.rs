@@ -179,6 +179,10 @@ pub(super) fn change_passphrase(a: PassphraseCmdArgs) -> Result<ExitCode> {
         None => key.to_pem()?,
     };
     keys::write_atomic(&a.key, text.as_bytes(), 0o600, true)?;
+    if new.is_some() && a.key.file_name() == Some(std::ffi::OsStr::new("client_private.pem")) {
+        let folder = a.key.parent().unwrap_or(Path::new(""));
+        super::client::discard_handshake_key(&super::client::handshake_key_cache(folder))?;
+    }
     match new {
         Some(_) => eprintln!(
             "{}: passphrase set (PBKDF2-HMAC-SHA-256, AES-256-CBC; mode 0600)",

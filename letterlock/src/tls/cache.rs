@@ -52,6 +52,17 @@ impl HandshakeKeyCache {
         &self.path
     }
 
+    /// Deletes the file, if there is one: `Ok(true)` when it was there. For a key that has
+    /// just been given a passphrase: a handshake key kept from before would otherwise go on
+    /// handing out, for days, the TLS identity that the passphrase now guards.
+    pub fn discard(&self) -> std::io::Result<bool> {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The cached handshake key of `identity`, if the file holds one that is valid at `now` and
     /// was made less than [`REFRESH`] ago (so that peers whose clocks run ahead still accept
     /// it); `None` otherwise, the reason logged at debug level.
