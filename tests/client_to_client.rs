@@ -706,6 +706,85 @@ fn untrust_of_a_contact_whose_key_change_waits_needs_force() {
     assert!(contact_names(a).is_empty());
 }
 
+/// `contacts --accept NAME` accepts only the changed key the user was shown by an earlier
+/// `contacts`: a server that swaps the key again between the user's check and the accept gets
+/// nothing accepted, and a key first seen by the accepting command itself is shown, not taken.
+#[test]
+fn accept_takes_only_the_changed_key_the_user_was_shown() {
+    let w = World::start();
+    let a = w.alice.path();
+    let key_of_bob = |dir: &Path| {
+        let (_, out, err) = w.client(dir, &["contacts", "--offline", "--json"]);
+        let rows: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| {
+            panic!("contacts --json: {e}: {out}{err}");
+        });
+        let bob = rows.as_array().unwrap().iter().find(|r| r["name"] == "bob");
+        bob.unwrap()["key_id"].as_str().unwrap().to_owned()
+    };
+    let swap_bob_to = |key: &str| {
+        let file = public_path(key);
+        w.server_cmd(&[
+            "trust",
+            file.to_str().unwrap(),
+            "--name",
+            "bob",
+            "--replace",
+        ]);
+    };
+    let id = |key: &str| public(key).id().to_string();
+    let (code, _, err) = w.client(a, &["contacts"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(key_of_bob(a), id(BOB));
+
+    // Shown mallory's key as bob's; the server swaps again before alice accepts.
+    swap_bob_to("mallory");
+    let (code, _, err) = w.client(a, &["contacts"]);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains(&id("mallory")), "{err}");
+    swap_bob_to("bob4096");
+    let (code, _, err) = w.client(a, &["contacts", "--accept", "bob"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("now offers bob the key") && err.contains(&id("bob4096")),
+        "{err}"
+    );
+    assert!(err.contains("nothing was accepted"), "{err}");
+    assert_eq!(
+        key_of_bob(a),
+        id(BOB),
+        "a key the user was not shown was accepted"
+    );
+    // The error showed the new key: accepting now takes it.
+    let (code, _, err) = w.client(a, &["contacts", "--accept", "bob"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("accepted the new key of bob: {}", id("bob4096"))),
+        "{err}"
+    );
+    assert_eq!(key_of_bob(a), id("bob4096"));
+
+    // A change first seen by `--accept` itself is shown, not accepted.
+    swap_bob_to("alice4096");
+    let (code, _, err) = w.client(a, &["contacts", "--accept", "bob"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("not been shown before") && err.contains(&id("alice4096")),
+        "{err}"
+    );
+    assert_eq!(key_of_bob(a), id("bob4096"));
+    let (code, _, err) = w.client(a, &["contacts", "--accept", "bob"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(key_of_bob(a), id("alice4096"));
+
+    // Nothing to accept, and no such contact, say so.
+    let (code, _, err) = w.client(a, &["contacts", "--accept", "bob"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no changed key waiting"), "{err}");
+    let (code, _, err) = w.client(a, &["contacts", "--accept", "nobody"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no contact named nobody"), "{err}");
+}
+
 #[test]
 fn messages_kept_before_a_contacts_key_change_still_read_after_accept() {
     let w = World::start();

@@ -13,10 +13,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use letterlock::client::contacts::{Applied, Contact, Contacts, ReceiptCheck, Source};
+use letterlock::client::contacts::{
+    Applied, Contact, Contacts, ContactsError, ReceiptCheck, Source,
+};
 use letterlock::client::{Client, ClientError};
 use letterlock::envelope::{self, MessageId};
-use letterlock::keys::{self, PublicKey};
+use letterlock::keys::{self, KeyId, PublicKey};
 
 use super::client::{ClientConn, connect};
 use super::mailbox::{ascii_json, mailbox_path, mode_name};
@@ -64,7 +66,9 @@ pub(super) struct ContactsArgs {
     #[arg(long)]
     pub(super) json: bool,
     /// Accept the changed key the directory offers for NAME (after checking its fingerprint
-    /// with NAME out of band): it becomes the key used for NAME.
+    /// with NAME out of band): it becomes the key used for NAME. Only the key an earlier
+    /// `client contacts` showed you is accepted: if the directory now offers another, nothing
+    /// is, and the new one is shown.
     #[arg(long, value_name = "NAME")]
     pub(super) accept: Option<String>,
     /// Do not ask the server: list what this client knows.
@@ -103,9 +107,7 @@ pub(super) fn open_contacts(keys: &Path) -> Result<Contacts> {
 /// Runs blocking contacts work off the runtime's threads.
 pub(super) async fn on_contacts<T: Send + 'static>(
     contacts: &Contacts,
-    f: impl FnOnce(&Contacts) -> std::result::Result<T, letterlock::client::contacts::ContactsError>
-    + Send
-    + 'static,
+    f: impl FnOnce(&Contacts) -> std::result::Result<T, ContactsError> + Send + 'static,
 ) -> Result<T> {
     let c = contacts.clone();
     Ok(tokio::task::spawn_blocking(move || f(&c)).await??)
@@ -244,9 +246,22 @@ fn state(c: &Contact) -> &'static str {
     }
 }
 
+/// The changed key the contacts hold as offered for `name`, if any.
+async fn offered_key(contacts: &Contacts, name: &str) -> Result<Option<KeyId>> {
+    let name = name.to_owned();
+    let contact = on_contacts(contacts, move |c| c.get(&name)).await?;
+    Ok(contact.and_then(|c| c.offered).map(|o| o.key.id()))
+}
+
 /// `client contacts`.
 pub(super) async fn contacts(a: ContactsArgs) -> Result<ExitCode> {
     let contacts = open_contacts(&a.conn.keys)?;
+    // The key to accept is the one an earlier `contacts` showed the user, recorded then: not
+    // whatever this command's directory read brings.
+    let shown = match &a.accept {
+        Some(name) => offered_key(&contacts, name).await?,
+        None => None,
+    };
     let mut outcome = DirectoryOutcome::default();
     if !a.offline {
         let mut client = connect(&a.conn).await?;
@@ -259,14 +274,31 @@ pub(super) async fn contacts(a: ContactsArgs) -> Result<ExitCode> {
             move |c| c.get(&name)
         })
         .await?;
-        let now = on_contacts(&contacts, {
+        let shown = match (shown, before.as_ref().and_then(|b| b.offered.as_ref())) {
+            (Some(shown), _) => shown,
+            (None, Some(offered)) => bail!(
+                "the server's directory offers {name} a changed key that you have not been shown \
+                 before: {} ({}); nothing was accepted. Check it with {name} out of band, then \
+                 run `letterlock client contacts --accept {name}` again",
+                offered.key.id(),
+                offered.key.ssh_fingerprint()
+            ),
+            (None, None) => {
+                return Err(match before {
+                    None => ContactsError::NoSuchName(name.clone()),
+                    Some(_) => ContactsError::NothingToAccept(name.clone()),
+                }
+                .into());
+            }
+        };
+        on_contacts(&contacts, {
             let name = name.clone();
-            move |c| c.accept(&name)
+            move |c| c.accept(&name, &shown)
         })
         .await?;
         outcome.changes = outcome.changes.saturating_sub(1);
         status!(
-            "accepted the new key of {name}: {now}{}",
+            "accepted the new key of {name}: {shown}{}",
             before
                 .map(|b| format!(" (was {})", b.key.id()))
                 .unwrap_or_default()

@@ -133,6 +133,18 @@ pub enum ContactsError {
     /// `accept` of a name that has no offered change.
     #[error("{0} has no changed key waiting to be accepted")]
     NothingToAccept(String),
+    /// `accept` of a key the directory no longer offers: it now offers another, which the
+    /// user has not checked.
+    #[error(
+        "the server's directory now offers {name} the key {offered}, not {shown}, the one you \
+         were shown; nothing was accepted. Check {offered} with {name} out of band, then run \
+         `letterlock client contacts --accept {name}` again"
+    )]
+    OfferChanged {
+        name: String,
+        shown: KeyId,
+        offered: KeyId,
+    },
 }
 
 /// Where a contact's key came from.
@@ -518,8 +530,11 @@ impl Contacts {
         })
     }
 
-    /// Accepts the changed key offered for `name`: it becomes the key used. Returns it.
-    pub fn accept(&self, name: &str) -> Result<KeyId, ContactsError> {
+    /// Accepts the changed key offered for `name`, which must be `shown`, the key the user
+    /// checked: it becomes the key used. A directory read in between may have replaced the
+    /// offer, and a server that races the user's check must not get its newer key accepted
+    /// unseen ([`ContactsError::OfferChanged`]).
+    pub fn accept(&self, name: &str, shown: &KeyId) -> Result<(), ContactsError> {
         self.with(|conn| {
             let tx = conn.transaction()?;
             let contact = read_contact(&tx, name)?
@@ -528,8 +543,15 @@ impl Contacts {
                 .offered
                 .clone()
                 .ok_or_else(|| ContactsError::NothingToAccept(name.to_owned()))?;
-            keep_earlier(&tx, &contact, crate::envelope::unix_now())?;
             let id = offered.key.id();
+            if id != *shown {
+                return Err(ContactsError::OfferChanged {
+                    name: name.to_owned(),
+                    shown: *shown,
+                    offered: id,
+                });
+            }
+            keep_earlier(&tx, &contact, crate::envelope::unix_now())?;
             tx.execute(
                 "UPDATE client_contacts SET key_id = ?2, spki = ?3, since = ?4, state = 'usable', \
                  offered_key_id = NULL, offered_spki = NULL, offered_since = NULL \
@@ -542,7 +564,7 @@ impl Contacts {
                 ],
             )?;
             tx.commit()?;
-            Ok(id)
+            Ok(())
         })
     }
 
@@ -964,11 +986,18 @@ mod tests {
             Some("alice")
         );
         assert_eq!(c.get("bob").unwrap().unwrap().key, bob);
-        // Accepting makes the offered key the one used.
-        assert_eq!(c.accept("alice").unwrap(), mallory.id());
+        // Accepting a key other than the one offered changes nothing.
+        assert!(matches!(
+            c.accept("alice", &bob.id()),
+            Err(ContactsError::OfferChanged { ref shown, ref offered, .. })
+                if *shown == bob.id() && *offered == mallory.id()
+        ));
+        assert_eq!(c.by_key(&alice.id()).unwrap().unwrap().name, "alice");
+        // Accepting the offered key makes it the one used.
+        c.accept("alice", &mallory.id()).unwrap();
         assert_eq!(c.by_key(&mallory.id()).unwrap().unwrap().name, "alice");
         assert!(matches!(
-            c.accept("alice"),
+            c.accept("alice", &mallory.id()),
             Err(ContactsError::NothingToAccept(_))
         ));
         // Seen again unchanged.
@@ -1007,7 +1036,7 @@ mod tests {
             c.lookup(&KeyId([9; 32])).unwrap(),
             SenderLookup::Unknown
         ));
-        c.accept("alice").unwrap();
+        c.accept("alice", &mallory.id()).unwrap();
         assert!(matches!(
             c.lookup(&mallory.id()).unwrap(),
             SenderLookup::Usable { ref name, .. } if name == "alice"
