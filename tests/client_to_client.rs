@@ -602,6 +602,10 @@ fn a_server_substituting_bobs_key_is_refused_by_a_pin_and_shown_as_a_change_othe
     let (code, _, err) = w.send(a, "bob", &["for the real bob"]);
     assert_eq!(code, 1);
     assert!(err.contains("code 12"), "{err}");
+    // A name the directory does not have is no contact, whatever else conflicts.
+    let (code, _, err) = w.send(a, "nobody", &["x"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no contact named nobody"), "{err}");
 
     // Carol: shown as a change, ssh-style, and nothing is sent until she accepts it.
     let (code, _, err) = w.client(c, &["contacts"]);

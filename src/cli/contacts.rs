@@ -174,7 +174,8 @@ pub(super) fn untrust(a: &UntrustArgs) -> Result<ExitCode> {
 /// What a directory fetch found that the user must see.
 #[derive(Default)]
 pub(super) struct DirectoryOutcome {
-    pub(super) conflicts: usize,
+    /// The directory names whose entry conflicted with a pin (and was ignored).
+    pub(super) conflicts: Vec<String>,
     pub(super) changes: usize,
 }
 
@@ -203,7 +204,7 @@ pub(super) async fn refresh_directory(
                 print_change(name, before, now);
             }
             Applied::ConflictsWithPin { name, detail } => {
-                outcome.conflicts += 1;
+                outcome.conflicts.push(name.clone());
                 eprintln!(
                     "letterlock: REFUSED: {detail}. The server's directory disagrees with the key \
                      you pinned for {name}: the entry is ignored, your pinned key stays in use. \
@@ -359,7 +360,7 @@ pub(super) async fn contacts(a: ContactsArgs) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if outcome.conflicts > 0 || pending > 0 {
+    Ok(if !outcome.conflicts.is_empty() || pending > 0 {
         ExitCode::from(EXIT_ATTENTION)
     } else {
         ExitCode::SUCCESS
@@ -394,7 +395,7 @@ pub(super) async fn resolve(
         Some(c) if c.source == Source::Pinned => Ok(Recipient::Usable(c)),
         Some(c) if c.offered.is_some() => Ok(Recipient::Changed(c)),
         Some(c) => Ok(Recipient::Usable(c)),
-        None if outcome.conflicts > 0 => bail!(
+        None if outcome.conflicts.iter().any(|n| n == name) => bail!(
             "no usable key for {name}: the server's directory conflicts with a pinned key (see \
              above)"
         ),
