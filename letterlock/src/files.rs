@@ -77,10 +77,21 @@ impl AtomicFile {
                 .mode(0o700)
                 .create(&dir)?;
         }
+        // tempfile's error names its random file name; the user knows the folder.
         let tmp = tempfile::Builder::new()
             .prefix(".letterlock-tmp")
             .permissions(permissions(opts.mode))
-            .tempfile_in(&dir)?;
+            .tempfile_in(&dir)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot create a new file in {}: {}",
+                        dir.display(),
+                        io::Error::from(e.kind())
+                    ),
+                )
+            })?;
         Ok(AtomicFile {
             tmp,
             target: target.to_owned(),

@@ -308,8 +308,10 @@ pub(super) fn wait_duration(text: &str) -> Result<Duration, String> {
     if let Ok(secs) = text.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    humantime::parse_duration(text)
-        .map_err(|e| format!("{e}: give seconds (30) or a duration with its unit (30s, 2m)"))
+    // humantime's own text ("expected number at 0") says where, not what to give.
+    humantime::parse_duration(text).map_err(|_| {
+        "not a duration: give seconds (30) or a number with its unit (30s, 2m, 1h)".into()
+    })
 }
 
 /// Connects as the client: protocol version 2 (TLS 1.3) unless `--plain-v1`, retrying while
@@ -500,7 +502,7 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
             // A script reading --json gets its answer whatever failed; the error and its hint
             // still go to stderr.
             if a.json {
-                let error = format!("{e:#}");
+                let error = super::error_chain(&e);
                 println!(
                     "{}",
                     serde_json::json!({ "delivered": false, "error": error })
@@ -549,8 +551,9 @@ pub(super) fn print_delivered(
         println!("{out}");
     } else {
         println!("message id {id}");
+        let unit = if bytes == 1 { "byte" } else { "bytes" };
         println!(
-            "delivered: the server proved it decrypted and stored {bytes} bytes ({mode} mode)"
+            "delivered: the server proved it decrypted and stored {bytes} {unit} ({mode} mode)"
         );
     }
 }
@@ -578,7 +581,8 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
     let contacts = open_contacts(&a.conn.keys)?;
     let fail = |e: anyhow::Error| -> Result<ExitCode> {
         if a.json {
-            let out = serde_json::json!({ "stored": false, "to": name, "error": format!("{e:#}") });
+            let out =
+                serde_json::json!({ "stored": false, "to": name, "error": super::error_chain(&e) });
             println!("{out}");
         }
         Err(e)

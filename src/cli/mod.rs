@@ -273,7 +273,7 @@ fn closed_pipe(e: &anyhow::Error) -> bool {
 
 /// The error and its causes, each cause shown once: library errors often already quote their
 /// source, and repeating it ("…: Address in use: Address in use") only adds noise.
-fn error_chain(e: &anyhow::Error) -> String {
+pub(super) fn error_chain(e: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in e.chain() {
         let part = cause.to_string();

@@ -71,7 +71,7 @@ pub enum SealError {
     Key(#[from] KeyError),
     #[error("the system random generator or a cipher failed")]
     Crypto,
-    #[error("I/O error while sealing: {0}")]
+    #[error("I/O error while sealing (reading the message or writing the sealed one): {0}")]
     Io(#[from] std::io::Error),
 }
 
@@ -93,7 +93,7 @@ pub enum OpenError {
     TooLarge { limit: u64 },
     #[error("message failed verification: it was altered, truncated, or not sealed for us")]
     Verification,
-    #[error("I/O error while opening: {0}")]
+    #[error("I/O error while opening the message (reading it or writing what it holds): {0}")]
     Io(#[from] std::io::Error),
 }
 

@@ -222,8 +222,34 @@ fn check_bits(bits: usize) -> Result<(), KeyError> {
 
 fn parse_pem(text: &str) -> Result<pem::Pem, KeyError> {
     pem::parse(text).map_err(|e| KeyError::NotPem {
-        reason: e.to_string(),
+        reason: pem_reason(text, &e),
     })
+}
+
+/// Why `text` is not a PEM key file, in words a user can act on (the `pem` crate's own text
+/// for a file with no PEM lines at all is "malformedframing").
+fn pem_reason(text: &str, e: &pem::PemError) -> String {
+    let first = text.split_whitespace().next().unwrap_or("");
+    if text.trim().is_empty() {
+        "the file is empty".to_owned()
+    } else if first.starts_with("ssh-") || first.starts_with("ecdsa-sha2-") {
+        "this is an OpenSSH public key (one line); letterlock reads PEM keys: convert it with \
+         `ssh-keygen -e -m PKCS8 -f FILE`"
+            .to_owned()
+    } else {
+        match e {
+            pem::PemError::MalformedFraming | pem::PemError::MissingBeginTag
+                if !text.contains("-----BEGIN ") =>
+            {
+                "no -----BEGIN ...----- line".to_owned()
+            }
+            pem::PemError::MalformedFraming => {
+                "its -----BEGIN and -----END lines do not frame a block (one missing, or damaged)"
+                    .to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
 }
 
 pub(crate) fn encode_pem(tag: &str, der: &[u8]) -> String {

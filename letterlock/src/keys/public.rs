@@ -175,6 +175,23 @@ fn ssh_rsa_blob(e: &[u8], n: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// A file that is not PEM says what it is instead, in words (not the `pem` crate's
+    /// "malformedframing").
+    #[test]
+    fn a_file_that_is_not_pem_is_described() {
+        let reason = |text: &str| match PublicKey::from_pem(text) {
+            Err(KeyError::NotPem { reason }) => reason,
+            other => panic!("{text:?}: {other:?}"),
+        };
+        assert_eq!(reason(""), "the file is empty");
+        assert_eq!(reason(" \n"), "the file is empty");
+        assert!(reason("ssh-rsa AAAAB3NzaC1yc2E bob@host\n").contains("ssh-keygen -e -m PKCS8"));
+        assert_eq!(reason("hello\n"), "no -----BEGIN ...----- line");
+        assert!(
+            reason("-----BEGIN PUBLIC KEY-----\nAAAA\n").contains("-----END lines do not frame")
+        );
+    }
+
     /// The test vector of PROTOCOL.md §1; `ssh-keygen -l` agrees (tests/openssl.rs).
     #[test]
     fn alice2048_key_id_and_openssh_fingerprint() {
