@@ -699,6 +699,19 @@ fn the_command_line_adds_hints_to_library_errors() {
         "expected a private key",
         "*_private.pem",
     );
+    // KeyError::WrongPemBlock for an OpenSSH private key: how to convert it.
+    let ssh_key = d.join("id_rsa");
+    std::fs::write(
+        &ssh_key,
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&ssh_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    fails_with(
+        &["fingerprint", "id_rsa"],
+        "`OPENSSH PRIVATE KEY`",
+        "ssh-keygen -p -m PKCS8 -f id_rsa.pem",
+    );
     // KeyError::Permissions: the mode in the library's text, chmod in the CLI's hint.
     std::fs::set_permissions(d.join(&bob_priv), std::fs::Permissions::from_mode(0o644)).unwrap();
     fails_with(
@@ -723,4 +736,22 @@ fn the_command_line_adds_hints_to_library_errors() {
         "cannot connect to 127.0.0.1:1",
         "is `letterlock server` running there?",
     );
+    // TlsError (inside ClientError::Tls, transparent): an HTTP server at --server.
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = http.local_addr().unwrap().to_string();
+    let answer = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = http.accept().unwrap();
+        let mut hello = [0u8; 512];
+        let _ = conn.read(&mut hello);
+        let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+    });
+    fails_with(
+        &[
+            "client", "send_msg", "--keys", "client", "--server", &addr, "hi",
+        ],
+        "TLS handshake failed",
+        "does not speak TLS: is it a letterlock server?",
+    );
+    answer.join().unwrap();
 }

@@ -43,6 +43,12 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
             ClientError::Connect { .. } => {
                 Some("is `letterlock server` running there? Check --server (HOST:PORT)".into())
             }
+            // Transparent: the TLS error is not in the chain of causes on its own.
+            ClientError::Tls(e) => tls_hint(e),
+            ClientError::Refused {
+                code: letterlock::wire::ErrorCode::ModeNotAccepted,
+                ..
+            } => Some("this server does not accept that mode: try --mode hybrid".into()),
             ClientError::WrongServer { .. } => Some(
                 "check server_public.pem: it must be the public key of the server you meant; if \
                  its operator confirms the key changed, `letterlock client trust-server \
@@ -52,20 +58,14 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
             _ => None,
         };
     }
-    if let Some(e) = e.downcast_ref::<letterlock::tls::TlsError>()
-        && e.is_about_dates()
-    {
-        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
-        return Some(format!(
-            "a TLS handshake key was out of date by one side's clock (this machine reads {now}): \
-             the client's and the server's clocks must agree within a day; check both"
-        ));
+    if let Some(e) = e.downcast_ref::<letterlock::tls::TlsError>() {
+        return tls_hint(e);
     }
     if let Some(e) = e.downcast_ref::<OpenError>() {
         return match e {
             OpenError::UntrustedSender { .. } => Some(
-                "check --from (the sender's public key), or the server's trusted clients \
-                 (`letterlock server trust`)"
+                "check --from, the sender's public key (for a server's mailbox, `letterlock \
+                 server clients` lists the senders it trusts)"
                     .into(),
             ),
             OpenError::TooLarge { .. } => {
@@ -73,6 +73,25 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
             }
             _ => None,
         };
+    }
+    None
+}
+
+/// The hint for a failed TLS handshake.
+fn tls_hint(e: &letterlock::tls::TlsError) -> Option<String> {
+    if e.is_not_tls() {
+        return Some(
+            "what answers at --server does not speak TLS: is it a letterlock server? (one older \
+             than protocol version 2 needs --plain-v1)"
+                .into(),
+        );
+    }
+    if e.is_about_dates() {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        return Some(format!(
+            "a TLS handshake key was out of date by one side's clock (this machine reads {now}): \
+             the client's and the server's clocks must agree within a day; check both"
+        ));
     }
     None
 }
@@ -118,6 +137,13 @@ pub(super) fn key_hint(e: &KeyError, outer: &KeyError) -> Option<String> {
             expected: keys::KeyKind::Public,
             ..
         } => "use the *_public.pem file".into(),
+        KeyError::WrongPemBlock { found, .. } if found == "OPENSSH PRIVATE KEY" => {
+            let key = path.unwrap_or_else(|| "KEY".into());
+            format!(
+                "this is an OpenSSH private key; letterlock reads PKCS#8 PEM: convert a copy with \
+                 `cp {key} {key}.pem && ssh-keygen -p -m PKCS8 -f {key}.pem` (and chmod 600 it)"
+            )
+        }
         KeyError::WrongPemBlock {
             expected: keys::KeyKind::Private,
             ..

@@ -134,6 +134,17 @@ impl TlsError {
         )
     }
 
+    /// The peer's first bytes were not TLS records (an HTTP server, say): whatever listens
+    /// there is not a letterlock server on protocol version 2.
+    pub fn is_not_tls(&self) -> bool {
+        matches!(
+            self,
+            TlsError::Handshake(rustls::Error::InvalidMessage(
+                rustls::InvalidMessage::InvalidContentType
+            ))
+        )
+    }
+
     /// The server refused our key (its `access_denied` alert).
     pub fn is_access_denied(&self) -> bool {
         matches!(
