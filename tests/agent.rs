@@ -226,8 +226,12 @@ fn one_agent_per_key_folder_and_a_dead_agent_socket_is_replaced() {
     let (code, _, err) = send(d, &server.addr, &["to the new agent"]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains(BY_AGENT), "{err}");
-    // A second agent for the same folder is refused.
+    // A second agent for the same folder is refused, also for another server: before it
+    // connects (nothing listens on port 1).
     let (code, _, err) = run(d, &["client", "agent", "--server", &server.addr]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already running"), "{err}");
+    let (code, _, err) = run(d, &["client", "agent", "--server", "127.0.0.1:1"]);
     assert_eq!(code, 1);
     assert!(err.contains("already running"), "{err}");
     // And so is a socket path that is a file.

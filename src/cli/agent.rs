@@ -53,6 +53,15 @@ pub(super) async fn run(a: AgentArgs) -> Result<ExitCode> {
     if a.conn.plain_v1 {
         bail!("the agent speaks TLS 1.3 (protocol version 2) only; drop --plain-v1");
     }
+    // The folder's lock before anything else: a second agent is refused as such, before it
+    // asks for a passphrase or connects.
+    let lock = AgentSocket::lock(&path).map_err(|e| match e {
+        AgentError::AlreadyRunning(_) => anyhow::anyhow!(
+            "{e}; stop it first with `letterlock client agent --stop --keys {}`",
+            a.conn.keys.display()
+        ),
+        e => e.into(),
+    })?;
     let keys = ClientKeys::load(&a.conn)?;
     let identity = keys.identity.clone();
     let server = keys.server.clone();
@@ -65,13 +74,7 @@ pub(super) async fn run(a: AgentArgs) -> Result<ExitCode> {
         connected = connect_with(&a.conn, keys) => connected?,
         () = &mut signals => return Ok(ExitCode::SUCCESS),
     };
-    let socket = AgentSocket::bind(&path).map_err(|e| match e {
-        AgentError::AlreadyRunning(_) => anyhow::anyhow!(
-            "{e}; stop it first with `letterlock client agent --stop --keys {}`",
-            a.conn.keys.display()
-        ),
-        e => e.into(),
-    })?;
+    let socket = lock.bind()?;
     let persist = (!a.persist.is_zero()).then_some(a.persist);
     println!(
         "letterlock client agent: listening on {} for messages to {} ({}); stop it with \

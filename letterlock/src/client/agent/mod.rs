@@ -29,7 +29,7 @@ use crate::envelope::{MessageId, Mode};
 
 mod serve;
 
-pub use serve::{AgentConfig, AgentError, AgentSocket, SOCKET_TIMEOUT, serve};
+pub use serve::{AgentConfig, AgentError, AgentLock, AgentSocket, SOCKET_TIMEOUT, serve};
 
 /// The first bytes of every request and reply body: "LLA" and the version of this encoding.
 pub const MAGIC: [u8; 4] = *b"LLA1";

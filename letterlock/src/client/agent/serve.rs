@@ -96,16 +96,25 @@ pub struct AgentSocket {
     _lock: std::fs::File,
 }
 
+/// The lock of an agent's keys folder ([`AgentSocket::lock`]), before its socket is made: a
+/// second agent is refused before it connects to its server, not after.
+pub struct AgentLock {
+    path: PathBuf,
+    lock: std::fs::File,
+}
+
 impl AgentSocket {
-    /// Takes `path` (in its folder, the keys folder) for an agent. A socket left there by an
-    /// agent that is gone is replaced; anything else there is refused. Within a Tokio runtime.
+    /// Takes `path` (in its folder, the keys folder) for an agent: [`AgentSocket::lock`], then
+    /// [`AgentLock::bind`]. Within a Tokio runtime.
     pub fn bind(path: &Path) -> Result<AgentSocket, AgentError> {
+        Self::lock(path)?.bind()
+    }
+
+    /// Locks the keys folder of `path` for an agent: refused if another agent holds it, if the
+    /// path is too long for a socket, or if something other than a socket is there.
+    pub fn lock(path: &Path) -> Result<AgentLock, AgentError> {
         let shown = path.display().to_string();
         let io_err = |e: io::Error| AgentError::Io(shown.clone(), e);
-        let folder = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
         if path.as_os_str().len() >= MAX_SOCKET_PATH {
             return Err(AgentError::PathTooLong(shown, path.as_os_str().len()));
         }
@@ -129,20 +138,9 @@ impl AgentSocket {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(e)),
         }
-        let private = tempfile::Builder::new()
-            .prefix(".agent")
-            .tempdir_in(folder)
-            .map_err(io_err)?;
-        let first = private.path().join("s");
-        let listener = UnixListener::bind(&first).map_err(io_err)?;
-        std::fs::set_permissions(&first, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
-        std::fs::rename(&first, path).map_err(io_err)?;
-        let m = std::fs::symlink_metadata(path).map_err(io_err)?;
-        Ok(AgentSocket {
-            listener,
+        Ok(AgentLock {
             path: path.to_owned(),
-            made: (m.dev(), m.ino()),
-            _lock: lock,
+            lock,
         })
     }
 
@@ -159,6 +157,34 @@ impl AgentSocket {
 impl Drop for AgentSocket {
     fn drop(&mut self) {
         self.unlink();
+    }
+}
+
+impl AgentLock {
+    /// Makes the socket, replacing a dead agent's. Within a Tokio runtime.
+    pub fn bind(self) -> Result<AgentSocket, AgentError> {
+        let path = self.path.as_path();
+        let shown = path.display().to_string();
+        let io_err = |e: io::Error| AgentError::Io(shown.clone(), e);
+        let folder = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let private = tempfile::Builder::new()
+            .prefix(".agent")
+            .tempdir_in(folder)
+            .map_err(io_err)?;
+        let first = private.path().join("s");
+        let listener = UnixListener::bind(&first).map_err(io_err)?;
+        std::fs::set_permissions(&first, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+        std::fs::rename(&first, path).map_err(io_err)?;
+        let m = std::fs::symlink_metadata(path).map_err(io_err)?;
+        Ok(AgentSocket {
+            listener,
+            path: self.path,
+            made: (m.dev(), m.ino()),
+            _lock: self.lock,
+        })
     }
 }
 
