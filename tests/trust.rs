@@ -314,6 +314,9 @@ fn inbox_filters_read_from_and_rm() {
     let from_bob = inbox(&["--from", "bob"]);
     assert_eq!(from_bob.len(), 1);
     assert_eq!(from_bob[0]["id"], b.as_str());
+    // A name no client ever had is an error, not an empty inbox.
+    let said = s.server_fails(&["server", "inbox", "--from", "nobody"]);
+    assert!(said.contains("no client named nobody"), "{said}");
     assert_eq!(inbox(&["--since", "2000-01-01"]).len(), 2);
     assert_eq!(inbox(&["--since", "1h"]).len(), 2);
     assert_eq!(
@@ -331,6 +334,10 @@ fn inbox_filters_read_from_and_rm() {
     assert!(wrong.contains("no inbox message"), "{wrong}");
 
     // rm removes the message (and its row: it is gone from the inbox).
+    // Too short a prefix to delete by: refused, nothing deleted.
+    let said = s.server_fails(&["server", "rm", &b[..3]]);
+    assert!(said.contains("at least 4 characters"), "{said}");
+    assert_eq!(inbox(&[]).len(), 2);
     let said = s.server_ok(&["server", "rm", &b]);
     assert!(said.contains("deleted message"), "{said}");
     assert_eq!(inbox(&[]).len(), 1);

@@ -34,6 +34,8 @@ use super::{PairArgs, STDOUT_LIMIT, own_key, time_text};
 /// File name of the mailbox database, beside the server's keys by default (bodies over 64 KiB
 /// live in the folder of the same name plus `.blobs`).
 const STORE_FILE: &str = "letterlock-server.db";
+/// The shortest message id prefix `server rm` takes.
+const MIN_RM_PREFIX: usize = 4;
 
 /// How often a server with `--retention` looks for expired messages (besides at start).
 const RETENTION_SWEEP: Duration = Duration::from_secs(3600);
@@ -157,7 +159,7 @@ pub(super) enum ServerCommand {
     },
     /// Delete a received message and its body file.
     Rm {
-        /// Message id, or a unique prefix of it.
+        /// Message id, or a unique prefix of it (at least 4 characters).
         id: String,
         #[command(flatten)]
         mailbox: MailboxArgs,
@@ -682,6 +684,15 @@ pub(super) async fn inbox(
     let store = open_mailbox(mailbox, false).await?;
     let mut list = store.list_inbox().await?;
     if let Some(name) = from {
+        // A name no key ever had is a mistake to say, not an empty inbox.
+        if !list.iter().any(|m| m.sender_name == name)
+            && !store.client_keys().await?.iter().any(|k| k.name == name)
+        {
+            bail!(
+                "no client named {}: `letterlock server clients --all` lists every name",
+                letterlock::text::line(name)
+            );
+        }
         list.retain(|m| m.sender_name == name);
     }
     if let Some(since) = since {
@@ -858,6 +869,14 @@ fn sender_key(history: &[ClientKey], m: &InboxSummary) -> Result<PublicKey> {
 }
 
 async fn remove(id: &str, mailbox: &MailboxArgs, from: Option<&str>) -> Result<ExitCode> {
+    // A deletion is not undone: a prefix of one to three characters names a message by chance
+    // more often than by intent.
+    if id.len() < MIN_RM_PREFIX {
+        bail!(
+            "give at least {MIN_RM_PREFIX} characters of the message id to delete it \
+             (`letterlock server inbox` lists the ids)"
+        );
+    }
     let store = open_mailbox(mailbox, false).await?;
     let m = pick(&store, id, from).await?;
     if !store.remove_inbox(&m.sender_key_id, &m.message_id).await? {
