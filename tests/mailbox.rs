@@ -115,10 +115,21 @@ fn recv_msg_keeps_each_message_and_client_read_opens_it_with_no_server_running()
         std::fs::read(d.join("saved.txt")).unwrap(),
         b"the first message"
     );
-    // An existing file is never replaced.
+    // An existing file is not replaced without --force.
+    std::fs::write(d.join("saved.txt"), b"mine").unwrap();
     let (code, _, err) = run(d, &["client", "read", &id, "-o", "saved.txt"]);
     assert_eq!(code, 1);
-    assert!(err.contains("saved.txt exists"), "{err}");
+    assert!(
+        err.contains("saved.txt exists") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(d.join("saved.txt")).unwrap(), b"mine");
+    let (code, _, err) = run(d, &["client", "read", &id, "-o", "saved.txt", "--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(d.join("saved.txt")).unwrap(),
+        b"the first message"
+    );
     // A prefix nothing has says where the ids are.
     let other = if id.starts_with('0') { "1" } else { "0" };
     let (code, _, err) = run(d, &["client", "read", &format!("{other}{}", &id[1..6])]);

@@ -77,9 +77,12 @@ pub(super) struct ReadArgs {
     #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
     pub(super) keys: PathBuf,
     /// Write the message to FILE (it appears only once verified; an existing file is not
-    /// replaced) instead of printing it; `-` is stdout.
+    /// replaced without --force) instead of printing it; `-` is stdout.
     #[arg(short, long, value_name = "FILE")]
     pub(super) output: Option<PathBuf>,
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    pub(super) force: bool,
 }
 
 /// The name of a stored mode byte, for listings.
@@ -235,10 +238,10 @@ async fn read_kept(mailbox: &Mailbox, a: &ReadArgs) -> Result<ExitCode> {
     let to_stdout = a.output.as_deref().is_none_or(|p| p == Path::new("-"));
     if let Some(path) = a.output.as_deref().filter(|_| !to_stdout)
         && path.symlink_metadata().is_ok()
+        && !a.force
     {
         bail!(
-            "{} exists; client read never replaces a file: choose another name, or remove it \
-             first",
+            "{} exists: client read does not replace a file unless --force (or -o - for stdout)",
             path.display()
         );
     }
@@ -265,6 +268,7 @@ async fn read_kept(mailbox: &Mailbox, a: &ReadArgs) -> Result<ExitCode> {
     let body = msg.body;
     let opened = tokio::task::spawn_blocking({
         let output = a.output.clone().filter(|_| !to_stdout);
+        let replace = a.force;
         let id = id.clone();
         move || -> Result<_> {
             let opts = OpenOptions::default();
@@ -275,7 +279,10 @@ async fn read_kept(mailbox: &Mailbox, a: &ReadArgs) -> Result<ExitCode> {
                     &opts,
                     body,
                     &path,
-                    &WriteOptions::default(),
+                    &WriteOptions {
+                        replace,
+                        ..WriteOptions::default()
+                    },
                 )
                 .with_context(|| format!("message {id} to {}", path.display()))?),
                 None => {
