@@ -241,6 +241,15 @@ fn one_agent_per_key_folder_and_a_dead_agent_socket_is_replaced() {
     let (code, _, err) = run(other.path(), &["client", "agent", "--server", &server.addr]);
     assert_eq!(code, 1);
     assert!(err.contains("is not a socket"), "{err}");
+    // A folder with no client key: said so, and no lock file left in it.
+    let empty = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(empty.path(), &["client", "agent", "--server", &server.addr]);
+    assert_eq!(code, 1);
+    assert!(err.contains("client_private.pem not found"), "{err}");
+    assert!(
+        std::fs::read_dir(empty.path()).unwrap().next().is_none(),
+        "the agent left a file in a folder that holds no client key"
+    );
 }
 
 #[test]

@@ -53,8 +53,10 @@ pub(super) async fn run(a: AgentArgs) -> Result<ExitCode> {
     if a.conn.plain_v1 {
         bail!("the agent speaks TLS 1.3 (protocol version 2) only; drop --plain-v1");
     }
-    // The folder's lock before anything else: a second agent is refused as such, before it
-    // asks for a passphrase or connects.
+    // The folder's lock before the key is read: a second agent is refused as such, before it
+    // asks for a passphrase or connects; and only in a client's keys folder, where the lock
+    // file is made.
+    super::own_key_path(&a.conn.keys, "client")?;
     let lock = AgentSocket::lock(&path).map_err(|e| match e {
         AgentError::AlreadyRunning(_) => anyhow::anyhow!(
             "{e}; stop it first with `letterlock client agent --stop --keys {}`",

@@ -457,6 +457,11 @@ fn load_own_private_protected(path: &Path) -> Result<(keys::PrivateKey, bool)> {
 
 /// [`own_key`], and whether its file is passphrase-protected.
 fn own_key_protected(dir: &Path, name: &str) -> Result<(keys::PrivateKey, bool)> {
+    load_own_private_protected(&own_key_path(dir, name)?)
+}
+
+/// `DIR/NAME_private.pem`, if it exists; otherwise an error saying which command makes it.
+fn own_key_path(dir: &Path, name: &str) -> Result<PathBuf> {
     let (path, _) = keys::pair_paths(dir, name);
     if !path.exists() {
         bail!(
@@ -466,7 +471,7 @@ fn own_key_protected(dir: &Path, name: &str) -> Result<(keys::PrivateKey, bool)>
             dir.display()
         );
     }
-    load_own_private_protected(&path)
+    Ok(path)
 }
 
 fn peer_key(dir: &Path, name: &str) -> Result<PublicKey> {
