@@ -671,31 +671,54 @@ fn a_rotation_tells_of_messages_queued_for_the_old_key() {
 fn a_second_server_on_the_same_sqlite_mailbox_is_refused() {
     let s = Setup::new();
     let (_first, _addr) = s.start(&[]);
-    let mut second = common::cli::command(
-        &s.root,
-        &s.server_args(&["server", "--listen", "127.0.0.1:0"]),
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = second.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = second.kill();
-            panic!("a second server on the same mailbox kept running");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let out = second.wait_with_output().unwrap();
-    assert_eq!(status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("already running on the mailbox"),
-        "{}",
+    // The second server's stderr; it must exit (status 1) within 30 s.
+    let second = |extra: &[&str]| {
+        let mut args = vec!["server", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut second = common::cli::command(&s.root, &s.server_args(&args))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = second.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = second.kill();
+                panic!("a second server on the same mailbox kept running ({extra:?})");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let out = second.wait_with_output().unwrap();
+        assert_eq!(status.code(), Some(1), "{}", stderr(&out));
         stderr(&out)
-    );
+    };
+    let said = second(&[]);
+    assert!(said.contains("already running on the mailbox"), "{said}");
+    // Through a symbolic link to the same file: the same lock, refused alike (its bodies
+    // would have gone to a folder beside the link, where the first server never looks).
+    std::fs::create_dir(s.dir("alias")).unwrap();
+    std::os::unix::fs::symlink(
+        s.dir("srv").join("letterlock-server.db"),
+        s.dir("alias").join("mail.db"),
+    )
+    .unwrap();
+    let said = second(&["--store", "alias/mail.db"]);
+    assert!(said.contains("already running on the mailbox"), "{said}");
+    assert!(!s.dir("alias").join("mail.db.blobs").exists());
+    // Through a hard link: refused by every command (each name would get its own
+    // write-ahead log).
+    std::fs::hard_link(
+        s.dir("srv").join("letterlock-server.db"),
+        s.dir("alias").join("linked.db"),
+    )
+    .unwrap();
+    let said = second(&["--store", "alias/linked.db"]);
+    assert!(said.contains("hard links"), "{said}");
+    let said = s.server_fails(&["server", "clients"]);
+    assert!(said.contains("hard links"), "{said}");
+    std::fs::remove_file(s.dir("alias").join("linked.db")).unwrap();
     s.server_ok(&["server", "clients"]);
 }

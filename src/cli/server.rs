@@ -501,7 +501,9 @@ fn lock_sqlite_mailbox(path: &Path) -> Result<Option<std::fs::File>> {
     if parent.is_some_and(|dir| !dir.is_dir()) {
         return Ok(None); // create_store says what is wrong with the folder
     }
-    let mut name = path.as_os_str().to_owned();
+    // Beside the file itself, whatever link led to it: every path to one mailbox takes the
+    // same lock.
+    let mut name = letterlock::store::SqliteStore::real_path(path).into_os_string();
     name.push(".lock");
     let lock_path = PathBuf::from(name);
     use std::os::unix::fs::OpenOptionsExt;

@@ -65,6 +65,14 @@ pub enum StoreError {
     )]
     WalUnavailable { path: PathBuf, mode: String },
 
+    /// The database file has more than one name. SQLite keeps its write-ahead log beside the
+    /// name it was opened by, so two servers on two names would each acknowledge messages into
+    /// a log the other never reads.
+    #[error(
+        "the mailbox database {path} has {links} names (hard links): a SQLite mailbox must have one, or each name gets its own write-ahead log and acknowledged messages are lost; remove the other names, or copy the file"
+    )]
+    HardLinked { path: PathBuf, links: u64 },
+
     /// A database statement failed.
     #[error(
         "mailbox database error while {action}: {source}; if this persists, check disk space and run an integrity check"

@@ -14,6 +14,7 @@
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -201,6 +202,24 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// `path` with every symbolic link resolved: the file's own path if it exists, else its
+    /// folder's resolved path and its name, else (no folder yet) `path` as given. Where a
+    /// mailbox's bodies and locks live is derived from this, so that every spelling of the
+    /// path finds the same ones.
+    pub fn real_path(path: &Path) -> PathBuf {
+        if let Ok(real) = fs::canonicalize(path) {
+            return real;
+        }
+        let parent = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => parent,
+            None => Path::new("."),
+        };
+        match (fs::canonicalize(parent), path.file_name()) {
+            (Ok(parent), Some(name)) => parent.join(name),
+            _ => path.to_path_buf(),
+        }
+    }
+
     /// Open (creating if needed) the mailbox at `path` and its blob folder
     /// `<path>.blobs/`, and start the writer thread.
     ///
@@ -209,11 +228,23 @@ impl SqliteStore {
     /// row names (a crash between staging a body and committing its row) are
     /// deleted.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let path = path.as_ref().to_path_buf();
+        // The file itself, not the name it was given: a store opened through a symbolic link
+        // keeps its bodies and its lock beside the real file, where every other opener finds
+        // them.
+        let path = Self::real_path(path.as_ref());
         let mut blob_dir = path.clone().into_os_string();
         blob_dir.push(BLOB_DIR_SUFFIX);
         let blob_dir = PathBuf::from(blob_dir);
         create_private_files(&path, &blob_dir)?;
+        let links = fs::metadata(&path)
+            .map_err(StoreError::io(
+                "read the mailbox database's metadata",
+                &path,
+            ))?
+            .nlink();
+        if links > 1 {
+            return Err(StoreError::HardLinked { path, links });
+        }
         // Canonical, so two handles opened through different spellings of
         // the path agree on where bodies live (see the foreign-body check).
         let blob_dir = fs::canonicalize(&blob_dir)
