@@ -97,7 +97,8 @@ impl Cluster {
             pg_ctl: bin.join("pg_ctl"),
             bin,
             admin_url: format!(
-                "postgres://postgres@localhost/postgres?host={}&port={SOCKET_PORT}",
+                // No host before the `?`: a host there would be tried first, over TCP.
+                "postgres://postgres@/postgres?host={}&port={SOCKET_PORT}",
                 dir.path().display()
             ),
             data,
@@ -371,12 +372,8 @@ mod tests {
     #[test]
     fn a_database_url_keeps_the_server_and_query() {
         assert_eq!(
-            with_database(
-                "postgres://u@localhost/postgres?host=/tmp/x&port=5432",
-                "t1"
-            )
-            .as_deref(),
-            Some("postgres://u@localhost/t1?host=/tmp/x&port=5432")
+            with_database("postgres://u@/postgres?host=/tmp/x&port=5432", "t1").as_deref(),
+            Some("postgres://u@/t1?host=/tmp/x&port=5432")
         );
         assert_eq!(
             with_database("postgres://u:pw@db:5433", "t2").as_deref(),

@@ -232,7 +232,7 @@ impl Store for AnyStore {
 #[derive(Args, Debug)]
 pub(super) struct MigrateArgs {
     /// The mailbox to create or bring to this letterlock's schema (--store): an SQLite file,
-    /// or postgres://USER[:PASSWORD]@HOST[:PORT]/DB (or ...?host=/socket/folder); by default
+    /// or postgres://USER[:PASSWORD]@HOST[:PORT]/DB (a Unix socket: postgres://USER@/DB?host=/socket/folder); by default
     /// the SQLite file beside the keys, as for the server.
     #[command(flatten)]
     pub(super) mailbox: super::server::MailboxArgs,
