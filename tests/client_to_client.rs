@@ -710,6 +710,39 @@ fn untrust_of_a_contact_whose_key_change_waits_needs_force() {
     assert!(contact_names(a).is_empty());
 }
 
+/// Rotating a recipient's key on the server strands what other clients relayed to the old
+/// key: the server says so, and that only their senders can send them again (it cannot read
+/// them to resend them itself).
+#[test]
+fn a_rotation_names_the_senders_of_relayed_messages_it_strands() {
+    let w = World::start();
+    let (code, out, err) = w.send(w.alice.path(), "bob", &["before the rotation"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let file = public_path("bob4096");
+    let (code, out, err) = run(
+        w.server_dir.path(),
+        &[
+            "server",
+            "trust",
+            file.to_str().unwrap(),
+            "--name",
+            "bob",
+            "--replace",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("1 message(s) other clients relayed to bob's old key")
+            && err.contains("only their senders can send them again (alice)"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("server send_msg"),
+        "the server cannot resend these: {err}"
+    );
+    let _ = out;
+}
+
 /// `contacts --accept NAME` accepts only the changed key the user was shown by an earlier
 /// `contacts`: a server that swaps the key again between the user's check and the accept gets
 /// nothing accepted, and a key first seen by the accepting command itself is shown, not taken.

@@ -659,7 +659,7 @@ fn a_rotation_tells_of_messages_queued_for_the_old_key() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("1 message(s) queued for bob's old key"),
+        stderr(&out).contains("1 message(s) this server queued for bob's old key"),
         "{}",
         stderr(&out)
     );

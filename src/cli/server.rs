@@ -910,18 +910,36 @@ async fn trust(
     let outcome = store
         .trust_client(trust_request(name, &key, replace))
         .await?;
-    // Messages the server queued for the old key were sealed to it: the new key cannot open
-    // them, so they will never be delivered. Say so, rather than leaving them unseen.
+    // Messages queued for the old key were sealed to it: the new key cannot open them, so
+    // they will never be delivered. Say so, and who can send them again: the server its own;
+    // only their senders those relayed from other clients, which this server cannot read.
     let stranded = match outcome {
-        TrustOutcome::Replaced { old } => store.pending_outbox(&old).await?.len(),
-        _ => 0,
+        TrustOutcome::Replaced { old } => store.pending_outbox(&old).await?,
+        _ => Vec::new(),
     };
     store.close().await?;
-    if stranded > 0 {
+    let (relayed, own): (Vec<_>, Vec<_>) = stranded.iter().partition(|m| m.sender.is_some());
+    if !own.is_empty() {
         eprintln!(
-            "letterlock: {stranded} message(s) queued for {name}'s old key stay undelivered (they \
-             were sealed to that key): send them again with `letterlock server send_msg --to \
-             {name}`"
+            "letterlock: {} message(s) this server queued for {name}'s old key stay undelivered \
+             (they were sealed to that key): send them again with `letterlock server send_msg \
+             --to {name}`",
+            own.len()
+        );
+    }
+    if !relayed.is_empty() {
+        let mut senders: Vec<&str> = relayed
+            .iter()
+            .filter_map(|m| m.sender.as_ref().map(|(_, who)| who.as_str()))
+            .collect();
+        senders.sort_unstable();
+        senders.dedup();
+        eprintln!(
+            "letterlock: {} message(s) other clients relayed to {name}'s old key stay undelivered \
+             (sealed to that key, and unreadable here): only their senders can send them again \
+             ({}); their `client receipts` show them as not read",
+            relayed.len(),
+            letterlock::text::line(&senders.join(", "))
         );
     }
     match outcome {
