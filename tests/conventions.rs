@@ -621,3 +621,38 @@ fn recv_msg_o_dash_is_refused_and_creates_nothing() {
     assert!(stderr(&out).contains("without -o"), "{}", stderr(&out));
     assert!(!std::path::Path::new("-").exists() && !f.client.join("-").exists());
 }
+
+/// A failed TLS handshake (here an HTTP request) is in the server's log at its default level,
+/// for the operator to see an attack; a peer that connects and leaves (a port check) is not.
+#[test]
+fn a_failed_handshake_is_logged_and_a_port_check_is_not() {
+    use std::io::{Read, Write};
+    let f = folders();
+    let server = Server::start(&f, &[]);
+    drop(std::net::TcpStream::connect(&server.addr).unwrap());
+    let mut http = std::net::TcpStream::connect(&server.addr).unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let _ = http.read(&mut [0u8; 64]);
+    drop(http);
+    let mut log = String::new();
+    for _ in 0..600 {
+        log = std::fs::read_to_string(&server.log).unwrap_or_default();
+        if log.contains("TLS handshake failed") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("TLS handshake"))
+        .collect();
+    assert!(!failed.is_empty(), "{log}");
+    // Each one is the HTTP request's, at INFO: the port check is not among them.
+    for line in failed {
+        assert!(
+            line.contains(" INFO ") && line.contains("InvalidContentType"),
+            "{log}"
+        );
+    }
+}

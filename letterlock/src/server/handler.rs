@@ -200,7 +200,13 @@ impl<R: AsyncRead + Unpin> Connection<R> {
     /// everything queued, and, after a failure, lingers.
     async fn close(mut self, result: Result<(), Fail>) {
         if let Err(fail) = &result {
-            debug!(peer = %self.peer, error = %fail.message, "closing connection");
+            // Seen by the operator at the default level: a record that failed authentication
+            // (an altered stream), a protocol violation, a refusal. An idle timeout is routine.
+            if fail.code == ErrorCode::Timeout {
+                debug!(peer = %self.peer, error = %fail.message, "closing connection");
+            } else {
+                info!(peer = %self.peer, code = ?fail.code, error = %fail.message, "closing a connection on an error");
+            }
             let _ = self.out.send(Frame::error(fail.code, &fail.message)).await;
         }
         drop(self.out);

@@ -163,7 +163,11 @@ impl<S: Store> Server<S> {
                     Err(_) => handler::refuse_busy(conn).await,
                 }
             }
-            Err(e) => debug!(%peer, error = %e, "TLS handshake failed"),
+            // A peer that leaves before finishing (a port check) is routine; a handshake that
+            // fails on its content (a forged or replayed one, an unknown key) is for the
+            // operator to see.
+            Err(e) if e.is_peer_gone() => debug!(%peer, error = %e, "TLS handshake abandoned"),
+            Err(e) => info!(%peer, error = %e, "TLS handshake failed"),
         }
     }
 

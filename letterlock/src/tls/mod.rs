@@ -145,6 +145,20 @@ impl TlsError {
         )
     }
 
+    /// The peer closed or reset the connection during the handshake, with nothing wrong in
+    /// what it sent.
+    pub fn is_peer_gone(&self) -> bool {
+        matches!(
+            self,
+            TlsError::Io(e) if matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+            )
+        )
+    }
+
     /// The server refused our key (its `access_denied` alert).
     pub fn is_access_denied(&self) -> bool {
         matches!(
@@ -577,6 +591,26 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer that hangs up during the handshake is "gone" (logged at debug by the server);
+    /// one that sent something that is not TLS, or a failed check, is not.
+    #[test]
+    fn a_peer_that_hangs_up_is_told_from_one_that_fails_the_handshake() {
+        for kind in [
+            io::ErrorKind::UnexpectedEof,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::BrokenPipe,
+        ] {
+            assert!(TlsError::Io(kind.into()).is_peer_gone(), "{kind:?}");
+        }
+        assert!(!TlsError::Io(io::ErrorKind::PermissionDenied.into()).is_peer_gone());
+        let not_tls = TlsError::Handshake(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType,
+        ));
+        assert!(!not_tls.is_peer_gone() && not_tls.is_not_tls());
+        assert!(!TlsError::Timeout.is_peer_gone());
+        assert!(!TlsError::Handshake(rustls::Error::DecryptError).is_peer_gone());
+    }
     use crate::keys::PrivateKey;
     use rustls::sign::SingleCertAndKey;
 
