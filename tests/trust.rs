@@ -314,6 +314,12 @@ fn inbox_filters_read_from_and_rm() {
     let from_bob = inbox(&["--from", "bob"]);
     assert_eq!(from_bob.len(), 1);
     assert_eq!(from_bob[0]["id"], b.as_str());
+    // A filter that matches nothing says so, not that the inbox is empty.
+    let said = s.server_ok(&["server", "inbox", "--since", "4102444800"]);
+    assert!(
+        said.contains("no message matches (the inbox holds 2)"),
+        "{said}"
+    );
     // A name no client ever had is an error, not an empty inbox.
     let said = s.server_fails(&["server", "inbox", "--from", "nobody"]);
     assert!(said.contains("no client named nobody"), "{said}");

@@ -420,13 +420,7 @@ pub(super) async fn connect_with(
         },
         transport,
         backoff,
-        |r| {
-            status!(
-                "letterlock: the server is busy; retrying: attempt {}, waiting {} ms",
-                r.attempt,
-                r.wait.as_millis()
-            )
-        },
+        report_retry,
     )
     .await;
     let addr = &conn.server;
@@ -788,8 +782,11 @@ fn report_retry(r: &letterlock::client::Retry) {
             r.attempt,
             r.wait.as_millis()
         ),
+        // Closed without a byte, or refused before the handshake as unavailable: a full
+        // server does the first, one that cannot reach its mailbox database the second.
         RetryCause::Busy => status!(
-            "letterlock: the server is busy; retrying: attempt {}, waiting {} ms",
+            "letterlock: the server turned the connection away (busy, or its mailbox database \
+             is unavailable); retrying: attempt {}, waiting {} ms",
             r.attempt,
             r.wait.as_millis()
         ),

@@ -311,7 +311,9 @@ fn quiet_broken_pipe() {
 fn init_logging(verbose: u8, quiet: bool) {
     let default = match verbose {
         _ if quiet => "warn",
-        0 => "info",
+        // PostgreSQL's notices ("relation … already exists, skipping" at every migration)
+        // come through tokio-postgres at info: seen with -v.
+        0 => "info,tokio_postgres=warn",
         1 => "debug",
         _ => "trace",
     };

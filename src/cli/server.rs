@@ -188,8 +188,8 @@ pub(super) enum ServerCommand {
         #[command(flatten)]
         mailbox: MailboxArgs,
     },
-    /// Stop trusting client NAME; a running server refuses it from its next connection. Its
-    /// stored messages are kept.
+    /// Stop trusting client NAME; a running server refuses it from its next connection (on one
+    /// already open, from its next message, within a second). Its stored messages are kept.
     Untrust {
         /// The client's name (`letterlock server clients` lists them).
         name: String,
@@ -685,6 +685,7 @@ pub(super) async fn inbox(
 ) -> Result<ExitCode> {
     let store = open_mailbox(mailbox, false).await?;
     let mut list = store.list_inbox().await?;
+    let all = list.len();
     if let Some(name) = from {
         // A name no key ever had is a mistake to say, not an empty inbox.
         if !list.iter().any(|m| m.sender_name == name)
@@ -702,8 +703,10 @@ pub(super) async fn inbox(
     }
     if json {
         println!("{}", super::mailbox::inbox_json(&list)?);
-    } else if list.is_empty() {
+    } else if all == 0 {
         println!("inbox is empty");
+    } else if list.is_empty() {
+        println!("no message matches (the inbox holds {all})");
     } else {
         println!(
             "{:<32}  {:<12} {:<10} {:>10}  {:<20}  sender key",
@@ -998,7 +1001,8 @@ async fn untrust(name: &str, mailbox: &MailboxArgs) -> Result<ExitCode> {
     store.close().await?;
     println!(
         "{name} ({}) is no longer trusted: a running server refuses it from its next \
-         connection; its {messages} stored message(s) are kept (`letterlock server rm` deletes one)",
+         connection, and on a connection already open from its next message, within a \
+         second; its {messages} stored message(s) are kept (`letterlock server rm` deletes one)",
         KeyId(key_id)
     );
     let file = mailbox

@@ -449,7 +449,7 @@ fn tamper_record(mode: Tamper, record: TlsRecord) -> Result<(TlsRecord, String),
                     len / 2
                 ),
                 _ => format!(
-                    "flipped bit 0 of byte {} of the client's first {len}-byte record inside the session (the start of its message)",
+                    "flipped bit 0 of byte {} (the middle) of the client's first {len}-byte record inside the session, which carries the start of its message",
                     len / 2
                 ),
             }

@@ -159,7 +159,8 @@ impl From<TlsError> for ClientError {
             TlsError::WrongServer { got, expected } => ClientError::WrongServer { got, expected },
             e if e.is_access_denied() => ClientError::Refused {
                 code: ErrorCode::AuthFailed,
-                message: "the server does not trust our key (TLS access_denied)".into(),
+                // What the server said, and all it said: its TLS alert.
+                message: "TLS alert access_denied".into(),
             },
             e => ClientError::Tls(e),
         }
