@@ -2215,6 +2215,44 @@ async fn the_server_binary_keeps_its_mailbox_in_postgres() {
         out.contains("copied 0 inbox messages and 0 outbox messages"),
         "{out}"
     );
+
+    // What an operator gets wrong is said as such.
+    let fails = |args: &[&str]| {
+        let out = std::process::Command::new(common::BIN)
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "letterlock {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = fails(&["server", "copy-store", "--from", "nothing.db", "--to", url]);
+    assert!(err.contains("no SQLite mailbox at nothing.db"), "{err}");
+    assert!(
+        !d.join("nothing.db.lock").exists(),
+        "a lock file was left for no mailbox"
+    );
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.args(["server", "--listen", "127.0.0.1:0", "--store", "mail.db"])
+        .current_dir(d);
+    let (mut running, _) = common::spawn_server(cmd);
+    let err = fails(&["server", "copy-store", "--from", "mail.db", "--to", url]);
+    assert!(err.contains("stop that server first"), "{err}");
+    let _ = running.kill();
+    let _ = running.wait();
+    let bad = format!("{url}&bogus=1");
+    let bad = if url.contains('?') {
+        bad
+    } else {
+        format!("{url}?bogus=1")
+    };
+    let err = fails(&["server", "migrate", "--store", &bad]);
+    assert!(
+        err.contains("the mailbox database URL is not valid"),
+        "{err}"
+    );
+    let err = fails(&["server", "migrate", "--store", "postgres:/u@db/mail"]);
+    assert!(err.contains("does not start with postgres://"), "{err}");
 }
 
 /// Kills a server process when the test ends, pass or fail.

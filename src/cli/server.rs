@@ -461,6 +461,17 @@ fn parse_time(text: &str) -> Result<u64> {
 /// place on an upgrade.
 pub(super) fn store_path(keys_dir: &Path, store: Option<&Path>) -> Result<PathBuf> {
     if let Some(store) = store {
+        // `postgres:/…` or `postgresql:/…` (one slash short) would otherwise be taken for a
+        // file path and a folder named `postgres:`.
+        if let Some(text) = store.to_str()
+            && (text.starts_with("postgres:") || text.starts_with("postgresql:"))
+            && super::store_admin::postgres_url(store).is_none()
+        {
+            bail!(
+                "--store {text:?} looks like a PostgreSQL URL but does not start with \
+                 postgres://; the form is postgres://USER[:PASSWORD]@HOST[:PORT]/DB"
+            );
+        }
         return Ok(store.to_path_buf());
     }
     if !keys_dir.is_dir() {
@@ -493,7 +504,7 @@ pub(super) fn store_path(keys_dir: &Path, store: Option<&Path>) -> Result<PathBu
 /// same SQLite mailbox is refused: each server sweeps the body files it finds unfinished at
 /// start, and would take another server's bodies in flight for leftovers. The operator's
 /// commands (inbox, read, trust…) do not take it. A PostgreSQL mailbox is shared on purpose.
-fn lock_sqlite_mailbox(path: &Path) -> Result<Option<std::fs::File>> {
+pub(super) fn lock_sqlite_mailbox(path: &Path) -> Result<Option<std::fs::File>> {
     if super::store_admin::postgres_url(path).is_some() {
         return Ok(None);
     }

@@ -295,6 +295,17 @@ pub(super) async fn copy_store(a: CopyStoreArgs) -> Result<std::process::ExitCod
     };
     #[cfg(feature = "postgres")]
     {
+        if !a.from.is_file() {
+            anyhow::bail!(
+                "no SQLite mailbox at {} (--from: a server's --store file, by default \
+                 KEYS/letterlock-server.db)",
+                a.from.display()
+            );
+        }
+        // A server running on the SQLite mailbox would go on acknowledging messages that the
+        // copy never sees: its lock says it runs.
+        let _no_server = super::server::lock_sqlite_mailbox(&a.from)
+            .context("copy-store copies a mailbox no server is using: stop that server first")?;
         let target = PostgresStore::connect(url)
             .await
             .context("cannot open the PostgreSQL mailbox")?;

@@ -34,6 +34,15 @@ pub enum StoreError {
         source: BackendError,
     },
 
+    /// The postgres:// URL does not parse: nothing was tried, and retrying will not help.
+    #[error(
+        "the mailbox database URL is not valid: {source}; the form is postgres://USER[:PASSWORD]@HOST[:PORT]/DB, or postgres://USER@/DB?host=/socket/folder"
+    )]
+    BadUrl {
+        #[source]
+        source: BackendError,
+    },
+
     /// The connection to the PostgreSQL server broke in the middle of a request (the server
     /// shut down or restarted, the connection was terminated or the network failed). The
     /// request's transaction did not commit, or its outcome is unknown; either way a retry is

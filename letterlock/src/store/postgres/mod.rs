@@ -187,9 +187,8 @@ fn describe(config: &tokio_postgres::Config) -> String {
 
 /// Parses `url` and adds what every connection of the store needs.
 fn store_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Connect {
-        // The URL may hold a password: not repeated here.
-        target: "(the given postgres:// URL)".to_owned(),
+    // The error does not repeat the URL: it may hold a password.
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::BadUrl {
         source: Box::new(e),
     })?;
     // Durability is the store's promise, not the server's configuration: a commit returns
