@@ -777,8 +777,8 @@ fn report_retry(r: &letterlock::client::Retry) {
     match r.cause {
         RetryCause::Unavailable { id } => status!(
             "letterlock: the server could not store message {id} now (it answered \
-             \"unavailable\": its mailbox database may be down); resending it: attempt {}, \
-             waiting {} ms",
+             \"unavailable\": its mailbox database may be down, or its disk full); resending \
+             it: attempt {}, waiting {} ms",
             r.attempt,
             r.wait.as_millis()
         ),

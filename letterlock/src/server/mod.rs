@@ -272,6 +272,15 @@ impl Fail {
         Fail::new(ErrorCode::Internal, "internal server error")
     }
 
+    /// Nothing was stored for want of disk space: "unavailable", so the client tries again
+    /// with its backoff, and succeeds once the operator frees space.
+    fn disk_full() -> Self {
+        Fail::new(
+            ErrorCode::Unavailable,
+            "the server's disk is full; nothing was acked, try again later",
+        )
+    }
+
     fn from_conn(e: ConnError) -> Self {
         match e {
             ConnError::Wire(w) => Fail::new(ErrorCode::Protocol, w.to_string()),
@@ -284,7 +293,9 @@ impl Fail {
     /// "internal" otherwise.
     fn store(e: store::StoreError) -> Self {
         warn!(error = %e, "store error");
-        if e.is_unavailable() {
+        if e.is_disk_full() {
+            Fail::disk_full()
+        } else if e.is_unavailable() {
             Fail::new(
                 ErrorCode::Unavailable,
                 "the server's mailbox database is unavailable; nothing was acked, try again later",
@@ -299,14 +310,17 @@ impl Fail {
     /// The store's writer failed while a message's sealed bytes were being kept (the opener
     /// writes nothing else that can fail): a store failure, never the message's fault. As
     /// [`Fail::store`] when the writer passed on a [`store::StoreError`] (a database lost
-    /// mid-body is "unavailable", a resend may succeed); "internal" for any other I/O error
-    /// (a full disk).
+    /// mid-body is "unavailable", a resend may succeed); a full disk is "unavailable" too
+    /// ([`Fail::disk_full`]); "internal" for any other I/O error.
     fn store_write(e: std::io::Error) -> Self {
         if !e
             .get_ref()
             .is_some_and(|inner| inner.is::<store::StoreError>())
         {
             warn!(error = %e, "keeping a message's body failed");
+            if e.kind() == std::io::ErrorKind::StorageFull {
+                return Fail::disk_full();
+            }
             return Fail::internal();
         }
         match e

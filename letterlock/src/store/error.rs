@@ -178,6 +178,27 @@ impl StoreError {
         )
     }
 
+    /// The disk under the store is full (SQLite's `SQLITE_FULL`, PostgreSQL's `disk_full`, or a
+    /// body file's `ENOSPC`): nothing was stored, and a retry succeeds once space is freed.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => source.kind() == std::io::ErrorKind::StorageFull,
+            StoreError::Database { source, .. } => {
+                #[cfg(feature = "sqlite")]
+                if let Some(rusqlite::Error::SqliteFailure(e, _)) = source.downcast_ref() {
+                    return e.code == rusqlite::ErrorCode::DiskFull;
+                }
+                #[cfg(feature = "postgres")]
+                if let Some(e) = source.downcast_ref::<tokio_postgres::Error>() {
+                    return e.code() == Some(&tokio_postgres::error::SqlState::DISK_FULL);
+                }
+                let _ = source;
+                false
+            }
+            _ => false,
+        }
+    }
+
     /// Shorthand for [`StoreError::Database`], used with `map_err`.
     #[cfg(feature = "sqlite")]
     pub(crate) fn db(action: &'static str) -> impl FnOnce(rusqlite::Error) -> Self {
@@ -198,5 +219,42 @@ impl StoreError {
             path,
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full disk is told apart from other failures, whichever layer met it, so the server
+    /// can answer "unavailable" (the client retries) instead of "internal".
+    #[test]
+    fn a_full_disk_is_recognised_from_each_backend() {
+        let io = |kind: std::io::ErrorKind| StoreError::Io {
+            action: "write",
+            path: PathBuf::from("x"),
+            source: kind.into(),
+        };
+        assert!(io(std::io::ErrorKind::StorageFull).is_disk_full());
+        assert!(!io(std::io::ErrorKind::PermissionDenied).is_disk_full());
+        #[cfg(feature = "sqlite")]
+        {
+            let sqlite = |code: i32| StoreError::Database {
+                action: "commit",
+                source: Box::new(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(code),
+                    None,
+                )),
+            };
+            assert!(sqlite(rusqlite::ffi::SQLITE_FULL).is_disk_full());
+            assert!(!sqlite(rusqlite::ffi::SQLITE_CORRUPT).is_disk_full());
+        }
+        assert!(
+            !StoreError::Database {
+                action: "commit",
+                source: "other".into(),
+            }
+            .is_disk_full()
+        );
     }
 }
