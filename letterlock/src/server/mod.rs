@@ -354,7 +354,8 @@ mod tests {
     use super::*;
 
     /// A body write that failed in the store says so: "unavailable" when the store lost its
-    /// database, "internal" for any other I/O error; never the message's fault.
+    /// database or the disk is full (a retry can succeed), "internal" for any other I/O
+    /// error; never the message's fault.
     #[test]
     fn body_write_failures_are_store_failures() {
         let lost = store::StoreError::ConnectionLost {
@@ -363,8 +364,9 @@ mod tests {
         };
         let wrapped = std::io::Error::other(lost);
         assert_eq!(Fail::store_write(wrapped).code, ErrorCode::Unavailable);
-        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
-        assert_eq!(Fail::store_write(full).code, ErrorCode::Internal);
+        let full = Fail::store_write(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert_eq!(full.code, ErrorCode::Unavailable);
+        assert!(full.message.contains("disk is full"), "{}", full.message);
         let other = std::io::Error::other("this store keeps no body files");
         assert_eq!(Fail::store_write(other).code, ErrorCode::Internal);
     }
