@@ -741,6 +741,13 @@ fn a_rotation_names_the_senders_of_relayed_messages_it_strands() {
         "the server cannot resend these: {err}"
     );
     let _ = out;
+    let listed = w.server_cmd(&["outbox"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("bob") && l.contains("alice") && l.contains("STRANDED")),
+        "{listed}"
+    );
 }
 
 /// `contacts --accept NAME` accepts only the changed key the user was shown by an earlier

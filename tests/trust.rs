@@ -669,6 +669,24 @@ fn a_rotation_tells_of_messages_queued_for_the_old_key() {
         "{}",
         stderr(&out)
     );
+    // `server outbox` lists it, stranded; one queued for the new key waits.
+    s.server_ok(&["server", "send_msg", "--to", "bob", "after the rotation"]);
+    let listed = s.server_ok(&["server", "outbox"]);
+    assert_eq!(listed.matches("STRANDED").count(), 1, "{listed}");
+    assert_eq!(listed.matches("waiting").count(), 1, "{listed}");
+    let out = letterlock(&s.root, &s.server_args(&["server", "outbox", "--json"]));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r["to"] == "bob" && r["from"] == "server")
+    );
+    assert_eq!(
+        rows.iter().filter(|r| r["stranded"] == true).count(),
+        1,
+        "{rows:?}"
+    );
 }
 
 /// A second `letterlock server` on the same SQLite mailbox is refused while the first runs

@@ -140,6 +140,17 @@ pub(super) enum ServerCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List the messages waiting for clients to fetch them: queued by this server (`server
+    /// send_msg`) or relayed from one client to another; those queued for a key that is no
+    /// longer trusted (replaced or removed) are marked stranded: nobody can fetch them.
+    Outbox {
+        #[command(flatten)]
+        mailbox: MailboxArgs,
+        /// Machine-readable output: an array of {id, to, to_key, from ("server" or the sending
+        /// client's name), mode, sealed_bytes, created (Unix seconds), stranded (bool)}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Open a received message again (it is kept sealed at rest).
     Read {
         /// Message id, or a unique prefix of it.
@@ -233,6 +244,9 @@ pub(super) fn command(command: ServerCommand) -> Result<ExitCode> {
         } => {
             let since = since.as_deref().map(parse_time).transpose()?;
             super::runtime()?.block_on(inbox(&mailbox, from.as_deref(), since, json))
+        }
+        ServerCommand::Outbox { mailbox, json } => {
+            super::runtime()?.block_on(outbox(&mailbox, json))
         }
         ServerCommand::Read {
             id,
@@ -739,6 +753,72 @@ pub(super) async fn inbox(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `server outbox`: every message waiting for a client, under each key any client ever had,
+/// oldest first per key; stranded when that key is no longer trusted.
+async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
+    let store = open_mailbox(mailbox, false).await?;
+    let keys = store.client_keys().await?;
+    let mut rows = Vec::new();
+    for key in &keys {
+        let stranded = key.ended.is_some();
+        for m in store.pending_outbox(&key.key_id).await? {
+            rows.push((m, stranded));
+        }
+    }
+    store.close().await?;
+    let from = |m: &letterlock::store::OutboxEntry| match &m.sender {
+        Some((_, name)) => letterlock::text::line(name).to_string(),
+        None => "server".to_owned(),
+    };
+    if json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(m, stranded)| {
+                serde_json::json!({
+                    "id": hex::encode(m.message_id),
+                    "to": m.recipient_name,
+                    "to_key": KeyId(m.recipient_key_id).to_string(),
+                    "from": from(m),
+                    "mode": super::mailbox::mode_name(m.mode),
+                    "sealed_bytes": m.body_size,
+                    "created": m.created,
+                    "stranded": stranded,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            super::mailbox::ascii_json(&serde_json::to_string_pretty(&list)?)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!("outbox is empty: no message waits for a client");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<32}  {:<12} {:<12} {:<10} {:>10}  {:<20}  state",
+        "id", "to", "from", "mode", "sealed", "created (UTC)"
+    );
+    for (m, stranded) in &rows {
+        println!(
+            "{:<32}  {:<12} {:<12} {:<10} {:>10}  {:<20}  {}",
+            hex::encode(m.message_id),
+            letterlock::text::line(&m.recipient_name),
+            from(m),
+            super::mailbox::mode_name(m.mode),
+            m.body_size,
+            time_text(m.created),
+            if *stranded {
+                "STRANDED: sealed to a key no longer trusted"
+            } else {
+                "waiting"
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The one inbox message `id` (a prefix) names, from `from` if given. Several: an error that
 /// lists them (id, sender, date received) and says how to choose.
 async fn pick(store: &impl Store, id: &str, from: Option<&str>) -> Result<InboxSummary> {
@@ -936,8 +1016,8 @@ async fn trust(
     if !own.is_empty() {
         eprintln!(
             "letterlock: {} message(s) this server queued for {name}'s old key stay undelivered \
-             (they were sealed to that key): send them again with `letterlock server send_msg \
-             --to {name}`",
+             (they were sealed to that key; `letterlock server outbox` lists them): send them \
+             again with `letterlock server send_msg --to {name}`",
             own.len()
         );
     }
@@ -951,7 +1031,8 @@ async fn trust(
         eprintln!(
             "letterlock: {} message(s) other clients relayed to {name}'s old key stay undelivered \
              (sealed to that key, and unreadable here): only their senders can send them again \
-             ({}); their `client receipts` show them as not read",
+             ({}); their `client receipts` show them as not read, and `letterlock server \
+             outbox` lists them as stranded",
             relayed.len(),
             letterlock::text::line(&senders.join(", "))
         );
