@@ -2573,3 +2573,63 @@ async fn postgres_server_releases_the_leases_of_an_unacked_fetch() {
     task_a.await.unwrap();
     task_b.await.unwrap();
 }
+
+/// A SQLite mailbox opened through a symbolic link to its file keeps its bodies beside the
+/// file itself (where a server opened by the real path, and its lock, are); bodies an earlier
+/// letterlock kept beside the link stop the open with what to do; a file with several names
+/// (hard links) is refused before anything is created beside the other name.
+#[test]
+fn a_sqlite_mailbox_through_a_link_keeps_one_body_folder() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (disk, srv, other) = (
+        dir.path().join("disk"),
+        dir.path().join("srv"),
+        dir.path().join("other"),
+    );
+    for d in [&disk, &srv, &other] {
+        std::fs::create_dir(d).unwrap();
+    }
+    drop(SqliteStore::open(disk.join("mail.db")).unwrap());
+    std::os::unix::fs::symlink(disk.join("mail.db"), srv.join("mail.db")).unwrap();
+    let store = SqliteStore::open(srv.join("mail.db")).unwrap();
+    assert_eq!(
+        store.blob_dir(),
+        std::fs::canonicalize(disk.join("mail.db.blobs")).unwrap()
+    );
+    drop(store);
+    assert!(
+        !srv.join("mail.db.blobs").exists(),
+        "a body folder beside the link"
+    );
+
+    // An earlier letterlock's bodies beside the link.
+    std::fs::create_dir(srv.join("mail.db.blobs")).unwrap();
+    std::fs::write(
+        srv.join("mail.db.blobs")
+            .join(format!("{}.blob", "ab".repeat(16))),
+        b"x",
+    )
+    .unwrap();
+    let err = SqliteStore::open(srv.join("mail.db"))
+        .err()
+        .expect("opened");
+    assert!(
+        matches!(err, letterlock::store::StoreError::BodiesBesideLink { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("mv "), "{err}");
+
+    // A second name for the file.
+    std::fs::hard_link(disk.join("mail.db"), other.join("mail.db")).unwrap();
+    let err = SqliteStore::open(other.join("mail.db"))
+        .err()
+        .expect("opened");
+    assert!(
+        matches!(
+            err,
+            letterlock::store::StoreError::HardLinked { links: 2, .. }
+        ),
+        "{err}"
+    );
+    assert!(!other.join("mail.db.blobs").exists());
+}

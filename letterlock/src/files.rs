@@ -83,13 +83,13 @@ impl AtomicFile {
             .permissions(permissions(opts.mode))
             .tempfile_in(&dir)
             .map_err(|e| {
+                // The system's own error: tempfile's wrapper shows it as "{error} at path
+                // {random name}" and does not hand it out otherwise.
+                let text = e.to_string();
+                let why = text.split(" at path ").next().unwrap_or(&text);
                 io::Error::new(
                     e.kind(),
-                    format!(
-                        "cannot create a new file in {}: {}",
-                        dir.display(),
-                        io::Error::from(e.kind())
-                    ),
+                    format!("cannot create a new file in {}: {why}", dir.display()),
                 )
             })?;
         Ok(AtomicFile {

@@ -151,6 +151,8 @@ mod with_sqlite {
     /// (existing ones keep their permissions): the store itself would create them with the
     /// umask's (usually world-readable) permissions.
     pub(crate) fn create_private(path: &Path) -> Result<(), StoreError> {
+        // Beside the file itself, where the store keeps its bodies (SqliteStore::real_path).
+        let path = &crate::store::SqliteStore::real_path(path);
         match fs::OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -82,6 +82,13 @@ pub enum StoreError {
     )]
     HardLinked { path: PathBuf, links: u64 },
 
+    /// Message bodies kept beside a symbolic link to the database, where an earlier letterlock
+    /// put them; this one keeps them beside the database file itself.
+    #[error(
+        "the mailbox's message bodies are in {old}, beside a link to the database; they belong beside the database file itself, in {new}: move them there while no server runs (`mkdir -p {new} && mv {old}/* {new}/`), then start again"
+    )]
+    BodiesBesideLink { old: PathBuf, new: PathBuf },
+
     /// A database statement failed.
     #[error(
         "mailbox database error while {action}: {source}; if this persists, check disk space and run an integrity check"

@@ -231,20 +231,20 @@ impl SqliteStore {
         // The file itself, not the name it was given: a store opened through a symbolic link
         // keeps its bodies and its lock beside the real file, where every other opener finds
         // them.
-        let path = Self::real_path(path.as_ref());
-        let mut blob_dir = path.clone().into_os_string();
-        blob_dir.push(BLOB_DIR_SUFFIX);
-        let blob_dir = PathBuf::from(blob_dir);
-        create_private_files(&path, &blob_dir)?;
-        let links = fs::metadata(&path)
-            .map_err(StoreError::io(
-                "read the mailbox database's metadata",
-                &path,
-            ))?
-            .nlink();
-        if links > 1 {
-            return Err(StoreError::HardLinked { path, links });
+        let given = path.as_ref();
+        let path = Self::real_path(given);
+        // Before anything is created or changed.
+        if let Ok(meta) = fs::metadata(&path)
+            && meta.nlink() > 1
+        {
+            return Err(StoreError::HardLinked {
+                path,
+                links: meta.nlink(),
+            });
         }
+        let blob_dir = blob_dir_of(&path);
+        bodies_not_beside_a_link(&blob_dir_of(given), &blob_dir)?;
+        create_private_files(&path, &blob_dir)?;
         // Canonical, so two handles opened through different spellings of
         // the path agree on where bodies live (see the foreign-body check).
         let blob_dir = fs::canonicalize(&blob_dir)
@@ -434,6 +434,34 @@ fn remove_body_files(blob_dir: &Path, names: &[String]) {
 
 /// Create the database file 0600 and the blob folder 0700 if they are new, and tighten them if
 /// they exist with wider modes (a store made before letterlock set modes, or by a umask of 022).
+/// `<path>.blobs`.
+fn blob_dir_of(path: &Path) -> PathBuf {
+    let mut blob_dir = path.as_os_str().to_owned();
+    blob_dir.push(BLOB_DIR_SUFFIX);
+    PathBuf::from(blob_dir)
+}
+
+/// Before bodies were kept beside the database file itself, a store opened through a link to
+/// it kept them beside the link (`given`): refused while any are there, with what to do,
+/// rather than opened as if they were gone.
+fn bodies_not_beside_a_link(given: &Path, real: &Path) -> Result<(), StoreError> {
+    let (Ok(old), Ok(mut entries)) = (fs::canonicalize(given), fs::read_dir(given)) else {
+        return Ok(());
+    };
+    if fs::canonicalize(real).is_ok_and(|new| new == old) {
+        return Ok(());
+    }
+    let holds_bodies =
+        entries.any(|e| e.is_ok_and(|e| is_blob_name(&e.file_name().to_string_lossy())));
+    if holds_bodies {
+        return Err(StoreError::BodiesBesideLink {
+            old,
+            new: real.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
 fn create_private_files(path: &Path, blob_dir: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     // As before modes were set: a store in a folder that does not exist yet creates it.

@@ -205,6 +205,8 @@ fn read_rows(
     writer: impl Fn() -> BlobWriter,
     rows: &mpsc::Sender<Row>,
 ) -> Result<(), StoreError> {
+    // Its bodies are beside the file itself, whatever link leads to it.
+    let path = &crate::store::SqliteStore::real_path(path);
     if !path.is_file() {
         return Err(StoreError::Io {
             action: "find the SQLite mailbox",
