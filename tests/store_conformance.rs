@@ -2610,9 +2610,9 @@ fn a_sqlite_mailbox_through_a_link_keeps_one_body_folder() {
         b"x",
     )
     .unwrap();
-    let err = SqliteStore::open(srv.join("mail.db"))
-        .err()
-        .expect("opened");
+    let Err(err) = SqliteStore::open(srv.join("mail.db")) else {
+        panic!("opened");
+    };
     assert!(
         matches!(err, letterlock::store::StoreError::BodiesBesideLink { .. }),
         "{err}"
@@ -2621,9 +2621,9 @@ fn a_sqlite_mailbox_through_a_link_keeps_one_body_folder() {
 
     // A second name for the file.
     std::fs::hard_link(disk.join("mail.db"), other.join("mail.db")).unwrap();
-    let err = SqliteStore::open(other.join("mail.db"))
-        .err()
-        .expect("opened");
+    let Err(err) = SqliteStore::open(other.join("mail.db")) else {
+        panic!("opened");
+    };
     assert!(
         matches!(
             err,
