@@ -820,6 +820,28 @@ fn accept_takes_only_the_changed_key_the_user_was_shown() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(key_of_bob(a), id("alice4096"));
 
+    // Naming the checked key: only that one is accepted, by key id or OpenSSH fingerprint,
+    // whatever the contacts recorded before; the banner gives the command with it.
+    swap_bob_to("mallory");
+    let (code, _, err) = w.client(a, &["contacts"]);
+    assert_eq!(code, 6, "{err}");
+    assert!(
+        err.contains(&format!("contacts --accept bob --key {}", id("mallory"))),
+        "{err}"
+    );
+    swap_bob_to("bob4096");
+    let (code, _, err) = w.client(a, &["contacts", "--accept", "bob", "--key", &id("mallory")]);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("not ") && err.contains("nothing was accepted"),
+        "{err}"
+    );
+    assert_eq!(key_of_bob(a), id("alice4096"));
+    let ssh = public("bob4096").ssh_fingerprint().to_string();
+    let (code, _, err) = w.client(a, &["contacts", "--accept", "bob", "--key", &ssh]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(key_of_bob(a), id("bob4096"));
+
     // Nothing to accept, and no such contact, say so.
     let (code, _, err) = w.client(a, &["contacts", "--accept", "bob"]);
     assert_ne!(code, 0);

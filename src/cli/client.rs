@@ -591,9 +591,12 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
             return fail(anyhow::anyhow!(
                 "NOT sent: the key of {name} in the server's directory changed (see the warning \
                  above; the key you accepted before is {}); nothing is sent until you accept the \
-                 new one with `letterlock client contacts --accept {name}`, after checking its \
-                 fingerprint with {name}",
-                c.key.id()
+                 new one with `letterlock client contacts --accept {name} --key {}`, after \
+                 checking its fingerprint with {name}",
+                c.key.id(),
+                c.offered
+                    .as_ref()
+                    .map_or_else(|| "KEY".to_owned(), |o| o.key.id().to_string())
             ));
         }
         Err(e) => return fail(e),

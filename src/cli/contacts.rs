@@ -66,11 +66,17 @@ pub(super) struct ContactsArgs {
     #[arg(long)]
     pub(super) json: bool,
     /// Accept the changed key the directory offers for NAME (after checking its fingerprint
-    /// with NAME out of band): it becomes the key used for NAME. Only the key an earlier
-    /// `client contacts` showed you is accepted: if the directory now offers another, nothing
-    /// is, and the new one is shown.
+    /// with NAME out of band): it becomes the key used for NAME. Give the key you checked
+    /// with --key; without it, the offer an earlier directory read recorded (shown by `client
+    /// contacts` or a `send_msg --to`) is accepted. If the directory now offers another,
+    /// nothing is, and the new one is shown.
     #[arg(long, value_name = "NAME")]
     pub(super) accept: Option<String>,
+    /// With --accept: the key you checked with NAME, as its key id (SPKI-SHA256:…) or its
+    /// OpenSSH fingerprint (SHA256:…, what `letterlock fingerprint` prints): only that key is
+    /// accepted. Without it, the key the last directory read recorded before this command.
+    #[arg(long, value_name = "KEY", requires = "accept")]
+    pub(super) key: Option<String>,
     /// Do not ask the server: list what this client knows.
     #[arg(long)]
     pub(super) offline: bool,
@@ -235,7 +241,7 @@ fn print_change(name: &str, before: &keys::KeyId, now: &keys::KeyId) {
          {name} may have a new key, or the server (or whoever controls it) may be substituting\n\
          one to read what you send {name}. Nothing is sent to or accepted from the new key until\n\
          you accept it: ask {name} for the fingerprint of their key out of band, then\n  \
-         letterlock client contacts --accept {name}"
+         letterlock client contacts --accept {name} --key {now}"
     );
 }
 
@@ -275,16 +281,40 @@ pub(super) async fn contacts(a: ContactsArgs) -> Result<ExitCode> {
             move |c| c.get(&name)
         })
         .await?;
-        let shown = match (shown, before.as_ref().and_then(|b| b.offered.as_ref())) {
-            (Some(shown), _) => shown,
-            (None, Some(offered)) => bail!(
+        let offered = before.as_ref().and_then(|b| b.offered.as_ref());
+        let shown = match (&a.key, shown, offered) {
+            // The key the user names is the one accepted, or nothing.
+            (Some(key), _, Some(offered)) => {
+                let key = key.trim();
+                if key != offered.key.id().to_string()
+                    && key != offered.key.ssh_fingerprint().to_string()
+                {
+                    bail!(
+                        "the server's directory offers {name} the key {} ({}), not {key}; \
+                         nothing was accepted",
+                        offered.key.id(),
+                        offered.key.ssh_fingerprint()
+                    );
+                }
+                offered.key.id()
+            }
+            (Some(_), _, None) => {
+                return Err(match before {
+                    None => ContactsError::NoSuchName(name.clone()),
+                    Some(_) => ContactsError::NothingToAccept(name.clone()),
+                }
+                .into());
+            }
+            (None, Some(shown), _) => shown,
+            (None, None, Some(offered)) => bail!(
                 "the server's directory offers {name} a changed key that you have not been shown \
                  before: {} ({}); nothing was accepted. Check it with {name} out of band, then \
-                 run `letterlock client contacts --accept {name}` again",
+                 run `letterlock client contacts --accept {name} --key {}`",
                 offered.key.id(),
-                offered.key.ssh_fingerprint()
+                offered.key.ssh_fingerprint(),
+                offered.key.id()
             ),
-            (None, None) => {
+            (None, None, None) => {
                 return Err(match before {
                     None => ContactsError::NoSuchName(name.clone()),
                     Some(_) => ContactsError::NothingToAccept(name.clone()),

@@ -138,7 +138,7 @@ pub enum ContactsError {
     #[error(
         "the server's directory now offers {name} the key {offered}, not {shown}, the one you \
          were shown; nothing was accepted. Check {offered} with {name} out of band, then run \
-         `letterlock client contacts --accept {name}` again"
+         `letterlock client contacts --accept {name} --key {offered}`"
     )]
     OfferChanged {
         name: String,
