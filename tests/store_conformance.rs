@@ -2237,7 +2237,7 @@ async fn the_server_binary_keeps_its_mailbox_in_postgres() {
         .current_dir(d);
     let (mut running, _) = common::spawn_server(cmd);
     let err = fails(&["server", "copy-store", "--from", "mail.db", "--to", url]);
-    assert!(err.contains("stop that server first"), "{err}");
+    assert!(err.contains("is running on mail.db"), "{err}");
     let _ = running.kill();
     let _ = running.wait();
     let bad = format!("{url}&bogus=1");

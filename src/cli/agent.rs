@@ -119,6 +119,18 @@ fn stop(path: &Path) -> Result<ExitCode> {
             "unexpected answer from the agent on {}: {other:?}",
             path.display()
         ),
+        // No socket, but an agent may hold the folder while it asks for its passphrase or
+        // connects: it listens only after that.
+        Err(AskError::NotRunning(_))
+            if path.with_extension("lock").exists()
+                && matches!(AgentSocket::lock(path), Err(AgentError::AlreadyRunning(_))) =>
+        {
+            bail!(
+                "an agent for {} is starting (asking for its passphrase, or connecting) and does \
+                 not listen yet: stop it where it runs (Ctrl-C), or run --stop again once it listens",
+                path.display()
+            )
+        }
         Err(AskError::NotRunning(_)) => bail!("no agent is running on {}", path.display()),
         Err(e) => Err(e.into()),
     }

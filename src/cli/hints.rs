@@ -48,7 +48,11 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
             ClientError::Refused {
                 code: letterlock::wire::ErrorCode::ModeNotAccepted,
                 ..
-            } => Some("this server does not accept that mode: try --mode hybrid".into()),
+            } => Some(
+                "this server does not accept that mode: send with the other one (--mode hybrid \
+                 or --mode asymmetric)"
+                    .into(),
+            ),
             ClientError::WrongServer { .. } => Some(
                 "check server_public.pem: it must be the public key of the server you meant; if \
                  its operator confirms the key changed, `letterlock client trust-server \

@@ -180,8 +180,23 @@ pub(super) fn change_passphrase(a: PassphraseCmdArgs) -> Result<ExitCode> {
     };
     keys::write_atomic(&a.key, text.as_bytes(), 0o600, true)?;
     if new.is_some() && a.key.file_name() == Some(std::ffi::OsStr::new("client_private.pem")) {
-        let folder = a.key.parent().unwrap_or(Path::new(""));
+        let folder = a
+            .key
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         super::client::discard_handshake_key(&super::client::handshake_key_cache(folder))?;
+        // An agent started before holds the key unlocked, and keeps a handshake key on disk
+        // as it was told to then.
+        if std::fs::symlink_metadata(folder.join(super::agent::AGENT_SOCKET)).is_ok() {
+            eprintln!(
+                "letterlock: a client agent may be running for {}: it holds the key as it was \
+                 (no passphrase) and keeps writing client_handshake.pem; stop it with \
+                 `letterlock client agent --stop --keys {}`",
+                folder.display(),
+                folder.display()
+            );
+        }
     }
     match new {
         Some(_) => eprintln!(

@@ -518,7 +518,7 @@ pub(super) fn store_path(keys_dir: &Path, store: Option<&Path>) -> Result<PathBu
 /// same SQLite mailbox is refused: each server sweeps the body files it finds unfinished at
 /// start, and would take another server's bodies in flight for leftovers. The operator's
 /// commands (inbox, read, trust…) do not take it. A PostgreSQL mailbox is shared on purpose.
-pub(super) fn lock_sqlite_mailbox(path: &Path) -> Result<Option<std::fs::File>> {
+fn lock_sqlite_mailbox(path: &Path) -> Result<Option<std::fs::File>> {
     if super::store_admin::postgres_url(path).is_some() {
         return Ok(None);
     }

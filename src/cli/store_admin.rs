@@ -38,6 +38,17 @@ pub(super) fn postgres_url(store: &Path) -> Option<&str> {
         .filter(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
 }
 
+/// Whether a server holds the lock of the SQLite mailbox at `path` (`MAILBOX.lock` beside the
+/// file itself), that is, runs on it. Creates nothing: a mailbox in a read-only folder, which
+/// no server writes to, is not running.
+#[cfg(feature = "postgres")]
+fn server_running_on(path: &Path) -> bool {
+    let mut lock = letterlock::store::SqliteStore::real_path(path).into_os_string();
+    lock.push(".lock");
+    std::fs::File::open(lock)
+        .is_ok_and(|file| matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
+}
+
 /// Connects to the PostgreSQL mailbox at `url`, creating or migrating its schema.
 pub(super) async fn connect_postgres(url: &str) -> Result<AnyStore> {
     #[cfg(feature = "postgres")]
@@ -303,9 +314,14 @@ pub(super) async fn copy_store(a: CopyStoreArgs) -> Result<std::process::ExitCod
             );
         }
         // A server running on the SQLite mailbox would go on acknowledging messages that the
-        // copy never sees: its lock says it runs.
-        let _no_server = super::server::lock_sqlite_mailbox(&a.from)
-            .context("copy-store copies a mailbox no server is using: stop that server first")?;
+        // copy never sees.
+        if server_running_on(&a.from) {
+            anyhow::bail!(
+                "a letterlock server is running on {} (it holds its .lock file): stop it first, \
+                 then copy",
+                a.from.display()
+            );
+        }
         let target = PostgresStore::connect(url)
             .await
             .context("cannot open the PostgreSQL mailbox")?;

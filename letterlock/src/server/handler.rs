@@ -205,7 +205,9 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             if fail.code == ErrorCode::Timeout {
                 debug!(peer = %self.peer, error = %fail.message, "closing connection");
             } else {
-                info!(peer = %self.peer, code = ?fail.code, error = %fail.message, "closing a connection on an error");
+                super::peer_log::within_budget(
+                    || info!(peer = %self.peer, code = ?fail.code, error = %fail.message, "closing a connection on an error"),
+                );
             }
             let _ = self.out.send(Frame::error(fail.code, &fail.message)).await;
         }

@@ -166,8 +166,12 @@ impl<S: Store> Server<S> {
             // A peer that leaves before finishing (a port check) is routine; a handshake that
             // fails on its content (a forged or replayed one, an unknown key) is for the
             // operator to see.
-            Err(e) if e.is_peer_gone() => debug!(%peer, error = %e, "TLS handshake abandoned"),
-            Err(e) => info!(%peer, error = %e, "TLS handshake failed"),
+            Err(e) if e.is_peer_gone() || matches!(e, tls::TlsError::Timeout) => {
+                debug!(%peer, error = %e, "TLS handshake abandoned")
+            }
+            Err(e) => {
+                super::peer_log::within_budget(|| info!(%peer, error = %e, "TLS handshake failed"))
+            }
         }
     }
 

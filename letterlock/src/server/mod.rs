@@ -37,6 +37,7 @@ mod admission;
 mod deliver;
 mod handler;
 mod listener;
+mod peer_log;
 mod receive;
 mod relay;
 mod trust;

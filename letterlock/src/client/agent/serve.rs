@@ -64,7 +64,9 @@ pub struct AgentConfig {
 /// Why an agent could not start, or stopped other than being asked to.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("an agent is already running for {0}")]
+    #[error(
+        "an agent is already running for {0} (or starting: asking for its passphrase, or connecting)"
+    )]
     AlreadyRunning(String),
     #[error("{0} exists and is not a socket; move it away to start an agent")]
     NotASocket(String),
