@@ -565,6 +565,8 @@ fn a_handshake_key_kept_from_before_a_passphrase_is_deleted() {
     assert!(sent.contains("delivered"), "{sent}");
     let kept = fs::read(&cache).expect("no handshake key kept for an unencrypted key");
 
+    // As if an agent ran for the folder (its socket): it is named, with how to stop it.
+    let agent = std::os::unix::net::UnixListener::bind(d.join("client_agent.sock")).unwrap();
     let said = ok(
         &["passphrase", "client_private.pem"],
         &[("LETTERLOCK_NEW_PASSPHRASE", "cli")],
@@ -573,6 +575,9 @@ fn a_handshake_key_kept_from_before_a_passphrase_is_deleted() {
         said.contains("deleted") && said.contains("client_handshake.pem"),
         "{said}"
     );
+    assert!(said.contains("client agent --stop --keys ."), "{said}");
+    drop(agent);
+    fs::remove_file(d.join("client_agent.sock")).unwrap();
     assert!(
         !cache.exists(),
         "letterlock passphrase left the handshake key behind"
