@@ -829,14 +829,18 @@ fn accept_takes_only_the_changed_key_the_user_was_shown() {
         err.contains(&format!("contacts --accept bob --key {}", id("mallory"))),
         "{err}"
     );
-    swap_bob_to("bob4096");
-    let (code, _, err) = w.client(a, &["contacts", "--accept", "bob", "--key", &id("mallory")]);
+    // The recorded offer and the directory's agree (mallory), but the user checked another
+    // key: nothing is accepted (without --key, mallory would be).
+    let (code, _, err) = w.client(a, &["contacts", "--accept", "bob", "--key", &id("bob4096")]);
     assert_ne!(code, 0, "{err}");
     assert!(
-        err.contains("not ") && err.contains("nothing was accepted"),
+        err.contains(&format!("not {}; nothing was accepted", id("bob4096"))),
         "{err}"
     );
     assert_eq!(key_of_bob(a), id("alice4096"));
+    // Mallory recorded, the directory now offers bob4096, which the user checked: accepted
+    // (without --key, refused as not the recorded offer).
+    swap_bob_to("bob4096");
     let ssh = public("bob4096").ssh_fingerprint().to_string();
     let (code, _, err) = w.client(a, &["contacts", "--accept", "bob", "--key", &ssh]);
     assert_eq!(code, 0, "{err}");

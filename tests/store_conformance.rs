@@ -2619,6 +2619,32 @@ fn a_sqlite_mailbox_through_a_link_keeps_one_body_folder() {
     );
     assert!(err.to_string().contains("mv "), "{err}");
 
+    // A link made before the file: the file is made where it leads, its bodies beside it.
+    std::os::unix::fs::symlink(disk.join("later.db"), srv.join("later.db")).unwrap();
+    let store = SqliteStore::open(srv.join("later.db")).unwrap();
+    assert_eq!(
+        store.blob_dir(),
+        std::fs::canonicalize(disk.join("later.db.blobs")).unwrap()
+    );
+    drop(store);
+    assert!(disk.join("later.db").is_file());
+    assert!(
+        !srv.join("later.db.blobs").exists(),
+        "a body folder beside the link"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(disk.join("later.db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the new database is readable by others: {mode:o}"
+        );
+    }
+
     // A second name for the file.
     std::fs::hard_link(disk.join("mail.db"), other.join("mail.db")).unwrap();
     let Err(err) = SqliteStore::open(other.join("mail.db")) else {

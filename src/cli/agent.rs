@@ -126,8 +126,9 @@ fn stop(path: &Path) -> Result<ExitCode> {
                 && matches!(AgentSocket::lock(path), Err(AgentError::AlreadyRunning(_))) =>
         {
             bail!(
-                "an agent for {} is starting (asking for its passphrase, or connecting) and does \
-                 not listen yet: stop it where it runs (Ctrl-C), or run --stop again once it listens",
+                "an agent for {} holds the folder but does not listen: it is starting (asking for \
+                 its passphrase, or connecting; run --stop again once it listens, or Ctrl-C \
+                 where it runs), or stopping",
                 path.display()
             )
         }

@@ -382,9 +382,11 @@ pub(super) async fn contacts(a: ContactsArgs) -> Result<ExitCode> {
             );
             if let Some(o) = &c.offered {
                 println!(
-                    "{:<16} offered instead, NOT used until `client contacts --accept {}`: {}",
+                    "{:<16} offered instead, NOT used until `client contacts --accept {} --key \
+                     {}`: {}",
                     "",
                     letterlock::text::line(&c.name),
+                    o.key.id(),
                     o.key.id()
                 );
             }

@@ -186,9 +186,11 @@ pub(super) fn change_passphrase(a: PassphraseCmdArgs) -> Result<ExitCode> {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         super::client::discard_handshake_key(&super::client::handshake_key_cache(folder))?;
-        // An agent started before holds the key unlocked, and keeps a handshake key on disk
-        // as it was told to then.
-        if std::fs::symlink_metadata(folder.join(super::agent::AGENT_SOCKET)).is_ok() {
+        // An agent started while the key had none holds it unlocked, and keeps a handshake
+        // key on disk as it was told to then.
+        if !was_encrypted
+            && std::fs::symlink_metadata(folder.join(super::agent::AGENT_SOCKET)).is_ok()
+        {
             eprintln!(
                 "letterlock: a client agent may be running for {}: it holds the key as it was \
                  (no passphrase) and keeps writing client_handshake.pem; stop it with \

@@ -38,15 +38,49 @@ pub(super) fn postgres_url(store: &Path) -> Option<&str> {
         .filter(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
 }
 
-/// Whether a server holds the lock of the SQLite mailbox at `path` (`MAILBOX.lock` beside the
-/// file itself), that is, runs on it. Creates nothing: a mailbox in a read-only folder, which
-/// no server writes to, is not running.
+/// Takes the lock a server holds on the existing SQLite mailbox at `path` (`MAILBOX.lock`
+/// beside the file itself, made as a server makes it) for as long as the returned file lives,
+/// so that no server runs on the mailbox while it is copied. In a folder where the lock file
+/// cannot be made or opened for writing (read-only), which no server writes to, an existing
+/// one is locked read-only, and a missing one means no server.
 #[cfg(feature = "postgres")]
-fn server_running_on(path: &Path) -> bool {
+fn hold_server_lock(path: &Path) -> Result<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut lock = letterlock::store::SqliteStore::real_path(path).into_os_string();
     lock.push(".lock");
-    std::fs::File::open(lock)
-        .is_ok_and(|file| matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
+    let lock = std::path::PathBuf::from(lock);
+    // For writing where possible: on NFS, an exclusive lock needs it.
+    let writable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock);
+    let file = match writable {
+        Ok(file) => file,
+        Err(_) => match std::fs::File::open(&lock) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("cannot open {}", lock.display())));
+            }
+        },
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "a letterlock server is running on {} (it holds {}): stop it first, then copy",
+            path.display(),
+            lock.display()
+        ),
+        // Not knowing is not "no server".
+        Err(std::fs::TryLockError::Error(e)) => Err(anyhow::Error::new(e).context(format!(
+            "cannot tell whether a server runs on {}: locking {} failed",
+            path.display(),
+            lock.display()
+        ))),
+    }
 }
 
 /// Connects to the PostgreSQL mailbox at `url`, creating or migrating its schema.
@@ -314,14 +348,8 @@ pub(super) async fn copy_store(a: CopyStoreArgs) -> Result<std::process::ExitCod
             );
         }
         // A server running on the SQLite mailbox would go on acknowledging messages that the
-        // copy never sees.
-        if server_running_on(&a.from) {
-            anyhow::bail!(
-                "a letterlock server is running on {} (it holds its .lock file): stop it first, \
-                 then copy",
-                a.from.display()
-            );
-        }
+        // copy never sees: none may run until the copy ends.
+        let _no_server = hold_server_lock(&a.from)?;
         let target = PostgresStore::connect(url)
             .await
             .context("cannot open the PostgreSQL mailbox")?;

@@ -123,7 +123,8 @@ pub enum ContactsError {
         "{name} has a changed key waiting: the server's directory offers {offered} instead of \
          {current}. Forgetting {name} now would make the next directory read take the offered \
          key as a brand-new contact, with no change warning. Check with {name} and `letterlock \
-         client contacts --accept {name}`, or leave it; to forget {name} anyway, add --force"
+         client contacts --accept {name} --key {offered}`, or leave it; to forget {name} anyway, \
+         add --force"
     )]
     ChangePending {
         name: String,
@@ -767,7 +768,7 @@ impl Applied {
                 "WARNING: the server's directory now offers ANOTHER key for {name}: {now} \
                  (before: {before}). It is NOT used until you accept it; ask {name} whether the \
                  key really changed (compare fingerprints), then `letterlock client contacts \
-                 --accept {name}`"
+                 --accept {name} --key {now}`"
             )),
             Applied::ConflictsWithPin { detail, .. } => Some(format!(
                 "REFUSED: {detail}; the directory entry is ignored and your pinned key is kept"

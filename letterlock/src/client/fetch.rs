@@ -778,7 +778,7 @@ fn not_usable(header: &Header, lookup: &SenderLookup, directory: Option<&str>) -
         SenderLookup::Changed { name } => format!(
             "from key {key}, which the server's directory offers as a CHANGED key for {name}, not \
              accepted; if {name} really has a new key (check its fingerprint with {name}), \
-             `letterlock client contacts --accept {name}`, then receive again"
+             `letterlock client contacts --accept {name} --key {key}`, then receive again"
         ),
         SenderLookup::ConflictsWithPin { name, pinned } => format!(
             "from key {key}: this key is offered for {name}, whom you pinned as {pinned}; it is \

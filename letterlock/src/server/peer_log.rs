@@ -22,18 +22,37 @@ static PEER_LINES: Budget = Budget::new();
 /// were left out since the last one written.
 pub(crate) fn within_budget(log: impl FnOnce()) {
     match PEER_LINES.admit(Instant::now()) {
-        Some(0) => log(),
-        Some(left_out) => {
+        Admit::Write { left_out: 0 } => log(),
+        Admit::Write { left_out } => {
             info!(
                 left_out,
-                "{left_out} more lines about failed handshakes and connections were not logged \
+                "{left_out} more lines about failed handshakes and connections were left out \
                  (at most {LINES_PER_WINDOW} per {} s)",
                 WINDOW.as_secs()
             );
             log();
         }
-        None => {}
+        // Said at once, so that a flood that stops is not followed by a silence that looks
+        // like its end: the count comes with the next line written.
+        Admit::FirstLeftOut => info!(
+            "more lines about failed handshakes and connections than {LINES_PER_WINDOW} in {} s: \
+             the next ones are counted, not logged, until the period ends",
+            WINDOW.as_secs()
+        ),
+        Admit::LeftOut => {}
     }
+}
+
+/// What to do with one line.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// Write it, after saying how many were left out since the last one written.
+    Write {
+        left_out: u64,
+    },
+    /// Leave it out, the first in this period: say that lines are being left out.
+    FirstLeftOut,
+    LeftOut,
 }
 
 /// Lines written in the current period, and left out since the last one written.
@@ -54,8 +73,8 @@ impl Budget {
         }))
     }
 
-    /// `Some(n)`: write the line at `now`, after saying `n` were left out; `None`: leave it out.
-    fn admit(&self, now: Instant) -> Option<u64> {
+    /// What to do with a line at `now`.
+    fn admit(&self, now: Instant) -> Admit {
         let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if s.started
             .is_none_or(|started| now.saturating_duration_since(started) >= WINDOW)
@@ -65,10 +84,18 @@ impl Budget {
         }
         if s.written < LINES_PER_WINDOW {
             s.written += 1;
-            Some(std::mem::take(&mut s.left_out))
+            Admit::Write {
+                left_out: std::mem::take(&mut s.left_out),
+            }
         } else {
             s.left_out = s.left_out.saturating_add(1);
-            None
+            if s.written == LINES_PER_WINDOW {
+                // Once per period.
+                s.written += 1;
+                Admit::FirstLeftOut
+            } else {
+                Admit::LeftOut
+            }
         }
     }
 }
@@ -82,15 +109,20 @@ mod tests {
         let budget = Budget::new();
         let t0 = Instant::now();
         for _ in 0..LINES_PER_WINDOW {
-            assert_eq!(budget.admit(t0), Some(0));
+            assert_eq!(budget.admit(t0), Admit::Write { left_out: 0 });
         }
-        for _ in 0..5 {
-            assert_eq!(budget.admit(t0 + Duration::from_secs(1)), None);
+        // The first one over says so; the rest are only counted.
+        assert_eq!(budget.admit(t0), Admit::FirstLeftOut);
+        for _ in 0..4 {
+            assert_eq!(budget.admit(t0 + Duration::from_secs(1)), Admit::LeftOut);
         }
         // Still the same period.
-        assert_eq!(budget.admit(t0 + WINDOW - Duration::from_millis(1)), None);
+        assert_eq!(
+            budget.admit(t0 + WINDOW - Duration::from_millis(1)),
+            Admit::LeftOut
+        );
         // A new period: written again, saying how many were left out.
-        assert_eq!(budget.admit(t0 + WINDOW), Some(6));
-        assert_eq!(budget.admit(t0 + WINDOW), Some(0));
+        assert_eq!(budget.admit(t0 + WINDOW), Admit::Write { left_out: 6 });
+        assert_eq!(budget.admit(t0 + WINDOW), Admit::Write { left_out: 0 });
     }
 }

@@ -202,11 +202,17 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// `path` with every symbolic link resolved: the file's own path if it exists, else its
-    /// folder's resolved path and its name, else (no folder yet) `path` as given. Where a
+    /// `path` with every symbolic link resolved: the file's own path if it exists; a link to
+    /// a file not made yet, the path it leads to (SQLite would create the file there); else the
+    /// folder's resolved path and the name, or (no folder yet) `path` as given. Where a
     /// mailbox's bodies and locks live is derived from this, so that every spelling of the
     /// path finds the same ones.
     pub fn real_path(path: &Path) -> PathBuf {
+        Self::resolve(path, 0)
+    }
+
+    /// [`SqliteStore::real_path`], following at most 40 links (as the kernel does).
+    fn resolve(path: &Path, links: u32) -> PathBuf {
         if let Ok(real) = fs::canonicalize(path) {
             return real;
         }
@@ -214,6 +220,11 @@ impl SqliteStore {
             Some(parent) => parent,
             None => Path::new("."),
         };
+        if links < 40
+            && let Ok(target) = fs::read_link(path)
+        {
+            return Self::resolve(&parent.join(target), links + 1);
+        }
         match (fs::canonicalize(parent), path.file_name()) {
             (Ok(parent), Some(name)) => parent.join(name),
             _ => path.to_path_buf(),

@@ -65,7 +65,7 @@ pub struct AgentConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(
-        "an agent is already running for {0} (or starting: asking for its passphrase, or connecting)"
+        "an agent is already running for {0} (or starting: asking for its passphrase, or connecting; or stopping)"
     )]
     AlreadyRunning(String),
     #[error("{0} exists and is not a socket; move it away to start an agent")]
