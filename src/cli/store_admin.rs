@@ -63,7 +63,9 @@ fn hold_server_lock(path: &Path) -> Result<Option<std::fs::File>> {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
-                return Err(anyhow::Error::new(e).context(format!("cannot open {}", lock.display())));
+                return Err(
+                    anyhow::Error::new(e).context(format!("cannot open {}", lock.display()))
+                );
             }
         },
     };
