@@ -2589,18 +2589,20 @@ fn a_sqlite_mailbox_through_a_link_keeps_one_body_folder() {
     for d in [&disk, &srv, &other] {
         std::fs::create_dir(d).unwrap();
     }
+    // Opened through srv/NAME, a link to disk/NAME: the bodies are beside disk/NAME only.
+    let bodies_beside_the_file = |name: &str| {
+        let store = SqliteStore::open(srv.join(name)).unwrap();
+        let blobs = format!("{name}.blobs");
+        assert_eq!(
+            store.blob_dir(),
+            std::fs::canonicalize(disk.join(&blobs)).unwrap()
+        );
+        drop(store);
+        assert!(!srv.join(&blobs).exists(), "a body folder beside the link");
+    };
     drop(SqliteStore::open(disk.join("mail.db")).unwrap());
     std::os::unix::fs::symlink(disk.join("mail.db"), srv.join("mail.db")).unwrap();
-    let store = SqliteStore::open(srv.join("mail.db")).unwrap();
-    assert_eq!(
-        store.blob_dir(),
-        std::fs::canonicalize(disk.join("mail.db.blobs")).unwrap()
-    );
-    drop(store);
-    assert!(
-        !srv.join("mail.db.blobs").exists(),
-        "a body folder beside the link"
-    );
+    bodies_beside_the_file("mail.db");
 
     // An earlier letterlock's bodies beside the link.
     std::fs::create_dir(srv.join("mail.db.blobs")).unwrap();
@@ -2621,17 +2623,8 @@ fn a_sqlite_mailbox_through_a_link_keeps_one_body_folder() {
 
     // A link made before the file: the file is made where it leads, its bodies beside it.
     std::os::unix::fs::symlink(disk.join("later.db"), srv.join("later.db")).unwrap();
-    let store = SqliteStore::open(srv.join("later.db")).unwrap();
-    assert_eq!(
-        store.blob_dir(),
-        std::fs::canonicalize(disk.join("later.db.blobs")).unwrap()
-    );
-    drop(store);
+    bodies_beside_the_file("later.db");
     assert!(disk.join("later.db").is_file());
-    assert!(
-        !srv.join("later.db.blobs").exists(),
-        "a body folder beside the link"
-    );
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(disk.join("later.db"))
