@@ -283,6 +283,13 @@ pub(super) async fn contacts(a: ContactsArgs) -> Result<ExitCode> {
         .await?;
         let offered = before.as_ref().and_then(|b| b.offered.as_ref());
         let shown = match (&a.key, shown, offered) {
+            (_, _, None) => {
+                return Err(match before {
+                    None => ContactsError::NoSuchName(name.clone()),
+                    Some(_) => ContactsError::NothingToAccept(name.clone()),
+                }
+                .into());
+            }
             // The key the user names is the one accepted, or nothing.
             (Some(key), _, Some(offered)) => {
                 let key = key.trim();
@@ -298,14 +305,7 @@ pub(super) async fn contacts(a: ContactsArgs) -> Result<ExitCode> {
                 }
                 offered.key.id()
             }
-            (Some(_), _, None) => {
-                return Err(match before {
-                    None => ContactsError::NoSuchName(name.clone()),
-                    Some(_) => ContactsError::NothingToAccept(name.clone()),
-                }
-                .into());
-            }
-            (None, Some(shown), _) => shown,
+            (None, Some(shown), Some(_)) => shown,
             (None, None, Some(offered)) => bail!(
                 "the server's directory offers {name} a changed key that you have not been shown \
                  before: {} ({}); nothing was accepted. Check it with {name} out of band, then \
@@ -314,13 +314,6 @@ pub(super) async fn contacts(a: ContactsArgs) -> Result<ExitCode> {
                 offered.key.ssh_fingerprint(),
                 offered.key.id()
             ),
-            (None, None, None) => {
-                return Err(match before {
-                    None => ContactsError::NoSuchName(name.clone()),
-                    Some(_) => ContactsError::NothingToAccept(name.clone()),
-                }
-                .into());
-            }
         };
         on_contacts(&contacts, {
             let name = name.clone();

@@ -526,11 +526,7 @@ fn lock_sqlite_mailbox(path: &Path) -> Result<Option<std::fs::File>> {
     if parent.is_some_and(|dir| !dir.is_dir()) {
         return Ok(None); // create_store says what is wrong with the folder
     }
-    // Beside the file itself, whatever link led to it: every path to one mailbox takes the
-    // same lock.
-    let mut name = letterlock::store::SqliteStore::real_path(path).into_os_string();
-    name.push(".lock");
-    let lock_path = PathBuf::from(name);
+    let lock_path = server_lock_path(path);
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -552,6 +548,15 @@ fn lock_sqlite_mailbox(path: &Path) -> Result<Option<std::fs::File>> {
             Err(anyhow::Error::new(e).context(format!("cannot lock {}", lock_path.display())))
         }
     }
+}
+
+/// `MAILBOX.lock`, the file a server holds locked while it runs on the SQLite mailbox at
+/// `path`: beside the file itself, whatever link led to it, so that every path to one mailbox
+/// names the same lock.
+pub(super) fn server_lock_path(path: &Path) -> PathBuf {
+    let mut name = letterlock::store::SqliteStore::real_path(path).into_os_string();
+    name.push(".lock");
+    PathBuf::from(name)
 }
 
 /// Opens an existing mailbox. Only the server creates one: a mistyped --store elsewhere must

@@ -46,9 +46,7 @@ pub(super) fn postgres_url(store: &Path) -> Option<&str> {
 #[cfg(feature = "postgres")]
 fn hold_server_lock(path: &Path) -> Result<Option<std::fs::File>> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut lock = letterlock::store::SqliteStore::real_path(path).into_os_string();
-    lock.push(".lock");
-    let lock = std::path::PathBuf::from(lock);
+    let lock = super::server::server_lock_path(path);
     // For writing where possible: on NFS, an exclusive lock needs it.
     let writable = std::fs::OpenOptions::new()
         .read(true)
@@ -279,8 +277,9 @@ impl Store for AnyStore {
 #[derive(Args, Debug)]
 pub(super) struct MigrateArgs {
     /// The mailbox to create or bring to this letterlock's schema (--store): an SQLite file,
-    /// or postgres://USER[:PASSWORD]@HOST[:PORT]/DB (a Unix socket: postgres://USER@/DB?host=/socket/folder); by default
-    /// the SQLite file beside the keys, as for the server.
+    /// or postgres://USER[:PASSWORD]@HOST[:PORT]/DB (a Unix socket:
+    /// postgres://USER@/DB?host=/socket/folder); by default the SQLite file beside the keys, as
+    /// for the server.
     #[command(flatten)]
     pub(super) mailbox: super::server::MailboxArgs,
 }

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use tracing::info;
 
 /// The budget's period.
-pub(crate) const WINDOW: Duration = Duration::from_secs(10);
+const WINDOW: Duration = Duration::from_secs(10);
 /// Lines written per period.
-pub(crate) const LINES_PER_WINDOW: u32 = 20;
+const LINES_PER_WINDOW: u32 = 20;
 
 /// The one budget of this process: the journal's limits are per service.
 static PEER_LINES: Budget = Budget::new();
