@@ -16,13 +16,13 @@ use letterlock::keys::Identity;
 
 use super::mailbox::{InboxArgs, ReadArgs, ascii_json, open_mailbox};
 use super::offline::{file_reader, write_stdout_unbuffered};
-use super::{ModeArg, PairArgs, STDOUT_LIMIT, peer_key, print_hint};
+use super::{Deferred, ModeArg, PairArgs, STDOUT_LIMIT, peer_key, print_hint};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum ClientCommand {
     /// Generate the client's key pair: client_private.pem and client_public.pem.
     #[command(name = "generate_key_pair", visible_alias = "generate-key-pair")]
-    GenerateKeyPair(PairArgs),
+    GenerateKeyPair(Deferred<PairArgs>),
     /// Seal a message for the server and send it; prints "delivered" only once the server
     /// proved it decrypted and stored the message. The message is TEXT, --file FILE, or stdin
     /// (no TEXT, or `-`): `echo hi | letterlock client send_msg`. With --to NAME, the message
@@ -45,7 +45,7 @@ pub(super) enum ClientCommand {
                       (with --wait: whether or not NAME read it in time, as the last line says); \
                       1 not sent or not proven."
     )]
-    SendMsg(ClientSendArgs),
+    SendMsg(Deferred<ClientSendArgs>),
     /// Fetch, verify, keep in the client's mailbox and print (or save) every message the
     /// server holds for this client.
     #[command(
@@ -66,11 +66,11 @@ pub(super) enum ClientCommand {
                       message was received and kept but not printed (binary on a terminal, or \
                       over 64 MiB): `letterlock client read ID -o FILE` gets it; 1 an error."
     )]
-    RecvMsg(RecvArgs),
+    RecvMsg(Deferred<RecvArgs>),
     /// List the messages kept in the client's mailbox (every message recv_msg received).
-    Inbox(InboxArgs),
+    Inbox(Deferred<InboxArgs>),
     /// Open and verify a message kept in the client's mailbox again; print it or save it.
-    Read(ReadArgs),
+    Read(Deferred<ReadArgs>),
     /// Fetch the server's public key on first contact and keep it as KEYS/server_public.pem
     /// once you confirm its fingerprint (as ssh's known_hosts): the TLS handshake proves the
     /// server holds that key, but only you can tell it is the right server.
@@ -81,7 +81,7 @@ pub(super) enum ClientCommand {
                       refused: not confirmed, --fingerprint did not match, another key is kept \
                       (see --replace), or the server could not be reached."
     )]
-    TrustServer(super::trust_server::TrustServerArgs),
+    TrustServer(Deferred<super::trust_server::TrustServerArgs>),
     /// Pin another client's public key under a name, for `send_msg --to NAME` and to verify
     /// what they send you. Prints the key id and the OpenSSH fingerprint: compare it with the
     /// owner out of band (in person, on the phone); a pinned key always wins over the server's
@@ -91,10 +91,10 @@ pub(super) enum ClientCommand {
                       key (see --replace), the key is pinned under another name, or the file is \
                       not a key."
     )]
-    Trust(super::contacts::TrustArgs),
+    Trust(Deferred<super::contacts::TrustArgs>),
     /// Forget a contact (pinned, or from the directory).
     #[command(after_help = "Exit status: 0 removed, 1 no such contact (or an error).")]
-    Untrust(super::contacts::UntrustArgs),
+    Untrust(Deferred<super::contacts::UntrustArgs>),
     /// Read the server's signed directory of the clients it trusts, verify it against the
     /// pinned server key, and list your contacts: pinned keys and directory keys.
     #[command(
@@ -109,7 +109,7 @@ pub(super) enum ClientCommand {
                       conflicts with a pinned key, or a changed key waits for --accept; 1 an \
                       error (the directory did not verify, the server could not be reached)."
     )]
-    Contacts(super::contacts::ContactsArgs),
+    Contacts(Deferred<super::contacts::ContactsArgs>),
     /// List the messages you sent to other clients and whether each was read: asks the server
     /// for the receipts not verified yet, and checks each against the proof computed when the
     /// message was sealed.
@@ -121,7 +121,7 @@ pub(super) enum ClientCommand {
                       Exit status: 0 fine; 6 the server returned a receipt that does not check \
                       out (never counted as read); 1 an error."
     )]
-    Receipts(super::contacts::ReceiptsArgs),
+    Receipts(Deferred<super::contacts::ReceiptsArgs>),
     /// Keep the client's key and a connection to the server for the send_msg commands that
     /// follow, as ssh's ControlMaster does: each hands its message over a socket in the keys
     /// folder (KEYS/client_agent.sock) instead of reading the key and connecting itself.
@@ -143,7 +143,7 @@ pub(super) enum ClientCommand {
                       1 it could not start (no key, the server unreachable or refusing us, an \
                       agent already running)."
     )]
-    Agent(super::agent::AgentArgs),
+    Agent(Deferred<super::agent::AgentArgs>),
 }
 
 #[derive(Args, Debug)]

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Args, CommandFactory};
+use clap::Args;
 
-use super::Cli;
+use super::deferred::whole_tree;
 
 #[derive(Args, Debug)]
 pub(super) struct CompletionsArgs {
@@ -28,7 +28,7 @@ pub(super) struct ManArgs {
 
 /// Prints the completion script for `a.shell` on stdout.
 pub(super) fn completions(a: &CompletionsArgs) -> Result<ExitCode> {
-    let mut cmd = Cli::command();
+    let mut cmd = whole_tree();
     // Generated into memory first: clap_complete panics when its writer fails (a closed pipe,
     // a full disk), and writing ourselves turns that into an ordinary error.
     let mut script = Vec::new();
@@ -41,7 +41,7 @@ pub(super) fn completions(a: &CompletionsArgs) -> Result<ExitCode> {
 
 /// Writes the manual: the top-level page to stdout, or every command's page into a folder.
 pub(super) fn man(a: &ManArgs) -> Result<ExitCode> {
-    let cmd = Cli::command();
+    let cmd = whole_tree();
     match a
         .output
         .as_deref()

@@ -39,6 +39,7 @@ mod agent;
 mod client;
 mod completions;
 mod contacts;
+mod deferred;
 mod hints;
 mod mailbox;
 mod offline;
@@ -49,6 +50,7 @@ mod terminal;
 mod trust_server;
 
 use client::{ClientCommand, client_recv, client_send};
+use deferred::Deferred;
 use hints::print_hint;
 pub use offline::time_text;
 use offline::{KeygenArgs, OpenArgs, PairArgs, SealArgs, fingerprint, keygen, open, seal};
@@ -109,7 +111,7 @@ enum Command {
     /// On a terminal it asks for a passphrase for the private key (hidden, twice; empty for
     /// none). Scripts give one with --passphrase-file FILE or LETTERLOCK_PASSPHRASE; with
     /// neither and no terminal the key is written unencrypted.
-    Keygen(KeygenArgs),
+    Keygen(Deferred<KeygenArgs>),
     /// Print a key's OpenSSH fingerprint (SHA256:…, as `ssh-keygen -l` prints it) and its
     /// letterlock key id (SPKI-SHA256:…), from a public or private key file.
     Fingerprint {
@@ -121,16 +123,16 @@ enum Command {
     },
     /// Add, change or remove the passphrase of a private key file (rewritten atomically,
     /// mode 0600).
-    Passphrase(PassphraseCmdArgs),
+    Passphrase(Deferred<PassphraseCmdArgs>),
     /// Seal a message offline: encrypt it for RECIPIENT and sign it as SENDER.
-    Seal(SealArgs),
+    Seal(Deferred<SealArgs>),
     /// Open a sealed message offline: decrypt it, verify the sender's signature.
-    Open(OpenArgs),
+    Open(Deferred<OpenArgs>),
     /// The client: send to the server, or through it to a person (which it cannot read), and
     /// receive; the mailbox, contacts (pinned or from the server's directory) and receipts.
     Client {
         #[command(subcommand)]
-        command: ClientCommand,
+        command: Deferred<ClientCommand>,
     },
     /// The server: with no subcommand, run it; or manage its keys and mailbox.
     #[command(args_conflicts_with_subcommands = true)]
@@ -138,7 +140,7 @@ enum Command {
         #[command(flatten)]
         serve: ServeArgs,
         #[command(subcommand)]
-        command: Option<ServerCommand>,
+        command: Option<Deferred<ServerCommand>>,
     },
     /// A keyless man-in-the-middle: relay, record and print frames, search for a plaintext,
     /// or attack the traffic (--tamper).
@@ -147,7 +149,7 @@ enum Command {
                             captured bytes, 1 when it was found (or on an error); otherwise 0 \
                             success, 1 failure."
     )]
-    Intercept(InterceptArgs),
+    Intercept(Deferred<InterceptArgs>),
     /// The one-command tour: keys, a server, an interceptor, every attack, a PASS/FAIL table.
     #[command(
         after_help = "Exit status: 0 when every attack was detected (all PASS), 1 when \
@@ -155,13 +157,13 @@ enum Command {
     )]
     Demo,
     /// Measure seal, open and the server on this machine, each beside the bound it could reach.
-    Bench(BenchArgs),
+    Bench(Deferred<BenchArgs>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell); docs/DEPLOY.md
     /// says where each shell looks for it.
-    Completions(completions::CompletionsArgs),
+    Completions(Deferred<completions::CompletionsArgs>),
     /// Write the manual pages (roff), made from these same definitions: to stdout, or one page
     /// per command into DIR with -o DIR (then `man -l DIR/letterlock.1`).
-    Man(completions::ManArgs),
+    Man(Deferred<completions::ManArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -329,12 +331,12 @@ fn init_logging(verbose: u8, quiet: bool) {
 
 fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Keygen(a) => keygen(&a.out, &a.name, a.bits, a.force),
+        Command::Keygen(Deferred(a)) => keygen(&a.out, &a.name, a.bits, a.force),
         Command::Fingerprint { file, json } => fingerprint(&file, json),
-        Command::Passphrase(a) => change_passphrase(a),
-        Command::Seal(a) => seal(a),
-        Command::Open(a) => open(a),
-        Command::Bench(a) => {
+        Command::Passphrase(Deferred(a)) => change_passphrase(a),
+        Command::Seal(Deferred(a)) => seal(a),
+        Command::Open(Deferred(a)) => open(a),
+        Command::Bench(Deferred(a)) => {
             if a.measure_child {
                 return Ok(crate::bench::measure_child(&a.child)?);
             }
@@ -359,29 +361,35 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Client { command } => match command {
-            ClientCommand::GenerateKeyPair(a) => keygen(&a.keys, "client", a.bits, a.force),
+        Command::Client {
+            command: Deferred(command),
+        } => match command {
+            ClientCommand::GenerateKeyPair(Deferred(a)) => {
+                keygen(&a.keys, "client", a.bits, a.force)
+            }
             // `--to` records what it relays on a worker thread (`block_in_place`).
-            ClientCommand::SendMsg(a) if a.to.is_some() => runtime()?.block_on(client_send(a)),
-            ClientCommand::SendMsg(a) => match agent::hand_over(&a)? {
+            ClientCommand::SendMsg(Deferred(a)) if a.to.is_some() => {
+                runtime()?.block_on(client_send(a))
+            }
+            ClientCommand::SendMsg(Deferred(a)) => match agent::hand_over(&a)? {
                 Some(code) => Ok(code),
                 None => one_shot_runtime()?.block_on(client_send(a)),
             },
-            ClientCommand::Agent(a) => one_shot_runtime()?.block_on(agent::run(a)),
-            ClientCommand::RecvMsg(a) => one_shot_runtime()?.block_on(client_recv(a)),
-            ClientCommand::Inbox(a) => runtime()?.block_on(mailbox::client_inbox(a)),
-            ClientCommand::Read(a) => runtime()?.block_on(mailbox::client_read(a)),
-            ClientCommand::TrustServer(a) => trust_server::run(a),
-            ClientCommand::Trust(a) => contacts::trust(&a),
-            ClientCommand::Untrust(a) => contacts::untrust(&a),
-            ClientCommand::Contacts(a) => runtime()?.block_on(contacts::contacts(a)),
-            ClientCommand::Receipts(a) => runtime()?.block_on(contacts::receipts(a)),
+            ClientCommand::Agent(Deferred(a)) => one_shot_runtime()?.block_on(agent::run(a)),
+            ClientCommand::RecvMsg(Deferred(a)) => one_shot_runtime()?.block_on(client_recv(a)),
+            ClientCommand::Inbox(Deferred(a)) => runtime()?.block_on(mailbox::client_inbox(a)),
+            ClientCommand::Read(Deferred(a)) => runtime()?.block_on(mailbox::client_read(a)),
+            ClientCommand::TrustServer(Deferred(a)) => trust_server::run(a),
+            ClientCommand::Trust(Deferred(a)) => contacts::trust(&a),
+            ClientCommand::Untrust(Deferred(a)) => contacts::untrust(&a),
+            ClientCommand::Contacts(Deferred(a)) => runtime()?.block_on(contacts::contacts(a)),
+            ClientCommand::Receipts(Deferred(a)) => runtime()?.block_on(contacts::receipts(a)),
         },
         Command::Server { serve, command } => match command {
             None => runtime()?.block_on(serve_cmd(serve)),
-            Some(command) => server::command(command),
+            Some(Deferred(command)) => server::command(command),
         },
-        Command::Intercept(a) => Ok(runtime()?.block_on(crate::intercept::command(
+        Command::Intercept(Deferred(a)) => Ok(runtime()?.block_on(crate::intercept::command(
             crate::intercept::Options {
                 listen: a.listen,
                 upstream: a.upstream,
@@ -393,8 +401,8 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             },
         ))?),
         Command::Demo => Ok(runtime()?.block_on(crate::demo::run())?),
-        Command::Completions(a) => completions::completions(&a),
-        Command::Man(a) => completions::man(&a),
+        Command::Completions(Deferred(a)) => completions::completions(&a),
+        Command::Man(Deferred(a)) => completions::man(&a),
     }
 }
 

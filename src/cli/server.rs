@@ -29,7 +29,7 @@ use letterlock::store::{ClientKey, InboxSummary, Store, StoreError, TrustOutcome
 use super::client::MessageArgs;
 use super::offline::print_plaintext;
 use super::store_admin::AnyStore;
-use super::{PairArgs, STDOUT_LIMIT, own_key, time_text};
+use super::{Deferred, PairArgs, STDOUT_LIMIT, own_key, time_text};
 
 /// File name of the mailbox database, beside the server's keys by default (bodies over 64 KiB
 /// live in the folder of the same name plus `.blobs`).
@@ -120,11 +120,11 @@ pub(super) struct MailboxArgs {
 pub(super) enum ServerCommand {
     /// Generate the server's key pair: server_private.pem and server_public.pem.
     #[command(name = "generate_key_pair", visible_alias = "generate-key-pair")]
-    GenerateKeyPair(PairArgs),
+    GenerateKeyPair(Deferred<PairArgs>),
     /// Seal a message from the server to client NAME and queue it in the store; a running
     /// server delivers it at that client's next recv_msg.
     #[command(name = "send_msg", visible_alias = "send-msg")]
-    SendMsg(ServerSendArgs),
+    SendMsg(Deferred<ServerSendArgs>),
     /// List the messages clients sent.
     Inbox {
         #[command(flatten)]
@@ -180,10 +180,10 @@ pub(super) enum ServerCommand {
     },
     /// Create the mailbox's schema, or bring it to this letterlock's version (servers do it
     /// when they start; run it once before starting several over one PostgreSQL).
-    Migrate(super::store_admin::MigrateArgs),
+    Migrate(Deferred<super::store_admin::MigrateArgs>),
     /// Copy an SQLite mailbox into a PostgreSQL one (run again, it copies only what is
     /// missing).
-    CopyStore(super::store_admin::CopyStoreArgs),
+    CopyStore(Deferred<super::store_admin::CopyStoreArgs>),
     /// Trust a client's public key under NAME; a running server accepts it from its next
     /// connection. With --replace, rotate NAME to this key (the old key is refused from then
     /// on; the messages it signed stay readable).
@@ -234,8 +234,10 @@ pub(super) struct ServerSendArgs {
 /// Runs a server subcommand.
 pub(super) fn command(command: ServerCommand) -> Result<ExitCode> {
     match command {
-        ServerCommand::GenerateKeyPair(a) => super::keygen(&a.keys, "server", a.bits, a.force),
-        ServerCommand::SendMsg(a) => super::runtime()?.block_on(server_send(a)),
+        ServerCommand::GenerateKeyPair(Deferred(a)) => {
+            super::keygen(&a.keys, "server", a.bits, a.force)
+        }
+        ServerCommand::SendMsg(Deferred(a)) => super::runtime()?.block_on(server_send(a)),
         ServerCommand::Inbox {
             mailbox,
             from,
@@ -276,8 +278,10 @@ pub(super) fn command(command: ServerCommand) -> Result<ExitCode> {
         ServerCommand::Clients { mailbox, all, json } => {
             super::runtime()?.block_on(clients(&mailbox, all, json))
         }
-        ServerCommand::Migrate(a) => super::runtime()?.block_on(super::store_admin::migrate(a)),
-        ServerCommand::CopyStore(a) => {
+        ServerCommand::Migrate(Deferred(a)) => {
+            super::runtime()?.block_on(super::store_admin::migrate(a))
+        }
+        ServerCommand::CopyStore(Deferred(a)) => {
             super::runtime()?.block_on(super::store_admin::copy_store(a))
         }
     }

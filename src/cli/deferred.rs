@@ -1,0 +1,222 @@
+//! Parts of the command tree that clap defines only when the command line reaches them.
+//!
+//! clap's derive builds the whole tree before it parses a word: every subcommand and every
+//! argument with its help text, a few hundred of them here. Every process paid for it, a
+//! one-shot command too: `letterlock --version` took 2.5–2.9 ms of CPU and 301 page faults with
+//! the whole tree, 1.4–2.1 ms and 242 without (`perf stat -r 200`, three rounds each,
+//! docs/PERFORMANCE.md). Wrapped in [`Deferred`], a subcommand's arguments, or a command's
+//! subcommands, are added by [`clap::Command::defer`] when clap builds that command: when the
+//! command line names it. What is parsed, and every help text, is the same (the test below
+//! compares the help of every command with the tree built whole).
+//!
+//! What walks the whole tree (the completions and the man pages) asks for it whole,
+//! [`whole_tree`]: clap makes the tree of its `help` subcommand from the subcommands defined at
+//! that moment, so deferred ones would be missing from it.
+
+use std::cell::Cell;
+
+use clap::builder::{Resettable, StyledStr};
+use clap::{ArgMatches, Args, Command, CommandFactory, FromArgMatches, Subcommand};
+
+/// `T`'s arguments (`T: Args`) or subcommands (`T: Subcommand`), defined when clap builds the
+/// command that holds them. Use it for a whole variant (`SendMsg(Deferred<SendArgs>)`) or a
+/// whole `#[command(subcommand)]` field, never inside `#[command(flatten)]`: a command has one
+/// deferred definition, and a second one would replace the first.
+#[derive(Debug)]
+pub(crate) struct Deferred<T>(pub(crate) T);
+
+thread_local! {
+    /// Set by [`whole_tree`] while it builds the tree.
+    static WHOLE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The command tree with nothing deferred, for what shows all of it (completions, manual).
+pub(crate) fn whole_tree() -> Command {
+    /// Clears the flag however `Cli::command` returns.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            WHOLE.set(false);
+        }
+    }
+    WHOLE.set(true);
+    let _reset = Reset;
+    super::Cli::command()
+}
+
+/// `define(cmd)` now when building the whole tree, else when clap builds `cmd`.
+fn define(cmd: Command, define: fn(Command) -> Command) -> Command {
+    if WHOLE.get() {
+        define(cmd)
+    } else {
+        cmd.defer(define)
+    }
+}
+
+/// `define(cmd)`, keeping the texts `cmd` was given before. The derive gives a variant's doc
+/// comment and attributes to its command *after* the contents' own (an `Args` struct's doc
+/// comment is an `about` too); deferred, the contents come last, so the variant's are put back.
+fn keeping_texts(cmd: Command, define: fn(Command) -> Command) -> Command {
+    let about = cmd.get_about().cloned();
+    let long_about = cmd.get_long_about().cloned();
+    let before = cmd.get_before_help().cloned();
+    let before_long = cmd.get_before_long_help().cloned();
+    let after = cmd.get_after_help().cloned();
+    let after_long = cmd.get_after_long_help().cloned();
+    let mut cmd = define(cmd);
+    if let Some(about) = about {
+        // A one-paragraph doc comment sets `long_about(None)` on purpose: put back as given.
+        cmd = cmd.about(about).long_about(resettable(long_about));
+    }
+    if let Some(text) = before {
+        cmd = cmd.before_help(text);
+    }
+    if let Some(text) = before_long {
+        cmd = cmd.before_long_help(text);
+    }
+    if let Some(text) = after {
+        cmd = cmd.after_help(text);
+    }
+    if let Some(text) = after_long {
+        cmd = cmd.after_long_help(text);
+    }
+    cmd
+}
+
+/// `None` as clap's reset, so that putting it back clears what the contents set.
+fn resettable(text: Option<StyledStr>) -> Resettable<StyledStr> {
+    text.map_or(Resettable::Reset, Resettable::Value)
+}
+
+fn define_args<T: Args>(cmd: Command) -> Command {
+    keeping_texts(cmd, T::augment_args)
+}
+
+fn define_args_for_update<T: Args>(cmd: Command) -> Command {
+    keeping_texts(cmd, T::augment_args_for_update)
+}
+
+fn define_subcommands<T: Subcommand>(cmd: Command) -> Command {
+    keeping_texts(cmd, T::augment_subcommands)
+}
+
+fn define_subcommands_for_update<T: Subcommand>(cmd: Command) -> Command {
+    keeping_texts(cmd, T::augment_subcommands_for_update)
+}
+
+impl<T> std::ops::Deref for Deferred<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: FromArgMatches> FromArgMatches for Deferred<T> {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        T::from_arg_matches(matches).map(Deferred)
+    }
+
+    fn from_arg_matches_mut(matches: &mut ArgMatches) -> Result<Self, clap::Error> {
+        T::from_arg_matches_mut(matches).map(Deferred)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches(matches)
+    }
+
+    fn update_from_arg_matches_mut(&mut self, matches: &mut ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches_mut(matches)
+    }
+}
+
+impl<T: Args> Args for Deferred<T> {
+    fn group_id() -> Option<clap::Id> {
+        T::group_id()
+    }
+
+    fn augment_args(cmd: Command) -> Command {
+        define(cmd, define_args::<T>)
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        define(cmd, define_args_for_update::<T>)
+    }
+}
+
+impl<T: Subcommand> Subcommand for Deferred<T> {
+    fn augment_subcommands(cmd: Command) -> Command {
+        define(cmd, define_subcommands::<T>)
+    }
+
+    fn augment_subcommands_for_update(cmd: Command) -> Command {
+        define(cmd, define_subcommands_for_update::<T>)
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        T::has_subcommand(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command's path from the top (`["client", "send_msg"]`), from the whole tree.
+    fn paths(cmd: &Command, prefix: &[String], out: &mut Vec<Vec<String>>) {
+        for sub in cmd.get_subcommands() {
+            let mut path = prefix.to_vec();
+            path.push(sub.get_name().to_owned());
+            paths(sub, &path, out);
+            out.push(path);
+        }
+    }
+
+    /// What `letterlock PATH… FLAG` prints (help, version) or the error it gives.
+    fn shown(cmd: Command, path: &[String], flag: &str) -> String {
+        let args = std::iter::once("letterlock")
+            .chain(path.iter().map(String::as_str))
+            .chain([flag]);
+        match cmd.try_get_matches_from(args) {
+            Ok(_) => "parsed".to_owned(),
+            Err(e) => format!("{:?}: {}", e.kind(), e.render()),
+        }
+    }
+
+    #[test]
+    fn the_deferred_tree_shows_every_help_as_the_whole_tree_does() {
+        let whole = whole_tree();
+        let mut all = Vec::new();
+        paths(&whole, &[], &mut all);
+        all.push(Vec::new());
+        assert!(
+            all.len() > 30,
+            "{} commands: the walk missed some",
+            all.len()
+        );
+        assert!(all.contains(&vec!["client".to_owned(), "send_msg".to_owned()]));
+        for path in &all {
+            for flag in ["--help", "-h", "--no-such-flag"] {
+                assert_eq!(
+                    shown(super::super::Cli::command(), path, flag),
+                    shown(whole_tree(), path, flag),
+                    "letterlock {} {flag}",
+                    path.join(" ")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_named_command_is_defined() {
+        let mut cmd = super::super::Cli::command();
+        let client = cmd.find_subcommand_mut("client").expect("a client command");
+        // Deferred: no subcommands until clap builds `client`.
+        assert_eq!(client.get_subcommands().count(), 0);
+        let whole = whole_tree();
+        let client = whole.find_subcommand("client").expect("a client command");
+        assert!(client.get_subcommands().count() > 5);
+        let send = client.find_subcommand("send_msg").expect("client send_msg");
+        assert!(send.get_arguments().any(|a| a.get_long() == Some("server")));
+    }
+}
