@@ -139,6 +139,24 @@ fn quick_json_has_every_section() {
     }) {
         assert!(g["met"].is_null(), "without --compare: not measured: {g}");
     }
+
+    // Every all-core decrypt bound the run measured: section 1's, the four server runs', the
+    // TLS run's and the two over each store; the spread is the highest over the lowest.
+    let bounds: Vec<f64> = v
+        .pointer("/steadiness/rsa_decrypt_all")
+        .and_then(Value::as_array)
+        .expect("steadiness")
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    assert_eq!(bounds.len(), 8, "{bounds:?}");
+    let spread = v.pointer("/steadiness/spread").and_then(Value::as_f64);
+    let expected = bounds.iter().copied().fold(0.0, f64::max)
+        / bounds.iter().copied().fold(f64::INFINITY, f64::min);
+    assert!(
+        spread.is_some_and(|s| s >= 1.0 && (s - expected).abs() < 1e-9),
+        "{spread:?} against {bounds:?}"
+    );
 }
 
 /// Section 7: both stores alone at 1 and 64 writers, and the server over each, with positive

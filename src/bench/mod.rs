@@ -233,7 +233,9 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
         &oneshot,
         compare.as_ref(),
     );
+    let steadiness = report::Steadiness::of_run(&bounds, &server, &store);
     Ok(Report {
+        steadiness,
         machine,
         bounds,
         envelope,

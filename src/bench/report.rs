@@ -35,6 +35,83 @@ pub struct Report {
     /// The mailbox stores alone and the server over each (section 7).
     pub store: super::StoreReport,
     pub goals: Vec<Goal>,
+    /// How much the machine's speed moved during the run.
+    pub steadiness: Steadiness,
+}
+
+/// Every all-core RSA decrypt bound the run measured (section 1, then right before or around
+/// each server run), and the highest over the lowest. The goals divide figures measured
+/// minutes apart (a rate by the bound measured before it, file to file by in memory): on a
+/// machine whose speed moves during the run, such a ratio moves with it, and this says by how
+/// much. A busy or shared machine shows here first (docs/PERFORMANCE.md, "Seventh session").
+#[derive(Clone, Debug, Serialize)]
+pub struct Steadiness {
+    pub rsa_decrypt_all: Vec<f64>,
+    /// Highest over lowest: 1.0 on a perfectly steady machine.
+    pub spread: f64,
+}
+
+/// Above this spread the steadiness line warns: wider than the goals' own margins (90 %).
+const STEADY_SPREAD: f64 = 1.10;
+
+impl Steadiness {
+    /// From the bounds in measuring order; positive finite ones only.
+    pub(super) fn of(bounds: impl IntoIterator<Item = f64>) -> Steadiness {
+        let rsa_decrypt_all: Vec<f64> = bounds
+            .into_iter()
+            .filter(|b| b.is_finite() && *b > 0.0)
+            .collect();
+        let lowest = rsa_decrypt_all
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        let highest = rsa_decrypt_all.iter().copied().fold(0.0, f64::max);
+        let spread = if rsa_decrypt_all.is_empty() {
+            1.0
+        } else {
+            highest / lowest
+        };
+        Steadiness {
+            rsa_decrypt_all,
+            spread,
+        }
+    }
+
+    /// The bounds of a whole report: section 1's, then each server run's.
+    pub(super) fn of_run(
+        bounds: &Bounds,
+        server: &ServerReport,
+        store: &super::StoreReport,
+    ) -> Steadiness {
+        Steadiness::of(
+            std::iter::once(bounds.rsa_decrypt_all)
+                .chain(server.rates.iter().map(|r| r.bound_msgs_s))
+                .chain(std::iter::once(server.tls.rate.bound_msgs_s))
+                .chain(store.server.iter().map(|s| s.rate.bound_msgs_s)),
+        )
+    }
+
+    /// The line under the goals.
+    fn line(&self) -> String {
+        let lowest = self
+            .rsa_decrypt_all
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        let highest = self.rsa_decrypt_all.iter().copied().fold(0.0, f64::max);
+        let verdict = if self.spread > STEADY_SPREAD {
+            "NOT steady: the machine's speed moved during the run, and a goal that divides two \
+             figures measured minutes apart moved with it; measure again on a quieter machine"
+        } else {
+            "steady"
+        };
+        format!(
+            "machine: the all-core RSA decrypt bound, measured {} times in this run, ranged \
+             {lowest:.0}-{highest:.0}/s (highest {:.2}x the lowest): {verdict}",
+            self.rsa_decrypt_all.len(),
+            self.spread
+        )
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -829,6 +906,9 @@ pub fn table(r: &Report) -> String {
         };
         let _ = writeln!(s, "  [{verdict}] {}: {}", g.goal, g.detail);
     }
+    if !r.steadiness.rsa_decrypt_all.is_empty() {
+        let _ = writeln!(s, "  {}", r.steadiness.line());
+    }
     s
 }
 
@@ -1017,6 +1097,28 @@ mod tests {
             tools,
             note: String::new(),
         }
+    }
+
+    #[test]
+    fn steadiness_is_the_highest_bound_over_the_lowest_and_warns_past_ten_percent() {
+        // The seventh session's run 1: section 1, then the server runs' bounds.
+        let moved = Steadiness::of([720.0, 834.0, 810.0, 927.0, 938.0, 925.0, f64::NAN, 0.0]);
+        assert_eq!(
+            moved.rsa_decrypt_all.len(),
+            6,
+            "not measured values are left out"
+        );
+        assert!((moved.spread - 938.0 / 720.0).abs() < 1e-9);
+        let line = moved.line();
+        assert!(line.contains("measured 6 times"), "{line}");
+        assert!(line.contains("720-938/s"), "{line}");
+        assert!(
+            line.contains("1.30x") && line.contains("NOT steady"),
+            "{line}"
+        );
+        let steady = Steadiness::of([883.0, 885.0, 884.0, 881.0]);
+        assert!(steady.line().ends_with(": steady"), "{}", steady.line());
+        assert_eq!(Steadiness::of([]).spread, 1.0);
     }
 
     #[test]
