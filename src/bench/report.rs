@@ -61,20 +61,21 @@ impl Steadiness {
             .into_iter()
             .filter(|b| b.is_finite() && *b > 0.0)
             .collect();
-        let lowest = rsa_decrypt_all
-            .iter()
-            .copied()
-            .fold(f64::INFINITY, f64::min);
-        let highest = rsa_decrypt_all.iter().copied().fold(0.0, f64::max);
-        let spread = if rsa_decrypt_all.is_empty() {
-            1.0
-        } else {
-            highest / lowest
+        let spread = match Self::range(&rsa_decrypt_all) {
+            Some((lowest, highest)) => highest / lowest,
+            None => 1.0,
         };
         Steadiness {
             rsa_decrypt_all,
             spread,
         }
+    }
+
+    /// The lowest and the highest of `bounds`; `None` when there are none.
+    fn range(bounds: &[f64]) -> Option<(f64, f64)> {
+        let lowest = bounds.iter().copied().reduce(f64::min)?;
+        let highest = bounds.iter().copied().reduce(f64::max)?;
+        Some((lowest, highest))
     }
 
     /// The bounds of a whole report: section 1's, then each server run's.
@@ -91,26 +92,21 @@ impl Steadiness {
         )
     }
 
-    /// The line under the goals.
-    fn line(&self) -> String {
-        let lowest = self
-            .rsa_decrypt_all
-            .iter()
-            .copied()
-            .fold(f64::INFINITY, f64::min);
-        let highest = self.rsa_decrypt_all.iter().copied().fold(0.0, f64::max);
+    /// The line under the goals; `None` when no bound was measured.
+    fn line(&self) -> Option<String> {
+        let (lowest, highest) = Self::range(&self.rsa_decrypt_all)?;
         let verdict = if self.spread > STEADY_SPREAD {
             "NOT steady: the machine's speed moved during the run, and a goal that divides two \
              figures measured minutes apart moved with it; measure again on a quieter machine"
         } else {
             "steady"
         };
-        format!(
+        Some(format!(
             "machine: the all-core RSA decrypt bound, measured {} times in this run, ranged \
              {lowest:.0}-{highest:.0}/s (highest {:.2}x the lowest): {verdict}",
             self.rsa_decrypt_all.len(),
             self.spread
-        )
+        ))
     }
 }
 
@@ -906,8 +902,8 @@ pub fn table(r: &Report) -> String {
         };
         let _ = writeln!(s, "  [{verdict}] {}: {}", g.goal, g.detail);
     }
-    if !r.steadiness.rsa_decrypt_all.is_empty() {
-        let _ = writeln!(s, "  {}", r.steadiness.line());
+    if let Some(line) = r.steadiness.line() {
+        let _ = writeln!(s, "  {line}");
     }
     s
 }
@@ -1109,16 +1105,20 @@ mod tests {
             "not measured values are left out"
         );
         assert!((moved.spread - 938.0 / 720.0).abs() < 1e-9);
-        let line = moved.line();
+        let line = moved.line().unwrap_or_default();
         assert!(line.contains("measured 6 times"), "{line}");
         assert!(line.contains("720-938/s"), "{line}");
         assert!(
             line.contains("1.30x") && line.contains("NOT steady"),
             "{line}"
         );
-        let steady = Steadiness::of([883.0, 885.0, 884.0, 881.0]);
-        assert!(steady.line().ends_with(": steady"), "{}", steady.line());
+        let steady = Steadiness::of([883.0, 885.0, 884.0, 881.0]).line();
+        assert!(
+            steady.as_deref().is_some_and(|l| l.ends_with(": steady")),
+            "{steady:?}"
+        );
         assert_eq!(Steadiness::of([]).spread, 1.0);
+        assert_eq!(Steadiness::of([]).line(), None);
     }
 
     #[test]

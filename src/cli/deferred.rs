@@ -2,9 +2,9 @@
 //!
 //! clap's derive builds the whole tree before it parses a word: every subcommand and every
 //! argument with its help text, a few hundred of them here. Every process paid for it, a
-//! one-shot command too: `letterlock --version` took 2.5–2.9 ms of CPU and 301 page faults with
-//! the whole tree, 1.4–2.1 ms and 242 without (`perf stat -r 200`, three rounds each,
-//! docs/PERFORMANCE.md). Wrapped in [`Deferred`], a subcommand's arguments, or a command's
+//! one-shot command too: `letterlock --version` took 1.7–2.9 ms of CPU and about 300 page faults
+//! with the whole tree, 1.3–2.1 ms and about 240 without (`perf stat -r 200`, the two builds
+//! taking turns, six rounds each, docs/PERFORMANCE.md). Wrapped in [`Deferred`], a subcommand's arguments, or a command's
 //! subcommands, are added by [`clap::Command::defer`] when clap builds that command: when the
 //! command line names it. What is parsed, and every help and error text, is the same (the tests
 //! below compare them with the tree built whole), with one exception: clap adds the global
@@ -119,14 +119,6 @@ fn define_subcommands<T: Subcommand>(cmd: Command) -> Command {
 
 fn define_subcommands_for_update<T: Subcommand>(cmd: Command) -> Command {
     keeping_texts(cmd, T::augment_subcommands_for_update)
-}
-
-impl<T> std::ops::Deref for Deferred<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        &self.0
-    }
 }
 
 impl<T: FromArgMatches> FromArgMatches for Deferred<T> {
