@@ -354,6 +354,42 @@ impl ClientKeys {
             handshake_key_cache: (!protected).then_some(cache),
         })
     }
+
+    /// As [`ClientKeys::load`], except that an unencrypted private key with its public key file
+    /// beside it is parsed at its first use, not now ([`letterlock::keys::LazyPrivateKey`]):
+    /// `send_msg` uses it first on the thread that signs the message, while this one connects.
+    /// The key is returned as well: if it turns out to be damaged, [`ClientKeys::key_error`]
+    /// says so as loading it would have.
+    pub(super) fn load_lazily(
+        conn: &ClientConn,
+    ) -> Result<(ClientKeys, Option<Arc<letterlock::keys::LazyPrivateKey>>)> {
+        let dir = &conn.keys;
+        let (private, public) = letterlock::keys::pair_paths(dir, "client");
+        // Otherwise `load` says what is wrong, in its order.
+        let lazy = if conn.server.contains(':') && private.exists() {
+            letterlock::keys::LazyPrivateKey::read(&private, &public)?
+        } else {
+            None
+        };
+        let Some(lazy) = lazy.map(Arc::new) else {
+            return Ok((ClientKeys::load(conn)?, None));
+        };
+        let keys = ClientKeys {
+            identity: lazy.clone(),
+            server: peer_key(dir, "server")?,
+            handshake_key_cache: Some(handshake_key_cache(dir)),
+        };
+        Ok((keys, Some(lazy)))
+    }
+
+    /// The error of a key read lazily that could not be used (damaged, or not the pair of its
+    /// public key file), as loading it at the start would have given it: it comes before
+    /// whatever failed because of it.
+    pub(super) fn key_error(
+        lazy: Option<&letterlock::keys::LazyPrivateKey>,
+    ) -> Option<anyhow::Error> {
+        lazy.and_then(|k| k.key().err()).map(anyhow::Error::new)
+    }
 }
 
 /// The file in the keys folder where a client keeps its TLS handshake key.
@@ -477,11 +513,17 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
         asymmetric_limit: a.max_asymmetric,
         ..SealOptions::mode(a.message.mode.into())
     };
-    let keys = ClientKeys::load(&a.conn)?;
     // A small message is sealed into memory on another thread while the connection is made
-    // (`Sealing`; in hybrid mode its header and wrapped key go first); a large
-    // one is sealed as it is sent, in constant memory (one-shot latency, docs/PERFORMANCE.md).
-    let outgoing = if a.message.is_small(SEAL_AHEAD_LIMIT) {
+    // (`Sealing`; in hybrid mode its header and wrapped key go first), and that thread is the
+    // first to use the private key: it parses it too. A large one is sealed as it is sent, in
+    // constant memory (one-shot latency, docs/PERFORMANCE.md).
+    let small = a.message.is_small(SEAL_AHEAD_LIMIT);
+    let (keys, lazy) = if small {
+        ClientKeys::load_lazily(&a.conn)?
+    } else {
+        (ClientKeys::load(&a.conn)?, None)
+    };
+    let outgoing = if small {
         let (identity, server, opts) = (keys.identity.clone(), keys.server.clone(), opts.clone());
         let whole_len = a.message.small_len(SEAL_WHOLE_LIMIT);
         Outgoing::Sealing(Sealing::start(&keys.server, opts.mode, move |out| {
@@ -493,16 +535,8 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
     let mut client = match connect_with(&a.conn, keys).await {
         Ok(client) => client,
         Err(e) => {
-            // A script reading --json gets its answer whatever failed; the error and its hint
-            // still go to stderr.
-            if a.json {
-                let error = super::error_chain(&e);
-                println!(
-                    "{}",
-                    serde_json::json!({ "delivered": false, "error": error })
-                );
-            }
-            return Err(e);
+            let e = ClientKeys::key_error(lazy.as_deref()).unwrap_or(e);
+            return not_sent(a.json, e);
         }
     };
     let resend = report_retry;
@@ -517,6 +551,10 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
+            if let Some(key) = ClientKeys::key_error(lazy.as_deref()) {
+                // The message never had its signature: nothing was stored.
+                return not_sent(a.json, key);
+            }
             print_not_delivered(a.json, &e.to_string());
             print_hint(std::iter::successors(
                 Some(&e as &(dyn std::error::Error + 'static)),
@@ -525,6 +563,19 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// `send_msg` ends with `e`, before anything was sent or with the message unfinished. A script
+/// reading --json gets its answer whatever failed; the error and its hint still go to stderr.
+fn not_sent(json: bool, e: anyhow::Error) -> Result<ExitCode> {
+    if json {
+        let error = super::error_chain(&e);
+        println!(
+            "{}",
+            serde_json::json!({ "delivered": false, "error": error })
+        );
+    }
+    Err(e)
 }
 
 /// What `send_msg` prints once the server proved it stored the message, whether this process

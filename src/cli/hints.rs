@@ -156,6 +156,13 @@ pub(super) fn key_hint(e: &KeyError, outer: &KeyError) -> Option<String> {
             "key files are regular files; choose another path".into()
         }
         KeyError::FileTooLarge { .. } => "key files are a few KiB; is this the right file?".into(),
+        KeyError::NotThePair { private, public } => format!(
+            "if {} is the right key, write its public half again with `openssl pkey -in {} \
+             -pubout -out {}` (the server must trust that public key)",
+            private.display(),
+            private.display(),
+            public.display()
+        ),
         KeyError::TrustedTwice { .. } => "remove one of the files".into(),
         KeyError::NameTaken { .. } => "rename one of the files".into(),
         KeyError::BadName { .. } => {

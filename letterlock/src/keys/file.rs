@@ -124,7 +124,7 @@ pub fn load_any_public_with(
 
 /// Names the file around an error about what it holds (the errors that used to carry the path
 /// in their text); size refusals stay bare, so callers match `KeyError::TooSmall` directly.
-fn in_file(path: &Path, e: KeyError) -> KeyError {
+pub(super) fn in_file(path: &Path, e: KeyError) -> KeyError {
     match e {
         KeyError::NotPem { .. }
         | KeyError::WrongPemBlock { .. }

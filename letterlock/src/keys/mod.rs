@@ -6,7 +6,8 @@
 //!   `ssh-keygen -l` prints) and [`Fingerprint`] (either, parsed from text);
 //! - `public.rs`: [`PublicKey`]; `private.rs`: [`PrivateKey`] and the [`Identity`] trait;
 //! - `passphrase.rs`: [`Passphrase`]; `encrypted.rs`: encrypted PKCS#8 (PBES2) and its bounds;
-//! - `file.rs`: reading and writing key files; `trust.rs`: [`Trust`] and [`TrustList`].
+//! - `file.rs`: reading and writing key files; `lazy.rs`: [`LazyPrivateKey`], a key file read
+//!   now and parsed at its first use; `trust.rs`: [`Trust`] and [`TrustList`].
 //!
 //! Invariants:
 //! - Every key in memory is an RSA key of [`MIN_BITS`]..=[`MAX_BITS`] bits; smaller keys are refused
@@ -68,6 +69,7 @@ use std::path::PathBuf;
 mod encrypted;
 pub(crate) mod file;
 mod id;
+mod lazy;
 mod passphrase;
 mod private;
 mod public;
@@ -80,6 +82,7 @@ pub use file::{
     pair_paths, write_atomic,
 };
 pub use id::{Fingerprint, KeyId, SshFingerprint};
+pub use lazy::LazyPrivateKey;
 pub use passphrase::Passphrase;
 pub use private::{Identity, PrivateKey};
 pub use public::PublicKey;
@@ -188,6 +191,10 @@ pub enum KeyError {
     BadName { path: PathBuf },
     #[error("the RSA operation failed")]
     Crypto,
+    /// A private key read with [`LazyPrivateKey`] whose public half is not the public key
+    /// file read beside it.
+    #[error("{private} is not the private key of {public}: the two files are not a pair")]
+    NotThePair { private: PathBuf, public: PathBuf },
 }
 
 impl KeyError {
