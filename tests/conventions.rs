@@ -216,70 +216,67 @@ fn send_msg_json_says_not_delivered_when_it_fails() {
 }
 
 /// `send_msg` parses its private key on the thread that signs the message, while it connects
-/// (`LazyPrivateKey`): a key that turns out damaged, or not the pair of client_public.pem,
-/// still fails the command with the error loading it would give, before the server stores
-/// anything.
+/// (`LazyPrivateKey`), when its TLS handshake key comes from the cache. A key that turns out
+/// damaged, or not the pair of client_public.pem, still fails the command with the error
+/// loading it gives, said once, before the server stores anything.
 #[test]
 fn send_msg_refuses_a_damaged_key_or_one_that_is_not_its_public_files_pair() {
     let f = folders();
     let server = Server::start(&f, &[]);
-    // Once sent, the client's TLS handshake key is in its cache: the handshake then needs only
-    // client_public.pem, and the private key is first parsed by the signing thread.
-    let first = ok(send(&f, &server, &["--json", "first"], b""));
-    assert_eq!(json(&first)["delivered"], true, "{first}");
-    assert!(f.client.join("client_handshake.pem").exists());
+    let cached = f.client.join("client_handshake.pem");
     let received = || {
         std::fs::read_to_string(&server.log)
             .unwrap_or_default()
             .matches("received")
             .count()
     };
+    // Once sent, the client's TLS handshake key is in its cache: the handshake then needs only
+    // client_public.pem, and the private key is first parsed by the signing thread.
+    let first = ok(send(&f, &server, &["--json", "first"], b""));
+    assert_eq!(json(&first)["delivered"], true, "{first}");
+    assert!(cached.exists());
     let before = received();
+    // The command fails with `words`, said once, and with nothing else on stderr.
+    let refused = |out: &Output, words: &str| {
+        assert!(!out.status.success(), "sent: {}", stdout(out));
+        assert_eq!(json(&stdout(out))["delivered"], false, "{}", stdout(out));
+        let err = stderr(out);
+        assert_eq!(err.matches(words).count(), 1, "{err}");
+        assert!(!err.contains("NOT delivered") && !err.contains("ERROR"), "{err}");
+    };
 
     let private = f.client.join("client_private.pem");
     let good = std::fs::read_to_string(&private).unwrap();
     std::fs::write(&private, good.replacen("MII", "MIJ", 1)).unwrap();
     let loading = run(&["fingerprint", private.to_str().unwrap()]);
     assert!(!loading.status.success(), "the damaged key still parses");
-    let out = send(&f, &server, &["--json", "damaged"], b"");
-    assert!(
-        !out.status.success(),
-        "sent with a damaged key: {}",
-        stdout(&out)
-    );
-    assert_eq!(json(&stdout(&out))["delivered"], false, "{}", stdout(&out));
-    let err = stderr(&out);
     // The words of loading the key at the start (as `fingerprint` reads it), naming the file.
-    let cause = stderr(&loading);
-    let cause = cause.lines().next().unwrap().rsplit(": ").next().unwrap();
-    assert!(
-        err.contains("client_private.pem") && err.contains(cause),
-        "{err}\n{cause}"
-    );
+    let cause = stderr(&loading).lines().next().unwrap().to_owned();
+    let cause = cause.rsplit(": ").next().unwrap();
+    refused(&send(&f, &server, &["--json", "damaged"], b""), cause);
+    // Without a kept handshake key, the key is loaded first, as before: the same error.
+    std::fs::rename(&cached, f.client.join("kept.pem")).unwrap();
+    refused(&send(&f, &server, &["--json", "damaged, no cache"], b""), cause);
+    std::fs::rename(f.client.join("kept.pem"), &cached).unwrap();
+
+    // Another key in client_private.pem, beside alice's public key and handshake key: the
+    // handshake goes through as alice, and the signing thread refuses to sign.
+    put_private(&f.client, "mallory", "client_private.pem");
+    let out = send(&f, &server, &["--json", "not alice"], b"");
+    refused(&out, "is not the private key of");
+    assert!(stderr(&out).contains("openssl pkey -in"), "no hint: {}", stderr(&out));
+    assert_eq!(received(), before, "the server stored a message it should never have had");
+
+    // A client_public.pem that is not alice's leaves the kept key unused (it is alice's), and
+    // the key is loaded first: sending works as it did before the files were read lazily.
     std::fs::write(&private, &good).unwrap();
-
-    std::fs::copy(
-        common::public_path("bob2048"),
-        f.client.join("client_public.pem"),
-    )
-    .unwrap();
-    let out = send(&f, &server, &["mismatched"], b"");
-    assert!(!out.status.success(), "sent as the wrong key");
-    let err = stderr(&out);
-    assert!(err.contains("is not the private key of"), "{err}");
-    assert!(err.contains("openssl pkey -in"), "no hint: {err}");
-
-    assert_eq!(
-        received(),
-        before,
-        "the server stored a message it should never have had"
-    );
-    // Put right, the folder sends again; without client_public.pem, the private key is parsed
-    // first, as before.
-    put_public(&f.client, "alice2048", "client_public.pem");
-    ok(send(&f, &server, &["again"], b""));
+    put_public(&f.client, "bob2048", "client_public.pem");
+    ok(send(&f, &server, &["public file of another key"], b""));
     std::fs::remove_file(f.client.join("client_public.pem")).unwrap();
     ok(send(&f, &server, &["without the public key file"], b""));
+    put_public(&f.client, "alice2048", "client_public.pem");
+    ok(send(&f, &server, &["put right"], b""));
+    assert_eq!(received(), before + 3);
 }
 
 #[test]

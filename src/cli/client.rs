@@ -335,12 +335,7 @@ impl ClientKeys {
     /// The client's private key and the pinned server key from `--keys`; checks `--server`
     /// first, so a mistyped address fails before a passphrase is asked.
     pub(super) fn load(conn: &ClientConn) -> Result<ClientKeys> {
-        if !conn.server.contains(':') {
-            bail!(
-                "--server {} has no port; give HOST:PORT, e.g. 127.0.0.1:8000",
-                conn.server
-            );
-        }
+        check_server(conn)?;
         let (identity, protected) = super::own_key_protected(&conn.keys, "client")?;
         let cache = handshake_key_cache(&conn.keys);
         if protected {
@@ -355,29 +350,30 @@ impl ClientKeys {
         })
     }
 
-    /// As [`ClientKeys::load`], except that an unencrypted private key with its public key file
-    /// beside it is parsed at its first use, not now ([`letterlock::keys::LazyPrivateKey`]):
-    /// `send_msg` uses it first on the thread that signs the message, while this one connects.
-    /// The key is returned as well: if it turns out to be damaged, [`ClientKeys::key_error`]
-    /// says so as loading it would have.
+    /// As [`ClientKeys::load`], except that the private key is parsed at its first use, not
+    /// now ([`letterlock::keys::LazyPrivateKey`]), when the handshake can do without it: the key
+    /// is not passphrase-protected, its public key file is beside it, and the handshake key
+    /// cache holds a fresh key that this public key certified. `send_msg` then uses the private
+    /// key first on the thread that signs the message, while this one connects. Otherwise
+    /// the handshake would sign a new handshake key with it first thing, and the key is loaded
+    /// now, as `load` does. The lazy key is returned as well: if it turns out to be damaged,
+    /// [`ClientKeys::key_error`] says so as loading it would have.
     pub(super) fn load_lazily(
         conn: &ClientConn,
     ) -> Result<(ClientKeys, Option<Arc<letterlock::keys::LazyPrivateKey>>)> {
+        check_server(conn)?;
         let dir = &conn.keys;
-        let (private, public) = letterlock::keys::pair_paths(dir, "client");
-        // Otherwise `load` says what is wrong, in its order.
-        let lazy = if conn.server.contains(':') && private.exists() {
-            letterlock::keys::LazyPrivateKey::read(&private, &public)?
-        } else {
-            None
-        };
-        let Some(lazy) = lazy.map(Arc::new) else {
-            return Ok((ClientKeys::load(conn)?, None));
+        let private = super::own_key_path(dir, "client")?;
+        let (_, public) = letterlock::keys::pair_paths(dir, "client");
+        let cache = handshake_key_cache(dir);
+        let lazy = match letterlock::keys::LazyPrivateKey::read(&private, &public)? {
+            Some(lazy) if cache.is_fresh_for(lazy.public()) => Arc::new(lazy),
+            _ => return Ok((ClientKeys::load(conn)?, None)),
         };
         let keys = ClientKeys {
             identity: lazy.clone(),
             server: peer_key(dir, "server")?,
-            handshake_key_cache: Some(handshake_key_cache(dir)),
+            handshake_key_cache: Some(cache),
         };
         Ok((keys, Some(lazy)))
     }
@@ -390,6 +386,18 @@ impl ClientKeys {
     ) -> Option<anyhow::Error> {
         lazy.and_then(|k| k.key().err()).map(anyhow::Error::new)
     }
+}
+
+/// `--server` has a port, checked before any key is read: a mistyped address fails before a
+/// passphrase is asked.
+fn check_server(conn: &ClientConn) -> Result<()> {
+    if !conn.server.contains(':') {
+        bail!(
+            "--server {} has no port; give HOST:PORT, e.g. 127.0.0.1:8000",
+            conn.server
+        );
+    }
+    Ok(())
 }
 
 /// The file in the keys folder where a client keeps its TLS handshake key.
@@ -506,6 +514,20 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
     if let Some(name) = a.to.clone() {
         return send_to(a, &name).await;
     }
+    let json = a.json;
+    let sent = send_to_server(a).await;
+    // A script reading --json gets its answer whatever failed; the error and its hint still go
+    // to stderr.
+    if let (true, Err(e)) = (json, &sent) {
+        print_json_not_delivered(&super::error_chain(e));
+    }
+    sent
+}
+
+/// `send_msg` without `--to`: seals for the server and sends; `Ok(FAILURE)` when the server
+/// did not prove delivery (said on stderr, and in JSON with --json), an error when the message
+/// could not be sent at all.
+async fn send_to_server(a: ClientSendArgs) -> Result<ExitCode> {
     // The input first: a missing file fails before any connection, and text typed on a
     // terminal is complete before the connection starts.
     let input = a.message.input()?;
@@ -534,10 +556,7 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
     };
     let mut client = match connect_with(&a.conn, keys).await {
         Ok(client) => client,
-        Err(e) => {
-            let e = ClientKeys::key_error(lazy.as_deref()).unwrap_or(e);
-            return not_sent(a.json, e);
-        }
+        Err(e) => return Err(ClientKeys::key_error(lazy.as_deref()).unwrap_or(e)),
     };
     let resend = report_retry;
     let backoff = backoff(a.conn.timeout);
@@ -553,7 +572,7 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
         Err(e) => {
             if let Some(key) = ClientKeys::key_error(lazy.as_deref()) {
                 // The message never had its signature: nothing was stored.
-                return not_sent(a.json, key);
+                return Err(key);
             }
             print_not_delivered(a.json, &e.to_string());
             print_hint(std::iter::successors(
@@ -563,19 +582,6 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
-}
-
-/// `send_msg` ends with `e`, before anything was sent or with the message unfinished. A script
-/// reading --json gets its answer whatever failed; the error and its hint still go to stderr.
-fn not_sent(json: bool, e: anyhow::Error) -> Result<ExitCode> {
-    if json {
-        let error = super::error_chain(&e);
-        println!(
-            "{}",
-            serde_json::json!({ "delivered": false, "error": error })
-        );
-    }
-    Err(e)
 }
 
 /// What `send_msg` prints once the server proved it stored the message, whether this process
@@ -606,10 +612,17 @@ pub(super) fn print_delivered(
 /// What `send_msg` prints when the message was not delivered or its delivery not proven.
 pub(super) fn print_not_delivered(json: bool, error: &str) {
     if json {
-        let out = serde_json::json!({ "delivered": false, "error": error });
-        println!("{out}");
+        print_json_not_delivered(error);
     }
     eprintln!("letterlock: NOT delivered: {error}");
+}
+
+/// `send_msg --json`'s answer when nothing was delivered.
+fn print_json_not_delivered(error: &str) {
+    println!(
+        "{}",
+        serde_json::json!({ "delivered": false, "error": error })
+    );
 }
 
 /// `send_msg --to NAME`: resolves NAME (pinned, else the server's directory, over the same

@@ -60,7 +60,9 @@ impl LazyPrivateKey {
         match self.parsed.get_or_init(|| self.parse().ok()) {
             Some(key) => Ok(key),
             // Parsing again gives the error whole (with its type, for the caller's hints)
-            // without keeping errors that cannot be cloned; this is the failure path only.
+            // without keeping errors that cannot be cloned: each failed call parses again, a
+            // few times at most before a command gives up. `parse` reads only fields that
+            // never change, so it fails again the same way (`Crypto` cannot be reached).
             None => Err(self.parse().err().unwrap_or(KeyError::Crypto)),
         }
     }

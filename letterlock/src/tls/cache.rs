@@ -28,7 +28,7 @@ use tracing::debug;
 use zeroize::Zeroizing;
 
 use super::delegated::{self, HandshakeKey, REFRESH};
-use crate::keys::{Identity, KeyError};
+use crate::keys::{Identity, KeyError, PublicKey};
 
 /// PEM labels of the two blocks, in this order.
 const KEY_LABEL: &str = "PRIVATE KEY";
@@ -76,7 +76,7 @@ impl HandshakeKeyCache {
         identity: &dyn Identity,
         now: SystemTime,
     ) -> Option<Arc<CertifiedKey>> {
-        match self.read(identity, now) {
+        match self.read(identity.public(), now) {
             Ok(key) => Some(key),
             Err(why) => {
                 debug!(file = %self.path.display(), %why, "no usable cached TLS handshake key");
@@ -85,7 +85,15 @@ impl HandshakeKeyCache {
         }
     }
 
-    fn read(&self, identity: &dyn Identity, now: SystemTime) -> Result<Arc<CertifiedKey>, String> {
+    /// Whether the file holds a handshake key of the key `me` that a connection made now would
+    /// use (what [`HandshakeKeyCache::load`] checks). A connection that finds one needs only the
+    /// public half of its letterlock key: the command line then parses the private key later,
+    /// on the thread that signs the message ([`crate::keys::LazyPrivateKey`]).
+    pub fn is_fresh_for(&self, me: &PublicKey) -> bool {
+        self.read(me, SystemTime::now()).is_ok()
+    }
+
+    fn read(&self, me: &PublicKey, now: SystemTime) -> Result<Arc<CertifiedKey>, String> {
         let text = crate::keys::file::read_key_file(&self.path, true).map_err(|e| match e {
             KeyError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 "none yet".to_owned()
@@ -110,7 +118,6 @@ impl HandshakeKeyCache {
         let since_epoch = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_err(|_| "the clock is before 1970".to_owned())?;
-        let me = identity.public();
         delegated::verify(&der, UnixTime::since_unix_epoch(since_epoch), |id| {
             if id == me.id() {
                 Ok(me)
