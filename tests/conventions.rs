@@ -242,7 +242,10 @@ fn send_msg_refuses_a_damaged_key_or_one_that_is_not_its_public_files_pair() {
         assert_eq!(json(&stdout(out))["delivered"], false, "{}", stdout(out));
         let err = stderr(out);
         assert_eq!(err.matches(words).count(), 1, "{err}");
-        assert!(!err.contains("NOT delivered") && !err.contains("ERROR"), "{err}");
+        assert!(
+            !err.contains("NOT delivered") && !err.contains("ERROR"),
+            "{err}"
+        );
     };
 
     let private = f.client.join("client_private.pem");
@@ -256,7 +259,10 @@ fn send_msg_refuses_a_damaged_key_or_one_that_is_not_its_public_files_pair() {
     refused(&send(&f, &server, &["--json", "damaged"], b""), cause);
     // Without a kept handshake key, the key is loaded first, as before: the same error.
     std::fs::rename(&cached, f.client.join("kept.pem")).unwrap();
-    refused(&send(&f, &server, &["--json", "damaged, no cache"], b""), cause);
+    refused(
+        &send(&f, &server, &["--json", "damaged, no cache"], b""),
+        cause,
+    );
     std::fs::rename(f.client.join("kept.pem"), &cached).unwrap();
 
     // Another key in client_private.pem, beside alice's public key and handshake key: the
@@ -264,8 +270,16 @@ fn send_msg_refuses_a_damaged_key_or_one_that_is_not_its_public_files_pair() {
     put_private(&f.client, "mallory", "client_private.pem");
     let out = send(&f, &server, &["--json", "not alice"], b"");
     refused(&out, "is not the private key of");
-    assert!(stderr(&out).contains("openssl pkey -in"), "no hint: {}", stderr(&out));
-    assert_eq!(received(), before, "the server stored a message it should never have had");
+    assert!(
+        stderr(&out).contains("openssl pkey -in"),
+        "no hint: {}",
+        stderr(&out)
+    );
+    assert_eq!(
+        received(),
+        before,
+        "the server stored a message it should never have had"
+    );
 
     // A client_public.pem that is not alice's leaves the kept key unused (it is alice's), and
     // the key is loaded first: sending works as it did before the files were read lazily.

@@ -659,7 +659,7 @@ async fn a_version_1_store_is_migrated_and_keeps_its_messages() {
 }
 
 #[tokio::test]
-async fn removing_and_expiring_inbox_messages_deletes_their_body_files() {
+async fn removing_and_expiring_messages_deletes_their_body_files() {
     let (_dir, store) = temp_store();
     let blob_files = |store: &SqliteStore| files_in(store.blob_dir(), |n| n != ".lock").len();
     for (sender, n, received) in [(1u8, 1u8, 1_000u64), (2, 1, 2_000), (1, 2, 3_000)] {
@@ -697,5 +697,16 @@ async fn removing_and_expiring_inbox_messages_deletes_their_body_files() {
     assert_eq!(blob_files(&store), 1);
     let counts = store.inbox_counts().await.unwrap();
     assert_eq!(counts, vec![([1; 32], 1)]);
+    assert!(store.integrity_check().await.unwrap());
+
+    // An outbox message removed undelivered (`server outbox --remove`) takes its file too.
+    let body = stage(&store, &Rng(9).bytes(LARGE_LEN));
+    store
+        .enqueue_outbox(outbox_record(5, id(9), body, [9; 32]))
+        .await
+        .unwrap();
+    assert_eq!(blob_files(&store), 2);
+    assert!(store.remove_outbox(&[5; 32], &id(9)).await.unwrap());
+    assert_eq!(blob_files(&store), 1);
     assert!(store.integrity_check().await.unwrap());
 }

@@ -223,6 +223,29 @@ async fn outbox_lifecycle(store: &impl Store) {
     assert_eq!(ids, [0x32]);
     assert_eq!(store.pending_outbox(&[2; 32]).await.unwrap().len(), 1);
     assert!(store.integrity_check().await.unwrap());
+
+    // An operator's removal takes one entry of one recipient, delivered or not, and its body.
+    assert!(
+        !store.remove_outbox(&[2; 32], &id(0x32)).await.unwrap(),
+        "another recipient's entry"
+    );
+    assert!(store.remove_outbox(&[1; 32], &id(0x32)).await.unwrap());
+    assert!(!store.remove_outbox(&[1; 32], &id(0x32)).await.unwrap());
+    assert!(store.pending_outbox(&[1; 32]).await.unwrap().is_empty());
+    assert!(matches!(
+        store.open_outbox_body(&[1; 32], &id(0x32)).await,
+        Err(StoreError::OutboxNotFound { .. })
+    ));
+    assert_eq!(
+        store
+            .complete_outbox(&[1; 32], &id(0x32), &tag(0x32))
+            .await
+            .unwrap(),
+        Completion::NotPending,
+        "a removed entry cannot be acked"
+    );
+    assert_eq!(store.pending_outbox(&[2; 32]).await.unwrap().len(), 1);
+    assert!(store.integrity_check().await.unwrap());
 }
 
 /// A large body streams in and out byte for byte (a file or database chunks), in the inbox
@@ -619,6 +642,9 @@ impl<S: Store> Store for Shared<S> {
     }
     async fn expire_inbox(&self, before: u64) -> Result<u64, StoreError> {
         self.0.expire_inbox(before).await
+    }
+    async fn remove_outbox(&self, r: &[u8; 32], m: &[u8; 16]) -> Result<bool, StoreError> {
+        self.0.remove_outbox(r, m).await
     }
     async fn integrity_check(&self) -> Result<bool, StoreError> {
         self.0.integrity_check().await
@@ -1304,7 +1330,7 @@ async fn postgres_released_leases_are_free_at_once() {
     assert!(a.lease_outbox(&recipient, lease).await.unwrap().is_empty());
 }
 
-/// Deletion through either housekeeping method takes the message's chunked body with it: no
+/// Deletion through any housekeeping method takes the message's chunked body with it: no
 /// body row or chunk outlives its message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_removed_and_expired_messages_take_their_bodies() {
@@ -1336,6 +1362,17 @@ async fn postgres_removed_and_expired_messages_take_their_bodies() {
 
     // Received at +2 and +3: both before the cutoff.
     assert_eq!(store.expire_inbox(1_700_000_104).await.unwrap(), 2);
+    assert_eq!(store.0.body_count().await.unwrap(), 0);
+    assert_eq!(chunks().await, 0);
+
+    // An outbox message removed undelivered (`server outbox --remove`) takes its chunks too.
+    store
+        .enqueue_outbox(outbox_record(5, id(9), stage(&store, &large), [9; 32]))
+        .await
+        .unwrap();
+    wait_for_bodies(&store.0, 1).await;
+    assert_eq!(chunks().await, 4);
+    assert!(store.remove_outbox(&[5; 32], &id(9)).await.unwrap());
     assert_eq!(store.0.body_count().await.unwrap(), 0);
     assert_eq!(chunks().await, 0);
     assert!(store.integrity_check().await.unwrap());

@@ -640,7 +640,8 @@ fn server_read_keeps_an_existing_file_unless_forced_and_dash_is_stdout() {
     assert!(!s.root.join("-").exists());
 }
 
-/// Rotating a client's key says how many messages queued for the old key stay undelivered.
+/// Rotating a client's key says how many messages queued for the old key stay undelivered;
+/// `server outbox` marks them stranded, and `--remove` deletes one.
 #[test]
 fn a_rotation_tells_of_messages_queued_for_the_old_key() {
     let s = Setup::new();
@@ -687,6 +688,27 @@ fn a_rotation_tells_of_messages_queued_for_the_old_key() {
         1,
         "{rows:?}"
     );
+
+    // The stranded one can be removed, by a unique prefix of at least 4 characters; the
+    // waiting one stays.
+    let stranded = rows.iter().find(|r| r["stranded"] == true).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let short = s.server_fails(&["server", "outbox", "--remove", &stranded[..3]]);
+    assert!(short.contains("at least 4"), "{short}");
+    let unknown = s.server_fails(&["server", "outbox", "--remove", "zzzz"]);
+    assert!(unknown.contains("no waiting message"), "{unknown}");
+    let removed = s.server_ok(&["server", "outbox", "--remove", &stranded[..8]]);
+    assert!(
+        removed.contains(&stranded) && removed.contains("stranded"),
+        "{removed}"
+    );
+    let again = s.server_fails(&["server", "outbox", "--remove", &stranded]);
+    assert!(again.contains("no waiting message"), "{again}");
+    let listed = s.server_ok(&["server", "outbox"]);
+    assert_eq!(listed.matches("STRANDED").count(), 0, "{listed}");
+    assert_eq!(listed.matches("waiting").count(), 1, "{listed}");
 }
 
 /// A second `letterlock server` on the same SQLite mailbox is refused while the first runs

@@ -150,6 +150,11 @@ pub(super) enum ServerCommand {
         /// client's name), mode, sealed_bytes, created (Unix seconds), stranded (bool)}.
         #[arg(long)]
         json: bool,
+        /// Delete the waiting message ID (or a unique prefix of it, at least 4 characters) and
+        /// its body without delivering it: for a STRANDED one, which nobody can fetch. Not
+        /// undone; a relayed message removed so never gets its receipt.
+        #[arg(long, value_name = "ID", conflicts_with = "json")]
+        remove: Option<String>,
     },
     /// Open a received message again (it is kept sealed at rest).
     Read {
@@ -247,9 +252,16 @@ pub(super) fn command(command: ServerCommand) -> Result<ExitCode> {
             let since = since.as_deref().map(parse_time).transpose()?;
             super::runtime()?.block_on(inbox(&mailbox, from.as_deref(), since, json))
         }
-        ServerCommand::Outbox { mailbox, json } => {
-            super::runtime()?.block_on(outbox(&mailbox, json))
-        }
+        ServerCommand::Outbox {
+            mailbox,
+            json,
+            remove,
+        } => super::runtime()?.block_on(async {
+            match remove {
+                Some(id) => unqueue(&mailbox, &id).await,
+                None => outbox(&mailbox, json).await,
+            }
+        }),
         ServerCommand::Read {
             id,
             mailbox,
@@ -762,18 +774,70 @@ pub(super) async fn inbox(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `server outbox`: every message waiting for a client, under each key any client ever had,
-/// oldest first per key; stranded when that key is no longer trusted.
-async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
-    let store = open_mailbox(mailbox, false).await?;
-    let keys = store.client_keys().await?;
+/// Every message waiting for a client, under each key any client ever had, oldest first per
+/// key, and whether it is stranded (that key is no longer trusted).
+async fn waiting(store: &AnyStore) -> Result<Vec<(letterlock::store::OutboxEntry, bool)>> {
     let mut rows = Vec::new();
-    for key in &keys {
+    for key in &store.client_keys().await? {
         let stranded = key.ended.is_some();
         for m in store.pending_outbox(&key.key_id).await? {
             rows.push((m, stranded));
         }
     }
+    Ok(rows)
+}
+
+/// `server outbox --remove ID`: deletes one waiting message, named by a unique id prefix.
+async fn unqueue(mailbox: &MailboxArgs, id: &str) -> Result<ExitCode> {
+    // Not undone: a short prefix names a message by chance more often than by intent.
+    if id.len() < MIN_RM_PREFIX {
+        bail!(
+            "give at least {MIN_RM_PREFIX} characters of the message id to remove it \
+             (`letterlock server outbox` lists the ids)"
+        );
+    }
+    let prefix = id.to_ascii_lowercase();
+    let store = open_mailbox(mailbox, false).await?;
+    let mut found: Vec<_> = waiting(&store)
+        .await?
+        .into_iter()
+        .filter(|(m, _)| hex::encode(m.message_id).starts_with(&prefix))
+        .collect();
+    let (m, stranded) = match found.len() {
+        1 => found.swap_remove(0),
+        0 => bail!(
+            "no waiting message has an id starting with {prefix} (`letterlock server outbox` \
+             lists them; a delivered one is gone already)"
+        ),
+        n => bail!("{n} waiting messages have ids starting with {prefix}: give more of the id"),
+    };
+    if !store
+        .remove_outbox(&m.recipient_key_id, &m.message_id)
+        .await?
+    {
+        // Delivered, or removed by someone else, between the lookup and now.
+        bail!(
+            "message {} is no longer waiting: it was delivered or removed meanwhile",
+            hex::encode(m.message_id)
+        );
+    }
+    store.close().await?;
+    println!(
+        "removed message {} for {} ({}, {} sealed bytes, queued {}): it will not be delivered",
+        hex::encode(m.message_id),
+        letterlock::text::line(&m.recipient_name),
+        if stranded { "stranded" } else { "waiting" },
+        m.body_size,
+        time_text(m.created)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `server outbox`: every message waiting for a client, under each key any client ever had,
+/// oldest first per key; stranded when that key is no longer trusted.
+async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
+    let store = open_mailbox(mailbox, false).await?;
+    let rows = waiting(&store).await?;
     store.close().await?;
     let from = |m: &letterlock::store::OutboxEntry| match &m.sender {
         Some((_, name)) => letterlock::text::line(name).to_string(),

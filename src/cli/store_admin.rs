@@ -265,6 +265,14 @@ impl Store for AnyStore {
         forward!(self, s => s.remove_inbox(sender, message_id).await)
     }
 
+    async fn remove_outbox(
+        &self,
+        recipient: &KeyId,
+        message_id: &MessageId,
+    ) -> Result<bool, StoreError> {
+        forward!(self, s => s.remove_outbox(recipient, message_id).await)
+    }
+
     async fn expire_inbox(&self, received_before: u64) -> Result<u64, StoreError> {
         forward!(self, s => s.expire_inbox(received_before).await)
     }

@@ -491,6 +491,16 @@ pub trait Store: Send + Sync + 'static {
         ack_tag: &Tag,
     ) -> impl Future<Output = Result<Completion, StoreError>> + Send;
 
+    /// Delete the outbox message `message_id` waiting for `recipient`, and its body, without
+    /// delivering it: for an operator (`letterlock server outbox --remove`), typically for a
+    /// message sealed to a key no longer trusted, which nobody can fetch. A relayed one gets no
+    /// receipt. Returns whether it was there. Durable on return.
+    fn remove_outbox(
+        &self,
+        recipient: &KeyId,
+        message_id: &MessageId,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// A number that changes with every trust change (trust, replace, untrust), committed with
     /// the change: a server compares it before each handshake and re-reads
     /// [`Store::trusted_clients`] only when it moved. One indexed read.

@@ -426,6 +426,33 @@ impl SqliteStore {
         .await
         .map_err(|err| StoreError::Task(err.to_string()))?
     }
+
+    /// Runs `delete` (a `DELETE ... RETURNING body_file` of one row, keyed by `key` and
+    /// `message_id`) as an administrative transaction, then deletes the row's body file: an
+    /// operator's removal of one message. Whether the row was there.
+    async fn remove_one(
+        &self,
+        action: &'static str,
+        delete: &'static str,
+        key: &KeyId,
+        message_id: &MessageId,
+    ) -> Result<bool, StoreError> {
+        let (key, message_id) = (*key, *message_id);
+        self.admin(action, move |tx| {
+            let file: Option<Option<String>> = tx
+                .prepare_cached(delete)
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![key, message_id], |row| row.get(0))
+                        .optional()
+                })
+                .map_err(StoreError::db(action))?;
+            Ok(match file {
+                None => (false, Vec::new()),
+                Some(file) => (true, file.into_iter().collect()),
+            })
+        })
+        .await
+    }
 }
 
 /// Delete body files whose rows are gone (committed). A file that cannot be deleted is left to
@@ -948,6 +975,21 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn remove_outbox(
+        &self,
+        recipient: &KeyId,
+        message_id: &MessageId,
+    ) -> Result<bool, StoreError> {
+        self.remove_one(
+            "deleting an outbox message",
+            "DELETE FROM outbox WHERE recipient_key_id = ?1 AND message_id = ?2 \
+             RETURNING body_file",
+            recipient,
+            message_id,
+        )
+        .await
+    }
+
     async fn trust_generation(&self) -> Result<u64, StoreError> {
         self.read(|conn, _| read_generation(conn)).await
     }
@@ -1076,23 +1118,12 @@ impl Store for SqliteStore {
         sender: &KeyId,
         message_id: &MessageId,
     ) -> Result<bool, StoreError> {
-        let (sender, message_id) = (*sender, *message_id);
-        self.admin("deleting an inbox message", move |tx| {
-            let file: Option<Option<String>> = tx
-                .prepare_cached(
-                    "DELETE FROM inbox WHERE sender_key_id = ?1 AND message_id = ?2
-                     RETURNING body_file",
-                )
-                .and_then(|mut stmt| {
-                    stmt.query_row(params![sender, message_id], |row| row.get(0))
-                        .optional()
-                })
-                .map_err(StoreError::db("deleting an inbox message"))?;
-            Ok(match file {
-                None => (false, Vec::new()),
-                Some(file) => (true, file.into_iter().collect()),
-            })
-        })
+        self.remove_one(
+            "deleting an inbox message",
+            "DELETE FROM inbox WHERE sender_key_id = ?1 AND message_id = ?2 RETURNING body_file",
+            sender,
+            message_id,
+        )
         .await
     }
 

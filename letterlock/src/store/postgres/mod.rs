@@ -210,6 +210,39 @@ fn store_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
 }
 
 impl PostgresStore {
+    /// Runs `delete` (a `DELETE ... RETURNING body_id` of one row, keyed by `key` and
+    /// `message_id`) and deletes the row's body in the same transaction: an operator's removal
+    /// of one message. Whether the row was there.
+    async fn remove_one(
+        &self,
+        what: &'static str,
+        delete: &'static str,
+        key: &KeyId,
+        message_id: &MessageId,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("starting a deletion"))?;
+        let row = tx
+            .query_opt(delete, &[&&key[..], &&message_id[..]])
+            .await
+            .map_err(db(what))?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let body_id: Option<i64> = row.try_get(0).map_err(db(what))?;
+        if let Some(id) = body_id {
+            // Its chunks go with it (ON DELETE CASCADE).
+            tx.execute("DELETE FROM body WHERE id = $1", &[&id])
+                .await
+                .map_err(db("deleting a message body"))?;
+        }
+        tx.commit().await.map_err(db("committing a deletion"))?;
+        Ok(true)
+    }
+
     /// Connects to the database at `url` (`postgres://user[:password]@host[:port]/db`, or
     /// `?host=/socket/dir` for a Unix socket), creates or migrates the schema, sweeps bodies
     /// left unreferenced by a crash, and starts the pool. Plain connections only (no TLS yet):
@@ -1225,33 +1258,28 @@ impl Store for PostgresStore {
         sender: &KeyId,
         message_id: &MessageId,
     ) -> Result<bool, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db("starting an inbox deletion"))?;
-        let row = tx
-            .query_opt(
-                "DELETE FROM inbox WHERE sender_key_id = $1 AND message_id = $2
-                 RETURNING body_id",
-                &[&&sender[..], &&message_id[..]],
-            )
-            .await
-            .map_err(db("deleting an inbox message"))?;
-        let Some(row) = row else {
-            return Ok(false);
-        };
-        let body_id: Option<i64> = row.try_get(0).map_err(db("deleting an inbox message"))?;
-        if let Some(id) = body_id {
-            // Its chunks go with it (ON DELETE CASCADE).
-            tx.execute("DELETE FROM body WHERE id = $1", &[&id])
-                .await
-                .map_err(db("deleting an inbox message body"))?;
-        }
-        tx.commit()
-            .await
-            .map_err(db("committing an inbox deletion"))?;
-        Ok(true)
+        self.remove_one(
+            "an inbox message",
+            "DELETE FROM inbox WHERE sender_key_id = $1 AND message_id = $2 RETURNING body_id",
+            sender,
+            message_id,
+        )
+        .await
+    }
+
+    async fn remove_outbox(
+        &self,
+        recipient: &KeyId,
+        message_id: &MessageId,
+    ) -> Result<bool, StoreError> {
+        self.remove_one(
+            "an outbox message",
+            "DELETE FROM outbox WHERE recipient_key_id = $1 AND message_id = $2 \
+             RETURNING body_id",
+            recipient,
+            message_id,
+        )
+        .await
     }
 
     async fn expire_inbox(&self, received_before: u64) -> Result<u64, StoreError> {
