@@ -142,7 +142,8 @@ pub(super) enum ServerCommand {
     },
     /// List the messages waiting for clients to fetch them: queued by this server (`server
     /// send_msg`) or relayed from one client to another; those queued for a key that is no
-    /// longer trusted (replaced or removed) are marked stranded: nobody can fetch them.
+    /// longer trusted (replaced or removed) are marked stranded: nobody can fetch them, and
+    /// --remove ID deletes one.
     Outbox {
         #[command(flatten)]
         mailbox: MailboxArgs,
