@@ -224,11 +224,19 @@ async fn outbox_lifecycle(store: &impl Store) {
     assert_eq!(store.pending_outbox(&[2; 32]).await.unwrap().len(), 1);
     assert!(store.integrity_check().await.unwrap());
 
-    // An operator's removal takes one entry of one recipient, delivered or not, and its body.
-    assert!(
-        !store.remove_outbox(&[2; 32], &id(0x32)).await.unwrap(),
-        "another recipient's entry"
-    );
+    // An operator's removal takes one entry of one recipient, undelivered, and its body; the
+    // same id queued for another recipient stays. The fetch above leased it (where servers
+    // share the store): the fetch ends first.
+    store
+        .enqueue_outbox(outbox_record(
+            2,
+            id(0x32),
+            Body::from_bytes(b"for 2, same id".to_vec()),
+            tag(0x33),
+        ))
+        .await
+        .unwrap();
+    store.release_outbox(&[1; 32], &[id(0x32)]).await.unwrap();
     assert!(store.remove_outbox(&[1; 32], &id(0x32)).await.unwrap());
     assert!(!store.remove_outbox(&[1; 32], &id(0x32)).await.unwrap());
     assert!(store.pending_outbox(&[1; 32]).await.unwrap().is_empty());
@@ -244,7 +252,16 @@ async fn outbox_lifecycle(store: &impl Store) {
         Completion::NotPending,
         "a removed entry cannot be acked"
     );
-    assert_eq!(store.pending_outbox(&[2; 32]).await.unwrap().len(), 1);
+    let ids: Vec<u8> = store
+        .pending_outbox(&[2; 32])
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.message_id[0])
+        .collect();
+    assert_eq!(ids, [0x31, 0x32], "the other recipient's entries stay");
+    let body = store.open_outbox_body(&[2; 32], &id(0x32)).await.unwrap();
+    assert_eq!(read_all(body).await, b"for 2, same id");
     assert!(store.integrity_check().await.unwrap());
 }
 
@@ -1328,6 +1345,15 @@ async fn postgres_released_leases_are_free_at_once() {
     a.release_outbox(&recipient, &[]).await.unwrap();
     a.release_outbox(&[6; 32], &[id(1), id(2)]).await.unwrap();
     assert!(a.lease_outbox(&recipient, lease).await.unwrap().is_empty());
+    // An operator's removal, through either server, waits for the fetch that holds an entry
+    // to end: that client may be reading it.
+    assert!(!a.remove_outbox(&recipient, &id(1)).await.unwrap());
+    b.release_outbox(&recipient, &[id(1)]).await.unwrap();
+    assert!(a.remove_outbox(&recipient, &id(1)).await.unwrap());
+    assert_eq!(
+        ids(&a.lease_outbox(&recipient, lease).await.unwrap()),
+        Vec::<u8>::new()
+    );
 }
 
 /// Deletion through any housekeeping method takes the message's chunked body with it: no

@@ -697,9 +697,18 @@ fn a_rotation_tells_of_messages_queued_for_the_old_key() {
         .to_owned();
     let short = s.server_fails(&["server", "outbox", "--remove", &stranded[..3]]);
     assert!(short.contains("at least 4"), "{short}");
-    let unknown = s.server_fails(&["server", "outbox", "--remove", "zzzz"]);
-    assert!(unknown.contains("no waiting message"), "{unknown}");
-    let removed = s.server_ok(&["server", "outbox", "--remove", &stranded[..8]]);
+    let not_hex = s.server_fails(&["server", "outbox", "--remove", "zzzz"]);
+    assert!(not_hex.contains("not a message id"), "{not_hex}");
+    let other = s.server_fails(&["server", "outbox", "--remove", &stranded, "--to", "alice"]);
+    assert!(other.contains("no waiting message"), "{other}");
+    let removed = s.server_ok(&[
+        "server",
+        "outbox",
+        "--remove",
+        &stranded[..8],
+        "--to",
+        "bob",
+    ]);
     assert!(
         removed.contains(&stranded) && removed.contains("stranded"),
         "{removed}"
@@ -709,6 +718,19 @@ fn a_rotation_tells_of_messages_queued_for_the_old_key() {
     let listed = s.server_ok(&["server", "outbox"]);
     assert_eq!(listed.matches("STRANDED").count(), 0, "{listed}");
     assert_eq!(listed.matches("waiting").count(), 1, "{listed}");
+
+    // One bob can still fetch is removed only with --force.
+    let out = letterlock(&s.root, &s.server_args(&["server", "outbox", "--json"]));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let waiting = rows[0]["id"].as_str().unwrap().to_owned();
+    let refused = s.server_fails(&["server", "outbox", "--remove", &waiting]);
+    assert!(
+        refused.contains("not stranded") && refused.contains("--force"),
+        "{refused}"
+    );
+    s.server_ok(&["server", "outbox", "--remove", &waiting, "--force"]);
+    let listed = s.server_ok(&["server", "outbox"]);
+    assert!(listed.contains("outbox is empty"), "{listed}");
 }
 
 /// A second `letterlock server` on the same SQLite mailbox is refused while the first runs

@@ -34,7 +34,7 @@ use super::{Deferred, PairArgs, STDOUT_LIMIT, own_key, time_text};
 /// File name of the mailbox database, beside the server's keys by default (bodies over 64 KiB
 /// live in the folder of the same name plus `.blobs`).
 const STORE_FILE: &str = "letterlock-server.db";
-/// The shortest message id prefix `server rm` takes.
+/// The shortest message id prefix `server rm` and `server outbox --remove` take.
 const MIN_RM_PREFIX: usize = 4;
 
 /// How often a server with `--retention` looks for expired messages (besides at start).
@@ -151,11 +151,19 @@ pub(super) enum ServerCommand {
         /// client's name), mode, sealed_bytes, created (Unix seconds), stranded (bool)}.
         #[arg(long)]
         json: bool,
-        /// Delete the waiting message ID (or a unique prefix of it, at least 4 characters) and
-        /// its body without delivering it: for a STRANDED one, which nobody can fetch. Not
-        /// undone; a relayed message removed so never gets its receipt.
+        /// Delete the STRANDED message ID (or a unique prefix of it, at least 4 characters) and
+        /// its body without delivering it: sealed to a key no longer trusted, nobody can fetch
+        /// it. Not undone; a relayed message removed so never gets its receipt.
         #[arg(long, value_name = "ID", conflicts_with = "json")]
         remove: Option<String>,
+        /// With --remove: the recipient, when messages for two clients share the id (ids are
+        /// unique per recipient only).
+        #[arg(long, value_name = "NAME", requires = "remove")]
+        to: Option<String>,
+        /// With --remove: remove a message that is still waiting (its client can fetch it),
+        /// not only a stranded one. If that client is fetching right now, it may still get it.
+        #[arg(long, requires = "remove")]
+        force: bool,
     },
     /// Open a received message again (it is kept sealed at rest).
     Read {
@@ -257,9 +265,11 @@ pub(super) fn command(command: ServerCommand) -> Result<ExitCode> {
             mailbox,
             json,
             remove,
+            to,
+            force,
         } => super::runtime()?.block_on(async {
             match remove {
-                Some(id) => unqueue(&mailbox, &id).await,
+                Some(id) => unqueue(&mailbox, &id, to.as_deref(), force).await,
                 None => outbox(&mailbox, json).await,
             }
         }),
@@ -777,7 +787,7 @@ pub(super) async fn inbox(
 
 /// Every message waiting for a client, under each key any client ever had, oldest first per
 /// key, and whether it is stranded (that key is no longer trusted).
-async fn waiting(store: &AnyStore) -> Result<Vec<(letterlock::store::OutboxEntry, bool)>> {
+async fn waiting(store: &impl Store) -> Result<Vec<(letterlock::store::OutboxEntry, bool)>> {
     let mut rows = Vec::new();
     for key in &store.client_keys().await? {
         let stranded = key.ended.is_some();
@@ -788,13 +798,26 @@ async fn waiting(store: &AnyStore) -> Result<Vec<(letterlock::store::OutboxEntry
     Ok(rows)
 }
 
-/// `server outbox --remove ID`: deletes one waiting message, named by a unique id prefix.
-async fn unqueue(mailbox: &MailboxArgs, id: &str) -> Result<ExitCode> {
+/// `server outbox --remove ID`: deletes one stranded message (or, with `force`, one still
+/// waiting), named by a unique id prefix, of the recipient `to` if given.
+async fn unqueue(
+    mailbox: &MailboxArgs,
+    id: &str,
+    to: Option<&str>,
+    force: bool,
+) -> Result<ExitCode> {
     // Not undone: a short prefix names a message by chance more often than by intent.
     if id.len() < MIN_RM_PREFIX {
         bail!(
             "give at least {MIN_RM_PREFIX} characters of the message id to remove it \
              (`letterlock server outbox` lists the ids)"
+        );
+    }
+    if id.len() > 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!(
+            "{:?} is not a message id or a prefix of one: ids are 32 hexadecimal digits \
+             (`letterlock server outbox` lists them)",
+            letterlock::text::line(id)
         );
     }
     let prefix = id.to_ascii_lowercase();
@@ -803,30 +826,59 @@ async fn unqueue(mailbox: &MailboxArgs, id: &str) -> Result<ExitCode> {
         .await?
         .into_iter()
         .filter(|(m, _)| hex::encode(m.message_id).starts_with(&prefix))
+        .filter(|(m, _)| to.is_none_or(|name| m.recipient_name == name))
         .collect();
-    let (m, stranded) = match found.len() {
-        1 => found.swap_remove(0),
-        0 => bail!(
-            "no waiting message has an id starting with {prefix} (`letterlock server outbox` \
-             lists them; a delivered one is gone already)"
-        ),
-        n => bail!("{n} waiting messages have ids starting with {prefix}: give more of the id"),
+    if found.len() > 1 {
+        let mut text = format!("more than one waiting message matches {prefix}:");
+        for (m, stranded) in &found {
+            text.push_str(&format!(
+                "\n  {}  for {}  queued {}{}",
+                hex::encode(m.message_id),
+                letterlock::text::line(&m.recipient_name),
+                time_text(m.created),
+                if *stranded { "  STRANDED" } else { "" }
+            ));
+        }
+        let same_id = found
+            .iter()
+            .all(|(m, _)| m.message_id == found[0].0.message_id);
+        text.push_str(if same_id {
+            "\nids are unique per recipient only: add --to NAME"
+        } else {
+            "\ngive more hexadecimal digits of the id (or --to NAME)"
+        });
+        bail!(text);
+    }
+    let Some((m, stranded)) = found.pop() else {
+        bail!(
+            "no waiting message has an id starting with {prefix}{} (`letterlock server outbox` \
+             lists them; a delivered one is gone already)",
+            to.map(|name| format!(" for {}", letterlock::text::line(name)))
+                .unwrap_or_default()
+        );
     };
+    let to = letterlock::text::line(&m.recipient_name);
+    if !stranded && !force {
+        bail!(
+            "message {} for {to} is waiting, not stranded: {to}'s client can still fetch it; \
+             pass --force to remove it anyway",
+            hex::encode(m.message_id)
+        );
+    }
     if !store
         .remove_outbox(&m.recipient_key_id, &m.message_id)
         .await?
     {
-        // Delivered, or removed by someone else, between the lookup and now.
         bail!(
-            "message {} is no longer waiting: it was delivered or removed meanwhile",
+            "message {} is no longer waiting, or is being delivered right now: run `letterlock \
+             server outbox` again",
             hex::encode(m.message_id)
         );
     }
     store.close().await?;
     println!(
-        "removed message {} for {} ({}, {} sealed bytes, queued {}): it will not be delivered",
+        "removed message {} for {to} ({}, {} sealed bytes, queued {}): it will not be delivered",
         hex::encode(m.message_id),
-        letterlock::text::line(&m.recipient_name),
         if stranded { "stranded" } else { "waiting" },
         m.body_size,
         time_text(m.created)
@@ -937,28 +989,24 @@ async fn pick(store: &impl Store, id: &str, from: Option<&str>) -> Result<InboxS
 
 /// When no inbox message matches `id` but a message relayed between two clients and still
 /// waiting does: says so, and why the server cannot open it (it is sealed for the recipient,
-/// not for the server). Looked up per trusted client's outbox: a rare path, for a clear error.
+/// not for the server). Looked up in every outbox ([`waiting`]): a rare path, for a clear error.
 async fn relayed_match(store: &impl Store, id: &str) -> Result<Option<String>> {
     let prefix = id.to_ascii_lowercase();
-    for client in store.trusted_clients().await?.clients {
-        for entry in store.pending_outbox(&client.key_id).await? {
-            let Some((_, sender)) = &entry.sender else {
-                continue;
-            };
-            if hex::encode(entry.message_id).starts_with(&prefix) {
-                return Ok(Some(format!(
-                    "message {id} was relayed from {from} to {to}, not sent to the server: it \
+    let relayed = waiting(store).await?.into_iter().find_map(|(entry, _)| {
+        let (_, sender) = entry.sender.as_ref()?;
+        hex::encode(entry.message_id).starts_with(&prefix).then(|| {
+            format!(
+                "message {id} was relayed from {from} to {to}, not sent to the server: it \
                      is sealed for {to}, and this server cannot open it; it waits in {to}'s \
                      outbox until {to}'s client (`letterlock client recv_msg`) fetches and \
                      acknowledges it",
-                    id = hex::encode(entry.message_id),
-                    from = letterlock::text::line(sender),
-                    to = letterlock::text::line(&entry.recipient_name),
-                )));
-            }
-        }
-    }
-    Ok(None)
+                id = hex::encode(entry.message_id),
+                from = letterlock::text::line(sender),
+                to = letterlock::text::line(&entry.recipient_name),
+            )
+        })
+    });
+    Ok(relayed)
 }
 
 pub(super) async fn read_inbox(

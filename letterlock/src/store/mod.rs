@@ -494,7 +494,8 @@ pub trait Store: Send + Sync + 'static {
     /// Delete the outbox message `message_id` waiting for `recipient`, and its body, without
     /// delivering it: for an operator (`letterlock server outbox --remove`), typically for a
     /// message sealed to a key no longer trusted, which nobody can fetch. A relayed one gets no
-    /// receipt. Returns whether it was there. Durable on return.
+    /// receipt. Returns whether it was deleted: not when it is not there, nor, in a store that
+    /// leases deliveries ([`Store::lease_outbox`]), while a fetch holds it. Durable on return.
     fn remove_outbox(
         &self,
         recipient: &KeyId,

@@ -212,34 +212,31 @@ fn store_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
 impl PostgresStore {
     /// Runs `delete` (a `DELETE ... RETURNING body_id` of one row, keyed by `key` and
     /// `message_id`) and deletes the row's body in the same transaction: an operator's removal
-    /// of one message. Whether the row was there.
+    /// of one message, `action` naming it in errors. Whether the row was there.
     async fn remove_one(
         &self,
-        what: &'static str,
+        action: &'static str,
         delete: &'static str,
         key: &KeyId,
         message_id: &MessageId,
     ) -> Result<bool, StoreError> {
         let mut client = self.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db("starting a deletion"))?;
+        let tx = client.transaction().await.map_err(db(action))?;
         let row = tx
             .query_opt(delete, &[&&key[..], &&message_id[..]])
             .await
-            .map_err(db(what))?;
+            .map_err(db(action))?;
         let Some(row) = row else {
             return Ok(false);
         };
-        let body_id: Option<i64> = row.try_get(0).map_err(db(what))?;
+        let body_id: Option<i64> = row.try_get(0).map_err(db(action))?;
         if let Some(id) = body_id {
             // Its chunks go with it (ON DELETE CASCADE).
             tx.execute("DELETE FROM body WHERE id = $1", &[&id])
                 .await
-                .map_err(db("deleting a message body"))?;
+                .map_err(db(action))?;
         }
-        tx.commit().await.map_err(db("committing a deletion"))?;
+        tx.commit().await.map_err(db(action))?;
         Ok(true)
     }
 
@@ -1259,7 +1256,7 @@ impl Store for PostgresStore {
         message_id: &MessageId,
     ) -> Result<bool, StoreError> {
         self.remove_one(
-            "an inbox message",
+            "deleting an inbox message",
             "DELETE FROM inbox WHERE sender_key_id = $1 AND message_id = $2 RETURNING body_id",
             sender,
             message_id,
@@ -1272,10 +1269,12 @@ impl Store for PostgresStore {
         recipient: &KeyId,
         message_id: &MessageId,
     ) -> Result<bool, StoreError> {
+        // Not while a fetch, through any server, holds it (`lease_outbox`): that client may be
+        // reading it now, and its ack would then find nothing.
         self.remove_one(
-            "an outbox message",
+            "deleting an outbox message",
             "DELETE FROM outbox WHERE recipient_key_id = $1 AND message_id = $2 \
-             RETURNING body_id",
+             AND (leased_until IS NULL OR leased_until <= clock_timestamp()) RETURNING body_id",
             recipient,
             message_id,
         )
