@@ -18,7 +18,7 @@
 //! ignored (and replaced): a cache never fails a connection.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
@@ -28,23 +28,52 @@ use tracing::debug;
 use zeroize::Zeroizing;
 
 use super::delegated::{self, HandshakeKey, REFRESH};
-use crate::keys::{Identity, KeyError, PublicKey};
+use crate::keys::{Identity, KeyError, KeyId, PublicKey};
 
 /// PEM labels of the two blocks, in this order.
 const KEY_LABEL: &str = "PRIVATE KEY";
 const CERT_LABEL: &str = "CERTIFICATE";
 
 /// Where a client keeps its handshake key.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct HandshakeKeyCache {
     path: PathBuf,
+    /// What [`HandshakeKeyCache::is_fresh_for`] found, for the next load to take instead of
+    /// reading and checking the file again (a quarter of a millisecond on the machines we
+    /// measure, mostly the RSA verification, on the path of a one-shot `send_msg`). Taken
+    /// once, and only within [`CHECK_REUSE`] of the check: a process that lives on reads the
+    /// file again.
+    checked: Arc<Mutex<Option<Checked>>>,
 }
+
+/// A check of the file, kept for the load that follows it.
+#[derive(Debug)]
+struct Checked {
+    key_id: KeyId,
+    at: SystemTime,
+    key: Option<Arc<CertifiedKey>>,
+}
+
+/// How long a check is good for the load that follows it: the same command, a moment later.
+const CHECK_REUSE: Duration = Duration::from_secs(10);
+
+impl PartialEq for HandshakeKeyCache {
+    /// The same file: what was checked of it is not part of what the cache is.
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+    }
+}
+
+impl Eq for HandshakeKeyCache {}
 
 impl HandshakeKeyCache {
     /// A cache in the file `path` (the command line uses `DIR/client_handshake.pem` beside
     /// `DIR/client_private.pem`).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        HandshakeKeyCache { path: path.into() }
+        HandshakeKeyCache {
+            path: path.into(),
+            checked: Arc::default(),
+        }
     }
 
     /// The file.
@@ -76,7 +105,21 @@ impl HandshakeKeyCache {
         identity: &dyn Identity,
         now: SystemTime,
     ) -> Option<Arc<CertifiedKey>> {
-        match self.read(identity.public(), now) {
+        let me = identity.public();
+        let checked = self
+            .checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(c) = checked
+            && c.key_id == me.id()
+            && now
+                .duration_since(c.at)
+                .is_ok_and(|since| since <= CHECK_REUSE)
+        {
+            return c.key;
+        }
+        match self.read(me, now) {
             Ok(key) => Some(key),
             Err(why) => {
                 debug!(file = %self.path.display(), %why, "no usable cached TLS handshake key");
@@ -86,11 +129,22 @@ impl HandshakeKeyCache {
     }
 
     /// Whether the file holds a handshake key of the key `me` that a connection made now would
-    /// use (what [`HandshakeKeyCache::load`] checks). A connection that finds one needs only the
+    /// use (what a connection checks before it uses one). A connection that finds one needs only the
     /// public half of its letterlock key: the command line then parses the private key later,
     /// on the thread that signs the message ([`crate::keys::LazyPrivateKey`]).
     pub fn is_fresh_for(&self, me: &PublicKey) -> bool {
-        self.read(me, SystemTime::now()).is_ok()
+        let at = SystemTime::now();
+        let key = self.read(me, at).ok();
+        let fresh = key.is_some();
+        *self
+            .checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Checked {
+            key_id: me.id(),
+            at,
+            key,
+        });
+        fresh
     }
 
     fn read(&self, me: &PublicKey, now: SystemTime) -> Result<Arc<CertifiedKey>, String> {

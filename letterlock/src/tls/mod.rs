@@ -1172,6 +1172,65 @@ mod tests {
         );
     }
 
+    /// `is_fresh_for` (the command line's check before it reads its private key lazily) hands
+    /// what it found to the load right after it, once, for the same key, soon after.
+    #[tokio::test]
+    async fn a_check_of_the_cache_serves_the_load_right_after_it_once() {
+        let (s, c) = (key(), key());
+        let clients = trust(&[&c]);
+        let sc = server_config(s.clone(), clients.clone(), &TlsOptions::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client_handshake.pem");
+        let counting = Counting::new(&c);
+        let _ = handshake(
+            cached_client(dir.path(), &counting, s.public()),
+            sc,
+            clients,
+        )
+        .await;
+        let kept = written(&path).await;
+        let cache = HandshakeKeyCache::new(&path);
+        // The file again, owner-only as the cache wants it.
+        let put_back = || {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(&path, &kept).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        // The file again, owner-only as the cache wants it.
+        let put_back = || {
+            use std::os::unix::fs::PermissionsExt;
+            put_back();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        let now = std::time::SystemTime::now;
+        // Checked, then the file gone: the next load still has the key, the one after not.
+        assert!(cache.is_fresh_for(c.public()));
+        std::fs::remove_file(&path).unwrap();
+        assert!(cache.load(c.as_ref(), now()).is_some());
+        assert!(cache.load(c.as_ref(), now()).is_none(), "taken once");
+        // Nothing for another key, or long after the check.
+        put_back();
+        assert!(cache.is_fresh_for(c.public()));
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            cache.load(s.as_ref(), now()).is_none(),
+            "another key's check"
+        );
+        put_back();
+        assert!(cache.is_fresh_for(c.public()));
+        std::fs::remove_file(&path).unwrap();
+        let later = now() + Duration::from_secs(60);
+        assert!(
+            cache.load(c.as_ref(), later).is_none(),
+            "a check a minute old"
+        );
+        // A check that found nothing is handed on as nothing.
+        assert!(!cache.is_fresh_for(c.public()));
+        put_back();
+        assert!(cache.load(c.as_ref(), now()).is_none());
+        assert!(cache.load(c.as_ref(), now()).is_some(), "read again");
+    }
+
     #[tokio::test]
     async fn a_cache_that_is_not_this_keys_fresh_private_one_is_replaced_not_used() {
         use std::os::unix::fs::PermissionsExt;
