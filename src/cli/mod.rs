@@ -444,8 +444,9 @@ fn one_shot_runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Runs a one-shot command on [`one_shot_runtime`], then ends without waiting for the blocking
-/// pool's idle threads to wake and exit (0.3–0.6 ms of a `send_msg`, seen with strace): the
-/// process ends right after, and ending it stops them. Only for commands that await all the
+/// pool's idle threads to wake and exit (0.3–0.6 ms of a `send_msg` with strace, and about 60
+/// page faults; `recv_msg` −1.9 ms paired: docs/PERFORMANCE.md, "Eighth session"): the process
+/// ends right after, and ending it stops them. Only for commands that await all the
 /// work they start, as `send_msg` and `recv_msg` do (their sealing, opening and mailbox writes
 /// are awaited before they print their outcome); a task still running is one whose result the
 /// command no longer wants, and it writes nothing that outlives the process.

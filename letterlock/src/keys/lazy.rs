@@ -16,7 +16,9 @@ use super::{Identity, KeyError, PrivateKey, PublicKey, is_encrypted_pem};
 /// run once (`client send_msg`) needs it only for the message's signature, which it makes on
 /// another thread beside the connection. The connection itself needs only the public half when
 /// the client's TLS handshake key comes from its cache (the handshake key's certificate is
-/// checked with the public key). So the connection starts that millisecond sooner.
+/// checked with the public key). So the connection starts that millisecond sooner; a whole
+/// `send_msg` gains about a third of one (docs/PERFORMANCE.md, "Eighth session"), since the
+/// signature, which waits for the parse either way, is the longer of its two paths.
 ///
 /// The parsed key must be the pair of that public key: if it is not, every private operation
 /// fails with [`KeyError::NotThePair`], and nothing is signed with it.

@@ -129,7 +129,7 @@ impl HandshakeKeyCache {
     }
 
     /// Whether the file holds a handshake key of the key `me` that a connection made now would
-    /// use (what a connection checks before it uses one). A connection that finds one needs only the
+    /// use, checked as a connection checks it. A connection that finds one needs only the
     /// public half of its letterlock key: the command line then parses the private key later,
     /// on the thread that signs the message ([`crate::keys::LazyPrivateKey`]).
     pub fn is_fresh_for(&self, me: &PublicKey) -> bool {
