@@ -280,6 +280,16 @@ fn send_msg_refuses_a_damaged_key_or_one_that_is_not_its_public_files_pair() {
         before,
         "the server stored a message it should never have had"
     );
+    // Without the kept key, mallory's key is loaded first and the server refuses it: the
+    // error says the two files are not a pair, not to trust client_public.pem (alice's, which
+    // the server trusts already).
+    std::fs::rename(&cached, f.client.join("kept.pem")).unwrap();
+    let out = send(&f, &server, &["not alice, no cache"], b"");
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("the two files are not a pair"), "{err}");
+    assert!(err.contains("openssl pkey -in"), "{err}");
+    std::fs::rename(f.client.join("kept.pem"), &cached).unwrap();
 
     // A client_public.pem that is not alice's leaves the kept key unused (it is alice's), and
     // the key is loaded first: sending works as it did before the files were read lazily.

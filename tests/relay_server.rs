@@ -925,6 +925,28 @@ async fn server_read_of_a_relayed_message_says_the_server_cannot_open_it() {
         stderr.contains("relayed from alice to bob") && stderr.contains("cannot open it"),
         "{stderr}"
     );
+    assert!(stderr.contains("it waits in bob's outbox"), "{stderr}");
+    // Once bob's key is no longer trusted, nobody can fetch it: it says so, and how to delete it.
+    let mailbox = [
+        "--keys",
+        keys.path().to_str().unwrap(),
+        "--store",
+        db.to_str().unwrap(),
+    ];
+    let (code, _, untrust) = common::cli::run(
+        keys.path(),
+        &[&["server", "untrust", "bob"][..], &mailbox[..]].concat(),
+    );
+    assert_eq!(code, 0, "{untrust}");
+    let (code, _, stderr) = common::cli::run(
+        keys.path(),
+        &[&["server", "read", &id_hex[..12]][..], &mailbox[..]].concat(),
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("no longer trusted") && stderr.contains("server outbox --remove"),
+        "{stderr}"
+    );
     drop(alice);
     s.stop().await;
 }

@@ -486,10 +486,30 @@ pub(super) async fn connect_with(
         Err(ClientError::Refused {
             code: letterlock::wire::ErrorCode::AuthFailed,
             ..
-        }) => bail!(
-            "the server at {addr} refused our key {me} (authentication failed): its operator must \
-             trust client_public.pem (`letterlock server trust client_public.pem --name NAME`)"
-        ),
+        }) => {
+            // A client_public.pem of another key would send the operator to trust the wrong
+            // file: say that the two files are not a pair instead.
+            let (private, public) = letterlock::keys::pair_paths(&conn.keys, "client");
+            match letterlock::keys::load_public(&public) {
+                Ok(other) if other.id() != me => bail!(
+                    "the server at {addr} refused our key {me} (authentication failed), the key \
+                     of {}; {} beside it is another key ({}): the two files are not a pair. If \
+                     {} is the right key, write its public half with `openssl pkey -in {} \
+                     -pubout -out {}` and have the server's operator trust that",
+                    private.display(),
+                    public.display(),
+                    other.id(),
+                    private.display(),
+                    private.display(),
+                    public.display()
+                ),
+                _ => bail!(
+                    "the server at {addr} refused our key {me} (authentication failed): its \
+                     operator must trust client_public.pem (`letterlock server trust \
+                     client_public.pem --name NAME`)"
+                ),
+            }
+        }
         Err(ClientError::Busy { attempts }) => bail!(
             "the server at {addr} is busy: turned away {attempts} time(s) in {} s; try again \
              later, or wait longer with --timeout SECONDS",

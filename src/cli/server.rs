@@ -842,10 +842,13 @@ async fn unqueue(
         let same_id = found
             .iter()
             .all(|(m, _)| m.message_id == found[0].0.message_id);
-        text.push_str(if same_id {
-            "\nids are unique per recipient only: add --to NAME"
-        } else {
-            "\ngive more hexadecimal digits of the id (or --to NAME)"
+        let same_to = found
+            .iter()
+            .all(|(m, _)| m.recipient_name == found[0].0.recipient_name);
+        text.push_str(match (same_id, same_to) {
+            (true, _) => "\nids are unique per recipient only: add --to NAME",
+            (false, true) => "\ngive more hexadecimal digits of the id",
+            (false, false) => "\ngive more hexadecimal digits of the id (or --to NAME)",
         });
         bail!(text);
     }
@@ -963,10 +966,11 @@ async fn pick(store: &impl Store, id: &str, from: Option<&str>) -> Result<InboxS
             ));
         }
         let same_id = found.iter().all(|m| m.message_id == found[0].message_id);
-        text.push_str(if same_id {
-            "\nids are unique per sender only: add --from NAME"
-        } else {
-            "\ngive more hexadecimal digits of the id (or --from NAME)"
+        let same_from = found.iter().all(|m| m.sender_name == found[0].sender_name);
+        text.push_str(match (same_id, same_from) {
+            (true, _) => "\nids are unique per sender only: add --from NAME",
+            (false, true) => "\ngive more hexadecimal digits of the id",
+            (false, false) => "\ngive more hexadecimal digits of the id (or --from NAME)",
         });
         bail!(text);
     }
@@ -992,20 +996,32 @@ async fn pick(store: &impl Store, id: &str, from: Option<&str>) -> Result<InboxS
 /// not for the server). Looked up in every outbox ([`waiting`]): a rare path, for a clear error.
 async fn relayed_match(store: &impl Store, id: &str) -> Result<Option<String>> {
     let prefix = id.to_ascii_lowercase();
-    let relayed = waiting(store).await?.into_iter().find_map(|(entry, _)| {
-        let (_, sender) = entry.sender.as_ref()?;
-        hex::encode(entry.message_id).starts_with(&prefix).then(|| {
-            format!(
-                "message {id} was relayed from {from} to {to}, not sent to the server: it \
-                     is sealed for {to}, and this server cannot open it; it waits in {to}'s \
-                     outbox until {to}'s client (`letterlock client recv_msg`) fetches and \
-                     acknowledges it",
-                id = hex::encode(entry.message_id),
-                from = letterlock::text::line(sender),
-                to = letterlock::text::line(&entry.recipient_name),
-            )
-        })
-    });
+    let relayed = waiting(store)
+        .await?
+        .into_iter()
+        .find_map(|(entry, stranded)| {
+            let (_, sender) = entry.sender.as_ref()?;
+            hex::encode(entry.message_id).starts_with(&prefix).then(|| {
+                let id = hex::encode(entry.message_id);
+                let to = letterlock::text::line(&entry.recipient_name);
+                let fate = if stranded {
+                    format!(
+                        "it was sealed to a key of {to}'s that is no longer trusted, so nobody can \
+                     fetch it: `letterlock server outbox --remove {id}` deletes it"
+                    )
+                } else {
+                    format!(
+                        "it waits in {to}'s outbox until {to}'s client (`letterlock client \
+                     recv_msg`) fetches and acknowledges it"
+                    )
+                };
+                format!(
+                    "message {id} was relayed from {from} to {to}, not sent to the server: it is \
+                 sealed for {to}, and this server cannot open it; {fate}",
+                    from = letterlock::text::line(sender),
+                )
+            })
+        });
     Ok(relayed)
 }
 
@@ -1138,8 +1154,8 @@ async fn trust(
     if !own.is_empty() {
         eprintln!(
             "letterlock: {} message(s) this server queued for {name}'s old key stay undelivered \
-             (they were sealed to that key; `letterlock server outbox` lists them): send them \
-             again with `letterlock server send_msg --to {name}`",
+             (they were sealed to that key; `letterlock server outbox` lists them, and `--remove \
+             ID` deletes one): send them again with `letterlock server send_msg --to {name}`",
             own.len()
         );
     }
@@ -1154,7 +1170,7 @@ async fn trust(
             "letterlock: {} message(s) other clients relayed to {name}'s old key stay undelivered \
              (sealed to that key, and unreadable here): only their senders can send them again \
              ({}); their `client receipts` show them as not read, and `letterlock server \
-             outbox` lists them as stranded",
+             outbox` lists them as stranded (`--remove ID` deletes one)",
             relayed.len(),
             letterlock::text::line(&senders.join(", "))
         );
