@@ -493,15 +493,13 @@ pub(super) async fn connect_with(
             match letterlock::keys::load_public(&public) {
                 Ok(other) if other.id() != me => bail!(
                     "the server at {addr} refused our key {me} (authentication failed), the key \
-                     of {}; {} beside it is another key ({}): the two files are not a pair. If \
-                     {} is the right key, write its public half with `openssl pkey -in {} \
-                     -pubout -out {}` and have the server's operator trust that",
-                    private.display(),
-                    public.display(),
-                    other.id(),
-                    private.display(),
-                    private.display(),
-                    public.display()
+                     of {private}; {public} beside it is another key ({other}): the two files \
+                     are not a pair. If {private} is the right key, write its public half with \
+                     `openssl pkey -in {private} -pubout -out {public}` and have the server's \
+                     operator trust that",
+                    private = private.display(),
+                    public = public.display(),
+                    other = other.id(),
                 ),
                 _ => bail!(
                     "the server at {addr} refused our key {me} (authentication failed): its \

@@ -845,11 +845,7 @@ async fn unqueue(
         let same_to = found
             .iter()
             .all(|(m, _)| m.recipient_name == found[0].0.recipient_name);
-        text.push_str(match (same_id, same_to) {
-            (true, _) => "\nids are unique per recipient only: add --to NAME",
-            (false, true) => "\ngive more hexadecimal digits of the id",
-            (false, false) => "\ngive more hexadecimal digits of the id (or --to NAME)",
-        });
+        text.push_str(&how_to_choose(same_id, same_to, "recipient", "--to"));
         bail!(text);
     }
     let Some((m, stranded)) = found.pop() else {
@@ -967,11 +963,7 @@ async fn pick(store: &impl Store, id: &str, from: Option<&str>) -> Result<InboxS
         }
         let same_id = found.iter().all(|m| m.message_id == found[0].message_id);
         let same_from = found.iter().all(|m| m.sender_name == found[0].sender_name);
-        text.push_str(match (same_id, same_from) {
-            (true, _) => "\nids are unique per sender only: add --from NAME",
-            (false, true) => "\ngive more hexadecimal digits of the id",
-            (false, false) => "\ngive more hexadecimal digits of the id (or --from NAME)",
-        });
+        text.push_str(&how_to_choose(same_id, same_from, "sender", "--from"));
         bail!(text);
     }
     if found.is_empty()
@@ -991,6 +983,16 @@ async fn pick(store: &impl Store, id: &str, from: Option<&str>) -> Result<InboxS
     }
 }
 
+/// The last line of the error for an id prefix that matches several messages: more digits,
+/// or `flag NAME` (the `party`: sender or recipient) where that tells the candidates apart.
+fn how_to_choose(same_id: bool, same_party: bool, party: &str, flag: &str) -> String {
+    match (same_id, same_party) {
+        (true, _) => format!("\nids are unique per {party} only: add {flag} NAME"),
+        (false, true) => "\ngive more hexadecimal digits of the id".to_owned(),
+        (false, false) => format!("\ngive more hexadecimal digits of the id (or {flag} NAME)"),
+    }
+}
+
 /// When no inbox message matches `id` but a message relayed between two clients and still
 /// waiting does: says so, and why the server cannot open it (it is sealed for the recipient,
 /// not for the server). Looked up in every outbox ([`waiting`]): a rare path, for a clear error.
@@ -1007,17 +1009,17 @@ async fn relayed_match(store: &impl Store, id: &str) -> Result<Option<String>> {
                 let fate = if stranded {
                     format!(
                         "it was sealed to a key of {to}'s that is no longer trusted, so nobody can \
-                     fetch it: `letterlock server outbox --remove {id}` deletes it"
+                         fetch it: `letterlock server outbox --remove {id}` deletes it"
                     )
                 } else {
                     format!(
                         "it waits in {to}'s outbox until {to}'s client (`letterlock client \
-                     recv_msg`) fetches and acknowledges it"
+                         recv_msg`) fetches and acknowledges it"
                     )
                 };
                 format!(
                     "message {id} was relayed from {from} to {to}, not sent to the server: it is \
-                 sealed for {to}, and this server cannot open it; {fate}",
+                     sealed for {to}, and this server cannot open it; {fate}",
                     from = letterlock::text::line(sender),
                 )
             })
