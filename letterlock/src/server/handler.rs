@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
@@ -273,6 +273,23 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
             stop,
             leased: Leased::default(),
         }
+    }
+
+    /// Waits for room for one more message in flight: one of this connection's permits
+    /// ([`ServerConfig::max_in_flight`]) and one of the server's, since what in-flight messages
+    /// hold in memory (up to a batch, or a whole asymmetric body, each) is bounded for the
+    /// server as a whole, not only per connection. The message's job holds both until it ends.
+    pub(super) async fn in_flight_permits(
+        &self,
+    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), Fail> {
+        let mine = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Fail::internal())?;
+        let global = self.server.in_flight_permit().await?;
+        Ok((mine, global))
     }
 
     /// Serves frames until the peer is done or something fails; then lets the work in flight

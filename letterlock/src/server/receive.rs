@@ -186,19 +186,10 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
     /// Receives one message and leaves its verification, storage and ack to a task, so the
     /// next message can arrive meanwhile (pipelining), at most `max_in_flight` at once.
     pub(super) async fn start_receive(&mut self, first: Vec<u8>) -> Result<(), Fail> {
-        let permit = self
-            .in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Fail::internal())?;
-        // And one of the server-wide permits: what in-flight messages hold in memory (up to a
-        // batch, or a whole asymmetric body, each) is bounded for the server as a whole, not
-        // only per connection.
-        let global = self.server.in_flight_permit().await?;
+        let permits = self.in_flight_permits().await?;
         let job = self.receive(first).await?;
         self.work.spawn(async move {
-            let _permits = (permit, global);
+            let _permits = permits;
             job.complete().await
         });
         Ok(())

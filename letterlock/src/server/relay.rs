@@ -78,16 +78,10 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                 ));
             }
         };
-        let permit = self
-            .in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Fail::internal())?;
-        let global = self.server.in_flight_permit().await?;
+        let permits = self.in_flight_permits().await?;
         let job = self.relay(first, commitment).await?;
         self.work.spawn(async move {
-            let _permits = (permit, global);
+            let _permits = permits;
             job.complete().await
         });
         Ok(())
