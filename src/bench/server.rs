@@ -13,7 +13,7 @@ use letterlock::client::{Client, ClientConfig, ClientError};
 use letterlock::envelope::{self, SealOptions, Sealed};
 use letterlock::keys::{Identity, PrivateKey, PublicKey, TrustList};
 use letterlock::server::{Server, ServerConfig};
-use letterlock::store::SqliteStore;
+use letterlock::store::{SqliteStore, Store};
 use letterlock::tls::TlsOptions;
 
 use super::bounds::{decrypt_rate, sign_rate};
@@ -65,6 +65,47 @@ pub(super) fn on_quiet_runtime<T>(
     report
 }
 
+/// A bench server on an ephemeral loopback port, serving until [`Serving::stop`].
+pub(super) struct Serving {
+    /// Where it listens, `127.0.0.1:PORT`.
+    pub(super) addr: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<io::Result<()>>,
+}
+
+impl Serving {
+    pub(super) async fn start<S: Store>(server: Arc<Server<S>>) -> Result<Serving, BenchError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(listener, async {
+            let _ = stopped.await;
+        }));
+        Ok(Serving { addr, stop, task })
+    }
+
+    /// Stops the server and waits for it to end; its own error, if it failed, is the result.
+    pub(super) async fn stop(self) -> Result<(), BenchError> {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .map_err(|e| BenchError::Wrong(format!("the server task failed: {e}")))??;
+        Ok(())
+    }
+}
+
+/// A bench server's limits: room for `max_connections`, and no per-source admission bucket.
+/// Every bench client connects from 127.0.0.1, so the bucket, which stops one source from
+/// making the server sign without end, would measure itself.
+pub(super) fn bench_config(max_connections: usize) -> ServerConfig {
+    ServerConfig {
+        max_connections,
+        source_burst: u32::MAX,
+        source_rate: u32::MAX,
+        ..ServerConfig::default()
+    }
+}
+
 thread_local! {
     /// The quiet subscriber's guard on a runtime thread: set when the thread starts, held for
     /// as long as it runs, dropped when it stops (a guard must be dropped on its own thread).
@@ -82,14 +123,7 @@ async fn server_section(opts: &BenchOptions) -> Result<ServerReport, BenchError>
     clients.add("bench", client_key.public().clone())?;
     let dir = tempfile::tempdir()?;
     let store = Arc::new(SqliteStore::open(dir.path().join("mailbox.db"))?);
-    // Every bench client connects from 127.0.0.1: the per-source admission bucket, which
-    // stops one source from making the server sign without end, would measure itself.
-    let config = ServerConfig {
-        max_connections: 4 * CONNECTIONS[CONNECTIONS.len() - 1],
-        source_burst: u32::MAX,
-        source_rate: u32::MAX,
-        ..ServerConfig::default()
-    };
+    let config = bench_config(4 * CONNECTIONS[CONNECTIONS.len() - 1]);
     let server_key = Arc::new(server_key);
     let server = Arc::new(Server::new(
         server_key.clone(),
@@ -97,12 +131,8 @@ async fn server_section(opts: &BenchOptions) -> Result<ServerReport, BenchError>
         store.clone(),
         config.clone(),
     ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?.to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(server.run(listener, async {
-        let _ = stopped.await;
-    }));
+    let serving = Serving::start(server).await?;
+    let addr = serving.addr.clone();
     let identity: Arc<dyn Identity> = client_key.clone();
     let connect = || {
         Client::connect(
@@ -160,8 +190,7 @@ async fn server_section(opts: &BenchOptions) -> Result<ServerReport, BenchError>
         })
     };
 
-    let _ = stop.send(());
-    running.await.map_err(|_| crypt())??;
+    serving.stop().await?;
 
     progress("  version 2 (TLS 1.3)");
     clients.add("bench-peer", peer_key.public().clone())?;
@@ -169,12 +198,8 @@ async fn server_section(opts: &BenchOptions) -> Result<ServerReport, BenchError>
         Server::new(server_key.clone(), clients, store.clone(), config)
             .with_tls(TlsOptions::default())?,
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let tls_addr = listener.local_addr()?.to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(tls_server.clone().run(listener, async {
-        let _ = stopped.await;
-    }));
+    let serving = Serving::start(tls_server.clone()).await?;
+    let tls_addr = serving.addr.clone();
     let connect_tls = || {
         Client::connect_tls(
             &tls_addr,
@@ -207,8 +232,7 @@ async fn server_section(opts: &BenchOptions) -> Result<ServerReport, BenchError>
         )
         .await?,
     );
-    let _ = stop.send(());
-    running.await.map_err(|_| crypt())??;
+    serving.stop().await?;
     if let Ok(store) = Arc::try_unwrap(store) {
         store.close().await?;
     }

@@ -23,13 +23,13 @@ use serde::Serialize;
 
 use letterlock::client::{Client, ClientConfig};
 use letterlock::keys::{Identity, PrivateKey, TrustList};
-use letterlock::server::{Server, ServerConfig};
+use letterlock::server::Server;
 use letterlock::store::{
     Body, InboxRecord, InsertOutcome, MODE_HYBRID, SqliteStore, Store, StoreStats,
 };
 
 use super::report::{ServerRate, human_size};
-use super::server::on_quiet_runtime;
+use super::server::{Serving, bench_config, on_quiet_runtime};
 use super::{BenchError, BenchOptions, KIB, progress};
 
 /// Plaintext-sized body of every store message (a 1 KiB message sealed is a little larger, but
@@ -287,21 +287,10 @@ async fn server_rate<S: Store>(
     let server_public = server_key.public().clone();
     let mut clients = TrustList::new();
     clients.add("bench", client_key.public().clone())?;
-    // As in the server section: every client connects from 127.0.0.1, so the per-source
-    // admission bucket would measure itself.
-    let config = ServerConfig {
-        max_connections: 4 * SERVER_CONNECTIONS,
-        source_burst: u32::MAX,
-        source_rate: u32::MAX,
-        ..ServerConfig::default()
-    };
+    let config = bench_config(4 * SERVER_CONNECTIONS);
     let server = Arc::new(Server::new(server_key.clone(), clients, store, config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?.to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(server.run(listener, async {
-        let _ = stopped.await;
-    }));
+    let serving = Serving::start(server).await?;
+    let addr = serving.addr.clone();
     let identity: Arc<dyn Identity> = client_key.clone();
     let connect = || {
         Client::connect(
@@ -319,10 +308,7 @@ async fn server_rate<S: Store>(
         &server_public,
     )
     .await;
-    let _ = stop.send(());
-    running
-        .await
-        .map_err(|e| BenchError::Wrong(format!("the server task failed: {e}")))??;
+    serving.stop().await?;
     rate
 }
 
