@@ -43,7 +43,8 @@ pub struct Report {
 /// each server run), and the highest over the lowest. The goals divide figures measured
 /// minutes apart (a rate by the bound measured before it, file to file by in memory): on a
 /// machine whose speed moves during the run, such a ratio moves with it, and this says by how
-/// much. A busy or shared machine shows here first (docs/PERFORMANCE.md, "Seventh session").
+/// much. A busy or shared machine shows here first (docs/PERFORMANCE-HISTORY.md, "Seventh
+/// session").
 #[derive(Clone, Debug, Serialize)]
 pub struct Steadiness {
     pub rsa_decrypt_all: Vec<f64>,

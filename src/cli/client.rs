@@ -556,7 +556,7 @@ async fn send_to_server(a: ClientSendArgs) -> Result<ExitCode> {
     // A small message is sealed into memory on another thread while the connection is made
     // (`Sealing`; in hybrid mode its header and wrapped key go first), and that thread is the
     // first to use the private key: it parses it too. A large one is sealed as it is sent, in
-    // constant memory (one-shot latency, docs/PERFORMANCE.md).
+    // constant memory (one-shot latency: docs/PERFORMANCE.md, "What was tried").
     let small = a.message.is_small(SEAL_AHEAD_LIMIT);
     let (keys, lazy) = if small {
         ClientKeys::load_lazily(&a.conn)?

@@ -4,14 +4,14 @@
 //! argument with its help text, a few hundred of them here. Every process paid for it, a
 //! one-shot command too: `letterlock --version` took 1.7–2.9 ms of CPU and about 300 page faults
 //! with the whole tree, 1.3–2.1 ms and about 240 without (`perf stat -r 200`, the two builds
-//! taking turns, six rounds each, docs/PERFORMANCE.md). Wrapped in [`Deferred`], a subcommand's arguments, or a command's
-//! subcommands, are added by [`clap::Command::defer`] when clap builds that command: when the
-//! command line names it. What is parsed, and every help and error text, is the same (the tests
-//! below compare them with the tree built whole), with one exception: clap adds the global
-//! arguments (`-v`, `-q`, `--passphrase-file`) to a command before its deferred arguments
-//! instead of after them, and when a mistyped flag is exactly as close to a global flag as to
-//! one of the command's own, its tip may name the other (`bench --quict`: `--quick` now,
-//! `--quiet` before).
+//! taking turns, six rounds each, docs/PERFORMANCE-HISTORY.md, "Seventh session"). Wrapped in
+//! [`Deferred`], a subcommand's arguments, or a command's subcommands, are added by
+//! [`clap::Command::defer`] when clap builds that command: when the command line names it.
+//! What is parsed, and every help and error text, is the same (the tests below compare them
+//! with the tree built whole), with one exception: clap adds the global arguments (`-v`, `-q`,
+//! `--passphrase-file`) to a command before its deferred arguments instead of after them, and
+//! when a mistyped flag is exactly as close to a global flag as to one of the command's own,
+//! its tip may name the other (`bench --quict`: `--quick` now, `--quiet` before).
 //!
 //! What walks the whole tree (the completions and the man pages) asks for it whole,
 //! [`whole_tree`]: clap makes the tree of its `help` subcommand from the subcommands defined at

@@ -435,8 +435,9 @@ pub(crate) fn stop_signals() -> io::Result<impl std::future::Future<Output = ()>
 /// the network I/O and the handshake, while sealing and opening still run on the blocking pool.
 /// Worker threads cost such a command more than they give: starting and stopping them, and a
 /// hand-over between threads at every step of the exchange (`client send_msg` p50 14.2 ms with
-/// worker threads, 12.2 ms without, the two taking turns on 2 cores: docs/PERFORMANCE.md, "Last
-/// full run"). Not for code that calls `block_in_place`.
+/// worker threads, 12.2 ms without, the two taking turns on 2 cores:
+/// docs/PERFORMANCE-HISTORY.md, "Previous full run (commit 352946c)"). Not for code that calls
+/// `block_in_place`.
 fn one_shot_runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -445,8 +446,8 @@ fn one_shot_runtime() -> Result<tokio::runtime::Runtime> {
 
 /// Runs a one-shot command on [`one_shot_runtime`], then ends without waiting for the blocking
 /// pool's idle threads to wake and exit (0.3–0.6 ms of a `send_msg` with strace, and about 60
-/// page faults; `recv_msg` −1.9 ms paired: docs/PERFORMANCE.md, "Eighth session"): the process
-/// ends right after, and ending it stops them. Only for commands that await all the
+/// page faults; `recv_msg` −1.9 ms paired: docs/PERFORMANCE-HISTORY.md, "Eighth session"): the
+/// process ends right after, and ending it stops them. Only for commands that await all the
 /// work they start, as `send_msg` and `recv_msg` do (their sealing, opening and mailbox writes
 /// are awaited before they print their outcome); a task still running is one whose result the
 /// command no longer wants, and it writes nothing that outlives the process.

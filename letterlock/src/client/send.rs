@@ -122,7 +122,8 @@ impl Client {
         let mut write_failed = None;
         // No head (asymmetric mode, or the sealing failed first): it all goes at once. A head
         // goes alone even when the whole message is sealed already: one write instead of two
-        // measured slower (docs/PERFORMANCE.md, "What else was measured").
+        // measured slower (docs/PERFORMANCE-HISTORY.md, "Previous full run (commit ecb5980)",
+        // "What else was measured, and not kept").
         if let Ok(head) = head.await {
             let len = head.len();
             match self.writer.write_frame(&Frame::Send(head)).await {
@@ -480,8 +481,9 @@ impl Again<'_> {
 /// network), and what of it is left when the connection is ready overlaps the server's
 /// decryption of the content key. Holding the signature back until the connection was made,
 /// so that it would overlap that decryption only, was measured slower: 0.7 ms per one-shot
-/// `send_msg` with a kept handshake key, 1.8 ms without (docs/PERFORMANCE.md). An asymmetric
-/// message, with nothing to send before its signature, hands over no head.
+/// `send_msg` with a kept handshake key, 1.8 ms without (docs/PERFORMANCE-HISTORY.md,
+/// "`send_msg` signs at once"). An asymmetric message, with nothing to send before its
+/// signature, hands over no head.
 pub struct Sealing {
     head: oneshot::Receiver<Vec<u8>>,
     sealing: tokio::task::JoinHandle<Result<(Vec<u8>, Sealed), SealError>>,

@@ -17,8 +17,8 @@ use super::{Identity, KeyError, PrivateKey, PublicKey, is_encrypted_pem};
 /// another thread beside the connection. The connection itself needs only the public half when
 /// the client's TLS handshake key comes from its cache (the handshake key's certificate is
 /// checked with the public key). So the connection starts that millisecond sooner; a whole
-/// `send_msg` gains about a third of one (docs/PERFORMANCE.md, "Eighth session"), since the
-/// signature, which waits for the parse either way, is the longer of its two paths.
+/// `send_msg` gains about a third of one (docs/PERFORMANCE-HISTORY.md, "Eighth session"), since
+/// the signature, which waits for the parse either way, is the longer of its two paths.
 ///
 /// The parsed key must be the pair of that public key: if it is not, every private operation
 /// fails with [`KeyError::NotThePair`], and nothing is signed with it.
