@@ -1,9 +1,11 @@
 //! A long-running command stopped the moment it says it is ready stops cleanly: its Ctrl-C and
 //! SIGTERM handlers are in place before that line (a signal before them would kill it, with no
-//! summary and no exit status of its own).
+//! summary and no exit status of its own). A command stopped part-way leaves no unverified
+//! plaintext behind.
 
 mod common;
 
+use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 
@@ -71,4 +73,104 @@ fn an_interceptor_stopped_as_soon_as_it_intercepts_says_so_and_exits() {
     assert!(first.starts_with("intercepting "), "{first}");
     assert_eq!(code, Some(0), "killed instead of stopped; printed {rest}");
     assert!(rest.contains("stopped"), "{rest}");
+}
+
+/// `open` writes the plaintext as it decrypts it, before the signature at the end is checked,
+/// into a file that becomes the output only once it is. Stopped part-way (Ctrl-C, a `kill`),
+/// it must leave nothing of that unverified plaintext in the folder, not even a hidden file:
+/// the file has no name until the commit (`files::AtomicFile`).
+#[test]
+fn an_open_stopped_part_way_leaves_no_plaintext_behind() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    let plain = common::data(4 << 20);
+    let sealed = common::seal(
+        &*common::private("alice2048"),
+        &common::public("bob2048"),
+        &letterlock::envelope::SealOptions::default(),
+        &plain,
+    );
+    for signal in ["-INT", "-TERM", "-KILL"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+        let bob = common::private_path("bob2048");
+        let alice = common::public_path("alice2048");
+        let mut child = Command::new(common::BIN)
+            .args(["open", "-q", "-i", bob.to_str().unwrap(), "--from"])
+            .args([alice.to_str().unwrap(), "-o", "out/plain.bin"])
+            .current_dir(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Half the message, and the input kept open: the command waits for the rest with
+        // part of the plaintext written.
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(&sealed[..sealed.len() / 2]).unwrap();
+        input.flush().unwrap();
+        let writing = wait_for_output_fd(child.id(), &out, Duration::from_secs(30));
+        assert!(
+            fs::metadata(&writing).unwrap().len() > 0,
+            "{signal}: nothing written yet"
+        );
+        assert_eq!(
+            listing(&out),
+            Vec::<String>::new(),
+            "{signal}: while open runs"
+        );
+        let killed = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let started = Instant::now();
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{signal}: {status:?}");
+        assert!(started.elapsed() < Duration::from_secs(30));
+        drop(input);
+        assert_eq!(
+            listing(&out),
+            Vec::<String>::new(),
+            "{signal}: after it stopped"
+        );
+    }
+}
+
+/// The names in `dir`, hidden ones too.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The `/proc` path of the open file that process `pid` writes in `dir`, once it has one (the
+/// link's target names the folder, even for a file without a name); panics after `wait`.
+fn wait_for_output_fd(
+    pid: u32,
+    dir: &std::path::Path,
+    wait: std::time::Duration,
+) -> std::path::PathBuf {
+    let start = std::time::Instant::now();
+    let dir = fs::canonicalize(dir).unwrap();
+    loop {
+        let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+        for fd in fds.flatten() {
+            if let Ok(target) = fs::read_link(fd.path())
+                && target.starts_with(&dir)
+                && fs::metadata(fd.path()).is_ok_and(|m| m.len() > 0)
+            {
+                return fd.path();
+            }
+        }
+        assert!(
+            start.elapsed() < wait,
+            "open never wrote in {}",
+            dir.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

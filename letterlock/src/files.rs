@@ -6,6 +6,14 @@
 //! survives a crash). A failure at any step removes the temporary file; the target is either
 //! untouched or complete.
 //!
+//! On Linux the temporary file has no name until the commit (`O_TMPFILE`): opened plaintext is
+//! written to it before the signature is checked, and a process stopped part-way (Ctrl-C, a
+//! `kill`, a crash, a power cut) must not leave that unverified plaintext behind in a hidden
+//! file, which no destructor would remove. The commit links the finished file into the folder
+//! (through `/proc/self/fd`). Where unnamed files are not available (another system, a file
+//! system without them, no `/proc`), it is a named `.letterlock-tmp…` file, removed on any
+//! failure the process lives through.
+//!
 //! Invariants:
 //! - Only a regular file, or nothing, is ever replaced: the rename would turn a device, a pipe
 //!   or a socket into a regular file (as root, `-o /dev/null` would destroy `/dev/null`).
@@ -47,8 +55,8 @@ impl Default for WriteOptions {
 /// pieces, and a buffer would hold a copy nobody wipes.
 #[derive(Debug)]
 pub struct AtomicFile {
-    /// The temporary file, removed on drop unless persisted.
-    tmp: tempfile::NamedTempFile,
+    /// The file being written, gone on drop unless committed.
+    tmp: Temp,
     /// Where the file appears on commit.
     target: PathBuf,
     /// The folder of both, fsynced after the rename.
@@ -62,6 +70,12 @@ impl AtomicFile {
     /// exists and `opts.replace` is false, and with [`io::ErrorKind::InvalidInput`] if the
     /// target is anything but a regular file.
     pub fn create(target: &Path, opts: &WriteOptions) -> io::Result<AtomicFile> {
+        Self::create_as(target, opts, true)
+    }
+
+    /// [`AtomicFile::create`], with an unnamed file if `unnamed` and the system has them;
+    /// with a named one otherwise (the tests check both ways).
+    fn create_as(target: &Path, opts: &WriteOptions, unnamed: bool) -> io::Result<AtomicFile> {
         check_replaceable(target)?;
         if !opts.replace && fs::symlink_metadata(target).is_ok() {
             return Err(io::Error::new(
@@ -77,21 +91,10 @@ impl AtomicFile {
                 .mode(0o700)
                 .create(&dir)?;
         }
-        // tempfile's error names its random file name; the user knows the folder.
-        let tmp = tempfile::Builder::new()
-            .prefix(".letterlock-tmp")
-            .permissions(permissions(opts.mode))
-            .tempfile_in(&dir)
-            .map_err(|e| {
-                // The system's own error: tempfile's wrapper shows it as "{error} at path
-                // {random name}" and does not hand it out otherwise.
-                let text = e.to_string();
-                let why = text.split(" at path ").next().unwrap_or(&text);
-                io::Error::new(
-                    e.kind(),
-                    format!("cannot create a new file in {}: {why}", dir.display()),
-                )
-            })?;
+        let tmp = match unnamed.then(|| unnamed_in(&dir, opts.mode)).flatten() {
+            Some(file) => Temp::Unnamed(file),
+            None => Temp::Named(named_in(&dir, opts.mode)?),
+        };
         Ok(AtomicFile {
             tmp,
             target: target.to_owned(),
@@ -107,16 +110,27 @@ impl AtomicFile {
 
     /// Makes the file durable and visible at its target: fsync, rename, fsync of the folder.
     pub fn commit(self) -> io::Result<()> {
-        self.tmp.as_file().sync_all()?;
+        self.tmp.file().sync_all()?;
         // Checked again just before the rename: the target may have changed since `create`.
         check_replaceable(&self.target)?;
-        if self.replace {
-            self.tmp.persist(&self.target).map_err(|e| e.error)?;
-        } else {
+        match self.tmp {
+            // A link fails if the name exists: refused just as a no-clobber rename is.
+            Temp::Unnamed(file) if !self.replace => link_unnamed(&file, &self.target)?,
+            // Linked under a passing name, then renamed over the target: the file is complete
+            // and fsynced by now, so that name, if a crash leaves it, holds nothing unfinished.
+            Temp::Unnamed(file) => {
+                let named = tempfile::Builder::new()
+                    .prefix(TEMP_PREFIX)
+                    .make_in(&self.dir, |path| link_unnamed(&file, path))?;
+                named.persist(&self.target).map_err(|e| e.error)?;
+            }
+            Temp::Named(tmp) if self.replace => {
+                tmp.persist(&self.target).map_err(|e| e.error)?;
+            }
             // Refuses if someone created the target since we looked: never a silent overwrite.
-            self.tmp
-                .persist_noclobber(&self.target)
-                .map_err(|e| e.error)?;
+            Temp::Named(tmp) => {
+                tmp.persist_noclobber(&self.target).map_err(|e| e.error)?;
+            }
         }
         fs::File::open(&self.dir)?.sync_all()
     }
@@ -124,16 +138,100 @@ impl AtomicFile {
 
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tmp.write(buf)
+        self.tmp.file().write(buf)
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.tmp.write_all(buf)
+        self.tmp.file().write_all(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.tmp.flush()
+        self.tmp.file().flush()
     }
+}
+
+/// What an [`AtomicFile`] writes to before its commit.
+#[derive(Debug)]
+enum Temp {
+    /// A file without a name in the target's folder (Linux `O_TMPFILE`): nothing is left of it
+    /// if the process ends before the commit, however it ends.
+    Unnamed(fs::File),
+    /// A named temporary file in the target's folder, removed on drop.
+    Named(tempfile::NamedTempFile),
+}
+
+impl Temp {
+    fn file(&self) -> &fs::File {
+        match self {
+            Temp::Unnamed(file) => file,
+            Temp::Named(tmp) => tmp.as_file(),
+        }
+    }
+}
+
+/// The name a named temporary file starts with, beside its target.
+const TEMP_PREFIX: &str = ".letterlock-tmp";
+
+/// A new file without a name in `dir` with permission bits `mode` (less the umask), that
+/// [`link_unnamed`] can give a name later; `None` where the system or the file system has no
+/// such files, or `/proc/self/fd` (which the link goes through) is missing. Linux only.
+#[cfg(target_os = "linux")]
+fn unnamed_in(dir: &Path, mode: u32) -> Option<fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    if !Path::new("/proc/self/fd").is_dir() {
+        return None;
+    }
+    // Not O_EXCL: that would forbid the link that names it.
+    let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
+    rustix::fs::open(dir, flags, Mode::from_raw_mode(mode))
+        .ok()
+        .map(fs::File::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unnamed_in(_dir: &Path, _mode: u32) -> Option<fs::File> {
+    None
+}
+
+/// Gives the unnamed `file` ([`unnamed_in`]) the name `path`, in the folder it was made in.
+/// Fails with [`io::ErrorKind::AlreadyExists`] if `path` exists.
+#[cfg(target_os = "linux")]
+fn link_unnamed(file: &fs::File, path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let cwd = rustix::fs::CWD;
+    rustix::fs::linkat(
+        cwd,
+        proc_path,
+        cwd,
+        path,
+        rustix::fs::AtFlags::SYMLINK_FOLLOW,
+    )
+    .map_err(io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn link_unnamed(_file: &fs::File, _path: &Path) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+/// A named temporary file in `dir`, for where [`unnamed_in`] has none.
+fn named_in(dir: &Path, mode: u32) -> io::Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .permissions(permissions(mode))
+        .tempfile_in(dir)
+        .map_err(|e| {
+            // tempfile's error names its random file name, shown as "{error} at path {random
+            // name}", and does not hand the system's own error out otherwise; the user knows
+            // the folder.
+            let text = e.to_string();
+            let why = text.split(" at path ").next().unwrap_or(&text);
+            io::Error::new(
+                e.kind(),
+                format!("cannot create a new file in {}: {why}", dir.display()),
+            )
+        })
 }
 
 /// Writes `contents` to `target` atomically (see the module documentation).
@@ -184,53 +282,116 @@ mod tests {
 
     #[test]
     fn appears_only_on_commit_with_the_mode_asked() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("out");
-        let mut f = AtomicFile::create(&target, &WriteOptions::default()).unwrap();
-        f.write_all(b"hello").unwrap();
-        assert!(!target.exists());
-        f.commit().unwrap();
-        assert_eq!(fs::read(&target).unwrap(), b"hello");
-        assert_eq!(mode(&target), 0o600);
-        let public = dir.path().join("pub");
-        let opts = WriteOptions {
-            mode: 0o644,
-            ..WriteOptions::default()
-        };
-        write_atomic(&public, b"k", &opts).unwrap();
-        assert_eq!(mode(&public), 0o644);
+        for unnamed in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let target = dir.path().join("out");
+            let opts = WriteOptions::default();
+            let mut f = AtomicFile::create_as(&target, &opts, unnamed).unwrap();
+            f.write_all(b"hello").unwrap();
+            assert!(!target.exists());
+            f.commit().unwrap();
+            assert_eq!(fs::read(&target).unwrap(), b"hello");
+            assert_eq!(mode(&target), 0o600);
+            let public = dir.path().join("pub");
+            let opts = WriteOptions {
+                mode: 0o644,
+                ..WriteOptions::default()
+            };
+            let mut f = AtomicFile::create_as(&public, &opts, unnamed).unwrap();
+            f.write_all(b"k").unwrap();
+            f.commit().unwrap();
+            assert_eq!(mode(&public), 0o644, "unnamed: {unnamed}");
+        }
+    }
+
+    /// The names in `dir`, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
     }
 
     #[test]
     fn a_dropped_file_leaves_nothing() {
+        for unnamed in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let target = dir.path().join("out");
+            let opts = WriteOptions::default();
+            let mut f = AtomicFile::create_as(&target, &opts, unnamed).unwrap();
+            f.write_all(b"half").unwrap();
+            drop(f);
+            assert_eq!(
+                names(dir.path()),
+                Vec::<String>::new(),
+                "unnamed: {unnamed}"
+            );
+        }
+    }
+
+    /// What a process stopped part-way leaves of a file it was writing (a plaintext not yet
+    /// verified, say): on Linux, nothing, since the file has no name before its commit.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn on_linux_the_file_has_no_name_until_its_commit() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("out");
         let mut f = AtomicFile::create(&target, &WriteOptions::default()).unwrap();
-        f.write_all(b"half").unwrap();
-        drop(f);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
-    }
-
-    #[test]
-    fn never_overwrites_unless_asked() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("out");
-        fs::write(&target, b"old").unwrap();
-        let err = write_atomic(&target, b"new", &WriteOptions::default()).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
-        assert_eq!(fs::read(&target).unwrap(), b"old");
-        // Created between `create` and `commit`: still refused.
-        let other = dir.path().join("late");
-        let f = AtomicFile::create(&other, &WriteOptions::default()).unwrap();
-        fs::write(&other, b"someone else").unwrap();
-        assert!(f.commit().is_err());
-        assert_eq!(fs::read(&other).unwrap(), b"someone else");
+        assert!(
+            matches!(f.tmp, Temp::Unnamed(_)),
+            "no O_TMPFILE in {} (a file system without unnamed files?)",
+            dir.path().display()
+        );
+        f.write_all(b"not verified yet").unwrap();
+        assert_eq!(names(dir.path()), Vec::<String>::new());
+        f.commit().unwrap();
+        assert_eq!(names(dir.path()), ["out"]);
+        // Replacing links it under a passing name first: gone after the commit.
         let replace = WriteOptions {
             replace: true,
             ..WriteOptions::default()
         };
-        write_atomic(&target, b"new", &replace).unwrap();
-        assert_eq!(fs::read(&target).unwrap(), b"new");
+        write_atomic(&target, b"again", &replace).unwrap();
+        assert_eq!(names(dir.path()), ["out"]);
+        assert_eq!(fs::read(&target).unwrap(), b"again");
+    }
+
+    #[test]
+    fn never_overwrites_unless_asked() {
+        for unnamed in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let target = dir.path().join("out");
+            let keep = WriteOptions::default();
+            let write = |target: &Path, data: &[u8], opts: &WriteOptions| {
+                let mut f = AtomicFile::create_as(target, opts, unnamed)?;
+                f.write_all(data)?;
+                f.commit()
+            };
+            fs::write(&target, b"old").unwrap();
+            let err = write(&target, b"new", &keep).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+            assert_eq!(fs::read(&target).unwrap(), b"old");
+            // Created between `create` and `commit`: still refused.
+            let other = dir.path().join("late");
+            let f = AtomicFile::create_as(&other, &keep, unnamed).unwrap();
+            fs::write(&other, b"someone else").unwrap();
+            let err = f.commit().unwrap_err();
+            assert_eq!(
+                err.kind(),
+                io::ErrorKind::AlreadyExists,
+                "unnamed: {unnamed}"
+            );
+            assert_eq!(fs::read(&other).unwrap(), b"someone else");
+            let replace = WriteOptions {
+                replace: true,
+                ..WriteOptions::default()
+            };
+            write(&target, b"new", &replace).unwrap();
+            assert_eq!(fs::read(&target).unwrap(), b"new");
+            assert_eq!(names(dir.path()), ["late", "out"], "unnamed: {unnamed}");
+        }
     }
 
     #[test]
