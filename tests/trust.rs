@@ -343,9 +343,18 @@ fn inbox_filters_read_from_and_rm() {
     // Too short a prefix to delete by: refused, nothing deleted.
     let said = s.server_fails(&["server", "rm", &b[..3]]);
     assert!(said.contains("at least 4 characters"), "{said}");
+    // Its advice on a hint line, as `server outbox --remove` gives it.
+    assert!(
+        said.contains("\nletterlock: hint: `letterlock server inbox` lists the message ids"),
+        "{said}"
+    );
     assert_eq!(inbox(&[]).len(), 2);
     let said = s.server_ok(&["server", "rm", &b]);
-    assert!(said.contains("deleted message"), "{said}");
+    // Worded as `server outbox --remove` words it.
+    assert!(
+        said.contains(&format!("deleted inbox message {b} (from bob, ")),
+        "{said}"
+    );
     assert_eq!(inbox(&[]).len(), 1);
     let gone = s.server_fails(&["server", "read", &b]);
     assert!(gone.contains("no inbox message"), "{gone}");
@@ -697,10 +706,21 @@ fn a_rotation_tells_of_messages_queued_for_the_old_key() {
         .to_owned();
     let short = s.server_fails(&["server", "outbox", "--remove", &stranded[..3]]);
     assert!(short.contains("at least 4"), "{short}");
+    // Advice on a hint line, as `server rm` gives it, not in parentheses.
+    let hint = "\nletterlock: hint: `letterlock server outbox` lists the message ids";
+    assert!(short.contains(hint) && !short.contains("(`"), "{short}");
     let not_hex = s.server_fails(&["server", "outbox", "--remove", "zzzz"]);
     assert!(not_hex.contains("not a message id"), "{not_hex}");
+    assert!(
+        not_hex.contains(hint) && !not_hex.contains("(`"),
+        "{not_hex}"
+    );
     let other = s.server_fails(&["server", "outbox", "--remove", &stranded, "--to", "alice"]);
-    assert!(other.contains("no waiting message"), "{other}");
+    assert!(
+        other.contains("no outbox message id starts with"),
+        "{other}"
+    );
+    assert!(other.contains(hint) && !other.contains("(`"), "{other}");
     let removed = s.server_ok(&[
         "server",
         "outbox",
@@ -709,12 +729,18 @@ fn a_rotation_tells_of_messages_queued_for_the_old_key() {
         "--to",
         "bob",
     ]);
+    // Worded as `server rm` words it.
     assert!(
-        removed.contains(&stranded) && removed.contains("stranded"),
+        removed.contains(&format!(
+            "deleted outbox message {stranded} (for bob, stranded, "
+        )),
         "{removed}"
     );
     let again = s.server_fails(&["server", "outbox", "--remove", &stranded]);
-    assert!(again.contains("no waiting message"), "{again}");
+    assert!(
+        again.contains("no outbox message id starts with"),
+        "{again}"
+    );
     let listed = s.server_ok(&["server", "outbox"]);
     assert_eq!(listed.matches("STRANDED").count(), 0, "{listed}");
     assert_eq!(listed.matches("waiting").count(), 1, "{listed}");
@@ -725,7 +751,7 @@ fn a_rotation_tells_of_messages_queued_for_the_old_key() {
     let waiting = rows[0]["id"].as_str().unwrap().to_owned();
     let refused = s.server_fails(&["server", "outbox", "--remove", &waiting]);
     assert!(
-        refused.contains("not stranded") && refused.contains("--force"),
+        refused.contains("not stranded") && refused.contains("hint: pass --force"),
         "{refused}"
     );
     s.server_ok(&["server", "outbox", "--remove", &waiting, "--force"]);

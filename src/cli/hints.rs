@@ -4,6 +4,36 @@
 use letterlock::envelope::{OpenError, SealError};
 use letterlock::keys::{self, KeyError};
 
+/// The hint for an inbox message id that names nothing (`server read`, `server rm`).
+pub(super) const INBOX_IDS: &str = "`letterlock server inbox` lists the message ids";
+/// The hint for an outbox message id that names nothing (`server outbox --remove`).
+pub(super) const OUTBOX_IDS: &str = "`letterlock server outbox` lists the message ids";
+
+/// An error the command line makes itself, with what the user can do about it: shown as a
+/// library error with a hint is, the hint on a `hint:` line of its own, so that commands which
+/// fail the same way read the same whichever layer found the failure.
+#[derive(Debug)]
+pub(super) struct Hinted {
+    message: String,
+    hint: String,
+}
+
+impl std::fmt::Display for Hinted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Hinted {}
+
+/// The error `message`, with `hint` to print after it.
+pub(super) fn hinted(message: impl Into<String>, hint: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Hinted {
+        message: message.into(),
+        hint: hint.into(),
+    })
+}
+
 /// Prints the hint for the first error in `chain` (an error and its causes) that has one.
 pub(super) fn print_hint<'a>(
     mut chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>,
@@ -16,6 +46,9 @@ pub(super) fn print_hint<'a>(
 /// What the user can do about a library error, in terms of this command line. The library says
 /// what failed; only the command line knows its flags and commands (as rage does).
 pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(e) = e.downcast_ref::<Hinted>() {
+        return Some(e.hint.clone());
+    }
     if let Some(e) = e.downcast_ref::<KeyError>() {
         return key_hint(e.cause(), e);
     }
@@ -31,9 +64,7 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     if let Some(e) = e.downcast_ref::<letterlock::store::StoreError>() {
         use letterlock::store::StoreError;
         return match e {
-            StoreError::BadIdPrefix { .. } | StoreError::NotFound { .. } => {
-                Some("`letterlock server inbox` lists the message ids".into())
-            }
+            StoreError::BadIdPrefix { .. } | StoreError::NotFound { .. } => Some(INBOX_IDS.into()),
             _ => None,
         };
     }

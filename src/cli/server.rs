@@ -27,6 +27,7 @@ use letterlock::keys::{self, Identity, KeyId, PublicKey};
 use letterlock::store::{ClientKey, InboxSummary, Store, StoreError, TrustOutcome, TrustRequest};
 
 use super::client::MessageArgs;
+use super::hints::{INBOX_IDS, OUTBOX_IDS, hinted};
 use super::offline::print_plaintext;
 use super::store_admin::AnyStore;
 use super::{Deferred, PairArgs, STDOUT_LIMIT, own_key, time_text};
@@ -153,14 +154,14 @@ pub(super) enum ServerCommand {
         json: bool,
         /// Delete the STRANDED message ID (or a unique prefix of it, at least 4 characters) and
         /// its body without delivering it: sealed to a key no longer trusted, nobody can fetch
-        /// it. Not undone; a relayed message removed so never gets its receipt.
+        /// it. Not undone; a relayed message deleted so never gets its receipt.
         #[arg(long, value_name = "ID", conflicts_with = "json")]
         remove: Option<String>,
         /// With --remove: the recipient, when messages for two clients share the id (ids are
         /// unique per recipient only).
         #[arg(long, value_name = "NAME", requires = "remove")]
         to: Option<String>,
-        /// With --remove: remove a message that is still waiting (its client can fetch it),
+        /// With --remove: delete a message that is still waiting (its client can fetch it),
         /// not only a stranded one. If that client is fetching right now, it may still get it.
         #[arg(long, requires = "remove")]
         force: bool,
@@ -808,17 +809,19 @@ async fn unqueue(
 ) -> Result<ExitCode> {
     // Not undone: a short prefix names a message by chance more often than by intent.
     if id.len() < MIN_RM_PREFIX {
-        bail!(
-            "give at least {MIN_RM_PREFIX} characters of the message id to remove it \
-             (`letterlock server outbox` lists the ids)"
-        );
+        return Err(hinted(
+            format!("give at least {MIN_RM_PREFIX} characters of the message id to delete it"),
+            OUTBOX_IDS,
+        ));
     }
     if id.len() > 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!(
-            "{:?} is not a message id or a prefix of one: ids are 32 hexadecimal digits \
-             (`letterlock server outbox` lists them)",
-            letterlock::text::line(id)
-        );
+        return Err(hinted(
+            format!(
+                "{:?} is not a message id or a prefix of one: ids are 32 hexadecimal digits",
+                letterlock::text::line(id)
+            ),
+            OUTBOX_IDS,
+        ));
     }
     let prefix = id.to_ascii_lowercase();
     let store = open_mailbox(mailbox, false).await?;
@@ -849,34 +852,43 @@ async fn unqueue(
         bail!(text);
     }
     let Some((m, stranded)) = found.pop() else {
-        bail!(
-            "no waiting message has an id starting with {prefix}{} (`letterlock server outbox` \
-             lists them; a delivered one is gone already)",
-            to.map(|name| format!(" for {}", letterlock::text::line(name)))
-                .unwrap_or_default()
-        );
+        return Err(hinted(
+            format!(
+                "no outbox message id starts with {prefix}{} (a delivered message is no longer \
+                 in the outbox)",
+                to.map(|name| format!(" for {}", letterlock::text::line(name)))
+                    .unwrap_or_default()
+            ),
+            OUTBOX_IDS,
+        ));
     };
     let to = letterlock::text::line(&m.recipient_name);
     if !stranded && !force {
-        bail!(
-            "message {} for {to} is waiting, not stranded: {to}'s client can still fetch it; \
-             pass --force to remove it anyway",
-            hex::encode(m.message_id)
-        );
+        return Err(hinted(
+            format!(
+                "outbox message {} for {to} is waiting, not stranded: {to}'s client can still \
+                 fetch it",
+                hex::encode(m.message_id)
+            ),
+            "pass --force to delete it anyway",
+        ));
     }
     if !store
         .remove_outbox(&m.recipient_key_id, &m.message_id)
         .await?
     {
-        bail!(
-            "message {} is no longer waiting, or is being delivered right now: run `letterlock \
-             server outbox` again",
-            hex::encode(m.message_id)
-        );
+        return Err(hinted(
+            format!(
+                "outbox message {} is no longer waiting, or is being delivered right now",
+                hex::encode(m.message_id)
+            ),
+            OUTBOX_IDS,
+        ));
     }
     store.close().await?;
     println!(
-        "removed message {} for {to} ({}, {} sealed bytes, queued {}): it will not be delivered",
+        "deleted outbox message {} (for {to}, {}, {} sealed bytes, queued {}): it will not be \
+         delivered",
         hex::encode(m.message_id),
         if stranded { "stranded" } else { "waiting" },
         m.body_size,
@@ -1108,20 +1120,26 @@ async fn remove(id: &str, mailbox: &MailboxArgs, from: Option<&str>) -> Result<E
     // A deletion is not undone: a prefix of one to three characters names a message by chance
     // more often than by intent.
     if id.len() < MIN_RM_PREFIX {
-        bail!(
-            "give at least {MIN_RM_PREFIX} characters of the message id to delete it \
-             (`letterlock server inbox` lists the ids)"
-        );
+        return Err(hinted(
+            format!("give at least {MIN_RM_PREFIX} characters of the message id to delete it"),
+            INBOX_IDS,
+        ));
     }
     let store = open_mailbox(mailbox, false).await?;
     let m = pick(&store, id, from).await?;
     if !store.remove_inbox(&m.sender_key_id, &m.message_id).await? {
         // Deleted by someone else between the lookup and now.
-        bail!("message {} was already deleted", hex::encode(m.message_id));
+        return Err(hinted(
+            format!(
+                "inbox message {} was already deleted",
+                hex::encode(m.message_id)
+            ),
+            INBOX_IDS,
+        ));
     }
     store.close().await?;
     println!(
-        "deleted message {} from {} ({} bytes, received {})",
+        "deleted inbox message {} (from {}, {} bytes, received {})",
         hex::encode(m.message_id),
         letterlock::text::line(&m.sender_name),
         m.plaintext_len,
