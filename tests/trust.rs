@@ -341,13 +341,21 @@ fn inbox_filters_read_from_and_rm() {
 
     // rm removes the message (and its row: it is gone from the inbox).
     // Too short a prefix to delete by: refused, nothing deleted.
-    let said = s.server_fails(&["server", "rm", &b[..3]]);
-    assert!(said.contains("at least 4 characters"), "{said}");
-    // Its advice on a hint line, as `server outbox --remove` gives it.
-    assert!(
-        said.contains("\nletterlock: hint: `letterlock server inbox` lists the message ids"),
-        "{said}"
-    );
+    // Too short, not hexadecimal or too long: the one rule of a deletion, stated whole (not
+    // the 1 to 32 digits `server read` takes), as `server outbox --remove` states it.
+    for bad in [&b[..3], "zzzz", &format!("{b}0")] {
+        let said = s.server_fails(&["server", "rm", bad]);
+        assert!(
+            said.contains("give 4 to 32 hexadecimal digits of the id (at least 4,"),
+            "{said}"
+        );
+        assert!(!said.contains("1 to 32"), "{said}");
+        // Its advice on a hint line, as `server outbox --remove` gives it.
+        assert!(
+            said.contains("\nletterlock: hint: `letterlock server inbox` lists the message ids"),
+            "{said}"
+        );
+    }
     assert_eq!(inbox(&[]).len(), 2);
     let said = s.server_ok(&["server", "rm", &b]);
     // Worded as `server outbox --remove` words it.
@@ -704,17 +712,17 @@ fn a_rotation_tells_of_messages_queued_for_the_old_key() {
         .as_str()
         .unwrap()
         .to_owned();
-    let short = s.server_fails(&["server", "outbox", "--remove", &stranded[..3]]);
-    assert!(short.contains("at least 4"), "{short}");
     // Advice on a hint line, as `server rm` gives it, not in parentheses.
     let hint = "\nletterlock: hint: `letterlock server outbox` lists the message ids";
-    assert!(short.contains(hint) && !short.contains("(`"), "{short}");
-    let not_hex = s.server_fails(&["server", "outbox", "--remove", "zzzz"]);
-    assert!(not_hex.contains("not a message id"), "{not_hex}");
-    assert!(
-        not_hex.contains(hint) && !not_hex.contains("(`"),
-        "{not_hex}"
-    );
+    // The one rule of a deletion, stated as `server rm` states it.
+    for bad in [&stranded[..3], "zzzz", &format!("{stranded}0")] {
+        let said = s.server_fails(&["server", "outbox", "--remove", bad]);
+        assert!(
+            said.contains("give 4 to 32 hexadecimal digits of the id (at least 4,"),
+            "{said}"
+        );
+        assert!(said.contains(hint) && !said.contains("(`"), "{said}");
+    }
     let other = s.server_fails(&["server", "outbox", "--remove", &stranded, "--to", "alice"]);
     assert!(
         other.contains("no outbox message id starts with"),

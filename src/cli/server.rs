@@ -37,6 +37,8 @@ use super::{Deferred, PairArgs, STDOUT_LIMIT, own_key, time_text};
 const STORE_FILE: &str = "letterlock-server.db";
 /// The shortest message id prefix `server rm` and `server outbox --remove` take.
 const MIN_RM_PREFIX: usize = 4;
+/// Hexadecimal digits in a whole message id: the longest prefix.
+const ID_DIGITS: usize = 32;
 
 /// How often a server with `--retention` looks for expired messages (besides at start).
 const RETENTION_SWEEP: Duration = Duration::from_secs(3600);
@@ -807,22 +809,7 @@ async fn unqueue(
     to: Option<&str>,
     force: bool,
 ) -> Result<ExitCode> {
-    // Not undone: a short prefix names a message by chance more often than by intent.
-    if id.len() < MIN_RM_PREFIX {
-        return Err(hinted(
-            format!("give at least {MIN_RM_PREFIX} characters of the message id to delete it"),
-            OUTBOX_IDS,
-        ));
-    }
-    if id.len() > 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(hinted(
-            format!(
-                "{:?} is not a message id or a prefix of one: ids are 32 hexadecimal digits",
-                letterlock::text::line(id)
-            ),
-            OUTBOX_IDS,
-        ));
-    }
+    check_deletion_prefix(id, OUTBOX_IDS)?;
     let prefix = id.to_ascii_lowercase();
     let store = open_mailbox(mailbox, false).await?;
     let mut found: Vec<_> = waiting(&store)
@@ -995,6 +982,27 @@ async fn pick(store: &impl Store, id: &str, from: Option<&str>) -> Result<InboxS
     }
 }
 
+/// Checks the message id prefix of a deletion (`server rm`, `server outbox --remove`): 4 to 32
+/// hexadecimal digits, one rule said the same way by both; `ids` is the hint that says where
+/// the ids are listed. Stricter than the store's lookup (1 to 32 digits, as `server read`
+/// takes), and checked before it, so that its words ("1 to 32") never describe a deletion: a
+/// deletion is not undone, and a prefix of one to three digits names a message by chance more
+/// often than by intent.
+fn check_deletion_prefix(id: &str, ids: &str) -> Result<()> {
+    if (MIN_RM_PREFIX..=ID_DIGITS).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Ok(());
+    }
+    Err(hinted(
+        format!(
+            "{:?} is not a message id prefix to delete by: give {MIN_RM_PREFIX} to {ID_DIGITS} \
+             hexadecimal digits of the id (at least {MIN_RM_PREFIX}, as a deletion is not undone)",
+            letterlock::text::line(id)
+        ),
+        ids,
+    ))
+}
+
 /// The last line of the error for an id prefix that matches several messages: more digits,
 /// or `flag NAME` (the `party`: sender or recipient) where that tells the candidates apart.
 fn how_to_choose(same_id: bool, same_party: bool, party: &str, flag: &str) -> String {
@@ -1117,14 +1125,7 @@ fn sender_key(history: &[ClientKey], m: &InboxSummary) -> Result<PublicKey> {
 }
 
 async fn remove(id: &str, mailbox: &MailboxArgs, from: Option<&str>) -> Result<ExitCode> {
-    // A deletion is not undone: a prefix of one to three characters names a message by chance
-    // more often than by intent.
-    if id.len() < MIN_RM_PREFIX {
-        return Err(hinted(
-            format!("give at least {MIN_RM_PREFIX} characters of the message id to delete it"),
-            INBOX_IDS,
-        ));
-    }
+    check_deletion_prefix(id, INBOX_IDS)?;
     let store = open_mailbox(mailbox, false).await?;
     let m = pick(&store, id, from).await?;
     if !store.remove_inbox(&m.sender_key_id, &m.message_id).await? {

@@ -149,7 +149,9 @@ pub enum StoreError {
         expected: PathBuf,
     },
 
-    /// The message id prefix given by the user is not hexadecimal.
+    /// The message id prefix given by the user is not hexadecimal, or is empty or longer than
+    /// an id. This is the rule of a lookup; a command with a stricter one (the server's
+    /// deletions take at least 4 digits) checks and states its own before it looks up.
     #[error("{prefix:?} is not a message id prefix: a prefix is 1 to 32 hexadecimal digits")]
     BadIdPrefix { prefix: String },
 
