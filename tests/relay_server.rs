@@ -938,6 +938,12 @@ async fn server_read_of_a_relayed_message_says_the_server_cannot_open_it() {
         &[&["server", "untrust", "bob"][..], &mailbox[..]].concat(),
     );
     assert_eq!(code, 0, "{untrust}");
+    // The untrust itself says so, naming the sender who alone can send it again.
+    assert!(
+        untrust.contains("1 message(s) other clients relayed to bob's key stay undelivered")
+            && untrust.contains("only their senders can send them again (alice)"),
+        "{untrust}"
+    );
     let (code, _, stderr) = common::cli::run(
         keys.path(),
         &[&["server", "read", &id_hex[..12]][..], &mailbox[..]].concat(),

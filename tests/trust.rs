@@ -767,6 +767,42 @@ fn a_rotation_tells_of_messages_queued_for_the_old_key() {
     assert!(listed.contains("outbox is empty"), "{listed}");
 }
 
+/// Untrusting a client says how many messages queued for its key stay undelivered, as a
+/// rotation does (the same report): nobody can fetch them now, and `server outbox` marks them
+/// stranded.
+#[test]
+fn an_untrust_tells_of_messages_queued_for_the_key() {
+    let s = Setup::new();
+    s.server_ok(&["server", "trust", "bob/client_public.pem", "--name", "bob"]);
+    s.server_ok(&[
+        "server",
+        "send_msg",
+        "--to",
+        "bob",
+        "queued before the untrust",
+    ]);
+    let out = letterlock(&s.root, &s.server_args(&["server", "untrust", "bob"]));
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("1 message(s) this server queued for bob's key stay undelivered")
+            && err.contains("`--remove ID` deletes one"),
+        "{err}"
+    );
+    // bob has no key to send them to until trusted again.
+    assert!(
+        err.contains("once bob is trusted again with a new key"),
+        "{err}"
+    );
+    let listed = s.server_ok(&["server", "outbox"]);
+    assert_eq!(listed.matches("STRANDED").count(), 1, "{listed}");
+    // Nothing queued, nothing said.
+    s.server_ok(&["server", "trust", "bob2/client_public.pem", "--name", "bob"]);
+    let out = letterlock(&s.root, &s.server_args(&["server", "untrust", "bob"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("undelivered"), "{}", stderr(&out));
+}
+
 /// A second `letterlock server` on the same SQLite mailbox is refused while the first runs
 /// (each sweeps unfinished body files at start); the operator's commands still work.
 #[test]

@@ -1163,39 +1163,12 @@ async fn trust(
     let outcome = store
         .trust_client(trust_request(name, &key, replace))
         .await?;
-    // Messages queued for the old key were sealed to it: the new key cannot open them, so
-    // they will never be delivered. Say so, and who can send them again: the server its own;
-    // only their senders those relayed from other clients, which this server cannot read.
     let stranded = match outcome {
         TrustOutcome::Replaced { old } => store.pending_outbox(&old).await?,
         _ => Vec::new(),
     };
     store.close().await?;
-    let (relayed, own): (Vec<_>, Vec<_>) = stranded.iter().partition(|m| m.sender.is_some());
-    if !own.is_empty() {
-        eprintln!(
-            "letterlock: {} message(s) this server queued for {name}'s old key stay undelivered \
-             (they were sealed to that key; `letterlock server outbox` lists them, and `--remove \
-             ID` deletes one): send them again with `letterlock server send_msg --to {name}`",
-            own.len()
-        );
-    }
-    if !relayed.is_empty() {
-        let mut senders: Vec<&str> = relayed
-            .iter()
-            .filter_map(|m| m.sender.as_ref().map(|(_, who)| who.as_str()))
-            .collect();
-        senders.sort_unstable();
-        senders.dedup();
-        eprintln!(
-            "letterlock: {} message(s) other clients relayed to {name}'s old key stay undelivered \
-             (sealed to that key, and unreadable here): only their senders can send them again \
-             ({}); their `client receipts` show them as not read, and `letterlock server \
-             outbox` lists them as stranded (`--remove ID` deletes one)",
-            relayed.len(),
-            letterlock::text::line(&senders.join(", "))
-        );
-    }
+    report_stranded(name, &stranded, Ended::Replaced);
     match outcome {
         TrustOutcome::Trusted => println!(
             "trusting {name} {}; a running server accepts it from its next connection",
@@ -1221,6 +1194,58 @@ async fn trust(
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How a client's key stopped being trusted, for [`report_stranded`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// `server trust --replace`: the client has a new key.
+    Replaced,
+    /// `server untrust`: the client has no key at all.
+    Untrusted,
+}
+
+/// Says on stderr how many of the messages `stranded`, queued for a key of `name` that is no
+/// longer trusted (`ended` says how), will never be delivered, and who can send them again.
+/// They were sealed to that key, so no other key can open them and no client can fetch them:
+/// the operator would otherwise learn of them only from `server outbox`. The server can send
+/// its own again (to a new key: at once after a rotation, after an untrust only once the client
+/// is trusted again); only their senders can resend those relayed from other clients, which
+/// this server cannot read.
+fn report_stranded(name: &str, stranded: &[letterlock::store::OutboxEntry], ended: Ended) {
+    let (key, resend_when) = match ended {
+        Ended::Replaced => ("old key", String::new()),
+        Ended::Untrusted => (
+            "key",
+            format!(" once {name} is trusted again with a new key"),
+        ),
+    };
+    let (relayed, own): (Vec<_>, Vec<_>) = stranded.iter().partition(|m| m.sender.is_some());
+    if !own.is_empty() {
+        eprintln!(
+            "letterlock: {} message(s) this server queued for {name}'s {key} stay undelivered \
+             (they were sealed to that key; `letterlock server outbox` lists them, and `--remove \
+             ID` deletes one): send them again with `letterlock server send_msg --to \
+             {name}`{resend_when}",
+            own.len()
+        );
+    }
+    if !relayed.is_empty() {
+        let mut senders: Vec<&str> = relayed
+            .iter()
+            .filter_map(|m| m.sender.as_ref().map(|(_, who)| who.as_str()))
+            .collect();
+        senders.sort_unstable();
+        senders.dedup();
+        eprintln!(
+            "letterlock: {} message(s) other clients relayed to {name}'s {key} stay undelivered \
+             (sealed to that key, and unreadable here): only their senders can send them again \
+             ({}); their `client receipts` show them as not read, and `letterlock server \
+             outbox` lists them as stranded (`--remove ID` deletes one)",
+            relayed.len(),
+            letterlock::text::line(&senders.join(", "))
+        );
+    }
 }
 
 async fn untrust(name: &str, mailbox: &MailboxArgs) -> Result<ExitCode> {
@@ -1249,7 +1274,9 @@ async fn untrust(name: &str, mailbox: &MailboxArgs) -> Result<ExitCode> {
         .into_iter()
         .find(|(k, _)| *k == key_id)
         .map_or(0, |(_, n)| n);
+    let stranded = store.pending_outbox(&key_id).await?;
     store.close().await?;
+    report_stranded(name, &stranded, Ended::Untrusted);
     println!(
         "{name} ({}) is no longer trusted: a running server refuses it from its next \
          connection, and on a connection already open from its next message, within a \
