@@ -719,6 +719,37 @@ fn the_command_line_adds_hints_to_library_errors() {
         "(mode 0644)",
         &format!("chmod 600 {bob_priv}"),
     );
+    // KeyError::Damaged: valid armour around garbage, or a key cut short at a line. The file
+    // is named and said not to be a valid key, aws-lc's word for it only under -v, and the hint
+    // says how to get a key back.
+    let alice_pem = std::fs::read_to_string(d.join(&alice_priv)).unwrap();
+    let lines: Vec<&str> = alice_pem.lines().collect();
+    let cut = format!(
+        "{}\n{}\n",
+        lines[..lines.len() / 2].join("\n"),
+        lines[lines.len() - 1]
+    );
+    let garbage = "-----BEGIN PRIVATE KEY-----\nTm90IGEga2V5LCBqdXN0IHNvbWUgYnl0ZXMgaW4gYXJtb3VyLg==\n\
+                   -----END PRIVATE KEY-----\n";
+    for (name, text) in [("cut", cut.as_str()), ("garbage", garbage)] {
+        let file = format!("{name}_private.pem");
+        std::fs::write(d.join(&file), text).unwrap();
+        std::fs::set_permissions(d.join(&file), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let args = ["open", "--key", &file, "--from", &mallory_pub, "m.ll"];
+        fails_with(
+            &args,
+            &format!("{file}: not a valid private key: its data is damaged or cut short"),
+            &format!(
+                "restore {file} from a backup; or, if it is lost, make a new pair with \
+                 `letterlock keygen --name {name} --keys . --force`"
+            ),
+        );
+        let quiet = String::from_utf8_lossy(&run(&args).stderr).into_owned();
+        assert!(!quiet.contains("InvalidEncoding"), "{quiet}");
+        let verbose: Vec<&str> = [&["-v"][..], &args[..]].concat();
+        let verbose = String::from_utf8_lossy(&run(&verbose).stderr).into_owned();
+        assert!(verbose.contains("reason=InvalidEncoding"), "{verbose}");
+    }
     // ClientError::Connect: nothing listens on port 1 of this machine.
     std::fs::create_dir(d.join("client")).unwrap();
     std::fs::copy(d.join(&alice_priv), d.join("client/client_private.pem")).unwrap();

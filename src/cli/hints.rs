@@ -1,6 +1,8 @@
 //! Hints: what the user can do about a library error, in this command line's terms. The
 //! library says what failed; only the command line knows its flags and commands (as rage does).
 
+use std::path::Path;
+
 use letterlock::envelope::{OpenError, SealError};
 use letterlock::keys::{self, KeyError};
 
@@ -34,12 +36,28 @@ pub(super) fn hinted(message: impl Into<String>, hint: impl Into<String>) -> any
     })
 }
 
-/// Prints the hint for the first error in `chain` (an error and its causes) that has one.
-pub(super) fn print_hint<'a>(
-    mut chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>,
-) {
-    if let Some(hint) = chain.find_map(hint) {
+/// Prints the hint for the first error in `chain` (an error and its causes) that has one, and
+/// logs at debug level (`-v`) the low-level causes library errors keep out of their text.
+pub(super) fn print_hint<'a>(chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>) {
+    let mut first = None;
+    for e in chain {
+        log_detail(e);
+        if first.is_none() {
+            first = hint(e);
+        }
+    }
+    if let Some(hint) = first {
         eprintln!("letterlock: hint: {hint}");
+    }
+}
+
+/// Logs what a library error knows beyond its text: aws-lc's word for a damaged key
+/// (`InvalidEncoding`...) says nothing a user can act on, but tells a developer or a bug
+/// report which check refused the key.
+fn log_detail(e: &(dyn std::error::Error + 'static)) {
+    if let Some(KeyError::Damaged { reason, .. }) = e.downcast_ref::<KeyError>().map(|k| k.cause())
+    {
+        tracing::debug!(%reason, "the key's encoding was refused by aws-lc");
     }
 }
 
@@ -131,6 +149,27 @@ fn tls_hint(e: &letterlock::tls::TlsError) -> Option<String> {
     None
 }
 
+/// The command that makes a new key pair in place of the private key file `key`:
+/// `client`/`server generate_key_pair` for the walk-through's files, `keygen` for others.
+fn new_pair_command(key: &Path) -> String {
+    let dir = match key.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.display().to_string(),
+        _ => ".".to_owned(),
+    };
+    let file = key.file_name().map(|f| f.to_string_lossy().into_owned());
+    let name = file
+        .as_deref()
+        .and_then(|f| f.strip_suffix("_private.pem"))
+        .filter(|n| !n.is_empty());
+    match name {
+        Some(side @ ("client" | "server")) => {
+            format!("letterlock {side} generate_key_pair --keys {dir} --force")
+        }
+        Some(name) => format!("letterlock keygen --name {name} --keys {dir} --force"),
+        None => format!("letterlock keygen --name NAME --keys {dir}"),
+    }
+}
+
 /// The hint for a key error; `outer` is the error with the file it came from, if any.
 pub(super) fn key_hint(e: &KeyError, outer: &KeyError) -> Option<String> {
     let path = match outer {
@@ -183,6 +222,21 @@ pub(super) fn key_hint(e: &KeyError, outer: &KeyError) -> Option<String> {
             expected: keys::KeyKind::Private,
             ..
         } => "use the *_private.pem file".into(),
+        KeyError::Damaged {
+            kind: keys::KeyKind::Private,
+            ..
+        } => {
+            let key = path.unwrap_or_else(|| "KEY".into());
+            format!(
+                "restore {key} from a backup; or, if it is lost, make a new pair with `{}` and \
+                 have whoever trusted the old public key trust the new one",
+                new_pair_command(Path::new(&key))
+            )
+        }
+        KeyError::Damaged {
+            kind: keys::KeyKind::Public,
+            ..
+        } => "copy the public key file again from its owner (or from a backup)".into(),
         KeyError::NotRegularFile { .. } => {
             "key files are regular files; choose another path".into()
         }

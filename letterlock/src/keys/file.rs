@@ -135,7 +135,8 @@ pub(super) fn in_file(path: &Path, e: KeyError) -> KeyError {
         | KeyError::UnsupportedEncryption { .. }
         | KeyError::BadEncryptedKey { .. }
         | KeyError::PassphraseUnavailable { .. }
-        | KeyError::NotRsa { .. } => KeyError::InFile {
+        | KeyError::NotRsa { .. }
+        | KeyError::Damaged { .. } => KeyError::InFile {
             path: path.to_owned(),
             source: Box::new(e),
         },

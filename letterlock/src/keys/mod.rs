@@ -177,6 +177,12 @@ pub enum KeyError {
     BadFingerprint { reason: String },
     #[error("not an RSA {kind} key: {reason}")]
     NotRsa { kind: KeyKind, reason: String },
+    /// The key's encoding does not parse or its parts do not fit together: the file was
+    /// damaged or cut short (or is not a key at all inside valid PEM armour). `reason` is the
+    /// parser's own word for it (aws-lc's, e.g. `InvalidEncoding`), kept for a verbose log
+    /// rather than shown: it names no cause a user could act on.
+    #[error("not a valid {kind} key: its data is damaged or cut short")]
+    Damaged { kind: KeyKind, reason: String },
     #[error("RSA key of {bits} bits refused: letterlock accepts {MIN_BITS} to {MAX_BITS} bits")]
     Size { bits: usize },
     #[error("RSA key refused: it is smaller than {MIN_BITS} bits")]
@@ -207,15 +213,20 @@ impl KeyError {
     }
 }
 
-/// aws-lc refuses undersized keys itself; say so in our words rather than "not a key".
+/// aws-lc's refusal of a key, in our words: undersized ([`KeyError::TooSmall`]), an intact key
+/// of another kind or size ([`KeyError::NotRsa`]), or anything else, which is a damaged
+/// encoding ([`KeyError::Damaged`], aws-lc's word kept in it).
 fn rejected(kind: KeyKind, e: aws_lc_rs::error::KeyRejected) -> KeyError {
-    if e.to_string() == "TooSmall" {
-        KeyError::TooSmall
-    } else {
-        KeyError::NotRsa {
+    match e.description_() {
+        "TooSmall" => KeyError::TooSmall,
+        reason @ ("WrongAlgorithm" | "TooLarge") => KeyError::NotRsa {
             kind,
-            reason: e.to_string(),
-        }
+            reason: reason.to_owned(),
+        },
+        reason => KeyError::Damaged {
+            kind,
+            reason: reason.to_owned(),
+        },
     }
 }
 

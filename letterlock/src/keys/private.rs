@@ -130,7 +130,7 @@ impl PrivateKey {
                 // A wrong passphrase passes the CBC padding check about once in 256 tries and
                 // yields junk: that is a wrong passphrase too, not "not an RSA key".
                 Self::from_pkcs8(&pkcs8).map_err(|e| match e {
-                    KeyError::NotRsa { .. } => KeyError::WrongPassphrase,
+                    KeyError::NotRsa { .. } | KeyError::Damaged { .. } => KeyError::WrongPassphrase,
                     other => other,
                 })
             }
@@ -248,5 +248,40 @@ mod tests {
         .unwrap();
         assert_eq!(plain.public().id(), key.public().id());
         assert!(!asked.get());
+    }
+
+    /// A key whose bytes are broken (garbage inside valid armour, a key cut short, in either
+    /// PEM form) is said to be damaged, aws-lc's word kept aside; an intact key of another
+    /// algorithm is not an RSA key.
+    #[test]
+    fn a_damaged_key_is_told_from_one_of_another_kind() {
+        let der = pem::parse(ALICE).unwrap().into_contents();
+        let damaged = |tag: &str, der: &[u8]| match PrivateKey::from_pem(&encode_pem(tag, der)) {
+            Err(KeyError::Damaged {
+                kind: KeyKind::Private,
+                reason,
+            }) => reason,
+            other => panic!("{tag}: {:?}", other.map(|k| k.public().id())),
+        };
+        let garbage: Vec<u8> = (0..600u32).map(|i| (i * 7 + 3) as u8).collect();
+        assert_eq!(damaged("PRIVATE KEY", &garbage), "InvalidEncoding");
+        assert!(!damaged("RSA PRIVATE KEY", &garbage).is_empty());
+        damaged("PRIVATE KEY", &der[..der.len() / 2]);
+        let e = PrivateKey::from_pem(&encode_pem("PRIVATE KEY", &garbage))
+            .err()
+            .unwrap();
+        assert!(!e.to_string().contains("InvalidEncoding"), "{e}");
+        assert!(e.to_string().contains("damaged or cut short"), "{e}");
+
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let ec = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &rng,
+        )
+        .unwrap();
+        assert!(matches!(
+            PrivateKey::from_pem(&encode_pem("PRIVATE KEY", ec.as_ref())),
+            Err(KeyError::NotRsa { .. })
+        ));
     }
 }
