@@ -764,9 +764,33 @@ fn the_command_line_adds_hints_to_library_errors() {
             "127.0.0.1:1",
             "hi",
         ],
-        "cannot connect to 127.0.0.1:1",
+        // The address once, not after "server 127.0.0.1:1: " too.
+        "letterlock: error: cannot connect to 127.0.0.1:1",
         "is `letterlock server` running there?",
     );
+    // ClientError::Timeout: a server that accepts connections and never answers. The same
+    // words, naming it and the limit once, for send_msg, recv_msg and trust-server, whichever
+    // step was waiting.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        // Every connection held open, unanswered, until the test ends.
+        let _held: Vec<_> = silent.incoming().collect();
+    });
+    for command in [
+        &[
+            "client", "send_msg", "--keys", "client", "--server", &addr, "hi",
+        ][..],
+        &["client", "recv_msg", "--keys", "client", "--server", &addr],
+        &["client", "trust-server", &addr, "--keys", "client"],
+    ] {
+        let args = [command, &["--timeout", "1"][..]].concat();
+        fails_with(
+            &args,
+            &format!("letterlock: error: the server at {addr} did not answer within 1 s\n"),
+            "that no firewall or proxy on the way holds the traffic",
+        );
+    }
     // TlsError (inside ClientError::Tls, transparent): an HTTP server at --server.
     let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = http.local_addr().unwrap().to_string();

@@ -153,7 +153,7 @@ impl Counters {
             ClientError::NotProven(_) | ClientError::NoAck(_) => "no ack".to_owned(),
             ClientError::Busy { .. } => "busy".to_owned(),
             ClientError::Connect { .. } => "cannot connect".to_owned(),
-            ClientError::Timeout => "timeout".to_owned(),
+            ClientError::Timeout { .. } => "timeout".to_owned(),
             other => format!("other: {other}"),
         };
         *self.failures.lock().unwrap().entry(cause).or_default() += 1;

@@ -518,12 +518,14 @@ pub(super) async fn connect_with(
              --plain-v1), and this client speaks TLS 1.3 (version 2): restart the server \
              without --plain-v1, or, only to show the bare wire, pass --plain-v1 here too"
         ),
-        Err(ClientError::NotLetterlock(_) | ClientError::Timeout) if conn.plain_v1 => bail!(
+        Err(ClientError::NotLetterlock(_) | ClientError::Timeout { .. }) if conn.plain_v1 => bail!(
             "no version 1 Hello from the server at {addr}: with --plain-v1 this client \
              speaks the plain version 1 wire, and a server started without --plain-v1 speaks \
              TLS 1.3 (version 2) and closes the connection; drop --plain-v1 here, or start \
              the server with --plain-v1 too"
         ),
+        // These name the server themselves: once is enough.
+        Err(e @ (ClientError::Connect { .. } | ClientError::Timeout { .. })) => Err(e.into()),
         Err(e) => Err(anyhow::Error::new(e).context(format!("server {addr}"))),
     }
 }

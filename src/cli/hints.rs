@@ -92,6 +92,7 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
             ClientError::Connect { .. } => {
                 Some("is `letterlock server` running there? Check --server (HOST:PORT)".into())
             }
+            ClientError::Timeout { .. } => Some(TIMEOUT_HINT.into()),
             // Transparent: the TLS error is not in the chain of causes on its own.
             ClientError::Tls(e) => tls_hint(e),
             ClientError::Refused {
@@ -129,6 +130,11 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     }
     None
 }
+
+/// The hint for a server that did not answer in time, wherever it stalled.
+const TIMEOUT_HINT: &str = "check that a `letterlock server` runs at that address and is not \
+     stopped or overloaded, and that no firewall or proxy on the way holds the traffic; a server \
+     only slow to accept connections can be given longer with --timeout SECONDS";
 
 /// The hint for a failed TLS handshake.
 fn tls_hint(e: &letterlock::tls::TlsError) -> Option<String> {

@@ -17,8 +17,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use letterlock::keys::{self, PublicKey};
-use letterlock::tls::TlsOptions;
 use letterlock::tls::probe::{self, ProbeError, ProbedServer};
+use letterlock::tls::{TlsError, TlsOptions};
 
 #[derive(Args, Debug)]
 pub(crate) struct TrustServerArgs {
@@ -166,6 +166,15 @@ pub(super) fn replaced_key_path(keys: &Path, id: &keys::KeyId) -> PathBuf {
     keys.join(format!("server_public.{}.pem", id.short()))
 }
 
+/// A silent server, said (and hinted) as every client command says it.
+fn timed_out(addr: &str, after: Duration) -> anyhow::Error {
+    letterlock::client::ClientError::Timeout {
+        addr: addr.to_owned(),
+        after,
+    }
+    .into()
+}
+
 /// Connects and runs the probe's handshake, turning failures into what to do about them.
 async fn fetch(addr: &str, timeout: u64) -> Result<ProbedServer> {
     let timeout = Duration::from_secs(timeout);
@@ -177,7 +186,7 @@ async fn fetch(addr: &str, timeout: u64) -> Result<ProbedServer> {
                  HOST:PORT its --listen address?"
             )));
         }
-        Err(_) => bail!("no connection to {addr} within {} s", timeout.as_secs()),
+        Err(_) => return Err(timed_out(addr, timeout)),
     };
     tracing::debug!(server = %addr, "connected; TLS 1.3 handshake without a client certificate");
     match probe::server_key(tcp, &TlsOptions::default(), timeout).await {
@@ -192,6 +201,7 @@ async fn fetch(addr: &str, timeout: u64) -> Result<ProbedServer> {
             );
             Ok(p)
         }
+        Err(ProbeError::Tls(TlsError::Timeout)) => Err(timed_out(addr, timeout)),
         Err(ProbeError::Tls(e)) => Err(anyhow::Error::new(e).context(format!(
             "the server at {addr} did not complete a letterlock TLS 1.3 handshake (a server \
              started with --plain-v1 cannot be trusted this way: copy its server_public.pem)"

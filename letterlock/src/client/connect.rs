@@ -21,7 +21,10 @@ use super::{Client, ClientConfig, ClientError, ReadHalf, WriteHalf, unexpected};
 async fn tcp_connect(addr: &str, config: &ClientConfig) -> Result<TcpStream, ClientError> {
     let stream = tokio::time::timeout(config.timeout, TcpStream::connect(addr))
         .await
-        .map_err(|_| ClientError::Timeout)?
+        .map_err(|_| ClientError::Timeout {
+            addr: addr.to_owned(),
+            after: config.timeout,
+        })?
         .map_err(|source| ClientError::Connect {
             addr: addr.to_owned(),
             source,
@@ -296,6 +299,13 @@ impl Client {
         let first = stream.first.clone();
         let (stream, session) = match tls::connect(tls_config, stream, config.timeout).await {
             Ok(done) => done,
+            // Said as a silent server is said at every other step.
+            Err(TlsError::Timeout) => {
+                return Err(ClientError::Timeout {
+                    addr: addr.to_owned(),
+                    after: config.timeout,
+                });
+            }
             Err(e) => return Err(tls_failure(e, first.get())),
         };
         debug!(version = ?session.version, group = ?session.group, delegated = session.delegated, "TLS handshake done");
@@ -344,6 +354,17 @@ impl Client {
                 ..config.clone()
             };
             let attempt_limit = attempt_config.timeout;
+            // What a timeout says it waited for: the caller's limit, not what was left of it
+            // when the last attempt started (a first attempt starts a moment after `start`).
+            let said = if remaining < config.timeout {
+                backoff.deadline
+            } else {
+                config.timeout
+            };
+            let timed_out = || ClientError::Timeout {
+                addr: addr.to_owned(),
+                after: said,
+            };
             let attempt_once = async {
                 match transport {
                     Transport::Tls(options) => {
@@ -365,8 +386,11 @@ impl Client {
             // attempt as a whole has it too.
             let result = tokio::time::timeout(attempt_limit, attempt_once)
                 .await
-                .unwrap_or(Err(ClientError::Timeout));
+                .unwrap_or_else(|_| Err(timed_out()));
             match result {
+                // Whichever timer fired first, the attempt's or a step's inside it: the same
+                // error, with the caller's limit.
+                Err(ClientError::Timeout { .. }) => return Err(timed_out()),
                 Ok(mut client) => {
                     client.config = config;
                     return Ok(client);
@@ -561,6 +585,76 @@ mod tests {
             ),
             ClientError::PlainV1Server
         ));
+    }
+
+    /// A server that accepts the connection and never answers is one error, naming it and the
+    /// limit, whichever step was waiting for it: version 2's TLS handshake, version 1's Hello,
+    /// or `connect_retrying`'s attempt, whose timer races the step's inside it.
+    #[tokio::test]
+    async fn a_silent_server_is_one_timeout_wherever_it_stalls() {
+        let key = |pem: &str| PrivateKey::from_pem(pem).unwrap();
+        let me: Arc<dyn Identity> = Arc::new(key(include_str!(
+            "../../../tests/keys/alice2048_private.pem"
+        )));
+        let server = key(include_str!("../../../tests/keys/bob2048_private.pem"))
+            .public()
+            .clone();
+        let limit = Duration::from_millis(300);
+        let config = ClientConfig {
+            timeout: limit,
+            ..ClientConfig::default()
+        };
+        let timed_out = |result: Result<Client, ClientError>, addr: &str| match result {
+            Err(e @ ClientError::Timeout { .. }) => {
+                assert_eq!(
+                    e.to_string(),
+                    format!("the server at {addr} did not answer within 300 ms")
+                );
+            }
+            other => panic!("{addr}: expected a timeout, got {other:?}"),
+        };
+        let addr = answering(Vec::new()).await;
+        let tls = TlsOptions::default();
+        timed_out(
+            Client::connect_tls(&addr, me.clone(), server.clone(), config.clone(), tls).await,
+            &addr,
+        );
+        let addr = answering(Vec::new()).await;
+        timed_out(
+            Client::connect(&addr, me.clone(), server.clone(), config.clone()).await,
+            &addr,
+        );
+        // The caller's limit is said, whether it is the timeout or the deadline.
+        for (transport, deadline) in [
+            (Transport::Tls(tls), limit),
+            (Transport::PlainV1, limit),
+            (Transport::Tls(tls), Duration::from_secs(30)),
+        ] {
+            let addr = answering(Vec::new()).await;
+            let backoff = Backoff {
+                deadline,
+                ..policy()
+            };
+            let result = Client::connect_retrying(
+                &addr,
+                me.clone(),
+                server.clone(),
+                config.clone(),
+                transport,
+                backoff,
+                |_| {},
+            )
+            .await;
+            timed_out(result, &addr);
+        }
+        let e = ClientError::Timeout {
+            addr: "host:8000".into(),
+            after: Duration::from_secs(30),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the server at host:8000 did not answer within 30 s"
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! The client's one error type: what failed, for a caller to match.
 
 use std::io;
+use std::time::Duration;
 
 use crate::envelope::{MessageId, OpenError, SealError};
 use crate::keys::KeyId;
@@ -63,8 +64,12 @@ pub enum ClientError {
         #[source]
         source: tokio::task::JoinError,
     },
-    #[error("timed out waiting for the server")]
-    Timeout,
+    /// The server at `addr` did not answer within `after`: not the TCP connection, not the
+    /// TLS handshake, not a frame that was due. One error wherever it stalled, since a silent
+    /// server looks the same from here at every step, and the step that noticed first is a
+    /// matter of which timer fired first.
+    #[error("the server at {addr} did not answer within {}", seconds(*.after))]
+    Timeout { addr: String, after: Duration },
     /// The server is full and turned the connection away before any handshake: under version 2
     /// it closed (or reset) the TCP connection before sending a single TLS byte, under version
     /// 1 it sent an `Unavailable` error instead of its `Hello`. Unlike every other failure,
@@ -164,6 +169,17 @@ impl From<TlsError> for ClientError {
             },
             e => ClientError::Tls(e),
         }
+    }
+}
+
+/// A timeout as a person reads it: "30 s", "2.5 s", "300 ms".
+fn seconds(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
     }
 }
 

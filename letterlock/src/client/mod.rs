@@ -107,7 +107,10 @@ impl Client {
     async fn read(&mut self) -> Result<Frame, ClientError> {
         let frame = tokio::time::timeout(self.config.timeout, self.reader.read_frame())
             .await
-            .map_err(|_| ClientError::Timeout)??;
+            .map_err(|_| ClientError::Timeout {
+                addr: self.addr.clone(),
+                after: self.config.timeout,
+            })??;
         match frame {
             Frame::Error { code, message } => Err(ClientError::Refused { code, message }),
             f => Ok(f),
