@@ -400,7 +400,8 @@ fn check_server(conn: &ClientConn) -> Result<()> {
     Ok(())
 }
 
-/// The file in the keys folder where a client keeps its TLS handshake key.
+/// The file in the keys folder where a client keeps its TLS handshake key: written when the key
+/// is made, even if the server then refuses us (harmless: `letterlock::tls::cache` says why).
 const HANDSHAKE_KEY_CACHE: &str = "client_handshake.pem";
 
 /// `DIR/client_handshake.pem`.

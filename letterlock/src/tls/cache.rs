@@ -16,6 +16,12 @@
 //! from this very key that verifies and is valid now, the private key must match the
 //! certificate, and the key must still have most of its validity ahead. Anything else is
 //! ignored (and replaced): a cache never fails a connection.
+//!
+//! A new key is written as soon as it is made, before any server has accepted this client: a
+//! client that is refused, or finds no server, keeps one too. Harmless (the key is certified by
+//! this client's own key and names no server), and the attempt after the operator trusts the
+//! client is spared its RSA signature; `make_delegated` in `tls/mod.rs` says why the write is
+//! not put off until a handshake succeeds.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -346,6 +346,20 @@ impl CertInBackground {
 
 /// Makes a handshake key made at `now`, hands it to the handshake through `settle`, then keeps
 /// it in `cache` (off the handshake's path: writing waits for the disk).
+///
+/// The key is kept as soon as it is made, before the server has accepted us, or even answered:
+/// a client the server refuses, or one that finds no server, leaves the file too. That is on
+/// purpose. The key is ours, certified by our own RSA key, and says nothing about any server:
+/// it is as good for the next connection after a refusal (once the operator trusts us, the
+/// usual first step) as after a success, and it gives a thief no more than the unprotected
+/// private key file beside it (the only kind a cache is kept for). Keeping it only once a
+/// handshake succeeded would cost more than it saves: this thread would wait for a verdict
+/// that only `Client::connect_tls` knows (once the server's `Ready` came), through a channel
+/// the configuration does not have; the write would move from beside the handshake to beside
+/// the first message, which a short `send_msg` then waits for when its configuration is
+/// dropped; and the next attempt after a refusal would pay the RSA signature again. Nothing
+/// changes on the usual path either way: there, the key comes from the cache and no thread
+/// runs.
 fn make_delegated(
     identity: &dyn Identity,
     now: std::time::SystemTime,
