@@ -643,6 +643,7 @@ fn the_command_line_adds_hints_to_library_errors() {
     }
     let alice_priv = format!("{ALICE}_private.pem");
     let bob_priv = format!("{BOB}_private.pem");
+    let alice_pub = format!("{ALICE}_public.pem");
     let bob_pub = format!("{BOB}_public.pem");
     let mallory_pub = format!("{MALLORY}_public.pem");
 
@@ -690,8 +691,20 @@ fn the_command_line_adds_hints_to_library_errors() {
     assert!(out.status.success(), "{out:?}");
     fails_with(
         &["open", "--key", &bob_priv, "--from", &mallory_pub, "m.ll"],
-        "not a sender key we trust",
-        "check --from",
+        "names SPKI-SHA256:",
+        "--from",
+    );
+    fails_with(
+        &["open", "--key", &bob_priv, "--from", &mallory_pub, "m.ll"],
+        "as its sender, which is not a sender key we trust",
+        "damaged or forged on the way",
+    );
+    // OpenError::NotForUs: sealed for bob, opened as alice. The header is checked before
+    // anything is verified, so the text says what it names, and the hint what that can mean.
+    fails_with(
+        &["open", "--key", &alice_priv, "--from", &alice_pub, "m.ll"],
+        "as its recipient, not ours",
+        "if the two ids are almost the same, the message was damaged",
     );
     // KeyError::WrongPemBlock inside KeyError::InFile.
     fails_with(

@@ -118,8 +118,15 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     if let Some(e) = e.downcast_ref::<OpenError>() {
         return match e {
             OpenError::UntrustedSender { .. } => Some(
-                "check --from, the sender's public key (for a server's mailbox, `letterlock \
-                 server clients` lists the senders it trusts)"
+                "check the sender's public key you gave (`--from` of `letterlock open`; the \
+                 keys a mailbox trusts: `letterlock server clients`, `letterlock client \
+                 contacts`); if it is right, the message was damaged or forged on the way"
+                    .into(),
+            ),
+            OpenError::NotForUs { .. } => Some(
+                "it was sealed for another key: if that key is yours (one you replaced, say), \
+                 open it with its private key; if the two ids are almost the same, the message \
+                 was damaged on the way"
                     .into(),
             ),
             OpenError::TooLarge { .. } => {

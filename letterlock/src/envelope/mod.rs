@@ -82,12 +82,16 @@ pub enum SealError {
 pub enum OpenError {
     #[error("not a valid letterlock message: {0}")]
     Header(#[from] HeaderError),
-    #[error("this message is for key {recipient}, not for ours ({ours})")]
+    /// The header names another recipient key. Found before anything is decrypted or
+    /// verified: a header damaged on the way says the same, so the text does not claim more.
+    #[error("this message names key {recipient} as its recipient, not ours ({ours})")]
     NotForUs {
         recipient: crate::keys::KeyId,
         ours: crate::keys::KeyId,
     },
-    #[error("the message is signed by {sender}, which is not a sender key we trust")]
+    /// The header names a sender key that is not trusted. Found before the signature is
+    /// checked, so nothing says that key signed it: the text says "names", not "signed by".
+    #[error("the message names {sender} as its sender, which is not a sender key we trust")]
     UntrustedSender { sender: crate::keys::KeyId },
     #[error("the message is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
