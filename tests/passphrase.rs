@@ -637,6 +637,77 @@ fn keygen_with_a_passphrase_file_writes_an_encrypted_key() {
     );
 }
 
+/// An empty passphrase given for a new key (an empty file, a file whose first line is empty,
+/// an empty variable) is refused before anything is generated or written, with how to write a
+/// key without one if that was meant: it never quietly writes an unencrypted key.
+#[test]
+fn an_empty_passphrase_for_a_new_key_is_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for content in ["", "\n", "\nsecond line\n"] {
+        let file = d.join("empty.txt");
+        fs::write(&file, content).unwrap();
+        for cmd in [
+            &["keygen", "--name", "e1", "--bits", "2048"][..],
+            &["client", "generate_key_pair", "--bits", "2048"],
+            &["server", "generate_key_pair", "--bits", "2048"],
+        ] {
+            let mut args = vec!["--passphrase-file", s(&file)];
+            args.extend_from_slice(cmd);
+            let err = fails(d, &args, &[]);
+            assert!(
+                err.contains("gives an empty passphrase"),
+                "{content:?}: {err}"
+            );
+            assert!(err.contains("nothing was written"), "{err}");
+            assert!(
+                err.contains("hint: ") && err.contains("leave out --passphrase-file"),
+                "{err}"
+            );
+        }
+    }
+    let err = fails(
+        d,
+        &["keygen", "--name", "e1", "--bits", "2048"],
+        &[("LETTERLOCK_PASSPHRASE", "")],
+    );
+    assert!(
+        err.contains("LETTERLOCK_PASSPHRASE gives an empty passphrase"),
+        "{err}"
+    );
+    assert!(err.contains("unset LETTERLOCK_PASSPHRASE"), "{err}");
+    let written: Vec<_> = fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != "empty.txt")
+        .collect();
+    assert!(written.is_empty(), "{written:?}");
+
+    // Changing a passphrase to an empty one is refused too, pointing at --remove.
+    let (dir, key) = folder_with_alice();
+    let d = dir.path();
+    chmod_600(&key);
+    let before = fs::read(&key).unwrap();
+    let empty = pass_file(d, "empty", "");
+    let err = fails(
+        d,
+        &["passphrase", s(&key), "--new-passphrase-file", s(&empty)],
+        &[],
+    );
+    assert!(err.contains("gives an empty passphrase"), "{err}");
+    assert!(err.contains("--remove"), "{err}");
+    let err = fails(
+        d,
+        &["passphrase", s(&key)],
+        &[("LETTERLOCK_NEW_PASSPHRASE", "")],
+    );
+    assert!(
+        err.contains("LETTERLOCK_NEW_PASSPHRASE gives an empty passphrase"),
+        "{err}"
+    );
+    assert_eq!(fs::read(&key).unwrap(), before);
+}
+
 /// Runs `letterlock ARGS` on a pseudo-terminal (util-linux `script`), typing `input`: what a
 /// person at a terminal sees. Returns the exit status and everything the terminal showed.
 fn on_a_terminal(dir: &Path, args: &[&str], input: &str) -> (bool, String) {

@@ -8,7 +8,10 @@
 //! For a key being written (`keygen`, `generate_key_pair`, `passphrase`): the same file or
 //! variable (`--new-passphrase-file` / `LETTERLOCK_NEW_PASSPHRASE` for `passphrase`), else,
 //! on a terminal, asked twice, hidden (empty means none); a run with no terminal and no
-//! passphrase given writes an unencrypted key, as before passphrases existed.
+//! passphrase given writes an unencrypted key, as before passphrases existed. An empty
+//! passphrase from the file or the variable is refused: whoever gave one asked for the key to
+//! be protected, and an empty file (a failed `echo`, a secret that was never filled in) must
+//! not quietly leave it unencrypted.
 //!
 //! Passphrases live in [`Passphrase`] (wiped on drop); the file is read into a wiped buffer.
 
@@ -36,7 +39,8 @@ const MAX_PASSPHRASE_FILE: u64 = 4096;
 pub(super) struct PassphraseArgs {
     /// Read the private key's passphrase from the first line of FILE (for scripts and
     /// services). Otherwise LETTERLOCK_PASSPHRASE, else it is asked on the terminal.
-    /// For keygen and generate_key_pair: the new key's passphrase.
+    /// For keygen and generate_key_pair: the new key's passphrase (an empty one is refused;
+    /// leave the flag out to write a key without a passphrase).
     #[arg(long, global = true, value_name = "FILE")]
     pub(super) passphrase_file: Option<PathBuf>,
 }
@@ -93,11 +97,14 @@ fn new_passphrase(
     required: bool,
 ) -> Result<Option<Passphrase>> {
     let given = match file {
-        Some(f) => Some(read_file(f)?),
-        None => from_env(env),
+        Some(f) => Some((read_file(f)?, format!("passphrase file {}", f.display()))),
+        None => from_env(env).map(|p| (p, format!("the variable {env}"))),
     };
-    if let Some(p) = given {
-        return Ok((!p.is_empty()).then_some(p));
+    if let Some((p, source)) = given {
+        if p.is_empty() {
+            return Err(empty_refused(&source, file.is_some(), env, what, required));
+        }
+        return Ok(Some(p));
     }
     // Ask only when a person is there to answer: a script (stdin or stderr not a terminal)
     // gets an unencrypted key, as before, and never hangs on a prompt.
@@ -131,6 +138,35 @@ fn new_passphrase(
         );
     }
     Ok(None)
+}
+
+/// The refusal of an empty passphrase given by `source` (a file, or the variable `env`) for the
+/// key `what`, with how to write the key without one if that was meant: nothing is written.
+fn empty_refused(
+    source: &str,
+    from_file: bool,
+    env: &str,
+    what: &str,
+    required: bool,
+) -> anyhow::Error {
+    let hint = if required {
+        "give a passphrase that is not empty; to store the key without one, pass --remove \
+         instead"
+            .to_owned()
+    } else if from_file {
+        "put the passphrase on the file's first line; to write a key without a passphrase, \
+         leave out --passphrase-file"
+            .to_owned()
+    } else {
+        format!("set {env} to the passphrase; to write a key without a passphrase, unset {env}")
+    };
+    super::hints::hinted(
+        format!(
+            "{source} gives an empty passphrase; refused rather than write {what} unprotected \
+             (nothing was written)"
+        ),
+        hint,
+    )
 }
 
 /// `letterlock passphrase KEYFILE`: what to do with the key's passphrase.
