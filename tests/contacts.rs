@@ -209,3 +209,36 @@ fn the_servers_own_key_cannot_be_pinned_as_a_contact() {
     assert!(err.contains("not a person's"), "{err}");
     assert!(contacts_json(d).is_empty());
 }
+
+/// A private key given to `client trust` is refused, as `server trust` refuses one, whatever
+/// its file's mode (the trial run's was 0644): nothing is pinned, and the hint says to ask for
+/// the public key and that the owner of a shared private key needs a new pair.
+#[test]
+fn a_private_key_is_refused_as_a_contact_with_what_to_do() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = folder();
+    let d = dir.path();
+    for mode in [0o644, 0o600] {
+        let file = d.join("bob_private.pem");
+        std::fs::copy(common::private_path("bob3072"), &file).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let (code, out, err) = run(d, &["client", "trust", "bob_private.pem", "--name", "bob"]);
+        assert_eq!(code, 1, "mode {mode:o}: {out:?}{err}");
+        assert!(
+            err.contains("bob_private.pem: expected a public key, found a `PRIVATE KEY`"),
+            "{err}"
+        );
+        assert!(err.contains("ask bob's owner for theirs"), "{err}");
+        assert!(err.contains("they need a new key pair"), "{err}");
+        assert!(
+            err.contains("`openssl pkey -in bob_private.pem -pubout`"),
+            "{err}"
+        );
+        assert!(contacts_json(d).is_empty());
+    }
+    // The help no longer offers a private key file.
+    let (_, help, _) = run(d, &["client", "trust", "--help"]);
+    let help = String::from_utf8(help).unwrap();
+    assert!(!help.contains("private key file works"), "{help}");
+    assert!(help.contains("A private key is refused"), "{help}");
+}

@@ -637,6 +637,19 @@ fn trust_outside_a_server_folder_is_refused_and_creates_nothing() {
     assert!(!s.dir("alice").join("letterlock-server.db").exists());
 }
 
+/// `server trust` refuses a private key file, with the same hint as `client trust`: ask for
+/// the public key, and the owner of a shared private key needs a new pair.
+#[test]
+fn server_trust_refuses_a_private_key_with_what_to_do() {
+    let s = Setup::new();
+    let said = s.server_fails(&["server", "trust", "bob/client_private.pem", "--name", "bob"]);
+    assert!(said.contains("expected a public key"), "{said}");
+    assert!(said.contains("ask bob's owner for theirs"), "{said}");
+    assert!(said.contains("they need a new key pair"), "{said}");
+    let clients = s.server_ok(&["server", "clients"]);
+    assert!(!clients.contains("bob"), "{clients}");
+}
+
 /// `server read -o FILE` behaves like `open` and `client read`: an existing file is kept
 /// unless --force, and `-o -` is stdout.
 #[test]

@@ -30,8 +30,8 @@ pub(super) const EXIT_ATTENTION: u8 = 6;
 
 #[derive(Args, Debug)]
 pub(super) struct TrustArgs {
-    /// The peer's public key (PEM), as they gave it to you (a private key file works too:
-    /// only its public half is kept).
+    /// The peer's public key (PEM), as they gave it to you. A private key is refused: ask
+    /// for their public key (a private key that reached you needs replacing by its owner).
     pub(super) file: PathBuf,
     /// The name to know the peer by (as in `send_msg --to NAME`); the trust list's name rules:
     /// 1 to 64 letters, digits, '.', '_', '-'.
@@ -121,8 +121,7 @@ pub(super) async fn on_contacts<T: Send + 'static>(
 
 /// `client trust FILE --name NAME`.
 pub(super) fn trust(a: &TrustArgs) -> Result<ExitCode> {
-    let key = keys::load_any_public_with(&a.file, &|| super::passphrase::for_key(&a.file))
-        .with_context(|| format!("reading the key {}", a.file.display()))?;
+    let key = super::peer_public_key_file(&a.file, &a.name)?;
     // The server's own key is no person's: a message "from" it is the server's, and one
     // sealed to it is read by the server.
     let (_, server_file) = keys::pair_paths(&a.keys, "server");

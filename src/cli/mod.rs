@@ -499,6 +499,29 @@ fn own_key_path(dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Loads the public key file a trust command is given (`client trust`, `server trust`) for the
+/// peer `name`. A private key is refused, whatever its file's mode: trusting a peer takes their
+/// public key only, and a private key that reached us is no longer its owner's alone, which
+/// they need to hear (the hint says so) rather than have it kept quietly.
+fn peer_public_key_file(file: &Path, name: &str) -> Result<PublicKey> {
+    keys::load_public(file).map_err(|e| match e.cause() {
+        keys::KeyError::WrongPemBlock {
+            expected: keys::KeyKind::Public,
+            found,
+        } if found.contains("PRIVATE KEY") => hints::hinted(
+            e.to_string(),
+            format!(
+                "trust takes a public key: ask {name}'s owner for theirs (their *_public.pem). \
+                 This private key has been shared: if it is theirs, tell them, as they need a \
+                 new key pair; if it is your own, its public key is `openssl pkey -in {} \
+                 -pubout`",
+                file.display()
+            ),
+        ),
+        _ => e.into(),
+    })
+}
+
 fn peer_key(dir: &Path, name: &str) -> Result<PublicKey> {
     let (_, path) = keys::pair_paths(dir, name);
     if !path.exists() {

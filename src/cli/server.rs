@@ -1158,7 +1158,7 @@ async fn trust(
     if !keys::valid_name(name) {
         bail!("client name {name:?} must be letters, digits, '-', '_' or '.', up to 64");
     }
-    let key = keys::load_public(public_key)?;
+    let key = super::peer_public_key_file(public_key, name)?;
     let store = open_mailbox(mailbox, true).await?;
     let outcome = store
         .trust_client(trust_request(name, &key, replace))
