@@ -294,6 +294,41 @@ fn the_classroom_layout_is_imported_and_clients_json_lists_it() {
     assert!(!s.send("bob", &addr, "untrusted").status.success());
 }
 
+/// A classroom file holding a new key for its client is not imported, and server commands say
+/// how to rotate; the rotation itself (`server trust THAT_FILE --replace`) does not tell the
+/// user to run the very command they ran (found by a trial run).
+#[test]
+fn rotating_to_the_classroom_file_does_not_warn_to_rotate_to_it() {
+    let s = Setup::new();
+    s.server_ok(&["server", "clients"]);
+    put_public(&s.dir("srv"), "alice3072", "client_public.pem");
+    let listed = s.server_ok(&["server", "clients"]);
+    assert!(
+        listed.contains("not imported") && listed.contains("--replace"),
+        "{listed}"
+    );
+    let said = s.server_ok(&[
+        "server",
+        "trust",
+        "srv/client_public.pem",
+        "--name",
+        "client",
+        "--replace",
+    ]);
+    assert!(!said.contains("not imported"), "{said}");
+    assert!(!said.contains("To rotate"), "{said}");
+    assert!(said.contains("client is now trusted with key"), "{said}");
+    let list = s.clients_json(false);
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(
+        list[0]["key"],
+        common::public("alice3072").id().to_string().as_str()
+    );
+    // Once trusted, the file is the store's key: no more warnings.
+    let listed = s.server_ok(&["server", "clients"]);
+    assert!(!listed.contains("not imported"), "{listed}");
+}
+
 #[test]
 fn inbox_filters_read_from_and_rm() {
     let s = Setup::new();

@@ -323,7 +323,7 @@ pub(super) async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
     let store_path = store_path(&a.keys, a.store.as_deref())?;
     let _only_server = lock_sqlite_mailbox(&store_path)?;
     let store = Arc::new(create_store(&store_path).await?);
-    import_key_files(store.as_ref(), &a.keys).await?;
+    import_key_files(store.as_ref(), &a.keys, None).await?;
     let trusted = store.trusted_clients().await?;
     if trusted.clients.is_empty() {
         warn!(
@@ -627,6 +627,16 @@ pub(super) async fn create_store(path: &Path) -> Result<AnyStore> {
 /// know yet. `create`: the server and `server trust` may create it; the other commands refuse a
 /// missing one (a mistyped --store must not quietly answer from an empty mailbox).
 async fn open_mailbox(mailbox: &MailboxArgs, create: bool) -> Result<AnyStore> {
+    open_mailbox_except(mailbox, create, None).await
+}
+
+/// [`open_mailbox`], leaving the key `except` out of the import: `server trust` decides that
+/// key's fate itself.
+async fn open_mailbox_except(
+    mailbox: &MailboxArgs,
+    create: bool,
+    except: Option<&KeyId>,
+) -> Result<AnyStore> {
     let path = store_path(&mailbox.keys, mailbox.store.as_deref())?;
     // A new mailbox only where a server lives: `server trust` run in the wrong folder must not
     // start an empty mailbox that no running server reads, and say the server accepts the key.
@@ -645,7 +655,7 @@ async fn open_mailbox(mailbox: &MailboxArgs, create: bool) -> Result<AnyStore> {
     } else {
         open_store(&path).await?
     };
-    import_key_files(&store, &mailbox.keys).await?;
+    import_key_files(&store, &mailbox.keys, except).await?;
     Ok(store)
 }
 
@@ -653,8 +663,14 @@ async fn open_mailbox(mailbox: &MailboxArgs, create: bool) -> Result<AnyStore> {
 /// `client`, KEYS/clients/NAME.pem as NAME) whose key id it has never seen. A key the store
 /// knows (trusted, replaced or removed) is left as the store has it: the store is the truth
 /// once a key is in it. A file with a new key for a name that already has one is not imported
-/// (that would be a rotation): a warning says how to rotate.
-pub(super) async fn import_key_files(store: &impl Store, keys_dir: &Path) -> Result<()> {
+/// (that would be a rotation): a warning says how to rotate. A file holding the key `except`
+/// is left alone: that is the key `server trust` is trusting, which decides what becomes of it
+/// (a warning telling the user to run `server trust --replace` while it runs would mislead).
+pub(super) async fn import_key_files(
+    store: &impl Store,
+    keys_dir: &Path,
+    except: Option<&KeyId>,
+) -> Result<()> {
     let files = keys::client_key_files(keys_dir)?;
     if files.is_empty() {
         return Ok(());
@@ -667,7 +683,7 @@ pub(super) async fn import_key_files(store: &impl Store, keys_dir: &Path) -> Res
         .collect();
     for (name, path) in files {
         let key = keys::load_public(&path)?;
-        if known.contains(&key.id().0) {
+        if known.contains(&key.id().0) || except == Some(&key.id()) {
             continue;
         }
         match store
@@ -1159,7 +1175,7 @@ async fn trust(
         bail!("client name {name:?} must be letters, digits, '-', '_' or '.', up to 64");
     }
     let key = super::peer_public_key_file(public_key, name)?;
-    let store = open_mailbox(mailbox, true).await?;
+    let store = open_mailbox_except(mailbox, true, Some(&key.id())).await?;
     let outcome = store
         .trust_client(trust_request(name, &key, replace))
         .await?;
