@@ -137,6 +137,68 @@ fn recv_msg_keeps_each_message_and_client_read_opens_it_with_no_server_running()
     assert!(err.contains("client inbox"), "{err}");
 }
 
+/// After `client generate_key_pair --force`, a message kept in the mailbox, sealed to the old
+/// key, no longer opens with the new one: `client read` says which kept key it is for, and that
+/// key, put back in a copy of the folder, reads it (found by a trial run: the whole mailbox
+/// became unreadable, and nothing said why).
+#[test]
+fn client_read_names_the_kept_key_a_message_is_for_after_the_pair_was_replaced() {
+    let (dir, server, addr) = classroom_with_server();
+    let d = dir.path();
+    queue(d, "for the old key");
+    let (code, _, err) = recv(d, &addr, &[]);
+    assert_eq!(code, 0, "{err}");
+    drop(server);
+    let id = inbox(d)[0]["id"].as_str().unwrap().to_owned();
+    let (code, _, err) = run(
+        d,
+        &["client", "generate_key_pair", "--bits", "2048", "--force"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("server trust client_public.pem --name NAME --replace"),
+        "{err}"
+    );
+
+    let (code, out, err) = run(d, &["client", "read", &id]);
+    assert_eq!(code, 1, "{}", String::from_utf8_lossy(&out));
+    assert!(err.contains("not for ours"), "{err}");
+    assert!(
+        err.contains("hint: that is the key ./client_private.pem held before it was replaced"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("client read {id} --keys COPY")),
+        "{err}"
+    );
+    let kept = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_str().unwrap().contains("client_private.pem.replaced-"))
+        .unwrap();
+    assert_eq!(
+        std::fs::read(&kept).unwrap(),
+        std::fs::read(common::private_path(CLIENT)).unwrap()
+    );
+
+    // As the hint says: a copy of the folder with the kept key as client_private.pem.
+    let copy = tempfile::tempdir().unwrap();
+    let c = copy.path();
+    for file in ["server_public.pem", MAILBOX] {
+        std::fs::copy(d.join(file), c.join(file)).unwrap();
+    }
+    let blobs = format!("{MAILBOX}.blobs");
+    std::fs::create_dir(c.join(&blobs)).unwrap();
+    for entry in std::fs::read_dir(d.join(&blobs)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), c.join(&blobs).join(entry.file_name())).unwrap();
+    }
+    std::fs::copy(&kept, c.join("client_private.pem")).unwrap();
+    let (code, out, err) = run(c, &["client", "read", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, b"for the old key");
+}
+
 #[test]
 fn client_read_lists_the_candidates_of_an_ambiguous_prefix() {
     let (dir, server, addr) = classroom_with_server();

@@ -28,6 +28,121 @@ fn keygen_writes_the_private_key_0600_and_never_overwrites() {
     assert_eq!(mode(&private), 0o600);
 }
 
+/// `keygen --force` (and `generate_key_pair --force`, the same code) keeps the old pair beside
+/// the new one, never over an earlier kept pair, the private key mode 0600 whatever the old
+/// file's mode, and says that messages sealed to the old key open only with it; `open` of such
+/// a message names the kept key (found by a trial run: --force lost the old key silently).
+#[test]
+fn keygen_force_keeps_the_old_pair_aside_and_open_names_it() {
+    use common::cli::{letterlock, put_private, put_public};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put_private(d, "alice2048", "alice_private.pem");
+    put_public(d, "alice2048", "alice_public.pem");
+    put_private(d, "bob2048", "bob_private.pem");
+    put_public(d, "bob2048", "bob_public.pem");
+    // A loosely kept old key is still kept owner-only.
+    std::fs::set_permissions(
+        d.join("bob_private.pem"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let old_private = std::fs::read(d.join("bob_private.pem")).unwrap();
+    let old_public = std::fs::read(d.join("bob_public.pem")).unwrap();
+    let run = |args: &[&str]| {
+        let out = letterlock(d, args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!err.contains("panicked"), "{err}");
+        (out, err)
+    };
+    std::fs::write(d.join("note.txt"), "hi\n").unwrap();
+    let (out, _) = run(&[
+        "seal",
+        "-i",
+        "alice_private.pem",
+        "-r",
+        "bob_public.pem",
+        "-o",
+        "msg.ll",
+        "note.txt",
+    ]);
+    assert!(out.status.success());
+    let kept = |prefix: &str| -> Vec<std::path::PathBuf> {
+        let mut found: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_str().unwrap();
+                name.starts_with(&format!("{prefix}.replaced-"))
+            })
+            .collect();
+        found.sort();
+        found
+    };
+
+    let (out, err) = run(&["keygen", "--name", "bob", "--bits", "2048", "--force"]);
+    assert!(out.status.success(), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (private, public) = (kept("bob_private.pem"), kept("bob_public.pem"));
+    assert_eq!((private.len(), public.len()), (1, 1), "{stdout}");
+    let name = private[0].file_name().unwrap().to_str().unwrap().to_owned();
+    // NAME_private.pem.replaced-YYYYMMDDTHHMMSSZ
+    let stamp = name.strip_prefix("bob_private.pem.replaced-").unwrap();
+    assert_eq!(stamp.len(), 16, "{name}");
+    assert!(
+        stamp.ends_with('Z') && stamp.as_bytes()[8] == b'T',
+        "{name}"
+    );
+    assert_eq!(std::fs::read(&private[0]).unwrap(), old_private);
+    assert_eq!(std::fs::read(&public[0]).unwrap(), old_public);
+    assert_eq!(mode(&private[0]), 0o600);
+    assert_ne!(
+        std::fs::read(d.join("bob_private.pem")).unwrap(),
+        old_private
+    );
+    assert!(
+        stdout.contains(&format!("kept the old private key as ./{name} (mode 0600)")),
+        "{stdout}"
+    );
+    let old_id = common::public("bob2048").id().to_string();
+    assert!(
+        err.contains(&old_id) && err.contains("open only with it"),
+        "{err}"
+    );
+    assert!(err.contains("must trust the new ./bob_public.pem"), "{err}");
+
+    // The message sealed to the old key: refused with the new one, the hint naming the kept one.
+    let (out, err) = run(&[
+        "open",
+        "-i",
+        "bob_private.pem",
+        "--from",
+        "alice_public.pem",
+        "msg.ll",
+    ]);
+    assert!(!out.status.success());
+    assert!(err.contains("not for ours"), "{err}");
+    assert!(
+        err.contains("hint: that is the key bob_private.pem held before it was replaced"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("open it with `-i ./{name}`")),
+        "{err}"
+    );
+    let (out, err) = run(&["open", "-i", &name, "--from", "alice_public.pem", "msg.ll"]);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(out.stdout, b"hi\n");
+
+    // Again: the first kept pair stays as it was, the second is kept beside it.
+    let (out, err) = run(&["keygen", "--name", "bob", "--bits", "2048", "--force"]);
+    assert!(out.status.success(), "{err}");
+    let private = kept("bob_private.pem");
+    assert_eq!(private.len(), 2, "{private:?}");
+    assert_eq!(std::fs::read(d.join(&name)).unwrap(), old_private);
+    assert_eq!(kept("bob_public.pem").len(), 2);
+}
+
 #[test]
 fn a_private_key_others_can_read_is_refused_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();

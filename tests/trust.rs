@@ -329,6 +329,55 @@ fn rotating_to_the_classroom_file_does_not_warn_to_rotate_to_it() {
     assert!(!listed.contains("not imported"), "{listed}");
 }
 
+/// `server generate_key_pair --force` keeps the old pair beside the new one and says what that
+/// means; `server read` of a message sealed to the old key then names the kept key that opens
+/// it, and the kept key does (found by a trial run: the inbox was unreadable, and nothing said
+/// why).
+#[test]
+fn a_replaced_server_key_is_kept_and_named_when_an_old_message_will_not_open() {
+    let s = Setup::new();
+    let (server, addr) = s.start(&[]);
+    let id = sent_id(&s.send("alice", &addr, "sealed to the old key"));
+    drop(server);
+    let said = s.server_ok(&["server", "generate_key_pair", "--bits", "2048", "--force"]);
+    assert!(said.contains("kept the old private key as srv/server_private.pem.replaced-"));
+    assert!(said.contains("open only with it"), "{said}");
+    assert!(
+        said.contains("client trust-server HOST:PORT --replace"),
+        "{said}"
+    );
+    let said = s.server_fails(&["server", "read", &id]);
+    assert!(said.contains("not for ours"), "{said}");
+    assert!(
+        said.contains("hint: that is the key srv/server_private.pem held before it was replaced"),
+        "{said}"
+    );
+    assert!(said.contains("server_private.pem.replaced-"), "{said}");
+    // The kept key, back in place in a copy of the folder, opens it.
+    let kept = std::fs::read_dir(s.dir("srv"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_str().unwrap().contains("server_private.pem.replaced-"))
+        .unwrap();
+    let copy = s.dir("copy");
+    std::fs::create_dir(&copy).unwrap();
+    std::fs::copy(&kept, copy.join("server_private.pem")).unwrap();
+    let out = letterlock(
+        &s.root,
+        &[
+            "server",
+            "read",
+            &id,
+            "--keys",
+            "copy",
+            "--store",
+            "srv/letterlock-server.db",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, b"sealed to the old key");
+}
+
 #[test]
 fn inbox_filters_read_from_and_rm() {
     let s = Setup::new();

@@ -190,7 +190,11 @@ pub(super) fn key_hint(e: &KeyError, outer: &KeyError) -> Option<String> {
         _ => None,
     };
     Some(match e {
-        KeyError::Exists { .. } => "pass --force to replace it".into(),
+        KeyError::Exists { .. } => {
+            "pass --force to make a new pair in its place (the old pair is kept beside it, as \
+             *.replaced-TIME)"
+                .into()
+        }
         KeyError::Permissions { path, .. } => {
             format!("run `chmod 600 {}` and try again", path.display())
         }

@@ -298,7 +298,17 @@ async fn read_kept(mailbox: &Mailbox, a: &ReadArgs) -> Result<ExitCode> {
             }
         }
     })
-    .await??;
+    .await?
+    .map_err(|e| {
+        let (key, _) = keys::pair_paths(&a.keys, "client");
+        super::replaced::name_kept_key(e, &key, |_| {
+            format!(
+                "read it from a copy of the keys folder ({}) holding that key as \
+                 client_private.pem: `letterlock client read {id} --keys COPY`",
+                a.keys.display()
+            )
+        })
+    })?;
     let saved = match &a.output {
         Some(path) if !to_stdout => format!(", saved to {}", path.display()),
         _ => String::new(),

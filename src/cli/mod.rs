@@ -44,6 +44,7 @@ mod hints;
 mod mailbox;
 mod offline;
 mod passphrase;
+mod replaced;
 mod server;
 mod store_admin;
 mod terminal;

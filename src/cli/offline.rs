@@ -38,7 +38,9 @@ pub(super) struct KeygenArgs {
     /// Modulus size in bits: 2048, 3072 or 4096.
     #[arg(long, default_value_t = keys::DEFAULT_BITS)]
     pub(super) bits: usize,
-    /// Replace existing key files.
+    /// Make a new pair even if the files exist: the old ones are kept beside them, as
+    /// NAME_private.pem.replaced-TIME (mode 0600) and NAME_public.pem.replaced-TIME, since
+    /// messages sealed to the old key open only with it.
     #[arg(long)]
     pub(super) force: bool,
 }
@@ -51,7 +53,9 @@ pub(super) struct PairArgs {
     /// Modulus size in bits: 2048, 3072 or 4096.
     #[arg(long, default_value_t = keys::DEFAULT_BITS)]
     pub(super) bits: usize,
-    /// Replace existing key files.
+    /// Make a new pair even if the files exist: the old ones are kept beside them, as
+    /// *_private.pem.replaced-TIME (mode 0600) and *_public.pem.replaced-TIME, since messages
+    /// sealed to the old key open only with it.
     #[arg(long)]
     pub(super) force: bool,
 }
@@ -135,7 +139,22 @@ pub(super) fn keygen(dir: &Path, name: &str, bits: usize, force: bool) -> Result
         }
     }
     let pass = super::passphrase::for_new_key(&private.display().to_string())?;
-    let key = keys::generate_pair_files_with(dir, name, bits, force, pass.as_ref())?;
+    let key = keys::PrivateKey::generate(bits)?;
+    // Only once the new key exists: a failed generation leaves the old pair as it was.
+    let kept = if force {
+        Some(super::replaced::keep_aside(&private, &public)?)
+    } else {
+        None
+    };
+    keys::write_pair_files(dir, name, &key, force, pass.as_ref())?;
+    if let Some(kept) = &kept {
+        if let Some(p) = &kept.private {
+            println!("kept the old private key as {} (mode 0600)", p.display());
+        }
+        if let Some(p) = &kept.public {
+            println!("kept the old public key as {}", p.display());
+        }
+    }
     match pass {
         Some(_) => println!(
             "wrote {} (passphrase-protected, mode 0600)",
@@ -149,7 +168,41 @@ pub(super) fn keygen(dir: &Path, name: &str, bits: usize, force: bool) -> Result
         "OpenSSH fingerprint {} (as ssh-keygen -l prints it)",
         key.public().ssh_fingerprint()
     );
+    if let Some(kept) = kept {
+        warn_replaced(&kept, name, &public);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Says on stderr what replacing the key pair `name` means: messages sealed to the old key open
+/// only with the kept copy, and whoever trusted the old public key must trust the new one
+/// (which command that is depends on the side). Said every time: nothing else would tell.
+fn warn_replaced(kept: &super::replaced::Kept, name: &str, public: &Path) {
+    let Some(old) = &kept.private else {
+        return;
+    };
+    let id = kept
+        .id
+        .as_ref()
+        .map(|id| format!(" {id}"))
+        .unwrap_or_default();
+    let public = public.display();
+    let who = match name {
+        "client" => format!(
+            "The server's operator must trust the new {public} in its place (`letterlock server \
+             trust client_public.pem --name NAME --replace`), or the server refuses this client"
+        ),
+        "server" => "Every client must trust the new server key (`letterlock client trust-server \
+             HOST:PORT --replace`, checking its fingerprint), or it refuses this server"
+            .to_owned(),
+        _ => format!("Whoever trusted the old public key must trust the new {public} instead"),
+    };
+    eprintln!(
+        "letterlock: replaced the {name} key pair; the old key{id} is kept as {}. Messages \
+         sealed to it (received already, or sent before the new key is trusted) open only with \
+         it: keep it as long as you need them. {who}.",
+        old.display()
+    );
 }
 
 /// `letterlock fingerprint FILE`: both names of the key, labelled, so nobody compares a key
@@ -399,7 +452,9 @@ pub(super) fn open(mut a: OpenArgs) -> Result<ExitCode> {
                  write it to a file with -o FILE"
             )
         }
-        e => e.into(),
+        e => super::replaced::name_kept_key(e.into(), &a.key, |kept| {
+            format!("open it with `-i {}`", kept.display())
+        }),
     })?;
     status!(
         "verified: {} bytes from {} ({} mode, message id {}, sealed at {})",

@@ -1099,21 +1099,35 @@ pub(super) async fn read_inbox(
                 replace: force,
                 ..WriteOptions::default()
             };
-            envelope::open_to_file(identity, &sender, &opts, body, path, &file)?
+            envelope::open_to_file(identity, &sender, &opts, body, path, &file)
+                .map_err(anyhow::Error::from)
         }
         None => {
             let opts = OpenOptions {
                 max_plaintext: STDOUT_LIMIT,
                 ..opts
             };
-            let (plain, opened) =
-                envelope::open_to_vec(identity, &sender, &opts, body).map_err(|e| {
+            envelope::open_to_vec(identity, &sender, &opts, body)
+                .map_err(|e| {
                     super::mailbox::too_large_for_terminal(e, &format!("server read {id}"))
-                })?;
-            print_plaintext(&plain)?;
-            opened
+                })
+                .and_then(|(plain, opened)| {
+                    print_plaintext(&plain)?;
+                    Ok(opened)
+                })
         }
     };
+    let opened = opened.map_err(|e| {
+        let (key, _) = keys::pair_paths(&mailbox.keys, "server");
+        super::replaced::name_kept_key(e, &key, |_| {
+            format!(
+                "read it with a copy of the keys folder ({}) holding that key as \
+                 server_private.pem: `letterlock server read {id} --keys COPY` (with the same \
+                 --store, if you gave one)",
+                mailbox.keys.display()
+            )
+        })
+    })?;
     status!(
         "verified: {} bytes from {} ({}), {} mode",
         opened.plaintext_len,

@@ -203,11 +203,26 @@ pub fn generate_pair_files_with(
         }
     }
     let key = PrivateKey::generate(bits)?;
+    write_pair_files(dir, name, &key, force, passphrase)?;
+    Ok(key)
+}
+
+/// Writes `key` as `DIR/NAME_private.pem` (0600, encrypted under `passphrase` if one is given)
+/// and `DIR/NAME_public.pem`, each atomically ([`write_atomic`]); an existing file is replaced
+/// only if `force`. Apart from generating, so that a caller can do its own work between making
+/// a key (slow, and it may fail) and writing it (the command line keeps the old pair aside).
+pub fn write_pair_files(
+    dir: &Path,
+    name: &str,
+    key: &PrivateKey,
+    force: bool,
+    passphrase: Option<&Passphrase>,
+) -> Result<(), KeyError> {
+    let (private_path, public_path) = pair_paths(dir, name);
     let text = match passphrase {
         Some(pass) => Zeroizing::new(key.to_encrypted_pem(pass)?),
         None => key.to_pem()?,
     };
     write_atomic(&private_path, text.as_bytes(), 0o600, force)?;
-    write_atomic(&public_path, key.public().to_pem().as_bytes(), 0o644, force)?;
-    Ok(key)
+    write_atomic(&public_path, key.public().to_pem().as_bytes(), 0o644, force)
 }

@@ -79,7 +79,7 @@ pub use encrypted::{KdfChoice, MAX_PBKDF2_ITERATIONS, MAX_SCRYPT_COST, PBKDF2_IT
 pub use file::{
     PassphraseSource, generate_pair_files, generate_pair_files_with, is_encrypted_pem,
     load_any_public, load_any_public_with, load_private, load_private_with, load_public,
-    pair_paths, write_atomic,
+    pair_paths, write_atomic, write_pair_files,
 };
 pub use id::{Fingerprint, KeyId, SshFingerprint};
 pub use lazy::LazyPrivateKey;
