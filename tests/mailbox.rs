@@ -162,7 +162,7 @@ fn client_read_names_the_kept_key_a_message_is_for_after_the_pair_was_replaced()
 
     let (code, out, err) = run(d, &["client", "read", &id]);
     assert_eq!(code, 1, "{}", String::from_utf8_lossy(&out));
-    assert!(err.contains("not for ours"), "{err}");
+    assert!(err.contains("as its recipient, not ours"), "{err}");
     assert!(
         err.contains("hint: that is the key ./client_private.pem held before it was replaced"),
         "{err}"

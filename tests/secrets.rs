@@ -121,7 +121,7 @@ fn keygen_force_keeps_the_old_pair_aside_and_open_names_it() {
         "msg.ll",
     ]);
     assert!(!out.status.success());
-    assert!(err.contains("not for ours"), "{err}");
+    assert!(err.contains("as its recipient, not ours"), "{err}");
     assert!(
         err.contains("hint: that is the key bob_private.pem held before it was replaced"),
         "{err}"

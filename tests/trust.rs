@@ -347,7 +347,7 @@ fn a_replaced_server_key_is_kept_and_named_when_an_old_message_will_not_open() {
         "{said}"
     );
     let said = s.server_fails(&["server", "read", &id]);
-    assert!(said.contains("not for ours"), "{said}");
+    assert!(said.contains("as its recipient, not ours"), "{said}");
     assert!(
         said.contains("hint: that is the key srv/server_private.pem held before it was replaced"),
         "{said}"
