@@ -180,6 +180,60 @@ fn send_msg_reads_stdin_without_text_or_with_a_dash_and_says_so_in_json() {
     assert_eq!(server_read(&f, &id), b"typed");
 }
 
+/// TEXT that names an existing file is still sent as text (the classroom's `send_msg "text"`),
+/// with a note that `--file` sends the file; an empty message is sent too, with a note. Both
+/// notes are status lines: -q leaves them out.
+#[test]
+fn send_msg_notes_a_text_that_names_a_file_and_an_empty_message() {
+    let f = folders();
+    let server = Server::start(&f, &[]);
+    let file = f.client.join("a.txt");
+    std::fs::write(&file, b"the file's contents").unwrap();
+    let name = file.to_str().unwrap();
+    let out = send(&f, &server, &["--json", name], b"");
+    let v = json(&ok(out.clone()));
+    assert_eq!(server_read(&f, v["id"].as_str().unwrap()), name.as_bytes());
+    let said = stderr(&out);
+    assert!(
+        said.contains(&format!(
+            "note: sending the text \"{name}\" itself as the message, not the file"
+        )),
+        "{said}"
+    );
+    assert!(said.contains(&format!("use --file \"{name}\"")), "{said}");
+    assert!(!said.contains("empty"), "{said}");
+    // Text that names no file, and -q: no note.
+    for args in [&["not a file name"][..], &["-q", name]] {
+        let out = send(&f, &server, args, b"");
+        ok(out.clone());
+        assert!(
+            !stderr(&out).contains("note:"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+
+    // Empty: TEXT "", stdin that ends at once, an empty file.
+    std::fs::write(f.client.join("empty.txt"), b"").unwrap();
+    let empty_file = f.client.join("empty.txt");
+    for (args, input) in [
+        (&[""][..], &b"ignored"[..]),
+        (&[][..], &b""[..]),
+        (&["--file", empty_file.to_str().unwrap()][..], &b""[..]),
+    ] {
+        let out = send(&f, &server, args, input);
+        let said = stderr(&out);
+        assert!(ok(out).contains("stored 0 bytes"), "{args:?}");
+        assert!(
+            said.contains("note: the message was empty (0 bytes"),
+            "{args:?}: {said}"
+        );
+    }
+    let out = send(&f, &server, &["-q", ""], b"");
+    assert!(!stderr(&out).contains("note:"), "{}", stderr(&out));
+    ok(out);
+}
+
 #[test]
 fn send_msg_json_says_not_delivered_when_it_fails() {
     let f = folders();

@@ -173,8 +173,8 @@ pub(super) struct ClientConn {
 /// What to send and how: the message arguments `client send_msg` and `server send_msg` share.
 #[derive(Args, Debug)]
 pub(super) struct MessageArgs {
-    /// The message text; without it, or with `-`, the message is read from stdin (as `seal`
-    /// and age do). Or use --file.
+    /// The message text, sent as it is even when it names a file (--file sends a file);
+    /// without it, or with `-`, the message is read from stdin (as `seal` and age do).
     #[arg(conflicts_with = "file")]
     pub(super) text: Option<String>,
     /// Send the contents of a file instead (`-` for stdin); any size in hybrid mode.
@@ -207,6 +207,24 @@ impl MessageArgs {
             (None, Some(p)) => std::fs::metadata(p).ok().filter(|m| m.is_file())?.len(),
         };
         (len <= limit).then_some(len)
+    }
+
+    /// Says on stderr (a status line: not under -q) that TEXT is sent as it is when it names
+    /// an existing file: the classroom's `send_msg "text"` must keep sending the text, but
+    /// someone with a file of that name most likely meant its contents. One metadata call, and
+    /// none under -q.
+    pub(super) fn note_text_naming_a_file(&self) {
+        let Some(text) = self.text.as_deref() else {
+            return;
+        };
+        if super::quiet() || text.is_empty() || text == "-" || !Path::new(text).is_file() {
+            return;
+        }
+        let name = letterlock::text::quoted(text);
+        status!(
+            "letterlock: note: sending the text {name} itself as the message, not the file of \
+             that name; to send the file's contents, use --file {name}"
+        );
     }
 
     /// The message's bytes: the text argument, `--file`, or stdin (no text, `-`, `--file -`).
@@ -605,6 +623,17 @@ async fn send_to_server(a: ClientSendArgs) -> Result<ExitCode> {
     }
 }
 
+/// Says on stderr (a status line) that a message sent was empty: legal, but more often an empty
+/// `"$VAR"` or a pipe that gave nothing than what was meant, and "0 bytes" is easy to miss.
+pub(super) fn note_empty(bytes: u64) {
+    if bytes == 0 {
+        status!(
+            "letterlock: note: the message was empty (0 bytes: an empty TEXT, file or stdin); \
+             if you meant to send something, give it as TEXT, --file FILE or on stdin"
+        );
+    }
+}
+
 /// What `send_msg` prints once the server proved it stored the message, whether this process
 /// or the agent sent it.
 pub(super) fn print_delivered(
@@ -628,6 +657,7 @@ pub(super) fn print_delivered(
             "delivered: the server proved it decrypted and stored {bytes} {unit} ({mode} mode)"
         );
     }
+    note_empty(bytes);
 }
 
 /// What `send_msg` prints when the message was not delivered or its delivery not proven.
@@ -757,6 +787,7 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
             contact.key.id()
         );
     }
+    note_empty(relayed.plaintext_len);
     let mut read_at = None;
     if let Some(wait) = a.wait {
         let deadline = tokio::time::Instant::now() + wait;

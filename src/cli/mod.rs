@@ -370,12 +370,16 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             }
             // `--to` records what it relays on a worker thread (`block_in_place`).
             ClientCommand::SendMsg(Deferred(a)) if a.to.is_some() => {
+                a.message.note_text_naming_a_file();
                 runtime()?.block_on(client_send(a))
             }
-            ClientCommand::SendMsg(Deferred(a)) => match agent::hand_over(&a)? {
-                Some(code) => Ok(code),
-                None => run_once(client_send(a)),
-            },
+            ClientCommand::SendMsg(Deferred(a)) => {
+                a.message.note_text_naming_a_file();
+                match agent::hand_over(&a)? {
+                    Some(code) => Ok(code),
+                    None => run_once(client_send(a)),
+                }
+            }
             ClientCommand::Agent(Deferred(a)) => one_shot_runtime()?.block_on(agent::run(a)),
             ClientCommand::RecvMsg(Deferred(a)) => run_once(client_recv(a)),
             ClientCommand::Inbox(Deferred(a)) => runtime()?.block_on(mailbox::client_inbox(a)),

@@ -742,6 +742,7 @@ pub(super) async fn server_send(a: ServerSendArgs) -> Result<ExitCode> {
         key: PublicKey::from_der(&to.public_key).context("a stored client key is malformed")?,
     };
     let opts = SealOptions::mode(a.message.mode.into());
+    a.message.note_text_naming_a_file();
     let input = a.message.input()?;
     let sealed =
         letterlock::server::queue_for_client(&store, Arc::new(identity), &to, input, &opts).await?;
@@ -750,6 +751,7 @@ pub(super) async fn server_send(a: ServerSendArgs) -> Result<ExitCode> {
         "queued message {} for {} ({} bytes, {} mode); delivered at its next recv_msg",
         sealed.header.message_id, to.name, sealed.plaintext_len, sealed.header.mode
     );
+    super::client::note_empty(sealed.plaintext_len);
     Ok(ExitCode::SUCCESS)
 }
 
