@@ -438,3 +438,99 @@ fn as_postgres(script: &str) -> std::process::Command {
     cmd.args(["-u", "postgres", "--", "python3", "-c", script]);
     cmd
 }
+
+/// With a passphrase-protected key and an agent holding it, a message the agent does not take
+/// fails for want of the passphrase; the error says why the agent did not send it (stdin, a
+/// file over 64 KiB, another --server than the agent's) and what to do. Without an agent, the
+/// same failure says nothing about one.
+#[test]
+fn a_message_past_the_agent_that_needs_the_passphrase_says_why_the_agent_did_not_send_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    classroom_folder(d);
+    std::fs::write(d.join("pass.txt"), "correct horse\n").unwrap();
+    let (code, _, err) = run(
+        d,
+        &[
+            "passphrase",
+            "client_private.pem",
+            "--new-passphrase-file",
+            "pass.txt",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let server = BinServer::start(d, &[]);
+    let agent = Agent::start(d, &server.addr, &["--passphrase-file", "pass.txt"]);
+    let sent = |args: &[&str]| {
+        let out = command(d, &["client", "send_msg", "--server", &server.addr])
+            .args(args)
+            .env_remove("LETTERLOCK_PASSPHRASE")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!err.contains("panicked"), "{err}");
+        (out.status.code(), err)
+    };
+    // TEXT goes through the agent, which holds the key unlocked.
+    let (code, err) = sent(&["through the agent"]);
+    assert_eq!(code, Some(0), "{err}");
+
+    let socket = "client_agent.sock";
+    let (code, err) = sent(&[]);
+    assert_eq!(code, Some(1), "{err}");
+    for said in [
+        socket,
+        "not sent through the client agent",
+        "the message comes from stdin",
+        "no passphrase was given",
+        "hint: give the message as TEXT, or in a file of up to 64 KiB with --file FILE",
+        "--passphrase-file FILE",
+    ] {
+        assert!(err.contains(said), "stdin: {said:?} missing: {err}");
+    }
+
+    std::fs::write(d.join("big.bin"), vec![b'x'; 100_000]).unwrap();
+    let (code, err) = sent(&["--file", "big.bin"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not sent through the client agent"), "{err}");
+    assert!(err.contains("big.bin is 100000 bytes"), "{err}");
+    assert!(err.contains("up to 64 KiB"), "{err}");
+
+    let port = server.addr.rsplit(':').next().unwrap();
+    let other = format!("localhost:{port}");
+    let out = command(d, &["client", "send_msg", "--server", &other, "hi"])
+        .env_remove("LETTERLOCK_PASSPHRASE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "it sends only to {}, the --server it was started with, and this command names \
+             {other}",
+            server.addr
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("hint: pass --server {}", server.addr)),
+        "{err}"
+    );
+
+    // --no-agent, with the agent running: said too.
+    let (code, err) = sent(&["--no-agent", "hi"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("(--no-agent was given)"), "{err}");
+
+    // No agent: the passphrase error alone.
+    let (code, _, err) = run(d, &["client", "agent", "--stop"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = agent.wait();
+    assert_eq!(code, 0, "{err}");
+    for args in [&[][..], &["--no-agent", "hi"], &["hi"]] {
+        let (code, err) = sent(args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains("no passphrase was given"), "{args:?}: {err}");
+        assert!(!err.contains("agent"), "{args:?}: {err}");
+    }
+}

@@ -17,10 +17,13 @@ use letterlock::client::agent::{
 };
 use zeroize::Zeroizing;
 
+use letterlock::keys::KeyError;
+
 use super::client::{
     ClientConn, ClientKeys, ClientSendArgs, backoff, connect_with, print_delivered,
     print_not_delivered, wait_duration,
 };
+use super::hints::hinted_over;
 
 /// The agent's socket, in the keys folder: one agent per client key.
 pub(super) const AGENT_SOCKET: &str = "client_agent.sock";
@@ -137,21 +140,187 @@ fn stop(path: &Path) -> Result<ExitCode> {
     }
 }
 
+/// What became of a `send_msg` message offered to the agent ([`hand_over`]).
+pub(super) enum HandOver {
+    /// The agent answered for it: the command's exit status (its outcome is printed).
+    Answered(ExitCode),
+    /// Nothing was handed over: the command sends the message itself; why, unless no agent
+    /// took part (then there is nothing to explain, and nothing is kept on that common path).
+    NotTaken(Option<NotTaken>),
+}
+
+/// Why the agent did not send a message, kept for the one failure it explains: the command that
+/// then sends it itself needs the key's passphrase, which the agent had spared the user so far
+/// ([`NotTaken::explain`]).
+pub(super) struct NotTaken {
+    socket: PathBuf,
+    why: Why,
+    /// Where the message came from, as the explanation names it.
+    source: Source,
+    /// The command's --server.
+    server: String,
+}
+
+/// Why a message went past the agent.
+enum Why {
+    /// `--no-agent`.
+    Refused,
+    /// `--to NAME`: the agent sends only to the server.
+    To,
+    /// `--plain-v1`: the agent speaks TLS only.
+    PlainV1,
+    /// Stdin, or TEXT or a file over [`agent::MAX_MESSAGE`] (or not a regular file).
+    NotSmall,
+    /// The agent declined it, in its words (another --server, busy...), or it could not be
+    /// handed over.
+    Declined(String),
+}
+
+impl NotTaken {
+    /// `e`, explained when the command failed for want of the key's passphrase while an agent,
+    /// which holds the key unlocked, runs for `--keys`: said first, why the agent did not send
+    /// this message, and the hint says how to have it sent (through the agent, or with the
+    /// passphrase). Any other error is returned as it is. A socket is looked for only here,
+    /// on that failure, when it was not already found.
+    pub(super) fn explain(self, e: anyhow::Error) -> anyhow::Error {
+        let wanted = e.chain().any(|c| {
+            c.downcast_ref::<KeyError>()
+                .is_some_and(|k| matches!(k.cause(), KeyError::PassphraseUnavailable { .. }))
+        });
+        if !wanted {
+            return e;
+        }
+        let early = matches!(self.why, Why::Refused | Why::To | Why::PlainV1);
+        if early && std::fs::symlink_metadata(&self.socket).is_err() {
+            return e;
+        }
+        let socket = self.socket.display();
+        let max = agent::MAX_MESSAGE >> 10;
+        let passphrase = format!(
+            "give this command the key's passphrase with --passphrase-file FILE or {} (or run \
+             it on a terminal to be asked)",
+            super::passphrase::ENV
+        );
+        let (why, hint) = match &self.why {
+            Why::Refused => (
+                "--no-agent was given".to_owned(),
+                format!("drop --no-agent and the agent sends it; or {passphrase}"),
+            ),
+            Why::To => (
+                "it sends only to the server, not --to a contact".to_owned(),
+                passphrase,
+            ),
+            Why::PlainV1 => (
+                "it speaks TLS 1.3 only, not --plain-v1".to_owned(),
+                passphrase,
+            ),
+            Why::NotSmall => (
+                format!(
+                    "it takes only TEXT or --file FILE of up to {max} KiB, and {}",
+                    self.source
+                ),
+                match self.source {
+                    Source::Stdin => format!(
+                        "give the message as TEXT, or in a file of up to {max} KiB with --file \
+                         FILE, and the agent sends it; or {passphrase}"
+                    ),
+                    _ => passphrase,
+                },
+            ),
+            Why::Declined(reason) => match agent::declined_for_other_server(reason) {
+                Some(theirs) => {
+                    let theirs = letterlock::text::line(theirs);
+                    (
+                        format!(
+                            "it sends only to {theirs}, the --server it was started with, and \
+                             this command names {}, which it takes for another server",
+                            letterlock::text::line(&self.server)
+                        ),
+                        format!(
+                            "pass --server {theirs}, as the agent was started, and it sends the \
+                             message; or {passphrase}"
+                        ),
+                    )
+                }
+                None => (
+                    format!("it did not take it: {}", letterlock::text::line(reason)),
+                    format!("try again; or {passphrase}"),
+                ),
+            },
+        };
+        hinted_over(
+            format!(
+                "not sent through the client agent on {socket} ({why}); sending it without the \
+                 agent needs the key"
+            ),
+            hint,
+            e,
+        )
+    }
+}
+
+/// Where the message came from, as [`NotTaken::explain`] names it.
+enum Source {
+    Stdin,
+    Text(usize),
+    File(PathBuf),
+}
+
+impl Source {
+    /// What `a` says about where its message comes from; no system call.
+    fn of(a: &ClientSendArgs) -> Source {
+        match (a.message.text.as_deref(), &a.message.file) {
+            (Some("-"), _) | (None, None) => Source::Stdin,
+            (Some(text), _) => Source::Text(text.len()),
+            (None, Some(f)) if f.as_os_str() == "-" => Source::Stdin,
+            (None, Some(f)) => Source::File(f.clone()),
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Stdin => f.write_str("the message comes from stdin"),
+            Source::Text(len) => write!(f, "TEXT is {len} bytes"),
+            // After the failure, not on the way to it: one more look at the file.
+            Source::File(path) => match std::fs::metadata(path) {
+                Ok(m) if m.is_file() => write!(f, "{} is {} bytes", path.display(), m.len()),
+                _ => write!(f, "{} is not a regular file", path.display()),
+            },
+        }
+    }
+}
+
 /// Hands a `send_msg` message to the agent running for `--keys`, if there is one and the
 /// message is for it: TEXT or a regular file of at most [`agent::MAX_MESSAGE`] bytes, to the
-/// agent's server, on TLS, not `--to`, not `--no-agent`. `Ok(None)`: nothing was handed over;
-/// the command sends the message itself. Blocking, without a runtime: a command whose message
-/// the agent takes does nothing else.
-pub(super) fn hand_over(a: &ClientSendArgs) -> Result<Option<ExitCode>> {
-    if a.no_agent || a.to.is_some() || a.conn.plain_v1 {
-        return Ok(None);
-    }
+/// agent's server, on TLS, not `--to`, not `--no-agent`. [`HandOver::NotTaken`]: nothing was
+/// handed over; the command sends the message itself. Blocking, without a runtime: a command
+/// whose message the agent takes does nothing else.
+pub(super) fn hand_over(a: &ClientSendArgs) -> Result<HandOver> {
     let path = socket_path(&a.conn.keys);
+    let not_taken = |why| {
+        Ok(HandOver::NotTaken(Some(NotTaken {
+            socket: path.clone(),
+            why,
+            source: Source::of(a),
+            server: a.conn.server.clone(),
+        })))
+    };
+    if a.no_agent {
+        return not_taken(Why::Refused);
+    }
+    if a.to.is_some() {
+        return not_taken(Why::To);
+    }
+    if a.conn.plain_v1 {
+        return not_taken(Why::PlainV1);
+    }
     if std::fs::symlink_metadata(&path).is_err() {
-        return Ok(None);
+        return Ok(HandOver::NotTaken(None));
     }
     let Some(message) = small_message(a)? else {
-        return Ok(None);
+        return not_taken(Why::NotSmall);
     };
     let (len, mode) = (message.len() as u64, a.message.mode.into());
     // The agent may retry a busy server for its --timeout, then wait for the ack: this command
@@ -177,7 +346,7 @@ pub(super) fn hand_over(a: &ClientSendArgs) -> Result<Option<ExitCode>> {
         }) if plaintext_len == len && sent == mode => {
             tracing::debug!(socket = %path.display(), "sent by the agent");
             print_delivered(a.json, &id, plaintext_len, sent);
-            Ok(Some(ExitCode::SUCCESS))
+            Ok(HandOver::Answered(ExitCode::SUCCESS))
         }
         Ok(Reply::Delivered {
             plaintext_len,
@@ -189,29 +358,32 @@ pub(super) fn hand_over(a: &ClientSendArgs) -> Result<Option<ExitCode>> {
                  message's {len} bytes in {mode} mode"
             );
             print_not_delivered(a.json, &error);
-            Ok(Some(ExitCode::FAILURE))
+            Ok(HandOver::Answered(ExitCode::FAILURE))
         }
         Ok(Reply::NotDelivered(error)) => {
             let error = letterlock::text::line(&error);
             print_not_delivered(a.json, &format!("{error} (sent by the agent)"));
-            Ok(Some(ExitCode::FAILURE))
+            Ok(HandOver::Answered(ExitCode::FAILURE))
         }
         Ok(Reply::Declined(why)) => {
-            let why = letterlock::text::line(&why);
-            tracing::debug!(%why, "the agent declined the message; sending it from here");
-            Ok(None)
+            tracing::debug!(why = %letterlock::text::line(&why), "the agent declined the message; sending it from here");
+            not_taken(Why::Declined(why))
         }
         Ok(Reply::Stopping) => {
             tracing::debug!("the agent is stopping; sending the message from here");
-            Ok(None)
+            Ok(HandOver::NotTaken(None))
         }
         Err(e @ AskError::NotOurs(..)) => {
             status!("letterlock: ignoring the agent socket: {e}; sending the message from here");
-            Ok(None)
+            Ok(HandOver::NotTaken(None))
         }
-        Err(e @ (AskError::NotRunning(_) | AskError::NotHandedOver(_))) => {
+        Err(e @ AskError::NotRunning(_)) => {
             tracing::debug!(error = %e, "sending the message from here");
-            Ok(None)
+            Ok(HandOver::NotTaken(None))
+        }
+        Err(e @ AskError::NotHandedOver(_)) => {
+            tracing::debug!(error = %e, "sending the message from here");
+            not_taken(Why::Declined(e.to_string()))
         }
         Err(e @ AskError::NoAnswer(_)) => {
             let error = format!(
@@ -220,7 +392,7 @@ pub(super) fn hand_over(a: &ClientSendArgs) -> Result<Option<ExitCode>> {
                 path.display()
             );
             print_not_delivered(a.json, &error);
-            Ok(Some(ExitCode::FAILURE))
+            Ok(HandOver::Answered(ExitCode::FAILURE))
         }
     }
 }

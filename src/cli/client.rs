@@ -134,7 +134,8 @@ pub(super) enum ClientCommand {
                       of up to 64 KiB given as TEXT or --file, and prints what it would have \
                       printed: \"delivered\" still means the server proved it decrypted and \
                       stored the message. Larger messages, stdin, --to and --no-agent are sent \
-                      by the command itself, as when no agent runs. The agent keeps the server \
+                      by the command itself, as when no agent runs (reading the key, and so \
+                      needing its passphrase, itself). The agent keeps the server \
                       key it started with: restart it after pinning a new one.\n\n\
                       The agent signs and sends whatever a process of your user hands it; other \
                       users cannot connect (the socket is 0600 and every peer's user id is \

@@ -18,6 +18,9 @@ pub(super) const OUTBOX_IDS: &str = "`letterlock server outbox` lists the messag
 pub(super) struct Hinted {
     message: String,
     hint: String,
+    /// The failure `message` explains, if any: shown after it, as a cause, while `hint` takes
+    /// the place of the hint it would have had.
+    source: Option<anyhow::Error>,
 }
 
 impl std::fmt::Display for Hinted {
@@ -26,13 +29,36 @@ impl std::fmt::Display for Hinted {
     }
 }
 
-impl std::error::Error for Hinted {}
+impl std::error::Error for Hinted {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|e| {
+            let e: &(dyn std::error::Error + 'static) = e.as_ref();
+            e
+        })
+    }
+}
 
 /// The error `message`, with `hint` to print after it.
 pub(super) fn hinted(message: impl Into<String>, hint: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(Hinted {
         message: message.into(),
         hint: hint.into(),
+        source: None,
+    })
+}
+
+/// `source` explained by `message`, said before it, with `hint` in place of its own: for a
+/// failure whose cause lies in what the command line did before it (the client agent it did
+/// not use, say), which the library error cannot know.
+pub(super) fn hinted_over(
+    message: impl Into<String>,
+    hint: impl Into<String>,
+    source: anyhow::Error,
+) -> anyhow::Error {
+    anyhow::Error::new(Hinted {
+        message: message.into(),
+        hint: hint.into(),
+        source: Some(source),
     })
 }
 

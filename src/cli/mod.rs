@@ -368,17 +368,22 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             ClientCommand::GenerateKeyPair(Deferred(a)) => {
                 keygen(&a.keys, "client", a.bits, a.force)
             }
-            // `--to` records what it relays on a worker thread (`block_in_place`).
-            ClientCommand::SendMsg(Deferred(a)) if a.to.is_some() => {
-                a.message.note_text_naming_a_file();
-                runtime()?.block_on(client_send(a))
-            }
             ClientCommand::SendMsg(Deferred(a)) => {
                 a.message.note_text_naming_a_file();
-                match agent::hand_over(&a)? {
-                    Some(code) => Ok(code),
-                    None => run_once(client_send(a)),
-                }
+                let not_taken = match agent::hand_over(&a)? {
+                    agent::HandOver::Answered(code) => return Ok(code),
+                    agent::HandOver::NotTaken(not_taken) => not_taken,
+                };
+                // `--to` records what it relays on a worker thread (`block_in_place`).
+                let sent = if a.to.is_some() {
+                    runtime()?.block_on(client_send(a))
+                } else {
+                    run_once(client_send(a))
+                };
+                sent.map_err(|e| match not_taken {
+                    Some(not_taken) => not_taken.explain(e),
+                    None => e,
+                })
             }
             ClientCommand::Agent(Deferred(a)) => one_shot_runtime()?.block_on(agent::run(a)),
             ClientCommand::RecvMsg(Deferred(a)) => run_once(client_recv(a)),

@@ -43,6 +43,18 @@ pub const MAX_SERVER: usize = 255;
 /// The longest text in a reply, in bytes; an agent cuts longer ones at a character boundary.
 pub const MAX_TEXT: usize = 1024;
 
+/// How an agent's [`Reply::Declined`] for a request naming another server starts, followed by
+/// "ADDR, not OTHER": a reply carries text only, and a command that then fails without the
+/// agent tells this decline from the others by it, to name the address the agent takes.
+pub const DECLINED_OTHER_SERVER: &str = "this agent sends to ";
+
+/// The server address an agent's decline names as its own, if `reason` is a
+/// [`DECLINED_OTHER_SERVER`] decline.
+pub fn declined_for_other_server(reason: &str) -> Option<&str> {
+    let rest = reason.strip_prefix(DECLINED_OTHER_SERVER)?;
+    Some(rest.split_once(", not ").map_or(rest, |(ours, _)| ours))
+}
+
 /// The largest request body: magic, kind, mode, asymmetric limit, wait, server length, server,
 /// message.
 pub const MAX_REQUEST: usize = 4 + 1 + 1 + 8 + 4 + 1 + MAX_SERVER + MAX_MESSAGE;
@@ -452,6 +464,18 @@ mod tests {
             wait_s: 90,
             message: Zeroizing::new(message.to_vec()),
         })
+    }
+
+    /// The words docs/PROTOCOL.md quotes, and the address a command reads back from them.
+    #[test]
+    fn a_decline_for_another_server_names_the_agents_address() {
+        let reason = format!("{DECLINED_OTHER_SERVER}127.0.0.1:8000, not localhost:8000");
+        assert_eq!(
+            reason,
+            "this agent sends to 127.0.0.1:8000, not localhost:8000"
+        );
+        assert_eq!(declined_for_other_server(&reason), Some("127.0.0.1:8000"));
+        assert_eq!(declined_for_other_server("the agent is busy"), None);
     }
 
     #[test]

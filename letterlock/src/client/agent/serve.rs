@@ -449,8 +449,10 @@ impl Agent {
     async fn send(&mut self, request: SendRequest) -> Reply {
         if request.server != self.config.server_addr {
             return Reply::Declined(format!(
-                "this agent sends to {}, not {}",
-                self.config.server_addr, request.server
+                "{}{}, not {}",
+                super::DECLINED_OTHER_SERVER,
+                self.config.server_addr,
+                request.server
             ));
         }
         let sealing = self.seal(request);
