@@ -532,6 +532,68 @@ fn keygen_takes_keys_like_every_other_command_and_out_still_works() {
     }
 }
 
+/// A usage error shows the command's usage as its --help does, not the options given as if they
+/// were required (clap's own line for a mistyped flag or a conflict); exit status 2.
+#[test]
+fn a_usage_error_shows_the_usage_of_help_not_the_options_given() {
+    for (args, usage) in [
+        (
+            &[
+                "client",
+                "send_msg",
+                "--server",
+                "127.0.0.1:1",
+                "hi",
+                "--fle",
+                "f",
+            ][..],
+            "Usage: letterlock client send_msg [OPTIONS] [TEXT]\n",
+        ),
+        (
+            &[
+                "client",
+                "send_msg",
+                "--server",
+                "127.0.0.1:1",
+                "--file",
+                "f",
+                "hi",
+            ],
+            "Usage: letterlock client send_msg [OPTIONS] [TEXT]\n",
+        ),
+        (
+            &[
+                "client",
+                "send_msg",
+                "--server",
+                "127.0.0.1:1",
+                "--wait",
+                "3",
+                "hi",
+            ],
+            "Usage: letterlock client send_msg [OPTIONS] [TEXT]\n",
+        ),
+        (
+            &["server", "inbox", "--keys", ".", "--frm", "x"],
+            "Usage: letterlock server inbox [OPTIONS]\n",
+        ),
+        (&["--bogus"], "Usage: letterlock [OPTIONS] <COMMAND>\n"),
+    ] {
+        let out = run(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(usage), "{args:?}: {err}");
+        assert!(!err.contains("<SERVER>"), "{args:?}: {err}");
+        assert!(!err.contains("<KEYS>"), "{args:?}: {err}");
+    }
+    // What clap says besides is kept: here, the missing argument.
+    let err = stderr(&run(&["client", "send_msg", "--wait", "3", "hi"]));
+    assert!(
+        err.contains("required arguments were not provided:\n  --to <NAME>"),
+        "{err}"
+    );
+}
+
 #[test]
 fn exit_codes_are_documented_in_help() {
     let help = ok(run(&["client", "recv_msg", "--help"]));

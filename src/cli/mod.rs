@@ -248,7 +248,10 @@ impl From<ModeArg> for Mode {
 
 /// Parses the command line, runs the command, and turns errors into a message and exit code.
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|mut e| {
+        help_usage(&mut e);
+        e.exit()
+    });
     QUIET.store(cli.quiet, Ordering::Relaxed);
     init_logging(cli.verbose, cli.quiet);
     quiet_broken_pipe();
@@ -263,6 +266,41 @@ pub fn run() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Puts the command's usage line as its --help shows it in the usage error `e`. For some
+/// errors (a mistyped flag, a conflict) clap writes the arguments given instead, each as if it
+/// were required (`letterlock client send_msg --server <SERVER> <TEXT>` for `send_msg --server
+/// H:P hi --fle f`), which sends a newcomer looking for a rule that does not exist. The whole
+/// tree is built for it, on this error path only.
+fn help_usage(e: &mut clap::Error) {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::StyledStr(usage)) = e.get(ContextKind::Usage) else {
+        return;
+    };
+    // "Usage: letterlock client send_msg --server <SERVER> <TEXT>": the names up to the first
+    // argument are the command's path.
+    let usage = usage.to_string();
+    let Some(line) = usage.trim_start().strip_prefix("Usage:") else {
+        return;
+    };
+    let path = line
+        .split_whitespace()
+        .skip(1)
+        .take_while(|w| !w.starts_with(['-', '<', '[']));
+    let mut tree = deferred::whole_tree();
+    tree.build();
+    let mut cmd = &mut tree;
+    for name in path {
+        match cmd.find_subcommand_mut(name) {
+            Some(sub) => cmd = sub,
+            None => return,
+        }
+    }
+    e.insert(
+        ContextKind::Usage,
+        ContextValue::StyledStr(cmd.render_usage()),
+    );
 }
 
 /// Whether `e` comes from writing to a pipe whose reader has gone.
