@@ -210,6 +210,8 @@ fn a_message_the_agent_cannot_send_is_reported_not_delivered() {
     assert!(err.contains("NOT delivered"), "{err}");
     assert!(err.contains("sent by the agent"), "{err}");
     assert!(!out.contains("delivered"), "{out}");
+    // With the hint the command gives when it seals the message itself.
+    assert!(err.contains("hint: use --mode hybrid"), "{err}");
 }
 
 #[test]

@@ -234,6 +234,65 @@ fn send_msg_notes_a_text_that_names_a_file_and_an_empty_message() {
     ok(out);
 }
 
+/// A message over an asymmetric-mode limit, the command's own or the server's, is refused with
+/// the hint to send it in hybrid mode; `server send_msg` gives it too.
+#[test]
+fn a_message_over_the_asymmetric_limit_gets_the_hint_to_use_hybrid_mode() {
+    let f = folders();
+    let server = Server::start(&f, &["--max-asymmetric", "100"]);
+    let out = send(
+        &f,
+        &server,
+        &["--mode", "asymmetric", "--max-asymmetric", "4", "too long"],
+        b"",
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("larger than the asymmetric-mode limit of 4 bytes"),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint: use --mode hybrid for large messages"),
+        "{err}"
+    );
+    // The server's limit.
+    let long = "x".repeat(200);
+    let out = send(&f, &server, &["--mode", "asymmetric", &long], b"");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("code TooLarge"), "{err}");
+    assert!(
+        err.contains("hint: the server refuses messages this large"),
+        "{err}"
+    );
+    assert!(err.contains("--mode hybrid"), "{err}");
+    // `server send_msg` (which has no --max-asymmetric).
+    let big = f.server.join("big.bin");
+    std::fs::write(&big, vec![b'x'; (1 << 20) + 1]).unwrap();
+    let out = run(&[
+        "server",
+        "send_msg",
+        "--to",
+        "client",
+        "--mode",
+        "asymmetric",
+        "--file",
+        big.to_str().unwrap(),
+        "--keys",
+        f.server.to_str().unwrap(),
+        "--store",
+        f.store.to_str().unwrap(),
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("asymmetric-mode limit"), "{err}");
+    assert!(
+        err.contains("hint: use --mode hybrid for large messages\n"),
+        "{err}"
+    );
+}
+
 #[test]
 fn send_msg_json_says_not_delivered_when_it_fails() {
     let f = folders();

@@ -17,13 +17,14 @@ use letterlock::client::agent::{
 };
 use zeroize::Zeroizing;
 
+use letterlock::envelope::Mode;
 use letterlock::keys::KeyError;
 
 use super::client::{
     ClientConn, ClientKeys, ClientSendArgs, backoff, connect_with, print_delivered,
     print_not_delivered, wait_duration,
 };
-use super::hints::hinted_over;
+use super::hints::{ASYMMETRIC_TOO_LARGE, hinted_over, say_hint};
 
 /// The agent's socket, in the keys folder: one agent per client key.
 pub(super) const AGENT_SOCKET: &str = "client_agent.sock";
@@ -363,6 +364,11 @@ pub(super) fn hand_over(a: &ClientSendArgs) -> Result<HandOver> {
         Ok(Reply::NotDelivered(error)) => {
             let error = letterlock::text::line(&error);
             print_not_delivered(a.json, &format!("{error} (sent by the agent)"));
+            // The agent's words are text; the one refusal the command can tell for itself gets
+            // the hint it would have had without the agent.
+            if mode == Mode::Asymmetric && len > a.max_asymmetric {
+                say_hint(ASYMMETRIC_TOO_LARGE);
+            }
             Ok(HandOver::Answered(ExitCode::FAILURE))
         }
         Ok(Reply::Declined(why)) => {

@@ -73,9 +73,18 @@ pub(super) fn print_hint<'a>(chain: impl Iterator<Item = &'a (dyn std::error::Er
         }
     }
     if let Some(hint) = first {
-        eprintln!("letterlock: hint: {hint}");
+        say_hint(&hint);
     }
 }
+
+/// Prints `hint` on stderr, as every hint is printed.
+pub(super) fn say_hint(hint: &str) {
+    eprintln!("letterlock: hint: {hint}");
+}
+
+/// The hint for a message over the asymmetric-mode limit, whoever sealed it.
+pub(super) const ASYMMETRIC_TOO_LARGE: &str =
+    "use --mode hybrid for large messages (or raise --max-asymmetric)";
 
 /// Logs what a library error knows beyond its text: aws-lc's word for a damaged key
 /// (`InvalidEncoding`...) says nothing a user can act on, but tells a developer or a bug
@@ -97,12 +106,18 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         return key_hint(e.cause(), e);
     }
     if let Some(e) = e.downcast_ref::<SealError>() {
+        return seal_hint(e);
+    }
+    // `server send_msg`, which has no --max-asymmetric. Transparent: the seal error is not in
+    // the chain of causes on its own.
+    if let Some(letterlock::server::QueueError::Seal(e)) =
+        e.downcast_ref::<letterlock::server::QueueError>()
+    {
         return match e {
             SealError::TooLargeForAsymmetric { .. } => {
-                Some("use --mode hybrid for large messages (or raise --max-asymmetric)".into())
+                Some("use --mode hybrid for large messages".into())
             }
-            SealError::Key(k) => key_hint(k.cause(), k),
-            _ => None,
+            e => seal_hint(e),
         };
     }
     if let Some(e) = e.downcast_ref::<letterlock::store::StoreError>() {
@@ -121,6 +136,17 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
             ClientError::Timeout { .. } => Some(TIMEOUT_HINT.into()),
             // Transparent: the TLS error is not in the chain of causes on its own.
             ClientError::Tls(e) => tls_hint(e),
+            // Transparent too.
+            ClientError::Seal(e) => seal_hint(e),
+            ClientError::Refused {
+                code: letterlock::wire::ErrorCode::TooLarge,
+                ..
+            } => Some(
+                "the server refuses messages this large: send an asymmetric one with --mode \
+                 hybrid, which it takes larger; a larger hybrid one needs its operator to raise \
+                 the server's limit"
+                    .into(),
+            ),
             ClientError::Refused {
                 code: letterlock::wire::ErrorCode::ModeNotAccepted,
                 ..
@@ -162,6 +188,15 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         };
     }
     None
+}
+
+/// The hint for a message that could not be sealed.
+fn seal_hint(e: &SealError) -> Option<String> {
+    match e {
+        SealError::TooLargeForAsymmetric { .. } => Some(ASYMMETRIC_TOO_LARGE.into()),
+        SealError::Key(k) => key_hint(k.cause(), k),
+        _ => None,
+    }
 }
 
 /// The hint for a server that did not answer in time, wherever it stalled.
