@@ -293,6 +293,36 @@ fn a_message_over_the_asymmetric_limit_gets_the_hint_to_use_hybrid_mode() {
     );
 }
 
+/// `server send_msg --to` a name it does not trust lists the names it does, as plain text.
+#[test]
+fn server_send_msg_to_an_unknown_name_lists_the_trusted_names_as_text() {
+    let f = folders();
+    // The mailbox, with client_public.pem imported as "client".
+    let _server = Server::start(&f, &[]);
+    let server_cmd = |to: &str| {
+        run(&[
+            "server",
+            "send_msg",
+            "--to",
+            to,
+            "hi",
+            "--keys",
+            f.server.to_str().unwrap(),
+            "--store",
+            f.store.to_str().unwrap(),
+        ])
+    };
+    let out = server_cmd("nobody");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no trusted client named \"nobody\" (trusted: client); add one"),
+        "{err}"
+    );
+    assert!(!err.contains('['), "{err}");
+    ok(server_cmd("client"));
+}
+
 #[test]
 fn send_msg_json_says_not_delivered_when_it_fails() {
     let f = folders();

@@ -731,10 +731,17 @@ pub(super) async fn server_send(a: ServerSendArgs) -> Result<ExitCode> {
     let store = open_mailbox(&a.mailbox, false).await?;
     let trusted = store.trusted_clients().await?.clients;
     let Some(to) = trusted.iter().find(|c| c.name == a.to) else {
-        let names: Vec<_> = trusted.iter().map(|c| c.name.clone()).collect();
+        // Names as `server clients` shows them, not as a Rust list.
+        let names: Vec<&str> = trusted.iter().map(|c| c.name.as_str()).collect();
+        let names = if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        };
         bail!(
-            "no trusted client named {:?} (trusted: {names:?}); add one with `letterlock server trust`",
-            a.to
+            "no trusted client named {} (trusted: {names}); add one with `letterlock server \
+             trust`",
+            letterlock::text::quoted(&a.to)
         );
     };
     let to = keys::Trusted {
