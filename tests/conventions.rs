@@ -474,6 +474,30 @@ fn the_environment_gives_server_keys_and_store() {
     assert!(help.contains("[env: LETTERLOCK_STORE="), "{help}");
 }
 
+/// `--timeout` is described for the command at hand: recv_msg's help does not talk about
+/// resending a message, send_msg's and the agent's do.
+#[test]
+fn timeout_help_describes_the_command_it_is_on() {
+    for (command, resends) in [("recv_msg", false), ("send_msg", true), ("agent", true)] {
+        let help = ok(run(&["client", command, "--help"]));
+        let timeout = help
+            .split("--timeout <SECONDS>")
+            .nth(1)
+            .and_then(|rest| rest.split("--plain-v1").next())
+            .unwrap_or_else(|| panic!("no --timeout in {command} --help: {help}"));
+        assert!(!timeout.contains("(send_msg)"), "{command}: {timeout}");
+        assert!(
+            timeout.contains("retries with growing"),
+            "{command}: {timeout}"
+        );
+        assert_eq!(
+            timeout.contains("resends the same message"),
+            resends,
+            "{command}: {timeout}"
+        );
+    }
+}
+
 #[test]
 fn verbose_logs_the_connection_and_quiet_leaves_only_content() {
     let f = folders();

@@ -21,8 +21,8 @@ use letterlock::envelope::Mode;
 use letterlock::keys::KeyError;
 
 use super::client::{
-    ClientConn, ClientKeys, ClientSendArgs, backoff, connect_with, print_delivered,
-    print_not_delivered, wait_duration,
+    ClientConn, ClientKeys, ClientSendArgs, SEND_TIMEOUT_HELP, backoff, connect_with,
+    print_delivered, print_not_delivered, wait_duration,
 };
 use super::hints::{ASYMMETRIC_TOO_LARGE, hinted_over, say_hint};
 
@@ -30,6 +30,7 @@ use super::hints::{ASYMMETRIC_TOO_LARGE, hinted_over, say_hint};
 pub(super) const AGENT_SOCKET: &str = "client_agent.sock";
 
 #[derive(Args, Debug)]
+#[command(mut_arg("timeout", |a| a.help(SEND_TIMEOUT_HELP)))]
 pub(super) struct AgentArgs {
     #[command(flatten)]
     conn: ClientConn,

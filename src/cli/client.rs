@@ -157,10 +157,10 @@ pub(super) struct ClientConn {
     /// Address of the server, HOST:PORT.
     #[arg(long, env = "LETTERLOCK_SERVER", default_value = "127.0.0.1:8000")]
     pub(super) server: String,
-    /// Seconds to keep trying while the server is busy, or (send_msg) answers "unavailable"
-    /// because its mailbox database is away: it retries with growing, jittered waits, resends
-    /// the same message under the same id, and says so on stderr; also the longest wait for
-    /// the connection to be set up.
+    // The commands that send a message say more: `SEND_TIMEOUT_HELP`.
+    /// Seconds to keep trying while the server turns the connection away (busy, or its mailbox
+    /// database away): it retries with growing, jittered waits and says so on stderr; also the
+    /// longest wait for the connection to be set up.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub(super) timeout: u64,
     /// Speak the plain version 1 wire instead of TLS 1.3, to a server started with
@@ -270,7 +270,16 @@ fn stdin_message() -> Result<Box<dyn Read + Send>> {
     Ok(Box::new(io::Cursor::new(typed)))
 }
 
+/// `--timeout` of the commands that send a message (`send_msg`, `agent`), which also resend one
+/// the server answered "unavailable"; every other client command has [`ClientConn`]'s own words,
+/// which say only what it does.
+pub(super) const SEND_TIMEOUT_HELP: &str = "Seconds to keep trying while the server is busy, or \
+     answers \"unavailable\" because its mailbox database is away: it retries with growing, \
+     jittered waits, resends the same message under the same id, and says so on stderr; also \
+     the longest wait for the connection to be set up";
+
 #[derive(Args, Debug)]
+#[command(mut_arg("timeout", |a| a.help(SEND_TIMEOUT_HELP)))]
 pub(super) struct ClientSendArgs {
     #[command(flatten)]
     pub(super) message: MessageArgs,
