@@ -707,6 +707,33 @@ fn a_usage_error_shows_the_usage_of_help_not_the_options_given() {
     );
 }
 
+/// `--passphrase-file` is not offered in the help of the commands that read no key of the
+/// user's, and is still accepted there (it is global); the others still show it.
+#[test]
+fn passphrase_file_is_shown_only_where_a_key_is_read() {
+    for command in ["demo", "man", "completions", "bench", "intercept"] {
+        let help = ok(run(&[command, "--help"]));
+        assert!(!help.contains("--passphrase-file"), "{command}: {help}");
+    }
+    for command in [
+        &["seal"][..],
+        &["client", "send_msg"],
+        &["server"],
+        &["keygen"],
+    ] {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let help = ok(run(&args));
+        assert!(help.contains("--passphrase-file"), "{command:?}: {help}");
+    }
+    for args in [
+        &["completions", "bash", "--passphrase-file", "unused.txt"][..],
+        &["--passphrase-file", "unused.txt", "completions", "bash"],
+    ] {
+        assert!(ok(run(args)).contains("_letterlock()"), "{args:?}");
+    }
+}
+
 #[test]
 fn exit_codes_are_documented_in_help() {
     let help = ok(run(&["client", "recv_msg", "--help"]));

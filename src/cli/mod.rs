@@ -148,23 +148,53 @@ enum Command {
     #[command(
         after_help = "Exit status: with --expect, 0 when the text was NOT found in the \
                             captured bytes, 1 when it was found (or on an error); otherwise 0 \
-                            success, 1 failure."
+                            success, 1 failure.",
+        hide_passphrase_file = true
     )]
     Intercept(Deferred<InterceptArgs>),
     /// The one-command tour: keys, a server, an interceptor, every attack, a PASS/FAIL table.
     #[command(
         after_help = "Exit status: 0 when every attack was detected (all PASS), 1 when \
-                            one was not or the tour failed."
+                            one was not or the tour failed.",
+        hide_passphrase_file = true
     )]
     Demo,
     /// Measure seal, open and the server on this machine, each beside the bound it could reach.
+    #[command(hide_passphrase_file = true)]
     Bench(Deferred<BenchArgs>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell); docs/DEPLOY.md
     /// says where each shell looks for it.
+    #[command(hide_passphrase_file = true)]
     Completions(Deferred<completions::CompletionsArgs>),
     /// Write the manual pages (roff), made from these same definitions: to stdout, or one page
     /// per command into DIR with -o DIR (then `man -l DIR/letterlock.1`).
+    #[command(hide_passphrase_file = true)]
     Man(Deferred<completions::ManArgs>),
+}
+
+/// What the `#[command(name = value)]` attributes above call beside clap's own methods.
+trait CommandSteps {
+    /// `--passphrase-file` on a command that reads no key of the user's (demo, bench,
+    /// intercept, completions, man): still accepted there, as the global flag is everywhere, but
+    /// hidden from its help, where it would promise what it does not do. clap propagates a
+    /// global argument only to a command without one of its id, so this one takes its place
+    /// there, taking the same value (a path, which these commands never read). It is added with display orders off, and their count restarted at 0 after it,
+    /// so that the command's own arguments are listed in the same order whether they are
+    /// defined before it or deferred after it (`deferred.rs`).
+    fn hide_passphrase_file(self, hidden: bool) -> Self;
+}
+
+impl CommandSteps for clap::Command {
+    fn hide_passphrase_file(self, hidden: bool) -> Self {
+        let arg = clap::Arg::new("passphrase_file")
+            .long("passphrase-file")
+            .value_name("FILE")
+            .value_parser(clap::value_parser!(PathBuf))
+            .hide(hidden);
+        self.next_display_order(None::<usize>)
+            .arg(arg)
+            .next_display_order(0)
+    }
 }
 
 #[derive(Args, Debug)]
