@@ -519,6 +519,28 @@ fn a_mailbox_at_the_old_default_place_is_not_used_without_being_named() {
     assert!(!said.contains("bob"), "the old mailbox was used: {said}");
 }
 
+/// A mailbox in the working folder beside server keys is that server's, where a server run
+/// there without --keys keeps it today: a server command for another keys folder says so, and
+/// neither calls it the old default place nor tells to move it.
+#[test]
+fn the_mailbox_of_the_server_in_the_working_folder_is_called_its_own() {
+    let s = Setup::new();
+    put_private(&s.root, "alice3072", "server_private.pem");
+    put_public(&s.root, "alice3072", "server_public.pem");
+    ok_text(&s.root, &["server", "clients"]);
+    assert!(s.root.join("letterlock-server.db").exists());
+    let said = s.server_fails(&["server", "clients"]);
+    assert!(!said.contains("old default place"), "{said}");
+    assert!(!said.contains("mv "), "{said}");
+    assert!(
+        said.contains("it is the mailbox of the server whose keys are here (./server_private.pem"),
+        "{said}"
+    );
+    assert!(said.contains("drop --keys srv"), "{said}");
+    assert!(said.contains("--store srv/letterlock-server.db"), "{said}");
+    assert!(!s.dir("srv").join("letterlock-server.db").exists());
+}
+
 /// `--keys` naming no folder is an error, not the working folder's mailbox.
 #[test]
 fn server_commands_refuse_a_keys_folder_that_does_not_exist() {

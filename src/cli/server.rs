@@ -498,11 +498,12 @@ fn parse_time(text: &str) -> Result<u64> {
     )
 }
 
-/// The mailbox `--store` names, or the one beside the keys. A mailbox at the old default place
-/// (./letterlock-server.db in the working folder) with none beside the keys is an error that
-/// says how to choose, not a guess: using it could give a new server identity another server's
-/// trusted clients and queued messages, and ignoring it would start an empty mailbox in its
-/// place on an upgrade.
+/// The mailbox `--store` names, or the one beside the keys. A mailbox in the working folder
+/// (./letterlock-server.db) with none beside the keys is an error that says how to choose, not a
+/// guess: it belongs to the server whose keys are in the working folder, if any, or was left at
+/// the old default place by an older letterlock; using it could give a new server identity
+/// another server's trusted clients and queued messages, and ignoring it would start an empty
+/// mailbox in its place on an upgrade.
 pub(super) fn store_path(keys_dir: &Path, store: Option<&Path>) -> Result<PathBuf> {
     if let Some(store) = store {
         // `postgres:/…` or `postgresql:/…` (one slash short) would otherwise be taken for a
@@ -531,6 +532,24 @@ pub(super) fn store_path(keys_dir: &Path, store: Option<&Path>) -> Result<PathBu
         _ => false,
     };
     if !beside.exists() && old.exists() && !same {
+        // Server keys in the working folder: the mailbox is theirs, where `letterlock server`
+        // run here without --keys keeps it today, not one left at the old default place: not
+        // to be moved.
+        let (here, _) = keys::pair_paths(Path::new("."), "server");
+        if here.exists() {
+            bail!(
+                "there is a mailbox {STORE_FILE} in the working folder and none beside the keys \
+                 in {dir}: it is the mailbox of the server whose keys are here ({here}, used \
+                 when --keys is not given), not of the server whose keys are in {dir}. To work \
+                 on the server here, drop --keys {dir}; for a new mailbox beside the keys in \
+                 {dir}, pass --store {} once (it is the default from then on); to use this one \
+                 with them anyway (only if both folders hold the same server key), pass \
+                 --store {STORE_FILE}",
+                beside.display(),
+                dir = keys_dir.display(),
+                here = here.display(),
+            );
+        }
         bail!(
             "there is a mailbox {STORE_FILE} in the working folder (the old default place) and \
              none beside the keys in {dir}; say which to use. If it is this server's mailbox, move \
