@@ -139,6 +139,88 @@ fn an_open_stopped_part_way_leaves_no_plaintext_behind() {
     }
 }
 
+/// Where files cannot be made without a name (NFS, vfat, some FUSE file systems: here the
+/// system call is made to fail with strace), `open` writes a named `.letterlock-tmp…` file; on
+/// Ctrl-C or SIGTERM it removes that file before it dies (found by a trial run: it stayed,
+/// holding the plaintext decrypted so far).
+#[test]
+fn without_unnamed_files_an_open_stopped_part_way_removes_its_temporary_file() {
+    use std::io::Write;
+    use std::time::Duration;
+
+    let strace = Command::new("strace").arg("-V").output();
+    assert!(
+        strace.is_ok_and(|o| o.status.success()),
+        "this test needs strace, to make unnamed files fail: apt-get install strace"
+    );
+    let plain = common::data(4 << 20);
+    let sealed = common::seal(
+        &*common::private("alice2048"),
+        &common::public("bob2048"),
+        &letterlock::envelope::SealOptions::default(),
+        &plain,
+    );
+    for signal in ["-INT", "-TERM"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+        let bob = common::private_path("bob2048");
+        let alice = common::public_path("alice2048");
+        // Only the unnamed file is made with `open(2)` (std uses `openat`): failing every
+        // `open` fails just that one. The listing below checks that it did.
+        let mut strace = Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=open"])
+            .args(["-e", "inject=open:error=EOPNOTSUPP", common::BIN])
+            .args(["open", "-q", "-i", bob.to_str().unwrap(), "--from"])
+            .args([alice.to_str().unwrap(), "-o", "out/plain.bin"])
+            .current_dir(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut input = strace.stdin.take().unwrap();
+        input.write_all(&sealed[..sealed.len() / 2]).unwrap();
+        input.flush().unwrap();
+        let pid = traced_child(strace.id(), Duration::from_secs(30));
+        wait_for_output_fd(pid, &out, Duration::from_secs(30));
+        let during = listing(&out);
+        assert!(
+            during.len() == 1 && during[0].starts_with(".letterlock-tmp"),
+            "{signal}: the named fallback was not used: {during:?}"
+        );
+        let killed = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = strace.wait().unwrap();
+        assert!(!status.success(), "{signal}: {status:?}");
+        drop(input);
+        assert_eq!(
+            listing(&out),
+            Vec::<String>::new(),
+            "{signal}: after it stopped"
+        );
+    }
+}
+
+/// The pid of the process strace (`tracer`) started, once it has one.
+fn traced_child(tracer: u32, wait: std::time::Duration) -> u32 {
+    let start = std::time::Instant::now();
+    loop {
+        let children = fs::read_to_string(format!("/proc/{tracer}/task/{tracer}/children"));
+        if let Some(pid) = children
+            .ok()
+            .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
+        {
+            return pid;
+        }
+        assert!(start.elapsed() < wait, "strace started nothing");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// The names in `dir`, hidden ones too.
 fn listing(dir: &std::path::Path) -> Vec<String> {
     fs::read_dir(dir)

@@ -12,7 +12,9 @@
 //! file, which no destructor would remove. The commit links the finished file into the folder
 //! (through `/proc/self/fd`). Where unnamed files are not available (another system, a file
 //! system without them, no `/proc`), it is a named `.letterlock-tmp…` file, removed on any
-//! failure the process lives through.
+//! failure the process lives through; a program that handles Ctrl-C and SIGTERM can remove
+//! those of its files too ([`on_first_named_file`], [`remove_unfinished`]). The library itself
+//! never installs a signal handler: that is its program's to decide.
 //!
 //! Invariants:
 //! - Only a regular file, or nothing, is ever replaced: the rename would turn a device, a pipe
@@ -25,6 +27,7 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 /// How [`AtomicFile`] writes its target.
 #[derive(Clone, Copy, Debug)]
@@ -93,7 +96,15 @@ impl AtomicFile {
         }
         let tmp = match unnamed.then(|| unnamed_in(&dir, opts.mode)).flatten() {
             Some(file) => Temp::Unnamed(file),
-            None => Temp::Named(named_in(&dir, opts.mode)?),
+            None => {
+                if let Some(hook) = FIRST_NAMED.get() {
+                    static CALLED: std::sync::Once = std::sync::Once::new();
+                    CALLED.call_once(hook);
+                }
+                let tmp = named_in(&dir, opts.mode)?;
+                let unfinished = Unfinished::list(tmp.path());
+                Temp::Named(tmp, unfinished)
+            }
         };
         Ok(AtomicFile {
             tmp,
@@ -124,11 +135,11 @@ impl AtomicFile {
                     .make_in(&self.dir, |path| link_unnamed(&file, path))?;
                 named.persist(&self.target).map_err(|e| e.error)?;
             }
-            Temp::Named(tmp) if self.replace => {
+            Temp::Named(tmp, _unfinished) if self.replace => {
                 tmp.persist(&self.target).map_err(|e| e.error)?;
             }
             // Refuses if someone created the target since we looked: never a silent overwrite.
-            Temp::Named(tmp) => {
+            Temp::Named(tmp, _unfinished) => {
                 tmp.persist_noclobber(&self.target).map_err(|e| e.error)?;
             }
         }
@@ -156,15 +167,62 @@ enum Temp {
     /// A file without a name in the target's folder (Linux `O_TMPFILE`): nothing is left of it
     /// if the process ends before the commit, however it ends.
     Unnamed(fs::File),
-    /// A named temporary file in the target's folder, removed on drop.
-    Named(tempfile::NamedTempFile),
+    /// A named temporary file in the target's folder, removed on drop, and listed for
+    /// [`remove_unfinished`] while it lives.
+    Named(tempfile::NamedTempFile, Unfinished),
 }
 
 impl Temp {
     fn file(&self) -> &fs::File {
         match self {
             Temp::Unnamed(file) => file,
-            Temp::Named(tmp) => tmp.as_file(),
+            Temp::Named(tmp, _) => tmp.as_file(),
+        }
+    }
+}
+
+/// The named temporary files this process is writing now, for [`remove_unfinished`].
+static UNFINISHED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// What [`on_first_named_file`] was given.
+static FIRST_NAMED: OnceLock<fn()> = OnceLock::new();
+
+/// Has `hook` called once, just before this process first writes a named temporary file (only
+/// where unnamed ones are not available: see the module documentation). A program that
+/// handles Ctrl-C or SIGTERM can start that handling then, and call [`remove_unfinished`] from
+/// it; a program whose files all have no name pays nothing. Only the first call sets the hook.
+pub fn on_first_named_file(hook: fn()) {
+    let _ = FIRST_NAMED.set(hook);
+}
+
+/// Removes the named temporary files this process is writing now (an opened plaintext not yet
+/// verified, say): for a program stopping on a signal, which runs no destructor. The files'
+/// writers then fail, if they run on. Call it from a thread, not a signal handler: it takes a
+/// lock and allocates.
+pub fn remove_unfinished() {
+    let paths = UNFINISHED.lock().unwrap_or_else(PoisonError::into_inner);
+    for path in paths.iter() {
+        let _ = fs::remove_file(path);
+    }
+}
+
+/// A path listed in [`UNFINISHED`] for as long as this lives.
+#[derive(Debug)]
+struct Unfinished(PathBuf);
+
+impl Unfinished {
+    fn list(path: &Path) -> Unfinished {
+        let mut paths = UNFINISHED.lock().unwrap_or_else(PoisonError::into_inner);
+        paths.push(path.to_owned());
+        Unfinished(path.to_owned())
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        let mut paths = UNFINISHED.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = paths.iter().position(|p| *p == self.0) {
+            paths.swap_remove(at);
         }
     }
 }

@@ -286,6 +286,7 @@ pub fn run() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     quiet_broken_pipe();
     passphrase::configure(cli.passphrase);
+    letterlock::files::on_first_named_file(remove_unfinished_on_signals);
     match dispatch(cli.command) {
         Ok(code) => code,
         // `letterlock … | head`: the reader left; stop quietly, as a SIGPIPE death would.
@@ -499,6 +500,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// get no clean shutdown, no summary and no exit status of ours. Within a Tokio runtime.
 pub(crate) fn stop_signals() -> io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
+    STOPS_ON_SIGNALS.store(true, Ordering::Relaxed);
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     Ok(async move {
@@ -507,6 +509,37 @@ pub(crate) fn stop_signals() -> io::Result<impl std::future::Future<Output = ()>
             _ = terminate.recv() => {}
         }
     })
+}
+
+/// Set once a command handles Ctrl-C and SIGTERM itself ([`stop_signals`]): it stops cleanly
+/// and lets the files it writes finish, so [`remove_unfinished_on_signals`] leaves them be.
+static STOPS_ON_SIGNALS: AtomicBool = AtomicBool::new(false);
+
+/// Where output files cannot be written without a name ([`letterlock::files`]: another file
+/// system than Linux's usual ones), a command stopped by Ctrl-C, SIGTERM or SIGHUP removes the
+/// named temporary files it is writing, an opened plaintext not yet verified among them, then
+/// takes the signal's default action (a shell sees it killed by that signal, as before). Set
+/// as the library's hook ([`letterlock::files::on_first_named_file`]): started only when such a
+/// file is about to be written, so a command whose files have no name pays nothing.
+fn remove_unfinished_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    let watching = std::thread::Builder::new()
+        .name("letterlock-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if STOPS_ON_SIGNALS.load(Ordering::Relaxed) {
+                    continue;
+                }
+                letterlock::files::remove_unfinished();
+                let _ = signal_hook::low_level::emulate_default_handler(signal);
+            }
+        });
+    if let Err(e) = watching {
+        tracing::debug!(%e, "cannot watch for signals");
+    }
 }
 
 /// The runtime of a command that makes one connection and ends: a single thread, which does
