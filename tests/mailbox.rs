@@ -159,6 +159,10 @@ fn client_read_names_the_kept_key_a_message_is_for_after_the_pair_was_replaced()
         err.contains("server trust client_public.pem --name NAME --replace"),
         "{err}"
     );
+    assert!(
+        err.contains("`letterlock client agent` already running keeps the old key"),
+        "{err}"
+    );
 
     let (code, out, err) = run(d, &["client", "read", &id]);
     assert_eq!(code, 1, "{}", String::from_utf8_lossy(&out));

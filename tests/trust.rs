@@ -346,6 +346,10 @@ fn a_replaced_server_key_is_kept_and_named_when_an_old_message_will_not_open() {
         said.contains("client trust-server HOST:PORT --replace"),
         "{said}"
     );
+    assert!(
+        said.contains("`letterlock server` already running keeps the old key: restart it"),
+        "{said}"
+    );
     let said = s.server_fails(&["server", "read", &id]);
     assert!(said.contains("as its recipient, not ours"), "{said}");
     assert!(

@@ -190,10 +190,12 @@ fn warn_replaced(kept: &super::replaced::Kept, name: &str, public: &Path) {
     let who = match name {
         "client" => format!(
             "The server's operator must trust the new {public} in its place (`letterlock server \
-             trust client_public.pem --name NAME --replace`), or the server refuses this client"
+             trust client_public.pem --name NAME --replace`), or the server refuses this client. \
+             A `letterlock client agent` already running keeps the old key: restart it"
         ),
         "server" => "Every client must trust the new server key (`letterlock client trust-server \
-             HOST:PORT --replace`, checking its fingerprint), or it refuses this server"
+             HOST:PORT --replace`, checking its fingerprint), or it refuses this server. A \
+             `letterlock server` already running keeps the old key: restart it"
             .to_owned(),
         _ => format!("Whoever trusted the old public key must trust the new {public} instead"),
     };
