@@ -449,3 +449,79 @@ async fn fetch_recorded_sets_aside_a_message_shorter_than_a_header_and_records_t
     assert_eq!(entry.kind, Kind::Received);
     server.stop().await;
 }
+
+/// A server that stops taking our bytes in the middle of a message (a stopped process, a wedged
+/// path) ends the send with the client's timeout, as a silent server does at every other step;
+/// before, the write waited for as long as anyone let it (found by a trial run: a `kill
+/// -STOP`ped server hung a large `send_msg`). Here a relay stops reading from the client once
+/// the connection is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_taking_data_mid_message_times_the_send_out() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (server_addr, stop, task) = common::net::v2_server(dir.path()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let freeze = frozen.clone();
+    let relay = tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let server = tokio::net::TcpStream::connect(server_addr).await.unwrap();
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        let up = async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            // Once frozen, nothing more is read: the client's writes fill the windows.
+            while !freeze.load(Ordering::SeqCst) {
+                match cr.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        let down = async move {
+            let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        };
+        tokio::join!(up, down);
+    });
+    let timeout = Duration::from_secs(2);
+    let mut client = letterlock::client::Client::connect_tls(
+        &addr,
+        private(CLIENT),
+        public(SERVER),
+        letterlock::client::ClientConfig {
+            timeout,
+            ..Default::default()
+        },
+        letterlock::tls::TlsOptions::default(),
+    )
+    .await
+    .unwrap();
+    frozen.store(true, Ordering::SeqCst);
+    let message = std::io::Cursor::new(data(32 << 20));
+    let started = Instant::now();
+    let sending = client.send(message, SealOptions::default());
+    let sent = tokio::time::timeout(Duration::from_secs(60), sending)
+        .await
+        .expect("the send was still waiting after 60 s");
+    let took = started.elapsed();
+    match sent {
+        Err(ClientError::Timeout { addr: a, after }) => {
+            assert_eq!(a, addr);
+            assert_eq!(after, timeout);
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(took >= timeout, "gave up after {took:?}");
+    relay.abort();
+    let _ = stop.send(());
+    let _ = task.await;
+}

@@ -15,6 +15,7 @@ use crate::tls::{self, TlsError, TlsOptions};
 use crate::wire::handshake;
 use crate::wire::{ErrorCode, Frame, FrameReader, FrameWriter};
 
+use super::deadline::WriteDeadline;
 use super::{Client, ClientConfig, ClientError, ReadHalf, WriteHalf, unexpected};
 
 /// A TCP connection to `addr` within the timeout, with Nagle off (frames are written whole).
@@ -266,7 +267,7 @@ impl Client {
         let (r, w) = stream.into_split();
         let mut client = Client {
             reader: FrameReader::new(Box::new(r), config.max_frame),
-            writer: FrameWriter::new(Box::new(w)),
+            writer: FrameWriter::new(Box::new(WriteDeadline::new(w, addr, config.timeout))),
             identity,
             server,
             config,
@@ -313,7 +314,10 @@ impl Client {
         let mut client = Client {
             // Version 2 pads every flush to its bucket (docs/PROTOCOL.md, "Frame padding").
             reader: FrameReader::new(Box::new(r) as ReadHalf, config.max_frame).with_padding(),
-            writer: FrameWriter::new(Box::new(w) as WriteHalf).with_padding(),
+            writer: FrameWriter::new(
+                Box::new(WriteDeadline::new(w, addr, config.timeout)) as WriteHalf
+            )
+            .with_padding(),
             identity,
             server,
             config,

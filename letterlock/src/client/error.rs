@@ -10,6 +10,8 @@ use crate::tls::TlsError;
 use crate::wire::handshake::HandshakeError;
 use crate::wire::{ConnError, ErrorCode, WireError};
 
+use super::deadline::Stalled;
+
 /// What can go wrong for a client; each says what was or was not proven.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -141,7 +143,15 @@ impl From<ConnError> for ClientError {
         match e {
             ConnError::Closed => ClientError::Closed,
             ConnError::Wire(w) => ClientError::Wire(w),
-            ConnError::Io(e) => ClientError::Io(e),
+            // A write the server took nothing of for the whole timeout: said as a silent
+            // server is said at every other step.
+            ConnError::Io(e) => match e.get_ref().and_then(|s| s.downcast_ref::<Stalled>()) {
+                Some(Stalled { addr, after }) => ClientError::Timeout {
+                    addr: addr.clone(),
+                    after: *after,
+                },
+                None => ClientError::Io(e),
+            },
         }
     }
 }

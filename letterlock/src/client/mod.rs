@@ -29,6 +29,7 @@ pub mod agent;
 mod connect;
 #[cfg(feature = "sqlite")]
 pub mod contacts;
+mod deadline;
 mod error;
 mod fetch;
 mod mailbox;
@@ -47,7 +48,9 @@ pub use send::{AheadWriter, Delivery, Sealing};
 /// Limits and timeouts of the client.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// Longest wait for any one frame from the server.
+    /// Longest wait for any one frame from the server, and for the server to take any of the
+    /// bytes we write (a server that stops reading mid-message): either ends the call with
+    /// [`ClientError::Timeout`].
     pub timeout: Duration,
     /// Largest frame accepted from the server.
     pub max_frame: usize,

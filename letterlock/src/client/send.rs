@@ -373,9 +373,14 @@ impl Client {
 
     /// After a failed write, the server's Error frame (if any) says more than "broken pipe".
     pub(super) async fn reason_for(&mut self, e: ConnError) -> ClientError {
+        let e = ClientError::from(e);
+        // A server that took nothing for the whole timeout is not waited for again.
+        if matches!(e, ClientError::Timeout { .. }) {
+            return e;
+        }
         match self.read().await {
             Err(refused @ ClientError::Refused { .. }) => refused,
-            _ => e.into(),
+            _ => e,
         }
     }
 
