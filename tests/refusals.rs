@@ -699,6 +699,34 @@ fn the_command_line_adds_hints_to_library_errors() {
         "as its sender, which is not a sender key we trust",
         "damaged or forged on the way",
     );
+    // OpenError::Header: a header byte flipped on the way (the version, a reserved byte) is
+    // not only a newer format.
+    let sealed = std::fs::read(d.join("m.ll")).unwrap();
+    for (at, error, hint) in [
+        (
+            8,
+            "unsupported format version",
+            "upgrade to read it), or it was damaged on the way",
+        ),
+        (
+            10,
+            "reserved header bytes",
+            "or it was damaged on the way: ask for it again",
+        ),
+    ] {
+        let mut flipped = sealed.clone();
+        flipped[at] ^= 0x02;
+        std::fs::write(d.join("flipped.ll"), &flipped).unwrap();
+        let args = [
+            "open",
+            "--key",
+            &bob_priv,
+            "--from",
+            &alice_pub,
+            "flipped.ll",
+        ];
+        fails_with(&args, error, hint);
+    }
     // OpenError::NotForUs: sealed for bob, opened as alice. The header is checked before
     // anything is verified, so the text says what it names, and the hint what that can mean.
     fails_with(

@@ -184,6 +184,7 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
             OpenError::TooLarge { .. } => {
                 Some("raise --max-asymmetric if you expect a message this large".into())
             }
+            OpenError::Header(h) => header_hint(h),
             _ => None,
         };
     }
@@ -195,6 +196,29 @@ fn seal_hint(e: &SealError) -> Option<String> {
     match e {
         SealError::TooLargeForAsymmetric { .. } => Some(ASYMMETRIC_TOO_LARGE.into()),
         SealError::Key(k) => key_hint(k.cause(), k),
+        _ => None,
+    }
+}
+
+/// What a header that starts as a letterlock message but does not parse can mean: a newer
+/// format, or bytes damaged on the way (found by a trial run: a flipped version byte read as if
+/// only an upgrade would help).
+fn header_hint(e: &letterlock::envelope::HeaderError) -> Option<String> {
+    use letterlock::envelope::HeaderError;
+    let damaged = "or it was damaged on the way: ask for it again";
+    match e {
+        HeaderError::Version(v) if *v > letterlock::envelope::VERSION => Some(format!(
+            "it may come from a newer letterlock (then upgrade to read it), {damaged}"
+        )),
+        HeaderError::Version(_)
+        | HeaderError::Mode(_)
+        | HeaderError::Reserved
+        | HeaderError::ChunkSize(..) => Some(format!(
+            "it starts as a letterlock message but its header is not one this letterlock \
+             writes: it may come from a newer one, {damaged}"
+        )),
+        HeaderError::Truncated(_) => Some(format!("it is cut short: {damaged}")),
+        // Not a letterlock message at all (`Magic`): the error says so.
         _ => None,
     }
 }
