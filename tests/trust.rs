@@ -756,6 +756,15 @@ fn server_trust_refuses_a_private_key_with_what_to_do() {
     assert!(said.contains("expected a public key"), "{said}");
     assert!(said.contains("ask bob's owner for theirs"), "{said}");
     assert!(said.contains("they need a new key pair"), "{said}");
+    // A public key with the private key after it (`cat` of the pair) is refused the same way.
+    let pair = [
+        std::fs::read_to_string(s.root.join("bob/client_public.pem")).unwrap(),
+        std::fs::read_to_string(s.root.join("bob/client_private.pem")).unwrap(),
+    ];
+    std::fs::write(s.root.join("both.pem"), pair.concat()).unwrap();
+    let said = s.server_fails(&["server", "trust", "both.pem", "--name", "bob"]);
+    assert!(said.contains("expected a public key"), "{said}");
+    assert!(said.contains("they need a new key pair"), "{said}");
     let clients = s.server_ok(&["server", "clients"]);
     assert!(!clients.contains("bob"), "{clients}");
 }

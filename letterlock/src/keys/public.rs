@@ -61,6 +61,15 @@ impl PublicKey {
 
     /// Parses a PEM public key (`BEGIN PUBLIC KEY` or `BEGIN RSA PUBLIC KEY`).
     pub fn from_pem(text: &str) -> Result<Self, KeyError> {
+        // A private key anywhere in the text, after a public one too (`cat pub.pem priv.pem`),
+        // is refused as if it came first: a file that holds one is not a public key to trust
+        // or hand around, and whoever has it must be told (found by a trial run).
+        if let Some(tag) = text.lines().find_map(private_key_tag) {
+            return Err(KeyError::WrongPemBlock {
+                expected: KeyKind::Public,
+                found: tag.to_owned(),
+            });
+        }
         let block = parse_pem(text)?;
         match block.tag() {
             "PUBLIC KEY" | "RSA PUBLIC KEY" => Self::from_der(block.contents()),
@@ -169,6 +178,13 @@ fn ssh_rsa_blob(e: &[u8], n: &[u8]) -> Vec<u8> {
     string(&mut out, e, true);
     string(&mut out, n, true);
     out
+}
+
+/// The label of a PEM `BEGIN` line for a private key (`PRIVATE KEY`, `RSA PRIVATE KEY`,
+/// `ENCRYPTED PRIVATE KEY`...), if `line` is one.
+fn private_key_tag(line: &str) -> Option<&str> {
+    let tag = line.trim().strip_prefix("-----BEGIN ")?.strip_suffix("-----")?;
+    tag.ends_with("PRIVATE KEY").then_some(tag)
 }
 
 #[cfg(test)]
