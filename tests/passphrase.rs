@@ -635,6 +635,19 @@ fn keygen_with_a_passphrase_file_writes_an_encrypted_key() {
             .unwrap()
             .starts_with("-----BEGIN PRIVATE KEY-----")
     );
+    // Replacing the protected key that way says the new one is not protected, and how to.
+    let args = ["keygen", "--name", "k", "--bits", "2048", "--force"];
+    let out = letterlock(d, &args, &[]);
+    assert_ok(&args, &out);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains("the key you replaced was passphrase-protected; the new one is not"),
+        "{err}"
+    );
+    assert!(
+        err.contains("letterlock passphrase ./k_private.pem"),
+        "{err}"
+    );
 }
 
 /// An empty passphrase given for a new key (an empty file, a file whose first line is empty,

@@ -139,6 +139,11 @@ pub(super) fn keygen(dir: &Path, name: &str, bits: usize, force: bool) -> Result
         }
     }
     let pass = super::passphrase::for_new_key(&private.display().to_string())?;
+    // Replacing a protected key with one left unprotected (no terminal to ask, no passphrase
+    // given) is said, not done silently (found by a trial run).
+    let unprotected_now = force
+        && pass.is_none()
+        && std::fs::read_to_string(&private).is_ok_and(|text| keys::is_encrypted_pem(&text));
     let key = keys::PrivateKey::generate(bits)?;
     // Only once the new key exists: a failed generation leaves the old pair as it was.
     let kept = if force {
@@ -170,6 +175,13 @@ pub(super) fn keygen(dir: &Path, name: &str, bits: usize, force: bool) -> Result
     );
     if let Some(kept) = kept {
         warn_replaced(&kept, name, &public);
+    }
+    if unprotected_now {
+        eprintln!(
+            "letterlock: the key you replaced was passphrase-protected; the new one is not (no \
+             passphrase was given): protect it with `letterlock passphrase {}`",
+            private.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

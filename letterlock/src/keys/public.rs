@@ -183,7 +183,10 @@ fn ssh_rsa_blob(e: &[u8], n: &[u8]) -> Vec<u8> {
 /// The label of a PEM `BEGIN` line for a private key (`PRIVATE KEY`, `RSA PRIVATE KEY`,
 /// `ENCRYPTED PRIVATE KEY`...), if `line` is one.
 fn private_key_tag(line: &str) -> Option<&str> {
-    let tag = line.trim().strip_prefix("-----BEGIN ")?.strip_suffix("-----")?;
+    let tag = line
+        .trim()
+        .strip_prefix("-----BEGIN ")?
+        .strip_suffix("-----")?;
     tag.ends_with("PRIVATE KEY").then_some(tag)
 }
 
