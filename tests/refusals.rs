@@ -791,6 +791,30 @@ fn the_command_line_adds_hints_to_library_errors() {
         let verbose = String::from_utf8_lossy(&run(&verbose).stderr).into_owned();
         assert!(verbose.contains("reason=InvalidEncoding"), "{verbose}");
     }
+    // KeyError::BadEncryptedKey: an encrypted key whose structure does not parse is damaged;
+    // converting it would not help.
+    let file = "enc_private.pem";
+    std::fs::write(
+        d.join(file),
+        garbage.replace("PRIVATE KEY", "ENCRYPTED PRIVATE KEY"),
+    )
+    .unwrap();
+    std::fs::set_permissions(d.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(d.join("pw"), "a passphrase\n").unwrap();
+    fails_with(
+        &[
+            "--passphrase-file",
+            "pw",
+            "open",
+            "--key",
+            file,
+            "--from",
+            &mallory_pub,
+            "m.ll",
+        ],
+        "enc_private.pem",
+        "the file looks damaged or cut short",
+    );
     // ClientError::Connect: nothing listens on port 1 of this machine.
     std::fs::create_dir(d.join("client")).unwrap();
     std::fs::copy(d.join(&alice_priv), d.join("client/client_private.pem")).unwrap();

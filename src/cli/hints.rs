@@ -300,13 +300,22 @@ pub(super) fn key_hint(e: &KeyError, outer: &KeyError) -> Option<String> {
                 super::passphrase::ENV
             )
         }
-        KeyError::LegacyEncrypted
-        | KeyError::UnsupportedEncryption { .. }
-        | KeyError::BadEncryptedKey { .. } => {
+        KeyError::LegacyEncrypted | KeyError::UnsupportedEncryption { .. } => {
             let key = path.unwrap_or_else(|| "KEY".into());
             format!(
                 "convert it to encrypted PKCS#8 with `openssl pkey -in {key} -aes256 -out \
                  {key}.new` and use {key}.new"
+            )
+        }
+        // Its encrypted structure does not parse: no conversion helps a damaged file (found
+        // by a trial run: a truncated key was told to be converted).
+        KeyError::BadEncryptedKey { .. } => {
+            let key = path.unwrap_or_else(|| "KEY".into());
+            format!(
+                "the file looks damaged or cut short (`openssl pkey -in {key} -noout` fails on \
+                 it too): restore {key} from a backup; or, if it is lost, make a new pair with \
+                 `{}` and have whoever trusted the old public key trust the new one",
+                new_pair_command(Path::new(&key))
             )
         }
         KeyError::WrongPemBlock {
