@@ -135,7 +135,16 @@ fn a_version_mismatch_fails_and_names_the_flag() {
         let mut args = vec!["client"];
         args.extend_from_slice(cmd);
         args.extend_from_slice(&["--server", &addr, "--plain-v1", "--timeout", "1"]);
-        fails_saying(d, &args, &["no version 1 Hello", "drop --plain-v1"]);
+        fails_saying(
+            d,
+            &args,
+            &[
+                "no version 1 Hello",
+                "within 1 s",
+                "waits for a TLS handshake",
+                "drop --plain-v1",
+            ],
+        );
     }
     // Nothing was delivered either way.
     let inbox = ok(d, &["server", "inbox", "--json"]);

@@ -547,7 +547,17 @@ pub(super) async fn connect_with(
              --plain-v1), and this client speaks TLS 1.3 (version 2): restart the server \
              without --plain-v1, or, only to show the bare wire, pass --plain-v1 here too"
         ),
-        Err(ClientError::NotLetterlock(_) | ClientError::Timeout { .. }) if conn.plain_v1 => bail!(
+        // A server started without --plain-v1 waits for a TLS handshake, as this client waits
+        // for a Hello: from here it looks silent (found by a trial run: this was said as a
+        // closed connection).
+        Err(ClientError::Timeout { after, .. }) if conn.plain_v1 => bail!(
+            "no version 1 Hello from the server at {addr} within {} s: either nothing answers \
+             there, or it is a server started without --plain-v1, which speaks TLS 1.3 \
+             (version 2) and waits for a TLS handshake; drop --plain-v1 here, or start the \
+             server with --plain-v1 too",
+            after.as_secs()
+        ),
+        Err(ClientError::NotLetterlock(_)) if conn.plain_v1 => bail!(
             "no version 1 Hello from the server at {addr}: with --plain-v1 this client \
              speaks the plain version 1 wire, and a server started without --plain-v1 speaks \
              TLS 1.3 (version 2) and closes the connection; drop --plain-v1 here, or start \
