@@ -81,36 +81,11 @@ fn an_interceptor_stopped_as_soon_as_it_intercepts_says_so_and_exits() {
 /// the file has no name until the commit (`files::AtomicFile`).
 #[test]
 fn an_open_stopped_part_way_leaves_no_plaintext_behind() {
-    use std::io::Write;
     use std::time::{Duration, Instant};
 
-    let plain = common::data(4 << 20);
-    let sealed = common::seal(
-        &*common::private("alice2048"),
-        &common::public("bob2048"),
-        &letterlock::envelope::SealOptions::default(),
-        &plain,
-    );
+    let half = half_a_message();
     for signal in ["-INT", "-TERM", "-KILL"] {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("out");
-        fs::create_dir(&out).unwrap();
-        let bob = common::private_path("bob2048");
-        let alice = common::public_path("alice2048");
-        let mut child = Command::new(common::BIN)
-            .args(["open", "-q", "-i", bob.to_str().unwrap(), "--from"])
-            .args([alice.to_str().unwrap(), "-o", "out/plain.bin"])
-            .current_dir(dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Half the message, and the input kept open: the command waits for the rest with
-        // part of the plaintext written.
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(&sealed[..sealed.len() / 2]).unwrap();
-        input.flush().unwrap();
+        let (_dir, out, mut child, input) = a_waiting_open(&[], &half);
         let writing = wait_for_output_fd(child.id(), &out, Duration::from_secs(30));
         assert!(
             fs::metadata(&writing).unwrap().len() > 0,
@@ -145,7 +120,6 @@ fn an_open_stopped_part_way_leaves_no_plaintext_behind() {
 /// holding the plaintext decrypted so far).
 #[test]
 fn without_unnamed_files_an_open_stopped_part_way_removes_its_temporary_file() {
-    use std::io::Write;
     use std::time::Duration;
 
     let strace = Command::new("strace").arg("-V").output();
@@ -153,35 +127,22 @@ fn without_unnamed_files_an_open_stopped_part_way_removes_its_temporary_file() {
         strace.is_ok_and(|o| o.status.success()),
         "this test needs strace, to make unnamed files fail: apt-get install strace"
     );
-    let plain = common::data(4 << 20);
-    let sealed = common::seal(
-        &*common::private("alice2048"),
-        &common::public("bob2048"),
-        &letterlock::envelope::SealOptions::default(),
-        &plain,
-    );
+    let half = half_a_message();
     for signal in ["-INT", "-TERM"] {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("out");
-        fs::create_dir(&out).unwrap();
-        let bob = common::private_path("bob2048");
-        let alice = common::public_path("alice2048");
         // Only the unnamed file is made with `open(2)` (std uses `openat`): failing every
         // `open` fails just that one. The listing below checks that it did.
-        let mut strace = Command::new("strace")
-            .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=open"])
-            .args(["-e", "inject=open:error=EOPNOTSUPP", common::BIN])
-            .args(["open", "-q", "-i", bob.to_str().unwrap(), "--from"])
-            .args([alice.to_str().unwrap(), "-o", "out/plain.bin"])
-            .current_dir(dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut input = strace.stdin.take().unwrap();
-        input.write_all(&sealed[..sealed.len() / 2]).unwrap();
-        input.flush().unwrap();
+        let tracer = [
+            "strace",
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=open",
+            "-e",
+            "inject=open:error=EOPNOTSUPP",
+        ];
+        let (_dir, out, mut strace, input) = a_waiting_open(&tracer, &half);
         let pid = traced_child(strace.id(), Duration::from_secs(30));
         wait_for_output_fd(pid, &out, Duration::from_secs(30));
         let during = listing(&out);
@@ -203,6 +164,57 @@ fn without_unnamed_files_an_open_stopped_part_way_removes_its_temporary_file() {
             "{signal}: after it stopped"
         );
     }
+}
+
+/// The first half of a 4 MiB message sealed from alice to bob: `open` given it waits for the
+/// rest with part of the plaintext written.
+fn half_a_message() -> Vec<u8> {
+    let mut sealed = common::seal(
+        &*common::private("alice2048"),
+        &common::public("bob2048"),
+        &letterlock::envelope::SealOptions::default(),
+        &common::data(4 << 20),
+    );
+    sealed.truncate(sealed.len() / 2);
+    sealed
+}
+
+/// `open` of bob's message into `out/plain.bin` of a new folder, run through `wrapper` (a
+/// tracer's command line, or nothing), given `input` and left waiting for the rest: the folder,
+/// its `out`, the process started, and its stdin (kept open while it lives).
+fn a_waiting_open(
+    wrapper: &[&str],
+    input: &[u8],
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::process::Child,
+    std::process::ChildStdin,
+) {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let bob = common::private_path("bob2048");
+    let alice = common::public_path("alice2048");
+    let (program, before) = match wrapper.split_first() {
+        Some((program, args)) => (*program, [args, &[common::BIN]].concat()),
+        None => (common::BIN, Vec::new()),
+    };
+    let mut child = Command::new(program)
+        .args(before)
+        .args(["open", "-q", "-i", bob.to_str().unwrap(), "--from"])
+        .args([alice.to_str().unwrap(), "-o", "out/plain.bin"])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    stdin.flush().unwrap();
+    (dir, out, child, stdin)
 }
 
 /// The pid of the process strace (`tracer`) started, once it has one.
