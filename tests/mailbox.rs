@@ -345,6 +345,15 @@ fn recv_msg_o_refuses_a_file_and_creates_a_missing_folder() {
     assert_eq!(code, 0, "{err}");
     assert!(out.is_empty());
     assert!(err.contains("created folder new/folder"), "{err}");
+    // Owner-only, as the plaintext it holds.
+    use std::os::unix::fs::PermissionsExt;
+    for folder in ["new", "new/folder"] {
+        let mode = std::fs::metadata(d.join(folder))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{folder}");
+    }
     let saved: Vec<_> = std::fs::read_dir(d.join("new/folder"))
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -969,7 +969,12 @@ fn prepare_output_dir(dir: &Path) -> Result<()> {
         ),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             use anyhow::Context as _;
-            std::fs::create_dir_all(dir)
+            use std::os::unix::fs::DirBuilderExt;
+            // Owner-only, as the plaintext files it will hold (found by a trial run: 0755).
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
                 .with_context(|| format!("cannot create the folder {}", dir.display()))?;
             status!("created folder {}", dir.display());
             Ok(())
