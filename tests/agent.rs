@@ -535,4 +535,15 @@ fn a_message_past_the_agent_that_needs_the_passphrase_says_why_the_agent_did_not
         assert!(err.contains("no passphrase was given"), "{args:?}: {err}");
         assert!(!err.contains("agent"), "{args:?}: {err}");
     }
+
+    // An agent killed without removing its socket: nobody answers there, and that is said
+    // (found by a trial run: only the passphrase error showed).
+    drop(std::os::unix::net::UnixListener::bind(d.join(socket)).unwrap());
+    let (code, err) = sent(&["hi"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no agent answers on it"), "{err}");
+    assert!(
+        err.contains("hint: start `letterlock client agent` again"),
+        "{err}"
+    );
 }

@@ -176,6 +176,8 @@ enum Why {
     /// The agent declined it, in its words (another --server, busy...), or it could not be
     /// handed over.
     Declined(String),
+    /// Its socket is there but nobody answers on it: the agent was killed, or crashed.
+    NotRunning,
 }
 
 impl NotTaken {
@@ -228,6 +230,12 @@ impl NotTaken {
                     ),
                     _ => passphrase,
                 },
+            ),
+            Why::NotRunning => (
+                "its socket is there, but no agent answers on it: it was stopped without \
+                 removing it (killed, or crashed)"
+                    .to_owned(),
+                format!("start `letterlock client agent` again; or {passphrase}"),
             ),
             Why::Declined(reason) => match agent::declined_for_other_server(reason) {
                 Some(theirs) => {
@@ -386,7 +394,7 @@ pub(super) fn hand_over(a: &ClientSendArgs) -> Result<HandOver> {
         }
         Err(e @ AskError::NotRunning(_)) => {
             tracing::debug!(error = %e, "sending the message from here");
-            Ok(HandOver::NotTaken(None))
+            not_taken(Why::NotRunning)
         }
         Err(e @ AskError::NotHandedOver(_)) => {
             tracing::debug!(error = %e, "sending the message from here");
