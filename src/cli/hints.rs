@@ -247,6 +247,15 @@ fn tls_hint(e: &letterlock::tls::TlsError) -> Option<String> {
     None
 }
 
+/// What to do about the damaged private key file `key`: its backup, or a new pair.
+fn get_a_key_back(key: &str) -> String {
+    format!(
+        "restore {key} from a backup; or, if it is lost, make a new pair with `{}` and have \
+         whoever trusted the old public key trust the new one",
+        new_pair_command(Path::new(key))
+    )
+}
+
 /// The command that makes a new key pair in place of the private key file `key`:
 /// `client`/`server generate_key_pair` for the walk-through's files, `keygen` for others.
 fn new_pair_command(key: &Path) -> String {
@@ -313,9 +322,8 @@ pub(super) fn key_hint(e: &KeyError, outer: &KeyError) -> Option<String> {
             let key = path.unwrap_or_else(|| "KEY".into());
             format!(
                 "the file looks damaged or cut short (`openssl pkey -in {key} -noout` fails on \
-                 it too): restore {key} from a backup; or, if it is lost, make a new pair with \
-                 `{}` and have whoever trusted the old public key trust the new one",
-                new_pair_command(Path::new(&key))
+                 it too): {}",
+                get_a_key_back(&key)
             )
         }
         KeyError::WrongPemBlock {
@@ -336,14 +344,7 @@ pub(super) fn key_hint(e: &KeyError, outer: &KeyError) -> Option<String> {
         KeyError::Damaged {
             kind: keys::KeyKind::Private,
             ..
-        } => {
-            let key = path.unwrap_or_else(|| "KEY".into());
-            format!(
-                "restore {key} from a backup; or, if it is lost, make a new pair with `{}` and \
-                 have whoever trusted the old public key trust the new one",
-                new_pair_command(Path::new(&key))
-            )
-        }
+        } => get_a_key_back(&path.unwrap_or_else(|| "KEY".into())),
         KeyError::Damaged {
             kind: keys::KeyKind::Public,
             ..

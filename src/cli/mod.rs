@@ -178,9 +178,10 @@ trait CommandSteps {
     /// intercept, completions, man): still accepted there, as the global flag is everywhere, but
     /// hidden from its help, where it would promise what it does not do. clap propagates a
     /// global argument only to a command without one of its id, so this one takes its place
-    /// there, taking the same value (a path, which these commands never read). It is added with display orders off, and their count restarted at 0 after it,
-    /// so that the command's own arguments are listed in the same order whether they are
-    /// defined before it or deferred after it (`deferred.rs`).
+    /// there, taking the same value (a path, which these commands never read). It is added
+    /// with display orders off, and their count restarted at 0 after it, so that the command's
+    /// own arguments are listed in the same order whether they are defined before it or
+    /// deferred after it (`deferred.rs`).
     fn hide_passphrase_file(self, hidden: bool) -> Self;
 }
 

@@ -183,7 +183,7 @@ impl From<TlsError> for ClientError {
 }
 
 /// A timeout as a person reads it: "30 s", "2.5 s", "300 ms".
-fn seconds(d: Duration) -> String {
+pub(super) fn seconds(d: Duration) -> String {
     if d < Duration::from_secs(1) {
         format!("{} ms", d.as_millis())
     } else if d.subsec_millis() == 0 {

@@ -1210,12 +1210,6 @@ mod tests {
             std::fs::write(&path, &kept).unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         };
-        // The file again, owner-only as the cache wants it.
-        let put_back = || {
-            use std::os::unix::fs::PermissionsExt;
-            put_back();
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        };
         let now = std::time::SystemTime::now;
         // Checked, then the file gone: the next load still has the key, the one after not.
         assert!(cache.is_fresh_for(c.public()));
