@@ -606,12 +606,32 @@ fn a_server_substituting_bobs_key_is_refused_by_a_pin_and_shown_as_a_change_othe
     let (code, _, err) = w.send(a, "nobody", &["x"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no contact named nobody"), "{err}");
+    // ... and bob's conflict, not what this send is about, takes one line.
+    assert!(
+        err.contains("disagrees with the key you pinned for bob") && !err.contains("NASTY"),
+        "{err}"
+    );
 
     // Carol: shown as a change, ssh-style, and nothing is sent until she accepts it.
-    let (code, _, err) = w.client(c, &["contacts"]);
+    let (code, out, err) = w.client(c, &["contacts"]);
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("WARNING"), "{err}");
     assert!(err.contains(&bob_id) && err.contains(&mallory_id), "{err}");
+    // The warning leads with the form `letterlock fingerprint` leads with.
+    let mallory_ssh = public("mallory").ssh_fingerprint().to_string();
+    assert!(
+        err.contains(&format!("--accept bob --key {mallory_ssh}")),
+        "{err}"
+    );
+    assert!(
+        out.contains(&format!("offered instead: {mallory_id} ({mallory_ssh})")),
+        "{out}"
+    );
+    // A send to someone else mentions bob's change in one line, not the whole warning.
+    let (code, _, err) = w.send(c, "nobody", &["x"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("another key for bob"), "{err}");
+    assert!(!err.contains("THE KEY OF bob"), "{err}");
     let (code, out, err) = w.send(c, "bob", &["hi bob"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("NOT sent"), "{err}");
@@ -632,6 +652,10 @@ fn a_server_substituting_bobs_key_is_refused_by_a_pin_and_shown_as_a_change_othe
     assert!(!out.contains("really me"), "{out}");
     let (code, _, err) = w.client(c, &["contacts", "--accept", "bob"]);
     assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains("THE KEY OF bob"),
+        "the accept does not warn again of what it accepts: {err}"
+    );
     let (code, out, err) = w.recv(c, &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out, "it is really me, bob");
@@ -826,7 +850,10 @@ fn accept_takes_only_the_changed_key_the_user_was_shown() {
     let (code, _, err) = w.client(a, &["contacts"]);
     assert_eq!(code, 6, "{err}");
     assert!(
-        err.contains(&format!("contacts --accept bob --key {}", id("mallory"))),
+        err.contains(&format!(
+            "contacts --accept bob --key {}",
+            public("mallory").ssh_fingerprint()
+        )),
         "{err}"
     );
     // The recorded offer and the directory's agree (mallory), but the user checked another

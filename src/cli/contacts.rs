@@ -184,11 +184,38 @@ pub(super) struct DirectoryOutcome {
     pub(super) changes: usize,
 }
 
+/// Whose news from the directory `refresh_directory` prints in full. A command about one
+/// contact shows that contact's change or conflict as a full warning and the others' in one
+/// line each, so that the user's eye lands on what stopped this command.
+#[derive(Clone, Copy)]
+pub(super) enum Focus<'a> {
+    /// `client contacts`: every change and conflict, in full.
+    Everyone,
+    /// `send_msg --to NAME`: NAME in full, the others in one line.
+    On(&'a str),
+    /// `client contacts --accept NAME`: the accept says what happened to NAME; the others
+    /// in full.
+    AllBut(&'a str),
+}
+
+impl Focus<'_> {
+    /// NAME is not what this command is about: its news takes one line.
+    fn is_aside(self, name: &str) -> bool {
+        matches!(self, Focus::On(n) if n != name)
+    }
+
+    /// This command accepts NAME's change and says so itself.
+    fn is_accepting(self, name: &str) -> bool {
+        matches!(self, Focus::AllBut(n) if n == name)
+    }
+}
+
 /// Asks the server's directory over `client`, applies it to `contacts`, and prints each new
-/// name, change (ssh-style) and conflict with a pin on stderr.
+/// name, change (ssh-style) and conflict with a pin on stderr, as `focus` says.
 pub(super) async fn refresh_directory(
     client: &mut Client,
     contacts: &Contacts,
+    focus: Focus<'_>,
 ) -> Result<DirectoryOutcome> {
     let mut entries = match client.directory().await {
         Ok(entries) => entries,
@@ -200,22 +227,51 @@ pub(super) async fn refresh_directory(
     // The directory lists us too: our own key is neither a contact nor a key to trust.
     let own = client.own_key_id();
     entries.retain(|e| e.key.id() != own);
+    // The offered keys' OpenSSH fingerprints, the form `letterlock fingerprint` leads with,
+    // for the warnings: the user compares what the contact reads out to them.
+    let openssh: Vec<(String, String)> = entries
+        .iter()
+        .map(|e| (e.name.clone(), e.key.ssh_fingerprint().to_string()))
+        .collect();
     let applied = on_contacts(contacts, move |c| c.apply_directory(&entries)).await?;
     let mut outcome = DirectoryOutcome::default();
     for a in &applied {
         match a {
             Applied::Changed { name, before, now } => {
                 outcome.changes += 1;
-                print_change(name, before, now);
+                if focus.is_accepting(name) {
+                    continue;
+                }
+                if !focus.is_aside(name) {
+                    let ssh = openssh
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map_or("", |(_, f)| f.as_str());
+                    print_change(name, before, now, ssh);
+                } else {
+                    eprintln!(
+                        "letterlock: WARNING: the server's directory offers another key for \
+                         {name}, not used until you accept it: `letterlock client contacts` \
+                         shows it"
+                    );
+                }
             }
             Applied::ConflictsWithPin { name, detail } => {
                 outcome.conflicts.push(name.clone());
-                eprintln!(
-                    "letterlock: REFUSED: {detail}. The server's directory disagrees with the key \
-                     you pinned for {name}: the entry is ignored, your pinned key stays in use. \
-                     Someone may be doing something nasty (a server substituting a key); check \
-                     {name}'s fingerprint out of band."
-                );
+                if !focus.is_aside(name) {
+                    eprintln!(
+                        "letterlock: REFUSED: {detail}. The server's directory disagrees with the \
+                         key you pinned for {name}: the entry is ignored, your pinned key stays \
+                         in use. Someone may be doing something nasty (a server substituting a \
+                         key); check {name}'s fingerprint out of band."
+                    );
+                } else {
+                    eprintln!(
+                        "letterlock: REFUSED: the server's directory disagrees with the key you \
+                         pinned for {name} (ignored, your pin stays): `letterlock client \
+                         contacts` shows it"
+                    );
+                }
             }
             Applied::New { .. } => {
                 if let Some(note) = a.note() {
@@ -228,19 +284,23 @@ pub(super) async fn refresh_directory(
     Ok(outcome)
 }
 
-/// The change warning, as ssh shows a changed host key.
-fn print_change(name: &str, before: &keys::KeyId, now: &keys::KeyId) {
+/// The change warning, as ssh shows a changed host key; `openssh` is the offered key's
+/// OpenSSH fingerprint.
+fn print_change(name: &str, before: &keys::KeyId, now: &keys::KeyId, openssh: &str) {
     eprintln!(
         "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n\
          @    WARNING: THE KEY OF {name} IN THE DIRECTORY CHANGED!\n\
          @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n\
          IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!\n\
-         The server now offers the key {now} for {name};\n\
-         the key you accepted before is {before}.\n\
+         The server now offers this key for {name}:\n  \
+         {openssh} (OpenSSH fingerprint, as `letterlock fingerprint` prints it)\n  \
+         {now} (letterlock key id)\n\
+         The key you accepted before is {before}.\n\
          {name} may have a new key, or the server (or whoever controls it) may be substituting\n\
          one to read what you send {name}. Nothing is sent to or accepted from the new key until\n\
-         you accept it: ask {name} for the fingerprint of their key out of band, then\n  \
-         letterlock client contacts --accept {name} --key {now}"
+         you accept it: ask {name} to read you the fingerprint of their key (`letterlock\n\
+         fingerprint` on their public key) out of band, then\n  \
+         letterlock client contacts --accept {name} --key {openssh}"
     );
 }
 
@@ -271,7 +331,12 @@ pub(super) async fn contacts(a: ContactsArgs) -> Result<ExitCode> {
     let mut outcome = DirectoryOutcome::default();
     if !a.offline {
         let mut client = connect(&a.conn).await?;
-        outcome = refresh_directory(&mut client, &contacts).await?;
+        outcome = refresh_directory(
+            &mut client,
+            &contacts,
+            a.accept.as_deref().map_or(Focus::Everyone, Focus::AllBut),
+        )
+        .await?;
         let _ = client.close().await;
     }
     if let Some(name) = &a.accept {
@@ -373,13 +438,13 @@ pub(super) async fn contacts(a: ContactsArgs) -> Result<ExitCode> {
                 c.key.id()
             );
             if let Some(o) = &c.offered {
+                let ssh = o.key.ssh_fingerprint();
                 println!(
-                    "{:<16} offered instead, NOT used until `client contacts --accept {} --key \
-                     {}`: {}",
+                    "{:<16} offered instead: {} ({ssh}), NOT used until `letterlock client \
+                     contacts --accept {} --key {ssh}`",
                     "",
-                    letterlock::text::line(&c.name),
                     o.key.id(),
-                    o.key.id()
+                    letterlock::text::line(&c.name),
                 );
             }
         }
@@ -414,7 +479,7 @@ pub(super) async fn resolve(
     {
         return Ok(Recipient::Usable(c));
     }
-    let outcome = refresh_directory(client, contacts).await?;
+    let outcome = refresh_directory(client, contacts, Focus::On(name)).await?;
     match get(contacts, name.to_owned()).await? {
         Some(c) if c.source == Source::Pinned => Ok(Recipient::Usable(c)),
         Some(c) if c.offered.is_some() => Ok(Recipient::Changed(c)),
