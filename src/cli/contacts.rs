@@ -242,34 +242,34 @@ pub(super) async fn refresh_directory(
                 if focus.is_accepting(name) {
                     continue;
                 }
-                if !focus.is_aside(name) {
-                    let ssh = openssh
-                        .iter()
-                        .find(|(n, _)| n == name)
-                        .map_or("", |(_, f)| f.as_str());
-                    print_change(name, before, now, ssh);
-                } else {
+                if focus.is_aside(name) {
                     eprintln!(
                         "letterlock: WARNING: the server's directory offers another key for \
                          {name}, not used until you accept it: `letterlock client contacts` \
                          shows it"
                     );
+                } else {
+                    let ssh = openssh
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map_or("", |(_, f)| f.as_str());
+                    print_change(name, before, now, ssh);
                 }
             }
             Applied::ConflictsWithPin { name, detail } => {
                 outcome.conflicts.push(name.clone());
-                if !focus.is_aside(name) {
+                if focus.is_aside(name) {
+                    eprintln!(
+                        "letterlock: REFUSED: the server's directory disagrees with the key you \
+                         pinned for {name} (ignored, your pin stays): `letterlock client \
+                         contacts` shows it"
+                    );
+                } else {
                     eprintln!(
                         "letterlock: REFUSED: {detail}. The server's directory disagrees with the \
                          key you pinned for {name}: the entry is ignored, your pinned key stays \
                          in use. Someone may be doing something nasty (a server substituting a \
                          key); check {name}'s fingerprint out of band."
-                    );
-                } else {
-                    eprintln!(
-                        "letterlock: REFUSED: the server's directory disagrees with the key you \
-                         pinned for {name} (ignored, your pin stays): `letterlock client \
-                         contacts` shows it"
                     );
                 }
             }
