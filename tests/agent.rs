@@ -443,8 +443,8 @@ fn as_postgres(script: &str) -> std::process::Command {
 
 /// With a passphrase-protected key and an agent holding it, a message the agent does not take
 /// fails for want of the passphrase; the error says why the agent did not send it (stdin, a
-/// file over 64 KiB, another --server than the agent's) and what to do. Without an agent, the
-/// same failure says nothing about one.
+/// file over 64 KiB, another --server than the agent's) and what to do. After the agent
+/// stopped, a message it would have taken says so; without one ever, nothing is said of one.
 #[test]
 fn a_message_past_the_agent_that_needs_the_passphrase_says_why_the_agent_did_not_send_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -524,17 +524,33 @@ fn a_message_past_the_agent_that_needs_the_passphrase_says_why_the_agent_did_not
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("(--no-agent was given)"), "{err}");
 
-    // No agent: the passphrase error alone.
+    // The agent stopped (as it does after its --persist idle time): a message it would have
+    // taken says so (found by a trial run: nothing told a stopped agent from none); one it
+    // would not have taken gets the passphrase error alone.
     let (code, _, err) = run(d, &["client", "agent", "--stop"]);
     assert_eq!(code, 0, "{err}");
     let (code, err) = agent.wait();
     assert_eq!(code, 0, "{err}");
-    for args in [&[][..], &["--no-agent", "hi"], &["hi"]] {
+    let (code, err) = sent(&["hi"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no passphrase was given"), "{err}");
+    assert!(err.contains("one ran before, and has stopped"), "{err}");
+    assert!(
+        err.contains("hint: start `letterlock client agent` again"),
+        "{err}"
+    );
+    for args in [&[][..], &["--no-agent", "hi"], &["--file", "big.bin"]] {
         let (code, err) = sent(args);
         assert_eq!(code, Some(1), "{args:?}: {err}");
         assert!(err.contains("no passphrase was given"), "{args:?}: {err}");
         assert!(!err.contains("agent"), "{args:?}: {err}");
     }
+    // No agent ever ran for the folder: the passphrase error alone.
+    std::fs::remove_file(d.join("client_agent.lock")).unwrap();
+    let (code, err) = sent(&["hi"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no passphrase was given"), "{err}");
+    assert!(!err.contains("agent"), "{err}");
 
     // An agent killed without removing its socket: nobody answers there, and that is said
     // (found by a trial run: only the passphrase error showed).

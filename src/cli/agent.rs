@@ -146,8 +146,8 @@ fn stop(path: &Path) -> Result<ExitCode> {
 pub(super) enum HandOver {
     /// The agent answered for it: the command's exit status (its outcome is printed).
     Answered(ExitCode),
-    /// Nothing was handed over: the command sends the message itself; why, unless no agent
-    /// took part (then there is nothing to explain, and nothing is kept on that common path).
+    /// Nothing was handed over: the command sends the message itself; why, unless there is
+    /// nothing to explain (the agent is stopping, or the socket is another user's).
     NotTaken(Option<NotTaken>),
 }
 
@@ -178,6 +178,9 @@ enum Why {
     Declined(String),
     /// Its socket is there but nobody answers on it: the agent was killed, or crashed.
     NotRunning,
+    /// No socket. Explained only if an agent ran for this folder before (its lock file stays)
+    /// and would have taken the message: it stopped, after its --persist idle time, say.
+    NoSocket,
 }
 
 impl NotTaken {
@@ -196,6 +199,11 @@ impl NotTaken {
         }
         let early = matches!(self.why, Why::Refused | Why::To | Why::PlainV1);
         if early && std::fs::symlink_metadata(&self.socket).is_err() {
+            return e;
+        }
+        if matches!(self.why, Why::NoSocket)
+            && !(self.socket.with_extension("lock").is_file() && self.source.fits_agent())
+        {
             return e;
         }
         let socket = self.socket.display();
@@ -230,6 +238,15 @@ impl NotTaken {
                     ),
                     _ => passphrase,
                 },
+            ),
+            Why::NoSocket => (
+                "no agent runs for this folder now; one ran before, and has stopped: after its \
+                 --persist idle time, on --stop or Ctrl-C"
+                    .to_owned(),
+                format!(
+                    "start `letterlock client agent` again (it asks for the passphrase once) and \
+                     it sends such messages; or {passphrase}"
+                ),
             ),
             Why::NotRunning => (
                 "its socket is there, but no agent answers on it: it was stopped without \
@@ -288,6 +305,19 @@ impl Source {
     }
 }
 
+impl Source {
+    /// Whether an agent would take this message (TEXT, or a regular file, of at most
+    /// [`agent::MAX_MESSAGE`] bytes); looked at after a failure, not on the way to it.
+    fn fits_agent(&self) -> bool {
+        match self {
+            Source::Stdin => false,
+            Source::Text(len) => *len <= agent::MAX_MESSAGE,
+            Source::File(path) => std::fs::metadata(path)
+                .is_ok_and(|m| m.is_file() && m.len() <= agent::MAX_MESSAGE as u64),
+        }
+    }
+}
+
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -327,7 +357,7 @@ pub(super) fn hand_over(a: &ClientSendArgs) -> Result<HandOver> {
         return not_taken(Why::PlainV1);
     }
     if std::fs::symlink_metadata(&path).is_err() {
-        return Ok(HandOver::NotTaken(None));
+        return not_taken(Why::NoSocket);
     }
     let Some(message) = small_message(a)? else {
         return not_taken(Why::NotSmall);
