@@ -185,8 +185,28 @@ fn describe(config: &tokio_postgres::Config) -> String {
     )
 }
 
+/// Refuses a URL whose user name or password holds an '@' as it is: the parser takes the part
+/// after the first '@' for the host, so a piece of the password would be shown in messages as
+/// the host and looked up in the DNS (found by a trial run). The error does not repeat the URL.
+fn check_userinfo(url: &str) -> Result<(), StoreError> {
+    let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    else {
+        return Ok(());
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    if authority.matches('@').count() > 1 {
+        return Err(StoreError::BadUrl {
+            source: "an '@' in its user name or password must be written %40".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Parses `url` and adds what every connection of the store needs.
 fn store_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    check_userinfo(url)?;
     // The error does not repeat the URL: it may hold a password.
     let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::BadUrl {
         source: Box::new(e),
@@ -1383,5 +1403,33 @@ impl Store for PostgresStore {
             warn!(problems, "mailbox integrity check failed");
         }
         Ok(problems == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_at_sign_in_the_password_is_refused_without_showing_the_url() {
+        let err = store_config("postgres://ll:abc@defSECRET@127.0.0.1:5432/mail")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("%40"), "{err}");
+        assert!(!err.contains("SECRET") && !err.contains("abc"), "{err}");
+        // Written %40, it is the password, and the host is the host.
+        let config = store_config("postgresql://ll:abc%40defSECRET@127.0.0.1:5432/mail");
+        let config = config.map_err(|e| e.to_string());
+        assert_eq!(
+            config.as_ref().map(|c| c.get_password()),
+            Ok(Some(&b"abc@defSECRET"[..]))
+        );
+        assert_eq!(
+            config.map(|c| describe(&c)),
+            Ok("postgres://ll@127.0.0.1:5432/mail".to_owned())
+        );
+        // An '@' after the host (in an option) is no concern of this check.
+        assert!(store_config("postgres://ll@127.0.0.1/mail?application_name=a@b").is_ok());
     }
 }
