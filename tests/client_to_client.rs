@@ -444,6 +444,55 @@ fn a_client_never_takes_its_own_directory_entry_for_a_contact() {
     assert_eq!(contact_names(b), vec![("alice".to_owned(), alice_id)]);
 }
 
+/// "server" (in any case) reads as the server itself: a client trusted under it could pass its
+/// messages off as the server's (found by a trial run). The server refuses to trust one under
+/// it, a client refuses to pin one, and a directory that lists one (a store written before) is
+/// refused entry by entry.
+#[test]
+fn no_client_passes_as_the_server_by_its_name() {
+    let w = World::start();
+    let a = w.alice.path();
+    let mallory = public_path("mallory");
+    let mallory = mallory.to_str().unwrap();
+    for name in ["server", "Server"] {
+        let (code, _, err) = run(
+            w.server_dir.path(),
+            &["server", "trust", mallory, "--name", name],
+        );
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("is reserved"), "{err}");
+        let (code, _, err) = run(a, &["client", "trust", mallory, "--name", name]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("is reserved"), "{err}");
+    }
+    // A store that trusts one anyway (written by hand, or before the rule).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use letterlock::store::{Store, TrustRequest};
+        let store = SqliteStore::open(w.server_dir.path().join(SERVER_STORE)).unwrap();
+        let key = public("mallory");
+        store
+            .trust_client(TrustRequest {
+                name: "server".into(),
+                key_id: key.id().0,
+                public_key: key.spki_der().to_vec(),
+                replace: false,
+                now: letterlock::envelope::unix_now(),
+            })
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+    });
+    let (code, out, err) = w.client(a, &["contacts", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("REFUSED: the server's directory lists a client named \"server\""),
+        "{err}"
+    );
+    let names: Vec<_> = contact_names(a).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, vec!["bob".to_owned()], "{err}");
+}
+
 #[test]
 fn a_file_larger_than_a_frame_goes_from_alice_to_bob_and_bob_saves_it() {
     let w = World::start();

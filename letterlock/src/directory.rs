@@ -209,11 +209,17 @@ pub enum Verdict {
     /// The directory disagrees with a key the user pinned: refused, never used. Either the
     /// name has another pinned key, or the key is pinned under another name.
     ConflictsWithPin { detail: String },
+    /// A name that reads as the server itself ([`crate::keys::reserved_name`]): refused, never
+    /// used, whatever the key.
+    Reserved,
 }
 
 /// Judges a verified `entry` against what the client knows: pins first (a pinned key always
 /// wins, and the directory can never override it), then what it saw before.
 pub fn judge(entry: &Entry, known: Known<'_>) -> Verdict {
+    if crate::keys::reserved_name(&entry.name) {
+        return Verdict::Reserved;
+    }
     let id = entry.key.id();
     if let Some(pinned) = known.pinned_for_name {
         return if *pinned == id {
@@ -367,5 +373,24 @@ mod tests {
             }
         );
         assert_eq!(judge(&honest, Known::default()), Verdict::New);
+    }
+
+    #[test]
+    fn a_client_named_as_the_server_is_refused_whatever_the_client_knows() {
+        let key = PrivateKey::generate(2048).unwrap();
+        let id = key.public().id();
+        for name in ["server", "Server", "SERVER"] {
+            let e = entry(&key, name);
+            assert_eq!(judge(&e, Known::default()), Verdict::Reserved, "{name}");
+            let seen = Known {
+                seen_for_name: Some(&id),
+                ..Known::default()
+            };
+            assert_eq!(judge(&e, seen), Verdict::Reserved, "{name}");
+        }
+        assert_eq!(
+            judge(&entry(&key, "servers"), Known::default()),
+            Verdict::New
+        );
     }
 }

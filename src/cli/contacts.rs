@@ -278,6 +278,14 @@ pub(super) async fn refresh_directory(
                     status!("letterlock: {note}");
                 }
             }
+            Applied::Reserved { .. } => {
+                if let Some(note) = a.note() {
+                    eprintln!(
+                        "letterlock: {note}: a client trusted under it could pass its messages \
+                         off as the server's. Tell the server's operator."
+                    );
+                }
+            }
             Applied::Pinned { .. } | Applied::Seen { .. } => {}
         }
     }

@@ -705,6 +705,15 @@ pub(super) async fn import_key_files(
         if known.contains(&key.id().0) || except == Some(&key.id()) {
             continue;
         }
+        if keys::reserved_name(&name) {
+            warn!(
+                file = %path.display(),
+                "{} names a client {name:?}, which clients would show as this server; not \
+                 imported. Rename the file (`clients/NAME.pem`) to import it",
+                path.display()
+            );
+            continue;
+        }
         match store
             .trust_client(trust_request(&name, &key, false))
             .await?
@@ -1215,6 +1224,13 @@ async fn trust(
 ) -> Result<ExitCode> {
     if !keys::valid_name(name) {
         bail!("client name {name:?} must be letters, digits, '-', '_' or '.', up to 64");
+    }
+    if keys::reserved_name(name) {
+        bail!(
+            "client name {name:?} is reserved: clients show this server's own messages as from \
+             the server, and a client so named could pass its messages off as the server's; \
+             choose another name"
+        );
     }
     let key = super::peer_public_key_file(public_key, name)?;
     let store = open_mailbox_except(mailbox, true, Some(&key.id())).await?;

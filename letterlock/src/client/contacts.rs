@@ -93,6 +93,12 @@ pub enum ContactsError {
     Key(#[source] KeyError),
     #[error("{0:?} is not a usable contact name (1 to 64 letters, digits, '.', '_', '-')")]
     BadName(String),
+    /// `server` (in any case): the server's own messages go by that name.
+    #[error(
+        "{0:?} is reserved: the server's own messages are shown as from the server; pin the \
+         key under another name"
+    )]
+    ReservedName(String),
     /// `trust` of a name that has another key, without `replace`.
     #[error(
         "{name} is already pinned to another key {existing}; pass --replace to pin {new} \
@@ -218,6 +224,8 @@ pub enum Applied {
     },
     /// The directory disagrees with a pin: nothing recorded, never used.
     ConflictsWithPin { name: String, detail: String },
+    /// A name that reads as the server itself: nothing recorded, never used.
+    Reserved { name: String },
 }
 
 /// A message this client relayed, as `client_sent` keeps it.
@@ -295,6 +303,9 @@ impl Contacts {
     ) -> Result<Option<KeyId>, ContactsError> {
         if !valid_name(name) {
             return Err(ContactsError::BadName(name.to_owned()));
+        }
+        if crate::keys::reserved_name(name) {
+            return Err(ContactsError::ReservedName(name.to_owned()));
         }
         let id = key.id();
         self.with(|conn| {
@@ -524,6 +535,7 @@ impl Contacts {
                     Verdict::ConflictsWithPin { detail } => {
                         Applied::ConflictsWithPin { name, detail }
                     }
+                    Verdict::Reserved => Applied::Reserved { name },
                 });
             }
             tx.commit()?;
@@ -772,6 +784,10 @@ impl Applied {
             )),
             Applied::ConflictsWithPin { detail, .. } => Some(format!(
                 "REFUSED: {detail}; the directory entry is ignored and your pinned key is kept"
+            )),
+            Applied::Reserved { name } => Some(format!(
+                "REFUSED: the server's directory lists a client named {name:?}, a name that \
+                 reads as the server itself; the entry is ignored"
             )),
         }
     }

@@ -86,7 +86,9 @@ pub use lazy::LazyPrivateKey;
 pub use passphrase::Passphrase;
 pub use private::{Identity, PrivateKey};
 pub use public::PublicKey;
-pub use trust::{CLIENTS_DIR, Trust, TrustList, Trusted, client_key_files, valid_name};
+pub use trust::{
+    CLIENTS_DIR, Trust, TrustList, Trusted, client_key_files, reserved_name, valid_name,
+};
 
 /// Smallest modulus we accept: below 2048 bits RSA no longer meets NIST's 112-bit security level.
 pub const MIN_BITS: usize = 2048;

@@ -143,6 +143,13 @@ pub fn client_key_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, KeyError> 
 /// Folder beside the server's keys holding one trusted client key per file, `NAME.pem`.
 pub const CLIENTS_DIR: &str = "clients";
 
+/// Whether `name` reads as the server itself (`server`, in any case): a client so named could
+/// pass its messages off as the server's, so no server trusts one under it, no client pins one
+/// and a directory entry with it is refused (found by a trial run).
+pub fn reserved_name(name: &str) -> bool {
+    name.eq_ignore_ascii_case("server")
+}
+
 /// Checks that a client name is usable as a file name and a log field.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
