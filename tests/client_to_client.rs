@@ -783,6 +783,44 @@ fn untrust_of_a_contact_whose_key_change_waits_needs_force() {
     assert!(contact_names(a).is_empty());
 }
 
+/// A directory contact the server no longer trusts is no longer in the directory: a send to it
+/// says so (found by a trial run: it said the key had changed, "see the warning above", with no
+/// warning above and a stale key), and `contacts` shows it as unlisted.
+#[test]
+fn a_contact_the_directory_no_longer_lists_is_said_to_be_gone() {
+    let w = World::start();
+    let a = w.alice.path();
+    let (code, _, err) = w.client(a, &["contacts"]);
+    assert_eq!(code, 0, "{err}");
+    // A change offered, never accepted, then bob is removed from the server.
+    let mallory_file = public_path("mallory");
+    w.server_cmd(&[
+        "trust",
+        mallory_file.to_str().unwrap(),
+        "--name",
+        "bob",
+        "--replace",
+    ]);
+    let (code, _, err) = w.client(a, &["contacts"]);
+    assert_eq!(code, 6, "{err}");
+    w.server_cmd(&["untrust", "bob"]);
+    let (code, out, err) = w.send(a, "bob", &["still there?"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("the server's directory no longer lists bob"),
+        "{err}"
+    );
+    assert!(!err.contains("see the warning above"), "{err}");
+    let (_, out, err) = w.client(a, &["contacts", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows[0]["name"], "bob", "{out}{err}");
+    assert_eq!(rows[0]["state"], "unlisted", "{out}{err}");
+    // Offline, the client cannot tell: it shows what it knows.
+    let (_, out, _) = run(a, &["client", "contacts", "--offline", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(rows[0]["state"], "changed");
+}
+
 /// Rotating a recipient's key on the server strands what other clients relayed to the old
 /// key: the server says so, and that only their senders can send them again (it cannot read
 /// them to resend them itself).

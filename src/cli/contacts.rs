@@ -61,8 +61,9 @@ pub(super) struct UntrustArgs {
 #[derive(Args, Debug)]
 pub(super) struct ContactsArgs {
     /// Print the contacts as JSON: an array of {name, key_id, openssh, source ("pinned" or
-    /// "directory"), since, state ("usable" or "changed"), and for a change offered_key_id and
-    /// offered_openssh}; times in Unix seconds.
+    /// "directory"), since, state ("usable", "changed", or "unlisted": a directory contact the
+    /// directory no longer lists), and for a change offered_key_id and offered_openssh}; times
+    /// in Unix seconds.
     #[arg(long)]
     pub(super) json: bool,
     /// Accept the changed key the directory offers for NAME (after checking its fingerprint
@@ -182,6 +183,20 @@ pub(super) struct DirectoryOutcome {
     /// The directory names whose entry conflicted with a pin (and was ignored).
     pub(super) conflicts: Vec<String>,
     pub(super) changes: usize,
+    /// Every name the directory listed (but ours), when it was read.
+    pub(super) listed: Option<Vec<String>>,
+}
+
+impl DirectoryOutcome {
+    /// A contact taken from the directory that the directory no longer lists: the server no
+    /// longer takes messages for it (its operator removed or renamed it). Unknown offline.
+    fn unlisted(&self, c: &Contact) -> bool {
+        c.source == Source::Directory
+            && self
+                .listed
+                .as_ref()
+                .is_some_and(|names| !names.contains(&c.name))
+    }
 }
 
 /// Whose news from the directory `refresh_directory` prints in full. A command about one
@@ -234,7 +249,10 @@ pub(super) async fn refresh_directory(
         .map(|e| (e.name.clone(), e.key.ssh_fingerprint().to_string()))
         .collect();
     let applied = on_contacts(contacts, move |c| c.apply_directory(&entries)).await?;
-    let mut outcome = DirectoryOutcome::default();
+    let mut outcome = DirectoryOutcome {
+        listed: Some(openssh.iter().map(|(name, _)| name.clone()).collect()),
+        ..DirectoryOutcome::default()
+    };
     for a in &applied {
         match a {
             Applied::Changed { name, before, now } => {
@@ -312,8 +330,10 @@ fn print_change(name: &str, before: &keys::KeyId, now: &keys::KeyId, openssh: &s
     );
 }
 
-fn state(c: &Contact) -> &'static str {
-    if c.offered.is_some() {
+fn state(c: &Contact, outcome: &DirectoryOutcome) -> &'static str {
+    if outcome.unlisted(c) {
+        "unlisted"
+    } else if c.offered.is_some() {
         "changed"
     } else {
         "usable"
@@ -412,7 +432,7 @@ pub(super) async fn contacts(a: ContactsArgs) -> Result<ExitCode> {
                     "openssh": c.key.ssh_fingerprint().to_string(),
                     "source": c.source.as_str(),
                     "since": c.since,
-                    "state": state(c),
+                    "state": state(c, &outcome),
                 });
                 if let Some(o) = &c.offered {
                     row["offered_key_id"] = o.key.id().to_string().into();
@@ -442,7 +462,7 @@ pub(super) async fn contacts(a: ContactsArgs) -> Result<ExitCode> {
                 letterlock::text::line(&c.name),
                 c.source.as_str(),
                 time_text(c.since),
-                state(c),
+                state(c, &outcome),
                 c.key.id()
             );
             if let Some(o) = &c.offered {
@@ -490,6 +510,11 @@ pub(super) async fn resolve(
     let outcome = refresh_directory(client, contacts, Focus::On(name)).await?;
     match get(contacts, name.to_owned()).await? {
         Some(c) if c.source == Source::Pinned => Ok(Recipient::Usable(c)),
+        Some(c) if outcome.unlisted(&c) => bail!(
+            "NOT sent: the server's directory no longer lists {name}: the server does not take \
+             messages for them now (its operator removed or renamed them). Ask {name} or the \
+             operator; `letterlock client untrust {name}` forgets the contact"
+        ),
         Some(c) if c.offered.is_some() => Ok(Recipient::Changed(c)),
         Some(c) => Ok(Recipient::Usable(c)),
         None if outcome.conflicts.iter().any(|n| n == name) => bail!(
