@@ -270,7 +270,12 @@ async fn setup(
             server_key.clone(),
             clients,
             store.clone(),
-            ServerConfig::default(),
+            ServerConfig {
+                // As `letterlock server` does: the text only on a terminal, never in a file
+                // the demo's output was redirected to (found by a trial run).
+                log_text: std::io::stderr().is_terminal(),
+                ..ServerConfig::default()
+            },
         )
         .trust_from_store()
         .with_tls(TlsOptions::default())?,

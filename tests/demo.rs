@@ -49,6 +49,13 @@ fn demo_runs_and_every_property_passes() {
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in\n{stdout}");
     }
+    // Its server logs no message text into a log that is not a terminal, as `letterlock server`
+    // does not (found by a trial run: `demo > out 2>&1` kept the secret in the file).
+    assert!(
+        stderr.contains("received:"),
+        "the server's log is there: {stderr}"
+    );
+    assert!(!stderr.contains("flowerpot"), "{stderr}");
     // No v1 frame line: the interceptor never took TLS for letterlock frames.
     assert!(!stdout.contains(" Send "), "{stdout}");
     // 27 rows: 4 per mode on the v2 wire plus the key exchange, 7 wire attacks, mallory,

@@ -302,6 +302,15 @@ async fn forged_ack_leaves_delivery_unproven() {
         matches!(&result, Err(ClientError::NotProven(why)) if why.contains("wrong ack tag")),
         "{result:?}"
     );
+    // It names the message, and does not claim it was not stored (found by a trial run).
+    let said = result.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        said.contains("may or may not have been stored")
+            && said
+                .split_whitespace()
+                .any(|w| w.len() == 32 && w.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{said}"
+    );
     assert!(tampered(&proxy, Tamper::ForgeAck).is_some());
     // The server did receive it (the attack is on the way back); the client just cannot
     // tell, so it does not claim delivery.

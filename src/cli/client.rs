@@ -680,12 +680,18 @@ pub(super) fn print_delivered(
     note_empty(bytes);
 }
 
-/// What `send_msg` prints when the message was not delivered or its delivery not proven.
+/// What `send_msg` prints when the message was not delivered or its delivery not proven. An
+/// unproven delivery says so itself, with the message's id and that it may have been stored:
+/// "NOT delivered" before it would claim more than the client knows (found by a trial run).
 pub(super) fn print_not_delivered(json: bool, error: &str) {
     if json {
         print_json_not_delivered(error);
     }
-    eprintln!("letterlock: NOT delivered: {error}");
+    if error.starts_with("delivery NOT proven") {
+        eprintln!("letterlock: {error}");
+    } else {
+        eprintln!("letterlock: NOT delivered: {error}");
+    }
 }
 
 /// `send_msg --json`'s answer when nothing was delivered.

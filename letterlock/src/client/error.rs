@@ -33,8 +33,14 @@ pub enum ClientError {
     /// the server may or may not have stored it. Sending the very same bytes again is safe (a
     /// stored message id is acked again, never stored twice); a wrong acknowledgement is
     /// [`ClientError::NotProven`] instead.
-    #[error("delivery NOT proven: no acknowledgement from the server ({0})")]
-    NoAck(Box<ClientError>),
+    #[error(
+        "delivery NOT proven: no acknowledgement from the server for message {id} ({why}); \
+         it may or may not have been stored"
+    )]
+    NoAck {
+        id: crate::envelope::MessageId,
+        why: Box<ClientError>,
+    },
     /// The server closed the connection where a frame was due.
     #[error("the server closed the connection")]
     Closed,

@@ -435,7 +435,10 @@ impl Client {
             Err(ClientError::Refused { code, message }) => {
                 Err(ClientError::Refused { code, message })
             }
-            Err(e) => Err(ClientError::NoAck(Box::new(e))),
+            Err(e) => Err(ClientError::NoAck {
+                id: sealed.header.message_id,
+                why: Box::new(e),
+            }),
         }
     }
 }
@@ -448,11 +451,10 @@ fn check_ack(sealed: &Sealed, id: &MessageId, tag: &[u8; 32]) -> Result<Delivery
         )));
     }
     if !envelope::ack_tags_match(tag, &sealed.ack_tag) {
-        return Err(ClientError::NotProven(
-            "the server's acknowledgement does not prove it decrypted the message \
-             (wrong ack tag: a forged or altered ack)"
-                .into(),
-        ));
+        return Err(ClientError::NotProven(format!(
+            "the server's acknowledgement does not prove it decrypted message {id} (wrong ack \
+             tag: a forged or altered ack); it may or may not have been stored"
+        )));
     }
     Ok(Delivery {
         id: *id,

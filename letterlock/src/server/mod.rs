@@ -133,8 +133,10 @@ pub struct ServerConfig {
     pub max_in_flight_total: usize,
     /// Time in-flight work gets to finish at shutdown.
     pub shutdown_grace: Duration,
-    /// Log the text of short UTF-8 messages, as the classroom server printed them. Off, the log
-    /// says only who sent how much.
+    /// Log the text of short UTF-8 messages, as the classroom server printed them. Off (the
+    /// default), the log says only who sent how much: a message's text in a log file or a
+    /// journal outlives the message and is read by whoever reads the logs. The command line
+    /// turns it on when its log is a terminal.
     pub log_text: bool,
     /// Asymmetric-mode bytes each client may have decrypted per second (one RSA private
     /// operation per block): one client cannot monopolise the server's CPU.
@@ -166,7 +168,7 @@ impl Default for ServerConfig {
             max_in_flight: 64,
             max_in_flight_total: 256,
             shutdown_grace: Duration::from_secs(10),
-            log_text: true,
+            log_text: false,
             asymmetric_budget: AsymmetricBudget::default(),
             max_waiting_relayed: 10_000,
         }

@@ -549,14 +549,14 @@ async fn connect(c: &AgentConfig) -> Result<Client, ClientError> {
 fn connection_lost(e: &ClientError) -> bool {
     matches!(
         e,
-        ClientError::Closed | ClientError::Io(_) | ClientError::NoAck(_)
+        ClientError::Closed | ClientError::Io(_) | ClientError::NoAck { .. }
     )
 }
 
 /// What went wrong, without the "delivery NOT proven" the combined error says once.
 fn cause(e: &ClientError) -> String {
     match e {
-        ClientError::NoAck(inner) => format!("no acknowledgement ({inner})"),
+        ClientError::NoAck { why, .. } => format!("no acknowledgement ({why})"),
         ClientError::NotProven(why) => why.clone(),
         other => other.to_string(),
     }
