@@ -899,6 +899,103 @@ fn a_rotation_tells_of_messages_queued_for_the_old_key() {
     assert!(listed.contains("outbox is empty"), "{listed}");
 }
 
+/// Replacing the server's key pair leaves the messages it queued for clients signed by the old
+/// key, which it cannot sign again (they are sealed to the clients): `server generate_key_pair
+/// --force` and `keygen --name server --force` count them and say what to do, `server outbox`
+/// marks and counts them, and `--remove` deletes one without --force (no client accepts it).
+/// Without a mailbox, a replacement says nothing about one.
+#[test]
+fn a_server_key_replacement_tells_of_the_messages_queued_with_the_old_key() {
+    let s = Setup::new();
+    // No mailbox yet: nothing to count, and no error.
+    let said = s.server_ok(&["server", "generate_key_pair", "--bits", "2048", "--force"]);
+    assert!(!said.contains("queued for clients"), "{said}");
+    assert!(!said.contains("mailbox"), "{said}");
+    let first = letterlock::keys::load_public(&s.dir("srv").join("server_public.pem"))
+        .unwrap()
+        .id();
+
+    s.server_ok(&["server", "trust", "bob/client_public.pem", "--name", "bob"]);
+    for text in ["queued with the old key", "and another one"] {
+        s.server_ok(&["server", "send_msg", "--to", "bob", text]);
+    }
+    // Nothing replaced yet: the outbox marks nothing.
+    let listed = s.server_ok(&["server", "outbox"]);
+    assert_eq!(listed.matches("waiting").count(), 2, "{listed}");
+    assert!(
+        listed.contains("2 message(s): 0 stranded, 0 signed by a replaced server key"),
+        "{listed}"
+    );
+
+    let said = s.server_ok(&["server", "generate_key_pair", "--bits", "2048", "--force"]);
+    assert!(
+        said.contains(&format!(
+            "2 message(s) queued for clients in the mailbox srv/letterlock-server.db (for bob) \
+             were signed by the replaced server key {first}: they will not verify at clients \
+             that trust only the new key"
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains("`letterlock server send_msg --to NAME --keys srv`")
+            && said.contains("`letterlock server outbox --remove ID --keys srv`"),
+        "{said}"
+    );
+
+    // One sent again, with the new key, waits; the two old ones are marked and counted.
+    s.server_ok(&["server", "send_msg", "--to", "bob", "sent again"]);
+    let listed = s.server_ok(&["server", "outbox"]);
+    assert_eq!(
+        listed
+            .matches("SIGNED BY A REPLACED SERVER KEY: clients will set it aside; send it again")
+            .count(),
+        2,
+        "{listed}"
+    );
+    assert_eq!(listed.matches("waiting").count(), 1, "{listed}");
+    assert!(
+        listed.contains("3 message(s): 0 stranded, 2 signed by a replaced server key"),
+        "{listed}"
+    );
+    let out = letterlock(&s.root, &s.server_args(&["server", "outbox", "--json"]));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    let old: Vec<&str> = rows
+        .iter()
+        .filter(|r| r["replaced_server_key"] == true)
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(old.len(), 2, "{rows:?}");
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r["replaced_server_key"] == false)
+            .count(),
+        1,
+        "{rows:?}"
+    );
+
+    // No client accepts one: removed without --force.
+    let removed = s.server_ok(&["server", "outbox", "--remove", old[0]]);
+    assert!(
+        removed.contains(&format!(
+            "deleted outbox message {} (for bob, signed by a replaced server key, ",
+            old[0]
+        )),
+        "{removed}"
+    );
+
+    // `keygen --name server` replaces the same pair: counted the same, now under two replaced
+    // keys (the one just replaced signed only the message sent again).
+    let said = s.server_ok(&["keygen", "--name", "server", "--bits", "2048", "--force"]);
+    assert!(
+        said.contains(
+            "2 message(s) queued for clients in the mailbox srv/letterlock-server.db (for bob) \
+             were signed by a replaced server key:"
+        ),
+        "{said}"
+    );
+}
+
 /// Untrusting a client says how many messages queued for its key stay undelivered, as a
 /// rotation does (the same report): nobody can fetch them now, and `server outbox` marks them
 /// stranded.

@@ -46,6 +46,7 @@ mod offline;
 mod passphrase;
 mod replaced;
 mod server;
+mod server_key;
 mod store_admin;
 mod terminal;
 mod trust_server;
@@ -402,7 +403,13 @@ fn init_logging(verbose: u8, quiet: bool) {
 
 fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Keygen(Deferred(a)) => keygen(&a.out, &a.name, a.bits, a.force),
+        Command::Keygen(Deferred(a)) => {
+            // `keygen --name server` makes the server's pair as `server generate_key_pair`
+            // does; its mailbox is where server commands find it (LETTERLOCK_STORE, else
+            // beside the keys).
+            let store = std::env::var_os("LETTERLOCK_STORE").map(PathBuf::from);
+            keygen(&a.out, &a.name, a.bits, a.force, store.as_deref())
+        }
         Command::Fingerprint { file, json } => fingerprint(&file, json),
         Command::Passphrase(Deferred(a)) => change_passphrase(a),
         Command::Seal(Deferred(a)) => seal(a),
@@ -436,7 +443,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             command: Deferred(command),
         } => match command {
             ClientCommand::GenerateKeyPair(Deferred(a)) => {
-                keygen(&a.keys, "client", a.bits, a.force)
+                keygen(&a.keys, "client", a.bits, a.force, None)
             }
             ClientCommand::SendMsg(Deferred(a)) => {
                 a.message.note_text_naming_a_file();

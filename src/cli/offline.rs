@@ -124,7 +124,16 @@ pub(super) struct OpenArgs {
     pub(super) input: Option<PathBuf>,
 }
 
-pub(super) fn keygen(dir: &Path, name: &str, bits: usize, force: bool) -> Result<ExitCode> {
+/// `keygen` and `generate_key_pair`: a new pair `name` in `dir`. For the server's pair
+/// (`server`), `store` is the server's mailbox (its `--store`; by default the one beside the
+/// keys), whose queued messages signed by another key are counted once the pair is written.
+pub(super) fn keygen(
+    dir: &Path,
+    name: &str,
+    bits: usize,
+    force: bool,
+    store: Option<&Path>,
+) -> Result<ExitCode> {
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
         bail!("key name {name:?} is not a plain file name");
     }
@@ -173,8 +182,25 @@ pub(super) fn keygen(dir: &Path, name: &str, bits: usize, force: bool) -> Result
         "OpenSSH fingerprint {} (as ssh-keygen -l prints it)",
         key.public().ssh_fingerprint()
     );
+    let old = kept.as_ref().and_then(|k| k.id);
     if let Some(kept) = kept {
         warn_replaced(&kept, name, &public);
+    }
+    if name == "server" {
+        // The pair is written: what is left is a report, so a failure is only a warning.
+        let new = key.public().id();
+        match super::runtime() {
+            Ok(runtime) => runtime.block_on(super::server_key::report_replaced(
+                dir,
+                store,
+                &new,
+                old.as_ref(),
+            )),
+            Err(e) => eprintln!(
+                "letterlock: could not check the server's mailbox for messages queued with the \
+                 replaced key ({e:#}); `letterlock server outbox` marks them"
+            ),
+        }
     }
     if unprotected_now {
         eprintln!(

@@ -106,6 +106,19 @@ pub(super) enum AcceptArg {
     Asymmetric,
 }
 
+/// `server generate_key_pair`: the pair's arguments, and the mailbox whose queued messages a
+/// replacement (--force) leaves signed by the old key.
+#[derive(Args, Debug)]
+pub(super) struct ServerPairArgs {
+    #[command(flatten)]
+    pub(super) pair: PairArgs,
+    /// The server's mailbox (its --store), an SQLite file or a postgres:// URL: once a key is
+    /// replaced, its messages queued for clients and signed by another key are counted (a
+    /// missing mailbox is skipped) [default: KEYS/letterlock-server.db].
+    #[arg(long, env = "LETTERLOCK_STORE")]
+    pub(super) store: Option<PathBuf>,
+}
+
 /// Where the server's keys and mailbox are: every command on the mailbox takes these.
 #[derive(Args, Debug)]
 pub(super) struct MailboxArgs {
@@ -123,7 +136,7 @@ pub(super) struct MailboxArgs {
 pub(super) enum ServerCommand {
     /// Generate the server's key pair: server_private.pem and server_public.pem.
     #[command(name = "generate_key_pair", visible_alias = "generate-key-pair")]
-    GenerateKeyPair(Deferred<PairArgs>),
+    GenerateKeyPair(Deferred<ServerPairArgs>),
     /// Seal a message from the server to client NAME and queue it in the store; a running
     /// server delivers it at that client's next recv_msg.
     #[command(name = "send_msg", visible_alias = "send-msg")]
@@ -146,17 +159,20 @@ pub(super) enum ServerCommand {
     /// List the messages waiting for clients to fetch them: queued by this server (`server
     /// send_msg`) or relayed from one client to another; those queued for a key that is no
     /// longer trusted (replaced or removed) are marked stranded: nobody can fetch them, and
-    /// --remove ID deletes one.
+    /// --remove ID deletes one. Those this server signed with a key it has since replaced
+    /// (generate_key_pair --force) are marked too: clients set them aside; send them again.
     Outbox {
         #[command(flatten)]
         mailbox: MailboxArgs,
         /// Machine-readable output: an array of {id, to, to_key, from ("server" or the sending
-        /// client's name), mode, sealed_bytes, created (Unix seconds), stranded (bool)}.
+        /// client's name), mode, sealed_bytes, created (Unix seconds), stranded (bool),
+        /// replaced_server_key (bool; null when it cannot be told)}.
         #[arg(long)]
         json: bool,
         /// Delete the STRANDED message ID (or a unique prefix of it, at least 4 characters) and
         /// its body without delivering it: sealed to a key no longer trusted, nobody can fetch
-        /// it. Not undone; a relayed message deleted so never gets its receipt.
+        /// it; or one signed by a replaced server key, which no client accepts. Not undone; a
+        /// relayed message deleted so never gets its receipt.
         #[arg(long, value_name = "ID", conflicts_with = "json")]
         remove: Option<String>,
         /// With --remove: the recipient, when messages for two clients share the id (ids are
@@ -251,9 +267,13 @@ pub(super) struct ServerSendArgs {
 /// Runs a server subcommand.
 pub(super) fn command(command: ServerCommand) -> Result<ExitCode> {
     match command {
-        ServerCommand::GenerateKeyPair(Deferred(a)) => {
-            super::keygen(&a.keys, "server", a.bits, a.force)
-        }
+        ServerCommand::GenerateKeyPair(Deferred(a)) => super::keygen(
+            &a.pair.keys,
+            "server",
+            a.pair.bits,
+            a.pair.force,
+            a.store.as_deref(),
+        ),
         ServerCommand::SendMsg(Deferred(a)) => super::runtime()?.block_on(server_send(a)),
         ServerCommand::Inbox {
             mailbox,
@@ -525,7 +545,7 @@ pub(super) fn store_path(keys_dir: &Path, store: Option<&Path>) -> Result<PathBu
             keys_dir.display()
         );
     }
-    let beside = keys_dir.join(STORE_FILE);
+    let beside = default_store(keys_dir);
     let old = Path::new(STORE_FILE);
     let same = match (std::fs::canonicalize(old), std::fs::canonicalize(keys_dir)) {
         (Ok(old), Ok(dir)) => old.parent() == Some(dir.as_path()),
@@ -841,9 +861,16 @@ pub(super) async fn inbox(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The mailbox a server with its keys in `keys_dir` uses when no --store is given.
+pub(super) fn default_store(keys_dir: &Path) -> PathBuf {
+    keys_dir.join(STORE_FILE)
+}
+
 /// Every message waiting for a client, under each key any client ever had, oldest first per
 /// key, and whether it is stranded (that key is no longer trusted).
-async fn waiting(store: &impl Store) -> Result<Vec<(letterlock::store::OutboxEntry, bool)>> {
+pub(super) async fn waiting(
+    store: &impl Store,
+) -> Result<Vec<(letterlock::store::OutboxEntry, bool)>> {
     let mut rows = Vec::new();
     for key in &store.client_keys().await? {
         let stranded = key.ended.is_some();
@@ -903,7 +930,19 @@ async fn unqueue(
         ));
     };
     let to = letterlock::text::line(&m.recipient_name);
-    if !stranded && !force {
+    // One the server signed with a key it no longer has is refused by every client that
+    // trusts the current one: as undeliverable as a stranded one, so no --force either.
+    let replaced = !stranded
+        && matches!(
+            super::server_key::signature(
+                &store,
+                &m,
+                super::server_key::current(&mailbox.keys).as_ref()
+            )
+            .await?,
+            super::server_key::Signature::Replaced(_)
+        );
+    if !stranded && !replaced && !force {
         return Err(hinted(
             format!(
                 "outbox message {} for {to} is waiting, not stranded: {to}'s client can still \
@@ -930,7 +969,13 @@ async fn unqueue(
         "deleted outbox message {} (for {to}, {}, {} sealed bytes, queued {}): it will not be \
          delivered",
         hex::encode(m.message_id),
-        if stranded { "stranded" } else { "waiting" },
+        if stranded {
+            "stranded"
+        } else if replaced {
+            "signed by a replaced server key"
+        } else {
+            "waiting"
+        },
         m.body_size,
         time_text(m.created)
     );
@@ -938,11 +983,30 @@ async fn unqueue(
 }
 
 /// `server outbox`: every message waiting for a client, under each key any client ever had,
-/// oldest first per key; stranded when that key is no longer trusted.
+/// oldest first per key; stranded when that key is no longer trusted; marked when the server
+/// signed it with a key it no longer has (every client that trusts the current one sets it
+/// aside), and counted in a last line.
 async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
+    use super::server_key::Signature;
     let store = open_mailbox(mailbox, false).await?;
-    let rows = waiting(&store).await?;
+    let current = super::server_key::current(&mailbox.keys);
+    let mut rows = Vec::new();
+    for (m, stranded) in waiting(&store).await? {
+        let signature = super::server_key::signature(&store, &m, current.as_ref()).await?;
+        rows.push((m, stranded, signature));
+    }
     store.close().await?;
+    if rows
+        .iter()
+        .any(|(_, _, signature)| *signature == Signature::Unchecked)
+    {
+        eprintln!(
+            "letterlock: no server key readable in {} (server_private.pem without a \
+             passphrase, or server_public.pem): messages signed by a replaced server key are \
+             not marked; pass --keys DIR, the server's folder",
+            mailbox.keys.display()
+        );
+    }
     let from = |m: &letterlock::store::OutboxEntry| match &m.sender {
         Some((_, name)) => letterlock::text::line(name).to_string(),
         None => "server".to_owned(),
@@ -950,7 +1014,12 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
     if json {
         let list: Vec<_> = rows
             .iter()
-            .map(|(m, stranded)| {
+            .map(|(m, stranded, signature)| {
+                let replaced = match signature {
+                    Signature::Current => Some(false),
+                    Signature::Replaced(_) => Some(true),
+                    Signature::Damaged | Signature::Unchecked => None,
+                };
                 serde_json::json!({
                     "id": hex::encode(m.message_id),
                     "to": m.recipient_name,
@@ -960,6 +1029,7 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
                     "sealed_bytes": m.body_size,
                     "created": m.created,
                     "stranded": stranded,
+                    "replaced_server_key": replaced,
                 })
             })
             .collect();
@@ -977,7 +1047,7 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
         "{:<32}  {:<12} {:<12} {:<10} {:>10}  {:<20}  state",
         "id", "to", "from", "mode", "sealed", "created (UTC)"
     );
-    for (m, stranded) in &rows {
+    for (m, stranded, signature) in &rows {
         println!(
             "{:<32}  {:<12} {:<12} {:<10} {:>10}  {:<20}  {}",
             hex::encode(m.message_id),
@@ -986,14 +1056,41 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
             super::mailbox::mode_name(m.mode),
             m.body_size,
             time_text(m.created),
-            if *stranded {
-                "STRANDED: sealed to a key no longer trusted"
-            } else {
-                "waiting"
-            }
+            outbox_state(*stranded, signature)
         );
     }
+    let stranded = rows.iter().filter(|(_, stranded, _)| *stranded).count();
+    let replaced = rows
+        .iter()
+        .filter(|(_, stranded, s)| !stranded && matches!(s, Signature::Replaced(_)))
+        .count();
+    let mut summary = format!("{} message(s): {stranded} stranded", rows.len());
+    if replaced > 0 {
+        let args = super::server_key::command_args(&mailbox.keys, mailbox.store.as_deref());
+        summary.push_str(&format!(
+            ", {replaced} signed by a replaced server key (clients set them aside: send each \
+             again with `letterlock server send_msg --to NAME{args}`, then `letterlock server \
+             outbox --remove ID{args}`)"
+        ));
+    } else {
+        summary.push_str(", 0 signed by a replaced server key");
+    }
+    println!("{summary}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The state column of `server outbox`: a stranded message first (nobody can fetch it, whoever
+/// signed it), then one no client will accept.
+fn outbox_state(stranded: bool, signature: &super::server_key::Signature) -> &'static str {
+    use super::server_key::Signature;
+    match (stranded, signature) {
+        (true, _) => "STRANDED: sealed to a key no longer trusted",
+        (false, Signature::Replaced(_)) => {
+            "SIGNED BY A REPLACED SERVER KEY: clients will set it aside; send it again"
+        }
+        (false, Signature::Damaged) => "DAMAGED: its sealed header does not parse",
+        (false, Signature::Current | Signature::Unchecked) => "waiting",
+    }
 }
 
 /// The one inbox message `id` (a prefix) names, from `from` if given. Several: an error that
