@@ -283,3 +283,122 @@ fn a_replaced_server_key_is_kept_beside_the_new_one() {
         text(&out)
     );
 }
+
+/// What a server queued before its key was replaced is signed by the old key, which it cannot
+/// sign again (the messages are sealed to the client). A client that trusts only the new key
+/// sets them aside, and the hint says so: when `--replace` kept the old key, that it is the
+/// server's replaced key; without it, that a server whose key was replaced leaves such
+/// messages; both times, to ask the server's operator to send it again, never to trust a key
+/// on the message's word. Said once per key, not once per message.
+#[test]
+fn messages_signed_by_a_replaced_server_key_are_set_aside_with_the_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let srv = root.join("srv");
+    std::fs::create_dir(&srv).unwrap();
+    // The server's old key is mallory's; it queues two messages for alice (`client`).
+    put_private(&srv, "mallory", "server_private.pem");
+    put_public(&srv, "alice2048", "client_public.pem");
+    let server_cmd = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--keys", "srv"])
+            .current_dir(root)
+            .env_remove("LETTERLOCK_KEYS")
+            .env_remove("LETTERLOCK_STORE")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    server_cmd(&["server", "clients"]);
+    for message in [
+        "first, signed by the old key",
+        "second, signed by the old key",
+    ] {
+        server_cmd(&["server", "send_msg", "--to", "client", message]);
+    }
+    // The key is replaced (bob2048), and the server started with it on the same mailbox.
+    put_private(&srv, "bob2048", "server_private.pem");
+    let server = BinServer::start(root, &["--keys", "srv"]);
+
+    // alice trusted the old key, and takes the new one with --replace, which keeps the old.
+    let (client, pem) = client_folder();
+    std::fs::copy(common::public_path("mallory"), &pem).unwrap();
+    let out = trust_server(
+        &server.addr,
+        client.path(),
+        &["--replace", "--fingerprint", &bob_fingerprint()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let recv = || {
+        Command::new(BIN)
+            .args(["client", "recv_msg", "--server", &server.addr, "--keys"])
+            .arg(client.path())
+            .env_remove("LETTERLOCK_KEYS")
+            .env_remove("LETTERLOCK_SERVER")
+            .output()
+            .unwrap()
+    };
+    let old = common::public("mallory").id();
+    let new = common::public("bob2048").id().to_string();
+    let out = recv();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(4), "set aside: {said}");
+    assert_eq!(said.matches("set aside, NOT received").count(), 2, "{said}");
+    assert!(
+        said.contains(&format!(
+            "from an unknown key {old}, neither the server key this client trusts ({new}) nor \
+             a contact's"
+        )),
+        "{said}"
+    );
+    assert_eq!(said.matches("hint:").count(), 1, "once per key: {said}");
+    assert!(
+        said.contains(&format!(
+            "hint: {old} is the server key this client trusted before `letterlock client \
+             trust-server --replace` (kept as {}), not the server's current key {new}",
+            client
+                .path()
+                .join(format!("server_public.{}.pem", old.short()))
+                .display()
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains("Ask the server's operator to send it again")
+            && said.contains("Do not pin the old key"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("client trust FILE") && !said.contains("--name NAME"),
+        "no advice to trust the old key: {said}"
+    );
+
+    // Without the kept key, the client cannot tell the server's old key from a stranger's:
+    // the hint names both, and pinning only after checking a fingerprint out of band.
+    std::fs::remove_file(
+        client
+            .path()
+            .join(format!("server_public.{}.pem", old.short())),
+    )
+    .unwrap();
+    let out = recv();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(4), "set aside: {said}");
+    assert_eq!(said.matches("hint:").count(), 1, "once per key: {said}");
+    assert!(
+        said.contains(&format!(
+            "hint: it is signed by a key that is not the server's current trusted key ({new}, \
+             in server_public.pem) nor a contact's. A server whose key was replaced leaves the \
+             messages it queued before the change signed so"
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains("ask the server's operator, or the sender if you know who, to send it again")
+            && said.contains(
+                "only once you have checked its fingerprint with its owner over another channel"
+            ),
+        "{said}"
+    );
+}

@@ -993,6 +993,9 @@ fn prepare_output_dir(dir: &Path) -> Result<()> {
 #[derive(Default)]
 struct Shown {
     not_shown: usize,
+    /// The unknown signing keys whose hint was printed: once per key and run, not once per
+    /// message (a replaced server key leaves every message it signed behind it).
+    hinted: std::collections::HashSet<letterlock::keys::KeyId>,
 }
 
 pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
@@ -1025,7 +1028,7 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
     let result = loop {
         let got = client
             .fetch_from_contacts(&output, &mut record, &mailbox, contacts.clone(), |event| {
-                report_event(&event, a.json, &read_cmd, &mut shown)
+                report_event(&event, a.json, &read_cmd, &a.conn.keys, &mut shown)
             })
             .await;
         let got = match got {
@@ -1079,9 +1082,10 @@ fn report_event(
     event: &letterlock::client::FetchEvent<'_>,
     json: bool,
     read_cmd: &str,
+    keys: &Path,
     shown: &mut Shown,
 ) -> std::result::Result<(), letterlock::client::ClientError> {
-    use letterlock::client::{Content, FetchEvent};
+    use letterlock::client::{ClientError, Content, FetchEvent};
     match event {
         FetchEvent::New(r) => {
             let id = r.header.message_id;
@@ -1181,6 +1185,12 @@ fn report_event(
                 "letterlock: message {id} set aside, NOT received: {error}; it stays on the \
                  server (not acknowledged)"
             );
+            if let ClientError::UnknownKey { key, server, .. } = error
+                && shown.hinted.insert(*key)
+            {
+                let kept = super::trust_server::kept_server_key(keys, key);
+                super::hints::say_hint(&super::hints::unknown_key(key, server, kept.as_deref()));
+            }
             if json {
                 return json_line(&serde_json::json!({
                     "status": "set_aside",

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use letterlock::envelope::{OpenError, SealError};
-use letterlock::keys::{self, KeyError};
+use letterlock::keys::{self, KeyError, KeyId};
 
 /// The hint for an inbox message id that names nothing (`server read`, `server rm`).
 pub(super) const INBOX_IDS: &str = "`letterlock server inbox` lists the message ids";
@@ -245,6 +245,36 @@ fn tls_hint(e: &letterlock::tls::TlsError) -> Option<String> {
         ));
     }
     None
+}
+
+/// What to do about a message set aside because `key` signed it, neither `server` (the server
+/// key this client trusts) nor a contact's key. A delivery does not say who signed it: the
+/// server's messages queued before its key was replaced look like this, and so does what a
+/// client sent before its key changed, or a client never met. `kept` is where `client
+/// trust-server --replace` kept `key` as the server's earlier key, if it did: then it is the
+/// server's. Either way no key is to be trusted on the message's word: a server key replaced
+/// after a compromise, pinned as a contact, would let whoever holds it write to this client.
+pub(super) fn unknown_key(key: &KeyId, server: &KeyId, kept: Option<&Path>) -> String {
+    match kept {
+        Some(kept) => format!(
+            "{key} is the server key this client trusted before `letterlock client trust-server \
+             --replace` (kept as {}), not the server's current key {server}: a server whose key \
+             was replaced leaves the messages it queued before the change signed by the old \
+             one, and they are set aside for good. Ask the server's operator to send it again \
+             (`letterlock server send_msg`). Do not pin the old key to read it: a key replaced \
+             after a compromise is not to be trusted again",
+            kept.display()
+        ),
+        None => format!(
+            "it is signed by a key that is not the server's current trusted key ({server}, in \
+             server_public.pem) nor a contact's. A server whose key was replaced leaves the \
+             messages it queued before the change signed so (as a client whose key changed \
+             leaves what it sent before): ask the server's operator, or the sender if you know \
+             who, to send it again. Pin a key (`letterlock client trust FILE --name NAME`) only \
+             once you have checked its fingerprint with its owner over another channel, never \
+             on the message's word"
+        ),
+    }
 }
 
 /// What to do about the damaged private key file `key`: its backup, or a new pair.

@@ -166,6 +166,16 @@ pub(super) fn replaced_key_path(keys: &Path, id: &keys::KeyId) -> PathBuf {
     keys.join(format!("server_public.{}.pem", id.short()))
 }
 
+/// The server key `id` that `trust-server --replace` replaced and kept in `keys`, if it did:
+/// the file [`replaced_key_path`] names, holding exactly that key. Only to name it: recv_msg
+/// never opens a delivery with it (`client read` verifies messages kept before the change).
+pub(super) fn kept_server_key(keys: &Path, id: &keys::KeyId) -> Option<PathBuf> {
+    let path = replaced_key_path(keys, id);
+    keys::load_public(&path)
+        .is_ok_and(|k| k.id() == *id)
+        .then_some(path)
+}
+
 /// A silent server, said (and hinted) as every client command says it.
 fn timed_out(addr: &str, after: Duration) -> anyhow::Error {
     letterlock::client::ClientError::Timeout {

@@ -134,10 +134,28 @@ pub enum ClientError {
     /// A client-to-client request on the plain version 1 wire, which has none.
     #[error("{0} needs protocol version 2 (TLS 1.3); drop --plain-v1")]
     NeedsTls(&'static str),
-    /// A message from another client whose key this client cannot use (unknown, only offered
-    /// as a change, or in conflict with a pin): set aside, not acknowledged.
+    /// A message from another client whose key this client cannot use (only offered as a
+    /// change, or in conflict with a pin): set aside, not acknowledged.
     #[error("{0}")]
     UnknownSender(String),
+    /// A message signed by a key that is neither the server key this client trusts nor a
+    /// contact's (pinned, or from the directory): set aside, not acknowledged. A delivery does
+    /// not say who signed it beyond the header's key id, so the client cannot tell a server key
+    /// that was replaced (the server's messages queued before the change) from a client key it
+    /// never knew or one that changed since: what to do about it is the caller's to say.
+    #[error(
+        "from an unknown key {key}, neither the server key this client trusts ({server}) nor a \
+         contact's{}",
+        .directory.as_deref().map(|e| format!(" (the directory could not be used: {e})")).unwrap_or_default()
+    )]
+    UnknownKey {
+        /// The key id the message's header names as its signer.
+        key: KeyId,
+        /// The server key this client trusts (server_public.pem), which did not sign it.
+        server: KeyId,
+        /// Why the server's directory could not be asked about the key, if it could not.
+        directory: Option<String>,
+    },
     /// The client's contacts or its record of relayed messages could not be read or written.
     #[cfg(feature = "sqlite")]
     #[error(transparent)]

@@ -153,8 +153,9 @@ impl Client {
     /// accepted directory key. A key it does not know sends for the server's directory once
     /// (over this connection, after the other messages; version 2 only), which `senders`
     /// learns from; each message is then kept in the mailbox under its sender's name. A
-    /// sender still unknown, a key only offered as a change, or one in conflict with a pin:
-    /// the message is set aside ([`ClientError::UnknownSender`]), not acknowledged.
+    /// sender still unknown ([`ClientError::UnknownKey`]), a key only offered as a change, or
+    /// one in conflict with a pin ([`ClientError::UnknownSender`]): the message is set aside,
+    /// not acknowledged.
     pub async fn fetch_from_contacts<F>(
         &mut self,
         output: &Output,
@@ -257,7 +258,7 @@ impl Client {
                     }
                     Signer::NotUsable(lookup) => {
                         self.skip_message().await?;
-                        Err(not_usable(&header, &lookup, None))
+                        Err(not_usable(&header, &lookup, self.server.id(), None))
                     }
                 },
             };
@@ -497,7 +498,12 @@ impl Client {
                         Err(e) => Err(from_whom(e, &header, self.server.id(), &sender)),
                     }
                 }
-                other => Err(not_usable(&header, &other, directory_error.as_deref())),
+                other => Err(not_usable(
+                    &header,
+                    &other,
+                    self.server.id(),
+                    directory_error.as_deref(),
+                )),
             };
             match opened {
                 Ok(received) => {
@@ -768,12 +774,15 @@ struct Deferred {
     spool: std::fs::File,
 }
 
-/// The set-aside error for a message whose signer's key is not usable.
-fn not_usable(header: &Header, lookup: &SenderLookup, directory: Option<&str>) -> ClientError {
+/// The set-aside error for a message whose signer's key is not usable; `server` is the server
+/// key this client trusts.
+fn not_usable(
+    header: &Header,
+    lookup: &SenderLookup,
+    server: KeyId,
+    directory: Option<&str>,
+) -> ClientError {
     let key = header.sender;
-    let dir = directory
-        .map(|e| format!(" (the directory could not be used: {e})"))
-        .unwrap_or_default();
     ClientError::UnknownSender(match lookup {
         SenderLookup::Changed { name } => format!(
             "from key {key}, which the server's directory offers as a CHANGED key for {name}, not \
@@ -785,11 +794,13 @@ fn not_usable(header: &Header, lookup: &SenderLookup, directory: Option<&str>) -
              not {name}'s pinned key: do not trust it without checking with {name} (someone may \
              be substituting {name}'s key)"
         ),
-        SenderLookup::Usable { .. } | SenderLookup::Unknown => format!(
-            "from an unknown key {key}{dir}; if you expect it, `letterlock client trust FILE \
-             --name NAME` (with the sender's public key), or `letterlock client contacts` to see \
-             the directory"
-        ),
+        SenderLookup::Usable { .. } | SenderLookup::Unknown => {
+            return ClientError::UnknownKey {
+                key,
+                server,
+                directory: directory.map(str::to_owned),
+            };
+        }
     })
 }
 
@@ -874,6 +885,7 @@ fn is_set_aside(e: &ClientError) -> bool {
             | ClientError::Stale(_)
             | ClientError::MailboxConflict { .. }
             | ClientError::UnknownSender(_)
+            | ClientError::UnknownKey { .. }
     )
 }
 
