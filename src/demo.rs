@@ -24,6 +24,7 @@ use letterlock::envelope::{self, Mode, OpenOptions, SealOptions};
 use letterlock::keys::{self, Identity, KeyError, PrivateKey, PublicKey, TrustList, Trusted};
 use letterlock::server::{self, Server, ServerConfig};
 use letterlock::store::{SqliteStore, Store, StoreError, TrustRequest};
+use letterlock::text::ByteCount;
 use letterlock::tls::{NamedGroup, TlsError, TlsOptions};
 use letterlock::wire::ErrorCode;
 
@@ -490,8 +491,8 @@ async fn server_reads(w: &World, id: &str, expected: &str) -> Result<String, Str
         return Err("the stored message opened to a different text".into());
     }
     Ok(format!(
-        "stored message {id} opened: {} bytes from {sender:?}, {} mode, signature verified: {:?}",
-        opened.plaintext_len,
+        "stored message {id} opened: {} from {sender:?}, {} mode, signature verified: {:?}",
+        ByteCount(opened.plaintext_len),
         opened.header.mode,
         String::from_utf8_lossy(&plain)
     ))
@@ -782,8 +783,9 @@ async fn from_server(p: Paint, w: &World, checks: &mut Vec<Check>) -> Result<(),
     )
     .await?;
     println!(
-        "server queued message {} for \"client\" ({} bytes, hybrid), sealed at rest",
-        sealed.header.message_id, sealed.plaintext_len
+        "server queued message {} for \"client\" ({}, hybrid), sealed at rest",
+        sealed.header.message_id,
+        ByteCount(sealed.plaintext_len)
     );
     let proxy = w.proxy(None).await?;
     let mut got = Vec::new();

@@ -339,3 +339,50 @@ fn newcomer_mistakes_get_errors_that_say_what_to_do() {
     let out = child.wait_with_output().unwrap();
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+/// A folder with alice's and bob's fixed 2048-bit keys, as keygen names them.
+fn alice_and_bob() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["alice", "bob"] {
+        let key = format!("{name}2048");
+        common::cli::put_private(dir.path(), &key, &format!("{name}_private.pem"));
+        common::cli::put_public(dir.path(), &key, &format!("{name}_public.pem"));
+    }
+    dir
+}
+
+/// `letterlock seal -i alice_private.pem -r bob_public.pem ARGS` in `dir`.
+fn alice_seals(dir: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["seal", "-i", "alice_private.pem", "-r", "bob_public.pem"];
+    all.extend_from_slice(args);
+    letterlock(dir, &all)
+}
+
+/// `letterlock open -i bob_private.pem --from alice_public.pem ARGS` in `dir`.
+fn bob_opens(dir: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec![
+        "open",
+        "-i",
+        "bob_private.pem",
+        "--from",
+        "alice_public.pem",
+    ];
+    all.extend_from_slice(args);
+    letterlock(dir, &all)
+}
+
+#[test]
+fn a_one_byte_message_is_one_byte() {
+    let dir = alice_and_bob();
+    let d = dir.path();
+    std::fs::write(d.join("one.txt"), "x").unwrap();
+    let out = alice_seals(d, &["-o", "one.ll", "one.txt"]);
+    let said = common::cli::text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("sealed 1 byte (hybrid mode)"), "{said}");
+    let out = bob_opens(d, &["one.ll"]);
+    let said = common::cli::text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("verified: 1 byte from"), "{said}");
+    assert!(!said.contains("1 bytes"), "{said}");
+}

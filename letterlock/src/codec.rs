@@ -13,10 +13,10 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
     /// A read wanted more bytes than were left.
-    #[error("{wanted} bytes wanted, only {left} left")]
+    #[error("{} wanted, only {left} left", crate::text::ByteCount::from(*.wanted))]
     Short { wanted: usize, left: usize },
     /// The value ended before the input did.
-    #[error("{0} unexpected trailing bytes")]
+    #[error("{} of unexpected trailing data", crate::text::ByteCount::from(*.0))]
     Trailing(usize),
 }
 

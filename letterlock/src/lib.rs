@@ -34,7 +34,8 @@
 //! - [`envelope`]: the sealed-message format (asymmetric and hybrid), streaming seal and open,
 //!   and ASCII armor.
 //! - [`files`]: the one atomic file writer (temporary file, fsync, rename, fsync of the folder).
-//! - [`text`]: the one escaping routine for peer text shown on a terminal or in a log.
+//! - [`text`]: the one escaping routine for peer text shown on a terminal or in a log, and the
+//!   one wording of a byte count ("1 byte", "2 bytes").
 //! - `wire` (feature `net`): the network protocol: frames and their codec, a connection that
 //!   reads and writes whole frames, and the handshake both ends run.
 //! - `client` (feature `client`) and `server` (feature `server`): the two ends of the protocol.

@@ -1,4 +1,5 @@
-//! Escaping text that came from a peer before it reaches a terminal or a log.
+//! Escaping text that came from a peer before it reaches a terminal or a log; and
+//! [`ByteCount`], a count of bytes in words ("1 byte", "2 bytes") for messages shown to people.
 //!
 //! A peer controls the text of its Error frames, a trusted client's message plaintext, and (for
 //! the operator) nothing else that we print; a terminal obeys control sequences in what it
@@ -201,9 +202,42 @@ impl<W: io::Write> fmt::Write for WipedSink<'_, W> {
     }
 }
 
+/// A count of bytes for a message a person reads: "1 byte", "0 bytes", "2 bytes". The one place
+/// that picks the word, so no message says "1 bytes". Log fields and JSON keep the bare number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteCount(pub u64);
+
+impl From<usize> for ByteCount {
+    fn from(n: usize) -> Self {
+        // usize is at most 64 bits on every target Rust supports.
+        ByteCount(n as u64)
+    }
+}
+
+impl fmt::Display for ByteCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            1 => f.write_str("1 byte"),
+            n => write!(f, "{n} bytes"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_byte_is_singular() {
+        assert_eq!(ByteCount(0).to_string(), "0 bytes");
+        assert_eq!(ByteCount(1).to_string(), "1 byte");
+        assert_eq!(ByteCount(2).to_string(), "2 bytes");
+        assert_eq!(ByteCount::from(1_usize).to_string(), "1 byte");
+        assert_eq!(
+            ByteCount(u64::MAX).to_string(),
+            format!("{} bytes", u64::MAX)
+        );
+    }
 
     #[test]
     fn a_width_pads_the_escaped_text() {

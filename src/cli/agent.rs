@@ -19,6 +19,7 @@ use zeroize::Zeroizing;
 
 use letterlock::envelope::Mode;
 use letterlock::keys::KeyError;
+use letterlock::text::ByteCount;
 
 use super::client::{
     ClientConn, ClientKeys, ClientSendArgs, SEND_TIMEOUT_HELP, backoff, connect_with,
@@ -322,10 +323,10 @@ impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Source::Stdin => f.write_str("the message comes from stdin"),
-            Source::Text(len) => write!(f, "TEXT is {len} bytes"),
+            Source::Text(len) => write!(f, "TEXT is {}", ByteCount::from(*len)),
             // After the failure, not on the way to it: one more look at the file.
             Source::File(path) => match std::fs::metadata(path) {
-                Ok(m) if m.is_file() => write!(f, "{} is {} bytes", path.display(), m.len()),
+                Ok(m) if m.is_file() => write!(f, "{} is {}", path.display(), ByteCount(m.len())),
                 _ => write!(f, "{} is not a regular file", path.display()),
             },
         }
@@ -394,8 +395,10 @@ pub(super) fn hand_over(a: &ClientSendArgs) -> Result<HandOver> {
             ..
         }) => {
             let error = format!(
-                "the agent reported delivering {plaintext_len} bytes in {sent} mode, not this \
-                 message's {len} bytes in {mode} mode"
+                "the agent reported delivering {} in {sent} mode, not this message's {} in \
+                 {mode} mode",
+                ByteCount(plaintext_len),
+                ByteCount(len)
             );
             print_not_delivered(a.json, &error);
             Ok(HandOver::Answered(ExitCode::FAILURE))

@@ -13,6 +13,7 @@ use clap::{Args, Subcommand};
 use letterlock::client::Sealing;
 use letterlock::envelope::{self, SealOptions};
 use letterlock::keys::Identity;
+use letterlock::text::ByteCount;
 
 use super::mailbox::{InboxArgs, ReadArgs, ascii_json, open_mailbox};
 use super::offline::{file_reader, write_stdout_unbuffered};
@@ -672,9 +673,9 @@ pub(super) fn print_delivered(
         println!("{out}");
     } else {
         println!("message id {id}");
-        let unit = if bytes == 1 { "byte" } else { "bytes" };
         println!(
-            "delivered: the server proved it decrypted and stored {bytes} {unit} ({mode} mode)"
+            "delivered: the server proved it decrypted and stored {} ({mode} mode)",
+            ByteCount(bytes)
         );
     }
     note_empty(bytes);
@@ -807,8 +808,8 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
     if !a.json {
         println!("message id {id}");
         println!(
-            "stored for {name} on the server (not yet read): {} bytes, {} mode, sealed to {}",
-            relayed.plaintext_len,
+            "stored for {name} on the server (not yet read): {}, {} mode, sealed to {}",
+            ByteCount(relayed.plaintext_len),
             relayed.header.mode,
             contact.key.id()
         );
@@ -1127,33 +1128,34 @@ fn report_event(
                 Content::Memory(text) if binary_on_terminal(text) => {
                     shown.not_shown += 1;
                     eprintln!(
-                        "message {id} from {from} ({} mode, {} bytes, signature verified{kept}) \
+                        "message {id} from {from} ({} mode, {}, signature verified{kept}) \
                          is binary: not printed on a terminal; save it with `{read_cmd} {id} -o \
                          FILE`, or pipe recv_msg's output",
-                        r.header.mode, r.plaintext_len
+                        r.header.mode,
+                        ByteCount(r.plaintext_len)
                     );
                 }
                 Content::Memory(text) => {
                     status!(
-                        "message {id} from {from} ({} mode, {} bytes, signature \
+                        "message {id} from {from} ({} mode, {}, signature \
                          verified{kept}):",
                         r.header.mode,
-                        r.plaintext_len
+                        ByteCount(r.plaintext_len)
                     );
                     // A pipe or file gets exactly the message's bytes.
                     write_stdout_unbuffered(text, false)?;
                 }
                 Content::File(path) => status!(
-                    "message {id} from {from} ({} mode, {} bytes, signature verified{kept}) \
+                    "message {id} from {from} ({} mode, {}, signature verified{kept}) \
                      saved to {}",
                     r.header.mode,
-                    r.plaintext_len,
+                    ByteCount(r.plaintext_len),
                     path.display()
                 ),
                 Content::OverLimit { limit } => {
                     shown.not_shown += 1;
                     eprintln!(
-                        "message {id} from {from} ({} mode, {} bytes, signature \
+                        "message {id} from {from} ({} mode, {}, signature \
                          verified{kept}) is larger than the {} MiB recv_msg prints: save it \
                          with `{read_cmd} {id} -o FILE` (or receive with `recv_msg -o DIR`)",
                         r.header.mode,

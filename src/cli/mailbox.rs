@@ -18,6 +18,7 @@ use letterlock::envelope::{self, Mode, OpenError, OpenOptions};
 use letterlock::files::WriteOptions;
 use letterlock::keys::{self, Identity};
 use letterlock::store::{InboxSummary, Store};
+use letterlock::text::ByteCount;
 
 use super::offline::{print_plaintext, time_text};
 use super::{STDOUT_LIMIT, own_key, peer_key};
@@ -314,8 +315,8 @@ async fn read_kept(mailbox: &Mailbox, a: &ReadArgs) -> Result<ExitCode> {
         _ => String::new(),
     };
     status!(
-        "verified: message {id}, {} bytes from {} ({}), {} mode, received {}{saved}",
-        opened.plaintext_len,
+        "verified: message {id}, {} from {} ({}), {} mode, received {}{saved}",
+        ByteCount(opened.plaintext_len),
         from,
         opened.header.sender,
         opened.header.mode,
@@ -343,10 +344,10 @@ async fn find(mailbox: &Mailbox, prefix: &str) -> Result<letterlock::store::Inbo
                 .iter()
                 .map(|m| {
                     format!(
-                        "  {}  received {}, {} bytes",
+                        "  {}  received {}, {}",
                         hex::encode(m.message_id),
                         time_text(m.received),
-                        m.plaintext_len
+                        ByteCount(m.plaintext_len)
                     )
                 })
                 .collect();

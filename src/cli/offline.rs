@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 use letterlock::envelope::{self, OpenError, OpenOptions, SealOptions, armor};
 use letterlock::files::{self, AtomicFile, WriteOptions};
 use letterlock::keys::{self, Identity, PublicKey};
+use letterlock::text::ByteCount;
 
 use super::{ModeArg, STDOUT_LIMIT, terminal};
 
@@ -364,8 +365,8 @@ pub(super) fn seal(mut a: SealArgs) -> Result<ExitCode> {
         }
     };
     status!(
-        "sealed {} bytes ({} mode) for {}, message id {}",
-        sealed.plaintext_len,
+        "sealed {} ({} mode) for {}, message id {}",
+        ByteCount(sealed.plaintext_len),
         sealed.header.mode,
         recipient.id(),
         sealed.header.message_id
@@ -497,8 +498,8 @@ pub(super) fn open(mut a: OpenArgs) -> Result<ExitCode> {
         }),
     })?;
     status!(
-        "verified: {} bytes from {} ({} mode, message id {}, sealed at {})",
-        opened.plaintext_len,
+        "verified: {} from {} ({} mode, message id {}, sealed at {})",
+        ByteCount(opened.plaintext_len),
         opened.header.sender,
         opened.header.mode,
         opened.header.message_id,

@@ -25,6 +25,7 @@ use letterlock::envelope::{self, OpenOptions, SealOptions};
 use letterlock::files::WriteOptions;
 use letterlock::keys::{self, Identity, KeyId, PublicKey};
 use letterlock::store::{ClientKey, InboxSummary, Store, StoreError, TrustOutcome, TrustRequest};
+use letterlock::text::ByteCount;
 
 use super::client::MessageArgs;
 use super::hints::{INBOX_IDS, OUTBOX_IDS, hinted};
@@ -803,8 +804,11 @@ pub(super) async fn server_send(a: ServerSendArgs) -> Result<ExitCode> {
         letterlock::server::queue_for_client(&store, Arc::new(identity), &to, input, &opts).await?;
     store.close().await?;
     println!(
-        "queued message {} for {} ({} bytes, {} mode); delivered at its next recv_msg",
-        sealed.header.message_id, to.name, sealed.plaintext_len, sealed.header.mode
+        "queued message {} for {} ({}, {} mode); delivered at its next recv_msg",
+        sealed.header.message_id,
+        to.name,
+        ByteCount(sealed.plaintext_len),
+        sealed.header.mode
     );
     super::client::note_empty(sealed.plaintext_len);
     Ok(ExitCode::SUCCESS)
@@ -1263,8 +1267,8 @@ pub(super) async fn read_inbox(
         })
     })?;
     status!(
-        "verified: {} bytes from {} ({}), {} mode",
-        opened.plaintext_len,
+        "verified: {} from {} ({}), {} mode",
+        ByteCount(opened.plaintext_len),
         letterlock::text::line(&msg.summary.sender_name),
         opened.header.sender,
         opened.header.mode
@@ -1304,10 +1308,10 @@ async fn remove(id: &str, mailbox: &MailboxArgs, from: Option<&str>) -> Result<E
     }
     store.close().await?;
     println!(
-        "deleted inbox message {} (from {}, {} bytes, received {})",
+        "deleted inbox message {} (from {}, {}, received {})",
         hex::encode(m.message_id),
         letterlock::text::line(&m.sender_name),
-        m.plaintext_len,
+        ByteCount(m.plaintext_len),
         time_text(m.received)
     );
     Ok(ExitCode::SUCCESS)

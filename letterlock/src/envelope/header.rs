@@ -104,7 +104,7 @@ impl fmt::Debug for MessageId {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HeaderError {
-    #[error("truncated header: {0} bytes, a header is {HEADER_LEN}")]
+    #[error("truncated header: {}, a header is {HEADER_LEN}", crate::text::ByteCount::from(*.0))]
     Truncated(usize),
     #[error("not a letterlock message (bad magic)")]
     Magic,

@@ -63,7 +63,10 @@ pub const DEFAULT_ASYMMETRIC_LIMIT: u64 = 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SealError {
-    #[error("the message is larger than the asymmetric-mode limit of {limit} bytes")]
+    #[error(
+        "the message is larger than the asymmetric-mode limit of {}",
+        crate::text::ByteCount(*.limit)
+    )]
     TooLargeForAsymmetric { limit: u64 },
     #[error("invalid chunk size {0}: a chunk size is a power of two from 1024 to 1048576")]
     ChunkSize(u32),
@@ -93,7 +96,7 @@ pub enum OpenError {
     /// checked, so nothing says that key signed it: the text says "names", not "signed by".
     #[error("the message names {sender} as its sender, which is not a sender key we trust")]
     UntrustedSender { sender: crate::keys::KeyId },
-    #[error("the message is larger than the limit of {limit} bytes")]
+    #[error("the message is larger than the limit of {}", crate::text::ByteCount(*.limit))]
     TooLarge { limit: u64 },
     #[error("message failed verification: it was altered, truncated, or not sealed for us")]
     Verification,

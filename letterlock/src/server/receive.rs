@@ -535,7 +535,10 @@ impl<S: Store> ReceiveJob<S> {
             Err(OpenError::TooLarge { limit }) => {
                 return Err(Fail::new(
                     ErrorCode::TooLarge,
-                    format!("message larger than this server's limit of {limit} bytes"),
+                    format!(
+                        "message larger than this server's limit of {}",
+                        crate::text::ByteCount(limit)
+                    ),
                 ));
             }
             // The store's writer failed, not the message (pgkill: database lost mid-body).

@@ -280,7 +280,7 @@ impl From<FrameType> for u8 {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum WireError {
-    #[error("frame of {0} bytes is over the limit of {1}")]
+    #[error("frame of {} is over the limit of {}", crate::text::ByteCount(*.0), .1)]
     TooLarge(u64, usize),
     #[error("empty frame")]
     Empty,

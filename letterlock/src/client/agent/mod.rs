@@ -132,7 +132,7 @@ const STATUS_STOPPING: u8 = 0x03;
 pub enum CodecError {
     #[error("not a letterlock agent message (magic)")]
     Magic,
-    #[error("agent message of {0} bytes is over the limit of {1}")]
+    #[error("agent message of {} is over the limit of {}", crate::text::ByteCount::from(*.0), .1)]
     TooLarge(usize, usize),
     #[error("truncated agent message")]
     Truncated,
@@ -142,7 +142,7 @@ pub enum CodecError {
     NotUtf8(&'static str),
     #[error("agent request names no server")]
     NoServer,
-    #[error("{0} trailing bytes after an agent message")]
+    #[error("{} of trailing data after an agent message", crate::text::ByteCount::from(*.0))]
     Trailing(usize),
 }
 
