@@ -646,7 +646,8 @@ fn keygen_takes_keys_like_every_other_command_and_out_still_works() {
 }
 
 /// A usage error shows the command's usage as its --help does, not the options given as if they
-/// were required (clap's own line for a mistyped flag or a conflict); exit status 2.
+/// were required (clap's own line for a mistyped flag or a conflict), nor nothing (clap's own
+/// for a missing or unparsable value), and the hint to run --help; exit status 2.
 #[test]
 fn a_usage_error_shows_the_usage_of_help_not_the_options_given() {
     for (args, usage) in [
@@ -691,13 +692,47 @@ fn a_usage_error_shows_the_usage_of_help_not_the_options_given() {
             "Usage: letterlock server inbox [OPTIONS]\n",
         ),
         (&["--bogus"], "Usage: letterlock [OPTIONS] <COMMAND>\n"),
+        // A value missing at the end, or one that does not parse.
+        (
+            &["seal", "--to"],
+            "Usage: letterlock seal [OPTIONS] --from <PRIVATE_KEY> --to <PUBLIC_KEY> [INPUT]\n",
+        ),
+        (
+            &["client", "send_msg", "--server"],
+            "Usage: letterlock client send_msg [OPTIONS] [TEXT]\n",
+        ),
+        (
+            &["open", "-i", "k.pem", "--from", "p.pem", "-o"],
+            "Usage: letterlock open [OPTIONS] --key <PRIVATE_KEY> --from <PUBLIC_KEY> [INPUT]\n",
+        ),
+        (
+            &["keygen", "--name", "k", "--bits", "many"],
+            "Usage: letterlock keygen [OPTIONS] --name <NAME>\n",
+        ),
+        (
+            &["seal", "--mode", "rot13"],
+            "Usage: letterlock seal [OPTIONS] --from <PRIVATE_KEY> --to <PUBLIC_KEY> [INPUT]\n",
+        ),
+        (
+            &["server", "--listen"],
+            "Usage: letterlock server [OPTIONS]\n",
+        ),
+        (
+            &["client", "sendmsg"],
+            "Usage: letterlock client [OPTIONS] <COMMAND>\n",
+        ),
     ] {
         let out = run(args);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(usage), "{args:?}: {err}");
-        assert!(!err.contains("<SERVER>"), "{args:?}: {err}");
-        assert!(!err.contains("<KEYS>"), "{args:?}: {err}");
+        assert!(
+            err.ends_with("\n\nFor more information, try '--help'.\n"),
+            "{args:?}: {err}"
+        );
+        let line = err.lines().find(|l| l.starts_with("Usage:")).unwrap_or("");
+        assert!(!line.contains("<SERVER>"), "{args:?}: {err}");
+        assert!(!line.contains("<KEYS>"), "{args:?}: {err}");
     }
     // What clap says besides is kept: here, the missing argument.
     let err = stderr(&run(&["client", "send_msg", "--wait", "3", "hi"]));

@@ -280,10 +280,8 @@ impl From<ModeArg> for Mode {
 
 /// Parses the command line, runs the command, and turns errors into a message and exit code.
 pub fn run() -> ExitCode {
-    let cli = Cli::try_parse().unwrap_or_else(|mut e| {
-        help_usage(&mut e);
-        e.exit()
-    });
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| help_usage(e, &args).exit());
     QUIET.store(cli.quiet, Ordering::Relaxed);
     init_logging(cli.verbose, cli.quiet);
     quiet_broken_pipe();
@@ -301,39 +299,50 @@ pub fn run() -> ExitCode {
     }
 }
 
-/// Puts the command's usage line as its --help shows it in the usage error `e`. For some
-/// errors (a mistyped flag, a conflict) clap writes the arguments given instead, each as if it
+/// Puts in the usage error `e` the usage line of the command it concerns, as that command's
+/// --help shows it, and the hint to run --help: the same for every usage error. clap leaves the
+/// line out of some (a missing value, `seal --to`; a value it cannot parse, `--bits x`), and
+/// for others (a mistyped flag, a conflict) writes the arguments given instead, each as if it
 /// were required (`letterlock client send_msg --server <SERVER> <TEXT>` for `send_msg --server
-/// H:P hi --fle f`), which sends a newcomer looking for a rule that does not exist. The whole
-/// tree is built for it, on this error path only.
-fn help_usage(e: &mut clap::Error) {
-    use clap::error::{ContextKind, ContextValue};
-    let Some(ContextValue::StyledStr(usage)) = e.get(ContextKind::Usage) else {
-        return;
-    };
-    // "Usage: letterlock client send_msg --server <SERVER> <TEXT>": the names up to the first
-    // argument are the command's path.
-    let usage = usage.to_string();
-    let Some(line) = usage.trim_start().strip_prefix("Usage:") else {
-        return;
-    };
-    let path = line
-        .split_whitespace()
-        .skip(1)
-        .take_while(|w| !w.starts_with(['-', '<', '[']));
+/// H:P hi --fle f`), which sends a newcomer looking for a rule that does not exist. The command
+/// is found by parsing `args` again with errors ignored; the whole tree is built for it, on
+/// this error path only. Help and version output pass unchanged.
+fn help_usage(mut e: clap::Error, args: &[std::ffi::OsString]) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) || !e.use_stderr()
+    {
+        return e;
+    }
     let mut tree = deferred::whole_tree();
+    // Parsed as far as it goes: each subcommand reached, whatever went wrong inside it.
+    let Ok(matches) = tree.clone().ignore_errors(true).try_get_matches_from(args) else {
+        return e;
+    };
+    let mut path = Vec::new();
+    let mut reached = &matches;
+    while let Some((name, sub)) = reached.subcommand() {
+        path.push(name);
+        reached = sub;
+    }
     tree.build();
     let mut cmd = &mut tree;
     for name in path {
         match cmd.find_subcommand_mut(name) {
             Some(sub) => cmd = sub,
-            None => return,
+            None => return e,
         }
     }
     e.insert(
         ContextKind::Usage,
         ContextValue::StyledStr(cmd.render_usage()),
     );
+    // The hint to run --help, which clap leaves out of an error it makes without the command.
+    e.with_cmd(cmd)
 }
 
 /// Whether `e` comes from writing to a pipe whose reader has gone.
