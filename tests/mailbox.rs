@@ -120,7 +120,7 @@ fn recv_msg_keeps_each_message_and_client_read_opens_it_with_no_server_running()
     let (code, _, err) = run(d, &["client", "read", &id, "-o", "saved.txt"]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("saved.txt exists") && err.contains("--force"),
+        err.contains("saved.txt already exists") && err.contains("--force"),
         "{err}"
     );
     assert_eq!(std::fs::read(d.join("saved.txt")).unwrap(), b"mine");
@@ -326,6 +326,18 @@ fn binary_content_for_a_terminal_is_kept_acknowledged_and_explained() {
     let (code, out, err) = run(d, &["client", "read", id]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, binary);
+    // `-o /dev/stdout` (a pipe here) and `-o /dev/null` are written in place, once verified,
+    // as stdout is; not refused as files that cannot be replaced.
+    let (code, out, err) = run(d, &["client", "read", id, "-o", "/dev/stdout"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, binary);
+    assert!(err.contains("written to /dev/stdout"), "{err}");
+    let (code, _, err) = run(d, &["client", "read", id, "-o", "/dev/null"]);
+    assert_eq!(code, 0, "{err}");
+    // A folder is refused, with what -o takes.
+    let (code, _, err) = run(d, &["client", "read", id, "-o", "."]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is a folder"), "{err}");
 }
 
 #[test]
@@ -338,6 +350,14 @@ fn recv_msg_o_refuses_a_file_and_creates_a_missing_folder() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("out.txt exists and is not a folder"), "{err}");
     assert_eq!(std::fs::read(d.join("out.txt")).unwrap(), b"mine");
+    // A device is no folder either: refused, naming the command that writes one message.
+    let (code, _, err) = recv(d, &addr, &["-o", "/dev/null"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("/dev/null exists and is not a folder"),
+        "{err}"
+    );
+    assert!(err.contains("client read ID -o FILE"), "{err}");
     // Refused before anything was fetched: the message is still waiting, and not in the mailbox.
     assert!(inbox(d).is_empty());
 

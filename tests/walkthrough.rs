@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -296,21 +297,9 @@ fn newcomer_mistakes_get_errors_that_say_what_to_do() {
     );
     // An existing output file is not replaced without --force.
     bob_open_fails_with(d, &["-o", "m.txt", "m.ll"], "pass --force");
-    // A device or pipe is never replaced by the output's rename (as root, `-o /dev/null` once
-    // turned /dev/null into a regular file): a FIFO stands in for the device here.
-    assert!(
-        Command::new("mkfifo")
-            .arg(d.join("fifo"))
-            .status()
-            .unwrap()
-            .success()
-    );
-    bob_open_fails_with(d, &["-o", "fifo", "--force", "m.ll"], "not a regular file");
-    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
-        &std::fs::symlink_metadata(d.join("fifo"))
-            .unwrap()
-            .file_type()
-    ));
+    // A folder is not an output file, and the error says what -o takes.
+    bob_open_fails_with(d, &["-o", ".", "--force", "m.ll"], "is a folder");
+    bob_open_fails_with(d, &["-o", ".", "m.ll"], "leave -o out to write to stdout");
     // A text file is "not a letterlock message", however short.
     bob_open_fails_with(d, &["m.txt"], "not a letterlock message");
     // A mistyped store is refused, and not created.
@@ -371,6 +360,14 @@ fn bob_opens(dir: &Path, args: &[&str]) -> std::process::Output {
     letterlock(dir, &all)
 }
 
+/// A named pipe at `path`, and a thread that reads it whole once a writer opens it.
+fn fifo_reader(path: &Path) -> std::thread::JoinHandle<Vec<u8>> {
+    let made = Command::new("mkfifo").arg(path).status();
+    assert!(made.unwrap().success(), "mkfifo is needed for this test");
+    let path = path.to_owned();
+    std::thread::spawn(move || std::fs::read(path).unwrap())
+}
+
 #[test]
 fn a_one_byte_message_is_one_byte() {
     let dir = alice_and_bob();
@@ -385,4 +382,107 @@ fn a_one_byte_message_is_one_byte() {
     assert!(out.status.success(), "{said}");
     assert!(said.contains("verified: 1 byte from"), "{said}");
     assert!(!said.contains("1 bytes"), "{said}");
+}
+
+/// Sealed output is not secret: a device or a named pipe gets it as it is written, and stays
+/// what it was (as root, a rename once turned /dev/null into a regular file).
+#[test]
+fn seal_writes_straight_to_a_device_or_a_pipe() {
+    let dir = alice_and_bob();
+    let d = dir.path();
+    std::fs::write(d.join("m.txt"), "to a device").unwrap();
+    let out = alice_seals(d, &["-o", "/dev/null", "m.txt"]);
+    assert!(out.status.success(), "{}", common::cli::text(&out));
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    // /dev/stdout, a pipe here: what it got opens.
+    let out = alice_seals(d, &["-o", "/dev/stdout", "m.txt"]);
+    assert!(out.status.success(), "{}", common::cli::text(&out));
+    std::fs::write(d.join("from_stdout.ll"), &out.stdout).unwrap();
+    let opened = bob_opens(d, &["from_stdout.ll"]);
+    assert_eq!(
+        opened.stdout,
+        b"to a device",
+        "{}",
+        common::cli::text(&opened)
+    );
+    // A FIFO, armored: its reader gets the message.
+    let pipe = d.join("fifo");
+    let reader = fifo_reader(&pipe);
+    let out = alice_seals(d, &["-a", "-o", "fifo", "m.txt"]);
+    assert!(out.status.success(), "{}", common::cli::text(&out));
+    let got = reader.join().unwrap();
+    assert!(
+        got.starts_with(b"-----BEGIN"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    std::fs::write(d.join("from_fifo.ll"), &got).unwrap();
+    let opened = bob_opens(d, &["from_fifo.ll"]);
+    assert_eq!(
+        opened.stdout,
+        b"to a device",
+        "{}",
+        common::cli::text(&opened)
+    );
+    assert!(
+        std::fs::symlink_metadata(&pipe)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    // A folder and a socket are still refused, saying so.
+    let out = alice_seals(d, &["-o", ".", "--force", "m.txt"]);
+    let err = assert_fails(&["seal", "-o", "."], &out);
+    assert!(err.contains(". is a folder"), "{err}");
+    let _socket = std::os::unix::net::UnixListener::bind(d.join("sock")).unwrap();
+    let out = alice_seals(d, &["-o", "sock", "--force", "m.txt"]);
+    let err = assert_fails(&["seal", "-o", "sock"], &out);
+    assert!(err.contains("sock is not a regular file"), "{err}");
+    assert!(err.contains("leave -o out to write to stdout"), "{err}");
+    assert!(
+        std::fs::symlink_metadata(d.join("sock"))
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+}
+
+/// Plaintext to a device or a named pipe is held until the signature at the end is verified,
+/// as for stdout: a reader there never gets unverified plaintext, and a message that fails
+/// leaves it nothing.
+#[test]
+fn open_writes_to_a_device_or_a_pipe_only_once_verified() {
+    let dir = alice_and_bob();
+    let d = dir.path();
+    std::fs::write(d.join("m.txt"), "verified first").unwrap();
+    assert!(alice_seals(d, &["-o", "m.ll", "m.txt"]).status.success());
+    let out = bob_opens(d, &["-o", "/dev/null", "m.ll"]);
+    assert!(out.status.success(), "{}", common::cli::text(&out));
+    let out = bob_opens(d, &["-o", "/dev/stdout", "m.ll"]);
+    assert_eq!(out.stdout, b"verified first", "{}", common::cli::text(&out));
+    let reader = fifo_reader(&d.join("fifo"));
+    let out = bob_opens(d, &["-o", "fifo", "m.ll"]);
+    assert!(out.status.success(), "{}", common::cli::text(&out));
+    assert_eq!(reader.join().unwrap(), b"verified first");
+    // The last byte (inside the signature) changed: refused, and the reader got nothing.
+    let mut sealed = std::fs::read(d.join("m.ll")).unwrap();
+    *sealed.last_mut().unwrap() ^= 1;
+    std::fs::write(d.join("bad.ll"), &sealed).unwrap();
+    std::fs::remove_file(d.join("fifo")).unwrap();
+    let reader = fifo_reader(&d.join("fifo"));
+    let out = bob_opens(d, &["-o", "fifo", "bad.ll"]);
+    let err = assert_fails(&["open", "-o", "fifo", "bad.ll"], &out);
+    assert!(err.contains("failed verification"), "{err}");
+    // Had open not opened the pipe at all, its reader would wait for ever: a writer that
+    // writes nothing ends that wait (it fails, harmlessly, if the reader is gone).
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(d.join("fifo"));
+    assert_eq!(reader.join().unwrap(), b"");
 }

@@ -18,7 +18,10 @@
 //!
 //! Invariants:
 //! - Only a regular file, or nothing, is ever replaced: the rename would turn a device, a pipe
-//!   or a socket into a regular file (as root, `-o /dev/null` would destroy `/dev/null`).
+//!   or a socket into a regular file (as root, `-o /dev/null` would destroy `/dev/null`). A
+//!   character device or a named pipe is not replaced but written in place, by its program
+//!   ([`open_stream`]), as a shell's `>` writes it; what may be written there unverified is
+//!   that program's to decide.
 //! - Nothing is overwritten unless [`WriteOptions::replace`] says so; without it the rename is
 //!   a no-clobber one, so a file created meanwhile is not replaced either.
 //! - The temporary file has [`WriteOptions::mode`] from its creation (0600 unless told
@@ -304,6 +307,10 @@ pub fn write_atomic(target: &Path, contents: &[u8], opts: &WriteOptions) -> io::
 /// nothing, may be at a target.
 pub fn check_replaceable(target: &Path) -> io::Result<()> {
     match fs::symlink_metadata(target) {
+        Ok(m) if m.is_dir() => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is a folder, not a file", target.display()),
+        )),
         Ok(m) if !m.is_file() => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
@@ -314,6 +321,27 @@ pub fn check_replaceable(target: &Path) -> io::Result<()> {
         )),
         _ => Ok(()),
     }
+}
+
+/// The character device or named pipe at `target` (`/dev/null`, `/dev/stdout`, a FIFO; symbolic
+/// links followed, as `/dev/stdout` is one), opened for writing in place; `None` when `target`
+/// is missing or anything else, which [`AtomicFile`] then writes or refuses. Such a file
+/// cannot be replaced by a new one (see the module documentation), and has no content to keep
+/// whole: what is written goes to its reader. Opening a pipe waits for its reader, as a
+/// shell's `>` does. Never made this process's controlling terminal, if it is a terminal.
+pub fn open_stream(target: &Path) -> io::Result<Option<fs::File>> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let is_stream = |m: fs::Metadata| m.file_type().is_char_device() || m.file_type().is_fifo();
+    if !fs::metadata(target).is_ok_and(is_stream) {
+        return Ok(None);
+    }
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32)
+        .open(target)?;
+    // Looked at again once open: the name may have been changed meanwhile (never written to
+    // unless it is still a device or a pipe: a regular file would be overwritten in place).
+    Ok(is_stream(file.metadata()?).then_some(file))
 }
 
 /// The folder a target lives in (`.` for a bare file name).
@@ -332,7 +360,7 @@ fn permissions(mode: u32) -> fs::Permissions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 
     fn mode(p: &Path) -> u32 {
         fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -467,6 +495,41 @@ mod tests {
         let err = write_atomic(&fifo, b"x", &replace).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert!(!fs::symlink_metadata(&fifo).unwrap().is_file());
+    }
+
+    #[test]
+    fn a_device_or_a_pipe_is_opened_in_place_and_nothing_else() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let null = open_stream(Path::new("/dev/null")).unwrap();
+        assert!(null.is_some(), "/dev/null is a character device");
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success(), "mkfifo is needed for this test");
+        // A reader first (not waiting for a writer), so opening the writing end does not wait.
+        let mut reader = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&fifo)
+            .unwrap();
+        let mut w = open_stream(&fifo)
+            .unwrap()
+            .expect("a FIFO is written in place");
+        w.write_all(b"through").unwrap();
+        drop(w);
+        let mut got = Vec::new();
+        io::Read::read_to_end(&mut reader, &mut got).unwrap();
+        assert_eq!(got, b"through");
+        assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+        // Everything else is left to AtomicFile: written anew, or refused.
+        let file = dir.path().join("file");
+        fs::write(&file, b"kept").unwrap();
+        assert!(open_stream(&file).unwrap().is_none());
+        assert_eq!(fs::read(&file).unwrap(), b"kept");
+        assert!(open_stream(dir.path()).unwrap().is_none());
+        assert!(open_stream(&dir.path().join("missing")).unwrap().is_none());
+        let err = write_atomic(dir.path(), b"x", &WriteOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("is a folder"), "{err}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use letterlock::keys::{self, Identity};
 use letterlock::store::{InboxSummary, Store};
 use letterlock::text::ByteCount;
 
-use super::offline::{print_plaintext, time_text};
+use super::offline::{Output, time_text, too_large_to_hold, write_verified};
 use super::{STDOUT_LIMIT, own_key, peer_key};
 
 /// File name of the client's mailbox database, in the key folder.
@@ -78,7 +78,8 @@ pub(super) struct ReadArgs {
     #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
     pub(super) keys: PathBuf,
     /// Write the message to FILE (it appears only once verified; an existing file is not
-    /// replaced without --force) instead of printing it; `-` is stdout.
+    /// replaced without --force) instead of printing it; `-` is stdout, and a device or a named
+    /// pipe (`/dev/stdout`, a FIFO) gets it as stdout does.
     #[arg(short, long, value_name = "FILE")]
     pub(super) output: Option<PathBuf>,
     /// Replace FILE if it exists.
@@ -236,16 +237,7 @@ pub(super) async fn client_read(a: ReadArgs) -> Result<ExitCode> {
 }
 
 async fn read_kept(mailbox: &Mailbox, a: &ReadArgs) -> Result<ExitCode> {
-    let to_stdout = a.output.as_deref().is_none_or(|p| p == Path::new("-"));
-    if let Some(path) = a.output.as_deref().filter(|_| !to_stdout)
-        && path.symlink_metadata().is_ok()
-        && !a.force
-    {
-        bail!(
-            "{} exists: client read does not replace a file unless --force (or -o - for stdout)",
-            path.display()
-        );
-    }
+    let mut output = Output::of(a.output.as_deref(), a.force, "client read")?;
     let identity: Arc<dyn Identity> = Arc::new(own_key(&a.keys, "client")?);
     let current = peer_key(&a.keys, "server")?;
     let msg = find(mailbox, &a.id).await?;
@@ -267,33 +259,38 @@ async fn read_kept(mailbox: &Mailbox, a: &ReadArgs) -> Result<ExitCode> {
         None => signing_key(&a.keys, current, &signer, &id)?,
     };
     let body = msg.body;
+    let saved = match &output {
+        Output::File(path) => format!(", saved to {}", path.display()),
+        Output::Stream(path, _) => format!(", written to {}", path.display()),
+        Output::Stdout => String::new(),
+    };
     let opened = tokio::task::spawn_blocking({
-        let output = a.output.clone().filter(|_| !to_stdout);
         let replace = a.force;
         let id = id.clone();
         move || -> Result<_> {
             let opts = OpenOptions::default();
-            match output {
-                Some(path) => Ok(envelope::open_to_file(
+            match &mut output {
+                Output::File(path) => Ok(envelope::open_to_file(
                     identity,
                     &server,
                     &opts,
                     body,
-                    &path,
+                    path,
                     &WriteOptions {
                         replace,
                         ..WriteOptions::default()
                     },
                 )
                 .with_context(|| format!("message {id} to {}", path.display()))?),
-                None => {
+                // Stdout, or a device or a pipe in its place: held until verified.
+                to => {
                     let opts = OpenOptions {
                         max_plaintext: STDOUT_LIMIT,
                         ..opts
                     };
                     let (plain, opened) = envelope::open_to_vec(identity, &server, &opts, body)
-                        .map_err(|e| too_large_for_terminal(e, &format!("client read {id}")))?;
-                    print_plaintext(&plain)?;
+                        .map_err(|e| too_large_to_hold(e, to, &format!("client read {id}")))?;
+                    write_verified(to, &plain)?;
                     Ok(opened)
                 }
             }
@@ -310,10 +307,6 @@ async fn read_kept(mailbox: &Mailbox, a: &ReadArgs) -> Result<ExitCode> {
             )
         })
     })?;
-    let saved = match &a.output {
-        Some(path) if !to_stdout => format!(", saved to {}", path.display()),
-        _ => String::new(),
-    };
     status!(
         "verified: message {id}, {} from {} ({}), {} mode, received {}{saved}",
         ByteCount(opened.plaintext_len),
@@ -373,14 +366,7 @@ async fn find(mailbox: &Mailbox, prefix: &str) -> Result<letterlock::store::Inbo
 /// it is, a size the terminal does not take, not a refusal: `command` is what to run with
 /// `-o FILE` to get it.
 pub(super) fn too_large_for_terminal(e: OpenError, command: &str) -> anyhow::Error {
-    match e {
-        OpenError::TooLarge { limit } if limit == STDOUT_LIMIT => anyhow::anyhow!(
-            "the message is larger than the {} MiB printed on stdout; save it to a file with \
-             `letterlock {command} -o FILE`",
-            STDOUT_LIMIT >> 20
-        ),
-        e => e.into(),
-    }
+    too_large_to_hold(e, &Output::Stdout, command)
 }
 
 /// JSON text with every character outside printable ASCII written as a `\u` escape: still the

@@ -82,7 +82,8 @@ pub(super) struct SealArgs {
     /// How to encrypt: hybrid (AES-256-GCM, any size) or asymmetric (RSA only, up to 1 MiB).
     #[arg(long, value_enum, default_value = "hybrid")]
     pub(super) mode: ModeArg,
-    /// Where to write the sealed message (default, or `-`: stdout).
+    /// Where to write the sealed message (default, or `-`: stdout). A device or a named pipe
+    /// (`/dev/null`, a FIFO) is written as the message is sealed.
     #[arg(short, long, value_name = "FILE")]
     pub(super) output: Option<PathBuf>,
     /// Write base64 text between BEGIN/END lines instead of binary.
@@ -112,7 +113,8 @@ pub(super) struct OpenArgs {
     #[arg(long, value_name = "PUBLIC_KEY")]
     pub(super) from: PathBuf,
     /// Where to write the plaintext. It appears only once the message verified.
-    /// Without it (or with `-`), plaintext goes to stdout, up to 64 MiB.
+    /// Without it (or with `-`), plaintext goes to stdout, up to 64 MiB; a device or a named
+    /// pipe (`/dev/stdout`, a FIFO) gets it as stdout does.
     #[arg(short, long, value_name = "FILE")]
     pub(super) output: Option<PathBuf>,
     /// Largest plaintext accepted in asymmetric mode, in bytes.
@@ -297,26 +299,91 @@ pub(super) fn file_reader(p: &Path) -> Result<Box<dyn Read + Send>> {
     }
 }
 
-/// Refuses to replace an existing output file unless `--force`: as with keys, nothing is
-/// overwritten silently.
-pub(super) fn check_output(path: Option<&Path>, force: bool) -> Result<()> {
-    if let Some(p) = path {
-        files::check_replaceable(p)?;
-        if p.exists() && !force {
-            bail!("{} already exists; pass --force to replace it", p.display());
+/// Where `-o` sends what a command writes.
+#[derive(Debug)]
+pub(super) enum Output {
+    /// No `-o`, or `-o -` (as for age and gpg).
+    Stdout,
+    /// A character device or a named pipe (`/dev/null`, `/dev/stdout`, a FIFO), open for
+    /// writing: it cannot be replaced by a new file, so it is written in place, as a shell's
+    /// `>` writes it ([`files::open_stream`]).
+    Stream(PathBuf, File),
+    /// A regular file, new or replaced (with `--force`): written beside it and renamed into
+    /// place once complete ([`AtomicFile`]).
+    File(PathBuf),
+}
+
+impl Output {
+    /// What `-o path` names for `command` (`open`, `client read`): refuses an existing regular
+    /// file unless `force` (nothing is overwritten silently), and a folder or anything else that
+    /// is neither a file, a device nor a pipe. A pipe is opened here, which waits for its reader.
+    pub(super) fn of(path: Option<&Path>, force: bool, command: &str) -> Result<Output> {
+        let Some(path) = path.filter(|p| *p != Path::new("-")) else {
+            return Ok(Output::Stdout);
+        };
+        let cannot = || format!("cannot write {}", path.display());
+        if let Some(file) = files::open_stream(path).with_context(cannot)? {
+            return Ok(Output::Stream(path.to_owned(), file));
+        }
+        files::check_replaceable(path).with_context(|| {
+            format!(
+                "{command} -o names a file to write (or a device or a pipe, written in place), \
+                 not a folder or a socket; leave -o out to write to stdout"
+            )
+        })?;
+        if path.symlink_metadata().is_ok() && !force {
+            bail!(
+                "{} already exists; pass --force to replace it (or -o - for stdout)",
+                path.display()
+            );
+        }
+        Ok(Output::File(path.to_owned()))
+    }
+
+    /// The path named, for messages and logs ("stdout" for stdout).
+    pub(super) fn name(&self) -> String {
+        match self {
+            Output::Stdout => "stdout".to_owned(),
+            Output::Stream(path, _) | Output::File(path) => path.display().to_string(),
         }
     }
-    Ok(())
 }
 
-/// `-o -` means stdout, as for age and gpg: the same as no `-o`.
-fn output_path(output: Option<PathBuf>) -> Option<PathBuf> {
-    output.filter(|p| p != Path::new("-"))
+/// Writes verified plaintext, held in memory until verified, to stdout or to the device or pipe
+/// `-o` named: raw, or escaped on a terminal, binary refused there ([`terminal`]). (A regular
+/// file is written by [`envelope::open_to_file`] instead; given one, this writes to stdout.)
+pub(super) fn write_verified(to: &mut Output, plain: &[u8]) -> io::Result<()> {
+    match to {
+        Output::Stream(_, file) => terminal::write_content_to(file, plain, false),
+        Output::Stdout | Output::File(_) => print_plaintext(plain),
+    }
 }
 
-pub(super) fn seal(mut a: SealArgs) -> Result<ExitCode> {
-    a.output = output_path(a.output.take());
-    check_output(a.output.as_deref(), a.force)?;
+/// The error for plaintext over [`STDOUT_LIMIT`], held for stdout or a device or pipe until
+/// verified: `command` (`open`, `client read ID`) with `-o FILE` saves it.
+pub(super) fn too_large_to_hold(e: OpenError, to: &Output, command: &str) -> anyhow::Error {
+    match e {
+        OpenError::TooLarge { limit } if limit == STDOUT_LIMIT => {
+            let held = match to {
+                Output::Stream(path, _) => format!(
+                    "{} (not a regular file: what goes there is held in memory until verified, \
+                     as for stdout)",
+                    path.display()
+                ),
+                Output::Stdout | Output::File(_) => "stdout".to_owned(),
+            };
+            anyhow::anyhow!(
+                "the message is larger than the {} MiB held until verified for {held}; save it \
+                 to a regular file with `letterlock {command} -o FILE`",
+                STDOUT_LIMIT >> 20
+            )
+        }
+        e => e.into(),
+    }
+}
+
+pub(super) fn seal(a: SealArgs) -> Result<ExitCode> {
+    let output = Output::of(a.output.as_deref(), a.force, "seal")?;
     let sender: Arc<dyn Identity> = Arc::new(super::load_own_private(&a.from)?);
     let recipient = keys::load_public(&a.to)?;
     let opts = SealOptions {
@@ -329,22 +396,28 @@ pub(super) fn seal(mut a: SealArgs) -> Result<ExitCode> {
         recipient = %recipient.id(),
         mode = %opts.mode,
         armor = a.armor,
-        output = %a.output.as_deref().map_or("stdout".into(), |p| p.display().to_string()),
+        output = %output.name(),
         "sealing"
     );
     let reader = match a.input.as_deref().map(read_small).transpose()?.flatten() {
         Some(whole) => Plain::Whole(whole),
         None => Plain::Stream(input(a.input.as_deref())?),
     };
-    let sealed = match &a.output {
-        Some(path) => {
+    let binary_to_terminal = |terminal: bool| {
+        if !a.armor && terminal {
+            bail!("refusing to write a binary message to a terminal; use -o FILE or -a (--armor)");
+        }
+        Ok(())
+    };
+    let sealed = match output {
+        Output::File(path) => {
             // Sealed output is not secret, but a half-written file should not look like a
             // message: write beside, rename when complete.
             let file = WriteOptions {
                 replace: a.force,
                 ..WriteOptions::default()
             };
-            let tmp = AtomicFile::create(path, &file)
+            let tmp = AtomicFile::create(&path, &file)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             let w = io::BufWriter::new(tmp);
             let (sealed, w) = seal_into(sender, &recipient, &opts, reader, w, a.armor)?;
@@ -353,13 +426,16 @@ pub(super) fn seal(mut a: SealArgs) -> Result<ExitCode> {
                 .with_context(|| format!("cannot write {}", path.display()))?;
             sealed
         }
-        None => {
+        // A device or a pipe: sealed bytes are not secret, and a reader there sees a message
+        // cut short by an error as one that does not open, so they go straight to it.
+        Output::Stream(_, file) => {
+            binary_to_terminal(file.is_terminal())?;
+            let w = io::BufWriter::new(file);
+            seal_into(sender, &recipient, &opts, reader, w, a.armor)?.0
+        }
+        Output::Stdout => {
             let stdout = io::stdout();
-            if !a.armor && stdout.is_terminal() {
-                bail!(
-                    "refusing to write a binary message to a terminal; use -o FILE or -a (--armor)"
-                );
-            }
+            binary_to_terminal(stdout.is_terminal())?;
             let w = io::BufWriter::new(stdout);
             seal_into(sender, &recipient, &opts, reader, w, a.armor)?.0
         }
@@ -446,9 +522,8 @@ fn seal_into<W: Write + Send>(
     }
 }
 
-pub(super) fn open(mut a: OpenArgs) -> Result<ExitCode> {
-    a.output = output_path(a.output.take());
-    check_output(a.output.as_deref(), a.force)?;
+pub(super) fn open(a: OpenArgs) -> Result<ExitCode> {
+    let mut output = Output::of(a.output.as_deref(), a.force, "open")?;
     let identity: Arc<dyn Identity> = Arc::new(super::load_own_private(&a.key)?);
     let expected = keys::load_public(&a.from)?;
     let mut reader = BufReader::new(input(a.input.as_deref())?);
@@ -458,7 +533,7 @@ pub(super) fn open(mut a: OpenArgs) -> Result<ExitCode> {
         recipient = %identity.public().id(),
         expected_sender = %expected.id(),
         armored,
-        output = %a.output.as_deref().map_or("stdout".into(), |p| p.display().to_string()),
+        output = %output.name(),
         "opening"
     );
     let reader: Box<dyn Read + Send> = if armored {
@@ -470,28 +545,29 @@ pub(super) fn open(mut a: OpenArgs) -> Result<ExitCode> {
         asymmetric_limit: a.max_asymmetric,
         ..OpenOptions::default()
     };
-    let opened = match &a.output {
-        Some(path) => {
+    let opened = match &mut output {
+        Output::File(path) => {
             let file = WriteOptions {
                 replace: a.force,
                 ..WriteOptions::default()
             };
             envelope::open_to_file(identity, &expected, &opts, reader, path, &file)
         }
-        None => {
+        // Stdout, or a device or a pipe in its place: nothing reaches it before the signature
+        // at the end is verified, so the plaintext is held until then, up to a limit.
+        to => {
             opts.max_plaintext = STDOUT_LIMIT;
             envelope::open_to_vec(identity, &expected, &opts, reader).and_then(|(plain, o)| {
-                print_plaintext(&plain)?;
+                write_verified(to, &plain)?;
                 Ok(o)
             })
         }
     };
     let opened = opened.map_err(|e| match e {
-        OpenError::TooLarge { limit } if a.output.is_none() && limit == STDOUT_LIMIT => {
-            anyhow::anyhow!(
-                "the message is larger than 64 MiB, too large to hold for stdout; \
-                 write it to a file with -o FILE"
-            )
+        OpenError::TooLarge { limit }
+            if limit == STDOUT_LIMIT && !matches!(output, Output::File(_)) =>
+        {
+            too_large_to_hold(e, &output, "open")
         }
         e => super::replaced::name_kept_key(e.into(), &a.key, |kept| {
             format!("open it with `-i {}`", kept.display())

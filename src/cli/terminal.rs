@@ -31,27 +31,27 @@ pub(super) fn stdout_is_terminal() -> bool {
 /// with a line break, so the prompt does not land on the message's last line). Binary content
 /// is refused on a terminal, before anything is written.
 pub(super) fn write_content(plain: &[u8], newline: bool) -> io::Result<()> {
-    if stdout_is_terminal() {
+    with_raw_stdout(|out| write_content_to(out, plain, newline))
+}
+
+/// [`write_content`] to `out`, which is stdout or what `-o` named in its place (a device or a
+/// named pipe, `-o /dev/stdout` or `-o /dev/tty`): the same rules when it is a terminal.
+pub(super) fn write_content_to(out: &mut File, plain: &[u8], newline: bool) -> io::Result<()> {
+    if out.is_terminal() {
         if std::str::from_utf8(plain).is_err() {
             return Err(io::Error::other(BINARY_REFUSED));
         }
-        let end = !plain.is_empty() && !plain.ends_with(b"\n");
-        with_raw_stdout(|out| {
-            letterlock::text::content(plain).write_to(out)?;
-            if end {
-                out.write_all(b"\n")?;
-            }
-            Ok(())
-        })
+        letterlock::text::content(plain).write_to(out)?;
+        if !plain.is_empty() && !plain.ends_with(b"\n") {
+            out.write_all(b"\n")?;
+        }
     } else {
-        with_raw_stdout(|out| {
-            out.write_all(plain)?;
-            if newline {
-                out.write_all(b"\n")?;
-            }
-            Ok(())
-        })
+        out.write_all(plain)?;
+        if newline {
+            out.write_all(b"\n")?;
+        }
     }
+    Ok(())
 }
 
 /// Runs `f` on file descriptor 1 itself, after what stdout already holds: stdout's own buffer
