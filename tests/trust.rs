@@ -143,6 +143,12 @@ fn trust_and_untrust_take_effect_on_a_running_server_without_restart() {
         "{}",
         stderr(&refused)
     );
+    // The hint's command works for a rotated key too (found by a trial run).
+    assert!(
+        stderr(&refused).contains("with --replace if NAME is trusted with another key"),
+        "{}",
+        stderr(&refused)
+    );
 
     let said = s.server_ok(&["server", "trust", "bob/client_public.pem", "--name", "bob"]);
     assert!(said.contains("trusting bob"), "{said}");

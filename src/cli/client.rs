@@ -534,7 +534,8 @@ pub(super) async fn connect_with(
                 _ => bail!(
                     "the server at {addr} refused our key {me} (authentication failed): its \
                      operator must trust client_public.pem (`letterlock server trust \
-                     client_public.pem --name NAME`)"
+                     client_public.pem --name NAME`, with --replace if NAME is trusted with \
+                     another key already)"
                 ),
             }
         }

@@ -232,7 +232,10 @@ fn warn_replaced(kept: &super::replaced::Kept, name: &str, public: &Path) {
         "client" => format!(
             "The server's operator must trust the new {public} in its place (`letterlock server \
              trust client_public.pem --name NAME --replace`), or the server refuses this client. \
-             A `letterlock client agent` already running keeps the old key: restart it"
+             Messages still waiting on the server for the old key are stranded from then on \
+             (never delivered: `server outbox` shows them, and their senders must send them \
+             again): fetch them with the old pair first if you can. A `letterlock client agent` \
+             already running keeps the old key: restart it"
         ),
         "server" => "Every client must trust the new server key (`letterlock client trust-server \
              HOST:PORT --replace`, checking its fingerprint), or it refuses this server. A \
@@ -242,8 +245,8 @@ fn warn_replaced(kept: &super::replaced::Kept, name: &str, public: &Path) {
     };
     eprintln!(
         "letterlock: replaced the {name} key pair; the old key{id} is kept as {}. Messages \
-         sealed to it (received already, or sent before the new key is trusted) open only with \
-         it: keep it as long as you need them. {who}.",
+         sealed to it (received already) open only with it: keep it as long as you need them. \
+         {who}.",
         old.display()
     );
 }
