@@ -476,6 +476,41 @@ async fn command_line_proxy_captures_and_show_finds_plaintext() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("plaintext not found"));
 }
 
+/// `--expect` takes no text so short that ciphertext holds it by chance, and a search says
+/// which encodings it tried (found by a trial run: `--expect a` reported a leak, `--expect ""`
+/// was taken, and the list named encodings a short text skips).
+#[test]
+fn expect_refuses_a_text_found_by_chance_and_names_the_encodings_it_searched() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("empty.cap");
+    std::fs::write(&capture, letterlock_cli::intercept::capture::CAPTURE_MAGIC).unwrap();
+    let show = |expect: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_letterlock"))
+            .args(["intercept", "--show"])
+            .arg(&capture)
+            .args(["--expect", expect])
+            .output()
+            .unwrap()
+    };
+    for short in ["", "a", "abcde"] {
+        let out = show(short);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{short:?}: {err}");
+        assert!(err.contains("at least 6 bytes"), "{short:?}: {err}");
+    }
+    let search = letterlock_cli::intercept::search::needles("abcdef");
+    let out = show("abcdef");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!(
+            "searched {} encodings: raw bytes, UTF-16LE",
+            search.len()
+        )),
+        "{text}"
+    );
+}
+
 /// An attack that cannot be placed is said so, and the message goes through byte for byte:
 /// the proxy re-frames a held message exactly once (one SendEnd), so the server accepts it.
 #[tokio::test]

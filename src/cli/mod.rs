@@ -214,7 +214,8 @@ struct InterceptArgs {
     #[arg(long)]
     capture: Option<PathBuf>,
     /// Search the captured bytes for this plaintext (raw, UTF-16, base64, hex); exit 1 if found.
-    #[arg(long)]
+    /// At least 6 bytes: a shorter text turns up in ciphertext by chance.
+    #[arg(long, value_parser = expect_text)]
     expect: Option<String>,
     /// The server's RSA modulus in bytes (256 for 2048 bits), to locate chunks for truncate
     /// and reorder; default: assume the client's, seen in its Auth frame.
@@ -224,6 +225,22 @@ struct InterceptArgs {
     #[arg(long, conflicts_with_all = ["listen", "upstream", "tamper", "capture", "key_bytes"])]
     show: Option<PathBuf>,
 }
+
+/// `intercept --expect`'s text: at least [`MIN_EXPECT`] bytes. A 1-byte text is in almost any
+/// capture, and 4 bytes in one ciphertext byte in four thousand million: a "FOUND" would be
+/// chance, not a leak (found by a trial run: `--expect a` reported a plaintext leak).
+fn expect_text(s: &str) -> std::result::Result<String, String> {
+    if s.len() < MIN_EXPECT {
+        return Err(format!(
+            "give a text of at least {MIN_EXPECT} bytes (this one has {}): a shorter one turns up \
+             in encrypted bytes by chance",
+            s.len()
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+const MIN_EXPECT: usize = 6;
 
 #[derive(Args, Debug)]
 struct BenchArgs {

@@ -81,13 +81,15 @@ impl Search {
 impl fmt::Display for Search {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.found.is_empty() {
+            let names: Vec<String> = self.encodings.iter().map(ToString::to_string).collect();
             return write!(
                 f,
                 "expect {:?}: plaintext not found in {} captured bytes (searched {} encodings: \
-                 raw, UTF-16LE/BE, base64 x3 alignments, hex lower/upper)",
+                 {})",
                 self.text,
                 self.scanned,
-                self.encodings.len()
+                self.encodings.len(),
+                names.join(", ")
             );
         }
         write!(
