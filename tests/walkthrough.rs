@@ -152,6 +152,39 @@ fn a_version_mismatch_fails_and_names_the_flag() {
     assert_eq!(inbox.trim(), "[]");
 }
 
+/// A listener that closes every connection before a byte, as a busy or stopping server does,
+/// and as a proxy or load balancer does when its server is not running: the error does not
+/// claim the server is busy (found by a trial run, through `intercept` to a dead upstream).
+#[test]
+fn a_connection_closed_before_the_handshake_is_not_only_called_busy() {
+    let (dir, server, _) = folder_with_server(&[]);
+    drop(server);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+    });
+    fails_saying(
+        dir.path(),
+        &[
+            "client",
+            "send_msg",
+            "--server",
+            &addr,
+            "--timeout",
+            "1",
+            "hi",
+        ],
+        &[
+            "turned the connection away",
+            "a proxy or load balancer whose server is not running",
+            "--timeout SECONDS",
+        ],
+    );
+}
+
 /// `--require-pq` serves letterlock clients (they always offer X25519MLKEM768), and makes no
 /// sense on the plain wire.
 #[test]

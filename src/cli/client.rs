@@ -540,8 +540,10 @@ pub(super) async fn connect_with(
             }
         }
         Err(ClientError::Busy { attempts }) => bail!(
-            "the server at {addr} is busy: turned away {attempts} time(s) in {} s; try again \
-             later, or wait longer with --timeout SECONDS",
+            "the server at {addr} turned the connection away {attempts} time(s) in {} s: it \
+             closed it before the handshake, as a busy or stopping server does (and a proxy or \
+             load balancer whose server is not running); try again later, or wait longer with \
+             --timeout SECONDS",
             conn.timeout
         ),
         Err(ClientError::PlainV1Server) => bail!(
@@ -932,8 +934,9 @@ fn report_retry(r: &letterlock::client::Retry) {
         // Closed without a byte, or refused before the handshake as unavailable: a full
         // server does the first, one that cannot reach its mailbox database the second.
         RetryCause::Busy => status!(
-            "letterlock: the server turned the connection away (busy, or its mailbox database \
-             is unavailable); retrying: attempt {}, waiting {} ms",
+            "letterlock: the server turned the connection away (busy, stopping, or its mailbox \
+             database is unavailable; or a proxy in front of it found no server); retrying: \
+             attempt {}, waiting {} ms",
             r.attempt,
             r.wait.as_millis()
         ),
