@@ -260,6 +260,24 @@ impl World {
         dir
     }
 
+    /// The client in `dir` sees bob in the directory; then the server puts mallory's key in
+    /// bob's place, and the client is shown the change.
+    fn offer_mallory_as_bob_to(&self, dir: &Path) {
+        let (code, _, err) = self.client(dir, &["contacts"]);
+        assert_eq!(code, 0, "{err}");
+        let mallory_file = public_path("mallory");
+        self.server_cmd(&[
+            "trust",
+            mallory_file.to_str().unwrap(),
+            "--name",
+            "bob",
+            "--replace",
+        ]);
+        let (code, _, err) = self.client(dir, &["contacts"]);
+        assert_eq!(code, 6, "{err}");
+        assert!(err.contains("WARNING"), "{err}");
+    }
+
     /// `letterlock server ARGS` in the server's folder (its store), which must succeed.
     fn server_cmd(&self, args: &[&str]) -> String {
         let mut all = vec!["server"];
@@ -468,19 +486,9 @@ fn no_client_passes_as_the_server_by_its_name() {
     // A store that trusts one anyway (written by hand, or before the rule).
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        use letterlock::store::{Store, TrustRequest};
         let store = SqliteStore::open(w.server_dir.path().join(SERVER_STORE)).unwrap();
-        let key = public("mallory");
-        store
-            .trust_client(TrustRequest {
-                name: "server".into(),
-                key_id: key.id().0,
-                public_key: key.spki_der().to_vec(),
-                replace: false,
-                now: letterlock::envelope::unix_now(),
-            })
-            .await
-            .unwrap();
+        let now = letterlock::envelope::unix_now();
+        common::trust_in(&store, "server", &public("mallory"), false, now).await;
         store.close().await.unwrap();
     });
     let (code, out, err) = w.client(a, &["contacts", "--json"]);
@@ -747,19 +755,7 @@ fn a_server_substituting_bobs_key_is_refused_by_a_pin_and_shown_as_a_change_othe
 fn untrust_of_a_contact_whose_key_change_waits_needs_force() {
     let w = World::start();
     let a = w.alice.path();
-    let (code, _, err) = w.client(a, &["contacts"]);
-    assert_eq!(code, 0, "{err}");
-    let mallory_file = public_path("mallory");
-    w.server_cmd(&[
-        "trust",
-        mallory_file.to_str().unwrap(),
-        "--name",
-        "bob",
-        "--replace",
-    ]);
-    let (code, _, err) = w.client(a, &["contacts"]);
-    assert_eq!(code, 6, "{err}");
-    assert!(err.contains("WARNING"), "{err}");
+    w.offer_mallory_as_bob_to(a);
     let (bob_id, mallory_id) = (
         public(BOB).id().to_string(),
         public("mallory").id().to_string(),
@@ -790,19 +786,8 @@ fn untrust_of_a_contact_whose_key_change_waits_needs_force() {
 fn a_contact_the_directory_no_longer_lists_is_said_to_be_gone() {
     let w = World::start();
     let a = w.alice.path();
-    let (code, _, err) = w.client(a, &["contacts"]);
-    assert_eq!(code, 0, "{err}");
     // A change offered, never accepted, then bob is removed from the server.
-    let mallory_file = public_path("mallory");
-    w.server_cmd(&[
-        "trust",
-        mallory_file.to_str().unwrap(),
-        "--name",
-        "bob",
-        "--replace",
-    ]);
-    let (code, _, err) = w.client(a, &["contacts"]);
-    assert_eq!(code, 6, "{err}");
+    w.offer_mallory_as_bob_to(a);
     w.server_cmd(&["untrust", "bob"]);
     let (code, out, err) = w.send(a, "bob", &["still there?"]);
     assert_eq!(code, 1, "{out}{err}");

@@ -458,14 +458,7 @@ async fn command_line_proxy_captures_and_show_finds_plaintext() {
         .unwrap();
     assert_eq!(status.code(), Some(1), "a plaintext was found: exit 1");
 
-    let show = |expect: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_letterlock"))
-            .args(["intercept", "--show"])
-            .arg(&capture)
-            .args(["--expect", expect])
-            .output()
-            .unwrap()
-    };
+    let show = |expect: &str| show_capture(&capture, expect);
     let out = show(PLAIN);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
@@ -476,6 +469,16 @@ async fn command_line_proxy_captures_and_show_finds_plaintext() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("plaintext not found"));
 }
 
+/// `letterlock intercept --show CAPTURE --expect EXPECT`.
+fn show_capture(capture: &std::path::Path, expect: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_letterlock"))
+        .args(["intercept", "--show"])
+        .arg(capture)
+        .args(["--expect", expect])
+        .output()
+        .unwrap()
+}
+
 /// `--expect` takes no text so short that ciphertext holds it by chance, and a search says
 /// which encodings it tried (found by a trial run: `--expect a` reported a leak, `--expect ""`
 /// was taken, and the list named encodings a short text skips).
@@ -484,14 +487,7 @@ fn expect_refuses_a_text_found_by_chance_and_names_the_encodings_it_searched() {
     let dir = tempfile::tempdir().unwrap();
     let capture = dir.path().join("empty.cap");
     std::fs::write(&capture, letterlock_cli::intercept::capture::CAPTURE_MAGIC).unwrap();
-    let show = |expect: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_letterlock"))
-            .args(["intercept", "--show"])
-            .arg(&capture)
-            .args(["--expect", expect])
-            .output()
-            .unwrap()
-    };
+    let show = |expect: &str| show_capture(&capture, expect);
     for short in ["", "a", "abcde"] {
         let out = show(short);
         let err = String::from_utf8_lossy(&out.stderr);

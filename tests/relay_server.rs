@@ -23,7 +23,7 @@ use letterlock::envelope::{
 };
 use letterlock::keys::{Identity, PublicKey, TrustList};
 use letterlock::server::{Server, ServerConfig};
-use letterlock::store::{SqliteStore, Store, TrustRequest};
+use letterlock::store::{SqliteStore, Store};
 use letterlock::tls::{self, TlsOptions};
 use letterlock::wire::{ErrorCode, Frame, FrameReader, FrameWriter, receipt_commitment};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -202,16 +202,7 @@ impl<S: Store> Relaying<S> {
 }
 
 async fn trust(store: &impl Store, name: &str, key: &PublicKey) {
-    store
-        .trust_client(TrustRequest {
-            name: name.into(),
-            key_id: key.id().0,
-            public_key: key.spki_der().to_vec(),
-            replace: false,
-            now: letterlock::envelope::unix_now(),
-        })
-        .await
-        .unwrap();
+    common::trust_in(store, name, key, false, letterlock::envelope::unix_now()).await;
 }
 
 /// `plain` sealed by `from` for `to` in `mode`.
@@ -570,16 +561,8 @@ async fn receipts_survive_a_key_rotation_but_not_an_untrust() {
     drop(alice);
 
     let rotated = public("alice3072");
-    s.store
-        .trust_client(TrustRequest {
-            name: ALICE.0.into(),
-            key_id: rotated.id().0,
-            public_key: rotated.spki_der().to_vec(),
-            replace: true,
-            now: letterlock::envelope::unix_now(),
-        })
-        .await
-        .unwrap();
+    let now = letterlock::envelope::unix_now();
+    common::trust_in(s.store.as_ref(), ALICE.0, &rotated, true, now).await;
     let mut alice = s.conn((ALICE.0, "alice3072")).await;
     let receipts = alice.receipts(&[id]).await;
     assert_eq!(

@@ -673,23 +673,14 @@ async fn an_open_connection_is_refused_at_its_next_message_after_untrust() {
     use letterlock::envelope::SealOptions;
     use letterlock::keys::TrustList;
     use letterlock::server::{Server, ServerConfig};
-    use letterlock::store::{SqliteStore, Store, TrustRequest};
+    use letterlock::store::{SqliteStore, Store};
     use letterlock::tls::TlsOptions;
     use letterlock::wire::ErrorCode;
 
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(dir.path().join("s.db")).unwrap());
     let alice = common::public("alice2048");
-    store
-        .trust_client(TrustRequest {
-            name: "client".into(),
-            key_id: alice.id().0,
-            public_key: alice.spki_der().to_vec(),
-            replace: false,
-            now: 1,
-        })
-        .await
-        .unwrap();
+    common::trust_in(store.as_ref(), "client", &alice, false, 1).await;
     let config = ServerConfig {
         // Check the store before every request: no waiting in the test.
         trust_recheck: Duration::ZERO,

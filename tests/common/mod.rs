@@ -87,6 +87,27 @@ pub fn public(name: &str) -> PublicKey {
     keys::load_public(&public_path(name)).unwrap()
 }
 
+/// Trusts `key` under `name` in `store` (replacing NAME's key if `replace`), as `server trust`
+/// does, at `now`.
+pub async fn trust_in(
+    store: &impl letterlock::store::Store,
+    name: &str,
+    key: &PublicKey,
+    replace: bool,
+    now: u64,
+) {
+    store
+        .trust_client(letterlock::store::TrustRequest {
+            name: name.into(),
+            key_id: key.id().0,
+            public_key: key.spki_der().to_vec(),
+            replace,
+            now,
+        })
+        .await
+        .unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Sealing and opening through the library
 
