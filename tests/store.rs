@@ -710,3 +710,325 @@ async fn removing_and_expiring_messages_deletes_their_body_files() {
     assert_eq!(blob_files(&store), 1);
     assert!(store.integrity_check().await.unwrap());
 }
+
+// ---------------------------------------------------------------------------------------------
+// What `--store` names, through the binary: checked before anything is changed or made beside
+// it (found by a trial run).
+
+/// Runs the binary as a user file modes bind. The tests run as root on the project's machines,
+/// and root writes a 0400 file and a 0500 folder, where the operator who reported a read-only
+/// mailbox could not. As root, the folder is given to `nobody` (uid 65534) and the binary runs
+/// as that user through util-linux `setpriv`, from a hard link (or copy) inside the folder, so
+/// that no folder above it need be searchable by that user; as anyone else, as ourselves.
+struct Unprivileged {
+    /// The folder the commands run in.
+    dir: PathBuf,
+    /// The binary to run: [`common::BIN`], or its link inside `dir` as root.
+    bin: PathBuf,
+    /// Whether the commands run through `setpriv` as `nobody`.
+    as_nobody: bool,
+}
+
+/// The uid and gid of `nobody`, whom root's commands run as here.
+const NOBODY: u32 = 65534;
+
+impl Unprivileged {
+    fn new(dir: &Path) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        // /proc/self belongs to this process's effective user.
+        let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+        if !root {
+            return Unprivileged {
+                dir: dir.to_path_buf(),
+                bin: PathBuf::from(common::BIN),
+                as_nobody: false,
+            };
+        }
+        let owner = format!("{NOBODY}:{NOBODY}");
+        let chown = std::process::Command::new("chown")
+            .args(["-R", &owner])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(chown.success(), "chown -R {owner} {}", dir.display());
+        let bin = dir.join("letterlock-bin");
+        if std::fs::hard_link(common::BIN, &bin).is_err() {
+            std::fs::copy(common::BIN, &bin).unwrap();
+        }
+        Unprivileged {
+            dir: dir.to_path_buf(),
+            bin,
+            as_nobody: true,
+        }
+    }
+
+    /// `letterlock ARGS` in the folder, as the unprivileged user, stdin closed.
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = if self.as_nobody {
+            let mut cmd = std::process::Command::new("setpriv");
+            cmd.arg(format!("--reuid={NOBODY}"))
+                .arg(format!("--regid={NOBODY}"))
+                .args(["--clear-groups", "--"])
+                .arg(&self.bin);
+            cmd
+        } else {
+            std::process::Command::new(&self.bin)
+        };
+        cmd.args(args)
+            .current_dir(&self.dir)
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+}
+
+/// Runs `cmd`, a `letterlock server ...` that must refuse to start: it must exit unsuccessfully
+/// within 60 s (a server that started is killed and the test fails). What it printed, stdout
+/// then stderr.
+fn server_refuses(mut cmd: std::process::Command) -> String {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("the server started:\n{}", common::cli::text(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let said = common::cli::text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
+    assert!(!said.contains("listening"), "{said}");
+    said
+}
+
+/// The files a mailbox `name` in `dir` would have made beside it.
+fn made_beside(dir: &Path, name: &str) -> Vec<String> {
+    [".blobs", ".lock", "-wal", "-shm"]
+        .iter()
+        .map(|suffix| format!("{name}{suffix}"))
+        .filter(|made| dir.join(made).exists())
+        .collect()
+}
+
+/// A mailbox file the server's user may not write (`chmod 400`, as an operator did): the server
+/// refuses to start, saying the file is read-only for this user and what to do, instead of
+/// saying it listens and answering every message "internal server error" (SQLite opens such a
+/// file read-only without an error). A folder it may not write gets its own message, naming
+/// the folder. Run as a user the modes bind (see [`Unprivileged`]): the write probe of
+/// `SqliteStore::check_path` is what refuses.
+#[test]
+fn a_read_only_mailbox_or_folder_stops_the_server_before_it_listens() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    common::cli::classroom_folder(d);
+    common::cli::ok(d, &["server", "migrate"]);
+    let db = d.join("letterlock-server.db");
+    let user = Unprivileged::new(d);
+    let mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    // The user can use the mailbox while it may write it.
+    let out = user.command(&["server", "clients"]).output().unwrap();
+    assert!(out.status.success(), "{}", common::cli::text(&out));
+
+    mode(&db, 0o400);
+    let said = server_refuses(user.command(&["server", "--listen", "127.0.0.1:0"]));
+    assert!(said.contains("is read-only for this user"), "{said}");
+    assert!(said.contains("chmod u+w"), "{said}");
+    assert!(
+        !d.join("letterlock-server.db.lock").exists(),
+        "a lock file beside a mailbox the server refused"
+    );
+    // A command that would write says the same, before it writes anything.
+    let out = user
+        .command(&["server", "send_msg", "--to", "client", "hi"])
+        .output()
+        .unwrap();
+    let said = common::cli::text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("is read-only for this user"), "{said}");
+
+    // The file writable, its folder not: named as the folder's fault.
+    mode(&db, 0o600);
+    mode(d, 0o500);
+    let said = server_refuses(user.command(&["server", "--listen", "127.0.0.1:0"]));
+    mode(d, 0o700);
+    let folder = std::fs::canonicalize(d).unwrap();
+    assert!(
+        said.contains(&format!("the folder {} ", folder.display()))
+            && said.contains("is not writable for this user"),
+        "{said}"
+    );
+    assert!(!said.contains("Permission denied"), "{said}");
+}
+
+/// A file that is not an SQLite database given as `--store` (a README, a short note) is refused
+/// by every command, reading or writing, as "not an SQLite database", and left exactly as it
+/// was: its mode not tightened, nothing made beside it (blob folder, lock, write-ahead log).
+#[test]
+fn a_file_that_is_not_a_mailbox_is_refused_and_left_as_it_was() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    common::cli::classroom_folder(d);
+    let text = "# letterlock\n\nletterlock sends secure application messages.\n";
+    for (name, content) in [("x.md", text), ("short.txt", "hi\n")] {
+        let file = d.join(name);
+        std::fs::write(&file, content).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        for args in [
+            &["server", "clients", "--store", name][..],
+            &["server", "inbox", "--store", name],
+            &["server", "outbox", "--store", name],
+            &["server", "migrate", "--store", name],
+            &[
+                "server",
+                "trust",
+                "client_public.pem",
+                "--name",
+                "bob",
+                "--store",
+                name,
+            ],
+            &[
+                "server",
+                "copy-store",
+                "--from",
+                name,
+                "--to",
+                "postgres://nobody@/none?host=/nonexistent",
+            ],
+        ] {
+            let said = common::cli::fails_text(d, args);
+            assert!(
+                said.contains(&format!("{name} is not an SQLite database")),
+                "{args:?}: {said}"
+            );
+        }
+        let said = server_refuses(common::cli::server_command(d, &["--store", name]));
+        assert!(
+            said.contains(&format!("{name} is not an SQLite database")),
+            "{said}"
+        );
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), content);
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "the mode of {name} was changed");
+        assert_eq!(made_beside(d, name), Vec::<String>::new());
+    }
+}
+
+/// A folder given as `--store` is called a folder, with the file to give instead (it was once
+/// reported as a database with 2 names, a folder's link count); a symbolic link to nowhere is
+/// named with where it points (it was once "cannot open /nonexistent/target.lock"). Nothing is
+/// made in or beside either.
+#[test]
+fn a_folder_or_a_dangling_link_as_the_store_is_named_for_what_it_is() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    common::cli::classroom_folder(d);
+    std::fs::create_dir(d.join("sdir")).unwrap();
+    let sdir = std::fs::canonicalize(d.join("sdir")).unwrap();
+    let folder_said = |said: &str| {
+        assert!(said.contains("sdir is a folder"), "{said}");
+        assert!(
+            said.contains(&format!(
+                "e.g. --store {}",
+                sdir.join("letterlock-server.db").display()
+            )),
+            "{said}"
+        );
+        assert!(!said.contains("hard links"), "{said}");
+    };
+    folder_said(&server_refuses(common::cli::server_command(
+        d,
+        &["--store", "sdir"],
+    )));
+    folder_said(&common::cli::fails_text(
+        d,
+        &["server", "clients", "--store", "sdir"],
+    ));
+    folder_said(&common::cli::fails_text(
+        d,
+        &[
+            "server",
+            "trust",
+            "client_public.pem",
+            "--name",
+            "bob",
+            "--store",
+            "sdir",
+        ],
+    ));
+    assert_eq!(std::fs::read_dir(&sdir).unwrap().count(), 0);
+    assert_eq!(made_beside(d, "sdir"), Vec::<String>::new());
+
+    std::os::unix::fs::symlink("/nonexistent/target", d.join("link.db")).unwrap();
+    let said = server_refuses(common::cli::server_command(d, &["--store", "link.db"]));
+    assert!(
+        said.contains("link.db is a symbolic link to /nonexistent/target, which does not exist"),
+        "{said}"
+    );
+    assert!(!said.contains("target.lock"), "{said}");
+    let said = common::cli::fails_text(
+        d,
+        &[
+            "server",
+            "trust",
+            "client_public.pem",
+            "--name",
+            "bob",
+            "--store",
+            "link.db",
+        ],
+    );
+    assert!(
+        said.contains("link.db is a symbolic link to /nonexistent/target"),
+        "{said}"
+    );
+    let said = common::cli::fails_text(d, &["server", "inbox", "--store", "link.db"]);
+    assert!(
+        said.contains("no mailbox at link.db: it is a symbolic link to /nonexistent/target"),
+        "{said}"
+    );
+    assert_eq!(made_beside(d, "link.db"), Vec::<String>::new());
+}
+
+/// The commands that only read (`server clients`, `inbox`, `outbox`) make no mailbox where
+/// there is none, nor its blob folder or lock, even in the server's own folder (`server
+/// clients` once made one there): they say there is no mailbox yet. An empty file is no mailbox
+/// yet either, and is left empty.
+#[test]
+fn the_listing_commands_make_no_mailbox() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    common::cli::classroom_folder(d);
+    for args in [
+        &["server", "clients"][..],
+        &["server", "inbox"],
+        &["server", "outbox"],
+    ] {
+        let said = common::cli::fails_text(d, args);
+        assert!(
+            said.contains("no mailbox at ./letterlock-server.db yet"),
+            "{args:?}: {said}"
+        );
+        assert!(!d.join("letterlock-server.db").exists(), "{args:?}");
+        assert_eq!(made_beside(d, "letterlock-server.db"), Vec::<String>::new());
+    }
+    std::fs::write(d.join("empty.db"), "").unwrap();
+    let said = common::cli::fails_text(d, &["server", "clients", "--store", "empty.db"]);
+    assert!(
+        said.contains("no mailbox at empty.db yet (the file is empty)"),
+        "{said}"
+    );
+    assert_eq!(std::fs::metadata(d.join("empty.db")).unwrap().len(), 0);
+    assert_eq!(made_beside(d, "empty.db"), Vec::<String>::new());
+}

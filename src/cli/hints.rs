@@ -124,6 +124,10 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         use letterlock::store::StoreError;
         return match e {
             StoreError::BadIdPrefix { .. } | StoreError::NotFound { .. } => Some(INBOX_IDS.into()),
+            StoreError::IsFolder { path } => Some(format!(
+                "give the database file, e.g. --store {}",
+                path.join(super::server::STORE_FILE).display()
+            )),
             _ => None,
         };
     }

@@ -35,7 +35,7 @@ use super::{Deferred, PairArgs, STDOUT_LIMIT, own_key, time_text};
 
 /// File name of the mailbox database, beside the server's keys by default (bodies over 64 KiB
 /// live in the folder of the same name plus `.blobs`).
-const STORE_FILE: &str = "letterlock-server.db";
+pub(super) const STORE_FILE: &str = "letterlock-server.db";
 /// The shortest message id prefix `server rm` and `server outbox --remove` take.
 const MIN_RM_PREFIX: usize = 4;
 /// Hexadecimal digits in a whole message id: the longest prefix.
@@ -592,6 +592,11 @@ fn lock_sqlite_mailbox(path: &Path) -> Result<Option<std::fs::File>> {
     if super::store_admin::postgres_url(path).is_some() {
         return Ok(None);
     }
+    // What the path is, and that this user may write it, before the lock is made beside it: a
+    // file that is no mailbox, or a read-only one, must not get a lock file, nor a server that
+    // says it listens and then fails every message.
+    letterlock::store::SqliteStore::check_path(path)
+        .with_context(|| format!("cannot open the store {}", path.display()))?;
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
     if parent.is_some_and(|dir| !dir.is_dir()) {
         return Ok(None); // create_store says what is wrong with the folder
@@ -604,7 +609,19 @@ fn lock_sqlite_mailbox(path: &Path) -> Result<Option<std::fs::File>> {
         .write(true)
         .mode(0o600)
         .open(&lock_path)
-        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        .map_err(|e| {
+            let folder = lock_path.parent().unwrap_or(Path::new("."));
+            let said = if e.kind() == io::ErrorKind::PermissionDenied {
+                format!(
+                    "cannot make the server's lock file {}: the folder {} is not writable for                      this user; the server keeps its lock, the database's write-ahead log and                      message bodies beside the mailbox, so make the folder writable for the                      user running the server, or give --store a file in a folder that is",
+                    lock_path.display(),
+                    folder.display()
+                )
+            } else {
+                format!("cannot open {}", lock_path.display())
+            };
+            anyhow::Error::new(e).context(said)
+        })?;
     match file.try_lock() {
         Ok(()) => Ok(Some(file)),
         Err(std::fs::TryLockError::WouldBlock) => bail!(
@@ -632,13 +649,32 @@ pub(super) fn server_lock_path(path: &Path) -> PathBuf {
 /// Opens an existing mailbox. Only the server creates one: a mistyped --store elsewhere must
 /// not quietly answer from a new, empty mailbox.
 pub(super) async fn open_store(path: &Path) -> Result<AnyStore> {
-    if super::store_admin::postgres_url(path).is_none() && !path.exists() {
-        bail!(
-            "no mailbox at {}; pass --store PATH (the server's --store) or --keys DIR (the \
-             mailbox is KEYS/{STORE_FILE} by default), or start `letterlock server` once to \
-             create it",
-            path.display()
+    if super::store_admin::postgres_url(path).is_none() {
+        let choose = format!(
+            "pass --store PATH (the server's --store) or --keys DIR (the mailbox is \
+             KEYS/{STORE_FILE} by default), or start `letterlock server` once to create it"
         );
+        if let Ok(target) = std::fs::read_link(path)
+            && !path.exists()
+        {
+            bail!(
+                "no mailbox at {}: it is a symbolic link to {}, which does not exist; {choose}",
+                path.display(),
+                target.display()
+            );
+        }
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                bail!("no mailbox at {} yet; {choose}", path.display())
+            }
+            // The server makes an empty file first, then its schema: none here yet.
+            Ok(meta) if meta.is_file() && meta.len() == 0 => bail!(
+                "no mailbox at {} yet (the file is empty); {choose}",
+                path.display()
+            ),
+            // Anything else is for the store's own checks to say.
+            _ => {}
+        }
     }
     create_store(path).await
 }
@@ -1472,7 +1508,8 @@ async fn untrust(name: &str, mailbox: &MailboxArgs) -> Result<ExitCode> {
 }
 
 async fn clients(mailbox: &MailboxArgs, all: bool, json: bool) -> Result<ExitCode> {
-    let store = open_mailbox(mailbox, true).await?;
+    // A listing: it makes no mailbox where there is none.
+    let store = open_mailbox(mailbox, false).await?;
     let mut history = store.client_keys().await?;
     let counts: std::collections::HashMap<[u8; 32], u64> =
         store.inbox_counts().await?.into_iter().collect();

@@ -349,6 +349,10 @@ pub(super) async fn copy_store(a: CopyStoreArgs) -> Result<std::process::ExitCod
     };
     #[cfg(feature = "postgres")]
     {
+        // A folder, a text file or a dangling link is said as such, before a lock file is made
+        // beside it.
+        SqliteStore::check_database(&a.from)
+            .with_context(|| format!("cannot copy the mailbox {}", a.from.display()))?;
         if !a.from.is_file() {
             anyhow::bail!(
                 "no SQLite mailbox at {} (--from: a server's --store file, by default \

@@ -82,6 +82,50 @@ pub enum StoreError {
     )]
     HardLinked { path: PathBuf, links: u64 },
 
+    /// The path names a folder, not a database file.
+    #[error("{path} is a folder, not a mailbox database file")]
+    IsFolder { path: PathBuf },
+
+    /// The path names something other than a regular file or a folder: a device, a pipe or a
+    /// socket, which SQLite cannot keep a mailbox in.
+    #[error(
+        "the mailbox database {path} is not a regular file (a device, a pipe or a socket); give the path of a database file"
+    )]
+    NotAFile { path: PathBuf },
+
+    /// The file exists, is not empty, and does not begin with SQLite's header: it is not a
+    /// database, and nothing was changed or created beside it.
+    #[error(
+        "{path} is not an SQLite database (it does not begin with \"SQLite format 3\"), so it is not a mailbox; nothing was changed: give the path of the mailbox database"
+    )]
+    NotDatabase { path: PathBuf },
+
+    /// A symbolic link whose target's folder does not exist: a mailbox made through it would
+    /// need folders made at the far end of a link, which is never what was meant.
+    #[error(
+        "the mailbox database {link} is a symbolic link to {target}, which does not exist (nor does its folder); fix or remove the link, or give the database file itself"
+    )]
+    DanglingLink { link: PathBuf, target: PathBuf },
+
+    /// The database file cannot be written by the user running letterlock. SQLite opens such a
+    /// file read-only without complaint, and every write would fail later.
+    #[error(
+        "the mailbox database {path} is read-only for this user (mode {mode:o}, owner uid {owner}): letterlock writes to its mailbox; make it writable for the user running letterlock (its owner, uid {owner}, can: `chmod u+w {path}`)"
+    )]
+    ReadOnly {
+        path: PathBuf,
+        mode: u32,
+        owner: u32,
+    },
+
+    /// The folder holding the database cannot be written by the user running letterlock:
+    /// SQLite keeps its write-ahead log (`-wal`, `-shm`) beside the file, and the store its
+    /// lock and large bodies.
+    #[error(
+        "the folder {folder} of the mailbox database {path} is not writable for this user: letterlock keeps the database's write-ahead log, its lock and message bodies beside it; make the folder writable for this user, or put the mailbox in a folder that is"
+    )]
+    FolderNotWritable { folder: PathBuf, path: PathBuf },
+
     /// Message bodies kept beside a symbolic link to the database, where an earlier letterlock
     /// put them; this one keeps them beside the database file itself.
     #[error(

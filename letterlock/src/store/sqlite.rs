@@ -231,6 +231,89 @@ impl SqliteStore {
         }
     }
 
+    /// Checks, before anything is created or changed, that `path` can hold this store: what
+    /// [`SqliteStore::check_database`] checks, and that the user running letterlock may write
+    /// the file and its folder (SQLite opens a read-only file read-only without an error, and
+    /// the write-ahead log, the lock and the bodies live in the folder). A missing file in a
+    /// missing folder passes: [`SqliteStore::open`] makes both.
+    ///
+    /// [`SqliteStore::open`] runs it first; a program that takes a lock beside the file, as
+    /// the server does, runs it before that.
+    pub fn check_path(path: &Path) -> Result<(), StoreError> {
+        let real = Self::real_path(path);
+        let Some(meta) = Self::existing_database(path, &real)? else {
+            return folder_writable(&real);
+        };
+        // A write probe: opening for writing changes nothing, and fails as SQLite's own open
+        // would for this user (its mode, an immutable file, a read-only mount).
+        if let Err(err) = OpenOptions::new().write(true).open(&real) {
+            use std::io::ErrorKind;
+            return Err(match err.kind() {
+                // EACCES, and EPERM (an immutable file); EROFS.
+                ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => {
+                    read_only(&real, &meta)
+                }
+                _ => StoreError::io("open for writing the mailbox database", &real)(err),
+            });
+        }
+        folder_writable(&real)
+    }
+
+    /// Checks, reading only, that `path` is an SQLite database or nothing yet: not a folder, a
+    /// device or a pipe, not a symbolic link into a folder that does not exist, not a file
+    /// with several names (hard links), and an existing non-empty file begins with SQLite's
+    /// header ("SQLite format 3\0"). A missing file passes.
+    pub fn check_database(path: &Path) -> Result<(), StoreError> {
+        Self::existing_database(path, &Self::real_path(path)).map(drop)
+    }
+
+    /// [`SqliteStore::check_database`] of `given`, whose links lead to `real`: the file's
+    /// metadata, or `None` when there is no file yet.
+    fn existing_database(given: &Path, real: &Path) -> Result<Option<fs::Metadata>, StoreError> {
+        let meta = match fs::metadata(real) {
+            Ok(meta) => meta,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                // Through a link: the file is made where it leads, but no folder is made at the
+                // far end of a link.
+                if let Ok(target) = fs::read_link(given)
+                    && real.parent().is_some_and(|folder| !folder.is_dir())
+                {
+                    return Err(StoreError::DanglingLink {
+                        link: given.to_path_buf(),
+                        target,
+                    });
+                }
+                return Ok(None);
+            }
+            Err(err) => return Err(StoreError::io("look at the mailbox database", real)(err)),
+        };
+        let path = real.to_path_buf();
+        if meta.is_dir() {
+            return Err(StoreError::IsFolder { path });
+        }
+        if !meta.is_file() {
+            return Err(StoreError::NotAFile { path });
+        }
+        if meta.nlink() > 1 {
+            return Err(StoreError::HardLinked {
+                links: meta.nlink(),
+                path,
+            });
+        }
+        if meta.len() > 0 {
+            let mut head = [0u8; SQLITE_HEADER.len()];
+            match File::open(real).and_then(|mut file| file.read_exact(&mut head)) {
+                Ok(()) if head == *SQLITE_HEADER => {}
+                Ok(()) => return Err(StoreError::NotDatabase { path }),
+                Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(StoreError::NotDatabase { path });
+                }
+                Err(err) => return Err(StoreError::io("read the mailbox database", real)(err)),
+            }
+        }
+        Ok(Some(meta))
+    }
+
     /// Open (creating if needed) the mailbox at `path` and its blob folder
     /// `<path>.blobs/`, and start the writer thread.
     ///
@@ -243,16 +326,9 @@ impl SqliteStore {
         // keeps its bodies and its lock beside the real file, where every other opener finds
         // them.
         let given = path.as_ref();
-        let path = Self::real_path(given);
         // Before anything is created or changed.
-        if let Ok(meta) = fs::metadata(&path)
-            && meta.nlink() > 1
-        {
-            return Err(StoreError::HardLinked {
-                path,
-                links: meta.nlink(),
-            });
-        }
+        Self::check_path(given)?;
+        let path = Self::real_path(given);
         let blob_dir = blob_dir_of(&path);
         bodies_not_beside_a_link(&blob_dir_of(given), &blob_dir)?;
         create_private_files(&path, &blob_dir)?;
@@ -278,6 +354,16 @@ impl SqliteStore {
         };
 
         let mut conn = open_connection(&path)?;
+        // What the write probe of `check_path` cannot see (the file changed since, or SQLite
+        // failed to open it for writing for a reason of its own): a connection SQLite opened
+        // read-only would fail every write later, after the server said it listens.
+        if conn
+            .is_readonly(rusqlite::MAIN_DB)
+            .map_err(open_error(&path))?
+        {
+            let meta = fs::metadata(&path).map_err(StoreError::io("look at", &path))?;
+            return Err(read_only(&path, &meta));
+        }
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
             .map_err(open_error(&path))?;
@@ -467,6 +553,41 @@ fn remove_body_files(blob_dir: &Path, names: &[String]) {
         if let Err(err) = fs::remove_file(&path) {
             warn!(path = %path.display(), %err, "could not remove a deleted message's body file");
         }
+    }
+}
+
+/// The first 16 bytes of every SQLite database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// [`StoreError::ReadOnly`] for the database `path`.
+fn read_only(path: &Path, meta: &fs::Metadata) -> StoreError {
+    StoreError::ReadOnly {
+        path: path.to_path_buf(),
+        mode: meta.mode() & 0o7777,
+        owner: meta.uid(),
+    }
+}
+
+/// Refuses a database whose folder exists but is not writable (and searchable) for this user:
+/// SQLite makes the `-wal` and `-shm` files there, the store its blob folder and the server its
+/// lock. A folder not made yet is made by [`SqliteStore::open`], which says if it cannot.
+fn folder_writable(path: &Path) -> Result<(), StoreError> {
+    let folder = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(folder) => folder,
+        None => Path::new("."),
+    };
+    if !folder.is_dir() {
+        return Ok(());
+    }
+    match rustix::fs::access(
+        folder,
+        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+    ) {
+        Ok(()) => Ok(()),
+        Err(_) => Err(StoreError::FolderNotWritable {
+            folder: folder.to_path_buf(),
+            path: path.to_path_buf(),
+        }),
     }
 }
 
