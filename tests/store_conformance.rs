@@ -2715,3 +2715,115 @@ fn a_sqlite_mailbox_through_a_link_keeps_one_body_folder() {
     );
     assert!(!other.join("mail.db.blobs").exists());
 }
+
+/// A wrong password is reported as a refused login (SQLSTATE 28P01), with the URL's user and
+/// password to check, not as a database that could not be reached and a "retry" (found by a
+/// trial run); the right password works, so it is the password that was refused. A URL asking
+/// for TLS (`sslmode=require`), which the store does not have, is refused before any
+/// connection, saying so; `sslmode=prefer` connects without TLS. The shared test cluster trusts
+/// every local login, so this test starts a cluster of its own whose pg_hba.conf asks every
+/// role but `postgres` for its password (scram-sha-256).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_wrong_password_is_a_refused_login_not_an_outage() {
+    use std::os::unix::fs::PermissionsExt;
+    const RIGHT: &str = "correct-horse";
+    const WRONG: &str = "battery-staple";
+    // Readable by the cluster's user (`postgres` when the tests run as root).
+    let hba = tempfile::TempDir::new().unwrap();
+    std::fs::set_permissions(hba.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hba_file = hba.path().join("pg_hba.conf");
+    std::fs::write(
+        &hba_file,
+        "local all postgres trust\nlocal all all scram-sha-256\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hba_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let options = format!("-c hba_file={}", hba_file.display());
+    let cluster = tokio::task::block_in_place(|| {
+        letterlock_cli::pgcluster::Cluster::start_from_cache("letterlock-pg-auth-", &options, cache)
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "could not start a throwaway PostgreSQL: {e}; install PostgreSQL's server binaries \
+             (Debian/Ubuntu: `apt-get install postgresql`)"
+        )
+    });
+    let (admin, connection) = tokio_postgres::connect(cluster.admin_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    // One at a time: CREATE DATABASE runs outside a transaction block.
+    for sql in [
+        format!("CREATE ROLE mailer LOGIN PASSWORD '{RIGHT}'"),
+        "CREATE DATABASE mail OWNER mailer".to_owned(),
+    ] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
+    drop(admin);
+    let _ = driver.await;
+    // The admin URL is postgres://postgres@/postgres?host=FOLDER&port=PORT.
+    let socket = cluster
+        .admin_url()
+        .split_once('?')
+        .map(|(_, query)| query.to_owned())
+        .unwrap();
+    let url =
+        |password: &str, extra: &str| format!("postgres://mailer:{password}@/mail?{socket}{extra}");
+
+    let d = tempfile::TempDir::new().unwrap();
+    let wrong = url(WRONG, "");
+    let out = std::process::Command::new(common::BIN)
+        .args(["server", "migrate", "--store", &wrong])
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("refused the login"), "{said}");
+    assert!(said.contains("check the URL's user and password"), "{said}");
+    assert!(said.contains("password authentication failed"), "{said}");
+    assert!(
+        !said.contains("retry") && !said.contains("could not reach"),
+        "{said}"
+    );
+    assert!(!said.contains(WRONG), "the password was shown: {said}");
+    // And in the library, for a password that is wrong and for one the URL lacks.
+    for url in [wrong.clone(), format!("postgres://mailer@/mail?{socket}")] {
+        match PostgresStore::connect(&url).await {
+            Err(e @ StoreError::LoginRefused { .. }) => assert!(e.is_unavailable()),
+            Err(e) => panic!("not a refused login: {e}"),
+            Ok(_) => panic!("connected without the right password"),
+        }
+    }
+
+    // TLS asked for: refused before connecting, not a handshake error.
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "server",
+            "migrate",
+            "--store",
+            &url(RIGHT, "&sslmode=require"),
+        ])
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("TLS to PostgreSQL is not built") && said.contains("sslmode=require"),
+        "{said}"
+    );
+    assert!(!said.contains("handshake"), "{said}");
+
+    let out = letterlock_ok(
+        d.path(),
+        &[
+            "server",
+            "migrate",
+            "--store",
+            &url(RIGHT, "&sslmode=prefer"),
+        ],
+    );
+    assert!(out.contains("schema created"), "{out}");
+}

@@ -34,6 +34,23 @@ pub enum StoreError {
         source: BackendError,
     },
 
+    /// The PostgreSQL server refused the login: a wrong password (SQLSTATE 28P01), a role that
+    /// does not exist or may not connect (28000), or a password it asks for and the URL lacks.
+    /// Retrying will not help until the URL or the server's authentication changes.
+    ///
+    /// `reason` is the server's own words ("password authentication failed for user …"), kept
+    /// as text: the driver's error around them says only "db error".
+    #[error(
+        "the mailbox database {target} refused the login ({reason}); check the URL's user and password (postgres://USER:PASSWORD@HOST/DB, an '@' in either written %40) and the server's pg_hba.conf rule for this user"
+    )]
+    LoginRefused { target: String, reason: String },
+
+    /// The URL asks for TLS, which this letterlock's PostgreSQL client does not have.
+    #[error(
+        "the mailbox database URL asks for TLS ({setting}), but TLS to PostgreSQL is not built into this letterlock; connect over a Unix socket (postgres://USER@/DB?host=/var/run/postgresql) or over a trusted network, without {setting}"
+    )]
+    TlsNotBuilt { setting: String },
+
     /// The postgres:// URL does not parse: nothing was tried, and retrying will not help.
     #[error(
         "the mailbox database URL is not valid: {source}; the form is postgres://USER[:PASSWORD]@HOST[:PORT]/DB, or postgres://USER@/DB?host=/socket/folder"
@@ -221,13 +238,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The database could not be reached or the connection to it broke: the request may
-    /// succeed if tried again later, so a server answers "unavailable" rather than
-    /// "internal" and a client retries with its backoff.
+    /// The database could not be reached, the connection to it broke, or it refused a new
+    /// connection's login (its password changed under a running server): the request may
+    /// succeed later, so a server answers "unavailable" rather than "internal" and a client
+    /// retries with its backoff while the operator fixes the database side.
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            StoreError::Connect { .. } | StoreError::ConnectionLost { .. }
+            StoreError::Connect { .. }
+                | StoreError::ConnectionLost { .. }
+                | StoreError::LoginRefused { .. }
         )
     }
 

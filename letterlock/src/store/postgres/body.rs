@@ -145,10 +145,7 @@ where
                     .config
                     .connect(tokio_postgres::NoTls)
                     .await
-                    .map_err(|e| StoreError::Connect {
-                        target: home.target.clone(),
-                        source: Box::new(e),
-                    })?;
+                    .map_err(|e| super::connect_failed(&home.target, e))?;
                 let driver = tokio::spawn(connection);
                 let result = work(client).await;
                 // The client is gone with `work`: the connection ends.

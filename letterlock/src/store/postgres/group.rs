@@ -217,10 +217,17 @@ pub(super) async fn run(
             match pool.get().await {
                 Ok(mut client) => commit(&mut client, batch, &counters).await,
                 Err(e) => {
+                    let refused = super::pool_login_refused(&e);
                     let e = Arc::new(e);
-                    fail_all(batch, || StoreError::Connect {
-                        target: target.clone(),
-                        source: Box::new(SharedError(e.clone())),
+                    fail_all(batch, || match &refused {
+                        Some(reason) => StoreError::LoginRefused {
+                            target: target.clone(),
+                            reason: reason.clone(),
+                        },
+                        None => StoreError::Connect {
+                            target: target.clone(),
+                            source: Box::new(SharedError(e.clone())),
+                        },
                     });
                 }
             }

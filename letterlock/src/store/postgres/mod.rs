@@ -131,6 +131,50 @@ fn connection_lost(e: &tokio_postgres::Error) -> bool {
     std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }
 
+/// Why the server refused the login, when `e`, from opening a connection, is that rather than
+/// a server that could not be reached: SQLSTATE 28P01 (`invalid_password`) or 28000
+/// (`invalid_authorization_specification`: no such role, no pg_hba.conf rule, a rejecting
+/// rule), with the server's message; or the server asking for a password the URL does not hold
+/// (tokio-postgres's own "password missing"). Retrying cannot help until the URL or the server
+/// changes.
+fn login_refused(e: &tokio_postgres::Error) -> Option<String> {
+    use tokio_postgres::error::SqlState;
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        return (*code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+            .then(|| db.message().to_owned());
+    }
+    // Kind::Config, whose cause says "password missing".
+    std::error::Error::source(e)
+        .is_some_and(|cause| cause.to_string() == "password missing")
+        .then(|| "it asks for a password, and the URL has none".to_owned())
+}
+
+/// The error of a connection to `target` that could not be opened: [`StoreError::LoginRefused`]
+/// when the server refused the login, else [`StoreError::Connect`].
+pub(crate) fn connect_failed(target: &str, e: tokio_postgres::Error) -> StoreError {
+    match login_refused(&e) {
+        Some(reason) => StoreError::LoginRefused {
+            target: target.to_owned(),
+            reason,
+        },
+        None => StoreError::Connect {
+            target: target.to_owned(),
+            source: Box::new(e),
+        },
+    }
+}
+
+/// Why the server refused a new connection's login, when that is why a pool could not hand
+/// out a connection (see [`login_refused`]).
+pub(crate) fn pool_login_refused(e: &deadpool_postgres::PoolError) -> Option<String> {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => login_refused(e),
+        _ => None,
+    }
+}
+
 /// A `u64` as PostgreSQL's signed `bigint`.
 fn to_i64(field: &'static str, value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::OutOfRange { field, value })
@@ -204,13 +248,44 @@ fn check_userinfo(url: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Refuses a URL that asks for TLS: the store connects with `NoTls`, so `sslmode=require`
+/// would send PostgreSQL's TLS request and fail with a handshake error ("server does not
+/// support TLS" or "no TLS implementation configured"), and `verify-ca` / `verify-full` do not
+/// parse. `sslmode=prefer` (tokio-postgres's default) and `disable` connect without TLS, as
+/// every connection of the store does.
+fn check_no_tls(url: &str) -> Result<(), StoreError> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Ok(());
+    };
+    for pair in query.split('&') {
+        let asks_tls = match pair.split_once('=') {
+            Some(("sslmode", mode)) => matches!(mode, "require" | "verify-ca" | "verify-full"),
+            Some(("sslnegotiation", how)) => how == "direct",
+            _ => false,
+        };
+        if asks_tls {
+            return Err(StoreError::TlsNotBuilt {
+                setting: pair.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Parses `url` and adds what every connection of the store needs.
 fn store_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
     check_userinfo(url)?;
+    check_no_tls(url)?;
     // The error does not repeat the URL: it may hold a password.
     let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::BadUrl {
         source: Box::new(e),
     })?;
+    // The same in the key=value form of a connection string.
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        return Err(StoreError::TlsNotBuilt {
+            setting: "sslmode=require".to_owned(),
+        });
+    }
     // Durability is the store's promise, not the server's configuration: a commit returns
     // only once its WAL is flushed, whatever the database's default.
     let options = match config.get_options() {
@@ -262,16 +337,16 @@ impl PostgresStore {
 
     /// Connects to the database at `url` (`postgres://user[:password]@host[:port]/db`, or
     /// `?host=/socket/dir` for a Unix socket), creates or migrates the schema, sweeps bodies
-    /// left unreferenced by a crash, and starts the pool. Plain connections only (no TLS yet):
-    /// use it on a trusted network or a Unix socket.
+    /// left unreferenced by a crash, and starts the pool. Plain connections only (no TLS: a URL
+    /// asking for it with `sslmode=require`, `verify-ca` or `verify-full` is refused as
+    /// [`StoreError::TlsNotBuilt`]): use it on a trusted network or a Unix socket.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let config = store_config(url)?;
         let target = describe(&config);
-        let connect_error = |e: tokio_postgres::Error| StoreError::Connect {
-            target: target.clone(),
-            source: Box::new(e),
-        };
-        let (mut client, connection) = config.connect(NoTls).await.map_err(connect_error)?;
+        let (mut client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| connect_failed(&target, e))?;
         let driver = tokio::spawn(connection);
         let found_version = schema::migrate(&mut client, &target).await?;
         let database_id: String = client
@@ -416,9 +491,15 @@ impl PostgresStore {
 
     /// A pooled connection, or "unavailable" when the database cannot be reached.
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(|e| StoreError::Connect {
-            target: self.target.clone(),
-            source: Box::new(e),
+        self.pool.get().await.map_err(|e| {
+            let target = self.target.clone();
+            match pool_login_refused(&e) {
+                Some(reason) => StoreError::LoginRefused { target, reason },
+                None => StoreError::Connect {
+                    target,
+                    source: Box::new(e),
+                },
+            }
         })
     }
 
@@ -1431,5 +1512,39 @@ mod tests {
         );
         // An '@' after the host (in an option) is no concern of this check.
         assert!(store_config("postgres://ll@127.0.0.1/mail?application_name=a@b").is_ok());
+    }
+
+    /// The store has no TLS: a URL asking for it is refused before any connection is tried,
+    /// saying so, rather than failing in a TLS handshake (require) or as an invalid option
+    /// (verify-*); prefer and disable connect without TLS, as they always did.
+    #[test]
+    fn a_url_asking_for_tls_is_refused_up_front() {
+        for setting in [
+            "sslmode=require",
+            "sslmode=verify-ca",
+            "sslmode=verify-full",
+            "sslnegotiation=direct",
+        ] {
+            let url = format!("postgres://ll@/mail?host=/run/postgresql&{setting}");
+            let err = store_config(&url).err().map(|e| e.to_string());
+            let err = err.unwrap_or_default();
+            assert!(
+                err.contains("TLS to PostgreSQL is not built") && err.contains(setting),
+                "{setting}: {err}"
+            );
+        }
+        let err = store_config("host=/run/postgresql user=ll dbname=mail sslmode=require")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("TLS to PostgreSQL is not built"), "{err}");
+        for ok in [
+            "sslmode=prefer",
+            "sslmode=disable",
+            "application_name=sslmode=require",
+        ] {
+            let url = format!("postgres://ll@127.0.0.1/mail?{ok}");
+            assert!(store_config(&url).is_ok(), "{ok}");
+        }
     }
 }
