@@ -310,7 +310,7 @@ fn messages_signed_by_a_replaced_server_key_are_set_aside_with_the_way_out() {
             .unwrap();
         assert!(out.status.success(), "{}", text(&out));
     };
-    server_cmd(&["server", "clients"]);
+    server_cmd(&["server", "migrate"]);
     for message in [
         "first, signed by the old key",
         "second, signed by the old key",
