@@ -328,6 +328,43 @@ fn newcomer_mistakes_get_errors_that_say_what_to_do() {
         ],
         "expected a private key",
     );
+    // A file of two keys is not read as its first (found by a trial run: `cat alice bob` sealed
+    // to alice alone).
+    let two = [
+        std::fs::read_to_string(d.join("alice_public.pem")).unwrap(),
+        std::fs::read_to_string(d.join("bob_public.pem")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(d.join("two_public.pem"), two).unwrap();
+    let refused = [
+        "2 PEM blocks, and a key file holds one key",
+        "a file of its own",
+    ];
+    fails_saying(
+        d,
+        &[
+            "seal",
+            "--from",
+            "alice_private.pem",
+            "--to",
+            "two_public.pem",
+            "m.txt",
+        ],
+        &refused,
+    );
+    fails_saying(d, &["fingerprint", "two_public.pem"], &refused);
+    fails_with(
+        d,
+        &[
+            "open",
+            "-i",
+            "bob_private.pem",
+            "--from",
+            "two_public.pem",
+            "m.ll",
+        ],
+        refused[0],
+    );
     // An existing output file is not replaced without --force.
     bob_open_fails_with(d, &["-o", "m.txt", "m.ll"], "pass --force");
     // A folder is not an output file, and the error says what -o takes.

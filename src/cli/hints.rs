@@ -375,6 +375,9 @@ pub(super) fn key_hint(e: &KeyError, outer: &KeyError) -> Option<String> {
             expected: keys::KeyKind::Private,
             ..
         } => "use the *_private.pem file".into(),
+        KeyError::SeveralBlocks { .. } => "give each key in a file of its own (one BEGIN … END \
+             block); a message for several people is sealed once for each"
+            .into(),
         KeyError::Damaged {
             kind: keys::KeyKind::Private,
             ..

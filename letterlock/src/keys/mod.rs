@@ -153,6 +153,10 @@ pub enum KeyError {
     NotPem { reason: String },
     #[error("expected a {expected} key, found a `{found}` PEM block")]
     WrongPemBlock { expected: KeyKind, found: String },
+    /// More than one PEM block: which key the file means is not for letterlock to guess (a
+    /// reader taking the first would seal to it alone, which could be the user's own key).
+    #[error("the file holds {blocks} PEM blocks, and a key file holds one key")]
+    SeveralBlocks { blocks: usize },
     #[error("the private key is passphrase-protected: a passphrase is needed to read it")]
     Encrypted,
     /// The passphrase source could not give one (no terminal to ask on, an unreadable file).
@@ -240,7 +244,16 @@ fn check_bits(bits: usize) -> Result<(), KeyError> {
     }
 }
 
+/// The one PEM block of a key file: a file with more than one (`cat alice.pem bob.pem`) is
+/// refused, never read as its first key (found by a trial run).
 fn parse_pem(text: &str) -> Result<pem::Pem, KeyError> {
+    let blocks = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("-----BEGIN "))
+        .count();
+    if blocks > 1 {
+        return Err(KeyError::SeveralBlocks { blocks });
+    }
     pem::parse(text).map_err(|e| KeyError::NotPem {
         reason: pem_reason(text, &e),
     })
