@@ -522,6 +522,58 @@ fn seal_writes_straight_to_a_device_or_a_pipe() {
     );
 }
 
+/// `-o /dev/stdout` is stdout, also when the shell sent stdout to a file: written in place,
+/// not refused as a file to replace (found by a trial run).
+#[test]
+fn dash_o_dev_stdout_writes_to_a_file_stdout_was_redirected_to() {
+    let dir = alice_and_bob();
+    let d = dir.path();
+    std::fs::write(d.join("m.txt"), "through a redirect").unwrap();
+    let redirected = |name: &str, args: &[&str]| {
+        let file = std::fs::File::create(d.join(name)).unwrap();
+        let out = Command::new(common::BIN)
+            .args(args)
+            .current_dir(d)
+            .stdout(file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            common::cli::text(&out)
+        );
+        std::fs::read(d.join(name)).unwrap()
+    };
+    let sealed = redirected(
+        "sealed.ll",
+        &[
+            "seal",
+            "--from",
+            "alice_private.pem",
+            "--to",
+            "bob_public.pem",
+            "-o",
+            "/dev/stdout",
+            "m.txt",
+        ],
+    );
+    assert!(!sealed.is_empty());
+    let opened = redirected(
+        "opened.txt",
+        &[
+            "open",
+            "--key",
+            "bob_private.pem",
+            "--from",
+            "alice_public.pem",
+            "-o",
+            "/dev/stdout",
+            "sealed.ll",
+        ],
+    );
+    assert_eq!(opened, b"through a redirect");
+}
+
 /// Plaintext to a device or a named pipe is held until the signature at the end is verified,
 /// as for stdout: a reader there never gets unverified plaintext, and a message that fails
 /// leaves it nothing.

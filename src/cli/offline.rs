@@ -316,12 +316,23 @@ pub(super) enum Output {
     File(PathBuf),
 }
 
+/// `-` and the names of stdout itself (`/dev/stdout`, `/dev/fd/1`, `/proc/self/fd/1`): written
+/// as stdout is, whatever it is. A file the shell redirected stdout to is written in place,
+/// not replaced by a new file (found by a trial run: `open -o /dev/stdout > out.txt` was
+/// refused, as if /dev/stdout were a file to replace).
+fn names_stdout(path: &Path) -> bool {
+    matches!(
+        path.to_str(),
+        Some("-" | "/dev/stdout" | "/dev/fd/1" | "/proc/self/fd/1")
+    )
+}
+
 impl Output {
     /// What `-o path` names for `command` (`open`, `client read`): refuses an existing regular
     /// file unless `force` (nothing is overwritten silently), and a folder or anything else that
     /// is neither a file, a device nor a pipe. A pipe is opened here, which waits for its reader.
     pub(super) fn of(path: Option<&Path>, force: bool, command: &str) -> Result<Output> {
-        let Some(path) = path.filter(|p| *p != Path::new("-")) else {
+        let Some(path) = path.filter(|p| !names_stdout(p)) else {
             return Ok(Output::Stdout);
         };
         let cannot = || format!("cannot write {}", path.display());
