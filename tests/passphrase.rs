@@ -167,6 +167,33 @@ fn keys_openssl_encrypted_work_with_a_passphrase_file_and_the_variable() {
     }
 }
 
+/// A passphrase file others may read is used, with a warning naming the fix; an owner-only
+/// one without (found by a trial run: a 0644 file went unremarked).
+#[test]
+fn a_passphrase_file_others_may_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pass = "shared too widely";
+    let file = pass_file(d, "pass.txt", pass);
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    let key = openssl_encrypt(d, ALICE, "alice.pem", &["pkey", "-aes256"], pass);
+    let args = ["--passphrase-file", s(&file), "fingerprint", s(&key)];
+    let out = letterlock(d, &args, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("is readable by group or others (mode 0644)")
+            && err.contains(&format!("chmod 600 {}", file.display())),
+        "{err}"
+    );
+    chmod_600(&file);
+    let out = letterlock(d, &args, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("readable by group"), "{err}");
+}
+
 /// The key `openssl genpkey -aes-256-cbc` writes for a key it generates (fast in OpenSSL).
 #[test]
 fn a_key_openssl_genpkey_encrypted_is_used_by_seal() {

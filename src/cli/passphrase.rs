@@ -259,6 +259,7 @@ fn from_env(name: &str) -> Option<Passphrase> {
 fn read_file(path: &Path) -> Result<Passphrase> {
     let file = File::open(path)
         .with_context(|| format!("cannot read passphrase file {}", path.display()))?;
+    warn_if_shared(path, &file);
     let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_PASSPHRASE_FILE as usize + 1));
     file.take(MAX_PASSPHRASE_FILE + 1)
         .read_to_end(&mut bytes)
@@ -278,6 +279,26 @@ fn read_file(path: &Path) -> Result<Passphrase> {
     let text = std::str::from_utf8(line)
         .with_context(|| format!("passphrase file {} is not UTF-8 text", path.display()))?;
     Ok(Passphrase::new(text.to_owned()))
+}
+
+/// Warns when the passphrase file is a regular file others may read: the passphrase guards
+/// the key, and is as secret (found by a trial run: a 0644 file was used without a word). A
+/// warning, not a refusal: a pipe (`<(pass show …)`) has no such mode, and a container's
+/// secret files are often 0444 on a volume only its owner mounts.
+fn warn_if_shared(path: &Path, file: &File) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = file.metadata()
+        && m.is_file()
+        && m.permissions().mode() & 0o077 != 0
+    {
+        eprintln!(
+            "letterlock: warning: passphrase file {} is readable by group or others (mode \
+             {:04o}); `chmod 600 {}` keeps it to you",
+            path.display(),
+            m.permissions().mode() & 0o7777,
+            path.display()
+        );
+    }
 }
 
 #[cfg(test)]
