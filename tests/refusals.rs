@@ -727,6 +727,14 @@ fn the_command_line_adds_hints_to_library_errors() {
         ];
         fails_with(&args, error, hint);
     }
+    // A header cut short: said in one sentence (found by a trial run: "it is cut short: or it
+    // was damaged on the way").
+    std::fs::write(d.join("cut.ll"), &sealed[..50]).unwrap();
+    fails_with(
+        &["open", "--key", &bob_priv, "--from", &alice_pub, "cut.ll"],
+        "",
+        "it is cut short (copied or downloaded only in part, or damaged on the way): ask for it",
+    );
     // OpenError::NotForUs: sealed for bob, opened as alice. The header is checked before
     // anything is verified, so the text says what it names, and the hint what that can mean.
     fails_with(

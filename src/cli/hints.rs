@@ -221,7 +221,11 @@ fn header_hint(e: &letterlock::envelope::HeaderError) -> Option<String> {
             "it starts as a letterlock message but its header is not one this letterlock \
              writes: it may come from a newer one, {damaged}"
         )),
-        HeaderError::Truncated(_) => Some(format!("it is cut short: {damaged}")),
+        HeaderError::Truncated(_) => Some(
+            "it is cut short (copied or downloaded only in part, or damaged on the way): ask \
+             for it again"
+                .to_owned(),
+        ),
         // Not a letterlock message at all (`Magic`): the error says so.
         _ => None,
     }
