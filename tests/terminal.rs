@@ -229,6 +229,8 @@ fn binary_plaintext_is_refused_on_a_terminal_with_a_hint_and_written_to_a_pipe()
         "{text}"
     );
     assert!(text.contains("save it with -o"), "{text}");
+    // Not an I/O error while opening: the message opened (found by a trial run).
+    assert!(!text.contains("I/O error"), "{text}");
 
     let out = letterlock(dir.path(), &args);
     assert!(out.status.success());

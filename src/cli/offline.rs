@@ -571,10 +571,13 @@ pub(super) fn open(a: OpenArgs) -> Result<ExitCode> {
         // at the end is verified, so the plaintext is held until then, up to a limit.
         to => {
             opts.max_plaintext = STDOUT_LIMIT;
-            envelope::open_to_vec(identity, &expected, &opts, reader).and_then(|(plain, o)| {
-                write_verified(to, &plain)?;
-                Ok(o)
-            })
+            let held = envelope::open_to_vec(identity, &expected, &opts, reader);
+            // A failed write is no failure to open: said as what it is (found by a trial run:
+            // binary content refused on a terminal read as an I/O error while opening).
+            if let Ok((plain, _)) = &held {
+                write_verified(to, plain)?;
+            }
+            held.map(|(_, o)| o)
         }
     };
     let opened = opened.map_err(|e| match e {
