@@ -64,8 +64,9 @@ pub(super) enum ClientCommand {
                       not openable, or from another client whose key you have not pinned or \
                       accepted (see docs/PROTOCOL.md, \"The client's record of received \
                       messages\" and \"Receiving\"); 5 a \
-                      message was received and kept but not printed (binary on a terminal, or \
-                      over 64 MiB): `letterlock client read ID -o FILE` gets it; 1 an error."
+                      message was received and kept but not printed (binary on a terminal or \
+                      with --json, or over 64 MiB): `letterlock client read ID -o FILE` gets \
+                      it; 1 an error."
     )]
     RecvMsg(Deferred<RecvArgs>),
     /// List the messages kept in the client's mailbox (every message recv_msg received).
@@ -143,7 +144,7 @@ pub(super) enum ClientCommand {
                       checked). See docs/SECURITY.md, \"The client agent\".\n\n\
                       Exit status: 0 stopped (--stop, Ctrl-C, or --persist without a message); \
                       1 it could not start (no key, the server unreachable or refusing us, an \
-                      agent already running)."
+                      agent already running), or --stop found no agent to stop."
     )]
     Agent(Deferred<super::agent::AgentArgs>),
 }
