@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Child, Stdio};
 
-use common::cli::{BinServer, classroom_folder, command, run};
+use common::cli::{BinServer, classroom_folder, command, put_private, put_public, run};
 
 /// A running `letterlock client agent`, killed when dropped.
 struct Agent {
@@ -20,8 +20,14 @@ impl Agent {
     /// Starts `letterlock client agent --server ADDR ARGS` in `dir` and waits for its
     /// "listening" line.
     fn start(dir: &Path, addr: &str, args: &[&str]) -> Agent {
-        let mut child = command(dir, &["client", "agent", "--server", addr])
-            .args(args)
+        let mut cmd = command(dir, &["client", "agent", "--server", addr]);
+        cmd.args(args);
+        Agent::spawn(cmd)
+    }
+
+    /// Starts `cmd`, a `letterlock client agent`, and waits for its "listening" line.
+    fn spawn(mut cmd: std::process::Command) -> Agent {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -284,6 +290,64 @@ fn more_commands_than_readers_are_declined_not_lost() {
         "{err}"
     );
     drop(idle);
+}
+
+/// After the pinned server key was replaced under a running agent, no message goes under the old
+/// pin: the agent declines it and stops, and the command sends it itself under the new pin,
+/// failing as it does with --no-agent (the server's key is not the pinned one), and saying why
+/// the agent did not take it. A file touched, with the same key in it, changes nothing.
+#[test]
+fn an_agent_whose_pinned_server_key_was_replaced_steps_aside_and_stops() {
+    let (dir, server, agent) = folder_with_agent();
+    let d = dir.path();
+    let pin = d.join("server_public.pem");
+    std::fs::File::options()
+        .append(true)
+        .open(&pin)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .unwrap();
+    let (code, _, err) = send(d, &server.addr, &["the same pin, touched"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(BY_AGENT), "{err}");
+
+    put_public(d, "alice3072", "server_public.pem");
+    let (code, out, err) = send(d, &server.addr, &["under the new pin"]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(!err.contains(BY_AGENT), "{err}");
+    assert!(!out.contains("message id"), "{out}");
+    assert!(err.contains("stepped aside"), "{err}");
+    assert!(err.contains("server_public.pem"), "{err}");
+    assert!(err.contains("but the trusted server key is"), "{err}");
+    let (no_agent, _, no_agent_err) = send(d, &server.addr, &["--no-agent", "under the new pin"]);
+    assert_eq!(code, no_agent, "{no_agent_err}");
+    assert!(
+        no_agent_err.contains("but the trusted server key is"),
+        "{no_agent_err}"
+    );
+
+    let (code, err) = agent.wait();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no longer the ones kept"), "{err}");
+    assert!(err.contains("server_public.pem"), "{err}");
+    assert!(!d.join("client_agent.sock").exists());
+}
+
+/// The client's private key replaced under a running agent (`generate_key_pair --force`): the
+/// agent, which holds the old one, steps aside and stops the same way.
+#[test]
+fn an_agent_whose_client_key_was_replaced_steps_aside_and_stops() {
+    let (dir, server, agent) = folder_with_agent();
+    let d = dir.path();
+    put_private(d, "alice3072", "client_private.pem");
+    put_public(d, "alice3072", "client_public.pem");
+    let (_, _, err) = send(d, &server.addr, &["from the new key"]);
+    assert!(!err.contains(BY_AGENT), "{err}");
+    assert!(err.contains("stepped aside"), "{err}");
+    assert!(err.contains("client_private.pem"), "{err}");
+    let (code, err) = agent.wait();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("client_private.pem"), "{err}");
 }
 
 #[test]

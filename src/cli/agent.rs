@@ -70,7 +70,11 @@ pub(super) async fn run(a: AgentArgs) -> Result<ExitCode> {
         ),
         e => e.into(),
     })?;
+    // The files' metadata before they are read: a file replaced meanwhile is read again at the
+    // first message, and compared with what was loaded.
+    let watch = KeyWatch::before_load(&a.conn.keys);
     let keys = ClientKeys::load(&a.conn)?;
+    let keys_current = watch.holding(&keys);
     let identity = keys.identity.clone();
     let server = keys.server.clone();
     let handshake_key_cache = keys.handshake_key_cache.clone();
@@ -106,9 +110,161 @@ pub(super) async fn run(a: AgentArgs) -> Result<ExitCode> {
         tls: letterlock::tls::TlsOptions::default(),
         backoff: backoff(a.conn.timeout),
         persist,
+        keys_current: Some(keys_current),
     };
-    agent::serve(socket, config, Some(client), signals).await?;
+    agent::serve(socket, config, Some(client), signals)
+        .await
+        .map_err(|e| match e {
+            AgentError::KeysChanged(_) => super::hints::hinted(
+                e.to_string(),
+                format!(
+                    "start `letterlock client agent --keys {}` again to send under the keys kept \
+                     there now; the commands it declined sent their messages themselves, under \
+                     those keys",
+                    a.conn.keys.display()
+                ),
+            ),
+            e => e.into(),
+        })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What tells a key file unchanged without reading it: device, inode, size, and the times of
+/// its last modification and last status change (a file rewritten in place, or renamed over,
+/// changes one of them).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(path: &Path) -> std::io::Result<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        Ok(Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// Tells whether the file at a path holds what the agent holds: `Err(why)` if not.
+type Holds = Box<dyn Fn(&Path) -> std::result::Result<(), String> + Send + Sync>;
+
+/// A key file the agent holds what it read from: read again only when its [`Stamp`] changed.
+struct Watched {
+    path: PathBuf,
+    /// Its stamp when it was last found to hold what the agent holds (or just before it was
+    /// loaded); `None` if it could not be taken then.
+    seen: Option<Stamp>,
+    holds: Holds,
+}
+
+impl Watched {
+    fn check(&mut self) -> std::result::Result<(), String> {
+        let now = Stamp::of(&self.path)
+            .map_err(|e| format!("{} cannot be read: {e}", self.path.display()))?;
+        if self.seen == Some(now) {
+            return Ok(());
+        }
+        tracing::debug!(path = %self.path.display(), "changed since last looked at; reading it again");
+        (self.holds)(&self.path)?;
+        self.seen = Some(now);
+        Ok(())
+    }
+}
+
+/// The agent's check that the pinned server key and the client's private key are still the
+/// ones in `--keys` ([`letterlock::client::agent::KeyCheck`]).
+struct KeyWatch {
+    server: (PathBuf, Option<Stamp>),
+    client: (PathBuf, Option<Stamp>),
+    /// SHA-256 of the private key file as it was before it was loaded: a passphrase-protected
+    /// key cannot be compared without its passphrase, only its file.
+    client_digest: Option<[u8; 32]>,
+}
+
+impl KeyWatch {
+    /// The stamps of `KEYS/server_public.pem` and `KEYS/client_private.pem`, taken before they
+    /// are loaded.
+    fn before_load(keys: &Path) -> KeyWatch {
+        let (_, server) = letterlock::keys::pair_paths(keys, "server");
+        let (client, _) = letterlock::keys::pair_paths(keys, "client");
+        let (server_stamp, client_stamp) = (Stamp::of(&server).ok(), Stamp::of(&client).ok());
+        let client_digest = digest_of(&client);
+        KeyWatch {
+            server: (server, server_stamp),
+            client: (client, client_stamp),
+            client_digest,
+        }
+    }
+
+    /// The check for the agent holding `keys`, loaded after [`KeyWatch::before_load`].
+    fn holding(self, keys: &ClientKeys) -> letterlock::client::agent::KeyCheck {
+        let pinned = keys.server.clone();
+        let server = Watched {
+            path: self.server.0,
+            seen: self.server.1,
+            holds: Box::new(move |path| {
+                let now = letterlock::keys::load_public(path).map_err(|e| {
+                    format!(
+                        "the pinned server key, {}, cannot be read: {e}",
+                        path.display()
+                    )
+                })?;
+                if now == pinned {
+                    return Ok(());
+                }
+                Err(format!(
+                    "the pinned server key, {}, is now {}, not {}, the one the agent started with",
+                    path.display(),
+                    now.id(),
+                    pinned.id()
+                ))
+            }),
+        };
+        let mine = keys.identity.public().id();
+        let digest = self.client_digest;
+        let client = Watched {
+            path: self.client.0,
+            seen: self.client.1,
+            holds: Box::new(move |path| {
+                // Rewritten with the same bytes (touched, copied back): the same key.
+                if digest.is_some() && digest_of(path) == digest {
+                    return Ok(());
+                }
+                let changed = format!(
+                    "the client's private key, {}, changed since the agent started",
+                    path.display()
+                );
+                match letterlock::keys::load_any_public(path) {
+                    Ok(now) if now.id() == mine => Ok(()),
+                    Ok(now) => Err(format!("{changed}: it is now {}, not {mine}", now.id())),
+                    Err(e) if matches!(e.cause(), KeyError::Encrypted) => Err(format!(
+                        "{changed}, and being passphrase-protected it cannot be told to be the \
+                         same key without its passphrase"
+                    )),
+                    Err(e) => Err(format!("{changed}, and cannot be read: {e}")),
+                }
+            }),
+        };
+        let mut watched = [server, client];
+        Box::new(move || watched.iter_mut().try_for_each(Watched::check))
+    }
+}
+
+/// SHA-256 of the file at `path`, if it can be read (a key file: small).
+fn digest_of(path: &Path) -> Option<[u8; 32]> {
+    let bytes = Zeroizing::new(std::fs::read(path).ok()?);
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+    d.as_ref().try_into().ok()
 }
 
 /// `letterlock client agent --stop`.
@@ -256,6 +412,18 @@ impl NotTaken {
                 format!("start `letterlock client agent` again; or {passphrase}"),
             ),
             Why::Declined(reason) => match agent::declined_for_other_server(reason) {
+                _ if agent::declined_for_changed_keys(reason).is_some() => (
+                    format!(
+                        "it stepped aside and stopped, as {}",
+                        letterlock::text::line(
+                            agent::declined_for_changed_keys(reason).unwrap_or_default()
+                        )
+                    ),
+                    format!(
+                        "start `letterlock client agent` again (it asks for the passphrase \
+                         once); or {passphrase}"
+                    ),
+                ),
                 Some(theirs) => {
                     let theirs = letterlock::text::line(theirs);
                     (
@@ -414,6 +582,16 @@ pub(super) fn hand_over(a: &ClientSendArgs) -> Result<HandOver> {
             Ok(HandOver::Answered(ExitCode::FAILURE))
         }
         Ok(Reply::Declined(why)) => {
+            if let Some(changed) = agent::declined_for_changed_keys(&why) {
+                // Said whatever comes of the message: the agent has stopped, and the next
+                // commands will need the key's passphrase if it has one.
+                status!(
+                    "letterlock: the client agent on {} stepped aside and stops: {}; sending the \
+                     message from here, under the keys kept now",
+                    path.display(),
+                    letterlock::text::line(changed)
+                );
+            }
             tracing::debug!(why = %letterlock::text::line(&why), "the agent declined the message; sending it from here");
             not_taken(Why::Declined(why))
         }

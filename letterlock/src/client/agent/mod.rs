@@ -29,7 +29,7 @@ use crate::envelope::{MessageId, Mode};
 
 mod serve;
 
-pub use serve::{AgentConfig, AgentError, AgentLock, AgentSocket, SOCKET_TIMEOUT, serve};
+pub use serve::{AgentConfig, AgentError, AgentLock, AgentSocket, KeyCheck, SOCKET_TIMEOUT, serve};
 
 /// The first bytes of every request and reply body: "LLA" and the version of this encoding.
 pub const MAGIC: [u8; 4] = *b"LLA1";
@@ -53,6 +53,16 @@ pub const DECLINED_OTHER_SERVER: &str = "this agent sends to ";
 pub fn declined_for_other_server(reason: &str) -> Option<&str> {
     let rest = reason.strip_prefix(DECLINED_OTHER_SERVER)?;
     Some(rest.split_once(", not ").map_or(rest, |(ours, _)| ours))
+}
+
+/// How an agent's [`Reply::Declined`] starts when the keys it holds are no longer the ones its
+/// user keeps ([`KeyCheck`]), followed by why: it stepped aside for good, and stops. A command
+/// tells this decline from the others by it, to say that its agent has stopped and why.
+pub const DECLINED_KEYS_CHANGED: &str = "the agent stepped aside for good: ";
+
+/// Why an agent stepped aside, if `reason` is a [`DECLINED_KEYS_CHANGED`] decline.
+pub fn declined_for_changed_keys(reason: &str) -> Option<&str> {
+    reason.strip_prefix(DECLINED_KEYS_CHANGED)
 }
 
 /// The largest request body: magic, kind, mode, asymmetric limit, wait, server length, server,

@@ -43,6 +43,14 @@ pub const SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
 /// sends by itself.
 const MAX_READERS: usize = 32;
 
+/// Tells, before each message, whether the keys an agent holds are still the ones its user
+/// keeps (the pinned server key, the client's key): `Err(why)` when they are not, or cannot be
+/// told to be. The agent then declines that message and every later one
+/// ([`DECLINED_KEYS_CHANGED`](super::DECLINED_KEYS_CHANGED)), so that their commands send them
+/// under the keys kept now, and stops ([`AgentError::KeysChanged`]). Called on the agent's
+/// sending task: it must be cheap when nothing changed (compare file metadata, say).
+pub type KeyCheck = Box<dyn FnMut() -> Result<(), String> + Send + Sync>;
+
 /// What an agent holds and how it behaves.
 pub struct AgentConfig {
     /// The server's address (HOST:PORT) as commands name it: requests naming another are
@@ -59,6 +67,9 @@ pub struct AgentConfig {
     pub backoff: Backoff,
     /// Stop after this long without a message; `None`: only when stopped.
     pub persist: Option<Duration>,
+    /// Whether `identity` and `server` are still the keys the user keeps, asked before each
+    /// message; `None`: they are taken to be for as long as the agent runs.
+    pub keys_current: Option<KeyCheck>,
 }
 
 /// Why an agent could not start, or stopped other than being asked to.
@@ -83,6 +94,10 @@ pub enum AgentError {
     /// declined or told there was no answer.
     #[error("the agent's sending task failed: {0}")]
     Sender(#[source] tokio::task::JoinError),
+    /// The keys it holds are no longer the ones kept ([`KeyCheck`]): it declined the message
+    /// that found it out, and stopped.
+    #[error("the agent stopped, as the keys it holds are no longer the ones kept: {0}")]
+    KeysChanged(String),
 }
 
 /// The agent's socket, `path`, for as long as this value lives: made in a private folder, mode
@@ -217,12 +232,14 @@ pub async fn serve(
     let asked_to_stop = Arc::new(asked_to_stop);
     let (stopping, stopping_rx) = watch::channel(false);
     let (used_tx, mut used) = watch::channel(Instant::now());
+    let (stepped_aside, mut keys_changed) = watch::channel(None);
     // The messages go one at a time on a task of their own, so that this loop keeps accepting,
     // reading requests and hearing stop while one is being sent.
     let agent = Agent {
         config,
         client,
         last_used: Instant::now(),
+        stepped_aside,
     };
     let sender = tokio::spawn(agent.run(queue, stopping_rx, used_tx));
     let mut readers = JoinSet::new();
@@ -242,6 +259,18 @@ pub async fn serve(
             _ = stop_asked.changed() => {
                 info!("asked to stop");
                 break Ok(());
+            }
+            changed = keys_changed.changed() => {
+                let why = keys_changed.borrow_and_update().clone();
+                match (changed, why) {
+                    (Ok(()), Some(why)) => {
+                        warn!(why = %why, "the keys the agent holds are no longer the ones kept: stopping");
+                        break Err(AgentError::KeysChanged(why));
+                    }
+                    (Ok(()), None) => {}
+                    // The sending task ended.
+                    (Err(_), _) => break Ok(()),
+                }
             }
             // A message started or ended: the idle time counts from now.
             changed = used.changed() => if changed.is_err() { break Ok(()) },
@@ -378,6 +407,9 @@ struct Agent {
     client: Option<Client>,
     /// When the last message was sent (the kept connection's last use).
     last_used: Instant,
+    /// Why the keys it holds are no longer the ones kept, once [`AgentConfig::keys_current`]
+    /// said so: every message from then on is declined, and [`serve`] stops.
+    stepped_aside: watch::Sender<Option<String>>,
 }
 
 impl Agent {
@@ -447,6 +479,9 @@ impl Agent {
     /// content key go first, so that the server decrypts the content key while the signature is
     /// still being made.
     async fn send(&mut self, request: SendRequest) -> Reply {
+        if let Some(why) = self.keys_changed() {
+            return Reply::Declined(format!("{}{why}", super::DECLINED_KEYS_CHANGED));
+        }
         if request.server != self.config.server_addr {
             return Reply::Declined(format!(
                 "{}{}, not {}",
@@ -511,6 +546,21 @@ impl Agent {
             // one.
             Err(e) => Reply::NotDelivered(e.to_string()),
         }
+    }
+
+    /// Why the keys held are no longer the ones kept, if they are not: asked of
+    /// [`AgentConfig::keys_current`] until it first says so, then that answer for good (the
+    /// kept connection, made with the old keys, is closed).
+    fn keys_changed(&mut self) -> Option<String> {
+        if self.stepped_aside.borrow().is_none()
+            && let Some(check) = self.config.keys_current.as_mut()
+            && let Err(why) = check()
+        {
+            warn!(why = %why, "declining messages from now on");
+            self.client = None;
+            self.stepped_aside.send_replace(Some(why));
+        }
+        self.stepped_aside.borrow().clone()
     }
 
     /// Starts sealing `request` on the blocking pool (the signature is an RSA private
