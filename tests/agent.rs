@@ -350,6 +350,72 @@ fn an_agent_whose_client_key_was_replaced_steps_aside_and_stops() {
     assert!(err.contains("client_private.pem"), "{err}");
 }
 
+/// The agent, which holds the client's key unlocked, writes no core file and cannot be read by
+/// processes of its own user (ptrace, /proc/PID/mem, /proc/PID/environ): the kernel makes
+/// /proc/PID's files root's when a process is not dumpable. As root, whom that does not stop,
+/// the agent runs as `nobody` (through util-linux `setpriv`, as tests/store.rs does), where the
+/// owner tells a dumpable process (nobody's files) from one that is not (root's).
+#[test]
+fn the_agent_writes_no_core_file_and_is_not_readable_by_its_own_user() {
+    use std::os::unix::fs::MetadataExt;
+    const NOBODY: u32 = 65534;
+    let (dir, server) = folder_with_server();
+    let d = dir.path();
+    let me = std::fs::metadata("/proc/self").unwrap().uid();
+    let agent = if me == 0 {
+        let owner = format!("{NOBODY}:{NOBODY}");
+        let chown = std::process::Command::new("chown")
+            .args(["-R", &owner])
+            .arg(d)
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        // Inside the folder: no folder above it need be searchable by nobody.
+        let bin = d.join("letterlock-bin");
+        if std::fs::hard_link(common::BIN, &bin).is_err() {
+            std::fs::copy(common::BIN, &bin).unwrap();
+        }
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.arg(format!("--reuid={NOBODY}"))
+            .arg(format!("--regid={NOBODY}"))
+            .args(["--clear-groups", "--"])
+            .arg(&bin)
+            .args(["client", "agent", "--server", &server.addr])
+            .current_dir(d)
+            .stdin(Stdio::null());
+        Agent::spawn(cmd)
+    } else {
+        Agent::start(d, &server.addr, &[])
+    };
+    let proc = Path::new("/proc").join(agent.child.id().to_string());
+    let status = std::fs::read_to_string(proc.join("status")).unwrap();
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(uid, 0, "the agent must run as another user than root here");
+    let limits = std::fs::read_to_string(proc.join("limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(fields.get(4..6), Some(&["0", "0"][..]), "{core}");
+    for file in ["environ", "mem"] {
+        let owner = std::fs::metadata(proc.join(file)).unwrap().uid();
+        assert_eq!(
+            owner, 0,
+            "/proc/PID/{file} of the agent (user {uid}) is user {owner}'s"
+        );
+    }
+    if me != 0 {
+        assert!(std::fs::read(proc.join("environ")).is_err());
+    }
+}
+
 #[test]
 fn the_agent_stops_after_its_persist_time_without_a_message() {
     let (dir, server) = folder_with_server();
