@@ -137,8 +137,10 @@ pub(super) enum ClientCommand {
                       printed: \"delivered\" still means the server proved it decrypted and \
                       stored the message. Larger messages, stdin, --to and --no-agent are sent \
                       by the command itself, as when no agent runs (reading the key, and so \
-                      needing its passphrase, itself). The agent keeps the server \
-                      key it started with: restart it after pinning a new one.\n\n\
+                      needing its passphrase, itself). If server_public.pem or \
+                      client_private.pem is replaced while it runs, it steps aside and stops \
+                      before its next message (which the command then sends itself, under the \
+                      new keys): start it again.\n\n\
                       The agent signs and sends whatever a process of your user hands it; other \
                       users cannot connect (the socket is 0600 and every peer's user id is \
                       checked). See docs/SECURITY.md, \"The client agent\".\n\n\
