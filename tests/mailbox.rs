@@ -160,7 +160,7 @@ fn client_read_names_the_kept_key_a_message_is_for_after_the_pair_was_replaced()
         "{err}"
     );
     assert!(
-        err.contains("`letterlock client agent` already running keeps the old key"),
+        err.contains("`letterlock client agent` already running steps aside and stops"),
         "{err}"
     );
     // What still waits on the server for the old key is stranded by the switch: said, not

@@ -235,7 +235,7 @@ fn warn_replaced(kept: &super::replaced::Kept, name: &str, public: &Path) {
              Messages still waiting on the server for the old key are stranded from then on \
              (never delivered: `server outbox` shows them, and their senders must send them \
              again): fetch them with the old pair first if you can. A `letterlock client agent` \
-             already running keeps the old key: restart it"
+             already running steps aside and stops at its next message: start it again"
         ),
         "server" => "Every client must trust the new server key (`letterlock client trust-server \
              HOST:PORT --replace`, checking its fingerprint), or it refuses this server. A \
