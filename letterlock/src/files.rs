@@ -26,6 +26,9 @@
 //!   a no-clobber one, so a file created meanwhile is not replaced either.
 //! - The temporary file has [`WriteOptions::mode`] from its creation (0600 unless told
 //!   otherwise): plaintext and private keys are never readable by others, not even briefly.
+//!
+//! Beside them, [`FileLock`]: an exclusive `flock` on a lock file, which keeps two letterlock
+//! processes out of one folder's state (`client recv_msg` on a keys folder).
 
 use std::fs;
 use std::io::{self, Write};
@@ -357,6 +360,39 @@ fn permissions(mode: u32) -> fs::Permissions {
     fs::Permissions::from_mode(mode)
 }
 
+/// An exclusive advisory lock (`flock`) on a lock file, held for as long as this value lives
+/// (the kernel releases it when the process ends, however it ends: a crash leaves no stale
+/// lock behind). The file itself holds nothing and is left in place.
+///
+/// It guards state several processes of one user may reach at once, such as a client's keys
+/// folder: only processes that take the same lock are kept out.
+#[derive(Debug)]
+pub struct FileLock {
+    /// The open lock file; closing it releases the lock.
+    _file: fs::File,
+}
+
+impl FileLock {
+    /// Opens `path` (created 0600 if missing, never truncated) and locks it without waiting:
+    /// `Ok(None)` while another open file holds the lock.
+    pub fn try_acquire(path: &Path) -> io::Result<Option<FileLock>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Opened for writing, not read-only: `flock` on NFS needs a file open for writing.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(FileLock { _file: file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -548,5 +584,21 @@ mod tests {
             let mode = fs::metadata(&folder).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o700, "{}", folder.display());
         }
+    }
+
+    #[test]
+    fn a_file_lock_is_held_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        let first = FileLock::try_acquire(&path).unwrap();
+        assert!(first.is_some());
+        assert!(FileLock::try_acquire(&path).unwrap().is_none());
+        drop(first);
+        assert!(FileLock::try_acquire(&path).unwrap().is_some());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }

@@ -159,6 +159,12 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
                  or --mode asymmetric)"
                     .into(),
             ),
+            ClientError::AckedElsewhere { .. } => Some(
+                "every message shown above is kept in this folder's mailbox (`letterlock client \
+                 inbox`); run recv_msg again for the rest. If no other machine or copy of these \
+                 keys fetches for this client, tell the server's operator"
+                    .into(),
+            ),
             ClientError::WrongServer { .. } => Some(
                 "check server_public.pem: it must be the public key of the server you meant; if \
                  its operator confirms the key changed, `letterlock client trust-server \

@@ -61,6 +61,20 @@ pub enum ClientError {
     /// [`ClientError::WrongServer`]), e.g. another protocol version.
     #[error("handshake failed: {0}")]
     Handshake(#[source] HandshakeError),
+    /// The server answered a `DeliveryAck` of this fetch with `Error` code BadAck: it no
+    /// longer holds a message this client has just opened (and kept, with a mailbox). With
+    /// one process per keys folder at a time (`recv_msg` locks it), what is left is another
+    /// fetch with the same client key, from another machine or another copy of the keys,
+    /// that acknowledged it first (a server that leases deliveries, PostgreSQL, keeps them
+    /// apart; SQLite delivers every waiting message to each fetch). The acknowledgements
+    /// before it were confirmed; nothing after it was sent.
+    #[error(
+        "the server no longer holds a message this fetch received (code BadAck; the server \
+         says: {}): another fetch with the same client key, from another machine or another \
+         copy of its keys folder, most likely received and acknowledged it at the same time",
+        crate::text::quoted(.message)
+    )]
+    AckedElsewhere { message: String },
     /// The server announced another number of messages than it delivered.
     #[error("server announced {announced} messages, sent {sent}")]
     CountMismatch { announced: u32, sent: usize },

@@ -13,7 +13,7 @@ use crate::envelope::{self, HEADER_LEN, Header, MessageId, OpenError, OpenOption
 use crate::files::{AtomicFile, WriteOptions};
 use crate::keys::{Identity, KeyId, PublicKey};
 use crate::received::{self, Entry, Kind, ReceivedRecord};
-use crate::wire::{DATA_FRAME, Frame};
+use crate::wire::{DATA_FRAME, ErrorCode, Frame};
 
 use super::mailbox::{Kept, Mailbox, SealedCopy, StagedCopy};
 use super::{Client, ClientError, on_blocking_pool, unexpected};
@@ -312,9 +312,16 @@ impl Client {
     async fn confirm_removals(&mut self, acked: &[MessageId]) -> Result<(), ClientError> {
         self.writer.flush().await?;
         for _ in acked {
-            match self.read().await? {
-                Frame::Removed { id } if acked.contains(&id) => {}
-                other => return Err(unexpected(other)),
+            match self.read().await {
+                Ok(Frame::Removed { id }) if acked.contains(&id) => {}
+                Ok(other) => return Err(unexpected(other)),
+                // Said for what it most likely is, not as the server's bare refusal (found by
+                // a trial run, when two recv_msg on one folder both fetched everything).
+                Err(ClientError::Refused {
+                    code: ErrorCode::BadAck,
+                    message,
+                }) => return Err(ClientError::AckedElsewhere { message }),
+                Err(e) => return Err(e),
             }
         }
         Ok(())
