@@ -678,3 +678,70 @@ async fn a_message_kept_but_never_acknowledged_is_readable_and_kept_once_when_de
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("no messages"), "{err}");
 }
+
+/// Found by a trial run: three `recv_msg` started at once on one keys folder each printed every
+/// waiting message as new, and all but one then failed with the server's BadAck. Each message
+/// is shown as new once for the folder; a run that found the folder busy waits for the other
+/// (and says so) and every run exits 0.
+#[test]
+fn concurrent_recv_msg_on_one_folder_show_each_message_once() {
+    const MESSAGES: usize = 6;
+    const RUNS: usize = 3;
+    let (dir, _server, addr) = classroom_with_server();
+    let d = dir.path();
+    for i in 0..MESSAGES {
+        queue(d, &format!("message {i}"));
+    }
+    let children: Vec<_> = (0..RUNS)
+        .map(|_| {
+            common::cli::command(d, &["client", "recv_msg", "--server", &addr, "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut new_ids = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        for line in String::from_utf8(out.stdout).unwrap().lines() {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(row["status"], "new", "{row}");
+            new_ids.push(row["id"].as_str().unwrap().to_owned());
+        }
+    }
+    new_ids.sort();
+    let shown = new_ids.len();
+    new_ids.dedup();
+    assert_eq!(shown, new_ids.len(), "a message was shown as new twice");
+    assert_eq!(new_ids.len(), MESSAGES, "{new_ids:?}");
+    assert_eq!(inbox(d).len(), MESSAGES);
+}
+
+/// While another process holds the keys folder's recv_msg lock, `recv_msg` says once that it
+/// waits (not with -q), gives up after --timeout naming the lock file, and fetches nothing;
+/// once the lock is free it receives as usual.
+#[test]
+fn recv_msg_waits_for_the_folder_lock_within_its_timeout() {
+    let (dir, _server, addr) = classroom_with_server();
+    let d = dir.path();
+    queue(d, "waits its turn");
+    let held = letterlock::files::FileLock::try_acquire(&d.join("client_recv.lock"))
+        .unwrap()
+        .unwrap();
+    let (code, out, err) = recv(d, &addr, &["--timeout", "1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    assert!(err.contains("waiting for another"), "{err}");
+    assert!(err.contains("client_recv.lock"), "{err}");
+    assert!(err.contains("--timeout"), "{err}");
+    let (code, _, err) = recv(d, &addr, &["--timeout", "0", "-q"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!err.contains("waiting for another"), "{err}");
+    drop(held);
+    let (code, out, err) = recv(d, &addr, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, b"waits its turn");
+}

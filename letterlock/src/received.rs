@@ -11,6 +11,14 @@
 //!   [`MAX_AGE`] the client accepts for a server message ([`check_time`]): a replay older than
 //!   what the record still holds is refused as stale. So the record stays small: at most
 //!   [`MAX_ENTRIES`] entries; pruned entries are dropped when the file is next opened.
+//! - One process uses a record at a time, from before [`ReceivedRecord::open`] until its last
+//!   append: the entries are read once, at open, and "new or repeat" is decided from them, so
+//!   two fetches with the record open at once would both find a message new (found by a trial
+//!   run: concurrent `recv_msg` on one keys folder), and a rewrite at open could drop another
+//!   process's appends. The file takes no lock itself: its caller holds one for the whole
+//!   fetch (`recv_msg` locks the keys folder, [`crate::files::FileLock`]), because the
+//!   server's outbox and the mailbox are part of the same exchange: with the lock, a second
+//!   fetch starts after the first one's acknowledgements removed its messages from the server.
 //!
 //! Format (docs/PROTOCOL.md, "The client's record of received messages"): the 8 bytes
 //! [`MAGIC`], then entries of [`ENTRY_LEN`] bytes each: kind (1 byte: 1 received, 2 set aside)

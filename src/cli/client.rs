@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 
 use letterlock::client::Sealing;
 use letterlock::envelope::{self, SealOptions};
+use letterlock::files::FileLock;
 use letterlock::keys::Identity;
 use letterlock::text::ByteCount;
 
@@ -58,7 +59,9 @@ pub(super) enum ClientCommand {
                       bytes to a pipe or file), status lines to stderr. A message from another \
                       client is verified with that client's key, pinned with `client trust` or \
                       from the server's signed directory (read when a sender's key is new to \
-                      this client), and shown as from its name; the server cannot read it.\n\n\
+                      this client), and shown as from its name; the server cannot read it. \
+                      Two recv_msg on one --keys folder take turns: the second says it waits \
+                      (up to --timeout seconds), then shows only what is still new.\n\n\
                       Exit status: 0 every message new and shown or saved (or none waiting); \
                       3 a repeat was ignored; 4 a message was set aside, not received: stale, \
                       not openable, or from another client whose key you have not pinned or \
@@ -164,7 +167,8 @@ pub(super) struct ClientConn {
     // The commands that send a message say more: `SEND_TIMEOUT_HELP`.
     /// Seconds to keep trying while the server turns the connection away (busy, or its mailbox
     /// database away): it retries with growing, jittered waits and says so on stderr; also the
-    /// longest wait for the connection to be set up.
+    /// longest wait for the connection to be set up. recv_msg: also the longest wait for
+    /// another recv_msg on the same --keys folder to finish (0: refuse at once).
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub(super) timeout: u64,
     /// Speak the plain version 1 wire instead of TLS 1.3, to a server started with
@@ -953,6 +957,61 @@ pub(super) fn seen_path(keys: &Path) -> PathBuf {
     keys.join(".letterlock-received")
 }
 
+/// The file `recv_msg` locks ([`FileLock`]) in the keys folder for as long as it fetches into
+/// it, as `client_agent.lock` is the agent's.
+pub(super) const RECV_LOCK_FILE: &str = "client_recv.lock";
+/// How often a `recv_msg` waiting for another one on its keys folder tries the lock again.
+const RECV_LOCK_POLL: Duration = Duration::from_millis(100);
+
+/// Takes the keys folder `keys` for one `recv_msg`, from before it connects until it is done
+/// (the lock is released when the returned value is dropped, or the process ends).
+///
+/// Why: a fetch reads the record of received messages once, decides "new" or "repeat" from
+/// it, keeps each message in the mailbox, records it, and only then acknowledges it; a server
+/// on SQLite delivers every waiting message to each fetch until one acknowledges it. Two
+/// `recv_msg` on one folder at once therefore each showed every message as new, and all but
+/// one then failed on the server's BadAck (found by a trial run). Holding the lock for the
+/// whole exchange makes the record, the mailbox and the server's outbox agree: the second run
+/// starts after the first one's messages were acknowledged and removed.
+///
+/// Why wait rather than refuse: a script (cron beside a hand-typed run, say) wants each
+/// message once and an exit status it can trust, not an error to retry; once the first run is
+/// done, the second finds nothing new or only what arrived meanwhile, and says so. It never
+/// waits silently or for ever: it says on stderr once that it waits (unless --quiet), and
+/// gives up after `timeout` (the command's --timeout; `--timeout 0` refuses at once) with an
+/// error naming the lock file. A `recv_msg --wait` holds the folder while it waits.
+async fn lock_keys_for_recv(keys: &Path, timeout: Duration) -> Result<FileLock> {
+    let path = keys.join(RECV_LOCK_FILE);
+    let cannot = || format!("cannot lock {} for recv_msg", path.display());
+    let deadline = std::time::Instant::now() + timeout;
+    let mut said = false;
+    loop {
+        if let Some(lock) = FileLock::try_acquire(&path).with_context(cannot)? {
+            return Ok(lock);
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "another `letterlock client recv_msg` is still receiving into {} (it holds {}), \
+                 after waiting {} s: run this one again once it is done, or give a longer \
+                 --timeout (seconds) to wait for it",
+                keys.display(),
+                path.display(),
+                timeout.as_secs()
+            );
+        }
+        if !said {
+            status!(
+                "waiting for another `letterlock client recv_msg` on {} to finish (up to {} s, \
+                 --timeout)",
+                keys.display(),
+                timeout.as_secs()
+            );
+            said = true;
+        }
+        tokio::time::sleep(RECV_LOCK_POLL).await;
+    }
+}
+
 /// Exit status of `recv_msg` when a delivered message was a repeat (recognised from the record,
 /// acknowledged, not saved or shown again) and none was set aside or left unshown.
 pub(super) const EXIT_REPEAT: u8 = 3;
@@ -1012,7 +1071,11 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
     if let Some(dir) = &a.output {
         prepare_output_dir(dir)?;
     }
-    let mut client = connect(&a.conn).await?;
+    // The key first (a passphrase typed slowly holds nobody up), then the folder, then the
+    // server: a run that waits for another one has no connection idling meanwhile.
+    let keys = ClientKeys::load(&a.conn)?;
+    let _folder = lock_keys_for_recv(&a.conn.keys, Duration::from_secs(a.conn.timeout)).await?;
+    let mut client = connect_with(&a.conn, keys).await?;
     let output = match &a.output {
         Some(dir) => Output::Dir(dir.clone()),
         None => Output::Memory {
