@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,14 +110,14 @@ pub struct AgentSocket {
     /// Device and inode of the socket file.
     made: (u64, u64),
     /// `client_agent.lock` beside the socket, locked.
-    _lock: std::fs::File,
+    _lock: crate::files::FileLock,
 }
 
 /// The lock of an agent's keys folder ([`AgentSocket::lock`]), before its socket is made: a
 /// second agent is refused before it connects to its server, not after.
 pub struct AgentLock {
     path: PathBuf,
-    lock: std::fs::File,
+    lock: crate::files::FileLock,
 }
 
 impl AgentSocket {
@@ -135,19 +135,10 @@ impl AgentSocket {
         if path.as_os_str().len() >= MAX_SOCKET_PATH {
             return Err(AgentError::PathTooLong(shown, path.as_os_str().len()));
         }
-        // A regular file, not the folder: `flock` on NFS needs a file open for writing.
-        let lock = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path.with_extension("lock"))
-            .map_err(io_err)?;
-        lock.try_lock().map_err(|e| match e {
-            std::fs::TryLockError::WouldBlock => AgentError::AlreadyRunning(shown.clone()),
-            std::fs::TryLockError::Error(e) => io_err(e),
-        })?;
+        // A regular file, not the folder (`flock` on NFS needs a file open for writing).
+        let lock = crate::files::FileLock::try_acquire(&path.with_extension("lock"))
+            .map_err(io_err)?
+            .ok_or_else(|| AgentError::AlreadyRunning(shown.clone()))?;
         // With the lock held no agent is running for this folder: a socket there is a dead one's.
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_socket() => {}
