@@ -353,6 +353,28 @@ fn newcomer_mistakes_get_errors_that_say_what_to_do() {
         &refused,
     );
     fails_saying(d, &["fingerprint", "two_public.pem"], &refused);
+    // Nor when the first has no final newline, so the second BEGIN follows an END on its line
+    // (found by a review); a private key so hidden is refused as one.
+    let alice = std::fs::read_to_string(d.join("alice_public.pem")).unwrap();
+    let joined = |second: &str| {
+        let second = std::fs::read_to_string(d.join(second)).unwrap();
+        std::fs::write(d.join("joined.pem"), [alice.trim_end(), &second].concat()).unwrap();
+    };
+    joined("bob_public.pem");
+    fails_with(d, &["fingerprint", "joined.pem"], refused[0]);
+    joined("bob_private.pem");
+    fails_with(
+        d,
+        &[
+            "seal",
+            "--from",
+            "alice_private.pem",
+            "--to",
+            "joined.pem",
+            "m.txt",
+        ],
+        "found a `PRIVATE KEY` PEM block",
+    );
     fails_with(
         d,
         &[

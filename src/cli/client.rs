@@ -983,13 +983,14 @@ const RECV_LOCK_POLL: Duration = Duration::from_millis(100);
 async fn lock_keys_for_recv(keys: &Path, timeout: Duration) -> Result<FileLock> {
     let path = keys.join(RECV_LOCK_FILE);
     let cannot = || format!("cannot lock {} for recv_msg", path.display());
-    let deadline = std::time::Instant::now() + timeout;
+    // A --timeout too large for the clock (someone meaning "for ever") waits for ever.
+    let deadline = std::time::Instant::now().checked_add(timeout);
     let mut said = false;
     loop {
         if let Some(lock) = FileLock::try_acquire(&path).with_context(cannot)? {
             return Ok(lock);
         }
-        if std::time::Instant::now() >= deadline {
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
             bail!(
                 "another `letterlock client recv_msg` is still receiving into {} (it holds {}), \
                  after waiting {} s: run this one again once it is done, or give a longer \

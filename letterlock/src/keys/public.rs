@@ -64,7 +64,7 @@ impl PublicKey {
         // A private key anywhere in the text, after a public one too (`cat pub.pem priv.pem`),
         // is refused as if it came first: a file that holds one is not a public key to trust
         // or hand around, and whoever has it must be told (found by a trial run).
-        if let Some(tag) = text.lines().find_map(private_key_tag) {
+        if let Some(tag) = private_key_tag(text) {
             return Err(KeyError::WrongPemBlock {
                 expected: KeyKind::Public,
                 found: tag.to_owned(),
@@ -180,14 +180,15 @@ fn ssh_rsa_blob(e: &[u8], n: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The label of a PEM `BEGIN` line for a private key (`PRIVATE KEY`, `RSA PRIVATE KEY`,
-/// `ENCRYPTED PRIVATE KEY`...), if `line` is one.
-fn private_key_tag(line: &str) -> Option<&str> {
-    let tag = line
-        .trim()
-        .strip_prefix("-----BEGIN ")?
-        .strip_suffix("-----")?;
-    tag.ends_with("PRIVATE KEY").then_some(tag)
+/// The label of the first PEM `BEGIN` for a private key in `text` (`PRIVATE KEY`, `RSA PRIVATE
+/// KEY`, `ENCRYPTED PRIVATE KEY`...), wherever it starts: the PEM parser finds a BEGIN after an
+/// END on the same line too (found by a review).
+fn private_key_tag(text: &str) -> Option<&str> {
+    text.match_indices("-----BEGIN ").find_map(|(at, begin)| {
+        let rest = text.get(at + begin.len()..)?;
+        let tag = rest.get(..rest.find("-----")?)?;
+        tag.ends_with("PRIVATE KEY").then_some(tag)
+    })
 }
 
 #[cfg(test)]

@@ -239,8 +239,10 @@ fn check_userinfo(url: &str) -> Result<(), StoreError> {
     else {
         return Ok(());
     };
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    if authority.matches('@').count() > 1 {
+    // Up to the query, not only to the first '/': the parser ends the credentials at the first
+    // '@' anywhere before it, so `ll:ab@cd/ef@host/db` would take `cd` for the host.
+    let before_query = rest.split('?').next().unwrap_or_default();
+    if before_query.matches('@').count() > 1 {
         return Err(StoreError::BadUrl {
             source: "an '@' in its user name or password must be written %40".into(),
         });
@@ -1499,6 +1501,12 @@ mod tests {
             .unwrap_or_default();
         assert!(err.contains("%40"), "{err}");
         assert!(!err.contains("SECRET") && !err.contains("abc"), "{err}");
+        // A '/' in the password does not hide a second '@' (found by a review).
+        let err = store_config("postgres://ll:ab@cd/ef@host/db")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("%40") && !err.contains("cd"), "{err}");
         // Written %40, it is the password, and the host is the host.
         let config = store_config("postgresql://ll:abc%40defSECRET@127.0.0.1:5432/mail");
         let config = config.map_err(|e| e.to_string());
