@@ -434,23 +434,24 @@ fn alice_and_bob() -> tempfile::TempDir {
 
 /// `letterlock seal -i alice_private.pem -r bob_public.pem ARGS` in `dir`.
 fn alice_seals(dir: &Path, args: &[&str]) -> std::process::Output {
-    let mut all = vec!["seal", "-i", "alice_private.pem", "-r", "bob_public.pem"];
-    all.extend_from_slice(args);
-    letterlock(dir, &all)
+    letterlock(dir, &[&ALICE_SEALS[..], args].concat())
 }
 
 /// `letterlock open -i bob_private.pem --from alice_public.pem ARGS` in `dir`.
 fn bob_opens(dir: &Path, args: &[&str]) -> std::process::Output {
-    let mut all = vec![
-        "open",
-        "-i",
-        "bob_private.pem",
-        "--from",
-        "alice_public.pem",
-    ];
-    all.extend_from_slice(args);
-    letterlock(dir, &all)
+    letterlock(dir, &[&BOB_OPENS[..], args].concat())
 }
+
+/// The command line of [`alice_seals`], before its own arguments.
+const ALICE_SEALS: [&str; 5] = ["seal", "-i", "alice_private.pem", "-r", "bob_public.pem"];
+/// The command line of [`bob_opens`], before its own arguments.
+const BOB_OPENS: [&str; 5] = [
+    "open",
+    "-i",
+    "bob_private.pem",
+    "--from",
+    "alice_public.pem",
+];
 
 /// A named pipe at `path`, and a thread that reads it whole once a writer opens it.
 fn fifo_reader(path: &Path) -> std::thread::JoinHandle<Vec<u8>> {
@@ -568,30 +569,12 @@ fn dash_o_dev_stdout_writes_to_a_file_stdout_was_redirected_to() {
     };
     let sealed = redirected(
         "sealed.ll",
-        &[
-            "seal",
-            "--from",
-            "alice_private.pem",
-            "--to",
-            "bob_public.pem",
-            "-o",
-            "/dev/stdout",
-            "m.txt",
-        ],
+        &[&ALICE_SEALS[..], &["-o", "/dev/stdout", "m.txt"]].concat(),
     );
     assert!(!sealed.is_empty());
     let opened = redirected(
         "opened.txt",
-        &[
-            "open",
-            "--key",
-            "bob_private.pem",
-            "--from",
-            "alice_public.pem",
-            "-o",
-            "/dev/stdout",
-            "sealed.ll",
-        ],
+        &[&BOB_OPENS[..], &["-o", "/dev/stdout", "sealed.ll"]].concat(),
     );
     assert_eq!(opened, b"through a redirect");
 }
