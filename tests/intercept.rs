@@ -401,7 +401,7 @@ async fn expect_finds_base64_hex_and_utf16_plaintext() {
 }
 
 /// The command line, end to end: a live proxy stopped with SIGINT, then `--show` of its
-/// capture. Both exit 1 because the plaintext crossed in the clear.
+/// capture. Both exit 3 because the plaintext crossed in the clear, and not 1, a failure to look.
 #[tokio::test]
 async fn command_line_proxy_captures_and_show_finds_plaintext() {
     use tokio::io::AsyncBufReadExt;
@@ -456,17 +456,37 @@ async fn command_line_proxy_captures_and_show_finds_plaintext() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(status.code(), Some(1), "a plaintext was found: exit 1");
+    assert_eq!(status.code(), Some(3), "a plaintext was found: exit 3");
 
     let show = |expect: &str| show_capture(&capture, expect);
     let out = show(PLAIN);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(out.status.code(), Some(3), "{text}");
     assert!(text.contains("not letterlock frames"), "{text}");
     assert!(text.contains("!!! FOUND !!!"), "{text}");
     let out = show("never sent");
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("plaintext not found"));
+}
+
+/// A search that could not look is a failure (1), never taken for "found" (3) nor "not found"
+/// (0): a script tells a leak from a broken capture (found by a trial run: both exited 1).
+#[test]
+fn expect_on_a_capture_that_cannot_be_read_exits_1_not_found_or_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = show_capture(&dir.path().join("missing.cap"), PLAIN);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("missing.cap"), "{err}");
+    let damaged = dir.path().join("damaged.cap");
+    std::fs::write(&damaged, b"not a capture at all").unwrap();
+    let out = show_capture(&damaged, PLAIN);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `letterlock intercept --show CAPTURE --expect EXPECT`.

@@ -147,9 +147,9 @@ enum Command {
     /// A keyless man-in-the-middle: relay, record and print frames, search for a plaintext,
     /// or attack the traffic (--tamper).
     #[command(
-        after_help = "Exit status: with --expect, 0 when the text was NOT found in the \
-                            captured bytes, 1 when it was found (or on an error); otherwise 0 \
-                            success, 1 failure.",
+        after_help = "Exit status: 0 success (with --expect: the text was NOT found in the \
+                            captured bytes); 3 with --expect, the text WAS found; 1 failure (the \
+                            error is on stderr); 2 wrong usage.",
         hide_passphrase_file = true
     )]
     Intercept(Deferred<InterceptArgs>),

@@ -283,8 +283,12 @@ pub struct Options {
     pub show: Option<PathBuf>,
 }
 
-/// `letterlock intercept`: runs the proxy until Ctrl-C, or prints a capture. Exits 1 when an
-/// `--expect` plaintext was found on the wire.
+/// Exit status of `intercept --expect` when the text was found in the captured bytes: its own
+/// number, so a script tells a leak from a failure to look (1, as every command's error).
+pub const EXIT_FOUND: u8 = 3;
+
+/// `letterlock intercept`: runs the proxy until Ctrl-C, or prints a capture. Exits
+/// [`EXIT_FOUND`] when an `--expect` plaintext was found on the wire.
 pub async fn command(o: Options) -> Result<ExitCode, InterceptError> {
     if let Some(path) = &o.show {
         // A record at a time: a capture of any size is shown in bounded memory.
@@ -360,7 +364,7 @@ pub async fn command(o: Options) -> Result<ExitCode, InterceptError> {
 fn expect_result(s: &Search) -> ExitCode {
     println!("{s}");
     if s.is_found() {
-        ExitCode::FAILURE
+        ExitCode::from(EXIT_FOUND)
     } else {
         ExitCode::SUCCESS
     }
