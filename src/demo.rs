@@ -131,7 +131,15 @@ impl World {
     }
 
     async fn connect(&self, proxy: &Proxy, who: &Arc<PrivateKey>) -> Result<Client, ClientError> {
-        let identity: Arc<dyn Identity> = who.clone();
+        self.connect_as(proxy, who.clone()).await
+    }
+
+    /// Connects through `proxy` as whoever `identity` says it is.
+    async fn connect_as(
+        &self,
+        proxy: &Proxy,
+        identity: Arc<dyn Identity>,
+    ) -> Result<Client, ClientError> {
         Client::connect_tls(
             &proxy.local_addr().to_string(),
             identity,
@@ -617,7 +625,7 @@ fn property(t: Tamper) -> &'static str {
         Tamper::Truncate => "Integrity: truncation",
         Tamper::Reorder => "Integrity: reordered records",
         Tamper::Replay => "No replay",
-        Tamper::SpoofSender => "Sender authentication",
+        Tamper::SpoofSender => "Integrity: altered identity flight",
         Tamper::ForgeAck => "Unforgeable proof of delivery",
     }
 }
@@ -733,9 +741,64 @@ async fn mallory(p: Paint, w: &World, checks: &mut Vec<Check>) -> Result<(), Dem
         "\n{}",
         p.head("-- mallory: an untrusted key tries to connect and send")
     );
+    let pass = refused_at_the_door(p, w, w.mallory_key.clone(), "mallory", |e| {
+        matches!(
+            e,
+            ClientError::Refused {
+                code: ErrorCode::AuthFailed,
+                ..
+            }
+        )
+    })
+    .await?;
+    checks.push(Check {
+        property: "Only trusted clients".into(),
+        how: "mallory refused in the TLS handshake (access_denied); nothing stored".into(),
+        pass,
+    });
+
+    println!(
+        "\n{}",
+        p.head(
+            "-- mallory as \"client\": she presents the client's public key (anyone may have \
+             it) and signs with her own"
+        )
+    );
+    let impostor = Arc::new(Impostor {
+        claims: w.client_key.public().clone(),
+        signs_with: w.mallory_key.clone(),
+    });
+    // The server's verifier finds her signature bad: TLS answers that with decrypt_error.
+    let pass = refused_at_the_door(
+        p,
+        w,
+        impostor,
+        "impostor",
+        |e| matches!(e, ClientError::Tls(t) if t.is_signature_refused()),
+    )
+    .await?;
+    checks.push(Check {
+        property: "Sender authentication (v2 wire)".into(),
+        how: "the client's public key without its private key: her handshake signature fails \
+              (decrypt_error); nothing stored"
+            .into(),
+        pass,
+    });
+    Ok(())
+}
+
+/// Connects as `who` through a proxy that changes nothing, and tries to send: true when the
+/// attempt failed as `refused` expects and nothing was stored.
+async fn refused_at_the_door(
+    p: Paint,
+    w: &World,
+    who: Arc<dyn Identity>,
+    name: &str,
+    refused: impl Fn(&ClientError) -> bool,
+) -> Result<bool, DemoError> {
     let proxy = w.proxy(None).await?;
     let before = w.inbox_len().await?;
-    let result = match w.connect(&proxy, &w.mallory_key).await {
+    let result = match w.connect_as(&proxy, who).await {
         Ok(mut c) => c
             .send(
                 Cursor::new(b"I am the client, honest".to_vec()),
@@ -747,25 +810,39 @@ async fn mallory(p: Paint, w: &World, checks: &mut Vec<Check>) -> Result<(), Dem
     };
     proxy.stop().await;
     let stored = w.inbox_len().await?.saturating_sub(before);
-    let pass = matches!(
-        result,
-        Err(ClientError::Refused {
-            code: ErrorCode::AuthFailed,
-            ..
-        })
-    ) && stored == 0;
+    let pass = result.as_ref().is_err_and(refused) && stored == 0;
     match &result {
-        Ok(()) => println!("  mallory: {}", p.bad("the server accepted mallory")),
-        Err(e) => println!("  mallory: {e}"),
+        Ok(()) => println!("  {name}: {}", p.bad("the server accepted the message")),
+        Err(e) => println!("  {name}: {e}"),
     }
-    println!("  store:   {stored} new message(s)");
+    println!("  store: {stored} new message(s)");
     println!("  {}", p.verdict(pass));
-    checks.push(Check {
-        property: "Only trusted clients".into(),
-        how: "mallory refused in the TLS handshake (access_denied); nothing stored".into(),
-        pass,
-    });
-    Ok(())
+    Ok(pass)
+}
+
+/// Who mallory is when she claims to be someone else: that one's public key, her own private
+/// key. Every signature she makes is hers; the peer checks it against the key claimed.
+struct Impostor {
+    claims: PublicKey,
+    signs_with: Arc<PrivateKey>,
+}
+
+impl Identity for Impostor {
+    fn public(&self) -> &PublicKey {
+        &self.claims
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        self.signs_with.sign(message)
+    }
+
+    fn decrypt_oaep(
+        &self,
+        ciphertext: &[u8],
+        label: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyError> {
+        self.signs_with.decrypt_oaep(ciphertext, label)
+    }
 }
 
 async fn from_server(p: Paint, w: &World, checks: &mut Vec<Check>) -> Result<(), DemoError> {

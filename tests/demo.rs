@@ -39,6 +39,8 @@ fn demo_runs_and_every_property_passes() {
         "TAMPER forge-ack:",
         "no delivery claimed",
         "AuthFailed",
+        "mallory as \"client\"",
+        "impostor: TLS handshake failed: received fatal alert: DecryptError",
         "at rest (no network: the message's own signature)",
         "open: refused: message failed verification",
         "recv_msg got 1 message(s)",
@@ -58,7 +60,20 @@ fn demo_runs_and_every_property_passes() {
     assert!(!stderr.contains("flowerpot"), "{stderr}");
     // No v1 frame line: the interceptor never took TLS for letterlock frames.
     assert!(!stdout.contains(" Send "), "{stdout}");
-    // 27 rows: 4 per mode on the v2 wire plus the key exchange, 7 wire attacks, mallory,
-    // 5 attacks at rest, server -> client, 4 client to client.
-    assert_eq!(stdout.matches("  PASS    ").count(), 27, "{stdout}");
+    // 28 rows: 4 per mode on the v2 wire plus the key exchange, 7 wire attacks, mallory and
+    // mallory as the client, 5 attacks at rest, server -> client, 4 client to client.
+    assert_eq!(stdout.matches("  PASS    ").count(), 28, "{stdout}");
+    // Each row names what it shows: the on-wire spoof changes TLS records (integrity), and
+    // sender authentication is the impostor's row (found by a trial run: the row said
+    // "Sender authentication" over a TLS failure).
+    assert!(
+        stdout.contains("Integrity: altered identity flight (v2 wire)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("Sender authentication (v2 wire)") && l.contains("PASS")),
+        "{stdout}"
+    );
 }

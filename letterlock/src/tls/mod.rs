@@ -159,6 +159,17 @@ impl TlsError {
         )
     }
 
+    /// The peer found a signature of ours bad (its `decrypt_error` alert, RFC 8446 §6.2): a
+    /// handshake made with a private key that is not the public key's we presented.
+    pub fn is_signature_refused(&self) -> bool {
+        matches!(
+            self,
+            TlsError::Handshake(rustls::Error::AlertReceived(
+                rustls::AlertDescription::DecryptError
+            ))
+        )
+    }
+
     /// The server refused our key (its `access_denied` alert).
     pub fn is_access_denied(&self) -> bool {
         matches!(
