@@ -720,6 +720,65 @@ fn concurrent_recv_msg_on_one_folder_show_each_message_once() {
     assert_eq!(inbox(d).len(), MESSAGES);
 }
 
+/// Two copies of one client's keys (two folders, or two machines) fetching at once from a
+/// server on SQLite: each waiting message goes to one fetch, which shows it as new; the other
+/// fetch gets the rest or nothing, and no run fails on an acknowledgement the other made first
+/// (found by a trial run: both showed every message, and the later acks were refused).
+#[test]
+fn concurrent_recv_msg_from_copies_of_one_key_deliver_each_message_once() {
+    const MESSAGES: usize = 12;
+    let (dir, _server, addr) = classroom_with_server();
+    let d = dir.path();
+    for i in 0..MESSAGES {
+        queue(d, &format!("message {i}"));
+    }
+    let copies: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| {
+            let copy = tempfile::tempdir().unwrap();
+            for file in [
+                "client_private.pem",
+                "client_public.pem",
+                "server_public.pem",
+            ] {
+                std::fs::copy(d.join(file), copy.path().join(file)).unwrap();
+            }
+            copy
+        })
+        .collect();
+    let folders: Vec<&Path> = std::iter::once(d)
+        .chain(copies.iter().map(|c| c.path()))
+        .collect();
+    let children: Vec<_> = folders
+        .iter()
+        .map(|folder| {
+            common::cli::command(folder, &["client", "recv_msg", "--server", &addr, "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut new_ids = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        for line in String::from_utf8(out.stdout).unwrap().lines() {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(row["status"], "new", "{row}");
+            new_ids.push(row["id"].as_str().unwrap().to_owned());
+        }
+    }
+    new_ids.sort();
+    let shown = new_ids.len();
+    new_ids.dedup();
+    assert_eq!(shown, new_ids.len(), "a message was shown as new twice");
+    assert_eq!(new_ids.len(), MESSAGES, "{new_ids:?}");
+    // Every one acknowledged: nothing waits any more.
+    let (code, out, err) = recv(d, &addr, &["--json"]);
+    assert_eq!((code, out.len()), (0, 0), "{err}");
+}
+
 /// While another process holds the keys folder's recv_msg lock, `recv_msg` says once that it
 /// waits (not with -q), gives up after --timeout naming the lock file, and fetches nothing;
 /// once the lock is free it receives as usual.

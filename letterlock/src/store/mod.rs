@@ -36,6 +36,8 @@
 #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 mod body;
 mod error;
+#[cfg(feature = "sqlite")]
+mod leases;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]

@@ -197,6 +197,9 @@ pub struct SqliteStore {
     /// with the writer's batches (`BUSY_TIMEOUT`).
     admin: Arc<Mutex<Connection>>,
     counters: Arc<Counters>,
+    /// Which outbox entries a fetch is delivering ([`Store::lease_outbox`]): in memory, since
+    /// one server at a time runs on a SQLite mailbox.
+    leases: super::leases::Leases,
     /// Shared lock on the blob folder's lock file, held while open.
     _folder_lock: File,
 }
@@ -420,6 +423,7 @@ impl SqliteStore {
             reader: Arc::new(Mutex::new(reader)),
             admin: Arc::new(Mutex::new(admin)),
             counters,
+            leases: super::leases::Leases::default(),
             _folder_lock: folder_lock,
         })
     }
@@ -1048,6 +1052,24 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn lease_outbox(
+        &self,
+        recipient: &KeyId,
+        lease: Duration,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let pending = self.pending_outbox(recipient).await?;
+        Ok(self.leases.take(recipient, pending, lease))
+    }
+
+    async fn release_outbox(
+        &self,
+        recipient: &KeyId,
+        message_ids: &[MessageId],
+    ) -> Result<(), StoreError> {
+        self.leases.release(recipient, message_ids);
+        Ok(())
+    }
+
     async fn open_outbox_body(
         &self,
         recipient: &KeyId,
@@ -1087,13 +1109,18 @@ impl Store for SqliteStore {
         ack_tag: &Tag,
     ) -> Result<Completion, StoreError> {
         let (recipient, message_id, ack_tag) = (*recipient, *message_id, *ack_tag);
-        self.submit(|reply| WriteOp::CompleteOutbox {
-            recipient,
-            message_id,
-            ack_tag,
-            reply,
-        })
-        .await
+        let done = self
+            .submit(|reply| WriteOp::CompleteOutbox {
+                recipient,
+                message_id,
+                ack_tag,
+                reply,
+            })
+            .await;
+        // Whatever the outcome, no fetch is delivering it any more: a message queued again
+        // under the same id is free at once.
+        self.leases.release(&recipient, &[message_id]);
+        done
     }
 
     async fn remove_outbox(
