@@ -534,7 +534,8 @@ fn send_msg_wait_says_read_by_bob_once_bob_received_it() {
             "--to",
             "bob",
             "--wait",
-            "2m",
+            // Too long for the clock to add: no panic (found by a trial run), it waits on.
+            "18446744073709551615",
             "--server",
             &w.server.addr,
             "are you there?",
@@ -559,6 +560,10 @@ fn send_msg_wait_says_read_by_bob_once_bob_received_it() {
     let (code, out, err) = w.send(a, "bob", &["--wait", "1", "nor this"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("not read by bob within 1s"), "{out}");
+    // Two messages wait: a --wait too long for the clock returns with them at once.
+    let (code, out, err) = w.client(b, &["recv_msg", "--wait", "18446744073709551615"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("nobody reads this"), "{out}{err}");
     let (code, _, err) = w.client(b, &["recv_msg", "--wait", "300ms"]);
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = w.client(a, &["recv_msg", "--wait", "0"]);

@@ -350,6 +350,23 @@ pub(super) fn wait_duration(text: &str) -> Result<Duration, String> {
     })
 }
 
+/// The end of a wait the user gave (`--wait`, `--timeout`). A wait too long for the clock to
+/// add (`--wait 18446744073709551615`, someone meaning "for ever") never ends, instead of
+/// panicking on the addition (found by a trial run: `send_msg --to bob --wait` that long
+/// panicked after the message was stored).
+#[derive(Clone, Copy, Debug)]
+struct Deadline(Option<std::time::Instant>);
+
+impl Deadline {
+    fn after(wait: Duration) -> Self {
+        Deadline(std::time::Instant::now().checked_add(wait))
+    }
+
+    fn passed(self) -> bool {
+        self.0.is_some_and(|end| std::time::Instant::now() >= end)
+    }
+}
+
 /// Connects as the client: protocol version 2 (TLS 1.3) unless `--plain-v1`, retrying while
 /// the server is busy, and turns the failures a newcomer meets into what to do about them.
 pub(super) async fn connect(conn: &ClientConn) -> Result<letterlock::client::Client> {
@@ -827,7 +844,7 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
     note_empty(relayed.plaintext_len);
     let mut read_at = None;
     if let Some(wait) = a.wait {
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = Deadline::after(wait);
         loop {
             let (checks, _) = check_receipts(&mut client, &contacts, vec![id]).await?;
             read_at = checks.iter().find_map(|c| match c {
@@ -836,7 +853,7 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
                 } if *r == id => Some(*delivered),
                 _ => None,
             });
-            if read_at.is_some() || tokio::time::Instant::now() >= deadline {
+            if read_at.is_some() || deadline.passed() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -983,14 +1000,13 @@ const RECV_LOCK_POLL: Duration = Duration::from_millis(100);
 async fn lock_keys_for_recv(keys: &Path, timeout: Duration) -> Result<FileLock> {
     let path = keys.join(RECV_LOCK_FILE);
     let cannot = || format!("cannot lock {} for recv_msg", path.display());
-    // A --timeout too large for the clock (someone meaning "for ever") waits for ever.
-    let deadline = std::time::Instant::now().checked_add(timeout);
+    let deadline = Deadline::after(timeout);
     let mut said = false;
     loop {
         if let Some(lock) = FileLock::try_acquire(&path).with_context(cannot)? {
             return Ok(lock);
         }
-        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+        if deadline.passed() {
             bail!(
                 "another `letterlock client recv_msg` is still receiving into {} (it holds {}), \
                  after waiting {} s: run this one again once it is done, or give a longer \
@@ -1094,7 +1110,7 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
     let contacts: std::sync::Arc<dyn letterlock::client::Senders> =
         std::sync::Arc::new(super::contacts::open_contacts(&a.conn.keys)?);
     let read_cmd = read_command(&a.conn.keys);
-    let deadline = std::time::Instant::now() + a.wait;
+    let deadline = Deadline::after(a.wait);
     let mut total = FetchReport::default();
     let mut shown = Shown::default();
     let result = loop {
@@ -1111,7 +1127,7 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
         total.repeats += got.repeats;
         total.set_aside += got.set_aside;
         let any = total.new + total.repeats + total.set_aside;
-        if any > 0 || std::time::Instant::now() >= deadline {
+        if any > 0 || deadline.passed() {
             break Ok(());
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
