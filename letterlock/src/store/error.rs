@@ -173,7 +173,11 @@ pub enum StoreError {
     #[error(
         "the mailbox could not commit a batch of writes ({reason}); nothing from it was saved, retry the request"
     )]
-    BatchFailed { reason: String },
+    BatchFailed {
+        reason: String,
+        /// The disk under the database was full ([`StoreError::is_disk_full`]).
+        disk_full: bool,
+    },
 
     /// The writer thread is gone (store closed, or it stopped after a failure).
     #[error(
@@ -256,6 +260,7 @@ impl StoreError {
     pub fn is_disk_full(&self) -> bool {
         match self {
             StoreError::Io { source, .. } => source.kind() == std::io::ErrorKind::StorageFull,
+            StoreError::BatchFailed { disk_full, .. } => *disk_full,
             StoreError::Database { source, .. } => {
                 #[cfg(feature = "sqlite")]
                 if let Some(rusqlite::Error::SqliteFailure(e, _)) = source.downcast_ref() {

@@ -147,10 +147,8 @@ impl Applied {
     /// Settle after the batch failed to commit. Whether a failed commit left
     /// anything on disk is not certain, so files of would-be rows are kept
     /// (the sweep on the next open removes them if no row names them).
-    fn failed(self, reason: &str) {
-        let error = || StoreError::BatchFailed {
-            reason: reason.to_owned(),
-        };
+    fn failed(self, failure: &BatchFailure) {
+        let error = || failure.error();
         match self {
             Self::Insert {
                 reply,
@@ -252,9 +250,10 @@ impl Writer {
             Ok(tx) => tx,
             Err(err) => {
                 warn!(%err, size, "could not start a mailbox write transaction");
-                let reason = format!("could not start a transaction: {err}");
+                let failure =
+                    BatchFailure::new(format!("could not start a transaction: {err}"), &err);
                 for op in batch {
-                    fail_unapplied(op, &reason);
+                    fail_unapplied(op, &failure);
                 }
                 return;
             }
@@ -276,8 +275,9 @@ impl Writer {
                     applied_op.into_applied()
                 }
                 Err(err) => {
-                    let reason = format!("could not open a savepoint: {err}");
-                    fail_unapplied(op, &reason);
+                    let failure =
+                        BatchFailure::new(format!("could not open a savepoint: {err}"), &err);
+                    fail_unapplied(op, &failure);
                     continue;
                 }
             };
@@ -300,20 +300,45 @@ impl Writer {
             }
             Err(err) => {
                 warn!(%err, size, "mailbox batch failed to commit");
-                let reason = err.to_string();
+                let failure = BatchFailure::new(err.to_string(), &err);
                 for done in applied {
-                    done.failed(&reason);
+                    done.failed(&failure);
                 }
             }
         }
     }
 }
 
+/// Why a batch failed, told to every request in it: the database's words, and whether the
+/// disk was full (SQLite's `SQLITE_FULL`), which a server answers as "unavailable, try again"
+/// rather than "internal" (found by a trial run: a full disk under the database was "internal
+/// server error", and the client gave up).
+#[derive(Debug)]
+struct BatchFailure {
+    reason: String,
+    disk_full: bool,
+}
+
+impl BatchFailure {
+    fn new(reason: String, err: &rusqlite::Error) -> Self {
+        let disk_full = matches!(
+            err,
+            rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::DiskFull
+        );
+        BatchFailure { reason, disk_full }
+    }
+
+    fn error(&self) -> StoreError {
+        StoreError::BatchFailed {
+            reason: self.reason.clone(),
+            disk_full: self.disk_full,
+        }
+    }
+}
+
 /// Answer a request that never reached the database.
-fn fail_unapplied(op: WriteOp, reason: &str) {
-    let error = StoreError::BatchFailed {
-        reason: reason.to_owned(),
-    };
+fn fail_unapplied(op: WriteOp, failure: &BatchFailure) {
+    let error = failure.error();
     // Bodies are dropped here: no row can name them, so their files go.
     match op {
         WriteOp::InsertInbox { reply, .. } => {
@@ -680,4 +705,27 @@ fn complete_outbox(
     })
     .map_err(StoreError::db("storing a receipt"))?;
     Ok((Completion::Completed { receipt: true }, file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch whose commit met a full disk tells each of its requests so: the server answers
+    /// them "unavailable, try again" ([`StoreError::is_disk_full`]), not "internal".
+    #[test]
+    fn a_batch_that_met_a_full_disk_says_so_to_each_request() {
+        let sqlite =
+            |code: i32| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        let full = sqlite(rusqlite::ffi::SQLITE_FULL);
+        let error = BatchFailure::new(full.to_string(), &full).error();
+        assert!(error.is_disk_full(), "{error}");
+        assert!(error.to_string().contains("full"), "{error}");
+        let other = sqlite(rusqlite::ffi::SQLITE_IOERR);
+        assert!(
+            !BatchFailure::new(other.to_string(), &other)
+                .error()
+                .is_disk_full()
+        );
+    }
 }
