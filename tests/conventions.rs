@@ -1035,3 +1035,26 @@ fn a_failed_handshake_is_logged_and_a_port_check_is_not() {
         );
     }
 }
+
+/// `letterlock … | head`: when stdout's reader leaves, the command stops quietly with the
+/// status a SIGPIPE death gives (141), as other Unix tools do, and prints no error. (Since a
+/// broken connection to the server also says "broken pipe", the command checks that stdout's
+/// reader is really gone before it takes the error for this.)
+#[test]
+fn a_reader_that_leaves_stops_the_command_quietly_with_141() {
+    use std::io::Read;
+    // Over 64 KiB, written at once: the write waits for the reader, which leaves first.
+    let mut child = Command::new(BIN)
+        .args(["completions", "bash"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+}

@@ -138,6 +138,7 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
                 Some("is `letterlock server` running there? Check --server (HOST:PORT)".into())
             }
             ClientError::Timeout { .. } => Some(TIMEOUT_HINT.into()),
+            ClientError::Io(e) if is_connection_lost(e) => Some(CONNECTION_LOST_HINT.into()),
             // Transparent: the TLS error is not in the chain of causes on its own.
             ClientError::Tls(e) => tls_hint(e),
             // Transparent too.
@@ -241,6 +242,25 @@ fn header_hint(e: &letterlock::envelope::HeaderError) -> Option<String> {
 const TIMEOUT_HINT: &str = "check that a `letterlock server` runs at that address and is not \
      stopped or overloaded, and that no firewall or proxy on the way holds the traffic; a server \
      only slow to accept connections can be given longer with --timeout SECONDS";
+
+/// The hint for a connection that broke in the middle of an exchange (found by a trial run: a
+/// server killed during a send or a fetch left only "Broken pipe" or "unexpected end of file").
+const CONNECTION_LOST_HINT: &str = "the connection to the server broke (it stopped or \
+     restarted, or the network failed): the server stores a message only once all of it has \
+     arrived, and deletes one only once it is acknowledged, so nothing was lost; messages already \
+     shown are kept in this folder's mailbox. Run the command again once the server is back";
+
+/// An I/O error that means the connection itself broke, not a local file.
+fn is_connection_lost(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::BrokenPipe
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::UnexpectedEof
+    )
+}
 
 /// The hint for a failed TLS handshake.
 fn tls_hint(e: &letterlock::tls::TlsError) -> Option<String> {
@@ -414,4 +434,31 @@ pub(super) fn key_hint(e: &KeyError, outer: &KeyError) -> Option<String> {
         }
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use letterlock::client::ClientError;
+
+    /// A connection that broke mid-exchange gets a hint that says so and what to do; a local
+    /// I/O error does not get it.
+    #[test]
+    fn a_broken_connection_is_explained() {
+        for kind in [
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::UnexpectedEof,
+        ] {
+            let e = ClientError::Io(kind.into());
+            let said = hint(&e).unwrap_or_default();
+            assert!(
+                said.contains("connection to the server broke"),
+                "{kind:?}: {said}"
+            );
+            assert!(said.contains("Run the command again"), "{kind:?}: {said}");
+        }
+        let local = ClientError::Io(std::io::ErrorKind::PermissionDenied.into());
+        assert_eq!(hint(&local), None);
+    }
 }

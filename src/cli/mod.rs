@@ -6,6 +6,7 @@
 //! command line adds to library errors.
 
 use std::io::{self, IsTerminal};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -362,13 +363,26 @@ fn help_usage(mut e: clap::Error, args: &[std::ffi::OsString]) -> clap::Error {
     e.with_cmd(cmd)
 }
 
-/// Whether `e` comes from writing to a pipe whose reader has gone.
+/// Whether `e` comes from writing to stdout, a pipe whose reader has gone. A broken pipe alone
+/// is not enough: a connection to the server that broke says so too, and must be reported,
+/// not taken for `| head` leaving.
 fn closed_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
         cause
             .downcast_ref::<io::Error>()
             .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
-    })
+    }) && reader_gone(io::stdout().as_fd())
+}
+
+/// Whether `fd` is the write end of a pipe with no reader left: Linux reports `POLLERR` on it.
+fn reader_gone(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+    poll(&mut fds, PollTimeout::ZERO).is_ok()
+        && fds
+            .first()
+            .and_then(PollFd::revents)
+            .is_some_and(|r| r.contains(PollFlags::POLLERR))
 }
 
 /// The error and its causes, each cause shown once: library errors often already quote their
@@ -686,4 +700,19 @@ fn peer_key(dir: &Path, name: &str) -> Result<PublicKey> {
         );
     }
     Ok(keys::load_public(&path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a pipe whose reader has gone counts as `| head` leaving; a pipe still read does not
+    /// (nor does a broken connection to the server, whose error says "broken pipe" too).
+    #[test]
+    fn a_pipe_counts_as_closed_only_once_its_reader_has_gone() {
+        let (reader, writer) = io::pipe().unwrap();
+        assert!(!reader_gone(writer.as_fd()));
+        drop(reader);
+        assert!(reader_gone(writer.as_fd()));
+    }
 }
