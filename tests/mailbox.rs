@@ -441,6 +441,11 @@ fn a_message_over_64_mib_is_kept_and_explained_never_refused() {
     assert_eq!(code, EXIT_NOT_SHOWN, "{err}");
     assert!(out.is_empty());
     assert!(err.contains("larger than the 64 MiB"), "{err}");
+    // Its size with its unit, as every other line says it (found by a trial run: a bare number).
+    assert!(
+        err.contains(&format!("hybrid mode, {len} bytes, signature verified")),
+        "{err}"
+    );
     assert!(err.contains("client read"), "{err}");
     assert!(!err.contains("refused"), "{err}");
     let id = inbox(d)[0]["id"].as_str().unwrap().to_owned();

@@ -1211,42 +1211,31 @@ fn report_event(
                 }
                 return json_line(&row);
             }
+            // What every line about this message starts with.
+            let said = format!(
+                "message {id} from {from} ({} mode, {}, signature verified{kept})",
+                r.header.mode,
+                ByteCount(r.plaintext_len)
+            );
             match &r.content {
                 Content::Memory(text) if binary_on_terminal(text) => {
                     shown.not_shown += 1;
                     eprintln!(
-                        "message {id} from {from} ({} mode, {}, signature verified{kept}) \
-                         is binary: not printed on a terminal; save it with `{read_cmd} {id} -o \
-                         FILE`, or pipe recv_msg's output",
-                        r.header.mode,
-                        ByteCount(r.plaintext_len)
+                        "{said} is binary: not printed on a terminal; save it with `{read_cmd} \
+                         {id} -o FILE`, or pipe recv_msg's output"
                     );
                 }
                 Content::Memory(text) => {
-                    status!(
-                        "message {id} from {from} ({} mode, {}, signature \
-                         verified{kept}):",
-                        r.header.mode,
-                        ByteCount(r.plaintext_len)
-                    );
+                    status!("{said}:");
                     // A pipe or file gets exactly the message's bytes.
                     write_stdout_unbuffered(text, false)?;
                 }
-                Content::File(path) => status!(
-                    "message {id} from {from} ({} mode, {}, signature verified{kept}) \
-                     saved to {}",
-                    r.header.mode,
-                    ByteCount(r.plaintext_len),
-                    path.display()
-                ),
+                Content::File(path) => status!("{said} saved to {}", path.display()),
                 Content::OverLimit { limit } => {
                     shown.not_shown += 1;
                     eprintln!(
-                        "message {id} from {from} ({} mode, {}, signature \
-                         verified{kept}) is larger than the {} MiB recv_msg prints: save it \
-                         with `{read_cmd} {id} -o FILE` (or receive with `recv_msg -o DIR`)",
-                        r.header.mode,
-                        r.plaintext_len,
+                        "{said} is larger than the {} MiB recv_msg prints: save it with \
+                         `{read_cmd} {id} -o FILE` (or receive with `recv_msg -o DIR`)",
                         limit >> 20
                     );
                 }
