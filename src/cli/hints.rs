@@ -102,6 +102,15 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     if let Some(e) = e.downcast_ref::<Hinted>() {
         return Some(e.hint.clone());
     }
+    if let Some(e) = e.downcast_ref::<std::io::Error>()
+        && e.kind() == std::io::ErrorKind::StorageFull
+    {
+        return Some(
+            "free space on that disk (`df -h` shows how full each one is), or write elsewhere, \
+             then run the command again"
+                .into(),
+        );
+    }
     if let Some(e) = e.downcast_ref::<KeyError>() {
         return key_hint(e.cause(), e);
     }
@@ -460,5 +469,13 @@ mod tests {
         }
         let local = ClientError::Io(std::io::ErrorKind::PermissionDenied.into());
         assert_eq!(hint(&local), None);
+    }
+
+    /// A full disk, wherever it was met, says what to do about it.
+    #[test]
+    fn a_full_disk_is_explained() {
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let said = hint(&full).unwrap_or_default();
+        assert!(said.contains("free space on that disk"), "{said}");
     }
 }

@@ -363,6 +363,25 @@ fn help_usage(mut e: clap::Error, args: &[std::ffi::OsString]) -> clap::Error {
     e.with_cmd(cmd)
 }
 
+/// `e`, said as a full disk under `output` when that is what it is: the library's I/O error
+/// names no file, and a full disk is about where the output goes (found by a trial run: "No
+/// space left on device" without a path).
+pub(super) fn full_disk_names(e: anyhow::Error, output: &Path) -> anyhow::Error {
+    let full = e.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::StorageFull)
+    });
+    if full {
+        e.context(format!(
+            "cannot write {}: the disk it is on is full",
+            output.display()
+        ))
+    } else {
+        e
+    }
+}
+
 /// Whether `e` comes from writing to stdout, a pipe whose reader has gone. A broken pipe alone
 /// is not enough: a connection to the server that broke says so too, and must be reported,
 /// not taken for `| head` leaving.
@@ -705,6 +724,22 @@ fn peer_key(dir: &Path, name: &str) -> Result<PublicKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A full disk names the output it was for; any other failure is left as it was.
+    #[test]
+    fn a_full_disk_names_the_output() {
+        let output = Path::new("/somewhere/out.sealed");
+        let full = anyhow::Error::new(io::Error::from(io::ErrorKind::StorageFull))
+            .context("I/O error while sealing");
+        let said = error_chain(&full_disk_names(full, output));
+        assert!(
+            said.starts_with("cannot write /somewhere/out.sealed: the disk it is on is full"),
+            "{said}"
+        );
+        let other = anyhow::Error::new(io::Error::from(io::ErrorKind::PermissionDenied));
+        let said = error_chain(&full_disk_names(other, output));
+        assert!(!said.contains("out.sealed"), "{said}");
+    }
 
     /// Only a pipe whose reader has gone counts as `| head` leaving; a pipe still read does not
     /// (nor does a broken connection to the server, whose error says "broken pipe" too).

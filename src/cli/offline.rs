@@ -434,8 +434,11 @@ pub(super) fn seal(a: SealArgs) -> Result<ExitCode> {
             let tmp = AtomicFile::create(&path, &file)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             let w = io::BufWriter::new(tmp);
-            let (sealed, w) = seal_into(sender, &recipient, &opts, reader, w, a.armor)?;
-            let tmp = w.into_inner().map_err(|e| e.into_error())?;
+            let (sealed, w) = seal_into(sender, &recipient, &opts, reader, w, a.armor)
+                .map_err(|e| super::full_disk_names(e, &path))?;
+            let tmp = w
+                .into_inner()
+                .map_err(|e| super::full_disk_names(e.into_error().into(), &path))?;
             tmp.commit()
                 .with_context(|| format!("cannot write {}", path.display()))?;
             sealed
@@ -586,9 +589,15 @@ pub(super) fn open(a: OpenArgs) -> Result<ExitCode> {
         {
             too_large_to_hold(e, &output, "open")
         }
-        e => super::replaced::name_kept_key(e.into(), &a.key, |kept| {
-            format!("open it with `-i {}`", kept.display())
-        }),
+        e => {
+            let e = super::replaced::name_kept_key(e.into(), &a.key, |kept| {
+                format!("open it with `-i {}`", kept.display())
+            });
+            match &output {
+                Output::File(path) => super::full_disk_names(e, path),
+                _ => e,
+            }
+        }
     })?;
     status!(
         "verified: {} from {} ({} mode, message id {}, sealed at {})",
