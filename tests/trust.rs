@@ -996,6 +996,78 @@ fn a_server_key_replacement_tells_of_the_messages_queued_with_the_old_key() {
     );
 }
 
+/// Only a key the folder replaced (kept aside by `--force`) makes a message "signed by a
+/// replaced server key": with the wrong --keys (another server's folder over the same store, a
+/// typo), the server's own messages are signed by a key that folder does not know, marked so,
+/// and not removed without --force; after a real rotation of the right folder they are.
+#[test]
+fn a_server_key_the_folder_does_not_know_is_not_a_replaced_one() {
+    let s = Setup::new();
+    s.server_ok(&["server", "trust", "bob/client_public.pem", "--name", "bob"]);
+    s.server_ok(&["server", "send_msg", "--to", "bob", "queued by srv"]);
+    // Another server's folder, with its own key, pointed at srv's mailbox.
+    let other = s.dir("other");
+    std::fs::create_dir(&other).unwrap();
+    put_private(&other, "bob3072", "server_private.pem");
+    put_public(&other, "bob3072", "server_public.pem");
+    let signer = letterlock::keys::load_public(&s.dir("srv").join("server_public.pem"))
+        .unwrap()
+        .id();
+    fn wrong<'a>(args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = args.to_vec();
+        all.extend(["--keys", "other", "--store", "srv/letterlock-server.db"]);
+        all
+    }
+
+    let listed = ok_text(&s.root, &wrong(&["server", "outbox"]));
+    assert!(!listed.contains("REPLACED"), "{listed}");
+    assert!(
+        listed.contains(
+            "waiting, signed by a server key this folder does not know (another server's, or \
+             the wrong --keys?)"
+        ) && listed.contains(
+            "1 message(s): 0 stranded, 0 signed by a replaced server key, 1 signed by a server \
+             key other does not know"
+        ),
+        "{listed}"
+    );
+    let out = letterlock(&s.root, &wrong(&["server", "outbox", "--json"]));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        rows[0]["replaced_server_key"],
+        serde_json::Value::Null,
+        "{rows}"
+    );
+    assert_eq!(rows[0]["unknown_server_key"], true, "{rows}");
+    let id = rows[0]["id"].as_str().unwrap().to_owned();
+    let refused = fails_text(&s.root, &wrong(&["server", "outbox", "--remove", &id]));
+    assert!(
+        refused.contains(&format!(
+            "is waiting, not stranded: bob's client can still fetch it (it is signed by the \
+             server key {signer}, which other neither holds nor replaced)"
+        )) && refused.contains("pass --force to delete it anyway"),
+        "{refused}"
+    );
+    // From the right folder it is an ordinary waiting one.
+    let out = letterlock(&s.root, &s.server_args(&["server", "outbox", "--json"]));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["replaced_server_key"], false, "{rows}");
+    assert_eq!(rows[0]["unknown_server_key"], false, "{rows}");
+
+    // A real rotation of srv keeps the old key: now it is known as replaced, and goes
+    // without --force.
+    s.server_ok(&["server", "generate_key_pair", "--bits", "2048", "--force"]);
+    let out = letterlock(&s.root, &s.server_args(&["server", "outbox", "--json"]));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["replaced_server_key"], true, "{rows}");
+    assert_eq!(rows[0]["unknown_server_key"], false, "{rows}");
+    let removed = s.server_ok(&["server", "outbox", "--remove", &id]);
+    assert!(
+        removed.contains("signed by a replaced server key"),
+        "{removed}"
+    );
+}
+
 /// Untrusting a client says how many messages queued for its key stay undelivered, as a
 /// rotation does (the same report): nobody can fetch them now, and `server outbox` marks them
 /// stranded.

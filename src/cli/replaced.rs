@@ -5,7 +5,9 @@
 //! replacing it without a copy would lose them all, silently.
 //!
 //! When a message will not open because it is for another key of ours, [`name_kept_key`] looks
-//! for the kept pair that is that key, to say so.
+//! for the kept pair that is that key, to say so. [`kept_ids`] is what a folder knows it
+//! replaced: `server outbox` lets a message signed by such a key go without `--force`, never one
+//! signed by a key the folder never had.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -125,6 +127,35 @@ fn copy_aside(path: &Path, suffix: &str, mode: u32) -> Result<Option<PathBuf>> {
     Ok(Some(target))
 }
 
+/// The public keys kept aside in `dir` for the pair whose public key file is
+/// `STEM_public.pem`, each with the suffix its replacement added (its private key's copy has
+/// the same one).
+fn kept_public_files(dir: &Path, stem: &str) -> Vec<(PathBuf, String)> {
+    let prefix = format!("{stem}_public.pem{MARK}");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let suffix = name.to_str()?.strip_prefix(&prefix)?;
+            Some((entry.path(), format!("{MARK}{suffix}")))
+        })
+        .collect()
+}
+
+/// The ids of the keys of the pair `name` that `--force` replaced in `dir` and kept there: the
+/// keys this folder knows it replaced. Read from the kept public keys (no passphrase needed);
+/// one that does not read is left out, so its key counts as unknown, never as replaced.
+pub(super) fn kept_ids(dir: &Path, name: &str) -> Vec<KeyId> {
+    kept_public_files(dir, name)
+        .iter()
+        .filter_map(|(public, _)| keys::load_public(public).ok())
+        .map(|k| k.id())
+        .collect()
+}
+
 /// The kept private key that is `recipient`, if the private key file `key` (`NAME_private.pem`)
 /// was replaced with its pair kept aside: found through the public keys kept beside it, which
 /// are read without a passphrase.
@@ -134,14 +165,13 @@ fn kept_key_for(key: &Path, recipient: &KeyId) -> Option<PathBuf> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let file = key.file_name()?.to_str()?;
-    let public_prefix = format!("{}_public.pem{MARK}", file.strip_suffix("_private.pem")?);
-    fs::read_dir(dir).ok()?.flatten().find_map(|entry| {
-        let name = entry.file_name();
-        let suffix = name.to_str()?.strip_prefix(&public_prefix)?;
-        let kept = dir.join(format!("{file}{MARK}{suffix}"));
-        (keys::load_public(&entry.path()).ok()?.id() == *recipient && kept.is_file())
-            .then_some(kept)
-    })
+    let stem = file.strip_suffix("_private.pem")?;
+    kept_public_files(dir, stem)
+        .into_iter()
+        .find_map(|(public, suffix)| {
+            let kept = dir.join(format!("{file}{suffix}"));
+            (keys::load_public(&public).ok()?.id() == *recipient && kept.is_file()).then_some(kept)
+        })
 }
 
 /// `e`, a failure to open a message with the private key file `key`, with a hint when the

@@ -161,19 +161,25 @@ pub(super) enum ServerCommand {
     /// send_msg`) or relayed from one client to another; those queued for a key that is no
     /// longer trusted (replaced or removed) are marked stranded: nobody can fetch them, and
     /// --remove ID deletes one. Those this server signed with a key it has since replaced
-    /// (generate_key_pair --force) are marked too: clients set them aside; send them again.
+    /// (generate_key_pair --force, which keeps the old key in the folder) are marked too:
+    /// clients set them aside; send them again. Those signed by a server key this folder
+    /// neither holds nor replaced (another server's, or the wrong --keys) are marked as such
+    /// and count as waiting.
     Outbox {
         #[command(flatten)]
         mailbox: MailboxArgs,
         /// Machine-readable output: an array of {id, to, to_key, from ("server" or the sending
         /// client's name), mode, sealed_bytes, created (Unix seconds), stranded (bool),
-        /// replaced_server_key (bool; null when it cannot be told)}.
+        /// replaced_server_key (bool: signed by a key this folder replaced; null when it cannot
+        /// be told), unknown_server_key (bool: signed by a server key this folder neither holds
+        /// nor replaced; null when it cannot be told)}.
         #[arg(long)]
         json: bool,
         /// Delete the STRANDED message ID (or a unique prefix of it, at least 4 characters) and
         /// its body without delivering it: sealed to a key no longer trusted, nobody can fetch
-        /// it; or one signed by a replaced server key, which no client accepts. Not undone; a
-        /// relayed message deleted so never gets its receipt.
+        /// it; or one signed by a server key this folder replaced, which no client accepts
+        /// (one signed by a key the folder does not know needs --force). Not undone; a relayed
+        /// message deleted so never gets its receipt.
         #[arg(long, value_name = "ID", conflicts_with = "json")]
         remove: Option<String>,
         /// With --remove: the recipient, when messages for two clients share the id (ids are
@@ -929,6 +935,7 @@ async fn unqueue(
     to: Option<&str>,
     force: bool,
 ) -> Result<ExitCode> {
+    use super::server_key::Signature;
     check_deletion_prefix(id, OUTBOX_IDS)?;
     let prefix = id.to_ascii_lowercase();
     let store = open_mailbox(mailbox, false).await?;
@@ -970,27 +977,36 @@ async fn unqueue(
         ));
     };
     let to = letterlock::text::line(&m.recipient_name);
-    // One the server signed with a key it no longer has is refused by every client that
-    // trusts the current one: as undeliverable as a stranded one, so no --force either.
-    let replaced = !stranded
-        && matches!(
-            super::server_key::signature(
-                &store,
-                &m,
-                super::server_key::current(&mailbox.keys).as_ref()
-            )
-            .await?,
-            super::server_key::Signature::Replaced(_)
-        );
+    // One the server signed with a key this folder replaced is refused by every client that
+    // trusts the current one: as undeliverable as a stranded one, so no --force either. One
+    // signed by a key the folder never had is another server's, or --keys is wrong: for all
+    // this folder knows, its client accepts it, so it is waiting.
+    let signature = if stranded {
+        Signature::Current
+    } else {
+        let known = super::server_key::Known::read(&mailbox.keys);
+        super::server_key::signature(&store, &m, &known).await?
+    };
+    let replaced = matches!(signature, Signature::Replaced(_));
     if !stranded && !replaced && !force {
-        return Err(hinted(
-            format!(
-                "outbox message {} for {to} is waiting, not stranded: {to}'s client can still \
-                 fetch it",
-                hex::encode(m.message_id)
+        let text = format!(
+            "outbox message {} for {to} is waiting, not stranded: {to}'s client can still fetch \
+             it",
+            hex::encode(m.message_id)
+        );
+        return Err(match signature {
+            Signature::Unknown(signer) => hinted(
+                format!(
+                    "{text} (it is signed by the server key {signer}, which {} neither holds nor \
+                     replaced)",
+                    mailbox.keys.display()
+                ),
+                "if it was queued by another server, or --keys is not this server's folder, run \
+                 again with the --keys of the server that queued it; pass --force to delete it \
+                 anyway",
             ),
-            "pass --force to delete it anyway",
-        ));
+            _ => hinted(text, "pass --force to delete it anyway"),
+        });
     }
     if !store
         .remove_outbox(&m.recipient_key_id, &m.message_id)
@@ -1024,15 +1040,15 @@ async fn unqueue(
 
 /// `server outbox`: every message waiting for a client, under each key any client ever had,
 /// oldest first per key; stranded when that key is no longer trusted; marked when the server
-/// signed it with a key it no longer has (every client that trusts the current one sets it
-/// aside), and counted in a last line.
+/// signed it with a key it replaced (every client that trusts the current one sets it aside),
+/// or with a key the folder does not know; counted in a last line.
 async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
     use super::server_key::Signature;
     let store = open_mailbox(mailbox, false).await?;
-    let current = super::server_key::current(&mailbox.keys);
+    let known = super::server_key::Known::read(&mailbox.keys);
     let mut rows = Vec::new();
     for (m, stranded) in waiting(&store).await? {
-        let signature = super::server_key::signature(&store, &m, current.as_ref()).await?;
+        let signature = super::server_key::signature(&store, &m, &known).await?;
         rows.push((m, stranded, signature));
     }
     store.close().await?;
@@ -1055,10 +1071,11 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
         let list: Vec<_> = rows
             .iter()
             .map(|(m, stranded, signature)| {
-                let replaced = match signature {
-                    Signature::Current => Some(false),
-                    Signature::Replaced(_) => Some(true),
-                    Signature::Damaged | Signature::Unchecked => None,
+                let (replaced, unknown) = match signature {
+                    Signature::Current => (Some(false), Some(false)),
+                    Signature::Replaced(_) => (Some(true), Some(false)),
+                    Signature::Unknown(_) => (None, Some(true)),
+                    Signature::Damaged | Signature::Unchecked => (None, None),
                 };
                 serde_json::json!({
                     "id": hex::encode(m.message_id),
@@ -1070,6 +1087,7 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
                     "created": m.created,
                     "stranded": stranded,
                     "replaced_server_key": replaced,
+                    "unknown_server_key": unknown,
                 })
             })
             .collect();
@@ -1100,10 +1118,13 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
         );
     }
     let stranded = rows.iter().filter(|(_, stranded, _)| *stranded).count();
-    let replaced = rows
-        .iter()
-        .filter(|(_, stranded, s)| !stranded && matches!(s, Signature::Replaced(_)))
-        .count();
+    let count = |which: fn(&Signature) -> bool| {
+        rows.iter()
+            .filter(|(_, stranded, s)| !stranded && which(s))
+            .count()
+    };
+    let replaced = count(|s| matches!(s, Signature::Replaced(_)));
+    let unknown = count(|s| matches!(s, Signature::Unknown(_)));
     let mut summary = format!("{} message(s): {stranded} stranded", rows.len());
     if replaced > 0 {
         let args = super::server_key::command_args(&mailbox.keys, mailbox.store.as_deref());
@@ -1115,18 +1136,29 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
     } else {
         summary.push_str(", 0 signed by a replaced server key");
     }
+    if unknown > 0 {
+        summary.push_str(&format!(
+            ", {unknown} signed by a server key {} does not know (neither its key nor one it \
+             replaced: is --keys the folder of the server that queued them?)",
+            mailbox.keys.display()
+        ));
+    }
     println!("{summary}");
     Ok(ExitCode::SUCCESS)
 }
 
 /// The state column of `server outbox`: a stranded message first (nobody can fetch it, whoever
-/// signed it), then one no client will accept.
+/// signed it), then one no client will accept, then one this folder cannot vouch for either way.
 fn outbox_state(stranded: bool, signature: &super::server_key::Signature) -> &'static str {
     use super::server_key::Signature;
     match (stranded, signature) {
         (true, _) => "STRANDED: sealed to a key no longer trusted",
         (false, Signature::Replaced(_)) => {
             "SIGNED BY A REPLACED SERVER KEY: clients will set it aside; send it again"
+        }
+        (false, Signature::Unknown(_)) => {
+            "waiting, signed by a server key this folder does not know (another server's, or \
+             the wrong --keys?)"
         }
         (false, Signature::Damaged) => "DAMAGED: its sealed header does not parse",
         (false, Signature::Current | Signature::Unchecked) => "waiting",

@@ -23,38 +23,66 @@ use letterlock::store::{OutboxEntry, Store};
 
 use super::store_admin::postgres_url;
 
-/// How a waiting message stands with the server's current key.
+/// How a waiting message stands with the server keys its folder knows ([`Known`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Signature {
     /// Signed by the server's current key, or relayed (signed by the client that sent it, which
     /// the server's key does not touch).
     Current,
-    /// The server's own, signed by another server key: a replaced one. Clients that trust the
-    /// current key set it aside.
+    /// The server's own, signed by a server key this folder replaced (`--force` kept it aside):
+    /// clients that trust the current key set it aside.
     Replaced(KeyId),
+    /// The server's own, signed by a server key this folder neither holds nor replaced: most
+    /// likely `--keys` is not the folder of the server that queued it (another server over the
+    /// same PostgreSQL store, a typo), so nothing says that clients refuse it.
+    Unknown(KeyId),
     /// The server's own, with a sealed header that does not parse: nobody can open it.
     Damaged,
     /// The server's own, but the current key could not be read to compare with.
     Unchecked,
 }
 
-/// The key the server signs with now: the public half of `KEYS/server_private.pem` when it
-/// reads without a passphrase (what the server itself uses), else `KEYS/server_public.pem`;
-/// `None` if neither reads. Never asks for a passphrase: listing the outbox needs none.
-pub(super) fn current(keys_dir: &Path) -> Option<KeyId> {
-    let (private, public) = keys::pair_paths(keys_dir, "server");
-    keys::load_any_public(&private)
-        .or_else(|_| keys::load_public(&public))
-        .ok()
-        .map(|k| k.id())
+/// The server keys a folder knows: the one it signs with now, and those it replaced.
+pub(super) struct Known {
+    /// The key the server signs with now: the public half of `KEYS/server_private.pem` when it
+    /// reads without a passphrase (what the server itself uses), else `KEYS/server_public.pem`;
+    /// `None` if neither reads. Never asks for a passphrase: listing the outbox needs none.
+    current: Option<KeyId>,
+    /// The keys `server generate_key_pair --force` (or `keygen --name server --force`) replaced
+    /// and kept in the folder: only a message signed by one of these is known to be refused by
+    /// every client, so only such a one is removed without `--force`.
+    replaced: Vec<KeyId>,
 }
 
-/// How the waiting message `m` stands with `current`, the server's key now (`None`: unknown).
-/// Reads the first [`HEADER_LEN`] bytes of its body for a message the server sealed itself.
+impl Known {
+    /// The server keys `keys_dir` knows.
+    pub(super) fn read(keys_dir: &Path) -> Self {
+        let (private, public) = keys::pair_paths(keys_dir, "server");
+        let current = keys::load_any_public(&private)
+            .or_else(|_| keys::load_public(&public))
+            .ok()
+            .map(|k| k.id());
+        Known {
+            current,
+            replaced: super::replaced::kept_ids(keys_dir, "server"),
+        }
+    }
+
+    /// Known keys whose current one is `new` (just written) and replaced ones are `keys_dir`'s.
+    fn with_current(keys_dir: &Path, new: &KeyId) -> Self {
+        Known {
+            current: Some(*new),
+            replaced: super::replaced::kept_ids(keys_dir, "server"),
+        }
+    }
+}
+
+/// How the waiting message `m` stands with the server keys `known`. Reads the first
+/// [`HEADER_LEN`] bytes of its body for a message the server sealed itself.
 pub(super) async fn signature(
     store: &impl Store,
     m: &OutboxEntry,
-    current: Option<&KeyId>,
+    known: &Known,
 ) -> Result<Signature> {
     if m.sender.is_some() {
         return Ok(Signature::Current);
@@ -81,10 +109,11 @@ pub(super) async fn signature(
     let Ok(header) = Header::parse(&head) else {
         return Ok(Signature::Damaged);
     };
-    Ok(match current {
+    Ok(match &known.current {
         None => Signature::Unchecked,
         Some(key) if header.sender == *key => Signature::Current,
-        Some(_) => Signature::Replaced(header.sender),
+        Some(_) if known.replaced.contains(&header.sender) => Signature::Replaced(header.sender),
+        Some(_) => Signature::Unknown(header.sender),
     })
 }
 
@@ -106,7 +135,7 @@ pub(super) async fn report_replaced(
     if postgres_url(&path).is_none() && !path.is_file() {
         return;
     }
-    match signed_by_others(&path, new).await {
+    match signed_by_others(keys_dir, &path, new).await {
         Ok((described, others)) => say_replaced(keys_dir, store, &described, &others, old),
         Err(e) => eprintln!(
             "letterlock: could not check the mailbox {} for messages queued with the replaced \
@@ -119,12 +148,17 @@ pub(super) async fn report_replaced(
 }
 
 /// The mailbox at `path` as shown to the operator, and its waiting messages the server signed
-/// with a key other than `new`, with that key.
-async fn signed_by_others(path: &Path, new: &KeyId) -> Result<(String, Vec<(OutboxEntry, KeyId)>)> {
+/// with a key `keys_dir` replaced (its current one is `new`), with that key.
+async fn signed_by_others(
+    keys_dir: &Path,
+    path: &Path,
+    new: &KeyId,
+) -> Result<(String, Vec<(OutboxEntry, KeyId)>)> {
     let store = super::server::open_store(path).await?;
+    let known = Known::with_current(keys_dir, new);
     let mut others = Vec::new();
     for (m, _) in super::server::waiting(&store).await? {
-        if let Signature::Replaced(signer) = signature(&store, &m, Some(new)).await? {
+        if let Signature::Replaced(signer) = signature(&store, &m, &known).await? {
             others.push((m, signer));
         }
     }
