@@ -1068,6 +1068,68 @@ fn a_server_key_the_folder_does_not_know_is_not_a_replaced_one() {
     );
 }
 
+/// A client trusted under the name `server` in a store written before that name was refused
+/// (put there with the store's API: `server trust` refuses it now) could pass its messages off
+/// as the server's. The server refuses its connections and says at start how to rename it;
+/// `server clients` lists it as refused, with the same way out; `server send_msg --to server`
+/// refuses it. Untrusted and trusted again under another name, the same key gets in.
+#[test]
+fn a_client_stored_under_the_server_s_name_is_refused_until_trusted_under_another() {
+    let s = Setup::new();
+    let mallory = common::public("mallory");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = letterlock::store::SqliteStore::open(s.dir("srv").join("letterlock-server.db"))
+            .unwrap();
+        common::trust_in(&store, "server", &mallory, false, 1).await;
+        store.close().await.unwrap();
+    });
+    let way_out = format!(
+        "the client \"server\" ({}) was trusted under a name that reads as this server, from \
+         before such names were refused: it is refused (its connections, and messages to it). \
+         To let it in under another name: `letterlock server untrust server --keys srv`, then \
+         `letterlock server trust ITS_PUBLIC_KEY.pem --name NEWNAME --keys srv`",
+        mallory.id()
+    );
+
+    let listed = s.server_ok(&["server", "clients"]);
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with("server "))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(row.contains(" refused "), "{listed}");
+    assert!(listed.contains(&way_out), "{listed}");
+    let rows = s.clients_json(false);
+    let server_row = rows.iter().find(|r| r["name"] == "server").unwrap();
+    assert_eq!(server_row["status"], "refused", "{rows:?}");
+    let client_row = rows.iter().find(|r| r["name"] == "client").unwrap();
+    assert_eq!(client_row["status"], "trusted", "{rows:?}");
+    let refused = s.server_fails(&["server", "send_msg", "--to", "server", "hi"]);
+    assert!(refused.contains(&way_out), "{refused}");
+
+    let log = s.root.join("server.log");
+    let server = BinServer::spawn_logging(
+        common::cli::server_command(&s.root, &s.server_args(&[])),
+        &log,
+    );
+    let out = s.send("bob", &server.addr, "from the client called server");
+    assert!(!out.status.success(), "{}", stderr(&out));
+    // Written before the server serves: there by the time it refused the connection.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains(&way_out), "{logged}");
+    let inbox = s.server_ok(&["server", "inbox"]);
+    assert!(!inbox.contains("from the client called server"), "{inbox}");
+
+    s.server_ok(&["server", "untrust", "server"]);
+    s.server_ok(&["server", "trust", "bob/client_public.pem", "--name", "bob"]);
+    s.send_ok("bob", &server.addr, "now as bob");
+    let out = letterlock(
+        &s.root,
+        &s.server_args(&["server", "inbox", "--from", "bob", "--json"]),
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+}
+
 /// Untrusting a client says how many messages queued for its key stay undelivered, as a
 /// rotation does (the same report): nobody can fetch them now, and `server outbox` marks them
 /// stranded.

@@ -247,7 +247,10 @@ pub(super) enum ServerCommand {
         #[command(flatten)]
         mailbox: MailboxArgs,
     },
-    /// List the trusted clients: name, key id, trusted since, stored messages.
+    /// List the trusted clients: name, key id, trusted since, stored messages. One trusted under
+    /// a name that reads as the server (`server`, from before such names were refused) is
+    /// listed as refused: the server refuses it; the listing says how to trust it again under
+    /// another name.
     Clients {
         #[command(flatten)]
         mailbox: MailboxArgs,
@@ -410,8 +413,22 @@ pub(super) async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
     }
     println!("server key {}", identity.public().id());
     println!("mailbox {}", store.describe(&store_path));
+    let args = super::server_key::command_args(&a.keys, a.store.as_deref());
     for c in &trusted.clients {
-        println!("trusts client {:?} {}", c.name, KeyId(c.key_id));
+        if keys::reserved_name(&c.name) {
+            println!(
+                "refuses client {:?} {} (its name reads as this server)",
+                c.name,
+                KeyId(c.key_id)
+            );
+            warn!(
+                client = %letterlock::text::quoted(&c.name),
+                "{}",
+                reserved_client(&c.name, &KeyId(c.key_id), &args)
+            );
+        } else {
+            println!("trusts client {:?} {}", c.name, KeyId(c.key_id));
+        }
     }
     io::stdout().flush()?;
     // The trusted clients come from the store, followed while the server runs.
@@ -817,6 +834,21 @@ fn trust_request(name: &str, key: &PublicKey, replace: bool) -> TrustRequest {
     }
 }
 
+/// What is said of the client `name` with key `key`, trusted under a name that reads as the
+/// server ([`keys::reserved_name`]) before such names were refused: the server refuses its
+/// connections (so nobody's messages reach clients as from "server"), and how to let it in
+/// again under another name. `args` are [`super::server_key::command_args`].
+fn reserved_client(name: &str, key: &KeyId, args: &str) -> String {
+    let (quoted, name) = (letterlock::text::quoted(name), letterlock::text::line(name));
+    format!(
+        "the client {quoted} ({key}) was trusted under a name that reads as this server, from \
+         before such names were refused: it is refused (its connections, and messages to it). \
+         To let it in under another name: `letterlock server untrust {name}{args}`, then \
+         `letterlock server trust ITS_PUBLIC_KEY.pem --name NEWNAME{args}` (check the file's \
+         key id is {key} with `letterlock fingerprint ITS_PUBLIC_KEY.pem`)"
+    )
+}
+
 pub(super) async fn server_send(a: ServerSendArgs) -> Result<ExitCode> {
     let identity = own_key(&a.mailbox.keys, "server")?;
     let store = open_mailbox(&a.mailbox, false).await?;
@@ -835,6 +867,10 @@ pub(super) async fn server_send(a: ServerSendArgs) -> Result<ExitCode> {
             letterlock::text::quoted(&a.to)
         );
     };
+    if keys::reserved_name(&to.name) {
+        let args = super::server_key::command_args(&a.mailbox.keys, a.mailbox.store.as_deref());
+        bail!(reserved_client(&to.name, &KeyId(to.key_id), &args));
+    }
     let to = keys::Trusted {
         name: to.name.clone(),
         key: PublicKey::from_der(&to.public_key).context("a stored client key is malformed")?,
@@ -1550,7 +1586,14 @@ async fn clients(mailbox: &MailboxArgs, all: bool, json: bool) -> Result<ExitCod
         history.retain(|k| k.ended.is_none());
     }
     history.sort_by(|a, b| (&a.name, a.since).cmp(&(&b.name, b.since)));
-    let status = |k: &ClientKey| k.ended.map_or("trusted", |(_, how)| how.as_str());
+    // Trusted under a name that reads as the server (stored before such names were refused):
+    // the server refuses it.
+    let refused = |k: &ClientKey| k.ended.is_none() && keys::reserved_name(&k.name);
+    let status = |k: &ClientKey| match k.ended {
+        Some((_, how)) => how.as_str(),
+        None if refused(k) => "refused",
+        None => "trusted",
+    };
     if json {
         let rows: Vec<_> = history
             .iter()
@@ -1583,6 +1626,13 @@ async fn clients(mailbox: &MailboxArgs, all: bool, json: bool) -> Result<ExitCod
                 KeyId(k.key_id)
             );
         }
+    }
+    let args = super::server_key::command_args(&mailbox.keys, mailbox.store.as_deref());
+    for k in history.iter().filter(|k| refused(k)) {
+        eprintln!(
+            "letterlock: {}",
+            reserved_client(&k.name, &KeyId(k.key_id), &args)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

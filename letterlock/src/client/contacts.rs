@@ -1026,6 +1026,23 @@ mod tests {
         );
     }
 
+    /// A directory entry under a name that reads as the server is refused and records nothing:
+    /// the server no longer publishes one, but a server older than that rule, or a hostile
+    /// one, may.
+    #[test]
+    fn a_directory_entry_named_as_the_server_is_refused_and_records_nothing() {
+        let (_dir, c) = open();
+        let mallory = key("mallory");
+        for name in ["server", "SERVER"] {
+            let applied = c.apply_directory(&[entry(name, &mallory, 1)]).unwrap();
+            assert_eq!(applied, vec![Applied::Reserved { name: name.into() }]);
+            let note = applied[0].note().unwrap();
+            assert!(note.starts_with("REFUSED: the server's directory lists a client named"));
+        }
+        assert!(c.list().unwrap().is_empty());
+        assert!(c.by_key(&mallory.id()).unwrap().is_none());
+    }
+
     #[test]
     fn fetching_finds_a_sender_by_its_usable_key_only() {
         use crate::client::{SenderLookup, Senders};

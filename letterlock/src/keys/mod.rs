@@ -199,6 +199,10 @@ pub enum KeyError {
     TrustedTwice { id: KeyId, name: String },
     #[error("two trusted keys are named {name:?}")]
     NameTaken { name: String },
+    /// A name that reads as the server itself ([`reserved_name`]): a key trusted under it could
+    /// pass its messages off as the server's.
+    #[error("{name:?} reads as the server itself: no key is trusted under that name")]
+    ReservedName { name: String },
     #[error("{path}: not a usable client name (letters, digits, '-', '_' or '.', up to 64)")]
     BadName { path: PathBuf },
     #[error("the RSA operation failed")]

@@ -56,8 +56,14 @@ impl TrustList {
     }
 
     /// Adds a key; a second key under a name already used, or the same key twice, is refused so
-    /// that a name always means one key.
+    /// that a name always means one key. A name that reads as the server ([`reserved_name`]) is
+    /// refused too, wherever it comes from (a store written before that rule, a file).
     pub fn add(&mut self, name: &str, key: PublicKey) -> Result<(), KeyError> {
+        if reserved_name(name) {
+            return Err(KeyError::ReservedName {
+                name: name.to_owned(),
+            });
+        }
         if let Some(existing) = self.by_id.get(&key.id()) {
             return Err(KeyError::TrustedTwice {
                 id: key.id(),
@@ -158,4 +164,25 @@ pub fn valid_name(name: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         && !name.starts_with('.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_key_is_trusted_under_a_name_that_reads_as_the_server() {
+        let key = PublicKey::from_pem(include_str!("../../../tests/keys/alice2048_public.pem"))
+            .expect("the fixed test key");
+        let mut list = TrustList::new();
+        for name in ["server", "Server", "SERVER"] {
+            assert!(
+                matches!(list.add(name, key.clone()), Err(KeyError::ReservedName { name: n }) if n == name),
+                "{name}"
+            );
+        }
+        assert!(list.is_empty());
+        list.add("servers", key)
+            .expect("only the exact name is reserved");
+    }
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::keys::{PublicKey, TrustList};
+use crate::keys::{KeyError, KeyId, PublicKey, TrustList};
 use crate::store::{Store, StoreError};
 use crate::tls::{ServerTls, TlsError};
 
@@ -165,6 +165,11 @@ impl ClientTrust {
                 Ok(()) => {
                     since.insert(c.key_id, c.since);
                 }
+                // Trusted before the name was reserved: connections by its key are refused,
+                // so nobody's messages reach clients as from "server".
+                Err(KeyError::ReservedName { .. }) => {
+                    warn!(client = %crate::text::quoted(&c.name), key = %KeyId(c.key_id), "a stored client is named as the server itself; not trusting it (untrust it and trust its key again under another name)")
+                }
                 Err(e) => {
                     warn!(client = %crate::text::quoted(&c.name), error = %e, "a stored client key is trusted twice; not trusting it again")
                 }
@@ -293,5 +298,28 @@ mod tests {
         trust.follow_store();
         let snapshot = trust.now(&store).await.unwrap();
         assert!(snapshot.clients.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_client_stored_under_the_server_s_name_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("t.db")).unwrap();
+        let alice = public(include_str!("../../../tests/keys/alice2048_public.pem"));
+        let bob = public(include_str!("../../../tests/keys/bob2048_public.pem"));
+        // As a store written before the name was reserved holds it.
+        store
+            .trust_client(request("Server", &bob, false))
+            .await
+            .unwrap();
+        store
+            .trust_client(request("alice", &alice, false))
+            .await
+            .unwrap();
+        let mut trust = ClientTrust::fixed(TrustList::new());
+        trust.follow_store();
+        let snapshot = trust.now(&store).await.unwrap();
+        assert!(snapshot.clients.get(&bob.id()).is_none());
+        assert_eq!(snapshot.clients.get(&alice.id()).unwrap().name, "alice");
+        assert_eq!(snapshot.clients.len(), 1);
     }
 }
