@@ -621,6 +621,66 @@ fn kebab_case_aliases_and_version_on_every_subcommand() {
     }
 }
 
+/// The subcommands `letterlock ARGS --help` lists (the first word of each line under
+/// "Commands:").
+fn subcommands(args: &[&str]) -> Vec<String> {
+    let mut all = args.to_vec();
+    all.push("--help");
+    let help = ok(run(&all));
+    help.lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every subcommand of two or more words, at every level, answers to both its snake_case and
+/// its kebab-case name (found by a review: `server copy-store` had no `copy_store`), and is
+/// listed once, its other name as its alias.
+#[test]
+fn every_multi_word_subcommand_takes_both_spellings_and_is_listed_once() {
+    let mut groups: Vec<Vec<String>> = vec![Vec::new()];
+    groups.extend(
+        subcommands(&[])
+            .into_iter()
+            .filter(|c| c != "help")
+            .map(|c| vec![c]),
+    );
+    let mut checked = 0;
+    for group in &groups {
+        let group: Vec<&str> = group.iter().map(String::as_str).collect();
+        let names = subcommands(&group);
+        let mut help_args = group.clone();
+        help_args.push("--help");
+        let help = ok(run(&help_args));
+        for name in names.iter().filter(|n| n.contains(['_', '-'])) {
+            let other = if name.contains('_') {
+                name.replace('_', "-")
+            } else {
+                name.replace('-', "_")
+            };
+            assert!(
+                !names.contains(&other),
+                "{group:?}: both {name} and {other} listed"
+            );
+            assert!(
+                help.lines().any(|l| l.starts_with(&format!("  {name} "))
+                    && l.contains(&format!("[alias: {other}]"))),
+                "{group:?}: {name} does not show {other} as its alias:\n{help}"
+            );
+            for spelling in [name, &other] {
+                let mut args = group.clone();
+                args.extend([spelling.as_str(), "--help"]);
+                ok(run(&args));
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 7, "only {checked} multi-word subcommands found");
+}
+
 #[test]
 fn keygen_takes_keys_like_every_other_command_and_out_still_works() {
     let help = ok(run(&["keygen", "--help"]));

@@ -223,6 +223,7 @@ pub(super) enum ServerCommand {
     Migrate(Deferred<super::store_admin::MigrateArgs>),
     /// Copy an SQLite mailbox into a PostgreSQL one (run again, it copies only what is
     /// missing).
+    #[command(name = "copy-store", visible_alias = "copy_store")]
     CopyStore(Deferred<super::store_admin::CopyStoreArgs>),
     /// Trust a client's public key under NAME; a running server accepts it from its next
     /// connection. With --replace, rotate NAME to this key (the old key is refused from then
