@@ -883,3 +883,122 @@ fn the_command_line_adds_hints_to_library_errors() {
     );
     answer.join().unwrap();
 }
+
+/// A key of 1024 bits (too small) is refused naming its file, as every other key file error
+/// is, with what to do: a public key given on the command line, a private key, and the private
+/// keys of a client's and a server's --keys folder.
+#[test]
+fn a_key_too_small_is_refused_naming_its_file_and_what_to_do() {
+    use common::cli::{fails_text, put_private, put_public};
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let status = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:1024",
+        ])
+        .args(["-out", "small_private.pem"])
+        .current_dir(d)
+        .status()
+        .expect("openssl is needed for this test (CI installs it)");
+    assert!(status.success());
+    let small = d.join("small_private.pem");
+    std::fs::set_permissions(&small, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let status = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in", "small_private.pem"])
+        .args(["-out", "small_public.pem"])
+        .current_dir(d)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    put_private(d, ALICE, "alice_private.pem");
+    put_public(d, BOB, "bob_public.pem");
+    std::fs::write(d.join("m.txt"), "hello").unwrap();
+    for folder in ["client", "server"] {
+        std::fs::create_dir(d.join(folder)).unwrap();
+        std::fs::copy(&small, d.join(format!("{folder}/{folder}_private.pem"))).unwrap();
+        std::fs::copy(
+            d.join("small_public.pem"),
+            d.join(format!("{folder}/{folder}_public.pem")),
+        )
+        .unwrap();
+    }
+    put_public(&d.join("client"), BOB, "server_public.pem");
+    let refused = "RSA key refused: it is smaller than 2048 bits";
+
+    let said = fails_text(
+        d,
+        &[
+            "seal",
+            "--from",
+            "alice_private.pem",
+            "--to",
+            "small_public.pem",
+            "m.txt",
+        ],
+    );
+    assert!(
+        said.contains(&format!("small_public.pem: {refused}")),
+        "{said}"
+    );
+    assert!(
+        said.contains(
+            "hint: letterlock accepts RSA keys of 2048 to 8192 bits: if it is your key, make a \
+             new pair with `letterlock keygen` (3072 bits by default); if it is someone else's, \
+             ask them for a new public key"
+        ),
+        "{said}"
+    );
+    for (args, file, command) in [
+        (
+            &[
+                "seal",
+                "--from",
+                "small_private.pem",
+                "--to",
+                "bob_public.pem",
+                "m.txt",
+            ][..],
+            "small_private.pem",
+            "letterlock keygen --name small --keys . --force",
+        ),
+        (
+            &[
+                "client",
+                "send_msg",
+                "hi",
+                "--keys",
+                "client",
+                "--server",
+                "127.0.0.1:1",
+            ],
+            "client/client_private.pem",
+            "letterlock client generate_key_pair --keys client --force",
+        ),
+        (
+            &[
+                "server", "send_msg", "--to", "bob", "hi", "--keys", "server",
+            ],
+            "server/server_private.pem",
+            "letterlock server generate_key_pair --keys server --force",
+        ),
+    ] {
+        let said = fails_text(d, args);
+        assert!(
+            said.contains(&format!("{file}: {refused}")),
+            "{args:?}: {said}"
+        );
+        assert!(
+            said.contains(&format!(
+                "hint: make a new pair of 2048 to 8192 bits in its place with `{command}` (3072 \
+                 bits by default), and have whoever trusted the old public key trust the new one"
+            )),
+            "{args:?}: {said}"
+        );
+    }
+}

@@ -177,8 +177,13 @@ fn keys_under_2048_bits_are_refused() {
     assert!(status.success());
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     let err = keys::load_private(&path).unwrap_err();
-    assert!(matches!(err, KeyError::TooSmall), "{err}");
+    assert!(matches!(err.cause(), KeyError::TooSmall), "{err}");
     assert!(err.to_string().contains("2048"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: ", path.display())),
+        "{err}"
+    );
 }
 
 #[test]

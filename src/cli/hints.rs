@@ -350,6 +350,28 @@ fn new_pair_command(key: &Path) -> String {
     }
 }
 
+/// What to do about a key of a size letterlock refuses, in the file `key` if known: a new pair
+/// in place of one of the walk-through's private keys (`*_private.pem`); for any other file,
+/// which may be someone else's public key, both ways.
+fn refused_size(key: Option<&str>) -> String {
+    match key {
+        Some(key) if key.ends_with("_private.pem") => format!(
+            "make a new pair of {} to {} bits in its place with `{}` (3072 bits by default), \
+             and have whoever trusted the old public key trust the new one",
+            keys::MIN_BITS,
+            keys::MAX_BITS,
+            new_pair_command(Path::new(key))
+        ),
+        _ => format!(
+            "letterlock accepts RSA keys of {} to {} bits: if it is your key, make a new pair \
+             with `letterlock keygen` (3072 bits by default); if it is someone else's, ask them \
+             for a new public key",
+            keys::MIN_BITS,
+            keys::MAX_BITS
+        ),
+    }
+}
+
 /// The hint for a key error; `outer` is the error with the file it came from, if any.
 pub(super) fn key_hint(e: &KeyError, outer: &KeyError) -> Option<String> {
     let path = match outer {
@@ -365,9 +387,7 @@ pub(super) fn key_hint(e: &KeyError, outer: &KeyError) -> Option<String> {
         KeyError::Permissions { path, .. } => {
             format!("run `chmod 600 {}` and try again", path.display())
         }
-        KeyError::TooSmall => {
-            "make a new key with `letterlock keygen` (3072 bits by default)".into()
-        }
+        KeyError::TooSmall | KeyError::Size { .. } => refused_size(path.as_deref()),
         KeyError::GenerateSize { .. } => "choose --bits 2048, 3072 or 4096".into(),
         KeyError::Encrypted | KeyError::PassphraseUnavailable { .. } => format!(
             "give the passphrase with --passphrase-file FILE (its first line) or the {} \

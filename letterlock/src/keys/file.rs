@@ -123,7 +123,8 @@ pub fn load_any_public_with(
 }
 
 /// Names the file around an error about what it holds (the errors that used to carry the path
-/// in their text); size refusals stay bare, so callers match `KeyError::TooSmall` directly.
+/// in their text), a key of a refused size included: a user with several key files must be
+/// told which one is too small. Callers match the cause with [`KeyError::cause`].
 pub(super) fn in_file(path: &Path, e: KeyError) -> KeyError {
     match e {
         KeyError::NotPem { .. }
@@ -136,7 +137,9 @@ pub(super) fn in_file(path: &Path, e: KeyError) -> KeyError {
         | KeyError::BadEncryptedKey { .. }
         | KeyError::PassphraseUnavailable { .. }
         | KeyError::NotRsa { .. }
-        | KeyError::Damaged { .. } => KeyError::InFile {
+        | KeyError::Damaged { .. }
+        | KeyError::TooSmall
+        | KeyError::Size { .. } => KeyError::InFile {
             path: path.to_owned(),
             source: Box::new(e),
         },
