@@ -748,13 +748,17 @@ fn an_empty_passphrase_for_a_new_key_is_refused_and_nothing_is_written() {
     assert_eq!(fs::read(&key).unwrap(), before);
 }
 
-/// Runs `letterlock ARGS` on a pseudo-terminal (util-linux `script`), typing `input`: what a
-/// person at a terminal sees. Returns the exit status and everything the terminal showed.
-fn on_a_terminal(dir: &Path, args: &[&str], input: &str) -> (bool, String) {
+/// Runs `letterlock ARGS` on a pseudo-terminal (util-linux `script`) with `env` set, typing
+/// `input`: what a person at a terminal sees. Returns the exit status and everything the terminal showed.
+fn on_a_terminal(dir: &Path, args: &[&str], input: &str, env: &[(&str, &str)]) -> (bool, String) {
     use std::io::Write;
-    let mut child = common::cli::terminal_command(dir, args)
-        .env_remove("LETTERLOCK_PASSPHRASE")
-        .env_remove("LETTERLOCK_NEW_PASSPHRASE")
+    let mut cmd = common::cli::terminal_command(dir, args);
+    cmd.env_remove("LETTERLOCK_PASSPHRASE")
+        .env_remove("LETTERLOCK_NEW_PASSPHRASE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -782,7 +786,7 @@ fn on_a_terminal_the_passphrase_is_asked_for() {
     let (dir, key) = folder_with_alice();
     let d = dir.path();
 
-    let (ok_, shown) = on_a_terminal(d, &["passphrase", s(&key)], "typed one\ntyped two\n");
+    let (ok_, shown) = on_a_terminal(d, &["passphrase", s(&key)], "typed one\ntyped two\n", &[]);
     assert!(!ok_, "{shown}");
     assert!(shown.contains("The same passphrase again"), "{shown}");
     assert!(shown.contains("the two passphrases differ"), "{shown}");
@@ -792,7 +796,7 @@ fn on_a_terminal_the_passphrase_is_asked_for() {
             .starts_with("-----BEGIN PRIVATE KEY-----")
     );
 
-    let (ok_, shown) = on_a_terminal(d, &["passphrase", s(&key)], "typed one\ntyped one\n");
+    let (ok_, shown) = on_a_terminal(d, &["passphrase", s(&key)], "typed one\ntyped one\n", &[]);
     assert!(ok_, "{shown}");
     assert!(shown.contains("passphrase set"), "{shown}");
     assert_eq!(
@@ -800,13 +804,71 @@ fn on_a_terminal_the_passphrase_is_asked_for() {
         expected_id(ALICE)
     );
 
-    let (ok_, shown) = on_a_terminal(d, &["fingerprint", s(&key)], "typed one\n");
+    let (ok_, shown) = on_a_terminal(d, &["fingerprint", s(&key)], "typed one\n", &[]);
     assert!(ok_, "{shown}");
     assert!(
         shown.contains(&format!("Passphrase for {}", s(&key))),
         "{shown}"
     );
     assert!(shown.contains(&expected_id(ALICE)), "{shown}");
+}
+
+/// A passphrase typed on the terminal gets three tries: wrong then right succeeds after one
+/// "try again"; three wrong fail with the wrong-passphrase error, a fourth line typed never
+/// asked for. One from the file or the variable gets one try: a wrong one fails at once, the
+/// right passphrase typed on the terminal after it is never asked for, and the file is read
+/// once (a file others may read is warned about each time it is read).
+#[test]
+fn a_passphrase_typed_on_the_terminal_gets_three_tries_a_given_one_only_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = openssl_encrypt(d, ALICE, "enc.pem", &["pkey", "-aes256"], "right");
+    let id = expected_id(ALICE);
+    let args = ["fingerprint", s(&key)];
+    let prompts = |shown: &str| shown.matches("Passphrase for").count();
+
+    let (ok_, shown) = on_a_terminal(d, &args, "wrong\nright\n", &[]);
+    assert!(ok_, "{shown}");
+    assert_eq!(shown.matches("try again").count(), 1, "{shown}");
+    assert!(
+        shown.contains("wrong passphrase, try again (2 tries left)"),
+        "{shown}"
+    );
+    assert_eq!(prompts(&shown), 2, "{shown}");
+    assert!(shown.contains(&id), "{shown}");
+
+    let (ok_, shown) = on_a_terminal(d, &args, "one\ntwo\nthree\nright\n", &[]);
+    assert!(!ok_, "{shown}");
+    assert_eq!(prompts(&shown), 3, "{shown}");
+    assert!(shown.contains("try again (1 try left)"), "{shown}");
+    assert!(
+        shown.contains("wrong passphrase, or the file is damaged"),
+        "{shown}"
+    );
+    assert!(!shown.contains(&id), "{shown}");
+
+    let wrong = pass_file(d, "wrong.txt", "wrong");
+    fs::set_permissions(&wrong, fs::Permissions::from_mode(0o644)).unwrap();
+    let from_file = ["--passphrase-file", s(&wrong), "fingerprint", s(&key)];
+    for (args, env) in [
+        (&from_file[..], &[][..]),
+        (&args[..], &[("LETTERLOCK_PASSPHRASE", "wrong")][..]),
+    ] {
+        let (ok_, shown) = on_a_terminal(d, args, "right\n", env);
+        assert!(!ok_, "{args:?} {env:?}: {shown}");
+        assert!(
+            shown.contains("wrong passphrase, or the file is damaged"),
+            "{args:?} {env:?}: {shown}"
+        );
+        assert_eq!(prompts(&shown), 0, "{args:?} {env:?}: {shown}");
+        assert!(!shown.contains("try again"), "{args:?} {env:?}: {shown}");
+    }
+    let (_, shown) = on_a_terminal(d, &from_file, "right\n", &[]);
+    assert_eq!(
+        shown.matches("is readable by group or others").count(),
+        1,
+        "{shown}"
+    );
 }
 
 /// `--remove` on a key without a passphrase changes nothing and says so, rather than claiming

@@ -642,7 +642,8 @@ fn own_key(dir: &Path, name: &str) -> Result<keys::PrivateKey> {
 }
 
 /// Loads a private key the user owns, asking for its passphrase only if it is encrypted
-/// ([`passphrase::for_key`]: `--passphrase-file`, `LETTERLOCK_PASSPHRASE`, the terminal).
+/// ([`passphrase::for_key`]: `--passphrase-file`, `LETTERLOCK_PASSPHRASE`, the terminal, which
+/// gets three tries).
 /// Every command that reads a private key goes through here.
 fn load_own_private(path: &Path) -> Result<keys::PrivateKey> {
     Ok(load_own_private_protected(path)?.0)
@@ -651,10 +652,11 @@ fn load_own_private(path: &Path) -> Result<keys::PrivateKey> {
 /// [`load_own_private`], and whether the file was passphrase-protected.
 fn load_own_private_protected(path: &Path) -> Result<(keys::PrivateKey, bool)> {
     let protected = std::cell::Cell::new(false);
-    let key = keys::load_private_with(path, &|| {
+    let ask = |attempt| {
         protected.set(true);
-        passphrase::for_key(path)
-    })?;
+        passphrase::for_key(path, attempt)
+    };
+    let key = keys::load_private_with(path, passphrase::source(&ask))?;
     Ok((key, protected.get()))
 }
 

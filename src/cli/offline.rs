@@ -254,7 +254,8 @@ fn warn_replaced(kept: &super::replaced::Kept, name: &str, public: &Path) {
 /// `letterlock fingerprint FILE`: both names of the key, labelled, so nobody compares a key
 /// id with an OpenSSH fingerprint.
 pub(super) fn fingerprint(file: &Path, json: bool) -> Result<ExitCode> {
-    let key = keys::load_any_public_with(file, &|| super::passphrase::for_key(file))?;
+    let ask = |attempt| super::passphrase::for_key(file, attempt);
+    let key = keys::load_any_public_with(file, super::passphrase::source(&ask))?;
     if json {
         let value = serde_json::json!({
             "openssh": key.ssh_fingerprint().to_string(),

@@ -3,7 +3,9 @@
 //! For a key being read, in this order: `--passphrase-file FILE` (its first line), the
 //! `LETTERLOCK_PASSPHRASE` environment variable, a hidden prompt on the terminal; with none of
 //! them, a clear error that says how to give one. The library never prompts: it calls back here
-//! only when a key turns out to be encrypted, so unencrypted keys never make us ask.
+//! only when a key turns out to be encrypted, so unencrypted keys never make us ask. A
+//! passphrase typed on the terminal gets [`TERMINAL_ATTEMPTS`] tries, as ssh and gpg give; one
+//! from the file or the variable gets one (the same answer again cannot be right).
 //!
 //! For a key being written (`keygen`, `generate_key_pair`, `passphrase`): the same file or
 //! variable (`--new-passphrase-file` / `LETTERLOCK_NEW_PASSPHRASE` for `passphrase`), else,
@@ -25,12 +27,16 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use zeroize::Zeroizing;
 
-use letterlock::keys::{self, KeyError, Passphrase};
+use letterlock::keys::{self, Attempt, KeyError, Passphrase, PassphraseSource};
 
 /// The variable scripts and services put the passphrase of the key they use in.
 pub(super) const ENV: &str = "LETTERLOCK_PASSPHRASE";
 /// The variable `letterlock passphrase` reads the new passphrase from.
 pub(super) const NEW_ENV: &str = "LETTERLOCK_NEW_PASSPHRASE";
+/// How many tries a passphrase typed on the terminal gets: 3, as ssh and gpg's pinentry give,
+/// so a typo does not end the command. Each try costs the key's full derivation, which keeps
+/// guessing slow.
+const TERMINAL_ATTEMPTS: u32 = 3;
 /// The most we read of a passphrase file: a passphrase is a line, not a document.
 const MAX_PASSPHRASE_FILE: u64 = 4096;
 
@@ -58,24 +64,63 @@ fn file_flag() -> Option<&'static Path> {
     ARGS.get().and_then(|a| a.passphrase_file.as_deref())
 }
 
-/// The passphrase of the existing key `key`: the file, the variable, or the terminal.
-/// The error is a [`KeyError`] because the library calls this while loading the key.
-pub(super) fn for_key(key: &Path) -> Result<Passphrase, KeyError> {
-    let unavailable = |reason: String| KeyError::PassphraseUnavailable { reason };
+/// Where the passphrase of an existing key comes from, in the order [`for_key`] tries them.
+enum Origin {
+    File(&'static Path),
+    Env(Passphrase),
+    Terminal,
+    Nowhere,
+}
+
+fn origin() -> Origin {
     if let Some(file) = file_flag() {
-        return read_file(file).map_err(|e| unavailable(format!("{e:#}")));
+        Origin::File(file)
+    } else if let Some(p) = from_env(ENV) {
+        Origin::Env(p)
+    } else if io::stderr().is_terminal() {
+        Origin::Terminal
+    } else {
+        Origin::Nowhere
     }
-    if let Some(p) = from_env(ENV) {
-        return Ok(p);
+}
+
+/// The source the library reads an existing key's passphrase from, `ask` being [`for_key`]
+/// (with whatever the caller notes around it): tried [`TERMINAL_ATTEMPTS`] times when it is
+/// typed on the terminal, once when it comes from the file or the variable, so a script with a
+/// wrong passphrase fails at once and never loops.
+pub(super) fn source<'a>(
+    ask: &'a dyn Fn(Attempt) -> Result<Passphrase, KeyError>,
+) -> PassphraseSource<'a> {
+    match origin() {
+        Origin::Terminal => PassphraseSource::retrying(ask, TERMINAL_ATTEMPTS),
+        _ => PassphraseSource::once(ask),
     }
-    if io::stderr().is_terminal() {
-        return rpassword::prompt_password(format!("Passphrase for {}: ", key.display()))
-            .map(Passphrase::new)
-            .map_err(|e| unavailable(format!("cannot ask on the terminal: {e}")));
+}
+
+/// The passphrase of the existing key `key` for `attempt`: the file, the variable, or the
+/// terminal (saying, from the second try on, that the last one was wrong).
+/// The error is a [`KeyError`] because the library calls this while loading the key.
+pub(super) fn for_key(key: &Path, attempt: Attempt) -> Result<Passphrase, KeyError> {
+    let unavailable = |reason: String| KeyError::PassphraseUnavailable { reason };
+    match origin() {
+        Origin::File(file) => read_file(file).map_err(|e| unavailable(format!("{e:#}"))),
+        Origin::Env(p) => Ok(p),
+        Origin::Terminal => {
+            if attempt.is_retry() {
+                eprintln!(
+                    "letterlock: wrong passphrase, try again ({} {} left)",
+                    attempt.left(),
+                    if attempt.left() == 1 { "try" } else { "tries" }
+                );
+            }
+            rpassword::prompt_password(format!("Passphrase for {}: ", key.display()))
+                .map(Passphrase::new)
+                .map_err(|e| unavailable(format!("cannot ask on the terminal: {e}")))
+        }
+        Origin::Nowhere => Err(unavailable(format!(
+            "no --passphrase-file, no {ENV}, and no terminal to ask on"
+        ))),
     }
-    Err(unavailable(format!(
-        "no --passphrase-file, no {ENV}, and no terminal to ask on"
-    )))
 }
 
 /// The passphrase for a key about to be written by keygen: `None` means unencrypted.

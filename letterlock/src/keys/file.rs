@@ -6,12 +6,10 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 use super::private::ENCRYPTED_LABEL;
-use super::{Identity as _, KeyError, MAX_KEY_FILE, Passphrase, PrivateKey, PublicKey};
+use super::{
+    Identity as _, KeyError, MAX_KEY_FILE, Passphrase, PassphraseSource, PrivateKey, PublicKey,
+};
 use crate::files::{self, WriteOptions};
-
-/// Where the passphrase of an encrypted key comes from: called only when a key turns out to be
-/// encrypted, so that an unencrypted key never makes a caller ask for one.
-pub type PassphraseSource<'a> = &'a dyn Fn() -> Result<Passphrase, KeyError>;
 
 /// Reads a key file, opened once and checked through that one handle (no race between the
 /// checks and the read): a regular file, under [`MAX_KEY_FILE`] bytes, and, for a private key,
@@ -71,12 +69,12 @@ fn read_key_text(path: &Path) -> Result<(Zeroizing<String>, u32), KeyError> {
 /// OpenSSH does): a key others can read may already be someone else's. A passphrase-protected
 /// key is [`KeyError::Encrypted`]; [`load_private_with`] reads those.
 pub fn load_private(path: &Path) -> Result<PrivateKey, KeyError> {
-    load_private_with(path, &|| Err(KeyError::Encrypted))
+    load_private_with(path, PassphraseSource::none())
 }
 
 /// Loads a private key file, encrypted or not, with the checks of [`load_private`]. The
-/// library never prompts: `passphrase` supplies it, and is called only if the key is
-/// encrypted.
+/// library never prompts: `passphrase` supplies it, is called only if the key is encrypted,
+/// and again after a wrong one if it allows more than one try.
 pub fn load_private_with(
     path: &Path,
     passphrase: PassphraseSource,
@@ -103,7 +101,7 @@ pub fn load_public(path: &Path) -> Result<PublicKey, KeyError> {
 /// An encrypted private key holds no public part in the clear: it is [`KeyError::Encrypted`]
 /// here; [`load_any_public_with`] decrypts it.
 pub fn load_any_public(path: &Path) -> Result<PublicKey, KeyError> {
-    load_any_public_with(path, &|| Err(KeyError::Encrypted))
+    load_any_public_with(path, PassphraseSource::none())
 }
 
 /// As [`load_any_public`], decrypting an encrypted private key with `passphrase`.

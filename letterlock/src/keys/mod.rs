@@ -5,7 +5,8 @@
 //! - `id.rs`: [`KeyId`] (what the protocol names a key by), [`SshFingerprint`] (what
 //!   `ssh-keygen -l` prints) and [`Fingerprint`] (either, parsed from text);
 //! - `public.rs`: [`PublicKey`]; `private.rs`: [`PrivateKey`] and the [`Identity`] trait;
-//! - `passphrase.rs`: [`Passphrase`]; `encrypted.rs`: encrypted PKCS#8 (PBES2) and its bounds;
+//! - `passphrase.rs`: [`Passphrase`] and [`PassphraseSource`] (how many tries it gets);
+//!   `encrypted.rs`: encrypted PKCS#8 (PBES2) and its bounds;
 //! - `file.rs`: reading and writing key files; `lazy.rs`: [`LazyPrivateKey`], a key file read
 //!   now and parsed at its first use; `trust.rs`: [`Trust`] and [`TrustList`].
 //!
@@ -17,7 +18,8 @@
 //!   sha256sum`). What `ssh-keygen -l` prints (`SHA256:…`) is another hash of the same key:
 //!   [`PublicKey::ssh_fingerprint`].
 //! - Private keys may be passphrase-protected at rest (PKCS#8 PBES2); the library never asks
-//!   for a passphrase, the caller supplies one ([`load_private_with`]).
+//!   for a passphrase, the caller supplies one ([`load_private_with`]), and says whether a
+//!   wrong one may be tried again (a person typing it) or not (a file, a variable).
 //! - Private-key bytes we hold (file text, DER) live in [`Zeroizing`](zeroize::Zeroizing)
 //!   buffers; the parsed key lives inside aws-lc, which clears RSA private components when it
 //!   frees them.
@@ -77,13 +79,13 @@ mod trust;
 
 pub use encrypted::{KdfChoice, MAX_PBKDF2_ITERATIONS, MAX_SCRYPT_COST, PBKDF2_ITERATIONS};
 pub use file::{
-    PassphraseSource, generate_pair_files, generate_pair_files_with, is_encrypted_pem,
-    load_any_public, load_any_public_with, load_private, load_private_with, load_public,
-    pair_paths, write_atomic, write_pair_files,
+    generate_pair_files, generate_pair_files_with, is_encrypted_pem, load_any_public,
+    load_any_public_with, load_private, load_private_with, load_public, pair_paths, write_atomic,
+    write_pair_files,
 };
 pub use id::{Fingerprint, KeyId, SshFingerprint};
 pub use lazy::LazyPrivateKey;
-pub use passphrase::Passphrase;
+pub use passphrase::{Attempt, Passphrase, PassphraseSource};
 pub use private::{Identity, PrivateKey};
 pub use public::PublicKey;
 pub use trust::{

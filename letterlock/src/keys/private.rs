@@ -12,7 +12,9 @@ use aws_lc_rs::signature::{KeyPair as _, RSA_PSS_SHA256};
 use zeroize::Zeroizing;
 
 use super::encrypted::{self, KdfChoice};
-use super::{KeyError, KeyKind, Passphrase, PublicKey, encode_pem, parse_pem, rejected};
+use super::{
+    KeyError, KeyKind, Passphrase, PassphraseSource, PublicKey, encode_pem, parse_pem, rejected,
+};
 
 /// The PEM label of a passphrase-protected PKCS#8 key.
 pub(super) const ENCRYPTED_LABEL: &str = "ENCRYPTED PRIVATE KEY";
@@ -85,29 +87,24 @@ impl PrivateKey {
     /// package writes). A passphrase-protected key is [`KeyError::Encrypted`]: use
     /// [`PrivateKey::from_pem_with_passphrase`].
     pub fn from_pem(text: &str) -> Result<Self, KeyError> {
-        Self::from_pem_with(text, &|| Err(KeyError::Encrypted))
+        Self::from_pem_with(text, PassphraseSource::none())
     }
 
     /// Parses a PEM private key, encrypted (`BEGIN ENCRYPTED PRIVATE KEY`, PKCS#8 with PBES2)
     /// or not; `passphrase` is used only if the key is encrypted.
     pub fn from_pem_with_passphrase(text: &str, passphrase: &Passphrase) -> Result<Self, KeyError> {
         let block = parse_pem(text)?;
-        Self::from_block(block, &|| Ok(passphrase.clone()))
+        Self::from_block(block, PassphraseSource::once(&|_| Ok(passphrase.clone())))
     }
 
     /// Parses a PEM private key, calling `passphrase` only if the key is encrypted (so an
-    /// unencrypted key never makes the caller prompt).
-    pub fn from_pem_with(
-        text: &str,
-        passphrase: &dyn Fn() -> Result<Passphrase, KeyError>,
-    ) -> Result<Self, KeyError> {
+    /// unencrypted key never makes the caller prompt), and again after a wrong passphrase while
+    /// the source allows more tries.
+    pub fn from_pem_with(text: &str, passphrase: PassphraseSource) -> Result<Self, KeyError> {
         Self::from_block(parse_pem(text)?, passphrase)
     }
 
-    fn from_block(
-        block: pem::Pem,
-        passphrase: &dyn Fn() -> Result<Passphrase, KeyError>,
-    ) -> Result<Self, KeyError> {
+    fn from_block(block: pem::Pem, passphrase: PassphraseSource) -> Result<Self, KeyError> {
         let tag = block.tag().to_owned();
         // OpenSSL's legacy encryption: `Proc-Type: 4,ENCRYPTED` headers on a PKCS#1 block.
         if block
@@ -124,16 +121,15 @@ impl PrivateKey {
                 let pair = KeyPair::from_der(&der).map_err(|e| rejected(KeyKind::Private, e))?;
                 Self::from_pkcs8(&pkcs8_of(&pair)?)
             }
-            ENCRYPTED_LABEL => {
-                let pass = passphrase()?;
-                let pkcs8 = encrypted::decrypt(&der, &pass)?;
+            ENCRYPTED_LABEL => passphrase.unlock(|pass| {
+                let pkcs8 = encrypted::decrypt(&der, pass)?;
                 // A wrong passphrase passes the CBC padding check about once in 256 tries and
                 // yields junk: that is a wrong passphrase too, not "not an RSA key".
                 Self::from_pkcs8(&pkcs8).map_err(|e| match e {
                     KeyError::NotRsa { .. } | KeyError::Damaged { .. } => KeyError::WrongPassphrase,
                     other => other,
                 })
-            }
+            }),
             other => Err(KeyError::WrongPemBlock {
                 expected: KeyKind::Private,
                 found: other.to_owned(),
@@ -215,6 +211,7 @@ fn pkcs8_of(pair: &KeyPair) -> Result<Zeroizing<Vec<u8>>, KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::Attempt;
 
     const ALICE: &str = include_str!("../../../tests/keys/alice2048_private.pem");
 
@@ -241,13 +238,72 @@ mod tests {
         ));
         // An unencrypted key reads with a passphrase given, and never asks for one.
         let asked = std::cell::Cell::new(false);
-        let plain = PrivateKey::from_pem_with(ALICE, &|| {
-            asked.set(true);
-            Err(KeyError::Encrypted)
-        })
+        let plain = PrivateKey::from_pem_with(
+            ALICE,
+            PassphraseSource::retrying(
+                &|_| {
+                    asked.set(true);
+                    Err(KeyError::Encrypted)
+                },
+                3,
+            ),
+        )
         .unwrap();
         assert_eq!(plain.public().id(), key.public().id());
         assert!(!asked.get());
+    }
+
+    /// A source that allows several tries is asked again after each wrong passphrase, each
+    /// try numbered, until a right one or the last try; a source tried once is asked once;
+    /// only a wrong passphrase earns another try.
+    #[test]
+    fn a_wrong_passphrase_is_asked_again_only_while_the_source_allows() {
+        let key = PrivateKey::from_pem(ALICE).unwrap();
+        let cheap = KdfChoice::Pbkdf2Sha256 { iterations: 1000 };
+        let pem = key
+            .to_encrypted_pem_with(&Passphrase::from("right"), cheap)
+            .unwrap();
+        let asked = std::cell::RefCell::new(Vec::new());
+        let typed = |answers: &'static [&'static str]| {
+            let asked = &asked;
+            move |a: Attempt| -> Result<Passphrase, KeyError> {
+                asked.borrow_mut().push(a);
+                Ok(Passphrase::from(answers[a.number as usize - 1]))
+            }
+        };
+        let tries = |of| {
+            (1..=of)
+                .map(|number| Attempt { number, of })
+                .collect::<Vec<_>>()
+        };
+
+        let wrong_then_right = typed(&["wrong", "right"]);
+        let back =
+            PrivateKey::from_pem_with(&pem, PassphraseSource::retrying(&wrong_then_right, 3));
+        assert_eq!(back.unwrap().public().id(), key.public().id());
+        assert_eq!(asked.take(), tries(3)[..2].to_vec());
+        assert_eq!(tries(3)[1].left(), 2);
+
+        let all_wrong = typed(&["a", "b", "c", "right"]);
+        let back = PrivateKey::from_pem_with(&pem, PassphraseSource::retrying(&all_wrong, 3));
+        assert!(matches!(back, Err(KeyError::WrongPassphrase)));
+        assert_eq!(asked.take(), tries(3));
+
+        let back = PrivateKey::from_pem_with(&pem, PassphraseSource::once(&wrong_then_right));
+        assert!(matches!(back, Err(KeyError::WrongPassphrase)));
+        assert_eq!(asked.take(), tries(1));
+
+        // A source with nothing to give ends it at once, whatever tries are left.
+        let count = std::cell::Cell::new(0);
+        let unavailable = |_: Attempt| -> Result<Passphrase, KeyError> {
+            count.set(count.get() + 1);
+            Err(KeyError::PassphraseUnavailable {
+                reason: "test".into(),
+            })
+        };
+        let back = PrivateKey::from_pem_with(&pem, PassphraseSource::retrying(&unavailable, 3));
+        assert!(matches!(back, Err(KeyError::PassphraseUnavailable { .. })));
+        assert_eq!(count.get(), 1);
     }
 
     /// A key whose bytes are broken (garbage inside valid armour, a key cut short, in either
