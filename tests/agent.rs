@@ -14,6 +14,8 @@ use common::cli::{BinServer, classroom_folder, command, put_private, put_public,
 /// A running `letterlock client agent`, killed when dropped.
 struct Agent {
     child: Child,
+    /// Its "listening" line, which says when it stops.
+    listening: String,
 }
 
 impl Agent {
@@ -33,8 +35,8 @@ impl Agent {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        match lines.next() {
-            Some(Ok(line)) if line.contains("listening on") => {}
+        let listening = match lines.next() {
+            Some(Ok(line)) if line.contains("listening on") => line,
             other => {
                 let out = child.wait_with_output().unwrap();
                 panic!(
@@ -42,9 +44,9 @@ impl Agent {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-        }
+        };
         std::thread::spawn(move || for _ in lines {});
-        Agent { child }
+        Agent { child, listening }
     }
 
     /// Waits for the agent to end on its own; its exit status and stderr.
@@ -421,11 +423,29 @@ fn the_agent_stops_after_its_persist_time_without_a_message() {
     let (dir, server) = folder_with_server();
     let d = dir.path();
     let agent = Agent::start(d, &server.addr, &["--persist", "1"]);
+    assert!(
+        agent.listening.contains("stops after 1 second without one"),
+        "{}",
+        agent.listening
+    );
     let (code, _, err) = send(d, &server.addr, &["one"]);
     assert_eq!(code, 0, "{err}");
     let (code, err) = agent.wait();
     assert_eq!(code, 0, "{err}");
     assert!(!d.join("client_agent.sock").exists());
+}
+
+/// The agent says its --persist time back in words: `1y` as "1 year", not humantime's
+/// "1year".
+#[test]
+fn the_agent_says_its_persist_time_in_words() {
+    let (dir, server) = folder_with_server();
+    let agent = Agent::start(dir.path(), &server.addr, &["--persist", "1y"]);
+    assert!(
+        agent.listening.contains("stops after 1 year without one"),
+        "{}",
+        agent.listening
+    );
 }
 
 #[test]

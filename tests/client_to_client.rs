@@ -553,11 +553,14 @@ fn send_msg_wait_says_read_by_bob_once_bob_received_it() {
     // With no reader, --wait ends after its time, exit 0, saying it was not read.
     let (code, out, err) = w.send(a, "bob", &["--wait", "300ms", "nobody reads this"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("not read by bob within 300ms"), "{out}");
+    assert!(
+        out.contains("not read by bob within 300 milliseconds"),
+        "{out}"
+    );
     // Both commands take both forms: plain seconds, or a unit.
     let (code, out, err) = w.send(a, "bob", &["--wait", "1", "nor this"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("not read by bob within 1s"), "{out}");
+    assert!(out.contains("not read by bob within 1 second"), "{out}");
     // Two messages wait: a --wait too long for the clock returns with them at once.
     let (code, out, err) = w.client(b, &["recv_msg", "--wait", "18446744073709551615"]);
     assert_eq!(code, 0, "{err}");

@@ -860,7 +860,7 @@ fn the_command_line_adds_hints_to_library_errors() {
         let args = [command, &["--timeout", "1"][..]].concat();
         fails_with(
             &args,
-            &format!("letterlock: error: the server at {addr} did not answer within 1 s\n"),
+            &format!("letterlock: error: the server at {addr} did not answer within 1 second\n"),
             "that no firewall or proxy on the way holds the traffic",
         );
     }

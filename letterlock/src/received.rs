@@ -30,9 +30,11 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::codec::{CodecError, Reader};
 use crate::files::{self, WriteOptions};
+use crate::text::TimeSpan;
 
 /// First bytes of the file: names the format and its version.
 pub const MAGIC: [u8; 8] = *b"LLRECV1\n";
@@ -99,7 +101,10 @@ pub enum RecordError {
     },
     #[error("{path}: larger than {MAX_FILE_LEN} bytes; not a record this client wrote")]
     TooLarge { path: PathBuf },
-    #[error("the record of received messages is full ({MAX_ENTRIES} entries in {RETENTION} s)")]
+    #[error(
+        "the record of received messages is full ({MAX_ENTRIES} entries in {})",
+        TimeSpan(Duration::from_secs(RETENTION))
+    )]
     Full,
     #[error("{path}: {source}")]
     Io {
@@ -147,13 +152,15 @@ fn parse_entry(r: &mut Reader<'_>) -> Result<Entry, String> {
 pub fn check_time(created: u64, now: u64) -> Result<(), String> {
     if created.saturating_add(MAX_AGE) < now {
         return Err(format!(
-            "message time {created} is more than {MAX_AGE} s before our clock ({now}): too old \
-             to be told from a replay"
+            "message time {created} is more than {} before our clock ({now}): too old to be \
+             told from a replay",
+            TimeSpan(Duration::from_secs(MAX_AGE))
         ));
     }
     if created > now.saturating_add(MAX_AHEAD) {
         return Err(format!(
-            "message time {created} is more than {MAX_AHEAD} s after our clock ({now})"
+            "message time {created} is more than {} after our clock ({now})",
+            TimeSpan(Duration::from_secs(MAX_AHEAD))
         ));
     }
     Ok(())

@@ -1,5 +1,6 @@
-//! Escaping text that came from a peer before it reaches a terminal or a log; and
-//! [`ByteCount`], a count of bytes in words ("1 byte", "2 bytes") for messages shown to people.
+//! Escaping text that came from a peer before it reaches a terminal or a log; and, for messages
+//! shown to people, [`ByteCount`], a count of bytes in words ("1 byte", "2 bytes"), and
+//! [`TimeSpan`], a duration in words ("1 year", "10 minutes", "2.5 seconds").
 //!
 //! A peer controls the text of its Error frames, a trusted client's message plaintext, and (for
 //! the operator) nothing else that we print; a terminal obeys control sequences in what it
@@ -24,6 +25,7 @@
 
 use std::fmt;
 use std::io;
+use std::time::Duration;
 
 /// How [`Escaped`] renders its text; see the module documentation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,9 +225,84 @@ impl fmt::Display for ByteCount {
     }
 }
 
+/// A duration in words, for messages shown to people: "1 year", "1 hour 30 minutes",
+/// "2.5 seconds", "300 milliseconds". Every duration the programs show goes through it, so a
+/// `--persist 1y` is said back as "1 year", not humantime's "1year" or "31557600 s".
+///
+/// Years and months are the lengths humantime parses them as (365.25 days, 30.44 days), so a
+/// duration given as `1y` or `2months` is said back as given. Under a minute, tenths of a
+/// second are kept ("2.5 seconds"); under a second, milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeSpan(pub Duration);
+
+/// The units [`TimeSpan`] names, largest first, in seconds.
+const SPAN_UNITS: [(u64, &str); 6] = [
+    (31_557_600, "year"),
+    (2_630_016, "month"),
+    (86_400, "day"),
+    (3_600, "hour"),
+    (60, "minute"),
+    (1, "second"),
+];
+
+impl fmt::Display for TimeSpan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        let plural = |n: u64| if n == 1 { "" } else { "s" };
+        if d.is_zero() {
+            return f.write_str("0 seconds");
+        }
+        if d < Duration::from_secs(1) {
+            let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            return write!(f, "{ms} millisecond{}", plural(ms));
+        }
+        if d < Duration::from_secs(60) && d.subsec_millis() >= 100 {
+            return write!(f, "{:.1} seconds", d.as_secs_f64());
+        }
+        let mut left = d.as_secs();
+        let mut first = true;
+        for (size, name) in SPAN_UNITS {
+            let n = left / size;
+            if n == 0 {
+                continue;
+            }
+            left %= size;
+            let sep = if first { "" } else { " " };
+            write!(f, "{sep}{n} {name}{}", plural(n))?;
+            first = false;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_time_span_is_said_in_words_with_the_units_humantime_parses() {
+        let said = |text: &str| TimeSpan(humantime::parse_duration(text).unwrap()).to_string();
+        assert_eq!(said("1y"), "1 year");
+        assert_eq!(said("2y"), "2 years");
+        assert_eq!(said("2months"), "2 months");
+        assert_eq!(said("30d"), "30 days");
+        assert_eq!(said("10m"), "10 minutes");
+        assert_eq!(said("1h 30m"), "1 hour 30 minutes");
+        assert_eq!(said("1d 1s"), "1 day 1 second");
+        assert_eq!(said("30s"), "30 seconds");
+        assert_eq!(said("1s"), "1 second");
+        assert_eq!(said("2500ms"), "2.5 seconds");
+        assert_eq!(said("1001ms"), "1 second");
+        assert_eq!(said("300ms"), "300 milliseconds");
+        assert_eq!(said("1ms"), "1 millisecond");
+        assert_eq!(said("0s"), "0 seconds");
+        // Past a minute, what is under a second is left out.
+        assert_eq!(said("90s 500ms"), "1 minute 30 seconds");
+        assert_eq!(
+            TimeSpan(Duration::MAX).to_string().split(' ').next(),
+            Some("584542046090")
+        );
+    }
 
     #[test]
     fn one_byte_is_singular() {

@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 
 use letterlock::envelope::Mode;
 use letterlock::keys::KeyError;
-use letterlock::text::ByteCount;
+use letterlock::text::{ByteCount, TimeSpan};
 
 use super::client::{
     ClientConn, ClientKeys, ClientSendArgs, SEND_TIMEOUT_HELP, backoff, connect_with,
@@ -96,7 +96,7 @@ pub(super) async fn run(a: AgentArgs) -> Result<ExitCode> {
         path.display(),
         a.conn.server,
         match persist {
-            Some(p) => format!("stops after {} without one", humantime::format_duration(p)),
+            Some(p) => format!("stops after {} without one", TimeSpan(p)),
             None => "until stopped".to_owned(),
         },
         a.conn.keys.display(),

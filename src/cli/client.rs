@@ -14,7 +14,7 @@ use letterlock::client::Sealing;
 use letterlock::envelope::{self, SealOptions};
 use letterlock::files::FileLock;
 use letterlock::keys::Identity;
-use letterlock::text::ByteCount;
+use letterlock::text::{ByteCount, TimeSpan};
 
 use super::mailbox::{InboxArgs, ReadArgs, ascii_json, open_mailbox};
 use super::offline::{file_reader, write_stdout_unbuffered};
@@ -564,11 +564,11 @@ pub(super) async fn connect_with(
             }
         }
         Err(ClientError::Busy { attempts }) => bail!(
-            "the server at {addr} turned the connection away {attempts} time(s) in {} s: it \
+            "the server at {addr} turned the connection away {attempts} time(s) in {}: it \
              closed it before the handshake, as a busy or stopping server does (and a proxy or \
              load balancer whose server is not running); try again later, or wait longer with \
              --timeout SECONDS",
-            conn.timeout
+            TimeSpan(Duration::from_secs(conn.timeout))
         ),
         Err(ClientError::PlainV1Server) => bail!(
             "the server at {addr} speaks the plain version 1 wire (it was started with \
@@ -579,11 +579,11 @@ pub(super) async fn connect_with(
         // for a Hello: from here it looks silent (found by a trial run: this was said as a
         // closed connection).
         Err(ClientError::Timeout { after, .. }) if conn.plain_v1 => bail!(
-            "no version 1 Hello from the server at {addr} within {} s: either nothing answers \
+            "no version 1 Hello from the server at {addr} within {}: either nothing answers \
              there, or it is a server started without --plain-v1, which speaks TLS 1.3 \
              (version 2) and waits for a TLS handshake; drop --plain-v1 here, or start the \
              server with --plain-v1 too",
-            after.as_secs()
+            TimeSpan(after)
         ),
         Err(ClientError::NotLetterlock(_)) if conn.plain_v1 => bail!(
             "no version 1 Hello from the server at {addr}: with --plain-v1 this client \
@@ -863,7 +863,7 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
                 Some(t) => println!("read by {name} at {}", super::offline::time_text(t)),
                 None => println!(
                     "not read by {name} within {}; `letterlock client receipts` checks later",
-                    humantime::format_duration(wait)
+                    TimeSpan(wait)
                 ),
             }
         }
@@ -951,18 +951,18 @@ fn report_retry(r: &letterlock::client::Retry) {
         RetryCause::Unavailable { id } => status!(
             "letterlock: the server could not store message {id} now (it answered \
              \"unavailable\": its mailbox database may be down, or its disk full); resending \
-             it: attempt {}, waiting {} ms",
+             it: attempt {}, waiting {}",
             r.attempt,
-            r.wait.as_millis()
+            TimeSpan(r.wait)
         ),
         // Closed without a byte, or refused before the handshake as unavailable: a full
         // server does the first, one that cannot reach its mailbox database the second.
         RetryCause::Busy => status!(
             "letterlock: the server turned the connection away (busy, stopping, or its mailbox \
              database is unavailable; or a proxy in front of it found no server); retrying: \
-             attempt {}, waiting {} ms",
+             attempt {}, waiting {}",
             r.attempt,
-            r.wait.as_millis()
+            TimeSpan(r.wait)
         ),
         _ => {}
     }
@@ -1009,19 +1009,19 @@ async fn lock_keys_for_recv(keys: &Path, timeout: Duration) -> Result<FileLock> 
         if deadline.passed() {
             bail!(
                 "another `letterlock client recv_msg` is still receiving into {} (it holds {}), \
-                 after waiting {} s: run this one again once it is done, or give a longer \
+                 after waiting {}: run this one again once it is done, or give a longer \
                  --timeout (seconds) to wait for it",
                 keys.display(),
                 path.display(),
-                timeout.as_secs()
+                TimeSpan(timeout)
             );
         }
         if !said {
             status!(
-                "waiting for another `letterlock client recv_msg` on {} to finish (up to {} s, \
+                "waiting for another `letterlock client recv_msg` on {} to finish (up to {}, \
                  --timeout)",
                 keys.display(),
-                timeout.as_secs()
+                TimeSpan(timeout)
             );
             said = true;
         }

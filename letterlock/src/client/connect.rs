@@ -612,7 +612,7 @@ mod tests {
             Err(e @ ClientError::Timeout { .. }) => {
                 assert_eq!(
                     e.to_string(),
-                    format!("the server at {addr} did not answer within 300 ms")
+                    format!("the server at {addr} did not answer within 300 milliseconds")
                 );
             }
             other => panic!("{addr}: expected a timeout, got {other:?}"),
@@ -657,7 +657,7 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "the server at host:8000 did not answer within 30 s"
+            "the server at host:8000 did not answer within 30 seconds"
         );
     }
 

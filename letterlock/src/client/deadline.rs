@@ -28,7 +28,7 @@ pub(super) struct WriteDeadline<W> {
 /// The server at `addr` took no data for `after`: the cause inside the [`io::Error`] a
 /// [`WriteDeadline`] returns, which [`super::ClientError`] turns into its `Timeout`.
 #[derive(Clone, Debug, thiserror::Error)]
-#[error("the server at {addr} took no data for {}", super::error::seconds(*.after))]
+#[error("the server at {addr} took no data for {}", crate::text::TimeSpan(*.after))]
 pub(super) struct Stalled {
     pub(super) addr: String,
     pub(super) after: Duration,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::envelope::{MessageId, OpenError, SealError};
 use crate::keys::KeyId;
 use crate::received::RecordError;
+use crate::text::TimeSpan;
 use crate::tls::TlsError;
 use crate::wire::handshake::HandshakeError;
 use crate::wire::{ConnError, ErrorCode, WireError};
@@ -90,7 +91,7 @@ pub enum ClientError {
     /// TLS handshake, not a frame that was due. One error wherever it stalled, since a silent
     /// server looks the same from here at every step, and the step that noticed first is a
     /// matter of which timer fired first.
-    #[error("the server at {addr} did not answer within {}", seconds(*.after))]
+    #[error("the server at {addr} did not answer within {}", TimeSpan(*.after))]
     Timeout { addr: String, after: Duration },
     /// The server is full and turned the connection away before any handshake: under version 2
     /// it closed (or reset) the TCP connection before sending a single TLS byte, under version
@@ -217,17 +218,6 @@ impl From<TlsError> for ClientError {
             },
             e => ClientError::Tls(e),
         }
-    }
-}
-
-/// A timeout as a person reads it: "30 s", "2.5 s", "300 ms".
-pub(super) fn seconds(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{} ms", d.as_millis())
-    } else if d.subsec_millis() == 0 {
-        format!("{} s", d.as_secs())
-    } else {
-        format!("{:.1} s", d.as_secs_f64())
     }
 }
 

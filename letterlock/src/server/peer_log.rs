@@ -27,17 +27,17 @@ pub(crate) fn within_budget(log: impl FnOnce()) {
             info!(
                 left_out,
                 "{left_out} more lines about failed handshakes and connections were left out \
-                 (at most {LINES_PER_WINDOW} per {} s)",
-                WINDOW.as_secs()
+                 (at most {LINES_PER_WINDOW} per {})",
+                crate::text::TimeSpan(WINDOW)
             );
             log();
         }
         // Said at once, so that a flood that stops is not followed by a silence that looks
         // like its end: the count comes with the next line written.
         Admit::FirstLeftOut => info!(
-            "more lines about failed handshakes and connections than {LINES_PER_WINDOW} in {} s: \
+            "more lines about failed handshakes and connections than {LINES_PER_WINDOW} in {}: \
              the next ones are counted, not logged, until the period ends",
-            WINDOW.as_secs()
+            crate::text::TimeSpan(WINDOW)
         ),
         Admit::LeftOut => {}
     }

@@ -463,13 +463,13 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
             ));
         }
         let now = envelope::unix_now();
-        let window = config.time_window.as_secs();
-        if h.created.abs_diff(now) > window {
+        if h.created.abs_diff(now) > config.time_window.as_secs() {
             return Err(Fail::new(
                 ErrorCode::Stale,
                 format!(
-                    "message time {} is outside the server's window of ±{window} s around {now}",
-                    h.created
+                    "message time {} is outside the server's window of ±{} around {now}",
+                    h.created,
+                    crate::text::TimeSpan(config.time_window)
                 ),
             ));
         }

@@ -452,7 +452,7 @@ pub fn ask(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply,
         .map_err(|e| AskError::NoAnswer(e.to_string()))?;
     let reply = read_framed(&mut stream, MAX_REPLY).map_err(|e| match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            AskError::NoAnswer(format!("none within {} s", timeout.as_secs()))
+            AskError::NoAnswer(format!("none within {}", crate::text::TimeSpan(timeout)))
         }
         io::ErrorKind::UnexpectedEof => {
             AskError::NoAnswer("the agent closed the connection".to_owned())

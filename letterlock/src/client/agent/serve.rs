@@ -455,8 +455,9 @@ impl Agent {
             Ok(reply) => reply,
             // The connection, in the middle of a message, went with the cancelled send.
             Err(_) => Reply::NotDelivered(format!(
-                "no proof of delivery within the {wait_s} s the command waits; the message may \
-                 or may not have been delivered"
+                "no proof of delivery within the {} the command waits; the message may or may \
+                 not have been delivered",
+                crate::text::TimeSpan(Duration::from_secs(wait_s.into()))
             )),
         };
         if !matches!(reply, Reply::Declined(_)) {
