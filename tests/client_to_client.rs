@@ -82,6 +82,75 @@ fn a_relayed_message_that_does_not_verify_is_blamed_on_the_client_that_signed_it
     assert_eq!(outbox_len(d), 1, "not acknowledged");
 }
 
+/// A contact stored under the reserved name `server` before the client refused that name
+/// (written here straight into the database, as an older client could) is never used: its
+/// messages are set aside (left on the server) with a message naming it and how to fix it,
+/// never shown as from the server; `send_msg --to server` is refused the same way; once it is
+/// untrusted and pinned under another name, the message comes, from that name.
+#[test]
+fn a_contact_stored_as_server_before_the_rule_is_never_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    classroom_folder(d);
+    let server = BinServer::start(d, &[]);
+    let file = public_path("mallory");
+    let file = file.to_str().unwrap();
+    let (code, _, err) = run(d, &["client", "trust", file, "--name", "carol"]);
+    assert_eq!(code, 0, "{err}");
+    let db = rusqlite::Connection::open(d.join("letterlock-client.db")).unwrap();
+    let renamed = db
+        .execute(
+            "UPDATE client_contacts SET name = 'server' WHERE name = 'carol'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(renamed, 1);
+    drop(db);
+    // Listed as what it is, needing attention, with the way out.
+    let (code, out, err) = run(d, &["client", "contacts", "--offline"]);
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, 6, "{out}{err}");
+    assert!(out.contains("reserved"), "{out}");
+    assert!(out.contains("`letterlock client untrust server`"), "{out}");
+    queue_from(d, "mallory", b"not the server's words");
+
+    let (code, out, err) = recv(d, &server.addr);
+    assert_eq!(code, EXIT_SET_ASIDE, "{out}{err}");
+    assert!(!out.contains("not the server's words"), "{out}");
+    assert!(err.contains("the contact stored as \"server\""), "{err}");
+    assert!(err.contains("`letterlock client untrust server`"), "{err}");
+    assert_eq!(outbox_len(d), 1, "not acknowledged");
+
+    let (code, out, err) = run(
+        d,
+        &[
+            "client",
+            "send_msg",
+            "--server",
+            &server.addr,
+            "--to",
+            "server",
+            "hi",
+        ],
+    );
+    assert_ne!(code, 0, "{out:?}");
+    assert!(
+        err.contains("stored under the name \"server\", which is reserved"),
+        "{err}"
+    );
+    assert!(err.contains("`letterlock client untrust server`"), "{err}");
+
+    let (code, _, err) = run(d, &["client", "untrust", "server"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(d, &["client", "trust", file, "--name", "carol"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = recv(d, &server.addr);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("not the server's words"), "{out}");
+    assert!(format!("{out}{err}").contains("carol"), "{out}{err}");
+    assert_eq!(outbox_len(d), 0);
+}
+
 /// `send_msg` to the server reads a small message whole (up to 64 KiB) and seals it in one
 /// call; the server gets every byte either side of that size, in both modes where they fit.
 #[test]

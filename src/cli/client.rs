@@ -111,7 +111,9 @@ pub(super) enum ClientCommand {
                       a changed host key, and is not used until you --accept it. A directory \
                       entry that disagrees with a key you pinned is refused and never used.\n\n\
                       Exit status: 0 fine; 6 something needs your attention: the directory \
-                      conflicts with a pinned key, or a changed key waits for --accept; 1 an \
+                      conflicts with a pinned key, a changed key waits for --accept, or a \
+                      contact is stored under the reserved name `server` (from before that name \
+                      was refused; never used: untrust it); 1 an \
                       error (the directory did not verify, the server could not be reached)."
     )]
     Contacts(Deferred<super::contacts::ContactsArgs>),

@@ -61,9 +61,10 @@ pub(super) struct UntrustArgs {
 #[derive(Args, Debug)]
 pub(super) struct ContactsArgs {
     /// Print the contacts as JSON: an array of {name, key_id, openssh, source ("pinned" or
-    /// "directory"), since, state ("usable", "changed", or "unlisted": a directory contact the
-    /// directory no longer lists), and for a change offered_key_id and offered_openssh}; times
-    /// in Unix seconds.
+    /// "directory"), since, state ("usable", "changed", "unlisted": a directory contact the
+    /// directory no longer lists, or "reserved": stored under the name `server` before that
+    /// name was refused, never used), and for a change offered_key_id and offered_openssh};
+    /// times in Unix seconds.
     #[arg(long)]
     pub(super) json: bool,
     /// Accept the changed key the directory offers for NAME (after checking its fingerprint
@@ -331,7 +332,9 @@ fn print_change(name: &str, before: &keys::KeyId, now: &keys::KeyId, openssh: &s
 }
 
 fn state(c: &Contact, outcome: &DirectoryOutcome) -> &'static str {
-    if outcome.unlisted(c) {
+    if keys::reserved_name(&c.name) {
+        "reserved"
+    } else if outcome.unlisted(c) {
         "unlisted"
     } else if c.offered.is_some() {
         "changed"
@@ -421,7 +424,10 @@ pub(super) async fn contacts(a: ContactsArgs) -> Result<ExitCode> {
         );
     }
     let list = on_contacts(&contacts, |c| c.list()).await?;
-    let pending = list.iter().filter(|c| c.offered.is_some()).count();
+    let pending = list
+        .iter()
+        .filter(|c| c.offered.is_some() || keys::reserved_name(&c.name))
+        .count();
     if a.json {
         let rows: Vec<_> = list
             .iter()
@@ -465,6 +471,14 @@ pub(super) async fn contacts(a: ContactsArgs) -> Result<ExitCode> {
                 state(c, &outcome),
                 c.key.id()
             );
+            if keys::reserved_name(&c.name) {
+                let name = letterlock::text::line(&c.name);
+                println!(
+                    "{:<16} NOT used: the name is reserved for the server's own messages; \
+                     `letterlock client untrust {name}`, then pin the key under another name",
+                    ""
+                );
+            }
             if let Some(o) = &c.offered {
                 let ssh = o.key.ssh_fingerprint();
                 println!(

@@ -99,6 +99,16 @@ pub enum ContactsError {
          key under another name"
     )]
     ReservedName(String),
+    /// A contact stored under a reserved name before the name was refused: listed and
+    /// removable, never used ([`Contacts::get`], [`Contacts::by_key`]).
+    #[error(
+        "a contact is stored under the name {name:?}, which is reserved for the server's own \
+         messages (it was stored before letterlock refused that name); it is not used, so \
+         nothing is sent to it and nothing from it is shown as from the server. Forget it with \
+         `letterlock client untrust {name}`, then pin its key under another name with \
+         `letterlock client trust FILE --name NAME`"
+    )]
+    ReservedStored { name: String },
     /// `trust` of a name that has another key, without `replace`.
     #[error(
         "{name} is already pinned to another key {existing}; pass --replace to pin {new} \
@@ -389,12 +399,16 @@ impl Contacts {
         })
     }
 
-    /// The contact `name`, if any.
+    /// The contact `name`, if any, to use; one stored under a reserved name is
+    /// [`ContactsError::ReservedStored`] ([`usable`]).
     pub fn get(&self, name: &str) -> Result<Option<Contact>, ContactsError> {
-        self.with(|conn| read_contact(conn, name))
+        self.with(|conn| read_contact(conn, name))?
+            .map(usable)
+            .transpose()
     }
 
-    /// The contact whose usable key is `key` (the offered key of a change does not count).
+    /// The contact whose usable key is `key` (the offered key of a change does not count); one
+    /// stored under a reserved name is [`ContactsError::ReservedStored`] ([`usable`]).
     pub fn by_key(&self, key: &KeyId) -> Result<Option<Contact>, ContactsError> {
         self.with(|conn| {
             let raw = conn
@@ -408,7 +422,9 @@ impl Contacts {
                 )
                 .optional()?;
             raw.map(RawContact::parse).transpose()
-        })
+        })?
+        .map(usable)
+        .transpose()
     }
 
     /// A key `name` had before it was replaced (`accept`, `pin --replace`): for verifying a
@@ -720,12 +736,20 @@ impl Contacts {
 /// Fetching asks the contacts for the key of each message from another client.
 impl super::Senders for Contacts {
     fn lookup(&self, key: &KeyId) -> Result<super::SenderLookup, super::ClientError> {
-        if let Some(c) = self.by_key(key)? {
-            return Ok(super::SenderLookup::Usable {
-                key: c.key,
-                name: c.name,
-                pinned: c.source == Source::Pinned,
-            });
+        match self.by_key(key) {
+            Ok(Some(c)) => {
+                return Ok(super::SenderLookup::Usable {
+                    key: c.key,
+                    name: c.name,
+                    pinned: c.source == Source::Pinned,
+                });
+            }
+            // Its messages are set aside (they stay on the server), the others still come.
+            Err(ContactsError::ReservedStored { name }) => {
+                return Ok(super::SenderLookup::Reserved { name });
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e.into()),
         }
         Ok(match self.offered_as_change(key)? {
             Some(name) => super::SenderLookup::Changed { name },
@@ -744,7 +768,11 @@ impl super::Senders for Contacts {
         }
         // Unknown to the contacts: the directory may offer it for a name pinned with another
         // key (a conflict records nothing, so only the answer itself says so).
-        for entry in entries.iter().filter(|e| e.key.id() == *key) {
+        // A reserved name in the directory is refused when learnt, never looked up.
+        let listed = entries
+            .iter()
+            .filter(|e| e.key.id() == *key && !crate::keys::reserved_name(&e.name));
+        for entry in listed {
             if let Some(c) = self.get(&entry.name)?
                 && c.source == Source::Pinned
                 && c.key.id() != *key
@@ -869,6 +897,16 @@ fn keep_earlier(conn: &Connection, old: &Contact, now: u64) -> Result<(), Contac
         ],
     )?;
     Ok(())
+}
+
+/// `c`, unless its name is reserved (`server`, any case): a contact stored before that name
+/// was refused stays in the database, to be listed and removed, but is never used, so no
+/// message from its key shows as from the server and nothing is sealed to it as a contact.
+fn usable(c: Contact) -> Result<Contact, ContactsError> {
+    if crate::keys::reserved_name(&c.name) {
+        return Err(ContactsError::ReservedStored { name: c.name });
+    }
+    Ok(c)
 }
 
 fn read_contact(conn: &Connection, name: &str) -> Result<Option<Contact>, ContactsError> {

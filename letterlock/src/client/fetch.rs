@@ -741,6 +741,9 @@ pub enum SenderLookup {
     /// the server (or whoever controls it) substitutes a key. Never usable, and never to be
     /// pinned on the directory's word.
     ConflictsWithPin { name: String, pinned: KeyId },
+    /// The key of a contact stored under a reserved name (`server`) before that name was
+    /// refused: never used, so nothing from it shows as from the server.
+    Reserved { name: String },
     /// Not a key of any contact.
     Unknown,
 }
@@ -800,6 +803,12 @@ fn not_usable(
             "from key {key}: this key is offered for {name}, whom you pinned as {pinned}; it is \
              not {name}'s pinned key: do not trust it without checking with {name} (someone may \
              be substituting {name}'s key)"
+        ),
+        SenderLookup::Reserved { name } => format!(
+            "from key {key}, the key of the contact stored as {name:?}, a name reserved for the \
+             server's own messages (stored before letterlock refused it): not shown, so it cannot \
+             pass for the server's. `letterlock client untrust {name}`, pin the key under \
+             another name (`letterlock client trust FILE --name NAME`), then receive again"
         ),
         SenderLookup::Usable { .. } | SenderLookup::Unknown => {
             return ClientError::UnknownKey {
