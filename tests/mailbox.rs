@@ -73,6 +73,29 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
+/// `recv_msg --json` and `client inbox --json` say who sent the same message from the server
+/// alike: sender "server" (a name no contact can have), sender_source "server", and the
+/// address it was fetched from as server_address.
+#[test]
+fn recv_msg_and_inbox_json_name_the_server_alike() {
+    let (dir, _server, addr) = classroom_with_server();
+    let d = dir.path();
+    queue(d, "from the server");
+    let (code, out, err) = recv(d, &addr, &["--json"]);
+    assert_eq!(code, 0, "{err}");
+    let received: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let rows = inbox(d);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let kept = &rows[0];
+    assert_eq!(kept["id"], received["id"], "{kept} {received}");
+    for field in ["sender", "sender_source", "server_address", "sender_key"] {
+        assert_eq!(kept[field], received[field], "{field}: {kept} {received}");
+    }
+    assert_eq!(kept["sender"], "server");
+    assert_eq!(kept["sender_source"], "server");
+    assert_eq!(kept["server_address"], addr.as_str());
+}
+
 #[test]
 fn recv_msg_keeps_each_message_and_client_read_opens_it_with_no_server_running() {
     let (dir, server, addr) = classroom_with_server();
@@ -96,7 +119,8 @@ fn recv_msg_keeps_each_message_and_client_read_opens_it_with_no_server_running()
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["bytes"], 17);
     assert_eq!(rows[0]["mode"], "hybrid");
-    assert_eq!(rows[0]["sender"], addr.as_str());
+    assert_eq!(rows[0]["sender"], "server");
+    assert_eq!(rows[0]["server_address"], addr.as_str());
     assert_eq!(rows[0]["sender_source"], "server");
     assert_eq!(rows[0]["sender_key"], public(SERVER).id().to_string());
     let id = rows[0]["id"].as_str().unwrap().to_owned();

@@ -331,7 +331,8 @@ pub(super) struct RecvArgs {
     pub(super) wait: Duration,
     /// Print one JSON object per message on stdout, one per line: {status ("new", "repeat" or
     /// "set_aside"), id, sender_key, sender (a contact's name, or "server"), sender_source
-    /// ("server", "pinned" or "directory"), created, mode, bytes, in_mailbox, and "text" (a UTF-8
+    /// ("server", "pinned" or "directory"), server_address (only for a message from the server:
+    /// the --server it was fetched from), created, mode, bytes, in_mailbox, and "text" (a UTF-8
     /// message), "file" (with -o) or neither (binary or over 64 MiB: `client read ID -o
     /// FILE`); a message set aside has only status, id, sender_key (null if not even its
     /// header could be read) and "error"}. Non-ASCII is written as \u escapes.
@@ -1118,7 +1119,7 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
     let result = loop {
         let got = client
             .fetch_from_contacts(&output, &mut record, &mailbox, contacts.clone(), |event| {
-                report_event(&event, a.json, &read_cmd, &a.conn.keys, &mut shown)
+                report_event(&event, a.json, &read_cmd, &a.conn, &mut shown)
             })
             .await;
         let got = match got {
@@ -1172,10 +1173,11 @@ fn report_event(
     event: &letterlock::client::FetchEvent<'_>,
     json: bool,
     read_cmd: &str,
-    keys: &Path,
+    conn: &ClientConn,
     shown: &mut Shown,
 ) -> std::result::Result<(), letterlock::client::ClientError> {
-    use letterlock::client::{ClientError, Content, FetchEvent};
+    use letterlock::client::{ClientError, Content, FetchEvent, Sender};
+    let keys = conn.keys.as_path();
     match event {
         FetchEvent::New(r) => {
             let id = r.header.message_id;
@@ -1200,6 +1202,10 @@ fn report_event(
                     "bytes": r.plaintext_len,
                     "in_mailbox": r.in_mailbox,
                 });
+                // As `client inbox --json` says it: "sender" is "server", whichever address.
+                if matches!(r.sender, Sender::Server) {
+                    row["server_address"] = conn.server.as_str().into();
+                }
                 match &r.content {
                     Content::Memory(text) => {
                         if let Ok(text) = std::str::from_utf8(text) {

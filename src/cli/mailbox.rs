@@ -62,10 +62,11 @@ pub(super) struct InboxArgs {
     /// Folder with the client's keys and its mailbox (letterlock-client.db).
     #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
     pub(super) keys: PathBuf,
-    /// Print the list as JSON: an array of {id, sender (a contact's name, or for the server
-    /// the address it was fetched from), sender_source ("pinned", "directory", "server", or
-    /// "unknown": a key no longer known), sender_key, created, received, mode, bytes,
-    /// sealed_bytes}, times in Unix seconds.
+    /// Print the list as JSON: an array of {id, sender (a contact's name, or "server"),
+    /// sender_source ("pinned", "directory", "server", or "unknown": a key no longer known, then
+    /// sender is the name it was kept under), server_address (only for a message from the
+    /// server: the --server it was fetched from), sender_key, created, received, mode, bytes,
+    /// sealed_bytes}, times in Unix seconds; as `client recv_msg --json` says them.
     #[arg(long)]
     pub(super) json: bool,
 }
@@ -158,6 +159,12 @@ pub(super) async fn client_inbox(a: InboxArgs) -> Result<ExitCode> {
             .zip(&sources)
             .map(|(mut row, source)| {
                 row["sender_source"] = (*source).into();
+                // As recv_msg --json: the sender is "server", a name no contact can have; the
+                // address it was fetched from (kept as the sender's name) beside it.
+                if *source == "server" {
+                    row["server_address"] = row["sender"].take();
+                    row["sender"] = "server".into();
+                }
                 row
             })
             .collect();
