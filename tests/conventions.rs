@@ -838,7 +838,10 @@ fn exit_codes_are_documented_in_help() {
         "{help}"
     );
     let help = ok(run(&["intercept", "--help"]));
-    assert!(help.contains("3 with --expect, the text WAS found"), "{help}");
+    assert!(
+        help.contains("3 with --expect, the text WAS found"),
+        "{help}"
+    );
     let help = ok(run(&["--help"]));
     assert!(help.contains("Exit status: 0 success, 1 failure"), "{help}");
 }
