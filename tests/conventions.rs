@@ -781,6 +781,28 @@ fn a_usage_error_shows_the_usage_of_help_not_the_options_given() {
             &["client", "sendmsg"],
             "Usage: letterlock client [OPTIONS] <COMMAND>\n",
         ),
+        // Addresses and times are checked as the line is parsed (found by a trial run: these
+        // exited 1, some after a hint that asked whether a server runs there).
+        (
+            &["client", "send_msg", "--server", "127.0.0.1", "hi"],
+            "Usage: letterlock client send_msg [OPTIONS] [TEXT]\n",
+        ),
+        (
+            &["client", "recv_msg", "--server", "127.0.0.1:99999"],
+            "Usage: letterlock client recv_msg [OPTIONS]\n",
+        ),
+        (
+            &["client", "trust-server", "localhost"],
+            "Usage: letterlock client trust-server [OPTIONS] <HOST:PORT>\n",
+        ),
+        (
+            &["server", "--listen", "127.0.0.1"],
+            "Usage: letterlock server [OPTIONS]\n",
+        ),
+        (
+            &["server", "inbox", "--since", "yesterdayish"],
+            "Usage: letterlock server inbox [OPTIONS]\n",
+        ),
     ] {
         let out = run(args);
         let err = stderr(&out);

@@ -410,7 +410,7 @@ fn newcomer_mistakes_get_errors_that_say_what_to_do() {
     fails_with(
         d,
         &["client", "send_msg", "hi", "--server", "localhost"],
-        "has no port",
+        "no port: give HOST:PORT",
     );
     // Output cut short by a closed pipe ends quietly, without a panic.
     let mut child = Command::new(common::BIN)

@@ -164,7 +164,7 @@ pub(super) struct ClientConn {
     #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
     pub(super) keys: PathBuf,
     /// Address of the server, HOST:PORT.
-    #[arg(long, env = "LETTERLOCK_SERVER", default_value = "127.0.0.1:8000")]
+    #[arg(long, env = "LETTERLOCK_SERVER", default_value = "127.0.0.1:8000", value_parser = super::server_address)]
     pub(super) server: String,
     // The commands that send a message say more: `SEND_TIMEOUT_HELP`.
     /// Seconds to keep trying while the server turns the connection away (busy, or its mailbox
@@ -391,7 +391,6 @@ impl ClientKeys {
     /// The client's private key and the pinned server key from `--keys`; checks `--server`
     /// first, so a mistyped address fails before a passphrase is asked.
     pub(super) fn load(conn: &ClientConn) -> Result<ClientKeys> {
-        check_server(conn)?;
         let (identity, protected) = super::own_key_protected(&conn.keys, "client")?;
         let cache = handshake_key_cache(&conn.keys);
         if protected {
@@ -417,7 +416,6 @@ impl ClientKeys {
     pub(super) fn load_lazily(
         conn: &ClientConn,
     ) -> Result<(ClientKeys, Option<Arc<letterlock::keys::LazyPrivateKey>>)> {
-        check_server(conn)?;
         let dir = &conn.keys;
         let private = super::own_key_path(dir, "client")?;
         let (_, public) = letterlock::keys::pair_paths(dir, "client");
@@ -442,18 +440,6 @@ impl ClientKeys {
     ) -> Option<anyhow::Error> {
         lazy.and_then(|k| k.key().err()).map(anyhow::Error::new)
     }
-}
-
-/// `--server` has a port, checked before any key is read: a mistyped address fails before a
-/// passphrase is asked.
-fn check_server(conn: &ClientConn) -> Result<()> {
-    if !conn.server.contains(':') {
-        bail!(
-            "--server {} has no port; give HOST:PORT, e.g. 127.0.0.1:8000",
-            conn.server
-        );
-    }
-    Ok(())
 }
 
 /// The file in the keys folder where a client keeps its TLS handshake key: written when the key

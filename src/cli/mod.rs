@@ -363,6 +363,41 @@ fn help_usage(mut e: clap::Error, args: &[std::ffi::OsString]) -> clap::Error {
     e.with_cmd(cmd)
 }
 
+/// A `--server` value: HOST:PORT with a port from 1 to 65535, checked as the line is parsed so
+/// that a mistyped address is wrong usage (exit status 2), said before any key is read or
+/// passphrase asked (found by a trial run: no port, or port 99999, exited 1 after a hint that
+/// asked whether a server runs there).
+pub(super) fn server_address(text: &str) -> Result<String, String> {
+    host_port(text, 1)
+}
+
+/// A `--listen` value: HOST:PORT, where port 0 picks a free one.
+pub(super) fn listen_address(text: &str) -> Result<String, String> {
+    host_port(text, 0)
+}
+
+/// HOST:PORT (an IPv6 host in brackets: `[::1]:8000`), the port at least `lowest`.
+fn host_port(text: &str, lowest: u16) -> Result<String, String> {
+    let example = "give HOST:PORT, e.g. 127.0.0.1:8000";
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("no port: {example}"));
+    };
+    if host.is_empty() {
+        return Err(format!("no host: {example}"));
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(format!(
+            "an IPv6 address goes in brackets, e.g. [::1]:8000; {example}"
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p >= lowest => Ok(text.to_owned()),
+        _ => Err(format!(
+            "the port must be a number from {lowest} to 65535; {example}"
+        )),
+    }
+}
+
 /// `e`, said as a full disk under `output` when that is what it is: the library's I/O error
 /// names no file, and a full disk is about where the output goes (found by a trial run: "No
 /// space left on device" without a path).
@@ -741,6 +776,31 @@ mod tests {
         let other = anyhow::Error::new(io::Error::from(io::ErrorKind::PermissionDenied));
         let said = error_chain(&full_disk_names(other, output));
         assert!(!said.contains("out.sealed"), "{said}");
+    }
+
+    #[test]
+    fn an_address_needs_a_host_and_a_port_in_range() {
+        for good in [
+            "127.0.0.1:8000",
+            "localhost:1",
+            "[::1]:65535",
+            "example.org:443",
+        ] {
+            assert_eq!(server_address(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "127.0.0.1",
+            ":8000",
+            "127.0.0.1:",
+            "127.0.0.1:99999",
+            "h:0",
+            "::1:8000",
+            "h:x",
+        ] {
+            assert!(server_address(bad).is_err(), "{bad}");
+        }
+        assert_eq!(listen_address("127.0.0.1:0").as_deref(), Ok("127.0.0.1:0"));
+        assert!(listen_address("127.0.0.1").is_err());
     }
 
     /// Only a pipe whose reader has gone counts as `| head` leaving; a pipe still read does not

@@ -54,7 +54,7 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
     pub(super) keys: PathBuf,
     /// Address to listen on (port 0 picks a free port; the address is printed).
-    #[arg(long, default_value = "127.0.0.1:8000")]
+    #[arg(long, default_value = "127.0.0.1:8000", value_parser = super::listen_address)]
     pub(super) listen: String,
     /// The mailbox, which also holds the trusted clients: an SQLite file (bodies over 64 KiB
     /// live in a folder beside it), or postgres://USER[:PASSWORD]@HOST[:PORT]/DB for one
@@ -151,8 +151,8 @@ pub(super) enum ServerCommand {
         from: Option<String>,
         /// Only messages received at or after TIME: unix seconds, an RFC 3339 date or date and
         /// time (2026-11-28, 2026-11-28T09:30:00Z), or a span back from now (2h, 3days).
-        #[arg(long, value_name = "TIME")]
-        since: Option<String>,
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        since: Option<u64>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -291,10 +291,7 @@ pub(super) fn command(command: ServerCommand) -> Result<ExitCode> {
             from,
             since,
             json,
-        } => {
-            let since = since.as_deref().map(parse_time).transpose()?;
-            super::runtime()?.block_on(inbox(&mailbox, from.as_deref(), since, json))
-        }
+        } => super::runtime()?.block_on(inbox(&mailbox, from.as_deref(), since, json)),
         ServerCommand::Outbox {
             mailbox,
             json,
@@ -517,12 +514,13 @@ fn now() -> u64 {
 }
 
 /// Reads `--since`: unix seconds, an RFC 3339 date or date and time, or a span back from now.
-fn parse_time(text: &str) -> Result<u64> {
+/// As the line is parsed, so that a wrong one is wrong usage (exit status 2).
+fn parse_time(text: &str) -> Result<u64, String> {
     let text = text.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return text
             .parse()
-            .with_context(|| format!("{text} is too large for unix seconds"));
+            .map_err(|_| format!("{text} is too large for unix seconds"));
     }
     let to_unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     // A date alone means its first second, UTC.
@@ -537,9 +535,10 @@ fn parse_time(text: &str) -> Result<u64> {
     if let Ok(span) = humantime::parse_duration(text) {
         return Ok(now().saturating_sub(span.as_secs()));
     }
-    bail!(
-        "--since {text:?}: give unix seconds (1764320000), a date (2026-11-28), a date and time \
+    Err(
+        "give unix seconds (1764320000), a date (2026-11-28), a date and time \
          (2026-11-28T09:30:00Z), or a span back from now (2h, 3days)"
+            .into(),
     )
 }
 

@@ -23,7 +23,7 @@ use letterlock::tls::{TlsError, TlsOptions};
 #[derive(Args, Debug)]
 pub(crate) struct TrustServerArgs {
     /// The server, HOST:PORT.
-    #[arg(value_name = "HOST:PORT", env = "LETTERLOCK_SERVER")]
+    #[arg(value_name = "HOST:PORT", env = "LETTERLOCK_SERVER", value_parser = super::server_address)]
     server: String,
     /// The client's key folder: server_public.pem is written there.
     #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
@@ -73,12 +73,6 @@ fn fingerprint_matches(key: &PublicKey, given: &str) -> bool {
 
 /// Runs `client trust-server`.
 pub(super) fn run(a: TrustServerArgs) -> Result<ExitCode> {
-    if !a.server.contains(':') {
-        bail!(
-            "{} has no port; give HOST:PORT, e.g. 127.0.0.1:8000",
-            a.server
-        );
-    }
     let (_, path) = keys::pair_paths(&a.keys, "server");
     if !a.keys.is_dir() {
         bail!(
