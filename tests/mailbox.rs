@@ -819,6 +819,10 @@ fn recv_msg_waits_for_the_folder_lock_within_its_timeout() {
     let (code, _, err) = recv(d, &addr, &["--timeout", "0", "-q"]);
     assert_eq!(code, 1, "{err}");
     assert!(!err.contains("waiting for another"), "{err}");
+    // --timeout takes a unit as --wait does (found by a trial run: `--timeout 2s` was refused).
+    let (code, _, err) = recv(d, &addr, &["--timeout", "300ms"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("after waiting 300 milliseconds"), "{err}");
     drop(held);
     // A --timeout too long for the clock ("for ever") is no panic (found by a review).
     let (code, out, err) = recv(d, &addr, &["--timeout", "99999999999999999"]);

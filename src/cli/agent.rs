@@ -552,7 +552,8 @@ pub(super) fn hand_over(a: &ClientSendArgs) -> Result<HandOver> {
     let allowance = a
         .conn
         .timeout
-        .saturating_add(ClientConfig::default().timeout.as_secs());
+        .saturating_add(ClientConfig::default().timeout)
+        .as_secs();
     let wait_s = u32::try_from(allowance).unwrap_or(u32::MAX);
     let request = Request::Send(SendRequest {
         server: a.conn.server.clone(),

@@ -171,8 +171,8 @@ pub(super) struct ClientConn {
     /// database away): it retries with growing, jittered waits and says so on stderr; also the
     /// longest wait for the connection to be set up. recv_msg: also the longest wait for
     /// another recv_msg on the same --keys folder to finish (0: refuse at once).
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
-    pub(super) timeout: u64,
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = wait_duration)]
+    pub(super) timeout: Duration,
     /// Speak the plain version 1 wire instead of TLS 1.3, to a server started with
     /// --plain-v1. It exists to show message-level protection on a bare wire in class: the
     /// messages stay sealed and signed, but the server is not authenticated before we send,
@@ -340,8 +340,9 @@ pub(super) struct RecvArgs {
     pub(super) json: bool,
 }
 
-/// A `--wait` value: a plain number is seconds (`30`), anything else a duration with its unit
-/// (`30s`, `2m`, `1h 30m`), so both commands take both forms.
+/// A `--wait`, `--timeout` or `--persist` value: a plain number is seconds (`30`), anything else
+/// a duration with its unit (`30s`, `2m`, `1h 30m`, `500ms`), so every such option takes both
+/// forms (found by a trial run: `--timeout 2s` was refused while `--wait 2s` was taken).
 pub(super) fn wait_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if let Ok(secs) = text.parse::<u64>() {
@@ -557,7 +558,7 @@ pub(super) async fn connect_with(
              closed it before the handshake, as a busy or stopping server does (and a proxy or \
              load balancer whose server is not running); try again later, or wait longer with \
              --timeout SECONDS",
-            TimeSpan(Duration::from_secs(conn.timeout))
+            TimeSpan(conn.timeout)
         ),
         Err(ClientError::PlainV1Server) => bail!(
             "the server at {addr} speaks the plain version 1 wire (it was started with \
@@ -924,11 +925,11 @@ enum Outgoing {
     Stream(Box<dyn Read + Send>),
 }
 
-/// The retries of `--timeout` seconds: busy servers and "unavailable" answers are tried again
-/// with jittered waits until then.
-pub(super) fn backoff(timeout_s: u64) -> letterlock::client::Backoff {
+/// The retries of `--timeout`: busy servers and "unavailable" answers are tried again with
+/// jittered waits until then.
+pub(super) fn backoff(timeout: Duration) -> letterlock::client::Backoff {
     letterlock::client::Backoff {
-        deadline: Duration::from_secs(timeout_s),
+        deadline: timeout,
         ..letterlock::client::Backoff::default()
     }
 }
@@ -1080,7 +1081,7 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
     // The key first (a passphrase typed slowly holds nobody up), then the folder, then the
     // server: a run that waits for another one has no connection idling meanwhile.
     let keys = ClientKeys::load(&a.conn)?;
-    let _folder = lock_keys_for_recv(&a.conn.keys, Duration::from_secs(a.conn.timeout)).await?;
+    let _folder = lock_keys_for_recv(&a.conn.keys, a.conn.timeout).await?;
     let mut client = connect_with(&a.conn, keys).await?;
     let output = match &a.output {
         Some(dir) => Output::Dir(dir.clone()),

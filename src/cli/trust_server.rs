@@ -41,8 +41,8 @@ pub(crate) struct TrustServerArgs {
     #[arg(long)]
     replace: bool,
     /// Seconds to wait for the connection and the handshake.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
-    timeout: u64,
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = super::client::wait_duration)]
+    timeout: Duration,
 }
 
 /// The fingerprints shown for a key, each with its label: the OpenSSH one (what `ssh-keygen -l`
@@ -180,8 +180,7 @@ fn timed_out(addr: &str, after: Duration) -> anyhow::Error {
 }
 
 /// Connects and runs the probe's handshake, turning failures into what to do about them.
-async fn fetch(addr: &str, timeout: u64) -> Result<ProbedServer> {
-    let timeout = Duration::from_secs(timeout);
+async fn fetch(addr: &str, timeout: Duration) -> Result<ProbedServer> {
     let tcp = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
