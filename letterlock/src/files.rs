@@ -314,6 +314,24 @@ pub fn check_replaceable(target: &Path) -> io::Result<()> {
             io::ErrorKind::InvalidInput,
             format!("{} is a folder, not a file", target.display()),
         )),
+        // Said as a link, whether it leads anywhere or not (found by a trial run: a dangling
+        // link was called "not a regular file", and nothing said it was a link).
+        Ok(m) if m.file_type().is_symlink() => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is a symbolic link{}; letterlock writes a new file and renames it into \
+                 place, which would replace the link, not write where it leads: give the path \
+                 it leads to, or remove the link",
+                target.display(),
+                match fs::read_link(target) {
+                    Ok(to) if fs::metadata(target).is_err() => {
+                        format!(" to {}, which does not exist", to.display())
+                    }
+                    Ok(to) => format!(" to {}", to.display()),
+                    Err(_) => String::new(),
+                }
+            ),
+        )),
         Ok(m) if !m.is_file() => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
@@ -400,6 +418,43 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// A link at the target is refused as a link, saying where it leads and whether that
+    /// exists; the link and what it leads to are left alone.
+    #[test]
+    fn a_link_at_the_target_is_refused_as_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink("missing.txt", &dangling).unwrap();
+        let said = check_replaceable(&dangling).unwrap_err().to_string();
+        assert!(
+            said.contains("is a symbolic link to missing.txt, which does not exist"),
+            "{said}"
+        );
+        let real = dir.path().join("real");
+        fs::write(&real, b"kept").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let said = AtomicFile::create(
+            &link,
+            &WriteOptions {
+                replace: true,
+                ..WriteOptions::default()
+            },
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+        assert!(said.contains("is a symbolic link to"), "{said}");
+        assert!(!said.contains("does not exist"), "{said}");
+        assert_eq!(fs::read(&real).unwrap(), b"kept");
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 
     #[test]
