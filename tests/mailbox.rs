@@ -721,22 +721,23 @@ fn concurrent_recv_msg_on_one_folder_show_each_message_once() {
     for i in 0..MESSAGES {
         queue(d, &format!("message {i}"));
     }
-    let children: Vec<_> = (0..RUNS)
-        .map(|_| {
-            common::cli::command(d, &["client", "recv_msg", "--server", &addr, "--json"])
+    assert_each_shown_as_new_once(&[d; RUNS], &addr, MESSAGES);
+    assert_eq!(inbox(d).len(), MESSAGES);
+}
+
+/// Runs `recv_msg --json` in each of `folders` at once: each exits 0, and together they showed
+/// `messages` messages, each as new, none twice.
+fn assert_each_shown_as_new_once(folders: &[&Path], addr: &str, messages: usize) {
+    let children: Vec<_> = folders
+        .iter()
+        .map(|folder| {
+            common::cli::command(folder, &["client", "recv_msg", "--server", addr, "--json"])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect();
-    assert_each_shown_as_new_once(children, MESSAGES);
-    assert_eq!(inbox(d).len(), MESSAGES);
-}
-
-/// Waits for the `recv_msg --json` runs `children`: each exits 0, and together they showed
-/// `messages` messages, each as new, none twice.
-fn assert_each_shown_as_new_once(children: Vec<std::process::Child>, messages: usize) {
     let mut new_ids = Vec::new();
     for child in children {
         let out = child.wait_with_output().unwrap();
@@ -783,17 +784,7 @@ fn concurrent_recv_msg_from_copies_of_one_key_deliver_each_message_once() {
     let folders: Vec<&Path> = std::iter::once(d)
         .chain(copies.iter().map(|c| c.path()))
         .collect();
-    let children: Vec<_> = folders
-        .iter()
-        .map(|folder| {
-            common::cli::command(folder, &["client", "recv_msg", "--server", &addr, "--json"])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    assert_each_shown_as_new_once(children, MESSAGES);
+    assert_each_shown_as_new_once(&folders, &addr, MESSAGES);
     // Every one acknowledged: nothing waits any more.
     let (code, out, err) = recv(d, &addr, &["--json"]);
     assert_eq!((code, out.len()), (0, 0), "{err}");

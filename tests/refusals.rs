@@ -890,32 +890,9 @@ fn the_command_line_adds_hints_to_library_errors() {
 #[test]
 fn a_key_too_small_is_refused_naming_its_file_and_what_to_do() {
     use common::cli::{fails_text, put_private, put_public};
-    use std::os::unix::fs::PermissionsExt;
-    use std::process::Command;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let status = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:1024",
-        ])
-        .args(["-out", "small_private.pem"])
-        .current_dir(d)
-        .status()
-        .expect("openssl is needed for this test (CI installs it)");
-    assert!(status.success());
-    let small = d.join("small_private.pem");
-    std::fs::set_permissions(&small, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let status = Command::new("openssl")
-        .args(["pkey", "-pubout", "-in", "small_private.pem"])
-        .args(["-out", "small_public.pem"])
-        .current_dir(d)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let (small, _) = common::openssl_1024_bit_pair(d, "small");
     put_private(d, ALICE, "alice_private.pem");
     put_public(d, BOB, "bob_public.pem");
     std::fs::write(d.join("m.txt"), "hello").unwrap();

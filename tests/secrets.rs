@@ -161,21 +161,7 @@ fn a_private_key_others_can_read_is_refused_with_the_fix() {
 #[test]
 fn keys_under_2048_bits_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("weak.pem");
-    let status = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:1024",
-            "-out",
-        ])
-        .arg(&path)
-        .status()
-        .expect("openssl is needed for this test (CI installs it)");
-    assert!(status.success());
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (path, _) = common::openssl_1024_bit_pair(dir.path(), "weak");
     let err = keys::load_private(&path).unwrap_err();
     assert!(matches!(err.cause(), KeyError::TooSmall), "{err}");
     assert!(err.to_string().contains("2048"), "{err}");

@@ -77,6 +77,40 @@ pub fn private_path(name: &str) -> PathBuf {
     path
 }
 
+/// A 1024-bit RSA key pair made by openssl (letterlock refuses to make one) in `dir`:
+/// NAME_private.pem (0600) and NAME_public.pem, paths returned in that order.
+pub fn openssl_1024_bit_pair(dir: &std::path::Path, name: &str) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let private = dir.join(format!("{name}_private.pem"));
+    let public = dir.join(format!("{name}_public.pem"));
+    let openssl = |args: &[&std::ffi::OsStr]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .status()
+            .expect("openssl is needed for this test (CI installs it)");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    openssl(&[
+        "genpkey".as_ref(),
+        "-algorithm".as_ref(),
+        "RSA".as_ref(),
+        "-pkeyopt".as_ref(),
+        "rsa_keygen_bits:1024".as_ref(),
+        "-out".as_ref(),
+        private.as_os_str(),
+    ]);
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    openssl(&[
+        "pkey".as_ref(),
+        "-pubout".as_ref(),
+        "-in".as_ref(),
+        private.as_os_str(),
+        "-out".as_ref(),
+        public.as_os_str(),
+    ]);
+    (private, public)
+}
+
 /// The path of `tests/keys/NAME_public.pem`.
 pub fn public_path(name: &str) -> PathBuf {
     keys_dir().join(format!("{name}_public.pem"))
