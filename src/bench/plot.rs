@@ -6,8 +6,9 @@ use std::path::Path;
 
 use super::{BenchError, EnvelopeRow, Report, human_size};
 
-/// Refuses a plot path that exists (unless `force`) or whose folder does not: checked before
-/// the run, so a run of minutes does not end in an error or replace a file silently.
+/// Refuses a plot path that exists (unless `force`), whose folder does not, or where no file can
+/// be written: checked before the run, so a run of minutes does not end in an error or replace
+/// a file silently.
 pub fn check_plot_path(path: &Path, force: bool) -> Result<(), BenchError> {
     let plot = |why: String| Err(BenchError::Plot(why));
     if path.is_dir() {
@@ -29,7 +30,43 @@ pub fn check_plot_path(path: &Path, force: bool) -> Result<(), BenchError> {
             parent.display()
         ));
     }
+    // A folder that exists may still refuse new files (permissions, a read-only mount,
+    // /proc): try the very file the plot is first written to, and remove it again.
+    temp_beside(path).map_err(|e| cannot_write(path, &os_reason(&e)))?;
     Ok(())
+}
+
+/// The temporary file the plot is drawn into, in the folder of `path` (so that renaming it onto
+/// `path` is atomic); removed when dropped unless persisted.
+fn temp_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    tempfile::Builder::new()
+        .prefix(".letterlock-plot")
+        .suffix(".svg")
+        .tempfile_in(parent)
+}
+
+/// The plot cannot be written at `path`: said with the user's path and the system's reason,
+/// never the name of our temporary file (tempfile adds it to its errors).
+fn cannot_write(path: &Path, e: &dyn std::fmt::Display) -> BenchError {
+    BenchError::Plot(format!(
+        "cannot write {}: {e}; choose a folder you can write to",
+        path.display()
+    ))
+}
+
+/// The system's reason in an I/O error from `tempfile`, without the temporary path it appends
+/// (`… (os error 2) at path "/proc/.letterlock-plotgyLyVg.svg"`: its error type is private and
+/// gives no other way to the reason alone).
+fn os_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.split_once(" at path ") {
+        Some((reason, _)) => reason.to_owned(),
+        None => text,
+    }
 }
 
 /// A rate as `120 kB/s`, `3 MB/s`, `1.5 GB/s` (decimal, as every MB/s of the bench).
@@ -48,19 +85,14 @@ fn human_rate(mb_s: f64) -> String {
 }
 
 /// Draws MB/s against message size, both modes, with the bounds, as an SVG; written beside
-/// `path` and renamed onto it, replacing an existing file only with `force`.
+/// `path` and renamed onto it, replacing an existing file only with `force`. Every error names
+/// `path`.
 pub fn plot(r: &Report, path: &Path, force: bool) -> Result<(), BenchError> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let temp = tempfile::Builder::new()
-        .prefix(".letterlock-plot")
-        .suffix(".svg")
-        .tempfile_in(parent)?;
-    draw(r, temp.path())?;
+    let temp = temp_beside(path).map_err(|e| cannot_write(path, &os_reason(&e)))?;
+    draw(r, temp.path()).map_err(|why| BenchError::Plot(format!("{}: {why}", path.display())))?;
     if force {
-        temp.persist(path).map_err(|e| BenchError::Io(e.error))?;
+        temp.persist(path)
+            .map_err(|e| cannot_write(path, &os_reason(&e.error)))?;
     } else {
         temp.persist_noclobber(path).map_err(|e| {
             BenchError::Plot(format!(
@@ -73,9 +105,10 @@ pub fn plot(r: &Report, path: &Path, force: bool) -> Result<(), BenchError> {
     Ok(())
 }
 
-fn draw(r: &Report, path: &Path) -> Result<(), BenchError> {
+/// Draws the plot into the file `path`; `Err` says why not.
+fn draw(r: &Report, path: &Path) -> Result<(), String> {
     use plotters::prelude::*;
-    let err = |e: &dyn std::fmt::Display| BenchError::Plot(e.to_string());
+    let err = |e: &dyn std::fmt::Display| e.to_string();
     let measured: Vec<&EnvelopeRow> = r.envelope.iter().filter(|x| x.not_run.is_none()).collect();
     let (lo_x, hi_x) = measured.iter().fold((f64::MAX, 0f64), |(lo, hi), x| {
         (lo.min(x.size as f64), hi.max(x.size as f64))
@@ -86,7 +119,7 @@ fn draw(r: &Report, path: &Path) -> Result<(), BenchError> {
         .chain([r.bounds.seal_pass_mb_s, r.bounds.aes_gcm_mb_s]);
     let (lo_y, hi_y) = ys.fold((f64::MAX, 0f64), |(lo, hi), y| (lo.min(y), hi.max(y)));
     if measured.is_empty() || lo_y <= 0.0 {
-        return Err(BenchError::Plot("nothing measured to draw".into()));
+        return Err("nothing measured to draw".into());
     }
     let (x0, x1) = (lo_x / 2.0, hi_x * 2.0);
     let (y0, y1) = (lo_y / 2.0, hi_y * 4.0);

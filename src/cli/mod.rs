@@ -522,14 +522,16 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 compare: a.compare,
                 store_url: a.store_url,
             })?;
-            if let Some(path) = &a.plot {
-                crate::bench::plot(&report, path, a.force)?;
-                eprintln!("wrote {}", path.display());
-            }
+            // The results first: should the plot fail now, the run is not lost.
             if a.json {
                 crate::bench::write_json(&report, io::stdout().lock())?;
             } else {
                 print!("{}", crate::bench::table(&report));
+            }
+            if let Some(path) = &a.plot {
+                io::Write::flush(&mut io::stdout())?;
+                crate::bench::plot(&report, path, a.force)?;
+                eprintln!("wrote {}", path.display());
             }
             Ok(ExitCode::SUCCESS)
         }
