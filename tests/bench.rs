@@ -409,3 +409,43 @@ fn a_plot_that_fails_after_the_run_keeps_the_results() {
     assert!(stderr.contains(&svg_arg), "{stderr}");
     assert!(!stderr.contains(".letterlock-plot"), "{stderr}");
 }
+
+/// A `--store-url` server that cannot be reached stops the bench before it runs, with the cause
+/// (nothing listens on port 1) and not the advice to install PostgreSQL, which the user did not
+/// need (found by a trial run: the whole run, then "not run … install PostgreSQL", exit 0).
+#[test]
+fn an_unreachable_store_url_is_refused_before_the_run_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = run(
+        dir.path(),
+        &[
+            "bench",
+            "--quick",
+            "--store-url",
+            "postgres://nobody@127.0.0.1:1/x",
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("--store-url"), "{stderr}");
+    assert!(stderr.contains("127.0.0.1"), "{stderr}");
+    assert!(
+        stderr.to_lowercase().contains("connection refused"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("apt-get"), "{stderr}");
+    assert!(!stderr.contains("generating"), "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+/// A `--store-url` that is no PostgreSQL URL is a usage error (exit 2), before anything runs.
+#[test]
+fn a_store_url_that_is_no_url_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = run(dir.path(), &["bench", "--quick", "--store-url", "garbage"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("postgres://"), "{stderr}");
+    assert!(!stderr.contains("generating"), "{stderr}");
+    assert!(stdout.is_empty());
+}

@@ -67,7 +67,7 @@ pub use report::{
     AsymmetricCheck, BigSend, Bounds, EnvelopeRow, Goal, Latency, Machine, Ratio, RelayRate,
     Report, ServerRate, ServerReport, TlsReport, human_size, table, write_json,
 };
-pub use store::{ServerOverStore, StoreRate, StoreReport};
+pub use store::{ServerOverStore, StoreRate, StoreReport, check_store_url};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -185,6 +185,9 @@ pub enum BenchError {
     Wrong(String),
     #[error("cannot draw the plot: {0}")]
     Plot(String),
+    /// The PostgreSQL server `--store-url` names cannot be used: why, with the driver's cause.
+    #[error("--store-url: {0}")]
+    StoreUrl(String),
     /// The command line asked for something the bench cannot do.
     #[error("{0}")]
     Usage(String),

@@ -149,7 +149,7 @@ async fn postgres_rows(
     use letterlock::store::PostgresStore;
 
     progress("  PostgreSQL store alone");
-    let (_cluster, admin_url, source) = match &opts.store_url {
+    let (cluster, admin_url, source) = match &opts.store_url {
         Some(url) => {
             let shown = postgres::without_password(url);
             (None, url.clone(), format!("--store-url {shown}"))
@@ -171,7 +171,10 @@ async fn postgres_rows(
     };
     let scratch = match postgres::Scratch::create(&admin_url).await {
         Ok(scratch) => scratch,
-        Err(why) => return Ok(Err(why)),
+        // The user's own server worked before the run (`check_store_url`): its failure now is
+        // the bench's, with its cause; the fix for a missing PostgreSQL would be wrong advice.
+        Err(why) if cluster.is_none() => return Err(BenchError::StoreUrl(why)),
+        Err(why) => return Ok(Err(format!("not run: {why}; {}", postgres::FIX))),
     };
     let store = Arc::new(PostgresStore::connect(&scratch.url).await?);
     let rows = vec![
@@ -192,6 +195,34 @@ async fn postgres_rows(
             rate,
         },
     )))
+}
+
+/// Checks, before the run, that the server `--store-url` names takes what section 7 does: a
+/// connection, and a scratch database of the bench's own (created and dropped again). A server
+/// that cannot be reached or refuses is the user's to fix, and a run of minutes ending without
+/// its PostgreSQL rows would not say so.
+#[cfg(feature = "postgres")]
+pub fn check_store_url(url: &str) -> Result<(), BenchError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let scratch = postgres::Scratch::create(url)
+            .await
+            .map_err(BenchError::StoreUrl)?;
+        scratch.drop_database().await;
+        Ok(())
+    })
+}
+
+/// Without PostgreSQL support built in, `--store-url` cannot be used: said before the run.
+#[cfg(not(feature = "postgres"))]
+pub fn check_store_url(_url: &str) -> Result<(), BenchError> {
+    Err(BenchError::StoreUrl(
+        "this letterlock was built without PostgreSQL support (build it with the default \
+         features, or `--features postgres`)"
+            .to_owned(),
+    ))
 }
 
 /// Without PostgreSQL support built in, the rows cannot run: said, with the fix.
@@ -319,8 +350,9 @@ async fn server_rate<S: Store>(
 mod postgres {
     pub(super) use crate::pgcluster::without_password;
 
-    /// The fix for a missing or unusable PostgreSQL, said with every such reason.
-    const FIX: &str = "install PostgreSQL's server (Debian/Ubuntu: `apt-get install \
+    /// The fix for a missing or unusable PostgreSQL, said with every such reason when the user
+    /// named no server (when they did, the cause alone is said: they chose that server).
+    pub(super) const FIX: &str = "install PostgreSQL's server (Debian/Ubuntu: `apt-get install \
          postgresql`), or pass --store-url postgres://USER@HOST/DB naming a server whose USER \
          may create databases";
 
@@ -340,18 +372,21 @@ mod postgres {
     }
 
     impl Scratch {
-        /// Creates `letterlock_bench_PID` on the server `admin_url` names.
+        /// Creates `letterlock_bench_PID` on the server `admin_url` names; `Err` says what
+        /// failed, with every cause the driver gives ("connection refused", a denied
+        /// permission).
         pub(super) async fn create(admin_url: &str) -> Result<Scratch, String> {
             let name = format!("letterlock_bench_{}", std::process::id());
             let url = crate::pgcluster::with_database(admin_url, &name).ok_or_else(|| {
-                format!("not run: --store-url must be a postgres://USER@HOST/DB URL; {FIX}")
+                "the PostgreSQL server must be named as postgres://USER@HOST/DB".to_owned()
             })?;
             execute(admin_url, &format!("CREATE DATABASE {name}"))
                 .await
                 .map_err(|e| {
                     format!(
-                        "not run: could not create the scratch database {name} on {}: {e}; {FIX}",
-                        without_password(admin_url)
+                        "could not create the scratch database {name} on {}: {}",
+                        without_password(admin_url),
+                        with_causes(&e)
                     )
                 })?;
             Ok(Scratch {
@@ -368,6 +403,21 @@ mod postgres {
                 tracing::warn!(database = %self.name, %e, "could not drop the bench's scratch database");
             }
         }
+    }
+
+    /// `e` and its causes: tokio-postgres says "error connecting to server" and keeps the
+    /// reason ("Connection refused") in its source.
+    fn with_causes(e: &tokio_postgres::Error) -> String {
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            let part = c.to_string();
+            if !text.contains(&part) {
+                text = format!("{text}: {part}");
+            }
+            cause = c.source();
+        }
+        text
     }
 
     /// Runs one statement on the database `url` names.

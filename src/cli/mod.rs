@@ -264,7 +264,9 @@ struct BenchArgs {
     compare: bool,
     /// The PostgreSQL server of the store section (the bench works in a database of its own
     /// there, dropped afterwards); without it, a throwaway cluster from the installed binaries.
-    #[arg(long, value_name = "postgres://USER@HOST/DB")]
+    /// Checked before the run: the bench stops at once when it cannot connect or create a
+    /// database there.
+    #[arg(long, value_name = "postgres://USER@HOST/DB", value_parser = postgres_url)]
     store_url: Option<String>,
     /// Replace the --plot file if it exists.
     #[arg(long, requires = "plot")]
@@ -276,6 +278,19 @@ struct BenchArgs {
     /// The command for --measure-child, after `--`.
     #[arg(last = true, hide = true, requires = "measure_child")]
     child: Vec<std::ffi::OsString>,
+}
+
+/// `bench --store-url`: a `postgres://` URL the driver can read, else a usage error before
+/// anything runs (found by a trial run: `--store-url garbage` was taken, and said so only in
+/// the last section).
+fn postgres_url(s: &str) -> std::result::Result<String, String> {
+    if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+        return Err("give a URL such as postgres://USER@HOST/DB".into());
+    }
+    #[cfg(feature = "postgres")]
+    s.parse::<tokio_postgres::Config>()
+        .map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
+    Ok(s.to_owned())
 }
 
 /// The two ways to encrypt a message.
@@ -515,6 +530,9 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             // Checked before a run of minutes, not after it.
             if let Some(path) = &a.plot {
                 crate::bench::check_plot_path(path, a.force)?;
+            }
+            if let Some(url) = &a.store_url {
+                crate::bench::check_store_url(url)?;
             }
             let report = crate::bench::run(&crate::bench::BenchOptions {
                 quick: a.quick,
