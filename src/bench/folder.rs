@@ -24,7 +24,7 @@ pub(super) struct Folder {
 impl Folder {
     /// Writes `alice_*.pem` and `bob_*.pem` (private keys mode 0600) and the `net/` folder.
     pub(super) fn new(alice: &PrivateKey, bob: &PrivateKey) -> Result<Self, BenchError> {
-        let dir = tempfile::tempdir()?;
+        let dir = super::stopping::tempdir()?;
         let folder = Folder { dir };
         let net = folder.path().join(NET);
         fs::create_dir(&net)?;

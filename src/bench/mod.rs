@@ -35,6 +35,7 @@
 //! - `server`: a real server and its clients in this process;
 //! - `child`: a program run and measured (time, peak RSS) under a small wrapper;
 //! - `folder`: the temporary folder of the sections that run programs, with the run's keys;
+//! - `stopping`: the run's temporary folder, and what a run stopped by a signal undoes;
 //! - `oneshot`: section 5; `compare`: section 6; `store`: section 7;
 //! - `report`: the [`Report`], its goals, and the table and JSON for people and programs;
 //! - `plot`: the SVG.
@@ -48,6 +49,7 @@ mod oneshot;
 mod plot;
 mod report;
 mod server;
+mod stopping;
 mod store;
 
 use std::sync::Arc;
@@ -67,6 +69,7 @@ pub use report::{
     AsymmetricCheck, BigSend, Bounds, EnvelopeRow, Goal, Latency, Machine, Ratio, RelayRate,
     Report, ServerRate, ServerReport, TlsReport, human_size, table, write_json,
 };
+pub use stopping::undo_run;
 pub use store::{ServerOverStore, StoreRate, StoreReport, check_store_url};
 
 const KIB: u64 = 1024;
@@ -196,6 +199,8 @@ pub enum BenchError {
 /// Runs every section; progress goes to stderr.
 pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
     let started = Instant::now();
+    // Every temporary folder of the run is made in this one ([`stopping`]).
+    let _run_folder = stopping::RunFolder::new()?;
     progress(&format!("generating two {}-bit RSA keys", opts.bits));
     let alice = Arc::new(PrivateKey::generate(opts.bits)?);
     let bob = Arc::new(PrivateKey::generate(opts.bits)?);

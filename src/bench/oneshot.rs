@@ -234,13 +234,22 @@ fn check_handed_over(folder: &Folder, command: &[OsString]) -> Result<(), BenchE
     }
 }
 
-/// A server or agent child: killed and waited for when dropped.
+/// A server or agent child: killed and waited for when dropped; recorded meanwhile so that a
+/// bench stopped by a signal kills it too ([`super::stopping`]).
 struct BackgroundChild(Child);
+
+impl BackgroundChild {
+    fn new(child: Child) -> BackgroundChild {
+        super::stopping::child_started(child.id());
+        BackgroundChild(child)
+    }
+}
 
 impl Drop for BackgroundChild {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        super::stopping::child_ended(self.0.id());
     }
 }
 
@@ -273,7 +282,7 @@ fn start_child(
     let (program, args) = command
         .split_first()
         .ok_or_else(|| BenchError::Wrong("empty command".into()))?;
-    let mut child = BackgroundChild(
+    let mut child = BackgroundChild::new(
         Command::new(program)
             .args(args)
             .current_dir(folder.path())

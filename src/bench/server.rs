@@ -121,7 +121,7 @@ async fn server_section(opts: &BenchOptions) -> Result<ServerReport, BenchError>
     let peer_key = PrivateKey::generate(opts.bits)?;
     let mut clients = TrustList::new();
     clients.add("bench", client_key.public().clone())?;
-    let dir = tempfile::tempdir()?;
+    let dir = super::stopping::tempdir()?;
     let store = Arc::new(SqliteStore::open(dir.path().join("mailbox.db"))?);
     let config = bench_config(4 * CONNECTIONS[CONNECTIONS.len() - 1]);
     let server_key = Arc::new(server_key);

@@ -104,7 +104,7 @@ async fn store_section(
     let mut rows = Vec::new();
     let mut server = Vec::new();
 
-    let dir = tempfile::tempdir()?;
+    let dir = super::stopping::tempdir()?;
     progress("  SQLite store alone");
     let sqlite = Arc::new(SqliteStore::open(dir.path().join("store-bench.db"))?);
     rows.push(store_rate(&sqlite, "sqlite", 1, one, SqliteStore::stats).await?);
@@ -164,7 +164,11 @@ async fn postgres_rows(
                     "a throwaway cluster made here with {}",
                     cluster.binaries().display()
                 );
-                (Some(cluster), url, source)
+                (
+                    Some(super::stopping::ClusterHeld::new(cluster)),
+                    url,
+                    source,
+                )
             }
             Err(why) => return Ok(Err(why)),
         },

@@ -534,7 +534,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             if let Some(url) = &a.store_url {
                 crate::bench::check_store_url(url)?;
             }
-            let report = crate::bench::run(&crate::bench::BenchOptions {
+            let report = bench_until_stopped(crate::bench::BenchOptions {
                 quick: a.quick,
                 bits: a.bits,
                 compare: a.compare,
@@ -621,14 +621,51 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// default action and kills the process, so a script that stops it right after that line would
 /// get no clean shutdown, no summary and no exit status of ours. Within a Tokio runtime.
 pub(crate) fn stop_signals() -> io::Result<impl std::future::Future<Output = ()>> {
+    let stop = stop_signal_status()?;
+    Ok(async move {
+        stop.await;
+    })
+}
+
+/// [`stop_signals`], completing with the exit status a shell gives a command that signal
+/// killed (130 for Ctrl-C, 143 for SIGTERM), for a command that stops by exiting with it.
+fn stop_signal_status() -> io::Result<impl std::future::Future<Output = i32>> {
     use tokio::signal::unix::{SignalKind, signal};
     STOPS_ON_SIGNALS.store(true, Ordering::Relaxed);
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     Ok(async move {
         tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
+            _ = interrupt.recv() => 128 + signal_hook::consts::SIGINT,
+            _ = terminate.recv() => 128 + signal_hook::consts::SIGTERM,
+        }
+    })
+}
+
+/// Runs the bench on a thread of its own, and waits for it or for Ctrl-C or SIGTERM. Stopped,
+/// it removes what the run made ([`crate::bench::undo_run`]: temporary files, the programs
+/// and the throwaway PostgreSQL it started) and exits as the signal would have (130, 143);
+/// killed by the signal instead, it left a mailbox in $TMPDIR (found by a trial run).
+fn bench_until_stopped(opts: crate::bench::BenchOptions) -> Result<crate::bench::Report> {
+    let runtime = one_shot_runtime()?;
+    runtime.block_on(async {
+        let stop = stop_signal_status()?;
+        let (done, result) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("letterlock-bench".into())
+            .spawn(move || {
+                let _ = done.send(crate::bench::run(&opts));
+            })?;
+        tokio::select! {
+            report = result => {
+                let report = report.map_err(|_| anyhow::anyhow!("the bench ended without a result"))?;
+                Ok(report?)
+            }
+            status = stop => {
+                crate::bench::undo_run();
+                eprintln!("letterlock bench: stopped; its temporary files are removed");
+                std::process::exit(status)
+            }
         }
     })
 }
