@@ -450,6 +450,41 @@ fn a_store_url_that_is_no_url_is_a_usage_error() {
     assert!(stdout.is_empty());
 }
 
+/// A key size the bench cannot generate is a usage error (exit 2) naming the sizes it can,
+/// before anything runs (found by a trial run: refused after "generating two 1024-bit RSA
+/// keys…").
+#[test]
+fn an_unsupported_key_size_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = run(dir.path(), &["bench", "--quick", "--bits", "1024"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("1024") && stderr.contains("2048, 3072, 4096"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("generating"), "{stderr}");
+    assert!(stdout.is_empty());
+}
+
+/// `--compare` with less free space in $TMPDIR than its files take is refused before the run,
+/// naming the folder and TMPDIR (/proc has no free space at all).
+#[test]
+fn compare_without_room_in_tmpdir_is_refused_before_the_run_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = command(dir.path(), &["bench", "--quick", "--compare"])
+        .env("TMPDIR", "/proc")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--compare needs about 16 MiB free in the temporary folder /proc (TMPDIR)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("generating"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
 /// Ctrl-C or SIGTERM while the bench runs: it exits as the signal would have (130, 143) and
 /// leaves nothing in $TMPDIR; stopped while the SQLite mailbox is measured, and while the
 /// one-shot section's server and agent run (found by a trial run: the mailbox, its -wal, -shm

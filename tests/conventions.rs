@@ -907,14 +907,36 @@ fn the_man_page_is_roff_and_one_page_per_command_in_a_folder() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(text.contains(".TH "), "{name}");
     }
+    // The synopsis shows what --help shows: an option with its value, no internal argument
+    // (found by a trial run: `[--plot]` without its FILE.svg, and bench's hidden `[CHILD]`).
+    let bench = std::fs::read_to_string(dir.path().join("letterlock-bench.1")).unwrap();
+    let synopsis = bench
+        .split(".SH ")
+        .find(|s| s.starts_with("SYNOPSIS"))
+        .unwrap_or_else(|| panic!("no synopsis: {bench}"));
+    assert!(
+        synopsis.contains(r"[\fB\-\-plot\fR \fIFILE.svg\fR]"),
+        "{synopsis}"
+    );
+    assert!(
+        !synopsis.contains("CHILD") && !synopsis.contains("measure"),
+        "{synopsis}"
+    );
+    assert!(!bench.contains("CHILD"), "{bench}");
     // Where groff is installed, it reads the pages without a warning.
-    let groff = Command::new("groff")
-        .args(["-man", "-Tutf8", "-ww", "-z"])
-        .arg(dir.path().join("letterlock-client-send_msg.1"))
-        .output();
-    if let Ok(g) = groff {
-        assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
-        assert_eq!(String::from_utf8_lossy(&g.stderr), "");
+    for page in ["letterlock-client-send_msg.1", "letterlock-bench.1"] {
+        let groff = Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .arg(dir.path().join(page))
+            .output();
+        if let Ok(g) = groff {
+            assert!(
+                g.status.success(),
+                "{page}: {}",
+                String::from_utf8_lossy(&g.stderr)
+            );
+            assert_eq!(String::from_utf8_lossy(&g.stderr), "", "{page}");
+        }
     }
 }
 

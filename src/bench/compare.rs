@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::child::{run_measured, version_of};
 use super::folder::{Folder, cmd, letterlock, shown};
 use super::oneshot::{ONESHOT_SIZE, percentile, sample};
-use super::{BenchError, BenchOptions, MB, human_size, progress};
+use super::{BenchError, BenchOptions, MB, MIB, human_size, progress};
 
 /// One tool's row.
 #[derive(Clone, Debug, Serialize)]
@@ -106,6 +106,43 @@ struct Tool {
     open: Steps,
 }
 
+/// Files the comparison holds at once, each about the input's size: the input, a tool's sealed
+/// file and its opened copy, and room for one more (gpg and `openssl cms` write through
+/// temporary files of their own).
+const FILES_AT_ONCE: u64 = 4;
+
+/// Refuses a `--compare` run whose temporary folder ($TMPDIR, else /tmp) has less free space
+/// than its files take: checked before the run, as it would otherwise fail after minutes, or
+/// fill the disk it shares.
+pub fn check_free_space(opts: &BenchOptions) -> Result<(), BenchError> {
+    if !opts.compare {
+        return Ok(());
+    }
+    let dir = std::env::temp_dir();
+    let stat = nix::sys::statvfs::statvfs(&dir).map_err(|e| {
+        BenchError::Usage(format!(
+            "--compare: cannot see how much space the temporary folder {} (TMPDIR) has: {e}",
+            dir.display()
+        ))
+    })?;
+    let free = stat.blocks_available().saturating_mul(stat.fragment_size());
+    enough_space(&dir, free, FILES_AT_ONCE * opts.compare_file_size())
+}
+
+/// `Err` saying how much is needed, where, and how to give more, when `free` < `need`.
+fn enough_space(dir: &Path, free: u64, need: u64) -> Result<(), BenchError> {
+    if free >= need {
+        return Ok(());
+    }
+    let mib = free as f64 / MIB as f64;
+    Err(BenchError::Usage(format!(
+        "--compare needs about {} free in the temporary folder {} (TMPDIR) and it has {mib:.0} \
+         MiB: free some space there, or set TMPDIR to a folder with more",
+        human_size(need),
+        dir.display(),
+    )))
+}
+
 /// The comparison section.
 pub(super) fn measure_compare(
     opts: &BenchOptions,
@@ -183,7 +220,7 @@ pub(super) fn measure_compare(
         oneshot_samples: samples,
         tools: rows,
         note: "files in the bench's temporary folder ($TMPDIR or /tmp, which needs about 4x \
-               the file size free); time from start to exit of each process; CPU ms = user + \
+               the file size free, checked before the run); time from start to exit of each process; CPU ms = user + \
                system time of the process and the children it waited for (not a daemon it \
                talks to, as gpg's gpg-agent); peak RSS = ru_maxrss of the child and its \
                children; the median of the runs, which go round the tools in turn; a two-step \

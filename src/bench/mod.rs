@@ -61,7 +61,7 @@ use letterlock::keys::{KeyError, PrivateKey};
 use letterlock::store::StoreError;
 
 pub use child::{MEASURE_FLAG, measure_child};
-pub use compare::{CompareReport, FileFigures, OneShotFigures, ToolRow};
+pub use compare::{CompareReport, FileFigures, OneShotFigures, ToolRow, check_free_space};
 pub use measurements::Generated;
 pub use oneshot::{OneShot, OneShotReport};
 pub use plot::{check_plot_path, plot};
@@ -103,7 +103,7 @@ const GOAL_SHARE: f64 = 0.9;
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    /// The reduced set: fewer sizes and iterations, no 1 GiB, well under 30 s in release.
+    /// The reduced set: sizes up to 1 MiB, fewer and shorter runs of each measurement.
     pub quick: bool,
     /// RSA key size of every key the bench generates.
     pub bits: usize,

@@ -890,9 +890,7 @@ pub fn table(r: &Report) -> String {
         srv.note
     );
     oneshot_table(&mut s, &r.oneshot);
-    if let Some(c) = &r.compare {
-        compare_table(&mut s, c);
-    }
+    compare_section(&mut s, r.compare.as_ref());
     super::store::table(&mut s, &r.store);
     let _ = writeln!(s, "\nGoals");
     for g in &r.goals {
@@ -952,6 +950,20 @@ fn oneshot_table(s: &mut String, o: &OneShotReport) {
     let _ = writeln!(s, "  $ {}", o.send_msg.command);
     let _ = writeln!(s, "  $ {} &", o.agent_command);
     let _ = writeln!(s, "  $ {}", o.send_msg_agent.command);
+}
+
+/// Section 6, or the line that says it was not run: a table going from 5 to 7 would read as a
+/// section lost (found by a trial run of `--quick`).
+fn compare_section(s: &mut String, compare: Option<&CompareReport>) {
+    match compare {
+        Some(c) => compare_table(s, c),
+        None => {
+            let _ = writeln!(
+                s,
+                "\n6. Comparison with gpg, openssl cms, rage and age: not run (pass --compare)"
+            );
+        }
+    }
 }
 
 fn compare_table(s: &mut String, c: &CompareReport) {
@@ -1120,6 +1132,17 @@ mod tests {
         );
         assert_eq!(Steadiness::of([]).spread, 1.0);
         assert_eq!(Steadiness::of([]).line(), None);
+    }
+
+    #[test]
+    fn without_compare_section_6_says_it_was_not_run_and_how_to_run_it() {
+        let mut s = String::new();
+        compare_section(&mut s, None);
+        assert!(s.starts_with("\n6. Comparison"), "{s}");
+        assert!(s.contains("not run (pass --compare)"), "{s}");
+        let mut s = String::new();
+        compare_section(&mut s, Some(&compare(Vec::new())));
+        assert!(s.starts_with("\n6. Comparison: file to file"), "{s}");
     }
 
     #[test]

@@ -41,7 +41,8 @@ pub(super) fn completions(a: &CompletionsArgs) -> Result<ExitCode> {
 
 /// Writes the manual: the top-level page to stdout, or every command's page into a folder.
 pub(super) fn man(a: &ManArgs) -> Result<ExitCode> {
-    let cmd = whole_tree();
+    let mut cmd = whole_tree().disable_help_subcommand(true);
+    cmd.build();
     match a
         .output
         .as_deref()
@@ -49,13 +50,13 @@ pub(super) fn man(a: &ManArgs) -> Result<ExitCode> {
     {
         None => {
             let mut out = io::stdout().lock();
-            clap_mangen::Man::new(cmd).render(&mut out)?;
+            out.write_all(&page(&cmd)?)?;
             out.flush()?;
         }
         Some(dir) => {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create the folder {}", dir.display()))?;
-            clap_mangen::generate_to(cmd, dir)
+            write_pages(&cmd, dir)
                 .with_context(|| format!("cannot write the manual pages into {}", dir.display()))?;
             status!(
                 "wrote the manual pages into {}; read one with `man -l {}`",
@@ -65,4 +66,95 @@ pub(super) fn man(a: &ManArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the page of `cmd` and of every command under it that is not hidden into `dir`, named
+/// as clap_mangen names them (`letterlock-client-send_msg.1`).
+fn write_pages(cmd: &clap::Command, dir: &std::path::Path) -> io::Result<()> {
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_pages(sub, dir)?;
+    }
+    let name = clap_mangen::Man::new(cmd.clone()).get_filename();
+    std::fs::write(dir.join(name), page(cmd)?)
+}
+
+/// The manual page of `cmd` (built): clap_mangen's, with the synopsis replaced by
+/// [`synopsis`]'s. clap_mangen's lists a hidden positional argument (bench's internal
+/// `[CHILD]`) and no option's value (`[--plot]` for `--plot FILE.svg`).
+fn page(cmd: &clap::Command) -> io::Result<Vec<u8>> {
+    let mut roff = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut roff)?;
+    let text = String::from_utf8_lossy(&roff);
+    let Some(start) = text.find(".SH SYNOPSIS\n") else {
+        return Ok(roff);
+    };
+    let end = text[start + 1..]
+        .find("\n.SH ")
+        .map_or(text.len(), |i| start + 1 + i + 1);
+    Ok(format!("{}{}{}", &text[..start], synopsis(cmd), &text[end..]).into_bytes())
+}
+
+/// The SYNOPSIS section of `cmd` in roff: every argument its --help shows, an option with its
+/// value name (`[--plot FILE.svg]`), a required one without brackets.
+fn synopsis(cmd: &clap::Command) -> String {
+    let name = cmd.get_bin_name().unwrap_or_else(|| cmd.get_name());
+    let mut line = format!("\\fB{}\\fR", roff_escape(name));
+    let shown = |a: &&clap::Arg| !a.is_hide_set();
+    let options = cmd.get_arguments().filter(|a| !a.is_positional());
+    let positionals = cmd.get_positionals();
+    for arg in options.chain(positionals).filter(shown) {
+        let mut item = match (arg.get_short(), arg.get_long()) {
+            (Some(short), Some(long)) => format!(
+                "\\fB\\-{}\\fR|\\fB\\-\\-{}\\fR",
+                roff_escape(&short.to_string()),
+                roff_escape(long)
+            ),
+            (None, Some(long)) => format!("\\fB\\-\\-{}\\fR", roff_escape(long)),
+            (Some(short), None) => format!("\\fB\\-{}\\fR", roff_escape(&short.to_string())),
+            (None, None) => String::new(),
+        };
+        let takes = arg.get_num_args().is_some_and(|n| n.takes_values());
+        if takes || arg.is_positional() {
+            let value = arg.get_value_names().map_or_else(
+                || arg.get_id().as_str().to_uppercase(),
+                |names| {
+                    names
+                        .iter()
+                        .map(|n| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                },
+            );
+            if !item.is_empty() {
+                item.push(' ');
+            }
+            item.push_str(&format!("\\fI{}\\fR", roff_escape(&value)));
+            if arg.get_num_args().is_some_and(|n| n.max_values() > 1) {
+                item.push_str("...");
+            }
+        }
+        if matches!(arg.get_action(), clap::ArgAction::Count) {
+            item.push_str("...");
+        }
+        line.push(' ');
+        if arg.is_required_set() {
+            line.push_str(&item);
+        } else {
+            line.push_str(&format!("[{item}]"));
+        }
+    }
+    if cmd.get_subcommands().any(|s| !s.is_hide_set()) {
+        let command = format!("\\fI{}\\fR", "COMMAND");
+        if cmd.is_subcommand_required_set() {
+            line.push_str(&format!(" {command}"));
+        } else {
+            line.push_str(&format!(" [{command}]"));
+        }
+    }
+    format!(".SH SYNOPSIS\n{line}\n")
+}
+
+/// `text` as roff text: backslashes and hyphens escaped (a `-` would be a hyphen, not a minus).
+fn roff_escape(text: &str) -> String {
+    text.replace('\\', "\\e").replace('-', "\\-")
 }
