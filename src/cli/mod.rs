@@ -214,7 +214,7 @@ struct InterceptArgs {
     /// Record every byte to FILE (print it later with --show FILE).
     #[arg(long)]
     capture: Option<PathBuf>,
-    /// Search the captured bytes for this plaintext (raw, UTF-16, base64, hex); exit 1 if found.
+    /// Search the captured bytes for this plaintext (raw, UTF-16, base64, hex); exit 3 if found.
     /// At least 6 bytes: a shorter text turns up in ciphertext by chance.
     #[arg(long, value_parser = expect_text)]
     expect: Option<String>,

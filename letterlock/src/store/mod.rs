@@ -426,11 +426,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Messages waiting for `recipient` that one fetch may deliver now, oldest first.
     ///
-    /// A store shared by several servers leases each returned entry to this caller until
-    /// `lease` has passed, so a concurrent fetch through another server gets other entries or
-    /// none, and an entry whose server died is offered again once its lease expires; a
-    /// completion removes it whoever holds the lease. A store of one server has nobody to
-    /// share with: the default returns every pending entry.
+    /// Each returned entry is leased to this caller until `lease` has passed (or
+    /// [`Store::release_outbox`], or its completion), so a concurrent fetch for the same
+    /// recipient gets other entries or none: through another server sharing the store, or
+    /// through the same server, as two copies of one client's keys fetching at once do. An
+    /// entry whose server died is offered again once its lease expires; a valid completion
+    /// removes it whoever holds the lease, and a wrong one leaves the lease alone. Both built-in
+    /// stores lease (PostgreSQL in its table, SQLite in the server's memory). The default
+    /// returns every pending entry, leasing nothing: enough only for a store that is never
+    /// fetched from twice at once.
     fn lease_outbox(
         &self,
         recipient: &KeyId,

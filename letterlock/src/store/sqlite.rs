@@ -1117,9 +1117,15 @@ impl Store for SqliteStore {
                 reply,
             })
             .await;
-        // Whatever the outcome, no fetch is delivering it any more: a message queued again
-        // under the same id is free at once.
-        self.leases.release(&recipient, &[message_id]);
+        // Gone from the outbox: no fetch is delivering it any more, and a message queued again
+        // under the same id is free at once. A wrong ack changes nothing, its lease included
+        // (as in PostgreSQL): whoever holds the lease keeps it.
+        if matches!(
+            done,
+            Ok(Completion::Completed { .. } | Completion::RemovedWithoutReceipt { .. })
+        ) {
+            self.leases.release(&recipient, &[message_id]);
+        }
         done
     }
 
