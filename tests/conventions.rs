@@ -851,10 +851,39 @@ fn passphrase_file_is_shown_only_where_a_key_is_read() {
     }
 }
 
+/// Every command with its path (`["client", "send_msg"]`), the top level (`[]`) first: the
+/// commands `letterlock --help` lists and those each of them lists, clap's `help` left out.
+fn all_commands() -> Vec<Vec<String>> {
+    let mut all = vec![Vec::new()];
+    for name in subcommands(&[]).into_iter().filter(|c| c != "help") {
+        all.push(vec![name.clone()]);
+        for sub in subcommands(&[&name]).into_iter().filter(|c| c != "help") {
+            all.push(vec![name.clone(), sub]);
+        }
+    }
+    all
+}
+
+/// Every command's help, short and long, says how it exits (found by a trial run: only the top
+/// level and the commands with statuses of their own did), and those with more statuses than
+/// 0, 1 and 2 name them.
 #[test]
 fn exit_codes_are_documented_in_help() {
+    let all = all_commands();
+    assert!(
+        all.len() > 30,
+        "{} commands: the walk missed some",
+        all.len()
+    );
+    for command in &all {
+        for flag in ["--help", "-h"] {
+            let mut args: Vec<&str> = command.iter().map(String::as_str).collect();
+            args.push(flag);
+            let help = ok(run(&args));
+            assert!(help.contains("Exit status"), "{args:?}:\n{help}");
+        }
+    }
     let help = ok(run(&["client", "recv_msg", "--help"]));
-    assert!(help.contains("Exit status"), "{help}");
     assert!(
         help.contains("3 a repeat") && help.contains("4 a message"),
         "{help}"
@@ -864,6 +893,8 @@ fn exit_codes_are_documented_in_help() {
         help.contains("3 with --expect, the text WAS found"),
         "{help}"
     );
+    let help = ok(run(&["server", "--help"]));
+    assert!(help.contains("130 interrupted a second time"), "{help}");
     let help = ok(run(&["--help"]));
     assert!(help.contains("Exit status: 0 success, 1 failure"), "{help}");
 }

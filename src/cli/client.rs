@@ -23,7 +23,11 @@ use super::{Deferred, ModeArg, PairArgs, STDOUT_LIMIT, peer_key, print_hint};
 #[derive(Subcommand, Debug)]
 pub(super) enum ClientCommand {
     /// Generate the client's key pair: client_private.pem and client_public.pem.
-    #[command(name = "generate_key_pair", visible_alias = "generate-key-pair")]
+    #[command(
+        name = "generate_key_pair",
+        visible_alias = "generate-key-pair",
+        after_help = exit_status!()
+    )]
     GenerateKeyPair(Deferred<PairArgs>),
     /// Seal a message for the server and send it; prints "delivered" only once the server
     /// proved it decrypted and stored the message. The message is TEXT, --file FILE, or stdin
@@ -73,8 +77,10 @@ pub(super) enum ClientCommand {
     )]
     RecvMsg(Deferred<RecvArgs>),
     /// List the messages kept in the client's mailbox (every message recv_msg received).
+    #[command(after_help = exit_status!())]
     Inbox(Deferred<InboxArgs>),
     /// Open and verify a message kept in the client's mailbox again; print it or save it.
+    #[command(after_help = exit_status!())]
     Read(Deferred<ReadArgs>),
     /// Fetch the server's public key on first contact and keep it as KEYS/server_public.pem
     /// once you confirm its fingerprint (as ssh's known_hosts): the TLS handshake proves the

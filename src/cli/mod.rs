@@ -36,6 +36,15 @@ macro_rules! status {
     };
 }
 
+/// What a command that has no exit status of its own says at the end of its --help: the one
+/// sentence every such command shares, and the start of the top-level help's. A macro, not a
+/// const, so that `concat!` can build on it.
+macro_rules! exit_status {
+    () => {
+        "Exit status: 0 success, 1 failure (the error is on stderr), 2 wrong usage."
+    };
+}
+
 mod agent;
 mod client;
 mod completions;
@@ -64,13 +73,15 @@ use server::{ServeArgs, ServerCommand, serve_cmd};
 /// streams to disk and renames only once the message verified.
 pub const STDOUT_LIMIT: u64 = 64 * 1024 * 1024;
 
-/// What every command's `--help` ends with: the exit status shared by all commands (the
-/// commands with more statuses list theirs) and the environment variables read.
-const GENERAL_HELP: &str = "Exit status: 0 success, 1 failure (the error is on stderr), 2 wrong \
-                            usage; some commands have more (e.g. `client recv_msg`, `client \
-                            contacts`): each one's --help lists them.\n\
-                            Environment: LETTERLOCK_SERVER (--server), LETTERLOCK_KEYS (--keys), \
-                            LETTERLOCK_STORE (--store); RUST_LOG overrides -v/-q.";
+/// What `letterlock --help` ends with: the exit status of every command that has no other (each
+/// command's --help says its own) and the environment variables read.
+const GENERAL_HELP: &str = concat!(
+    exit_status!(),
+    " Some commands have more (e.g. `client recv_msg`, `client contacts`): each one's --help \
+     lists them.\n\
+     Environment: LETTERLOCK_SERVER (--server), LETTERLOCK_KEYS (--keys), LETTERLOCK_STORE \
+     (--store); RUST_LOG overrides -v/-q."
+);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -114,9 +125,11 @@ enum Command {
     /// On a terminal it asks for a passphrase for the private key (hidden, twice; empty for
     /// none). Scripts give one with --passphrase-file FILE or LETTERLOCK_PASSPHRASE; with
     /// neither and no terminal the key is written unencrypted.
+    #[command(after_help = exit_status!())]
     Keygen(Deferred<KeygenArgs>),
     /// Print a key's OpenSSH fingerprint (SHA256:…, as `ssh-keygen -l` prints it) and its
     /// letterlock key id (SPKI-SHA256:…), from a public or private key file.
+    #[command(after_help = exit_status!())]
     Fingerprint {
         /// A PEM key file (public or private; an encrypted private key needs its passphrase).
         file: PathBuf,
@@ -126,19 +139,39 @@ enum Command {
     },
     /// Add, change or remove the passphrase of a private key file (rewritten atomically,
     /// mode 0600).
+    #[command(after_help = exit_status!())]
     Passphrase(Deferred<PassphraseCmdArgs>),
     /// Seal a message offline: encrypt it for RECIPIENT and sign it as SENDER.
+    #[command(after_help = exit_status!())]
     Seal(Deferred<SealArgs>),
     /// Open a sealed message offline: decrypt it, verify the sender's signature.
+    #[command(
+        after_help = "Exit status: 0 the message verified and its plaintext was written; 1 it \
+                      was not opened: it did not verify (changed on the way, signed by another \
+                      key than --from's, or sealed to another key; no plaintext is written \
+                      then), or it could not be read (a missing file, a wrong passphrase, too \
+                      large for stdout): the error on stderr says which; 2 wrong usage."
+    )]
     Open(Deferred<OpenArgs>),
     /// The client: send to the server, or through it to a person (which it cannot read), and
     /// receive; the mailbox, contacts (pinned or from the server's directory) and receipts.
+    #[command(
+        after_help = "Exit status: each command's own --help says it (`letterlock client COMMAND \
+                      --help`); without a command, 2 wrong usage."
+    )]
     Client {
         #[command(subcommand)]
         command: Deferred<ClientCommand>,
     },
     /// The server: with no subcommand, run it; or manage its keys and mailbox.
-    #[command(args_conflicts_with_subcommands = true)]
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Exit status (running the server): 0 stopped by Ctrl-C or SIGTERM once the \
+                      messages in flight were finished; 130 interrupted a second time, stopped \
+                      at once (every acknowledged message is already stored); 1 it could not \
+                      start or failed (the error is on stderr); 2 wrong usage. Each subcommand's \
+                      --help gives its own."
+    )]
     Server {
         #[command(flatten)]
         serve: ServeArgs,
@@ -162,15 +195,15 @@ enum Command {
     )]
     Demo,
     /// Measure seal, open and the server on this machine, each beside the bound it could reach.
-    #[command(hide_passphrase_file = true)]
+    #[command(after_help = exit_status!(), hide_passphrase_file = true)]
     Bench(Deferred<BenchArgs>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell); docs/DEPLOY.md
     /// says where each shell looks for it.
-    #[command(hide_passphrase_file = true)]
+    #[command(after_help = exit_status!(), hide_passphrase_file = true)]
     Completions(Deferred<completions::CompletionsArgs>),
     /// Write the manual pages (roff), made from these same definitions: to stdout, or one page
     /// per command into DIR with -o DIR (then `man -l DIR/letterlock.1`).
-    #[command(hide_passphrase_file = true)]
+    #[command(after_help = exit_status!(), hide_passphrase_file = true)]
     Man(Deferred<completions::ManArgs>),
 }
 

@@ -136,13 +136,22 @@ pub(super) struct MailboxArgs {
 #[derive(Subcommand, Debug)]
 pub(super) enum ServerCommand {
     /// Generate the server's key pair: server_private.pem and server_public.pem.
-    #[command(name = "generate_key_pair", visible_alias = "generate-key-pair")]
+    #[command(
+        name = "generate_key_pair",
+        visible_alias = "generate-key-pair",
+        after_help = exit_status!()
+    )]
     GenerateKeyPair(Deferred<ServerPairArgs>),
     /// Seal a message from the server to client NAME and queue it in the store; a running
     /// server delivers it at that client's next recv_msg.
-    #[command(name = "send_msg", visible_alias = "send-msg")]
+    #[command(
+        name = "send_msg",
+        visible_alias = "send-msg",
+        after_help = exit_status!()
+    )]
     SendMsg(Deferred<ServerSendArgs>),
     /// List the messages clients sent.
+    #[command(after_help = exit_status!())]
     Inbox {
         #[command(flatten)]
         mailbox: MailboxArgs,
@@ -165,6 +174,7 @@ pub(super) enum ServerCommand {
     /// clients set them aside; send them again. Those signed by a server key this folder
     /// neither holds nor replaced (another server's, or the wrong --keys) are marked as such
     /// and count as waiting.
+    #[command(after_help = exit_status!())]
     Outbox {
         #[command(flatten)]
         mailbox: MailboxArgs,
@@ -192,6 +202,7 @@ pub(super) enum ServerCommand {
         force: bool,
     },
     /// Open a received message again (it is kept sealed at rest).
+    #[command(after_help = exit_status!())]
     Read {
         /// Message id, or a unique prefix of it.
         id: String,
@@ -209,6 +220,7 @@ pub(super) enum ServerCommand {
         force: bool,
     },
     /// Delete a received message and its body file.
+    #[command(after_help = exit_status!())]
     Rm {
         /// Message id, or a unique prefix of it (at least 4 characters).
         id: String,
@@ -220,14 +232,20 @@ pub(super) enum ServerCommand {
     },
     /// Create the mailbox's schema, or bring it to this letterlock's version (servers do it
     /// when they start; run it once before starting several over one PostgreSQL).
+    #[command(after_help = exit_status!())]
     Migrate(Deferred<super::store_admin::MigrateArgs>),
     /// Copy an SQLite mailbox into a PostgreSQL one (run again, it copies only what is
     /// missing).
-    #[command(name = "copy-store", visible_alias = "copy_store")]
+    #[command(
+        name = "copy-store",
+        visible_alias = "copy_store",
+        after_help = exit_status!()
+    )]
     CopyStore(Deferred<super::store_admin::CopyStoreArgs>),
     /// Trust a client's public key under NAME; a running server accepts it from its next
     /// connection. With --replace, rotate NAME to this key (the old key is refused from then
     /// on; the messages it signed stay readable).
+    #[command(after_help = exit_status!())]
     Trust {
         /// The client's public key file.
         public_key: PathBuf,
@@ -242,6 +260,7 @@ pub(super) enum ServerCommand {
     },
     /// Stop trusting client NAME; a running server refuses it from its next connection (on one
     /// already open, from its next message, within a second). Its stored messages are kept.
+    #[command(after_help = exit_status!())]
     Untrust {
         /// The client's name (`letterlock server clients` lists them).
         name: String,
@@ -252,6 +271,7 @@ pub(super) enum ServerCommand {
     /// a name that reads as the server (`server`, from before such names were refused) is
     /// listed as refused: the server refuses it; the listing says how to trust it again under
     /// another name.
+    #[command(after_help = exit_status!())]
     Clients {
         #[command(flatten)]
         mailbox: MailboxArgs,
