@@ -899,6 +899,30 @@ fn exit_codes_are_documented_in_help() {
     assert!(help.contains("Exit status: 0 success, 1 failure"), "{help}");
 }
 
+/// The commands a newcomer runs first show command lines to copy in --help, before the exit
+/// status; -h stays short (found by a trial run: no help had an example).
+#[test]
+fn the_first_commands_show_examples_in_long_help() {
+    for command in [
+        &["seal"][..],
+        &["open"],
+        &["keygen"],
+        &["client", "send_msg"],
+        &["client", "recv_msg"],
+        &["server"],
+    ] {
+        let long = ok(run(&[command, &["--help"]].concat()));
+        let examples = long.find("\nExamples:\n  ");
+        let status = long.find("Exit status");
+        assert!(
+            examples.is_some() && examples < status,
+            "{command:?} --help:\n{long}"
+        );
+        let short = ok(run(&[command, &["-h"]].concat()));
+        assert!(!short.contains("Examples:"), "{command:?} -h:\n{short}");
+    }
+}
+
 #[test]
 fn completions_are_made_from_the_command_definitions() {
     let bash = ok(run(&["completions", "bash"]));

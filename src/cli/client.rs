@@ -18,7 +18,7 @@ use letterlock::text::{ByteCount, TimeSpan};
 
 use super::mailbox::{InboxArgs, ReadArgs, ascii_json, open_mailbox};
 use super::offline::{file_reader, write_stdout_unbuffered};
-use super::{Deferred, ModeArg, PairArgs, STDOUT_LIMIT, peer_key, print_hint};
+use super::{CommandSteps, Deferred, ModeArg, PairArgs, STDOUT_LIMIT, peer_key, print_hint};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum ClientCommand {
@@ -49,7 +49,12 @@ pub(super) enum ClientCommand {
                       fingerprints with NAME out of band).\n\n\
                       Exit status: 0 delivered (to the server), or with --to stored for NAME \
                       (with --wait: whether or not NAME read it in time, as the last line says); \
-                      1 not sent or not proven."
+                      1 not sent or not proven.",
+        examples = &[
+            "letterlock client send_msg \"hello\"",
+            "letterlock client send_msg --file report.pdf --server 127.0.0.1:8000 --keys .",
+            "echo \"hi bob\" | letterlock client send_msg --to bob --wait 30s",
+        ]
     )]
     SendMsg(Deferred<ClientSendArgs>),
     /// Fetch, verify, keep in the client's mailbox and print (or save) every message the
@@ -73,7 +78,12 @@ pub(super) enum ClientCommand {
                       messages\" and \"Receiving\"); 5 a \
                       message was received and kept but not printed (binary on a terminal or \
                       with --json, or over 64 MiB): `letterlock client read ID -o FILE` gets \
-                      it; 1 an error."
+                      it; 1 an error.",
+        examples = &[
+            "letterlock client recv_msg",
+            "letterlock client recv_msg --wait 2m -o received",
+            "letterlock client recv_msg --json",
+        ]
     )]
     RecvMsg(Deferred<RecvArgs>),
     /// List the messages kept in the client's mailbox (every message recv_msg received).

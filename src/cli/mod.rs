@@ -125,7 +125,13 @@ enum Command {
     /// On a terminal it asks for a passphrase for the private key (hidden, twice; empty for
     /// none). Scripts give one with --passphrase-file FILE or LETTERLOCK_PASSPHRASE; with
     /// neither and no terminal the key is written unencrypted.
-    #[command(after_help = exit_status!())]
+    #[command(
+        after_help = exit_status!(),
+        examples = &[
+            "letterlock keygen --name alice",
+            "letterlock keygen --name bob --keys bob-keys --bits 4096",
+        ]
+    )]
     Keygen(Deferred<KeygenArgs>),
     /// Print a key's OpenSSH fingerprint (SHA256:…, as `ssh-keygen -l` prints it) and its
     /// letterlock key id (SPKI-SHA256:…), from a public or private key file.
@@ -142,7 +148,13 @@ enum Command {
     #[command(after_help = exit_status!())]
     Passphrase(Deferred<PassphraseCmdArgs>),
     /// Seal a message offline: encrypt it for RECIPIENT and sign it as SENDER.
-    #[command(after_help = exit_status!())]
+    #[command(
+        after_help = exit_status!(),
+        examples = &[
+            "letterlock seal -i alice_private.pem -r bob_public.pem -o note.sealed note.txt",
+            "echo hello | letterlock seal -i alice_private.pem -r bob_public.pem --armor",
+        ]
+    )]
     Seal(Deferred<SealArgs>),
     /// Open a sealed message offline: decrypt it, verify the sender's signature.
     #[command(
@@ -150,7 +162,11 @@ enum Command {
                       was not opened: it did not verify (changed on the way, signed by another \
                       key than --from's, or sealed to another key; no plaintext is written \
                       then), or it could not be read (a missing file, a wrong passphrase, too \
-                      large for stdout): the error on stderr says which; 2 wrong usage."
+                      large for stdout): the error on stderr says which; 2 wrong usage.",
+        examples = &[
+            "letterlock open -i bob_private.pem --from alice_public.pem note.sealed",
+            "letterlock open -i bob_private.pem --from alice_public.pem -o note-copy.txt note.sealed",
+        ]
     )]
     Open(Deferred<OpenArgs>),
     /// The client: send to the server, or through it to a person (which it cannot read), and
@@ -170,7 +186,11 @@ enum Command {
                       messages in flight were finished; 130 interrupted a second time, stopped \
                       at once (every acknowledged message is already stored); 1 it could not \
                       start or failed (the error is on stderr); 2 wrong usage. Each subcommand's \
-                      --help gives its own."
+                      --help gives its own.",
+        examples = &[
+            "letterlock server generate_key_pair && letterlock server",
+            "letterlock server --listen 0.0.0.0:8000 --retention 30",
+        ]
     )]
     Server {
         #[command(flatten)]
@@ -207,8 +227,14 @@ enum Command {
     Man(Deferred<completions::ManArgs>),
 }
 
-/// What the `#[command(name = value)]` attributes above call beside clap's own methods.
+/// What the `#[command(name = value)]` attributes here and in the submodules call beside clap's
+/// own methods.
 trait CommandSteps {
+    /// `examples = &[LINE, …]`: command lines to copy, shown by `--help` (not `-h`) under
+    /// "Examples:", followed by the command's `after_help` (its exit status), so give
+    /// `after_help` first in the attribute. A newcomer starts sooner from a line that works than
+    /// from the list of options.
+    fn examples(self, lines: &[&str]) -> Self;
     /// `--passphrase-file` on a command that reads no key of the user's (demo, bench,
     /// intercept, completions, man): still accepted there, as the global flag is everywhere, but
     /// hidden from its help, where it would promise what it does not do. clap propagates a
@@ -221,6 +247,19 @@ trait CommandSteps {
 }
 
 impl CommandSteps for clap::Command {
+    fn examples(self, lines: &[&str]) -> Self {
+        let mut text = String::from("Examples:");
+        for line in lines {
+            text.push_str("\n  ");
+            text.push_str(line);
+        }
+        if let Some(after) = self.get_after_help() {
+            text.push_str("\n\n");
+            text.push_str(&after.to_string());
+        }
+        self.after_long_help(text)
+    }
+
     fn hide_passphrase_file(self, hidden: bool) -> Self {
         let arg = clap::Arg::new("passphrase_file")
             .long("passphrase-file")
