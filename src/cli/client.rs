@@ -182,11 +182,11 @@ pub(super) struct ClientConn {
     /// Address of the server, HOST:PORT.
     #[arg(long, env = "LETTERLOCK_SERVER", default_value = "127.0.0.1:8000", value_parser = super::server_address)]
     pub(super) server: String,
-    // The commands that send a message say more: `SEND_TIMEOUT_HELP`.
+    // The commands that send a message say more (`SEND_TIMEOUT_HELP`), and so does recv_msg
+    // (`RECV_TIMEOUT_HELP`).
     /// Seconds to keep trying while the server turns the connection away (busy, or its mailbox
     /// database away): it retries with growing, jittered waits and says so on stderr; also the
-    /// longest wait for the connection to be set up. recv_msg: also the longest wait for
-    /// another recv_msg on the same --keys folder to finish (0: refuse at once).
+    /// longest wait for the connection to be set up.
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = wait_duration)]
     pub(super) timeout: Duration,
     /// Speak the plain version 1 wire instead of TLS 1.3, to a server started with
@@ -297,8 +297,8 @@ fn stdin_message() -> Result<Box<dyn Read + Send>> {
 }
 
 /// `--timeout` of the commands that send a message (`send_msg`, `agent`), which also resend one
-/// the server answered "unavailable"; every other client command has [`ClientConn`]'s own words,
-/// which say only what it does.
+/// the server answered "unavailable"; recv_msg has its own ([`RECV_TIMEOUT_HELP`]), every other
+/// client command [`ClientConn`]'s, which say only what it does.
 pub(super) const SEND_TIMEOUT_HELP: &str = "Seconds to keep trying while the server is busy, or \
      answers \"unavailable\" because its mailbox database is away: it retries with growing, \
      jittered waits, resends the same message under the same id, and says so on stderr; also \
@@ -333,7 +333,17 @@ pub(super) struct ClientSendArgs {
     pub(super) conn: ClientConn,
 }
 
+/// `--timeout` of `recv_msg`, which also waits for another recv_msg on the same folder (it holds
+/// the folder while it receives, [`lock_keys_for_recv`]); every other command's help keeps
+/// [`ClientConn`]'s words, which do not mention it (found by a trial run: `client contacts
+/// --help` spoke of recv_msg).
+const RECV_TIMEOUT_HELP: &str = "Seconds to keep trying while the server turns the connection \
+     away (busy, or its mailbox database away): it retries with growing, jittered waits and says \
+     so on stderr; also the longest wait for the connection to be set up, and for another \
+     recv_msg on the same --keys folder to finish (0: refuse at once)";
+
 #[derive(Args, Debug)]
+#[command(mut_arg("timeout", |a| a.help(RECV_TIMEOUT_HELP)))]
 pub(super) struct RecvArgs {
     #[command(flatten)]
     pub(super) conn: ClientConn,
