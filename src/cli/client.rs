@@ -184,9 +184,9 @@ pub(super) struct ClientConn {
     pub(super) server: String,
     // The commands that send a message say more (`SEND_TIMEOUT_HELP`), and so does recv_msg
     // (`RECV_TIMEOUT_HELP`).
-    /// Seconds to keep trying while the server turns the connection away (busy, or its mailbox
-    /// database away): it retries with growing, jittered waits and says so on stderr; also the
-    /// longest wait for the connection to be set up.
+    /// How long to keep trying (seconds, or with a unit: 500ms, 2m) while the server turns the
+    /// connection away (busy, or its mailbox database away): it retries with growing, jittered
+    /// waits and says so on stderr; also the longest wait for the connection to be set up.
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = wait_duration)]
     pub(super) timeout: Duration,
     /// Speak the plain version 1 wire instead of TLS 1.3, to a server started with
@@ -299,7 +299,8 @@ fn stdin_message() -> Result<Box<dyn Read + Send>> {
 /// `--timeout` of the commands that send a message (`send_msg`, `agent`), which also resend one
 /// the server answered "unavailable"; recv_msg has its own ([`RECV_TIMEOUT_HELP`]), every other
 /// client command [`ClientConn`]'s, which say only what it does.
-pub(super) const SEND_TIMEOUT_HELP: &str = "Seconds to keep trying while the server is busy, or \
+pub(super) const SEND_TIMEOUT_HELP: &str = "How long to keep trying (seconds, or with a unit: \
+     500ms, 2m) while the server is busy, or \
      answers \"unavailable\" because its mailbox database is away: it retries with growing, \
      jittered waits, resends the same message under the same id, and says so on stderr; also \
      the longest wait for the connection to be set up";
@@ -337,7 +338,8 @@ pub(super) struct ClientSendArgs {
 /// the folder while it receives, [`lock_keys_for_recv`]); every other command's help keeps
 /// [`ClientConn`]'s words, which do not mention it (found by a trial run: `client contacts
 /// --help` spoke of recv_msg).
-const RECV_TIMEOUT_HELP: &str = "Seconds to keep trying while the server turns the connection \
+const RECV_TIMEOUT_HELP: &str = "How long to keep trying (seconds, or with a unit: 500ms, 2m) \
+     while the server turns the connection \
      away (busy, or its mailbox database away): it retries with growing, jittered waits and says \
      so on stderr; also the longest wait for the connection to be set up, and for another \
      recv_msg on the same --keys folder to finish (0: refuse at once)";
@@ -1026,7 +1028,7 @@ async fn lock_keys_for_recv(keys: &Path, timeout: Duration) -> Result<FileLock> 
             bail!(
                 "another `letterlock client recv_msg` is still receiving into {} (it holds {}), \
                  after waiting {}: run this one again once it is done, or give a longer \
-                 --timeout (seconds) to wait for it",
+                 --timeout to wait for it",
                 keys.display(),
                 path.display(),
                 TimeSpan(timeout)

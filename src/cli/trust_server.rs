@@ -40,7 +40,8 @@ pub(crate) struct TrustServerArgs {
     /// another server): only once you know why.
     #[arg(long)]
     replace: bool,
-    /// Seconds to wait for the connection and the handshake.
+    /// How long to wait for the connection and the handshake (seconds, or with a unit: 500ms,
+    /// 2m).
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = super::client::wait_duration)]
     timeout: Duration,
 }
