@@ -149,6 +149,22 @@ fn a_contact_stored_as_server_before_the_rule_is_never_used() {
     assert!(out.contains("not the server's words"), "{out}");
     assert!(format!("{out}{err}").contains("carol"), "{out}{err}");
     assert_eq!(outbox_len(d), 0);
+
+    // A mailbox that holds a message from such a contact is still listed, that message shown
+    // as from a reserved contact (found by a review: the whole listing failed).
+    let db = rusqlite::Connection::open(d.join("letterlock-client.db")).unwrap();
+    db.execute(
+        "UPDATE client_contacts SET name = 'server' WHERE name = 'carol'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let (code, out, err) = run(d, &["client", "inbox", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["sender_source"], "reserved", "{rows:?}");
 }
 
 /// `send_msg` to the server reads a small message whole (up to 64 KiB) and seals it in one

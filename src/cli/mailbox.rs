@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use letterlock::client::Mailbox;
+use letterlock::client::contacts::ContactsError;
 use letterlock::envelope::{self, Mode, OpenError, OpenOptions};
 use letterlock::files::WriteOptions;
 use letterlock::keys::{self, Identity};
@@ -63,8 +64,10 @@ pub(super) struct InboxArgs {
     #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
     pub(super) keys: PathBuf,
     /// Print the list as JSON: an array of {id, sender (a contact's name, or "server"),
-    /// sender_source ("pinned", "directory", "server", or "unknown": a key no longer known, then
-    /// sender is the name it was kept under), server_address (only for a message from the
+    /// sender_source ("pinned", "directory", "server", "reserved": a contact stored under the
+    /// name `server` before it was reserved, which `client contacts` says how to fix, or
+    /// "unknown": a key no longer known; for these two, sender is the name it was kept
+    /// under), server_address (only for a message from the
     /// server: the --server it was fetched from), sender_key, created, received, mode, bytes,
     /// sealed_bytes}, times in Unix seconds; as `client recv_msg --json` says them.
     #[arg(long)]
@@ -139,16 +142,29 @@ pub(super) async fn client_inbox(a: InboxArgs) -> Result<ExitCode> {
         let server = peer_key(&a.keys, "server").ok().map(|k| k.id());
         for m in &mut list {
             let key = keys::KeyId(m.sender_key_id);
-            let known = match contacts.by_key(&key)? {
-                Some(c) => Some((c.name, c.source)),
-                None => contacts.earlier_key(&key)?.map(|e| (e.name, e.source)),
+            // The server's own messages first: a contact pinned to the server's key (stored
+            // under the name `server` before that name was reserved, say) does not make them
+            // another client's.
+            if server == Some(key) {
+                sources.push("server");
+                continue;
+            }
+            let known = match contacts.by_key(&key) {
+                Ok(Some(c)) => Some((c.name, c.source)),
+                // Listed, not used: one unusable contact does not hide the whole mailbox (found
+                // by a review); `client contacts` says how to fix it.
+                Err(ContactsError::ReservedStored { .. }) => {
+                    sources.push("reserved");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+                Ok(None) => contacts.earlier_key(&key)?.map(|e| (e.name, e.source)),
             };
             sources.push(match known {
                 Some((name, source)) => {
                     m.sender_name = name;
                     source.as_str()
                 }
-                None if server == Some(key) => "server",
                 None => "unknown",
             });
         }
