@@ -527,7 +527,8 @@ fn closed_pipe(e: &anyhow::Error) -> bool {
     }) && reader_gone(io::stdout().as_fd())
 }
 
-/// Whether `fd` is the write end of a pipe with no reader left: Linux reports `POLLERR` on it.
+/// Whether `fd` is the write end of a pipe with no reader left (Linux reports `POLLERR` on it),
+/// or a socket whose peer has gone (`POLLHUP`).
 fn reader_gone(fd: std::os::fd::BorrowedFd<'_>) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
@@ -535,7 +536,7 @@ fn reader_gone(fd: std::os::fd::BorrowedFd<'_>) -> bool {
         && fds
             .first()
             .and_then(PollFd::revents)
-            .is_some_and(|r| r.contains(PollFlags::POLLERR))
+            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
 }
 
 /// The error and its causes, each cause shown once: library errors often already quote their
