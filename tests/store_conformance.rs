@@ -729,7 +729,6 @@ conformance!(
 /// until the lease is released, ends, or the entry is acked; a wrong ack leaves the lease with
 /// its holder (found by a review: the SQLite store freed it on any ack).
 async fn deliveries_are_leased_to_one_fetch(store: &impl Store) {
-    use letterlock::store::DELIVERY_LEASE;
     let tag = |n: u8| [n; 32];
     let recipient = [6; 32];
     for n in 0..3u8 {
@@ -739,66 +738,39 @@ async fn deliveries_are_leased_to_one_fetch(store: &impl Store) {
             .await
             .unwrap();
     }
-    let ids = |entries: Vec<letterlock::store::OutboxEntry>| -> Vec<u8> {
-        entries.iter().map(|e| e.message_id[0]).collect()
-    };
-    let (first, second) = tokio::join!(
-        store.lease_outbox(&recipient, DELIVERY_LEASE),
-        store.lease_outbox(&recipient, DELIVERY_LEASE)
-    );
-    let mut all = [ids(first.unwrap()), ids(second.unwrap())].concat();
+    let (first, second) =
+        tokio::join!(leased_ids(store, &recipient), leased_ids(store, &recipient));
+    let mut all = [first, second].concat();
     all.sort_unstable();
     assert_eq!(all, [0, 1, 2], "each entry to one of two fetches at once");
-    assert!(
-        store
-            .lease_outbox(&recipient, DELIVERY_LEASE)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(leased_ids(store, &recipient).await.is_empty());
     // A wrong ack changes nothing: the entry stays, and so does its lease.
-    assert_eq!(
-        store
-            .complete_outbox(&recipient, &id(0), &tag(9))
-            .await
-            .unwrap(),
-        Completion::BadTag
-    );
-    assert!(
-        store
-            .lease_outbox(&recipient, DELIVERY_LEASE)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    let ack =
+        |n: u8, t: u8| async move { store.complete_outbox(&recipient, &id(n), &[t; 32]).await };
+    assert_eq!(ack(0, 9).await.unwrap(), Completion::BadTag);
+    assert!(leased_ids(store, &recipient).await.is_empty());
     // Released: the next fetch gets it at once.
     store.release_outbox(&recipient, &[id(0)]).await.unwrap();
-    assert_eq!(
-        ids(store
-            .lease_outbox(&recipient, DELIVERY_LEASE)
-            .await
-            .unwrap()),
-        [0]
-    );
+    assert_eq!(leased_ids(store, &recipient).await, [0]);
     // Acked: gone, and the same id queued again is free at once.
     assert_eq!(
-        store
-            .complete_outbox(&recipient, &id(1), &tag(1))
-            .await
-            .unwrap(),
+        ack(1, 1).await.unwrap(),
         Completion::Completed { receipt: false }
     );
     store
         .enqueue_outbox(outbox_record(6, id(1), Body::from_bytes(vec![7]), tag(7)))
         .await
         .unwrap();
-    assert_eq!(
-        ids(store
-            .lease_outbox(&recipient, DELIVERY_LEASE)
-            .await
-            .unwrap()),
-        [1]
-    );
+    assert_eq!(leased_ids(store, &recipient).await, [1]);
+}
+
+/// The first bytes of the ids one fetch for `recipient` leases now.
+async fn leased_ids(store: &impl Store, recipient: &[u8; 32]) -> Vec<u8> {
+    let leased = store
+        .lease_outbox(recipient, letterlock::store::DELIVERY_LEASE)
+        .await
+        .unwrap();
+    leased.iter().map(|e| e.message_id[0]).collect()
 }
 
 /// The ack tag a relayed message `n` was sealed with (the sender keeps it; the store only
