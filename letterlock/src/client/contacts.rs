@@ -400,7 +400,7 @@ impl Contacts {
     }
 
     /// The contact `name`, if any, to use; one stored under a reserved name is
-    /// [`ContactsError::ReservedStored`] ([`usable`]).
+    /// [`ContactsError::ReservedStored`] (`usable`).
     pub fn get(&self, name: &str) -> Result<Option<Contact>, ContactsError> {
         self.with(|conn| read_contact(conn, name))?
             .map(usable)
@@ -408,7 +408,7 @@ impl Contacts {
     }
 
     /// The contact whose usable key is `key` (the offered key of a change does not count); one
-    /// stored under a reserved name is [`ContactsError::ReservedStored`] ([`usable`]).
+    /// stored under a reserved name is [`ContactsError::ReservedStored`] (`usable`).
     pub fn by_key(&self, key: &KeyId) -> Result<Option<Contact>, ContactsError> {
         self.with(|conn| {
             let raw = conn
