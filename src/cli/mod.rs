@@ -501,12 +501,7 @@ fn host_port(text: &str, lowest: u16) -> Result<String, String> {
 /// names no file, and a full disk is about where the output goes (found by a trial run: "No
 /// space left on device" without a path).
 pub(super) fn full_disk_names(e: anyhow::Error, output: &Path) -> anyhow::Error {
-    let full = e.chain().any(|cause| {
-        cause
-            .downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::StorageFull)
-    });
-    if full {
+    if has_io_error(e.as_ref(), io::ErrorKind::StorageFull) {
         e.context(format!(
             "cannot write {}: the disk it is on is full",
             output.display()
@@ -520,11 +515,16 @@ pub(super) fn full_disk_names(e: anyhow::Error, output: &Path) -> anyhow::Error 
 /// is not enough: a connection to the server that broke says so too, and must be reported,
 /// not taken for `| head` leaving.
 fn closed_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
+    has_io_error(e.as_ref(), io::ErrorKind::BrokenPipe) && reader_gone(io::stdout().as_fd())
+}
+
+/// Whether an I/O error of `kind` is `e` or one of its causes.
+fn has_io_error(e: &(dyn std::error::Error + 'static), kind: io::ErrorKind) -> bool {
+    std::iter::successors(Some(e), |cause| cause.source()).any(|cause| {
         cause
             .downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
-    }) && reader_gone(io::stdout().as_fd())
+            .is_some_and(|io| io.kind() == kind)
+    })
 }
 
 /// Whether `fd` is the write end of a pipe with no reader left (Linux reports `POLLERR` on it),
