@@ -484,10 +484,22 @@ fn host_port(text: &str, lowest: u16) -> Result<String, String> {
     if host.is_empty() {
         return Err(format!("no host: {example}"));
     }
-    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
-        return Err(format!(
-            "an IPv6 address goes in brackets, e.g. [::1]:8000; {example}"
-        ));
+    // Brackets hold an IPv6 address and nothing else (`[]:80` passed once, to fail later).
+    let bracketed = host
+        .strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'));
+    match bracketed {
+        Some(inner) if inner.parse::<std::net::Ipv6Addr>().is_err() => {
+            return Err(format!(
+                "{host} is not an IPv6 address in brackets, e.g. [::1]:8000; {example}"
+            ));
+        }
+        None if host.contains(':') || host.contains('[') || host.contains(']') => {
+            return Err(format!(
+                "an IPv6 address goes in brackets, e.g. [::1]:8000; {example}"
+            ));
+        }
+        _ => {}
     }
     match port.parse::<u16>() {
         Ok(p) if p >= lowest => Ok(text.to_owned()),
@@ -928,6 +940,7 @@ mod tests {
             "127.0.0.1:8000",
             "localhost:1",
             "[::1]:65535",
+            "[fe80::1]:8000",
             "example.org:443",
         ] {
             assert_eq!(server_address(good).as_deref(), Ok(good));
@@ -940,6 +953,9 @@ mod tests {
             "h:0",
             "::1:8000",
             "h:x",
+            "[]:80",
+            "[localhost]:80",
+            "[::1:80",
         ] {
             assert!(server_address(bad).is_err(), "{bad}");
         }
