@@ -300,10 +300,11 @@ fn stdin_message() -> Result<Box<dyn Read + Send>> {
 /// the server answered "unavailable"; recv_msg has its own ([`RECV_TIMEOUT_HELP`]), every other
 /// client command [`ClientConn`]'s, which say only what it does.
 pub(super) const SEND_TIMEOUT_HELP: &str = "How long to keep trying (seconds, or with a unit: \
-     500ms, 2m) while the server is busy, or \
-     answers \"unavailable\" because its mailbox database is away: it retries with growing, \
-     jittered waits, resends the same message under the same id, and says so on stderr; also \
-     the longest wait for the connection to be set up";
+     500ms, 2m) while the server is busy, answers \"unavailable\" because its mailbox database \
+     is away, or the connection breaks under the send (a server restarting): it retries with \
+     growing, jittered waits, resends the same message under the same id (a server that stored \
+     it only acknowledges it again), and says so on stderr; also the longest wait for the \
+     connection to be set up";
 
 #[derive(Args, Debug)]
 #[command(mut_arg("timeout", |a| a.help(SEND_TIMEOUT_HELP)))]
@@ -965,22 +966,34 @@ pub(super) fn backoff(timeout: Duration) -> letterlock::client::Backoff {
 /// Says on stderr why a send or relay is being tried again.
 fn report_retry(r: &letterlock::client::Retry) {
     use letterlock::client::RetryCause;
+    let when = if r.wait.is_zero() {
+        "now".to_owned()
+    } else {
+        format!("waiting {}", TimeSpan(r.wait))
+    };
     match r.cause {
         RetryCause::Unavailable { id } => status!(
             "letterlock: the server could not store message {id} now (it answered \
              \"unavailable\": its mailbox database may be down, or its disk full); resending \
-             it: attempt {}, waiting {}",
+             it: attempt {}, {}",
             r.attempt,
-            TimeSpan(r.wait)
+            when
+        ),
+        RetryCause::ConnectionLost { id } => status!(
+            "letterlock: the connection to the server broke while sending message {id} (the \
+             server stopped or restarted, or the network failed); sending it again, byte for \
+             byte (a server that stored it already only acknowledges it): attempt {}, {}",
+            r.attempt,
+            when
         ),
         // Closed without a byte, or refused before the handshake as unavailable: a full
         // server does the first, one that cannot reach its mailbox database the second.
         RetryCause::Busy => status!(
             "letterlock: the server turned the connection away (busy, stopping, or its mailbox \
              database is unavailable; or a proxy in front of it found no server); retrying: \
-             attempt {}, waiting {}",
+             attempt {}, {}",
             r.attempt,
-            TimeSpan(r.wait)
+            when
         ),
         _ => {}
     }

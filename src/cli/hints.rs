@@ -147,7 +147,9 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
                 Some("is `letterlock server` running there? Check --server (HOST:PORT)".into())
             }
             ClientError::Timeout { .. } => Some(TIMEOUT_HINT.into()),
-            ClientError::Io(e) if is_connection_lost(e) => Some(CONNECTION_LOST_HINT.into()),
+            ClientError::Io(_) | ClientError::Closed if e.is_connection_lost() => {
+                Some(CONNECTION_LOST_HINT.into())
+            }
             // Transparent: the TLS error is not in the chain of causes on its own.
             ClientError::Tls(e) => tls_hint(e),
             // Transparent too.
@@ -258,18 +260,6 @@ const CONNECTION_LOST_HINT: &str = "the connection to the server broke (it stopp
      restarted, or the network failed): the server stores a message only once all of it has \
      arrived, and deletes one only once it is acknowledged, so nothing was lost; messages already \
      shown are kept in this folder's mailbox. Run the command again once the server is back";
-
-/// An I/O error that means the connection itself broke, not a local file.
-fn is_connection_lost(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind;
-    matches!(
-        e.kind(),
-        ErrorKind::BrokenPipe
-            | ErrorKind::ConnectionReset
-            | ErrorKind::ConnectionAborted
-            | ErrorKind::UnexpectedEof
-    )
-}
 
 /// The hint for a failed TLS handshake.
 fn tls_hint(e: &letterlock::tls::TlsError) -> Option<String> {

@@ -94,6 +94,14 @@ pub enum RetryCause {
         /// The message resent.
         id: crate::envelope::MessageId,
     },
+    /// The connection broke while message `id` was sent or its acknowledgement awaited (the
+    /// server stopped or restarted, or the network failed: [`ClientError::is_connection_lost`]).
+    /// The server may have stored it, so it is sent again, byte for byte, on a new connection:
+    /// a stored id is acknowledged again, never stored twice.
+    ConnectionLost {
+        /// The message resent.
+        id: crate::envelope::MessageId,
+    },
 }
 
 /// Shortest time an attempt is given, however close the deadline: a TCP connect and a TLS

@@ -177,6 +177,27 @@ pub enum ClientError {
     Contacts(#[from] super::contacts::ContactsError),
 }
 
+impl ClientError {
+    /// Whether the connection itself broke under the exchange, as opposed to an answer, a
+    /// refusal or a silence: the peer closed it or reset it, or it ended part-way (a server that
+    /// stopped or restarted, a network that failed). Also a missing acknowledgement for that
+    /// reason. A timeout is not: its time is spent.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            ClientError::Closed => true,
+            ClientError::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::UnexpectedEof
+            ),
+            ClientError::NoAck { why, .. } => why.is_connection_lost(),
+            _ => false,
+        }
+    }
+}
+
 impl From<ConnError> for ClientError {
     fn from(e: ConnError) -> Self {
         match e {

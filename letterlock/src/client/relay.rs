@@ -19,7 +19,7 @@ use crate::envelope::{self, Header, MessageId, SealOptions, Sealed};
 use crate::keys::PublicKey;
 use crate::wire::{self, Frame, MAX_RECEIPT_IDS, ReceiptInfo};
 
-use super::send::{Kept, is_unavailable};
+use super::send::{Kept, resend_cause};
 use super::{Backoff, Client, ClientError, Retry, on_blocking_pool, unexpected};
 
 /// Most entries a directory answer may have in all: a bound on what a server can make the
@@ -73,9 +73,9 @@ impl Client {
     /// Seals everything `input` yields for `recipient` (signed with our key), records it with
     /// `before_send` (which must make the id and ack tag durable: a crash after `Stored`
     /// must still let the receipt be checked), then relays it: `Relay{commitment}`, the
-    /// sealed bytes as `Send` frames, `SendEnd`, and waits for `Stored`. After `Unavailable`
-    /// it connects again and resends the very same bytes (same id) as
-    /// [`Client::send_retrying`] does, within `backoff`'s deadline.
+    /// sealed bytes as `Send` frames, `SendEnd`, and waits for `Stored`. After `Unavailable`,
+    /// or a connection that broke before `Stored`, it connects again and resends the very same
+    /// bytes (same id) as [`Client::send_retrying`] does, within `backoff`'s deadline.
     ///
     /// The message is sealed whole into an unnamed temporary file first (ciphertext only,
     /// deleted when this returns): the commitment that goes first needs the finished
@@ -123,11 +123,10 @@ impl Client {
         }
         let mut result = self.relay_once(&kept).await;
         let mut failed: u32 = 0;
-        while is_unavailable(&result) {
-            failed = failed.saturating_add(1);
-            let id = kept.sealed.header.message_id;
+        let id = kept.sealed.header.message_id;
+        while let Some(cause) = resend_cause(&result, id) {
             if !self
-                .reconnect_after_unavailable(failed, id, start, backoff, &mut on_retry)
+                .reconnect_to_resend(&mut failed, cause, start, backoff, &mut on_retry)
                 .await?
             {
                 return result;

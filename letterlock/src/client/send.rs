@@ -37,11 +37,12 @@ impl Client {
 
     /// Sends like [`Client::send`], and when the server answers `Unavailable` after the
     /// handshake (its mailbox database could not be reached, or this client's asymmetric-mode
-    /// budget is spent: nothing was acked), connects again and resends the very same sealed
-    /// bytes, after the waits `backoff` gives and never past its deadline (counted from this
-    /// call). The same bytes carry the same message id, so a server that did store the message
-    /// meanwhile acks it again instead of storing it twice. `on_retry` hears of each wait
-    /// before it starts, resends and busy reconnects alike.
+    /// budget is spent: nothing was acked), or the connection breaks before the ack (the server
+    /// stopped or restarted, the network failed), connects again and resends the very same
+    /// sealed bytes, after the waits `backoff` gives and never past its deadline (counted from
+    /// this call). The same bytes carry the same message id, so a server that did store the
+    /// message meanwhile acks it again instead of storing it twice. `on_retry` hears of each
+    /// wait before it starts, resends and busy reconnects alike.
     ///
     /// The sealed bytes are kept for this in an unnamed temporary file (ciphertext only,
     /// deleted when the send ends, whatever happens), written as they are sent: the message is
@@ -72,7 +73,7 @@ impl Client {
     }
 
     /// [`Client::send_sealed`] of a message sealed ahead in memory, resent byte for byte after
-    /// `Unavailable` as [`Client::send_retrying`] resends a streamed one.
+    /// `Unavailable` or a broken connection as [`Client::send_retrying`] resends a streamed one.
     pub async fn send_sealed_retrying(
         &mut self,
         sealed_bytes: &[u8],
@@ -87,8 +88,8 @@ impl Client {
             .await
     }
 
-    /// Sends a message [`Sealing`] is sealing, resent byte for byte after `Unavailable` as
-    /// [`Client::send_sealed_retrying`] resends one sealed before.
+    /// Sends a message [`Sealing`] is sealing, resent byte for byte after `Unavailable` or a
+    /// broken connection as [`Client::send_sealed_retrying`] resends one sealed before.
     ///
     /// The header and the wrapped content key go out alone as soon as they are sealed and the
     /// connection is made, before the rest: while the signature is still being made, the
@@ -101,21 +102,8 @@ impl Client {
         &mut self,
         sealing: Sealing,
         backoff: Backoff,
-        on_retry: impl FnMut(&Retry),
-    ) -> Result<Delivery, ClientError> {
-        self.send_sealing_kept(sealing, backoff, on_retry).await.0
-    }
-
-    /// [`Client::send_sealing`], which also gives back the sealed message whenever the sealing
-    /// finished: a caller whose connection was lost under the send can send the very same bytes
-    /// (the same message id) on a new one ([`Client::send_sealed_retrying`]), and a server
-    /// that stored the first copy acks the second instead of storing it twice.
-    pub async fn send_sealing_kept(
-        &mut self,
-        sealing: Sealing,
-        backoff: Backoff,
         mut on_retry: impl FnMut(&Retry),
-    ) -> (Result<Delivery, ClientError>, Option<(Vec<u8>, Sealed)>) {
+    ) -> Result<Delivery, ClientError> {
         let start = tokio::time::Instant::now();
         let Sealing { head, sealing } = sealing;
         let mut written = 0;
@@ -148,7 +136,7 @@ impl Client {
                 if written > 0 {
                     self.abandon_message().await;
                 }
-                return (Err(e), None);
+                return Err(e);
             }
         };
         debug!(bytes = bytes.len(), "sealed; sending the rest");
@@ -164,15 +152,13 @@ impl Client {
             }
         };
         let again = Again::Memory(&bytes, &sealed);
-        let result = self
-            .resend_while_unavailable(result, &again, start, backoff, &mut on_retry)
-            .await;
-        (result, Some((bytes, sealed)))
+        self.resend_while_unavailable(result, &again, start, backoff, &mut on_retry)
+            .await
     }
 
-    /// While `result` is the server's `Unavailable`, waits as `backoff` says (counted from
-    /// `start`), connects again and resends `again`, until an answer that is not
-    /// `Unavailable` or the deadline.
+    /// While `result` is worth sending again ([`resend_cause`]: the server's `Unavailable`,
+    /// or a connection that broke before the ack), waits as `backoff` says (counted from
+    /// `start`), connects again and resends `again`, until another answer or the deadline.
     async fn resend_while_unavailable(
         &mut self,
         mut result: Result<Delivery, ClientError>,
@@ -182,11 +168,10 @@ impl Client {
         on_retry: &mut impl FnMut(&Retry),
     ) -> Result<Delivery, ClientError> {
         let mut failed: u32 = 0;
-        while is_unavailable(&result) {
-            failed = failed.saturating_add(1);
-            let id = again.sealed().header.message_id;
+        let id = again.sealed().header.message_id;
+        while let Some(cause) = resend_cause(&result, id) {
             if !self
-                .reconnect_after_unavailable(failed, id, start, backoff, on_retry)
+                .reconnect_to_resend(&mut failed, cause, start, backoff, on_retry)
                 .await?
             {
                 return result;
@@ -199,52 +184,75 @@ impl Client {
         result
     }
 
-    /// After the `failed`-th `Unavailable` answer for message `id`: waits as `backoff` says
-    /// (counted from `start`) and connects again, replacing this connection. `Ok(false)`: the
-    /// deadline came first, or the server turned every reconnection away as busy (the
-    /// refusal then says more than "busy"): give up with the `Unavailable` answer.
-    pub(super) async fn reconnect_after_unavailable(
+    /// After a send failed for `cause` (`failed` failures so far, counted up here): waits as
+    /// `backoff` says (counted from `start`) and connects again, replacing this connection.
+    /// `Ok(false)`: the deadline came first, or the server turned every reconnection away as
+    /// busy (the refusal then says more than "busy"): give up with the send's own failure.
+    ///
+    /// After a broken connection, a server that is restarting refuses connections for a
+    /// moment: that is waited out too, within the deadline; any other failure to reconnect
+    /// leaves the message's fate unknown, said as a missing acknowledgement.
+    pub(super) async fn reconnect_to_resend(
         &mut self,
-        failed: u32,
-        id: MessageId,
+        failed: &mut u32,
+        cause: RetryCause,
         start: tokio::time::Instant,
         backoff: Backoff,
         on_retry: &mut impl FnMut(&Retry),
     ) -> Result<bool, ClientError> {
-        let Some(wait) = backoff.wait(failed, start.elapsed(), jitter()) else {
-            return Ok(false);
-        };
-        on_retry(&Retry {
-            attempt: failed.saturating_add(1),
-            wait,
-            cause: RetryCause::Unavailable { id },
-        });
-        tokio::time::sleep(wait).await;
-        // The connection ended with the refusal: a new one, busy answers retried within
-        // what is left of the deadline.
-        let reconnect = Backoff {
-            deadline: backoff.deadline.saturating_sub(start.elapsed()),
-            ..backoff
-        };
-        let connected = Client::connect_retrying(
-            &self.addr,
-            self.identity.clone(),
-            self.server.clone(),
-            self.config.clone(),
-            self.transport,
-            reconnect,
-            &mut *on_retry,
-        )
-        .await;
-        match connected {
-            Ok(client) => {
-                *self = client;
-                Ok(true)
+        loop {
+            *failed = failed.saturating_add(1);
+            let wait = match backoff.wait(*failed, start.elapsed(), jitter()) {
+                None => return Ok(false),
+                // A connection that broke says nothing of a loaded server (a kept one the
+                // server closed when idle, say): the first new one is made at once.
+                Some(_) if *failed == 1 && matches!(cause, RetryCause::ConnectionLost { .. }) => {
+                    std::time::Duration::ZERO
+                }
+                Some(wait) => wait,
+            };
+            on_retry(&Retry {
+                attempt: failed.saturating_add(1),
+                wait,
+                cause,
+            });
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
             }
-            // Turned away until the deadline (a server without its database cannot check our
-            // key either): the refusal says more than "busy".
-            Err(ClientError::Busy { .. }) => Ok(false),
-            Err(e) => Err(e),
+            // The connection ended with the failure: a new one, busy answers retried within
+            // what is left of the deadline.
+            let reconnect = Backoff {
+                deadline: backoff.deadline.saturating_sub(start.elapsed()),
+                ..backoff
+            };
+            let connected = Client::connect_retrying(
+                &self.addr,
+                self.identity.clone(),
+                self.server.clone(),
+                self.config.clone(),
+                self.transport,
+                reconnect,
+                &mut *on_retry,
+            )
+            .await;
+            return match (connected, cause) {
+                (Ok(client), _) => {
+                    *self = client;
+                    Ok(true)
+                }
+                // Turned away until the deadline (a server without its database cannot check
+                // our key either): the refusal says more than "busy".
+                (Err(ClientError::Busy { .. }), _) => Ok(false),
+                (Err(ClientError::Connect { source, .. }), RetryCause::ConnectionLost { .. }) => {
+                    debug!(error = %source, "not listening yet; trying again");
+                    continue;
+                }
+                (Err(e), RetryCause::ConnectionLost { id }) => Err(ClientError::NoAck {
+                    id,
+                    why: Box::new(e),
+                }),
+                (Err(e), _) => Err(e),
+            };
         }
     }
 
@@ -557,14 +565,22 @@ pub(super) struct Kept {
 }
 
 /// True for the server's `Unavailable` answer to a send: nothing acked, worth sending again.
-pub(super) fn is_unavailable<T>(result: &Result<T, ClientError>) -> bool {
-    matches!(
-        result,
+/// Why a send of message `id` that ended with `result` is worth making again, byte for byte,
+/// on a new connection, if it is: the server answered `Unavailable` (nothing was acked), or the
+/// connection broke before the ack (the server may have stored it, and then acks the same id
+/// again instead of storing it twice). Not an answer, a refusal, a wrong ack or a timeout.
+pub(super) fn resend_cause<T>(
+    result: &Result<T, ClientError>,
+    id: MessageId,
+) -> Option<RetryCause> {
+    match result {
         Err(ClientError::Refused {
             code: ErrorCode::Unavailable,
             ..
-        })
-    )
+        }) => Some(RetryCause::Unavailable { id }),
+        Err(e) if e.is_connection_lost() => Some(RetryCause::ConnectionLost { id }),
+        _ => None,
+    }
 }
 
 /// A `Write` that cuts sealed output into `Send` frames for the async side, and writes it to

@@ -486,41 +486,18 @@ impl Agent {
         if self.last_used.elapsed() > REUSE_FOR {
             self.client = None;
         }
-        let kept = self.client.take();
-        let was_kept = kept.is_some();
-        let mut client = match kept {
+        let mut client = match self.client.take() {
             Some(client) => client,
             None => match connect(&self.config).await {
                 Ok(client) => client,
                 Err(e) => return Reply::NotDelivered(e.to_string()),
             },
         };
-        let backoff = self.config.backoff;
-        let (mut result, sealed) = client.send_sealing_kept(sealing, backoff, on_retry).await;
-        if let (true, Err(first), Some((bytes, sealed))) = (was_kept, &result, &sealed)
-            && connection_lost(first)
-        {
-            // The same bytes carry the same message id: a server that stored the first copy
-            // acks this one instead of storing it twice.
-            debug!(error = %first, "the kept connection is gone; sending again on a new one");
-            let again = match connect(&self.config).await {
-                Ok(fresh) => {
-                    client = fresh;
-                    client
-                        .send_sealed_retrying(bytes, sealed, backoff, on_retry)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            result = again.map_err(|second| {
-                let id = sealed.header.message_id;
-                let (first, second) = (cause(first), cause(&second));
-                ClientError::NotProven(format!(
-                    "{first} on the kept connection, then {second} on a new one: message {id} \
-                     may or may not have been stored"
-                ))
-            });
-        }
+        // A kept connection the server closed meanwhile (its idle timeout, a restart) is
+        // replaced, and the same bytes sent again on the new one, by `send_sealing` itself.
+        let result = client
+            .send_sealing(sealing, self.config.backoff, on_retry)
+            .await;
         match result {
             Ok(Delivery {
                 id,
@@ -584,24 +561,6 @@ async fn connect(c: &AgentConfig) -> Result<Client, ClientError> {
         on_retry,
     )
     .await
-}
-
-/// A failure after which the same message may well go through on a new connection: the kept
-/// one was closed under it (the server's idle timeout, a restart). Not a wrong acknowledgement.
-fn connection_lost(e: &ClientError) -> bool {
-    matches!(
-        e,
-        ClientError::Closed | ClientError::Io(_) | ClientError::NoAck { .. }
-    )
-}
-
-/// What went wrong, without the "delivery NOT proven" the combined error says once.
-fn cause(e: &ClientError) -> String {
-    match e {
-        ClientError::NoAck { why, .. } => format!("no acknowledgement ({why})"),
-        ClientError::NotProven(why) => why.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// Says in the log why a message waits before it is sent again.

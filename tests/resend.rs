@@ -1,0 +1,342 @@
+//! A connection that breaks under a send (the server stopped or restarted, the network failed):
+//! the client sends the very same bytes again on a new connection, under the same message id,
+//! within its deadline. The server stores the message once, whether the break came before it
+//! stored the message or after (its acknowledgement lost on the way), and a send whose server
+//! never comes back ends at the deadline with the break, not a hang.
+//!
+//! A relay in front of a version 2 server breaks the first connection as each test says and
+//! passes the later ones untouched.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::cli::{BinServer, classroom_folder, run};
+use common::data;
+use common::net::{CLIENT, Running, SERVER, run_on_loopback, tls_client, tls_server};
+use letterlock::client::{Backoff, Client, ClientError, Retry, RetryCause, Sealing};
+use letterlock::envelope::{self, Mode, SealOptions};
+use letterlock::server::ServerConfig;
+use letterlock::store::{SqliteStore, Store};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the relay does to its first connection.
+#[derive(Clone, Copy, Debug)]
+enum Break {
+    /// Ends it once this many bytes went from the client to the server: part of the message
+    /// arrived, and the server stores nothing.
+    After(usize),
+    /// Passes every byte from the client; the first bytes from the server once this many went
+    /// from the client are dropped and the connection ended. For a message longer than that,
+    /// those bytes are its acknowledgement, which the server sends once the message is
+    /// committed: the message is stored, and the client never hears so.
+    AckLost(usize),
+}
+
+/// The relay, on 127.0.0.1:0.
+struct Relay {
+    addr: String,
+    /// Connections accepted so far.
+    connections: Arc<AtomicUsize>,
+}
+
+/// A relay to `to` that breaks its first connection as `first` says; with `then_gone`, it
+/// stops listening after that, as a server that never came back.
+async fn relay(to: String, first: Break, then_gone: bool) -> Relay {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let server = TcpStream::connect(&to).await.unwrap();
+            if count.fetch_add(1, Ordering::SeqCst) > 0 {
+                tokio::spawn(pass(client, server));
+                continue;
+            }
+            broken(client, server, first).await;
+            if then_gone {
+                return;
+            }
+        }
+    });
+    Relay { addr, connections }
+}
+
+/// Relays both ways until either side ends.
+async fn pass(client: TcpStream, server: TcpStream) {
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    tokio::select! {
+        _ = tokio::io::copy(&mut cr, &mut sw) => {}
+        _ = tokio::io::copy(&mut sr, &mut cw) => {}
+    }
+}
+
+/// Relays the first connection and breaks it as `how` says; both sockets are dropped when it
+/// returns, which ends the connection on both sides.
+async fn broken(client: TcpStream, server: TcpStream, how: Break) {
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let from_client = AtomicUsize::new(0);
+    let (limit, answers_until) = match how {
+        Break::After(n) => (n, usize::MAX),
+        Break::AckLost(n) => (usize::MAX, n),
+    };
+    let upstream = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let seen = from_client.load(Ordering::SeqCst);
+            if seen >= limit {
+                return;
+            }
+            let n = match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n.min(limit - seen),
+            };
+            if sw.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+            from_client.fetch_add(n, Ordering::SeqCst);
+        }
+    };
+    let downstream = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match sr.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if from_client.load(Ordering::SeqCst) >= answers_until
+                || cw.write_all(&buf[..n]).await.is_err()
+            {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = upstream => {}
+        _ = downstream => {}
+    }
+}
+
+/// A version 2 server on 127.0.0.1:0 over its own SQLite mailbox in `dir`.
+async fn server(dir: &std::path::Path) -> (Running, Arc<SqliteStore>) {
+    let store = Arc::new(SqliteStore::open(dir.join("server.db")).unwrap());
+    let running = run_on_loopback(tls_server(store.clone(), ServerConfig::default())).await;
+    (running, store)
+}
+
+/// Short waits and a deadline of `deadline`.
+fn backoff(deadline: Duration) -> Backoff {
+    Backoff {
+        first: Duration::from_millis(20),
+        max: Duration::from_millis(100),
+        deadline,
+    }
+}
+
+/// A hybrid message of `len` bytes being sealed in memory from [`CLIENT`] to [`SERVER`], as
+/// `client send_msg` seals a small one while it connects.
+fn sealing(plain: Vec<u8>) -> Sealing {
+    let server = common::public(SERVER);
+    let identity = common::private(CLIENT);
+    let to = server.clone();
+    Sealing::start(&server, Mode::Hybrid, move |out| {
+        envelope::seal_slice(identity.as_ref(), &to, &SealOptions::default(), &plain, out)
+    })
+}
+
+async fn client(relay: &Relay) -> Client {
+    tls_client(&relay.addr, CLIENT).await.unwrap()
+}
+
+/// The message reached the server, which stored it, but its acknowledgement never came back:
+/// the same bytes go again at once on a new connection, and the server acknowledges them
+/// again (a proven ack) instead of storing them twice. Streamed from a reader, resent from the
+/// spool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_acknowledgement_is_answered_again_and_the_message_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, store) = server(dir.path()).await;
+    let plain = data(300 * 1024);
+    let relay = relay(upstream.addr.clone(), Break::AckLost(300 * 1024), false).await;
+    let mut client = client(&relay).await;
+    let mut retries: Vec<Retry> = Vec::new();
+    let sent = client
+        .send_retrying(
+            std::io::Cursor::new(plain.clone()),
+            SealOptions::default(),
+            backoff(Duration::from_secs(20)),
+            |r| retries.push(*r),
+        )
+        .await;
+    let delivery = sent.expect("delivered on the second connection");
+    assert_eq!(
+        retries,
+        vec![Retry {
+            attempt: 2,
+            wait: Duration::ZERO,
+            cause: RetryCause::ConnectionLost { id: delivery.id },
+        }],
+        "one resend, at once"
+    );
+    assert_eq!(relay.connections.load(Ordering::SeqCst), 2);
+    let inbox = store.list_inbox().await.unwrap();
+    assert_eq!(inbox.len(), 1, "stored twice");
+    assert_eq!(delivery.plaintext_len, plain.len() as u64);
+}
+
+/// The connection broke part-way through the message: the server stored nothing of it, and
+/// the same bytes (sealed ahead in memory) are stored once from the second connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_cut_part_way_is_sent_again_and_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, store) = server(dir.path()).await;
+    let plain = data(200 * 1024);
+    // Past the handshake (a few KiB), well before the message's end.
+    let relay = relay(upstream.addr.clone(), Break::After(100 * 1024), false).await;
+    let mut client = client(&relay).await;
+    let mut retries: Vec<Retry> = Vec::new();
+    let delivery = client
+        .send_sealing(
+            sealing(plain.clone()),
+            backoff(Duration::from_secs(20)),
+            |r| retries.push(*r),
+        )
+        .await
+        .expect("delivered on the second connection");
+    assert!(
+        matches!(retries.as_slice(), [Retry { cause: RetryCause::ConnectionLost { id }, .. }] if *id == delivery.id),
+        "{retries:?}"
+    );
+    assert_eq!(relay.connections.load(Ordering::SeqCst), 2);
+    assert_eq!(store.list_inbox().await.unwrap().len(), 1);
+    assert_eq!(delivery.plaintext_len, plain.len() as u64);
+}
+
+/// A server that does not come back: the client keeps trying (each new connection refused)
+/// until its deadline, then gives up with the break.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_comes_back_ends_the_send_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, _store) = server(dir.path()).await;
+    let relay = relay(upstream.addr.clone(), Break::After(100 * 1024), true).await;
+    let mut client = client(&relay).await;
+    let mut retries: Vec<Retry> = Vec::new();
+    let deadline = Duration::from_millis(800);
+    let started = Instant::now();
+    let failed = client
+        .send_sealing(sealing(data(200 * 1024)), backoff(deadline), |r| {
+            retries.push(*r)
+        })
+        .await
+        .expect_err("nothing listens any more");
+    let took = started.elapsed();
+    // A write that failed, or an acknowledgement that never came ("may or may not have been
+    // stored"), depending on how much the socket had taken when the relay went.
+    assert!(failed.is_connection_lost(), "{failed:?}");
+    assert!(retries.len() >= 3, "kept trying: {retries:?}");
+    assert!(
+        retries
+            .iter()
+            .all(|r| matches!(r.cause, RetryCause::ConnectionLost { .. })),
+        "{retries:?}"
+    );
+    assert!(took < deadline + Duration::from_secs(5), "took {took:?}");
+    assert_eq!(relay.connections.load(Ordering::SeqCst), 1);
+}
+
+/// What is not worth sending again is not: a refusal, a wrong acknowledgement, a timeout (its
+/// time is spent), a local I/O error.
+#[test]
+fn only_a_broken_connection_counts_as_lost() {
+    use std::io::ErrorKind;
+    for kind in [
+        ErrorKind::BrokenPipe,
+        ErrorKind::ConnectionReset,
+        ErrorKind::ConnectionAborted,
+        ErrorKind::UnexpectedEof,
+    ] {
+        assert!(
+            ClientError::Io(kind.into()).is_connection_lost(),
+            "{kind:?}"
+        );
+    }
+    assert!(ClientError::Closed.is_connection_lost());
+    let id = letterlock::envelope::MessageId([1; 16]);
+    let no_ack = |why| ClientError::NoAck {
+        id,
+        why: Box::new(why),
+    };
+    assert!(no_ack(ClientError::Closed).is_connection_lost());
+    let timeout = || ClientError::Timeout {
+        addr: "127.0.0.1:1".into(),
+        after: Duration::from_secs(1),
+    };
+    assert!(!no_ack(timeout()).is_connection_lost());
+    for not_lost in [
+        timeout(),
+        ClientError::Io(ErrorKind::PermissionDenied.into()),
+        ClientError::NotProven("wrong ack tag".into()),
+        ClientError::Refused {
+            code: letterlock::wire::ErrorCode::TooLarge,
+            message: "too large".into(),
+        },
+    ] {
+        assert!(!not_lost.is_connection_lost(), "{not_lost:?}");
+    }
+}
+
+/// The command line: a `client send_msg` whose acknowledgement was lost after the server stored
+/// the message says on stderr that it sends it again, exits 0, and the message is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_msg_says_it_sends_again_and_the_message_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    classroom_folder(&d);
+    let server = BinServer::start(&d, &[]);
+    let relay = relay(server.addr.clone(), Break::AckLost(300 * 1024), false).await;
+    let plain = data(300 * 1024);
+    std::fs::write(d.join("big.bin"), &plain).unwrap();
+    let args = [
+        "client",
+        "send_msg",
+        "--server",
+        &relay.addr,
+        "--file",
+        "big.bin",
+    ]
+    .map(String::from);
+    let folder = d.clone();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || run(&folder, &args.each_ref().map(String::as_str)))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let out = String::from_utf8(out).unwrap();
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("message id "))
+        .unwrap_or_else(|| panic!("no message id in {out:?}"));
+    assert!(
+        err.contains(&format!(
+            "the connection to the server broke while sending message {id}"
+        )) && err.contains("attempt 2, now"),
+        "{err}"
+    );
+    assert_eq!(relay.connections.load(Ordering::SeqCst), 2);
+    let (code, stored, err) = run(&d, &["server", "read", id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stored == plain, "the stored message is not the file sent");
+    let (code, listed, err) = run(&d, &["server", "inbox", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let listed = String::from_utf8(listed).unwrap();
+    assert_eq!(listed.matches(id).count(), 1, "{listed}");
+}
