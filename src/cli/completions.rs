@@ -79,19 +79,36 @@ fn write_pages(cmd: &clap::Command, dir: &std::path::Path) -> io::Result<()> {
 }
 
 /// The manual page of `cmd` (built): clap_mangen's, with the synopsis replaced by
-/// [`synopsis`]'s. clap_mangen's lists a hidden positional argument (bench's internal
+/// [`synopsis`]'s, in ASCII. clap_mangen's lists a hidden positional argument (bench's internal
 /// `[CHILD]`) and no option's value (`[--plot]` for `--plot FILE.svg`).
 fn page(cmd: &clap::Command) -> io::Result<Vec<u8>> {
     let mut roff = Vec::new();
     clap_mangen::Man::new(cmd.clone()).render(&mut roff)?;
     let text = String::from_utf8_lossy(&roff);
-    let Some(start) = text.find(".SH SYNOPSIS\n") else {
-        return Ok(roff);
+    let text = match text.find(".SH SYNOPSIS\n") {
+        Some(start) => {
+            let end = text[start + 1..]
+                .find("\n.SH ")
+                .map_or(text.len(), |i| start + 1 + i + 1);
+            format!("{}{}{}", &text[..start], synopsis(cmd), &text[end..])
+        }
+        None => text.into_owned(),
     };
-    let end = text[start + 1..]
-        .find("\n.SH ")
-        .map_or(text.len(), |i| start + 1 + i + 1);
-    Ok(format!("{}{}{}", &text[..start], synopsis(cmd), &text[end..]).into_bytes())
+    Ok(ascii_roff(&text).into_bytes())
+}
+
+/// `roff` with every character outside ASCII written as groff's `\[uXXXX]` escape: troff reads
+/// its input as Latin-1 and warned of the help texts' "…" (found by a trial run, `groff -ww`).
+fn ascii_roff(roff: &str) -> String {
+    let mut out = String::with_capacity(roff.len());
+    for c in roff.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\[u{:04X}]", u32::from(c)));
+        }
+    }
+    out
 }
 
 /// The SYNOPSIS section of `cmd` in roff: every argument its --help shows, an option with its

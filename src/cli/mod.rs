@@ -358,7 +358,7 @@ struct BenchArgs {
 /// `--bits` of a command that generates keys: the sizes [`keys::PrivateKey::generate`] makes,
 /// refused as a usage error before anything runs (found by a trial run: `bench --bits 1024`
 /// said it was generating keys, then failed).
-fn generated_bits() -> impl clap::builder::TypedValueParser<Value = usize> {
+pub(super) fn generated_bits() -> impl clap::builder::TypedValueParser<Value = usize> {
     use clap::builder::TypedValueParser as _;
     clap::builder::PossibleValuesParser::new(["2048", "3072", "4096"])
         .try_map(|bits| bits.parse::<usize>())

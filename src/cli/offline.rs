@@ -37,7 +37,7 @@ pub(super) struct KeygenArgs {
     )]
     pub(super) out: PathBuf,
     /// Modulus size in bits: 2048, 3072 or 4096.
-    #[arg(long, default_value_t = keys::DEFAULT_BITS)]
+    #[arg(long, default_value_t = keys::DEFAULT_BITS, value_parser = super::generated_bits())]
     pub(super) bits: usize,
     /// Make a new pair even if the files exist: the old ones are kept beside them, as
     /// NAME_private.pem.replaced-TIME (mode 0600) and NAME_public.pem.replaced-TIME, since
@@ -52,7 +52,7 @@ pub(super) struct PairArgs {
     #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
     pub(super) keys: PathBuf,
     /// Modulus size in bits: 2048, 3072 or 4096.
-    #[arg(long, default_value_t = keys::DEFAULT_BITS)]
+    #[arg(long, default_value_t = keys::DEFAULT_BITS, value_parser = super::generated_bits())]
     pub(super) bits: usize,
     /// Make a new pair even if the files exist: the old ones are kept beside them, as
     /// *_private.pem.replaced-TIME (mode 0600) and *_public.pem.replaced-TIME, since messages
