@@ -342,6 +342,26 @@ impl Client {
         }
     }
 
+    /// A new connection to the server this one reached, with the same keys, settings and
+    /// transport, busy answers retried within `backoff` ([`Client::connect_retrying`]): for a
+    /// send that must start over on a fresh connection. What it needs is copied first, so the
+    /// future does not borrow this client (which is not `Sync`).
+    pub(super) fn connect_again<F: FnMut(&Retry)>(
+        &self,
+        backoff: Backoff,
+        on_retry: F,
+    ) -> impl Future<Output = Result<Client, ClientError>> + use<F> {
+        let addr = self.addr.clone();
+        let (identity, server) = (self.identity.clone(), self.server.clone());
+        let (config, transport) = (self.config.clone(), self.transport);
+        async move {
+            Client::connect_retrying(
+                &addr, identity, server, config, transport, backoff, on_retry,
+            )
+            .await
+        }
+    }
+
     /// Connects with `transport`, and while the server turns us away as busy
     /// ([`ClientError::Busy`]) tries again after the waits [`Backoff::wait`] gives, until
     /// [`Backoff::deadline`]. `on_retry` hears of each wait before it starts (to tell a person

@@ -110,16 +110,7 @@ impl Client {
             // The connection sat silent while a large message was sealed: the server may have
             // ended it (its idle timeout). A fresh one costs a handshake, not the message.
             debug!(elapsed = ?start.elapsed(), "sealing took long; connecting again");
-            *self = Client::connect_retrying(
-                &self.addr,
-                self.identity.clone(),
-                self.server.clone(),
-                self.config.clone(),
-                self.transport,
-                backoff,
-                &mut on_retry,
-            )
-            .await?;
+            *self = self.connect_again(backoff, &mut on_retry).await?;
         }
         let mut result = self.relay_once(&kept).await;
         let mut failed: u32 = 0;

@@ -225,16 +225,7 @@ impl Client {
                 deadline: backoff.deadline.saturating_sub(start.elapsed()),
                 ..backoff
             };
-            let connected = Client::connect_retrying(
-                &self.addr,
-                self.identity.clone(),
-                self.server.clone(),
-                self.config.clone(),
-                self.transport,
-                reconnect,
-                &mut *on_retry,
-            )
-            .await;
+            let connected = self.connect_again(reconnect, &mut *on_retry).await;
             return match (connected, cause) {
                 (Ok(client), _) => {
                     *self = client;
