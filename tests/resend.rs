@@ -4,13 +4,13 @@
 //! stored the message or after (its acknowledgement lost on the way), and a send whose server
 //! never comes back ends at the deadline with the break, not a hang.
 //!
-//! A relay in front of a version 2 server breaks the first connection as each test says and
-//! passes the later ones untouched.
+//! A relay in front of a version 2 server breaks the first connection as each test says, and
+//! passes the later ones, breaks them too, or stops listening.
 
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::cli::{BinServer, classroom_folder, run};
@@ -23,7 +23,7 @@ use letterlock::store::{SqliteStore, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// What the relay does to its first connection.
+/// What the relay does to a connection.
 #[derive(Clone, Copy, Debug)]
 enum Break {
     /// Ends it once this many bytes went from the client to the server: part of the message
@@ -36,37 +36,60 @@ enum Break {
     AckLost(usize),
 }
 
+/// What the relay does after its first connection.
+#[derive(Clone, Copy, Debug)]
+enum Then {
+    /// Passes every later connection untouched.
+    Pass,
+    /// Stops listening, as a server that never came back.
+    Gone,
+    /// Breaks every later connection too.
+    Break(Break),
+}
+
 /// The relay, on 127.0.0.1:0.
 struct Relay {
     addr: String,
     /// Connections accepted so far.
     connections: Arc<AtomicUsize>,
+    /// Whether an [`Break::AckLost`] connection dropped the server's answer.
+    dropped_answer: Arc<AtomicBool>,
 }
 
-/// A relay to `to` that breaks its first connection as `first` says; with `then_gone`, it
-/// stops listening after that, as a server that never came back.
-async fn relay(to: String, first: Break, then_gone: bool) -> Relay {
+/// A relay to `to` that breaks its first connection as `first` says, and the later ones as
+/// `then` says.
+async fn relay(to: String, first: Break, then: Then) -> Relay {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let connections = Arc::new(AtomicUsize::new(0));
-    let count = connections.clone();
+    let dropped_answer = Arc::new(AtomicBool::new(false));
+    let (count, dropped) = (connections.clone(), dropped_answer.clone());
     tokio::spawn(async move {
         loop {
             let Ok((client, _)) = listener.accept().await else {
                 return;
             };
             let server = TcpStream::connect(&to).await.unwrap();
-            if count.fetch_add(1, Ordering::SeqCst) > 0 {
-                tokio::spawn(pass(client, server));
-                continue;
-            }
-            broken(client, server, first).await;
-            if then_gone {
+            let how = match (count.fetch_add(1, Ordering::SeqCst), then) {
+                (0, _) => first,
+                (_, Then::Pass) => {
+                    tokio::spawn(pass(client, server));
+                    continue;
+                }
+                (_, Then::Gone) => return,
+                (_, Then::Break(how)) => how,
+            };
+            tokio::spawn(broken(client, server, how, dropped.clone()));
+            if matches!(then, Then::Gone) {
                 return;
             }
         }
     });
-    Relay { addr, connections }
+    Relay {
+        addr,
+        connections,
+        dropped_answer,
+    }
 }
 
 /// Relays both ways until either side ends.
@@ -79,9 +102,9 @@ async fn pass(client: TcpStream, server: TcpStream) {
     }
 }
 
-/// Relays the first connection and breaks it as `how` says; both sockets are dropped when it
-/// returns, which ends the connection on both sides.
-async fn broken(client: TcpStream, server: TcpStream, how: Break) {
+/// Relays a connection and breaks it as `how` says, noting in `dropped` an answer it dropped;
+/// both sockets are dropped when it returns, which ends the connection on both sides.
+async fn broken(client: TcpStream, server: TcpStream, how: Break, dropped: Arc<AtomicBool>) {
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     let from_client = AtomicUsize::new(0);
@@ -113,9 +136,11 @@ async fn broken(client: TcpStream, server: TcpStream, how: Break) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            if from_client.load(Ordering::SeqCst) >= answers_until
-                || cw.write_all(&buf[..n]).await.is_err()
-            {
+            if from_client.load(Ordering::SeqCst) >= answers_until {
+                dropped.store(true, Ordering::SeqCst);
+                return;
+            }
+            if cw.write_all(&buf[..n]).await.is_err() {
                 return;
             }
         }
@@ -166,7 +191,12 @@ async fn a_lost_acknowledgement_is_answered_again_and_the_message_stored_once() 
     let dir = tempfile::tempdir().unwrap();
     let (upstream, store) = server(dir.path()).await;
     let plain = data(300 * 1024);
-    let relay = relay(upstream.addr.clone(), Break::AckLost(300 * 1024), false).await;
+    let relay = relay(
+        upstream.addr.clone(),
+        Break::AckLost(300 * 1024),
+        Then::Pass,
+    )
+    .await;
     let mut client = client(&relay).await;
     let mut retries: Vec<Retry> = Vec::new();
     let sent = client
@@ -188,6 +218,10 @@ async fn a_lost_acknowledgement_is_answered_again_and_the_message_stored_once() 
         "one resend, at once"
     );
     assert_eq!(relay.connections.load(Ordering::SeqCst), 2);
+    assert!(
+        relay.dropped_answer.load(Ordering::SeqCst),
+        "the first connection's answer was not dropped"
+    );
     let inbox = store.list_inbox().await.unwrap();
     assert_eq!(inbox.len(), 1, "stored twice");
     assert_eq!(delivery.plaintext_len, plain.len() as u64);
@@ -201,7 +235,7 @@ async fn a_message_cut_part_way_is_sent_again_and_stored_once() {
     let (upstream, store) = server(dir.path()).await;
     let plain = data(200 * 1024);
     // Past the handshake (a few KiB), well before the message's end.
-    let relay = relay(upstream.addr.clone(), Break::After(100 * 1024), false).await;
+    let relay = relay(upstream.addr.clone(), Break::After(100 * 1024), Then::Pass).await;
     let mut client = client(&relay).await;
     let mut retries: Vec<Retry> = Vec::new();
     let delivery = client
@@ -227,7 +261,7 @@ async fn a_message_cut_part_way_is_sent_again_and_stored_once() {
 async fn a_server_that_never_comes_back_ends_the_send_at_its_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let (upstream, _store) = server(dir.path()).await;
-    let relay = relay(upstream.addr.clone(), Break::After(100 * 1024), true).await;
+    let relay = relay(upstream.addr.clone(), Break::After(100 * 1024), Then::Gone).await;
     let mut client = client(&relay).await;
     let mut retries: Vec<Retry> = Vec::new();
     let deadline = Duration::from_millis(800);
@@ -242,7 +276,7 @@ async fn a_server_that_never_comes_back_ends_the_send_at_its_deadline() {
     // A write that failed, or an acknowledgement that never came ("may or may not have been
     // stored"), depending on how much the socket had taken when the relay went.
     assert!(failed.is_connection_lost(), "{failed:?}");
-    assert!(retries.len() >= 3, "kept trying: {retries:?}");
+    assert_backs_off(&retries);
     assert!(
         retries
             .iter()
@@ -251,6 +285,172 @@ async fn a_server_that_never_comes_back_ends_the_send_at_its_deadline() {
     );
     assert!(took < deadline + Duration::from_secs(5), "took {took:?}");
     assert_eq!(relay.connections.load(Ordering::SeqCst), 1);
+}
+
+/// Kept trying, and backed off: the first new connection at once, every later one after a
+/// wait of at least half the first backoff step (10 ms), so no more of them than the deadline
+/// holds (800 ms).
+fn assert_backs_off(retries: &[Retry]) {
+    assert!(retries.len() >= 3, "kept trying: {retries:?}");
+    assert!(retries.len() <= 20, "too many: {retries:?}");
+    assert!(
+        retries
+            .iter()
+            .skip(1)
+            .all(|r| r.wait >= Duration::from_millis(10)),
+        "{retries:?}"
+    );
+}
+
+/// A network that cuts every connection part-way through the message, forever: the client
+/// backs off between attempts and ends at its deadline; the server stored nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_that_cuts_every_connection_is_retried_with_backoff_until_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, store) = server(dir.path()).await;
+    let cut = Break::After(100 * 1024);
+    let relay = relay(upstream.addr.clone(), cut, Then::Break(cut)).await;
+    let mut client = client(&relay).await;
+    let mut retries: Vec<Retry> = Vec::new();
+    let failed = client
+        .send_sealing(
+            sealing(data(200 * 1024)),
+            backoff(Duration::from_millis(800)),
+            |r| retries.push(*r),
+        )
+        .await
+        .expect_err("every connection is cut");
+    // Whether the client had handed all of it to its socket when the cut came decides between
+    // "NOT delivered" and "may or may not have been stored": both are a lost connection.
+    assert!(failed.is_connection_lost(), "{failed:?}");
+    assert_backs_off(&retries);
+    assert_eq!(
+        relay.connections.load(Ordering::SeqCst),
+        retries.len() + 1,
+        "one connection per attempt"
+    );
+    assert!(store.list_inbox().await.unwrap().is_empty());
+}
+
+/// The first attempt's acknowledgement was lost (the server stored the message), and every
+/// later attempt is cut part-way: at the deadline the send must not say "NOT delivered" after
+/// the last cut, but that message ID may or may not have been stored. The message (16 MiB) is
+/// more than the sockets on the way hold, so a later attempt fails writing, not waiting for an
+/// answer: only the first attempt says the message may have been stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_may_have_been_stored_never_gives_up_as_not_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, store) = server(dir.path()).await;
+    let len = 16 * 1024 * 1024;
+    let relay = relay(
+        upstream.addr.clone(),
+        Break::AckLost(len),
+        Then::Break(Break::After(100 * 1024)),
+    )
+    .await;
+    let mut client = client(&relay).await;
+    let mut retries: Vec<Retry> = Vec::new();
+    let failed = client
+        .send_retrying(
+            std::io::Cursor::new(data(len)),
+            SealOptions::default(),
+            backoff(Duration::from_millis(800)),
+            |r| retries.push(*r),
+        )
+        .await
+        .expect_err("every later connection is cut");
+    let Some(RetryCause::ConnectionLost { id }) = retries.first().map(|r| r.cause) else {
+        panic!("no resend: {retries:?}");
+    };
+    let ClientError::NoAck { why, .. } = &failed else {
+        panic!("{failed:?}");
+    };
+    assert!(
+        !matches!(**why, ClientError::NoAck { .. }),
+        "the last attempt's own failure is kept: {why:?}"
+    );
+    let said = failed.to_string();
+    assert!(
+        said.starts_with("delivery NOT proven")
+            && said.contains(&id.to_string())
+            && said.contains("may or may not have been stored"),
+        "{said}"
+    );
+    assert!(relay.dropped_answer.load(Ordering::SeqCst));
+    assert_eq!(store.list_inbox().await.unwrap().len(), 1);
+}
+
+/// A message to another client (a relay) whose `Stored` answer was lost: sent again on a new
+/// connection, answered `Stored` again, and waiting once in the recipient's outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_answer_was_lost_is_sent_again_and_waits_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, store) = server(dir.path()).await;
+    let relay = relay(
+        upstream.addr.clone(),
+        Break::AckLost(300 * 1024),
+        Then::Pass,
+    )
+    .await;
+    let mut client = client(&relay).await;
+    let carol = common::public("alice3072");
+    let mut retries: Vec<Retry> = Vec::new();
+    let relayed = client
+        .relay(
+            std::io::Cursor::new(data(300 * 1024)),
+            SealOptions::default(),
+            &carol,
+            backoff(Duration::from_secs(20)),
+            |r| retries.push(*r),
+            |_| Ok(()),
+        )
+        .await
+        .expect("stored on the second connection");
+    assert!(
+        matches!(retries.as_slice(), [Retry { cause: RetryCause::ConnectionLost { id }, .. }] if *id == relayed.id),
+        "{retries:?}"
+    );
+    assert!(relay.dropped_answer.load(Ordering::SeqCst));
+    assert_eq!(relay.connections.load(Ordering::SeqCst), 2);
+    let waiting = store.pending_outbox(&carol.id().0).await.unwrap();
+    assert_eq!(waiting.len(), 1, "stored twice");
+}
+
+/// A relay whose `Stored` was lost, then cut part-way on every later connection: at the
+/// deadline it may or may not have been stored (the recipient may get it), never "NOT sent",
+/// which would invite a second copy under a new id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_may_have_been_stored_never_gives_up_as_not_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, store) = server(dir.path()).await;
+    let len = 16 * 1024 * 1024;
+    let relay = relay(
+        upstream.addr.clone(),
+        Break::AckLost(len),
+        Then::Break(Break::After(100 * 1024)),
+    )
+    .await;
+    let mut client = client(&relay).await;
+    let carol = common::public("alice3072");
+    let failed = client
+        .relay(
+            std::io::Cursor::new(data(len)),
+            SealOptions::default(),
+            &carol,
+            backoff(Duration::from_millis(800)),
+            |_| {},
+            |_| Ok(()),
+        )
+        .await
+        .expect_err("every later connection is cut");
+    assert!(matches!(failed, ClientError::NoAck { .. }), "{failed:?}");
+    assert!(
+        failed
+            .to_string()
+            .contains("may or may not have been stored"),
+        "{failed}"
+    );
+    assert_eq!(store.pending_outbox(&carol.id().0).await.unwrap().len(), 1);
 }
 
 /// What is not worth sending again is not: a refusal, a wrong acknowledgement, a timeout (its
@@ -302,7 +502,7 @@ async fn send_msg_says_it_sends_again_and_the_message_is_stored_once() {
     let d = dir.path().to_path_buf();
     classroom_folder(&d);
     let server = BinServer::start(&d, &[]);
-    let relay = relay(server.addr.clone(), Break::AckLost(300 * 1024), false).await;
+    let relay = relay(server.addr.clone(), Break::AckLost(300 * 1024), Then::Pass).await;
     let plain = data(300 * 1024);
     std::fs::write(d.join("big.bin"), &plain).unwrap();
     let args = [

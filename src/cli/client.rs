@@ -844,6 +844,11 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
             );
             return fail(e);
         }
+        // No answer after all of it went out: it may well be waiting for NAME, so not "NOT
+        // sent" (the record stays, and `client receipts` shows it once read).
+        Err(e @ letterlock::client::ClientError::NoAck { .. }) => {
+            return fail(anyhow::Error::new(e).context(format!("to {name}")));
+        }
         Err(e) => {
             let e = anyhow::Error::new(e).context(format!("NOT sent to {name}"));
             return fail(e);

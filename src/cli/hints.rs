@@ -147,6 +147,7 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
                 Some("is `letterlock server` running there? Check --server (HOST:PORT)".into())
             }
             ClientError::Timeout { .. } => Some(TIMEOUT_HINT.into()),
+            ClientError::NoAck { .. } => Some(NO_ACK_HINT.into()),
             ClientError::Io(_) | ClientError::Closed if e.is_connection_lost() => {
                 Some(CONNECTION_LOST_HINT.into())
             }
@@ -253,6 +254,14 @@ fn header_hint(e: &letterlock::envelope::HeaderError) -> Option<String> {
 const TIMEOUT_HINT: &str = "check that a `letterlock server` runs at that address and is not \
      stopped or overloaded, and that no firewall or proxy on the way holds the traffic; a server \
      only slow to accept connections can be given longer with --timeout SECONDS";
+
+/// The hint for a message whose answer never came after all of it went out (found by a
+/// review: "run the command again" there seals a new message id, a second copy if the first
+/// was stored).
+const NO_ACK_HINT: &str = "the server may hold it under that id: sending it again as a new \
+     message could deliver it twice. The server's operator can tell (`letterlock server inbox` \
+     lists what arrived); a message to another client shows in `letterlock client receipts` \
+     once it is read";
 
 /// The hint for a connection that broke in the middle of an exchange (found by a trial run: a
 /// server killed during a send or a fetch left only "Broken pipe" or "unexpected end of file").
@@ -479,6 +488,19 @@ mod tests {
         }
         let local = ClientError::Io(std::io::ErrorKind::PermissionDenied.into());
         assert_eq!(hint(&local), None);
+    }
+
+    /// A message whose answer never came is not to be sent again as a new one: the hint says
+    /// so instead of "run the command again", whatever broke the connection.
+    #[test]
+    fn a_missing_answer_is_not_explained_as_nothing_lost() {
+        let e = ClientError::NoAck {
+            id: letterlock::envelope::MessageId([1; 16]),
+            why: Box::new(ClientError::Closed),
+        };
+        let said = hint(&e).unwrap_or_default();
+        assert!(said.contains("could deliver it twice"), "{said}");
+        assert!(!said.contains("Run the command again"), "{said}");
     }
 
     /// A full disk, wherever it was met, says what to do about it.

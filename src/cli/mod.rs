@@ -484,12 +484,13 @@ fn host_port(text: &str, lowest: u16) -> Result<String, String> {
     if host.is_empty() {
         return Err(format!("no host: {example}"));
     }
-    // Brackets hold an IPv6 address and nothing else (`[]:80` passed once, to fail later).
+    // Brackets hold an IPv6 address, with its scope if any (`[fe80::1%2]`), and nothing else
+    // (`[]:80` passed once, to fail later).
     let bracketed = host
         .strip_prefix('[')
         .and_then(|inner| inner.strip_suffix(']'));
     match bracketed {
-        Some(inner) if inner.parse::<std::net::Ipv6Addr>().is_err() => {
+        Some(_) if format!("{host}:0").parse::<std::net::SocketAddrV6>().is_err() => {
             return Err(format!(
                 "{host} is not an IPv6 address in brackets, e.g. [::1]:8000; {example}"
             ));
@@ -941,6 +942,7 @@ mod tests {
             "localhost:1",
             "[::1]:65535",
             "[fe80::1]:8000",
+            "[fe80::1%2]:8000",
             "example.org:443",
         ] {
             assert_eq!(server_address(good).as_deref(), Ok(good));

@@ -19,7 +19,7 @@ use crate::envelope::{self, Header, MessageId, SealOptions, Sealed};
 use crate::keys::PublicKey;
 use crate::wire::{self, Frame, MAX_RECEIPT_IDS, ReceiptInfo};
 
-use super::send::{Kept, resend_cause};
+use super::send::{Kept, SendAgain};
 use super::{Backoff, Client, ClientError, Retry, on_blocking_pool, unexpected};
 
 /// Most entries a directory answer may have in all: a bound on what a server can make the
@@ -112,19 +112,10 @@ impl Client {
             debug!(elapsed = ?start.elapsed(), "sealing took long; connecting again");
             *self = self.connect_again(backoff, &mut on_retry).await?;
         }
-        let mut result = self.relay_once(&kept).await;
-        let mut failed: u32 = 0;
-        let id = kept.sealed.header.message_id;
-        while let Some(cause) = resend_cause(&result, id) {
-            if !self
-                .reconnect_to_resend(&mut failed, cause, start, backoff, &mut on_retry)
-                .await?
-            {
-                return result;
-            }
-            result = self.relay_once(&kept).await;
-        }
-        result
+        let again = RelayAgain(&kept);
+        let result = again.send_on(self).await;
+        self.resend_while_worth_it(result, &again, start, backoff, &mut on_retry)
+            .await
     }
 
     /// Relays a message sealed ahead (`sealed_bytes`, with what its sealer reported) once:
@@ -157,9 +148,22 @@ impl Client {
         self.await_stored(&kept.sealed).await
     }
 
+    /// The server's `Stored` for `sealed`. A connection that ends or stalls before it leaves
+    /// the relay's fate unknown: said as a missing answer ([`ClientError::NoAck`]), as a send's
+    /// missing ack is.
     async fn await_stored(&mut self, sealed: &Sealed) -> Result<Relayed, ClientError> {
         let want = sealed.header.message_id;
-        match self.read().await? {
+        let answer = match self.read().await {
+            Ok(frame) => frame,
+            Err(refused @ ClientError::Refused { .. }) => return Err(refused),
+            Err(e) => {
+                return Err(ClientError::NoAck {
+                    id: want,
+                    why: Box::new(e),
+                });
+            }
+        };
+        match answer {
             Frame::Stored { id } if id == want => {
                 debug!(%id, "relayed message stored by the server");
                 Ok(Relayed {
@@ -228,6 +232,22 @@ fn verify_directory(
         entries.push(entry);
     }
     Ok(entries)
+}
+
+/// A relay kept in its spool, sent again on a new connection by
+/// [`Client::resend_while_worth_it`]: `Relay`, the same bytes, `SendEnd`, then `Stored`.
+struct RelayAgain<'a>(&'a Kept);
+
+impl SendAgain for RelayAgain<'_> {
+    type Answer = Relayed;
+
+    fn id(&self) -> MessageId {
+        self.0.sealed.header.message_id
+    }
+
+    async fn send_on(&self, client: &mut Client) -> Result<Relayed, ClientError> {
+        client.relay_once(self.0).await
+    }
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ impl Client {
             return result;
         };
         let again = Again::Spool(&kept);
-        self.resend_while_unavailable(result, &again, start, backoff, &mut on_retry)
+        self.resend_while_worth_it(result, &again, start, backoff, &mut on_retry)
             .await
     }
 
@@ -84,7 +84,7 @@ impl Client {
         let start = tokio::time::Instant::now();
         let result = self.send_sealed(sealed_bytes, sealed).await;
         let again = Again::Memory(sealed_bytes, sealed);
-        self.resend_while_unavailable(result, &again, start, backoff, &mut on_retry)
+        self.resend_while_worth_it(result, &again, start, backoff, &mut on_retry)
             .await
     }
 
@@ -152,36 +152,41 @@ impl Client {
             }
         };
         let again = Again::Memory(&bytes, &sealed);
-        self.resend_while_unavailable(result, &again, start, backoff, &mut on_retry)
+        self.resend_while_worth_it(result, &again, start, backoff, &mut on_retry)
             .await
     }
 
     /// While `result` is worth sending again ([`resend_cause`]: the server's `Unavailable`,
-    /// or a connection that broke before the ack), waits as `backoff` says (counted from
-    /// `start`), connects again and resends `again`, until another answer or the deadline.
-    async fn resend_while_unavailable(
+    /// or a connection that broke before the answer), waits as `backoff` says (counted from
+    /// `start`), connects again and sends `again` once more, until another answer or the
+    /// deadline. What it gives up with says "may or may not have been stored" (a
+    /// [`ClientError::NoAck`]) whenever any attempt may have stored the message, whatever the
+    /// last one ended with: a later attempt cut short, or refused, says nothing of an earlier
+    /// one whose answer was lost.
+    pub(super) async fn resend_while_worth_it<A: SendAgain>(
         &mut self,
-        mut result: Result<Delivery, ClientError>,
-        again: &Again<'_>,
+        mut result: Result<A::Answer, ClientError>,
+        again: &A,
         start: tokio::time::Instant,
         backoff: Backoff,
         on_retry: &mut impl FnMut(&Retry),
-    ) -> Result<Delivery, ClientError> {
+    ) -> Result<A::Answer, ClientError> {
+        let id = again.id();
+        let mut fate = Fate::of(id, &result);
         let mut failed: u32 = 0;
-        let id = again.sealed().header.message_id;
         while let Some(cause) = resend_cause(&result, id) {
-            if !self
+            match self
                 .reconnect_to_resend(&mut failed, cause, start, backoff, on_retry)
-                .await?
+                .await
             {
-                return result;
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => return fate.give_up(Err(e)),
             }
-            result = match again {
-                Again::Spool(kept) => self.resend(kept).await,
-                Again::Memory(bytes, sealed) => self.send_sealed(bytes, sealed).await,
-            };
+            result = again.send_on(self).await;
+            fate.saw(&result);
         }
-        result
+        fate.give_up(result)
     }
 
     /// After a send failed for `cause` (`failed` failures so far, counted up here): waits as
@@ -190,8 +195,8 @@ impl Client {
     /// busy (the refusal then says more than "busy"): give up with the send's own failure.
     ///
     /// After a broken connection, a server that is restarting refuses connections for a
-    /// moment: that is waited out too, within the deadline; any other failure to reconnect
-    /// leaves the message's fate unknown, said as a missing acknowledgement.
+    /// moment (TCP "connection refused"): that is waited out too, within the deadline. Any
+    /// other failure to reconnect is returned.
     pub(super) async fn reconnect_to_resend(
         &mut self,
         failed: &mut u32,
@@ -234,14 +239,12 @@ impl Client {
                 // Turned away until the deadline (a server without its database cannot check
                 // our key either): the refusal says more than "busy".
                 (Err(ClientError::Busy { .. }), _) => Ok(false),
-                (Err(ClientError::Connect { source, .. }), RetryCause::ConnectionLost { .. }) => {
+                (Err(ClientError::Connect { source, .. }), RetryCause::ConnectionLost { .. })
+                    if source.kind() == io::ErrorKind::ConnectionRefused =>
+                {
                     debug!(error = %source, "not listening yet; trying again");
                     continue;
                 }
-                (Err(e), RetryCause::ConnectionLost { id }) => Err(ClientError::NoAck {
-                    id,
-                    why: Box::new(e),
-                }),
                 (Err(e), _) => Err(e),
             };
         }
@@ -470,11 +473,70 @@ enum Again<'a> {
     Memory(&'a [u8], &'a Sealed),
 }
 
-impl Again<'_> {
-    fn sealed(&self) -> &Sealed {
+/// A message that can be sent again, byte for byte, on a new connection
+/// ([`Client::resend_while_worth_it`]): a message to the server ([`Again`]) or a relay.
+pub(super) trait SendAgain {
+    /// What the server's answer proves.
+    type Answer;
+    /// The message's id, the same in every copy.
+    fn id(&self) -> MessageId;
+    /// Sends it once on `client` and waits for the answer.
+    async fn send_on(&self, client: &mut Client) -> Result<Self::Answer, ClientError>;
+}
+
+impl SendAgain for Again<'_> {
+    type Answer = Delivery;
+
+    fn id(&self) -> MessageId {
         match self {
-            Again::Spool(kept) => &kept.sealed,
-            Again::Memory(_, sealed) => sealed,
+            Again::Spool(kept) => kept.sealed.header.message_id,
+            Again::Memory(_, sealed) => sealed.header.message_id,
+        }
+    }
+
+    async fn send_on(&self, client: &mut Client) -> Result<Delivery, ClientError> {
+        match self {
+            Again::Spool(kept) => client.resend(kept).await,
+            Again::Memory(bytes, sealed) => client.send_sealed(bytes, sealed).await,
+        }
+    }
+}
+
+/// What the attempts at sending one message tell of its fate: whether any of them may have
+/// stored it (all of it went out, and the answer never came).
+struct Fate {
+    id: MessageId,
+    maybe_stored: bool,
+}
+
+impl Fate {
+    fn of<T>(id: MessageId, first: &Result<T, ClientError>) -> Fate {
+        let mut fate = Fate {
+            id,
+            maybe_stored: false,
+        };
+        fate.saw(first);
+        fate
+    }
+
+    fn saw<T>(&mut self, result: &Result<T, ClientError>) {
+        self.maybe_stored |= matches!(result, Err(ClientError::NoAck { .. }));
+    }
+
+    /// `last`, said as a missing answer if an earlier attempt may have stored the message:
+    /// "NOT delivered" would be wrong, and sending it again as a new message a duplicate.
+    fn give_up<T>(&self, last: Result<T, ClientError>) -> Result<T, ClientError> {
+        match last {
+            Err(e)
+                if self.maybe_stored
+                    && !matches!(e, ClientError::NoAck { .. } | ClientError::NotProven(_)) =>
+            {
+                Err(ClientError::NoAck {
+                    id: self.id,
+                    why: Box::new(e),
+                })
+            }
+            last => last,
         }
     }
 }
@@ -555,11 +617,16 @@ pub(super) struct Kept {
     pub(super) spool: std::fs::File,
 }
 
-/// True for the server's `Unavailable` answer to a send: nothing acked, worth sending again.
 /// Why a send of message `id` that ended with `result` is worth making again, byte for byte,
-/// on a new connection, if it is: the server answered `Unavailable` (nothing was acked), or the
-/// connection broke before the ack (the server may have stored it, and then acks the same id
-/// again instead of storing it twice). Not an answer, a refusal, a wrong ack or a timeout.
+/// on a new connection, if it is:
+/// - the server answered `Unavailable` (nothing was acked);
+/// - the connection broke before the answer ([`ClientError::is_connection_lost`]): the server
+///   may have stored the message, and then acks the same id again instead of storing it twice;
+/// - the server answered `Error` code timeout: it closed the connection for silence (a kept
+///   connection idle too long, or a message whose input came too slowly), and stores nothing
+///   of a message it did not receive whole.
+///
+/// Not another answer or refusal, a wrong ack, or our own timeout (its time is spent).
 pub(super) fn resend_cause<T>(
     result: &Result<T, ClientError>,
     id: MessageId,
@@ -569,6 +636,10 @@ pub(super) fn resend_cause<T>(
             code: ErrorCode::Unavailable,
             ..
         }) => Some(RetryCause::Unavailable { id }),
+        Err(ClientError::Refused {
+            code: ErrorCode::Timeout,
+            ..
+        }) => Some(RetryCause::ConnectionLost { id }),
         Err(e) if e.is_connection_lost() => Some(RetryCause::ConnectionLost { id }),
         _ => None,
     }

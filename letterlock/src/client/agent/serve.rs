@@ -568,7 +568,8 @@ fn on_retry(r: &Retry) {
     debug!(
         attempt = r.attempt,
         wait_ms = r.wait.as_millis(),
-        "the server is busy or unavailable; waiting"
+        cause = ?r.cause,
+        "trying again"
     );
 }
 
