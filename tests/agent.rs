@@ -468,6 +468,36 @@ fn an_agent_whose_server_restarted_sends_on_a_new_connection() {
     assert_eq!(stored(d, &id_in(&out)), "after the restart");
 }
 
+/// The agent resends a message whose connection broke for no longer than the command's own
+/// --timeout, not its own (found by a trial run: `send_msg --timeout 3s` through an agent whose
+/// server had gone took 29 s), and says in its log that it tries again.
+#[test]
+fn an_agent_gives_up_on_a_gone_server_within_the_commands_timeout() {
+    let (dir, server) = folder_with_server();
+    let d = dir.path();
+    let addr = server.addr.clone();
+    let agent = Agent::start(d, &addr, &[]);
+    let (code, _, err) = send(d, &addr, &["before the server went"]);
+    assert_eq!(code, 0, "{err}");
+    drop(server);
+    let started = std::time::Instant::now();
+    let (code, _, err) = send(d, &addr, &["--timeout", "2s", "after it went"]);
+    let took = started.elapsed();
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(BY_AGENT) || err.contains("sent by the agent"),
+        "{err}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(12),
+        "took {took:?} for --timeout 2s: {err}"
+    );
+    let (code, _, said) = run(d, &["client", "agent", "--stop"]);
+    assert_eq!(code, 0, "{said}");
+    let (_, log) = agent.wait();
+    assert!(log.contains("trying again"), "{log}");
+}
+
 /// Another user's process is turned away even when it can open the socket: the agent checks the
 /// peer's user id. Needs root (to run a command as the `postgres` user, as the PostgreSQL tests
 /// do).

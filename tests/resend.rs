@@ -380,6 +380,48 @@ async fn a_send_that_may_have_been_stored_never_gives_up_as_not_delivered() {
     assert_eq!(store.list_inbox().await.unwrap().len(), 1);
 }
 
+/// A reader that gives nothing for a while, then `data`: a slow stdin.
+struct Slow {
+    first: Option<Duration>,
+    data: std::io::Cursor<Vec<u8>>,
+}
+
+impl std::io::Read for Slow {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(pause) = self.first.take() {
+            std::thread::sleep(pause);
+        }
+        std::io::Read::read(&mut self.data, buf)
+    }
+}
+
+/// The time to try again counts from the break, not from the start of the send: a stream that
+/// took longer than the whole deadline to arrive, then broke, still goes again (found by a
+/// trial run: it was never resent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_breaks_after_its_deadline_is_still_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, store) = server(dir.path()).await;
+    let relay = relay(upstream.addr.clone(), Break::After(100 * 1024), Then::Pass).await;
+    let mut client = client(&relay).await;
+    let input = Slow {
+        first: Some(Duration::from_millis(600)),
+        data: std::io::Cursor::new(data(300 * 1024)),
+    };
+    let mut retries: Vec<Retry> = Vec::new();
+    client
+        .send_retrying(
+            input,
+            SealOptions::default(),
+            backoff(Duration::from_millis(300)),
+            |r| retries.push(*r),
+        )
+        .await
+        .expect("resent after the break");
+    assert_eq!(retries.len(), 1, "{retries:?}");
+    assert_eq!(store.list_inbox().await.unwrap().len(), 1);
+}
+
 /// A message to another client (a relay) whose `Stored` answer was lost: sent again on a new
 /// connection, answered `Stored` again, and waiting once in the recipient's outbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -539,4 +581,51 @@ async fn send_msg_says_it_sends_again_and_the_message_is_stored_once() {
     assert_eq!(code, 0, "{err}");
     let listed = String::from_utf8(listed).unwrap();
     assert_eq!(listed.matches(id).count(), 1, "{listed}");
+}
+
+/// The command line, when the acknowledgement was lost and the server never came back: not
+/// "NOT delivered" but "delivery NOT proven … may or may not have been stored", a hint not to
+/// send it again as a new message, and with --json the id and "stored": null for a script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_msg_that_may_have_been_stored_says_so_and_gives_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    classroom_folder(&d);
+    let server = BinServer::start(&d, &[]);
+    let relay = relay(server.addr.clone(), Break::AckLost(300 * 1024), Then::Gone).await;
+    std::fs::write(d.join("big.bin"), data(300 * 1024)).unwrap();
+    let args = [
+        "client",
+        "send_msg",
+        "--server",
+        &relay.addr,
+        "--file",
+        "big.bin",
+        "--timeout",
+        "1s",
+        "--json",
+    ]
+    .map(String::from);
+    let folder = d.clone();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || run(&folder, &args.each_ref().map(String::as_str)))
+            .await
+            .unwrap();
+    assert_eq!(code, 1, "{err}");
+    let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let id = json["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id: {json}"));
+    assert_eq!(json["delivered"], false, "{json}");
+    assert!(json["stored"].is_null(), "{json}");
+    assert!(
+        err.contains(&format!(
+            "delivery NOT proven: no acknowledgement from the server for message {id}"
+        )) && err.contains("could deliver it twice")
+            && !err.contains("NOT delivered"),
+        "{err}"
+    );
+    let (code, stored, said) = run(&d, &["server", "read", id]);
+    assert_eq!(code, 0, "{said}");
+    assert_eq!(stored.len(), 300 * 1024);
 }

@@ -302,9 +302,9 @@ fn stdin_message() -> Result<Box<dyn Read + Send>> {
 pub(super) const SEND_TIMEOUT_HELP: &str = "How long to keep trying (seconds, or with a unit: \
      500ms, 2m) while the server is busy, answers \"unavailable\" because its mailbox database \
      is away, or the connection breaks under the send (a server restarting): it retries with \
-     growing, jittered waits, resends the same message under the same id (a server that stored \
-     it only acknowledges it again), and says so on stderr; also the longest wait for the \
-     connection to be set up";
+     growing, jittered waits for this long after the first failure, resends the same message \
+     under the same id (a server that stored it only acknowledges it again), and says so on \
+     stderr; also the longest wait for the connection to be set up";
 
 #[derive(Args, Debug)]
 #[command(mut_arg("timeout", |a| a.help(SEND_TIMEOUT_HELP)))]
@@ -315,8 +315,9 @@ pub(super) struct ClientSendArgs {
     #[arg(long, default_value_t = envelope::DEFAULT_ASYMMETRIC_LIMIT)]
     pub(super) max_asymmetric: u64,
     /// Print the outcome as one JSON object on stdout: {"id", "bytes", "mode", "delivered"}
-    /// (and "error" when not delivered); with --to: {"id", "bytes", "mode", "to", "to_key",
-    /// "stored", "read"} (and "error").
+    /// (and "error" when not delivered, with "id" and "stored": null when the message may or may
+    /// not have been stored); with --to: {"id", "bytes", "mode", "to", "to_key", "stored",
+    /// "read"} (and "error"; "stored": null when unknown).
     #[arg(long)]
     pub(super) json: bool,
     /// Send to this contact (another client, through the server) instead of to the server.
@@ -625,7 +626,7 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
     // A script reading --json gets its answer whatever failed; the error and its hint still go
     // to stderr.
     if let (true, Err(e)) = (json, &sent) {
-        print_json_not_delivered(&super::error_chain(e));
+        print_json_not_delivered(&super::error_chain(e), None);
     }
     sent
 }
@@ -680,7 +681,14 @@ async fn send_to_server(a: ClientSendArgs) -> Result<ExitCode> {
                 // The message never had its signature: nothing was stored.
                 return Err(key);
             }
-            print_not_delivered(a.json, &e.to_string());
+            let unproven = match &e {
+                letterlock::client::ClientError::NoAck { id, .. } => Some(*id),
+                _ => None,
+            };
+            if a.json {
+                print_json_not_delivered(&e.to_string(), unproven);
+            }
+            print_not_delivered(false, &e.to_string());
             print_hint(std::iter::successors(
                 Some(&e as &(dyn std::error::Error + 'static)),
                 |c| c.source(),
@@ -732,7 +740,7 @@ pub(super) fn print_delivered(
 /// "NOT delivered" before it would claim more than the client knows (found by a trial run).
 pub(super) fn print_not_delivered(json: bool, error: &str) {
     if json {
-        print_json_not_delivered(error);
+        print_json_not_delivered(error, None);
     }
     if error.starts_with("delivery NOT proven") {
         eprintln!("letterlock: {error}");
@@ -741,12 +749,26 @@ pub(super) fn print_not_delivered(json: bool, error: &str) {
     }
 }
 
-/// `send_msg --json`'s answer when nothing was delivered.
-fn print_json_not_delivered(error: &str) {
-    println!(
-        "{}",
-        serde_json::json!({ "delivered": false, "error": error })
-    );
+/// `send_msg --json`'s answer when nothing was proven delivered; `unproven` is the id of a
+/// message that may or may not have been stored, said so ("stored": null) for a script that
+/// must not send it again as a new one.
+fn print_json_not_delivered(error: &str, unproven: Option<envelope::MessageId>) {
+    let out = match unproven {
+        Some(id) => serde_json::json!({
+            "delivered": false, "error": error, "id": id.to_string(), "stored": null
+        }),
+        None => serde_json::json!({ "delivered": false, "error": error }),
+    };
+    println!("{out}");
+}
+
+/// The id of a message whose answer never came after all of it went out
+/// ([`letterlock::client::ClientError::NoAck`]), if `e` or a cause of it says so.
+fn unproven_id(e: &anyhow::Error) -> Option<envelope::MessageId> {
+    e.chain().find_map(|c| match c.downcast_ref() {
+        Some(letterlock::client::ClientError::NoAck { id, .. }) => Some(*id),
+        _ => None,
+    })
 }
 
 /// `send_msg --to NAME`: resolves NAME (pinned, else the server's directory, over the same
@@ -763,8 +785,13 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
     let contacts = open_contacts(&a.conn.keys)?;
     let fail = |e: anyhow::Error| -> Result<ExitCode> {
         if a.json {
-            let out =
-                serde_json::json!({ "stored": false, "to": name, "error": super::error_chain(&e) });
+            let error = super::error_chain(&e);
+            let out = match unproven_id(&e) {
+                Some(id) => serde_json::json!({
+                    "stored": null, "to": name, "error": error, "id": id.to_string()
+                }),
+                None => serde_json::json!({ "stored": false, "to": name, "error": error }),
+            };
             println!("{out}");
         }
         Err(e)

@@ -267,8 +267,9 @@ const NO_ACK_HINT: &str = "the server may hold it under that id: sending it agai
 /// server killed during a send or a fetch left only "Broken pipe" or "unexpected end of file").
 const CONNECTION_LOST_HINT: &str = "the connection to the server broke (it stopped or \
      restarted, or the network failed): the server stores a message only once all of it has \
-     arrived, and deletes one only once it is acknowledged, so nothing was lost; messages already \
-     shown are kept in this folder's mailbox. Run the command again once the server is back";
+     arrived, and deletes one it delivers only once it is acknowledged; messages already shown \
+     are kept in this folder's mailbox. Run the command again once the server is back (a \
+     message given on stdin must be given again)";
 
 /// The hint for a failed TLS handshake.
 fn tls_hint(e: &letterlock::tls::TlsError) -> Option<String> {

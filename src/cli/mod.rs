@@ -490,7 +490,11 @@ fn host_port(text: &str, lowest: u16) -> Result<String, String> {
         .strip_prefix('[')
         .and_then(|inner| inner.strip_suffix(']'));
     match bracketed {
-        Some(_) if format!("{host}:0").parse::<std::net::SocketAddrV6>().is_err() => {
+        Some(_)
+            if format!("{host}:0")
+                .parse::<std::net::SocketAddrV6>()
+                .is_err() =>
+        {
             return Err(format!(
                 "{host} is not an IPv6 address in brackets, e.g. [::1]:8000; {example}"
             ));

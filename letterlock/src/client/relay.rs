@@ -114,7 +114,7 @@ impl Client {
         }
         let again = RelayAgain(&kept);
         let result = again.send_on(self).await;
-        self.resend_while_worth_it(result, &again, start, backoff, &mut on_retry)
+        self.resend_while_worth_it(result, &again, backoff, &mut on_retry)
             .await
     }
 

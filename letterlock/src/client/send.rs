@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Seek, Write};
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::envelope::{self, HEADER_LEN, Header, MessageId, Mode, SealError, SealOptions, Sealed};
 use crate::keys::PublicKey;
@@ -55,11 +55,15 @@ impl Client {
         backoff: Backoff,
         mut on_retry: impl FnMut(&Retry),
     ) -> Result<Delivery, ClientError> {
-        let start = tokio::time::Instant::now();
         let spool = match tempfile::tempfile() {
             Ok(file) => Some(file),
             Err(e) => {
-                debug!(error = %e, "no temporary file for the sealed message; it is sent once");
+                // Said without -v (found by a trial run): the send goes ahead, unprotected.
+                warn!(
+                    error = %e,
+                    "no temporary file for the sealed message (is TMPDIR a writable folder?): \
+                     if the connection breaks, it cannot be sent again"
+                );
                 None
             }
         };
@@ -68,7 +72,7 @@ impl Client {
             return result;
         };
         let again = Again::Spool(&kept);
-        self.resend_while_worth_it(result, &again, start, backoff, &mut on_retry)
+        self.resend_while_worth_it(result, &again, backoff, &mut on_retry)
             .await
     }
 
@@ -81,10 +85,9 @@ impl Client {
         backoff: Backoff,
         mut on_retry: impl FnMut(&Retry),
     ) -> Result<Delivery, ClientError> {
-        let start = tokio::time::Instant::now();
         let result = self.send_sealed(sealed_bytes, sealed).await;
         let again = Again::Memory(sealed_bytes, sealed);
-        self.resend_while_worth_it(result, &again, start, backoff, &mut on_retry)
+        self.resend_while_worth_it(result, &again, backoff, &mut on_retry)
             .await
     }
 
@@ -104,7 +107,6 @@ impl Client {
         backoff: Backoff,
         mut on_retry: impl FnMut(&Retry),
     ) -> Result<Delivery, ClientError> {
-        let start = tokio::time::Instant::now();
         let Sealing { head, sealing } = sealing;
         let mut written = 0;
         let mut write_failed = None;
@@ -152,14 +154,16 @@ impl Client {
             }
         };
         let again = Again::Memory(&bytes, &sealed);
-        self.resend_while_worth_it(result, &again, start, backoff, &mut on_retry)
+        self.resend_while_worth_it(result, &again, backoff, &mut on_retry)
             .await
     }
 
     /// While `result` is worth sending again ([`resend_cause`]: the server's `Unavailable`,
-    /// or a connection that broke before the answer), waits as `backoff` says (counted from
-    /// `start`), connects again and sends `again` once more, until another answer or the
-    /// deadline. What it gives up with says "may or may not have been stored" (a
+    /// or a connection that broke before the answer), waits as `backoff` says, connects again
+    /// and sends `again` once more, until another answer or the deadline. The deadline counts
+    /// from now, the first failure, not from the start of the send: a long upload that breaks
+    /// late is given the same time to go through again as a short one (found by a trial run:
+    /// a stream that broke after the deadline was never resent). What it gives up with says "may or may not have been stored" (a
     /// [`ClientError::NoAck`]) whenever any attempt may have stored the message, whatever the
     /// last one ended with: a later attempt cut short, or refused, says nothing of an earlier
     /// one whose answer was lost.
@@ -167,10 +171,10 @@ impl Client {
         &mut self,
         mut result: Result<A::Answer, ClientError>,
         again: &A,
-        start: tokio::time::Instant,
         backoff: Backoff,
         on_retry: &mut impl FnMut(&Retry),
     ) -> Result<A::Answer, ClientError> {
+        let start = tokio::time::Instant::now();
         let id = again.id();
         let mut fate = Fate::of(id, &result);
         let mut failed: u32 = 0;

@@ -482,6 +482,7 @@ impl Agent {
                 request.server
             ));
         }
+        let request_wait = request.wait_s;
         let sealing = self.seal(request);
         if self.last_used.elapsed() > REUSE_FOR {
             self.client = None;
@@ -494,10 +495,16 @@ impl Agent {
             },
         };
         // A kept connection the server closed meanwhile (its idle timeout, a restart) is
-        // replaced, and the same bytes sent again on the new one, by `send_sealing` itself.
-        let result = client
-            .send_sealing(sealing, self.config.backoff, on_retry)
-            .await;
+        // replaced, and the same bytes sent again on the new one, by `send_sealing` itself,
+        // for no longer than the command's own --timeout: it waits that long plus the time
+        // of one answer (`SendRequest::wait_s`).
+        let command_retries = Duration::from_secs(request_wait.into())
+            .saturating_sub(ClientConfig::default().timeout);
+        let backoff = Backoff {
+            deadline: self.config.backoff.deadline.min(command_retries),
+            ..self.config.backoff
+        };
+        let result = client.send_sealing(sealing, backoff, on_retry).await;
         match result {
             Ok(Delivery {
                 id,
@@ -565,7 +572,7 @@ async fn connect(c: &AgentConfig) -> Result<Client, ClientError> {
 
 /// Says in the log why a message waits before it is sent again.
 fn on_retry(r: &Retry) {
-    debug!(
+    info!(
         attempt = r.attempt,
         wait_ms = r.wait.as_millis(),
         cause = ?r.cause,
