@@ -52,10 +52,11 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
             let window = self.conn.delivery_window.clone();
             let mut stop = self.stop.clone();
             let runtime = tokio::runtime::Handle::current();
-            let sent = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let sent = tokio::task::spawn_blocking(move || -> Result<(), Stopped> {
                 let mut body = body;
                 // DATA_FRAME fits in u32 (256 KiB) and in the window (at least one frame).
-                let chunk = u32::try_from(DATA_FRAME).map_err(|_| std::io::ErrorKind::Other)?;
+                let chunk = u32::try_from(DATA_FRAME)
+                    .map_err(|_| Stopped::Read(std::io::ErrorKind::Other.into()))?;
                 loop {
                     // Room in the window first, then the read: a stalled peer stops the reads.
                     // At shutdown, stop waiting: a blocking thread waiting for a stalled peer
@@ -67,11 +68,11 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                         }
                     });
                     let Some(room) = room else {
-                        return Err(std::io::ErrorKind::BrokenPipe.into());
+                        return Err(Stopped::PeerGone);
                     };
                     room.forget();
                     let mut data = vec![0u8; DATA_FRAME];
-                    let n = envelope::read_full(&mut body, &mut data)?;
+                    let n = envelope::read_full(&mut body, &mut data).map_err(Stopped::Read)?;
                     // The writer gives back only what it wrote.
                     window.add_permits(DATA_FRAME.saturating_sub(n));
                     if n == 0 {
@@ -79,14 +80,15 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                     }
                     data.truncate(n);
                     if frames.blocking_send(Frame::Deliver(data)).is_err() {
-                        return Err(std::io::ErrorKind::BrokenPipe.into());
+                        return Err(Stopped::PeerGone);
                     }
                 }
             })
             .await;
             match sent {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => {
+                Ok(Err(Stopped::PeerGone)) => return Err(Fail::peer_gone()),
+                Ok(Err(Stopped::Read(e))) => {
                     warn!(error = %e, "reading an outbox message failed");
                     return Err(Fail::internal());
                 }
@@ -254,4 +256,13 @@ mod tests {
             .unwrap();
         assert_eq!(waiting.len(), 1);
     }
+}
+
+/// Why a delivery stopped before the message's end.
+enum Stopped {
+    /// The connection's writer is gone (the peer left, its connection broke), or the server
+    /// is stopping.
+    PeerGone,
+    /// The stored body could not be read.
+    Read(std::io::Error),
 }

@@ -202,7 +202,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         if let Err(fail) = &result {
             // Seen by the operator at the default level: a record that failed authentication
             // (an altered stream), a protocol violation, a refusal. An idle timeout is routine.
-            if fail.code == ErrorCode::Timeout {
+            if fail.is_routine() {
                 debug!(peer = %self.peer, error = %fail.message, "closing connection");
             } else {
                 super::peer_log::within_budget(
@@ -428,9 +428,7 @@ impl<S: Store, R> Handler<S, R> {
 
 /// Queues a frame for the writer task.
 pub(super) async fn send(out: &mpsc::Sender<Frame>, frame: Frame) -> Result<(), Fail> {
-    out.send(frame)
-        .await
-        .map_err(|_| Fail::new(ErrorCode::Internal, "connection closed"))
+    out.send(frame).await.map_err(|_| Fail::peer_gone())
 }
 
 /// [`ServerConfig::delivery_window`] in semaphore permits (one per byte), at least one whole
