@@ -690,3 +690,37 @@ async fn a_fetch_cut_short_is_not_logged_as_the_servers_error() {
         "{logged}"
     );
 }
+
+/// A connection cut short under the handshake, after the server's first bytes (a server
+/// stopping or restarting): connecting tries again within the deadline instead of giving up at
+/// once (found by a trial run), announced as a connection turned away, and the second
+/// connection is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_cut_short_is_tried_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, _store) = server(dir.path()).await;
+    let relay = relay(upstream.addr.clone(), Break::AnswerCut(500), Then::Pass).await;
+    let mut retries: Vec<Retry> = Vec::new();
+    let client = Client::connect_retrying(
+        &relay.addr,
+        common::private(CLIENT),
+        common::public(SERVER),
+        letterlock::client::ClientConfig::default(),
+        letterlock::client::Transport::Tls(letterlock::tls::TlsOptions::default()),
+        backoff(Duration::from_secs(20)),
+        |r| retries.push(*r),
+    )
+    .await;
+    assert!(client.is_ok(), "{:?}", client.err());
+    assert!(
+        matches!(
+            retries.as_slice(),
+            [Retry {
+                cause: RetryCause::Busy,
+                ..
+            }]
+        ),
+        "{retries:?}"
+    );
+    assert_eq!(relay.connections.load(Ordering::SeqCst), 2);
+}

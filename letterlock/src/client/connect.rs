@@ -142,6 +142,20 @@ pub(super) fn jitter() -> f64 {
     }
 }
 
+/// Whether a failed connection attempt is worth another, as [`Client::connect_retrying`]
+/// makes it: the server turned it away as busy, or the connection was cut short under the
+/// handshake or before `Ready` (a server stopping or restarting, a network that failed; found
+/// by a trial run: a close right after the handshake ended the command at once). Nothing of a
+/// message was sent on it. A refusal, a wrong key or a broken record is not: trying again
+/// would not change it.
+fn worth_another(e: &ClientError) -> bool {
+    match e {
+        ClientError::Busy { .. } => true,
+        ClientError::Tls(tls) => tls.is_peer_gone(),
+        other => other.is_connection_lost(),
+    }
+}
+
 /// A server's `Unavailable` refusal where the handshake was due is "busy"; anything else stays.
 fn busy_or(e: ClientError) -> ClientError {
     match e {
@@ -363,7 +377,9 @@ impl Client {
     }
 
     /// Connects with `transport`, and while the server turns us away as busy
-    /// ([`ClientError::Busy`]) tries again after the waits [`Backoff::wait`] gives, until
+    /// ([`ClientError::Busy`]), or the connection is cut short under the handshake or before
+    /// `Ready` (the last of these is returned at the deadline, not "busy"), tries again after
+    /// the waits [`Backoff::wait`] gives, until
     /// [`Backoff::deadline`]. `on_retry` hears of each wait before it starts (to tell a person
     /// why nothing happens yet). Every other failure (a wrong key, an alert, a refusal) returns
     /// at once: trying again would not change it. Each attempt gives up at the deadline too.
@@ -427,9 +443,12 @@ impl Client {
                     client.config = config;
                     return Ok(client);
                 }
-                Err(ClientError::Busy { .. }) => {
+                Err(e) if worth_another(&e) => {
                     let Some(wait) = backoff.wait(attempt, start.elapsed(), jitter()) else {
-                        return Err(ClientError::Busy { attempts: attempt });
+                        return Err(match e {
+                            ClientError::Busy { .. } => ClientError::Busy { attempts: attempt },
+                            cut_short => cut_short,
+                        });
                     };
                     attempt = attempt.saturating_add(1);
                     on_retry(&Retry {
