@@ -462,7 +462,8 @@ fn an_agent_whose_server_restarted_sends_on_a_new_connection() {
     let mut restarted = std::process::Command::new(common::BIN);
     restarted.args(["server", "--listen", &addr]).current_dir(d);
     let _server = BinServer::spawn(restarted);
-    let (code, out, err) = send(d, &addr, &["after the restart"]);
+    // Even with a --timeout under a second, which the agent once took as none (a review).
+    let (code, out, err) = send(d, &addr, &["--timeout", "500ms", "after the restart"]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains(BY_AGENT), "{err}");
     assert_eq!(stored(d, &id_in(&out)), "after the restart");

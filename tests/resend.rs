@@ -166,6 +166,10 @@ async fn server(dir: &std::path::Path) -> (Running, Arc<SqliteStore>) {
     (running, store)
 }
 
+/// The deadline of the tests that give up: long enough for a new connection's handshake on a
+/// loaded machine after the last wait.
+const SHORT: Duration = Duration::from_secs(2);
+
 /// Short waits and a deadline of `deadline`.
 fn backoff(deadline: Duration) -> Backoff {
     Backoff {
@@ -272,7 +276,7 @@ async fn a_server_that_never_comes_back_ends_the_send_at_its_deadline() {
     let relay = relay(upstream.addr.clone(), Break::After(100 * 1024), Then::Gone).await;
     let mut client = client(&relay).await;
     let mut retries: Vec<Retry> = Vec::new();
-    let deadline = Duration::from_millis(800);
+    let deadline = SHORT;
     let started = Instant::now();
     let failed = client
         .send_sealing(sealing(data(200 * 1024)), backoff(deadline), |r| {
@@ -296,11 +300,11 @@ async fn a_server_that_never_comes_back_ends_the_send_at_its_deadline() {
 }
 
 /// Kept trying, and backed off: the first new connection at once, every later one after a
-/// wait of at least half the first backoff step (10 ms), so no more of them than the deadline
-/// holds (800 ms).
+/// wait of at least half the first backoff step (10 ms), and no more of them than the deadline
+/// ([`SHORT`]) holds with the waits at their least (10, 20, 40, then 50 ms each).
 fn assert_backs_off(retries: &[Retry]) {
     assert!(retries.len() >= 3, "kept trying: {retries:?}");
-    assert!(retries.len() <= 20, "too many: {retries:?}");
+    assert!(retries.len() <= 45, "too many: {retries:?}");
     assert!(
         retries
             .iter()
@@ -321,11 +325,9 @@ async fn a_network_that_cuts_every_connection_is_retried_with_backoff_until_the_
     let mut client = client(&relay).await;
     let mut retries: Vec<Retry> = Vec::new();
     let failed = client
-        .send_sealing(
-            sealing(data(200 * 1024)),
-            backoff(Duration::from_millis(800)),
-            |r| retries.push(*r),
-        )
+        .send_sealing(sealing(data(200 * 1024)), backoff(SHORT), |r| {
+            retries.push(*r)
+        })
         .await
         .expect_err("every connection is cut");
     // Whether the client had handed all of it to its socket when the cut came decides between
@@ -362,7 +364,7 @@ async fn a_send_that_may_have_been_stored_never_gives_up_as_not_delivered() {
         .send_retrying(
             std::io::Cursor::new(data(len)),
             SealOptions::default(),
-            backoff(Duration::from_millis(800)),
+            backoff(SHORT),
             |r| retries.push(*r),
         )
         .await
@@ -413,17 +415,14 @@ async fn a_send_that_breaks_after_its_deadline_is_still_resent() {
     let relay = relay(upstream.addr.clone(), Break::After(100 * 1024), Then::Pass).await;
     let mut client = client(&relay).await;
     let input = Slow {
-        first: Some(Duration::from_millis(600)),
+        first: SHORT.checked_add(Duration::from_millis(500)),
         data: std::io::Cursor::new(data(300 * 1024)),
     };
     let mut retries: Vec<Retry> = Vec::new();
     client
-        .send_retrying(
-            input,
-            SealOptions::default(),
-            backoff(Duration::from_millis(300)),
-            |r| retries.push(*r),
-        )
+        .send_retrying(input, SealOptions::default(), backoff(SHORT), |r| {
+            retries.push(*r)
+        })
         .await
         .expect("resent after the break");
     assert_eq!(retries.len(), 1, "{retries:?}");
@@ -487,7 +486,7 @@ async fn a_relay_that_may_have_been_stored_never_gives_up_as_not_sent() {
             std::io::Cursor::new(data(len)),
             SealOptions::default(),
             &carol,
-            backoff(Duration::from_millis(800)),
+            backoff(SHORT),
             |_| {},
             |_| Ok(()),
         )
@@ -648,8 +647,10 @@ async fn a_fetch_cut_short_is_not_logged_as_the_servers_error() {
     let d = dir.path().to_path_buf();
     classroom_folder(&d);
     let log = d.join("server.log");
-    let server = BinServer::spawn_logging(common::cli::server_command(&d, &[]), &log);
-    let plain = data(2 * 1024 * 1024);
+    let server = BinServer::spawn_logging(common::cli::server_command(&d, &["-v"]), &log);
+    // Far more than the sockets on the way hold, cut early: the server is still writing it
+    // when the connection goes.
+    let plain = data(32 * 1024 * 1024);
     std::fs::write(d.join("big.bin"), &plain).unwrap();
     let (code, _, err) = run(
         &d,
@@ -658,7 +659,7 @@ async fn a_fetch_cut_short_is_not_logged_as_the_servers_error() {
     assert_eq!(code, 0, "{err}");
     let relay = relay(
         server.addr.clone(),
-        Break::AnswerCut(1024 * 1024),
+        Break::AnswerCut(256 * 1024),
         Then::Pass,
     )
     .await;
@@ -684,9 +685,12 @@ async fn a_fetch_cut_short_is_not_logged_as_the_servers_error() {
     drop(server);
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(
+        logged.contains("closing connection") && logged.contains("error=connection closed"),
+        "the delivery was not cut while the server wrote it: {logged}"
+    );
+    assert!(
         !logged.contains("reading an outbox message failed")
-            && !logged.contains("internal server error")
-            && !logged.contains("WARN"),
+            && !logged.contains("internal server error"),
         "{logged}"
     );
 }

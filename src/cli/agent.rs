@@ -552,9 +552,13 @@ pub(super) fn hand_over(a: &ClientSendArgs) -> Result<HandOver> {
     let allowance = a
         .conn
         .timeout
-        .saturating_add(ClientConfig::default().timeout)
-        .as_secs();
-    let wait_s = u32::try_from(allowance).unwrap_or(u32::MAX);
+        .saturating_add(ClientConfig::default().timeout);
+    // Rounded up: the agent takes the answer's time back off, and --timeout 500ms must leave
+    // it half a second, not none (found by a review).
+    let whole_s = allowance
+        .as_secs()
+        .saturating_add(u64::from(allowance.subsec_nanos() > 0));
+    let wait_s = u32::try_from(whole_s).unwrap_or(u32::MAX);
     let request = Request::Send(SendRequest {
         server: a.conn.server.clone(),
         mode,

@@ -241,8 +241,9 @@ impl Client {
                     Ok(true)
                 }
                 // Turned away until the deadline (a server without its database cannot check
-                // our key either): the refusal says more than "busy".
-                (Err(ClientError::Busy { .. }), _) => Ok(false),
+                // our key either): the refusal says more than "busy". A last attempt that ran
+                // out of time says less than the failure that led to it (found by a review).
+                (Err(ClientError::Busy { .. } | ClientError::Timeout { .. }), _) => Ok(false),
                 (Err(ClientError::Connect { source, .. }), RetryCause::ConnectionLost { .. })
                     if source.kind() == io::ErrorKind::ConnectionRefused =>
                 {

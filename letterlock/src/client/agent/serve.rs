@@ -454,9 +454,10 @@ impl Agent {
         let reply = match tokio::time::timeout_at(deadline, self.send(request)).await {
             Ok(reply) => reply,
             // The connection, in the middle of a message, went with the cancelled send.
+            // Said as a missing answer is said, so the command does not print "NOT delivered".
             Err(_) => Reply::NotDelivered(format!(
-                "no proof of delivery within the {} the command waits; the message may or may \
-                 not have been delivered",
+                "delivery NOT proven within the {} the command waits; the message may or may \
+                 not have been stored",
                 crate::text::TimeSpan(Duration::from_secs(wait_s.into()))
             )),
         };
@@ -487,22 +488,22 @@ impl Agent {
         if self.last_used.elapsed() > REUSE_FOR {
             self.client = None;
         }
-        let mut client = match self.client.take() {
-            Some(client) => client,
-            None => match connect(&self.config).await {
-                Ok(client) => client,
-                Err(e) => return Reply::NotDelivered(e.to_string()),
-            },
-        };
-        // A kept connection the server closed meanwhile (its idle timeout, a restart) is
-        // replaced, and the same bytes sent again on the new one, by `send_sealing` itself,
-        // for no longer than the command's own --timeout: it waits that long plus the time
-        // of one answer (`SendRequest::wait_s`).
+        // Connecting, and sending again on a new connection after a kept one the server
+        // closed meanwhile (its idle timeout, a restart: `send_sealing` does it), are tried
+        // for no longer than the command's own --timeout: it waits that long plus the time of
+        // one answer (`SendRequest::wait_s`).
         let command_retries = Duration::from_secs(request_wait.into())
             .saturating_sub(ClientConfig::default().timeout);
         let backoff = Backoff {
             deadline: self.config.backoff.deadline.min(command_retries),
             ..self.config.backoff
+        };
+        let mut client = match self.client.take() {
+            Some(client) => client,
+            None => match connect(&self.config, backoff).await {
+                Ok(client) => client,
+                Err(e) => return Reply::NotDelivered(e.to_string()),
+            },
         };
         let result = client.send_sealing(sealing, backoff, on_retry).await;
         match result {
@@ -555,8 +556,9 @@ impl Agent {
     }
 }
 
-/// A new connection to the agent's server, as a command would make it.
-async fn connect(c: &AgentConfig) -> Result<Client, ClientError> {
+/// A new connection to the agent's server, as a command would make it, busy answers and cut
+/// handshakes retried within `backoff`.
+async fn connect(c: &AgentConfig, backoff: Backoff) -> Result<Client, ClientError> {
     debug!(server = %c.server_addr, "connecting");
     Client::connect_retrying(
         &c.server_addr,
@@ -564,7 +566,7 @@ async fn connect(c: &AgentConfig) -> Result<Client, ClientError> {
         c.server.clone(),
         c.client.clone(),
         Transport::Tls(c.tls),
-        c.backoff,
+        backoff,
         on_retry,
     )
     .await
