@@ -201,15 +201,9 @@ async fn client(relay: &Relay) -> Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_acknowledgement_is_answered_again_and_the_message_stored_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (upstream, store) = server(dir.path()).await;
     let plain = data(300 * 1024);
-    let relay = relay(
-        upstream.addr.clone(),
-        Break::AckLost(300 * 1024),
-        Then::Pass,
-    )
-    .await;
-    let mut client = client(&relay).await;
+    let (_upstream, store, relay, mut client) =
+        behind_relay(dir.path(), Break::AckLost(300 * 1024), Then::Pass).await;
     let mut retries: Vec<Retry> = Vec::new();
     let sent = client
         .send_retrying(
@@ -244,11 +238,10 @@ async fn a_lost_acknowledgement_is_answered_again_and_the_message_stored_once() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_cut_part_way_is_sent_again_and_stored_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (upstream, store) = server(dir.path()).await;
     let plain = data(200 * 1024);
     // Past the handshake (a few KiB), well before the message's end.
-    let relay = relay(upstream.addr.clone(), Break::After(100 * 1024), Then::Pass).await;
-    let mut client = client(&relay).await;
+    let (_upstream, store, relay, mut client) =
+        behind_relay(dir.path(), Break::After(100 * 1024), Then::Pass).await;
     let mut retries: Vec<Retry> = Vec::new();
     let delivery = client
         .send_sealing(
@@ -272,9 +265,8 @@ async fn a_message_cut_part_way_is_sent_again_and_stored_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_never_comes_back_ends_the_send_at_its_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let (upstream, _store) = server(dir.path()).await;
-    let relay = relay(upstream.addr.clone(), Break::After(100 * 1024), Then::Gone).await;
-    let mut client = client(&relay).await;
+    let (_upstream, _store, relay, mut client) =
+        behind_relay(dir.path(), Break::After(100 * 1024), Then::Gone).await;
     let mut retries: Vec<Retry> = Vec::new();
     let deadline = SHORT;
     let started = Instant::now();
@@ -319,10 +311,9 @@ fn assert_backs_off(retries: &[Retry]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_network_that_cuts_every_connection_is_retried_with_backoff_until_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let (upstream, store) = server(dir.path()).await;
     let cut = Break::After(100 * 1024);
-    let relay = relay(upstream.addr.clone(), cut, Then::Break(cut)).await;
-    let mut client = client(&relay).await;
+    let (_upstream, store, relay, mut client) =
+        behind_relay(dir.path(), cut, Then::Break(cut)).await;
     let mut retries: Vec<Retry> = Vec::new();
     let failed = client
         .send_sealing(sealing(data(200 * 1024)), backoff(SHORT), |r| {
@@ -342,6 +333,28 @@ async fn a_network_that_cuts_every_connection_is_retried_with_backoff_until_the_
     assert!(store.list_inbox().await.unwrap().is_empty());
 }
 
+/// A version 2 server behind a relay that breaks its first connection as `first` says and the
+/// later ones as `then` says: the server, its store, the relay, and a client connected through
+/// the relay.
+async fn behind_relay(
+    dir: &std::path::Path,
+    first: Break,
+    then: Then,
+) -> (Running, Arc<SqliteStore>, Relay, Client) {
+    let (upstream, store) = server(dir).await;
+    let relay = relay(upstream.addr.clone(), first, then).await;
+    let client = client(&relay).await;
+    (upstream, store, relay, client)
+}
+
+/// The relay of [`a_send_that_may_have_been_stored_never_gives_up_as_not_delivered`] and its
+/// relay twin: the answer to the first connection's message of `len` bytes is lost (the server
+/// stored it), and every later connection is cut part-way, so the message may have been stored
+/// and there is no way to learn it before the deadline.
+fn answer_lost_then_cut(len: usize) -> (Break, Then) {
+    (Break::AckLost(len), Then::Break(Break::After(100 * 1024)))
+}
+
 /// The first attempt's acknowledgement was lost (the server stored the message), and every
 /// later attempt is cut part-way: at the deadline the send must not say "NOT delivered" after
 /// the last cut, but that message ID may or may not have been stored. The message (16 MiB) is
@@ -350,15 +363,9 @@ async fn a_network_that_cuts_every_connection_is_retried_with_backoff_until_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_that_may_have_been_stored_never_gives_up_as_not_delivered() {
     let dir = tempfile::tempdir().unwrap();
-    let (upstream, store) = server(dir.path()).await;
     let len = 16 * 1024 * 1024;
-    let relay = relay(
-        upstream.addr.clone(),
-        Break::AckLost(len),
-        Then::Break(Break::After(100 * 1024)),
-    )
-    .await;
-    let mut client = client(&relay).await;
+    let (first, then) = answer_lost_then_cut(len);
+    let (_upstream, store, relay, mut client) = behind_relay(dir.path(), first, then).await;
     let mut retries: Vec<Retry> = Vec::new();
     let failed = client
         .send_retrying(
@@ -411,9 +418,8 @@ impl std::io::Read for Slow {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_that_breaks_after_its_deadline_is_still_resent() {
     let dir = tempfile::tempdir().unwrap();
-    let (upstream, store) = server(dir.path()).await;
-    let relay = relay(upstream.addr.clone(), Break::After(100 * 1024), Then::Pass).await;
-    let mut client = client(&relay).await;
+    let (_upstream, store, _relay, mut client) =
+        behind_relay(dir.path(), Break::After(100 * 1024), Then::Pass).await;
     let input = Slow {
         first: SHORT.checked_add(Duration::from_millis(500)),
         data: std::io::Cursor::new(data(300 * 1024)),
@@ -434,14 +440,8 @@ async fn a_send_that_breaks_after_its_deadline_is_still_resent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_whose_answer_was_lost_is_sent_again_and_waits_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (upstream, store) = server(dir.path()).await;
-    let relay = relay(
-        upstream.addr.clone(),
-        Break::AckLost(300 * 1024),
-        Then::Pass,
-    )
-    .await;
-    let mut client = client(&relay).await;
+    let (_upstream, store, relay, mut client) =
+        behind_relay(dir.path(), Break::AckLost(300 * 1024), Then::Pass).await;
     let carol = common::public("alice3072");
     let mut retries: Vec<Retry> = Vec::new();
     let relayed = client
@@ -471,15 +471,9 @@ async fn a_relay_whose_answer_was_lost_is_sent_again_and_waits_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_may_have_been_stored_never_gives_up_as_not_sent() {
     let dir = tempfile::tempdir().unwrap();
-    let (upstream, store) = server(dir.path()).await;
     let len = 16 * 1024 * 1024;
-    let relay = relay(
-        upstream.addr.clone(),
-        Break::AckLost(len),
-        Then::Break(Break::After(100 * 1024)),
-    )
-    .await;
-    let mut client = client(&relay).await;
+    let (first, then) = answer_lost_then_cut(len);
+    let (_upstream, store, relay, mut client) = behind_relay(dir.path(), first, then).await;
     let carol = common::public("alice3072");
     let failed = client
         .relay(
@@ -499,6 +493,7 @@ async fn a_relay_that_may_have_been_stored_never_gives_up_as_not_sent() {
             .contains("may or may not have been stored"),
         "{failed}"
     );
+    assert!(relay.dropped_answer.load(Ordering::SeqCst));
     assert_eq!(store.pending_outbox(&carol.id().0).await.unwrap().len(), 1);
 }
 
@@ -543,6 +538,28 @@ fn only_a_broken_connection_counts_as_lost() {
     }
 }
 
+/// `letterlock client send_msg --server RELAY --file big.bin EXTRA` in `dir`, off the runtime's
+/// threads (the relay runs on them): exit status, stdout, stderr.
+async fn send_big(dir: &std::path::Path, relay: &Relay, extra: &[&str]) -> (i32, Vec<u8>, String) {
+    let mut args = vec![
+        "client",
+        "send_msg",
+        "--server",
+        &relay.addr,
+        "--file",
+        "big.bin",
+    ];
+    args.extend_from_slice(extra);
+    let args: Vec<String> = args.into_iter().map(String::from).collect();
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&dir, &args)
+    })
+    .await
+    .unwrap()
+}
+
 /// The command line: a `client send_msg` whose acknowledgement was lost after the server stored
 /// the message says on stderr that it sends it again, exits 0, and the message is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -554,20 +571,7 @@ async fn send_msg_says_it_sends_again_and_the_message_is_stored_once() {
     let relay = relay(server.addr.clone(), Break::AckLost(300 * 1024), Then::Pass).await;
     let plain = data(300 * 1024);
     std::fs::write(d.join("big.bin"), &plain).unwrap();
-    let args = [
-        "client",
-        "send_msg",
-        "--server",
-        &relay.addr,
-        "--file",
-        "big.bin",
-    ]
-    .map(String::from);
-    let folder = d.clone();
-    let (code, out, err) =
-        tokio::task::spawn_blocking(move || run(&folder, &args.each_ref().map(String::as_str)))
-            .await
-            .unwrap();
+    let (code, out, err) = send_big(&d, &relay, &[]).await;
     assert_eq!(code, 0, "{err}");
     let out = String::from_utf8(out).unwrap();
     let id = out
@@ -601,23 +605,7 @@ async fn send_msg_that_may_have_been_stored_says_so_and_gives_its_id() {
     let server = BinServer::start(&d, &[]);
     let relay = relay(server.addr.clone(), Break::AckLost(300 * 1024), Then::Gone).await;
     std::fs::write(d.join("big.bin"), data(300 * 1024)).unwrap();
-    let args = [
-        "client",
-        "send_msg",
-        "--server",
-        &relay.addr,
-        "--file",
-        "big.bin",
-        "--timeout",
-        "1s",
-        "--json",
-    ]
-    .map(String::from);
-    let folder = d.clone();
-    let (code, out, err) =
-        tokio::task::spawn_blocking(move || run(&folder, &args.each_ref().map(String::as_str)))
-            .await
-            .unwrap();
+    let (code, out, err) = send_big(&d, &relay, &["--timeout", "1s", "--json"]).await;
     assert_eq!(code, 1, "{err}");
     let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let id = json["id"]
