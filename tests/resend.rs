@@ -168,7 +168,7 @@ async fn server(dir: &std::path::Path) -> (Running, Arc<SqliteStore>) {
 
 /// The deadline of the tests that give up: long enough for a new connection's handshake on a
 /// loaded machine after the last wait.
-const SHORT: Duration = Duration::from_secs(2);
+const SHORT: Duration = Duration::from_secs(1);
 
 /// Short waits and a deadline of `deadline`.
 fn backoff(deadline: Duration) -> Backoff {
