@@ -175,17 +175,7 @@ fn busy_or(e: ClientError) -> ClientError {
 fn tls_failure(e: TlsError, first: Option<u8>) -> ClientError {
     match (&e, first) {
         (_, Some(0)) => ClientError::PlainV1Server,
-        (TlsError::Io(io), None)
-            if matches!(
-                io.kind(),
-                io::ErrorKind::UnexpectedEof
-                    | io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::BrokenPipe
-            ) =>
-        {
-            ClientError::Busy { attempts: 1 }
-        }
+        (_, None) if e.is_peer_gone() => ClientError::Busy { attempts: 1 },
         _ => e.into(),
     }
 }

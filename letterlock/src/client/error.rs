@@ -185,13 +185,7 @@ impl ClientError {
     pub fn is_connection_lost(&self) -> bool {
         match self {
             ClientError::Closed => true,
-            ClientError::Io(e) => matches!(
-                e.kind(),
-                io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::UnexpectedEof
-            ),
+            ClientError::Io(e) => crate::wire::is_broken_connection(e.kind()),
             ClientError::NoAck { why, .. } => why.is_connection_lost(),
             _ => false,
         }

@@ -146,17 +146,9 @@ impl TlsError {
     }
 
     /// The peer closed or reset the connection during the handshake, with nothing wrong in
-    /// what it sent.
+    /// what it sent ([`crate::wire::is_broken_connection`]).
     pub fn is_peer_gone(&self) -> bool {
-        matches!(
-            self,
-            TlsError::Io(e) if matches!(
-                e.kind(),
-                io::ErrorKind::UnexpectedEof
-                    | io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::BrokenPipe
-            )
-        )
+        matches!(self, TlsError::Io(e) if crate::wire::is_broken_connection(e.kind()))
     }
 
     /// The peer found a signature of ours bad (its `decrypt_error` alert, RFC 8446 §6.2): a

@@ -63,6 +63,23 @@ pub enum ConnError {
     Io(#[from] std::io::Error),
 }
 
+/// Whether an I/O error of `kind` means the connection itself broke: the peer closed or reset
+/// it, or it ended part-way (a peer that stopped or restarted, a network that failed), as
+/// opposed to a refusal, a silence or a local failure. The one list for the client's resends
+/// ([`ClientError::is_connection_lost`](crate::client::ClientError::is_connection_lost)), its
+/// test for a busy server, and a TLS handshake whose peer went
+/// ([`TlsError::is_peer_gone`](crate::tls::TlsError::is_peer_gone)).
+pub fn is_broken_connection(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        kind,
+        ErrorKind::BrokenPipe
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::UnexpectedEof
+    )
+}
+
 /// The reading half of a connection: a byte stream and a buffer, turned into frames. With
 /// [`FrameWriter`], the only place that touches socket bytes.
 pub struct FrameReader<R> {

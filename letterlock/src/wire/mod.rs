@@ -13,7 +13,7 @@ pub mod handshake;
 
 pub use conn::{
     ConnError, FrameReader, FrameWriter, MAX_PADDING_BODY, PAD_MIN_BUCKET, PAD_STEP, PADDING_TYPE,
-    padded_len,
+    is_broken_connection, padded_len,
 };
 pub use frame::{
     DATA_FRAME, DEFAULT_MAX_FRAME, ErrorCode, Frame, FrameType, LENGTH_PREFIX, MAX_DIRECTORY_PART,
