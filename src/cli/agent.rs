@@ -547,18 +547,9 @@ pub(super) fn hand_over(a: &ClientSendArgs) -> Result<HandOver> {
         return not_taken(Why::NotSmall);
     };
     let (len, mode) = (message.len() as u64, a.message.mode.into());
-    // The agent may retry a busy server for its --timeout, then wait for the ack: this command
+    // The agent may retry for this command's --timeout, then wait for the ack: this command
     // allows as much, and the agent gives up on the message when the command would.
-    let allowance = a
-        .conn
-        .timeout
-        .saturating_add(ClientConfig::default().timeout);
-    // Rounded up: the agent takes the answer's time back off, and --timeout 500ms must leave
-    // it half a second, not none (found by a review).
-    let whole_s = allowance
-        .as_secs()
-        .saturating_add(u64::from(allowance.subsec_nanos() > 0));
-    let wait_s = u32::try_from(whole_s).unwrap_or(u32::MAX);
+    let wait_s = SendRequest::wait_for(a.conn.timeout);
     let request = Request::Send(SendRequest {
         server: a.conn.server.clone(),
         mode,

@@ -99,6 +99,28 @@ pub struct SendRequest {
     pub message: Zeroizing<Vec<u8>>,
 }
 
+impl SendRequest {
+    /// The `wait_s` of a command that keeps trying for `retries` (its `--timeout`): that long,
+    /// plus the time of one answer ([`ClientConfig::default`](super::ClientConfig)'s timeout),
+    /// in whole seconds rounded up, so that `--timeout 500ms` still leaves the agent half a
+    /// second (found by a review: it was rounded down to none).
+    pub fn wait_for(retries: Duration) -> u32 {
+        let allowance = retries.saturating_add(super::ClientConfig::default().timeout);
+        let whole = allowance
+            .as_secs()
+            .saturating_add(u64::from(allowance.subsec_nanos() > 0));
+        u32::try_from(whole).unwrap_or(u32::MAX)
+    }
+
+    /// How long the agent may keep trying this request's message (connecting again, sending
+    /// it again): its command's `--timeout`, which [`SendRequest::wait_for`] added the time
+    /// of one answer to.
+    pub fn retries(&self) -> Duration {
+        Duration::from_secs(self.wait_s.into())
+            .saturating_sub(super::ClientConfig::default().timeout)
+    }
+}
+
 /// Everything but the plaintext, which must not reach a log.
 impl std::fmt::Debug for SendRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -474,6 +496,22 @@ mod tests {
             wait_s: 90,
             message: Zeroizing::new(message.to_vec()),
         })
+    }
+
+    /// The agent gets back at least the command's --timeout for its retries, and less than a
+    /// second more, whatever the fraction of a second given.
+    #[test]
+    fn a_request_gives_the_agent_the_commands_timeout() {
+        for ms in [0, 1, 500, 999, 1000, 2500, 30_000] {
+            let timeout = Duration::from_millis(ms);
+            let Request::Send(mut request) = send("127.0.0.1:1", b"m") else {
+                unreachable!()
+            };
+            request.wait_s = SendRequest::wait_for(timeout);
+            let back = request.retries();
+            assert!(back >= timeout, "{ms} ms: {back:?}");
+            assert!(back < timeout + Duration::from_secs(1), "{ms} ms: {back:?}");
+        }
     }
 
     /// The words docs/PROTOCOL.md quotes, and the address a command reads back from them.

@@ -483,7 +483,7 @@ impl Agent {
                 request.server
             ));
         }
-        let request_wait = request.wait_s;
+        let command_retries = request.retries();
         let sealing = self.seal(request);
         if self.last_used.elapsed() > REUSE_FOR {
             self.client = None;
@@ -491,9 +491,7 @@ impl Agent {
         // Connecting, and sending again on a new connection after a kept one the server
         // closed meanwhile (its idle timeout, a restart: `send_sealing` does it), are tried
         // for no longer than the command's own --timeout: it waits that long plus the time of
-        // one answer (`SendRequest::wait_s`).
-        let command_retries = Duration::from_secs(request_wait.into())
-            .saturating_sub(ClientConfig::default().timeout);
+        // one answer (`SendRequest::retries`).
         let backoff = Backoff {
             deadline: self.config.backoff.deadline.min(command_retries),
             ..self.config.backoff
