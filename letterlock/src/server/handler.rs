@@ -202,7 +202,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         if let Err(fail) = &result {
             // Seen by the operator at the default level: a record that failed authentication
             // (an altered stream), a protocol violation, a refusal. An idle timeout is routine.
-            if fail.is_routine() {
+            if fail.routine {
                 debug!(peer = %self.peer, error = %fail.message, "closing connection");
             } else {
                 super::peer_log::within_budget(

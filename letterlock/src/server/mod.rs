@@ -252,14 +252,14 @@ impl<S: Store> Server<S> {
     }
 }
 
-/// [`Fail::peer_gone`]'s words.
-const PEER_GONE: &str = "connection closed";
-
 /// Why a connection ends: sent to the peer as an `Error` frame.
 #[derive(Debug)]
 struct Fail {
     code: ErrorCode,
     message: String,
+    /// The way connections routinely end (the peer was silent too long, or left), which the
+    /// operator need not see at the default level.
+    routine: bool,
 }
 
 impl Fail {
@@ -267,6 +267,7 @@ impl Fail {
         Fail {
             code,
             message: message.into(),
+            routine: code == ErrorCode::Timeout,
         }
     }
 
@@ -282,13 +283,10 @@ impl Fail {
     /// the server's error (found by a trial run: a fetch cut short was logged as an outbox
     /// read failure and "internal server error").
     fn peer_gone() -> Self {
-        Fail::new(ErrorCode::Internal, PEER_GONE)
-    }
-
-    /// Whether the connection ends the way connections routinely do (the peer was silent too
-    /// long, or left), which the operator need not see at the default level.
-    fn is_routine(&self) -> bool {
-        self.code == ErrorCode::Timeout || self.message == PEER_GONE
+        Fail {
+            routine: true,
+            ..Fail::new(ErrorCode::Internal, "connection closed")
+        }
     }
 
     /// Nothing was stored for want of disk space: "unavailable", so the client tries again
