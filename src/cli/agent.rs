@@ -579,12 +579,12 @@ pub(super) fn hand_over(a: &ClientSendArgs) -> Result<HandOver> {
                 ByteCount(plaintext_len),
                 ByteCount(len)
             );
-            print_not_delivered(a.json, &error);
+            print_not_delivered(a.json, &error, None);
             Ok(HandOver::Answered(ExitCode::FAILURE))
         }
         Ok(Reply::NotDelivered(error)) => {
             let error = letterlock::text::line(&error);
-            print_not_delivered(a.json, &format!("{error} (sent by the agent)"));
+            print_not_delivered(a.json, &format!("{error} (sent by the agent)"), None);
             // The agent's words are text; the one refusal the command can tell for itself gets
             // the hint it would have had without the agent.
             if mode == Mode::Asymmetric && len > a.max_asymmetric {
@@ -628,7 +628,7 @@ pub(super) fn hand_over(a: &ClientSendArgs) -> Result<HandOver> {
                  delivered",
                 path.display()
             );
-            print_not_delivered(a.json, &error);
+            print_not_delivered(a.json, &error, None);
             Ok(HandOver::Answered(ExitCode::FAILURE))
         }
     }

@@ -681,14 +681,7 @@ async fn send_to_server(a: ClientSendArgs) -> Result<ExitCode> {
                 // The message never had its signature: nothing was stored.
                 return Err(key);
             }
-            let unproven = match &e {
-                letterlock::client::ClientError::NoAck { id, .. } => Some(*id),
-                _ => None,
-            };
-            if a.json {
-                print_json_not_delivered(&e.to_string(), unproven);
-            }
-            print_not_delivered(false, &e.to_string());
+            print_not_delivered(a.json, &e.to_string(), unproven_id(&e));
             print_hint(std::iter::successors(
                 Some(&e as &(dyn std::error::Error + 'static)),
                 |c| c.source(),
@@ -738,9 +731,10 @@ pub(super) fn print_delivered(
 /// What `send_msg` prints when the message was not delivered or its delivery not proven. An
 /// unproven delivery says so itself, with the message's id and that it may have been stored:
 /// "NOT delivered" before it would claim more than the client knows (found by a trial run).
-pub(super) fn print_not_delivered(json: bool, error: &str) {
+/// `unproven`: the id of a message that may or may not have been stored, for --json.
+pub(super) fn print_not_delivered(json: bool, error: &str, unproven: Option<envelope::MessageId>) {
     if json {
-        print_json_not_delivered(error, None);
+        print_json_not_delivered(error, unproven);
     }
     if error.starts_with("delivery NOT proven") {
         eprintln!("letterlock: {error}");
@@ -764,8 +758,8 @@ fn print_json_not_delivered(error: &str, unproven: Option<envelope::MessageId>) 
 
 /// The id of a message whose answer never came after all of it went out
 /// ([`letterlock::client::ClientError::NoAck`]), if `e` or a cause of it says so.
-fn unproven_id(e: &anyhow::Error) -> Option<envelope::MessageId> {
-    e.chain().find_map(|c| match c.downcast_ref() {
+fn unproven_id(e: &(dyn std::error::Error + 'static)) -> Option<envelope::MessageId> {
+    std::iter::successors(Some(e), |c| c.source()).find_map(|c| match c.downcast_ref() {
         Some(letterlock::client::ClientError::NoAck { id, .. }) => Some(*id),
         _ => None,
     })
@@ -786,7 +780,7 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
     let fail = |e: anyhow::Error| -> Result<ExitCode> {
         if a.json {
             let error = super::error_chain(&e);
-            let out = match unproven_id(&e) {
+            let out = match unproven_id(e.as_ref()) {
                 Some(id) => serde_json::json!({
                     "stored": null, "to": name, "error": error, "id": id.to_string()
                 }),
@@ -1396,4 +1390,25 @@ fn json_line(
     writeln!(out, "{text}")?;
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The id of a message that may have been stored is found under the context a command
+    /// adds ("to NAME"), and only for a missing answer.
+    #[test]
+    fn an_unproven_id_is_found_through_context() {
+        use letterlock::client::ClientError;
+        let id = envelope::MessageId([7; 16]);
+        let no_ack = ClientError::NoAck {
+            id,
+            why: Box::new(ClientError::Closed),
+        };
+        let e = anyhow::Error::new(no_ack).context("to bob");
+        assert_eq!(unproven_id(e.as_ref()), Some(id));
+        let e = anyhow::Error::new(ClientError::Closed).context("NOT sent to bob");
+        assert_eq!(unproven_id(e.as_ref()), None);
+    }
 }
