@@ -40,7 +40,7 @@ impl Client {
     /// budget is spent: nothing was acked), or the connection breaks before the ack (the server
     /// stopped or restarted, the network failed), connects again and resends the very same
     /// sealed bytes, after the waits `backoff` gives and never past its deadline (counted from
-    /// this call). The same bytes carry the same message id, so a server that did store the
+    /// the first failure). The same bytes carry the same message id, so a server that did store the
     /// message meanwhile acks it again instead of storing it twice. `on_retry` hears of each
     /// wait before it starts, resends and busy reconnects alike.
     ///
@@ -163,10 +163,12 @@ impl Client {
     /// and sends `again` once more, until another answer or the deadline. The deadline counts
     /// from now, the first failure, not from the start of the send: a long upload that breaks
     /// late is given the same time to go through again as a short one (found by a trial run:
-    /// a stream that broke after the deadline was never resent). What it gives up with says "may or may not have been stored" (a
-    /// [`ClientError::NoAck`]) whenever any attempt may have stored the message, whatever the
-    /// last one ended with: a later attempt cut short, or refused, says nothing of an earlier
-    /// one whose answer was lost.
+    /// a stream that broke after the deadline was never resent).
+    ///
+    /// What it gives up with says "may or may not have been stored" (a [`ClientError::NoAck`])
+    /// whenever any attempt may have stored the message, whatever the last one ended with: a
+    /// later attempt cut short, or refused, says nothing of an earlier one whose answer was
+    /// lost.
     pub(super) async fn resend_while_worth_it<A: SendAgain>(
         &mut self,
         mut result: Result<A::Answer, ClientError>,
@@ -201,7 +203,7 @@ impl Client {
     /// After a broken connection, a server that is restarting refuses connections for a
     /// moment (TCP "connection refused"): that is waited out too, within the deadline. Any
     /// other failure to reconnect is returned.
-    pub(super) async fn reconnect_to_resend(
+    async fn reconnect_to_resend(
         &mut self,
         failed: &mut u32,
         cause: RetryCause,
@@ -632,10 +634,7 @@ pub(super) struct Kept {
 ///   of a message it did not receive whole.
 ///
 /// Not another answer or refusal, a wrong ack, or our own timeout (its time is spent).
-pub(super) fn resend_cause<T>(
-    result: &Result<T, ClientError>,
-    id: MessageId,
-) -> Option<RetryCause> {
+fn resend_cause<T>(result: &Result<T, ClientError>, id: MessageId) -> Option<RetryCause> {
     match result {
         Err(ClientError::Refused {
             code: ErrorCode::Unavailable,
