@@ -486,25 +486,19 @@ fn host_port(text: &str, lowest: u16) -> Result<String, String> {
     }
     // Brackets hold an IPv6 address, with its scope if any (`[fe80::1%2]`), and nothing else
     // (`[]:80` passed once, to fail later).
-    let bracketed = host
-        .strip_prefix('[')
-        .and_then(|inner| inner.strip_suffix(']'));
-    match bracketed {
-        Some(_)
-            if format!("{host}:0")
-                .parse::<std::net::SocketAddrV6>()
-                .is_err() =>
+    if host.starts_with('[') && host.ends_with(']') {
+        if format!("{host}:0")
+            .parse::<std::net::SocketAddrV6>()
+            .is_err()
         {
             return Err(format!(
                 "{host} is not an IPv6 address in brackets, e.g. [::1]:8000; {example}"
             ));
         }
-        None if host.contains(':') || host.contains('[') || host.contains(']') => {
-            return Err(format!(
-                "an IPv6 address goes in brackets, e.g. [::1]:8000; {example}"
-            ));
-        }
-        _ => {}
+    } else if host.contains([':', '[', ']']) {
+        return Err(format!(
+            "an IPv6 address goes in brackets, e.g. [::1]:8000; {example}"
+        ));
     }
     match port.parse::<u16>() {
         Ok(p) if p >= lowest => Ok(text.to_owned()),
