@@ -764,13 +764,19 @@ fn on_a_terminal(dir: &Path, args: &[&str], input: &str, env: &[(&str, &str)]) -
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(common::cli::no_script);
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
+    // `script` exits only after the pseudo-terminal's unread input has drained, up to 2 s, once
+    // its own input has ended: so the input stays open until the command exits, and is closed
+    // after 10 s only for a command that waits for a line it was not given (which then fails).
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    let (exited, wait) = std::sync::mpsc::channel::<()>();
+    let typist = std::thread::spawn(move || {
+        let _ = wait.recv_timeout(std::time::Duration::from_secs(10));
+        drop(stdin);
+    });
     let out = child.wait_with_output().unwrap();
+    drop(exited);
+    typist.join().unwrap();
     let shown = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
