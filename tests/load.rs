@@ -24,7 +24,7 @@ async fn run_load(clients: usize, per_client: usize, max_size: usize) {
     // Every message is sealed before its client starts sending, and the full run's asymmetric
     // messages (up to 256 KiB: hundreds of RSA operations each) take many minutes to get
     // through: a window wide enough that no message goes stale while it waits its turn. The
-    // window itself is tested in tests/network.rs.
+    // window itself is tested in tests/suite/network.rs.
     let config = letterlock::server::ServerConfig {
         time_window: std::time::Duration::from_secs(24 * 3600),
         ..Default::default()
@@ -151,7 +151,7 @@ async fn run_load(clients: usize, per_client: usize, max_size: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "slow: 8 clients x 20 messages in both modes (~7 s); tests/network.rs has a fast concurrent case"]
+#[ignore = "slow: 8 clients x 20 messages in both modes (~7 s); tests/suite/network.rs has a fast concurrent case"]
 async fn concurrent_clients_every_message_stored_once() {
     if std::env::var("LETTERLOCK_LOAD").as_deref() == Ok("full") {
         run_load(64, 250, 256 * 1024).await;

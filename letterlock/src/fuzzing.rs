@@ -1,5 +1,5 @@
 //! Bodies of the fuzz targets in `fuzz/`, as plain functions, so that the fuzz targets and the
-//! corpus replay test (`tests/fuzz_corpus.rs`) run exactly the same code. Not an API: each
+//! corpus replay test (`tests/suite/fuzz_corpus.rs`) run exactly the same code. Not an API: each
 //! function panics when the property it checks is broken, which is what a fuzzer looks for.
 //! docs/FUZZING.md says how to run the targets.
 

@@ -39,7 +39,7 @@ fn private_pem(name: &str) -> String {
 ///
 /// Parsed from the PEM text: git checks the file out group- and world-readable (0644), which
 /// [`keys::load_private`] rightly refuses, and a test must not change the mode of a tracked
-/// file. The mode check itself is tested in tests/secrets.rs; [`private_path`] gives a 0600 copy
+/// file. The mode check itself is tested in tests/suite/secrets.rs; [`private_path`] gives a 0600 copy
 /// for code that loads keys from a path.
 pub fn private_key(name: &str) -> PrivateKey {
     PrivateKey::from_pem(&private_pem(name)).unwrap_or_else(|e| panic!("{name}: {e}"))

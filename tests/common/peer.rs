@@ -1,4 +1,4 @@
-//! A hostile peer's tools for tests/hostile.rs and the memory checks (tests/memory_*.rs): raw
+//! A hostile peer's tools for tests/suite/hostile.rs and the memory checks (tests/memory_*.rs): raw
 //! connections that speak the frame layer directly, the checks every hostile case ends with (an
 //! Error frame or a close, no server task panicked, a good client still served).
 

@@ -1,4 +1,4 @@
-//! Store records for the store tests (tests/store.rs, tests/store_conformance.rs): bodies staged
+//! Store records for the store tests (tests/suite/store.rs, tests/suite/store_conformance.rs): bodies staged
 //! through a store's own writer, outbox records and message ids, the same for every backend.
 
 use std::io::Write;

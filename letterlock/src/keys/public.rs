@@ -212,7 +212,7 @@ mod tests {
         );
     }
 
-    /// The test vector of PROTOCOL.md §1; `ssh-keygen -l` agrees (tests/openssl.rs).
+    /// The test vector of PROTOCOL.md §1; `ssh-keygen -l` agrees (tests/suite/openssl.rs).
     #[test]
     fn alice2048_key_id_and_openssh_fingerprint() {
         let key =

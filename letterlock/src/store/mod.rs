@@ -25,7 +25,7 @@
 //! types. Two implementations: `SqliteStore` (feature `sqlite`: one server, one
 //! file) and `PostgresStore` (feature `postgres`: several servers over one
 //! database, which share the inbox, the outbox, the trusted clients and the
-//! trust generation). tests/store_conformance.rs runs one suite against both;
+//! trust generation). tests/suite/store_conformance.rs runs one suite against both;
 //! docs/STORE.md describes their schemas.
 //!
 //! Durability contract: every write method returns only after its change is
