@@ -416,7 +416,16 @@ fn letterlock_tool(opts: &BenchOptions) -> Result<Tool, BenchError> {
             opts.bits
         ),
         ext: "ll",
-        setup: vec!["keys: alice_*.pem, bob_*.pem (this run's keys, PKCS#8 / SPKI PEM)".into()],
+        // The run's keys are made in-process; these make the same files.
+        setup: ["alice", "bob"]
+            .iter()
+            .map(|who| {
+                format!(
+                    "letterlock keygen --name {who} --bits {} </dev/null",
+                    opts.bits
+                )
+            })
+            .collect(),
         seal: Box::new(move |n| {
             vec![cmd(
                 me.clone(),
@@ -477,9 +486,11 @@ fn gpg_tool(opts: &BenchOptions, folder: &Folder) -> Result<Option<Tool>, String
     let Some(version) = version_of("gpg", "--version") else {
         return Ok(None);
     };
-    let home = folder.path().join("gnupg");
+    // Relative to the folder every command runs in, so that the commands shown can be
+    // pasted into any empty folder (gpg makes it absolute itself).
+    let home = "gnupg".to_owned();
     std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
-        .create(&home)
+        .create(folder.path().join(&home))
         .map_err(|e| e.to_string())?;
     let params = format!(
         "%no-protection\nKey-Type: RSA\nKey-Length: {b}\nKey-Usage: sign\nSubkey-Type: RSA\n\
@@ -487,8 +498,7 @@ fn gpg_tool(opts: &BenchOptions, folder: &Folder) -> Result<Option<Tool>, String
          Name-Email: {GPG_USER}\nExpire-Date: 0\n%commit\n",
         b = opts.bits
     );
-    fs::write(folder.path().join("gpg-key.params"), params).map_err(|e| e.to_string())?;
-    let home = home.to_string_lossy().into_owned();
+    fs::write(folder.path().join("gpg-key.params"), &params).map_err(|e| e.to_string())?;
     progress(&format!("  generating a gpg RSA-{} key pair", opts.bits));
     let keygen = setup_run(
         folder,
@@ -511,10 +521,8 @@ fn gpg_tool(opts: &BenchOptions, folder: &Folder) -> Result<Option<Tool>, String
         ),
         ext: "gpg",
         setup: vec![
-            format!(
-                "gpg-key.params: RSA-{} sign key + RSA-{} encrypt subkey, %no-protection",
-                opts.bits, opts.bits
-            ),
+            format!("mkdir -m 700 {home}"),
+            format!("printf '{}' > gpg-key.params", printf_escaped(&params)),
             keygen,
         ],
         seal: Box::new(move |n| {
@@ -560,6 +568,12 @@ fn gpg_tool(opts: &BenchOptions, folder: &Folder) -> Result<Option<Tool>, String
 }
 
 const GPG_USER: &str = "bench@letterlock.invalid";
+
+/// `text` as the format of a shell `printf '…'`: `%` doubled, newlines as `\n` (the text has
+/// no quote or backslash).
+fn printf_escaped(text: &str) -> String {
+    text.replace('%', "%%").replace('\n', "\\n")
+}
 
 /// Stops the gpg agent the bench's gpg runs started (it is a daemon, not a child to wait for).
 fn stop_gpg_agent(folder: &Folder) {
@@ -699,14 +713,19 @@ fn age_tool(folder: &Folder, program: &'static str, keygen: &str) -> Result<Opti
         .find_map(|l| l.strip_prefix("# public key: "))
         .map(|r| r.trim().to_owned())
         .ok_or_else(|| format!("{identity} has no \"# public key:\" line"))?;
+    // The recipient in a file, as `KEYGEN -y` writes it, so that the seal shown works with
+    // the identity its setup makes, not only with this run's.
+    let recipients = format!("{program}-recipient.txt");
+    fs::write(folder.path().join(&recipients), format!("{recipient}\n"))
+        .map_err(|e| e.to_string())?;
     let id2 = identity.clone();
     Ok(Some(Tool {
         name: program.into(),
         version: Some(version),
         what: "encrypt only (X25519, ChaCha20-Poly1305; age has no signature)".into(),
         ext: program,
-        setup: vec![made],
-        seal: Box::new(move |n| vec![os(&[program, "-r", &recipient, "-o", &n.sealed, &n.input])]),
+        setup: vec![made, format!("{keygen} -y {identity} > {recipients}")],
+        seal: Box::new(move |n| vec![os(&[program, "-R", &recipients, "-o", &n.sealed, &n.input])]),
         open: Box::new(move |n| vec![os(&[program, "-d", "-i", &id2, "-o", &n.opened, &n.sealed])]),
     }))
 }

@@ -14,6 +14,18 @@ pub fn check_plot_path(path: &Path, force: bool) -> Result<(), BenchError> {
     if path.is_dir() {
         return plot(format!("{} is a folder; give a file name", path.display()));
     }
+    // The plot is SVG: a name that says otherwise (`out.png`) would hold SVG under a name that
+    // image viewers misread (found by a trial run). A name without an extension is the user's
+    // choice.
+    if let Some(ext) = path.extension()
+        && !ext.eq_ignore_ascii_case("svg")
+    {
+        return plot(format!(
+            "{} does not end in .svg, and the plot is an SVG image; name it {}",
+            path.display(),
+            path.with_extension("svg").display()
+        ));
+    }
     if path.exists() && !force {
         return plot(format!(
             "{} exists; pass --force to replace it, or choose another name",
@@ -108,6 +120,7 @@ pub fn plot(r: &Report, path: &Path, force: bool) -> Result<(), BenchError> {
 /// Draws the plot into the file `path`; `Err` says why not.
 fn draw(r: &Report, path: &Path) -> Result<(), String> {
     use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let measured: Vec<&EnvelopeRow> = r.envelope.iter().filter(|x| x.not_run.is_none()).collect();
     let (lo_x, hi_x) = measured.iter().fold((f64::MAX, 0f64), |(lo, hi), x| {
@@ -197,12 +210,24 @@ fn draw(r: &Report, path: &Path) -> Result<(), String> {
             .map_err(|e| err(&e))?
             .label(format!("{mode} {op} bound (dashed)"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.mix(0.5)));
+        // The name ends where its line ends (it never runs past the plot's right edge), a seal
+        // bound's just above its line and an open bound's just below: the two bounds of a
+        // mode meet at large sizes, where labels side by side drew over each other.
         if let Some((x, y)) = end {
+            let (above, v) = if op == "seal" {
+                (VPos::Bottom, y * 1.06)
+            } else {
+                (VPos::Top, y / 1.06)
+            };
+            let style = ("sans-serif", 11)
+                .into_font()
+                .color(&color.mix(0.8))
+                .pos(Pos::new(HPos::Right, above));
             chart
                 .draw_series(std::iter::once(Text::new(
                     format!("{mode} {op} bound"),
-                    (x * 1.08, y),
-                    ("sans-serif", 11).into_font().color(&color.mix(0.8)),
+                    (x, v),
+                    style,
                 )))
                 .map_err(|e| err(&e))?;
         }

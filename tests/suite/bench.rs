@@ -137,6 +137,22 @@ fn quick_json_has_every_section() {
 
     let goals = v["goals"].as_array().expect("goals");
     assert_eq!(goals.len(), 10, "{goals:?}");
+    // --quick stops the asymmetric mode below its limit: not "met" for every size up to it.
+    let asym = goals
+        .iter()
+        .find(|g| {
+            g["goal"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("asymmetric mode"))
+        })
+        .expect("the asymmetric goal");
+    assert!(asym["met"].is_null(), "{asym}");
+    assert!(
+        asym["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("not at the limit")),
+        "{asym}"
+    );
     for g in goals.iter().filter(|g| {
         g["goal"]
             .as_str()
@@ -240,6 +256,76 @@ fn one_shot_section(v: &Value) {
 }
 
 /// Whether `program --version` runs here.
+/// Runs every tool's setup, seal and open commands as the comparison shows them, in an empty
+/// folder with a file of the name they use: each must work there and give the file back
+/// (found by a trial run: gpg's home was the run's deleted folder, rage's recipient the run's).
+fn rerun_as_shown(tools: &[Value]) {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_letterlock"));
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let plain = b"the comparison's commands, run again by hand\n";
+    let mut ran = 0;
+    for t in tools.iter().filter(|t| t["status"] == "ran") {
+        let name = t["tool"].as_str().unwrap();
+        let lines = |list: &str| -> Vec<String> {
+            t[list]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_str().unwrap().to_owned())
+                .collect()
+        };
+        let (seal, open) = (lines("seal_commands"), lines("open_commands"));
+        // The file names they use: the input follows -in in the first seal command, or ends
+        // it; the output follows -o/--output/-out in the last open command.
+        let first: Vec<&str> = seal[0].split(' ').collect();
+        let input = first
+            .windows(2)
+            .find(|w| w[0] == "-in")
+            .map_or(first[first.len() - 1], |w| w[1])
+            .to_owned();
+        std::fs::write(dir.path().join(&input), plain).unwrap();
+        for line in lines("setup").iter().chain(&seal).chain(&open) {
+            let out = Command::new("sh")
+                .args(["-c", line])
+                .current_dir(dir.path())
+                .env("PATH", &path)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name}: `{line}` failed as shown: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let last = open.last().unwrap();
+        let words: Vec<&str> = last.split(' ').collect();
+        let opened = words
+            .windows(2)
+            .find(|w| ["-o", "--output", "-out"].contains(&w[0]))
+            .map(|w| w[1])
+            .unwrap_or_else(|| panic!("{name}: no output file in `{last}`"));
+        assert_eq!(
+            std::fs::read(dir.path().join(opened)).unwrap(),
+            plain,
+            "{name}: `{last}`"
+        );
+        ran += 1;
+    }
+    if dir.path().join("gnupg").exists() {
+        let _ = Command::new("gpgconf")
+            .args(["--homedir", "gnupg", "--kill", "gpg-agent"])
+            .current_dir(dir.path())
+            .status();
+    }
+    assert!(ran >= 1, "no tool ran");
+}
+
 fn installed(program: &str) -> bool {
     Command::new(program)
         .arg("--version")
@@ -273,6 +359,27 @@ fn quick_compare_runs_the_installed_tools_and_reports_the_missing_ones() {
     );
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.contains("<svg") && text.contains("MiB") && text.contains("bound"));
+    // A bound's name ends where its line ends (never past the right edge); a mode's seal and
+    // open bounds, which meet at large sizes, are named at different heights.
+    let label = |name: &str| {
+        text.split("<text")
+            .find(|t| {
+                let inner = t.split("</text>").next().and_then(|x| x.split('>').nth(1));
+                inner.map(str::trim) == Some(name)
+            })
+            .unwrap_or_else(|| panic!("no {name} label: {text}"))
+            .to_owned()
+    };
+    let (seal, open) = (label("hybrid seal bound"), label("hybrid open bound"));
+    assert!(seal.contains("text-anchor=\"end\""), "{seal}");
+    assert!(open.contains("text-anchor=\"end\""), "{open}");
+    let y = |t: &str| {
+        t.split("y=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .map(str::to_owned)
+    };
+    assert_ne!(y(&seal), y(&open), "{seal} {open}");
     let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     one_shot_section(&v);
 
@@ -321,6 +428,7 @@ fn quick_compare_runs_the_installed_tools_and_reports_the_missing_ones() {
             }
         }
     }
+    rerun_as_shown(tools);
     let file_goals: Vec<&Value> = v["goals"]
         .as_array()
         .unwrap()
@@ -354,6 +462,21 @@ fn an_existing_plot_file_is_refused_before_the_run_starts() {
     // Refused before anything ran: no progress line, the file untouched.
     assert!(!stderr.contains("generating"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&svg).unwrap(), "keep me");
+
+    // The plot is SVG: another extension is refused, naming the .svg it could be.
+    let png = dir.path().join("out.png");
+    let out = Command::new(env!("CARGO_BIN_EXE_letterlock"))
+        .args(["bench", "--quick", "--plot"])
+        .arg(&png)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("does not end in .svg") && stderr.contains("out.svg"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("generating") && !png.exists(), "{stderr}");
 
     let missing = dir.path().join("no-such-folder").join("a.svg");
     let out = Command::new(env!("CARGO_BIN_EXE_letterlock"))
