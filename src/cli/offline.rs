@@ -63,7 +63,8 @@ pub(super) struct PairArgs {
 
 #[derive(Args, Debug)]
 pub(super) struct SealArgs {
-    /// The sender's private key, your identity (signs the message).
+    /// The sender's private key, your identity (signs the message). Here `--from` is YOUR
+    /// private key; in `open`, `--from` is the sender's public key.
     #[arg(
         short = 'i',
         long,
@@ -110,6 +111,7 @@ pub(super) struct OpenArgs {
     )]
     pub(super) key: PathBuf,
     /// The public key of the sender you expect; anything signed by another key is refused.
+    /// Here `--from` is the SENDER's public key; in `seal`, `--from` (`-i`) is your private key.
     #[arg(long, value_name = "PUBLIC_KEY")]
     pub(super) from: PathBuf,
     /// Where to write the plaintext. It appears only once the message verified.
@@ -117,7 +119,10 @@ pub(super) struct OpenArgs {
     /// pipe (`/dev/stdout`, a FIFO) gets it as stdout does.
     #[arg(short, long, value_name = "FILE")]
     pub(super) output: Option<PathBuf>,
-    /// Largest plaintext accepted in asymmetric mode, in bytes.
+    /// Largest plaintext accepted in asymmetric mode, in bytes. An asymmetric message costs
+    /// one RSA decryption per 190-odd bytes (with RSA-3072, seconds of CPU per MiB), and one
+    /// forged or damaged near its end is refused only after all of them: raise it only for
+    /// senders you expect such messages from.
     #[arg(long, default_value_t = envelope::DEFAULT_ASYMMETRIC_LIMIT)]
     pub(super) max_asymmetric: u64,
     /// Replace the output file if it exists.
@@ -277,11 +282,20 @@ pub(super) fn fingerprint(file: &Path, json: bool) -> Result<ExitCode> {
 
 /// Opens the input: a file, or stdin for `-` / nothing. `Send`, so a reader thread can read
 /// ahead of the sealing or opening ([`envelope::seal_pipelined`]).
-pub(super) fn input(path: Option<&Path>) -> Result<Box<dyn Read + Send>> {
+/// On a terminal, stdin is announced with `typing` (what to type or paste): a bare `seal` or
+/// `open` would otherwise wait without a word (found by a trial run; `send_msg` says so too).
+pub(super) fn input(path: Option<&Path>, typing: &str) -> Result<Box<dyn Read + Send>> {
     match path {
-        None => Ok(Box::new(io::stdin())),
-        Some(p) if p == Path::new("-") => Ok(Box::new(io::stdin())),
-        Some(p) => Ok(file_reader(p)?),
+        Some(p) if p != Path::new("-") => Ok(file_reader(p)?),
+        _ => {
+            if io::stdin().is_terminal() {
+                status!(
+                    "letterlock: reading from the terminal: {typing}, then Ctrl-D on a line of \
+                     its own (or give INPUT, a file)"
+                );
+            }
+            Ok(Box::new(io::stdin()))
+        }
     }
 }
 
@@ -416,7 +430,7 @@ pub(super) fn seal(a: SealArgs) -> Result<ExitCode> {
     );
     let reader = match a.input.as_deref().map(read_small).transpose()?.flatten() {
         Some(whole) => Plain::Whole(whole),
-        None => Plain::Stream(input(a.input.as_deref())?),
+        None => Plain::Stream(input(a.input.as_deref(), "type the message to seal")?),
     };
     let binary_to_terminal = |terminal: bool| {
         if !a.armor && terminal {
@@ -544,7 +558,10 @@ pub(super) fn open(a: OpenArgs) -> Result<ExitCode> {
     let mut output = Output::of(a.output.as_deref(), a.force, "open")?;
     let identity: Arc<dyn Identity> = Arc::new(super::load_own_private(&a.key)?);
     let expected = keys::load_public(&a.from)?;
-    let mut reader = BufReader::new(input(a.input.as_deref())?);
+    let mut reader = BufReader::new(input(
+        a.input.as_deref(),
+        "paste the armored message (BEGIN to END line)",
+    )?);
     // Binary messages start with the magic; armored ones with the BEGIN line.
     let armored = armor::is_armored(reader.fill_buf()?);
     tracing::debug!(
@@ -589,6 +606,15 @@ pub(super) fn open(a: OpenArgs) -> Result<ExitCode> {
             if limit == STDOUT_LIMIT && !matches!(output, Output::File(_)) =>
         {
             too_large_to_hold(e, &output, "open")
+        }
+        // Armor that does not decode is a damaged message, not an I/O error (found by a trial
+        // run: a cut-short armored block read as "I/O error while opening").
+        OpenError::Io(io) if armor::ArmorError::of(&io).is_some() => {
+            let why = armor::ArmorError::of(&io).map_or_else(String::new, |w| w.to_string());
+            anyhow::anyhow!(
+                "not a valid letterlock message: {why}; copy the whole armored block, from its \
+                 BEGIN line to its END line, or ask for it again"
+            )
         }
         e => {
             let e = super::replaced::name_kept_key(e.into(), &a.key, |kept| {

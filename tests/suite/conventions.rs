@@ -1060,6 +1060,103 @@ fn on_a_terminal_send_msg_says_it_reads_until_ctrl_d() {
     assert_eq!(server_read(&f, id), b"typed on a terminal\n");
 }
 
+/// On a terminal, `seal` and `open` without INPUT say what they wait for (found by a trial run:
+/// both waited without a word), and read what is typed or pasted up to Ctrl-D.
+#[test]
+fn on_a_terminal_seal_and_open_say_they_read_until_ctrl_d() {
+    require_script();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = |f: fn(&str) -> PathBuf, name: &str| f(name).display().to_string();
+    let sealed = d.join("typed.ll");
+    let command = format!(
+        "{BIN} seal --armor -i {} -r {} -o {}",
+        key(common::private_path, "alice2048"),
+        key(common::public_path, "bob2048"),
+        sealed.display()
+    );
+    let out = run_script(&command, b"typed on a terminal\n\x04");
+    let all = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("type the message to seal, then Ctrl-D"),
+        "{all}"
+    );
+    let mut pasted = std::fs::read(&sealed).unwrap();
+    pasted.push(0x04);
+    let opened = d.join("typed.txt");
+    let command = format!(
+        "{BIN} open -i {} --from {} -o {}",
+        key(common::private_path, "bob2048"),
+        key(common::public_path, "alice2048"),
+        opened.display()
+    );
+    let out = run_script(&command, &pasted);
+    let all = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("paste the armored message"), "{all}");
+    assert_eq!(std::fs::read(&opened).unwrap(), b"typed on a terminal\n");
+}
+
+/// Armor cut short is a damaged message, said as one, not "I/O error" (found by a trial run).
+#[test]
+fn armor_cut_short_is_a_damaged_message_not_an_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("note.txt"), "a note").unwrap();
+    let (alice, bob) = (
+        common::private_path("alice2048"),
+        common::private_path("bob2048"),
+    );
+    let (alice_pub, bob_pub) = (
+        common::public_path("alice2048"),
+        common::public_path("bob2048"),
+    );
+    let s = |p: &PathBuf| p.display().to_string();
+    let (code, _, err) = common::cli::run(
+        d,
+        &[
+            "seal",
+            "--armor",
+            "-i",
+            &s(&alice),
+            "-r",
+            &s(&bob_pub),
+            "-o",
+            "note.ll",
+            "note.txt",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let armored = std::fs::read_to_string(d.join("note.ll")).unwrap();
+    let cut: String = armored.lines().take(3).map(|l| format!("{l}\n")).collect();
+    std::fs::write(d.join("cut.ll"), cut).unwrap();
+    let (code, _, err) = common::cli::run(
+        d,
+        &[
+            "open",
+            "-i",
+            &s(&bob),
+            "--from",
+            &s(&alice_pub),
+            "-o",
+            "out.txt",
+            "cut.ll",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "not a valid letterlock message: bad armor: the input ends before the END line"
+        ) && err.contains("from its BEGIN line to its END line"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("I/O error") && !d.join("out.txt").exists(),
+        "{err}"
+    );
+}
+
 /// These tests need util-linux `script` to make a pseudo-terminal: a missing one is a failure
 /// that says how to install it, never a silent skip.
 fn require_script() {
