@@ -563,7 +563,16 @@ pub(super) fn open(a: OpenArgs) -> Result<ExitCode> {
         "paste the armored message (BEGIN to END line)",
     )?);
     // Binary messages start with the magic; armored ones with the BEGIN line.
-    let armored = armor::is_armored(reader.fill_buf()?);
+    let head = reader.fill_buf()?;
+    let armored = armor::is_armored(head);
+    if !armored && let Some(line) = begin_line_after_text(head) {
+        // Pasted from an email with its text around it (found by a trial run: read as a
+        // binary message, "bad magic"). Taken as it is, never cut out silently.
+        bail!(
+            "not a valid letterlock message: an armored message starts at line {line}, after \
+             other text; save only its block, from the BEGIN line to the END line, and open that"
+        );
+    }
     tracing::debug!(
         recipient = %identity.public().id(),
         expected_sender = %expected.id(),
@@ -635,6 +644,15 @@ pub(super) fn open(a: OpenArgs) -> Result<ExitCode> {
         time_text(opened.header.created)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The line (from 1) where an armored message's BEGIN line stands in `head`, the first bytes of
+/// an input that does not start with it: text around a pasted message. `None` when there is
+/// none in `head`.
+fn begin_line_after_text(head: &[u8]) -> Option<usize> {
+    head.split(|&b| b == b'\n')
+        .position(|line| line.trim_ascii() == armor::BEGIN.as_bytes())
+        .map(|i| i + 1)
 }
 
 /// Writes plaintext to stdout: pipes and files get the exact bytes; a terminal gets it escaped

@@ -1098,9 +1098,10 @@ fn on_a_terminal_seal_and_open_say_they_read_until_ctrl_d() {
     assert_eq!(std::fs::read(&opened).unwrap(), b"typed on a terminal\n");
 }
 
-/// Armor cut short is a damaged message, said as one, not "I/O error" (found by a trial run).
+/// Armor cut short is a damaged message, said as one, not "I/O error"; armor pasted with text
+/// around it is pointed at, not read as binary ("bad magic") (both found by a trial run).
 #[test]
-fn armor_cut_short_is_a_damaged_message_not_an_io_error() {
+fn cut_short_or_pasted_armor_is_explained_not_an_io_error() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("note.txt"), "a note").unwrap();
@@ -1155,6 +1156,29 @@ fn armor_cut_short_is_a_damaged_message_not_an_io_error() {
         !err.contains("I/O error") && !d.join("out.txt").exists(),
         "{err}"
     );
+
+    // Pasted from an email, with text before and after it: the line it starts at is named.
+    let mail = format!("From: alice\nSubject: a note\n\n{armored}-- \nalice\n");
+    std::fs::write(d.join("mail.txt"), mail).unwrap();
+    let (code, _, err) = common::cli::run(
+        d,
+        &[
+            "open",
+            "-i",
+            &s(&bob),
+            "--from",
+            &s(&alice_pub),
+            "-o",
+            "out.txt",
+            "mail.txt",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("an armored message starts at line 4, after other text"),
+        "{err}"
+    );
+    assert!(!d.join("out.txt").exists(), "{err}");
 }
 
 /// These tests need util-linux `script` to make a pseudo-terminal: a missing one is a failure
