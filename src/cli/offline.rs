@@ -366,6 +366,19 @@ impl Output {
                 path.display()
             );
         }
+        // Said before any key is read or byte opened (found by a trial run: it came out as an
+        // I/O error while opening, once the message had been read).
+        let folder = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !folder.is_dir() {
+            bail!(
+                "{}: the folder {} does not exist; create it first, or choose another -o",
+                cannot(),
+                folder.display()
+            );
+        }
         Ok(Output::File(path.to_owned()))
     }
 

@@ -1179,6 +1179,26 @@ fn cut_short_or_pasted_armor_is_explained_not_an_io_error() {
         "{err}"
     );
     assert!(!d.join("out.txt").exists(), "{err}");
+
+    // An output folder that does not exist is said as such, before anything is opened.
+    let (code, _, err) = common::cli::run(
+        d,
+        &[
+            "open",
+            "-i",
+            &s(&bob),
+            "--from",
+            &s(&alice_pub),
+            "-o",
+            "nodir/x",
+            "note.ll",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot write nodir/x: the folder nodir does not exist"),
+        "{err}"
+    );
 }
 
 /// These tests need util-linux `script` to make a pseudo-terminal: a missing one is a failure
