@@ -332,9 +332,9 @@ struct BenchArgs {
     #[arg(long, default_value_t = keys::DEFAULT_BITS, value_parser = generated_bits())]
     bits: usize,
     /// Also run gpg, `openssl cms`, rage and age where installed, on the same files in the
-    /// same run (1 GiB file to file, and a 100-byte seal per process), each command shown.
-    /// The files go to $TMPDIR, which needs about 4 GiB free (16 MiB with --quick): checked
-    /// before the run.
+    /// same run (1 GiB file to file, 4 MiB with --quick, and a 100-byte seal per process),
+    /// each command shown with its setup, to run again by hand. The files go to $TMPDIR, which
+    /// needs about 4 times the file's size free: checked before the run.
     #[arg(long)]
     compare: bool,
     /// The PostgreSQL server of the store section (the bench works in a database of its own
