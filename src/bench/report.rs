@@ -958,7 +958,8 @@ fn oneshot_table(s: &mut String, o: &OneShotReport) {
          message to a `client agent` that runs beside them (the first two pass --no-agent), \
          which seals and sends it on its kept connection; the three rows take turns; CPU ms: \
          the median user + system time of the process, without the waiting (send_msg's alone: \
-         neither the server's work nor the agent's is in it)"
+         neither the server's work nor the agent's is in it); p99 by nearest rank: over fewer \
+         than 100 processes, the slowest of them"
     );
     let _ = writeln!(s, "  $ {}", o.seal.command);
     let _ = writeln!(s, "  $ {} &", o.server_command);
