@@ -421,7 +421,7 @@ fn letterlock_tool(opts: &BenchOptions) -> Result<Tool, BenchError> {
             .iter()
             .map(|who| {
                 format!(
-                    "letterlock keygen --name {who} --bits {} </dev/null",
+                    "letterlock keygen --name {who} --bits {} --keys . </dev/null",
                     opts.bits
                 )
             })
@@ -577,12 +577,12 @@ fn printf_escaped(text: &str) -> String {
 
 /// Stops the gpg agent the bench's gpg runs started (it is a daemon, not a child to wait for).
 fn stop_gpg_agent(folder: &Folder) {
-    let home = folder.path().join("gnupg");
-    if home.exists() {
+    if folder.path().join("gnupg").exists() {
+        // The home as gpg was given it, relative to the folder: gpg made it absolute from the
+        // working directory (links resolved), and the agent's socket is named after that.
         let _ = std::process::Command::new("gpgconf")
-            .arg("--homedir")
-            .arg(&home)
-            .args(["--kill", "gpg-agent"])
+            .args(["--homedir", "gnupg", "--kill", "gpg-agent"])
+            .current_dir(folder.path())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

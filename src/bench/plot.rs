@@ -14,11 +14,13 @@ pub fn check_plot_path(path: &Path, force: bool) -> Result<(), BenchError> {
     if path.is_dir() {
         return plot(format!("{} is a folder; give a file name", path.display()));
     }
-    // The plot is SVG: a name that says otherwise (`out.png`) would hold SVG under a name that
-    // image viewers misread (found by a trial run). A name without an extension is the user's
-    // choice.
+    // The plot is SVG: a name that says another image or document type (`out.png`) would hold
+    // SVG under a name that viewers misread (found by a trial run). Any other name, with a dot
+    // or not, is the user's choice.
     if let Some(ext) = path.extension()
-        && !ext.eq_ignore_ascii_case("svg")
+        && OTHER_IMAGE_TYPES
+            .iter()
+            .any(|other| ext.eq_ignore_ascii_case(other))
     {
         return plot(format!(
             "{} does not end in .svg, and the plot is an SVG image; name it {}",
@@ -47,6 +49,11 @@ pub fn check_plot_path(path: &Path, force: bool) -> Result<(), BenchError> {
     temp_beside(path).map_err(|e| cannot_write(path, &os_reason(&e)))?;
     Ok(())
 }
+
+/// Extensions of image and document types the plot is not (it is SVG).
+const OTHER_IMAGE_TYPES: &[&str] = &[
+    "png", "jpg", "jpeg", "gif", "webp", "bmp", "tif", "tiff", "pdf", "eps", "ps", "html",
+];
 
 /// The temporary file the plot is drawn into, in the folder of `path` (so that renaming it onto
 /// `path` is atomic); removed when dropped unless persisted.

@@ -343,7 +343,7 @@ fn names_stdout(path: &Path) -> bool {
 }
 
 impl Output {
-    /// What `-o path` names for `command` (`open`, `client read`): refuses an existing regular
+    /// What `-o path` names for `command` (`seal`, `open`, `client read`): refuses an existing regular
     /// file unless `force` (nothing is overwritten silently), and a folder or anything else that
     /// is neither a file, a device nor a pipe. A pipe is opened here, which waits for its reader.
     pub(super) fn of(path: Option<&Path>, force: bool, command: &str) -> Result<Output> {
@@ -372,12 +372,19 @@ impl Output {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        if !folder.is_dir() {
-            bail!(
+        match std::fs::metadata(folder) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!(
+                "{}: {} is not a folder; choose another -o",
+                cannot(),
+                folder.display()
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
                 "{}: the folder {} does not exist; create it first, or choose another -o",
                 cannot(),
                 folder.display()
-            );
+            ),
+            Err(e) => bail!("{}: {}: {e}", cannot(), folder.display()),
         }
         Ok(Output::File(path.to_owned()))
     }
@@ -441,15 +448,18 @@ pub(super) fn seal(a: SealArgs) -> Result<ExitCode> {
         output = %output.name(),
         "sealing"
     );
+    // Before stdin is read (or announced on a terminal): binary output is refused there.
+    let to_terminal = match &output {
+        Output::File(_) => false,
+        Output::Stream(_, file) => file.is_terminal(),
+        Output::Stdout => io::stdout().is_terminal(),
+    };
+    if !a.armor && to_terminal {
+        bail!("refusing to write a binary message to a terminal; use -o FILE or -a (--armor)");
+    }
     let reader = match a.input.as_deref().map(read_small).transpose()?.flatten() {
         Some(whole) => Plain::Whole(whole),
         None => Plain::Stream(input(a.input.as_deref(), "type the message to seal")?),
-    };
-    let binary_to_terminal = |terminal: bool| {
-        if !a.armor && terminal {
-            bail!("refusing to write a binary message to a terminal; use -o FILE or -a (--armor)");
-        }
-        Ok(())
     };
     let sealed = match output {
         Output::File(path) => {
@@ -474,14 +484,11 @@ pub(super) fn seal(a: SealArgs) -> Result<ExitCode> {
         // A device or a pipe: sealed bytes are not secret, and a reader there sees a message
         // cut short by an error as one that does not open, so they go straight to it.
         Output::Stream(_, file) => {
-            binary_to_terminal(file.is_terminal())?;
             let w = io::BufWriter::new(file);
             seal_into(sender, &recipient, &opts, reader, w, a.armor)?.0
         }
         Output::Stdout => {
-            let stdout = io::stdout();
-            binary_to_terminal(stdout.is_terminal())?;
-            let w = io::BufWriter::new(stdout);
+            let w = io::BufWriter::new(io::stdout());
             seal_into(sender, &recipient, &opts, reader, w, a.armor)?.0
         }
     };
@@ -571,21 +578,32 @@ pub(super) fn open(a: OpenArgs) -> Result<ExitCode> {
     let mut output = Output::of(a.output.as_deref(), a.force, "open")?;
     let identity: Arc<dyn Identity> = Arc::new(super::load_own_private(&a.key)?);
     let expected = keys::load_public(&a.from)?;
-    let mut reader = BufReader::new(input(
+    let mut raw = BufReader::new(input(
         a.input.as_deref(),
         "paste the armored message (BEGIN to END line)",
     )?);
-    // Binary messages start with the magic; armored ones with the BEGIN line.
-    let head = reader.fill_buf()?;
-    let armored = armor::is_armored(head);
-    if !armored && let Some(line) = begin_line_after_text(head) {
-        // Pasted from an email with its text around it (found by a trial run: read as a
-        // binary message, "bad magic"). Taken as it is, never cut out silently.
-        bail!(
-            "not a valid letterlock message: an armored message starts at line {line}, after \
-             other text; save only its block, from the BEGIN line to the END line, and open that"
-        );
-    }
+    // Binary messages start with the magic; armored ones with the BEGIN line. Anything else
+    // may be an armored message pasted from an email with text before it (found by a trial
+    // run: read as a binary message, "bad magic"): its first bytes, up to PASTED_TEXT_SCAN,
+    // are read ahead (one read may hold one line) and looked through for a BEGIN line, then
+    // put back in front of the rest. Taken as it is, never cut out silently.
+    let first = raw.fill_buf()?;
+    let mut reader: Box<dyn BufRead + Send> =
+        if armor::is_armored(first) || first.starts_with(&envelope::MAGIC) {
+            Box::new(raw)
+        } else {
+            let mut ahead = Vec::new();
+            (&mut raw).take(PASTED_TEXT_SCAN).read_to_end(&mut ahead)?;
+            if let Some(line) = begin_line_after_text(&ahead) {
+                bail!(
+                    "not a valid letterlock message: an armored message starts at line {line}, \
+                     after other text; save only its block, from the BEGIN line to the END \
+                     line, and open that"
+                );
+            }
+            Box::new(io::Cursor::new(ahead).chain(raw))
+        };
+    let armored = armor::is_armored(reader.fill_buf()?);
     tracing::debug!(
         recipient = %identity.public().id(),
         expected_sender = %expected.id(),
@@ -658,6 +676,10 @@ pub(super) fn open(a: OpenArgs) -> Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// How far into an input that is neither a binary nor an armored message `open` looks for the
+/// BEGIN line of one pasted after other text.
+const PASTED_TEXT_SCAN: u64 = 64 * 1024;
 
 /// The line (from 1) where an armored message's BEGIN line stands in `head`, the first bytes of
 /// an input that does not start with it: text around a pasted message. `None` when there is

@@ -1096,6 +1096,20 @@ fn on_a_terminal_seal_and_open_say_they_read_until_ctrl_d() {
     assert!(out.status.success(), "{all}");
     assert!(all.contains("paste the armored message"), "{all}");
     assert_eq!(std::fs::read(&opened).unwrap(), b"typed on a terminal\n");
+
+    // Pasted with a mail's first lines before it, which a terminal hands over line by line:
+    // the line it starts at is still found.
+    let mut mail = b"From: alice\n\n".to_vec();
+    mail.extend_from_slice(&pasted);
+    std::fs::remove_file(&opened).unwrap();
+    let out = run_script(&command, &mail);
+    let all = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("an armored message starts at line 3, after other text"),
+        "{all}"
+    );
+    assert!(!opened.exists(), "{all}");
 }
 
 /// Armor cut short is a damaged message, said as one, not "I/O error"; armor pasted with text

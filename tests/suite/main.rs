@@ -1,6 +1,6 @@
 //! The integration tests, one binary: every file here is a module, and `cargo test` runs their
-//! tests side by side on every core, where one binary per file ran the files one after another
-//! (and linked the library fifty times). The files beside this folder (`tests/memory_*.rs`,
+//! tests side by side, four at a time (`RUST_TEST_THREADS` in `.cargo/config.toml`), where one
+//! binary per file ran the files one after another (and linked the library 47 times). The files beside this folder (`tests/memory_*.rs`,
 //! `tests/large.rs`, `tests/load.rs`, `tests/intercept_memory.rs`) stay binaries of their own:
 //! they measure their process's memory, which tests running beside them would raise.
 //!

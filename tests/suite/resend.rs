@@ -107,6 +107,13 @@ async fn connect(to: &str, how: Option<Break>) -> TcpStream {
     socket.connect(addr).await.unwrap()
 }
 
+/// The largest TCP send buffer the kernel gives a socket (the last of tcp_wmem's three; 4 MiB
+/// by default), so that a test can send more than a sender's socket holds.
+fn largest_send_buffer() -> usize {
+    let wmem = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").unwrap();
+    wmem.split_whitespace().last().unwrap().parse().unwrap()
+}
+
 /// Relays both ways until either side ends.
 async fn pass(client: TcpStream, server: TcpStream) {
     let (mut cr, mut cw) = client.into_split();
@@ -649,9 +656,9 @@ async fn a_fetch_cut_short_is_not_logged_as_the_servers_error() {
     classroom_folder(&d);
     let log = d.join("server.log");
     let server = BinServer::spawn_logging(common::cli::server_command(&d, &["-v"]), &log);
-    // More than the sockets on the way hold (`connect`), cut early: the server is still
-    // writing it when the connection goes.
-    let plain = data(8 * 1024 * 1024);
+    // More than the sockets on the way hold (`connect`: the server's send buffer, at most
+    // tcp_wmem's largest), cut early: the server is still writing it when the connection goes.
+    let plain = data(largest_send_buffer() + 4 * 1024 * 1024);
     std::fs::write(d.join("big.bin"), &plain).unwrap();
     let (code, _, err) = run(
         &d,
