@@ -1146,19 +1146,22 @@ fn cut_short_or_pasted_armor_is_explained_not_an_io_error() {
     let armored = std::fs::read_to_string(d.join("note.ll")).unwrap();
     let cut: String = armored.lines().take(3).map(|l| format!("{l}\n")).collect();
     std::fs::write(d.join("cut.ll"), cut).unwrap();
-    let (code, _, err) = common::cli::run(
-        d,
-        &[
-            "open",
-            "-i",
-            &s(&bob),
-            "--from",
-            &s(&alice_pub),
-            "-o",
-            "out.txt",
-            "cut.ll",
-        ],
-    );
+    let open = |out: &str, input: &str| {
+        common::cli::run(
+            d,
+            &[
+                "open",
+                "-i",
+                &s(&bob),
+                "--from",
+                &s(&alice_pub),
+                "-o",
+                out,
+                input,
+            ],
+        )
+    };
+    let (code, _, err) = open("out.txt", "cut.ll");
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains(
@@ -1174,19 +1177,7 @@ fn cut_short_or_pasted_armor_is_explained_not_an_io_error() {
     // Pasted from an email, with text before and after it: the line it starts at is named.
     let mail = format!("From: alice\nSubject: a note\n\n{armored}-- \nalice\n");
     std::fs::write(d.join("mail.txt"), mail).unwrap();
-    let (code, _, err) = common::cli::run(
-        d,
-        &[
-            "open",
-            "-i",
-            &s(&bob),
-            "--from",
-            &s(&alice_pub),
-            "-o",
-            "out.txt",
-            "mail.txt",
-        ],
-    );
+    let (code, _, err) = open("out.txt", "mail.txt");
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("an armored message starts at line 4, after other text"),
@@ -1195,19 +1186,7 @@ fn cut_short_or_pasted_armor_is_explained_not_an_io_error() {
     assert!(!d.join("out.txt").exists(), "{err}");
 
     // An output folder that does not exist is said as such, before anything is opened.
-    let (code, _, err) = common::cli::run(
-        d,
-        &[
-            "open",
-            "-i",
-            &s(&bob),
-            "--from",
-            &s(&alice_pub),
-            "-o",
-            "nodir/x",
-            "note.ll",
-        ],
-    );
+    let (code, _, err) = open("nodir/x", "note.ll");
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("cannot write nodir/x: the folder nodir does not exist"),
