@@ -81,7 +81,7 @@ fn an_interceptor_stopped_as_soon_as_it_intercepts_says_so_and_exits() {
 /// the file has no name until the commit (`files::AtomicFile`).
 #[test]
 fn an_open_stopped_part_way_leaves_no_plaintext_behind() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     let half = half_a_message();
     for signal in ["-INT", "-TERM", "-KILL"] {
@@ -101,10 +101,8 @@ fn an_open_stopped_part_way_leaves_no_plaintext_behind() {
             .status()
             .unwrap();
         assert!(killed.success());
-        let started = Instant::now();
-        let status = child.wait().unwrap();
+        let status = stopped_within(&mut child, Duration::from_secs(30), signal);
         assert!(!status.success(), "{signal}: {status:?}");
-        assert!(started.elapsed() < Duration::from_secs(30));
         drop(input);
         assert_eq!(
             listing(&out),
@@ -155,7 +153,7 @@ fn without_unnamed_files_an_open_stopped_part_way_removes_its_temporary_file() {
             .status()
             .unwrap();
         assert!(killed.success());
-        let status = strace.wait().unwrap();
+        let status = stopped_within(&mut strace, Duration::from_secs(30), signal);
         assert!(!status.success(), "{signal}: {status:?}");
         drop(input);
         assert_eq!(
@@ -201,20 +199,55 @@ fn a_waiting_open(
         Some((program, args)) => (*program, [args, &[common::BIN]].concat()),
         None => (common::BIN, Vec::new()),
     };
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    command
         .args(before)
         .args(["open", "-q", "-i", bob.to_str().unwrap(), "--from"])
         .args([alice.to_str().unwrap(), "-o", "out/plain.bin"])
         .current_dir(dir.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    // Ctrl-C and SIGTERM as a terminal's command gets them, whatever this test inherited: run
+    // as a background job of a script, it ignores SIGINT, `open` would too (as it should), and
+    // the test would wait for ever for it to stop.
+    // SAFETY: between fork and exec only `signal(2)`, which is async-signal-safe, is called.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            use nix::sys::signal::{SigHandler, Signal, signal};
+            for s in [Signal::SIGINT, Signal::SIGTERM] {
+                signal(s, SigHandler::SigDfl).map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input).unwrap();
     stdin.flush().unwrap();
     (dir, out, child, stdin)
+}
+
+/// The child's exit status once it has stopped; killed (and the test failed) if it is still
+/// running after `wait`, so that a signal that did not stop it fails the test instead of
+/// hanging it.
+fn stopped_within(
+    child: &mut std::process::Child,
+    wait: std::time::Duration,
+    signal: &str,
+) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > wait {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{signal} did not stop the process within {wait:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// The pid of the process strace (`tracer`) started, once it has one.
