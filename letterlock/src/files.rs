@@ -365,8 +365,8 @@ pub fn open_stream(target: &Path) -> io::Result<Option<fs::File>> {
     Ok(is_stream(file.metadata()?).then_some(file))
 }
 
-/// The folder a target lives in (`.` for a bare file name).
-fn folder_of(target: &Path) -> &Path {
+/// The folder a target lives in (`.` for a bare file name, whose `parent()` is empty).
+pub fn folder_of(target: &Path) -> &Path {
     match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

@@ -486,11 +486,9 @@ fn gpg_tool(opts: &BenchOptions, folder: &Folder) -> Result<Option<Tool>, String
     let Some(version) = version_of("gpg", "--version") else {
         return Ok(None);
     };
-    // Relative to the folder every command runs in, so that the commands shown can be
-    // pasted into any empty folder (gpg makes it absolute itself).
-    let home = "gnupg".to_owned();
+    let home = GPG_HOME.to_owned();
     std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
-        .create(folder.path().join(&home))
+        .create(folder.path().join(GPG_HOME))
         .map_err(|e| e.to_string())?;
     let params = format!(
         "%no-protection\nKey-Type: RSA\nKey-Length: {b}\nKey-Usage: sign\nSubkey-Type: RSA\n\
@@ -569,6 +567,11 @@ fn gpg_tool(opts: &BenchOptions, folder: &Folder) -> Result<Option<Tool>, String
 
 const GPG_USER: &str = "bench@letterlock.invalid";
 
+/// gpg's home, relative to the folder every command runs in, so that the commands shown can be
+/// pasted into any empty folder (gpg makes it absolute itself, from the working directory with
+/// links resolved, and names its agent's socket after that).
+const GPG_HOME: &str = "gnupg";
+
 /// `text` as the format of a shell `printf '…'`: `%` doubled, newlines as `\n` (the text has
 /// no quote or backslash).
 fn printf_escaped(text: &str) -> String {
@@ -577,11 +580,10 @@ fn printf_escaped(text: &str) -> String {
 
 /// Stops the gpg agent the bench's gpg runs started (it is a daemon, not a child to wait for).
 fn stop_gpg_agent(folder: &Folder) {
-    if folder.path().join("gnupg").exists() {
-        // The home as gpg was given it, relative to the folder: gpg made it absolute from the
-        // working directory (links resolved), and the agent's socket is named after that.
+    if folder.path().join(GPG_HOME).exists() {
+        // The home as gpg was given it, so that the socket named after it is found.
         let _ = std::process::Command::new("gpgconf")
-            .args(["--homedir", "gnupg", "--kill", "gpg-agent"])
+            .args(["--homedir", GPG_HOME, "--kill", "gpg-agent"])
             .current_dir(folder.path())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())

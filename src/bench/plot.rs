@@ -34,10 +34,7 @@ pub fn check_plot_path(path: &Path, force: bool) -> Result<(), BenchError> {
             path.display()
         ));
     }
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let parent = letterlock::files::folder_of(path);
     if !parent.is_dir() {
         return plot(format!(
             "the folder {} does not exist; create it first",
@@ -58,14 +55,10 @@ const OTHER_IMAGE_TYPES: &[&str] = &[
 /// The temporary file the plot is drawn into, in the folder of `path` (so that renaming it onto
 /// `path` is atomic); removed when dropped unless persisted.
 fn temp_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
     tempfile::Builder::new()
         .prefix(".letterlock-plot")
         .suffix(".svg")
-        .tempfile_in(parent)
+        .tempfile_in(letterlock::files::folder_of(path))
 }
 
 /// The plot cannot be written at `path`: said with the user's path and the system's reason,

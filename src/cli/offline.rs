@@ -282,6 +282,7 @@ pub(super) fn fingerprint(file: &Path, json: bool) -> Result<ExitCode> {
 
 /// Opens the input: a file, or stdin for `-` / nothing. `Send`, so a reader thread can read
 /// ahead of the sealing or opening ([`envelope::seal_pipelined`]).
+///
 /// On a terminal, stdin is announced with `typing` (what to type or paste): a bare `seal` or
 /// `open` would otherwise wait without a word (found by a trial run; `send_msg` says so too).
 pub(super) fn input(path: Option<&Path>, typing: &str) -> Result<Box<dyn Read + Send>> {
@@ -343,9 +344,10 @@ fn names_stdout(path: &Path) -> bool {
 }
 
 impl Output {
-    /// What `-o path` names for `command` (`seal`, `open`, `client read`): refuses an existing regular
-    /// file unless `force` (nothing is overwritten silently), and a folder or anything else that
-    /// is neither a file, a device nor a pipe. A pipe is opened here, which waits for its reader.
+    /// What `-o path` names for `command` (`seal`, `open`, `client read`): refuses an existing
+    /// regular file unless `force` (nothing is overwritten silently), a folder or anything else
+    /// that is neither a file, a device nor a pipe, and a path whose folder cannot take a file.
+    /// A pipe is opened here, which waits for its reader.
     pub(super) fn of(path: Option<&Path>, force: bool, command: &str) -> Result<Output> {
         let Some(path) = path.filter(|p| !names_stdout(p)) else {
             return Ok(Output::Stdout);
@@ -368,10 +370,7 @@ impl Output {
         }
         // Said before any key is read or byte opened (found by a trial run: it came out as an
         // I/O error while opening, once the message had been read).
-        let folder = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
+        let folder = files::folder_of(path);
         match std::fs::metadata(folder) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => bail!(
@@ -641,28 +640,31 @@ pub(super) fn open(a: OpenArgs) -> Result<ExitCode> {
             held.map(|(_, o)| o)
         }
     };
-    let opened = opened.map_err(|e| match e {
-        OpenError::TooLarge { limit }
-            if limit == STDOUT_LIMIT && !matches!(output, Output::File(_)) =>
-        {
-            too_large_to_hold(e, &output, "open")
-        }
+    let opened = opened.map_err(|e| {
         // Armor that does not decode is a damaged message, not an I/O error (found by a trial
         // run: a cut-short armored block read as "I/O error while opening").
-        OpenError::Io(io) if armor::ArmorError::of(&io).is_some() => {
-            let why = armor::ArmorError::of(&io).map_or_else(String::new, |w| w.to_string());
-            anyhow::anyhow!(
+        if let OpenError::Io(io) = &e
+            && let Some(why) = armor::ArmorError::of(io)
+        {
+            return anyhow::anyhow!(
                 "not a valid letterlock message: {why}; copy the whole armored block, from its \
                  BEGIN line to its END line, or ask for it again"
-            )
+            );
         }
-        e => {
-            let e = super::replaced::name_kept_key(e.into(), &a.key, |kept| {
-                format!("open it with `-i {}`", kept.display())
-            });
-            match &output {
-                Output::File(path) => super::full_disk_names(e, path),
-                _ => e,
+        match e {
+            OpenError::TooLarge { limit }
+                if limit == STDOUT_LIMIT && !matches!(output, Output::File(_)) =>
+            {
+                too_large_to_hold(e, &output, "open")
+            }
+            e => {
+                let e = super::replaced::name_kept_key(e.into(), &a.key, |kept| {
+                    format!("open it with `-i {}`", kept.display())
+                });
+                match &output {
+                    Output::File(path) => super::full_disk_names(e, path),
+                    _ => e,
+                }
             }
         }
     })?;
