@@ -96,19 +96,7 @@ fn an_open_stopped_part_way_leaves_no_plaintext_behind() {
             Vec::<String>::new(),
             "{signal}: while open runs"
         );
-        let killed = Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let status = stopped_within(&mut child, Duration::from_secs(30), signal);
-        assert!(!status.success(), "{signal}: {status:?}");
-        drop(input);
-        assert_eq!(
-            listing(&out),
-            Vec::<String>::new(),
-            "{signal}: after it stopped"
-        );
+        stopped_leaving_nothing(signal, child.id(), &mut child, input, &out);
     }
 }
 
@@ -148,19 +136,7 @@ fn without_unnamed_files_an_open_stopped_part_way_removes_its_temporary_file() {
             during.len() == 1 && during[0].starts_with(".letterlock-tmp"),
             "{signal}: the named fallback was not used: {during:?}"
         );
-        let killed = Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let status = stopped_within(&mut strace, Duration::from_secs(30), signal);
-        assert!(!status.success(), "{signal}: {status:?}");
-        drop(input);
-        assert_eq!(
-            listing(&out),
-            Vec::<String>::new(),
-            "{signal}: after it stopped"
-        );
+        stopped_leaving_nothing(signal, pid, &mut strace, input, &out);
     }
 }
 
@@ -228,18 +204,27 @@ fn a_waiting_open(
     (dir, out, child, stdin)
 }
 
-/// The child's exit status once it has stopped; killed (and the test failed) if it is still
-/// running after `wait`, so that a signal that did not stop it fails the test instead of
-/// hanging it.
-fn stopped_within(
-    child: &mut std::process::Child,
-    wait: std::time::Duration,
+/// Sends `signal` to `pid` and waits, at most 30 s, for `child` (that process, or the tracer
+/// it runs under) to stop, which it must do unsuccessfully; then closes its input. Nothing may
+/// be left in `out`. A signal that does not stop it fails the test (the child killed) instead
+/// of hanging it.
+fn stopped_leaving_nothing(
     signal: &str,
-) -> std::process::ExitStatus {
+    pid: u32,
+    child: &mut std::process::Child,
+    input: std::process::ChildStdin,
+    out: &std::path::Path,
+) {
+    let killed = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let wait = std::time::Duration::from_secs(30);
     let start = std::time::Instant::now();
-    loop {
+    let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
-            return status;
+            break status;
         }
         if start.elapsed() > wait {
             let _ = child.kill();
@@ -247,7 +232,14 @@ fn stopped_within(
             panic!("{signal} did not stop the process within {wait:?}");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    };
+    assert!(!status.success(), "{signal}: {status:?}");
+    drop(input);
+    assert_eq!(
+        listing(out),
+        Vec::<String>::new(),
+        "{signal}: after it stopped"
+    );
 }
 
 /// The pid of the process strace (`tracer`) started, once it has one.
