@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use zeroize::Zeroizing;
 
-use letterlock::envelope::{self, OpenError, OpenOptions, SealOptions, armor};
+use letterlock::envelope::{self, Mode, OpenError, OpenOptions, SealError, SealOptions, armor};
 use letterlock::files::{self, AtomicFile, WriteOptions};
 use letterlock::keys::{self, Identity, PublicKey};
 use letterlock::text::ByteCount;
@@ -430,6 +430,13 @@ pub(super) fn too_large_to_hold(e: OpenError, to: &Output, command: &str) -> any
     }
 }
 
+/// `path` and its size when it names a regular file (not stdin, `-`, a device or a pipe).
+fn regular_file_size(path: Option<&Path>) -> Option<(&Path, u64)> {
+    let path = path.filter(|p| *p != Path::new("-"))?;
+    let meta = std::fs::metadata(path).ok()?;
+    meta.is_file().then_some((path, meta.len()))
+}
+
 pub(super) fn seal(a: SealArgs) -> Result<ExitCode> {
     let output = Output::of(a.output.as_deref(), a.force, "seal")?;
     let sender: Arc<dyn Identity> = Arc::new(super::load_own_private(&a.from)?);
@@ -455,6 +462,17 @@ pub(super) fn seal(a: SealArgs) -> Result<ExitCode> {
     };
     if !a.armor && to_terminal {
         bail!("refusing to write a binary message to a terminal; use -o FILE or -a (--armor)");
+    }
+    // A file over the asymmetric limit is refused before any of it is read, with its size.
+    if opts.mode == Mode::Asymmetric
+        && let Some((path, size)) = regular_file_size(a.input.as_deref())
+        && size > opts.asymmetric_limit
+    {
+        let e = SealError::TooLargeForAsymmetric {
+            limit: opts.asymmetric_limit,
+        };
+        let said = format!("{e}: {} is {}", path.display(), ByteCount(size));
+        return Err(anyhow::Error::new(e).context(said));
     }
     let reader = match a.input.as_deref().map(read_small).transpose()?.flatten() {
         Some(whole) => Plain::Whole(whole),
@@ -498,6 +516,16 @@ pub(super) fn seal(a: SealArgs) -> Result<ExitCode> {
         recipient.id(),
         sealed.header.message_id
     );
+    if sealed.header.mode == Mode::Asymmetric
+        && sealed.plaintext_len > envelope::DEFAULT_ASYMMETRIC_LIMIT
+    {
+        status!(
+            "letterlock: note: `open` refuses an asymmetric message over {} unless it is given \
+             --max-asymmetric {} or more: tell the recipient, or seal it with --mode hybrid",
+            ByteCount(envelope::DEFAULT_ASYMMETRIC_LIMIT),
+            sealed.plaintext_len
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -656,6 +684,20 @@ pub(super) fn open(a: OpenArgs) -> Result<ExitCode> {
                 if limit == STDOUT_LIMIT && !matches!(output, Output::File(_)) =>
             {
                 too_large_to_hold(e, &output, "open")
+            }
+            // Over --max-asymmetric: the sealed file's size bounds the plaintext, which tells
+            // the reader what limit would open it (found by a trial run: the refusal gave no
+            // size at all).
+            OpenError::TooLarge { limit }
+                if limit == a.max_asymmetric
+                    && let Some((path, size)) = regular_file_size(a.input.as_deref()) =>
+            {
+                let said = format!(
+                    "{e} (asymmetric mode); {} is {} sealed, so its plaintext is at most that",
+                    path.display(),
+                    ByteCount(size)
+                );
+                anyhow::Error::new(e).context(said)
             }
             e => {
                 let e = super::replaced::name_kept_key(e.into(), &a.key, |kept| {

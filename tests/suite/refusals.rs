@@ -680,6 +680,66 @@ fn the_command_line_adds_hints_to_library_errors() {
         "big.txt",
     ];
     fails_with(&seal_args, "asymmetric-mode limit", "--mode hybrid");
+    // A file is refused before it is read, naming its size (found by a trial run: no size).
+    fails_with(&seal_args, "big.txt is 2000 bytes", "--mode hybrid");
+    // Sealed over the recipient's default limit (raised here): the sender is told that `open`
+    // refuses it unless given --max-asymmetric, and `open` says how large it is at most.
+    let over = envelope::DEFAULT_ASYMMETRIC_LIMIT + 1;
+    std::fs::write(d.join("over.txt"), data(over as usize)).unwrap();
+    let limit = over.to_string();
+    let out = run(&[
+        "seal",
+        "--from",
+        &alice_priv,
+        "--to",
+        &bob_pub,
+        "--mode",
+        "asymmetric",
+        "--max-asymmetric",
+        &limit,
+        "-o",
+        "over.ll",
+        "over.txt",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "unless it is given --max-asymmetric {over} or more"
+        )),
+        "{stderr}"
+    );
+    let sealed_len = std::fs::metadata(d.join("over.ll")).unwrap().len();
+    fails_with(
+        &[
+            "open", "--key", &bob_priv, "--from", &alice_pub, "-o", "over.out", "over.ll",
+        ],
+        &format!("over.ll is {sealed_len} bytes sealed, so its plaintext is at most that"),
+        "raise --max-asymmetric",
+    );
+    assert!(
+        !d.join("over.out").exists(),
+        "nothing written for a refused message"
+    );
+    // At the default limit exactly, no note.
+    std::fs::write(d.join("at.txt"), data(1000)).unwrap();
+    let out = run(&[
+        "seal",
+        "--from",
+        &alice_priv,
+        "--to",
+        &bob_pub,
+        "--mode",
+        "asymmetric",
+        "-o",
+        "at.ll",
+        "at.txt",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("note"),
+        "{out:?}"
+    );
     // OpenError::UntrustedSender.
     std::fs::write(d.join("m.txt"), "hello").unwrap();
     let out = run(&[
