@@ -53,11 +53,15 @@ const OTHER_IMAGE_TYPES: &[&str] = &[
 ];
 
 /// The temporary file the plot is drawn into, in the folder of `path` (so that renaming it onto
-/// `path` is atomic); removed when dropped unless persisted.
+/// `path` is atomic); removed when dropped unless persisted. Made as any new file is (0666 less
+/// the umask), not owner-only as tempfile makes it: a plot is for sharing (found by a trial
+/// run: the plot came out 0600).
 fn temp_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
     tempfile::Builder::new()
         .prefix(".letterlock-plot")
         .suffix(".svg")
+        .permissions(std::fs::Permissions::from_mode(0o666))
         .tempfile_in(letterlock::files::folder_of(path))
 }
 

@@ -343,9 +343,12 @@ fn installed(program: &str) -> bool {
 #[test]
 #[ignore = "runs the whole benchmark (--quick --compare): over 30 s in a debug build; .ci/run runs it"]
 fn quick_compare_runs_the_installed_tools_and_reports_the_missing_ones() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("bench.svg");
-    let out = Command::new(env!("CARGO_BIN_EXE_letterlock"))
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_letterlock"));
+    bench
         .args([
             "bench",
             "--quick",
@@ -355,14 +358,26 @@ fn quick_compare_runs_the_installed_tools_and_reports_the_missing_ones() {
             "2048",
             "--plot",
         ])
-        .arg(&svg)
-        .output()
-        .expect("the letterlock binary runs");
+        .arg(&svg);
+    // The usual umask, whatever the test's own: the plot is made as any new file is.
+    // SAFETY: umask is async-signal-safe and touches nothing of the parent's.
+    unsafe {
+        bench.pre_exec(|| {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+            Ok(())
+        });
+    }
+    let out = bench.output().expect("the letterlock binary runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed: {stderr}");
     assert!(
         stderr.contains(&format!("wrote {}", svg.display())),
         "{stderr}"
+    );
+    let mode = std::fs::metadata(&svg).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode, 0o644,
+        "a plot is for sharing: 0666 less the umask, {mode:o}"
     );
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.contains("<svg") && text.contains("MiB") && text.contains("bound"));
