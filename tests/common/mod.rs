@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub mod cli;
 pub mod net;
 pub mod outbox;
+pub mod panics;
 pub mod peer;
 pub mod postgres;
 pub mod records;

@@ -2,8 +2,6 @@
 //! connections that speak the frame layer directly, the checks every hostile case ends with (an
 //! Error frame or a close, no server task panicked, a good client still served).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use letterlock::envelope::{Mode, SealOptions};
 use letterlock::keys::{Identity, KeyId};
 use letterlock::server::ServerConfig;
@@ -16,31 +14,14 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use super::net::{CLIENT, SERVER, TestServer};
 use super::{data, private, public};
 
-/// Panics on the runtime's worker threads (where the server's tasks run), counted by a hook.
-pub static SERVER_PANICS: AtomicUsize = AtomicUsize::new(0);
-
+/// Starts counting panics of the server under test ([`super::panics`]).
 pub fn setup() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let prev = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if std::thread::current()
-                .name()
-                .is_some_and(|n| n.starts_with("tokio-runtime-worker"))
-            {
-                SERVER_PANICS.fetch_add(1, Ordering::SeqCst);
-            }
-            prev(info);
-        }));
-    });
+    super::panics::count();
 }
 
+/// Fails if a server task (or any code under test) panicked.
 pub fn assert_no_server_panic() {
-    assert_eq!(
-        SERVER_PANICS.load(Ordering::SeqCst),
-        0,
-        "a server task panicked"
-    );
+    super::panics::assert_none();
 }
 
 /// A raw connection: what a hostile peer holds.

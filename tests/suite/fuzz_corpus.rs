@@ -153,25 +153,9 @@ fn replay_handshake_corpus() {
     );
 }
 
-/// Panics anywhere in the process (a server task on the blocking pool included), counted: the
-/// server turns a panicking task into an "internal error" for the peer, which would hide it.
-fn count_panics() -> &'static std::sync::atomic::AtomicUsize {
-    static PANICS: OnceLock<std::sync::atomic::AtomicUsize> = OnceLock::new();
-    PANICS.get_or_init(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            PANICS
-                .get()
-                .map(|p| p.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
-            previous(info);
-        }));
-        std::sync::atomic::AtomicUsize::new(0)
-    })
-}
-
 #[test]
 fn replay_server_connection_corpus() {
-    let panics = count_panics();
+    common::panics::count();
     let fx = fuzzing::ServerFixture::new(fuzzing::NetFixture::new(
         private("bob2048"),
         private("alice2048"),
@@ -183,11 +167,7 @@ fn replay_server_connection_corpus() {
             std::sync::atomic::Ordering::Relaxed,
         );
     });
-    assert_eq!(
-        panics.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "a server task panicked"
-    );
+    common::panics::assert_none();
     assert!(
         acks.into_inner() > 0,
         "no corpus file gets a message acknowledged"

@@ -1,0 +1,44 @@
+//! Panics of the code under test, counted wherever they happen: the server turns a panicking
+//! task into an "internal" answer (or a closed connection) for its peer, which a test would
+//! otherwise read as a refusal.
+//!
+//! Only panics raised outside the tests' own files count. The integration tests run as one
+//! binary (tests/suite), many at once: a test's own failed assertion, even on a runtime thread,
+//! must fail that test alone, not every test that checks this counter beside it. A panic in
+//! letterlock (or in a library it calls) is a bug whichever test met it.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static PANICS: OnceLock<AtomicUsize> = OnceLock::new();
+
+/// Installs the counting hook (once per process; the previous hook still prints the panic).
+pub fn count() {
+    PANICS.get_or_init(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let ours = info
+                .location()
+                .is_some_and(|at| at.file().starts_with("tests/"));
+            if !ours && let Some(panics) = PANICS.get() {
+                panics.fetch_add(1, Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+        AtomicUsize::new(0)
+    });
+}
+
+/// Panics of the code under test since [`count`] was first called.
+pub fn so_far() -> usize {
+    PANICS.get().map_or(0, |p| p.load(Ordering::SeqCst))
+}
+
+/// Fails if the code under test panicked anywhere in this process since [`count`].
+pub fn assert_none() {
+    assert_eq!(
+        so_far(),
+        0,
+        "letterlock panicked (a server task, most likely): see its message above"
+    );
+}
