@@ -582,6 +582,11 @@ pub(super) fn hand_over(a: &ClientSendArgs) -> Result<HandOver> {
             print_not_delivered(a.json, &error, None);
             Ok(HandOver::Answered(ExitCode::FAILURE))
         }
+        Ok(Reply::NotProven { id, text }) => {
+            let error = letterlock::text::line(&text);
+            print_not_delivered(a.json, &format!("{error} (sent by the agent)"), Some(id));
+            Ok(HandOver::Answered(ExitCode::FAILURE))
+        }
         Ok(Reply::NotDelivered(error)) => {
             let error = letterlock::text::line(&error);
             print_not_delivered(a.json, &format!("{error} (sent by the agent)"), None);

@@ -12,7 +12,7 @@ use std::process::{Child, Stdio};
 use common::cli::{BinServer, classroom_folder, command, put_private, put_public, run};
 
 /// A running `letterlock client agent`, killed when dropped.
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
     /// Its "listening" line, which says when it stops.
     listening: String,
@@ -21,7 +21,7 @@ struct Agent {
 impl Agent {
     /// Starts `letterlock client agent --server ADDR ARGS` in `dir` and waits for its
     /// "listening" line.
-    fn start(dir: &Path, addr: &str, args: &[&str]) -> Agent {
+    pub(crate) fn start(dir: &Path, addr: &str, args: &[&str]) -> Agent {
         let mut cmd = command(dir, &["client", "agent", "--server", addr]);
         cmd.args(args);
         Agent::spawn(cmd)

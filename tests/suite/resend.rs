@@ -645,6 +645,47 @@ async fn send_msg_that_may_have_been_stored_says_so_and_gives_its_id() {
     assert_eq!(stored.len(), 300 * 1024);
 }
 
+/// The same through `client agent`: the agent answers "not proven" with the message's id
+/// (docs/PROTOCOL.md, section 16), and the command gives it as it does for its own send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_agent_a_message_that_may_have_been_stored_gives_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    classroom_folder(&d);
+    let server = BinServer::start(&d, &[]);
+    // The agent's message is at most 64 KiB: the answer is dropped once 40 KiB went out.
+    let relay = relay(server.addr.clone(), Break::AckLost(40 * 1024), Then::Gone).await;
+    std::fs::write(d.join("big.bin"), data(60 * 1024)).unwrap();
+    let agent = {
+        let (d, addr) = (d.clone(), relay.addr.clone());
+        tokio::task::spawn_blocking(move || super::agent::Agent::start(&d, &addr, &[]))
+            .await
+            .unwrap()
+    };
+    let (code, out, err) = send_big(&d, &relay, &["--timeout", "1s", "--json"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("(sent by the agent)"),
+        "the agent sent it: {err}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let id = json["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id: {json}"));
+    assert_eq!(json["delivered"], false, "{json}");
+    assert!(json["stored"].is_null(), "{json}");
+    assert!(
+        err.contains(&format!(
+            "delivery NOT proven: no acknowledgement from the server for message {id}"
+        )) && !err.contains("NOT delivered"),
+        "{err}"
+    );
+    let (code, stored, said) = run(&d, &["server", "read", id]);
+    assert_eq!(code, 0, "{said}");
+    assert_eq!(stored.len(), 60 * 1024);
+    drop(agent);
+}
+
 /// A fetch cut short by the network is the client's connection ending, not the server's
 /// error: its log says nothing at the default level of an outbox that could not be read or
 /// an "internal server error" (found by a trial run), and the message is delivered whole at

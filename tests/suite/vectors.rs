@@ -991,7 +991,7 @@ fn agent_frames_vector() {
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let cases = doc["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 7);
+    assert_eq!(cases.len(), 8);
     let mode = |c: &serde_json::Value| mode_of(c["mode"].as_str().unwrap());
     for c in cases {
         let name = c["name"].as_str().unwrap();
@@ -1029,6 +1029,10 @@ fn agent_frames_vector() {
                         mode: mode(c),
                     },
                     "not_delivered" => Reply::NotDelivered(text()),
+                    "not_proven" => Reply::NotProven {
+                        id: MessageId(unhex(c["id"].as_str().unwrap())),
+                        text: text(),
+                    },
                     "declined" => Reply::Declined(text()),
                     "stopping" => Reply::Stopping,
                     other => panic!("{name}: status {other}"),

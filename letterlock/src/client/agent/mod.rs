@@ -69,8 +69,8 @@ pub fn declined_for_changed_keys(reason: &str) -> Option<&str> {
 /// message.
 pub const MAX_REQUEST: usize = 4 + 1 + 1 + 8 + 4 + 1 + MAX_SERVER + MAX_MESSAGE;
 
-/// The largest reply body: magic, status, text (a delivery is shorter).
-pub const MAX_REPLY: usize = 4 + 1 + MAX_TEXT;
+/// The largest reply body: magic, status, a message id, text (the others are shorter).
+pub const MAX_REPLY: usize = 4 + 1 + 16 + MAX_TEXT;
 
 /// What a command asks of the agent.
 #[derive(Debug, PartialEq, Eq)]
@@ -145,6 +145,10 @@ pub enum Reply {
     },
     /// The message was not delivered, or its delivery was not proven; why, for the user.
     NotDelivered(String),
+    /// All of message `id` went out and no acknowledgement came
+    /// ([`crate::client::ClientError::NoAck`]): the server may or may not have stored it. The
+    /// id is what a script needs to tell later whether it arrived (`send_msg --json`).
+    NotProven { id: MessageId, text: String },
     /// Not for this agent (another server, or a request it cannot take): nothing was sent, and
     /// the command sends the message itself.
     Declined(String),
@@ -158,6 +162,7 @@ const STATUS_DELIVERED: u8 = 0x00;
 const STATUS_NOT_DELIVERED: u8 = 0x01;
 const STATUS_DECLINED: u8 = 0x02;
 const STATUS_STOPPING: u8 = 0x03;
+const STATUS_NOT_PROVEN: u8 = 0x04;
 
 /// Why bytes on the agent's socket were refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -268,6 +273,11 @@ impl Reply {
                 out.push(STATUS_NOT_DELIVERED);
                 out.extend_from_slice(cut(text).as_bytes());
             }
+            Reply::NotProven { id, text } => {
+                out.push(STATUS_NOT_PROVEN);
+                out.extend_from_slice(&id.0);
+                out.extend_from_slice(cut(text).as_bytes());
+            }
             Reply::Declined(text) => {
                 out.push(STATUS_DECLINED);
                 out.extend_from_slice(cut(text).as_bytes());
@@ -298,6 +308,13 @@ impl Reply {
                 })
             }
             STATUS_NOT_DELIVERED => Ok(Reply::NotDelivered(text(&mut r)?)),
+            STATUS_NOT_PROVEN => {
+                let id = MessageId(r.array()?);
+                Ok(Reply::NotProven {
+                    id,
+                    text: text(&mut r)?,
+                })
+            }
             STATUS_DECLINED => Ok(Reply::Declined(text(&mut r)?)),
             STATUS_STOPPING => {
                 r.end()?;
@@ -543,6 +560,15 @@ mod tests {
                 mode: Mode::Asymmetric,
             },
             Reply::NotDelivered("the server refused".to_owned()),
+            Reply::NotProven {
+                id: MessageId([9; 16]),
+                text: "no acknowledgement".to_owned(),
+            },
+            // The longest reply there is: MAX_REPLY bytes.
+            Reply::NotProven {
+                id: MessageId([9; 16]),
+                text: "é".repeat(MAX_TEXT / 2),
+            },
             Reply::Declined(String::new()),
             Reply::Stopping,
         ] {

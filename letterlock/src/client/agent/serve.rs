@@ -369,6 +369,19 @@ async fn decline_stopping(mut stream: UnixStream) {
     answer_with(&mut stream, &reply).await;
 }
 
+/// The reply for a send that failed: with the message's id when all of it went out and no
+/// answer came, so that the command can give it (`send_msg --json`), as it does for a message
+/// it sent itself.
+fn failed(e: &ClientError) -> Reply {
+    match e {
+        ClientError::NoAck { id, .. } => Reply::NotProven {
+            id: *id,
+            text: e.to_string(),
+        },
+        _ => Reply::NotDelivered(e.to_string()),
+    }
+}
+
 async fn answer_with(stream: &mut UnixStream, reply: &Reply) {
     let bytes = framed(&reply.encode());
     let written = tokio::time::timeout(SOCKET_TIMEOUT, stream.write_all(&bytes)).await;
@@ -519,7 +532,7 @@ impl Agent {
             }
             // After a failure the connection's state is unknown: the next message makes a new
             // one.
-            Err(e) => Reply::NotDelivered(e.to_string()),
+            Err(e) => failed(&e),
         }
     }
 
