@@ -572,6 +572,49 @@ async fn a_stalled_reader_loses_its_connection_slot() {
     server.stop().await;
 }
 
+/// A fetch under way when the server stops (Ctrl-C, SIGTERM) ends with `Unavailable`, "the
+/// server is stopping": a reason to fetch again, not the server's own error (found by a trial
+/// run: it was told "internal" "connection closed"). The message stays waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_under_way_at_shutdown_is_told_the_server_is_stopping() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    // Far more than the delivery window and the socket buffers: the delivery waits for room.
+    server
+        .queue_for_client(&vec![7u8; 16 << 20][..], &SealOptions::default())
+        .await;
+    let mut fetching = authed(&server.addr).await;
+    fetching.w.write_frame(&Frame::Fetch).await.unwrap();
+    match fetching.r.read_frame().await.unwrap() {
+        Frame::Deliver(_) => {}
+        other => panic!("expected the delivery to start, got {other:?}"),
+    }
+    let store = server.store.clone();
+    let stopped = tokio::spawn(server.stop());
+    let (code, message) = loop {
+        match fetching.r.read_frame().await {
+            Ok(Frame::Deliver(_)) => continue,
+            Ok(Frame::Error { code, message }) => break (code, message),
+            other => panic!("expected an Error frame at shutdown, got {other:?}"),
+        }
+    };
+    assert_eq!(code, ErrorCode::Unavailable, "{message}");
+    assert!(message.contains("stopping"), "{message}");
+    stopped.await.unwrap();
+    use letterlock::store::Store;
+    let waiting = store
+        .pending_outbox(&private(CLIENT).public().id().0)
+        .await
+        .unwrap();
+    assert_eq!(
+        waiting.len(),
+        1,
+        "the message is still waiting for its next fetch"
+    );
+    assert_no_server_panic();
+}
+
 /// Before it is authenticated, a peer may send only a handshake-sized frame: a 64 KiB frame
 /// (which would be fine after `Ready`) is refused from its length prefix, nothing buffered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,13 +63,10 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                     // would hold the runtime's exit until the stall timeout.
                     let room = runtime.block_on(async {
                         tokio::select! {
-                            room = window.acquire_many(chunk) => room.ok(),
-                            _ = stop.changed() => None,
+                            room = window.acquire_many(chunk) => room.map_err(|_| Stopped::PeerGone),
+                            _ = stop.changed() => Err(Stopped::Shutdown),
                         }
-                    });
-                    let Some(room) = room else {
-                        return Err(Stopped::PeerGone);
-                    };
+                    })?;
                     room.forget();
                     let mut data = vec![0u8; DATA_FRAME];
                     let n = envelope::read_full(&mut body, &mut data).map_err(Stopped::Read)?;
@@ -88,6 +85,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
             match sent {
                 Ok(Ok(())) => {}
                 Ok(Err(Stopped::PeerGone)) => return Err(Fail::peer_gone()),
+                Ok(Err(Stopped::Shutdown)) => return Err(Fail::stopping()),
                 Ok(Err(Stopped::Read(e))) => {
                     warn!(error = %e, "reading an outbox message failed");
                     return Err(Fail::internal());
@@ -260,9 +258,10 @@ mod tests {
 
 /// Why a delivery stopped before the message's end.
 enum Stopped {
-    /// The connection's writer is gone (the peer left, its connection broke), or the server
-    /// is stopping.
+    /// The connection's writer is gone (the peer left, its connection broke).
     PeerGone,
+    /// The server is stopping.
+    Shutdown,
     /// The stored body could not be read.
     Read(std::io::Error),
 }

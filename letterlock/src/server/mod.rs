@@ -289,6 +289,19 @@ impl Fail {
         }
     }
 
+    /// The server is stopping (Ctrl-C, SIGTERM) in the middle of what the client asked for:
+    /// "unavailable", which says to try again, rather than an error of the server's (found by a
+    /// trial run: a fetch under way at shutdown was told "internal" "connection closed").
+    fn stopping() -> Self {
+        Fail {
+            routine: true,
+            ..Fail::new(
+                ErrorCode::Unavailable,
+                "the server is stopping; try again once it is back",
+            )
+        }
+    }
+
     /// Nothing was stored for want of disk space: "unavailable", so the client tries again
     /// with its backoff, and succeeds once the operator frees space.
     fn disk_full() -> Self {
