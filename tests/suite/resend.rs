@@ -627,12 +627,8 @@ async fn send_msg_that_may_have_been_stored_says_so_and_gives_its_id() {
     std::fs::write(d.join("big.bin"), data(300 * 1024)).unwrap();
     let (code, out, err) = send_big(&d, &relay, &["--timeout", "1s", "--json"]).await;
     assert_eq!(code, 1, "{err}");
-    let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
-    let id = json["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id: {json}"));
-    assert_eq!(json["delivered"], false, "{json}");
-    assert!(json["stored"].is_null(), "{json}");
+    let id = unproven_id(&out);
+    let id = id.as_str();
     assert!(
         err.contains(&format!(
             "delivery NOT proven: no acknowledgement from the server for message {id}"
@@ -643,6 +639,18 @@ async fn send_msg_that_may_have_been_stored_says_so_and_gives_its_id() {
     let (code, stored, said) = run(&d, &["server", "read", id]);
     assert_eq!(code, 0, "{said}");
     assert_eq!(stored.len(), 300 * 1024);
+}
+
+/// The id in `send_msg --json`'s answer for a message that may or may not have been stored:
+/// not delivered, "stored": null, and its id.
+fn unproven_id(out: &[u8]) -> String {
+    let json: serde_json::Value = serde_json::from_slice(out).unwrap();
+    assert_eq!(json["delivered"], false, "{json}");
+    assert!(json["stored"].is_null(), "{json}");
+    json["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id: {json}"))
+        .to_owned()
 }
 
 /// The same through `client agent`: the agent answers "not proven" with the message's id
@@ -668,12 +676,8 @@ async fn through_the_agent_a_message_that_may_have_been_stored_gives_its_id() {
         err.contains("(sent by the agent)"),
         "the agent sent it: {err}"
     );
-    let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
-    let id = json["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id: {json}"));
-    assert_eq!(json["delivered"], false, "{json}");
-    assert!(json["stored"].is_null(), "{json}");
+    let id = unproven_id(&out);
+    let id = id.as_str();
     assert!(
         err.contains(&format!(
             "delivery NOT proven: no acknowledgement from the server for message {id}"
