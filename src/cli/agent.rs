@@ -25,7 +25,7 @@ use super::client::{
     ClientConn, ClientKeys, ClientSendArgs, SEND_TIMEOUT_HELP, backoff, connect_with,
     print_delivered, print_not_delivered, wait_duration,
 };
-use super::hints::{ASYMMETRIC_TOO_LARGE, hinted_over, say_hint};
+use super::hints::{ASYMMETRIC_TOO_LARGE, NO_ACK_HINT, hinted_over, say_hint};
 
 /// The agent's socket, in the keys folder: one agent per client key.
 pub(super) const AGENT_SOCKET: &str = "client_agent.sock";
@@ -585,6 +585,7 @@ pub(super) fn hand_over(a: &ClientSendArgs) -> Result<HandOver> {
         Ok(Reply::NotProven { id, text }) => {
             let error = letterlock::text::line(&text);
             print_not_delivered(a.json, &format!("{error} (sent by the agent)"), Some(id));
+            say_hint(NO_ACK_HINT);
             Ok(HandOver::Answered(ExitCode::FAILURE))
         }
         Ok(Reply::NotDelivered(error)) => {

@@ -736,7 +736,7 @@ pub(super) fn print_not_delivered(json: bool, error: &str, unproven: Option<enve
     if json {
         print_json_not_delivered(error, unproven);
     }
-    if error.starts_with("delivery NOT proven") {
+    if unproven.is_some() || error.starts_with("delivery NOT proven") {
         eprintln!("letterlock: {error}");
     } else {
         eprintln!("letterlock: NOT delivered: {error}");
@@ -759,9 +759,9 @@ fn print_json_not_delivered(error: &str, unproven: Option<envelope::MessageId>) 
 /// The id of a message whose answer never came after all of it went out
 /// ([`letterlock::client::ClientError::NoAck`]), if `e` or a cause of it says so.
 fn unproven_id(e: &(dyn std::error::Error + 'static)) -> Option<envelope::MessageId> {
-    std::iter::successors(Some(e), |c| c.source()).find_map(|c| match c.downcast_ref() {
-        Some(letterlock::client::ClientError::NoAck { id, .. }) => Some(*id),
-        _ => None,
+    std::iter::successors(Some(e), |c| c.source()).find_map(|c| {
+        c.downcast_ref::<letterlock::client::ClientError>()?
+            .unproven_id()
     })
 }
 

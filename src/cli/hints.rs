@@ -258,7 +258,7 @@ const TIMEOUT_HINT: &str = "check that a `letterlock server` runs at that addres
 /// The hint for a message whose answer never came after all of it went out (found by a
 /// review: "run the command again" there seals a new message id, a second copy if the first
 /// was stored).
-const NO_ACK_HINT: &str = "the server may hold it under that id: sending it again as a new \
+pub(super) const NO_ACK_HINT: &str = "the server may hold it under that id: sending it again as a new \
      message could deliver it twice. The server's operator can tell (`letterlock server inbox` \
      lists what arrived); a message to another client shows in `letterlock client receipts` \
      once it is read";

@@ -34,6 +34,9 @@ enum Break {
     /// those bytes are its acknowledgement, which the server sends once the message is
     /// committed: the message is stored, and the client never hears so.
     AckLost(usize),
+    /// As [`Break::AckLost`], but the connection stays open and silent instead of ending: the
+    /// answer never comes, and the client waits until its own time runs out.
+    AckHeld(usize),
     /// Ends it once this many bytes went from the server to the client: a fetch cut short.
     AnswerCut(usize),
 }
@@ -132,7 +135,7 @@ async fn broken(client: TcpStream, server: TcpStream, how: Break, dropped: Arc<A
     let from_client = AtomicUsize::new(0);
     let (limit, answers_until, answer_limit) = match how {
         Break::After(n) => (n, usize::MAX, usize::MAX),
-        Break::AckLost(n) => (usize::MAX, n, usize::MAX),
+        Break::AckLost(n) | Break::AckHeld(n) => (usize::MAX, n, usize::MAX),
         Break::AnswerCut(n) => (usize::MAX, usize::MAX, n),
     };
     let upstream = async {
@@ -166,6 +169,10 @@ async fn broken(client: TcpStream, server: TcpStream, how: Break, dropped: Arc<A
             answered += n;
             if from_client.load(Ordering::SeqCst) >= answers_until {
                 dropped.store(true, Ordering::SeqCst);
+                if matches!(how, Break::AckHeld(_)) {
+                    // Until the client gives up and closes its end (`upstream` then returns).
+                    std::future::pending::<()>().await;
+                }
                 return;
             }
             if cw.write_all(&buf[..n]).await.is_err() {
@@ -681,11 +688,59 @@ async fn through_the_agent_a_message_that_may_have_been_stored_gives_its_id() {
     assert!(
         err.contains(&format!(
             "delivery NOT proven: no acknowledgement from the server for message {id}"
-        )) && !err.contains("NOT delivered"),
+        )) && err.contains("could deliver it twice")
+            && !err.contains("NOT delivered"),
         "{err}"
     );
     let (code, stored, said) = run(&d, &["server", "read", id]);
     assert_eq!(code, 0, "{said}");
+    assert_eq!(stored.len(), 60 * 1024);
+    drop(agent);
+}
+
+/// Through `client agent`, an answer that never comes within the time the command waits: the
+/// agent answers "not proven" with the id of the message it sealed (docs/PROTOCOL.md, section
+/// 16), not a bare "not delivered" (found by review). The request is made with the library, to
+/// wait 2 s rather than the command's --timeout + 60 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_answer_never_comes_gives_the_id_when_its_time_runs_out() {
+    use letterlock::client::agent::{self, Reply, Request, SendRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    classroom_folder(&d);
+    let server = BinServer::start(&d, &[]);
+    let relay = relay(server.addr.clone(), Break::AckHeld(40 * 1024), Then::Gone).await;
+    let (agent_dir, addr) = (d.clone(), relay.addr.clone());
+    let agent =
+        tokio::task::spawn_blocking(move || super::agent::Agent::start(&agent_dir, &addr, &[]))
+            .await
+            .unwrap();
+    let request = Request::Send(SendRequest {
+        server: relay.addr.clone(),
+        mode: Mode::Hybrid,
+        max_asymmetric: envelope::DEFAULT_ASYMMETRIC_LIMIT,
+        wait_s: 2,
+        message: data(60 * 1024).into(),
+    });
+    let socket = d.join("client_agent.sock");
+    let reply =
+        tokio::task::spawn_blocking(move || agent::ask(&socket, &request, Duration::from_secs(20)))
+            .await
+            .unwrap()
+            .unwrap();
+    let Reply::NotProven { id, text } = reply else {
+        panic!("expected not proven, got {reply:?}");
+    };
+    assert!(
+        text.contains("within the 2 seconds the command waits"),
+        "{text}"
+    );
+    assert!(
+        relay.dropped_answer.load(Ordering::SeqCst),
+        "the answer was held"
+    );
+    let (code, stored, said) = run(&d, &["server", "read", &id.to_string()]);
+    assert_eq!(code, 0, "the server stored it: {said}");
     assert_eq!(stored.len(), 60 * 1024);
     drop(agent);
 }

@@ -178,6 +178,16 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The id of a message that may or may not have been stored: all of it went out and no
+    /// answer came ([`ClientError::NoAck`]). A caller says so with the id, so that nobody sends
+    /// it again as a new message.
+    pub fn unproven_id(&self) -> Option<crate::envelope::MessageId> {
+        match self {
+            ClientError::NoAck { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+
     /// Whether the connection itself broke under the exchange, as opposed to an answer, a
     /// refusal or a silence: the peer closed it or reset it, or it ended part-way (a server that
     /// stopped or restarted, a network that failed). Also a missing acknowledgement for that

@@ -143,7 +143,9 @@ pub enum Reply {
         plaintext_len: u64,
         mode: Mode,
     },
-    /// The message was not delivered, or its delivery was not proven; why, for the user.
+    /// The message was not delivered, or its delivery was not proven for another reason than a
+    /// missing answer (a wrong ack tag, a refusal; a missing answer is [`Reply::NotProven`]);
+    /// why, for the user.
     NotDelivered(String),
     /// All of message `id` went out and no acknowledgement came
     /// ([`crate::client::ClientError::NoAck`]): the server may or may not have stored it. The
@@ -290,8 +292,14 @@ impl Reply {
     /// Parses a reply body. Never panics.
     pub fn decode(body: &[u8]) -> Result<Reply, CodecError> {
         let mut r = Bytes::open(body, MAX_REPLY)?;
+        // Refused over MAX_TEXT, as `encode` cuts it there: every reply has one encoding, also
+        // now that MAX_REPLY leaves room for a longer text beside no id.
         let text = |r: &mut Bytes| {
-            std::str::from_utf8(r.rest())
+            let rest = r.rest();
+            if rest.len() > MAX_TEXT {
+                return Err(CodecError::TooLarge(rest.len(), MAX_TEXT));
+            }
+            std::str::from_utf8(rest)
                 .map(str::to_owned)
                 .map_err(|_| CodecError::NotUtf8("reply text"))
         };
@@ -564,16 +572,18 @@ mod tests {
                 id: MessageId([9; 16]),
                 text: "no acknowledgement".to_owned(),
             },
-            // The longest reply there is: MAX_REPLY bytes.
-            Reply::NotProven {
-                id: MessageId([9; 16]),
-                text: "é".repeat(MAX_TEXT / 2),
-            },
             Reply::Declined(String::new()),
             Reply::Stopping,
         ] {
             assert_eq!(Reply::decode(&reply.encode()).unwrap(), reply);
         }
+        // The longest reply there is.
+        let longest = Reply::NotProven {
+            id: MessageId([9; 16]),
+            text: "é".repeat(MAX_TEXT / 2),
+        };
+        assert_eq!(longest.encode().len(), MAX_REPLY);
+        assert_eq!(Reply::decode(&longest.encode()).unwrap(), longest);
     }
 
     #[test]
@@ -620,6 +630,31 @@ mod tests {
         let mut longer = delivered.clone();
         longer.push(0);
         assert_eq!(Reply::decode(&longer), Err(CodecError::Trailing(1)));
+        // A `not proven` is refused shorter than its id, even with no text.
+        let not_proven = Reply::NotProven {
+            id: MessageId([1; 16]),
+            text: String::new(),
+        }
+        .encode();
+        for n in 0..not_proven.len() {
+            assert!(Reply::decode(&not_proven[..n]).is_err(), "{n} bytes");
+        }
+    }
+
+    /// A text over MAX_TEXT is refused, not cut: `encode` would cut it, so a reply that
+    /// decoded would not re-encode to its own bytes (found by review: MAX_REPLY grew with
+    /// `not proven`'s id, and the text was bounded only by it).
+    #[test]
+    fn a_reply_text_over_its_limit_is_refused() {
+        for status in [STATUS_NOT_DELIVERED, STATUS_DECLINED] {
+            let mut body = MAGIC.to_vec();
+            body.push(status);
+            body.extend_from_slice(&[b'a'; MAX_TEXT + 1]);
+            assert_eq!(
+                Reply::decode(&body),
+                Err(CodecError::TooLarge(MAX_TEXT + 1, MAX_TEXT))
+            );
+        }
     }
 
     #[test]

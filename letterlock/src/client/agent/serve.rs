@@ -7,7 +7,7 @@ use std::future::Future;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,7 +22,7 @@ use super::{MAX_REQUEST, Reply, Request, SendRequest, check_len, framed};
 use crate::client::{
     Backoff, Client, ClientConfig, ClientError, Delivery, Retry, Sealing, Transport,
 };
-use crate::envelope::{self, SealOptions};
+use crate::envelope::{self, MessageId, SealOptions};
 use crate::keys::{Identity, PublicKey};
 use crate::tls::TlsOptions;
 
@@ -373,12 +373,12 @@ async fn decline_stopping(mut stream: UnixStream) {
 /// answer came, so that the command can give it (`send_msg --json`), as it does for a message
 /// it sent itself.
 fn failed(e: &ClientError) -> Reply {
-    match e {
-        ClientError::NoAck { id, .. } => Reply::NotProven {
-            id: *id,
+    match e.unproven_id() {
+        Some(id) => Reply::NotProven {
+            id,
             text: e.to_string(),
         },
-        _ => Reply::NotDelivered(e.to_string()),
+        None => Reply::NotDelivered(e.to_string()),
     }
 }
 
@@ -464,15 +464,23 @@ impl Agent {
             return answer_with(&mut stream, &reply).await;
         }
         let wait_s = request.wait_s;
-        let reply = match tokio::time::timeout_at(deadline, self.send(request)).await {
+        let sealed = Arc::new(OnceLock::new());
+        let reply = match tokio::time::timeout_at(deadline, self.send(request, &sealed)).await {
             Ok(reply) => reply,
             // The connection, in the middle of a message, went with the cancelled send.
-            // Said as a missing answer is said, so the command does not print "NOT delivered".
-            Err(_) => Reply::NotDelivered(format!(
-                "delivery NOT proven within the {} the command waits; the message may or may \
-                 not have been stored",
-                crate::text::TimeSpan(Duration::from_secs(wait_s.into()))
-            )),
+            // Said as a missing answer is said, so the command does not print "NOT delivered";
+            // with the id once the message was sealed whole, as for a missing ack.
+            Err(_) => {
+                let text = format!(
+                    "delivery NOT proven within the {} the command waits; the message may or \
+                     may not have been stored",
+                    crate::text::TimeSpan(Duration::from_secs(wait_s.into()))
+                );
+                match sealed.get() {
+                    Some(id) => Reply::NotProven { id: *id, text },
+                    None => Reply::NotDelivered(text),
+                }
+            }
         };
         if !matches!(reply, Reply::Declined(_)) {
             self.last_used = Instant::now();
@@ -484,7 +492,9 @@ impl Agent {
     /// server's ack tag matched. As a one-shot `send_msg` does, the header and the wrapped
     /// content key go first, so that the server decrypts the content key while the signature is
     /// still being made.
-    async fn send(&mut self, request: SendRequest) -> Reply {
+    /// `sealed` gets the message's id once it is sealed, for an answer made without this
+    /// future (the command's time ran out).
+    async fn send(&mut self, request: SendRequest, sealed: &Arc<OnceLock<MessageId>>) -> Reply {
         if let Some(why) = self.keys_changed() {
             return Reply::Declined(format!("{}{why}", super::DECLINED_KEYS_CHANGED));
         }
@@ -497,7 +507,7 @@ impl Agent {
             ));
         }
         let command_retries = request.retries();
-        let sealing = self.seal(request);
+        let sealing = self.seal(request, sealed.clone());
         if self.last_used.elapsed() > REUSE_FOR {
             self.client = None;
         }
@@ -552,8 +562,9 @@ impl Agent {
     }
 
     /// Starts sealing `request` on the blocking pool (the signature is an RSA private
-    /// operation), its head handed over as soon as it exists.
-    fn seal(&self, request: SendRequest) -> Sealing {
+    /// operation), its head handed over as soon as it exists, and its id put in `sealed` once
+    /// it is sealed whole.
+    fn seal(&self, request: SendRequest, sealed: Arc<OnceLock<MessageId>>) -> Sealing {
         let identity = self.config.identity.clone();
         let server = self.config.server.clone();
         let opts = SealOptions {
@@ -562,7 +573,9 @@ impl Agent {
         };
         let message = request.message;
         Sealing::start(&self.config.server, request.mode, move |out| {
-            envelope::seal_slice(identity.as_ref(), &server, &opts, &message, out)
+            let done = envelope::seal_slice(identity.as_ref(), &server, &opts, &message, out)?;
+            let _ = sealed.set(done.header.message_id);
+            Ok(done)
         })
     }
 }
