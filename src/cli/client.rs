@@ -216,12 +216,7 @@ impl MessageArgs {
     /// Whether the message is known to be at most `limit` bytes before it is read: TEXT, or a
     /// regular file that small. Stdin is not (it is read as it comes).
     pub(super) fn is_small(&self, limit: u64) -> bool {
-        match (self.text.as_deref(), &self.file) {
-            (Some("-"), _) | (None, None) => false,
-            (Some(text), _) => text.len() as u64 <= limit,
-            (None, Some(p)) if p == Path::new("-") => false,
-            (None, Some(p)) => std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() <= limit),
-        }
+        self.small_len(limit).is_some()
     }
 
     /// The message's length when it is known before it is read and at most `limit`: TEXT, or
@@ -230,8 +225,7 @@ impl MessageArgs {
         let len = match (self.text.as_deref(), &self.file) {
             (Some("-"), _) | (None, None) => return None,
             (Some(text), _) => text.len() as u64,
-            (None, Some(p)) if p == Path::new("-") => return None,
-            (None, Some(p)) => std::fs::metadata(p).ok().filter(|m| m.is_file())?.len(),
+            (None, Some(p)) => super::regular_file_len(p)?,
         };
         (len <= limit).then_some(len)
     }

@@ -826,6 +826,19 @@ fn run_once(command: impl std::future::Future<Output = Result<ExitCode>>) -> Res
     outcome
 }
 
+/// The size of `path` when it names a regular file: not `-` (stdin), a device, a pipe or
+/// something missing. A size known before reading lets a command decide how to read, or
+/// refuse, first.
+fn regular_file_len(path: &Path) -> Option<u64> {
+    if path == Path::new("-") {
+        return None;
+    }
+    std::fs::metadata(path)
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+        .map(|m| m.len())
+}
+
 /// Loads `DIR/NAME_private.pem`, saying which command makes it when it is missing.
 fn own_key(dir: &Path, name: &str) -> Result<keys::PrivateKey> {
     Ok(own_key_protected(dir, name)?.0)

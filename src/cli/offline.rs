@@ -430,15 +430,21 @@ pub(super) fn too_large_to_hold(e: OpenError, to: &Output, command: &str) -> any
     }
 }
 
-/// `path` and its size when it names a regular file (not stdin, `-`, a device or a pipe).
-fn regular_file_size(path: Option<&Path>) -> Option<(&Path, u64)> {
-    let path = path.filter(|p| *p != Path::new("-"))?;
-    let meta = std::fs::metadata(path).ok()?;
-    meta.is_file().then_some((path, meta.len()))
-}
-
 pub(super) fn seal(a: SealArgs) -> Result<ExitCode> {
     let output = Output::of(a.output.as_deref(), a.force, "seal")?;
+    // A file over the asymmetric limit is refused before any of it is read, with its size, and
+    // before the key is loaded (nobody types a passphrase for a refusal).
+    if Mode::from(a.mode) == Mode::Asymmetric
+        && let Some(path) = a.input.as_deref()
+        && let Some(size) = super::regular_file_len(path)
+        && size > a.max_asymmetric
+    {
+        let e = SealError::TooLargeForAsymmetric {
+            limit: a.max_asymmetric,
+        };
+        let said = format!("{e}: {} is {}", path.display(), ByteCount(size));
+        return Err(anyhow::Error::new(e).context(said));
+    }
     let sender: Arc<dyn Identity> = Arc::new(super::load_own_private(&a.from)?);
     let recipient = keys::load_public(&a.to)?;
     let opts = SealOptions {
@@ -462,17 +468,6 @@ pub(super) fn seal(a: SealArgs) -> Result<ExitCode> {
     };
     if !a.armor && to_terminal {
         bail!("refusing to write a binary message to a terminal; use -o FILE or -a (--armor)");
-    }
-    // A file over the asymmetric limit is refused before any of it is read, with its size.
-    if opts.mode == Mode::Asymmetric
-        && let Some((path, size)) = regular_file_size(a.input.as_deref())
-        && size > opts.asymmetric_limit
-    {
-        let e = SealError::TooLargeForAsymmetric {
-            limit: opts.asymmetric_limit,
-        };
-        let said = format!("{e}: {} is {}", path.display(), ByteCount(size));
-        return Err(anyhow::Error::new(e).context(said));
     }
     let reader = match a.input.as_deref().map(read_small).transpose()?.flatten() {
         Some(whole) => Plain::Whole(whole),
@@ -690,7 +685,8 @@ pub(super) fn open(a: OpenArgs) -> Result<ExitCode> {
             // size at all).
             OpenError::TooLarge { limit }
                 if limit == a.max_asymmetric
-                    && let Some((path, size)) = regular_file_size(a.input.as_deref()) =>
+                    && let Some(path) = a.input.as_deref()
+                    && let Some(size) = super::regular_file_len(path) =>
             {
                 let said = format!(
                     "{e} (asymmetric mode); {} is {} sealed, so its plaintext is at most that",

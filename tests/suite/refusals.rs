@@ -679,9 +679,14 @@ fn the_command_line_adds_hints_to_library_errors() {
         "big.ll",
         "big.txt",
     ];
-    fails_with(&seal_args, "asymmetric-mode limit", "--mode hybrid");
-    // A file is refused before it is read, naming its size (found by a trial run: no size).
-    fails_with(&seal_args, "big.txt is 2000 bytes", "--mode hybrid");
+    // A file is refused before it is read, naming its size (found by a trial run: no size),
+    // and before the key is (a passphrase would be asked for nothing): a key file that does not
+    // exist is not even looked at.
+    let too_large = "asymmetric-mode limit of 1000 bytes: big.txt is 2000 bytes";
+    fails_with(&seal_args, too_large, "--mode hybrid");
+    let mut no_key = seal_args;
+    no_key[2] = "no_such_private.pem";
+    fails_with(&no_key, too_large, "--mode hybrid");
     // Sealed over the recipient's default limit (raised here): the sender is told that `open`
     // refuses it unless given --max-asymmetric, and `open` says how large it is at most. At
     // the default limit exactly, no note.
