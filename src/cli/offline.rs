@@ -90,7 +90,9 @@ pub(super) struct SealArgs {
     /// Write base64 text between BEGIN/END lines instead of binary.
     #[arg(short, long)]
     pub(super) armor: bool,
-    /// Largest plaintext accepted in asymmetric mode, in bytes.
+    /// Largest plaintext accepted in asymmetric mode, in bytes. Raised above the default,
+    /// it makes messages that `open` refuses unless given a --max-asymmetric as large: tell
+    /// the recipient, or use --mode hybrid.
     #[arg(long, default_value_t = envelope::DEFAULT_ASYMMETRIC_LIMIT)]
     pub(super) max_asymmetric: u64,
     /// Replace the output file if it exists.

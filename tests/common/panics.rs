@@ -12,16 +12,29 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 static PANICS: OnceLock<AtomicUsize> = OnceLock::new();
 
+/// Where the first counted panic was raised, and on which thread: every later check names it,
+/// so a test that fails for another test's panic says whose it is.
+static FIRST: OnceLock<String> = OnceLock::new();
+
 /// Installs the counting hook (once per process; the previous hook still prints the panic).
 pub fn count() {
     PANICS.get_or_init(|| {
         let previous = std::panic::take_hook();
+        // Cargo names the files of the package it builds relative to its root, so a test's own
+        // files start with "tests/" (a --remap-path-prefix would change that).
         std::panic::set_hook(Box::new(move |info| {
             let ours = info
                 .location()
                 .is_some_and(|at| at.file().starts_with("tests/"));
             if !ours && let Some(panics) = PANICS.get() {
                 panics.fetch_add(1, Ordering::SeqCst);
+                let thread = std::thread::current();
+                let _ = FIRST.set(format!(
+                    "{} on thread {}",
+                    info.location()
+                        .map_or("an unknown place".to_owned(), ToString::to_string),
+                    thread.name().unwrap_or("unnamed")
+                ));
             }
             previous(info);
         }));
@@ -39,6 +52,7 @@ pub fn assert_none() {
     assert_eq!(
         so_far(),
         0,
-        "letterlock panicked (a server task, most likely): see its message above"
+        "letterlock panicked (a server task, most likely), first at {}: see its message above",
+        FIRST.get().map_or("?", String::as_str)
     );
 }

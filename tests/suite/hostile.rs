@@ -580,7 +580,8 @@ async fn a_fetch_under_way_at_shutdown_is_told_the_server_is_stopping() {
     setup();
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
-    // Far more than the delivery window and the socket buffers: the delivery waits for room.
+    // Far more than the delivery window and the socket buffers: still being delivered when the
+    // server stops.
     server
         .queue_for_client(&vec![7u8; 16 << 20][..], &SealOptions::default())
         .await;

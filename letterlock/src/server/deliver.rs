@@ -42,8 +42,15 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
             .extend(pending.iter().map(|entry| entry.message_id));
         let count = u32::try_from(pending.len()).unwrap_or(u32::MAX);
         for entry in pending {
-            // Counted in the server-wide budget beside the messages being received.
-            let _budget = self.server.in_flight_permit().await?;
+            // Counted in the server-wide budget beside the messages being received. At
+            // shutdown the delivery ends before the next message, and does not wait for the
+            // budget: the fetch is told the server is stopping, not cut at the grace's end.
+            let mut stopping = self.stop.clone();
+            let _budget = tokio::select! {
+                biased;
+                _ = stopping.wait_for(|stop| *stop) => return Err(Fail::stopping()),
+                budget = self.server.in_flight_permit() => budget?,
+            };
             let body = store
                 .open_outbox_body(&entry.recipient_key_id, &entry.message_id)
                 .await
@@ -59,12 +66,14 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                     .map_err(|_| Stopped::Read(std::io::ErrorKind::Other.into()))?;
                 loop {
                     // Room in the window first, then the read: a stalled peer stops the reads.
-                    // At shutdown, stop waiting: a blocking thread waiting for a stalled peer
+                    // At shutdown, stop, before each frame (`biased`: not by chance when there
+                    // is room) and while waiting: a blocking thread waiting for a stalled peer
                     // would hold the runtime's exit until the stall timeout.
                     let room = runtime.block_on(async {
                         tokio::select! {
+                            biased;
+                            _ = stop.wait_for(|stop| *stop) => Err(Stopped::Shutdown),
                             room = window.acquire_many(chunk) => room.map_err(|_| Stopped::PeerGone),
-                            _ = stop.changed() => Err(Stopped::Shutdown),
                         }
                     })?;
                     room.forget();
