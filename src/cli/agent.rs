@@ -17,7 +17,6 @@ use letterlock::client::agent::{
 };
 use zeroize::Zeroizing;
 
-use letterlock::envelope::Mode;
 use letterlock::keys::KeyError;
 use letterlock::text::{ByteCount, TimeSpan};
 
@@ -25,7 +24,7 @@ use super::client::{
     ClientConn, ClientKeys, ClientSendArgs, SEND_TIMEOUT_HELP, backoff, connect_with,
     print_delivered, print_not_delivered, wait_duration,
 };
-use super::hints::{ASYMMETRIC_TOO_LARGE, NO_ACK_HINT, hinted_over, say_hint};
+use super::hints::{NO_ACK_HINT, hinted_over, say_hint};
 
 /// The agent's socket, in the keys folder: one agent per client key.
 pub(super) const AGENT_SOCKET: &str = "client_agent.sock";
@@ -590,12 +589,9 @@ pub(super) fn hand_over(a: &ClientSendArgs) -> Result<HandOver> {
         }
         Ok(Reply::NotDelivered(error)) => {
             let error = letterlock::text::line(&error);
+            // The agent's words are text. A message over the command's own asymmetric limit
+            // never gets here: it is refused before it is offered (`refuse_over_asymmetric`).
             print_not_delivered(a.json, &format!("{error} (sent by the agent)"), None);
-            // The agent's words are text; the one refusal the command can tell for itself gets
-            // the hint it would have had without the agent.
-            if mode == Mode::Asymmetric && len > a.max_asymmetric {
-                say_hint(ASYMMETRIC_TOO_LARGE);
-            }
             Ok(HandOver::Answered(ExitCode::FAILURE))
         }
         Ok(Reply::Declined(why)) => {

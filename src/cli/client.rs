@@ -611,6 +611,28 @@ pub(super) async fn connect_with(
     }
 }
 
+/// Refuses a message known before it is read to be over `--max-asymmetric` in asymmetric mode,
+/// before the agent, the key or a connection (found by review: it was found out part-way
+/// through sealing, without the file's size); with --json, said in JSON too.
+pub(super) fn refuse_over_asymmetric(a: &ClientSendArgs) -> Result<()> {
+    let Some(len) = a.message.small_len(u64::MAX) else {
+        return Ok(());
+    };
+    if envelope::Mode::from(a.message.mode) != envelope::Mode::Asymmetric || len <= a.max_asymmetric
+    {
+        return Ok(());
+    }
+    let what = match &a.message.file {
+        Some(path) => path.display().to_string(),
+        None => "TEXT".to_owned(),
+    };
+    let e = super::over_asymmetric_limit(a.max_asymmetric, &what, len);
+    if a.json {
+        print_json_not_delivered(&super::error_chain(&e), None);
+    }
+    Err(e)
+}
+
 pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
     if let Some(name) = a.to.clone() {
         return send_to(a, &name).await;

@@ -659,6 +659,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             }
             ClientCommand::SendMsg(Deferred(a)) => {
                 a.message.note_text_naming_a_file();
+                client::refuse_over_asymmetric(&a)?;
                 let not_taken = match agent::hand_over(&a)? {
                     agent::HandOver::Answered(code) => return Ok(code),
                     agent::HandOver::NotTaken(not_taken) => not_taken,
@@ -837,6 +838,15 @@ fn regular_file_len(path: &Path) -> Option<u64> {
         .ok()
         .filter(std::fs::Metadata::is_file)
         .map(|m| m.len())
+}
+
+/// The refusal of a message known before it is read to be over the asymmetric limit, `what`
+/// (its file) named with its size: made before the message is read, the key loaded (no
+/// passphrase asked for it) or a connection made.
+fn over_asymmetric_limit(limit: u64, what: &str, len: u64) -> anyhow::Error {
+    let e = letterlock::envelope::SealError::TooLargeForAsymmetric { limit };
+    let said = format!("{e}: {what} is {}", letterlock::text::ByteCount(len));
+    anyhow::Error::new(e).context(said)
 }
 
 /// Loads `DIR/NAME_private.pem`, saying which command makes it when it is missing.

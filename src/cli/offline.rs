@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use zeroize::Zeroizing;
 
-use letterlock::envelope::{self, Mode, OpenError, OpenOptions, SealError, SealOptions, armor};
+use letterlock::envelope::{self, Mode, OpenError, OpenOptions, SealOptions, armor};
 use letterlock::files::{self, AtomicFile, WriteOptions};
 use letterlock::keys::{self, Identity, PublicKey};
 use letterlock::text::ByteCount;
@@ -441,11 +441,8 @@ pub(super) fn seal(a: SealArgs) -> Result<ExitCode> {
         && let Some(size) = super::regular_file_len(path)
         && size > a.max_asymmetric
     {
-        let e = SealError::TooLargeForAsymmetric {
-            limit: a.max_asymmetric,
-        };
-        let said = format!("{e}: {} is {}", path.display(), ByteCount(size));
-        return Err(anyhow::Error::new(e).context(said));
+        let what = path.display().to_string();
+        return Err(super::over_asymmetric_limit(a.max_asymmetric, &what, size));
     }
     let sender: Arc<dyn Identity> = Arc::new(super::load_own_private(&a.from)?);
     let recipient = keys::load_public(&a.to)?;

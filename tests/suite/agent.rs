@@ -206,19 +206,29 @@ fn what_the_agent_does_not_take_is_sent_by_the_command_itself() {
 
 #[test]
 fn a_message_the_agent_cannot_send_is_reported_not_delivered() {
-    let (dir, server, _agent) = folder_with_agent();
+    let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // Over the command's own asymmetric limit: the agent refuses to seal it.
+    classroom_folder(d);
+    let server = BinServer::start(d, &["--max-asymmetric", "100"]);
+    let _agent = Agent::start(d, &server.addr, &[]);
+    // Over the server's asymmetric limit: the server refuses it.
+    let long = "x".repeat(200);
+    let (code, out, err) = send(d, &server.addr, &["--mode", "asymmetric", &long]);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("NOT delivered"), "{err}");
+    assert!(err.contains("code TooLarge"), "{err}");
+    assert!(err.contains("sent by the agent"), "{err}");
+    assert!(!out.contains("delivered"), "{out}");
+    // Over the command's own limit: refused before it is offered to the agent, naming its
+    // size, with the hint to use hybrid mode.
     let (code, out, err) = send(
         d,
         &server.addr,
         &["--mode", "asymmetric", "--max-asymmetric", "4", "too long"],
     );
     assert_eq!(code, 1, "{out}");
-    assert!(err.contains("NOT delivered"), "{err}");
-    assert!(err.contains("sent by the agent"), "{err}");
-    assert!(!out.contains("delivered"), "{out}");
-    // With the hint the command gives when it seals the message itself.
+    assert!(err.contains("limit of 4 bytes: TEXT is 8 bytes"), "{err}");
+    assert!(!err.contains("sent by the agent"), "{err}");
     assert!(err.contains("hint: use --mode hybrid"), "{err}");
 }
 

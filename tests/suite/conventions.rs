@@ -256,6 +256,30 @@ fn a_message_over_the_asymmetric_limit_gets_the_hint_to_use_hybrid_mode() {
         err.contains("hint: use --mode hybrid for large messages"),
         "{err}"
     );
+    // A file over the limit: refused before anything is sent, naming the file and its size,
+    // and in JSON too.
+    let file = f.client.join("over.txt");
+    std::fs::write(&file, "x".repeat(10)).unwrap();
+    let file = file.to_str().unwrap();
+    let args = [
+        "--mode",
+        "asymmetric",
+        "--max-asymmetric",
+        "4",
+        "--json",
+        "--file",
+        file,
+    ];
+    let out = send(&f, &server, &args, b"");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("{file} is 10 bytes")), "{err}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["delivered"], false, "{json}");
+    assert!(
+        json["error"].as_str().unwrap().contains("is 10 bytes"),
+        "{json}"
+    );
     // The server's limit.
     let long = "x".repeat(200);
     let out = send(&f, &server, &["--mode", "asymmetric", &long], b"");
