@@ -147,7 +147,9 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
                 Some("is `letterlock server` running there? Check --server (HOST:PORT)".into())
             }
             ClientError::Timeout { .. } => Some(TIMEOUT_HINT.into()),
-            ClientError::NoAck { .. } => Some(NO_ACK_HINT.into()),
+            ClientError::NoAck { .. } | ClientError::NotProven { id: Some(_), .. } => {
+                Some(NO_ACK_HINT.into())
+            }
             ClientError::Io(_) | ClientError::Closed if e.is_connection_lost() => {
                 Some(CONNECTION_LOST_HINT.into())
             }

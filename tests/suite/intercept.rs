@@ -299,11 +299,15 @@ async fn forged_ack_leaves_delivery_unproven() {
     let result = client.send(std::io::Cursor::new(plain), opts).await;
     // Not proven because the tag is wrong, not because the connection failed.
     assert!(
-        matches!(&result, Err(ClientError::NotProven(why)) if why.contains("wrong ack tag")),
+        matches!(&result, Err(ClientError::NotProven { why, .. }) if why.contains("wrong ack tag")),
         "{result:?}"
     );
-    // It names the message, and does not claim it was not stored (found by a trial run).
+    // It names the message, and does not claim it was not stored (found by a trial run); the
+    // id is there for `send_msg --json` too ("stored": null).
+    let id = result.as_ref().err().and_then(ClientError::unproven_id);
     let said = result.err().map(|e| e.to_string()).unwrap_or_default();
+    let id = id.unwrap_or_else(|| panic!("no unproven id: {said}"));
+    assert!(said.contains(&id.to_string()), "{said}");
     assert!(
         said.contains("may or may not have been stored")
             && said

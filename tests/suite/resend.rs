@@ -555,7 +555,10 @@ fn only_a_broken_connection_counts_as_lost() {
     for not_lost in [
         timeout(),
         ClientError::Io(ErrorKind::PermissionDenied.into()),
-        ClientError::NotProven("wrong ack tag".into()),
+        ClientError::NotProven {
+            id: None,
+            why: "wrong ack tag".into(),
+        },
         ClientError::Refused {
             code: letterlock::wire::ErrorCode::TooLarge,
             message: "too large".into(),

@@ -150,7 +150,7 @@ impl Counters {
     fn failed(&self, e: &ClientError) {
         let cause = match e {
             ClientError::Refused { code, .. } => format!("refused {code:?}"),
-            ClientError::NotProven(_) | ClientError::NoAck { .. } => "no ack".to_owned(),
+            ClientError::NotProven { .. } | ClientError::NoAck { .. } => "no ack".to_owned(),
             ClientError::Busy { .. } => "busy".to_owned(),
             ClientError::Connect { .. } => "cannot connect".to_owned(),
             ClientError::Timeout { .. } => "timeout".to_owned(),

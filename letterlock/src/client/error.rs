@@ -28,8 +28,14 @@ pub enum ClientError {
     /// server must not be able to print "delivered" on our terminal.
     #[error("the server refused (code {code:?}); the server says: {}", crate::text::quoted(.message))]
     Refused { code: ErrorCode, message: String },
-    #[error("delivery NOT proven: {0}")]
-    NotProven(String),
+    /// An answer that does not prove delivery: an acknowledgement of another message, or with
+    /// a wrong ack tag. `id`: our message, which may or may not have been stored, when the
+    /// answer concerned one.
+    #[error("delivery NOT proven: {why}")]
+    NotProven {
+        id: Option<crate::envelope::MessageId>,
+        why: String,
+    },
     /// A message went out and the connection ended, or timed out, before its acknowledgement:
     /// the server may or may not have stored it. Sending the very same bytes again is safe (a
     /// stored message id is acked again, never stored twice); a wrong acknowledgement is
@@ -179,11 +185,14 @@ pub enum ClientError {
 
 impl ClientError {
     /// The id of a message that may or may not have been stored: all of it went out and no
-    /// answer came ([`ClientError::NoAck`]). A caller says so with the id, so that nobody sends
+    /// answer came ([`ClientError::NoAck`]), or the answer did not prove it
+    /// ([`ClientError::NotProven`]). A caller says so with the id, so that nobody sends
     /// it again as a new message.
     pub fn unproven_id(&self) -> Option<crate::envelope::MessageId> {
         match self {
-            ClientError::NoAck { id, .. } => Some(*id),
+            ClientError::NoAck { id, .. } | ClientError::NotProven { id: Some(id), .. } => {
+                Some(*id)
+            }
             _ => None,
         }
     }

@@ -173,9 +173,13 @@ impl Client {
                     ack_tag: sealed.ack_tag,
                 })
             }
-            Frame::Stored { id } => Err(ClientError::NotProven(format!(
-                "the server said it stored message {id}, not {want}"
-            ))),
+            Frame::Stored { id } => Err(ClientError::NotProven {
+                id: Some(want),
+                why: format!(
+                    "the server said it stored message {id}, not {want}; {want} may or may not \
+                     have been stored"
+                ),
+            }),
             other => Err(unexpected(other)),
         }
     }

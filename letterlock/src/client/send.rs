@@ -422,9 +422,10 @@ impl Client {
                 Frame::Ack { id, tag } => (id, tag),
                 other => return Err(unexpected(other)),
             };
-            let sealed = expected
-                .remove(&id)
-                .ok_or_else(|| ClientError::NotProven(format!("ack for unknown message {id}")))?;
+            let sealed = expected.remove(&id).ok_or_else(|| ClientError::NotProven {
+                id: None,
+                why: format!("ack for unknown message {id}"),
+            })?;
             out.push(check_ack(sealed, &id, &tag)?);
         }
         Ok(out)
@@ -453,17 +454,24 @@ impl Client {
 }
 
 fn check_ack(sealed: &Sealed, id: &MessageId, tag: &[u8; 32]) -> Result<Delivery, ClientError> {
-    if *id != sealed.header.message_id {
-        return Err(ClientError::NotProven(format!(
-            "the server acknowledged message {id}, not {}",
-            sealed.header.message_id
-        )));
+    let ours = sealed.header.message_id;
+    if *id != ours {
+        return Err(ClientError::NotProven {
+            id: Some(ours),
+            why: format!(
+                "the server acknowledged message {id}, not {ours}; {ours} may or may not have \
+                 been stored"
+            ),
+        });
     }
     if !envelope::ack_tags_match(tag, &sealed.ack_tag) {
-        return Err(ClientError::NotProven(format!(
-            "the server's acknowledgement does not prove it decrypted message {id} (wrong ack \
-             tag: a forged or altered ack); it may or may not have been stored"
-        )));
+        return Err(ClientError::NotProven {
+            id: Some(ours),
+            why: format!(
+                "the server's acknowledgement does not prove it decrypted message {id} (wrong \
+                 ack tag: a forged or altered ack); it may or may not have been stored"
+            ),
+        });
     }
     Ok(Delivery {
         id: *id,
@@ -536,7 +544,7 @@ impl Fate {
         match last {
             Err(e)
                 if self.maybe_stored
-                    && !matches!(e, ClientError::NoAck { .. } | ClientError::NotProven(_)) =>
+                    && !matches!(e, ClientError::NoAck { .. } | ClientError::NotProven { .. }) =>
             {
                 Err(ClientError::NoAck {
                     id: self.id,

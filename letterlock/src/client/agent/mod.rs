@@ -143,12 +143,11 @@ pub enum Reply {
         plaintext_len: u64,
         mode: Mode,
     },
-    /// The message was not delivered, or its delivery was not proven for another reason than a
-    /// missing answer (a wrong ack tag, a refusal; a missing answer is [`Reply::NotProven`]);
-    /// why, for the user.
+    /// The message was not delivered: refused, not sent, or failed before all of it went out
+    /// (one that may have been stored is [`Reply::NotProven`]); why, for the user.
     NotDelivered(String),
-    /// All of message `id` went out and no acknowledgement came
-    /// ([`crate::client::ClientError::NoAck`]): the server may or may not have stored it. The
+    /// Message `id` may or may not have been stored: all of it went out and no acknowledgement
+    /// came, or one that did not prove it ([`crate::client::ClientError::unproven_id`]). The
     /// id is what a script needs to tell later whether it arrived (`send_msg --json`).
     NotProven { id: MessageId, text: String },
     /// Not for this agent (another server, or a request it cannot take): nothing was sent, and

@@ -369,9 +369,9 @@ async fn decline_stopping(mut stream: UnixStream) {
     answer_with(&mut stream, &reply).await;
 }
 
-/// The reply for a send that failed: with the message's id when all of it went out and no
-/// answer came, so that the command can give it (`send_msg --json`), as it does for a message
-/// it sent itself.
+/// The reply for a send that failed: with the message's id when it may or may not have been
+/// stored ([`ClientError::unproven_id`]), so that the command can give it (`send_msg --json`),
+/// as it does for a message it sent itself.
 fn failed(e: &ClientError) -> Reply {
     match e.unproven_id() {
         Some(id) => Reply::NotProven {
