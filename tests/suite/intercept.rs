@@ -290,6 +290,45 @@ async fn replay_on_a_fresh_connection_fails_at_authentication() {
     assert_eq!(inbox_len(&rig).await, 1, "only the original is stored");
 }
 
+/// The command line, given a forged ack (version 1, where a keyless attacker can): "delivery
+/// NOT proven", with the message's id and "stored": null in JSON and the hint not to send it
+/// again as a new message, as for a missing ack: the message may well be stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_line_forged_ack_gives_a_script_the_id() {
+    let rig = rig().await;
+    let proxy = proxy(&rig, Some(Tamper::ForgeAck)).await;
+    let dir = tempfile::tempdir().unwrap();
+    common::cli::classroom_folder(dir.path());
+    let (d, addr) = (dir.path().to_path_buf(), proxy.local_addr().to_string());
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        let args = [
+            "client",
+            "send_msg",
+            "--plain-v1",
+            "--json",
+            "--server",
+            &addr,
+            "hi",
+        ];
+        common::cli::run(&d, &args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{err}");
+    let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(json["delivered"], false, "{json}");
+    assert!(json["stored"].is_null(), "{json}");
+    let id = json["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id: {json}"));
+    assert!(
+        err.contains(&format!("message {id} (wrong ack tag")),
+        "{err}"
+    );
+    assert!(err.contains("could deliver it twice"), "{err}");
+    assert_eq!(inbox_len(&rig).await, 1, "the server did store it");
+}
+
 #[tokio::test]
 async fn forged_ack_leaves_delivery_unproven() {
     let rig = rig().await;
