@@ -278,3 +278,15 @@ impl Watched {
         (out, self.said)
     }
 }
+
+/// The id in `send_msg --json`'s answer (`out`) for a message that may or may not have been
+/// stored: not delivered, "stored": null, and its id.
+pub fn unproven_id(out: &[u8]) -> String {
+    let json: serde_json::Value = serde_json::from_slice(out).unwrap();
+    assert_eq!(json["delivered"], false, "{json}");
+    assert!(json["stored"].is_null(), "{json}");
+    json["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id: {json}"))
+        .to_owned()
+}

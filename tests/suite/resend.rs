@@ -637,7 +637,15 @@ async fn send_msg_that_may_have_been_stored_says_so_and_gives_its_id() {
     std::fs::write(d.join("big.bin"), data(300 * 1024)).unwrap();
     let (code, out, err) = send_big(&d, &relay, &["--timeout", "1s", "--json"]).await;
     assert_eq!(code, 1, "{err}");
-    let id = unproven_id(&out);
+    said_unproven_and_stored(&d, &out, &err, 300 * 1024);
+}
+
+/// What `send_msg --json` says of a message whose acknowledgement never came, on stdout
+/// (`out`: not delivered, "stored": null, its id) and stderr (`err`: "delivery NOT proven" for
+/// that id, not "NOT delivered", and the hint not to send it again as new); and that the
+/// server in `d` did store it, `len` bytes.
+fn said_unproven_and_stored(d: &std::path::Path, out: &[u8], err: &str, len: usize) {
+    let id = common::cli::unproven_id(out);
     let id = id.as_str();
     assert!(
         err.contains(&format!(
@@ -646,59 +654,46 @@ async fn send_msg_that_may_have_been_stored_says_so_and_gives_its_id() {
             && !err.contains("NOT delivered"),
         "{err}"
     );
-    let (code, stored, said) = run(&d, &["server", "read", id]);
+    let (code, stored, said) = run(d, &["server", "read", id]);
     assert_eq!(code, 0, "{said}");
-    assert_eq!(stored.len(), 300 * 1024);
-}
-
-/// The id in `send_msg --json`'s answer for a message that may or may not have been stored:
-/// not delivered, "stored": null, and its id.
-fn unproven_id(out: &[u8]) -> String {
-    let json: serde_json::Value = serde_json::from_slice(out).unwrap();
-    assert_eq!(json["delivered"], false, "{json}");
-    assert!(json["stored"].is_null(), "{json}");
-    json["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id: {json}"))
-        .to_owned()
+    assert_eq!(stored.len(), len);
 }
 
 /// The same through `client agent`: the agent answers "not proven" with the message's id
 /// (docs/PROTOCOL.md, section 16), and the command gives it as it does for its own send.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_the_agent_a_message_that_may_have_been_stored_gives_its_id() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _server, relay, _agent) = agent_behind_relay(Break::AckLost(AGENT_BREAK)).await;
     let d = dir.path().to_path_buf();
-    classroom_folder(&d);
-    let server = BinServer::start(&d, &[]);
-    // The agent's message is at most 64 KiB: the answer is dropped once 40 KiB went out.
-    let relay = relay(server.addr.clone(), Break::AckLost(40 * 1024), Then::Gone).await;
-    std::fs::write(d.join("big.bin"), data(60 * 1024)).unwrap();
-    let agent = {
-        let (d, addr) = (d.clone(), relay.addr.clone());
-        tokio::task::spawn_blocking(move || super::agent::Agent::start(&d, &addr, &[]))
-            .await
-            .unwrap()
-    };
+    std::fs::write(d.join("big.bin"), data(AGENT_MESSAGE)).unwrap();
     let (code, out, err) = send_big(&d, &relay, &["--timeout", "1s", "--json"]).await;
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("(sent by the agent)"),
         "the agent sent it: {err}"
     );
-    let id = unproven_id(&out);
-    let id = id.as_str();
-    assert!(
-        err.contains(&format!(
-            "delivery NOT proven: no acknowledgement from the server for message {id}"
-        )) && err.contains("could deliver it twice")
-            && !err.contains("NOT delivered"),
-        "{err}"
-    );
-    let (code, stored, said) = run(&d, &["server", "read", id]);
-    assert_eq!(code, 0, "{said}");
-    assert_eq!(stored.len(), 60 * 1024);
-    drop(agent);
+    said_unproven_and_stored(&d, &out, &err, AGENT_MESSAGE);
+}
+
+/// The agent's messages in these tests: at most 64 KiB (what a command hands over), and the
+/// relay breaks once 40 KiB of it went out.
+const AGENT_MESSAGE: usize = 60 * 1024;
+const AGENT_BREAK: usize = 40 * 1024;
+
+/// A classroom folder with a server, a relay in front of it that breaks as `how` says, and a
+/// `client agent` that sends through the relay.
+async fn agent_behind_relay(
+    how: Break,
+) -> (tempfile::TempDir, BinServer, Relay, super::agent::Agent) {
+    let dir = tempfile::tempdir().unwrap();
+    classroom_folder(dir.path());
+    let server = BinServer::start(dir.path(), &[]);
+    let relay = relay(server.addr.clone(), how, Then::Gone).await;
+    let (d, addr) = (dir.path().to_path_buf(), relay.addr.clone());
+    let agent = tokio::task::spawn_blocking(move || super::agent::Agent::start(&d, &addr, &[]))
+        .await
+        .unwrap();
+    (dir, server, relay, agent)
 }
 
 /// Through `client agent`, an answer that never comes within the time the command waits: the
@@ -708,22 +703,14 @@ async fn through_the_agent_a_message_that_may_have_been_stored_gives_its_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_whose_answer_never_comes_gives_the_id_when_its_time_runs_out() {
     use letterlock::client::agent::{self, Reply, Request, SendRequest};
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _server, relay, _agent) = agent_behind_relay(Break::AckHeld(AGENT_BREAK)).await;
     let d = dir.path().to_path_buf();
-    classroom_folder(&d);
-    let server = BinServer::start(&d, &[]);
-    let relay = relay(server.addr.clone(), Break::AckHeld(40 * 1024), Then::Gone).await;
-    let (agent_dir, addr) = (d.clone(), relay.addr.clone());
-    let agent =
-        tokio::task::spawn_blocking(move || super::agent::Agent::start(&agent_dir, &addr, &[]))
-            .await
-            .unwrap();
     let request = Request::Send(SendRequest {
         server: relay.addr.clone(),
         mode: Mode::Hybrid,
         max_asymmetric: envelope::DEFAULT_ASYMMETRIC_LIMIT,
         wait_s: 2,
-        message: data(60 * 1024).into(),
+        message: data(AGENT_MESSAGE).into(),
     });
     let socket = d.join("client_agent.sock");
     let reply =
@@ -744,8 +731,7 @@ async fn an_agent_whose_answer_never_comes_gives_the_id_when_its_time_runs_out()
     );
     let (code, stored, said) = run(&d, &["server", "read", &id.to_string()]);
     assert_eq!(code, 0, "the server stored it: {said}");
-    assert_eq!(stored.len(), 60 * 1024);
-    drop(agent);
+    assert_eq!(stored.len(), AGENT_MESSAGE);
 }
 
 /// A fetch cut short by the network is the client's connection ending, not the server's
