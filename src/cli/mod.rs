@@ -458,8 +458,51 @@ fn help_usage(mut e: clap::Error, args: &[std::ffi::OsString]) -> clap::Error {
         ContextKind::Usage,
         ContextValue::StyledStr(cmd.render_usage()),
     );
+    if let Some(var) = refused_from_environment(&e, cmd, args) {
+        e.insert(
+            ContextKind::Suggested,
+            ContextValue::StyledStrs(vec![
+                format!(
+                    "the value came from the environment variable {var}, not the command line: \
+                     fix it, or unset it (`unset {var}`)"
+                )
+                .into(),
+            ]),
+        );
+    }
     // The hint to run --help, which clap leaves out of an error it makes without the command.
     e.with_cmd(cmd)
+}
+
+/// The environment variable an invalid value `e` came from, when the flag it names was not on
+/// the command line but is read from a variable that is set (found by a trial run: a bad
+/// LETTERLOCK_SERVER was reported as an invalid `--server` to someone who never typed one).
+fn refused_from_environment(
+    e: &clap::Error,
+    cmd: &clap::Command,
+    args: &[std::ffi::OsString],
+) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.strip_prefix("--")?.split(' ').next()?;
+    let given = args.iter().filter_map(|a| a.to_str()).any(|a| {
+        a.strip_prefix("--")
+            .is_some_and(|rest| rest == long || rest.starts_with(&format!("{long}=")))
+    });
+    let var = cmd
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_str()?;
+    (!given && std::env::var_os(var).is_some()).then(|| var.to_owned())
 }
 
 /// A `--server` value: HOST:PORT with a port from 1 to 65535, checked as the line is parsed so

@@ -496,6 +496,16 @@ fn the_environment_gives_server_keys_and_store() {
     assert!(help.contains("[env: LETTERLOCK_KEYS="), "{help}");
     let help = ok(run(&["server", "--help"]));
     assert!(help.contains("[env: LETTERLOCK_STORE="), "{help}");
+    // A bad value from the environment is said to come from there, not from a flag nobody
+    // typed; the same value on the command line is not.
+    let tip = "came from the environment variable LETTERLOCK_SERVER";
+    let args = ["client", "contacts", "--offline"];
+    let out = run_with_input(&args, b"", &[("LETTERLOCK_SERVER", "nohost")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains(tip), "{}", stderr(&out));
+    let out = run(&["client", "contacts", "--offline", "--server=nohost"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(!stderr(&out).contains(tip), "{}", stderr(&out));
 }
 
 /// `--timeout` is described for the command at hand: recv_msg's help does not talk about
