@@ -572,34 +572,46 @@ async fn a_stalled_reader_loses_its_connection_slot() {
     server.stop().await;
 }
 
-/// A fetch under way when the server stops (Ctrl-C, SIGTERM) ends with `Unavailable`, "the
-/// server is stopping": a reason to fetch again, not the server's own error (found by a trial
-/// run: it was told "internal" "connection closed"). The message stays waiting.
+/// A fetch under way when the server stops (Ctrl-C, SIGTERM): the message being delivered is
+/// finished, as one being received is (found by a trial run: it was cut at once), then the
+/// fetch ends with `Unavailable`, "the server is stopping" instead of the next message: a
+/// reason to fetch again, not the server's own error (it was "internal" "connection closed").
+/// Both messages stay waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fetch_under_way_at_shutdown_is_told_the_server_is_stopping() {
+async fn a_fetch_under_way_at_shutdown_finishes_its_message_and_is_told_the_server_is_stopping() {
     setup();
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     // Far more than the delivery window and the socket buffers: still being delivered when the
     // server stops.
-    server
-        .queue_for_client(&vec![7u8; 16 << 20][..], &SealOptions::default())
-        .await;
+    let big = vec![7u8; 16 << 20];
+    for _ in 0..2 {
+        server
+            .queue_for_client(&big[..], &SealOptions::default())
+            .await;
+    }
     let mut fetching = authed(&server.addr).await;
     fetching.w.write_frame(&Frame::Fetch).await.unwrap();
-    match fetching.r.read_frame().await.unwrap() {
-        Frame::Deliver(_) => {}
+    let mut delivered = match fetching.r.read_frame().await.unwrap() {
+        Frame::Deliver(data) => data.len(),
         other => panic!("expected the delivery to start, got {other:?}"),
-    }
+    };
     let store = server.store.clone();
     let stopped = tokio::spawn(server.stop());
+    let mut ends = 0;
     let (code, message) = loop {
         match fetching.r.read_frame().await {
-            Ok(Frame::Deliver(_)) => continue,
+            Ok(Frame::Deliver(data)) => delivered += data.len(),
+            Ok(Frame::DeliverEnd) => ends += 1,
             Ok(Frame::Error { code, message }) => break (code, message),
             other => panic!("expected an Error frame at shutdown, got {other:?}"),
         }
     };
+    assert_eq!(ends, 1, "the first message whole, the second not started");
+    assert!(
+        delivered > big.len(),
+        "the whole first message (sealed): {delivered}"
+    );
     assert_eq!(code, ErrorCode::Unavailable, "{message}");
     assert!(message.contains("stopping"), "{message}");
     stopped.await.unwrap();
@@ -610,8 +622,8 @@ async fn a_fetch_under_way_at_shutdown_is_told_the_server_is_stopping() {
         .unwrap();
     assert_eq!(
         waiting.len(),
-        1,
-        "the message is still waiting for its next fetch"
+        2,
+        "nothing acked: both wait for the next fetch"
     );
     assert_no_server_panic();
 }

@@ -43,8 +43,9 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
         let count = u32::try_from(pending.len()).unwrap_or(u32::MAX);
         for entry in pending {
             // Counted in the server-wide budget beside the messages being received. At
-            // shutdown the delivery ends before the next message, and does not wait for the
-            // budget: the fetch is told the server is stopping, not cut at the grace's end.
+            // shutdown the delivery ends before the next message (the one under way is
+            // finished, as messages being received are), and does not wait for the budget: the
+            // fetch is told the server is stopping, not cut at the grace's end.
             let mut stopping = self.stop.clone();
             let _budget = tokio::select! {
                 biased;
@@ -66,14 +67,19 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                     .map_err(|_| Stopped::Read(std::io::ErrorKind::Other.into()))?;
                 loop {
                     // Room in the window first, then the read: a stalled peer stops the reads.
-                    // At shutdown, stop, before each frame (`biased`: not by chance when there
-                    // is room) and while waiting: a blocking thread waiting for a stalled peer
-                    // would hold the runtime's exit until the stall timeout.
+                    // At shutdown, a peer that reads gets the rest of this message (found by a
+                    // trial run: a fetch was cut at once, where a send under way is finished);
+                    // one that makes no room for STALLED_AT_SHUTDOWN is given up, or the
+                    // blocking thread waiting for it would hold the runtime's exit until the
+                    // stall timeout.
                     let room = runtime.block_on(async {
+                        let stalled = async {
+                            let _ = stop.wait_for(|stop| *stop).await;
+                            tokio::time::sleep(STALLED_AT_SHUTDOWN).await;
+                        };
                         tokio::select! {
-                            biased;
-                            _ = stop.wait_for(|stop| *stop) => Err(Stopped::Shutdown),
                             room = window.acquire_many(chunk) => room.map_err(|_| Stopped::PeerGone),
+                            () = stalled => Err(Stopped::Shutdown),
                         }
                     })?;
                     room.forget();
@@ -265,11 +271,15 @@ mod tests {
     }
 }
 
+/// How long a delivery under way at shutdown waits for a peer that makes no room in its
+/// window (reads nothing) before it gives up: a peer that reads gets the message whole.
+const STALLED_AT_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Why a delivery stopped before the message's end.
 enum Stopped {
     /// The connection's writer is gone (the peer left, its connection broke).
     PeerGone,
-    /// The server is stopping.
+    /// The server is stopping, and the peer made no room for [`STALLED_AT_SHUTDOWN`].
     Shutdown,
     /// The stored body could not be read.
     Read(std::io::Error),
