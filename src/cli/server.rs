@@ -374,8 +374,17 @@ pub(super) async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
     import_key_files(store.as_ref(), &a.keys, None).await?;
     let trusted = store.trusted_clients().await?;
     if trusted.clients.is_empty() {
+        // With this server's --store too, or the trust goes to another mailbox (found by a
+        // trial run); a PostgreSQL URL is not repeated: it may hold a password.
+        let store = match a.store.as_deref() {
+            None => String::new(),
+            Some(url) if super::store_admin::postgres_url(url).is_some() => {
+                " --store URL (this server's)".to_owned()
+            }
+            Some(path) => format!(" --store {}", path.display()),
+        };
         warn!(
-            "no trusted clients yet: `letterlock server trust KEY.pem --name NAME --keys {}` \
+            "no trusted clients yet: `letterlock server trust KEY.pem --name NAME --keys {}{store}` \
              adds one, and this server accepts it at once",
             a.keys.display()
         );

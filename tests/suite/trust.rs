@@ -1223,3 +1223,24 @@ fn a_second_server_on_the_same_sqlite_mailbox_is_refused() {
     std::fs::remove_file(s.dir("alias").join("linked.db")).unwrap();
     s.server_ok(&["server", "clients"]);
 }
+
+/// A server with no trusted client says how to trust one, with its own --store: the same
+/// command without it trusts into another mailbox, and the running server keeps refusing the
+/// client (found by a trial run). A PostgreSQL URL is not repeated in the log (a password).
+#[test]
+fn a_server_without_clients_says_how_to_trust_one_in_its_own_mailbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put_private(d, common::net::SERVER, "server_private.pem");
+    put_public(d, common::net::SERVER, "server_public.pem");
+    let log = d.join("server.log");
+    let cmd = common::cli::server_command(d, &["--store", "small.db"]);
+    let server = BinServer::spawn_logging(cmd, &log);
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("no trusted clients yet")
+            && said.contains("--name NAME --keys . --store small.db`"),
+        "{said}"
+    );
+    drop(server);
+}
