@@ -1467,6 +1467,17 @@ async fn trust(
         );
     }
     let key = super::peer_public_key_file(public_key, name)?;
+    // The server's own key as a client would pass that client's relayed messages off as the
+    // server's, as the reserved name would (found by a trial run: server_public.pem lies in
+    // the folder client keys are dropped into).
+    if super::server_key::Known::read(&mailbox.keys).is_servers(&key.id()) {
+        bail!(
+            "{} is this server's own key ({}), not a client's: clients show messages signed by \
+             it as the server's. Give the client's public key (its client_public.pem)",
+            public_key.display(),
+            key.id()
+        );
+    }
     let store = open_mailbox_except(mailbox, true, Some(&key.id())).await?;
     let outcome = store
         .trust_client(trust_request(name, &key, replace))

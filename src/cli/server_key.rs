@@ -68,6 +68,11 @@ impl Known {
         }
     }
 
+    /// Whether `id` is this server's key, now or before a replacement.
+    pub(super) fn is_servers(&self, id: &KeyId) -> bool {
+        self.current.as_ref() == Some(id) || self.replaced.contains(id)
+    }
+
     /// Known keys whose current one is `new` (just written) and replaced ones are `keys_dir`'s.
     fn with_current(keys_dir: &Path, new: &KeyId) -> Self {
         Known {

@@ -1244,3 +1244,27 @@ fn a_server_without_clients_says_how_to_trust_one_in_its_own_mailbox() {
     );
     drop(server);
 }
+
+/// The server's own public key, now or one it replaced, is not trusted as a client's: a client
+/// so keyed could pass its relayed messages off as the server's, as the reserved name `server`
+/// could (found by a trial run: `server trust server_public.pem` was accepted).
+#[test]
+fn the_servers_own_key_is_not_trusted_as_a_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put_private(d, common::net::SERVER, "server_private.pem");
+    put_public(d, common::net::SERVER, "server_public.pem");
+    std::fs::copy(d.join("server_public.pem"), d.join("copy.pem")).unwrap();
+    let said = fails_text(d, &["server", "trust", "copy.pem", "--name", "srvself"]);
+    assert!(said.contains("is this server's own key"), "{said}");
+    // After a replacement, the key it replaced (kept in the folder) is refused too.
+    ok_text(
+        d,
+        &["server", "generate_key_pair", "--force", "--bits", "2048"],
+    );
+    let said = fails_text(d, &["server", "trust", "copy.pem", "--name", "srvself"]);
+    assert!(said.contains("is this server's own key"), "{said}");
+    // A client's key is trusted as before.
+    put_public(d, common::net::CLIENT, "client.pem");
+    ok_text(d, &["server", "trust", "client.pem", "--name", "alice"]);
+}
