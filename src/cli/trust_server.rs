@@ -184,12 +184,12 @@ fn timed_out(addr: &str, after: Duration) -> anyhow::Error {
 async fn fetch(addr: &str, timeout: Duration) -> Result<ProbedServer> {
     let tcp = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            return Err(anyhow::Error::new(e).context(format!(
-                "cannot connect to {addr}; is `letterlock server` running there, and is \
-                 HOST:PORT its --listen address?"
-            )));
-        }
+        // Said as `send_msg` says it: the reason first, then the question (found by a trial
+        // run: the question came before the reason, as "…address?: Connection refused").
+        Ok(Err(e)) => bail!(
+            "cannot connect to {addr}: {e}. Is `letterlock server` running there, and is \
+             HOST:PORT its --listen address?"
+        ),
         Err(_) => return Err(timed_out(addr, timeout)),
     };
     tracing::debug!(server = %addr, "connected; TLS 1.3 handshake without a client certificate");

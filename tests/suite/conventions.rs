@@ -1375,12 +1375,14 @@ fn a_failed_handshake_is_logged_and_a_port_check_is_not() {
         .filter(|l| l.contains("TLS handshake"))
         .collect();
     assert!(!failed.is_empty(), "{log}");
-    // Each one is the HTTP request's, at INFO: the port check is not among them.
+    // Each one is the HTTP request's, at INFO: the port check is not among them; and the
+    // line says "TLS handshake failed" once, in the error.
     for line in failed {
         assert!(
             line.contains(" INFO ") && line.contains("InvalidContentType"),
             "{log}"
         );
+        assert_eq!(line.matches("TLS handshake failed").count(), 1, "{line}");
     }
 }
 

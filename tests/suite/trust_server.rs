@@ -189,7 +189,15 @@ fn a_plain_version_1_server_or_no_server_is_a_clear_error() {
         .unwrap()
         .port();
     let out = trust_server(&format!("127.0.0.1:{port}"), dir.path(), &["--yes"]);
-    assert_refused(&out, &["cannot connect"]);
+    // The reason first, then what to check (not "…address?: Connection refused").
+    assert_refused(
+        &out,
+        &[
+            "cannot connect",
+            "Connection refused",
+            ". Is `letterlock server` running there",
+        ],
+    );
     assert!(!pem.exists());
 }
 

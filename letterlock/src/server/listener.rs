@@ -170,7 +170,11 @@ impl<S: Store> Server<S> {
                 debug!(%peer, error = %e, "TLS handshake abandoned")
             }
             Err(e) => {
-                super::peer_log::within_budget(|| info!(%peer, error = %e, "TLS handshake failed"))
+                // The error says "TLS handshake failed" itself (found by a trial run: the log
+                // line said it twice).
+                super::peer_log::within_budget(
+                    || info!(%peer, error = %e, "connection refused in the handshake"),
+                )
             }
         }
     }
