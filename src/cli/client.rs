@@ -615,11 +615,13 @@ pub(super) async fn connect_with(
 /// before the agent, the key or a connection (found by review: it was found out part-way
 /// through sealing, without the file's size); with --json, said in JSON too.
 pub(super) fn refuse_over_asymmetric(a: &ClientSendArgs) -> Result<()> {
+    if envelope::Mode::from(a.message.mode) != envelope::Mode::Asymmetric {
+        return Ok(());
+    }
     let Some(len) = a.message.small_len(u64::MAX) else {
         return Ok(());
     };
-    if envelope::Mode::from(a.message.mode) != envelope::Mode::Asymmetric || len <= a.max_asymmetric
-    {
+    if len <= a.max_asymmetric {
         return Ok(());
     }
     let what = match &a.message.file {
@@ -772,8 +774,8 @@ fn print_json_not_delivered(error: &str, unproven: Option<envelope::MessageId>) 
     println!("{out}");
 }
 
-/// The id of a message whose answer never came after all of it went out
-/// ([`letterlock::client::ClientError::NoAck`]), if `e` or a cause of it says so.
+/// The id of a message that may or may not have been stored, if `e` or a cause of it is a
+/// client error that says so ([`letterlock::client::ClientError::unproven_id`]).
 fn unproven_id(e: &(dyn std::error::Error + 'static)) -> Option<envelope::MessageId> {
     std::iter::successors(Some(e), |c| c.source()).find_map(|c| {
         c.downcast_ref::<letterlock::client::ClientError>()?

@@ -7,10 +7,11 @@
 //! must fail that test alone, not every test that checks this counter beside it. A panic in
 //! letterlock (or in a library it calls) is a bug whichever test met it.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Once, OnceLock};
 
-static PANICS: OnceLock<AtomicUsize> = OnceLock::new();
+/// Panics counted since [`count`] installed the hook.
+static PANICS: AtomicUsize = AtomicUsize::new(0);
 
 /// Where the first counted panic was raised, and on which thread: every later check names it,
 /// so a test that fails for another test's panic says whose it is.
@@ -18,7 +19,8 @@ static FIRST: OnceLock<String> = OnceLock::new();
 
 /// Installs the counting hook (once per process; the previous hook still prints the panic).
 pub fn count() {
-    PANICS.get_or_init(|| {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         // Cargo names the files of the package it builds relative to its root, so a test's own
         // files start with "tests/" (a --remap-path-prefix would change that).
@@ -26,8 +28,8 @@ pub fn count() {
             let ours = info
                 .location()
                 .is_some_and(|at| at.file().starts_with("tests/"));
-            if !ours && let Some(panics) = PANICS.get() {
-                panics.fetch_add(1, Ordering::SeqCst);
+            if !ours {
+                PANICS.fetch_add(1, Ordering::SeqCst);
                 let thread = std::thread::current();
                 let _ = FIRST.set(format!(
                     "{} on thread {}",
@@ -38,13 +40,12 @@ pub fn count() {
             }
             previous(info);
         }));
-        AtomicUsize::new(0)
     });
 }
 
 /// Panics of the code under test since [`count`] was first called.
 pub fn so_far() -> usize {
-    PANICS.get().map_or(0, |p| p.load(Ordering::SeqCst))
+    PANICS.load(Ordering::SeqCst)
 }
 
 /// Fails if the code under test panicked anywhere in this process since [`count`].

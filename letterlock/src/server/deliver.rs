@@ -46,6 +46,8 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
             // shutdown the delivery ends before the next message (the one under way is
             // finished, as messages being received are), and does not wait for the budget: the
             // fetch is told the server is stopping, not cut at the grace's end.
+            // A clone: waiting on the handler's own receiver would mark the stop as seen, and
+            // its frame loop, which waits for the change, would then miss it.
             let mut stopping = self.stop.clone();
             let _budget = tokio::select! {
                 biased;
