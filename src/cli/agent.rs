@@ -112,6 +112,8 @@ pub(super) async fn run(a: AgentArgs) -> Result<ExitCode> {
         backoff: backoff(a.conn.timeout),
         persist,
         keys_current: Some(keys_current),
+        // The hint its command would have shown for its own failure.
+        hint: Some(Box::new(|e| super::hints::send_hint(e))),
     };
     agent::serve(socket, config, Some(client), signals)
         .await
@@ -582,16 +584,25 @@ pub(super) fn hand_over(a: &ClientSendArgs) -> Result<HandOver> {
             Ok(HandOver::Answered(ExitCode::FAILURE))
         }
         Ok(Reply::NotProven { id, text }) => {
-            let error = letterlock::text::line(&text);
+            let (error, hint) = agent::split_hint(&text);
+            let error = letterlock::text::line(error);
             print_not_delivered(a.json, &format!("{error} (sent by the agent)"), Some(id));
-            say_hint(NO_ACK_HINT);
+            // An agent older than its hints gives none: this one is never wrong here.
+            say_hint(&hint.map_or_else(
+                || NO_ACK_HINT.to_owned(),
+                |hint| letterlock::text::line(hint).to_string(),
+            ));
             Ok(HandOver::Answered(ExitCode::FAILURE))
         }
-        Ok(Reply::NotDelivered(error)) => {
-            let error = letterlock::text::line(&error);
+        Ok(Reply::NotDelivered(text)) => {
             // The agent's words are text. A message over the command's own asymmetric limit
             // never gets here: it is refused before it is offered (`refuse_over_asymmetric`).
+            let (error, hint) = agent::split_hint(&text);
+            let error = letterlock::text::line(error);
             print_not_delivered(a.json, &format!("{error} (sent by the agent)"), None);
+            if let Some(hint) = hint {
+                say_hint(&letterlock::text::line(hint).to_string());
+            }
             Ok(HandOver::Answered(ExitCode::FAILURE))
         }
         Ok(Reply::Declined(why)) => {

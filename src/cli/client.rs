@@ -18,7 +18,7 @@ use letterlock::text::{ByteCount, TimeSpan};
 
 use super::mailbox::{InboxArgs, ReadArgs, ascii_json, open_mailbox};
 use super::offline::{file_reader, write_stdout_unbuffered};
-use super::{CommandSteps, Deferred, ModeArg, PairArgs, STDOUT_LIMIT, peer_key, print_hint};
+use super::{CommandSteps, Deferred, ModeArg, PairArgs, STDOUT_LIMIT, peer_key};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum ClientCommand {
@@ -700,10 +700,7 @@ async fn send_to_server(a: ClientSendArgs) -> Result<ExitCode> {
                 return Err(key);
             }
             print_not_delivered(a.json, &e.to_string(), unproven_id(&e));
-            print_hint(std::iter::successors(
-                Some(&e as &(dyn std::error::Error + 'static)),
-                |c| c.source(),
-            ));
+            super::hints::print_send_hint(&e);
             Ok(ExitCode::FAILURE)
         }
     }

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use letterlock::client::ClientError;
 use letterlock::envelope::{OpenError, SealError};
 use letterlock::keys::{self, KeyError, KeyId};
 
@@ -77,6 +78,40 @@ pub(super) fn print_hint<'a>(chain: impl Iterator<Item = &'a (dyn std::error::Er
     }
 }
 
+/// The hint for the first error in `e`'s chain (it and its causes) that has one: what
+/// [`print_hint`] prints.
+fn first_hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    chain(e).find_map(hint)
+}
+
+/// `e` and its causes.
+fn chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
+/// The hint for a `send_msg` that failed, sent by the command or by its client agent: a broken
+/// connection is explained in a sender's terms ([`SEND_CONNECTION_LOST_HINT`]), anything else
+/// as every command explains it ([`hint`]).
+pub(super) fn send_hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let lost = chain(e).find_map(|e| e.downcast_ref::<letterlock::client::ClientError>());
+    match lost {
+        Some(c @ (ClientError::Io(_) | ClientError::Closed)) if c.is_connection_lost() => {
+            Some(SEND_CONNECTION_LOST_HINT.into())
+        }
+        _ => first_hint(e),
+    }
+}
+
+/// Prints [`send_hint`] for `e`, and logs its low-level causes as [`print_hint`] does.
+pub(super) fn print_send_hint(e: &(dyn std::error::Error + 'static)) {
+    chain(e).for_each(log_detail);
+    if let Some(hint) = send_hint(e) {
+        say_hint(&hint);
+    }
+}
+
 /// Prints `hint` on stderr, as every hint is printed.
 pub(super) fn say_hint(hint: &str) {
     eprintln!("letterlock: hint: {hint}");
@@ -140,8 +175,7 @@ pub(super) fn hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
             _ => None,
         };
     }
-    if let Some(e) = e.downcast_ref::<letterlock::client::ClientError>() {
-        use letterlock::client::ClientError;
+    if let Some(e) = e.downcast_ref::<ClientError>() {
         return match e {
             ClientError::Connect { .. } => {
                 Some("is `letterlock server` running there? Check --server (HOST:PORT)".into())
@@ -267,11 +301,19 @@ pub(super) const NO_ACK_HINT: &str = "the server may hold it under that id: send
 
 /// The hint for a connection that broke in the middle of an exchange (found by a trial run: a
 /// server killed during a send or a fetch left only "Broken pipe" or "unexpected end of file").
+/// A send has its own, [`SEND_CONNECTION_LOST_HINT`].
 const CONNECTION_LOST_HINT: &str = "the connection to the server broke (it stopped or \
-     restarted, or the network failed): the server stores a message only once all of it has \
-     arrived, and deletes one it delivers only once it is acknowledged; messages already shown \
-     are kept in this folder's mailbox. Run the command again once the server is back (a \
-     message given on stdin must be given again)";
+     restarted, or the network failed): the server deletes a message it delivers only once it \
+     is acknowledged, and messages already shown are kept in this folder's mailbox. Run the \
+     command again once the server is back";
+
+/// The hint for a send whose connection broke before all of the message went out, and broke
+/// again, or could not be made again, when it was sent again (a trial run found the hint for
+/// every command speaking of received messages after a send).
+const SEND_CONNECTION_LOST_HINT: &str = "the connection to the server broke (it stopped or \
+     restarted, or the network failed) before all of the message went out, and the server \
+     stores a message only once all of it has arrived: nothing of it was stored. Send it again \
+     once the server is back (a message given on stdin must be given again)";
 
 /// The hint for a failed TLS handshake.
 fn tls_hint(e: &letterlock::tls::TlsError) -> Option<String> {
@@ -470,7 +512,6 @@ pub(super) fn key_hint(e: &KeyError, outer: &KeyError) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use letterlock::client::ClientError;
 
     /// A connection that broke mid-exchange gets a hint that says so and what to do; a local
     /// I/O error does not get it.
@@ -491,6 +532,30 @@ mod tests {
         }
         let local = ClientError::Io(std::io::ErrorKind::PermissionDenied.into());
         assert_eq!(hint(&local), None);
+    }
+
+    /// A send whose connection broke before all of it went out is explained as a send: nothing
+    /// stored, send it again; not in terms of received messages. Other failures of a send get
+    /// the hint any command gets.
+    #[test]
+    fn a_send_cut_short_is_explained_as_a_send() {
+        for e in [
+            ClientError::Io(std::io::ErrorKind::BrokenPipe.into()),
+            ClientError::Closed,
+        ] {
+            let said = send_hint(&e).unwrap_or_default();
+            assert!(said.contains("nothing of it was stored"), "{e:?}: {said}");
+            assert!(!said.contains("mailbox"), "{e:?}: {said}");
+            let fetch = hint(&e).unwrap_or_default();
+            assert!(fetch.contains("mailbox"), "{e:?}: {fetch}");
+        }
+        let no_ack = ClientError::NoAck {
+            id: letterlock::envelope::MessageId([1; 16]),
+            why: Box::new(ClientError::Closed),
+        };
+        assert_eq!(send_hint(&no_ack).as_deref(), Some(NO_ACK_HINT));
+        let local = ClientError::Io(std::io::ErrorKind::PermissionDenied.into());
+        assert_eq!(send_hint(&local), None);
     }
 
     /// A message whose answer never came is not to be sent again as a new one: the hint says

@@ -721,7 +721,7 @@ async fn replay_once(shared: &Shared, conn: u32, log: &[u8]) -> io::Result<(bool
                         return Ok((
                             false,
                             format!(
-                                "the server refused it: {message:?} ({code:?}): the handshake \
+                                "the server refused it: {message:?} (code {code}): the handshake \
                                  challenge is fresh per connection, so the recorded Auth \
                                  signature is worthless"
                             ),

@@ -203,7 +203,7 @@ impl fmt::Display for Event {
                 message,
             } => write!(
                 f,
-                "[conn {conn}] server answered Error {code:?}: {message:?}"
+                "[conn {conn}] server answered Error (code {code}): {message:?}"
             ),
             Event::Replayed {
                 conn,

@@ -216,8 +216,13 @@ fn a_message_the_agent_cannot_send_is_reported_not_delivered() {
     let (code, out, err) = send(d, &server.addr, &["--mode", "asymmetric", &long]);
     assert_eq!(code, 1, "{out}");
     assert!(err.contains("NOT delivered"), "{err}");
-    assert!(err.contains("code TooLarge"), "{err}");
+    assert!(err.contains("code 6, too large"), "{err}");
     assert!(err.contains("sent by the agent"), "{err}");
+    // With the hint the command gives when it sends by itself.
+    assert!(
+        err.contains("hint: the server refuses messages this large"),
+        "{err}"
+    );
     assert!(!out.contains("delivered"), "{out}");
     // Over the command's own limit: refused before it is offered to the agent, naming its
     // size, with the hint to use hybrid mode.
@@ -481,7 +486,9 @@ fn an_agent_whose_server_restarted_sends_on_a_new_connection() {
 
 /// The agent resends a message whose connection broke for no longer than the command's own
 /// --timeout, not its own (found by a trial run: `send_msg --timeout 3s` through an agent whose
-/// server had gone took 29 s), and says in its log that it tries again.
+/// server had gone took 29 s), and says in its log that it tries again. The command then says
+/// what it would have said sending by itself: that nothing listens there, with the same hint
+/// (found by a trial run: it said "Broken pipe", with no hint).
 #[test]
 fn an_agent_gives_up_on_a_gone_server_within_the_commands_timeout() {
     let (dir, server) = folder_with_server();
@@ -502,6 +509,27 @@ fn an_agent_gives_up_on_a_gone_server_within_the_commands_timeout() {
     assert!(
         took < std::time::Duration::from_secs(12),
         "took {took:?} for --timeout 2s: {err}"
+    );
+    assert!(err.contains(&format!("cannot connect to {addr}")), "{err}");
+    // The message may have gone out whole before the break showed: then it may be stored, and
+    // the hint is not to send it again as a new message.
+    let hint = if err.contains("delivery NOT proven") {
+        "hint: the server may hold it under that id"
+    } else {
+        "hint: is `letterlock server` running there?"
+    };
+    assert!(err.contains(hint), "{err}");
+    // Without a kept connection, the first attempt is refused at once, hinted alike.
+    let (code, _, err) = send(d, &addr, &["--timeout", "2s", "again"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(BY_AGENT), "{err}");
+    assert!(
+        err.contains(&format!("NOT delivered: cannot connect to {addr}")),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint: is `letterlock server` running there?"),
+        "{err}"
     );
     let (code, _, said) = run(d, &["client", "agent", "--stop"]);
     assert_eq!(code, 0, "{said}");

@@ -285,7 +285,7 @@ fn a_message_over_the_asymmetric_limit_gets_the_hint_to_use_hybrid_mode() {
     let out = send(&f, &server, &["--mode", "asymmetric", &long], b"");
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("code TooLarge"), "{err}");
+    assert!(err.contains("code 6, too large"), "{err}");
     assert!(
         err.contains("hint: the server refuses messages this large"),
         "{err}"

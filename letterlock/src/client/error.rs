@@ -26,7 +26,7 @@ pub enum ClientError {
     WrongServer { got: KeyId, expected: KeyId },
     /// `message` is the server's own text, shown escaped and quoted as its words: a fake
     /// server must not be able to print "delivered" on our terminal.
-    #[error("the server refused (code {code:?}); the server says: {}", crate::text::quoted(.message))]
+    #[error("the server refused (code {code}); the server says: {}", crate::text::quoted(.message))]
     Refused { code: ErrorCode, message: String },
     /// An answer that does not prove delivery: an acknowledgement of another message, or with
     /// a wrong ack tag. `id`: our message, which may or may not have been stored, when the
@@ -76,7 +76,7 @@ pub enum ClientError {
     /// apart; SQLite delivers every waiting message to each fetch). The acknowledgements
     /// before it were confirmed; nothing after it was sent.
     #[error(
-        "the server no longer holds a message this fetch received (code BadAck; the server \
+        "the server no longer holds a message this fetch received (code 8, bad delivery ack; the server \
          says: {}): another fetch with the same client key, from another machine or another \
          copy of its keys folder, most likely received and acknowledged it at the same time",
         crate::text::quoted(.message)
@@ -208,6 +208,12 @@ impl ClientError {
             ClientError::NoAck { why, .. } => why.is_connection_lost(),
             _ => false,
         }
+    }
+
+    /// Whether nothing listened at the server's address: TCP "connection refused", from a
+    /// server that is not running (or is restarting), or a wrong port.
+    pub fn is_refused_connection(&self) -> bool {
+        matches!(self, ClientError::Connect { source, .. } if source.kind() == io::ErrorKind::ConnectionRefused)
     }
 }
 

@@ -201,8 +201,11 @@ impl Client {
     /// busy (the refusal then says more than "busy"): give up with the send's own failure.
     ///
     /// After a broken connection, a server that is restarting refuses connections for a
-    /// moment (TCP "connection refused"): that is waited out too, within the deadline. Any
-    /// other failure to reconnect is returned.
+    /// moment (TCP "connection refused"): that is waited out too, within the deadline. If the
+    /// deadline comes while it still refuses, that refusal is returned: "cannot connect", with
+    /// its address, says more than the break that led to it (found by a trial run: a send
+    /// through the agent to a server that had stopped ended, after half a minute, with "Broken
+    /// pipe"). Any other failure to reconnect is returned at once.
     async fn reconnect_to_resend(
         &mut self,
         failed: &mut u32,
@@ -211,10 +214,11 @@ impl Client {
         backoff: Backoff,
         on_retry: &mut impl FnMut(&Retry),
     ) -> Result<bool, ClientError> {
+        let mut refused = None;
         loop {
             *failed = failed.saturating_add(1);
             let wait = match backoff.wait(*failed, start.elapsed(), jitter()) {
-                None => return Ok(false),
+                None => return refused.map_or(Ok(false), Err),
                 // A connection that broke says nothing of a loaded server (a kept one the
                 // server closed when idle, say): the first new one is made at once.
                 Some(_) if *failed == 1 && matches!(cause, RetryCause::ConnectionLost { .. }) => {
@@ -246,10 +250,11 @@ impl Client {
                 // our key either): the refusal says more than "busy". A last attempt that ran
                 // out of time says less than the failure that led to it (found by a review).
                 (Err(ClientError::Busy { .. } | ClientError::Timeout { .. }), _) => Ok(false),
-                (Err(ClientError::Connect { source, .. }), RetryCause::ConnectionLost { .. })
-                    if source.kind() == io::ErrorKind::ConnectionRefused =>
+                (Err(e @ ClientError::Connect { .. }), RetryCause::ConnectionLost { .. })
+                    if e.is_refused_connection() =>
                 {
-                    debug!(error = %source, "not listening yet; trying again");
+                    debug!(error = %e, "not listening yet; trying again");
+                    refused = Some(e);
                     continue;
                 }
                 (Err(e), _) => Err(e),

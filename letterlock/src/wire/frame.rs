@@ -60,7 +60,38 @@ pub enum ErrorCode {
     Unknown = 0xffff,
 }
 
+/// "6, too large": the number on the wire and its name in words; a code this version does not
+/// know is "unknown" (its number is not kept).
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ErrorCode::Unknown => f.write_str("unknown"),
+            code => write!(f, "{}, {}", *code as u16, code.words()),
+        }
+    }
+}
+
 impl ErrorCode {
+    /// The code's name in words, as docs/PROTOCOL.md gives it, for a message to a person (its
+    /// Rust name, `TooLarge`, is not for users).
+    pub fn words(self) -> &'static str {
+        match self {
+            ErrorCode::Protocol => "protocol",
+            ErrorCode::AuthFailed => "authentication failed",
+            ErrorCode::Refused => "refused",
+            ErrorCode::Replay => "replay",
+            ErrorCode::Stale => "stale",
+            ErrorCode::TooLarge => "too large",
+            ErrorCode::ModeNotAccepted => "mode not accepted",
+            ErrorCode::BadAck => "bad delivery ack",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::UnknownRecipient => "unknown recipient",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+
     pub fn from_u16(v: u16) -> ErrorCode {
         use ErrorCode::*;
         [

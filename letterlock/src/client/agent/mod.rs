@@ -29,7 +29,9 @@ use crate::envelope::{MessageId, Mode};
 
 mod serve;
 
-pub use serve::{AgentConfig, AgentError, AgentLock, AgentSocket, KeyCheck, SOCKET_TIMEOUT, serve};
+pub use serve::{
+    AgentConfig, AgentError, AgentLock, AgentSocket, HintFor, KeyCheck, SOCKET_TIMEOUT, serve,
+};
 
 /// The first bytes of every request and reply body: "LLA" and the version of this encoding.
 pub const MAGIC: [u8; 4] = *b"LLA1";
@@ -42,6 +44,27 @@ pub const MAX_SERVER: usize = 255;
 
 /// The longest text in a reply, in bytes; an agent cuts longer ones at a character boundary.
 pub const MAX_TEXT: usize = 1024;
+
+/// `text` (what failed) followed by a line feed and `hint` (what the user can do about it), as
+/// a `not delivered` or `not proven` reply carries them, if both fit in [`MAX_TEXT`]; `text`
+/// alone otherwise. A line feed in `text` becomes a space, so that the first one in the reply
+/// is where the hint starts. The command shows the hint as it shows its own ([`split_hint`]).
+pub fn with_hint(text: &str, hint: Option<&str>) -> String {
+    let text = text.replace('\n', " ");
+    match hint {
+        Some(hint) if text.len() + 1 + hint.len() <= MAX_TEXT => format!("{text}\n{hint}"),
+        _ => text,
+    }
+}
+
+/// A reply's text split into what failed and, after its first line feed, what the user can do
+/// about it ([`with_hint`]); an agent that gives no hint sends one line.
+pub fn split_hint(text: &str) -> (&str, Option<&str>) {
+    match text.split_once('\n') {
+        Some((text, hint)) => (text, Some(hint)),
+        None => (text, None),
+    }
+}
 
 /// How an agent's [`Reply::Declined`] for a request naming another server starts, followed by
 /// "ADDR, not OTHER": a reply carries text only, and a command that then fails without the
@@ -520,6 +543,29 @@ mod tests {
             wait_s: 90,
             message: Zeroizing::new(message.to_vec()),
         })
+    }
+
+    /// A reply's hint is found again after the failure it follows; a line feed in the failure
+    /// cannot start a hint, and a hint that does not fit is left out, not cut.
+    #[test]
+    fn a_failure_and_its_hint_share_a_reply_text() {
+        let text = with_hint("cannot connect", Some("is it running?"));
+        assert_eq!(
+            split_hint(&text),
+            ("cannot connect", Some("is it running?"))
+        );
+        let text = with_hint("two\nlines", None);
+        assert_eq!(split_hint(&text), ("two lines", None));
+        let text = with_hint("two\nlines", Some("hint"));
+        assert_eq!(split_hint(&text), ("two lines", Some("hint")));
+        let long = "h".repeat(MAX_TEXT);
+        let text = with_hint("failed", Some(&long));
+        assert_eq!(split_hint(&text), ("failed", None));
+        let fits = "h".repeat(MAX_TEXT - "failed".len() - 1);
+        let text = with_hint("failed", Some(&fits));
+        assert_eq!(text.len(), MAX_TEXT);
+        let body = Reply::NotDelivered(text.clone()).encode();
+        assert_eq!(Reply::decode(&body).unwrap(), Reply::NotDelivered(text));
     }
 
     /// The agent gets back at least the command's --timeout for its retries, and less than a

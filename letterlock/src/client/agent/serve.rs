@@ -51,6 +51,12 @@ const MAX_READERS: usize = 32;
 /// sending task: it must be cheap when nothing changed (compare file metadata, say).
 pub type KeyCheck = Box<dyn FnMut() -> Result<(), String> + Send + Sync>;
 
+/// What the user can do about a send that failed, if anything: sent after the failure in the
+/// reply's text ([`with_hint`](super::with_hint)), so that a command whose message the agent
+/// sent shows the hint it would have shown for its own failure. The library says what failed;
+/// only a command line knows its commands and flags.
+pub type HintFor = Box<dyn Fn(&ClientError) -> Option<String> + Send + Sync>;
+
 /// What an agent holds and how it behaves.
 pub struct AgentConfig {
     /// The server's address (HOST:PORT) as commands name it: requests naming another are
@@ -70,6 +76,8 @@ pub struct AgentConfig {
     /// Whether `identity` and `server` are still the keys the user keeps, asked before each
     /// message; `None`: they are taken to be for as long as the agent runs.
     pub keys_current: Option<KeyCheck>,
+    /// The hint for a failed send; `None`: the failure alone.
+    pub hint: Option<HintFor>,
 }
 
 /// Why an agent could not start, or stopped other than being asked to.
@@ -369,16 +377,14 @@ async fn decline_stopping(mut stream: UnixStream) {
     answer_with(&mut stream, &reply).await;
 }
 
-/// The reply for a send that failed: with the message's id when it may or may not have been
-/// stored ([`ClientError::unproven_id`]), so that the command can give it (`send_msg --json`),
-/// as it does for a message it sent itself.
-fn failed(e: &ClientError) -> Reply {
+/// The reply for a send that failed, with the hint `hint` gives for it: with the message's id
+/// when it may or may not have been stored ([`ClientError::unproven_id`]), so that the command
+/// can give it (`send_msg --json`), as it does for a message it sent itself.
+fn failed(e: &ClientError, hint: Option<&HintFor>) -> Reply {
+    let text = super::with_hint(&e.to_string(), hint.and_then(|h| h(e)).as_deref());
     match e.unproven_id() {
-        Some(id) => Reply::NotProven {
-            id,
-            text: e.to_string(),
-        },
-        None => Reply::NotDelivered(e.to_string()),
+        Some(id) => Reply::NotProven { id, text },
+        None => Reply::NotDelivered(text),
     }
 }
 
@@ -523,7 +529,7 @@ impl Agent {
             Some(client) => client,
             None => match connect(&self.config, backoff).await {
                 Ok(client) => client,
-                Err(e) => return Reply::NotDelivered(e.to_string()),
+                Err(e) => return failed(&e, self.config.hint.as_ref()),
             },
         };
         let result = client.send_sealing(sealing, backoff, on_retry).await;
@@ -542,7 +548,7 @@ impl Agent {
             }
             // After a failure the connection's state is unknown: the next message makes a new
             // one.
-            Err(e) => failed(&e),
+            Err(e) => failed(&e, self.config.hint.as_ref()),
         }
     }
 
