@@ -67,7 +67,7 @@ struct Paint {
 impl Paint {
     fn detect() -> Self {
         Paint {
-            on: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            on: crate::cli::colour(std::io::stdout().is_terminal()),
         }
     }
 

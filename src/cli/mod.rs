@@ -68,6 +68,7 @@ pub use offline::time_text;
 use offline::{KeygenArgs, OpenArgs, PairArgs, SealArgs, fingerprint, keygen, open, seal};
 use passphrase::{PassphraseArgs, PassphraseCmdArgs, change_passphrase};
 use server::{ServeArgs, ServerCommand, serve_cmd};
+pub use terminal::colour;
 
 /// Largest message `open` holds in memory to print on stdout: above it, use `-o FILE`, which
 /// streams to disk and renames only once the message verified.
@@ -80,7 +81,9 @@ const GENERAL_HELP: &str = concat!(
     " Some commands have more (e.g. `client recv_msg`, `client contacts`): each one's --help \
      lists them.\n\
      Environment: LETTERLOCK_SERVER (--server), LETTERLOCK_KEYS (--keys), LETTERLOCK_STORE \
-     (--store); RUST_LOG overrides -v/-q."
+     (--store), LETTERLOCK_PASSPHRASE (a private key's passphrase, when no --passphrase-file), \
+     LETTERLOCK_NEW_PASSPHRASE (`passphrase`'s new one); RUST_LOG overrides -v/-q; NO_COLOR \
+     (set, not empty) or TERM=dumb: no colour."
 );
 
 #[derive(Parser, Debug)]
@@ -645,7 +648,7 @@ fn init_logging(verbose: u8, quiet: bool) {
         .with_env_filter(filter)
         .with_writer(io::stderr)
         .with_target(false)
-        .with_ansi(io::stderr().is_terminal())
+        .with_ansi(terminal::colour(io::stderr().is_terminal()))
         .try_init();
 }
 

@@ -21,6 +21,16 @@ use std::io::{self, IsTerminal, Write};
 const BINARY_REFUSED: &str =
     "refusing to print a binary message to a terminal; save it with -o (or pipe it)";
 
+/// Whether to colour what goes to a stream that `is_terminal` says is (or is not) a terminal:
+/// only a terminal, and not when the user asked for none: `NO_COLOR` set to anything but the
+/// empty string (no-color.org), or `TERM=dumb` (found by a trial run: the log was coloured
+/// whatever `NO_COLOR` said, while clap's own messages in the same binary obeyed it).
+pub fn colour(is_terminal: bool) -> bool {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
+    is_terminal && !no_color && !dumb
+}
+
 /// Whether stdout is a terminal (then content is escaped, and binary content refused).
 pub(super) fn stdout_is_terminal() -> bool {
     io::stdout().is_terminal()

@@ -337,3 +337,35 @@ async fn a_clients_error_text_cannot_forge_a_server_log_line_at_debug_level() {
         assert!(!l.starts_with("2026-11-28T12:00:00"), "forged line: {l:?}");
     }
 }
+
+/// The log is coloured on a terminal, and not when the user asked for no colour: `NO_COLOR`
+/// set (to anything but "") or `TERM=dumb` (found by a trial run: `NO_COLOR` was ignored by
+/// the log while clap's own messages obeyed it).
+#[test]
+fn the_log_is_coloured_on_a_terminal_unless_no_color_says_not() {
+    let dir = client_keys();
+    let args = ["-v", "client", "send_msg", "--server", "127.0.0.1:1", "hi"];
+    let shown = |env: &[(&str, &str)]| {
+        let mut cmd = common::cli::terminal_command(dir.path(), &args);
+        cmd.env_remove("NO_COLOR").env("TERM", "xterm");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(common::cli::no_script);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("connecting"), "{text}");
+        text
+    };
+    assert!(shown(&[]).contains('\x1b'), "no colour on a terminal");
+    assert!(
+        shown(&[("NO_COLOR", "")]).contains('\x1b'),
+        "an empty NO_COLOR"
+    );
+    for env in [("NO_COLOR", "1"), ("TERM", "dumb")] {
+        let text = shown(&[env]);
+        assert!(!text.contains('\x1b'), "{env:?}: {text:?}");
+    }
+}
