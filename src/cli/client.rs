@@ -49,7 +49,7 @@ pub(super) enum ClientCommand {
                       fingerprints with NAME out of band).\n\n\
                       Exit status: 0 delivered (to the server), or with --to stored for NAME \
                       (with --wait: whether or not NAME read it in time, as the last line says); \
-                      1 not sent or not proven.",
+                      1 not sent or not proven; 2 wrong usage.",
         examples = &[
             "letterlock client send_msg \"hello\"",
             "letterlock client send_msg --file report.pdf --server 127.0.0.1:8000 --keys .",
@@ -78,7 +78,7 @@ pub(super) enum ClientCommand {
                       messages\" and \"Receiving\"); 5 a \
                       message was received and kept but not printed (binary on a terminal or \
                       with --json, or over 64 MiB): `letterlock client read ID -o FILE` gets \
-                      it; 1 an error.",
+                      it; 1 an error; 2 wrong usage.",
         examples = &[
             "letterlock client recv_msg",
             "letterlock client recv_msg --wait 2m -o received",
@@ -100,7 +100,7 @@ pub(super) enum ClientCommand {
         visible_alias = "trust_server",
         after_help = "Exit status: 0 the key was written (or was already the one kept), 1 \
                       refused: not confirmed, --fingerprint did not match, another key is kept \
-                      (see --replace), or the server could not be reached."
+                      (see --replace), or the server could not be reached; 2 wrong usage."
     )]
     TrustServer(Deferred<super::trust_server::TrustServerArgs>),
     /// Pin another client's public key under a name, for `send_msg --to NAME` and to verify
@@ -110,11 +110,13 @@ pub(super) enum ClientCommand {
     #[command(
         after_help = "Exit status: 0 pinned (or already pinned), 1 refused: NAME has another \
                       key (see --replace), the key is pinned under another name, or the file is \
-                      not a key."
+                      not a key; 2 wrong usage."
     )]
     Trust(Deferred<super::contacts::TrustArgs>),
     /// Forget a contact (pinned, or from the directory).
-    #[command(after_help = "Exit status: 0 removed, 1 no such contact (or an error).")]
+    #[command(
+        after_help = "Exit status: 0 removed, 1 no such contact (or an error), 2 wrong usage."
+    )]
     Untrust(Deferred<super::contacts::UntrustArgs>),
     /// Read the server's signed directory of the clients it trusts, verify it against the
     /// pinned server key, and list your contacts: pinned keys and directory keys.
@@ -130,7 +132,8 @@ pub(super) enum ClientCommand {
                       conflicts with a pinned key, a changed key waits for --accept, or a \
                       contact is stored under the reserved name `server` (from before that name \
                       was refused; never used: untrust it); 1 an \
-                      error (the directory did not verify, the server could not be reached)."
+                      error (the directory did not verify, the server could not be reached); 2 \
+                      wrong usage."
     )]
     Contacts(Deferred<super::contacts::ContactsArgs>),
     /// List the messages you sent to other clients and whether each was read: asks the server
@@ -142,7 +145,7 @@ pub(super) enum ClientCommand {
                       NAME\" is shown only when the tag matches the one this client kept; any \
                       other receipt is reported as not checking out.\n\n\
                       Exit status: 0 fine; 6 the server returned a receipt that does not check \
-                      out (never counted as read); 1 an error."
+                      out (never counted as read); 1 an error; 2 wrong usage."
     )]
     Receipts(Deferred<super::contacts::ReceiptsArgs>),
     /// Keep the client's key and a connection to the server for the send_msg commands that
@@ -167,7 +170,7 @@ pub(super) enum ClientCommand {
                       checked). See docs/SECURITY.md, \"The client agent\".\n\n\
                       Exit status: 0 stopped (--stop, Ctrl-C, or --persist without a message); \
                       1 it could not start (no key, the server unreachable or refusing us, an \
-                      agent already running), or --stop found no agent to stop."
+                      agent already running), or --stop found no agent to stop; 2 wrong usage."
     )]
     Agent(Deferred<super::agent::AgentArgs>),
 }

@@ -213,7 +213,7 @@ enum Command {
     /// The one-command tour: keys, a server, an interceptor, every attack, a PASS/FAIL table.
     #[command(
         after_help = "Exit status: 0 when every attack was detected (all PASS), 1 when \
-                            one was not or the tour failed.",
+                            one was not or the tour failed; 2 wrong usage.",
         hide_passphrase_file = true
     )]
     Demo,
