@@ -1268,3 +1268,31 @@ fn the_servers_own_key_is_not_trusted_as_a_client() {
     put_public(d, common::net::CLIENT, "client.pem");
     ok_text(d, &["server", "trust", "client.pem", "--name", "alice"]);
 }
+
+/// A server says, as it starts, how to read a message its log shows as stored but not its
+/// text, with its own --keys and --store (found by a trial run: the log's hint named `server
+/// read ID` alone, which in the working folder found no key, or another mailbox).
+#[test]
+fn a_server_says_how_to_read_a_stored_message_with_its_own_folders() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("srv")).unwrap();
+    put_private(&d.join("srv"), common::net::SERVER, "server_private.pem");
+    let mut cmd = common::cli::server_command(d, &["--keys", "srv", "--store", "m.db"]);
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let said = lines
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("read a stored message"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        said.as_deref(),
+        Some("read a stored message with `letterlock server read --keys srv --store m.db ID`")
+    );
+}

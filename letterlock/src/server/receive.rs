@@ -610,10 +610,10 @@ fn log_received(client: &Trusted, opened: &Opened, size: u64, preview: Option<&[
     // The client's words, escaped (crate::text): a message cannot forge or hide a log line.
     let shown = match text {
         Some(text) => format!(": {}", crate::text::quoted(text)),
-        None => format!(
-            "; stored (read it with `letterlock server read {}`)",
-            opened.header.message_id
-        ),
+        // How to read it is the command line's to say (it knows its --keys and --store).
+        None => "; stored, not shown here (binary, long, with control characters, or the text \
+                 log off)"
+            .to_owned(),
     };
     info!(
         from = %crate::text::quoted(&client.name),
