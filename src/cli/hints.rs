@@ -431,6 +431,11 @@ pub(super) fn key_hint(e: &KeyError, outer: &KeyError) -> Option<String> {
         KeyError::Permissions { path, .. } => {
             format!("run `chmod 600 {}` and try again", path.display())
         }
+        KeyError::WritableByOthers { path, .. } => format!(
+            "run `chmod o-w {}` and check that the keys in it are still the ones you trusted \
+             (`letterlock fingerprint FILE`, compared with their owners)",
+            path.display()
+        ),
         KeyError::TooSmall | KeyError::Size { .. } => refused_size(path.as_deref()),
         KeyError::GenerateSize { .. } => "choose --bits 2048, 3072 or 4096".into(),
         KeyError::Encrypted | KeyError::PassphraseUnavailable { .. } => format!(

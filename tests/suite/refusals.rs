@@ -1036,3 +1036,69 @@ fn a_key_too_small_is_refused_naming_its_file_and_what_to_do() {
         );
     }
 }
+
+/// A key file any user can write, or one in a folder any user can write (without the sticky
+/// bit), is refused with how to fix it, as ssh's StrictModes refuses such an `authorized_keys`:
+/// anyone could put their own key in its place (found by a trial run: a world-writable keys
+/// folder and pinned server key were used without a word). A sticky folder (`/tmp`'s mode) is
+/// accepted, and so is a group-writable one.
+#[test]
+fn a_key_others_can_replace_is_refused() {
+    use common::cli::{fails_text, ok_text, put_private, put_public};
+    use std::fs::Permissions;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let keys = d.join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    put_private(&keys, ALICE, "alice_private.pem");
+    put_public(&keys, BOB, "bob_public.pem");
+    std::fs::write(d.join("m.txt"), "hello").unwrap();
+    let seal = [
+        "seal",
+        "--from",
+        "keys/alice_private.pem",
+        "--to",
+        "keys/bob_public.pem",
+        "-o",
+        "-",
+        "m.txt",
+    ];
+    let chmod = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, Permissions::from_mode(mode)).unwrap();
+    };
+    let sealed = |mode: u32| {
+        chmod(&keys, mode);
+        let out = common::cli::letterlock(d, &seal);
+        chmod(&keys, 0o700);
+        out
+    };
+    // The public key itself.
+    chmod(&keys.join("bob_public.pem"), 0o666);
+    let said = fails_text(d, &seal);
+    assert!(
+        said.contains("keys/bob_public.pem is writable by every user of this machine (mode 0666)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("hint: run `chmod o-w keys/bob_public.pem`"),
+        "{said}"
+    );
+    chmod(&keys.join("bob_public.pem"), 0o644);
+    // The folder holding the keys: refused for the private key read first.
+    let out = sealed(0o777);
+    let said = common::cli::text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("keys is writable by every user"), "{said}");
+    assert!(said.contains("hint: run `chmod o-w keys`"), "{said}");
+    // Sticky, as /tmp is; group-writable: accepted.
+    for mode in [0o1777, 0o770] {
+        let out = sealed(mode);
+        assert!(
+            out.status.success(),
+            "{mode:o}: {}",
+            common::cli::text(&out)
+        );
+    }
+    ok_text(d, &seal);
+}

@@ -12,10 +12,12 @@ use super::{
 use crate::files::{self, WriteOptions};
 
 /// Reads a key file, opened once and checked through that one handle (no race between the
-/// checks and the read): a regular file, under [`MAX_KEY_FILE`] bytes, and, for a private key,
-/// readable by its owner only. Reads at most the limit whatever the file claims.
+/// checks and the read): a regular file, under [`MAX_KEY_FILE`] bytes, that not every user
+/// can replace ([`not_writable_by_others`]), and, for a private key, readable by its owner
+/// only. Reads at most the limit whatever the file claims.
 pub(crate) fn read_key_file(path: &Path, private: bool) -> Result<Zeroizing<String>, KeyError> {
     let (text, mode) = read_key_text(path)?;
+    not_writable_by_others(path, mode)?;
     // A key others can read may already be someone else's; a file that holds no private key
     // (a public key passed by mistake) is reported as that, not as a mode problem.
     if private && mode & 0o077 != 0 && text.contains("PRIVATE KEY-----") {
@@ -25,6 +27,37 @@ pub(crate) fn read_key_file(path: &Path, private: bool) -> Result<Zeroizing<Stri
         });
     }
     Ok(text)
+}
+
+/// Refuses a key file whose mode (`mode`) lets every user write it, or in a folder every user
+/// can write without the sticky bit: either way anyone on the machine could replace the key
+/// (found by a trial run: a world-writable keys folder and pinned server key were used without
+/// a word). Group-writable ones are left alone: a group may share a folder on purpose.
+fn not_writable_by_others(path: &Path, mode: u32) -> Result<(), KeyError> {
+    use std::os::unix::fs::PermissionsExt;
+    const OTHERS_WRITE: u32 = 0o002;
+    const STICKY: u32 = 0o1000;
+    if mode & OTHERS_WRITE != 0 {
+        return Err(KeyError::WritableByOthers {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    // A folder that cannot be looked at is not refused for it: the file was read from it.
+    if let Ok(meta) = fs::metadata(folder) {
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & OTHERS_WRITE != 0 && mode & STICKY == 0 {
+            return Err(KeyError::WritableByOthers {
+                path: folder.to_owned(),
+                mode,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The file's text and mode, through one handle.

@@ -139,6 +139,15 @@ pub enum KeyError {
     Exists { path: PathBuf },
     #[error("private key {path} is readable by group or others (mode {mode:04o})")]
     Permissions { path: PathBuf, mode: u32 },
+    /// A key file, or the folder that holds it, any user of the machine can write: anyone
+    /// could put their own key in its place (a pinned server key, a sender's key), as ssh's
+    /// StrictModes refuses an `authorized_keys` others can write. A folder with the sticky bit
+    /// (`/tmp`) is not refused: there others cannot replace a file they do not own.
+    #[error(
+        "{path} is writable by every user of this machine (mode {mode:04o}): anyone could put \
+         their own key in place of the one trusted; refused"
+    )]
+    WritableByOthers { path: PathBuf, mode: u32 },
     #[error("{path} is not a regular file")]
     NotRegularFile { path: PathBuf },
     #[error("{path} is over {} KiB, too large for a key file", limit / 1024)]
