@@ -358,10 +358,16 @@ impl Output {
         if let Some(file) = files::open_stream(path).with_context(cannot)? {
             return Ok(Output::Stream(path.to_owned(), file));
         }
-        files::check_replaceable(path).with_context(|| {
-            format!(
-                "{command} -o names a file to write (or a device or a pipe, written in place), \
-                 not a folder or a socket; leave -o out to write to stdout"
+        // The refusal says what is there (a folder, a link and where it leads); the hint what
+        // -o takes (found by a trial run: a link was told it was "not a folder or a socket").
+        files::check_replaceable(path).map_err(|e| {
+            super::hints::hinted_over(
+                cannot(),
+                format!(
+                    "{command} -o names a file to write (a device or a pipe is written in \
+                     place); leave -o out to write to stdout"
+                ),
+                e.into(),
             )
         })?;
         if path.symlink_metadata().is_ok() && !force {

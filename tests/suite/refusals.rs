@@ -1102,3 +1102,50 @@ fn a_key_others_can_replace_is_refused() {
     }
     ok_text(d, &seal);
 }
+
+/// `-o` naming a symbolic link or a folder is refused saying what is there, with what `-o`
+/// takes as the hint (found by a trial run: a link was told `-o` names "not a folder or a
+/// socket"), and the link's target is left as it was.
+#[test]
+fn an_output_that_is_a_link_or_a_folder_is_refused_saying_what_it_is() {
+    use common::cli::{fails_text, put_private, put_public};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put_private(d, ALICE, "alice_private.pem");
+    put_public(d, BOB, "bob_public.pem");
+    std::fs::write(d.join("m.txt"), "hello").unwrap();
+    std::fs::write(d.join("target.txt"), "kept").unwrap();
+    std::os::unix::fs::symlink("target.txt", d.join("link")).unwrap();
+    std::fs::create_dir(d.join("folder")).unwrap();
+    for (out, what) in [
+        ("link", "link is a symbolic link to target.txt"),
+        ("folder", "folder is a folder, not a file"),
+    ] {
+        let said = fails_text(
+            d,
+            &[
+                "seal",
+                "--from",
+                "alice_private.pem",
+                "--to",
+                "bob_public.pem",
+                "-o",
+                out,
+                "m.txt",
+            ],
+        );
+        assert!(
+            said.contains(&format!("cannot write {out}: {what}")),
+            "{said}"
+        );
+        assert!(
+            said.contains("hint: seal -o names a file to write"),
+            "{said}"
+        );
+        assert!(!said.contains("not a folder or a socket"), "{said}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(d.join("target.txt")).unwrap(),
+        "kept"
+    );
+}
