@@ -893,3 +893,25 @@ fn removing_a_passphrase_a_key_does_not_have_changes_nothing() {
     assert!(stderr.contains("has no passphrase"), "{stderr}");
     assert_eq!(fs::read(&key).unwrap(), before);
 }
+
+/// `passphrase` on a symbolic link to a key refuses to replace the link, saying it is one,
+/// where it leads, and to give that path (found by a trial run: it said "not a regular file"
+/// and "choose another path"); the key it leads to is unchanged, and the real path works.
+#[test]
+fn a_passphrase_for_a_key_reached_through_a_link_names_the_link_and_its_target() {
+    let (dir, key) = folder_with_alice();
+    let d = dir.path();
+    chmod_600(&key);
+    std::os::unix::fs::symlink("alice.pem", d.join("link.pem")).unwrap();
+    let before = fs::read(&key).unwrap();
+    let new = [("LETTERLOCK_NEW_PASSPHRASE", "a new pass")];
+    let err = fails(d, &["passphrase", "link.pem"], &new);
+    assert!(
+        err.contains("link.pem is a symbolic link to alice.pem"),
+        "{err}"
+    );
+    assert!(err.contains("give the path it leads to"), "{err}");
+    assert!(!err.contains("choose another path"), "{err}");
+    assert_eq!(fs::read(&key).unwrap(), before);
+    ok(d, &["passphrase", "alice.pem"], &new);
+}

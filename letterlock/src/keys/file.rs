@@ -191,9 +191,9 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32, force: bool) -> Res
         std::io::ErrorKind::AlreadyExists => KeyError::Exists {
             path: path.to_owned(),
         },
-        std::io::ErrorKind::InvalidInput => KeyError::NotRegularFile {
-            path: path.to_owned(),
-        },
+        // Not a regular file where the key goes: the error says what is there (a link and
+        // where it leads, a folder), which "not a regular file" did not (found by a trial run:
+        // `passphrase` on a link to a key was told to choose another path).
         _ => KeyError::Write {
             path: path.to_owned(),
             source,
