@@ -180,7 +180,7 @@ pub(super) struct ClientConn {
     /// Folder with client_private.pem and server_public.pem. The client also keeps its TLS
     /// handshake key there, in client_handshake.pem (0600, replaced daily; never for a
     /// passphrase-protected key), so that each command does not pay an RSA signature for it.
-    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
+    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".", value_parser = super::home_path())]
     pub(super) keys: PathBuf,
     /// Address of the server, HOST:PORT.
     #[arg(long, env = "LETTERLOCK_SERVER", default_value = "127.0.0.1:8000", value_parser = super::server_address)]

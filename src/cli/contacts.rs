@@ -41,7 +41,7 @@ pub(super) struct TrustArgs {
     #[arg(long)]
     pub(super) replace: bool,
     /// Folder with the client's keys and its mailbox (letterlock-client.db).
-    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
+    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".", value_parser = super::home_path())]
     pub(super) keys: PathBuf,
 }
 
@@ -54,7 +54,7 @@ pub(super) struct UntrustArgs {
     #[arg(long)]
     pub(super) force: bool,
     /// Folder with the client's keys and its mailbox (letterlock-client.db).
-    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
+    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".", value_parser = super::home_path())]
     pub(super) keys: PathBuf,
 }
 

@@ -61,7 +61,7 @@ async fn existing_mailbox(keys: &Path) -> Result<Option<Mailbox>> {
 #[derive(Args, Debug)]
 pub(super) struct InboxArgs {
     /// Folder with the client's keys and its mailbox (letterlock-client.db).
-    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
+    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".", value_parser = super::home_path())]
     pub(super) keys: PathBuf,
     /// Print the list as JSON: an array of {id, sender (a contact's name, or "server"),
     /// sender_source ("pinned", "directory", "server", "reserved": a contact stored under the
@@ -79,7 +79,7 @@ pub(super) struct ReadArgs {
     /// The message id, or enough of its first hexadecimal digits to tell it apart.
     pub(super) id: String,
     /// Folder with the client's keys and its mailbox (letterlock-client.db).
-    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
+    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".", value_parser = super::home_path())]
     pub(super) keys: PathBuf,
     /// Write the message to FILE (it appears only once verified; an existing file is not
     /// replaced without --force) instead of printing it; `-` is stdout, and a device or a named

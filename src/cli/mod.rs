@@ -508,6 +508,30 @@ fn refused_from_environment(
     (!given && std::env::var_os(var).is_some()).then(|| var.to_owned())
 }
 
+/// A `--keys` or `--store` value, `~` or `~/…` at its start taken as the home folder (`$HOME`),
+/// as gpg takes its `--homedir`: such a value reaches us unexpanded from a quoted argument or
+/// an environment variable (`LETTERLOCK_KEYS=~/keys` in a unit file), and was a folder named
+/// `~` made in the working folder, said as `~/keys` as if it were the home one (found by a
+/// trial run; a later `rm -rf ~/…` would hit the real one). Without a home folder it is wrong
+/// usage. Any other value is taken as it is, in any encoding.
+fn home_path() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    use clap::builder::TypedValueParser;
+    clap::builder::OsStringValueParser::new().try_map(|value: std::ffi::OsString| {
+        let path = PathBuf::from(value);
+        let Ok(rest) = path.strip_prefix("~") else {
+            return Ok(path);
+        };
+        match std::env::var_os("HOME").map(PathBuf::from) {
+            Some(home) if home.is_absolute() => Ok(home.join(rest)),
+            _ => Err(format!(
+                "{} starts with ~, but HOME names no home folder to put in its place: give \
+                 the folder's full path",
+                path.display()
+            )),
+        }
+    })
+}
+
 /// A `--server` value: HOST:PORT with a port from 1 to 65535, checked as the line is parsed so
 /// that a mistyped address is wrong usage (exit status 2), said before any key is read or
 /// passphrase asked (found by a trial run: no port, or port 99999, exited 1 after a hint that

@@ -33,7 +33,8 @@ pub(super) struct KeygenArgs {
         alias = "out",
         value_name = "KEYS",
         env = "LETTERLOCK_KEYS",
-        default_value = "."
+        default_value = ".",
+        value_parser = super::home_path()
     )]
     pub(super) out: PathBuf,
     /// Modulus size in bits: 2048, 3072 or 4096.
@@ -49,7 +50,7 @@ pub(super) struct KeygenArgs {
 #[derive(Args, Debug)]
 pub(super) struct PairArgs {
     /// Folder that holds the key files.
-    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
+    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".", value_parser = super::home_path())]
     pub(super) keys: PathBuf,
     /// Modulus size in bits: 2048, 3072 or 4096.
     #[arg(long, default_value_t = keys::DEFAULT_BITS, value_parser = super::generated_bits())]

@@ -51,7 +51,7 @@ const DAY: u64 = 24 * 60 * 60;
 pub(super) struct ServeArgs {
     /// Folder with server_private.pem (and the classroom's trusted client keys,
     /// client_public.pem and clients/NAME.pem, imported into the store at start).
-    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
+    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".", value_parser = super::home_path())]
     pub(super) keys: PathBuf,
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8000", value_parser = super::listen_address)]
@@ -59,7 +59,7 @@ pub(super) struct ServeArgs {
     /// The mailbox, which also holds the trusted clients: an SQLite file (bodies over 64 KiB
     /// live in a folder beside it), or postgres://USER[:PASSWORD]@HOST[:PORT]/DB for one
     /// PostgreSQL shared by several servers [default: KEYS/letterlock-server.db].
-    #[arg(long, env = "LETTERLOCK_STORE")]
+    #[arg(long, env = "LETTERLOCK_STORE", value_parser = super::home_path())]
     pub(super) store: Option<PathBuf>,
     /// Which modes to accept.
     #[arg(long, value_enum, default_value = "both")]
@@ -116,7 +116,7 @@ pub(super) struct ServerPairArgs {
     /// The server's mailbox (its --store), an SQLite file or a postgres:// URL: once a key is
     /// replaced, its messages queued for clients and signed by another key are counted (a
     /// missing mailbox is skipped) [default: KEYS/letterlock-server.db].
-    #[arg(long, env = "LETTERLOCK_STORE")]
+    #[arg(long, env = "LETTERLOCK_STORE", value_parser = super::home_path())]
     pub(super) store: Option<PathBuf>,
 }
 
@@ -125,11 +125,11 @@ pub(super) struct ServerPairArgs {
 pub(super) struct MailboxArgs {
     /// Folder with server_private.pem (and the classroom's client keys, imported into the
     /// store when first seen).
-    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
+    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".", value_parser = super::home_path())]
     pub(super) keys: PathBuf,
     /// The server's mailbox (its --store): an SQLite file, or a postgres:// URL
     /// [default: KEYS/letterlock-server.db].
-    #[arg(long, env = "LETTERLOCK_STORE")]
+    #[arg(long, env = "LETTERLOCK_STORE", value_parser = super::home_path())]
     pub(super) store: Option<PathBuf>,
 }
 

@@ -26,7 +26,7 @@ pub(crate) struct TrustServerArgs {
     #[arg(value_name = "HOST:PORT", env = "LETTERLOCK_SERVER", value_parser = super::server_address)]
     server: String,
     /// The client's key folder: server_public.pem is written there.
-    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".")]
+    #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".", value_parser = super::home_path())]
     keys: PathBuf,
     /// Write the key without asking if its fingerprint is this one, as the server's operator
     /// reads it out (`letterlock fingerprint server_public.pem`); refuse if it is not.

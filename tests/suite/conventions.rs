@@ -1410,3 +1410,46 @@ fn a_reader_that_leaves_stops_the_command_quietly_with_141() {
     assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
     assert_eq!(stderr(&out), "");
 }
+
+/// `--keys` and `--store` starting with `~` (quoted, or from LETTERLOCK_KEYS in a unit file)
+/// mean the home folder, as gpg's `--homedir` does: the files go there, said with the full
+/// path, and no folder named `~` is made in the working one (found by a trial run). Without a
+/// home folder it is wrong usage.
+#[test]
+fn a_keys_folder_starting_with_a_tilde_is_in_the_home_folder() {
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let keygen = |args: &[&str], env: &[(&str, &str)]| {
+        Command::new(BIN)
+            .args(["keygen", "--name", "t", "--bits", "2048"])
+            .args(args)
+            .env_remove("LETTERLOCK_KEYS")
+            .envs(env.iter().copied())
+            .current_dir(work.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let home_env = ("HOME", home.path().to_str().unwrap());
+    let said = ok(keygen(&["--keys", "~/by_flag"], &[home_env]));
+    let wrote = home.path().join("by_flag/t_private.pem");
+    assert!(wrote.is_file(), "{said}");
+    assert!(said.contains(&wrote.display().to_string()), "{said}");
+    ok(keygen(&[], &[home_env, ("LETTERLOCK_KEYS", "~/by_env")]));
+    assert!(home.path().join("by_env/t_public.pem").is_file());
+    assert!(!work.path().join("~").exists());
+    let out = Command::new(BIN)
+        .args(["keygen", "--name", "t", "--keys", "~/k"])
+        .env_remove("HOME")
+        .current_dir(work.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("HOME names no home folder"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!work.path().join("~").exists());
+}
