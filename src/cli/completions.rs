@@ -94,7 +94,70 @@ fn page(cmd: &clap::Command) -> io::Result<Vec<u8>> {
         }
         None => text.into_owned(),
     };
-    Ok(ascii_roff(&text).into_bytes())
+    Ok(ascii_roff(&man_sections(&text)).into_bytes())
+}
+
+/// `roff` with clap_mangen's EXTRA section (the text after the options in --help) given the
+/// sections a manual page has: NOTES for its prose, EXIT STATUS, ENVIRONMENT, and EXAMPLES
+/// kept line by line (found by a trial run: exit status and environment were under "EXTRA",
+/// and the examples ran together into one paragraph).
+fn man_sections(roff: &str) -> String {
+    const EXTRA: &str = ".SH EXTRA\n";
+    let Some(start) = roff.find(EXTRA) else {
+        return roff.to_owned();
+    };
+    let body_start = start + EXTRA.len();
+    let end = roff[body_start..]
+        .find("\n.SH ")
+        .map_or(roff.len(), |i| body_start + i + 1);
+    let (mut notes, mut status, mut environment, mut examples) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut in_examples = false;
+    for line in roff[body_start..end].lines() {
+        if let Some(rest) = line.strip_prefix("Examples:") {
+            in_examples = true;
+            if !rest.trim().is_empty() {
+                examples.push(rest.trim().to_owned());
+            }
+        } else if in_examples && line.starts_with("  ") {
+            examples.push(line.trim().to_owned());
+        } else if let Some(rest) = line.strip_prefix("Exit status") {
+            in_examples = false;
+            status.push(rest.trim_start_matches(':').trim().to_owned());
+        } else if let Some(rest) = line.strip_prefix("Environment:") {
+            in_examples = false;
+            environment.push(rest.trim().to_owned());
+        } else {
+            in_examples = false;
+            notes.push(if line.trim().is_empty() {
+                ".PP".to_owned()
+            } else {
+                line.to_owned()
+            });
+        }
+    }
+    while notes.first().is_some_and(|l| l == ".PP") {
+        notes.remove(0);
+    }
+    while notes.last().is_some_and(|l| l == ".PP") {
+        notes.pop();
+    }
+    let mut out = roff[..start].to_owned();
+    let mut section = |title: &str, lines: &[String]| {
+        if !lines.is_empty() {
+            out.push_str(&format!(".SH {title}\n{}\n", lines.join("\n")));
+        }
+    };
+    section("NOTES", &notes);
+    section("\"EXIT STATUS\"", &status);
+    section("ENVIRONMENT", &environment);
+    if !examples.is_empty() {
+        examples.insert(0, ".nf".to_owned());
+        examples.push(".fi".to_owned());
+    }
+    section("EXAMPLES", &examples);
+    out.push_str(&roff[end..]);
+    out
 }
 
 /// `roff` with every character outside ASCII written as groff's `\[uXXXX]` escape: troff reads

@@ -1046,7 +1046,18 @@ fn the_man_page_is_roff_and_one_page_per_command_in_a_folder() {
         if page == "letterlock-fingerprint.1" {
             assert!(text.contains(r"SHA256:\[u2026]"), "{text}");
         }
+        // The sections of a manual page, not clap_mangen's "EXTRA" (found by a trial run).
+        assert!(text.contains(".SH \"EXIT STATUS\"\n"), "{page}: {text}");
+        assert!(!text.contains(".SH EXTRA"), "{page}: {text}");
     }
+    let top = std::fs::read_to_string(dir.path().join("letterlock.1")).unwrap();
+    assert!(top.contains(".SH ENVIRONMENT\nLETTERLOCK_SERVER"), "{top}");
+    // Examples one per line, not run together into a paragraph.
+    let send = std::fs::read_to_string(dir.path().join("letterlock-client-send_msg.1")).unwrap();
+    assert!(
+        send.contains(".SH EXAMPLES\n.nf\nletterlock client send_msg \"hello\"\n"),
+        "{send}"
+    );
 }
 
 #[test]
