@@ -202,3 +202,43 @@ fn seal_slice_matches_the_streaming_seal() {
         }
     }
 }
+
+/// An asymmetric message over the receiver's limit is refused after one RSA decryption, its
+/// last chunk's, which gives the plaintext's length; not after decrypting every chunk up to the
+/// limit (a 1 MiB + 1 byte message took seconds to be refused). One at the limit opens.
+#[test]
+fn an_asymmetric_message_over_the_limit_is_refused_after_one_decryption() {
+    use letterlock::envelope::{OpenError, OpenOptions};
+    let limit = 4000;
+    let sender = private("alice3072");
+    let seal_len = |len: usize| {
+        let opts = SealOptions {
+            asymmetric_limit: len as u64,
+            ..SealOptions::mode(Mode::Asymmetric)
+        };
+        seal(sender.as_ref(), &public("bob3072"), &opts, &data(len))
+    };
+    let open_counting = |sealed: &[u8]| {
+        let bob = std::sync::Arc::new(common::v2::Counting::new("bob3072"));
+        let opts = OpenOptions {
+            asymmetric_limit: limit,
+            ..OpenOptions::default()
+        };
+        let result = letterlock::envelope::open_to_vec(bob.clone(), sender.public(), &opts, sealed);
+        let decryptions = bob.decryptions.load(std::sync::atomic::Ordering::SeqCst);
+        (result.map(|(plain, _)| plain.len()), decryptions)
+    };
+    // 4001 bytes and a 384-byte signature: 14 chunks of 318 bytes, as 4000 bytes make.
+    let over = seal_len(limit as usize + 1);
+    let at = seal_len(limit as usize);
+    assert_eq!(over.len(), at.len(), "the body's size alone cannot tell");
+    let (result, decryptions) = open_counting(&over);
+    assert!(
+        matches!(result, Err(OpenError::TooLarge { limit: 4000 })),
+        "{result:?}"
+    );
+    assert_eq!(decryptions, 1);
+    let (result, decryptions) = open_counting(&at);
+    assert_eq!(result.unwrap(), limit as usize);
+    assert_eq!(decryptions, at.len().div_ceil(384) - 1);
+}

@@ -468,6 +468,12 @@ impl OpenCore {
 
     /// Decrypts every RSA-OAEP chunk and checks that the chunking is the one a sealer makes:
     /// every chunk full but the last, which holds 1 to k − 66 bytes.
+    ///
+    /// The last chunk is decrypted first: with it the data block's length is known, and so the
+    /// plaintext's, and a message over the limit is refused after one RSA operation instead of
+    /// one per chunk up to the limit (found by a test: a 1 MiB + 1 byte message took 6 s of
+    /// decryption to be refused; the body's size alone cannot tell, since a chunk holds about
+    /// 300 bytes). Its label names its index and the count, so it decrypts alone.
     fn open_asymmetric(
         &self,
         identity: &dyn Identity,
@@ -481,16 +487,14 @@ impl OpenCore {
         }
         let count = u32::try_from(body.len() / k).map_err(|_| OpenError::Verification)?;
         let hh = header_hash(&self.header_bytes);
-        let mut data = Zeroizing::new(Vec::with_capacity(count as usize * max));
-        for (index, block) in (0u32..).zip(body.chunks_exact(k)) {
+        let decrypt = |index: u32, block: &[u8]| {
             let plain = identity
                 .decrypt_oaep(block, &chunk_label(&hh, index, count))
                 .map_err(|_| {
                     debug!(index, "an asymmetric chunk did not decrypt");
                     OpenError::Verification
                 })?;
-            let last = index + 1 == count;
-            let well_formed = if last {
+            let well_formed = if index + 1 == count {
                 (1..=max).contains(&plain.len())
             } else {
                 plain.len() == max
@@ -503,8 +507,22 @@ impl OpenCore {
                 );
                 return Err(OpenError::Verification);
             }
-            data.extend_from_slice(&plain);
+            Ok(plain)
+        };
+        let (blocks, last_block) = body.split_at(body.len() - k);
+        let last = decrypt(count - 1, last_block)?;
+        let data_len = blocks.len() / k * max + last.len();
+        let plaintext_len = data_len.saturating_sub(self.plain.sig_len) as u64;
+        if plaintext_len > self.plain.max_plaintext {
+            return Err(OpenError::TooLarge {
+                limit: self.plain.max_plaintext,
+            });
         }
+        let mut data = Zeroizing::new(Vec::with_capacity(data_len));
+        for (index, block) in (0u32..).zip(blocks.chunks_exact(k)) {
+            data.extend_from_slice(&decrypt(index, block)?);
+        }
+        data.extend_from_slice(&last);
         Ok(data)
     }
 }
