@@ -78,7 +78,9 @@ pub(super) enum ClientCommand {
                       messages\" and \"Receiving\"); 5 a \
                       message was received and kept but not printed (binary on a terminal or \
                       with --json, or over 64 MiB): `letterlock client read ID -o FILE` gets \
-                      it; 1 an error; 2 wrong usage.",
+                      it; 130 interrupted by Ctrl-C (143 by SIGTERM): the messages shown \
+                      are kept, the others stay on the server for the next recv_msg; 1 an \
+                      error; 2 wrong usage.",
         examples = &[
             "letterlock client recv_msg",
             "letterlock client recv_msg --wait 2m -o received",
@@ -1166,8 +1168,20 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
     // The key first (a passphrase typed slowly holds nobody up), then the folder, then the
     // server: a run that waits for another one has no connection idling meanwhile.
     let keys = ClientKeys::load(&a.conn)?;
-    let _folder = lock_keys_for_recv(&a.conn.keys, a.conn.timeout).await?;
-    let mut client = connect_with(&a.conn, keys).await?;
+    // Ctrl-C and SIGTERM from here on (after the passphrase prompt, which they end the usual
+    // way) stop the command with their exit status, 130 or 143, and "interrupted". Found by a
+    // trial run: a `recv_msg --wait` started with `&` by a script (which ignores Ctrl-C in
+    // it) waited out its time, said "no messages" and exited 0, as if nothing had been asked.
+    let mut stop = std::pin::pin!(super::stop_signal_status()?);
+    let waited = unless_stopped(stop.as_mut(), async {
+        let folder = lock_keys_for_recv(&a.conn.keys, a.conn.timeout).await?;
+        anyhow::Ok((folder, connect_with(&a.conn, keys).await?))
+    })
+    .await;
+    let (_folder, mut client) = match waited {
+        Ok(ready) => ready?,
+        Err(status) => return Ok(interrupted(status)),
+    };
     let output = match &a.output {
         Some(dir) => Output::Dir(dir.clone()),
         None => Output::Memory {
@@ -1188,27 +1202,37 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
     let deadline = Deadline::after(a.wait);
     let mut total = FetchReport::default();
     let mut shown = Shown::default();
-    let result = loop {
-        let got = client
-            .fetch_from_contacts(&output, &mut record, &mailbox, contacts.clone(), |event| {
-                report_event(&event, a.json, &read_cmd, &a.conn, &mut shown)
-            })
-            .await;
-        let got = match got {
-            Ok(got) => got,
-            Err(e) => break Err(e),
-        };
-        total.new += got.new;
-        total.repeats += got.repeats;
-        total.set_aside += got.set_aside;
-        let any = total.new + total.repeats + total.set_aside;
-        if any > 0 || deadline.passed() {
-            break Ok(());
+    let fetching = async {
+        loop {
+            let got = client
+                .fetch_from_contacts(&output, &mut record, &mailbox, contacts.clone(), |event| {
+                    report_event(&event, a.json, &read_cmd, &a.conn, &mut shown)
+                })
+                .await;
+            let got = match got {
+                Ok(got) => got,
+                Err(e) => break Err(e),
+            };
+            total.new += got.new;
+            total.repeats += got.repeats;
+            total.set_aside += got.set_aside;
+            let any = total.new + total.repeats + total.set_aside;
+            if any > 0 || deadline.passed() {
+                break Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     };
+    let result = unless_stopped(stop.as_mut(), fetching).await;
+    // Stopped part-way through a fetch, nothing is lost: each message shown was kept and
+    // recorded first, and the server deletes only what was acknowledged (the next recv_msg
+    // gets the rest, and acknowledges a recorded one as a repeat without showing it again).
+    // Closing waits for a mailbox write in progress, so what is kept is kept whole.
     mailbox.close().await?;
-    result?;
+    match result {
+        Ok(fetched) => fetched?,
+        Err(status) => return Ok(interrupted(status)),
+    }
     if total.new + total.repeats + total.set_aside == 0 {
         status!("no messages");
     } else if total.set_aside > 0 {
@@ -1226,6 +1250,31 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `work`, unless Ctrl-C or SIGTERM (`stop`, from [`super::stop_signal_status`]) comes first:
+/// then `work` is dropped where it waits, and the signal's exit status is the error.
+async fn unless_stopped<T>(
+    stop: std::pin::Pin<&mut impl std::future::Future<Output = i32>>,
+    work: impl std::future::Future<Output = T>,
+) -> std::result::Result<T, i32> {
+    tokio::select! {
+        done = work => Ok(done),
+        status = stop => Err(status),
+    }
+}
+
+/// How `recv_msg` ends on Ctrl-C or SIGTERM: with the exit status a shell gives a command that
+/// signal killed (`status`: 130, 143), as ssh and gpg do, once it says so (even with --quiet:
+/// a script must not read the stop as "no messages"). A message file being written to -o's
+/// folder under a temporary name is removed; the messages shown were kept.
+fn interrupted(status: i32) -> ExitCode {
+    letterlock::files::remove_unfinished();
+    eprintln!(
+        "letterlock: interrupted; the messages shown so far are kept in the mailbox \
+         (`letterlock client inbox`), the others stay on the server for the next recv_msg"
+    );
+    ExitCode::from(u8::try_from(status).unwrap_or(1))
 }
 
 /// The `client read` command line that reads this key folder's mailbox, for the hints that

@@ -9,7 +9,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 
-use common::cli::{classroom_folder, command, server_command};
+use common::cli::{BinServer, Watched, classroom_folder, command, ok, server_command};
 
 /// Starts `cmd` with its stdout piped, waits for its first line, sends `signal` at once, and
 /// returns the first line, everything printed after it, and the exit code.
@@ -73,6 +73,43 @@ fn an_interceptor_stopped_as_soon_as_it_intercepts_says_so_and_exits() {
     assert!(first.starts_with("intercepting "), "{first}");
     assert_eq!(code, Some(0), "killed instead of stopped; printed {rest}");
     assert!(rest.contains("stopped"), "{rest}");
+}
+
+/// `recv_msg --wait` stopped by Ctrl-C or SIGTERM while it waits says "interrupted" and exits
+/// as the signal would have, 130 or 143 (found by a trial run: started with `&` by a script,
+/// which ignores Ctrl-C in it, it waited out its time, said "no messages" and exited 0). The
+/// message it showed before stays in the mailbox, and a message sent after is the next run's.
+#[test]
+fn a_waiting_recv_msg_stopped_says_interrupted_and_exits_as_the_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    classroom_folder(d);
+    let server = BinServer::start(d, &[]);
+    let recv = ["client", "recv_msg", "--server", &server.addr];
+    ok(d, &["server", "send_msg", "--to", "client", "shown first"]);
+    assert_eq!(ok(d, &recv), "shown first");
+    for (signal, status) in [("-INT", 130), ("-TERM", 143)] {
+        let waiting = command(d, &[&["-v"], &recv[..], &["--wait", "60"]].concat());
+        let mut waiting = Watched::spawn(waiting);
+        // Said once the mailbox is open: recv_msg is in its --wait loop.
+        waiting.wait_for("mailbox writer started");
+        let killed = Command::new("kill")
+            .args([signal, &waiting.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let (out, said) = waiting.finish();
+        let said = said.join("\n");
+        assert_eq!(out.status.code(), Some(status), "{signal}: {said}");
+        assert!(said.contains("letterlock: interrupted"), "{signal}: {said}");
+        assert!(!said.contains("no messages"), "{signal}: {said}");
+        assert!(out.stdout.is_empty(), "{signal}");
+    }
+    let inbox: serde_json::Value =
+        serde_json::from_str(&ok(d, &["client", "inbox", "--json"])).unwrap();
+    assert_eq!(inbox.as_array().map(Vec::len), Some(1), "{inbox}");
+    ok(d, &["server", "send_msg", "--to", "client", "sent after"]);
+    assert_eq!(ok(d, &recv), "sent after");
 }
 
 /// `open` writes the plaintext as it decrypts it, before the signature at the end is checked,
