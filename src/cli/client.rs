@@ -1349,9 +1349,12 @@ fn report_event(
             match &r.content {
                 Content::Memory(text) if binary_on_terminal(text) => {
                     shown.not_shown += 1;
+                    // Not "pipe recv_msg's output" (found by a trial run): the message is
+                    // received now, so recv_msg again says "no messages"; `client read` writes
+                    // it to a pipe.
                     eprintln!(
                         "{said} is binary: not printed on a terminal; save it with `{read_cmd} \
-                         {id} -o FILE`, or pipe recv_msg's output"
+                         {id} -o FILE`, or pipe `{read_cmd} {id}` to a program"
                     );
                 }
                 Content::Memory(text) => {

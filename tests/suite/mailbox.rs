@@ -347,6 +347,16 @@ fn binary_content_for_a_terminal_is_kept_acknowledged_and_explained() {
     let rows = inbox(d);
     assert_eq!(rows.len(), 1);
     let id = rows[0]["id"].as_str().unwrap();
+    // The hint names the commands that get it now, and nothing that would say "no messages".
+    assert!(
+        screen.contains(&format!("`letterlock client read {id} -o FILE`")),
+        "{screen}"
+    );
+    assert!(
+        screen.contains(&format!("pipe `letterlock client read {id}`")),
+        "{screen}"
+    );
+    assert!(!screen.contains("pipe recv_msg"), "{screen}");
     let (code, _, err) = run(d, &["client", "read", id, "-o", "binary.out"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(std::fs::read(d.join("binary.out")).unwrap(), binary);
