@@ -82,8 +82,9 @@ pub(super) struct ReadArgs {
     #[arg(long, env = "LETTERLOCK_KEYS", default_value = ".", value_parser = super::home_path())]
     pub(super) keys: PathBuf,
     /// Write the message to FILE (it appears only once verified; an existing file is not
-    /// replaced without --force) instead of printing it; `-` is stdout, and a device or a named
-    /// pipe (`/dev/stdout`, a FIFO) gets it as stdout does.
+    /// replaced without --force) instead of printing it; `-` is stdout, where binary content
+    /// is shown escaped on a terminal instead of refused, and a device or a named pipe
+    /// (`/dev/stdout`, a FIFO) gets it as stdout does.
     #[arg(short, long, value_name = "FILE")]
     pub(super) output: Option<PathBuf>,
     /// Replace FILE if it exists.
@@ -285,7 +286,7 @@ async fn read_kept(mailbox: &Mailbox, a: &ReadArgs) -> Result<ExitCode> {
     let saved = match &output {
         Output::File(path) => format!(", saved to {}", path.display()),
         Output::Stream(path, _) => format!(", written to {}", path.display()),
-        Output::Stdout => String::new(),
+        Output::Stdout | Output::StdoutAsked => String::new(),
     };
     let opened = tokio::task::spawn_blocking({
         let replace = a.force;

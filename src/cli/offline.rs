@@ -84,8 +84,9 @@ pub(super) struct SealArgs {
     /// How to encrypt: hybrid (AES-256-GCM, any size) or asymmetric (RSA only, up to 1 MiB).
     #[arg(long, value_enum, default_value = "hybrid")]
     pub(super) mode: ModeArg,
-    /// Where to write the sealed message (default, or `-`: stdout). A device or a named pipe
-    /// (`/dev/null`, a FIFO) is written as the message is sealed.
+    /// Where to write the sealed message (default: stdout, refused on a terminal without -a;
+    /// `-`: stdout even on a terminal, as age's `-o -`). A device or a named pipe (`/dev/null`,
+    /// a FIFO) is written as the message is sealed.
     #[arg(short, long, value_name = "FILE")]
     pub(super) output: Option<PathBuf>,
     /// Write base64 text between BEGIN/END lines instead of binary.
@@ -118,8 +119,9 @@ pub(super) struct OpenArgs {
     #[arg(long, value_name = "PUBLIC_KEY")]
     pub(super) from: PathBuf,
     /// Where to write the plaintext. It appears only once the message verified.
-    /// Without it (or with `-`), plaintext goes to stdout, up to 64 MiB; a device or a named
-    /// pipe (`/dev/stdout`, a FIFO) gets it as stdout does.
+    /// Without it, plaintext goes to stdout, up to 64 MiB (binary plaintext refused on a
+    /// terminal; `-` shows it there escaped); a device or a named pipe (`/dev/stdout`, a FIFO)
+    /// gets it as stdout does.
     #[arg(short, long, value_name = "FILE")]
     pub(super) output: Option<PathBuf>,
     /// Largest plaintext accepted in asymmetric mode, in bytes. An asymmetric message costs
@@ -324,8 +326,12 @@ pub(super) fn file_reader(p: &Path) -> Result<Box<dyn Read + Send>> {
 /// Where `-o` sends what a command writes.
 #[derive(Debug)]
 pub(super) enum Output {
-    /// No `-o`, or `-o -` (as for age and gpg).
+    /// No `-o`, or a name of stdout (`/dev/stdout`): binary output refused on a terminal.
     Stdout,
+    /// `-o -`: stdout asked for by name, on a terminal too, as age's `-o -` forces binary
+    /// output there (found by a trial run: `seal -o -` was refused like `seal`). `seal` writes
+    /// the binary message; `open` and `client read` show binary plaintext escaped.
+    StdoutAsked,
     /// A character device or a named pipe (`/dev/null`, `/dev/stdout`, a FIFO), open for
     /// writing: it cannot be replaced by a new file, so it is written in place, as a shell's
     /// `>` writes it ([`files::open_stream`]).
@@ -353,7 +359,11 @@ impl Output {
     /// A pipe is opened here, which waits for its reader.
     pub(super) fn of(path: Option<&Path>, force: bool, command: &str) -> Result<Output> {
         let Some(path) = path.filter(|p| !names_stdout(p)) else {
-            return Ok(Output::Stdout);
+            return Ok(if path == Some(Path::new("-")) {
+                Output::StdoutAsked
+            } else {
+                Output::Stdout
+            });
         };
         let cannot = || format!("cannot write {}", path.display());
         if let Some(file) = files::open_stream(path).with_context(cannot)? {
@@ -400,7 +410,7 @@ impl Output {
     /// The path named, for messages and logs ("stdout" for stdout).
     pub(super) fn name(&self) -> String {
         match self {
-            Output::Stdout => "stdout".to_owned(),
+            Output::Stdout | Output::StdoutAsked => "stdout".to_owned(),
             Output::Stream(path, _) | Output::File(path) => path.display().to_string(),
         }
     }
@@ -412,6 +422,7 @@ impl Output {
 pub(super) fn write_verified(to: &mut Output, plain: &[u8]) -> io::Result<()> {
     match to {
         Output::Stream(_, file) => terminal::write_content_to(file, plain, false),
+        Output::StdoutAsked => terminal::write_content_asked(plain),
         Output::Stdout | Output::File(_) => print_plaintext(plain),
     }
 }
@@ -427,7 +438,7 @@ pub(super) fn too_large_to_hold(e: OpenError, to: &Output, command: &str) -> any
                      as for stdout)",
                     path.display()
                 ),
-                Output::Stdout | Output::File(_) => "stdout".to_owned(),
+                Output::Stdout | Output::StdoutAsked | Output::File(_) => "stdout".to_owned(),
             };
             anyhow::anyhow!(
                 "the message is larger than the {} MiB held until verified for {held}; save it \
@@ -466,14 +477,18 @@ pub(super) fn seal(a: SealArgs) -> Result<ExitCode> {
         output = %output.name(),
         "sealing"
     );
-    // Before stdin is read (or announced on a terminal): binary output is refused there.
+    // Before stdin is read (or announced on a terminal): binary output is refused there,
+    // unless `-o -` asked for stdout by name.
     let to_terminal = match &output {
-        Output::File(_) => false,
+        Output::File(_) | Output::StdoutAsked => false,
         Output::Stream(_, file) => file.is_terminal(),
         Output::Stdout => io::stdout().is_terminal(),
     };
     if !a.armor && to_terminal {
-        bail!("refusing to write a binary message to a terminal; use -o FILE or -a (--armor)");
+        bail!(
+            "refusing to write a binary message to a terminal; use -o FILE or -a (--armor), or \
+             -o - to write it there anyway"
+        );
     }
     let reader = match a.input.as_deref().map(read_small).transpose()?.flatten() {
         Some(whole) => Plain::Whole(whole),
@@ -505,7 +520,7 @@ pub(super) fn seal(a: SealArgs) -> Result<ExitCode> {
             let w = io::BufWriter::new(file);
             seal_into(sender, &recipient, &opts, reader, w, a.armor)?.0
         }
-        Output::Stdout => {
+        Output::Stdout | Output::StdoutAsked => {
             let w = io::BufWriter::new(io::stdout());
             seal_into(sender, &recipient, &opts, reader, w, a.armor)?.0
         }

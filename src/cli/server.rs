@@ -212,7 +212,7 @@ pub(super) enum ServerCommand {
         #[arg(long, value_name = "NAME")]
         from: Option<String>,
         /// Write the plaintext to FILE instead of stdout (it appears only once verified); `-`
-        /// is stdout.
+        /// is stdout, where binary plaintext is shown escaped on a terminal instead of refused.
         #[arg(short, long)]
         output: Option<PathBuf>,
         /// Replace FILE if it exists.
@@ -1386,7 +1386,12 @@ pub(super) async fn read_inbox(
                     super::mailbox::too_large_for_terminal(e, &format!("server read {id}"))
                 })
                 .and_then(|(plain, opened)| {
-                    print_plaintext(&plain)?;
+                    // `-o -`, stdout asked for by name: as `open -o -` (`Output::StdoutAsked`).
+                    if output.is_some() {
+                        super::terminal::write_content_asked(&plain)?;
+                    } else {
+                        print_plaintext(&plain)?;
+                    }
                     Ok(opened)
                 })
         }

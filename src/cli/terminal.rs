@@ -8,7 +8,7 @@
 //! - Content goes raw only to pipes and files. On a terminal it is shown through the library's
 //!   escaping ([`letterlock::text::content`]: lines kept, every other control character
 //!   escaped), and binary content (not UTF-8) is refused with a hint to save it with `-o`, as
-//!   `seal` refuses to write binary to a terminal.
+//!   `seal` refuses to write binary to a terminal; an explicit `-o -` shows it, still escaped.
 //! - A peer's words (the text of an Error frame, a client's name) are shown quoted, escaped and
 //!   labelled as theirs ([`letterlock::text::quoted`]; the library's errors already do it).
 //! - Whatever we print on stderr passes through [`letterlock::text::line`] once more, so no
@@ -18,8 +18,8 @@ use std::fs::File;
 use std::io::{self, IsTerminal, Write};
 
 /// The hint given when binary content would go to a terminal.
-const BINARY_REFUSED: &str =
-    "refusing to print a binary message to a terminal; save it with -o (or pipe it)";
+const BINARY_REFUSED: &str = "refusing to print a binary message to a terminal; save it with -o \
+     FILE, pipe it, or pass -o - to show it here escaped";
 
 /// Whether to colour what goes to a stream that `is_terminal` says is (or is not) a terminal:
 /// only a terminal, and not when the user asked for none: `NO_COLOR` set to anything but the
@@ -47,10 +47,23 @@ pub(super) fn write_content(plain: &[u8], newline: bool) -> io::Result<()> {
 /// [`write_content`] to `out`, which is stdout or what `-o` named in its place (a device or a
 /// named pipe, `-o /dev/stdout` or `-o /dev/tty`): the same rules when it is a terminal.
 pub(super) fn write_content_to(out: &mut File, plain: &[u8], newline: bool) -> io::Result<()> {
+    if out.is_terminal() && std::str::from_utf8(plain).is_err() {
+        return Err(io::Error::other(BINARY_REFUSED));
+    }
+    write_shown(out, plain, newline)
+}
+
+/// [`write_content`] for an explicit `-o -`: binary content is shown on a terminal too, instead
+/// of refused. The user named stdout, as age's `-o -` forces binary output there; it is still
+/// escaped (each byte that is not UTF-8 as `\xNN`): a peer's bytes reach a terminal raw never.
+pub(super) fn write_content_asked(plain: &[u8]) -> io::Result<()> {
+    with_raw_stdout(|out| write_shown(out, plain, false))
+}
+
+/// Writes content to `out`: escaped on a terminal, ending with a line break; raw elsewhere,
+/// with a final line break if `newline`.
+fn write_shown(out: &mut File, plain: &[u8], newline: bool) -> io::Result<()> {
     if out.is_terminal() {
-        if std::str::from_utf8(plain).is_err() {
-            return Err(io::Error::other(BINARY_REFUSED));
-        }
         letterlock::text::content(plain).write_to(out)?;
         if !plain.is_empty() && !plain.ends_with(b"\n") {
             out.write_all(b"\n")?;

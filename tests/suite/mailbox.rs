@@ -364,9 +364,18 @@ fn binary_content_for_a_terminal_is_kept_acknowledged_and_explained() {
     let (code, screen) = on_terminal(d, &["client", "read", id]);
     assert_ne!(code, 0, "{screen}");
     assert!(screen.contains("-o"), "{screen}");
+    assert!(
+        screen.contains("pass -o - to show it here escaped"),
+        "{screen}"
+    );
     let (code, out, err) = run(d, &["client", "read", id]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, binary);
+    // `-o -` asks for stdout by name: shown on the terminal, escaped.
+    let (code, screen) = on_terminal(d, &["client", "read", id, "-o", "-"]);
+    assert_eq!(code, 0, "{screen}");
+    assert!(screen.contains(r"\x00\xff\x1b[2J\xfe\x80"), "{screen:?}");
+    assert!(!screen.contains('\u{1b}'), "{screen:?}");
     // `-o /dev/stdout` is stdout (a pipe here), and `-o /dev/null` is written in place, once
     // verified, as stdout is; neither refused as a file that cannot be replaced.
     let (code, out, err) = run(d, &["client", "read", id, "-o", "/dev/stdout"]);

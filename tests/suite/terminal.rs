@@ -229,12 +229,59 @@ fn binary_plaintext_is_refused_on_a_terminal_with_a_hint_and_written_to_a_pipe()
         "{text}"
     );
     assert!(text.contains("save it with -o"), "{text}");
+    assert!(text.contains("pass -o - to show it here escaped"), "{text}");
     // Not an I/O error while opening: the message opened (found by a trial run).
     assert!(!text.contains("I/O error"), "{text}");
 
     let out = letterlock(dir.path(), &args);
     assert!(out.status.success());
     assert_eq!(out.stdout, plain);
+
+    // `-o -` asks for stdout by name, as age's does: shown on the terminal, but escaped.
+    let args: Vec<&str> = [&args[..], &["-o", "-"]].concat();
+    let (ok, out) = on_terminal(dir.path(), &args);
+    let text = String::from_utf8_lossy(&out);
+    assert!(ok, "{text}");
+    assert_inert(&out);
+    assert!(text.contains(r"\x00\xff\xfe binary \x1b[2J"), "{text}");
+    // And to a pipe, the exact bytes as without it.
+    let out = letterlock(dir.path(), &args);
+    assert!(out.status.success());
+    assert_eq!(out.stdout, plain);
+}
+
+/// `seal` refuses to write a binary message to a terminal, with a hint that names `-o -`, and
+/// writes it there with `-o -` (age's convention; found by a trial run: `seal -o -` was refused
+/// as `seal` without -o is).
+#[test]
+fn seal_writes_a_binary_message_to_a_terminal_only_when_o_dash_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("plain"), "hi\n").unwrap();
+    let from = private_path(CLIENT);
+    let to = public_path(SERVER);
+    let seal = [
+        "seal",
+        "--from",
+        from.to_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+        "plain",
+    ];
+    let (ok, out) = on_terminal(dir.path(), &seal);
+    let text = String::from_utf8_lossy(&out);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("refusing to write a binary message to a terminal"),
+        "{text}"
+    );
+    assert!(text.contains("-o - to write it there anyway"), "{text}");
+
+    let (ok, out) = on_terminal(dir.path(), &[&seal[..], &["-o", "-"]].concat());
+    let text = String::from_utf8_lossy(&out);
+    assert!(ok, "{text}");
+    assert!(!text.contains("refusing"), "{text}");
+    // The sealed message is written: far more than the status line.
+    assert!(out.len() > 384, "{text}");
 }
 
 #[test]
