@@ -9,7 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::cli::{BinServer, letterlock, put_private, put_public, recv_msg_into};
+use common::cli::{
+    BinServer, classroom_folder, letterlock, put_private, put_public, recv_msg_into,
+};
 use common::net::{CLIENT, SERVER, clients};
 use common::{private, private_path, public_path};
 use letterlock::keys::Identity;
@@ -248,6 +250,39 @@ fn binary_plaintext_is_refused_on_a_terminal_with_a_hint_and_written_to_a_pipe()
     let out = letterlock(dir.path(), &args);
     assert!(out.status.success());
     assert_eq!(out.stdout, plain);
+}
+
+/// `server read -o -` shows a binary message on a terminal, escaped, as `open -o -` does;
+/// without `-o -` it is refused with the same hint.
+#[test]
+fn server_read_shows_binary_plaintext_escaped_with_o_dash() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    classroom_folder(d);
+    let server = BinServer::start(d, &[]);
+    std::fs::write(d.join("b.bin"), b"bin\xff\xfe\x1b[2J").unwrap();
+    let send = [
+        "client",
+        "send_msg",
+        "--server",
+        &server.addr,
+        "--file",
+        "b.bin",
+    ];
+    assert!(letterlock(d, &send).status.success());
+    let out = letterlock(d, &["server", "inbox", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = rows[0]["id"].as_str().unwrap();
+
+    let (ok, out) = on_terminal(d, &["server", "read", id]);
+    let text = String::from_utf8_lossy(&out);
+    assert!(!ok, "{text}");
+    assert!(text.contains("pass -o - to show it here escaped"), "{text}");
+    let (ok, out) = on_terminal(d, &["server", "read", id, "-o", "-"]);
+    let text = String::from_utf8_lossy(&out);
+    assert!(ok, "{text}");
+    assert_inert(&out);
+    assert!(text.contains(r"bin\xff\xfe\x1b[2J"), "{text}");
 }
 
 /// `seal` refuses to write a binary message to a terminal, with a hint that names `-o -`, and
