@@ -286,9 +286,14 @@ struct InterceptArgs {
     /// Attack the traffic this way.
     #[arg(long, value_enum)]
     tamper: Option<crate::intercept::Tamper>,
-    /// Record every byte to FILE (print it later with --show FILE).
-    #[arg(long)]
+    /// Record every byte to FILE (print it later with --show FILE). An existing FILE is
+    /// refused unless --force; a symbolic link always is.
+    #[arg(long, value_name = "FILE")]
     capture: Option<PathBuf>,
+    /// Replace an existing regular file given to --capture (never a symbolic link, a folder,
+    /// a device or a pipe).
+    #[arg(long, requires = "capture")]
+    force: bool,
     /// Search the captured bytes for this plaintext (raw, UTF-16, base64, hex); exit 3 if found.
     /// At least 6 bytes: a shorter text turns up in ciphertext by chance.
     #[arg(long, value_parser = expect_text)]
@@ -765,6 +770,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 upstream: a.upstream,
                 tamper: a.tamper,
                 capture: a.capture,
+                force: a.force,
                 expect: a.expect,
                 key_bytes: a.key_bytes,
                 show: a.show,

@@ -14,9 +14,11 @@
 //! capture ([`super::Proxy::records`], [`super::Proxy::search`]) read up to the committed length,
 //! so they never see half a record. Nothing here keeps captured bytes in memory.
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+
+use letterlock::files;
 
 use super::{Direction, InterceptError};
 
@@ -67,16 +69,14 @@ pub(super) struct CaptureWriter {
 }
 
 impl CaptureWriter {
-    /// Creates `path`, or a temporary file when `None`, and writes the magic.
-    pub(super) fn create(path: Option<&Path>) -> Result<CaptureWriter, InterceptError> {
+    /// Creates `path` ([`create_new`]: an existing file is replaced only if `replace`), or a
+    /// temporary file when `None`, and writes the magic.
+    pub(super) fn create(
+        path: Option<&Path>,
+        replace: bool,
+    ) -> Result<CaptureWriter, InterceptError> {
         let (file, path, temporary) = match path {
-            Some(path) => {
-                let file = File::create(path).map_err(|source| InterceptError::Capture {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                (file, path.to_owned(), None)
-            }
+            Some(path) => (create_new(path, replace)?, path.to_owned(), None),
             None => {
                 let temp = tempfile::Builder::new()
                     .prefix("letterlock-capture")
@@ -132,6 +132,43 @@ impl CaptureWriter {
     pub(super) fn committed(&self) -> u64 {
         self.committed
     }
+}
+
+/// A new file at `path`, made with `O_CREAT | O_EXCL` (`create_new`): never written over an
+/// existing file, nor through a symbolic link, not even one planted after the checks here
+/// (found by a trial run: `--capture` truncated an existing file, and the file a link led to,
+/// so in a shared /tmp anyone could have a proxy run as root wipe any file). With `replace`
+/// an existing regular file is removed first and a new one made in its place; a link, a
+/// folder, a device or a pipe is refused either way, as `seal -o` refuses them
+/// ([`files::check_replaceable`]).
+fn create_new(path: &Path, replace: bool) -> Result<File, InterceptError> {
+    let io_err = |source| InterceptError::Capture {
+        path: path.to_owned(),
+        source,
+    };
+    let exists = || InterceptError::CaptureExists {
+        path: path.to_owned(),
+    };
+    files::check_replaceable(path).map_err(io_err)?;
+    if path.symlink_metadata().is_ok() {
+        if !replace {
+            return Err(exists());
+        }
+        // Removing a name never follows a link: if one was put here since the check, it goes,
+        // and what it led to is untouched.
+        match fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(e)),
+            _ => {}
+        }
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => exists(),
+            _ => io_err(e),
+        })
 }
 
 /// Reads a capture file record by record: memory holds one record at a time.
@@ -266,7 +303,7 @@ mod tests {
     fn the_writer_cuts_long_reads_and_the_reader_refuses_longer_records() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.cap");
-        let mut w = CaptureWriter::create(Some(&path)).unwrap();
+        let mut w = CaptureWriter::create(Some(&path), false).unwrap();
         let long = vec![0xabu8; 2 * MAX_RECORD + 5];
         w.append(1, Direction::ToServer, &long).unwrap();
         assert_eq!(w.committed(), std::fs::metadata(&path).unwrap().len());
@@ -287,7 +324,7 @@ mod tests {
 
     #[test]
     fn a_temporary_capture_is_removed_with_its_writer() {
-        let w = CaptureWriter::create(None).unwrap();
+        let w = CaptureWriter::create(None, false).unwrap();
         let path = w.path().to_owned();
         assert!(path.exists());
         drop(w);

@@ -228,6 +228,9 @@ pub enum InterceptError {
     Listen { addr: String, source: io::Error },
     #[error("capture file {}: {source}", path.display())]
     Capture { path: PathBuf, source: io::Error },
+    /// Said as `seal -o` says it: nothing is overwritten unless asked.
+    #[error("{} already exists; pass --force to replace it", path.display())]
+    CaptureExists { path: PathBuf },
     #[error("{} is not a letterlock capture: {reason}", path.display())]
     BadCapture { path: PathBuf, reason: String },
     #[error("{0}")]
@@ -243,6 +246,9 @@ pub struct Config {
     pub tamper: Option<Tamper>,
     /// Write the capture to this file; without it, to a temporary file removed with the proxy.
     pub capture: Option<PathBuf>,
+    /// Replace an existing regular file at [`Config::capture`] (`--force`); a symbolic link, a
+    /// folder, a device or a pipe there is refused all the same.
+    pub replace_capture: bool,
     /// Search everything captured for this plaintext as it arrives, and report the search
     /// after each connection.
     pub expect: Option<String>,
@@ -261,6 +267,7 @@ impl Default for Config {
         Config {
             tamper: None,
             capture: None,
+            replace_capture: false,
             expect: None,
             key_bytes: None,
             spoof_sender: None,
@@ -277,6 +284,8 @@ pub struct Options {
     pub upstream: Option<String>,
     pub tamper: Option<Tamper>,
     pub capture: Option<PathBuf>,
+    /// Replace an existing regular file at `capture`.
+    pub force: bool,
     pub expect: Option<String>,
     pub key_bytes: Option<usize>,
     /// Print this capture instead of running a proxy.
@@ -325,6 +334,7 @@ pub async fn command(o: Options) -> Result<ExitCode, InterceptError> {
         Config {
             tamper: o.tamper,
             capture: o.capture.clone(),
+            replace_capture: o.force,
             expect: o.expect.clone(),
             key_bytes: o.key_bytes,
             print: true,

@@ -130,7 +130,8 @@ impl Proxy {
         upstream: &str,
         config: Config,
     ) -> Result<Proxy, InterceptError> {
-        let capture = CaptureWriter::create(config.capture.as_deref())?;
+        // Before the listener: a refused capture file leaves nothing listening.
+        let capture = CaptureWriter::create(config.capture.as_deref(), config.replace_capture)?;
         let listener =
             TcpListener::bind(listen)
                 .await

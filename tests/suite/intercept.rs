@@ -537,6 +537,89 @@ fn show_capture(capture: &std::path::Path, expect: &str) -> std::process::Output
         .unwrap()
 }
 
+/// `--capture` never writes over an existing file nor through a symbolic link, and refuses
+/// before it listens (found by a trial run: it truncated both, so anyone could plant a link in
+/// a shared /tmp and have a proxy run as root wipe the file it led to); `--force` replaces a
+/// regular file, never a link.
+#[test]
+fn capture_refuses_an_existing_file_and_a_link_before_listening() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let existing = dir.path().join("cap.existing");
+    std::fs::write(&existing, b"precious").unwrap();
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, b"victim").unwrap();
+    let link = dir.path().join("caplink");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    // Taken: a proxy that listened before it looked at the capture would fail on this instead.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let intercept = |listen: &str, capture: &std::path::Path, force: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_letterlock"));
+        cmd.args(["intercept", "--listen", listen, "--upstream", "127.0.0.1:9"])
+            .arg("--capture")
+            .arg(capture)
+            .args(force.then_some("--force"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let refused = |capture: &std::path::Path, force: bool| {
+        let child = intercept(&taken, capture, force).spawn().unwrap();
+        let out = finished_within(child, WAIT);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(!err.contains("cannot listen"), "{err}");
+        err
+    };
+    let err = refused(&existing, false);
+    assert!(
+        err.contains("cap.existing already exists; pass --force to replace it"),
+        "{err}"
+    );
+    for force in [false, true] {
+        let err = refused(&link, force);
+        assert!(err.contains("caplink is a symbolic link to"), "{err}");
+    }
+    assert_eq!(std::fs::read(&existing).unwrap(), b"precious");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"victim");
+    assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+
+    let mut child = intercept("127.0.0.1:0", &existing, true).spawn().unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(first.starts_with("intercepting "), "{first}");
+    let capture = std::fs::read(&existing).unwrap();
+    assert_eq!(
+        capture,
+        letterlock_cli::intercept::capture::CAPTURE_MAGIC,
+        "replaced by a new capture"
+    );
+}
+
+/// What `child` printed and how it ended, once it has; killed (and the test failed) if it
+/// runs past `limit`, so a command that should have refused does not hang the test.
+fn finished_within(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// `--expect` takes no text so short that ciphertext holds it by chance, and a search says
 /// which encodings it tried (found by a trial run: `--expect a` reported a leak, `--expect ""`
 /// was taken, and the list named encodings a short text skips).
