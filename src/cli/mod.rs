@@ -287,8 +287,9 @@ struct InterceptArgs {
     #[arg(long, value_enum)]
     tamper: Option<crate::intercept::Tamper>,
     /// Record every byte to FILE (print it later with --show FILE). An existing FILE is
-    /// refused unless --force; a symbolic link always is.
-    #[arg(long, value_name = "FILE")]
+    /// refused unless --force; a symbolic link always is. Not `-`: the frames are printed on
+    /// stdout.
+    #[arg(long, value_name = "FILE", value_parser = capture_file)]
     capture: Option<PathBuf>,
     /// Replace an existing regular file given to --capture (never a symbolic link, a folder,
     /// a device or a pipe).
@@ -302,9 +303,24 @@ struct InterceptArgs {
     /// and reorder; default: assume the client's, seen in its Auth frame.
     #[arg(long)]
     key_bytes: Option<usize>,
-    /// Print a capture file instead of running a proxy.
-    #[arg(long, conflicts_with_all = ["listen", "upstream", "tamper", "capture", "key_bytes"])]
+    /// Print a capture file instead of running a proxy; `-` reads it from stdin.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "upstream", "tamper", "capture", "key_bytes"])]
     show: Option<PathBuf>,
+}
+
+/// `intercept --capture`'s FILE: not stdout (`-`, `/dev/stdout`, …), where intercept prints a
+/// line per frame; binary records among those lines would spoil both, and `--show` could not
+/// read them back (found by a trial run: `--capture -` made a file named `-`).
+fn capture_file(s: &str) -> std::result::Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    if offline::names_stdout(&path) {
+        return Err(
+            "not stdout: intercept prints its frames there, and a binary capture would be \
+             mixed with them; give a file (then --show FILE, or --show - to read one from stdin)"
+                .to_owned(),
+        );
+    }
+    Ok(path)
 }
 
 /// `intercept --expect`'s text: at least [`MIN_EXPECT`] bytes. A 1-byte text is in almost any

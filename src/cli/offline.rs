@@ -347,7 +347,7 @@ pub(super) enum Output {
 /// as stdout is, whatever it is. A file the shell redirected stdout to is written in place,
 /// not replaced by a new file (found by a trial run: `open -o /dev/stdout > out.txt` was
 /// refused, as if /dev/stdout were a file to replace).
-fn names_stdout(path: &Path) -> bool {
+pub(super) fn names_stdout(path: &Path) -> bool {
     matches!(
         path.to_str(),
         Some("-" | "/dev/stdout" | "/dev/fd/1" | "/proc/self/fd/1")

@@ -46,9 +46,25 @@ pub(super) struct PassphraseArgs {
     /// Read the private key's passphrase from the first line of FILE (for scripts and
     /// services). Otherwise LETTERLOCK_PASSPHRASE, else it is asked on the terminal.
     /// For keygen and generate_key_pair: the new key's passphrase (an empty one is refused;
-    /// leave the flag out to write a key without a passphrase).
-    #[arg(long, global = true, value_name = "FILE")]
+    /// leave the flag out to write a key without a passphrase). Not `-`: a message may come
+    /// on stdin; /dev/stdin names it when nothing else does.
+    #[arg(long, global = true, value_name = "FILE", value_parser = passphrase_path)]
     pub(super) passphrase_file: Option<PathBuf>,
+}
+
+/// A passphrase file's path, refusing `-`: stdin is where `seal`, `open` and `send_msg` take the
+/// message, and a passphrase read from it would swallow the message's first line, or the
+/// message the passphrase. `/dev/stdin` still names it, for a command whose message comes
+/// from a file (found by a trial run: `-` was looked for as a file named `-`).
+fn passphrase_path(s: &str) -> std::result::Result<PathBuf, String> {
+    if s == "-" {
+        return Err(
+            "`-` (stdin) is not taken, as a message may come on stdin too: give a file \
+                    (./- for one named -), or /dev/stdin when nothing else comes on stdin"
+                .to_owned(),
+        );
+    }
+    Ok(PathBuf::from(s))
 }
 
 /// The flag as given, set once by [`configure`] before any command runs: the key loaders deep
@@ -224,8 +240,8 @@ pub(super) struct PassphraseCmdArgs {
     #[arg(long, conflicts_with = "new_passphrase_file")]
     pub(super) remove: bool,
     /// Read the new passphrase from the first line of FILE (else LETTERLOCK_NEW_PASSPHRASE,
-    /// else it is asked twice on the terminal).
-    #[arg(long, value_name = "FILE")]
+    /// else it is asked twice on the terminal). Not `-`; /dev/stdin names stdin.
+    #[arg(long, value_name = "FILE", value_parser = passphrase_path)]
     pub(super) new_passphrase_file: Option<PathBuf>,
 }
 

@@ -173,7 +173,8 @@ fn create_new(path: &Path, replace: bool) -> Result<File, InterceptError> {
 
 /// Reads a capture file record by record: memory holds one record at a time.
 pub struct CaptureReader {
-    input: io::Take<BufReader<File>>,
+    input: io::Take<BufReader<Box<dyn Read + Send>>>,
+    /// What errors name: the file, or `stdin`.
     path: PathBuf,
 }
 
@@ -185,12 +186,25 @@ impl CaptureReader {
 
     /// Reads only the first `len` bytes: the committed part of a capture still being written.
     pub(super) fn open_prefix(path: &Path, len: u64) -> Result<CaptureReader, InterceptError> {
+        let file = File::open(path).map_err(|source| InterceptError::Capture {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_reader(Box::new(file), path, len)
+    }
+
+    /// Reads a capture from `input` (stdin for `--show -`), errors naming it `name`.
+    pub fn from_reader(
+        input: Box<dyn Read + Send>,
+        name: &Path,
+        len: u64,
+    ) -> Result<CaptureReader, InterceptError> {
+        let path = name;
         let io_err = |source| InterceptError::Capture {
             path: path.to_owned(),
             source,
         };
-        let mut input =
-            BufReader::with_capacity(MAX_RECORD, File::open(path).map_err(io_err)?).take(len);
+        let mut input = BufReader::with_capacity(MAX_RECORD, input).take(len);
         let mut magic = [0u8; CAPTURE_MAGIC.len()];
         match input.read_exact(&mut magic) {
             Ok(()) if magic == *CAPTURE_MAGIC => {}

@@ -304,7 +304,7 @@ pub async fn command(o: Options) -> Result<ExitCode, InterceptError> {
         let mut describe = frames::Describe::new(wire::DEFAULT_MAX_FRAME);
         let mut searching = o.expect.as_deref().map(search::RecordSearch::new);
         let (mut records, mut total) = (0usize, 0usize);
-        for record in CaptureReader::open(path)? {
+        for record in show_reader(path)? {
             let record = record?;
             for event in describe.record(&record) {
                 println!("{event}");
@@ -369,6 +369,27 @@ pub async fn command(o: Options) -> Result<ExitCode, InterceptError> {
             ExitCode::SUCCESS
         }
     })
+}
+
+/// The capture `--show` prints: the file, or stdin for `-` (`… | letterlock intercept --show
+/// -`, as age and gpg read `-`), refused when stdin is a terminal, where nobody types a binary
+/// capture (found by a trial run: `-` was looked for as a file named `-`).
+fn show_reader(path: &std::path::Path) -> Result<CaptureReader, InterceptError> {
+    use std::io::IsTerminal;
+    if path != std::path::Path::new("-") {
+        return CaptureReader::open(path);
+    }
+    if io::stdin().is_terminal() {
+        return Err(InterceptError::Usage(
+            "--show - reads a capture from stdin, which is a terminal here: pipe one in \
+             (--show - < FILE), or give the FILE",
+        ));
+    }
+    CaptureReader::from_reader(
+        Box::new(io::stdin()),
+        std::path::Path::new("stdin"),
+        u64::MAX,
+    )
 }
 
 fn expect_result(s: &Search) -> ExitCode {

@@ -602,6 +602,64 @@ fn capture_refuses_an_existing_file_and_a_link_before_listening() {
     );
 }
 
+/// `-` where intercept takes a file: `--show -` reads the capture from stdin, as age and gpg
+/// read `-`; `--capture -` is refused as usage (2), since the frame lines go to stdout, and
+/// makes no file named `-` (found by a trial run: `--show -` looked for a file named `-`, and
+/// `--capture -` created one).
+#[test]
+fn a_dash_shows_a_capture_from_stdin_and_is_refused_as_the_capture() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("one.cap");
+    let mut bytes = letterlock_cli::intercept::capture::CAPTURE_MAGIC.to_vec();
+    bytes.push(b'>');
+    bytes.extend_from_slice(&1u32.to_be_bytes());
+    bytes.extend_from_slice(&(PLAIN.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(PLAIN.as_bytes());
+    std::fs::write(&capture, &bytes).unwrap();
+    let damaged = dir.path().join("damaged.cap");
+    std::fs::write(&damaged, b"not a capture at all").unwrap();
+    let show = |from: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_letterlock"))
+            .args(["intercept", "--show", "-", "--expect", PLAIN])
+            .current_dir(dir.path())
+            .stdin(std::fs::File::open(from).unwrap())
+            .output()
+            .unwrap()
+    };
+    let out = show(&capture);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains(&format!("1 records, {} bytes", PLAIN.len())),
+        "{text}"
+    );
+    assert!(text.contains("!!! FOUND !!!"), "{text}");
+    let out = show(&damaged);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("stdin is not a letterlock capture"), "{err}");
+
+    // A taken address: refused at parsing, before anything is listened on or created.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    for stdout in ["-", "/dev/stdout"] {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_letterlock"))
+            .args(["intercept", "--listen", &taken, "--upstream", "127.0.0.1:9"])
+            .args(["--capture", stdout])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = finished_within(child, WAIT);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stdout}: {err}");
+        assert!(err.contains("intercept prints its frames there"), "{err}");
+    }
+    assert!(!dir.path().join("-").exists(), "a file named - was made");
+}
+
 /// What `child` printed and how it ended, once it has; killed (and the test failed) if it
 /// runs past `limit`, so a command that should have refused does not hang the test.
 fn finished_within(mut child: std::process::Child, limit: Duration) -> std::process::Output {

@@ -327,6 +327,40 @@ fn a_key_letterlock_encrypted_is_read_by_openssl_and_not_without_the_passphrase(
     assert!(!wrong.status.success());
 }
 
+/// `-` is refused as a passphrase file, as usage (2), saying why and what to give instead:
+/// stdin may carry the message (found by a trial run: `-` was looked for as a file named `-`,
+/// "No such file or directory"). `/dev/stdin`, which the refusal names, is read.
+#[test]
+fn a_dash_for_a_passphrase_file_is_refused_and_dev_stdin_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = openssl_encrypt(d, ALICE, "enc.pem", &["pkey", "-aes256"], "right");
+    let dash_for_the_key = ["--passphrase-file", "-", "fingerprint", s(&key)];
+    let dash_for_a_new_one = ["passphrase", s(&key), "--new-passphrase-file", "-"];
+    for args in [dash_for_the_key, dash_for_a_new_one] {
+        let out = letterlock(d, &args, &[("LETTERLOCK_PASSPHRASE", "right")]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("a message may come on stdin"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("/dev/stdin"), "{args:?}: {err}");
+    }
+    let args = ["--passphrase-file", "/dev/stdin", "fingerprint", s(&key)];
+    let mut child = command(d, &args)
+        .env_remove("LETTERLOCK_PASSPHRASE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"right\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(assert_ok(&args, &out).contains(&expected_id(ALICE)));
+}
+
 #[test]
 fn a_wrong_or_missing_passphrase_is_refused_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
