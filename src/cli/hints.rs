@@ -432,8 +432,15 @@ pub(super) fn key_hint(e: &KeyError, outer: &KeyError) -> Option<String> {
             format!("run `chmod 600 {}` and try again", path.display())
         }
         KeyError::WritableByOthers { path, .. } => format!(
-            "run `chmod o-w {}` and check that the keys in it are still the ones you trusted \
-             (`letterlock fingerprint FILE`, compared with their owners)",
+            "run `chmod o-w {}`, then check that the keys are still the ones you trusted \
+             (`letterlock fingerprint FILE`, compared with their owners); a file system \
+             without Unix modes (a Windows or FAT drive) shows every file writable: keep keys \
+             elsewhere",
+            path.display()
+        ),
+        KeyError::OwnedByOther { path, .. } => format!(
+            "if the key is right (check its fingerprint with its owner), copy it to a file of \
+             your own (`cp {} NEW.pem`) and use that; otherwise remove it",
             path.display()
         ),
         KeyError::TooSmall | KeyError::Size { .. } => refused_size(path.as_deref()),

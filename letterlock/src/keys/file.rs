@@ -16,40 +16,58 @@ use crate::files::{self, WriteOptions};
 /// can replace ([`not_writable_by_others`]), and, for a private key, readable by its owner
 /// only. Reads at most the limit whatever the file claims.
 pub(crate) fn read_key_file(path: &Path, private: bool) -> Result<Zeroizing<String>, KeyError> {
-    let (text, mode) = read_key_text(path)?;
-    not_writable_by_others(path, mode)?;
+    use std::os::unix::fs::PermissionsExt;
+    let (text, file) = read_key_text(path)?;
+    let mode = file.permissions().mode() & 0o777;
     // A key others can read may already be someone else's; a file that holds no private key
-    // (a public key passed by mistake) is reported as that, not as a mode problem.
+    // (a public key passed by mistake) is reported as that, not as a mode problem. Said before
+    // a mode others can write: `chmod 600` mends both.
     if private && mode & 0o077 != 0 && text.contains("PRIVATE KEY-----") {
         return Err(KeyError::Permissions {
             path: path.to_owned(),
             mode,
         });
     }
+    not_writable_by_others(path, &file)?;
     Ok(text)
 }
 
-/// Refuses a key file whose mode (`mode`) lets every user write it, or in a folder every user
-/// can write without the sticky bit: either way anyone on the machine could replace the key
-/// (found by a trial run: a world-writable keys folder and pinned server key were used without
-/// a word). Group-writable ones are left alone: a group may share a folder on purpose.
-fn not_writable_by_others(path: &Path, mode: u32) -> Result<(), KeyError> {
-    use std::os::unix::fs::PermissionsExt;
+/// Refuses a key file (`file`: its metadata, from the handle it was read through) that another
+/// user could replace, as ssh's StrictModes refuses such an `authorized_keys` (found by a trial
+/// run: a world-writable keys folder and pinned server key were used without a word; then a
+/// key another user planted in a sticky folder): one owned by anyone but us or root; one every
+/// user can write; one in a folder every user can write, unless the folder has the sticky bit
+/// (`/tmp`), where others cannot replace a file they do not own. Both the folder `path` names
+/// and, for a symbolic link, the folder the file really is in are checked. Group-writable ones
+/// are left alone: a group may share a folder on purpose.
+fn not_writable_by_others(path: &Path, file: &fs::Metadata) -> Result<(), KeyError> {
+    use std::os::unix::fs::MetadataExt;
     const OTHERS_WRITE: u32 = 0o002;
     const STICKY: u32 = 0o1000;
+    if file.uid() != nix::unistd::geteuid().as_raw() && file.uid() != 0 {
+        return Err(KeyError::OwnedByOther {
+            path: path.to_owned(),
+            uid: file.uid(),
+        });
+    }
+    let mode = file.mode() & 0o777;
     if mode & OTHERS_WRITE != 0 {
         return Err(KeyError::WritableByOthers {
             path: path.to_owned(),
             mode,
         });
     }
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let real = fs::canonicalize(path).ok();
+    let folders = [
+        Some(files::folder_of(path)),
+        real.as_deref().map(files::folder_of),
+    ];
     // A folder that cannot be looked at is not refused for it: the file was read from it.
-    if let Ok(meta) = fs::metadata(folder) {
-        let mode = meta.permissions().mode() & 0o7777;
+    for folder in folders.into_iter().flatten() {
+        let Ok(meta) = fs::metadata(folder) else {
+            continue;
+        };
+        let mode = meta.mode() & 0o7777;
         if mode & OTHERS_WRITE != 0 && mode & STICKY == 0 {
             return Err(KeyError::WritableByOthers {
                 path: folder.to_owned(),
@@ -60,10 +78,9 @@ fn not_writable_by_others(path: &Path, mode: u32) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// The file's text and mode, through one handle.
-fn read_key_text(path: &Path) -> Result<(Zeroizing<String>, u32), KeyError> {
+/// The file's text and metadata, through one handle.
+fn read_key_text(path: &Path) -> Result<(Zeroizing<String>, fs::Metadata), KeyError> {
     use std::io::Read;
-    use std::os::unix::fs::PermissionsExt;
     let read_err = |source| KeyError::Read {
         path: path.to_owned(),
         source,
@@ -75,7 +92,6 @@ fn read_key_text(path: &Path) -> Result<(Zeroizing<String>, u32), KeyError> {
             path: path.to_owned(),
         });
     }
-    let mode = meta.permissions().mode() & 0o777;
     let too_big = || KeyError::FileTooLarge {
         path: path.to_owned(),
         limit: MAX_KEY_FILE,
@@ -95,7 +111,7 @@ fn read_key_text(path: &Path) -> Result<(Zeroizing<String>, u32), KeyError> {
     let text = std::str::from_utf8(&bytes).map_err(|_| KeyError::NotText {
         path: path.to_owned(),
     })?;
-    Ok((Zeroizing::new(text.to_owned()), mode))
+    Ok((Zeroizing::new(text.to_owned()), meta))
 }
 
 /// Loads an unencrypted private key file, refusing it if group or others can read it (as

@@ -148,6 +148,13 @@ pub enum KeyError {
          their own key in place of the one trusted; refused"
     )]
     WritableByOthers { path: PathBuf, mode: u32 },
+    /// A key file owned by another user than the one running (or root): its owner can put
+    /// their own key in its place whenever they like (one planted in a shared folder, say).
+    #[error(
+        "{path} belongs to another user (uid {uid}), who could put their own key in place of \
+         the one trusted; refused"
+    )]
+    OwnedByOther { path: PathBuf, uid: u32 },
     #[error("{path} is not a regular file")]
     NotRegularFile { path: PathBuf },
     #[error("{path} is over {} KiB, too large for a key file", limit / 1024)]
