@@ -590,7 +590,9 @@ fn a_socket_that_is_not_the_users_agent_gets_nothing() {
     require_root();
     let (dir, server) = folder_with_server();
     let d = dir.path();
-    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Sticky, as /tmp is: the other user can make its socket here, and letterlock still reads
+    // our keys from the folder (it refuses keys in one every user can write without the bit).
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let socket = d.join("client_agent.sock");
     let record = d.join("received.bin");
     let listener = r#"

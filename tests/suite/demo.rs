@@ -38,7 +38,7 @@ fn demo_runs_and_every_property_passes() {
         "REPLAY refused",
         "TAMPER forge-ack:",
         "no delivery claimed",
-        "AuthFailed",
+        "code 2, authentication failed",
         "mallory as \"client\"",
         "impostor: TLS handshake failed: received fatal alert: DecryptError",
         "at rest (no network: the message's own signature)",
