@@ -584,14 +584,13 @@ pub(super) fn hand_over(a: &ClientSendArgs) -> Result<HandOver> {
             Ok(HandOver::Answered(ExitCode::FAILURE))
         }
         Ok(Reply::NotProven { id, text }) => {
-            let (error, hint) = agent::split_hint(&text);
+            let (error, _) = agent::split_hint(&text);
             let error = letterlock::text::line(error);
             print_not_delivered(a.json, &format!("{error} (sent by the agent)"), Some(id));
-            // An agent older than its hints gives none: this one is never wrong here.
-            say_hint(&hint.map_or_else(
-                || NO_ACK_HINT.to_owned(),
-                |hint| letterlock::text::line(hint).to_string(),
-            ));
+            // Always this command's own: what "not proven" means is not an agent's to say
+            // (found by a review: an agent of another version could have advised sending it
+            // again).
+            say_hint(NO_ACK_HINT);
             Ok(HandOver::Answered(ExitCode::FAILURE))
         }
         Ok(Reply::NotDelivered(text)) => {

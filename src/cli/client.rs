@@ -878,10 +878,11 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
             tracing::debug!(error = %e, "relay refused");
             let e = anyhow::anyhow!(
                 "NOT sent to {name}: the server does not trust {name}'s key {} as a client (code \
-                 12, unknown recipient); if the key is right, the server's operator must trust \
-                 it (`letterlock server trust`), and if the server lists another key for {name}, \
-                 compare fingerprints with {name} before replacing yours",
-                contact.key.id()
+                 {}); if the key is right, the server's operator must trust it (`letterlock \
+                 server trust`), and if the server lists another key for {name}, compare \
+                 fingerprints with {name} before replacing yours",
+                contact.key.id(),
+                letterlock::wire::ErrorCode::UnknownRecipient,
             );
             return fail(e);
         }

@@ -308,8 +308,9 @@ const CONNECTION_LOST_HINT: &str = "the connection to the server broke (it stopp
      command again once the server is back";
 
 /// The hint for a send whose connection broke before all of the message went out, and broke
-/// again, or could not be made again, when it was sent again (a trial run found the hint for
-/// every command speaking of received messages after a send).
+/// again when it was sent again (a trial run found the hint for every command speaking of
+/// received messages after a send). A new connection refused until the deadline ends in
+/// "cannot connect", which has the hint of its own.
 const SEND_CONNECTION_LOST_HINT: &str = "the connection to the server broke (it stopped or \
      restarted, or the network failed) before all of the message went out, and the server \
      stores a message only once all of it has arrived: nothing of it was stored. Send it again \

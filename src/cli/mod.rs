@@ -537,20 +537,23 @@ fn refused_from_environment(
 /// usage. Any other value is taken as it is, in any encoding.
 fn home_path() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
     use clap::builder::TypedValueParser;
-    clap::builder::OsStringValueParser::new().try_map(|value: std::ffi::OsString| {
-        let path = PathBuf::from(value);
-        let Ok(rest) = path.strip_prefix("~") else {
-            return Ok(path);
-        };
-        match std::env::var_os("HOME").map(PathBuf::from) {
-            Some(home) if home.is_absolute() => Ok(home.join(rest)),
-            _ => Err(format!(
-                "{} starts with ~, but HOME names no home folder to put in its place: give \
-                 the folder's full path",
-                path.display()
-            )),
-        }
-    })
+    clap::builder::OsStringValueParser::new().try_map(expand_home)
+}
+
+/// `value` as a path, a `~` or `~/…` at its start replaced by `$HOME` ([`home_path`]).
+fn expand_home(value: std::ffi::OsString) -> Result<PathBuf, String> {
+    let path = PathBuf::from(value);
+    let Ok(rest) = path.strip_prefix("~") else {
+        return Ok(path);
+    };
+    match std::env::var_os("HOME").map(PathBuf::from) {
+        Some(home) if home.is_absolute() => Ok(home.join(rest)),
+        _ => Err(format!(
+            "{} starts with ~, but HOME names no home folder to put in its place: give the \
+             folder's full path",
+            path.display()
+        )),
+    }
 }
 
 /// A `--server` value: HOST:PORT with a port from 1 to 65535, checked as the line is parsed so
@@ -703,7 +706,10 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             // `keygen --name server` makes the server's pair as `server generate_key_pair`
             // does; its mailbox is where server commands find it (LETTERLOCK_STORE, else
             // beside the keys).
-            let store = std::env::var_os("LETTERLOCK_STORE").map(PathBuf::from);
+            let store = std::env::var_os("LETTERLOCK_STORE")
+                .map(expand_home)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("LETTERLOCK_STORE: {e}"))?;
             keygen(&a.out, &a.name, a.bits, a.force, store.as_deref())
         }
         Command::Fingerprint { file, json } => fingerprint(&file, json),

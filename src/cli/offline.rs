@@ -86,9 +86,9 @@ pub(super) struct SealArgs {
     pub(super) mode: ModeArg,
     /// Where to write the sealed message (default: stdout, refused on a terminal without -a;
     /// `-`: stdout even on a terminal, as age's `-o -`). A device or a named pipe (`/dev/null`,
-    /// a FIFO) is written as the message is sealed. A new file is made mode 0600 whatever the
-    /// umask, as `open -o` makes the plaintext (the header names sender and recipient): `chmod`
-    /// it to share it.
+    /// a FIFO) is written as the message is sealed. A new file is made mode 0600 (less the umask,
+    /// never more), as `open -o` makes the plaintext (the header names sender and recipient):
+    /// `chmod` it to share it.
     #[arg(short, long, value_name = "FILE")]
     pub(super) output: Option<PathBuf>,
     /// Write base64 text between BEGIN/END lines instead of binary.

@@ -1462,5 +1462,19 @@ fn a_keys_folder_starting_with_a_tilde_is_in_the_home_folder() {
         "{}",
         stderr(&out)
     );
+    // `keygen --name server` reads LETTERLOCK_STORE itself (found by a review): the same rule.
+    let out = Command::new(BIN)
+        .args(["keygen", "--name", "server", "--keys", "k"])
+        .env_remove("HOME")
+        .env("LETTERLOCK_STORE", "~/s.db")
+        .current_dir(work.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("LETTERLOCK_STORE: ~/s.db starts with ~"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!work.path().join("~").exists());
 }

@@ -76,9 +76,10 @@ pub enum ClientError {
     /// apart; SQLite delivers every waiting message to each fetch). The acknowledgements
     /// before it were confirmed; nothing after it was sent.
     #[error(
-        "the server no longer holds a message this fetch received (code 8, bad delivery ack; the server \
+        "the server no longer holds a message this fetch received (code {}; the server \
          says: {}): another fetch with the same client key, from another machine or another \
          copy of its keys folder, most likely received and acknowledged it at the same time",
+        ErrorCode::BadAck,
         crate::text::quoted(.message)
     )]
     AckedElsewhere { message: String },
