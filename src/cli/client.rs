@@ -316,7 +316,8 @@ pub(super) struct ClientSendArgs {
     /// Print the outcome as one JSON object on stdout: {"id", "bytes", "mode", "delivered"}
     /// (and "error" when not delivered, with "id" and "stored": null when the message may or may
     /// not have been stored); with --to: {"id", "bytes", "mode", "to", "to_key", "stored",
-    /// "read"} (and "error"; "stored": null when unknown).
+    /// "read"} (and "error"; "stored": null when unknown; "read": null when --wait could not
+    /// check the receipt).
     #[arg(long)]
     pub(super) json: bool,
     /// Send to this contact (another client, through the server) instead of to the server.
@@ -909,10 +910,20 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
     }
     note_empty(relayed.plaintext_len);
     let mut read_at = None;
+    // The message is stored whatever comes of waiting for its receipt: a failure to check is
+    // said, and is not the command's failure (found by a review: exit 1 and "run the command
+    // again" after "stored" would have sent it twice).
+    let mut unchecked = None;
     if let Some(wait) = a.wait {
         let deadline = Deadline::after(wait);
         loop {
-            let (checks, _) = check_receipts(&mut client, &contacts, vec![id]).await?;
+            let checks = match check_receipts(&mut client, &contacts, vec![id]).await {
+                Ok((checks, _)) => checks,
+                Err(e) => {
+                    unchecked = Some(e);
+                    break;
+                }
+            };
             read_at = checks.iter().find_map(|c| match c {
                 ReceiptCheck::Read {
                     id: r, delivered, ..
@@ -924,7 +935,13 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        if !a.json {
+        if let Some(e) = &unchecked {
+            eprintln!(
+                "letterlock: the message is stored for {name}, but its receipt could not be \
+                 checked: {}; `letterlock client receipts` checks later (do not send it again)",
+                letterlock::text::line(&format!("{e:#}"))
+            );
+        } else if !a.json {
             match read_at {
                 Some(t) => println!("read by {name} at {}", super::offline::time_text(t)),
                 None => println!(
@@ -943,7 +960,8 @@ async fn send_to(a: ClientSendArgs, name: &str) -> Result<ExitCode> {
             "to": name,
             "to_key": contact.key.id().to_string(),
             "stored": true,
-            "read": read_at.is_some(),
+            // null: the receipt could not be checked.
+            "read": if unchecked.is_some() { None } else { Some(read_at.is_some()) },
         });
         println!("{out}");
     }

@@ -605,6 +605,60 @@ fn a_file_larger_than_a_frame_goes_from_alice_to_bob_and_bob_saves_it() {
     );
 }
 
+/// `send_msg --to --wait` whose receipt cannot be checked once the message is stored (the
+/// server stopped meanwhile) says so and exits 0, "read": null in JSON: the message is stored,
+/// and a failure there would have had it sent twice (found by a review).
+#[test]
+fn a_receipt_that_cannot_be_checked_after_the_message_was_stored_is_not_a_failure() {
+    use std::io::BufRead;
+    let w = World::start();
+    let a = w.alice.path();
+    let mut waiting = common::cli::command(
+        a,
+        &[
+            "client",
+            "send_msg",
+            "--to",
+            "bob",
+            "--wait",
+            "60s",
+            "--json",
+            "--server",
+            &w.server.addr,
+            "stored, then the server goes",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Stored once the sender's mailbox marks it: then the server goes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (code, out, err) = w.client(a, &["receipts", "--offline"]);
+        assert_eq!(code, 0, "{err}");
+        if out.contains("stored on the server") || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let World { server, .. } = w;
+    drop(server);
+    let out = waiting.wait_with_output().unwrap();
+    let text = common::cli::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("its receipt could not be checked"), "{text}");
+    assert!(text.contains("do not send it again"), "{text}");
+    let json = std::io::BufReader::new(&out.stdout[..])
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON: {text}"));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["stored"], true, "{json}");
+    assert!(v["read"].is_null(), "{json}");
+}
+
 #[test]
 fn send_msg_wait_says_read_by_bob_once_bob_received_it() {
     let w = World::start();
