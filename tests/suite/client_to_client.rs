@@ -613,7 +613,7 @@ fn a_receipt_that_cannot_be_checked_after_the_message_was_stored_is_not_a_failur
     use std::io::BufRead;
     let w = World::start();
     let a = w.alice.path();
-    let mut waiting = common::cli::command(
+    let waiting = common::cli::command(
         a,
         &[
             "client",
