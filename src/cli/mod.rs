@@ -968,6 +968,17 @@ fn load_own_private_protected(path: &Path) -> Result<(keys::PrivateKey, bool)> {
         passphrase::for_key(path, attempt)
     };
     let key = keys::load_private_with(path, passphrase::source(&ask))?;
+    // A key stored without its passphrase, where one was expected (found by a trial run: a
+    // server key replaced by `generate_key_pair --force` without one ran on, the service's
+    // --passphrase-file unread, and nothing said so).
+    if let Some(file) = passphrase::file_flag().filter(|_| !protected.get()) {
+        tracing::warn!(
+            key = %path.display(),
+            passphrase_file = %file.display(),
+            "--passphrase-file was given, but the private key is not passphrase-protected: \
+             anyone who can read the key file has the key (`letterlock passphrase` adds one)"
+        );
+    }
     Ok((key, protected.get()))
 }
 

@@ -76,7 +76,7 @@ pub(super) fn configure(args: PassphraseArgs) {
     let _ = ARGS.set(args);
 }
 
-fn file_flag() -> Option<&'static Path> {
+pub(super) fn file_flag() -> Option<&'static Path> {
     ARGS.get().and_then(|a| a.passphrase_file.as_deref())
 }
 

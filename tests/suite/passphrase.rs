@@ -949,3 +949,37 @@ fn a_passphrase_for_a_key_reached_through_a_link_names_the_link_and_its_target()
     assert_eq!(fs::read(&key).unwrap(), before);
     ok(d, &["passphrase", "alice.pem"], &new);
 }
+
+/// A server given --passphrase-file whose key has no passphrase says so in its log (found by a
+/// trial run: a server key replaced without one ran on as if protected); one whose key has one
+/// does not.
+#[test]
+fn a_passphrase_file_for_a_key_without_one_is_warned_about() {
+    use common::cli::{BinServer, put_private, server_command};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put_private(d, common::net::SERVER, "server_private.pem");
+    let pw = pass_file(d, "pw", "a passphrase");
+    let log = d.join("server.log");
+    let cmd = server_command(d, &["--passphrase-file", s(&pw)]);
+    let server = BinServer::spawn_logging(cmd, &log);
+    drop(server);
+    let said = fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains(
+            "--passphrase-file was given, but the private key is not passphrase-protected"
+        ),
+        "{said}"
+    );
+    // Protected now: no warning.
+    ok(
+        d,
+        &["passphrase", "server_private.pem"],
+        &[("LETTERLOCK_NEW_PASSPHRASE", "a passphrase")],
+    );
+    let cmd = server_command(d, &["--passphrase-file", s(&pw)]);
+    let server = BinServer::spawn_logging(cmd, &log);
+    drop(server);
+    let said = fs::read_to_string(&log).unwrap();
+    assert!(!said.contains("is not passphrase-protected"), "{said}");
+}
