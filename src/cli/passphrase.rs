@@ -318,7 +318,7 @@ fn from_env(name: &str) -> Option<Passphrase> {
 /// The first line of `path`, its line ending (`\n` or `\r\n`) removed, as `openssl -passin
 /// file:` reads it. At most [`MAX_PASSPHRASE_FILE`] bytes are read, into a wiped buffer.
 fn read_file(path: &Path) -> Result<Passphrase> {
-    let file = File::open(path)
+    let file = open_file(path)
         .with_context(|| format!("cannot read passphrase file {}", path.display()))?;
     warn_if_shared(path, &file);
     let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_PASSPHRASE_FILE as usize + 1));
@@ -340,6 +340,21 @@ fn read_file(path: &Path) -> Result<Passphrase> {
     let text = std::str::from_utf8(line)
         .with_context(|| format!("passphrase file {} is not UTF-8 text", path.display()))?;
     Ok(Passphrase::new(text.to_owned()))
+}
+
+/// Opens the passphrase file `path`. stdin's names (`/dev/stdin`, `/dev/fd/0`,
+/// `/proc/self/fd/0`) are read from the descriptor this process already holds, not opened
+/// again: a pipe another user made (`sudo cat pass | sudo -u letterlock letterlock …
+/// --passphrase-file /dev/stdin`, as docs/DEPLOY.md does) cannot be opened again by its name,
+/// which the kernel refuses (found by a trial run).
+fn open_file(path: &Path) -> io::Result<File> {
+    use std::os::fd::AsFd;
+    match path.to_str() {
+        Some("/dev/stdin" | "/dev/fd/0" | "/proc/self/fd/0") => {
+            Ok(File::from(io::stdin().as_fd().try_clone_to_owned()?))
+        }
+        _ => File::open(path),
+    }
 }
 
 /// Warns when the passphrase file is a regular file others may read: the passphrase guards

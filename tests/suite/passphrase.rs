@@ -983,3 +983,50 @@ fn a_passphrase_file_for_a_key_without_one_is_warned_about() {
     let said = fs::read_to_string(&log).unwrap();
     assert!(!said.contains("is not passphrase-protected"), "{said}");
 }
+
+/// `--passphrase-file /dev/stdin` reads a pipe another user made, as docs/DEPLOY.md's `sudo cat
+/// … | sudo -u letterlock letterlock … --passphrase-file /dev/stdin` does: the descriptor is
+/// read, not opened again by its name, which the kernel refuses to another user (found by a
+/// trial run: "Permission denied", no key). Needs root, to run the command as another user.
+#[test]
+#[ignore = "slow tier: runs a command as another user (root needed)"]
+fn a_passphrase_piped_in_by_another_user_is_read_from_dev_stdin() {
+    use std::io::Write;
+    const NOBODY: u32 = 65534;
+    let uid = std::os::unix::fs::MetadataExt::uid(&fs::metadata("/proc/self").unwrap());
+    assert_eq!(
+        uid, 0,
+        "this test runs a command as another user: run it as root (as .ci/run does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bin = d.join("letterlock-bin");
+    if fs::hard_link(common::BIN, &bin).is_err() {
+        fs::copy(common::BIN, &bin).unwrap();
+    }
+    std::os::unix::fs::chown(d, Some(NOBODY), Some(NOBODY)).unwrap();
+    let mut child = Command::new("setpriv")
+        .arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .args(["--clear-groups", "--"])
+        .arg(&bin)
+        .args(["keygen", "--name", "svc", "--bits", "2048", "--keys"])
+        .arg(d)
+        .args(["--passphrase-file", "/dev/stdin"])
+        .env_remove("LETTERLOCK_PASSPHRASE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux) is needed: apt-get install util-linux");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"piped in\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let key = fs::read_to_string(d.join("svc_private.pem")).unwrap();
+    assert!(key.contains("BEGIN ENCRYPTED PRIVATE KEY"), "{key}");
+}
