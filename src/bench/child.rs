@@ -134,7 +134,9 @@ pub(super) fn shell_line(cmd: &[OsString]) -> String {
     cmd.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
 }
 
-fn quote(arg: &OsStr) -> String {
+/// `arg` as one word of a POSIX shell: as it is when nothing in it is special, else in single
+/// quotes. Also quotes the paths in the command line's hints (`cli::server_key`).
+pub(crate) fn quote(arg: &OsStr) -> String {
     let s = arg.to_string_lossy();
     let plain = !s.is_empty()
         && s.chars()

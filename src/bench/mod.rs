@@ -42,6 +42,7 @@
 
 mod bounds;
 mod child;
+pub(crate) use child::quote as shell_quote;
 mod compare;
 mod folder;
 mod measurements;

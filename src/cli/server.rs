@@ -440,10 +440,13 @@ pub(super) async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
     }
     println!("server key {}", identity.public().id());
     println!("mailbox {}", store.describe(&store_path));
-    let args = super::server_key::command_args(&a.keys, a.store.as_deref());
     // With this server's --keys and --store (found by a trial run: the log's hint without them
-    // read another folder's mailbox, or failed for want of a key).
-    println!("read a stored message with `letterlock server read{args} ID`");
+    // read another folder's mailbox, or failed for want of a key), as absolute paths.
+    println!(
+        "read a stored message with `letterlock server read{} ID`",
+        super::server_key::absolute_command_args(&a.keys, a.store.as_deref())
+    );
+    let args = super::server_key::command_args(&a.keys, a.store.as_deref());
     for c in &trusted.clients {
         if keys::reserved_name(&c.name) {
             println!(

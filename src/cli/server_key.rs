@@ -211,16 +211,50 @@ fn say_replaced(
 
 /// ` --keys DIR` and ` --store …` as the commands of a hint need them to find this mailbox
 /// again: the folder unless it is the working one, and a store only if one was named (a
-/// PostgreSQL URL as `URL`, so that no password is printed).
+/// PostgreSQL URL as `URL`, so that no password is printed), each quoted for a shell.
 pub(super) fn command_args(keys_dir: &Path, store: Option<&Path>) -> String {
+    let quote = |p: &Path| crate::bench::shell_quote(p.as_os_str());
     let mut args = String::new();
     if keys_dir != Path::new(".") {
-        args.push_str(&format!(" --keys {}", keys_dir.display()));
+        args.push_str(&format!(" --keys {}", quote(keys_dir)));
     }
     match store {
         Some(store) if postgres_url(store).is_some() => args.push_str(" --store URL"),
-        Some(store) => args.push_str(&format!(" --store {}", store.display())),
+        Some(store) => args.push_str(&format!(" --store {}", quote(store))),
         None => {}
     }
     args
+}
+
+/// [`command_args`] with the paths made absolute: for a line read later, from another folder
+/// (the server's journal; found by a review: a relative `--keys` there named another folder).
+pub(super) fn absolute_command_args(keys_dir: &Path, store: Option<&Path>) -> String {
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    let store = store.map(|s| match postgres_url(s) {
+        Some(_) => s.to_owned(),
+        None => absolute(s),
+    });
+    command_args(&absolute(keys_dir), store.as_deref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hint's arguments paste into a shell as they are: a path a shell would split is quoted,
+    /// a PostgreSQL URL is never printed, and the working folder is left out.
+    #[test]
+    fn a_hints_arguments_are_quoted_for_a_shell() {
+        assert_eq!(
+            command_args(Path::new("my keys"), Some(Path::new("it's.db"))),
+            r" --keys 'my keys' --store 'it'\''s.db'"
+        );
+        assert_eq!(
+            command_args(Path::new("."), Some(Path::new("postgres://u:secret@h/db"))),
+            " --store URL"
+        );
+        let absolute = absolute_command_args(Path::new("k"), None);
+        assert!(absolute.starts_with(" --keys /"), "{absolute}");
+        assert!(absolute.ends_with("/k"), "{absolute}");
+    }
 }
