@@ -435,7 +435,19 @@ pub fn run() -> ExitCode {
         Err(e) => {
             terminal::print_error(&error_chain(&e));
             print_hint(e.chain());
-            ExitCode::FAILURE
+            // Wrong usage found once running (`intercept --show -` on a terminal): 2, as the
+            // --help says, like the usage errors clap finds (found by a review).
+            let usage = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<crate::intercept::InterceptError>(),
+                    Some(crate::intercept::InterceptError::Usage(_))
+                )
+            });
+            if usage {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -451,3 +451,14 @@ fn the_log_is_coloured_on_a_terminal_unless_no_color_says_not() {
         assert!(!text.contains('\x1b'), "{env:?}: {text:?}");
     }
 }
+
+/// `intercept --show -` with stdin on a terminal is wrong usage, exit 2 as its --help says
+/// (found by a review: it exited 1).
+#[test]
+fn intercept_show_dash_on_a_terminal_is_wrong_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::cli::on_terminal(dir.path(), &["intercept", "--show", "-"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("reads a capture from stdin"), "{text}");
+}
