@@ -15,7 +15,7 @@ use clap::Args;
 
 use letterlock::client::Mailbox;
 use letterlock::client::contacts::ContactsError;
-use letterlock::envelope::{self, Mode, OpenError, OpenOptions};
+use letterlock::envelope::{self, Mode, OpenOptions};
 use letterlock::files::WriteOptions;
 use letterlock::keys::{self, Identity};
 use letterlock::store::{InboxSummary, Store};
@@ -384,13 +384,6 @@ async fn find(mailbox: &Mailbox, prefix: &str) -> Result<letterlock::store::Inbo
         ),
         Err(e) => Err(e.into()),
     }
-}
-
-/// An opening error, with a message over [`STDOUT_LIMIT`] (only held for stdout) said for what
-/// it is, a size the terminal does not take, not a refusal: `command` is what to run with
-/// `-o FILE` to get it.
-pub(super) fn too_large_for_terminal(e: OpenError, command: &str) -> anyhow::Error {
-    too_large_to_hold(e, &Output::Stdout, command)
 }
 
 /// JSON text with every character outside printable ASCII written as a `\u` escape: still the

@@ -29,7 +29,6 @@ use letterlock::text::ByteCount;
 
 use super::client::MessageArgs;
 use super::hints::{INBOX_IDS, OUTBOX_IDS, hinted};
-use super::offline::print_plaintext;
 use super::store_admin::AnyStore;
 use super::{Deferred, PairArgs, STDOUT_LIMIT, own_key, time_text};
 
@@ -1347,15 +1346,9 @@ pub(super) async fn read_inbox(
     output: Option<&Path>,
     force: bool,
 ) -> Result<ExitCode> {
-    if let Some(path) = output.filter(|p| *p != Path::new("-"))
-        && !force
-        && path.symlink_metadata().is_ok()
-    {
-        bail!(
-            "{} exists: server read does not replace a file unless --force (or -o - for stdout)",
-            path.display()
-        );
-    }
+    // `-o` as `open` and `client read` take it (found by a review: a link or a folder was told
+    // it "exists", and /dev/null was refused).
+    let mut output = super::offline::Output::of(output, force, "server read")?;
     let identity: Arc<dyn Identity> = Arc::new(own_key(&mailbox.keys, "server")?);
     let store = open_mailbox(mailbox, false).await?;
     let summary = pick(&store, id, from).await?;
@@ -1368,8 +1361,8 @@ pub(super) async fn read_inbox(
         .await?;
     let opts = OpenOptions::default();
     let body = msg.body;
-    let opened = match output.filter(|p| *p != Path::new("-")) {
-        Some(path) => {
+    let opened = match &mut output {
+        super::offline::Output::File(path) => {
             // Like `open` and `client read`: the file appears only once verified, and an
             // existing one is replaced only when asked.
             let file = WriteOptions {
@@ -1379,22 +1372,16 @@ pub(super) async fn read_inbox(
             envelope::open_to_file(identity, &sender, &opts, body, path, &file)
                 .map_err(anyhow::Error::from)
         }
-        None => {
+        // Stdout (`-o -` too), or a device or a pipe in its place: held until verified.
+        to => {
             let opts = OpenOptions {
                 max_plaintext: STDOUT_LIMIT,
                 ..opts
             };
             envelope::open_to_vec(identity, &sender, &opts, body)
-                .map_err(|e| {
-                    super::mailbox::too_large_for_terminal(e, &format!("server read {id}"))
-                })
+                .map_err(|e| super::offline::too_large_to_hold(e, to, &format!("server read {id}")))
                 .and_then(|(plain, opened)| {
-                    // `-o -`, stdout asked for by name: as `open -o -` (`Output::StdoutAsked`).
-                    if output.is_some() {
-                        super::terminal::write_content_asked(&plain)?;
-                    } else {
-                        print_plaintext(&plain)?;
-                    }
+                    super::offline::write_verified(to, &plain)?;
                     Ok(opened)
                 })
         }

@@ -206,6 +206,20 @@ fn messages_either_side_of_the_whole_read_size_reach_the_server_intact() {
         let (code, _, err) = run(d, &["server", "read", &id, "-o", saved.to_str().unwrap()]);
         assert_eq!(code, 0, "{err}");
         assert!(std::fs::read(&saved).unwrap() == body, "{len} {mode}");
+        // `-o` as `open` and `client read` take it (found by a review): a device is written
+        // in place, a link or a folder refused saying what it is.
+        if len == 0 {
+            let (code, _, err) = run(d, &["server", "read", &id, "-o", "/dev/null"]);
+            assert_eq!(code, 0, "{err}");
+            std::os::unix::fs::symlink(&saved, d.join("link")).unwrap();
+            let (code, _, err) = run(d, &["server", "read", &id, "-o", "link", "--force"]);
+            assert_eq!(code, 1, "{err}");
+            assert!(
+                err.contains("cannot write link: link is a symbolic link"),
+                "{err}"
+            );
+            assert!(err.contains("hint: server read -o names a file"), "{err}");
+        }
     }
 }
 
