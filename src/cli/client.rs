@@ -655,6 +655,19 @@ pub(super) async fn client_send(a: ClientSendArgs) -> Result<ExitCode> {
     sent
 }
 
+/// Says a send's failure as every failure is said, with the hint for a send
+/// ([`super::hints::send_hint`]: a connection that broke is explained in a sender's terms; found
+/// by a review, a handshake cut short while connecting to send spoke of received messages).
+/// A closed stdout is left to [`super::run`], which ends quietly.
+pub(super) fn said_as_a_send(e: anyhow::Error) -> Result<ExitCode> {
+    if super::closed_pipe(&e) {
+        return Err(e);
+    }
+    super::terminal::print_error(&super::error_chain(&e));
+    super::hints::print_send_hint(e.as_ref());
+    Ok(ExitCode::FAILURE)
+}
+
 /// `send_msg` without `--to`: seals for the server and sends; `Ok(FAILURE)` when the server
 /// did not prove delivery (said on stderr, and in JSON with --json), an error when the message
 /// could not be sent at all.

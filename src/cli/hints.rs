@@ -78,12 +78,6 @@ pub(super) fn print_hint<'a>(chain: impl Iterator<Item = &'a (dyn std::error::Er
     }
 }
 
-/// The hint for the first error in `e`'s chain (it and its causes) that has one: what
-/// [`print_hint`] prints.
-fn first_hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    chain(e).find_map(hint)
-}
-
 /// `e` and its causes.
 fn chain<'a>(
     e: &'a (dyn std::error::Error + 'static),
@@ -91,17 +85,16 @@ fn chain<'a>(
     std::iter::successors(Some(e), |e| e.source())
 }
 
-/// The hint for a `send_msg` that failed, sent by the command or by its client agent: a broken
-/// connection is explained in a sender's terms ([`SEND_CONNECTION_LOST_HINT`]), anything else
-/// as every command explains it ([`hint`]).
+/// The hint for a `send_msg` that failed, sent by the command or by its client agent: the
+/// first error in `e`'s chain (it and its causes) that has one, as [`print_hint`] finds it, but
+/// a broken connection explained in a sender's terms ([`SEND_CONNECTION_LOST_HINT`]).
 pub(super) fn send_hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let lost = chain(e).find_map(|e| e.downcast_ref::<letterlock::client::ClientError>());
-    match lost {
+    chain(e).find_map(|e| match e.downcast_ref::<ClientError>() {
         Some(c @ (ClientError::Io(_) | ClientError::Closed)) if c.is_connection_lost() => {
             Some(SEND_CONNECTION_LOST_HINT.into())
         }
-        _ => first_hint(e),
-    }
+        _ => hint(e),
+    })
 }
 
 /// Prints [`send_hint`] for `e`, and logs its low-level causes as [`print_hint`] does.
@@ -569,6 +562,17 @@ mod tests {
         assert_eq!(send_hint(&no_ack).as_deref(), Some(NO_ACK_HINT));
         let local = ClientError::Io(std::io::ErrorKind::PermissionDenied.into());
         assert_eq!(send_hint(&local), None);
+        // A hint the command line gave above the failure (why the agent did not send it, say)
+        // comes first, as print_hint takes it.
+        let explained = hinted_over(
+            "not sent through the client agent",
+            "the command's own hint",
+            anyhow::Error::new(ClientError::Closed),
+        );
+        assert_eq!(
+            send_hint(explained.as_ref()).as_deref(),
+            Some("the command's own hint")
+        );
     }
 
     /// A message whose answer never came is not to be sent again as a new one: the hint says

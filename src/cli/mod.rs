@@ -631,7 +631,7 @@ pub(super) fn full_disk_names(e: anyhow::Error, output: &Path) -> anyhow::Error 
 /// Whether `e` comes from writing to stdout, a pipe whose reader has gone. A broken pipe alone
 /// is not enough: a connection to the server that broke says so too, and must be reported,
 /// not taken for `| head` leaving.
-fn closed_pipe(e: &anyhow::Error) -> bool {
+pub(super) fn closed_pipe(e: &anyhow::Error) -> bool {
     has_io_error(e.as_ref(), io::ErrorKind::BrokenPipe) && reader_gone(io::stdout().as_fd())
 }
 
@@ -783,6 +783,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                     Some(not_taken) => not_taken.explain(e),
                     None => e,
                 })
+                .or_else(client::said_as_a_send)
             }
             ClientCommand::Agent(Deferred(a)) => one_shot_runtime()?.block_on(agent::run(a)),
             ClientCommand::RecvMsg(Deferred(a)) => run_once(client_recv(a)),
