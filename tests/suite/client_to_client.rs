@@ -322,6 +322,22 @@ struct World {
 }
 
 impl World {
+    /// `client send_msg --to bob ARGS` from alice, started and left running (stdout and stderr
+    /// piped), for a test that acts while it waits.
+    fn sending_to_bob(&self, args: &[&str]) -> std::process::Child {
+        let addr = self.server.addr.as_str();
+        let line = [
+            &["client", "send_msg", "--to", "bob", "--server", addr][..],
+            args,
+        ]
+        .concat();
+        common::cli::command(self.alice.path(), &line)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     fn start() -> World {
         use common::cli::{put_private, put_public};
         let server_dir = tempfile::tempdir().unwrap();
@@ -627,25 +643,7 @@ fn a_receipt_that_cannot_be_checked_after_the_message_was_stored_is_not_a_failur
     use std::io::BufRead;
     let w = World::start();
     let a = w.alice.path();
-    let waiting = common::cli::command(
-        a,
-        &[
-            "client",
-            "send_msg",
-            "--to",
-            "bob",
-            "--wait",
-            "60s",
-            "--json",
-            "--server",
-            &w.server.addr,
-            "stored, then the server goes",
-        ],
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
+    let waiting = w.sending_to_bob(&["--wait", "60s", "--json", "stored, then the server goes"]);
     // Stored once the sender's mailbox marks it: then the server goes.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
@@ -677,25 +675,8 @@ fn a_receipt_that_cannot_be_checked_after_the_message_was_stored_is_not_a_failur
 fn send_msg_wait_says_read_by_bob_once_bob_received_it() {
     let w = World::start();
     let (a, b) = (w.alice.path(), w.bob.path());
-    let waiting = common::cli::command(
-        a,
-        &[
-            "client",
-            "send_msg",
-            "--to",
-            "bob",
-            "--wait",
-            // Too long for the clock to add: no panic (found by a trial run), it waits on.
-            "18446744073709551615",
-            "--server",
-            &w.server.addr,
-            "are you there?",
-        ],
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
+    // Too long for the clock to add: no panic (found by a trial run), it waits on.
+    let waiting = w.sending_to_bob(&["--wait", "18446744073709551615", "are you there?"]);
     let (code, out, err) = w.recv(b, &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out, "are you there?");
