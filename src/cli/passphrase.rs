@@ -119,7 +119,15 @@ pub(super) fn source<'a>(
 pub(super) fn for_key(key: &Path, attempt: Attempt) -> Result<Passphrase, KeyError> {
     let unavailable = |reason: String| KeyError::PassphraseUnavailable { reason };
     match origin() {
-        Origin::File(file) => read_file(file).map_err(|e| unavailable(format!("{e:#}"))),
+        // Said for what it is, not as a wrong passphrase (found by a trial run).
+        Origin::File(file) => match read_file(file) {
+            Ok(p) if p.is_empty() => Err(unavailable(format!(
+                "the passphrase file {} gives an empty passphrase (its first line is empty)",
+                file.display()
+            ))),
+            Ok(p) => Ok(p),
+            Err(e) => Err(unavailable(format!("{e:#}"))),
+        },
         Origin::Env(p) => Ok(p),
         Origin::Terminal => {
             if attempt.is_retry() {

@@ -1030,3 +1030,25 @@ fn a_passphrase_piped_in_by_another_user_is_read_from_dev_stdin() {
     let key = fs::read_to_string(d.join("svc_private.pem")).unwrap();
     assert!(key.contains("BEGIN ENCRYPTED PRIVATE KEY"), "{key}");
 }
+
+/// An empty passphrase file for an encrypted key is said to be empty, not a wrong passphrase
+/// (found by a trial run).
+#[test]
+fn an_empty_passphrase_file_for_a_key_is_said_to_be_empty() {
+    let (dir, key) = folder_with_alice();
+    let d = dir.path();
+    chmod_600(&key);
+    ok(
+        d,
+        &["passphrase", s(&key)],
+        &[("LETTERLOCK_NEW_PASSPHRASE", "a passphrase")],
+    );
+    let empty = pass_file(d, "empty", "");
+    let err = fails(
+        d,
+        &["--passphrase-file", s(&empty), "fingerprint", s(&key)],
+        &[],
+    );
+    assert!(err.contains("gives an empty passphrase"), "{err}");
+    assert!(!err.contains("wrong passphrase"), "{err}");
+}
