@@ -702,8 +702,20 @@ fn init_logging(verbose: u8, quiet: bool) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(filter) => filter,
+        Err(e) => {
+            // Said, not passed over (found by a trial run): a typo in RUST_LOG would otherwise
+            // leave the user wondering where the log went.
+            if std::env::var_os("RUST_LOG").is_some() {
+                eprintln!(
+                    "letterlock: warning: RUST_LOG is not a log filter ({}); using -v/-q's",
+                    letterlock::text::line(&e.to_string())
+                );
+            }
+            tracing_subscriber::EnvFilter::new(default)
+        }
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)

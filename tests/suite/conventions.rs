@@ -1478,3 +1478,18 @@ fn a_keys_folder_starting_with_a_tilde_is_in_the_home_folder() {
     );
     assert!(!work.path().join("~").exists());
 }
+
+/// A RUST_LOG that is not a log filter is said, and the command still runs with its -v/-q
+/// level (found by a trial run: it was passed over without a word).
+#[test]
+fn an_invalid_rust_log_is_warned_about() {
+    let out = run_with_input(&["completions", "bash"], b"", &[("RUST_LOG", "bogus=::,[")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: RUST_LOG is not a log filter"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run_with_input(&["completions", "bash"], b"", &[("RUST_LOG", "debug")]);
+    assert!(!stderr(&out).contains("RUST_LOG"), "{}", stderr(&out));
+}
