@@ -356,7 +356,8 @@ pub(super) struct RecvArgs {
     #[arg(short, long, value_name = "DIR")]
     pub(super) output: Option<PathBuf>,
     /// If nothing is waiting, keep asking for up to DURATION (seconds, e.g. 30, or with a
-    /// unit: 30s, 2m).
+    /// unit: 30s, 2m). A message set aside by an earlier recv_msg is reported again, and the
+    /// wait goes on past it.
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = wait_duration)]
     pub(super) wait: Duration,
     /// Print one JSON object per message on stdout, one per line: {status ("new", "repeat" or
@@ -793,7 +794,7 @@ fn print_json_not_delivered(error: &str, unproven: Option<envelope::MessageId>) 
 /// The id of a message that may or may not have been stored, if `e` or a cause of it is a
 /// client error that says so ([`letterlock::client::ClientError::unproven_id`]).
 fn unproven_id(e: &(dyn std::error::Error + 'static)) -> Option<envelope::MessageId> {
-    std::iter::successors(Some(e), |c| c.source()).find_map(|c| {
+    super::hints::chain(e).find_map(|c| {
         c.downcast_ref::<letterlock::client::ClientError>()?
             .unproven_id()
     })
@@ -1189,6 +1190,18 @@ struct Shown {
     /// The unknown signing keys whose hint was printed: once per key and run, not once per
     /// message (a replaced server key leaves every message it signed behind it).
     hinted: std::collections::HashSet<letterlock::keys::KeyId>,
+    /// The messages set aside and reported in this run: once each, although a fetch made after
+    /// the server's delivery lease (60 s) offers one again.
+    set_aside: std::collections::HashSet<envelope::MessageId>,
+    /// Messages set aside whose header could not even be read: no id to tell them apart.
+    unreadable: usize,
+}
+
+impl Shown {
+    /// Messages set aside in this run, each counted once.
+    fn set_aside(&self) -> usize {
+        self.set_aside.len() + self.unreadable
+    }
 }
 
 pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
@@ -1233,6 +1246,7 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
     let read_cmd = read_command(&a.conn.keys);
     let deadline = Deadline::after(a.wait);
     let mut total = FetchReport::default();
+    let mut news = 0;
     let mut shown = Shown::default();
     let fetching = async {
         loop {
@@ -1247,9 +1261,11 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
             };
             total.new += got.new;
             total.repeats += got.repeats;
-            total.set_aside += got.set_aside;
-            let any = total.new + total.repeats + total.set_aside;
-            if any > 0 || deadline.passed() {
+            // A message an earlier recv_msg set aside is reported again, but it is not news:
+            // the wait goes on past it (found by a trial run: a loop of `recv_msg --wait`
+            // reconnected without a pause while one such message stayed on the server).
+            news += got.new + got.repeats + got.set_aside - got.set_aside_again;
+            if news > 0 || deadline.passed() {
                 break Ok(());
             }
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -1265,15 +1281,16 @@ pub(super) async fn client_recv(a: RecvArgs) -> Result<ExitCode> {
         Ok(fetched) => fetched?,
         Err(status) => return Ok(interrupted(status)),
     }
-    if total.new + total.repeats + total.set_aside == 0 {
+    let set_aside = shown.set_aside();
+    if total.new + total.repeats + set_aside == 0 {
         status!("no messages");
-    } else if total.set_aside > 0 {
+    } else if set_aside > 0 {
         // After the set-aside reports, "no new messages" would read as "nothing happened".
-        status!("{} new, {} set aside", total.new, total.set_aside);
+        status!("{} new, {set_aside} set aside", total.new);
     } else if total.new == 0 {
         status!("no new messages");
     }
-    Ok(if total.set_aside > 0 {
+    Ok(if set_aside > 0 {
         ExitCode::from(EXIT_SET_ASIDE)
     } else if shown.not_shown > 0 {
         ExitCode::from(EXIT_NOT_SHOWN)
@@ -1422,6 +1439,11 @@ fn report_event(
             );
         }
         FetchEvent::SetAside { id, sender, error } => {
+            match id {
+                Some(id) if !shown.set_aside.insert(*id) => return Ok(()),
+                Some(_) => {}
+                None => shown.unreadable += 1,
+            }
             let id = id.map(|i| i.to_string()).unwrap_or_else(|| "?".into());
             eprintln!(
                 "letterlock: message {id} set aside, NOT received: {error}; it stays on the \

@@ -79,7 +79,7 @@ pub(super) fn print_hint<'a>(chain: impl Iterator<Item = &'a (dyn std::error::Er
 }
 
 /// `e` and its causes.
-fn chain<'a>(
+pub(super) fn chain<'a>(
     e: &'a (dyn std::error::Error + 'static),
 ) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
     std::iter::successors(Some(e), |e| e.source())

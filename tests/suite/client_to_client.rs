@@ -1162,6 +1162,31 @@ fn pinning_another_key_for_a_directory_name_says_so_and_needs_replace() {
     assert_eq!(contact_names(a), vec![("bob".to_owned(), bob_id)]);
 }
 
+/// `recv_msg --wait` waits past a message an earlier run set aside: it is reported again, once,
+/// but it is not news (found by a trial run: a loop of `recv_msg --wait` reconnected without a
+/// pause while such a message stayed on the server).
+#[test]
+fn recv_msg_wait_waits_past_a_message_set_aside_before() {
+    let w = World::start();
+    let b = w.bob.path();
+    let mallory = w.another_client("mallory", "mallory");
+    let (code, out, err) = w.send(mallory.path(), "bob", &["psst"]);
+    assert_eq!(code, 0, "{out}{err}");
+    w.server_cmd(&["untrust", "mallory"]);
+    let (code, out, err) = w.recv(b, &[]);
+    assert_eq!(code, EXIT_SET_ASIDE, "{out}{err}");
+    let started = std::time::Instant::now();
+    let (code, out, err) = w.client(b, &["recv_msg", "--wait", "2"]);
+    let waited = started.elapsed();
+    assert_eq!(code, EXIT_SET_ASIDE, "{out}{err}");
+    assert!(
+        waited >= std::time::Duration::from_secs(2),
+        "{waited:?}: {err}"
+    );
+    assert_eq!(err.matches("set aside, NOT received").count(), 1, "{err}");
+    assert!(err.contains("0 new, 1 set aside"), "{err}");
+}
+
 #[test]
 fn an_unknown_senders_relayed_message_is_set_aside_then_delivered_once_pinned() {
     let w = World::start();

@@ -449,7 +449,8 @@ async fn fetch_recorded_sets_aside_a_message_shorter_than_a_header_and_records_t
         FetchReport {
             new: 1,
             repeats: 0,
-            set_aside: 1
+            set_aside: 1,
+            set_aside_again: 0,
         }
     );
     assert_eq!((new, aside), (vec![sealed.header.message_id], 1));

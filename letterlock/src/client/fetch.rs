@@ -265,8 +265,7 @@ impl Client {
             let received = match refused {
                 Ok(r) => r,
                 Err(error) if is_set_aside(&error) => {
-                    set_aside(record, known, &header, now, &error, &mut event)?;
-                    report.set_aside += 1;
+                    set_aside(record, known, &header, now, &error, &mut event, &mut report)?;
                     continue;
                 }
                 Err(error) => return Err(error),
@@ -518,8 +517,7 @@ impl Client {
                     acked.push(header.message_id);
                 }
                 Err(error) if is_set_aside(&error) => {
-                    set_aside(record, d.known, &header, now, &error, event)?;
-                    report.set_aside += 1;
+                    set_aside(record, d.known, &header, now, &error, event, report)?;
                 }
                 Err(error) => return Err(error),
             }
@@ -691,6 +689,9 @@ pub struct FetchReport {
     pub repeats: usize,
     /// Messages set aside: stale or not openable; not acknowledged, left on the server.
     pub set_aside: usize,
+    /// Of `set_aside`, those the record held as set aside already, by an earlier fetch: not
+    /// news, so a client waiting for a message waits on past them.
+    pub set_aside_again: usize,
 }
 
 /// One message of a fetch, as [`Client::fetch_recorded`] reports it.
@@ -820,7 +821,8 @@ fn not_usable(
     })
 }
 
-/// Records and reports a message set aside (not acknowledged: it stays on the server).
+/// Records, counts and reports a message set aside (not acknowledged: it stays on the
+/// server).
 fn set_aside<F>(
     record: &mut ReceivedRecord,
     known: Option<Kind>,
@@ -828,12 +830,16 @@ fn set_aside<F>(
     now: u64,
     error: &ClientError,
     event: &mut F,
+    report: &mut FetchReport,
 ) -> Result<(), ClientError>
 where
     F: FnMut(FetchEvent<'_>) -> Result<(), ClientError>,
 {
-    if known.is_none() {
-        record.add(entry(Kind::SetAside, header, now))?;
+    report.set_aside += 1;
+    match known {
+        None => record.add(entry(Kind::SetAside, header, now))?,
+        Some(Kind::SetAside) => report.set_aside_again += 1,
+        Some(Kind::Received) => {}
     }
     event(FetchEvent::SetAside {
         id: Some(header.message_id),
