@@ -334,9 +334,9 @@ pub(super) enum Output {
     /// output there (found by a trial run: `seal -o -` was refused like `seal`). `seal` writes
     /// the binary message; `open` and `client read` show binary plaintext escaped.
     StdoutAsked,
-    /// A character device or a named pipe (`/dev/null`, `/dev/stdout`, a FIFO), open for
-    /// writing: it cannot be replaced by a new file, so it is written in place, as a shell's
-    /// `>` writes it ([`files::open_stream`]).
+    /// A character device or a named pipe (`/dev/null`, `/dev/tty`, a FIFO), open for
+    /// writing, or stderr (`/dev/stderr`, whatever it is): it cannot be replaced by a new file,
+    /// so it is written in place, as a shell's `>` writes it ([`files::open_stream`]).
     Stream(PathBuf, File),
     /// A regular file, new or replaced (with `--force`): written beside it and renamed into
     /// place once complete ([`AtomicFile`]).
@@ -354,6 +354,17 @@ pub(super) fn names_stdout(path: &Path) -> bool {
     )
 }
 
+/// The names of stderr (`/dev/stderr`, `/dev/fd/2`, `/proc/self/fd/2`): written in place on
+/// the descriptor this process holds, whatever it is, as the names of stdout are (found by a
+/// trial run: with stderr sent to a file, `-o /dev/stderr` was refused as a file that exists,
+/// and `--force` would have replaced the file the shell had opened).
+fn names_stderr(path: &Path) -> bool {
+    matches!(
+        path.to_str(),
+        Some("/dev/stderr" | "/dev/fd/2" | "/proc/self/fd/2")
+    )
+}
+
 impl Output {
     /// What `-o path` names for `command` (`seal`, `open`, `client read`): refuses an existing
     /// regular file unless `force` (nothing is overwritten silently), a folder or anything else
@@ -368,6 +379,14 @@ impl Output {
             });
         };
         let cannot = || format!("cannot write {}", path.display());
+        if names_stderr(path) {
+            use std::os::fd::AsFd;
+            let fd = io::stderr().as_fd().try_clone_to_owned();
+            return Ok(Output::Stream(
+                path.to_owned(),
+                fd.with_context(cannot)?.into(),
+            ));
+        }
         if let Some(file) = files::open_stream(path).with_context(cannot)? {
             return Ok(Output::Stream(path.to_owned(), file));
         }

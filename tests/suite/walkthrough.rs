@@ -582,6 +582,26 @@ fn dash_o_dev_stdout_writes_to_a_file_stdout_was_redirected_to() {
     assert_eq!(opened, b"through a redirect");
 }
 
+/// `-o /dev/stderr` is stderr, also when the shell sent stderr to a file: written in place on
+/// it, as `-o /dev/stdout` is (found by a trial run: it was refused as a file that exists).
+#[test]
+fn dash_o_dev_stderr_writes_to_a_file_stderr_was_redirected_to() {
+    let dir = alice_and_bob();
+    let d = dir.path();
+    std::fs::write(d.join("m.txt"), "to stderr").unwrap();
+    assert!(alice_seals(d, &["-o", "m.ll", "m.txt"]).status.success());
+    let file = std::fs::File::create(d.join("err.txt")).unwrap();
+    let out = Command::new(common::BIN)
+        .args([&BOB_OPENS[..], &["-q", "-o", "/dev/stderr", "m.ll"]].concat())
+        .current_dir(d)
+        .stderr(file)
+        .output()
+        .unwrap();
+    let err = std::fs::read_to_string(d.join("err.txt")).unwrap();
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err, "to stderr");
+}
+
 /// Plaintext to a device or a named pipe is held until the signature at the end is verified,
 /// as for stdout: a reader there never gets unverified plaintext, and a message that fails
 /// leaves it nothing.
