@@ -422,7 +422,14 @@ impl From<ModeArg> for Mode {
 /// Parses the command line, runs the command, and turns errors into a message and exit code.
 pub fn run() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| help_usage(e, &args).exit());
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayVersion => {
+            let _ = io::Write::write_all(&mut io::stdout(), program_version(&e).as_bytes());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => help_usage(e, &args).exit(),
+    };
     QUIET.store(cli.quiet, Ordering::Relaxed);
     init_logging(cli.verbose, cli.quiet);
     quiet_broken_pipe();
@@ -460,6 +467,17 @@ pub fn run() -> ExitCode {
 /// H:P hi --fle f`), which sends a newcomer looking for a rule that does not exist. The command
 /// is found by parsing `args` again with errors ignored; the whole tree is built for it, on
 /// this error path only. Help and version output pass unchanged.
+/// The text of a `--version` (or `-V`) clap made, under the program's name: for a subcommand
+/// clap names it by its place in the tree ("letterlock-client-send_msg 0.1.0"), a name no one
+/// can run (found by a trial run).
+fn program_version(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    match text.split_once(' ') {
+        Some((_, rest)) => format!("letterlock {rest}"),
+        None => text,
+    }
+}
+
 fn help_usage(mut e: clap::Error, args: &[std::ffi::OsString]) -> clap::Error {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     if matches!(
@@ -637,7 +655,7 @@ pub(super) fn closed_pipe(e: &anyhow::Error) -> bool {
 
 /// Whether an I/O error of `kind` is `e` or one of its causes.
 fn has_io_error(e: &(dyn std::error::Error + 'static), kind: io::ErrorKind) -> bool {
-    std::iter::successors(Some(e), |cause| cause.source()).any(|cause| {
+    hints::chain(e).any(|cause| {
         cause
             .downcast_ref::<io::Error>()
             .is_some_and(|io| io.kind() == kind)

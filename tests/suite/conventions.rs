@@ -658,6 +658,11 @@ fn kebab_case_aliases_and_version_on_every_subcommand() {
     ] {
         let out = ok(run(args));
         assert!(out.contains(version), "{args:?}: {out}");
+        // The program's name, not clap's name for the place in the tree
+        // ("letterlock-client-send_msg"), which no one can run (found by a trial run).
+        assert!(out.starts_with("letterlock "), "{args:?}: {out}");
+        let short = ok(run(&[&args[..args.len() - 1], &["-V"]].concat()));
+        assert_eq!(short, format!("letterlock {}\n", env!("CARGO_PKG_VERSION")));
     }
 }
 
