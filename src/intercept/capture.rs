@@ -146,14 +146,7 @@ fn create_new(path: &Path, replace: bool) -> Result<File, InterceptError> {
         path: path.to_owned(),
         source,
     };
-    let exists = || InterceptError::CaptureExists {
-        path: path.to_owned(),
-    };
-    files::check_replaceable(path).map_err(io_err)?;
-    if path.symlink_metadata().is_ok() {
-        if !replace {
-            return Err(exists());
-        }
+    if check_target(path, replace)? {
         // Removing a name never follows a link: if one was put here since the check, it goes,
         // and what it led to is untouched.
         match fs::remove_file(path) {
@@ -166,9 +159,29 @@ fn create_new(path: &Path, replace: bool) -> Result<File, InterceptError> {
         .create_new(true)
         .open(path)
         .map_err(|e| match e.kind() {
-            io::ErrorKind::AlreadyExists => exists(),
+            io::ErrorKind::AlreadyExists => InterceptError::CaptureExists {
+                path: path.to_owned(),
+            },
             _ => io_err(e),
         })
+}
+
+/// Whether a capture may be written at `path`, as [`create_new`] decides, without touching
+/// it: `Ok(true)` if a regular file is there to be replaced (`replace`), `Ok(false)` if
+/// nothing is there. Asked before the proxy listens, so that a refused capture leaves nothing
+/// listening, while the file is replaced only once the listener is bound.
+pub(super) fn check_target(path: &Path, replace: bool) -> Result<bool, InterceptError> {
+    files::check_replaceable(path).map_err(|source| InterceptError::Capture {
+        path: path.to_owned(),
+        source,
+    })?;
+    let exists = path.symlink_metadata().is_ok();
+    if exists && !replace {
+        return Err(InterceptError::CaptureExists {
+            path: path.to_owned(),
+        });
+    }
+    Ok(exists)
 }
 
 /// Reads a capture file record by record: memory holds one record at a time.

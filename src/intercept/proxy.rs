@@ -130,8 +130,12 @@ impl Proxy {
         upstream: &str,
         config: Config,
     ) -> Result<Proxy, InterceptError> {
-        // Before the listener: a refused capture file leaves nothing listening.
-        let capture = CaptureWriter::create(config.capture.as_deref(), config.replace_capture)?;
+        // Checked before the listener (a refused capture file leaves nothing listening), made
+        // after it: a port in use leaves an old capture that `--force` would replace as it was
+        // (found by a trial run: it was removed, then the proxy could not listen).
+        if let Some(path) = config.capture.as_deref() {
+            super::capture::check_target(path, config.replace_capture)?;
+        }
         let listener =
             TcpListener::bind(listen)
                 .await
@@ -139,6 +143,7 @@ impl Proxy {
                     addr: listen.to_owned(),
                     source,
                 })?;
+        let capture = CaptureWriter::create(config.capture.as_deref(), config.replace_capture)?;
         let local_addr = listener.local_addr()?;
         let expect = config.expect.as_deref().map(|text| {
             let needles = Needles::new(text);

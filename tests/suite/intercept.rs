@@ -582,6 +582,12 @@ fn capture_refuses_an_existing_file_and_a_link_before_listening() {
         let err = refused(&link, force);
         assert!(err.contains("caplink is a symbolic link to"), "{err}");
     }
+    // With --force and a port in use, the old capture stays as it was (found by a trial run:
+    // it was removed before the proxy tried to listen).
+    let out = finished_within(intercept(&taken, &existing, true).spawn().unwrap(), WAIT);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot listen"), "{err}");
     assert_eq!(std::fs::read(&existing).unwrap(), b"precious");
     assert_eq!(std::fs::read(&victim).unwrap(), b"victim");
     assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
