@@ -991,7 +991,7 @@ fn agent_frames_vector() {
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let cases = doc["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 8);
+    assert_eq!(cases.len(), 9);
     let mode = |c: &serde_json::Value| mode_of(c["mode"].as_str().unwrap());
     for c in cases {
         let name = c["name"].as_str().unwrap();
@@ -1039,6 +1039,15 @@ fn agent_frames_vector() {
                 };
                 assert_eq!(Reply::decode(body).unwrap(), expected, "{name}");
                 assert_eq!(expected.encode(), body, "{name}");
+                // A text with a hint: what failed, then the hint after the first line feed.
+                if let Some(failed) = c["failed"].as_str() {
+                    let hint = c["hint"].as_str();
+                    assert_eq!(
+                        letterlock::client::agent::split_hint(&text()),
+                        (failed, hint)
+                    );
+                    assert_eq!(letterlock::client::agent::with_hint(failed, hint), text());
+                }
             }
             other => panic!("{name}: direction {other}"),
         }
