@@ -3,7 +3,8 @@
 //! file seal and open, and a 100-byte one-shot seal per process; MB/s, per-process latency and
 //! each child's peak RSS ([`super::child`]). Every command is kept as the shell line that reruns it
 //! in the bench's temporary folder. A tool that is not installed is reported as such; nothing is
-//! estimated for it.
+//! estimated for it. A `cp` row, no crypto, shows the temporary folder's own rate in the same
+//! rounds.
 //!
 //! Like for like, as far as the tools allow: every tool signs and encrypts (age and rage only
 //! encrypt: they have no signatures), gpg and OpenSSL use RSA keys of the run's size (OpenSSL the
@@ -160,6 +161,7 @@ pub(super) fn measure_compare(
         ("openssl cms", openssl_tool(folder)),
         ("rage", age_tool(folder, "rage", "rage-keygen")),
         ("age", age_tool(folder, "age", "age-keygen")),
+        ("cp", Ok(copy_tool())),
     ];
     // The file-to-file runs go round the tools, one run of each in turn, rather than all of
     // one tool's runs and then the next tool's: this machine's speed drifts by several percent
@@ -703,6 +705,26 @@ fn openssl_tool(folder: &Folder) -> Result<Option<Tool>, String> {
 
 /// rage or age (the same command line): an X25519 identity made by its keygen; encrypt only,
 /// age has no signatures.
+/// `cp`, no crypto at all: the rate at which the temporary folder takes a copy of the file, in
+/// the same rounds as the tools. Every tool here reads the whole file and writes as many bytes
+/// into new pages, so this row shows what the folder costs in this run (on the project's
+/// machine its speed moves with how fast the kernel hands out fresh memory) beside what the
+/// crypto costs.
+fn copy_tool() -> Option<Tool> {
+    let version = version_of("cp", "--version")?;
+    Some(Tool {
+        name: "cp".into(),
+        version: Some(version),
+        what: "a plain copy, no crypto: the folder's own rate, reading the file and writing as \
+               many bytes"
+            .into(),
+        ext: "cp",
+        setup: Vec::new(),
+        seal: Box::new(|n| vec![os(&["cp", &n.input, &n.sealed])]),
+        open: Box::new(|n| vec![os(&["cp", &n.sealed, &n.opened])]),
+    })
+}
+
 fn age_tool(folder: &Folder, program: &'static str, keygen: &str) -> Result<Option<Tool>, String> {
     let Some(version) = version_of(program, "--version") else {
         return Ok(None);

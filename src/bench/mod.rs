@@ -19,7 +19,8 @@
 //!    seal` of 100 bytes per process, and `letterlock client send_msg` end to end on loopback
 //!    against a `letterlock server` child; p50 and p99 beside the 10 ms goal.
 //! 6. **Comparison** (`--compare` only): gpg, `openssl cms`, rage and age when installed, on the
-//!    same files in the same run as letterlock's binary, each command shown to rerun it.
+//!    same files in the same run as letterlock's binary, each command shown to rerun it, and
+//!    `cp` (no crypto: the temporary folder's own rate in the same rounds).
 //! 7. **Mailbox stores**: committed 1 KiB inserts per second of the SQLite and the PostgreSQL
 //!    store alone (1 and 64 writers), and the server's message rate over each beside the
 //!    all-core RSA bound; PostgreSQL from `--store-url` or a throwaway cluster (`store`).

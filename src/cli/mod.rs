@@ -357,8 +357,9 @@ struct BenchArgs {
     bits: usize,
     /// Also run gpg, `openssl cms`, rage and age where installed, on the same files in the
     /// same run (1 GiB file to file, 4 MiB with --quick, and a 100-byte seal per process),
-    /// each command shown with its setup, to run again by hand. The files go to $TMPDIR, which
-    /// needs about 4 times the file's size free: checked before the run.
+    /// each command shown with its setup, to run again by hand, and `cp` (no crypto: the
+    /// folder's own rate, in the same rounds). The files go to $TMPDIR, which needs about 4
+    /// times the file's size free: checked before the run.
     #[arg(long)]
     compare: bool,
     /// The PostgreSQL server of the store section (the bench works in a database of its own

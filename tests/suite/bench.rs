@@ -293,13 +293,18 @@ fn rerun_as_shown(tools: &[Value]) {
         };
         let (seal, open) = (lines("seal_commands"), lines("open_commands"));
         // The file names they use: the input follows -in in the first seal command, or ends
-        // it; the output follows -o/--output/-out in the last open command.
+        // it; the output follows -o/--output/-out in the last open command (for cp: `cp FROM
+        // TO`).
         let first: Vec<&str> = seal[0].split(' ').collect();
-        let input = first
-            .windows(2)
-            .find(|w| w[0] == "-in")
-            .map_or(first[first.len() - 1], |w| w[1])
-            .to_owned();
+        let input = if name == "cp" {
+            first[1]
+        } else {
+            first
+                .windows(2)
+                .find(|w| w[0] == "-in")
+                .map_or(first[first.len() - 1], |w| w[1])
+        }
+        .to_owned();
         std::fs::write(dir.path().join(&input), plain).unwrap();
         for line in lines("setup").iter().chain(&seal).chain(&open) {
             let out = Command::new("sh")
@@ -321,6 +326,7 @@ fn rerun_as_shown(tools: &[Value]) {
             .windows(2)
             .find(|w| ["-o", "--output", "-out"].contains(&w[0]))
             .map(|w| w[1])
+            .or_else(|| (name == "cp").then(|| words[words.len() - 1]))
             .unwrap_or_else(|| panic!("{name}: no output file in `{last}`"));
         assert_eq!(
             std::fs::read(dir.path().join(opened)).unwrap(),
@@ -407,7 +413,10 @@ fn quick_compare_runs_the_installed_tools_and_reports_the_missing_ones() {
         .and_then(Value::as_array)
         .unwrap();
     let names: Vec<&str> = tools.iter().map(|t| t["tool"].as_str().unwrap()).collect();
-    assert_eq!(names, ["letterlock", "gpg", "openssl cms", "rage", "age"]);
+    assert_eq!(
+        names,
+        ["letterlock", "gpg", "openssl cms", "rage", "age", "cp"]
+    );
     for t in tools {
         let name = t["tool"].as_str().unwrap();
         let program = name.split(' ').next().unwrap();
