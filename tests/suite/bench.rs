@@ -405,6 +405,15 @@ fn quick_compare_runs_the_installed_tools_and_reports_the_missing_ones() {
     // 0.76em).
     assert!(seal.contains("dy=\"-0.5ex\""), "{seal}");
     assert!(open.contains("dy=\"0.76em\""), "{open}");
+    // The machine's two bounds are named standing on their lines, not struck through by them
+    // (found by looking at the plot: the line ran through the middle of the text).
+    for name in ["single-stream sealing bound:", "AES-256-GCM bound:"] {
+        let t = text
+            .split("<text")
+            .find(|t| t.contains(name))
+            .unwrap_or_else(|| panic!("no {name} label: {text}"));
+        assert!(t.contains("dy=\"-0.5ex\""), "{t}");
+    }
     let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     one_shot_section(&v);
 
