@@ -450,7 +450,8 @@ async fn fetch_recorded_sets_aside_a_message_shorter_than_a_header_and_records_t
             new: 1,
             repeats: 0,
             set_aside: 1,
-            set_aside_again: 0,
+            // Its header could not be read: never news to a client waiting for a message.
+            set_aside_again: 1,
         }
     );
     assert_eq!((new, aside), (vec![sealed.header.message_id], 1));

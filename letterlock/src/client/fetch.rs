@@ -210,7 +210,9 @@ impl Client {
                         sender: None,
                         error: &error,
                     })?;
+                    // Never news: without a header it can never be opened, nor recorded.
                     report.set_aside += 1;
+                    report.set_aside_again += 1;
                     continue;
                 }
             };
@@ -689,8 +691,9 @@ pub struct FetchReport {
     pub repeats: usize,
     /// Messages set aside: stale or not openable; not acknowledged, left on the server.
     pub set_aside: usize,
-    /// Of `set_aside`, those the record held as set aside already, by an earlier fetch: not
-    /// news, so a client waiting for a message waits on past them.
+    /// Of `set_aside`, those that are no news, so that a client waiting for a message waits on
+    /// past them: the record held them already (set aside, or received, by an earlier fetch),
+    /// or not even their header could be read (they can never be opened, nor recorded).
     pub set_aside_again: usize,
 }
 
@@ -838,8 +841,9 @@ where
     report.set_aside += 1;
     match known {
         None => record.add(entry(Kind::SetAside, header, now))?,
-        Some(Kind::SetAside) => report.set_aside_again += 1,
-        Some(Kind::Received) => {}
+        // Received before (it is a repeat, set aside now: stale, or its sender's key changed)
+        // or set aside before: either way seen already.
+        Some(Kind::SetAside | Kind::Received) => report.set_aside_again += 1,
     }
     event(FetchEvent::SetAside {
         id: Some(header.message_id),
