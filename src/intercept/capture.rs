@@ -171,10 +171,20 @@ fn create_new(path: &Path, replace: bool) -> Result<File, InterceptError> {
 /// nothing is there. Asked before the proxy listens, so that a refused capture leaves nothing
 /// listening, while the file is replaced only once the listener is bound.
 pub(super) fn check_target(path: &Path, replace: bool) -> Result<bool, InterceptError> {
-    files::check_replaceable(path).map_err(|source| InterceptError::Capture {
+    let io_err = |source| InterceptError::Capture {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    files::check_replaceable(path).map_err(io_err)?;
+    // A missing folder is said before the proxy listens too (found by a review: with the port
+    // in use, it came out as "cannot listen").
+    let folder = files::folder_of(path);
+    if !std::fs::metadata(folder).map_err(io_err)?.is_dir() {
+        return Err(io_err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("{} is not a folder", folder.display()),
+        )));
+    }
     let exists = path.symlink_metadata().is_ok();
     if exists && !replace {
         return Err(InterceptError::CaptureExists {

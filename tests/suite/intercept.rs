@@ -582,6 +582,9 @@ fn capture_refuses_an_existing_file_and_a_link_before_listening() {
         let err = refused(&link, force);
         assert!(err.contains("caplink is a symbolic link to"), "{err}");
     }
+    // A capture in a folder that does not exist is refused before listening too.
+    let err = refused(&dir.path().join("no-such-folder").join("cap"), false);
+    assert!(err.contains("no-such-folder"), "{err}");
     // With --force and a port in use, the old capture stays as it was (found by a trial run:
     // it was removed before the proxy tried to listen).
     let out = finished_within(intercept(&taken, &existing, true).spawn().unwrap(), WAIT);
