@@ -976,7 +976,7 @@ fn compare_section(s: &mut String, compare: Option<&CompareReport>) {
         None => {
             let _ = writeln!(
                 s,
-                "\n6. Comparison with gpg, openssl cms, rage and age: not run (pass --compare)"
+                "\n6. Comparison with gpg, openssl cms, rage, age and cp: not run (pass --compare)"
             );
         }
     }

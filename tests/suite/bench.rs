@@ -293,11 +293,11 @@ fn rerun_as_shown(tools: &[Value]) {
         };
         let (seal, open) = (lines("seal_commands"), lines("open_commands"));
         // The file names they use: the input follows -in in the first seal command, or ends
-        // it; the output follows -o/--output/-out in the last open command (for cp: `cp FROM
-        // TO`).
+        // it; the output follows -o/--output/-out in the last open command (for cp: `cp ...
+        // FROM TO`).
         let first: Vec<&str> = seal[0].split(' ').collect();
         let input = if name == "cp" {
-            first[1]
+            first[first.len() - 2]
         } else {
             first
                 .windows(2)
