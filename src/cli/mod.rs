@@ -460,14 +460,6 @@ pub fn run() -> ExitCode {
     }
 }
 
-/// Puts in the usage error `e` the usage line of the command it concerns, as that command's
-/// --help shows it, and the hint to run --help: the same for every usage error. clap leaves the
-/// line out of some (a missing value, `seal --to`; a value it cannot parse, `--bits x`), and
-/// for others (a mistyped flag, a conflict) writes the arguments given instead, each as if it
-/// were required (`letterlock client send_msg --server <SERVER> <TEXT>` for `send_msg --server
-/// H:P hi --fle f`), which sends a newcomer looking for a rule that does not exist. The command
-/// is found by parsing `args` again with errors ignored; the whole tree is built for it, on
-/// this error path only. Help and version output pass unchanged.
 /// The text of a `--version` (or `-V`) clap made, under the program's name: for a subcommand
 /// clap names it by its place in the tree ("letterlock-client-send_msg 0.1.0"), a name no one
 /// can run (found by a trial run).
@@ -479,6 +471,14 @@ fn program_version(e: &clap::Error) -> String {
     }
 }
 
+/// Puts in the usage error `e` the usage line of the command it concerns, as that command's
+/// --help shows it, and the hint to run --help: the same for every usage error. clap leaves the
+/// line out of some (a missing value, `seal --to`; a value it cannot parse, `--bits x`), and
+/// for others (a mistyped flag, a conflict) writes the arguments given instead, each as if it
+/// were required (`letterlock client send_msg --server <SERVER> <TEXT>` for `send_msg --server
+/// H:P hi --fle f`), which sends a newcomer looking for a rule that does not exist. The command
+/// is found by parsing `args` again with errors ignored; the whole tree is built for it, on
+/// this error path only. Help and version output pass unchanged.
 fn help_usage(mut e: clap::Error, args: &[std::ffi::OsString]) -> clap::Error {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     if matches!(
