@@ -1162,6 +1162,15 @@ fn pinning_another_key_for_a_directory_name_says_so_and_needs_replace() {
     assert_eq!(contact_names(a), vec![("bob".to_owned(), bob_id)]);
 }
 
+/// mallory sends bob "psst", then the server stops listing mallory: bob's client cannot learn
+/// the key from it, so the message waits for bob from a key he does not know.
+fn mallory_sends_bob_then_is_untrusted(w: &World) {
+    let mallory = w.another_client("mallory", "mallory");
+    let (code, out, err) = w.send(mallory.path(), "bob", &["psst"]);
+    assert_eq!(code, 0, "{out}{err}");
+    w.server_cmd(&["untrust", "mallory"]);
+}
+
 /// `recv_msg --wait` waits past a message an earlier run set aside: it is reported again, once,
 /// but it is not news (found by a trial run: a loop of `recv_msg --wait` reconnected without a
 /// pause while such a message stayed on the server).
@@ -1169,10 +1178,7 @@ fn pinning_another_key_for_a_directory_name_says_so_and_needs_replace() {
 fn recv_msg_wait_waits_past_a_message_set_aside_before() {
     let w = World::start();
     let b = w.bob.path();
-    let mallory = w.another_client("mallory", "mallory");
-    let (code, out, err) = w.send(mallory.path(), "bob", &["psst"]);
-    assert_eq!(code, 0, "{out}{err}");
-    w.server_cmd(&["untrust", "mallory"]);
+    mallory_sends_bob_then_is_untrusted(&w);
     let (code, out, err) = w.recv(b, &[]);
     assert_eq!(code, EXIT_SET_ASIDE, "{out}{err}");
     let started = std::time::Instant::now();
@@ -1191,11 +1197,7 @@ fn recv_msg_wait_waits_past_a_message_set_aside_before() {
 fn an_unknown_senders_relayed_message_is_set_aside_then_delivered_once_pinned() {
     let w = World::start();
     let b = w.bob.path();
-    let mallory = w.another_client("mallory", "mallory");
-    let (code, out, err) = w.send(mallory.path(), "bob", &["psst"]);
-    assert_eq!(code, 0, "{out}{err}");
-    // The server stops listing mallory: bob's client cannot learn the key from it.
-    w.server_cmd(&["untrust", "mallory"]);
+    mallory_sends_bob_then_is_untrusted(&w);
     let (code, out, err) = w.recv(b, &[]);
     assert_eq!(code, EXIT_SET_ASIDE, "{out}{err}");
     assert!(err.contains("unknown key"), "{err}");
