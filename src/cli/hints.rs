@@ -350,10 +350,12 @@ pub(super) fn unknown_key(key: &KeyId, server: &KeyId, kept: Option<&Path>) -> S
             "it is signed by a key that is not the server's current trusted key ({server}, in \
              server_public.pem) nor a contact's. A server whose key was replaced leaves the \
              messages it queued before the change signed so (as a client whose key changed \
-             leaves what it sent before): ask the server's operator, or the sender if you know \
-             who, to send it again. Pin a key (`letterlock client trust FILE --name NAME`) only \
-             once you have checked its fingerprint with its owner over another channel, never \
-             on the message's word"
+             leaves what it sent before, and a client the server no longer trusts what it sent \
+             while it was): ask the server's operator, or the sender if you know who, to send it \
+             again. It stays on the server until then (the operator can delete it: `letterlock \
+             server outbox --remove ID --force`). Pin a key (`letterlock client trust FILE \
+             --name NAME`) only once you have checked its fingerprint with its owner over another \
+             channel, never on the message's word"
         ),
     }
 }

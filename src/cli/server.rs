@@ -1565,6 +1565,28 @@ fn report_stranded(name: &str, stranded: &[letterlock::store::OutboxEntry], ende
     }
 }
 
+/// Says on stderr how many of the messages `name` relayed to other clients still wait for them,
+/// now that its key is no longer trusted: the server's directory stops listing the key, so a
+/// recipient that has not pinned it sets them aside at every fetch, and they stay on the
+/// server (found by a trial run: the untrust said nothing of them, and `server outbox` showed
+/// them as merely waiting). The operator decides: trust the key again, or remove them.
+fn report_sent_by_untrusted(name: &str, sent: &[letterlock::store::OutboxEntry]) {
+    if sent.is_empty() {
+        return;
+    }
+    let mut to: Vec<&str> = sent.iter().map(|m| m.recipient_name.as_str()).collect();
+    to.sort_unstable();
+    to.dedup();
+    eprintln!(
+        "letterlock: {} message(s) {name} relayed to other clients ({}) still wait for them, \
+         signed by the key no longer trusted: the server's directory stops listing it, so a \
+         client that has not pinned it sets them aside each time it fetches. `letterlock \
+         server outbox` lists them, and `--remove ID --force` deletes one",
+        sent.len(),
+        letterlock::text::line(&to.join(", "))
+    );
+}
+
 async fn untrust(name: &str, mailbox: &MailboxArgs) -> Result<ExitCode> {
     let store = open_mailbox(mailbox, false).await?;
     let Some(key_id) = store.untrust_client(name, now()).await? else {
@@ -1592,8 +1614,15 @@ async fn untrust(name: &str, mailbox: &MailboxArgs) -> Result<ExitCode> {
         .find(|(k, _)| *k == key_id)
         .map_or(0, |(_, n)| n);
     let stranded = store.pending_outbox(&key_id).await?;
+    let sent: Vec<_> = waiting(&store)
+        .await?
+        .into_iter()
+        .filter(|(m, stranded)| !stranded && m.sender.as_ref().is_some_and(|(k, _)| *k == key_id))
+        .map(|(m, _)| m)
+        .collect();
     store.close().await?;
     report_stranded(name, &stranded, Ended::Untrusted);
+    report_sent_by_untrusted(name, &sent);
     println!(
         "{name} ({}) is no longer trusted: a running server refuses it from its next \
          connection, and on a connection already open from its next message, within a \

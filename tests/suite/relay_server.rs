@@ -869,6 +869,43 @@ async fn the_directory_is_signed_once_per_trust_generation() {
     s.stop().await;
 }
 
+/// `server untrust` of a client says how many of the messages it relayed still wait for other
+/// clients: signed by a key the directory no longer lists, they are set aside by a recipient
+/// that has not pinned it (found by a trial run: the untrust said nothing of them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusting_a_sender_says_its_relayed_messages_still_wait() {
+    let s = Relaying::start().await;
+    let (bytes, sealed) = seal(ALICE.1, BOB.1, Mode::Hybrid, b"sent while trusted");
+    let mut alice = s.conn(ALICE).await;
+    alice
+        .relay(receipt_commitment(&sealed.ack_tag), &bytes)
+        .await;
+    let id = sealed.header.message_id;
+    assert_eq!(alice.next().await, Frame::Stored { id });
+    drop(alice);
+    let keys = tempfile::tempdir().unwrap();
+    let db = s.dir.path().join("server.db");
+    let (code, _, untrust) = common::cli::run(
+        keys.path(),
+        &[
+            "server",
+            "untrust",
+            "alice",
+            "--keys",
+            keys.path().to_str().unwrap(),
+            "--store",
+            db.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{untrust}");
+    assert!(
+        untrust.contains("1 message(s) alice relayed to other clients (bob) still wait for them")
+            && untrust.contains("--remove ID --force"),
+        "{untrust}"
+    );
+    s.stop().await;
+}
+
 /// `server read` of a relayed message says it cannot: the message is sealed for its
 /// recipient, not for the server, and names who it is from and for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
