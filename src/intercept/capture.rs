@@ -179,7 +179,17 @@ pub(super) fn check_target(path: &Path, replace: bool) -> Result<bool, Intercept
     // A missing folder is said before the proxy listens too (found by a review: with the port
     // in use, it came out as "cannot listen").
     let folder = files::folder_of(path);
-    if !std::fs::metadata(folder).map_err(io_err)?.is_dir() {
+    let meta = std::fs::metadata(folder).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => io_err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "the folder {} does not exist; create it first, or choose another --capture",
+                folder.display()
+            ),
+        )),
+        _ => io_err(e),
+    })?;
+    if !meta.is_dir() {
         return Err(io_err(io::Error::new(
             io::ErrorKind::NotADirectory,
             format!("{} is not a folder", folder.display()),
@@ -199,6 +209,8 @@ pub struct CaptureReader {
     input: io::Take<BufReader<Box<dyn Read + Send>>>,
     /// What errors name: the file, or `stdin`.
     path: PathBuf,
+    /// Whole records read so far, for the error of a capture cut short.
+    records: u64,
 }
 
 impl CaptureReader {
@@ -240,6 +252,7 @@ impl CaptureReader {
         Ok(CaptureReader {
             input,
             path: path.to_owned(),
+            records: 0,
         })
     }
 
@@ -250,7 +263,7 @@ impl CaptureReader {
             return Ok(None);
         }
         if got < RECORD_HEADER {
-            return Err(bad(&self.path, "truncated record header"));
+            return Err(self.cut());
         }
         let [d, c0, c1, c2, c3, l0, l1, l2, l3] = head;
         let dir =
@@ -263,9 +276,19 @@ impl CaptureReader {
         let mut bytes = vec![0u8; len];
         let got = read_full(&mut self.input, &mut bytes).map_err(|e| self.io(e))?;
         if got < len {
-            return Err(bad(&self.path, "truncated record"));
+            return Err(self.cut());
         }
+        self.records += 1;
         Ok(Some(Record { conn, dir, bytes }))
+    }
+
+    /// The capture ended part-way through a record (found by a trial run: it was reported as
+    /// "not a letterlock capture").
+    fn cut(&self) -> InterceptError {
+        InterceptError::CaptureCut {
+            path: self.path.clone(),
+            records: self.records,
+        }
     }
 
     fn io(&self, source: io::Error) -> InterceptError {
@@ -330,7 +353,7 @@ mod tests {
         std::fs::write(&path, &f[..f.len() - 3]).unwrap();
         assert!(matches!(
             read_capture(&path),
-            Err(InterceptError::BadCapture { .. })
+            Err(InterceptError::CaptureCut { records: 1, .. })
         ));
         std::fs::write(&path, b"LETRLOCK-CAPTURE v2\n").unwrap();
         assert!(read_capture(&path).is_err());

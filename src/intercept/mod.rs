@@ -233,6 +233,14 @@ pub enum InterceptError {
     CaptureExists { path: PathBuf },
     #[error("{} is not a letterlock capture: {reason}", path.display())]
     BadCapture { path: PathBuf, reason: String },
+    /// A capture that ends in the middle of a record: cut short, not another kind of file.
+    #[error(
+        "{} ends in the middle of a record, after {records} whole one(s): a capture cut short \
+         (copied while the proxy was writing it, or cut with head); the records before are \
+         readable",
+        path.display()
+    )]
+    CaptureCut { path: PathBuf, records: u64 },
     #[error("{0}")]
     Usage(&'static str),
     #[error("I/O error: {0}")]

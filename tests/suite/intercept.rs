@@ -525,6 +525,19 @@ fn expect_on_a_capture_that_cannot_be_read_exits_1_not_found_or_found() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A capture cut in the middle of a record is said to be cut short, not to be something
+    // else than a capture (found by a trial run).
+    let mut cut = letterlock_cli::intercept::capture::CAPTURE_MAGIC.to_vec();
+    cut.extend_from_slice(&[b'>', 0, 0, 0, 7, 0, 0, 0, 10, b'h', b'i']);
+    let cut_path = dir.path().join("cut.cap");
+    std::fs::write(&cut_path, &cut).unwrap();
+    let out = show_capture(&cut_path, PLAIN);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cut.cap ends in the middle of a record, after 0 whole one(s)"),
+        "{err}"
+    );
 }
 
 /// `letterlock intercept --show CAPTURE --expect EXPECT`.
@@ -584,7 +597,10 @@ fn capture_refuses_an_existing_file_and_a_link_before_listening() {
     }
     // A capture in a folder that does not exist is refused before listening too.
     let err = refused(&dir.path().join("no-such-folder").join("cap"), false);
-    assert!(err.contains("no-such-folder"), "{err}");
+    assert!(
+        err.contains("no-such-folder does not exist; create it first"),
+        "{err}"
+    );
     // With --force and a port in use, the old capture stays as it was (found by a trial run:
     // it was removed before the proxy tried to listen).
     let out = finished_within(intercept(&taken, &existing, true).spawn().unwrap(), WAIT);
