@@ -366,7 +366,8 @@ pub(super) struct RecvArgs {
     /// the --server it was fetched from), created, mode, bytes, in_mailbox, and "text" (a UTF-8
     /// message), "file" (with -o) or neither (binary or over 64 MiB: `client read ID -o
     /// FILE`); a message set aside has only status, id, sender_key (null if not even its
-    /// header could be read) and "error"}. Non-ASCII is written as \u escapes.
+    /// header could be read), "error" and "again" (true if an earlier recv_msg set it aside
+    /// too)}. Non-ASCII is written as \u escapes.
     #[arg(long)]
     pub(super) json: bool,
 }
@@ -1438,16 +1439,28 @@ fn report_event(
                 received.header.message_id
             );
         }
-        FetchEvent::SetAside { id, sender, error } => {
+        FetchEvent::SetAside {
+            id,
+            sender,
+            error,
+            again,
+        } => {
             match id {
                 Some(id) if !shown.set_aside.insert(*id) => return Ok(()),
                 Some(_) => {}
                 None => shown.unreadable += 1,
             }
             let id = id.map(|i| i.to_string()).unwrap_or_else(|| "?".into());
+            // A message still waiting since an earlier run is told from a new one (found by a
+            // trial run: two runs printed the same lines).
+            let when = if *again {
+                " again (an earlier recv_msg set it aside too)"
+            } else {
+                ""
+            };
             eprintln!(
-                "letterlock: message {id} set aside, NOT received: {error}; it stays on the \
-                 server (not acknowledged)"
+                "letterlock: message {id} set aside{when}, NOT received: {error}; it stays on \
+                 the server (not acknowledged)"
             );
             if let ClientError::UnknownKey { key, server, .. } = error
                 && shown.hinted.insert(*key)
@@ -1461,6 +1474,7 @@ fn report_event(
                     "id": id,
                     "sender_key": sender.map(|k| k.to_string()),
                     "error": error.to_string(),
+                    "again": again,
                 }));
             }
         }

@@ -209,6 +209,7 @@ impl Client {
                         id: None,
                         sender: None,
                         error: &error,
+                        again: false,
                     })?;
                     // Never news: without a header it can never be opened, nor recorded.
                     report.set_aside += 1;
@@ -714,6 +715,9 @@ pub enum FetchEvent<'a> {
         id: Option<MessageId>,
         sender: Option<KeyId>,
         error: &'a ClientError,
+        /// An earlier fetch set it aside already (the client's record says so): a script or a
+        /// person can tell a message still waiting from a new one.
+        again: bool,
     },
     /// The server's directory was fetched (a message came from a key not known yet) and
     /// changed the contacts: one line per new name, change or conflict, to tell the user.
@@ -849,6 +853,7 @@ where
         id: Some(header.message_id),
         sender: Some(header.sender),
         error,
+        again: known == Some(Kind::SetAside),
     })
 }
 
