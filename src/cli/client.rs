@@ -353,7 +353,7 @@ pub(super) struct RecvArgs {
     pub(super) conn: ClientConn,
     /// Save each message as DIR/<message id>.msg instead of printing it. DIR must be a folder;
     /// a missing one is created.
-    #[arg(short, long, value_name = "DIR")]
+    #[arg(short, long, value_name = "DIR", value_parser = output_dir)]
     pub(super) output: Option<PathBuf>,
     /// If nothing is waiting, keep asking for up to DURATION (seconds, e.g. 30, or with a
     /// unit: 30s, 2m). A message set aside by an earlier recv_msg is reported again, and the
@@ -1153,13 +1153,20 @@ pub(super) const EXIT_NOT_SHOWN: u8 = 5;
 
 /// Checks `recv_msg -o DIR` before anything is fetched: DIR must be a folder, and a missing one
 /// is created (and said so), so `-o out.txt` never turns a file name into a folder unnoticed.
-fn prepare_output_dir(dir: &Path) -> Result<()> {
-    if dir == Path::new("-") {
-        bail!(
+/// `recv_msg -o`'s DIR: not `-`, which is wrong usage (exit 2), as elsewhere (found by a trial
+/// run: it was refused as a failure, exit 1).
+fn output_dir(s: &str) -> std::result::Result<PathBuf, String> {
+    if s == "-" {
+        return Err(
             "recv_msg prints messages on stdout without -o; -o names a folder to save each \
              message in"
+                .to_owned(),
         );
     }
+    Ok(PathBuf::from(s))
+}
+
+fn prepare_output_dir(dir: &Path) -> Result<()> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => bail!(
