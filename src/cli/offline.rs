@@ -335,8 +335,9 @@ pub(super) enum Output {
     /// the binary message; `open` and `client read` show binary plaintext escaped.
     StdoutAsked,
     /// A character device or a named pipe (`/dev/null`, `/dev/tty`, a FIFO), open for
-    /// writing, or stderr (`/dev/stderr`, whatever it is): it cannot be replaced by a new file,
-    /// so it is written in place, as a shell's `>` writes it ([`files::open_stream`]).
+    /// writing, or stderr (`/dev/stderr`, whatever it is, the status lines then left out): it
+    /// cannot be replaced by a new file, so it is written in place, as a shell's `>` writes it
+    /// ([`files::open_stream`]).
     Stream(PathBuf, File),
     /// A regular file, new or replaced (with `--force`): written beside it and renamed into
     /// place once complete ([`AtomicFile`]).
@@ -381,6 +382,10 @@ impl Output {
         let cannot = || format!("cannot write {}", path.display());
         if names_stderr(path) {
             use std::os::fd::AsFd;
+            // The content goes where the status lines would: they are left out, as with -q,
+            // so that what is written there is the content alone (found by a trial run: a
+            // sealed message with "sealed … bytes" after it, which then failed to open).
+            super::QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
             let fd = io::stderr().as_fd().try_clone_to_owned();
             return Ok(Output::Stream(
                 path.to_owned(),

@@ -589,17 +589,24 @@ fn dash_o_dev_stderr_writes_to_a_file_stderr_was_redirected_to() {
     let dir = alice_and_bob();
     let d = dir.path();
     std::fs::write(d.join("m.txt"), "to stderr").unwrap();
-    assert!(alice_seals(d, &["-o", "m.ll", "m.txt"]).status.success());
-    let file = std::fs::File::create(d.join("err.txt")).unwrap();
-    let out = Command::new(common::BIN)
-        .args([&BOB_OPENS[..], &["-q", "-o", "/dev/stderr", "m.ll"]].concat())
-        .current_dir(d)
-        .stderr(file)
-        .output()
-        .unwrap();
-    let err = std::fs::read_to_string(d.join("err.txt")).unwrap();
-    assert!(out.status.success(), "{err}");
-    assert_eq!(err, "to stderr");
+    // `letterlock ARGS -o /dev/stderr 2> NAME`: its exit status and what NAME holds.
+    let to_stderr = |args: &[&str], name: &str| {
+        let file = std::fs::File::create(d.join(name)).unwrap();
+        let out = Command::new(common::BIN)
+            .args([args, &["-o", "/dev/stderr"]].concat())
+            .current_dir(d)
+            .stderr(file)
+            .output()
+            .unwrap();
+        (out.status.success(), std::fs::read(d.join(name)).unwrap())
+    };
+    // The content alone, with no status line beside it (as if -q): a sealed message written
+    // there opens (found by a trial run: "sealed … bytes" followed it, and it did not open).
+    let (ok, sealed) = to_stderr(&[&ALICE_SEALS[..], &["m.txt"]].concat(), "m.ll");
+    assert!(ok, "{}", String::from_utf8_lossy(&sealed));
+    let (ok, opened) = to_stderr(&[&BOB_OPENS[..], &["m.ll"]].concat(), "err.txt");
+    assert!(ok, "{}", String::from_utf8_lossy(&opened));
+    assert_eq!(opened, b"to stderr");
 }
 
 /// Plaintext to a device or a named pipe is held until the signature at the end is verified,
