@@ -997,6 +997,30 @@ pub(super) async fn waiting(
     Ok(rows)
 }
 
+/// Whether `m` was relayed by a client that is no longer trusted (`trusted`: the key ids
+/// trusted now, [`trusted_now`]). The server's directory stops listing that key, so a recipient
+/// that has not pinned it sets the message aside at every fetch, and it stays here (found by a
+/// trial run: `server outbox` showed such a message as merely waiting).
+fn from_untrusted(
+    m: &letterlock::store::OutboxEntry,
+    trusted: &std::collections::HashSet<letterlock::store::KeyId>,
+) -> bool {
+    m.sender.as_ref().is_some_and(|(k, _)| !trusted.contains(k))
+}
+
+/// The key ids of the clients trusted now.
+async fn trusted_now(
+    store: &impl Store,
+) -> Result<std::collections::HashSet<letterlock::store::KeyId>> {
+    Ok(store
+        .client_keys()
+        .await?
+        .into_iter()
+        .filter(|k| k.ended.is_none())
+        .map(|k| k.key_id)
+        .collect())
+}
+
 /// `server outbox --remove ID`: deletes one stranded message (or, with `force`, one still
 /// waiting), named by a unique id prefix, of the recipient `to` if given.
 async fn unqueue(
@@ -1058,7 +1082,10 @@ async fn unqueue(
         super::server_key::signature(&store, &m, &known).await?
     };
     let replaced = matches!(signature, Signature::Replaced(_));
-    if !stranded && !replaced && !force {
+    // One relayed by a client no longer trusted: set aside by every recipient that has not
+    // pinned its key, so no --force either.
+    let untrusted_sender = from_untrusted(&m, &trusted_now(&store).await?);
+    if !stranded && !replaced && !untrusted_sender && !force {
         let text = format!(
             "outbox message {} for {to} is waiting, not stranded: {to}'s client can still fetch \
              it",
@@ -1121,6 +1148,7 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
         let signature = super::server_key::signature(&store, &m, &known).await?;
         rows.push((m, stranded, signature));
     }
+    let trusted = trusted_now(&store).await?;
     store.close().await?;
     if rows
         .iter()
@@ -1156,6 +1184,7 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
                     "sealed_bytes": m.body_size,
                     "created": m.created,
                     "stranded": stranded,
+                    "from_untrusted_client": from_untrusted(m, &trusted),
                     "replaced_server_key": replaced,
                     "unknown_server_key": unknown,
                 })
@@ -1184,7 +1213,7 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
             super::mailbox::mode_name(m.mode),
             m.body_size,
             time_text(m.created),
-            outbox_state(*stranded, signature)
+            outbox_state(*stranded, from_untrusted(m, &trusted), signature)
         );
     }
     let stranded = rows.iter().filter(|(_, stranded, _)| *stranded).count();
@@ -1194,6 +1223,10 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
             .count()
     };
     let replaced = count(|s| matches!(s, Signature::Replaced(_)));
+    let untrusted = rows
+        .iter()
+        .filter(|(m, stranded, _)| !stranded && from_untrusted(m, &trusted))
+        .count();
     let unknown = count(|s| matches!(s, Signature::Unknown(_)));
     let mut summary = format!("{} message(s): {stranded} stranded", rows.len());
     if replaced > 0 {
@@ -1205,6 +1238,14 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
         ));
     } else {
         summary.push_str(", 0 signed by a replaced server key");
+    }
+    if untrusted > 0 {
+        let args = super::server_key::command_args(&mailbox.keys, mailbox.store.as_deref());
+        summary.push_str(&format!(
+            ", {untrusted} relayed by a client no longer trusted (a recipient that has not \
+             pinned its key sets them aside; trust the client again, or delete each with \
+             `letterlock server outbox --remove ID{args}`)"
+        ));
     }
     if unknown > 0 {
         summary.push_str(&format!(
@@ -1218,11 +1259,19 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
 }
 
 /// The state column of `server outbox`: a stranded message first (nobody can fetch it, whoever
-/// signed it), then one no client will accept, then one this folder cannot vouch for either way.
-fn outbox_state(stranded: bool, signature: &super::server_key::Signature) -> &'static str {
+/// signed it), then one no client will accept, then one relayed by a client no longer trusted,
+/// then one this folder cannot vouch for either way.
+fn outbox_state(
+    stranded: bool,
+    untrusted_sender: bool,
+    signature: &super::server_key::Signature,
+) -> &'static str {
     use super::server_key::Signature;
     match (stranded, signature) {
         (true, _) => "STRANDED: sealed to a key no longer trusted",
+        (false, _) if untrusted_sender => {
+            "FROM A CLIENT NO LONGER TRUSTED: set aside unless its key is pinned"
+        }
         (false, Signature::Replaced(_)) => {
             "SIGNED BY A REPLACED SERVER KEY: clients will set it aside; send it again"
         }
@@ -1581,7 +1630,7 @@ fn report_sent_by_untrusted(name: &str, sent: &[letterlock::store::OutboxEntry])
         "letterlock: {} message(s) {name} relayed to other clients ({}) still wait for them, \
          signed by the key no longer trusted: the server's directory stops listing it, so a \
          client that has not pinned it sets them aside each time it fetches. `letterlock \
-         server outbox` lists them, and `--remove ID --force` deletes one",
+         server outbox` lists them, and `--remove ID` deletes one",
         sent.len(),
         letterlock::text::line(&to.join(", "))
     );

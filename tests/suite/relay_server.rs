@@ -900,9 +900,34 @@ async fn untrusting_a_sender_says_its_relayed_messages_still_wait() {
     assert_eq!(code, 0, "{untrust}");
     assert!(
         untrust.contains("1 message(s) alice relayed to other clients (bob) still wait for them")
-            && untrust.contains("--remove ID --force"),
+            && untrust.contains("`--remove ID` deletes one"),
         "{untrust}"
     );
+    // The outbox says so too, and the operator deletes it without --force.
+    let args = |extra: &[&str]| {
+        let mut all = vec!["server", "outbox"];
+        all.extend_from_slice(extra);
+        all.extend_from_slice(&[
+            "--keys",
+            keys.path().to_str().unwrap(),
+            "--store",
+            db.to_str().unwrap(),
+        ]);
+        let (code, out, err) = common::cli::run(keys.path(), &all);
+        (code, String::from_utf8_lossy(&out).into_owned(), err)
+    };
+    let (code, listed, err) = args(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        listed.contains("FROM A CLIENT NO LONGER TRUSTED")
+            && listed.contains("1 relayed by a client no longer trusted"),
+        "{listed}"
+    );
+    let id_hex = hex::encode(id.0);
+    let (code, _, err) = args(&["--remove", &id_hex[..12]]);
+    assert_eq!(code, 0, "{err}");
+    let (_, listed, _) = args(&[]);
+    assert!(listed.contains("outbox is empty"), "{listed}");
     s.stop().await;
 }
 
