@@ -352,8 +352,8 @@ pub(super) fn unknown_key(key: &KeyId, server: &KeyId, kept: Option<&Path>) -> S
              messages it queued before the change signed so (as a client whose key changed \
              leaves what it sent before, and a client the server no longer trusts what it sent \
              while it was): ask the server's operator, or the sender if you know who, to send it \
-             again. It stays on the server until then (the operator can delete it: `letterlock \
-             server outbox --remove ID`). Pin a key (`letterlock client trust FILE \
+             again if they can. It stays on the server, set aside at each recv_msg, until the \
+             operator deletes it (`letterlock server outbox --remove ID --force`). Pin a key (`letterlock client trust FILE \
              --name NAME`) only once you have checked its fingerprint with its owner over another \
              channel, never on the message's word"
         ),

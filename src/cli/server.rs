@@ -172,13 +172,16 @@ pub(super) enum ServerCommand {
     /// (generate_key_pair --force, which keeps the old key in the folder) are marked too:
     /// clients set them aside; send them again. Those signed by a server key this folder
     /// neither holds nor replaced (another server's, or the wrong --keys) are marked as such
-    /// and count as waiting.
+    /// and count as waiting. Those a client relayed under a key no longer trusted (since
+    /// removed or replaced) are marked too and count as waiting: a recipient that does not
+    /// know the key already (pinned, or learnt from the directory before) sets them aside.
     #[command(after_help = exit_status!())]
     Outbox {
         #[command(flatten)]
         mailbox: MailboxArgs,
         /// Machine-readable output: an array of {id, to, to_key, from ("server" or the sending
         /// client's name), mode, sealed_bytes, created (Unix seconds), stranded (bool),
+        /// from_untrusted_key (bool: relayed under a client key no longer trusted),
         /// replaced_server_key (bool: signed by a key this folder replaced; null when it cannot
         /// be told), unknown_server_key (bool: signed by a server key this folder neither holds
         /// nor replaced; null when it cannot be told)}.
@@ -195,8 +198,10 @@ pub(super) enum ServerCommand {
         /// unique per recipient only).
         #[arg(long, value_name = "NAME", requires = "remove")]
         to: Option<String>,
-        /// With --remove: delete a message that is still waiting (its client can fetch it),
-        /// not only a stranded one. If that client is fetching right now, it may still get it.
+        /// With --remove: delete a message that is still waiting (its client can fetch it), or
+        /// one relayed under a key no longer trusted (a client that knows the key can still
+        /// open it), not only a stranded one. If that client is fetching right now, it may
+        /// still get it.
         #[arg(long, requires = "remove")]
         force: bool,
     },
@@ -997,10 +1002,11 @@ pub(super) async fn waiting(
     Ok(rows)
 }
 
-/// Whether `m` was relayed by a client that is no longer trusted (`trusted`: the key ids
-/// trusted now, [`trusted_now`]). The server's directory stops listing that key, so a recipient
-/// that has not pinned it sets the message aside at every fetch, and it stays here (found by a
-/// trial run: `server outbox` showed such a message as merely waiting).
+/// Whether `m` was relayed under a client key that is no longer trusted, removed or replaced
+/// (`trusted`: the key ids trusted now, [`trusted_now`]). The server's directory stops listing
+/// that key, so a recipient that does not know it already (pinned, or learnt from the directory
+/// before) sets the message aside at every fetch, and it stays here; one that knows it still
+/// opens it (found by a trial run: `server outbox` showed such a message as merely waiting).
 fn from_untrusted(
     m: &letterlock::store::OutboxEntry,
     trusted: &std::collections::HashSet<letterlock::store::KeyId>,
@@ -1082,10 +1088,9 @@ async fn unqueue(
         super::server_key::signature(&store, &m, &known).await?
     };
     let replaced = matches!(signature, Signature::Replaced(_));
-    // One relayed by a client no longer trusted: set aside by every recipient that has not
-    // pinned its key, so no --force either.
-    let untrusted_sender = from_untrusted(&m, &trusted_now(&store).await?);
-    if !stranded && !replaced && !untrusted_sender && !force {
+    // One relayed under a key no longer trusted still needs --force: a recipient that learnt
+    // the key before still opens it.
+    if !stranded && !replaced && !force {
         let text = format!(
             "outbox message {} for {to} is waiting, not stranded: {to}'s client can still fetch \
              it",
@@ -1184,7 +1189,7 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
                     "sealed_bytes": m.body_size,
                     "created": m.created,
                     "stranded": stranded,
-                    "from_untrusted_client": from_untrusted(m, &trusted),
+                    "from_untrusted_key": !stranded && from_untrusted(m, &trusted),
                     "replaced_server_key": replaced,
                     "unknown_server_key": unknown,
                 })
@@ -1242,9 +1247,9 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
     if untrusted > 0 {
         let args = super::server_key::command_args(&mailbox.keys, mailbox.store.as_deref());
         summary.push_str(&format!(
-            ", {untrusted} relayed by a client no longer trusted (a recipient that has not \
-             pinned its key sets them aside; trust the client again, or delete each with \
-             `letterlock server outbox --remove ID{args}`)"
+            ", {untrusted} relayed under a client key no longer trusted (a recipient that does \
+             not know the key already sets them aside; trust the key again, or delete each with \
+             `letterlock server outbox --remove ID --force{args}`)"
         ));
     }
     if unknown > 0 {
@@ -1259,7 +1264,7 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
 }
 
 /// The state column of `server outbox`: a stranded message first (nobody can fetch it, whoever
-/// signed it), then one no client will accept, then one relayed by a client no longer trusted,
+/// signed it), then one no client will accept, then one relayed under a key no longer trusted,
 /// then one this folder cannot vouch for either way.
 fn outbox_state(
     stranded: bool,
@@ -1270,7 +1275,7 @@ fn outbox_state(
     match (stranded, signature) {
         (true, _) => "STRANDED: sealed to a key no longer trusted",
         (false, _) if untrusted_sender => {
-            "FROM A CLIENT NO LONGER TRUSTED: set aside unless its key is pinned"
+            "FROM A KEY NO LONGER TRUSTED: set aside unless its recipient knows the key"
         }
         (false, Signature::Replaced(_)) => {
             "SIGNED BY A REPLACED SERVER KEY: clients will set it aside; send it again"
@@ -1616,9 +1621,9 @@ fn report_stranded(name: &str, stranded: &[letterlock::store::OutboxEntry], ende
 
 /// Says on stderr how many of the messages `name` relayed to other clients still wait for them,
 /// now that its key is no longer trusted: the server's directory stops listing the key, so a
-/// recipient that has not pinned it sets them aside at every fetch, and they stay on the
-/// server (found by a trial run: the untrust said nothing of them, and `server outbox` showed
-/// them as merely waiting). The operator decides: trust the key again, or remove them.
+/// recipient that does not know it already sets them aside at every fetch, and they stay on
+/// the server (found by a trial run: the untrust said nothing of them, and `server outbox`
+/// showed them as merely waiting). The operator decides: trust the key again, or remove them.
 fn report_sent_by_untrusted(name: &str, sent: &[letterlock::store::OutboxEntry]) {
     if sent.is_empty() {
         return;
@@ -1629,8 +1634,9 @@ fn report_sent_by_untrusted(name: &str, sent: &[letterlock::store::OutboxEntry])
     eprintln!(
         "letterlock: {} message(s) {name} relayed to other clients ({}) still wait for them, \
          signed by the key no longer trusted: the server's directory stops listing it, so a \
-         client that has not pinned it sets them aside each time it fetches. `letterlock \
-         server outbox` lists them, and `--remove ID` deletes one",
+         client that does not know the key already (pinned, or learnt from the directory \
+         before) sets them aside each time it fetches. `letterlock server outbox` lists them, \
+         and `--remove ID --force` deletes one",
         sent.len(),
         letterlock::text::line(&to.join(", "))
     );
