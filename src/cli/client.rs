@@ -366,8 +366,8 @@ pub(super) struct RecvArgs {
     /// the --server it was fetched from), created, mode, bytes, in_mailbox, and "text" (a UTF-8
     /// message), "file" (with -o) or neither (binary or over 64 MiB: `client read ID -o
     /// FILE`); a message set aside has only status, id, sender_key (null if not even its
-    /// header could be read), "error" and "again" (true if an earlier recv_msg set it aside
-    /// too)}. Non-ASCII is written as \u escapes.
+    /// header could be read), "error" and "again" (true if an earlier recv_msg saw it too;
+    /// such a message, and one whose header cannot be read, does not end a --wait)}. Non-ASCII is written as \u escapes.
     #[arg(long)]
     pub(super) json: bool,
 }
@@ -1461,7 +1461,7 @@ fn report_event(
             // A message still waiting since an earlier run is told from a new one (found by a
             // trial run: two runs printed the same lines).
             let when = if *again {
-                " again (an earlier recv_msg set it aside too)"
+                " again (an earlier recv_msg saw it too)"
             } else {
                 ""
             };

@@ -1191,7 +1191,7 @@ fn recv_msg_wait_waits_past_a_message_set_aside_before() {
     );
     // Reported once, as one an earlier run set aside.
     assert_eq!(
-        err.matches("set aside again (an earlier recv_msg set it aside too), NOT received")
+        err.matches("set aside again (an earlier recv_msg saw it too), NOT received")
             .count(),
         1,
         "{err}"

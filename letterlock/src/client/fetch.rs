@@ -715,8 +715,9 @@ pub enum FetchEvent<'a> {
         id: Option<MessageId>,
         sender: Option<KeyId>,
         error: &'a ClientError,
-        /// An earlier fetch set it aside already (the client's record says so): a script or a
-        /// person can tell a message still waiting from a new one.
+        /// The client's record holds it already, from an earlier fetch that set it aside or
+        /// received it: a script or a person can tell a message still waiting from a new one.
+        /// `false` when not even the header could be read (there is nothing to look up).
         again: bool,
     },
     /// The server's directory was fetched (a message came from a key not known yet) and
@@ -853,7 +854,7 @@ where
         id: Some(header.message_id),
         sender: Some(header.sender),
         error,
-        again: known == Some(Kind::SetAside),
+        again: known.is_some(),
     })
 }
 
