@@ -382,10 +382,13 @@ impl Output {
         let cannot = || format!("cannot write {}", path.display());
         if names_stderr(path) {
             use std::os::fd::AsFd;
-            // The content goes where the status lines would: they are left out, as with -q,
-            // so that what is written there is the content alone (found by a trial run: a
-            // sealed message with "sealed … bytes" after it, which then failed to open).
-            super::QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
+            // The content goes where the status lines would: to a file or a pipe they are left
+            // out, as with -q, so that what is written there is the content alone (found by a
+            // trial run: a sealed message with "sealed … bytes" after it, which then failed to
+            // open). On a terminal they stay: a prompt to type the input is one of them.
+            if !io::stderr().is_terminal() {
+                super::QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             let fd = io::stderr().as_fd().try_clone_to_owned();
             return Ok(Output::Stream(
                 path.to_owned(),

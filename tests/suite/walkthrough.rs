@@ -594,6 +594,7 @@ fn dash_o_dev_stderr_writes_to_a_file_stderr_was_redirected_to() {
         let file = std::fs::File::create(d.join(name)).unwrap();
         let out = Command::new(common::BIN)
             .args([args, &["-o", "/dev/stderr"]].concat())
+            .env_remove("RUST_LOG")
             .current_dir(d)
             .stderr(file)
             .output()
