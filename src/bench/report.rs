@@ -499,21 +499,30 @@ fn file_goals(rows: &[EnvelopeRow], compare: Option<&CompareReport>) -> Vec<Goal
     match compare {
         Some(c) if c.file_size < GIB => goals
             .into_iter()
-            .map(|g| Goal {
-                goal: g.goal,
-                met: None,
-                detail: format!(
-                    "not judged: this run's file is {}, the goal's 1 GiB (--quick); measured: {}",
-                    human_size(c.file_size),
-                    g.detail
-                ),
+            .map(|g| match g.met {
+                // Measured, but on a smaller file: shown, not judged.
+                Some(_) => Goal {
+                    goal: g.goal,
+                    met: None,
+                    detail: format!(
+                        "{NOT_JUDGED} this run's file is {}, the goal's 1 GiB (--quick); \
+                         measured: {}",
+                        human_size(c.file_size),
+                        g.detail
+                    ),
+                },
+                None => g,
             })
             .collect(),
         _ => goals,
     }
 }
 
-/// [`file_goals`], each judged on the file the run measured.
+/// How the detail of a goal measured but not judged starts (`--quick`'s smaller file): the
+/// verdict then reads "not judged", not "not measured".
+const NOT_JUDGED: &str = "not judged:";
+
+/// [`file_goals`], each judged on the run's figures as they are, under the 1 GiB goals' names.
 fn file_goals_as_run(rows: &[EnvelopeRow], compare: Option<&CompareReport>) -> Vec<Goal> {
     let size = GIB;
     let names = [
@@ -947,6 +956,7 @@ pub fn table(r: &Report) -> String {
         let verdict = match g.met {
             Some(true) => "met",
             Some(false) => "MISSED",
+            None if g.detail.starts_with(NOT_JUDGED) => "not judged",
             None => "not measured",
         };
         let _ = writeln!(s, "  [{verdict}] {}: {}", g.goal, g.detail);
@@ -1031,8 +1041,9 @@ fn compare_table(s: &mut String, c: &CompareReport) {
     // Which columns belong to which measurement (found by a trial run: the last four read as
     // more file figures).
     let file = format!("file to file, {}", human_size(c.file_size));
-    let shot = format!("{}-byte seal, per process", c.oneshot_size);
-    let _ = writeln!(s, "  {:<12} {file:-^39} {shot:-^41}", "");
+    let shot = format!(" {}-byte seal, per process ", c.oneshot_size);
+    let file = format!(" {file} ");
+    let _ = writeln!(s, "  {:<12} {file:-^39} {shot:-^40}", "");
     let _ = writeln!(
         s,
         "  {:<12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9}",
@@ -1068,7 +1079,10 @@ fn compare_table(s: &mut String, c: &CompareReport) {
             }
         }
     }
-    if c.tools.iter().any(|t| t.tool == "cp" && t.file.is_some()) {
+    if c.tools
+        .iter()
+        .any(|t| t.tool == "cp" && t.file.is_some() && t.oneshot.is_some())
+    {
         let _ = writeln!(
             s,
             "  (cp: no crypto, a plain copy: the folder's own rate beside the tools'; its {}-byte \
@@ -1274,6 +1288,17 @@ mod tests {
                 g.detail
             );
         }
+        // What was not measured at all (no rage) stays "not measured", not wrapped.
+        let c = CompareReport {
+            tools: vec![tool("letterlock", 50.0, 50.0, 20 * 1024), missing("rage")],
+            ..c
+        };
+        let goals = file_goals(&rows, Some(&c));
+        assert!(
+            goals[0].detail.starts_with("not measured: "),
+            "{}",
+            goals[0].detail
+        );
     }
 
     /// A goal's figure is rounded to a number on its own side of the goal.

@@ -236,8 +236,7 @@ pub enum InterceptError {
     /// A capture that ends in the middle of a record: cut short, not another kind of file.
     #[error(
         "{} ends in the middle of a record, after {records} whole one(s): a capture cut short \
-         (copied while the proxy was writing it, or cut with head); the records before are \
-         readable",
+         (copied while the proxy was writing it, or cut with head)",
         path.display()
     )]
     CaptureCut { path: PathBuf, records: u64 },
