@@ -869,20 +869,25 @@ async fn the_directory_is_signed_once_per_trust_generation() {
     s.stop().await;
 }
 
-/// `server untrust` of a client says how many of the messages it relayed still wait for other
-/// clients: signed by a key the directory no longer lists, they are set aside by a recipient
-/// that has not pinned it (found by a trial run: the untrust said nothing of them).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn untrusting_a_sender_says_its_relayed_messages_still_wait() {
-    let s = Relaying::start().await;
-    let (bytes, sealed) = seal(ALICE.1, BOB.1, Mode::Hybrid, b"sent while trusted");
+/// alice relays `text` to bob and the server stores it; its id.
+async fn alice_relays_to_bob(s: &Relaying, text: &[u8]) -> MessageId {
+    let (bytes, sealed) = seal(ALICE.1, BOB.1, Mode::Hybrid, text);
     let mut alice = s.conn(ALICE).await;
     alice
         .relay(receipt_commitment(&sealed.ack_tag), &bytes)
         .await;
     let id = sealed.header.message_id;
     assert_eq!(alice.next().await, Frame::Stored { id });
-    drop(alice);
+    id
+}
+
+/// `server untrust` of a client says how many of the messages it relayed still wait for other
+/// clients: signed by a key the directory no longer lists, they are set aside by a recipient
+/// that does not know the key already (found by a trial run: the untrust said nothing of them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusting_a_sender_says_its_relayed_messages_still_wait() {
+    let s = Relaying::start().await;
+    let id = alice_relays_to_bob(&s, b"sent while trusted").await;
     let keys = tempfile::tempdir().unwrap();
     let db = s.dir.path().join("server.db");
     let (code, _, untrust) = common::cli::run(
@@ -939,13 +944,7 @@ async fn untrusting_a_sender_says_its_relayed_messages_still_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_read_of_a_relayed_message_says_the_server_cannot_open_it() {
     let s = Relaying::start().await;
-    let (bytes, sealed) = seal(ALICE.1, BOB.1, Mode::Hybrid, b"not for the server");
-    let mut alice = s.conn(ALICE).await;
-    alice
-        .relay(receipt_commitment(&sealed.ack_tag), &bytes)
-        .await;
-    let id = sealed.header.message_id;
-    assert_eq!(alice.next().await, Frame::Stored { id });
+    let id = alice_relays_to_bob(&s, b"not for the server").await;
 
     let keys = tempfile::tempdir().unwrap();
     std::fs::copy(
@@ -1001,7 +1000,6 @@ async fn server_read_of_a_relayed_message_says_the_server_cannot_open_it() {
         stderr.contains("no longer trusted") && stderr.contains("server outbox --remove"),
         "{stderr}"
     );
-    drop(alice);
     s.stop().await;
 }
 
