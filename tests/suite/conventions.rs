@@ -1277,9 +1277,12 @@ fn on_a_terminal_the_server_logs_message_text() {
     const TEXT: &str = "shown in class";
     require_script();
     let f = folders();
-    // `exec`: the server is script's child itself, and ends with the terminal (SIGHUP).
+    // `exec`: the server is script's child itself, and ends with the terminal (SIGHUP). The
+    // shell says its pid first, which `exec` hands to the server, so that the test kills the
+    // server itself too: a hang-up does not stop one whose SIGHUP is ignored, as under nohup
+    // (found when CI runs started with nohup each left a server behind).
     let command = format!(
-        "exec {BIN} server --listen 127.0.0.1:0 --keys {} --store {}",
+        "echo $$; exec {BIN} server --listen 127.0.0.1:0 --keys {} --store {}",
         f.server.display(),
         f.store.display()
     );
@@ -1292,6 +1295,12 @@ fn on_a_terminal_the_server_logs_message_text() {
         .unwrap();
     let _stdin = script.stdin.take();
     let mut lines = std::io::BufReader::new(script.stdout.take().unwrap()).lines();
+    let pid = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.trim().parse::<i32>().ok())
+        .expect("the server's pid");
+    let _kill_server = KillOnDrop(pid);
     let addr = lines
         .by_ref()
         .map_while(Result::ok)
@@ -1312,6 +1321,16 @@ fn on_a_terminal_the_server_logs_message_text() {
         .find(|l| l.contains("received"))
         .expect("a received line");
     assert!(received.contains(TEXT), "{received}");
+}
+
+/// Kills the process with this pid when dropped, however the test ends.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        use nix::sys::signal::{Signal, kill};
+        let _ = kill(nix::unistd::Pid::from_raw(self.0), Signal::SIGKILL);
+    }
 }
 
 /// A completion script that cannot be written is an error, not a panic.
