@@ -9,6 +9,7 @@
 //! - [`bench`](mod@bench): `letterlock bench`, each figure beside the bound this machine allows.
 //! - [`intercept`]: a keyless man-in-the-middle that records and attacks the traffic.
 //! - [`pgcluster`]: a throwaway PostgreSQL for the bench's store section and the tests.
+//! - `shell`: words and lines to paste into a POSIX shell.
 #![forbid(unsafe_code)]
 
 pub mod bench;
@@ -16,3 +17,4 @@ pub mod cli;
 pub mod demo;
 pub mod intercept;
 pub mod pgcluster;
+mod shell;

@@ -9,7 +9,7 @@
 //! The wrapper's own start-up is outside the time it reports, and it never touches aws-lc, so its
 //! own memory stays far below any child's peak it could hide.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::io::{self, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -131,21 +131,10 @@ pub(super) fn version_of(program: &str, arg: &str) -> Option<String> {
 
 /// `cmd` as a line to paste into a POSIX shell.
 pub(super) fn shell_line(cmd: &[OsString]) -> String {
-    cmd.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
-}
-
-/// `arg` as one word of a POSIX shell: as it is when nothing in it is special, else in single
-/// quotes. Also quotes the paths in the command line's hints (`cli::server_key`).
-pub(crate) fn quote(arg: &OsStr) -> String {
-    let s = arg.to_string_lossy();
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-./=:@,+%".contains(c));
-    if plain {
-        s.into_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
+    cmd.iter()
+        .map(|a| crate::shell::quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]

@@ -43,7 +43,6 @@
 
 mod bounds;
 mod child;
-pub(crate) use child::quote as shell_quote;
 mod compare;
 mod folder;
 mod measurements;

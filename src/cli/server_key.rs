@@ -213,7 +213,7 @@ fn say_replaced(
 /// again: the folder unless it is the working one, and a store only if one was named (a
 /// PostgreSQL URL as `URL`, so that no password is printed), each quoted for a shell.
 pub(super) fn command_args(keys_dir: &Path, store: Option<&Path>) -> String {
-    let quote = |p: &Path| crate::bench::shell_quote(p.as_os_str());
+    let quote = |p: &Path| crate::shell::quote(p.as_os_str());
     let mut args = String::new();
     if keys_dir != Path::new(".") {
         args.push_str(&format!(" --keys {}", quote(keys_dir)));
