@@ -1040,9 +1040,8 @@ fn compare_table(s: &mut String, c: &CompareReport) {
     );
     // Which columns belong to which measurement (found by a trial run: the last four read as
     // more file figures).
-    let file = format!("file to file, {}", human_size(c.file_size));
+    let file = format!(" file to file, {} ", human_size(c.file_size));
     let shot = format!(" {}-byte seal, per process ", c.oneshot_size);
-    let file = format!(" {file} ");
     let _ = writeln!(s, "  {:<12} {file:-^39} {shot:-^40}", "");
     let _ = writeln!(
         s,

@@ -367,7 +367,8 @@ pub(super) struct RecvArgs {
     /// message), "file" (with -o) or neither (binary or over 64 MiB: `client read ID -o
     /// FILE`); a message set aside has only status, id, sender_key (null if not even its
     /// header could be read), "error" and "again" (true if an earlier recv_msg saw it too;
-    /// such a message, and one whose header cannot be read, does not end a --wait)}. Non-ASCII is written as \u escapes.
+    /// such a message, and one whose header cannot be read, does not end a --wait)}.
+    /// Non-ASCII is written as \u escapes.
     #[arg(long)]
     pub(super) json: bool,
 }
@@ -1151,8 +1152,6 @@ pub(super) const EXIT_SET_ASIDE: u8 = 4;
 /// nothing is lost, `client read ID -o FILE` gets it.
 pub(super) const EXIT_NOT_SHOWN: u8 = 5;
 
-/// Checks `recv_msg -o DIR` before anything is fetched: DIR must be a folder, and a missing one
-/// is created (and said so), so `-o out.txt` never turns a file name into a folder unnoticed.
 /// `recv_msg -o`'s DIR: not `-`, which is wrong usage (exit 2), as elsewhere (found by a trial
 /// run: it was refused as a failure, exit 1).
 fn output_dir(s: &str) -> std::result::Result<PathBuf, String> {
@@ -1166,6 +1165,8 @@ fn output_dir(s: &str) -> std::result::Result<PathBuf, String> {
     Ok(PathBuf::from(s))
 }
 
+/// Checks `recv_msg -o DIR` before anything is fetched: DIR must be a folder, and a missing one
+/// is created (and said so), so `-o out.txt` never turns a file name into a folder unnoticed.
 fn prepare_output_dir(dir: &Path) -> Result<()> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),

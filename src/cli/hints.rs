@@ -353,9 +353,9 @@ pub(super) fn unknown_key(key: &KeyId, server: &KeyId, kept: Option<&Path>) -> S
              leaves what it sent before, and a client the server no longer trusts what it sent \
              while it was): ask the server's operator, or the sender if you know who, to send it \
              again if they can. It stays on the server, set aside at each recv_msg, until the \
-             operator deletes it (`letterlock server outbox --remove ID --force`). Pin a key (`letterlock client trust FILE \
-             --name NAME`) only once you have checked its fingerprint with its owner over another \
-             channel, never on the message's word"
+             operator deletes it (`letterlock server outbox --remove ID --force`). Pin a key \
+             (`letterlock client trust FILE --name NAME`) only once you have checked its \
+             fingerprint with its owner over another channel, never on the message's word"
         ),
     }
 }

@@ -1148,16 +1148,18 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
     use super::server_key::Signature;
     let store = open_mailbox(mailbox, false).await?;
     let known = super::server_key::Known::read(&mailbox.keys);
+    let trusted = trusted_now(&store).await?;
+    // Each row: the entry, stranded, who signed it, relayed under a key no longer trusted.
     let mut rows = Vec::new();
     for (m, stranded) in waiting(&store).await? {
         let signature = super::server_key::signature(&store, &m, &known).await?;
-        rows.push((m, stranded, signature));
+        let untrusted = !stranded && from_untrusted(&m, &trusted);
+        rows.push((m, stranded, signature, untrusted));
     }
-    let trusted = trusted_now(&store).await?;
     store.close().await?;
     if rows
         .iter()
-        .any(|(_, _, signature)| *signature == Signature::Unchecked)
+        .any(|(_, _, signature, _)| *signature == Signature::Unchecked)
     {
         eprintln!(
             "letterlock: no server key readable in {} (server_private.pem without a \
@@ -1173,7 +1175,7 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
     if json {
         let list: Vec<_> = rows
             .iter()
-            .map(|(m, stranded, signature)| {
+            .map(|(m, stranded, signature, untrusted)| {
                 let (replaced, unknown) = match signature {
                     Signature::Current => (Some(false), Some(false)),
                     Signature::Replaced(_) => (Some(true), Some(false)),
@@ -1189,7 +1191,7 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
                     "sealed_bytes": m.body_size,
                     "created": m.created,
                     "stranded": stranded,
-                    "from_untrusted_key": !stranded && from_untrusted(m, &trusted),
+                    "from_untrusted_key": untrusted,
                     "replaced_server_key": replaced,
                     "unknown_server_key": unknown,
                 })
@@ -1209,7 +1211,7 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
         "{:<32}  {:<12} {:<12} {:<10} {:>10}  {:<20}  state",
         "id", "to", "from", "mode", "sealed", "created (UTC)"
     );
-    for (m, stranded, signature) in &rows {
+    for (m, stranded, signature, untrusted) in &rows {
         println!(
             "{:<32}  {:<12} {:<12} {:<10} {:>10}  {:<20}  {}",
             hex::encode(m.message_id),
@@ -1218,20 +1220,17 @@ async fn outbox(mailbox: &MailboxArgs, json: bool) -> Result<ExitCode> {
             super::mailbox::mode_name(m.mode),
             m.body_size,
             time_text(m.created),
-            outbox_state(*stranded, from_untrusted(m, &trusted), signature)
+            outbox_state(*stranded, *untrusted, signature)
         );
     }
-    let stranded = rows.iter().filter(|(_, stranded, _)| *stranded).count();
+    let stranded = rows.iter().filter(|(_, stranded, ..)| *stranded).count();
     let count = |which: fn(&Signature) -> bool| {
         rows.iter()
-            .filter(|(_, stranded, s)| !stranded && which(s))
+            .filter(|(_, stranded, s, _)| !stranded && which(s))
             .count()
     };
     let replaced = count(|s| matches!(s, Signature::Replaced(_)));
-    let untrusted = rows
-        .iter()
-        .filter(|(m, stranded, _)| !stranded && from_untrusted(m, &trusted))
-        .count();
+    let untrusted = rows.iter().filter(|(.., untrusted)| *untrusted).count();
     let unknown = count(|s| matches!(s, Signature::Unknown(_)));
     let mut summary = format!("{} message(s): {stranded} stranded", rows.len());
     if replaced > 0 {

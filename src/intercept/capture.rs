@@ -228,13 +228,12 @@ impl CaptureReader {
         Self::from_reader(Box::new(file), path, len)
     }
 
-    /// Reads a capture from `input` (stdin for `--show -`), errors naming it `name`.
+    /// Reads a capture from `input` (stdin for `--show -`), errors naming it `path`.
     pub fn from_reader(
         input: Box<dyn Read + Send>,
-        name: &Path,
+        path: &Path,
         len: u64,
     ) -> Result<CaptureReader, InterceptError> {
-        let path = name;
         let io_err = |source| InterceptError::Capture {
             path: path.to_owned(),
             source,
