@@ -8,7 +8,7 @@ use letterlock::client::{Client, ClientConfig};
 use letterlock::envelope::{FixedRandomness, SealOptions, Sealed};
 use letterlock::keys::{Identity, TrustList};
 use letterlock::server::{Server, ServerConfig};
-use letterlock::store::SqliteStore;
+use letterlock::store::{SqliteOptions, SqliteStore};
 use tokio::sync::oneshot;
 
 /// Names of the fixed keys the network tests use: 2048 bits keeps them fast.
@@ -91,8 +91,17 @@ impl TestServer {
     }
 
     pub async fn start_with(dir: &Path, config: ServerConfig) -> TestServer {
+        Self::start_over(dir, config, SqliteOptions::default()).await
+    }
+
+    /// [`TestServer::start_with`], its store opened with `options`.
+    pub async fn start_over(
+        dir: &Path,
+        config: ServerConfig,
+        options: SqliteOptions,
+    ) -> TestServer {
         let store_path = dir.join("server.db");
-        let store = Arc::new(SqliteStore::open(&store_path).unwrap());
+        let store = Arc::new(SqliteStore::open_with(&store_path, options).unwrap());
         let server = server(store.clone(), config);
         let Running { addr, stop, task } = run_on_loopback(server.clone()).await;
         TestServer {

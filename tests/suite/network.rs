@@ -3,6 +3,7 @@
 use crate::common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::net::{CLIENT, SERVER, TestServer, seal_to_server};
 use common::{data, private, public};
@@ -10,6 +11,7 @@ use letterlock::client::{ClientError, Content, Output};
 use letterlock::envelope::{self, Mode, SealOptions, Sealed};
 use letterlock::keys::Identity;
 use letterlock::server::ServerConfig;
+use letterlock::store::SqliteOptions;
 use letterlock::wire::ErrorCode;
 
 fn refused_with(r: Result<impl std::fmt::Debug, ClientError>, code: ErrorCode) {
@@ -357,6 +359,33 @@ async fn pipelined_messages_on_one_connection_are_all_acked() {
     let delivered = client.send_sealed_many(&msgs).await.unwrap();
     assert_eq!(delivered.len(), 20);
     assert_eq!(server.inbox_len().await, 20);
+    server.stop().await;
+}
+
+/// Messages opened together share commits: the server announces each message it opens to its
+/// store (`Store::write_coming`), and the store's writer holds a write back while others are on
+/// their way, within its commit spacing.
+#[tokio::test]
+async fn messages_opened_together_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        commit_spacing: Duration::from_millis(300),
+    };
+    let server = TestServer::start_over(dir.path(), ServerConfig::default(), options).await;
+    let now = envelope::unix_now();
+    let msgs: Vec<_> = (0..20u8)
+        .map(|i| seal_to_server(CLIENT, &data(500 + i as usize), [i + 60; 16], now))
+        .collect();
+    let mut client = server.client(CLIENT).await.unwrap();
+    let before = server.store.stats();
+    assert_eq!(client.send_sealed_many(&msgs).await.unwrap().len(), 20);
+    let after = server.store.stats();
+    assert_eq!(after.writes_committed - before.writes_committed, 20);
+    let commits = after.batches_committed - before.batches_committed;
+    assert!(
+        commits <= 5,
+        "20 messages sent at once took {commits} commits"
+    );
     server.stop().await;
 }
 

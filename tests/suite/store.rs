@@ -5,12 +5,13 @@ use crate::common;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::Rng;
 use common::records::{id, outbox_record, stage};
 use letterlock::store::{
-    Body, Completion, INLINE_MAX, InboxRecord, InsertOutcome, KeyEnd, MODE_HYBRID, SqliteStore,
-    Store, StoreError, TrustOutcome, TrustRequest,
+    Body, Completion, INLINE_MAX, InboxRecord, InsertOutcome, KeyEnd, MODE_HYBRID, SqliteOptions,
+    SqliteStore, Store, StoreError, TrustOutcome, TrustRequest,
 };
 use tempfile::TempDir;
 
@@ -443,6 +444,76 @@ async fn concurrent_inserts_are_group_committed() {
         "expected group commit, got {batches} transactions for {TASKS} inserts"
     );
     assert!(store.integrity_check().await.expect("check"));
+}
+
+/// A store whose write transactions start at least `spacing` apart.
+fn spaced_store(spacing: Duration) -> (TempDir, Arc<SqliteStore>) {
+    let (dir, path) = temp_db();
+    let options = SqliteOptions {
+        commit_spacing: spacing,
+    };
+    let store = SqliteStore::open_with(path, options).expect("open");
+    (dir, Arc::new(store))
+}
+
+/// Inserts a 100-byte message from sender 3 under id `n`, on a task of its own.
+fn insert_soon(store: &Arc<SqliteStore>, n: u8) -> tokio::task::JoinHandle<InsertOutcome> {
+    let store = Arc::clone(store);
+    tokio::spawn(async move {
+        let record = inbox_record(3, id(n), Body::from_bytes(vec![n; 100]));
+        store.insert_inbox(record).await.expect("insert")
+    })
+}
+
+/// Writes that keep coming share commits: while another write is announced
+/// (`Store::write_coming`), one that comes less than the commit spacing after the last
+/// transaction began waits for the rest of it, and the announced write, made during that wait,
+/// joins its transaction instead of taking one of its own.
+#[tokio::test]
+async fn writes_soon_after_a_commit_share_the_next() {
+    let (_dir, store) = spaced_store(Duration::from_millis(500));
+    let first = insert_soon(&store, 1);
+    assert_eq!(first.await.expect("task"), InsertOutcome::Inserted);
+    let before = store.stats();
+    let coming = store.write_coming();
+    let second = insert_soon(&store, 2);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(coming);
+    let third = insert_soon(&store, 3);
+    assert_eq!(second.await.expect("task"), InsertOutcome::Inserted);
+    assert_eq!(third.await.expect("task"), InsertOutcome::Inserted);
+    let after = store.stats();
+    assert_eq!(after.writes_committed - before.writes_committed, 2);
+    assert_eq!(
+        after.batches_committed - before.batches_committed,
+        1,
+        "two writes 50 ms apart, within the spacing, took two transactions"
+    );
+}
+
+/// The spacing holds back only writes with others announced behind them: a client that waits
+/// for each ack, alone on the server, never waits for writes that will not come, even right
+/// after a commit.
+#[tokio::test]
+async fn a_write_with_none_announced_commits_at_once() {
+    let (_dir, store) = spaced_store(Duration::from_secs(60));
+    for n in 1..=3 {
+        let alone = tokio::time::timeout(Duration::from_secs(20), insert_soon(&store, n)).await;
+        let outcome = alone.expect("a lone write waited for the commit spacing");
+        assert_eq!(outcome.expect("task"), InsertOutcome::Inserted);
+    }
+    // With a write announced, the same write right after a commit is held back.
+    let (_dir, store) = spaced_store(Duration::from_secs(1));
+    insert_soon(&store, 1).await.expect("task");
+    let coming = store.write_coming();
+    let mut second = insert_soon(&store, 2);
+    let held = tokio::time::timeout(Duration::from_millis(300), &mut second).await;
+    assert!(
+        held.is_err(),
+        "a write with another announced committed at once"
+    );
+    drop(coming);
+    assert_eq!(second.await.expect("task"), InsertOutcome::Inserted);
 }
 
 #[tokio::test]

@@ -35,7 +35,9 @@ use zeroize::Zeroizing;
 
 use crate::envelope::{self, HEADER_LEN, Header, Mode, OpenError, OpenOptions, Opened, Opener};
 use crate::keys::Trusted;
-use crate::store::{self, Body, InboxRecord, InsertOutcome, KnownMessage, SealedIdentity, Store};
+use crate::store::{
+    self, Body, InboxRecord, InsertOutcome, KnownMessage, SealedIdentity, Store, WriteComing,
+};
 use crate::wire::{ErrorCode, Frame};
 
 use super::cpu::{CpuPool, CpuTask};
@@ -216,6 +218,8 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
             return self.receive_known(head, header, known).await;
         }
         self.server.receiving.opened.fetch_add(1, Ordering::Relaxed);
+        // From here the store may expect this message's write (`Store::write_coming`).
+        let coming = self.server.store.write_coming();
         let asymmetric = header.mode == Mode::Asymmetric;
         let config = &self.server.config;
         let opts = OpenOptions {
@@ -308,7 +312,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
         });
         Ok(ReceiveJob {
             header,
-            work: Work::Open(worker),
+            work: Work::Open(worker, coming),
             server: self.server.clone(),
             client: self.client.clone(),
             out: self.conn.out.clone(),
@@ -499,8 +503,9 @@ type Opening = Pin<Box<dyn Future<Output = Result<Result<Verified, OpenError>, F
 
 /// What is left to do for a message once its bytes have arrived.
 enum Work {
-    /// A new id: the rest of its decryption and its verification (`opening_work`).
-    Open(Opening),
+    /// A new id: the rest of its decryption and its verification (`opening_work`), and the
+    /// store told that its write is on the way until it is made.
+    Open(Opening, WriteComing),
     /// An id the store holds: whether the bytes were the same, and the stored ack tag.
     Known { same: bool, ack_tag: [u8; 32] },
 }
@@ -515,8 +520,8 @@ impl<S: Store> ReceiveJob<S> {
             client,
             out,
         } = self;
-        let worker = match work {
-            Work::Open(worker) => worker,
+        let (worker, coming) = match work {
+            Work::Open(worker, coming) => (worker, coming),
             Work::Known { same, ack_tag } => {
                 let id = header.message_id;
                 let receiving = &server.receiving;
@@ -560,6 +565,8 @@ impl<S: Store> ReceiveJob<S> {
         } = verified;
         let id = opened.header.message_id;
         let size = body.len();
+        // Announced until now: the store waits for announced writes, not for this one.
+        drop(coming);
         let record = InboxRecord {
             sender_key_id: client.key.id().0,
             sender_name: client.name.clone(),

@@ -47,13 +47,15 @@ mod writer;
 
 use std::future::Future;
 use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use body::{BlobWriter, Body, INLINE_MAX, SEALED_IDENTITY_CONTEXT, SealedIdentity};
 pub use error::{BackendError, StoreError};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// A key id: SHA-256 fingerprint of an RSA public key.
 pub type KeyId = [u8; 32];
@@ -380,6 +382,26 @@ pub enum TrustOutcome {
     KeyTaken { name: String },
 }
 
+/// A write on its way to a store ([`Store::write_coming`]), counted until dropped.
+#[derive(Debug, Default)]
+pub struct WriteComing(Option<Arc<AtomicUsize>>);
+
+impl WriteComing {
+    /// A write counted in `coming` until this is dropped.
+    pub(crate) fn counted_in(coming: &Arc<AtomicUsize>) -> WriteComing {
+        coming.fetch_add(1, Ordering::SeqCst);
+        WriteComing(Some(coming.clone()))
+    }
+}
+
+impl Drop for WriteComing {
+    fn drop(&mut self) {
+        if let Some(coming) = &self.0 {
+            coming.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// The mailbox as the server sees it.
 ///
 /// Methods return `impl Future + Send` (callers may `tokio::spawn` them);
@@ -388,6 +410,15 @@ pub enum TrustOutcome {
 pub trait Store: Send + Sync + 'static {
     /// Start streaming a message body into this store.
     fn blob_writer(&self) -> BlobWriter;
+
+    /// Says that a write is on its way, until the returned guard is dropped: a message being
+    /// opened, to be stored if it verifies. A store that gathers writes into shared commits
+    /// (the SQLite writer, `SqliteOptions::commit_spacing`) holds a write back only while
+    /// others are on their way, so a lone client that waits for each ack is never made to
+    /// wait for writes that will not come. Drop the guard before the write itself is made.
+    fn write_coming(&self) -> WriteComing {
+        WriteComing::default()
+    }
 
     /// Store a received message; returns once durable (or refused).
     fn insert_inbox(

@@ -16,7 +16,7 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -27,11 +27,12 @@ use tracing::{debug, info, warn};
 
 use super::body::{BlobWriter, StoredBody, TEMP_PREFIX, is_blob_name, sync_dir};
 use super::error::StoreError;
-use super::writer::{Counters, QUEUE_CAPACITY, WriteOp, Writer};
+use super::writer::{COMMIT_SPACING, Counters, QUEUE_CAPACITY, WriteOp, Writer};
 use super::{
     ClientKey, Completion, InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyEnd, KeyId,
     KnownMessage, MAX_MATCHES, MessageId, OutboxEntry, OutboxRecord, Receipt, RelayOutcome,
-    RelayRecord, Store, StoreStats, Tag, TrustOutcome, TrustRequest, TrustedClients, prefix_range,
+    RelayRecord, Store, StoreStats, Tag, TrustOutcome, TrustRequest, TrustedClients, WriteComing,
+    prefix_range,
 };
 
 /// Schema version kept in `PRAGMA user_version`; bump with every schema
@@ -182,6 +183,25 @@ const CLIENT_KEY_COLUMNS: &str = "name, key_id, public_key, since, ended, ended_
 const INBOX_COLUMNS: &str = "message_id, sender_name, sender_key_id, created, received, mode,
      plaintext_len, body_size, content_hash";
 
+/// How a [`SqliteStore`] works, where the defaults do not suit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// Least time between the starts of two write transactions while more writes are on their
+    /// way ([`Store::write_coming`]): a write that comes sooner after the last transaction
+    /// began waits for the rest of it, and the writes behind it share its commit. A write with
+    /// none announced behind it, or to an idle store, commits at once. Default 4 ms; zero
+    /// commits every batch as soon as its first write comes.
+    pub commit_spacing: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            commit_spacing: COMMIT_SPACING,
+        }
+    }
+}
+
 /// The SQLite mailbox. Cheap to share behind an `Arc`; all methods take `&self`.
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -197,6 +217,8 @@ pub struct SqliteStore {
     /// with the writer's batches (`BUSY_TIMEOUT`).
     admin: Arc<Mutex<Connection>>,
     counters: Arc<Counters>,
+    /// Writes on their way ([`Store::write_coming`]), which the writer may wait for.
+    coming: Arc<AtomicUsize>,
     /// Which outbox entries a fetch is delivering ([`Store::lease_outbox`]): in memory, since
     /// one server at a time runs on a SQLite mailbox.
     leases: super::leases::Leases,
@@ -325,6 +347,11 @@ impl SqliteStore {
     /// row names (a crash between staging a body and committing its row) are
     /// deleted.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// [`SqliteStore::open`] with `options` instead of the defaults.
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
         // The file itself, not the name it was given: a store opened through a symbolic link
         // keeps its bodies and its lock beside the real file, where every other opener finds
         // them.
@@ -403,12 +430,15 @@ impl SqliteStore {
             .map_err(open_error(&path))?;
 
         let counters = Arc::new(Counters::default());
+        let coming = Arc::new(AtomicUsize::new(0));
         let (requests, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let writer = Writer {
             conn,
             blob_dir: blob_dir.clone(),
             counters: Arc::clone(&counters),
             requests: receiver,
+            spacing: options.commit_spacing,
+            coming: Arc::clone(&coming),
         };
         let writer = std::thread::Builder::new()
             .name(WRITER_THREAD_NAME.to_owned())
@@ -423,6 +453,7 @@ impl SqliteStore {
             reader: Arc::new(Mutex::new(reader)),
             admin: Arc::new(Mutex::new(admin)),
             counters,
+            coming,
             leases: super::leases::Leases::default(),
             _folder_lock: folder_lock,
         })
@@ -918,6 +949,10 @@ fn inbox_summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<InboxSummary> {
 impl Store for SqliteStore {
     fn blob_writer(&self) -> BlobWriter {
         BlobWriter::new(self.blob_dir.clone())
+    }
+
+    fn write_coming(&self) -> WriteComing {
+        WriteComing::counted_in(&self.coming)
     }
 
     async fn insert_inbox(&self, record: InboxRecord) -> Result<InsertOutcome, StoreError> {
