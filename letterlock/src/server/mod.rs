@@ -24,7 +24,6 @@
 //! - `handler`: one connection: its frames in and out, the handshake, and the loop that
 //!   dispatches each frame (`Handler` owns the connection's state).
 //! - `receive`: one incoming message, from `Send` to `Ack`.
-//! - `cpu`: the pool of one thread per core where received messages are opened.
 //! - `relay`: client to client: a message relayed to another client (`Relay`, `Send`…,
 //!   `Stored`), unopened; receipts; the signed directory of trusted clients.
 //! - `deliver`: the outbox: [`queue_for_client`] fills it, `Fetch` empties it.
@@ -32,11 +31,9 @@
 //!   when its trust generation moves ([`Server::trust_from_store`]).
 //!
 //! Invariants: nothing is acknowledged before it is fsynced; RSA and bulk crypto run on the
-//! CPU pool or the blocking pool, never on the reactor; every limit is a named field of
-//! [`ServerConfig`].
+//! blocking pool, never on the reactor; every limit is a named field of [`ServerConfig`].
 
 mod admission;
-mod cpu;
 mod deliver;
 mod handler;
 mod listener;
@@ -45,7 +42,6 @@ mod receive;
 mod relay;
 mod trust;
 
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,9 +145,6 @@ pub struct ServerConfig {
     /// refused (code 9) before its bytes are stored, so no trusted client can fill another's
     /// outbox (and the server's disk) without limit. The server's own messages do not count.
     pub max_waiting_relayed: u64,
-    /// Threads that open received messages (RSA decryption, bulk decryption, hashing): one
-    /// per core by default. More only makes them take turns on the cores (`cpu.rs`).
-    pub cpu_threads: NonZeroUsize,
 }
 
 impl Default for ServerConfig {
@@ -178,7 +171,6 @@ impl Default for ServerConfig {
             log_text: false,
             asymmetric_budget: AsymmetricBudget::default(),
             max_waiting_relayed: 10_000,
-            cpu_threads: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
         }
     }
 }
@@ -204,8 +196,6 @@ pub struct Server<S> {
     receiving: receive::Receiving,
     /// The signed directory of trusted clients, signed once per trust generation.
     directory: relay::DirectoryCache,
-    /// Where received messages are opened ([`ServerConfig::cpu_threads`]).
-    cpu: cpu::CpuPool,
 }
 
 impl<S: Store> Server<S> {
@@ -223,7 +213,6 @@ impl<S: Store> Server<S> {
             store,
             receiving: receive::Receiving::new(&config.asymmetric_budget),
             directory: relay::DirectoryCache::default(),
-            cpu: cpu::CpuPool::new(config.cpu_threads),
             config,
             tls: false,
         }

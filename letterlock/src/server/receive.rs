@@ -2,8 +2,7 @@
 //!
 //! The connection's loop reads the message's frames ([`Handler::start_receive`]); the header is
 //! checked against the connection before anything is decrypted; decryption and verification run
-//! off the reactor (`opening_work`: the server's CPU pool, or Tokio's blocking pool for
-//! asymmetric mode), batch by batch, as the bytes arrive. Once `SendEnd` is read, a task
+//! on the blocking pool, batch by batch, as the bytes arrive. Once `SendEnd` is read, a task
 //! ([`ReceiveJob::complete`]) waits for the verification, stores the message durably and only
 //! then acknowledges it, while the loop already reads the next message (pipelining).
 //!
@@ -40,11 +39,10 @@ use crate::store::{
 };
 use crate::wire::{ErrorCode, Frame};
 
-use super::cpu::{CpuPool, CpuTask};
 use super::handler::{Handler, send};
-use super::{Fail, Server, on_blocking_pool};
+use super::{Fail, Server, joined, on_blocking_pool};
 
-/// Bytes of a message gathered before they go to be opened (see `receive`).
+/// Bytes of a message gathered before they go to the blocking pool (see `receive`).
 pub(super) const FEED_BATCH: usize = 256 * 1024;
 
 /// Short UTF-8 messages are logged in full, as the classroom server printed them; anything
@@ -200,8 +198,8 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
     }
 
     /// Reads one sealed message (`Send`… `SendEnd`), checking its header against this
-    /// connection first, and decrypting and verifying it off the reactor batch by batch as it
-    /// arrives (`opening_work`). Returns once `SendEnd` is read; the job then finishes the verification.
+    /// connection first, and decrypting and verifying it on the blocking pool frame by frame as
+    /// it arrives. Returns once `SendEnd` is read; the job then finishes the verification.
     ///
     /// If the message fails part-way, the rest of it is still read (and discarded) up to
     /// `SendEnd`: the peer learns of the failure at the same point whatever its cause.
@@ -247,7 +245,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
             header_left: HEADER_LEN,
         };
         let mut state = Feeding::Idle(Ok(intake));
-        // Bytes are handed over to be opened in batches: a small message goes over in one
+        // Bytes are handed to the blocking pool in batches: a small message goes over in one
         // piece with its verification, after `SendEnd`, so the connection reads the next message
         // while this one is decrypted (pipelining), and a large one costs one hop per batch.
         // One exception: a hybrid message whose content key has arrived while its next frame
@@ -264,8 +262,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                     Some(more) => more,
                     None => {
                         if key_end.is_some_and(|end| pending.len() >= end) && state.is_untouched() {
-                            state =
-                                state.feed_in_background(&server.cpu, std::mem::take(&mut pending));
+                            state = state.feed_in_background(std::mem::take(&mut pending));
                             server.receiving.keys_ahead.fetch_add(1, Ordering::Relaxed);
                             debug!(id = %header.message_id, "content key arrived first: decrypting it meanwhile");
                         }
@@ -288,7 +285,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
                 }
                 state = match state.settle().await? {
                     Ok(intake) => Feeding::Idle(
-                        opening_work(&server.cpu, asymmetric, move || {
+                        on_blocking_pool(move || {
                             let mut intake = intake;
                             intake.feed(&batch).map(|()| intake)
                         })
@@ -303,7 +300,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
         }
         let worker = Box::pin(async move {
             let state = state.settle().await?;
-            opening_work(&server.cpu, asymmetric, move || {
+            on_blocking_pool(move || {
                 let mut intake = state?;
                 intake.feed(&pending)?;
                 intake.finish()
@@ -484,7 +481,7 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
     }
 }
 
-/// A message whose bytes have all arrived, being verified off the reactor, with what its
+/// A message whose bytes have all arrived, being verified on the blocking pool, with what its
 /// task needs to store and acknowledge it.
 struct ReceiveJob<S> {
     header: Header,
@@ -503,8 +500,8 @@ type Opening = Pin<Box<dyn Future<Output = Result<Result<Verified, OpenError>, F
 
 /// What is left to do for a message once its bytes have arrived.
 enum Work {
-    /// A new id: the rest of its decryption and its verification (`opening_work`), and the
-    /// store told that its write is on the way until it is made.
+    /// A new id: the rest of its decryption and its verification, on the blocking pool, and
+    /// the store told that its write is on the way until it is made.
     Open(Opening, WriteComing),
     /// An id the store holds: whether the bytes were the same, and the stored ack tag.
     Known { same: bool, ack_tag: [u8; 32] },
@@ -637,14 +634,14 @@ fn log_received(client: &Trusted, opened: &Opened, size: u64, preview: Option<&[
 }
 
 /// Where a message's opening stands between the batches the connection hands over.
-// The intake is large, and moves whole between the connection and the pool that opens it as
-// it always did; boxing it would add an allocation per message for nothing.
+// The intake is large, and moves whole between the connection and the blocking pool as it
+// always did; boxing it would add an allocation per message for nothing.
 #[allow(clippy::large_enum_variant)]
 enum Feeding {
     /// Waiting for bytes: the intake, or why the message already failed.
     Idle(Result<Intake, OpenError>),
-    /// Working on the bytes fed ahead (the content key) on the CPU pool.
-    Busy(CpuTask<Result<Intake, OpenError>>),
+    /// Working on the bytes fed ahead (the content key) on the blocking pool.
+    Busy(tokio::task::JoinHandle<Result<Intake, OpenError>>),
 }
 
 impl Feeding {
@@ -658,11 +655,13 @@ impl Feeding {
         matches!(self, Feeding::Idle(Err(_)))
     }
 
-    /// Feeds `bytes` on `cpu` without waiting for it; [`Feeding::settle`] does.
-    fn feed_in_background(self, cpu: &CpuPool, bytes: Vec<u8>) -> Feeding {
+    /// Feeds `bytes` on the blocking pool without waiting for it; [`Feeding::settle`] does.
+    fn feed_in_background(self, bytes: Vec<u8>) -> Feeding {
         match self {
             Feeding::Idle(Ok(mut intake)) => {
-                Feeding::Busy(cpu.spawn(move || intake.feed(&bytes).map(|()| intake)))
+                Feeding::Busy(tokio::task::spawn_blocking(move || {
+                    intake.feed(&bytes).map(|()| intake)
+                }))
             }
             other => other,
         }
@@ -672,25 +671,8 @@ impl Feeding {
     async fn settle(self) -> Result<Result<Intake, OpenError>, Fail> {
         match self {
             Feeding::Idle(state) => Ok(state),
-            Feeding::Busy(job) => job.finish().await,
+            Feeding::Busy(job) => joined(job).await,
         }
-    }
-}
-
-/// Runs work of opening a received message: a hybrid message's on the server's CPU pool; an
-/// asymmetric message's on Tokio's blocking pool. A batch of the latter is up to 256 KiB of RSA
-/// blocks, seconds of a core: on the CPU pool it would hold one of its few threads, and every
-/// hybrid message would wait behind it; on the blocking pool it takes turns on the cores with
-/// the rest, and [`AsymmetricBudget`] bounds how much of it each client gets.
-async fn opening_work<T: Send + 'static>(
-    cpu: &CpuPool,
-    asymmetric: bool,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Fail> {
-    if asymmetric {
-        on_blocking_pool(f).await
-    } else {
-        cpu.run(f).await
     }
 }
 
@@ -778,33 +760,4 @@ struct Verified {
     identity: [u8; 32],
     /// The first bytes of plaintext, for the log line (when the server logs text).
     preview: Option<Zeroizing<Vec<u8>>>,
-}
-
-#[cfg(test)]
-mod tests {
-    use std::num::NonZeroUsize;
-    use std::time::Duration;
-
-    use super::*;
-    use crate::server::cpu::tests::hold;
-
-    /// Asymmetric-mode work does not queue on the CPU pool: with the pool's only thread taken,
-    /// it still runs, while hybrid work waits for the thread.
-    #[tokio::test]
-    async fn asymmetric_work_does_not_wait_for_the_cpu_pool() {
-        let cpu = CpuPool::new(NonZeroUsize::MIN);
-        let (release, held) = hold(&cpu);
-        let asymmetric = opening_work(&cpu, true, || 1);
-        let done = tokio::time::timeout(Duration::from_secs(10), asymmetric).await;
-        assert_eq!(
-            done.expect("asymmetric work waited for the CPU pool")
-                .unwrap(),
-            1
-        );
-        let mut hybrid = std::pin::pin!(opening_work(&cpu, false, || 2));
-        assert!(ready_now(&mut hybrid).await.is_none());
-        release.send(()).unwrap();
-        held.finish().await.unwrap();
-        assert_eq!(hybrid.await.unwrap(), 2);
-    }
 }

@@ -9,20 +9,19 @@
 //! whole batch; when idle a lone request still commits immediately.
 //!
 //! Where a commit is cheap (tmpfs, a disk with a power-safe write cache), a
-//! busy server's messages reach the writer one at a time and each would get
-//! a transaction of its own: a server opening 870 messages a second on two
-//! cores committed 903 times per 1000 messages, and the commits, with the
-//! thread switches around them, cost more than its margin to the RSA bound.
-//! So while the server says more writes are on their way (messages being
-//! opened, [`super::Store::write_coming`]), batches start at least
-//! [`COMMIT_SPACING`] apart: a request that comes sooner after the last batch
-//! began waits for the rest of that time, and the requests behind it join its
-//! batch (4 ms: about 800 commits per 3000 messages, and the rate 3 to 4 %
-//! higher; docs/PERFORMANCE.md, "The server's commits"). A request with none
-//! announced behind it commits at once: a lone client waiting for each ack
-//! never waits for writes that will not come. Where a commit takes longer
+//! busy server's messages can reach the writer one at a time, each then
+//! getting a transaction of its own, with the thread switches around it: a
+//! server whose messages were opened one after another committed 903 times
+//! per 1000 messages. So while the server says more writes are on their way
+//! (messages being opened, [`super::Store::write_coming`]), batches start at
+//! least [`COMMIT_SPACING`] apart: a request that comes sooner after the last
+//! batch began waits for the rest of that time, and the requests behind it
+//! join its batch (about 800 commits per 3000 messages then). A request with
+//! none announced behind it commits at once: a lone client waiting for each
+//! ack never waits for writes that will not come. Where a commit takes longer
 //! than the spacing (an fsync on a real disk) nothing waits either: the
-//! batches form while the last one commits.
+//! batches form while the last one commits. Measured in docs/PERFORMANCE.md,
+//! "The server's commits".
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
