@@ -20,7 +20,7 @@ use letterlock::store::PostgresStore;
 use letterlock::store::{
     BlobWriter, ClientKey, InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyId,
     KnownMessage, MessageId, OutboxEntry, OutboxRecord, Receipt, RelayOutcome, RelayRecord,
-    SqliteStore, Store, StoreError, Tag, TrustOutcome, TrustRequest, TrustedClients,
+    SqliteStore, Store, StoreError, Tag, TrustOutcome, TrustRequest, TrustedClients, WriteComing,
 };
 
 /// A mailbox of either backend.
@@ -138,6 +138,10 @@ macro_rules! forward {
 impl Store for AnyStore {
     fn blob_writer(&self) -> BlobWriter {
         forward!(self, s => s.blob_writer())
+    }
+
+    fn write_coming(&self) -> WriteComing {
+        forward!(self, s => s.write_coming())
     }
 
     async fn insert_inbox(&self, record: InboxRecord) -> Result<InsertOutcome, StoreError> {

@@ -362,14 +362,17 @@ async fn pipelined_messages_on_one_connection_are_all_acked() {
     server.stop().await;
 }
 
-/// Messages opened together share commits: the server announces each message it opens to its
-/// store (`Store::write_coming`), and the store's writer holds a write back while others are on
-/// their way, within its commit spacing.
+/// Messages opened together share commits: the server announces each message it verifies to
+/// its store (`Store::write_coming`), and the store's writer holds a write back while others
+/// are on their way, within its commit spacing. One message alone commits at once; the next 19,
+/// sent together right after it, wait for the spacing to pass since that commit and then share
+/// one. Without the announcement nothing would wait: they would be stored as soon as verified.
 #[tokio::test]
 async fn messages_opened_together_share_commits() {
     let dir = tempfile::tempdir().unwrap();
+    let spacing = Duration::from_secs(4);
     let options = SqliteOptions {
-        commit_spacing: Duration::from_millis(300),
+        commit_spacing: spacing,
     };
     let server = TestServer::start_over(dir.path(), ServerConfig::default(), options).await;
     let now = envelope::unix_now();
@@ -378,13 +381,19 @@ async fn messages_opened_together_share_commits() {
         .collect();
     let mut client = server.client(CLIENT).await.unwrap();
     let before = server.store.stats();
-    assert_eq!(client.send_sealed_many(&msgs).await.unwrap().len(), 20);
+    let alone = std::time::Instant::now();
+    assert_eq!(client.send_sealed_many(&msgs[..1]).await.unwrap().len(), 1);
+    assert!(alone.elapsed() < spacing, "a lone message waited");
+    let together = std::time::Instant::now();
+    assert_eq!(client.send_sealed_many(&msgs[1..]).await.unwrap().len(), 19);
+    let waited = together.elapsed();
     let after = server.store.stats();
     assert_eq!(after.writes_committed - before.writes_committed, 20);
     let commits = after.batches_committed - before.batches_committed;
+    assert!(commits <= 3, "20 messages took {commits} commits");
     assert!(
-        commits <= 5,
-        "20 messages sent at once took {commits} commits"
+        waited >= spacing - Duration::from_secs(1),
+        "19 messages sent together were stored after {waited:?}, without waiting for each other"
     );
     server.stop().await;
 }

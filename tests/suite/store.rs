@@ -471,7 +471,7 @@ fn insert_soon(store: &Arc<SqliteStore>, n: u8) -> tokio::task::JoinHandle<Inser
 /// joins its transaction instead of taking one of its own.
 #[tokio::test]
 async fn writes_soon_after_a_commit_share_the_next() {
-    let (_dir, store) = spaced_store(Duration::from_millis(500));
+    let (_dir, store) = spaced_store(Duration::from_secs(2));
     let first = insert_soon(&store, 1);
     assert_eq!(first.await.expect("task"), InsertOutcome::Inserted);
     let before = store.stats();
@@ -503,7 +503,7 @@ async fn a_write_with_none_announced_commits_at_once() {
         assert_eq!(outcome.expect("task"), InsertOutcome::Inserted);
     }
     // With a write announced, the same write right after a commit is held back.
-    let (_dir, store) = spaced_store(Duration::from_secs(1));
+    let (_dir, store) = spaced_store(Duration::from_secs(3));
     insert_soon(&store, 1).await.expect("task");
     let coming = store.write_coming();
     let mut second = insert_soon(&store, 2);

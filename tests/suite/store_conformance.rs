@@ -561,6 +561,9 @@ impl<S: Store> Store for Shared<S> {
     fn blob_writer(&self) -> letterlock::store::BlobWriter {
         self.0.blob_writer()
     }
+    fn write_coming(&self) -> letterlock::store::WriteComing {
+        self.0.write_coming()
+    }
     async fn insert_inbox(&self, r: InboxRecord) -> Result<InsertOutcome, StoreError> {
         self.0.insert_inbox(r).await
     }

@@ -216,8 +216,6 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
             return self.receive_known(head, header, known).await;
         }
         self.server.receiving.opened.fetch_add(1, Ordering::Relaxed);
-        // From here the store may expect this message's write (`Store::write_coming`).
-        let coming = self.server.store.write_coming();
         let asymmetric = header.mode == Mode::Asymmetric;
         let config = &self.server.config;
         let opts = OpenOptions {
@@ -298,6 +296,9 @@ impl<S: Store, R: AsyncRead + Unpin + Send + 'static> Handler<S, R> {
         if asymmetric && !state.has_failed() {
             self.asymmetric_budget(pending.len()).await?;
         }
+        // All its bytes are here: from now until its verification ends, the store may expect
+        // this message's write (`Store::write_coming`).
+        let coming = self.server.store.write_coming();
         let worker = Box::pin(async move {
             let state = state.settle().await?;
             on_blocking_pool(move || {
@@ -501,7 +502,7 @@ type Opening = Pin<Box<dyn Future<Output = Result<Result<Verified, OpenError>, F
 /// What is left to do for a message once its bytes have arrived.
 enum Work {
     /// A new id: the rest of its decryption and its verification, on the blocking pool, and
-    /// the store told that its write is on the way until it is made.
+    /// the store told that its write is on the way until just before it is made.
     Open(Opening, WriteComing),
     /// An id the store holds: whether the bytes were the same, and the stored ack tag.
     Known { same: bool, ack_tag: [u8; 32] },

@@ -411,14 +411,15 @@ pub trait Store: Send + Sync + 'static {
     /// Start streaming a message body into this store.
     fn blob_writer(&self) -> BlobWriter;
 
-    /// Says that a write is on its way, until the returned guard is dropped: a message being
-    /// opened, to be stored if it verifies. A store that gathers writes into shared commits
-    /// (the SQLite writer, `SqliteOptions::commit_spacing`) holds a write back only while
-    /// others are on their way, so a lone client that waits for each ack is never made to
-    /// wait for writes that will not come. Drop the guard before the write itself is made.
-    fn write_coming(&self) -> WriteComing {
-        WriteComing::default()
-    }
+    /// Says that a write is on its way, until the returned guard is dropped: a message whose
+    /// bytes have all arrived, being verified, to be stored if it verifies. A store that
+    /// gathers writes into shared commits (the SQLite writer, `SqliteOptions::commit_spacing`)
+    /// holds a write back only while others are on their way, so a lone client that waits for
+    /// each ack is never made to wait for writes that will not come. Drop the guard just
+    /// before the write itself is made. A store that does not wait returns
+    /// `WriteComing::default()`; a store that wraps another passes the call on (no default
+    /// here, so that a wrapper cannot lose it unnoticed).
+    fn write_coming(&self) -> WriteComing;
 
     /// Store a received message; returns once durable (or refused).
     fn insert_inbox(

@@ -10,18 +10,17 @@
 //!
 //! Where a commit is cheap (tmpfs, a disk with a power-safe write cache), a
 //! busy server's messages can reach the writer one at a time, each then
-//! getting a transaction of its own, with the thread switches around it: a
-//! server whose messages were opened one after another committed 903 times
-//! per 1000 messages. So while the server says more writes are on their way
-//! (messages being opened, [`super::Store::write_coming`]), batches start at
-//! least [`COMMIT_SPACING`] apart: a request that comes sooner after the last
-//! batch began waits for the rest of that time, and the requests behind it
-//! join its batch (about 800 commits per 3000 messages then). A request with
-//! none announced behind it commits at once: a lone client waiting for each
-//! ack never waits for writes that will not come. Where a commit takes longer
-//! than the spacing (an fsync on a real disk) nothing waits either: the
-//! batches form while the last one commits. Measured in docs/PERFORMANCE.md,
-//! "The server's commits".
+//! getting a transaction of its own, with the thread switches around it (a
+//! server build that opened its messages one after another committed 903
+//! times per 1000 messages). So while the server says more writes are on
+//! their way (messages being verified, [`super::Store::write_coming`]),
+//! batches start at least [`COMMIT_SPACING`] apart: a request that comes
+//! sooner after the last batch began waits for the rest of that time, and the
+//! requests behind it join its batch. A request with none announced behind
+//! it commits at once: a lone client waiting for each ack never waits for
+//! writes that will not come. Where a commit takes longer than the spacing
+//! (an fsync on a real disk) nothing waits either: the batches form while the
+//! last one commits. Measured in docs/PERFORMANCE.md, "The server's commits".
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -46,7 +46,8 @@ use super::error::StoreError;
 use super::{
     ClientKey, Completion, InboxMessage, InboxRecord, InboxSummary, InsertOutcome, KeyEnd, KeyId,
     KnownMessage, MAX_MATCHES, MessageId, OutboxEntry, OutboxRecord, Receipt, RelayOutcome,
-    RelayRecord, Store, StoreStats, Tag, TrustOutcome, TrustRequest, TrustedClients, prefix_range,
+    RelayRecord, Store, StoreStats, Tag, TrustOutcome, TrustRequest, TrustedClients, WriteComing,
+    prefix_range,
 };
 use body::ChunkReader;
 use group::{InboxRow, OutboxRow, Write};
@@ -760,6 +761,12 @@ async fn trusted_by_name(
 impl Store for PostgresStore {
     fn blob_writer(&self) -> BlobWriter {
         BlobWriter::for_database(self.bodies.clone())
+    }
+
+    /// Not counted: the group task gathers what is queued while its committers are busy, and
+    /// holds nothing back (`group.rs`).
+    fn write_coming(&self) -> WriteComing {
+        WriteComing::default()
     }
 
     /// Queued for the group task (`group.rs`), which writes it in one transaction with
