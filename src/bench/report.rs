@@ -524,21 +524,20 @@ const NOT_JUDGED: &str = "not judged:";
 
 /// [`file_goals`], each judged on the run's figures as they are, under the 1 GiB goals' names.
 fn file_goals_as_run(rows: &[EnvelopeRow], compare: Option<&CompareReport>) -> Vec<Goal> {
-    let size = GIB;
     let names = [
         format!(
             "file to file, {} hybrid: seal and open >= {FILE_VS_AGE_GOAL}x rage's (or age's) \
              rate in the same run",
-            human_size(size)
+            human_size(GIB)
         ),
         format!(
             "file to file, {} hybrid: seal and open >= {FILE_VS_MEMORY_GOAL}x the in-memory \
              rate",
-            human_size(size)
+            human_size(GIB)
         ),
         format!(
             "file to file, {} hybrid: peak RSS <= {} MiB",
-            human_size(size),
+            human_size(GIB),
             FILE_RSS_GOAL_KIB / 1024
         ),
     ];
