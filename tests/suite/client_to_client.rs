@@ -1240,6 +1240,68 @@ fn an_unknown_senders_relayed_message_is_set_aside_then_delivered_once_pinned() 
     assert!(err.contains("from mallory (pinned key)"), "{err}");
 }
 
+/// The directory vouches for a key only while it lists it: bob learnt mallory from it, mallory
+/// wrote to bob, then the server untrusted mallory (its key lost, say). bob's client sets the
+/// message aside, saying why, until bob pins the key himself (found by a review: a contact once
+/// learnt from the directory stayed usable after the server stopped listing it).
+#[test]
+fn a_directory_contact_the_server_untrusted_sends_nothing_on_the_directorys_word() {
+    let w = World::start();
+    let b = w.bob.path();
+    let mallory = w.another_client("mallory", "mallory");
+    let (code, _, err) = w.client(b, &["contacts"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("new contact from the server's directory: mallory"),
+        "{err}"
+    );
+    let (code, out, err) = w.send(mallory.path(), "bob", &["psst"]);
+    assert_eq!(code, 0, "{out}{err}");
+    w.server_cmd(&["untrust", "mallory"]);
+    let (code, out, err) = w.recv(b, &[]);
+    assert_eq!(code, EXIT_SET_ASIDE, "{out}{err}");
+    assert!(!out.contains("psst"), "{out}");
+    assert!(
+        err.contains(
+            "mallory, a contact taken from the server's directory, which no longer lists it"
+        ) && err.contains("nor mallory at all"),
+        "{err}"
+    );
+    assert!(err.contains("0 new, 1 set aside"), "{err}");
+    let file = public_path("mallory");
+    let (code, _, err) = run(
+        b,
+        &[
+            "client",
+            "trust",
+            file.to_str().unwrap(),
+            "--name",
+            "mallory",
+            "--replace",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = w.recv(b, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "psst");
+    assert!(err.contains("from mallory (pinned key)"), "{err}");
+}
+
+/// A directory contact still listed is received from as before, through the same check.
+#[test]
+fn a_directory_contact_still_listed_is_received_from() {
+    let w = World::start();
+    let b = w.bob.path();
+    let (code, _, err) = w.client(b, &["contacts"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = w.send(w.alice.path(), "bob", &["hello bob"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = w.recv(b, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "hello bob");
+    assert!(err.contains("from alice"), "{err}");
+}
+
 #[test]
 fn a_receipt_forged_in_the_servers_store_is_never_shown_as_read() {
     let w = World::start();

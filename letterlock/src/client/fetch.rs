@@ -185,7 +185,8 @@ impl Client {
         self.writer.write_frame(&Frame::Fetch).await?;
         let mut acked = Vec::new();
         let mut report = FetchReport::default();
-        // Messages from keys not known yet, spooled whole until the directory was asked.
+        // Messages from keys not known yet or known from the directory only, spooled whole
+        // until the directory was asked.
         let mut deferred: Vec<Deferred> = Vec::new();
         let count = loop {
             let first = match self.read().await? {
@@ -245,20 +246,19 @@ impl Client {
                             Err(e) => Err(from_whom(e, &header, self.server.id(), &sender)),
                         }
                     }
-                    // Not known yet: asked of the directory once the fetch is done.
-                    Signer::NotUsable(SenderLookup::Unknown) if self.tls.is_some() => {
-                        match self.spool_message(head).await {
-                            Ok(spool) => {
-                                deferred.push(Deferred {
-                                    header,
-                                    known,
-                                    spool,
-                                });
-                                continue;
-                            }
-                            Err(e) => Err(e),
+                    // Not known yet, or known from the directory only: asked of the directory
+                    // once the fetch is done.
+                    Signer::AskDirectory => match self.spool_message(head).await {
+                        Ok(spool) => {
+                            deferred.push(Deferred {
+                                header,
+                                known,
+                                spool,
+                            });
+                            continue;
                         }
-                    }
+                        Err(e) => Err(e),
+                    },
                     Signer::NotUsable(lookup) => {
                         self.skip_message().await?;
                         Err(not_usable(&header, &lookup, self.server.id(), None))
@@ -386,8 +386,11 @@ impl Client {
         let key = header.sender;
         let lookup = on_blocking_pool(move || senders.lookup(&key)).await?;
         Ok(match lookup {
-            SenderLookup::Usable { key, name, pinned } => {
+            SenderLookup::Usable { key, name, pinned } if pinned || self.tls.is_none() => {
                 Signer::Known(key, Sender::Peer { name, pinned })
+            }
+            SenderLookup::Usable { .. } | SenderLookup::Unknown if self.tls.is_some() => {
+                Signer::AskDirectory
             }
             other => Signer::NotUsable(other),
         })
@@ -432,8 +435,9 @@ impl Client {
     }
 
     /// After the fetch: asks the server's directory once, lets `senders` learn from it, and
-    /// opens each deferred message whose sender is now known (kept, recorded, acks queued);
-    /// the others are set aside. Returns the ids acknowledged.
+    /// opens each deferred message whose sender is now known and, if known from the directory
+    /// only, still listed by it (kept, recorded, acks queued); the others are set aside.
+    /// Returns the ids acknowledged.
     #[allow(clippy::too_many_arguments)]
     async fn open_deferred<F>(
         &mut self,
@@ -472,11 +476,15 @@ impl Client {
         for d in deferred {
             let header = d.header;
             let now = envelope::unix_now();
+            let (s, key, entries) = (senders.clone(), header.sender, learnt.clone());
             let lookup = match &directory_error {
-                Some(_) => SenderLookup::Unknown,
+                Some(_) => match on_blocking_pool(move || s.lookup(&key)).await? {
+                    SenderLookup::Usable { name, .. } => SenderLookup::Unconfirmed { name },
+                    _ => SenderLookup::Unknown,
+                },
                 None => {
-                    let (s, key, entries) = (senders.clone(), header.sender, learnt.clone());
-                    on_blocking_pool(move || s.lookup_after(&key, &entries)).await?
+                    let found = on_blocking_pool(move || s.lookup_after(&key, &entries)).await?;
+                    still_listed(found, &key, &learnt)
                 }
             };
             let opened = match lookup {
@@ -737,13 +745,29 @@ pub enum Sender {
 
 /// What the client's contacts say about the key that signed a message from another client.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum SenderLookup {
-    /// A pinned key, or an accepted directory key: open with it.
+    /// A pinned key, or an accepted directory key: open with it. A directory key is used for
+    /// a delivery only once the directory read after the fetch still lists it under `name`
+    /// (else [`SenderLookup::Unlisted`]).
     Usable {
         key: PublicKey,
         name: String,
         pinned: bool,
     },
+    /// The key of `name`, a contact taken from the server's directory, which the directory no
+    /// longer lists under that name: the server stopped vouching for it (its client was
+    /// untrusted, or its key replaced by `listed`). Its messages are set aside: the signature
+    /// does not say when it was made, so one made after the key was given up (lost, stolen)
+    /// cannot be told from one made before. Pinning the key is the user's own word for it.
+    Unlisted {
+        name: String,
+        /// The key the directory lists for `name` now, if it lists the name at all.
+        listed: Option<KeyId>,
+    },
+    /// The key of `name`, a contact from the directory, when the directory could not be read
+    /// to check that it still lists it: set aside until it can be.
+    Unconfirmed { name: String },
     /// Only offered by the directory as a changed key for `name`, not accepted.
     Changed { name: String },
     /// Offered by the directory for `name`, whom the user pinned with another key (`pinned`):
@@ -782,6 +806,9 @@ pub trait Senders: Send + Sync {
 /// How a delivered message is to be opened.
 enum Signer {
     Known(PublicKey, Sender),
+    /// A key not known yet, or a directory contact's: spooled, and opened only if the
+    /// directory, asked once the fetch is done, lists it (TLS connections only).
+    AskDirectory,
     NotUsable(SenderLookup),
 }
 
@@ -791,6 +818,23 @@ struct Deferred {
     header: Header,
     known: Option<Kind>,
     spool: std::fs::File,
+}
+
+/// `found`, unless it is a directory contact's key that the directory's `entries`, read just
+/// now, no longer list under the contact's name: the server vouches for a key only while it
+/// lists it. A pinned key is the user's own word and stands.
+fn still_listed(found: SenderLookup, key: &KeyId, entries: &[directory::Entry]) -> SenderLookup {
+    match found {
+        SenderLookup::Usable {
+            name,
+            pinned: false,
+            ..
+        } if !entries.iter().any(|e| e.name == name && e.key.id() == *key) => {
+            let listed = entries.iter().find(|e| e.name == name).map(|e| e.key.id());
+            SenderLookup::Unlisted { name, listed }
+        }
+        other => other,
+    }
 }
 
 /// The set-aside error for a message whose signer's key is not usable; `server` is the server
@@ -818,6 +862,22 @@ fn not_usable(
              server's own messages (stored before letterlock refused it): not shown, so it cannot \
              pass for the server's. `letterlock client untrust {name}`, pin the key under \
              another name (`letterlock client trust FILE --name NAME`), then receive again"
+        ),
+        SenderLookup::Unlisted { name, listed } => format!(
+            "from key {key}, the key of {name}, a contact taken from the server's directory, \
+             which no longer lists it{}: the server no longer vouches for it, so a message \
+             signed with it is not accepted on its word. If you know this key is {name}'s and \
+             was not given up, pin it (`letterlock client trust FILE --name {name}`, FILE being \
+             {name}'s public key checked out of band), then receive again",
+            match listed {
+                Some(now) => format!(" (it lists {name} with the key {now} now)"),
+                None => format!(" (nor {name} at all: the server's operator removed them)"),
+            }
+        ),
+        SenderLookup::Unconfirmed { name } => format!(
+            "from key {key}, the key of {name}, a contact taken from the server's directory; \
+             the directory could not be read to check that it still lists it{}; receive again",
+            directory.map(|e| format!(" ({e})")).unwrap_or_default()
         ),
         SenderLookup::Usable { .. } | SenderLookup::Unknown => {
             return ClientError::UnknownKey {
@@ -1146,4 +1206,55 @@ impl PlainSink {
 /// The file a fetched message is written to.
 pub fn message_path(dir: &Path, id: &MessageId) -> PathBuf {
     dir.join(format!("{id}.msg"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> PublicKey {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/keys/");
+        crate::keys::load_public(Path::new(&format!("{path}{name}_public.pem"))).unwrap()
+    }
+
+    fn listed(name: &str, key: &PublicKey) -> directory::Entry {
+        directory::Entry {
+            serial: 1,
+            since: 1_800_000_000,
+            name: name.to_owned(),
+            key: key.clone(),
+        }
+    }
+
+    fn usable(name: &str, key: &PublicKey, pinned: bool) -> SenderLookup {
+        SenderLookup::Usable {
+            key: key.clone(),
+            name: name.to_owned(),
+            pinned,
+        }
+    }
+
+    /// A directory contact is usable only while the directory lists its key under its name;
+    /// a pinned one whatever the directory says.
+    #[test]
+    fn a_directory_key_stands_only_while_listed_under_its_name() {
+        let (bob, rotated, mallory) = (key("bob3072"), key("bob4096"), key("mallory"));
+        let id = bob.id();
+        let still = still_listed(usable("bob", &bob, false), &id, &[listed("bob", &bob)]);
+        assert!(matches!(still, SenderLookup::Usable { ref name, .. } if name == "bob"));
+        let gone = still_listed(usable("bob", &bob, false), &id, &[listed("m", &mallory)]);
+        assert!(matches!(gone, SenderLookup::Unlisted { ref name, listed: None } if name == "bob"));
+        let replaced = still_listed(usable("bob", &bob, false), &id, &[listed("bob", &rotated)]);
+        assert!(
+            matches!(replaced, SenderLookup::Unlisted { listed: Some(now), .. } if now == rotated.id())
+        );
+        // The same key under another name is not this contact listed.
+        let renamed = still_listed(usable("bob", &bob, false), &id, &[listed("robert", &bob)]);
+        assert!(matches!(
+            renamed,
+            SenderLookup::Unlisted { listed: None, .. }
+        ));
+        let pinned = still_listed(usable("bob", &bob, true), &id, &[]);
+        assert!(matches!(pinned, SenderLookup::Usable { pinned: true, .. }));
+    }
 }
