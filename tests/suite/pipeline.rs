@@ -377,3 +377,47 @@ fn every_chunk_altered_is_refused_by_the_pipelined_opener() {
         assert!(matches!(err, OpenError::Verification), "at {at}: {err}");
     }
 }
+
+/// The command line reads an input file of a megabyte or more through a memory map
+/// (`letterlock::mapped`): sealed and opened by the binary, files across the map's pages and
+/// the pipeline's pieces come back byte for byte.
+#[test]
+fn the_binary_seals_and_opens_mapped_files_byte_for_byte() {
+    use common::cli::{ok, put_private, put_public};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    put_private(d, "alice2048", "alice.pem");
+    put_public(d, "alice2048", "alice_public.pem");
+    put_private(d, "bob2048", "bob.pem");
+    put_public(d, "bob2048", "bob_public.pem");
+    for len in [
+        letterlock::mapped::MIN_MAPPED as usize,
+        2 * PIECE + 4097,
+        5 * 1024 * KIB + 3,
+    ] {
+        let plain = data(len);
+        fs::write(d.join("plain"), &plain).unwrap();
+        for f in ["sealed", "opened"] {
+            let _ = fs::remove_file(d.join(f));
+        }
+        let seal = [
+            "seal",
+            "-q",
+            "--from",
+            "alice.pem",
+            "--to",
+            "bob_public.pem",
+        ];
+        ok(d, &[&seal[..], &["-o", "sealed", "plain"]].concat());
+        let open = [
+            "open",
+            "-q",
+            "--key",
+            "bob.pem",
+            "--from",
+            "alice_public.pem",
+        ];
+        ok(d, &[&open[..], &["-o", "opened", "sealed"]].concat());
+        assert!(fs::read(d.join("opened")).unwrap() == plain, "{len} bytes");
+    }
+}
