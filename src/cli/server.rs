@@ -248,7 +248,8 @@ pub(super) enum ServerCommand {
     CopyStore(Deferred<super::store_admin::CopyStoreArgs>),
     /// Trust a client's public key under NAME; a running server accepts it from its next
     /// connection. With --replace, rotate NAME to this key (the old key is refused from then
-    /// on; the messages it signed stay readable).
+    /// on; the messages it sent the server stay readable, and those it relayed to other clients
+    /// are set aside by recipients that did not pin the old key).
     #[command(after_help = exit_status!())]
     Trust {
         /// The client's public key file.
@@ -1546,7 +1547,9 @@ async fn trust(
         ),
         TrustOutcome::Replaced { old } => println!(
             "{name} is now trusted with key {} instead of {}; a running server refuses the old \
-             key from its next connection, and the messages it signed stay readable",
+             key from its next connection. The messages it sent the server stay readable \
+             (`server read`); those it relayed to other clients with the old key, not fetched \
+             yet, are set aside by every recipient that did not pin that key",
             key.id(),
             KeyId(old)
         ),

@@ -786,6 +786,17 @@ impl super::Senders for Contacts {
         Ok(found)
     }
 
+    fn any_from_directory(&self) -> Result<bool, super::ClientError> {
+        let any = self.with(|conn| {
+            Ok(conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM client_contacts WHERE source = 'directory')",
+                [],
+                |r| r.get::<_, bool>(0),
+            )?)
+        })?;
+        Ok(any)
+    }
+
     fn learn(&self, entries: &[Entry]) -> Result<Vec<String>, super::ClientError> {
         Ok(self
             .apply_directory(entries)?

@@ -182,11 +182,11 @@ impl Client {
     where
         F: FnMut(FetchEvent<'_>) -> Result<(), ClientError>,
     {
+        let listing = self.listing(senders.as_ref()).await?;
         self.writer.write_frame(&Frame::Fetch).await?;
         let mut acked = Vec::new();
         let mut report = FetchReport::default();
-        // Messages from keys not known yet or known from the directory only, spooled whole
-        // until the directory was asked.
+        // Messages from keys not known yet, spooled whole until the directory was asked.
         let mut deferred: Vec<Deferred> = Vec::new();
         let count = loop {
             let first = match self.read().await? {
@@ -226,7 +226,7 @@ impl Client {
                     self.skip_message().await?;
                     Err(ClientError::Stale(why))
                 }
-                Ok(()) => match self.signer(&header, senders.as_ref()).await? {
+                Ok(()) => match self.signer(&header, senders.as_ref(), &listing).await? {
                     Signer::Known(key, sender) => {
                         let repeat = known == Some(Kind::Received);
                         let out = if repeat { None } else { Some(output) };
@@ -246,8 +246,7 @@ impl Client {
                             Err(e) => Err(from_whom(e, &header, self.server.id(), &sender)),
                         }
                     }
-                    // Not known yet, or known from the directory only: asked of the directory
-                    // once the fetch is done.
+                    // Not known yet: asked of the directory once the fetch is done.
                     Signer::AskDirectory => match self.spool_message(head).await {
                         Ok(spool) => {
                             deferred.push(Deferred {
@@ -370,11 +369,42 @@ impl Client {
         Ok(())
     }
 
-    /// The key to open a delivered message with, and who sent it.
+    /// The server's directory, read before a fetch whose `senders` hold keys taken from it
+    /// (TLS connections only): those keys are used only while it lists them. `Ok(None)` when
+    /// not needed; `Err` (inside) says why it could not be read, and those keys' messages are
+    /// then set aside.
+    async fn listing(
+        &mut self,
+        senders: Option<&Arc<dyn Senders>>,
+    ) -> Result<Listing, ClientError> {
+        let Some(senders) = senders.filter(|_| self.tls.is_some()) else {
+            return Ok(None);
+        };
+        let s = senders.clone();
+        if !on_blocking_pool(move || s.any_from_directory()).await? {
+            return Ok(None);
+        }
+        Ok(Some(match self.directory().await {
+            Ok(mut entries) => {
+                // Our own entry is not a contact's.
+                let own = self.own_key_id();
+                entries.retain(|e| e.key.id() != own);
+                Ok(Arc::new(entries))
+            }
+            // A refused answer (bad signature, too many entries) was read to its end: the
+            // connection goes on. Anything else broke it, and the fetch fails.
+            Err(ClientError::BadDirectory(why)) => Err(why),
+            Err(e) => return Err(e),
+        }))
+    }
+
+    /// The key to open a delivered message with, and who sent it; a directory contact's key
+    /// only if `listing` (read before this fetch) still lists it.
     async fn signer(
         &self,
         header: &Header,
         senders: Option<&Arc<dyn Senders>>,
+        listing: &Listing,
     ) -> Result<Signer, ClientError> {
         let server = self.server.id();
         let senders = match senders {
@@ -385,13 +415,43 @@ impl Client {
         };
         let key = header.sender;
         let lookup = on_blocking_pool(move || senders.lookup(&key)).await?;
+        let lookup = match (lookup, listing) {
+            (found @ SenderLookup::Usable { pinned: false, .. }, Some(Ok(entries))) => {
+                still_listed(found, &key, entries)
+            }
+            (
+                SenderLookup::Usable {
+                    name,
+                    pinned: false,
+                    ..
+                },
+                Some(Err(why)),
+            ) => SenderLookup::Unconfirmed {
+                name,
+                why: format!("the directory was refused: {why}"),
+            },
+            (
+                SenderLookup::Usable {
+                    name,
+                    pinned: false,
+                    ..
+                },
+                None,
+            ) => SenderLookup::Unconfirmed {
+                name,
+                why: if self.tls.is_none() {
+                    "a version 1 connection (--plain-v1) has no directory".to_owned()
+                } else {
+                    "the directory was not read".to_owned()
+                },
+            },
+            (other, _) => other,
+        };
         Ok(match lookup {
-            SenderLookup::Usable { key, name, pinned } if pinned || self.tls.is_none() => {
+            SenderLookup::Usable { key, name, pinned } => {
                 Signer::Known(key, Sender::Peer { name, pinned })
             }
-            SenderLookup::Usable { .. } | SenderLookup::Unknown if self.tls.is_some() => {
-                Signer::AskDirectory
-            }
+            SenderLookup::Unknown if self.tls.is_some() => Signer::AskDirectory,
             other => Signer::NotUsable(other),
         })
     }
@@ -478,8 +538,11 @@ impl Client {
             let now = envelope::unix_now();
             let (s, key, entries) = (senders.clone(), header.sender, learnt.clone());
             let lookup = match &directory_error {
-                Some(_) => match on_blocking_pool(move || s.lookup(&key)).await? {
-                    SenderLookup::Usable { name, .. } => SenderLookup::Unconfirmed { name },
+                Some(why) => match on_blocking_pool(move || s.lookup(&key)).await? {
+                    SenderLookup::Usable { name, .. } => SenderLookup::Unconfirmed {
+                        name,
+                        why: format!("the directory could not be used: {why}"),
+                    },
                     _ => SenderLookup::Unknown,
                 },
                 None => {
@@ -766,8 +829,8 @@ pub enum SenderLookup {
         listed: Option<KeyId>,
     },
     /// The key of `name`, a contact from the directory, when the directory could not be read
-    /// to check that it still lists it: set aside until it can be.
-    Unconfirmed { name: String },
+    /// to check that it still lists it (`why`): set aside until it can be.
+    Unconfirmed { name: String, why: String },
     /// Only offered by the directory as a changed key for `name`, not accepted.
     Changed { name: String },
     /// Offered by the directory for `name`, whom the user pinned with another key (`pinned`):
@@ -801,16 +864,26 @@ pub trait Senders: Send + Sync {
     /// Applies a verified directory; returns a line for each thing worth telling the user
     /// (a new name, a changed key, a conflict with a pin).
     fn learn(&self, entries: &[directory::Entry]) -> Result<Vec<String>, ClientError>;
+    /// Whether any usable key was taken from the directory ([`SenderLookup::Usable`] with
+    /// `pinned` false): a fetch then reads the directory first, as such a key is used only
+    /// while the directory lists it. By default `true` (read it every time).
+    fn any_from_directory(&self) -> Result<bool, ClientError> {
+        Ok(true)
+    }
 }
 
 /// How a delivered message is to be opened.
 enum Signer {
     Known(PublicKey, Sender),
-    /// A key not known yet, or a directory contact's: spooled, and opened only if the
-    /// directory, asked once the fetch is done, lists it (TLS connections only).
+    /// A key not known yet: spooled, and opened only if the directory, asked once the fetch
+    /// is done, lists it (TLS connections only).
     AskDirectory,
     NotUsable(SenderLookup),
 }
+
+/// The directory as read before a fetch ([`Client::listing`]): `None` when not read, else its
+/// verified entries or why it was refused.
+type Listing = Option<Result<Arc<Vec<directory::Entry>>, String>>;
 
 /// A message from a key not known yet, kept aside (sealed, in a temporary file) until the
 /// directory was asked.
@@ -863,21 +936,28 @@ fn not_usable(
              pass for the server's. `letterlock client untrust {name}`, pin the key under \
              another name (`letterlock client trust FILE --name NAME`), then receive again"
         ),
-        SenderLookup::Unlisted { name, listed } => format!(
-            "from key {key}, the key of {name}, a contact taken from the server's directory, \
-             which no longer lists it{}: the server no longer vouches for it, so a message \
-             signed with it is not accepted on its word. If you know this key is {name}'s and \
-             was not given up, pin it (`letterlock client trust FILE --name {name}`, FILE being \
-             {name}'s public key checked out of band), then receive again",
-            match listed {
-                Some(now) => format!(" (it lists {name} with the key {now} now)"),
-                None => format!(" (nor {name} at all: the server's operator removed them)"),
-            }
+        SenderLookup::Unlisted {
+            name,
+            listed: Some(now),
+        } => format!(
+            "from key {key}, {name}'s key until the server's directory replaced it with {now}: \
+             the server no longer vouches for the old key, so a message signed with it is not \
+             accepted. Ask {name} to send it again (their `letterlock client receipts` shows \
+             it undelivered); `letterlock client contacts` shows the new key"
         ),
-        SenderLookup::Unconfirmed { name } => format!(
-            "from key {key}, the key of {name}, a contact taken from the server's directory; \
-             the directory could not be read to check that it still lists it{}; receive again",
-            directory.map(|e| format!(" ({e})")).unwrap_or_default()
+        SenderLookup::Unlisted { name, listed: None } => format!(
+            "from key {key}, the key of {name}, a contact taken from the server's directory, \
+             which no longer lists {name}: the server stopped vouching for that key (its \
+             operator removed {name}), so a message signed with it is not accepted. If you know \
+             the key is {name}'s and was not lost or stolen, pin it yourself: `letterlock \
+             client trust FILE --name {name}` (FILE: {name}'s public key, checked with {name} \
+             out of band), then receive again"
+        ),
+        SenderLookup::Unconfirmed { name, why } => format!(
+            "from key {key}, the key of {name}, a contact taken from the server's directory, \
+             which was not read to check that it still lists {name} ({why}); receive again, \
+             or, if the directory stays unreadable, pin {name}'s key yourself (`letterlock \
+             client trust FILE --name {name}`)"
         ),
         SenderLookup::Usable { .. } | SenderLookup::Unknown => {
             return ClientError::UnknownKey {

@@ -50,21 +50,30 @@ impl Client {
         }
         self.writer.write_frame(&Frame::Directory).await?;
         let mut signed = Vec::new();
+        // Past the limit the parts are still read (and dropped) to the last one, so that the
+        // connection can go on after the refusal.
+        let mut too_many = false;
         loop {
             match self.read().await? {
                 Frame::DirectoryPart { last, entries } => {
                     if signed.len().saturating_add(entries.len()) > MAX_DIRECTORY_ENTRIES {
-                        return Err(ClientError::BadDirectory(format!(
-                            "more than {MAX_DIRECTORY_ENTRIES} entries"
-                        )));
+                        too_many = true;
+                        signed = Vec::new();
                     }
-                    signed.extend(entries);
+                    if !too_many {
+                        signed.extend(entries);
+                    }
                     if last {
                         break;
                     }
                 }
                 other => return Err(unexpected(other)),
             }
+        }
+        if too_many {
+            return Err(ClientError::BadDirectory(format!(
+                "more than {MAX_DIRECTORY_ENTRIES} entries"
+            )));
         }
         let server = self.server.clone();
         on_blocking_pool(move || verify_directory(&signed, &server)).await
