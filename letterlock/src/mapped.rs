@@ -18,16 +18,22 @@
 //!   what went wrong.
 //! - Pages already copied are unmapped again (`MADV_DONTNEED`; the file's data stays in the
 //!   page cache), so the process's resident memory stays at a piece or two, not the file.
-//! - The file's length is read once, at the start: bytes appended later are not read (`read`
-//!   would read them).
+//! - After each copy the file's length is read again (`fstat`): a file cut inside the last
+//!   page of a range still has that page, zeros past its new end, and those zeros are not
+//!   returned.
+//! - The file's length at the start is where reading ends: bytes appended later are not read
+//!   (`read` would read them).
+//! - 64-bit systems only: a map of a file of gigabytes would take a 32-bit process's address
+//!   space.
 //! - Where any of this is not available (another system, a kernel before 5.14 without
 //!   `MADV_POPULATE_READ`, a file that cannot be mapped), [`MappedReader::try_map`] gives the
 //!   file back, or the reader falls back to `pread` at the same offset.
 //!
-//! What `read` does not have: a truncation between one range's `MADV_POPULATE_READ` and its
-//! copy (a few microseconds per 512 KiB) still raises `SIGBUS`, which ends the process. Hence
+//! What `read` does not have: a truncation by another process while a range is being copied
+//! (most of the reader's time) raises `SIGBUS`, which ends the process. Hence
 //! [`MappedReader::try_map`] is `unsafe`: the caller accepts that outcome (letterlock's
-//! commands write their output to an unnamed file until it is complete, so nothing is left
+//! commands make themselves non-dumpable before loading a key, so no core file holds it, and
+//! write their output to an unnamed file until it is complete, so nothing is left
 //! behind). This is the only module of the library with `unsafe` code.
 
 use std::fs::File;
@@ -40,7 +46,7 @@ pub const MIN_MAPPED: u64 = 1 << 20;
 /// A reader over a regular file, through a read-only shared map of it (Linux), or `pread`.
 pub struct MappedReader {
     file: File,
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
     map: Option<Map>,
     /// The file's length when it was opened: the reader ends there.
     len: u64,
@@ -73,7 +79,7 @@ impl MappedReader {
             Ok(meta) if meta.is_file() && meta.len() >= MIN_MAPPED => meta.len(),
             _ => return Err(file),
         };
-        #[cfg(target_os = "linux")]
+        #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
         {
             let Ok(size) = usize::try_from(len) else {
                 return Err(file);
@@ -90,7 +96,7 @@ impl MappedReader {
                 pos: 0,
             })
         }
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
         {
             let _ = len;
             Err(file)
@@ -99,11 +105,11 @@ impl MappedReader {
 
     /// Whether the bytes still come from the map (not yet fallen back to `pread`).
     pub fn is_mapped(&self) -> bool {
-        #[cfg(target_os = "linux")]
+        #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
         {
             self.map.is_some()
         }
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
         {
             false
         }
@@ -135,12 +141,23 @@ impl Read for MappedReader {
         if n == 0 {
             return Ok(0);
         }
-        #[cfg(target_os = "linux")]
+        #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
         if let Some(map) = &mut self.map {
             // `pos + n <= len`, which fits in usize (the map was made).
             if map.copy_out(self.pos as usize, &mut buf[..n]) {
-                self.pos += n as u64;
-                return Ok(n);
+                // A file cut inside the range's last page still has that page, zeros past its
+                // new end: bytes the file no longer holds are not returned, and the rest is
+                // read with pread.
+                let end = self.pos + n as u64;
+                let now = self.file.metadata()?.len();
+                let kept = if now < end {
+                    self.map = None;
+                    usize::try_from(now.saturating_sub(self.pos)).map_or(0, |k| k.min(n))
+                } else {
+                    n
+                };
+                self.pos += kept as u64;
+                return Ok(kept);
             }
             // Truncated, unreadable, or an old kernel: the rest with pread, which says which.
             self.map = None;
@@ -150,7 +167,7 @@ impl Read for MappedReader {
 }
 
 /// A read-only shared map of a whole file, unmapped when dropped.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
 struct Map {
     base: std::ptr::NonNull<u8>,
     len: usize,
@@ -161,10 +178,10 @@ struct Map {
 
 // SAFETY: the map is private to its reader, which is moved between threads as a whole, never
 // shared; the pointer is only dereferenced through `&mut self`.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
 unsafe impl Send for Map {}
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
 impl Map {
     /// Maps the first `len` bytes of `file` (`len` > 0), or `None` if the system refuses.
     ///
@@ -236,7 +253,7 @@ impl Map {
     }
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
 impl Drop for Map {
     fn drop(&mut self) {
         // SAFETY: our own mapping, of this length, unmapped once.
@@ -274,7 +291,10 @@ mod tests {
         let (f, data) = file_of(3 * MIN_MAPPED as usize + 12345);
         for piece in [1, 4095, 4096, 512 * 1024, 10 << 20] {
             let mut r = unsafe { MappedReader::try_map(f.reopen().unwrap()) }.unwrap();
-            assert_eq!(r.is_mapped(), cfg!(target_os = "linux"));
+            assert_eq!(
+                r.is_mapped(),
+                cfg!(all(target_os = "linux", target_pointer_width = "64"))
+            );
             if piece == 1 {
                 // One byte at a time over the first pages only: slow otherwise.
                 let mut b = [0u8; 1];
@@ -297,9 +317,24 @@ mod tests {
         assert!(unsafe { MappedReader::try_map(d) }.is_err());
     }
 
+    /// A file cut inside the page a read ends in: that page is still mapped, zeros past the
+    /// new end, and none of those zeros are returned (found by a review).
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    #[test]
+    fn a_file_cut_inside_the_last_page_read_gives_no_zeros_it_never_held() {
+        let (f, data) = file_of(2 * MIN_MAPPED as usize);
+        let mut r = unsafe { MappedReader::try_map(f.reopen().unwrap()) }.unwrap();
+        let mut buf = vec![0; 5000];
+        assert_eq!(r.read(&mut buf).unwrap(), 5000);
+        f.as_file().set_len(5010).unwrap();
+        // 5000..8000 lies in the page that still exists (4096..8192).
+        let rest = read_all(&mut r, 3000).unwrap();
+        assert_eq!(rest, data[5000..5010]);
+    }
+
     /// A file truncated between two reads reads on to its new end, as `read` would, through
     /// `pread`: no SIGBUS (this test would end the test process).
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
     #[test]
     fn a_file_truncated_under_the_reader_reads_to_its_new_end() {
         let (f, data) = file_of(4 * MIN_MAPPED as usize);
@@ -315,7 +350,7 @@ mod tests {
     }
 
     /// The map's resident size, from /proc/self/smaps (kB).
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
     fn resident_kb(r: &MappedReader) -> u64 {
         let base = r.map.as_ref().unwrap().base.as_ptr() as u64;
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
@@ -336,7 +371,7 @@ mod tests {
 
     /// Pages already copied out are unmapped again: a large file does not stay resident in
     /// the process (peak RSS, issue 13), only the pages of the range last read.
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
     #[test]
     fn pages_read_are_released() {
         let (f, _) = file_of(16 * MIN_MAPPED as usize);

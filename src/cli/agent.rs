@@ -59,7 +59,7 @@ pub(super) async fn run(a: AgentArgs) -> Result<ExitCode> {
         bail!("the agent speaks TLS 1.3 (protocol version 2) only; drop --plain-v1");
     }
     // Before the key is read: no copy of it, unlocked, may reach a core file or a debugger.
-    keep_memory_private()?;
+    super::keep_memory_private()?;
     // The folder's lock before the key is read: a second agent is refused as such, before it
     // asks for a passphrase or connects; and only in a client's keys folder, where the lock
     // file is made.
@@ -130,19 +130,6 @@ pub(super) async fn run(a: AgentArgs) -> Result<ExitCode> {
             e => e.into(),
         })?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Makes this process non-dumpable and its core file size 0, as ssh-agent and gpg-agent do: it
-/// holds the client's key unlocked, and neither a core file nor a process of the same user
-/// (ptrace, `/proc/PID/mem`, `/proc/PID/environ`) may read it. Root still can.
-fn keep_memory_private() -> Result<()> {
-    use nix::sys::resource::{Resource, setrlimit};
-    setrlimit(Resource::RLIMIT_CORE, 0, 0)
-        .context("cannot set the agent's core file size limit to 0 (RLIMIT_CORE)")?;
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    nix::sys::prctl::set_dumpable(false)
-        .context("cannot make the agent non-dumpable (prctl PR_SET_DUMPABLE)")?;
-    Ok(())
 }
 
 /// What tells a key file unchanged without reading it: device, inode, size, and the times of

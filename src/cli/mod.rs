@@ -1004,8 +1004,24 @@ fn load_own_private(path: &Path) -> Result<keys::PrivateKey> {
     Ok(load_own_private_protected(path)?.0)
 }
 
+/// Makes this process non-dumpable and its core file size 0, as ssh-agent and gpg-agent do,
+/// before it reads a private key: neither a core file (after a crash, or a `SIGBUS` from an
+/// input file truncated under a mapped read, `letterlock::mapped`) nor a process of the same
+/// user (ptrace, `/proc/PID/mem`, `/proc/PID/environ`) may read the key. Root still can.
+fn keep_memory_private() -> Result<()> {
+    use anyhow::Context as _;
+    use nix::sys::resource::{Resource, setrlimit};
+    setrlimit(Resource::RLIMIT_CORE, 0, 0)
+        .context("cannot set the core file size limit to 0 (RLIMIT_CORE)")?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    nix::sys::prctl::set_dumpable(false)
+        .context("cannot make the process non-dumpable (prctl PR_SET_DUMPABLE)")?;
+    Ok(())
+}
+
 /// [`load_own_private`], and whether the file was passphrase-protected.
 fn load_own_private_protected(path: &Path) -> Result<(keys::PrivateKey, bool)> {
+    keep_memory_private()?;
     let protected = std::cell::Cell::new(false);
     let ask = |attempt| {
         protected.set(true);

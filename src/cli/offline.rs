@@ -316,10 +316,11 @@ pub(super) fn input(path: Option<&Path>, typing: &str) -> Result<Box<dyn Read + 
 pub(super) fn file_reader(p: &Path) -> Result<Box<dyn Read + Send>> {
     let file = File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    // SAFETY: the one risk is SIGBUS, if another process truncates the file at the moment its
-    // bytes are copied out; that ends this process, and a command's output is an unnamed file
-    // until complete (`letterlock::files`), so nothing is left half-written. A truncation at
-    // any other moment reads as `read` would.
+    // SAFETY: the one risk is SIGBUS, if another process truncates the file while its bytes
+    // are copied out; that ends this process, which wrote no core file (it made itself
+    // non-dumpable before loading its key), and a command's output is an unnamed file until
+    // complete (`letterlock::files`), so nothing is left half-written. A truncation at any
+    // other moment reads as `read` would. docs/SECURITY.md, "The one `unsafe` module".
     let reader: Box<dyn Read + Send> = match unsafe { MappedReader::try_map(file) } {
         Ok(mapped) => Box::new(mapped),
         Err(file) => Box::new(BufReader::new(file)),
