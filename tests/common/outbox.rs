@@ -29,13 +29,24 @@ pub async fn pending_bodies(store: &SqliteStore) -> Vec<Vec<u8>> {
 /// Puts `sealed` (from the fixed server key to the client, called `client`) in the outbox,
 /// expecting `ack_tag` back.
 pub async fn enqueue(store: &SqliteStore, sealed: &[u8], ack_tag: [u8; 32]) {
+    enqueue_for(store, sealed, ack_tag, &public(CLIENT), "client").await;
+}
+
+/// Puts `sealed` in the outbox for `recipient`, under `name`, expecting `ack_tag` back.
+pub async fn enqueue_for(
+    store: &SqliteStore,
+    sealed: &[u8],
+    ack_tag: [u8; 32],
+    recipient: &letterlock::keys::PublicKey,
+    name: &str,
+) {
     let header = envelope::Header::parse(sealed).unwrap();
     let mut blob = store.blob_writer();
     blob.write_all(sealed).unwrap();
     store
         .enqueue_outbox(OutboxRecord {
-            recipient_key_id: public(CLIENT).id().0,
-            recipient_name: "client".into(),
+            recipient_key_id: recipient.id().0,
+            recipient_name: name.into(),
             message_id: header.message_id.0,
             created: header.created,
             mode: header.mode.to_byte(),

@@ -286,6 +286,7 @@ impl Client {
             tls: None,
             addr: addr.to_owned(),
             transport: Transport::PlainV1,
+            listing: None,
         };
         client.handshake().await?;
         Ok(client)
@@ -336,6 +337,7 @@ impl Client {
             tls: Some(session),
             addr: addr.to_owned(),
             transport: Transport::Tls(options),
+            listing: None,
         };
         // TLS 1.3 lets the client finish first: a refusal of our key arrives as an alert here.
         match client.read().await {

@@ -246,7 +246,21 @@ impl Client {
                             Err(e) => Err(from_whom(e, &header, self.server.id(), &sender)),
                         }
                     }
-                    // Not known yet: asked of the directory once the fetch is done.
+                    // Not known yet: asked of the directory once the fetch is done. Beyond
+                    // MAX_DEFERRED such messages in one fetch (each holds an open file),
+                    // the rest are set aside: the next fetch knows their senders.
+                    Signer::AskDirectory if deferred.len() >= MAX_DEFERRED => {
+                        self.skip_message().await?;
+                        Err(ClientError::UnknownKey {
+                            key: header.sender,
+                            server: self.server.id(),
+                            directory: Some(format!(
+                                "more than {MAX_DEFERRED} messages from keys not known yet in \
+                                 one fetch; the directory is read after this one, so receive \
+                                 again"
+                            )),
+                        })
+                    }
                     Signer::AskDirectory => match self.spool_message(head).await {
                         Ok(spool) => {
                             deferred.push(Deferred {
@@ -384,12 +398,19 @@ impl Client {
         if !on_blocking_pool(move || s.any_from_directory()).await? {
             return Ok(None);
         }
+        if let Some((read, entries)) = &self.listing
+            && read.elapsed() < super::LISTING_FRESH
+        {
+            return Ok(Some(Ok(entries.clone())));
+        }
         Ok(Some(match self.directory().await {
             Ok(mut entries) => {
                 // Our own entry is not a contact's.
                 let own = self.own_key_id();
                 entries.retain(|e| e.key.id() != own);
-                Ok(Arc::new(entries))
+                let entries = Arc::new(entries);
+                self.listing = Some((std::time::Instant::now(), entries.clone()));
+                Ok(entries)
             }
             // A refused answer (bad signature, too many entries) was read to its end: the
             // connection goes on. Anything else broke it, and the fetch fails.
@@ -428,7 +449,10 @@ impl Client {
                 Some(Err(why)),
             ) => SenderLookup::Unconfirmed {
                 name,
-                why: format!("the directory was refused: {why}"),
+                why: format!(
+                    "the server's directory was REFUSED: {why}; someone may be tampering with \
+                     the server or the connection"
+                ),
             },
             (
                 SenderLookup::Usable {
@@ -440,7 +464,9 @@ impl Client {
             ) => SenderLookup::Unconfirmed {
                 name,
                 why: if self.tls.is_none() {
-                    "a version 1 connection (--plain-v1) has no directory".to_owned()
+                    "a version 1 connection (--plain-v1) has no directory: receive without \
+                     --plain-v1"
+                        .to_owned()
                 } else {
                     "the directory was not read".to_owned()
                 },
@@ -881,6 +907,10 @@ enum Signer {
     NotUsable(SenderLookup),
 }
 
+/// Messages from keys not known yet that one fetch keeps aside (an open temporary file each)
+/// until the directory was read; more are set aside and come with the next fetch.
+const MAX_DEFERRED: usize = 64;
+
 /// The directory as read before a fetch ([`Client::listing`]): `None` when not read, else its
 /// verified entries or why it was refused.
 type Listing = Option<Result<Arc<Vec<directory::Entry>>, String>>;
@@ -943,7 +973,9 @@ fn not_usable(
             "from key {key}, {name}'s key until the server's directory replaced it with {now}: \
              the server no longer vouches for the old key, so a message signed with it is not \
              accepted. Ask {name} to send it again (their `letterlock client receipts` shows \
-             it undelivered); `letterlock client contacts` shows the new key"
+             it undelivered); it will come signed with the new key, used once you accept it \
+             (`letterlock client contacts` shows it, `letterlock client contacts --accept \
+             {name}` takes it after you checked it with {name})"
         ),
         SenderLookup::Unlisted { name, listed: None } => format!(
             "from key {key}, the key of {name}, a contact taken from the server's directory, \
@@ -955,9 +987,9 @@ fn not_usable(
         ),
         SenderLookup::Unconfirmed { name, why } => format!(
             "from key {key}, the key of {name}, a contact taken from the server's directory, \
-             which was not read to check that it still lists {name} ({why}); receive again, \
-             or, if the directory stays unreadable, pin {name}'s key yourself (`letterlock \
-             client trust FILE --name {name}`)"
+             which could not be checked to still list {name} ({why}); it stays on the server \
+             until it can be. If you know the key is {name}'s, pinning it yourself \
+             (`letterlock client trust FILE --name {name}`) makes the directory unneeded"
         ),
         SenderLookup::Usable { .. } | SenderLookup::Unknown => {
             return ClientError::UnknownKey {

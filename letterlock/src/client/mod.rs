@@ -94,7 +94,16 @@ pub struct Client {
     /// Where the server was reached, and how: [`Client::send_retrying`] connects there again.
     addr: String,
     transport: Transport,
+    /// The directory as last read before a fetch, and when: reused for [`LISTING_FRESH`], so
+    /// that `recv_msg --wait`, which fetches every 300 ms, does not fetch and verify it each
+    /// time.
+    listing: Option<(std::time::Instant, Arc<Vec<crate::directory::Entry>>)>,
 }
+
+/// How long a directory read before a fetch is used again ([`Client::listing`] in fetch.rs):
+/// a client untrusted on the server loses its messages' acceptance at most this late on a
+/// connection that stays open.
+pub const LISTING_FRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

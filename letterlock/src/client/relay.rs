@@ -51,9 +51,18 @@ impl Client {
         self.writer.write_frame(&Frame::Directory).await?;
         let mut signed = Vec::new();
         // Past the limit the parts are still read (and dropped) to the last one, so that the
-        // connection can go on after the refusal.
+        // connection can go on after the refusal; but no more parts than the limit needs at
+        // the fewest entries a part may carry (1), so a server cannot keep us reading (that is
+        // a broken protocol, and ends the connection, not a refused answer).
         let mut too_many = false;
+        let mut parts = 0usize;
         loop {
+            parts += 1;
+            if parts > MAX_DIRECTORY_ENTRIES + 1 {
+                return Err(ClientError::Unexpected {
+                    frame: "DirectoryPart",
+                });
+            }
             match self.read().await? {
                 Frame::DirectoryPart { last, entries } => {
                     if signed.len().saturating_add(entries.len()) > MAX_DIRECTORY_ENTRIES {
