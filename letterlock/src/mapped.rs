@@ -43,11 +43,6 @@ use std::io::{self, Read};
 /// more than the copies it saves (the CLI reads files up to 64 KiB whole anyway).
 pub const MIN_MAPPED: u64 = 1 << 20;
 
-/// The most one read copies through the map: the pages mapped in for it count in the process's
-/// resident memory until the copy is done (the file-to-file goal of issue 13 bounds peak RSS at
-/// 16 MiB, and a 1 GiB seal measured 15.1 MiB with 512 KiB at a time).
-const STEP: usize = 128 * 1024;
-
 /// A reader over a regular file, through a read-only shared map of it (Linux), or `pread`.
 pub struct MappedReader {
     file: File,
@@ -143,9 +138,6 @@ impl Read for MappedReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let left = self.len.saturating_sub(self.pos);
         let n = usize::try_from(left).map_or(buf.len(), |left| left.min(buf.len()));
-        // Through the map, at most STEP at a time: its pages stay mapped only for their copy.
-        #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
-        let n = if self.map.is_some() { n.min(STEP) } else { n };
         if n == 0 {
             return Ok(0);
         }
@@ -348,7 +340,7 @@ mod tests {
         let (f, data) = file_of(4 * MIN_MAPPED as usize);
         let mut r = unsafe { MappedReader::try_map(f.reopen().unwrap()) }.unwrap();
         let mut buf = vec![0; MIN_MAPPED as usize];
-        r.read_exact(&mut buf).unwrap();
+        assert_eq!(r.read(&mut buf).unwrap(), buf.len());
         assert_eq!(buf, data[..buf.len()]);
         let cut = MIN_MAPPED as usize + 100;
         f.as_file().set_len(cut as u64).unwrap();
@@ -387,7 +379,7 @@ mod tests {
         let mut buf = vec![0; 512 * 1024];
         let mut most = 0;
         for _ in 0..24 {
-            r.read_exact(&mut buf).unwrap();
+            assert_eq!(r.read(&mut buf).unwrap(), buf.len());
             most = most.max(resident_kb(&r));
         }
         // Whole pieces of whole pages: none left mapped; 12 MiB without the release.
