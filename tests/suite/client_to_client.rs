@@ -1222,17 +1222,37 @@ fn an_unknown_senders_relayed_message_is_set_aside_then_delivered_once_pinned() 
         line["again"], true,
         "the first recv_msg set it aside: {line}"
     );
-    let file = public_path("mallory");
-    let (code, _, err) = run(
-        b,
-        &[
-            "client",
-            "trust",
-            file.to_str().unwrap(),
-            "--name",
-            "mallory",
-        ],
+    bob_pins_mallory_and_gets_psst(&w, &[]);
+}
+
+/// bob reads the directory (learning mallory, whom the server trusts now), then mallory writes
+/// `text` to bob; mallory's folder.
+fn bob_learns_mallory_who_writes(w: &World, text: &str) -> tempfile::TempDir {
+    let mallory = w.another_client("mallory", "mallory");
+    let (code, _, err) = w.client(w.bob.path(), &["contacts"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("new contact from the server's directory: mallory"),
+        "{err}"
     );
+    let (code, out, err) = w.send(mallory.path(), "bob", &[text]);
+    assert_eq!(code, 0, "{out}{err}");
+    mallory
+}
+
+/// bob pins mallory's key himself (`client trust … EXTRA`), and "psst" comes, from the pinned
+/// key.
+fn bob_pins_mallory_and_gets_psst(w: &World, extra: &[&str]) {
+    let b = w.bob.path();
+    let file = public_path("mallory");
+    let pin = [
+        "client",
+        "trust",
+        file.to_str().unwrap(),
+        "--name",
+        "mallory",
+    ];
+    let (code, _, err) = run(b, &[&pin[..], extra].concat());
     assert_eq!(code, 0, "{err}");
     let (code, out, err) = w.recv(b, &[]);
     assert_eq!(code, 0, "{out}{err}");
@@ -1248,15 +1268,7 @@ fn an_unknown_senders_relayed_message_is_set_aside_then_delivered_once_pinned() 
 fn a_directory_contact_the_server_untrusted_sends_nothing_on_the_directorys_word() {
     let w = World::start();
     let b = w.bob.path();
-    let mallory = w.another_client("mallory", "mallory");
-    let (code, _, err) = w.client(b, &["contacts"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        err.contains("new contact from the server's directory: mallory"),
-        "{err}"
-    );
-    let (code, out, err) = w.send(mallory.path(), "bob", &["psst"]);
-    assert_eq!(code, 0, "{out}{err}");
+    let _mallory = bob_learns_mallory_who_writes(&w, "psst");
     w.server_cmd(&["untrust", "mallory"]);
     let (code, out, err) = w.recv(b, &[]);
     assert_eq!(code, EXIT_SET_ASIDE, "{out}{err}");
@@ -1267,23 +1279,8 @@ fn a_directory_contact_the_server_untrusted_sends_nothing_on_the_directorys_word
         "{err}"
     );
     assert!(err.contains("0 new, 1 set aside"), "{err}");
-    let file = public_path("mallory");
-    let (code, _, err) = run(
-        b,
-        &[
-            "client",
-            "trust",
-            file.to_str().unwrap(),
-            "--name",
-            "mallory",
-            "--replace",
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
-    let (code, out, err) = w.recv(b, &[]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(out, "psst");
-    assert!(err.contains("from mallory (pinned key)"), "{err}");
+    // Pinned over the directory contact: --replace.
+    bob_pins_mallory_and_gets_psst(&w, &["--replace"]);
 }
 
 /// mallory's key is replaced on the server after mallory wrote to bob: the old key's message
@@ -1293,11 +1290,7 @@ fn a_directory_contact_the_server_untrusted_sends_nothing_on_the_directorys_word
 fn a_message_signed_by_a_directory_contacts_replaced_key_is_set_aside() {
     let w = World::start();
     let b = w.bob.path();
-    let mallory = w.another_client("mallory", "mallory");
-    let (code, _, err) = w.client(b, &["contacts"]);
-    assert_eq!(code, 0, "{err}");
-    let (code, out, err) = w.send(mallory.path(), "bob", &["before the rotation"]);
-    assert_eq!(code, 0, "{out}{err}");
+    let _mallory = bob_learns_mallory_who_writes(&w, "before the rotation");
     let rotated = public_path("alice4096");
     w.server_cmd(&[
         "trust",
@@ -1325,11 +1318,7 @@ fn a_message_signed_by_a_directory_contacts_replaced_key_is_set_aside() {
 fn over_version_1_a_directory_key_is_not_used_a_pinned_one_is() {
     let w = World::start();
     let b = w.bob.path().to_owned();
-    let mallory = w.another_client("mallory", "mallory");
-    let (code, _, err) = w.client(&b, &["contacts"]);
-    assert_eq!(code, 0, "{err}");
-    let (code, out, err) = w.send(mallory.path(), "bob", &["psst"]);
-    assert_eq!(code, 0, "{out}{err}");
+    let _mallory = bob_learns_mallory_who_writes(&w, "psst");
     let World {
         server_dir,
         bob: _bob,
