@@ -1240,10 +1240,8 @@ fn bob_learns_mallory_who_writes(w: &World, text: &str) -> tempfile::TempDir {
     mallory
 }
 
-/// bob pins mallory's key himself (`client trust … EXTRA`), and "psst" comes, from the pinned
-/// key.
-fn bob_pins_mallory_and_gets_psst(w: &World, extra: &[&str]) {
-    let b = w.bob.path();
+/// The client in `b` pins mallory's key itself (`client trust … EXTRA`).
+fn pin_mallory(b: &Path, extra: &[&str]) {
     let file = public_path("mallory");
     let pin = [
         "client",
@@ -1254,6 +1252,12 @@ fn bob_pins_mallory_and_gets_psst(w: &World, extra: &[&str]) {
     ];
     let (code, _, err) = run(b, &[&pin[..], extra].concat());
     assert_eq!(code, 0, "{err}");
+}
+
+/// bob pins mallory's key himself, and "psst" comes, from the pinned key.
+fn bob_pins_mallory_and_gets_psst(w: &World, extra: &[&str]) {
+    let b = w.bob.path();
+    pin_mallory(b, extra);
     let (code, out, err) = w.recv(b, &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out, "psst");
@@ -1340,17 +1344,7 @@ fn over_version_1_a_directory_key_is_not_used_a_pinned_one_is() {
         err.contains("a version 1 connection (--plain-v1) has no directory"),
         "{err}"
     );
-    let file = public_path("mallory");
-    let pin = [
-        "client",
-        "trust",
-        file.to_str().unwrap(),
-        "--name",
-        "mallory",
-        "--replace",
-    ];
-    let (code, _, err) = run(&b, &pin);
-    assert_eq!(code, 0, "{err}");
+    pin_mallory(&b, &["--replace"]);
     // The lease of the message set aside ends when the server sees that connection close.
     let mut got = recv();
     for _ in 0..50 {
