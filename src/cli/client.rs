@@ -454,6 +454,8 @@ impl ClientKeys {
         let private = super::own_key_path(dir, "client")?;
         let (_, public) = letterlock::keys::pair_paths(dir, "client");
         let cache = handshake_key_cache(dir);
+        // Read here, parsed later: the process holds the key from now on.
+        super::keep_memory_private()?;
         let lazy = match letterlock::keys::LazyPrivateKey::read(&private, &public)? {
             Some(lazy) if cache.is_fresh_for(lazy.public()) => Arc::new(lazy),
             _ => return Ok((ClientKeys::load(conn)?, None)),

@@ -1402,7 +1402,7 @@ fn at_most_64_messages_from_unknown_keys_wait_for_the_directory_in_one_fetch() {
     assert_eq!(code, EXIT_SET_ASIDE, "{err}");
     assert_eq!(out.matches("m").count(), 64, "{out}");
     assert_eq!(
-        err.matches("more than 64 messages from keys not known yet in one fetch")
+        err.matches("more than 64 messages from keys not known yet came in this fetch")
             .count(),
         2,
         "{err}"

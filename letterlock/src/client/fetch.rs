@@ -251,15 +251,14 @@ impl Client {
                     // the rest are set aside: the next fetch knows their senders.
                     Signer::AskDirectory if deferred.len() >= MAX_DEFERRED => {
                         self.skip_message().await?;
-                        Err(ClientError::UnknownKey {
-                            key: header.sender,
-                            server: self.server.id(),
-                            directory: Some(format!(
-                                "more than {MAX_DEFERRED} messages from keys not known yet in \
-                                 one fetch; the directory is read after this one, so receive \
-                                 again"
-                            )),
-                        })
+                        let key = header.sender;
+                        Err(ClientError::UnknownSender(format!(
+                            "from key {key}, not known yet: more than {MAX_DEFERRED} messages \
+                             from keys not known yet came in this fetch, and only that many \
+                             wait for the directory, read at its end; this one stays on the \
+                             server, and the next recv_msg knows the senders the directory \
+                             taught this one"
+                        )))
                     }
                     Signer::AskDirectory => match self.spool_message(head).await {
                         Ok(spool) => {
@@ -546,6 +545,8 @@ impl Client {
                 entries.retain(|e| e.key.id() != own);
                 let (learner, entries) = (senders.clone(), Arc::new(entries));
                 learnt = entries.clone();
+                // The newest answer, for the fetches that judge directory keys against it.
+                self.listing = Some((std::time::Instant::now(), entries.clone()));
                 match on_blocking_pool(move || learner.learn(&entries)).await {
                     Ok(notes) => {
                         if !notes.is_empty() {
@@ -556,7 +557,10 @@ impl Client {
                     Err(e) => Some(e.to_string()),
                 }
             }
-            Err(e) => Some(e.to_string()),
+            // A refused answer was read to its end: the connection goes on. Anything else
+            // broke it.
+            Err(ClientError::BadDirectory(why)) => Some(why),
+            Err(e) => return Err(e),
         };
         let mut acked = Vec::new();
         for d in deferred {
