@@ -100,7 +100,7 @@ pub struct Client {
     listing: Option<(std::time::Instant, Arc<Vec<crate::directory::Entry>>)>,
 }
 
-/// How long a directory read before a fetch is used again ([`Client::listing`] in fetch.rs):
+/// How long a directory read before a fetch is used again (`Client::listing` in fetch.rs):
 /// a client untrusted on the server loses its messages' acceptance at most this late on a
 /// connection that stays open.
 pub const LISTING_FRESH: std::time::Duration = std::time::Duration::from_secs(10);
