@@ -255,9 +255,8 @@ impl Client {
                         Err(ClientError::UnknownSender(format!(
                             "from key {key}, not known yet: more than {MAX_DEFERRED} messages \
                              from keys not known yet came in this fetch, and only that many \
-                             wait for the directory, read at its end; this one stays on the \
-                             server, and the next recv_msg knows the senders the directory \
-                             taught this one"
+                             wait for the directory, read at its end; the next recv_msg \
+                             knows the senders that directory taught"
                         )))
                     }
                     Signer::AskDirectory => match self.spool_message(head).await {
@@ -991,9 +990,9 @@ fn not_usable(
         ),
         SenderLookup::Unconfirmed { name, why } => format!(
             "from key {key}, the key of {name}, a contact taken from the server's directory, \
-             which could not be checked to still list {name} ({why}); it stays on the server \
-             until it can be. If you know the key is {name}'s, pinning it yourself \
-             (`letterlock client trust FILE --name {name}`) makes the directory unneeded"
+             which could not be checked to still list {name} ({why}); receive again once it \
+             can be. If you know the key is {name}'s, pinning it yourself (`letterlock client \
+             trust FILE --name {name}`) makes the directory unneeded"
         ),
         SenderLookup::Usable { .. } | SenderLookup::Unknown => {
             return ClientError::UnknownKey {
