@@ -392,14 +392,14 @@ impl Client {
         let Some(senders) = senders.filter(|_| self.tls.is_some()) else {
             return Ok(None);
         };
-        let s = senders.clone();
-        if !on_blocking_pool(move || s.any_from_directory()).await? {
-            return Ok(None);
-        }
         if let Some((read, entries)) = &self.listing
             && read.elapsed() < super::LISTING_FRESH
         {
             return Ok(Some(Ok(entries.clone())));
+        }
+        let s = senders.clone();
+        if !on_blocking_pool(move || s.any_from_directory()).await? {
+            return Ok(None);
         }
         Ok(Some(match self.directory().await {
             Ok(mut entries) => {
@@ -434,42 +434,20 @@ impl Client {
         };
         let key = header.sender;
         let lookup = on_blocking_pool(move || senders.lookup(&key)).await?;
-        let lookup = match (lookup, listing) {
-            (found @ SenderLookup::Usable { pinned: false, .. }, Some(Ok(entries))) => {
-                still_listed(found, &key, entries)
-            }
-            (
-                SenderLookup::Usable {
-                    name,
-                    pinned: false,
-                    ..
-                },
-                Some(Err(why)),
-            ) => SenderLookup::Unconfirmed {
-                name,
-                why: format!(
+        let lookup = match listing {
+            Some(Ok(entries)) => still_listed(lookup, &key, entries),
+            Some(Err(why)) => unconfirmed(lookup, || {
+                format!(
                     "the server's directory was REFUSED: {why}; someone may be tampering with \
                      the server or the connection"
-                ),
-            },
-            (
-                SenderLookup::Usable {
-                    name,
-                    pinned: false,
-                    ..
-                },
-                None,
-            ) => SenderLookup::Unconfirmed {
-                name,
-                why: if self.tls.is_none() {
-                    "a version 1 connection (--plain-v1) has no directory: receive without \
-                     --plain-v1"
-                        .to_owned()
-                } else {
-                    "the directory was not read".to_owned()
-                },
-            },
-            (other, _) => other,
+                )
+            }),
+            None if self.tls.is_none() => unconfirmed(lookup, || {
+                "a version 1 connection (--plain-v1) has no directory: receive without \
+                 --plain-v1"
+                    .to_owned()
+            }),
+            None => unconfirmed(lookup, || "the directory was not read".to_owned()),
         };
         Ok(match lookup {
             SenderLookup::Usable { key, name, pinned } => {
@@ -567,13 +545,9 @@ impl Client {
             let now = envelope::unix_now();
             let (s, key, entries) = (senders.clone(), header.sender, learnt.clone());
             let lookup = match &directory_error {
-                Some(why) => match on_blocking_pool(move || s.lookup(&key)).await? {
-                    SenderLookup::Usable { name, .. } => SenderLookup::Unconfirmed {
-                        name,
-                        why: format!("the directory could not be used: {why}"),
-                    },
-                    _ => SenderLookup::Unknown,
-                },
+                Some(why) => unconfirmed(on_blocking_pool(move || s.lookup(&key)).await?, || {
+                    format!("the directory could not be used: {why}")
+                }),
                 None => {
                     let found = on_blocking_pool(move || s.lookup_after(&key, &entries)).await?;
                     still_listed(found, &key, &learnt)
@@ -939,6 +913,19 @@ fn still_listed(found: SenderLookup, key: &KeyId, entries: &[directory::Entry]) 
             let listed = entries.iter().find(|e| e.name == name).map(|e| e.key.id());
             SenderLookup::Unlisted { name, listed }
         }
+        other => other,
+    }
+}
+
+/// `found`, unless it is a directory contact's key and the directory could not be read to
+/// check it (`why`): [`SenderLookup::Unconfirmed`]. A pinned key stands.
+fn unconfirmed(found: SenderLookup, why: impl FnOnce() -> String) -> SenderLookup {
+    match found {
+        SenderLookup::Usable {
+            name,
+            pinned: false,
+            ..
+        } => SenderLookup::Unconfirmed { name, why: why() },
         other => other,
     }
 }
