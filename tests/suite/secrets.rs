@@ -272,6 +272,25 @@ fn a_key_path_that_is_not_a_regular_file_is_refused_without_reading_it() {
     assert!(err.to_string().contains("over 64 KiB"), "{err}");
 }
 
+/// Starts `cmd` (stdin a pipe it may wait on), and asserts that its core file size limit
+/// becomes 0, soft and hard, within 10 s while it runs; then stops it.
+fn assert_no_core_file(mut cmd: std::process::Command) {
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = core_limit_soon(&child);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        seen.as_deref(),
+        Some("0 0"),
+        "core file size limit (soft, hard)"
+    );
+}
+
 /// The core file size limit (soft, hard) of the running `child` once it reads "0 0", or what
 /// it last read after 10 s.
 fn core_limit_soon(child: &std::process::Child) -> Option<String> {
@@ -311,23 +330,10 @@ fn a_command_holding_a_private_key_writes_no_core_file() {
     let d = dir.path();
     put_private(d, "alice2048", "alice.pem");
     put_public(d, "bob2048", "bob_public.pem");
-    let mut child = command(
+    assert_no_core_file(command(
         d,
         &["seal", "--from", "alice.pem", "--to", "bob_public.pem"],
-    )
-    .stdin(std::process::Stdio::piped())
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
-    let seen = core_limit_soon(&child);
-    drop(child.stdin.take());
-    let _ = child.wait();
-    assert_eq!(
-        seen.as_deref(),
-        Some("0 0"),
-        "core file size limit (soft, hard)"
-    );
+    ));
 }
 
 /// The same for `send_msg` of a small message with its handshake key kept, which reads the
@@ -355,7 +361,7 @@ fn send_msg_reading_its_key_lazily_writes_no_core_file_either() {
     }
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = silent.local_addr().unwrap().to_string();
-    let mut child = command(
+    assert_no_core_file(command(
         d,
         &[
             "client",
@@ -367,19 +373,7 @@ fn send_msg_reading_its_key_lazily_writes_no_core_file_either() {
             "20",
             "hello",
         ],
-    )
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
-    let seen = core_limit_soon(&child);
-    let _ = child.kill();
-    let _ = child.wait();
-    assert_eq!(
-        seen.as_deref(),
-        Some("0 0"),
-        "core file size limit (soft, hard)"
-    );
+    ));
 }
 
 /// Both crates deny `unsafe` code, with exactly the two exceptions docs/SECURITY.md names ("The
